@@ -1,0 +1,466 @@
+"""The stored format: how every byte-storing backend writes a :class:`~artifactstore_core.Message`.
+
+Layout (the normative specification is ``docs/format.md``)::
+
+    offset   size  field
+    0        4     magic  b"ARTF"
+    4        1     format version (1)
+    5        4     header length N, unsigned big-endian, at most 16 MiB
+    9        N     header: a UTF-8 JSON object
+    9+N      32    tag: BLAKE3 of bytes [0, 9+N), keyed BLAKE3 when the header's "mac" is "blake3-keyed"
+    41+N     ...   payload: exactly header["stored_size"] bytes
+
+Bytes [0, 41+N) are the *head*. The header records the BLAKE3 digest of the uncompressed payload, so the
+tag over the head covers the payload too, and a signing key (keyed BLAKE3) authenticates everything.
+Backends may keep head and payload apart (a Redis hash field, S3 object metadata and body, a file after
+the head) so a large payload is never concatenated or sliced into a copy.
+
+Decoding never runs code: the header is JSON and a class is never looked up by a name read from it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import blake3
+import zstandard
+
+from .errors import ArtifactCorruptedError, ConfigurationError, SerializationError, UnsupportedFormatError
+from .message import Message, SchemaInfo, canonical_json, freeze_json, thaw_json
+from .models import ArtifactInfo
+
+__all__ = [
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "PREFIX_SIZE",
+    "TAG_SIZE",
+    "Codec",
+    "Encoded",
+    "Header",
+    "PayloadVerifier",
+    "content_bytes",
+    "content_info",
+]
+
+MAGIC = b"ARTF"
+FORMAT_VERSION = 1
+PREFIX_SIZE = 9
+TAG_SIZE = 32
+MAX_HEADER_SIZE = 16 * 1024 * 1024
+#: JSON and text payloads at least this large are zstd-compressed (when that saves at least 1/8).
+DEFAULT_COMPRESS_THRESHOLD = 64 * 1024
+
+_PREFIX = struct.Struct(">4sBI")
+_CODECS = ("bytes", "utf-8", "json")
+_KEY_CONTEXT = "artifactstore envelope signing key v1"
+# Hashing large buffers on several threads pays off above this size; below it the thread start costs more.
+_PARALLEL_HASH_FROM = 1 << 20
+
+
+def _digest(data: bytes | memoryview) -> str:
+    threads = blake3.blake3.AUTO if len(data) >= _PARALLEL_HASH_FROM else 1
+    return blake3.blake3(data, max_threads=threads).hexdigest()
+
+
+def content_bytes(message: Message) -> tuple[str, bytes]:
+    """The codec name and the uncompressed payload bytes of ``message``'s content.
+
+    Raises:
+        SerializationError: if the content cannot be encoded.
+    """
+    content = message.content
+    if isinstance(content, bytes):
+        return "bytes", content
+    if isinstance(content, str):
+        try:
+            return "utf-8", content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SerializationError("str content contains a lone surrogate") from exc
+    try:
+        return "json", canonical_json(content)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"content is not JSON-serializable: {exc}") from exc
+
+
+def content_info(step_id: str, message: Message) -> ArtifactInfo:
+    """The :class:`ArtifactInfo` of a message (for backends that keep messages, not bytes)."""
+    _, raw = content_bytes(message)
+    return ArtifactInfo(
+        step_id=step_id,
+        size=len(raw),
+        digest=f"blake3:{_digest(raw)}",
+        media_type=message.media_type,
+        schema_name=message.schema.name if message.schema else None,
+        created_at=message.created_at,
+    )
+
+
+@dataclass(frozen=True)
+class Header:
+    """The decoded, verified header of an envelope."""
+
+    codec: str
+    compression: str | None
+    media_type: str
+    schema: SchemaInfo | None
+    metadata: Any
+    created_at: datetime
+    size: int
+    stored_size: int
+    digest: str
+    digest_alg: str
+    mac: str
+
+    def identity(self) -> tuple[Any, ...]:
+        """What makes two artifacts the same for the write-once rule (``created_at`` is not part of it)."""
+        return (self.codec, self.media_type, self.schema, self.metadata, self.size, self.digest)
+
+    def info(self, step_id: str) -> ArtifactInfo:
+        """The :class:`ArtifactInfo` of the artifact this header describes."""
+        return ArtifactInfo(
+            step_id=step_id,
+            size=self.size,
+            digest=f"{self.digest_alg}:{self.digest}",
+            media_type=self.media_type,
+            schema_name=self.schema.name if self.schema else None,
+            created_at=self.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An encoded message: the head and the stored payload, kept apart to avoid copies.
+
+    Attributes:
+        head: magic, version, header length, header and tag.
+        payload: the stored payload (the message's own ``bytes`` object for uncompressed bytes content).
+        header: the header that ``head`` holds.
+    """
+
+    head: bytes
+    payload: bytes
+    header: Header
+
+    def to_bytes(self) -> bytes:
+        """Head and payload in one buffer (one copy of the payload)."""
+        return self.head + self.payload
+
+    @property
+    def identity_key(self) -> str:
+        """A short string equal for two encodings exactly when :meth:`Header.identity` is equal."""
+        header = self.header
+        doc = [
+            header.codec,
+            header.media_type,
+            header.schema.model_dump(mode="json") if header.schema else None,
+            thaw_json(header.metadata),
+            header.size,
+            header.digest,
+        ]
+        return blake3.blake3(canonical_json(doc)).hexdigest()[:32]
+
+
+class PayloadVerifier:
+    """Checks a payload read in chunks against its header (used by streaming reads).
+
+    Call :meth:`update` with each chunk of the *stored* payload, then :meth:`finish`.
+    Only uncompressed payloads can be verified in a stream.
+    """
+
+    def __init__(self, header: Header) -> None:
+        if header.compression is not None:
+            raise SerializationError("a compressed payload cannot be verified as a stream")
+        self._header = header
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._seen = 0
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        """Feed the next chunk of payload."""
+        self._seen += len(chunk)
+        if self._seen > self._header.size:
+            raise ArtifactCorruptedError("payload is longer than its header says")
+        self._hasher.update(chunk)
+
+    def finish(self) -> None:
+        """Raise :class:`ArtifactCorruptedError` unless the payload seen so far is complete and intact."""
+        if self._seen != self._header.size:
+            raise ArtifactCorruptedError(f"payload is {self._seen} bytes; its header says {self._header.size}")
+        if self._hasher.hexdigest() != self._header.digest:
+            raise ArtifactCorruptedError("payload digest does not match its header")
+
+
+class Codec:
+    """Encodes messages into envelopes and decodes them back, verifying everything.
+
+    Args:
+        signing_key: when set, heads carry a keyed BLAKE3 MAC and decoding refuses artifacts that were
+            not signed with the same key.
+        compress_threshold: JSON and text payloads of at least this many bytes are zstd-compressed when
+            that saves at least an eighth; ``None`` disables compression. ``bytes`` content is never
+            compressed, so its stored payload is exactly the bytes saved.
+    """
+
+    def __init__(
+        self, *, signing_key: bytes | None = None, compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD
+    ) -> None:
+        self._key = blake3.blake3(signing_key, derive_key_context=_KEY_CONTEXT).digest() if signing_key else None
+        self.compress_threshold = compress_threshold
+
+    @property
+    def signed(self) -> bool:
+        """Whether this codec signs and requires signatures."""
+        return self._key is not None
+
+    def __repr__(self) -> str:
+        return f"Codec(signed={self.signed}, compress_threshold={self.compress_threshold})"
+
+    # -- encoding -------------------------------------------------------------------------------------
+
+    def encode(self, message: Message) -> Encoded:
+        """Encode ``message``.
+
+        Raises:
+            SerializationError: if the content cannot be encoded.
+        """
+        codec, raw = content_bytes(message)
+        digest = _digest(raw)
+        stored, compression = raw, None
+        threshold = self.compress_threshold
+        if codec != "bytes" and threshold is not None and len(raw) >= threshold:
+            packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
+            if len(packed) <= len(raw) - len(raw) // 8:
+                stored, compression = packed, "zstd"
+        head, header = self.encode_head(
+            codec=codec,
+            media_type=message.media_type,
+            schema=message.schema,
+            metadata=message.metadata,
+            created_at=message.created_at,
+            size=len(raw),
+            digest=digest,
+            stored_size=len(stored),
+            compression=compression,
+        )
+        return Encoded(head=head, payload=stored, header=header)
+
+    def encode_head(
+        self,
+        *,
+        codec: str,
+        media_type: str,
+        schema: SchemaInfo | None,
+        metadata: Any,
+        created_at: datetime,
+        size: int,
+        digest: str,
+        stored_size: int | None = None,
+        compression: str | None = None,
+    ) -> tuple[bytes, Header]:
+        """Build the head for a payload described by these fields (streaming writers hash first, then call this).
+
+        ``digest`` is the BLAKE3 hex digest of the uncompressed payload of ``size`` bytes.
+        """
+        if codec not in _CODECS:
+            raise SerializationError(f"unknown codec {codec!r}")
+        stored_size = size if stored_size is None else stored_size
+        mac = "blake3-keyed" if self._key else "blake3"
+        doc = {
+            "codec": codec,
+            "compression": compression,
+            "media_type": media_type,
+            "schema": schema.model_dump(mode="json") if schema else None,
+            "metadata": thaw_json(metadata),
+            "created_at": created_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "size": size,
+            "stored_size": stored_size,
+            "digest": {"alg": "blake3", "hex": digest},
+            "mac": mac,
+        }
+        try:
+            header_bytes = canonical_json(doc)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"metadata is not JSON-serializable: {exc}") from exc
+        if len(header_bytes) > MAX_HEADER_SIZE:
+            raise SerializationError(f"header is {len(header_bytes)} bytes; the limit is {MAX_HEADER_SIZE}")
+        prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
+        header = Header(
+            codec=codec,
+            compression=compression,
+            media_type=media_type,
+            schema=schema,
+            metadata=metadata,
+            created_at=created_at,
+            size=size,
+            stored_size=stored_size,
+            digest=digest,
+            digest_alg="blake3",
+            mac=mac,
+        )
+        return prefix + self._tag(prefix), header
+
+    def _tag(self, data: bytes | memoryview) -> bytes:
+        if self._key is None:
+            return blake3.blake3(data).digest()
+        return blake3.blake3(data, key=self._key).digest()
+
+    # -- decoding -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def head_size(prefix: bytes | memoryview) -> int:
+        """The size of the whole head, from its first :data:`PREFIX_SIZE` bytes.
+
+        Raises:
+            UnsupportedFormatError: if the bytes are not an envelope or the version is unknown.
+            ArtifactCorruptedError: if fewer than :data:`PREFIX_SIZE` bytes are given or the length is absurd.
+        """
+        if len(prefix) < PREFIX_SIZE:
+            raise ArtifactCorruptedError("stored artifact is truncated (no complete envelope prefix)")
+        magic, version, length = _PREFIX.unpack_from(prefix)
+        if magic != MAGIC:
+            raise UnsupportedFormatError("stored bytes are not an artifactstore envelope (bad magic)")
+        if version != FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"envelope format version {version} is not supported (this library reads {FORMAT_VERSION});"
+                " upgrade artifactstore-core"
+            )
+        if length > MAX_HEADER_SIZE:
+            raise ArtifactCorruptedError(f"envelope header length {length} exceeds {MAX_HEADER_SIZE}")
+        return PREFIX_SIZE + length + TAG_SIZE
+
+    def decode_head(self, head: bytes | memoryview) -> Header:
+        """Verify and parse a head (exactly :meth:`head_size` bytes).
+
+        Raises:
+            UnsupportedFormatError: not an envelope, unknown version, codec or compression.
+            ArtifactCorruptedError: wrong length, tag mismatch, malformed header, missing signature.
+            ConfigurationError: the artifact is signed and this codec has no signing key.
+        """
+        size = self.head_size(head)
+        if len(head) != size:
+            raise ArtifactCorruptedError(f"envelope head is {len(head)} bytes; expected {size}")
+        view = memoryview(head)
+        try:
+            doc = json.loads(bytes(view[PREFIX_SIZE : size - TAG_SIZE]))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ArtifactCorruptedError("envelope header is not valid JSON") from exc
+        if not isinstance(doc, dict):
+            raise ArtifactCorruptedError("envelope header is not a JSON object")
+        mac = doc.get("mac")
+        if mac == "blake3-keyed" and self._key is None:
+            raise ConfigurationError(
+                "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY to the signing key to read it"
+            )
+        if self._key is not None and mac != "blake3-keyed":
+            raise ArtifactCorruptedError("artifact is not signed, and this store requires signed artifacts")
+        if mac not in ("blake3", "blake3-keyed"):
+            raise UnsupportedFormatError(f"unknown envelope mac {mac!r}")
+        if self._tag(view[: size - TAG_SIZE]) != bytes(view[size - TAG_SIZE :]):
+            what = "signature" if self._key else "header digest"
+            raise ArtifactCorruptedError(f"envelope {what} does not match: the artifact was altered or damaged")
+        try:
+            return self._parse_header(doc, mac)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactCorruptedError(f"envelope header is malformed: {exc}") from exc
+
+    @staticmethod
+    def _parse_header(doc: dict[str, Any], mac: str) -> Header:
+        codec = doc["codec"]
+        if codec not in _CODECS:
+            raise UnsupportedFormatError(f"unknown envelope codec {codec!r}")
+        compression = doc.get("compression")
+        if compression not in (None, "zstd"):
+            raise UnsupportedFormatError(f"unknown envelope compression {compression!r}")
+        digest = doc["digest"]
+        if digest.get("alg") != "blake3":
+            raise UnsupportedFormatError(f"unknown digest algorithm {digest.get('alg')!r}")
+        schema = doc.get("schema")
+        created_at = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
+        size, stored_size = doc["size"], doc["stored_size"]
+        if not (isinstance(size, int) and isinstance(stored_size, int) and size >= 0 and stored_size >= 0):
+            raise ValueError("sizes must be non-negative integers")
+        return Header(
+            codec=codec,
+            compression=compression,
+            media_type=str(doc["media_type"]),
+            schema=SchemaInfo.model_validate(schema) if schema is not None else None,
+            metadata=freeze_json(doc.get("metadata") or {}, where="metadata"),
+            created_at=created_at,
+            size=size,
+            stored_size=stored_size,
+            digest=str(digest["hex"]),
+            digest_alg="blake3",
+            mac=mac,
+        )
+
+    def header_of(self, blob: bytes | memoryview) -> Header:
+        """Verify and parse the head at the start of ``blob`` (head followed by anything).
+
+        Raises:
+            The errors of :meth:`decode_head`.
+        """
+        view = memoryview(blob)
+        size = self.head_size(view[:PREFIX_SIZE])
+        if len(view) < size:
+            raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+        return self.decode_head(view[:size])
+
+    def decode(self, head: bytes | memoryview, payload: bytes | memoryview) -> Message:
+        """Verify and decode an artifact stored as head and payload.
+
+        Raises:
+            UnsupportedFormatError, ArtifactCorruptedError, ConfigurationError: as :meth:`decode_head`,
+                and :class:`ArtifactCorruptedError` for a payload of the wrong size or digest.
+        """
+        return self.decode_payload(self.decode_head(head), payload)
+
+    def decode_bytes(self, blob: bytes | memoryview) -> Message:
+        """Verify and decode an artifact stored as one buffer (head followed by payload)."""
+        view = memoryview(blob)
+        size = self.head_size(view[:PREFIX_SIZE])
+        if len(view) < size:
+            raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+        return self.decode(view[:size], view[size:])
+
+    def decode_payload(self, header: Header, payload: bytes | memoryview) -> Message:
+        """Verify ``payload`` against a verified ``header`` and build the message."""
+        if len(payload) != header.stored_size:
+            raise ArtifactCorruptedError(
+                f"stored payload is {len(payload)} bytes; its header says {header.stored_size}"
+            )
+        raw: bytes | memoryview = payload
+        if header.compression == "zstd":
+            try:
+                raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=header.size)
+            except zstandard.ZstdError as exc:
+                raise ArtifactCorruptedError("compressed payload cannot be decompressed") from exc
+        if len(raw) != header.size:
+            raise ArtifactCorruptedError(f"payload is {len(raw)} bytes; its header says {header.size}")
+        if _digest(raw) != header.digest:
+            raise ArtifactCorruptedError("payload digest does not match its header")
+        content: Any
+        try:
+            if header.codec == "bytes":
+                content = raw if isinstance(raw, bytes) else bytes(raw)
+            elif header.codec == "utf-8":
+                content = str(raw, "utf-8")
+            else:
+                content = json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ArtifactCorruptedError(f"payload is not valid {header.codec}") from exc
+        return self.message_from(header, content)
+
+    @staticmethod
+    def message_from(header: Header, content: Any) -> Message:
+        """Build the message a header describes around already-verified content."""
+        return Message(
+            content=content,
+            schema=header.schema,
+            metadata=header.metadata,
+            media_type=header.media_type,
+            created_at=header.created_at,
+        )

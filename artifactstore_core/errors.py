@@ -1,0 +1,167 @@
+"""The error hierarchy of artifactstore.
+
+Every error the public API raises derives from :class:`ArtifactStoreError`. The families are grouped by
+what the caller should do about them:
+
+* fix the configuration or the input: :class:`ConfigurationError` (and :class:`BackendNotFoundError`,
+  :class:`PluginLoadError`), :class:`InvalidStepIdError`, :class:`UnsupportedOperationError`;
+* handle an expected outcome: :class:`ArtifactNotFoundError`, :class:`ArtifactExistsError`;
+* the stored data cannot be used: :class:`SerializationError` (and :class:`ArtifactCorruptedError`,
+  :class:`UnsupportedFormatError`, :class:`SchemaMismatchError`);
+* make room or store less: :class:`CapacityError` (and :class:`PayloadTooLargeError`);
+* the backend failed: :class:`BackendError`; retry :class:`BackendUnavailableError` and
+  :class:`BackendTimeoutError`; fix credentials for :class:`AccessDeniedError`.
+
+Each class has a ``retryable`` flag, every instance is picklable (so errors cross process pools intact),
+and messages name the step id, namespace, backend or setting concerned, never a secret. Errors raised
+while translating a client library's exception always chain the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AccessDeniedError",
+    "ArtifactCorruptedError",
+    "ArtifactExistsError",
+    "ArtifactNotFoundError",
+    "ArtifactStoreError",
+    "BackendError",
+    "BackendNotFoundError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "CapacityError",
+    "ConfigurationError",
+    "InvalidStepIdError",
+    "PayloadTooLargeError",
+    "PluginLoadError",
+    "SchemaMismatchError",
+    "SerializationError",
+    "StoreClosedError",
+    "UnsupportedFormatError",
+    "UnsupportedOperationError",
+]
+
+
+class ArtifactStoreError(Exception):
+    """Root of every error raised by artifactstore.
+
+    Attributes:
+        retryable: ``True`` when repeating the same call later may succeed (a transient backend
+            failure); ``False`` when the call will fail again until something changes.
+        step_id: the step id concerned, when there is one.
+        namespace: the namespace concerned, when there is one.
+        backend: the backend name concerned, when there is one.
+    """
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step_id: str | None = None,
+        namespace: str | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.step_id = step_id
+        self.namespace = namespace
+        self.backend = backend
+
+    @property
+    def message(self) -> str:
+        """The human-readable message, without the class name."""
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickling replays only ``args``; keyword fields travel in the state dict so
+        # errors survive process pools and the HTTP round trip unchanged.
+        return (self.__class__, (self.message,), self.__dict__.copy())
+
+
+class ConfigurationError(ArtifactStoreError, ValueError):
+    """A setting is missing or invalid. The message names the environment variable to fix."""
+
+
+class BackendNotFoundError(ConfigurationError):
+    """No backend of the requested name is installed (or the allow-list excludes it).
+
+    The message lists the installed backends, suggests a close name for a typo, and gives the exact
+    ``pip install`` line for a known first-party backend that is not installed.
+    """
+
+
+class PluginLoadError(ConfigurationError):
+    """A backend plugin was found but could not be loaded or registered.
+
+    The message names the entry point, its distribution and version; the original error is chained.
+    """
+
+
+class UnsupportedOperationError(ArtifactStoreError):
+    """The backend does not offer the requested optional capability (see ``Capabilities``)."""
+
+
+class InvalidStepIdError(ArtifactStoreError, ValueError):
+    """A step id or namespace is empty, too long, or holds a control character or lone surrogate.
+
+    Raised before any I/O.
+    """
+
+
+class ArtifactNotFoundError(ArtifactStoreError, LookupError):
+    """No artifact is stored under this step id in this namespace (or it has expired)."""
+
+
+class ArtifactExistsError(ArtifactStoreError):
+    """A different artifact is already stored under this step id; pass ``overwrite=True`` to replace it."""
+
+
+class SerializationError(ArtifactStoreError):
+    """A message could not be encoded, or stored bytes could not be decoded into a message."""
+
+
+class ArtifactCorruptedError(SerializationError):
+    """Stored bytes fail verification: wrong size, wrong digest, bad signature, or truncated."""
+
+
+class UnsupportedFormatError(SerializationError):
+    """Stored bytes are not an artifactstore envelope, or use a newer format version or an unknown codec."""
+
+
+class SchemaMismatchError(SerializationError):
+    """A message's content does not validate as the requested model, or names a different schema."""
+
+
+class CapacityError(ArtifactStoreError):
+    """The store is full: a configured limit, server memory (Redis OOM) or disk space."""
+
+
+class PayloadTooLargeError(CapacityError):
+    """One artifact is larger than this backend accepts. Raised before any byte is sent."""
+
+
+class BackendError(ArtifactStoreError):
+    """The backend failed in a way not covered by a more specific error; the cause is chained."""
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """The backend cannot be reached (refused, reset, DNS, server loading). Retry later."""
+
+    retryable: ClassVar[bool] = True
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """The backend did not answer within the configured timeout. The operation may or may not have happened."""
+
+    retryable: ClassVar[bool] = True
+
+
+class AccessDeniedError(BackendError, PermissionError):
+    """The backend refused the credentials or denied permission for the operation."""
+
+
+class StoreClosedError(ArtifactStoreError):
+    """The store was closed with :meth:`ArtifactStore.close`; create a new one."""

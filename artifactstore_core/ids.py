@@ -1,0 +1,126 @@
+"""Validation and reversible encoding of step ids and namespaces.
+
+A step id (or namespace) is any non-empty Unicode string of at most :data:`MAX_ID_BYTES`
+(:data:`MAX_NAMESPACE_BYTES`) bytes of UTF-8, with no control character (Unicode category ``Cc``) and no
+lone surrogate. Everything else (spaces, ``/``, ``..``, ``*``, ``?``, ``[``, ``%``, emoji) is legal on every
+backend. Backends never sanitize: they map ids to storage names with an injective, reversible encoding
+such as :func:`encode_name`, so no id can become a path, a glob pattern or another namespace's key.
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+
+from .errors import InvalidStepIdError
+
+__all__ = [
+    "MAX_ID_BYTES",
+    "MAX_NAMESPACE_BYTES",
+    "decode_name",
+    "encode_name",
+    "validate_namespace",
+    "validate_step_id",
+]
+
+#: Longest step id, in bytes of UTF-8. Chosen so that an encoded namespace and id fit every first-party
+#: backend's key limit (S3: 1,024 bytes per key) with room for a prefix.
+MAX_ID_BYTES = 256
+#: Longest namespace, in bytes of UTF-8.
+MAX_NAMESPACE_BYTES = 128
+
+# Characters that stand for themselves in an encoded name. Upper-case letters and "." are escaped so
+# that encoded names are distinct on case-insensitive file systems and can never be "." or "..".
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+_HEX = "0123456789ABCDEF"
+
+
+def _check(value: object, *, what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidStepIdError(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidStepIdError(f"{what} must not be empty")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidStepIdError(f"{what} {value!r} contains a lone surrogate") from None
+    if size > limit:
+        raise InvalidStepIdError(f"{what} is {size} bytes of UTF-8; the limit is {limit}")
+    for char in value:
+        if unicodedata.category(char) == "Cc":
+            raise InvalidStepIdError(f"{what} {value!r} contains the control character {char!r}")
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_step_id(value: str) -> str:
+    return _check(value, what="step id", limit=MAX_ID_BYTES)
+
+
+def validate_step_id(step_id: object) -> str:
+    """Return ``step_id`` unchanged if it is a legal step id.
+
+    Raises:
+        InvalidStepIdError: if it is not a non-empty str within :data:`MAX_ID_BYTES` bytes of UTF-8, or
+            holds a control character or a lone surrogate.
+    """
+    if type(step_id) is str:
+        # The cache keeps validation off the hot path for ids a pipeline uses over and over.
+        return _valid_step_id(step_id)
+    return _check(step_id, what="step id", limit=MAX_ID_BYTES)
+
+
+def validate_namespace(namespace: object) -> str:
+    """Return ``namespace`` unchanged if it is a legal namespace.
+
+    Raises:
+        InvalidStepIdError: under the same rules as :func:`validate_step_id`, with
+            :data:`MAX_NAMESPACE_BYTES` as the limit.
+    """
+    return _check(namespace, what="namespace", limit=MAX_NAMESPACE_BYTES)
+
+
+def encode_name(value: str) -> str:
+    """Encode a (validated) id or namespace as a storage-safe name; the inverse of :func:`decode_name`.
+
+    The result holds only ``a-z``, ``0-9``, ``-``, ``_`` and ``%XX`` escapes of UTF-8 bytes with
+    upper-case hex digits. It is injective even under case-folding (names stay distinct on
+    case-insensitive file systems), never contains ``/``, ``.``, ``:``, ``*``, ``?`` or ``[``, and is at most
+    three times the id's UTF-8 length.
+    """
+    out: list[str] = []
+    for char in value:
+        if char in _SAFE:
+            out.append(char)
+        else:
+            for byte in char.encode("utf-8"):
+                out.append("%" + _HEX[byte >> 4] + _HEX[byte & 15])
+    return "".join(out)
+
+
+def decode_name(name: str) -> str:
+    """Decode a name made by :func:`encode_name`.
+
+    Raises:
+        ValueError: if ``name`` is not exactly what :func:`encode_name` produces for some string (only the
+            canonical form decodes, which keeps the encoding a bijection).
+    """
+    raw = bytearray()
+    i = 0
+    while i < len(name):
+        char = name[i]
+        if char == "%":
+            pair = name[i + 1 : i + 3]
+            if len(pair) != 2 or any(c not in _HEX for c in pair):
+                raise ValueError(f"bad escape in encoded name {name!r}")
+            raw.append(int(pair, 16))
+            i += 3
+        elif char in _SAFE:
+            raw.append(ord(char))
+            i += 1
+        else:
+            raise ValueError(f"unexpected character {char!r} in encoded name {name!r}")
+    decoded = raw.decode("utf-8")
+    if encode_name(decoded) != name:
+        raise ValueError(f"encoded name {name!r} is not in canonical form")
+    return decoded

@@ -1,0 +1,297 @@
+"""The :class:`Message`: the unit of data that flows between pipeline steps.
+
+A message is frozen and deeply immutable: JSON objects become :class:`FrozenDict` and arrays become
+tuples, so no mutable container can be reached from it. That is what lets the memory backend hand out the
+very object that was saved, and lets many threads share one message without copies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any, TypeVar, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from .errors import SchemaMismatchError
+
+__all__ = ["FrozenDict", "JsonValue", "Message", "SchemaInfo", "canonical_json", "freeze_json", "thaw_json"]
+
+#: A JSON value as stored in a message: ``None``, ``bool``, ``int``, finite ``float``, ``str``, a tuple of
+#: JSON values, or a :class:`FrozenDict` of ``str`` to JSON values.
+JsonValue = Union[None, bool, int, float, str, tuple["JsonValue", ...], "FrozenDict"]
+
+Model = TypeVar("Model", bound=BaseModel)
+
+MEDIA_TYPE_BYTES = "application/octet-stream"
+MEDIA_TYPE_TEXT = "text/plain; charset=utf-8"
+MEDIA_TYPE_JSON = "application/json"
+
+
+class FrozenDict(Mapping[str, Any]):
+    """An immutable, hashable mapping used for JSON objects inside a message.
+
+    It compares equal to any mapping with the same items (``FrozenDict({"a": 1}) == {"a": 1}``).
+    """
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(data) if data else {}
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenDict):
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (self._data,))
+
+
+def freeze_json(value: Any, *, where: str = "content") -> Any:
+    """Return a deeply immutable copy of a JSON value (dicts to :class:`FrozenDict`, lists to tuples).
+
+    Raises:
+        ValueError: if ``value`` is not a JSON value: a non-str key, a NaN or infinite float, or a type JSON
+            cannot hold. (Inside a :class:`Message` this surfaces as a pydantic ``ValidationError``.)
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {value!r} is not a JSON number")
+        return value
+    if isinstance(value, Mapping):
+        if isinstance(value, FrozenDict):
+            return value
+        frozen = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
+            frozen[key] = freeze_json(item, where=where)
+        return FrozenDict(frozen)
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze_json(item, where=where) for item in value)
+    raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical UTF-8 JSON encoding of a (frozen or plain) JSON value: compact, keys sorted.
+
+    Equal JSON values of the same types encode identically, which is what write-once comparisons use.
+
+    Raises:
+        TypeError, ValueError: if ``value`` is not a JSON value.
+    """
+    return json.dumps(
+        value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False, default=_json_default
+    ).encode("utf-8")
+
+
+def thaw_json(value: Any) -> Any:
+    """Return a plain, mutable copy of a frozen JSON value (FrozenDict to dict, tuples to lists)."""
+    if isinstance(value, Mapping):
+        return {key: thaw_json(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [thaw_json(item) for item in value]
+    return value
+
+
+class SchemaInfo(BaseModel):
+    """What schema a message's content follows. Survives every backend unchanged.
+
+    Attributes:
+        name: a stable name for the schema, by default the model's ``module.QualName``. Only ever
+            compared, never imported.
+        version: an optional version string.
+        json_schema: an optional JSON Schema document of the content.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    version: str | None = None
+    json_schema: Any = None
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _freeze_schema(cls, value: Any) -> Any:
+        return freeze_json(value, where="json_schema")
+
+
+def _schema_name(model: type[BaseModel]) -> str:
+    return f"{model.__module__}.{model.__qualname__}"
+
+
+with warnings.catch_warnings():
+    # Message.schema is the documented field name; it deliberately replaces pydantic v1's deprecated
+    # BaseModel.schema() classmethod on this class.
+    warnings.filterwarnings("ignore", message='Field name "schema"')
+
+    class Message(BaseModel):
+        """A step's output: content plus what describes it. Frozen and deeply immutable.
+
+        Attributes:
+            content: a JSON value (frozen), a ``str``, or ``bytes``. ``bytearray`` and ``memoryview`` are
+                copied into ``bytes``; JSON objects become :class:`FrozenDict`, arrays tuples.
+            schema: optional :class:`SchemaInfo`.
+            metadata: a mapping of str to JSON values (frozen).
+            media_type: defaults by content kind: ``application/octet-stream`` for bytes,
+                ``text/plain; charset=utf-8`` for str, ``application/json`` otherwise.
+            created_at: timezone-aware, normalised to UTC; defaults to now.
+
+        Constructing a message with invalid content raises pydantic's ``ValidationError`` (a
+        ``ValueError``).
+        """
+
+        model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+        content: Any
+        schema: SchemaInfo | None = None
+        metadata: Any = Field(default_factory=FrozenDict)
+        media_type: str = ""
+        created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+        @field_validator("content", mode="before")
+        @classmethod
+        def _freeze_content(cls, value: Any) -> Any:
+            if isinstance(value, (bytes, str)):
+                return value
+            if isinstance(value, (bytearray, memoryview)):
+                return bytes(value)
+            return freeze_json(value)
+
+        @field_validator("metadata", mode="before")
+        @classmethod
+        def _freeze_metadata(cls, value: Any) -> Any:
+            if value is None:
+                return FrozenDict()
+            if not isinstance(value, Mapping):
+                raise ValueError("metadata must be a mapping of str to JSON values")
+            return freeze_json(value, where="metadata")
+
+        @field_validator("created_at")
+        @classmethod
+        def _utc(cls, value: datetime) -> datetime:
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError("created_at must be timezone-aware")
+            return value.astimezone(timezone.utc)
+
+        @model_validator(mode="after")
+        def _default_media_type(self) -> Message:
+            if not self.media_type:
+                if isinstance(self.content, bytes):
+                    kind = MEDIA_TYPE_BYTES
+                elif isinstance(self.content, str):
+                    kind = MEDIA_TYPE_TEXT
+                else:
+                    kind = MEDIA_TYPE_JSON
+                # The model is frozen; this is its own validator completing construction.
+                object.__setattr__(self, "media_type", kind)
+            return self
+
+        def same_artifact(self, other: Message) -> bool:
+            """Whether ``other`` stores the same artifact: equal content, schema, metadata and media type.
+
+            ``created_at`` is ignored, so a retried or re-run save of the same output is recognised as
+            identical. Used by the write-once rule of every backend.
+            """
+            if self is other:
+                return True
+            if type(self.content) is not type(other.content):
+                return False
+            if self.media_type != other.media_type or self.schema != other.schema:
+                return False
+            if canonical_json(self.metadata) != canonical_json(other.metadata):
+                return False
+            if isinstance(self.content, (bytes, str)):
+                return self.content == other.content
+            # JSON compares by canonical encoding: 1, 1.0 and True are equal in Python but not as stored.
+            return canonical_json(self.content) == canonical_json(other.content)
+
+        def to_python(self) -> Any:
+            """The content as plain, mutable Python (dicts and lists): a copy, for JSON content."""
+            return thaw_json(self.content)
+
+        @field_serializer("content", "metadata")
+        def _serialize_json(self, value: Any) -> Any:
+            return thaw_json(value)
+
+        @classmethod
+        def from_model(
+            cls,
+            model: BaseModel,
+            *,
+            version: str | None = None,
+            include_json_schema: bool = False,
+            metadata: Mapping[str, Any] | None = None,
+        ) -> Message:
+            """Wrap a pydantic model instance as a JSON message that records its schema.
+
+            The schema name is the model class's ``module.QualName``; pass ``version`` to record one.
+            """
+            model_cls = type(model)
+            schema = SchemaInfo(
+                name=_schema_name(model_cls),
+                version=version,
+                json_schema=model_cls.model_json_schema() if include_json_schema else None,
+            )
+            return cls(content=model.model_dump(mode="json"), schema=schema, metadata=metadata or {})
+
+        def to_model(self, model: type[Model], *, check_name: bool = True) -> Model:
+            """Validate the content back into ``model``.
+
+            No class is ever imported from a name in stored data: the caller names the class, and the
+            stored schema name is only compared with it.
+
+            Raises:
+                SchemaMismatchError: if the message records a different schema name (and ``check_name``),
+                    or the content does not validate as ``model``.
+            """
+            if check_name and self.schema is not None and self.schema.name != _schema_name(model):
+                raise SchemaMismatchError(
+                    f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}"
+                )
+            try:
+                return model.model_validate(thaw_json(self.content))
+            except ValidationError as exc:
+                raise SchemaMismatchError(
+                    f"content does not validate as {_schema_name(model)}: {exc.error_count()} error(s)"
+                ) from exc

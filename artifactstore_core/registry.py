@@ -1,0 +1,257 @@
+"""Discovery and loading of backend plugins, behind one typed facade.
+
+Entry points in the group ``artifactstore_core.backends`` are read without importing anything; a plugin
+module is imported only when its backend is needed, one entry point at a time, so a plugin that fails to
+import never breaks the others. Nobody outside this module touches the pluggy plugin manager.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import BackendNotFoundError, PluginLoadError
+from .models import Capabilities
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+    from .store import ArtifactStore
+    from .wiring import StoreContext
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KNOWN_BACKENDS",
+    "PLUGINS_ENV",
+    "BackendInfo",
+    "BackendSpec",
+    "PluginHost",
+    "plugin_host",
+]
+
+#: The entry-point group backends register in; the entry point's name is the backend name.
+ENTRY_POINT_GROUP = "artifactstore_core.backends"
+#: Comma-separated allow-list of backend names to load; unset loads any installed backend.
+PLUGINS_ENV = "ARTIFACT_STORE_PLUGINS"
+#: First-party backends and the distribution that provides each.
+KNOWN_BACKENDS: dict[str, str] = {
+    "memory": "artifactstore-memory",
+    "filesystem": "artifactstore-filesystem",
+    "redis": "artifactstore-redis",
+    "s3": "artifactstore-s3",
+    "http": "artifactstore-http",
+}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a plugin registers for one backend.
+
+    Attributes:
+        name: the backend name users select (``ARTIFACT_STORE_BACKEND``); equal to the entry point's name.
+        factory: builds a store from a :class:`~artifactstore_core.wiring.StoreContext`.
+        settings_model: the backend's pydantic-settings model (prefix ``ARTIFACT_STORE_<NAME>_``), if any.
+        capabilities: what the backend offers.
+        description: one line for listings.
+    """
+
+    name: str
+    factory: Callable[[StoreContext], ArtifactStore]
+    settings_model: type[BaseSettings] | None = None
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One discovered backend, for listings: never raises, a failure is reported in ``error``."""
+
+    name: str
+    distribution: str
+    version: str
+    entry_point: str
+    spec: BackendSpec | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        """``"loaded"``, or the load error in one line."""
+        return "loaded" if self.error is None else self.error
+
+
+def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
+    dist = ep.dist
+    if dist is None:
+        return ("unknown", "unknown")
+    return (dist.metadata["Name"] or "unknown", dist.version or "unknown")
+
+
+class PluginHost:
+    """The typed facade over discovery, the pluggy plugin manager and the backend registry.
+
+    Args:
+        entry_points: a function returning the entry points to consider (tests inject their own);
+            by default those of :data:`ENTRY_POINT_GROUP` in the installed distributions.
+    """
+
+    def __init__(self, entry_points: Callable[[], list[metadata.EntryPoint]] | None = None) -> None:
+        self._entry_points = entry_points or (lambda: list(metadata.entry_points(group=ENTRY_POINT_GROUP)))
+        self._lock = threading.RLock()
+        self._specs: dict[str, BackendSpec] = {}
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._modules: dict[str, ModuleType] = {}
+
+    # -- discovery ------------------------------------------------------------------------------------
+
+    def _candidates(self) -> dict[str, list[metadata.EntryPoint]]:
+        found: dict[str, list[metadata.EntryPoint]] = {}
+        for ep in self._entry_points():
+            claims = found.setdefault(ep.name, [])
+            # The same distribution seen twice on sys.path is one claim, not a conflict.
+            if all(_dist_of(other) != _dist_of(ep) or other.value != ep.value for other in claims):
+                claims.append(ep)
+        return found
+
+    def _allowed(self) -> set[str] | None:
+        raw = os.environ.get(PLUGINS_ENV, "").strip()
+        if not raw:
+            return None
+        return {name.strip() for name in raw.split(",") if name.strip()}
+
+    def names(self) -> list[str]:
+        """Names of the installed backends the allow-list permits (nothing is imported)."""
+        allowed = self._allowed()
+        return sorted(name for name in self._candidates() if allowed is None or name in allowed)
+
+    # -- loading --------------------------------------------------------------------------------------
+
+    def load(self, name: str) -> BackendSpec:
+        """Load (once) and return the spec of backend ``name``.
+
+        Raises:
+            BackendNotFoundError: no such backend is installed, or the allow-list excludes it.
+            PluginLoadError: the plugin failed to import or to register, or two distributions claim the name.
+        """
+        with self._lock:
+            if name in self._specs:
+                return self._specs[name]
+            candidates = self._candidates()
+            allowed = self._allowed()
+            if allowed is not None and name not in allowed:
+                raise BackendNotFoundError(
+                    f"backend {name!r} is not in {PLUGINS_ENV}={','.join(sorted(allowed))}; add it to load it",
+                    backend=name,
+                )
+            claims = candidates.get(name)
+            if not claims:
+                raise self._not_found(name, sorted(n for n in candidates if allowed is None or n in allowed))
+            if len(claims) > 1:
+                owners = " and ".join(f"{d} {v}" for d, v in map(_dist_of, claims))
+                raise PluginLoadError(
+                    f"backend {name!r} is claimed by more than one distribution: {owners}; uninstall one",
+                    backend=name,
+                )
+            spec = self._load_entry_point(name, claims[0])
+            self._specs[name] = spec
+            return spec
+
+    def _load_entry_point(self, name: str, ep: metadata.EntryPoint) -> BackendSpec:
+        dist, version = _dist_of(ep)
+        where = f"entry point {ep.name!r} = {ep.value!r} of {dist} {version}"
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginLoadError(
+                f"backend {name!r} failed to load ({where}): {type(exc).__name__}: {exc}", backend=name
+            ) from exc
+        registered: list[BackendSpec] = []
+        try:
+            if ep.value not in self._modules:
+                self._pm.register(plugin, name=ep.value)
+                self._modules[ep.value] = plugin
+            # Ask only this plugin, so loading one backend never runs another plugin's code.
+            caller = self._pm.subset_hook_caller(
+                "artifactstore_register_backends",
+                remove_plugins=[p for key, p in self._modules.items() if key != ep.value],
+            )
+            caller(register=registered.append)
+        except Exception as exc:
+            raise PluginLoadError(
+                f"backend {name!r} failed to register ({where}): {type(exc).__name__}: {exc}", backend=name
+            ) from exc
+        for spec in registered:
+            if spec.name == name:
+                return spec
+        offered = ", ".join(repr(spec.name) for spec in registered) or "nothing"
+        raise PluginLoadError(f"{where} registered {offered}, not backend {name!r}", backend=name)
+
+    def _not_found(self, name: str, installed: list[str]) -> BackendNotFoundError:
+        parts = [f"no backend named {name!r} is installed"]
+        if name in KNOWN_BACKENDS:
+            parts.append(f"install it with: pip install {KNOWN_BACKENDS[name]}")
+        else:
+            close = difflib.get_close_matches(name, sorted(set(installed) | set(KNOWN_BACKENDS)), n=1, cutoff=0.6)
+            if close:
+                parts.append(f"did you mean {close[0]!r}?")
+        parts.append(f"installed backends: {', '.join(installed) or 'none'}")
+        return BackendNotFoundError("; ".join(parts), backend=name)
+
+    # -- listing --------------------------------------------------------------------------------------
+
+    def backends(self) -> list[BackendInfo]:
+        """Every discovered backend with its status, loading each one (never raises for a broken plugin)."""
+        infos = []
+        allowed = self._allowed()
+        for name, claims in sorted(self._candidates().items()):
+            dist, version = _dist_of(claims[0])
+            if allowed is not None and name not in allowed:
+                infos.append(BackendInfo(name, dist, version, claims[0].value, error=f"not in {PLUGINS_ENV}"))
+                continue
+            try:
+                spec = self.load(name)
+            except (PluginLoadError, BackendNotFoundError) as exc:
+                error = " ".join(exc.message.split())
+                infos.append(BackendInfo(name, dist, version, claims[0].value, error=error))
+            else:
+                infos.append(BackendInfo(name, dist, version, claims[0].value, spec=spec))
+        return infos
+
+    def call_commands_hook(self, cli: Any) -> list[str]:
+        """Run ``artifactstore_register_commands`` on every loadable plugin; return load errors as lines."""
+        problems = []
+        for info in self.backends():
+            if info.error is not None:
+                problems.append(f"{info.name}: {info.error}")
+        with self._lock:
+            self._pm.hook.artifactstore_register_commands(cli=cli)
+        return problems
+
+
+_host: PluginHost | None = None
+_host_lock = threading.Lock()
+
+
+def plugin_host() -> PluginHost:
+    """The process-wide :class:`PluginHost` (created on first use)."""
+    global _host
+    with _host_lock:
+        if _host is None:
+            _host = PluginHost()
+        return _host
+
+
+def reset_plugin_host() -> None:
+    """Forget loaded plugins and rediscover on next use (for tests and long-lived hosts after installs)."""
+    global _host
+    with _host_lock:
+        _host = None

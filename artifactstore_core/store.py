@@ -1,0 +1,469 @@
+"""The :class:`ArtifactStore` base class: the contract every backend implements.
+
+Public methods validate their arguments (before any I/O), check the store is open, call one small
+``_underscore`` method that the backend implements, and turn any exception that is not already an
+:class:`~artifactstore_core.errors.ArtifactStoreError` into one, chaining the original. Backends supply the
+``_underscore`` methods, their ``capabilities`` and, optionally, :meth:`ArtifactStore._translate_error`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import IO, Any, ClassVar, NoReturn
+
+from .envelope import Codec
+from .errors import (
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    BackendError,
+    InvalidStepIdError,
+    StoreClosedError,
+    UnsupportedOperationError,
+)
+from .ids import validate_namespace, validate_step_id
+from .message import MEDIA_TYPE_BYTES, Message, SchemaInfo
+from .models import ArtifactInfo, Capabilities
+
+__all__ = ["ArtifactStore", "Ttl"]
+
+#: A time to live: seconds (int or float) or a :class:`~datetime.timedelta`.
+Ttl = float | int | timedelta
+
+
+def _ttl_seconds(ttl: Ttl | None) -> float | None:
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if not seconds > 0:
+        raise ValueError(f"ttl must be positive, got {ttl!r}")
+    return seconds
+
+
+def _check_message(message: object) -> Message:
+    if not isinstance(message, Message):
+        raise TypeError(f"expected a Message, got {type(message).__name__}; wrap it as Message(content=...)")
+    return message
+
+
+class ArtifactStore(ABC):
+    """A namespace of artifacts on one backend. Thread-safe; a context manager that closes on exit.
+
+    Args:
+        namespace: the namespace this store reads and writes (for a pipeline, its execution id).
+        codec: the envelope codec (signing key, compression) byte-storing backends use.
+
+    Raises:
+        InvalidStepIdError: if ``namespace`` is not a legal namespace.
+    """
+
+    #: The backend's registered name.
+    backend_name: ClassVar[str] = "unknown"
+    #: What this backend offers.
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, *, namespace: str = "default", codec: Codec | None = None) -> None:
+        self._namespace = validate_namespace(namespace)
+        self._codec = codec if codec is not None else Codec()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # -- properties -----------------------------------------------------------------------------------
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this store is bound to."""
+        return self._namespace
+
+    @property
+    def codec(self) -> Codec:
+        """The envelope codec this store encodes and verifies with."""
+        return self._codec
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend_name!r} namespace={self._namespace!r}>"
+
+    # -- public API -----------------------------------------------------------------------------------
+
+    def save(self, step_id: str, message: Message, *, overwrite: bool = False, ttl: Ttl | None = None) -> None:
+        """Store ``message`` as the output of ``step_id``.
+
+        Write-once: saving a message equal to the stored one (same content, schema, metadata and media
+        type; ``created_at`` is ignored) succeeds and keeps the stored artifact, so retries are safe.
+
+        Args:
+            overwrite: replace an existing, different artifact atomically instead of raising.
+            ttl: expire the artifact after this long (backends with ``capabilities.native_ttl`` only).
+
+        Raises:
+            InvalidStepIdError: ``step_id`` is not a legal id (before any I/O).
+            TypeError: ``message`` is not a :class:`Message`.
+            ArtifactExistsError: a different artifact is stored under ``step_id`` and not ``overwrite``.
+            UnsupportedOperationError: ``ttl`` was given and the backend has no native TTL.
+            CapacityError, PayloadTooLargeError: the store is full or the artifact too large.
+            SerializationError: the message cannot be encoded.
+            BackendError: the backend failed (see its subclasses).
+            StoreClosedError: the store was closed.
+        """
+        step_id = validate_step_id(step_id)
+        message = _check_message(message)
+        seconds = self._ttl(ttl)
+        self._check_open()
+        try:
+            self._save(step_id, message, overwrite, seconds)
+        except Exception as exc:
+            self._raise(exc, "save", step_id)
+
+    def get(self, step_id: str) -> Message:
+        """Return the message stored for ``step_id``, verified and equal to what was saved.
+
+        Raises:
+            InvalidStepIdError: ``step_id`` is not a legal id (before any I/O).
+            ArtifactNotFoundError: nothing is stored under ``step_id`` (or it expired).
+            ArtifactCorruptedError, UnsupportedFormatError: the stored bytes fail verification.
+            BackendError: the backend failed. StoreClosedError: the store was closed.
+        """
+        step_id = validate_step_id(step_id)
+        self._check_open()
+        try:
+            return self._get(step_id)
+        except Exception as exc:
+            self._raise(exc, "get", step_id)
+
+    def exists(self, step_id: str) -> bool:
+        """Whether an artifact is stored under ``step_id``.
+
+        Never turns a failure into ``False``.
+
+        Raises:
+            InvalidStepIdError: ``step_id`` is not a legal id. BackendError: the backend failed.
+            StoreClosedError: the store was closed.
+        """
+        step_id = validate_step_id(step_id)
+        self._check_open()
+        try:
+            return self._exists(step_id)
+        except Exception as exc:
+            self._raise(exc, "exists", step_id)
+
+    def delete(self, step_id: str) -> bool:
+        """Remove the artifact stored under ``step_id``. Returns whether there was one to remove.
+
+        Raises:
+            InvalidStepIdError: ``step_id`` is not a legal id. BackendError: the backend failed.
+            StoreClosedError: the store was closed.
+        """
+        step_id = validate_step_id(step_id)
+        self._check_open()
+        try:
+            return self._delete(step_id)
+        except Exception as exc:
+            self._raise(exc, "delete", step_id)
+
+    def list(self) -> Iterator[ArtifactInfo]:
+        """Iterate over the artifacts of this namespace (order unspecified), without reading payloads.
+
+        Raises:
+            BackendError: the backend failed (possibly part-way through the iteration).
+            StoreClosedError: the store was closed.
+        """
+        self._check_open()
+        try:
+            yield from self._list()
+        except Exception as exc:
+            self._raise(exc, "list", None)
+
+    def clear(self) -> int:
+        """Remove every artifact of this namespace, and nothing outside it. Returns how many were removed.
+
+        Raises:
+            BackendError: the backend failed (some artifacts may have been removed).
+            StoreClosedError: the store was closed.
+        """
+        self._check_open()
+        try:
+            return self._clear()
+        except Exception as exc:
+            self._raise(exc, "clear", None)
+
+    def save_many(
+        self,
+        items: Mapping[str, Message] | Iterable[tuple[str, Message]],
+        *,
+        overwrite: bool = False,
+        ttl: Ttl | None = None,
+    ) -> None:
+        """Save several artifacts, batched where the backend can (Redis pipelines, S3 in parallel).
+
+        Every id and message is validated before any I/O. Each artifact is saved atomically, the batch is
+        not: if one fails, the error is raised and the others may or may not have been saved.
+
+        Raises:
+            The errors of :meth:`save`; :class:`InvalidStepIdError` also for an id given twice.
+        """
+        pairs = builtins.list(items.items() if isinstance(items, Mapping) else items)
+        seen: set[str] = set()
+        for step_id, message in pairs:
+            validate_step_id(step_id)
+            _check_message(message)
+            if step_id in seen:
+                raise InvalidStepIdError(f"step id {step_id!r} appears twice in one save_many", step_id=step_id)
+            seen.add(step_id)
+        seconds = self._ttl(ttl)
+        self._check_open()
+        if not pairs:
+            return
+        try:
+            self._save_many(pairs, overwrite, seconds)
+        except Exception as exc:
+            self._raise(exc, "save_many", None)
+
+    def get_many(self, step_ids: Iterable[str]) -> dict[str, Message]:
+        """Read several artifacts at once; returns a dict from step id to message.
+
+        Raises:
+            ArtifactNotFoundError: if any is missing (the message names the missing ids).
+            The other errors of :meth:`get`.
+        """
+        ids = builtins.list(dict.fromkeys(validate_step_id(step_id) for step_id in step_ids))
+        self._check_open()
+        if not ids:
+            return {}
+        try:
+            return self._get_many(ids)
+        except Exception as exc:
+            self._raise(exc, "get_many", None)
+
+    def save_stream(
+        self,
+        step_id: str,
+        stream: IO[bytes],
+        *,
+        media_type: str = MEDIA_TYPE_BYTES,
+        schema: SchemaInfo | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        ttl: Ttl | None = None,
+    ) -> None:
+        """Save ``bytes`` content read from a binary stream (a file, a socket, ...).
+
+        With ``capabilities.streaming`` memory stays bounded whatever the size; other backends read the
+        stream whole and save it as :meth:`save` would. The write-once rule is the same as :meth:`save`.
+
+        Raises:
+            The errors of :meth:`save`.
+        """
+        step_id = validate_step_id(step_id)
+        seconds = self._ttl(ttl)
+        self._check_open()
+        try:
+            if self.capabilities.streaming:
+                self._save_stream(step_id, stream, media_type, schema, metadata or {}, overwrite, seconds)
+            else:
+                message = Message(content=stream.read(), media_type=media_type, schema=schema, metadata=metadata)
+                self._save(step_id, message, overwrite, seconds)
+        except Exception as exc:
+            self._raise(exc, "save_stream", step_id)
+
+    def open(self, step_id: str) -> IO[bytes]:
+        """Open the artifact's payload for reading as a binary stream (close it when done).
+
+        For text and JSON content the stream yields their UTF-8 encoding. With
+        ``capabilities.streaming`` the payload is read in chunks and verified as it is read (a damaged
+        artifact raises :class:`ArtifactCorruptedError` from ``read`` at the latest at its end).
+
+        Raises:
+            The errors of :meth:`get`.
+        """
+        step_id = validate_step_id(step_id)
+        self._check_open()
+        try:
+            if self.capabilities.streaming:
+                return self._open(step_id)
+            content = self._get(step_id).content
+        except Exception as exc:
+            self._raise(exc, "open", step_id)
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        elif not isinstance(content, bytes):
+            content = self._codec.encode(Message(content=content)).payload
+        return io.BytesIO(content)
+
+    def close(self) -> None:
+        """Release the backend's clients and pools. Idempotent; later calls raise :class:`StoreClosedError`."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._close()
+        except Exception as exc:
+            self._raise(exc, "close", None)
+
+    def __enter__(self) -> ArtifactStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- helpers for backends -------------------------------------------------------------------------
+
+    def _not_found(self, step_id: str) -> ArtifactNotFoundError:
+        """The error a backend raises when ``step_id`` is missing."""
+        return ArtifactNotFoundError(
+            f"no artifact {step_id!r} in namespace {self._namespace!r} of backend {self.backend_name!r}",
+            step_id=step_id,
+            namespace=self._namespace,
+            backend=self.backend_name,
+        )
+
+    def _exists_error(self, step_id: str) -> ArtifactExistsError:
+        """The error a backend raises when write-once refuses a different artifact."""
+        return ArtifactExistsError(
+            f"a different artifact {step_id!r} already exists in namespace {self._namespace!r} of backend "
+            f"{self.backend_name!r}; pass overwrite=True to replace it",
+            step_id=step_id,
+            namespace=self._namespace,
+            backend=self.backend_name,
+        )
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        """Map a client library's exception to a core error (``None``: a generic :class:`BackendError`).
+
+        Backends override this with one small mapping; the base chains the original as ``__cause__``.
+        The returned message must never contain a secret.
+        """
+        return None
+
+    # -- what a backend implements --------------------------------------------------------------------
+
+    @abstractmethod
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        """Store ``message`` under the write-once rule; ``ttl`` is seconds or ``None``."""
+
+    @abstractmethod
+    def _get(self, step_id: str) -> Message:
+        """Return the stored message or raise ``self._not_found(step_id)``."""
+
+    @abstractmethod
+    def _exists(self, step_id: str) -> bool:
+        """Whether ``step_id`` is stored."""
+
+    @abstractmethod
+    def _delete(self, step_id: str) -> bool:
+        """Remove ``step_id``; return whether it was there."""
+
+    @abstractmethod
+    def _list(self) -> Iterable[ArtifactInfo]:
+        """The artifacts of this namespace."""
+
+    @abstractmethod
+    def _clear(self) -> int:
+        """Remove this namespace's artifacts; return the count."""
+
+    def _close(self) -> None:
+        """Release clients and pools (called once)."""
+
+    def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        """Save validated pairs; override to batch."""
+        for step_id, message in items:
+            try:
+                self._save(step_id, message, overwrite, ttl)
+            except ArtifactStoreError as exc:
+                if exc.step_id is None:
+                    exc.step_id = step_id
+                raise
+
+    def _get_many(self, step_ids: builtins.list[str]) -> dict[str, Message]:
+        """Read validated, distinct ids; override to batch. Raise not-found naming every missing id."""
+        found: dict[str, Message] = {}
+        missing: builtins.list[str] = []
+        for step_id in step_ids:
+            try:
+                found[step_id] = self._get(step_id)
+            except ArtifactNotFoundError:
+                missing.append(step_id)
+        if missing:
+            raise self._missing_many(missing)
+        return found
+
+    def _missing_many(self, missing: builtins.list[str]) -> ArtifactNotFoundError:
+        """The error for a batch read with missing ids."""
+        shown = ", ".join(repr(step_id) for step_id in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        return ArtifactNotFoundError(
+            f"no artifacts {shown}{more} in namespace {self._namespace!r} of backend {self.backend_name!r}",
+            step_id=missing[0],
+            namespace=self._namespace,
+            backend=self.backend_name,
+        )
+
+    def _save_stream(
+        self,
+        step_id: str,
+        stream: IO[bytes],
+        media_type: str,
+        schema: SchemaInfo | None,
+        metadata: Mapping[str, Any],
+        overwrite: bool,
+        ttl: float | None,
+    ) -> None:
+        """Streaming save, for backends that declare ``capabilities.streaming``."""
+        raise UnsupportedOperationError(f"backend {self.backend_name!r} does not implement streaming")
+
+    def _open(self, step_id: str) -> IO[bytes]:
+        """Streaming read, for backends that declare ``capabilities.streaming``."""
+        raise UnsupportedOperationError(f"backend {self.backend_name!r} does not implement streaming")
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(
+                f"store for namespace {self._namespace!r} of backend {self.backend_name!r} is closed",
+                namespace=self._namespace,
+                backend=self.backend_name,
+            )
+
+    def _ttl(self, ttl: Ttl | None) -> float | None:
+        if ttl is None:
+            return None
+        if not self.capabilities.native_ttl:
+            raise UnsupportedOperationError(
+                f"backend {self.backend_name!r} has no native TTL; save without ttl", backend=self.backend_name
+            )
+        return _ttl_seconds(ttl)
+
+    def _raise(self, exc: Exception, operation: str, step_id: str | None) -> NoReturn:
+        if isinstance(exc, ArtifactStoreError):
+            if exc.backend is None:
+                exc.backend = self.backend_name
+            if exc.namespace is None:
+                exc.namespace = self._namespace
+            if exc.step_id is None:
+                exc.step_id = step_id
+            raise exc
+        error = self._translate_error(exc)
+        if error is None:
+            target = f" of {step_id!r}" if step_id is not None else ""
+            error = BackendError(
+                f"{operation}{target} failed in backend {self.backend_name!r} (namespace {self._namespace!r}): "
+                f"{type(exc).__name__}"
+            )
+        error.backend = error.backend or self.backend_name
+        error.namespace = error.namespace or self._namespace
+        error.step_id = error.step_id or step_id
+        raise error from exc

@@ -1,0 +1,178 @@
+"""The memory backend: artifacts in this process's memory, shared by every store of one namespace.
+
+It keeps references to the saved messages (which are deeply immutable), never copies, and never evicts:
+at a configured limit the save raises :class:`~artifactstore_core.CapacityError`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from artifactstore_core import (
+    ArtifactInfo,
+    ArtifactStore,
+    BackendSettings,
+    BackendSpec,
+    Capabilities,
+    CapacityError,
+    Codec,
+    Message,
+    StoreContext,
+    hookimpl,
+)
+from artifactstore_core.envelope import content_bytes, content_info
+
+__all__ = ["MemorySettings", "MemorySpace", "MemoryStore"]
+
+
+class MemorySettings(BackendSettings):
+    """Settings of the memory backend (prefix ``ARTIFACT_STORE_MEMORY_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_MEMORY_", extra="ignore")
+    config_table = "memory"
+
+    limit: int | None = Field(
+        default=None, ge=1, description="Most artifacts per namespace; the next save raises CapacityError."
+    )
+    max_bytes: int | None = Field(
+        default=None, ge=1, description="Most content bytes per namespace; a save beyond raises CapacityError."
+    )
+
+
+class MemorySpace:
+    """The artifacts of every namespace in one process; stores of the same namespace share them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._namespaces: dict[str, dict[str, Message]] = {}
+        self.sizes: dict[str, dict[str, int]] = {}
+
+    def namespace(self, name: str) -> dict[str, Message]:
+        """The (live) dict of one namespace's artifacts."""
+        with self.lock:
+            return self._namespaces.setdefault(name, {})
+
+    def namespace_names(self) -> list[str]:
+        """Namespaces that hold at least one artifact."""
+        with self.lock:
+            return sorted(name for name, items in self._namespaces.items() if items)
+
+
+_PROCESS_SPACE = MemorySpace()
+
+
+def _size(message: Message) -> int:
+    return len(content_bytes(message)[1])
+
+
+class MemoryStore(ArtifactStore):
+    """A namespace of artifacts in process memory.
+
+    Args:
+        settings: limits; default :class:`MemorySettings` from the environment.
+        namespace: the namespace.
+        codec: unused for storage (messages are kept as objects); kept for the common interface.
+        space: where artifacts live; default the process-wide space.
+
+    Raises:
+        InvalidStepIdError: if ``namespace`` is not legal.
+    """
+
+    backend_name = "memory"
+    capabilities = Capabilities(
+        cross_process=False, persistent=False, native_ttl=False, atomic_create=True, list_namespaces=True
+    )
+
+    def __init__(
+        self,
+        settings: MemorySettings | None = None,
+        *,
+        namespace: str = "default",
+        codec: Codec | None = None,
+        space: MemorySpace | None = None,
+    ) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._settings = settings if settings is not None else MemorySettings()
+        self._space = space if space is not None else _PROCESS_SPACE
+        self._lock = self._space.lock
+        self._items = self._space.namespace(self.namespace)
+        with self._lock:
+            self._sizes = self._space.sizes.setdefault(self.namespace, {})
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        limit, max_bytes = self._settings.limit, self._settings.max_bytes
+        size = _size(message) if max_bytes is not None else 0
+        with self._lock:
+            existing = self._items.get(step_id)
+            if existing is not None and not overwrite:
+                if existing.same_artifact(message):
+                    return
+                raise self._exists_error(step_id)
+            if existing is None and limit is not None and len(self._items) >= limit:
+                raise CapacityError(
+                    f"memory store for namespace {self.namespace!r} holds its limit of {limit} artifacts "
+                    f"(ARTIFACT_STORE_MEMORY_LIMIT); cannot save {step_id!r}",
+                    step_id=step_id,
+                )
+            if max_bytes is not None:
+                total = sum(self._sizes.values()) - self._sizes.get(step_id, 0) + size
+                if total > max_bytes:
+                    raise CapacityError(
+                        f"saving {step_id!r} ({size} bytes) would exceed the memory store's limit of "
+                        f"{max_bytes} bytes (ARTIFACT_STORE_MEMORY_MAX_BYTES)",
+                        step_id=step_id,
+                    )
+                self._sizes[step_id] = size
+            self._items[step_id] = message
+
+    def _get(self, step_id: str) -> Message:
+        # A dict read is atomic; writers replace whole values under the lock, so no lock is needed here.
+        message = self._items.get(step_id)
+        if message is None:
+            raise self._not_found(step_id)
+        return message
+
+    def _exists(self, step_id: str) -> bool:
+        return step_id in self._items
+
+    def _delete(self, step_id: str) -> bool:
+        with self._lock:
+            self._sizes.pop(step_id, None)
+            return self._items.pop(step_id, None) is not None
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        with self._lock:
+            snapshot = list(self._items.items())
+        return [content_info(step_id, message) for step_id, message in snapshot]
+
+    def _clear(self) -> int:
+        with self._lock:
+            count = len(self._items)
+            # Cleared in place: other stores of this namespace hold the same dict.
+            self._items.clear()
+            self._sizes.clear()
+            return count
+
+
+def _factory(context: StoreContext) -> MemoryStore:
+    settings = context.settings if isinstance(context.settings, MemorySettings) else None
+    return MemoryStore(settings, namespace=context.namespace, codec=context.codec)
+
+
+@hookimpl
+def artifactstore_register_backends(register: Callable[[BackendSpec], Any]) -> None:
+    """Register the ``memory`` backend."""
+    register(
+        BackendSpec(
+            name="memory",
+            factory=_factory,
+            settings_model=MemorySettings,
+            capabilities=MemoryStore.capabilities,
+            description="In-process memory (default); not shared across processes.",
+        )
+    )
