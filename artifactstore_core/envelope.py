@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import blake3
@@ -275,7 +275,7 @@ class Codec:
             "media_type": media_type,
             "schema": schema.model_dump(mode="json") if schema else None,
             "metadata": thaw_json(metadata),
-            "created_at": created_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "created_at": created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "size": size,
             "stored_size": stored_size,
             "digest": {"alg": "blake3", "hex": digest},
@@ -330,7 +330,7 @@ class Codec:
             )
         if length > MAX_HEADER_SIZE:
             raise ArtifactCorruptedError(f"envelope header length {length} exceeds {MAX_HEADER_SIZE}")
-        return PREFIX_SIZE + length + TAG_SIZE
+        return PREFIX_SIZE + int(length) + TAG_SIZE
 
     def decode_head(self, head: bytes | memoryview) -> Header:
         """Verify and parse a head (exactly :meth:`head_size` bytes).
@@ -344,24 +344,25 @@ class Codec:
         if len(head) != size:
             raise ArtifactCorruptedError(f"envelope head is {len(head)} bytes; expected {size}")
         view = memoryview(head)
+        body, tag = view[: size - TAG_SIZE], bytes(view[size - TAG_SIZE :])
         try:
-            doc = json.loads(bytes(view[PREFIX_SIZE : size - TAG_SIZE]))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ArtifactCorruptedError("envelope header is not valid JSON") from exc
-        if not isinstance(doc, dict):
-            raise ArtifactCorruptedError("envelope header is not a JSON object")
-        mac = doc.get("mac")
-        if mac == "blake3-keyed" and self._key is None:
-            raise ConfigurationError(
-                "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY to the signing key to read it"
-            )
-        if self._key is not None and mac != "blake3-keyed":
-            raise ArtifactCorruptedError("artifact is not signed, and this store requires signed artifacts")
-        if mac not in ("blake3", "blake3-keyed"):
-            raise UnsupportedFormatError(f"unknown envelope mac {mac!r}")
-        if self._tag(view[: size - TAG_SIZE]) != bytes(view[size - TAG_SIZE :]):
+            doc = json.loads(bytes(body[PREFIX_SIZE:]))
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        mac = doc.get("mac") if isinstance(doc, dict) else None
+        expected = "blake3-keyed" if self._key is not None else "blake3"
+        # Nothing in the header is trusted until the tag matches; a mismatch is only diagnosed from it.
+        if self._tag(body) != tag or mac != expected:
+            if self._key is None and mac == "blake3-keyed":
+                raise ConfigurationError(
+                    "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY to the signing key to read it"
+                )
+            if self._key is not None and mac == "blake3" and blake3.blake3(body).digest() == tag:
+                raise ArtifactCorruptedError("artifact is not signed, and this store requires signed artifacts")
             what = "signature" if self._key else "header digest"
             raise ArtifactCorruptedError(f"envelope {what} does not match: the artifact was altered or damaged")
+        if not isinstance(doc, dict):
+            raise ArtifactCorruptedError("envelope header is not a JSON object")
         try:
             return self._parse_header(doc, mac)
         except (KeyError, TypeError, ValueError) as exc:

@@ -11,7 +11,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar, Union
 
 from pydantic import (
@@ -155,6 +155,10 @@ class SchemaInfo(BaseModel):
     def _freeze_schema(cls, value: Any) -> Any:
         return freeze_json(value, where="json_schema")
 
+    @field_serializer("json_schema")
+    def _serialize_schema(self, value: Any) -> Any:
+        return thaw_json(value)
+
 
 def _schema_name(model: type[BaseModel]) -> str:
     return f"{model.__module__}.{model.__qualname__}"
@@ -184,10 +188,10 @@ with warnings.catch_warnings():
         model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
         content: Any
-        schema: SchemaInfo | None = None
+        schema: SchemaInfo | None = None  # type: ignore[assignment]  # replaces the deprecated method
         metadata: Any = Field(default_factory=FrozenDict)
         media_type: str = ""
-        created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+        created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
         @field_validator("content", mode="before")
         @classmethod
@@ -212,7 +216,7 @@ with warnings.catch_warnings():
         def _utc(cls, value: datetime) -> datetime:
             if value.tzinfo is None or value.utcoffset() is None:
                 raise ValueError("created_at must be timezone-aware")
-            return value.astimezone(timezone.utc)
+            return value.astimezone(UTC)
 
         @model_validator(mode="after")
         def _default_media_type(self) -> Message:
@@ -242,7 +246,7 @@ with warnings.catch_warnings():
             if canonical_json(self.metadata) != canonical_json(other.metadata):
                 return False
             if isinstance(self.content, (bytes, str)):
-                return self.content == other.content
+                return bool(self.content == other.content)
             # JSON compares by canonical encoding: 1, 1.0 and True are equal in Python but not as stored.
             return canonical_json(self.content) == canonical_json(other.content)
 
@@ -286,9 +290,7 @@ with warnings.catch_warnings():
                     or the content does not validate as ``model``.
             """
             if check_name and self.schema is not None and self.schema.name != _schema_name(model):
-                raise SchemaMismatchError(
-                    f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}"
-                )
+                raise SchemaMismatchError(f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}")
             try:
                 return model.model_validate(thaw_json(self.content))
             except ValidationError as exc:

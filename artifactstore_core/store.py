@@ -374,7 +374,7 @@ class ArtifactStore(ABC):
     def _clear(self) -> int:
         """Remove this namespace's artifacts; return the count."""
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook: most backends have nothing to release
         """Release clients and pools (called once)."""
 
     def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:

@@ -1,0 +1,617 @@
+"""The conformance kit: one test class every backend's tests subclass, unchanged.
+
+Install with ``pip install 'artifactstore-core[testing]'`` and provide one fixture, ``make_store``: a
+callable that builds a new store of your backend bound to the namespace it is given. The kit gives every
+test fresh namespaces, clears and closes the stores it made, and skips optional capabilities (streaming
+in bounded memory, native TTL) by the store's declared ``capabilities``, saying why::
+
+    import pytest
+    from artifactstore_core.testing import StoreConformance
+
+    class TestMyBackend(StoreConformance):
+        @pytest.fixture
+        def make_store(self):
+            return lambda namespace: MyStore(namespace=namespace)
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from pydantic import BaseModel, ValidationError
+
+from .errors import (
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    InvalidStepIdError,
+    SchemaMismatchError,
+    StoreClosedError,
+    UnsupportedOperationError,
+)
+from .ids import MAX_ID_BYTES
+from .message import FrozenDict, Message, SchemaInfo
+from .store import ArtifactStore
+
+__all__ = ["AWKWARD_IDS", "INVALID_IDS", "StoreConformance", "json_values", "messages"]
+
+MakeStore = Callable[[str], ArtifactStore]
+
+#: Ids every backend must store as distinct artifacts and round-trip exactly.
+AWKWARD_IDS: tuple[str, ...] = (
+    "plain",
+    "Plain",
+    "with space",
+    "a/b",
+    "a%2Fb",
+    "/leading",
+    "..",
+    ".",
+    "../../etc/passwd",
+    "*",
+    "?",
+    "[abc]",
+    "%2e",
+    "%2E",
+    "x.",
+    "CON",
+    "nul",
+    "tab\u00a0nbsp",
+    "emoji 🚀🧪",
+    "日本語",
+    "a:b",
+    "a\\b",
+    "é",
+    "e\u0301",
+    "x" * MAX_ID_BYTES,
+    "é" * (MAX_ID_BYTES // 2),
+)
+
+#: Ids every backend must refuse with InvalidStepIdError before any I/O.
+INVALID_IDS: tuple[Any, ...] = (
+    "",
+    "a\x00b",
+    "line\nbreak",
+    "tab\there",
+    "del\x7f",
+    "c1\x85",
+    "lone \ud800 surrogate",
+    "x" * (MAX_ID_BYTES + 1),
+    "é" * (MAX_ID_BYTES // 2 + 1),
+    None,
+    42,
+    b"bytes",
+)
+
+_json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+#: Hypothesis strategy for JSON values.
+json_values = st.recursive(
+    _json_leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_contents = st.one_of(json_values, st.text(max_size=64), st.binary(max_size=256))
+_schemas = st.none() | st.builds(
+    SchemaInfo, name=st.text(min_size=1, max_size=16), version=st.none() | st.text(max_size=5)
+)
+#: Hypothesis strategy for messages of every content kind.
+messages = st.builds(
+    Message,
+    content=_contents,
+    schema=_schemas,
+    metadata=st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+)
+
+
+class _Report(BaseModel):
+    title: str
+    score: float
+    tags: list[str]
+
+
+class _Other(BaseModel):
+    title: str
+
+
+def _sample_messages() -> dict[str, Message]:
+    schema = SchemaInfo(name="tests.Report", version="2", json_schema={"type": "object"})
+    return {
+        "json": Message(content={"a": [1, 2.5, None, True], "b": {"c": "d"}}, schema=schema, metadata={"k": [1]}),
+        "scalar": Message(content=3),
+        "null": Message(content=None),
+        "str": Message(content="héllo wörld 🚀", media_type="text/markdown"),
+        "empty-str": Message(content=""),
+        "bytes": Message(content=bytes(range(256)) * 4, metadata={"binary": True}),
+        "empty-bytes": Message(content=b""),
+        "non-utf8": Message(content=b"\xff\xfe\x00\x80invalid utf-8"),
+    }
+
+
+class StoreConformance:
+    """The contract, as tests. Subclass it and provide the ``make_store`` fixture.
+
+    ``make_store(namespace)`` must return a new, open store of the backend under test bound to
+    ``namespace``; stores it returns for the same namespace must see the same artifacts.
+    """
+
+    #: Size of the "large" artifact round trip; backends with a smaller limit may lower it.
+    large_size: int = 4 * 1024 * 1024
+
+    # -- fixtures -------------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def make_store(self) -> MakeStore:
+        """Override: return a callable building a store of the backend under test for a namespace."""
+        raise NotImplementedError("subclasses of StoreConformance must provide a make_store fixture")
+
+    @pytest.fixture
+    def new_store(self, make_store: MakeStore) -> Iterator[Callable[..., ArtifactStore]]:
+        """Build stores on fresh (or given) namespaces; clear and close them all after the test."""
+        made: list[ArtifactStore] = []
+
+        def build(namespace: str | None = None) -> ArtifactStore:
+            store = make_store(namespace or f"kit-{uuid.uuid4().hex[:12]}")
+            made.append(store)
+            return store
+
+        yield build
+        for store in reversed(made):
+            if not store.closed:
+                store.clear()
+                store.close()
+
+    @pytest.fixture
+    def store(self, new_store: Callable[..., ArtifactStore]) -> ArtifactStore:
+        """An empty store on a fresh namespace."""
+        return new_store()
+
+    # -- round trips ----------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("kind", sorted(_sample_messages()))
+    def test_round_trip(self, store: ArtifactStore, kind: str) -> None:
+        message = _sample_messages()[kind]
+        store.save(kind, message)
+        got = store.get(kind)
+        assert got == message
+        assert type(got.content) is type(message.content)
+        assert got.schema == message.schema
+        assert got.metadata == message.metadata
+        assert got.media_type == message.media_type
+        assert got.created_at == message.created_at
+
+    def test_large_bytes_round_trip(self, store: ArtifactStore) -> None:
+        payload = bytes(itertools.islice(itertools.cycle(range(251)), self.large_size))
+        store.save("large", Message(content=payload))
+        assert store.get("large").content == payload
+
+    def test_large_json_round_trip(self, store: ArtifactStore) -> None:
+        content = {"rows": [{"i": i, "text": f"row {i} " * 5} for i in range(20_000)]}
+        store.save("large-json", Message(content=content))
+        assert store.get("large-json").content == Message(content=content).content
+
+    def test_result_is_deeply_immutable(self, store: ArtifactStore) -> None:
+        store.save("m", Message(content={"list": [1, {"x": 2}]}, metadata={"m": {"n": [1]}}))
+        got = store.get("m")
+        assert isinstance(got.content, FrozenDict)
+        with pytest.raises(TypeError):
+            got.content["new"] = 1  # type: ignore[index]
+        with pytest.raises(AttributeError):
+            got.content["list"].append(3)
+        with pytest.raises(TypeError):
+            got.content["list"][1]["x"] = 3
+        with pytest.raises(TypeError):
+            got.metadata["m"]["n"] = 2
+        with pytest.raises(ValidationError):
+            got.content = "replaced"
+
+    def test_typed_model_round_trip(self, store: ArtifactStore) -> None:
+        report = _Report(title="t", score=0.5, tags=["a", "b"])
+        store.save("report", Message.from_model(report, version="1"))
+        got = store.get("report")
+        assert got.to_model(_Report) == report
+        with pytest.raises(SchemaMismatchError):
+            got.to_model(_Other)
+
+    # -- presence -------------------------------------------------------------------------------------
+
+    def test_missing_is_not_found_and_not_exists(self, store: ArtifactStore) -> None:
+        assert store.exists("nope") is False
+        with pytest.raises(ArtifactNotFoundError) as info:
+            store.get("nope")
+        assert info.value.step_id == "nope"
+        assert "nope" in str(info.value)
+        assert isinstance(info.value, LookupError)
+
+    def test_exists_after_save(self, store: ArtifactStore) -> None:
+        store.save("here", Message(content="x"))
+        assert store.exists("here") is True
+
+    # -- write-once -----------------------------------------------------------------------------------
+
+    def test_identical_resave_succeeds(self, store: ArtifactStore) -> None:
+        message = Message(content={"v": 1}, metadata={"m": 1})
+        store.save("s", message)
+        store.save("s", message)
+        # A re-created identical message (new created_at) is also a safe retry; the first one stays.
+        store.save("s", Message(content={"v": 1}, metadata={"m": 1}))
+        assert store.get("s").created_at == message.created_at
+
+    @pytest.mark.parametrize(
+        "other",
+        [
+            Message(content={"v": 2}, metadata={"m": 1}),
+            Message(content={"v": 1}, metadata={"m": 2}),
+            Message(content={"v": 1}, metadata={"m": 1}, media_type="application/x-other"),
+            Message(content={"v": 1}, metadata={"m": 1}, schema=SchemaInfo(name="s")),
+            Message(content={"v": 1.0}, metadata={"m": 1}),
+        ],
+    )
+    def test_different_resave_raises_exists(self, store: ArtifactStore, other: Message) -> None:
+        original = Message(content={"v": 1}, metadata={"m": 1})
+        store.save("s", original)
+        with pytest.raises(ArtifactExistsError) as info:
+            store.save("s", other)
+        assert info.value.step_id == "s"
+        assert store.get("s") == original
+
+    def test_overwrite_replaces(self, store: ArtifactStore) -> None:
+        store.save("s", Message(content=b"one"))
+        store.save("s", Message(content="two"), overwrite=True)
+        assert store.get("s").content == "two"
+        store.save("fresh", Message(content=1), overwrite=True)
+        assert store.get("fresh").content == 1
+
+    def test_concurrent_creates_have_one_winner(self, new_store: Callable[..., ArtifactStore]) -> None:
+        first = new_store()
+        stores = [first] + [new_store(first.namespace) for _ in range(3)]
+        barrier = threading.Barrier(8)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def contend(index: int) -> None:
+            barrier.wait()
+            try:
+                stores[index % 4].save("race", Message(content=f"writer {index}"))
+            except ArtifactExistsError:
+                result = "lost"
+            else:
+                result = f"writer {index}"
+            with lock:
+                outcomes.append(result)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [o for o in outcomes if o != "lost"]
+        assert len(winners) == 1, outcomes
+        assert first.get("race").content == winners[0]
+
+    # -- delete, list, clear --------------------------------------------------------------------------
+
+    def test_delete(self, store: ArtifactStore) -> None:
+        store.save("d", Message(content=1))
+        store.save("keep", Message(content=2))
+        assert store.delete("d") is True
+        assert store.exists("d") is False
+        assert store.delete("d") is False
+        assert store.get("keep").content == 2
+        store.save("d", Message(content=3))
+        assert store.get("d").content == 3
+
+    def test_list(self, store: ArtifactStore) -> None:
+        assert list(store.list()) == []
+        schema = SchemaInfo(name="pkg.Model")
+        saved = {
+            "j": Message(content={"a": 1}, schema=schema),
+            "s": Message(content="text"),
+            "b": Message(content=b"\x00" * 100),
+        }
+        store.save_many(saved)
+        infos = {info.step_id: info for info in store.list()}
+        assert set(infos) == set(saved)
+        assert infos["b"].size == 100
+        assert infos["s"].size == 4
+        assert infos["j"].schema_name == "pkg.Model"
+        assert infos["s"].schema_name is None
+        assert infos["b"].media_type == "application/octet-stream"
+        for step_id, info in infos.items():
+            assert info.created_at == saved[step_id].created_at
+            assert info.digest.startswith("blake3:")
+        assert infos["b"].digest != infos["s"].digest
+
+    def test_clear_leaves_other_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
+        mine, theirs = new_store(), new_store()
+        similar = new_store(mine.namespace + "0")
+        for store in (mine, theirs, similar):
+            store.save_many({f"id{i}": Message(content=i) for i in range(5)})
+        mine.save("only-mine", Message(content="m"))
+        assert mine.clear() == 6
+        assert list(mine.list()) == []
+        assert not mine.exists("id0")
+        for store in (theirs, similar):
+            assert sorted(info.step_id for info in store.list()) == [f"id{i}" for i in range(5)]
+            assert store.get("id3").content == 3
+        assert mine.clear() == 0
+
+    def test_namespaces_are_isolated(self, new_store: Callable[..., ArtifactStore]) -> None:
+        one, two = new_store(), new_store()
+        one.save("same", Message(content="one"))
+        assert not two.exists("same")
+        two.save("same", Message(content="two"))
+        assert one.get("same").content == "one"
+        assert two.get("same").content == "two"
+
+    def test_awkward_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
+        stores = [new_store(f"{prefix}-{uuid.uuid4().hex[:6]}") for prefix in ("ns[1]", "ns 1", "ns/1", "NS:1")]
+        for index, store in enumerate(stores):
+            store.save("x", Message(content=index))
+        for index, store in enumerate(stores):
+            assert store.get("x").content == index
+            assert [info.step_id for info in store.list()] == ["x"]
+
+    # -- ids ------------------------------------------------------------------------------------------
+
+    def test_awkward_ids_round_trip_and_stay_distinct(self, store: ArtifactStore) -> None:
+        for index, step_id in enumerate(AWKWARD_IDS):
+            store.save(step_id, Message(content=index))
+        for index, step_id in enumerate(AWKWARD_IDS):
+            assert store.get(step_id).content == index, step_id
+            assert store.exists(step_id)
+        assert sorted(info.step_id for info in store.list()) == sorted(AWKWARD_IDS)
+        assert store.delete("..") is True
+        assert store.get(".").content == AWKWARD_IDS.index(".")
+
+    @pytest.mark.parametrize("bad", INVALID_IDS, ids=repr)
+    def test_invalid_ids_rejected_before_io(self, store: ArtifactStore, bad: Any, monkeypatch: Any) -> None:
+        def no_io(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("backend was called with an invalid id")
+
+        for name in ("_save", "_get", "_exists", "_delete", "_save_many", "_get_many", "_save_stream", "_open"):
+            monkeypatch.setattr(store, name, no_io)
+        message = Message(content=1)
+        calls: list[Callable[[], Any]] = [
+            lambda: store.save(bad, message),
+            lambda: store.get(bad),
+            lambda: store.exists(bad),
+            lambda: store.delete(bad),
+            lambda: store.save_many([("fine", message), (bad, message)]),
+            lambda: store.get_many(["fine", bad]),
+            lambda: store.save_stream(bad, io.BytesIO(b"x")),
+            lambda: store.open(bad),
+        ]
+        for call in calls:
+            with pytest.raises(InvalidStepIdError):
+                call()
+
+    def test_invalid_namespace_rejected(self, make_store: MakeStore) -> None:
+        for bad in ("", "a\nb", "x" * 1000):
+            with pytest.raises(InvalidStepIdError):
+                make_store(bad)
+
+    # -- batches --------------------------------------------------------------------------------------
+
+    def test_save_many_get_many(self, store: ArtifactStore) -> None:
+        items = {f"step-{i}": Message(content={"i": i}) for i in range(200)}
+        items["bytes"] = Message(content=b"\x00\xff")
+        store.save_many(items)
+        got = store.get_many(list(items))
+        assert got == items
+        store.save_many(list(items.items()))  # identical re-save of a batch is a no-op
+        assert store.get_many([]) == {}
+
+    def test_get_many_names_missing(self, store: ArtifactStore) -> None:
+        store.save("a", Message(content=1))
+        with pytest.raises(ArtifactNotFoundError) as info:
+            store.get_many(["a", "missing-1", "missing-2"])
+        assert "missing-1" in str(info.value)
+        assert "missing-2" in str(info.value)
+
+    def test_save_many_rejects_duplicates_and_conflicts(self, store: ArtifactStore) -> None:
+        with pytest.raises(InvalidStepIdError):
+            store.save_many([("a", Message(content=1)), ("a", Message(content=2))])
+        assert not store.exists("a")
+        store.save("a", Message(content=1))
+        with pytest.raises(ArtifactExistsError):
+            store.save_many([("a", Message(content=2))])
+        store.save_many([("a", Message(content=2))], overwrite=True)
+        assert store.get("a").content == 2
+
+    # -- streaming ------------------------------------------------------------------------------------
+
+    def test_stream_round_trip(self, store: ArtifactStore) -> None:
+        payload = bytes(itertools.islice(itertools.cycle(range(253)), 3 * 1024 * 1024 + 17))
+        store.save_stream("stream", io.BytesIO(payload), media_type="application/x-test", metadata={"k": 1})
+        got = store.get("stream")
+        assert got.content == payload
+        assert got.media_type == "application/x-test"
+        assert got.metadata == {"k": 1}
+        with store.open("stream") as handle:
+            chunks = []
+            while chunk := handle.read(256 * 1024):
+                chunks.append(chunk)
+        assert b"".join(chunks) == payload
+        store.save_stream("stream", io.BytesIO(payload), media_type="application/x-test", metadata={"k": 1})
+        with pytest.raises(ArtifactExistsError):
+            store.save_stream("stream", io.BytesIO(b"different"))
+        with pytest.raises(ArtifactNotFoundError):
+            store.open("missing")
+
+    def test_open_text_and_json(self, store: ArtifactStore) -> None:
+        store.save("t", Message(content="héllo"))
+        with store.open("t") as handle:
+            assert handle.read() == "héllo".encode()
+
+    def test_streaming_capability_is_implemented(self, store: ArtifactStore) -> None:
+        if not store.capabilities.streaming:
+            pytest.skip(f"backend {store.backend_name!r} does not declare bounded-memory streaming")
+        assert type(store)._save_stream is not ArtifactStore._save_stream
+        assert type(store)._open is not ArtifactStore._open
+
+    # -- ttl ------------------------------------------------------------------------------------------
+
+    def test_ttl(self, store: ArtifactStore) -> None:
+        if not store.capabilities.native_ttl:
+            with pytest.raises(UnsupportedOperationError):
+                store.save("t", Message(content=1), ttl=60)
+            pytest.skip(f"backend {store.backend_name!r} has no native TTL")
+        store.save("short", Message(content=1), ttl=timedelta(milliseconds=300))
+        store.save("long", Message(content=2), ttl=3600)
+        store.save("forever", Message(content=3))
+        deadline = time.monotonic() + 10
+        while store.exists("short"):
+            assert time.monotonic() < deadline, "artifact with a 300 ms TTL still exists after 10 s"
+            time.sleep(0.05)  # polling for expiry, not synchronisation
+        with pytest.raises(ArtifactNotFoundError):
+            store.get("short")
+        assert sorted(info.step_id for info in store.list()) == ["forever", "long"]
+
+    # -- concurrency ----------------------------------------------------------------------------------
+
+    def test_threads_save_and_read_concurrently(self, store: ArtifactStore) -> None:
+        errors: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                for i in range(50):
+                    step_id = f"w{worker}-{i}"
+                    store.save(step_id, Message(content={"w": worker, "i": i}))
+                    assert store.get(step_id).content == {"w": worker, "i": i}
+                    if i % 10 == 0:
+                        assert store.exists(f"w{worker}-0")
+            except BaseException as exc:  # collected and re-raised by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(list(store.list())) == 8 * 50
+        for worker in range(8):
+            assert store.get(f"w{worker}-49").content == {"w": worker, "i": 49}
+
+    # -- failures are typed ---------------------------------------------------------------------------
+
+    def test_failures_are_typed(self, store: ArtifactStore) -> None:
+        with pytest.raises(TypeError):
+            store.save("x", {"not": "a message"})  # type: ignore[arg-type]
+        with pytest.raises(ArtifactNotFoundError):
+            store.get("x")
+        store.close()
+        store.close()  # idempotent
+        with pytest.raises(StoreClosedError):
+            store.get("x")
+        with pytest.raises(StoreClosedError):
+            store.save("x", Message(content=1))
+
+    def test_errors_name_what_they_concern(self, store: ArtifactStore) -> None:
+        store.save("named", Message(content=1))
+        with pytest.raises(ArtifactExistsError) as info:
+            store.save("named", Message(content=2))
+        error = info.value
+        assert error.backend == store.backend_name
+        assert error.namespace == store.namespace
+        assert isinstance(error, ArtifactStoreError)
+        assert error.retryable is False
+
+    def test_context_manager_closes(self, new_store: Callable[..., ArtifactStore]) -> None:
+        store = new_store()
+        with store as entered:
+            assert entered is store
+            store.save("x", Message(content=1))
+            store.clear()
+        assert store.closed
+
+    # -- property-based -------------------------------------------------------------------------------
+
+    def test_arbitrary_messages_round_trip(self, store: ArtifactStore) -> None:
+        counter = itertools.count()
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(message=messages)
+        def check(message: Message) -> None:
+            step_id = f"h{next(counter)}"
+            store.save(step_id, message)
+            assert store.get(step_id) == message
+
+        check()
+
+    def test_matches_a_dict_model(self, store: ArtifactStore) -> None:
+        machine = _model_machine(store)
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=20, stateful_step_count=20, deadline=None, suppress_health_check=list(HealthCheck)
+            ),
+        )
+
+
+def _model_machine(store: ArtifactStore) -> type[RuleBasedStateMachine]:
+    ids = st.sampled_from(["a", "b", "A", "a/b", "..", "é", "x" * 40])
+    small = st.builds(
+        Message,
+        content=st.one_of(st.integers(0, 3), st.sampled_from(["s", "t"]), st.sampled_from([b"\x00", b"\x01"])),
+        created_at=st.just(datetime(2026, 1, 1, tzinfo=UTC)),
+    )
+
+    class StoreMatchesDict(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            store.clear()
+            self.model: dict[str, Message] = {}
+
+        @rule(step_id=ids, message=small, overwrite=st.booleans())
+        def save(self, step_id: str, message: Message, overwrite: bool) -> None:
+            current = self.model.get(step_id)
+            if current is not None and not overwrite and not current.same_artifact(message):
+                with pytest.raises(ArtifactExistsError):
+                    store.save(step_id, message, overwrite=overwrite)
+                return
+            store.save(step_id, message, overwrite=overwrite)
+            if current is None or overwrite:
+                self.model[step_id] = message
+
+        @rule(step_id=ids)
+        def get(self, step_id: str) -> None:
+            if step_id in self.model:
+                assert store.get(step_id).same_artifact(self.model[step_id])
+            else:
+                with pytest.raises(ArtifactNotFoundError):
+                    store.get(step_id)
+
+        @rule(step_id=ids)
+        def delete(self, step_id: str) -> None:
+            assert store.delete(step_id) is (self.model.pop(step_id, None) is not None)
+
+        @rule()
+        def clear(self) -> None:
+            assert store.clear() == len(self.model)
+            self.model.clear()
+
+        @invariant()
+        def same_ids(self) -> None:
+            assert sorted(info.step_id for info in store.list()) == sorted(self.model)
+            for step_id in ("a", "b"):
+                assert store.exists(step_id) is (step_id in self.model)
+
+    return StoreMatchesDict

@@ -1,0 +1,67 @@
+"""Every developer task is a nox session; CI runs the default ones (`uv run nox`).
+
+Each session gets its own virtualenv, filled from the committed lock file with `uv sync --frozen`, so a
+plugin's tests run with exactly that plugin's dependencies and cannot lean on another plugin's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["tests", "plugin_tests", "lint", "typing"]
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file())
+
+
+def sync(session: nox.Session, *args: str) -> None:
+    """Install from the lock file into this session's virtualenv."""
+    session.run_install(
+        "uv",
+        "sync",
+        "--frozen",
+        "--no-default-groups",
+        *args,
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The core's tests, the conformance kit on the third-party example, and the pipeline runtime."""
+    sync(session, "--group", "test")
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS)
+def plugin_tests(session: nox.Session, plugin: str) -> None:
+    """One plugin's tests, in an environment holding only that plugin and its own dependencies."""
+    sync(session, "--package", f"artifactstore-{plugin}", "--group", "test")
+    session.run("pytest", f"plugins/{plugin}/tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    sync(session, "--only-group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy, strict, on the core and every plugin's library code."""
+    sync(session, "--all-packages", "--group", "typing", "--group", "test")
+    session.run("mypy", "artifactstore_core", *(f"plugins/{name}/src" for name in PLUGINS))
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: the example pipeline on the default backend."""
+    sync(session)
+    session.run("python", "examples/quickstart.py")

@@ -1,0 +1,73 @@
+"""The memory backend: the conformance kit plus its own limits and sharing rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from artifactstore_core import CapacityError, Message, create_store
+from artifactstore_core.testing import StoreConformance
+from artifactstore_memory import MemorySettings, MemorySpace, MemoryStore
+
+
+class TestMemoryConformance(StoreConformance):
+    @pytest.fixture
+    def make_store(self) -> object:
+        space = MemorySpace()
+        return lambda namespace: MemoryStore(namespace=namespace, space=space)
+
+
+class TestMemoryThroughCreateStore(StoreConformance):
+    """The same kit through the plugin path: entry point, registry, settings, factory."""
+
+    @pytest.fixture
+    def make_store(self, monkeypatch: pytest.MonkeyPatch) -> object:
+        monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+        return lambda namespace: create_store(namespace=namespace)
+
+
+def test_limit_env_var_third_save_raises_and_first_two_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_MEMORY_LIMIT", "2")
+    with create_store(namespace="limit-test") as store:
+        store.save("one", Message(content=1))
+        store.save("two", Message(content=2))
+        with pytest.raises(CapacityError) as info:
+            store.save("three", Message(content=3))
+        assert "ARTIFACT_STORE_MEMORY_LIMIT" in str(info.value)
+        assert info.value.step_id == "three"
+        assert store.get("one").content == 1
+        assert store.get("two").content == 2
+        assert not store.exists("three")
+        # Replacing or re-saving an existing artifact does not count against the limit.
+        store.save("two", Message(content=2))
+        store.save("two", Message(content=22), overwrite=True)
+        store.delete("one")
+        store.save("three", Message(content=3))
+        store.clear()
+
+
+def test_byte_limit() -> None:
+    store = MemoryStore(MemorySettings(max_bytes=10), space=MemorySpace())
+    store.save("a", Message(content=b"12345"))
+    with pytest.raises(CapacityError):
+        store.save("b", Message(content=b"123456"))
+    store.save("b", Message(content=b"12345"))
+    store.save("a", Message(content=b"1"), overwrite=True)
+    store.save("c", Message(content="1234"))
+    assert not store.exists("x")
+
+
+def test_stores_references_not_copies() -> None:
+    store = MemoryStore(space=MemorySpace())
+    message = Message(content=b"x" * 1_000_000)
+    store.save("big", message)
+    assert store.get("big") is message
+
+
+def test_stores_of_one_namespace_share_artifacts() -> None:
+    space = MemorySpace()
+    first, second = MemoryStore(namespace="n", space=space), MemoryStore(namespace="n", space=space)
+    first.save("a", Message(content=1))
+    assert second.get("a").content == 1
+    assert second.clear() == 1
+    assert not first.exists("a")
+    assert MemoryStore.capabilities.cross_process is False

@@ -1,0 +1,160 @@
+"""Plugin discovery and loading through real entry points of (fake) installed distributions."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from artifactstore_core import BackendNotFoundError, Message, PluginLoadError, create_store
+from artifactstore_core.registry import plugin_host
+
+
+def install_fake_distribution(
+    site: Path, dist: str, version: str, backends: dict[str, str], modules: dict[str, str]
+) -> None:
+    """Write a distribution's metadata and modules into ``site``, as an installer would."""
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "\n".join(f"{name} = {module}" for name, module in backends.items())
+    (info / "entry_points.txt").write_text(f"[artifactstore_core.backends]\n{lines}\n")
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_unknown_name_suggests_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memroy")
+    with pytest.raises(BackendNotFoundError) as info:
+        create_store()
+    text = str(info.value)
+    assert "did you mean 'memory'?" in text
+    assert "installed backends:" in text
+    assert "memory" in text.split("installed backends:")[1]
+
+
+def test_known_backend_not_installed_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_PLUGINS", "memory,example")  # hide any first-party plugin installed here
+    for name in ("redis", "s3", "http", "filesystem"):
+        monkeypatch.setenv("ARTIFACT_STORE_BACKEND", name)
+        with pytest.raises(BackendNotFoundError, match="ARTIFACT_STORE_PLUGINS"):
+            create_store()
+    monkeypatch.delenv("ARTIFACT_STORE_PLUGINS")
+    host = plugin_host()
+    error = host._not_found("redis", ["memory"])
+    assert "pip install artifactstore-redis" in str(error)
+
+
+def test_broken_plugin_fails_alone(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_distribution(
+        site,
+        "artifactstore-broken",
+        "1.2.3",
+        {"broken": "artifactstore_broken_mod"},
+        {"artifactstore_broken_mod": "raise RuntimeError('boom at import')\n"},
+    )
+    # The memory backend still works in this process ...
+    with create_store(namespace="broken-test") as store:
+        store.save("a", Message(content=1))
+        assert store.get("a").content == 1
+        store.clear()
+    # ... the listing reports the broken one without crashing ...
+    infos = {info.name: info for info in plugin_host().backends()}
+    assert infos["memory"].status == "loaded"
+    assert "boom at import" in infos["broken"].status
+    assert infos["broken"].distribution == "artifactstore-broken"
+    # ... and selecting it names its distribution and version, with the original chained.
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "broken")
+    with pytest.raises(PluginLoadError) as info:
+        create_store()
+    assert "artifactstore-broken 1.2.3" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_plugin_whose_hook_raises(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_distribution(
+        site,
+        "artifactstore-badhook",
+        "0.0.1",
+        {"badhook": "badhook_mod"},
+        {
+            "badhook_mod": """
+                from artifactstore_core import hookimpl
+
+                @hookimpl
+                def artifactstore_register_backends(register):
+                    raise ValueError("cannot register")
+            """
+        },
+    )
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "badhook")
+    with pytest.raises(PluginLoadError, match=re.escape("artifactstore-badhook 0.0.1")) as info:
+        create_store()
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_plugin_registering_another_name(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_distribution(
+        site,
+        "artifactstore-liar",
+        "0.1",
+        {"liar": "liar_mod"},
+        {
+            "liar_mod": """
+                from artifactstore_core import BackendSpec, hookimpl
+
+                @hookimpl
+                def artifactstore_register_backends(register):
+                    register(BackendSpec(name="memory", factory=lambda context: None))
+            """
+        },
+    )
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "liar")
+    with pytest.raises(PluginLoadError, match=re.escape("registered 'memory', not backend 'liar'")):
+        create_store()
+    # The liar did not replace the real memory backend.
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    with create_store() as store:
+        assert store.backend_name == "memory"
+
+
+def test_two_distributions_claiming_one_name(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for dist in ("artifactstore-twin-a", "artifactstore-twin-b"):
+        install_fake_distribution(site, dist, "1.0", {"twin": f"{dist.replace('-', '_')}_mod"}, {})
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "twin")
+    with pytest.raises(PluginLoadError) as info:
+        create_store()
+    assert "artifactstore-twin-a 1.0" in str(info.value)
+    assert "artifactstore-twin-b 1.0" in str(info.value)
+
+
+def test_allow_list(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_distribution(
+        site, "artifactstore-never", "1.0", {"never": "never_mod"}, {"never_mod": "raise SystemExit('imported!')\n"}
+    )
+    monkeypatch.setenv("ARTIFACT_STORE_PLUGINS", "memory")
+    assert plugin_host().names() == ["memory"]
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "never")
+    with pytest.raises(BackendNotFoundError, match="ARTIFACT_STORE_PLUGINS"):
+        create_store()
+    listing = {info.name: info.status for info in plugin_host().backends()}
+    assert listing["never"] == "not in ARTIFACT_STORE_PLUGINS"
+
+
+def test_plugins_load_only_when_needed(site: Path) -> None:
+    install_fake_distribution(
+        site, "artifactstore-lazy", "1.0", {"lazy": "lazy_mod"}, {"lazy_mod": "raise SystemExit('imported!')\n"}
+    )
+    # Creating a memory store never imports another plugin's module.
+    with create_store() as store:
+        store.save("x", Message(content=1))
+        store.clear()
+    assert "lazy" in plugin_host().names()
