@@ -10,7 +10,7 @@ such as :func:`encode_name`, so no id can become a path, a glob pattern or anoth
 from __future__ import annotations
 
 import functools
-import unicodedata
+import re
 
 from .errors import InvalidStepIdError
 
@@ -33,6 +33,8 @@ MAX_NAMESPACE_BYTES = 128
 # that encoded names are distinct on case-insensitive file systems and can never be "." or "..".
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _HEX = "0123456789ABCDEF"
+# Unicode category Cc is exactly these 65 code points: C0 controls, DEL and C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _check(value: object, *, what: str, limit: int) -> str:
@@ -46,9 +48,9 @@ def _check(value: object, *, what: str, limit: int) -> str:
         raise InvalidStepIdError(f"{what} {value!r} contains a lone surrogate") from None
     if size > limit:
         raise InvalidStepIdError(f"{what} is {size} bytes of UTF-8; the limit is {limit}")
-    for char in value:
-        if unicodedata.category(char) == "Cc":
-            raise InvalidStepIdError(f"{what} {value!r} contains the control character {char!r}")
+    control = _CONTROL.search(value)
+    if control is not None:
+        raise InvalidStepIdError(f"{what} {value!r} contains the control character {control.group()!r}")
     return value
 
 

@@ -117,9 +117,11 @@ class ArtifactStore(ABC):
             StoreClosedError: the store was closed.
         """
         step_id = validate_step_id(step_id)
-        message = _check_message(message)
-        seconds = self._ttl(ttl)
-        self._check_open()
+        if not isinstance(message, Message):
+            _check_message(message)
+        seconds = None if ttl is None else self._ttl(ttl)
+        if self._closed:
+            self._check_open()
         try:
             self._save(step_id, message, overwrite, seconds)
         except Exception as exc:
@@ -135,7 +137,8 @@ class ArtifactStore(ABC):
             BackendError: the backend failed. StoreClosedError: the store was closed.
         """
         step_id = validate_step_id(step_id)
-        self._check_open()
+        if self._closed:
+            self._check_open()
         try:
             return self._get(step_id)
         except Exception as exc:
@@ -183,6 +186,37 @@ class ArtifactStore(ABC):
             yield from self._list()
         except Exception as exc:
             self._raise(exc, "list", None)
+
+    def info(self, step_id: str) -> ArtifactInfo:
+        """The :class:`ArtifactInfo` of one artifact, without reading its payload where the backend can.
+
+        Raises:
+            InvalidStepIdError: ``step_id`` is not a legal id. ArtifactNotFoundError: it is not stored.
+            BackendError: the backend failed. StoreClosedError: the store was closed.
+        """
+        step_id = validate_step_id(step_id)
+        self._check_open()
+        try:
+            return self._info(step_id)
+        except Exception as exc:
+            self._raise(exc, "info", step_id)
+
+    def namespaces(self) -> builtins.list[str]:
+        """The namespaces that hold artifacts on this backend (with ``capabilities.list_namespaces``).
+
+        Used to find namespaces left behind by crashed runs. Raises:
+            UnsupportedOperationError: the backend cannot enumerate namespaces.
+            BackendError: the backend failed. StoreClosedError: the store was closed.
+        """
+        if not self.capabilities.list_namespaces:
+            raise UnsupportedOperationError(
+                f"backend {self.backend_name!r} cannot list namespaces", backend=self.backend_name
+            )
+        self._check_open()
+        try:
+            return sorted(self._namespaces())
+        except Exception as exc:
+            self._raise(exc, "namespaces", None)
 
     def clear(self) -> int:
         """Remove every artifact of this namespace, and nothing outside it. Returns how many were removed.
@@ -373,6 +407,17 @@ class ArtifactStore(ABC):
     @abstractmethod
     def _clear(self) -> int:
         """Remove this namespace's artifacts; return the count."""
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        """One artifact's info; override when the backend can read it without a full listing."""
+        for info in self._list():
+            if info.step_id == step_id:
+                return info
+        raise self._not_found(step_id)
+
+    def _namespaces(self) -> Iterable[str]:
+        """Namespaces holding artifacts, for backends that declare ``capabilities.list_namespaces``."""
+        raise UnsupportedOperationError(f"backend {self.backend_name!r} cannot list namespaces")
 
     def _close(self) -> None:  # noqa: B027 - optional hook: most backends have nothing to release
         """Release clients and pools (called once)."""

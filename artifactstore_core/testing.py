@@ -368,6 +368,30 @@ class StoreConformance:
             assert store.get("x").content == index
             assert [info.step_id for info in store.list()] == ["x"]
 
+    def test_info(self, store: ArtifactStore) -> None:
+        message = Message(content=b"12345", metadata={"a": 1})
+        store.save("i", message)
+        store.save("other", Message(content="x"))
+        info = store.info("i")
+        assert (info.step_id, info.size, info.created_at) == ("i", 5, message.created_at)
+        assert info == next(i for i in store.list() if i.step_id == "i")
+        with pytest.raises(ArtifactNotFoundError):
+            store.info("missing")
+
+    def test_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
+        store = new_store()
+        if not store.capabilities.list_namespaces:
+            with pytest.raises(UnsupportedOperationError):
+                store.namespaces()
+            pytest.skip(f"backend {store.backend_name!r} cannot list namespaces")
+        other = new_store()
+        store.save("a", Message(content=1))
+        other.save("b", Message(content=2))
+        names = store.namespaces()
+        assert {store.namespace, other.namespace} <= set(names)
+        other.clear()
+        assert other.namespace not in store.namespaces()
+
     # -- ids ------------------------------------------------------------------------------------------
 
     def test_awkward_ids_round_trip_and_stay_distinct(self, store: ArtifactStore) -> None:

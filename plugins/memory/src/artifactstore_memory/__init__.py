@@ -98,6 +98,8 @@ class MemoryStore(ArtifactStore):
     ) -> None:
         super().__init__(namespace=namespace, codec=codec)
         self._settings = settings if settings is not None else MemorySettings()
+        # Plain attributes: read on every save, cheaper than the settings model's.
+        self._limit, self._max_bytes = self._settings.limit, self._settings.max_bytes
         self._space = space if space is not None else _PROCESS_SPACE
         self._lock = self._space.lock
         self._items = self._space.namespace(self.namespace)
@@ -105,10 +107,13 @@ class MemoryStore(ArtifactStore):
             self._sizes = self._space.sizes.setdefault(self.namespace, {})
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
-        limit, max_bytes = self._settings.limit, self._settings.max_bytes
+        limit, max_bytes = self._limit, self._max_bytes
         size = _size(message) if max_bytes is not None else 0
         with self._lock:
             existing = self._items.get(step_id)
+            if existing is None and limit is None and max_bytes is None:
+                self._items[step_id] = message
+                return
             if existing is not None and not overwrite:
                 if existing.same_artifact(message):
                     return
@@ -149,6 +154,12 @@ class MemoryStore(ArtifactStore):
         with self._lock:
             snapshot = list(self._items.items())
         return [content_info(step_id, message) for step_id, message in snapshot]
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        return content_info(step_id, self._get(step_id))
+
+    def _namespaces(self) -> Iterable[str]:
+        return self._space.namespace_names()
 
     def _clear(self) -> int:
         with self._lock:
