@@ -117,8 +117,7 @@ class ArtifactStore(ABC):
             StoreClosedError: the store was closed.
         """
         step_id = validate_step_id(step_id)
-        if not isinstance(message, Message):
-            _check_message(message)
+        message = _check_message(message)
         seconds = None if ttl is None else self._ttl(ttl)
         if self._closed:
             self._check_open()
