@@ -1,0 +1,160 @@
+"""Settings of the Redis backend (environment prefix ``ARTIFACT_STORE_REDIS_``).
+
+The URL is kept as a :class:`~pydantic.SecretStr` because it may carry a password
+(``redis://:password@host:6379/0``); :attr:`RedisSettings.display_url` and the settings' repr show it with
+the password replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from artifactstore_core import BackendSettings
+
+__all__ = ["DEFAULT_URL", "REDIS_MAX_BULK_BYTES", "RedisSettings", "mask_url"]
+
+#: The server the backend connects to when ``ARTIFACT_STORE_REDIS_URL`` is not set.
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+#: Redis's largest string or hash-field value (``proto-max-bulk-len``'s default): 512 MiB.
+REDIS_MAX_BULK_BYTES = 512 * 1024 * 1024
+
+# Query parameters whose names suggest a credential: their values are masked like a URL password.
+_SECRET_QUERY_WORDS = ("pass", "secret", "token", "key")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (and any credential-like query value) replaced by ``***``.
+
+    Never raises: a URL that cannot be parsed is shown as ``<unparseable redis url>``.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal needs its brackets back
+            host = f"[{host}]"
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        if parts.username is not None or parts.password is not None:
+            user = parts.username or ""
+            netloc = f"{user}:***@{netloc}" if parts.password is not None else f"{user}@{netloc}"
+        query = [
+            (name, "***" if any(word in name.lower() for word in _SECRET_QUERY_WORDS) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        masked = f"{parts.scheme}://{netloc}{parts.path}"
+        return f"{masked}?{urlencode(query, safe='*')}" if query else masked
+    except ValueError:
+        return "<unparseable redis url>"
+
+
+class RedisSettings(BackendSettings):
+    """Settings of the Redis backend (prefix ``ARTIFACT_STORE_REDIS_``, config table ``[redis]``).
+
+    Every field can be set by an environment variable named ``ARTIFACT_STORE_REDIS_<FIELD>``, e.g.
+    ``ARTIFACT_STORE_REDIS_URL`` or ``ARTIFACT_STORE_REDIS_SOCKET_TIMEOUT``. The URL is checked when a store
+    is created (:class:`~artifactstore_core.ConfigurationError`), so an invalid one is never echoed back.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_REDIS_", extra="ignore")
+    config_table = "redis"
+
+    url: SecretStr = Field(
+        default=SecretStr(DEFAULT_URL),
+        description="Server URL: redis://[user[:password]@]host[:port][/db], rediss:// for TLS, or "
+        "unix:///path/to/socket (standalone only). In cluster mode, the address of any one node. A password "
+        "here is a secret like ARTIFACT_STORE_REDIS_PASSWORD and is masked wherever the URL is shown.",
+    )
+    username: str | None = Field(
+        default=None, description="ACL user name, when the URL does not give one (Redis 6 and later)."
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="Password (AUTH), when the URL does not give one. Never shown in reprs, logs or errors.",
+    )
+    cluster: bool = Field(
+        default=False,
+        description="Connect to a Redis Cluster: the URL names one node and the others are discovered.",
+    )
+    key_prefix: str = Field(
+        default="artifactstore",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="First part of every key this backend writes (letters, digits, '_', '.', '-'); stores "
+        "with different prefixes on one server never see each other's artifacts.",
+    )
+    default_ttl: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds after which artifacts saved without an explicit ttl expire; unset: never.",
+    )
+    max_connections: int = Field(
+        default=32,
+        ge=1,
+        description="Size of the connection pool (per cluster node); a call waits for a free connection.",
+    )
+    pool_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a call waits for a free pooled connection before BackendUnavailableError.",
+    )
+    socket_connect_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds to establish a connection before the attempt fails."
+    )
+    socket_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds to wait for a reply; then the call raises BackendTimeoutError (the command may "
+        "or may not have run on the server).",
+    )
+    retry_attempts: int = Field(
+        default=3,
+        ge=0,
+        description="Retries after a refused or reset connection or a server still loading its data "
+        "(LOADING); 0 disables retries. Every operation of this backend is safe to repeat.",
+    )
+    retry_backoff: float = Field(
+        default=0.05,
+        ge=0,
+        description="Base of the exponential backoff between retries, in seconds (doubled per retry, with jitter).",
+    )
+    retry_backoff_max: float = Field(default=1.0, ge=0, description="Longest wait between two retries, in seconds.")
+    retry_on_timeout: bool = Field(
+        default=False,
+        description="Also retry after a timeout. Off by default: a timed-out server is usually overloaded, "
+        "and a timeout should surface within socket_timeout.",
+    )
+    health_check_interval: float = Field(
+        default=15.0,
+        ge=0,
+        description="Seconds a pooled connection may sit idle before it is checked with PING on reuse; 0 "
+        "disables the check (standalone servers only).",
+    )
+    batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Artifacts per pipeline in save_many/get_many/list and per script call in clear(), "
+        "which bounds how long any one call holds the server.",
+    )
+    max_artifact_bytes: int = Field(
+        default=REDIS_MAX_BULK_BYTES,
+        ge=1,
+        le=REDIS_MAX_BULK_BYTES,
+        description="Largest stored payload accepted; a larger one raises PayloadTooLargeError before any "
+        "byte is sent. At most 512 MiB, Redis's limit for one value.",
+    )
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked: safe to log or show."""
+        return mask_url(self.url.get_secret_value())
+
+    def __repr_args__(self) -> Any:
+        # SecretStr already masks the password field; show the URL's host and port with only its
+        # password masked, which is what a reader of a repr or log line needs.
+        for name, value in super().__repr_args__():
+            yield name, (self.display_url if name == "url" else value)

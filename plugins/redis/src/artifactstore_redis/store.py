@@ -1,0 +1,645 @@
+"""The Redis store: one namespace of artifacts on a Redis server or Redis Cluster.
+
+Layout (``P`` is the key prefix, ``N`` the encoded namespace, ``I`` an encoded step id; encoding is
+:func:`artifactstore_core.ids.encode_name`, whose output never holds ``{``, ``}`` or ``:``)::
+
+    {P:N}:a:I    hash   head (envelope head), payload (stored payload), id (identity key, for write-once)
+    {P:N}:idx    zset   member I, score = expiry time in ms since the epoch (server clock), or +inf
+
+The braces are a cluster hash tag: all keys of one namespace live in one slot, so the scripts that change
+an artifact and its index entry together are legal in cluster mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, cast
+from urllib.parse import quote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.connection import BlockingConnectionPool, UnixDomainSocketConnection
+from redis.connection import parse_url as _redis_parse_url
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ClusterDownError,
+    MaxConnectionsError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from artifactstore_core import (
+    AccessDeniedError,
+    ArtifactCorruptedError,
+    ArtifactInfo,
+    ArtifactStore,
+    ArtifactStoreError,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    Capabilities,
+    CapacityError,
+    Codec,
+    ConfigurationError,
+    Message,
+    PayloadTooLargeError,
+)
+from artifactstore_core.ids import decode_name, encode_name
+from artifactstore_core.settings import load_settings
+
+from .scripts import CLEAR, DELETE, FORGET_NAMESPACE, REGISTER_NAMESPACE, SAVE, SAVE_EXISTS, LuaScript
+from .settings import REDIS_MAX_BULK_BYTES, RedisSettings
+
+__all__ = ["RedisClient", "RedisStore"]
+
+#: The client types a store runs on.
+RedisClient = redis.Redis | RedisCluster
+
+T = TypeVar("T")
+
+_log = logging.getLogger("artifactstore_redis")
+
+# Connection options the URL's query may carry; the others have a setting of their own (so there is one
+# place to set each) or are unknown to redis-py and would only fail at the first command.
+_URL_QUERY_OPTIONS = frozenset(
+    {
+        "db",
+        "username",
+        "password",
+        "client_name",
+        "protocol",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_check_hostname",
+        "ssl_min_version",
+        "ssl_ciphers",
+    }
+)
+_URL_PARSED_OPTIONS = frozenset({"host", "port", "path", "connection_class"})
+# A store announces its namespace in the registry at most this often (seconds); an empty namespace leaves
+# the registry only when nobody announced it for _REGISTRY_GRACE seconds. The grace must exceed the longest
+# save (with its retries) by far, so that a save in flight is never forgotten.
+_REGISTER_EVERY = 60.0
+_REGISTRY_GRACE = 900
+# A pipeline is sent when it holds this many payload bytes, so client buffers stay bounded.
+_PIPELINE_BYTES = 16 * 1024 * 1024
+_ENV = "ARTIFACT_STORE_REDIS_"
+# redis-py ships these two untyped.
+_parse_url = cast(Callable[[str], dict[str, Any]], _redis_parse_url)
+_BlockingPool = cast(Callable[..., BlockingConnectionPool], BlockingConnectionPool)
+
+
+def _env(name: str) -> str:
+    return f"{_ENV}{name.upper()}"
+
+
+def _connection_options(settings: RedisSettings) -> dict[str, Any]:
+    """redis-py connection options from the URL and the settings.
+
+    Raises:
+        ConfigurationError: the URL is invalid, or sets something twice (never repeating the URL itself).
+    """
+    url = settings.url.get_secret_value()
+    try:
+        options = _parse_url(url)
+    except ValueError:
+        # Not chained: the parser's message may repeat part of the URL, which may hold a password.
+        raise ConfigurationError(
+            f"{_env('url')} is not a valid Redis URL (redis://[user[:password]@]host[:port][/db], rediss://... "
+            f"or unix:///path); it reads {settings.display_url}"
+        ) from None
+    unknown = sorted(set(options) - _URL_QUERY_OPTIONS - _URL_PARSED_OPTIONS)
+    if unknown:
+        hint = "; ".join(
+            f"set {_env(name)} instead" if name in RedisSettings.model_fields else f"{name!r} is not supported"
+            for name in unknown
+        )
+        raise ConfigurationError(f"{_env('url')} has query option(s) {', '.join(unknown)}: {hint}")
+    for name in ("password", "username"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if name in options:
+            raise ConfigurationError(f"the {name} is given both in {_env('url')} and in {_env(name)}; give it once")
+        options[name] = value.get_secret_value() if name == "password" else value
+    if settings.cluster:
+        if options.get("connection_class") is UnixDomainSocketConnection:
+            raise ConfigurationError(f"{_env('cluster')} needs a redis:// or rediss:// URL, not a unix socket")
+        if options.get("db", 0) != 0:
+            raise ConfigurationError(f"{_env('url')} selects database {options['db']}; a Redis Cluster has only 0")
+        options.pop("db", None)
+    return options
+
+
+def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
+    # redis-py's own retries are switched off (their defaults differ between versions and between the
+    # standalone and cluster clients); RedisStore retries every operation under one explicit policy.
+    no_retry = Retry(NoBackoff(), 0)
+    timeouts: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.socket_connect_timeout,
+    }
+    # RESP2 unless the URL asks for another: every server speaks it, it needs no HELLO round trip on connect,
+    # and its reply shapes do not depend on the redis-py version (whose default moved to RESP3).
+    options.setdefault("protocol", 2)
+    if settings.cluster:
+        # The URL path is the one on which RedisCluster gives every node a blocking pool; the URL was
+        # checked above, and a password or user name from the settings is passed beside it.
+        credentials = {name: options[name] for name in ("username", "password") if name in options}
+        return RedisCluster(
+            url=settings.url.get_secret_value(),
+            retry=no_retry,
+            connection_pool_class=BlockingConnectionPool,
+            max_connections=settings.max_connections,
+            timeout=settings.pool_timeout,
+            protocol=options["protocol"],
+            **timeouts,
+            **credentials,
+        )
+    pool = _BlockingPool(
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout,
+        retry=no_retry,
+        health_check_interval=settings.health_check_interval,
+        **timeouts,
+        **options,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _command(client: Any, *args: Any) -> Any:
+    """Send one command through a client or pipeline (redis-py's execute_command is untyped)."""
+    return client.execute_command(*args)
+
+
+def _pool_exhausted(exc: BaseException) -> bool:
+    return isinstance(exc, MaxConnectionsError) or (
+        type(exc) is RedisConnectionError and str(exc).startswith("No connection available")
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    # Inside a script the server reports OOM as a script error whose text names it.
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
+class RedisStore(ArtifactStore):
+    """A namespace of artifacts on a Redis server or Redis Cluster. Thread-safe; fork-safe (standalone).
+
+    Args:
+        settings: connection and behaviour; default :class:`RedisSettings` from the environment.
+        namespace: the namespace.
+        codec: the envelope codec (signing key, compression).
+        client: an existing ``redis.Redis`` or ``RedisCluster`` (with ``decode_responses=False``) to use
+            instead of building one from the settings: the URL, pool and timeout settings are then not used,
+            the retry policy still is, and the store does not close the client.
+
+    Raises:
+        ConfigurationError: a setting (from ``settings`` or, without it, the environment) is invalid, or the
+            URL sets something twice.
+        BackendUnavailableError: cluster mode, and no node of the cluster could be reached.
+        InvalidStepIdError: ``namespace`` is not legal.
+    """
+
+    backend_name = "redis"
+    capabilities = Capabilities(
+        cross_process=True,
+        persistent=True,
+        native_ttl=True,
+        atomic_create=True,
+        streaming=False,
+        list_namespaces=True,
+        max_artifact_bytes=REDIS_MAX_BULK_BYTES,
+    )
+
+    def __init__(
+        self,
+        settings: RedisSettings | None = None,
+        *,
+        namespace: str = "default",
+        codec: Codec | None = None,
+        client: RedisClient | None = None,
+    ) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        # load_settings turns an invalid environment into a ConfigurationError naming the variable.
+        self._settings = settings if settings is not None else load_settings(RedisSettings)
+        self._where = self._settings.display_url
+        self._secrets = self._secret_texts()
+        tag = f"{{{self._settings.key_prefix}:{encode_name(self.namespace)}}}"
+        self._artifact_prefix = f"{tag}:a:".encode("ascii")
+        self._index = f"{tag}:idx".encode("ascii")
+        # Its own slot in a cluster; "{prefix}" can never equal a namespace's "{prefix:...}" tag.
+        self._registry = f"{{{self._settings.key_prefix}}}:namespaces".encode("ascii")
+        self._registered_at: float | None = None
+        self._register_lock = threading.Lock()
+        self._owns_client = client is None
+        if client is not None:
+            if getattr(cast(Any, client).get_encoder(), "decode_responses", False):
+                raise ConfigurationError("the redis client given to RedisStore must not use decode_responses=True")
+            self._client: RedisClient = client
+        else:
+            options = _connection_options(self._settings)
+            try:
+                self._client = _connect(self._settings, options)
+            except (RedisError, RedisClusterException) as exc:
+                raise self._translated(exc, "connect") from exc
+        _log.debug(
+            "redis store for namespace %r on %s (cluster=%s)", self.namespace, self._where, self._settings.cluster
+        )
+
+    @property
+    def settings(self) -> RedisSettings:
+        """The settings this store was built with."""
+        return self._settings
+
+    @property
+    def client(self) -> RedisClient:
+        """The redis-py client (for diagnostics; keys and layout are this module's business)."""
+        return self._client
+
+    def __repr__(self) -> str:
+        mode = "cluster" if isinstance(self._client, RedisCluster) else "standalone"
+        return (
+            f"<{type(self).__name__} backend={self.backend_name!r} namespace={self.namespace!r} "
+            f"url={self._where!r} mode={mode}>"
+        )
+
+    # -- keys and encoding ----------------------------------------------------------------------------
+
+    def _member(self, step_id: str) -> bytes:
+        return encode_name(step_id).encode("ascii")
+
+    def _key(self, member: bytes) -> bytes:
+        return self._artifact_prefix + member
+
+    def _ttl_ms(self, ttl: float | None) -> int:
+        seconds = ttl if ttl is not None else self._settings.default_ttl
+        return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+    def _save_call(
+        self, step_id: str, message: Message, overwrite: bool, ttl: float | None
+    ) -> tuple[list[bytes], list[Any], int]:
+        """The SAVE script's keys and arguments, and the payload size; checks the size limit first."""
+        limit = self._settings.max_artifact_bytes
+        if isinstance(message.content, bytes) and len(message.content) > limit:
+            # bytes are stored as they are, so the check needs no encoding (and no hashing).
+            raise self._too_large(step_id, len(message.content))
+        encoded = self.codec.encode(message)
+        if len(encoded.payload) > limit:
+            raise self._too_large(step_id, len(encoded.payload))
+        member = self._member(step_id)
+        keys = [self._key(member), self._index]
+        args: list[Any] = [
+            member,
+            encoded.identity_key,
+            encoded.head,
+            encoded.payload,
+            b"1" if overwrite else b"0",
+            self._ttl_ms(ttl),
+        ]
+        return keys, args, len(encoded.payload)
+
+    def _decode(self, step_id: str, head: bytes | None, payload: bytes | None) -> Message:
+        if head is None or payload is None:
+            raise ArtifactCorruptedError(
+                f"artifact {step_id!r} in namespace {self.namespace!r} is missing its "
+                f"{'head' if head is None else 'payload'} (written by something other than this backend?)",
+                step_id=step_id,
+            )
+        return self.codec.decode(head, payload)
+
+    # -- the operations -------------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        """Record this namespace in the registry before writing to it (at most every _REGISTER_EVERY s)."""
+        now = time.monotonic()
+        with self._register_lock:
+            if self._registered_at is not None and now - self._registered_at < _REGISTER_EVERY:
+                return
+        self._script(REGISTER_NAMESPACE, [self._registry], [encode_name(self.namespace)])
+        with self._register_lock:
+            self._registered_at = now
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        keys, args, _ = self._save_call(step_id, message, overwrite, ttl)
+        self._announce()
+        if self._script(SAVE, keys, args) == SAVE_EXISTS:
+            raise self._exists_error(step_id)
+
+    def _get(self, step_id: str) -> Message:
+        key = self._key(self._member(step_id))
+        head, payload = self._retrying(lambda: cast(list[Any], self._client.hmget(key, [b"head", b"payload"])))
+        if head is None and payload is None:
+            raise self._not_found(step_id)
+        return self._decode(step_id, head, payload)
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        key = self._key(self._member(step_id))
+        head = self._retrying(lambda: cast(bytes | None, self._client.hget(key, b"head")))
+        if head is None:
+            raise self._not_found(step_id)
+        return self.codec.decode_head(head).info(step_id)
+
+    def _namespaces(self) -> Iterator[str]:
+        prefix = self._settings.key_prefix
+        names = cast(list[bytes], self._retrying(lambda: self._client.zrange(self._registry, 0, -1)))
+        batch = self._settings.batch_size
+        for start in range(0, len(names), batch):
+            chunk = [name.decode("ascii") for name in names[start : start + batch]]
+            now_ms = int(time.time() * 1000)
+            # A namespace holds artifacts while its index has an entry that has not expired.
+            counts = self._pipelined([("ZCOUNT", f"{{{prefix}:{name}}}:idx", f"({now_ms}", "+inf") for name in chunk])
+            for name, count in zip(chunk, counts, strict=True):
+                if isinstance(count, Exception):
+                    raise count
+                if count:
+                    yield decode_name(name)
+                else:
+                    self._script(FORGET_NAMESPACE, [self._registry], [name, _REGISTRY_GRACE])
+
+    def _exists(self, step_id: str) -> bool:
+        key = self._key(self._member(step_id))
+        return bool(self._retrying(lambda: self._client.exists(key)))
+
+    def _delete(self, step_id: str) -> bool:
+        member = self._member(step_id)
+        return bool(self._script(DELETE, [self._key(member), self._index], [member]))
+
+    def _list(self) -> Iterator[ArtifactInfo]:
+        # ZSCAN may return a member twice while the index changes; the seen-set keeps the listing exact.
+        seen: set[bytes] = set()
+        cursor = 0
+        while True:
+            cursor, pairs = self._retrying(functools.partial(self._scan_index, cursor))
+            members = [member for member, _ in pairs if member not in seen]
+            seen.update(members)
+            if members:
+                heads = self._pipelined([("HGET", self._key(member), b"head") for member in members])
+                for member, head in zip(members, heads, strict=True):
+                    if isinstance(head, Exception):
+                        raise head
+                    if head is None:  # expired or deleted since the index was read
+                        continue
+                    yield self.codec.decode_head(head).info(decode_name(member.decode("ascii")))
+            if cursor == 0:
+                return
+
+    def _scan_index(self, cursor: int) -> tuple[int, list[tuple[bytes, float]]]:
+        reply = self._client.zscan(self._index, cursor, count=self._settings.batch_size)
+        return cast(tuple[int, list[tuple[bytes, float]]], reply)
+
+    def _clear(self) -> int:
+        removed = 0
+        batch = self._settings.batch_size
+        while True:
+            members = cast(list[bytes], self._retrying(lambda: self._client.zrange(self._index, 0, batch - 1)))
+            if not members:
+                return removed
+            keys = [self._index, *(self._key(member) for member in members)]
+            removed += int(self._script(CLEAR, keys, members))
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        if len(items) == 1:
+            self._save(*items[0], overwrite, ttl)
+            return
+        # Every artifact is encoded and checked against the size limit before anything is sent.
+        calls = [(step_id, *self._save_call(step_id, message, overwrite, ttl)) for step_id, message in items]
+        self._announce()
+        for chunk in self._chunks(calls):
+            results = self._scripts(SAVE, [(keys, args) for _, keys, args, _ in chunk])
+            for (step_id, *_), result in zip(chunk, results, strict=True):
+                if isinstance(result, Exception):
+                    error = self._translated(result, "save_many")
+                    error.step_id = step_id
+                    raise error from result
+                if result == SAVE_EXISTS:
+                    raise self._exists_error(step_id)
+
+    def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
+        found: dict[str, Message] = {}
+        missing: list[str] = []
+        batch = self._settings.batch_size
+        for start in range(0, len(step_ids), batch):
+            chunk = step_ids[start : start + batch]
+            replies = self._pipelined(
+                [("HMGET", self._key(self._member(step_id)), b"head", b"payload") for step_id in chunk]
+            )
+            for step_id, reply in zip(chunk, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                head, payload = reply
+                if head is None and payload is None:
+                    missing.append(step_id)
+                else:
+                    found[step_id] = self._decode(step_id, head, payload)
+        if missing:
+            raise self._missing_many(missing)
+        return found
+
+    def _close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    # -- talking to the server ------------------------------------------------------------------------
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run ``operation``, retrying transient failures under the configured policy.
+
+        Every operation of this store may be repeated safely: a save whose reply was lost finds its own
+        artifact on the retry and succeeds as an identical save.
+        """
+        settings = self._settings
+        retries = 0
+        while True:
+            try:
+                return operation()
+            except (RedisError, RedisClusterException) as exc:
+                if retries >= settings.retry_attempts or not self._retryable(exc):
+                    raise
+                retries += 1
+                ceiling = min(settings.retry_backoff_max, settings.retry_backoff * 2 ** (retries - 1))
+                # Equal jitter spreads out many clients retrying after one failure; not security.
+                delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311
+                _log.debug(
+                    "redis %s on %s; retry %d of %d in %.3f s",
+                    type(exc).__name__,
+                    self._where,
+                    retries,
+                    settings.retry_attempts,
+                    delay,
+                )
+                time.sleep(delay)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, (AuthenticationError, AuthorizationError)) or _pool_exhausted(exc):
+            return False
+        if isinstance(exc, RedisTimeoutError):
+            return self._settings.retry_on_timeout
+        return isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException))
+
+    def _script(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        client = self._client
+
+        def run() -> Any:
+            try:
+                return _command(client, "EVALSHA", script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # The server restarted or was flushed since the script was cached; EVAL caches it again.
+                return _command(client, "EVAL", script.source, len(keys), *keys, *args)
+
+        return self._retrying(run)
+
+    def _scripts(self, script: LuaScript, calls: Sequence[tuple[Sequence[bytes], Sequence[Any]]]) -> list[Any]:
+        """Run ``script`` once per call in one pipeline; results may be exceptions (other than NOSCRIPT)."""
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                # Through execute_command: redis-py's cluster pipeline refuses its evalsha() helper (it cannot
+                # recover from NOSCRIPT itself); the NOSCRIPT fallback below makes pipelined EVALSHA safe.
+                _command(pipe, "EVALSHA", script.sha, len(keys), *keys, *args)
+            results = list(pipe.execute(raise_on_error=False))
+            for index, result in enumerate(results):
+                if isinstance(result, NoScriptError):
+                    # NOSCRIPT means the script did not run, so running it now with EVAL is safe.
+                    keys, args = calls[index]
+                    results[index] = _command(self._client, "EVAL", script.source, len(keys), *keys, *args)
+            return results
+
+        return self._retrying(run)
+
+    def _pipelined(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        """Send read commands in one pipeline; results may be exceptions."""
+        commands = list(commands)
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(pipe.execute(raise_on_error=False))
+
+        return self._retrying(run)
+
+    def _chunks(self, calls: list[tuple[str, list[bytes], list[Any], int]]) -> Iterator[list[Any]]:
+        chunk: list[Any] = []
+        size = 0
+        for call in calls:
+            chunk.append(call)
+            size += call[3]
+            if len(chunk) >= self._settings.batch_size or size >= _PIPELINE_BYTES:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    # -- errors ---------------------------------------------------------------------------------------
+
+    def _secret_texts(self) -> tuple[str, ...]:
+        secrets: list[str] = []
+        if self._settings.password is not None:
+            secrets.append(self._settings.password.get_secret_value())
+        try:
+            url_password = urlsplit(self._settings.url.get_secret_value()).password
+        except ValueError:
+            url_password = None
+        if url_password:
+            secrets.append(url_password)
+        # The URL carries the password percent-encoded; scrub both spellings.
+        return tuple(sorted({form for secret in secrets if secret for form in (secret, quote(secret))}))
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _describe(self, exc: BaseException) -> str:
+        text = self._scrub(str(exc)).strip()
+        if len(text) > 300:
+            text = text[:300] + "..."
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+    def _too_large(self, step_id: str, size: int) -> PayloadTooLargeError:
+        limit = self._settings.max_artifact_bytes
+        return PayloadTooLargeError(
+            f"artifact {step_id!r} is {size} bytes; the redis backend stores at most {limit} bytes per artifact "
+            f"({_env('max_artifact_bytes')}; Redis's own limit is {REDIS_MAX_BULK_BYTES}). Nothing was sent.",
+            step_id=step_id,
+        )
+
+    def _translated(self, exc: BaseException, operation: str) -> ArtifactStoreError:
+        error = self._translate_error(exc) if isinstance(exc, Exception) else None
+        if error is None:
+            error = BackendError(f"redis {operation} failed on {self._where}: {self._describe(exc)}")
+        error.backend = self.backend_name
+        error.namespace = self.namespace
+        return error
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        """Map a redis-py exception to the core error family; the message never holds a secret."""
+        where = f"redis at {self._where}"
+        what = self._describe(exc)
+        settings = self._settings
+        if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
+            return AccessDeniedError(
+                f"{where} refused the credentials or the command ({what}); check {_env('url')}, "
+                f"{_env('username')} and {_env('password')}"
+            )
+        if _is_oom(exc):
+            return CapacityError(
+                f"{where} is out of memory (maxmemory reached and nothing may be evicted); nothing was saved. "
+                f"Free space (clear finished namespaces) or raise the server's maxmemory ({what})"
+            )
+        if isinstance(exc, RedisTimeoutError):
+            return BackendTimeoutError(
+                f"{where} did not answer in time ({_env('socket_timeout')}={settings.socket_timeout} s, "
+                f"{_env('socket_connect_timeout')}={settings.socket_connect_timeout} s); the operation may or may "
+                f"not have been applied ({what})"
+            )
+        if _pool_exhausted(exc):
+            return BackendUnavailableError(
+                f"no free connection to {where} within {settings.pool_timeout} s: all "
+                f"{settings.max_connections} pooled connections are busy ({_env('max_connections')}, "
+                f"{_env('pool_timeout')})"
+            )
+        if isinstance(exc, BusyLoadingError):
+            return BackendUnavailableError(
+                f"{where} is still loading its dataset after {settings.retry_attempts} retries; retry later or "
+                f"raise {_env('retry_attempts')} ({what})"
+            )
+        if isinstance(exc, ReadOnlyError):
+            return BackendUnavailableError(f"{where} is a read-only replica; point {_env('url')} at a primary")
+        if isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException)) or (
+            isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
+        ):
+            return BackendUnavailableError(f"{where} is unavailable ({what})")
+        if isinstance(exc, RedisError):
+            return BackendError(f"{where} failed ({what})")
+        if isinstance(exc, TimeoutError):  # a socket error redis-py did not wrap (the builtin, an OSError)
+            return BackendTimeoutError(f"{where} did not answer in time ({what})")
+        if isinstance(exc, OSError):
+            return BackendUnavailableError(f"{where} is unavailable ({what})")
+        return None

@@ -1,0 +1,40 @@
+"""Redis Cluster specifics against the session's real three-primary cluster."""
+
+from __future__ import annotations
+
+import pytest
+from redis.cluster import RedisCluster
+
+from artifactstore_core import Message
+from artifactstore_core.ids import encode_name
+from artifactstore_redis import RedisSettings, RedisStore
+from artifactstore_redis.testing import RedisClusterNodes
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisClusterNodes) -> RedisCluster:
+    client = RedisCluster.from_url(redis_cluster.url)
+    yield client
+    client.close()
+
+
+def test_a_namespace_lives_in_one_slot_and_namespaces_spread_over_the_primaries(
+    redis_cluster: RedisClusterNodes, cluster_client: RedisCluster
+) -> None:
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)  # type: ignore[arg-type]
+    primaries = set()
+    for i in range(12):
+        with RedisStore(settings, namespace=f"spread {i}") as store:
+            store.save_many({f"id-{n} *": Message(content=n) for n in range(5)})
+            store.save("ttl", Message(content=b"t"), ttl=60)
+            tag = f"{{artifactstore:{encode_name(store.namespace)}}}"
+            keys = [f"{tag}:idx", f"{tag}:a:ttl", *(f"{tag}:a:{encode_name(f'id-{n} *')}" for n in range(5))]
+            assert cluster_client.exists(*keys) == len(keys)
+            assert len({cluster_client.keyslot(key) for key in keys}) == 1
+            primaries.add(cluster_client.get_node_from_key(keys[0]).name)
+            assert sorted(info.step_id for info in store.list()) == sorted([*(f"id-{n} *" for n in range(5)), "ttl"])
+            assert store.get_many([f"id-{n} *" for n in range(5)])["id-3 *"].content == 3
+            assert store.clear() == 6
+            assert cluster_client.exists(*keys) == 0
+    # The namespaces above hash to different primaries: the cluster really is in use, not one node.
+    assert len(primaries) >= 2

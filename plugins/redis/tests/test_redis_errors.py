@@ -1,0 +1,172 @@
+"""Failures come out as the core's errors: configuration, unreachable servers, a server still loading."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from artifactstore_core import (
+    BackendUnavailableError,
+    ConfigurationError,
+    Message,
+    create_store,
+)
+from artifactstore_core.settings import load_settings
+from artifactstore_redis import RedisSettings, RedisStore, mask_url
+from artifactstore_redis.testing import RedisServer, free_port
+
+
+def settings(url: str, **overrides: Any) -> RedisSettings:
+    return RedisSettings(url=url, **overrides)  # type: ignore[arg-type]
+
+
+# -- configuration --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://u:pw@host:6379/0", "redis://u:***@host:6379/0"),
+        ("redis://:p%40ss@host/1", "redis://:***@host/1"),
+        ("rediss://host:6380", "rediss://host:6380"),
+        ("redis://user@[::1]:6379/0", "redis://user@[::1]:6379/0"),
+        ("unix:///run/redis.sock?db=2&password=pw", "unix:///run/redis.sock?db=2&password=***"),
+        ("redis://host:notaport/0", "<unparseable redis url>"),
+    ],
+)
+def test_mask_url(url: str, expected: str) -> None:
+    assert mask_url(url) == expected
+
+
+def test_settings_repr_masks_the_url_password_and_the_password() -> None:
+    configured = settings("redis://user:hunter2@db.example:6379/0", password=None)
+    assert "hunter2" not in repr(configured)
+    assert "url='redis://user:***@db.example:6379/0'" in repr(configured)
+    separate = settings("redis://db.example:6379/0", password="hunter2")
+    assert "hunter2" not in repr(separate)
+    assert "hunter2" not in str(separate)
+    assert "hunter2" not in separate.model_dump_json()
+
+
+def test_every_setting_is_described_and_named_by_its_env_var() -> None:
+    for name, field in RedisSettings.model_fields.items():
+        assert field.description, name
+        assert RedisSettings.env_name(name) == f"ARTIFACT_STORE_REDIS_{name.upper()}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"url": "http://host:6379"}, "ARTIFACT_STORE_REDIS_URL is not a valid Redis URL"),
+        ({"url": "redis://:pw@host/0", "password": "pw"}, "both in ARTIFACT_STORE_REDIS_URL and in"),
+        ({"url": "redis://u@host/0", "username": "v"}, "ARTIFACT_STORE_REDIS_USERNAME"),
+        ({"url": "redis://host/0?socket_timeout=3"}, "set ARTIFACT_STORE_REDIS_SOCKET_TIMEOUT instead"),
+        ({"url": "redis://host/0?frobnicate=1"}, "'frobnicate' is not supported"),
+        ({"url": "redis://host/1", "cluster": True}, "a Redis Cluster has only 0"),
+        ({"url": "unix:///tmp/redis.sock", "cluster": True}, "not a unix socket"),
+    ],
+)
+def test_invalid_configuration_is_a_configuration_error(overrides: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RedisStore(settings(**overrides))
+    assert fragment in str(info.value)
+    assert "pw" not in str(info.value).replace("password", "")
+
+
+def test_invalid_setting_names_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_KEY_PREFIX", "has space")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(RedisSettings)
+    assert "ARTIFACT_STORE_REDIS_KEY_PREFIX" in str(info.value)
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_KEY_PREFIX", "ok")
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_MAX_ARTIFACT_BYTES", str(2**40))
+    with pytest.raises(ConfigurationError) as info:
+        create_store("redis")
+    assert "ARTIFACT_STORE_REDIS_MAX_ARTIFACT_BYTES" in str(info.value)
+
+
+def test_config_file_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "artifactstore.toml").write_text('[redis]\nkey_prefix = "from-file"\nsocket_timeout = 1.25\n')
+    monkeypatch.chdir(tmp_path)
+    loaded = load_settings(RedisSettings)
+    assert (loaded.key_prefix, loaded.socket_timeout) == ("from-file", 1.25)
+
+
+# -- unreachable ----------------------------------------------------------------------------------------
+
+
+def test_refused_connection_is_retried_then_unavailable(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="artifactstore_redis")
+    store = RedisStore(
+        settings(f"redis://127.0.0.1:{free_port()}/0", retry_attempts=2, retry_backoff=0.001), namespace="down"
+    )
+    with pytest.raises(BackendUnavailableError) as info:
+        store.save("x", Message(content=1))
+    error = info.value
+    assert error.retryable
+    assert isinstance(error.__cause__, redis.ConnectionError)
+    assert error.namespace == "down"
+    assert error.backend == "redis"
+    assert "127.0.0.1" in str(error)
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2
+    assert "retry 2 of 2" in retries[-1]
+    for call in (lambda: store.get("x"), lambda: store.exists("x"), lambda: list(store.list()), store.clear):
+        with pytest.raises(BackendUnavailableError):
+            call()
+    store.close()
+
+
+def test_unreachable_cluster_fails_at_creation() -> None:
+    with pytest.raises(BackendUnavailableError) as info:
+        RedisStore(settings(f"redis://127.0.0.1:{free_port()}", cluster=True, socket_connect_timeout=0.5))
+    assert info.value.__cause__ is not None
+
+
+# -- a server still loading its data ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_loading_is_retried_with_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="artifactstore_redis")
+    server = RedisServer(tmp_path / "loading", dbfilename="dump.rdb")
+    server.start()
+    try:
+        with RedisStore(settings(server.url), namespace="loaded") as store:
+            store.save("before-restart", Message(content=b"kept"))
+        admin = server.client()
+        pipe = admin.pipeline(transaction=False)
+        for i in range(20_000):
+            pipe.set(f"filler:{i}", b"x")
+        pipe.execute()
+        admin.save()
+        admin.close()
+        server.stop()
+        # Loading now takes about a second (50 us per key), and the server answers LOADING meanwhile.
+        server.options.update({"key-load-delay": "50", "loading-process-events-interval-bytes": "1024"})
+        server.start(wait=False)
+        impatient = RedisStore(settings(server.url, retry_attempts=0), namespace="loaded")
+        with pytest.raises(BackendUnavailableError) as info:
+            impatient.get("before-restart")
+        assert "loading" in str(info.value)
+        assert isinstance(info.value.__cause__, redis.BusyLoadingError)
+        impatient.close()
+        patient = RedisStore(
+            settings(server.url, retry_attempts=60, retry_backoff=0.05, retry_backoff_max=0.2), namespace="loaded"
+        )
+        assert patient.get("before-restart").content == b"kept"
+        assert any("BusyLoadingError" in r.getMessage() for r in caplog.records)
+        patient.close()
+    finally:
+        server.stop()
+
+
+def test_docs_list_every_setting() -> None:
+    docs = Path(__file__).resolve().parents[3] / "docs" / "redis.md"
+    text = docs.read_text()
+    for name in RedisSettings.model_fields:
+        assert f"`{RedisSettings.env_name(name)}`" in text, name

@@ -1,0 +1,281 @@
+"""Faults injected into real redis-server processes: crash and restart, killed connections, a paused server,
+a full server. Each test runs its own server so the faults never touch another test."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from artifactstore_core import (
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    CapacityError,
+    Message,
+)
+from artifactstore_redis import RedisSettings, RedisStore
+from artifactstore_redis.scripts import SAVE, SAVE_KEPT
+from artifactstore_redis.testing import RedisServer, running
+
+
+def payload_of(step_id: str, size: int) -> bytes:
+    """Deterministic, incompressible bytes for an id, so a read can be checked byte for byte."""
+    seed = hashlib.blake2b(step_id.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # polling a condition with a deadline
+
+
+def make_store(server: RedisServer, namespace: str, **overrides: Any) -> RedisStore:
+    return RedisStore(RedisSettings(url=server.url, **overrides), namespace=namespace)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_and_restart_lose_no_acknowledged_save(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "aof", appendonly="yes", appendfsync="always")
+    server.start()
+    store = make_store(server, "durable", retry_attempts=2, retry_backoff=0.02, socket_timeout=5)
+    acknowledged: dict[str, int] = {}
+    uncertain: dict[str, int] = {}
+    problems: list[str] = []
+    failures = {"writes": 0, "reads": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            step_id, size = f"w{worker}-{i}", 512 + (i * 997 + worker * 131) % 32_000
+            i += 1
+            try:
+                store.save(step_id, Message(content=payload_of(step_id, size)))
+            except (BackendUnavailableError, BackendTimeoutError):
+                with lock:
+                    uncertain[step_id] = size  # may or may not have been saved; if it was, it must be whole
+                    failures["writes"] += 1
+            except Exception as exc:
+                with lock:
+                    problems.append(f"save {step_id}: {exc!r}")
+            else:
+                with lock:
+                    acknowledged[step_id] = size
+
+    def reader() -> None:
+        while not stop.is_set():
+            with lock:
+                if not acknowledged:
+                    continue
+                step_id, size = next(reversed(acknowledged.items()))
+            try:
+                content = store.get(step_id).content
+            except (BackendUnavailableError, BackendTimeoutError):
+                with lock:
+                    failures["reads"] += 1
+                continue
+            except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
+                content = exc
+            if content != payload_of(step_id, size):
+                with lock:
+                    problems.append(f"read of acknowledged {step_id} gave {content!r:.80}")
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(acknowledged) >= 1000, 60, "1000 saves before the crash")
+        server.kill()
+        at_kill = len(acknowledged)
+        # Stay down until the writers have felt the outage (their retries ran out), then restart.
+        wait_for(lambda: failures["writes"] >= 8, 60, "saves failing while the server is down")
+        server.start()
+        wait_for(lambda: len(acknowledged) >= at_kill + 1000, 60, "1000 saves after the restart")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    try:
+        assert problems == []
+        # Every acknowledged save survived the SIGKILL byte for byte, read through the same store object.
+        for step_id, size in acknowledged.items():
+            assert store.get(step_id).content == payload_of(step_id, size), step_id
+        for step_id, size in uncertain.items():
+            if store.exists(step_id):
+                assert store.get(step_id).content == payload_of(step_id, size), step_id
+        listed = {info.step_id for info in store.list()}
+        assert set(acknowledged) <= listed <= set(acknowledged) | set(uncertain)
+    finally:
+        store.close()
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_client_kill_during_a_burst_gives_no_spurious_exists_error(tmp_path: Path) -> None:
+    with running(tmp_path / "kill") as server:
+        store = make_store(server, "burst", retry_attempts=10, retry_backoff=0.005, retry_backoff_max=0.05)
+        admin = server.client()
+        landed_then_retried = 0
+        real_execute = store.client.execute_command
+
+        def observing_execute(*args: Any, **options: Any) -> Any:
+            nonlocal landed_then_retried
+            result = real_execute(*args, **options)
+            if args[:2] == ("EVALSHA", SAVE.sha) and result == SAVE_KEPT:
+                # Each id is saved once by this test, so "kept" means an earlier attempt had landed.
+                landed_then_retried += 1
+            return result
+
+        store.client.execute_command = observing_execute  # type: ignore[method-assign]
+        saved: dict[str, int] = {}
+        problems: list[str] = []
+        killed = 0
+        lock = threading.Lock()
+
+        def burst(round_: int) -> None:
+            def writer(worker: int) -> None:
+                for i in range(60):
+                    step_id, size = f"r{round_}-w{worker}-{i}", 2_000 + 300 * i
+                    try:
+                        store.save(step_id, Message(content=payload_of(step_id, size)))
+                    except BackendUnavailableError:
+                        continue  # retries ran out under the kill storm; allowed, and checked below
+                    except Exception as exc:  # an ArtifactExistsError here would be the bug
+                        with lock:
+                            problems.append(f"{step_id}: {exc!r}")
+                    else:
+                        with lock:
+                            saved[step_id] = size
+
+            writers = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+            for thread in writers:
+                thread.start()
+            nonlocal killed
+            while any(thread.is_alive() for thread in writers):
+                killed += int(admin.execute_command("CLIENT", "KILL", "TYPE", "normal"))
+                time.sleep(0.002)  # pacing the kill storm, not synchronisation
+            for thread in writers:
+                thread.join()
+
+        # The interesting interleaving (the save ran, its reply was lost) is likely in every burst; a few
+        # bounded rounds make sure it happened at least once.
+        for round_ in range(6):
+            burst(round_)
+            if landed_then_retried and round_ >= 1:
+                break
+        admin.close()
+        try:
+            assert problems == []
+            assert killed > 0
+            assert landed_then_retried > 0
+            for step_id, size in saved.items():
+                assert store.get(step_id).content == payload_of(step_id, size)
+        finally:
+            store.close()
+
+
+@pytest.mark.timeout(60)
+def test_client_pause_longer_than_the_socket_timeout_raises_timeout_in_time(tmp_path: Path) -> None:
+    with running(tmp_path / "pause") as server:
+        timeout = 0.5
+        store = make_store(server, "pause", socket_timeout=timeout, retry_attempts=3)
+        admin = server.client()
+        message = Message(content=b"during the pause")
+        try:
+            store.save("before", Message(content=b"warm"))
+            admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            started = time.monotonic()
+            with pytest.raises(BackendTimeoutError) as info:
+                store.save("during", message)
+            elapsed = time.monotonic() - started
+            admin.execute_command("CLIENT", "UNPAUSE")
+            # Timeouts are not retried by default: the deadline is one socket timeout (plus a margin).
+            assert elapsed < timeout + 1.5, elapsed
+            assert info.value.retryable
+            assert "ARTIFACT_STORE_REDIS_SOCKET_TIMEOUT" in str(info.value)
+            assert isinstance(info.value.__cause__, redis.TimeoutError)
+            # The very next call succeeds (the timed-out save may have run once the pause ended: then this
+            # is an identical retry).
+            store.save("during", message)
+            assert store.get("during") == message
+        finally:
+            admin.close()
+            store.close()
+
+
+@pytest.mark.timeout(60)
+def test_client_pause_with_retry_on_timeout_retries_within_its_deadline(tmp_path: Path) -> None:
+    with running(tmp_path / "pause-retry") as server:
+        timeout, retries = 0.3, 2
+        store = make_store(
+            server, "pause", socket_timeout=timeout, retry_attempts=retries, retry_on_timeout=True, retry_backoff=0.01
+        )
+        admin = server.client()
+        try:
+            store.save("before", Message(content=b"warm"))
+            admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            started = time.monotonic()
+            with pytest.raises(BackendTimeoutError):
+                store.save("during", Message(content=b"x"))
+            elapsed = time.monotonic() - started
+            admin.execute_command("CLIENT", "UNPAUSE")
+            # One attempt and two retries, each one socket timeout; the backoff adds at most 0.03 s.
+            assert (retries + 1) * timeout <= elapsed < (retries + 1) * timeout + 0.03 + 1.5, elapsed
+            store.save("after", Message(content=b"y"))
+        finally:
+            admin.close()
+            store.close()
+
+
+@pytest.mark.timeout(60)
+def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: Path) -> None:
+    with running(tmp_path / "oom", maxmemory="2mb", **{"maxmemory-policy": "noeviction"}) as server:
+        store = make_store(server, "full", retry_attempts=3)
+        admin = server.client()
+        try:
+            failed, error = None, None
+            for i in range(200):
+                step_id = f"fill-{i}"
+                before = _evalsha_attempts(admin)
+                try:
+                    store.save(step_id, Message(content=payload_of(step_id, 64 * 1024)))
+                except CapacityError as exc:
+                    failed, error = step_id, exc
+                    attempts = _evalsha_attempts(admin) - before
+                    break
+            assert failed is not None, "the server never ran out of memory"
+            assert error is not None
+            assert attempts == 1  # OOM is not retried
+            assert not error.retryable
+            assert error.step_id == failed
+            assert isinstance(error.__cause__, redis.ResponseError)
+            assert "maxmemory" in str(error)
+            assert not store.exists(failed)
+            assert failed not in {info.step_id for info in store.list()}
+            assert not admin.zscore("{artifactstore:full}:idx", failed)
+            # What was saved before is intact, and deleting makes room again.
+            assert store.get("fill-0").content == payload_of("fill-0", 64 * 1024)
+            assert store.clear() == int(failed.split("-")[1])
+            store.save(failed, Message(content=b"fits now"))
+            assert store.get(failed).content == b"fits now"
+        finally:
+            admin.close()
+            store.close()
+
+
+def _evalsha_attempts(admin: Any) -> int:
+    # "calls" counts executed commands, failed ones included; "rejected_calls" those refused before running.
+    stats = admin.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))

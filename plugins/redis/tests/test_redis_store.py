@@ -1,0 +1,391 @@
+"""Behaviour specific to the Redis backend, against the session's real redis-server."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+import artifactstore_redis.store as store_module
+from artifactstore_core import (
+    ArtifactCorruptedError,
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    ConfigurationError,
+    Message,
+    PayloadTooLargeError,
+    create_store,
+)
+from artifactstore_core.ids import encode_name
+from artifactstore_redis import RedisStore
+from artifactstore_redis.scripts import SAVE
+from artifactstore_redis.settings import REDIS_MAX_BULK_BYTES
+from artifactstore_redis.testing import RedisServer
+
+MakeStore = Callable[..., RedisStore]
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own, so that key snapshots see only this test's keys."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Any:
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+def snapshot(raw: Any, prefix: str) -> dict[bytes, bytes]:
+    """Every key under ``prefix`` with a serialized dump of its value (test code may SCAN: its pattern is ours)."""
+    keys = sorted(raw.scan_iter(match=f"{{{prefix}*", count=1000))
+    return {key: raw.dump(key) for key in keys}
+
+
+def commandstat(raw: Any, command: str) -> int:
+    stats = raw.info("commandstats").get(f"cmdstat_{command}")
+    return int(stats["calls"]) if stats else 0
+
+
+# -- namespaces and layout ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mine", "theirs"), [("run1", "run10"), ("run10", "run1"), ("ns[1]", "ns1"), ("ns1", "ns[1]")])
+def test_clear_leaves_every_key_of_a_similar_namespace_intact(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, mine: str, theirs: str
+) -> None:
+    mine_store = store_factory(redis_server.url, mine, key_prefix=prefix)
+    their_store = store_factory(redis_server.url, theirs, key_prefix=prefix)
+    ids = ["a", "b", "*", "?", "[1]", "run1", "x" * 50]
+    for store in (mine_store, their_store):
+        store.save_many({step_id: Message(content=f"{store.namespace}/{step_id}") for step_id in ids})
+        store.save("ttl", Message(content=b"t"), ttl=3600)
+    theirs_tag = f"{{{prefix}:{encode_name(theirs)}}}".encode()
+    before = {key: value for key, value in snapshot(raw, prefix).items() if key.startswith(theirs_tag)}
+    assert len(before) == len(ids) + 2  # artifacts, the ttl one and the index
+
+    assert mine_store.clear() == len(ids) + 1
+
+    after = {key: value for key, value in snapshot(raw, prefix).items() if key.startswith(theirs_tag)}
+    assert after == before
+    assert raw.pttl(theirs_tag + b":a:ttl") > 0
+    assert sorted(info.step_id for info in their_store.list()) == sorted([*ids, "ttl"])
+    assert list(mine_store.list()) == []
+    mine_tag = f"{{{prefix}:{encode_name(mine)}}}".encode()
+    assert [key for key in snapshot(raw, prefix) if key.startswith(mine_tag)] == []
+
+
+def test_key_layout(redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str) -> None:
+    store = store_factory(redis_server.url, "Run 1/ä", key_prefix=prefix)
+    store.save("step *?[x]", Message(content={"v": 1}))
+    tag = f"{{{prefix}:Run 1/ä}}"  # what a naive layout would have produced
+    assert not raw.exists(tag + ":idx")
+    encoded_ns = "%52un%201%2F%C3%A4"
+    assert encode_name("Run 1/ä") == encoded_ns
+    keys = set(snapshot(raw, prefix))
+    artifact = f"{{{prefix}:{encoded_ns}}}:a:step%20%2A%3F%5Bx%5D".encode()
+    index = f"{{{prefix}:{encoded_ns}}}:idx".encode()
+    assert keys == {artifact, index, f"{{{prefix}}}:namespaces".encode()}
+    assert raw.type(artifact) == b"hash"
+    assert set(raw.hkeys(artifact)) == {b"head", b"payload", b"id"}
+    assert raw.zrange(index, 0, -1, withscores=True) == [(b"step%20%2A%3F%5Bx%5D", float("inf"))]
+    # Head and payload are separate fields: the payload is exactly the content's bytes for bytes content.
+    store.save("raw", Message(content=b"\x00payload\xff"))
+    assert raw.hget(f"{{{prefix}:{encoded_ns}}}:a:raw", "payload") == b"\x00payload\xff"
+
+
+def test_retry_of_a_save_whose_first_attempt_landed_is_not_a_conflict(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any
+) -> None:
+    store = store_factory(redis_server.url, f"retry-{uuid.uuid4().hex[:6]}")
+    message = Message(content={"rows": 3}, metadata={"m": 1})
+    # The first attempt ran on the server but its reply was lost: replay exactly what the store sends.
+    keys, args, _ = store._save_call("step", message, False, None)
+    raw.eval(SAVE.source, len(keys), *keys, *args)
+    store.save("step", Message(content={"rows": 3}, metadata={"m": 1}))  # the retry: a new created_at
+    assert store.get("step").created_at == message.created_at
+    with pytest.raises(ArtifactExistsError):
+        store.save("step", Message(content={"rows": 4}, metadata={"m": 1}))
+
+
+def test_scripts_flushed_from_the_server_are_sent_again(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any
+) -> None:
+    store = store_factory(redis_server.url, f"flush-{uuid.uuid4().hex[:6]}")
+    store.save("a", Message(content=1))
+    raw.script_flush()  # what a restart without persistence, or SCRIPT FLUSH, does
+    store.save("b", Message(content=2))
+    raw.script_flush()
+    store.save_many({"c": Message(content=3), "d": Message(content=4)})
+    raw.script_flush()
+    assert store.delete("a") is True
+    raw.script_flush()
+    assert store.clear() == 3
+
+
+def test_overwrite_replaces_and_keeps_one_index_entry(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+) -> None:
+    store = store_factory(redis_server.url, "ow", key_prefix=prefix)
+    store.save("s", Message(content=b"x" * 1000), ttl=60)
+    store.save("s", Message(content="short"), overwrite=True)
+    assert store.get("s").content == "short"
+    key = f"{{{prefix}:ow}}:a:s"
+    assert raw.pttl(key) == -1  # an overwrite without ttl makes the artifact permanent again
+    assert raw.zcard(f"{{{prefix}:ow}}:idx") == 1
+
+
+# -- size limit ---------------------------------------------------------------------------------------
+
+
+def _no_io(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a command was sent to redis")
+
+
+def test_too_large_is_refused_before_any_byte_is_sent(
+    redis_server: RedisServer, store_factory: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_factory(redis_server.url, f"big-{uuid.uuid4().hex[:6]}", max_artifact_bytes=1000)
+    store.save("fits", Message(content=b"x" * 1000))
+    # JSON is limited by its stored (compressed) size: this one compresses far below the limit.
+    store.save("compressible", Message(content={"text": "a" * 100_000}))
+    monkeypatch.setattr(store.client, "execute_command", _no_io)
+    monkeypatch.setattr(store.client, "pipeline", _no_io)
+    with pytest.raises(PayloadTooLargeError) as info:
+        store.save("big", Message(content=b"x" * 1001))
+    assert info.value.step_id == "big"
+    assert "1001 bytes" in str(info.value)
+    assert "ARTIFACT_STORE_REDIS_MAX_ARTIFACT_BYTES" in str(info.value)
+    with pytest.raises(PayloadTooLargeError):
+        store.save_many({"small": Message(content=b"s"), "big": Message(content=b"x" * 5000)})
+    monkeypatch.undo()
+    assert not store.exists("big")
+    assert not store.exists("small")
+
+
+@pytest.mark.timeout(60)
+def test_redis_limit_is_the_default(redis_server: RedisServer, store_factory: MakeStore) -> None:
+    store = store_factory(redis_server.url, f"huge-{uuid.uuid4().hex[:6]}")
+    assert store.capabilities.max_artifact_bytes == REDIS_MAX_BULK_BYTES == 512 * 1024 * 1024
+    with pytest.raises(PayloadTooLargeError):
+        store.save("huge", Message(content=bytes(REDIS_MAX_BULK_BYTES + 1)))
+    assert not store.exists("huge")
+
+
+# -- ttl ------------------------------------------------------------------------------------------------
+
+
+def test_default_ttl_and_per_save_override(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+) -> None:
+    store = store_factory(redis_server.url, "ttl", key_prefix=prefix, default_ttl=100)
+    store.save("default", Message(content=1))
+    store.save("override", Message(content=2), ttl=5000)
+    assert 90_000 < raw.pttl(f"{{{prefix}:ttl}}:a:default") <= 100_000
+    assert 4_900_000 < raw.pttl(f"{{{prefix}:ttl}}:a:override") <= 5_000_000
+    plain = store_factory(redis_server.url, "plain", key_prefix=prefix)
+    plain.save("forever", Message(content=3))
+    assert raw.pttl(f"{{{prefix}:plain}}:a:forever") == -1
+
+
+def test_expired_artifact_is_not_found_and_its_index_entry_goes(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+) -> None:
+    store = store_factory(redis_server.url, "exp", key_prefix=prefix)
+    store.save("short", Message(content=1), ttl=0.05)
+    store.save("kept", Message(content=2))
+    key = f"{{{prefix}:exp}}:a:short"
+    index = f"{{{prefix}:exp}}:idx"
+    # Wait for the server to consider the key expired (polled, with a deadline; PTTL is -2 once it is).
+    assert_eventually(lambda: raw.pttl(key) == -2)
+    assert not store.exists("short")
+    with pytest.raises(ArtifactNotFoundError):
+        store.get("short")
+    assert [info.step_id for info in store.list()] == ["kept"]
+    assert store.namespaces().count("exp") == 1
+    store.save("later", Message(content=3))  # writes prune expired index entries
+    assert raw.zscore(index, "short") is None
+    assert store.clear() == 2
+
+
+def assert_eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.02)  # polling a condition with a deadline
+
+
+# -- batches and clear at scale -----------------------------------------------------------------------
+
+
+def test_save_many_and_get_many_use_pipelines(
+    redis_server: RedisServer, store_factory: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_factory(redis_server.url, f"pipe-{uuid.uuid4().hex[:6]}", batch_size=100)
+    store.save("warm-up", Message(content=0))  # announces the namespace (a single script call, once a minute)
+    pipelines = 0
+    real_pipeline = store.client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "pipeline", counting_pipeline)
+    monkeypatch.setattr(store.client, "execute_command", _no_io)  # no per-artifact calls outside pipelines
+    items = {f"s{i}": Message(content={"i": i}) for i in range(250)}
+    store.save_many(items)
+    assert pipelines == 3
+    assert store.get_many(list(items)) == items
+    assert pipelines == 6
+    monkeypatch.undo()
+
+
+@pytest.mark.timeout(120)
+def test_clear_of_100k_artifacts_runs_in_bounded_batches_without_scan(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+) -> None:
+    store = store_factory(redis_server.url, "big", key_prefix=prefix)
+    neighbour = store_factory(redis_server.url, "big0", key_prefix=prefix)
+    neighbour.save("stays", Message(content=1))
+    store.save("template", Message(content={"v": 1}))
+    template = raw.hgetall(f"{{{prefix}:big}}:a:template")
+    # Seed 100,000 artifacts the way the save script stores them (much faster than encoding each one).
+    count = 100_000
+    pipe = raw.pipeline(transaction=False)
+    for i in range(count - 1):
+        member = f"id-{i}"
+        pipe.hset(f"{{{prefix}:big}}:a:{member}", mapping=template)
+        pipe.zadd(f"{{{prefix}:big}}:idx", {member: float("inf")})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    assert raw.zcard(f"{{{prefix}:big}}:idx") == count
+    scripts, keys, scans = commandstat(raw, "evalsha"), commandstat(raw, "keys"), commandstat(raw, "scan")
+
+    assert store.clear() == count
+
+    batches = commandstat(raw, "evalsha") - scripts
+    assert count / 500 <= batches <= count / 500 + 2  # each script call deletes at most batch_size artifacts
+    assert (commandstat(raw, "keys"), commandstat(raw, "scan")) == (keys, scans)
+    assert raw.exists(f"{{{prefix}:big}}:idx") == 0
+    assert neighbour.get("stays").content == 1
+    assert set(snapshot(raw, prefix)) == {
+        f"{{{prefix}:big0}}:a:stays".encode(),
+        f"{{{prefix}:big0}}:idx".encode(),
+        f"{{{prefix}}}:namespaces".encode(),
+    }
+
+
+# -- corruption -----------------------------------------------------------------------------------------
+
+
+def test_damaged_artifacts_raise_corrupted(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+) -> None:
+    store = store_factory(redis_server.url, "bad", key_prefix=prefix)
+    store.save("flipped", Message(content=b"abcdef"))
+    store.save("headless", Message(content=b"abcdef"))
+    raw.hset(f"{{{prefix}:bad}}:a:flipped", "payload", b"abcdeF")
+    raw.hdel(f"{{{prefix}:bad}}:a:headless", "head")
+    with pytest.raises(ArtifactCorruptedError) as info:
+        store.get("flipped")
+    assert info.value.step_id == "flipped"
+    with pytest.raises(ArtifactCorruptedError):
+        store.get("headless")
+    with pytest.raises(ArtifactCorruptedError):
+        store.get_many(["flipped"])
+
+
+# -- namespaces registry --------------------------------------------------------------------------------
+
+
+def test_namespaces_lists_non_empty_ones_and_forgets_empty_ones(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = store_factory(redis_server.url, "one", key_prefix=prefix)
+    two = store_factory(redis_server.url, "two [2]", key_prefix=prefix)
+    one.save("a", Message(content=1))
+    two.save("a", Message(content=2))
+    assert one.namespaces() == ["one", "two [2]"]
+    two.clear()
+    assert one.namespaces() == ["one"]
+    registry = f"{{{prefix}}}:namespaces"
+    assert raw.zscore(registry, "two%20%5B2%5D") is not None  # announced recently: kept for a while
+    monkeypatch.setattr(store_module, "_REGISTRY_GRACE", -1)
+    assert one.namespaces() == ["one"]
+    assert raw.zrange(registry, 0, -1) == [b"one"]
+
+
+def test_info_reads_only_the_head(redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str) -> None:
+    store = store_factory(redis_server.url, "info", key_prefix=prefix)
+    store.save("i", Message(content=b"12345"))
+    raw.hset(f"{{{prefix}:info}}:a:i", "payload", b"damaged, but info never reads it")
+    assert store.info("i").size == 5
+    with pytest.raises(ArtifactNotFoundError):
+        store.info("missing")
+
+
+# -- wiring ---------------------------------------------------------------------------------------------
+
+
+def test_selected_by_environment(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "redis")
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_KEY_PREFIX", prefix)
+    monkeypatch.setenv("ARTIFACT_STORE_NAMESPACE", "from-env")
+    with create_store() as store:
+        assert isinstance(store, RedisStore)
+        assert store.namespace == "from-env"
+        assert store.settings.key_prefix == prefix
+        store.save("x", Message(content="via env"))
+        assert store.get("x").content == "via env"
+        assert store.clear() == 1
+    with create_store("redis", url=redis_server.url, socket_timeout=1.5) as store:
+        assert store.settings.socket_timeout == 1.5  # type: ignore[attr-defined]
+
+
+def test_client_can_be_shared(redis_server: RedisServer) -> None:
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    first = RedisStore(namespace="shared-1", client=client)
+    second = RedisStore(namespace="shared-2", client=client)
+    first.save("x", Message(content=1))
+    second.save("x", Message(content=2))
+    first.clear()
+    first.close()
+    assert second.get("x").content == 2  # closing a store does not close a client it was given
+    second.clear()
+    second.close()
+    client.close()
+    with pytest.raises(ConfigurationError):
+        RedisStore(client=redis.Redis(port=redis_server.port, decode_responses=True))
+
+
+def _use_inherited_store(store: RedisStore) -> None:
+    # Runs in a forked child: the pool must notice the new process and open its own connections.
+    store.save("from-child", Message(content="child"))
+    assert store.get("from-parent").content == "parent"
+
+
+def test_a_forked_child_can_use_the_inherited_store(redis_server: RedisServer, store_factory: MakeStore) -> None:
+    import multiprocessing
+
+    store = store_factory(redis_server.url, f"fork-{uuid.uuid4().hex[:6]}")
+    store.save("from-parent", Message(content="parent"))  # the parent holds pooled connections now
+    child = multiprocessing.get_context("fork").Process(target=_use_inherited_store, args=(store,))
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() whenever any thread exists in the test process; forking is the point.
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert store.get("from-child").content == "child"
+    assert store.get("from-parent").content == "parent"  # the parent's connections were left alone
