@@ -1,0 +1,424 @@
+"""The ``http`` backend: an :class:`~artifactstore_core.ArtifactStore` that talks to an artifact server.
+
+It uses one pooled :class:`httpx.Client` per store (thread-safe, rebuilt after a fork), explicit connect
+and read timeouts, never follows redirects, and retries transient failures only where repeating the
+request cannot change its outcome (see :data:`RETRY_POLICY`). Bodies are the envelope of the stored format,
+verified by the server on save and by this client on read.
+
+httpx rather than requests: per-phase timeouts, typed, redirects off by default, a thread-safe client
+whose pool size is one setting, and the same API for the async mirror later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+
+from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
+from artifactstore_core.errors import (
+    AccessDeniedError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    PayloadTooLargeError,
+)
+from artifactstore_core.settings import load_settings
+
+from .protocol import (
+    API_PREFIX,
+    ERROR_CLASSES,
+    ERROR_HEADER,
+    MEDIA_TYPE_ENVELOPE,
+    MEDIA_TYPE_PROBLEM,
+    quote_segment,
+)
+from .settings import HttpSettings, is_loopback
+
+__all__ = ["RETRY_POLICY", "HttpStore"]
+
+logger = logging.getLogger("artifactstore_http.client")
+
+#: Which failures each kind of request retries. ``"transient"``: connection failures, timeouts, resets and
+#: 502/503/504 answers; ``"unsent"``: only failures before the request left (connect errors and timeouts,
+#: pool timeouts), because repeating a delete or clear that did happen would change what it returns.
+RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
+    "get": "transient",
+    "exists": "transient",
+    "list": "transient",
+    # Write-once makes a repeated save a no-op, and a repeated overwrite stores the same bytes again.
+    "save": "transient",
+    "delete": "unsent",
+    "clear": "unsent",
+}
+
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+_RETRY_STATUSES = (502, 503, 504)
+_BACKOFF_BASE = 0.1
+_BACKOFF_MAX = 2.0
+
+
+class HttpStore(ArtifactStore):
+    """A namespace of artifacts on an artifact server (``artifactstore-serve``).
+
+    Args:
+        settings: endpoint, token, timeouts, retries, pool and TLS; default :class:`HttpSettings` from the
+            environment (``ARTIFACT_STORE_HTTP_*``) and the config file.
+        namespace: the namespace.
+        codec: encodes what is sent and verifies what is read. Give it the server's signing key, if it has one.
+
+    Raises:
+        ConfigurationError: no endpoint is configured, or the TLS settings are unusable.
+        InvalidStepIdError: ``namespace`` is not legal.
+    """
+
+    backend_name = "http"
+    # Persistence is the server's store's: reported False because this client cannot promise it.
+    capabilities = Capabilities(
+        cross_process=True, persistent=False, native_ttl=False, atomic_create=True, streaming=False
+    )
+
+    def __init__(
+        self, settings: HttpSettings | None = None, *, namespace: str = "default", codec: Codec | None = None
+    ) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._settings = settings if settings is not None else load_settings(HttpSettings)
+        if self._settings.endpoint is None:
+            raise ConfigurationError(
+                "the http backend needs the artifact server's URL: set ARTIFACT_STORE_HTTP_ENDPOINT",
+                backend=self.backend_name,
+            )
+        base = httpx.URL(self._settings.endpoint)
+        self._base = base
+        self._prefix = base.raw_path.split(b"?")[0].rstrip(b"/") + API_PREFIX.encode("ascii")
+        self._ns_path = self._prefix + b"/namespaces/" + quote_segment(self.namespace).encode("ascii")
+        # Shown in messages: scheme, host, port and path only (the endpoint has no user info by validation).
+        self._display = str(base.copy_with(query=None, fragment=None))
+        self._verify = self._tls_verify()
+        if self._settings.token is not None and base.scheme == "http" and not is_loopback(base.host):
+            logger.warning(
+                "sending the artifact server token over plain http to %s; use https outside a trusted network",
+                base.host,
+            )
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._client = self._new_client()
+
+    def __repr__(self) -> str:
+        return f"<HttpStore endpoint={self._display!r} namespace={self.namespace!r}>"
+
+    # -- transport ------------------------------------------------------------------------------------
+
+    def _tls_verify(self) -> ssl.SSLContext | bool:
+        settings = self._settings
+        if not settings.verify_tls:
+            return False
+        if settings.ca_file is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=settings.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"cannot load ARTIFACT_STORE_HTTP_CA_FILE ({type(exc).__name__}: {exc})", backend=self.backend_name
+            ) from exc
+
+    def _new_client(self) -> httpx.Client:
+        settings = self._settings
+        headers = {"User-Agent": "artifactstore-http"}
+        if settings.token is not None:
+            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+        limits = httpx.Limits(max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size)
+        transport = httpx.HTTPTransport(
+            verify=self._verify,
+            limits=limits,
+            trust_env=settings.trust_env,
+            # A save writes head and payload separately; do not let Nagle hold the second for an ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        return httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=settings.read_timeout,
+            ),
+            transport=transport,
+            follow_redirects=False,
+            verify=self._verify,
+            limits=limits,
+            trust_env=settings.trust_env,
+        )
+
+    def _http(self) -> httpx.Client:
+        if os.getpid() != self._pid:
+            # After a fork the parent's pooled sockets must not be shared: start a fresh pool, and leave the
+            # parent's client alone (closing it here would close the parent's connections).
+            with self._lock:
+                if os.getpid() != self._pid:
+                    self._client = self._new_client()
+                    self._pid = os.getpid()
+        return self._client
+
+    def _url(self, *segments: str) -> httpx.URL:
+        path = self._ns_path
+        for segment in segments:
+            path += b"/" + quote_segment(segment).encode("ascii")
+        return self._base.copy_with(raw_path=path)
+
+    def _send(
+        self,
+        operation: str,
+        method: str,
+        url: httpx.URL,
+        *,
+        params: dict[str, str] | None = None,
+        body: Callable[[], Iterator[bytes]] | None = None,
+        length: int = 0,
+    ) -> httpx.Response:
+        """Send one request, retrying per :data:`RETRY_POLICY`; the response is fully read."""
+        policy = RETRY_POLICY[operation]
+        retryable = _TRANSIENT if policy == "transient" else _UNSENT
+        attempt = 0
+        while True:
+            headers = {}
+            content = None
+            if body is not None:
+                # A new iterator per attempt; with Content-Length set httpx sends it unchunked.
+                content = body()
+                headers = {"Content-Type": MEDIA_TYPE_ENVELOPE, "Content-Length": str(length)}
+            try:
+                response = self._http().request(method, url, params=params, content=content, headers=headers)
+            except retryable:
+                if attempt >= self._settings.retries:
+                    raise
+            else:
+                if not (policy == "transient" and response.status_code in _RETRY_STATUSES):
+                    return response
+                if attempt >= self._settings.retries:
+                    return response
+            attempt += 1
+            delay = min(_BACKOFF_MAX, _BACKOFF_BASE * 2**attempt)
+            time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not cryptography
+
+    def _fail(self, response: httpx.Response, step_id: str | None = None) -> ArtifactStoreError:
+        """The core error a non-success response stands for."""
+        return error_from_response(response, display=self._display, step_id=step_id, namespace=self.namespace)
+
+    # -- the contract ---------------------------------------------------------------------------------
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        encoded = self.codec.encode(message)
+        head, payload = encoded.head, encoded.payload
+
+        def body() -> Iterator[bytes]:
+            # Head and payload as two writes: the payload is never concatenated into a copy.
+            yield head
+            yield payload
+
+        params = {"overwrite": "true"} if overwrite else None
+        response = self._send(
+            "save", "PUT", self._url("artifacts", step_id), params=params, body=body, length=len(head) + len(payload)
+        )
+        if response.status_code not in (200, 201, 204):
+            raise self._fail(response, step_id)
+
+    def _get(self, step_id: str) -> Message:
+        response = self._send("get", "GET", self._url("artifacts", step_id))
+        if response.status_code != 200:
+            raise self._fail(response, step_id)
+        if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE_ENVELOPE:
+            raise BackendError(
+                f"artifact server {self._display} answered {step_id!r} with a body that is not an envelope",
+                step_id=step_id,
+            )
+        # The client's own codec verifies size, digest and (with a signing key) the signature.
+        return self.codec.decode_bytes(response.content)
+
+    def _exists(self, step_id: str) -> bool:
+        response = self._send("exists", "HEAD", self._url("artifacts", step_id))
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404 and response.headers.get(ERROR_HEADER) == "ArtifactNotFoundError":
+            return False
+        # A bare 404 (a proxy, a wrong endpoint path) is a failure, never "absent".
+        raise self._fail(response, step_id)
+
+    def _delete(self, step_id: str) -> bool:
+        response = self._send("delete", "DELETE", self._url("artifacts", step_id))
+        if response.status_code != 200:
+            raise self._fail(response, step_id)
+        return bool(_json_field(response, "deleted", bool, self._display))
+
+    def _list(self) -> Iterator[ArtifactInfo]:
+        cursor: str | None = None
+        while True:
+            params = {"cursor": cursor} if cursor is not None else None
+            response = self._send("list", "GET", self._url("artifacts"), params=params)
+            if response.status_code != 200:
+                raise self._fail(response)
+            items = _json_field(response, "items", list, self._display)
+            for item in items:
+                yield _info_from(item, self._display)
+            cursor = _json_field(response, "next_cursor", (str, type(None)), self._display)
+            if cursor is None:
+                return
+
+    def _clear(self) -> int:
+        response = self._send("clear", "DELETE", self._base.copy_with(raw_path=self._ns_path))
+        if response.status_code != 200:
+            raise self._fail(response)
+        return int(_json_field(response, "removed", int, self._display))
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        if len(items) == 1:
+            super()._save_many(items, overwrite, ttl)
+            return
+
+        def one(pair: tuple[str, Message]) -> None:
+            step_id, message = pair
+            try:
+                self._save(step_id, message, overwrite, ttl)
+            except ArtifactStoreError as exc:
+                exc.step_id = exc.step_id or step_id
+                raise
+
+        with self._pool(len(items)) as pool:
+            # list() re-raises the first failure in input order, after every request has finished.
+            list(pool.map(one, items))
+
+    def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
+        if len(step_ids) == 1:
+            return super()._get_many(step_ids)
+
+        def one(step_id: str) -> Message | None:
+            try:
+                return self._get(step_id)
+            except ArtifactNotFoundError:
+                return None
+
+        with self._pool(len(step_ids)) as pool:
+            results = list(pool.map(one, step_ids))
+        missing = [step_id for step_id, message in zip(step_ids, results, strict=True) if message is None]
+        if missing:
+            raise self._missing_many(missing)
+        return {step_id: message for step_id, message in zip(step_ids, results, strict=True) if message is not None}
+
+    def _pool(self, count: int) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=min(count, self._settings.pool_size, 16))
+
+    def _close(self) -> None:
+        self._client.close()
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        where = f"artifact server {self._display}"
+        kind = type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendTimeoutError(f"{where} did not answer in time ({kind}); the operation may have happened")
+        if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)):
+            return BackendUnavailableError(f"cannot reach {where}, or it dropped the connection ({kind})")
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return ConfigurationError(f"ARTIFACT_STORE_HTTP_ENDPOINT {self._display!r} is not usable ({kind})")
+        if isinstance(exc, (httpx.HTTPError, httpx.StreamError)):
+            return BackendError(f"request to {where} failed ({kind})")
+        return None
+
+
+def _json(response: httpx.Response, display: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise BackendError(f"artifact server {display} answered with a body that is not JSON") from None
+
+
+def _json_field(response: httpx.Response, name: str, kind: type | tuple[type, ...], display: str) -> Any:
+    doc = _json(response, display)
+    value = doc.get(name) if isinstance(doc, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BackendError(f"artifact server {display} answered without a valid {name!r}")
+    return value
+
+
+def _info_from(item: Any, display: str) -> ArtifactInfo:
+    try:
+        schema_name = item["schema_name"]
+        return ArtifactInfo(
+            step_id=str(item["step_id"]),
+            size=int(item["size"]),
+            digest=str(item["digest"]),
+            media_type=str(item["media_type"]),
+            schema_name=str(schema_name) if schema_name is not None else None,
+            created_at=datetime.fromisoformat(str(item["created_at"]).replace("Z", "+00:00")),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise BackendError(f"artifact server {display} listed a malformed artifact") from None
+
+
+def error_from_response(
+    response: httpx.Response, *, display: str, step_id: str | None = None, namespace: str | None = None
+) -> ArtifactStoreError:
+    """The core error a non-success response of an artifact server stands for.
+
+    A problem body whose ``type`` is in the allow-list :data:`~artifactstore_http.protocol.ERROR_CLASSES`
+    becomes that class; anything else is classified by its status code alone.
+    """
+    status = response.status_code
+    where = f"artifact server {display}"
+    if status == 401:
+        return AccessDeniedError(
+            f"{where} refused the bearer token (401): set ARTIFACT_STORE_HTTP_TOKEN to the server's token",
+            step_id=step_id,
+            namespace=namespace,
+        )
+    if 300 <= status < 400:
+        return BackendError(
+            f"{where} answered with a redirect ({status}), which this client does not follow; set "
+            "ARTIFACT_STORE_HTTP_ENDPOINT to the URL the server is really at",
+            step_id=step_id,
+            namespace=namespace,
+        )
+    name = response.headers.get(ERROR_HEADER)
+    detail = ""
+    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if content_type == MEDIA_TYPE_PROBLEM and response.content:
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            if isinstance(doc.get("type"), str):
+                name = doc["type"]
+            if isinstance(doc.get("detail"), str) and doc["detail"]:
+                detail = doc["detail"]
+            if isinstance(doc.get("step_id"), str):
+                step_id = doc["step_id"]
+            if isinstance(doc.get("namespace"), str):
+                namespace = doc["namespace"]
+    cls = ERROR_CLASSES.get(name or "")
+    if cls is not None:
+        # The server's message already names the step id, namespace and backend.
+        return cls(detail or f"{where} answered {status}", step_id=step_id, namespace=namespace)
+    detail = f"{where} answered {status} ({name or 'not an artifactstore problem'})" + (f": {detail}" if detail else "")
+    if status == 413:
+        return PayloadTooLargeError(detail, step_id=step_id, namespace=namespace)
+    if status in (429, 502, 503):
+        return BackendUnavailableError(detail, step_id=step_id, namespace=namespace)
+    if status in (408, 504):
+        return BackendTimeoutError(detail, step_id=step_id, namespace=namespace)
+    if status == 403:
+        return AccessDeniedError(detail, step_id=step_id, namespace=namespace)
+    return BackendError(detail, step_id=step_id, namespace=namespace)

@@ -1,0 +1,256 @@
+"""The OpenAPI 3.0 document of the REST API, served at ``/v1/openapi.json``.
+
+Written out by hand rather than derived from handlers: the API is small, its paths carry percent-encoded
+ids that routers cannot describe, and this document is what schemathesis checks the server against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .protocol import MEDIA_TYPE_ENVELOPE, MEDIA_TYPE_PROBLEM
+
+__all__ = ["openapi_document"]
+
+_PROBLEM_TEXT = {
+    400: "Invalid namespace, step id or query parameter.",
+    401: "Missing or invalid bearer token (the same body for every failure).",
+    403: "The server's backend denied access.",
+    404: "No such artifact (type ArtifactNotFoundError) or no such path (type NotFound).",
+    405: "Method not allowed on this path.",
+    409: "A different artifact exists under this step id (type ArtifactExistsError); overwrite=true replaces it.",
+    413: "Request body or artifact content larger than the server's limit.",
+    422: "The body is not a valid envelope, or fails its digest or signature check.",
+    431: "Too many request headers, or too large.",
+    500: "Server misconfiguration or failure.",
+    501: "The server's backend does not support the operation.",
+    502: "The server's backend failed.",
+    503: "The server's backend is unavailable, or the server is shutting down; retry.",
+    504: "The server's backend timed out; retry.",
+    507: "The server's backend is full.",
+}
+_COMMON = (400, 401, 403, 404, 405, 431, 500, 501, 502, 503, 504)
+
+
+def _problems(*statuses: int, body: bool = True) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status in sorted({*_COMMON, *statuses}):
+        response: dict[str, Any] = {"description": _PROBLEM_TEXT[status]}
+        if body:
+            response["content"] = {MEDIA_TYPE_PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        responses[str(status)] = response
+    return responses
+
+
+def openapi_document(*, max_body_bytes: int | None = None) -> dict[str, Any]:
+    """The API description as a JSON-ready dict (OpenAPI 3.0.3)."""
+    limit = f" At most {max_body_bytes} bytes." if max_body_bytes is not None else ""
+    namespace = {"$ref": "#/components/parameters/Namespace"}
+    step_id = {"$ref": "#/components/parameters/StepId"}
+    envelope = {MEDIA_TYPE_ENVELOPE: {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "artifactstore artifact server",
+            "version": "1",
+            "description": "Saves and reads pipeline artifacts in any configured artifactstore backend. Bodies are "
+            "artifact envelopes (docs/format.md); ids are percent-encoded path segments (docs/http.md).",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness probe (no authentication).",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The server is up.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                        }
+                    },
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document (no authentication).",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/v1/namespaces/{namespace}": {
+                "parameters": [namespace],
+                "delete": {
+                    "operationId": "clearNamespace",
+                    "summary": "Remove every artifact of the namespace; returns how many were removed.",
+                    "responses": {
+                        "200": {
+                            "description": "Removed.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Cleared"}}},
+                        },
+                        **_problems(),
+                    },
+                },
+            },
+            "/v1/namespaces/{namespace}/artifacts": {
+                "parameters": [namespace],
+                "get": {
+                    "operationId": "listArtifacts",
+                    "summary": "List the namespace's artifacts in step id order, a page at a time.",
+                    "parameters": [
+                        {"$ref": "#/components/parameters/Limit"},
+                        {"$ref": "#/components/parameters/Cursor"},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One page.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}}},
+                        },
+                        **_problems(),
+                    },
+                },
+            },
+            "/v1/namespaces/{namespace}/artifacts/{step_id}": {
+                "parameters": [namespace, step_id],
+                "put": {
+                    "operationId": "saveArtifact",
+                    "summary": "Save an artifact: write-once (an identical save succeeds), or replace with overwrite.",
+                    "parameters": [{"$ref": "#/components/parameters/Overwrite"}],
+                    "requestBody": {
+                        "required": True,
+                        "description": "The artifact envelope (docs/format.md), verified by the server." + limit,
+                        "content": envelope,
+                    },
+                    "responses": {
+                        "204": {"description": "Saved (or already saved, identical)."},
+                        **_problems(409, 413, 422, 507),
+                    },
+                },
+                "get": {
+                    "operationId": "getArtifact",
+                    "summary": "Read an artifact as its envelope.",
+                    "responses": {
+                        "200": {"description": "The artifact envelope.", "content": envelope},
+                        **_problems(422),
+                    },
+                },
+                "head": {
+                    "operationId": "artifactExists",
+                    "summary": "Whether the artifact exists (200) or not (404); errors name their type in the "
+                    "Artifactstore-Error header.",
+                    "responses": {"200": {"description": "It exists."}, **_problems(body=False)},
+                },
+                "delete": {
+                    "operationId": "deleteArtifact",
+                    "summary": "Remove an artifact; says whether there was one.",
+                    "responses": {
+                        "200": {
+                            "description": "Done.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deleted"}}},
+                        },
+                        **_problems(),
+                    },
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "parameters": {
+                "Namespace": {
+                    "name": "namespace",
+                    "in": "path",
+                    "required": True,
+                    "description": "The namespace, percent-encoded (every byte but letters, digits, - _ ~).",
+                    "schema": {"type": "string", "minLength": 1},
+                },
+                "StepId": {
+                    "name": "step_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "The step id, percent-encoded like the namespace.",
+                    "schema": {"type": "string", "minLength": 1},
+                },
+                "Overwrite": {
+                    "name": "overwrite",
+                    "in": "query",
+                    "required": False,
+                    "description": "Replace a different existing artifact instead of answering 409.",
+                    "schema": {"type": "boolean", "default": False},
+                },
+                "Limit": {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+                },
+                "Cursor": {
+                    "name": "cursor",
+                    "in": "query",
+                    "required": False,
+                    "description": "The next_cursor of the previous page.",
+                    "schema": {"type": "string"},
+                },
+            },
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status", "detail", "retryable"],
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "description": "A core error class name, or InvalidRequest, "
+                            "NotFound, MethodNotAllowed, InternalServerError.",
+                        },
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "retryable": {"type": "boolean"},
+                        "step_id": {"type": "string"},
+                        "namespace": {"type": "string"},
+                        "backend": {"type": "string"},
+                    },
+                },
+                "ArtifactInfo": {
+                    "type": "object",
+                    "required": ["step_id", "size", "digest", "media_type", "schema_name", "created_at"],
+                    "properties": {
+                        "step_id": {"type": "string"},
+                        "size": {"type": "integer", "minimum": 0},
+                        "digest": {"type": "string", "example": "blake3:af1349b9..."},
+                        "media_type": {"type": "string"},
+                        "schema_name": {"type": "string", "nullable": True},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Page": {
+                    "type": "object",
+                    "required": ["items", "next_cursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/ArtifactInfo"}},
+                        "next_cursor": {"type": "string", "nullable": True},
+                    },
+                },
+                "Deleted": {
+                    "type": "object",
+                    "required": ["deleted"],
+                    "properties": {"deleted": {"type": "boolean"}},
+                },
+                "Cleared": {
+                    "type": "object",
+                    "required": ["removed"],
+                    "properties": {"removed": {"type": "integer", "minimum": 0}},
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                },
+            },
+        },
+    }

@@ -1,0 +1,162 @@
+"""Running the artifact server under uvicorn: :func:`serve`, the ``serve`` command and ``artifactstore-serve``.
+
+Needs the server extra: ``pip install "artifactstore-http[server]"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from artifactstore_core.errors import ArtifactStoreError, ConfigurationError
+from artifactstore_core.settings import load_settings
+
+from .settings import ServerSettings, is_loopback
+
+__all__ = ["build_app", "main", "serve", "serve_command"]
+
+logger = logging.getLogger("artifactstore_http.server")
+
+_INSTALL = 'the artifact server needs its extra: pip install "artifactstore-http[server]"'
+
+
+def build_app(settings: ServerSettings) -> Any:
+    """The server application for ``settings``: the configured backend, token and limits.
+
+    Raises:
+        ConfigurationError: the settings are inconsistent (no token and not insecure) or the extra is missing.
+    """
+    try:
+        from .server import create_app, default_store_factory
+    except ImportError as exc:
+        raise ConfigurationError(_INSTALL) from exc
+    return create_app(
+        default_store_factory(settings.backend),
+        token=settings.token,
+        insecure=settings.insecure,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_count=settings.max_header_count,
+        max_header_bytes=settings.max_header_bytes,
+        store_cache_size=settings.store_cache_size,
+        path_prefix=settings.path_prefix,
+    )
+
+
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    insecure: bool | None = None,
+    backend: str | None = None,
+    max_body_bytes: int | None = None,
+    path_prefix: str | None = None,
+    log_level: str | None = None,
+    fd: int | None = None,
+) -> None:
+    """Run the artifact server until interrupted (SIGINT or SIGTERM stop it gracefully).
+
+    Arguments override :class:`ServerSettings` (``ARTIFACT_STORE_SERVER_*``, then the ``[server]`` table of
+    the config file); the token is read only from ``ARTIFACT_STORE_SERVER_TOKEN`` or the config file, never
+    from an argument that would show in a process listing. Binds 127.0.0.1:8765 unless told otherwise.
+
+    Args:
+        fd: serve on this already-bound listening socket instead of ``host``/``port`` (socket activation).
+
+    Raises:
+        ConfigurationError: invalid settings, no token without ``insecure``, or the server extra missing.
+    """
+    settings = load_settings(
+        ServerSettings,
+        host=host,
+        port=port,
+        insecure=insecure,
+        backend=backend,
+        max_body_bytes=max_body_bytes,
+        path_prefix=path_prefix,
+        log_level=log_level,
+    )
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ConfigurationError(_INSTALL) from exc
+    app = build_app(settings)
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(level)
+    if fd is None and not is_loopback(settings.host):
+        if settings.token is None:
+            logger.warning(
+                "serving WITHOUT AUTHENTICATION on %s: anyone who can reach it can read and write", settings.host
+            )
+        logger.warning("listening on %s beyond loopback: put a TLS-terminating reverse proxy in front", settings.host)
+    sockets = None
+    if fd is not None:
+        sock = socket.socket(fileno=fd)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Connections inherit it. asyncio sets it only on sockets it created itself; without it each
+            # response on a kept-alive connection can wait ~40 ms for a delayed ACK (Nagle's algorithm).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sockets = [sock]
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # h11, whatever else is installed: its limit on the request line plus headers is ours to set.
+        http="h11",
+        ws="none",
+        lifespan="on",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        # uvicorn's access log prints query strings; the app logs requests without them.
+        access_log=False,
+        server_header=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def serve_command(*, standalone: bool = False) -> Any:
+    """The ``serve`` command as a :class:`click.Command` (click comes with uvicorn, in the server extra).
+
+    Args:
+        standalone: print core errors as one line and exit 1 (for ``artifactstore-serve``); otherwise they
+            propagate, for the ``artifactstore`` CLI to report with its documented exit codes.
+
+    Raises:
+        ImportError: click is not installed.
+    """
+    import click
+
+    @click.command("serve")
+    @click.option("--host", default=None, help="Address to bind [default: 127.0.0.1].")
+    @click.option("--port", type=int, default=None, help="Port [default: 8765].")
+    @click.option("--insecure", is_flag=True, default=False, help="Serve without authentication when no token is set.")
+    @click.option("--backend", default=None, help="Backend to expose [default: ARTIFACT_STORE_BACKEND].")
+    @click.option("--max-body-bytes", type=int, default=None, help="Largest request body accepted.")
+    @click.option("--path-prefix", default=None, help="Path prefix the API is served under, e.g. /artifactstore.")
+    @click.option("--log-level", default=None, help="debug, info, warning or error [default: info].")
+    @click.option("--fd", type=int, default=None, help="Serve on this inherited, bound socket descriptor.")
+    def command(**options: Any) -> None:
+        """Serve the configured store over HTTP (token from ARTIFACT_STORE_SERVER_TOKEN)."""
+        # An absent flag must not override ARTIFACT_STORE_SERVER_INSECURE.
+        options["insecure"] = options["insecure"] or None
+        try:
+            serve(**options)
+        except ArtifactStoreError as exc:
+            if not standalone:
+                raise
+            raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
+
+    return command
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``artifactstore-serve`` console script."""
+    try:
+        command = serve_command(standalone=True)
+    except ImportError:
+        raise SystemExit(_INSTALL) from None
+    command.main(args=argv, prog_name="artifactstore-serve")

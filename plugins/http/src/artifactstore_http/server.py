@@ -1,0 +1,579 @@
+"""The artifact server: an ASGI application that exposes any store over the versioned REST API.
+
+Build it with :func:`create_app` and run it under any ASGI server (``artifactstore-serve`` runs it under
+uvicorn). Routing reads the undecoded request path (ASGI ``raw_path``), because the decoded ``path`` has
+already turned ``%2F`` into ``/``; each namespace and step id segment is percent-decoded exactly once and
+handed to the store, which validates it. Nothing from a request is ever used as a file path or a URL.
+
+Store calls are synchronous and run on worker threads; request bodies are received in chunks and refused
+with 413 as soon as the declared or received size passes the limit, before the rest is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC
+from typing import Any
+from urllib.parse import parse_qs, unquote_to_bytes
+
+import anyio.to_thread
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from artifactstore_core import ArtifactInfo, ArtifactStore, create_store
+from artifactstore_core.errors import (
+    ArtifactStoreError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidStepIdError,
+    PayloadTooLargeError,
+    StoreClosedError,
+)
+from artifactstore_core.ids import validate_namespace, validate_step_id
+from artifactstore_core.settings import CoreSettings, load_settings
+
+from .openapi import openapi_document
+from .protocol import (
+    ERROR_HEADER,
+    MEDIA_TYPE_ENVELOPE,
+    MEDIA_TYPE_PROBLEM,
+    PROBLEM_BAD_REQUEST,
+    PROBLEM_INTERNAL,
+    PROBLEM_METHOD_NOT_ALLOWED,
+    PROBLEM_NOT_FOUND,
+    decode_cursor,
+    encode_cursor,
+    problem_document,
+    status_for,
+)
+from .settings import MIN_TOKEN_LENGTH
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "StoreFactory", "create_app", "default_store_factory"]
+
+logger = logging.getLogger("artifactstore_http.server")
+
+#: A function that returns a store bound to the given (validated) namespace.
+StoreFactory = Callable[[str], ArtifactStore]
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+DEFAULT_LIST_LIMIT = 1000
+MAX_LIST_LIMIT = 10_000
+
+_UNAUTHORIZED = problem_document(
+    "AccessDeniedError",
+    status=401,
+    title="Unauthorized",
+    detail="a valid bearer token is required in the Authorization header",
+)
+
+
+def default_store_factory(backend: str | None = None) -> StoreFactory:
+    """A factory that builds stores of ``backend`` (default: the configured ``ARTIFACT_STORE_BACKEND``).
+
+    Raises:
+        ConfigurationError: the backend is ``http`` itself (a server serving itself), or the settings are
+            invalid.
+    """
+    name = backend or load_settings(CoreSettings).backend
+    if name == "http":
+        raise ConfigurationError(
+            "the artifact server cannot expose the http backend itself; set ARTIFACT_STORE_SERVER_BACKEND "
+            "(or ARTIFACT_STORE_BACKEND for the server process) to the store it should serve"
+        )
+
+    def factory(namespace: str) -> ArtifactStore:
+        return create_store(name, namespace=namespace)
+
+    return factory
+
+
+class _ProblemError(Exception):
+    """A failure answered with a problem body that is not a core error (bad request, unknown path)."""
+
+    def __init__(self, status: int, type_: str, title: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.type, self.title, self.detail = status, type_, title, detail
+        self.headers = headers or {}
+
+
+def _problem_response(doc: dict[str, Any], *, headers: dict[str, str] | None = None, close: bool = False) -> Response:
+    extra = {ERROR_HEADER: str(doc["type"]), **(headers or {})}
+    if close:
+        # The request body was not read: ask the server to drop the connection instead of draining it.
+        extra["Connection"] = "close"
+    return JSONResponse(doc, status_code=int(doc["status"]), headers=extra, media_type=MEDIA_TYPE_PROBLEM)
+
+
+def _error_document(error: ArtifactStoreError, status: int | None = None) -> dict[str, Any]:
+    if isinstance(error, StoreClosedError):
+        # The store closes only when the server shuts down; to the client that is an unavailable server.
+        error = BackendUnavailableError("the artifact server is shutting down; retry against a running server")
+    status = status if status is not None else status_for(error)
+    return problem_document(
+        type(error).__name__,
+        status=status,
+        title=type(error).__name__,
+        detail=error.message,
+        retryable=type(error).retryable,
+        step_id=error.step_id,
+        namespace=error.namespace,
+        backend=error.backend,
+    )
+
+
+class _StoreCache:
+    """Stores by namespace, built on first use, kept for the most recently used, closed on eviction."""
+
+    def __init__(self, factory: StoreFactory, capacity: int) -> None:
+        self._factory = factory
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()  # namespace -> [store, users]
+        self._closed = False
+
+    @contextlib.contextmanager
+    def acquire(self, namespace: str) -> Iterator[ArtifactStore]:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError("the artifact server is shutting down")
+            entry = self._entries.get(namespace)
+            if entry is None:
+                entry = [self._factory(namespace), 0]
+                self._entries[namespace] = entry
+            self._entries.move_to_end(namespace)
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            evicted = []
+            with self._lock:
+                entry[1] -= 1
+                if len(self._entries) > self._capacity:
+                    for name, (store, users) in list(self._entries.items()):
+                        if len(self._entries) <= self._capacity:
+                            break
+                        if users == 0:
+                            del self._entries[name]
+                            evicted.append(store)
+            for store in evicted:
+                _close_quietly(store)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stores = [store for store, _ in self._entries.values()]
+            self._entries.clear()
+        for store in stores:
+            _close_quietly(store)
+
+
+def _close_quietly(store: ArtifactStore) -> None:
+    try:
+        store.close()
+    except ArtifactStoreError as exc:
+        logger.warning("closing the store of namespace %r failed: %s", store.namespace, exc.message)
+
+
+def _info_json(info: ArtifactInfo) -> dict[str, Any]:
+    return {
+        "step_id": info.step_id,
+        "size": info.size,
+        "digest": info.digest,
+        "media_type": info.media_type,
+        "schema_name": info.schema_name,
+        "created_at": info.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _decode_segment(raw: bytes, what: str) -> str:
+    """Percent-decode one path segment exactly once into a str (never sanitized)."""
+    if b"%" in raw:
+        # unquote_to_bytes leaves a malformed escape as is; a malformed escape is a client bug, refuse it.
+        i = raw.find(b"%")
+        while i != -1:
+            pair = raw[i + 1 : i + 3]
+            if len(pair) != 2 or not all(c in b"0123456789abcdefABCDEF" for c in pair):
+                raise InvalidStepIdError(f"{what} path segment has a malformed percent escape")
+            i = raw.find(b"%", i + 3)
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidStepIdError(f"{what} is not valid UTF-8 after percent-decoding") from None
+
+
+def _query(request: Request) -> dict[str, str]:
+    try:
+        parsed = parse_qs(request.scope.get("query_string", b"").decode("latin-1"), strict_parsing=False)
+    except ValueError:
+        raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed query string") from None
+    query = {}
+    for key, values in parsed.items():
+        if len(values) != 1:
+            raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", f"query parameter {key!r} is repeated")
+        query[key] = values[0]
+    return query
+
+
+def _bool_param(query: dict[str, str], name: str) -> bool:
+    value = query.get(name, "false").lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", f"query parameter {name!r} must be true or false")
+
+
+class _App:
+    """The request handlers; one instance per application."""
+
+    def __init__(self, cache: _StoreCache, *, token: SecretStr | None, max_body_bytes: int, path_prefix: str) -> None:
+        self._cache = cache
+        self._prefix = path_prefix.encode("ascii")
+        self._token = token.get_secret_value().encode("ascii") if token is not None else None
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A plain ASGI app (the router's default), so every method and path reaches the handler and gets a
+        # problem body (Starlette's own 404 and 405 are plain text).
+        request = Request(scope, receive)
+        response = await self.endpoint(request)
+        await response(scope, receive, send)
+
+    # -- entry ----------------------------------------------------------------------------------------
+
+    async def endpoint(self, request: Request) -> Response:
+        # Until the handler reads the body, an error response also closes the connection (see _problem_response).
+        request.state.body_read = False
+
+        def body_pending() -> bool:
+            return request.method in ("PUT", "POST", "PATCH") and not request.state.body_read
+
+        try:
+            segments = self._segments(request)
+            if segments == [b"v1", b"health"]:
+                self._allow(request, "GET", "HEAD")
+                return JSONResponse({"status": "ok"})
+            if segments == [b"v1", b"openapi.json"]:
+                self._allow(request, "GET", "HEAD")
+                return JSONResponse(openapi_document(max_body_bytes=self._max_body))
+            if not self._authorized(request):
+                return _problem_response(
+                    _UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="artifactstore"'}, close=body_pending()
+                )
+            if len(segments) >= 3 and segments[:2] == [b"v1", b"namespaces"]:
+                namespace = validate_namespace(_decode_segment(segments[2], "namespace"))
+                rest = segments[3:]
+                if not rest:
+                    self._allow(request, "DELETE")
+                    return await self._clear(namespace)
+                if rest == [b"artifacts"]:
+                    self._allow(request, "GET")
+                    return await self._list(request, namespace)
+                if len(rest) == 2 and rest[0] == b"artifacts":
+                    step_id = validate_step_id(_decode_segment(rest[1], "step id"))
+                    self._allow(request, "PUT", "GET", "HEAD", "DELETE")
+                    if request.method == "PUT":
+                        return await self._save(request, namespace, step_id)
+                    if request.method == "GET":
+                        return await self._get(namespace, step_id)
+                    if request.method == "HEAD":
+                        return await self._exists(namespace, step_id)
+                    return await self._delete(namespace, step_id)
+            raise _ProblemError(404, PROBLEM_NOT_FOUND, "Not found", "no such API path")
+        except _ProblemError as exc:
+            doc = problem_document(exc.type, status=exc.status, title=exc.title, detail=exc.detail)
+            return _problem_response(doc, headers=exc.headers, close=body_pending())
+        except PayloadTooLargeError as exc:
+            return _problem_response(_error_document(exc), close=True)
+        except ArtifactStoreError as exc:
+            return _problem_response(_error_document(exc), close=body_pending())
+        except ClientDisconnect:
+            # Nothing was saved; the client is gone, so nobody reads this response.
+            return Response(status_code=400)
+        except Exception:
+            logger.exception("unexpected error serving %s %s", request.method, _loggable_path(request.scope))
+            doc = problem_document(
+                PROBLEM_INTERNAL, status=500, title="Internal server error", detail="the server failed unexpectedly"
+            )
+            return _problem_response(doc, close=body_pending())
+
+    def _segments(self, request: Request) -> list[bytes]:
+        scope = request.scope
+        raw = scope.get("raw_path")
+        if not isinstance(raw, bytes):
+            raise _ProblemError(
+                500, PROBLEM_INTERNAL, "Internal server error", "the ASGI server does not provide raw_path"
+            )
+        root = str(scope.get("root_path", "")).encode("ascii", "replace")
+        if root and raw.startswith(root):
+            raw = raw[len(root) :]
+        if self._prefix:
+            if not raw.startswith(self._prefix + b"/"):
+                raise _ProblemError(404, PROBLEM_NOT_FOUND, "Not found", "no such API path")
+            raw = raw[len(self._prefix) :]
+        if not raw.startswith(b"/"):
+            raise _ProblemError(404, PROBLEM_NOT_FOUND, "Not found", "no such API path")
+        return raw[1:].split(b"/")
+
+    @staticmethod
+    def _allow(request: Request, *methods: str) -> None:
+        if request.method not in methods:
+            raise _ProblemError(
+                405,
+                PROBLEM_METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                f"{request.method} is not allowed here; allowed: {', '.join(methods)}",
+                headers={"Allow": ", ".join(methods)},
+            )
+
+    def _authorized(self, request: Request) -> bool:
+        if self._token is None:
+            return True
+        values = [value for key, value in request.scope["headers"] if key == b"authorization"]
+        if len(values) != 1:
+            return False
+        scheme, _, presented = values[0].partition(b" ")
+        if scheme.lower() != b"bearer" or not presented:
+            return False
+        # Constant time in the token's content; only its length can leak, and tokens are long random strings.
+        return hmac.compare_digest(presented, self._token)
+
+    # -- handlers -------------------------------------------------------------------------------------
+
+    async def _save(self, request: Request, namespace: str, step_id: str) -> Response:
+        overwrite = _bool_param(_query(request), "overwrite")
+        body = await self._read_body(request)
+
+        def work() -> None:
+            with self._cache.acquire(namespace) as store:
+                codec = store.codec
+                try:
+                    header = codec.header_of(memoryview(body))
+                    if header.size > self._max_body:
+                        raise PayloadTooLargeError(
+                            f"artifact {step_id!r} holds {header.size} bytes of content; this server accepts at "
+                            f"most {self._max_body} (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)",
+                            step_id=step_id,
+                        )
+                    # The server's own codec verifies the digest (and the signature, with a signing key).
+                    message = codec.decode_bytes(memoryview(body))
+                except ConfigurationError as exc:
+                    # A signed artifact sent to a server without the key: the request is what is wrong.
+                    raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
+                store.save(step_id, message, overwrite=overwrite)
+
+        await anyio.to_thread.run_sync(work)
+        return Response(status_code=204)
+
+    async def _read_body(self, request: Request) -> bytearray:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed Content-Length") from None
+            if size > self._max_body:
+                raise self._too_large(size)
+        body = bytearray()
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > self._max_body:
+                raise self._too_large(None)
+            body += chunk
+        request.state.body_read = True
+        return body
+
+    def _too_large(self, size: int | None) -> PayloadTooLargeError:
+        what = f"{size} bytes" if size is not None else "more bytes"
+        return PayloadTooLargeError(
+            f"request body of {what} exceeds this server's limit of {self._max_body} bytes "
+            "(ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)"
+        )
+
+    async def _get(self, namespace: str, step_id: str) -> Response:
+        def work() -> tuple[bytes, bytes]:
+            with self._cache.acquire(namespace) as store:
+                encoded = store.codec.encode(store.get(step_id))
+                return encoded.head, encoded.payload
+
+        head, payload = await anyio.to_thread.run_sync(work)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            # Head and payload go out as two writes: the payload is never concatenated into a copy.
+            yield head
+            yield payload
+
+        return StreamingResponse(
+            chunks(),
+            media_type=MEDIA_TYPE_ENVELOPE,
+            headers={"Content-Length": str(len(head) + len(payload))},
+        )
+
+    async def _exists(self, namespace: str, step_id: str) -> Response:
+        def work() -> bool:
+            with self._cache.acquire(namespace) as store:
+                return store.exists(step_id)
+
+        if await anyio.to_thread.run_sync(work):
+            return Response(status_code=200)
+        return Response(status_code=404, headers={ERROR_HEADER: "ArtifactNotFoundError"})
+
+    async def _delete(self, namespace: str, step_id: str) -> Response:
+        def work() -> bool:
+            with self._cache.acquire(namespace) as store:
+                return store.delete(step_id)
+
+        return JSONResponse({"deleted": await anyio.to_thread.run_sync(work)})
+
+    async def _clear(self, namespace: str) -> Response:
+        def work() -> int:
+            with self._cache.acquire(namespace) as store:
+                return store.clear()
+
+        return JSONResponse({"removed": await anyio.to_thread.run_sync(work)})
+
+    async def _list(self, request: Request, namespace: str) -> Response:
+        query = _query(request)
+        try:
+            limit = int(query.get("limit", DEFAULT_LIST_LIMIT))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise _ProblemError(
+                400, PROBLEM_BAD_REQUEST, "Bad request", f"limit must be an integer from 1 to {MAX_LIST_LIMIT}"
+            )
+        after: str | None = None
+        if "cursor" in query:
+            try:
+                after = decode_cursor(query["cursor"])
+            except ValueError:
+                raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed cursor") from None
+
+        def work() -> list[ArtifactInfo]:
+            with self._cache.acquire(namespace) as store:
+                # Pages are slices of the id order, so a page boundary is a step id: no artifact present
+                # throughout a listing is skipped or repeated, without any state kept on the server.
+                infos = sorted(
+                    (info for info in store.list() if after is None or info.step_id > after),
+                    key=lambda info: info.step_id,
+                )
+                return infos[: limit + 1]
+
+        infos = await anyio.to_thread.run_sync(work)
+        page, more = infos[:limit], len(infos) > limit
+        next_cursor = encode_cursor(page[-1].step_id) if more else None
+        return JSONResponse({"items": [_info_json(info) for info in page], "next_cursor": next_cursor})
+
+
+def _loggable_path(scope: Scope) -> str:
+    # The raw (still percent-encoded) path and never the query string, where a misplaced token would be.
+    raw = scope.get("raw_path")
+    return raw.decode("ascii", "replace") if isinstance(raw, bytes) else "?"
+
+
+class _Guard:
+    """Outermost middleware: header count and size limits, and an access log without query strings."""
+
+    def __init__(self, app: ASGIApp, *, max_header_count: int, max_header_bytes: int) -> None:
+        self._app = app
+        self._max_count = max_header_count
+        self._max_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        size += sum(len(key) + len(value) + 4 for key, value in headers)
+        if len(headers) > self._max_count or size > self._max_bytes:
+            doc = problem_document(
+                PROBLEM_BAD_REQUEST,
+                status=431,
+                title="Request header fields too large",
+                detail=f"at most {self._max_count} headers and {self._max_bytes} bytes of request line and headers",
+            )
+            await _problem_response(doc, close=True)(scope, receive, send)
+            logger.info("%s %s 431", scope.get("method"), _loggable_path(scope))
+            return
+        status = 0
+
+        async def send_and_log(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_and_log)
+        finally:
+            logger.info("%s %s %s", scope.get("method"), _loggable_path(scope), status or "-")
+
+
+def create_app(
+    store_factory: StoreFactory | None = None,
+    *,
+    token: SecretStr | None,
+    insecure: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_header_count: int = 100,
+    max_header_bytes: int = 16 * 1024,
+    store_cache_size: int = 128,
+    path_prefix: str = "",
+) -> Starlette:
+    """Build the ASGI application that serves stores over the REST API.
+
+    Args:
+        store_factory: returns the store of a namespace; called once per namespace (the stores are cached,
+            the least recently used beyond ``store_cache_size`` closed, and all closed at shutdown).
+            Default: :func:`default_store_factory` (the configured backend).
+        token: the bearer token every API request must carry (compared in constant time).
+        insecure: serve without authentication; only allowed, and only effective, when ``token`` is ``None``.
+        max_body_bytes: largest request body and largest artifact content; larger gets 413 unread.
+        max_header_count, max_header_bytes: request header limits; beyond them gets 431.
+        path_prefix: a prefix such as ``/artifactstore`` that every API path carries, for a reverse proxy
+            that passes the request path through unchanged (and so undecoded).
+
+    Raises:
+        ConfigurationError: no token and not ``insecure``, a token shorter than 16 characters, or a
+            path prefix that is not ``/``-separated ASCII without a trailing ``/``.
+    """
+    path_prefix = path_prefix.rstrip("/")
+    if path_prefix and (not path_prefix.startswith("/") or not path_prefix.isascii() or "?" in path_prefix):
+        raise ConfigurationError("ARTIFACT_STORE_SERVER_PATH_PREFIX must be an ASCII path starting with /")
+    if token is None and not insecure:
+        raise ConfigurationError(
+            "the artifact server needs a token: set ARTIFACT_STORE_SERVER_TOKEN, or pass insecure=True "
+            "(--insecure) to serve without authentication"
+        )
+    if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+        raise ConfigurationError(f"ARTIFACT_STORE_SERVER_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
+    try:
+        if token is not None:
+            token.get_secret_value().encode("ascii")
+    except UnicodeEncodeError:
+        raise ConfigurationError("ARTIFACT_STORE_SERVER_TOKEN must be ASCII") from None
+    cache = _StoreCache(store_factory or default_store_factory(), store_cache_size)
+    handlers = _App(cache, token=token, max_body_bytes=max_body_bytes, path_prefix=path_prefix)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(cache.close)
+
+    app = Starlette(lifespan=lifespan)
+    # Every request goes to the handlers, which route on the raw path themselves: a Starlette route pattern
+    # matches the decoded path, where "%2F" is already "/" and "%0A" is a newline its regex refuses.
+    app.router.default = handlers
+    app.add_middleware(_Guard, max_header_count=max_header_count, max_header_bytes=max_header_bytes)
+    app.state.store_cache = cache
+    return app

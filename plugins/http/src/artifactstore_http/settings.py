@@ -1,0 +1,137 @@
+"""Settings of the ``http`` client backend and of the artifact server (pydantic-settings)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from artifactstore_core import BackendSettings
+
+__all__ = ["MIN_TOKEN_LENGTH", "HttpSettings", "ServerSettings", "is_loopback"]
+
+#: Shortest bearer token the server accepts: a token is a password that never needs typing.
+MIN_TOKEN_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) names this machine's loopback interface."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpSettings(BackendSettings):
+    """Settings of the ``http`` backend, the client of an artifact server (prefix ``ARTIFACT_STORE_HTTP_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_HTTP_", extra="ignore")
+    config_table = "http"
+
+    endpoint: str | None = Field(
+        default=None,
+        description="Base URL of the artifact server, e.g. https://artifacts.internal:8765 or "
+        "https://proxy.example/artifactstore (a path prefix is kept). http or https, no user info.",
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token sent in the Authorization header; the server's token."
+    )
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a connection.")
+    read_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for each read or write on a connection."
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Extra attempts after a transient failure, for idempotent operations only (see docs/http.md).",
+    )
+    pool_size: int = Field(default=10, ge=1, le=1000, description="Most connections kept open to the server.")
+    verify_tls: bool = Field(default=True, description="Verify the server's TLS certificate (https endpoints).")
+    ca_file: str | None = Field(
+        default=None, description="A PEM file of CA certificates to verify the server with, instead of the system's."
+    )
+    trust_env: bool = Field(
+        default=True, description="Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            raise ValueError("not a valid URL") from None
+        if url.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        if not url.host:
+            raise ValueError("must name a host")
+        if url.userinfo:
+            # Credentials in a URL end up in logs and error messages; the token has its own secret setting.
+            raise ValueError("must not contain user info; put the token in ARTIFACT_STORE_HTTP_TOKEN")
+        if url.query or url.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value
+
+
+class ServerSettings(BackendSettings):
+    """Settings of the artifact server (prefix ``ARTIFACT_STORE_SERVER_``, config table ``[server]``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_SERVER_", extra="ignore")
+    config_table = "server"
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; loopback unless told otherwise.")
+    port: int = Field(default=8765, ge=0, le=65535, description="TCP port to listen on.")
+    token: SecretStr | None = Field(
+        default=None,
+        description=f"The bearer token clients must send (at least {MIN_TOKEN_LENGTH} characters). "
+        "Required unless insecure is set.",
+    )
+    insecure: bool = Field(
+        default=False, description="Serve without authentication (only when no token is set). For local tests."
+    )
+    backend: str | None = Field(
+        default=None,
+        description="Backend the server exposes; default ARTIFACT_STORE_BACKEND. Its own settings are read "
+        "from its usual variables (ARTIFACT_STORE_REDIS_URL, ...).",
+    )
+    max_body_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body, and largest artifact content, accepted; larger gets 413.",
+    )
+    max_header_count: int = Field(default=100, ge=8, description="Most request headers accepted; more gets 431.")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Most bytes of request line and headers accepted."
+    )
+    store_cache_size: int = Field(
+        default=128, ge=1, description="Most namespaces whose stores are kept open between requests."
+    )
+    path_prefix: str = Field(
+        default="",
+        description="Path prefix every API path carries when a reverse proxy passes paths through unchanged "
+        "(e.g. /artifactstore).",
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted.",
+    )
+    log_level: str = Field(default="info", description="Server log level (debug, info, warning, error).")
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
+        if not secret.isascii() or not secret.isprintable() or " " in secret:
+            raise ValueError("must be printable ASCII without spaces")
+        return value

@@ -1,0 +1,258 @@
+"""Real servers for tests and benchmarks of the http backend, on loopback, started and stopped by their users.
+
+Shipped with the plugin (it needs the ``server`` extra) so that its tests, the cross-backend tests, the
+benchmarks and third parties start servers the same way. Failures raise :class:`ServerStartError`.
+
+- :class:`ServerThread`: our ASGI app under a real uvicorn in a thread of the test process.
+- :class:`ServerProcess`: ``python -m artifactstore_http`` in a subprocess, on a socket the test bound
+  (so it can be killed with SIGKILL and its memory measured).
+- :class:`HoldingProxy`: a TCP proxy that forwards a set number of request bytes, then holds the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import uvicorn
+from pydantic import SecretStr
+
+from artifactstore_http import HttpSettings, HttpStore
+
+READY_TIMEOUT = 30.0
+
+
+class ServerStartError(RuntimeError):
+    """A test server did not start, or a condition was not reached in time."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise ServerStartError(message)
+
+
+#: The bearer token test servers accept (a test value, not a secret of any deployment).
+TOKEN = "test-token-0123456789abcdef"  # noqa: S105
+
+MakeClient = Callable[..., HttpStore]
+
+
+def client_for(url: str, namespace: str = "default", **overrides: Any) -> HttpStore:
+    """An http store on ``url`` with the test token, overridable field by field."""
+    fields: dict[str, Any] = {"endpoint": url, "token": SecretStr(TOKEN), "read_timeout": 30.0}
+    fields.update(overrides)
+    return HttpStore(HttpSettings(**fields), namespace=namespace)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            _fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)  # polling a condition with a deadline
+
+
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1 (not yet listening)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this; asyncio sets it only on sockets created with proto IPPROTO_TCP, and
+    # without it every response on a kept-alive connection waits ~40 ms for a delayed ACK (Nagle).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread."""
+
+    def __init__(self, app: Any, **config: Any) -> None:
+        self.sock = bound_socket()
+        self.port = int(self.sock.getsockname()[1])
+        options: dict[str, Any] = {
+            "http": "h11",
+            "ws": "none",
+            "lifespan": "on",
+            "log_config": None,
+            "access_log": False,
+            "h11_max_incomplete_event_size": 16 * 1024,
+            "timeout_graceful_shutdown": 5,
+        }
+        options.update(config)
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), "uvicorn to start")
+        assert self.server.started, "uvicorn exited during startup"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
+        self.sock.close()
+
+
+class ServerProcess:
+    """``python -m artifactstore_http`` on a loopback socket bound by the test, with its own environment."""
+
+    def __init__(self, env: Mapping[str, str], workdir: Path, *args: str) -> None:
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+        self.env.update(env)
+        self.workdir = workdir
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log_path = workdir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def start(self) -> ServerProcess:
+        sock = bound_socket()
+        self.port = int(sock.getsockname()[1])
+        fd = sock.fileno()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "artifactstore_http", "--fd", str(fd), *self.args],
+                env=self.env,
+                cwd=self.workdir,
+                pass_fds=(fd,),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        # The child owns the listening socket now: once it dies, connections are refused, not queued.
+        sock.close()
+        wait_for(self._healthy, f"the artifact server on port {self.port}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            _fail(f"artifact server exited with {self.process.returncode}:\n{self.log}")
+        try:
+            return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc status")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class HoldingProxy:
+    """Forwards client connections to an upstream port; after ``hold_after`` request bytes it stops forwarding.
+
+    ``held`` is set once a connection has reached the limit. Connections made after the upstream is gone
+    are closed at once.
+    """
+
+    def __init__(self, upstream_port: int, hold_after: int) -> None:
+        self.upstream_port = upstream_port
+        self.hold_after = hold_after
+        self.held = threading.Event()
+        self.listener = bound_socket()
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HoldingProxy:
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump_down, args=(upstream, client), daemon=True).start()
+
+    def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
+        sent = 0
+        try:
+            while sent < self.hold_after:
+                data = client.recv(min(65536, self.hold_after - sent))
+                if not data:
+                    break
+                upstream.sendall(data)
+                sent += len(data)
+        except OSError:
+            return
+        if sent >= self.hold_after:
+            self.held.set()  # keep both sockets open, forwarding nothing more
+
+    def _pump_down(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        # The upstream closed (or died): so does the client's connection.
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+        client.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()

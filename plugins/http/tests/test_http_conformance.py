@@ -1,0 +1,24 @@
+"""The conformance kit through the http client, against real servers backed by memory and by redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from artifactstore_core.testing import MakeStore, StoreConformance
+from artifactstore_http.testing import ServerThread, client_for
+
+
+class TestHttpOverMemory(StoreConformance):
+    """The client against an artifact server whose store is the memory backend."""
+
+    @pytest.fixture
+    def make_store(self, memory_server: ServerThread) -> MakeStore:
+        return lambda namespace: client_for(memory_server.url, namespace)
+
+
+class TestHttpOverRedis(StoreConformance):
+    """The client against an artifact server whose store is the redis backend on a real redis-server."""
+
+    @pytest.fixture
+    def make_store(self, redis_server: ServerThread) -> MakeStore:
+        return lambda namespace: client_for(redis_server.url, namespace)

@@ -1,0 +1,366 @@
+"""Errors: every core error crosses the wire as itself; transport failures become typed backend errors."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from artifactstore_core import (
+    ArtifactCorruptedError,
+    ArtifactInfo,
+    ArtifactStore,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    Codec,
+    ConfigurationError,
+    Message,
+    UnsupportedFormatError,
+)
+from artifactstore_core.errors import ArtifactStoreError
+from artifactstore_http.protocol import ERROR_CLASSES, ERROR_STATUS, status_for
+from artifactstore_http.server import create_app
+from artifactstore_http.testing import TOKEN, ServerThread, bound_socket, client_for
+from artifactstore_memory import MemorySpace, MemoryStore
+
+
+class RaisingStore(ArtifactStore):
+    """A store whose every operation raises the core error named by its namespace (or a non-core error)."""
+
+    backend_name = "raising"
+
+    def _fail(self, step_id: str | None = None) -> Any:
+        name = self.namespace.split("-")[0]
+        if name == "RuntimeError":
+            raise RuntimeError("internal detail with a secret: hunter2")
+        raise ERROR_CLASSES[name](f"{name} raised for {step_id!r} in {self.namespace!r}", step_id=step_id)
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        self._fail(step_id)
+
+    def _get(self, step_id: str) -> Message:
+        return self._fail(step_id)  # type: ignore[no-any-return]
+
+    def _exists(self, step_id: str) -> bool:
+        return self._fail(step_id)  # type: ignore[no-any-return]
+
+    def _delete(self, step_id: str) -> bool:
+        return self._fail(step_id)  # type: ignore[no-any-return]
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        return self._fail()  # type: ignore[no-any-return]
+
+    def _clear(self) -> int:
+        return self._fail()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def raising_server() -> Iterator[ServerThread]:
+    def factory(namespace: str) -> ArtifactStore:
+        if namespace == "FactoryBug":
+            raise RuntimeError("internal detail with a secret: hunter2")
+        return RaisingStore(namespace=namespace)
+
+    server = ServerThread(create_app(factory, token=SecretStr(TOKEN))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_CLASSES))
+def test_every_core_error_round_trips_as_its_own_class(raising_server: ServerThread, name: str) -> None:
+    expected = BackendUnavailableError if name == "StoreClosedError" else ERROR_CLASSES[name]
+    with client_for(raising_server.url, f"{name}-ns", retries=0) as store:
+        calls = {
+            "save": lambda: store.save("a/b", Message(content=1)),
+            "get": lambda: store.get("a/b"),
+            "exists": lambda: store.exists("a/b"),
+            "delete": lambda: store.delete("a/b"),
+            "list": lambda: list(store.list()),
+            "clear": store.clear,
+        }
+        if name == "ArtifactNotFoundError":
+            # "Not found" is what a 404 to HEAD means: exists() answers False, as the store said.
+            assert calls.pop("exists")() is False
+        for operation, call in calls.items():
+            with pytest.raises(ArtifactStoreError) as info:
+                call()
+            error = info.value
+            assert type(error) is expected, (operation, error)
+            assert error.retryable is expected.retryable
+            assert error.backend == "http"
+            assert error.namespace == f"{name}-ns"
+            if operation in ("save", "get", "exists", "delete"):
+                assert error.step_id == "a/b"
+            if name != "StoreClosedError" and operation != "exists":
+                # The server's message travels (a HEAD response has no body to carry it).
+                assert f"{name} raised for" in str(error)
+
+
+def test_every_core_error_has_a_status() -> None:
+    statuses = {name: status_for(cls("x")) for name, cls in ERROR_CLASSES.items()}
+    assert statuses["ArtifactNotFoundError"] == 404
+    assert statuses["ArtifactExistsError"] == 409
+    assert statuses["InvalidStepIdError"] == 400
+    assert statuses["PayloadTooLargeError"] == 413
+    assert statuses["ArtifactCorruptedError"] == 422
+    assert statuses["BackendUnavailableError"] == 503
+    assert statuses["BackendTimeoutError"] == 504
+    assert all(400 <= status < 600 for status in statuses.values())
+    assert set(ERROR_STATUS) <= set(ERROR_CLASSES.values())
+
+
+def test_a_server_bug_is_a_backend_error_without_its_details(
+    raising_server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A non-core error inside a store call is translated by the store itself (the core's base class)...
+    with client_for(raising_server.url, "RuntimeError-ns", retries=0) as store, pytest.raises(BackendError) as info:
+        store.get("x")
+    assert type(info.value) is BackendError
+    assert "RuntimeError" in str(info.value)
+    # ...and one outside (here the store factory) is a 500 whose details stay in the server's log.
+    with client_for(raising_server.url, "FactoryBug", retries=0) as store, pytest.raises(BackendError) as info:
+        store.get("x")
+    assert type(info.value) is BackendError
+    assert "500" in str(info.value)
+    assert "InternalServerError" in str(info.value)
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" in caplog.text
+
+
+def test_problem_types_outside_the_allow_list_are_never_looked_up() -> None:
+    def app(request: Request) -> Response:
+        # A hostile or confused server naming arbitrary classes.
+        names = {"a": "os.system", "b": "SystemExit", "c": "KeyboardInterrupt", "d": "__import__"}
+        body = f'{{"type": "{names[request.path_params["step"]]}", "detail": "x", "status": 404}}'
+        return Response(body, status_code=404, media_type="application/problem+json")
+
+    routes = [Route("/v1/namespaces/default/artifacts/{step}", app, methods=["GET"])]
+    server = ServerThread(Starlette(routes=routes)).start()
+    try:
+        with client_for(server.url, retries=0) as store:
+            for step in "abcd":
+                with pytest.raises(BackendError) as info:
+                    store.get(step)
+                assert type(info.value) is BackendError
+    finally:
+        server.stop()
+
+
+def test_unreachable_server_is_backend_unavailable() -> None:
+    with bound_socket() as unused:
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: connections are refused
+        for retries in (0, 2):
+            with client_for(url, retries=retries) as store:
+                for call in (lambda: store.get("a"), lambda: store.save("a", Message(content=1)), store.clear):
+                    with pytest.raises(BackendUnavailableError) as info:
+                        call()
+                    assert info.value.retryable is True
+                    assert isinstance(info.value.__cause__, httpx.ConnectError)
+                    assert url in str(info.value)
+
+
+def test_a_server_that_never_answers_is_a_timeout() -> None:
+    with bound_socket() as silent:
+        silent.listen(8)  # the kernel accepts connections; nobody ever reads or answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with client_for(url, retries=0, read_timeout=0.5) as store, pytest.raises(BackendTimeoutError) as info:
+            store.get("a")
+    assert info.value.retryable is True
+    assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+
+
+def test_a_reset_connection_is_backend_unavailable() -> None:
+    listener = bound_socket()
+    listener.listen(8)
+    stop = threading.Event()
+
+    def reset_everything() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if stop.is_set():
+                conn.close()
+                return
+            conn.recv(1024)
+            # Linger 0: close sends an RST instead of a FIN.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    thread = threading.Thread(target=reset_everything, daemon=True)
+    thread.start()
+    try:
+        with client_for(f"http://127.0.0.1:{listener.getsockname()[1]}", retries=1) as store:
+            with pytest.raises(BackendUnavailableError):
+                store.get("a")
+            with pytest.raises(BackendUnavailableError):
+                store.save("a", Message(content=b"x" * 100_000))
+    finally:
+        stop.set()
+        # Wake the accept() call (closing a socket does not interrupt it in another thread).
+        socket.create_connection(listener.getsockname(), timeout=5).close()
+        thread.join(timeout=10)
+        listener.close()
+    assert not thread.is_alive()
+
+
+class FlakyStore(MemoryStore):
+    """Fails the first ``failures`` operations of its namespace with BackendUnavailableError."""
+
+    failures: ClassVar[dict[str, int]] = {}
+    calls: ClassVar[dict[str, int]] = {}
+
+    def _flaky(self) -> None:
+        count = FlakyStore.calls.get(self.namespace, 0)
+        FlakyStore.calls[self.namespace] = count + 1
+        if count < FlakyStore.failures.get(self.namespace, 0):
+            raise BackendUnavailableError("transient failure")
+
+    def _get(self, step_id: str) -> Message:
+        self._flaky()
+        return super()._get(step_id)
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        self._flaky()
+        super()._save(step_id, message, overwrite, ttl)
+
+    def _delete(self, step_id: str) -> bool:
+        self._flaky()
+        return super()._delete(step_id)
+
+
+@pytest.fixture(scope="module")
+def flaky_server() -> Iterator[ServerThread]:
+    space = MemorySpace()
+    app = create_app(lambda ns: FlakyStore(namespace=ns, space=space), token=SecretStr(TOKEN))
+    server = ServerThread(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_idempotent_operations_retry_retryable_answers(flaky_server: ServerThread) -> None:
+    FlakyStore.failures["retry"] = 2
+    with client_for(flaky_server.url, "retry", retries=2) as store:
+        store.save("a", Message(content=1))  # fails twice on the server, succeeds on the third attempt
+        assert FlakyStore.calls["retry"] == 3
+        FlakyStore.calls["retry"], FlakyStore.failures["retry"] = 0, 3
+        with pytest.raises(BackendUnavailableError):
+            store.get("a")
+        assert FlakyStore.calls["retry"] == 3
+
+
+def test_delete_is_not_repeated_after_the_server_answered(flaky_server: ServerThread) -> None:
+    FlakyStore.failures["once"] = 1
+    with client_for(flaky_server.url, "once", retries=3) as store, pytest.raises(BackendUnavailableError):
+        store.delete("a")
+    assert FlakyStore.calls["once"] == 1
+
+
+def test_redirects_are_not_followed(memory_server: ServerThread) -> None:
+    target = f"{memory_server.url}/v1/namespaces/default/artifacts/a"
+    app = Starlette(routes=[Route("/{path:path}", lambda request: RedirectResponse(target, status_code=307))])
+    server = ServerThread(app).start()
+    try:
+        with client_for(server.url, retries=0) as store, pytest.raises(BackendError, match="redirect"):
+            store.get("a")
+    finally:
+        server.stop()
+
+
+def test_a_wrong_endpoint_path_is_an_error_not_absent(memory_server: ServerThread) -> None:
+    with client_for(memory_server.url + "/not-the-api", retries=0) as store, pytest.raises(BackendError) as info:
+        store.exists("a")
+    assert type(info.value) is BackendError
+
+
+def test_the_client_verifies_what_it_reads() -> None:
+    good = Codec().encode(Message(content=b"payload")).to_bytes()
+    bodies = {"flipped": good[:-1] + bytes([good[-1] ^ 1]), "truncated": good[:-3], "junk": b"not an envelope"}
+
+    def app(request: Request) -> Response:
+        return Response(bodies[request.path_params["step"]], media_type="application/vnd.artifactstore.envelope")
+
+    server = ServerThread(Starlette(routes=[Route("/v1/namespaces/default/artifacts/{step}", app)])).start()
+    try:
+        with client_for(server.url, retries=0) as store:
+            for step, error in [
+                ("flipped", ArtifactCorruptedError),
+                ("truncated", ArtifactCorruptedError),
+                ("junk", UnsupportedFormatError),
+            ]:
+                with pytest.raises(error):
+                    store.get(step)
+    finally:
+        server.stop()
+
+
+def test_the_server_verifies_what_it_receives(memory_server: ServerThread, memory_space: MemorySpace) -> None:
+    good = Codec().encode(Message(content=b"payload")).to_bytes()
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/vnd.artifactstore.envelope"}
+    url = f"{memory_server.url}/v1/namespaces/verify/artifacts/a"
+    for body, kind in [
+        (good[:-1] + bytes([good[-1] ^ 1]), "ArtifactCorruptedError"),
+        (good[:20], "ArtifactCorruptedError"),
+        (b"JUNKJUNKJUNK", "UnsupportedFormatError"),
+        (b"", "ArtifactCorruptedError"),
+    ]:
+        response = httpx.put(url, content=body, headers=auth, timeout=10)
+        assert response.status_code == 422, response.text
+        assert response.json()["type"] == kind
+    assert memory_space.namespace("verify") == {}
+
+
+@contextlib.contextmanager
+def _signed_server(key: bytes | None) -> Iterator[ServerThread]:
+    space = MemorySpace()
+    codec = Codec(signing_key=key)
+    app = create_app(lambda ns: MemoryStore(namespace=ns, space=space, codec=codec), token=SecretStr(TOKEN))
+    server = ServerThread(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _signed_client(server: ServerThread, key: bytes | None) -> Any:
+    from artifactstore_http import HttpSettings, HttpStore
+
+    settings = HttpSettings(endpoint=server.url, token=SecretStr(TOKEN), retries=0)
+    return HttpStore(settings, namespace="signed", codec=Codec(signing_key=key))
+
+
+def test_signing_keys_are_checked_on_both_sides() -> None:
+    with _signed_server(b"server and client key") as server:
+        with _signed_client(server, b"server and client key") as store:
+            store.save("a", Message(content="signed"))
+            assert store.get("a").content == "signed"
+        with _signed_client(server, b"another key") as store:
+            with pytest.raises(ArtifactCorruptedError):
+                store.save("b", Message(content="forged"))
+            with pytest.raises(ArtifactCorruptedError):
+                store.get("a")
+        with _signed_client(server, None) as store, pytest.raises(ArtifactCorruptedError, match="not signed"):
+            store.save("c", Message(content="unsigned"))
+    with (
+        _signed_server(None) as server,
+        _signed_client(server, b"client key") as store,
+        pytest.raises(ConfigurationError, match="signed"),
+    ):
+        store.save("d", Message(content="signed for nobody"))

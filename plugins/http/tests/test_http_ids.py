@@ -1,0 +1,146 @@
+"""Ids on the wire: percent-encoded once, decoded once, never sanitized, never a path."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from artifactstore_core import Codec, Message
+from artifactstore_http.protocol import decode_cursor, encode_cursor, quote_segment
+from artifactstore_http.testing import TOKEN, MakeClient, ServerThread
+from artifactstore_memory import MemorySpace
+
+TRAVERSAL_IDS = [
+    "../x",
+    "../../etc/passwd",
+    "..",
+    ".",
+    "%2e%2e%2fx",
+    "%2E%2E%2Fx",
+    "%252e",
+    "%252e%252e%252fx",
+    "%2e",
+    "x#fragment",
+    "#",
+    "x?query=1",
+    "?",
+    "a\\b",
+    "..\\..\\windows",
+    "/absolute",
+    "a//b",
+    "x/",
+    "%",
+    "%zz",
+    "%00",
+    "+plus+",
+    "~tilde",
+    "a;b",
+    "a=b&c=d",
+]
+
+
+def test_traversal_ids_round_trip_as_distinct_artifacts(make_client: MakeClient, memory_space: MemorySpace) -> None:
+    store = make_client("ids")
+    neighbour = make_client("x")
+    neighbour.save("x", Message(content="the neighbour's"))
+    for index, step_id in enumerate(TRAVERSAL_IDS):
+        store.save(step_id, Message(content={"index": index, "id": step_id}))
+    for index, step_id in enumerate(TRAVERSAL_IDS):
+        assert store.get(step_id).content == {"index": index, "id": step_id}
+        assert store.exists(step_id)
+    assert sorted(info.step_id for info in store.list()) == sorted(TRAVERSAL_IDS)
+    # Behind the server: exactly these ids, in this namespace, and nothing written anywhere else.
+    assert sorted(memory_space.namespace("ids")) == sorted(TRAVERSAL_IDS)
+    assert list(memory_space.namespace("x")) == ["x"]
+    assert neighbour.get("x").content == "the neighbour's"
+    assert store.delete("../x") is True
+    assert store.get("%2e%2e%2fx").content["id"] == "%2e%2e%2fx"
+    assert store.clear() == len(TRAVERSAL_IDS) - 1
+    assert list(memory_space.namespace("x")) == ["x"]
+
+
+def test_traversal_namespaces_stay_apart(make_client: MakeClient, memory_space: MemorySpace) -> None:
+    names = ["..", ".", "../ids2", "ids2/..", "%2e%2e", "ids2#", "ids2?x=1", "ids2\\.."]
+    for name in names:
+        make_client(name).save("same", Message(content=name))
+    for name in names:
+        assert make_client(name).get("same").content == name
+        assert list(memory_space.namespace(name)) == ["same"]
+    assert "ids2" not in memory_space.namespace_names()
+    for name in names:
+        assert make_client(name).clear() == 1
+
+
+def test_the_server_decodes_exactly_once(memory_server: ServerThread, memory_space: MemorySpace) -> None:
+    body = Codec().encode(Message(content=b"once")).to_bytes()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=memory_server.url, headers=auth, timeout=10) as client:
+        # %252e is "%2e" on the wire's first decoding, and must stay "%2e" (not become ".").
+        assert client.put("/v1/namespaces/once/artifacts/%252e", content=body).status_code == 204
+        assert client.put("/v1/namespaces/once/artifacts/a%2Fb", content=body).status_code == 204
+        assert client.put("/v1/namespaces/once/artifacts/%2E%2E", content=body).status_code == 204
+        # Lower-case hex and unescaped safe characters decode like any percent-encoding.
+        assert client.put("/v1/namespaces/once/artifacts/c%2fd~e", content=body).status_code == 204
+        assert sorted(memory_space.namespace("once")) == ["%2e", "..", "a/b", "c/d~e"]
+        for path in ("/v1/namespaces/once/artifacts/%zz", "/v1/namespaces/once/artifacts/%ff%fe"):
+            response = client.get(path)
+            assert response.status_code == 400
+            assert response.json()["type"] == "InvalidStepIdError"
+        response = client.get("/v1/namespaces/once/artifacts/a%00b")
+        assert (response.status_code, response.json()["type"]) == (400, "InvalidStepIdError")
+        assert client.delete("/v1/namespaces/once").json() == {"removed": 4}
+
+
+@given(st.text(min_size=1))
+def test_quote_segment_is_one_percent_encoding(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    encoded = quote_segment(value)
+    assert unquote(encoded, errors="strict") == value
+    assert not set(encoded) & set("/?#\\. ")
+    assert encoded.isascii()
+
+
+@given(st.text(min_size=1))
+def test_cursors_round_trip(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    assert decode_cursor(encode_cursor(value)) == value
+
+
+@pytest.mark.parametrize("cursor", ["", "!!", "YQ", "YQ==x", "%%%"])
+def test_malformed_cursors_are_refused(cursor: str) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        decode_cursor(cursor)
+
+
+def test_list_pages_through_every_artifact(make_client: MakeClient, memory_server: ServerThread) -> None:
+    store = make_client("pages")
+    ids = [f"p{i:03d}" for i in range(25)]
+    store.save_many({step_id: Message(content=i) for i, step_id in enumerate(ids)})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    seen: list[str] = []
+    cursor = None
+    with httpx.Client(base_url=memory_server.url, headers=auth, timeout=10) as client:
+        while True:
+            params = {"limit": "10", **({"cursor": cursor} if cursor else {})}
+            page = client.get("/v1/namespaces/pages/artifacts", params=params).json()
+            assert len(page["items"]) <= 10
+            seen += [item["step_id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        for bad in ({"limit": "0"}, {"limit": "x"}, {"cursor": "!!"}, {"limit": "10001"}):
+            response = client.get("/v1/namespaces/pages/artifacts", params=bad)
+            assert (response.status_code, response.json()["type"]) == (400, "InvalidRequest")
+    assert seen == ids
+    assert sorted(info.step_id for info in store.list()) == ids
+    store.clear()

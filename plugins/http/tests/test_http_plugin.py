@@ -1,0 +1,210 @@
+"""The plugin: registration, settings from the environment, the serve command and the store cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from typing import ClassVar
+
+import click
+import pytest
+from click.testing import CliRunner
+from pydantic import SecretStr
+
+from artifactstore_core import (
+    ArtifactInfo,
+    ArtifactStore,
+    BackendError,
+    ConfigurationError,
+    Message,
+    StoreClosedError,
+    create_store,
+)
+from artifactstore_core.registry import PluginHost
+from artifactstore_core.settings import load_settings
+from artifactstore_http import HttpSettings, HttpStore, ServerSettings, artifactstore_register_commands
+from artifactstore_http.serve import serve
+from artifactstore_http.server import _StoreCache, create_app, default_store_factory
+from artifactstore_http.testing import TOKEN, ServerThread
+from artifactstore_memory import MemorySpace, MemoryStore
+
+
+def test_create_store_from_the_environment(memory_server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "http")
+    monkeypatch.setenv("ARTIFACT_STORE_HTTP_ENDPOINT", memory_server.url)
+    monkeypatch.setenv("ARTIFACT_STORE_HTTP_TOKEN", TOKEN)
+    monkeypatch.setenv("ARTIFACT_STORE_NAMESPACE", "from-env")
+    with create_store() as store:
+        assert isinstance(store, HttpStore)
+        assert store.namespace == "from-env"
+        store.save("a", Message(content="via env"))
+        assert store.get("a").content == "via env"
+        assert TOKEN not in repr(store)
+        assert store.clear() == 1
+
+
+def test_the_entry_point_registers_the_backend() -> None:
+    spec = PluginHost().load("http")
+    assert spec.settings_model is HttpSettings
+    assert spec.capabilities.cross_process
+    assert spec.capabilities.atomic_create
+
+
+def test_a_missing_endpoint_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_ENDPOINT"):
+        create_store("http")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        ("ftp://host/x", "http:// or https://"),
+        ("https://user:secret@host", "user info"),
+        ("http://host/x?a=1", "query"),
+        ("not a url at all", "http"),
+    ],
+)
+def test_bad_endpoints_are_configuration_errors(endpoint: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_ENDPOINT") as info:
+        load_settings(HttpSettings, endpoint=endpoint)
+    assert problem in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def test_settings_mask_the_token() -> None:
+    settings = load_settings(HttpSettings, endpoint="https://h", token=TOKEN)
+    assert TOKEN not in repr(settings)
+    assert TOKEN not in str(settings)
+    assert isinstance(settings.token, SecretStr)
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_TOKEN") as info:
+        load_settings(ServerSettings, token="short")
+    assert "short" not in str(info.value).replace("shorter", "")
+
+
+def test_a_path_prefix_behind_a_proxy_round_trips() -> None:
+    space = MemorySpace()
+    app = create_app(
+        lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), path_prefix="/artifactstore/"
+    )
+    server = ServerThread(app).start()
+    try:
+        settings = HttpSettings(endpoint=server.url + "/artifactstore", token=SecretStr(TOKEN), retries=0)
+        with HttpStore(settings, namespace="a/b") as store:
+            assert store._url("artifacts", "c/d").raw_path == b"/artifactstore/v1/namespaces/a%2Fb/artifacts/c%2Fd"
+            store.save("c/d", Message(content="prefixed"))
+            assert store.get("c/d").content == "prefixed"
+            assert [info.step_id for info in store.list()] == ["c/d"]
+        assert list(space.namespace("a/b")) == ["c/d"]
+        # Without the prefix there is no API, and that is an error, never "absent".
+        unprefixed = HttpSettings(endpoint=server.url, token=SecretStr(TOKEN), retries=0)
+        with HttpStore(unprefixed) as store, pytest.raises(BackendError, match="NotFound"):
+            store.exists("c/d")
+    finally:
+        server.stop()
+
+
+def test_a_bad_path_prefix_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="PATH_PREFIX"):
+        create_app(lambda ns: MemoryStore(namespace=ns), token=SecretStr(TOKEN), path_prefix="no-slash")
+
+
+def test_the_serve_command_is_added_to_a_click_group() -> None:
+    @click.group()
+    def cli() -> None:
+        """A stand-in for the artifactstore CLI."""
+
+    artifactstore_register_commands(cli)
+    assert "serve" in cli.commands
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "--insecure" in result.output
+    assert "--port" in result.output
+    # No token and no --insecure: the core error propagates, for the artifactstore CLI to report.
+    result = CliRunner().invoke(cli, ["serve"])
+    assert isinstance(result.exception, ConfigurationError)
+    assert "ARTIFACT_STORE_SERVER_TOKEN" in str(result.exception)
+
+
+def test_the_commands_hook_ignores_other_clis() -> None:
+    artifactstore_register_commands(object())  # nothing to add to, nothing raised
+
+
+def test_the_console_script_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "artifactstore_http", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert "ARTIFACT_STORE_SERVER_TOKEN" in result.stdout
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "artifactstore_http"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    assert "ConfigurationError" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_to_start_without_a_token() -> None:
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_TOKEN"):
+        serve(port=0)
+
+
+def test_the_server_refuses_to_serve_the_http_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "http")
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_BACKEND"):
+        default_store_factory()
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_BACKEND"):
+        default_store_factory("http")
+
+
+class _CountingStore(ArtifactStore):
+    closed_namespaces: ClassVar[list[str]] = []
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        pass
+
+    def _get(self, step_id: str) -> Message:
+        raise self._not_found(step_id)
+
+    def _exists(self, step_id: str) -> bool:
+        return False
+
+    def _delete(self, step_id: str) -> bool:
+        return False
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        return []
+
+    def _clear(self) -> int:
+        return 0
+
+    def _close(self) -> None:
+        _CountingStore.closed_namespaces.append(self.namespace)
+
+
+def test_the_store_cache_closes_the_least_recently_used_idle_store() -> None:
+    made: list[str] = []
+
+    def factory(namespace: str) -> ArtifactStore:
+        made.append(namespace)
+        return _CountingStore(namespace=namespace)
+
+    _CountingStore.closed_namespaces = []
+    cache = _StoreCache(factory, capacity=2)
+    with cache.acquire("a") as busy:
+        with cache.acquire("b"):
+            pass
+        with cache.acquire("c"):
+            pass
+        # "a" is in use, so "b" (idle, least recently used) was closed instead.
+        assert _CountingStore.closed_namespaces == ["b"]
+        assert not busy.closed
+    with cache.acquire("b"):
+        pass
+    assert made == ["a", "b", "c", "b"]
+    cache.close()
+    assert sorted(_CountingStore.closed_namespaces) == ["a", "b", "b", "c"]
+    with pytest.raises(StoreClosedError), cache.acquire("a"):
+        pass
