@@ -17,7 +17,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import IO, Any, ClassVar, NoReturn
 
-from .envelope import Codec
+from .envelope import Codec, content_bytes
 from .errors import (
     ArtifactExistsError,
     ArtifactNotFoundError,
@@ -327,11 +327,7 @@ class ArtifactStore(ABC):
             content = self._get(step_id).content
         except Exception as exc:
             self._raise(exc, "open", step_id)
-        if isinstance(content, str):
-            content = content.encode("utf-8")
-        elif not isinstance(content, bytes):
-            content = self._codec.encode(Message(content=content)).payload
-        return io.BytesIO(content)
+        return io.BytesIO(content_bytes(Message(content=content))[1])
 
     def close(self) -> None:
         """Release the backend's clients and pools. Idempotent; later calls raise :class:`StoreClosedError`."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -483,6 +484,11 @@ class StoreConformance:
         store.save("t", Message(content="héllo"))
         with store.open("t") as handle:
             assert handle.read() == "héllo".encode()
+        # Large enough to be stored compressed: open() still yields the plain UTF-8 JSON.
+        content = {"rows": [f"row {i}" for i in range(30_000)]}
+        store.save("j", Message(content=content))
+        with store.open("j") as handle:
+            assert json.loads(handle.read()) == content
 
     def test_streaming_capability_is_implemented(self, store: ArtifactStore) -> None:
         if not store.capabilities.streaming:

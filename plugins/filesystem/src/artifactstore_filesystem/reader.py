@@ -1,0 +1,102 @@
+"""The stream :meth:`FilesystemStore.open` returns: a payload read in chunks and verified as it is read."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from artifactstore_core import ArtifactCorruptedError, ArtifactStoreError
+from artifactstore_core.envelope import Header, PayloadVerifier
+
+__all__ = ["VerifiedPayload"]
+
+
+class VerifiedPayload(io.RawIOBase):
+    """The payload of an open artifact file, verified against its header while it is read.
+
+    The file must be positioned at the start of the payload. The read that reaches the end of the payload
+    checks its size and digest (and that nothing follows it) before returning, so a damaged artifact raises
+    :class:`ArtifactCorruptedError` at the latest when its last bytes are read.
+
+    Args:
+        file: the artifact file, unbuffered, positioned after the head; closed with this stream.
+        header: the verified header (an uncompressed payload).
+        fail: turns an exception into the store's error (with step id, namespace and backend).
+    """
+
+    def __init__(self, file: io.FileIO, header: Header, fail: Callable[[Exception], ArtifactStoreError]) -> None:
+        super().__init__()
+        self._file = file
+        self._left = header.stored_size
+        self._verifier = PayloadVerifier(header)
+        self._fail = fail
+        self._verified = False
+
+    def readable(self) -> bool:
+        """Always ``True``."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Read up to ``len(buffer)`` payload bytes into ``buffer``; 0 at the end.
+
+        Raises:
+            ArtifactCorruptedError: the payload is shorter or longer than its header says, or its digest
+                does not match.
+            BackendError: reading the file failed (``CapacityError``/``AccessDeniedError`` as mapped).
+            ValueError: the stream is closed.
+        """
+        view = memoryview(buffer).cast("B")
+        if self._left == 0:
+            self._finish()
+            return 0
+        try:
+            count = self._file.readinto(view[: min(len(view), self._left)]) or 0
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        if count == 0:
+            self._finish()  # ended early: the verifier reports the short payload
+            return 0  # pragma: no cover - _finish always raises here
+        try:
+            self._verifier.update(view[:count])
+        except ArtifactCorruptedError as exc:
+            raise self._fail(exc) from None
+        self._left -= count
+        if self._left == 0:
+            self._finish()
+        return count
+
+    def readall(self) -> bytes:
+        """Read the rest of the payload at once (one buffer of the remaining size, not 8 KiB steps)."""
+        buffer = bytearray(self._left)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < len(buffer):
+            count = self.readinto(view[filled:])
+            if count == 0:  # pragma: no cover - readinto raises on a short payload
+                break
+            filled += count
+        if not buffer:
+            self.readinto(view)  # runs the final verification when nothing was left to read
+        return bytes(buffer)
+
+    def _finish(self) -> None:
+        if self._verified:
+            return
+        try:
+            trailing = self._file.read(1)
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        try:
+            if trailing:
+                raise ArtifactCorruptedError("stored artifact has bytes after its payload")
+            self._verifier.finish()
+        except ArtifactCorruptedError as exc:
+            raise self._fail(exc) from None
+        self._verified = True
+
+    def close(self) -> None:
+        """Close the stream and its file."""
+        if not self.closed:
+            self._file.close()
+        super().close()

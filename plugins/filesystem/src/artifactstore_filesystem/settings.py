@@ -1,0 +1,66 @@
+"""Settings of the filesystem backend (prefix ``ARTIFACT_STORE_FILESYSTEM_``, config table ``filesystem``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from artifactstore_core import BackendSettings
+
+__all__ = ["FilesystemSettings", "default_root"]
+
+
+def default_root() -> Path:
+    """The per-user data directory artifacts live in when ``ARTIFACT_STORE_FILESYSTEM_ROOT`` is not set.
+
+    ``$XDG_DATA_HOME/artifactstore`` (default ``~/.local/share/artifactstore``) on Linux and other Unixes,
+    ``~/Library/Application Support/artifactstore`` on macOS, ``%LOCALAPPDATA%\\artifactstore`` on Windows.
+    """
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "artifactstore"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "artifactstore"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    # The XDG spec says a relative XDG_DATA_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "artifactstore"
+
+
+class FilesystemSettings(BackendSettings):
+    """Settings of the filesystem backend (prefix ``ARTIFACT_STORE_FILESYSTEM_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_FILESYSTEM_", extra="ignore")
+    config_table = "filesystem"
+
+    root: Path = Field(
+        default_factory=default_root,
+        description="Directory that holds every namespace's artifacts (created on first write; '~' is "
+        "expanded). Default: the per-user data directory, e.g. ~/.local/share/artifactstore on Linux.",
+    )
+    fsync: bool = Field(
+        default=True,
+        description="Flush every write to stable storage (file and directory fsync) before a save returns. "
+        "Turning it off keeps writes atomic and crash-safe for the process, but a power loss may lose "
+        "recently saved artifacts.",
+    )
+    temp_max_age: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds after which a temporary file left by a killed writer is swept (when a store is "
+        "opened and on clear). Must exceed the longest pause inside one write, e.g. a slow streaming source.",
+    )
+    chunk_size: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        description="Bytes read or written per call when streaming (save_stream, open, copies).",
+    )
+
+    @field_validator("root")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()

@@ -1,0 +1,738 @@
+"""The filesystem store: each artifact is one file (envelope head, then payload) under a root directory.
+
+Writes are atomic and durable: the bytes go to a temporary file in the artifact's own directory, which
+is flushed and fsynced, then published under its final name in one step (``os.link``, which fails if
+the name exists, for write-once; ``os.replace`` for overwrite), and the directory is fsynced. A reader or
+a process killed at any moment sees either no artifact or a complete one, never a partial file.
+See ``docs/filesystem.md`` for the layout and the guarantees.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import IO, Any
+
+import blake3
+
+from artifactstore_core import (
+    AccessDeniedError,
+    ArtifactCorruptedError,
+    ArtifactInfo,
+    ArtifactStore,
+    ArtifactStoreError,
+    BackendError,
+    Capabilities,
+    CapacityError,
+    Codec,
+    InvalidStepIdError,
+    Message,
+    SchemaInfo,
+    SerializationError,
+)
+from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes
+from artifactstore_core.ids import validate_step_id
+
+from . import durable
+from .layout import FINAL, PART, TEMP_PREFIX, decode_components, encode_components
+from .reader import VerifiedPayload
+from .settings import FilesystemSettings
+
+__all__ = ["FilesystemStore"]
+
+logger = logging.getLogger(__name__)
+
+_ROOT_ENV = "ARTIFACT_STORE_FILESYSTEM_ROOT"
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+# A writer retries this often when a concurrent clear/delete removes the (empty) directory it just created.
+_DIR_RETRIES = 100
+# link(2) errors that mean "this file system has no hard links" (FAT, some network and FUSE file systems).
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", -1), errno.EMLINK}
+# Threads that write and fsync the files of one save_many at once.
+_BATCH_THREADS = 8
+_CAPACITY = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# Serialises the check-then-rename fallback within one process (flock locks are per open file, not thread).
+_FALLBACK_LOCK = threading.Lock()
+
+
+def _read_exact(file: io.FileIO, size: int) -> bytes:
+    """Read ``size`` bytes (fewer only at the end of the file).
+
+    One ``read`` returns a whole regular file's range (up to 2 GiB on Linux) straight into a new bytes
+    object, which ``bytes`` content then keeps: no further copy. Short reads are joined.
+    """
+    data = file.read(size) or b""
+    if len(data) == size or not data:
+        return data
+    parts, got = [data], len(data)
+    while got < size:
+        more = file.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+class FilesystemStore(ArtifactStore):
+    """A namespace of artifacts stored as files under a root directory, shared by every process.
+
+    Args:
+        settings: the root and durability options; default :class:`FilesystemSettings` from the
+            environment and config file.
+        namespace: the namespace.
+        codec: the envelope codec (signing key, compression).
+
+    Raises:
+        InvalidStepIdError: if ``namespace`` is not legal.
+
+    Opening sweeps temporary files older than ``temp_max_age`` that killed writers left in this
+    namespace (best effort: a failure there is logged, not raised).
+    """
+
+    backend_name = "filesystem"
+    capabilities = Capabilities(
+        cross_process=True,
+        persistent=True,
+        native_ttl=False,
+        atomic_create=True,
+        streaming=True,
+        list_namespaces=True,
+    )
+
+    def __init__(
+        self, settings: FilesystemSettings | None = None, *, namespace: str = "default", codec: Codec | None = None
+    ) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._settings = settings if settings is not None else FilesystemSettings()
+        # Absolute once, so a later chdir does not move the store.
+        self._root = os.path.abspath(self._settings.root)
+        self._ns_parts = encode_components(self.namespace)
+        self._ns_dir = os.path.join(self._root, *self._ns_parts)
+        try:
+            self._guard(self._ns_dir)
+            self._sweep_temp(self._ns_dir)
+        except (OSError, BackendError) as exc:
+            logger.debug("could not sweep temporary files in %s: %s", self._relative(self._ns_dir), exc)
+
+    @property
+    def root(self) -> str:
+        """The absolute root directory."""
+        return self._root
+
+    @property
+    def settings(self) -> FilesystemSettings:
+        """The settings this store was built with."""
+        return self._settings
+
+    def __repr__(self) -> str:
+        return f"<FilesystemStore root={self._root!r} namespace={self.namespace!r}>"
+
+    # -- paths ----------------------------------------------------------------------------------------
+
+    def _path(self, step_id: str) -> tuple[str, str]:
+        """The directory and final path of ``step_id``'s file, checked to stay inside the namespace."""
+        path = os.path.join(self._ns_dir, *encode_components(step_id))
+        # Second guard: the encoding already makes an escape impossible by construction.
+        if not os.path.normpath(path).startswith(self._ns_dir + os.sep):
+            raise BackendError(f"step id {step_id!r} maps outside its namespace directory", step_id=step_id)
+        return os.path.dirname(path), path
+
+    def _guard(self, path: str) -> None:
+        """Refuse to write or delete through a symbolic link that leads out of the root."""
+        real_root = os.path.realpath(self._root)
+        real = os.path.realpath(path)
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            raise BackendError(
+                f"{self._relative(path)!r} resolves outside the filesystem root ({_ROOT_ENV}) through a symbolic "
+                "link; refusing to write or delete there"
+            )
+
+    def _relative(self, path: str | bytes | None) -> str:
+        if path is None:
+            return "(unknown path)"
+        text = os.fsdecode(path)
+        if text == self._root or text.startswith(self._root.rstrip(os.sep) + os.sep):
+            return os.path.relpath(text, self._root)
+        return text
+
+    def _ensure_dir(self, directory: str, created: builtins.list[str]) -> None:
+        """Create ``directory`` and the missing directories above it; append each new one's parent to
+        ``created`` (they need an fsync to make the new entries durable).
+        """
+        if os.path.isdir(directory):
+            return
+        parent = os.path.dirname(directory)
+        if parent != directory:
+            self._ensure_dir(parent, created)
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            return
+        created.append(parent)
+
+    def _new_temp(self, directory: str) -> tuple[int, str]:
+        """A temporary file in ``directory``, creating the directory first.
+
+        A concurrent clear or delete may remove an empty directory between our mkdir and our create; then
+        we make it again. Once our temporary file is in it, the directory cannot be removed under us, so
+        only then are new directories fsynced (an fsync inside that window would make losing it likely).
+        """
+        created: builtins.list[str] = []
+        for attempt in range(_DIR_RETRIES + 1):
+            try:
+                self._ensure_dir(directory, created)
+                fd, path = durable.make_temp(directory)
+                break
+            except FileNotFoundError:
+                if attempt == _DIR_RETRIES:
+                    raise
+                if attempt >= 3:
+                    # Back off so a clear running in a loop cannot starve this writer.
+                    time.sleep(min(0.0005 * attempt, 0.01))
+        if self._settings.fsync:
+            try:
+                for parent in dict.fromkeys(reversed(created)):
+                    durable.fsync_dir(parent)
+            except BaseException:
+                os.close(fd)
+                durable.unlink_quiet(path)
+                raise
+        return fd, path
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        with self._doing("save", step_id):
+            temps: list[str] = []
+            try:
+                prepared = self._prepare(step_id, message, overwrite, temps)
+                if prepared is not None:
+                    self._publish(*prepared, overwrite)
+            finally:
+                for temp in temps:
+                    durable.unlink_quiet(temp)
+
+    def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        """Write and fsync every file first (on a few threads, so the fsyncs overlap), then publish them all
+        and fsync each directory once: one directory flush per batch instead of one per artifact.
+        """
+        if len(items) == 1 or not self._settings.fsync:
+            super()._save_many(items, overwrite, ttl)
+            return
+        temps: list[str] = []
+        directories: set[str] = set()
+        try:
+            with ThreadPoolExecutor(max_workers=min(_BATCH_THREADS, len(items))) as pool:
+                futures = [pool.submit(self._prepare, step_id, message, overwrite, temps) for step_id, message in items]
+            prepared = [future.result() for future in futures]
+            for entry in prepared:
+                if entry is not None:
+                    with self._doing("save", entry[0]):
+                        self._publish(*entry, overwrite, sync=False)
+                    directories.add(os.path.dirname(entry[2]))
+        finally:
+            try:
+                with self._doing("save_many", None):
+                    for directory in directories:
+                        durable.fsync_dir(directory)
+            finally:
+                for temp in temps:
+                    durable.unlink_quiet(temp)
+
+    def _prepare(
+        self, step_id: str, message: Message, overwrite: bool, temps: builtins.list[str]
+    ) -> tuple[str, str, str, Header] | None:
+        """Encode ``message`` into a complete, synced temporary file (appended to ``temps``).
+
+        Returns what :meth:`_publish` needs, or ``None`` when an identical artifact is already stored.
+
+        Raises:
+            ArtifactExistsError: a different artifact is stored and not ``overwrite`` (checked before
+                writing, to spare the write; :meth:`_publish` checks again, atomically).
+            ArtifactStoreError: any failure, naming ``step_id``.
+        """
+        with self._doing("save", step_id):
+            encoded = self.codec.encode(message)
+            directory, final = self._path(step_id)
+            if not overwrite:
+                existing = self._header_or_none(final)
+                if existing is not None:
+                    if existing.identity() == encoded.header.identity():
+                        return None
+                    raise self._exists_error(step_id)
+            self._guard(directory)
+            fd, temp = self._new_temp(directory)
+            temps.append(temp)
+            try:
+                # Head and payload are written one after the other, never concatenated into a copy.
+                durable.write_all(fd, encoded.head, temp)
+                durable.write_all(fd, encoded.payload, temp)
+                if self._settings.fsync:
+                    durable.fsync_file(fd, temp)
+            finally:
+                os.close(fd)
+            return step_id, temp, final, encoded.header
+
+    def _save_stream(
+        self,
+        step_id: str,
+        stream: IO[bytes],
+        media_type: str,
+        schema: SchemaInfo | None,
+        metadata: Mapping[str, Any],
+        overwrite: bool,
+        ttl: float | None,
+    ) -> None:
+        with self._doing("save_stream", step_id):
+            try:
+                # An empty message validates and freezes media type, schema and metadata exactly as save() does.
+                stub = Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
+            except (TypeError, ValueError) as exc:
+                raise SerializationError(
+                    f"save_stream of {step_id!r}: invalid media type, schema or metadata: {exc}", step_id=step_id
+                ) from exc
+
+            def head_for(size: int, digest: str) -> tuple[bytes, Header]:
+                return self.codec.encode_head(
+                    codec="bytes",
+                    media_type=stub.media_type,
+                    schema=stub.schema,
+                    metadata=stub.metadata,
+                    created_at=stub.created_at,
+                    size=size,
+                    digest=digest,
+                )
+
+            directory, final = self._path(step_id)
+            self._guard(directory)
+            # With the payload size known up front (a regular file, a BytesIO), the head's length is known too
+            # (the digest is always 64 hex digits), so the payload is written once, after a gap the head fills.
+            # Otherwise the payload goes to one temporary file and is copied after the head into a second one.
+            expected = _remaining_size(stream)
+            reserve = len(head_for(expected, "0" * 64)[0]) if expected is not None else 0
+            fd, temp = self._new_temp(directory)
+            temps = [temp]
+            try:
+                try:
+                    size, digest = self._copy_stream(stream, fd, reserve, temp)
+                    head, header = head_for(size, digest)
+                    if len(head) == reserve:
+                        durable.write_at(fd, head, 0, temp)
+                        if self._settings.fsync:
+                            durable.fsync_file(fd, temp)
+                    else:
+                        temp = self._assemble(directory, head, fd, reserve, size, temps)
+                finally:
+                    os.close(fd)
+                self._publish(step_id, temp, final, header, overwrite)
+            finally:
+                for path in temps:
+                    durable.unlink_quiet(path)
+
+    def _copy_stream(self, stream: IO[bytes], fd: int, offset: int, path: str) -> tuple[int, str]:
+        """Write ``stream`` to ``fd`` from ``offset`` in chunks while hashing it; return size and digest."""
+        chunk = self._settings.chunk_size
+        threads = blake3.blake3.AUTO if chunk >= 1 << 20 else 1
+        hasher = blake3.blake3(max_threads=threads)
+        size = 0
+        if offset:
+            os.lseek(fd, offset, os.SEEK_SET)
+        while True:
+            try:
+                data = stream.read(chunk)
+            except OSError as exc:
+                # The caller's source failed, not the file system: say so rather than blame the root.
+                raise BackendError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
+            if data is None:
+                raise SerializationError("save_stream needs a blocking stream; read() returned None")
+            if not data:
+                break
+            hasher.update(data)
+            durable.write_all(fd, data, path)
+            size += len(data)
+        return size, hasher.hexdigest()
+
+    def _assemble(self, directory: str, head: bytes, fd: int, offset: int, size: int, temps: list[str]) -> str:
+        """A second temporary file holding ``head`` then the payload copied from ``fd``; returns its path."""
+        out, path = self._new_temp(directory)
+        temps.append(path)
+        try:
+            durable.write_all(out, head, path)
+            durable.copy_range(fd, offset, size, out, path, self._settings.chunk_size)
+            if self._settings.fsync:
+                durable.fsync_file(out, path)
+        finally:
+            os.close(out)
+        return path
+
+    def _publish(
+        self, step_id: str, temp: str, final: str, header: Header, overwrite: bool, *, sync: bool = True
+    ) -> None:
+        """Give the complete, synced ``temp`` its final name under the write-once rule; fsync the directory.
+
+        The caller removes ``temp`` afterwards (after ``link`` it is a second name of the final file).
+        With ``sync=False`` the caller fsyncs the directory itself (once for a batch).
+        """
+        directory = os.path.dirname(final)
+        if overwrite:
+            os.replace(temp, final)
+        else:
+            while True:
+                try:
+                    self._link(temp, final)
+                    break
+                except FileExistsError:
+                    existing = self._header_or_none(final)
+                    if existing is None:
+                        continue  # deleted between our attempt and our look: try to create it again
+                    if existing.identity() == header.identity():
+                        return  # an identical artifact: a safe retry, keep the stored one
+                    raise self._exists_error(step_id) from None
+        # Drop the temporary name before the directory fsync, so both changes are made durable at once.
+        durable.unlink_quiet(temp)
+        if sync and self._settings.fsync:
+            durable.fsync_dir(directory)
+
+    def _link(self, temp: str, final: str) -> None:
+        """Create ``final`` as ``temp``, failing with ``FileExistsError`` if it exists (atomically)."""
+        try:
+            os.link(temp, final)
+            return
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+        if os.name == "nt":  # pragma: no cover - Windows: rename refuses an existing target
+            os.rename(temp, final)
+            return
+        # No hard links here: check-then-rename, made atomic by a lock every writer on this root shares.
+        with self._root_lock():
+            if os.path.lexists(final):
+                raise FileExistsError(errno.EEXIST, "artifact exists", final)
+            os.rename(temp, final)
+
+    @contextmanager
+    def _root_lock(self) -> Iterator[None]:
+        import fcntl
+
+        with _FALLBACK_LOCK:
+            fd = os.open(os.path.join(self._root, ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def _open_file(self, path: str) -> io.FileIO | None:
+        """The artifact file opened unbuffered for reading, or ``None`` if there is none."""
+        try:
+            return io.FileIO(os.open(path, _READ_FLAGS), "rb", closefd=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _read_header(self, file: io.FileIO) -> Header:
+        prefix = _read_exact(file, PREFIX_SIZE)
+        size = self.codec.head_size(prefix)
+        rest = _read_exact(file, size - PREFIX_SIZE)
+        if len(rest) != size - PREFIX_SIZE:
+            raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+        return self.codec.decode_head(prefix + rest)
+
+    def _header_or_none(self, path: str) -> Header | None:
+        file = self._open_file(path)
+        if file is None:
+            return None
+        with file:
+            return self._read_header(file)
+
+    def _read_message(self, file: io.FileIO) -> Message:
+        header = self._read_header(file)
+        payload = _read_exact(file, header.stored_size)
+        if len(payload) != header.stored_size or file.read(1):
+            raise ArtifactCorruptedError(
+                f"stored payload is not {header.stored_size} bytes, as its header says (truncated or extended)"
+            )
+        return self.codec.decode_payload(header, payload)
+
+    def _get(self, step_id: str) -> Message:
+        with self._doing("get", step_id):
+            file = self._open_file(self._path(step_id)[1])
+            if file is None:
+                raise self._not_found(step_id)
+            with file:
+                return self._read_message(file)
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        with self._doing("info", step_id):
+            header = self._header_or_none(self._path(step_id)[1])
+            if header is None:
+                raise self._not_found(step_id)
+            return header.info(step_id)
+
+    def _exists(self, step_id: str) -> bool:
+        with self._doing("exists", step_id):
+            try:
+                mode = os.stat(self._path(step_id)[1]).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            return stat.S_ISREG(mode)
+
+    def _open(self, step_id: str) -> IO[bytes]:
+        with self._doing("open", step_id):
+            file = self._open_file(self._path(step_id)[1])
+            if file is None:
+                raise self._not_found(step_id)
+            try:
+                header = self._read_header(file)
+                if header.compression is not None:
+                    # Compressed JSON or text was held in memory when saved; decode it whole and stream the result.
+                    file.seek(0)
+                    message = self._read_message(file)
+                    file.close()
+                    return io.BytesIO(content_bytes(message)[1])
+                raw = VerifiedPayload(file, header, self._stream_failure(step_id))
+                return io.BufferedReader(raw, buffer_size=min(self._settings.chunk_size, 1 << 20))
+            except BaseException:
+                file.close()
+                raise
+
+    def _stream_failure(self, step_id: str) -> Callable[[Exception], ArtifactStoreError]:
+        def fail(exc: Exception) -> ArtifactStoreError:
+            if isinstance(exc, ArtifactStoreError):
+                error = exc
+            elif isinstance(exc, OSError):
+                error = self._os_error(exc, "read", step_id)
+            else:  # pragma: no cover - VerifiedPayload only passes OSError and store errors
+                error = BackendError(f"reading {step_id!r} failed: {type(exc).__name__}")
+            error.step_id = error.step_id or step_id
+            error.namespace = error.namespace or self.namespace
+            error.backend = error.backend or self.backend_name
+            return error
+
+        return fail
+
+    # -- listing, deleting ----------------------------------------------------------------------------
+
+    def _scan(self, directory: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, str, str | None]]:
+        """Walk a namespace directory: ``("artifact", path, step_id)``, ``("temp", path, None)``, and
+        ``("dir", path, None)`` for each continuation directory after its contents. Symlinks are not followed.
+        """
+        try:
+            entries = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # Streamed, not collected: a namespace may hold millions of files. Removing entries while the
+        # directory is read (clear) is safe; whether a concurrently added one shows up is unspecified.
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(TEMP_PREFIX):
+                    if entry.is_file(follow_symlinks=False):
+                        yield "temp", entry.path, None
+                elif name.startswith(PART):
+                    if entry.is_dir(follow_symlinks=False):
+                        yield from self._scan(entry.path, (*parts, name))
+                        yield "dir", entry.path, None
+                elif name.startswith(FINAL) and entry.is_file(follow_symlinks=False):
+                    step_id = decode_components((*parts, name))
+                    if step_id is not None and _valid_id(step_id):
+                        yield "artifact", entry.path, step_id
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        with self._doing("list", None):
+            for kind, path, step_id in self._scan(self._ns_dir):
+                if kind != "artifact" or step_id is None:
+                    continue
+                try:
+                    header = self._header_or_none(path)
+                except ArtifactStoreError as exc:
+                    exc.step_id = step_id
+                    raise
+                if header is not None:  # None: deleted while we listed
+                    yield header.info(step_id)
+
+    def _delete(self, step_id: str) -> bool:
+        with self._doing("delete", step_id):
+            directory, final = self._path(step_id)
+            self._guard(directory)
+            try:
+                os.unlink(final)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if self._settings.fsync:
+                durable.fsync_dir(directory)
+            self._prune(directory, stop=self._ns_dir)
+            return True
+
+    def _prune(self, directory: str, *, stop: str) -> None:
+        """Remove empty continuation directories from ``directory`` up to (not including) ``stop``."""
+        while directory != stop and os.path.basename(directory).startswith(PART):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return  # not empty (another artifact, or a writer's temporary file) or already gone
+            directory = os.path.dirname(directory)
+            if self._settings.fsync:
+                durable.fsync_dir(directory)
+
+    def _clear(self) -> int:
+        with self._doing("clear", None):
+            self._guard(self._ns_dir)
+            removed = 0
+            changed: set[str] = set()
+            cutoff = time.time() - self._settings.temp_max_age
+            for kind, path, _ in self._scan(self._ns_dir):
+                if kind == "artifact":
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        continue  # deleted concurrently: not ours to count
+                    removed += 1
+                    changed.add(os.path.dirname(path))
+                elif kind == "temp":
+                    self._sweep_one(path, cutoff)
+                else:
+                    try:
+                        os.rmdir(path)
+                    except OSError:
+                        continue  # not empty: a live writer's temporary file or a stray file
+                    changed.add(os.path.dirname(path))
+            if self._settings.fsync:
+                for directory in sorted(changed, key=len, reverse=True):
+                    durable.fsync_dir(directory)
+            # The namespace directory goes too when empty, so namespaces() forgets it.
+            self._prune_namespace()
+            return removed
+
+    def _prune_namespace(self) -> None:
+        directory = self._ns_dir
+        while directory != self._root:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = os.path.dirname(directory)
+            if self._settings.fsync:
+                durable.fsync_dir(directory)
+
+    def _sweep_temp(self, directory: str) -> None:
+        cutoff = time.time() - self._settings.temp_max_age
+        for kind, path, _ in self._scan(directory):
+            if kind == "temp":
+                self._sweep_one(path, cutoff)
+
+    @staticmethod
+    def _sweep_one(path: str, cutoff: float) -> None:
+        try:
+            if os.lstat(path).st_mtime <= cutoff:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass  # its writer published or removed it meanwhile
+
+    def _close(self) -> None:
+        """Nothing to release: no file stays open between calls."""
+
+    # -- namespaces -----------------------------------------------------------------------------------
+
+    def _namespaces(self) -> Iterable[str]:
+        """The namespaces under this store's root that hold at least one artifact."""
+        with self._doing("namespaces", None):
+            return [namespace for namespace, path in self._namespace_dirs(self._root, ()) if self._has_artifact(path)]
+
+    def _namespace_dirs(self, directory: str, parts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+        try:
+            entries = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if entry.name.startswith(PART):
+                    yield from self._namespace_dirs(entry.path, (*parts, entry.name))
+                elif entry.name.startswith(FINAL):
+                    namespace = decode_components((*parts, entry.name))
+                    if namespace is not None:
+                        yield namespace, entry.path
+
+    def _has_artifact(self, directory: str) -> bool:
+        return any(kind == "artifact" for kind, _, _ in self._scan(directory))
+
+    # -- errors ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _doing(self, operation: str, step_id: str | None) -> Iterator[None]:
+        """Raise an ``OSError`` inside as the store's error, naming the operation, step id and namespace."""
+        try:
+            yield
+        except ArtifactStoreError as exc:  # first: AccessDeniedError is itself an OSError
+            if step_id is not None and exc.step_id is None:
+                exc.step_id = step_id
+            raise
+        except OSError as exc:
+            raise self._os_error(exc, operation, step_id) from exc
+
+    def _os_error(self, exc: OSError, operation: str, step_id: str | None) -> ArtifactStoreError:
+        """Disk full, quota and file too large -> :class:`CapacityError`; permissions and read-only file
+        systems -> :class:`AccessDeniedError`; any other ``OSError`` -> :class:`BackendError`. Paths are shown
+        relative to the root.
+        """
+        code = exc.errno
+        name = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
+        target = f" of {step_id!r}" if step_id is not None else ""
+        detail = (
+            f"{operation}{target} in namespace {self.namespace!r} failed: {exc.strerror or type(exc).__name__} "
+            f"({name}) at {self._relative(exc.filename)!r} under the filesystem root"
+        )
+        error: ArtifactStoreError
+        if code in _CAPACITY or code == errno.EFBIG:
+            # EFBIG is not PayloadTooLargeError: that one promises nothing was written, and here writing began.
+            error = CapacityError(f"{detail}; free space or quota, or set {_ROOT_ENV} to another file system")
+        elif code in _DENIED or isinstance(exc, PermissionError):
+            error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
+        else:
+            error = BackendError(detail)
+        error.step_id = step_id
+        return error
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        """The mapping of :meth:`_os_error`, for an ``OSError`` that escaped the per-operation handling."""
+        if isinstance(exc, OSError):
+            return self._os_error(exc, "operation", None)
+        return None
+
+
+def _valid_id(step_id: str) -> bool:
+    try:
+        validate_step_id(step_id)
+    except InvalidStepIdError:
+        return False
+    return True
+
+
+def _remaining_size(stream: IO[bytes]) -> int | None:
+    """Bytes left in ``stream`` when that is cheap and certain to know (a regular file, a BytesIO)."""
+    try:
+        if isinstance(stream, io.BytesIO):
+            with stream.getbuffer() as view:
+                return max(view.nbytes - stream.tell(), 0)
+        info = os.fstat(stream.fileno())
+        if stat.S_ISREG(info.st_mode):
+            return max(info.st_size - stream.tell(), 0)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+    return None

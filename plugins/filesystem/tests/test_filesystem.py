@@ -1,0 +1,690 @@
+"""Behaviour specific to the filesystem backend: layout, durability, faults, streaming, settings."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artifactstore_core import (
+    AccessDeniedError,
+    ArtifactCorruptedError,
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    BackendError,
+    CapacityError,
+    ConfigurationError,
+    Message,
+    SerializationError,
+    UnsupportedFormatError,
+    create_store,
+)
+from artifactstore_filesystem import FilesystemSettings, FilesystemStore, default_root, durable
+from artifactstore_filesystem import store as store_module
+from artifactstore_filesystem.layout import TEMP_PREFIX
+
+from .conftest import MakeFsStore
+from .fs_worker import Unsized
+
+MIB = 1024 * 1024
+
+
+def _tree(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")}
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return list(root.rglob(f"{TEMP_PREFIX}*")) if root.exists() else []
+
+
+def _file_of(store: FilesystemStore, step_id: str) -> Path:
+    return Path(store._path(step_id)[1])
+
+
+def _pattern(size: int) -> bytes:
+    return bytes(itertools.islice(itertools.cycle(range(251)), size))
+
+
+# -- names and the root ------------------------------------------------------------------------------
+
+
+def test_awkward_ids_are_distinct_and_nothing_leaves_the_root(make_fs_store: MakeFsStore, root: Path) -> None:
+    outside = root.parent.parent
+    before = _tree(outside)
+    store = make_fs_store()
+    ids = ["A", "a", "CON", "nul", "x.", "../../etc/passwd", "..", "/abs", "C:\\x", "a/b", "NUL.txt"]
+    for index, step_id in enumerate(ids):
+        store.save(step_id, Message(content=index))
+    for index, step_id in enumerate(ids):
+        assert store.get(step_id).content == index
+    assert sorted(info.step_id for info in store.list()) == sorted(ids)
+    # Everything new is inside the root; the files are the documented names.
+    new = _tree(outside) - before
+    assert all(path == "inner" or path.startswith(os.path.join("inner", "root")) for path in new), new
+    names = {p.name for p in (root / "@default").iterdir()}
+    assert {"@%41", "@a", "@%43%4F%4E", "@nul", "@x%2E", "@%2E%2E%2F%2E%2E%2Fetc%2Fpasswd"} <= names
+    # A fresh store (another process would be the same) reads them back.
+    with FilesystemStore(FilesystemSettings(root=root)) as again:
+        assert again.get("A").content == 0
+        assert again.get("a").content == 1
+    assert store.clear() == len(ids)
+    assert _tree(outside) - before <= {"inner", os.path.join("inner", "root")}
+
+
+def test_long_ids_and_namespaces_nest_and_are_pruned(make_fs_store: MakeFsStore, root: Path) -> None:
+    namespace = "ñ" * 64  # 128 bytes: its encoding needs two components
+    store = make_fs_store(namespace)
+    long_ids = ["é" * 128, "é" * 127 + "e", "x" * 256]
+    for step_id in long_ids:
+        store.save(step_id, Message(content=step_id))
+    for step_id in long_ids:
+        assert store.get(step_id).content == step_id
+        assert len(_file_of(store, step_id).relative_to(root).parts) >= 3
+    assert sorted(info.step_id for info in store.list()) == sorted(long_ids)
+    assert namespace in store.namespaces()
+    assert store.delete(long_ids[0]) is True
+    assert store.get(long_ids[1]).content == long_ids[1]
+    assert store.clear() == 2
+    assert namespace not in store.namespaces()
+    assert list(root.iterdir()) == []  # namespace and continuation directories pruned
+
+
+def test_stray_files_are_ignored_and_left_alone(make_fs_store: MakeFsStore, root: Path) -> None:
+    store = make_fs_store()
+    store.save("mine", Message(content=1))
+    directory = root / "@default"
+    strays = ["README", "@A", "@%00", "@%4a", "+notadir", "@x.y"]
+    for name in strays:
+        (directory / name).write_bytes(b"not an artifact")
+    (directory / "@adir").mkdir()
+    assert [info.step_id for info in store.list()] == ["mine"]
+    assert store.clear() == 1
+    assert sorted(p.name for p in directory.iterdir()) == sorted([*strays, "@adir"])
+
+
+def test_symlink_out_of_the_root_is_refused(make_fs_store: MakeFsStore, root: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    old_temp = elsewhere / f"{TEMP_PREFIX}not-ours"
+    old_temp.write_bytes(b"")
+    os.utime(old_temp, (0, 0))
+    root.mkdir(parents=True)
+    (root / "@default").symlink_to(elsewhere, target_is_directory=True)
+    store = make_fs_store(temp_max_age=0)  # opening sweeps, but never through the link
+    with pytest.raises(BackendError, match="outside the filesystem root"):
+        store.save("x", Message(content=1))
+    with pytest.raises(BackendError, match="outside the filesystem root"):
+        store.clear()
+    assert list(elsewhere.iterdir()) == [old_temp]
+
+
+def test_namespaces_lists_only_namespaces_with_artifacts(make_fs_store: MakeFsStore) -> None:
+    one, two, empty = make_fs_store("one"), make_fs_store("Two/2"), make_fs_store("empty")
+    one.save("a", Message(content=1))
+    two.save("b", Message(content=2))
+    empty.save("c", Message(content=3))
+    empty.delete("c")
+    assert one.namespaces() == ["Two/2", "one"]
+
+
+# -- durability and write-once -----------------------------------------------------------------------
+
+
+def test_fsync_flushes_file_and_directory_unless_disabled(
+    make_fs_store: MakeFsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    durable_store = make_fs_store("durable")
+    durable_store.save("warm", Message(content=0))  # creates the directories
+    synced.clear()
+    durable_store.save("x", Message(content=1))
+    assert len(synced) == 2  # the file, then its directory
+    fast = make_fs_store("fast", fsync=False)
+    synced.clear()
+    fast.save("x", Message(content=1))
+    fast.delete("x")
+    assert synced == []
+
+
+def test_save_many_syncs_each_directory_once(make_fs_store: MakeFsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_fs_store()
+    store.save("warm", Message(content=0))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    items = {f"item-{i}": Message(content=i) for i in range(10)}
+    store.save_many(items)
+    assert len(synced) == 11  # ten files, one directory
+    assert store.get_many(list(items)) == items
+    synced.clear()
+    store.save_many(items)  # identical: nothing is written
+    assert synced == []
+
+
+def test_save_many_failures_name_the_artifact_and_leave_no_temporary_files(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_fs_store()
+    store.save("taken", Message(content="original"))
+    with pytest.raises(ArtifactExistsError) as exists:
+        store.save_many({"free": Message(content=1), "taken": Message(content="other")})
+    assert exists.value.step_id == "taken"
+    with monkeypatch.context() as patch:
+        FailAt(patch, ("write",), 1, errno.ENOSPC)
+        with pytest.raises(CapacityError) as full:
+            store.save_many({"one": Message(content=b"1" * 100), "two": Message(content=b"2" * 100)})
+    assert full.value.step_id in ("one", "two")
+    assert _temp_files(root) == []
+    assert store.get("taken").content == "original"
+
+
+def test_without_hard_links_write_once_still_holds(make_fs_store: MakeFsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    store = make_fs_store()
+    store.save("x", Message(content=b"one"))
+    store.save("x", Message(content=b"one"))
+    with pytest.raises(ArtifactExistsError):
+        store.save("x", Message(content=b"two"))
+    winners: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def contend(index: int) -> None:
+        barrier.wait()
+        try:
+            store.save("race", Message(content=index))
+        except ArtifactExistsError:
+            return
+        winners.append(index)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    assert store.get("race").content == winners[0]
+    assert store.get("x").content == b"one"
+
+
+def test_stale_temporary_files_are_swept_and_never_listed(make_fs_store: MakeFsStore, root: Path) -> None:
+    store = make_fs_store()
+    store.save("a", Message(content=1))
+    directory = root / "@default"
+    stale, young = directory / f"{TEMP_PREFIX}stale", directory / f"{TEMP_PREFIX}young"
+    stale.write_bytes(b"half an artifact")
+    young.write_bytes(b"a write in progress")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert [info.step_id for info in store.list()] == ["a"]
+    make_fs_store()  # opening sweeps what is older than temp_max_age (an hour)
+    assert not stale.exists()
+    assert young.exists()
+    assert store.clear() == 1
+    assert young.exists()  # a live writer's file survives clear too
+    os.utime(young, (old, old))
+    assert store.clear() == 0
+    assert not directory.exists()
+
+
+def test_clear_and_delete_race_with_writers(make_fs_store: MakeFsStore) -> None:
+    store = make_fs_store()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    long_id = "é" * 120  # nested: writers recreate the directories that clear and delete remove
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(120):
+                step_id = f"{long_id}{worker}-{i % 7}"
+                if i % 3 == 0:
+                    store.save(step_id, Message(content=i), overwrite=True)
+                elif i % 3 == 1:
+                    with contextlib.suppress(ArtifactExistsError):
+                        store.save(step_id, Message(content=i))
+                else:
+                    store.delete(step_id)
+                if i % 10 == 0:
+                    store.save_many({f"b{worker}-{i}-{j}": Message(content=j) for j in range(3)}, overwrite=True)
+                with contextlib.suppress(ArtifactNotFoundError):
+                    store.get(step_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def clear() -> None:
+        try:
+            while not stop.is_set():
+                store.clear()
+                list(store.list())
+                store.namespaces()
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    clearer = threading.Thread(target=clear)
+    clearer.start()
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    clearer.join()
+    assert errors == []
+    store.clear()
+    assert list(Path(store.root).iterdir()) == []
+
+
+# -- corruption ----------------------------------------------------------------------------------------
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[-10] ^= 0x01
+    elif how == "truncate":
+        del data[-5:]
+    elif how == "extend":
+        data += b"extra"
+    elif how == "head":
+        data[20] ^= 0x01
+    elif how == "magic":
+        data[:4] = b"NOPE"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "extend", "head"])
+def test_damaged_artifacts_raise_corrupted(make_fs_store: MakeFsStore, how: str) -> None:
+    store = make_fs_store()
+    payload = _pattern(3 * MIB)
+    store.save("d", Message(content=payload))
+    _damage(_file_of(store, "d"), how)
+    with pytest.raises(ArtifactCorruptedError) as info:
+        store.get("d")
+    assert info.value.step_id == "d"
+    with pytest.raises(ArtifactCorruptedError) as info, store.open("d") as handle:  # noqa: PT012
+        while handle.read(256 * 1024):
+            pass
+    assert info.value.step_id == "d"
+    assert info.value.namespace == "default"
+    if how == "head":
+        with pytest.raises(ArtifactCorruptedError) as info:
+            list(store.list())
+        assert info.value.step_id == "d"
+
+
+def test_streamed_read_delivers_then_fails_at_the_end(make_fs_store: MakeFsStore) -> None:
+    store = make_fs_store()
+    payload = _pattern(2 * MIB)
+    store.save("d", Message(content=payload))
+    _damage(_file_of(store, "d"), "flip")
+    got = bytearray()
+    with pytest.raises(ArtifactCorruptedError), store.open("d") as handle:  # noqa: PT012
+        while chunk := handle.read(64 * 1024):
+            got += chunk
+    assert 0 < len(got) < len(payload)  # the damaged last chunk is never handed out
+
+
+def test_not_an_envelope_is_unsupported(make_fs_store: MakeFsStore) -> None:
+    store = make_fs_store()
+    store.save("m", Message(content=b"x"))
+    _damage(_file_of(store, "m"), "magic")
+    with pytest.raises(UnsupportedFormatError):
+        store.get("m")
+
+
+# -- streaming -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _count_temps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    made: list[str] = []
+    real = durable.make_temp
+
+    def counting(directory: str) -> tuple[int, str]:
+        fd, path = real(directory)
+        made.append(path)
+        return fd, path
+
+    with monkeypatch.context() as patch:
+        patch.setattr(durable, "make_temp", counting)
+        yield made
+
+
+@pytest.mark.parametrize("source", ["file", "bytesio", "unsized", "mispredicted"])
+def test_stream_sources(
+    make_fs_store: MakeFsStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    store = make_fs_store(chunk_size=256 * 1024)
+    payload = _pattern(3 * MIB + 5)
+    source_file = tmp_path / "source.bin"
+    source_file.write_bytes(b"skipped" + payload)
+    if source == "mispredicted":  # a size that changed between stat and read: the head length differs
+        monkeypatch.setattr(store_module, "_remaining_size", lambda stream: 10 * len(payload))
+    with _count_temps(monkeypatch) as temps:
+        if source in ("file", "mispredicted"):
+            with source_file.open("rb") as stream:
+                stream.read(7)  # streams are read from their current position
+                store.save_stream("s", stream, metadata={"source": source})
+        elif source == "bytesio":
+            store.save_stream("s", io.BytesIO(payload), metadata={"source": source})
+        else:
+            store.save_stream("s", io.BufferedReader(Unsized(payload)), metadata={"source": source})
+    # Known size: one file, payload written once. Unknown or wrong: payload copied after the head.
+    assert len(temps) == (1 if source in ("file", "bytesio") else 2)
+    got = store.get("s")
+    assert got.content == payload
+    assert got.metadata == {"source": source}
+    assert store.info("s").size == len(payload)
+    with store.open("s") as handle:
+        assert handle.read() == payload
+    assert _temp_files(Path(store.root)) == []
+
+
+def test_stream_and_save_are_the_same_artifact(make_fs_store: MakeFsStore) -> None:
+    store = make_fs_store()
+    payload = _pattern(100_000)
+    store.save_stream("s", io.BytesIO(payload), media_type="application/x-thing", metadata={"k": [1]})
+    first = store.get("s")
+    store.save("s", Message(content=payload, media_type="application/x-thing", metadata={"k": [1]}))
+    store.save_stream("s", io.BufferedReader(Unsized(payload)), media_type="application/x-thing", metadata={"k": [1]})
+    assert store.get("s").created_at == first.created_at
+    with pytest.raises(ArtifactExistsError):
+        store.save_stream("s", io.BytesIO(payload), metadata={"k": [1]})
+    store.save_stream("s", io.BytesIO(b"new"), overwrite=True)
+    assert store.get("s").content == b"new"
+
+
+class Pipe(io.RawIOBase):
+    """A file seen through a stream with no file descriptor and no size, like a socket."""
+
+    def __init__(self, file: io.BufferedReader) -> None:
+        super().__init__()
+        self._file = file
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._file.readinto(buffer)
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_streaming_keeps_memory_bounded(make_fs_store: MakeFsStore, tmp_path: Path, sized: bool) -> None:
+    store = make_fs_store(chunk_size=256 * 1024)
+    source = tmp_path / "big.bin"
+    with source.open("wb") as out:
+        for _ in range(24):
+            out.write(_pattern(MIB))
+    tracemalloc.start()
+    try:
+        with source.open("rb") as stream:
+            store.save_stream("big", stream if sized else Pipe(stream))
+        with store.open("big") as handle:
+            total = 0
+            while chunk := handle.read(256 * 1024):
+                total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == 24 * MIB
+    assert peak < 4 * MIB, peak  # 24 MiB went through; a few chunks were held at most
+
+
+def test_open_streams_text_and_compressed_json(make_fs_store: MakeFsStore) -> None:
+    store = make_fs_store()
+    content = {"rows": [{"i": i, "text": "row " * 8} for i in range(5000)]}  # > 64 KiB: stored compressed
+    store.save("j", Message(content=content))
+    with store.open("j") as handle:
+        data = handle.read()
+    assert Message(content=json.loads(data)).content == Message(content=content).content
+    store.save("t", Message(content="héllo"))
+    with store.open("t") as handle:
+        assert handle.read() == "héllo".encode()
+
+
+def test_a_failing_source_stream_is_reported_as_such(make_fs_store: MakeFsStore, root: Path) -> None:
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+    store = make_fs_store()
+    with pytest.raises(BackendError, match="reading the stream to save failed") as info:
+        store.save_stream("s", io.BufferedReader(Broken()))
+    assert info.value.step_id == "s"
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+    assert not store.exists("s")
+    assert _temp_files(root) == []
+
+
+def test_save_stream_rejects_bad_metadata(make_fs_store: MakeFsStore) -> None:
+    store = make_fs_store()
+    with pytest.raises(SerializationError):
+        store.save_stream("s", io.BytesIO(b"x"), metadata={"bad": object()})
+    assert not store.exists("s")
+
+
+# -- faults ---------------------------------------------------------------------------------------------
+
+
+class FailAt:
+    """Counts calls to some ``os`` functions and makes the ``at``-th one raise ``OSError(code)``."""
+
+    def __init__(self, patch: pytest.MonkeyPatch, names: tuple[str, ...], at: int, code: int) -> None:
+        self._lock = threading.Lock()  # save_many writes on several threads
+        self.calls = 0
+        self.fired = False
+        for name in names:
+            if hasattr(os, name):
+                patch.setattr(os, name, self._wrap(getattr(os, name), code, at))
+
+    def _wrap(self, real: Callable[..., Any], code: int, at: int) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls += 1
+                fire = self.calls == at
+            if fire:
+                self.fired = True
+                raise OSError(code, os.strerror(code))
+            return real(*args, **kwargs)
+
+        return call
+
+
+WRITE_CALLS = ("write", "copy_file_range")
+SAVES: dict[str, Callable[[FilesystemStore], None]] = {
+    "small": lambda s: s.save("target", Message(content={"small": True})),
+    "large": lambda s: s.save("target", Message(content=_pattern(20 * MIB))),
+    "overwrite": lambda s: s.save("target", Message(content=_pattern(9 * MIB)), overwrite=True),
+    "stream-sized": lambda s: s.save_stream("target", io.BytesIO(_pattern(3 * MIB))),
+    "stream-unsized": lambda s: s.save_stream("target", io.BufferedReader(Unsized(_pattern(3 * MIB)))),
+    "batch": lambda s: s.save_many({"target": Message(content=_pattern(MIB)), "target-2": Message(content=b"2")}),
+}
+
+# Write calls a complete save makes (head and payload in 8 MiB writes, stream chunks, the copy).
+MIN_WRITE_CALLS = {"small": 2, "large": 4, "overwrite": 3, "stream-sized": 4, "stream-unsized": 5, "batch": 4}
+
+
+@pytest.mark.parametrize("how", sorted(SAVES))
+def test_disk_full_at_every_write_call(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    store = make_fs_store(chunk_size=1024 * 1024)
+    if how == "overwrite":
+        store.save("target", Message(content=b"previous"))
+    final = _file_of(store, "target")
+    at = 1
+    while True:
+        caught: CapacityError | None = None
+        with monkeypatch.context() as patch:
+            fault = FailAt(patch, WRITE_CALLS, at, errno.ENOSPC)
+            try:
+                SAVES[how](store)
+            except CapacityError as exc:
+                caught = exc
+        if caught is None:
+            assert not fault.fired
+            break
+        assert fault.fired
+        assert caught.step_id in ("target", "target-2")
+        assert caught.backend == "filesystem"
+        assert "ENOSPC" in str(caught)
+        assert f"'{caught.step_id}' in namespace 'default'" in str(caught)
+        assert "ARTIFACT_STORE_FILESYSTEM_ROOT" in str(caught)
+        assert str(root) not in str(caught)  # paths are relative to the root
+        assert isinstance(caught.__cause__, OSError)
+        assert _temp_files(root) == []
+        if how == "overwrite":
+            assert store.get("target").content == b"previous"
+        else:
+            assert not final.exists()
+            assert list(store.list()) == []  # a failed batch publishes none of its artifacts
+        at += 1
+    # Every write call of a complete save was made to fail once, each run on its own.
+    assert at - 1 >= MIN_WRITE_CALLS[how]
+    assert store.exists("target")
+    assert _temp_files(root) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (errno.EDQUOT, CapacityError),
+        (errno.EACCES, AccessDeniedError),
+        (errno.EROFS, AccessDeniedError),
+        (errno.EFBIG, CapacityError),
+        (errno.EIO, BackendError),
+    ],
+)
+def test_write_errors_are_typed(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
+) -> None:
+    store = make_fs_store()
+    with monkeypatch.context() as patch:
+        FailAt(patch, ("write",), 2, code)
+        with pytest.raises(error) as info:
+            store.save("target", Message(content=b"x" * 1000))
+    assert errno.errorcode[code] in str(info.value)
+    assert not store.exists("target")
+    assert _temp_files(root) == []
+
+
+def test_failed_fsync_publishes_nothing(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_fs_store()
+    with monkeypatch.context() as patch:
+        FailAt(patch, ("fsync",), 1, errno.EIO)
+        with pytest.raises(BackendError, match="EIO"):
+            store.save("target", Message(content=b"x"))
+    assert not store.exists("target")
+    assert _temp_files(root) == []
+
+
+def test_permission_errors_on_read_paths_are_typed(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_fs_store()
+    store.save("x", Message(content=1))
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(root / "@default" / "@x"))
+
+    for name, call in (
+        ("open", lambda: store.get("x")),
+        ("stat", lambda: store.exists("x")),
+        ("scandir", lambda: list(store.list())),
+        ("open", lambda: store.open("x")),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setattr(os, name, denied)
+            with pytest.raises(AccessDeniedError) as info:
+                call()
+        assert "'@default/@x'" in str(info.value)
+        assert "in namespace 'default'" in str(info.value)
+        assert str(root) not in str(info.value)
+
+
+def test_link_failure_leaves_nothing(make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_fs_store()
+    with monkeypatch.context() as patch:
+        FailAt(patch, ("link",), 1, errno.EIO)
+        with pytest.raises(BackendError):
+            store.save("target", Message(content=b"x"))
+    assert not store.exists("target")
+    assert _temp_files(root) == []
+
+
+# -- settings and registration ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG default applies on Linux")
+def test_default_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ARTIFACT_STORE_FILESYSTEM_ROOT", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert default_root() == tmp_path / "xdg" / "artifactstore"
+    assert FilesystemSettings().root == tmp_path / "xdg" / "artifactstore"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "home" / ".local" / "share" / "artifactstore"
+
+
+def test_settings_from_env_config_file_and_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ARTIFACT_STORE_FILESYSTEM_ROOT", raising=False)
+    (tmp_path / "artifactstore.toml").write_text('[filesystem]\nroot = "from-file"\nfsync = false\n')
+    assert FilesystemSettings().root == Path("from-file")
+    assert FilesystemSettings().fsync is False
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "from-env"))
+    assert FilesystemSettings().root == tmp_path / "from-env"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert FilesystemSettings(root="~/x").root == tmp_path / "home" / "x"
+    for name, field in FilesystemSettings.model_fields.items():
+        assert field.description, name
+
+
+def test_create_store_selects_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "filesystem")
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "env-root"))
+    with create_store(namespace="run-1") as store:
+        assert isinstance(store, FilesystemStore)
+        assert store.root == str(tmp_path / "env-root")
+        store.save("x", Message(content=1))
+    assert (tmp_path / "env-root" / "@run-1" / "@x").is_file()
+    with create_store("filesystem", namespace="run-1", root=str(tmp_path / "env-root")) as store:
+        assert store.get("x").content == 1
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_FSYNC", "perhaps")
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_FILESYSTEM_FSYNC"):
+        create_store()
+
+
+def test_a_relative_root_is_fixed_at_creation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = FilesystemStore(FilesystemSettings(root=Path("rel")))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    store.save("x", Message(content=1))
+    assert (tmp_path / "rel" / "@default" / "@x").is_file()
+    with pytest.raises(ArtifactNotFoundError):
+        FilesystemStore(FilesystemSettings(root=Path("rel"))).get("x")

@@ -1,0 +1,176 @@
+"""Acceptance across processes: writers SIGKILLed mid-write, and processes racing to create one id."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artifactstore_core import ArtifactNotFoundError
+from artifactstore_filesystem import FilesystemSettings, FilesystemStore
+from artifactstore_filesystem.layout import TEMP_PREFIX
+
+from .fs_worker import payload
+
+WORKER = str(Path(__file__).with_name("fs_worker.py"))
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals and fork")
+
+
+class LineReader:
+    """Lines of a child's stdout through a queue, so every wait has a deadline."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        assert process.stdout is not None
+        self._thread = threading.Thread(target=self._pump, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: object) -> None:
+        for raw in stream:  # type: ignore[attr-defined]
+            self._lines.put(raw.decode().rstrip("\n"))
+        self._lines.put(None)
+
+    def next(self, timeout: float = 60.0) -> str:
+        line = self._lines.get(timeout=timeout)
+        assert line is not None, "the child process closed its output"
+        return line
+
+
+@pytest.fixture
+def zygote() -> Iterator[tuple[subprocess.Popen[bytes], LineReader]]:
+    process = subprocess.Popen(
+        [sys.executable, WORKER, "zygote"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+    )
+    yield process, LineReader(process)
+    assert process.stdin is not None
+    process.stdin.close()
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:  # a failed test left it waiting for a writer: end both
+            process.kill()
+            process.wait(timeout=30)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def _temp_files(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob(f"{TEMP_PREFIX}*")] if directory.exists() else []
+
+
+@pytest.mark.timeout(600)
+def test_crash_loop_leaves_every_artifact_absent_or_complete(
+    tmp_path: Path, zygote: tuple[subprocess.Popen[bytes], LineReader]
+) -> None:
+    process, lines = zygote
+    assert process.stdin is not None
+    rng = random.Random(20260105)
+    root = tmp_path / "root"
+    killed_mid_write = 0
+    verified = 0
+    max_verified = 0
+    for round_ in range(100):
+        namespace = f"crash-{round_}"
+        process.stdin.write(f"crash {root} {namespace} {rng.randrange(2**32)}\n".encode())
+        first = lines.next()
+        assert first.startswith("pid "), first
+        pid = int(first.split()[1])
+        begun: list[str] = []
+        try:
+            # Kill after a random number of announced steps: before an open, a write, an fsync, a link...
+            for _ in range(rng.randint(1, 60)):
+                line = lines.next()
+                assert not line.startswith("exit"), f"writer died on its own: {line}"
+                if line.startswith("begin "):
+                    begun.append(line.split()[1])
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        while not (line := lines.next()).startswith("exit"):
+            if line.startswith("begin "):
+                begun.append(line.split()[1])
+        assert line == f"exit {-signal.SIGKILL}"
+
+        settings = FilesystemSettings(root=root)
+        if _temp_files(root):
+            killed_mid_write += 1
+        with FilesystemStore(settings, namespace=namespace) as store:
+            listed = {info.step_id: info for info in store.list()}
+            assert set(listed) <= set(begun)
+            for step_id in begun:
+                size = int(step_id.split("-")[1])
+                if step_id in listed:
+                    assert listed[step_id].size == size
+                    assert store.get(step_id).content == payload(step_id, size)
+                    with store.open(step_id) as handle:
+                        assert handle.read() == payload(step_id, size)
+                    verified += 1
+                    max_verified = max(max_verified, size)
+                else:
+                    assert not store.exists(step_id)
+                    with pytest.raises(ArtifactNotFoundError):
+                        store.get(step_id)
+        # No writer is alive now, so a store with no grace period sweeps whatever the killed one left.
+        with FilesystemStore(settings.model_copy(update={"temp_max_age": 0.0}), namespace=namespace) as sweeper:
+            assert _temp_files(root) == []
+            sweeper.clear()
+    # The kills really landed inside writes, and completed artifacts were checked byte for byte.
+    assert killed_mid_write >= 20, killed_mid_write
+    assert verified >= 50, verified
+    assert max_verified >= 4 * 1024 * 1024, max_verified
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["link", "fallback"])
+def test_eight_processes_race_to_create_one_id(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "root"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, WORKER, "racer", str(root), "race", str(index), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+        for index in range(8)
+    ]
+    try:
+        readers = [LineReader(racer) for racer in racers]
+        for reader in readers:
+            assert reader.next() == "ready"
+        for round_ in range(8):
+            step_id = f"contested-{round_}"
+            for racer in racers:
+                assert racer.stdin is not None
+                racer.stdin.write(f"race {step_id}\n".encode())
+            outcomes = [reader.next() for reader in readers]
+            assert outcomes.count("won") == 1, outcomes
+            assert outcomes.count("lost") == 7, outcomes
+            winner = outcomes.index("won")
+            for racer in racers:
+                assert racer.stdin is not None
+                racer.stdin.write(f"read {step_id}\n".encode())
+            assert [reader.next() for reader in readers] == [f"read {winner}"] * 8
+            with FilesystemStore(FilesystemSettings(root=root), namespace="race") as store:
+                assert store.get(step_id).metadata["racer"] == winner
+        assert _temp_files(root) == []
+    finally:
+        for racer in racers:
+            assert racer.stdin is not None
+            racer.stdin.close()
+        for racer in racers:
+            try:
+                racer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                racer.kill()
+                racer.wait(timeout=30)
+            assert racer.stdout is not None
+            racer.stdout.close()
