@@ -1,0 +1,502 @@
+"""The ``artifactstore`` command: inspect backends and settings, probe the store, move artifacts.
+
+Conventions: data goes to stdout, messages and progress to stderr; ``--json`` prints machine-readable
+output; no colour when ``NO_COLOR`` is set or output is not a terminal; every core error prints one line
+(no traceback unless ``--debug``) and exits with the code of its family (see ``EXIT_CODES``).
+Plugins add commands through the ``artifactstore_register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+from pydantic import SecretStr
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from . import errors
+from .message import Message
+from .registry import plugin_host
+from .settings import CoreSettings, _read_config_file, load_settings
+from .store import ArtifactStore
+from .wiring import create_store
+
+__all__ = ["EXIT_CODES", "cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit code of each error family (the first matching class wins); 0 is success, 2 a usage error.
+EXIT_CODES: list[tuple[type[errors.ArtifactStoreError], int]] = [
+    (errors.ArtifactNotFoundError, 3),
+    (errors.ArtifactExistsError, 4),
+    (errors.ConfigurationError, 5),
+    (errors.InvalidStepIdError, 5),
+    (errors.UnsupportedOperationError, 5),
+    (errors.BackendUnavailableError, 6),
+    (errors.BackendTimeoutError, 6),
+    (errors.AccessDeniedError, 7),
+    (errors.SerializationError, 8),
+    (errors.CapacityError, 9),
+    (errors.ArtifactStoreError, 1),
+]
+#: Transfers at least this large show a progress bar on a terminal.
+PROGRESS_FROM = 8 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def exit_code(error: errors.ArtifactStoreError) -> int:
+    """The documented exit code for ``error``."""
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return 1
+
+
+class _Group(click.Group):
+    """Turns core errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.ArtifactStoreError as exc:
+            if ctx.meta.get("artifactstore.debug"):
+                raise
+            stderr.print(f"error: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
+            ctx.exit(exit_code(exc))
+
+
+def _store_options(func: F) -> F:
+    func = click.option("--namespace", "-n", default=None, help="Namespace (default: ARTIFACT_STORE_NAMESPACE).")(func)
+    return click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")(func)
+
+
+#: The backend the command uses when none is configured: artifacts must outlive one command.
+CLI_DEFAULT_BACKEND = "filesystem"
+
+
+def cli_backend(backend: str | None) -> str | None:
+    """The backend a command uses: ``--backend``, else the configured one, else the persistent embedded
+    ``filesystem`` backend when it is installed (the library's own default, ``memory``, forgets everything
+    when the command exits), else ``memory``."""
+    if backend:
+        return backend
+    if "ARTIFACT_STORE_BACKEND" in os.environ or "backend" in _read_config_file():
+        return None
+    return CLI_DEFAULT_BACKEND if CLI_DEFAULT_BACKEND in plugin_host().names() else None
+
+
+@contextmanager
+def _open_store(backend: str | None, namespace: str | None) -> Iterator[ArtifactStore]:
+    with create_store(cli_backend(backend), namespace=namespace) as store:
+        yield store
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Aligned plain-text columns on stdout, never truncated (scripts and narrow terminals alike)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _progress(total: int | None) -> Progress | None:
+    if total is not None and total < PROGRESS_FROM:
+        return None
+    if not stderr.is_terminal:
+        return None
+    return Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=stderr, transient=True,
+    )  # fmt: skip
+
+
+class _CountingReader:
+    """A binary reader that advances a progress bar (and nothing else)."""
+
+    def __init__(self, raw: IO[bytes], advance: Callable[[int], None]) -> None:
+        self._raw, self._advance = raw, advance
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._advance(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        self._advance(count or 0)
+        return int(count or 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="artifactstore-core", prog_name="artifactstore")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Store and inspect the artifacts of pipeline steps."""
+    ctx.meta["artifactstore.debug"] = debug
+
+
+# -- inspection ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backends(as_json: bool) -> None:
+    """List every discovered backend with its distribution, version, status and capabilities."""
+    infos = plugin_host().backends()
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "name": info.name,
+                    "distribution": info.distribution,
+                    "version": info.version,
+                    "status": info.status,
+                    "capabilities": vars(info.spec.capabilities) if info.spec else None,
+                }
+                for info in infos
+            ]
+        )
+        return
+    lines: list[list[str]] = []
+    for info in infos:
+        offered = vars(info.spec.capabilities) if info.spec else {}
+        flags = ",".join(key for key, value in offered.items() if value is True) or "-"
+        lines.append([info.name, info.distribution, info.version, info.status, flags])
+    _print_table(["backend", "distribution", "version", "status", "capabilities"], lines)
+
+
+def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
+    file_table = _read_config_file()
+    section = getattr(model, "config_table", None)
+    if section:
+        file_table = file_table.get(section, {}) if isinstance(file_table.get(section), dict) else {}
+    rows = []
+    for name, field in model.model_fields.items():
+        env = model.env_name(name)
+        value = getattr(instance, name)
+        if env in os.environ:
+            source = "env"
+        elif name in file_table:
+            source = "config file"
+        else:
+            source = "default"
+        secret = isinstance(value, SecretStr)
+        shown = "**********" if secret and value is not None else value
+        rows.append({"name": env, "value": shown, "source": source, "secret": secret, "help": field.description})
+    return rows
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_options
+def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
+    """Show the effective settings and where each value came from (secrets masked)."""
+    chosen = cli_backend(backend)
+    core = load_settings(CoreSettings, backend=chosen, namespace=namespace)
+    rows = _setting_rows(CoreSettings, core)
+    spec = plugin_host().load(core.backend)
+    if spec.settings_model is not None:
+        rows += _setting_rows(spec.settings_model, load_settings(spec.settings_model))
+    for row in rows:
+        if row["name"] == "ARTIFACT_STORE_BACKEND" and chosen:
+            row["source"] = "argument" if backend else "command default"
+        if row["name"] == "ARTIFACT_STORE_NAMESPACE" and namespace:
+            row["source"] = "argument"
+    if as_json:
+        _echo_json(rows)
+        return
+    lines = [[row["name"], "-" if row["value"] is None else str(row["value"]), row["source"]] for row in rows]
+    _print_table(["setting", "value", "source"], lines)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_options
+def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
+    """Validate the settings and probe the backend with a save/get/delete round trip."""
+    probe_namespace = f"artifactstore-doctor-{uuid.uuid4().hex[:12]}"
+    started = time.perf_counter()
+    with create_store(cli_backend(backend), namespace=probe_namespace) as store:
+        created = time.perf_counter()
+        message = Message(content={"probe": uuid.uuid4().hex}, metadata={"by": "artifactstore doctor"})
+        timings = {}
+        t0 = time.perf_counter()
+        store.save("probe", message)
+        timings["save_ms"] = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        ok = store.get("probe").same_artifact(message)
+        timings["get_ms"] = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        store.delete("probe")
+        timings["delete_ms"] = (time.perf_counter() - t0) * 1000
+        store.clear()
+        if not ok:
+            raise errors.ArtifactCorruptedError("doctor: the artifact read back differs from the one saved")
+        report = {
+            "backend": store.backend_name,
+            "status": "ok",
+            "connect_ms": round((created - started) * 1000, 2),
+            **{key: round(value, 2) for key, value in timings.items()},
+            "capabilities": vars(store.capabilities),
+        }
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(
+            f"ok: backend {report['backend']!r}: save {report['save_ms']} ms, get {report['get_ms']} ms, "
+            f"delete {report['delete_ms']} ms"
+        )
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+
+def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--meta")
+        result[key] = value
+    return result
+
+
+@cli.command()
+@click.argument("step_id")
+@click.argument("source", default="-", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
+@click.option("--media-type", default="application/octet-stream", show_default=True, help="Media type to record.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing, different artifact.")
+@_store_options
+def put(
+    step_id: str,
+    source: str,
+    media_type: str,
+    meta: tuple[str, ...],
+    overwrite: bool,
+    backend: str | None,
+    namespace: str | None,
+) -> None:
+    """Store FILE (or stdin) as the bytes artifact STEP_ID."""
+    metadata = _parse_metadata(meta)
+    with _open_store(backend, namespace) as store:
+        if source == "-":
+            store.save_stream(step_id, sys.stdin.buffer, media_type=media_type, metadata=metadata, overwrite=overwrite)
+        else:
+            path = Path(source)
+            size = path.stat().st_size
+            with path.open("rb") as handle:
+                progress = _progress(size)
+                if progress is None:
+                    store.save_stream(step_id, handle, media_type=media_type, metadata=metadata, overwrite=overwrite)
+                else:
+                    with progress:
+                        task = progress.add_task(f"put {step_id}", total=size)
+                        reader = _CountingReader(handle, lambda n: progress.advance(task, n))
+                        store.save_stream(
+                            step_id,
+                            reader,  # type: ignore[arg-type]
+                            media_type=media_type,
+                            metadata=metadata,
+                            overwrite=overwrite,
+                        )
+    stderr.print(f"saved {step_id!r}", markup=False)
+
+
+@cli.command()
+@click.argument("step_id")
+@click.option("-o", "--output", default="-", type=click.Path(allow_dash=True, dir_okay=False), help="File or -.")
+@_store_options
+def get(step_id: str, output: str, backend: str | None, namespace: str | None) -> None:
+    """Write the payload of STEP_ID to stdout (or --output FILE)."""
+    with _open_store(backend, namespace) as store:
+        size = store.info(step_id).size
+        with store.open(step_id) as reader:
+            # Closed below, and removed if the verified read fails part-way.
+            target: IO[bytes] = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
+            try:
+                progress = _progress(size) if output != "-" else None
+                task = progress.add_task(f"get {step_id}", total=size) if progress else None
+                if progress is not None:
+                    progress.start()
+                try:
+                    while chunk := reader.read(_CHUNK):
+                        target.write(chunk)
+                        if progress is not None and task is not None:
+                            progress.advance(task, len(chunk))
+                finally:
+                    if progress is not None:
+                        progress.stop()
+            except BaseException:
+                if output != "-":
+                    target.close()
+                    Path(output).unlink(missing_ok=True)  # never leave a partial or unverified file
+                raise
+            if output != "-":
+                target.close()
+            else:
+                target.flush()
+
+
+@cli.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_options
+def list_command(as_json: bool, backend: str | None, namespace: str | None) -> None:
+    """List the artifacts of the namespace."""
+    with _open_store(backend, namespace) as store:
+        infos = sorted(store.list(), key=lambda info: info.step_id)
+    if as_json:
+        _echo_json([vars(info) for info in infos])
+        return
+    for info in infos:
+        click.echo(f"{info.size:>12}  {info.created_at:%Y-%m-%d %H:%M:%S}  {info.media_type:<28}  {info.step_id}")
+
+
+@cli.command()
+@click.argument("step_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_options
+def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None) -> None:
+    """Show the size, digest, media type, schema and creation time of STEP_ID."""
+    with _open_store(backend, namespace) as store:
+        info = store.info(step_id)
+    if as_json:
+        _echo_json(vars(info))
+        return
+    for key, value in vars(info).items():
+        click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("step_ids", nargs=-1, required=True)
+@_store_options
+def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) -> None:
+    """Remove artifacts. Exits 3 if any was not there."""
+    missing = []
+    with _open_store(backend, namespace) as store:
+        for step_id in step_ids:
+            if not store.delete(step_id):
+                missing.append(step_id)
+    if missing:
+        raise errors.ArtifactNotFoundError(f"not found: {', '.join(repr(s) for s in missing)}")
+
+
+@cli.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@_store_options
+def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) -> None:
+    """Remove every artifact of the namespace (and nothing else)."""
+    with _open_store(backend, namespace) as store:
+        if dry_run:
+            count = sum(1 for _ in store.list())
+            click.echo(f"would remove {count} artifacts from namespace {store.namespace!r}")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                raise click.UsageError("refusing to clear without --yes when not on a terminal")
+            click.confirm(f"Remove every artifact of namespace {store.namespace!r}?", abort=True, err=True)
+        count = store.clear()
+    click.echo(f"removed {count} artifacts")
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``.
+
+    Raises:
+        click.BadParameter: for anything else.
+    """
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"expected a duration like 30s, 15m, 12h, 7d or 2w, got {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+@cli.command()
+@click.option("--older-than", "older_than", required=True, help="Age like 12h or 7d.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")
+def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> None:
+    """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
+    age = parse_duration(older_than)
+    cutoff = datetime.now(UTC) - age
+    removed: list[dict[str, Any]] = []
+    chosen = cli_backend(backend)
+    with create_store(chosen) as root:
+        for name in root.namespaces():
+            with create_store(chosen, namespace=name) as store:
+                infos = list(store.list())
+                if not infos:
+                    continue
+                newest = max(info.created_at for info in infos)
+                if newest >= cutoff:
+                    continue
+                count = len(infos) if dry_run else store.clear()
+                removed.append({"namespace": name, "artifacts": count, "newest": newest.isoformat()})
+    if as_json:
+        _echo_json({"dry_run": dry_run, "namespaces": removed})
+        return
+    verb = "would remove" if dry_run else "removed"
+    for row in removed:
+        click.echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
+    stderr.print(f"{verb} {len(removed)} namespaces", markup=False)
+
+
+@cli.command()
+@_store_options
+def demo(backend: str | None, namespace: str | None) -> None:
+    """Run the example pipeline on the configured backend and print its steps and result."""
+    from .pipeline.example import run_demo
+
+    run_demo(backend=cli_backend(backend), execution_id=namespace)
+
+
+def _load_plugin_commands() -> None:
+    # A broken plugin costs only its own commands; `artifactstore backends` shows why it is broken.
+    plugin_host().call_commands_hook(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``artifactstore`` console script."""
+    try:
+        _load_plugin_commands()
+    except errors.ArtifactStoreError as exc:
+        stderr.print(f"note: plugin commands unavailable: {exc}", markup=False)
+    try:
+        # Without standalone mode click returns the code given to ctx.exit() instead of exiting.
+        result = cli.main(args=argv, prog_name="artifactstore", standalone_mode=False)
+    except click.exceptions.Abort:
+        stderr.print("aborted", markup=False)
+        return 1
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

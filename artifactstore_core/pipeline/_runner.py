@@ -1,0 +1,120 @@
+"""Running one step: on a thread of the executor's process, or in a worker process.
+
+A worker process receives only a :class:`WorkerTask` (the step, whose function travels by its import
+path, the store config and the execution id), rebuilds the store from the config, saves the step's
+output itself and sends back a small :class:`StepOutcome`: artifacts never travel through the pool.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..envelope import content_bytes
+from ..errors import SerializationError
+from ..message import Message
+from ..store import ArtifactStore
+from .config import StoreConfig
+from .connector import ArtifactConnector
+from .graph import Step
+
+__all__ = ["StepOutcome", "WorkerTask", "execute_step", "run_in_worker", "to_message"]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What running a step reports back (small, so it is cheap to send from a worker)."""
+
+    step_id: str
+    duration: float
+    size: int
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """Everything a worker process needs to run one step."""
+
+    step: Step
+    config: StoreConfig
+    execution_id: str
+
+
+def to_message(step_id: str, value: Any) -> Message:
+    """Wrap a step's return value: a Message as is, a pydantic model with its schema, else as content.
+
+    Raises:
+        SerializationError: the value is not a Message, a pydantic model, a JSON value, ``str`` or ``bytes``.
+    """
+    if isinstance(value, Message):
+        return value
+    if isinstance(value, BaseModel):
+        return Message.from_model(value)
+    try:
+        return Message(content=value)
+    except ValidationError as exc:
+        raise SerializationError(
+            f"step {step_id!r} returned a {type(value).__name__}, which is not a Message, a pydantic model, "
+            "a JSON value, str or bytes",
+            step_id=step_id,
+        ) from exc
+
+
+def execute_step(store: ArtifactStore, step: Step) -> StepOutcome:
+    """Run ``step`` with connectors on ``store`` and save its output under its id.
+
+    Raises:
+        Whatever the step raises; SerializationError for an output that cannot be a message; the
+        errors of :meth:`ArtifactStore.save`.
+    """
+    started = time.perf_counter()
+    inputs = MappingProxyType({name: ArtifactConnector(store, name) for name in step.inputs})
+    message = to_message(step.id, step.fn(inputs))
+    store.save(step.id, message)
+    duration = time.perf_counter() - started
+    return StepOutcome(step.id, duration, len(content_bytes(message)[1]))
+
+
+# One store per worker process, reused by every step the worker runs for the same execution.
+_worker_lock = threading.Lock()
+_worker_store: tuple[StoreConfig, str, ArtifactStore] | None = None
+_close_registered = False
+
+
+def _close_worker_store() -> None:
+    global _worker_store
+    with _worker_lock:
+        cached, _worker_store = _worker_store, None
+    if cached is not None:
+        cached[2].close()
+
+
+def _store_for(config: StoreConfig, execution_id: str) -> ArtifactStore:
+    global _worker_store, _close_registered
+    with _worker_lock:
+        if _worker_store is not None and _worker_store[0] == config and _worker_store[1] == execution_id:
+            return _worker_store[2]
+        previous, _worker_store = _worker_store, None
+        if previous is not None:
+            previous[2].close()
+        if not _close_registered:
+            # Release the backend's connections when the worker exits.
+            atexit.register(_close_worker_store)
+            _close_registered = True
+        store = config.create(execution_id)
+        _worker_store = (config, execution_id, store)
+        return store
+
+
+def run_in_worker(task: WorkerTask) -> StepOutcome:
+    """Entry point of a worker process: rebuild the store from settings, run the step, save its output.
+
+    Raises:
+        The errors of :func:`execute_step`, and those of building the store.
+    """
+    return execute_step(_store_for(task.config, task.execution_id), task.step)

@@ -1,0 +1,122 @@
+"""What an execution reports: :class:`StepStatus`, :class:`StepResult` and :class:`RunResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ..message import Message
+
+__all__ = ["RunResult", "StepResult", "StepStatus", "format_duration", "format_size"]
+
+
+class StepStatus(StrEnum):
+    """How a step ended in one execution."""
+
+    #: The step ran and its output was saved.
+    SUCCEEDED = "succeeded"
+    #: The step's artifact already existed in the execution's namespace (a resume); it did not run.
+    REUSED = "reused"
+    #: The step raised, or its output could not be saved.
+    FAILED = "failed"
+    #: The step did not run because an earlier step failed.
+    NOT_RUN = "not run"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's outcome.
+
+    Attributes:
+        step_id: the step.
+        status: how it ended.
+        duration: seconds spent running the step and saving its output (0 unless it succeeded).
+        size: the size of its artifact's content in bytes (uncompressed), when known.
+    """
+
+    step_id: str
+    status: StepStatus
+    duration: float = 0.0
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one execution.
+
+    Attributes:
+        execution_id: the execution id (the namespace its artifacts were stored in).
+        backend: the backend name.
+        steps: each step's :class:`StepResult`, in topological order.
+        outputs: the messages of the pipeline's sink steps (the steps no other step reads), read before
+            the namespace was cleared. Empty when the execution failed.
+        duration: wall-clock seconds of the whole execution.
+        cleared: whether the execution's namespace was cleared at the end.
+    """
+
+    execution_id: str
+    backend: str
+    steps: Mapping[str, StepResult]
+    outputs: Mapping[str, Message] = field(default_factory=dict)
+    duration: float = 0.0
+    cleared: bool = False
+
+    @property
+    def output(self) -> Message:
+        """The single final output, for a pipeline with exactly one sink step.
+
+        Raises:
+            LookupError: the pipeline has no output here (it failed) or more than one sink step.
+        """
+        if len(self.outputs) != 1:
+            names = ", ".join(map(repr, self.outputs)) or "none"
+            raise LookupError(f"execution {self.execution_id!r} has {len(self.outputs)} outputs ({names}), not one")
+        return next(iter(self.outputs.values()))
+
+    def ran(self) -> list[str]:
+        """The ids of the steps that ran in this execution (succeeded or failed), in topological order."""
+        return [s.step_id for s in self.steps.values() if s.status in (StepStatus.SUCCEEDED, StepStatus.FAILED)]
+
+    def table(self) -> str:
+        """A plain-text table of the steps: status, duration and artifact size, with a total line."""
+        rows = [("step", "status", "duration", "size")]
+        for step in self.steps.values():
+            # Only a step that ran to the end has a measured duration; reused steps have a size, not a time.
+            timed = step.status == StepStatus.SUCCEEDED
+            size = format_size(step.size) if step.size is not None else "-"
+            rows.append((step.step_id, str(step.status), format_duration(step.duration) if timed else "-", size))
+        work = sum(step.duration for step in self.steps.values())
+        total_size = sum(step.size or 0 for step in self.steps.values())
+        rows.append(
+            ("total", f"{len(self.ran())} of {len(self.steps)} ran", format_duration(work), format_size(total_size))
+        )
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = []
+        for index, row in enumerate(rows):
+            if index == len(rows) - 1:
+                lines.append("  ".join("-" * width for width in widths))
+            lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
+            if index == 0:
+                lines.append("  ".join("-" * width for width in widths))
+        lines.append(f"wall time {format_duration(self.duration)} (steps in parallel overlap)")
+        return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    """``0.0123`` -> ``"12.3 ms"``; ``2.5`` -> ``"2.50 s"``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def format_size(size: int) -> str:
+    """``512`` -> ``"512 B"``; ``2048`` -> ``"2.0 KiB"``."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

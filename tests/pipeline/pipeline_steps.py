@@ -1,0 +1,178 @@
+"""Step functions of the test pipelines, at module level so spawned worker processes can import them.
+
+Every step records each call by appending to ``<workdir>/<step>.calls`` (so calls are counted across
+processes), and the pipelines are parametrised with :func:`functools.partial`, which pickles by reference.
+Synchronisation between steps uses a :class:`Rendezvous` or a :class:`Gate`: files polled with a deadline,
+or a ``threading.Barrier`` when every step runs in one process. Nothing here sleeps to wait for an event.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from artifactstore_core import Message
+from artifactstore_core.pipeline import ArtifactConnector, Pipeline, Step
+
+Inputs = Mapping[str, ArtifactConnector]
+
+#: What the diamond's final step D produces, whatever the backend and mode.
+EXPECTED_D = {"b": 30, "c": 7, "sum": 37}
+#: How long a step waits for another before it declares the expected overlap did not happen.
+DEADLINE = 60.0
+
+
+class Part(BaseModel):
+    """C's output: a typed payload, so D reads it back with ``.model(Part)``."""
+
+    n: int
+
+
+class Meeting(Protocol):
+    def meet(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Parties meet through marker files: each arrives, then waits until every party has arrived.
+
+    It can only complete if all parties are running at the same time, which is the point.
+    """
+
+    directory: str
+    parties: tuple[str, ...]
+    deadline: float = DEADLINE
+
+    def meet(self, name: str) -> None:
+        Path(self.directory, f"arrived-{name}").touch()
+        wait_until(
+            lambda: all(Path(self.directory, f"arrived-{party}").exists() for party in self.parties),
+            self.deadline,
+            f"{name} waited for {self.parties}: the steps did not run at the same time",
+        )
+
+
+@dataclass(frozen=True)
+class BarrierMeeting:
+    """Parties meet at a ``threading.Barrier`` (threads mode: steps share this process)."""
+
+    barrier: threading.Barrier
+
+    def meet(self, name: str) -> None:
+        self.barrier.wait()
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A step waits at a gate until the test opens it (creates the file)."""
+
+    path: str
+    deadline: float = DEADLINE
+
+    def open(self) -> None:
+        Path(self.path).touch()
+
+    def wait(self) -> None:
+        wait_until(lambda: os.path.exists(self.path), self.deadline, f"gate {self.path} never opened")
+
+
+def wait_until(condition: Any, deadline: float, message: str) -> None:
+    """Poll ``condition`` until it holds; raise TimeoutError after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError(message)
+        time.sleep(0.005)
+
+
+def record(workdir: str, step: str) -> None:
+    with open(os.path.join(workdir, f"{step}.calls"), "a") as handle:
+        handle.write("x")
+    Path(workdir, f"{step}.pid").write_text(str(os.getpid()))
+
+
+def pids(workdir: str | Path) -> dict[str, int]:
+    """The process id each step last ran in."""
+    return {path.stem: int(path.read_text()) for path in Path(workdir).glob("*.pid")}
+
+
+def calls(workdir: str | Path) -> dict[str, int]:
+    """How many times each step was called, from the record files."""
+    return {path.stem: path.stat().st_size for path in Path(workdir).glob("*.calls")}
+
+
+class StepError(RuntimeError):
+    """What a step raises when a test tells it to fail."""
+
+
+def _fail_if(fail: bool, step: str) -> None:
+    if fail:
+        raise StepError(f"{step} was told to fail")
+
+
+def step_a(inputs: Inputs, *, workdir: str, fail: bool = False) -> dict[str, Any]:
+    record(workdir, "a")
+    _fail_if(fail, "a")
+    return {"n": 3}
+
+
+def step_b(
+    inputs: Inputs, *, workdir: str, fail: bool = False, meeting: Meeting | None = None, gate: Gate | None = None
+) -> dict[str, Any]:
+    record(workdir, "b")
+    if meeting is not None:
+        meeting.meet("b")
+    if gate is not None:
+        gate.wait()
+    _fail_if(fail, "b")
+    assert inputs["a"].exists()
+    return {"n": inputs["a"].content["n"] * 10}
+
+
+def step_c(inputs: Inputs, *, workdir: str, fail: bool = False, meeting: Meeting | None = None) -> Part:
+    record(workdir, "c")
+    if meeting is not None:
+        meeting.meet("c")
+    _fail_if(fail, "c")
+    return Part(n=inputs["a"].content["n"] + 4)
+
+
+def step_d(inputs: Inputs, *, workdir: str, fail: bool = False) -> Message:
+    record(workdir, "d")
+    _fail_if(fail, "d")
+    b = inputs["b"].content["n"]
+    c = inputs["c"].model(Part).n
+    return Message(content={"b": b, "c": c, "sum": b + c}, metadata={"read": ["b", "c"]})
+
+
+def step_crash(inputs: Inputs, *, workdir: str) -> None:
+    """Kills the worker process that runs it, as a segfault or the OOM killer would."""
+    record(workdir, "crash")
+    os._exit(3)
+
+
+def diamond(
+    workdir: str | Path,
+    *,
+    fail: str | None = None,
+    meeting: Meeting | None = None,
+    gate: Gate | None = None,
+) -> Pipeline:
+    """A; B and C read A; D reads B and C. ``fail`` names a step that raises :class:`StepError`."""
+    where = str(workdir)
+    return Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=where, fail=fail == "a")),
+            Step("b", functools.partial(step_b, workdir=where, fail=fail == "b", meeting=meeting, gate=gate), ("a",)),
+            Step("c", functools.partial(step_c, workdir=where, fail=fail == "c", meeting=meeting), ("a",)),
+            Step("d", functools.partial(step_d, workdir=where, fail=fail == "d"), ("b", "c")),
+        ]
+    )

@@ -1,0 +1,417 @@
+"""The executor: the diamond on every backend and mode, concurrency, failure and resume, policies."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import pickle
+import threading
+import uuid
+from collections.abc import Mapping
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Case
+from pipeline_steps import (
+    EXPECTED_D,
+    BarrierMeeting,
+    Gate,
+    Inputs,
+    StepError,
+    calls,
+    diamond,
+    pids,
+    step_a,
+    step_crash,
+    wait_until,
+)
+
+from artifactstore_core import (
+    ArtifactStore,
+    ConfigurationError,
+    InvalidStepIdError,
+    Message,
+    SerializationError,
+    create_store,
+)
+from artifactstore_core.pipeline import (
+    ArtifactConnector,
+    Executor,
+    Pipeline,
+    RunResult,
+    ServiceContainer,
+    ServiceNotFoundError,
+    Step,
+    StepFailedError,
+    StepStatus,
+    StoreConfig,
+    register_artifact_store,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def statuses(result: RunResult) -> dict[str, StepStatus]:
+    return {step_id: step.status for step_id, step in result.steps.items()}
+
+
+# -- the diamond everywhere ---------------------------------------------------------------------------
+
+
+def test_diamond_same_result_and_branches_overlap(case: Case, workdir: Path) -> None:
+    # B and C each wait for the other to arrive: the run can only succeed if they overlap.
+    pipeline = diamond(workdir, meeting=case.meeting(workdir, "b", "c"))
+    result = Executor(case.config, mode=case.mode, max_workers=2).run(pipeline)
+
+    assert result.output.content == EXPECTED_D
+    assert result.output.metadata == {"read": ("b", "c")}
+    assert statuses(result) == dict.fromkeys("abcd", StepStatus.SUCCEEDED)
+    assert all(step.size and step.size > 0 for step in result.steps.values())
+    assert calls(workdir) == dict.fromkeys("abcd", 1)
+    assert result.backend == case.config.backend
+    assert result.cleared
+    assert case.left(result.execution_id) == []
+    ran_in = pids(workdir)
+    if case.mode == "processes":
+        assert os.getpid() not in ran_in.values()
+        assert ran_in["b"] != ran_in["c"]  # also implied by the rendezvous
+    else:
+        assert set(ran_in.values()) == {os.getpid()}
+
+
+def test_keep_on_success_leaves_every_artifact(case: Case, workdir: Path) -> None:
+    result = Executor(case.config, mode=case.mode, on_success="keep").run(diamond(workdir))
+
+    assert not result.cleared
+    assert case.left(result.execution_id) == ["a", "b", "c", "d"]
+    with case.config.create(result.execution_id) as store:
+        assert store.get("d").content == EXPECTED_D
+        assert store.get("c").schema is not None  # C returned a pydantic model: its schema was recorded
+        store.clear()
+
+
+def test_branches_that_cannot_overlap_do_not_meet(workdir: Path) -> None:
+    # The control for the concurrency proof: with one worker, B and C never meet and the barrier breaks.
+    meeting = BarrierMeeting(threading.Barrier(2, timeout=0.5))
+    with pytest.raises(StepFailedError) as caught:
+        Executor(StoreConfig("memory"), max_workers=1).run(diamond(workdir, meeting=meeting))
+    assert isinstance(caught.value.__cause__, threading.BrokenBarrierError)
+
+
+def test_a_step_starts_when_its_inputs_are_done_not_its_level(workdir: Path) -> None:
+    # Level 0: a and slow; level 1: b (reads a). slow waits for b to have run: that deadlocks (and the
+    # gate times out) if b waited for the whole of level 0.
+    started_b = threading.Event()
+
+    def slow(inputs: Inputs) -> str:
+        assert started_b.wait(timeout=60), "b did not start while level 0 was still running"
+        return "slow"
+
+    def b(inputs: Inputs) -> str:
+        started_b.set()
+        return "b"
+
+    pipeline = Pipeline(
+        [Step("a", functools.partial(step_a, workdir=str(workdir))), Step("slow", slow), Step("b", b, ("a",))]
+    )
+    result = Executor(StoreConfig("memory"), max_workers=2).run(pipeline)
+    assert set(result.outputs) == {"slow", "b"}
+
+
+# -- failure and resume -------------------------------------------------------------------------------
+
+
+def test_failure_names_step_keeps_upstream_and_resume_runs_the_rest(case: Case, workdir: Path) -> None:
+    executor = Executor(case.config, mode=case.mode, max_workers=2)
+    with pytest.raises(StepFailedError) as caught:
+        executor.run(diamond(workdir, fail="c"))
+    error = caught.value
+    execution_id = error.execution_id
+    assert execution_id is not None
+
+    assert error.step_id == "c"
+    assert "step 'c' failed" in str(error)
+    assert "StepError: c was told to fail" in str(error)
+    assert execution_id in str(error)
+    assert isinstance(error.__cause__, StepError)
+    assert error.backend == case.config.backend
+    assert error.result is not None
+    first = statuses(error.result)
+    assert first["a"] == StepStatus.SUCCEEDED
+    assert first["c"] == StepStatus.FAILED
+    assert first["d"] == StepStatus.NOT_RUN
+    left = case.left(execution_id)
+    assert "a" in left
+    assert "c" not in left
+    assert "d" not in left
+    assert ("b" in left) == (first["b"] == StepStatus.SUCCEEDED)
+    assert calls(workdir)["c"] == 1
+    assert "d" not in calls(workdir)
+
+    # The bug is fixed; resume the same execution.
+    result = executor.run(diamond(workdir), execution_id=execution_id)
+
+    assert result.execution_id == execution_id
+    assert result.output.content == EXPECTED_D
+    expected_ran = ["c", "d"] if "b" in left else ["b", "c", "d"]
+    assert result.ran() == expected_ran
+    assert {step_id for step_id, status in statuses(result).items() if status == StepStatus.REUSED} == set(left)
+    assert calls(workdir) == {"a": 1, "b": 1, "c": 2, "d": 1}
+    assert case.left(execution_id) == []
+
+
+def test_step_failed_error_survives_pickling(workdir: Path) -> None:
+    with pytest.raises(StepFailedError) as caught:
+        Executor(StoreConfig("memory")).run(diamond(workdir, fail="a"))
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (copy.step_id, copy.execution_id, copy.backend) == ("a", caught.value.execution_id, "memory")
+    assert copy.result == caught.value.result
+    assert str(copy) == str(caught.value)
+
+
+def test_failure_with_clear_policy_removes_everything(workdir: Path) -> None:
+    config = StoreConfig("memory")
+    with pytest.raises(StepFailedError) as caught:
+        Executor(config, on_failure="clear").run(diamond(workdir, fail="d"))
+    assert caught.value.step_id == "d"
+    assert "cleared" in str(caught.value)
+    assert caught.value.result is not None
+    assert caught.value.result.cleared
+    with config.create(caught.value.execution_id) as store:
+        assert list(store.list()) == []
+
+
+def test_resume_of_a_finished_execution_runs_nothing(workdir: Path) -> None:
+    executor = Executor(StoreConfig("memory"), on_success="keep")
+    first = executor.run(diamond(workdir))
+    again = executor.run(diamond(workdir), execution_id=first.execution_id)
+    assert statuses(again) == dict.fromkeys("abcd", StepStatus.REUSED)
+    assert again.output.content == EXPECTED_D
+    assert calls(workdir) == dict.fromkeys("abcd", 1)
+    assert [again.steps[s].size for s in "abcd"] == [first.steps[s].size for s in "abcd"]
+    with StoreConfig("memory").create(first.execution_id) as store:
+        store.clear()
+
+
+def test_a_step_returning_something_unstorable_fails_with_its_name() -> None:
+    pipeline = Pipeline([Step("odd", lambda inputs: {1, 2})])
+    with pytest.raises(StepFailedError) as caught:
+        Executor().run(pipeline)
+    assert caught.value.step_id == "odd"
+    assert isinstance(caught.value.__cause__, SerializationError)
+    assert "'odd' returned a set" in str(caught.value.__cause__)
+
+
+def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
+    def interrupted(inputs: Inputs) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Executor().run(Pipeline([Step("x", interrupted)]))
+
+
+# -- namespaces ---------------------------------------------------------------------------------------
+
+
+def test_concurrent_executions_have_their_own_namespaces(case: Case, workdir: Path) -> None:
+    # Y starts and is held inside B (A saved). X then runs from start to end, clearing its namespace,
+    # while Y is in flight. Y's artifacts must be untouched by X's clear, and Y then finishes correctly.
+    gate = Gate(str(workdir / "x-finished"))
+    y_dir, x_dir = workdir / "y", workdir / "x"
+    y_dir.mkdir()
+    x_dir.mkdir()
+    executor = Executor(case.config, mode=case.mode)
+    y_id = f"y-{uuid.uuid4().hex}"
+    outcome: dict[str, Any] = {}
+
+    def run_y() -> None:
+        try:
+            outcome["y"] = executor.run(diamond(y_dir, gate=gate), execution_id=y_id)
+        except BaseException as exc:
+            outcome["y"] = exc
+
+    y = threading.Thread(target=run_y)
+    y.start()
+    try:
+        wait_until(lambda: "b" in calls(y_dir), 60, "execution Y never reached step b")
+        x = executor.run(diamond(x_dir))
+        assert x.execution_id != y_id
+        assert x.output.content == EXPECTED_D
+        assert case.left(x.execution_id) == []
+        assert "a" in case.left(y_id)  # X's clear left Y's artifacts alone
+    finally:
+        gate.open()
+        y.join(timeout=100)
+    assert not y.is_alive()
+    assert isinstance(outcome["y"], RunResult), outcome["y"]
+    assert outcome["y"].output.content == EXPECTED_D
+    assert case.left(y_id) == []
+
+
+def test_given_execution_id_is_the_namespace() -> None:
+    seen: list[str] = []
+
+    def factory(namespace: str) -> ArtifactStore:
+        seen.append(namespace)
+        return create_store("memory", namespace=namespace)
+
+    result = Executor(factory).run(Pipeline([Step("x", lambda inputs: "hi")]), execution_id="run 7/ü")
+    assert seen == ["run 7/ü"]
+    assert result.execution_id == "run 7/ü"
+    fresh = [Executor(factory).run(Pipeline([Step("x", lambda inputs: 1)])).execution_id for _ in range(2)]
+    assert fresh[0] != fresh[1]
+    assert all(len(name) == 32 for name in fresh)
+
+
+@pytest.mark.parametrize("bad", ["", "nul\x00", "x" * 200])
+def test_invalid_execution_id_is_refused_before_anything_runs(bad: str, workdir: Path) -> None:
+    with pytest.raises(InvalidStepIdError):
+        Executor().run(diamond(workdir), execution_id=bad)
+    assert calls(workdir) == {}
+
+
+def test_any_legal_step_id_works() -> None:
+    ids = ["../up", "a b/c*?[x]", "ü 🎉", "%2F"]
+    steps = [Step(ids[0], lambda inputs: b"\x00\xff")]
+    steps += [
+        Step(new, lambda inputs: repr(next(iter(inputs.values())).content), (old,))
+        for old, new in itertools.pairwise(ids)
+    ]
+    result = Executor(on_success="keep").run(Pipeline(steps))
+    with create_store("memory", namespace=result.execution_id) as store:
+        assert sorted(info.step_id for info in store.list()) == sorted(ids)
+        assert store.get(ids[0]).content == b"\x00\xff"
+        store.clear()
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "example"])
+def test_processes_refuse_in_process_backends_up_front(backend: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Executor(StoreConfig(backend), mode="processes")
+    message = str(caught.value)
+    assert f"backend {backend!r}" in message
+    assert "cross_process=False" in message
+    assert "mode='threads'" in message
+    assert "redis" in message
+    assert "filesystem" in message
+    assert caught.value.backend == backend
+
+
+def test_processes_refuse_memory_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    with pytest.raises(ConfigurationError, match="cannot use backend 'memory'"):
+        Executor(mode="processes")
+
+
+def test_processes_need_a_store_config() -> None:
+    with pytest.raises(ConfigurationError, match="needs a StoreConfig"):
+        Executor(lambda namespace: create_store("memory", namespace=namespace), mode="processes")
+
+
+def test_processes_refuse_unimportable_steps_before_any_step_runs(process_case: Case, workdir: Path) -> None:
+    pipeline = Pipeline(
+        [Step("a", functools.partial(step_a, workdir=str(workdir))), Step("b", lambda inputs: 1, ("a",))]
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        Executor(process_case.config, mode="processes").run(pipeline)
+    assert caught.value.step_id == "b"
+    assert "<lambda>" in str(caught.value)
+    assert "module level" in str(caught.value)
+    assert calls(workdir) == {}
+
+
+def test_a_worker_that_dies_fails_its_step(process_case: Case, workdir: Path) -> None:
+    a = Step("a", functools.partial(step_a, workdir=str(workdir)))
+    crashing = Pipeline([a, Step("last", functools.partial(step_crash, workdir=str(workdir)), ("a",))])
+    executor = Executor(process_case.config, mode="processes")
+    with pytest.raises(StepFailedError) as caught:
+        executor.run(crashing)
+    assert caught.value.step_id == "last"
+    assert isinstance(caught.value.__cause__, BrokenProcessPool)
+    execution_id = caught.value.execution_id
+    assert execution_id is not None
+    assert process_case.left(execution_id) == ["a"]
+
+    fixed = Pipeline([a, Step("last", functools.partial(step_a, workdir=str(workdir)), ("a",))])
+    result = executor.run(fixed, execution_id=execution_id)
+    assert result.ran() == ["last"]
+    assert calls(workdir) == {"a": 2, "crash": 1}  # a: once as itself, once as the fixed "last"
+
+
+# -- construction -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "fork"}, "mode must be one of"),
+        ({"on_success": "drop"}, "on_success must be one of"),
+        ({"on_failure": "retry"}, "on_failure must be one of"),
+        ({"max_workers": 0}, "max_workers must be a positive int"),
+    ],
+)
+def test_invalid_arguments(kwargs: Mapping[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        Executor(**kwargs)
+
+
+def test_a_store_instance_is_refused() -> None:
+    with create_store("memory") as store, pytest.raises(TypeError, match="its own namespace"):
+        Executor(store)  # type: ignore[arg-type]
+
+
+def test_executor_from_a_service_container(workdir: Path) -> None:
+    with ServiceContainer() as services:
+        register_artifact_store(services, "example")
+        result = Executor(services).run(diamond(workdir))
+    assert result.backend == "example"
+    assert result.output.content == EXPECTED_D
+
+
+def test_a_container_without_a_store_config() -> None:
+    with ServiceContainer() as services, pytest.raises(ServiceNotFoundError, match="StoreConfig"):
+        Executor(services)
+
+
+def test_step_outputs_are_wrapped_by_kind() -> None:
+    seen: dict[str, Message] = {}
+
+    def reader(inputs: Mapping[str, ArtifactConnector]) -> None:
+        seen.update({name: connector.get() for name, connector in inputs.items()})
+
+    pipeline = Pipeline(
+        [
+            Step("bytes", lambda inputs: b"\x00raw"),
+            Step("text", lambda inputs: "text"),
+            Step("json", lambda inputs: {"k": [1, 2]}),
+            Step("message", lambda inputs: Message(content="m", metadata={"x": 1})),
+            Step("read", reader, ("bytes", "text", "json", "message")),
+        ]
+    )
+    result = Executor().run(pipeline)
+    assert seen["bytes"].content == b"\x00raw"
+    assert seen["bytes"].media_type == "application/octet-stream"
+    assert seen["text"].content == "text"
+    assert seen["json"].to_python() == {"k": [1, 2]}
+    assert seen["message"].metadata == {"x": 1}
+    assert result.output.content is None
+
+
+def test_table_lists_every_step() -> None:
+    result = Executor().run(
+        Pipeline([Step("first", lambda inputs: "x" * 2000), Step("second", lambda inputs: 1, ("first",))])
+    )
+    table = result.table()
+    assert "first" in table
+    assert "second" in table
+    assert "succeeded" in table
+    assert "2.0 KiB" in table
+    assert "2 of 2 ran" in table
+    with pytest.raises(LookupError, match="0 outputs"):
+        _ = RunResult(execution_id="x", backend="memory", steps={}).output

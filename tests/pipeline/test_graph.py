@@ -1,0 +1,74 @@
+"""Step and Pipeline: validation and structure."""
+
+from __future__ import annotations
+
+import pytest
+
+from artifactstore_core import InvalidStepIdError
+from artifactstore_core.pipeline import InvalidPipelineError, Pipeline, Step
+
+
+def noop(inputs: object) -> None:
+    return None
+
+
+def test_structure_of_a_diamond_defined_out_of_order() -> None:
+    pipeline = Pipeline([Step("d", noop, ("b", "c")), Step("c", noop, "a"), Step("b", noop, ["a"]), Step("a", noop)])
+    assert pipeline.levels == (("a",), ("c", "b"), ("d",))
+    assert pipeline.order == ("a", "c", "b", "d")
+    assert [step.id for step in pipeline.steps] == list(pipeline.order)
+    assert pipeline.sinks == ("d",)
+    assert pipeline.dependents("a") == ("c", "b")
+    assert pipeline["c"].inputs == ("a",)
+    assert "a" in pipeline
+    assert "z" not in pipeline
+    assert len(pipeline) == 4
+
+
+def test_several_sinks_and_roots() -> None:
+    pipeline = Pipeline([Step("x", noop), Step("y", noop), Step("z", noop, ("x",))])
+    assert pipeline.levels == (("x", "y"), ("z",))
+    assert pipeline.sinks == ("y", "z")
+
+
+def test_duplicate_ids() -> None:
+    with pytest.raises(InvalidPipelineError, match="two steps have the id 'a'"):
+        Pipeline([Step("a", noop), Step("a", noop)])
+
+
+def test_unknown_input() -> None:
+    with pytest.raises(InvalidPipelineError, match="step 'b' reads 'ghost'"):
+        Pipeline([Step("a", noop), Step("b", noop, ("a", "ghost"))])
+
+
+def test_cycle_names_its_steps() -> None:
+    with pytest.raises(InvalidPipelineError, match="cycle: 'b', 'c'") as caught:
+        Pipeline([Step("a", noop), Step("b", noop, ("a", "c")), Step("c", noop, ("b",)), Step("d", noop, ("c",))])
+    assert "'a'" not in str(caught.value).split("cycle:")[1]
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Step("a", noop, ("a",)), "lists itself"),
+        (lambda: Step("a", noop, ("b", "b")), "more than once"),
+        (lambda: Step("a", "not callable"), "must be callable"),  # type: ignore[arg-type]
+        (lambda: Pipeline([]), "at least one step"),
+        (lambda: Pipeline(["a"]), "Step objects"),  # type: ignore[list-item]
+    ],
+)
+def test_invalid_definitions(make: object, match: str) -> None:
+    with pytest.raises(InvalidPipelineError, match=match):
+        make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("bad", ["", "a\nb", "x" * 300])
+def test_invalid_ids_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidStepIdError):
+        Step(bad, noop)
+    with pytest.raises(InvalidStepIdError):
+        Step("ok", noop, (bad,))
+
+
+def test_invalid_pipeline_error_is_a_value_error() -> None:
+    assert issubclass(InvalidPipelineError, ValueError)

@@ -1,0 +1,250 @@
+"""The artifactstore command, run as the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artifactstore_redis.testing import free_port, running
+from fakedist import install_fake_distribution
+
+SCRIPT = Path(sys.executable).parent / "artifactstore"
+_DEFAULT_ROOT: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _filesystem_root(tmp_path: Path) -> Iterator[None]:
+    """Commands default to the filesystem backend: keep its artifacts in this test's directory."""
+    _DEFAULT_ROOT.append(tmp_path / "default-root")
+    yield
+    _DEFAULT_ROOT.pop()
+
+
+def run(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_STORE_")}
+    base["ARTIFACT_STORE_FILESYSTEM_ROOT"] = str(_DEFAULT_ROOT[-1])
+    base.update(env or {})
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        capture_output=True,
+        text=stdin is None,
+        input=stdin,
+        env=base,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_script_is_installed() -> None:
+    assert SCRIPT.is_file()
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("backends", "config", "doctor", "put", "get", "ls", "stat", "rm", "clear", "gc", "demo"):
+        assert command in result.stdout
+
+
+def test_backends_lists_everything_even_with_a_broken_plugin(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "artifactstore-broken",
+        "6.6.6",
+        {"broken": "broken_cli_mod"},
+        {"broken_cli_mod": "raise ImportError('missing native library')\n"},
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    table = run("backends", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "memory" in table.stdout
+    assert "missing native library" in table.stdout
+    listing = run("backends", "--json", env=env)
+    assert listing.returncode == 0
+    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    assert rows["memory"]["status"] == "loaded"
+    assert rows["memory"]["capabilities"]["cross_process"] is False
+    assert rows["broken"]["distribution"] == "artifactstore-broken"
+    assert rows["broken"]["version"] == "6.6.6"
+    assert "missing native library" in rows["broken"]["status"]
+    # Other commands keep working beside the broken plugin.
+    assert run("doctor", env=env).returncode == 0
+
+
+def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
+    canary = "canary-secret-5d2c"
+    env = {"ARTIFACT_STORE_SIGNING_KEY": canary, "ARTIFACT_STORE_MEMORY_LIMIT": "7", "ARTIFACT_STORE_BACKEND": "memory"}
+    result = run("config", "--json", "--namespace", "cli-ns", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["ARTIFACT_STORE_SIGNING_KEY"]["value"] == "**********"
+    assert rows["ARTIFACT_STORE_SIGNING_KEY"]["secret"] is True
+    assert rows["ARTIFACT_STORE_MEMORY_LIMIT"] == {**rows["ARTIFACT_STORE_MEMORY_LIMIT"], "value": 7, "source": "env"}
+    assert rows["ARTIFACT_STORE_NAMESPACE"]["source"] == "argument"
+    assert rows["ARTIFACT_STORE_BACKEND"]["source"] == "env"
+    for args in (("config",), ("doctor",), ("doctor", "--json"), ("ls",), ("backends",)):
+        out = run(*args, env=env)
+        assert canary not in out.stdout + out.stderr
+
+
+def test_doctor_reports_ok() -> None:
+    result = run("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "ok"
+    assert report["backend"] == "filesystem"
+    assert run("doctor", "-b", "memory").stdout.startswith("ok: backend 'memory'")
+    assert report["save_ms"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "text"),
+    [
+        (("get", "missing"), {}, 3, "ArtifactNotFoundError"),
+        (("ls",), {"ARTIFACT_STORE_BACKEND": "memroy"}, 5, "did you mean 'memory'?"),
+        (("ls", "-b", "memory"), {"ARTIFACT_STORE_MEMORY_LIMIT": "many"}, 5, "ARTIFACT_STORE_MEMORY_LIMIT"),
+        (("stat", "bad\nid"), {}, 5, "control character"),
+        (("rm", "a", "b"), {}, 3, "not found"),
+        (("clear",), {}, 2, "--yes"),
+        (("gc", "--older-than", "soon"), {}, 2, "duration"),
+    ],
+)
+def test_errors_are_one_line_with_documented_codes(
+    args: tuple[str, ...], env: dict[str, str], code: int, text: str
+) -> None:
+    result = run(*args, env=env)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert text in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = run("--debug", "get", "missing")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_in_process_data_commands_round_trip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """put/ls/stat/get/rm/clear in one process (memory does not cross processes)."""
+    from artifactstore_core.cli import main
+
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    source = tmp_path / "in.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+    out = tmp_path / "out.bin"
+    assert main(["put", "blob", str(source), "--meta", "k=v", "-n", "cli"]) == 0
+    assert main(["stat", "blob", "-n", "cli", "--json"]) == 0
+    assert main(["get", "blob", "-o", str(out), "-n", "cli"]) == 0
+    assert out.read_bytes() == source.read_bytes()
+    assert main(["put", "blob", str(source), "-n", "cli"]) == 4  # different metadata: write-once refuses
+    assert main(["clear", "--dry-run", "-n", "cli"]) == 0
+    assert main(["rm", "blob", "-n", "cli"]) == 0
+    assert main(["rm", "blob", "-n", "cli"]) == 3
+    assert main(["gc", "--older-than", "1s", "--dry-run"]) == 0
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running(tmp_path_factory.mktemp("cli-redis")) as server:
+        yield server.url
+
+
+def _backend_env(kind: str, tmp_path: Path, redis_url: str) -> dict[str, str]:
+    if kind == "filesystem":
+        return {"ARTIFACT_STORE_BACKEND": "filesystem", "ARTIFACT_STORE_FILESYSTEM_ROOT": str(tmp_path / "root")}
+    return {"ARTIFACT_STORE_BACKEND": "redis", "ARTIFACT_STORE_REDIS_URL": redis_url}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["filesystem", "redis"])
+def test_50_mb_round_trip_through_the_console_script(kind: str, tmp_path: Path, redis_url: str) -> None:
+    env = _backend_env(kind, tmp_path, redis_url)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(1024 * 1024) * 50)
+    ns = ("-n", f"cli-{kind}")
+    assert run("put", "data/big file.bin", str(source), *ns, env=env).returncode == 0
+    listing = run("ls", "--json", *ns, env=env)
+    assert [row["step_id"] for row in json.loads(listing.stdout)] == ["data/big file.bin"]
+    assert json.loads(listing.stdout)[0]["size"] == 50 * 1024 * 1024
+    out = tmp_path / "out.bin"
+    got = run("get", "data/big file.bin", "-o", str(out), *ns, env=env)
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == source.read_bytes()
+    piped = run("get", "data/big file.bin", *ns, env=env, stdin=b"")
+    assert piped.stdout == source.read_bytes()
+    assert run("put", "small", "-", *ns, env=env, stdin=b"from stdin").returncode == 0
+    assert run("rm", "data/big file.bin", *ns, env=env).returncode == 0
+    assert run("get", "data/big file.bin", *ns, env=env).returncode == 3
+    cleared = run("clear", "--yes", *ns, env=env)
+    assert cleared.stdout.strip() == "removed 1 artifacts"
+    assert json.loads(run("ls", "--json", *ns, env=env).stdout) == []
+
+
+def test_filesystem_is_the_command_default(tmp_path: Path) -> None:
+    env = {"ARTIFACT_STORE_FILESYSTEM_ROOT": str(tmp_path / "root"), "HOME": str(tmp_path)}
+    assert run("put", "kept", "-", env=env, stdin=b"persisted").returncode == 0
+    assert run("get", "kept", env=env, stdin=b"").stdout == b"persisted"
+    rows = {row["name"]: row for row in json.loads(run("config", "--json", env=env).stdout)}
+    assert rows["ARTIFACT_STORE_BACKEND"]["value"] == "filesystem"
+    assert rows["ARTIFACT_STORE_BACKEND"]["source"] == "command default"
+
+
+@pytest.mark.timeout(60)
+def test_doctor_against_a_stopped_redis_fails_fast_with_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here: a stopped server
+    env = {
+        "ARTIFACT_STORE_BACKEND": "redis",
+        "ARTIFACT_STORE_REDIS_URL": f"redis://:canary-pass-93e1@127.0.0.1:{port}/0",
+        "ARTIFACT_STORE_REDIS_SOCKET_CONNECT_TIMEOUT": "1",
+        "ARTIFACT_STORE_REDIS_SOCKET_TIMEOUT": "1",
+        "ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS": "1",
+    }
+    started = time.monotonic()
+    result = run("doctor", env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 6, result.stderr
+    assert elapsed < 30  # a hang guard, not a speed assertion
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: BackendUnavailableError")
+    assert "Traceback" not in result.stderr
+    assert "canary-pass-93e1" not in result.stdout + result.stderr
+
+
+def test_no_secret_in_any_command_output(tmp_path: Path, redis_url: str) -> None:
+    canaries = {"ARTIFACT_STORE_SIGNING_KEY": "canary-sign-11aa", "ARTIFACT_STORE_REDIS_PASSWORD": "canary-redis-22bb"}
+    env = {**_backend_env("filesystem", tmp_path, redis_url), **canaries}
+    env["ARTIFACT_STORE_HTTP_TOKEN"] = "canary-http-33cc-long-enough"
+    commands: list[tuple[str, ...]] = [
+        ("backends",),
+        ("backends", "--json"),
+        ("config",),
+        ("config", "--json"),
+        ("config", "-b", "redis"),
+        ("config", "-b", "http", "--json"),
+        ("doctor",),
+        ("doctor", "--json"),
+        ("ls",),
+        ("stat", "missing"),
+        ("gc", "--older-than", "1d", "--dry-run"),
+    ]
+    for args in commands:
+        result = run(*args, env=env)
+        text = result.stdout + result.stderr
+        for canary in [*canaries.values(), env["ARTIFACT_STORE_HTTP_TOKEN"]]:
+            assert canary not in text, (args, canary)
+
+
+def test_demo_is_the_main_job() -> None:
+    """The README's main-job command: the example pipeline on the default embedded backend."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "uv run artifactstore demo" in readme
+    result = run("demo")
+    assert result.returncode == 0, result.stderr
+    for text in ("backend 'filesystem'", "summarise-4", "succeeded", "final result", "namespace cleared: True"):
+        assert text in result.stdout
+    assert list(_DEFAULT_ROOT[-1].rglob("@*")) == []  # nothing of the execution is left on disk
