@@ -62,6 +62,13 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: the example pipeline on the default backend."""
-    sync(session)
-    session.run("python", "examples/quickstart.py")
+    """The main job: the example pipeline on the default embedded backend."""
+    sync(session, "--all-packages")
+    session.run("artifactstore", "demo")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every backend beside its raw client, in one run: a table of medians and ratios, and JSON."""
+    sync(session, "--all-packages", "--group", "bench")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -381,6 +381,9 @@ class Codec:
             raise UnsupportedFormatError(f"unknown digest algorithm {digest.get('alg')!r}")
         schema = doc.get("schema")
         created_at = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
+        if created_at.utcoffset() is None:
+            raise ValueError("created_at has no time zone")
+        created_at = created_at.astimezone(UTC)
         size, stored_size = doc["size"], doc["stored_size"]
         if not (isinstance(size, int) and isinstance(stored_size, int) and size >= 0 and stored_size >= 0):
             raise ValueError("sizes must be non-negative integers")
@@ -457,8 +460,16 @@ class Codec:
 
     @staticmethod
     def message_from(header: Header, content: Any) -> Message:
-        """Build the message a header describes around already-verified content."""
-        return Message(
+        """Build the message a header describes around already-verified content.
+
+        ``content`` must be bytes, str, or a JSON value this codec just parsed (nobody else holds it).
+        """
+        if not isinstance(content, (bytes, str)):
+            content = freeze_json(content)
+        # Every field is already valid: content frozen here, the header's fields checked when it was parsed
+        # (created_at aware UTC, metadata frozen, schema a SchemaInfo). Skipping re-validation halves the
+        # cost of decoding a small message.
+        return Message.model_construct(
             content=content,
             schema=header.schema,
             metadata=header.metadata,

@@ -51,6 +51,14 @@ class FrozenDict(Mapping[str, Any]):
         self._data: dict[str, Any] = dict(data) if data else {}
         self._hash: int | None = None
 
+    @classmethod
+    def _adopt(cls, data: dict[str, Any]) -> FrozenDict:
+        # Takes ownership of a dict nobody else holds (freeze_json builds it), saving a copy per object.
+        frozen = cls.__new__(cls)
+        frozen._data = data
+        frozen._hash = None
+        return frozen
+
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
 
@@ -86,7 +94,18 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
         ValueError: if ``value`` is not a JSON value: a non-str key, a NaN or infinite float, or a type JSON
             cannot hold. (Inside a :class:`Message` this surfaces as a pydantic ``ValidationError``.)
     """
-    if value is None or isinstance(value, (bool, int, str)):
+    kind = type(value)
+    # Exact-type fast paths first: this runs for every value of every JSON message saved or read.
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
+                raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
+        return FrozenDict._adopt({key: freeze_json(item, where=where) for key, item in value.items()})
+    if kind is list or kind is tuple:
+        return tuple([freeze_json(item, where=where) for item in value])
+    if isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -100,7 +119,7 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
             if not isinstance(key, str):
                 raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
             frozen[key] = freeze_json(item, where=where)
-        return FrozenDict(frozen)
+        return FrozenDict._adopt(frozen)
     if isinstance(value, (list, tuple)):
         return tuple(freeze_json(item, where=where) for item in value)
     raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")

@@ -1,0 +1,1 @@
+"""Benchmarks: every backend beside its raw client, in one run (``nox -s bench``)."""

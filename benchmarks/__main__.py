@@ -1,0 +1,68 @@
+"""Run the benchmark suite: ``python -m benchmarks [--json PATH] [--only NAME ...]``.
+
+Prints one table (our median, the raw client's median, the ratio, the target) and writes the same figures,
+with every sample, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from .harness import Case, run_case, table, write_json
+
+STREAM_MB = 256
+STREAM_TARGET_MB = 64
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="Where to write the figures.")
+    parser.add_argument("--only", nargs="*", default=None, help="Groups to run (default: all).")
+    args = parser.parse_args()
+
+    from . import cases_core, cases_servers, streaming
+
+    groups: dict[str, Callable[[ExitStack], list[Case]]] = {
+        "memory": lambda stack: cases_core.memory_cases(),
+        "codec": lambda stack: cases_core.codec_cases(),
+        "filesystem": cases_servers.filesystem_cases,
+        "redis": cases_servers.redis_cases,
+        "http": cases_servers.http_cases,
+    }
+    wanted = set(args.only) if args.only else None
+    results = []
+    extras: list[dict[str, Any]] = []
+    for name, build in groups.items():
+        if wanted is not None and name not in wanted:
+            continue
+        with ExitStack() as stack:
+            for case in build(stack):
+                print(f"running {case.backend}: {case.workload} ...", file=sys.stderr, flush=True)
+                results.append(run_case(case))
+    if wanted is None or "streaming" in wanted:
+        with tempfile.TemporaryDirectory(prefix="bench-stream-root-") as root:
+            print(f"running filesystem: stream {STREAM_MB} MB ...", file=sys.stderr, flush=True)
+            figures = streaming.measure("filesystem", STREAM_MB, {"root": root})
+        extras.append(
+            {
+                "backend": "filesystem",
+                "workload": f"peak RSS growth streaming {STREAM_MB} MB in and out",
+                "value": f"{figures['growth_mb']} MB",
+                "target": f"< {STREAM_TARGET_MB} MB",
+                "met": figures["growth_mb"] < STREAM_TARGET_MB,
+            }
+        )
+    print(table(results, extras))
+    write_json(args.json, results, extras)
+    print(f"\nfigures written to {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

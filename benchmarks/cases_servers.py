@@ -1,0 +1,224 @@
+"""Cases against real servers: each backend beside its raw client on the same server and settings."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import redis
+from pydantic import SecretStr
+
+from artifactstore_core import Message
+from artifactstore_filesystem import FilesystemSettings, FilesystemStore
+from artifactstore_http import HttpSettings, HttpStore
+from artifactstore_http.server import create_app
+from artifactstore_http.testing import TOKEN, ServerThread
+from artifactstore_memory import MemorySpace, MemoryStore
+from artifactstore_redis import RedisSettings, RedisStore
+from artifactstore_redis.testing import RedisServer
+
+from .cases_core import SMALL
+from .harness import Case
+
+MB = 1024 * 1024
+ONE_MB = Message(content=os.urandom(MB))
+SIXTY_FOUR_MB = Message(content=os.urandom(64 * MB))
+
+
+def redis_cases(stack: ExitStack) -> list[Case]:
+    """The redis backend beside redis-py SET/GET/EXISTS and pipelines on the same server."""
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-redis-")))
+    server = RedisServer(workdir).start()
+    stack.callback(server.stop)
+    store = RedisStore(RedisSettings(url=SecretStr(server.url)), namespace="bench")
+    stack.callback(store.close)
+    raw = redis.Redis.from_url(server.url)
+    stack.callback(raw.close)
+    small_bytes = store.codec.encode(SMALL).to_bytes()
+    cases: list[Case] = []
+
+    def reset() -> None:
+        store.clear()
+        raw.delete(*raw.keys("raw:*") or [b"raw:none"])
+
+    def save_case(name: str, message: Message, number: int, target: float | None) -> Case:
+        blob = message.content if isinstance(message.content, bytes) else small_bytes
+        return Case(
+            "redis",
+            f"{name} save",
+            lambda i: store.save(f"s{i}", message),
+            lambda i: raw.set(f"raw:s{i}", blob),
+            number=number,
+            target=target,
+            reset=reset,
+        )
+
+    def get_case(name: str, message: Message, number: int, target: float | None) -> Case:
+        blob = message.content if isinstance(message.content, bytes) else small_bytes
+
+        def prepare() -> None:
+            store.save("g", message)
+            raw.set("raw:g", blob)
+
+        return Case(
+            "redis", f"{name} get", lambda i: store.get("g"), lambda i: raw.get("raw:g"),
+            number=number, target=target, prepare=prepare,
+        )  # fmt: skip
+
+    cases += [
+        save_case("small 1 KB", SMALL, 500, 1.5),
+        get_case("small 1 KB", SMALL, 500, None),
+        save_case("1 MB", ONE_MB, 50, 1.2),
+        get_case("1 MB", ONE_MB, 50, 1.2),
+        save_case("64 MB", SIXTY_FOUR_MB, 2, 1.2),
+        get_case("64 MB", SIXTY_FOUR_MB, 2, 1.2),
+        Case("redis", "exists", lambda i: store.exists("g"), lambda i: raw.exists("raw:g"), number=500),
+    ]
+
+    batch = {f"b{i}": SMALL for i in range(1000)}
+
+    def raw_set_many(i: int) -> None:
+        pipe = raw.pipeline(transaction=False)
+        for key in batch:
+            pipe.set(f"raw:{key}", small_bytes)
+        pipe.execute()
+
+    def raw_get_many(i: int) -> None:
+        pipe = raw.pipeline(transaction=False)
+        for key in batch:
+            pipe.get(f"raw:{key}")
+        pipe.execute()
+
+    def fill_both() -> None:
+        store.save_many(batch)
+        raw_set_many(0)
+
+    cases += [
+        Case(
+            "redis", "save_many 1,000 small", lambda i: store.save_many(batch), raw_set_many,
+            number=3, reset=reset,
+        ),
+        Case(
+            "redis", "get_many 1,000 small", lambda i: store.get_many(list(batch)), raw_get_many,
+            number=3, target=1.3, prepare=fill_both,
+        ),
+    ]  # fmt: skip
+
+    many = {f"c{i}": SMALL for i in range(10_000)}
+
+    def raw_clear(i: int) -> None:
+        keys = raw.keys("raw:c*")
+        for start in range(0, len(keys), 500):
+            raw.delete(*keys[start : start + 500])
+
+    def raw_fill(i: int) -> None:
+        pipe = raw.pipeline(transaction=False)
+        for key in many:
+            pipe.set(f"raw:{key}", small_bytes)
+        pipe.execute()
+
+    cases.append(
+        Case(
+            "redis", "clear 10,000", lambda i: store.clear(), raw_clear, number=1, repeat=5,
+            before_ours=lambda i: store.save_many(many), before_raw=raw_fill,
+        )
+    )  # fmt: skip
+    return cases
+
+
+def http_cases(stack: ExitStack) -> list[Case]:
+    """The http backend beside raw httpx PUT/GET of the same envelope bytes against the same uvicorn."""
+    space = MemorySpace()
+    app = create_app(lambda namespace: MemoryStore(namespace=namespace, space=space), token=SecretStr(TOKEN))
+    server = ServerThread(app).start()
+    stack.callback(server.stop)
+    store = HttpStore(HttpSettings(endpoint=server.url, token=SecretStr(TOKEN)), namespace="bench")
+    stack.callback(store.close)
+    raw = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    stack.callback(raw.close)
+
+    def blob(message: Message) -> bytes:
+        return store.codec.encode(message).to_bytes()
+
+    def reset() -> None:
+        store.clear()
+        raw.delete("/v1/namespaces/raw")
+
+    cases = []
+    for name, message, number in (("small 1 KB", SMALL, 300), ("1 MB", ONE_MB, 30)):
+        body = blob(message)
+        cases.append(
+            Case(
+                "http", f"{name} save",
+                lambda i, m=message: store.save(f"s{i}", m),
+                lambda i, b=body: raw.put(f"/v1/namespaces/raw/artifacts/s{i}", content=b).raise_for_status(),
+                number=number, reset=reset,
+            )
+        )  # fmt: skip
+
+        def prepare(m: Message = message, b: bytes = body) -> None:
+            store.save("g", m)
+            raw.put("/v1/namespaces/raw/artifacts/g", content=b).raise_for_status()
+
+        cases.append(
+            Case(
+                "http", f"{name} get", lambda i: store.get("g"),
+                lambda i: raw.get("/v1/namespaces/raw/artifacts/g").raise_for_status(),
+                number=number, prepare=prepare,
+            )
+        )  # fmt: skip
+    return cases
+
+
+def filesystem_cases(stack: ExitStack) -> list[Case]:
+    """The filesystem backend beside a plain durable write (temp file, fsync, rename) and a plain read."""
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fs-")))
+    store = FilesystemStore(FilesystemSettings(root=root / "store"), namespace="bench")
+    stack.callback(store.close)
+    raw_dir = root / "raw"
+    raw_dir.mkdir()
+
+    def raw_write(name: str, data: bytes) -> None:
+        tmp = raw_dir / f".{name}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, raw_dir / name)
+        fd = os.open(raw_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def reset() -> None:
+        store.clear()
+        for path in raw_dir.iterdir():
+            path.unlink()
+
+    cases = []
+    for name, message, number in (("small 1 KB", SMALL, 100), ("1 MB", ONE_MB, 30), ("64 MB", SIXTY_FOUR_MB, 2)):
+        data = message.content if isinstance(message.content, bytes) else store.codec.encode(message).to_bytes()
+        cases.append(
+            Case(
+                "filesystem", f"{name} save",
+                lambda i, m=message: store.save(f"s{i}", m),
+                lambda i, d=data: raw_write(f"s{i}", d),
+                number=number, reset=reset,
+            )
+        )  # fmt: skip
+
+        def prepare(m: Message = message, d: bytes = data) -> None:
+            store.save("g", m, overwrite=True)
+            raw_write("g", d)
+
+        cases.append(
+            Case(
+                "filesystem", f"{name} get", lambda i: store.get("g"), lambda i: (raw_dir / "g").read_bytes(),
+                number=number, prepare=prepare,
+            )
+        )  # fmt: skip
+    return cases

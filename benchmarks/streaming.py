@@ -1,0 +1,69 @@
+"""Peak resident memory while streaming a large artifact through a backend, measured in a child process.
+
+The child creates the store, records its peak RSS, streams a file of ``size`` bytes in with
+``save_stream`` and back out with ``open``, and reports how much its peak RSS grew. Run as
+``python -m benchmarks.streaming BACKEND SIZE_MB ROOT_OR_URL``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1024 * 1024
+
+
+def _peak_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(backend: str, size_mb: int, options: dict[str, Any]) -> None:
+    from artifactstore_core import create_store
+
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
+        source = Path(tmp) / "source.bin"
+        digest = hashlib.blake2b()
+        with source.open("wb") as handle:
+            block = os.urandom(CHUNK)
+            for _ in range(size_mb):
+                handle.write(block)
+                digest.update(block)
+        with create_store(backend, namespace="bench-stream", **options) as store:
+            store.clear()
+            before = _peak_mb()
+            with source.open("rb") as handle:
+                store.save_stream("big", handle)
+            check = hashlib.blake2b()
+            with store.open("big") as reader:
+                while chunk := reader.read(CHUNK):
+                    check.update(chunk)
+            after = _peak_mb()
+            store.clear()
+    if check.digest() != digest.digest():
+        raise SystemExit("streamed artifact read back differently")
+    print(json.dumps({"growth_mb": round(after - before, 1), "baseline_mb": round(before, 1)}))
+
+
+def measure(backend: str, size_mb: int, options: dict[str, Any]) -> dict[str, Any]:
+    """Run the child for ``backend`` and return its figures."""
+    result = subprocess.run(  # noqa: S603 - our own interpreter and module, arguments we built
+        [sys.executable, "-m", "benchmarks.streaming", backend, str(size_mb), json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]))
