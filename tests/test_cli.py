@@ -248,3 +248,15 @@ def test_demo_is_the_main_job() -> None:
     for text in ("backend 'filesystem'", "summarise-4", "succeeded", "final result", "namespace cleared: True"):
         assert text in result.stdout
     assert list(_DEFAULT_ROOT[-1].rglob("@*")) == []  # nothing of the execution is left on disk
+
+
+def test_serve_is_contributed_by_the_http_plugin() -> None:
+    listing = run("--help")
+    assert "serve" in listing.stdout
+    result = run("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--port" in result.stdout
+    # Without a token and without the explicit insecure flag the server refuses to start.
+    refused = run("serve", "--port", "0")
+    assert refused.returncode == 5
+    assert "Traceback" not in refused.stderr

@@ -1,0 +1,36 @@
+"""The benchmark harness itself (speed is measured by `nox -s bench`, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.harness import Case, run_case, table, write_json
+
+
+def test_harness_reports_medians_ratios_and_targets(tmp_path: Path) -> None:
+    calls = {"ours": 0, "raw": 0, "before": 0}
+
+    def ours(i: int) -> None:
+        calls["ours"] += 1
+
+    def raw(i: int) -> None:
+        calls["raw"] += 1
+
+    def before(i: int) -> None:
+        calls["before"] += 1
+
+    case = Case("demo", "noop", ours, raw, number=10, repeat=3, target=1000.0, before_ours=before)
+    result = run_case(case)
+    assert calls["ours"] == calls["raw"] == 31  # one warm-up call each, then 3 samples of 10
+    assert calls["before"] == 3
+    assert result.ratio > 0
+    assert result.met is True
+    assert len(result.samples_ours) == 3
+    text = table([result], [{"backend": "demo", "workload": "rss", "value": "1 MB", "target": "< 2 MB", "met": True}])
+    assert "demo" in text
+    assert "<= 1000x" in text
+    write_json(tmp_path / "out.json", [result], [])
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["results"][0]["workload"] == "noop"
+    assert doc["machine"]["cpus"] >= 1
