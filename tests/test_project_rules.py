@@ -100,3 +100,15 @@ def test_fresh_install_as_the_readme_says(tmp_path: Path) -> None:
     result = subprocess.run([str(python), "-c", one_liner], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "content=FrozenDict({'x': 1})" in result.stdout
+    # Only the core is installed here: selecting a first-party backend names the exact install command.
+    for name in ("redis", "s3", "http", "filesystem"):
+        missing = subprocess.run(
+            [str(python), "-c", "from artifactstore_core import create_store; create_store()"],
+            capture_output=True,
+            text=True,
+            env={**env, "ARTIFACT_STORE_BACKEND": name},
+            cwd=tmp_path,
+        )
+        assert missing.returncode != 0
+        assert f"BackendNotFoundError: no backend named '{name}' is installed" in missing.stderr
+        assert f"install it with: pip install artifactstore-{name}" in missing.stderr

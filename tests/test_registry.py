@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from artifactstore_core import BackendNotFoundError, Message, PluginLoadError, create_store
-from artifactstore_core.registry import plugin_host
+from artifactstore_core.registry import ENTRY_POINT_GROUP, PluginHost, plugin_host
 from fakedist import install_fake_distribution
 
 
@@ -28,16 +29,16 @@ def test_unknown_name_suggests_and_lists(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "memory" in text.split("installed backends:")[1]
 
 
-def test_known_backend_not_installed_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ARTIFACT_STORE_PLUGINS", "memory,example")  # hide any first-party plugin installed here
+def test_known_backend_not_installed_names_the_install_command() -> None:
+    # Simulate an environment with only the memory plugin (test_project_rules proves it in a real one).
+    only_memory = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == "memory"]
+    host = PluginHost(entry_points=lambda: only_memory)
     for name in ("redis", "s3", "http", "filesystem"):
-        monkeypatch.setenv("ARTIFACT_STORE_BACKEND", name)
-        with pytest.raises(BackendNotFoundError, match="ARTIFACT_STORE_PLUGINS"):
-            create_store()
-    monkeypatch.delenv("ARTIFACT_STORE_PLUGINS")
-    host = plugin_host()
-    error = host._not_found("redis", ["memory"])
-    assert "pip install artifactstore-redis" in str(error)
+        with pytest.raises(BackendNotFoundError) as info:
+            host.load(name)
+        assert f"install it with: pip install artifactstore-{name}" in str(info.value)
+        assert "installed backends: memory" in str(info.value)
+    assert host.load("memory").name == "memory"
 
 
 def test_broken_plugin_fails_alone(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
