@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 from pipeline_steps import DEADLINE, BarrierMeeting, Meeting, Rendezvous
 from pydantic import SecretStr
 
@@ -15,7 +18,7 @@ from artifactstore_core.pipeline import Mode, StoreConfig
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread
 from artifactstore_memory import MemorySpace, MemoryStore
-from artifactstore_redis.testing import running
+from artifactstore_redis.testing import free_port, running
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ def _config(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
     if backend == "http":
         # An artifact server in this process, in front of memory: worker processes reach it over HTTP.
         return StoreConfig("http", endpoint=request.getfixturevalue("http_url"), token=TOKEN)
+    if backend == "s3":
+        return StoreConfig("s3", **request.getfixturevalue("s3_options"))
     if backend == "redis":
         # Started only when a redis case runs; shared by the session. Executions never collide: each has
         # its own namespace, which is what these tests check.
@@ -61,6 +66,8 @@ CASES = [
     ("redis", "processes"),
     ("http", "threads"),
     ("http", "processes"),
+    ("s3", "threads"),
+    ("s3", "processes"),
 ]
 
 
@@ -91,6 +98,33 @@ def http_url() -> Iterator[str]:
     server = ServerThread(app).start()
     try:
         yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, str]]:
+    """A moto S3 server over real HTTP on loopback, with one bucket; the s3 store's options for it."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {
+            "bucket": "pipeline",
+            "endpoint_url": f"http://{host}:{port}",
+            "region": "us-east-1",
+            "access_key_id": "AKIAPIPELINETEST0001",
+            "secret_access_key": "pipeline-test-secret",
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=options["endpoint_url"],
+            region_name=options["region"],
+            aws_access_key_id=options["access_key_id"],
+            aws_secret_access_key=options["secret_access_key"],
+        ).create_bucket(Bucket=options["bucket"])
+        yield options
     finally:
         server.stop()
 

@@ -1,0 +1,130 @@
+"""The one mapping from boto3/botocore exceptions to artifactstore errors.
+
+The store's base class chains the original exception as ``__cause__``; messages here name the bucket,
+the S3 error code, the HTTP status and the setting to fix, and never a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from botocore import exceptions as bx
+
+from artifactstore_core.errors import (
+    AccessDeniedError,
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    PayloadTooLargeError,
+)
+
+__all__ = ["client_error_code", "translate_error"]
+
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+    }
+)
+_BUSY_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "InternalError",
+        "OperationAborted",
+        "ConditionalRequestConflict",
+    }
+)
+_TIMEOUT_CODES = frozenset({"RequestTimeout"})
+_WRONG_PLACE_CODES = frozenset(
+    {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+)
+_CREDENTIAL_HINT = (
+    "set ARTIFACT_STORE_S3_ACCESS_KEY_ID and ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, or configure boto3's "
+    "credential chain (AWS_PROFILE, AWS_ACCESS_KEY_ID, an instance role)"
+)
+
+
+def client_error_code(exc: BaseException) -> tuple[str, int]:
+    """The S3 error code and HTTP status of a ``ClientError`` (``("", 0)`` for anything else)."""
+    if not isinstance(exc, bx.ClientError):
+        return "", 0
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return str(error.get("Code", "")), int(status or 0)
+
+
+def _scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "**********")
+    return text
+
+
+def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] = ()) -> ArtifactStoreError | None:
+    """Map a boto3/botocore exception to an artifactstore error; ``None`` for exceptions it does not know.
+
+    ``secrets`` are removed from any server text quoted in the message.
+    """
+    where = f"bucket {bucket!r}"
+    if isinstance(exc, bx.ClientError):
+        code, status = client_error_code(exc)
+        server_text = _scrub(str(exc.response.get("Error", {}).get("Message", ""))[:200], secrets)
+        what = f"S3 error {code or '?'} (HTTP {status or '?'}) on {where}"
+        if server_text:
+            what += f": {server_text}"
+        if code == "NoSuchBucket":
+            return ConfigurationError(f"{where} does not exist; set ARTIFACT_STORE_S3_BUCKET to an existing bucket")
+        if code == "InvalidBucketName":
+            return ConfigurationError(f"{what}; set ARTIFACT_STORE_S3_BUCKET to a valid bucket name")
+        if code in _WRONG_PLACE_CODES or status == 301:
+            return ConfigurationError(
+                f"{what}; set ARTIFACT_STORE_S3_REGION (or ARTIFACT_STORE_S3_ENDPOINT_URL) to the bucket's region"
+            )
+        if code in ("NoSuchKey", "NotFound") or status == 404:
+            return ArtifactNotFoundError(what)
+        if code in _ACCESS_CODES or status == 403:
+            return AccessDeniedError(f"{what}; check the credentials and the bucket policy ({_CREDENTIAL_HINT})")
+        if code == "EntityTooLarge":
+            return PayloadTooLargeError(f"{what}; the artifact is larger than the service accepts")
+        if code in _TIMEOUT_CODES:
+            return BackendTimeoutError(what)
+        if code in _BUSY_CODES or status in (429, 500, 502, 503, 504):
+            return BackendUnavailableError(f"{what} (retryable; raise ARTIFACT_STORE_S3_MAX_ATTEMPTS to retry longer)")
+        return BackendError(what)
+    if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+        return BackendTimeoutError(
+            f"S3 request to {where} timed out ({type(exc).__name__}); see ARTIFACT_STORE_S3_CONNECT_TIMEOUT and "
+            "ARTIFACT_STORE_S3_READ_TIMEOUT"
+        )
+    if isinstance(exc, bx.FlexibleChecksumError):
+        return ArtifactCorruptedError(f"S3 response from {where} failed its checksum: the body was damaged")
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
+        return ConfigurationError(f"no usable S3 credentials for {where}: {type(exc).__name__}; {_CREDENTIAL_HINT}")
+    if isinstance(exc, bx.NoRegionError):
+        return ConfigurationError(f"no region for {where}; set ARTIFACT_STORE_S3_REGION")
+    if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
+        return BackendUnavailableError(
+            f"cannot reach S3 for {where} ({type(exc).__name__}); check ARTIFACT_STORE_S3_ENDPOINT_URL and the network"
+        )
+    if isinstance(exc, TimeoutError):
+        return BackendTimeoutError(f"S3 request to {where} timed out ({type(exc).__name__})")
+    if isinstance(exc, OSError):
+        return BackendUnavailableError(f"connection to S3 for {where} failed ({type(exc).__name__})")
+    if isinstance(exc, bx.BotoCoreError):
+        return BackendError(f"S3 client error for {where}: {type(exc).__name__}")
+    return None

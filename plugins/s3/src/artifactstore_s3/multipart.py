@@ -1,0 +1,187 @@
+"""One multipart upload with bounded parallelism, that is either completed or aborted, never left behind."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any, cast
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from artifactstore_core.errors import PayloadTooLargeError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+__all__ = ["MAX_PARTS", "MultipartUpload"]
+
+#: S3's most parts per upload.
+MAX_PARTS = 10_000
+
+logger = logging.getLogger("artifactstore_s3")
+
+
+class MultipartUpload:
+    """A multipart upload to ``key``: add parts in order, then :meth:`complete`; on any failure, :meth:`abort`.
+
+    At most ``concurrency`` parts are in flight at once. A caller that reads each part into
+    :meth:`buffer` and hands it to :meth:`add_buffer` holds at most ``concurrency`` parts in memory;
+    :meth:`add` takes bytes the caller already holds and waits for the oldest part when the window is full.
+
+    Raises (from every method): botocore exceptions, which the store translates;
+    :class:`PayloadTooLargeError` past :data:`MAX_PARTS` parts.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        metadata: dict[str, str],
+        content_type: str,
+        pool: ThreadPoolExecutor,
+        concurrency: int,
+        part_size: int,
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self.key = key
+        self._pool = pool
+        self._concurrency = concurrency
+        self._part_size = part_size
+        # Each part in flight, with the reusable buffer it was read into (None for bytes given by the caller).
+        self._inflight: deque[tuple[Future[CompletedPartTypeDef], bytearray | None]] = deque()
+        self._free: list[bytearray] = []
+        self._buffers = 0
+        self._parts: list[CompletedPartTypeDef] = []
+        self._number = 0
+        created = client.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata, ContentType=content_type)
+        self.upload_id = created["UploadId"]
+
+    def _next_number(self) -> int:
+        self._number += 1
+        if self._number > MAX_PARTS:
+            raise PayloadTooLargeError(
+                f"an upload to S3 needs more than {MAX_PARTS} parts; raise ARTIFACT_STORE_S3_PART_SIZE"
+            )
+        return self._number
+
+    def _finish_oldest(self) -> None:
+        future, buffer = self._inflight.popleft()
+        self._parts.append(future.result())
+        if buffer is not None:
+            self._free.append(buffer)
+
+    def buffer(self) -> bytearray:
+        """A ``part_size`` buffer to read the next part into, for :meth:`add_buffer`.
+
+        At most ``concurrency`` buffers exist: when all are in flight this waits for the oldest part. The
+        same buffers are reused for the whole upload, so memory stays at ``concurrency x part_size`` and the
+        allocator sees no churn of large blocks (which fragments the heap and inflates resident memory).
+        """
+        while not self._free and self._buffers >= self._concurrency:
+            self._finish_oldest()
+        if self._free:
+            return self._free.pop()
+        self._buffers += 1
+        return bytearray(self._part_size)
+
+    def add_buffer(self, buffer: bytearray, size: int) -> None:
+        """Upload the first ``size`` bytes of a buffer from :meth:`buffer` as the next part."""
+        if size == len(buffer):
+            self._submit(self._pool.submit(self._upload, self._next_number(), buffer), buffer)
+        else:  # a short last part: upload a copy and the buffer is free again at once
+            self._free.append(buffer)
+            self.add(bytes(memoryview(buffer)[:size]))
+
+    def release(self, buffer: bytearray) -> None:
+        """Give back a buffer from :meth:`buffer` that was not uploaded."""
+        self._free.append(buffer)
+
+    def _submit(self, future: Future[CompletedPartTypeDef], buffer: bytearray | None = None) -> None:
+        self._inflight.append((future, buffer))
+        while len(self._inflight) > self._concurrency:
+            self._finish_oldest()
+
+    def add(self, data: bytes | bytearray) -> None:
+        """Upload ``data`` as the next part (every part but the last must be at least 5 MiB)."""
+        number = self._next_number()
+        self._submit(self._pool.submit(self._upload, number, data))
+
+    def add_copy(self, source_key: str, start: int, end: int) -> None:
+        """Copy bytes ``[start, end)`` of ``source_key`` (same bucket) server-side as the next part."""
+        number = self._next_number()
+        self._submit(self._pool.submit(self._copy, number, source_key, start, end))
+
+    def _upload(self, number: int, data: bytes | bytearray) -> CompletedPartTypeDef:
+        # botocore accepts a bytearray body (its validator allows bytes, bytearray and files); the stubs
+        # list only bytes, so the type is narrowed by a cast rather than by copying the part.
+        response = self._client.upload_part(
+            Bucket=self._bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=cast(bytes, data)
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _copy(self, number: int, source_key: str, start: int, end: int) -> CompletedPartTypeDef:
+        response = self._client.upload_part_copy(
+            Bucket=self._bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self._bucket, "Key": source_key},
+            CopySourceRange=f"bytes={start}-{end - 1}",
+        )
+        return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+    def complete(self, *, if_none_match: bool) -> None:
+        """Wait for every part and complete the upload (``If-None-Match: *`` when ``if_none_match``).
+
+        Raises:
+            ClientError: ``PreconditionFailed`` (412) when ``if_none_match`` and the key exists; the upload
+                is then still open and the caller must :meth:`abort` it.
+        """
+        while self._inflight:
+            self._finish_oldest()
+        if not self._parts:
+            # S3 refuses to complete an upload without parts; an empty body is one empty last part.
+            self.add(b"")
+            self._finish_oldest()
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
+        self._client.complete_multipart_upload(
+            Bucket=self._bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": sorted(self._parts, key=lambda part: part["PartNumber"])},
+            **extra,
+        )
+
+    def abort(self) -> None:
+        """Stop the upload and release its parts; never raises (a failure is logged).
+
+        Parts still in flight are cancelled or waited for first: S3 may otherwise keep a part that finishes
+        uploading after the abort.
+        """
+        futures = [future for future, _ in self._inflight]
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        self._inflight.clear()
+        for attempt in range(3):
+            try:
+                self._client.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=self.upload_id)
+                return
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    return
+                failure: Exception = exc
+            except BotoCoreError as exc:
+                failure = exc
+            logger.debug("aborting multipart upload of %r failed (attempt %d)", self.key, attempt + 1)
+        logger.warning(
+            "could not abort the multipart upload of %r (%s); a bucket lifecycle rule "
+            "AbortIncompleteMultipartUpload removes it later",
+            self.key,
+            type(failure).__name__,
+        )

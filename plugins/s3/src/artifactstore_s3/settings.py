@@ -1,0 +1,140 @@
+"""Settings of the S3 backend (environment prefix ``ARTIFACT_STORE_S3_``, config table ``[s3]``).
+
+Credentials come from boto3's normal chain (environment, shared config and credentials files, container
+and instance roles) unless :attr:`S3Settings.access_key_id` and :attr:`S3Settings.secret_access_key` are
+set; those two and :attr:`S3Settings.session_token` are :class:`~pydantic.SecretStr` and never appear in a
+repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from artifactstore_core import BackendSettings
+
+__all__ = ["MIB", "MIN_PART_SIZE", "S3Settings"]
+
+MIB = 1024 * 1024
+#: S3's smallest part (every part of a multipart upload but the last).
+MIN_PART_SIZE = 5 * MIB
+#: S3's largest part.
+MAX_PART_SIZE = 5 * 1024 * MIB
+
+
+class S3Settings(BackendSettings):
+    """Settings of the S3 backend (prefix ``ARTIFACT_STORE_S3_``, config table ``[s3]``).
+
+    Every field can be set by an environment variable named ``ARTIFACT_STORE_S3_<FIELD>``, e.g.
+    ``ARTIFACT_STORE_S3_BUCKET`` or ``ARTIFACT_STORE_S3_ENDPOINT_URL``. ``bucket`` may stay unset while
+    settings are merely loaded (``artifactstore backends`` lists the backend without it); creating a store
+    without it raises :class:`~artifactstore_core.ConfigurationError`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_S3_", extra="ignore")
+    config_table = "s3"
+
+    bucket: str | None = Field(
+        default=None,
+        description="Name of the bucket that holds the artifacts (required to create a store). The bucket "
+        "must exist; the backend never creates or configures buckets.",
+    )
+    prefix: str = Field(
+        default="artifactstore",
+        description="Key prefix under which every namespace lives: keys are <prefix>/<namespace>/<step id>, "
+        "both encoded. Leading and trailing '/' are ignored; empty puts namespaces at the bucket's top level. "
+        "At most 446 bytes, so that every legal id fits S3's 1,024-byte key limit.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible service (MinIO, Ceph, R2, a local test server), e.g. "
+        "http://127.0.0.1:9000. Unset: AWS S3 for the region.",
+    )
+    region: str | None = Field(
+        default=None, description="AWS region of the bucket. Unset: from boto3's configuration chain."
+    )
+    addressing_style: Literal["auto", "virtual", "path"] = Field(
+        default="auto",
+        description="How the bucket appears in request URLs: 'virtual' (bucket.host), 'path' (host/bucket; "
+        "most S3-compatible services) or 'auto' (botocore decides).",
+    )
+    multipart_threshold: int = Field(
+        default=32 * MIB,
+        ge=MIN_PART_SIZE,
+        description="Payloads of at least this many bytes are uploaded in parts (multipart upload), in "
+        "parallel; smaller ones in one PUT.",
+    )
+    part_size: int = Field(
+        default=8 * MIB,
+        ge=MIN_PART_SIZE,
+        le=MAX_PART_SIZE,
+        description="Size of each part of a multipart upload, in bytes (S3 allows 5 MiB to 5 GiB and at most "
+        "10,000 parts, so the largest artifact is 10,000 x part_size). A streamed upload holds at most "
+        "part_size x max_concurrency bytes of payload in memory (a stream that cannot seek first buffers up "
+        "to multipart_threshold).",
+    )
+    max_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most parts uploaded at once by one upload, and most requests in flight for one "
+        "save_many, get_many or list.",
+    )
+    retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
+        default="standard",
+        description="botocore's retry mode: 'standard' retries throttling, 5xx and connection errors with "
+        "exponential backoff; 'adaptive' adds client-side rate limiting.",
+    )
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="Most HTTP attempts per request, the first one included (1 disables retries).",
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a connection.")
+    read_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for the server to send the next bytes of a response."
+    )
+    access_key_id: SecretStr | None = Field(
+        default=None,
+        description="Access key id, when not taken from boto3's credential chain (set together with "
+        "secret_access_key). Secret: never shown.",
+    )
+    secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret access key that goes with access_key_id. Secret: never shown."
+    )
+    session_token: SecretStr | None = Field(
+        default=None, description="Session token of temporary credentials. Secret: never shown."
+    )
+    conditional_writes: Literal["require", "warn", "trust"] = Field(
+        default="require",
+        description="Write-once relies on the endpoint honouring 'If-None-Match: *'. A probe (write a "
+        "reserved key twice, then delete it) runs once per store before its first write: 'require' refuses "
+        "to write (ConfigurationError) on an endpoint that ignores the condition; 'warn' logs a warning and "
+        "falls back to a check-then-write that is not atomic between concurrent writers; 'trust' skips the "
+        "probe.",
+    )
+    probe_at_start: bool = Field(
+        default=False,
+        description="Run the conditional-write probe when the store is created (so a missing bucket, bad "
+        "credentials or an endpoint without conditional writes fail at once) instead of before the first "
+        "write.",
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> S3Settings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError(
+                "set both ARTIFACT_STORE_S3_ACCESS_KEY_ID and ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, or neither "
+                "(to use boto3's credential chain)"
+            )
+        if self.session_token is not None and self.access_key_id is None:
+            raise ValueError("ARTIFACT_STORE_S3_SESSION_TOKEN needs ARTIFACT_STORE_S3_ACCESS_KEY_ID as well")
+        return self

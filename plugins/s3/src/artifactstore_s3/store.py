@@ -1,0 +1,828 @@
+"""The S3 store: one namespace of artifacts as objects under ``<prefix>/<namespace>/`` in one bucket."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import IO, TYPE_CHECKING, Any
+
+import blake3
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from artifactstore_core import (
+    AccessDeniedError,
+    ArtifactInfo,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    ArtifactStoreError,
+    BackendError,
+    BackendUnavailableError,
+    Capabilities,
+    Codec,
+    ConfigurationError,
+    Message,
+    SchemaInfo,
+    SerializationError,
+)
+from artifactstore_core.envelope import Header, PayloadVerifier, content_bytes
+from artifactstore_core.ids import validate_step_id
+from artifactstore_core.settings import load_settings
+
+from .errors import client_error_code, translate_error
+from .keys import KeyLayout
+from .layout import ObjectLayout, layout_for, stored_head
+from .multipart import MultipartUpload
+from .reader import VerifiedReader, split_prelude
+from .settings import MIB, S3Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+__all__ = ["S3Store"]
+
+logger = logging.getLogger("artifactstore_s3")
+
+#: Most keys one DeleteObjects request may name (S3's limit).
+DELETE_BATCH = 1000
+# Chunk size of streamed downloads: the memory one open() holds, apart from its small read buffer.
+_READ_CHUNK = 1 * MIB
+# Server-side copies move this much per request when a staged stream is assembled into its final object.
+_COPY_PART_SIZE = 256 * MIB
+# Attempts at one write-once save while a concurrent writer keeps creating or deleting the same key.
+_RACE_ATTEMPTS = 5
+_STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    code, status = client_error_code(exc)
+    return status == 412 or code == "PreconditionFailed"
+
+
+def _missing(exc: BaseException) -> bool:
+    code, status = client_error_code(exc)
+    return status == 404 or code in ("NoSuchKey", "NotFound")
+
+
+def _read_up_to(stream: IO[bytes], size: int) -> bytes:
+    """Read ``size`` bytes, fewer only at the end of the stream (``read`` may return short counts).
+
+    Raises:
+        SerializationError: reading the caller's stream failed (the original chained): not a backend error.
+    """
+    try:
+        # A non-blocking raw stream returns None when no data is ready; treat it as the end, like b"".
+        data = stream.read(size) or b""
+        if len(data) >= size or not data:
+            return data
+        buffer = bytearray(data)
+        while len(buffer) < size:
+            more = stream.read(size - len(buffer))
+            if not more:
+                break
+            buffer += more
+    except Exception as exc:
+        raise SerializationError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
+    return bytes(buffer)
+
+
+def _fill(stream: IO[bytes], buffer: bytearray, limit: int | None = None) -> int:
+    """Read into ``buffer`` (its first ``limit`` bytes) until full or the end of the stream; return the count.
+
+    Raises:
+        SerializationError: reading the caller's stream failed (the original chained).
+    """
+    view = memoryview(buffer)[: len(buffer) if limit is None else limit]
+    filled = 0
+    try:
+        readinto = getattr(stream, "readinto", None)
+        while filled < len(view):
+            if readinto is not None:
+                count = readinto(view[filled:])
+            else:
+                data = stream.read(len(view) - filled)
+                count = len(data) if data else 0
+                view[filled : filled + count] = data or b""
+            if not count:
+                break
+            filled += count
+    except Exception as exc:
+        raise SerializationError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
+    return filled
+
+
+def _start_of(stream: IO[bytes]) -> tuple[int, int] | None:
+    """``(position, remaining bytes)`` of a seekable stream, ``None`` if it cannot seek."""
+    try:
+        if not stream.seekable():
+            return None
+        start = stream.tell()
+        end = stream.seek(0, io.SEEK_END)
+        stream.seek(start)
+    except (OSError, ValueError):
+        return None
+    return start, max(0, end - start)
+
+
+class S3Store(ArtifactStore):
+    """A namespace of artifacts in an S3 bucket (or an S3-compatible service).
+
+    Each artifact is one object, ``<prefix>/<namespace>/<step id>`` (both encoded, see
+    :mod:`artifactstore_s3.keys`), whose body is the stored payload and whose metadata carries the
+    envelope head (:mod:`artifactstore_s3.layout`). Write-once is enforced by conditional writes
+    (``If-None-Match: *``); ``save_stream`` and ``open`` stream through multipart uploads and streamed
+    downloads in bounded memory. Thread-safe; one store may serve many threads.
+
+    Args:
+        settings: the backend's settings; default :class:`S3Settings` from the environment and config file.
+        namespace: the namespace.
+        codec: the envelope codec (signing key, compression).
+
+    Raises:
+        ConfigurationError: no bucket is configured, the prefix is too long, or the client cannot be built
+            (and, with ``probe_at_start``, the endpoint ignores conditional writes or the bucket is missing).
+        InvalidStepIdError: ``namespace`` is not legal.
+        BackendError: with ``probe_at_start``, the probe failed to reach the service.
+    """
+
+    backend_name = "s3"
+    capabilities = Capabilities(
+        cross_process=True,
+        persistent=True,
+        native_ttl=False,
+        atomic_create=True,
+        streaming=True,
+        list_namespaces=True,
+        max_artifact_bytes=None,
+    )
+
+    def __init__(
+        self, settings: S3Settings | None = None, *, namespace: str = "default", codec: Codec | None = None
+    ) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._settings = settings if settings is not None else load_settings(S3Settings)
+        if not self._settings.bucket:
+            raise ConfigurationError(
+                "the s3 backend needs a bucket: set ARTIFACT_STORE_S3_BUCKET (or pass bucket=... to create_store)",
+                backend=self.backend_name,
+            )
+        self._bucket: str = self._settings.bucket
+        self._keys = KeyLayout(self._settings.prefix, self.namespace)
+        self._secrets = tuple(
+            secret.get_secret_value()
+            for secret in (self._settings.access_key_id, self._settings.secret_access_key, self._settings.session_token)
+            if secret is not None
+        )
+        self._lock = threading.Lock()
+        self._conditional: bool | None = True if self._settings.conditional_writes == "trust" else None
+        self._probe_refusal: str | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        # A HEAD answers 404 with no body both for a missing object and for a missing bucket; the bucket is
+        # checked once, the first time a 404 needs telling apart.
+        self._bucket_seen = False
+        self._pid = os.getpid()
+        try:
+            self._client = self._make_client()
+        except Exception as exc:
+            self._raise(exc, "connect", None)
+        if self._settings.probe_at_start:
+            try:
+                self._ensure_conditional()
+            except Exception as exc:
+                self._client.close()
+                self._raise(exc, "connect", None)
+
+    # -- client and pools -----------------------------------------------------------------------------
+
+    def _make_client(self) -> S3Client:
+        settings = self._settings
+        session = boto3.session.Session(
+            aws_access_key_id=settings.access_key_id.get_secret_value() if settings.access_key_id else None,
+            aws_secret_access_key=settings.secret_access_key.get_secret_value() if settings.secret_access_key else None,
+            aws_session_token=settings.session_token.get_secret_value() if settings.session_token else None,
+            region_name=settings.region,
+        )
+        config = Config(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
+            s3={"addressing_style": settings.addressing_style},
+            # Batch workers, part uploads and the calling thread each need a connection of their own.
+            max_pool_connections=max(10, 2 * settings.max_concurrency + 2),
+        )
+        try:
+            return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
+                "ARTIFACT_STORE_S3_REGION"
+            ) from exc
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 S3 client this store uses (rebuilt in a forked child, whose sockets are not its own).
+
+        Exposed for inspection and for botocore event hooks; do not close it.
+        """
+        if self._pid != os.getpid():
+            # A forked child must not share the parent's sockets or thread pools, and a lock another thread
+            # held at the fork would never be released in the child.
+            self._lock = threading.Lock()
+            self._client = self._make_client()
+            self._pools = {}
+            self._pid = os.getpid()
+        return self._client
+
+    @property
+    def bucket(self) -> str:
+        """The bucket this store writes to."""
+        return self._bucket
+
+    def key_of(self, step_id: str) -> str:
+        """The object key of ``step_id`` in this namespace (for tools that read the bucket directly).
+
+        Raises:
+            InvalidStepIdError: ``step_id`` is not a legal id.
+        """
+        return self._keys.key(validate_step_id(step_id))
+
+    def _pool(self, kind: str) -> ThreadPoolExecutor:
+        pool = self._pools.get(kind)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(kind)
+                if pool is None:
+                    pool = ThreadPoolExecutor(
+                        max_workers=self._settings.max_concurrency, thread_name_prefix=f"artifactstore-s3-{kind}"
+                    )
+                    self._pools[kind] = pool
+        return pool
+
+    def _absent(self, exc: ClientError) -> bool:
+        """Whether ``exc`` says the object is missing (the bucket being there).
+
+        Raises:
+            ConfigurationError: the bucket itself does not exist.
+        """
+        if not _missing(exc):
+            return False
+        code, _ = client_error_code(exc)
+        if code == "NoSuchBucket":
+            return False
+        if code != "NoSuchKey" and not self._bucket_seen:
+            try:
+                self.client.head_bucket(Bucket=self._bucket)
+            except ClientError as bucket_exc:
+                if _missing(bucket_exc):
+                    raise ConfigurationError(
+                        f"bucket {self._bucket!r} does not exist; set ARTIFACT_STORE_S3_BUCKET to an existing bucket"
+                    ) from bucket_exc
+                raise
+            self._bucket_seen = True
+        return True
+
+    def _where(self, key: str) -> str:
+        return f"object {key!r} in bucket {self._bucket!r}"
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        return translate_error(exc, bucket=self._bucket, secrets=self._secrets)
+
+    # -- conditional-write probe ----------------------------------------------------------------------
+
+    def _ensure_conditional(self) -> bool:
+        """Whether writes may rely on ``If-None-Match: *`` (probing the endpoint once).
+
+        Raises:
+            ConfigurationError: the endpoint ignores the condition and ``conditional_writes`` is ``require``.
+        """
+        if self._conditional is None:
+            with self._lock:
+                if self._conditional is None and self._probe_refusal is None:
+                    self._conditional = self._probe()
+        if self._probe_refusal is not None:
+            raise ConfigurationError(self._probe_refusal, backend=self.backend_name)
+        return bool(self._conditional)
+
+    def _probe(self) -> bool | None:
+        key = self._keys.reserved("probe", uuid.uuid4().hex)
+        client = self.client
+        honoured = False
+        try:
+            client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
+        except ClientError as exc:
+            code, status = client_error_code(exc)
+            if code != "NotImplemented" and status != 501:
+                raise
+        else:
+            self._bucket_seen = True
+            try:
+                client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
+            except ClientError as exc:
+                if not _precondition_failed(exc):
+                    raise
+                honoured = True
+            finally:
+                try:
+                    client.delete_object(Bucket=self._bucket, Key=key)
+                except ClientError as exc:
+                    logger.warning("could not delete the probe object %r: %s", key, client_error_code(exc)[0])
+        if honoured:
+            return True
+        endpoint = self._settings.endpoint_url or "AWS S3"
+        problem = (
+            f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on bucket {self._bucket!r}, "
+            "so write-once cannot be enforced atomically"
+        )
+        if self._settings.conditional_writes == "require":
+            self._probe_refusal = (
+                f"{problem}; set ARTIFACT_STORE_S3_CONDITIONAL_WRITES=warn to accept a check-then-write that "
+                "concurrent writers can race"
+            )
+            return None
+        logger.warning(
+            "%s; falling back to a non-atomic check-then-write (ARTIFACT_STORE_S3_CONDITIONAL_WRITES=warn)", problem
+        )
+        return False
+
+    # -- reading heads --------------------------------------------------------------------------------
+
+    def _read_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        extra: dict[str, Any] = {"IfMatch": etag} if etag else {}
+        response = self.client.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra)
+        body = response["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    def _existing_header(self, key: str) -> Header | None:
+        """The verified header of the object at ``key``, ``None`` if there is none."""
+        try:
+            response = self.client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if self._absent(exc):
+                return None
+            raise
+        where = self._where(key)
+        found = stored_head(response.get("Metadata", {}), where)
+        head = found.head
+        if head is None:
+            try:
+                head = self._read_range(key, 0, found.size, etag=response.get("ETag"))
+            except ClientError as exc:
+                if _missing(exc) or _precondition_failed(exc):
+                    return None  # replaced or removed between the two requests: as if not there
+                raise
+        return self.codec.decode_head(head)
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def _put(self, key: str, layout: ObjectLayout, payload: bytes, conditional: bool) -> bool:
+        """One PUT; ``False`` if ``conditional`` and the key exists."""
+        body = layout.prelude + payload if layout.prelude else payload
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
+        for attempt in range(_RACE_ATTEMPTS):
+            try:
+                self.client.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=body,
+                    Metadata=layout.metadata,
+                    ContentType=layout.content_type,
+                    **extra,
+                )
+                return True
+            except ClientError as exc:
+                if conditional and _precondition_failed(exc):
+                    return False
+                code, _ = client_error_code(exc)
+                # 409: another conditional write to this key is in flight; S3 asks to retry.
+                if code != "ConditionalRequestConflict" or attempt == _RACE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload(
+        self, key: str, layout: ObjectLayout, feed: Callable[[MultipartUpload], None], conditional: bool
+    ) -> bool:
+        """A multipart upload fed by ``feed``, aborted on any failure; ``False`` if the condition failed."""
+        upload = MultipartUpload(
+            self.client,
+            self._bucket,
+            key,
+            metadata=layout.metadata,
+            content_type=layout.content_type,
+            pool=self._pool("parts"),
+            concurrency=self._settings.max_concurrency,
+            part_size=self._settings.part_size,
+        )
+        try:
+            feed(upload)
+            upload.complete(if_none_match=conditional)
+        except BaseException as exc:
+            upload.abort()
+            if conditional and _precondition_failed(exc):
+                return False
+            raise
+        return True
+
+    def _write_once(
+        self,
+        step_id: str,
+        key: str,
+        header: Header,
+        write: Callable[[bool], bool],
+        overwrite: bool,
+        *,
+        check_first: bool,
+    ) -> None:
+        """Run ``write(conditional)`` under the write-once rule.
+
+        ``check_first`` looks for an existing artifact before writing (worth one HEAD before a large upload);
+        without working conditional writes the check always runs and the write is unconditional.
+        """
+        if overwrite:
+            write(False)
+            return
+        atomic = self._ensure_conditional()
+        for _ in range(_RACE_ATTEMPTS):
+            if check_first or not atomic:
+                existing = self._existing_header(key)
+                if existing is not None:
+                    if existing.identity() == header.identity():
+                        return
+                    raise self._exists_error(step_id)
+            if write(atomic):
+                return
+            existing = self._existing_header(key)
+            if existing is None:
+                continue  # deleted between our write and our look: try again
+            if existing.identity() == header.identity():
+                return
+            raise self._exists_error(step_id)
+        raise BackendUnavailableError(
+            f"saving {step_id!r}: the object kept being created and deleted by other writers; retry",
+            step_id=step_id,
+        )
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        encoded = self.codec.encode(message)
+        key = self._keys.key(step_id)
+        layout = layout_for(encoded.head, encoded.header)
+        payload = encoded.payload
+        part_size = self._settings.part_size
+        large = len(layout.prelude) + len(payload) >= self._settings.multipart_threshold
+
+        def feed(upload: MultipartUpload) -> None:
+            view = memoryview(payload)
+            upload.add(layout.prelude + bytes(view[:part_size]))
+            for offset in range(part_size, len(payload), part_size):
+                part = view[offset : offset + part_size]
+                buffer = upload.buffer()
+                buffer[: len(part)] = part
+                upload.add_buffer(buffer, len(part))
+
+        def write(conditional: bool) -> bool:
+            if large:
+                return self._upload(key, layout, feed, conditional)
+            return self._put(key, layout, payload, conditional)
+
+        self._write_once(step_id, key, encoded.header, write, overwrite, check_first=large)
+
+    def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        self._ensure_conditional()  # once, before the workers start
+
+        def save_one(step_id: str, message: Message) -> None:
+            try:
+                self._save(step_id, message, overwrite, ttl)
+            except Exception as exc:
+                self._raise(exc, "save", step_id)
+
+        pool = self._pool("batch")
+        futures = [pool.submit(save_one, step_id, message) for step_id, message in items]
+        wait(futures)
+        for future in futures:
+            future.result()  # the first failure, in input order
+
+    # -- streaming writes -----------------------------------------------------------------------------
+
+    def _save_stream(
+        self,
+        step_id: str,
+        stream: IO[bytes],
+        media_type: str,
+        schema: SchemaInfo | None,
+        metadata: Mapping[str, Any],
+        overwrite: bool,
+        ttl: float | None,
+    ) -> None:
+        try:
+            # Validates and freezes the descriptive fields exactly as save() would see them.
+            template = Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
+        except ValueError as exc:
+            raise SerializationError(
+                f"cannot save a stream as {step_id!r}: its media type, schema or metadata is invalid"
+            ) from exc
+
+        def as_message(data: bytes) -> Message:
+            return Message(
+                content=data,
+                media_type=template.media_type,
+                schema=template.schema,
+                metadata=template.metadata,
+                created_at=template.created_at,
+            )
+
+        threshold, part_size = self._settings.multipart_threshold, self._settings.part_size
+        key = self._keys.key(step_id)
+        seekable = _start_of(stream)
+        if seekable is not None:
+            start, remaining = seekable
+            if remaining < threshold:
+                self._save(step_id, as_message(_read_up_to(stream, remaining)), overwrite, ttl)
+                return
+            self._stream_seekable(step_id, key, stream, start, template, overwrite)
+            return
+        pending: list[bytes] = []
+        total = 0
+        while total < threshold:
+            chunk = _read_up_to(stream, part_size)
+            if chunk:
+                pending.append(chunk)
+                total += len(chunk)
+            if len(chunk) < part_size:
+                break
+        if total < threshold:
+            self._save(step_id, as_message(b"".join(pending)), overwrite, ttl)
+            return
+        self._stream_staged(step_id, key, stream, pending, template, overwrite)
+
+    def _head_for(self, template: Message, size: int, digest: str) -> tuple[Header, ObjectLayout]:
+        head, header = self.codec.encode_head(
+            codec="bytes",
+            media_type=template.media_type,
+            schema=template.schema,
+            metadata=template.metadata,
+            created_at=template.created_at,
+            size=size,
+            digest=digest,
+        )
+        return header, layout_for(head, header)
+
+    def _stream_seekable(
+        self, step_id: str, key: str, stream: IO[bytes], start: int, template: Message, overwrite: bool
+    ) -> None:
+        """Two passes over a seekable stream: hash it, then upload it with its head in the metadata.
+
+        The second pass hashes again and aborts the upload before completing it if the bytes changed, so a
+        file modified while it is saved never becomes an artifact.
+        """
+        part_size = self._settings.part_size
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        size = 0
+        scratch = bytearray(part_size)
+        while count := _fill(stream, scratch):
+            hasher.update(memoryview(scratch)[:count])
+            size += count
+        del scratch
+        digest = hasher.hexdigest()
+        header, layout = self._head_for(template, size, digest)
+
+        def feed(upload: MultipartUpload) -> None:
+            stream.seek(start)
+            check = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            seen = 0
+            prelude = layout.prelude
+            while seen < size:
+                buffer = upload.buffer()
+                count = _fill(stream, buffer, min(part_size, size - seen))
+                if not count:
+                    break
+                check.update(memoryview(buffer)[:count])
+                seen += count
+                if prelude:
+                    upload.add(prelude + memoryview(buffer)[:count])
+                    upload.release(buffer)
+                    prelude = b""
+                else:
+                    upload.add_buffer(buffer, count)
+            if seen != size or check.hexdigest() != digest:
+                raise SerializationError(f"the stream saved as {step_id!r} changed while it was being uploaded")
+
+        def write(conditional: bool) -> bool:
+            return self._upload(key, layout, feed, conditional)
+
+        self._write_once(step_id, key, header, write, overwrite, check_first=True)
+
+    def _stream_staged(
+        self,
+        step_id: str,
+        key: str,
+        stream: IO[bytes],
+        pending: builtins.list[bytes],
+        template: Message,
+        overwrite: bool,
+    ) -> None:
+        """A stream that cannot seek: upload it to a staging key while hashing it, then copy it server-side
+        into its final key with the head (known only now) in the metadata, conditionally."""
+        part_size = self._settings.part_size
+        staging = self._keys.reserved("staging", uuid.uuid4().hex)
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        size = 0
+
+        def feed_staging(upload: MultipartUpload) -> None:
+            nonlocal size
+            while pending:
+                chunk = pending.pop(0)
+                hasher.update(chunk)
+                size += len(chunk)
+                upload.add(chunk)
+            while True:
+                buffer = upload.buffer()
+                count = _fill(stream, buffer)
+                if not count:
+                    upload.release(buffer)
+                    break
+                hasher.update(memoryview(buffer)[:count])
+                size += count
+                upload.add_buffer(buffer, count)
+
+        self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
+        try:
+            header, layout = self._head_for(template, size, hasher.hexdigest())
+
+            def assemble(upload: MultipartUpload) -> None:
+                offset = 0
+                if layout.prelude:
+                    offset = min(size, part_size)
+                    upload.add(layout.prelude + self._read_range(staging, 0, offset))
+                while offset < size:
+                    end = min(size, offset + max(part_size, _COPY_PART_SIZE))
+                    upload.add_copy(staging, offset, end)
+                    offset = end
+
+            def write(conditional: bool) -> bool:
+                return self._upload(key, layout, assemble, conditional)
+
+            self._write_once(step_id, key, header, write, overwrite, check_first=True)
+        finally:
+            try:
+                self.client.delete_object(Bucket=self._bucket, Key=staging)
+            except Exception as exc:
+                logger.warning("could not delete the staging object %r: %s", staging, type(exc).__name__)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def _get_object(self, step_id: str, key: str) -> Any:
+        try:
+            return self.client.get_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if self._absent(exc):
+                raise self._not_found(step_id) from None
+            raise
+
+    def _get(self, step_id: str) -> Message:
+        key = self._keys.key(step_id)
+        response = self._get_object(step_id, key)
+        body = response["Body"]
+        try:
+            found = stored_head(response.get("Metadata", {}), self._where(key))
+            data = body.read()
+        finally:
+            body.close()
+        if found.head is not None:
+            return self.codec.decode(found.head, data)
+        view = memoryview(data)
+        return self.codec.decode(view[: found.size], view[found.size :])
+
+    def _get_many(self, step_ids: builtins.list[str]) -> dict[str, Message]:
+        def get_one(step_id: str) -> Message | None:
+            try:
+                return self._get(step_id)
+            except ArtifactNotFoundError:
+                return None
+            except Exception as exc:
+                self._raise(exc, "get", step_id)
+
+        results = builtins.list(self._pool("batch").map(get_one, step_ids))
+        missing = [step_id for step_id, message in zip(step_ids, results, strict=True) if message is None]
+        if missing:
+            raise self._missing_many(missing)
+        return {step_id: message for step_id, message in zip(step_ids, results, strict=True) if message is not None}
+
+    def _open(self, step_id: str) -> IO[bytes]:
+        key = self._keys.key(step_id)
+        response = self._get_object(step_id, key)
+        body = response["Body"]
+        try:
+            found = stored_head(response.get("Metadata", {}), self._where(key))
+            chunks: Iterator[bytes] = body.iter_chunks(chunk_size=_READ_CHUNK)
+            head = found.head
+            if head is None:
+                head, chunks = split_prelude(chunks, found.size)
+            header = self.codec.decode_head(head)
+            if header.compression is not None:
+                # Only JSON and text are compressed, and those are read whole by get() anyway.
+                message = self.codec.decode_payload(header, b"".join(chunks))
+                body.close()
+                return io.BytesIO(content_bytes(message)[1])
+            verifier = PayloadVerifier(header)
+        except BaseException:
+            body.close()
+            raise
+
+        def fail(exc: Exception) -> Any:
+            self._raise(exc, "open", step_id)
+
+        return io.BufferedReader(VerifiedReader(chunks, verifier, body.close, fail), buffer_size=_READ_CHUNK)
+
+    def _exists(self, step_id: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self._bucket, Key=self._keys.key(step_id))
+        except ClientError as exc:
+            if self._absent(exc):
+                return False
+            raise
+        return True
+
+    def _delete(self, step_id: str) -> bool:
+        if not self._exists(step_id):
+            return False
+        self.client.delete_object(Bucket=self._bucket, Key=self._keys.key(step_id))
+        return True
+
+    # -- listing and clearing -------------------------------------------------------------------------
+
+    def _pages(self) -> Iterator[builtins.list[tuple[str, str]]]:
+        """``(key, step id)`` of this namespace's artifacts, one list-objects page (<= 1,000 keys) at a time."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=self._keys.namespace_prefix):
+            pairs = []
+            for item in page.get("Contents", []):
+                step_id = self._keys.step_id(item["Key"])
+                if step_id is not None:
+                    pairs.append((item["Key"], step_id))
+            yield pairs
+
+    def _info_of(self, pair: tuple[str, str]) -> ArtifactInfo | None:
+        key, step_id = pair
+        try:
+            header = self._existing_header(key)
+        except Exception as exc:
+            self._raise(exc, "list", step_id)
+        return header.info(step_id) if header is not None else None
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        header = self._existing_header(self._keys.key(step_id))
+        if header is None:
+            raise self._not_found(step_id)
+        return header.info(step_id)
+
+    def _namespaces(self) -> Iterable[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=self._keys.root, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                namespace = self._keys.namespace_of(common.get("Prefix", ""))
+                if namespace is not None:
+                    yield namespace
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        pool = self._pool("batch")
+        for pairs in self._pages():
+            for info in pool.map(self._info_of, pairs):
+                if info is not None:
+                    yield info
+
+    def _clear(self) -> int:
+        removed = 0
+        for pairs in self._pages():
+            for offset in range(0, len(pairs), DELETE_BATCH):
+                batch: builtins.list[ObjectIdentifierTypeDef] = [
+                    {"Key": key} for key, _ in pairs[offset : offset + DELETE_BATCH]
+                ]
+                response = self.client.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
+                errors = response.get("Errors", [])
+                removed += len(batch) - len(errors)
+                if errors:
+                    first = errors[0]
+                    code = str(first.get("Code", "?"))
+                    text = f"clear: S3 refused to delete {len(errors)} object(s) in bucket {self._bucket!r} ({code})"
+                    raise (AccessDeniedError(text) if code == "AccessDenied" else BackendError(text))
+        return removed
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._client.close()

@@ -1,0 +1,27 @@
+"""The core's conformance kit, unchanged, against the S3 backend on a moto server over HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from s3_fixtures import make_settings
+
+from artifactstore_core.testing import StoreConformance
+from artifactstore_s3 import S3Store
+
+
+@pytest.fixture(scope="module")
+def kit_bucket(raw: Any) -> str:
+    name = f"kit-{uuid.uuid4().hex[:20]}"
+    raw.create_bucket(Bucket=name)
+    return name
+
+
+class TestS3Conformance(StoreConformance):
+    @pytest.fixture
+    def make_store(self, moto_endpoint: str, kit_bucket: str) -> Callable[[str], S3Store]:
+        settings = make_settings(moto_endpoint, kit_bucket)
+        return lambda namespace: S3Store(settings, namespace=namespace)

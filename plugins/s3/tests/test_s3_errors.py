@@ -1,0 +1,80 @@
+"""The one error mapping, as a table (fast unit tests; the fault tests prove it end to end over HTTP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore import exceptions as bx
+
+from artifactstore_core import (
+    AccessDeniedError,
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    PayloadTooLargeError,
+)
+from artifactstore_s3.errors import translate_error
+
+
+def client_error(code: str, status: int, message: str = "text") -> bx.ClientError:
+    response: Any = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return bx.ClientError(response, "PutObject")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected", "retryable"),
+    [
+        (client_error("NoSuchBucket", 404), ConfigurationError, False),
+        (client_error("InvalidBucketName", 400), ConfigurationError, False),
+        (client_error("PermanentRedirect", 301), ConfigurationError, False),
+        (client_error("AuthorizationHeaderMalformed", 400), ConfigurationError, False),
+        (client_error("NoSuchKey", 404), ArtifactNotFoundError, False),
+        (client_error("404", 404), ArtifactNotFoundError, False),
+        (client_error("AccessDenied", 403), AccessDeniedError, False),
+        (client_error("SignatureDoesNotMatch", 403), AccessDeniedError, False),
+        (client_error("ExpiredToken", 400), AccessDeniedError, False),
+        (client_error("403", 403), AccessDeniedError, False),
+        (client_error("EntityTooLarge", 400), PayloadTooLargeError, False),
+        (client_error("SlowDown", 503), BackendUnavailableError, True),
+        (client_error("ServiceUnavailable", 503), BackendUnavailableError, True),
+        (client_error("InternalError", 500), BackendUnavailableError, True),
+        (client_error("BadGateway", 502), BackendUnavailableError, True),
+        (client_error("TooManyRequests", 429), BackendUnavailableError, True),
+        (client_error("RequestTimeout", 400), BackendTimeoutError, True),
+        (client_error("InvalidArgument", 400), BackendError, False),
+        (bx.EndpointConnectionError(endpoint_url="http://x"), BackendUnavailableError, True),
+        (bx.ConnectionClosedError(endpoint_url="http://x"), BackendUnavailableError, True),
+        (bx.ResponseStreamingError(error="reset"), BackendUnavailableError, True),
+        (bx.ConnectTimeoutError(endpoint_url="http://x"), BackendTimeoutError, True),
+        (bx.ReadTimeoutError(endpoint_url="http://x"), BackendTimeoutError, True),
+        (bx.FlexibleChecksumError(error_msg="crc32 mismatch"), ArtifactCorruptedError, False),
+        (bx.NoCredentialsError(), ConfigurationError, False),
+        (bx.NoRegionError(), ConfigurationError, False),
+        (bx.ParamValidationError(report="bad"), BackendError, False),
+        (ConnectionResetError(104, "reset"), BackendUnavailableError, True),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+)
+def test_mapping(exc: BaseException, expected: type[BackendError], retryable: bool) -> None:
+    error = translate_error(exc, bucket="my-bucket", secrets=("hunter2",))
+    assert type(error) is expected
+    assert error.retryable is retryable
+    assert "my-bucket" in str(error)
+
+
+def test_unknown_exceptions_are_left_to_the_base() -> None:
+    assert translate_error(ValueError("mine"), bucket="b") is None
+
+
+def test_server_text_is_quoted_without_secrets() -> None:
+    error = translate_error(
+        client_error("InvalidArgument", 400, "token hunter2 rejected"), bucket="b", secrets=["hunter2"]
+    )
+    assert error is not None
+    assert "InvalidArgument" in str(error)
+    assert "hunter2" not in str(error)
+    assert "token ********** rejected" in str(error)

@@ -1,0 +1,178 @@
+"""Faults injected through botocore's events: retries, typed errors, and nothing torn or left behind."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+from s3_fixtures import SECRET_KEY, all_keys, error_response, free_port, make_settings, open_uploads
+
+from artifactstore_core import (
+    AccessDeniedError,
+    ArtifactStoreError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+    Message,
+    PayloadTooLargeError,
+)
+from artifactstore_s3 import S3Store
+from artifactstore_s3.settings import MIB
+
+NewStore = Callable[..., S3Store]
+SMALL_PARTS = {"part_size": 5 * MIB, "multipart_threshold": 5 * MIB, "max_concurrency": 2}
+
+
+def inject(store: S3Store, operation: str, responses: Callable[[Any, int], Any]) -> list[Any]:
+    """Answer ``operation``'s HTTP attempts with ``responses(request, attempt)`` (``None``: send for real).
+
+    Returns the list of attempts, which grows as requests are made.
+    """
+    attempts: list[Any] = []
+
+    def handler(request: Any, **_: Any) -> Any:
+        attempts.append(request)
+        return responses(request, len(attempts))
+
+    store.client.meta.events.register(f"before-send.s3.{operation}", handler)
+    return attempts
+
+
+def test_two_500s_then_success_is_three_attempts(new_s3_store: NewStore) -> None:
+    store = new_s3_store(max_attempts=3)
+    store.save("warm", Message(content=0))  # the conditional-write probe runs before the first save
+    attempts = inject(
+        store, "PutObject", lambda request, n: error_response(request.url, 500, "InternalError") if n <= 2 else None
+    )
+    store.save("flaky", Message(content={"ok": True}))
+    assert len(attempts) == 3
+    assert store.get("flaky").content == {"ok": True}
+
+
+def test_persistent_slowdown_raises_a_retryable_error_after_max_attempts(new_s3_store: NewStore) -> None:
+    store = new_s3_store(max_attempts=4)
+    store.save("warm", Message(content=0))
+    attempts = inject(store, "PutObject", lambda request, n: error_response(request.url, 503, "SlowDown"))
+    with pytest.raises(BackendUnavailableError) as info:
+        store.save("throttled", Message(content=1))
+    assert len(attempts) == 4
+    error = info.value
+    assert error.retryable is True
+    assert (error.step_id, error.backend, error.namespace) == ("throttled", "s3", "default")
+    assert "SlowDown" in str(error)
+    assert "ClientError" in repr(error.__cause__)
+    assert not store.exists("throttled")
+
+
+@pytest.mark.parametrize("how", ["save", "seekable stream", "non-seekable stream"])
+def test_connection_reset_during_a_part_leaves_nothing(new_s3_store: NewStore, raw: Any, bucket: str, how: str) -> None:
+    import io
+
+    from s3_fixtures import NonSeekable
+
+    store = new_s3_store(max_attempts=2, **SMALL_PARTS)
+    store.save("warm", Message(content=0))
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
+
+    def reset_part_two(request: Any, attempt: int) -> Any:
+        if "partNumber=2" in request.url:
+            raise ConnectionClosedError(endpoint_url=request.url)
+        return None
+
+    inject(store, "UploadPart", reset_part_two)
+    saves: dict[str, Callable[[], None]] = {
+        "save": lambda: store.save("big", Message(content=payload)),
+        "seekable stream": lambda: store.save_stream("big", io.BytesIO(payload)),
+        "non-seekable stream": lambda: store.save_stream("big", NonSeekable(payload)),
+    }
+    with pytest.raises(BackendUnavailableError) as info:
+        saves[how]()
+    assert info.value.retryable
+    assert not store.exists("big")
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("warm")]
+
+
+def test_missing_bucket_is_a_configuration_error_naming_the_setting(moto_endpoint: str) -> None:
+    store = S3Store(make_settings(moto_endpoint, "no-such-bucket-here"))
+    with pytest.raises(ConfigurationError) as info:
+        store.save("x", Message(content=1))
+    assert "ARTIFACT_STORE_S3_BUCKET" in str(info.value)
+    assert "no-such-bucket-here" in str(info.value)
+    with pytest.raises(ConfigurationError):
+        store.exists("x")
+    store.close()
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_S3_BUCKET"):
+        S3Store(make_settings(moto_endpoint, "no-such-bucket-here", probe_at_start=True))
+
+
+def test_access_denied_is_typed_and_exists_never_says_false(new_s3_store: NewStore) -> None:
+    store = new_s3_store()
+    store.save("x", Message(content=1))
+    for operation in ("HeadObject", "GetObject", "PutObject", "ListObjectsV2", "DeleteObjects"):
+        inject(store, operation, lambda request, n: error_response(request.url, 403, "AccessDenied"))
+    with pytest.raises(AccessDeniedError):
+        store.exists("x")
+    with pytest.raises(AccessDeniedError):
+        store.get("x")
+    with pytest.raises(AccessDeniedError):
+        store.save("y", Message(content=1))
+    with pytest.raises(AccessDeniedError):
+        list(store.list())
+    with pytest.raises(AccessDeniedError):
+        store.clear()
+
+
+def test_an_unreachable_endpoint_is_unavailable(moto_endpoint: str, bucket: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    store = S3Store(make_settings(dead, bucket, max_attempts=2, connect_timeout=2))
+    with pytest.raises(BackendUnavailableError) as info:
+        store.exists("x")
+    assert "ARTIFACT_STORE_S3_ENDPOINT_URL" in str(info.value)
+    with pytest.raises(BackendUnavailableError):
+        store.get("x")
+    store.close()
+
+
+def test_timeouts_are_typed(new_s3_store: NewStore) -> None:
+    store = new_s3_store(max_attempts=2)
+
+    def time_out(request: Any, attempt: int) -> Any:
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    attempts = inject(store, "HeadObject", time_out)
+    with pytest.raises(BackendTimeoutError) as info:
+        store.exists("x")
+    assert len(attempts) == 2
+    assert "ARTIFACT_STORE_S3_READ_TIMEOUT" in str(info.value)
+
+
+def test_entity_too_large_is_payload_too_large(new_s3_store: NewStore) -> None:
+    store = new_s3_store()
+    store.save("warm", Message(content=0))
+    inject(store, "PutObject", lambda request, n: error_response(request.url, 400, "EntityTooLarge"))
+    with pytest.raises(PayloadTooLargeError):
+        store.save("huge", Message(content=b"x"))
+
+
+def test_errors_pickle_and_never_carry_a_secret(new_s3_store: NewStore, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="artifactstore_s3")
+    store = new_s3_store()
+    assert SECRET_KEY not in repr(store._settings)
+    assert SECRET_KEY not in repr(store)
+    store.save("warm", Message(content=0))
+    # A server that echoes the secret back in its error text: the message quotes the text, scrubbed.
+    inject(store, "PutObject", lambda request, n: error_response(request.url, 400, "InvalidArgument", SECRET_KEY))
+    with pytest.raises(ArtifactStoreError) as info:
+        store.save("x", Message(content=1))
+    assert "InvalidArgument" in str(info.value)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is type(info.value)
+    assert copy.step_id == "x"
+    for text in (str(info.value), repr(info.value), str(copy), caplog.text):
+        assert SECRET_KEY not in text

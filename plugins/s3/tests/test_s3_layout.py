@@ -1,0 +1,190 @@
+"""Object layout, interop with plain S3 clients, and keys within S3's limits."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from s3_fixtures import all_keys
+
+from artifactstore_core import (
+    ArtifactCorruptedError,
+    ArtifactExistsError,
+    Codec,
+    ConfigurationError,
+    Message,
+    SchemaInfo,
+    UnsupportedFormatError,
+)
+from artifactstore_core.ids import MAX_ID_BYTES, MAX_NAMESPACE_BYTES
+from artifactstore_s3 import MAX_PREFIX_BYTES, S3Store
+from artifactstore_s3.keys import (
+    ID_SEGMENT_LIMIT,
+    MAX_KEY_BYTES,
+    NAMESPACE_SEGMENT_LIMIT,
+    KeyLayout,
+    decode_segment,
+    encode_segment,
+)
+from artifactstore_s3.layout import HEAD_META, LAYOUT_META
+
+NewStore = Callable[..., S3Store]
+
+
+def test_plain_boto3_client_reads_the_exact_payload(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store("interop")
+    payload = bytes(range(256)) * 100 + b"\x00end"
+    store.save("model/weights.bin", Message(content=payload, metadata={"epoch": 3}))
+    # What another tool does: list the bucket, pick the object, GET it. No artifactstore code involved.
+    (key,) = all_keys(raw, bucket)
+    assert key == store.key_of("model/weights.bin") == "artifactstore/interop/model%2Fweights%2Ebin"
+    response = raw.get_object(Bucket=bucket, Key=key)
+    assert response["Body"].read() == payload
+    assert response["ContentType"] == "application/octet-stream"
+    # The head travels in the metadata and is the verified envelope head of docs/format.md.
+    head = base64.b64decode(response["Metadata"][HEAD_META])
+    header = Codec().decode_head(head)
+    assert (header.size, header.codec, dict(header.metadata)) == (len(payload), "bytes", {"epoch": 3})
+
+
+def test_text_and_json_bodies_are_their_utf8_encoding(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store()
+    store.save("t", Message(content="héllo", media_type="text/markdown"))
+    store.save("j", Message(content={"b": 1, "a": [True, None]}))
+    text = raw.get_object(Bucket=bucket, Key=store.key_of("t"))
+    assert text["Body"].read() == "héllo".encode()
+    assert text["ContentType"] == "text/markdown"
+    doc = raw.get_object(Bucket=bucket, Key=store.key_of("j"))
+    assert doc["Body"].read() == b'{"a":[true,null],"b":1}'
+    assert doc["ContentType"] == "application/json"
+
+
+def big_header_message(content: Any = b"payload bytes") -> Message:
+    schema = SchemaInfo(name="big", json_schema={"description": "x" * 4000})
+    return Message(content=content, schema=schema, metadata={"note": "y" * 500})
+
+
+def test_a_head_too_large_for_metadata_uses_the_envelope_layout(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store()
+    message = big_header_message()
+    store.save("big", message)
+    response = raw.get_object(Bucket=bucket, Key=store.key_of("big"))
+    assert response["Metadata"][LAYOUT_META] == "envelope"
+    assert HEAD_META not in response["Metadata"]
+    assert Codec().decode_bytes(response["Body"].read()) == message  # the body is a whole envelope
+    assert store.get("big") == message
+    with store.open("big") as handle:
+        assert handle.read() == b"payload bytes"
+    assert store.info("big").schema_name == "big"
+    assert [info.step_id for info in store.list()] == ["big"]
+    store.save("big", big_header_message())  # identical: the write-once check reads the head from the body
+    with pytest.raises(ArtifactExistsError):
+        store.save("big", big_header_message(b"other"))
+
+
+def test_envelope_layout_is_still_verified(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store()
+    store.save("big", big_header_message())
+    key = store.key_of("big")
+    response = raw.get_object(Bucket=bucket, Key=key)
+    blob = bytearray(response["Body"].read())
+    blob[100] ^= 0x01  # inside the header
+    raw.put_object(Bucket=bucket, Key=key, Body=bytes(blob), Metadata=response["Metadata"])
+    with pytest.raises(ArtifactCorruptedError):
+        store.get("big")
+    with pytest.raises(ArtifactCorruptedError):
+        store.open("big")
+
+
+def test_an_object_without_artifactstore_metadata_is_refused(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store()
+    raw.put_object(Bucket=bucket, Key=store.key_of("foreign"), Body=b"written by someone else")
+    with pytest.raises(UnsupportedFormatError) as info:
+        store.get("foreign")
+    assert info.value.step_id == "foreign"
+    assert store.exists("foreign")
+
+
+def test_foreign_keys_under_a_namespace_are_neither_listed_nor_cleared(
+    new_s3_store: NewStore, raw: Any, bucket: str
+) -> None:
+    store = new_s3_store("ns")
+    store.save("mine", Message(content=1))
+    # Not canonical encodings of any id: "UPPER" would be "%55%50...", "a.b" would be "a%2Eb".
+    foreign = ["artifactstore/ns/UPPER", "artifactstore/ns/a.b", "artifactstore/ns/deep/er", "artifactstore/ns/%00"]
+    for key in foreign:
+        raw.put_object(Bucket=bucket, Key=key, Body=b"x")
+    assert [info.step_id for info in store.list()] == ["mine"]
+    assert store.clear() == 1
+    assert sorted(all_keys(raw, bucket)) == sorted(foreign)
+
+
+def test_longest_ids_fit_the_key_limit_with_the_longest_prefix(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    prefix = "p" * MAX_PREFIX_BYTES
+    namespace = "." * MAX_NAMESPACE_BYTES  # every byte escapes: the worst case of the readable encoding
+    store = new_s3_store(namespace, prefix=prefix)
+    ids = ["." * MAX_ID_BYTES, "é" * (MAX_ID_BYTES // 2), "日" * (MAX_ID_BYTES // 3), "x" * MAX_ID_BYTES]
+    for index, step_id in enumerate(ids):
+        assert len(store.key_of(step_id).encode()) <= MAX_KEY_BYTES
+        store.save(step_id, Message(content=index))
+    for index, step_id in enumerate(ids):
+        assert store.get(step_id).content == index
+    assert sorted(info.step_id for info in store.list()) == sorted(ids)
+    assert store.namespaces() == [namespace]
+    assert store.clear() == len(ids)
+
+
+def test_a_prefix_too_long_is_refused_at_construction(new_s3_store: NewStore) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        new_s3_store(prefix="p" * (MAX_PREFIX_BYTES + 1))
+    assert "ARTIFACT_STORE_S3_PREFIX" in str(info.value)
+
+
+def test_prefix_slashes_are_trimmed_and_an_empty_prefix_works(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store("n", prefix="/team/runs/")
+    store.save("a", Message(content=1))
+    top = new_s3_store("n", prefix="")
+    top.save("a", Message(content=2))
+    assert sorted(all_keys(raw, bucket)) == ["n/a", "team/runs/n/a"]
+    assert store.get("a").content == 1
+    # With an empty prefix the bucket's top level is shared: another prefix's first segment looks like a namespace.
+    assert top.namespaces() == ["n", "team"]
+
+
+def test_namespaces_lists_namespaces_with_artifacts_and_not_reserved_keys(new_s3_store: NewStore) -> None:
+    one, two = new_s3_store("run one"), new_s3_store("run/two")
+    one.save("a", Message(content=1))
+    two.save_stream("s", io.BytesIO(b"x"))
+    assert one.namespaces() == ["run one", "run/two"]  # the probe's reserved key is not a namespace
+    two.clear()
+    assert one.namespaces() == ["run one"]
+
+
+@given(name=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300))
+def test_segments_round_trip_and_stay_safe(name: str) -> None:
+    for limit in (NAMESPACE_SEGMENT_LIMIT, ID_SEGMENT_LIMIT):
+        segment = encode_segment(name, limit)
+        assert decode_segment(segment, limit) == name
+        assert "/" not in segment
+        assert not segment.startswith(".")
+        assert len(segment) <= max(limit, 1 + (4 * len(name.encode()) + 2) // 3)
+
+
+def test_segments_are_injective_across_both_forms() -> None:
+    long_name = "." * 200  # readable form is 600 characters: compact
+    short_name = "ab"
+    segments = {encode_segment(n, ID_SEGMENT_LIMIT) for n in (long_name, short_name, "AB", "a%2Eb", "a.b")}
+    assert len(segments) == 5
+    assert encode_segment(long_name, ID_SEGMENT_LIMIT).startswith("~")
+    # A readable-looking segment for a long name, or a compact one for a short name, is not canonical.
+    with pytest.raises(ValueError, match="canonical"):
+        decode_segment("~YWI", ID_SEGMENT_LIMIT)
+    layout = KeyLayout("p", "ns")
+    assert layout.step_id("p/ns/~YWI") is None
+    assert layout.step_id("p/ns/ab") == "ab"
+    assert layout.step_id("p/other/ab") is None

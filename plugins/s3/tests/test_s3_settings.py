@@ -1,0 +1,102 @@
+"""Settings: env var names, validation that names the variable, secrets never shown, plugin registration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY
+
+from artifactstore_core import ConfigurationError, Message, create_store
+from artifactstore_core.registry import plugin_host, reset_plugin_host
+from artifactstore_core.settings import load_settings
+from artifactstore_s3 import S3Settings, S3Store
+
+ENV_PREFIX = "ARTIFACT_STORE_S3_"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ARTIFACT_STORE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no config file from the checkout
+
+
+def test_every_field_is_described_and_has_its_env_var() -> None:
+    for name, field in S3Settings.model_fields.items():
+        assert field.description, name
+        assert S3Settings.env_name(name) == ENV_PREFIX + name.upper()
+    assert "bucket" in S3Settings.model_fields
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_S3_BUCKET", "from-env")
+    monkeypatch.setenv("ARTIFACT_STORE_S3_PART_SIZE", str(16 * 1024 * 1024))
+    monkeypatch.setenv("ARTIFACT_STORE_S3_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("ARTIFACT_STORE_S3_ACCESS_KEY_ID", ACCESS_KEY)
+    settings = load_settings(S3Settings)
+    assert (settings.bucket, settings.part_size) == ("from-env", 16 * 1024 * 1024)
+    assert settings.secret_access_key is not None
+    assert settings.secret_access_key.get_secret_value() == SECRET_KEY
+    assert SECRET_KEY not in repr(settings)
+    assert SECRET_KEY not in str(settings.model_dump())
+
+
+def test_a_store_needs_a_bucket() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        S3Store(S3Settings())
+    assert "ARTIFACT_STORE_S3_BUCKET" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [("PART_SIZE", "1024"), ("MULTIPART_THRESHOLD", "10"), ("MAX_ATTEMPTS", "0"), ("CONDITIONAL_WRITES", "maybe")],
+)
+def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    monkeypatch.setenv(ENV_PREFIX + env, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(S3Settings)
+    assert ENV_PREFIX + env in str(info.value)
+
+
+def test_half_explicit_credentials_are_refused_without_echoing_them() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(S3Settings, bucket="b", secret_access_key=SECRET_KEY)
+    assert "ARTIFACT_STORE_S3_ACCESS_KEY_ID" in str(info.value)
+    assert SECRET_KEY not in str(info.value)
+
+
+def test_create_store_finds_the_plugin_by_its_entry_point(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> None:
+    import boto3
+
+    bucket = "create-store-bucket"
+    boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION).client(
+        "s3", endpoint_url=moto_endpoint
+    ).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "s3")
+    monkeypatch.setenv("ARTIFACT_STORE_NAMESPACE", "run-42")
+    monkeypatch.setenv("ARTIFACT_STORE_S3_BUCKET", bucket)
+    monkeypatch.setenv("ARTIFACT_STORE_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("ARTIFACT_STORE_S3_REGION", REGION)
+    monkeypatch.setenv("ARTIFACT_STORE_S3_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("ARTIFACT_STORE_S3_SECRET_ACCESS_KEY", SECRET_KEY)
+    reset_plugin_host()
+    try:
+        spec = plugin_host().load("s3")
+        assert spec.capabilities.streaming
+        assert spec.capabilities.cross_process
+        with create_store() as store:
+            assert isinstance(store, S3Store)
+            assert store.namespace == "run-42"
+            store.save("a", Message(content={"x": 1}))
+            assert store.get("a").content == {"x": 1}
+            assert store.key_of("a") == "artifactstore/run-42/a"
+            store.clear()
+        with create_store(prefix="elsewhere") as store:
+            assert isinstance(store, S3Store)
+            assert store.key_of("a") == "elsewhere/run-42/a"
+    finally:
+        reset_plugin_host()

@@ -1,0 +1,184 @@
+"""Multipart uploads (from memory, seekable and non-seekable streams) and verified streamed downloads."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from s3_fixtures import NonSeekable, all_keys, open_uploads
+
+from artifactstore_core import ArtifactCorruptedError, ArtifactExistsError, Message, SchemaInfo, SerializationError
+from artifactstore_s3 import S3Store
+from artifactstore_s3.layout import LAYOUT_META
+from artifactstore_s3.settings import MIB
+
+NewStore = Callable[..., S3Store]
+SMALL_PARTS = {"part_size": 5 * MIB, "multipart_threshold": 5 * MIB, "max_concurrency": 2}
+PAYLOAD = bytes(itertools.islice(itertools.cycle(range(251)), 12 * MIB + 17))
+
+
+def count_calls(store: S3Store, operation: str) -> list[Any]:
+    calls: list[Any] = []
+    store.client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: calls.append(request))
+    return calls
+
+
+def read_all(handle: Any, size: int = 1 * MIB) -> bytes:
+    chunks = []
+    while chunk := handle.read(size):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("source", ["seekable", "non-seekable"])
+def test_streamed_multipart_round_trip(new_s3_store: NewStore, raw: Any, bucket: str, source: str) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    parts = count_calls(store, "UploadPart")
+
+    def stream() -> Any:
+        return io.BytesIO(PAYLOAD) if source == "seekable" else NonSeekable(PAYLOAD)
+
+    store.save_stream("big", stream(), media_type="application/x-tar", metadata={"k": 1})
+    assert len(parts) == 3  # 12 MiB in 5 MiB parts
+    with store.open("big") as handle:
+        assert read_all(handle) == PAYLOAD
+    got = store.get("big")
+    assert (got.content, got.media_type, dict(got.metadata)) == (PAYLOAD, "application/x-tar", {"k": 1})
+    # Interop holds for streamed artifacts too, and nothing else is left in the bucket.
+    assert raw.get_object(Bucket=bucket, Key=store.key_of("big"))["Body"].read() == PAYLOAD
+    assert all_keys(raw, bucket) == [store.key_of("big")]
+    # Write-once: identical succeeds without uploading again, different is refused, overwrite replaces.
+    before = len(parts)
+    store.save_stream("big", stream(), media_type="application/x-tar", metadata={"k": 1})
+    if source == "seekable":
+        assert len(parts) == before  # hashed first, found identical, nothing uploaded
+    with pytest.raises(ArtifactExistsError):
+        store.save_stream("big", io.BytesIO(PAYLOAD[:-1]) if source == "seekable" else NonSeekable(PAYLOAD[:-1]))
+    store.save_stream("big", NonSeekable(PAYLOAD[::-1]), overwrite=True)
+    assert store.get("big").content == PAYLOAD[::-1]
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("big")]
+
+
+def test_stream_at_an_offset_saves_the_rest(new_s3_store: NewStore) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    handle = io.BytesIO(b"skip" + PAYLOAD)
+    handle.read(4)
+    store.save_stream("rest", handle)
+    assert store.get("rest").content == PAYLOAD
+
+
+@pytest.mark.parametrize("source", ["seekable", "non-seekable"])
+def test_streamed_envelope_layout(new_s3_store: NewStore, raw: Any, bucket: str, source: str) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    schema = SchemaInfo(name="big", json_schema={"description": "x" * 5000})
+    stream = io.BytesIO(PAYLOAD) if source == "seekable" else NonSeekable(PAYLOAD)
+    store.save_stream("env", stream, schema=schema)
+    assert raw.head_object(Bucket=bucket, Key=store.key_of("env"))["Metadata"][LAYOUT_META] == "envelope"
+    with store.open("env") as handle:
+        assert read_all(handle, 3 * MIB + 1) == PAYLOAD
+    assert store.get("env").schema == schema
+    assert all_keys(raw, bucket) == [store.key_of("env")]
+
+
+def test_in_memory_multipart_save(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    parts = count_calls(store, "UploadPart")
+    store.save("m", Message(content=PAYLOAD))
+    assert len(parts) == 3
+    assert store.get("m").content == PAYLOAD
+    store.save("m", Message(content=PAYLOAD))
+    with pytest.raises(ArtifactExistsError):
+        store.save("m", Message(content=PAYLOAD[1:]))
+    store.save("m", Message(content=b"small now"), overwrite=True)
+    assert store.get("m").content == b"small now"
+    assert open_uploads(raw, bucket) == []
+
+
+class ChangesOnSecondPass(io.BytesIO):
+    """A seekable stream whose bytes change after the first pass (a file modified while it is saved)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.seeks = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.seeks += 1
+        if self.seeks == 3:  # two seeks to size the stream, then the seek back before uploading
+            self.getbuffer()[-1] ^= 0xFF
+        return super().seek(offset, whence)
+
+
+def test_a_stream_that_changes_while_saved_is_not_stored(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    with pytest.raises(SerializationError, match="changed"):
+        store.save_stream("moving", ChangesOnSecondPass(PAYLOAD))
+    assert all_keys(raw, bucket) == []
+    assert open_uploads(raw, bucket) == []
+
+
+@pytest.mark.parametrize("fail_after", [0, 7 * MIB])
+def test_a_failing_input_stream_leaves_nothing(new_s3_store: NewStore, raw: Any, bucket: str, fail_after: int) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    with pytest.raises(SerializationError, match="producer died") as info:
+        store.save_stream("broken", NonSeekable(PAYLOAD, fail_after=fail_after))
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.step_id == "broken"
+    assert all_keys(raw, bucket) == []
+    assert open_uploads(raw, bucket) == []
+
+
+def flip_in_transit(store: S3Store, offset: int) -> None:
+    """Damage one byte of every GetObject body on its way to the store (after botocore parsed it)."""
+    from botocore.response import StreamingBody
+
+    def damage(parsed: dict[str, Any], **_: Any) -> None:
+        if "Body" in parsed:
+            data = bytearray(parsed["Body"].read())
+            if len(data) > offset:
+                data[offset] ^= 0x01
+            parsed["Body"] = StreamingBody(io.BytesIO(bytes(data)), len(data))
+
+    store.client.meta.events.register("after-call.s3.GetObject", damage)
+
+
+@pytest.mark.parametrize("size", [1000, 12 * MIB + 17])
+def test_a_flipped_byte_in_a_downloaded_body_raises_corrupted(new_s3_store: NewStore, size: int) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    store.save("victim", Message(content=PAYLOAD[:size]))
+    flip_in_transit(store, offset=size // 2)
+    with pytest.raises(ArtifactCorruptedError) as info:
+        store.get("victim")
+    assert info.value.step_id == "victim"
+    with store.open("victim") as handle, pytest.raises(ArtifactCorruptedError):
+        read_all(handle)
+
+
+def test_a_flipped_byte_at_rest_raises_corrupted(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    store = new_s3_store()
+    store.save("victim", Message(content=b"0123456789" * 100))
+    key = store.key_of("victim")
+    stored = raw.get_object(Bucket=bucket, Key=key)
+    body = bytearray(stored["Body"].read())
+    body[0] ^= 0x80
+    raw.put_object(Bucket=bucket, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
+    with pytest.raises(ArtifactCorruptedError):
+        store.get("victim")
+    with store.open("victim") as handle, pytest.raises(ArtifactCorruptedError):
+        handle.read()
+    raw.put_object(Bucket=bucket, Key=key, Body=bytes(body) + b"!", Metadata=stored["Metadata"])
+    with store.open("victim") as handle, pytest.raises(ArtifactCorruptedError, match="longer"):
+        read_all(handle, 4096)
+
+
+def test_open_of_compressed_json_yields_its_utf8_encoding(new_s3_store: NewStore) -> None:
+    store = new_s3_store()
+    content = {"rows": [f"row {i}" for i in range(20_000)]}
+    store.save("doc", Message(content=content))
+    with store.open("doc") as handle:
+        data = handle.read()
+    assert data.startswith(b'{"rows":["row 0"')
+    assert len(data) > 64 * 1024
