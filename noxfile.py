@@ -12,7 +12,7 @@ import nox
 
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["tests", "plugin_tests", "lint", "typing"]
+nox.options.sessions = ["tests", "plugin_tests", "lint", "typing", "docs"]
 
 ROOT = Path(__file__).parent
 PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file())
@@ -72,3 +72,15 @@ def bench(session: nox.Session) -> None:
     """Every backend beside its raw client, in one run: a table of medians and ratios, and JSON."""
     sync(session, "--all-packages", "--group", "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site with warnings as errors (into docs/_build/html).
+
+    Its tests (the examples in the pages run; every hook, error class and setting is documented) are in
+    tests/test_docs.py and run with the `tests` session.
+    """
+    sync(session, "--all-packages", "--group", "docs")
+    # -E: read every page again, so that a warning is reported on every build, not only when its page changed.
+    session.run("sphinx-build", "-W", "--keep-going", "-E", "-q", "-b", "html", "docs", "docs/_build/html")
