@@ -81,6 +81,7 @@ def docs(session: nox.Session) -> None:
     Its tests (the examples in the pages run; every hook, error class and setting is documented) are in
     tests/test_docs.py and run with the `tests` session.
     """
-    sync(session, "--all-packages", "--group", "docs")
+    # The test group too: the API reference imports the conformance kit (pytest) and the http server.
+    sync(session, "--all-packages", "--group", "docs", "--group", "test")
     # -E: read every page again, so that a warning is reported on every build, not only when its page changed.
     session.run("sphinx-build", "-W", "--keep-going", "-E", "-q", "-b", "html", "docs", "docs/_build/html")

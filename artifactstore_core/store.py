@@ -149,7 +149,8 @@ class ArtifactStore(ABC):
         Never turns a failure into ``False``.
 
         Raises:
-            InvalidStepIdError: ``step_id`` is not a legal id. BackendError: the backend failed.
+            InvalidStepIdError: ``step_id`` is not a legal id.
+            BackendError: the backend failed.
             StoreClosedError: the store was closed.
         """
         step_id = validate_step_id(step_id)
@@ -163,7 +164,8 @@ class ArtifactStore(ABC):
         """Remove the artifact stored under ``step_id``. Returns whether there was one to remove.
 
         Raises:
-            InvalidStepIdError: ``step_id`` is not a legal id. BackendError: the backend failed.
+            InvalidStepIdError: ``step_id`` is not a legal id.
+            BackendError: the backend failed.
             StoreClosedError: the store was closed.
         """
         step_id = validate_step_id(step_id)
@@ -190,8 +192,10 @@ class ArtifactStore(ABC):
         """The :class:`ArtifactInfo` of one artifact, without reading its payload where the backend can.
 
         Raises:
-            InvalidStepIdError: ``step_id`` is not a legal id. ArtifactNotFoundError: it is not stored.
-            BackendError: the backend failed. StoreClosedError: the store was closed.
+            InvalidStepIdError: ``step_id`` is not a legal id.
+            ArtifactNotFoundError: it is not stored.
+            BackendError: the backend failed.
+            StoreClosedError: the store was closed.
         """
         step_id = validate_step_id(step_id)
         self._check_open()
@@ -203,7 +207,9 @@ class ArtifactStore(ABC):
     def namespaces(self) -> builtins.list[str]:
         """The namespaces that hold artifacts on this backend (with ``capabilities.list_namespaces``).
 
-        Used to find namespaces left behind by crashed runs. Raises:
+        Used to find namespaces left behind by crashed runs.
+
+        Raises:
             UnsupportedOperationError: the backend cannot enumerate namespaces.
             BackendError: the backend failed. StoreClosedError: the store was closed.
         """
@@ -243,7 +249,10 @@ class ArtifactStore(ABC):
         not: if one fails, the error is raised and the others may or may not have been saved.
 
         Raises:
-            The errors of :meth:`save`; :class:`InvalidStepIdError` also for an id given twice.
+            InvalidStepIdError: an id is not legal, or appears twice (before any I/O).
+            TypeError: an item is not a :class:`Message`.
+            ArtifactExistsError, CapacityError, SerializationError, BackendError, StoreClosedError: as
+                :meth:`save`.
         """
         pairs = builtins.list(items.items() if isinstance(items, Mapping) else items)
         seen: set[str] = set()
@@ -267,7 +276,7 @@ class ArtifactStore(ABC):
 
         Raises:
             ArtifactNotFoundError: if any is missing (the message names the missing ids).
-            The other errors of :meth:`get`.
+            InvalidStepIdError, ArtifactCorruptedError, BackendError, StoreClosedError: as :meth:`get`.
         """
         ids = builtins.list(dict.fromkeys(validate_step_id(step_id) for step_id in step_ids))
         self._check_open()
@@ -295,7 +304,8 @@ class ArtifactStore(ABC):
         stream whole and save it as :meth:`save` would. The write-once rule is the same as :meth:`save`.
 
         Raises:
-            The errors of :meth:`save`.
+            InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError: as
+                :meth:`save`.
         """
         step_id = validate_step_id(step_id)
         seconds = self._ttl(ttl)
@@ -317,7 +327,8 @@ class ArtifactStore(ABC):
         artifact raises :class:`ArtifactCorruptedError` from ``read`` at the latest at its end).
 
         Raises:
-            The errors of :meth:`get`.
+            InvalidStepIdError, ArtifactNotFoundError, ArtifactCorruptedError, BackendError, StoreClosedError:
+                as :meth:`get`.
         """
         step_id = validate_step_id(step_id)
         self._check_open()

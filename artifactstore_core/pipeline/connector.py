@@ -48,7 +48,7 @@ class ArtifactConnector:
 
         Raises:
             ArtifactNotFoundError: the upstream step has no artifact in this execution.
-            The other errors of :meth:`ArtifactStore.get` (corruption, backend failures).
+            ArtifactCorruptedError, BackendError: as :meth:`ArtifactStore.get`.
         """
         with self._lock:
             if self._message is None:
@@ -66,7 +66,7 @@ class ArtifactConnector:
         Raises:
             SchemaMismatchError: the message records a different schema name (with ``check_name``), or
                 the content does not validate as ``model``.
-            The errors of :meth:`get`.
+            ArtifactNotFoundError, ArtifactCorruptedError, BackendError: as :meth:`get`.
         """
         return self.get().to_model(model, check_name=check_name)
 

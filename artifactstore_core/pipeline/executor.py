@@ -119,7 +119,7 @@ class Executor:
 
     @property
     def mode(self) -> Mode:
-        """Where steps run: ``"threads"`` or ``"processes"``."""
+        """Where steps run, ``"threads"`` or ``"processes"``."""
         return self._mode
 
     @staticmethod

@@ -127,7 +127,7 @@ class Pipeline:
 
     @property
     def levels(self) -> tuple[tuple[str, ...], ...]:
-        """The step ids by topological level: level 0 has no inputs; level n reads only from levels below.
+        """The step ids by topological level (level 0 has no inputs; level n reads only from levels below).
 
         The executor does not wait for a whole level: a step starts as soon as its own inputs are done.
         """
@@ -135,7 +135,7 @@ class Pipeline:
 
     @property
     def sinks(self) -> tuple[str, ...]:
-        """The steps no other step reads: their outputs are the pipeline's results."""
+        """The steps no other step reads (their outputs are the pipeline's results)."""
         return tuple(step_id for step_id in self.order if not self._dependents[step_id])
 
     def dependents(self, step_id: str) -> tuple[str, ...]:

@@ -35,7 +35,8 @@ class HttpSettings(BackendSettings):
     endpoint: str | None = Field(
         default=None,
         description="Base URL of the artifact server, e.g. https://artifacts.internal:8765 or "
-        "https://proxy.example/artifactstore (a path prefix is kept). http or https, no user info.",
+        "https://proxy.example/artifactstore (a path prefix is kept). http or https, no user info. Required to "
+        "create a store.",
     )
     token: SecretStr | None = Field(
         default=None, description="Bearer token sent in the Authorization header; the server's token."
