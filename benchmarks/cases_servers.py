@@ -222,3 +222,145 @@ def filesystem_cases(stack: ExitStack) -> list[Case]:
             )
         )  # fmt: skip
     return cases
+
+
+def _moto(stack: ExitStack) -> tuple[str, dict[str, str]]:
+    """A moto S3 server in a process of its own, with a bucket; its endpoint and the s3 store's options."""
+    import logging
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    # A process of its own, so the server's work does not share the client's GIL.
+    server = subprocess.Popen(  # noqa: S603 - our interpreter running moto's server module
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(server.wait, 30)
+    stack.callback(server.terminate)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.05)  # polling for the server to listen
+    options = {
+        "bucket": "bench",
+        "region": "us-east-1",
+        "access_key_id": "AKIABENCH0000000001",
+        "secret_access_key": "bench-secret",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=options["region"],
+        aws_access_key_id=options["access_key_id"],
+        aws_secret_access_key=options["secret_access_key"],
+    ).create_bucket(Bucket=options["bucket"])
+    return endpoint, options
+
+
+def moto_for_streaming(stack: ExitStack) -> tuple[str, dict[str, str]]:
+    """The moto server the streaming measurement uses (see :func:`_moto`)."""
+    return _moto(stack)
+
+
+def s3_cases(stack: ExitStack) -> list[Case]:
+    """The s3 backend beside raw boto3 put_object/get_object and list+delete_objects on the same moto server."""
+    import boto3
+
+    from artifactstore_s3 import S3Settings, S3Store
+
+    endpoint, options = _moto(stack)
+    raw = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=options["region"],
+        aws_access_key_id=options["access_key_id"],
+        aws_secret_access_key=options["secret_access_key"],
+    )
+    store = S3Store(S3Settings(endpoint_url=endpoint, **options), namespace="bench")  # type: ignore[arg-type]
+    stack.callback(store.close)
+
+    def raw_clear(prefix: str) -> None:
+        paginator = raw.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket="bench", Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                raw.delete_objects(Bucket="bench", Delete={"Objects": keys, "Quiet": True})
+
+    def reset() -> None:
+        store.clear()
+        raw_clear("raw/")
+
+    # The same 64 MB in one PUT, as the raw client sends it: separates multipart's cost (on moto, parts are
+    # assembled slowly) from ours.
+    single = S3Store(
+        S3Settings(endpoint_url=endpoint, multipart_threshold=128 * MB, **options),  # type: ignore[arg-type]
+        namespace="bench-single",
+    )
+    stack.callback(single.close)
+
+    def reset_single() -> None:
+        single.clear()
+        raw_clear("raw/")
+
+    cases = [
+        Case(
+            "s3", "64 MB save, one PUT",
+            lambda i: single.save(f"s{i}", SIXTY_FOUR_MB),
+            lambda i: raw.put_object(Bucket="bench", Key=f"raw/s{i}", Body=SIXTY_FOUR_MB.content),
+            number=2, repeat=5, reset=reset_single,
+        )
+    ]  # fmt: skip
+    for name, message, number in (("1 MB", ONE_MB, 20), ("64 MB", SIXTY_FOUR_MB, 2)):
+        data = message.content
+        assert isinstance(data, bytes)
+        cases.append(
+            Case(
+                "s3", f"{name} save",
+                lambda i, m=message: store.save(f"s{i}", m),
+                lambda i, d=data: raw.put_object(Bucket="bench", Key=f"raw/s{i}", Body=d),
+                number=number, repeat=5, target=1.2, reset=reset,
+            )
+        )  # fmt: skip
+
+        def prepare(m: Message = message, d: bytes = data) -> None:
+            store.save("g", m, overwrite=True)
+            raw.put_object(Bucket="bench", Key="raw/g", Body=d)
+
+        cases.append(
+            Case(
+                "s3", f"{name} get", lambda i: store.get("g"),
+                lambda i: raw.get_object(Bucket="bench", Key="raw/g")["Body"].read(),
+                number=number, repeat=5, target=1.2, prepare=prepare,
+            )
+        )  # fmt: skip
+
+    many = {f"c{i}": SMALL for i in range(10_000)}
+    small_body = store.codec.encode(SMALL).to_bytes()
+
+    def raw_fill(i: int) -> None:
+        for key in many:
+            raw.put_object(Bucket="bench", Key=f"raw/{key}", Body=small_body)
+
+    cases.append(
+        Case(
+            "s3", "clear 10,000", lambda i: store.clear(), lambda i: raw_clear("raw/"),
+            number=1, repeat=3, target=1.2,
+            before_ours=lambda i: store.save_many(many), before_raw=raw_fill,
+        )
+    )  # fmt: skip
+    return cases
