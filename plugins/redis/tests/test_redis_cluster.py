@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.cluster import RedisCluster
 
+import artifactstore_redis.store as store_module
 from artifactstore_core import Message
 from artifactstore_core.ids import encode_name
 from artifactstore_redis import RedisSettings, RedisStore
@@ -38,3 +39,26 @@ def test_a_namespace_lives_in_one_slot_and_namespaces_spread_over_the_primaries(
             assert cluster_client.exists(*keys) == 0
     # The namespaces above hash to different primaries: the cluster really is in use, not one node.
     assert len(primaries) >= 2
+
+
+def test_payloads_in_their_own_keys_share_the_namespace_slot(
+    redis_cluster: RedisClusterNodes, cluster_client: RedisCluster
+) -> None:
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)  # type: ignore[arg-type]
+    payload = bytes(range(256)) * (store_module._INLINE_MAX // 256 + 1)
+    with RedisStore(settings, namespace="large in cluster") as store:
+        # In cluster mode every large save is pipelined (upload and commit go to the slot's primary).
+        store.save("piped", Message(content=payload), ttl=600)
+        store.save("text", Message(content=payload.hex()))
+        store.save_many({"many": Message(content=payload), "small": Message(content=b"s")})
+        tag = f"{{artifactstore:{encode_name(store.namespace)}}}"
+        names = ("piped", "text", "many")
+        keys = [f"{tag}:idx", *(f"{tag}:{kind}:{step_id}" for kind in "ap" for step_id in names)]
+        assert cluster_client.exists(*keys) == len(keys)
+        assert len({cluster_client.keyslot(key) for key in keys}) == 1
+        assert store.get("text").content == payload.hex()
+        assert store.get_many(["piped", "many", "small"])["many"].content == payload
+        assert sorted(info.step_id for info in store.list()) == ["many", "piped", "small", "text"]
+        assert store.delete("piped") is True
+        assert store.clear() == 3
+        assert cluster_client.exists(*keys) == 0

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+import artifactstore_redis.store as store_module
 from artifactstore_core import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -22,8 +23,25 @@ from artifactstore_core import (
     Message,
 )
 from artifactstore_redis import RedisSettings, RedisStore
-from artifactstore_redis.scripts import SAVE, SAVE_KEPT
+from artifactstore_redis.scripts import COMMIT, SAVE, SAVE_KEPT
 from artifactstore_redis.testing import RedisServer, running
+
+#: A payload size stored in its own key (uploaded, then committed), not inline in the artifact's hash.
+LARGE = store_module._INLINE_MAX + 1000
+
+
+def message_of(kind: str, step_id: str, size: int) -> Message:
+    """Bytes for ``inline`` (small) and ``uploaded`` (large), text of the same size for ``uploaded text``."""
+    payload = payload_of(step_id, size)
+    return Message(content=payload.hex()[:size] if kind == "uploaded text" else payload)
+
+
+#: The three ways a single save reaches the server, with the payload size that selects each.
+SAVE_PATHS = pytest.mark.parametrize(
+    ("kind", "size"),
+    [("inline", 8 * 1024), ("uploaded", LARGE), ("uploaded text", LARGE)],
+    ids=["inline", "uploaded", "uploaded-text"],
+)
 
 
 def payload_of(step_id: str, size: int) -> bytes:
@@ -59,6 +77,8 @@ def test_sigkill_and_restart_lose_no_acknowledged_save(tmp_path: Path) -> None:
         i = 0
         while not stop.is_set():
             step_id, size = f"w{worker}-{i}", 512 + (i * 997 + worker * 131) % 32_000
+            if i % 8 == 3:
+                size += LARGE  # stored in its own key: uploaded, then renamed into place by the commit
             i += 1
             try:
                 store.save(step_id, Message(content=payload_of(step_id, size)))
@@ -128,17 +148,21 @@ def test_client_kill_during_a_burst_gives_no_spurious_exists_error(tmp_path: Pat
         store = make_store(server, "burst", retry_attempts=10, retry_backoff=0.005, retry_backoff_max=0.05)
         admin = server.client()
         landed_then_retried = 0
-        real_execute = store.client.execute_command
+        large_landed_then_retried = 0
+        real_roundtrip = store._roundtrip
 
-        def observing_execute(*args: Any, **options: Any) -> Any:
-            nonlocal landed_then_retried
-            result = real_execute(*args, **options)
-            if args[:2] == ("EVALSHA", SAVE.sha) and result == SAVE_KEPT:
+        def observing_roundtrip(commands: Any) -> Any:
+            nonlocal landed_then_retried, large_landed_then_retried
+            replies = real_roundtrip(commands)
+            for command, reply in zip(commands, replies, strict=True):
                 # Each id is saved once by this test, so "kept" means an earlier attempt had landed.
-                landed_then_retried += 1
-            return result
+                if command[:2] == ("EVALSHA", SAVE.sha) and reply == SAVE_KEPT:
+                    landed_then_retried += 1
+                if command[:2] == ("EVALSHA", COMMIT.sha) and reply == SAVE_KEPT:
+                    large_landed_then_retried += 1  # the upload path: a commit that found its artifact
+            return replies
 
-        store.client.execute_command = observing_execute  # type: ignore[method-assign]
+        store._roundtrip = observing_roundtrip  # type: ignore[method-assign]
         saved: dict[str, int] = {}
         problems: list[str] = []
         killed = 0
@@ -148,6 +172,8 @@ def test_client_kill_during_a_burst_gives_no_spurious_exists_error(tmp_path: Pat
             def writer(worker: int) -> None:
                 for i in range(60):
                     step_id, size = f"r{round_}-w{worker}-{i}", 2_000 + 300 * i
+                    if i % 4 == 1:
+                        size += LARGE
                     try:
                         store.save(step_id, Message(content=payload_of(step_id, size)))
                     except BackendUnavailableError:
@@ -173,13 +199,14 @@ def test_client_kill_during_a_burst_gives_no_spurious_exists_error(tmp_path: Pat
         # bounded rounds make sure it happened at least once.
         for round_ in range(6):
             burst(round_)
-            if landed_then_retried and round_ >= 1:
+            if landed_then_retried and large_landed_then_retried and round_ >= 1:
                 break
         admin.close()
         try:
             assert problems == []
             assert killed > 0
             assert landed_then_retried > 0
+            assert large_landed_then_retried > 0
             for step_id, size in saved.items():
                 assert store.get(step_id).content == payload_of(step_id, size)
         finally:
@@ -187,12 +214,15 @@ def test_client_kill_during_a_burst_gives_no_spurious_exists_error(tmp_path: Pat
 
 
 @pytest.mark.timeout(60)
-def test_client_pause_longer_than_the_socket_timeout_raises_timeout_in_time(tmp_path: Path) -> None:
+@SAVE_PATHS
+def test_client_pause_longer_than_the_socket_timeout_raises_timeout_in_time(
+    tmp_path: Path, kind: str, size: int
+) -> None:
     with running(tmp_path / "pause") as server:
         timeout = 0.5
         store = make_store(server, "pause", socket_timeout=timeout, retry_attempts=3)
         admin = server.client()
-        message = Message(content=b"during the pause")
+        message = message_of(kind, "during the pause", size)
         try:
             store.save("before", Message(content=b"warm"))
             admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
@@ -240,7 +270,11 @@ def test_client_pause_with_retry_on_timeout_retries_within_its_deadline(tmp_path
 
 
 @pytest.mark.timeout(60)
-def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: Path) -> None:
+@SAVE_PATHS
+def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: Path, kind: str, size: int) -> None:
+    # The inline SAVE script is refused at its first write; an upload is refused at its SET (the commit sent
+    # with it then finds no upload and changes nothing).
+    commands = ("evalsha",) if kind == "inline" else ("set", "evalsha")
     with running(tmp_path / "oom", maxmemory="2mb", **{"maxmemory-policy": "noeviction"}) as server:
         store = make_store(server, "full", retry_attempts=3)
         admin = server.client()
@@ -248,16 +282,17 @@ def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: 
             failed, error = None, None
             for i in range(200):
                 step_id = f"fill-{i}"
-                before = _evalsha_attempts(admin)
+                before = _attempts(admin, commands)
                 try:
-                    store.save(step_id, Message(content=payload_of(step_id, 64 * 1024)))
+                    store.save(step_id, message_of(kind, step_id, size))
                 except CapacityError as exc:
                     failed, error = step_id, exc
-                    attempts = _evalsha_attempts(admin) - before
+                    attempts = _attempts(admin, commands) - before
                     break
             assert failed is not None, "the server never ran out of memory"
+            assert failed != "fill-0", "not even one artifact fit"
             assert error is not None
-            assert attempts == 1  # OOM is not retried
+            assert attempts == len(commands)  # OOM is not retried
             assert not error.retryable
             assert error.step_id == failed
             assert isinstance(error.__cause__, redis.ResponseError)
@@ -265,8 +300,9 @@ def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: 
             assert not store.exists(failed)
             assert failed not in {info.step_id for info in store.list()}
             assert not admin.zscore("{artifactstore:full}:idx", failed)
+            assert list(admin.scan_iter(match="{artifactstore:full}:u:*")) == []  # no upload left behind
             # What was saved before is intact, and deleting makes room again.
-            assert store.get("fill-0").content == payload_of("fill-0", 64 * 1024)
+            assert store.get("fill-0").content == message_of(kind, "fill-0", size).content
             assert store.clear() == int(failed.split("-")[1])
             store.save(failed, Message(content=b"fits now"))
             assert store.get(failed).content == b"fits now"
@@ -275,7 +311,11 @@ def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: 
             store.close()
 
 
-def _evalsha_attempts(admin: Any) -> int:
+def _attempts(admin: Any, commands: tuple[str, ...]) -> int:
     # "calls" counts executed commands, failed ones included; "rejected_calls" those refused before running.
-    stats = admin.info("commandstats").get("cmdstat_evalsha", {})
-    return int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))
+    stats = admin.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        + int(stats.get(f"cmdstat_{name}", {}).get("rejected_calls", 0))
+        for name in commands
+    )

@@ -21,7 +21,7 @@ from artifactstore_core import (
     create_store,
 )
 from artifactstore_core.ids import encode_name
-from artifactstore_redis import RedisStore
+from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.scripts import SAVE
 from artifactstore_redis.settings import REDIS_MAX_BULK_BYTES
 from artifactstore_redis.testing import RedisServer
@@ -106,8 +106,8 @@ def test_retry_of_a_save_whose_first_attempt_landed_is_not_a_conflict(
     store = store_factory(redis_server.url, f"retry-{uuid.uuid4().hex[:6]}")
     message = Message(content={"rows": 3}, metadata={"m": 1})
     # The first attempt ran on the server but its reply was lost: replay exactly what the store sends.
-    keys, args, _ = store._save_call("step", message, False, None)
-    raw.eval(SAVE.source, len(keys), *keys, *args)
+    plan = store._plan("step", message, False, None)
+    raw.eval(SAVE.source, len(plan.keys), *plan.keys, *plan.args)
     store.save("step", Message(content={"rows": 3}, metadata={"m": 1}))  # the retry: a new created_at
     assert store.get("step").created_at == message.created_at
     with pytest.raises(ArtifactExistsError):
@@ -157,6 +157,7 @@ def test_too_large_is_refused_before_any_byte_is_sent(
     store.save("compressible", Message(content={"text": "a" * 100_000}))
     monkeypatch.setattr(store.client, "execute_command", _no_io)
     monkeypatch.setattr(store.client, "pipeline", _no_io)
+    monkeypatch.setattr(store.client.connection_pool, "get_connection", _no_io)  # the store's direct path
     with pytest.raises(PayloadTooLargeError) as info:
         store.save("big", Message(content=b"x" * 1001))
     assert info.value.step_id == "big"
@@ -231,21 +232,23 @@ def test_save_many_and_get_many_use_pipelines(
 ) -> None:
     store = store_factory(redis_server.url, f"pipe-{uuid.uuid4().hex[:6]}", batch_size=100)
     store.save("warm-up", Message(content=0))  # announces the namespace (a single script call, once a minute)
-    pipelines = 0
-    real_pipeline = store.client.pipeline
+    # Every round trip takes one connection from the pool; count them, and at the server the commands sent.
+    pool = store.client.connection_pool
+    round_trips = 0
+    real_get_connection = pool.get_connection
 
-    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return real_pipeline(*args, **kwargs)
+    def counting_get_connection(*args: Any, **kwargs: Any) -> Any:
+        nonlocal round_trips
+        round_trips += 1
+        return real_get_connection(*args, **kwargs)
 
-    monkeypatch.setattr(store.client, "pipeline", counting_pipeline)
+    monkeypatch.setattr(pool, "get_connection", counting_get_connection)
     monkeypatch.setattr(store.client, "execute_command", _no_io)  # no per-artifact calls outside pipelines
     items = {f"s{i}": Message(content={"i": i}) for i in range(250)}
     store.save_many(items)
-    assert pipelines == 3
+    assert round_trips == 3
     assert store.get_many(list(items)) == items
-    assert pipelines == 6
+    assert round_trips == 6
     monkeypatch.undo()
 
 
@@ -283,6 +286,24 @@ def test_clear_of_100k_artifacts_runs_in_bounded_batches_without_scan(
         f"{{{prefix}:big0}}:idx".encode(),
         f"{{{prefix}}}:namespaces".encode(),
     }
+
+
+@pytest.mark.timeout(120)
+def test_clear_with_the_largest_batch_size(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+) -> None:
+    # 10,000 artifacts per script call: more keys than one Lua unpack() may hold (8000).
+    store = store_factory(redis_server.url, "wide", key_prefix=prefix, batch_size=10_000)
+    store.save("template", Message(content={"v": 1}))
+    store.save("large", Message(content=bytes(store_module._INLINE_MAX)))
+    template = raw.hgetall(f"{{{prefix}:wide}}:a:template")
+    pipe = raw.pipeline(transaction=False)
+    for i in range(12_000):
+        pipe.hset(f"{{{prefix}:wide}}:a:id-{i}", mapping=template)
+        pipe.zadd(f"{{{prefix}:wide}}:idx", {f"id-{i}": float("inf")})
+    pipe.execute()
+    assert store.clear() == 12_002
+    assert [key for key in snapshot(raw, prefix) if key.startswith(f"{{{prefix}:wide}}".encode())] == []
 
 
 # -- corruption -----------------------------------------------------------------------------------------
@@ -389,3 +410,20 @@ def test_a_forked_child_can_use_the_inherited_store(redis_server: RedisServer, s
     assert child.exitcode == 0
     assert store.get("from-child").content == "child"
     assert store.get("from-parent").content == "parent"  # the parent's connections were left alone
+
+
+def test_close_closes_every_pooled_connection(redis_server: RedisServer, raw: Any) -> None:
+    name = f"closing-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(RedisSettings(url=f"{redis_server.url}?client_name={name}"), namespace=name)  # type: ignore[arg-type]
+    store.save("small", Message(content=b"s"))
+    store.save("large", Message(content=bytes(store_module._INLINE_MAX)))  # uploaded and committed
+    assert store.get("large").content == bytes(store_module._INLINE_MAX)
+
+    def connections() -> int:
+        return sum(1 for client in raw.client_list() if client.get("name") == name)
+
+    assert connections() >= 1
+    store.clear()
+    store.close()
+    # The server drops a connection as soon as the client closes its socket (not when it is collected).
+    assert_eventually(lambda: connections() == 0)

@@ -2,9 +2,19 @@
 
 Every script touches only keys of one namespace, which share a hash tag and so one cluster slot; every
 key it touches is passed in ``KEYS``. Scripts run whole or not at all, so a reader never sees an artifact
-without its index entry or the other way round. The save script's first write is ``HSET``, a command that
-may grow memory, so a server at ``maxmemory`` refuses the save before it changes anything (Redis checks
-memory at a script's first write); delete and clear only free memory and work at ``maxmemory``.
+without its index entry or the other way round.
+
+No large payload ever passes through Lua: Redis copies a script's arguments into Lua strings and again into
+the value it writes, which made a 64 MB save five times slower than a plain ``SET``. Payloads below the
+inline limit travel as an argument of :data:`SAVE` (one command is cheaper there than two); larger ones are
+first uploaded with a plain ``SET ... PX`` to a temporary key of the namespace, and :data:`COMMIT` moves that
+key into place with ``RENAME`` (constant time, no copy).
+
+Memory: :data:`SAVE`'s first write is ``HSET``, a command that may grow memory, so a server at
+``maxmemory`` refuses the save before it changes anything (Redis checks memory at a script's first write).
+For an uploaded payload the check is the upload's ``SET`` itself; :data:`COMMIT`'s first write is
+``RENAME`` or ``UNLINK``, which are never refused, so a commit whose upload was accepted completes. Delete
+and clear only free memory and work at ``maxmemory``.
 """
 
 from __future__ import annotations
@@ -14,12 +24,15 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "CLEAR",
+    "COMMIT",
     "DELETE",
     "FORGET_NAMESPACE",
+    "READ",
     "REGISTER_NAMESPACE",
     "SAVE",
     "SAVE_EXISTS",
     "SAVE_KEPT",
+    "SAVE_UPLOAD_MISSING",
     "SAVE_WRITTEN",
     "LuaScript",
 ]
@@ -38,59 +51,154 @@ class LuaScript:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest())
 
 
-#: SAVE's result: an equal artifact was already stored and is kept (a safe retry).
+#: A save's result: an equal artifact was already stored and is kept (a safe retry).
 SAVE_KEPT = 0
-#: SAVE's result: a different artifact is stored and overwrite was not asked for.
+#: A save's result: a different artifact is stored and overwrite was not asked for.
 SAVE_EXISTS = 1
-#: SAVE's result: the artifact was written.
+#: A save's result: the artifact was written.
 SAVE_WRITTEN = 2
+#: COMMIT's result: the uploaded payload is not there (its upload failed, or it expired); nothing changed.
+SAVE_UPLOAD_MISSING = 3
 
-#: KEYS: artifact hash, namespace index. ARGV: index member (encoded step id), identity key, head, payload,
-#: overwrite ("1" or "0"), time to live in milliseconds ("0": none).
+# Shared by SAVE and COMMIT. The server's clock in milliseconds (expiry and index scores use it, never a
+# client's clock, so that every client agrees on what has expired).
+_NOW = """
+local function server_ms()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+"""
+
+# Shared by SAVE and COMMIT, after the artifact is written: index entries of expired artifacts are pruned a
+# few at a time, so no call does unbounded work. The index is ordered by expiry, so its first entry tells
+# whether anything can be stale; a namespace without TTLs pays one ZRANGE and never reads the clock.
+_PRUNE = """
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if first[2] and first[2] ~= 'inf' then
+  now = now or server_ms()
+  if tonumber(first[2]) < now then
+    local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, 32)
+    if #stale > 0 then redis.call('ZREM', KEYS[2], unpack(stale)) end
+  end
+end
+return 2
+"""
+
+#: KEYS: artifact hash, namespace index, payload key. ARGV: index member (encoded step id), identity key,
+#: head, payload, overwrite ("1" or "0"), time to live in milliseconds ("0": none). Stores the payload in
+#: the hash (an inline artifact).
 SAVE = LuaScript(
     "save",
-    """
+    _NOW
+    + """
 local current = redis.call('HGET', KEYS[1], 'id')
 if current and ARGV[5] ~= '1' then
   if current == ARGV[2] then return 0 end
   return 1
 end
 redis.call('HSET', KEYS[1], 'head', ARGV[3], 'payload', ARGV[4], 'id', ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+-- An overwritten artifact may have kept its payload in the payload key.
+if current then redis.call('UNLINK', KEYS[3]) end
 local ttl = tonumber(ARGV[6])
+local now = false
 if ttl > 0 then
+  now = server_ms()
   redis.call('PEXPIREAT', KEYS[1], now + ttl)
   redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 else
-  redis.call('PERSIST', KEYS[1])
+  -- A new hash has no expiry; an overwritten one keeps its old expiry unless removed.
+  if current then redis.call('PERSIST', KEYS[1]) end
   redis.call('ZADD', KEYS[2], 'inf', ARGV[1])
 end
--- Index entries of expired artifacts are pruned a few at a time, so no call does unbounded work.
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, 32)
-if #stale > 0 then redis.call('ZREM', KEYS[2], unpack(stale)) end
-return 2
+"""
+    + _PRUNE,
+)
+
+#: KEYS: artifact hash, namespace index, payload key, upload key (where the payload was uploaded with
+#: ``SET ... PX``). ARGV: index member, identity key, head, overwrite ("1" or "0"), time to live in
+#: milliseconds ("0": none). Moves the upload into the payload key and writes head and identity into the
+#: hash; whenever it does not, it deletes the upload, except when the upload is missing (result 3).
+COMMIT = LuaScript(
+    "commit",
+    _NOW
+    + """
+local current = redis.call('HGET', KEYS[1], 'id')
+if current then
+  if ARGV[4] ~= '1' then
+    redis.call('UNLINK', KEYS[4])
+    if current == ARGV[2] then return 0 end
+    return 1
+  end
+  -- An overwrite finding its own head (created_at included) is a retry of a commit that already ran.
+  if current == ARGV[2] and redis.call('HGET', KEYS[1], 'head') == ARGV[3] then
+    redis.call('UNLINK', KEYS[4])
+    return 2
+  end
+end
+if redis.call('EXISTS', KEYS[4]) == 0 then return 3 end
+-- O(1): the value is moved, not copied; an old payload is freed in the background first.
+if current then redis.call('UNLINK', KEYS[3]) end
+redis.call('RENAME', KEYS[4], KEYS[3])
+if current then redis.call('HDEL', KEYS[1], 'payload') end
+redis.call('HSET', KEYS[1], 'head', ARGV[3], 'id', ARGV[2])
+local ttl = tonumber(ARGV[5])
+local now = false
+if ttl > 0 then
+  now = server_ms()
+  -- The same instant for both keys: they expire together.
+  redis.call('PEXPIREAT', KEYS[1], now + ttl)
+  redis.call('PEXPIREAT', KEYS[3], now + ttl)
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+else
+  -- RENAME carried the upload's safety expiry over to the payload key.
+  redis.call('PERSIST', KEYS[3])
+  if current then redis.call('PERSIST', KEYS[1]) end
+  redis.call('ZADD', KEYS[2], 'inf', ARGV[1])
+end
+"""
+    + _PRUNE,
+)
+
+#: KEYS: artifact hash, payload key. Returns head and payload read at one instant (the payload from the
+#: hash, or from the payload key when the hash has none). Only for the rare read that raced a change: it
+#: copies the payload through Lua.
+READ = LuaScript(
+    "read",
+    """
+local found = redis.call('HMGET', KEYS[1], 'head', 'payload')
+if found[1] and not found[2] then found[2] = redis.call('GET', KEYS[2]) end
+return found
 """,
 )
 
-#: KEYS: artifact hash, namespace index. ARGV: index member. Returns 1 if the artifact existed.
+#: KEYS: artifact hash, namespace index, payload key. ARGV: index member. Returns 1 if the artifact existed.
 DELETE = LuaScript(
     "delete",
     """
 local removed = redis.call('UNLINK', KEYS[1])
+redis.call('UNLINK', KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return removed
 """,
 )
 
-#: KEYS: namespace index, then artifact hashes. ARGV: their index members. Returns how many artifacts
-#: existed (expired ones are gone already and not counted).
+#: KEYS: namespace index, then the artifacts' hashes, then their payload keys (in the same order). ARGV:
+#: their index members. Returns how many artifacts existed (expired ones are gone already and not counted).
+#: Many keys per command, at most 1000 at a time: unpack is bounded by Lua's C stack (8000 values).
 CLEAR = LuaScript(
     "clear",
     """
+local count = #ARGV
 local removed = 0
-for i = 2, #KEYS do removed = removed + redis.call('UNLINK', KEYS[i]) end
-redis.call('ZREM', KEYS[1], unpack(ARGV))
+for i = 2, count + 1, 1000 do
+  removed = removed + redis.call('EXISTS', unpack(KEYS, i, math.min(i + 999, count + 1)))
+end
+for i = 2, 2 * count + 1, 1000 do
+  redis.call('UNLINK', unpack(KEYS, i, math.min(i + 999, 2 * count + 1)))
+end
+for i = 1, count, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, count)))
+end
 return removed
 """,
 )
