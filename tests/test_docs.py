@@ -172,7 +172,7 @@ def s3_endpoint() -> Iterator[str]:
         import boto3
         from moto.server import ThreadedMotoServer
     except ModuleNotFoundError as exc:  # the tests session has no artifactstore-s3; nox -s docs has it
-        pytest.skip(f"{exc.name} is not installed here; `nox -s docs` runs the S3 page with every package")
+        pytest.skip(f"{exc.name} is not installed here; `nox -s tests` has every backend")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -526,13 +526,13 @@ def loaded_sections() -> list[tuple[Section, type[Any]]]:
 def test_every_first_party_distribution_is_in_this_environment_or_skipped_knowingly() -> None:
     missing = [section.distribution for section in SECTIONS if not installed(section)]
     if missing:
-        pytest.skip(f"not installed here: {', '.join(missing)}; `nox -s docs` runs these checks with every package")
+        pytest.skip(f"not installed here: {', '.join(missing)}; `nox -s tests` has every backend")
 
 
 @pytest.mark.parametrize("section", SECTIONS, ids=lambda section: section.key)
 def test_every_setting_has_a_description(section: Section) -> None:
     if not installed(section):
-        pytest.skip(f"{section.distribution} is not installed here; `nox -s docs` checks it")
+        pytest.skip(f"{section.distribution} is not installed here; `nox -s tests` has every backend")
     docs = artifactstore_docs.setting_docs(section.load())  # raises MissingDescriptionError on a hole
     assert docs
     for doc in docs:
