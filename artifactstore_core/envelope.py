@@ -24,10 +24,11 @@ import json
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import blake3
 import zstandard
+from pydantic import ValidationError
 
 from .errors import ArtifactCorruptedError, ConfigurationError, SerializationError, UnsupportedFormatError
 from .message import Message, SchemaInfo, canonical_json, freeze_json, thaw_json
@@ -56,6 +57,7 @@ MAX_HEADER_SIZE = 16 * 1024 * 1024
 DEFAULT_COMPRESS_THRESHOLD = 64 * 1024
 
 _PREFIX = struct.Struct(">4sBI")
+T = TypeVar("T")
 _CODECS = ("bytes", "utf-8", "json")
 _KEY_CONTEXT = "artifactstore envelope signing key v1"
 # Hashing large buffers on several threads pays off above this size; below it the thread start costs more.
@@ -192,6 +194,13 @@ class PayloadVerifier:
             raise ArtifactCorruptedError(f"payload is {self._seen} bytes; its header says {self._header.size}")
         if self._hasher.hexdigest() != self._header.digest:
             raise ArtifactCorruptedError("payload digest does not match its header")
+
+
+def _field(doc: dict[str, Any], name: str, kind: type[T]) -> T:
+    value = doc[name]
+    if not isinstance(value, kind):
+        raise ValueError(f"header field {name!r} must be a {kind.__name__}")
+    return value
 
 
 class Codec:
@@ -365,7 +374,7 @@ class Codec:
             raise ArtifactCorruptedError("envelope header is not a JSON object")
         try:
             return self._parse_header(doc, mac)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise ArtifactCorruptedError(f"envelope header is malformed: {exc}") from exc
 
     @staticmethod
@@ -376,27 +385,35 @@ class Codec:
         compression = doc.get("compression")
         if compression not in (None, "zstd"):
             raise UnsupportedFormatError(f"unknown envelope compression {compression!r}")
-        digest = doc["digest"]
+        # Each field's type is checked before it is used: a header with a valid plain tag can be forged by
+        # anyone who can write to the backend, and must fail as corrupted data, never as an AttributeError.
+        digest = _field(doc, "digest", dict)
         if digest.get("alg") != "blake3":
             raise UnsupportedFormatError(f"unknown digest algorithm {digest.get('alg')!r}")
+        digest_hex = _field(digest, "hex", str)
         schema = doc.get("schema")
-        created_at = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
+        metadata = doc.get("metadata")
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata must be a JSON object")
+        created_at = datetime.fromisoformat(_field(doc, "created_at", str).replace("Z", "+00:00"))
         if created_at.utcoffset() is None:
             raise ValueError("created_at has no time zone")
         created_at = created_at.astimezone(UTC)
         size, stored_size = doc["size"], doc["stored_size"]
-        if not (isinstance(size, int) and isinstance(stored_size, int) and size >= 0 and stored_size >= 0):
+        if type(size) is not int or type(stored_size) is not int or size < 0 or stored_size < 0:
             raise ValueError("sizes must be non-negative integers")
         return Header(
             codec=codec,
             compression=compression,
-            media_type=str(doc["media_type"]),
+            media_type=_field(doc, "media_type", str),
             schema=SchemaInfo.model_validate(schema) if schema is not None else None,
-            metadata=freeze_json(doc.get("metadata") or {}, where="metadata"),
+            metadata=freeze_json(metadata, where="metadata"),
             created_at=created_at,
             size=size,
             stored_size=stored_size,
-            digest=str(digest["hex"]),
+            digest=digest_hex,
             digest_alg="blake3",
             mac=mac,
         )
@@ -438,6 +455,17 @@ class Codec:
             )
         raw: bytes | memoryview = payload
         if header.compression == "zstd":
+            # The frame's declared content size decides what zstandard allocates (max_output_size only
+            # bounds frames without one), so a frame claiming more than the header's size is refused
+            # before anything is decompressed.
+            try:
+                declared = zstandard.frame_content_size(bytes(payload[:18]))
+            except zstandard.ZstdError as exc:
+                raise ArtifactCorruptedError("compressed payload has no valid zstd frame header") from exc
+            if declared != header.size:
+                raise ArtifactCorruptedError(
+                    f"compressed payload declares {declared} bytes; its header says {header.size}"
+                )
             try:
                 raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=header.size)
             except zstandard.ZstdError as exc:

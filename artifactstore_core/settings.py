@@ -72,6 +72,8 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 class _Settings(BaseSettings):
     """Shared behaviour: env > config file > defaults, and errors that name the env var."""
 
+    # Validation errors never repeat the input: it may be a password or a URL holding one.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
     #: The config-file sub-table of this model (``None``: top level).
     config_table: ClassVar[str | None] = None
 

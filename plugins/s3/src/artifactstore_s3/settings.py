@@ -9,6 +9,7 @@ repr, a log line or an error message.
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -50,7 +51,8 @@ class S3Settings(BackendSettings):
     endpoint_url: str | None = Field(
         default=None,
         description="Endpoint of an S3-compatible service (MinIO, Ceph, R2, a local test server), e.g. "
-        "http://127.0.0.1:9000. Unset: AWS S3 for the region.",
+        "http://127.0.0.1:9000. Unset: AWS S3 for the region. No user info: credentials go in "
+        "ARTIFACT_STORE_S3_ACCESS_KEY_ID / ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, which are kept secret.",
     )
     region: str | None = Field(
         default=None, description="AWS region of the bucket. Unset: from boto3's configuration chain."
@@ -122,6 +124,14 @@ class S3Settings(BackendSettings):
         "credentials or an endpoint without conditional writes fail at once) instead of before the first "
         "write.",
     )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_user_info(cls, value: str | None) -> str | None:
+        # A URL is shown in reprs and logs; credentials in it would be too.
+        if value is not None and "@" in urlsplit(value).netloc:
+            raise ValueError("must not contain user info; set the access key settings instead")
+        return value
 
     @field_validator("prefix")
     @classmethod
