@@ -10,9 +10,9 @@ tag (the tag is a plain BLAKE3 anyone can compute, so this reaches the header pa
 envelope the fuzzer then damages. The decoder may raise only its documented errors; anything else is a
 crash that libFuzzer reports with the input that caused it.
 
-``--allow-known`` (the nox session passes it) tolerates the known defects listed in :data:`KNOWN`, each
-tracked by an xfail test in ``test_rel_fuzz.py``, so that a run finds *new* defects; remove an entry when
-its defect is fixed (its xfail test then fails, as a reminder).
+``--allow-known`` (the nox session passes it) tolerates the known defects listed in :data:`KNOWN` (none
+today), each to be tracked by a strict xfail test in ``test_rel_fuzz.py``, so that a run finds *new*
+defects; remove an entry when its defect is fixed (its xfail test then fails, as a reminder).
 """
 
 from __future__ import annotations
