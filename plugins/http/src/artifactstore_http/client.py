@@ -141,7 +141,12 @@ class HttpStore(ArtifactStore):
         headers = {"User-Agent": "artifactstore-http"}
         if settings.token is not None:
             headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
-        limits = httpx.Limits(max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size)
+        # Idle connections are dropped well before servers close them (uvicorn's default keep-alive is 5 s,
+        # httpx's own expiry too): reusing one the server is closing at that instant fails a request that
+        # cannot be retried safely (delete, clear).
+        limits = httpx.Limits(
+            max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size, keepalive_expiry=2.0
+        )
         transport = httpx.HTTPTransport(
             verify=self._verify,
             limits=limits,
