@@ -20,18 +20,31 @@ Decoding never runs code: the header is JSON and a class is never looked up by a
 
 from __future__ import annotations
 
+import functools
 import json
+import json.scanner
+import re
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import blake3
 import zstandard
 from pydantic import ValidationError
 
 from .errors import ArtifactCorruptedError, ConfigurationError, SerializationError, UnsupportedFormatError
-from .message import Message, SchemaInfo, canonical_json, freeze_json, thaw_json
+from .message import (
+    FrozenDict,
+    Message,
+    SchemaInfo,
+    canonical_json,
+    check_text,
+    freeze_json,
+    thaw_json,
+    trusted_message,
+)
 from .models import ArtifactInfo
 
 __all__ = [
@@ -62,6 +75,49 @@ _CODECS = ("bytes", "utf-8", "json")
 _KEY_CONTEXT = "artifactstore envelope signing key v1"
 # Hashing large buffers on several threads pays off above this size; below it the thread start costs more.
 _PARALLEL_HASH_FROM = 1 << 20
+_HEX_DIGEST = re.compile("[0-9a-f]{64}")
+_EMPTY = FrozenDict()
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_json(schema: SchemaInfo) -> str:
+    # A pipeline saves many messages of few schemas; SchemaInfo is frozen and hashable, so its canonical
+    # encoding is kept instead of dumping the model for every save.
+    return canonical_json(schema.model_dump(mode="json")).decode("utf-8")
+
+
+# The standard library's C scanner: what json.loads runs after detecting the encoding and checking for
+# trailing data, minus that per-call overhead (half the cost of parsing a header). Anything unusual falls
+# back to json.loads, so what is accepted and refused is exactly json.loads' behaviour on UTF-8 text.
+_SCAN = getattr(json.scanner, "c_make_scanner", None)
+_SCAN_ONCE = _SCAN(json.JSONDecoder()) if _SCAN is not None else None
+
+
+def _loads(data: bytes | memoryview) -> Any:
+    """Parse UTF-8 JSON. Raises ValueError (JSONDecodeError, UnicodeDecodeError) when it is not."""
+    text = str(data, "utf-8")
+    if _SCAN_ONCE is not None:
+        try:
+            value, end = _SCAN_ONCE(text, 0)
+        except StopIteration:
+            end = -1
+        if end == len(text):
+            return value
+    return json.loads(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _json_str(value: str) -> str:
+    # Media types repeat from save to save; the cache keeps their JSON encoding.
+    return canonical_json(value).decode("utf-8")
+
+
+def _canonical_metadata(metadata: Any) -> str:
+    if not metadata:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise TypeError("metadata must be a JSON object")
+    return canonical_json(metadata).decode("utf-8")
 
 
 def _digest(data: bytes | memoryview) -> str:
@@ -102,9 +158,9 @@ def content_info(step_id: str, message: Message) -> ArtifactInfo:
     )
 
 
-@dataclass(frozen=True)
-class Header:
-    """The decoded, verified header of an envelope."""
+class Header(NamedTuple):
+    """The decoded, verified header of an envelope (immutable; a named tuple because one is built for
+    every artifact read or written, and a frozen dataclass cost four times as much to build)."""
 
     codec: str
     compression: str | None
@@ -147,6 +203,9 @@ class Encoded:
     head: bytes
     payload: bytes
     header: Header
+    # The canonical JSON of [codec, media type, schema, metadata, size, digest], which the encoder has in
+    # pieces anyway; empty when the Encoded was built by hand (then it is derived from the header).
+    identity_json: bytes = field(default=b"", repr=False)
 
     def to_bytes(self) -> bytes:
         """Head and payload in one buffer (one copy of the payload)."""
@@ -155,16 +214,20 @@ class Encoded:
     @property
     def identity_key(self) -> str:
         """A short string equal for two encodings exactly when :meth:`Header.identity` is equal."""
-        header = self.header
-        doc = [
-            header.codec,
-            header.media_type,
-            header.schema.model_dump(mode="json") if header.schema else None,
-            thaw_json(header.metadata),
-            header.size,
-            header.digest,
-        ]
-        return blake3.blake3(canonical_json(doc)).hexdigest()[:32]
+        doc = self.identity_json
+        if not doc:
+            header = self.header
+            doc = canonical_json(
+                [
+                    header.codec,
+                    header.media_type,
+                    header.schema.model_dump(mode="json") if header.schema else None,
+                    thaw_json(header.metadata),
+                    header.size,
+                    header.digest,
+                ]
+            )
+        return blake3.blake3(doc).hexdigest()[:32]
 
 
 class PayloadVerifier:
@@ -244,18 +307,11 @@ class Codec:
             packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
             if len(packed) <= len(raw) - len(raw) // 8:
                 stored, compression = packed, "zstd"
-        head, header = self.encode_head(
-            codec=codec,
-            media_type=message.media_type,
-            schema=message.schema,
-            metadata=message.metadata,
-            created_at=message.created_at,
-            size=len(raw),
-            digest=digest,
-            stored_size=len(stored),
-            compression=compression,
-        )
-        return Encoded(head=head, payload=stored, header=header)
+        head, header, identity = self._encode_head(
+            codec, message.media_type, message.schema, message.metadata, message.created_at, len(raw), digest,
+            len(stored), compression,
+        )  # fmt: skip
+        return Encoded(head=head, payload=stored, header=header, identity_json=identity)
 
     def encode_head(
         self,
@@ -273,29 +329,59 @@ class Codec:
         """Build the head for a payload described by these fields (streaming writers hash first, then call this).
 
         ``digest`` is the BLAKE3 hex digest of the uncompressed payload of ``size`` bytes.
+
+        Raises:
+            SerializationError: an unknown codec or compression, a malformed digest or size, metadata that
+                is not JSON, or a header above the size limit.
         """
+        stored_size = size if stored_size is None else stored_size
+        head, header, _ = self._encode_head(
+            codec, media_type, schema, metadata, created_at, size, digest, stored_size, compression
+        )
+        return head, header
+
+    def _encode_head(
+        self,
+        codec: str,
+        media_type: str,
+        schema: SchemaInfo | None,
+        metadata: Any,
+        created_at: datetime,
+        size: int,
+        digest: str,
+        stored_size: int,
+        compression: str | None,
+    ) -> tuple[bytes, Header, bytes]:
+        """The head, the header and the identity JSON (see :attr:`Encoded.identity_json`)."""
         if codec not in _CODECS:
             raise SerializationError(f"unknown codec {codec!r}")
-        stored_size = size if stored_size is None else stored_size
+        if compression is not None and compression != "zstd":
+            raise SerializationError(f"unknown compression {compression!r}")
+        if type(size) is not int or type(stored_size) is not int or size < 0 or stored_size < 0:
+            raise SerializationError("sizes must be non-negative integers")
+        if type(digest) is not str or _HEX_DIGEST.fullmatch(digest) is None:
+            raise SerializationError("digest must be 64 lower-case hex digits of BLAKE3")
         mac = "blake3-keyed" if self._key else "blake3"
-        doc = {
-            "codec": codec,
-            "compression": compression,
-            "media_type": media_type,
-            "schema": schema.model_dump(mode="json") if schema else None,
-            "metadata": thaw_json(metadata),
-            "created_at": created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            "size": size,
-            "stored_size": stored_size,
-            "digest": {"alg": "blake3", "hex": digest},
-            "mac": mac,
-        }
         try:
-            header_bytes = canonical_json(doc)
+            media_json = _json_str(media_type)
+            schema_json = _schema_json(schema) if schema is not None else "null"
+            metadata_json = _canonical_metadata(metadata)
+            created = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            compression_json = "null" if compression is None else '"zstd"'
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"metadata is not JSON-serializable: {exc}") from exc
+        # Exactly canonical_json() of the header object (keys in sorted order, compact), written out
+        # directly: every value is either fixed, checked above, or already canonical JSON. The tests
+        # compare it with canonical_json() of the same object.
+        header_bytes = (
+            f'{{"codec":"{codec}","compression":{compression_json},'
+            f'"created_at":"{created}","digest":{{"alg":"blake3","hex":"{digest}"}},"mac":"{mac}",'
+            f'"media_type":{media_json},"metadata":{metadata_json},"schema":{schema_json},'
+            f'"size":{size},"stored_size":{stored_size}}}'
+        ).encode()
         if len(header_bytes) > MAX_HEADER_SIZE:
             raise SerializationError(f"header is {len(header_bytes)} bytes; the limit is {MAX_HEADER_SIZE}")
+        identity = f'["{codec}",{media_json},{schema_json},{metadata_json},{size},"{digest}"]'.encode()
         prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
         header = Header(
             codec=codec,
@@ -310,7 +396,7 @@ class Codec:
             digest_alg="blake3",
             mac=mac,
         )
-        return prefix + self._tag(prefix), header
+        return prefix + self._tag(prefix), header, identity
 
     def _tag(self, data: bytes | memoryview) -> bytes:
         if self._key is None:
@@ -355,7 +441,7 @@ class Codec:
         view = memoryview(head)
         body, tag = view[: size - TAG_SIZE], bytes(view[size - TAG_SIZE :])
         try:
-            doc = json.loads(bytes(body[PREFIX_SIZE:]))
+            doc = _loads(body[PREFIX_SIZE:])
         except (ValueError, UnicodeDecodeError):
             doc = None
         mac = doc.get("mac") if isinstance(doc, dict) else None
@@ -393,23 +479,26 @@ class Codec:
         digest_hex = _field(digest, "hex", str)
         schema = doc.get("schema")
         metadata = doc.get("metadata")
-        if metadata is None:
-            metadata = {}
-        if not isinstance(metadata, dict):
+        if not metadata:
+            # Most messages carry no metadata; the one empty FrozenDict serves them all (it is immutable).
+            metadata = _EMPTY if metadata is None or metadata == {} else metadata
+        if not isinstance(metadata, (dict, FrozenDict)):
             raise ValueError("metadata must be a JSON object")
-        created_at = datetime.fromisoformat(_field(doc, "created_at", str).replace("Z", "+00:00"))
+        # fromisoformat reads the "Z" suffix itself (Python 3.11 and later).
+        created_at = datetime.fromisoformat(_field(doc, "created_at", str))
         if created_at.utcoffset() is None:
             raise ValueError("created_at has no time zone")
-        created_at = created_at.astimezone(UTC)
+        if created_at.tzinfo is not UTC:
+            created_at = created_at.astimezone(UTC)
         size, stored_size = doc["size"], doc["stored_size"]
         if type(size) is not int or type(stored_size) is not int or size < 0 or stored_size < 0:
             raise ValueError("sizes must be non-negative integers")
         return Header(
             codec=codec,
             compression=compression,
-            media_type=_field(doc, "media_type", str),
+            media_type=check_text(_field(doc, "media_type", str), where="media_type"),
             schema=SchemaInfo.model_validate(schema) if schema is not None else None,
-            metadata=freeze_json(metadata, where="metadata"),
+            metadata=metadata if metadata is _EMPTY else freeze_json(metadata, where="metadata"),
             created_at=created_at,
             size=size,
             stored_size=stored_size,
@@ -481,26 +570,27 @@ class Codec:
             elif header.codec == "utf-8":
                 content = str(raw, "utf-8")
             else:
-                content = json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+                content = _loads(raw)
+            return self.message_from(header, content)
         except (ValueError, UnicodeDecodeError) as exc:
+            # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the
+            # content refuses it, so a forged artifact cannot yield a message no backend could store.
             raise ArtifactCorruptedError(f"payload is not valid {header.codec}") from exc
-        return self.message_from(header, content)
 
     @staticmethod
     def message_from(header: Header, content: Any) -> Message:
         """Build the message a header describes around already-verified content.
 
         ``content`` must be bytes, str, or a JSON value this codec just parsed (nobody else holds it).
+
+        Raises:
+            ValueError: if JSON content holds what a message refuses (a lone surrogate, NaN).
         """
-        if not isinstance(content, (bytes, str)):
+        if isinstance(content, str):
+            check_text(content)
+        elif not isinstance(content, bytes):
             content = freeze_json(content)
         # Every field is already valid: content frozen here, the header's fields checked when it was parsed
         # (created_at aware UTC, metadata frozen, schema a SchemaInfo). Skipping re-validation halves the
         # cost of decoding a small message.
-        return Message.model_construct(
-            content=content,
-            schema=header.schema,
-            metadata=header.metadata,
-            media_type=header.media_type,
-            created_at=header.created_at,
-        )
+        return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)

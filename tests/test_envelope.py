@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import struct
 from datetime import UTC, datetime
 
+import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +22,7 @@ from artifactstore_core import (
     UnsupportedFormatError,
 )
 from artifactstore_core.envelope import MAGIC, PREFIX_SIZE, TAG_SIZE, PayloadVerifier
+from artifactstore_core.message import canonical_json, thaw_json
 from artifactstore_core.testing import messages
 
 CODEC = Codec()
@@ -187,3 +191,108 @@ def test_streaming_verifier() -> None:
 def test_random_bytes_never_decode_and_never_crash_untyped(blob: bytes) -> None:
     with pytest.raises(SerializationError):
         CODEC.decode_bytes(MAGIC + b"\x01" + blob)
+
+
+# -- the fast paths are the same format ----------------------------------------------------------------
+
+_media_types = st.sampled_from(["application/json", "text/plain; charset=utf-8"]) | st.text(min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=messages, media_type=_media_types, signed=st.booleans())
+def test_header_is_exactly_canonical_json_of_its_fields(message: Message, media_type: str, signed: bool) -> None:
+    # The encoder writes the header out by hand; it must be byte for byte what canonical_json would give.
+    message = message.model_copy(update={"media_type": media_type})
+    codec = Codec(signing_key=b"k" * 32) if signed else CODEC
+    encoded = codec.encode(message)
+    header = encoded.header
+    doc = {
+        "codec": header.codec,
+        "compression": header.compression,
+        "media_type": media_type,
+        "schema": message.schema.model_dump(mode="json") if message.schema else None,
+        "metadata": thaw_json(message.metadata),
+        "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
+        "size": header.size,
+        "stored_size": header.stored_size,
+        "digest": {"alg": "blake3", "hex": header.digest},
+        "mac": "blake3-keyed" if signed else "blake3",
+    }
+    length = struct.unpack(">I", encoded.head[5:9])[0]
+    assert encoded.head[PREFIX_SIZE : PREFIX_SIZE + length] == canonical_json(doc)
+    # The identity key from the encoder's pieces equals the one derived from the header alone.
+    assert encoded.identity_key == dataclasses.replace(encoded, identity_json=b"").identity_key
+
+
+def test_compressed_header_is_canonical_too() -> None:
+    encoded = CODEC.encode(Message(content="x" * 200_000))
+    assert encoded.header.compression == "zstd"
+    assert b'"compression":"zstd"' in encoded.head
+    assert CODEC.decode(encoded.head, encoded.payload).content == "x" * 200_000
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("digest", "AB" * 32),
+        ("digest", 'a"' * 32),
+        ("digest", "a" * 63),
+        ("size", True),
+        ("size", -1),
+        ("size", 1.0),
+        ("stored_size", "1"),
+        ("compression", "gzip"),
+        ("codec", "pickle"),
+        ("metadata", ["not", "an", "object"]),
+        ("metadata", {"k": {1, 2}}),
+        ("media_type", "half \ud800"),
+    ],
+)
+def test_encode_head_refuses_fields_that_would_break_the_header(field: str, value: object) -> None:
+    fields: dict[str, object] = {
+        "codec": "bytes",
+        "media_type": "application/octet-stream",
+        "schema": None,
+        "metadata": {},
+        "created_at": datetime(2026, 11, 25, tzinfo=UTC),
+        "size": 1,
+        "digest": "a" * 64,
+    }
+    fields[field] = value
+    with pytest.raises(SerializationError):
+        CODEC.encode_head(**fields)  # type: ignore[arg-type]
+
+
+def _forge(payload: bytes, codec: str = "json") -> tuple[bytes, bytes]:
+    head, _ = CODEC.encode_head(
+        codec=codec,
+        media_type="application/json",
+        schema=None,
+        metadata={},
+        created_at=datetime(2026, 11, 25, tzinfo=UTC),
+        size=len(payload),
+        digest=blake3.blake3(payload).hexdigest(),
+    )
+    return head, payload
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'"\\ud800"', b'{"k":"\\udfff"}', b'{"\\ud83d":1}', b"NaN", b"[1, Infinity]", b"", b"  ", b"1 2", b'{"a":1}x'],
+)
+def test_a_validly_tagged_payload_that_is_not_storable_json_is_corrupted(payload: bytes) -> None:
+    # Anyone who can write to a backend can tag an unsigned envelope: its content must still be a value
+    # every backend could store (no lone surrogates, no NaN), or reading it fails as corrupted data.
+    with pytest.raises(ArtifactCorruptedError):
+        CODEC.decode(*_forge(payload))
+
+
+@pytest.mark.parametrize("payload", [b' {"a": [1, 2.5]} ', b'\n["x"]\t', b'"\\u00e9t\\u00e9"', b"\xef\xbb\xbf1"])
+def test_json_payloads_parse_as_json_loads_does(payload: bytes) -> None:
+    try:
+        expected = json.loads(payload.decode("utf-8"))
+    except ValueError:
+        with pytest.raises(ArtifactCorruptedError):
+            CODEC.decode(*_forge(payload))
+    else:
+        assert CODEC.decode(*_forge(payload)).to_python() == expected

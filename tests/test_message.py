@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
 from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError
+from artifactstore_core.message import freeze_json, trusted_message
 
 
 class Summary(BaseModel):
@@ -113,3 +115,49 @@ def test_model_dump_json_is_plain_json() -> None:
     dumped = message.model_dump(mode="json")
     assert dumped["content"] == {"a": [1]}
     assert dumped["metadata"] == {"b": {"c": 1}}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Message(content="half a pair: \ud800"),
+        lambda: Message(content={"text": "\udfff"}),
+        lambda: Message(content={"\ud83d": 1}),
+        lambda: Message(content=["ok", ("nested", "\udc00")]),
+        lambda: Message(content=b"ok", metadata={"note": "\ud83d"}),
+        lambda: Message(content=b"ok", metadata={"\ud83d": "key"}),
+        lambda: Message(content=b"ok", media_type="text/\ud800"),
+        lambda: Message(content=b"ok", schema=SchemaInfo(name="m.\ud800")),
+        lambda: Message(content=b"ok", schema=SchemaInfo(name="m.M", version="\udfff")),
+    ],
+)
+def test_text_utf8_cannot_encode_is_refused_when_the_message_is_built(build: Callable[[], Message]) -> None:
+    # No backend can store a lone surrogate; refusing it here makes every backend (memory too) agree.
+    with pytest.raises(ValidationError, match=r"lone surrogate|unicode"):
+        build()
+
+
+def test_paired_surrogates_and_other_unicode_are_fine() -> None:
+    message = Message(content={"emoji": "\U0001f600", "é": "ü"}, metadata={"ß": "日本"}, media_type="text/é")
+    assert message.content["emoji"] == "\U0001f600"
+
+
+def test_trusted_message_is_model_construct() -> None:
+    fields = {
+        "content": freeze_json({"a": [1, 2]}),
+        "schema": SchemaInfo(name="m.M"),
+        "metadata": FrozenDict({"k": "v"}),
+        "media_type": "application/json",
+        "created_at": datetime(2026, 11, 25, tzinfo=UTC),
+    }
+    fast = trusted_message(**fields)
+    slow = Message.model_construct(**fields)
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump() == slow.model_dump()
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert pickle.loads(pickle.dumps(fast)) == slow
+    assert fast.model_copy(update={"media_type": "x"}).media_type == "x"
+    with pytest.raises(ValidationError):
+        fast.media_type = "changed"  # type: ignore[misc]
