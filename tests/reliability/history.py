@@ -308,7 +308,6 @@ class Checker:
     seed: int
     namespace: str
     corruption_detected_ok: bool
-    delete_result_after_retry_ok: bool = False
     violations: list[str] = field(default_factory=list)
     _digests: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -419,7 +418,7 @@ class Checker:
             if op.outcome == "ok":
                 if op.result and not present:
                     self.fail(op, "delete() removed something from a key that held nothing")
-                if not op.result and ABSENT not in possible and not self.delete_result_after_retry_ok:
+                if not op.result and ABSENT not in possible:
                     self.fail(op, f"delete() found nothing, but the key held {possible}")
                 return {ABSENT}
             return possible
@@ -490,7 +489,6 @@ def check(
     seed: int,
     namespace: str,
     corruption_detected_ok: bool = False,
-    delete_result_after_retry_ok: bool = False,
     untrusted_list: Callable[[Op], bool] | None = None,
 ) -> list[str]:
     """The violations of the contract in one namespace's history (empty: the history is valid).
@@ -500,9 +498,6 @@ def check(
         corruption_detected_ok: reads that raise ``ArtifactCorruptedError`` (or another serialization
             error) are fine: the fault injected corrupts data in transit and the store detected it. Never
             for the verification pass (client ``final``), which reads over a clean connection.
-        delete_result_after_retry_ok: a ``delete()`` that removed the artifact may still return ``False``
-            (a known defect of a backend that retries a delete whose reply was lost; see the xfail test
-            ``test_rel_faults.py::test_a_lost_reply_does_not_change_what_delete_returns``).
         untrusted_list: ``list`` results for which this returns ``True`` are not checked (only that no raw
             exception escaped): listings travel outside envelopes, so bits flipped in transit change them
             undetected, like any protocol framing.
@@ -511,7 +506,6 @@ def check(
         seed=seed,
         namespace=namespace,
         corruption_detected_ok=corruption_detected_ok,
-        delete_result_after_retry_ok=delete_result_after_retry_ok,
     )
     ops = list(ops)
     if untrusted_list is not None:

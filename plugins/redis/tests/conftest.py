@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import pytest
+import redis
 
+import artifactstore_redis.store as store_module
 from artifactstore_redis import RedisSettings, RedisStore
+from artifactstore_redis.scripts import LuaScript
 from artifactstore_redis.testing import RedisClusterNodes, RedisServer
 
 
@@ -57,3 +61,65 @@ def store_factory() -> Iterator[Callable[..., RedisStore]]:
                 store.clear()
             finally:
                 store.close()
+
+
+@pytest.fixture
+def lose() -> Callable[..., list[str]]:
+    """Lose the first attempt of a store's calls of one script, as a dropped connection would.
+
+    ``lose(store, script, pattern)``: the n-th call of ``script`` (its retries excluded: a retry sends the
+    very same command) has its first attempt treated as ``pattern[n % len(pattern)]`` says: ``"reply"``
+    runs it on the server and then loses the reply, ``"request"`` loses it before it is sent, ``"none"``
+    leaves it alone. Both losses raise ``redis.ConnectionError`` (which the store retries). Returns the log
+    of what was done, one entry per call, so a test can check that its faults happened.
+    """
+
+    def install(store: RedisStore, script: LuaScript, pattern: Sequence[str]) -> list[str]:
+        real = store._roundtrip
+        seen: set[tuple[Any, ...]] = set()
+        log: list[str] = []
+
+        def roundtrip(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+            (command, *_) = commands
+            # EVALSHA and its EVAL fallback name the script differently; the rest is the same on a retry.
+            if len(commands) != 1 or command[:2] not in {("EVALSHA", script.sha), ("EVAL", script.source)}:
+                return real(commands)
+            if command[2:] in seen:
+                return real(commands)
+            seen.add(command[2:])
+            fault = pattern[len(log) % len(pattern)]
+            log.append(fault)
+            if fault == "request":
+                raise redis.ConnectionError("request lost (test)")
+            replies = real(commands)
+            if isinstance(replies[0], redis.exceptions.NoScriptError):
+                # It did not run: the store falls back to EVAL, and that attempt gets the fault.
+                seen.discard(command[2:])
+                log.pop()
+            elif fault == "reply":
+                raise redis.ConnectionError("reply lost (test)")
+            return replies
+
+        store._roundtrip = roundtrip  # type: ignore[method-assign]
+        return log
+
+    return install
+
+
+@pytest.fixture
+def lasting() -> Callable[[Any, Iterable[bytes]], set[bytes]]:
+    """``lasting(raw, keys)``: the keys without the result markers (``{P:N}:d:T``) of deletes and clears.
+
+    A marker stays behind for a retry of its call and expires on its own; this checks that it does.
+    """
+
+    def keep(raw: Any, keys: Iterable[bytes]) -> set[bytes]:
+        kept: set[bytes] = set()
+        for key in keys:
+            if key.partition(b"}")[2].startswith(b":d:"):
+                assert 0 < raw.pttl(key) <= store_module._RESULT_TTL_MS, key
+            else:
+                kept.add(key)
+        return kept
+
+    return keep

@@ -23,7 +23,7 @@ from artifactstore_core import (
     Message,
 )
 from artifactstore_redis import RedisSettings, RedisStore
-from artifactstore_redis.scripts import COMMIT, SAVE, SAVE_KEPT
+from artifactstore_redis.scripts import CLEAR, COMMIT, DELETE, SAVE, SAVE_KEPT
 from artifactstore_redis.testing import RedisServer, running
 
 #: A payload size stored in its own key (uploaded, then committed), not inline in the artifact's hash.
@@ -271,12 +271,14 @@ def test_client_pause_with_retry_on_timeout_retries_within_its_deadline(tmp_path
 
 @pytest.mark.timeout(60)
 @SAVE_PATHS
-def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: Path, kind: str, size: int) -> None:
+def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(
+    tmp_path: Path, kind: str, size: int, lose: Callable[..., list[str]]
+) -> None:
     # The inline SAVE script is refused at its first write; an upload is refused at its SET (the commit sent
     # with it then finds no upload and changes nothing).
     commands = ("evalsha",) if kind == "inline" else ("set", "evalsha")
     with running(tmp_path / "oom", maxmemory="2mb", **{"maxmemory-policy": "noeviction"}) as server:
-        store = make_store(server, "full", retry_attempts=3)
+        store = make_store(server, "full", retry_attempts=3, retry_backoff=0, batch_size=16)
         admin = server.client()
         try:
             failed, error = None, None
@@ -303,7 +305,22 @@ def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(tmp_path: 
             assert list(admin.scan_iter(match="{artifactstore:full}:u:*")) == []  # no upload left behind
             # What was saved before is intact, and deleting makes room again.
             assert store.get("fill-0").content == message_of(kind, "fill-0", size).content
-            assert store.clear() == int(failed.split("-")[1])
+            # Delete and clear work on a full server, and report exactly what they removed even when their
+            # replies are lost: the result markers are written while the server is full. (With maxmemory at
+            # one byte every command starts out of memory, whatever the last removal freed.)
+            admin.config_set("maxmemory", "1")
+            with pytest.raises(CapacityError):
+                store.save("refused", Message(content=b"r"))
+            deletes = lose(store, DELETE, ["reply"])
+            assert store.delete("fill-0") is True
+            assert deletes == ["reply"]
+            assert not store.exists("fill-0")
+            assert len(list(admin.scan_iter(match="{artifactstore:full}:d:*"))) == 1
+            batches = lose(store, CLEAR, ["reply"])
+            assert store.clear() == int(failed.split("-")[1]) - 1
+            assert len(batches) >= 2
+            assert len(list(admin.scan_iter(match="{artifactstore:full}:d:*"))) == 2
+            admin.config_set("maxmemory", "2mb")
             store.save(failed, Message(content=b"fits now"))
             assert store.get(failed).content == b"fits now"
         finally:

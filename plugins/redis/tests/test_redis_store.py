@@ -22,11 +22,15 @@ from artifactstore_core import (
 )
 from artifactstore_core.ids import encode_name
 from artifactstore_redis import RedisSettings, RedisStore
-from artifactstore_redis.scripts import SAVE
+from artifactstore_redis.scripts import CLEAR, DELETE, SAVE
 from artifactstore_redis.settings import REDIS_MAX_BULK_BYTES
 from artifactstore_redis.testing import RedisServer
 
 MakeStore = Callable[..., RedisStore]
+#: The ``lose`` fixture (conftest.py).
+Lose = Callable[..., list[str]]
+#: The ``lasting`` fixture (conftest.py).
+Lasting = Callable[[Any, Any], set[bytes]]
 
 
 @pytest.fixture
@@ -58,7 +62,7 @@ def commandstat(raw: Any, command: str) -> int:
 
 @pytest.mark.parametrize(("mine", "theirs"), [("run1", "run10"), ("run10", "run1"), ("ns[1]", "ns1"), ("ns1", "ns[1]")])
 def test_clear_leaves_every_key_of_a_similar_namespace_intact(
-    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, mine: str, theirs: str
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, mine: str, theirs: str, lasting: Lasting
 ) -> None:
     mine_store = store_factory(redis_server.url, mine, key_prefix=prefix)
     their_store = store_factory(redis_server.url, theirs, key_prefix=prefix)
@@ -78,7 +82,7 @@ def test_clear_leaves_every_key_of_a_similar_namespace_intact(
     assert sorted(info.step_id for info in their_store.list()) == sorted([*ids, "ttl"])
     assert list(mine_store.list()) == []
     mine_tag = f"{{{prefix}:{encode_name(mine)}}}".encode()
-    assert [key for key in snapshot(raw, prefix) if key.startswith(mine_tag)] == []
+    assert [key for key in lasting(raw, snapshot(raw, prefix)) if key.startswith(mine_tag)] == []
 
 
 def test_key_layout(redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str) -> None:
@@ -112,6 +116,72 @@ def test_retry_of_a_save_whose_first_attempt_landed_is_not_a_conflict(
     assert store.get("step").created_at == message.created_at
     with pytest.raises(ArtifactExistsError):
         store.save("step", Message(content={"rows": 4}, metadata={"m": 1}))
+
+
+def markers_of(raw: Any, tag: str) -> dict[bytes, int]:
+    """The result markers (``d:`` keys) a delete or clear left in a namespace, with their remaining lifetime."""
+    return {key: raw.pttl(key) for key in raw.scan_iter(match=f"{tag}:d:*", count=1000)}
+
+
+@pytest.mark.parametrize("retries", [1, 3])
+def test_a_delete_whose_reply_was_lost_still_reports_what_it_removed(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, lose: Lose, retries: int
+) -> None:
+    store = store_factory(redis_server.url, "del", key_prefix=prefix, retry_backoff=0, retry_attempts=retries)
+    tag = f"{{{prefix}:del}}"
+    store.save("small", Message(content=b"s"))
+    store.save("large", Message(content=bytes(store_module._INLINE_MAX)))
+    log = lose(store, DELETE, ["reply"])
+    # Each delete ran on the server and its reply was lost; the retry finds the artifact gone, and the
+    # result its first attempt recorded.
+    assert store.delete("small") is True
+    assert store.delete("large") is True
+    assert store.delete("never-saved") is False  # nothing removed, nothing recorded
+    assert log == ["reply"] * 3
+    assert not store.exists("small")
+    assert not store.exists("large")
+    assert raw.zcard(f"{tag}:idx") == 0
+    markers = markers_of(raw, tag)
+    assert len(markers) == 2  # one per delete that removed something, each expiring on its own
+    assert all(0 < ttl <= store._result_ttl_ms for ttl in markers.values()), markers
+    # A later delete of the same id is a new call: it finds nothing.
+    assert store.delete("small") is False
+    # Saved again after the delete: a new delete removes it.
+    store.save("small", Message(content=b"again"))
+    assert store.delete("small") is True
+
+
+def test_the_result_marker_outlives_the_retry_policy(redis_server: RedisServer, store_factory: MakeStore) -> None:
+    assert store_factory(redis_server.url)._result_ttl_ms == store_module._RESULT_TTL_MS
+    patient = store_factory(redis_server.url, retry_attempts=10, socket_timeout=30.0, retry_on_timeout=True)
+    # Eleven attempts of up to 5 + 2 + 30 + 1 seconds each.
+    assert patient._result_ttl_ms == 11 * 38_000
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [["reply"], ["reply", "request", "none"], ["request", "reply"]],
+    ids=["every-reply-lost", "mixed", "request-then-reply"],
+)
+def test_clear_counts_exactly_when_batch_replies_are_lost(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, lose: Lose, pattern: list[str]
+) -> None:
+    store = store_factory(redis_server.url, "clr", key_prefix=prefix, retry_backoff=0, batch_size=3)
+    store.save_many({f"a-{i}": Message(content=i) for i in range(10)})
+    store.save("large", Message(content=bytes(store_module._INLINE_MAX)))
+    store.save("expired", Message(content=b"gone"), ttl=3600)
+    raw.delete(f"{{{prefix}:clr}}:a:expired")  # as if it had expired: still in the index, not counted
+    log = lose(store, CLEAR, pattern)
+    # A batch's lost reply is retried and returns the count of its first run; a lost request is retried
+    # and runs then (the previous batch's record in the marker is not mistaken for its own).
+    assert store.clear() == 11
+    assert len(log) == 4  # 12 index entries in batches of 3
+    assert set(log) == set(pattern)
+    assert raw.exists(f"{{{prefix}:clr}}:idx") == 0
+    assert list(store.list()) == []
+    markers = markers_of(raw, f"{{{prefix}:clr}}")
+    assert len(markers) == 1  # one per clear call, each batch overwriting it
+    assert all(0 < ttl <= store._result_ttl_ms for ttl in markers.values()), markers
 
 
 def test_scripts_flushed_from_the_server_are_sent_again(
@@ -254,7 +324,7 @@ def test_save_many_and_get_many_use_pipelines(
 
 @pytest.mark.timeout(120)
 def test_clear_of_100k_artifacts_runs_in_bounded_batches_without_scan(
-    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, lasting: Lasting
 ) -> None:
     store = store_factory(redis_server.url, "big", key_prefix=prefix)
     neighbour = store_factory(redis_server.url, "big0", key_prefix=prefix)
@@ -281,7 +351,7 @@ def test_clear_of_100k_artifacts_runs_in_bounded_batches_without_scan(
     assert (commandstat(raw, "keys"), commandstat(raw, "scan")) == (keys, scans)
     assert raw.exists(f"{{{prefix}:big}}:idx") == 0
     assert neighbour.get("stays").content == 1
-    assert set(snapshot(raw, prefix)) == {
+    assert lasting(raw, snapshot(raw, prefix)) == {
         f"{{{prefix}:big0}}:a:stays".encode(),
         f"{{{prefix}:big0}}:idx".encode(),
         f"{{{prefix}}}:namespaces".encode(),
@@ -290,7 +360,7 @@ def test_clear_of_100k_artifacts_runs_in_bounded_batches_without_scan(
 
 @pytest.mark.timeout(120)
 def test_clear_with_the_largest_batch_size(
-    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, lasting: Lasting
 ) -> None:
     # 10,000 artifacts per script call: more keys than one Lua unpack() may hold (8000).
     store = store_factory(redis_server.url, "wide", key_prefix=prefix, batch_size=10_000)
@@ -303,7 +373,7 @@ def test_clear_with_the_largest_batch_size(
         pipe.zadd(f"{{{prefix}:wide}}:idx", {f"id-{i}": float("inf")})
     pipe.execute()
     assert store.clear() == 12_002
-    assert [key for key in snapshot(raw, prefix) if key.startswith(f"{{{prefix}:wide}}".encode())] == []
+    assert [key for key in lasting(raw, snapshot(raw, prefix)) if key.startswith(f"{{{prefix}:wide}}".encode())] == []
 
 
 # -- corruption -----------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@ Memory: :data:`SAVE`'s first write is ``HSET``, a command that may grow memory, 
 ``maxmemory`` refuses the save before it changes anything (Redis checks memory at a script's first write).
 For an uploaded payload the check is the upload's ``SET`` itself; :data:`COMMIT`'s first write is
 ``RENAME`` or ``UNLINK``, which are never refused, so a commit whose upload was accepted completes. Delete
-and clear only free memory and work at ``maxmemory``.
+and clear work at ``maxmemory``: their first write is ``UNLINK``, and the small result marker they write
+after it (see :data:`DELETE`) is then allowed, because Redis refuses a script's memory-growing command only
+while the script has written nothing (once it has, it must not stop halfway). The marker is written with
+``redis.pcall`` all the same, so that a refused marker could never fail a removal that has happened.
 """
 
 from __future__ import annotations
@@ -171,34 +174,50 @@ return found
 """,
 )
 
-#: KEYS: artifact hash, namespace index, payload key. ARGV: index member. Returns 1 if the artifact existed.
+#: KEYS: artifact hash, namespace index, payload key, result marker (``d:T``, T unique per delete call and
+#: reused by its retries). ARGV: index member, marker lifetime in milliseconds. Returns 1 if the artifact
+#: existed. A delete that removes the artifact records that in the marker, so a retry of a call whose first
+#: attempt ran and only lost its reply returns 1 too, instead of finding nothing.
 DELETE = LuaScript(
     "delete",
     """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 1 end
 local removed = redis.call('UNLINK', KEYS[1])
 redis.call('UNLINK', KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
+-- After the UNLINK (see the module's note on memory); pcall: a marker not written must not fail the delete.
+if removed == 1 then redis.pcall('SET', KEYS[4], '1', 'PX', ARGV[2]) end
 return removed
 """,
 )
 
-#: KEYS: namespace index, then the artifacts' hashes, then their payload keys (in the same order). ARGV:
-#: their index members. Returns how many artifacts existed (expired ones are gone already and not counted).
+#: KEYS: namespace index, result marker (``d:T``, T unique per clear call and reused by its retries), then
+#: the artifacts' hashes, then their payload keys (in the same order). ARGV: batch number (counting the
+#: call's batches), marker lifetime in milliseconds, then the artifacts' index members. Returns how many
+#: artifacts existed (expired ones are gone already and not counted). A batch that removes something
+#: records "batch:count" in the marker, so a retry of a batch that ran and only lost its reply returns the
+#: same count; one marker per call is enough, because a call sends its next batch only after the reply.
 #: Many keys per command, at most 1000 at a time: unpack is bounded by Lua's C stack (8000 values).
 CLEAR = LuaScript(
     "clear",
     """
-local count = #ARGV
+local done = redis.call('GET', KEYS[2])
+if done then
+  local batch, count = string.match(done, '^(%d+):(%d+)$')
+  if batch == ARGV[1] then return tonumber(count) end
+end
+local count = #ARGV - 2
 local removed = 0
-for i = 2, count + 1, 1000 do
-  removed = removed + redis.call('EXISTS', unpack(KEYS, i, math.min(i + 999, count + 1)))
+for i = 3, count + 2, 1000 do
+  removed = removed + redis.call('EXISTS', unpack(KEYS, i, math.min(i + 999, count + 2)))
 end
-for i = 2, 2 * count + 1, 1000 do
-  redis.call('UNLINK', unpack(KEYS, i, math.min(i + 999, 2 * count + 1)))
+for i = 3, 2 * count + 2, 1000 do
+  redis.call('UNLINK', unpack(KEYS, i, math.min(i + 999, 2 * count + 2)))
 end
-for i = 1, count, 1000 do
-  redis.call('ZREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, count)))
+for i = 3, count + 2, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, count + 2)))
 end
+if removed > 0 then redis.pcall('SET', KEYS[2], ARGV[1] .. ':' .. removed, 'PX', ARGV[2]) end
 return removed
 """,
 )

@@ -8,6 +8,8 @@ token; encoding is :func:`artifactstore_core.ids.encode_name`, whose output neve
                          payload) when it is smaller than _INLINE_MAX
     {P:N}:p:I    string  the stored payload when it is not kept in the hash
     {P:N}:u:T    string  a payload being uploaded, with a safety expiry, until COMMIT renames it to p:I
+    {P:N}:d:T    string  what a delete (or the latest batch of a clear) removed, for a retry of that call
+                         whose first attempt ran but lost its reply; expires after _RESULT_TTL_MS or longer
     {P:N}:idx    zset    member I, score = expiry time in ms since the epoch (server clock), or +inf
 
 The braces are a cluster hash tag: all keys of one namespace live in one slot, so the scripts that change
@@ -17,6 +19,7 @@ an artifact and its index entry together are legal in cluster mode.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import os
@@ -130,6 +133,11 @@ _INLINE_MAX = 16 * 1024
 # Safety expiry of an upload key: a writer that dies between upload and commit leaves only a key that
 # expires, and is never visible as an artifact. A commit that finds its upload gone uploads once more.
 _UPLOAD_TTL_MS = 60_000
+# A delete, or a batch of a clear, records what it removed in a marker key, for a retry of the same call
+# whose first attempt ran and only lost its reply: the retry finds the artifacts gone, and returns the
+# recorded result instead of "nothing removed". The marker must outlive the call's last retry: at least
+# this long, and longer when the retry policy allows more time (see _result_ttl_ms).
+_RESULT_TTL_MS = 60_000
 _ENV = "ARTIFACT_STORE_REDIS_"
 # redis-py ships these two untyped.
 _parse_url = cast(Callable[[str], dict[str, Any]], _redis_parse_url)
@@ -138,6 +146,18 @@ _BlockingPool = cast(Callable[..., BlockingConnectionPool], BlockingConnectionPo
 
 def _env(name: str) -> str:
     return f"{_ENV}{name.upper()}"
+
+
+def _result_ttl_ms(settings: RedisSettings) -> int:
+    """How long a delete's or clear batch's result marker lives, in milliseconds.
+
+    Each attempt waits at most for a pooled connection, a connect and a reply, then a backoff: the last
+    retry of a call starts within ``(retry_attempts + 1)`` such spans of the attempt that ran first.
+    """
+    attempt = (
+        settings.pool_timeout + settings.socket_connect_timeout + settings.socket_timeout + settings.retry_backoff_max
+    )
+    return max(_RESULT_TTL_MS, math.ceil(1000 * (settings.retry_attempts + 1) * attempt))
 
 
 def _connection_options(settings: RedisSettings) -> dict[str, Any]:
@@ -354,6 +374,7 @@ class RedisStore(ArtifactStore):
         # Its own slot in a cluster; "{prefix}" can never equal a namespace's "{prefix:...}" tag.
         self._registry = f"{{{self._settings.key_prefix}}}:namespaces".encode("ascii")
         self._registered_at: float | None = None
+        self._result_ttl_ms = _result_ttl_ms(self._settings)
         self._owns_client = client is None
         if client is not None:
             if getattr(cast(Any, client).get_encoder(), "decode_responses", False):
@@ -406,6 +427,10 @@ class RedisStore(ArtifactStore):
     def _upload_key(self) -> bytes:
         # Unique per save call (and reused by its retries, which then overwrite their own upload).
         return self._tag + b":u:" + os.urandom(12).hex().encode("ascii")
+
+    def _result_key(self) -> bytes:
+        # Unique per delete or clear call, and reused by its retries, which find the first attempt's result.
+        return self._tag + b":d:" + os.urandom(12).hex().encode("ascii")
 
     def _ttl_ms(self, ttl: float | None) -> int:
         seconds = ttl if ttl is not None else self._settings.default_ttl
@@ -525,7 +550,9 @@ class RedisStore(ArtifactStore):
 
     def _delete(self, step_id: str) -> bool:
         member = self._member(step_id)
-        return bool(self._script(DELETE, [self._key(member), self._index, self._payload_key(member)], [member]))
+        keys = [self._key(member), self._index, self._payload_key(member), self._result_key()]
+        # The same marker key for every retry of this call (the script records its result there).
+        return bool(self._script(DELETE, keys, [member, self._result_ttl_ms]))
 
     def _list(self) -> Iterator[ArtifactInfo]:
         # ZSCAN may return a member twice while the index changes; the seen-set keeps the listing exact.
@@ -553,12 +580,16 @@ class RedisStore(ArtifactStore):
     def _clear(self) -> int:
         removed = 0
         batch = self._settings.batch_size
-        while True:
+        # One marker for the whole call: each batch records its number and count there, and its retries
+        # (the same number) read them back; the next batch is sent only after this one's reply arrived.
+        marker = self._result_key()
+        for number in itertools.count():
             members = cast(list[bytes], self._retrying(lambda: self._client.zrange(self._index, 0, batch - 1)))
             if not members:
-                return removed
-            keys = [self._index, *map(self._key, members), *map(self._payload_key, members)]
-            removed += int(self._script(CLEAR, keys, members))
+                break
+            keys = [self._index, marker, *map(self._key, members), *map(self._payload_key, members)]
+            removed += int(self._script(CLEAR, keys, [number, self._result_ttl_ms, *members]))
+        return removed
 
     def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
         if len(items) == 1:
@@ -625,7 +656,8 @@ class RedisStore(ArtifactStore):
         """Run ``operation``, retrying transient failures under the configured policy.
 
         Every operation of this store may be repeated safely: a save whose reply was lost finds its own
-        artifact on the retry and succeeds as an identical save.
+        artifact on the retry and succeeds as an identical save; a delete or clear batch whose reply was lost
+        finds the result its first attempt recorded (see DELETE), so it reports what it removed.
         """
         settings = self._settings
         retries = 0
