@@ -250,9 +250,9 @@ def _pack_commands(commands: Sequence[tuple[Any, ...]]) -> list[bytes | memoryvi
     """The RESP encoding of ``commands`` as buffers to send in order, or ``None`` to let redis-py pack them.
 
     Every command is an array of bulk strings, led by a one-word command name. Only bytes, str (UTF-8, as
-    redis-py encodes by default) and int arguments are packed here, which is all this module sends; anything else is left to redis-py. This
-    costs a fifth of redis-py's general packer, which is a visible part of a small save or a batch read.
-    Large arguments are never copied: they become buffers of their own.
+    redis-py encodes by default) and int arguments are packed here, which is all this module sends;
+    anything else is left to redis-py. This costs a fifth of redis-py's general packer, which is a visible
+    part of a small save or a batch read. Large arguments are never copied: they become buffers of their own.
     """
     out: list[bytes | memoryview] = []
     pieces: list[bytes] = []
