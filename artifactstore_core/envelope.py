@@ -63,6 +63,7 @@ __all__ = [
 
 MAGIC = b"ARTF"
 FORMAT_VERSION = 1
+#: Length of the fixed prefix that starts every envelope: the magic, the version byte and the header length.
 PREFIX_SIZE = 9
 TAG_SIZE = 32
 MAX_HEADER_SIZE = 16 * 1024 * 1024
@@ -179,7 +180,7 @@ class Header(NamedTuple):
         return (self.codec, self.media_type, self.schema, self.metadata, self.size, self.digest)
 
     def info(self, step_id: str) -> ArtifactInfo:
-        """The :class:`ArtifactInfo` of the artifact this header describes."""
+        """The :class:`~artifactstore_core.ArtifactInfo` of the artifact this header describes."""
         return ArtifactInfo(
             step_id=step_id,
             size=self.size,
@@ -407,11 +408,12 @@ class Codec:
 
     @staticmethod
     def head_size(prefix: bytes | memoryview) -> int:
-        """The size of the whole head, from its first :data:`PREFIX_SIZE` bytes.
+        """The size of the whole head, from its first :data:`~artifactstore_core.envelope.PREFIX_SIZE` bytes.
 
         Raises:
             UnsupportedFormatError: if the bytes are not an envelope or the version is unknown.
-            ArtifactCorruptedError: if fewer than :data:`PREFIX_SIZE` bytes are given or the length is absurd.
+            ArtifactCorruptedError: if fewer than :data:`~artifactstore_core.envelope.PREFIX_SIZE` bytes are given
+                or the length is absurd.
         """
         if len(prefix) < PREFIX_SIZE:
             raise ArtifactCorruptedError("stored artifact is truncated (no complete envelope prefix)")
@@ -524,7 +526,8 @@ class Codec:
 
         Raises:
             UnsupportedFormatError, ArtifactCorruptedError, ConfigurationError: as :meth:`decode_head`,
-                and :class:`ArtifactCorruptedError` for a payload of the wrong size or digest.
+                and :class:`~artifactstore_core.errors.ArtifactCorruptedError` for a payload of the wrong size or
+                digest.
         """
         return self.decode_payload(self.decode_head(head), payload)
 

@@ -164,4 +164,4 @@ class AccessDeniedError(BackendError, PermissionError):
 
 
 class StoreClosedError(ArtifactStoreError):
-    """The store was closed with :meth:`ArtifactStore.close`; create a new one."""
+    """The store was closed with :meth:`~artifactstore_core.ArtifactStore.close`; create a new one."""

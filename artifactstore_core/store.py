@@ -324,7 +324,8 @@ class ArtifactStore(ABC):
 
         For text and JSON content the stream yields their UTF-8 encoding. With
         ``capabilities.streaming`` the payload is read in chunks and verified as it is read (a damaged
-        artifact raises :class:`ArtifactCorruptedError` from ``read`` at the latest at its end).
+        artifact raises :class:`~artifactstore_core.errors.ArtifactCorruptedError` from ``read`` at the latest
+        at its end).
 
         Raises:
             InvalidStepIdError, ArtifactNotFoundError, ArtifactCorruptedError, BackendError, StoreClosedError:
@@ -341,7 +342,10 @@ class ArtifactStore(ABC):
         return io.BytesIO(content_bytes(Message(content=content))[1])
 
     def close(self) -> None:
-        """Release the backend's clients and pools. Idempotent; later calls raise :class:`StoreClosedError`."""
+        """Release the backend's clients and pools.
+
+        Idempotent; later calls raise :class:`~artifactstore_core.errors.StoreClosedError`.
+        """
         with self._close_lock:
             if self._closed:
                 return

@@ -48,7 +48,7 @@ class ArtifactConnector:
 
         Raises:
             ArtifactNotFoundError: the upstream step has no artifact in this execution.
-            ArtifactCorruptedError, BackendError: as :meth:`ArtifactStore.get`.
+            ArtifactCorruptedError, BackendError: as :meth:`~artifactstore_core.ArtifactStore.get`.
         """
         with self._lock:
             if self._message is None:
@@ -61,7 +61,7 @@ class ArtifactConnector:
         return self.get().content
 
     def model(self, model: type[Model], *, check_name: bool = True) -> Model:
-        """The upstream content validated as ``model`` (see :meth:`Message.to_model`).
+        """The upstream content validated as ``model`` (see :meth:`~artifactstore_core.Message.to_model`).
 
         Raises:
             SchemaMismatchError: the message records a different schema name (with ``check_name``), or

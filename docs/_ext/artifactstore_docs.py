@@ -350,6 +350,19 @@ def _normalise_docstring(app: Any, what: str, name: str, obj: Any, options: Any,
     lines[:] = normalise_raises(lines)
 
 
+def _settings_signature(
+    app: Any, what: str, name: str, obj: Any, options: Any, signature: str | None, return_annotation: str | None
+) -> tuple[str, str | None] | None:
+    # A settings model's __init__ is pydantic-settings' (dozens of private _env_*/_cli_* options), not
+    # how it is used: it is read from the environment and config file; its fields are in the
+    # configuration reference.
+    from pydantic_settings import BaseSettings
+
+    if what == "class" and isinstance(obj, type) and issubclass(obj, BaseSettings):
+        return "", return_annotation
+    return None
+
+
 def _cli() -> Any:
     from artifactstore_core.cli import cli as group
     from artifactstore_core.registry import plugin_host
@@ -402,4 +415,5 @@ def setup(app: Any) -> dict[str, Any]:
     app.add_directive("artifactstore-settings", SettingsDirective)
     # Before napoleon (priority 500) turns "Raises:" sections into field lists.
     app.connect("autodoc-process-docstring", _normalise_docstring, priority=400)
+    app.connect("autodoc-process-signature", _settings_signature)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

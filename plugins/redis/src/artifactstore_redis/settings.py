@@ -55,7 +55,7 @@ class RedisSettings(BackendSettings):
 
     Every field can be set by an environment variable named ``ARTIFACT_STORE_REDIS_<FIELD>``, e.g.
     ``ARTIFACT_STORE_REDIS_URL`` or ``ARTIFACT_STORE_REDIS_SOCKET_TIMEOUT``. The URL is checked when a store
-    is created (:class:`~artifactstore_core.ConfigurationError`), so an invalid one is never echoed back.
+    is created (:class:`~artifactstore_core.errors.ConfigurationError`), so an invalid one is never echoed back.
     """
 
     model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_REDIS_", extra="ignore")

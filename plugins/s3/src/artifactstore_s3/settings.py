@@ -31,7 +31,7 @@ class S3Settings(BackendSettings):
     Every field can be set by an environment variable named ``ARTIFACT_STORE_S3_<FIELD>``, e.g.
     ``ARTIFACT_STORE_S3_BUCKET`` or ``ARTIFACT_STORE_S3_ENDPOINT_URL``. ``bucket`` may stay unset while
     settings are merely loaded (``artifactstore backends`` lists the backend without it); creating a store
-    without it raises :class:`~artifactstore_core.ConfigurationError`.
+    without it raises :class:`~artifactstore_core.errors.ConfigurationError`.
     """
 
     model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_S3_", extra="ignore")
