@@ -80,11 +80,19 @@ _HEX_DIGEST = re.compile("[0-9a-f]{64}")
 _EMPTY = FrozenDict()
 
 
-@functools.lru_cache(maxsize=256)
 def _schema_json(schema: SchemaInfo) -> str:
-    # A pipeline saves many messages of few schemas; SchemaInfo is frozen and hashable, so its canonical
-    # encoding is kept instead of dumping the model for every save.
+    if schema.json_schema is None:
+        return _named_schema_json(schema.name, schema.version)
+    # Not cached: a cache keyed by the schema compares JSON values with Python's ==, for which 1, 1.0 and
+    # True are one key, and would write one schema's encoding for another.
     return canonical_json(schema.model_dump(mode="json")).decode("utf-8")
+
+
+@functools.lru_cache(maxsize=256)
+def _named_schema_json(name: str, version: str | None) -> str:
+    # A pipeline saves many messages of few schemas, most without a JSON Schema document; for those the
+    # encoding depends on two strings only, which compare exactly.
+    return canonical_json({"json_schema": None, "name": name, "version": version}).decode("utf-8")
 
 
 # The standard library's C scanner: what json.loads runs after detecting the encoding and checking for
@@ -97,14 +105,18 @@ _SCAN_ONCE = _SCAN(json.JSONDecoder()) if _SCAN is not None else None
 def _loads(data: bytes | memoryview) -> Any:
     """Parse UTF-8 JSON. Raises ValueError (JSONDecodeError, UnicodeDecodeError) when it is not."""
     text = str(data, "utf-8")
-    if _SCAN_ONCE is not None:
-        try:
-            value, end = _SCAN_ONCE(text, 0)
-        except StopIteration:
-            end = -1
-        if end == len(text):
-            return value
-    return json.loads(text)
+    try:
+        if _SCAN_ONCE is not None:
+            try:
+                value, end = _SCAN_ONCE(text, 0)
+            except StopIteration:
+                end = -1
+            if end == len(text):
+                return value
+        return json.loads(text)
+    except RecursionError:
+        # Nesting deeper than the interpreter's recursion limit: refused as malformed like any bad JSON.
+        raise ValueError("JSON is nested too deeply") from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -462,7 +474,7 @@ class Codec:
             raise ArtifactCorruptedError("envelope header is not a JSON object")
         try:
             return self._parse_header(doc, mac)
-        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+        except (KeyError, TypeError, ValueError, ValidationError, RecursionError) as exc:
             raise ArtifactCorruptedError(f"envelope header is malformed: {exc}") from exc
 
     @staticmethod
@@ -575,7 +587,7 @@ class Codec:
             else:
                 content = _loads(raw)
             return self.message_from(header, content)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the
             # content refuses it, so a forged artifact cannot yield a message no backend could store.
             raise ArtifactCorruptedError(f"payload is not valid {header.codec}") from exc

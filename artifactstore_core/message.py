@@ -54,12 +54,17 @@ class FrozenDict(Mapping[str, Any]):
     """An immutable, hashable mapping used for JSON objects inside a message.
 
     It compares equal to any mapping with the same items (``FrozenDict({"a": 1}) == {"a": 1}``).
+
+    Raises:
+        ValueError: if ``data`` is not a JSON object (see :func:`freeze_json`): values are checked and frozen
+            on construction, because everything else trusts a FrozenDict to hold frozen JSON.
     """
 
     __slots__ = ("_data", "_hash")
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        self._data: dict[str, Any] = dict(data) if data else {}
+        frozen = freeze_json(dict(data), where="FrozenDict") if data else None
+        self._data: dict[str, Any] = frozen._data if frozen is not None else {}
         self._hash: int | None = None
 
     @classmethod

@@ -296,3 +296,28 @@ def test_json_payloads_parse_as_json_loads_does(payload: bytes) -> None:
             CODEC.decode(*_forge(payload))
     else:
         assert CODEC.decode(*_forge(payload)).to_python() == expected
+
+
+@pytest.mark.parametrize(("first", "second"), [(0, False), (1, True), (1, 1.0), (0.0, -0.0)])
+def test_schemas_that_python_calls_equal_keep_their_own_json(first: object, second: object) -> None:
+    # 0 == False and 0.0 == -0.0 in Python, but they are different JSON; nothing may reuse one for the other.
+    def message(value: object) -> Message:
+        return Message(content={"v": 1}, schema=SchemaInfo(name="m.M", json_schema={"default": value}))
+
+    for value in (first, second):
+        decoded = CODEC.decode_bytes(CODEC.encode(message(value)).to_bytes())
+        assert decoded.schema is not None
+        assert canonical_json(decoded.schema.json_schema) == canonical_json({"default": value})
+    assert CODEC.encode(message(first)).identity_key != CODEC.encode(message(second)).identity_key
+
+
+def test_json_nested_deeper_than_the_recursion_limit_is_corrupted_not_a_crash() -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    head = struct.pack(">4sBI", MAGIC, 1, len(deep)) + deep + b"\0" * TAG_SIZE
+    with pytest.raises(ArtifactCorruptedError):
+        CODEC.decode_head(head)
+    with pytest.raises(ArtifactCorruptedError):
+        CODEC.decode(*_forge(deep))
+    nested_objects = b'{"a":' * 5_000 + b"1" + b"}" * 5_000
+    with pytest.raises(ArtifactCorruptedError):
+        CODEC.decode(*_forge(nested_objects))

@@ -161,3 +161,19 @@ def test_trusted_message_is_model_construct() -> None:
     assert fast.model_copy(update={"media_type": "x"}).media_type == "x"
     with pytest.raises(ValidationError):
         fast.media_type = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"k": "\ud800"}, {"\udfff": 1}, {"k": math.nan}, {"k": {1, 2}}, {1: "int key"}, {"k": [object()]}],
+)
+def test_frozen_dict_checks_what_it_is_given(data: dict[object, object]) -> None:
+    # Everything else trusts a FrozenDict to hold frozen JSON, so its public constructor checks it.
+    with pytest.raises(ValueError, match=r"FrozenDict"):
+        FrozenDict(data)  # type: ignore[arg-type]
+
+
+def test_frozen_dict_freezes_nested_values() -> None:
+    frozen = FrozenDict({"a": [1, {"b": [2]}]})
+    assert frozen["a"] == (1, FrozenDict({"b": (2,)}))
+    assert isinstance(frozen["a"][1], FrozenDict)
