@@ -225,51 +225,18 @@ def filesystem_cases(stack: ExitStack) -> list[Case]:
 
 
 def _moto(stack: ExitStack) -> tuple[str, dict[str, str]]:
-    """A moto S3 server in a process of its own, with a bucket; its endpoint and the s3 store's options."""
-    import logging
-    import socket
-    import subprocess
-    import sys
-    import time
+    """A moto S3 server in a process of its own (see :class:`~artifactstore_s3.testing.MotoServer`), with a
+    bucket; its endpoint and the s3 store's options."""
+    from artifactstore_s3.testing import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer
 
-    import boto3
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    # A process of its own, so the server's work does not share the client's GIL.
-    server = subprocess.Popen(  # noqa: S603 - our interpreter running moto's server module
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    stack.callback(server.wait, 30)
-    stack.callback(server.terminate)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.05)  # polling for the server to listen
+    server = stack.enter_context(MotoServer())
     options = {
-        "bucket": "bench",
-        "region": "us-east-1",
-        "access_key_id": "AKIABENCH0000000001",
-        "secret_access_key": "bench-secret",
+        "bucket": server.create_bucket("bench"),
+        "region": REGION,
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET_ACCESS_KEY,
     }
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=options["region"],
-        aws_access_key_id=options["access_key_id"],
-        aws_secret_access_key=options["secret_access_key"],
-    ).create_bucket(Bucket=options["bucket"])
-    return endpoint, options
+    return server.endpoint_url, options
 
 
 def moto_for_streaming(stack: ExitStack) -> tuple[str, dict[str, str]]:

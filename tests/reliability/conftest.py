@@ -20,6 +20,7 @@ import reliability_backends as rb
 
 from artifactstore_http.testing import ServerProcess
 from artifactstore_redis.testing import RedisServer, running
+from artifactstore_s3.testing import MotoServer
 
 # -- canaries in every log record ----------------------------------------------------------------------
 
@@ -83,8 +84,8 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, str]]:
     """moto's S3 server in its own process, and one bucket for the session (namespaces keep tests apart)."""
-    with rb.moto_server(tmp_path_factory.mktemp("rel-moto")) as (endpoint, port):
-        yield endpoint, port, rb.new_bucket(endpoint)
+    with MotoServer(tmp_path_factory.mktemp("rel-moto")) as server:
+        yield server.endpoint_url, server.port, server.create_bucket(prefix="rel")
 
 
 # -- backends --------------------------------------------------------------------------------------------

@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import subprocess
-import sys
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +23,7 @@ from pydantic import SecretStr
 from artifactstore_core import ArtifactStore
 from artifactstore_core.ids import encode_name
 from artifactstore_core.pipeline import StoreConfig
+from artifactstore_core.testing_servers import wait_for
 
 # -- canary secrets: set for the whole session; none may ever appear in a log record, repr or error --
 
@@ -297,64 +292,6 @@ BYTE_STORING: tuple[str, ...] = ("filesystem", "redis", "http", "s3")
 # -- servers --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    from artifactstore_redis.testing import free_port as redis_free_port
-
-    return redis_free_port()
-
-
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # polling a condition with a deadline
-
-
-@contextmanager
-def moto_server(workdir: Path) -> Iterator[tuple[str, int]]:
-    """A moto S3 server in its own process on a free loopback port (so it does not share the GIL with the
-    clients under test, and its threads do not count in theirs)."""
-    import socket
-
-    port = free_port()
-    log = (workdir / "moto.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-    def listening() -> bool:
-        assert process.poll() is None, "the moto server exited at start"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    try:
-        wait_until(listening, "the moto server", timeout=60)
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-
-
-def new_bucket(endpoint: str) -> str:
-    import boto3
-
-    name = f"rel-{uuid.uuid4().hex[:16]}"
-    client = boto3.session.Session(
-        aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY, region_name=REGION
-    ).client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=name)
-    client.close()
-    return name
+    """Poll ``condition`` until it holds; fail (AssertionError) after ``timeout`` seconds."""
+    wait_for(condition, what, timeout, error=AssertionError)

@@ -30,6 +30,7 @@ from artifactstore_core.errors import (
     BackendError,
     ConfigurationError,
 )
+from artifactstore_core.testing_servers import free_port
 
 
 def chain(exc: BaseException) -> Iterator[BaseException]:
@@ -124,7 +125,7 @@ def texts(canary_logging: rb.CanaryHandler) -> Iterator[Texts]:
 
 
 def closed_port() -> int:
-    return rb.free_port()
+    return free_port()
 
 
 def using(make: Callable[[], Any], call: Callable[[Any], Any]) -> Callable[[], Any]:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from moto.server import ThreadedMotoServer
-from s3_fixtures import free_port, make_settings, raw_client
+from s3_fixtures import make_settings, raw_client
 
+from artifactstore_core.testing_servers import free_port
 from artifactstore_s3 import S3Store
+from artifactstore_s3.testing import MotoServer
 
 
 @pytest.fixture(scope="session")
@@ -62,30 +60,8 @@ def new_s3_store(moto_endpoint: str, bucket: str) -> Iterator[Callable[..., S3St
 
 
 @pytest.fixture(scope="session")
-def moto_process() -> Iterator[str]:
+def moto_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto server in a process of its own (its objects do not count against this process's memory, and
-    it does not share this process's GIL); terminated at the end of the session."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, "the moto server exited at start"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the moto server did not listen within 60 s"
-                time.sleep(0.1)  # polling for the port, with a deadline
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    it does not share this process's GIL); stopped at the end of the session."""
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server.endpoint_url

@@ -1,9 +1,8 @@
-"""Helpers shared by the S3 tests: constants, a free port, settings, a raw boto3 client, bucket listings."""
+"""Helpers shared by the S3 tests: constants, settings, a raw boto3 client, bucket listings."""
 
 from __future__ import annotations
 
 import io
-import socket
 from typing import Any
 
 import boto3
@@ -14,12 +13,6 @@ from artifactstore_s3 import S3Settings
 ACCESS_KEY = "AKIAMOTOTESTING00001"
 SECRET_KEY = "moto-secret-canary-3f9c2e"  # a canary: tests assert it never appears in reprs, logs or errors
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raw_client(endpoint: str, **config: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
-from s3_fixtures import SECRET_KEY, all_keys, error_response, free_port, make_settings, open_uploads
+from s3_fixtures import SECRET_KEY, all_keys, error_response, make_settings, open_uploads
 
 from artifactstore_core import (
     AccessDeniedError,
@@ -21,6 +21,7 @@ from artifactstore_core import (
     Message,
     PayloadTooLargeError,
 )
+from artifactstore_core.testing_servers import free_port
 from artifactstore_s3 import S3Store
 from artifactstore_s3.settings import MIB
 

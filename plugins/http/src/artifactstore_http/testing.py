@@ -13,32 +13,32 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import uvicorn
 from pydantic import SecretStr
 
+from artifactstore_core.testing_servers import LOOPBACK, READY_TIMEOUT, ServerStartError, ServerSubprocess, wait_for
 from artifactstore_http import HttpSettings, HttpStore
 
-READY_TIMEOUT = 30.0
-
-
-class ServerStartError(RuntimeError):
-    """A test server did not start, or a condition was not reached in time."""
-
-
-def _fail(message: str) -> NoReturn:
-    raise ServerStartError(message)
-
+__all__ = [
+    "READY_TIMEOUT",
+    "TOKEN",
+    "HoldingProxy",
+    "MakeClient",
+    "ServerProcess",
+    "ServerStartError",
+    "ServerThread",
+    "bound_socket",
+    "client_for",
+    "wait_for",
+]
 
 #: The bearer token test servers accept (a test value, not a secret of any deployment).
 TOKEN = "test-token-0123456789abcdef"  # noqa: S105
@@ -53,15 +53,6 @@ def client_for(url: str, namespace: str = "default", **overrides: Any) -> HttpSt
     return HttpStore(HttpSettings(**fields), namespace=namespace)
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            _fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # polling a condition with a deadline
-
-
 def bound_socket() -> socket.socket:
     """A TCP socket bound to a free port on 127.0.0.1 (not yet listening)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -69,7 +60,7 @@ def bound_socket() -> socket.socket:
     # Accepted connections inherit this; asyncio sets it only on sockets created with proto IPPROTO_TCP, and
     # without it every response on a kept-alive connection waits ~40 ms for a delayed ACK (Nagle).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((LOOPBACK, 0))
     return sock
 
 
@@ -94,7 +85,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> ServerThread:
         self.thread.start()
@@ -109,53 +100,50 @@ class ServerThread:
         self.sock.close()
 
 
-class ServerProcess:
-    """``python -m artifactstore_http`` on a loopback socket bound by the test, with its own environment."""
+class ServerProcess(ServerSubprocess):
+    """``python -m artifactstore_http`` on a loopback socket bound by the test, with its own environment.
+
+    Each :meth:`start` binds a new port. Failures raise :class:`ServerStartError`.
+    """
+
+    name = "artifact server"
+    stop_timeout = 15.0
 
     def __init__(self, env: Mapping[str, str], workdir: Path, *args: str) -> None:
+        super().__init__(port=0, log_path=workdir / "server.log")
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
         self.env.update(env)
         self.workdir = workdir
         self.args = args
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.log_path = workdir / "server.log"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+        return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> ServerProcess:
+        """Start the server and return once ``/v1/health`` answers 200.
+
+        Raises :class:`ServerStartError` if it exits first, or after :data:`READY_TIMEOUT` seconds.
+        """
         sock = bound_socket()
         self.port = int(sock.getsockname()[1])
         fd = sock.fileno()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+        try:
+            self.spawn(
                 [sys.executable, "-m", "artifactstore_http", "--fd", str(fd), *self.args],
+                ready=self._healthy,
+                what=f"the artifact server on port {self.port}",
                 env=self.env,
                 cwd=self.workdir,
                 pass_fds=(fd,),
-                stdout=log,
-                stderr=subprocess.STDOUT,
             )
-        # The child owns the listening socket now: once it dies, connections are refused, not queued.
-        sock.close()
-        wait_for(self._healthy, f"the artifact server on port {self.port}")
+        finally:
+            # From here the child alone holds the listening socket: once it dies, connections are refused, not
+            # queued.
+            sock.close()
         return self
 
     def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            _fail(f"artifact server exited with {self.process.returncode}:\n{self.log}")
         try:
             return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -167,21 +155,6 @@ class ServerProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS in /proc status")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 class HoldingProxy:
@@ -204,7 +177,7 @@ class HoldingProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> HoldingProxy:
         self._thread.start()
@@ -217,7 +190,7 @@ class HoldingProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                upstream = socket.create_connection((LOOPBACK, self.upstream_port), timeout=5)
             except OSError:
                 client.close()
                 continue

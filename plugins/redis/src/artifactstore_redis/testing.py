@@ -9,157 +9,139 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import redis
+
+from artifactstore_core.testing_servers import (
+    LOOPBACK,
+    ServerStartError,
+    ServerSubprocess,
+    accepts_connections,
+    can_bind,
+    wait_for,
+)
+from artifactstore_core.testing_servers import free_port as _free_port
 
 READY_TIMEOUT = 20.0
 
 
-class RedisServerError(RuntimeError):
+class RedisServerError(ServerStartError):
     """A test redis-server could not be started (not installed, exited, or never became ready)."""
 
 
-def _fail(message: str) -> NoReturn:
-    raise RedisServerError(message)
-
-
 def server_binary(name: str = "redis-server") -> str:
-    """Path of ``name``; fails (never skips) the calling test when it is not installed."""
+    """Path of ``name``; raises :class:`RedisServerError` (failing, never skipping, the calling test) when it
+    is not installed."""
     path = shutil.which(name)
     if path is None:
-        _fail(f"{name} is not installed; the redis backend's tests need it (apt-get install redis-server)")
+        raise RedisServerError(
+            f"{name} is not installed; the redis backend's tests need it (apt-get install redis-server)"
+        )
     return path
 
 
-def _can_bind(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _bus_port_free(port: int) -> bool:
+    return port + 10000 <= 65535 and can_bind(port + 10000)
 
 
 def free_port(*, cluster_bus: bool = False, avoid: tuple[int, ...] = ()) -> int:
-    """A loopback port that is free now (and, for cluster nodes, whose bus port ``port + 10000`` is too)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port in avoid:
-            continue
-        if cluster_bus and (port + 10000 > 65535 or not _can_bind(port + 10000)):
-            continue
-        return port
-    raise RuntimeError("no free loopback port found")
+    """A loopback port that is free now (and, for cluster nodes, whose bus port ``port + 10000`` is too).
+
+    Raises :class:`~artifactstore_core.testing_servers.ServerStartError` when none is found.
+    """
+    return _free_port(avoid=avoid, accept=_bus_port_free if cluster_bus else None)
 
 
-class RedisServer:
-    """One redis-server process on 127.0.0.1, with its data directory; restartable on the same port."""
+class RedisServer(ServerSubprocess):
+    """One redis-server process on 127.0.0.1, with its data directory; restartable on the same port.
+
+    Failures raise :class:`RedisServerError`; ``with RedisServer(workdir) as server:`` starts and stops it.
+    """
+
+    name = "redis-server"
+    error = RedisServerError
+    log_tail = 3000
 
     def __init__(self, workdir: Path, *, port: int | None = None, **options: str) -> None:
         self.binary = server_binary()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port if port is not None else free_port()
+        # redis-server writes its own log there; anything it prints before opening it is appended too.
+        super().__init__(port=port, log_path=workdir / "redis.log")
         self.options: dict[str, str] = {"save": "", "appendonly": "no", **options}
         self.password = options.get("requirepass")
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def log(self) -> str:
-        path = self.workdir / "redis.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        return f"redis://{LOOPBACK}:{self.port}/0"
 
     def start(self, *, wait: bool = True) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
-        args += ["--logfile", str(self.workdir / "redis.log")]
+        """Start the server; return once it answers PING (``wait``) or merely accepts connections (it may
+        still be loading its data). Raises :class:`RedisServerError` if it exits or is not ready in time."""
+        args = [self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--dir", str(self.workdir)]
+        args += ["--logfile", str(self.log_path)]
         for name, value in self.options.items():
             args += [f"--{name}", value]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if wait:
-            self.wait_ready()
-        else:
-            self.wait_listening()
+        if not wait:
+            self.spawn(args, what=self._listening, timeout=READY_TIMEOUT)
+            return self
+        probe = self._probe()
+        try:
+            self.spawn(args, ready=lambda: self._pings(probe), what=self._answering, timeout=READY_TIMEOUT)
+        finally:
+            probe.close()
         return self
 
+    @property
+    def _listening(self) -> str:
+        return f"redis-server on port {self.port} to listen"
+
+    @property
+    def _answering(self) -> str:
+        return f"redis-server on port {self.port} to answer PING"
+
     def wait_listening(self, timeout: float = READY_TIMEOUT) -> None:
-        """Poll until the server accepts TCP connections (it may still be loading its data)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                _fail(f"redis-server on port {self.port} exited with {self.process.returncode}:\n{self.log}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                _fail(f"redis-server on port {self.port} not listening after {timeout} s:\n{self.log}")
-            time.sleep(0.01)  # polling a condition with a deadline
+        """Poll until the server accepts TCP connections (it may still be loading its data).
+
+        Raises :class:`RedisServerError` if it exits, or after ``timeout`` seconds.
+        """
+        self.wait_until(lambda: accepts_connections(self.port), self._listening, timeout)
 
     def client(self, **options: object) -> redis.Redis:
         """A plain redis-py client for the test to inspect or disturb the server with."""
         options.setdefault("socket_timeout", 10)
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **options)  # type: ignore[arg-type]
+        return redis.Redis(host=LOOPBACK, port=self.port, password=self.password, **options)  # type: ignore[arg-type]
+
+    def _probe(self) -> redis.Redis:
+        return self.client(socket_timeout=1, socket_connect_timeout=1)
+
+    @staticmethod
+    def _pings(probe: redis.Redis) -> bool:
+        try:
+            return bool(probe.ping())
+        except redis.RedisError:  # LOADING, or not listening yet
+            return False
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Poll PING until the server answers (LOADING counts as not ready)."""
-        deadline = time.monotonic() + timeout
-        probe = self.client(socket_timeout=1, socket_connect_timeout=1)
+        """Poll PING until the server answers (LOADING counts as not ready).
+
+        Raises :class:`RedisServerError` if it exits, or after ``timeout`` seconds.
+        """
+        probe = self._probe()
         try:
-            while True:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    _fail(f"redis-server on port {self.port} exited with {self.process.returncode}:\n{self.log}")
-                try:
-                    if probe.ping():
-                        return
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    _fail(f"redis-server on port {self.port} not ready after {timeout} s:\n{self.log}")
-                time.sleep(0.02)  # polling a condition with a deadline
+            self.wait_until(lambda: self._pings(probe), self._answering, timeout)
         finally:
             probe.close()
-
-    def kill(self) -> None:
-        """SIGKILL the server (no shutdown, no save) and reap it."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 @contextlib.contextmanager
 def running(workdir: Path, *, port: int | None = None, **options: str) -> Iterator[RedisServer]:
     """A started server, stopped on exit."""
-    server = RedisServer(workdir, port=port, **options)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with RedisServer(workdir, port=port, **options) as server:
+        yield server
 
 
 class RedisClusterNodes:
@@ -186,33 +168,37 @@ class RedisClusterNodes:
         for node in self.nodes:
             node.start()
         create = [server_binary("redis-cli"), "--cluster", "create"]
-        create += [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create += [f"{LOOPBACK}:{node.port}" for node in self.nodes]
         create += ["--cluster-replicas", "0", "--cluster-yes"]
         result = subprocess.run(create, capture_output=True, timeout=120, check=False)
         if result.returncode != 0:
-            _fail(f"redis-cli --cluster create failed:\n{result.stdout.decode()}\n{result.stderr.decode()}")
+            raise RedisServerError(
+                f"redis-cli --cluster create failed:\n{result.stdout.decode()}\n{result.stderr.decode()}"
+            )
         self.wait_ok()
         return self
 
     def wait_ok(self, timeout: float = 60.0) -> None:
-        """Poll CLUSTER INFO on every node until each reports cluster_state:ok and knows every primary."""
-        deadline = time.monotonic() + timeout
+        """Poll CLUSTER INFO on every node until each reports cluster_state:ok and knows every primary.
+
+        Raises :class:`RedisServerError` after ``timeout`` seconds, with the first node's log.
+        """
         clients = [node.client(socket_timeout=2) for node in self.nodes]
+
+        def ok() -> bool:
+            try:
+                return all(
+                    client.cluster("INFO")["cluster_state"] == "ok" and len(client.cluster("SLOTS")) == len(self.nodes)
+                    for client in clients
+                )
+            except redis.RedisError:
+                return False
+
         try:
-            while True:
-                try:
-                    ready = all(
-                        client.cluster("INFO")["cluster_state"] == "ok"
-                        and len(client.cluster("SLOTS")) == len(self.nodes)
-                        for client in clients
-                    )
-                except redis.RedisError:
-                    ready = False
-                if ready:
-                    return
-                if time.monotonic() > deadline:
-                    _fail("redis cluster did not reach cluster_state:ok:\n" + self.nodes[0].log)
-                time.sleep(0.05)  # polling a condition with a deadline
+            wait_for(
+                ok, "the redis cluster to reach cluster_state:ok", timeout,
+                error=RedisServerError, interval=0.05, detail=lambda: ":\n" + self.nodes[0].log,
+            )  # fmt: skip
         finally:
             for client in clients:
                 client.close()

@@ -1,0 +1,275 @@
+"""Server processes for tests and benchmarks: a free loopback port, a subprocess polled until it is ready
+(with a deadline), and stopped for sure.
+
+The plugins' launchers (``artifactstore_redis.testing.RedisServer``, ``artifactstore_http.testing``'s
+``ServerProcess``, ``artifactstore_s3.testing.MotoServer``) are built on it, and a third-party backend can
+build its own the same way::
+
+    class MyServer(ServerSubprocess):
+        name = "my-server"
+
+        def start(self) -> MyServer:
+            self.spawn([binary, "--bind", LOOPBACK, "--port", str(self.port)])
+            return self
+
+    with MyServer() as server:
+        ...  # a store on server.port
+
+Servers bind 127.0.0.1 only; whoever starts one stops it (``stop()`` or the ``with`` block). Waiting is
+polling a condition against a deadline, never a fixed sleep; a process that exits while it is awaited
+fails at once with its exit status and the tail of its log, not after the deadline. Failures raise
+:class:`ServerStartError` (or the subclass a launcher names in :attr:`ServerSubprocess.error`), which fails
+the calling test; nothing here skips.
+
+Standard library only, so importing it adds no dependency to the core (unlike the conformance kit in
+:mod:`artifactstore_core.testing`, which needs pytest and Hypothesis).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+__all__ = [
+    "LOOPBACK",
+    "READY_TIMEOUT",
+    "STOP_TIMEOUT",
+    "ServerStartError",
+    "ServerSubprocess",
+    "accepts_connections",
+    "can_bind",
+    "free_port",
+    "stop_process",
+    "wait_for",
+]
+
+#: The only address test servers bind.
+LOOPBACK = "127.0.0.1"
+#: Default seconds a server has to become ready.
+READY_TIMEOUT = 30.0
+#: Default seconds a server has to exit after SIGTERM (and again after SIGKILL).
+STOP_TIMEOUT = 10.0
+
+
+class ServerStartError(RuntimeError):
+    """A test server could not be started, exited before it was ready, or a condition was not reached in
+    time."""
+
+
+def can_bind(port: int, host: str = LOOPBACK) -> bool:
+    """Whether a TCP socket can bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, avoid: Collection[int] = (), accept: Callable[[int], bool] | None = None) -> int:
+    """A TCP port on 127.0.0.1 that is free now, not in ``avoid``, and for which ``accept`` (if given) holds.
+
+    The port is only free when asked: a server should bind it soon after (or bind a socket itself and pass
+    it on, as the http launcher does). Raises :class:`ServerStartError` when 200 ports from the kernel were
+    all refused.
+    """
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port in avoid or (accept is not None and not accept(port)):
+            continue
+        return port
+    raise ServerStartError("no free loopback port found")
+
+
+def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 1.0) -> bool:
+    """Whether something accepts a TCP connection on ``host:port`` now (the connection is closed at once)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    what: str,
+    timeout: float = READY_TIMEOUT,
+    *,
+    error: type[Exception] = ServerStartError,
+    interval: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``condition`` every ``interval`` seconds until it holds.
+
+    Raises ``error`` (:class:`ServerStartError` by default) naming ``what`` after ``timeout`` seconds, with
+    ``detail()`` appended (a log, say). An exception raised by ``condition`` propagates at once: that is how
+    a condition says it can never hold (a process it awaits has exited).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout} s waiting for {what}{detail() if detail else ''}")
+        time.sleep(interval)  # polling a condition with a deadline
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop ``process`` and reap it: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL and wait again.
+
+    Does nothing for ``None`` or a process that has already exited (beyond reaping it). Raises
+    :class:`subprocess.TimeoutExpired` only if the process outlives SIGKILL by ``timeout`` seconds.
+    """
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+class ServerSubprocess:
+    """One server subprocess on 127.0.0.1, started by :meth:`start` and stopped by :meth:`stop` (or a
+    ``with`` block, which does both).
+
+    A launcher subclasses it: it sets :attr:`name` (for messages), implements :meth:`start` with
+    :meth:`spawn`, and may set :attr:`error` to its own subclass of :class:`ServerStartError`. The port is
+    chosen when the object is made (``port=None``: a free one), so that a stopped server can be started
+    again on the same port.
+    """
+
+    #: What the server is called in error messages.
+    name = "server"
+    #: What failures raise.
+    error: type[ServerStartError] = ServerStartError
+    #: Seconds :meth:`stop` waits after SIGTERM (and after SIGKILL).
+    stop_timeout = STOP_TIMEOUT
+    #: How many characters of the log an error message shows.
+    log_tail = 4000
+
+    def __init__(self, *, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port if port is not None else free_port()
+        #: Where the process's output goes (``None``: discarded); its tail is quoted when it fails.
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        """Start the server and return it once it is ready; a subclass implements it with :meth:`spawn`.
+
+        Raises :attr:`error` when it cannot start, exits, or is not ready in time.
+        """
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        """The process id; raises :class:`ServerStartError` before :meth:`start`."""
+        if self.process is None:
+            raise self.error(f"{self.name} has not been started")
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def log(self) -> str:
+        """The tail of the process's log ("" when there is none)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-self.log_tail :]
+
+    def spawn(
+        self,
+        args: Sequence[str],
+        *,
+        ready: Callable[[], bool] | None = None,
+        what: str | None = None,
+        timeout: float = READY_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        """Start ``args`` (output to :attr:`log_path`) and wait until ``ready`` holds (default: the port
+        accepts connections).
+
+        Raises :attr:`error` when the program cannot be run, exits before it is ready (at once, with its
+        status and log), or is not ready within ``timeout`` seconds (the process is stopped first, so a
+        failed start leaves nothing running); and when this object's process is still running (stop it
+        first: a second one would be left behind).
+        """
+        if self.running:
+            raise self.error(f"{self.name} on port {self.port} is already running (pid {self.pid})")
+        log: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path is not None:
+            log = self.log_path.open("ab")
+        try:
+            # The launcher's own program and arguments, never a shell.
+            self.process = subprocess.Popen(  # noqa: S603
+                list(args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=None if env is None else dict(env),
+                cwd=cwd,
+                pass_fds=tuple(pass_fds),
+            )
+        except OSError as exc:
+            raise self.error(f"could not run {self.name} ({args[0]}): {exc}") from exc
+        finally:
+            if not isinstance(log, int):
+                log.close()  # the child holds its own descriptor
+        try:
+            self.wait_until(ready or (lambda: accepts_connections(self.port)), what or self._default_what(), timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _default_what(self) -> str:
+        return f"{self.name} on port {self.port} to accept connections"
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
+        """Poll ``condition`` until it holds, while the process runs.
+
+        Raises :attr:`error` at once if the process has exited (with its status and log), or after
+        ``timeout`` seconds (with the log).
+        """
+
+        def check() -> bool:
+            if self.process is None or self.process.poll() is not None:
+                status = "was never started" if self.process is None else f"exited with {self.process.returncode}"
+                raise self.error(f"{self.name} {status} while waiting for {what}{self._log_suffix()}")
+            return condition()
+
+        wait_for(check, what, timeout, error=self.error, detail=self._log_suffix)
+
+    def _log_suffix(self) -> str:
+        log = self.log
+        return f":\n{log}" if log else ""
+
+    def kill(self) -> None:
+        """SIGKILL the process (no shutdown of any kind) and reap it."""
+        if self.process is None:
+            raise self.error(f"{self.name} has not been started")
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=self.stop_timeout)
+
+    def stop(self) -> None:
+        """Stop the process if it runs: SIGTERM, then SIGKILL after :attr:`stop_timeout` seconds; reaped."""
+        stop_process(self.process, self.stop_timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
