@@ -74,8 +74,10 @@ _PREFIX = struct.Struct(">4sBI")
 T = TypeVar("T")
 _CODECS = ("bytes", "utf-8", "json")
 _KEY_CONTEXT = "artifactstore envelope signing key v1"
-# Hashing large buffers on several threads pays off above this size; below it the thread start costs more.
-_PARALLEL_HASH_FROM = 1 << 20
+# Hashing on several threads pays off from this size; below it waking the pool's threads costs more than
+# it saves. Measured on a 2-core machine: at 1 MiB one thread was as fast or faster (and steadier while a
+# local server used the other core), from 2 MiB the pool won (4 MiB: 0.52 ms against 0.75 ms).
+_PARALLEL_HASH_FROM = 2 << 20
 _HEX_DIGEST = re.compile("[0-9a-f]{64}")
 _EMPTY = FrozenDict()
 
