@@ -125,8 +125,16 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
     Raises:
         ValueError: if ``value`` is not a JSON value: a non-str key, a NaN or infinite float, a string (or
             key) with a lone surrogate, or a type JSON cannot hold. (Inside a :class:`Message` this surfaces
-            as a pydantic ``ValidationError``.)
+            as a pydantic ``ValidationError``.) Also for a value nested deeper than the interpreter's
+            recursion limit, or one that contains itself.
     """
+    try:
+        return _freeze(value, where)
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply (or contains itself)") from None
+
+
+def _freeze(value: Any, where: str) -> Any:
     kind = type(value)
     # Exact-type fast paths first: this runs for every value of every JSON message saved or read.
     if kind is str:
@@ -139,9 +147,9 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
                 raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
             if not key.isascii():
                 check_text(key, where=where)
-        return FrozenDict._adopt({key: freeze_json(item, where=where) for key, item in value.items()})
+        return FrozenDict._adopt({key: _freeze(item, where) for key, item in value.items()})
     if kind is list or kind is tuple:
-        return tuple([freeze_json(item, where=where) for item in value])
+        return tuple([_freeze(item, where) for item in value])
     if isinstance(value, str):
         return check_text(value, where=where)
     if isinstance(value, (bool, int)):
@@ -157,10 +165,10 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
-            frozen[check_text(key, where=where)] = freeze_json(item, where=where)
+            frozen[check_text(key, where=where)] = _freeze(item, where)
         return FrozenDict._adopt(frozen)
     if isinstance(value, (list, tuple)):
-        return tuple(freeze_json(item, where=where) for item in value)
+        return tuple(_freeze(item, where) for item in value)
     raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
 
 

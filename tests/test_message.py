@@ -177,3 +177,15 @@ def test_frozen_dict_freezes_nested_values() -> None:
     frozen = FrozenDict({"a": [1, {"b": [2]}]})
     assert frozen["a"] == (1, FrozenDict({"b": (2,)}))
     assert isinstance(frozen["a"][1], FrozenDict)
+
+
+def test_content_nested_past_the_recursion_limit_is_refused_as_invalid() -> None:
+    deep: object = 1
+    for _ in range(5_000):
+        deep = [deep]
+    with pytest.raises(ValidationError, match="nested too deeply"):
+        Message(content=deep)
+    circular: list[object] = []
+    circular.append(circular)
+    with pytest.raises(ValidationError, match="nested too deeply"):
+        Message(content={"a": circular})
