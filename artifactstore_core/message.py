@@ -56,7 +56,7 @@ class FrozenDict(Mapping[str, Any]):
     It compares equal to any mapping with the same items (``FrozenDict({"a": 1}) == {"a": 1}``).
 
     Raises:
-        ValueError: if ``data`` is not a JSON object (see :func:`freeze_json`): values are checked and frozen
+        ValueError: if ``data`` is not a JSON object (see ``freeze_json``): values are checked and frozen
             on construction, because everything else trusts a FrozenDict to hold frozen JSON.
     """
 

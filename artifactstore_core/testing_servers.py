@@ -22,7 +22,7 @@ fails at once with its exit status and the tail of its log, not after the deadli
 the calling test; nothing here skips.
 
 Standard library only, so importing it adds no dependency to the core (unlike the conformance kit in
-:mod:`artifactstore_core.testing`, which needs pytest and Hypothesis).
+``artifactstore_core.testing``, which needs pytest and Hypothesis).
 """
 
 from __future__ import annotations

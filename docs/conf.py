@@ -49,11 +49,16 @@ nitpick_ignore = [
 nitpick_ignore_regex = [
     # The standard library and third-party projects: their inventories would come from intersphinx, which
     # needs the network, and the docs build offline. Bases, annotations and docstrings name them.
-    (r"py:.*", r"(abc|collections|contextlib|datetime|enum|functools|importlib|io|os|pathlib|types|typing)\..*"),
+    (
+        r"py:.*",
+        r"(abc|collections|contextlib|datetime|enum|functools|importlib|io|os|pathlib|subprocess|types|typing)\..*",
+    ),
     (
         r"py:.*",
         r"(pydantic|pydantic_core|pydantic_settings|starlette|uvicorn|httpx|redis|boto3|botocore|pluggy|click)\..*",
     ),
+    # boto3-stubs' client type, named in annotations of the s3 test launcher (a typing-only package).
+    (r"py:class", r"S3Client"),
     # Type variables of generic signatures (``T``, ``S``, ``Model``): nothing to document.
     (r"py:class", r"artifactstore_\w+(\.\w+)*\.(T|S|Model)"),
     # Private names (a leading underscore) shown as bases, e.g. the settings' shared base ``_Settings``.

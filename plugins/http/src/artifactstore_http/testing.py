@@ -1,7 +1,8 @@
 """Real servers for tests and benchmarks of the http backend, on loopback, started and stopped by their users.
 
 Shipped with the plugin (it needs the ``server`` extra) so that its tests, the cross-backend tests, the
-benchmarks and third parties start servers the same way. Failures raise :class:`ServerStartError`.
+benchmarks and third parties start servers the same way. Failures raise
+:class:`~artifactstore_core.testing_servers.ServerStartError`.
 
 - :class:`ServerThread`: our ASGI app under a real uvicorn in a thread of the test process.
 - :class:`ServerProcess`: ``python -m artifactstore_http`` in a subprocess, on a socket the test bound
@@ -103,7 +104,7 @@ class ServerThread:
 class ServerProcess(ServerSubprocess):
     """``python -m artifactstore_http`` on a loopback socket bound by the test, with its own environment.
 
-    Each :meth:`start` binds a new port. Failures raise :class:`ServerStartError`.
+    Each :meth:`start` binds a new port. Failures raise :class:`~artifactstore_core.testing_servers.ServerStartError`.
     """
 
     name = "artifact server"
@@ -123,7 +124,8 @@ class ServerProcess(ServerSubprocess):
     def start(self) -> ServerProcess:
         """Start the server and return once ``/v1/health`` answers 200.
 
-        Raises :class:`ServerStartError` if it exits first, or after :data:`READY_TIMEOUT` seconds.
+        Raises :class:`~artifactstore_core.testing_servers.ServerStartError` if it exits first, or after
+        ``READY_TIMEOUT`` seconds.
         """
         sock = bound_socket()
         self.port = int(sock.getsockname()[1])

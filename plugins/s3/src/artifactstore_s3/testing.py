@@ -14,7 +14,7 @@ the server the same way::
 moto is a test dependency, not one of artifactstore-s3, and nothing here imports it: the launcher runs
 ``python -m moto.server`` with this interpreter, in its own process (its work does not share the GIL with
 the clients under test, and the objects it keeps do not count in their memory). Without moto's server mode,
-:meth:`MotoServer.start` raises :class:`MotoServerError` naming the install line (:data:`INSTALL`); failures
+:meth:`MotoServer.start` raises :class:`MotoServerError` naming the install line (``INSTALL``); failures
 fail the calling test, never skip it.
 """
 
@@ -57,7 +57,7 @@ class MotoServerError(ServerStartError):
 
 
 class MotoServer(ServerSubprocess):
-    """``python -m moto.server`` on 127.0.0.1, started by :meth:`start` and stopped by :meth:`stop` (or a
+    """``python -m moto.server`` on 127.0.0.1, started by :meth:`start` and stopped by ``stop()`` (or a
     ``with`` block). Restartable on the same port (with empty storage: moto keeps objects in memory).
 
     ``workdir``, if given, receives the server's log (``moto.log``), quoted in errors.
@@ -77,7 +77,7 @@ class MotoServer(ServerSubprocess):
     def start(self) -> MotoServer:
         """Start the server and return once it accepts connections.
 
-        Raises :class:`MotoServerError` if moto's server mode is not installed (naming :data:`INSTALL`), if
+        Raises :class:`MotoServerError` if moto's server mode is not installed (naming ``INSTALL``), if
         the server exits first (with its log, when there is a ``workdir``), or after 60 seconds.
         """
         missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
