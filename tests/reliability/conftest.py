@@ -2,7 +2,8 @@
 
 Servers are started once per session and only when a test needs them: redis-server (with a canary
 password), our artifact server in its own process (canary token, storing on the filesystem backend, at
-DEBUG logging), and moto's S3 server in its own process (canary secret key).
+DEBUG logging; a second one with the canary signing key for the signed-artifact test), and moto's S3
+server in its own process (canary secret key).
 
 While each test module runs, the root logger is at DEBUG and every record is scanned for the canaries
 (:data:`reliability_backends.CANARIES`); a leak fails the module. The artifact server's own DEBUG log is
