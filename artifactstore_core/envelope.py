@@ -508,15 +508,15 @@ class Codec:
         except (ValueError, UnicodeDecodeError):
             doc = None
         mac = doc.get("mac") if isinstance(doc, dict) else None
-        key = self._key
-        if key is None:
-            expected, bound = _MAC_PLAIN, b""
+        if self._key is None:
+            # Unsigned: the plain tag, computed inline (the common case; the place plays no part).
+            expected, actual = _MAC_PLAIN, blake3.blake3(body).digest()
         elif place is None:
-            expected, bound = _MAC_KEYED, b""
+            expected, actual = _MAC_KEYED, self._tag(body)
         else:
-            expected, bound = _MAC_PLACE, place_bytes(place)
+            expected, actual = _MAC_PLACE, self._tag(body, place_bytes(place))
         # Nothing in the header is trusted until the tag matches; a mismatch is only diagnosed from it.
-        if self._tag(body, bound) != tag or mac != expected:
+        if actual != tag or mac != expected:
             raise self._refusal(body, tag, mac, place)
         if not isinstance(doc, dict):
             raise ArtifactCorruptedError("envelope header is not a JSON object")
