@@ -7,11 +7,14 @@ Layout (the normative specification is ``docs/format.md``)::
     4        1     format version (1)
     5        4     header length N, unsigned big-endian, at most 16 MiB
     9        N     header: a UTF-8 JSON object
-    9+N      32    tag: BLAKE3 of bytes [0, 9+N), keyed BLAKE3 when the header's "mac" is "blake3-keyed"
+    9+N      32    tag: BLAKE3 of bytes [0, 9+N); keyed BLAKE3 when the header's "mac" is "blake3-keyed",
+                   keyed BLAKE3 of PLACE followed by bytes [0, 9+N) when it is "blake3-keyed-place"
     41+N     ...   payload: exactly header["stored_size"] bytes
 
 Bytes [0, 41+N) are the *head*. The header records the BLAKE3 digest of the uncompressed payload, so the
-tag over the head covers the payload too, and a signing key (keyed BLAKE3) authenticates everything.
+tag over the head covers the payload too, and a signing key (keyed BLAKE3) authenticates everything. A
+store signs its artifacts for their *place*, the namespace and step id they are saved under, so a signed
+artifact copied to another id or namespace is refused (see :meth:`Codec.decode_head`).
 Backends may keep head and payload apart (a Redis hash field, S3 object metadata and body, a file after
 the head) so a large payload is never concatenated or sliced into a copy.
 
@@ -59,6 +62,7 @@ __all__ = [
     "PayloadVerifier",
     "content_bytes",
     "content_info",
+    "place_bytes",
 ]
 
 MAGIC = b"ARTF"
@@ -74,6 +78,12 @@ _PREFIX = struct.Struct(">4sBI")
 T = TypeVar("T")
 _CODECS = ("bytes", "utf-8", "json")
 _KEY_CONTEXT = "artifactstore envelope signing key v1"
+_PLACE_LABEL = b"artifactstore place v1\x00"
+_PLACE_LENGTHS = struct.Struct(">HH")
+#: The ``mac`` header values: a plain tag, a tag under the signing key, and a tag under the signing key
+#: that also covers the artifact's place (namespace and step id).
+_MAC_PLAIN, _MAC_KEYED, _MAC_PLACE = "blake3", "blake3-keyed", "blake3-keyed-place"
+_SIGNED_MACS = (_MAC_KEYED, _MAC_PLACE)
 # Hashing on several threads pays off from this size; below it waking the pool's threads costs more than
 # it saves. Measured on a 2-core machine: at 1 MiB one thread was as fast or faster (and steadier while a
 # local server used the other core), from 2 MiB the pool won (4 MiB: 0.52 ms against 0.75 ms).
@@ -133,6 +143,20 @@ def _canonical_metadata(metadata: Any) -> str:
     if not isinstance(metadata, Mapping):
         raise TypeError("metadata must be a JSON object")
     return canonical_json(metadata).decode("utf-8")
+
+
+def place_bytes(place: tuple[str, str]) -> bytes:
+    """The PLACE prefix a ``blake3-keyed-place`` tag covers, for ``(namespace, step_id)`` (``docs/format.md``).
+
+    Both lengths are written before either string, so no two places share an encoding.
+
+    Raises:
+        ValueError: if either string cannot be encoded as UTF-8 or is longer than 65,535 bytes.
+    """
+    namespace, step_id = (part.encode("utf-8") for part in place)
+    if len(namespace) > 0xFFFF or len(step_id) > 0xFFFF:
+        raise ValueError("a namespace and a step id can each be at most 65535 bytes of UTF-8 in a place")
+    return _PLACE_LABEL + _PLACE_LENGTHS.pack(len(namespace), len(step_id)) + namespace + step_id
 
 
 def _digest(data: bytes | memoryview) -> str:
@@ -286,7 +310,9 @@ class Codec:
 
     Args:
         signing_key: when set, heads carry a keyed BLAKE3 MAC and decoding refuses artifacts that were
-            not signed with the same key.
+            not signed with the same key. Given a ``place`` (``(namespace, step_id)``), a signing codec
+            binds the MAC to it (``"blake3-keyed-place"``), and decoding for a place refuses artifacts
+            signed for any other place or not bound to one. Unsigned codecs ignore ``place``.
         compress_threshold: JSON and text payloads of at least this many bytes are zstd-compressed when
             that saves at least an eighth; ``None`` disables compression. ``bytes`` content is never
             compressed, so its stored payload is exactly the bytes saved.
@@ -308,11 +334,12 @@ class Codec:
 
     # -- encoding -------------------------------------------------------------------------------------
 
-    def encode(self, message: Message) -> Encoded:
-        """Encode ``message``.
+    def encode(self, message: Message, *, place: tuple[str, str] | None = None) -> Encoded:
+        """Encode ``message``; a signing codec binds the signature to ``place`` (``(namespace, step_id)``).
 
         Raises:
             SerializationError: if the content cannot be encoded.
+            ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
         codec, raw = content_bytes(message)
         digest = _digest(raw)
@@ -324,7 +351,7 @@ class Codec:
                 stored, compression = packed, "zstd"
         head, header, identity = self._encode_head(
             codec, message.media_type, message.schema, message.metadata, message.created_at, len(raw), digest,
-            len(stored), compression,
+            len(stored), compression, place,
         )  # fmt: skip
         return Encoded(head=head, payload=stored, header=header, identity_json=identity)
 
@@ -340,18 +367,21 @@ class Codec:
         digest: str,
         stored_size: int | None = None,
         compression: str | None = None,
+        place: tuple[str, str] | None = None,
     ) -> tuple[bytes, Header]:
         """Build the head for a payload described by these fields (streaming writers hash first, then call this).
 
-        ``digest`` is the BLAKE3 hex digest of the uncompressed payload of ``size`` bytes.
+        ``digest`` is the BLAKE3 hex digest of the uncompressed payload of ``size`` bytes. ``place`` is as
+        for :meth:`encode`.
 
         Raises:
             SerializationError: an unknown codec or compression, a malformed digest or size, metadata that
                 is not JSON, or a header above the size limit.
+            ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
         stored_size = size if stored_size is None else stored_size
         head, header, _ = self._encode_head(
-            codec, media_type, schema, metadata, created_at, size, digest, stored_size, compression
+            codec, media_type, schema, metadata, created_at, size, digest, stored_size, compression, place
         )
         return head, header
 
@@ -366,6 +396,7 @@ class Codec:
         digest: str,
         stored_size: int,
         compression: str | None,
+        place: tuple[str, str] | None,
     ) -> tuple[bytes, Header, bytes]:
         """The head, the header and the identity JSON (see :attr:`Encoded.identity_json`)."""
         if codec not in _CODECS:
@@ -376,7 +407,10 @@ class Codec:
             raise SerializationError("sizes must be non-negative integers")
         if type(digest) is not str or _HEX_DIGEST.fullmatch(digest) is None:
             raise SerializationError("digest must be 64 lower-case hex digits of BLAKE3")
-        mac = "blake3-keyed" if self._key else "blake3"
+        # Unsigned codecs ignore the place: a plain tag is not a signature, so binding it would prove nothing.
+        key = self._key
+        mac = _MAC_PLAIN if key is None else _MAC_KEYED if place is None else _MAC_PLACE
+        prefix_of_place = place_bytes(place) if key is not None and place is not None else b""
         try:
             media_json = _json_str(media_type)
             schema_json = _schema_json(schema) if schema is not None else "null"
@@ -411,12 +445,18 @@ class Codec:
             digest_alg="blake3",
             mac=mac,
         )
-        return prefix + self._tag(prefix), header, identity
+        return prefix + self._tag(prefix, prefix_of_place), header, identity
 
-    def _tag(self, data: bytes | memoryview) -> bytes:
+    def _tag(self, data: bytes | memoryview, place: bytes = b"") -> bytes:
+        """The tag of head body ``data``: plain, keyed, or keyed over ``place`` (PLACE bytes) then ``data``."""
         if self._key is None:
             return blake3.blake3(data).digest()
-        return blake3.blake3(data, key=self._key).digest()
+        hasher = blake3.blake3(key=self._key)
+        if place:
+            # Fed in two updates: the place is never concatenated with the head into a copy.
+            hasher.update(place)
+        hasher.update(data)
+        return hasher.digest()
 
     # -- decoding -------------------------------------------------------------------------------------
 
@@ -443,13 +483,20 @@ class Codec:
             raise ArtifactCorruptedError(f"envelope header length {length} exceeds {MAX_HEADER_SIZE}")
         return PREFIX_SIZE + int(length) + TAG_SIZE
 
-    def decode_head(self, head: bytes | memoryview) -> Header:
+    def decode_head(self, head: bytes | memoryview, *, place: tuple[str, str] | None = None) -> Header:
         """Verify and parse a head (exactly :meth:`head_size` bytes).
+
+        A signing codec given ``place`` (``(namespace, step_id)``) accepts only ``"blake3-keyed-place"``
+        tags computed for that place; without a place it accepts only ``"blake3-keyed"`` tags. An unsigned
+        codec accepts only plain tags and ignores ``place``.
 
         Raises:
             UnsupportedFormatError: not an envelope, unknown version, codec or compression.
-            ArtifactCorruptedError: wrong length, tag mismatch, malformed header, missing signature.
+            ArtifactCorruptedError: wrong length, tag mismatch, malformed header, missing signature, a
+                signature for another place (namespace or step id), or a signed artifact not bound to
+                ``place``.
             ConfigurationError: the artifact is signed and this codec has no signing key.
+            ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
         size = self.head_size(head)
         if len(head) != size:
@@ -461,23 +508,54 @@ class Codec:
         except (ValueError, UnicodeDecodeError):
             doc = None
         mac = doc.get("mac") if isinstance(doc, dict) else None
-        expected = "blake3-keyed" if self._key is not None else "blake3"
+        if self._key is None:
+            # Unsigned: the plain tag, computed inline (the common case; the place plays no part).
+            expected, actual = _MAC_PLAIN, blake3.blake3(body).digest()
+        elif place is None:
+            expected, actual = _MAC_KEYED, self._tag(body)
+        else:
+            expected, actual = _MAC_PLACE, self._tag(body, place_bytes(place))
         # Nothing in the header is trusted until the tag matches; a mismatch is only diagnosed from it.
-        if self._tag(body) != tag or mac != expected:
-            if self._key is None and mac == "blake3-keyed":
-                raise ConfigurationError(
-                    "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY to the signing key to read it"
-                )
-            if self._key is not None and mac == "blake3" and blake3.blake3(body).digest() == tag:
-                raise ArtifactCorruptedError("artifact is not signed, and this store requires signed artifacts")
-            what = "signature" if self._key else "header digest"
-            raise ArtifactCorruptedError(f"envelope {what} does not match: the artifact was altered or damaged")
+        if actual != tag or mac != expected:
+            raise self._refusal(body, tag, mac, place)
         if not isinstance(doc, dict):
             raise ArtifactCorruptedError("envelope header is not a JSON object")
         try:
             return self._parse_header(doc, mac)
         except (KeyError, TypeError, ValueError, ValidationError, RecursionError) as exc:
             raise ArtifactCorruptedError(f"envelope header is malformed: {exc}") from exc
+
+    def _refusal(
+        self, body: memoryview, tag: bytes, mac: Any, place: tuple[str, str] | None
+    ) -> ArtifactCorruptedError | ConfigurationError:
+        """The error for a head whose tag failed, diagnosed from its unverified ``mac`` for the message only."""
+        key = self._key
+        if key is None:
+            if mac in _SIGNED_MACS:
+                return ConfigurationError(
+                    "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY to the signing key to read it"
+                )
+            return ArtifactCorruptedError("envelope header digest does not match: the artifact was altered or damaged")
+        if mac == _MAC_PLAIN and blake3.blake3(body).digest() == tag:
+            return ArtifactCorruptedError("artifact is not signed, and this store requires signed artifacts")
+        if place is not None and mac == _MAC_KEYED and self._tag(body) == tag:
+            # Signed with our key but for no place: accepting it would let anyone who can write to the
+            # backend copy an artifact signed by a standalone tool to any id or namespace.
+            return ArtifactCorruptedError(
+                "artifact is signed but not bound to its namespace and step id, and this store requires that"
+            )
+        if place is not None and mac == _MAC_PLACE:
+            # Which place it was signed for cannot be known: the place is not stored, only covered.
+            return ArtifactCorruptedError(
+                "envelope signature does not match: the artifact was signed for a different namespace or step id,"
+                " or altered"
+            )
+        if place is None and mac == _MAC_PLACE:
+            return ArtifactCorruptedError(
+                "artifact is signed for a namespace and step id; decode it with place=(namespace, step_id)"
+                " (or the artifact was altered)"
+            )
+        return ArtifactCorruptedError("envelope signature does not match: the artifact was altered or damaged")
 
     @staticmethod
     def _parse_header(doc: dict[str, Any], mac: str) -> Header:
@@ -523,8 +601,8 @@ class Codec:
             mac=mac,
         )
 
-    def header_of(self, blob: bytes | memoryview) -> Header:
-        """Verify and parse the head at the start of ``blob`` (head followed by anything).
+    def header_of(self, blob: bytes | memoryview, *, place: tuple[str, str] | None = None) -> Header:
+        """Verify and parse the head at the start of ``blob`` (head followed by anything) for ``place``.
 
         Raises:
             The errors of :meth:`decode_head`.
@@ -533,25 +611,31 @@ class Codec:
         size = self.head_size(view[:PREFIX_SIZE])
         if len(view) < size:
             raise ArtifactCorruptedError("stored artifact is truncated inside its head")
-        return self.decode_head(view[:size])
+        return self.decode_head(view[:size], place=place)
 
-    def decode(self, head: bytes | memoryview, payload: bytes | memoryview) -> Message:
-        """Verify and decode an artifact stored as head and payload.
+    def decode(
+        self, head: bytes | memoryview, payload: bytes | memoryview, *, place: tuple[str, str] | None = None
+    ) -> Message:
+        """Verify and decode an artifact stored as head and payload, for ``place`` (see :meth:`decode_head`).
 
         Raises:
-            UnsupportedFormatError, ArtifactCorruptedError, ConfigurationError: as :meth:`decode_head`,
-                and :class:`~artifactstore_core.errors.ArtifactCorruptedError` for a payload of the wrong size or
-                digest.
+            UnsupportedFormatError, ArtifactCorruptedError, ConfigurationError, ValueError: as
+                :meth:`decode_head`, and :class:`~artifactstore_core.errors.ArtifactCorruptedError` for a
+                payload of the wrong size or digest.
         """
-        return self.decode_payload(self.decode_head(head), payload)
+        return self.decode_payload(self.decode_head(head, place=place), payload)
 
-    def decode_bytes(self, blob: bytes | memoryview) -> Message:
-        """Verify and decode an artifact stored as one buffer (head followed by payload)."""
+    def decode_bytes(self, blob: bytes | memoryview, *, place: tuple[str, str] | None = None) -> Message:
+        """Verify and decode an artifact stored as one buffer (head followed by payload), for ``place``.
+
+        Raises:
+            The errors of :meth:`decode`.
+        """
         view = memoryview(blob)
         size = self.head_size(view[:PREFIX_SIZE])
         if len(view) < size:
             raise ArtifactCorruptedError("stored artifact is truncated inside its head")
-        return self.decode(view[:size], view[size:])
+        return self.decode(view[:size], view[size:], place=place)
 
     def decode_payload(self, header: Header, payload: bytes | memoryview) -> Message:
         """Verify ``payload`` against a verified ``header`` and build the message."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import struct
@@ -21,7 +22,7 @@ from artifactstore_core import (
     SerializationError,
     UnsupportedFormatError,
 )
-from artifactstore_core.envelope import MAGIC, PREFIX_SIZE, TAG_SIZE, PayloadVerifier
+from artifactstore_core.envelope import MAGIC, PREFIX_SIZE, TAG_SIZE, PayloadVerifier, place_bytes
 from artifactstore_core.message import canonical_json, thaw_json
 from artifactstore_core.testing import messages
 
@@ -129,6 +130,128 @@ def test_signed_artifacts() -> None:
     with pytest.raises(ArtifactCorruptedError, match="not signed"):
         signer.decode_bytes(CODEC.encode(SAMPLE).to_bytes())
     assert "k1" not in repr(signer)
+
+
+# -- signatures bound to a place (namespace, step id) --------------------------------------------------
+
+SIGNER = Codec(signing_key=b"place key")
+HERE = ("ns", "a")
+
+
+def test_a_bound_signature_verifies_only_for_its_own_place() -> None:
+    encoded = SIGNER.encode(SAMPLE, place=HERE)
+    assert encoded.header.mac == "blake3-keyed-place"
+    assert SIGNER.decode(encoded.head, encoded.payload, place=HERE) == SAMPLE
+    assert SIGNER.decode_bytes(encoded.to_bytes(), place=HERE) == SAMPLE
+    assert SIGNER.header_of(encoded.to_bytes(), place=HERE).identity() == encoded.header.identity()
+    for elsewhere in [("ns", "b"), ("other", "a"), ("a", "ns"), ("ns", "a ")]:
+        with pytest.raises(ArtifactCorruptedError, match="different namespace or step id"):
+            SIGNER.decode(encoded.head, encoded.payload, place=elsewhere)
+        with pytest.raises(ArtifactCorruptedError, match="different namespace or step id"):
+            SIGNER.header_of(encoded.to_bytes(), place=elsewhere)
+    # A reader without a place (a standalone tool) cannot verify a bound tag: it says what it needs.
+    with pytest.raises(ArtifactCorruptedError, match="place="):
+        SIGNER.decode(encoded.head, encoded.payload)
+    # Another key or no key: refused as for any signed artifact.
+    with pytest.raises(ArtifactCorruptedError, match="signature"):
+        Codec(signing_key=b"other key").decode(encoded.head, encoded.payload, place=HERE)
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SIGNING_KEY"):
+        CODEC.decode(encoded.head, encoded.payload, place=HERE)
+
+
+def test_the_bound_tag_is_keyed_blake3_of_place_then_head_body() -> None:
+    # docs/format.md, exactly: PLACE = label, both UTF-8 lengths (>HH), namespace, step id.
+    namespace, step_id = "espace é", "étape/1"
+    place = b"artifactstore place v1\x00" + struct.pack(">HH", 9, 8) + namespace.encode() + step_id.encode()
+    encoded = SIGNER.encode(SAMPLE, place=(namespace, step_id))
+    key = blake3.blake3(b"place key", derive_key_context="artifactstore envelope signing key v1").digest()
+    body = encoded.head[:-TAG_SIZE]
+    assert encoded.head[-TAG_SIZE:] == blake3.blake3(place + body, key=key).digest()
+
+
+def test_an_unbound_signed_artifact_is_refused_by_a_reader_with_a_place() -> None:
+    # Signed with the right key by a tool that gave no place: accepting it would let it be copied anywhere.
+    unbound = SIGNER.encode(SAMPLE)
+    assert unbound.header.mac == "blake3-keyed"
+    assert SIGNER.decode(unbound.head, unbound.payload) == SAMPLE
+    with pytest.raises(ArtifactCorruptedError, match="not bound to its namespace and step id"):
+        SIGNER.decode(unbound.head, unbound.payload, place=HERE)
+    # An unsigned artifact is still diagnosed as unsigned.
+    with pytest.raises(ArtifactCorruptedError, match="not signed"):
+        SIGNER.decode_bytes(CODEC.encode(SAMPLE).to_bytes(), place=HERE)
+
+
+def test_a_header_claiming_a_bound_tag_cannot_pass_with_an_unbound_one() -> None:
+    # The header's "mac" is part of the tagged body, so rewriting it needs the key; without rewriting it,
+    # an unbound tag under a header saying "blake3-keyed-place" does not verify for any place.
+    encoded = SIGNER.encode(SAMPLE, place=HERE)
+    body = encoded.head[:-TAG_SIZE]
+    key = blake3.blake3(b"place key", derive_key_context="artifactstore envelope signing key v1").digest()
+    retagged = body + blake3.blake3(body, key=key).digest()
+    with pytest.raises(ArtifactCorruptedError):
+        SIGNER.decode(retagged, encoded.payload, place=HERE)
+    with pytest.raises(ArtifactCorruptedError):
+        SIGNER.decode(retagged, encoded.payload)
+
+
+def test_unsigned_codecs_ignore_the_place() -> None:
+    for codec in (CODEC, Codec(compress_threshold=None)):
+        plain = codec.encode(SAMPLE)
+        placed = codec.encode(SAMPLE, place=HERE)
+        assert placed.head == plain.head
+        assert placed.payload == plain.payload
+        assert placed.header.mac == "blake3"
+        assert codec.decode(plain.head, plain.payload, place=("elsewhere", "z")) == SAMPLE
+    head, _ = CODEC.encode_head(
+        codec="bytes", media_type="m/t", schema=None, metadata={}, created_at=SAMPLE.created_at, size=0,
+        digest=blake3.blake3(b"").hexdigest(), place=HERE,
+    )  # fmt: skip
+    assert head == CODEC.encode_head(
+        codec="bytes", media_type="m/t", schema=None, metadata={}, created_at=SAMPLE.created_at, size=0,
+        digest=blake3.blake3(b"").hexdigest(),
+    )[0]  # fmt: skip
+
+
+def test_place_encoding_is_injective() -> None:
+    assert place_bytes(("ab", "c")) != place_bytes(("a", "bc"))
+    assert place_bytes(("", "ab")) != place_bytes(("a", "b"))
+    encoded = SIGNER.encode(SAMPLE, place=("ab", "c"))
+    with pytest.raises(ArtifactCorruptedError, match="different namespace or step id"):
+        SIGNER.decode(encoded.head, encoded.payload, place=("a", "bc"))
+    with pytest.raises(ValueError, match="65535"):
+        place_bytes(("ns", "x" * 65_536))
+
+
+def test_encode_head_binds_a_streamed_artifact_to_its_place() -> None:
+    payload = b"streamed"
+    head, header = SIGNER.encode_head(
+        codec="bytes", media_type="application/octet-stream", schema=None, metadata={},
+        created_at=SAMPLE.created_at, size=len(payload), digest=blake3.blake3(payload).hexdigest(), place=HERE,
+    )  # fmt: skip
+    assert header.mac == "blake3-keyed-place"
+    assert SIGNER.decode(head, payload, place=HERE).content == payload
+    with pytest.raises(ArtifactCorruptedError, match="different namespace or step id"):
+        SIGNER.decode_head(head, place=("ns", "b"))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_every_bit_flip_of_a_bound_signed_envelope_is_detected(compressed: bool) -> None:
+    message = Message(content="bound " * 40 if compressed else b"bound payload")
+    codec = Codec(signing_key=b"place key", compress_threshold=64 if compressed else None)
+    encoded = codec.encode(message, place=HERE)
+    assert (encoded.header.compression == "zstd") is compressed
+    blob = encoded.to_bytes()
+    for bit in range(len(blob) * 8):
+        mutated = bytearray(blob)
+        mutated[bit // 8] ^= 1 << (bit % 8)
+        if compressed and bit // 8 >= len(encoded.head):
+            # A zstd frame has bits that do not change its content (the digest covers the content): such a
+            # flip may decode, but only to the very message saved.
+            with contextlib.suppress(ArtifactCorruptedError):
+                assert codec.decode_bytes(bytes(mutated), place=HERE) == message
+            continue
+        with pytest.raises((ArtifactCorruptedError, UnsupportedFormatError)):
+            codec.decode_bytes(bytes(mutated), place=HERE)
 
 
 def test_compression_above_threshold_only_for_text_and_json() -> None:

@@ -2,7 +2,8 @@
 
 Servers are started once per session and only when a test needs them: redis-server (with a canary
 password), our artifact server in its own process (canary token, storing on the filesystem backend, at
-DEBUG logging), and moto's S3 server in its own process (canary secret key).
+DEBUG logging; a second one with the canary signing key for the signed-artifact test), and moto's S3
+server in its own process (canary secret key).
 
 While each test module runs, the root logger is at DEBUG and every record is scanned for the canaries
 (:data:`reliability_backends.CANARIES`); a leak fails the module. The artifact server's own DEBUG log is
@@ -11,6 +12,7 @@ scanned at the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,10 +59,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
-@pytest.fixture(scope="session")
-def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    """Our artifact server in its own process, storing on the filesystem backend, with the canary token."""
-    workdir = tmp_path_factory.mktemp("rel-http")
+@contextlib.contextmanager
+def artifact_server(workdir: Path, **extra_env: str) -> Iterator[tuple[ServerProcess, Path]]:
+    """Our artifact server in its own process, storing on the filesystem backend under ``workdir``."""
     root = workdir / "artifacts"
     env = {
         "ARTIFACT_STORE_SERVER_TOKEN": rb.HTTP_TOKEN,
@@ -70,6 +71,7 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
         # The filesystem backend's durability is proven with fsync on (the filesystem backend here); behind the
         # server it would only tie the http tests' deadlines to how busy the disk is.
         "ARTIFACT_STORE_FILESYSTEM_FSYNC": "false",
+        **extra_env,
     }
     server = ServerProcess(env, workdir).start()
     try:
@@ -79,6 +81,22 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
         log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
         leaks = rb.leaked(log) + rb.leaked(log, rb.IDENTIFIERS)
         assert leaks == [], f"canary secrets in the artifact server's log: {leaks}"
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    """Our artifact server with the canary token and no signing key."""
+    with artifact_server(tmp_path_factory.mktemp("rel-http")) as running_server:
+        yield running_server
+
+
+@pytest.fixture(scope="session")
+def signed_http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    """Our artifact server with the canary token and the canary signing key (its store signs artifacts)."""
+    with artifact_server(
+        tmp_path_factory.mktemp("rel-http-signed"), ARTIFACT_STORE_SIGNING_KEY=rb.SIGNING_KEY
+    ) as running_server:
+        yield running_server
 
 
 @pytest.fixture(scope="session")
@@ -129,4 +147,14 @@ def network_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 @pytest.fixture(params=rb.BYTE_STORING)
 def byte_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> rb.Backend:
     """Every backend that stores envelope bytes (all but memory)."""
+    return build(request.param, request, tmp_path_factory)
+
+
+@pytest.fixture(params=rb.BYTE_STORING)
+def signed_byte_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> rb.Backend:
+    """Every backend that stores envelope bytes, for stores that sign (set ARTIFACT_STORE_SIGNING_KEY to
+    :data:`reliability_backends.SIGNING_KEY`); the artifact server here has that key too."""
+    if request.param == "http":
+        server, root = request.getfixturevalue("signed_http_server")
+        return rb.http_backend(server.url, server.port, root)
     return build(request.param, request, tmp_path_factory)

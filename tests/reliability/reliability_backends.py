@@ -1,5 +1,5 @@
 """Every first-party backend as the reliability suite sees it: how to build a store, directly or through
-a fault proxy, how to rebuild it in another process, and how to write raw bytes into its storage.
+a fault proxy, how to rebuild it in another process, and how to write and read raw bytes in its storage.
 
 Adding a backend is one entry: a function that returns a :class:`Backend`, listed in :data:`BUILDERS`
 (and its server fixture in ``conftest.py``). Every server runs with the canary secrets below for the
@@ -20,7 +20,8 @@ from urllib.parse import quote
 from faultproxy import FaultProxy
 from pydantic import SecretStr
 
-from artifactstore_core import ArtifactStore
+from artifactstore_core import ArtifactStore, Codec
+from artifactstore_core.envelope import PREFIX_SIZE
 from artifactstore_core.ids import encode_name
 from artifactstore_core.pipeline import StoreConfig
 from artifactstore_core.testing_servers import wait_for
@@ -83,6 +84,7 @@ class CanaryHandler(logging.Handler):
 # -- the backends -------------------------------------------------------------------------------------
 
 Plant = Callable[[str, str, bytes, bytes], None]
+Fetch = Callable[[str, str], tuple[bytes, bytes]]
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Backend:
             backend is not shared across processes).
         plant: write raw ``(head, payload)`` bytes as the stored form of an artifact, bypassing the store
             (``None`` for memory, which stores objects).
+        fetch: read the raw ``(head, payload)`` stored for ``(namespace, step_id)``, bypassing the store
+            (``None`` for memory).
         upstream_port: the TCP port of its server, for a fault proxy to stand in front of.
         through: a new store on ``namespace`` that connects through ``proxy``, with short timeouts.
         deadline: the longest any single call may take through a faulty proxy with those timeouts
@@ -106,6 +110,7 @@ class Backend:
     make: Callable[[str], ArtifactStore]
     config: StoreConfig | None = None
     plant: Plant | None = None
+    fetch: Fetch | None = None
     upstream_port: int | None = None
     through: Callable[[FaultProxy, str], ArtifactStore] | None = None
     deadline: float = 0.0
@@ -126,11 +131,25 @@ def memory_backend() -> Backend:
     return Backend("memory", lambda ns: MemoryStore(namespace=ns, space=space), extra={"space": space})
 
 
-def _fs_plant(root: Path) -> Plant:
+def _fs_path(root: Path, namespace: str, step_id: str) -> Path:
     from artifactstore_filesystem.layout import encode_components
 
+    return root.joinpath(*encode_components(namespace), *encode_components(step_id))
+
+
+def _fs_fetch(root: Path) -> Fetch:
+    def fetch(namespace: str, step_id: str) -> tuple[bytes, bytes]:
+        # One file: the head, whose length its prefix gives, then the payload.
+        data = _fs_path(root, namespace, step_id).read_bytes()
+        size = Codec.head_size(data[:PREFIX_SIZE])
+        return data[:size], data[size:]
+
+    return fetch
+
+
+def _fs_plant(root: Path) -> Plant:
     def plant(namespace: str, step_id: str, head: bytes, payload: bytes) -> None:
-        path = root.joinpath(*encode_components(namespace), *encode_components(step_id))
+        path = _fs_path(root, namespace, step_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = head + payload
         # Rewriting in place is much faster than truncating on some file systems (bit-flip tests plant
@@ -154,6 +173,7 @@ def filesystem_backend(root: Path) -> Backend:
         lambda ns: FilesystemStore(settings, namespace=ns),
         config=StoreConfig("filesystem", root=str(root)),
         plant=_fs_plant(root),
+        fetch=_fs_fetch(root),
         extra={"root": root},
     )
 
@@ -191,11 +211,23 @@ def redis_backend(port: int) -> Backend:
         raw.hset(f"{tag}:a:{member}", mapping={"head": head, "payload": payload, "id": b"planted"})
         raw.zadd(f"{tag}:idx", {member: float("inf")})
 
+    def fetch(namespace: str, step_id: str) -> tuple[bytes, bytes]:
+        # A small payload is inline in the hash; a large one is in its own key, {prefix:ns}:p:<id>.
+        tag = f"{{artifactstore:{encode_name(namespace)}}}"
+        member = encode_name(step_id)
+        head, payload = raw.hmget(f"{tag}:a:{member}", ["head", "payload"])
+        if payload is None:
+            payload = raw.get(f"{tag}:p:{member}")
+        assert head is not None, f"{step_id!r} is not stored in {namespace!r}"
+        assert payload is not None, f"{step_id!r} has no payload in {namespace!r}"
+        return head, payload
+
     return Backend(
         "redis",
         make,
         config=StoreConfig("redis", url=redis_url(port)),
         plant=plant,
+        fetch=fetch,
         upstream_port=port,
         through=through,
         # 3 attempts x (0.5 connect + 0.5 reply) + backoff, per command; a save is two commands.
@@ -226,6 +258,7 @@ def http_backend(url: str, port: int, root: Path) -> Backend:
         config=StoreConfig("http", endpoint=url, token=HTTP_TOKEN),
         # The server stores on the filesystem backend: planting there is planting in the server's storage.
         plant=_fs_plant(root),
+        fetch=_fs_fetch(root),
         upstream_port=port,
         through=through,
         # 3 attempts x (0.5 connect + 0.5 per read) + up to 0.6 s backoff.
@@ -238,7 +271,7 @@ def s3_backend(endpoint: str, port: int, bucket: str) -> Backend:
 
     from artifactstore_s3 import S3Settings, S3Store
     from artifactstore_s3.keys import KeyLayout
-    from artifactstore_s3.layout import HEAD_META
+    from artifactstore_s3.layout import HEAD_META, stored_head
 
     base: dict[str, Any] = {
         "bucket": bucket,
@@ -265,11 +298,22 @@ def s3_backend(endpoint: str, port: int, bucket: str) -> Backend:
         metadata = {HEAD_META: base64.b64encode(head).decode("ascii")} if head else {}
         raw.put_object(Bucket=bucket, Key=key, Body=payload, Metadata=metadata)
 
+    def fetch(namespace: str, step_id: str) -> tuple[bytes, bytes]:
+        # The head is in the object's metadata, or (too large for metadata) at the start of its body.
+        key = KeyLayout("artifactstore", namespace).key(step_id)
+        response = raw.get_object(Bucket=bucket, Key=key)
+        body = response["Body"].read()
+        found = stored_head(response.get("Metadata", {}), key)
+        if found.head is not None:
+            return found.head, body
+        return body[: found.size], body[found.size :]
+
     return Backend(
         "s3",
         make,
         config=StoreConfig("s3", endpoint_url=endpoint, **base),
         plant=plant,
+        fetch=fetch,
         upstream_port=port,
         through=through,
         # 2 attempts x (0.5 connect + 0.5 read) + botocore's backoff (at most 1 s) per request; the first

@@ -1,5 +1,6 @@
 """Bad input on every backend: illegal ids, Unicode forms, unencodable content, oversized artifacts,
-damaged stored bytes (every single-bit flip, every truncation) and envelopes that claim a newer format.
+damaged stored bytes (every single-bit flip, every truncation), envelopes that claim a newer format, and
+signed artifacts moved to another id or namespace.
 
 Stored bytes are damaged by writing them straight into each backend's storage (a file, a Redis hash, an
 S3 object, the artifact server's files), as a disk error, a buggy tool or an attacker would.
@@ -23,9 +24,9 @@ import pytest
 from envelopes import flip, forge, header_of, split
 from faultproxy import BlackHole, FaultProxy
 from pydantic import SecretStr, ValidationError
-from reliability_backends import HTTP_TOKEN, Backend, redis_url
+from reliability_backends import HTTP_TOKEN, SIGNING_KEY, Backend, redis_url
 
-from artifactstore_core import ArtifactStore, Codec, FrozenDict, Message
+from artifactstore_core import ArtifactStore, Codec, FrozenDict, Message, create_store
 from artifactstore_core.errors import (
     ArtifactCorruptedError,
     ArtifactStoreError,
@@ -303,6 +304,58 @@ def test_every_truncation_of_a_stored_envelope_is_detected(byte_backend: Backend
                 wrong.append(f"{size} bytes: {type(error).__name__ if error else 'read back'}: {error}")
         store.clear()
     assert wrong == [], "\n".join(wrong[:10])
+
+
+@pytest.mark.timeout(120)
+def test_a_signed_artifact_moved_to_another_id_or_namespace_is_refused(
+    signed_byte_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who can write to the backend copies a validly signed artifact's stored bytes elsewhere."""
+    backend = signed_byte_backend
+    assert backend.plant is not None
+    assert backend.fetch is not None
+    assert backend.config is not None
+    # The signing key as a deployment sets it (the artifact server of this backend has it too).
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", SIGNING_KEY)
+    ns, other = namespace("moved"), namespace("moved-to")
+    options = dict(backend.config.options)
+    message = Message(content=b"signed for a", metadata={"step": "a"})
+    with (
+        create_store(backend.name, namespace=ns, **options) as store,
+        create_store(backend.name, namespace=other, **options) as elsewhere,
+    ):
+        assert store.codec.signed
+        store.save("a", message)
+        head, payload = backend.fetch(ns, "a")
+        assert header_of(head)["mac"] == "blake3-keyed-place"
+        # Written back unchanged under its own id it still reads: the refusals below come from the move alone.
+        backend.plant(ns, "a", head, payload)
+        assert store.get("a") == message
+        backend.plant(ns, "b", head, payload)
+        backend.plant(other, "a", head, payload)
+        wrong = []
+        for target, step_id in ((store, "b"), (elsewhere, "a")):
+            calls = {
+                "get": lambda: target.get(step_id),  # noqa: B023 - called within this iteration
+                "get_many": lambda: target.get_many([step_id]),  # noqa: B023
+                "info": lambda: target.info(step_id),  # noqa: B023
+                "open": lambda: target.open(step_id).read(),  # noqa: B023
+                "list": lambda: list(target.list()),  # noqa: B023
+            }
+            for name, call in calls.items():
+                try:
+                    call()
+                except ArtifactCorruptedError as exc:
+                    if "different namespace or step id" not in str(exc):
+                        wrong.append(f"{target.namespace}/{step_id} {name}: unclear message: {exc}")
+                except Exception as exc:
+                    wrong.append(f"{target.namespace}/{step_id} {name}: {type(exc).__name__}: {exc}")
+                else:
+                    wrong.append(f"{target.namespace}/{step_id} {name}: read back")
+        assert store.get("a") == message
+        store.clear()
+        elsewhere.clear()
+    assert wrong == [], "\n".join(wrong)
 
 
 def _valid_header(payload: bytes) -> dict[str, Any]:

@@ -346,6 +346,46 @@ def _signed_client(server: ServerThread, key: bytes | None) -> Any:
     return HttpStore(settings, namespace="signed", codec=Codec(signing_key=key))
 
 
+def test_signatures_are_bound_to_the_namespace_and_id_of_the_url() -> None:
+    key = b"server and client key"
+    signer = Codec(signing_key=key)
+    body = signer.encode(Message(content="for a"), place=("signed", "a")).to_bytes()
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/vnd.artifactstore.envelope"}
+    # The server's store keeps another namespace than the URL's: signatures follow the URL on both sides.
+    space = MemorySpace()
+    app = create_app(
+        lambda ns: MemoryStore(namespace=f"kept-{ns}", space=space, codec=Codec(signing_key=key)),
+        token=SecretStr(TOKEN),
+    )
+    server = ServerThread(app).start()
+    try:
+        with _signed_client(server, key) as store:
+            store.save("a", Message(content="bound"))
+            assert store.get("a").content == "bound"
+        for where in ("signed/artifacts/b", "other/artifacts/a"):
+            response = httpx.put(f"{server.url}/v1/namespaces/{where}", content=body, headers=auth, timeout=10)
+            assert response.status_code == 422, response.text
+            assert response.json()["type"] == "ArtifactCorruptedError"
+            assert "different namespace or step id" in response.json()["detail"]
+        assert set(space.namespace("kept-signed")) == {"a"}
+        assert space.namespace("kept-other") == {}
+    finally:
+        server.stop()
+
+    # A server (or anything between) answering "b" with the envelope signed for "a" is caught by the client.
+    def answer(request: Request) -> Response:
+        return Response(body, media_type="application/vnd.artifactstore.envelope")
+
+    fake = ServerThread(Starlette(routes=[Route("/v1/namespaces/signed/artifacts/{step}", answer)])).start()
+    try:
+        with _signed_client(fake, key) as store:
+            assert store.get("a").content == "for a"
+            with pytest.raises(ArtifactCorruptedError, match="different namespace or step id"):
+                store.get("b")
+    finally:
+        fake.stop()
+
+
 def test_signing_keys_are_checked_on_both_sides() -> None:
     with _signed_server(b"server and client key") as server:
         with _signed_client(server, b"server and client key") as store:

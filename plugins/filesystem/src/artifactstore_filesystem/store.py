@@ -263,10 +263,10 @@ class FilesystemStore(ArtifactStore):
             ArtifactStoreError: any failure, naming ``step_id``.
         """
         with self._doing("save", step_id):
-            encoded = self.codec.encode(message)
+            encoded = self.codec.encode(message, place=(self.namespace, step_id))
             directory, final = self._path(step_id)
             if not overwrite:
-                existing = self._header_or_none(final)
+                existing = self._header_or_none(final, step_id)
                 if existing is not None:
                     if existing.identity() == encoded.header.identity():
                         return None
@@ -312,6 +312,7 @@ class FilesystemStore(ArtifactStore):
                     created_at=stub.created_at,
                     size=size,
                     digest=digest,
+                    place=(self.namespace, step_id),
                 )
 
             directory, final = self._path(step_id)
@@ -393,7 +394,7 @@ class FilesystemStore(ArtifactStore):
                     self._link(temp, final)
                     break
                 except FileExistsError:
-                    existing = self._header_or_none(final)
+                    existing = self._header_or_none(final, step_id)
                     if existing is None:
                         continue  # deleted between our attempt and our look: try to create it again
                     if existing.identity() == header.identity():
@@ -444,23 +445,24 @@ class FilesystemStore(ArtifactStore):
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def _read_header(self, file: io.FileIO) -> Header:
+    def _read_header(self, file: io.FileIO, step_id: str) -> Header:
+        """The verified header of ``step_id``'s artifact (signed for this namespace and that id)."""
         prefix = _read_exact(file, PREFIX_SIZE)
         size = self.codec.head_size(prefix)
         rest = _read_exact(file, size - PREFIX_SIZE)
         if len(rest) != size - PREFIX_SIZE:
             raise ArtifactCorruptedError("stored artifact is truncated inside its head")
-        return self.codec.decode_head(prefix + rest)
+        return self.codec.decode_head(prefix + rest, place=(self.namespace, step_id))
 
-    def _header_or_none(self, path: str) -> Header | None:
+    def _header_or_none(self, path: str, step_id: str) -> Header | None:
         file = self._open_file(path)
         if file is None:
             return None
         with file:
-            return self._read_header(file)
+            return self._read_header(file, step_id)
 
-    def _read_message(self, file: io.FileIO) -> Message:
-        header = self._read_header(file)
+    def _read_message(self, file: io.FileIO, step_id: str) -> Message:
+        header = self._read_header(file, step_id)
         payload = _read_exact(file, header.stored_size)
         if len(payload) != header.stored_size or file.read(1):
             raise ArtifactCorruptedError(
@@ -474,11 +476,11 @@ class FilesystemStore(ArtifactStore):
             if file is None:
                 raise self._not_found(step_id)
             with file:
-                return self._read_message(file)
+                return self._read_message(file, step_id)
 
     def _info(self, step_id: str) -> ArtifactInfo:
         with self._doing("info", step_id):
-            header = self._header_or_none(self._path(step_id)[1])
+            header = self._header_or_none(self._path(step_id)[1], step_id)
             if header is None:
                 raise self._not_found(step_id)
             return header.info(step_id)
@@ -497,11 +499,11 @@ class FilesystemStore(ArtifactStore):
             if file is None:
                 raise self._not_found(step_id)
             try:
-                header = self._read_header(file)
+                header = self._read_header(file, step_id)
                 if header.compression is not None:
                     # Compressed JSON or text was held in memory when saved; decode it whole and stream the result.
                     file.seek(0)
-                    message = self._read_message(file)
+                    message = self._read_message(file, step_id)
                     file.close()
                     return io.BytesIO(content_bytes(message)[1])
                 raw = VerifiedPayload(file, header, self._stream_failure(step_id))
@@ -558,7 +560,7 @@ class FilesystemStore(ArtifactStore):
                 if kind != "artifact" or step_id is None:
                     continue
                 try:
-                    header = self._header_or_none(path)
+                    header = self._header_or_none(path, step_id)
                 except ArtifactStoreError as exc:
                     exc.step_id = step_id
                     raise

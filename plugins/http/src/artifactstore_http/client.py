@@ -227,7 +227,8 @@ class HttpStore(ArtifactStore):
     # -- the contract ---------------------------------------------------------------------------------
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
-        encoded = self.codec.encode(message)
+        # Signed for the namespace and id in the URL: the server verifies it for exactly those.
+        encoded = self.codec.encode(message, place=(self.namespace, step_id))
         head, payload = encoded.head, encoded.payload
 
         def body() -> Iterator[bytes]:
@@ -252,7 +253,7 @@ class HttpStore(ArtifactStore):
                 step_id=step_id,
             )
         # The client's own codec verifies size, digest and (with a signing key) the signature.
-        return self.codec.decode_bytes(response.content)
+        return self.codec.decode_bytes(response.content, place=(self.namespace, step_id))
 
     def _exists(self, step_id: str) -> bool:
         response = self._send("exists", "HEAD", self._url("artifacts", step_id))

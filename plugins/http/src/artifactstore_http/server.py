@@ -355,8 +355,11 @@ class _App:
         def work() -> None:
             with self._cache.acquire(namespace) as store:
                 codec = store.codec
+                # The client signed the body for the namespace and id of the URL, whatever the store's
+                # own namespace is (a custom store factory may map namespaces).
+                place = (namespace, step_id)
                 try:
-                    header = codec.header_of(memoryview(body))
+                    header = codec.header_of(memoryview(body), place=place)
                     if header.size > self._max_body:
                         raise PayloadTooLargeError(
                             f"artifact {step_id!r} holds {header.size} bytes of content; this server accepts at "
@@ -364,7 +367,7 @@ class _App:
                             step_id=step_id,
                         )
                     # The server's own codec verifies the digest (and the signature, with a signing key).
-                    message = codec.decode_bytes(memoryview(body))
+                    message = codec.decode_bytes(memoryview(body), place=place)
                 except ConfigurationError as exc:
                     # A signed artifact sent to a server without the key: the request is what is wrong.
                     raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
@@ -400,7 +403,8 @@ class _App:
     async def _get(self, namespace: str, step_id: str) -> Response:
         def work() -> tuple[bytes, bytes]:
             with self._cache.acquire(namespace) as store:
-                encoded = store.codec.encode(store.get(step_id))
+                # Signed for the URL's namespace and id: what the client verifies it against.
+                encoded = store.codec.encode(store.get(step_id), place=(namespace, step_id))
                 return encoded.head, encoded.payload
 
         head, payload = await anyio.to_thread.run_sync(work)

@@ -442,7 +442,7 @@ class RedisStore(ArtifactStore):
         if isinstance(message.content, bytes) and len(message.content) > limit:
             # bytes are stored as they are, so the check needs no encoding (and no hashing).
             raise self._too_large(step_id, len(message.content))
-        encoded = self.codec.encode(message)
+        encoded = self.codec.encode(message, place=(self.namespace, step_id))
         payload = encoded.payload
         if len(payload) > limit:
             raise self._too_large(step_id, len(payload))
@@ -465,7 +465,7 @@ class RedisStore(ArtifactStore):
                 f"{'head' if head is None else 'payload'} (written by something other than this backend?)",
                 step_id=step_id,
             )
-        return self.codec.decode(head, payload)
+        return self.codec.decode(head, payload, place=(self.namespace, step_id))
 
     # -- the operations -------------------------------------------------------------------------------
 
@@ -511,7 +511,7 @@ class RedisStore(ArtifactStore):
         """
         if payload is not None:
             try:
-                return self.codec.decode(head, payload)
+                return self.codec.decode(head, payload, place=(self.namespace, step_id))
             except ArtifactCorruptedError:
                 pass
         keys = [self._key(member), self._payload_key(member)]
@@ -525,7 +525,7 @@ class RedisStore(ArtifactStore):
         head = self._retrying(lambda: cast(bytes | None, self._client.hget(key, b"head")))
         if head is None:
             raise self._not_found(step_id)
-        return self.codec.decode_head(head).info(step_id)
+        return self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
 
     def _namespaces(self) -> Iterator[str]:
         prefix = self._settings.key_prefix
@@ -569,7 +569,8 @@ class RedisStore(ArtifactStore):
                         raise head
                     if head is None:  # expired or deleted since the index was read
                         continue
-                    yield self.codec.decode_head(head).info(decode_name(member.decode("ascii")))
+                    step_id = decode_name(member.decode("ascii"))
+                    yield self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
             if cursor == 0:
                 return
 

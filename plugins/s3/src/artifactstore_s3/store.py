@@ -364,8 +364,8 @@ class S3Store(ArtifactStore):
         finally:
             body.close()
 
-    def _existing_header(self, key: str) -> Header | None:
-        """The verified header of the object at ``key``, ``None`` if there is none."""
+    def _existing_header(self, key: str, step_id: str) -> Header | None:
+        """The verified header of ``step_id``'s object at ``key``, ``None`` if there is none."""
         try:
             response = self.client.head_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
@@ -382,7 +382,7 @@ class S3Store(ArtifactStore):
                 if _missing(exc) or _precondition_failed(exc):
                     return None  # replaced or removed between the two requests: as if not there
                 raise
-        return self.codec.decode_head(head)
+        return self.codec.decode_head(head, place=(self.namespace, step_id))
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -456,14 +456,14 @@ class S3Store(ArtifactStore):
         atomic = self._ensure_conditional()
         for _ in range(_RACE_ATTEMPTS):
             if check_first or not atomic:
-                existing = self._existing_header(key)
+                existing = self._existing_header(key, step_id)
                 if existing is not None:
                     if existing.identity() == header.identity():
                         return
                     raise self._exists_error(step_id)
             if write(atomic):
                 return
-            existing = self._existing_header(key)
+            existing = self._existing_header(key, step_id)
             if existing is None:
                 continue  # deleted between our write and our look: try again
             if existing.identity() == header.identity():
@@ -475,7 +475,7 @@ class S3Store(ArtifactStore):
         )
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
-        encoded = self.codec.encode(message)
+        encoded = self.codec.encode(message, place=(self.namespace, step_id))
         key = self._keys.key(step_id)
         layout = layout_for(encoded.head, encoded.header)
         payload = encoded.payload
@@ -566,7 +566,7 @@ class S3Store(ArtifactStore):
             return
         self._stream_staged(step_id, key, stream, pending, template, overwrite)
 
-    def _head_for(self, template: Message, size: int, digest: str) -> tuple[Header, ObjectLayout]:
+    def _head_for(self, step_id: str, template: Message, size: int, digest: str) -> tuple[Header, ObjectLayout]:
         head, header = self.codec.encode_head(
             codec="bytes",
             media_type=template.media_type,
@@ -575,6 +575,7 @@ class S3Store(ArtifactStore):
             created_at=template.created_at,
             size=size,
             digest=digest,
+            place=(self.namespace, step_id),
         )
         return header, layout_for(head, header)
 
@@ -595,7 +596,7 @@ class S3Store(ArtifactStore):
             size += count
         del scratch
         digest = hasher.hexdigest()
-        header, layout = self._head_for(template, size, digest)
+        header, layout = self._head_for(step_id, template, size, digest)
 
         def feed(upload: MultipartUpload) -> None:
             stream.seek(start)
@@ -658,7 +659,7 @@ class S3Store(ArtifactStore):
 
         self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
         try:
-            header, layout = self._head_for(template, size, hasher.hexdigest())
+            header, layout = self._head_for(step_id, template, size, hasher.hexdigest())
 
             def assemble(upload: MultipartUpload) -> None:
                 offset = 0
@@ -699,10 +700,11 @@ class S3Store(ArtifactStore):
             data = body.read()
         finally:
             body.close()
+        place = (self.namespace, step_id)
         if found.head is not None:
-            return self.codec.decode(found.head, data)
+            return self.codec.decode(found.head, data, place=place)
         view = memoryview(data)
-        return self.codec.decode(view[: found.size], view[found.size :])
+        return self.codec.decode(view[: found.size], view[found.size :], place=place)
 
     def _get_many(self, step_ids: builtins.list[str]) -> dict[str, Message]:
         def get_one(step_id: str) -> Message | None:
@@ -729,7 +731,7 @@ class S3Store(ArtifactStore):
             head = found.head
             if head is None:
                 head, chunks = split_prelude(chunks, found.size)
-            header = self.codec.decode_head(head)
+            header = self.codec.decode_head(head, place=(self.namespace, step_id))
             if header.compression is not None:
                 # Only JSON and text are compressed, and those are read whole by get() anyway.
                 message = self.codec.decode_payload(header, b"".join(chunks))
@@ -776,13 +778,13 @@ class S3Store(ArtifactStore):
     def _info_of(self, pair: tuple[str, str]) -> ArtifactInfo | None:
         key, step_id = pair
         try:
-            header = self._existing_header(key)
+            header = self._existing_header(key, step_id)
         except Exception as exc:
             self._raise(exc, "list", step_id)
         return header.info(step_id) if header is not None else None
 
     def _info(self, step_id: str) -> ArtifactInfo:
-        header = self._existing_header(self._keys.key(step_id))
+        header = self._existing_header(self._keys.key(step_id), step_id)
         if header is None:
             raise self._not_found(step_id)
         return header.info(step_id)

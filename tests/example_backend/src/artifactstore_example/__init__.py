@@ -52,13 +52,15 @@ class ExampleStore(ArtifactStore):
             self._blobs = _SHELF.setdefault(self.namespace, {})
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
-        encoded = self.codec.encode(message)
+        # Signed (with a signing key) for this namespace and id, so a copy under another id is refused.
+        place = (self.namespace, step_id)
+        encoded = self.codec.encode(message, place=place)
         blob = encoded.to_bytes()
         with _LOCK:
             existing = self._blobs.get(step_id)
             if existing is not None and not overwrite:
                 # Write-once: an identical artifact (created_at aside) is a successful retry.
-                if self.codec.header_of(existing).identity() == encoded.header.identity():
+                if self.codec.header_of(existing, place=place).identity() == encoded.header.identity():
                     return
                 raise self._exists_error(step_id)
             self._blobs[step_id] = blob
@@ -67,7 +69,7 @@ class ExampleStore(ArtifactStore):
         blob = self._blobs.get(step_id)
         if blob is None:
             raise self._not_found(step_id)
-        return self.codec.decode_bytes(blob)
+        return self.codec.decode_bytes(blob, place=(self.namespace, step_id))
 
     def _exists(self, step_id: str) -> bool:
         return step_id in self._blobs
@@ -80,7 +82,7 @@ class ExampleStore(ArtifactStore):
         with _LOCK:
             snapshot = list(self._blobs.items())
         for step_id, blob in snapshot:
-            yield self.codec.header_of(blob).info(step_id)
+            yield self.codec.header_of(blob, place=(self.namespace, step_id)).info(step_id)
 
     def _clear(self) -> int:
         with _LOCK:
