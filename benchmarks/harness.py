@@ -55,6 +55,17 @@ class Result:
     samples_ours: list[float] = field(default_factory=list)
     samples_raw: list[float] = field(default_factory=list)
 
+    @property
+    def pair_ratios(self) -> list[float]:
+        """Ours over raw for each repetition (the two samples of a repetition ran back to back)."""
+        return [o / r for o, r in zip(self.samples_ours, self.samples_raw, strict=False) if r > 0]
+
+    @property
+    def spread(self) -> str:
+        """The lowest and highest ratio of one repetition: how much this machine's noise moved the ratio."""
+        ratios = self.pair_ratios
+        return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "-"
+
 
 def _sample(func: Callable[[int], Any], number: int, offset: int) -> float:
     gc.collect()
@@ -105,12 +116,12 @@ def _fmt(seconds: float) -> str:
 
 def table(results: list[Result], extras: list[dict[str, Any]]) -> str:
     """The results as an aligned text table (with the memory figures after it)."""
-    headers = ["backend", "workload", "ours", "raw", "ratio", "target", "status"]
+    headers = ["backend", "workload", "ours", "raw", "ratio", "per repetition", "target", "status"]
     rows = []
     for r in results:
         status = "-" if r.met is None else ("ok" if r.met else "MISSED")
         target = "-" if r.target is None else f"<= {r.target:g}x"
-        rows.append([r.backend, r.workload, _fmt(r.ours_s), _fmt(r.raw_s), f"{r.ratio:.2f}x", target, status])
+        rows.append([r.backend, r.workload, _fmt(r.ours_s), _fmt(r.raw_s), f"{r.ratio:.2f}x", r.spread, target, status])
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
     lines = [
         "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.harness import Case, run_case, table, write_json
+from benchmarks.harness import Case, Result, run_case, table, write_json
 
 
 def test_harness_reports_medians_ratios_and_targets(tmp_path: Path) -> None:
@@ -30,7 +30,19 @@ def test_harness_reports_medians_ratios_and_targets(tmp_path: Path) -> None:
     text = table([result], [{"backend": "demo", "workload": "rss", "value": "1 MB", "target": "< 2 MB", "met": True}])
     assert "demo" in text
     assert "<= 1000x" in text
+    assert len(result.pair_ratios) == 3
+    # The ratio of medians always lies between the lowest and the highest ratio of one repetition.
+    assert min(result.pair_ratios) <= result.ratio * 1.0001
+    assert max(result.pair_ratios) >= result.ratio * 0.9999
+    assert result.spread in text
+
     write_json(tmp_path / "out.json", [result], [])
     doc = json.loads((tmp_path / "out.json").read_text())
     assert doc["results"][0]["workload"] == "noop"
     assert doc["machine"]["cpus"] >= 1
+
+
+def test_spread_is_the_range_of_per_repetition_ratios() -> None:
+    result = Result("b", "w", 2.0, 1.0, 2.0, None, None, [2.0, 3.0, 1.5], [1.0, 1.0, 1.0])
+    assert result.pair_ratios == [2.0, 3.0, 1.5]
+    assert result.spread == "1.50-3.00x"
