@@ -29,7 +29,7 @@ def _streaming(streaming: Any) -> list[tuple[str, dict[str, Any]]]:
     with ExitStack() as stack:
         from . import cases_servers
 
-        endpoint, options = cases_servers.moto_for_streaming(stack)
+        endpoint, options = cases_servers.moto(stack)
         print(f"running s3: stream {STREAM_MB} MB ...", file=sys.stderr, flush=True)
         results.append(("s3", streaming.measure("s3", STREAM_MB, {"endpoint_url": endpoint, **options})))
     return results

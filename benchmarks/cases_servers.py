@@ -224,7 +224,7 @@ def filesystem_cases(stack: ExitStack) -> list[Case]:
     return cases
 
 
-def _moto(stack: ExitStack) -> tuple[str, dict[str, str]]:
+def moto(stack: ExitStack) -> tuple[str, dict[str, str]]:
     """A moto S3 server in a process of its own (see :class:`~artifactstore_s3.testing.MotoServer`), with a
     bucket; its endpoint and the s3 store's options."""
     from artifactstore_s3.testing import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer
@@ -239,18 +239,14 @@ def _moto(stack: ExitStack) -> tuple[str, dict[str, str]]:
     return server.endpoint_url, options
 
 
-def moto_for_streaming(stack: ExitStack) -> tuple[str, dict[str, str]]:
-    """The moto server the streaming measurement uses (see :func:`_moto`)."""
-    return _moto(stack)
-
-
 def s3_cases(stack: ExitStack) -> list[Case]:
     """The s3 backend beside raw boto3 put_object/get_object and list+delete_objects on the same moto server."""
     import boto3
 
     from artifactstore_s3 import S3Settings, S3Store
 
-    endpoint, options = _moto(stack)
+    endpoint, options = moto(stack)
+    bucket = options["bucket"]
     raw = boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -263,10 +259,10 @@ def s3_cases(stack: ExitStack) -> list[Case]:
 
     def raw_clear(prefix: str) -> None:
         paginator = raw.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket="bench", Prefix=prefix):
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
-                raw.delete_objects(Bucket="bench", Delete={"Objects": keys, "Quiet": True})
+                raw.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
     def reset() -> None:
         store.clear()
@@ -288,7 +284,7 @@ def s3_cases(stack: ExitStack) -> list[Case]:
         Case(
             "s3", "64 MB save, one PUT",
             lambda i: single.save(f"s{i}", SIXTY_FOUR_MB),
-            lambda i: raw.put_object(Bucket="bench", Key=f"raw/s{i}", Body=SIXTY_FOUR_MB.content),
+            lambda i: raw.put_object(Bucket=bucket, Key=f"raw/s{i}", Body=SIXTY_FOUR_MB.content),
             number=2, repeat=5, reset=reset_single,
         )
     ]  # fmt: skip
@@ -299,19 +295,19 @@ def s3_cases(stack: ExitStack) -> list[Case]:
             Case(
                 "s3", f"{name} save",
                 lambda i, m=message: store.save(f"s{i}", m),
-                lambda i, d=data: raw.put_object(Bucket="bench", Key=f"raw/s{i}", Body=d),
+                lambda i, d=data: raw.put_object(Bucket=bucket, Key=f"raw/s{i}", Body=d),
                 number=number, repeat=5, target=1.2, reset=reset,
             )
         )  # fmt: skip
 
         def prepare(m: Message = message, d: bytes = data) -> None:
             store.save("g", m, overwrite=True)
-            raw.put_object(Bucket="bench", Key="raw/g", Body=d)
+            raw.put_object(Bucket=bucket, Key="raw/g", Body=d)
 
         cases.append(
             Case(
                 "s3", f"{name} get", lambda i: store.get("g"),
-                lambda i: raw.get_object(Bucket="bench", Key="raw/g")["Body"].read(),
+                lambda i: raw.get_object(Bucket=bucket, Key="raw/g")["Body"].read(),
                 number=number, repeat=5, target=1.2, prepare=prepare,
             )
         )  # fmt: skip
@@ -321,7 +317,7 @@ def s3_cases(stack: ExitStack) -> list[Case]:
 
     def raw_fill(i: int) -> None:
         for key in many:
-            raw.put_object(Bucket="bench", Key=f"raw/{key}", Body=small_body)
+            raw.put_object(Bucket=bucket, Key=f"raw/{key}", Body=small_body)
 
     cases.append(
         Case(

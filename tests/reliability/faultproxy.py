@@ -26,7 +26,6 @@ import random
 import socket
 import struct
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -174,10 +173,6 @@ class FaultProxy:
 
     # -- control --------------------------------------------------------------------------------------
 
-    @property
-    def fault(self) -> Fault:
-        return self._fault
-
     def set(self, fault: Fault) -> None:
         """Switch to ``fault`` for every following chunk on every connection."""
 
@@ -189,19 +184,6 @@ class FaultProxy:
                 self._rng = random.Random(fault.seed)
 
         self._call(apply)
-
-    @contextlib.contextmanager
-    def fault_while(self, fault: Fault) -> Iterator[FaultProxy]:
-        """Apply ``fault`` for the ``with`` block, then pass through again."""
-        self.set(fault)
-        try:
-            yield self
-        finally:
-            self.set(PassThrough())
-
-    def reset_all(self) -> None:
-        """Abort every open connection with a TCP reset (new connections are still accepted)."""
-        self._call(self._reset_all)
 
     def _call(self, function: object) -> None:
         async def run() -> None:

@@ -116,10 +116,6 @@ class Backend:
     deadline: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def cross_process(self) -> bool:
-        return self.config is not None
-
     def __repr__(self) -> str:
         return f"<Backend {self.name}>"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from faultproxy import BlackHole, Delay, Fault, FaultProxy, FlipBits, PassThrough, ResetAfter
-from history import Op, Workload, check, clients_of, final_reads, run_load
+from history import Workload, assert_no_violations, check, clients_of, final_reads, run_load
 from reliability_backends import Backend, wait_until
 
 from artifactstore_core import ArtifactStore, Message
@@ -43,14 +43,6 @@ def proxy(network_backend: Backend) -> Iterator[FaultProxy]:
     assert network_backend.upstream_port is not None
     with FaultProxy(network_backend.upstream_port) as running:
         yield running
-
-
-def summary(ops: list[Op]) -> str:
-    counts: dict[str, int] = {}
-    for op in ops:
-        label = f"{op.kind}:{op.outcome}" + (f":{op.error}" if op.error else "") + (f"<{op.cause}" if op.cause else "")
-        counts[label] = counts.get(label, 0) + 1
-    return ", ".join(f"{label}={count}" for label, count in sorted(counts.items()))
 
 
 class Progress:
@@ -156,7 +148,7 @@ def test_chaos_load_through_every_fault(network_backend: Backend, proxy: FaultPr
         # change ids and digests undetected, as in any protocol framing (TLS is the defence).
         untrusted_list=lambda op: len(flipping) == 2 and op.start < flipping[1] and op.end > flipping[0],
     )
-    assert violations == [], f"{len(violations)} violations ({summary(ops)}):\n" + "\n".join(violations[:20])
+    assert_no_violations(violations, ops)
 
     proxy.stop()
     wait_until(lambda: threading.active_count() <= baseline, f"threads back to {baseline}")

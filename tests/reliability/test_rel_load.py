@@ -19,12 +19,14 @@ import pytest
 from history import (
     Op,
     Workload,
+    assert_no_violations,
     check,
     clients_of,
     final_reads,
     load_history,
     process_worker,
     run_load,
+    summary,
 )
 from reliability_backends import Backend, wait_until
 
@@ -59,14 +61,6 @@ def verify(backend: Backend, ops: list[Op], workload: Workload) -> list[str]:
 def unknown(ops: list[Op]) -> list[str]:
     """The operations that ended indeterminate, described with their errors' causes."""
     return [op.describe() for op in ops if op.outcome == "unknown"]
-
-
-def summary(ops: list[Op]) -> str:
-    counts: dict[str, int] = {}
-    for op in ops:
-        label = f"{op.kind}:{op.outcome}" + (f":{op.error}" if op.error else "") + (f"<{op.cause}" if op.cause else "")
-        counts[label] = counts.get(label, 0) + 1
-    return ", ".join(f"{label}={count}" for label, count in sorted(counts.items()))
 
 
 def clear_loop(backend: Backend, rounds: int, stop: threading.Event, errors: list[BaseException]) -> None:
@@ -119,7 +113,7 @@ def test_threads_on_two_namespaces(backend: Backend) -> None:
         # No fault is injected here: a call that fails mid-way is an availability bug of its own.
         assert unknown(history) == [], summary(history)
         violations = verify(backend, history, workload)
-        assert violations == [], f"{len(violations)} violations ({summary(history)}):\n" + "\n".join(violations[:20])
+        assert_no_violations(violations, history)
     wait_until(lambda: threading.active_count() <= baseline, "the load's threads to end")
 
 
@@ -160,4 +154,4 @@ def test_writer_processes(shared_backend: Backend, method: str, tmp_path: Path) 
     assert len(ops) == (children + 1) * workload.threads * workload.ops
     assert unknown(ops) == [], summary(ops)
     violations = verify(backend, ops, workload)
-    assert violations == [], f"{len(violations)} violations ({summary(ops)}):\n" + "\n".join(violations[:20])
+    assert_no_violations(violations, ops)

@@ -288,6 +288,7 @@ def test_the_canary_checks_catch_a_leak() -> None:
         logger.warning("token %s", rb.HTTP_TOKEN[:4])  # a prefix alone is no leak
     finally:
         logger.removeHandler(handler)
+        logger.propagate = True
     assert len(handler.leaks) == 1
     texts = Texts()
     texts.show("percent-encoded", f"url with {quote(rb.REDIS_PASSWORD + '/', safe='')}")

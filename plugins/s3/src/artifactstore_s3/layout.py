@@ -88,11 +88,6 @@ class StoredHead:
     head: bytes | None
     size: int
 
-    @property
-    def in_body(self) -> bool:
-        """Whether the body starts with the head (envelope layout)."""
-        return self.head is None
-
 
 def stored_head(metadata: Mapping[str, str], where: str) -> StoredHead:
     """Find the head of an object from its user metadata.
