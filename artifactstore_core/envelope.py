@@ -666,14 +666,13 @@ class Codec:
             raise ArtifactCorruptedError("payload digest does not match its header")
         content: Any
         try:
-            if header.codec == "bytes":
-                content = raw if isinstance(raw, bytes) else bytes(raw)
-            elif header.codec == "utf-8":
-                content = str(raw, "utf-8")
-            else:
-                content = _loads(raw)
-            return self.message_from(header, content)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            if header.codec == "json":
+                return self.message_from(header, _loads(raw))
+            # Bytes need no check, and UTF-8 decoding already refuses encoded surrogates: no second scan of
+            # the text (message_from's check) on the read path.
+            content = str(raw, "utf-8") if header.codec == "utf-8" else raw if isinstance(raw, bytes) else bytes(raw)
+            return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
+        except ValueError as exc:  # UnicodeDecodeError included; _loads and freezing turn RecursionError into it
             # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the
             # content refuses it, so a forged artifact cannot yield a message no backend could store.
             raise ArtifactCorruptedError(f"payload is not valid {header.codec}") from exc

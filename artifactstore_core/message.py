@@ -181,10 +181,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-# The standard library's C encoder, built once with the canonical settings (markers {} keeps its check for
-# circular containers). json.dumps would build a JSONEncoder and this same C encoder on every call, which
-# is most of the cost of encoding a small message. Where the C encoder is missing (other interpreters),
-# json.dumps with the same settings produces the same bytes.
+# The standard library's C encoder, called directly with the canonical settings. It is built per call: its
+# markers dict (the check for circular containers) is state of one encoding, so one encoder must not be
+# shared by threads. json.dumps would also build a JSONEncoder around it on every call, which was most of
+# the cost of encoding a small message. Where the C encoder is missing (other interpreters), json.dumps
+# with the same settings produces the same bytes.
 _C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
 
 

@@ -24,6 +24,7 @@ from .errors import (
     ArtifactStoreError,
     BackendError,
     InvalidStepIdError,
+    SerializationError,
     StoreClosedError,
     UnsupportedOperationError,
 )
@@ -306,15 +307,23 @@ class ArtifactStore(ABC):
         Raises:
             InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError: as
                 :meth:`save`.
+            SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O).
         """
         step_id = validate_step_id(step_id)
         seconds = self._ttl(ttl)
         self._check_open()
         try:
+            # The fields are checked here, once, before anything is read or written, so every backend
+            # refuses the same bad media type or metadata with the same SerializationError.
+            try:
+                template = Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
+            except (TypeError, ValueError) as exc:
+                raise SerializationError(f"cannot save a stream as {step_id!r}: {exc}", step_id=step_id) from exc
             if self.capabilities.streaming:
-                self._save_stream(step_id, stream, media_type, schema, metadata or {}, overwrite, seconds)
+                fields = (template.media_type, template.schema, template.metadata)
+                self._save_stream(step_id, stream, *fields, overwrite, seconds)
             else:
-                message = Message(content=stream.read(), media_type=media_type, schema=schema, metadata=metadata)
+                message = template.model_copy(update={"content": stream.read()})
                 self._save(step_id, message, overwrite, seconds)
         except Exception as exc:
             self._raise(exc, "save_stream", step_id)
@@ -336,10 +345,10 @@ class ArtifactStore(ABC):
         try:
             if self.capabilities.streaming:
                 return self._open(step_id)
-            content = self._get(step_id).content
+            message = self._get(step_id)
         except Exception as exc:
             self._raise(exc, "open", step_id)
-        return io.BytesIO(content_bytes(Message(content=content))[1])
+        return io.BytesIO(content_bytes(message)[1])
 
     def close(self) -> None:
         """Release the backend's clients and pools.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import threading
 import time
 import uuid
@@ -38,6 +39,7 @@ from .errors import (
     ArtifactStoreError,
     InvalidStepIdError,
     SchemaMismatchError,
+    SerializationError,
     StoreClosedError,
     UnsupportedOperationError,
 )
@@ -495,6 +497,15 @@ class StoreConformance:
         store.save("j", Message(content=content))
         with store.open("j") as handle:
             assert json.loads(handle.read()) == content
+
+    def test_save_stream_refuses_invalid_fields_before_reading(self, store: ArtifactStore) -> None:
+        # Whether the backend streams or not, bad fields are the same SerializationError, and nothing is read.
+        stream = io.BytesIO(b"never read")
+        for fields in ({"metadata": {"k": {1, 2}}}, {"media_type": "text/\ud800"}, {"metadata": {"k": math.nan}}):
+            with pytest.raises(SerializationError):
+                store.save_stream("s", stream, **fields)
+        assert stream.tell() == 0
+        assert not store.exists("s")
 
     def test_streaming_capability_is_implemented(self, store: ArtifactStore) -> None:
         if not store.capabilities.streaming:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
 from pydantic import BaseModel, ValidationError
 
 from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError
-from artifactstore_core.message import freeze_json, trusted_message
+from artifactstore_core.message import canonical_json, freeze_json, trusted_message
+from artifactstore_core.testing import json_values
 
 
 class Summary(BaseModel):
@@ -189,3 +192,15 @@ def test_content_nested_past_the_recursion_limit_is_refused_as_invalid() -> None
     circular.append(circular)
     with pytest.raises(ValidationError, match="nested too deeply"):
         Message(content={"a": circular})
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=json_values)
+def test_canonical_json_is_exactly_json_dumps(value: object) -> None:
+    # The docstring's promise: the C-encoder fast path writes what json.dumps with these settings writes,
+    # for plain values and for their frozen form.
+    expected = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+    assert canonical_json(value) == expected
+    assert canonical_json(freeze_json(value)) == expected
