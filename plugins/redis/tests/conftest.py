@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -123,3 +124,16 @@ def lasting() -> Callable[[Any, Iterable[bytes]], set[bytes]]:
         return kept
 
     return keep
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own, so that key snapshots see only this test's keys."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Any:
+    client = redis_server.client()
+    yield client
+    client.close()

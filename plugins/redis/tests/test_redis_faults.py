@@ -3,7 +3,6 @@ a full server. Each test runs its own server so the faults never touch another t
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis_helpers import payload_of, wait_for
 
 import artifactstore_redis.store as store_module
 from artifactstore_core import (
@@ -42,19 +42,6 @@ SAVE_PATHS = pytest.mark.parametrize(
     [("inline", 8 * 1024), ("uploaded", LARGE), ("uploaded text", LARGE)],
     ids=["inline", "uploaded", "uploaded-text"],
 )
-
-
-def payload_of(step_id: str, size: int) -> bytes:
-    """Deterministic, incompressible bytes for an id, so a read can be checked byte for byte."""
-    seed = hashlib.blake2b(step_id.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)  # polling a condition with a deadline
 
 
 def make_store(server: RedisServer, namespace: str, **overrides: Any) -> RedisStore:

@@ -7,17 +7,16 @@ Upload and commit travel in one pipeline. What these tests pin down: the layout 
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis_helpers import payload_of, wait_for
 
 import artifactstore_redis.store as store_module
 from artifactstore_core import ArtifactExistsError, ArtifactNotFoundError, BackendError, Message
@@ -47,31 +46,6 @@ def large(kind: str, name: str, size: int = LARGE, **fields: Any) -> tuple[Messa
         return Message(content=payload, **fields), payload
     text = payload.hex()[:TEXT]
     return Message(content=text, **fields), text.encode()
-
-
-def payload_of(name: str, size: int) -> bytes:
-    """Deterministic bytes for a name (bytes content is stored as it is, never compressed)."""
-    seed = hashlib.blake2b(name.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # polling a condition with a deadline
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer) -> Any:
-    client = redis_server.client()
-    yield client
-    client.close()
 
 
 def keys_of(raw: Any, prefix: str, namespace: str) -> set[bytes]:

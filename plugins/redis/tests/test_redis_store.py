@@ -33,19 +33,6 @@ Lose = Callable[..., list[str]]
 Lasting = Callable[[Any, Any], set[bytes]]
 
 
-@pytest.fixture
-def prefix() -> str:
-    """A key prefix of this test's own, so that key snapshots see only this test's keys."""
-    return f"t-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def raw(redis_server: RedisServer) -> Any:
-    client = redis_server.client()
-    yield client
-    client.close()
-
-
 def snapshot(raw: Any, prefix: str) -> dict[bytes, bytes]:
     """Every key under ``prefix`` with a serialized dump of its value (test code may SCAN: its pattern is ours)."""
     keys = sorted(raw.scan_iter(match=f"{{{prefix}*", count=1000))
