@@ -8,8 +8,8 @@ skips with that reason where a backend does not declare a capability (after chec
 says what happens then, that the backend refuses the operation), and the first-party backends' declared
 capabilities are pinned by a test, so such a skip cannot hide a capability that went missing.
 
-Load it with ``-p artifactstore_core.testing_skips`` (this project does so in its root ``conftest.py``);
-third-party backends can do the same in their CI.
+Load it with ``-p artifactstore_core.testing_skips`` (this project does so in the pytest ``addopts`` of
+its ``pyproject.toml``); third-party backends can do the same in their CI.
 """
 
 from __future__ import annotations

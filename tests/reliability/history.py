@@ -649,6 +649,20 @@ def run_load(
     return [op for recorder in recorders for op in recorder.ops]
 
 
+def summary(ops: Iterable[Op]) -> str:
+    """How many operations ended how, e.g. ``save:ok=120, get:unknown:BackendTimeoutError=3``."""
+    counts: dict[str, int] = {}
+    for op in ops:
+        label = f"{op.kind}:{op.outcome}" + (f":{op.error}" if op.error else "") + (f"<{op.cause}" if op.cause else "")
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{label}={count}" for label, count in sorted(counts.items()))
+
+
+def assert_no_violations(violations: list[str], ops: list[Op]) -> None:
+    """Fail with the first violations of :func:`check` and a summary of the history they came from."""
+    assert violations == [], f"{len(violations)} violations ({summary(ops)}):\n" + "\n".join(violations[:20])
+
+
 def final_reads(store: ArtifactStore, keys: Iterable[str], seed: int) -> list[Op]:
     """The verification pass: read every key (and list) through ``store``, as client ``final``."""
     recorder = Recorder(store, "final", seed)
