@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
+from typing import cast
 
+import blake3
 import httpx
 import redis
 from pydantic import SecretStr
@@ -26,6 +30,14 @@ from .harness import Case
 MB = 1024 * 1024
 ONE_MB = Message(content=os.urandom(MB))
 SIXTY_FOUR_MB = Message(content=os.urandom(64 * MB))
+# The store hashes payloads below 2 MiB on one thread (more threads cost more than they save there).
+ONE_DIGEST = "+ one BLAKE3 pass over the payload (one thread, as the store at this size)"
+
+
+def digest(data: bytes) -> bytes:
+    """One BLAKE3 pass over ``data``, threaded as the store threads it (from 2 MiB)."""
+    threads = blake3.blake3.AUTO if len(data) >= 2 * MB else 1
+    return blake3.blake3(data, max_threads=threads).digest()
 
 
 def redis_cases(stack: ExitStack) -> list[Case]:
@@ -44,8 +56,13 @@ def redis_cases(stack: ExitStack) -> list[Case]:
         store.clear()
         raw.delete(*raw.keys("raw:*") or [b"raw:none"])
 
-    def save_case(name: str, message: Message, number: int, target: float | None) -> Case:
+    def save_case(name: str, message: Message, number: int, target: float | None, floor: bool = False) -> Case:
         blob = message.content if isinstance(message.content, bytes) else small_bytes
+
+        def floor_save(i: int) -> None:
+            digest(blob)
+            raw.set(f"raw:f{i}", blob)
+
         return Case(
             "redis",
             f"{name} save",
@@ -54,25 +71,31 @@ def redis_cases(stack: ExitStack) -> list[Case]:
             number=number,
             target=target,
             reset=reset,
+            floor=floor_save if floor else None,
+            floor_note=f"raw SET {ONE_DIGEST}" if floor else "",
         )
 
-    def get_case(name: str, message: Message, number: int, target: float | None) -> Case:
+    def get_case(name: str, message: Message, number: int, target: float | None, floor: bool = False) -> Case:
         blob = message.content if isinstance(message.content, bytes) else small_bytes
 
         def prepare() -> None:
             store.save("g", message)
             raw.set("raw:g", blob)
 
+        def floor_get(i: int) -> None:
+            digest(cast(bytes, raw.get("raw:g")))
+
         return Case(
             "redis", f"{name} get", lambda i: store.get("g"), lambda i: raw.get("raw:g"),
             number=number, target=target, prepare=prepare,
+            floor=floor_get if floor else None, floor_note=f"raw GET {ONE_DIGEST}" if floor else "",
         )  # fmt: skip
 
     cases += [
         save_case("small 1 KB", SMALL, 500, 1.5),
         get_case("small 1 KB", SMALL, 500, None),
-        save_case("1 MB", ONE_MB, 50, 1.2),
-        get_case("1 MB", ONE_MB, 50, 1.2),
+        save_case("1 MB", ONE_MB, 50, 1.2, floor=True),
+        get_case("1 MB", ONE_MB, 50, 1.2, floor=True),
         save_case("64 MB", SIXTY_FOUR_MB, 2, 1.2),
         get_case("64 MB", SIXTY_FOUR_MB, 2, 1.2),
         Case("redis", "exists", lambda i: store.exists("g"), lambda i: raw.exists("raw:g"), number=500),
@@ -86,11 +109,19 @@ def redis_cases(stack: ExitStack) -> list[Case]:
             pipe.set(f"raw:{key}", small_bytes)
         pipe.execute()
 
-    def raw_get_many(i: int) -> None:
+    def raw_get_many(i: int) -> list[bytes]:
         pipe = raw.pipeline(transaction=False)
         for key in batch:
             pipe.get(f"raw:{key}")
-        pipe.execute()
+        return pipe.execute()
+
+    # Where the JSON content starts in the stored bytes (the envelope ends with its payload).
+    content_at = len(small_bytes) - len(store.codec.encode(SMALL).payload)
+
+    def floor_get_many(i: int) -> None:
+        for value in raw_get_many(i):
+            digest(value)
+            json.loads(value[content_at:])
 
     def fill_both() -> None:
         store.save_many(batch)
@@ -103,7 +134,8 @@ def redis_cases(stack: ExitStack) -> list[Case]:
         ),
         Case(
             "redis", "get_many 1,000 small", lambda i: store.get_many(list(batch)), raw_get_many,
-            number=3, target=1.3, prepare=fill_both,
+            number=3, target=1.3, prepare=fill_both, floor=floor_get_many,
+            floor_note="raw pipelined GET + per artifact one BLAKE3 pass and json.loads of its content",
         ),
     ]  # fmt: skip
 
@@ -242,6 +274,7 @@ def moto(stack: ExitStack) -> tuple[str, dict[str, str]]:
 def s3_cases(stack: ExitStack) -> list[Case]:
     """The s3 backend beside raw boto3 put_object/get_object and list+delete_objects on the same moto server."""
     import boto3
+    from boto3.s3.transfer import TransferConfig
 
     from artifactstore_s3 import S3Settings, S3Store
 
@@ -254,7 +287,8 @@ def s3_cases(stack: ExitStack) -> list[Case]:
         aws_access_key_id=options["access_key_id"],
         aws_secret_access_key=options["secret_access_key"],
     )
-    store = S3Store(S3Settings(endpoint_url=endpoint, **options), namespace="bench")  # type: ignore[arg-type]
+    settings = S3Settings(endpoint_url=endpoint, **options)  # type: ignore[arg-type]
+    store = S3Store(settings, namespace="bench")
     stack.callback(store.close)
 
     def raw_clear(prefix: str) -> None:
@@ -288,15 +322,38 @@ def s3_cases(stack: ExitStack) -> list[Case]:
             number=2, repeat=5, reset=reset_single,
         )
     ]  # fmt: skip
+    # boto3's own managed upload, with the store's multipart settings: what the raw client does with a
+    # payload this large when asked to upload it the way the store must (in parts, from the threshold).
+    transfer = TransferConfig(
+        multipart_threshold=settings.multipart_threshold,
+        multipart_chunksize=settings.part_size,
+        max_concurrency=settings.max_concurrency,
+    )
+
+    def floor_save(i: int, d: bytes) -> None:
+        digest(d)
+        if len(d) >= transfer.multipart_threshold:
+            raw.upload_fileobj(io.BytesIO(d), bucket, f"raw/f{i}", Config=transfer)
+        else:
+            raw.put_object(Bucket=bucket, Key=f"raw/f{i}", Body=d)
+
     for name, message, number in (("1 MB", ONE_MB, 20), ("64 MB", SIXTY_FOUR_MB, 2)):
         data = message.content
         assert isinstance(data, bytes)
+        multipart = len(data) >= transfer.multipart_threshold
         cases.append(
             Case(
                 "s3", f"{name} save",
                 lambda i, m=message: store.save(f"s{i}", m),
                 lambda i, d=data: raw.put_object(Bucket=bucket, Key=f"raw/s{i}", Body=d),
                 number=number, repeat=5, target=1.2, reset=reset,
+                floor=lambda i, d=data: floor_save(i, d),
+                floor_note=(
+                    "boto3 upload_fileobj in parts (the store's threshold, part size and concurrency) "
+                    "+ one BLAKE3 pass"
+                    if multipart
+                    else f"raw put_object {ONE_DIGEST}"
+                ),
             )
         )  # fmt: skip
 
@@ -309,6 +366,8 @@ def s3_cases(stack: ExitStack) -> list[Case]:
                 "s3", f"{name} get", lambda i: store.get("g"),
                 lambda i: raw.get_object(Bucket=bucket, Key="raw/g")["Body"].read(),
                 number=number, repeat=5, target=1.2, prepare=prepare,
+                floor=lambda i: digest(raw.get_object(Bucket=bucket, Key="raw/g")["Body"].read()),
+                floor_note=f"raw get_object {ONE_DIGEST}" if not multipart else "raw get_object + one BLAKE3 pass",
             )
         )  # fmt: skip
 

@@ -39,6 +39,12 @@ class Case:
     #: Untimed set-up before each sample of ours / of raw (e.g. fill a namespace that the sample clears).
     before_ours: Callable[[int], None] | None = None
     before_raw: Callable[[int], None] | None = None
+    #: The least any store doing this work must pay: the raw call plus the work of a verified read or write
+    #: (one digest pass, the JSON parse) or the raw client's own way of sending that much (multipart).
+    #: Timed beside the other two, so its ratio to raw shows whether a target is within reach at all.
+    floor: Callable[[int], Any] | None = None
+    #: What ``floor`` does, in a few words (printed under the table).
+    floor_note: str = ""
 
 
 @dataclass
@@ -54,6 +60,21 @@ class Result:
     met: bool | None
     samples_ours: list[float] = field(default_factory=list)
     samples_raw: list[float] = field(default_factory=list)
+    floor_s: float | None = None
+    floor_ratio: float | None = None
+    floor_note: str = ""
+    samples_floor: list[float] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """ok, MISSED, or MISSED with the reason when the floor itself is above the target."""
+        if self.met is None:
+            return "-"
+        if self.met:
+            return "ok"
+        if self.target is not None and self.floor_ratio is not None and self.floor_ratio > self.target:
+            return "MISSED (floor above target)"
+        return "MISSED"
 
     @property
     def pair_ratios(self) -> list[float]:
@@ -85,15 +106,19 @@ def run_case(case: Case) -> Result:
         case.prepare()
     ours: list[float] = []
     raw: list[float] = []
-    _sample(case.ours, 1, 10_000_000)  # warm-up: connections, caches, lazy imports
-    _sample(case.raw, 1, 10_000_000)
+    floor: list[float] = []
+    sides = [(case.ours, ours, case.before_ours), (case.raw, raw, case.before_raw)]
+    if case.floor is not None:
+        sides.append((case.floor, floor, case.before_raw))  # the floor writes where raw writes
+    for func, _, _ in sides:
+        _sample(func, 1, 10_000_000)  # warm-up: connections, caches, lazy imports
     if case.reset is not None:
         case.reset()
     for rep in range(case.repeat):
         offset = rep * case.number
-        # Alternate which goes first so drift on a noisy machine does not favour one side.
-        sides = [(case.ours, ours, case.before_ours), (case.raw, raw, case.before_raw)]
-        order = sides if rep % 2 == 0 else sides[::-1]
+        # Rotate which goes first so drift on a noisy machine does not favour one side.
+        shift = rep % len(sides)
+        order = sides[shift:] + sides[:shift]
         for func, samples, before in order:
             if before is not None:
                 before(offset)
@@ -103,7 +128,13 @@ def run_case(case: Case) -> Result:
     ours_median, raw_median = statistics.median(ours), statistics.median(raw)
     ratio = ours_median / raw_median if raw_median > 0 else float("inf")
     met = None if case.target is None else ratio <= case.target
-    return Result(case.backend, case.workload, ours_median, raw_median, ratio, case.target, met, ours, raw)
+    result = Result(case.backend, case.workload, ours_median, raw_median, ratio, case.target, met, ours, raw)
+    if floor:
+        result.floor_s = statistics.median(floor)
+        result.floor_ratio = result.floor_s / raw_median if raw_median > 0 else float("inf")
+        result.floor_note = case.floor_note
+        result.samples_floor = floor
+    return result
 
 
 def _fmt(seconds: float) -> str:
@@ -116,12 +147,14 @@ def _fmt(seconds: float) -> str:
 
 def table(results: list[Result], extras: list[dict[str, Any]]) -> str:
     """The results as an aligned text table (with the memory figures after it)."""
-    headers = ["backend", "workload", "ours", "raw", "ratio", "per repetition", "target", "status"]
+    headers = ["backend", "workload", "ours", "raw", "ratio", "per repetition", "floor", "target", "status"]
     rows = []
     for r in results:
-        status = "-" if r.met is None else ("ok" if r.met else "MISSED")
         target = "-" if r.target is None else f"<= {r.target:g}x"
-        rows.append([r.backend, r.workload, _fmt(r.ours_s), _fmt(r.raw_s), f"{r.ratio:.2f}x", r.spread, target, status])
+        floor = "-" if r.floor_ratio is None else f"{r.floor_ratio:.2f}x"
+        rows.append(
+            [r.backend, r.workload, _fmt(r.ours_s), _fmt(r.raw_s), f"{r.ratio:.2f}x", r.spread, floor, target, r.status]
+        )
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
     lines = [
         "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip()
@@ -130,6 +163,11 @@ def table(results: list[Result], extras: list[dict[str, Any]]) -> str:
     for extra in extras:
         status = "ok" if extra.get("met") else ("MISSED" if extra.get("met") is False else "-")
         lines.append(f"{extra['backend']}  {extra['workload']}: {extra['value']}  (target {extra['target']})  {status}")
+    notes = [r for r in results if r.floor_note]
+    if notes:
+        lines.append("")
+        lines.append("floor: the raw call plus the work any verified store must do, as a ratio to raw:")
+        lines.extend(f"  {r.backend} {r.workload}: {r.floor_note}" for r in notes)
     return "\n".join(lines)
 
 

@@ -46,3 +46,46 @@ def test_spread_is_the_range_of_per_repetition_ratios() -> None:
     result = Result("b", "w", 2.0, 1.0, 2.0, None, None, [2.0, 3.0, 1.5], [1.0, 1.0, 1.0])
     assert result.pair_ratios == [2.0, 3.0, 1.5]
     assert result.spread == "1.50-3.00x"
+
+
+def test_a_floor_is_timed_beside_both_sides_and_explains_a_miss(tmp_path: Path) -> None:
+    calls = {"ours": 0, "raw": 0, "floor": 0}
+    order: list[str] = []
+
+    def side(name: str):  # type: ignore[no-untyped-def]
+        def run(i: int) -> None:
+            calls[name] += 1
+            if not order or order[-1] != name:
+                order.append(name)
+
+        return run
+
+    case = Case(
+        "demo", "floored", side("ours"), side("raw"), number=5, repeat=3, target=1e-9,
+        floor=side("floor"), floor_note="raw + one digest",
+    )  # fmt: skip
+    result = run_case(case)
+    assert calls == {"ours": 16, "raw": 16, "floor": 16}  # one warm-up call each, then 3 samples of 5
+    # Each side goes first in one repetition out of three (after the warm-ups).
+    firsts = [order[3 + 3 * rep] for rep in range(3)]
+    assert sorted(firsts) == ["floor", "ours", "raw"]
+    assert result.floor_s is not None
+    assert result.floor_ratio is not None
+    assert len(result.samples_floor) == 3
+    # A target below even the floor's ratio is reported as such.
+    assert result.met is False
+    assert result.status == "MISSED (floor above target)"
+    text = table([result], [])
+    assert "MISSED (floor above target)" in text
+    assert "raw + one digest" in text
+
+    write_json(tmp_path / "out.json", [result], [])
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["results"][0]["floor_ratio"] == result.floor_ratio
+
+
+def test_a_miss_above_a_reachable_floor_is_a_plain_miss() -> None:
+    result = Result("b", "w", 3.0, 1.0, 3.0, 1.5, False, [3.0], [1.0], floor_s=1.2, floor_ratio=1.2)
+    assert result.status == "MISSED"
+    assert Result("b", "w", 1.0, 1.0, 1.0, 1.5, True).status == "ok"
+    assert Result("b", "w", 1.0, 1.0, 1.0, None, None).status == "-"
