@@ -63,28 +63,47 @@ SAVE_WRITTEN = 2
 #: COMMIT's result: the uploaded payload is not there (its upload failed, or it expired); nothing changed.
 SAVE_UPLOAD_MISSING = 3
 
-# Shared by SAVE and COMMIT. The server's clock in milliseconds (expiry and index scores use it, never a
-# client's clock, so that every client agrees on what has expired).
-_NOW = """
+# The end of SAVE and COMMIT, composed into both (so each is one self-contained script): once the artifact
+# is written, stored(hash, index, member, ttl, current, payload) sets its expiry and index entry, prunes the
+# index, and returns the result "written". ``ttl`` is in milliseconds (0: none); ``current`` is the identity
+# the hash held before (false for a new artifact); ``payload`` is the payload key when the payload lives
+# there (COMMIT), false when it is in the hash (SAVE).
+#
+# Expiry and index scores use the server's clock, never a client's, so that every client agrees on what
+# has expired. Index entries of expired artifacts are pruned a few at a time, so no call does unbounded
+# work. The index is ordered by expiry, so its first entry tells whether anything can be stale; a namespace
+# without TTLs pays one ZRANGE and never reads the clock.
+_STORED = """
 local function server_ms()
   local clock = redis.call('TIME')
   return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 end
-"""
 
-# Shared by SAVE and COMMIT, after the artifact is written: index entries of expired artifacts are pruned a
-# few at a time, so no call does unbounded work. The index is ordered by expiry, so its first entry tells
-# whether anything can be stale; a namespace without TTLs pays one ZRANGE and never reads the clock.
-_PRUNE = """
-local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-if first[2] and first[2] ~= 'inf' then
-  now = now or server_ms()
-  if tonumber(first[2]) < now then
-    local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, 32)
-    if #stale > 0 then redis.call('ZREM', KEYS[2], unpack(stale)) end
+local function stored(hash, index, member, ttl, current, payload)
+  local now = false
+  if ttl > 0 then
+    now = server_ms()
+    -- The same instant for hash and payload key: they expire together.
+    redis.call('PEXPIREAT', hash, now + ttl)
+    if payload then redis.call('PEXPIREAT', payload, now + ttl) end
+    redis.call('ZADD', index, now + ttl, member)
+  else
+    -- RENAME carried the upload's safety expiry over to the payload key.
+    if payload then redis.call('PERSIST', payload) end
+    -- A new hash has no expiry; an overwritten one keeps its old expiry unless removed.
+    if current then redis.call('PERSIST', hash) end
+    redis.call('ZADD', index, 'inf', member)
   end
+  local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  if first[2] and first[2] ~= 'inf' then
+    now = now or server_ms()
+    if tonumber(first[2]) < now then
+      local stale = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. now, 'LIMIT', 0, 32)
+      if #stale > 0 then redis.call('ZREM', index, unpack(stale)) end
+    end
+  end
+  return 2
 end
-return 2
 """
 
 #: KEYS: artifact hash, namespace index, payload key. ARGV: index member (encoded step id), identity key,
@@ -92,7 +111,7 @@ return 2
 #: the hash (an inline artifact).
 SAVE = LuaScript(
     "save",
-    _NOW
+    _STORED
     + """
 local current = redis.call('HGET', KEYS[1], 'id')
 if current and ARGV[5] ~= '1' then
@@ -102,19 +121,8 @@ end
 redis.call('HSET', KEYS[1], 'head', ARGV[3], 'payload', ARGV[4], 'id', ARGV[2])
 -- An overwritten artifact may have kept its payload in the payload key.
 if current then redis.call('UNLINK', KEYS[3]) end
-local ttl = tonumber(ARGV[6])
-local now = false
-if ttl > 0 then
-  now = server_ms()
-  redis.call('PEXPIREAT', KEYS[1], now + ttl)
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-else
-  -- A new hash has no expiry; an overwritten one keeps its old expiry unless removed.
-  if current then redis.call('PERSIST', KEYS[1]) end
-  redis.call('ZADD', KEYS[2], 'inf', ARGV[1])
-end
-"""
-    + _PRUNE,
+return stored(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[6]), current, false)
+""",
 )
 
 #: KEYS: artifact hash, namespace index, payload key, upload key (where the payload was uploaded with
@@ -123,7 +131,7 @@ end
 #: hash; whenever it does not, it deletes the upload, except when the upload is missing (result 3).
 COMMIT = LuaScript(
     "commit",
-    _NOW
+    _STORED
     + """
 local current = redis.call('HGET', KEYS[1], 'id')
 if current then
@@ -144,22 +152,8 @@ if current then redis.call('UNLINK', KEYS[3]) end
 redis.call('RENAME', KEYS[4], KEYS[3])
 if current then redis.call('HDEL', KEYS[1], 'payload') end
 redis.call('HSET', KEYS[1], 'head', ARGV[3], 'id', ARGV[2])
-local ttl = tonumber(ARGV[5])
-local now = false
-if ttl > 0 then
-  now = server_ms()
-  -- The same instant for both keys: they expire together.
-  redis.call('PEXPIREAT', KEYS[1], now + ttl)
-  redis.call('PEXPIREAT', KEYS[3], now + ttl)
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-else
-  -- RENAME carried the upload's safety expiry over to the payload key.
-  redis.call('PERSIST', KEYS[3])
-  if current then redis.call('PERSIST', KEYS[1]) end
-  redis.call('ZADD', KEYS[2], 'inf', ARGV[1])
-end
-"""
-    + _PRUNE,
+return stored(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[5]), current, KEYS[3])
+""",
 )
 
 #: KEYS: artifact hash, payload key. Returns head and payload read at one instant (the payload from the

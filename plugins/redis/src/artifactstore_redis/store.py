@@ -26,7 +26,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
@@ -298,24 +298,29 @@ def _pool_exhausted(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _SavePlan:
+class _ScriptCall:
+    """One call of a script, with the upload that must precede it in the same round trip (if any)."""
+
+    script: LuaScript
+    keys: Sequence[bytes]
+    args: Sequence[Any]
+    #: The key to upload ``payload`` to with ``SET ... PX`` just before the script runs, or None.
+    upload: bytes | None = None
+    #: The stored payload of a save (inside ``args`` for SAVE; sent with SET for an upload).
+    payload: bytes = b""
+
+    def command(self, *, cached: bool) -> tuple[Any, ...]:
+        """EVALSHA when the server is believed to hold the script, else EVAL (which also caches it)."""
+        if cached:
+            return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        return ("EVAL", self.script.source, len(self.keys), *self.keys, *self.args)
+
+
+@dataclass(frozen=True, slots=True)
+class _SavePlan(_ScriptCall):
     """One encoded artifact, ready to send: the SAVE script alone, or an upload followed by COMMIT."""
 
-    step_id: str
-    keys: list[bytes]
-    args: list[Any]
-    #: The stored payload (inside ``args`` for SAVE; sent with SET for an upload).
-    payload: bytes
-    #: The upload key, or None for an inline save.
-    upload: bytes | None
-
-    @property
-    def script(self) -> LuaScript:
-        return SAVE if self.upload is None else COMMIT
-
-
-class _UploadVanishedError(Exception):
-    """COMMIT found no upload although its SET succeeded (the upload expired or the server lost it)."""
+    step_id: str = field(kw_only=True)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -451,12 +456,12 @@ class RedisStore(ArtifactStore):
         flag = b"1" if overwrite else b"0"
         ttl_ms = self._ttl_ms(ttl)
         if len(payload) < _INLINE_MAX:
-            return _SavePlan(
-                step_id, keys, [member, encoded.identity_key, encoded.head, payload, flag, ttl_ms], payload, None
-            )
+            args = [member, encoded.identity_key, encoded.head, payload, flag, ttl_ms]
+            return _SavePlan(SAVE, keys, args, payload=payload, step_id=step_id)
         upload = self._upload_key()
         keys.append(upload)
-        return _SavePlan(step_id, keys, [member, encoded.identity_key, encoded.head, flag, ttl_ms], payload, upload)
+        args = [member, encoded.identity_key, encoded.head, flag, ttl_ms]
+        return _SavePlan(COMMIT, keys, args, upload, payload, step_id=step_id)
 
     def _decode(self, step_id: str, head: bytes | None, payload: bytes | None) -> Message:
         if head is None or payload is None:
@@ -483,7 +488,7 @@ class RedisStore(ArtifactStore):
         plan = self._plan(step_id, message, overwrite, ttl)
         self._announce()
         # One script call for an inline payload; otherwise upload and commit, pipelined in one round trip.
-        result = self._script(SAVE, plan.keys, plan.args) if plan.upload is None else self._send([plan])[0]
+        (result,) = self._send([plan])
         if isinstance(result, BaseException):
             raise result
         if result == SAVE_EXISTS:
@@ -658,29 +663,38 @@ class RedisStore(ArtifactStore):
 
         Every operation of this store may be repeated safely: a save whose reply was lost finds its own
         artifact on the retry and succeeds as an identical save; a delete or clear batch whose reply was lost
-        finds the result its first attempt recorded (see DELETE), so it reports what it removed.
+        finds the result its first attempt recorded (see DELETE), so it reports what it removed. Script calls
+        go through :meth:`_send`, which follows the same policy call by call.
         """
-        settings = self._settings
         retries = 0
         while True:
             try:
                 return operation()
             except (RedisError, RedisClusterException) as exc:
-                if retries >= settings.retry_attempts or not self._retryable(exc):
+                if not self._may_retry(exc, retries):
                     raise
                 retries += 1
-                ceiling = min(settings.retry_backoff_max, settings.retry_backoff * 2 ** (retries - 1))
-                # Equal jitter spreads out many clients retrying after one failure; not security.
-                delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311
-                _log.debug(
-                    "redis %s on %s; retry %d of %d in %.3f s",
-                    type(exc).__name__,
-                    self._where,
-                    retries,
-                    settings.retry_attempts,
-                    delay,
-                )
-                time.sleep(delay)
+                self._back_off(exc, retries)
+
+    def _may_retry(self, exc: BaseException, retries: int) -> bool:
+        """Whether a failure after ``retries`` retries is retried once more."""
+        return retries < self._settings.retry_attempts and self._retryable(exc)
+
+    def _back_off(self, exc: BaseException, retry: int) -> None:
+        """Wait before retry number ``retry`` (from 1): exponential backoff with equal jitter."""
+        settings = self._settings
+        ceiling = min(settings.retry_backoff_max, settings.retry_backoff * 2 ** (retry - 1))
+        # Equal jitter spreads out many clients retrying after one failure; not security.
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311
+        _log.debug(
+            "redis %s on %s; retry %d of %d in %.3f s",
+            type(exc).__name__,
+            self._where,
+            retry,
+            settings.retry_attempts,
+            delay,
+        )
+        time.sleep(delay)
 
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, (AuthenticationError, AuthorizationError)) or _pool_exhausted(exc):
@@ -690,50 +704,93 @@ class RedisStore(ArtifactStore):
         return isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException))
 
     def _script(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
-        def run() -> Any:
-            (result,) = self._roundtrip([("EVALSHA", script.sha, len(keys), *keys, *args)])
-            if isinstance(result, NoScriptError):
-                # The server restarted or was flushed since the script was cached; EVAL caches it again.
-                (result,) = self._roundtrip([("EVAL", script.source, len(keys), *keys, *args)])
-            if isinstance(result, Exception):
-                raise result
-            return result
+        """Run one script call (see :meth:`_send`) and return its result; an error reply is raised."""
+        (result,) = self._send([_ScriptCall(script, keys, args)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        return self._retrying(run)
+    def _send(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """Run script calls, pipelined; return their results in order (an error reply is returned, not raised).
 
-    def _send(self, plans: Sequence[_SavePlan]) -> list[Any]:
-        """Run the saves in one pipeline (each upload just before its commit); results may be exceptions."""
-        results = self._retrying(functools.partial(self._send_once, plans))
-        for index, result in enumerate(results):
-            if isinstance(result, _UploadVanishedError):
-                # The upload expired or the server lost it before its commit ran: once more, alone.
-                (again,) = self._retrying(functools.partial(self._send_once, [plans[index]]))
-                if isinstance(again, _UploadVanishedError):
-                    again = BackendError(
-                        f"redis at {self._where} lost the uploaded payload of {plans[index].step_id!r} twice "
-                        "before it could be committed; nothing was saved"
-                    )
-                results[index] = again
-        return results
+        The one way this store runs its scripts. Each round trip sends every call still waiting for its
+        result: its upload's ``SET`` (if it has one) just before the script. A call leaves the loop with its
+        first final reply, and is never sent again after that. The others:
 
-    def _send_once(self, plans: Sequence[_SavePlan]) -> list[Any]:
-        commands: list[tuple[Any, ...]] = []
-        for plan in plans:
-            if plan.upload is not None:
-                commands.append(("SET", plan.upload, plan.payload, "PX", _UPLOAD_TTL_MS))
-            commands.append(("EVALSHA", plan.script.sha, len(plan.keys), *plan.keys, *plan.args))
-        replies = iter(self._roundtrip(commands))
-        results: list[Any] = []
-        for plan in plans:
-            uploaded = next(replies) if plan.upload is not None else None
-            result = next(replies)
-            if isinstance(result, NoScriptError):
-                # NOSCRIPT means the script did not run, so running it now with EVAL is safe.
-                (result,) = self._roundtrip([("EVAL", plan.script.source, len(plan.keys), *plan.keys, *plan.args)])
-            if result == SAVE_UPLOAD_MISSING:
-                # The commit changed nothing. A failed upload (a full server...) is the save's error.
-                result = uploaded if isinstance(uploaded, Exception) else _UploadVanishedError()
-            results.append(result)
+        - ``NOSCRIPT`` (the server restarted or its script cache was flushed): the script did not run. Every
+          call that got it goes in the next round trip with ``EVAL``, which caches the script again, so a
+          flushed cache costs one round trip per batch, not one per call; an upload the server accepted is
+          not sent again.
+        - a transient error reply (``TRYAGAIN``, ``CLUSTERDOWN``, what :meth:`_retryable` accepts): the call
+          is retried alone, after the backoff, under the policy of :meth:`_retrying`. A round trip that
+          failed as a whole (a dropped connection) is retried with every call it carried, each of which may
+          or may not have run; every script is safe to repeat (see :meth:`_retrying`). The retries count
+          per ``_send``, so no call is attempted more than ``retry_attempts + 1`` times.
+        - an upload that vanished before its commit (the commit found no upload although its ``SET``
+          succeeded: it expired in a stall, or the server lost it) is sent again once, then is an error.
+
+        Raises:
+            RedisError, RedisClusterException: a round trip failed and was not retried (or its retries ran out).
+        """
+        results: list[Any] = [None] * len(calls)
+        waiting = list(range(len(calls)))
+        uncached: set[int] = set()  # calls to send with EVAL
+        uploaded: set[int] = set()  # calls whose upload is on the server although their script has not run
+        vanished: set[int] = set()  # calls whose upload vanished once
+        retries = 0
+        while waiting:
+            commands: list[tuple[Any, ...]] = []
+            uploading = [calls[index].upload is not None and index not in uploaded for index in waiting]
+            for index, upload in zip(waiting, uploading, strict=True):
+                call = calls[index]
+                if upload:
+                    commands.append(("SET", call.upload, call.payload, "PX", _UPLOAD_TTL_MS))
+                commands.append(call.command(cached=index not in uncached))
+            try:
+                replies = iter(self._roundtrip(commands))
+            except (RedisError, RedisClusterException) as exc:
+                if not self._may_retry(exc, retries):
+                    raise
+                retries += 1
+                self._back_off(exc, retries)
+                continue
+            again: list[int] = []
+            transient: list[tuple[int, Exception]] = []
+            for index, upload in zip(waiting, uploading, strict=True):
+                call = calls[index]
+                upload_reply = next(replies) if upload else None
+                result = next(replies)
+                if isinstance(result, NoScriptError):
+                    uncached.add(index)
+                    if upload and not isinstance(upload_reply, Exception):
+                        uploaded.add(index)  # in place: the EVAL needs no second upload
+                    again.append(index)
+                    continue
+                if call.upload is not None and result == SAVE_UPLOAD_MISSING:
+                    # The commit changed nothing. A failed upload (a full server...) is the call's error.
+                    if isinstance(upload_reply, Exception):
+                        result = upload_reply
+                    elif index not in vanished:
+                        vanished.add(index)
+                        uploaded.discard(index)
+                        again.append(index)
+                        continue
+                    else:
+                        what = f"of {call.step_id!r} " if isinstance(call, _SavePlan) else ""
+                        result = BackendError(
+                            f"redis at {self._where} lost the uploaded payload {what}twice before it could be "
+                            "committed; nothing was saved"
+                        )
+                if isinstance(result, Exception) and self._may_retry(result, retries):
+                    transient.append((index, result))
+                    continue
+                results[index] = result
+            if transient:
+                retries += 1
+                self._back_off(transient[0][1], retries)
+                again.extend(index for index, _ in transient)
+                again.sort()  # the calls keep their order
+            waiting = again
         return results
 
     def _pipelined(self, commands: Iterable[tuple[Any, ...]], *, raise_errors: bool = False) -> list[Any]:
