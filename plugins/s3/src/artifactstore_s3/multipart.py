@@ -139,8 +139,10 @@ class MultipartUpload:
         """Wait for every part and complete the upload (``If-None-Match: *`` when ``if_none_match``).
 
         Raises:
-            ClientError: ``PreconditionFailed`` (412) when ``if_none_match`` and the key exists; the upload
-                is then still open and the caller must :meth:`abort` it.
+            ClientError: ``PreconditionFailed`` (412) when ``if_none_match`` and the key exists, or
+                ``ConditionalRequestConflict`` (409) when a concurrent write or delete of the key was in
+                flight (S3 then wants a new upload, not a second completion of this one); either way the
+                caller must :meth:`abort` this upload.
         """
         while self._inflight:
             self._finish_oldest()

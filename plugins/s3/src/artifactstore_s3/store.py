@@ -6,6 +6,7 @@ import builtins
 import io
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -58,14 +59,22 @@ DELETE_BATCH = 1000
 _READ_CHUNK = 1 * MIB
 # Server-side copies move this much per request when a staged stream is assembled into its final object.
 _COPY_PART_SIZE = 256 * MIB
-# Attempts at one write-once save while a concurrent writer keeps creating or deleting the same key.
-_RACE_ATTEMPTS = 5
+# Backoff before looking again after a 409 ConditionalRequestConflict: doubles per attempt from the base, up to
+# the cap, with jitter so that writers racing for one key do not retry in step.
+_CONFLICT_BACKOFF = 0.05
+_CONFLICT_BACKOFF_CAP = 1.0
 _STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
 
 
 def _precondition_failed(exc: BaseException) -> bool:
     code, status = client_error_code(exc)
     return status == 412 or code == "PreconditionFailed"
+
+
+def _conflict(exc: BaseException) -> bool:
+    """S3's 409 on a conditional write: a concurrent write or delete of the key was in flight; retry."""
+    code, _ = client_error_code(exc)
+    return code == "ConditionalRequestConflict"
 
 
 def _missing(exc: BaseException) -> bool:
@@ -386,35 +395,34 @@ class S3Store(ArtifactStore):
 
     # -- writing --------------------------------------------------------------------------------------
 
-    def _put(self, key: str, layout: ObjectLayout, payload: bytes, conditional: bool) -> bool:
-        """One PUT; ``False`` if ``conditional`` and the key exists."""
+    def _put(self, key: str, layout: ObjectLayout, payload: bytes, conditional: bool) -> None:
+        """One PUT (``If-None-Match: *`` when ``conditional``).
+
+        Raises:
+            ClientError: any refusal, 412 and 409 included; :meth:`_write_once` decides what they mean.
+        """
         body = layout.prelude + payload if layout.prelude else payload
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
-        for attempt in range(_RACE_ATTEMPTS):
-            try:
-                self.client.put_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    Body=body,
-                    Metadata=layout.metadata,
-                    ContentType=layout.content_type,
-                    **extra,
-                )
-                return True
-            except ClientError as exc:
-                if conditional and _precondition_failed(exc):
-                    return False
-                code, _ = client_error_code(exc)
-                # 409: another conditional write to this key is in flight; S3 asks to retry.
-                if code != "ConditionalRequestConflict" or attempt == _RACE_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+        self.client.put_object(
+            Bucket=self._bucket,
+            Key=key,
+            Body=body,
+            Metadata=layout.metadata,
+            ContentType=layout.content_type,
+            **extra,
+        )
 
     def _upload(
         self, key: str, layout: ObjectLayout, feed: Callable[[MultipartUpload], None], conditional: bool
-    ) -> bool:
-        """A multipart upload fed by ``feed``, aborted on any failure; ``False`` if the condition failed."""
+    ) -> None:
+        """A multipart upload fed by ``feed`` and completed (``If-None-Match: *`` when ``conditional``).
+
+        On any failure the upload is aborted before the error propagates, so nothing is left behind; a
+        refused completion (412, 409) is then decided by :meth:`_write_once` like a refused PUT.
+
+        Raises:
+            ClientError: any refusal, 412 and 409 included.
+        """
         upload = MultipartUpload(
             self.client,
             self._bucket,
@@ -428,47 +436,70 @@ class S3Store(ArtifactStore):
         try:
             feed(upload)
             upload.complete(if_none_match=conditional)
-        except BaseException as exc:
+        except BaseException:
             upload.abort()
-            if conditional and _precondition_failed(exc):
-                return False
             raise
-        return True
 
     def _write_once(
         self,
         step_id: str,
         key: str,
         header: Header,
-        write: Callable[[bool], bool],
+        write: Callable[[bool], None],
         overwrite: bool,
         *,
         check_first: bool,
     ) -> None:
-        """Run ``write(conditional)`` under the write-once rule.
+        """Run ``write(conditional)`` under the write-once rule: the one place that decides what a refused
+        conditional write (single PUT or multipart completion alike) means.
 
         ``check_first`` looks for an existing artifact before writing (worth one HEAD before a large upload);
         without working conditional writes the check always runs and the write is unconditional.
+
+        A conditional write can end without settling the id: a 409 ``ConditionalRequestConflict`` (another
+        conditional write or a delete of the key was in flight; S3 asks to retry, and for a multipart upload
+        to start it again) or a 412 whose object is deleted before we look. Then the stored artifact is read:
+        the same artifact is success, a different one :class:`ArtifactExistsError`, none at all means
+        writing again, ``max_attempts`` writes in all (the configured retry policy), backing off after a 409.
+
+        Raises:
+            ArtifactExistsError: a different artifact is stored under ``step_id``.
+            BackendUnavailableError: every attempt was left unsettled (the last 409, when it was one, chained).
+            ClientError: any other failure of the write or the look (translated by the caller).
         """
         if overwrite:
             write(False)
             return
         atomic = self._ensure_conditional()
-        for _ in range(_RACE_ATTEMPTS):
-            if check_first or not atomic:
+        look = check_first or not atomic
+        attempts = self._settings.max_attempts
+        unsettled: ClientError | None = None
+        for attempt in range(attempts + 1):
+            if look:
                 existing = self._existing_header(key, step_id)
                 if existing is not None:
                     if existing.identity() == header.identity():
                         return
                     raise self._exists_error(step_id)
-            if write(atomic):
+            if attempt == attempts:
+                break  # the last write was not settled and nothing is stored: give up
+            try:
+                write(atomic)
                 return
-            existing = self._existing_header(key, step_id)
-            if existing is None:
-                continue  # deleted between our write and our look: try again
-            if existing.identity() == header.identity():
-                return
-            raise self._exists_error(step_id)
+            except ClientError as exc:
+                if not atomic:
+                    raise
+                if _conflict(exc):
+                    # The other write may be about to finish: wait before looking, so that its artifact
+                    # settles the id instead of another upload.
+                    delay = min(_CONFLICT_BACKOFF_CAP, _CONFLICT_BACKOFF * 2**attempt)
+                    time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter, not a secret)
+                elif not _precondition_failed(exc):
+                    raise
+                unsettled = exc
+            look = True
+        if unsettled is not None and _conflict(unsettled):
+            raise unsettled  # translated to BackendUnavailableError naming the code; the caller may retry
         raise BackendUnavailableError(
             f"saving {step_id!r}: the object kept being created and deleted by other writers; retry",
             step_id=step_id,
@@ -491,10 +522,11 @@ class S3Store(ArtifactStore):
                 buffer[: len(part)] = part
                 upload.add_buffer(buffer, len(part))
 
-        def write(conditional: bool) -> bool:
+        def write(conditional: bool) -> None:
             if large:
-                return self._upload(key, layout, feed, conditional)
-            return self._put(key, layout, payload, conditional)
+                self._upload(key, layout, feed, conditional)
+            else:
+                self._put(key, layout, payload, conditional)
 
         self._write_once(step_id, key, encoded.header, write, overwrite, check_first=large)
 
@@ -619,8 +651,8 @@ class S3Store(ArtifactStore):
             if seen != size or check.hexdigest() != digest:
                 raise SerializationError(f"the stream saved as {step_id!r} changed while it was being uploaded")
 
-        def write(conditional: bool) -> bool:
-            return self._upload(key, layout, feed, conditional)
+        def write(conditional: bool) -> None:
+            self._upload(key, layout, feed, conditional)
 
         self._write_once(step_id, key, header, write, overwrite, check_first=True)
 
@@ -671,8 +703,8 @@ class S3Store(ArtifactStore):
                     upload.add_copy(staging, offset, end)
                     offset = end
 
-            def write(conditional: bool) -> bool:
-                return self._upload(key, layout, assemble, conditional)
+            def write(conditional: bool) -> None:
+                self._upload(key, layout, assemble, conditional)
 
             self._write_once(step_id, key, header, write, overwrite, check_first=True)
         finally:
