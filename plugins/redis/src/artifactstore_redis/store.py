@@ -725,7 +725,9 @@ class RedisStore(ArtifactStore):
           is retried alone, after the backoff, under the policy of :meth:`_retrying`. A round trip that
           failed as a whole (a dropped connection) is retried with every call it carried, each of which may
           or may not have run; every script is safe to repeat (see :meth:`_retrying`). The retries count
-          per ``_send``, so no call is attempted more than ``retry_attempts + 1`` times.
+          per ``_send`` (one budget for the batch, as one operation has under :meth:`_retrying`), so no call
+          is retried after a transient failure more than ``retry_attempts`` times; a ``NOSCRIPT`` and a
+          vanished upload each add one send that is not counted, because the script did not run.
         - an upload that vanished before its commit (the commit found no upload although its ``SET``
           succeeded: it expired in a stall, or the server lost it) is sent again once, then is an error.
 

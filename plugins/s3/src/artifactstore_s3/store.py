@@ -464,8 +464,10 @@ class S3Store(ArtifactStore):
 
         Raises:
             ArtifactExistsError: a different artifact is stored under ``step_id``.
-            BackendUnavailableError: every attempt was left unsettled (the last 409, when it was one, chained).
-            ClientError: any other failure of the write or the look (translated by the caller).
+            BackendUnavailableError: every attempt was left unsettled by a deleted object.
+            ClientError: the last 409 when every attempt was left unsettled by conflicts, and any other
+                failure of the write or the look (the caller translates them: a 409 becomes a retryable
+                :class:`BackendUnavailableError` naming its code).
         """
         if overwrite:
             write(False)
