@@ -197,7 +197,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     Returns:
         The text without any of the secrets. Raises nothing.
     """
-    forms = {form for secret in secrets if secret for form in (secret, quote(secret), quote(secret, safe=""))}
+    forms = {form for secret in secrets if secret for form in _spellings(secret)}
     if not text or not forms:
         return text
     # Mark every character any form covers, then mask each marked run once: replacing the forms one after
@@ -218,3 +218,12 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         parts.append(REDACTED if covered[index] else text[index:end])
         index = end
     return "".join(parts)
+
+
+def _spellings(secret: str) -> tuple[str, ...]:
+    try:
+        return secret, quote(secret), quote(secret, safe="")
+    except UnicodeEncodeError:
+        # A lone surrogate (an environment value that was not valid UTF-8) has no URL-quoted form; the
+        # secret as it is can still be masked, and masking must never fail while an error is being raised.
+        return (secret,)

@@ -92,6 +92,11 @@ def test_redact_masks_the_url_quoted_forms(spelling: str) -> None:
     assert errors.redact(f"redis://:{spelling}@host/0", ["p@ss/w:rd"]) == "redis://:**********@host/0"
 
 
+def test_redact_masks_a_secret_that_cannot_be_url_quoted() -> None:
+    # An environment value that was not valid UTF-8 holds lone surrogates; quoting it would raise.
+    assert errors.redact("bad pw\udcff!", ["pw\udcff"]) == "bad **********!"
+
+
 @given(
     text=st.text(alphabet="ab/@ %", max_size=40),
     secrets=st.lists(st.text(alphabet="ab/@", max_size=5), max_size=4),
