@@ -15,11 +15,15 @@ what the caller should do about them:
 Each class has a ``retryable`` flag, every instance is picklable (so errors cross process pools intact),
 and messages name the step id, namespace, backend or setting concerned, never a secret. Errors raised
 while translating a client library's exception always chain the original as ``__cause__``.
+:func:`redact` removes secrets from text a backend quotes in a message (a server's error, a client's
+exception text).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 __all__ = [
     "AccessDeniedError",
@@ -36,12 +40,18 @@ __all__ = [
     "InvalidStepIdError",
     "PayloadTooLargeError",
     "PluginLoadError",
+    "REDACTED",
     "SchemaMismatchError",
     "SerializationError",
     "StoreClosedError",
     "UnsupportedFormatError",
     "UnsupportedOperationError",
+    "redact",
 ]
+
+#: What :func:`redact` puts in place of a secret: pydantic's mask for a ``SecretStr``, which
+#: ``artifactstore config`` prints too, so a masked value looks the same everywhere.
+REDACTED = "**********"
 
 
 class ArtifactStoreError(Exception):
@@ -165,3 +175,55 @@ class AccessDeniedError(BackendError, PermissionError):
 
 class StoreClosedError(ArtifactStoreError):
     """The store was closed with :meth:`~artifactstore_core.ArtifactStore.close`; create a new one."""
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by :data:`REDACTED`.
+
+    Each secret is also masked in its URL-quoted forms (``urllib.parse.quote`` with and without ``/``
+    escaped), as it appears inside a connection URL or a request path. Empty secrets are ignored. Where
+    secrets overlap or one contains another (a password and a longer token that includes it), the whole
+    stretch they cover becomes one mask, so no part of either is left readable. Backends call it on any
+    text they did not write themselves before putting it in an error message::
+
+        from artifactstore_core.errors import BackendError, redact
+
+        raise BackendError(f"server said: {redact(str(exc), [password])}") from exc
+
+    Args:
+        text: the text to clean, e.g. ``str(exc)`` of a client library's exception.
+        secrets: the secret values, e.g. each ``SecretStr.get_secret_value()`` of the settings.
+
+    Returns:
+        The text without any of the secrets. Raises nothing.
+    """
+    forms = {form for secret in secrets if secret for form in _spellings(secret)}
+    if not text or not forms:
+        return text
+    # Mark every character any form covers, then mask each marked run once: replacing the forms one after
+    # another would leave pieces of two secrets that overlap without one containing the other.
+    covered = bytearray(len(text))
+    for form in forms:
+        start = text.find(form)
+        while start >= 0:
+            covered[start : start + len(form)] = b"\x01" * len(form)
+            start = text.find(form, start + 1)
+    if 1 not in covered:
+        return text
+    parts: list[str] = []
+    index = 0
+    while index < len(text):
+        end = covered.find(b"\x01" if not covered[index] else b"\x00", index)
+        end = len(text) if end < 0 else end
+        parts.append(REDACTED if covered[index] else text[index:end])
+        index = end
+    return "".join(parts)
+
+
+def _spellings(secret: str) -> tuple[str, ...]:
+    try:
+        return secret, quote(secret), quote(secret, safe="")
+    except UnicodeEncodeError:
+        # A lone surrogate (an environment value that was not valid UTF-8) has no URL-quoted form; the
+        # secret as it is can still be masked, and masking must never fail while an error is being raised.
+        return (secret,)

@@ -55,7 +55,7 @@ nitpick_ignore_regex = [
     ),
     (
         r"py:.*",
-        r"(pydantic|pydantic_core|pydantic_settings|starlette|uvicorn|httpx|redis|boto3|botocore|pluggy|click)\..*",
+        r"(pydantic|pydantic_core|pydantic_settings|starlette|uvicorn|httpx|redis|boto3|botocore|pluggy|click|blake3)\..*",
     ),
     # boto3-stubs' client type, named in annotations of the s3 test launcher (a typing-only package).
     (r"py:class", r"S3Client"),

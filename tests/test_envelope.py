@@ -21,8 +21,9 @@ from artifactstore_core import (
     SchemaInfo,
     SerializationError,
     UnsupportedFormatError,
+    envelope,
 )
-from artifactstore_core.envelope import MAGIC, PREFIX_SIZE, TAG_SIZE, PayloadVerifier, place_bytes
+from artifactstore_core.envelope import MAGIC, PREFIX_SIZE, TAG_SIZE, PayloadVerifier, new_hasher, place_bytes
 from artifactstore_core.message import canonical_json, thaw_json
 from artifactstore_core.testing import messages
 
@@ -308,6 +309,63 @@ def test_streaming_verifier() -> None:
     short.update(payload[:10])
     with pytest.raises(ArtifactCorruptedError):
         short.finish()
+
+
+class _RecordingBlake3:
+    """Stands in for ``blake3.blake3`` and records the ``max_threads`` each hasher is built with."""
+
+    AUTO = blake3.blake3.AUTO
+
+    def __init__(self, threads: list[int]) -> None:
+        self.threads = threads
+
+    def __call__(self, data: bytes = b"", *, max_threads: int = 1) -> blake3.blake3:
+        self.threads.append(max_threads)
+        return blake3.blake3(data, max_threads=max_threads)
+
+
+@pytest.fixture
+def hasher_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ``max_threads`` of every hasher the envelope module builds from here on in the test."""
+    threads: list[int] = []
+    recording = type("blake3_module", (), {"blake3": _RecordingBlake3(threads)})
+    monkeypatch.setattr(envelope, "blake3", recording)
+    return threads
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "threads"),
+    [
+        (None, 1),
+        (0, 1),
+        (64 << 10, 1),
+        ((2 << 20) - 1, 1),
+        (2 << 20, blake3.blake3.AUTO),
+        (64 << 20, blake3.blake3.AUTO),
+    ],
+)
+def test_new_hasher_uses_threads_from_2_mib_per_update(
+    chunk_size: int | None, threads: int, hasher_threads: list[int]
+) -> None:
+    new_hasher(chunk_size)
+    assert hasher_threads == [threads]
+
+
+def test_the_verifier_hashes_chunks_of_unknown_size_on_one_thread(hasher_threads: list[int]) -> None:
+    header = CODEC.encode(Message(content=b"x" * 100)).header
+    hasher_threads.clear()  # encoding hashed too
+    PayloadVerifier(header)
+    assert hasher_threads == [1]
+
+
+def test_new_hasher_gives_the_header_digest() -> None:
+    payload = bytes(range(256)) * 40
+    expected = CODEC.encode(Message(content=payload)).header.digest
+    for chunk_size in (None, 1000, 4 << 20):
+        hasher = new_hasher(chunk_size)
+        for start in range(0, len(payload), 1000):
+            hasher.update(payload[start : start + 1000])
+        assert hasher.hexdigest() == expected
 
 
 @given(st.binary(max_size=200))

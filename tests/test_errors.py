@@ -6,6 +6,8 @@ import inspect
 import pickle
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import artifactstore_core
 from artifactstore_core import errors
@@ -50,3 +52,59 @@ def test_families() -> None:
     assert issubclass(errors.InvalidStepIdError, ValueError)
     retryable = {cls.__name__ for cls in ERROR_CLASSES if cls.retryable}
     assert retryable == {"BackendUnavailableError", "BackendTimeoutError"}
+
+
+# -- redact --------------------------------------------------------------------------------------------
+
+
+def test_redact_masks_every_occurrence_with_the_documented_mask() -> None:
+    assert errors.REDACTED == "**********"
+    text = "auth hunter2 failed (hunter2)"
+    assert errors.redact(text, ["hunter2"]) == "auth ********** failed (**********)"
+
+
+def test_redact_leaves_text_without_secrets_alone() -> None:
+    assert errors.redact("nothing to hide", ["hunter2"]) == "nothing to hide"
+    assert errors.redact("", ["hunter2"]) == ""
+    assert errors.redact("nothing to hide", []) == "nothing to hide"
+
+
+def test_redact_ignores_empty_secrets() -> None:
+    # An empty secret occurs everywhere: masking it would turn every message into masks.
+    assert errors.redact("plain text", ["", ""]) == "plain text"
+    assert errors.redact("key pw!", ["", "pw!"]) == "key **********"
+
+
+def test_a_secret_containing_another_is_masked_whole() -> None:
+    # Replacing the shorter secret first would leave the longer one's tail ("xyz") readable.
+    for secrets in (["hunter2", "hunter2xyz"], ["hunter2xyz", "hunter2"]):
+        assert errors.redact("token hunter2xyz, hunter2", secrets) == "token **********, **********"
+
+
+def test_overlapping_secrets_leave_no_piece_of_either() -> None:
+    # Neither contains the other: one after the other, "abc" then "cde" would leave "de" of the second.
+    assert errors.redact("xabcdey", ["abc", "cde"]) == "x**********y"
+    assert errors.redact("aaaa", ["aa"]) == "**********"
+
+
+@pytest.mark.parametrize("spelling", ["p%40ss%2Fw%3Ard", "p%40ss/w%3Ard", "p@ss/w:rd"])
+def test_redact_masks_the_url_quoted_forms(spelling: str) -> None:
+    assert errors.redact(f"redis://:{spelling}@host/0", ["p@ss/w:rd"]) == "redis://:**********@host/0"
+
+
+def test_redact_masks_a_secret_that_cannot_be_url_quoted() -> None:
+    # An environment value that was not valid UTF-8 holds lone surrogates; quoting it would raise.
+    assert errors.redact("bad pw\udcff!", ["pw\udcff"]) == "bad **********!"
+
+
+@given(
+    text=st.text(alphabet="ab/@ %", max_size=40),
+    secrets=st.lists(st.text(alphabet="ab/@", max_size=5), max_size=4),
+)
+def test_no_secret_survives_redact(text: str, secrets: list[str]) -> None:
+    redacted = errors.redact(text, secrets)
+    for secret in secrets:
+        if secret:
+            assert secret not in redacted
+    if not any(secret and secret in text for secret in secrets) and "%" not in text:
+        assert redacted == text

@@ -121,6 +121,26 @@ def test_refused_connection_is_retried_then_unavailable(caplog: pytest.LogCaptur
     store.close()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:p%40ss%2Fw%3Ard@127.0.0.1:{port}/0",  # percent-encoded, as redis-py decodes and sends it
+        "unix:///run/redis-{port}.sock?db=0&password=p%40ss%2Fw%3Ard",
+    ],
+)
+def test_error_texts_never_quote_the_url_password_in_any_spelling(url: str) -> None:
+    store = RedisStore(settings(url.format(port=free_port())), namespace="n")  # nothing connects yet
+    try:
+        for spelling in ("p@ss/w:rd", "p%40ss%2Fw%3Ard", "p%40ss/w%3Ard"):
+            error = store._translate_error(redis.AuthenticationError(f"server said: {spelling} is wrong"))
+            assert error is not None
+            assert "p@ss" not in str(error)
+            assert "p%40ss" not in str(error)
+            assert "server said: ********** is wrong" in str(error)
+    finally:
+        store.close()
+
+
 def test_unreachable_cluster_fails_at_creation() -> None:
     with pytest.raises(BackendUnavailableError) as info:
         RedisStore(settings(f"redis://127.0.0.1:{free_port()}", cluster=True, socket_connect_timeout=0.5))

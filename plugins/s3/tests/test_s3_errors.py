@@ -78,3 +78,24 @@ def test_server_text_is_quoted_without_secrets() -> None:
     assert "InvalidArgument" in str(error)
     assert "hunter2" not in str(error)
     assert "token ********** rejected" in str(error)
+
+
+def test_a_secret_containing_another_is_masked_whole() -> None:
+    # A session token that contains the secret key: masking the key first used to leave the token's tail.
+    error = translate_error(
+        client_error("InvalidArgument", 400, "token hunter2xyz rejected"), bucket="b", secrets=["hunter2", "hunter2xyz"]
+    )
+    assert error is not None
+    assert "xyz" not in str(error)
+    assert "token ********** rejected" in str(error)
+
+
+def test_a_secret_across_the_length_limit_is_masked() -> None:
+    # The server's text is shortened to 200 characters after it is redacted; shortening first used to cut
+    # the secret in two and leave its first part readable.
+    error = translate_error(
+        client_error("InvalidArgument", 400, "x" * 195 + " hunter2 rejected"), bucket="b", secrets=["hunter2"]
+    )
+    assert error is not None
+    assert "hunt" not in str(error)
+    assert " ****" in str(error)

@@ -22,8 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import IO, Any
 
-import blake3
-
 from artifactstore_core import (
     AccessDeniedError,
     ArtifactCorruptedError,
@@ -39,7 +37,7 @@ from artifactstore_core import (
     SchemaInfo,
     SerializationError,
 )
-from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes
+from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
 from artifactstore_core.ids import validate_step_id
 
 from . import durable
@@ -344,8 +342,7 @@ class FilesystemStore(ArtifactStore):
     def _copy_stream(self, stream: IO[bytes], fd: int, offset: int, path: str) -> tuple[int, str]:
         """Write ``stream`` to ``fd`` from ``offset`` in chunks while hashing it; return size and digest."""
         chunk = self._settings.chunk_size
-        threads = blake3.blake3.AUTO if chunk >= 1 << 20 else 1
-        hasher = blake3.blake3(max_threads=threads)
+        hasher = new_hasher(chunk)
         size = 0
         if offset:
             os.lseek(fd, offset, os.SEEK_SET)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -71,6 +71,7 @@ from artifactstore_core import (
     Message,
     PayloadTooLargeError,
 )
+from artifactstore_core.errors import redact
 from artifactstore_core.ids import decode_name, encode_name
 from artifactstore_core.settings import load_settings
 
@@ -86,7 +87,7 @@ from .scripts import (
     SAVE_UPLOAD_MISSING,
     LuaScript,
 )
-from .settings import REDIS_MAX_BULK_BYTES, RedisSettings
+from .settings import _SECRET_QUERY_WORDS, REDIS_MAX_BULK_BYTES, RedisSettings
 
 __all__ = ["RedisClient", "RedisStore"]
 
@@ -856,21 +857,21 @@ class RedisStore(ArtifactStore):
         if self._settings.password is not None:
             secrets.append(self._settings.password.get_secret_value())
         try:
-            url_password = urlsplit(self._settings.url.get_secret_value()).password
+            parts = urlsplit(self._settings.url.get_secret_value())
+            url_password = parts.password
+            query = parse_qsl(parts.query, keep_blank_values=True)
         except ValueError:
-            url_password = None
+            url_password, query = None, []
         if url_password:
-            secrets.append(url_password)
-        # The URL carries the password percent-encoded; scrub both spellings.
-        return tuple(sorted({form for secret in secrets if secret for form in (secret, quote(secret))}))
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+            # As written in the URL (percent-encoded or not) and as redis-py decodes and sends it; redact()
+            # adds the quoted spellings.
+            secrets += [url_password, unquote(url_password)]
+        # The query values display_url masks (redis-py reads e.g. ?password=... on unix socket URLs).
+        secrets += [value for name, value in query if any(word in name.lower() for word in _SECRET_QUERY_WORDS)]
+        return tuple(secret for secret in secrets if secret)
 
     def _describe(self, exc: BaseException) -> str:
-        text = self._scrub(str(exc)).strip()
+        text = redact(str(exc), self._secrets).strip()
         if len(text) > 300:
             text = text[:300] + "..."
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

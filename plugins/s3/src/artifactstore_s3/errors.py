@@ -20,6 +20,7 @@ from artifactstore_core.errors import (
     BackendUnavailableError,
     ConfigurationError,
     PayloadTooLargeError,
+    redact,
 )
 
 __all__ = ["client_error_code", "translate_error"]
@@ -68,13 +69,6 @@ def client_error_code(exc: BaseException) -> tuple[str, int]:
     return str(error.get("Code", "")), int(status or 0)
 
 
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "**********")
-    return text
-
-
 def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] = ()) -> ArtifactStoreError | None:
     """Map a boto3/botocore exception to an artifactstore error; ``None`` for exceptions it does not know.
 
@@ -83,7 +77,8 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
     where = f"bucket {bucket!r}"
     if isinstance(exc, bx.ClientError):
         code, status = client_error_code(exc)
-        server_text = _scrub(str(exc.response.get("Error", {}).get("Message", ""))[:200], secrets)
+        # Redacted before it is shortened: cutting first could leave the start of a secret behind.
+        server_text = redact(str(exc.response.get("Error", {}).get("Message", "")), secrets)[:200]
         what = f"S3 error {code or '?'} (HTTP {status or '?'}) on {where}"
         if server_text:
             what += f": {server_text}"

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import IO, TYPE_CHECKING, Any
 
-import blake3
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -34,7 +33,7 @@ from artifactstore_core import (
     SchemaInfo,
     SerializationError,
 )
-from artifactstore_core.envelope import Header, PayloadVerifier, content_bytes
+from artifactstore_core.envelope import Header, PayloadVerifier, content_bytes, new_hasher
 from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 
@@ -622,7 +621,7 @@ class S3Store(ArtifactStore):
         file modified while it is saved never becomes an artifact.
         """
         part_size = self._settings.part_size
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher = new_hasher(part_size)
         size = 0
         scratch = bytearray(part_size)
         while count := _fill(stream, scratch):
@@ -634,7 +633,7 @@ class S3Store(ArtifactStore):
 
         def feed(upload: MultipartUpload) -> None:
             stream.seek(start)
-            check = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            check = new_hasher(part_size)
             seen = 0
             prelude = layout.prelude
             while seen < size:
@@ -671,7 +670,7 @@ class S3Store(ArtifactStore):
         into its final key with the head (known only now) in the metadata, conditionally."""
         part_size = self._settings.part_size
         staging = self._keys.reserved("staging", uuid.uuid4().hex)
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher = new_hasher(part_size)
         size = 0
 
         def feed_staging(upload: MultipartUpload) -> None:
