@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 import threading
@@ -156,6 +157,28 @@ def test_problem_types_outside_the_allow_list_are_never_looked_up() -> None:
                 with pytest.raises(BackendError) as info:
                     store.get(step)
                 assert type(info.value) is BackendError
+    finally:
+        server.stop()
+
+
+def test_a_server_echoing_the_token_in_its_problem_detail_never_gets_it_into_an_error() -> None:
+    def app(request: Request) -> Response:
+        # A confused proxy or a hostile server quoting the request's credentials back.
+        kind = {"a": "ArtifactNotFoundError", "b": "NoSuchThing"}[request.path_params["step"]]
+        echoed = f"bad request with {request.headers['authorization']} and token={TOKEN}"
+        body = json.dumps({"type": kind, "detail": echoed, "status": 404})
+        return Response(body, status_code=404, media_type="application/problem+json")
+
+    routes = [Route("/v1/namespaces/default/artifacts/{step}", app, methods=["GET"])]
+    server = ServerThread(Starlette(routes=routes)).start()
+    try:
+        with client_for(server.url, retries=0) as store:
+            for step in "ab":
+                with pytest.raises(ArtifactStoreError) as info:
+                    store.get(step)
+                text = f"{info.value} {info.value!r} {info.value.args}"
+                assert TOKEN not in text
+                assert "bad request with Bearer" in text  # the rest of the server's text is kept
     finally:
         server.stop()
 

@@ -36,6 +36,9 @@ def settings(url: str, **overrides: Any) -> RedisSettings:
         ("redis://user@[::1]:6379/0", "redis://user@[::1]:6379/0"),
         ("unix:///run/redis.sock?db=2&password=pw", "unix:///run/redis.sock?db=2&password=***"),
         ("redis://host:notaport/0", "<unparseable redis url>"),
+        # A password that was not URL-escaped: no part of it may show as host, path or query.
+        ("redis://:p@ss/w:rd@host:6379/0", "redis://***@<host hidden: its credentials are not URL-escaped>"),
+        ("redis://u:a/b?c#d@host/0", "redis://***@<host hidden: its credentials are not URL-escaped>"),
     ],
 )
 def test_mask_url(url: str, expected: str) -> None:

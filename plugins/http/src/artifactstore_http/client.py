@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from artifactstore_core.errors import (
     BackendUnavailableError,
     ConfigurationError,
     PayloadTooLargeError,
+    redact,
 )
 from artifactstore_core.settings import load_settings
 
@@ -222,7 +223,14 @@ class HttpStore(ArtifactStore):
 
     def _fail(self, response: httpx.Response, step_id: str | None = None) -> ArtifactStoreError:
         """The core error a non-success response stands for."""
-        return error_from_response(response, display=self._display, step_id=step_id, namespace=self.namespace)
+        token = self._settings.token
+        return error_from_response(
+            response,
+            display=self._display,
+            step_id=step_id,
+            namespace=self.namespace,
+            secrets=() if token is None else (token.get_secret_value(),),
+        )
 
     # -- the contract ---------------------------------------------------------------------------------
 
@@ -375,12 +383,19 @@ def _info_from(item: Any, display: str) -> ArtifactInfo:
 
 
 def error_from_response(
-    response: httpx.Response, *, display: str, step_id: str | None = None, namespace: str | None = None
+    response: httpx.Response,
+    *,
+    display: str,
+    step_id: str | None = None,
+    namespace: str | None = None,
+    secrets: Iterable[str] = (),
 ) -> ArtifactStoreError:
     """The core error a non-success response of an artifact server stands for.
 
     A problem body whose ``type`` is in the allow-list :data:`~artifactstore_http.protocol.ERROR_CLASSES`
-    becomes that class; anything else is classified by its status code alone.
+    becomes that class; anything else is classified by its status code alone. The server's ``detail`` text
+    is quoted with every one of ``secrets`` redacted (:func:`~artifactstore_core.errors.redact`): a proxy or
+    a hostile server may echo the request's bearer token back.
     """
     status = response.status_code
     where = f"artifact server {display}"
@@ -409,7 +424,7 @@ def error_from_response(
             if isinstance(doc.get("type"), str):
                 name = doc["type"]
             if isinstance(doc.get("detail"), str) and doc["detail"]:
-                detail = doc["detail"]
+                detail = redact(doc["detail"], secrets)
             if isinstance(doc.get("step_id"), str):
                 step_id = doc["step_id"]
             if isinstance(doc.get("namespace"), str):

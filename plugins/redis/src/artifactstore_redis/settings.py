@@ -22,6 +22,8 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: Redis's largest string or hash-field value (``proto-max-bulk-len``'s default): 512 MiB.
 REDIS_MAX_BULK_BYTES = 512 * 1024 * 1024
 
+# Shown instead of host, path and query when credentials cannot be told apart from them (see mask_url).
+_UNPARSED_TAIL = "<host hidden: its credentials are not URL-escaped>"
 # Query parameters whose names suggest a credential: their values are masked like a URL password.
 _SECRET_QUERY_WORDS = ("pass", "secret", "token", "key")
 
@@ -31,6 +33,14 @@ def mask_url(url: str) -> str:
 
     Never raises: a URL that cannot be parsed is shown as ``<unparseable redis url>``.
     """
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if separator and at and any(mark in userinfo for mark in "/?#@"):
+        # A password written without escaping can hold '/', '?', '#' or '@', which URL parsing takes for the
+        # end of the host (so it would show the rest of the password as host and path). Whatever precedes
+        # the last '@' is taken for credentials and hidden whole: a URL with an '@' in its query loses its
+        # host from view, which is the safe way to be wrong.
+        return f"{scheme}://***@{_UNPARSED_TAIL}"
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
