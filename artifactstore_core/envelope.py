@@ -680,7 +680,7 @@ class Codec:
             if header.codec == "json":
                 # Parsed straight into frozen values: what message_from(header, _loads(raw)) gives, in one
                 # pass instead of a parse and a freezing walk.
-                content = loads_frozen(str(raw, "utf-8"))
+                content = loads_frozen(raw)
                 return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
             # Bytes need no check, and UTF-8 decoding already refuses encoded surrogates: no second scan of
             # the text (message_from's check) on the read path.

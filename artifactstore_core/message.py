@@ -236,28 +236,31 @@ def _deeper_than(value: FrozenDict | tuple[Any, ...], limit: int) -> bool:
     return True
 
 
-def loads_frozen(text: str) -> Any:
-    """Parse JSON ``text`` into a frozen value: exactly ``freeze_json(json.loads(text))``, usually faster.
+def loads_frozen(data: bytes | memoryview) -> Any:
+    """Parse UTF-8 JSON into a frozen value: exactly ``freeze_json(json.loads(str(data, "utf-8")))``, faster.
 
     Raises:
-        ValueError: if ``text`` is not JSON (``json.JSONDecodeError``) or holds what ``freeze_json``
-            refuses (a lone surrogate, NaN or an infinite number), or is nested too deeply.
+        ValueError: if ``data`` is not UTF-8 (``UnicodeDecodeError``) or not JSON (``json.JSONDecodeError``),
+            or holds what ``freeze_json`` refuses (a lone surrogate, NaN or an infinite number), or is nested
+            too deeply.
     """
+    # Decoded here, not by the caller: UTF-8 decoding refuses surrogates, so the text can only hold one
+    # through a \u escape, which is what the check below looks for.
+    text = str(data, "utf-8")
     # One pass, the scanner building frozen values through its hooks, where that gives what the two
     # passes would. The hooks never see strings, so text with an escaped surrogate goes the exact way
     # ("\\" is a memchr, the escape search runs only on text with a backslash).
     if _FROZEN_SCAN is not None and ("\\" not in text or _ESCAPED_SURROGATE.search(text) is None):
         try:
             value, end = _FROZEN_SCAN(text, 0)
+            if type(value) is list:
+                value = _frozen_array(value)
         except StopIteration:
             end = -1
         except RecursionError:
             raise ValueError("JSON is nested too deeply") from None
         if end == len(text):
-            kind = type(value)
-            if kind is list:
-                value = _frozen_array(value)
-            elif kind is not FrozenDict:
+            if type(value) is not FrozenDict and type(value) is not tuple:
                 return value
             # The scanner alone accepts values nested up to the recursion limit, where freeze_json's walk
             # (and thaw_json) take two frames a level before Python 3.12 and refuse half as deep. Values
