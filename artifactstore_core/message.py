@@ -203,15 +203,19 @@ def _frozen_object(data: dict[str, Any]) -> FrozenDict:
     return frozen
 
 
+class _NotFastError(Exception):
+    """Raised by a scanner hook to send the text the exact way (which refuses it, or keeps a later duplicate)."""
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400: a JSON number too large for a float
-        raise ValueError(f"content: {text} is not a finite JSON number")
+        raise _NotFastError
     return value
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"content: {name} is not a JSON number")
+    raise _NotFastError
 
 
 _FROZEN_SCAN = (
@@ -224,16 +228,18 @@ _FROZEN_SCAN = (
 def _deeper_than(value: FrozenDict | tuple[Any, ...], limit: int) -> bool:
     """Whether a frozen value nests arrays and objects more than ``limit`` deep (level by level, no recursion)."""
     level: list[Any] = [value]
-    for _ in range(limit):
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
         inner: list[Any] = []
         for container in level:
             for item in container._data.values() if type(container) is FrozenDict else container:
                 if type(item) is tuple or type(item) is FrozenDict:
                     inner.append(item)
-        if not inner:
-            return False
         level = inner
-    return True
+    return False
 
 
 def loads_frozen(data: bytes | memoryview) -> Any:
@@ -255,10 +261,10 @@ def loads_frozen(data: bytes | memoryview) -> Any:
             value, end = _FROZEN_SCAN(text, 0)
             if type(value) is list:
                 value = _frozen_array(value)
-        except StopIteration:
+        except (StopIteration, ValueError, RecursionError, _NotFastError):
+            # Not JSON, deep, or a NaN, which is refused unless a later duplicate key replaces it: the exact
+            # way decides (and words the error). Only a refused text pays for both ways.
             end = -1
-        except RecursionError:
-            raise ValueError("JSON is nested too deeply") from None
         if end == len(text):
             if type(value) is not FrozenDict and type(value) is not tuple:
                 return value

@@ -452,6 +452,7 @@ _TRICKY_PAYLOADS = [
     b"[1e400]",
     b"[-Infinity]",
     b"[1.0, 1, true]",
+    b'{"a":NaN,"a":1}',
 ]
 
 
