@@ -189,7 +189,10 @@ _new_object = object.__new__
 
 def _frozen_array(items: list[Any]) -> tuple[Any, ...]:
     # Objects inside are frozen already (the scanner completed them); only nested arrays remain lists.
-    return tuple([_frozen_array(item) if type(item) is list else item for item in items])
+    for item in items:
+        if type(item) is list:
+            return tuple([_frozen_array(item) if type(item) is list else item for item in items])
+    return tuple(items)
 
 
 def _frozen_object(data: dict[str, Any]) -> FrozenDict:
@@ -234,10 +237,12 @@ def _deeper_than(value: FrozenDict | tuple[Any, ...], limit: int) -> bool:
         if depth > limit:
             return True
         inner: list[Any] = []
+        append = inner.append
         for container in level:
             for item in container._data.values() if type(container) is FrozenDict else container:
-                if type(item) is tuple or type(item) is FrozenDict:
-                    inner.append(item)
+                kind = type(item)
+                if kind is tuple or kind is FrozenDict:
+                    append(item)
         level = inner
     return False
 
