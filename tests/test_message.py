@@ -6,6 +6,7 @@ import json
 import math
 import pickle
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -354,3 +355,32 @@ def test_loads_frozen_parses_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> Non
     assert value == {"text": "x" * 900, "n": (1, (2.5, {"é": None})), "tags": ("a", "b"), "k": "\n"}
     assert type(value["n"][1][1]) is FrozenDict
     assert type(loads_frozen(b"[[1], 2]")) is tuple
+
+
+@pytest.mark.timeout(60)
+def test_loads_frozen_from_many_threads_at_once() -> None:
+    # One scanner serves every thread, and its hooks run Python code, so threads interleave inside a scan
+    # (sharing the scanner's key memo): each must still get exactly its own value.
+    texts = [json.dumps({f"k{n}-{i}": [i, {f"inner{n}": [str(i)] * 3}] for i in range(40)}).encode() for n in range(4)]
+    expected = [freeze_json(json.loads(text)) for text in texts]
+    start = threading.Barrier(len(texts))
+    mismatches: list[int] = []
+
+    def parse(n: int) -> None:
+        start.wait(timeout=30)
+        for _ in range(300):
+            if not _same_frozen(loads_frozen(texts[n]), expected[n]):
+                mismatches.append(n)
+
+    threads = [threading.Thread(target=parse, args=(n,)) for n in range(len(texts))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can, inside scans too
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=50)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads)
+    assert mismatches == []
