@@ -268,7 +268,7 @@ def loads_frozen(data: bytes | memoryview) -> Any:
                 value = _frozen_array(value)
         except (StopIteration, ValueError, RecursionError, _NotFastError):
             # Not JSON, deep, or a NaN, which is refused unless a later duplicate key replaces it: the exact
-            # way decides (and words the error). Only a refused text pays for both ways.
+            # way decides (and words the error). Only such rare texts pay for both ways.
             end = -1
         if end == len(text):
             if type(value) is not FrozenDict and type(value) is not tuple:
