@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import json.scanner
 import math
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ __all__ = [
     "canonical_json",
     "check_text",
     "freeze_json",
+    "loads_frozen",
     "thaw_json",
 ]
 
@@ -170,6 +173,119 @@ def _freeze(value: Any, where: str) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item, where) for item in value)
     raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+# Parsing JSON straight into frozen values (see loads_frozen). The standard library's C scanner calls
+# object_hook for every object it completes, parse_float for every number with a fraction or exponent and
+# parse_constant for NaN and the infinities; arrays it always builds as lists, so each object turns the
+# arrays among its values into tuples (and loads_frozen turns a top-level array).
+_C_SCANNER = getattr(json.scanner, "c_make_scanner", None)
+# A lone surrogate in parsed text can only come from a \u escape of D800-DFFF (UTF-8 decoding refuses an
+# encoded one); text without such an escape needs no check. A match may also be an escaped backslash
+# followed by "ud8..", which only costs the exact path.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+_new_object = object.__new__
+
+
+def _frozen_array(items: list[Any]) -> tuple[Any, ...]:
+    # Objects inside are frozen already (the scanner completed them); only nested arrays remain lists.
+    for item in items:
+        if type(item) is list:
+            return tuple([_frozen_array(item) if type(item) is list else item for item in items])
+    return tuple(items)
+
+
+def _frozen_object(data: dict[str, Any]) -> FrozenDict:
+    for key, value in data.items():
+        if type(value) is list:
+            # Replacing a value does not resize the dict, so iterating on is safe.
+            data[key] = _frozen_array(value)
+    frozen: FrozenDict = _new_object(FrozenDict)
+    frozen._data = data
+    frozen._hash = None
+    return frozen
+
+
+class _NotFastError(Exception):
+    """Raised by a scanner hook to send the text the exact way (which refuses it, or keeps a later duplicate)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: a JSON number too large for a float
+        raise _NotFastError
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotFastError
+
+
+_FROZEN_SCAN = (
+    _C_SCANNER(json.JSONDecoder(object_hook=_frozen_object, parse_float=_finite_float, parse_constant=_no_constant))
+    if _C_SCANNER is not None
+    else None
+)
+
+
+def _deeper_than(value: FrozenDict | tuple[Any, ...], limit: int) -> bool:
+    """Whether a frozen value nests arrays and objects more than ``limit`` deep (level by level, no recursion)."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        append = inner.append
+        for container in level:
+            for item in container._data.values() if type(container) is FrozenDict else container:
+                kind = type(item)
+                if kind is tuple or kind is FrozenDict:
+                    append(item)
+        level = inner
+    return False
+
+
+def loads_frozen(data: bytes | memoryview) -> Any:
+    """Parse UTF-8 JSON into a frozen value: exactly ``freeze_json(json.loads(str(data, "utf-8")))``, faster.
+
+    Raises:
+        ValueError: if ``data`` is not UTF-8 (``UnicodeDecodeError``) or not JSON (``json.JSONDecodeError``),
+            or holds what ``freeze_json`` refuses (a lone surrogate, NaN or an infinite number), or is nested
+            too deeply.
+    """
+    # Decoded here, not by the caller: UTF-8 decoding refuses surrogates, so the text can only hold one
+    # through a \u escape, which is what the check below looks for.
+    text = str(data, "utf-8")
+    # One pass, the scanner building frozen values through its hooks, where that gives what the two
+    # passes would. The hooks never see strings, so text with an escaped surrogate goes the exact way
+    # ("\\" is a memchr, the escape search runs only on text with a backslash).
+    if _FROZEN_SCAN is not None and ("\\" not in text or _ESCAPED_SURROGATE.search(text) is None):
+        try:
+            value, end = _FROZEN_SCAN(text, 0)
+            if type(value) is list:
+                value = _frozen_array(value)
+        except (StopIteration, ValueError, RecursionError, _NotFastError):
+            # Not JSON, deep, or a NaN, which is refused unless a later duplicate key replaces it: the exact
+            # way decides (and words the error). Only such rare texts pay for both ways.
+            end = -1
+        if end == len(text):
+            if type(value) is not FrozenDict and type(value) is not tuple:
+                return value
+            # The scanner alone accepts values nested up to the recursion limit, where freeze_json's walk
+            # (and thaw_json) take two frames a level before Python 3.12 and refuse half as deep. Values
+            # nested deeper than a quarter of the limit go the exact way, which refuses as it always did;
+            # text too short to nest that deep (each level takes two brackets) needs no look.
+            shallow = sys.getrecursionlimit() // 4
+            if len(text) <= 2 * shallow or not _deeper_than(value, shallow):
+                return value
+        # Anything unusual (surrounding white space, trailing data, not JSON, deep nesting) goes the exact way.
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
+    return freeze_json(value)
 
 
 def _json_default(value: Any) -> Any:

@@ -25,7 +25,7 @@ from artifactstore_core import (
 )
 from artifactstore_core.envelope import MAGIC, PREFIX_SIZE, TAG_SIZE, PayloadVerifier, new_hasher, place_bytes
 from artifactstore_core.message import canonical_json, thaw_json
-from artifactstore_core.testing import messages
+from artifactstore_core.testing import json_values, messages
 
 CODEC = Codec()
 SAMPLE = Message(
@@ -502,3 +502,37 @@ def test_json_nested_deeper_than_the_recursion_limit_is_corrupted_not_a_crash() 
     nested_objects = b'{"a":' * 5_000 + b"1" + b"}" * 5_000
     with pytest.raises(ArtifactCorruptedError):
         CODEC.decode(*_forge(nested_objects))
+
+
+_TRICKY_PAYLOADS = [
+    b'{"a":1,"a":[2]}',
+    b'["\\ud83d\\ude00", "\\\\ud800"]',
+    b"[1e400]",
+    b"[-Infinity]",
+    b"[1.0, 1, true]",
+    b'{"a":NaN,"a":1}',
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.sampled_from(_TRICKY_PAYLOADS)
+    | st.tuples(json_values, st.booleans()).map(lambda pair: json.dumps(pair[0], ensure_ascii=pair[1]).encode())
+)
+def test_json_payloads_decode_as_parsing_then_freezing_did(payload: bytes) -> None:
+    # decode_payload parses JSON straight into frozen values; message_from(header, json.loads(...)) is the
+    # two-pass way it replaced. Same message, same frozen types (repr tells 1 from 1.0 and tuples from lists),
+    # and corrupted exactly when the two-pass way refused.
+    head, _ = _forge(payload)
+    header = CODEC.decode_head(head)
+    try:
+        expected: Message | None = Codec.message_from(header, json.loads(payload.decode("utf-8")))
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ArtifactCorruptedError):
+            CODEC.decode(*_forge(payload))
+    else:
+        decoded = CODEC.decode(*_forge(payload))
+        assert decoded == expected
+        assert repr(decoded.content) == repr(expected.content)

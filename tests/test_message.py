@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError
-from artifactstore_core.message import canonical_json, freeze_json, trusted_message
+from artifactstore_core import message as message_module
+from artifactstore_core.message import canonical_json, freeze_json, loads_frozen, trusted_message
 from artifactstore_core.testing import json_values
 
 
@@ -204,3 +208,179 @@ def test_canonical_json_is_exactly_json_dumps(value: object) -> None:
     )
     assert canonical_json(value) == expected
     assert canonical_json(freeze_json(value)) == expected
+
+
+def _same_frozen(left: object, right: object) -> bool:
+    """Equal and of exactly the same types all the way down (1, 1.0 and True differ); no recursion."""
+    pending = [(left, right)]
+    while pending:
+        a, b = pending.pop()
+        if type(a) is not type(b):
+            return False
+        if isinstance(a, FrozenDict) and isinstance(b, FrozenDict):
+            if list(a) != list(b):
+                return False
+            pending.extend((a[key], b[key]) for key in a)
+        elif isinstance(a, tuple) and isinstance(b, tuple):
+            if len(a) != len(b):
+                return False
+            pending.extend(zip(a, b, strict=True))
+        elif isinstance(a, float) and isinstance(b, float):
+            if not (a == b and math.copysign(1, a) == math.copysign(1, b)):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def _two_pass(data: bytes) -> tuple[str, object]:
+    """What decoding did before loads_frozen: json.loads, then the freezing walk."""
+    try:
+        return "ok", freeze_json(json.loads(str(data, "utf-8")))
+    except (ValueError, RecursionError):
+        return "refused", None
+
+
+def _one_pass(data: bytes) -> tuple[str, object]:
+    try:
+        return "ok", loads_frozen(data)
+    except ValueError:
+        return "refused", None
+
+
+def _assert_same_outcome(data: bytes) -> None:
+    (expected_kind, expected), (kind, value) = _two_pass(data), _one_pass(data)
+    assert kind == expected_kind, data
+    assert _same_frozen(value, expected), data
+
+
+_texts = st.text(max_size=6)
+_json_keys = (
+    _texts.map(json.dumps)
+    | _texts.map(lambda key: json.dumps(key, ensure_ascii=False))
+    | st.sampled_from(['"\\ud800"', '"\\udfff"', '"\\ud83d\\ude00"', '"\\\\ud800"', '"a"', '"\\u0061"'])
+)
+_json_leaf_texts = (
+    st.sampled_from(
+        [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "-0.0",
+            "1.5",
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "123456789012345678901234567890",
+            "1" * 5000,
+            "01",
+            "1.",
+            '"\\ud800"',
+            '"\\udbff x"',
+            '"\\ud83d\\ude00"',
+            '"\\\\ud800"',
+            '"\\u00e9\\n"',
+            '"\\x"',
+            '"tab\tin"',
+        ]
+    )
+    | st.integers().map(str)
+    | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | _texts.map(json.dumps)
+    | _texts.map(lambda text: json.dumps(text, ensure_ascii=False))
+)
+_space = st.sampled_from(["", " ", "\n"])
+# JSON text (and near-JSON): duplicate keys, escapes of lone and paired surrogates, NaN, numbers too large for
+# a float, white space, trailing garbage.
+_json_texts = st.recursive(
+    _json_leaf_texts,
+    lambda children: (
+        st.lists(children, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
+        | st.lists(st.tuples(_json_keys, children), max_size=4).map(
+            lambda pairs: "{" + ",".join(f"{key}:{value}" for key, value in pairs) + "}"
+        )
+    ),
+    max_leaves=16,
+)
+_documents = st.tuples(_space, _json_texts, _space, st.sampled_from(["", "", "x", ",1", "]"])).map("".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(text=_documents)
+# A value freezing refuses is kept out by a later duplicate key: json.loads keeps the last one.
+@example(text='{"":1e400,"":null}')
+@example(text='[{"a":NaN,"a":[1]}]')
+@example(text='{"a":[1,-Infinity],"a":2}')
+def test_loads_frozen_is_exactly_json_loads_then_freeze(text: str) -> None:
+    _assert_same_outcome(text.encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values, ascii_only=st.booleans())
+def test_loads_frozen_of_encoded_json_values(value: object, ascii_only: bool) -> None:
+    _assert_same_outcome(json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_loads_frozen_of_arbitrary_bytes(data: bytes) -> None:
+    _assert_same_outcome(data)
+
+
+@pytest.mark.parametrize("opener", ["[", '{"k":', '[{"k":'])
+@pytest.mark.parametrize("depth", [1, 2, 124, 125, 126, 249, 250, 251, 252, 400, 700, 1_000, 5_000])
+def test_loads_frozen_refuses_deep_nesting_as_the_two_passes_do(opener: str, depth: int) -> None:
+    closer = {"[": "]", '{"k":': "}", '[{"k":': "}]"}[opener]
+    for filler in ("1", "1" + " " * 600):  # short text, and text too long to skip the depth look
+        data = (opener * depth + filler + closer * depth).encode()
+        _assert_same_outcome(data)
+        if len(opener) * depth <= sys.getrecursionlimit() // 4:
+            assert _one_pass(data)[0] == "ok"
+    assert _one_pass((opener * 5_000 + "1" + closer * 5_000).encode())[0] == "refused"
+
+
+def test_loads_frozen_parses_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The point of loads_frozen: ordinary JSON never reaches the freezing walk.
+    def walk(value: object, *, where: str = "content") -> object:
+        raise AssertionError("freeze_json was called")
+
+    monkeypatch.setattr(message_module, "freeze_json", walk)
+    text = json.dumps({"text": "x" * 900, "n": [1, [2.5, {"é": None}]], "tags": ["a", "b"], "k": "\n"})
+    value = loads_frozen(text.encode())
+    assert value == {"text": "x" * 900, "n": (1, (2.5, {"é": None})), "tags": ("a", "b"), "k": "\n"}
+    assert type(value["n"][1][1]) is FrozenDict
+    assert type(loads_frozen(b"[[1], 2]")) is tuple
+
+
+@pytest.mark.timeout(60)
+def test_loads_frozen_from_many_threads_at_once() -> None:
+    # One scanner serves every thread, and its hooks run Python code, so threads interleave inside a scan
+    # (sharing the scanner's key memo): each must still get exactly its own value.
+    texts = [json.dumps({f"k{n}-{i}": [i, {f"inner{n}": [str(i)] * 3}] for i in range(40)}).encode() for n in range(4)]
+    expected = [freeze_json(json.loads(text)) for text in texts]
+    start = threading.Barrier(len(texts))
+    mismatches: list[int] = []
+
+    def parse(n: int) -> None:
+        start.wait(timeout=30)
+        for _ in range(300):
+            if not _same_frozen(loads_frozen(texts[n]), expected[n]):
+                mismatches.append(n)
+
+    threads = [threading.Thread(target=parse, args=(n,)) for n in range(len(texts))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can, inside scans too
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=50)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads)
+    assert mismatches == []
