@@ -472,21 +472,46 @@ class StoreConformance:
 
     def test_stream_round_trip(self, store: ArtifactStore) -> None:
         payload = bytes(itertools.islice(itertools.cycle(range(253)), 3 * 1024 * 1024 + 17))
-        store.save_stream("stream", io.BytesIO(payload), media_type="application/x-test", metadata={"k": 1})
+        schema = SchemaInfo(name="tests.Blob", version="1")
+        before = datetime.now(UTC)
+        store.save_stream(
+            "stream", io.BytesIO(payload), media_type="application/x-test", schema=schema, metadata={"k": 1}
+        )
+        after = datetime.now(UTC)
         got = store.get("stream")
         assert got.content == payload
         assert got.media_type == "application/x-test"
+        assert got.schema == schema
         assert got.metadata == {"k": 1}
+        assert before <= got.created_at <= after
         with store.open("stream") as handle:
             chunks = []
             while chunk := handle.read(256 * 1024):
                 chunks.append(chunk)
         assert b"".join(chunks) == payload
-        store.save_stream("stream", io.BytesIO(payload), media_type="application/x-test", metadata={"k": 1})
+        store.save_stream(
+            "stream", io.BytesIO(payload), media_type="application/x-test", schema=schema, metadata={"k": 1}
+        )
         with pytest.raises(ArtifactExistsError):
             store.save_stream("stream", io.BytesIO(b"different"))
         with pytest.raises(ArtifactNotFoundError):
             store.open("missing")
+
+    def test_small_stream_keeps_its_fields(self, store: ArtifactStore) -> None:
+        # Small streams may take a backend's non-streaming path; they keep every field all the same.
+        schema = SchemaInfo(name="tests.Small", version="3")
+        for step_id, payload in (("empty", b""), ("small", b"\x00small\xff")):
+            before = datetime.now(UTC)
+            store.save_stream(step_id, io.BytesIO(payload), schema=schema, metadata={"n": [1, None]})
+            after = datetime.now(UTC)
+            got = store.get(step_id)
+            assert got.content == payload
+            assert got.media_type == "application/octet-stream"
+            assert got.schema == schema
+            assert got.metadata == {"n": (1, None)}
+            assert before <= got.created_at <= after
+            with store.open(step_id) as handle:
+                assert handle.read() == payload
 
     def test_open_text_and_json(self, store: ArtifactStore) -> None:
         store.save("t", Message(content="héllo"))
