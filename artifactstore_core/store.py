@@ -307,7 +307,9 @@ class ArtifactStore(ABC):
         Raises:
             InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError: as
                 :meth:`save`.
-            SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O).
+            SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
+                or, without ``capabilities.streaming``, ``stream.read()`` returned ``None`` (a non-blocking
+                stream with nothing ready).
         """
         step_id = validate_step_id(step_id)
         seconds = self._ttl(ttl)
@@ -322,7 +324,17 @@ class ArtifactStore(ABC):
             if self.capabilities.streaming:
                 self._save_stream(step_id, stream, template, overwrite, seconds)
             else:
-                message = template.model_copy(update={"content": stream.read()})
+                data = stream.read()
+                if data is None:
+                    # A non-blocking stream with nothing ready: saving it would store None as the content.
+                    raise SerializationError(
+                        f"cannot save a stream as {step_id!r}: save_stream needs a blocking stream; read() "
+                        "returned None",
+                        step_id=step_id,
+                    )
+                # model_copy skips validation: bytes() freezes a bytearray or memoryview a custom stream
+                # returned (and returns bytes themselves without a copy).
+                message = template.model_copy(update={"content": bytes(data)})
                 self._save(step_id, message, overwrite, seconds)
         except Exception as exc:
             self._raise(exc, "save_stream", step_id)

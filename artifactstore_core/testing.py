@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -512,6 +512,25 @@ class StoreConformance:
             assert before <= got.created_at <= after
             with store.open(step_id) as handle:
                 assert handle.read() == payload
+
+    def test_stream_of_bytearrays_is_stored_as_bytes(self, store: ArtifactStore) -> None:
+        class Chunks(io.RawIOBase):
+            """Returns mutable bytearrays from read(), which IO[bytes] allows a custom stream to do."""
+
+            def __init__(self, data: bytes) -> None:
+                self._data = io.BytesIO(data)
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int | None = -1) -> bytearray:
+                return bytearray(self._data.read(size))
+
+        payload = b"mutable chunks " * 100
+        store.save_stream("chunks", cast(IO[bytes], Chunks(payload)))
+        got = store.get("chunks")
+        assert type(got.content) is bytes
+        assert got.content == payload
 
     def test_open_text_and_json(self, store: ArtifactStore) -> None:
         store.save("t", Message(content="héllo"))
