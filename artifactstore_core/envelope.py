@@ -410,6 +410,27 @@ class Codec:
         )
         return head, header
 
+    def encode_stream_head(
+        self, template: Message, *, size: int, digest: str, place: tuple[str, str]
+    ) -> tuple[bytes, Header]:
+        """The head of a streamed ``bytes`` payload that takes its other fields from ``template``.
+
+        For a backend's ``_save_stream``: ``template`` is the message the store handed it, whose media type,
+        schema, metadata and ``created_at`` the artifact keeps (its content is ignored). ``size`` and
+        ``digest`` describe the payload as :meth:`encode_head` has them; the payload is stored
+        uncompressed, as every ``bytes`` payload is. ``place`` is ``(namespace, step_id)``, as for
+        :meth:`encode`.
+
+        Raises:
+            SerializationError: a malformed digest or size, or a header above the size limit.
+            ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
+        """
+        head, header, _ = self._encode_head(
+            "bytes", template.media_type, template.schema, template.metadata, template.created_at, size, digest,
+            size, None, place,
+        )  # fmt: skip
+        return head, header
+
     def _encode_head(
         self,
         codec: str,

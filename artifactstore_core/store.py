@@ -307,7 +307,9 @@ class ArtifactStore(ABC):
         Raises:
             InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError: as
                 :meth:`save`.
-            SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O).
+            SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
+                or, without ``capabilities.streaming``, ``stream.read()`` returned ``None`` (a non-blocking
+                stream with nothing ready).
         """
         step_id = validate_step_id(step_id)
         seconds = self._ttl(ttl)
@@ -320,10 +322,19 @@ class ArtifactStore(ABC):
             except (TypeError, ValueError) as exc:
                 raise SerializationError(f"cannot save a stream as {step_id!r}: {exc}", step_id=step_id) from exc
             if self.capabilities.streaming:
-                fields = (template.media_type, template.schema, template.metadata)
-                self._save_stream(step_id, stream, *fields, overwrite, seconds)
+                self._save_stream(step_id, stream, template, overwrite, seconds)
             else:
-                message = template.model_copy(update={"content": stream.read()})
+                data = stream.read()
+                if data is None:
+                    # A non-blocking stream with nothing ready: saving it would store None as the content.
+                    raise SerializationError(
+                        f"cannot save a stream as {step_id!r}: save_stream needs a blocking stream; read() "
+                        "returned None",
+                        step_id=step_id,
+                    )
+                # model_copy skips validation: bytes() freezes a bytearray or memoryview a custom stream
+                # returned (and returns bytes themselves without a copy).
+                message = template.model_copy(update={"content": bytes(data)})
                 self._save(step_id, message, overwrite, seconds)
         except Exception as exc:
             self._raise(exc, "save_stream", step_id)
@@ -476,16 +487,28 @@ class ArtifactStore(ABC):
         )
 
     def _save_stream(
-        self,
-        step_id: str,
-        stream: IO[bytes],
-        media_type: str,
-        schema: SchemaInfo | None,
-        metadata: Mapping[str, Any],
-        overwrite: bool,
-        ttl: float | None,
+        self, step_id: str, stream: IO[bytes], template: Message, overwrite: bool, ttl: float | None
     ) -> None:
-        """Streaming save, for backends that declare ``capabilities.streaming``."""
+        """Streaming save, for backends that declare ``capabilities.streaming``.
+
+        Called by :meth:`save_stream` with a valid ``step_id``, an open store and ``template``: the
+        validated, frozen message with empty ``bytes`` content whose media type, schema, metadata and
+        ``created_at`` the stored artifact takes (fields are never validated again here). Read ``stream``
+        to its end in bounded memory and store its bytes as that artifact's content, under the same
+        write-once rule, ``overwrite`` and ``ttl`` (seconds, or ``None``) as :meth:`_save`. A payload
+        small enough to save at once may go to :meth:`_save` as
+        ``template.model_copy(update={"content": data})`` (a copy keeps ``created_at``); a streamed one
+        takes its head from ``self.codec.encode_stream_head(template, size=..., digest=...,
+        place=(self.namespace, step_id))``. Nothing partial may become visible: a failed save stores nothing.
+
+        Raises:
+            ArtifactExistsError: (``self._exists_error(step_id)``) a different artifact is stored and
+                ``overwrite`` is false.
+            UnsupportedOperationError: this default implementation, for backends that do not stream.
+            Exception: anything else, which :meth:`save_stream` passes through :meth:`_translate_error`
+                and chains; raise a core error for a failing source stream, so it is not blamed on the
+                backend.
+        """
         raise UnsupportedOperationError(f"backend {self.backend_name!r} does not implement streaming")
 
     def _open(self, step_id: str) -> IO[bytes]:

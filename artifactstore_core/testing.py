@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -472,21 +472,65 @@ class StoreConformance:
 
     def test_stream_round_trip(self, store: ArtifactStore) -> None:
         payload = bytes(itertools.islice(itertools.cycle(range(253)), 3 * 1024 * 1024 + 17))
-        store.save_stream("stream", io.BytesIO(payload), media_type="application/x-test", metadata={"k": 1})
+        schema = SchemaInfo(name="tests.Blob", version="1")
+        before = datetime.now(UTC)
+        store.save_stream(
+            "stream", io.BytesIO(payload), media_type="application/x-test", schema=schema, metadata={"k": 1}
+        )
+        after = datetime.now(UTC)
         got = store.get("stream")
         assert got.content == payload
         assert got.media_type == "application/x-test"
+        assert got.schema == schema
         assert got.metadata == {"k": 1}
+        assert before <= got.created_at <= after
         with store.open("stream") as handle:
             chunks = []
             while chunk := handle.read(256 * 1024):
                 chunks.append(chunk)
         assert b"".join(chunks) == payload
-        store.save_stream("stream", io.BytesIO(payload), media_type="application/x-test", metadata={"k": 1})
+        store.save_stream(
+            "stream", io.BytesIO(payload), media_type="application/x-test", schema=schema, metadata={"k": 1}
+        )
         with pytest.raises(ArtifactExistsError):
             store.save_stream("stream", io.BytesIO(b"different"))
         with pytest.raises(ArtifactNotFoundError):
             store.open("missing")
+
+    def test_small_stream_keeps_its_fields(self, store: ArtifactStore) -> None:
+        # Small streams may take a backend's non-streaming path; they keep every field all the same.
+        schema = SchemaInfo(name="tests.Small", version="3")
+        for step_id, payload in (("empty", b""), ("small", b"\x00small\xff")):
+            before = datetime.now(UTC)
+            store.save_stream(step_id, io.BytesIO(payload), schema=schema, metadata={"n": [1, None]})
+            after = datetime.now(UTC)
+            got = store.get(step_id)
+            assert got.content == payload
+            assert got.media_type == "application/octet-stream"
+            assert got.schema == schema
+            assert got.metadata == {"n": (1, None)}
+            assert before <= got.created_at <= after
+            with store.open(step_id) as handle:
+                assert handle.read() == payload
+
+    def test_stream_of_bytearrays_is_stored_as_bytes(self, store: ArtifactStore) -> None:
+        class Chunks(io.RawIOBase):
+            """Returns mutable bytearrays from read(), which IO[bytes] allows a custom stream to do."""
+
+            def __init__(self, data: bytes) -> None:
+                self._data = io.BytesIO(data)
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int | None = -1) -> bytearray:
+                return bytearray(self._data.read(size))
+
+        payload = b"mutable chunks " * 100
+        store.save_stream("chunks", cast(IO[bytes], Chunks(payload)))
+        got = store.get("chunks")
+        assert type(got.content) is bytes
+        assert got.content == payload
 
     def test_open_text_and_json(self, store: ArtifactStore) -> None:
         store.save("t", Message(content="héllo"))

@@ -235,6 +235,28 @@ def test_encode_head_binds_a_streamed_artifact_to_its_place() -> None:
         SIGNER.decode_head(head, place=("ns", "b"))
 
 
+@pytest.mark.parametrize("codec", [CODEC, SIGNER], ids=["plain", "signed"])
+def test_encode_stream_head_is_the_head_encode_writes_for_the_template_with_its_payload(codec: Codec) -> None:
+    # A streamed artifact must be indistinguishable from the same bytes saved whole: same head, byte for byte.
+    template = Message(
+        content=b"", media_type="application/x-test", schema=SchemaInfo(name="blob", version="2"),
+        metadata={"k": [1, {"n": None}]}, created_at=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+    )  # fmt: skip
+    payload = b"streamed \x00\xff" * 1000
+    message = template.model_copy(update={"content": payload})
+    head, header = codec.encode_stream_head(
+        template, size=len(payload), digest=blake3.blake3(payload).hexdigest(), place=HERE
+    )
+    encoded = codec.encode(message, place=HERE)
+    assert head == encoded.head
+    assert header == encoded.header
+    decoded = codec.decode(head, payload, place=HERE)
+    assert decoded == message
+    assert decoded.created_at == template.created_at
+    with pytest.raises(SerializationError, match="digest"):
+        codec.encode_stream_head(template, size=len(payload), digest="0" * 63, place=HERE)
+
+
 @pytest.mark.parametrize("compressed", [False, True])
 def test_every_bit_flip_of_a_bound_signed_envelope_is_detected(compressed: bool) -> None:
     message = Message(content="bound " * 40 if compressed else b"bound payload")

@@ -3,11 +3,13 @@ entry point, selected by name through ARTIFACT_STORE_BACKEND, passing the whole 
 
 from __future__ import annotations
 
+import io
 from importlib import metadata
+from typing import IO, cast
 
 import pytest
 
-from artifactstore_core import Message, create_store
+from artifactstore_core import Message, SerializationError, create_store
 from artifactstore_core.registry import ENTRY_POINT_GROUP, plugin_host
 from artifactstore_core.testing import StoreConformance
 
@@ -41,3 +43,22 @@ def test_backend_settings_come_from_its_own_prefix(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("ARTIFACT_STORE_EXAMPLE_GREETING", "hi")
     assert ExampleSettings().greeting == "hi"
+
+
+def test_save_stream_refuses_a_non_blocking_stream_on_a_backend_that_does_not_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The core reads the stream whole for such backends; read() returning None must not be stored as null.
+    class NothingReady(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: object) -> None:
+            return None
+
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "example")
+    with create_store(namespace="non-blocking") as store:
+        assert not store.capabilities.streaming
+        with pytest.raises(SerializationError, match="blocking stream"):
+            store.save_stream("s", cast(IO[bytes], NothingReady()))
+        assert not store.exists("s")

@@ -17,10 +17,10 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO
 
 from artifactstore_core import (
     AccessDeniedError,
@@ -34,7 +34,6 @@ from artifactstore_core import (
     Codec,
     InvalidStepIdError,
     Message,
-    SchemaInfo,
     SerializationError,
 )
 from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
@@ -283,35 +282,13 @@ class FilesystemStore(ArtifactStore):
             return step_id, temp, final, encoded.header
 
     def _save_stream(
-        self,
-        step_id: str,
-        stream: IO[bytes],
-        media_type: str,
-        schema: SchemaInfo | None,
-        metadata: Mapping[str, Any],
-        overwrite: bool,
-        ttl: float | None,
+        self, step_id: str, stream: IO[bytes], template: Message, overwrite: bool, ttl: float | None
     ) -> None:
         with self._doing("save_stream", step_id):
-            try:
-                # An empty message validates and freezes media type, schema and metadata exactly as save() does.
-                stub = Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
-            except (TypeError, ValueError) as exc:
-                raise SerializationError(
-                    f"save_stream of {step_id!r}: invalid media type, schema or metadata: {exc}", step_id=step_id
-                ) from exc
+            place = (self.namespace, step_id)
 
             def head_for(size: int, digest: str) -> tuple[bytes, Header]:
-                return self.codec.encode_head(
-                    codec="bytes",
-                    media_type=stub.media_type,
-                    schema=stub.schema,
-                    metadata=stub.metadata,
-                    created_at=stub.created_at,
-                    size=size,
-                    digest=digest,
-                    place=(self.namespace, step_id),
-                )
+                return self.codec.encode_stream_head(template, size=size, digest=digest, place=place)
 
             directory, final = self._path(step_id)
             self._guard(directory)

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,7 +30,6 @@ from artifactstore_core import (
     Codec,
     ConfigurationError,
     Message,
-    SchemaInfo,
     SerializationError,
 )
 from artifactstore_core.envelope import Header, PayloadVerifier, content_bytes, new_hasher
@@ -91,7 +90,9 @@ def _read_up_to(stream: IO[bytes], size: int) -> bytes:
         # A non-blocking raw stream returns None when no data is ready; treat it as the end, like b"".
         data = stream.read(size) or b""
         if len(data) >= size or not data:
-            return data
+            # bytes() returns bytes itself without a copy, and turns another buffer a custom stream
+            # returned into the immutable bytes a Message holds.
+            return bytes(data)
         buffer = bytearray(data)
         while len(buffer) < size:
             more = stream.read(size - len(buffer))
@@ -549,31 +550,12 @@ class S3Store(ArtifactStore):
     # -- streaming writes -----------------------------------------------------------------------------
 
     def _save_stream(
-        self,
-        step_id: str,
-        stream: IO[bytes],
-        media_type: str,
-        schema: SchemaInfo | None,
-        metadata: Mapping[str, Any],
-        overwrite: bool,
-        ttl: float | None,
+        self, step_id: str, stream: IO[bytes], template: Message, overwrite: bool, ttl: float | None
     ) -> None:
-        try:
-            # Validates and freezes the descriptive fields exactly as save() would see them.
-            template = Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
-        except ValueError as exc:
-            raise SerializationError(
-                f"cannot save a stream as {step_id!r}: its media type, schema or metadata is invalid"
-            ) from exc
-
         def as_message(data: bytes) -> Message:
-            return Message(
-                content=data,
-                media_type=template.media_type,
-                schema=template.schema,
-                metadata=template.metadata,
-                created_at=template.created_at,
-            )
+            # A copy keeps the template's created_at; the validation it skips has nothing to do, because
+            # _read_up_to returns bytes, which content keeps as they are.
+            return template.model_copy(update={"content": data})
 
         threshold, part_size = self._settings.multipart_threshold, self._settings.part_size
         key = self._keys.key(step_id)
@@ -600,15 +582,8 @@ class S3Store(ArtifactStore):
         self._stream_staged(step_id, key, stream, pending, template, overwrite)
 
     def _head_for(self, step_id: str, template: Message, size: int, digest: str) -> tuple[Header, ObjectLayout]:
-        head, header = self.codec.encode_head(
-            codec="bytes",
-            media_type=template.media_type,
-            schema=template.schema,
-            metadata=template.metadata,
-            created_at=template.created_at,
-            size=size,
-            digest=digest,
-            place=(self.namespace, step_id),
+        head, header = self.codec.encode_stream_head(
+            template, size=size, digest=digest, place=(self.namespace, step_id)
         )
         return header, layout_for(head, header)
 
