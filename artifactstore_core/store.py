@@ -36,6 +36,8 @@ __all__ = ["ArtifactStore", "Ttl"]
 
 #: A time to live: seconds (int or float) or a :class:`~datetime.timedelta`.
 Ttl = float | int | timedelta
+# save_stream on a backend without streaming reads the stream in chunks of this size (see save_stream).
+_FALLBACK_CHUNK = 8 * 1024 * 1024
 
 
 def _ttl_seconds(ttl: Ttl | None) -> float | None:
@@ -308,8 +310,8 @@ class ArtifactStore(ABC):
             InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError: as
                 :meth:`save`.
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
-                or, without ``capabilities.streaming``, ``stream.read()`` returned ``None`` (a non-blocking
-                stream with nothing ready).
+                or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
+                never stored cut short).
         """
         step_id = validate_step_id(step_id)
         seconds = self._ttl(ttl)
@@ -324,17 +326,25 @@ class ArtifactStore(ABC):
             if self.capabilities.streaming:
                 self._save_stream(step_id, stream, template, overwrite, seconds)
             else:
-                data = stream.read()
-                if data is None:
-                    # A non-blocking stream with nothing ready: saving it would store None as the content.
-                    raise SerializationError(
-                        f"cannot save a stream as {step_id!r}: save_stream needs a blocking stream; read() "
-                        "returned None",
-                        step_id=step_id,
-                    )
-                # model_copy skips validation: bytes() freezes a bytearray or memoryview a custom stream
-                # returned (and returns bytes themselves without a copy).
-                message = template.model_copy(update={"content": bytes(data)})
+                # Read in sized chunks, not with one read(): a non-blocking stream's readall() returns what
+                # was ready and hides the None that said "more to come", which would store a truncated
+                # payload. join() of one chunk returns it without a copy.
+                chunks: list[bytes] = []
+                while True:
+                    chunk = stream.read(_FALLBACK_CHUNK)
+                    if chunk is None:
+                        # A non-blocking stream with nothing ready: refused, as streaming backends refuse it.
+                        raise SerializationError(
+                            f"cannot save a stream as {step_id!r}: save_stream needs a blocking stream; "
+                            "read() returned None",
+                            step_id=step_id,
+                        )
+                    if not chunk:
+                        break
+                    # bytes() freezes a bytearray or memoryview a custom stream returned (and returns bytes
+                    # themselves without a copy); model_copy below skips validation.
+                    chunks.append(bytes(chunk))
+                message = template.model_copy(update={"content": b"".join(chunks)})
                 self._save(step_id, message, overwrite, seconds)
         except Exception as exc:
             self._raise(exc, "save_stream", step_id)

@@ -532,6 +532,35 @@ class StoreConformance:
         assert type(got.content) is bytes
         assert got.content == payload
 
+    def test_save_stream_refuses_a_non_blocking_stream(self, store: ArtifactStore) -> None:
+        # read() returning None means "nothing ready yet" on a non-blocking stream. Taking it for the end
+        # would store the artifact cut short; every backend refuses such a stream instead, streaming or not.
+        class NonBlocking(io.RawIOBase):
+            def __init__(self, *steps: bytes | None) -> None:
+                self._steps = list(steps)
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int | None:
+                if not self._steps:
+                    return 0
+                step = self._steps[0]
+                if step is None:
+                    self._steps.pop(0)
+                    return None
+                count = min(len(buffer), len(step))
+                buffer[:count] = step[:count]
+                self._steps[0] = step[count:]
+                if not self._steps[0]:
+                    self._steps.pop(0)
+                return count
+
+        for steps in ((None, b"late bytes"), (b"early bytes", None, b"late bytes")):
+            with pytest.raises(SerializationError, match="blocking stream"):
+                store.save_stream("non-blocking", cast(IO[bytes], NonBlocking(*steps)))
+            assert not store.exists("non-blocking")
+
     def test_open_text_and_json(self, store: ArtifactStore) -> None:
         store.save("t", Message(content="héllo"))
         with store.open("t") as handle:

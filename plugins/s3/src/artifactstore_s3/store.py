@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -80,6 +80,21 @@ def _missing(exc: BaseException) -> bool:
     return status == 404 or code in ("NoSuchKey", "NotFound")
 
 
+_T = TypeVar("_T")
+
+
+def _checked(read: _T | None) -> _T:
+    """What one read of the caller's stream returned, refusing ``None``.
+
+    Raises:
+        SerializationError: a non-blocking stream had nothing ready. Taking that for the end would store
+            the artifact cut short; waiting for it is the caller's business.
+    """
+    if read is None:
+        raise SerializationError("save_stream needs a blocking stream; read() returned None")
+    return read
+
+
 def _read_up_to(stream: IO[bytes], size: int) -> bytes:
     """Read ``size`` bytes, fewer only at the end of the stream (``read`` may return short counts).
 
@@ -87,18 +102,19 @@ def _read_up_to(stream: IO[bytes], size: int) -> bytes:
         SerializationError: reading the caller's stream failed (the original chained): not a backend error.
     """
     try:
-        # A non-blocking raw stream returns None when no data is ready; treat it as the end, like b"".
-        data = stream.read(size) or b""
+        data = _checked(stream.read(size))
         if len(data) >= size or not data:
             # bytes() returns bytes itself without a copy, and turns another buffer a custom stream
             # returned into the immutable bytes a Message holds.
             return bytes(data)
         buffer = bytearray(data)
         while len(buffer) < size:
-            more = stream.read(size - len(buffer))
+            more = _checked(stream.read(size - len(buffer)))
             if not more:
                 break
             buffer += more
+    except SerializationError:
+        raise
     except Exception as exc:
         raise SerializationError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
     return bytes(buffer)
@@ -116,14 +132,16 @@ def _fill(stream: IO[bytes], buffer: bytearray, limit: int | None = None) -> int
         readinto = getattr(stream, "readinto", None)
         while filled < len(view):
             if readinto is not None:
-                count = readinto(view[filled:])
+                count = _checked(readinto(view[filled:]))
             else:
-                data = stream.read(len(view) - filled)
-                count = len(data) if data else 0
-                view[filled : filled + count] = data or b""
+                data = _checked(stream.read(len(view) - filled))
+                count = len(data)
+                view[filled : filled + count] = data
             if not count:
                 break
             filled += count
+    except SerializationError:
+        raise
     except Exception as exc:
         raise SerializationError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
     return filled
