@@ -514,6 +514,9 @@ class ArtifactStore(ABC):
         Raises:
             ArtifactExistsError: (``self._exists_error(step_id)``) a different artifact is stored and
                 ``overwrite`` is false.
+            SerializationError: ``stream.read()`` returned ``None`` (a non-blocking stream with nothing
+                ready), at the start or midway: never take it for the end, which would store the artifact
+                cut short (the conformance kit checks this).
             UnsupportedOperationError: this default implementation, for backends that do not stream.
             Exception: anything else, which :meth:`save_stream` passes through :meth:`_translate_error`
                 and chains; raise a core error for a failing source stream, so it is not blamed on the
