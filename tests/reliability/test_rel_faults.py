@@ -249,6 +249,26 @@ def test_each_call_fails_typed_within_its_deadline(network_backend: Backend, pro
 
 
 @pytest.mark.timeout(120)
+def test_a_lost_request_does_not_change_what_delete_returns(network_backend: Backend, proxy: FaultProxy) -> None:
+    # The connection drops before the request reaches the server: nothing was removed yet, so the store can
+    # find out by asking again (http repeats a delete and trusts a repeat that removed the artifact).
+    backend = network_backend
+    assert backend.through is not None
+    ns = namespace("lost-request")
+    with backend.make(ns) as direct:
+        direct.save("k", Message(content=b"to delete"))
+    store = backend.through(proxy, ns)
+    try:
+        assert store.exists("k")  # a pooled connection, as in a running application
+        proxy.set(ResetAfter(0, "up", times=1))
+        assert store.delete("k") is True
+        proxy.set(PassThrough())
+        assert not store.exists("k")
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(120)
 def test_a_lost_reply_does_not_change_what_delete_returns(network_backend: Backend, proxy: FaultProxy) -> None:
     backend = network_backend
     assert backend.through is not None

@@ -55,7 +55,9 @@ logger = logging.getLogger("artifactstore_http.client")
 
 #: Which failures each kind of request retries. ``"transient"``: connection failures, timeouts, resets and
 #: 502/503/504 answers; ``"unsent"``: only failures before the request left (connect errors and timeouts,
-#: pool timeouts), because repeating a delete or clear that did happen would change what it returns.
+#: pool timeouts), because repeating a delete or clear that did happen would change what it returns. A
+#: delete whose request may have been sent is repeated once more, and only a repeat that removed the
+#: artifact is trusted (see ``HttpStore._delete``).
 RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
     "get": "transient",
     "exists": "transient",
@@ -273,10 +275,29 @@ class HttpStore(ArtifactStore):
         raise self._fail(response, step_id)
 
     def _delete(self, step_id: str) -> bool:
-        response = self._send("delete", "DELETE", self._url("artifacts", step_id))
+        url = self._url("artifacts", step_id)
+        try:
+            response = self._send("delete", "DELETE", url)
+        except _TRANSIENT as lost:
+            # The request may or may not have reached the server (a reset, a dropped connection, no answer
+            # in time). Sending it once more settles the question only when the repeat removes the
+            # artifact: then the first attempt had not. A repeat that removes nothing may follow a first
+            # attempt that removed it, so the honest answer stays "unknown": the first failure is raised.
+            if self._settings.retries < 1 or not self._removed_on_repeat(url):
+                raise
+            logger.debug("delete of %r: the first request got no answer (%s); its repeat removed it", step_id, lost)
+            return True
         if response.status_code != 200:
             raise self._fail(response, step_id)
         return bool(_json_field(response, "deleted", bool, self._display))
+
+    def _removed_on_repeat(self, url: httpx.URL) -> bool:
+        """Whether a repeated DELETE of ``url`` removed an artifact (False on any failure of the repeat)."""
+        try:
+            response = self._send("delete", "DELETE", url)
+            return response.status_code == 200 and _json(response, self._display) == {"deleted": True}
+        except (httpx.HTTPError, BackendError):
+            return False
 
     def _list(self) -> Iterator[ArtifactInfo]:
         cursor: str | None = None
