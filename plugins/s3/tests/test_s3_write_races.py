@@ -83,34 +83,6 @@ def test_a_409_then_nothing_stored_is_written_again(new_s3_store: NewStore, raw:
     assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("warm"), store.key_of("x")])
 
 
-@pytest.mark.parametrize("same", [True, False], ids=["identical", "different"])
-def test_a_409_while_another_writer_creates_the_artifact(
-    new_s3_store: NewStore, raw: Any, bucket: str, way: str, same: bool
-) -> None:
-    store = prepared(new_s3_store)
-    other = new_s3_store(**SMALL_PARTS)
-    operation, save = WAYS[way]
-    theirs = payload_for(way, 0 if same else 1)
-
-    def other_wins(request: Any, n: int) -> Any:
-        if n > 1:
-            return None
-        other.save("x", Message(content=theirs))
-        return conflict(request)
-
-    attempts = on_conditional_write(store, operation, other_wins)
-    if same:
-        save(store, payload_for(way))  # the same artifact: a safe retry
-    else:
-        with pytest.raises(ArtifactExistsError) as info:
-            save(store, payload_for(way))
-        assert info.value.step_id == "x"
-    assert len(attempts) == 1  # the stored artifact settled it: nothing was written (or uploaded) again
-    assert store.get("x").content == theirs
-    assert open_uploads(raw, bucket) == []
-    assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("warm"), store.key_of("x")])
-
-
 def test_409s_that_never_stop_give_up_after_max_attempts(
     new_s3_store: NewStore, raw: Any, bucket: str, way: str
 ) -> None:
@@ -129,27 +101,32 @@ def test_409s_that_never_stop_give_up_after_max_attempts(
 
 
 @pytest.mark.parametrize("same", [True, False], ids=["identical", "different"])
-def test_a_412_on_the_conditional_write_follows_the_write_once_rule(
-    new_s3_store: NewStore, raw: Any, bucket: str, way: str, same: bool
+@pytest.mark.parametrize("refusal", [409, 412])
+def test_a_refused_write_while_another_writer_creates_the_artifact_follows_the_write_once_rule(
+    new_s3_store: NewStore, raw: Any, bucket: str, way: str, same: bool, refusal: int
 ) -> None:
     # Another writer creates the artifact after this store looked for it (a large save checks first) and
-    # before its own conditional write reaches S3, which then refuses it with a real 412 from moto.
+    # before its own conditional write reaches S3. 412: moto itself refuses the write, as the key exists.
+    # 409: the write is answered with ConditionalRequestConflict (a concurrent write was in flight).
     store = prepared(new_s3_store)
     other = new_s3_store(**SMALL_PARTS)
     operation, save = WAYS[way]
     theirs = payload_for(way, 0 if same else 1)
 
     def other_wins(request: Any, n: int) -> Any:
+        if n > 1:
+            return None
         other.save("x", Message(content=theirs))
-        return None
+        return conflict(request) if refusal == 409 else None
 
     attempts = on_conditional_write(store, operation, other_wins)
     if same:
-        save(store, payload_for(way))
+        save(store, payload_for(way))  # the same artifact: a safe retry
     else:
-        with pytest.raises(ArtifactExistsError):
+        with pytest.raises(ArtifactExistsError) as info:
             save(store, payload_for(way))
-    assert len(attempts) == 1
+        assert info.value.step_id == "x"
+    assert len(attempts) == 1  # the stored artifact settled it: nothing was written (or uploaded) again
     assert store.get("x").content == theirs
     assert open_uploads(raw, bucket) == []
     assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("warm"), store.key_of("x")])
