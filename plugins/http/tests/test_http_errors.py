@@ -7,7 +7,7 @@ import json
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import httpx
@@ -142,6 +142,19 @@ def test_a_server_bug_is_a_backend_error_without_its_details(
     assert "hunter2" in caplog.text
 
 
+@contextlib.contextmanager
+def store_of_a_server_answering(answer: Callable[[Request], Response]) -> Iterator[ArtifactStore]:
+    """A client store (no retries) of a stand-in server whose every artifact request in "default" is
+    answered by ``answer``: a hostile, confused or broken server."""
+    routes = [Route("/v1/namespaces/default/artifacts/{step}", answer, methods=["GET"])]
+    server = ServerThread(Starlette(routes=routes)).start()
+    try:
+        with client_for(server.url, retries=0) as store:
+            yield store
+    finally:
+        server.stop()
+
+
 def test_problem_types_outside_the_allow_list_are_never_looked_up() -> None:
     def app(request: Request) -> Response:
         # A hostile or confused server naming arbitrary classes.
@@ -149,16 +162,11 @@ def test_problem_types_outside_the_allow_list_are_never_looked_up() -> None:
         body = f'{{"type": "{names[request.path_params["step"]]}", "detail": "x", "status": 404}}'
         return Response(body, status_code=404, media_type="application/problem+json")
 
-    routes = [Route("/v1/namespaces/default/artifacts/{step}", app, methods=["GET"])]
-    server = ServerThread(Starlette(routes=routes)).start()
-    try:
-        with client_for(server.url, retries=0) as store:
-            for step in "abcd":
-                with pytest.raises(BackendError) as info:
-                    store.get(step)
-                assert type(info.value) is BackendError
-    finally:
-        server.stop()
+    with store_of_a_server_answering(app) as store:
+        for step in "abcd":
+            with pytest.raises(BackendError) as info:
+                store.get(step)
+            assert type(info.value) is BackendError
 
 
 def test_a_server_echoing_the_token_in_its_problem_detail_never_gets_it_into_an_error() -> None:
@@ -169,18 +177,13 @@ def test_a_server_echoing_the_token_in_its_problem_detail_never_gets_it_into_an_
         body = json.dumps({"type": kind, "detail": echoed, "status": 404})
         return Response(body, status_code=404, media_type="application/problem+json")
 
-    routes = [Route("/v1/namespaces/default/artifacts/{step}", app, methods=["GET"])]
-    server = ServerThread(Starlette(routes=routes)).start()
-    try:
-        with client_for(server.url, retries=0) as store:
-            for step in "ab":
-                with pytest.raises(ArtifactStoreError) as info:
-                    store.get(step)
-                text = f"{info.value} {info.value!r} {info.value.args}"
-                assert TOKEN not in text
-                assert "bad request with Bearer" in text  # the rest of the server's text is kept
-    finally:
-        server.stop()
+    with store_of_a_server_answering(app) as store:
+        for step in "ab":
+            with pytest.raises(ArtifactStoreError) as info:
+                store.get(step)
+            text = f"{info.value} {info.value!r} {info.value.args}"
+            assert TOKEN not in text
+            assert "bad request with Bearer" in text  # the rest of the server's text is kept
 
 
 def test_unreachable_server_is_backend_unavailable() -> None:
@@ -320,18 +323,14 @@ def test_the_client_verifies_what_it_reads() -> None:
     def app(request: Request) -> Response:
         return Response(bodies[request.path_params["step"]], media_type="application/vnd.artifactstore.envelope")
 
-    server = ServerThread(Starlette(routes=[Route("/v1/namespaces/default/artifacts/{step}", app)])).start()
-    try:
-        with client_for(server.url, retries=0) as store:
-            for step, error in [
-                ("flipped", ArtifactCorruptedError),
-                ("truncated", ArtifactCorruptedError),
-                ("junk", UnsupportedFormatError),
-            ]:
-                with pytest.raises(error):
-                    store.get(step)
-    finally:
-        server.stop()
+    with store_of_a_server_answering(app) as store:
+        for step, error in [
+            ("flipped", ArtifactCorruptedError),
+            ("truncated", ArtifactCorruptedError),
+            ("junk", UnsupportedFormatError),
+        ]:
+            with pytest.raises(error):
+                store.get(step)
 
 
 def test_the_server_verifies_what_it_receives(memory_server: ServerThread, memory_space: MemorySpace) -> None:
