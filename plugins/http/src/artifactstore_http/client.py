@@ -11,6 +11,7 @@ whose pool size is one setting, and the same API for the async mirror later.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -75,6 +76,58 @@ _BACKOFF_BASE = 0.1
 _BACKOFF_MAX = 2.0
 
 
+class _Clients:
+    """At most ``size`` httpx clients of one connection each, every one used by one thread at a time.
+
+    Why not one client with a pool of ``size`` connections shared by all threads: httpcore's shared pool
+    can close a connection it has just handed to a request another thread is about to send (with httpcore
+    1.0.9, the newest release: encode/httpcore#1110). That request then fails with ``ReadError`` (EBADF)
+    after it may have reached the server, which a delete or clear cannot safely repeat; 32 threads on a
+    pool of 4 hit it about once a minute. A client that one thread uses at a time never runs two pool
+    passes at once, so the race cannot happen. Clients are created on demand and reused most recently
+    used first, so idle connections age out (``keepalive_expiry``) instead of being kept warm in turn.
+    """
+
+    def __init__(self, make: Callable[[], httpx.Client], size: int, timeout: float) -> None:
+        self._make = make
+        self._timeout = timeout
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[httpx.Client] = []
+        self._all: list[httpx.Client] = []
+
+    @contextlib.contextmanager
+    def checkout(self) -> Iterator[httpx.Client]:
+        """A client for this thread alone until the block ends.
+
+        Raises:
+            httpx.PoolTimeout: no client became free within the timeout (nothing was sent).
+        """
+        if not self._slots.acquire(timeout=self._timeout):
+            raise httpx.PoolTimeout("no connection to the artifact server became free in time")
+        try:
+            with self._lock:
+                client = self._idle.pop() if self._idle else None
+            if client is None:
+                client = self._make()
+                with self._lock:
+                    self._all.append(client)
+            try:
+                yield client
+            finally:
+                with self._lock:
+                    self._idle.append(client)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        """Close every client (a request still in flight on one fails)."""
+        with self._lock:
+            clients, self._all, self._idle = self._all, [], []
+        for client in clients:
+            client.close()
+
+
 class HttpStore(ArtifactStore):
     """A namespace of artifacts on an artifact server (``artifactstore-serve``).
 
@@ -119,7 +172,7 @@ class HttpStore(ArtifactStore):
             )
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._client = self._new_client()
+        self._clients = _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout)
 
     def __repr__(self) -> str:
         return f"<HttpStore endpoint={self._display!r} namespace={self.namespace!r}>"
@@ -144,12 +197,11 @@ class HttpStore(ArtifactStore):
         headers = {"User-Agent": "artifactstore-http"}
         if settings.token is not None:
             headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
-        # Idle connections are dropped well before servers close them (uvicorn's default keep-alive is 5 s,
+        # One connection per client: _Clients hands each client to one thread at a time (see there). Idle
+        # connections are dropped well before servers close them (uvicorn's default keep-alive is 5 s,
         # httpx's own expiry too): reusing one the server is closing at that instant fails a request that
         # cannot be retried safely (delete, clear).
-        limits = httpx.Limits(
-            max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size, keepalive_expiry=2.0
-        )
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=2.0)
         transport = httpx.HTTPTransport(
             verify=self._verify,
             limits=limits,
@@ -172,15 +224,16 @@ class HttpStore(ArtifactStore):
             trust_env=settings.trust_env,
         )
 
-    def _http(self) -> httpx.Client:
+    def _http(self) -> _Clients:
         if os.getpid() != self._pid:
-            # After a fork the parent's pooled sockets must not be shared: start a fresh pool, and leave the
-            # parent's client alone (closing it here would close the parent's connections).
+            # After a fork the parent's pooled sockets must not be shared: start fresh clients, and leave the
+            # parent's alone (closing them here would close the parent's connections).
             with self._lock:
                 if os.getpid() != self._pid:
-                    self._client = self._new_client()
+                    settings = self._settings
+                    self._clients = _Clients(self._new_client, settings.pool_size, settings.read_timeout)
                     self._pid = os.getpid()
-        return self._client
+        return self._clients
 
     def _url(self, *segments: str) -> httpx.URL:
         path = self._ns_path
@@ -210,7 +263,8 @@ class HttpStore(ArtifactStore):
                 content = body()
                 headers = {"Content-Type": MEDIA_TYPE_ENVELOPE, "Content-Length": str(length)}
             try:
-                response = self._http().request(method, url, params=params, content=content, headers=headers)
+                with self._http().checkout() as http:
+                    response = http.request(method, url, params=params, content=content, headers=headers)
             except retryable:
                 if attempt >= self._settings.retries:
                     raise
@@ -357,7 +411,7 @@ class HttpStore(ArtifactStore):
         return ThreadPoolExecutor(max_workers=min(count, self._settings.pool_size, 16))
 
     def _close(self) -> None:
-        self._client.close()
+        self._clients.close()
 
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
         where = f"artifact server {self._display}"
