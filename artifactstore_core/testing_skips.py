@@ -31,7 +31,7 @@ def strict() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
 
 
-def _reason(report: pytest.TestReport) -> str:
+def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     longrepr = report.longrepr
     # A skip's longrepr is (path, line, "Skipped: reason").
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
@@ -39,11 +39,7 @@ def _reason(report: pytest.TestReport) -> str:
     return str(longrepr)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
-    """On CI, report a skip whose reason is not a declared-capability skip as a failure."""
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+def _fail_unexplained_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
     if not report.skipped or hasattr(report, "wasxfail") or not strict():
         return
     reason = _reason(report)
@@ -54,3 +50,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         f"skipped on CI ({reason}): a skip here would hide a missing service, binary or feature. Install what "
         f"the test needs, or unset CI to allow skips locally."
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
+    """On CI, report a skip whose reason is not a declared-capability skip as a failure."""
+    outcome = yield
+    _fail_unexplained_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    """On CI, the same for a whole module skipped while it is collected (``pytest.importorskip`` of a
+    missing client library, ``pytest.skip(..., allow_module_level=True)``): a collection error instead."""
+    outcome = yield
+    _fail_unexplained_skip(outcome.get_result())

@@ -67,3 +67,23 @@ def test_a_skip_fails_on_ci_unless_it_is_an_undeclared_capability(tmp_path: Path
     )
     assert marked.returncode == 1, marked.stdout
     assert "skipped on CI (needs POSIX)" in marked.stdout
+
+
+@pytest.mark.timeout(300)
+def test_a_module_skipped_while_collected_fails_on_ci(tmp_path: Path) -> None:
+    # A missing client library skips a whole module before any test runs: that must not pass either.
+    for body in (
+        'pass\n\n\npytest.importorskip("no_such_client_library")',
+        'pass\n\n\npytest.skip("no redis-server", allow_module_level=True)',
+    ):
+        failed = _run(tmp_path, body, ci="true")
+        assert failed.returncode != 0, failed.stdout
+        assert "skipped on CI (" in failed.stdout
+        local = _run(tmp_path, body, ci=None)
+        assert "1 skipped" in local.stdout, local.stdout  # locally the module stays skipped
+
+
+def test_the_skip_guard_is_loaded_in_every_run_of_this_project(request: pytest.FixtureRequest) -> None:
+    # Loaded by the pytest addopts in pyproject.toml, which every nox test session runs under; if that
+    # line went, skips would pass on CI again without anything failing.
+    assert request.config.pluginmanager.has_plugin("artifactstore_core.testing_skips")
