@@ -721,14 +721,15 @@ class Codec:
             raise ArtifactCorruptedError("payload digest does not match its header")
         content: Any
         try:
+            # JSON is parsed straight into frozen values (what message_from(header, _loads(raw)) gives, in one
+            # pass); bytes need no check, and UTF-8 decoding already refuses encoded surrogates: no second
+            # scan of the content (message_from's checks) on the read path.
             if header.codec == "json":
-                # Parsed straight into frozen values: what message_from(header, _loads(raw)) gives, in one
-                # pass instead of a parse and a freezing walk.
                 content = loads_frozen(raw)
-                return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
-            # Bytes need no check, and UTF-8 decoding already refuses encoded surrogates: no second scan of
-            # the text (message_from's check) on the read path.
-            content = str(raw, "utf-8") if header.codec == "utf-8" else raw if isinstance(raw, bytes) else bytes(raw)
+            elif header.codec == "utf-8":
+                content = str(raw, "utf-8")
+            else:
+                content = raw if isinstance(raw, bytes) else bytes(raw)
             return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
         except ValueError as exc:  # UnicodeDecodeError included; _loads and freezing turn RecursionError into it
             # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the

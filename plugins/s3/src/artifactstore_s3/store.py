@@ -535,7 +535,8 @@ class S3Store(ArtifactStore):
 
         def feed(upload: MultipartUpload) -> None:
             view = memoryview(payload)
-            upload.add(layout.prelude + bytes(view[:part_size]))
+            # One copy of the first part (prelude and payload joined), not a slice copy and then a second.
+            upload.add(b"".join((layout.prelude, view[:part_size])))
             for offset in range(part_size, len(payload), part_size):
                 part = view[offset : offset + part_size]
                 buffer = upload.buffer()
