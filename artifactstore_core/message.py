@@ -184,7 +184,6 @@ _C_SCANNER = getattr(json.scanner, "c_make_scanner", None)
 # encoded one); text without such an escape needs no check. A match may also be an escaped backslash
 # followed by "ud8..", which only costs the exact path.
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
-_new_object = object.__new__
 
 
 def _frozen_array(items: list[Any]) -> tuple[Any, ...]:
@@ -200,10 +199,7 @@ def _frozen_object(data: dict[str, Any]) -> FrozenDict:
         if type(value) is list:
             # Replacing a value does not resize the dict, so iterating on is safe.
             data[key] = _frozen_array(value)
-    frozen: FrozenDict = _new_object(FrozenDict)
-    frozen._data = data
-    frozen._hash = None
-    return frozen
+    return FrozenDict._adopt(data)
 
 
 class _NotFastError(Exception):
