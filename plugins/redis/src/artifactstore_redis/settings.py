@@ -28,6 +28,15 @@ _UNPARSED_TAIL = "<host hidden: its credentials are not URL-escaped>"
 _SECRET_QUERY_WORDS = ("pass", "secret", "token", "key")
 
 
+def secret_query_values(query: str) -> list[str]:
+    """The values of the query parameters whose names suggest a credential (what :func:`mask_url` masks)."""
+    return [value for name, value in parse_qsl(query, keep_blank_values=True) if _secret_name(name)]
+
+
+def _secret_name(name: str) -> bool:
+    return any(word in name.lower() for word in _SECRET_QUERY_WORDS)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password (and any credential-like query value) replaced by ``***``.
 
@@ -51,7 +60,7 @@ def mask_url(url: str) -> str:
             user = parts.username or ""
             netloc = f"{user}:***@{netloc}" if parts.password is not None else f"{user}@{netloc}"
         query = [
-            (name, "***" if any(word in name.lower() for word in _SECRET_QUERY_WORDS) else value)
+            (name, "***" if _secret_name(name) else value)
             for name, value in parse_qsl(parts.query, keep_blank_values=True)
         ]
         masked = f"{parts.scheme}://{netloc}{parts.path}"

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -87,7 +87,7 @@ from .scripts import (
     SAVE_UPLOAD_MISSING,
     LuaScript,
 )
-from .settings import _SECRET_QUERY_WORDS, REDIS_MAX_BULK_BYTES, RedisSettings
+from .settings import REDIS_MAX_BULK_BYTES, RedisSettings, secret_query_values
 
 __all__ = ["RedisClient", "RedisStore"]
 
@@ -859,7 +859,7 @@ class RedisStore(ArtifactStore):
         try:
             parts = urlsplit(self._settings.url.get_secret_value())
             url_password = parts.password
-            query = parse_qsl(parts.query, keep_blank_values=True)
+            query = secret_query_values(parts.query)
         except ValueError:
             url_password, query = None, []
         if url_password:
@@ -867,7 +867,7 @@ class RedisStore(ArtifactStore):
             # adds the quoted spellings.
             secrets += [url_password, unquote(url_password)]
         # The query values display_url masks (redis-py reads e.g. ?password=... on unix socket URLs).
-        secrets += [value for name, value in query if any(word in name.lower() for word in _SECRET_QUERY_WORDS)]
+        secrets += query
         return tuple(secret for secret in secrets if secret)
 
     def _describe(self, exc: BaseException) -> str:
