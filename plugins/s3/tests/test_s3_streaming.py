@@ -182,3 +182,33 @@ def test_open_of_compressed_json_yields_its_utf8_encoding(new_s3_store: NewStore
         data = handle.read()
     assert data.startswith(b'{"rows":["row 0"')
     assert len(data) > 64 * 1024
+
+
+@pytest.mark.parametrize("checksums", ["when_supported", "when_required"])
+@pytest.mark.parametrize("source", ["memory", "non-seekable"])
+def test_multipart_uploads_declare_crc32_where_botocore_sends_it(
+    new_s3_store: NewStore, monkeypatch: pytest.MonkeyPatch, source: str, checksums: str
+) -> None:
+    # botocore's own setting: "when_required" is what a user of an S3-compatible service that refuses
+    # checksums sets, and then the upload must not declare one either (its parts would carry none).
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", checksums)
+    store = new_s3_store(**SMALL_PARTS)
+    creates = count_calls(store, "CreateMultipartUpload")
+    completes = count_calls(store, "CompleteMultipartUpload")
+    if source == "memory":
+        store.save("m", Message(content=PAYLOAD))
+    else:  # staged, then assembled from server-side copies of the staged parts
+        store.save_stream("m", NonSeekable(PAYLOAD))
+    assert creates and completes
+    declared = [request.headers.get("x-amz-checksum-algorithm") for request in creates]
+    listed = [body.count(b"<ChecksumCRC32>") for body in (request.body for request in completes)]
+    parts = [body.count(b"<PartNumber>") for body in (request.body for request in completes)]
+    if checksums == "when_supported":
+        assert declared == [b"CRC32"] * len(creates)
+        # Every uploaded part is listed with its checksum (the first upload, of the bytes or of the staged
+        # stream); a copied part with the checksum the server answered for it, if any (moto answers none).
+        assert listed[0] == parts[0] > 1
+    else:
+        assert declared == [None] * len(creates)
+        assert listed == [0] * len(completes)
+    assert store.get("m").content == PAYLOAD
