@@ -28,7 +28,9 @@ import json
 import json.scanner
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -65,6 +67,7 @@ __all__ = [
     "content_info",
     "new_hasher",
     "place_bytes",
+    "reusing_verified_digests",
 ]
 
 MAGIC = b"ARTF"
@@ -186,6 +189,33 @@ def new_hasher(chunk_size: int | None = None) -> blake3.blake3:
     return blake3.blake3(
         max_threads=blake3.blake3.AUTO if chunk_size is not None and chunk_size >= _PARALLEL_HASH_FROM else 1
     )
+
+
+# What the codec verified while decoding, by the id of the content object, within reusing_verified_digests().
+_VERIFIED: ContextVar[dict[int, tuple[bytes | str, str]] | None] = ContextVar("artifactstore_verified", default=None)
+
+
+@contextmanager
+def reusing_verified_digests() -> Iterator[None]:
+    """Within this context, a payload the codec verified while decoding is not hashed again when the very
+    same content object is encoded again (by any codec), in this thread or task.
+
+    For code that decodes an artifact and encodes it again, as the http artifact server does twice per
+    request (it verifies what a client sends, then its backend encodes it; its backend verifies what it
+    reads, then the server encodes it for the client): each payload is then hashed once on the way through,
+    not twice. Only ``bytes`` and text content qualify, whose payload is a function of the content alone;
+    JSON content is hashed again, because the payload that was verified need not be the canonical
+    encoding the codec writes. A content object is recognised by identity, never by equality, so a message
+    built around other (even equal) content is hashed as usual. The record holds the content objects until
+    the context exits: keep the context to one request or one copy.
+
+    Raises nothing of its own.
+    """
+    token = _VERIFIED.set({})
+    try:
+        yield
+    finally:
+        _VERIFIED.reset(token)
 
 
 def _digest(data: bytes | memoryview) -> str:
@@ -367,7 +397,11 @@ class Codec:
             ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
         codec, raw = content_bytes(message)
-        digest = _digest(raw)
+        verified = _VERIFIED.get()
+        known = verified.get(id(message.content)) if verified is not None and codec != "json" else None
+        # The identity check: an id can be reused by another object once the one recorded is gone (it cannot
+        # be while the record holds it, but the check costs nothing and needs no such argument).
+        digest = known[1] if known is not None and known[0] is message.content else _digest(raw)
         stored, compression = raw, None
         threshold = self.compress_threshold
         if codec != "bytes" and threshold is not None and len(raw) >= threshold:
@@ -726,10 +760,14 @@ class Codec:
             # scan of the content (message_from's checks) on the read path.
             if header.codec == "json":
                 content = loads_frozen(raw)
-            elif header.codec == "utf-8":
-                content = str(raw, "utf-8")
             else:
-                content = raw if isinstance(raw, bytes) else bytes(raw)
+                if header.codec == "utf-8":
+                    content = str(raw, "utf-8")
+                else:
+                    content = raw if isinstance(raw, bytes) else bytes(raw)
+                verified = _VERIFIED.get()
+                if verified is not None:
+                    verified[id(content)] = (content, header.digest)
             return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
         except ValueError as exc:  # UnicodeDecodeError included; _loads and freezing turn RecursionError into it
             # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the

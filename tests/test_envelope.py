@@ -558,3 +558,74 @@ def test_json_payloads_decode_as_parsing_then_freezing_did(payload: bytes) -> No
         decoded = CODEC.decode(*_forge(payload))
         assert decoded == expected
         assert repr(decoded.content) == repr(expected.content)
+
+
+@pytest.fixture
+def digests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the payloads the codec hashes from now on (the payload digest, not head tags)."""
+    hashed: list[int] = []
+    real = envelope._digest
+
+    def counting(data: bytes | memoryview) -> str:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(envelope, "_digest", counting)
+    return hashed
+
+
+BIG_TEXT = "ü" * 40_000  # compressed when stored: the digest is of the uncompressed payload
+
+
+@pytest.mark.parametrize("content", [b"\x00payload" * 1000, BIG_TEXT, "short text", b""])
+@pytest.mark.parametrize("signing_key", [None, b"k" * 32])
+def test_a_verified_payload_is_not_hashed_again_when_its_content_is_encoded(
+    digests: list[int], content: bytes | str, signing_key: bytes | None
+) -> None:
+    codec = Codec(signing_key=signing_key)
+    stored = codec.encode(Message(content=content, metadata={"a": 1}), place=("ns", "from")).to_bytes()
+    digests.clear()
+    with envelope.reusing_verified_digests():
+        message = codec.decode_bytes(stored, place=("ns", "from"))
+        again = codec.encode(message, place=("other", "to"))
+    assert len(digests) == 1  # the decode's verification only
+    # Exactly what encoding without the record gives (the record supplied the very same digest).
+    digests.clear()
+    plain = codec.encode(message, place=("other", "to"))
+    assert len(digests) == 1
+    assert (again.head, again.payload) == (plain.head, plain.payload)
+    assert codec.decode(again.head, again.payload, place=("other", "to")) == message
+
+
+def test_outside_the_context_or_for_other_content_the_payload_is_hashed(digests: list[int]) -> None:
+    stored = CODEC.encode(Message(content=b"abc" * 100)).to_bytes()
+    stored_json = CODEC.encode(SAMPLE).to_bytes()
+    json_size = len(CODEC.encode(SAMPLE).payload)
+    message = CODEC.decode_bytes(stored)
+    digests.clear()
+    CODEC.encode(message)  # no context: hashed
+    assert digests == [300]
+    with envelope.reusing_verified_digests():
+        message = CODEC.decode_bytes(stored)
+        json_message = CODEC.decode_bytes(stored_json)
+        digests.clear()
+        # Equal content in another object, a copy with other content, and JSON content: each hashed.
+        CODEC.encode(Message(content=bytes(bytearray(message.content))))
+        CODEC.encode(message.model_copy(update={"content": b"other"}))
+        CODEC.encode(json_message)
+        assert digests == [300, 5, json_size]
+    # The record ends with the context.
+    digests.clear()
+    CODEC.encode(message)
+    assert digests == [300]
+
+
+def test_a_payload_that_failed_verification_is_not_recorded(digests: list[int]) -> None:
+    encoded = CODEC.encode(Message(content=b"abc" * 100))
+    damaged = encoded.payload[:-1] + b"?"
+    with envelope.reusing_verified_digests():
+        with pytest.raises(ArtifactCorruptedError):
+            CODEC.decode(encoded.head, damaged)
+        digests.clear()
+        CODEC.encode(Message(content=damaged))
+    assert digests == [300]

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, create_store
+from artifactstore_core.envelope import reusing_verified_digests
 from artifactstore_core.errors import (
     ArtifactStoreError,
     BackendUnavailableError,
@@ -353,13 +354,15 @@ class _App:
         body = await self._read_body(request)
 
         def work() -> None:
-            with self._cache.acquire(namespace) as store:
+            # The payload verified here is not hashed again when the backend encodes the same content.
+            with self._cache.acquire(namespace) as store, reusing_verified_digests():
                 codec = store.codec
                 # The client signed the body for the namespace and id of the URL, whatever the store's
                 # own namespace is (a custom store factory may map namespaces).
                 place = (namespace, step_id)
+                view = memoryview(body)
                 try:
-                    header = codec.header_of(memoryview(body), place=place)
+                    header = codec.header_of(view, place=place)
                     if header.size > self._max_body:
                         raise PayloadTooLargeError(
                             f"artifact {step_id!r} holds {header.size} bytes of content; this server accepts at "
@@ -367,7 +370,8 @@ class _App:
                             step_id=step_id,
                         )
                     # The server's own codec verifies the digest (and the signature, with a signing key).
-                    message = codec.decode_bytes(memoryview(body), place=place)
+                    # The head is verified once: the payload is what follows it.
+                    message = codec.decode_payload(header, view[codec.head_size(view) :])
                 except ConfigurationError as exc:
                     # A signed artifact sent to a server without the key: the request is what is wrong.
                     raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
@@ -402,7 +406,8 @@ class _App:
 
     async def _get(self, namespace: str, step_id: str) -> Response:
         def work() -> tuple[bytes, bytes]:
-            with self._cache.acquire(namespace) as store:
+            # The payload the backend verified is not hashed again to encode it for the client.
+            with self._cache.acquire(namespace) as store, reusing_verified_digests():
                 # Signed for the URL's namespace and id: what the client verifies it against.
                 encoded = store.codec.encode(store.get(step_id), place=(namespace, step_id))
                 return encoded.head, encoded.payload
