@@ -306,13 +306,17 @@ def _damage(path: Path, how: str) -> None:
         data[20] ^= 0x01
     elif how == "magic":
         data[:4] = b"NOPE"
+    elif how == "stub":  # cut inside the head
+        del data[20:]
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["flip", "truncate", "extend", "head"])
-def test_damaged_artifacts_raise_corrupted(make_fs_store: MakeFsStore, how: str) -> None:
+# Read whole with one call below 64 KiB (the file, head included); in parts from there.
+@pytest.mark.parametrize("size", [3 * MIB, 64 * 1024, 64 * 1024 - 400, 100])
+@pytest.mark.parametrize("how", ["flip", "truncate", "extend", "head", "stub"])
+def test_damaged_artifacts_raise_corrupted(make_fs_store: MakeFsStore, how: str, size: int) -> None:
     store = make_fs_store()
-    payload = _pattern(3 * MIB)
+    payload = _pattern(size)
     store.save("d", Message(content=payload))
     _damage(_file_of(store, "d"), how)
     with pytest.raises(ArtifactCorruptedError) as info:
