@@ -198,7 +198,8 @@ _VERIFIED: ContextVar[dict[int, tuple[bytes | str, str]] | None] = ContextVar("a
 @contextmanager
 def reusing_verified_digests() -> Iterator[None]:
     """Within this context, a payload the codec verified while decoding is not hashed again when the very
-    same content object is encoded again (by any codec), in this thread or task.
+    same content object is encoded again (by any codec) in the same context: this thread, or this asyncio
+    task (and what it runs in a copy of its context).
 
     For code that decodes an artifact and encodes it again, as the http artifact server does twice per
     request (it verifies what a client sends, then its backend encodes it; its backend verifies what it
@@ -211,10 +212,13 @@ def reusing_verified_digests() -> Iterator[None]:
 
     Raises nothing of its own.
     """
-    token = _VERIFIED.set({})
+    record: dict[int, tuple[bytes | str, str]] = {}
+    token = _VERIFIED.set(record)
     try:
         yield
     finally:
+        # Emptied, not only unset: a context copied inside (a task, a worker thread) still refers to it.
+        record.clear()
         _VERIFIED.reset(token)
 
 
@@ -751,6 +755,10 @@ class Codec:
                 raise ArtifactCorruptedError("compressed payload cannot be decompressed") from exc
         if len(raw) != header.size:
             raise ArtifactCorruptedError(f"payload is {len(raw)} bytes; its header says {header.size}")
+        if header.codec == "bytes" and not isinstance(raw, bytes):
+            # Copied before it is hashed (the message keeps a copy either way): the digest verified is then
+            # that of the very bytes the message holds, whatever becomes of the caller's buffer.
+            raw = bytes(raw)
         if _digest(raw) != header.digest:
             raise ArtifactCorruptedError("payload digest does not match its header")
         content: Any
@@ -761,12 +769,11 @@ class Codec:
             if header.codec == "json":
                 content = loads_frozen(raw)
             else:
-                if header.codec == "utf-8":
-                    content = str(raw, "utf-8")
-                else:
-                    content = raw if isinstance(raw, bytes) else bytes(raw)
+                content = str(raw, "utf-8") if header.codec == "utf-8" else raw
                 verified = _VERIFIED.get()
-                if verified is not None:
+                if verified is not None and type(raw) is bytes:
+                    # Recorded only when what was hashed is immutable (text decoded from a caller's
+                    # memoryview is not), so the digest is provably that of the content's encoding.
                     verified[id(content)] = (content, header.digest)
             return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
         except ValueError as exc:  # UnicodeDecodeError included; _loads and freezing turn RecursionError into it

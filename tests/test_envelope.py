@@ -583,10 +583,11 @@ def test_a_verified_payload_is_not_hashed_again_when_its_content_is_encoded(
     digests: list[int], content: bytes | str, signing_key: bytes | None
 ) -> None:
     codec = Codec(signing_key=signing_key)
-    stored = codec.encode(Message(content=content, metadata={"a": 1}), place=("ns", "from")).to_bytes()
+    stored = codec.encode(Message(content=content, metadata={"a": 1}), place=("ns", "from"))
     digests.clear()
     with envelope.reusing_verified_digests():
-        message = codec.decode_bytes(stored, place=("ns", "from"))
+        # Head and payload as bytes, as backends read them.
+        message = codec.decode(stored.head, stored.payload, place=("ns", "from"))
         again = codec.encode(message, place=("other", "to"))
     assert len(digests) == 1  # the decode's verification only
     # Exactly what encoding without the record gives (the record supplied the very same digest).
@@ -618,6 +619,27 @@ def test_outside_the_context_or_for_other_content_the_payload_is_hashed(digests:
     digests.clear()
     CODEC.encode(message)
     assert digests == [300]
+
+
+def test_bytes_from_a_buffer_are_recorded_and_text_from_a_buffer_is_not(digests: list[int]) -> None:
+    # A payload in a caller's buffer (decode_bytes views it) could change after it is hashed: bytes content
+    # is copied before it is hashed, so its digest is recorded; text decoded from the buffer is not.
+    blob = bytearray(CODEC.encode(Message(content=b"abc" * 100)).to_bytes())
+    text_blob = bytearray(CODEC.encode(Message(content="short text")).to_bytes())
+    with envelope.reusing_verified_digests():
+        binary = CODEC.decode_bytes(memoryview(blob))
+        text = CODEC.decode_bytes(memoryview(text_blob))
+        blob[-1] ^= 1  # the caller's buffer changes; the message's bytes do not
+        digests.clear()
+        assert CODEC.decode(*_split(CODEC.encode(binary))) == binary
+        assert digests == [300]  # only the decode's verification: the encode reused the record
+        digests.clear()
+        CODEC.encode(text)
+        assert digests == [10]
+
+
+def _split(encoded: envelope.Encoded) -> tuple[bytes, bytes]:
+    return encoded.head, encoded.payload
 
 
 def test_a_payload_that_failed_verification_is_not_recorded(digests: list[int]) -> None:

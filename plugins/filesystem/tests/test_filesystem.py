@@ -26,6 +26,7 @@ from artifactstore_core import (
     ArtifactNotFoundError,
     BackendError,
     CapacityError,
+    Codec,
     ConfigurationError,
     Message,
     SerializationError,
@@ -311,8 +312,20 @@ def _damage(path: Path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
-# Read whole with one call below 64 KiB (the file, head included); in parts from there.
-@pytest.mark.parametrize("size", [3 * MIB, 64 * 1024, 64 * 1024 - 400, 100])
+def _payload_for_file(total: int) -> int:
+    """The size of a bytes payload whose stored file (head included) is ``total`` bytes."""
+    size = total
+    for _ in range(3):  # the head's length depends on the digits of the size
+        size = total - len(Codec().encode(Message(content=b"\0" * size)).head)
+    return size
+
+
+WHOLE = store_module._READ_WHOLE_BELOW
+
+
+# Read whole with one call below 64 KiB (the file, head included); in parts from there. The boundary:
+# files of exactly 64 KiB and one byte less (an "extend" pushes the latter over it).
+@pytest.mark.parametrize("size", [3 * MIB, 64 * 1024, _payload_for_file(WHOLE), _payload_for_file(WHOLE - 1), 100])
 @pytest.mark.parametrize("how", ["flip", "truncate", "extend", "head", "stub"])
 def test_damaged_artifacts_raise_corrupted(make_fs_store: MakeFsStore, how: str, size: int) -> None:
     store = make_fs_store()
@@ -692,3 +705,14 @@ def test_a_relative_root_is_fixed_at_creation(monkeypatch: pytest.MonkeyPatch, t
     assert (tmp_path / "rel" / "@default" / "@x").is_file()
     with pytest.raises(ArtifactNotFoundError):
         FilesystemStore(FilesystemSettings(root=Path("rel"))).get("x")
+
+
+@pytest.mark.parametrize("total", [WHOLE - 1, WHOLE, WHOLE + 1])
+def test_files_at_the_one_read_boundary_round_trip(make_fs_store: MakeFsStore, total: int) -> None:
+    store = make_fs_store()
+    payload = _pattern(_payload_for_file(total))
+    store.save("b", Message(content=payload))
+    assert _file_of(store, "b").stat().st_size == total
+    assert store.get("b").content == payload
+    with store.open("b") as handle:
+        assert handle.read() == payload

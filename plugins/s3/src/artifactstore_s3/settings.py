@@ -95,6 +95,14 @@ class S3Settings(BackendSettings):
         le=20,
         description="Most HTTP attempts per request, the first one included (1 disables retries).",
     )
+    checksum_calculation: Literal["when_supported", "when_required"] | None = Field(
+        default=None,
+        description="botocore's request_checksum_calculation for this store's client: 'when_supported' sends "
+        "a CRC32 of every uploaded body, and multipart uploads then declare CRC32 so that S3 checks every "
+        "part again when it assembles them; 'when_required' sends checksums only where S3 requires them, "
+        "for an S3-compatible service that refuses them. Unset: botocore's own setting "
+        "(AWS_REQUEST_CHECKSUM_CALCULATION or the AWS config file; 'when_supported' by default).",
+    )
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a connection.")
     read_timeout: float = Field(
         default=60.0, gt=0, description="Seconds to wait for the server to send the next bytes of a response."

@@ -246,6 +246,9 @@ class S3Store(ArtifactStore):
             # Batch workers, part uploads and the calling thread each need a connection of their own.
             max_pool_connections=max(10, 2 * settings.max_concurrency + 2),
         )
+        if settings.checksum_calculation is not None:
+            # Merged over botocore's own setting (environment, config file) for this client only.
+            config = config.merge(Config(request_checksum_calculation=settings.checksum_calculation))
         try:
             return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
         except ValueError as exc:
@@ -431,12 +434,19 @@ class S3Store(ArtifactStore):
         )
 
     def _upload(
-        self, key: str, layout: ObjectLayout, feed: Callable[[MultipartUpload], None], conditional: bool
+        self,
+        key: str,
+        layout: ObjectLayout,
+        feed: Callable[[MultipartUpload], None],
+        conditional: bool,
+        *,
+        copies: bool = False,
     ) -> None:
         """A multipart upload fed by ``feed`` and completed (``If-None-Match: *`` when ``conditional``).
 
         On any failure the upload is aborted before the error propagates, so nothing is left behind; a
-        refused completion (412, 409) is then decided by :meth:`_write_once` like a refused PUT.
+        refused completion (412, 409) is then decided by :meth:`_write_once` like a refused PUT. ``copies``:
+        ``feed`` adds server-side copies (the upload then declares no checksum, see :class:`MultipartUpload`).
 
         Raises:
             ClientError: any refusal, 412 and 409 included.
@@ -450,6 +460,7 @@ class S3Store(ArtifactStore):
             pool=self._pool("parts"),
             concurrency=self._settings.max_concurrency,
             part_size=self._settings.part_size,
+            checksums=not copies,
         )
         try:
             feed(upload)
@@ -699,7 +710,7 @@ class S3Store(ArtifactStore):
                     offset = end
 
             def write(conditional: bool) -> None:
-                self._upload(key, layout, assemble, conditional)
+                self._upload(key, layout, assemble, conditional, copies=True)
 
             self._write_once(step_id, key, header, write, overwrite, check_first=True)
         finally:
