@@ -716,3 +716,16 @@ def test_files_at_the_one_read_boundary_round_trip(make_fs_store: MakeFsStore, t
     assert store.get("b").content == payload
     with store.open("b") as handle:
         assert handle.read() == payload
+
+
+@pytest.mark.parametrize("how", [None, "truncate", "extend", "flip"])
+def test_a_head_larger_than_the_first_read(make_fs_store: MakeFsStore, how: str | None) -> None:
+    store = make_fs_store()
+    message = Message(content=b"payload" * 10, metadata={"notes": "n" * (WHOLE + 1000)})
+    store.save("h", message)
+    if how is None:
+        assert store.get("h") == message
+        return
+    _damage(_file_of(store, "h"), how)
+    with pytest.raises(ArtifactCorruptedError):
+        store.get("h")

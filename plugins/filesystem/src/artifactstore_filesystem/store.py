@@ -446,23 +446,27 @@ class FilesystemStore(ArtifactStore):
             return self._read_header(file, step_id)
 
     def _read_message(self, file: io.FileIO, step_id: str) -> Message:
+        # One read of up to 64 KiB: the whole of most artifacts, the head of nearly all (a read for each part
+        # of the envelope, and one more for the end, cost a visible share of a small get).
         start = _read_exact(file, _READ_WHOLE_BELOW)
-        if len(start) < _READ_WHOLE_BELOW:
-            # The read reached the end: this is the whole file, read with one call (most artifacts are
-            # small, and a read for each part of the envelope and one more for the end cost a visible share
-            # of a small get).
-            size = self.codec.head_size(start)
-            if len(start) < size:
+        whole = len(start) < _READ_WHOLE_BELOW  # the read reached the end of the file
+        size = self.codec.head_size(start)
+        if len(start) < size:
+            if whole:
                 raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+            # A head larger than the first read (a very large metadata or schema): read it again whole.
+            file.seek(0)
+            header = self._read_header(file, step_id)
+        else:
             header = self.codec.decode_head(start[:size], place=(self.namespace, step_id))
-            payload = start[size:]
-            if len(payload) != header.stored_size:
-                raise _payload_size_error(header)
-            return self.codec.decode_payload(header, payload)
+            if whole:
+                payload = start[size:]
+                if len(payload) != header.stored_size:
+                    raise _payload_size_error(header)
+                return self.codec.decode_payload(header, payload)
+            file.seek(size)
         # A larger file: the payload is read straight into a bytes object of its own, which bytes content
         # then keeps (no copy of a large payload out of a bigger buffer).
-        file.seek(0)
-        header = self._read_header(file, step_id)
         payload = _read_exact(file, header.stored_size)
         if len(payload) != header.stored_size or file.read(1):
             raise _payload_size_error(header)
