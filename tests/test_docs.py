@@ -204,11 +204,14 @@ def service_env(service: str, request: pytest.FixtureRequest, workdir: Path) -> 
             "ARTIFACT_STORE_HTTP_TOKEN": token,
         }
     if service == "s3":
-        # Credentials and region from boto3's own chain, as the page says; the endpoint is the test server.
+        # Credentials and region from boto3's own chain, as the page says; the endpoint is the test server,
+        # for the store and for plain boto3 in the page's interop examples (botocore's AWS_ENDPOINT_URL_S3).
+        endpoint = request.getfixturevalue("s3_endpoint")
         return {
             "ARTIFACT_STORE_BACKEND": "s3",
             "ARTIFACT_STORE_S3_BUCKET": S3_BUCKET,
-            "ARTIFACT_STORE_S3_ENDPOINT_URL": request.getfixturevalue("s3_endpoint"),
+            "ARTIFACT_STORE_S3_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL_S3": endpoint,
             "AWS_ACCESS_KEY_ID": "docs",
             "AWS_SECRET_ACCESS_KEY": "docs",
             "AWS_DEFAULT_REGION": "us-east-1",
