@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import IO, Any, ClassVar, NoReturn
+from typing import IO, Any, ClassVar, NoReturn, TypeVar
 
 from .envelope import Codec, content_bytes
 from .errors import (
@@ -32,12 +32,31 @@ from .ids import validate_namespace, validate_step_id
 from .message import MEDIA_TYPE_BYTES, Message, SchemaInfo
 from .models import ArtifactInfo, Capabilities
 
-__all__ = ["ArtifactStore", "Ttl"]
+__all__ = ["ArtifactStore", "Ttl", "checked_read"]
 
 #: A time to live: seconds (int or float) or a :class:`~datetime.timedelta`.
 Ttl = float | int | timedelta
 # save_stream on a backend without streaming reads the stream in chunks of this size (see save_stream).
 _FALLBACK_CHUNK = 8 * 1024 * 1024
+
+
+_T = TypeVar("_T")
+
+
+def checked_read(result: _T | None) -> _T:
+    """What one ``read()`` or ``readinto()`` of a stream handed to ``save_stream`` returned, refusing ``None``.
+
+    A non-blocking stream returns ``None`` when nothing is ready yet; taking that for the end (as
+    ``stream.read(n) or b""`` or ``while chunk := stream.read(n)`` would) stores the artifact cut short.
+    Every path of ``save_stream`` (the core's for backends that do not stream, and each streaming backend's
+    ``_save_stream``) passes each read through this, so all refuse such a stream the same way.
+
+    Raises:
+        SerializationError: ``result`` is ``None``.
+    """
+    if result is None:
+        raise SerializationError("save_stream needs a blocking stream; read() returned None")
+    return result
 
 
 def _ttl_seconds(ttl: Ttl | None) -> float | None:
@@ -330,17 +349,7 @@ class ArtifactStore(ABC):
                 # was ready and hides the None that said "more to come", which would store a truncated
                 # payload. join() of one chunk returns it without a copy.
                 chunks: list[bytes] = []
-                while True:
-                    chunk = stream.read(_FALLBACK_CHUNK)
-                    if chunk is None:
-                        # A non-blocking stream with nothing ready: refused, as streaming backends refuse it.
-                        raise SerializationError(
-                            f"cannot save a stream as {step_id!r}: save_stream needs a blocking stream; "
-                            "read() returned None",
-                            step_id=step_id,
-                        )
-                    if not chunk:
-                        break
+                while chunk := checked_read(stream.read(_FALLBACK_CHUNK)):
                     # bytes() freezes a bytearray or memoryview a custom stream returned (and returns bytes
                     # themselves without a copy); model_copy below skips validation.
                     chunks.append(bytes(chunk))

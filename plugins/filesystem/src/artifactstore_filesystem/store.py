@@ -34,10 +34,10 @@ from artifactstore_core import (
     Codec,
     InvalidStepIdError,
     Message,
-    SerializationError,
 )
 from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
 from artifactstore_core.ids import validate_step_id
+from artifactstore_core.store import checked_read
 
 from . import durable
 from .layout import FINAL, PART, TEMP_PREFIX, decode_components, encode_components
@@ -335,12 +335,10 @@ class FilesystemStore(ArtifactStore):
             os.lseek(fd, offset, os.SEEK_SET)
         while True:
             try:
-                data = stream.read(chunk)
+                data = checked_read(stream.read(chunk))
             except OSError as exc:
                 # The caller's source failed, not the file system: say so rather than blame the root.
                 raise BackendError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
-            if data is None:
-                raise SerializationError("save_stream needs a blocking stream; read() returned None")
             if not data:
                 break
             hasher.update(data)

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -35,6 +35,7 @@ from artifactstore_core import (
 from artifactstore_core.envelope import Header, PayloadVerifier, content_bytes, new_hasher
 from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
+from artifactstore_core.store import checked_read
 
 from .errors import client_error_code, translate_error
 from .keys import KeyLayout
@@ -80,21 +81,6 @@ def _missing(exc: BaseException) -> bool:
     return status == 404 or code in ("NoSuchKey", "NotFound")
 
 
-_T = TypeVar("_T")
-
-
-def _checked(read: _T | None) -> _T:
-    """What one read of the caller's stream returned, refusing ``None``.
-
-    Raises:
-        SerializationError: a non-blocking stream had nothing ready. Taking that for the end would store
-            the artifact cut short; waiting for it is the caller's business.
-    """
-    if read is None:
-        raise SerializationError("save_stream needs a blocking stream; read() returned None")
-    return read
-
-
 def _read_up_to(stream: IO[bytes], size: int) -> bytes:
     """Read ``size`` bytes, fewer only at the end of the stream (``read`` may return short counts).
 
@@ -102,14 +88,14 @@ def _read_up_to(stream: IO[bytes], size: int) -> bytes:
         SerializationError: reading the caller's stream failed (the original chained): not a backend error.
     """
     try:
-        data = _checked(stream.read(size))
+        data = checked_read(stream.read(size))
         if len(data) >= size or not data:
             # bytes() returns bytes itself without a copy, and turns another buffer a custom stream
             # returned into the immutable bytes a Message holds.
             return bytes(data)
         buffer = bytearray(data)
         while len(buffer) < size:
-            more = _checked(stream.read(size - len(buffer)))
+            more = checked_read(stream.read(size - len(buffer)))
             if not more:
                 break
             buffer += more
@@ -132,9 +118,9 @@ def _fill(stream: IO[bytes], buffer: bytearray, limit: int | None = None) -> int
         readinto = getattr(stream, "readinto", None)
         while filled < len(view):
             if readinto is not None:
-                count = _checked(readinto(view[filled:]))
+                count = checked_read(readinto(view[filled:]))
             else:
-                data = _checked(stream.read(len(view) - filled))
+                data = checked_read(stream.read(len(view) - filled))
                 count = len(data)
                 view[filled : filled + count] = data
             if not count:
