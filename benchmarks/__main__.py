@@ -7,6 +7,8 @@ with every sample, as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .harness import Case, run_case, table, write_json
+from .harness import SMOKE_ENV, Case, run_case, table, write_json
 
 STREAM_MB = 256
 STREAM_TARGET_MB = 64
@@ -39,7 +41,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="Where to write the figures.")
     parser.add_argument("--only", nargs="*", default=None, help="Groups to run (default: all).")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="Run every case once (one repetition of one operation, clears of 100 artifacts): proves the cases "
+        "work; the figures mean nothing.",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        os.environ[SMOKE_ENV] = "1"  # read by the cases as they are imported
 
     from . import cases_core, cases_servers, streaming
 
@@ -59,6 +69,8 @@ def main() -> int:
             continue
         with ExitStack() as stack:
             for case in build(stack):
+                if args.smoke:
+                    case = dataclasses.replace(case, number=1, repeat=1)
                 print(f"running {case.backend}: {case.workload} ...", file=sys.stderr, flush=True)
                 results.append(run_case(case))
     if wanted is None or "streaming" in wanted:

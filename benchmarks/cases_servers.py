@@ -25,9 +25,11 @@ from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisServer
 
 from .cases_core import SMALL
-from .harness import Case
+from .harness import Case, smoke
 
 MB = 1024 * 1024
+# Artifacts a clear() case removes; a smoke run (python -m benchmarks --smoke) only proves the case works.
+CLEAR_COUNT = 100 if smoke() else 10_000
 ONE_MB = Message(content=os.urandom(MB))
 SIXTY_FOUR_MB = Message(content=os.urandom(64 * MB))
 # The store hashes payloads below 2 MiB on one thread (more threads cost more than they save there).
@@ -139,7 +141,7 @@ def redis_cases(stack: ExitStack) -> list[Case]:
         ),
     ]  # fmt: skip
 
-    many = {f"c{i}": SMALL for i in range(10_000)}
+    many = {f"c{i}": SMALL for i in range(CLEAR_COUNT)}
 
     def raw_clear(i: int) -> None:
         keys = raw.keys("raw:c*")
@@ -154,7 +156,7 @@ def redis_cases(stack: ExitStack) -> list[Case]:
 
     cases.append(
         Case(
-            "redis", "clear 10,000", lambda i: store.clear(), raw_clear, number=1, repeat=5,
+            "redis", f"clear {CLEAR_COUNT:,}", lambda i: store.clear(), raw_clear, number=1, repeat=5,
             before_ours=lambda i: store.save_many(many), before_raw=raw_fill,
         )
     )  # fmt: skip
@@ -371,7 +373,7 @@ def s3_cases(stack: ExitStack) -> list[Case]:
             )
         )  # fmt: skip
 
-    many = {f"c{i}": SMALL for i in range(10_000)}
+    many = {f"c{i}": SMALL for i in range(CLEAR_COUNT)}
     small_body = store.codec.encode(SMALL).to_bytes()
 
     def raw_fill(i: int) -> None:
@@ -380,7 +382,7 @@ def s3_cases(stack: ExitStack) -> list[Case]:
 
     cases.append(
         Case(
-            "s3", "clear 10,000", lambda i: store.clear(), lambda i: raw_clear("raw/"),
+            "s3", f"clear {CLEAR_COUNT:,}", lambda i: store.clear(), lambda i: raw_clear("raw/"),
             number=1, repeat=3, target=1.2,
             before_ours=lambda i: store.save_many(many), before_raw=raw_fill,
         )

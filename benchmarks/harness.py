@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import statistics
 import time
@@ -86,6 +87,15 @@ class Result:
         """The lowest and highest ratio of one repetition: how much this machine's noise moved the ratio."""
         ratios = self.pair_ratios
         return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "-"
+
+
+#: Set (by ``python -m benchmarks --smoke``) to run every case once and at a small scale.
+SMOKE_ENV = "ARTIFACTSTORE_BENCH_SMOKE"
+
+
+def smoke() -> bool:
+    """Whether this is a smoke run: every case once, clears of 100 artifacts; the figures mean nothing."""
+    return os.environ.get(SMOKE_ENV) == "1"
 
 
 def _sample(func: Callable[[int], Any], number: int, offset: int) -> float:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from benchmarks.harness import Case, Result, run_case, table, write_json
 
@@ -89,3 +93,22 @@ def test_a_miss_above_a_reachable_floor_is_a_plain_miss() -> None:
     assert result.status == "MISSED"
     assert Result("b", "w", 1.0, 1.0, 1.0, 1.5, True).status == "ok"
     assert Result("b", "w", 1.0, 1.0, 1.0, None, None).status == "-"
+
+
+@pytest.mark.timeout(300)
+def test_every_case_of_the_suite_runs(tmp_path: Path) -> None:
+    # The suite itself (what `nox -s bench` runs: every group, its servers, the streaming measurement), once
+    # per case and with clears of 100: a case broken by a change fails here, not at the next full run.
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    groups = {result["backend"] for result in doc["results"]}
+    assert groups == {"memory", "codec", "filesystem", "redis", "http", "s3"}
+    assert {entry["backend"] for entry in doc["memory"]} == {"filesystem", "s3"}
+    assert all(result["samples_ours"] and result["samples_raw"] for result in doc["results"])
+    assert done.stdout.startswith("backend")  # the table
+    assert "figures written" in done.stderr

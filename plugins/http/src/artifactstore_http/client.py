@@ -172,7 +172,7 @@ class HttpStore(ArtifactStore):
             )
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._clients = _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout)
+        self._clients = self._new_clients()
 
     def __repr__(self) -> str:
         return f"<HttpStore endpoint={self._display!r} namespace={self.namespace!r}>"
@@ -224,14 +224,17 @@ class HttpStore(ArtifactStore):
             trust_env=settings.trust_env,
         )
 
+    def _new_clients(self) -> _Clients:
+        # Waiting for a free client is bounded like httpx's own pool wait was (its pool timeout).
+        return _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout)
+
     def _http(self) -> _Clients:
         if os.getpid() != self._pid:
             # After a fork the parent's pooled sockets must not be shared: start fresh clients, and leave the
             # parent's alone (closing them here would close the parent's connections).
             with self._lock:
                 if os.getpid() != self._pid:
-                    settings = self._settings
-                    self._clients = _Clients(self._new_client, settings.pool_size, settings.read_timeout)
+                    self._clients = self._new_clients()
                     self._pid = os.getpid()
         return self._clients
 
