@@ -32,10 +32,14 @@ from .ids import validate_namespace, validate_step_id
 from .message import MEDIA_TYPE_BYTES, Message, SchemaInfo
 from .models import ArtifactInfo, Capabilities
 
-__all__ = ["ArtifactStore", "Ttl", "checked_read"]
+__all__ = ["MAX_TTL", "ArtifactStore", "Ttl", "checked_read"]
 
 #: A time to live: seconds (int or float) or a :class:`~datetime.timedelta`.
 Ttl = float | int | timedelta
+#: The longest time to live, in seconds: 100 years. Longer is refused with ``ValueError`` before any I/O
+#: (save without ``ttl`` to keep an artifact for good): a backend computes an expiry time from it, and an
+#: absurd one (``inf``, 10**15 s) overflows the server's arithmetic halfway through a write.
+MAX_TTL = 100 * 36525 * 864
 # save_stream on a backend without streaming reads the stream in chunks of this size (see save_stream).
 _FALLBACK_CHUNK = 8 * 1024 * 1024
 
@@ -65,6 +69,8 @@ def _ttl_seconds(ttl: Ttl | None) -> float | None:
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
     if not seconds > 0:
         raise ValueError(f"ttl must be positive, got {ttl!r}")
+    if not seconds <= MAX_TTL:  # also refuses inf
+        raise ValueError(f"ttl must be at most {MAX_TTL} seconds (100 years), got {ttl!r}; save without ttl to keep it")
     return seconds
 
 
@@ -133,6 +139,7 @@ class ArtifactStore(ABC):
             TypeError: ``message`` is not a :class:`Message`.
             ArtifactExistsError: a different artifact is stored under ``step_id`` and not ``overwrite``.
             UnsupportedOperationError: ``ttl`` was given and the backend has no native TTL.
+            ValueError: ``ttl`` is not positive or is longer than :data:`MAX_TTL` (before any I/O).
             CapacityError, PayloadTooLargeError: the store is full or the artifact too large.
             SerializationError: the message cannot be encoded.
             BackendError: the backend failed (see its subclasses).
@@ -273,8 +280,8 @@ class ArtifactStore(ABC):
         Raises:
             InvalidStepIdError: an id is not legal, or appears twice (before any I/O).
             TypeError: an item is not a :class:`Message`.
-            ArtifactExistsError, CapacityError, SerializationError, BackendError, StoreClosedError: as
-                :meth:`save`.
+            ArtifactExistsError, CapacityError, SerializationError, BackendError, StoreClosedError,
+                UnsupportedOperationError, ValueError: as :meth:`save`.
         """
         pairs = builtins.list(items.items() if isinstance(items, Mapping) else items)
         seen: set[str] = set()
@@ -326,8 +333,8 @@ class ArtifactStore(ABC):
         stream whole and save it as :meth:`save` would. The write-once rule is the same as :meth:`save`.
 
         Raises:
-            InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError: as
-                :meth:`save`.
+            InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError,
+                UnsupportedOperationError, ValueError: as :meth:`save`.
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
                 or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
                 never stored cut short).

@@ -39,6 +39,10 @@ def settings(url: str, **overrides: Any) -> RedisSettings:
         # A password that was not URL-escaped: no part of it may show as host, path or query.
         ("redis://:p@ss/w:rd@host:6379/0", "redis://***@<host hidden: its credentials are not URL-escaped>"),
         ("redis://u:a/b?c#d@host/0", "redis://***@<host hidden: its credentials are not URL-escaped>"),
+        # Mistyped schemes: without "://" a password reads as a path, so nothing is shown.
+        ("redis:/:pw@host:6379/0", "<hidden: not a scheme://... URL>"),
+        ("redis//:pw@host/0", "<hidden: not a scheme://... URL>"),
+        ("redis:///:pw@host:6379/0", "redis://***@<host hidden: its credentials are not URL-escaped>"),
     ],
 )
 def test_mask_url(url: str, expected: str) -> None:
@@ -71,6 +75,10 @@ def test_every_setting_is_described_and_named_by_its_env_var() -> None:
         ({"url": "redis://host/0?frobnicate=1"}, "'frobnicate' is not supported"),
         ({"url": "redis://host/1", "cluster": True}, "a Redis Cluster has only 0"),
         ({"url": "unix:///tmp/redis.sock", "cluster": True}, "not a unix socket"),
+        # redis-py would take these for localhost:6379 without a password: a mistyped URL never connects.
+        ({"url": "redis:///:pw@db.internal:6380/0"}, "ARTIFACT_STORE_REDIS_URL names no host"),
+        ({"url": "redis:/:pw@db.internal:6380/0"}, "ARTIFACT_STORE_REDIS_URL is not a valid Redis URL"),
+        ({"url": "redis://db.internal:6380/zero"}, "a path that is not a database number"),
     ],
 )
 def test_invalid_configuration_is_a_configuration_error(overrides: dict[str, Any], fragment: str) -> None:

@@ -21,7 +21,7 @@ from redis_helpers import payload_of
 from artifactstore_core import BackendUnavailableError, Message
 from artifactstore_core.ids import encode_name
 from artifactstore_redis import RedisStore
-from artifactstore_redis.scripts import COMMIT, SAVE
+from artifactstore_redis.scripts import COMMIT, REGISTER_NAMESPACE, SAVE
 from artifactstore_redis.testing import RedisServer
 
 MakeStore = Callable[..., RedisStore]
@@ -126,9 +126,11 @@ def test_a_batch_whose_scripts_were_flushed_is_saved_in_one_more_round_trip(
 
     store.save_many(items)
 
-    # The batch, then every call that got NOSCRIPT once more with EVAL: two round trips, not one per call.
-    assert len(trips.sent) == 2
-    first, second = trips.sent
+    # The batch, then every call that got NOSCRIPT once more with EVAL: two round trips, not one per call;
+    # then the namespace is announced again (with EVAL), because a flushed server may have lost its registry.
+    assert len(trips.sent) == 3
+    first, second, third = trips.sent
+    assert [c[:2] for c in third] == [("EVAL", REGISTER_NAMESPACE.source)]
     assert [c[0] for c in first].count("EVALSHA") == 30
     assert [c[0] for c in first].count("SET") == 20
     # The uploads arrived the first time; only the scripts are sent again.
@@ -138,8 +140,8 @@ def test_a_batch_whose_scripts_were_flushed_is_saved_in_one_more_round_trip(
     assert uploads_of(raw, prefix, "flushed") == []
     # EVAL cached the scripts again: the next batch is one round trip.
     store.save_many({f"again-{step_id}": message for step_id, message in mixed_items(6).items()})
-    assert len(trips.sent) == 2 + 1 + 2  # the batch, then get_many's two pipelines
-    assert len([trip for trip in trips.sent if any(c[0] == "EVAL" for c in trip)]) == 1
+    assert len(trips.sent) == 3 + 1 + 2  # the batch, then get_many's two pipelines
+    assert len([trip for trip in trips.sent if any(c[0] == "EVAL" for c in trip)]) == 2  # the batch, the announcement
 
 
 @pytest.mark.timeout(60)
@@ -160,7 +162,7 @@ def test_an_upload_that_vanished_while_its_script_was_missing_is_sent_again(
     trips = RoundTrips(store, expire_uploads)
     store.save_many(items)
 
-    assert [[c[0] for c in trip] for trip in trips.sent[1:]] == [["EVAL"] * 6, ["SET", "EVAL"] * 4]
+    assert [[c[0] for c in trip] for trip in trips.sent[1:]] == [["EVAL"] * 6, ["SET", "EVAL"] * 4, ["EVAL"]]
     assert store.get_many(list(items)) == items
     assert uploads_of(raw, prefix, "gone") == []
 

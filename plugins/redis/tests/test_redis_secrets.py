@@ -139,8 +139,15 @@ def test_configuration_errors_never_show_the_password(
     canary_server: RedisServer, seen: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = quote(CANARY, safe="")
-    for url in (f"redis://:{secret}@127.0.0.1:notaport/0", f"http://:{secret}@host/0", f"redis://:{secret}@h/0?x=1"):
+    mistyped = (f"redis:/:{secret}@127.0.0.1:6379/0", f"redis//:{secret}@127.0.0.1/0", f"redis:///:{secret}@h:1/0")
+    for url in (
+        f"redis://:{secret}@127.0.0.1:notaport/0",
+        f"http://:{secret}@host/0",
+        f"redis://:{secret}@h/0?x=1",
+        *mistyped,
+    ):
         failing(lambda url=url: RedisStore(RedisSettings(url=url)), ConfigurationError, seen)  # type: ignore[misc]
+        seen.append(repr(RedisSettings(url=url)))  # type: ignore[arg-type]
     failing(
         lambda: RedisStore(RedisSettings(url=url_with_password(canary_server), password=CANARY)),  # type: ignore[arg-type]
         ConfigurationError,

@@ -21,6 +21,7 @@ from artifactstore_core import (
     create_store,
 )
 from artifactstore_core.ids import encode_name
+from artifactstore_core.store import MAX_TTL
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.scripts import CLEAR, DELETE, SAVE
 from artifactstore_redis.settings import REDIS_MAX_BULK_BYTES
@@ -186,6 +187,26 @@ def test_scripts_flushed_from_the_server_are_sent_again(
     assert store.clear() == 3
 
 
+@pytest.mark.parametrize("save", ["save", "save_many"])
+def test_a_namespace_lost_by_the_server_is_announced_again(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, save: str
+) -> None:
+    # The registry entry a store announced (at most once a minute) is gone with a restart without
+    # persistence; the saves after it must announce the namespace again, or namespaces() and gc would
+    # never see the artifacts they write. A restarted server has lost its script cache too (NOSCRIPT).
+    store = store_factory(redis_server.url, "lost", key_prefix=prefix)
+    store.save("before", Message(content=1))
+    assert store.namespaces() == ["lost"]
+    raw.delete(f"{{{prefix}}}:namespaces")
+    raw.script_flush()
+    if save == "save":
+        store.save("after", Message(content=2))
+    else:
+        store.save_many({"after": Message(content=2), "big": Message(content=b"x" * 64 * 1024)})
+    fresh = store_factory(redis_server.url, "other", key_prefix=prefix)
+    assert fresh.namespaces() == ["lost"]
+
+
 def test_overwrite_replaces_and_keeps_one_index_entry(
     redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
 ) -> None:
@@ -237,6 +258,49 @@ def test_redis_limit_is_the_default(redis_server: RedisServer, store_factory: Ma
 
 
 # -- ttl ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [100, 64 * 1024], ids=["inline", "payload-apart"])
+def test_overwrite_with_the_same_message_applies_its_ttl(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, size: int
+) -> None:
+    # The same message object (created_at included) saved again with overwrite: for a payload kept apart,
+    # COMMIT finds its own head, which it used to take for a retry and return without touching the expiry.
+    store = store_factory(redis_server.url, "same", key_prefix=prefix)
+    message = Message(content=b"x" * size)
+    key, payload_key = f"{{{prefix}:same}}:a:m", f"{{{prefix}:same}}:p:m"
+    store.save("m", message, ttl=60)
+    store.save("m", message, overwrite=True)  # without a ttl: permanent again
+    assert raw.pttl(key) == -1
+    assert raw.zscore(f"{{{prefix}:same}}:idx", "m") == float("inf")
+    store.save("m", message, overwrite=True, ttl=3600)
+    assert 3_500_000 < raw.pttl(key) <= 3_600_000
+    if size > store_module._INLINE_MAX:
+        assert abs(raw.pttl(key) - raw.pttl(payload_key)) < 1000  # set at one instant: expire together
+    assert store.get("m").content == message.content
+
+
+@pytest.mark.parametrize("ttl", [float("inf"), 1e15, MAX_TTL * 1.01])
+def test_a_ttl_beyond_the_longest_is_refused_before_any_write(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, ttl: float
+) -> None:
+    # Such an expiry used to overflow the script's arithmetic after its first write: a permanent artifact
+    # outside the index, which clear() did not remove.
+    store = store_factory(redis_server.url, "huge", key_prefix=prefix)
+    for size in (10, 64 * 1024):
+        with pytest.raises(ValueError, match="at most"):
+            store.save(f"s{size}", Message(content=b"x" * size), ttl=ttl)
+    with pytest.raises(ValueError, match="at most"):
+        store.save_many({"a": Message(content=1)}, ttl=ttl)
+    assert snapshot(raw, prefix) == {}
+    store.save("longest", Message(content=1), ttl=MAX_TTL)
+    assert raw.pttl(f"{{{prefix}:huge}}:a:longest") > 3_000_000_000_000
+    assert store.clear() == 1
+
+
+def test_a_default_ttl_beyond_the_longest_is_a_configuration_error(redis_server: RedisServer) -> None:
+    with pytest.raises(ValueError, match="default_ttl"):
+        RedisSettings(url=redis_server.url, default_ttl=1e15)  # type: ignore[arg-type]
 
 
 def test_default_ttl_and_per_save_override(

@@ -140,10 +140,12 @@ if current then
     if current == ARGV[2] then return 0 end
     return 1
   end
-  -- An overwrite finding its own head (created_at included) is a retry of a commit that already ran.
+  -- An overwrite finding its own head (created_at included) is a retry of a commit that already ran, or
+  -- an overwrite with the very same message: nothing to move, but the expiry asked for is applied (an
+  -- overwrite without a TTL makes the artifact permanent again, one with a TTL restarts it).
   if current == ARGV[2] and redis.call('HGET', KEYS[1], 'head') == ARGV[3] then
     redis.call('UNLINK', KEYS[4])
-    return 2
+    return stored(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[5]), current, KEYS[3])
   end
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then return 3 end

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from artifactstore_core import BackendSettings
+from artifactstore_core.store import MAX_TTL
 
 __all__ = ["DEFAULT_URL", "REDIS_MAX_BULK_BYTES", "RedisSettings", "mask_url"]
 
@@ -24,6 +25,8 @@ REDIS_MAX_BULK_BYTES = 512 * 1024 * 1024
 
 # Shown instead of host, path and query when credentials cannot be told apart from them (see mask_url).
 _UNPARSED_TAIL = "<host hidden: its credentials are not URL-escaped>"
+# Shown instead of a URL that does not start with scheme://, where nothing can be told apart.
+_NOT_A_URL = "<hidden: not a scheme://... URL>"
 # Query parameters whose names suggest a credential: their values are masked like a URL password.
 _SECRET_QUERY_WORDS = ("pass", "secret", "token", "key")
 
@@ -40,11 +43,16 @@ def _secret_name(name: str) -> bool:
 def mask_url(url: str) -> str:
     """``url`` with its password (and any credential-like query value) replaced by ``***``.
 
-    Never raises: a URL that cannot be parsed is shown as ``<unparseable redis url>``.
+    Never raises: a URL that does not start with ``scheme://`` is hidden whole, and one that cannot be
+    parsed is shown as ``<unparseable redis url>``.
     """
     scheme, separator, rest = url.partition("://")
+    if not separator:
+        # Not scheme://...: URL parsing would take a password for a path ("redis:/:pw@host" has no host), so
+        # nothing of it is shown.
+        return _NOT_A_URL
     userinfo, at, _ = rest.rpartition("@")
-    if separator and at and any(mark in userinfo for mark in "/?#@"):
+    if at and any(mark in userinfo for mark in "/?#@"):
         # A password written without escaping can hold '/', '?', '#' or '@', which URL parsing takes for the
         # end of the host (so it would show the rest of the password as host and path). Whatever precedes
         # the last '@' is taken for credentials and hidden whole: a URL with an '@' in its query loses its
@@ -108,7 +116,9 @@ class RedisSettings(BackendSettings):
     default_ttl: float | None = Field(
         default=None,
         gt=0,
-        description="Seconds after which artifacts saved without an explicit ttl expire; unset: never.",
+        le=MAX_TTL,
+        description="Seconds after which artifacts saved without an explicit ttl expire (at most 100 years); "
+        "unset: never.",
     )
     max_connections: int = Field(
         default=32,

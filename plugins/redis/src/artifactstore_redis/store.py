@@ -176,6 +176,17 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
             f"{_env('url')} is not a valid Redis URL (redis://[user[:password]@]host[:port][/db], rediss://... "
             f"or unix:///path); it reads {settings.display_url}"
         ) from None
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss"):
+        # redis-py takes a URL without a host for localhost and ignores a path that is no database number, so
+        # a mistyped URL ("redis:/host", "redis:///:password@host") would silently reach another server.
+        if not parts.hostname:
+            raise ConfigurationError(f"{_env('url')} names no host; it reads {settings.display_url}")
+        database = parts.path.replace("/", "")
+        if database and not (database.isascii() and database.isdigit()):
+            raise ConfigurationError(
+                f"{_env('url')} has a path that is not a database number; it reads {settings.display_url}"
+            )
     unknown = sorted(set(options) - _URL_QUERY_OPTIONS - _URL_PARSED_OPTIONS)
     if unknown:
         hint = "; ".join(
@@ -475,21 +486,37 @@ class RedisStore(ArtifactStore):
 
     # -- the operations -------------------------------------------------------------------------------
 
-    def _announce(self) -> None:
+    def _announce(self, *, cached: bool = True) -> None:
         """Record this namespace in the registry before writing to it (at most every _REGISTER_EVERY s)."""
         now = time.monotonic()
         registered = self._registered_at
         if registered is not None and now - registered < _REGISTER_EVERY:
             return
         # Two threads announcing at once only write the same entry twice.
-        self._script(REGISTER_NAMESPACE, [self._registry], [encode_name(self.namespace)])
+        self._script(REGISTER_NAMESPACE, [self._registry], [encode_name(self.namespace)], cached=cached)
         self._registered_at = now
+
+    def _announce_again(self) -> None:
+        """Announce once more after a write during which the server may have restarted (see _server_lost)."""
+        if self._registered_at is None:
+            # With EVAL: a server that lost the registry has lost its script cache too (one round trip, not two).
+            self._announce(cached=False)
+
+    def _server_lost(self) -> None:
+        """Note that the server may have restarted or been flushed (a dropped connection, ``NOSCRIPT``).
+
+        It may then have lost the registry entry this store announced, while the writes that follow survive:
+        the next save announces the namespace again, so ``namespaces()`` (and ``artifactstore gc``) never
+        miss a namespace that holds artifacts.
+        """
+        self._registered_at = None
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
         plan = self._plan(step_id, message, overwrite, ttl)
         self._announce()
         # One script call for an inline payload; otherwise upload and commit, pipelined in one round trip.
         (result,) = self._send([plan])
+        self._announce_again()
         if isinstance(result, BaseException):
             raise result
         if result == SAVE_EXISTS:
@@ -606,7 +633,9 @@ class RedisStore(ArtifactStore):
         plans = [self._plan(step_id, message, overwrite, ttl) for step_id, message in items]
         self._announce()
         for chunk in self._chunks(plans):
-            for plan, result in zip(chunk, self._send(chunk), strict=True):
+            results = self._send(chunk)
+            self._announce_again()
+            for plan, result in zip(chunk, results, strict=True):
                 if isinstance(result, ArtifactStoreError):
                     result.step_id = plan.step_id
                     raise result
@@ -672,6 +701,8 @@ class RedisStore(ArtifactStore):
             try:
                 return operation()
             except (RedisError, RedisClusterException) as exc:
+                if isinstance(exc, RedisConnectionError):
+                    self._server_lost()
                 if not self._may_retry(exc, retries):
                     raise
                 retries += 1
@@ -704,15 +735,17 @@ class RedisStore(ArtifactStore):
             return self._settings.retry_on_timeout
         return isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException))
 
-    def _script(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+    def _script(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Any], *, cached: bool = True) -> Any:
         """Run one script call (see :meth:`_send`) and return its result; an error reply is raised."""
-        (result,) = self._send([_ScriptCall(script, keys, args)])
+        (result,) = self._send([_ScriptCall(script, keys, args)], cached=cached)
         if isinstance(result, Exception):
             raise result
         return result
 
-    def _send(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+    def _send(self, calls: Sequence[_ScriptCall], *, cached: bool = True) -> list[Any]:
         """Run script calls, pipelined; return their results in order (an error reply is returned, not raised).
+
+        ``cached=False`` sends the calls with ``EVAL`` from the start (see ``NOSCRIPT`` below).
 
         The one way this store runs its scripts. Each round trip sends every call still waiting for its
         result: its upload's ``SET`` (if it has one) just before the script. A call leaves the loop with its
@@ -737,7 +770,7 @@ class RedisStore(ArtifactStore):
         """
         results: list[Any] = [None] * len(calls)
         waiting = list(range(len(calls)))
-        uncached: set[int] = set()  # calls to send with EVAL
+        uncached: set[int] = set() if cached else set(range(len(calls)))  # calls to send with EVAL
         uploaded: set[int] = set()  # calls whose upload is on the server although their script has not run
         vanished: set[int] = set()  # calls whose upload vanished once
         retries = 0
@@ -752,6 +785,8 @@ class RedisStore(ArtifactStore):
             try:
                 replies = iter(self._roundtrip(commands))
             except (RedisError, RedisClusterException) as exc:
+                if isinstance(exc, RedisConnectionError):
+                    self._server_lost()
                 if not self._may_retry(exc, retries):
                     raise
                 retries += 1
@@ -764,6 +799,7 @@ class RedisStore(ArtifactStore):
                 upload_reply = next(replies) if upload else None
                 result = next(replies)
                 if isinstance(result, NoScriptError):
+                    self._server_lost()
                     uncached.add(index)
                     if upload and not isinstance(upload_reply, Exception):
                         uploaded.add(index)  # in place: the EVAL needs no second upload
