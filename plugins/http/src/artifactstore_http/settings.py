@@ -107,6 +107,12 @@ class ServerSettings(BackendSettings):
         ge=1024,
         description="Largest request body, and largest artifact content, accepted; larger gets 413.",
     )
+    max_json_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON content (its decoded text) accepted in a save; larger gets 413 before it is "
+        "decompressed or parsed. A parsed JSON value takes many times its text in memory.",
+    )
     max_header_count: int = Field(default=100, ge=8, description="Most request headers accepted; more gets 431.")
     max_header_bytes: int = Field(
         default=16 * 1024, ge=1024, description="Most bytes of request line and headers accepted."
