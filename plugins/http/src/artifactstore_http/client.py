@@ -48,7 +48,7 @@ from .protocol import (
     MEDIA_TYPE_PROBLEM,
     quote_segment,
 )
-from .settings import HttpSettings, is_loopback
+from .settings import HttpSettings, _token_problem, is_loopback
 
 __all__ = ["RETRY_POLICY", "HttpStore"]
 
@@ -138,7 +138,8 @@ class HttpStore(ArtifactStore):
         codec: encodes what is sent and verifies what is read. Give it the server's signing key, if it has one.
 
     Raises:
-        ConfigurationError: no endpoint is configured, or the TLS settings are unusable.
+        ConfigurationError: no endpoint is configured, the token cannot travel in a header (not printable
+            ASCII, or holding spaces or line breaks), or the TLS settings are unusable.
         InvalidStepIdError: ``namespace`` is not legal.
     """
 
@@ -158,6 +159,11 @@ class HttpStore(ArtifactStore):
                 "the http backend needs the artifact server's URL: set ARTIFACT_STORE_HTTP_ENDPOINT",
                 backend=self.backend_name,
             )
+        token = self._settings.token
+        # Checked again here for settings built without validation (model_copy, model_construct): httpx
+        # would refuse such a header with an error that quotes it, token and all.
+        if token is not None and (problem := _token_problem(token.get_secret_value())) is not None:
+            raise ConfigurationError(f"ARTIFACT_STORE_HTTP_TOKEN {problem}", backend=self.backend_name)
         base = httpx.URL(self._settings.endpoint)
         self._base = base
         self._prefix = base.raw_path.split(b"?")[0].rstrip(b"/") + API_PREFIX.encode("ascii")
