@@ -18,7 +18,6 @@ import random
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -36,6 +35,7 @@ from artifactstore_core.errors import (
     BackendUnavailableError,
     ConfigurationError,
     PayloadTooLargeError,
+    StoreClosedError,
     redact,
 )
 from artifactstore_core.settings import load_settings
@@ -86,43 +86,80 @@ class _Clients:
     pool of 4 hit it about once a minute. A client that one thread uses at a time never runs two pool
     passes at once, so the race cannot happen. Clients are created on demand and reused most recently
     used first, so idle connections age out (``keepalive_expiry``) instead of being kept warm in turn.
+
+    Once closed, nothing is lent any more and a client handed back is closed, not kept: a thread that was
+    waiting out a retry backoff, or whose request was in flight, must not open a connection nobody closes.
     """
 
-    def __init__(self, make: Callable[[], httpx.Client], size: int, timeout: float) -> None:
+    def __init__(
+        self, make: Callable[[], httpx.Client], size: int, timeout: float, *, what: str = "the http store"
+    ) -> None:
         self._make = make
         self._timeout = timeout
+        self._what = what
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self._idle: list[httpx.Client] = []
         self._all: list[httpx.Client] = []
+        # An event rather than a flag, so that a retry backoff waiting on it ends when close() is called.
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed.is_set()
+
+    def closed_error(self, detail: str = "") -> StoreClosedError:
+        """The error of a request refused or cut short because :meth:`close` was called."""
+        return StoreClosedError(f"{self._what} is closed{detail}; create a new one")
+
+    def wait_closed(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; ``True`` as soon as (or if already) :meth:`close` is called."""
+        return self._closed.wait(seconds)
 
     @contextlib.contextmanager
     def checkout(self) -> Iterator[httpx.Client]:
         """A client for this thread alone until the block ends.
 
         Raises:
+            StoreClosedError: :meth:`close` was called (nothing was sent).
             httpx.PoolTimeout: no client became free within the timeout (nothing was sent).
         """
+        if self._closed.is_set():
+            raise self.closed_error()
         if not self._slots.acquire(timeout=self._timeout):
             raise httpx.PoolTimeout("no connection to the artifact server became free in time")
         try:
             with self._lock:
+                if self._closed.is_set():
+                    raise self.closed_error()
                 client = self._idle.pop() if self._idle else None
             if client is None:
                 client = self._make()
                 with self._lock:
-                    self._all.append(client)
+                    # close() may have run while the client was being built: then it never saw this one.
+                    closed = self._closed.is_set()
+                    if not closed:
+                        self._all.append(client)
+                if closed:
+                    client.close()
+                    raise self.closed_error()
             try:
                 yield client
             finally:
                 with self._lock:
-                    self._idle.append(client)
+                    keep = not self._closed.is_set()
+                    if keep:
+                        self._idle.append(client)
+                if not keep:
+                    client.close()
         finally:
             self._slots.release()
 
     def close(self) -> None:
-        """Close every client (a request still in flight on one fails)."""
+        """Close every client and lend no more (a request still in flight on one fails)."""
         with self._lock:
+            self._closed.set()
             clients, self._all, self._idle = self._all, [], []
         for client in clients:
             client.close()
@@ -232,7 +269,8 @@ class HttpStore(ArtifactStore):
 
     def _new_clients(self) -> _Clients:
         # Waiting for a free client is bounded like httpx's own pool wait was (its pool timeout).
-        return _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout)
+        what = f"store for namespace {self.namespace!r} of backend {self.backend_name!r}"
+        return _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout, what=what)
 
     def _http(self) -> _Clients:
         if os.getpid() != self._pid:
@@ -260,7 +298,13 @@ class HttpStore(ArtifactStore):
         body: Callable[[], Iterator[bytes]] | None = None,
         length: int = 0,
     ) -> httpx.Response:
-        """Send one request, retrying per :data:`RETRY_POLICY`; the response is fully read."""
+        """Send one request, retrying per :data:`RETRY_POLICY`; the response is fully read.
+
+        Raises:
+            StoreClosedError: the store was closed before an attempt, during a backoff, or while the
+                request was in flight.
+            httpx.HTTPError: the last attempt failed (translated by the caller's ``_translate_error``).
+        """
         policy = RETRY_POLICY[operation]
         retryable = _TRANSIENT if policy == "transient" else _UNSENT
         attempt = 0
@@ -271,11 +315,18 @@ class HttpStore(ArtifactStore):
                 # A new iterator per attempt; with Content-Length set httpx sends it unchunked.
                 content = body()
                 headers = {"Content-Type": MEDIA_TYPE_ENVELOPE, "Content-Length": str(length)}
+            clients = self._http()
             try:
-                with self._http().checkout() as http:
+                with clients.checkout() as http:
                     response = http.request(method, url, params=params, content=content, headers=headers)
-            except retryable:
-                if attempt >= self._settings.retries:
+            except StoreClosedError:
+                raise
+            except Exception as exc:
+                if clients.closed:
+                    # close() closed the client under this request: whatever httpx or httpcore raised for
+                    # it (a RuntimeError of a closed pool, a read error), the cause is the close.
+                    raise clients.closed_error(" (closed while this request was in flight)") from exc
+                if not isinstance(exc, retryable) or attempt >= self._settings.retries:
                     raise
             else:
                 if not (policy == "transient" and response.status_code in _RETRY_STATUSES):
@@ -284,7 +335,9 @@ class HttpStore(ArtifactStore):
                     return response
             attempt += 1
             delay = min(_BACKOFF_MAX, _BACKOFF_BASE * 2**attempt)
-            time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not cryptography
+            # A backoff that close() ends at once: no attempt is made, and no connection opened, after it.
+            if clients.wait_closed(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter, not cryptography
+                raise clients.closed_error()
 
     def _fail(self, response: httpx.Response, step_id: str | None = None) -> ArtifactStoreError:
         """The core error a non-success response stands for."""
