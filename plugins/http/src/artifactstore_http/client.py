@@ -55,10 +55,11 @@ __all__ = ["RETRY_POLICY", "HttpStore"]
 logger = logging.getLogger("artifactstore_http.client")
 
 #: Which failures each kind of request retries. ``"transient"``: connection failures, timeouts, resets and
-#: 502/503/504 answers; ``"unsent"``: only failures before the request left (connect errors and timeouts,
-#: pool timeouts), because repeating a delete or clear that did happen would change what it returns. A
-#: delete whose request may have been sent is repeated once more, and only a repeat that removed the
-#: artifact is trusted (see ``HttpStore._delete``).
+#: 502/503/504 answers that are retryable (an artifact server's problem whose ``retryable`` is true, or an
+#: answer not from an artifact server, e.g. a proxy's); ``"unsent"``: only failures before the request left
+#: (connect errors and timeouts, pool timeouts), because repeating a delete or clear that did happen would
+#: change what it returns. A delete whose request may have been sent is repeated once more, and only a
+#: repeat that removed the artifact is trusted (see ``HttpStore._delete``).
 RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
     "get": "transient",
     "exists": "transient",
@@ -329,7 +330,9 @@ class HttpStore(ArtifactStore):
                 if not isinstance(exc, retryable) or attempt >= self._settings.retries:
                     raise
             else:
-                if not (policy == "transient" and response.status_code in _RETRY_STATUSES):
+                if not (
+                    policy == "transient" and response.status_code in _RETRY_STATUSES and _retryable_answer(response)
+                ):
                     return response
                 if attempt >= self._settings.retries:
                     return response
@@ -489,6 +492,28 @@ class HttpStore(ArtifactStore):
         return None
 
 
+def _retryable_answer(response: httpx.Response) -> bool:
+    """Whether a 502, 503 or 504 answer may be worth repeating.
+
+    An artifact server types each failure (the ``Artifactstore-Error`` header and a problem body) and says
+    in the problem whether it is retryable: a plain ``BackendError`` (502, e.g. a Redis ``WRONGTYPE``
+    reply) is not, and repeating it only repeats the failure. An answer without that header is not from an
+    artifact server (a proxy or gateway) and is transient by its status.
+    """
+    name = response.headers.get(ERROR_HEADER)
+    if name is None:
+        return True
+    if response.headers.get("content-type", "").split(";")[0].strip() == MEDIA_TYPE_PROBLEM:
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("retryable"), bool):
+            return bool(doc["retryable"])
+    cls = ERROR_CLASSES.get(name)
+    return cls.retryable if cls is not None else True
+
+
 def _json(response: httpx.Response, display: str) -> Any:
     try:
         return response.json()
@@ -530,7 +555,9 @@ def error_from_response(
     """The core error a non-success response of an artifact server stands for.
 
     A problem body whose ``type`` is in the allow-list :data:`~artifactstore_http.protocol.ERROR_CLASSES`
-    becomes that class; anything else is classified by its status code alone. The server's ``detail`` text
+    becomes that class; anything else is classified by its status code alone, except that a 5xx answer of an
+    artifact server whose problem says ``"retryable": false`` is a plain (non-retryable)
+    :class:`~artifactstore_core.BackendError`. The server's ``detail`` text
     is quoted with every one of ``secrets`` redacted (:func:`~artifactstore_core.errors.redact`): a proxy or
     a hostile server may echo the request's bearer token back.
     """
@@ -551,6 +578,7 @@ def error_from_response(
         )
     name = response.headers.get(ERROR_HEADER)
     detail = ""
+    retryable: bool | None = None
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     if content_type == MEDIA_TYPE_PROBLEM and response.content:
         try:
@@ -566,6 +594,8 @@ def error_from_response(
                 step_id = doc["step_id"]
             if isinstance(doc.get("namespace"), str):
                 namespace = doc["namespace"]
+            if isinstance(doc.get("retryable"), bool):
+                retryable = doc["retryable"]
     cls = ERROR_CLASSES.get(name or "")
     if cls is not None:
         # The server's message already names the step id, namespace and backend.
@@ -573,6 +603,10 @@ def error_from_response(
     detail = f"{where} answered {status} ({name or 'not an artifactstore problem'})" + (f": {detail}" if detail else "")
     if status == 413:
         return PayloadTooLargeError(detail, step_id=step_id, namespace=namespace)
+    if retryable is False and status >= 500 and ERROR_HEADER in response.headers:
+        # A server error outside the allow-list that its server calls permanent: as the client did not
+        # retry it (_retryable_answer), it must not be raised as a retryable one either.
+        return BackendError(detail, step_id=step_id, namespace=namespace)
     if status in (429, 502, 503):
         return BackendUnavailableError(detail, step_id=step_id, namespace=namespace)
     if status in (408, 504):
