@@ -26,6 +26,7 @@ def build_app(settings: ServerSettings) -> Any:
 
     Raises:
         ConfigurationError: the settings are inconsistent (no token and not insecure) or the extra is missing.
+        BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load.
     """
     try:
         from .server import create_app, default_store_factory
@@ -67,6 +68,8 @@ def serve(
 
     Raises:
         ConfigurationError: invalid settings, no token without ``insecure``, or the server extra missing.
+        BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
+            server does not start).
     """
     settings = load_settings(
         ServerSettings,

@@ -39,6 +39,7 @@ from artifactstore_core.errors import (
     StoreClosedError,
 )
 from artifactstore_core.ids import validate_namespace, validate_step_id
+from artifactstore_core.registry import plugin_host
 from artifactstore_core.settings import CoreSettings, load_settings
 
 from .openapi import openapi_document
@@ -82,9 +83,14 @@ _UNAUTHORIZED = problem_document(
 def default_store_factory(backend: str | None = None) -> StoreFactory:
     """A factory that builds stores of ``backend`` (default: the configured ``ARTIFACT_STORE_BACKEND``).
 
+    The backend's plugin is loaded here, so that a server for a backend that is not there fails to start.
+
     Raises:
         ConfigurationError: the backend is ``http`` itself (a server serving itself), or the settings are
             invalid.
+        BackendNotFoundError: no backend of that name is installed (with "did you mean" or the
+            ``pip install`` line).
+        PluginLoadError: the backend's plugin failed to load.
     """
     name = backend or load_settings(CoreSettings).backend
     if name == "http":
@@ -92,6 +98,8 @@ def default_store_factory(backend: str | None = None) -> StoreFactory:
             "the artifact server cannot expose the http backend itself; set ARTIFACT_STORE_SERVER_BACKEND "
             "(or ARTIFACT_STORE_BACKEND for the server process) to the store it should serve"
         )
+    # Otherwise a mistyped name would start a server that answers every request 500.
+    plugin_host().load(name)
 
     def factory(namespace: str) -> ArtifactStore:
         return create_store(name, namespace=namespace)
@@ -583,6 +591,8 @@ def create_app(
     Raises:
         ConfigurationError: no token and not ``insecure``, a token shorter than 16 characters, or a
             path prefix that is not ``/``-separated ASCII without a trailing ``/``.
+        BackendNotFoundError, PluginLoadError: without ``store_factory``, the configured backend is not
+            installed or fails to load (see :func:`default_store_factory`).
     """
     path_prefix = path_prefix.rstrip("/")
     if path_prefix and (not path_prefix.startswith("/") or not path_prefix.isascii() or "?" in path_prefix):
