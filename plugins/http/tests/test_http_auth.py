@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from artifactstore_core import AccessDeniedError, ArtifactStoreError, ConfigurationError, Message, create_store
 from artifactstore_core.settings import load_settings
@@ -216,6 +216,12 @@ def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error_that_ne
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TOKEN") as from_argument:
         load_settings(HttpSettings, endpoint=memory_server.url, token=token)
     errors.append(from_argument.value)
+    # Built directly, settings raise pydantic's error as every settings model does (load_settings turns it
+    # into the ConfigurationError), with the input hidden.
+    for value in (token, SecretStr(token)):
+        with pytest.raises(ValidationError) as direct:
+            HttpSettings(endpoint=memory_server.url, token=value)
+        errors.append(direct.value)
     # Settings built without validation are checked by the store itself.
     unchecked = HttpSettings(endpoint=memory_server.url).model_copy(update={"token": SecretStr(token)})
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TOKEN") as from_store:
@@ -227,6 +233,7 @@ def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error_that_ne
         with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TOKEN") as from_env:
             create_store("http")
         errors.append(from_env.value)
+    assert [type(error) for error in errors].count(ConfigurationError) == len(errors) - 2
     for error in errors:
         assert "printable ASCII" in str(error)
         text = "".join(traceback.format_exception(error)) + repr(error)

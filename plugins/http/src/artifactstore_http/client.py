@@ -110,9 +110,10 @@ class _Clients:
         """Whether :meth:`close` has been called."""
         return self._closed.is_set()
 
-    def closed_error(self, detail: str = "") -> StoreClosedError:
-        """The error of a request refused or cut short because :meth:`close` was called."""
-        return StoreClosedError(f"{self._what} is closed{detail}; create a new one")
+    def closed_error(self, *, in_flight: bool = False) -> StoreClosedError:
+        """The error of a request refused (or, ``in_flight``, cut short) because :meth:`close` was called."""
+        state = "was closed while this request was in flight" if in_flight else "is closed"
+        return StoreClosedError(f"{self._what} {state}; create a new one")
 
     def wait_closed(self, seconds: float) -> bool:
         """Wait up to ``seconds``; ``True`` as soon as (or if already) :meth:`close` is called."""
@@ -326,7 +327,7 @@ class HttpStore(ArtifactStore):
                 if clients.closed:
                     # close() closed the client under this request: whatever httpx or httpcore raised for
                     # it (a RuntimeError of a closed pool, a read error), the cause is the close.
-                    raise clients.closed_error(" (closed while this request was in flight)") from exc
+                    raise clients.closed_error(in_flight=True) from exc
                 if not isinstance(exc, retryable) or attempt >= self._settings.retries:
                     raise
             else:
