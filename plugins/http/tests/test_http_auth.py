@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
-from artifactstore_core import AccessDeniedError, ArtifactStoreError, ConfigurationError, Message
+from artifactstore_core import AccessDeniedError, ArtifactStoreError, ConfigurationError, Message, create_store
+from artifactstore_core.settings import load_settings
 from artifactstore_http import HttpSettings, HttpStore
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, MakeClient, ServerThread, bound_socket, client_for
@@ -42,6 +43,7 @@ BAD_CREDENTIALS = {
     "token plus": {"Authorization": f"Bearer {TOKEN}0"},
     "other header": {"X-Api-Key": TOKEN, "Cookie": f"token={TOKEN}"},
 }
+CANARY = "CANARY-d41d8cd98f00b204e980"
 QUERY_TOKENS = [f"?token={TOKEN}", f"?access_token={TOKEN}", f"?authorization=Bearer%20{TOKEN}"]
 
 
@@ -145,7 +147,7 @@ def test_insecure_server_serves_without_a_token() -> None:
 
 
 def test_the_token_never_appears_in_logs_reprs_or_errors(caplog: pytest.LogCaptureFixture) -> None:
-    canary = "CANARY-d41d8cd98f00b204e980"
+    canary = CANARY
     space = MemorySpace()
     server = ServerThread(create_app(lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(canary)))
     server.start()
@@ -199,3 +201,41 @@ def test_the_token_never_appears_in_logs_reprs_or_errors(caplog: pytest.LogCaptu
     for text in [*texts, caplog.text]:
         assert canary not in text
         assert canary[::-1] not in text
+
+
+@pytest.mark.parametrize(
+    "token",
+    [f"{CANARY}\n", f"{CANARY}\r\n", f"tök-{CANARY}", f"{CANARY} x", f"\t{CANARY}", f"{CANARY}\x00"],
+    ids=["newline", "crlf", "non-ascii", "space", "tab", "nul"],
+)
+def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error_that_never_quotes_it(
+    memory_server: ServerThread, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    # httpx refuses such a header with an error quoting it whole, token included: refused before any I/O.
+    errors: list[BaseException] = []
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TOKEN") as from_argument:
+        load_settings(HttpSettings, endpoint=memory_server.url, token=token)
+    errors.append(from_argument.value)
+    # Built directly, settings raise pydantic's error as every settings model does (load_settings turns it
+    # into the ConfigurationError), with the input hidden.
+    for value in (token, SecretStr(token)):
+        with pytest.raises(ValidationError) as direct:
+            HttpSettings(endpoint=memory_server.url, token=value)
+        errors.append(direct.value)
+    # Settings built without validation are checked by the store itself.
+    unchecked = HttpSettings(endpoint=memory_server.url).model_copy(update={"token": SecretStr(token)})
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TOKEN") as from_store:
+        HttpStore(unchecked)
+    errors.append(from_store.value)
+    if "\x00" not in token:  # an environment variable cannot hold a NUL
+        monkeypatch.setenv("ARTIFACT_STORE_HTTP_ENDPOINT", memory_server.url)
+        monkeypatch.setenv("ARTIFACT_STORE_HTTP_TOKEN", token)
+        with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TOKEN") as from_env:
+            create_store("http")
+        errors.append(from_env.value)
+    assert [type(error) for error in errors].count(ConfigurationError) == len(errors) - 2
+    for error in errors:
+        assert "printable ASCII" in str(error)
+        text = "".join(traceback.format_exception(error)) + repr(error)
+        assert CANARY not in text
+        assert token.strip() not in text

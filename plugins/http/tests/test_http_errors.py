@@ -246,16 +246,18 @@ def test_a_reset_connection_is_backend_unavailable() -> None:
 
 
 class FlakyStore(MemoryStore):
-    """Fails the first ``failures`` operations of its namespace with BackendUnavailableError."""
+    """Fails the first ``failures`` operations of its namespace with BackendUnavailableError (or the class
+    ``errors`` names for the namespace)."""
 
     failures: ClassVar[dict[str, int]] = {}
     calls: ClassVar[dict[str, int]] = {}
+    errors: ClassVar[dict[str, type[ArtifactStoreError]]] = {}
 
     def _flaky(self) -> None:
         count = FlakyStore.calls.get(self.namespace, 0)
         FlakyStore.calls[self.namespace] = count + 1
         if count < FlakyStore.failures.get(self.namespace, 0):
-            raise BackendUnavailableError("transient failure")
+            raise FlakyStore.errors.get(self.namespace, BackendUnavailableError)("failure")
 
     def _get(self, step_id: str) -> Message:
         self._flaky()
@@ -290,6 +292,57 @@ def test_idempotent_operations_retry_retryable_answers(flaky_server: ServerThrea
         with pytest.raises(BackendUnavailableError):
             store.get("a")
         assert FlakyStore.calls["retry"] == 3
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"), [(BackendError, 1), (BackendUnavailableError, 3), (BackendTimeoutError, 3)]
+)
+def test_answers_are_retried_only_when_the_server_says_they_are_retryable(
+    flaky_server: ServerThread, error: type[ArtifactStoreError], attempts: int
+) -> None:
+    # A plain BackendError (502, e.g. a Redis WRONGTYPE reply) is permanent: repeating it repeats the failure.
+    namespace = f"permanent-{error.__name__}"
+    FlakyStore.failures[namespace], FlakyStore.errors[namespace] = 100, error
+    with client_for(flaky_server.url, namespace, retries=2) as store:
+        for call in (lambda: store.get("a"), lambda: store.save("a", Message(content=1))):
+            FlakyStore.calls[namespace] = 0
+            with pytest.raises(error) as info:
+                call()
+            assert type(info.value) is error
+            assert FlakyStore.calls[namespace] == attempts
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "attempts"),
+    [
+        # A proxy's or gateway's answer: not from an artifact server, transient by its status.
+        ({}, "bad gateway", 3),
+        # An artifact server's problem of a class outside the allow-list: its own retryable flag decides.
+        ({"Artifactstore-Error": "WrongTypeError"}, {"type": "WrongTypeError", "status": 502, "retryable": False}, 1),
+        ({"Artifactstore-Error": "FlappingError"}, {"type": "FlappingError", "status": 502, "retryable": True}, 3),
+    ],
+    ids=["proxy", "not retryable", "retryable"],
+)
+def test_a_502_is_retried_unless_an_artifact_server_says_it_is_permanent(
+    headers: dict[str, str], body: object, attempts: int
+) -> None:
+    calls: list[str] = []
+
+    def answer(request: Request) -> Response:
+        calls.append(request.method)
+        if isinstance(body, str):
+            return Response(body, status_code=502, headers=headers, media_type="text/plain")
+        return Response(json.dumps(body), status_code=502, headers=headers, media_type="application/problem+json")
+
+    server = ServerThread(Starlette(routes=[Route("/v1/namespaces/default/artifacts/{step}", answer)])).start()
+    try:
+        with client_for(server.url, retries=2) as store, pytest.raises(BackendError) as info:
+            store.get("a")
+    finally:
+        server.stop()
+    assert calls == ["GET"] * attempts
+    # What is raised says what was done: retried answers raise a retryable error, the other does not.
+    assert info.value.retryable is (attempts > 1)
 
 
 def test_delete_is_not_repeated_after_the_server_answered(flaky_server: ServerThread) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from artifactstore_core import Message, PayloadTooLargeError
+from artifactstore_core import Codec, Message, PayloadTooLargeError
+from artifactstore_core.envelope import Header
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -115,6 +116,80 @@ def test_client_gets_payload_too_large(small_server: ServerThread) -> None:
         assert store.exists("fits")
         assert not store.exists("big")
         assert not store.exists("bomb")
+
+
+class _ParseRecordingCodec(Codec):
+    """The server's codec, recording the size of every payload it decompresses and parses."""
+
+    def __init__(self, parsed: list[int]) -> None:
+        super().__init__()
+        self.parsed = parsed
+
+    def decode_payload(self, header: Header, payload: bytes | memoryview) -> Message:
+        self.parsed.append(header.size)
+        return super().decode_payload(header, payload)
+
+
+def test_json_content_over_the_json_limit_is_refused_before_it_is_parsed() -> None:
+    # A few KB of compressed JSON can hold millions of tiny containers, each a Python object on the server:
+    # JSON has its own, lower limit, checked from the verified header before decompression and parsing.
+    json_limit = 64 * 1024
+    space = MemorySpace()
+    parsed: list[int] = []
+    app = create_app(
+        lambda ns: MemoryStore(namespace=ns, space=space, codec=_ParseRecordingCodec(parsed)),
+        token=SecretStr(TOKEN),
+        max_body_bytes=LIMIT,
+        max_json_bytes=json_limit,
+    )
+    server = ServerThread(app).start()
+    try:
+        with client_for(server.url, "json", retries=0) as store:
+            many = Message(content=[{}] * 100_000)  # 300 KB of JSON text, compressed to about 1 KB
+            encoded = store.codec.encode(many, place=("json", "many"))
+            assert b'"zstd"' in encoded.head
+            assert len(encoded.payload) < 4096  # a small body
+            with pytest.raises(PayloadTooLargeError) as info:
+                store.save("many", many)
+            assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in str(info.value)
+            assert info.value.step_id == "many"
+            assert parsed == []
+            assert list(space.namespace("json")) == []
+            # Under the JSON limit JSON is stored; text and bytes keep the body limit.
+            store.save("fits", Message(content=[{}] * 10_000))
+            store.save("text", Message(content="{}," * 100_000))
+            store.save("bytes", Message(content=b"{}," * 100_000))
+            assert len(store.get("fits").content) == 10_000
+        assert sorted(space.namespace("json")) == ["bytes", "fits", "text"]
+        assert len(parsed) == 3
+    finally:
+        server.stop()
+
+
+def test_the_json_limit_answers_a_problem_naming_the_setting() -> None:
+    space = MemorySpace()
+    app = create_app(
+        lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_json_bytes=16 * 1024
+    )
+    server = ServerThread(app).start()
+    try:
+        body = Codec().encode(Message(content=[{}] * 100_000)).to_bytes()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(
+                f"PUT /v1/namespaces/json/artifacts/many HTTP/1.1\r\nHost: x\r\n{AUTH}"
+                "Content-Type: application/vnd.artifactstore.envelope\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            status, headers, raw = _read_response(sock)
+        assert status == 413, raw
+        problem = json.loads(raw)
+        assert headers["artifactstore-error"] == problem["type"] == "PayloadTooLargeError"
+        assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in problem["detail"]
+        assert problem["retryable"] is False
+        assert list(space.namespace("json")) == []
+    finally:
+        server.stop()
 
 
 def _raw_request(port: int, headers: str) -> tuple[int, dict[str, str], bytes]:

@@ -17,6 +17,7 @@ from artifactstore_core import (
     ArtifactInfo,
     ArtifactStore,
     BackendError,
+    BackendNotFoundError,
     ConfigurationError,
     Message,
     StoreClosedError,
@@ -157,6 +158,25 @@ def test_the_server_refuses_to_serve_the_http_backend(monkeypatch: pytest.Monkey
         default_store_factory()
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_BACKEND"):
         default_store_factory("http")
+
+
+def test_a_server_for_a_backend_that_is_not_installed_does_not_start() -> None:
+    # A mistyped backend name used to start a server that answered every request 500.
+    with pytest.raises(BackendNotFoundError, match="did you mean 'memory'"):
+        default_store_factory("memroy")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memroy"})
+    result = subprocess.run(
+        [sys.executable, "-m", "artifactstore_http", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "BackendNotFoundError: no backend named 'memroy' is installed; did you mean 'memory'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Uvicorn running" not in result.stderr
 
 
 class _CountingStore(ArtifactStore):

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
-from artifactstore_core import Message
-from artifactstore_http import HttpStore
-from artifactstore_http.testing import ServerThread, client_for
+from artifactstore_core import BackendUnavailableError, Message, StoreClosedError
+from artifactstore_http import HttpStore, client
+from artifactstore_http.server import create_app
+from artifactstore_http.testing import TOKEN, ServerThread, client_for
+from artifactstore_memory import MemorySpace, MemoryStore
 
 THREADS = 12
 POOL = 3
@@ -111,3 +115,121 @@ def test_closing_the_store_closes_every_client(memory_server: ServerThread) -> N
     assert not any(client.is_closed for client in made)
     store.close()
     assert all(client.is_closed for client in made)
+
+
+class _GatedStore(MemoryStore):
+    """A memory store whose first save answers 503 and whose reads wait for ``release``: a server to
+    close a client store against, at a moment the test chooses."""
+
+    saves: list[str]
+    entered: threading.Event
+    release: threading.Event
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        self.saves.append(step_id)
+        if len(self.saves) == 1:
+            raise BackendUnavailableError("transient failure")
+        super()._save(step_id, message, overwrite, ttl)
+
+    def _get(self, step_id: str) -> Message:
+        self.entered.set()
+        assert self.release.wait(timeout=60)
+        return super()._get(step_id)
+
+
+@pytest.fixture
+def gated() -> Iterator[tuple[ServerThread, type[_GatedStore], MemorySpace]]:
+    space = MemorySpace()
+    store_class = type(
+        "Gated", (_GatedStore,), {"saves": [], "entered": threading.Event(), "release": threading.Event()}
+    )
+    server = ServerThread(create_app(lambda ns: store_class(namespace=ns, space=space), token=SecretStr(TOKEN)))
+    server.start()
+    try:
+        yield server, store_class, space
+    finally:
+        store_class.release.set()
+        server.stop()
+
+
+def _recording_clients(
+    store: HttpStore, on_response: Callable[[httpx.Response], None] | None = None
+) -> list[httpx.Client]:
+    """Every httpx client the store makes from now on, optionally with a response hook."""
+    made: list[httpx.Client] = []
+    make = store._new_client
+
+    def new_client() -> httpx.Client:
+        made.append(make())
+        if on_response is not None:
+            made[-1].event_hooks = {"request": [], "response": [on_response]}
+        return made[-1]
+
+    store._new_client = new_client  # type: ignore[method-assign]
+    store._clients = store._new_clients()
+    return made
+
+
+def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | None]]:
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.timeout(120)
+def test_close_ends_a_retry_backoff_and_no_attempt_follows(
+    gated: tuple[ServerThread, type[_GatedStore], MemorySpace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, store_class, space = gated
+    # A backoff of 30 to 60 s: the writer thread ends in time only if close() cuts it short.
+    monkeypatch.setattr(client, "_BACKOFF_BASE", 60.0)
+    monkeypatch.setattr(client, "_BACKOFF_MAX", 60.0)
+    answered = threading.Event()
+    store = client_for(server.url, "close-backoff", retries=5)
+    made = _recording_clients(store, lambda response: answered.set() if response.status_code == 503 else None)
+    thread, outcome = _in_thread(lambda: store.save("a", Message(content=b"x")))
+    assert answered.wait(timeout=30)  # the first attempt got its 503: the writer backs off
+    store.close()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "close() did not end the retry backoff"
+    assert isinstance(outcome[0], StoreClosedError), outcome
+    assert outcome[0].namespace == "close-backoff"
+    assert store_class.saves == ["a"]  # no attempt after close()
+    assert list(space.namespace("close-backoff")) == []
+    # No client was made after close(), and every one made is closed: no connection is left open.
+    assert len(made) == 1
+    assert all(made_client.is_closed for made_client in made)
+    assert store._clients._all == []
+    assert store._clients._idle == []
+
+
+@pytest.mark.timeout(120)
+def test_a_request_in_flight_during_close_raises_store_closed_and_leaves_no_client(
+    gated: tuple[ServerThread, type[_GatedStore], MemorySpace],
+) -> None:
+    server, store_class, space = gated
+    space.namespace("close-inflight")["a"] = Message(content=b"stored")
+    store = client_for(server.url, "close-inflight", retries=2)
+    made = _recording_clients(store)
+    thread, outcome = _in_thread(lambda: store.get("a"))
+    assert store_class.entered.wait(timeout=30)  # the request reached the server's store
+    store.close()
+    store_class.release.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], StoreClosedError), outcome
+    assert "in flight" in str(outcome[0])
+    assert len(made) == 1  # not retried on a new client
+    assert all(made_client.is_closed for made_client in made)
+    assert store._clients._all == []
+    assert store._clients._idle == []

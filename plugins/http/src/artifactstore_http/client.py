@@ -18,7 +18,6 @@ import random
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -36,6 +35,7 @@ from artifactstore_core.errors import (
     BackendUnavailableError,
     ConfigurationError,
     PayloadTooLargeError,
+    StoreClosedError,
     redact,
 )
 from artifactstore_core.settings import load_settings
@@ -48,17 +48,18 @@ from .protocol import (
     MEDIA_TYPE_PROBLEM,
     quote_segment,
 )
-from .settings import HttpSettings, is_loopback
+from .settings import HttpSettings, _token_problem, is_loopback
 
 __all__ = ["RETRY_POLICY", "HttpStore"]
 
 logger = logging.getLogger("artifactstore_http.client")
 
 #: Which failures each kind of request retries. ``"transient"``: connection failures, timeouts, resets and
-#: 502/503/504 answers; ``"unsent"``: only failures before the request left (connect errors and timeouts,
-#: pool timeouts), because repeating a delete or clear that did happen would change what it returns. A
-#: delete whose request may have been sent is repeated once more, and only a repeat that removed the
-#: artifact is trusted (see ``HttpStore._delete``).
+#: 502/503/504 answers that are retryable (an artifact server's problem whose ``retryable`` is true, or an
+#: answer not from an artifact server, e.g. a proxy's); ``"unsent"``: only failures before the request left
+#: (connect errors and timeouts, pool timeouts), because repeating a delete or clear that did happen would
+#: change what it returns. A delete whose request may have been sent is repeated once more, and only a
+#: repeat that removed the artifact is trusted (see ``HttpStore._delete``).
 RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
     "get": "transient",
     "exists": "transient",
@@ -86,43 +87,81 @@ class _Clients:
     pool of 4 hit it about once a minute. A client that one thread uses at a time never runs two pool
     passes at once, so the race cannot happen. Clients are created on demand and reused most recently
     used first, so idle connections age out (``keepalive_expiry``) instead of being kept warm in turn.
+
+    Once closed, nothing is lent any more and a client handed back is closed, not kept: a thread that was
+    waiting out a retry backoff, or whose request was in flight, must not open a connection nobody closes.
     """
 
-    def __init__(self, make: Callable[[], httpx.Client], size: int, timeout: float) -> None:
+    def __init__(
+        self, make: Callable[[], httpx.Client], size: int, timeout: float, *, what: str = "the http store"
+    ) -> None:
         self._make = make
         self._timeout = timeout
+        self._what = what
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self._idle: list[httpx.Client] = []
         self._all: list[httpx.Client] = []
+        # An event rather than a flag, so that a retry backoff waiting on it ends when close() is called.
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed.is_set()
+
+    def closed_error(self, *, in_flight: bool = False) -> StoreClosedError:
+        """The error of a request refused (or, ``in_flight``, cut short) because :meth:`close` was called."""
+        state = "was closed while this request was in flight" if in_flight else "is closed"
+        return StoreClosedError(f"{self._what} {state}; create a new one")
+
+    def wait_closed(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; ``True`` as soon as (or if already) :meth:`close` is called."""
+        return self._closed.wait(seconds)
 
     @contextlib.contextmanager
     def checkout(self) -> Iterator[httpx.Client]:
         """A client for this thread alone until the block ends.
 
         Raises:
+            StoreClosedError: :meth:`close` was called (nothing was sent).
             httpx.PoolTimeout: no client became free within the timeout (nothing was sent).
         """
+        if self._closed.is_set():
+            raise self.closed_error()
         if not self._slots.acquire(timeout=self._timeout):
             raise httpx.PoolTimeout("no connection to the artifact server became free in time")
         try:
             with self._lock:
+                if self._closed.is_set():
+                    raise self.closed_error()
                 client = self._idle.pop() if self._idle else None
             if client is None:
                 client = self._make()
                 with self._lock:
-                    self._all.append(client)
+                    # close() may have run while the client was being built: then it never saw this one.
+                    closed = self._closed.is_set()
+                    if not closed:
+                        self._all.append(client)
+                if closed:
+                    client.close()
+                    raise self.closed_error()
             try:
                 yield client
             finally:
                 with self._lock:
-                    self._idle.append(client)
+                    keep = not self._closed.is_set()
+                    if keep:
+                        self._idle.append(client)
+                if not keep:
+                    client.close()
         finally:
             self._slots.release()
 
     def close(self) -> None:
-        """Close every client (a request still in flight on one fails)."""
+        """Close every client and lend no more (a request still in flight on one fails)."""
         with self._lock:
+            self._closed.set()
             clients, self._all, self._idle = self._all, [], []
         for client in clients:
             client.close()
@@ -138,7 +177,8 @@ class HttpStore(ArtifactStore):
         codec: encodes what is sent and verifies what is read. Give it the server's signing key, if it has one.
 
     Raises:
-        ConfigurationError: no endpoint is configured, or the TLS settings are unusable.
+        ConfigurationError: no endpoint is configured, the token cannot travel in a header (not printable
+            ASCII, or holding spaces or line breaks), or the TLS settings are unusable.
         InvalidStepIdError: ``namespace`` is not legal.
     """
 
@@ -158,6 +198,11 @@ class HttpStore(ArtifactStore):
                 "the http backend needs the artifact server's URL: set ARTIFACT_STORE_HTTP_ENDPOINT",
                 backend=self.backend_name,
             )
+        token = self._settings.token
+        # Checked again here for settings built without validation (model_copy, model_construct): httpx
+        # would refuse such a header with an error that quotes it, token and all.
+        if token is not None and (problem := _token_problem(token.get_secret_value())) is not None:
+            raise ConfigurationError(f"ARTIFACT_STORE_HTTP_TOKEN {problem}", backend=self.backend_name)
         base = httpx.URL(self._settings.endpoint)
         self._base = base
         self._prefix = base.raw_path.split(b"?")[0].rstrip(b"/") + API_PREFIX.encode("ascii")
@@ -226,7 +271,8 @@ class HttpStore(ArtifactStore):
 
     def _new_clients(self) -> _Clients:
         # Waiting for a free client is bounded like httpx's own pool wait was (its pool timeout).
-        return _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout)
+        what = f"store for namespace {self.namespace!r} of backend {self.backend_name!r}"
+        return _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout, what=what)
 
     def _http(self) -> _Clients:
         if os.getpid() != self._pid:
@@ -254,7 +300,13 @@ class HttpStore(ArtifactStore):
         body: Callable[[], Iterator[bytes]] | None = None,
         length: int = 0,
     ) -> httpx.Response:
-        """Send one request, retrying per :data:`RETRY_POLICY`; the response is fully read."""
+        """Send one request, retrying per :data:`RETRY_POLICY`; the response is fully read.
+
+        Raises:
+            StoreClosedError: the store was closed before an attempt, during a backoff, or while the
+                request was in flight.
+            httpx.HTTPError: the last attempt failed (translated by the caller's ``_translate_error``).
+        """
         policy = RETRY_POLICY[operation]
         retryable = _TRANSIENT if policy == "transient" else _UNSENT
         attempt = 0
@@ -265,20 +317,31 @@ class HttpStore(ArtifactStore):
                 # A new iterator per attempt; with Content-Length set httpx sends it unchunked.
                 content = body()
                 headers = {"Content-Type": MEDIA_TYPE_ENVELOPE, "Content-Length": str(length)}
+            clients = self._http()
             try:
-                with self._http().checkout() as http:
+                with clients.checkout() as http:
                     response = http.request(method, url, params=params, content=content, headers=headers)
-            except retryable:
-                if attempt >= self._settings.retries:
+            except StoreClosedError:
+                raise
+            except Exception as exc:
+                if clients.closed:
+                    # close() closed the client under this request: whatever httpx or httpcore raised for
+                    # it (a RuntimeError of a closed pool, a read error), the cause is the close.
+                    raise clients.closed_error(in_flight=True) from exc
+                if not isinstance(exc, retryable) or attempt >= self._settings.retries:
                     raise
             else:
-                if not (policy == "transient" and response.status_code in _RETRY_STATUSES):
+                if not (
+                    policy == "transient" and response.status_code in _RETRY_STATUSES and _retryable_answer(response)
+                ):
                     return response
                 if attempt >= self._settings.retries:
                     return response
             attempt += 1
             delay = min(_BACKOFF_MAX, _BACKOFF_BASE * 2**attempt)
-            time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not cryptography
+            # A backoff that close() ends at once: no attempt is made, and no connection opened, after it.
+            if clients.wait_closed(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter, not cryptography
+                raise clients.closed_error()
 
     def _fail(self, response: httpx.Response, step_id: str | None = None) -> ArtifactStoreError:
         """The core error a non-success response stands for."""
@@ -430,6 +493,28 @@ class HttpStore(ArtifactStore):
         return None
 
 
+def _retryable_answer(response: httpx.Response) -> bool:
+    """Whether a 502, 503 or 504 answer may be worth repeating.
+
+    An artifact server types each failure (the ``Artifactstore-Error`` header and a problem body) and says
+    in the problem whether it is retryable: a plain ``BackendError`` (502, e.g. a Redis ``WRONGTYPE``
+    reply) is not, and repeating it only repeats the failure. An answer without that header is not from an
+    artifact server (a proxy or gateway) and is transient by its status.
+    """
+    name = response.headers.get(ERROR_HEADER)
+    if name is None:
+        return True
+    if response.headers.get("content-type", "").split(";")[0].strip() == MEDIA_TYPE_PROBLEM:
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("retryable"), bool):
+            return bool(doc["retryable"])
+    cls = ERROR_CLASSES.get(name)
+    return cls.retryable if cls is not None else True
+
+
 def _json(response: httpx.Response, display: str) -> Any:
     try:
         return response.json()
@@ -471,7 +556,9 @@ def error_from_response(
     """The core error a non-success response of an artifact server stands for.
 
     A problem body whose ``type`` is in the allow-list :data:`~artifactstore_http.protocol.ERROR_CLASSES`
-    becomes that class; anything else is classified by its status code alone. The server's ``detail`` text
+    becomes that class; anything else is classified by its status code alone, except that a 5xx answer of an
+    artifact server whose problem says ``"retryable": false`` is a plain (non-retryable)
+    :class:`~artifactstore_core.BackendError`. The server's ``detail`` text
     is quoted with every one of ``secrets`` redacted (:func:`~artifactstore_core.errors.redact`): a proxy or
     a hostile server may echo the request's bearer token back.
     """
@@ -492,6 +579,7 @@ def error_from_response(
         )
     name = response.headers.get(ERROR_HEADER)
     detail = ""
+    retryable: bool | None = None
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     if content_type == MEDIA_TYPE_PROBLEM and response.content:
         try:
@@ -507,6 +595,8 @@ def error_from_response(
                 step_id = doc["step_id"]
             if isinstance(doc.get("namespace"), str):
                 namespace = doc["namespace"]
+            if isinstance(doc.get("retryable"), bool):
+                retryable = doc["retryable"]
     cls = ERROR_CLASSES.get(name or "")
     if cls is not None:
         # The server's message already names the step id, namespace and backend.
@@ -514,6 +604,10 @@ def error_from_response(
     detail = f"{where} answered {status} ({name or 'not an artifactstore problem'})" + (f": {detail}" if detail else "")
     if status == 413:
         return PayloadTooLargeError(detail, step_id=step_id, namespace=namespace)
+    if retryable is False and status >= 500 and ERROR_HEADER in response.headers:
+        # A server error outside the allow-list that its server calls permanent: as the client did not
+        # retry it (_retryable_answer), it must not be raised as a retryable one either.
+        return BackendError(detail, step_id=step_id, namespace=namespace)
     if status in (429, 502, 503):
         return BackendUnavailableError(detail, step_id=step_id, namespace=namespace)
     if status in (408, 504):

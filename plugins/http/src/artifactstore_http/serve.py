@@ -26,6 +26,7 @@ def build_app(settings: ServerSettings) -> Any:
 
     Raises:
         ConfigurationError: the settings are inconsistent (no token and not insecure) or the extra is missing.
+        BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load.
     """
     try:
         from .server import create_app, default_store_factory
@@ -36,6 +37,7 @@ def build_app(settings: ServerSettings) -> Any:
         token=settings.token,
         insecure=settings.insecure,
         max_body_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_bytes,
         max_header_count=settings.max_header_count,
         max_header_bytes=settings.max_header_bytes,
         store_cache_size=settings.store_cache_size,
@@ -50,6 +52,7 @@ def serve(
     insecure: bool | None = None,
     backend: str | None = None,
     max_body_bytes: int | None = None,
+    max_json_bytes: int | None = None,
     path_prefix: str | None = None,
     log_level: str | None = None,
     fd: int | None = None,
@@ -65,6 +68,8 @@ def serve(
 
     Raises:
         ConfigurationError: invalid settings, no token without ``insecure``, or the server extra missing.
+        BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
+            server does not start).
     """
     settings = load_settings(
         ServerSettings,
@@ -73,6 +78,7 @@ def serve(
         insecure=insecure,
         backend=backend,
         max_body_bytes=max_body_bytes,
+        max_json_bytes=max_json_bytes,
         path_prefix=path_prefix,
         log_level=log_level,
     )
@@ -136,6 +142,7 @@ def serve_command(*, standalone: bool = False) -> Any:
     @click.option("--insecure", is_flag=True, default=False, help="Serve without authentication when no token is set.")
     @click.option("--backend", default=None, help="Backend to expose [default: ARTIFACT_STORE_BACKEND].")
     @click.option("--max-body-bytes", type=int, default=None, help="Largest request body accepted.")
+    @click.option("--max-json-bytes", type=int, default=None, help="Largest JSON content (decoded) accepted.")
     @click.option("--path-prefix", default=None, help="Path prefix the API is served under, e.g. /artifactstore.")
     @click.option("--log-level", default=None, help="debug, info, warning or error [default: info].")
     @click.option("--fd", type=int, default=None, help="Serve on this inherited, bound socket descriptor.")

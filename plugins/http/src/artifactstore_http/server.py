@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, create_store
-from artifactstore_core.envelope import reusing_verified_digests
+from artifactstore_core.envelope import Header, reusing_verified_digests
 from artifactstore_core.errors import (
     ArtifactStoreError,
     BackendUnavailableError,
@@ -39,6 +39,7 @@ from artifactstore_core.errors import (
     StoreClosedError,
 )
 from artifactstore_core.ids import validate_namespace, validate_step_id
+from artifactstore_core.registry import plugin_host
 from artifactstore_core.settings import CoreSettings, load_settings
 
 from .openapi import openapi_document
@@ -57,7 +58,7 @@ from .protocol import (
 )
 from .settings import MIN_TOKEN_LENGTH
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "StoreFactory", "create_app", "default_store_factory"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_JSON_BYTES", "StoreFactory", "create_app", "default_store_factory"]
 
 logger = logging.getLogger("artifactstore_http.server")
 
@@ -65,6 +66,9 @@ logger = logging.getLogger("artifactstore_http.server")
 StoreFactory = Callable[[str], ArtifactStore]
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+#: Largest JSON content (decoded text) a save may carry. Lower than the body limit because a parsed JSON
+#: value costs many times its text in memory: eight million ``{}`` are 24 MB of text and about 1 GB of dicts.
+DEFAULT_MAX_JSON_BYTES = 32 * 1024 * 1024
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 
@@ -79,9 +83,14 @@ _UNAUTHORIZED = problem_document(
 def default_store_factory(backend: str | None = None) -> StoreFactory:
     """A factory that builds stores of ``backend`` (default: the configured ``ARTIFACT_STORE_BACKEND``).
 
+    The backend's plugin is loaded here, so that a server for a backend that is not there fails to start.
+
     Raises:
         ConfigurationError: the backend is ``http`` itself (a server serving itself), or the settings are
             invalid.
+        BackendNotFoundError: no backend of that name is installed (with "did you mean" or the
+            ``pip install`` line).
+        PluginLoadError: the backend's plugin failed to load.
     """
     name = backend or load_settings(CoreSettings).backend
     if name == "http":
@@ -89,6 +98,8 @@ def default_store_factory(backend: str | None = None) -> StoreFactory:
             "the artifact server cannot expose the http backend itself; set ARTIFACT_STORE_SERVER_BACKEND "
             "(or ARTIFACT_STORE_BACKEND for the server process) to the store it should serve"
         )
+    # Otherwise a mistyped name would start a server that answers every request 500.
+    plugin_host().load(name)
 
     def factory(namespace: str) -> ArtifactStore:
         return create_store(name, namespace=namespace)
@@ -235,11 +246,20 @@ def _bool_param(query: dict[str, str], name: str) -> bool:
 class _App:
     """The request handlers; one instance per application."""
 
-    def __init__(self, cache: _StoreCache, *, token: SecretStr | None, max_body_bytes: int, path_prefix: str) -> None:
+    def __init__(
+        self,
+        cache: _StoreCache,
+        *,
+        token: SecretStr | None,
+        max_body_bytes: int,
+        max_json_bytes: int,
+        path_prefix: str,
+    ) -> None:
         self._cache = cache
         self._prefix = path_prefix.encode("ascii")
         self._token = token.get_secret_value().encode("ascii") if token is not None else None
         self._max_body = max_body_bytes
+        self._max_json = max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A plain ASGI app (the router's default), so every method and path reaches the handler and gets a
@@ -369,6 +389,7 @@ class _App:
                             f"most {self._max_body} (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)",
                             step_id=step_id,
                         )
+                    self._check_json_size(header, step_id)
                     # The server's own codec verifies the digest (and the signature, with a signing key).
                     # The head is verified once: the payload is what follows it.
                     message = codec.decode_payload(header, view[codec.head_size(view) :])
@@ -396,6 +417,20 @@ class _App:
             body += chunk
         request.state.body_read = True
         return body
+
+    def _check_json_size(self, header: Header, step_id: str) -> None:
+        """Refuse JSON content over the JSON limit from its verified header, before it is decompressed or parsed.
+
+        The body limit bounds bytes, not the objects they parse into: a few KB of compressed ``[{},{},...]``
+        would otherwise become a gigabyte of dicts on this server.
+        """
+        if header.codec == "json" and header.size > self._max_json:
+            raise PayloadTooLargeError(
+                f"artifact {step_id!r} holds {header.size} bytes of JSON content; this server parses at most "
+                f"{self._max_json} (ARTIFACT_STORE_SERVER_MAX_JSON_BYTES), because a parsed JSON value takes "
+                "many times its text in memory; send large data as bytes or text",
+                step_id=step_id,
+            )
 
     def _too_large(self, size: int | None) -> PayloadTooLargeError:
         what = f"{size} bytes" if size is not None else "more bytes"
@@ -532,6 +567,7 @@ def create_app(
     token: SecretStr | None,
     insecure: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     max_header_count: int = 100,
     max_header_bytes: int = 16 * 1024,
     store_cache_size: int = 128,
@@ -546,6 +582,8 @@ def create_app(
         token: the bearer token every API request must carry (compared in constant time).
         insecure: serve without authentication; only allowed, and only effective, when ``token`` is ``None``.
         max_body_bytes: largest request body and largest artifact content; larger gets 413 unread.
+        max_json_bytes: largest JSON content (its decoded text) of a save; larger gets 413 before the
+            payload is decompressed or parsed (a parsed JSON value takes many times its text in memory).
         max_header_count, max_header_bytes: request header limits; beyond them gets 431.
         path_prefix: a prefix such as ``/artifactstore`` that every API path carries, for a reverse proxy
             that passes the request path through unchanged (and so undecoded).
@@ -553,6 +591,8 @@ def create_app(
     Raises:
         ConfigurationError: no token and not ``insecure``, a token shorter than 16 characters, or a
             path prefix that is not ``/``-separated ASCII without a trailing ``/``.
+        BackendNotFoundError, PluginLoadError: without ``store_factory``, the configured backend is not
+            installed or fails to load (see :func:`default_store_factory`).
     """
     path_prefix = path_prefix.rstrip("/")
     if path_prefix and (not path_prefix.startswith("/") or not path_prefix.isascii() or "?" in path_prefix):
@@ -570,7 +610,9 @@ def create_app(
     except UnicodeEncodeError:
         raise ConfigurationError("ARTIFACT_STORE_SERVER_TOKEN must be ASCII") from None
     cache = _StoreCache(store_factory or default_store_factory(), store_cache_size)
-    handlers = _App(cache, token=token, max_body_bytes=max_body_bytes, path_prefix=path_prefix)
+    handlers = _App(
+        cache, token=token, max_body_bytes=max_body_bytes, max_json_bytes=max_json_bytes, path_prefix=path_prefix
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -16,6 +16,18 @@ __all__ = ["MIN_TOKEN_LENGTH", "HttpSettings", "ServerSettings", "is_loopback"]
 MIN_TOKEN_LENGTH = 16
 
 
+def _token_problem(token: str) -> str | None:
+    """What makes ``token`` unusable as a bearer token (``None``: nothing), without quoting it.
+
+    A token must be printable ASCII without spaces: anything else cannot travel in an HTTP header, and
+    httpx's refusal quotes the whole header, token included, in an exception (a trailing newline from a
+    file or a shell is the usual case).
+    """
+    if not token.isascii() or not token.isprintable() or " " in token:
+        return "must be printable ASCII without spaces or line breaks (check for a trailing newline)"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or an address) names this machine's loopback interface."""
     if host.lower() == "localhost":
@@ -39,7 +51,8 @@ class HttpSettings(BackendSettings):
         "create a store.",
     )
     token: SecretStr | None = Field(
-        default=None, description="Bearer token sent in the Authorization header; the server's token."
+        default=None,
+        description="Bearer token sent in the Authorization header; the server's token (printable ASCII, no spaces).",
     )
     connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a connection.")
     read_timeout: float = Field(
@@ -80,6 +93,13 @@ class HttpSettings(BackendSettings):
             raise ValueError("must not have a query or fragment")
         return value
 
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (problem := _token_problem(value.get_secret_value())) is not None:
+            raise ValueError(problem)
+        return value
+
 
 class ServerSettings(BackendSettings):
     """Settings of the artifact server (prefix ``ARTIFACT_STORE_SERVER_``, config table ``[server]``)."""
@@ -107,6 +127,12 @@ class ServerSettings(BackendSettings):
         ge=1024,
         description="Largest request body, and largest artifact content, accepted; larger gets 413.",
     )
+    max_json_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON content (its decoded text) accepted in a save; larger gets 413 before it is "
+        "decompressed or parsed. A parsed JSON value takes many times its text in memory.",
+    )
     max_header_count: int = Field(default=100, ge=8, description="Most request headers accepted; more gets 431.")
     max_header_bytes: int = Field(
         default=16 * 1024, ge=1024, description="Most bytes of request line and headers accepted."
@@ -133,6 +159,6 @@ class ServerSettings(BackendSettings):
         secret = value.get_secret_value()
         if len(secret) < MIN_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
-        if not secret.isascii() or not secret.isprintable() or " " in secret:
-            raise ValueError("must be printable ASCII without spaces")
+        if (problem := _token_problem(secret)) is not None:
+            raise ValueError(problem)
         return value
