@@ -81,6 +81,21 @@ def test_same_artifact_is_strict_about_json_types() -> None:
     assert not Message(content="1").same_artifact(Message(content=b"1"))
 
 
+@pytest.mark.parametrize(("first", "second"), [(1, True), (1, 1.0), (True, 1.0), (0.0, -0.0), (0, False)])
+def test_same_artifact_is_strict_about_json_types_in_metadata_and_schema(first: object, second: object) -> None:
+    def schema(value: object) -> SchemaInfo:
+        return SchemaInfo(name="S", json_schema={"const": value})
+
+    assert schema(first) == schema(second)  # pydantic's ==, which same_artifact must not use
+    assert Message(content=1, schema=schema(first)).same_artifact(Message(content=1, schema=schema(first)))
+    assert not Message(content=1, schema=schema(first)).same_artifact(Message(content=1, schema=schema(second)))
+    assert not Message(content=1, metadata={"n": first}).same_artifact(Message(content=1, metadata={"n": second}))
+    assert not Message(content=1, schema=schema(first)).same_artifact(Message(content=1))
+    assert Message(content=1, schema=SchemaInfo(name="S")).same_artifact(
+        Message(content=1, schema=SchemaInfo(name="S", version=None, json_schema=None))
+    )
+
+
 def test_typed_round_trip_and_mismatch() -> None:
     message = Message.from_model(Summary(title="t", words=3), version="2", include_json_schema=True)
     assert message.schema is not None
