@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar, Union
+from typing import Any, Self, TypeVar, Union
 
 from pydantic import (
     BaseModel,
@@ -481,6 +481,27 @@ with warnings.catch_warnings():
             if isinstance(self.content, (bytes, str)):
                 return bool(self.content == other.content)
             return canonical_json(self.content) == canonical_json(other.content)
+
+        def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+            """A copy of this message with the fields in ``update`` replaced, validated as construction is.
+
+            pydantic's own ``model_copy(update=...)`` skips validation, which would put a caller's mutable
+            dict or list into a message (and the memory backend stores messages by reference). Here
+            ``update`` goes through the same validators as ``Message(...)``: content and metadata are
+            frozen, ``created_at`` normalised to UTC. Fields not in ``update`` keep their values, including
+            ``media_type`` and ``created_at``. ``copy.replace`` (Python 3.13) comes here too. Without an
+            update this is pydantic's plain copy (``deep`` as pydantic has it; the message is immutable,
+            so either copy shares nothing that can change).
+
+            Raises:
+                pydantic.ValidationError: if ``update`` holds what ``Message(...)`` refuses (a value JSON
+                    cannot hold, unencodable text, a naive ``created_at``) or a name that is not a field.
+            """
+            if not update:
+                return super().model_copy(deep=deep)
+            fields = {name: getattr(self, name) for name in type(self).model_fields}
+            fields.update(update)
+            return self.model_validate(fields)
 
         def to_python(self) -> Any:
             """The content as plain, mutable Python (dicts and lists): a copy, for JSON content."""
