@@ -75,6 +75,37 @@ def test_backends_lists_everything_even_with_a_broken_plugin(tmp_path: Path) -> 
     assert run("doctor", env=env).returncode == 0
 
 
+def test_a_plugin_whose_commands_hook_raises_loses_only_its_own_commands(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "badcmd-plugin",
+        "0.1",
+        {"badcmd": "badcmd_plugin"},
+        {
+            "badcmd_plugin": """
+            from artifactstore_core import BackendSpec, hookimpl
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="badcmd", factory=lambda ctx: None))
+
+            @hookimpl
+            def artifactstore_register_commands(cli):
+                raise RuntimeError("this plugin's command setup is broken")
+            """
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    listing = run("backends", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    assert rows["memory"]["status"] == "loaded"
+    assert "this plugin's command setup is broken" in rows["badcmd"]["status"]
+    # Every other command, and other plugins' commands, still work.
+    assert run("ls", "-b", "memory", env=env).returncode == 0
+    assert "serve" in run("--help", env=env).stdout
+
+
 def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     canary = "canary-secret-5d2c"
     env = {"ARTIFACT_STORE_SIGNING_KEY": canary, "ARTIFACT_STORE_MEMORY_LIMIT": "7", "ARTIFACT_STORE_BACKEND": "memory"}

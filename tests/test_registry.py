@@ -146,3 +146,45 @@ def test_plugins_load_only_when_needed(site: Path) -> None:
         store.save("x", Message(content=1))
         store.clear()
     assert "lazy" in plugin_host().names()
+
+
+def test_a_commands_hook_that_raises_costs_only_its_own_plugin_its_commands(site: Path) -> None:
+    import click
+
+    # Each plugin's hook is called on its own: the broken one raises after adding a command, which is
+    # removed again; the other plugin's command stays, whichever order pluggy calls them in.
+    for dist, name, body in (
+        ("cmd-broken", "cmdbroken", "cli.command('half')(lambda: None)\n    raise RuntimeError('setup is broken')"),
+        ("cmd-fine", "cmdfine", "cli.command('hello')(lambda: None)"),
+    ):
+        install_fake_distribution(
+            site,
+            dist,
+            "0.1",
+            {name: f"{name}_mod"},
+            {
+                f"{name}_mod": f"""
+from artifactstore_core import BackendSpec, hookimpl
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name={name!r}, factory=lambda ctx: None))
+
+@hookimpl
+def artifactstore_register_commands(cli):
+    {body}
+"""
+            },
+        )
+    group = click.Group()
+    problems = plugin_host().call_commands_hook(group)
+    assert set(group.commands) >= {"hello"}
+    assert "half" not in group.commands
+    [problem] = [line for line in problems if "cmdbroken" in line]
+    assert "cmd-broken 0.1" in problem
+    assert "RuntimeError: setup is broken" in problem
+    infos = {info.name: info for info in plugin_host().backends()}
+    assert infos["cmdbroken"].spec is not None  # the backend itself still loads
+    assert infos["cmdbroken"].commands_error == "RuntimeError: setup is broken"
+    assert infos["cmdbroken"].status == "loaded; commands failed: RuntimeError: setup is broken"
+    assert infos["cmdfine"].status == "loaded"
