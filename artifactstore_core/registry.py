@@ -207,6 +207,20 @@ class PluginHost:
         offered = ", ".join(repr(spec.name) for spec in registered) or "nothing"
         raise PluginLoadError(f"{where} registered {offered}, not backend {name!r}", backend=name)
 
+    def origin(self, name: str) -> str:
+        """The distribution and version that provide backend ``name`` (``"name version"``), for messages.
+
+        Reads installed metadata only (nothing is imported); ``"unknown distribution"`` when no entry
+        point claims ``name``. Raises nothing.
+        """
+        try:
+            claims = self._candidates().get(name)
+        except Exception:  # broken installed metadata: the message this is for must still be raised
+            claims = None
+        if not claims:
+            return "unknown distribution"
+        return " and ".join(f"{dist} {version}" for dist, version in map(_dist_of, claims))
+
     def _not_found(self, name: str, installed: list[str]) -> BackendNotFoundError:
         parts = [f"no backend named {name!r} is installed"]
         if name in KNOWN_BACKENDS:

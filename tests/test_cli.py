@@ -153,6 +153,45 @@ def test_errors_are_one_line_with_documented_codes(
     assert "Traceback" not in result.stderr
 
 
+def test_local_file_errors_are_one_line_with_their_own_exit_code(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist.bin"
+    result = run("put", "step", str(missing))
+    assert result.returncode == 10, (result.stdout, result.stderr)
+    assert result.stderr.strip() == f"error: cannot read {str(missing)!r}: No such file or directory"
+    assert run("put", "step", "-", stdin=b"hi").returncode == 0
+    target = tmp_path / "no" / "such" / "dir" / "out"
+    result = run("get", "step", "-o", str(target))
+    assert result.returncode == 10, (result.stdout, result.stderr)
+    assert result.stderr.strip() == f"error: cannot write {str(target)!r}: No such file or directory"
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_backend_factory_error_is_one_typed_line(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "flaky-backend",
+        "0.1",
+        {"flaky": "flaky_backend"},
+        {
+            "flaky_backend": """
+            from artifactstore_core import BackendSpec, hookimpl
+
+            def factory(ctx):
+                raise OSError("connect to redis://:hunter2@10.0.0.1:6379 failed")
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="flaky", factory=factory))
+            """
+        },
+    )
+    result = run("ls", "-b", "flaky", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "error: BackendError: backend 'flaky' (flaky-backend 0.1)" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
 def test_debug_shows_the_traceback() -> None:
     result = run("--debug", "get", "missing")
     assert result.returncode != 0

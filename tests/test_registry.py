@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from artifactstore_core import BackendNotFoundError, Message, PluginLoadError, create_store
+from artifactstore_core import BackendNotFoundError, Message, PluginLoadError, create_store, errors
 from artifactstore_core.registry import ENTRY_POINT_GROUP, PluginHost, plugin_host
 from fakedist import install_fake_distribution
 
@@ -188,3 +189,45 @@ def artifactstore_register_commands(cli):
     assert infos["cmdbroken"].commands_error == "RuntimeError: setup is broken"
     assert infos["cmdbroken"].status == "loaded; commands failed: RuntimeError: setup is broken"
     assert infos["cmdfine"].status == "loaded"
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        ("OSError('connect to redis://:hunter2@db:6379 failed')", "BackendError"),
+        ("ConnectionRefusedError('hunter2')", "BackendUnavailableError"),
+        ("TimeoutError('hunter2')", "BackendTimeoutError"),
+        ("PermissionError('hunter2')", "AccessDeniedError"),
+        ("ValueError('bad url redis://:hunter2@db')", "ConfigurationError"),
+        ("RuntimeError('hunter2')", "BackendError"),
+        ("errors.CapacityError('full')", "CapacityError"),
+    ],
+)
+def test_a_factory_error_becomes_a_core_error_naming_the_plugin(site: Path, raised: str, expected: str) -> None:
+    module = f"failing_factory_{uuid.uuid4().hex}"  # a new module each time: imports are cached
+    install_fake_distribution(
+        site,
+        "factory-fails",
+        "2.0",
+        {"failing": module},
+        {
+            module: f"""
+from artifactstore_core import BackendSpec, errors, hookimpl
+
+def factory(ctx):
+    raise {raised}
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="failing", factory=factory))
+"""
+        },
+    )
+    with pytest.raises(errors.ArtifactStoreError) as info:
+        create_store("failing")
+    assert type(info.value).__name__ == expected
+    assert info.value.backend == "failing"
+    if expected != "CapacityError":  # an artifactstore error passes through unchanged
+        assert "backend 'failing' (factory-fails 2.0)" in str(info.value)
+        assert "hunter2" not in str(info.value)
+        assert type(info.value.__cause__).__name__ == raised.split("(")[0]
