@@ -2,7 +2,8 @@
 
 Conventions: data goes to stdout, messages and progress to stderr; ``--json`` prints machine-readable
 output; no colour when ``NO_COLOR`` is set or output is not a terminal; every core error prints one line
-(no traceback unless ``--debug``) and exits with the code of its family (see ``EXIT_CODES``).
+(no traceback unless ``--debug``) and exits with the code of its family (see ``EXIT_CODES``); a local file
+that cannot be read or written prints one line too and exits with ``LOCAL_FILE_EXIT_CODE``.
 Plugins add commands through the ``artifactstore_register_commands`` hook.
 """
 
@@ -15,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -32,7 +33,7 @@ from .settings import CoreSettings, _read_config_file, load_settings
 from .store import ArtifactStore
 from .wiring import create_store
 
-__all__ = ["EXIT_CODES", "cli", "main"]
+__all__ = ["EXIT_CODES", "LOCAL_FILE_EXIT_CODE", "LocalFileError", "cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +51,9 @@ EXIT_CODES: list[tuple[type[errors.ArtifactStoreError], int]] = [
     (errors.CapacityError, 9),
     (errors.ArtifactStoreError, 1),
 ]
+#: Exit code when a local file named on the command line (put's FILE, get's --output) cannot be read or
+#: written: a problem on this machine, not in the store, so none of the store's codes.
+LOCAL_FILE_EXIT_CODE = 10
 #: Transfers at least this large show a progress bar on a terminal.
 PROGRESS_FROM = 8 * 1024 * 1024
 _CHUNK = 1024 * 1024
@@ -76,6 +80,21 @@ class _Group(click.Group):
                 raise
             stderr.print(f"error: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
             ctx.exit(exit_code(exc))
+
+
+class LocalFileError(click.ClickException):
+    """A local file named on the command line cannot be read or written: one line, exit code 10."""
+
+    exit_code = LOCAL_FILE_EXIT_CODE
+
+    def __init__(self, action: str, path: str, cause: OSError) -> None:
+        # strerror, not str(cause): the path is named once, the way the user wrote it.
+        reason = cause.strerror or type(cause).__name__
+        super().__init__(f"cannot {action} {path!r}: {reason}")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        # The same shape as a core error's line.
+        stderr.print(f"error: {self.format_message()}", markup=False, soft_wrap=True)
 
 
 def _store_options(func: F) -> F:
@@ -301,8 +320,12 @@ def put(
             store.save_stream(step_id, sys.stdin.buffer, media_type=media_type, metadata=metadata, overwrite=overwrite)
         else:
             path = Path(source)
-            size = path.stat().st_size
-            with path.open("rb") as handle:
+            try:
+                size = path.stat().st_size
+                handle = path.open("rb")
+            except OSError as exc:
+                raise LocalFileError("read", source, exc) from exc
+            with handle:
                 progress = _progress(size)
                 if progress is None:
                     store.save_stream(step_id, handle, media_type=media_type, metadata=metadata, overwrite=overwrite)
@@ -329,30 +352,52 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
     with _open_store(backend, namespace) as store:
         size = store.info(step_id).size
         with store.open(step_id) as reader:
-            # Closed below, and removed if the verified read fails part-way.
-            target: IO[bytes] = sys.stdout.buffer if output == "-" else open(output, "wb")  # noqa: SIM115
+            to_file = output != "-"
             try:
-                progress = _progress(size) if output != "-" else None
+                # Closed below, and removed if the verified read fails part-way.
+                target: IO[bytes] = open(output, "wb") if to_file else sys.stdout.buffer  # noqa: SIM115
+            except OSError as exc:
+                raise LocalFileError("write", output, exc) from exc
+            try:
+                progress = _progress(size) if to_file else None
                 task = progress.add_task(f"get {step_id}", total=size) if progress else None
                 if progress is not None:
                     progress.start()
                 try:
                     while chunk := reader.read(_CHUNK):
-                        target.write(chunk)
+                        _write(target, chunk, output)
                         if progress is not None and task is not None:
                             progress.advance(task, len(chunk))
                 finally:
                     if progress is not None:
                         progress.stop()
+                if to_file:
+                    try:
+                        target.close()  # flushes: a full disk may only show here
+                    except OSError as exc:
+                        raise LocalFileError("write", output, exc) from exc
+                else:
+                    target.flush()
             except BaseException:
-                if output != "-":
-                    target.close()
-                    Path(output).unlink(missing_ok=True)  # never leave a partial or unverified file
+                if to_file:
+                    # Never leave a partial or unverified file; the error being raised is the one to report.
+                    with suppress(OSError):
+                        target.close()
+                    with suppress(OSError):
+                        # Regular files only: -o /dev/null (or a pipe) is not ours to remove.
+                        if Path(output).is_file():
+                            Path(output).unlink()
                 raise
-            if output != "-":
-                target.close()
-            else:
-                target.flush()
+
+
+def _write(target: IO[bytes], chunk: bytes, output: str) -> None:
+    """Write to ``get``'s output; a file that cannot be written is a :class:`LocalFileError`."""
+    try:
+        target.write(chunk)
+    except OSError as exc:
+        if output == "-":
+            raise  # stdout: the shell's business (a closed pipe), as for any command
+        raise LocalFileError("write", output, exc) from exc
 
 
 @cli.command(name="ls")

@@ -48,7 +48,6 @@ from .message import (
     check_text,
     freeze_json,
     loads_frozen,
-    thaw_json,
     trusted_message,
 )
 from .models import ArtifactInfo
@@ -57,6 +56,7 @@ __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_COMPRESSION_RATIO",
     "PREFIX_SIZE",
     "TAG_SIZE",
     "Codec",
@@ -78,6 +78,12 @@ TAG_SIZE = 32
 MAX_HEADER_SIZE = 16 * 1024 * 1024
 #: JSON and text payloads at least this large are zstd-compressed (when that saves at least 1/8).
 DEFAULT_COMPRESS_THRESHOLD = 64 * 1024
+#: The most a zstd payload may expand: a header whose ``size`` exceeds this many times its ``stored_size``
+#: is refused as corrupted before anything is decompressed, so a forged frame (anyone who can write to an
+#: unsigned backend can tag one) cannot make a reader allocate more than this multiple of what it read.
+#: Writers store a payload that would compress better than this uncompressed (only extremely repetitive
+#: text does), so no honest artifact is ever refused.
+MAX_COMPRESSION_RATIO = 1024
 
 _PREFIX = struct.Struct(">4sBI")
 _CODECS = ("bytes", "utf-8", "json")
@@ -144,12 +150,31 @@ def _json_str(value: str) -> str:
     return canonical_json(value).decode("utf-8")
 
 
+def _identity_json(
+    codec_json: str, media_json: str, schema_json: str, metadata_json: str, size: int, digest_json: str
+) -> bytes:
+    """The canonical JSON of ``[codec, media_type, schema, metadata, size, digest]``, from those pieces'
+    canonical JSON (and ``size``, an int)."""
+    return f"[{codec_json},{media_json},{schema_json},{metadata_json},{size},{digest_json}]".encode()
+
+
 def _canonical_metadata(metadata: Any) -> str:
     if not metadata:
         return "{}"
     if not isinstance(metadata, Mapping):
         raise TypeError("metadata must be a JSON object")
     return canonical_json(metadata).decode("utf-8")
+
+
+def _check_ratio(size: int, stored_size: int) -> None:
+    """Refuse a compressed payload of ``stored_size`` bytes that claims to expand to ``size``, past the ratio
+    any writer produces (see :data:`MAX_COMPRESSION_RATIO`): a decompression bomb, refused before anything
+    is allocated for it."""
+    if size > MAX_COMPRESSION_RATIO * stored_size:
+        raise ArtifactCorruptedError(
+            f"compressed payload of {stored_size} bytes claims {size} bytes, more than {MAX_COMPRESSION_RATIO}"
+            " times as many; no writer compresses that much (a forged or damaged artifact)"
+        )
 
 
 def place_bytes(place: tuple[str, str]) -> bytes:
@@ -278,9 +303,30 @@ class Header(NamedTuple):
     digest_alg: str
     mac: str
 
-    def identity(self) -> tuple[Any, ...]:
-        """What makes two artifacts the same for the write-once rule (``created_at`` is not part of it)."""
-        return (self.codec, self.media_type, self.schema, self.metadata, self.size, self.digest)
+    def identity(self) -> bytes:
+        """What makes two artifacts the same for the write-once rule, as bytes to compare with ``==``.
+
+        The canonical JSON of ``[codec, media_type, schema, metadata, size, digest]`` (``created_at`` is not
+        part of it): exactly what :attr:`Encoded.identity_key` hashes. JSON values that Python calls equal
+        but that are stored differently (``1``, ``1.0`` and ``true``; ``0.0`` and ``-0.0``) give different
+        identities, so a save that differs only by them is a different artifact.
+
+        Raises:
+            SerializationError: if the metadata or schema is not JSON (never for a header a codec
+                encoded or decoded).
+        """
+        try:
+            return _identity_json(
+                _json_str(self.codec),
+                _json_str(self.media_type),
+                _schema_json(self.schema) if self.schema is not None else "null",
+                _canonical_metadata(self.metadata),
+                self.size,
+                # A decoded digest is whatever string a forged header holds: encoded, not trusted to be hex.
+                canonical_json(self.digest).decode("utf-8"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"header is not JSON-serializable: {exc}") from exc
 
     def info(self, step_id: str) -> ArtifactInfo:
         """The :class:`~artifactstore_core.ArtifactInfo` of the artifact this header describes."""
@@ -317,20 +363,12 @@ class Encoded:
 
     @property
     def identity_key(self) -> str:
-        """A short string equal for two encodings exactly when :meth:`Header.identity` is equal."""
-        doc = self.identity_json
-        if not doc:
-            header = self.header
-            doc = canonical_json(
-                [
-                    header.codec,
-                    header.media_type,
-                    header.schema.model_dump(mode="json") if header.schema else None,
-                    thaw_json(header.metadata),
-                    header.size,
-                    header.digest,
-                ]
-            )
+        """A short string equal for two encodings exactly when :meth:`Header.identity` is equal (a hash of it).
+
+        Raises:
+            SerializationError: as :meth:`Header.identity`, for an ``Encoded`` built by hand.
+        """
+        doc = self.identity_json or self.header.identity()
         return blake3.blake3(doc).hexdigest()[:32]
 
 
@@ -410,7 +448,9 @@ class Codec:
         threshold = self.compress_threshold
         if codec != "bytes" and threshold is not None and len(raw) >= threshold:
             packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
-            if len(packed) <= len(raw) - len(raw) // 8:
+            # Kept uncompressed when it saves too little, or expands more than readers accept (extremely
+            # repetitive text): readers refuse such a ratio as a decompression bomb.
+            if len(packed) <= len(raw) - len(raw) // 8 and len(raw) <= MAX_COMPRESSION_RATIO * len(packed):
                 stored, compression = packed, "zstd"
         head, header, identity = self._encode_head(
             codec, message.media_type, message.schema, message.metadata, message.created_at, len(raw), digest,
@@ -489,6 +529,12 @@ class Codec:
             raise SerializationError(f"unknown compression {compression!r}")
         if type(size) is not int or type(stored_size) is not int or size < 0 or stored_size < 0:
             raise SerializationError("sizes must be non-negative integers")
+        if compression is not None and size > MAX_COMPRESSION_RATIO * stored_size:
+            # Every reader would refuse it (see MAX_COMPRESSION_RATIO): store such a payload uncompressed.
+            raise SerializationError(
+                f"a compressed payload may expand at most {MAX_COMPRESSION_RATIO} times; {stored_size} bytes"
+                f" expanding to {size} must be stored uncompressed"
+            )
         if type(digest) is not str or _HEX_DIGEST.fullmatch(digest) is None:
             raise SerializationError("digest must be 64 lower-case hex digits of BLAKE3")
         # Unsigned codecs ignore the place: a plain tag is not a signature, so binding it would prove nothing.
@@ -503,6 +549,9 @@ class Codec:
             compression_json = "null" if compression is None else '"zstd"'
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"metadata is not JSON-serializable: {exc}") from exc
+        except OverflowError as exc:
+            # encode_head takes any aware datetime; 9999-12-31 23:59 at UTC-1 has no UTC datetime.
+            raise SerializationError(f"created_at is out of range in UTC: {exc}") from exc
         # Exactly canonical_json() of the header object (keys in sorted order, compact), written out
         # directly: every value is either fixed, checked above, or already canonical JSON. The tests
         # compare it with canonical_json() of the same object.
@@ -514,7 +563,8 @@ class Codec:
         ).encode()
         if len(header_bytes) > MAX_HEADER_SIZE:
             raise SerializationError(f"header is {len(header_bytes)} bytes; the limit is {MAX_HEADER_SIZE}")
-        identity = f'["{codec}",{media_json},{schema_json},{metadata_json},{size},"{digest}"]'.encode()
+        # The codec is one of _CODECS and the digest was checked to be hex: neither needs escaping.
+        identity = _identity_json(f'"{codec}"', media_json, schema_json, metadata_json, size, f'"{digest}"')
         prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
         # Positional: with keywords a named tuple costs more than twice as much to build.
         header = Header(
@@ -598,7 +648,9 @@ class Codec:
             raise ArtifactCorruptedError("envelope header is not a JSON object")
         try:
             return self._parse_header(doc, mac)
-        except (KeyError, TypeError, ValueError, ValidationError, RecursionError) as exc:
+        except (KeyError, TypeError, ValueError, ValidationError, RecursionError, OverflowError) as exc:
+            # OverflowError: a created_at whose conversion to UTC leaves the datetime range
+            # ("9999-12-31T23:59:59-01:00").
             raise ArtifactCorruptedError(f"envelope header is malformed: {exc}") from exc
 
     def _refusal(
@@ -675,6 +727,8 @@ class Codec:
         size, stored_size = doc["size"], doc["stored_size"]
         if type(size) is not int or type(stored_size) is not int or size < 0 or stored_size < 0:
             raise ValueError("sizes must be non-negative integers")
+        if compression is not None:
+            _check_ratio(size, stored_size)
         media_type = doc["media_type"]
         if type(media_type) is not str:
             raise ValueError("header field 'media_type' must be a str")
@@ -738,6 +792,9 @@ class Codec:
             )
         raw: bytes | memoryview = payload
         if header.compression == "zstd":
+            # Checked again here (decode_head did) for a Header built by hand: this is what bounds the
+            # allocation below to a multiple of the bytes already read.
+            _check_ratio(header.size, header.stored_size)
             # The frame's declared content size decides what zstandard allocates (max_output_size only
             # bounds frames without one), so a frame claiming more than the header's size is refused
             # before anything is decompressed.

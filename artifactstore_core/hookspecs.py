@@ -54,7 +54,9 @@ def artifactstore_register_backends(register: Callable[[BackendSpec], None]) -> 
 def artifactstore_register_commands(cli: Any) -> None:
     """Add subcommands to the ``artifactstore`` command-line tool.
 
-    Called when the CLI starts, for every loadable plugin.
+    Called when the CLI starts, for every loadable plugin, one plugin at a time: if it raises, that
+    plugin's commands (any it added) are dropped, the others' are kept, and ``artifactstore backends``
+    shows the error in its status.
 
     Args:
         cli: the CLI's root command group; add commands to it.

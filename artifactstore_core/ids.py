@@ -37,6 +37,17 @@ _HEX = "0123456789ABCDEF"
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+#: How much of an invalid id an error message quotes: ids are short, but an invalid one can be any size.
+_SHOWN_CHARS = 64
+
+
+def _shown(value: str) -> str:
+    """``repr(value)``, cut to its first characters for a long value (it goes into an error message)."""
+    if len(value) <= _SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:_SHOWN_CHARS]!r}... ({len(value)} characters)"
+
+
 def _check(value: object, *, what: str, limit: int) -> str:
     if not isinstance(value, str):
         raise InvalidStepIdError(f"{what} must be a str, not {type(value).__name__}")
@@ -45,12 +56,12 @@ def _check(value: object, *, what: str, limit: int) -> str:
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidStepIdError(f"{what} {value!r} contains a lone surrogate") from None
+        raise InvalidStepIdError(f"{what} {_shown(value)} contains a lone surrogate") from None
     if size > limit:
         raise InvalidStepIdError(f"{what} is {size} bytes of UTF-8; the limit is {limit}")
     control = _CONTROL.search(value)
     if control is not None:
-        raise InvalidStepIdError(f"{what} {value!r} contains the control character {control.group()!r}")
+        raise InvalidStepIdError(f"{what} {_shown(value)} contains the control character {control.group()!r}")
     return value
 
 

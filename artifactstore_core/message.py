@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar, Union
+from typing import Any, Self, TypeVar, Union
 
 from pydantic import (
     BaseModel,
@@ -364,6 +364,20 @@ class SchemaInfo(BaseModel):
         return thaw_json(value)
 
 
+def _same_schema(first: SchemaInfo | None, second: SchemaInfo | None) -> bool:
+    """Whether two schemas are stored the same: SchemaInfo's own ``==`` compares the JSON Schema documents
+    with Python's ``==``, for which ``{"const": 1}``, ``{"const": 1.0}`` and ``{"const": True}`` are equal."""
+    if first is second:
+        return True
+    if first is None or second is None:
+        return False
+    return (
+        first.name == second.name
+        and first.version == second.version
+        and canonical_json(first.json_schema) == canonical_json(second.json_schema)
+    )
+
+
 def _schema_name(model: type[BaseModel]) -> str:
     return f"{model.__module__}.{model.__qualname__}"
 
@@ -428,7 +442,11 @@ with warnings.catch_warnings():
         def _utc(cls, value: datetime) -> datetime:
             if value.tzinfo is None or value.utcoffset() is None:
                 raise ValueError("created_at must be timezone-aware")
-            return value.astimezone(UTC)
+            try:
+                return value.astimezone(UTC)
+            except OverflowError:
+                # 9999-12-31 23:59 at UTC-1 is a year 10000 in UTC: a ValueError, so pydantic reports it.
+                raise ValueError("created_at is out of range in UTC") from None
 
         @model_validator(mode="after")
         def _default_media_type(self) -> Message:
@@ -446,6 +464,8 @@ with warnings.catch_warnings():
         def same_artifact(self, other: Message) -> bool:
             """Whether ``other`` stores the same artifact: equal content, schema, metadata and media type.
 
+            JSON values (content, metadata, the JSON Schema document) are compared as they are stored, by
+            their canonical JSON: ``1``, ``1.0`` and ``True`` differ, though Python calls them equal.
             ``created_at`` is ignored, so a retried or re-run save of the same output is recognised as
             identical. Used by the write-once rule of every backend.
             """
@@ -453,14 +473,35 @@ with warnings.catch_warnings():
                 return True
             if type(self.content) is not type(other.content):
                 return False
-            if self.media_type != other.media_type or self.schema != other.schema:
+            if self.media_type != other.media_type or not _same_schema(self.schema, other.schema):
                 return False
-            if canonical_json(self.metadata) != canonical_json(other.metadata):
+            # JSON values compare by canonical encoding: 1, 1.0 and True are equal in Python but not as stored.
+            if self.metadata is not other.metadata and canonical_json(self.metadata) != canonical_json(other.metadata):
                 return False
             if isinstance(self.content, (bytes, str)):
                 return bool(self.content == other.content)
-            # JSON compares by canonical encoding: 1, 1.0 and True are equal in Python but not as stored.
             return canonical_json(self.content) == canonical_json(other.content)
+
+        def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+            """A copy of this message with the fields in ``update`` replaced, validated as construction is.
+
+            pydantic's own ``model_copy(update=...)`` skips validation, which would put a caller's mutable
+            dict or list into a message (and the memory backend stores messages by reference). Here
+            ``update`` goes through the same validators as ``Message(...)``: content and metadata are
+            frozen, ``created_at`` normalised to UTC. Fields not in ``update`` keep their values, including
+            ``media_type`` and ``created_at``. ``copy.replace`` (Python 3.13) comes here too. Without an
+            update this is pydantic's plain copy (``deep`` as pydantic has it; the message is immutable,
+            so either copy shares nothing that can change).
+
+            Raises:
+                pydantic.ValidationError: if ``update`` holds what ``Message(...)`` refuses (a value JSON
+                    cannot hold, unencodable text, a naive ``created_at``) or a name that is not a field.
+            """
+            if not update:
+                return super().model_copy(deep=deep)
+            fields = {name: getattr(self, name) for name in type(self).model_fields}
+            fields.update(update)
+            return self.model_validate(fields)
 
         def to_python(self) -> Any:
             """The content as plain, mutable Python (dicts and lists): a copy, for JSON content."""

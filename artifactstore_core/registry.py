@@ -73,7 +73,11 @@ class BackendSpec:
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """One discovered backend, for listings: never raises, a failure is reported in ``error``."""
+    """One discovered backend, for listings: never raises, a failure is reported in ``error``.
+
+    ``commands_error`` says why the plugin's ``artifactstore_register_commands`` hook failed (its backend
+    still works; only its commands are missing), once :meth:`PluginHost.call_commands_hook` has run.
+    """
 
     name: str
     distribution: str
@@ -81,11 +85,14 @@ class BackendInfo:
     entry_point: str
     spec: BackendSpec | None = None
     error: str | None = None
+    commands_error: str | None = None
 
     @property
     def status(self) -> str:
-        """``"loaded"``, or the load error in one line."""
-        return "loaded" if self.error is None else self.error
+        """``"loaded"``, the load error in one line, or ``"loaded; commands failed: ..."``."""
+        if self.error is not None:
+            return self.error
+        return "loaded" if self.commands_error is None else f"loaded; commands failed: {self.commands_error}"
 
 
 def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
@@ -110,6 +117,10 @@ class PluginHost:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._modules: dict[str, ModuleType] = {}
+        # By entry-point value (the name each plugin module is registered under in pluggy): where it came
+        # from, for messages, and why its commands hook failed.
+        self._origins: dict[str, str] = {}
+        self._command_errors: dict[str, str] = {}
 
     # -- discovery ------------------------------------------------------------------------------------
 
@@ -168,6 +179,7 @@ class PluginHost:
     def _load_entry_point(self, name: str, ep: metadata.EntryPoint) -> BackendSpec:
         dist, version = _dist_of(ep)
         where = f"entry point {ep.name!r} = {ep.value!r} of {dist} {version}"
+        self._origins.setdefault(ep.value, where)
         try:
             plugin = ep.load()
         except Exception as exc:
@@ -194,6 +206,20 @@ class PluginHost:
                 return spec
         offered = ", ".join(repr(spec.name) for spec in registered) or "nothing"
         raise PluginLoadError(f"{where} registered {offered}, not backend {name!r}", backend=name)
+
+    def origin(self, name: str) -> str:
+        """The distribution and version that provide backend ``name`` (``"name version"``), for messages.
+
+        Reads installed metadata only (nothing is imported); ``"unknown distribution"`` when no entry
+        point claims ``name``. Raises nothing.
+        """
+        try:
+            claims = self._candidates().get(name)
+        except Exception:  # broken installed metadata: the message this is for must still be raised
+            claims = None
+        if not claims:
+            return "unknown distribution"
+        return " and ".join(f"{dist} {version}" for dist, version in map(_dist_of, claims))
 
     def _not_found(self, name: str, installed: list[str]) -> BackendNotFoundError:
         parts = [f"no backend named {name!r} is installed"]
@@ -223,17 +249,48 @@ class PluginHost:
                 error = " ".join(exc.message.split())
                 infos.append(BackendInfo(name, dist, version, claims[0].value, error=error))
             else:
-                infos.append(BackendInfo(name, dist, version, claims[0].value, spec=spec))
+                commands_error = self._command_errors.get(claims[0].value)
+                infos.append(
+                    BackendInfo(name, dist, version, claims[0].value, spec=spec, commands_error=commands_error)
+                )
         return infos
 
     def call_commands_hook(self, cli: Any) -> list[str]:
-        """Run ``artifactstore_register_commands`` on every loadable plugin; return load errors as lines."""
+        """Run ``artifactstore_register_commands`` on every loadable plugin, one plugin at a time.
+
+        A plugin whose hook raises loses only its own commands (any it added before raising are removed
+        again from ``cli.commands``); the others' commands are registered all the same. Its failure is
+        reported like a load failure: in the returned lines and in :meth:`backends` (``commands_error``).
+
+        Returns:
+            One line per plugin that failed to load or whose hook raised. Raises nothing for a broken plugin.
+        """
         problems = []
         for info in self.backends():
             if info.error is not None:
                 problems.append(f"{info.name}: {info.error}")
         with self._lock:
-            self._pm.hook.artifactstore_register_commands(cli=cli)
+            for impl in self._pm.hook.artifactstore_register_commands.get_hookimpls():
+                key = impl.plugin_name
+                # Ask only this plugin, as loading does: a hook that raises cannot keep the rest from running.
+                caller = self._pm.subset_hook_caller(
+                    "artifactstore_register_commands",
+                    remove_plugins=[plugin for other, plugin in self._modules.items() if other != key],
+                )
+                commands = getattr(cli, "commands", None)
+                before = dict(commands) if isinstance(commands, dict) else None
+                try:
+                    caller(cli=cli)
+                except Exception as exc:
+                    if before is not None and isinstance(commands, dict):
+                        commands.clear()
+                        commands.update(before)
+                    error = " ".join(f"{type(exc).__name__}: {exc}".split())
+                    self._command_errors[key] = error
+                    where = self._origins.get(key, repr(key))
+                    problems.append(f"{where}: artifactstore_register_commands failed: {error}")
+                else:
+                    self._command_errors.pop(key, None)
         return problems
 
 

@@ -358,7 +358,7 @@ class ArtifactStore(ABC):
                 chunks: list[bytes] = []
                 while chunk := checked_read(stream.read(_FALLBACK_CHUNK)):
                     # bytes() freezes a bytearray or memoryview a custom stream returned (and returns bytes
-                    # themselves without a copy); model_copy below skips validation.
+                    # themselves without a copy) chunk by chunk, before they are joined.
                     chunks.append(bytes(chunk))
                 message = template.model_copy(update={"content": b"".join(chunks)})
                 self._save(step_id, message, overwrite, seconds)

@@ -215,6 +215,13 @@ class StoreConformance:
         store.save("large-json", Message(content=content))
         assert store.get("large-json").content == Message(content=content).content
 
+    def test_highly_repetitive_json_round_trip(self, store: ArtifactStore) -> None:
+        # One character repeated compresses past the ratio readers accept (MAX_COMPRESSION_RATIO), so the
+        # codec stores it uncompressed: it must still come back whole, within the backend's size limit.
+        content = {"text": "a" * self.large_size}
+        store.save("repetitive", Message(content=content))
+        assert store.get("repetitive").content == content
+
     def test_result_is_deeply_immutable(self, store: ArtifactStore) -> None:
         store.save("m", Message(content={"list": [1, {"x": 2}]}, metadata={"m": {"n": [1]}}))
         got = store.get("m")
@@ -279,6 +286,32 @@ class StoreConformance:
             store.save("s", other)
         assert info.value.step_id == "s"
         assert store.get("s") == original
+
+    @pytest.mark.parametrize("field", ["metadata", "schema"])
+    def test_resave_differing_only_by_json_number_type_raises_exists(self, store: ArtifactStore, field: str) -> None:
+        # 1 == 1.0 == True in Python, but they are three different JSON values as stored: a write-once
+        # check that compares with Python's == would keep one artifact for a save of another.
+        def message(value: object) -> Message:
+            if field == "metadata":
+                return Message(content=b"x", metadata={"n": value})
+            return Message(content=b"x", schema=SchemaInfo(name="S", json_schema={"const": value}))
+
+        def stored(got: Message) -> object:
+            if field == "metadata":
+                return got.metadata["n"]
+            assert got.schema is not None
+            return got.schema.json_schema["const"]
+
+        for index, (first, second) in enumerate(itertools.permutations((1, True, 1.0), 2)):
+            step_id = f"s{index}"
+            store.save(step_id, message(first))
+            store.save(step_id, message(first))  # identical: a safe retry
+            with pytest.raises(ArtifactExistsError):
+                store.save(step_id, message(second))
+            with pytest.raises(ArtifactExistsError):
+                store.save_many({step_id: message(second)})
+            kept = stored(store.get(step_id))
+            assert type(kept) is type(first), (first, second, kept)
 
     def test_overwrite_replaces(self, store: ArtifactStore) -> None:
         store.save("s", Message(content=b"one"))

@@ -8,6 +8,14 @@ from typing import Any
 from pydantic_settings import BaseSettings
 
 from .envelope import Codec
+from .errors import (
+    AccessDeniedError,
+    ArtifactStoreError,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConfigurationError,
+)
 from .ids import validate_namespace
 from .registry import BackendSpec, plugin_host
 from .settings import CoreSettings, load_settings
@@ -53,16 +61,50 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             "did you mean").
         PluginLoadError: the backend's plugin failed to load.
         InvalidStepIdError: the namespace is not legal.
-        BackendError: the backend could not be set up.
+        BackendError: the backend could not be set up: any error of its factory that is not an
+            artifactstore error becomes one, naming the backend and its distribution, with the original
+            chained (``AccessDeniedError`` for a ``PermissionError``, ``BackendTimeoutError`` for a
+            ``TimeoutError``, ``BackendUnavailableError`` for a ``ConnectionError``,
+            ``ConfigurationError`` for a ``ValueError``, ``BackendError`` otherwise).
     """
     core = load_settings(CoreSettings, backend=backend, namespace=namespace)
     spec: BackendSpec = plugin_host().load(core.backend)
     settings = load_settings(spec.settings_model, **options) if spec.settings_model is not None else None
     if spec.settings_model is None and options:
-        from .errors import ConfigurationError
-
         raise ConfigurationError(f"backend {spec.name!r} takes no options, got {', '.join(sorted(options))}")
     context = StoreContext(
         namespace=validate_namespace(core.namespace), settings=settings, codec=codec_from(core), core=core
     )
-    return spec.factory(context)
+    try:
+        return spec.factory(context)
+    except ArtifactStoreError as exc:
+        if exc.backend is None:
+            exc.backend = spec.name
+        raise
+    except Exception as exc:
+        raise _factory_error(spec.name, plugin_host().origin(spec.name), exc) from exc
+
+
+def _factory_error(name: str, origin: str, exc: Exception) -> ArtifactStoreError:
+    """The core error for a backend factory's own exception (a client that cannot connect or parse a setting).
+
+    Only the exception's type is quoted, as the stores do for client errors they do not know: its text may
+    hold a URL with a password or a token, which no message may carry. The original is chained.
+    """
+    cls: type[ArtifactStoreError]
+    if isinstance(exc, PermissionError):
+        cls, what = AccessDeniedError, "was denied access"
+    elif isinstance(exc, TimeoutError):
+        cls, what = BackendTimeoutError, "timed out"
+    elif isinstance(exc, ConnectionError):
+        cls, what = BackendUnavailableError, "could not connect"
+    elif isinstance(exc, ValueError):
+        # A factory that refuses a value its settings model accepted: the configuration is what to fix.
+        cls, what = ConfigurationError, f"refused its settings (ARTIFACT_STORE_{name.upper()}_*)"
+    else:
+        cls, what = BackendError, "failed"
+    return cls(
+        f"backend {name!r} ({origin}) {what} while creating the store: {type(exc).__name__}"
+        " (the original exception is chained; the CLI shows it with --debug)",
+        backend=name,
+    )

@@ -75,6 +75,37 @@ def test_backends_lists_everything_even_with_a_broken_plugin(tmp_path: Path) -> 
     assert run("doctor", env=env).returncode == 0
 
 
+def test_a_plugin_whose_commands_hook_raises_loses_only_its_own_commands(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "badcmd-plugin",
+        "0.1",
+        {"badcmd": "badcmd_plugin"},
+        {
+            "badcmd_plugin": """
+            from artifactstore_core import BackendSpec, hookimpl
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="badcmd", factory=lambda ctx: None))
+
+            @hookimpl
+            def artifactstore_register_commands(cli):
+                raise RuntimeError("this plugin's command setup is broken")
+            """
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    listing = run("backends", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    assert rows["memory"]["status"] == "loaded"
+    assert "this plugin's command setup is broken" in rows["badcmd"]["status"]
+    # Every other command, and other plugins' commands, still work.
+    assert run("ls", "-b", "memory", env=env).returncode == 0
+    assert "serve" in run("--help", env=env).stdout
+
+
 def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     canary = "canary-secret-5d2c"
     env = {"ARTIFACT_STORE_SIGNING_KEY": canary, "ARTIFACT_STORE_MEMORY_LIMIT": "7", "ARTIFACT_STORE_BACKEND": "memory"}
@@ -120,6 +151,45 @@ def test_errors_are_one_line_with_documented_codes(
     assert result.returncode == code, (result.stdout, result.stderr)
     assert text in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_local_file_errors_are_one_line_with_their_own_exit_code(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist.bin"
+    result = run("put", "step", str(missing))
+    assert result.returncode == 10, (result.stdout, result.stderr)
+    assert result.stderr.strip() == f"error: cannot read {str(missing)!r}: No such file or directory"
+    assert run("put", "step", "-", stdin=b"hi").returncode == 0
+    target = tmp_path / "no" / "such" / "dir" / "out"
+    result = run("get", "step", "-o", str(target))
+    assert result.returncode == 10, (result.stdout, result.stderr)
+    assert result.stderr.strip() == f"error: cannot write {str(target)!r}: No such file or directory"
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_backend_factory_error_is_one_typed_line(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "flaky-backend",
+        "0.1",
+        {"flaky": "flaky_backend"},
+        {
+            "flaky_backend": """
+            from artifactstore_core import BackendSpec, hookimpl
+
+            def factory(ctx):
+                raise OSError("connect to redis://:hunter2@10.0.0.1:6379 failed")
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="flaky", factory=factory))
+            """
+        },
+    )
+    result = run("ls", "-b", "flaky", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "error: BackendError: backend 'flaky' (flaky-backend 0.1)" in result.stderr
+    assert "hunter2" not in result.stderr
 
 
 def test_debug_shows_the_traceback() -> None:

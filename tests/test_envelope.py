@@ -7,9 +7,11 @@ import dataclasses
 import json
 import struct
 from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 import blake3
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -279,19 +281,108 @@ def test_every_bit_flip_of_a_bound_signed_envelope_is_detected(compressed: bool)
 
 def test_compression_above_threshold_only_for_text_and_json() -> None:
     codec = Codec(compress_threshold=1024)
-    big_json = Message(content={"text": "abc" * 10_000})
+    big_json = Message(content={"text": " ".join(f"abc{i}" for i in range(6_000))})
     encoded = codec.encode(big_json)
     assert encoded.header.compression == "zstd"
-    assert len(encoded.payload) < 3 * 10_000 // 4
+    assert len(encoded.payload) < 3 * encoded.header.size // 4
     assert codec.decode(encoded.head, encoded.payload) == big_json
     assert codec.encode(Message(content="abc" * 10)).header.compression is None
     assert codec.encode(Message(content=b"abc" * 10_000)).header.compression is None
     assert Codec(compress_threshold=None).encode(big_json).header.compression is None
 
 
+def test_text_compressing_past_the_ratio_readers_accept_is_stored_uncompressed() -> None:
+    # 4 MB of one character compresses about 28,000 times: a reader would take such a frame for a bomb.
+    for content in ("a" * 4_000_000, {"text": "a" * 4_000_000}):
+        encoded = CODEC.encode(Message(content=content))
+        assert encoded.header.compression is None
+        assert encoded.header.stored_size == encoded.header.size == len(encoded.payload)
+        assert CODEC.decode(encoded.head, encoded.payload).content == Message(content=content).content
+    # Repetitive but within the ratio: still compressed.
+    encoded = CODEC.encode(Message(content="".join(f"{i:03d}" for i in range(100)) * 300))
+    assert encoded.header.compression == "zstd"
+    assert encoded.header.size <= envelope.MAX_COMPRESSION_RATIO * encoded.header.stored_size
+
+
+def _claiming(size: int) -> bytes:
+    """A zstd frame header declaring ``size`` bytes of content, then one empty raw block: a few bytes in all."""
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0xC0, 0x00]) + struct.pack("<Q", size) + b"\x01\x00\x00"
+    assert zstandard.frame_content_size(frame) == size
+    return frame
+
+
+@pytest.mark.parametrize("size", [2**40, envelope.MAX_COMPRESSION_RATIO * 17 + 1])
+def test_a_compressed_payload_claiming_more_than_the_ratio_is_refused_before_decompressing(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _claiming(size)
+    head, _ = CODEC.encode_head(
+        codec="utf-8",
+        media_type="text/plain",
+        schema=None,
+        metadata={},
+        created_at=datetime(2026, 11, 25, tzinfo=UTC),
+        size=len(payload),
+        digest="0" * 64,
+    )
+    # The header a writer without a key can forge: it agrees with the frame, and its tag is valid.
+    doc = json.loads(head[PREFIX_SIZE:-TAG_SIZE])
+    doc.update(compression="zstd", size=size, stored_size=len(payload))
+    body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    prefix = struct.pack(">4sBI", MAGIC, 1, len(body)) + body
+    forged = prefix + blake3.blake3(prefix).digest()
+
+    def no_decompressor(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("a decompressor was built for a payload past the ratio")
+
+    monkeypatch.setattr(zstandard, "ZstdDecompressor", no_decompressor)
+    with pytest.raises(ArtifactCorruptedError, match="times as many"):
+        CODEC.decode(forged, payload)
+    with pytest.raises(ArtifactCorruptedError, match="times as many"):
+        CODEC.decode_head(forged)
+    # A Header built by hand (decode_head never saw it) is refused by decode_payload alone.
+    header = CODEC.decode_head(head)._replace(compression="zstd", size=size, stored_size=len(payload))
+    with pytest.raises(ArtifactCorruptedError, match="times as many"):
+        CODEC.decode_payload(header, payload)
+
+
+def test_encode_head_refuses_a_compressed_payload_past_the_ratio() -> None:
+    fields: dict[str, Any] = {
+        "codec": "utf-8",
+        "media_type": "text/plain",
+        "schema": None,
+        "metadata": {},
+        "created_at": datetime(2026, 11, 25, tzinfo=UTC),
+        "digest": "a" * 64,
+        "compression": "zstd",
+    }
+    ratio = envelope.MAX_COMPRESSION_RATIO
+    CODEC.encode_head(size=ratio * 10, stored_size=10, **fields)
+    with pytest.raises(SerializationError, match="uncompressed"):
+        CODEC.encode_head(size=ratio * 10 + 1, stored_size=10, **fields)
+
+
+@pytest.mark.parametrize("created_at", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_a_created_at_outside_the_range_of_utc_is_corrupted(created_at: str) -> None:
+    # Valid ISO 8601 that datetime parses, but astimezone(UTC) overflows (year 10000 or year 0).
+    head, payload = _forge(b"x", codec="bytes")
+    doc = json.loads(head[PREFIX_SIZE:-TAG_SIZE])
+    doc["created_at"] = created_at
+    body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    prefix = struct.pack(">4sBI", MAGIC, 1, len(body)) + body
+    with pytest.raises(ArtifactCorruptedError, match="malformed"):
+        CODEC.decode(prefix + blake3.blake3(prefix).digest(), payload)
+    aware = datetime.fromisoformat(created_at)
+    with pytest.raises(SerializationError, match="out of range"):
+        CODEC.encode_head(
+            codec="bytes", media_type="x", schema=None, metadata={}, created_at=aware, size=1, digest="a" * 64
+        )
+
+
 def test_compressed_payload_damage_is_detected() -> None:
     codec = Codec(compress_threshold=1024)
-    encoded = codec.encode(Message(content="abc" * 10_000))
+    encoded = codec.encode(Message(content=" ".join(f"abc{i}" for i in range(6_000))))
+    assert encoded.header.compression == "zstd"
     damaged = bytearray(encoded.payload)
     damaged[len(damaged) // 2] ^= 0xFF
     with pytest.raises(ArtifactCorruptedError):
@@ -305,6 +396,38 @@ def test_identity_ignores_created_at_only() -> None:
     assert a.header.identity() == b.header.identity()
     assert a.identity_key == b.identity_key
     assert a.identity_key != c.identity_key
+    assert a.header.identity() != c.header.identity()
+
+
+@pytest.mark.parametrize("field", ["metadata", "schema"])
+def test_identity_is_the_canonical_json_and_exact_about_json_types(field: str) -> None:
+    # identity() is what filesystem and s3 compare for write-once: Python's == (1 == 1.0 == True) would
+    # keep one artifact for a save of another.
+    def encoded(value: object) -> envelope.Encoded:
+        if field == "metadata":
+            return CODEC.encode(Message(content=b"x", metadata={"n": value}))
+        return CODEC.encode(Message(content=b"x", schema=SchemaInfo(name="S", json_schema={"const": value})))
+
+    values = (1, True, 1.0, 0.0, -0.0)
+    identities = {encoded(value).header.identity() for value in values}
+    assert len(identities) == len(values)
+    for value in values:
+        one = encoded(value)
+        header = one.header
+        expected = canonical_json(
+            [
+                header.codec,
+                header.media_type,
+                header.schema.model_dump(mode="json") if header.schema else None,
+                thaw_json(header.metadata),
+                header.size,
+                header.digest,
+            ]
+        )
+        assert header.identity() == one.identity_json == expected
+        decoded = CODEC.header_of(one.to_bytes())
+        assert decoded.identity() == header.identity()
+        assert one.identity_key == blake3.blake3(header.identity()).hexdigest()[:32]
 
 
 def test_streaming_verifier() -> None:
@@ -428,10 +551,11 @@ def test_header_is_exactly_canonical_json_of_its_fields(message: Message, media_
 
 
 def test_compressed_header_is_canonical_too() -> None:
-    encoded = CODEC.encode(Message(content="x" * 200_000))
+    text = "".join(f"x{i}" for i in range(40_000))
+    encoded = CODEC.encode(Message(content=text))
     assert encoded.header.compression == "zstd"
     assert b'"compression":"zstd"' in encoded.head
-    assert CODEC.decode(encoded.head, encoded.payload).content == "x" * 200_000
+    assert CODEC.decode(encoded.head, encoded.payload).content == text
 
 
 @pytest.mark.parametrize(
@@ -574,7 +698,7 @@ def digests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return hashed
 
 
-BIG_TEXT = "ü" * 40_000  # compressed when stored: the digest is of the uncompressed payload
+BIG_TEXT = "".join(f"ü{i}" for i in range(8_000))  # compressed when stored: the digest is of the uncompressed payload
 
 
 @pytest.mark.parametrize("content", [b"\x00payload" * 1000, BIG_TEXT, "short text", b""])

@@ -54,3 +54,14 @@ def test_encoded_awkward_ids_are_distinct_case_insensitively() -> None:
 def test_only_canonical_names_decode(bad: str) -> None:
     with pytest.raises(ValueError, match="encoded name"):
         decode_name(bad)
+
+
+@pytest.mark.parametrize("bad", ["\ud800" + "x" * 1_000_000, "x" * 1_000_000 + "\ud800", "a\nb" * 50])
+def test_an_invalid_id_is_quoted_cut_short_in_the_error(bad: str) -> None:
+    with pytest.raises(InvalidStepIdError) as info:
+        validate_step_id(bad)
+    text = str(info.value)
+    assert len(text) < 200
+    assert f"({len(bad)} characters)" in text
+    with pytest.raises(InvalidStepIdError, match="'short\\\\n'"):
+        validate_step_id("short\n")

@@ -81,6 +81,55 @@ def test_same_artifact_is_strict_about_json_types() -> None:
     assert not Message(content="1").same_artifact(Message(content=b"1"))
 
 
+@pytest.mark.parametrize(("first", "second"), [(1, True), (1, 1.0), (True, 1.0), (0.0, -0.0), (0, False)])
+def test_same_artifact_is_strict_about_json_types_in_metadata_and_schema(first: object, second: object) -> None:
+    def schema(value: object) -> SchemaInfo:
+        return SchemaInfo(name="S", json_schema={"const": value})
+
+    assert schema(first) == schema(second)  # pydantic's ==, which same_artifact must not use
+    assert Message(content=1, schema=schema(first)).same_artifact(Message(content=1, schema=schema(first)))
+    assert not Message(content=1, schema=schema(first)).same_artifact(Message(content=1, schema=schema(second)))
+    assert not Message(content=1, metadata={"n": first}).same_artifact(Message(content=1, metadata={"n": second}))
+    assert not Message(content=1, schema=schema(first)).same_artifact(Message(content=1))
+    assert Message(content=1, schema=SchemaInfo(name="S")).same_artifact(
+        Message(content=1, schema=SchemaInfo(name="S", version=None, json_schema=None))
+    )
+
+
+def test_model_copy_with_an_update_validates_like_construction() -> None:
+    base = Message(content={"rows": [1]}, metadata={"run": "a"}, media_type="application/x-rows")
+    rows = [1, 2]
+    copied = base.model_copy(update={"content": {"rows": rows}, "metadata": {"tags": ["x"]}})
+    assert isinstance(copied.content, FrozenDict)
+    assert copied.content["rows"] == (1, 2)
+    assert isinstance(copied.metadata, FrozenDict)
+    assert copied.metadata["tags"] == ("x",)
+    rows.append(3)
+    assert copied.content["rows"] == (1, 2)
+    # Fields not updated keep their values; the original is untouched.
+    assert (copied.media_type, copied.created_at) == (base.media_type, base.created_at)
+    assert base.content == {"rows": (1,)}
+    local = datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
+    assert base.model_copy(update={"created_at": local}).created_at.tzinfo is UTC
+    assert base.model_copy(update={"content": bytearray(b"ab")}).content == b"ab"
+    for bad in (
+        {"content": {1, 2}},
+        {"content": float("nan")},
+        {"metadata": ["not", "a", "mapping"]},
+        {"metadata": {"k": "\ud800"}},
+        {"created_at": datetime(2026, 1, 1)},
+        {"no_such_field": 1},
+    ):
+        with pytest.raises(ValidationError):
+            base.model_copy(update=bad)
+    # copy.replace (Python 3.13) goes through model_copy(update=...).
+    assert isinstance(base.__replace__(content=[1, [2]]).content, tuple)
+    # Without an update: a copy equal to the original.
+    assert base.model_copy() == base
+    assert base.model_copy(deep=True) == base
+    assert base.model_copy(update={}) == base
+
+
 def test_typed_round_trip_and_mismatch() -> None:
     message = Message.from_model(Summary(title="t", words=3), version="2", include_json_schema=True)
     assert message.schema is not None

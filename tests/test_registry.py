@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from artifactstore_core import BackendNotFoundError, Message, PluginLoadError, create_store
+from artifactstore_core import BackendNotFoundError, Message, PluginLoadError, create_store, errors
 from artifactstore_core.registry import ENTRY_POINT_GROUP, PluginHost, plugin_host
 from fakedist import install_fake_distribution
 
@@ -146,3 +147,87 @@ def test_plugins_load_only_when_needed(site: Path) -> None:
         store.save("x", Message(content=1))
         store.clear()
     assert "lazy" in plugin_host().names()
+
+
+def test_a_commands_hook_that_raises_costs_only_its_own_plugin_its_commands(site: Path) -> None:
+    import click
+
+    # Each plugin's hook is called on its own: the broken one raises after adding a command, which is
+    # removed again; the other plugin's command stays, whichever order pluggy calls them in.
+    for dist, name, body in (
+        ("cmd-broken", "cmdbroken", "cli.command('half')(lambda: None)\n    raise RuntimeError('setup is broken')"),
+        ("cmd-fine", "cmdfine", "cli.command('hello')(lambda: None)"),
+    ):
+        install_fake_distribution(
+            site,
+            dist,
+            "0.1",
+            {name: f"{name}_mod"},
+            {
+                f"{name}_mod": f"""
+from artifactstore_core import BackendSpec, hookimpl
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name={name!r}, factory=lambda ctx: None))
+
+@hookimpl
+def artifactstore_register_commands(cli):
+    {body}
+"""
+            },
+        )
+    group = click.Group()
+    problems = plugin_host().call_commands_hook(group)
+    assert set(group.commands) >= {"hello"}
+    assert "half" not in group.commands
+    [problem] = [line for line in problems if "cmdbroken" in line]
+    assert "cmd-broken 0.1" in problem
+    assert "RuntimeError: setup is broken" in problem
+    infos = {info.name: info for info in plugin_host().backends()}
+    assert infos["cmdbroken"].spec is not None  # the backend itself still loads
+    assert infos["cmdbroken"].commands_error == "RuntimeError: setup is broken"
+    assert infos["cmdbroken"].status == "loaded; commands failed: RuntimeError: setup is broken"
+    assert infos["cmdfine"].status == "loaded"
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        ("OSError('connect to redis://:hunter2@db:6379 failed')", "BackendError"),
+        ("ConnectionRefusedError('hunter2')", "BackendUnavailableError"),
+        ("TimeoutError('hunter2')", "BackendTimeoutError"),
+        ("PermissionError('hunter2')", "AccessDeniedError"),
+        ("ValueError('bad url redis://:hunter2@db')", "ConfigurationError"),
+        ("RuntimeError('hunter2')", "BackendError"),
+        ("errors.CapacityError('full')", "CapacityError"),
+    ],
+)
+def test_a_factory_error_becomes_a_core_error_naming_the_plugin(site: Path, raised: str, expected: str) -> None:
+    module = f"failing_factory_{uuid.uuid4().hex}"  # a new module each time: imports are cached
+    install_fake_distribution(
+        site,
+        "factory-fails",
+        "2.0",
+        {"failing": module},
+        {
+            module: f"""
+from artifactstore_core import BackendSpec, errors, hookimpl
+
+def factory(ctx):
+    raise {raised}
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="failing", factory=factory))
+"""
+        },
+    )
+    with pytest.raises(errors.ArtifactStoreError) as info:
+        create_store("failing")
+    assert type(info.value).__name__ == expected
+    assert info.value.backend == "failing"
+    if expected != "CapacityError":  # an artifactstore error passes through unchanged
+        assert "backend 'failing' (factory-fails 2.0)" in str(info.value)
+        assert "hunter2" not in str(info.value)
+        assert type(info.value.__cause__).__name__ == raised.split("(")[0]

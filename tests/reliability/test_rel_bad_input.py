@@ -21,6 +21,7 @@ from typing import Any
 
 import blake3
 import pytest
+import zstandard
 from envelopes import flip, forge, header_of, split
 from faultproxy import BlackHole, FaultProxy
 from pydantic import SecretStr, ValidationError
@@ -378,9 +379,47 @@ def strangers() -> dict[str, tuple[tuple[bytes, bytes], type[SerializationError]
         "header-missing-fields": (forge({"codec": "bytes"}, payload), ArtifactCorruptedError),
         "negative-size": (forge({**good, "size": -1, "stored_size": -1}, payload), ArtifactCorruptedError),
         "digest-of-other-bytes": (forge(good, zeroes), ArtifactCorruptedError),
+        # Parses, but has no UTC datetime (year 10000 in UTC): astimezone overflows.
+        "created-at-out-of-range": (
+            forge({**good, "created_at": "9999-12-31T23:59:59-01:00"}, payload),
+            ArtifactCorruptedError,
+        ),
+        # A 17-byte zstd frame that declares 1 TiB, as its header does: past the ratio any writer produces.
+        "zstd-bomb": (zstd_bomb(2**40), ArtifactCorruptedError),
         "bad-magic": ((b"PK\x03\x04" + split(Message(content=payload))[0][4:], payload), UnsupportedFormatError),
         "absurd-header-length": ((b"ARTF\x01" + struct.pack(">I", 2**31) + b"{}" + bytes(32), b""), SerializationError),
     }
+
+
+def zstd_bomb(size: int) -> tuple[bytes, bytes]:
+    """A validly tagged artifact whose zstd payload (a frame header and one empty block, 17 bytes) and header
+    both claim ``size`` bytes of text: what anyone who can write to an unsigned backend can forge."""
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0xC0, 0x00]) + struct.pack("<Q", size) + b"\x01\x00\x00"
+    assert zstandard.frame_content_size(frame) == size
+    header = {**_valid_header(b""), "codec": "utf-8", "compression": "zstd", "size": size, "stored_size": len(frame)}
+    return forge(header, frame)
+
+
+def test_a_forged_zstd_bomb_is_refused_by_a_store_without_decompressing(
+    byte_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused by the ratio rule before zstandard is asked for anything (the http backend's server is another
+    # process, where this patch does not reach; its refusal is still checked).
+    def no_decompressor(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a decompressor was built for a payload past the compression ratio")
+
+    monkeypatch.setattr(zstandard, "ZstdDecompressor", no_decompressor)
+    backend = byte_backend
+    assert backend.plant is not None
+    ns = namespace("bomb")
+    with backend.make(ns) as store:
+        for size in (2**40, 2**30):
+            backend.plant(ns, "bomb", *zstd_bomb(size))
+            with pytest.raises(ArtifactCorruptedError):
+                store.get("bomb")
+            with pytest.raises(ArtifactCorruptedError):
+                store.get_many(["bomb"])
+        store.clear()
 
 
 def _forge_raw(body: bytes, payload: bytes) -> tuple[bytes, bytes]:

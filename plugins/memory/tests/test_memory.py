@@ -63,6 +63,22 @@ def test_stores_references_not_copies() -> None:
     assert store.get("big") is message
 
 
+def test_a_message_copied_with_an_update_is_frozen_so_the_stored_one_cannot_change() -> None:
+    # pydantic's model_copy(update=...) skips validation; memory stores the very object it is given, so
+    # a mutable dict or list in it would let the caller change the stored artifact after the save.
+    store = MemoryStore(space=MemorySpace())
+    base = Message(content={"rows": [1, 2]}, metadata={"run": "a"})
+    rows, tags = [1, 2, 3], ["x"]
+    variant = base.model_copy(update={"content": {"rows": rows}, "metadata": {"run": "b", "tags": tags}})
+    store.save("v", variant)
+    rows.append(999)
+    tags.append("INJECTED")
+    got = store.get("v")
+    assert got.content == {"rows": (1, 2, 3)}
+    assert got.metadata == {"run": "b", "tags": ("x",)}
+    store.save("v", Message(content={"rows": [1, 2, 3]}, metadata={"run": "b", "tags": ["x"]}))  # identical
+
+
 def test_stores_of_one_namespace_share_artifacts() -> None:
     space = MemorySpace()
     first, second = MemoryStore(namespace="n", space=space), MemoryStore(namespace="n", space=space)

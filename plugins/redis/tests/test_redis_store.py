@@ -231,8 +231,9 @@ def test_too_large_is_refused_before_any_byte_is_sent(
 ) -> None:
     store = store_factory(redis_server.url, f"big-{uuid.uuid4().hex[:6]}", max_artifact_bytes=1000)
     store.save("fits", Message(content=b"x" * 1000))
-    # JSON is limited by its stored (compressed) size: this one compresses far below the limit.
-    store.save("compressible", Message(content={"text": "a" * 100_000}))
+    # JSON is limited by its stored (compressed) size: this one compresses far below the limit (a text of
+    # one character repeated would not: it compresses past the ratio readers accept, so it is stored whole).
+    store.save("compressible", Message(content={"text": "".join(f"{i:03d}" for i in range(100)) * 230}))
     monkeypatch.setattr(store.client, "execute_command", _no_io)
     monkeypatch.setattr(store.client, "pipeline", _no_io)
     monkeypatch.setattr(store.client.connection_pool, "get_connection", _no_io)  # the store's direct path
