@@ -139,7 +139,8 @@ class ArtifactStore(ABC):
             TypeError: ``message`` is not a :class:`Message`.
             ArtifactExistsError: a different artifact is stored under ``step_id`` and not ``overwrite``.
             UnsupportedOperationError: ``ttl`` was given and the backend has no native TTL.
-            ValueError: ``ttl`` is not positive or is longer than :data:`MAX_TTL` (before any I/O).
+            ValueError: ``ttl`` is not positive or is longer than ``artifactstore_core.store.MAX_TTL`` (100 years;
+                before any I/O).
             CapacityError, PayloadTooLargeError: the store is full or the artifact too large.
             SerializationError: the message cannot be encoded.
             BackendError: the backend failed (see its subclasses).
