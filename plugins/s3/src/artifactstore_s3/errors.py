@@ -94,7 +94,7 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
             # Only writes have uploads: a write must never say "missing". The store says more where it
             # knows the upload (S3Store._upload); this is the fallback for any other path.
             return BackendUnavailableError(
-                f"{what}: the multipart upload was aborted under us (an AbortIncompleteMultipartUpload "
+                f"{what}; the multipart upload was aborted under us (an AbortIncompleteMultipartUpload "
                 "lifecycle rule or another client); nothing was stored (retryable)"
             )
         if code in ("NoSuchKey", "NotFound") or status == 404:
