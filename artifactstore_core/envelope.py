@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import json.scanner
+import os
 import re
 import struct
 from collections.abc import Iterator, Mapping
@@ -101,6 +102,30 @@ _SIGNED_MACS = (_MAC_KEYED, _MAC_PLACE)
 # the copy 10-15% slower, from 4 MiB chunks it was faster. The rule lives in new_hasher (and, inlined for
 # speed, in _digest).
 _PARALLEL_HASH_FROM = 2 << 20
+# BLAKE3 hashes on several threads through Rayon's global pool, which does not survive fork(): in a child
+# forked after the pool started, a threaded hash waits forever for workers that exist only in the parent.
+# Such a child (and its own children) hash on one thread; a child forked before any threaded hash may
+# start a pool of its own.
+_hash_threads: int = blake3.blake3.AUTO
+_pool_started = False
+
+
+def _threads_for(size: int) -> int:
+    global _pool_started
+    if size < _PARALLEL_HASH_FROM:
+        return 1
+    _pool_started = True
+    return _hash_threads
+
+
+def _hash_on_one_thread_if_pool_started() -> None:
+    global _hash_threads
+    if _pool_started:
+        _hash_threads = 1
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_hash_on_one_thread_if_pool_started)
 _HEX_DIGEST = re.compile("[0-9a-f]{64}")
 _EMPTY = FrozenDict()
 
@@ -197,7 +222,8 @@ def new_hasher(chunk_size: int | None = None) -> blake3.blake3:
     Use it wherever a payload's digest is computed in pieces, e.g. while a stream is copied, and pass it
     the most bytes one ``update()`` call will be given: the size of the whole payload when it is hashed in
     one call, the chunk size when it is hashed chunk by chunk. The hasher uses several threads when that
-    is at least 2 MiB, one otherwise. ``None`` (the chunk sizes are not known, e.g. they are whatever a
+    is at least 2 MiB, one otherwise (and always one in a process forked after threads were used).
+    ``None`` (the chunk sizes are not known, e.g. they are whatever a
     caller's ``read`` asks for) gives one thread: BLAKE3 splits work across threads within one
     ``update()`` call only, and such chunks are usually small (8 KiB to 1 MiB), where waking the pool for
     every call made hashing slower, not faster; a rare large chunk costs one core's speed at worst.
@@ -211,9 +237,7 @@ def new_hasher(chunk_size: int | None = None) -> blake3.blake3:
     Returns:
         A new ``blake3.blake3`` hasher; ``hexdigest()`` gives the header's ``digest``. Raises nothing.
     """
-    return blake3.blake3(
-        max_threads=blake3.blake3.AUTO if chunk_size is not None and chunk_size >= _PARALLEL_HASH_FROM else 1
-    )
+    return blake3.blake3(max_threads=_threads_for(chunk_size) if chunk_size is not None else 1)
 
 
 # What the codec verified while decoding, by the id of the content object, within reusing_verified_digests().
@@ -250,7 +274,7 @@ def reusing_verified_digests() -> Iterator[None]:
 def _digest(data: bytes | memoryview) -> str:
     # new_hasher's rule, written out: this runs for every artifact saved or read, and for small ones one
     # more call (and a separate update) would be a visible share of the cost.
-    threads = blake3.blake3.AUTO if len(data) >= _PARALLEL_HASH_FROM else 1
+    threads = _threads_for(len(data)) if len(data) >= _PARALLEL_HASH_FROM else 1
     return blake3.blake3(data, max_threads=threads).hexdigest()
 
 

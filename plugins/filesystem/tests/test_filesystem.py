@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import os
+import struct
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from artifactstore_core import (
@@ -25,6 +27,7 @@ from artifactstore_core import (
     ArtifactExistsError,
     ArtifactNotFoundError,
     BackendError,
+    BackendUnavailableError,
     CapacityError,
     Codec,
     ConfigurationError,
@@ -33,6 +36,7 @@ from artifactstore_core import (
     UnsupportedFormatError,
     create_store,
 )
+from artifactstore_core.envelope import FORMAT_VERSION, MAGIC, PREFIX_SIZE, TAG_SIZE
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore, default_root, durable
 from artifactstore_filesystem import store as store_module
 from artifactstore_filesystem.layout import TEMP_PREFIX
@@ -649,6 +653,163 @@ def test_link_failure_leaves_nothing(make_fs_store: MakeFsStore, root: Path, mon
             store.save("target", Message(content=b"x"))
     assert not store.exists("target")
     assert _temp_files(root) == []
+
+
+# -- something other than an artifact file at the final name ---------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+_SAVES_OF_ONE: dict[str, Callable[[FilesystemStore, bytes], None]] = {
+    "save": lambda store, data: store.save("a", Message(content=data)),
+    "save_many": lambda store, data: store.save_many({"a": Message(content=data), "b": Message(content=data)}),
+    "save_stream": lambda store, data: store.save_stream("a", io.BytesIO(data)),
+    "save_stream_unsized": lambda store, data: store.save_stream("a", io.BufferedReader(Unsized(data))),
+}
+
+
+# The timeout turns the old endless retry (link fails, the look through the link finds nothing) into a
+# failure instead of a hung test run.
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", sorted(_SAVES_OF_ONE))
+def test_a_dangling_symlink_at_the_final_name_is_refused_not_followed(
+    make_fs_store: MakeFsStore, root: Path, how: str
+) -> None:
+    store = make_fs_store()
+    store.save("other", Message(content=b"x"))
+    final = _file_of(store, "a")
+    final.symlink_to(final.parent / "@gone")  # e.g. a link to an artifact removed since
+    assert not store.exists("a")
+    with pytest.raises(BackendError) as info:
+        _SAVES_OF_ONE[how](store, b"payload")
+    assert type(info.value) is BackendError
+    assert "a symbolic link sits at its final name '@default/@a'" in str(info.value)
+    assert info.value.step_id == "a"
+    assert str(root) not in str(info.value)
+    assert final.is_symlink()
+    assert os.readlink(final) == str(final.parent / "@gone")  # neither replaced
+    assert not (final.parent / "@gone").exists()  # nor followed
+    assert _temp_files(root) == []
+    store.save("a", Message(content=b"payload"), overwrite=True)  # overwrite replaces the link itself
+    assert not final.is_symlink()
+    assert store.get("a").content == b"payload"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["save_stream", "save_stream_unsized"])
+def test_a_directory_at_the_final_name_is_refused_by_the_publish(
+    make_fs_store: MakeFsStore, root: Path, how: str
+) -> None:
+    # save_stream publishes without looking first, so the failed link's look is what finds the directory.
+    store = make_fs_store()
+    final = _file_of(store, "a")
+    final.mkdir(parents=True)
+    with pytest.raises(BackendError, match="a directory sits at its final name '@default/@a'"):
+        _SAVES_OF_ONE[how](store, b"payload")
+    assert final.is_dir()
+    assert _temp_files(root) == []
+
+
+@pytest.mark.parametrize("operation", ["get", "open", "info", "save", "save_many"])
+def test_a_directory_at_the_final_name_is_an_error_naming_the_errno(
+    make_fs_store: MakeFsStore, root: Path, operation: str
+) -> None:
+    # The directory opens (O_RDONLY) and FileIO refuses it with an OSError whose filename is the descriptor
+    # number: the mapping must neither crash on it (TypeError) nor leak the descriptor.
+    store = make_fs_store()
+    final = _file_of(store, "a")
+    final.mkdir(parents=True)
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: store.get("a"),
+        "open": lambda: store.open("a"),
+        "info": lambda: store.info("a"),
+        "save": lambda: store.save("a", Message(content=b"p")),
+        "save_many": lambda: store.save_many({"a": Message(content=b"p"), "b": Message(content=b"q")}),
+    }
+    before = _open_fds()
+    with pytest.raises(BackendError) as info:
+        calls[operation]()
+    assert type(info.value) is BackendError
+    cause = info.value.__cause__
+    assert isinstance(cause, IsADirectoryError)
+    assert cause.errno == errno.EISDIR
+    assert "(EISDIR) at '@default/@a'" in str(info.value)
+    assert info.value.step_id == "a"
+    assert str(root) not in str(info.value)
+    assert _open_fds() == before
+    assert final.is_dir()
+
+
+def test_an_int_filename_is_mapped_without_a_path(make_fs_store: MakeFsStore) -> None:
+    store = make_fs_store()
+    error = store._os_error(OSError(errno.EIO, "Input/output error", 7), "get", "a")
+    assert "(EIO) at '(unknown path)'" in str(error)
+
+
+@pytest.mark.timeout(30)
+def test_the_publish_retry_is_bounded(make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every link fails as if a file were there, and every look finds it deleted again (a deleter that
+    # always wins): the save gives up, retryable, instead of spinning.
+    store = make_fs_store()
+    links: list[str] = []
+
+    def always_taken(temp: str, final: str) -> None:
+        links.append(final)
+        raise FileExistsError(errno.EEXIST, "File exists", final)
+
+    monkeypatch.setattr(store, "_link", always_taken)
+    with pytest.raises(BackendUnavailableError, match="kept being deleted") as info:
+        store.save("a", Message(content=b"payload"))
+    assert info.value.retryable
+    assert info.value.step_id == "a"
+    assert len(links) == store_module._PUBLISH_ATTEMPTS
+    monkeypatch.undo()
+    assert not store.exists("a")
+    assert _temp_files(root) == []
+
+
+# -- a header that claims a size the file does not have --------------------------------------------------
+
+
+def _forge_size(path: Path, claimed: int) -> None:
+    """Rewrite the unsigned head of the file at ``path`` to claim ``claimed`` payload bytes, with a valid
+    plain tag (anyone with write access can compute one)."""
+    data = path.read_bytes()
+    size = Codec().head_size(data[:PREFIX_SIZE])
+    header = json.loads(data[PREFIX_SIZE : size - TAG_SIZE])
+    header["size"] = header["stored_size"] = claimed
+    header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    prefix = struct.pack(">4sBI", MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
+    path.write_bytes(prefix + blake3.blake3(prefix).digest() + data[size:])
+
+
+@pytest.mark.parametrize("claimed", [2**50, 10 * MIB])
+@pytest.mark.parametrize("how", ["get", "open_read", "open_chunks"])
+def test_a_forged_size_is_refused_before_it_is_allocated(make_fs_store: MakeFsStore, how: str, claimed: int) -> None:
+    store = make_fs_store()
+    store.save("f", Message(content=_pattern(200_000)))  # above the one-read size: the payload is read apart
+    _forge_size(_file_of(store, "f"), claimed)
+    data = _file_of(store, "f").read_bytes()
+    assert Codec().decode_head(data[: Codec().head_size(data)]).stored_size == claimed  # only the size lies
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactCorruptedError, match=f"not {claimed} bytes") as info:  # noqa: PT012
+            if how == "get":
+                store.get("f")
+            else:
+                with store.open("f") as handle:
+                    if how == "open_read":
+                        handle.read()
+                    else:
+                        while handle.read(64 * 1024):
+                            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.step_id == "f"
+    assert peak < 2 * MIB  # nothing near the claimed size was allocated
 
 
 # -- settings and registration ---------------------------------------------------------------------------

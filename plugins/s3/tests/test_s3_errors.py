@@ -34,6 +34,8 @@ def client_error(code: str, status: int, message: str = "text") -> bx.ClientErro
         (client_error("AuthorizationHeaderMalformed", 400), ConfigurationError, False),
         (client_error("NoSuchKey", 404), ArtifactNotFoundError, False),
         (client_error("404", 404), ArtifactNotFoundError, False),
+        # An upload aborted under a write (a lifecycle rule): never "missing", and a retry may succeed.
+        (client_error("NoSuchUpload", 404), BackendUnavailableError, True),
         (client_error("AccessDenied", 403), AccessDeniedError, False),
         (client_error("SignatureDoesNotMatch", 403), AccessDeniedError, False),
         (client_error("ExpiredToken", 400), AccessDeniedError, False),

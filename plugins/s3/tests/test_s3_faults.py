@@ -9,11 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 from s3_fixtures import SECRET_KEY, all_keys, error_response, make_settings, open_uploads
 
 from artifactstore_core import (
     AccessDeniedError,
+    ArtifactNotFoundError,
     ArtifactStoreError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -146,7 +147,7 @@ def test_timeouts_are_typed(new_s3_store: NewStore) -> None:
     def time_out(request: Any, attempt: int) -> Any:
         raise ReadTimeoutError(endpoint_url=request.url)
 
-    attempts = inject(store, "HeadObject", time_out)
+    attempts = inject(store, "GetObject", time_out)  # exists() reads the first byte
     with pytest.raises(BackendTimeoutError) as info:
         store.exists("x")
     assert len(attempts) == 2
@@ -177,3 +178,163 @@ def test_errors_pickle_and_never_carry_a_secret(new_s3_store: NewStore, caplog: 
     assert copy.step_id == "x"
     for text in (str(info.value), repr(info.value), str(copy), caplog.text):
         assert SECRET_KEY not in text
+
+
+# -- a 404 during a write: something the write needed vanished, not a missing artifact -------------------
+
+
+def _staging_keys(raw: Any, bucket: str) -> list[str]:
+    return [key for key in all_keys(raw, bucket) if "/.staging/" in key]
+
+
+@pytest.mark.parametrize("layout", ["split", "envelope"])
+def test_a_staging_object_that_vanishes_before_its_copy_is_retryable_not_missing(
+    new_s3_store: NewStore, raw: Any, bucket: str, layout: str
+) -> None:
+    from s3_fixtures import NonSeekable
+
+    from artifactstore_core import SchemaInfo
+
+    store = new_s3_store(**SMALL_PARTS)
+    store.save("warm", Message(content=0))
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 11 * MIB))
+    # The staging object expires (a lifecycle rule on .staging/) between its upload and its copy into the
+    # final key: the envelope layout reads its first part back first, the split layout copies at once.
+    operation = "GetObject" if layout == "envelope" else "UploadPartCopy"
+    expired: list[str] = []
+
+    def expire(params: dict[str, Any], **_: Any) -> None:
+        staging = _staging_keys(raw, bucket)
+        if staging and not expired:
+            expired.extend(staging)
+            raw.delete_object(Bucket=bucket, Key=staging[0])
+
+    store.client.meta.events.register(f"before-parameter-build.s3.{operation}", expire)
+    schema = SchemaInfo(name="big", json_schema={"description": "x" * 5000}) if layout == "envelope" else None
+    with pytest.raises(BackendUnavailableError) as info:
+        store.save_stream("big", NonSeekable(payload), schema=schema)
+    error = info.value
+    assert expired, "the hook never ran"
+    assert type(error) is BackendUnavailableError
+    assert error.retryable
+    assert f"the staging object {expired[0]!r} vanished before it was copied into {store.key_of('big')!r}" in str(error)
+    assert "nothing was stored" in str(error)
+    assert (error.step_id, error.namespace) == ("big", "default")
+    assert isinstance(error.__cause__, ClientError)
+    assert not store.exists("big")
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("warm")]
+
+
+@pytest.mark.parametrize(
+    ("how", "operation"),
+    [
+        ("save", "UploadPart"),
+        ("save", "CompleteMultipartUpload"),
+        ("seekable stream", "UploadPart"),
+        ("non-seekable stream", "UploadPart"),
+        ("non-seekable stream", "UploadPartCopy"),
+    ],
+)
+def test_an_upload_aborted_under_a_save_is_retryable_not_missing(
+    new_s3_store: NewStore, raw: Any, bucket: str, how: str, operation: str
+) -> None:
+    import io
+
+    from s3_fixtures import NonSeekable
+
+    store = new_s3_store(max_attempts=2, **SMALL_PARTS)
+    store.save("warm", Message(content=0))
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
+    # What S3 answers for an upload that an AbortIncompleteMultipartUpload rule (or another client) aborted
+    # meanwhile (moto answers a 500 instead, so the answer is injected).
+    inject(
+        store,
+        operation,
+        lambda request, n: error_response(request.url, 404, "NoSuchUpload", "The specified upload does not exist."),
+    )
+    saves: dict[str, Callable[[], None]] = {
+        "save": lambda: store.save("big", Message(content=payload)),
+        "seekable stream": lambda: store.save_stream("big", io.BytesIO(payload)),
+        "non-seekable stream": lambda: store.save_stream("big", NonSeekable(payload)),
+    }
+    with pytest.raises(BackendUnavailableError) as info:
+        saves[how]()
+    assert type(info.value) is BackendUnavailableError
+    assert info.value.retryable
+    assert "was aborted while it was being written" in str(info.value)
+    assert "AbortIncompleteMultipartUpload" in str(info.value)
+    assert info.value.step_id == "big"
+    assert not store.exists("big")
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("warm")]
+
+
+def test_a_missing_bucket_during_an_upload_is_still_a_configuration_error(new_s3_store: NewStore) -> None:
+    store = new_s3_store(max_attempts=2, **SMALL_PARTS)
+    store.save("warm", Message(content=0))
+    inject(store, "UploadPart", lambda request, n: error_response(request.url, 404, "NoSuchBucket"))
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_S3_BUCKET"):
+        store.save("big", Message(content=b"x" * (6 * MIB)))
+
+
+# -- a bucket deleted after the store used it ------------------------------------------------------------
+
+
+def _delete_bucket(raw: Any, bucket: str) -> None:
+    for key in all_keys(raw, bucket):
+        raw.delete_object(Bucket=bucket, Key=key)
+    raw.delete_bucket(Bucket=bucket)
+
+
+def _count_requests(store: S3Store) -> list[str]:
+    sent: list[str] = []
+
+    def count(event_name: str, **_: Any) -> None:
+        sent.append(event_name.split(".")[2])
+
+    store.client.meta.events.register("before-send.s3", count)
+    return sent
+
+
+def test_a_bucket_deleted_after_use_is_a_configuration_error_not_a_missing_artifact(
+    new_s3_store: NewStore, raw: Any, bucket: str
+) -> None:
+    store = new_s3_store()
+    store.save("a", Message(content=b"1"))  # the store has seen its bucket: probe, PUT
+    assert store.exists("a")
+    assert not store.exists("never-saved")
+    store.info("a")
+    _delete_bucket(raw, bucket)
+    sent = _count_requests(store)
+    checks: dict[str, Callable[[], object]] = {
+        "exists": lambda: store.exists("a"),
+        "exists of another id": lambda: store.exists("never-saved"),
+        "info": lambda: store.info("a"),
+        "get": lambda: store.get("a"),
+        "open": lambda: store.open("a"),
+        "delete": lambda: store.delete("a"),
+        "get_many": lambda: store.get_many(["a"]),
+    }
+    for what, call in checks.items():
+        with pytest.raises(ConfigurationError) as info:
+            call()
+        assert "ARTIFACT_STORE_S3_BUCKET" in str(info.value), what
+        assert bucket in str(info.value), what
+    # exists() tells the bucket from the key with the one request it always makes.
+    assert sent[:2] == ["GetObject", "GetObject"]
+
+
+def test_exists_makes_one_request_whatever_the_answer(new_s3_store: NewStore) -> None:
+    store = new_s3_store()
+    store.save("a", Message(content=b"1"))
+    store.save("empty", Message(content=b""))  # an object with an empty body: no first byte to read
+    sent = _count_requests(store)
+    assert store.exists("a")
+    assert store.exists("empty")
+    assert not store.exists("missing")
+    assert sent == ["GetObject", "GetObject", "GetObject"]
+    sent.clear()
+    with pytest.raises(ArtifactNotFoundError):
+        store.info("missing")
+    assert sent == ["HeadObject", "HeadBucket"]  # a HEAD's 404 has no body: the bucket is looked at

@@ -3,30 +3,63 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 from typing import Any
 
 from artifactstore_core import ArtifactCorruptedError, ArtifactStoreError
 from artifactstore_core.envelope import Header, PayloadVerifier
 
-__all__ = ["VerifiedPayload"]
+__all__ = ["VerifiedPayload", "check_payload_size", "payload_size_error"]
+
+
+def payload_size_error(header: Header) -> ArtifactCorruptedError:
+    """The error for a payload that is not ``header.stored_size`` bytes."""
+    return ArtifactCorruptedError(
+        f"stored payload is not {header.stored_size} bytes, as its header says (truncated or extended)"
+    )
+
+
+def check_payload_size(file: io.FileIO, header: Header) -> None:
+    """Check that ``file`` holds exactly ``header.stored_size`` bytes from its position on.
+
+    Runs before anything is allocated for the payload: the header's size is only as trustworthy as its
+    tag, and an unsigned header anyone with write access can forge (a plain tag is no secret), so a
+    claimed size is never allocated before the file is known to be that long.
+
+    Raises:
+        ArtifactCorruptedError: the file is shorter or longer than its header says.
+        OSError: ``fstat`` failed.
+    """
+    if os.fstat(file.fileno()).st_size - file.tell() != header.stored_size:
+        raise payload_size_error(header)
 
 
 class VerifiedPayload(io.RawIOBase):
     """The payload of an open artifact file, verified against its header while it is read.
 
-    The file must be positioned at the start of the payload. The read that reaches the end of the payload
-    checks its size and digest (and that nothing follows it) before returning, so a damaged artifact raises
+    The file must be positioned at the start of the payload. Its size is checked against the header's at
+    once (see :func:`check_payload_size`); the read that reaches the end of the payload checks its size and
+    digest (and that nothing follows it) before returning, so a damaged artifact raises
     :class:`ArtifactCorruptedError` at the latest when its last bytes are read.
 
     Args:
         file: the artifact file, unbuffered, positioned after the head; closed with this stream.
         header: the verified header (an uncompressed payload).
         fail: turns an exception into the store's error (with step id, namespace and backend).
+
+    Raises:
+        ArtifactStoreError: from ``fail``: :class:`ArtifactCorruptedError` when the file's size does not
+            match the header's, the store's mapping of an ``OSError`` when ``fstat`` fails.
     """
 
     def __init__(self, file: io.FileIO, header: Header, fail: Callable[[Exception], ArtifactStoreError]) -> None:
         super().__init__()
+        try:
+            # Before readall() can allocate the claimed size (a forged header could claim any size).
+            check_payload_size(file, header)
+        except (OSError, ArtifactCorruptedError) as exc:
+            raise fail(exc) from (exc if isinstance(exc, OSError) else None)
         self._file = file
         self._left = header.stored_size
         self._verifier = PayloadVerifier(header)
@@ -67,7 +100,11 @@ class VerifiedPayload(io.RawIOBase):
         return count
 
     def readall(self) -> bytes:
-        """Read the rest of the payload at once (one buffer of the remaining size, not 8 KiB steps)."""
+        """Read the rest of the payload at once (one buffer of the remaining size, not 8 KiB steps).
+
+        The size was checked against the file's when this stream was made, so the buffer is never larger
+        than what the file held then.
+        """
         buffer = bytearray(self._left)
         view = memoryview(buffer)
         filled = 0

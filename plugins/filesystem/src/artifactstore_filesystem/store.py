@@ -29,6 +29,7 @@ from artifactstore_core import (
     ArtifactStore,
     ArtifactStoreError,
     BackendError,
+    BackendUnavailableError,
     Capabilities,
     CapacityError,
     Codec,
@@ -41,7 +42,7 @@ from artifactstore_core.store import checked_read
 
 from . import durable
 from .layout import FINAL, PART, TEMP_PREFIX, decode_components, encode_components
-from .reader import VerifiedPayload
+from .reader import VerifiedPayload, check_payload_size, payload_size_error
 from .settings import FilesystemSettings
 
 __all__ = ["FilesystemStore"]
@@ -54,6 +55,9 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC"
 _DIR_RETRIES = 100
 # link(2) errors that mean "this file system has no hard links" (FAT, some network and FUSE file systems).
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", -1), errno.EMLINK}
+# A write-once publish tries to create the final name at most this often when the file that made it fail
+# is deleted before it can be read (concurrent deletes or clears), so no race can keep a save spinning.
+_PUBLISH_ATTEMPTS = 100
 # Threads that write and fsync the files of one save_many at once.
 _BATCH_THREADS = 8
 _CAPACITY = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -64,12 +68,6 @@ _FALLBACK_LOCK = threading.Lock()
 
 #: Files smaller than this are read whole with one call.
 _READ_WHOLE_BELOW = 64 * 1024
-
-
-def _payload_size_error(header: Header) -> ArtifactCorruptedError:
-    return ArtifactCorruptedError(
-        f"stored payload is not {header.stored_size} bytes, as its header says (truncated or extended)"
-    )
 
 
 def _read_exact(file: io.FileIO, size: int) -> bytes:
@@ -165,8 +163,10 @@ class FilesystemStore(ArtifactStore):
                 "link; refusing to write or delete there"
             )
 
-    def _relative(self, path: str | bytes | None) -> str:
-        if path is None:
+    def _relative(self, path: object) -> str:
+        # An OSError's filename may be anything the failing call was given: None, a path, or a file
+        # descriptor (io.FileIO(fd) on a directory reports the fd number), which names no path.
+        if not isinstance(path, (str, bytes, os.PathLike)):
             return "(unknown path)"
         text = os.fsdecode(path)
         if text == self._root or text.startswith(self._root.rstrip(os.sep) + os.sep):
@@ -371,21 +371,51 @@ class FilesystemStore(ArtifactStore):
         if overwrite:
             os.replace(temp, final)
         else:
-            while True:
+            for _ in range(_PUBLISH_ATTEMPTS):
                 try:
                     self._link(temp, final)
                     break
                 except FileExistsError:
-                    existing = self._header_or_none(final, step_id)
+                    existing = self._existing_at(final, step_id)
                     if existing is None:
                         continue  # deleted between our attempt and our look: try to create it again
                     if existing.identity() == header.identity():
                         return  # an identical artifact: a safe retry, keep the stored one
                     raise self._exists_error(step_id) from None
+            else:
+                raise BackendUnavailableError(
+                    f"save of {step_id!r} in namespace {self.namespace!r}: its file kept being deleted between "
+                    f"{_PUBLISH_ATTEMPTS} attempts to create it and looks at it (concurrent deletes or clears); "
+                    "nothing was stored, retry",
+                    step_id=step_id,
+                )
         # Drop the temporary name before the directory fsync, so both changes are made durable at once.
         durable.unlink_quiet(temp)
         if sync and self._settings.fsync:
             durable.fsync_dir(directory)
+
+    def _existing_at(self, final: str, step_id: str) -> Header | None:
+        """The header of the artifact file that made our link fail, ``None`` if it is gone by now.
+
+        Looked at without following a symbolic link: only a regular file is an artifact. Anything else
+        (a dangling or any other symbolic link, a directory, a FIFO) is neither followed nor replaced.
+
+        Raises:
+            BackendError: something that is not a regular file sits at the final name.
+            ArtifactCorruptedError, UnsupportedFormatError: the file there is not a readable envelope.
+        """
+        try:
+            mode = os.lstat(final).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(mode):
+            raise BackendError(
+                f"save of {step_id!r} in namespace {self.namespace!r}: {_file_kind(mode)} sits at its final name "
+                f"{self._relative(final)!r} under the filesystem root, where only an artifact file belongs; "
+                "it was neither followed nor replaced: remove it, or save with overwrite=True to replace it",
+                step_id=step_id,
+            )
+        return self._header_or_none(final, step_id)
 
     def _link(self, temp: str, final: str) -> None:
         """Create ``final`` as ``temp``, failing with ``FileExistsError`` if it exists (atomically)."""
@@ -423,9 +453,18 @@ class FilesystemStore(ArtifactStore):
     def _open_file(self, path: str) -> io.FileIO | None:
         """The artifact file opened unbuffered for reading, or ``None`` if there is none."""
         try:
-            return io.FileIO(os.open(path, _READ_FLAGS), "rb", closefd=True)
+            fd = os.open(path, _READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            return io.FileIO(fd, "rb", closefd=True)
+        except OSError as exc:
+            # FileIO refuses a directory after the open succeeded; it neither closes the descriptor it was
+            # given nor names the path (its error's filename is the descriptor's number).
+            os.close(fd)
+            if not isinstance(exc.filename, (str, bytes, os.PathLike)):
+                exc.filename = path
+            raise
 
     def _read_header(self, file: io.FileIO, step_id: str) -> Header:
         """The verified header of ``step_id``'s artifact (signed for this namespace and that id)."""
@@ -460,14 +499,16 @@ class FilesystemStore(ArtifactStore):
             if whole:
                 payload = start[size:]
                 if len(payload) != header.stored_size:
-                    raise _payload_size_error(header)
+                    raise payload_size_error(header)
                 return self.codec.decode_payload(header, payload)
             file.seek(size)
         # A larger file: the payload is read straight into a bytes object of its own, which bytes content
-        # then keeps (no copy of a large payload out of a bigger buffer).
+        # then keeps (no copy of a large payload out of a bigger buffer). That read allocates the size the
+        # header claims, so the file is checked to be that long first.
+        check_payload_size(file, header)
         payload = _read_exact(file, header.stored_size)
         if len(payload) != header.stored_size or file.read(1):
-            raise _payload_size_error(header)
+            raise payload_size_error(header)
         return self.codec.decode_payload(header, payload)
 
     def _get(self, step_id: str) -> Message:
@@ -716,6 +757,21 @@ class FilesystemStore(ArtifactStore):
         if isinstance(exc, OSError):
             return self._os_error(exc, "operation", None)
         return None
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words, for an error message."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return f"a file of type {stat.S_IFMT(mode):#o}"
 
 
 def _valid_id(step_id: str) -> bool:

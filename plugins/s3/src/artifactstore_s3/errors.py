@@ -90,7 +90,15 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
             return ConfigurationError(
                 f"{what}; set ARTIFACT_STORE_S3_REGION (or ARTIFACT_STORE_S3_ENDPOINT_URL) to the bucket's region"
             )
+        if code == "NoSuchUpload":
+            # Only writes have uploads: a write must never say "missing". The store says more where it
+            # knows the upload (S3Store._upload); this is the fallback for any other path.
+            return BackendUnavailableError(
+                f"{what}; the multipart upload was aborted under us (an AbortIncompleteMultipartUpload "
+                "lifecycle rule or another client); nothing was stored (retryable)"
+            )
         if code in ("NoSuchKey", "NotFound") or status == 404:
+            # Reads reach this; the store's writes turn their 404s into BackendUnavailableError first.
             return ArtifactNotFoundError(what)
         if code in _ACCESS_CODES or status == 403:
             return AccessDeniedError(f"{what}; check the credentials and the bucket policy ({_CREDENTIAL_HINT})")

@@ -10,6 +10,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import IO, TYPE_CHECKING, Any
@@ -65,6 +66,19 @@ _CONFLICT_BACKOFF_CAP = 1.0
 _STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
 
 
+# Every open store, so that a forked child resets their per-process state in one place (S3Store._after_fork).
+_STORES: weakref.WeakSet[S3Store] = weakref.WeakSet()
+
+
+def _reset_stores_in_child() -> None:
+    for store in builtins.list(_STORES):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_reset_stores_in_child)
+
+
 def _precondition_failed(exc: BaseException) -> bool:
     code, status = client_error_code(exc)
     return status == 412 or code == "PreconditionFailed"
@@ -74,6 +88,10 @@ def _conflict(exc: BaseException) -> bool:
     """S3's 409 on a conditional write: a concurrent write or delete of the key was in flight; retry."""
     code, _ = client_error_code(exc)
     return code == "ConditionalRequestConflict"
+
+
+# Refusals of a GET that still say the object exists: no byte in range (an empty body), an archived object.
+_EXISTING_CODES = frozenset({"InvalidRange", "InvalidObjectState"})
 
 
 def _missing(exc: BaseException) -> bool:
@@ -199,20 +217,18 @@ class S3Store(ArtifactStore):
         self._conditional: bool | None = True if self._settings.conditional_writes == "trust" else None
         self._probe_refusal: str | None = None
         self._pools: dict[str, ThreadPoolExecutor] = {}
-        # A HEAD answers 404 with no body both for a missing object and for a missing bucket; the bucket is
-        # checked once, the first time a 404 needs telling apart.
-        self._bucket_seen = False
-        self._pid = os.getpid()
         try:
-            self._client = self._make_client()
+            client = self._make_client()
         except Exception as exc:
             self._raise(exc, "connect", None)
+        self._client: S3Client | None = client
         if self._settings.probe_at_start:
             try:
                 self._ensure_conditional()
             except Exception as exc:
-                self._client.close()
+                client.close()
                 self._raise(exc, "connect", None)
+        _STORES.add(self)
 
     # -- client and pools -----------------------------------------------------------------------------
 
@@ -245,18 +261,33 @@ class S3Store(ArtifactStore):
 
     @property
     def client(self) -> S3Client:
-        """The boto3 S3 client this store uses (rebuilt in a forked child, whose sockets are not its own).
+        """The boto3 S3 client this store uses (a new one in a forked child, whose sockets are not its own).
 
-        Exposed for inspection and for botocore event hooks; do not close it.
+        Exposed for inspection and for botocore event hooks; do not close it. Hooks registered in a parent
+        process are not carried into a forked child's client.
+
+        Raises:
+            ConfigurationError: in a forked child, the new client cannot be built.
         """
-        if self._pid != os.getpid():
-            # A forked child must not share the parent's sockets or thread pools, and a lock another thread
-            # held at the fork would never be released in the child.
-            self._lock = threading.Lock()
-            self._client = self._make_client()
-            self._pools = {}
-            self._pid = os.getpid()
-        return self._client
+        client = self._client
+        if client is None:
+            with self._lock:
+                client = self._client
+                if client is None:
+                    client = self._client = self._make_client()
+        return client
+
+    def _after_fork(self) -> None:
+        """Drop everything that belongs to the parent process; run in a forked child, before anything else.
+
+        The one place for per-process state: the parent's sockets must not be shared; its pools' worker
+        threads do not exist in the child, so work submitted to them would wait forever; and a lock another
+        thread held at the fork would never be released here. The client is built again when first used, so
+        a child that never touches the store pays nothing.
+        """
+        self._lock = threading.Lock()
+        self._pools = {}
+        self._client = None
 
     @property
     def bucket(self) -> str:
@@ -283,8 +314,14 @@ class S3Store(ArtifactStore):
                     self._pools[kind] = pool
         return pool
 
-    def _absent(self, exc: ClientError) -> bool:
+    def _absent(self, exc: ClientError, *, bucket_known: bool = False) -> bool:
         """Whether ``exc`` says the object is missing (the bucket being there).
+
+        A GET's 404 names ``NoSuchKey`` or ``NoSuchBucket`` in its body; a HEAD's 404 has no body and says
+        neither. Such a 404 is taken as a missing object when ``bucket_known`` (the caller learns of a
+        missing bucket anyway: from the write that follows, or from the listing it is in); otherwise the
+        bucket is looked at (``HeadBucket``), each time: a bucket deleted after the store used it must
+        never read as "artifact missing".
 
         Raises:
             ConfigurationError: the bucket itself does not exist.
@@ -293,18 +330,21 @@ class S3Store(ArtifactStore):
             return False
         code, _ = client_error_code(exc)
         if code == "NoSuchBucket":
-            return False
-        if code != "NoSuchKey" and not self._bucket_seen:
-            try:
-                self.client.head_bucket(Bucket=self._bucket)
-            except ClientError as bucket_exc:
-                if _missing(bucket_exc):
-                    raise ConfigurationError(
-                        f"bucket {self._bucket!r} does not exist; set ARTIFACT_STORE_S3_BUCKET to an existing bucket"
-                    ) from bucket_exc
-                raise
-            self._bucket_seen = True
+            return False  # re-raised by the caller and translated to ConfigurationError
+        if code != "NoSuchKey" and not bucket_known:
+            self._check_bucket()
         return True
+
+    def _check_bucket(self) -> None:
+        """Raise ``ConfigurationError`` if the bucket does not exist (one ``HeadBucket``)."""
+        try:
+            self.client.head_bucket(Bucket=self._bucket)
+        except ClientError as bucket_exc:
+            if _missing(bucket_exc):
+                raise ConfigurationError(
+                    f"bucket {self._bucket!r} does not exist; set ARTIFACT_STORE_S3_BUCKET to an existing bucket"
+                ) from bucket_exc
+            raise
 
     def _where(self, key: str) -> str:
         return f"object {key!r} in bucket {self._bucket!r}"
@@ -339,7 +379,6 @@ class S3Store(ArtifactStore):
             if code != "NotImplemented" and status != 501:
                 raise
         else:
-            self._bucket_seen = True
             try:
                 client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
             except ClientError as exc:
@@ -380,12 +419,18 @@ class S3Store(ArtifactStore):
         finally:
             body.close()
 
-    def _existing_header(self, key: str, step_id: str) -> Header | None:
-        """The verified header of ``step_id``'s object at ``key``, ``None`` if there is none."""
+    def _existing_header(self, key: str, step_id: str, *, bucket_known: bool) -> Header | None:
+        """The verified header of ``step_id``'s object at ``key``, ``None`` if there is none.
+
+        ``bucket_known``: see :meth:`_absent` (``False`` costs a ``HeadBucket`` when nothing is found).
+
+        Raises:
+            ConfigurationError: the bucket does not exist (looked at only without ``bucket_known``).
+        """
         try:
             response = self.client.head_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
-            if self._absent(exc):
+            if self._absent(exc, bucket_known=bucket_known):
                 return None
             raise
         where = self._where(key)
@@ -426,16 +471,21 @@ class S3Store(ArtifactStore):
         feed: Callable[[MultipartUpload], None],
         conditional: bool,
         *,
-        copies: bool = False,
+        copy_source: str | None = None,
     ) -> None:
         """A multipart upload fed by ``feed`` and completed (``If-None-Match: *`` when ``conditional``).
 
         On any failure the upload is aborted before the error propagates, so nothing is left behind; a
-        refused completion (412, 409) is then decided by :meth:`_write_once` like a refused PUT. ``copies``:
-        ``feed`` adds server-side copies (the upload then declares no checksum, see :class:`MultipartUpload`).
+        refused completion (412, 409) is then decided by :meth:`_write_once` like a refused PUT.
+        ``copy_source``: the key ``feed`` copies parts from server-side (the upload then declares no
+        checksum, see :class:`MultipartUpload`).
 
         Raises:
-            ClientError: any refusal, 412 and 409 included.
+            BackendUnavailableError: S3 answered 404 for something the upload needed: the upload itself
+                (``NoSuchUpload``: aborted under us) or ``copy_source`` (deleted before it was copied).
+                Nothing was stored; the save may be repeated. Never ``ArtifactNotFoundError``: that would
+                say an artifact is missing, and this is a write.
+            ClientError: any other refusal, 412 and 409 included.
         """
         upload = MultipartUpload(
             self.client,
@@ -446,14 +496,39 @@ class S3Store(ArtifactStore):
             pool=self._pool("parts"),
             concurrency=self._settings.max_concurrency,
             part_size=self._settings.part_size,
-            checksums=not copies,
+            checksums=copy_source is None,
         )
         try:
             feed(upload)
             upload.complete(if_none_match=conditional)
-        except BaseException:
+        except BaseException as exc:
             upload.abort()
+            vanished = self._vanished(exc, key, copy_source)
+            if vanished is not None:
+                raise vanished from exc
             raise
+
+    def _vanished(self, exc: BaseException, key: str, copy_source: str | None) -> BackendUnavailableError | None:
+        """What a 404 during an upload means: something the write needed is gone (``None``: not a 404).
+
+        A missing bucket is left to the usual mapping (``ConfigurationError``).
+        """
+        code, _ = client_error_code(exc)
+        if code == "NoSuchBucket" or not (_missing(exc) or code == "NoSuchUpload"):
+            return None
+        if code == "NoSuchUpload":
+            what = (
+                f"the multipart upload to {key!r} was aborted while it was being written (by an "
+                "AbortIncompleteMultipartUpload lifecycle rule that acts too soon, or another client)"
+            )
+        elif copy_source is not None:
+            what = (
+                f"the staging object {copy_source!r} vanished before it was copied into {key!r} (a lifecycle "
+                "rule that expires the .staging/ prefix too soon, or another client deleted it)"
+            )
+        else:
+            what = f"S3 answered 404 ({code or 'no code'}) while writing {key!r}: something the upload needed vanished"
+        return BackendUnavailableError(f"{what}, in bucket {self._bucket!r}; nothing was stored, retry the save")
 
     def _write_once(
         self,
@@ -493,7 +568,8 @@ class S3Store(ArtifactStore):
         unsettled: ClientError | None = None
         for attempt in range(attempts + 1):
             if look:
-                existing = self._existing_header(key, step_id)
+                # A missing bucket is told by the write that follows: no HeadBucket on this common path.
+                existing = self._existing_header(key, step_id, bucket_known=True)
                 if existing is not None:
                     if existing.identity() == header.identity():
                         return
@@ -696,7 +772,7 @@ class S3Store(ArtifactStore):
                     offset = end
 
             def write(conditional: bool) -> None:
-                self._upload(key, layout, assemble, conditional, copies=True)
+                self._upload(key, layout, assemble, conditional, copy_source=staging)
 
             self._write_once(step_id, key, header, write, overwrite, check_first=True)
         finally:
@@ -772,12 +848,18 @@ class S3Store(ArtifactStore):
         return io.BufferedReader(VerifiedReader(chunks, verifier, body.close, fail), buffer_size=_READ_CHUNK)
 
     def _exists(self, step_id: str) -> bool:
+        # A GET of the first byte, not a HEAD: as many requests, but its 404 says NoSuchKey or NoSuchBucket,
+        # so a deleted bucket raises instead of reading as "no artifact", with no second request.
         try:
-            self.client.head_object(Bucket=self._bucket, Key=self._keys.key(step_id))
+            response = self.client.get_object(Bucket=self._bucket, Key=self._keys.key(step_id), Range="bytes=0-0")
         except ClientError as exc:
+            code, status = client_error_code(exc)
+            if code in _EXISTING_CODES or status == 416:
+                return True  # an empty object has no first byte; an archived one cannot be read but is there
             if self._absent(exc):
                 return False
             raise
+        response["Body"].close()
         return True
 
     def _delete(self, step_id: str) -> bool:
@@ -802,13 +884,14 @@ class S3Store(ArtifactStore):
     def _info_of(self, pair: tuple[str, str]) -> ArtifactInfo | None:
         key, step_id = pair
         try:
-            header = self._existing_header(key, step_id)
+            # The bucket was just listed: a key gone since then is an artifact deleted meanwhile.
+            header = self._existing_header(key, step_id, bucket_known=True)
         except Exception as exc:
             self._raise(exc, "list", step_id)
         return header.info(step_id) if header is not None else None
 
     def _info(self, step_id: str) -> ArtifactInfo:
-        header = self._existing_header(self._keys.key(step_id), step_id)
+        header = self._existing_header(self._keys.key(step_id), step_id, bucket_known=False)
         if header is None:
             raise self._not_found(step_id)
         return header.info(step_id)
@@ -848,7 +931,9 @@ class S3Store(ArtifactStore):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def _close(self) -> None:
+        _STORES.discard(self)  # nothing left to reset in a child forked from now on
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
-        self._client.close()
+        if self._client is not None:  # None: a forked child that never used the store
+            self._client.close()
