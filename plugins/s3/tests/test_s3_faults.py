@@ -45,6 +45,18 @@ def inject(store: S3Store, operation: str, responses: Callable[[Any, int], Any])
     return attempts
 
 
+def save_big(store: S3Store, payload: bytes, how: str) -> None:
+    """Save ``payload`` as "big" the way ``how`` names: "save", "seekable stream" or "non-seekable stream"."""
+    import io
+
+    from s3_fixtures import NonSeekable
+
+    if how == "save":
+        store.save("big", Message(content=payload))
+    else:
+        store.save_stream("big", io.BytesIO(payload) if how == "seekable stream" else NonSeekable(payload))
+
+
 def test_two_500s_then_success_is_three_attempts(new_s3_store: NewStore) -> None:
     store = new_s3_store(max_attempts=3)
     store.save("warm", Message(content=0))  # the conditional-write probe runs before the first save
@@ -73,10 +85,6 @@ def test_persistent_slowdown_raises_a_retryable_error_after_max_attempts(new_s3_
 
 @pytest.mark.parametrize("how", ["save", "seekable stream", "non-seekable stream"])
 def test_connection_reset_during_a_part_leaves_nothing(new_s3_store: NewStore, raw: Any, bucket: str, how: str) -> None:
-    import io
-
-    from s3_fixtures import NonSeekable
-
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
     store.save("warm", Message(content=0))
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
@@ -87,13 +95,8 @@ def test_connection_reset_during_a_part_leaves_nothing(new_s3_store: NewStore, r
         return None
 
     inject(store, "UploadPart", reset_part_two)
-    saves: dict[str, Callable[[], None]] = {
-        "save": lambda: store.save("big", Message(content=payload)),
-        "seekable stream": lambda: store.save_stream("big", io.BytesIO(payload)),
-        "non-seekable stream": lambda: store.save_stream("big", NonSeekable(payload)),
-    }
     with pytest.raises(BackendUnavailableError) as info:
-        saves[how]()
+        save_big(store, payload, how)
     assert info.value.retryable
     assert not store.exists("big")
     assert open_uploads(raw, bucket) == []
@@ -239,10 +242,6 @@ def test_a_staging_object_that_vanishes_before_its_copy_is_retryable_not_missing
 def test_an_upload_aborted_under_a_save_is_retryable_not_missing(
     new_s3_store: NewStore, raw: Any, bucket: str, how: str, operation: str
 ) -> None:
-    import io
-
-    from s3_fixtures import NonSeekable
-
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
     store.save("warm", Message(content=0))
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
@@ -253,13 +252,8 @@ def test_an_upload_aborted_under_a_save_is_retryable_not_missing(
         operation,
         lambda request, n: error_response(request.url, 404, "NoSuchUpload", "The specified upload does not exist."),
     )
-    saves: dict[str, Callable[[], None]] = {
-        "save": lambda: store.save("big", Message(content=payload)),
-        "seekable stream": lambda: store.save_stream("big", io.BytesIO(payload)),
-        "non-seekable stream": lambda: store.save_stream("big", NonSeekable(payload)),
-    }
     with pytest.raises(BackendUnavailableError) as info:
-        saves[how]()
+        save_big(store, payload, how)
     assert type(info.value) is BackendUnavailableError
     assert info.value.retryable
     assert "was aborted while it was being written" in str(info.value)
