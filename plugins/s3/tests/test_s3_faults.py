@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import pickle
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from s3_fixtures import SECRET_KEY, all_keys, error_response, make_settings, open_uploads
+from s3_fixtures import SECRET_KEY, NonSeekable, all_keys, error_response, make_settings, open_uploads
 
 from artifactstore_core import (
     AccessDeniedError,
@@ -21,6 +23,7 @@ from artifactstore_core import (
     ConfigurationError,
     Message,
     PayloadTooLargeError,
+    StoreClosedError,
 )
 from artifactstore_core.testing_servers import free_port
 from artifactstore_s3 import S3Store
@@ -47,10 +50,6 @@ def inject(store: S3Store, operation: str, responses: Callable[[Any, int], Any])
 
 def save_big(store: S3Store, payload: bytes, how: str) -> None:
     """Save ``payload`` as "big" the way ``how`` names: "save", "seekable stream" or "non-seekable stream"."""
-    import io
-
-    from s3_fixtures import NonSeekable
-
     if how == "save":
         store.save("big", Message(content=payload))
     else:
@@ -194,8 +193,6 @@ def _staging_keys(raw: Any, bucket: str) -> list[str]:
 def test_a_staging_object_that_vanishes_before_its_copy_is_retryable_not_missing(
     new_s3_store: NewStore, raw: Any, bucket: str, layout: str
 ) -> None:
-    from s3_fixtures import NonSeekable
-
     from artifactstore_core import SchemaInfo
 
     store = new_s3_store(**SMALL_PARTS)
@@ -332,3 +329,153 @@ def test_exists_makes_one_request_whatever_the_answer(new_s3_store: NewStore) ->
     with pytest.raises(ArtifactNotFoundError):
         store.info("missing")
     assert sent == ["HeadObject", "HeadBucket"]  # a HEAD's 404 has no body: the bucket is looked at
+
+
+# -- close() while another thread is in the middle of a multipart save ---------------------------------
+
+BIG_SAVE = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))  # three parts of SMALL_PARTS
+
+
+def save_while_closing(
+    store: S3Store, how: str, operation: str, monkeypatch: pytest.MonkeyPatch
+) -> BaseException | None:
+    """Save ``BIG_SAVE`` as "big" in another thread, hold its first ``operation`` request, and call
+    ``store.close()`` here: the held request goes on once ``close()`` has marked the store closed, so that
+    ``close()`` meets it in flight. Returns what the save raised (``None``: it returned).
+    """
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_first(request: Any, **_: Any) -> None:
+        if not held.is_set():
+            held.set()
+            assert release.wait(60), "close() never started"
+        # None: the request goes to moto
+
+    store.client.meta.events.register(f"before-send.s3.{operation}", hold_the_first)
+    real_close = store._close
+
+    def release_then_close() -> None:
+        release.set()
+        real_close()
+
+    monkeypatch.setattr(store, "_close", release_then_close)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            save_big(store, BIG_SAVE, how)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    saver = threading.Thread(target=run)
+    saver.start()
+    assert held.wait(60), f"the save never sent {operation}"
+    store.close()  # the test's timeout stops a close() that waits forever
+    saver.join(60)
+    assert not saver.is_alive()
+    return outcome[0]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("how", "operation"),
+    [
+        ("save", "CreateMultipartUpload"),
+        ("save", "UploadPart"),
+        ("seekable stream", "UploadPart"),
+        ("non-seekable stream", "UploadPart"),  # the staging upload
+        ("non-seekable stream", "CompleteMultipartUpload"),  # the staging object is being completed
+        ("non-seekable stream", "UploadPartCopy"),  # the staging object is there, being copied
+    ],
+)
+def test_close_during_a_multipart_save_aborts_it_and_leaves_nothing(
+    new_s3_store: NewStore,
+    raw: Any,
+    bucket: str,
+    how: str,
+    operation: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="artifactstore_s3")
+    store = new_s3_store(max_attempts=2, **SMALL_PARTS)
+    store.save("warm", Message(content=0))
+    error = save_while_closing(store, how, operation, monkeypatch)
+    assert isinstance(error, StoreClosedError), repr(error)
+    assert "was closed while this operation was in flight" in str(error)
+    assert (error.step_id, error.backend, error.namespace) == ("big", "s3", "default")
+    if operation != "CompleteMultipartUpload":
+        # What close() cut short is chained. A save between its two uploads (the staging one complete)
+        # is refused at its next request instead, and has nothing to chain.
+        assert error.__cause__ is not None
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("warm")]  # no artifact and no staging object
+    assert [record.getMessage() for record in caplog.records] == []  # nothing failed to be cleaned up
+
+
+@pytest.mark.timeout(120)
+def test_close_does_not_undo_a_completion_already_sent(
+    new_s3_store: NewStore, raw: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = new_s3_store(max_attempts=2, **SMALL_PARTS)
+    store.save("warm", Message(content=0))
+    assert save_while_closing(store, "save", "CompleteMultipartUpload", monkeypatch) is None
+    assert open_uploads(raw, bucket) == []
+    reader = new_s3_store()
+    assert reader.get("big").content == BIG_SAVE
+
+
+class StallingProducer(NonSeekable):
+    """A pipe whose producer stalls at ``stall_at`` bytes until ``go`` is set."""
+
+    def __init__(self, data: bytes, stall_at: int) -> None:
+        super().__init__(data)
+        self._stall_at = stall_at
+        self.stalled = threading.Event()
+        self.go = threading.Event()
+
+    def readinto(self, buffer: Any) -> int:
+        if self._source.tell() >= self._stall_at and not self.go.is_set():
+            self.stalled.set()
+            assert self.go.wait(60), "the test never let the producer go on"
+        return super().readinto(buffer)
+
+
+@pytest.mark.timeout(120)
+def test_close_aborts_the_upload_of_a_save_waiting_for_its_stream(
+    new_s3_store: NewStore, raw: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="artifactstore_s3")
+    store = new_s3_store(max_attempts=2, **SMALL_PARTS)
+    store.save("warm", Message(content=0))
+    stream = StallingProducer(BIG_SAVE, stall_at=10 * MIB)  # two parts sent, the third never comes
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            store.save_stream("big", stream)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    saver = threading.Thread(target=run)
+    saver.start()
+    try:
+        assert stream.stalled.wait(60)
+        # close() does not wait for the saving thread (its stream may never go on): it aborts the upload
+        # itself, with the client still open.
+        store.close()
+        assert open_uploads(raw, bucket) == []
+    finally:
+        stream.go.set()
+        saver.join(60)
+    assert not saver.is_alive()
+    error = outcome[0]
+    assert isinstance(error, StoreClosedError), repr(error)
+    assert error.__cause__ is not None
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("warm")]
+    assert [record.getMessage() for record in caplog.records] == []

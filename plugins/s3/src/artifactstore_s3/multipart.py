@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, cast
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["MAX_PARTS", "MultipartUpload"]
+__all__ = ["MAX_PARTS", "MultipartUpload", "UploadCancelledError"]
 
 #: S3's most parts per upload.
 MAX_PARTS = 10_000
@@ -24,8 +25,20 @@ MAX_PARTS = 10_000
 logger = logging.getLogger("artifactstore_s3")
 
 
+class UploadCancelledError(Exception):
+    """The upload was cancelled (its store is being closed): no request of it is started any more.
+
+    Internal to the backend: the store raises ``StoreClosedError`` with this chained.
+    """
+
+
+def _never() -> bool:
+    return False
+
+
 class MultipartUpload:
-    """A multipart upload to ``key``: add parts in order, then :meth:`complete`; on any failure, :meth:`abort`.
+    """A multipart upload to ``key``: :meth:`start` it, add parts in order, then :meth:`complete`; on any
+    failure, :meth:`abort`.
 
     At most ``concurrency`` parts are in flight at once. A caller that reads each part into
     :meth:`buffer` and hands it to :meth:`add_buffer` holds at most ``concurrency`` parts in memory;
@@ -33,8 +46,14 @@ class MultipartUpload:
     ``checksums=False`` is for an upload assembled from server-side copies: it declares no checksum
     algorithm (an upload of parts sent from here declares CRC32 where botocore sends part checksums).
 
+    Once ``cancelled()`` returns true (the store is being closed), no request of the upload starts any more
+    (no creation, no part, no completion): each raises :class:`UploadCancelledError` instead, and
+    another thread may then settle the upload with :meth:`stop`. The creation, the completion and the
+    abort are sent one at a time under a lock, so :meth:`stop` waits for one in flight and never aborts
+    an upload whose completion was sent, nor misses one whose creation was.
+
     Raises (from every method): botocore exceptions, which the store translates;
-    :class:`PayloadTooLargeError` past :data:`MAX_PARTS` parts.
+    :class:`PayloadTooLargeError` past :data:`MAX_PARTS` parts; :class:`UploadCancelledError`.
     """
 
     def __init__(
@@ -49,6 +68,7 @@ class MultipartUpload:
         concurrency: int,
         part_size: int,
         checksums: bool = True,
+        cancelled: Callable[[], bool] = _never,
     ) -> None:
         self._client = client
         self._bucket = bucket
@@ -62,6 +82,11 @@ class MultipartUpload:
         self._buffers = 0
         self._parts: list[CompletedPartTypeDef] = []
         self._number = 0
+        self._cancelled = cancelled
+        # Held while the creation, the completion or the abort is sent; _settled: completed or aborted.
+        self._lock = threading.Lock()
+        self._settled = False
+        self.upload_id: str | None = None
         # botocore sends a CRC32 of every part unless told to send checksums only where S3 requires them
         # (request_checksum_calculation, e.g. for an S3-compatible service that refuses them). Where it does,
         # an upload of parts sent from here declares CRC32, as boto3's upload_fileobj does: S3 then checks
@@ -75,12 +100,35 @@ class MultipartUpload:
             if checksums and getattr(client.meta.config, "request_checksum_calculation", None) == "when_supported"
             else {}
         )
-        created = client.create_multipart_upload(
-            Bucket=bucket, Key=key, Metadata=metadata, ContentType=content_type, **self._checksum
-        )
-        self.upload_id = created["UploadId"]
+        self._metadata = metadata
+        self._content_type = content_type
+
+    def start(self) -> None:
+        """Create the upload on the service (S3's ``CreateMultipartUpload``); before any other method."""
+        with self._lock:
+            self._check()
+            if self._settled:
+                raise UploadCancelledError(f"the multipart upload to {self.key!r} was stopped before it started")
+            created = self._client.create_multipart_upload(
+                Bucket=self._bucket,
+                Key=self.key,
+                Metadata=self._metadata,
+                ContentType=self._content_type,
+                **self._checksum,
+            )
+            self.upload_id = created["UploadId"]
+
+    def _started_id(self) -> str:
+        if self.upload_id is None:
+            raise RuntimeError(f"the multipart upload to {self.key!r} was not started")  # a bug, not a fault
+        return self.upload_id
+
+    def _check(self) -> None:
+        if self._cancelled():
+            raise UploadCancelledError(f"the multipart upload to {self.key!r} was cancelled: its store is closing")
 
     def _next_number(self) -> int:
+        self._check()
         self._number += 1
         if self._number > MAX_PARTS:
             raise PayloadTooLargeError(
@@ -136,12 +184,13 @@ class MultipartUpload:
         self._submit(self._pool.submit(self._copy, number, source_key, start, end))
 
     def _upload(self, number: int, data: bytes | bytearray) -> CompletedPartTypeDef:
+        self._check()  # a part queued before the store began closing is not sent after
         # botocore accepts a bytearray body (its validator allows bytes, bytearray and files); the stubs
         # list only bytes, so the type is narrowed by a cast rather than by copying the part.
         response = self._client.upload_part(
             Bucket=self._bucket,
             Key=self.key,
-            UploadId=self.upload_id,
+            UploadId=self._started_id(),
             PartNumber=number,
             Body=cast(bytes, data),
             **self._checksum,
@@ -149,10 +198,11 @@ class MultipartUpload:
         return self._completed(number, response)
 
     def _copy(self, number: int, source_key: str, start: int, end: int) -> CompletedPartTypeDef:
+        self._check()
         response = self._client.upload_part_copy(
             Bucket=self._bucket,
             Key=self.key,
-            UploadId=self.upload_id,
+            UploadId=self._started_id(),
             PartNumber=number,
             CopySource={"Bucket": self._bucket, "Key": source_key},
             CopySourceRange=f"bytes={start}-{end - 1}",
@@ -176,6 +226,7 @@ class MultipartUpload:
                 ``ConditionalRequestConflict`` (409) when a concurrent write or delete of the key was in
                 flight (S3 then wants a new upload, not a second completion of this one); either way the
                 caller must :meth:`abort` this upload.
+            UploadCancelledError: the upload was cancelled before its completion was sent.
         """
         while self._inflight:
             self._finish_oldest()
@@ -184,16 +235,22 @@ class MultipartUpload:
             self.add(b"")
             self._finish_oldest()
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {}
-        self._client.complete_multipart_upload(
-            Bucket=self._bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            MultipartUpload={"Parts": sorted(self._parts, key=lambda part: part["PartNumber"])},
-            **extra,
-        )
+        with self._lock:
+            self._check()
+            if self._settled or self.upload_id is None:
+                raise UploadCancelledError(f"the multipart upload to {self.key!r} was aborted before its completion")
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": sorted(self._parts, key=lambda part: part["PartNumber"])},
+                **extra,
+            )
+            self._settled = True
 
     def abort(self) -> None:
-        """Stop the upload and release its parts; never raises (a failure is logged).
+        """Stop the upload and release its parts; never raises (a failure is logged). Called by the thread
+        that feeds the upload; nothing is sent if it is already settled (completed, or aborted by :meth:`stop`).
 
         Parts still in flight are cancelled or waited for first: S3 may otherwise keep a part that finishes
         uploading after the abort.
@@ -203,9 +260,28 @@ class MultipartUpload:
             future.cancel()
         wait(futures)
         self._inflight.clear()
+        self._abort_once()
+
+    def stop(self) -> None:
+        """Abort the upload from another thread, once ``cancelled()`` is true and no part is in flight any
+        more (the store's ``close`` shuts the part pool down first); never raises (a failure is logged).
+
+        Waits for a creation, completion or abort in flight: an upload whose completion was sent is left
+        completed, one whose creation was sent is aborted. The feeding thread's own :meth:`abort` then sends
+        nothing.
+        """
+        self._abort_once()
+
+    def _abort_once(self) -> None:
+        with self._lock:
+            if not self._settled and self.upload_id is not None:
+                self._send_abort(self.upload_id)
+            self._settled = True
+
+    def _send_abort(self, upload_id: str) -> None:
         for attempt in range(3):
             try:
-                self._client.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=self.upload_id)
+                self._client.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=upload_id)
                 return
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":

@@ -13,7 +13,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -32,6 +32,7 @@ from artifactstore_core import (
     ConfigurationError,
     Message,
     SerializationError,
+    StoreClosedError,
 )
 from artifactstore_core.envelope import Header, PayloadVerifier, content_bytes, new_hasher
 from artifactstore_core.ids import validate_step_id
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 __all__ = ["S3Store"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("artifactstore_s3")
 
@@ -217,6 +220,11 @@ class S3Store(ArtifactStore):
         self._conditional: bool | None = True if self._settings.conditional_writes == "trust" else None
         self._probe_refusal: str | None = None
         self._pools: dict[str, ThreadPoolExecutor] = {}
+        # What close() settles for a write in flight in another thread: its multipart uploads (aborted) and
+        # its staging objects (deleted), with the client still open. Each is registered before its first
+        # request, so close() never misses one whose creation is on the way.
+        self._uploads: set[MultipartUpload] = set()
+        self._staging: set[str] = set()
         try:
             client = self._make_client()
         except Exception as exc:
@@ -277,6 +285,36 @@ class S3Store(ArtifactStore):
                     client = self._client = self._make_client()
         return client
 
+    @property
+    def _live_client(self) -> S3Client:
+        """:attr:`client`, for a request of an operation: refused once :meth:`close` has begun, so that an
+        operation in flight in another thread stops at its next request instead of sending it on a client
+        being closed.
+
+        Raises:
+            StoreClosedError: :meth:`close` was called.
+        """
+        if self.closed:
+            raise self._closed_error()
+        return self.client
+
+    def _closed_error(self) -> StoreClosedError:
+        return StoreClosedError(
+            f"the store for namespace {self.namespace!r} of backend {self.backend_name!r} was closed while this "
+            "operation was in flight; any multipart upload it had begun was aborted"
+        )
+
+    def _register(self, pending: set[_T], item: _T) -> None:
+        """Add ``item`` to ``pending`` (:attr:`_uploads` or :attr:`_staging`), for :meth:`close` to settle.
+
+        Raises:
+            StoreClosedError: :meth:`close` has begun and taken its list already: it would miss ``item``.
+        """
+        with self._lock:
+            if self.closed:
+                raise self._closed_error()
+            pending.add(item)
+
     def _after_fork(self) -> None:
         """Drop everything that belongs to the parent process; run in a forked child, before anything else.
 
@@ -288,6 +326,9 @@ class S3Store(ArtifactStore):
         self._lock = threading.Lock()
         self._pools = {}
         self._client = None
+        # The parent's uploads and staging objects are the parent's to settle, not this child's.
+        self._uploads = set()
+        self._staging = set()
 
     @property
     def bucket(self) -> str:
@@ -303,9 +344,16 @@ class S3Store(ArtifactStore):
         return self._keys.key(validate_step_id(step_id))
 
     def _pool(self, kind: str) -> ThreadPoolExecutor:
+        """The pool of ``kind`` (``batch``, ``parts``), started when first needed.
+
+        Raises:
+            StoreClosedError: :meth:`close` was called (a pool started after it would never be shut down).
+        """
         pool = self._pools.get(kind)
         if pool is None:
             with self._lock:
+                if self.closed:
+                    raise self._closed_error()
                 pool = self._pools.get(kind)
                 if pool is None:
                     pool = ThreadPoolExecutor(
@@ -338,7 +386,7 @@ class S3Store(ArtifactStore):
     def _check_bucket(self) -> None:
         """Raise ``ConfigurationError`` if the bucket does not exist (one ``HeadBucket``)."""
         try:
-            self.client.head_bucket(Bucket=self._bucket)
+            self._live_client.head_bucket(Bucket=self._bucket)
         except ClientError as bucket_exc:
             if _missing(bucket_exc):
                 raise ConfigurationError(
@@ -350,6 +398,10 @@ class S3Store(ArtifactStore):
         return f"object {key!r} in bucket {self._bucket!r}"
 
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        if self.closed:
+            # Whatever failed an operation in flight during close() (a part cancelled, a pool shut down, a
+            # request on the closing client), the cause to act on is the close; the original is chained.
+            return self._closed_error()
         return translate_error(exc, bucket=self._bucket, secrets=self._secrets)
 
     # -- conditional-write probe ----------------------------------------------------------------------
@@ -370,7 +422,7 @@ class S3Store(ArtifactStore):
 
     def _probe(self) -> bool | None:
         key = self._keys.reserved("probe", uuid.uuid4().hex)
-        client = self.client
+        client = self._live_client
         honoured = False
         try:
             client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
@@ -412,7 +464,7 @@ class S3Store(ArtifactStore):
 
     def _read_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
         extra: dict[str, Any] = {"IfMatch": etag} if etag else {}
-        response = self.client.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra)
+        response = self._live_client.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra)
         body = response["Body"]
         try:
             return body.read()
@@ -428,7 +480,7 @@ class S3Store(ArtifactStore):
             ConfigurationError: the bucket does not exist (looked at only without ``bucket_known``).
         """
         try:
-            response = self.client.head_object(Bucket=self._bucket, Key=key)
+            response = self._live_client.head_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if self._absent(exc, bucket_known=bucket_known):
                 return None
@@ -455,7 +507,7 @@ class S3Store(ArtifactStore):
         """
         body = layout.prelude + payload if layout.prelude else payload
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if conditional else {}
-        self.client.put_object(
+        self._live_client.put_object(
             Bucket=self._bucket,
             Key=key,
             Body=body,
@@ -476,7 +528,9 @@ class S3Store(ArtifactStore):
         """A multipart upload fed by ``feed`` and completed (``If-None-Match: *`` when ``conditional``).
 
         On any failure the upload is aborted before the error propagates, so nothing is left behind; a
-        refused completion (412, 409) is then decided by :meth:`_write_once` like a refused PUT.
+        refused completion (412, 409) is then decided by :meth:`_write_once` like a refused PUT. While it
+        runs the upload is registered with the store, so that :meth:`close` in another thread stops it and
+        aborts it before closing the client.
         ``copy_source``: the key ``feed`` copies parts from server-side (the upload then declares no
         checksum, see :class:`MultipartUpload`).
 
@@ -485,10 +539,11 @@ class S3Store(ArtifactStore):
                 (``NoSuchUpload``: aborted under us) or ``copy_source`` (deleted before it was copied).
                 Nothing was stored; the save may be repeated. Never ``ArtifactNotFoundError``: that would
                 say an artifact is missing, and this is a write.
+            StoreClosedError: :meth:`close` was called before the upload completed (it was aborted).
             ClientError: any other refusal, 412 and 409 included.
         """
         upload = MultipartUpload(
-            self.client,
+            self._live_client,
             self._bucket,
             key,
             metadata=layout.metadata,
@@ -497,16 +552,24 @@ class S3Store(ArtifactStore):
             concurrency=self._settings.max_concurrency,
             part_size=self._settings.part_size,
             checksums=copy_source is None,
+            cancelled=lambda: self.closed,
         )
+        self._register(self._uploads, upload)
         try:
+            upload.start()
             feed(upload)
             upload.complete(if_none_match=conditional)
         except BaseException as exc:
-            upload.abort()
+            upload.abort()  # sends nothing if close() has aborted it already
+            if self.closed and isinstance(exc, Exception) and not isinstance(exc, StoreClosedError):
+                raise self._closed_error() from exc
             vanished = self._vanished(exc, key, copy_source)
             if vanished is not None:
                 raise vanished from exc
             raise
+        finally:
+            with self._lock:
+                self._uploads.discard(upload)
 
     def _vanished(self, exc: BaseException, key: str, copy_source: str | None) -> BackendUnavailableError | None:
         """What a 404 during an upload means: something the write needed is gone (``None``: not a 404).
@@ -739,6 +802,8 @@ class S3Store(ArtifactStore):
         staging = self._keys.reserved("staging", uuid.uuid4().hex)
         hasher = new_hasher(part_size)
         size = 0
+        # Registered before the staging upload starts: close() deletes it if this thread cannot.
+        self._register(self._staging, staging)
 
         def feed_staging(upload: MultipartUpload) -> None:
             nonlocal size
@@ -757,8 +822,8 @@ class S3Store(ArtifactStore):
                 size += count
                 upload.add_buffer(buffer, count)
 
-        self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
         try:
+            self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
             header, layout = self._head_for(step_id, template, size, hasher.hexdigest())
 
             def assemble(upload: MultipartUpload) -> None:
@@ -776,16 +841,26 @@ class S3Store(ArtifactStore):
 
             self._write_once(step_id, key, header, write, overwrite, check_first=True)
         finally:
-            try:
-                self.client.delete_object(Bucket=self._bucket, Key=staging)
-            except Exception as exc:
-                logger.warning("could not delete the staging object %r: %s", staging, type(exc).__name__)
+            self._delete_staging(staging)
+
+    def _delete_staging(self, staging: str) -> None:
+        """Delete a staging object (there or not: S3 answers a delete of a missing key with success), then
+        forget it; never raises (a failure is logged)."""
+        try:
+            self._live_client.delete_object(Bucket=self._bucket, Key=staging)
+        except StoreClosedError:
+            pass  # close() has begun: it deletes the object (still registered) before closing the client
+        except Exception as exc:
+            logger.warning("could not delete the staging object %r: %s", staging, type(exc).__name__)
+        finally:
+            with self._lock:
+                self._staging.discard(staging)
 
     # -- reading --------------------------------------------------------------------------------------
 
     def _get_object(self, step_id: str, key: str) -> Any:
         try:
-            return self.client.get_object(Bucket=self._bucket, Key=key)
+            return self._live_client.get_object(Bucket=self._bucket, Key=key)
         except ClientError as exc:
             if self._absent(exc):
                 raise self._not_found(step_id) from None
@@ -851,7 +926,7 @@ class S3Store(ArtifactStore):
         # A GET of the first byte, not a HEAD: as many requests, but its 404 says NoSuchKey or NoSuchBucket,
         # so a deleted bucket raises instead of reading as "no artifact", with no second request.
         try:
-            response = self.client.get_object(Bucket=self._bucket, Key=self._keys.key(step_id), Range="bytes=0-0")
+            response = self._live_client.get_object(Bucket=self._bucket, Key=self._keys.key(step_id), Range="bytes=0-0")
         except ClientError as exc:
             code, status = client_error_code(exc)
             if code in _EXISTING_CODES or status == 416:
@@ -865,14 +940,14 @@ class S3Store(ArtifactStore):
     def _delete(self, step_id: str) -> bool:
         if not self._exists(step_id):
             return False
-        self.client.delete_object(Bucket=self._bucket, Key=self._keys.key(step_id))
+        self._live_client.delete_object(Bucket=self._bucket, Key=self._keys.key(step_id))
         return True
 
     # -- listing and clearing -------------------------------------------------------------------------
 
     def _pages(self) -> Iterator[builtins.list[tuple[str, str]]]:
         """``(key, step id)`` of this namespace's artifacts, one list-objects page (<= 1,000 keys) at a time."""
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = self._live_client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self._bucket, Prefix=self._keys.namespace_prefix):
             pairs = []
             for item in page.get("Contents", []):
@@ -897,7 +972,7 @@ class S3Store(ArtifactStore):
         return header.info(step_id)
 
     def _namespaces(self) -> Iterable[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = self._live_client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self._bucket, Prefix=self._keys.root, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
                 namespace = self._keys.namespace_of(common.get("Prefix", ""))
@@ -918,7 +993,9 @@ class S3Store(ArtifactStore):
                 batch: builtins.list[ObjectIdentifierTypeDef] = [
                     {"Key": key} for key, _ in pairs[offset : offset + DELETE_BATCH]
                 ]
-                response = self.client.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
+                response = self._live_client.delete_objects(
+                    Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True}
+                )
                 errors = response.get("Errors", [])
                 removed += len(batch) - len(errors)
                 if errors:
@@ -931,9 +1008,31 @@ class S3Store(ArtifactStore):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def _close(self) -> None:
+        """Stop the writes in flight in other threads, settle what they leave, then close the client.
+
+        The store is already marked closed: from here no request of an operation starts (see
+        :attr:`_live_client`), and no multipart upload creates, sends a part or completes. Queued parts and
+        batch items are cancelled, and the requests already on the wire are waited for (each is bounded by
+        the client's timeouts and retries): S3 may keep a part that finishes after the abort of its
+        upload. Then every upload still open is aborted and every staging object deleted, on the client
+        that is still open, and only then is the client closed. The writing threads raise
+        ``StoreClosedError`` at their next step.
+        """
         _STORES.discard(self)  # nothing left to reset in a child forked from now on
-        pools, self._pools = self._pools, {}
+        with self._lock:
+            pools, self._pools = self._pools, {}
+            uploads = builtins.list(self._uploads)
+            staging = builtins.list(self._staging)
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
-        if self._client is not None:  # None: a forked child that never used the store
-            self._client.close()
+        client = self._client
+        if client is None:  # a forked child that never used the store: nothing of its own is in flight
+            return
+        for upload in uploads:
+            upload.stop()
+        for key in staging:
+            try:
+                client.delete_object(Bucket=self._bucket, Key=key)
+            except Exception as exc:
+                logger.warning("could not delete the staging object %r: %s", key, type(exc).__name__)
+        client.close()
