@@ -180,7 +180,7 @@ class HttpStore(ArtifactStore):
         namespace: the namespace.
         codec: encodes what is sent and verifies what is read. Give it the server's signing key, if it has one.
 
-    Every operation raises :class:`~artifactstore_core.BackendError` (not retryable) when the endpoint
+    Every operation raises :class:`~artifactstore_core.errors.BackendError` (not retryable) when the endpoint
     answers with a success status (or, to ``exists``, "absent") without the artifact server's
     ``Artifactstore-Protocol`` marker: another web server is at ``ARTIFACT_STORE_HTTP_ENDPOINT``.
 
