@@ -31,7 +31,8 @@ from artifactstore_core import (
     UnsupportedFormatError,
 )
 from artifactstore_core.errors import ArtifactStoreError
-from artifactstore_http.protocol import ERROR_CLASSES, ERROR_STATUS, status_for
+from artifactstore_http import HttpStore
+from artifactstore_http.protocol import ERROR_CLASSES, ERROR_STATUS, PROTOCOL_HEADER, PROTOCOL_VERSION, status_for
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread, bound_socket, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -142,14 +143,25 @@ def test_a_server_bug_is_a_backend_error_without_its_details(
     assert "hunter2" in caplog.text
 
 
+#: The protocol marker of an artifact server, for stand-ins that play one (a hostile or broken one).
+MARKED = {PROTOCOL_HEADER: PROTOCOL_VERSION}
+
+
 @contextlib.contextmanager
-def store_of_a_server_answering(answer: Callable[[Request], Response]) -> Iterator[ArtifactStore]:
-    """A client store (no retries) of a stand-in server whose every artifact request in "default" is
-    answered by ``answer``: a hostile, confused or broken server."""
-    routes = [Route("/v1/namespaces/default/artifacts/{step}", answer, methods=["GET"])]
+def store_of_a_server_answering(
+    answer: Callable[[Request], Response],
+    *,
+    path: str = "/v1/namespaces/default/artifacts/{step}",
+    methods: Iterable[str] = ("GET",),
+    **overrides: Any,
+) -> Iterator[HttpStore]:
+    """A client store (no retries unless ``overrides`` say otherwise) of a stand-in server whose every
+    ``methods`` request to ``path`` (by default: artifact reads in "default") is answered by ``answer``: a
+    hostile, confused or broken server, or one that is no artifact server at all."""
+    routes = [Route(path, answer, methods=list(methods))]
     server = ServerThread(Starlette(routes=routes)).start()
     try:
-        with client_for(server.url, retries=0) as store:
+        with client_for(server.url, **{"retries": 0, **overrides}) as store:
             yield store
     finally:
         server.stop()
@@ -369,12 +381,144 @@ def test_a_wrong_endpoint_path_is_an_error_not_absent(memory_server: ServerThrea
     assert type(info.value) is BackendError
 
 
+ANY_METHOD = ("GET", "HEAD", "PUT", "DELETE", "POST")
+
+
+def _answer_everything_with_no_content(request: Request) -> Response:
+    """A catch-all app, a proxy's default page or a WebDAV server: "done" to whatever is asked."""
+    return Response(status_code=204)
+
+
+def _answer_everything_as_an_artifact_server_would(request: Request) -> Response:
+    """The hardest case: every answer is what the artifact server would send, except for the marker."""
+    if request.method == "GET" and not request.url.path.endswith("/artifacts"):
+        envelope = Codec().encode(Message(content="not from an artifact store")).to_bytes()
+        return Response(envelope, media_type="application/vnd.artifactstore.envelope")
+    body = {"deleted": True, "removed": 3, "items": [], "next_cursor": None}
+    return Response(json.dumps(body), media_type="application/json")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [_answer_everything_with_no_content, _answer_everything_as_an_artifact_server_would],
+    ids=["204", "200"],
+)
+def test_a_success_without_the_protocol_marker_is_never_believed(answer: Callable[[Request], Response]) -> None:
+    # A mistyped ARTIFACT_STORE_HTTP_ENDPOINT reaching another web server: before the marker, a save was
+    # "done" (and silently lost) and exists() answered True.
+    requests: list[str] = []
+
+    def counted(request: Request) -> Response:
+        requests.append(f"{request.method} {request.url.path}")
+        return answer(request)
+
+    with store_of_a_server_answering(counted, path="/{path:path}", methods=ANY_METHOD, retries=2) as store:
+        endpoint = store._display
+        calls: dict[str, Callable[[], object]] = {
+            "save": lambda: store.save("a", Message(content=1)),
+            "exists": lambda: store.exists("a"),
+            "get": lambda: store.get("a"),
+            "delete": lambda: store.delete("a"),
+            "list": lambda: list(store.list()),
+            "clear": store.clear,
+            "save_many": lambda: store.save_many({"a": Message(content=1), "b": Message(content=2)}),
+            "get_many": lambda: store.get_many(["a", "b"]),
+        }
+        for operation, call in calls.items():
+            requests.clear()
+            try:
+                result = call()
+            except BackendError as exc:
+                error = exc
+            else:
+                pytest.fail(f"{operation} reported {result!r} from a server that is no artifact server")
+            assert type(error) is BackendError, (operation, error)
+            assert error.retryable is False
+            assert error.backend == "http"
+            assert "did not answer as an artifact server" in str(error), operation
+            assert f"no {PROTOCOL_HEADER} header" in str(error)
+            assert endpoint in str(error)
+            assert "ARTIFACT_STORE_HTTP_ENDPOINT" in str(error)
+            assert TOKEN not in f"{error} {error!r} {error.args}"
+            # Not retried: whatever answered will answer the same way again. (A batch may stop before its
+            # second request is sent: it fails as soon as its first request has.)
+            assert requests, operation
+            assert len(set(requests)) == len(requests), (operation, requests)
+            if not operation.endswith("_many"):
+                assert len(requests) == 1, (operation, requests)
+            if operation in ("save", "exists", "get", "delete"):
+                assert error.step_id == "a"
+
+
+def test_every_answer_of_the_artifact_server_carries_the_protocol_marker(memory_server: ServerThread) -> None:
+    envelope = Codec().encode(Message(content=b"marked")).to_bytes()
+    other = Codec().encode(Message(content=b"other")).to_bytes()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    artifact = "/v1/namespaces/marker/artifacts/a%2Fb"
+    requests: list[tuple[str, str, dict[str, str], bytes | None, int]] = [
+        ("PUT", artifact, auth, envelope, 204),
+        ("HEAD", artifact, auth, None, 200),
+        ("GET", artifact, auth, None, 200),
+        ("GET", "/v1/namespaces/marker/artifacts", auth, None, 200),
+        ("PUT", artifact, auth, other, 409),
+        ("PUT", "/v1/namespaces/marker/artifacts/c", auth, b"not an envelope", 422),
+        ("DELETE", artifact, auth, None, 200),
+        ("HEAD", artifact, auth, None, 404),
+        ("GET", artifact, auth, None, 404),
+        ("DELETE", "/v1/namespaces/marker", auth, None, 200),
+        ("HEAD", artifact, {}, None, 401),
+        ("PUT", artifact, {}, envelope, 401),
+        ("GET", "/v1/no/such/path", auth, None, 404),
+        ("POST", artifact, auth, None, 405),
+        ("GET", "/v1/health", {}, None, 200),
+        ("HEAD", "/v1/openapi.json", {}, None, 200),
+        ("GET", "/v1/namespaces/marker/artifacts", {**auth, **{f"X-H{i}": "v" for i in range(120)}}, None, 431),
+    ]
+    with httpx.Client(base_url=memory_server.url, timeout=30) as raw:
+        for method, path, headers, body, status in requests:
+            response = raw.request(method, path, headers=headers, content=body)
+            assert response.status_code == status, (method, path, response.text)
+            assert response.headers.get(PROTOCOL_HEADER) == PROTOCOL_VERSION, (method, path, status)
+            assert response.headers.get_list(PROTOCOL_HEADER) == [PROTOCOL_VERSION]
+        document = raw.get("/v1/openapi.json").json()
+    # The API document declares it on every response of every operation.
+    for item in document["paths"].values():
+        for operation in (value for key, value in item.items() if key != "parameters"):
+            for response in operation["responses"].values():
+                assert PROTOCOL_HEADER in response["headers"], operation["operationId"]
+
+
+def test_an_absent_answer_without_the_protocol_marker_is_never_believed() -> None:
+    # Even an answer that names the artifact server's "not found" type is "absent" only with the marker.
+    def answer(request: Request) -> Response:
+        marked = MARKED if request.path_params["step"] == "marked" else {}
+        return Response(status_code=404, headers={"Artifactstore-Error": "ArtifactNotFoundError", **marked})
+
+    with store_of_a_server_answering(answer, methods=("HEAD",)) as store:
+        assert store.exists("marked") is False
+        with pytest.raises(BackendError, match="did not answer as an artifact server") as info:
+            store.exists("bare")
+        assert type(info.value) is BackendError
+
+
+def test_a_marker_of_another_protocol_version_is_not_believed() -> None:
+    def answer(request: Request) -> Response:
+        return Response(status_code=204, headers={PROTOCOL_HEADER: f"2 {TOKEN}"})
+
+    with store_of_a_server_answering(answer, methods=("PUT",)) as store, pytest.raises(BackendError) as info:
+        store.save("a", Message(content=1))
+    assert type(info.value) is BackendError
+    assert f"another {PROTOCOL_HEADER} version" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
 def test_the_client_verifies_what_it_reads() -> None:
     good = Codec().encode(Message(content=b"payload")).to_bytes()
     bodies = {"flipped": good[:-1] + bytes([good[-1] ^ 1]), "truncated": good[:-3], "junk": b"not an envelope"}
 
     def app(request: Request) -> Response:
-        return Response(bodies[request.path_params["step"]], media_type="application/vnd.artifactstore.envelope")
+        body = bodies[request.path_params["step"]]
+        return Response(body, headers=MARKED, media_type="application/vnd.artifactstore.envelope")
 
     with store_of_a_server_answering(app) as store:
         for step, error in [
@@ -449,7 +593,7 @@ def test_signatures_are_bound_to_the_namespace_and_id_of_the_url() -> None:
 
     # A server (or anything between) answering "b" with the envelope signed for "a" is caught by the client.
     def answer(request: Request) -> Response:
-        return Response(body, media_type="application/vnd.artifactstore.envelope")
+        return Response(body, headers=MARKED, media_type="application/vnd.artifactstore.envelope")
 
     fake = ServerThread(Starlette(routes=[Route("/v1/namespaces/signed/artifacts/{step}", answer)])).start()
     try:

@@ -3,7 +3,9 @@
 It uses one pooled :class:`httpx.Client` per store (thread-safe, rebuilt after a fork), explicit connect
 and read timeouts, never follows redirects, and retries transient failures only where repeating the
 request cannot change its outcome (see :data:`RETRY_POLICY`). Bodies are the envelope of the stored format,
-verified by the server on save and by this client on read.
+verified by the server on save and by this client on read. A success answer counts only when it carries
+the artifact server's protocol marker (:data:`~artifactstore_http.protocol.PROTOCOL_HEADER`): another web
+server at a mistyped endpoint that answers 200 to anything must not turn a save into silent data loss.
 
 httpx rather than requests: per-phase timeouts, typed, redirects off by default, a thread-safe client
 whose pool size is one setting, and the same API for the async mirror later.
@@ -46,6 +48,8 @@ from .protocol import (
     ERROR_HEADER,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     quote_segment,
 )
 from .settings import HttpSettings, _token_problem, is_loopback
@@ -176,6 +180,10 @@ class HttpStore(ArtifactStore):
         namespace: the namespace.
         codec: encodes what is sent and verifies what is read. Give it the server's signing key, if it has one.
 
+    Every operation raises :class:`~artifactstore_core.errors.BackendError` (not retryable) when the endpoint
+    answers with a success status (or, to ``exists``, "absent") without the artifact server's
+    ``Artifactstore-Protocol`` marker: another web server is at ``ARTIFACT_STORE_HTTP_ENDPOINT``.
+
     Raises:
         ConfigurationError: no endpoint is configured, the token cannot travel in a header (not printable
             ASCII, or holding spaces or line breaks), or the TLS settings are unusable.
@@ -305,6 +313,7 @@ class HttpStore(ArtifactStore):
         Raises:
             StoreClosedError: the store was closed before an attempt, during a backoff, or while the
                 request was in flight.
+            BackendError: a success answer without the protocol marker (not retried).
             httpx.HTTPError: the last attempt failed (translated by the caller's ``_translate_error``).
         """
         policy = RETRY_POLICY[operation]
@@ -331,6 +340,9 @@ class HttpStore(ArtifactStore):
                 if not isinstance(exc, retryable) or attempt >= self._settings.retries:
                     raise
             else:
+                if response.is_success and not _marked(response):
+                    # Not retried: whatever answered will answer the same way again.
+                    raise self._unmarked(operation, response)
                 if not (
                     policy == "transient" and response.status_code in _RETRY_STATUSES and _retryable_answer(response)
                 ):
@@ -342,6 +354,21 @@ class HttpStore(ArtifactStore):
             # A backoff that close() ends at once: no attempt is made, and no connection opened, after it.
             if clients.wait_closed(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter, not cryptography
                 raise clients.closed_error()
+
+    def _unmarked(self, operation: str, response: httpx.Response) -> BackendError:
+        """The error of an answer that a result would be believed from (a success; "absent" to ``HEAD``)
+        but that lacks this client's protocol marker: something other than an artifact server answered."""
+        answer = f"its {response.status_code} answer to {response.request.method}"
+        if PROTOCOL_HEADER not in response.headers:
+            why = f"{answer} has no {PROTOCOL_HEADER} header"
+        else:
+            # The value is not quoted: it is text from whatever answered, which may echo the token.
+            why = f"{answer} names another {PROTOCOL_HEADER} version than this client's {PROTOCOL_VERSION!r}"
+        return BackendError(
+            f"the endpoint {self._display} did not answer as an artifact server ({why}), so the {operation} "
+            "was not done by an artifact store; set ARTIFACT_STORE_HTTP_ENDPOINT to the URL of "
+            "artifactstore-serve (with its path prefix, if it has one)"
+        )
 
     def _fail(self, response: httpx.Response, step_id: str | None = None) -> ArtifactStoreError:
         """The core error a non-success response stands for."""
@@ -390,6 +417,9 @@ class HttpStore(ArtifactStore):
         if response.status_code == 200:
             return True
         if response.status_code == 404 and response.headers.get(ERROR_HEADER) == "ArtifactNotFoundError":
+            # "Absent" is an answer too: believed only from an artifact server, like a success.
+            if not _marked(response):
+                raise self._unmarked("exists", response)
             return False
         # A bare 404 (a proxy, a wrong endpoint path) is a failure, never "absent".
         raise self._fail(response, step_id)
@@ -491,6 +521,12 @@ class HttpStore(ArtifactStore):
         if isinstance(exc, (httpx.HTTPError, httpx.StreamError)):
             return BackendError(f"request to {where} failed ({kind})")
         return None
+
+
+def _marked(response: httpx.Response) -> bool:
+    """Whether ``response`` carries the protocol marker of an artifact server of this client's version."""
+    marker: str | None = response.headers.get(PROTOCOL_HEADER)
+    return marker == PROTOCOL_VERSION
 
 
 def _retryable_answer(response: httpx.Response) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .protocol import MEDIA_TYPE_ENVELOPE, MEDIA_TYPE_PROBLEM
+from .protocol import MEDIA_TYPE_ENVELOPE, MEDIA_TYPE_PROBLEM, PROTOCOL_HEADER, PROTOCOL_VERSION
 
 __all__ = ["openapi_document"]
 
@@ -42,8 +42,23 @@ def _problems(*statuses: int, body: bool = True) -> dict[str, Any]:
     return responses
 
 
+def _marked(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the protocol marker header declared on every response of every operation."""
+    marker = {PROTOCOL_HEADER: {"$ref": "#/components/headers/Protocol"}}
+    for item in document["paths"].values():
+        for key, operation in item.items():
+            if key != "parameters":
+                for response in operation["responses"].values():
+                    response["headers"] = {**response.get("headers", {}), **marker}
+    return document
+
+
 def openapi_document(*, max_body_bytes: int | None = None) -> dict[str, Any]:
     """The API description as a JSON-ready dict (OpenAPI 3.0.3)."""
+    return _marked(_document(max_body_bytes))
+
+
+def _document(max_body_bytes: int | None) -> dict[str, Any]:
     limit = f" At most {max_body_bytes} bytes." if max_body_bytes is not None else ""
     namespace = {"$ref": "#/components/parameters/Namespace"}
     step_id = {"$ref": "#/components/parameters/StepId"}
@@ -54,7 +69,9 @@ def openapi_document(*, max_body_bytes: int | None = None) -> dict[str, Any]:
             "title": "artifactstore artifact server",
             "version": "1",
             "description": "Saves and reads pipeline artifacts in any configured artifactstore backend. Bodies are "
-            "artifact envelopes (docs/format.md); ids are percent-encoded path segments (docs/http.md).",
+            "artifact envelopes (docs/format.md); ids are percent-encoded path segments (docs/http.md). Every "
+            f"response carries {PROTOCOL_HEADER}: {PROTOCOL_VERSION}, by which clients tell this server from any "
+            "other web server at a mistyped URL.",
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -161,6 +178,14 @@ def openapi_document(*, max_body_bytes: int | None = None) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "headers": {
+                "Protocol": {
+                    "description": "Marks every answer of an artifact server; clients trust no success "
+                    "answer without it.",
+                    "required": True,
+                    "schema": {"type": "string", "enum": [PROTOCOL_VERSION]},
+                }
+            },
             "parameters": {
                 "Namespace": {
                     "name": "namespace",

@@ -10,6 +10,12 @@ is the name of a core error class, plus an ``Artifactstore-Error`` header with t
 response, which has no body, is typed too). The client maps a name back to a class only through
 :data:`ERROR_CLASSES`, an explicit allow-list: a class is never looked up or imported by a name read from
 the network.
+
+Marker: every response the server makes, success or problem (``HEAD`` and ``204`` included), carries
+``Artifactstore-Protocol: 1`` (:data:`PROTOCOL_HEADER`, :data:`PROTOCOL_VERSION`). A success status alone
+proves nothing: a mistyped endpoint may reach another web server (a catch-all app, a proxy's default page,
+a WebDAV server) that answers ``PUT`` or ``HEAD`` with 200, and the client would report a save that stored
+nothing. So the client trusts a success answer only when it carries the marker.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ __all__ = [
     "PROBLEM_INTERNAL",
     "PROBLEM_METHOD_NOT_ALLOWED",
     "PROBLEM_NOT_FOUND",
+    "PROTOCOL_HEADER",
+    "PROTOCOL_VERSION",
     "decode_cursor",
     "encode_cursor",
     "problem_document",
@@ -68,6 +76,10 @@ MEDIA_TYPE_ENVELOPE = "application/vnd.artifactstore.envelope"
 MEDIA_TYPE_PROBLEM = "application/problem+json"
 #: The response header naming the problem type (also on ``HEAD`` responses, which carry no body).
 ERROR_HEADER = "Artifactstore-Error"
+#: The response header that marks every answer of an artifact server, whose value is :data:`PROTOCOL_VERSION`.
+PROTOCOL_HEADER = "Artifactstore-Protocol"
+#: The protocol version this server speaks and this client understands (the API of :data:`API_PREFIX`).
+PROTOCOL_VERSION = "1"
 
 #: Problem types that are not core errors: a malformed request, an unknown path, a wrong method, a
 #: server bug. The client raises :class:`~artifactstore_core.BackendError` for them.

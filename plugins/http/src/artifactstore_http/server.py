@@ -7,6 +7,9 @@ handed to the store, which validates it. Nothing from a request is ever used as 
 
 Store calls are synchronous and run on worker threads; request bodies are received in chunks and refused
 with 413 as soon as the declared or received size passes the limit, before the rest is read.
+
+Every response carries the protocol marker ``Artifactstore-Protocol: 1``, by which clients tell an artifact
+server from any other web server at the endpoint (see :mod:`artifactstore_http.protocol`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from .protocol import (
     PROBLEM_INTERNAL,
     PROBLEM_METHOD_NOT_ALLOWED,
     PROBLEM_NOT_FOUND,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     decode_cursor,
     encode_cursor,
     problem_document,
@@ -522,8 +527,16 @@ def _loggable_path(scope: Scope) -> str:
     return raw.decode("ascii", "replace") if isinstance(raw, bytes) else "?"
 
 
+_MARKER = (PROTOCOL_HEADER.lower().encode("ascii"), PROTOCOL_VERSION.encode("ascii"))
+
+
 class _Guard:
-    """Outermost middleware: header count and size limits, and an access log without query strings."""
+    """Outermost middleware: header count and size limits, an access log without query strings, and the
+    protocol marker on every response (see :data:`~artifactstore_http.protocol.PROTOCOL_HEADER`).
+
+    The marker is added here rather than by each handler so that no answer can miss it: successes, problem
+    answers, ``HEAD`` and ``204`` answers, and this middleware's own 431.
+    """
 
     def __init__(self, app: ASGIApp, *, max_header_count: int, max_header_bytes: int) -> None:
         self._app = app
@@ -534,6 +547,15 @@ class _Guard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        status = 0
+
+        async def send_marked(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", ()), _MARKER]}
+            await send(message)
+
         headers = scope.get("headers") or []
         size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         size += sum(len(key) + len(value) + 4 for key, value in headers)
@@ -544,19 +566,11 @@ class _Guard:
                 title="Request header fields too large",
                 detail=f"at most {self._max_count} headers and {self._max_bytes} bytes of request line and headers",
             )
-            await _problem_response(doc, close=True)(scope, receive, send)
+            await _problem_response(doc, close=True)(scope, receive, send_marked)
             logger.info("%s %s 431", scope.get("method"), _loggable_path(scope))
             return
-        status = 0
-
-        async def send_and_log(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
         try:
-            await self._app(scope, receive, send_and_log)
+            await self._app(scope, receive, send_marked)
         finally:
             logger.info("%s %s %s", scope.get("method"), _loggable_path(scope), status or "-")
 
