@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 import click
+import httpx
 import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
@@ -98,6 +99,12 @@ def test_a_path_prefix_behind_a_proxy_round_trips() -> None:
             assert store.get("c/d").content == "prefixed"
             assert [info.step_id for info in store.list()] == ["c/d"]
         assert list(space.namespace("a/b")) == ["c/d"]
+        # The API description names the prefix, so a client generated from it calls the prefixed paths.
+        document = httpx.get(
+            server.url + "/artifactstore/v1/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}
+        ).json()
+        assert document["servers"] == [{"url": "/artifactstore"}]
+        assert "/v1/namespaces/{namespace}/artifacts/{step_id}" in document["paths"]
         # Without the prefix there is no API, and that is an error, never "absent".
         unprefixed = HttpSettings(endpoint=server.url, token=SecretStr(TOKEN), retries=0)
         with HttpStore(unprefixed) as store, pytest.raises(BackendError, match="NotFound"):

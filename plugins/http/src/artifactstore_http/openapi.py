@@ -53,9 +53,17 @@ def _marked(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def openapi_document(*, max_body_bytes: int | None = None) -> dict[str, Any]:
-    """The API description as a JSON-ready dict (OpenAPI 3.0.3)."""
-    return _marked(_document(max_body_bytes))
+def openapi_document(*, max_body_bytes: int | None = None, path_prefix: str = "") -> dict[str, Any]:
+    """The API description as a JSON-ready dict (OpenAPI 3.0.3).
+
+    ``path_prefix`` (the server's, e.g. ``/artifactstore``) becomes the document's ``servers`` entry, so
+    that a client generated from it calls the prefixed paths. Raises nothing.
+    """
+    document = _marked(_document(max_body_bytes))
+    if path_prefix:
+        # A relative server URL: resolved against wherever the document was fetched from.
+        document["servers"] = [{"url": path_prefix}]
+    return document
 
 
 def _document(max_body_bytes: int | None) -> dict[str, Any]:

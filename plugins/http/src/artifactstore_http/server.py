@@ -289,7 +289,9 @@ class _App:
                 return JSONResponse({"status": "ok"})
             if segments == [b"v1", b"openapi.json"]:
                 self._allow(request, "GET", "HEAD")
-                return JSONResponse(openapi_document(max_body_bytes=self._max_body))
+                return JSONResponse(
+                    openapi_document(max_body_bytes=self._max_body, path_prefix=self._prefix.decode("ascii"))
+                )
             if not self._authorized(request):
                 return _problem_response(
                     _UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="artifactstore"'}, close=body_pending()
