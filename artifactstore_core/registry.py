@@ -192,11 +192,7 @@ class PluginHost:
                 self._pm.register(plugin, name=ep.value)
                 self._modules[ep.value] = plugin
             # Ask only this plugin, so loading one backend never runs another plugin's code.
-            caller = self._pm.subset_hook_caller(
-                "artifactstore_register_backends",
-                remove_plugins=[p for key, p in self._modules.items() if key != ep.value],
-            )
-            caller(register=registered.append)
+            self._hook_of("artifactstore_register_backends", ep.value)(register=registered.append)
         except Exception as exc:
             raise PluginLoadError(
                 f"backend {name!r} failed to register ({where}): {type(exc).__name__}: {exc}", backend=name
@@ -206,6 +202,12 @@ class PluginHost:
                 return spec
         offered = ", ".join(repr(spec.name) for spec in registered) or "nothing"
         raise PluginLoadError(f"{where} registered {offered}, not backend {name!r}", backend=name)
+
+    def _hook_of(self, hook: str, key: str) -> Any:
+        """A caller of ``hook`` that asks only the plugin registered under ``key`` (its entry-point value)."""
+        return self._pm.subset_hook_caller(
+            hook, remove_plugins=[p for other, p in self._modules.items() if other != key]
+        )
 
     def origin(self, name: str) -> str:
         """The distribution and version that provide backend ``name`` (``"name version"``), for messages.
@@ -273,10 +275,7 @@ class PluginHost:
             for impl in self._pm.hook.artifactstore_register_commands.get_hookimpls():
                 key = impl.plugin_name
                 # Ask only this plugin, as loading does: a hook that raises cannot keep the rest from running.
-                caller = self._pm.subset_hook_caller(
-                    "artifactstore_register_commands",
-                    remove_plugins=[plugin for other, plugin in self._modules.items() if other != key],
-                )
+                caller = self._hook_of("artifactstore_register_commands", key)
                 commands = getattr(cli, "commands", None)
                 before = dict(commands) if isinstance(commands, dict) else None
                 try:

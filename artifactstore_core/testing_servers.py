@@ -30,6 +30,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "accepts_connections",
     "can_bind",
     "free_port",
+    "in_thread",
     "stop_process",
     "wait_for",
 ]
@@ -96,6 +98,27 @@ def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 1.0) -
     except OSError:
         return False
     return True
+
+
+def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | None]]:
+    """Start ``call`` in a new daemon thread, for a test that acts on what it does while it runs.
+
+    Returns the thread and a list that receives, when ``call`` ends, what it raised or ``None``: the test
+    joins the thread (with a timeout) and asserts on that. Raises nothing itself.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 def wait_for(

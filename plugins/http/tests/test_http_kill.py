@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
 from artifactstore_core import ArtifactStoreError, BackendError, Message
+from artifactstore_core.testing_servers import in_thread
 from artifactstore_http.testing import TOKEN, HoldingProxy, ServerProcess, client_for
 from artifactstore_redis.testing import RedisServer
 
@@ -34,18 +34,7 @@ def test_server_killed_mid_upload(redis_process: RedisServer, tmp_path: Path, re
     try:
         with client_for(proxy.url, namespace, retries=retries, read_timeout=30) as store:
             store.save("before", Message(content="saved before the crash"))
-            outcome: list[BaseException | None] = []
-
-            def upload() -> None:
-                try:
-                    store.save("torn", message)
-                except BaseException as exc:  # collected for the main thread
-                    outcome.append(exc)
-                else:
-                    outcome.append(None)
-
-            thread = threading.Thread(target=upload)
-            thread.start()
+            thread, outcome = in_thread(lambda: store.save("torn", message))
             assert proxy.held.wait(timeout=60), "the upload never reached the proxy's hold point"
             server.kill()
             thread.join(timeout=60)

@@ -18,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from artifactstore_core import BackendUnavailableError, Message, StoreClosedError
+from artifactstore_core.testing_servers import in_thread
 from artifactstore_http import HttpStore, client
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread, client_for
@@ -170,22 +171,6 @@ def _recording_clients(
     return made
 
 
-def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | None]]:
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
 @pytest.mark.timeout(120)
 def test_close_ends_a_retry_backoff_and_no_attempt_follows(
     gated: tuple[ServerThread, type[_GatedStore], MemorySpace], monkeypatch: pytest.MonkeyPatch
@@ -197,7 +182,7 @@ def test_close_ends_a_retry_backoff_and_no_attempt_follows(
     answered = threading.Event()
     store = client_for(server.url, "close-backoff", retries=5)
     made = _recording_clients(store, lambda response: answered.set() if response.status_code == 503 else None)
-    thread, outcome = _in_thread(lambda: store.save("a", Message(content=b"x")))
+    thread, outcome = in_thread(lambda: store.save("a", Message(content=b"x")))
     assert answered.wait(timeout=30)  # the first attempt got its 503: the writer backs off
     store.close()
     thread.join(timeout=20)
@@ -221,7 +206,7 @@ def test_a_request_in_flight_during_close_raises_store_closed_and_leaves_no_clie
     space.namespace("close-inflight")["a"] = Message(content=b"stored")
     store = client_for(server.url, "close-inflight", retries=2)
     made = _recording_clients(store)
-    thread, outcome = _in_thread(lambda: store.get("a"))
+    thread, outcome = in_thread(lambda: store.get("a"))
     assert store_class.entered.wait(timeout=30)  # the request reached the server's store
     store.close()
     store_class.release.set()

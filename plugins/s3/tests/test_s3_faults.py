@@ -25,7 +25,7 @@ from artifactstore_core import (
     PayloadTooLargeError,
     StoreClosedError,
 )
-from artifactstore_core.testing_servers import free_port
+from artifactstore_core.testing_servers import free_port, in_thread
 from artifactstore_s3 import S3Store
 from artifactstore_s3.settings import MIB
 
@@ -46,23 +46,6 @@ def inject(store: S3Store, operation: str, responses: Callable[[Any, int], Any])
 
     store.client.meta.events.register(f"before-send.s3.{operation}", handler)
     return attempts
-
-
-def started(call: Callable[[], None]) -> tuple[threading.Thread, list[BaseException | None]]:
-    """Run ``call`` in a new thread; the list receives what it raised, or None, when it ends."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
 
 
 def save_big(store: S3Store, payload: bytes, how: str) -> None:
@@ -376,7 +359,7 @@ def save_while_closing(
         real_close()
 
     monkeypatch.setattr(store, "_close", release_then_close)
-    saver, outcome = started(lambda: save_big(store, BIG_SAVE, how))
+    saver, outcome = in_thread(lambda: save_big(store, BIG_SAVE, how))
     assert held.wait(60), f"the save never sent {operation}"
     store.close()  # the test's timeout stops a close() that waits forever
     saver.join(60)
@@ -457,7 +440,7 @@ def test_close_aborts_the_upload_of_a_save_waiting_for_its_stream(
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
     store.save("warm", Message(content=0))
     stream = StallingProducer(BIG_SAVE, stall_at=10 * MIB)  # two parts sent, the third never comes
-    saver, outcome = started(lambda: store.save_stream("big", stream))
+    saver, outcome = in_thread(lambda: store.save_stream("big", stream))
     try:
         assert stream.stalled.wait(60)
         # close() does not wait for the saving thread (its stream may never go on): it aborts the upload
