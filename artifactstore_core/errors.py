@@ -176,6 +176,27 @@ class AccessDeniedError(BackendError, PermissionError):
 class StoreClosedError(ArtifactStoreError):
     """The store was closed with :meth:`~artifactstore_core.ArtifactStore.close`; create a new one."""
 
+    @classmethod
+    def of_store(cls, namespace: str, backend: str, *, in_flight: bool = False, detail: str = "") -> StoreClosedError:
+        """The error for the store of ``namespace`` on ``backend``, with ``namespace`` and ``backend`` set.
+
+        One wording for every store and backend, so that users (and their log searches) meet one text.
+
+        Args:
+            namespace: the closed store's namespace.
+            backend: the closed store's backend name.
+            in_flight: the operation had begun when :meth:`~artifactstore_core.ArtifactStore.close` was
+                called (and was cut short), rather than being called after it.
+            detail: what became of the cut-short operation's work, such as an upload that was aborted.
+        """
+        state = "was closed while this operation was in flight" if in_flight else "is closed"
+        detail = f"; {detail}" if detail else ""
+        return cls(
+            f"store for namespace {namespace!r} of backend {backend!r} {state}{detail}; create a new one",
+            namespace=namespace,
+            backend=backend,
+        )
+
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of each secret replaced by :data:`REDACTED`.

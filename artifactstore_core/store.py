@@ -549,11 +549,7 @@ class ArtifactStore(ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosedError(
-                f"store for namespace {self._namespace!r} of backend {self.backend_name!r} is closed",
-                namespace=self._namespace,
-                backend=self.backend_name,
-            )
+            raise StoreClosedError.of_store(self._namespace, self.backend_name)
 
     def _ttl(self, ttl: Ttl | None) -> float | None:
         if ttl is None:

@@ -108,3 +108,23 @@ def test_no_secret_survives_redact(text: str, secrets: list[str]) -> None:
             assert secret not in redacted
     if not any(secret and secret in text for secret in secrets) and "%" not in text:
         assert redacted == text
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "detail", "expected"),
+    [
+        (False, "", "store for namespace 'run-1' of backend 's3' is closed; create a new one"),
+        (
+            True,
+            "the upload was aborted",
+            "store for namespace 'run-1' of backend 's3' was closed while this operation was in flight; "
+            "the upload was aborted; create a new one",
+        ),
+    ],
+)
+def test_store_closed_error_of_store_has_one_wording_and_its_fields(
+    in_flight: bool, detail: str, expected: str
+) -> None:
+    error = errors.StoreClosedError.of_store("run-1", "s3", in_flight=in_flight, detail=detail)
+    assert str(error) == expected
+    assert (error.namespace, error.backend, error.step_id) == ("run-1", "s3", None)

@@ -66,7 +66,7 @@ def instrumented(store: HttpStore, counts: InFlight) -> None:
         return client
 
     store._new_client = new_client  # type: ignore[method-assign]
-    store._clients = type(store._clients)(new_client, POOL, 30.0)
+    store._clients = type(store._clients)(new_client, POOL, 30.0, namespace=store.namespace, backend=store.backend_name)
 
 
 @pytest.mark.timeout(120)
@@ -101,7 +101,7 @@ def test_closing_the_store_closes_every_client(memory_server: ServerThread) -> N
         made.append(make())
         return made[-1]
 
-    store._clients = type(store._clients)(new_client, POOL, 30.0)
+    store._clients = type(store._clients)(new_client, POOL, 30.0, namespace=store.namespace, backend=store.backend_name)
     barrier = threading.Barrier(POOL)
 
     def hold(i: int) -> None:

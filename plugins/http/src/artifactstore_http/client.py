@@ -97,11 +97,12 @@ class _Clients:
     """
 
     def __init__(
-        self, make: Callable[[], httpx.Client], size: int, timeout: float, *, what: str = "the http store"
+        self, make: Callable[[], httpx.Client], size: int, timeout: float, *, namespace: str, backend: str
     ) -> None:
         self._make = make
         self._timeout = timeout
-        self._what = what
+        self._namespace = namespace
+        self._backend = backend
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self._idle: list[httpx.Client] = []
@@ -116,8 +117,7 @@ class _Clients:
 
     def closed_error(self, *, in_flight: bool = False) -> StoreClosedError:
         """The error of a request refused (or, ``in_flight``, cut short) because :meth:`close` was called."""
-        state = "was closed while this request was in flight" if in_flight else "is closed"
-        return StoreClosedError(f"{self._what} {state}; create a new one")
+        return StoreClosedError.of_store(self._namespace, self._backend, in_flight=in_flight)
 
     def wait_closed(self, seconds: float) -> bool:
         """Wait up to ``seconds``; ``True`` as soon as (or if already) :meth:`close` is called."""
@@ -279,8 +279,13 @@ class HttpStore(ArtifactStore):
 
     def _new_clients(self) -> _Clients:
         # Waiting for a free client is bounded like httpx's own pool wait was (its pool timeout).
-        what = f"store for namespace {self.namespace!r} of backend {self.backend_name!r}"
-        return _Clients(self._new_client, self._settings.pool_size, self._settings.read_timeout, what=what)
+        return _Clients(
+            self._new_client,
+            self._settings.pool_size,
+            self._settings.read_timeout,
+            namespace=self.namespace,
+            backend=self.backend_name,
+        )
 
     def _http(self) -> _Clients:
         if os.getpid() != self._pid:

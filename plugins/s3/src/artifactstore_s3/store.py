@@ -299,9 +299,11 @@ class S3Store(ArtifactStore):
         return self.client
 
     def _closed_error(self) -> StoreClosedError:
-        return StoreClosedError(
-            f"the store for namespace {self.namespace!r} of backend {self.backend_name!r} was closed while this "
-            "operation was in flight; any multipart upload it had begun was aborted"
+        return StoreClosedError.of_store(
+            self.namespace,
+            self.backend_name,
+            in_flight=True,
+            detail="any multipart upload it had begun was aborted",
         )
 
     def _register(self, pending: set[_T], item: _T) -> None:
