@@ -50,7 +50,9 @@ __all__ = ["FilesystemStore"]
 logger = logging.getLogger(__name__)
 
 _ROOT_ENV = "ARTIFACT_STORE_FILESYSTEM_ROOT"
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: opening a FIFO that sits at an artifact's name must not wait for a writer (the open is then
+# refused by the regular-file check); on a regular file it changes nothing.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 # A writer retries this often when a concurrent clear/delete removes the (empty) directory it just created.
 _DIR_RETRIES = 100
 # link(2) errors that mean "this file system has no hard links" (FAT, some network and FUSE file systems).
@@ -450,21 +452,34 @@ class FilesystemStore(ArtifactStore):
 
     # -- reading --------------------------------------------------------------------------------------
 
-    def _open_file(self, path: str) -> io.FileIO | None:
-        """The artifact file opened unbuffered for reading, or ``None`` if there is none."""
+    def _open_file(self, path: str, step_id: str) -> io.FileIO | None:
+        """The artifact file opened unbuffered for reading, or ``None`` if there is none.
+
+        Raises:
+            BackendError: something other than a regular file (a directory, a FIFO, a device) is there.
+        """
         try:
             fd = os.open(path, _READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                # Read as an artifact, a FIFO would block and a device could stream without end.
+                raise self._not_a_file(path, mode, step_id)
             return io.FileIO(fd, "rb", closefd=True)
-        except OSError as exc:
-            # FileIO refuses a directory after the open succeeded; it neither closes the descriptor it was
-            # given nor names the path (its error's filename is the descriptor's number).
+        except BaseException:
             os.close(fd)
-            if not isinstance(exc.filename, (str, bytes, os.PathLike)):
-                exc.filename = path
             raise
+
+    def _not_a_file(self, path: str, mode: int, step_id: str) -> BackendError:
+        """The error for ``mode``, not a regular file, at ``step_id``'s name: the store's state is broken
+        there, which is an I/O failure to report, never "absent"."""
+        return BackendError(
+            f"artifact {step_id!r} in namespace {self.namespace!r}: {_file_kind(mode)} sits at its name "
+            f"{self._relative(path)!r} under the filesystem root, where only an artifact file belongs; remove it",
+            step_id=step_id,
+        )
 
     def _read_header(self, file: io.FileIO, step_id: str) -> Header:
         """The verified header of ``step_id``'s artifact (signed for this namespace and that id)."""
@@ -476,7 +491,7 @@ class FilesystemStore(ArtifactStore):
         return self.codec.decode_head(prefix + rest, place=(self.namespace, step_id))
 
     def _header_or_none(self, path: str, step_id: str) -> Header | None:
-        file = self._open_file(path)
+        file = self._open_file(path, step_id)
         if file is None:
             return None
         with file:
@@ -513,7 +528,7 @@ class FilesystemStore(ArtifactStore):
 
     def _get(self, step_id: str) -> Message:
         with self._doing("get", step_id):
-            file = self._open_file(self._path(step_id)[1])
+            file = self._open_file(self._path(step_id)[1], step_id)
             if file is None:
                 raise self._not_found(step_id)
             with file:
@@ -528,15 +543,18 @@ class FilesystemStore(ArtifactStore):
 
     def _exists(self, step_id: str) -> bool:
         with self._doing("exists", step_id):
+            path = self._path(step_id)[1]
             try:
-                mode = os.stat(self._path(step_id)[1]).st_mode
+                mode = os.stat(path).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 return False
-            return stat.S_ISREG(mode)
+            if not stat.S_ISREG(mode):
+                raise self._not_a_file(path, mode, step_id)
+            return True
 
     def _open(self, step_id: str) -> IO[bytes]:
         with self._doing("open", step_id):
-            file = self._open_file(self._path(step_id)[1])
+            file = self._open_file(self._path(step_id)[1], step_id)
             if file is None:
                 raise self._not_found(step_id)
             try:
