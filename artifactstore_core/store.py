@@ -84,6 +84,22 @@ def _name_the_artifact(exc: SerializationError, operation: str) -> None:
     exc.args = (f"{operation}: {target} {exc.namespace!r} of backend {exc.backend!r}: {message}",)
 
 
+def _read_source(stream: IO[bytes], step_id: str) -> bytes | None:
+    """One read of the caller's stream for :meth:`ArtifactStore.save_stream` on a backend that does not stream.
+
+    Raises:
+        SerializationError: the stream's ``read()`` raised (chained): the source failed, not the backend,
+            so its error (an ``OSError``, a ``ConnectionError`` of a download) must not pass through the
+            backend's translation, which would report the backend unavailable and the call retryable.
+    """
+    try:
+        return stream.read(_FALLBACK_CHUNK)
+    except Exception as exc:
+        raise SerializationError(
+            f"reading the stream to save as {step_id!r} failed: {type(exc).__name__}: {exc}", step_id=step_id
+        ) from exc
+
+
 def _check_message(message: object) -> Message:
     if not isinstance(message, Message):
         raise TypeError(f"expected a Message, got {type(message).__name__}; wrap it as Message(content=...)")
@@ -348,7 +364,8 @@ class ArtifactStore(ABC):
                 UnsupportedOperationError, ValueError: as :meth:`save`.
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
                 or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
-                never stored cut short).
+                never stored cut short); or ``stream.read()`` raised (the stream's error chained; a
+                streaming backend may raise another non-retryable error for it, see its docs).
         """
         step_id = validate_step_id(step_id)
         seconds = self._ttl(ttl)
@@ -367,7 +384,7 @@ class ArtifactStore(ABC):
                 # was ready and hides the None that said "more to come", which would store a truncated
                 # payload. join() of one chunk returns it without a copy.
                 chunks: list[bytes] = []
-                while chunk := checked_read(stream.read(_FALLBACK_CHUNK)):
+                while chunk := checked_read(_read_source(stream, step_id)):
                     # bytes() freezes a bytearray or memoryview a custom stream returned (and returns bytes
                     # themselves without a copy) chunk by chunk, before they are joined.
                     chunks.append(bytes(chunk))
