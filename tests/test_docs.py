@@ -391,6 +391,35 @@ def test_quickstart_runs_unchanged_in_a_fresh_environment(tmp_path: Path, redis_
     assert run("count.py", **on_redis).strip() == "0"
 
 
+@pytest.mark.timeout(120)
+def test_the_quickstart_command_line_runs_as_written(tmp_path: Path) -> None:
+    """The quickstart's shell lines, run one by one as written (comments dropped) on a file of their own:
+    each succeeds, and the artifact comes back byte for byte, on the command line's default backend."""
+    page = DOCS / "quickstart.md"
+    text = page.read_text()
+    start = text.index("\n## From the command line\n")
+    [block] = [b for b in blocks(page) if b.lang == "bash" and b.line > text[:start].count("\n")][:1]
+    commands = [line.split("#", 1)[0].strip() for line in block.code.splitlines() if line.split("#", 1)[0].strip()]
+    assert [command.split()[:2] for command in commands] == [
+        ["artifactstore", "backends"],
+        ["artifactstore", "put"],
+        ["artifactstore", "ls"],
+        ["artifactstore", "get"],
+    ]
+    report = os.urandom(5000)
+    (tmp_path / "report.pdf").write_bytes(report)
+    env = clean_environment(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for command in commands:
+        result = subprocess.run(
+            command.split(), capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        if command.startswith("artifactstore ls"):
+            assert "report" in result.stdout, result.stdout
+    assert (tmp_path / "copy.pdf").read_bytes() == report
+
+
 # -- hooks --------------------------------------------------------------------------------------------
 
 
