@@ -40,7 +40,13 @@ import blake3
 import zstandard
 from pydantic import ValidationError
 
-from .errors import ArtifactCorruptedError, ConfigurationError, SerializationError, UnsupportedFormatError
+from .errors import (
+    ArtifactCorruptedError,
+    ArtifactStoreError,
+    ConfigurationError,
+    SerializationError,
+    UnsupportedFormatError,
+)
 from .message import (
     FrozenDict,
     Message,
@@ -200,6 +206,19 @@ def _check_ratio(size: int, stored_size: int) -> None:
             f"compressed payload of {stored_size} bytes claims {size} bytes, more than {MAX_COMPRESSION_RATIO}"
             " times as many; no writer compresses that much (a forged or damaged artifact)"
         )
+
+
+def _attribute(exc: ArtifactStoreError, place: tuple[str, str] | None) -> None:
+    """Give ``exc`` the namespace and step id of ``place`` (the artifact being read), where it has none.
+
+    The checks that find damage know nothing of ids; without this, a batch read or a listing that meets
+    one damaged artifact among many could not say which one it is.
+    """
+    if place is not None:
+        if exc.namespace is None:
+            exc.namespace = place[0]
+        if exc.step_id is None:
+            exc.step_id = place[1]
 
 
 def place_bytes(place: tuple[str, str]) -> bytes:
@@ -647,6 +666,13 @@ class Codec:
             ConfigurationError: the artifact is signed and this codec has no signing key.
             ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
+        try:
+            return self._verify_head(head, place)
+        except ArtifactStoreError as exc:
+            _attribute(exc, place)
+            raise
+
+    def _verify_head(self, head: bytes | memoryview, place: tuple[str, str] | None) -> Header:
         size = self.head_size(head)
         if len(head) != size:
             raise ArtifactCorruptedError(f"envelope head is {len(head)} bytes; expected {size}")
@@ -779,9 +805,13 @@ class Codec:
             The errors of :meth:`decode_head`.
         """
         view = memoryview(blob)
-        size = self.head_size(view[:PREFIX_SIZE])
-        if len(view) < size:
-            raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+        try:
+            size = self.head_size(view[:PREFIX_SIZE])
+            if len(view) < size:
+                raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+        except ArtifactStoreError as exc:
+            _attribute(exc, place)
+            raise
         return self.decode_head(view[:size], place=place)
 
     def decode(
@@ -794,7 +824,12 @@ class Codec:
                 :meth:`decode_head`, and :class:`~artifactstore_core.errors.ArtifactCorruptedError` for a
                 payload of the wrong size or digest.
         """
-        return self.decode_payload(self.decode_head(head, place=place), payload)
+        header = self.decode_head(head, place=place)
+        try:
+            return self.decode_payload(header, payload)
+        except ArtifactStoreError as exc:
+            _attribute(exc, place)
+            raise
 
     def decode_bytes(self, blob: bytes | memoryview, *, place: tuple[str, str] | None = None) -> Message:
         """Verify and decode an artifact stored as one buffer (head followed by payload), for ``place``.
@@ -803,9 +838,13 @@ class Codec:
             The errors of :meth:`decode`.
         """
         view = memoryview(blob)
-        size = self.head_size(view[:PREFIX_SIZE])
-        if len(view) < size:
-            raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+        try:
+            size = self.head_size(view[:PREFIX_SIZE])
+            if len(view) < size:
+                raise ArtifactCorruptedError("stored artifact is truncated inside its head")
+        except ArtifactStoreError as exc:
+            _attribute(exc, place)
+            raise
         return self.decode(view[:size], view[size:], place=place)
 
     def decode_payload(self, header: Header, payload: bytes | memoryview) -> Message:

@@ -74,6 +74,32 @@ def _ttl_seconds(ttl: Ttl | None) -> float | None:
     return seconds
 
 
+def _name_the_artifact(exc: SerializationError, operation: str) -> None:
+    """Put the operation, step id, namespace and backend in the message of ``exc``, unless it names the id
+    already (see :meth:`ArtifactStore._in_context`)."""
+    message = exc.message
+    if exc.step_id is not None and repr(exc.step_id) in message:
+        return
+    target = f"artifact {exc.step_id!r} in namespace" if exc.step_id is not None else "namespace"
+    exc.args = (f"{operation}: {target} {exc.namespace!r} of backend {exc.backend!r}: {message}",)
+
+
+def _read_source(stream: IO[bytes], step_id: str) -> bytes | None:
+    """One read of the caller's stream for :meth:`ArtifactStore.save_stream` on a backend that does not stream.
+
+    Raises:
+        SerializationError: the stream's ``read()`` raised (chained): the source failed, not the backend,
+            so its error (an ``OSError``, a ``ConnectionError`` of a download) must not pass through the
+            backend's translation, which would report the backend unavailable and the call retryable.
+    """
+    try:
+        return stream.read(_FALLBACK_CHUNK)
+    except Exception as exc:
+        raise SerializationError(
+            f"reading the stream to save as {step_id!r} failed: {type(exc).__name__}: {exc}", step_id=step_id
+        ) from exc
+
+
 def _check_message(message: object) -> Message:
     if not isinstance(message, Message):
         raise TypeError(f"expected a Message, got {type(message).__name__}; wrap it as Message(content=...)")
@@ -338,7 +364,8 @@ class ArtifactStore(ABC):
                 UnsupportedOperationError, ValueError: as :meth:`save`.
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
                 or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
-                never stored cut short).
+                never stored cut short); or ``stream.read()`` raised (the stream's error chained; a
+                streaming backend may raise another non-retryable error for it, see its docs).
         """
         step_id = validate_step_id(step_id)
         seconds = self._ttl(ttl)
@@ -357,7 +384,7 @@ class ArtifactStore(ABC):
                 # was ready and hides the None that said "more to come", which would store a truncated
                 # payload. join() of one chunk returns it without a copy.
                 chunks: list[bytes] = []
-                while chunk := checked_read(stream.read(_FALLBACK_CHUNK)):
+                while chunk := checked_read(_read_source(stream, step_id)):
                     # bytes() freezes a bytearray or memoryview a custom stream returned (and returns bytes
                     # themselves without a copy) chunk by chunk, before they are joined.
                     chunks.append(bytes(chunk))
@@ -560,15 +587,27 @@ class ArtifactStore(ABC):
             )
         return _ttl_seconds(ttl)
 
+    def _in_context(self, exc: ArtifactStoreError, operation: str, step_id: str | None) -> ArtifactStoreError:
+        """``exc`` with this store's backend, namespace and ``step_id`` where it names none.
+
+        A :class:`SerializationError` (damaged or foreign stored bytes, content that cannot be encoded) comes
+        from the codec, which knows nothing of ids; its message then also gets ``operation`` and the artifact,
+        so a log line of a batch read or a listing says which artifact it is. Backends that raise errors
+        outside :meth:`_raise` (from a stream returned by :meth:`open`) pass them through this too.
+        """
+        if exc.backend is None:
+            exc.backend = self.backend_name
+        if exc.namespace is None:
+            exc.namespace = self._namespace
+        if exc.step_id is None:
+            exc.step_id = step_id
+        if isinstance(exc, SerializationError):
+            _name_the_artifact(exc, operation)
+        return exc
+
     def _raise(self, exc: Exception, operation: str, step_id: str | None) -> NoReturn:
         if isinstance(exc, ArtifactStoreError):
-            if exc.backend is None:
-                exc.backend = self.backend_name
-            if exc.namespace is None:
-                exc.namespace = self._namespace
-            if exc.step_id is None:
-                exc.step_id = step_id
-            raise exc
+            raise self._in_context(exc, operation, step_id)
         error = self._translate_error(exc)
         if error is None:
             target = f" of {step_id!r}" if step_id is not None else ""

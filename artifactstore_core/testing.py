@@ -37,6 +37,8 @@ from .errors import (
     ArtifactExistsError,
     ArtifactNotFoundError,
     ArtifactStoreError,
+    BackendTimeoutError,
+    BackendUnavailableError,
     InvalidStepIdError,
     SchemaMismatchError,
     SerializationError,
@@ -593,6 +595,39 @@ class StoreConformance:
             with pytest.raises(SerializationError, match="blocking stream"):
                 store.save_stream("non-blocking", cast(IO[bytes], NonBlocking(*steps)))
             assert not store.exists("non-blocking")
+
+    def test_save_stream_does_not_blame_the_backend_for_a_failing_stream(self, store: ArtifactStore) -> None:
+        # The caller's source failing (a disk error, a dropped download) is not the backend failing: the error
+        # must not claim the backend is unavailable or invite a retry (the stream is spent), it must chain the
+        # stream's own exception, and nothing may be stored.
+        class Failing(io.RawIOBase):
+            def __init__(self, error: Exception) -> None:
+                self._error = error
+                self._sent = False
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int:
+                if self._sent:
+                    raise self._error
+                self._sent = True
+                buffer[:5] = b"first"
+                return 5
+
+        for error in (OSError(5, "Input/output error"), ConnectionResetError(104, "reset by the source")):
+            with pytest.raises(ArtifactStoreError) as info:
+                store.save_stream("failing-source", cast(IO[bytes], Failing(error)))
+            raised = info.value
+            assert not raised.retryable, f"{type(raised).__name__}: {raised}"
+            assert not isinstance(raised, (BackendUnavailableError, BackendTimeoutError)), raised
+            causes = []
+            cause: BaseException | None = raised
+            while cause is not None:
+                causes.append(cause)
+                cause = cause.__cause__
+            assert error in causes, f"the stream's error is not chained: {raised!r}"
+            assert not store.exists("failing-source")
 
     def test_open_text_and_json(self, store: ArtifactStore) -> None:
         store.save("t", Message(content="héllo"))

@@ -130,7 +130,8 @@ def output_matches(expected: str, actual: str) -> bool:
     return re.fullmatch("".join(pattern), actual.rstrip("\n") + "\n") is not None
 
 
-PAGES_WITH_CODE = [page for page in PAGES if any(block.lang in PYTHON for block in blocks(page))]
+# The README's quickstart is the first code a newcomer runs: it is run like a page's.
+PAGES_WITH_CODE = [page for page in [*PAGES, ROOT / "README.md"] if any(block.lang in PYTHON for block in blocks(page))]
 
 
 # -- services the blocks may require ------------------------------------------------------------------
@@ -253,7 +254,7 @@ def clean_environment(workdir: Path) -> dict[str, str]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda page: str(page.relative_to(DOCS)))
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda page: str(page.relative_to(ROOT)))
 def test_python_examples_run(page: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     page_blocks = blocks(page)
     to_run: list[dict[str, Any]] = []
@@ -388,6 +389,35 @@ def test_quickstart_runs_unchanged_in_a_fresh_environment(tmp_path: Path, redis_
         "    print(len(list(store.list())))\n"
     )
     assert run("count.py", **on_redis).strip() == "0"
+
+
+@pytest.mark.timeout(120)
+def test_the_quickstart_command_line_runs_as_written(tmp_path: Path) -> None:
+    """The quickstart's shell lines, run one by one as written (comments dropped) on a file of their own:
+    each succeeds, and the artifact comes back byte for byte, on the command line's default backend."""
+    page = DOCS / "quickstart.md"
+    text = page.read_text()
+    start = text.index("\n## From the command line\n")
+    [block] = [b for b in blocks(page) if b.lang == "bash" and b.line > text[:start].count("\n")][:1]
+    commands = [line.split("#", 1)[0].strip() for line in block.code.splitlines() if line.split("#", 1)[0].strip()]
+    assert [command.split()[:2] for command in commands] == [
+        ["artifactstore", "backends"],
+        ["artifactstore", "put"],
+        ["artifactstore", "ls"],
+        ["artifactstore", "get"],
+    ]
+    report = os.urandom(5000)
+    (tmp_path / "report.pdf").write_bytes(report)
+    env = clean_environment(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for command in commands:
+        result = subprocess.run(
+            command.split(), capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        if command.startswith("artifactstore ls"):
+            assert "report" in result.stdout, result.stdout
+    assert (tmp_path / "copy.pdf").read_bytes() == report
 
 
 # -- hooks --------------------------------------------------------------------------------------------
@@ -699,6 +729,48 @@ def test_default_check_catches_drift() -> None:
     assert default_problem("X", "`false`", True) is not None
     assert default_problem("X", "`other`", "artifactstore") is not None
     assert default_problem("X", "`redis://127.0.0.1:6379/0`", SecretStr("redis://127.0.0.1:6379/0")) is None
+
+
+TABLE_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def headless_table_rows(text: str) -> list[int]:
+    """1-based lines that start a table (a ``|`` line after a line that is not one) without the header
+    separator right after them: markdown renders such rows as a paragraph of pipes, not as a table. Code
+    blocks are skipped."""
+    lines = text.splitlines()
+    problems = []
+    fence: str | None = None
+    for index, line in enumerate(lines):
+        match = FENCE.match(line)
+        if match and (fence is None or line.strip().startswith(fence)):
+            fence = None if fence else match["fence"]
+            continue
+        if fence or not line.startswith("|"):
+            continue
+        previous = lines[index - 1] if index else ""
+        if previous.startswith("|"):
+            continue
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if not TABLE_SEPARATOR.match(following.strip()):
+            problems.append(index + 1)
+    return problems
+
+
+def test_every_table_has_a_header() -> None:
+    problems = [
+        f"{page.relative_to(ROOT)}:{line}"
+        for page in [*PAGES, ROOT / "README.md"]
+        for line in headless_table_rows(page.read_text())
+    ]
+    assert problems == [], "a table row without a header (a blank line inside a table?): " + ", ".join(problems)
+
+
+def test_headless_table_check_catches_a_blank_line_inside_a_table() -> None:
+    table = "| a | b |\n|---|---|\n| 1 | 2 |\n"
+    assert headless_table_rows(table) == []
+    assert headless_table_rows(table + "\n| 3 | 4 |\n") == [5]
+    assert headless_table_rows("```\n| not | a table |\n```\n") == []
 
 
 # -- the site's pages ---------------------------------------------------------------------------------

@@ -422,6 +422,49 @@ def test_a_forged_zstd_bomb_is_refused_by_a_store_without_decompressing(
         store.clear()
 
 
+@pytest.mark.timeout(120)
+def test_a_damaged_artifact_is_named_by_every_read(byte_backend: Backend) -> None:
+    """errors.md: every error has ``step_id``, ``namespace`` and ``backend`` and "a message that names them".
+    A damaged artifact found by a batch read or a listing must say which one it is: the codec that detects
+    the damage knows nothing of ids, and a bare "payload digest does not match its header" in a log of a
+    500-artifact ``get_many`` leaves the user to guess."""
+    backend = byte_backend
+    assert backend.plant is not None
+    ns = namespace("named")
+    good, bad = "good", "bad/one"
+    with backend.make(ns) as store:
+        store.save(good, Message(content=b"fine"))
+        head, _ = split(Message(content=b"0123456789"), store.codec)
+        damaged = {
+            "altered payload": (head, b"9123456789"),  # valid head; only the payload's digest tells
+            "not an envelope": (b"this is no envelope at all, " * 4, b""),
+        }
+        wrong = []
+        for case, (stored_head, stored_payload) in damaged.items():
+            backend.plant(ns, bad, stored_head, stored_payload)
+            calls = {
+                "get": lambda: store.get(bad),
+                "get_many": lambda: store.get_many([good, bad]),
+                "info": lambda: store.info(bad),
+                "list": lambda: list(store.list()),
+                "open": lambda: store.open(bad).read(),
+            }
+            for name, call in calls.items():
+                try:
+                    call()
+                except SerializationError as exc:
+                    where = (exc.step_id, exc.namespace, exc.backend)
+                    if where != (bad, ns, backend.name):
+                        wrong.append(f"{case}, {name}: the error says it concerns {where}")
+                    if repr(bad) not in str(exc) or repr(ns) not in str(exc):
+                        wrong.append(f"{case}, {name}: the message does not name the artifact: {exc}")
+                except Exception as exc:
+                    wrong.append(f"{case}, {name}: {type(exc).__name__}: {exc}")
+                # A listing reads heads only: it shows a valid head over an altered payload, as documented.
+        store.clear()
+    assert wrong == [], "\n".join(wrong)
+
+
 def _forge_raw(body: bytes, payload: bytes) -> tuple[bytes, bytes]:
     prefix = struct.pack(">4sBI", b"ARTF", 1, len(body)) + body
     return prefix + blake3.blake3(prefix).digest(), payload

@@ -579,10 +579,7 @@ class FilesystemStore(ArtifactStore):
                 error = self._os_error(exc, "read", step_id)
             else:  # pragma: no cover - VerifiedPayload only passes OSError and store errors
                 error = BackendError(f"reading {step_id!r} failed: {type(exc).__name__}")
-            error.step_id = error.step_id or step_id
-            error.namespace = error.namespace or self.namespace
-            error.backend = error.backend or self.backend_name
-            return error
+            return self._in_context(error, "open", step_id)
 
         return fail
 
