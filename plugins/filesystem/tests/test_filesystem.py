@@ -37,6 +37,7 @@ from artifactstore_core import (
     create_store,
 )
 from artifactstore_core.envelope import FORMAT_VERSION, MAGIC, PREFIX_SIZE, TAG_SIZE
+from artifactstore_core.testing_servers import in_thread
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore, default_root, durable
 from artifactstore_filesystem import store as store_module
 from artifactstore_filesystem.layout import TEMP_PREFIX
@@ -740,6 +741,39 @@ def test_a_directory_at_the_final_name_is_an_error_naming_the_errno(
     assert str(root) not in str(info.value)
     assert _open_fds() == before
     assert final.is_dir()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("operation", ["get", "open", "info"])
+def test_a_fifo_at_the_final_name_is_refused_without_blocking(
+    make_fs_store: MakeFsStore, root: Path, operation: str
+) -> None:
+    # Opening a FIFO for reading waits for a writer: a FIFO planted at an artifact's name hung every read.
+    store = make_fs_store()
+    store.save("other", Message(content=b"x"))
+    final = _file_of(store, "a")
+    os.mkfifo(final)
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: store.get("a"),
+        "open": lambda: store.open("a"),
+        "info": lambda: store.info("a"),
+    }
+    before = _open_fds()
+    thread, outcome = in_thread(calls[operation])
+    thread.join(10)
+    if thread.is_alive():
+        with open(final, "wb"):  # a writer ends the open (then EOF), so the thread does not outlive the test
+            pass
+        thread.join(10)
+        pytest.fail(f"{operation} blocked on a FIFO at the artifact's name")
+    (error,) = outcome
+    assert type(error) is BackendError
+    assert "a FIFO sits at the artifact's name '@default/@a'" in str(error)
+    assert error.step_id == "a"
+    assert str(root) not in str(error)
+    assert _open_fds() == before
+    assert [info.step_id for info in store.list()] == ["other"]
 
 
 def test_an_int_filename_is_mapped_without_a_path(make_fs_store: MakeFsStore) -> None:

@@ -50,7 +50,9 @@ __all__ = ["FilesystemStore"]
 logger = logging.getLogger(__name__)
 
 _ROOT_ENV = "ARTIFACT_STORE_FILESYSTEM_ROOT"
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: opening a FIFO someone put at an artifact's name would otherwise wait forever for a writer
+# (the file is then refused as not regular); reads of a regular file ignore the flag.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 # A writer retries this often when a concurrent clear/delete removes the (empty) directory it just created.
 _DIR_RETRIES = 100
 # link(2) errors that mean "this file system has no hard links" (FAT, some network and FUSE file systems).
@@ -451,11 +453,28 @@ class FilesystemStore(ArtifactStore):
     # -- reading --------------------------------------------------------------------------------------
 
     def _open_file(self, path: str) -> io.FileIO | None:
-        """The artifact file opened unbuffered for reading, or ``None`` if there is none."""
+        """The artifact file opened unbuffered for reading, or ``None`` if there is none.
+
+        Raises:
+            BackendError: a FIFO, socket or device file sits at ``path`` (it is not read: a FIFO or a
+                terminal would block the reader forever, a device could be read without end).
+            OSError: the open failed otherwise (a directory at ``path`` included).
+        """
         try:
             fd = os.open(path, _READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            mode = os.fstat(fd).st_mode
+        except BaseException:
+            os.close(fd)
+            raise
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a directory: FileIO's own error below
+            os.close(fd)
+            raise BackendError(
+                f"{_file_kind(mode)} sits at the artifact's name {self._relative(path)!r} under the filesystem "
+                "root, where only an artifact file belongs; it was not read: remove it"
+            )
         try:
             return io.FileIO(fd, "rb", closefd=True)
         except OSError as exc:
