@@ -446,6 +446,13 @@ def test_damaged_artifacts_raise_corrupted(
         store.get("headless")
     with pytest.raises(ArtifactCorruptedError):
         store.get_many(["flipped"])
+    # info() reads only the head: a hash without one is damaged too, not missing (it exists, as get() says).
+    assert store.exists("headless")
+    with pytest.raises(ArtifactCorruptedError, match="missing its head") as info:
+        store.info("headless")
+    assert info.value.step_id == "headless"
+    with pytest.raises(ArtifactNotFoundError):
+        store.info("never saved")
 
 
 @pytest.mark.parametrize("member", [b"%FF", b"ABC", b"\xff\xfe", b"%00", b"a" * 800, b"a:b"])

@@ -496,12 +496,15 @@ class RedisStore(ArtifactStore):
 
     def _decode(self, step_id: str, head: bytes | None, payload: bytes | None) -> Message:
         if head is None or payload is None:
-            raise ArtifactCorruptedError(
-                f"artifact {step_id!r} in namespace {self.namespace!r} is missing its "
-                f"{'head' if head is None else 'payload'} (written by something other than this backend?)",
-                step_id=step_id,
-            )
+            raise self._decode_error_missing(step_id, "head" if head is None else "payload")
         return self.codec.decode(head, payload, place=(self.namespace, step_id))
+
+    def _decode_error_missing(self, step_id: str, part: str) -> ArtifactCorruptedError:
+        return ArtifactCorruptedError(
+            f"artifact {step_id!r} in namespace {self.namespace!r} is missing its {part} (written by something "
+            "other than this backend?)",
+            step_id=step_id,
+        )
 
     # -- the operations -------------------------------------------------------------------------------
 
@@ -576,6 +579,10 @@ class RedisStore(ArtifactStore):
         key = self._key(self._member(step_id))
         head = self._retrying(lambda: cast(bytes | None, self._client.hget(key, b"head")))
         if head is None:
+            # The artifact is its hash: a hash without a head (written by something else) exists, and is
+            # damaged, as get() says; only a missing hash is "not found". Checked only on this rare path.
+            if self._retrying(lambda: self._client.exists(key)):
+                raise self._decode_error_missing(step_id, "head")
             raise self._not_found(step_id)
         return self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
 
