@@ -198,6 +198,28 @@ def test_a_server_echoing_the_token_in_its_problem_detail_never_gets_it_into_an_
             assert "bad request with Bearer" in text  # the rest of the server's text is kept
 
 
+@pytest.mark.parametrize("status", [400, 500, 503])
+def test_a_server_echoing_the_token_in_other_problem_fields_never_gets_it_into_an_error(status: int) -> None:
+    # Only the detail was redacted: an echoed type (quoted in the message when it is not a known error),
+    # Artifactstore-Error header, step_id or namespace carried the token into the error.
+    def app(request: Request) -> Response:
+        auth = request.headers["authorization"]
+        doc = {"status": status, "step_id": auth, "namespace": auth, "detail": "echo"}
+        if request.path_params["step"] == "a":
+            doc["type"] = auth
+        headers = {"Artifactstore-Error": auth}
+        return Response(json.dumps(doc), status_code=status, media_type="application/problem+json", headers=headers)
+
+    with store_of_a_server_answering(app) as store:
+        for step in "ab":
+            with pytest.raises(BackendError) as info:
+                store.get(step)
+            error = info.value
+            text = f"{error} {error!r} {error.args} {error.__dict__}"
+            assert TOKEN not in text
+            assert "(Bearer **********)" in str(error)  # what was quoted, masked
+
+
 def test_unreachable_server_is_backend_unavailable() -> None:
     with bound_socket() as unused:
         url = f"http://127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: connections are refused
