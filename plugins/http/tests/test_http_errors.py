@@ -334,7 +334,8 @@ def test_idempotent_operations_retry_retryable_answers(flaky_server: ServerThrea
 def test_answers_are_retried_only_when_the_server_says_they_are_retryable(
     flaky_server: ServerThread, error: type[ArtifactStoreError], attempts: int
 ) -> None:
-    # A plain BackendError (502, e.g. a Redis WRONGTYPE reply) is permanent: repeating it repeats the failure.
+    # A plain BackendError (502, e.g. a Redis error reply the backend does not classify) is permanent: repeating it
+    # repeats the failure.
     namespace = f"permanent-{error.__name__}"
     FlakyStore.failures[namespace], FlakyStore.errors[namespace] = 100, error
     with client_for(flaky_server.url, namespace, retries=2) as store:

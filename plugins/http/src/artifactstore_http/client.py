@@ -533,9 +533,9 @@ def _retryable_answer(response: httpx.Response) -> bool:
     """Whether a 502, 503 or 504 answer may be worth repeating.
 
     An artifact server types each failure (the ``Artifactstore-Error`` header and a problem body) and says
-    in the problem whether it is retryable: a plain ``BackendError`` (502, e.g. a Redis ``WRONGTYPE``
-    reply) is not, and repeating it only repeats the failure. An answer without that header is not from an
-    artifact server (a proxy or gateway) and is transient by its status.
+    in the problem whether it is retryable: a plain ``BackendError`` (502, e.g. a Redis error reply the
+    backend does not classify) is not, and repeating it only repeats the failure. An answer without that
+    header is not from an artifact server (a proxy or gateway) and is transient by its status.
     """
     name = response.headers.get(ERROR_HEADER)
     if name is None:
