@@ -220,6 +220,26 @@ def test_a_server_echoing_the_token_in_other_problem_fields_never_gets_it_into_a
             assert "(Bearer **********)" in str(error)  # what was quoted, masked
 
 
+def test_a_server_repeating_a_list_cursor_cannot_make_list_endless() -> None:
+    # Each page's next_cursor pointed back to an earlier page: list() yielded the same items forever.
+    item = {"step_id": "a", "size": 1, "digest": "blake3:00", "media_type": "x/y", "schema_name": None}
+    item["created_at"] = "2026-01-01T00:00:00Z"
+
+    def app(request: Request) -> Response:
+        following = {None: "YQ", "YQ": "Yg", "Yg": "YQ"}[request.query_params.get("cursor")]
+        body = json.dumps({"items": [item], "next_cursor": following})
+        return Response(body, media_type="application/json", headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
+
+    def first_hundred(store: HttpStore) -> list[str]:
+        return [info.step_id for info, _ in zip(store.list(), range(100), strict=False)]
+
+    with (
+        store_of_a_server_answering(app, path="/v1/namespaces/default/artifacts") as store,
+        pytest.raises(BackendError, match="list cursor it had already given"),
+    ):
+        first_hundred(store)  # without the check: 100 copies of "a", and the listing would go on
+
+
 def test_unreachable_server_is_backend_unavailable() -> None:
     with bound_socket() as unused:
         url = f"http://127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: connections are refused

@@ -451,6 +451,9 @@ class HttpStore(ArtifactStore):
 
     def _list(self) -> Iterator[ArtifactInfo]:
         cursor: str | None = None
+        # A cursor the server already gave would list the same page again, and again: a broken or hostile
+        # server could keep list() (and list(store.list())'s memory) going without end.
+        given: set[str] = set()
         while True:
             params = {"cursor": cursor} if cursor is not None else None
             response = self._send("list", "GET", self._url("artifacts"), params=params)
@@ -462,6 +465,12 @@ class HttpStore(ArtifactStore):
             cursor = _json_field(response, "next_cursor", (str, type(None)), self._display)
             if cursor is None:
                 return
+            if cursor in given:
+                raise BackendError(
+                    f"artifact server {self._display} answered a list cursor it had already given: the listing "
+                    "would never end"
+                )
+            given.add(cursor)
 
     def _clear(self) -> int:
         response = self._send("clear", "DELETE", self._base.copy_with(raw_path=self._ns_path))
