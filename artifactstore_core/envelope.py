@@ -456,11 +456,17 @@ class Codec:
         compress_threshold: JSON and text payloads of at least this many bytes are zstd-compressed when
             that saves at least an eighth; ``None`` disables compression. ``bytes`` content is never
             compressed, so its stored payload is exactly the bytes saved.
+
+    Raises:
+        ValueError: ``signing_key`` is empty. ``None`` means "do not sign"; an empty key is what a missing
+            secret turns into (``os.environ.get("KEY", "").encode()``) and must not quietly mean the same.
     """
 
     def __init__(
         self, *, signing_key: bytes | None = None, compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD
     ) -> None:
+        if signing_key is not None and not signing_key:
+            raise ValueError("signing_key is empty; pass None to not sign")
         self._key = blake3.blake3(signing_key, derive_key_context=_KEY_CONTEXT).digest() if signing_key else None
         self.compress_threshold = compress_threshold
 

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -107,7 +107,8 @@ class CoreSettings(_Settings):
     signing_key: SecretStr | None = Field(
         default=None,
         description="Secret that turns every artifact's digest into a keyed MAC (BLAKE3 keyed mode); readers "
-        "with the key refuse artifacts written or altered without it.",
+        "with the key refuse artifacts written or altered without it. Unset: artifacts are not signed. Set "
+        "but empty or only whitespace: ConfigurationError (a missing secret, not a request for no signing).",
     )
     compression: bool = Field(
         default=True, description="zstd-compress JSON and text payloads of at least compress_threshold bytes."
@@ -115,6 +116,16 @@ class CoreSettings(_Settings):
     compress_threshold: int = Field(
         default=64 * 1024, ge=0, description="Smallest JSON or text payload (bytes) that is compressed."
     )
+
+    @field_validator("signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty value is what a deployment template leaves when its secret is missing: taking it for
+        # "no key" would write unsigned artifacts (and accept them) without anyone noticing. Leaving the
+        # variable unset is the way to ask for no signing.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty (or only whitespace); set the key, or unset the variable to not sign")
+        return value
 
 
 class BackendSettings(_Settings):

@@ -141,6 +141,14 @@ SIGNER = Codec(signing_key=b"place key")
 HERE = ("ns", "a")
 
 
+def test_an_empty_signing_key_is_refused_not_taken_for_no_key() -> None:
+    # b"" (a missing secret: os.environ.get("KEY", "").encode()) made an unsigned codec without a word.
+    with pytest.raises(ValueError, match="signing_key is empty"):
+        Codec(signing_key=b"")
+    assert not Codec(signing_key=None).signed
+    assert Codec(signing_key=b"\x00").signed
+
+
 def test_a_bound_signature_verifies_only_for_its_own_place() -> None:
     encoded = SIGNER.encode(SAMPLE, place=HERE)
     assert encoded.header.mac == "blake3-keyed-place"

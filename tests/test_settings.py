@@ -109,3 +109,23 @@ def test_signed_store_round_trip_and_refuses_unsigned(monkeypatch: pytest.Monkey
             with pytest.raises(ArtifactCorruptedError, match="not signed"):
                 signed.get("plain")
         unsigned.clear()
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t\n  "])
+def test_empty_signing_key_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    # A deployment template whose secret is missing sets the variable to "": that must not quietly mean
+    # "write and accept unsigned artifacts". Unset is the way to not sign.
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", value)
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_SIGNING_KEY.*empty") as info:
+        create_store()
+    assert info.value.__cause__ is None
+    monkeypatch.delenv("ARTIFACT_STORE_SIGNING_KEY")
+    (tmp_path / "artifactstore.toml").write_text(f"signing_key = {value!r}\n".replace("'", '"'))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SIGNING_KEY"):
+        load_settings(CoreSettings)
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", " a key with spaces ")
+    with create_store() as store:
+        assert store.codec.signed

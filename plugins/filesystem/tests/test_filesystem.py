@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import stat
 import struct
 import sys
@@ -144,6 +145,20 @@ def test_namespaces_lists_only_namespaces_with_artifacts(make_fs_store: MakeFsSt
     empty.save("c", Message(content=3))
     empty.delete("c")
     assert one.namespaces() == ["Two/2", "one"]
+
+
+@pytest.mark.parametrize("name", ["@%00", "@%C2%85", "@" + "a" * 129])
+def test_namespaces_skips_directories_that_decode_to_no_legal_namespace(
+    make_fs_store: MakeFsStore, root: Path, name: str
+) -> None:
+    # A directory made by hand whose name decodes to an illegal namespace (a control character, over 128
+    # bytes) was listed, and `artifactstore gc` then failed whole on the InvalidStepIdError of its store.
+    store = make_fs_store("one")
+    store.save("a", Message(content=1))
+    forged = root / name
+    forged.mkdir()
+    shutil.copyfile(_file_of(store, "a"), forged / "@a")
+    assert store.namespaces() == ["one"]
 
 
 # -- durability and write-once -----------------------------------------------------------------------
@@ -747,6 +762,9 @@ def test_a_directory_or_fifo_at_the_final_name_is_an_error_never_absent_nor_a_ha
     assert str(root) not in str(info.value)
     assert _open_fds() == before
     assert final.is_dir() if kind == "directory" else stat.S_ISFIFO(final.lstat().st_mode)
+    if operation == "exists":  # a listing shows artifacts only, and passes over what is not one
+        store.save("other", Message(content=b"x"))
+        assert [info.step_id for info in store.list()] == ["other"]
 
 
 def test_an_int_filename_is_mapped_without_a_path(make_fs_store: MakeFsStore) -> None:

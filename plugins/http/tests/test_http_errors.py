@@ -198,6 +198,48 @@ def test_a_server_echoing_the_token_in_its_problem_detail_never_gets_it_into_an_
             assert "bad request with Bearer" in text  # the rest of the server's text is kept
 
 
+@pytest.mark.parametrize("status", [400, 500, 503])
+def test_a_server_echoing_the_token_in_other_problem_fields_never_gets_it_into_an_error(status: int) -> None:
+    # Only the detail was redacted: an echoed type (quoted in the message when it is not a known error),
+    # Artifactstore-Error header, step_id or namespace carried the token into the error.
+    def app(request: Request) -> Response:
+        auth = request.headers["authorization"]
+        doc = {"status": status, "step_id": auth, "namespace": auth, "detail": "echo"}
+        if request.path_params["step"] == "a":
+            doc["type"] = auth
+        headers = {"Artifactstore-Error": auth}
+        return Response(json.dumps(doc), status_code=status, media_type="application/problem+json", headers=headers)
+
+    with store_of_a_server_answering(app) as store:
+        for step in "ab":
+            with pytest.raises(BackendError) as info:
+                store.get(step)
+            error = info.value
+            text = f"{error} {error!r} {error.args} {error.__dict__}"
+            assert TOKEN not in text
+            assert "(Bearer **********)" in str(error)  # what was quoted, masked
+
+
+def test_a_server_repeating_a_list_cursor_cannot_make_list_endless() -> None:
+    # Each page's next_cursor pointed back to an earlier page: list() yielded the same items forever.
+    item = {"step_id": "a", "size": 1, "digest": "blake3:00", "media_type": "x/y", "schema_name": None}
+    item["created_at"] = "2026-01-01T00:00:00Z"
+
+    def app(request: Request) -> Response:
+        following = {None: "YQ", "YQ": "Yg", "Yg": "YQ"}[request.query_params.get("cursor")]
+        body = json.dumps({"items": [item], "next_cursor": following})
+        return Response(body, media_type="application/json", headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
+
+    def first_hundred(store: HttpStore) -> list[str]:
+        return [info.step_id for info, _ in zip(store.list(), range(100), strict=False)]
+
+    with (
+        store_of_a_server_answering(app, path="/v1/namespaces/default/artifacts") as store,
+        pytest.raises(BackendError, match="list cursor it had already given"),
+    ):
+        first_hundred(store)  # without the check: 100 copies of "a", and the listing would go on
+
+
 def test_unreachable_server_is_backend_unavailable() -> None:
     with bound_socket() as unused:
         url = f"http://127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: connections are refused
@@ -312,7 +354,8 @@ def test_idempotent_operations_retry_retryable_answers(flaky_server: ServerThrea
 def test_answers_are_retried_only_when_the_server_says_they_are_retryable(
     flaky_server: ServerThread, error: type[ArtifactStoreError], attempts: int
 ) -> None:
-    # A plain BackendError (502, e.g. a Redis WRONGTYPE reply) is permanent: repeating it repeats the failure.
+    # A plain BackendError (502, e.g. a Redis error reply the backend does not classify) is permanent: repeating it
+    # repeats the failure.
     namespace = f"permanent-{error.__name__}"
     FlakyStore.failures[namespace], FlakyStore.errors[namespace] = 100, error
     with client_for(flaky_server.url, namespace, retries=2) as store:

@@ -446,6 +446,56 @@ def test_damaged_artifacts_raise_corrupted(
         store.get("headless")
     with pytest.raises(ArtifactCorruptedError):
         store.get_many(["flipped"])
+    # info() reads only the head: a hash without one is damaged too, not missing (it exists, as get() says).
+    assert store.exists("headless")
+    with pytest.raises(ArtifactCorruptedError, match="missing its head") as info:
+        store.info("headless")
+    assert info.value.step_id == "headless"
+    with pytest.raises(ArtifactNotFoundError):
+        store.info("never saved")
+
+
+@pytest.mark.parametrize("member", [b"%FF", b"ABC", b"\xff\xfe", b"%00", b"a" * 800, b"a:b"])
+def test_forged_index_and_registry_entries_are_skipped(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, member: bytes
+) -> None:
+    # Entries that are no legal id's (or namespace's) canonical encoding were written by something else: they
+    # used to fail the whole listing with a BackendError about a ValueError, or (%00, too long) to be listed as
+    # ids that no call accepts. They are skipped, as on the s3 and filesystem backends.
+    store = store_factory(redis_server.url, "forged", key_prefix=prefix)
+    store.save("real", Message(content=b"x"))
+    head = raw.hget(f"{{{prefix}:forged}}:a:real", "head")
+    raw.hset(f"{{{prefix}:forged}}:a:".encode() + member, mapping={"head": head, "payload": b"x"})
+    raw.zadd(f"{{{prefix}:forged}}:idx", {member: float("inf")})
+    raw.zadd(f"{{{prefix}}}:namespaces", {member: 1e12})
+    raw.zadd(f"{{{prefix}:".encode() + member + b"}:idx", {b"x": float("inf")})
+    assert [info.step_id for info in store.list()] == ["real"]
+    assert store.namespaces() == ["forged"]
+
+
+def test_a_key_of_the_wrong_type_is_corrupted_not_a_backend_failure(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str
+) -> None:
+    # WRONGTYPE from a key someone else wrote into the namespace was a plain BackendError.
+    store = store_factory(redis_server.url, "typed", key_prefix=prefix)
+    store.save("big", Message(content=b"y" * 100_000))  # its payload lives in a key of its own
+    raw.set(f"{{{prefix}:typed}}:a:string", b"not a hash")
+    raw.zadd(f"{{{prefix}:typed}}:idx", {b"string": float("inf")})
+    raw.delete(f"{{{prefix}:typed}}:p:big")
+    raw.hset(f"{{{prefix}:typed}}:p:big", "not", "a string")
+    for call in (
+        lambda: store.get("string"),
+        lambda: store.info("string"),
+        lambda: store.get_many(["string"]),
+        lambda: list(store.list()),
+        lambda: store.save("string", Message(content=b"z")),
+        lambda: store.get("big"),
+        lambda: store.get_many(["big"]),
+    ):
+        with pytest.raises(ArtifactCorruptedError, match="holds another kind of value") as info:
+            call()
+        assert isinstance(info.value.__cause__, redis.ResponseError)
+        assert info.value.namespace == "typed"
 
 
 # -- namespaces registry --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ from artifactstore_s3.keys import (
     decode_segment,
     encode_segment,
 )
-from artifactstore_s3.layout import HEAD_META, LAYOUT_META
+from artifactstore_s3.layout import HEAD_META, HEAD_SIZE_META, LAYOUT_META
 
 NewStore = Callable[..., S3Store]
 
@@ -99,6 +100,27 @@ def test_envelope_layout_is_still_verified(new_s3_store: NewStore, raw: Any, buc
         store.get("big")
     with pytest.raises(ArtifactCorruptedError):
         store.open("big")
+
+
+@pytest.mark.parametrize("size", [b"\xb2", b"\xb9\xb2"])  # "²", "¹²" as Latin-1 header bytes
+def test_a_head_size_of_non_ascii_digits_is_corrupted(
+    new_s3_store: NewStore, moto_endpoint: str, bucket: str, size: bytes
+) -> None:
+    # Metadata arrives decoded as Latin-1; str.isdigit() accepted "²", which int() then refused with a
+    # ValueError, so every read of such a forged object failed as a BackendError about a ValueError.
+    store = new_s3_store()
+    response = httpx.put(
+        f"{moto_endpoint}/{bucket}/{store.key_of('forged')}",
+        content=b"x",
+        headers=[(f"x-amz-meta-{LAYOUT_META}".encode(), b"envelope"), (f"x-amz-meta-{HEAD_SIZE_META}".encode(), size)],
+    )
+    assert response.status_code == 200
+    for call in (lambda: store.get("forged"), lambda: store.info("forged"), lambda: store.open("forged")):
+        with pytest.raises(ArtifactCorruptedError, match=HEAD_SIZE_META) as info:
+            call()
+        assert info.value.step_id == "forged"
+    with pytest.raises(ArtifactCorruptedError):
+        list(store.list())
 
 
 def test_an_object_without_artifactstore_metadata_is_refused(new_s3_store: NewStore, raw: Any, bucket: str) -> None:

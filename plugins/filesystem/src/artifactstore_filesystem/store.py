@@ -37,7 +37,7 @@ from artifactstore_core import (
     Message,
 )
 from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
-from artifactstore_core.ids import validate_step_id
+from artifactstore_core.ids import validate_namespace, validate_step_id
 from artifactstore_core.store import checked_read
 
 from . import durable
@@ -724,7 +724,9 @@ class FilesystemStore(ArtifactStore):
                     yield from self._namespace_dirs(entry.path, (*parts, entry.name))
                 elif entry.name.startswith(FINAL):
                     namespace = decode_components((*parts, entry.name))
-                    if namespace is not None:
+                    # A directory whose name decodes to no legal namespace (a control character, too long) was
+                    # made by hand: listing it would hand callers (``artifactstore gc``) a name no store accepts.
+                    if namespace is not None and _valid_namespace(namespace):
                         yield namespace, entry.path
 
     def _has_artifact(self, directory: str) -> bool:
@@ -787,6 +789,14 @@ def _file_kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device file"
     return f"a file of type {stat.S_IFMT(mode):#o}"
+
+
+def _valid_namespace(namespace: str) -> bool:
+    try:
+        validate_namespace(namespace)
+    except InvalidStepIdError:
+        return False
+    return True
 
 
 def _valid_id(step_id: str) -> bool:

@@ -456,6 +456,9 @@ class HttpStore(ArtifactStore):
 
     def _list(self) -> Iterator[ArtifactInfo]:
         cursor: str | None = None
+        # A cursor the server already gave would list the same page again, and again: a broken or hostile
+        # server could keep list() (and list(store.list())'s memory) going without end.
+        given: set[str] = set()
         while True:
             params = {"cursor": cursor} if cursor is not None else None
             response = self._send("list", "GET", self._url("artifacts"), params=params)
@@ -467,6 +470,12 @@ class HttpStore(ArtifactStore):
             cursor = _json_field(response, "next_cursor", (str, type(None)), self._display)
             if cursor is None:
                 return
+            if cursor in given:
+                raise BackendError(
+                    f"artifact server {self._display} answered a list cursor it had already given: the listing "
+                    "would never end"
+                )
+            given.add(cursor)
 
     def _clear(self) -> int:
         response = self._send("clear", "DELETE", self._base.copy_with(raw_path=self._ns_path))
@@ -538,9 +547,9 @@ def _retryable_answer(response: httpx.Response) -> bool:
     """Whether a 502, 503 or 504 answer may be worth repeating.
 
     An artifact server types each failure (the ``Artifactstore-Error`` header and a problem body) and says
-    in the problem whether it is retryable: a plain ``BackendError`` (502, e.g. a Redis ``WRONGTYPE``
-    reply) is not, and repeating it only repeats the failure. An answer without that header is not from an
-    artifact server (a proxy or gateway) and is transient by its status.
+    in the problem whether it is retryable: a plain ``BackendError`` (502, e.g. a Redis error reply the
+    backend does not classify) is not, and repeating it only repeats the failure. An answer without that
+    header is not from an artifact server (a proxy or gateway) and is transient by its status.
     """
     name = response.headers.get(ERROR_HEADER)
     if name is None:
@@ -599,9 +608,10 @@ def error_from_response(
     A problem body whose ``type`` is in the allow-list :data:`~artifactstore_http.protocol.ERROR_CLASSES`
     becomes that class; anything else is classified by its status code alone, except that a 5xx answer of an
     artifact server whose problem says ``"retryable": false`` is a plain (non-retryable)
-    :class:`~artifactstore_core.BackendError`. The server's ``detail`` text
-    is quoted with every one of ``secrets`` redacted (:func:`~artifactstore_core.errors.redact`): a proxy or
-    a hostile server may echo the request's bearer token back.
+    :class:`~artifactstore_core.BackendError`. Every text of the answer the error carries (the ``detail``, a
+    type name outside the allow-list, the ``step_id`` and ``namespace``) has every one of ``secrets``
+    redacted (:func:`~artifactstore_core.errors.redact`): a proxy or a hostile server may echo the request's
+    bearer token back in any of them.
     """
     status = response.status_code
     where = f"artifact server {display}"
@@ -618,6 +628,7 @@ def error_from_response(
             step_id=step_id,
             namespace=namespace,
         )
+    secrets = tuple(secrets)
     name = response.headers.get(ERROR_HEADER)
     detail = ""
     retryable: bool | None = None
@@ -632,17 +643,21 @@ def error_from_response(
                 name = doc["type"]
             if isinstance(doc.get("detail"), str) and doc["detail"]:
                 detail = redact(doc["detail"], secrets)
+            # Everything the answer says is redacted like the detail, not only the detail: an echo of the
+            # request (a proxy, a hostile server) can put the token in any field or header.
             if isinstance(doc.get("step_id"), str):
-                step_id = doc["step_id"]
+                step_id = redact(doc["step_id"], secrets)
             if isinstance(doc.get("namespace"), str):
-                namespace = doc["namespace"]
+                namespace = redact(doc["namespace"], secrets)
             if isinstance(doc.get("retryable"), bool):
                 retryable = doc["retryable"]
     cls = ERROR_CLASSES.get(name or "")
     if cls is not None:
         # The server's message already names the step id, namespace and backend.
         return cls(detail or f"{where} answered {status}", step_id=step_id, namespace=namespace)
-    detail = f"{where} answered {status} ({name or 'not an artifactstore problem'})" + (f": {detail}" if detail else "")
+    # Not in the allow-list: the type name is the answer's text, quoted redacted (and cut: it can be anything).
+    shown = redact(name, secrets)[:100] if name else "not an artifactstore problem"
+    detail = f"{where} answered {status} ({shown})" + (f": {detail}" if detail else "")
     if status == 413:
         return PayloadTooLargeError(detail, step_id=step_id, namespace=namespace)
     if retryable is False and status >= 500 and ERROR_HEADER in response.headers:

@@ -72,7 +72,7 @@ from artifactstore_core import (
     PayloadTooLargeError,
 )
 from artifactstore_core.errors import redact
-from artifactstore_core.ids import decode_name, encode_name
+from artifactstore_core.ids import decode_name, encode_name, validate_namespace, validate_step_id
 from artifactstore_core.settings import load_settings
 
 from .scripts import (
@@ -335,6 +335,25 @@ class _SavePlan(_ScriptCall):
     step_id: str = field(kw_only=True)
 
 
+def _decoded(member: bytes, validate: Callable[[object], str]) -> str | None:
+    """The id or namespace whose encoding is ``member``, or ``None`` if none is (a key someone else wrote).
+
+    Only the canonical encoding of a legal value decodes, as on the other backends, so a forged index or
+    registry entry is skipped instead of failing the whole listing or being listed as an id that no call
+    accepts.
+    """
+    try:
+        # InvalidStepIdError is a ValueError too, and so is UnicodeDecodeError.
+        return validate(decode_name(member.decode("ascii")))
+    except ValueError:
+        return None
+
+
+def _is_wrong_type(exc: BaseException) -> bool:
+    # A key of this namespace holding another type than this backend writes there (also inside a script).
+    return isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
+
+
 def _is_oom(exc: BaseException) -> bool:
     # Inside a script the server reports OOM as a script error whose text names it.
     return isinstance(exc, OutOfMemoryError) or (
@@ -477,12 +496,15 @@ class RedisStore(ArtifactStore):
 
     def _decode(self, step_id: str, head: bytes | None, payload: bytes | None) -> Message:
         if head is None or payload is None:
-            raise ArtifactCorruptedError(
-                f"artifact {step_id!r} in namespace {self.namespace!r} is missing its "
-                f"{'head' if head is None else 'payload'} (written by something other than this backend?)",
-                step_id=step_id,
-            )
+            raise self._decode_error_missing(step_id, "head" if head is None else "payload")
         return self.codec.decode(head, payload, place=(self.namespace, step_id))
+
+    def _decode_error_missing(self, step_id: str, part: str) -> ArtifactCorruptedError:
+        return ArtifactCorruptedError(
+            f"artifact {step_id!r} in namespace {self.namespace!r} is missing its {part} (written by something "
+            "other than this backend?)",
+            step_id=step_id,
+        )
 
     # -- the operations -------------------------------------------------------------------------------
 
@@ -557,6 +579,10 @@ class RedisStore(ArtifactStore):
         key = self._key(self._member(step_id))
         head = self._retrying(lambda: cast(bytes | None, self._client.hget(key, b"head")))
         if head is None:
+            # The artifact is its hash: a hash without a head (written by something else) exists, and is
+            # damaged, as get() says; only a missing hash is "not found". Checked only on this rare path.
+            if self._retrying(lambda: self._client.exists(key)):
+                raise self._decode_error_missing(step_id, "head")
             raise self._not_found(step_id)
         return self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
 
@@ -565,7 +591,9 @@ class RedisStore(ArtifactStore):
         names = cast(list[bytes], self._retrying(lambda: self._client.zrange(self._registry, 0, -1)))
         batch = self._settings.batch_size
         for start in range(0, len(names), batch):
-            chunk = [name.decode("ascii") for name in names[start : start + batch]]
+            # A registry entry that is not ASCII was written by something else (one that is, but is no
+            # namespace's encoding, is skipped below, after its count, so that the registry forgets it once empty).
+            chunk = [name.decode("ascii") for name in names[start : start + batch] if name.isascii()]
             now_ms = int(time.time() * 1000)
             # A namespace holds artifacts while its index has an entry that has not expired.
             counts = self._pipelined([("ZCOUNT", f"{{{prefix}:{name}}}:idx", f"({now_ms}", "+inf") for name in chunk])
@@ -573,7 +601,9 @@ class RedisStore(ArtifactStore):
                 if isinstance(count, Exception):
                     raise count
                 if count:
-                    yield decode_name(name)
+                    namespace = _decoded(name.encode("ascii"), validate_namespace)
+                    if namespace is not None:
+                        yield namespace
                 else:
                     self._script(FORGET_NAMESPACE, [self._registry], [name, _REGISTRY_GRACE])
 
@@ -595,14 +625,17 @@ class RedisStore(ArtifactStore):
             cursor, pairs = self._retrying(functools.partial(self._scan_index, cursor))
             members = [member for member, _ in pairs if member not in seen]
             seen.update(members)
+            # Members that are no legal id's encoding were written by something else: not listed.
+            named = [(member, _decoded(member, validate_step_id)) for member in members]
+            members = [member for member, step_id in named if step_id is not None]
+            step_ids = [step_id for _, step_id in named if step_id is not None]
             if members:
                 heads = self._pipelined([("HGET", self._key(member), b"head") for member in members])
-                for member, head in zip(members, heads, strict=True):
+                for step_id, head in zip(step_ids, heads, strict=True):
                     if isinstance(head, Exception):
                         raise head
                     if head is None:  # expired or deleted since the index was read
                         continue
-                    step_id = decode_name(member.decode("ascii"))
                     yield self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
             if cursor == 0:
                 return
@@ -937,6 +970,11 @@ class RedisStore(ArtifactStore):
             return AccessDeniedError(
                 f"{where} refused the credentials or the command ({what}); check {_env('url')}, "
                 f"{_env('username')} and {_env('password')}"
+            )
+        if _is_wrong_type(exc):
+            return ArtifactCorruptedError(
+                f"a key of namespace {self.namespace!r} on {where} holds another kind of value than this backend "
+                f"writes there (written by something other than this backend?); delete it ({what})"
             )
         if _is_oom(exc):
             return CapacityError(

@@ -105,7 +105,9 @@ def stored_head(metadata: Mapping[str, str], where: str) -> StoredHead:
         return StoredHead(head, len(head))
     if metadata.get(LAYOUT_META) == "envelope":
         raw = metadata.get(HEAD_SIZE_META, "")
-        if not raw.isdigit() or not 0 < int(raw) <= 32 * 1024 * 1024:
+        # ASCII digits only: str.isdigit() also accepts "²" (which int() refuses with a ValueError) and other
+        # scripts' digits (which int() reads), and metadata arrives decoded as Latin-1 from whatever answered.
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= 32 * 1024 * 1024:
             raise ArtifactCorruptedError(f"{where}: the {HEAD_SIZE_META} metadata is missing or invalid")
         return StoredHead(None, int(raw))
     raise UnsupportedFormatError(
