@@ -615,10 +615,13 @@ class StoreConformance:
                 buffer[:5] = b"first"
                 return 5
 
-        for error in (OSError(5, "Input/output error"), ConnectionResetError(104, "reset by the source")):
+        errors = (OSError(5, "Input/output error"), ConnectionResetError(104, "reset"), ValueError("bad chunk"))
+        for error in errors:
             with pytest.raises(ArtifactStoreError) as info:
                 store.save_stream("failing-source", cast(IO[bytes], Failing(error)))
             raised = info.value
+            # Every backend reports it alike: the caller's data could not be read (SerializationError).
+            assert isinstance(raised, SerializationError), f"{type(raised).__name__}: {raised}"
             assert not raised.retryable, f"{type(raised).__name__}: {raised}"
             assert not isinstance(raised, (BackendUnavailableError, BackendTimeoutError)), raised
             causes = []

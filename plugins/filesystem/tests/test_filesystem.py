@@ -505,8 +505,10 @@ def test_a_failing_source_stream_is_reported_as_such(make_fs_store: MakeFsStore,
             raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
 
     store = make_fs_store()
-    with pytest.raises(BackendError, match="reading the stream to save failed") as info:
+    with pytest.raises(SerializationError, match="reading the stream to save failed") as info:
         store.save_stream("s", io.BufferedReader(Broken()))
+    assert not isinstance(info.value, BackendError)
+    assert not info.value.retryable
     assert info.value.step_id == "s"
     assert isinstance(info.value.__cause__, ConnectionResetError)
     assert not store.exists("s")

@@ -35,6 +35,7 @@ from artifactstore_core import (
     Codec,
     InvalidStepIdError,
     Message,
+    SerializationError,
 )
 from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
 from artifactstore_core.ids import validate_namespace, validate_step_id
@@ -338,9 +339,12 @@ class FilesystemStore(ArtifactStore):
         while True:
             try:
                 data = checked_read(stream.read(chunk))
-            except OSError as exc:
-                # The caller's source failed, not the file system: say so rather than blame the root.
-                raise BackendError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
+            except SerializationError:
+                raise
+            except Exception as exc:
+                # The caller's source failed, not the file system: say so rather than blame the root, and as
+                # the other backends do (a SerializationError, not retryable: the stream is spent).
+                raise SerializationError(f"reading the stream to save failed: {type(exc).__name__}: {exc}") from exc
             if not data:
                 break
             hasher.update(data)
