@@ -218,3 +218,44 @@ def test_a_request_in_flight_during_close_raises_store_closed_and_leaves_no_clie
     assert all(made_client.is_closed for made_client in made)
     assert store._clients._all == []
     assert store._clients._idle == []
+
+
+@pytest.mark.timeout(60)
+def test_a_store_slow_to_build_holds_up_no_other_namespace() -> None:
+    # The server's store cache built each namespace's store under its one lock, so a store slow to build (a
+    # large filesystem namespace is swept when opened, a cluster client connects, a custom factory may do
+    # anything) stalled every request of every other namespace until it was built.
+    space = MemorySpace()
+    building, release = threading.Event(), threading.Event()
+    builds: Counter[str] = Counter()
+
+    def factory(namespace: str) -> MemoryStore:
+        builds[namespace] += 1
+        if namespace == "slow":
+            building.set()
+            release.wait(30)
+        return MemoryStore(namespace=namespace, space=space)
+
+    server = ServerThread(create_app(factory, token=SecretStr(TOKEN))).start()
+    slow = client_for(server.url, "slow")
+    fast = client_for(server.url, "fast", read_timeout=5.0, retries=0)
+    try:
+        first, first_outcome = in_thread(lambda: slow.save("a", Message(content=1)))
+        assert building.wait(10)
+        second, second_outcome = in_thread(lambda: slow.save("b", Message(content=2)))
+        # Served while the store of "slow" is being built (this waited for the build, and timed out, before).
+        fast.save("x", Message(content=3))
+        assert fast.get("x").content == 3
+        release.set()
+        for thread in (first, second):
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        assert first_outcome == [None]
+        assert second_outcome == [None]
+        assert builds == Counter({"slow": 1, "fast": 1})  # the second request of "slow" used the first build
+        assert slow.get("b").content == 2
+    finally:
+        release.set()
+        slow.close()
+        fast.close()
+        server.stop()
