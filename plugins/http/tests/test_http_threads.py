@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from artifactstore_core import BackendUnavailableError, Message, StoreClosedError
-from artifactstore_core.testing_servers import in_thread
+from artifactstore_core.testing_servers import in_thread, wait_for
 from artifactstore_http import HttpStore, client
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread, client_for
@@ -259,3 +259,27 @@ def test_a_store_slow_to_build_holds_up_no_other_namespace() -> None:
         slow.close()
         fast.close()
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_handed_back_goes_to_the_thread_that_waited_longest() -> None:
+    # The clients were lent through a semaphore: a thread that sent request after request took its client
+    # straight back while others waited, so with more threads than clients some failed with PoolTimeout
+    # after waiting out the timeout (12 threads on 4 clients: 25 failures in 40 s, on a healthy server).
+    clients = client._Clients(httpx.Client, 1, 30.0)
+    order: list[str] = []
+
+    def use(name: str) -> None:
+        with clients.checkout():
+            order.append(name)
+
+    try:
+        with clients.checkout():
+            waiter, outcome = in_thread(lambda: use("waiter"))
+            wait_for(lambda: clients.waiting == 1, "the other thread to wait for the client")
+        use("again at once")  # this thread gives its client back and asks for one again straight away
+        waiter.join(timeout=30)
+        assert outcome == [None]
+        assert order == ["waiter", "again at once"]
+    finally:
+        clients.close()
