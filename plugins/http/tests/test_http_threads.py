@@ -7,6 +7,8 @@ request (``_Clients``). These tests pin that arrangement against a real server.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -283,3 +285,48 @@ def test_a_client_handed_back_goes_to_the_thread_that_waited_longest() -> None:
         assert order == ["waiter", "again at once"]
     finally:
         clients.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_closes_the_store_while_parent_threads_use_it(make_client: Callable[..., HttpStore]) -> None:
+    # A child forked while the parent's threads were sending requests, closing the store it inherited
+    # without using it (a `with store:` block, a worker's cleanup), closed the parent's clients and waited
+    # for locks that those threads held at the fork: about one child in four hung for good.
+    store = make_client(pool_size=4)
+    store.save("a", Message(content=b"x"))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def busy() -> None:
+        while not stop.is_set():
+            try:
+                store.get("a")
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=busy) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit status
+                code = 1
+                try:
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                    signal.alarm(10)  # a deadline: a child that hangs dies of SIGALRM
+                    store.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert not os.WIFSIGNALED(status), f"the child hung in close() (killed by signal {os.WTERMSIG(status)})"
+            assert os.WEXITSTATUS(status) == 0
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert store.get("a").content == b"x"  # the parent's store and its clients are untouched

@@ -547,6 +547,11 @@ class HttpStore(ArtifactStore):
         return ThreadPoolExecutor(max_workers=min(count, self._settings.pool_size, 16))
 
     def _close(self) -> None:
+        if os.getpid() != self._pid:
+            # A forked child that never used the store: its clients are the parent's. Closing them here
+            # waited for locks that the parent's threads held at the fork (httpcore's pool lock, ours),
+            # which nobody in the child ever releases, and so hung; their connections are the parent's too.
+            return
         self._clients.close()
 
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
