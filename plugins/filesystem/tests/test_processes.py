@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import random
@@ -12,10 +13,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from artifactstore_core import ArtifactNotFoundError
+from artifactstore_core import ArtifactNotFoundError, Message
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore
 from artifactstore_filesystem.layout import TEMP_PREFIX
 
@@ -174,3 +176,50 @@ def test_eight_processes_race_to_create_one_id(tmp_path: Path, mode: str) -> Non
                 racer.wait(timeout=30)
             assert racer.stdout is not None
             racer.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_child_forked_while_a_thread_publishes_without_hard_links_can_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without hard links a save publishes under a process-wide thread lock and a lock on <root>/.lock. A child
+    # forked while another thread held them inherited the thread lock held for good (its first such save
+    # hung), and, with flock, a copy of the locked descriptor that kept every writer waiting.
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    real_rename = os.rename
+    inside, proceed = threading.Event(), threading.Event()
+
+    def held_rename(source: Any, target: Any) -> None:
+        if threading.current_thread().name == "publishing":
+            inside.set()
+            proceed.wait(30)
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "rename", held_rename)
+    store = FilesystemStore(FilesystemSettings(root=tmp_path / "root"), namespace="fork")
+    publishing = threading.Thread(target=store.save, args=("parent", Message(content=b"p")), name="publishing")
+    publishing.start()
+    try:
+        # The thread is inside the publish: it holds both locks.
+        assert inside.wait(30)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(20)  # a deadline: a child that hangs dies of SIGALRM
+                store.save("child", Message(content=b"c"))
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        proceed.set()
+        publishing.join(timeout=30)
+    _, status = os.waitpid(pid, 0)
+    assert not os.WIFSIGNALED(status), f"the forked child hung (killed by signal {os.WTERMSIG(status)})"
+    assert os.WEXITSTATUS(status) == 0
+    assert store.get("parent").content == b"p"
+    assert store.get("child").content == b"c"

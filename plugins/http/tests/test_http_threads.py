@@ -7,6 +7,8 @@ request (``_Clients``). These tests pin that arrangement against a real server.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from artifactstore_core import BackendUnavailableError, Message, StoreClosedError
-from artifactstore_core.testing_servers import in_thread
+from artifactstore_core.testing_servers import in_thread, wait_for
 from artifactstore_http import HttpStore, client
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread, client_for
@@ -218,3 +220,113 @@ def test_a_request_in_flight_during_close_raises_store_closed_and_leaves_no_clie
     assert all(made_client.is_closed for made_client in made)
     assert store._clients._all == []
     assert store._clients._idle == []
+
+
+@pytest.mark.timeout(60)
+def test_a_store_slow_to_build_holds_up_no_other_namespace() -> None:
+    # The server's store cache built each namespace's store under its one lock, so a store slow to build (a
+    # large filesystem namespace is swept when opened, a cluster client connects, a custom factory may do
+    # anything) stalled every request of every other namespace until it was built.
+    space = MemorySpace()
+    building, release = threading.Event(), threading.Event()
+    builds: Counter[str] = Counter()
+
+    def factory(namespace: str) -> MemoryStore:
+        builds[namespace] += 1
+        if namespace == "slow":
+            building.set()
+            release.wait(30)
+        return MemoryStore(namespace=namespace, space=space)
+
+    server = ServerThread(create_app(factory, token=SecretStr(TOKEN))).start()
+    slow = client_for(server.url, "slow")
+    fast = client_for(server.url, "fast", read_timeout=5.0, retries=0)
+    try:
+        first, first_outcome = in_thread(lambda: slow.save("a", Message(content=1)))
+        assert building.wait(10)
+        second, second_outcome = in_thread(lambda: slow.save("b", Message(content=2)))
+        # Served while the store of "slow" is being built (this waited for the build, and timed out, before).
+        fast.save("x", Message(content=3))
+        assert fast.get("x").content == 3
+        release.set()
+        for thread in (first, second):
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        assert first_outcome == [None]
+        assert second_outcome == [None]
+        assert builds == Counter({"slow": 1, "fast": 1})  # the second request of "slow" used the first build
+        assert slow.get("b").content == 2
+    finally:
+        release.set()
+        slow.close()
+        fast.close()
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_handed_back_goes_to_the_thread_that_waited_longest() -> None:
+    # The clients were lent through a semaphore: a thread that sent request after request took its client
+    # straight back while others waited, so with more threads than clients some failed with PoolTimeout
+    # after waiting out the timeout (12 threads on 4 clients: 25 failures in 40 s, on a healthy server).
+    clients = client._Clients(httpx.Client, 1, 30.0, namespace="default", backend="http")
+    order: list[str] = []
+
+    def use(name: str) -> None:
+        with clients.checkout():
+            order.append(name)
+
+    try:
+        with clients.checkout():
+            waiter, outcome = in_thread(lambda: use("waiter"))
+            wait_for(lambda: clients.waiting == 1, "the other thread to wait for the client")
+        use("again at once")  # this thread gives its client back and asks for one again straight away
+        waiter.join(timeout=30)
+        assert outcome == [None]
+        assert order == ["waiter", "again at once"]
+    finally:
+        clients.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_closes_the_store_while_parent_threads_use_it(make_client: Callable[..., HttpStore]) -> None:
+    # A child forked while the parent's threads were sending requests, closing the store it inherited
+    # without using it (a `with store:` block, a worker's cleanup), closed the parent's clients and waited
+    # for locks that those threads held at the fork: about one child in four hung for good.
+    store = make_client(pool_size=4)
+    store.save("a", Message(content=b"x"))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def busy() -> None:
+        while not stop.is_set():
+            try:
+                store.get("a")
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=busy) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit status
+                code = 1
+                try:
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                    signal.alarm(10)  # a deadline: a child that hangs dies of SIGALRM
+                    store.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert not os.WIFSIGNALED(status), f"the child hung in close() (killed by signal {os.WTERMSIG(status)})"
+            assert os.WEXITSTATUS(status) == 0
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert store.get("a").content == b"x"  # the parent's store and its clients are untouched

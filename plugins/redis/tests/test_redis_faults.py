@@ -21,7 +21,9 @@ from artifactstore_core import (
     BackendUnavailableError,
     CapacityError,
     Message,
+    StoreClosedError,
 )
+from artifactstore_core.testing_servers import in_thread
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.scripts import CLEAR, COMMIT, DELETE, SAVE, SAVE_KEPT
 from artifactstore_redis.testing import RedisServer, running
@@ -323,3 +325,91 @@ def _attempts(admin: Any, commands: tuple[str, ...]) -> int:
         + int(stats.get(f"cmdstat_{name}", {}).get("rejected_calls", 0))
         for name in commands
     )
+
+
+def _connections_named(admin: Any, name: str) -> list[dict[str, Any]]:
+    return [client for client in admin.client_list() if client.get("name") == name]
+
+
+def _closing_store(server: RedisServer, **overrides: Any) -> RedisStore:
+    """A store whose connections are named ``closing`` in ``CLIENT LIST``."""
+    settings = RedisSettings(url=f"{server.url}?client_name=closing", **overrides)  # type: ignore[arg-type]
+    return RedisStore(settings, namespace="closing")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("operation", "size"),
+    [("save", 8 * 1024), ("save", LARGE), ("clear", 0)],
+    ids=["save-inline", "save-uploaded", "clear"],
+)
+def test_close_during_an_operation_in_flight_raises_store_closed(tmp_path: Path, operation: str, size: int) -> None:
+    # close() disconnects the pool under a request that is on the wire; redis-py then raised a ValueError
+    # of the closed socket, which reached the caller as "BackendError: ... ValueError".
+    with running(tmp_path / "close") as server:
+        store = _closing_store(server)
+        admin = server.client()
+        try:
+            store.save("before", Message(content=b"warm"))
+            # A write pause holds the request in the server (flag "b"), where close() finds it in flight.
+            admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            if operation == "save":
+                thread, outcome = in_thread(lambda: store.save("during", Message(content=b"x" * size)))
+            else:
+                thread, outcome = in_thread(store.clear)
+            wait_for(
+                lambda: any("b" in client["flags"] for client in _connections_named(admin, "closing")),
+                10,
+                "the request to be held in the server",
+            )
+            store.close()
+            thread.join(timeout=10)
+            assert not thread.is_alive()
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], StoreClosedError), repr(outcome[0])
+            assert outcome[0].__cause__ is not None
+            admin.execute_command("CLIENT", "UNPAUSE")
+            # The held request died with its connection: nothing was saved or removed after close().
+            assert _connections_named(admin, "closing") == []
+            assert admin.exists(b"{artifactstore:closing}:a:before") == 1
+            assert admin.exists(b"{artifactstore:closing}:a:during") == 0
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+            admin.close()
+            store.close()
+
+
+@pytest.mark.timeout(60)
+def test_close_ends_a_retry_backoff_and_nothing_reconnects(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A save waiting to retry slept out its backoff after close(), then opened a new connection (which
+    # close() could no longer close) and saved after close() had returned.
+    with running(tmp_path / "backoff") as server:
+        store = _closing_store(server, retry_attempts=3, retry_backoff=60, retry_backoff_max=60)
+        admin = server.client()
+        try:
+            store.save("before", Message(content=b"warm"))
+            admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+            with caplog.at_level("DEBUG", logger="artifactstore_redis"):
+                thread, outcome = in_thread(lambda: store.save("during", Message(content=b"x")))
+                wait_for(
+                    lambda: any("b" in client["flags"] for client in _connections_named(admin, "closing")),
+                    10,
+                    "the save to be held in the server",
+                )
+                # Its connection dropped: the save backs off (30 to 60 s) before it tries again.
+                (held,) = _connections_named(admin, "closing")
+                admin.execute_command("CLIENT", "KILL", "ID", held["id"])
+                wait_for(lambda: "retry 1 of 3" in caplog.text, 10, "the save to wait for its retry")
+                admin.execute_command("CLIENT", "UNPAUSE")
+                store.close()
+                thread.join(timeout=10)
+            assert not thread.is_alive(), "the backoff outlived close()"
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], StoreClosedError), repr(outcome[0])
+            assert isinstance(outcome[0].__cause__, redis.ConnectionError)
+            assert _connections_named(admin, "closing") == []
+            assert admin.exists(b"{artifactstore:closing}:a:during") == 0
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+            admin.close()
+            store.close()

@@ -65,8 +65,23 @@ _PUBLISH_ATTEMPTS = 100
 _BATCH_THREADS = 8
 _CAPACITY = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
-# Serialises the check-then-rename fallback within one process (flock locks are per open file, not thread).
+# Serialises the check-then-rename fallback within one process (the lock on <root>/.lock is per process,
+# not per thread).
 _FALLBACK_LOCK = threading.Lock()
+
+
+def _reset_fallback_in_child() -> None:
+    """In a forked child: a new ``_FALLBACK_LOCK``.
+
+    A thread that was inside :meth:`FilesystemStore._root_lock` at the fork does not exist in the child,
+    but the lock it held stays held there for good: the child's first save that needs it would hang.
+    """
+    global _FALLBACK_LOCK
+    _FALLBACK_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_reset_fallback_in_child)
 
 
 #: Files smaller than this are read whole with one call.
@@ -449,7 +464,11 @@ class FilesystemStore(ArtifactStore):
         with _FALLBACK_LOCK:
             fd = os.open(os.path.join(self._root, ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0))
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                # A POSIX record lock (lockf), not flock: a flock belongs to the open file, so a child forked
+                # while this descriptor was open would keep the lock through its copy after we close ours,
+                # and every writer on the root (the child included) would wait until the child exits. A
+                # record lock belongs to this process alone and ends when it closes the descriptor.
+                fcntl.lockf(fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(fd)

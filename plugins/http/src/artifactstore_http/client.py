@@ -13,6 +13,7 @@ whose pool size is one setting, and the same API for the async mirror later.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -94,6 +95,12 @@ class _Clients:
 
     Once closed, nothing is lent any more and a client handed back is closed, not kept: a thread that was
     waiting out a retry backoff, or whose request was in flight, must not open a connection nobody closes.
+
+    Threads that find every client lent wait in line, first come first served: a client handed back goes
+    to the thread that has waited longest, never to one that asks again at once. (A semaphore let a thread
+    that sends request after request take its client straight back, so with more threads than clients
+    some waited out the pool timeout and failed with ``PoolTimeout`` while others were served thousands
+    of times.)
     """
 
     def __init__(
@@ -103,8 +110,10 @@ class _Clients:
         self._timeout = timeout
         self._namespace = namespace
         self._backend = backend
-        self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
+        self._free = size  # clients that may be lent without waiting (under _lock)
+        # One lock per waiting thread, held until a client is handed to it (under _lock), oldest first.
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
         self._idle: list[httpx.Client] = []
         self._all: list[httpx.Client] = []
         # An event rather than a flag, so that a retry backoff waiting on it ends when close() is called.
@@ -123,6 +132,37 @@ class _Clients:
         """Wait up to ``seconds``; ``True`` as soon as (or if already) :meth:`close` is called."""
         return self._closed.wait(seconds)
 
+    @property
+    def waiting(self) -> int:
+        """How many threads wait for a client."""
+        with self._lock:
+            return len(self._waiters)
+
+    def _take_slot(self) -> bool:
+        """Wait in line for the right to use a client, up to the timeout; ``False`` if it ran out."""
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return True
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        if turn.acquire(timeout=self._timeout):
+            return True  # handed over by _give_slot
+        with self._lock:
+            if turn in self._waiters:
+                self._waiters.remove(turn)
+                return False
+        return True  # handed over just as the wait timed out
+
+    def _give_slot(self) -> None:
+        """Hand the right to use a client to the thread that waited longest, or free it."""
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._free += 1
+
     @contextlib.contextmanager
     def checkout(self) -> Iterator[httpx.Client]:
         """A client for this thread alone until the block ends.
@@ -133,7 +173,7 @@ class _Clients:
         """
         if self._closed.is_set():
             raise self.closed_error()
-        if not self._slots.acquire(timeout=self._timeout):
+        if not self._take_slot():
             raise httpx.PoolTimeout("no connection to the artifact server became free in time")
         try:
             with self._lock:
@@ -160,7 +200,7 @@ class _Clients:
                 if not keep:
                     client.close()
         finally:
-            self._slots.release()
+            self._give_slot()
 
     def close(self) -> None:
         """Close every client and lend no more (a request still in flight on one fails)."""
@@ -521,6 +561,11 @@ class HttpStore(ArtifactStore):
         return ThreadPoolExecutor(max_workers=min(count, self._settings.pool_size, 16))
 
     def _close(self) -> None:
+        if os.getpid() != self._pid:
+            # A forked child that never used the store: its clients are the parent's. Closing them here
+            # waited for locks that the parent's threads held at the fork (httpcore's pool lock, ours),
+            # which nobody in the child ever releases, and so hung; their connections are the parent's too.
+            return
         self._clients.close()
 
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:

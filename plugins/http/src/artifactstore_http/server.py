@@ -147,26 +147,82 @@ def _error_document(error: ArtifactStoreError, status: int | None = None) -> dic
 
 
 class _StoreCache:
-    """Stores by namespace, built on first use, kept for the most recently used, closed on eviction."""
+    """Stores by namespace, built on first use, kept for the most recently used, closed on eviction.
+
+    A store is built outside the cache's lock: building one may take long (a filesystem store sweeps its
+    namespace's directory, a cluster client connects, a custom factory may do anything), and requests for
+    every other namespace are served meanwhile. Requests for the namespace being built wait for that one
+    build instead of starting their own.
+    """
 
     def __init__(self, factory: StoreFactory, capacity: int) -> None:
         self._factory = factory
         self._capacity = capacity
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, list[Any]] = OrderedDict()  # namespace -> [store, users]
+        self._building: dict[str, threading.Lock] = {}  # namespace -> held while its store is built
         self._closed = False
+
+    def _use(self, namespace: str) -> list[Any] | None:
+        """The cached entry of ``namespace``, counted as in use, or ``None``; call with ``_lock`` held.
+
+        Raises:
+            StoreClosedError: the cache was closed (the server is shutting down).
+        """
+        if self._closed:
+            raise StoreClosedError("the artifact server is shutting down")
+        entry = self._entries.get(namespace)
+        if entry is not None:
+            self._entries.move_to_end(namespace)
+            entry[1] += 1
+        return entry
+
+    def _entry(self, namespace: str) -> list[Any]:
+        """The entry of ``namespace``, counted as in use, building its store if there is none."""
+        with self._lock:
+            entry = self._use(namespace)
+            if entry is not None:
+                return entry
+            building = self._building.setdefault(namespace, threading.Lock())
+        with building:
+            with self._lock:
+                entry = self._use(namespace)  # built while this request waited for the build
+                if entry is not None:
+                    return entry
+            try:
+                store = self._factory(namespace)
+            except BaseException:
+                with self._lock:
+                    self._built(namespace, building)
+                raise
+            unused: ArtifactStore | None = None
+            with self._lock:
+                self._built(namespace, building)
+                if self._closed:
+                    entry, unused = None, store
+                else:
+                    entry = self._entries.get(namespace)
+                    if entry is None:
+                        entry = self._entries[namespace] = [store, 0]
+                    else:  # pragma: no cover - another build of this namespace was cached first (a rare race)
+                        unused = store
+                    self._entries.move_to_end(namespace)
+                    entry[1] += 1
+            if unused is not None:
+                # Not cached: the server began shutting down during the build, or another build won.
+                _close_quietly(unused)
+            if entry is None:
+                raise StoreClosedError("the artifact server is shutting down")
+            return entry
+
+    def _built(self, namespace: str, building: threading.Lock) -> None:
+        """Forget the build lock of ``namespace`` once its build ended; call with ``_lock`` held."""
+        if self._building.get(namespace) is building:
+            del self._building[namespace]
 
     @contextlib.contextmanager
     def acquire(self, namespace: str) -> Iterator[ArtifactStore]:
-        with self._lock:
-            if self._closed:
-                raise StoreClosedError("the artifact server is shutting down")
-            entry = self._entries.get(namespace)
-            if entry is None:
-                entry = [self._factory(namespace), 0]
-                self._entries[namespace] = entry
-            self._entries.move_to_end(namespace)
-            entry[1] += 1
+        entry = self._entry(namespace)
         try:
             yield entry[0]
         finally:

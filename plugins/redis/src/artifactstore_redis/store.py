@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ from artifactstore_core import (
     ConfigurationError,
     Message,
     PayloadTooLargeError,
+    StoreClosedError,
 )
 from artifactstore_core.errors import redact
 from artifactstore_core.ids import decode_name, encode_name, validate_namespace, validate_step_id
@@ -364,6 +366,11 @@ def _is_oom(exc: BaseException) -> bool:
 class RedisStore(ArtifactStore):
     """A namespace of artifacts on a Redis server or Redis Cluster. Thread-safe; fork-safe (standalone).
 
+    :meth:`close` may be called while other threads are in the middle of an operation: an operation whose
+    request was on the wire (or that was waiting to retry) raises
+    :class:`~artifactstore_core.errors.StoreClosedError` (the failure the close caused chained) instead of a
+    ``BackendError``, none starts a new attempt, and no connection stays open after it.
+
     Args:
         settings: connection and behaviour; default :class:`RedisSettings` from the environment.
         namespace: the namespace.
@@ -411,6 +418,8 @@ class RedisStore(ArtifactStore):
         self._registry = f"{{{self._settings.key_prefix}}}:namespaces".encode("ascii")
         self._registered_at: float | None = None
         self._result_ttl_ms = _result_ttl_ms(self._settings)
+        # Set by close(): a retry backoff waits on it, so that a thread waiting to retry stops at once.
+        self._closing = threading.Event()
         self._owns_client = client is None
         if client is not None:
             if getattr(cast(Any, client).get_encoder(), "decode_responses", False):
@@ -712,12 +721,50 @@ class RedisStore(ArtifactStore):
         return found
 
     def _close(self) -> None:
+        self._closing.set()
+        self._release_connections()
+
+    def _release_connections(self) -> None:
+        """Close every connection of our own client (a client given by the caller is left alone); idempotent.
+
+        Operations in flight in other threads lose their connection and raise ``StoreClosedError`` (see
+        :meth:`_stop_if_closed`).
+        """
         if self._owns_client:
             self._client.close()
             if isinstance(self._client, redis.Redis):
                 # redis-py's close() leaves open a pool that was passed in (as _connect passes ours): its
                 # sockets would otherwise be closed only by the garbage collector.
                 self._client.connection_pool.disconnect()
+
+    def _closed_error(self) -> StoreClosedError:
+        """The error of an operation that :meth:`close` cut short (its callers run only once one had begun)."""
+        return StoreClosedError.of_store(self.namespace, self.backend_name, in_flight=True)
+
+    def _stop_if_closed(self, cause: BaseException | None = None) -> None:
+        """Raise ``StoreClosedError`` (``cause`` chained) if :meth:`close` was called: an operation that was
+        in flight then makes no further attempt, which would open a new connection after close() and leave it
+        open, and its failure (redis-py's socket closed under it) is reported as the close that caused it.
+        """
+        if self.closed:
+            raise self._closed_error() from cause
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """Raise ``StoreClosedError`` (``exc`` chained) if ``exc`` is what :meth:`close` did to an attempt in
+        flight: it closed our own client's connection. A client given by the caller is not closed, so its
+        failures are real ones (and, with the store closed, are not retried: see :meth:`_back_off`).
+        """
+        if self._owns_client:
+            self._stop_if_closed(exc)
+
+    def _after_attempt(self) -> None:
+        """Close again what an attempt that raced :meth:`close` may have opened after it closed the pool.
+
+        close() marks the store closed before it closes the connections, so an attempt that got a connection
+        after that (it passed its closed check just before) finds the mark here and closes it.
+        """
+        if self.closed:
+            self._release_connections()
 
     # -- talking to the server ------------------------------------------------------------------------
 
@@ -730,23 +777,33 @@ class RedisStore(ArtifactStore):
         go through :meth:`_send`, which follows the same policy call by call.
         """
         retries = 0
+        last: BaseException | None = None
         while True:
+            self._stop_if_closed(last)
             try:
                 return operation()
             except (RedisError, RedisClusterException) as exc:
+                self._interrupted(exc)
                 if isinstance(exc, RedisConnectionError):
                     self._server_lost()
                 if not self._may_retry(exc, retries):
                     raise
                 retries += 1
                 self._back_off(exc, retries)
+                last = exc
+            finally:
+                self._after_attempt()
 
     def _may_retry(self, exc: BaseException, retries: int) -> bool:
         """Whether a failure after ``retries`` retries is retried once more."""
         return retries < self._settings.retry_attempts and self._retryable(exc)
 
     def _back_off(self, exc: BaseException, retry: int) -> None:
-        """Wait before retry number ``retry`` (from 1): exponential backoff with equal jitter."""
+        """Wait before retry number ``retry`` (from 1): exponential backoff with equal jitter.
+
+        Raises:
+            StoreClosedError: :meth:`close` was called before or during the wait (which it ends at once).
+        """
         settings = self._settings
         ceiling = min(settings.retry_backoff_max, settings.retry_backoff * 2 ** (retry - 1))
         # Equal jitter spreads out many clients retrying after one failure; not security.
@@ -759,7 +816,8 @@ class RedisStore(ArtifactStore):
             settings.retry_attempts,
             delay,
         )
-        time.sleep(delay)
+        if self._closing.wait(delay):
+            raise self._closed_error() from exc
 
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, (AuthenticationError, AuthorizationError)) or _pool_exhausted(exc):
@@ -807,7 +865,9 @@ class RedisStore(ArtifactStore):
         uploaded: set[int] = set()  # calls whose upload is on the server although their script has not run
         vanished: set[int] = set()  # calls whose upload vanished once
         retries = 0
+        last: BaseException | None = None
         while waiting:
+            self._stop_if_closed(last)
             commands: list[tuple[Any, ...]] = []
             uploading = [calls[index].upload is not None and index not in uploaded for index in waiting]
             for index, upload in zip(waiting, uploading, strict=True):
@@ -818,13 +878,17 @@ class RedisStore(ArtifactStore):
             try:
                 replies = iter(self._roundtrip(commands))
             except (RedisError, RedisClusterException) as exc:
+                self._interrupted(exc)
                 if isinstance(exc, RedisConnectionError):
                     self._server_lost()
                 if not self._may_retry(exc, retries):
                     raise
                 retries += 1
                 self._back_off(exc, retries)
+                last = exc
                 continue
+            finally:
+                self._after_attempt()
             again: list[int] = []
             transient: list[tuple[int, Exception]] = []
             for index, upload in zip(waiting, uploading, strict=True):
@@ -860,6 +924,7 @@ class RedisStore(ArtifactStore):
             if transient:
                 retries += 1
                 self._back_off(transient[0][1], retries)
+                last = transient[0][1]
                 again.extend(index for index, _ in transient)
                 again.sort()  # the calls keep their order
             waiting = again
@@ -963,6 +1028,10 @@ class RedisStore(ArtifactStore):
 
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
         """Map a redis-py exception to the core error family; the message never holds a secret."""
+        if self.closed and self._owns_client:
+            # close() took the connection from under the operation (redis-py then raises anything from a
+            # ConnectionError to a ValueError of the closed socket): the cause to act on is the close.
+            return self._closed_error()
         where = f"redis at {self._where}"
         what = self._describe(exc)
         settings = self._settings
