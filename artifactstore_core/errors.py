@@ -122,7 +122,15 @@ class InvalidStepIdError(ArtifactStoreError, ValueError):
 
 
 class ArtifactNotFoundError(ArtifactStoreError, LookupError):
-    """No artifact is stored under this step id in this namespace (or it has expired)."""
+    """No artifact is stored under this step id in this namespace (or it has expired).
+
+    Attributes:
+        missing_ids: from :meth:`~artifactstore_core.ArtifactStore.get_many`, every requested id that is
+            missing, in the order requested (the message shows the first ten; ``step_id`` is the first).
+            From single-artifact operations, ``(step_id,)`` or empty.
+    """
+
+    missing_ids: tuple[str, ...] = ()
 
 
 class ArtifactExistsError(ArtifactStoreError):

@@ -331,7 +331,8 @@ class ArtifactStore(ABC):
         """Read several artifacts at once; returns a dict from step id to message.
 
         Raises:
-            ArtifactNotFoundError: if any is missing (the message names the missing ids).
+            ArtifactNotFoundError: if any is missing (the message names the first ten missing ids, its
+                ``missing_ids`` all of them, in the order requested).
             InvalidStepIdError, ArtifactCorruptedError, BackendError, StoreClosedError: as :meth:`get`.
         """
         ids = builtins.list(dict.fromkeys(validate_step_id(step_id) for step_id in step_ids))
@@ -532,13 +533,16 @@ class ArtifactStore(ABC):
     def _missing_many(self, missing: builtins.list[str]) -> ArtifactNotFoundError:
         """The error for a batch read with missing ids."""
         shown = ", ".join(repr(step_id) for step_id in missing[:10])
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        return ArtifactNotFoundError(
+        more = f" and {len(missing) - 10} more (all in the error's missing_ids)" if len(missing) > 10 else ""
+        error = ArtifactNotFoundError(
             f"no artifacts {shown}{more} in namespace {self._namespace!r} of backend {self.backend_name!r}",
             step_id=missing[0],
             namespace=self._namespace,
             backend=self.backend_name,
         )
+        # Every id, not only the ten the message shows: a caller re-running the missing steps needs them all.
+        error.missing_ids = tuple(missing)
+        return error
 
     def _save_stream(
         self, step_id: str, stream: IO[bytes], template: Message, overwrite: bool, ttl: float | None

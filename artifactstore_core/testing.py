@@ -492,6 +492,13 @@ class StoreConformance:
             store.get_many(["a", "missing-1", "missing-2"])
         assert "missing-1" in str(info.value)
         assert "missing-2" in str(info.value)
+        assert info.value.missing_ids == ("missing-1", "missing-2")
+        # Beyond the ten the message shows, the error still lists every missing id, in the order requested.
+        many = [f"m-{index:02d}" for index in range(25, 0, -1)]
+        with pytest.raises(ArtifactNotFoundError) as info:
+            store.get_many(["a", *many])
+        assert info.value.missing_ids == tuple(many)
+        assert info.value.step_id == many[0]
 
     def test_save_many_rejects_duplicates_and_conflicts(self, store: ArtifactStore) -> None:
         with pytest.raises(InvalidStepIdError):
