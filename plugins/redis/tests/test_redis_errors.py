@@ -33,7 +33,10 @@ def settings(url: str, **overrides: Any) -> RedisSettings:
         ("redis://u:pw@host:6379/0", "redis://u:***@host:6379/0"),
         ("redis://:p%40ss@host/1", "redis://:***@host/1"),
         ("rediss://host:6380", "rediss://host:6380"),
-        ("redis://user@[::1]:6379/0", "redis://user@[::1]:6379/0"),
+        ("redis://user:pw@[::1]:6379/0", "redis://user:***@[::1]:6379/0"),
+        # A password with its ':' forgotten reads as a user name: hidden as well.
+        ("redis://s3cret@[::1]:6379/0", "redis://***@[::1]:6379/0"),
+        ("redis://s3cret@host/0?db=1", "redis://***@host/0?db=1"),
         ("unix:///run/redis.sock?db=2&password=pw", "unix:///run/redis.sock?db=2&password=***"),
         ("redis://host:notaport/0", "<unparseable redis url>"),
         # A password that was not URL-escaped: no part of it may show as host, path or query.

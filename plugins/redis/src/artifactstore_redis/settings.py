@@ -41,7 +41,8 @@ def _secret_name(name: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password (and any credential-like query value) replaced by ``***``.
+    """``url`` with its password (and any credential-like query value) replaced by ``***``; a user name
+    given without a password is hidden too (it may be a password whose ``:`` was forgotten).
 
     Never raises: a URL that does not start with ``scheme://`` is hidden whole, and one that cannot be
     parsed is shown as ``<unparseable redis url>``.
@@ -64,9 +65,12 @@ def mask_url(url: str) -> str:
         if ":" in host:  # an IPv6 literal needs its brackets back
             host = f"[{host}]"
         netloc = host if parts.port is None else f"{host}:{parts.port}"
-        if parts.username is not None or parts.password is not None:
-            user = parts.username or ""
-            netloc = f"{user}:***@{netloc}" if parts.password is not None else f"{user}@{netloc}"
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc}"
+        elif parts.username is not None:
+            # "redis://secret@host" (the ':' before a password forgotten) reads as a user name: hidden too,
+            # since a user of its own without a password is rare and a password shown is a leak.
+            netloc = f"***@{netloc}"
         query = [
             (name, "***" if _secret_name(name) else value)
             for name, value in parse_qsl(parts.query, keep_blank_values=True)
