@@ -3,8 +3,12 @@
 Precedence, highest first: explicit arguments > environment variables > a config file > defaults.
 The config file is ``$ARTIFACT_STORE_CONFIG`` if set, else ``artifactstore.toml`` in the working
 directory, else the ``[tool.artifactstore]`` table of ``pyproject.toml`` in the working directory.
-Core settings are top-level keys; a backend's settings are in the sub-table named after it
-(``[tool.artifactstore.redis]`` or ``[redis]``).
+A file named ``pyproject.toml`` is read for its ``[tool.artifactstore]`` table, also when
+``$ARTIFACT_STORE_CONFIG`` names it. Core settings are top-level keys; a backend's settings are in the
+sub-table named after it (``[tool.artifactstore.redis]`` or ``[redis]``). A key that is none of the
+settings of its table is refused with a :class:`ConfigurationError` (a typo must not leave the default
+silently in force); a table at the top level belongs to a backend (or the server) and is checked when
+that model is loaded.
 
 Each backend owns a :class:`BackendSettings` subclass with the prefix ``ARTIFACT_STORE_<NAME>_``; the
 core knows only the cross-cutting settings in :class:`CoreSettings`.
@@ -12,8 +16,11 @@ core knows only the cross-cutting settings in :class:`CoreSettings`.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -31,42 +38,101 @@ CONFIG_ENV = "ARTIFACT_STORE_CONFIG"
 S = TypeVar("S", bound=BaseSettings)
 
 
-def _read_config_file() -> dict[str, Any]:
+@dataclass(frozen=True)
+class _ConfigFile:
+    """The config file in use: its path as the user gave it, the TOML table our settings start at, and
+    that table (empty when there is no config file)."""
+
+    path: str = ""
+    prefix: str = ""
+    table: dict[str, Any] = field(default_factory=dict)
+
+    def where(self, section: str | None = None) -> str:
+        """Where ``section`` (``None``: the top level) is, for messages: ``[redis] of artifactstore.toml``."""
+        name = ".".join(part for part in (self.prefix, section) if part)
+        return f"[{name}] of {self.path}" if name else self.path
+
+
+def _config_file() -> _ConfigFile:
+    """Read the config file in use (see the module's docstring).
+
+    A file named ``pyproject.toml`` is read for its ``[tool.artifactstore]`` table wherever it comes from,
+    ``$ARTIFACT_STORE_CONFIG`` included: its top level is the project's, not ours.
+
+    Raises:
+        ConfigurationError: the file cannot be read, is not valid TOML, or its artifactstore table is not a
+            table; the message names the file.
+    """
     explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit)
+    elif Path("artifactstore.toml").is_file():
+        path = Path("artifactstore.toml")
+    elif Path("pyproject.toml").is_file():
+        path = Path("pyproject.toml")
+    else:
+        return _ConfigFile()
+    shown = explicit or str(path)
     try:
-        if explicit:
-            with open(explicit, "rb") as handle:
-                return tomllib.load(handle)
-        local = Path("artifactstore.toml")
-        if local.is_file():
-            with local.open("rb") as handle:
-                return tomllib.load(handle)
-        pyproject = Path("pyproject.toml")
-        if pyproject.is_file():
-            with pyproject.open("rb") as handle:
-                table = tomllib.load(handle).get("tool", {}).get("artifactstore", {})
-            return table if isinstance(table, dict) else {}
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        where = explicit or "the artifactstore config file"
-        raise ConfigurationError(f"cannot read {where}: {type(exc).__name__}: {exc}") from exc
-    return {}
+        raise ConfigurationError(f"cannot read config file {shown}: {type(exc).__name__}: {exc}") from exc
+    if path.name != "pyproject.toml":
+        return _ConfigFile(shown, "", document)
+    tool = document.get("tool")
+    table = tool.get("artifactstore", {}) if isinstance(tool, dict) else {}
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"tool.artifactstore in {shown} must be a table ([tool.artifactstore])")
+    return _ConfigFile(shown, "tool.artifactstore", table)
+
+
+def _read_config_file() -> dict[str, Any]:
+    """The artifactstore table of the config file in use (see :func:`_config_file`); ``{}`` when none."""
+    return _config_file().table
+
+
+def _check_keys(table: dict[str, Any], fields: Iterable[str], where: str, hint: str = "") -> None:
+    """Refuse a key that is no setting: a typo would otherwise leave the default silently in force."""
+    known = sorted(fields)
+    for key in table:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigurationError(f"unknown setting {key!r} in {where}{guess} (known: {', '.join(known)}{hint})")
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
-    """Values from the config file's table for this settings model."""
+    """Values from the config file's table for this settings model.
+
+    Raises:
+        ConfigurationError: the file cannot be read, this model's table holds a key that is none of its
+            settings, or the table is a single value (the message names the file, table and key).
+    """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        table = _read_config_file()
+        config = _config_file()
+        fields = self.settings_cls.model_fields
         section = getattr(self.settings_cls, "config_table", None)
         if section:
-            table = table.get(section, {})
-            if not isinstance(table, dict):
+            if section not in config.table:
                 return {}
-        fields = self.settings_cls.model_fields
-        return {key: value for key, value in table.items() if key in fields}
+            sub = config.table[section]
+            if not isinstance(sub, dict):
+                raise ConfigurationError(
+                    f"{section!r} in {config.where()} must be a table ([{section}]), not a single value"
+                )
+            _check_keys(sub, fields, config.where(section))
+            return dict(sub)
+        # The top level holds the core's settings; a table there is a backend's (or the server's) own.
+        scalars = {key: value for key, value in config.table.items() if not isinstance(value, dict)}
+        hint = "; a backend's settings go in its own table, e.g. [redis]"
+        _check_keys(scalars, fields, config.where(), hint)
+        return scalars
 
 
 class _Settings(BaseSettings):

@@ -153,6 +153,19 @@ def test_errors_are_one_line_with_documented_codes(
     assert "Traceback" not in result.stderr
 
 
+def test_a_misspelt_config_file_key_fails_every_command_instead_of_being_ignored(tmp_path: Path) -> None:
+    config = tmp_path / "team.toml"
+    config.write_text('backend = "memory"\n[memory]\nlimt = 1\n')
+    env = {"ARTIFACT_STORE_CONFIG": str(config)}
+    for args in (("doctor",), ("config",), ("ls",)):
+        result = run(*args, env=env)
+        assert result.returncode == 5, (args, result.stdout, result.stderr)
+        assert result.stderr.strip() == (
+            f"error: ConfigurationError: unknown setting 'limt' in [memory] of {config}; did you mean 'limit'? "
+            "(known: limit, max_bytes)"
+        )
+
+
 def test_local_file_errors_are_one_line_with_their_own_exit_code(tmp_path: Path) -> None:
     missing = tmp_path / "does-not-exist.bin"
     result = run("put", "step", str(missing))
