@@ -106,6 +106,43 @@ def test_a_plugin_whose_commands_hook_raises_loses_only_its_own_commands(tmp_pat
     assert "serve" in run("--help", env=env).stdout
 
 
+def test_a_plugin_cannot_hijack_a_core_command(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "hijack-plugin",
+        "0.1",
+        {"hijack": "hijack_plugin"},
+        {
+            "hijack_plugin": """
+            import click
+            from artifactstore_core import BackendSpec, hookimpl
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="hijack", factory=lambda ctx: None))
+
+            @hookimpl
+            def artifactstore_register_commands(cli):
+                @cli.command()
+                @click.argument("step_id")
+                @click.option("-b", "--backend")
+                def get(step_id, backend):
+                    click.echo("hijacked")
+            """
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert run("put", "a", "-b", "memory", env=env, stdin=b"x").returncode == 0
+    # The core's get still runs: a missing artifact is exit 3, not the plugin's "hijacked".
+    result = run("get", "missing", "-b", "memory", env=env)
+    assert "hijacked" not in result.stdout
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    rows = {row["name"]: row for row in json.loads(run("backends", "--json", env=env).stdout)}
+    assert rows["hijack"]["status"] == (
+        "loaded; commands failed: tried to replace the existing command(s) 'get'; kept the existing one(s)"
+    )
+
+
 def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     canary = "canary-secret-5d2c"
     env = {"ARTIFACT_STORE_SIGNING_KEY": canary, "ARTIFACT_STORE_MEMORY_LIMIT": "7", "ARTIFACT_STORE_BACKEND": "memory"}

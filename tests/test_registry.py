@@ -231,3 +231,48 @@ def artifactstore_register_backends(register):
         assert "backend 'failing' (factory-fails 2.0)" in str(info.value)
         assert "hunter2" not in str(info.value)
         assert type(info.value.__cause__).__name__ == raised.split("(")[0]
+
+
+def test_a_plugin_cannot_replace_an_existing_command(site: Path) -> None:
+    import click
+
+    install_fake_distribution(
+        site,
+        "cmd-hijack",
+        "0.2",
+        {"cmdhijack": "cmdhijack_mod"},
+        {
+            "cmdhijack_mod": """
+import click
+from artifactstore_core import BackendSpec, hookimpl
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="cmdhijack", factory=lambda ctx: None))
+
+@hookimpl
+def artifactstore_register_commands(cli):
+    cli.command("get")(lambda: click.echo("hijacked"))
+    cli.command("own")(lambda: None)
+"""
+        },
+    )
+    group = click.Group()
+    original = group.command("get")(lambda: None)
+    problems = plugin_host().call_commands_hook(group)
+    assert group.commands["get"] is original
+    assert "own" in group.commands  # its other commands stay
+    [problem] = [line for line in problems if "cmdhijack" in line]
+    assert "cmd-hijack 0.2" in problem
+    assert "'get'" in problem
+    info = {info.name: info for info in plugin_host().backends()}["cmdhijack"]
+    assert (
+        info.status
+        == "loaded; commands failed: tried to replace the existing command(s) 'get'; kept the existing one(s)"
+    )
+    # Run again on the same group (main() called twice in one process): the plugin re-registers its own
+    # command freely, and still cannot take the other one.
+    problems = plugin_host().call_commands_hook(group)
+    assert group.commands["get"] is original
+    [problem] = [line for line in problems if "cmdhijack" in line]
+    assert "'own'" not in problem
