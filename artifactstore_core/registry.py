@@ -51,6 +51,11 @@ KNOWN_BACKENDS: dict[str, str] = {
     "http": "artifactstore-http",
 }
 
+#: What a plugin's import or hook may raise and still be only that plugin's failure. ``SystemExit`` too: a
+#: module that calls ``sys.exit()`` when a dependency is missing, or parses ``sys.argv`` at import, must not
+#: end the program that merely lists or loads another backend. ``KeyboardInterrupt`` still stops everything.
+_PLUGIN_FAILURES = (Exception, SystemExit)
+
 
 @dataclass(frozen=True)
 class BackendSpec:
@@ -185,7 +190,7 @@ class PluginHost:
         self._origins.setdefault(ep.value, where)
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             raise PluginLoadError(
                 f"backend {name!r} failed to load ({where}): {type(exc).__name__}: {exc}", backend=name
             ) from exc
@@ -196,7 +201,7 @@ class PluginHost:
                 self._modules[ep.value] = plugin
             # Ask only this plugin, so loading one backend never runs another plugin's code.
             self._hook_of("artifactstore_register_backends", ep.value)(register=registered.append)
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             raise PluginLoadError(
                 f"backend {name!r} failed to register ({where}): {type(exc).__name__}: {exc}", backend=name
             ) from exc
@@ -287,7 +292,7 @@ class PluginHost:
                 error: str | None = None
                 try:
                     caller(cli=cli)
-                except Exception as exc:
+                except _PLUGIN_FAILURES as exc:
                     if before is not None and isinstance(commands, dict):
                         commands.clear()
                         commands.update(before)

@@ -75,6 +75,24 @@ def test_backends_lists_everything_even_with_a_broken_plugin(tmp_path: Path) -> 
     assert run("doctor", env=env).returncode == 0
 
 
+def test_a_plugin_that_exits_at_import_breaks_no_other_command(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "artifactstore-exits",
+        "1.0",
+        {"exits": "exits_cli_mod"},
+        {"exits_cli_mod": "import sys\nsys.exit('exits_cli_mod needs libfoo')\n"},
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert run("ls", "-b", "memory", env=env).returncode == 0
+    rows = {row["name"]: row for row in json.loads(run("backends", "--json", env=env).stdout)}
+    assert rows["memory"]["status"] == "loaded"
+    assert "SystemExit: exits_cli_mod needs libfoo" in rows["exits"]["status"]
+    result = run("ls", "-b", "exits", env=env)
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: PluginLoadError: backend 'exits' failed to load")
+
+
 def test_a_plugin_whose_commands_hook_raises_loses_only_its_own_commands(tmp_path: Path) -> None:
     install_fake_distribution(
         tmp_path,

@@ -276,3 +276,44 @@ def artifactstore_register_commands(cli):
     assert group.commands["get"] is original
     [problem] = [line for line in problems if "cmdhijack" in line]
     assert "'own'" not in problem
+
+
+@pytest.mark.parametrize(
+    ("where", "body"),
+    [
+        # A module that exits when a dependency is missing, or parses sys.argv at import as scripts do.
+        ("import", "import sys\nsys.exit('needs libfoo')\n"),
+        (
+            "register hook",
+            "from artifactstore_core import hookimpl\n\n@hookimpl\n"
+            "def artifactstore_register_backends(register):\n    raise SystemExit(2)\n",
+        ),
+        (
+            "commands hook",
+            "from artifactstore_core import BackendSpec, hookimpl\n\n@hookimpl\n"
+            "def artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='exiter', factory=lambda ctx: None))\n\n@hookimpl\n"
+            "def artifactstore_register_commands(cli):\n    cli.command('half')(lambda: None)\n    raise SystemExit(1)\n",
+        ),
+    ],
+)
+def test_a_plugin_that_calls_sys_exit_fails_alone(site: Path, where: str, body: str) -> None:
+    import click
+
+    module = f"exiter_{uuid.uuid4().hex}"  # a new module each time: imports are cached
+    install_fake_distribution(site, "artifactstore-exiter", "0.3", {"exiter": module}, {module: body})
+    group = click.Group()
+    problems = plugin_host().call_commands_hook(group)  # what every CLI command runs first
+    assert "half" not in group.commands
+    [problem] = [line for line in problems if "exiter" in line]
+    assert "SystemExit" in problem
+    infos = {info.name: info for info in plugin_host().backends()}
+    assert infos["memory"].status == "loaded"
+    assert "SystemExit" in infos["exiter"].status
+    if where != "commands hook":
+        with pytest.raises(PluginLoadError, match=r"artifactstore-exiter 0\.3.*SystemExit") as info:
+            plugin_host().load("exiter")
+        assert isinstance(info.value.__cause__, SystemExit)
+    with create_store("memory", namespace="exiter-test") as store:
+        store.save("a", Message(content=1))
+        store.clear()
