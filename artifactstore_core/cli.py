@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from . import errors
+from .ids import validate_namespace
 from .message import Message
 from .registry import plugin_host
 from .settings import CoreSettings, _read_config_file, load_settings
@@ -250,9 +251,13 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
 @_store_options
 def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
     """Validate the settings and probe the backend with a save/get/delete round trip."""
+    chosen = cli_backend(backend)
+    # The probe runs in a throw-away namespace, so the configured one (ARTIFACT_STORE_NAMESPACE, the config
+    # file or --namespace) is checked here: every other command would refuse an invalid one.
+    validate_namespace(load_settings(CoreSettings, backend=chosen, namespace=namespace).namespace)
     probe_namespace = f"artifactstore-doctor-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
-    with create_store(cli_backend(backend), namespace=probe_namespace) as store:
+    with create_store(chosen, namespace=probe_namespace) as store:
         created = time.perf_counter()
         message = Message(content={"probe": uuid.uuid4().hex}, metadata={"by": "artifactstore doctor"})
         timings = {}

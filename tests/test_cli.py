@@ -188,6 +188,23 @@ def test_doctor_reports_ok() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("doctor",), {"ARTIFACT_STORE_NAMESPACE": ""}),
+        (("doctor", "--json"), {"ARTIFACT_STORE_NAMESPACE": "run\x01"}),
+        (("doctor", "-n", ""), {}),
+    ],
+)
+def test_doctor_refuses_the_namespace_every_other_command_refuses(args: tuple[str, ...], env: dict[str, str]) -> None:
+    # The probe runs in a namespace of its own; an "ok" would leave `ls`, `put`, ... failing on this one.
+    assert run("ls", *args[1:], env=env).returncode == 5
+    result = run(*args, env=env)
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: InvalidStepIdError: namespace ")
+
+
+@pytest.mark.parametrize(
     ("args", "env", "code", "text"),
     [
         (("get", "missing"), {}, 3, "ArtifactNotFoundError"),
