@@ -480,7 +480,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise click.BadParameter(f"expected a duration like 30s, 15m, 12h, 7d or 2w, got {text!r}")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    except OverflowError:
+        raise click.BadParameter(f"duration {text!r} is too long (at most about 2.7 million years)") from None
 
 
 @cli.command()
@@ -491,7 +494,11 @@ def parse_duration(text: str) -> timedelta:
 def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> None:
     """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
     age = parse_duration(older_than)
-    cutoff = datetime.now(UTC) - age
+    try:
+        cutoff = datetime.now(UTC) - age
+    except OverflowError:
+        # Before the first representable date: no artifact is that old, so nothing is removed.
+        cutoff = datetime.min.replace(tzinfo=UTC)
     removed: list[dict[str, Any]] = []
     chosen = cli_backend(backend)
     with create_store(chosen) as root:

@@ -214,6 +214,7 @@ def test_doctor_refuses_the_namespace_every_other_command_refuses(args: tuple[st
         (("rm", "a", "b"), {}, 3, "not found"),
         (("clear",), {}, 2, "--yes"),
         (("gc", "--older-than", "soon"), {}, 2, "duration"),
+        (("gc", "--older-than", "99999999999w"), {}, 2, "too long"),
     ],
 )
 def test_errors_are_one_line_with_documented_codes(
@@ -236,6 +237,15 @@ def test_a_misspelt_config_file_key_fails_every_command_instead_of_being_ignored
             f"error: ConfigurationError: unknown setting 'limt' in [memory] of {config}; did you mean 'limit'? "
             "(known: limit, max_bytes)"
         )
+
+
+def test_gc_older_than_any_date_removes_nothing() -> None:
+    # A million weeks reaches back past year 1: nothing is that old (the cutoff used to overflow).
+    assert run("put", "keep", "-n", "recent", stdin=b"x").returncode == 0
+    result = run("gc", "--older-than", "1000000w", "--json")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": []}
+    assert run("stat", "keep", "-n", "recent").returncode == 0
 
 
 def test_local_file_errors_are_one_line_with_their_own_exit_code(tmp_path: Path) -> None:
