@@ -193,20 +193,48 @@ def load_settings(model: type[S], **overrides: Any) -> S:
     """Build ``model`` from explicit overrides, the environment, the config file and defaults.
 
     Raises:
-        ConfigurationError: an override is not a setting of ``model``, or a value is invalid; the message
-            names the environment variable to fix and never repeats the value (it may be a secret).
+        ConfigurationError: an override is not a setting of ``model``, a key of its config-file table is
+            none of its settings, or a value is invalid; the message names the environment variable to fix
+            and, when the value came from an argument or the config file, where it was given instead; it
+            never repeats the value (it may be a secret).
     """
     unknown = sorted(set(overrides) - set(model.model_fields))
     if unknown:
         known = ", ".join(sorted(model.model_fields))
         raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)} for {model.__name__}; known: {known}")
+    given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return model(**{key: value for key, value in overrides.items() if value is not None})
+        return model(**given)
     except ValidationError as exc:
         env_name = getattr(model, "env_name", lambda name: name)
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
-            name = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{env_name(name)}: {error['msg']}")
+            loc = error["loc"]
+            if loc and str(loc[0]) in model.model_fields:
+                name = str(loc[0])
+                problems.append(f"{env_name(name)}{_given_where(model, name, given)}: {error['msg']}")
+            else:
+                # A check across several settings (a model validator): its message names them itself.
+                problems.append(f"{env_name('*')}: {error['msg']}")
         # Not chained: pydantic's error repeats the input, which may be a secret.
         raise ConfigurationError("invalid setting " + "; ".join(problems)) from None
+
+
+def _given_where(model: type[BaseSettings], name: str, given: dict[str, Any]) -> str:
+    """Where the invalid value of ``name`` came from when not from its environment variable, for the message.
+
+    The environment variable is always named (it is what most users set); a value given as an argument or
+    in the config file must be fixed there instead, and the message says so.
+    """
+    if name in given:
+        return f" (given as the argument {name})"
+    env = getattr(model, "env_name", lambda field: field)(name)
+    # pydantic-settings matches variable names case-insensitively.
+    if any(key.upper() == env for key in os.environ):
+        return ""
+    config = _config_file()
+    section = getattr(model, "config_table", None)
+    table = config.table.get(section, {}) if section else config.table
+    if isinstance(table, dict) and name in table:
+        return f" (set by {name} in {config.where(section)})"
+    return ""

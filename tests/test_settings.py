@@ -187,3 +187,50 @@ def test_an_unreadable_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigurationError, match=r"cannot read config file pyproject\.toml: TOMLDecodeError"):
         load_settings(CoreSettings)
+
+
+def test_an_invalid_value_says_where_it_was_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The variable is named always; a value from the config file or an argument is to be fixed there, and a
+    # user who never set the variable must not be sent looking for it.
+    (tmp_path / "artifactstore.toml").write_text('compress_threshold = "big"\n[memory]\nlimit = 0\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(MemorySettings)
+    assert str(info.value).startswith(
+        "invalid setting ARTIFACT_STORE_MEMORY_LIMIT (set by limit in [memory] of artifactstore.toml): "
+    )
+    with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_COMPRESS_THRESHOLD \(set by "):
+        create_store()
+    with pytest.raises(
+        ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_MEMORY_LIMIT \(given as the argument limit\): "
+    ):
+        load_settings(MemorySettings, limit=-1)
+    monkeypatch.setenv("ARTIFACT_STORE_MEMORY_LIMIT", "-2")  # the environment wins over the file
+    with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_MEMORY_LIMIT: "):
+        load_settings(MemorySettings)
+
+
+def test_a_check_across_settings_names_the_prefix_not_a_made_up_variable() -> None:
+    from pydantic import model_validator
+    from pydantic_settings import SettingsConfigDict
+
+    from artifactstore_core import BackendSettings
+
+    class PairSettings(BackendSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_PAIR_", extra="ignore")
+        config_table = "pair"
+        left: int | None = None
+        right: int | None = None
+
+        @model_validator(mode="after")
+        def _both(self) -> PairSettings:
+            if (self.left is None) != (self.right is None):
+                raise ValueError("set both ARTIFACT_STORE_PAIR_LEFT and ARTIFACT_STORE_PAIR_RIGHT, or neither")
+            return self
+
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(PairSettings, left=1)
+    assert str(info.value) == (
+        "invalid setting ARTIFACT_STORE_PAIR_*: Value error, set both ARTIFACT_STORE_PAIR_LEFT and "
+        "ARTIFACT_STORE_PAIR_RIGHT, or neither"
+    )
