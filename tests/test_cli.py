@@ -287,6 +287,27 @@ def test_a_backend_factory_error_is_one_typed_line(tmp_path: Path) -> None:
     assert "hunter2" not in result.stderr
 
 
+def test_a_factory_that_returns_no_store_is_one_line(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "nostore-backend",
+        "0.1",
+        {"nostore": "nostore_backend"},
+        {
+            "nostore_backend": """
+            from artifactstore_core import BackendSpec, hookimpl
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="nostore", factory=lambda ctx: None))
+            """
+        },
+    )
+    result = run("ls", "-b", "nostore", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: PluginLoadError: backend 'nostore' (nostore-backend 0.1) is broken")
+
+
 def test_debug_shows_the_traceback() -> None:
     result = run("--debug", "get", "missing")
     assert result.returncode != 0

@@ -317,3 +317,28 @@ def test_a_plugin_that_calls_sys_exit_fails_alone(site: Path, where: str, body: 
     with create_store("memory", namespace="exiter-test") as store:
         store.save("a", Message(content=1))
         store.clear()
+
+
+def test_a_factory_that_returns_no_store_is_a_plugin_error(site: Path) -> None:
+    install_fake_distribution(
+        site,
+        "artifactstore-nostore",
+        "0.4",
+        {"nostore": "nostore_mod"},
+        {
+            "nostore_mod": """
+from artifactstore_core import BackendSpec, hookimpl
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="nostore", factory=lambda ctx: None))
+"""
+        },
+    )
+    # Not a None handed back to fail later, far from the cause, as "NoneType ... context manager protocol".
+    with pytest.raises(PluginLoadError) as info:
+        create_store("nostore")
+    assert str(info.value) == (
+        "backend 'nostore' (artifactstore-nostore 0.4) is broken: its factory returned NoneType, not an ArtifactStore"
+    )
+    assert info.value.backend == "nostore"
