@@ -9,10 +9,13 @@ Plugins add commands through the ``artifactstore_register_commands`` hook.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat as stat_mode
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -358,11 +361,8 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
         size = store.info(step_id).size
         with store.open(step_id) as reader:
             to_file = output != "-"
-            try:
-                # Closed below, and removed if the verified read fails part-way.
-                target: IO[bytes] = open(output, "wb") if to_file else sys.stdout.buffer  # noqa: SIM115
-            except OSError as exc:
-                raise LocalFileError("write", output, exc) from exc
+            target = _OutputFile(output) if to_file else None
+            stream: IO[bytes] = target.handle if target is not None else sys.stdout.buffer
             try:
                 progress = _progress(size) if to_file else None
                 task = progress.add_task(f"get {step_id}", total=size) if progress else None
@@ -370,29 +370,94 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
                     progress.start()
                 try:
                     while chunk := reader.read(_CHUNK):
-                        _write(target, chunk, output)
+                        _write(stream, chunk, output)
                         if progress is not None and task is not None:
                             progress.advance(task, len(chunk))
                 finally:
                     if progress is not None:
                         progress.stop()
-                if to_file:
-                    try:
-                        target.close()  # flushes: a full disk may only show here
-                    except OSError as exc:
-                        raise LocalFileError("write", output, exc) from exc
+                if target is not None:
+                    target.commit()
                 else:
-                    target.flush()
+                    stream.flush()
             except BaseException:
-                if to_file:
-                    # Never leave a partial or unverified file; the error being raised is the one to report.
-                    with suppress(OSError):
-                        target.close()
-                    with suppress(OSError):
-                        # Regular files only: -o /dev/null (or a pipe) is not ours to remove.
-                        if Path(output).is_file():
-                            Path(output).unlink()
+                if target is not None:
+                    # The error being raised is the one to report.
+                    target.discard()
                 raise
+
+
+class _OutputFile:
+    """``get``'s ``--output FILE``, in place only once the whole artifact has been read and verified.
+
+    A regular file (or a new one) is written to a temporary file beside it, renamed over it by
+    :meth:`commit`: a read that fails part-way (a corrupted artifact, a lost connection) leaves an existing
+    file as it was, not truncated or removed, and no partial file behind. The file keeps its permissions; a
+    symbolic link keeps pointing at the file it names, which is the one replaced. A target that is not a
+    regular file (``/dev/null``, a pipe) is written in place.
+
+    Raises:
+        LocalFileError: the file or its directory cannot be written (missing directory, no permission).
+    """
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.final: Path | None = None
+        self.temp: Path | None = None
+        path = Path(output)
+        real = Path(os.path.realpath(path))
+        try:
+            try:
+                status: os.stat_result | None = real.stat()
+            except FileNotFoundError:
+                status = None
+            if status is not None and not stat_mode.S_ISREG(status.st_mode):
+                self.handle: IO[bytes] = open(output, "wb")  # noqa: SIM115 (closed by commit or discard)
+                return
+            if status is not None and not os.access(real, os.W_OK):
+                # Renaming over it would succeed; writing it, as the user asked, would not.
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), output)
+            fd, temp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".partial")
+        except OSError as exc:
+            raise LocalFileError("write", output, exc) from exc
+        self.temp, self.final = Path(temp), real
+        self.handle = os.fdopen(fd, "wb")
+        try:
+            os.fchmod(fd, stat_mode.S_IMODE(status.st_mode) if status is not None else 0o666 & ~_umask())
+        except OSError as exc:
+            self.discard()
+            raise LocalFileError("write", output, exc) from exc
+
+    def commit(self) -> None:
+        """Flush and close the file and put it in place. Raises :class:`LocalFileError`."""
+        try:
+            if self.temp is not None and self.final is not None:
+                self.handle.flush()
+                # On disk before the rename: a crash must not leave an empty file where a good one was.
+                os.fsync(self.handle.fileno())
+                self.handle.close()  # flushes: a full disk may only show here
+                os.replace(self.temp, self.final)
+                self.temp = None
+            else:
+                self.handle.close()
+        except OSError as exc:
+            raise LocalFileError("write", self.output, exc) from exc
+
+    def discard(self) -> None:
+        """Close the file and remove the temporary one; the target is left as it was. Raises nothing."""
+        with suppress(OSError):
+            self.handle.close()
+        if self.temp is not None:
+            with suppress(OSError):
+                self.temp.unlink()
+            self.temp = None
+
+
+def _umask() -> int:
+    # The process's umask can only be read by setting it; the CLI is one thread at this point.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write(target: IO[bytes], chunk: bytes, output: str) -> None:

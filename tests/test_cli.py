@@ -261,6 +261,39 @@ def test_local_file_errors_are_one_line_with_their_own_exit_code(tmp_path: Path)
     assert not (tmp_path / "no").exists()
 
 
+def _corrupt_the_only_artifact(root: Path) -> None:
+    """Flip a payload byte of the one artifact stored under the filesystem backend's ``root``."""
+    [stored] = [path for path in root.rglob("*") if path.is_file()]
+    data = bytearray(stored.read_bytes())
+    data[-10] ^= 0xFF
+    stored.write_bytes(bytes(data))
+
+
+def test_get_of_a_corrupted_artifact_leaves_an_existing_output_file_as_it_was(tmp_path: Path) -> None:
+    # Large enough to be read in several chunks: the digest fails only after some were written.
+    assert run("put", "model", "-", stdin=os.urandom(3 * 1024 * 1024)).returncode == 0
+    _corrupt_the_only_artifact(_DEFAULT_ROOT[-1])
+    previous = tmp_path / "model.bin"
+    previous.write_bytes(b"yesterday's good model")
+    previous.chmod(0o640)
+    result = run("get", "model", "-o", str(previous))
+    assert result.returncode == 8, (result.stdout, result.stderr)
+    assert "ArtifactCorruptedError" in result.stderr
+    assert previous.read_bytes() == b"yesterday's good model"  # was truncated, then removed
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["default-root", "model.bin"]  # no partial file
+    # A good artifact replaces it, keeping its permissions, through a symbolic link too.
+    assert run("put", "fresh", "-", stdin=b"today").returncode == 0
+    link = tmp_path / "current.bin"
+    link.symlink_to(previous.name)
+    assert run("get", "fresh", "-o", str(link)).returncode == 0
+    assert link.is_symlink()
+    assert previous.read_bytes() == b"today"
+    assert previous.stat().st_mode & 0o777 == 0o640
+    # A target that is no regular file is written in place, never replaced.
+    assert run("get", "fresh", "-o", os.devnull).returncode == 0
+    assert not Path(os.devnull).is_file()
+
+
 def test_a_backend_factory_error_is_one_typed_line(tmp_path: Path) -> None:
     install_fake_distribution(
         tmp_path,
