@@ -394,7 +394,8 @@ class _OutputFile:
     :meth:`commit`: a read that fails part-way (a corrupted artifact, a lost connection) leaves an existing
     file as it was, not truncated or removed, and no partial file behind. The file keeps its permissions; a
     symbolic link keeps pointing at the file it names, which is the one replaced. A target that is not a
-    regular file (``/dev/null``, a pipe) is written in place.
+    regular file (``/dev/null``, a pipe), or a writable file in a directory where no file can be created,
+    is written in place.
 
     Raises:
         LocalFileError: the file or its directory cannot be written (missing directory, no permission).
@@ -417,7 +418,14 @@ class _OutputFile:
             if status is not None and not os.access(real, os.W_OK):
                 # Renaming over it would succeed; writing it, as the user asked, would not.
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), output)
-            fd, temp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".partial")
+            try:
+                fd, temp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".partial")
+            except PermissionError:
+                if status is None:
+                    raise
+                # A writable file in a directory we may not create files in: written in place, as asked.
+                self.handle = open(output, "wb")  # noqa: SIM115 (closed by commit or discard)
+                return
         except OSError as exc:
             raise LocalFileError("write", output, exc) from exc
         self.temp, self.final = Path(temp), real

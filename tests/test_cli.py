@@ -366,6 +366,30 @@ def test_in_process_data_commands_round_trip(monkeypatch: pytest.MonkeyPatch, tm
     assert main(["gc", "--older-than", "1s", "--dry-run"]) == 0
 
 
+def test_get_writes_in_place_where_no_file_can_be_created_beside_the_output(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A writable file in a directory the user may not create files in (as root, tests cannot make one)."""
+    import tempfile
+
+    from artifactstore_core.cli import main
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"payload")
+    assert main(["put", "blob", str(source), "-n", "in-place"]) == 0
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    existing = tmp_path / "existing.bin"
+    existing.write_bytes(b"old")
+    assert main(["get", "blob", "-o", str(existing), "-n", "in-place"]) == 0
+    assert existing.read_bytes() == b"payload"
+    # A new file cannot be created there either: one line, exit 10.
+    assert main(["get", "blob", "-o", str(tmp_path / "new.bin"), "-n", "in-place"]) == 10
+
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running(tmp_path_factory.mktemp("cli-redis")) as server:
