@@ -9,6 +9,7 @@ Plugins add commands through the ``artifactstore_register_commands`` hook.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import json
 import os
@@ -32,8 +33,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from . import errors
 from .ids import validate_namespace
 from .message import Message
-from .registry import plugin_host
-from .settings import CoreSettings, _read_config_file, load_settings
+from .registry import PLUGINS_ENV, BackendSpec, plugin_host
+from .settings import CONFIG_ENV, CoreSettings, _read_config_file, load_settings
 from .store import ArtifactStore
 from .wiring import create_store
 
@@ -226,6 +227,47 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _env_names(model: type[Any]) -> set[str]:
+    return {model.env_name(name) for name in model.model_fields} if hasattr(model, "env_name") else set()
+
+
+def unread_variables(spec: BackendSpec) -> list[str]:
+    """One line per ``ARTIFACT_STORE_*`` environment variable that looks meant for this configuration but
+    that no setting reads, so its value is silently ignored: a misspelt variable of the selected backend
+    (``ARTIFACT_STORE_REDIS_ULR``) or one close to a core variable (``ARTIFACT_STORE_BACKNED``).
+
+    Variables of other installed backends, and others not close to any setting, are not ours to judge.
+    Values are never quoted (they may be secrets). Raises nothing.
+    """
+    core = _env_names(CoreSettings) | {CONFIG_ENV, PLUGINS_ENV}
+    own = _env_names(spec.settings_model) if spec.settings_model is not None else set()
+    own_prefix = f"ARTIFACT_STORE_{spec.name.upper()}_"
+    others = tuple(f"ARTIFACT_STORE_{name.upper()}_" for name in plugin_host().names() if name != spec.name)
+    lines = []
+    for variable in sorted(os.environ):
+        name = variable.upper()  # pydantic-settings reads the names case-insensitively
+        if not name.startswith("ARTIFACT_STORE_") or name in core | own:
+            continue
+        if name.startswith(own_prefix):
+            close = difflib.get_close_matches(name, sorted(own), n=1, cutoff=0.6)
+            what = f"is no setting of backend {spec.name!r}"
+        elif name.startswith(others):
+            continue
+        else:
+            close = difflib.get_close_matches(name, sorted(core), n=1, cutoff=0.85)
+            if not close:
+                continue
+            what = "is no setting"
+        guess = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{variable} {what} and is ignored{guess}")
+    return lines
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        stderr.print(f"warning: {line}", markup=False, soft_wrap=True)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_store_options
@@ -237,6 +279,7 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
     spec = plugin_host().load(core.backend)
     if spec.settings_model is not None:
         rows += _setting_rows(spec.settings_model, load_settings(spec.settings_model))
+    _warn(unread_variables(spec))
     for row in rows:
         if row["name"] == "ARTIFACT_STORE_BACKEND" and chosen:
             row["source"] = "argument" if backend else "command default"
@@ -257,7 +300,11 @@ def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
     chosen = cli_backend(backend)
     # The probe runs in a throw-away namespace, so the configured one (ARTIFACT_STORE_NAMESPACE, the config
     # file or --namespace) is checked here: every other command would refuse an invalid one.
-    validate_namespace(load_settings(CoreSettings, backend=chosen, namespace=namespace).namespace)
+    core = load_settings(CoreSettings, backend=chosen, namespace=namespace)
+    validate_namespace(core.namespace)
+    # A misspelt variable leaves a default in force, which the probe may well work with: say so.
+    warnings = unread_variables(plugin_host().load(core.backend))
+    _warn(warnings)
     probe_namespace = f"artifactstore-doctor-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     with create_store(chosen, namespace=probe_namespace) as store:
@@ -282,6 +329,7 @@ def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
             "connect_ms": round((created - started) * 1000, 2),
             **{key: round(value, 2) for key, value in timings.items()},
             "capabilities": vars(store.capabilities),
+            "warnings": warnings,
         }
     if as_json:
         _echo_json(report)

@@ -187,6 +187,34 @@ def test_doctor_reports_ok() -> None:
     assert report["save_ms"] >= 0
 
 
+def test_doctor_and_config_name_misspelt_variables_they_ignore() -> None:
+    canary = "redis://:canary-pw-71f0@db:6379/0"
+    env = {
+        "ARTIFACT_STORE_BACKNED": "redis",  # close to a core variable
+        "ARTIFACT_STORE_FILESYSTEM_ROT": canary,  # under the selected backend's prefix
+        # Not flagged: another backend's (not in use), the server's, and one close to nothing.
+        "ARTIFACT_STORE_REDIS_URL": canary,
+        "ARTIFACT_STORE_SERVER_TOKEN": canary,
+        "ARTIFACT_STORE_TEAM_NOTE": "x",
+    }
+    expected = [
+        "warning: ARTIFACT_STORE_BACKNED is no setting and is ignored; did you mean ARTIFACT_STORE_BACKEND?",
+        "warning: ARTIFACT_STORE_FILESYSTEM_ROT is no setting of backend 'filesystem' and is ignored; did you mean "
+        "ARTIFACT_STORE_FILESYSTEM_ROOT?",
+    ]
+    result = run("doctor", env=env)
+    assert result.returncode == 0, result.stderr  # the probe itself worked, with the defaults
+    assert result.stderr.splitlines() == expected
+    report = run("doctor", "--json", env=env)
+    assert [f"warning: {line}" for line in json.loads(report.stdout)["warnings"]] == expected
+    config = run("config", env=env)
+    assert config.returncode == 0
+    assert config.stderr.splitlines() == expected
+    for out in (result, report, config):
+        assert "canary" not in out.stdout + out.stderr
+    assert json.loads(run("doctor", "--json").stdout)["warnings"] == []
+
+
 @pytest.mark.parametrize(
     ("args", "env"),
     [
