@@ -293,7 +293,8 @@ def artifactstore_register_commands(cli):
             "from artifactstore_core import BackendSpec, hookimpl\n\n@hookimpl\n"
             "def artifactstore_register_backends(register):\n"
             "    register(BackendSpec(name='exiter', factory=lambda ctx: None))\n\n@hookimpl\n"
-            "def artifactstore_register_commands(cli):\n    cli.command('half')(lambda: None)\n    raise SystemExit(1)\n",
+            "def artifactstore_register_commands(cli):\n"
+            "    cli.command('half')(lambda: None)\n    raise SystemExit(1)\n",
         ),
     ],
 )
