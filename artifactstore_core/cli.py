@@ -34,7 +34,7 @@ from . import errors
 from .ids import validate_namespace
 from .message import Message
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
-from .settings import CONFIG_ENV, CoreSettings, _read_config_file, load_settings
+from .settings import CONFIG_ENV, CoreSettings, _read_config_file, env_name_of, load_settings
 from .store import ArtifactStore
 from .wiring import create_store
 
@@ -213,7 +213,7 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
         file_table = file_table.get(section, {}) if isinstance(file_table.get(section), dict) else {}
     rows = []
     for name, field in model.model_fields.items():
-        env = model.env_name(name)
+        env = env_name_of(model, name)
         value = getattr(instance, name)
         if env in os.environ:
             source = "env"
@@ -228,7 +228,7 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
 
 
 def _env_names(model: type[Any]) -> set[str]:
-    return {model.env_name(name) for name in model.model_fields} if hasattr(model, "env_name") else set()
+    return {env_name_of(model, name) for name in model.model_fields}
 
 
 def unread_variables(spec: BackendSpec) -> list[str]:

@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigurationError
 
-__all__ = ["CONFIG_ENV", "BackendSettings", "CoreSettings", "load_settings"]
+__all__ = ["CONFIG_ENV", "BackendSettings", "CoreSettings", "env_name_of", "load_settings"]
 
 #: Environment variable naming an explicit config file.
 CONFIG_ENV = "ARTIFACT_STORE_CONFIG"
@@ -157,8 +157,7 @@ class _Settings(BaseSettings):
     @classmethod
     def env_name(cls, field_name: str) -> str:
         """The environment variable that sets ``field_name``."""
-        prefix = cls.model_config.get("env_prefix") or ""
-        return f"{prefix}{field_name}".upper()
+        return env_name_of(cls, field_name)
 
 
 class CoreSettings(_Settings):
@@ -189,6 +188,14 @@ class BackendSettings(_Settings):
     model_config = SettingsConfigDict(extra="ignore")
 
 
+def env_name_of(model: type[BaseSettings], field_name: str) -> str:
+    """The environment variable that sets ``field_name`` of ``model``: its ``env_prefix`` and the name, upper
+    case. Works for any pydantic-settings model, not only :class:`BackendSettings` subclasses (a plugin's
+    ``settings_model`` may be a plain ``BaseSettings``). Raises nothing."""
+    prefix = model.model_config.get("env_prefix") or ""
+    return f"{prefix}{field_name}".upper()
+
+
 def load_settings(model: type[S], **overrides: Any) -> S:
     """Build ``model`` from explicit overrides, the environment, the config file and defaults.
 
@@ -206,16 +213,15 @@ def load_settings(model: type[S], **overrides: Any) -> S:
     try:
         return model(**given)
     except ValidationError as exc:
-        env_name = getattr(model, "env_name", lambda name: name)
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
             loc = error["loc"]
             if loc and str(loc[0]) in model.model_fields:
                 name = str(loc[0])
-                problems.append(f"{env_name(name)}{_given_where(model, name, given)}: {error['msg']}")
+                problems.append(f"{env_name_of(model, name)}{_given_where(model, name, given)}: {error['msg']}")
             else:
                 # A check across several settings (a model validator): its message names them itself.
-                problems.append(f"{env_name('*')}: {error['msg']}")
+                problems.append(f"{env_name_of(model, '*')}: {error['msg']}")
         # Not chained: pydantic's error repeats the input, which may be a secret.
         raise ConfigurationError("invalid setting " + "; ".join(problems)) from None
 
@@ -228,7 +234,7 @@ def _given_where(model: type[BaseSettings], name: str, given: dict[str, Any]) ->
     """
     if name in given:
         return f" (given as the argument {name})"
-    env = getattr(model, "env_name", lambda field: field)(name)
+    env = env_name_of(model, name)
     # pydantic-settings matches variable names case-insensitively.
     if any(key.upper() == env for key in os.environ):
         return ""

@@ -177,6 +177,39 @@ def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
         assert canary not in out.stdout + out.stderr
 
 
+def test_config_shows_a_plugin_whose_settings_are_a_plain_pydantic_settings_model(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "plain-settings",
+        "0.1",
+        {"plain": "plain_settings_backend"},
+        {
+            "plain_settings_backend": """
+            from pydantic_settings import BaseSettings, SettingsConfigDict
+            from artifactstore_core import BackendSpec, hookimpl
+            from artifactstore_memory import MemoryStore
+
+            class PlainSettings(BaseSettings):
+                model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_PLAIN_")
+                depth: int = 1
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(
+                    name="plain",
+                    factory=lambda ctx: MemoryStore(namespace=ctx.namespace),
+                    settings_model=PlainSettings,
+                ))
+            """
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path), "ARTIFACT_STORE_PLAIN_DEPTH": "3"}
+    result = run("config", "--json", "-b", "plain", env=env)
+    assert result.returncode == 0, result.stderr  # was an AttributeError traceback (env_name)
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert (rows["ARTIFACT_STORE_PLAIN_DEPTH"]["value"], rows["ARTIFACT_STORE_PLAIN_DEPTH"]["source"]) == (3, "env")
+
+
 def test_doctor_reports_ok() -> None:
     result = run("doctor", "--json")
     assert result.returncode == 0, result.stderr

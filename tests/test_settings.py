@@ -234,3 +234,16 @@ def test_a_check_across_settings_names_the_prefix_not_a_made_up_variable() -> No
         "invalid setting ARTIFACT_STORE_PAIR_*: Value error, set both ARTIFACT_STORE_PAIR_LEFT and "
         "ARTIFACT_STORE_PAIR_RIGHT, or neither"
     )
+
+
+def test_a_plain_pydantic_settings_model_is_named_by_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BackendSpec.settings_model may be any pydantic-settings model, not only a BackendSettings subclass.
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class PlainSettings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_PLAIN_")
+        depth: int = 1
+
+    monkeypatch.setenv("ARTIFACT_STORE_PLAIN_DEPTH", "deep")
+    with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_PLAIN_DEPTH: "):
+        load_settings(PlainSettings)
