@@ -241,7 +241,10 @@ def unread_variables(spec: BackendSpec) -> list[str]:
     """
     core = _env_names(CoreSettings) | {CONFIG_ENV, PLUGINS_ENV}
     own = _env_names(spec.settings_model) if spec.settings_model is not None else set()
-    own_prefix = f"ARTIFACT_STORE_{spec.name.upper()}_"
+    # The model's own prefix (ARTIFACT_STORE_<NAME>_ by convention, which a plugin may not have followed).
+    prefix = spec.settings_model.model_config.get("env_prefix") if spec.settings_model is not None else None
+    own_prefix = prefix.upper() if prefix and prefix.upper().startswith("ARTIFACT_STORE_") else None
+    own_prefix = own_prefix or f"ARTIFACT_STORE_{spec.name.upper()}_"
     others = tuple(f"ARTIFACT_STORE_{name.upper()}_" for name in plugin_host().names() if name != spec.name)
     lines = []
     for variable in sorted(os.environ):

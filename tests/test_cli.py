@@ -564,3 +564,25 @@ def test_serve_is_contributed_by_the_http_plugin() -> None:
     refused = run("serve", "--port", "0")
     assert refused.returncode == 5
     assert "Traceback" not in refused.stderr
+
+
+def test_unread_variables_follow_the_settings_model_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plugin whose prefix is not ARTIFACT_STORE_<NAME>_ (its name has a dash): its own variables are judged.
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from artifactstore_core import BackendSpec
+    from artifactstore_core.cli import unread_variables
+
+    class OddSettings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_ODD_")
+        depth: int = 1
+
+    spec = BackendSpec(name="odd-name", factory=lambda ctx: None, settings_model=OddSettings)  # type: ignore[arg-type,return-value]
+    for key in [key for key in os.environ if key.upper().startswith("ARTIFACT_STORE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("ARTIFACT_STORE_ODD_DEPTH", "2")
+    monkeypatch.setenv("ARTIFACT_STORE_ODD_DEPHT", "3")
+    assert unread_variables(spec) == [
+        "ARTIFACT_STORE_ODD_DEPHT is no setting of backend 'odd-name' and is ignored; "
+        "did you mean ARTIFACT_STORE_ODD_DEPTH?"
+    ]
