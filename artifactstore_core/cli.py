@@ -234,7 +234,7 @@ def _env_names(model: type[Any]) -> set[str]:
 def unread_variables(spec: BackendSpec) -> list[str]:
     """One line per ``ARTIFACT_STORE_*`` environment variable that looks meant for this configuration but
     that no setting reads, so its value is silently ignored: a misspelt variable of the selected backend
-    (``ARTIFACT_STORE_REDIS_ULR``) or one close to a core variable (``ARTIFACT_STORE_BACKNED``).
+    (``..._REDIS_ULR`` for ``ARTIFACT_STORE_REDIS_URL``) or one close to a core variable (``..._BACKNED``).
 
     Variables of other installed backends, and others not close to any setting, are not ours to judge.
     Values are never quoted (they may be secrets). Raises nothing.
