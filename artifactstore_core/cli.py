@@ -9,10 +9,14 @@ Plugins add commands through the ``artifactstore_register_commands`` hook.
 
 from __future__ import annotations
 
+import difflib
+import errno
 import json
 import os
 import re
+import stat as stat_mode
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,9 +31,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from . import errors
+from .ids import validate_namespace
 from .message import Message
-from .registry import plugin_host
-from .settings import CoreSettings, _read_config_file, load_settings
+from .registry import PLUGINS_ENV, BackendSpec, plugin_host
+from .settings import CONFIG_ENV, CoreSettings, _read_config_file, env_name_of, load_settings
 from .store import ArtifactStore
 from .wiring import create_store
 
@@ -208,7 +213,7 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
         file_table = file_table.get(section, {}) if isinstance(file_table.get(section), dict) else {}
     rows = []
     for name, field in model.model_fields.items():
-        env = model.env_name(name)
+        env = env_name_of(model, name)
         value = getattr(instance, name)
         if env in os.environ:
             source = "env"
@@ -222,6 +227,50 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _env_names(model: type[Any]) -> set[str]:
+    return {env_name_of(model, name) for name in model.model_fields}
+
+
+def unread_variables(spec: BackendSpec) -> list[str]:
+    """One line per ``ARTIFACT_STORE_*`` environment variable that looks meant for this configuration but
+    that no setting reads, so its value is silently ignored: a misspelt variable of the selected backend
+    (``..._REDIS_ULR`` for ``ARTIFACT_STORE_REDIS_URL``) or one close to a core variable (``..._BACKNED``).
+
+    Variables of other installed backends, and others not close to any setting, are not ours to judge.
+    Values are never quoted (they may be secrets). Raises nothing.
+    """
+    core = _env_names(CoreSettings) | {CONFIG_ENV, PLUGINS_ENV}
+    own = _env_names(spec.settings_model) if spec.settings_model is not None else set()
+    # The model's own prefix (ARTIFACT_STORE_<NAME>_ by convention, which a plugin may not have followed).
+    prefix = spec.settings_model.model_config.get("env_prefix") if spec.settings_model is not None else None
+    own_prefix = prefix.upper() if prefix and prefix.upper().startswith("ARTIFACT_STORE_") else None
+    own_prefix = own_prefix or f"ARTIFACT_STORE_{spec.name.upper()}_"
+    others = tuple(f"ARTIFACT_STORE_{name.upper()}_" for name in plugin_host().names() if name != spec.name)
+    lines = []
+    for variable in sorted(os.environ):
+        name = variable.upper()  # pydantic-settings reads the names case-insensitively
+        if not name.startswith("ARTIFACT_STORE_") or name in core | own:
+            continue
+        if name.startswith(own_prefix):
+            close = difflib.get_close_matches(name, sorted(own), n=1, cutoff=0.6)
+            what = f"is no setting of backend {spec.name!r}"
+        elif name.startswith(others):
+            continue
+        else:
+            close = difflib.get_close_matches(name, sorted(core), n=1, cutoff=0.85)
+            if not close:
+                continue
+            what = "is no setting"
+        guess = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{variable} {what} and is ignored{guess}")
+    return lines
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        stderr.print(f"warning: {line}", markup=False, soft_wrap=True)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_store_options
@@ -233,6 +282,7 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
     spec = plugin_host().load(core.backend)
     if spec.settings_model is not None:
         rows += _setting_rows(spec.settings_model, load_settings(spec.settings_model))
+    _warn(unread_variables(spec))
     for row in rows:
         if row["name"] == "ARTIFACT_STORE_BACKEND" and chosen:
             row["source"] = "argument" if backend else "command default"
@@ -250,9 +300,17 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
 @_store_options
 def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
     """Validate the settings and probe the backend with a save/get/delete round trip."""
+    chosen = cli_backend(backend)
+    # The probe runs in a throw-away namespace, so the configured one (ARTIFACT_STORE_NAMESPACE, the config
+    # file or --namespace) is checked here: every other command would refuse an invalid one.
+    core = load_settings(CoreSettings, backend=chosen, namespace=namespace)
+    validate_namespace(core.namespace)
+    # A misspelt variable leaves a default in force, which the probe may well work with: say so.
+    warnings = unread_variables(plugin_host().load(core.backend))
+    _warn(warnings)
     probe_namespace = f"artifactstore-doctor-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
-    with create_store(cli_backend(backend), namespace=probe_namespace) as store:
+    with create_store(chosen, namespace=probe_namespace) as store:
         created = time.perf_counter()
         message = Message(content={"probe": uuid.uuid4().hex}, metadata={"by": "artifactstore doctor"})
         timings = {}
@@ -274,6 +332,7 @@ def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
             "connect_ms": round((created - started) * 1000, 2),
             **{key: round(value, 2) for key, value in timings.items()},
             "capabilities": vars(store.capabilities),
+            "warnings": warnings,
         }
     if as_json:
         _echo_json(report)
@@ -353,11 +412,8 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
         size = store.info(step_id).size
         with store.open(step_id) as reader:
             to_file = output != "-"
-            try:
-                # Closed below, and removed if the verified read fails part-way.
-                target: IO[bytes] = open(output, "wb") if to_file else sys.stdout.buffer  # noqa: SIM115
-            except OSError as exc:
-                raise LocalFileError("write", output, exc) from exc
+            target = _OutputFile(output) if to_file else None
+            stream: IO[bytes] = target.handle if target is not None else sys.stdout.buffer
             try:
                 progress = _progress(size) if to_file else None
                 task = progress.add_task(f"get {step_id}", total=size) if progress else None
@@ -365,29 +421,102 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
                     progress.start()
                 try:
                     while chunk := reader.read(_CHUNK):
-                        _write(target, chunk, output)
+                        _write(stream, chunk, output)
                         if progress is not None and task is not None:
                             progress.advance(task, len(chunk))
                 finally:
                     if progress is not None:
                         progress.stop()
-                if to_file:
-                    try:
-                        target.close()  # flushes: a full disk may only show here
-                    except OSError as exc:
-                        raise LocalFileError("write", output, exc) from exc
+                if target is not None:
+                    target.commit()
                 else:
-                    target.flush()
+                    stream.flush()
             except BaseException:
-                if to_file:
-                    # Never leave a partial or unverified file; the error being raised is the one to report.
-                    with suppress(OSError):
-                        target.close()
-                    with suppress(OSError):
-                        # Regular files only: -o /dev/null (or a pipe) is not ours to remove.
-                        if Path(output).is_file():
-                            Path(output).unlink()
+                if target is not None:
+                    # The error being raised is the one to report.
+                    target.discard()
                 raise
+
+
+class _OutputFile:
+    """``get``'s ``--output FILE``, in place only once the whole artifact has been read and verified.
+
+    A regular file (or a new one) is written to a temporary file beside it, renamed over it by
+    :meth:`commit`: a read that fails part-way (a corrupted artifact, a lost connection) leaves an existing
+    file as it was, not truncated or removed, and no partial file behind. The file keeps its permissions; a
+    symbolic link keeps pointing at the file it names, which is the one replaced. A target that is not a
+    regular file (``/dev/null``, a pipe), or a writable file in a directory where no file can be created,
+    is written in place.
+
+    Raises:
+        LocalFileError: the file or its directory cannot be written (missing directory, no permission).
+    """
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.final: Path | None = None
+        self.temp: Path | None = None
+        path = Path(output)
+        real = Path(os.path.realpath(path))
+        try:
+            try:
+                status: os.stat_result | None = real.stat()
+            except FileNotFoundError:
+                status = None
+            if status is not None and not stat_mode.S_ISREG(status.st_mode):
+                self.handle: IO[bytes] = open(output, "wb")  # noqa: SIM115 (closed by commit or discard)
+                return
+            if status is not None and not os.access(real, os.W_OK):
+                # Renaming over it would succeed; writing it, as the user asked, would not.
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), output)
+            try:
+                fd, temp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".partial")
+            except PermissionError:
+                if status is None:
+                    raise
+                # A writable file in a directory we may not create files in: written in place, as asked.
+                self.handle = open(output, "wb")  # noqa: SIM115 (closed by commit or discard)
+                return
+        except OSError as exc:
+            raise LocalFileError("write", output, exc) from exc
+        self.temp, self.final = Path(temp), real
+        self.handle = os.fdopen(fd, "wb")
+        try:
+            os.fchmod(fd, stat_mode.S_IMODE(status.st_mode) if status is not None else 0o666 & ~_umask())
+        except OSError as exc:
+            self.discard()
+            raise LocalFileError("write", output, exc) from exc
+
+    def commit(self) -> None:
+        """Flush and close the file and put it in place. Raises :class:`LocalFileError`."""
+        try:
+            if self.temp is not None and self.final is not None:
+                self.handle.flush()
+                # On disk before the rename: a crash must not leave an empty file where a good one was.
+                os.fsync(self.handle.fileno())
+                self.handle.close()  # flushes: a full disk may only show here
+                os.replace(self.temp, self.final)
+                self.temp = None
+            else:
+                self.handle.close()
+        except OSError as exc:
+            raise LocalFileError("write", self.output, exc) from exc
+
+    def discard(self) -> None:
+        """Close the file and remove the temporary one; the target is left as it was. Raises nothing."""
+        with suppress(OSError):
+            self.handle.close()
+        if self.temp is not None:
+            with suppress(OSError):
+                self.temp.unlink()
+            self.temp = None
+
+
+def _umask() -> int:
+    # The process's umask can only be read by setting it; the CLI is one thread at this point.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write(target: IO[bytes], chunk: bytes, output: str) -> None:
@@ -475,7 +604,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise click.BadParameter(f"expected a duration like 30s, 15m, 12h, 7d or 2w, got {text!r}")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    except OverflowError:
+        raise click.BadParameter(f"duration {text!r} is too long (at most about 2.7 million years)") from None
 
 
 @cli.command()
@@ -486,7 +618,11 @@ def parse_duration(text: str) -> timedelta:
 def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> None:
     """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
     age = parse_duration(older_than)
-    cutoff = datetime.now(UTC) - age
+    try:
+        cutoff = datetime.now(UTC) - age
+    except OverflowError:
+        # Before the first representable date: no artifact is that old, so nothing is removed.
+        cutoff = datetime.min.replace(tzinfo=UTC)
     removed: list[dict[str, Any]] = []
     chosen = cli_backend(backend)
     with create_store(chosen) as root:

@@ -56,7 +56,8 @@ def artifactstore_register_commands(cli: Any) -> None:
 
     Called when the CLI starts, for every loadable plugin, one plugin at a time: if it raises, that
     plugin's commands (any it added) are dropped, the others' are kept, and ``artifactstore backends``
-    shows the error in its status.
+    shows the error in its status. A command added under a name already taken (a core command such as
+    ``get``, or another plugin's) is dropped and the existing one kept, reported the same way.
 
     Args:
         cli: the CLI's root command group; add commands to it.

@@ -51,6 +51,11 @@ KNOWN_BACKENDS: dict[str, str] = {
     "http": "artifactstore-http",
 }
 
+#: What a plugin's import or hook may raise and still be only that plugin's failure. ``SystemExit`` too: a
+#: module that calls ``sys.exit()`` when a dependency is missing, or parses ``sys.argv`` at import, must not
+#: end the program that merely lists or loads another backend. ``KeyboardInterrupt`` still stops everything.
+_PLUGIN_FAILURES = (Exception, SystemExit)
+
 
 @dataclass(frozen=True)
 class BackendSpec:
@@ -121,6 +126,9 @@ class PluginHost:
         # from, for messages, and why its commands hook failed.
         self._origins: dict[str, str] = {}
         self._command_errors: dict[str, str] = {}
+        # Command name -> entry-point value of the plugin that registered it: a plugin may re-register its
+        # own commands, never replace a core command or another plugin's.
+        self._command_owners: dict[str, str] = {}
 
     # -- discovery ------------------------------------------------------------------------------------
 
@@ -182,7 +190,7 @@ class PluginHost:
         self._origins.setdefault(ep.value, where)
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             raise PluginLoadError(
                 f"backend {name!r} failed to load ({where}): {type(exc).__name__}: {exc}", backend=name
             ) from exc
@@ -193,7 +201,7 @@ class PluginHost:
                 self._modules[ep.value] = plugin
             # Ask only this plugin, so loading one backend never runs another plugin's code.
             self._hook_of("artifactstore_register_backends", ep.value)(register=registered.append)
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             raise PluginLoadError(
                 f"backend {name!r} failed to register ({where}): {type(exc).__name__}: {exc}", backend=name
             ) from exc
@@ -261,8 +269,11 @@ class PluginHost:
         """Run ``artifactstore_register_commands`` on every loadable plugin, one plugin at a time.
 
         A plugin whose hook raises loses only its own commands (any it added before raising are removed
-        again from ``cli.commands``); the others' commands are registered all the same. Its failure is
-        reported like a load failure: in the returned lines and in :meth:`backends` (``commands_error``).
+        again from ``cli.commands``); the others' commands are registered all the same. A command a plugin
+        registers under a name already taken (a core command such as ``get``, or another plugin's) is
+        dropped and the existing one kept: a plugin must never silently change what a command the user
+        knows does. Either failure is reported like a load failure: in the returned lines and in
+        :meth:`backends` (``commands_error``).
 
         Returns:
             One line per plugin that failed to load or whose hook raised. Raises nothing for a broken plugin.
@@ -278,19 +289,46 @@ class PluginHost:
                 caller = self._hook_of("artifactstore_register_commands", key)
                 commands = getattr(cli, "commands", None)
                 before = dict(commands) if isinstance(commands, dict) else None
+                error: str | None = None
                 try:
                     caller(cli=cli)
-                except Exception as exc:
+                except _PLUGIN_FAILURES as exc:
                     if before is not None and isinstance(commands, dict):
                         commands.clear()
                         commands.update(before)
                     error = " ".join(f"{type(exc).__name__}: {exc}".split())
-                    self._command_errors[key] = error
-                    where = self._origins.get(key, repr(key))
-                    problems.append(f"{where}: artifactstore_register_commands failed: {error}")
                 else:
+                    error = self._keep_existing_commands(key, commands, before)
+                where = self._origins.get(key, repr(key))
+                if error is None:
                     self._command_errors.pop(key, None)
+                else:
+                    self._command_errors[key] = error
+                    problems.append(f"{where}: artifactstore_register_commands failed: {error}")
         return problems
+
+    def _keep_existing_commands(self, key: str, commands: Any, before: dict[str, Any] | None) -> str | None:
+        """Put back every command of ``before`` that plugin ``key``'s hook replaced; say which, or ``None``.
+
+        A plugin may replace only a command it registered itself (its hook runs again when ``main`` runs
+        again in one process); the names it registered are remembered as its own.
+        """
+        if before is None or not isinstance(commands, dict):
+            return None
+        replaced = sorted(
+            name
+            for name, command in before.items()
+            if commands.get(name) is not command and self._command_owners.get(name) != key
+        )
+        for name in replaced:
+            commands[name] = before[name]
+        for name, command in commands.items():
+            if before.get(name) is not command:
+                self._command_owners[name] = key
+        if not replaced:
+            return None
+        names = ", ".join(repr(name) for name in replaced)
+        return f"tried to replace the existing command(s) {names}; kept the existing one(s)"
 
 
 _host: PluginHost | None = None

@@ -3,8 +3,12 @@
 Precedence, highest first: explicit arguments > environment variables > a config file > defaults.
 The config file is ``$ARTIFACT_STORE_CONFIG`` if set, else ``artifactstore.toml`` in the working
 directory, else the ``[tool.artifactstore]`` table of ``pyproject.toml`` in the working directory.
-Core settings are top-level keys; a backend's settings are in the sub-table named after it
-(``[tool.artifactstore.redis]`` or ``[redis]``).
+A file named ``pyproject.toml`` is read for its ``[tool.artifactstore]`` table, also when
+``$ARTIFACT_STORE_CONFIG`` names it. Core settings are top-level keys; a backend's settings are in the
+sub-table named after it (``[tool.artifactstore.redis]`` or ``[redis]``). A key that is none of the
+settings of its table is refused with a :class:`ConfigurationError` (a typo must not leave the default
+silently in force); a table at the top level belongs to a backend (or the server) and is checked when
+that model is loaded.
 
 Each backend owns a :class:`BackendSettings` subclass with the prefix ``ARTIFACT_STORE_<NAME>_``; the
 core knows only the cross-cutting settings in :class:`CoreSettings`.
@@ -12,8 +16,11 @@ core knows only the cross-cutting settings in :class:`CoreSettings`.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -23,7 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigurationError
 
-__all__ = ["CONFIG_ENV", "BackendSettings", "CoreSettings", "load_settings"]
+__all__ = ["CONFIG_ENV", "BackendSettings", "CoreSettings", "env_name_of", "load_settings"]
 
 #: Environment variable naming an explicit config file.
 CONFIG_ENV = "ARTIFACT_STORE_CONFIG"
@@ -31,42 +38,101 @@ CONFIG_ENV = "ARTIFACT_STORE_CONFIG"
 S = TypeVar("S", bound=BaseSettings)
 
 
-def _read_config_file() -> dict[str, Any]:
+@dataclass(frozen=True)
+class _ConfigFile:
+    """The config file in use: its path as the user gave it, the TOML table our settings start at, and
+    that table (empty when there is no config file)."""
+
+    path: str = ""
+    prefix: str = ""
+    table: dict[str, Any] = field(default_factory=dict)
+
+    def where(self, section: str | None = None) -> str:
+        """Where ``section`` (``None``: the top level) is, for messages: ``[redis] of artifactstore.toml``."""
+        name = ".".join(part for part in (self.prefix, section) if part)
+        return f"[{name}] of {self.path}" if name else self.path
+
+
+def _config_file() -> _ConfigFile:
+    """Read the config file in use (see the module's docstring).
+
+    A file named ``pyproject.toml`` is read for its ``[tool.artifactstore]`` table wherever it comes from,
+    ``$ARTIFACT_STORE_CONFIG`` included: its top level is the project's, not ours.
+
+    Raises:
+        ConfigurationError: the file cannot be read, is not valid TOML, or its artifactstore table is not a
+            table; the message names the file.
+    """
     explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit)
+    elif Path("artifactstore.toml").is_file():
+        path = Path("artifactstore.toml")
+    elif Path("pyproject.toml").is_file():
+        path = Path("pyproject.toml")
+    else:
+        return _ConfigFile()
+    shown = explicit or str(path)
     try:
-        if explicit:
-            with open(explicit, "rb") as handle:
-                return tomllib.load(handle)
-        local = Path("artifactstore.toml")
-        if local.is_file():
-            with local.open("rb") as handle:
-                return tomllib.load(handle)
-        pyproject = Path("pyproject.toml")
-        if pyproject.is_file():
-            with pyproject.open("rb") as handle:
-                table = tomllib.load(handle).get("tool", {}).get("artifactstore", {})
-            return table if isinstance(table, dict) else {}
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        where = explicit or "the artifactstore config file"
-        raise ConfigurationError(f"cannot read {where}: {type(exc).__name__}: {exc}") from exc
-    return {}
+        raise ConfigurationError(f"cannot read config file {shown}: {type(exc).__name__}: {exc}") from exc
+    if path.name != "pyproject.toml":
+        return _ConfigFile(shown, "", document)
+    tool = document.get("tool")
+    table = tool.get("artifactstore", {}) if isinstance(tool, dict) else {}
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"tool.artifactstore in {shown} must be a table ([tool.artifactstore])")
+    return _ConfigFile(shown, "tool.artifactstore", table)
+
+
+def _read_config_file() -> dict[str, Any]:
+    """The artifactstore table of the config file in use (see :func:`_config_file`); ``{}`` when none."""
+    return _config_file().table
+
+
+def _check_keys(table: dict[str, Any], fields: Iterable[str], where: str, hint: str = "") -> None:
+    """Refuse a key that is no setting: a typo would otherwise leave the default silently in force."""
+    known = sorted(fields)
+    for key in table:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigurationError(f"unknown setting {key!r} in {where}{guess} (known: {', '.join(known)}{hint})")
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
-    """Values from the config file's table for this settings model."""
+    """Values from the config file's table for this settings model.
+
+    Raises:
+        ConfigurationError: the file cannot be read, this model's table holds a key that is none of its
+            settings, or the table is a single value (the message names the file, table and key).
+    """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        table = _read_config_file()
+        config = _config_file()
+        fields = self.settings_cls.model_fields
         section = getattr(self.settings_cls, "config_table", None)
         if section:
-            table = table.get(section, {})
-            if not isinstance(table, dict):
+            if section not in config.table:
                 return {}
-        fields = self.settings_cls.model_fields
-        return {key: value for key, value in table.items() if key in fields}
+            sub = config.table[section]
+            if not isinstance(sub, dict):
+                raise ConfigurationError(
+                    f"{section!r} in {config.where()} must be a table ([{section}]), not a single value"
+                )
+            _check_keys(sub, fields, config.where(section))
+            return dict(sub)
+        # The top level holds the core's settings; a table there is a backend's (or the server's) own.
+        scalars = {key: value for key, value in config.table.items() if not isinstance(value, dict)}
+        hint = "; a backend's settings go in its own table, e.g. [redis]"
+        _check_keys(scalars, fields, config.where(), hint)
+        return scalars
 
 
 class _Settings(BaseSettings):
@@ -91,8 +157,7 @@ class _Settings(BaseSettings):
     @classmethod
     def env_name(cls, field_name: str) -> str:
         """The environment variable that sets ``field_name``."""
-        prefix = cls.model_config.get("env_prefix") or ""
-        return f"{prefix}{field_name}".upper()
+        return env_name_of(cls, field_name)
 
 
 class CoreSettings(_Settings):
@@ -134,24 +199,59 @@ class BackendSettings(_Settings):
     model_config = SettingsConfigDict(extra="ignore")
 
 
+def env_name_of(model: type[BaseSettings], field_name: str) -> str:
+    """The environment variable that sets ``field_name`` of ``model``: its ``env_prefix`` and the name, upper
+    case. Works for any pydantic-settings model, not only :class:`BackendSettings` subclasses (a plugin's
+    ``settings_model`` may be a plain ``BaseSettings``). Raises nothing."""
+    prefix = model.model_config.get("env_prefix") or ""
+    return f"{prefix}{field_name}".upper()
+
+
 def load_settings(model: type[S], **overrides: Any) -> S:
     """Build ``model`` from explicit overrides, the environment, the config file and defaults.
 
     Raises:
-        ConfigurationError: an override is not a setting of ``model``, or a value is invalid; the message
-            names the environment variable to fix and never repeats the value (it may be a secret).
+        ConfigurationError: an override is not a setting of ``model``, a key of its config-file table is
+            none of its settings, or a value is invalid; the message names the environment variable to fix
+            and, when the value came from an argument or the config file, where it was given instead; it
+            never repeats the value (it may be a secret).
     """
     unknown = sorted(set(overrides) - set(model.model_fields))
     if unknown:
         known = ", ".join(sorted(model.model_fields))
         raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)} for {model.__name__}; known: {known}")
+    given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return model(**{key: value for key, value in overrides.items() if value is not None})
+        return model(**given)
     except ValidationError as exc:
-        env_name = getattr(model, "env_name", lambda name: name)
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
-            name = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{env_name(name)}: {error['msg']}")
+            loc = error["loc"]
+            if loc and str(loc[0]) in model.model_fields:
+                name = str(loc[0])
+                problems.append(f"{env_name_of(model, name)}{_given_where(model, name, given)}: {error['msg']}")
+            else:
+                # A check across several settings (a model validator): its message names them itself.
+                problems.append(f"{env_name_of(model, '*')}: {error['msg']}")
         # Not chained: pydantic's error repeats the input, which may be a secret.
         raise ConfigurationError("invalid setting " + "; ".join(problems)) from None
+
+
+def _given_where(model: type[BaseSettings], name: str, given: dict[str, Any]) -> str:
+    """Where the invalid value of ``name`` came from when not from its environment variable, for the message.
+
+    The environment variable is always named (it is what most users set); a value given as an argument or
+    in the config file must be fixed there instead, and the message says so.
+    """
+    if name in given:
+        return f" (given as the argument {name})"
+    env = env_name_of(model, name)
+    # pydantic-settings matches variable names case-insensitively.
+    if any(key.upper() == env for key in os.environ):
+        return ""
+    config = _config_file()
+    section = getattr(model, "config_table", None)
+    table = config.table.get(section, {}) if section else config.table
+    if isinstance(table, dict) and name in table:
+        return f" (set by {name} in {config.where(section)})"
+    return ""

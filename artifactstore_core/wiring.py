@@ -15,6 +15,7 @@ from .errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
+    PluginLoadError,
 )
 from .ids import validate_namespace
 from .registry import BackendSpec, plugin_host
@@ -59,7 +60,8 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
         ConfigurationError: a setting is invalid or unknown (the message names the env var).
         BackendNotFoundError: no backend of that name is installed (with the ``pip install`` line, or a
             "did you mean").
-        PluginLoadError: the backend's plugin failed to load.
+        PluginLoadError: the backend's plugin failed to load, or its factory returned something that is not
+            an ``ArtifactStore`` (the message names its distribution and version).
         InvalidStepIdError: the namespace is not legal.
         BackendError: the backend could not be set up: any error of its factory that is not an
             artifactstore error becomes one, naming the backend and its distribution, with the original
@@ -76,13 +78,21 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
         namespace=validate_namespace(core.namespace), settings=settings, codec=codec_from(core), core=core
     )
     try:
-        return spec.factory(context)
+        store = spec.factory(context)
     except ArtifactStoreError as exc:
         if exc.backend is None:
             exc.backend = spec.name
         raise
     except Exception as exc:
         raise _factory_error(spec.name, plugin_host().origin(spec.name), exc) from exc
+    if not isinstance(store, ArtifactStore):
+        # A plugin bug that would otherwise surface far from here, as an AttributeError on first use.
+        raise PluginLoadError(
+            f"backend {spec.name!r} ({plugin_host().origin(spec.name)}) is broken: its factory returned "
+            f"{type(store).__name__}, not an ArtifactStore",
+            backend=spec.name,
+        )
+    return store
 
 
 def _factory_error(name: str, origin: str, exc: Exception) -> ArtifactStoreError:

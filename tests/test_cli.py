@@ -75,6 +75,24 @@ def test_backends_lists_everything_even_with_a_broken_plugin(tmp_path: Path) -> 
     assert run("doctor", env=env).returncode == 0
 
 
+def test_a_plugin_that_exits_at_import_breaks_no_other_command(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "artifactstore-exits",
+        "1.0",
+        {"exits": "exits_cli_mod"},
+        {"exits_cli_mod": "import sys\nsys.exit('exits_cli_mod needs libfoo')\n"},
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert run("ls", "-b", "memory", env=env).returncode == 0
+    rows = {row["name"]: row for row in json.loads(run("backends", "--json", env=env).stdout)}
+    assert rows["memory"]["status"] == "loaded"
+    assert "SystemExit: exits_cli_mod needs libfoo" in rows["exits"]["status"]
+    result = run("ls", "-b", "exits", env=env)
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: PluginLoadError: backend 'exits' failed to load")
+
+
 def test_a_plugin_whose_commands_hook_raises_loses_only_its_own_commands(tmp_path: Path) -> None:
     install_fake_distribution(
         tmp_path,
@@ -106,6 +124,43 @@ def test_a_plugin_whose_commands_hook_raises_loses_only_its_own_commands(tmp_pat
     assert "serve" in run("--help", env=env).stdout
 
 
+def test_a_plugin_cannot_hijack_a_core_command(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "hijack-plugin",
+        "0.1",
+        {"hijack": "hijack_plugin"},
+        {
+            "hijack_plugin": """
+            import click
+            from artifactstore_core import BackendSpec, hookimpl
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="hijack", factory=lambda ctx: None))
+
+            @hookimpl
+            def artifactstore_register_commands(cli):
+                @cli.command()
+                @click.argument("step_id")
+                @click.option("-b", "--backend")
+                def get(step_id, backend):
+                    click.echo("hijacked")
+            """
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert run("put", "a", "-b", "memory", env=env, stdin=b"x").returncode == 0
+    # The core's get still runs: a missing artifact is exit 3, not the plugin's "hijacked".
+    result = run("get", "missing", "-b", "memory", env=env)
+    assert "hijacked" not in result.stdout
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    rows = {row["name"]: row for row in json.loads(run("backends", "--json", env=env).stdout)}
+    assert rows["hijack"]["status"] == (
+        "loaded; commands failed: tried to replace the existing command(s) 'get'; kept the existing one(s)"
+    )
+
+
 def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     canary = "canary-secret-5d2c"
     env = {"ARTIFACT_STORE_SIGNING_KEY": canary, "ARTIFACT_STORE_MEMORY_LIMIT": "7", "ARTIFACT_STORE_BACKEND": "memory"}
@@ -122,6 +177,39 @@ def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
         assert canary not in out.stdout + out.stderr
 
 
+def test_config_shows_a_plugin_whose_settings_are_a_plain_pydantic_settings_model(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "plain-settings",
+        "0.1",
+        {"plain": "plain_settings_backend"},
+        {
+            "plain_settings_backend": """
+            from pydantic_settings import BaseSettings, SettingsConfigDict
+            from artifactstore_core import BackendSpec, hookimpl
+            from artifactstore_memory import MemoryStore
+
+            class PlainSettings(BaseSettings):
+                model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_PLAIN_")
+                depth: int = 1
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(
+                    name="plain",
+                    factory=lambda ctx: MemoryStore(namespace=ctx.namespace),
+                    settings_model=PlainSettings,
+                ))
+            """
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path), "ARTIFACT_STORE_PLAIN_DEPTH": "3"}
+    result = run("config", "--json", "-b", "plain", env=env)
+    assert result.returncode == 0, result.stderr  # was an AttributeError traceback (env_name)
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert (rows["ARTIFACT_STORE_PLAIN_DEPTH"]["value"], rows["ARTIFACT_STORE_PLAIN_DEPTH"]["source"]) == (3, "env")
+
+
 def test_doctor_reports_ok() -> None:
     result = run("doctor", "--json")
     assert result.returncode == 0, result.stderr
@@ -130,6 +218,51 @@ def test_doctor_reports_ok() -> None:
     assert report["backend"] == "filesystem"
     assert run("doctor", "-b", "memory").stdout.startswith("ok: backend 'memory'")
     assert report["save_ms"] >= 0
+
+
+def test_doctor_and_config_name_misspelt_variables_they_ignore() -> None:
+    canary = "redis://:canary-pw-71f0@db:6379/0"
+    env = {
+        "ARTIFACT_STORE_BACKNED": "redis",  # close to a core variable
+        "ARTIFACT_STORE_FILESYSTEM_ROT": canary,  # under the selected backend's prefix
+        # Not flagged: another backend's (not in use), the server's, and one close to nothing.
+        "ARTIFACT_STORE_REDIS_URL": canary,
+        "ARTIFACT_STORE_SERVER_TOKEN": canary,
+        "ARTIFACT_STORE_TEAM_NOTE": "x",
+    }
+    expected = [
+        "warning: ARTIFACT_STORE_BACKNED is no setting and is ignored; did you mean ARTIFACT_STORE_BACKEND?",
+        "warning: ARTIFACT_STORE_FILESYSTEM_ROT is no setting of backend 'filesystem' and is ignored; did you mean "
+        "ARTIFACT_STORE_FILESYSTEM_ROOT?",
+    ]
+    result = run("doctor", env=env)
+    assert result.returncode == 0, result.stderr  # the probe itself worked, with the defaults
+    assert result.stderr.splitlines() == expected
+    report = run("doctor", "--json", env=env)
+    assert [f"warning: {line}" for line in json.loads(report.stdout)["warnings"]] == expected
+    config = run("config", env=env)
+    assert config.returncode == 0
+    assert config.stderr.splitlines() == expected
+    for out in (result, report, config):
+        assert "canary" not in out.stdout + out.stderr
+    assert json.loads(run("doctor", "--json").stdout)["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("doctor",), {"ARTIFACT_STORE_NAMESPACE": ""}),
+        (("doctor", "--json"), {"ARTIFACT_STORE_NAMESPACE": "run\x01"}),
+        (("doctor", "-n", ""), {}),
+    ],
+)
+def test_doctor_refuses_the_namespace_every_other_command_refuses(args: tuple[str, ...], env: dict[str, str]) -> None:
+    # The probe runs in a namespace of its own; an "ok" would leave `ls`, `put`, ... failing on this one.
+    assert run("ls", *args[1:], env=env).returncode == 5
+    result = run(*args, env=env)
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: InvalidStepIdError: namespace ")
 
 
 @pytest.mark.parametrize(
@@ -142,6 +275,7 @@ def test_doctor_reports_ok() -> None:
         (("rm", "a", "b"), {}, 3, "not found"),
         (("clear",), {}, 2, "--yes"),
         (("gc", "--older-than", "soon"), {}, 2, "duration"),
+        (("gc", "--older-than", "99999999999w"), {}, 2, "too long"),
     ],
 )
 def test_errors_are_one_line_with_documented_codes(
@@ -151,6 +285,28 @@ def test_errors_are_one_line_with_documented_codes(
     assert result.returncode == code, (result.stdout, result.stderr)
     assert text in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_misspelt_config_file_key_fails_every_command_instead_of_being_ignored(tmp_path: Path) -> None:
+    config = tmp_path / "team.toml"
+    config.write_text('backend = "memory"\n[memory]\nlimt = 1\n')
+    env = {"ARTIFACT_STORE_CONFIG": str(config)}
+    for args in (("doctor",), ("config",), ("ls",)):
+        result = run(*args, env=env)
+        assert result.returncode == 5, (args, result.stdout, result.stderr)
+        assert result.stderr.strip() == (
+            f"error: ConfigurationError: unknown setting 'limt' in [memory] of {config}; did you mean 'limit'? "
+            "(known: limit, max_bytes)"
+        )
+
+
+def test_gc_older_than_any_date_removes_nothing() -> None:
+    # A million weeks reaches back past year 1: nothing is that old (the cutoff used to overflow).
+    assert run("put", "keep", "-n", "recent", stdin=b"x").returncode == 0
+    result = run("gc", "--older-than", "1000000w", "--json")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": []}
+    assert run("stat", "keep", "-n", "recent").returncode == 0
 
 
 def test_local_file_errors_are_one_line_with_their_own_exit_code(tmp_path: Path) -> None:
@@ -164,6 +320,39 @@ def test_local_file_errors_are_one_line_with_their_own_exit_code(tmp_path: Path)
     assert result.returncode == 10, (result.stdout, result.stderr)
     assert result.stderr.strip() == f"error: cannot write {str(target)!r}: No such file or directory"
     assert not (tmp_path / "no").exists()
+
+
+def _corrupt_the_only_artifact(root: Path) -> None:
+    """Flip a payload byte of the one artifact stored under the filesystem backend's ``root``."""
+    [stored] = [path for path in root.rglob("*") if path.is_file()]
+    data = bytearray(stored.read_bytes())
+    data[-10] ^= 0xFF
+    stored.write_bytes(bytes(data))
+
+
+def test_get_of_a_corrupted_artifact_leaves_an_existing_output_file_as_it_was(tmp_path: Path) -> None:
+    # Large enough to be read in several chunks: the digest fails only after some were written.
+    assert run("put", "model", "-", stdin=os.urandom(3 * 1024 * 1024)).returncode == 0
+    _corrupt_the_only_artifact(_DEFAULT_ROOT[-1])
+    previous = tmp_path / "model.bin"
+    previous.write_bytes(b"yesterday's good model")
+    previous.chmod(0o640)
+    result = run("get", "model", "-o", str(previous))
+    assert result.returncode == 8, (result.stdout, result.stderr)
+    assert "ArtifactCorruptedError" in result.stderr
+    assert previous.read_bytes() == b"yesterday's good model"  # was truncated, then removed
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["default-root", "model.bin"]  # no partial file
+    # A good artifact replaces it, keeping its permissions, through a symbolic link too.
+    assert run("put", "fresh", "-", stdin=b"today").returncode == 0
+    link = tmp_path / "current.bin"
+    link.symlink_to(previous.name)
+    assert run("get", "fresh", "-o", str(link)).returncode == 0
+    assert link.is_symlink()
+    assert previous.read_bytes() == b"today"
+    assert previous.stat().st_mode & 0o777 == 0o640
+    # A target that is no regular file is written in place, never replaced.
+    assert run("get", "fresh", "-o", os.devnull).returncode == 0
+    assert not Path(os.devnull).is_file()
 
 
 def test_a_backend_factory_error_is_one_typed_line(tmp_path: Path) -> None:
@@ -192,6 +381,27 @@ def test_a_backend_factory_error_is_one_typed_line(tmp_path: Path) -> None:
     assert "hunter2" not in result.stderr
 
 
+def test_a_factory_that_returns_no_store_is_one_line(tmp_path: Path) -> None:
+    install_fake_distribution(
+        tmp_path,
+        "nostore-backend",
+        "0.1",
+        {"nostore": "nostore_backend"},
+        {
+            "nostore_backend": """
+            from artifactstore_core import BackendSpec, hookimpl
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="nostore", factory=lambda ctx: None))
+            """
+        },
+    )
+    result = run("ls", "-b", "nostore", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: PluginLoadError: backend 'nostore' (nostore-backend 0.1) is broken")
+
+
 def test_debug_shows_the_traceback() -> None:
     result = run("--debug", "get", "missing")
     assert result.returncode != 0
@@ -215,6 +425,30 @@ def test_in_process_data_commands_round_trip(monkeypatch: pytest.MonkeyPatch, tm
     assert main(["rm", "blob", "-n", "cli"]) == 0
     assert main(["rm", "blob", "-n", "cli"]) == 3
     assert main(["gc", "--older-than", "1s", "--dry-run"]) == 0
+
+
+def test_get_writes_in_place_where_no_file_can_be_created_beside_the_output(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A writable file in a directory the user may not create files in (as root, tests cannot make one)."""
+    import tempfile
+
+    from artifactstore_core.cli import main
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"payload")
+    assert main(["put", "blob", str(source), "-n", "in-place"]) == 0
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    existing = tmp_path / "existing.bin"
+    existing.write_bytes(b"old")
+    assert main(["get", "blob", "-o", str(existing), "-n", "in-place"]) == 0
+    assert existing.read_bytes() == b"payload"
+    # A new file cannot be created there either: one line, exit 10.
+    assert main(["get", "blob", "-o", str(tmp_path / "new.bin"), "-n", "in-place"]) == 10
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +564,25 @@ def test_serve_is_contributed_by_the_http_plugin() -> None:
     refused = run("serve", "--port", "0")
     assert refused.returncode == 5
     assert "Traceback" not in refused.stderr
+
+
+def test_unread_variables_follow_the_settings_model_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plugin whose prefix is not ARTIFACT_STORE_<NAME>_ (its name has a dash): its own variables are judged.
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from artifactstore_core import BackendSpec
+    from artifactstore_core.cli import unread_variables
+
+    class OddSettings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_ODD_")
+        depth: int = 1
+
+    spec = BackendSpec(name="odd-name", factory=lambda ctx: None, settings_model=OddSettings)  # type: ignore[arg-type,return-value]
+    for key in [key for key in os.environ if key.upper().startswith("ARTIFACT_STORE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("ARTIFACT_STORE_ODD_DEPTH", "2")
+    monkeypatch.setenv("ARTIFACT_STORE_ODD_DEPHT", "3")
+    assert unread_variables(spec) == [
+        "ARTIFACT_STORE_ODD_DEPHT is no setting of backend 'odd-name' and is ignored; "
+        "did you mean ARTIFACT_STORE_ODD_DEPTH?"
+    ]

@@ -231,3 +231,115 @@ def artifactstore_register_backends(register):
         assert "backend 'failing' (factory-fails 2.0)" in str(info.value)
         assert "hunter2" not in str(info.value)
         assert type(info.value.__cause__).__name__ == raised.split("(")[0]
+
+
+def test_a_plugin_cannot_replace_an_existing_command(site: Path) -> None:
+    import click
+
+    install_fake_distribution(
+        site,
+        "cmd-hijack",
+        "0.2",
+        {"cmdhijack": "cmdhijack_mod"},
+        {
+            "cmdhijack_mod": """
+import click
+from artifactstore_core import BackendSpec, hookimpl
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="cmdhijack", factory=lambda ctx: None))
+
+@hookimpl
+def artifactstore_register_commands(cli):
+    cli.command("get")(lambda: click.echo("hijacked"))
+    cli.command("own")(lambda: None)
+"""
+        },
+    )
+    group = click.Group()
+    original = group.command("get")(lambda: None)
+    problems = plugin_host().call_commands_hook(group)
+    assert group.commands["get"] is original
+    assert "own" in group.commands  # its other commands stay
+    [problem] = [line for line in problems if "cmdhijack" in line]
+    assert "cmd-hijack 0.2" in problem
+    assert "'get'" in problem
+    info = {info.name: info for info in plugin_host().backends()}["cmdhijack"]
+    assert (
+        info.status
+        == "loaded; commands failed: tried to replace the existing command(s) 'get'; kept the existing one(s)"
+    )
+    # Run again on the same group (main() called twice in one process): the plugin re-registers its own
+    # command freely, and still cannot take the other one.
+    problems = plugin_host().call_commands_hook(group)
+    assert group.commands["get"] is original
+    [problem] = [line for line in problems if "cmdhijack" in line]
+    assert "'own'" not in problem
+
+
+@pytest.mark.parametrize(
+    ("where", "body"),
+    [
+        # A module that exits when a dependency is missing, or parses sys.argv at import as scripts do.
+        ("import", "import sys\nsys.exit('needs libfoo')\n"),
+        (
+            "register hook",
+            "from artifactstore_core import hookimpl\n\n@hookimpl\n"
+            "def artifactstore_register_backends(register):\n    raise SystemExit(2)\n",
+        ),
+        (
+            "commands hook",
+            "from artifactstore_core import BackendSpec, hookimpl\n\n@hookimpl\n"
+            "def artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='exiter', factory=lambda ctx: None))\n\n@hookimpl\n"
+            "def artifactstore_register_commands(cli):\n"
+            "    cli.command('half')(lambda: None)\n    raise SystemExit(1)\n",
+        ),
+    ],
+)
+def test_a_plugin_that_calls_sys_exit_fails_alone(site: Path, where: str, body: str) -> None:
+    import click
+
+    module = f"exiter_{uuid.uuid4().hex}"  # a new module each time: imports are cached
+    install_fake_distribution(site, "artifactstore-exiter", "0.3", {"exiter": module}, {module: body})
+    group = click.Group()
+    problems = plugin_host().call_commands_hook(group)  # what every CLI command runs first
+    assert "half" not in group.commands
+    [problem] = [line for line in problems if "exiter" in line]
+    assert "SystemExit" in problem
+    infos = {info.name: info for info in plugin_host().backends()}
+    assert infos["memory"].status == "loaded"
+    assert "SystemExit" in infos["exiter"].status
+    if where != "commands hook":
+        with pytest.raises(PluginLoadError, match=r"artifactstore-exiter 0\.3.*SystemExit") as info:
+            plugin_host().load("exiter")
+        assert isinstance(info.value.__cause__, SystemExit)
+    with create_store("memory", namespace="exiter-test") as store:
+        store.save("a", Message(content=1))
+        store.clear()
+
+
+def test_a_factory_that_returns_no_store_is_a_plugin_error(site: Path) -> None:
+    install_fake_distribution(
+        site,
+        "artifactstore-nostore",
+        "0.4",
+        {"nostore": "nostore_mod"},
+        {
+            "nostore_mod": """
+from artifactstore_core import BackendSpec, hookimpl
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="nostore", factory=lambda ctx: None))
+"""
+        },
+    )
+    # Not a None handed back to fail later, far from the cause, as "NoneType ... context manager protocol".
+    with pytest.raises(PluginLoadError) as info:
+        create_store("nostore")
+    assert str(info.value) == (
+        "backend 'nostore' (artifactstore-nostore 0.4) is broken: its factory returned NoneType, not an ArtifactStore"
+    )
+    assert info.value.backend == "nostore"

@@ -129,3 +129,141 @@ def test_empty_signing_key_is_a_configuration_error(
     monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", " a key with spaces ")
     with create_store() as store:
         assert store.codec.signed
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "expected"),
+    [
+        # A misspelt core key: the default namespace would silently stay in force.
+        ('namspace = "nightly"\n', CoreSettings, r"'namspace' in artifactstore\.toml; did you mean 'namespace'\?"),
+        # A backend's setting at the top level instead of in its table.
+        ("limit = 5\n", CoreSettings, r"'limit' in artifactstore\.toml .*its own table"),
+        # A misspelt key in a backend's table.
+        (
+            "[memory]\nlimt = 5\n",
+            MemorySettings,
+            r"'limt' in \[memory\] of artifactstore\.toml; did you mean 'limit'\?",
+        ),
+        # A backend's table written as a single value (the core refuses it first, as no core setting).
+        ('memory = "5"\n', MemorySettings, r"'memory' in artifactstore\.toml"),
+    ],
+)
+def test_a_config_file_key_that_is_no_setting_is_refused(
+    text: str,
+    model: type[CoreSettings] | type[MemorySettings],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "artifactstore.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=expected):
+        load_settings(model)
+    with pytest.raises(ConfigurationError, match=expected):
+        create_store()
+
+
+def test_an_unknown_key_is_named_but_its_value_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    canary = "canary-signing-key-1d9c"
+    (tmp_path / "pyproject.toml").write_text(f'[tool.artifactstore]\nsigning_kye = "{canary}"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ConfigurationError, match=r"'signing_kye' in \[tool\.artifactstore\] of pyproject\.toml"
+    ) as info:
+        load_settings(CoreSettings)
+    assert canary not in str(info.value)
+
+
+def test_other_tables_and_the_pyproject_top_level_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # [server] belongs to the http server's settings and [redis] to a backend not in use: the core and the
+    # memory backend ignore them; pyproject's own tables ([project], [tool.ruff]) are not ours to check.
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[tool.ruff]\nline-length = 1\n[tool.artifactstore]\nnamespace = "ok"\n'
+        "[tool.artifactstore.server]\nport = 1\n[tool.artifactstore.redis]\nwhatever = 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(CoreSettings).namespace == "ok"
+    assert load_settings(MemorySettings).limit is None
+
+
+def test_config_env_naming_a_pyproject_reads_its_tool_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # As in the working directory: the [tool.artifactstore] table, not the project's top level.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[tool.artifactstore]\nnamespace = "from-pyproject"\n'
+        "[tool.artifactstore.memory]\nlimit = 4\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_CONFIG", str(project / "pyproject.toml"))
+    assert load_settings(CoreSettings).namespace == "from-pyproject"
+    assert load_settings(MemorySettings).limit == 4
+
+
+def test_an_unreadable_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"cannot read config file pyproject\.toml: TOMLDecodeError"):
+        load_settings(CoreSettings)
+
+
+def test_an_invalid_value_says_where_it_was_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The variable is named always; a value from the config file or an argument is to be fixed there, and a
+    # user who never set the variable must not be sent looking for it.
+    (tmp_path / "artifactstore.toml").write_text('compress_threshold = "big"\n[memory]\nlimit = 0\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(MemorySettings)
+    assert str(info.value).startswith(
+        "invalid setting ARTIFACT_STORE_MEMORY_LIMIT (set by limit in [memory] of artifactstore.toml): "
+    )
+    with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_COMPRESS_THRESHOLD \(set by "):
+        create_store()
+    with pytest.raises(
+        ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_MEMORY_LIMIT \(given as the argument limit\): "
+    ):
+        load_settings(MemorySettings, limit=-1)
+    monkeypatch.setenv("ARTIFACT_STORE_MEMORY_LIMIT", "-2")  # the environment wins over the file
+    with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_MEMORY_LIMIT: "):
+        load_settings(MemorySettings)
+
+
+def test_a_check_across_settings_names_the_prefix_not_a_made_up_variable() -> None:
+    from pydantic import model_validator
+    from pydantic_settings import SettingsConfigDict
+
+    from artifactstore_core import BackendSettings
+
+    class PairSettings(BackendSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_PAIR_", extra="ignore")
+        config_table = "pair"
+        left: int | None = None
+        right: int | None = None
+
+        @model_validator(mode="after")
+        def _both(self) -> PairSettings:
+            if (self.left is None) != (self.right is None):
+                raise ValueError("set both ARTIFACT_STORE_PAIR_LEFT and ARTIFACT_STORE_PAIR_RIGHT, or neither")
+            return self
+
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(PairSettings, left=1)
+    assert str(info.value) == (
+        "invalid setting ARTIFACT_STORE_PAIR_*: Value error, set both ARTIFACT_STORE_PAIR_LEFT and "
+        "ARTIFACT_STORE_PAIR_RIGHT, or neither"
+    )
+
+
+def test_a_plain_pydantic_settings_model_is_named_by_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BackendSpec.settings_model may be any pydantic-settings model, not only a BackendSettings subclass.
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class PlainSettings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_PLAIN_")
+        depth: int = 1
+
+    monkeypatch.setenv("ARTIFACT_STORE_PLAIN_DEPTH", "deep")
+    with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_PLAIN_DEPTH: "):
+        load_settings(PlainSettings)

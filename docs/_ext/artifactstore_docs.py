@@ -93,7 +93,9 @@ def _extra_settings() -> tuple[tuple[str, str], ...]:
         (
             CONFIG_ENV,
             "Path of a TOML config file to read instead of artifactstore.toml or the [tool.artifactstore] "
-            "table of pyproject.toml in the working directory. An unreadable file raises ConfigurationError.",
+            "table of pyproject.toml in the working directory (a file named pyproject.toml is read for its "
+            "[tool.artifactstore] table). An unreadable file, or a key in it that is no setting, raises "
+            "ConfigurationError.",
         ),
     )
 
