@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -593,6 +594,8 @@ def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Deletes gc keeps in flight at once.
+_GC_THREADS = 8
 
 
 def parse_duration(text: str) -> timedelta:
@@ -608,6 +611,19 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
     except OverflowError:
         raise click.BadParameter(f"duration {text!r} is too long (at most about 2.7 million years)") from None
+
+
+def _delete_listed(store: ArtifactStore, step_ids: list[str]) -> int:
+    """Delete exactly ``step_ids`` (a few at a time); return how many were there to delete.
+
+    Not ``clear()``: an artifact saved into the namespace after it was listed (a crashed run resumed while gc
+    runs) must not be removed with the old ones. The namespace then holds just that artifact and is kept;
+    one emptied by these deletes is no longer listed by ``namespaces()``.
+    """
+    # Each delete is a round trip on a remote backend: a few threads keep a large namespace from taking
+    # one round trip per artifact end to end (stores are thread-safe).
+    with ThreadPoolExecutor(max_workers=_GC_THREADS) as pool:
+        return sum(pool.map(store.delete, step_ids))
 
 
 @cli.command()
@@ -634,7 +650,7 @@ def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> No
                 newest = max(info.created_at for info in infos)
                 if newest >= cutoff:
                     continue
-                count = len(infos) if dry_run else store.clear()
+                count = len(infos) if dry_run else _delete_listed(store, [info.step_id for info in infos])
                 removed.append({"namespace": name, "artifacts": count, "newest": newest.isoformat()})
     if as_json:
         _echo_json({"dry_run": dry_run, "namespaces": removed})

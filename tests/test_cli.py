@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -586,3 +588,35 @@ def test_unread_variables_follow_the_settings_model_prefix(monkeypatch: pytest.M
         "ARTIFACT_STORE_ODD_DEPHT is no setting of backend 'odd-name' and is ignored; "
         "did you mean ARTIFACT_STORE_ODD_DEPTH?"
     ]
+
+
+def test_gc_removes_what_it_listed_and_keeps_an_artifact_saved_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resumed while gc runs saves into the old namespace between gc's listing and its removal."""
+    import artifactstore_core.cli as cli_module
+    from artifactstore_core import ArtifactInfo, ArtifactStore, Message, create_store
+    from artifactstore_core.cli import main
+
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    with create_store(namespace="old-run") as store:
+        store.save("a", Message(content=1))
+        store.save("b", Message(content=2))
+        store_class = type(store)
+    listed = store_class.list
+
+    def list_then_resume(self: ArtifactStore) -> Iterator[ArtifactInfo]:
+        yield from listed(self)
+        if self.namespace == "old-run" and not self.exists("fresh"):
+            with create_store(namespace="old-run") as writer:
+                writer.save("fresh", Message(content=3))
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Later:
+            return cast(Later, datetime.now(tz) + timedelta(days=1))  # every artifact is a day old
+
+    monkeypatch.setattr(store_class, "list", list_then_resume)
+    monkeypatch.setattr(cli_module, "datetime", Later)
+    assert main(["gc", "--older-than", "1h"]) == 0
+    with create_store(namespace="old-run") as store:
+        assert [info.step_id for info in listed(store)] == ["fresh"]
+        store.clear()
