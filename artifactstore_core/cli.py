@@ -315,15 +315,22 @@ def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
         created = time.perf_counter()
         message = Message(content={"probe": uuid.uuid4().hex}, metadata={"by": "artifactstore doctor"})
         timings = {}
-        t0 = time.perf_counter()
-        store.save("probe", message)
-        timings["save_ms"] = (time.perf_counter() - t0) * 1000
-        t0 = time.perf_counter()
-        ok = store.get("probe").same_artifact(message)
-        timings["get_ms"] = (time.perf_counter() - t0) * 1000
-        t0 = time.perf_counter()
-        store.delete("probe")
-        timings["delete_ms"] = (time.perf_counter() - t0) * 1000
+        try:
+            t0 = time.perf_counter()
+            store.save("probe", message)
+            timings["save_ms"] = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            ok = store.get("probe").same_artifact(message)
+            timings["get_ms"] = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            store.delete("probe")
+            timings["delete_ms"] = (time.perf_counter() - t0) * 1000
+        except BaseException:
+            # A step failed after the save: doctor still leaves nothing behind, and a failure of this
+            # clean-up must not hide the failure being reported.
+            with suppress(errors.ArtifactStoreError):
+                store.clear()
+            raise
         store.clear()
         if not ok:
             raise errors.ArtifactCorruptedError("doctor: the artifact read back differs from the one saved")

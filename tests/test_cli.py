@@ -14,6 +14,7 @@ from typing import cast
 
 import pytest
 
+from artifactstore_core import ArtifactInfo, ArtifactStore, Message
 from artifactstore_redis.testing import free_port, running
 from fakedist import install_fake_distribution
 
@@ -593,7 +594,7 @@ def test_unread_variables_follow_the_settings_model_prefix(monkeypatch: pytest.M
 def test_gc_removes_what_it_listed_and_keeps_an_artifact_saved_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
     """A run resumed while gc runs saves into the old namespace between gc's listing and its removal."""
     import artifactstore_core.cli as cli_module
-    from artifactstore_core import ArtifactInfo, ArtifactStore, Message, create_store
+    from artifactstore_core import create_store
     from artifactstore_core.cli import main
 
     monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
@@ -620,3 +621,20 @@ def test_gc_removes_what_it_listed_and_keeps_an_artifact_saved_meanwhile(monkeyp
     with create_store(namespace="old-run") as store:
         assert [info.step_id for info in listed(store)] == ["fresh"]
         store.clear()
+
+
+def test_doctor_leaves_no_probe_behind_when_a_step_after_the_save_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from artifactstore_core import BackendUnavailableError, create_store
+    from artifactstore_core.cli import main
+
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    with create_store() as store:
+        store_class = type(store)
+
+    def failing_get(self: ArtifactStore, step_id: str) -> Message:
+        raise BackendUnavailableError("the read failed")
+
+    monkeypatch.setattr(store_class, "get", failing_get)
+    assert main(["doctor"]) != 0
+    with create_store() as root:
+        assert [name for name in root.namespaces() if name.startswith("artifactstore-doctor-")] == []
