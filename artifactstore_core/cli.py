@@ -88,6 +88,16 @@ class _Group(click.Group):
             ctx.exit(exit_code(exc))
 
 
+@contextmanager
+def _overwrite_hint() -> Iterator[None]:
+    """Say ``--overwrite``, the command line's way, where a refused save's message says ``overwrite=True``."""
+    try:
+        yield
+    except errors.ArtifactExistsError as exc:
+        exc.args = (exc.message.replace("pass overwrite=True", "pass --overwrite"),)
+        raise
+
+
 class LocalFileError(click.ClickException):
     """A local file named on the command line cannot be read or written: one line, exit code 10."""
 
@@ -382,7 +392,7 @@ def put(
 ) -> None:
     """Store FILE (or stdin) as the bytes artifact STEP_ID."""
     metadata = _parse_metadata(meta)
-    with _open_store(backend, namespace) as store:
+    with _open_store(backend, namespace) as store, _overwrite_hint():
         if source == "-":
             store.save_stream(step_id, sys.stdin.buffer, media_type=media_type, metadata=metadata, overwrite=overwrite)
         else:

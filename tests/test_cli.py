@@ -14,7 +14,7 @@ from typing import cast
 
 import pytest
 
-from artifactstore_core import ArtifactInfo, ArtifactStore, Message
+from artifactstore_core import ArtifactInfo, ArtifactStore, Message, errors
 from artifactstore_redis.testing import free_port, running
 from fakedist import install_fake_distribution
 
@@ -411,7 +411,9 @@ def test_debug_shows_the_traceback() -> None:
     assert "Traceback" in result.stderr
 
 
-def test_in_process_data_commands_round_trip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_in_process_data_commands_round_trip(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """put/ls/stat/get/rm/clear in one process (memory does not cross processes)."""
     from artifactstore_core.cli import main
 
@@ -424,6 +426,9 @@ def test_in_process_data_commands_round_trip(monkeypatch: pytest.MonkeyPatch, tm
     assert main(["get", "blob", "-o", str(out), "-n", "cli"]) == 0
     assert out.read_bytes() == source.read_bytes()
     assert main(["put", "blob", str(source), "-n", "cli"]) == 4  # different metadata: write-once refuses
+    assert "already exists" in capsys.readouterr().err.replace("\n", " ")
+    with pytest.raises(errors.ArtifactExistsError, match="pass --overwrite to replace it"):
+        main(["--debug", "put", "blob", str(source), "-n", "cli"])
     assert main(["clear", "--dry-run", "-n", "cli"]) == 0
     assert main(["rm", "blob", "-n", "cli"]) == 0
     assert main(["rm", "blob", "-n", "cli"]) == 3
