@@ -811,13 +811,7 @@ class Codec:
             The errors of :meth:`decode_head`.
         """
         view = memoryview(blob)
-        try:
-            size = self.head_size(view[:PREFIX_SIZE])
-            if len(view) < size:
-                raise ArtifactCorruptedError("stored artifact is truncated inside its head")
-        except ArtifactStoreError as exc:
-            _attribute(exc, place)
-            raise
+        size = self._whole_head_size(view, place)
         return self.decode_head(view[:size], place=place)
 
     def decode(
@@ -844,6 +838,16 @@ class Codec:
             The errors of :meth:`decode`.
         """
         view = memoryview(blob)
+        size = self._whole_head_size(view, place)
+        return self.decode(view[:size], view[size:], place=place)
+
+    def _whole_head_size(self, view: memoryview, place: tuple[str, str] | None) -> int:
+        """The head's size from the prefix of ``view``, which must hold the whole head.
+
+        Raises:
+            UnsupportedFormatError, ArtifactCorruptedError: as :meth:`head_size`, or the head is cut short;
+                naming ``place``.
+        """
         try:
             size = self.head_size(view[:PREFIX_SIZE])
             if len(view) < size:
@@ -851,7 +855,7 @@ class Codec:
         except ArtifactStoreError as exc:
             _attribute(exc, place)
             raise
-        return self.decode(view[:size], view[size:], place=place)
+        return size
 
     def decode_payload(self, header: Header, payload: bytes | memoryview) -> Message:
         """Verify ``payload`` against a verified ``header`` and build the message."""

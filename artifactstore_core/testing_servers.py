@@ -27,11 +27,13 @@ Standard library only, so importing it adds no dependency to the core (unlike th
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import threading
 import time
+import traceback
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -45,9 +47,11 @@ __all__ = [
     "ServerSubprocess",
     "accepts_connections",
     "can_bind",
+    "fork_child",
     "free_port",
     "in_thread",
     "stop_process",
+    "wait_child",
     "wait_for",
 ]
 
@@ -98,6 +102,43 @@ def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 1.0) -
     except OSError:
         return False
     return True
+
+
+def fork_child(call: Callable[[], object], *, deadline: int) -> int:
+    """Run ``call`` in a child made by ``os.fork()`` (POSIX only); return its pid, for :func:`wait_child`.
+
+    For tests of fork safety, where the defect is a child that hangs (a lock or a thread pool inherited in
+    the state of the fork): ``SIGALRM`` ends the child after ``deadline`` seconds, so the test reports the
+    hang instead of hanging. The child exits 0 when ``call`` returns and 1 (its traceback on stderr) when
+    it raises, never returning into the test's code. Raises ``OSError`` if the fork fails.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(deadline)
+            call()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def wait_child(pid: int, what: str = "the forked child") -> None:
+    """Wait for a child of :func:`fork_child`.
+
+    Raises:
+        AssertionError: the child hung (ended by its deadline's ``SIGALRM`` or another signal) or its call
+            raised; the message starts with ``what``.
+    """
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise AssertionError(f"{what} hung (killed by signal {os.WTERMSIG(status)})")
+    if os.WEXITSTATUS(status) != 0:
+        raise AssertionError(f"{what} failed (exit status {os.WEXITSTATUS(status)}; its traceback is on stderr)")
 
 
 def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | None]]:

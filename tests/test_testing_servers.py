@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,8 +18,10 @@ from artifactstore_core.testing_servers import (
     ServerSubprocess,
     accepts_connections,
     can_bind,
+    fork_child,
     free_port,
     stop_process,
+    wait_child,
     wait_for,
 )
 
@@ -188,3 +191,13 @@ def test_stop_process_accepts_none_and_exited_processes(tmp_path: Path) -> None:
     stop_process(program.process)
     assert program.process is not None
     assert program.process.returncode == 0
+
+
+@pytest.mark.timeout(60)
+def test_fork_child_reports_a_child_that_hangs_or_fails() -> None:
+    wait_child(fork_child(lambda: None, deadline=10))
+    with pytest.raises(AssertionError, match=r"^the child's call failed \(exit status 1"):
+        wait_child(fork_child(lambda: 1 / 0, deadline=10), "the child's call")
+    never = threading.Event()  # never set: the child waits until its deadline ends it
+    with pytest.raises(AssertionError, match=r"hung \(killed by signal 14\)"):
+        wait_child(fork_child(never.wait, deadline=1))

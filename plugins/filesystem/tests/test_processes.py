@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from artifactstore_core import ArtifactNotFoundError, Message
+from artifactstore_core.testing_servers import fork_child, wait_child
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore
 from artifactstore_filesystem.layout import TEMP_PREFIX
 
@@ -205,21 +206,10 @@ def test_a_child_forked_while_a_thread_publishes_without_hard_links_can_save(
     try:
         # The thread is inside the publish: it holds both locks.
         assert inside.wait(30)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit status
-            code = 1
-            try:
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                signal.alarm(20)  # a deadline: a child that hangs dies of SIGALRM
-                store.save("child", Message(content=b"c"))
-                code = 0
-            finally:
-                os._exit(code)
+        pid = fork_child(lambda: store.save("child", Message(content=b"c")), deadline=20)
     finally:
         proceed.set()
         publishing.join(timeout=30)
-    _, status = os.waitpid(pid, 0)
-    assert not os.WIFSIGNALED(status), f"the forked child hung (killed by signal {os.WTERMSIG(status)})"
-    assert os.WEXITSTATUS(status) == 0
+    wait_child(pid, "the child's save")
     assert store.get("parent").content == b"p"
     assert store.get("child").content == b"c"

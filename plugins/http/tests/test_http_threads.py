@@ -8,7 +8,6 @@ request (``_Clients``). These tests pin that arrangement against a real server.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from artifactstore_core import BackendUnavailableError, Message, StoreClosedError
-from artifactstore_core.testing_servers import in_thread, wait_for
+from artifactstore_core.testing_servers import fork_child, in_thread, wait_child, wait_for
 from artifactstore_http import HttpStore, client
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread, client_for
@@ -311,19 +310,7 @@ def test_a_forked_child_closes_the_store_while_parent_threads_use_it(make_client
         thread.start()
     try:
         for _ in range(30):
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child reports through its exit status
-                code = 1
-                try:
-                    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                    signal.alarm(10)  # a deadline: a child that hangs dies of SIGALRM
-                    store.close()
-                    code = 0
-                finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            assert not os.WIFSIGNALED(status), f"the child hung in close() (killed by signal {os.WTERMSIG(status)})"
-            assert os.WEXITSTATUS(status) == 0
+            wait_child(fork_child(store.close, deadline=10), "the child's close()")
     finally:
         stop.set()
         for thread in threads:

@@ -366,8 +366,8 @@ def _is_oom(exc: BaseException) -> bool:
 class RedisStore(ArtifactStore):
     """A namespace of artifacts on a Redis server or Redis Cluster. Thread-safe; fork-safe (standalone).
 
-    :meth:`close` may be called while other threads are in the middle of an operation: an operation whose
-    request was on the wire (or that was waiting to retry) raises
+    :meth:`~artifactstore_core.ArtifactStore.close` may be called while other threads are in the middle of
+    an operation: an operation whose request was on the wire (or that was waiting to retry) raises
     :class:`~artifactstore_core.errors.StoreClosedError` (the failure the close caused chained) instead of a
     ``BackendError``, none starts a new attempt, and no connection stays open after it.
 
