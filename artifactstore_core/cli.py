@@ -692,12 +692,28 @@ def _load_plugin_commands() -> None:
     plugin_host().call_commands_hook(cli)
 
 
+#: The commands of the core. Running one of them needs no plugin's commands, so the command line does not
+#: import every installed plugin (boto3, redis-py, ...) to run, say, ``ls -b memory``: about a second less.
+_CORE_COMMANDS = frozenset(cli.commands)
+#: Core commands that show what the plugins' commands hooks did (``backends`` reports a failed one).
+_COMMANDS_OF_PLUGINS_SHOWN = frozenset({"backends"})
+
+
+def _needs_plugin_commands(args: list[str]) -> bool:
+    """Whether running ``args`` needs the plugins' commands: a plugin's command, an unknown one (for the
+    "did you mean"), the group's own help, or a core command that shows them."""
+    # The group's own options are all flags (--debug, --version, --help): its first other word is the command.
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    return command is None or command not in _CORE_COMMANDS or command in _COMMANDS_OF_PLUGINS_SHOWN
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``artifactstore`` console script."""
-    try:
-        _load_plugin_commands()
-    except errors.ArtifactStoreError as exc:
-        stderr.print(f"note: plugin commands unavailable: {exc}", markup=False)
+    if _needs_plugin_commands(sys.argv[1:] if argv is None else argv):
+        try:
+            _load_plugin_commands()
+        except errors.ArtifactStoreError as exc:
+            stderr.print(f"note: plugin commands unavailable: {exc}", markup=False)
     try:
         # Without standalone mode click returns the code given to ctx.exit() instead of exiting.
         result = cli.main(args=argv, prog_name="artifactstore", standalone_mode=False)

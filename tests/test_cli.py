@@ -643,3 +643,24 @@ def test_doctor_leaves_no_probe_behind_when_a_step_after_the_save_fails(monkeypa
     assert main(["doctor"]) != 0
     with create_store() as root:
         assert [name for name in root.namespaces() if name.startswith("artifactstore-doctor-")] == []
+
+
+def test_core_commands_run_without_importing_the_plugins_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every plugin's commands hook imports that plugin (boto3, redis-py, ...): about a second of start-up
+    # that a core command such as `ls` does not need. Plugin commands, unknown names and the help still load.
+    import artifactstore_core.cli as cli_module
+
+    loads: list[list[str]] = []
+    monkeypatch.setattr(cli_module, "_load_plugin_commands", lambda: loads.append(args))
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    for args, loaded in (
+        (["ls"], False),
+        (["--debug", "ls", "-b", "memory"], False),
+        (["stat", "missing", "--json"], False),
+        (["backends"], True),
+        (["--debug", "no-such-command"], True),
+        (["--help"], True),
+    ):
+        loads.clear()
+        cli_module.main(args)
+        assert loads == ([args] if loaded else []), args
