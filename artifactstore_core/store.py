@@ -398,9 +398,12 @@ class ArtifactStore(ABC):
         """Open the artifact's payload for reading as a binary stream (close it when done).
 
         For text and JSON content the stream yields their UTF-8 encoding. With
-        ``capabilities.streaming`` the payload is read in chunks and verified as it is read (a damaged
-        artifact raises :class:`~artifactstore_core.errors.ArtifactCorruptedError` from ``read`` at the latest
-        at its end).
+        ``capabilities.streaming`` the payload is read in chunks and verified as it is read: a damaged
+        artifact raises :class:`~artifactstore_core.errors.ArtifactCorruptedError` at the latest from the
+        read that would return the payload's last bytes, so a caller that reads exactly the payload's size
+        (and never reads the empty end) still gets the error. Bytes returned before that are not verified
+        yet: act on them only after the last read succeeded. Closing the stream early verifies nothing.
+        Other backends verify the whole artifact before ``open`` returns.
 
         Raises:
             InvalidStepIdError, ArtifactNotFoundError, ArtifactCorruptedError, BackendError, StoreClosedError:

@@ -221,3 +221,34 @@ def test_multipart_uploads_declare_crc32_where_botocore_sends_it(
         assert declared == [b"CRC32", None]
         assert listed == [parts[0], 0]
     assert store.get("m").content == PAYLOAD
+
+
+@pytest.mark.parametrize("size", [1000, 3 * MIB + 5])
+@pytest.mark.parametrize("how", ["read", "readinto"])
+def test_reading_exactly_the_size_of_an_altered_payload_raises_before_returning_it(
+    new_s3_store: NewStore, raw: Any, bucket: str, size: int, how: str
+) -> None:
+    # A caller that knows the size reads exactly that much and never asks for the end: the last bytes must
+    # not be handed out before the digest is checked (they were, unverified, and close() said nothing).
+    store = new_s3_store()
+    original = PAYLOAD[:size]
+    store.save("victim", Message(content=original))
+    key = store.key_of("victim")
+    stored = raw.get_object(Bucket=bucket, Key=key)
+    body = bytearray(stored["Body"].read())
+    body[-size] ^= 0x80  # the payload's first byte (the body ends with the payload)
+    raw.put_object(Bucket=bucket, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
+    with store.open("victim") as handle:
+        read_size: Callable[[], object] = (
+            (lambda: handle.read(size)) if how == "read" else (lambda: handle.readinto(bytearray(size)))
+        )
+        with pytest.raises(ArtifactCorruptedError, match="digest") as info:
+            read_size()
+        assert info.value.step_id == "victim"
+        with pytest.raises(ArtifactCorruptedError):  # not a clean, empty end on a second try
+            handle.read()
+    # An intact payload read the same way: every byte, and nothing more is needed to finish it.
+    store.save("fine", Message(content=original))
+    with store.open("fine") as handle:
+        assert handle.read(size) == original
+        assert handle.read() == b""

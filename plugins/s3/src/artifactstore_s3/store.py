@@ -922,7 +922,9 @@ class S3Store(ArtifactStore):
         def fail(exc: Exception) -> Any:
             self._raise(exc, "open", step_id)
 
-        return io.BufferedReader(VerifiedReader(chunks, verifier, body.close, fail), buffer_size=_READ_CHUNK)
+        return io.BufferedReader(
+            VerifiedReader(chunks, verifier, header.size, body.close, fail), buffer_size=_READ_CHUNK
+        )
 
     def _exists(self, step_id: str) -> bool:
         # A GET of the first byte, not a HEAD: as many requests, but its 404 says NoSuchKey or NoSuchBucket,
