@@ -48,18 +48,25 @@ _T = TypeVar("_T")
 
 
 def checked_read(result: _T | None) -> _T:
-    """What one ``read()`` or ``readinto()`` of a stream handed to ``save_stream`` returned, refusing ``None``.
+    """What one ``read()`` or ``readinto()`` of a stream handed to ``save_stream`` returned, refusing ``None``
+    and ``str``.
 
     A non-blocking stream returns ``None`` when nothing is ready yet; taking that for the end (as
     ``stream.read(n) or b""`` or ``while chunk := stream.read(n)`` would) stores the artifact cut short.
-    Every path of ``save_stream`` (the core's for backends that do not stream, and each streaming backend's
-    ``_save_stream``) passes each read through this, so all refuse such a stream the same way.
+    A text stream returns ``str``, which would otherwise fail deep inside a backend as a ``TypeError`` that
+    the backend's translation reports as a backend failure. Every path of ``save_stream`` (the core's for
+    backends that do not stream, and each streaming backend's ``_save_stream``) passes each read through
+    this, so all refuse such streams the same way.
 
     Raises:
-        SerializationError: ``result`` is ``None``.
+        SerializationError: ``result`` is ``None`` or a ``str``.
     """
     if result is None:
         raise SerializationError("save_stream needs a blocking stream; read() returned None")
+    if isinstance(result, str):
+        raise SerializationError(
+            "save_stream needs a binary stream (a file opened with 'rb', io.BytesIO); read() returned str"
+        )
     return result
 
 
@@ -363,12 +370,23 @@ class ArtifactStore(ABC):
         Raises:
             InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError,
                 UnsupportedOperationError, ValueError: as :meth:`save`.
+            TypeError: ``stream`` is a text stream (an :class:`io.TextIOBase`, such as a file opened without
+                ``'b'``; before anything is read).
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
                 or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
-                never stored cut short); or ``stream.read()`` raised (the stream's error chained; a
-                streaming backend may raise another non-retryable error for it, see its docs).
+                never stored cut short) or a ``str`` (a text stream of another kind); or ``stream.read()``
+                raised (the stream's error chained; a streaming backend may raise another non-retryable
+                error for it, see its docs). Nothing is stored.
         """
         step_id = validate_step_id(step_id)
+        source: object = stream  # typed IO[bytes], but a caller's text file gets here all the same
+        if isinstance(source, io.TextIOBase):
+            # Refused before anything is read: its str chunks would otherwise fail inside the backend,
+            # reported as a backend failure.
+            raise TypeError(
+                f"save_stream needs a binary stream, got the text stream {type(stream).__name__}; "
+                "open the file with 'rb' or pass its .buffer"
+            )
         seconds = self._ttl(ttl)
         self._check_open()
         try:
@@ -567,7 +585,8 @@ class ArtifactStore(ABC):
                 ``overwrite`` is false.
             SerializationError: ``stream.read()`` returned ``None`` (a non-blocking stream with nothing
                 ready), at the start or midway: never take it for the end, which would store the artifact
-                cut short (the conformance kit checks this).
+                cut short; or returned ``str`` (a text stream). :func:`checked_read` raises both (the
+                conformance kit checks them).
             UnsupportedOperationError: this default implementation, for backends that do not stream.
             Exception: anything else, which :meth:`save_stream` passes through :meth:`_translate_error`
                 and chains; raise a core error for a failing source stream, so it is not blamed on the

@@ -603,6 +603,32 @@ class StoreConformance:
                 store.save_stream("non-blocking", cast(IO[bytes], NonBlocking(*steps)))
             assert not store.exists("non-blocking")
 
+    def test_save_stream_refuses_a_text_stream(self, store: ArtifactStore) -> None:
+        # A file opened without 'b' is the common mistake. It used to fail inside the backend with a bare
+        # TypeError, reported as the backend failing ("save_stream failed in backend ...: TypeError").
+        text = io.StringIO("some text")
+        with pytest.raises(TypeError, match="binary stream"):
+            store.save_stream("text", cast(IO[bytes], text))
+        assert text.tell() == 0  # refused before anything was read
+        assert not store.exists("text")
+
+        class StrChunks(io.RawIOBase):
+            """A custom stream whose read() returns str (not an io.TextIOBase, so seen only when read)."""
+
+            def __init__(self) -> None:
+                self._chunks = ["some text"]
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int | None = -1) -> Any:
+                return self._chunks.pop() if self._chunks else ""
+
+        with pytest.raises(SerializationError, match="binary stream") as info:
+            store.save_stream("text", cast(IO[bytes], StrChunks()))
+        assert info.value.step_id == "text"
+        assert not store.exists("text")
+
     def test_save_stream_does_not_blame_the_backend_for_a_failing_stream(self, store: ArtifactStore) -> None:
         # The caller's source failing (a disk error, a dropped download) is not the backend failing: the error
         # must not claim the backend is unavailable or invite a retry (the stream is spent), it must chain the
