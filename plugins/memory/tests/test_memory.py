@@ -87,3 +87,26 @@ def test_stores_of_one_namespace_share_artifacts() -> None:
     assert second.clear() == 1
     assert not first.exists("a")
     assert MemoryStore.capabilities.cross_process is False
+
+
+def test_byte_limit_counts_every_artifact_of_the_namespace_whoever_saved_it() -> None:
+    # The limit is per namespace, and every store of a namespace shares its artifacts. A store without a
+    # byte limit used to leave the sizes alone: what it saved was not counted, and what it replaced kept
+    # its old size, so the limited store refused saves that fitted and accepted saves that did not.
+    space = MemorySpace()
+    limited = MemoryStore(MemorySettings(max_bytes=10), namespace="n", space=space)
+    unlimited = MemoryStore(namespace="n", space=space)
+    limited.save("a", Message(content=b"12345678"))
+    unlimited.save("a", Message(content=b"1"), overwrite=True)  # the namespace now holds 1 byte
+    limited.save("b", Message(content=b"12345"))  # 6 bytes: fits
+    with pytest.raises(CapacityError, match="ARTIFACT_STORE_MEMORY_MAX_BYTES"):
+        limited.save("c", Message(content=b"12345"))  # 11 bytes: does not
+    assert not limited.exists("c")
+    unlimited.save("big", Message(content="é" * 50))  # 100 bytes of UTF-8, counted as soon as the limit applies
+    with pytest.raises(CapacityError):
+        limited.save("d", Message(content=b"1"))
+    assert unlimited.delete("big")
+    limited.save("d", Message(content=b"1234"))  # 1 + 5 + 4 = 10 bytes: exactly the limit
+    with pytest.raises(CapacityError):
+        limited.save("e", Message(content=b"1"))
+    assert sorted(info.step_id for info in limited.list()) == ["a", "b", "d"]

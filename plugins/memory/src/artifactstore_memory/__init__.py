@@ -124,15 +124,26 @@ class MemoryStore(ArtifactStore):
                     f"(ARTIFACT_STORE_MEMORY_LIMIT); cannot save {step_id!r}",
                     step_id=step_id,
                 )
+            sizes = self._sizes
             if max_bytes is not None:
-                total = sum(self._sizes.values()) - self._sizes.get(step_id, 0) + size
+                if len(sizes) < len(self._items):
+                    # Stores of this namespace without a byte limit do not measure what they save (a save
+                    # costs no serialisation): measure those artifacts once, so the limit counts every byte
+                    # of the namespace, whoever saved it.
+                    for key, stored in self._items.items():
+                        if key not in sizes:
+                            sizes[key] = _size(stored)
+                total = sum(sizes.values()) - sizes.get(step_id, 0) + size
                 if total > max_bytes:
                     raise CapacityError(
                         f"saving {step_id!r} ({size} bytes) would exceed the memory store's limit of "
                         f"{max_bytes} bytes (ARTIFACT_STORE_MEMORY_MAX_BYTES)",
                         step_id=step_id,
                     )
-                self._sizes[step_id] = size
+                sizes[step_id] = size
+            else:
+                # The replaced artifact's size no longer holds; a store with a byte limit measures the new one.
+                sizes.pop(step_id, None)
             self._items[step_id] = message
 
     def _get(self, step_id: str) -> Message:
