@@ -8,6 +8,7 @@ output itself and sends back a small :class:`StepOutcome`: artifacts never trave
 from __future__ import annotations
 
 import atexit
+import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -115,6 +116,34 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
     """Entry point of a worker process: rebuild the store from settings, run the step, save its output.
 
     Raises:
-        The errors of :func:`execute_step`, and those of building the store.
+        The errors of :func:`execute_step`, and those of building the store. An exception that could not
+        be rebuilt in the executor's process is replaced by a ``RuntimeError`` naming its type and text,
+        with the original chained (so the worker's traceback still shows where it was raised).
     """
-    return execute_step(_store_for(task.config, task.execution_id), task.step)
+    try:
+        return execute_step(_store_for(task.config, task.execution_id), task.step)
+    except Exception as exc:
+        problem = _unrebuildable(exc)
+        if problem is None:
+            raise
+        raise RuntimeError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} (step {task.step.id!r} raised it in a "
+            f"worker process, and it cannot be sent to the executor's process: {problem})"
+        ) from exc
+
+
+def _unrebuildable(exc: Exception) -> str | None:
+    """Why ``exc`` would not survive the trip to the executor's process, or ``None`` if it would.
+
+    The pool sends exceptions by their reduce protocol, which rebuilds them as ``type(exc)(*exc.args)``.
+    An exception whose ``__init__`` takes other arguments than ``args`` (``httpx.HTTPStatusError``, any
+    ``__init__(self, a, b)`` that passes one message up) is sent fine but fails to rebuild in the
+    receiving process, and ``concurrent.futures`` then declares the whole pool broken: the real error
+    is lost and every other running step is killed. ``copy.deepcopy`` goes through the same protocol,
+    so it finds those (and attributes that cannot be sent at all) here, while the original is at hand.
+    """
+    try:
+        copy.deepcopy(exc)
+    except Exception as problem:
+        return f"{type(problem).__name__}: {problem}"
+    return None

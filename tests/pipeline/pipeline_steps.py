@@ -176,3 +176,28 @@ def diamond(
             Step("d", functools.partial(step_d, workdir=where, fail=fail == "d"), ("b", "c")),
         ]
     )
+
+
+class TwoArgError(Exception):
+    """Sent to another process fine, but cannot be rebuilt there: ``__init__`` takes two arguments and
+    passes one message up (as ``httpx.HTTPStatusError`` and many library errors do)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def step_two_arg_error(inputs: Inputs, *, workdir: str) -> None:
+    """Waits until its sibling runs, lets it go, then raises a :class:`TwoArgError`."""
+    record(workdir, "two-arg-error")
+    wait_until(lambda: Path(workdir, "sibling-started").exists(), DEADLINE, "the sibling step never started")
+    Gate(str(Path(workdir, "sibling-go"))).open()
+    raise TwoArgError(503, "the model is overloaded")
+
+
+def step_sibling(inputs: Inputs, *, workdir: str) -> dict[str, Any]:
+    """Runs while its sibling fails, and finishes after the sibling raised."""
+    record(workdir, "sibling")
+    Path(workdir, "sibling-started").touch()
+    Gate(str(Path(workdir, "sibling-go"))).wait()
+    return {"sibling": True}
