@@ -8,6 +8,8 @@ output itself and sends back a small :class:`StepOutcome`: artifacts never trave
 from __future__ import annotations
 
 import atexit
+import copy
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from .config import StoreConfig
 from .connector import ArtifactConnector
 from .graph import Step
 
-__all__ = ["StepOutcome", "WorkerTask", "execute_step", "run_in_worker", "to_message"]
+__all__ = ["StepOutcome", "WorkerTask", "execute_step", "init_worker", "run_in_worker", "running_step", "to_message"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class WorkerTask:
     step: Step
     config: StoreConfig
     execution_id: str
+    #: The step's position in the pipeline's order, written in the worker's slot while it runs.
+    index: int = -1
 
 
 def to_message(step_id: str, value: Any) -> Message:
@@ -111,10 +115,75 @@ def _store_for(config: StoreConfig, execution_id: str) -> ArtifactStore:
         return store
 
 
+# Which step each worker process is running, in an array shared with the executor: a (pid, index + 1)
+# pair per worker, index + 1 = 0 while idle. When a worker dies, concurrent.futures fails every running
+# step with the same BrokenProcessPool and kills the other workers, so the executor reads it to learn
+# which step was running in the process that died on its own. Set by init_worker.
+_worker_slot: tuple[Any, int] | None = None
+
+
+def init_worker(running: Any, claim: Any) -> None:
+    """Initializer of a worker process: claim a free slot of ``running`` (a shared integer array).
+
+    The array has no lock of its own: a worker killed while holding one would leave the executor waiting
+    for it forever. Each slot is written by its worker alone (a single aligned 64-bit store), and
+    ``claim`` (a lock) only orders the workers claiming their slots as they start.
+    """
+    global _worker_slot
+    with claim:
+        for slot in range(0, len(running), 2):
+            if running[slot] == 0:
+                running[slot] = os.getpid()
+                _worker_slot = (running, slot)
+                return
+
+
+def running_step(running: Any, pid: int) -> int | None:
+    """The index of the step the worker ``pid`` was running when it stopped, or ``None``."""
+    for slot in range(0, len(running), 2):
+        if running[slot] == pid and running[slot + 1] > 0:
+            return int(running[slot + 1]) - 1
+    return None
+
+
 def run_in_worker(task: WorkerTask) -> StepOutcome:
     """Entry point of a worker process: rebuild the store from settings, run the step, save its output.
 
     Raises:
-        The errors of :func:`execute_step`, and those of building the store.
+        The errors of :func:`execute_step`, and those of building the store. An exception that could not
+        be rebuilt in the executor's process is replaced by a ``RuntimeError`` naming its type and text,
+        with the original chained (so the worker's traceback still shows where it was raised).
     """
-    return execute_step(_store_for(task.config, task.execution_id), task.step)
+    if _worker_slot is not None:
+        _worker_slot[0][_worker_slot[1] + 1] = task.index + 1
+    try:
+        return execute_step(_store_for(task.config, task.execution_id), task.step)
+    except Exception as exc:
+        problem = _unrebuildable(exc)
+        if problem is None:
+            raise
+        raise RuntimeError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} (step {task.step.id!r} raised it in a "
+            f"worker process, and it cannot be sent to the executor's process: {problem})"
+        ) from exc
+    finally:
+        # Not reached when the process dies: then the slot still names the step it was running.
+        if _worker_slot is not None:
+            _worker_slot[0][_worker_slot[1] + 1] = 0
+
+
+def _unrebuildable(exc: Exception) -> str | None:
+    """Why ``exc`` would not survive the trip to the executor's process, or ``None`` if it would.
+
+    The pool sends exceptions by their reduce protocol, which rebuilds them as ``type(exc)(*exc.args)``.
+    An exception whose ``__init__`` takes other arguments than ``args`` (``httpx.HTTPStatusError``, any
+    ``__init__(self, a, b)`` that passes one message up) is sent fine but fails to rebuild in the
+    receiving process, and ``concurrent.futures`` then declares the whole pool broken: the real error
+    is lost and every other running step is killed. ``copy.deepcopy`` goes through the same protocol,
+    so it finds those (and attributes that cannot be sent at all) here, while the original is at hand.
+    """
+    try:
+        copy.deepcopy(exc)
+    except Exception as problem:
+        return f"{type(problem).__name__}: {problem}"
+    return None

@@ -9,21 +9,23 @@ resumes it, skipping every step whose artifact already exists.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.process as cfp
 import contextlib
 import functools
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import types
 import uuid
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from ..errors import ConfigurationError
 from ..ids import validate_namespace
 from ..store import ArtifactStore
-from ._runner import StepOutcome, WorkerTask, execute_step, run_in_worker
+from ._runner import StepOutcome, WorkerTask, execute_step, init_worker, run_in_worker, running_step
 from .config import StoreConfig
 from .container import ServiceContainer
 from .errors import StepFailedError
@@ -195,13 +197,18 @@ class Executor:
         }
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
+        death = ""
         if waiting:
-            pool = self._pool(len(waiting))
+            pool, slots = self._pool(len(waiting))
+            positions = {step_id: index for index, step_id in enumerate(pipeline.order)}
+            workers: dict[int, multiprocessing.process.BaseProcess] = {}
             running: dict[cf.Future[StepOutcome], str] = {}
             try:
                 while ready or running:
                     for step_id in ready:
-                        running[self._submit(pool, store, pipeline[step_id], execution_id)] = step_id
+                        running[self._submit(pool, store, pipeline[step_id], execution_id, positions[step_id])] = (
+                            step_id
+                        )
                     ready = []
                     finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                     for future in finished:
@@ -213,6 +220,9 @@ class Executor:
                             results[step_id] = StepResult(step_id, StepStatus.FAILED)
                             if failure is None:
                                 failure = (step_id, error)
+                                if isinstance(error, cfp.BrokenProcessPool):
+                                    # Kept to read their exit codes once the pool has joined them.
+                                    workers = dict(getattr(pool, "_processes", None) or {})
                                 # Fail fast: steps not started yet never start; running ones finish.
                                 for other in running:
                                     other.cancel()
@@ -227,13 +237,21 @@ class Executor:
                                     ready.append(dependent)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+            if failure is not None and workers and slots is not None:
+                died = _died_in(pipeline, workers, slots)
+                if died is not None:
+                    failure = (died[0], failure[1])
+                    death = died[1]
         steps = {step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN)) for step_id in pipeline.order}
         if failure is not None:
             step_id, error = failure
             if not isinstance(error, Exception):
                 # KeyboardInterrupt or SystemExit raised inside a step: not a step failure, the way out.
                 raise error
-            raise self._failed(store, execution_id, steps, started, step_id, error) from error
+            failed = self._failed(store, execution_id, steps, started, step_id, error)
+            if death:
+                failed.add_note(f"the worker process running step {step_id!r} {death}")
+            raise failed from error
         outputs = store.get_many(pipeline.sinks)
         cleared = self._on_success == "clear"
         if cleared:
@@ -281,17 +299,25 @@ class Executor:
             result=result,
         )
 
-    def _pool(self, steps: int) -> cf.Executor:
+    def _pool(self, steps: int) -> tuple[cf.Executor, Any]:
+        """The pool, and for processes the array in which each worker writes the step it runs."""
         if self._mode == "processes":
             workers = min(self._max_workers or os.cpu_count() or 1, steps)
             # spawn, not fork: a forked child would inherit this process's threads, locks and clients.
-            return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            context = multiprocessing.get_context("spawn")
+            slots = context.Array("q", 2 * workers, lock=False)
+            pool = cf.ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=init_worker, initargs=(slots, context.Lock())
+            )
+            return pool, slots
         workers = min(self._max_workers or min(32, (os.cpu_count() or 1) + 4), steps)
-        return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifactstore-step")
+        return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifactstore-step"), None
 
-    def _submit(self, pool: cf.Executor, store: ArtifactStore, step: Step, execution_id: str) -> cf.Future[StepOutcome]:
+    def _submit(
+        self, pool: cf.Executor, store: ArtifactStore, step: Step, execution_id: str, index: int
+    ) -> cf.Future[StepOutcome]:
         if self._config is not None:
-            return pool.submit(run_in_worker, WorkerTask(step, self._config, execution_id))
+            return pool.submit(run_in_worker, WorkerTask(step, self._config, execution_id, index))
         return pool.submit(execute_step, store, step)
 
     def __repr__(self) -> str:
@@ -299,6 +325,38 @@ class Executor:
             f"<Executor mode={self._mode!r} max_workers={self._max_workers} on_success={self._on_success!r} "
             f"on_failure={self._on_failure!r}>"
         )
+
+
+def _died_in(
+    pipeline: Pipeline, workers: dict[int, multiprocessing.process.BaseProcess], slots: Any
+) -> tuple[str, str] | None:
+    """The step that was running in the worker process that died on its own, if exactly one did, and how
+    the process ended ("exited with code 3", "was killed by signal SIGKILL").
+
+    When a worker dies, ``concurrent.futures`` fails every running step with one ``BrokenProcessPool``
+    and terminates the other workers, so the first failed future is any of them. The worker that died
+    first exited with its own code (a crash, ``os._exit``, a signal such as SIGKILL or SIGSEGV); the
+    pool ended the others with SIGTERM.
+    """
+    order = pipeline.order
+    died = [
+        (order[index], process.exitcode)
+        for pid, process in workers.items()
+        if process.exitcode not in (None, 0, -signal.SIGTERM)
+        and (index := running_step(slots, pid)) is not None
+        and 0 <= index < len(order)
+    ]
+    if len(died) != 1:
+        return None
+    step_id, code = died[0]
+    assert code is not None
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return step_id, f"was killed by signal {name}"
+    return step_id, f"exited with code {code}"
 
 
 def _check_importable(step: Step) -> None:

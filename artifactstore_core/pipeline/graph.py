@@ -108,10 +108,30 @@ class Pipeline:
                         following.append(dependent)
             level = sorted(following, key=position.__getitem__)
         if waiting:
+            cycle = self._cycle_among(set(waiting))
+            path = " reads ".join(map(repr, [*cycle, cycle[0]]))
             raise InvalidPipelineError(
-                f"steps depend on each other in a cycle: {', '.join(map(repr, sorted(waiting)))}"
+                f"steps depend on each other in a cycle: {', '.join(map(repr, sorted(cycle)))} ({path})"
             )
         return tuple(levels)
+
+    def _cycle_among(self, blocked: set[str]) -> list[str]:
+        """One cycle among the steps Kahn's algorithm could not order, in reading order.
+
+        The blocked steps also include those merely downstream of a cycle; naming them as part of it
+        would send the author looking for a loop where there is none. Every blocked step reads a blocked
+        step, so following blocked inputs from any of them must come back to a step already visited.
+        """
+        seen: dict[str, int] = {}
+        path: list[str] = []
+        current = min(blocked)
+        while current not in seen:
+            seen[current] = len(path)
+            path.append(current)
+            current = next(name for name in self._steps[current].inputs if name in blocked)
+        cycle = path[seen[current] :]
+        start = cycle.index(min(cycle))
+        return cycle[start:] + cycle[:start]
 
     # -- structure ------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -176,3 +177,54 @@ def diamond(
             Step("d", functools.partial(step_d, workdir=where, fail=fail == "d"), ("b", "c")),
         ]
     )
+
+
+class TwoArgError(Exception):
+    """Sent to another process fine, but cannot be rebuilt there: ``__init__`` takes two arguments and
+    passes one message up (as ``httpx.HTTPStatusError`` and many library errors do)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def step_two_arg_error(inputs: Inputs, *, workdir: str) -> None:
+    """Waits until its sibling runs, lets it go, then raises a :class:`TwoArgError`."""
+    record(workdir, "two-arg-error")
+    wait_until(lambda: Path(workdir, "sibling-started").exists(), DEADLINE, "the sibling step never started")
+    Gate(str(Path(workdir, "sibling-go"))).open()
+    raise TwoArgError(503, "the model is overloaded")
+
+
+def step_sibling(inputs: Inputs, *, workdir: str) -> dict[str, Any]:
+    """Runs while its sibling fails, and finishes after the sibling raised."""
+    record(workdir, "sibling")
+    Path(workdir, "sibling-started").touch()
+    Gate(str(Path(workdir, "sibling-go"))).wait()
+    return {"sibling": True}
+
+
+def step_killed_beside_sibling(inputs: Inputs, *, workdir: str) -> None:
+    """Waits until its sibling runs, then its worker process is killed (as by the OOM killer)."""
+    record(workdir, "killed")
+    wait_until(lambda: Path(workdir, "sibling-started").exists(), DEADLINE, "the sibling step never started")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def step_beside_killed(inputs: Inputs, *, workdir: str) -> dict[str, Any]:
+    """Runs until the process of :func:`step_killed_beside_sibling` is dead, then returns."""
+    record(workdir, "sibling")
+    Path(workdir, "sibling-started").touch()
+    wait_until(lambda: Path(workdir, "killed.pid").exists(), DEADLINE, "the killed step never started")
+    pid = int(Path(workdir, "killed.pid").read_text())
+    wait_until(lambda: _dead(pid), DEADLINE, f"process {pid} never died")
+    return {"sibling": True}
+
+
+def _dead(pid: int) -> bool:
+    # A killed child stays a zombie until the executor's process reaps it: dead all the same.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")

@@ -25,7 +25,11 @@ from pipeline_steps import (
     diamond,
     pids,
     step_a,
+    step_beside_killed,
     step_crash,
+    step_killed_beside_sibling,
+    step_sibling,
+    step_two_arg_error,
     wait_until,
 )
 
@@ -342,6 +346,66 @@ def test_a_worker_that_dies_fails_its_step(process_case: Case, workdir: Path) ->
     result = executor.run(fixed, execution_id=execution_id)
     assert result.ran() == ["last"]
     assert calls(workdir) == {"a": 2, "crash": 1}  # a: once as itself, once as the fixed "last"
+
+
+def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: Path, workdir: Path) -> None:
+    # When a worker dies, every running step gets the same BrokenProcessPool and the pool kills the
+    # other workers: the failure used to name whichever future came first, often the innocent sibling.
+    # (Python 3.11 notices the death of a worker it started on demand only at its next event, here the
+    # sibling's return; then the sibling succeeds, and the killed step must still be the one named.)
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=str(workdir))),
+            Step("killed", functools.partial(step_killed_beside_sibling, workdir=str(workdir)), ("a",)),
+            Step("sibling", functools.partial(step_beside_killed, workdir=str(workdir)), ("a",)),
+        ]
+    )
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    with pytest.raises(StepFailedError) as caught:
+        Executor(config, mode="processes", max_workers=2).run(pipeline)
+    error = caught.value
+    assert error.step_id == "killed"
+    assert str(error).startswith("step 'killed' failed: BrokenProcessPool")
+    assert isinstance(error.__cause__, BrokenProcessPool)
+    assert error.__notes__ == ["the worker process running step 'killed' was killed by signal SIGKILL"]
+    assert error.result is not None
+    assert error.result.steps["killed"].status is StepStatus.FAILED
+    assert error.result.steps["sibling"].status in (StepStatus.FAILED, StepStatus.SUCCEEDED)
+
+
+def test_an_exception_that_cannot_be_rebuilt_fails_its_step_not_the_pool(tmp_path: Path, workdir: Path) -> None:
+    # Pickled fine in the worker, but TwoArgError(*args) fails in the parent: concurrent.futures used to
+    # declare the pool broken, so the cause was "terminated abruptly", the real error was lost and the
+    # sibling running at the time was killed and reported as failed.
+    a = Step("a", functools.partial(step_a, workdir=str(workdir)))
+    pipeline = Pipeline(
+        [
+            a,
+            Step("bad", functools.partial(step_two_arg_error, workdir=str(workdir)), ("a",)),
+            Step("sibling", functools.partial(step_sibling, workdir=str(workdir)), ("a",)),
+        ]
+    )
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    with pytest.raises(StepFailedError) as caught:
+        Executor(config, mode="processes", max_workers=2, on_failure="keep").run(pipeline)
+    error = caught.value
+    assert error.step_id == "bad"
+    cause = error.__cause__
+    assert type(cause) is RuntimeError
+    assert "pipeline_steps.TwoArgError: 503: the model is overloaded" in str(cause)
+    assert "cannot be sent to the executor's process" in str(cause)
+    assert "TwoArgError: 503: the model is overloaded" in str(error)
+    # The worker's traceback still shows where the original was raised.
+    assert 'raise TwoArgError(503, "the model is overloaded")' in str(cause.__cause__)
+    assert error.result is not None
+    assert statuses(error.result) == {
+        "a": StepStatus.SUCCEEDED,
+        "bad": StepStatus.FAILED,
+        "sibling": StepStatus.SUCCEEDED,
+    }
+    assert error.execution_id is not None
+    with config.create(error.execution_id) as store:
+        assert sorted(info.step_id for info in store.list()) == ["a", "sibling"]
 
 
 # -- construction -------------------------------------------------------------------------------------

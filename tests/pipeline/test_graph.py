@@ -47,6 +47,25 @@ def test_cycle_names_its_steps() -> None:
     assert "'a'" not in str(caught.value).split("cycle:")[1]
 
 
+def test_cycle_names_only_the_steps_in_it_not_those_downstream() -> None:
+    # "report" and "email" only read the cycle: listing them as part of it sent the author looking for a
+    # loop through them. "0" reads the cycle too and sorts first, so the walk starts outside the cycle.
+    steps = [
+        Step("0", noop, ("x",)),
+        Step("a", noop),
+        Step("x", noop, ("a", "z")),
+        Step("y", noop, ("x",)),
+        Step("z", noop, ("y",)),
+        Step("report", noop, ("z",)),
+        Step("email", noop, ("report",)),
+    ]
+    with pytest.raises(InvalidPipelineError) as caught:
+        Pipeline(steps)
+    assert str(caught.value) == (
+        "steps depend on each other in a cycle: 'x', 'y', 'z' ('x' reads 'z' reads 'y' reads 'x')"
+    )
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
