@@ -98,8 +98,8 @@ def redis_cases(stack: ExitStack) -> list[Case]:
         get_case("small 1 KB", SMALL, 500, None),
         save_case("1 MB", ONE_MB, 50, 1.2, floor=True),
         get_case("1 MB", ONE_MB, 50, 1.2, floor=True),
-        save_case("64 MB", SIXTY_FOUR_MB, 2, 1.2),
-        get_case("64 MB", SIXTY_FOUR_MB, 2, 1.2),
+        save_case("64 MB", SIXTY_FOUR_MB, 2, 1.2, floor=True),
+        get_case("64 MB", SIXTY_FOUR_MB, 2, 1.2, floor=True),
         Case("redis", "exists", lambda i: store.exists("g"), lambda i: raw.exists("raw:g"), number=500),
     ]
 
