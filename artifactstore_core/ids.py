@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 from .errors import InvalidStepIdError
 
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_NAMESPACE_BYTES",
     "decode_name",
     "encode_name",
+    "is_legal",
     "validate_namespace",
     "validate_step_id",
 ]
@@ -91,6 +93,18 @@ def validate_namespace(namespace: object) -> str:
             :data:`MAX_NAMESPACE_BYTES` as the limit.
     """
     return _check(namespace, what="namespace", limit=MAX_NAMESPACE_BYTES)
+
+
+def is_legal(value: object, validate: Callable[[object], str] = validate_step_id) -> bool:
+    """Whether ``validate`` (:func:`validate_step_id`, or :func:`validate_namespace`) accepts ``value``.
+
+    For listings that skip, rather than fail on, a name someone else wrote into a backend. Raises nothing.
+    """
+    try:
+        validate(value)
+    except InvalidStepIdError:
+        return False
+    return True
 
 
 def encode_name(value: str) -> str:

@@ -65,3 +65,14 @@ def test_an_invalid_id_is_quoted_cut_short_in_the_error(bad: str) -> None:
     assert f"({len(bad)} characters)" in text
     with pytest.raises(InvalidStepIdError, match="'short\\\\n'"):
         validate_step_id("short\n")
+
+
+def test_is_legal_answers_what_validation_would_raise() -> None:
+    from artifactstore_core.ids import is_legal
+
+    assert is_legal("step/1")
+    assert not is_legal("")
+    assert not is_legal("a\x00b")
+    assert not is_legal(3)
+    assert is_legal("n" * 256)
+    assert not is_legal("n" * 256, validate_namespace)

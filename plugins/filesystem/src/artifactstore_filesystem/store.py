@@ -33,12 +33,11 @@ from artifactstore_core import (
     Capabilities,
     CapacityError,
     Codec,
-    InvalidStepIdError,
     Message,
     SerializationError,
 )
 from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
-from artifactstore_core.ids import validate_namespace, validate_step_id
+from artifactstore_core.ids import is_legal, validate_namespace
 from artifactstore_core.store import checked_read
 
 from . import durable
@@ -630,7 +629,7 @@ class FilesystemStore(ArtifactStore):
                         yield "dir", entry.path, None
                 elif name.startswith(FINAL) and entry.is_file(follow_symlinks=False):
                     step_id = decode_components((*parts, name))
-                    if step_id is not None and _valid_id(step_id):
+                    if step_id is not None and is_legal(step_id):
                         yield "artifact", entry.path, step_id
 
     def _list(self) -> Iterable[ArtifactInfo]:
@@ -749,7 +748,7 @@ class FilesystemStore(ArtifactStore):
                     namespace = decode_components((*parts, entry.name))
                     # A directory whose name decodes to no legal namespace (a control character, too long) was
                     # made by hand: listing it would hand callers (``artifactstore gc``) a name no store accepts.
-                    if namespace is not None and _valid_namespace(namespace):
+                    if namespace is not None and is_legal(namespace, validate_namespace):
                         yield namespace, entry.path
 
     def _has_artifact(self, directory: str) -> bool:
@@ -812,22 +811,6 @@ def _file_kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device file"
     return f"a file of type {stat.S_IFMT(mode):#o}"
-
-
-def _valid_namespace(namespace: str) -> bool:
-    try:
-        validate_namespace(namespace)
-    except InvalidStepIdError:
-        return False
-    return True
-
-
-def _valid_id(step_id: str) -> bool:
-    try:
-        validate_step_id(step_id)
-    except InvalidStepIdError:
-        return False
-    return True
 
 
 def _remaining_size(stream: IO[bytes]) -> int | None:
