@@ -44,6 +44,7 @@ from .errors import (
     ArtifactCorruptedError,
     ArtifactStoreError,
     ConfigurationError,
+    PayloadTooLargeError,
     SerializationError,
     UnsupportedFormatError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "PayloadVerifier",
     "content_bytes",
     "content_info",
+    "limiting_json_content",
     "new_hasher",
     "place_bytes",
     "reusing_verified_digests",
@@ -288,6 +290,32 @@ def reusing_verified_digests() -> Iterator[None]:
         # Emptied, not only unset: a context copied inside (a task, a worker thread) still refers to it.
         record.clear()
         _VERIFIED.reset(token)
+
+
+# The JSON content limit of limiting_json_content(): (most bytes of text, the setting that sets it), or None.
+_JSON_LIMIT: ContextVar[tuple[int, str] | None] = ContextVar("artifactstore_json_limit", default=None)
+
+
+@contextmanager
+def limiting_json_content(max_bytes: int, *, setting: str) -> Iterator[None]:
+    """Within this context (this thread, or this asyncio task), decoding refuses JSON content of more than
+    ``max_bytes`` bytes of text, from its verified header, before the payload is decompressed or parsed.
+
+    For code that decodes artifacts it did not write on behalf of others, as the http artifact server does
+    to answer a read: a parsed JSON value takes many times its text in memory (each ``{},`` of a list is 3
+    bytes of text and about 120 bytes of frozen mapping), and a compressed payload of a few KB can hold
+    megabytes of such text. ``bytes`` and text content are not limited by it. The refusal is
+    :class:`~artifactstore_core.errors.PayloadTooLargeError`, whose message names ``setting`` (the setting
+    that raises the limit), raised by whatever decodes the artifact (a store's ``get``,
+    :meth:`~artifactstore_core.Codec.decode`).
+
+    Raises nothing of its own.
+    """
+    token = _JSON_LIMIT.set((max_bytes, setting))
+    try:
+        yield
+    finally:
+        _JSON_LIMIT.reset(token)
 
 
 def _digest(data: bytes | memoryview) -> str:
@@ -823,6 +851,8 @@ class Codec:
             UnsupportedFormatError, ArtifactCorruptedError, ConfigurationError, ValueError: as
                 :meth:`decode_head`, and :class:`~artifactstore_core.errors.ArtifactCorruptedError` for a
                 payload of the wrong size or digest.
+            PayloadTooLargeError: as :meth:`decode_payload`, within
+                :func:`~artifactstore_core.envelope.limiting_json_content`.
         """
         header = self.decode_head(head, place=place)
         try:
@@ -858,10 +888,24 @@ class Codec:
         return size
 
     def decode_payload(self, header: Header, payload: bytes | memoryview) -> Message:
-        """Verify ``payload`` against a verified ``header`` and build the message."""
+        """Verify ``payload`` against a verified ``header`` and build the message.
+
+        Raises:
+            ArtifactCorruptedError: a payload of the wrong size or digest, or content that is not valid for
+                its codec.
+            PayloadTooLargeError: JSON content over the limit of
+                :func:`~artifactstore_core.envelope.limiting_json_content`, when called within it (before
+                anything is decompressed or parsed).
+        """
         if len(payload) != header.stored_size:
             raise ArtifactCorruptedError(
                 f"stored payload is {len(payload)} bytes; its header says {header.stored_size}"
+            )
+        if header.codec == "json" and (limit := _JSON_LIMIT.get()) is not None and header.size > limit[0]:
+            raise PayloadTooLargeError(
+                f"artifact holds {header.size} bytes of JSON content; at most {limit[0]} are parsed here "
+                f"({limit[1]}), because a parsed JSON value takes many times its text in memory; store large "
+                "data as bytes or text"
             )
         raw: bytes | memoryview = payload
         if header.compression == "zstd":

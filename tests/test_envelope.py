@@ -20,6 +20,7 @@ from artifactstore_core import (
     Codec,
     ConfigurationError,
     Message,
+    PayloadTooLargeError,
     SchemaInfo,
     SerializationError,
     UnsupportedFormatError,
@@ -783,3 +784,17 @@ def test_a_payload_that_failed_verification_is_not_recorded(digests: list[int]) 
         digests.clear()
         CODEC.encode(Message(content=damaged))
     assert digests == [300]
+
+
+def test_limiting_json_content_refuses_only_json_over_its_limit_and_only_within() -> None:
+    json_blob = CODEC.encode(Message(content={"k": "v" * 100})).to_bytes()
+    text_blob = CODEC.encode(Message(content="v" * 200)).to_bytes()
+    with envelope.limiting_json_content(50, setting="SOME_SETTING"):
+        with pytest.raises(PayloadTooLargeError, match=r"108 bytes of JSON content; at most 50 .*\(SOME_SETTING\)"):
+            CODEC.decode_bytes(json_blob)
+        assert CODEC.decode_bytes(text_blob).content == "v" * 200  # text is not limited by it
+        with envelope.limiting_json_content(10_000, setting="INNER"):
+            assert CODEC.decode_bytes(json_blob).content == {"k": "v" * 100}
+        with pytest.raises(PayloadTooLargeError):
+            CODEC.decode_bytes(json_blob)  # the outer limit is back
+    assert CODEC.decode_bytes(json_blob).content == {"k": "v" * 100}

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, create_store
-from artifactstore_core.envelope import Header, reusing_verified_digests
+from artifactstore_core.envelope import Header, limiting_json_content, reusing_verified_digests
 from artifactstore_core.errors import (
     ArtifactStoreError,
     BackendUnavailableError,
@@ -61,7 +61,7 @@ from .protocol import (
     problem_document,
     status_for,
 )
-from .settings import MIN_TOKEN_LENGTH
+from .settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_BYTES, MIN_TOKEN_LENGTH
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_JSON_BYTES", "StoreFactory", "create_app", "default_store_factory"]
 
@@ -70,10 +70,6 @@ logger = logging.getLogger("artifactstore_http.server")
 #: A function that returns a store bound to the given (validated) namespace.
 StoreFactory = Callable[[str], ArtifactStore]
 
-DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
-#: Largest JSON content (decoded text) a save may carry. Lower than the body limit because a parsed JSON
-#: value costs many times its text in memory: eight million ``{}`` are 24 MB of text and about 1 GB of dicts.
-DEFAULT_MAX_JSON_BYTES = 32 * 1024 * 1024
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 
@@ -504,8 +500,15 @@ class _App:
 
     async def _get(self, namespace: str, step_id: str) -> Response:
         def work() -> tuple[bytes, bytes]:
-            # The payload the backend verified is not hashed again to encode it for the client.
-            with self._cache.acquire(namespace) as store, reusing_verified_digests():
+            # The payload the backend verified is not hashed again to encode it for the client. A byte
+            # backend parses JSON content to return a message: content over the JSON limit (written to the
+            # backend by anything but this server, which refuses it on save) is refused from its verified
+            # header before it is decompressed or parsed, as a save of it would be.
+            with (
+                self._cache.acquire(namespace) as store,
+                reusing_verified_digests(),
+                limiting_json_content(self._max_json, setting="ARTIFACT_STORE_SERVER_MAX_JSON_BYTES"),
+            ):
                 # Signed for the URL's namespace and id: what the client verifies it against.
                 encoded = store.codec.encode(store.get(step_id), place=(namespace, step_id))
                 return encoded.head, encoded.payload

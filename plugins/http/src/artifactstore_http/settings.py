@@ -10,10 +10,23 @@ from pydantic_settings import SettingsConfigDict
 
 from artifactstore_core import BackendSettings
 
-__all__ = ["MIN_TOKEN_LENGTH", "HttpSettings", "ServerSettings", "is_loopback"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_JSON_BYTES",
+    "MIN_TOKEN_LENGTH",
+    "HttpSettings",
+    "ServerSettings",
+    "is_loopback",
+]
 
 #: Shortest bearer token the server accepts: a token is a password that never needs typing.
 MIN_TOKEN_LENGTH = 16
+#: Default largest body (and artifact content) the server accepts and the client reads.
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+#: Default largest JSON content (decoded text) the server parses in a save or a read, and the client reads.
+#: Lower than the body limit because a parsed JSON value costs many times its text in memory: eight million
+#: ``{}`` are 24 MB of text and about 1 GB of dicts.
+DEFAULT_MAX_JSON_BYTES = 32 * 1024 * 1024
 
 
 def _token_problem(token: str) -> str | None:
@@ -123,15 +136,16 @@ class ServerSettings(BackendSettings):
         "from its usual variables (ARTIFACT_STORE_REDIS_URL, ...).",
     )
     max_body_bytes: int = Field(
-        default=256 * 1024 * 1024,
+        default=DEFAULT_MAX_BODY_BYTES,
         ge=1024,
         description="Largest request body, and largest artifact content, accepted; larger gets 413.",
     )
     max_json_bytes: int = Field(
-        default=32 * 1024 * 1024,
+        default=DEFAULT_MAX_JSON_BYTES,
         ge=1024,
-        description="Largest JSON content (its decoded text) accepted in a save; larger gets 413 before it is "
-        "decompressed or parsed. A parsed JSON value takes many times its text in memory.",
+        description="Largest JSON content (its decoded text) accepted in a save, or parsed from the store to "
+        "answer a read; larger gets 413 before it is decompressed or parsed. A parsed JSON value takes many times "
+        "its text in memory.",
     )
     max_header_count: int = Field(default=100, ge=8, description="Most request headers accepted; more gets 431.")
     max_header_bytes: int = Field(
