@@ -158,7 +158,8 @@ class CapacityError(ArtifactStoreError):
 
 
 class PayloadTooLargeError(CapacityError):
-    """One artifact is larger than this backend accepts. Raised before any byte is sent."""
+    """One artifact is larger than this backend accepts. Raised before any byte is sent (or, by a read
+    with a size limit such as the http client's, before the payload is read)."""
 
 
 class BackendError(ArtifactStoreError):

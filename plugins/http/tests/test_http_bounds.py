@@ -3,19 +3,346 @@ content over its limit to answer a read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 import artifactstore_core.envelope
-from artifactstore_core import ArtifactStore, Message, PayloadTooLargeError, create_store
+from artifactstore_core import (
+    ArtifactCorruptedError,
+    ArtifactStore,
+    BackendError,
+    BackendUnavailableError,
+    Codec,
+    Message,
+    PayloadTooLargeError,
+    create_store,
+)
 from artifactstore_http.server import create_app
-from artifactstore_http.testing import TOKEN, ServerThread, client_for
+from artifactstore_http.testing import TOKEN, MakeClient, ServerThread, bound_socket, client_for
 from artifactstore_redis.testing import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
+
+ENVELOPE = "application/vnd.artifactstore.envelope"
+MARKER = "Artifactstore-Protocol: 1\r\n"
+#: What a hostile server offers to send: far more than any bound below, and than socket buffers hold.
+BIG = 256 * 1024 * 1024
+#: Most body bytes a bounded client may let through: its limit plus what the kernel's socket buffers take in
+#: after it stopped reading (loopback autotuning lets a receive buffer grow to 32 MiB here).
+SENT_BOUND = 64 * 1024 * 1024
+
+Answer = tuple[str, Iterable[bytes]]  # the status line and headers, then the body's pieces
+
+
+def _zeros(total: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    block = bytes(piece)
+    for start in range(0, total, piece):
+        yield block[: min(piece, total - start)]
+
+
+def _chunked(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """``pieces`` in HTTP/1.1 chunked framing (a body with no Content-Length)."""
+    for piece in pieces:
+        if piece:
+            yield b"%x\r\n" % len(piece) + piece + b"\r\n"
+    yield b"0\r\n\r\n"
+
+
+class HostileServer:
+    """A raw HTTP/1.1 server on 127.0.0.1 that answers each request with whatever ``answer`` makes of its
+    request line, counting the body bytes it got out before the client hung up. ``hold`` keeps a connection
+    open after the answer until the client closes it."""
+
+    def __init__(self, answer: Callable[[str], Answer], *, hold: bool = False) -> None:
+        self.answer = answer
+        self.hold = hold
+        self.sent = 0
+        self.requests: list[str] = []
+        self.listener = bound_socket()
+        self.listener.listen(8)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._handlers: list[threading.Thread] = []
+        self._stopping = False
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self._stopping:
+                conn.close()
+                return
+            handler = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._handlers.append(handler)
+            handler.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(60)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                received += data
+            head, _, rest = received.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            length = next(
+                (int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length"), 0
+            )
+            while len(rest) < length:  # a save's body: read it all before answering
+                data = conn.recv(65536)
+                if not data:
+                    return
+                rest += data
+            self.requests.append(lines[0])
+            status_and_headers, body = self.answer(lines[0])
+            try:
+                conn.sendall(status_and_headers.encode("latin-1") + b"\r\n")
+                for piece in body:
+                    conn.sendall(piece)
+                    self.sent += len(piece)
+                if self.hold:
+                    conn.recv(1)  # returns once the client closes the connection
+            except OSError:
+                return  # the client hung up: what it did not read is not counted
+
+    def finish(self) -> None:
+        """Wait until every connection has ended (the client closed those it refused), then stop."""
+        for handler in self._handlers:
+            handler.join(timeout=60)
+            assert not handler.is_alive(), "a connection of the hostile server did not end"
+        self._stopping = True
+        # Wake accept() (closing a listening socket does not interrupt it in another thread).
+        socket.create_connection(self.listener.getsockname(), timeout=5).close()
+        self._acceptor.join(timeout=30)
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def hostile(answer: Callable[[str], Answer], *, hold: bool = False) -> Iterator[HostileServer]:
+    server = HostileServer(answer, hold=hold)
+    try:
+        yield server
+    finally:
+        server.finish()
+
+
+def _envelope(content: Any = b"x" * 1000) -> bytes:
+    return Codec().encode(Message(content=content)).to_bytes()
+
+
+def _claiming_head(size: int) -> bytes:
+    """A valid (unsigned) head whose header says the payload is ``size`` bytes: anyone can make one."""
+    head, _ = Codec().encode_head(
+        codec="bytes", media_type="application/octet-stream", schema=None, metadata={},
+        created_at=datetime.now(UTC), size=size, digest="0" * 64,
+    )  # fmt: skip
+    return head
+
+
+# -- the client: an artifact's body --------------------------------------------------------------------------
+
+
+def test_a_body_declared_over_the_limit_is_refused_unread() -> None:
+    # The client read the whole 256 MiB (twice its size at peak) before it looked at a byte of it.
+    def answer(line: str) -> Answer:
+        return f"HTTP/1.1 200 OK\r\nContent-Type: {ENVELOPE}\r\n{MARKER}Content-Length: {BIG}\r\n", _zeros(BIG)
+
+    with (
+        hostile(answer) as server,
+        client_for(server.url, retries=2, max_body_bytes=1 << 20) as store,
+        pytest.raises(PayloadTooLargeError) as info,
+    ):
+        store.get("a/b")
+    error = info.value
+    assert error.step_id == "a/b"
+    assert error.namespace == "default"
+    assert error.backend == "http"
+    assert error.retryable is False
+    assert f"a body of {BIG} bytes" in str(error)
+    assert "ARTIFACT_STORE_HTTP_MAX_BODY_BYTES" in str(error)
+    assert server.sent < SENT_BOUND
+    assert len(server.requests) == 1  # not retried
+
+
+def test_an_envelope_whose_header_claims_more_than_the_limit_is_refused_before_its_payload() -> None:
+    # A chunked body has no Content-Length: the verified header's sizes are what bound the read.
+    def answer(line: str) -> Answer:
+        body = _chunked([_claiming_head(200 << 20), *_zeros(BIG)])
+        return f"HTTP/1.1 200 OK\r\nContent-Type: {ENVELOPE}\r\n{MARKER}Transfer-Encoding: chunked\r\n", body
+
+    with (
+        hostile(answer) as server,
+        client_for(server.url, retries=0, max_body_bytes=1 << 20) as store,
+        pytest.raises(PayloadTooLargeError, match="ARTIFACT_STORE_HTTP_MAX_BODY_BYTES") as info,
+    ):
+        store.get("a")
+    assert "its header says" in str(info.value)
+    assert server.sent < SENT_BOUND
+
+
+def test_a_payload_running_on_past_its_header_is_not_read_to_its_end() -> None:
+    # Within the client's limit (the default, 256 MiB) a body longer than its header says used to be read
+    # whole before the envelope was checked.
+    def answer(line: str) -> Answer:
+        body = _chunked([_envelope(), *_zeros(BIG - 4096)])
+        return f"HTTP/1.1 200 OK\r\nContent-Type: {ENVELOPE}\r\n{MARKER}Transfer-Encoding: chunked\r\n", body
+
+    with (
+        hostile(answer) as server,
+        client_for(server.url, retries=0) as store,
+        pytest.raises(ArtifactCorruptedError, match="longer than the 1000 bytes its envelope's header says"),
+    ):
+        store.get("a")
+    assert server.sent < SENT_BOUND
+
+
+@pytest.mark.parametrize("lie", ["shorter", "longer"])
+def test_a_content_length_disagreeing_with_the_envelope_is_corrupted(lie: str) -> None:
+    # "longer": the client waited for bytes that never come (until its read timeout, then retried); now the
+    # disagreement is seen from the head. "shorter": h11 stops at the Content-Length, so the payload is cut.
+    envelope = _envelope()
+    declared = len(envelope) + 10 if lie == "longer" else len(envelope) - 10
+    sent = envelope if lie == "longer" else envelope[:declared]
+
+    def answer(line: str) -> Answer:
+        return f"HTTP/1.1 200 OK\r\nContent-Type: {ENVELOPE}\r\n{MARKER}Content-Length: {declared}\r\n", [sent]
+
+    with (
+        hostile(answer, hold=True) as server,
+        client_for(server.url, retries=2, read_timeout=5.0) as store,
+        pytest.raises(ArtifactCorruptedError) as info,
+    ):
+        store.get("a")
+    assert info.value.step_id == "a"
+    if lie == "longer":
+        assert f"a body of {declared} bytes (its Content-Length), but the envelope's header says" in str(info.value)
+    assert len(server.requests) == 1  # not retried: the same answer would come again
+
+
+def test_a_body_cut_short_of_its_content_length_is_a_dropped_connection() -> None:
+    envelope = _envelope()
+
+    def answer(line: str) -> Answer:
+        # The server closes the connection after half the body: the answer was lost, not damaged.
+        return f"HTTP/1.1 200 OK\r\nContent-Type: {ENVELOPE}\r\n{MARKER}Content-Length: {len(envelope)}\r\n", [
+            envelope[: len(envelope) // 2]
+        ]
+
+    with (
+        hostile(answer) as server,
+        client_for(server.url, retries=1) as store,
+        pytest.raises(BackendUnavailableError),
+    ):
+        store.get("a")
+    assert len(server.requests) == 2  # transient, so retried
+
+
+# -- the client: JSON answers, problems and bodies nobody reads -------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["list", "delete", "clear"])
+def test_a_json_answer_over_the_limit_is_refused_without_reading_it_whole(operation: str) -> None:
+    def answer(line: str) -> Answer:
+        body = _chunked([b'{"items": [', *_zeros(BIG)])
+        return f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{MARKER}Transfer-Encoding: chunked\r\n", body
+
+    with hostile(answer) as server, client_for(server.url, retries=0, max_json_bytes=64 * 1024) as store:
+        calls: dict[str, Callable[[], object]] = {
+            "list": lambda: list(store.list()),
+            "delete": lambda: store.delete("a"),
+            "clear": store.clear,
+        }
+        with pytest.raises(BackendError) as info:
+            calls[operation]()
+    assert type(info.value) is BackendError
+    assert "ARTIFACT_STORE_HTTP_MAX_JSON_BYTES" in str(info.value)
+    assert server.sent < SENT_BOUND
+
+
+def test_a_problem_body_is_read_only_as_far_as_a_problem_goes() -> None:
+    def answer(line: str) -> Answer:
+        body = _chunked([b'{"type": "BackendUnavailableError", "detail": "', *_zeros(BIG)])
+        return (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
+            f"{MARKER}Artifactstore-Error: BackendUnavailableError\r\nTransfer-Encoding: chunked\r\n"
+        ), body
+
+    with (
+        hostile(answer) as server,
+        client_for(server.url, retries=0) as store,
+        pytest.raises(BackendUnavailableError) as info,
+    ):
+        store.get("a")
+    # Typed from the status and the Artifactstore-Error header; the body was not read to its end.
+    assert "answered 503" in str(info.value)
+    assert server.sent < SENT_BOUND
+
+
+def test_a_save_answered_with_an_endless_body_is_not_read_to_its_end() -> None:
+    def answer(line: str) -> Answer:
+        return f"HTTP/1.1 200 OK\r\n{MARKER}Transfer-Encoding: chunked\r\n", _chunked(_zeros(BIG))
+
+    with hostile(answer) as server, client_for(server.url, retries=0) as store:
+        store.save("a", Message(content=b"payload"))  # a marked success: the save is done
+    assert server.sent < SENT_BOUND
+
+
+# -- the client against a real server ---------------------------------------------------------------------
+
+
+def test_artifacts_up_to_the_limit_are_read_and_larger_ones_refused(make_client: MakeClient) -> None:
+    message = Message(content=secrets.token_bytes(100_000))
+    encoded = Codec().encode(message)
+    size = len(encoded.head) + len(encoded.payload)
+    make_client("bounds-edge").save("a", message)
+    assert make_client("bounds-edge", max_body_bytes=size).get("a") == message
+    with pytest.raises(PayloadTooLargeError, match=f"a body of {size} bytes"):
+        make_client("bounds-edge", max_body_bytes=size - 1).get("a")
+
+
+def test_content_over_the_limit_after_decompression_is_refused(make_client: MakeClient) -> None:
+    # Hex text compresses to about half: the body is within the limit, the content it expands to is not.
+    text = secrets.token_hex(1 << 20)
+    make_client("bounds-zstd").save("t", Message(content=text))
+    limit = 3 * len(text) // 4
+    with pytest.raises(PayloadTooLargeError, match=f"{len(text)} bytes of content \\(after decompression\\)"):
+        make_client("bounds-zstd", max_body_bytes=limit).get("t")
+    assert make_client("bounds-zstd", max_body_bytes=len(text)).get("t").content == text
+
+
+def test_json_content_over_the_json_limit_is_refused_before_it_is_parsed(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big_json = Message(content=[{"k": i} for i in range(300)])
+    make_client("bounds-json").save_many({"j": big_json, "b": Message(content=b"x" * 5000)})
+    parsed: list[int] = []
+    real = artifactstore_core.envelope.loads_frozen
+
+    def counting(data: Any) -> Any:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(artifactstore_core.envelope, "loads_frozen", counting)
+    bounded = make_client("bounds-json", max_json_bytes=1024)
+    with pytest.raises(PayloadTooLargeError, match="ARTIFACT_STORE_HTTP_MAX_JSON_BYTES") as info:
+        bounded.get("j")
+    assert info.value.step_id == "j"
+    assert parsed == []  # neither the server (memory-backed: it keeps messages) nor the client parsed it
+    assert bounded.get("b").content == b"x" * 5000  # bytes content keeps the body limit
+    assert make_client("bounds-json").get("j") == big_json
 
 
 # -- the server: JSON content read from its store -------------------------------------------------------

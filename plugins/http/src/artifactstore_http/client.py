@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import random
@@ -23,14 +24,17 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import httpx
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
+from artifactstore_core.envelope import PREFIX_SIZE, Header
 from artifactstore_core.errors import (
     AccessDeniedError,
+    ArtifactCorruptedError,
     ArtifactNotFoundError,
     ArtifactStoreError,
     BackendError,
@@ -80,6 +84,34 @@ _TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolEr
 _RETRY_STATUSES = (502, 503, 504)
 _BACKOFF_BASE = 0.1
 _BACKOFF_MAX = 2.0
+# Most bytes read of an answer whose body is not needed (a problem, or a save's success): an artifact server's
+# problem is a few hundred bytes. Beyond it the body is left unread (the connection is closed, not drained)
+# and the error is told from the status and the Artifactstore-Error header alone.
+_MAX_SMALL_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An answer of the server, its body read within a bound while its connection was lent (see ``_send``).
+
+    ``content`` is the body of a JSON or problem answer (empty when it was not read, or was larger than its
+    bound); ``header`` and ``payload`` are the verified header and the payload bytes of a get's envelope.
+    """
+
+    status_code: int
+    headers: httpx.Headers
+    method: str
+    content: bytes = b""
+    header: Header | None = None
+    payload: bytes = b""
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        """The body parsed as JSON. Raises ValueError when it is not JSON."""
+        return json.loads(self.content)
 
 
 class _Clients:
@@ -352,13 +384,18 @@ class HttpStore(ArtifactStore):
         params: dict[str, str] | None = None,
         body: Callable[[], Iterator[bytes]] | None = None,
         length: int = 0,
-    ) -> httpx.Response:
-        """Send one request, retrying per :data:`RETRY_POLICY`; the response is fully read.
+        step_id: str | None = None,
+    ) -> _Answer:
+        """Send one request, retrying per :data:`RETRY_POLICY`; the answer's body is read within a bound.
 
         Raises:
             StoreClosedError: the store was closed before an attempt, during a backoff, or while the
                 request was in flight.
-            BackendError: a success answer without the protocol marker (not retried).
+            BackendError: a success answer without the protocol marker, or a JSON answer over
+                ``ARTIFACT_STORE_HTTP_MAX_JSON_BYTES`` (not retried).
+            PayloadTooLargeError, ArtifactCorruptedError, UnsupportedFormatError, ConfigurationError: a get's
+                envelope is over the client's limits, disagrees with its own header or its Content-Length,
+                or fails verification of its head (see :meth:`_read_envelope`; not retried).
             httpx.HTTPError: the last attempt failed (translated by the caller's ``_translate_error``).
         """
         policy = RETRY_POLICY[operation]
@@ -374,7 +411,14 @@ class HttpStore(ArtifactStore):
             clients = self._http()
             try:
                 with clients.checkout() as http:
-                    response = http.request(method, url, params=params, content=content, headers=headers)
+                    request = http.build_request(method, url, params=params, content=content, headers=headers)
+                    # Streamed, so that every body is read within a bound (see _read) and never taken whole
+                    # from whatever answers; read while the connection is this thread's alone.
+                    streamed = http.send(request, stream=True)
+                    try:
+                        response = self._read(operation, streamed, step_id)
+                    finally:
+                        streamed.close()
             except StoreClosedError:
                 raise
             except Exception as exc:
@@ -400,10 +444,113 @@ class HttpStore(ArtifactStore):
             if clients.wait_closed(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter, not cryptography
                 raise clients.closed_error()
 
-    def _unmarked(self, operation: str, response: httpx.Response) -> BackendError:
+    def _read(self, operation: str, response: httpx.Response, step_id: str | None) -> _Answer:
+        """Read what is needed of a streamed ``response``, never more than a bound, into an :class:`_Answer`.
+
+        Nothing of an answer is ever taken whole on the server's word: a wrong endpoint, a proxy or a hostile
+        server could otherwise make this client allocate without limit. A get's envelope is read within
+        ``max_body_bytes`` and the sizes its verified header states (:meth:`_read_envelope`); the JSON answer of
+        a list, delete or clear within ``max_json_bytes``; a problem, or a body nothing reads, within 64 KiB
+        (beyond that it is not read, and the error is told from the status and headers).
+        """
+        answer = _Answer(response.status_code, response.headers, response.request.method)
+        if response.is_success and not _marked(response):
+            return answer  # refused by _send from its headers alone
+        if response.is_success and operation in ("list", "delete", "clear"):
+            content = _read_within(response, self._settings.max_json_bytes)
+            if content is None:
+                raise BackendError(
+                    f"artifact server {self._display} answered a {operation} with a JSON body over this client's "
+                    f"limit of {self._settings.max_json_bytes} bytes (ARTIFACT_STORE_HTTP_MAX_JSON_BYTES); raise it "
+                    "if the server's answers are really that large",
+                    step_id=step_id,
+                )
+            return _Answer(answer.status_code, answer.headers, answer.method, content=content)
+        if operation == "get" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
+            header, payload = self._read_envelope(response, step_id or "")
+            return _Answer(answer.status_code, answer.headers, answer.method, header=header, payload=payload)
+        content = _read_within(response, _MAX_SMALL_BODY)
+        if response.is_success or content is None:
+            return answer
+        return _Answer(answer.status_code, answer.headers, answer.method, content=content)
+
+    def _read_envelope(self, response: httpx.Response, step_id: str) -> tuple[Header, bytes]:
+        """The verified header and the payload bytes of the envelope a get's ``response`` carries.
+
+        The head is read and verified first; its header states the payload's size, and the body is read up
+        to exactly that many bytes, never further. The payload is joined from the chunks received in one
+        copy, which is what the codec then verifies and keeps (``bytes`` content is not copied again).
+
+        Raises:
+            PayloadTooLargeError: the body (by its Content-Length, or the head and payload sizes its verified
+                header states) is over ``max_body_bytes``, or the content after decompression is, or JSON
+                content is over ``max_json_bytes``: refused before the payload is read.
+            ArtifactCorruptedError: the body disagrees with its header (a Content-Length other than head
+                plus payload, a payload cut short or running on), or the head fails verification.
+            UnsupportedFormatError, ConfigurationError: as :meth:`Codec.decode_head`.
+        """
+        limit = self._settings.max_body_bytes
+        where = f"artifact server {self._display} answered {step_id!r} with"
+        declared = _declared_length(response)
+        if declared is not None and declared > limit:
+            raise self._too_large(step_id, f"{where} a body of {declared} bytes (its Content-Length)")
+        chunks = response.iter_bytes()
+        place = (self.namespace, step_id)
+        buffer = _fill(chunks, b"", PREFIX_SIZE)
+        head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
+        if head_size > limit:
+            raise self._too_large(step_id, f"{where} an envelope whose head alone is {head_size} bytes")
+        buffer = _fill(chunks, buffer, head_size)
+        if len(buffer) < head_size:
+            raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
+        header = self.codec.decode_head(buffer[:head_size], place=place)
+        total = head_size + header.stored_size
+        if total > limit:
+            raise self._too_large(step_id, f"{where} an envelope of {total} bytes (its header says)")
+        if header.size > limit:
+            raise self._too_large(step_id, f"{where} {header.size} bytes of content (after decompression)")
+        if header.codec == "json" and header.size > self._settings.max_json_bytes:
+            raise PayloadTooLargeError(
+                f"{where} {header.size} bytes of JSON content; this client parses at most "
+                f"{self._settings.max_json_bytes} (ARTIFACT_STORE_HTTP_MAX_JSON_BYTES), because a parsed JSON "
+                "value takes many times its text in memory; raise it to read this artifact",
+                step_id=step_id,
+            )
+        if declared is not None and declared != total:
+            raise ArtifactCorruptedError(
+                f"{where} a body of {declared} bytes (its Content-Length), but the envelope's header says "
+                f"{total}: the answer was cut or padded on the way",
+                step_id=step_id,
+            )
+        stored = header.stored_size
+        parts: list[bytes] = [buffer[head_size:]] if len(buffer) > head_size else []
+        received = len(buffer) - head_size
+        for chunk in chunks:
+            received += len(chunk)
+            if received > stored:
+                # Stopped here: a body that runs on past its header is not read to its end.
+                raise ArtifactCorruptedError(
+                    f"{where} a payload longer than the {stored} bytes its envelope's header says", step_id=step_id
+                )
+            parts.append(chunk)
+        if received < stored:
+            raise ArtifactCorruptedError(
+                f"{where} a payload of {received} bytes; its envelope's header says {stored}", step_id=step_id
+            )
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        return header, payload
+
+    def _too_large(self, step_id: str, what: str) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"{what}, over this client's limit of {self._settings.max_body_bytes} bytes "
+            "(ARTIFACT_STORE_HTTP_MAX_BODY_BYTES); raise it to read larger artifacts",
+            step_id=step_id,
+        )
+
+    def _unmarked(self, operation: str, response: _Answer) -> BackendError:
         """The error of an answer that a result would be believed from (a success; "absent" to ``HEAD``)
         but that lacks this client's protocol marker: something other than an artifact server answered."""
-        answer = f"its {response.status_code} answer to {response.request.method}"
+        answer = f"its {response.status_code} answer to {response.method}"
         if PROTOCOL_HEADER not in response.headers:
             why = f"{answer} has no {PROTOCOL_HEADER} header"
         else:
@@ -415,7 +562,7 @@ class HttpStore(ArtifactStore):
             "artifactstore-serve (with its path prefix, if it has one)"
         )
 
-    def _fail(self, response: httpx.Response, step_id: str | None = None) -> ArtifactStoreError:
+    def _fail(self, response: _Answer, step_id: str | None = None) -> ArtifactStoreError:
         """The core error a non-success response stands for."""
         token = self._settings.token
         return error_from_response(
@@ -446,16 +593,17 @@ class HttpStore(ArtifactStore):
             raise self._fail(response, step_id)
 
     def _get(self, step_id: str) -> Message:
-        response = self._send("get", "GET", self._url("artifacts", step_id))
+        response = self._send("get", "GET", self._url("artifacts", step_id), step_id=step_id)
         if response.status_code != 200:
             raise self._fail(response, step_id)
-        if response.headers.get("content-type", "").split(";")[0].strip() != MEDIA_TYPE_ENVELOPE:
+        if response.header is None:
             raise BackendError(
                 f"artifact server {self._display} answered {step_id!r} with a body that is not an envelope",
                 step_id=step_id,
             )
-        # The client's own codec verifies size, digest and (with a signing key) the signature.
-        return self.codec.decode_bytes(response.content, place=(self.namespace, step_id))
+        # The client's own codec verified the head (and, with a signing key, the signature) while the body
+        # was read; here it verifies the payload's size and digest.
+        return self.codec.decode_payload(response.header, response.payload)
 
     def _exists(self, step_id: str) -> bool:
         response = self._send("exists", "HEAD", self._url("artifacts", step_id))
@@ -472,7 +620,7 @@ class HttpStore(ArtifactStore):
     def _delete(self, step_id: str) -> bool:
         url = self._url("artifacts", step_id)
         try:
-            response = self._send("delete", "DELETE", url)
+            response = self._send("delete", "DELETE", url, step_id=step_id)
         except _TRANSIENT as lost:
             # The request may or may not have reached the server (a reset, a dropped connection, no answer
             # in time). Sending it once more settles the question only when the repeat removes the
@@ -582,13 +730,63 @@ class HttpStore(ArtifactStore):
         return None
 
 
-def _marked(response: httpx.Response) -> bool:
+def _marked(response: httpx.Response | _Answer) -> bool:
     """Whether ``response`` carries the protocol marker of an artifact server of this client's version."""
     marker: str | None = response.headers.get(PROTOCOL_HEADER)
     return marker == PROTOCOL_VERSION
 
 
-def _retryable_answer(response: httpx.Response) -> bool:
+def _media_type(response: httpx.Response | _Answer) -> str:
+    return str(response.headers.get("content-type", "")).split(";")[0].strip()
+
+
+def _declared_length(response: httpx.Response) -> int | None:
+    """The length of the body as read, from Content-Length, or ``None`` when it does not say.
+
+    With a Content-Encoding (a proxy compressing answers) Content-Length counts the encoded bytes, not the
+    bytes read after decoding, so it says nothing about those.
+    """
+    if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return None
+    value = response.headers.get("content-length")
+    # h11 refuses a malformed or repeated Content-Length before the response is handed over.
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _fill(chunks: Iterator[bytes], buffer: bytes, size: int) -> bytes:
+    """``buffer`` followed by chunks of the body until it holds at least ``size`` bytes, or the body ended."""
+    if len(buffer) >= size:
+        return buffer
+    # Without an empty first part, a single chunk is returned as it is (bytes.join copies nothing then).
+    parts, have = ([buffer] if buffer else []), len(buffer)
+    for chunk in chunks:
+        parts.append(chunk)
+        have += len(chunk)
+        if have >= size:
+            break
+    return b"".join(parts)
+
+
+def _read_within(response: httpx.Response, limit: int) -> bytes | None:
+    """The body of ``response``, or ``None`` (having stopped reading) once it is found to exceed ``limit``.
+
+    The Content-Length (when it counts the bytes read) refuses a larger body before any of it is read; the
+    bytes read are counted too, for a chunked body or one a proxy compressed.
+    """
+    declared = _declared_length(response)
+    if declared is not None and declared > limit:
+        return None
+    parts: list[bytes] = []
+    have = 0
+    for chunk in response.iter_bytes():
+        have += len(chunk)
+        if have > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _retryable_answer(response: _Answer) -> bool:
     """Whether a 502, 503 or 504 answer may be worth repeating.
 
     An artifact server types each failure (the ``Artifactstore-Error`` header and a problem body) and says
@@ -599,7 +797,7 @@ def _retryable_answer(response: httpx.Response) -> bool:
     name = response.headers.get(ERROR_HEADER)
     if name is None:
         return True
-    if response.headers.get("content-type", "").split(";")[0].strip() == MEDIA_TYPE_PROBLEM:
+    if _media_type(response) == MEDIA_TYPE_PROBLEM:
         try:
             doc = response.json()
         except ValueError:
@@ -610,14 +808,14 @@ def _retryable_answer(response: httpx.Response) -> bool:
     return cls.retryable if cls is not None else True
 
 
-def _json(response: httpx.Response, display: str) -> Any:
+def _json(response: _Answer, display: str) -> Any:
     try:
         return response.json()
     except ValueError:
         raise BackendError(f"artifact server {display} answered with a body that is not JSON") from None
 
 
-def _json_field(response: httpx.Response, name: str, kind: type | tuple[type, ...], display: str) -> Any:
+def _json_field(response: _Answer, name: str, kind: type | tuple[type, ...], display: str) -> Any:
     doc = _json(response, display)
     value = doc.get(name) if isinstance(doc, dict) else None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -641,7 +839,7 @@ def _info_from(item: Any, display: str) -> ArtifactInfo:
 
 
 def error_from_response(
-    response: httpx.Response,
+    response: _Answer,
     *,
     display: str,
     step_id: str | None = None,
@@ -677,8 +875,7 @@ def error_from_response(
     name = response.headers.get(ERROR_HEADER)
     detail = ""
     retryable: bool | None = None
-    content_type = response.headers.get("content-type", "").split(";")[0].strip()
-    if content_type == MEDIA_TYPE_PROBLEM and response.content:
+    if _media_type(response) == MEDIA_TYPE_PROBLEM and response.content:
         try:
             doc = response.json()
         except ValueError:

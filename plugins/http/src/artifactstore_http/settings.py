@@ -85,6 +85,20 @@ class HttpSettings(BackendSettings):
     trust_env: bool = Field(
         default=True, description="Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."
     )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="Largest response body read, and largest artifact content (after decompression) accepted; "
+        "a larger artifact raises PayloadTooLargeError before its payload is read. The server's default "
+        "ARTIFACT_STORE_SERVER_MAX_BODY_BYTES.",
+    )
+    max_json_bytes: int = Field(
+        default=DEFAULT_MAX_JSON_BYTES,
+        ge=1024,
+        description="Largest JSON read: a JSON answer (a list page, a delete or clear result) and the JSON content "
+        "(its text, after decompression) of an artifact, checked before it is decompressed or parsed. The "
+        "server's default ARTIFACT_STORE_SERVER_MAX_JSON_BYTES.",
+    )
 
     @field_validator("endpoint")
     @classmethod
