@@ -172,7 +172,8 @@ class Executor:
             StepFailedError: a step raised or its output could not be saved; it names the step and the
                 execution id, chains the step's exception, and carries the partial result. No new step
                 starts after a failure; steps already running finish.
-            ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker
+            ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker,
+                or the store factory returned a store bound to another namespace than ``execution_id``
                 (raised before any step runs).
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
@@ -189,6 +190,18 @@ class Executor:
         started = time.perf_counter()
         store = self._factory(execution_id)
         try:
+            if store.namespace != execution_id:
+                # A factory that ignores the namespace it is given would make this execution reuse, and clear,
+                # the artifacts of every other execution built by it.
+                # Named by its qualified name, not its repr, which could hold a credential.
+                name = getattr(self._factory, "__qualname__", type(self._factory).__qualname__)
+                raise ConfigurationError(
+                    f"the store factory {name} was asked for a store bound to namespace "
+                    f"{execution_id!r} (the execution id) and returned one bound to {store.namespace!r}: "
+                    "it must pass the namespace on, e.g. lambda namespace: create_store(..., namespace=namespace)",
+                    namespace=execution_id,
+                    backend=store.backend_name,
+                )
             result = self._execute(store, pipeline, execution_id, fresh, started)
         except BaseException:
             # The error being raised is the one to report; failing to close after it is secondary.

@@ -20,7 +20,10 @@ from pipeline_steps import EXPECTED_D, Inputs, StepError, calls, diamond, record
 from artifactstore_core import (
     ArtifactCorruptedError,
     ArtifactInfo,
+    ArtifactStore,
     BackendUnavailableError,
+    ConfigurationError,
+    create_store,
 )
 from artifactstore_core.pipeline import Executor, Pipeline, RunResult, Step, StepFailedError, StepStatus, StoreConfig
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -267,6 +270,25 @@ def test_a_backend_failure_checking_artifacts_to_resume_propagates_before_any_st
     with pytest.raises(BackendUnavailableError):
         executor.run(diamond(workdir), execution_id=execution_id)
     assert calls(workdir) == {"a": 1, "b": 1, "c": 1}
+
+
+# -- a store in another namespace ------------------------------------------------------------------------
+
+
+def test_a_store_factory_that_ignores_the_namespace_is_refused(tmp_path: Path, workdir: Path) -> None:
+    root = str(tmp_path / "shared")
+    Executor(lambda ns: create_store("filesystem", root=root, namespace=ns), on_success="keep").run(
+        diamond(workdir), execution_id="default"
+    )
+
+    def ignores_namespace(namespace: str) -> ArtifactStore:
+        return create_store("filesystem", root=root)
+
+    with pytest.raises(ConfigurationError, match=r"ignores_namespace.*'other'.*'default'"):
+        Executor(ignores_namespace).run(diamond(workdir), execution_id="other")
+    assert calls(workdir) == dict.fromkeys("abcd", 1)
+    with create_store("filesystem", root=root) as store:  # nothing reused into, or cleared from, "default"
+        assert sorted(info.step_id for info in store.list()) == ["a", "b", "c", "d"]
 
 
 def test_a_replaced_step_that_fails_again_says_why_it_ran(tmp_path: Path, workdir: Path) -> None:
