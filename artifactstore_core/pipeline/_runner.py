@@ -19,14 +19,23 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..envelope import content_bytes
-from ..errors import SerializationError
+from ..errors import ArtifactCorruptedError, ArtifactNotFoundError, SerializationError
 from ..message import Message
 from ..store import ArtifactStore
 from .config import StoreConfig
 from .connector import ArtifactConnector
 from .graph import Step
 
-__all__ = ["StepOutcome", "WorkerTask", "execute_step", "init_worker", "run_in_worker", "running_step", "to_message"]
+__all__ = [
+    "ReusedInputsUnusable",
+    "StepOutcome",
+    "WorkerTask",
+    "execute_step",
+    "init_worker",
+    "run_in_worker",
+    "running_step",
+    "to_message",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,24 @@ class WorkerTask:
     execution_id: str
     #: The step's position in the pipeline's order, written in the worker's slot while it runs.
     index: int = -1
+    #: Inputs reused from an earlier run of this execution, read (and so verified) before the step runs.
+    verify: tuple[str, ...] = ()
+    #: Save with ``overwrite=True``: the step replaces its own artifact, found damaged or gone.
+    overwrite: bool = False
+
+
+class ReusedInputsUnusable(Exception):  # noqa: N818 - a signal to the executor, never raised to users
+    """Inputs reused from an earlier run could not be read (damaged, or gone since they were listed).
+
+    Raised by :func:`execute_step` before the step's function is called, so the executor can run the steps
+    that produce those inputs again and then this step. Plain ``args`` (the step id, then ``(input id,
+    reason)`` pairs) so that it travels from a worker process intact.
+    """
+
+    def __init__(self, step_id: str, unusable: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(step_id, unusable)
+        self.step_id = step_id
+        self.unusable = unusable
 
 
 def to_message(step_id: str, value: Any) -> Message:
@@ -69,17 +96,35 @@ def to_message(step_id: str, value: Any) -> Message:
         ) from exc
 
 
-def execute_step(store: ArtifactStore, step: Step) -> StepOutcome:
+def execute_step(
+    store: ArtifactStore, step: Step, verify: tuple[str, ...] = (), overwrite: bool = False
+) -> StepOutcome:
     """Run ``step`` with connectors on ``store`` and save its output under its id.
 
+    Args:
+        verify: inputs reused from an earlier run: read through their connectors before the step runs,
+            which verifies them (size and digest) and keeps the message for the step, so it is read once.
+        overwrite: save with ``overwrite=True`` (the step replaces its damaged or vanished artifact).
+
     Raises:
+        ReusedInputsUnusable: an input in ``verify`` is damaged (``ArtifactCorruptedError``) or gone
+            (``ArtifactNotFoundError``); the step's function was not called.
         Whatever the step raises; SerializationError for an output that cannot be a message; the
-        errors of :meth:`ArtifactStore.save`.
+        errors of :meth:`ArtifactStore.save`, and of reading an input in ``verify`` (a ``BackendError``
+        is the step's failure, never taken for damage).
     """
     started = time.perf_counter()
     inputs = MappingProxyType({name: ArtifactConnector(store, name) for name in step.inputs})
+    unusable = []
+    for name in verify:
+        try:
+            inputs[name].get()
+        except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
+            unusable.append((name, f"{type(exc).__name__}: {exc}"))
+    if unusable:
+        raise ReusedInputsUnusable(step.id, tuple(unusable))
     message = to_message(step.id, step.fn(inputs))
-    store.save(step.id, message)
+    store.save(step.id, message, overwrite=overwrite)
     duration = time.perf_counter() - started
     return StepOutcome(step.id, duration, len(content_bytes(message)[1]))
 
@@ -157,7 +202,7 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
     if _worker_slot is not None:
         _worker_slot[0][_worker_slot[1] + 1] = task.index + 1
     try:
-        return execute_step(_store_for(task.config, task.execution_id), task.step)
+        return execute_step(_store_for(task.config, task.execution_id), task.step, task.verify, task.overwrite)
     except Exception as exc:
         problem = _unrebuildable(exc)
         if problem is None:

@@ -20,7 +20,9 @@ class ArtifactConnector:
     """Reads the output of one upstream step, on first use, from the execution's store.
 
     The executor gives each step one connector per declared input. Nothing is read until the step asks,
-    so a step that needs only part of its inputs (or only checks :meth:`exists`) never pays for the rest.
+    so a step that needs only part of its inputs (or only checks :meth:`exists`) never pays for the rest;
+    except on a resume, where the executor reads each input reused from the earlier run through its
+    connector before the step starts, to verify it (the step then gets that message without a new read).
     The message is read once and then kept (messages are immutable). Use a connector only while its
     step runs: the executor closes the store afterwards.
 

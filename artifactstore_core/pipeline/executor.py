@@ -3,7 +3,8 @@
 Each execution stores its artifacts in its own namespace, the execution id. A step starts as soon as all
 its inputs are saved (not level by level), so independent steps run in parallel. At the end the
 namespace is cleared on success and kept on failure, by default; a run with the id of a failed execution
-resumes it, skipping every step whose artifact already exists.
+resumes it, skipping every step whose artifact already exists, and running again (with overwrite) a step
+whose artifact turns out damaged or gone when it is read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import concurrent.futures as cf
 import concurrent.futures.process as cfp
 import contextlib
 import functools
+import logging
 import multiprocessing
 import os
 import signal
@@ -22,10 +24,19 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
-from ..errors import ConfigurationError
+from ..errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStoreError, ConfigurationError
 from ..ids import validate_namespace
+from ..message import Message
 from ..store import ArtifactStore
-from ._runner import StepOutcome, WorkerTask, execute_step, init_worker, run_in_worker, running_step
+from ._runner import (
+    ReusedInputsUnusable,
+    StepOutcome,
+    WorkerTask,
+    execute_step,
+    init_worker,
+    run_in_worker,
+    running_step,
+)
 from .config import StoreConfig
 from .container import ServiceContainer
 from .errors import StepFailedError
@@ -42,6 +53,8 @@ SuccessPolicy = Literal["clear", "keep"]
 FailurePolicy = Literal["keep", "clear"]
 #: Builds a store bound to the namespace it is given (the execution id). :class:`StoreConfig` is one.
 StoreFactory = Callable[[str], ArtifactStore]
+
+logger = logging.getLogger(__name__)
 
 _CROSS_PROCESS_BACKENDS = "filesystem (pip install artifactstore-filesystem), redis, s3 or http"
 
@@ -145,7 +158,11 @@ class Executor:
             execution_id: the namespace of this execution's artifacts. Default: a fresh ``uuid4().hex``.
                 Give the id of an execution that failed (``StepFailedError.execution_id``) to resume it:
                 every step whose artifact exists is skipped (reported as ``reused``), and only the
-                others run. Write-once saving makes this safe: a step never replaces an artifact.
+                others run. Write-once saving makes this safe: a step never replaces an artifact, except
+                one found damaged (``ArtifactCorruptedError``) or gone (``ArtifactNotFoundError``) when it
+                is read: reused inputs are read before the step that needs them starts, final outputs at
+                the end, and the step that produced such an artifact runs again with ``overwrite=True``
+                (see ``StepResult.replaced``).
 
         Returns:
             A :class:`RunResult`: the execution id, each step's status, duration and artifact size, and
@@ -155,11 +172,13 @@ class Executor:
             StepFailedError: a step raised or its output could not be saved; it names the step and the
                 execution id, chains the step's exception, and carries the partial result. No new step
                 starts after a failure; steps already running finish.
-            ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker
+            ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker,
+                or the store factory returned a store bound to another namespace than ``execution_id``
                 (raised before any step runs).
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
-            listing, reading or clearing it.
+            listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
+            taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
         """
         if not isinstance(pipeline, Pipeline):
             raise TypeError(f"expected a Pipeline, got {type(pipeline).__name__}")
@@ -171,6 +190,18 @@ class Executor:
         started = time.perf_counter()
         store = self._factory(execution_id)
         try:
+            if store.namespace != execution_id:
+                # A factory that ignores the namespace it is given would make this execution reuse, and clear,
+                # the artifacts of every other execution built by it.
+                # Named by its qualified name, not its repr, which could hold a credential.
+                name = getattr(self._factory, "__qualname__", type(self._factory).__qualname__)
+                raise ConfigurationError(
+                    f"the store factory {name} was asked for a store bound to namespace "
+                    f"{execution_id!r} (the execution id) and returned one bound to {store.namespace!r}: "
+                    "it must pass the namespace on, e.g. lambda namespace: create_store(..., namespace=namespace)",
+                    namespace=execution_id,
+                    backend=store.backend_name,
+                )
             result = self._execute(store, pipeline, execution_id, fresh, started)
         except BaseException:
             # The error being raised is the one to report; failing to close after it is secondary.
@@ -185,11 +216,19 @@ class Executor:
     ) -> RunResult:
         backend = store.backend_name
         results: dict[str, StepResult] = {}
+        # Steps whose artifact from an earlier run is used without running them (a resume). A step leaves
+        # this set when a read finds its artifact damaged or gone, and joins ``replaced``: it runs again and
+        # saves with overwrite (write-once would keep a damaged artifact whose header still matches).
+        reused: set[str] = set()
+        replaced: dict[str, str] = {}
         if not fresh:
-            # A resume: whatever a step already saved in this namespace is its output (write-once).
-            for info in store.list():
-                if info.step_id in pipeline:
-                    results[info.step_id] = StepResult(info.step_id, StepStatus.REUSED, size=info.size)
+            sizes, damaged = self._existing(store, pipeline)
+            for step_id, size in sizes.items():
+                results[step_id] = StepResult(step_id, StepStatus.REUSED, size=size)
+                reused.add(step_id)
+            for step_id, reason in damaged.items():
+                replaced[step_id] = reason
+                _warn_replaced(store, step_id, reason)
         waiting = {
             step.id: {name for name in step.inputs if name not in results}
             for step in pipeline.steps
@@ -198,17 +237,39 @@ class Executor:
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
         death = ""
-        if waiting:
-            pool, slots = self._pool(len(waiting))
-            positions = {step_id: index for index, step_id in enumerate(pipeline.order)}
-            workers: dict[int, multiprocessing.process.BaseProcess] = {}
-            running: dict[cf.Future[StepOutcome], str] = {}
-            try:
+        outputs: dict[str, Message] = {}
+        pool: cf.Executor | None = None
+        slots: Any = None
+        positions = {step_id: index for index, step_id in enumerate(pipeline.order)}
+        workers: dict[int, multiprocessing.process.BaseProcess] = {}
+        running: dict[cf.Future[StepOutcome], str] = {}
+
+        def available(step_id: str) -> bool:
+            done = results.get(step_id)
+            return done is not None and done.status in (StepStatus.REUSED, StepStatus.SUCCEEDED)
+
+        def replace(step_id: str, reason: str) -> None:
+            """Run ``step_id`` again: its reused artifact turned out damaged or gone."""
+            reused.discard(step_id)
+            del results[step_id]
+            replaced[step_id] = reason
+            _warn_replaced(store, step_id, reason)
+            waiting[step_id] = {name for name in pipeline[step_id].inputs if not available(name)}
+            if not waiting[step_id] and failure is None:
+                ready.append(step_id)
+
+        try:
+            while True:
                 while ready or running:
+                    if pool is None:
+                        pool, slots = self._pool(len(waiting))
                     for step_id in ready:
-                        running[self._submit(pool, store, pipeline[step_id], execution_id, positions[step_id])] = (
-                            step_id
+                        step = pipeline[step_id]
+                        verify = tuple(name for name in step.inputs if name in reused)
+                        future = self._submit(
+                            pool, store, step, execution_id, positions[step_id], verify, step_id in replaced
                         )
+                        running[future] = step_id
                     ready = []
                     finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                     for future in finished:
@@ -216,8 +277,20 @@ class Executor:
                         if future.cancelled():
                             continue
                         error = future.exception()
+                        if isinstance(error, ReusedInputsUnusable):
+                            # The step did not run: inputs it was to reuse are damaged or gone. Their steps
+                            # run again, then this one (or, after a failure, neither: it is "not run").
+                            inputs = waiting[step_id] = set()
+                            for name, reason in error.unusable:
+                                if name in reused:
+                                    replace(name, reason)
+                                if not available(name):
+                                    inputs.add(name)
+                            if not inputs and failure is None:
+                                ready.append(step_id)
+                            continue
                         if error is not None:
-                            results[step_id] = StepResult(step_id, StepStatus.FAILED)
+                            results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=replaced.get(step_id))
                             if failure is None:
                                 failure = (step_id, error)
                                 if isinstance(error, cfp.BrokenProcessPool):
@@ -228,21 +301,35 @@ class Executor:
                                     other.cancel()
                             continue
                         outcome = future.result()
-                        results[step_id] = StepResult(step_id, StepStatus.SUCCEEDED, outcome.duration, outcome.size)
+                        results[step_id] = StepResult(
+                            step_id, StepStatus.SUCCEEDED, outcome.duration, outcome.size, replaced.get(step_id)
+                        )
                         for dependent in pipeline.dependents(step_id):
-                            inputs = waiting.get(dependent)
-                            if inputs is not None and step_id in inputs:
-                                inputs.discard(step_id)
-                                if not inputs and failure is None:
+                            pending = waiting.get(dependent)
+                            if pending is not None and step_id in pending:
+                                pending.discard(step_id)
+                                if not pending and failure is None:
                                     ready.append(dependent)
-            finally:
+                if failure is not None:
+                    break
+                # The final outputs are read here anyway: that read is also the check of reused ones.
+                gone = _read_outputs(store, pipeline, reused, outputs)
+                if not gone:
+                    break
+                for step_id, reason in gone:
+                    replace(step_id, reason)
+        finally:
+            if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-            if failure is not None and workers and slots is not None:
-                died = _died_in(pipeline, workers, slots)
-                if died is not None:
-                    failure = (died[0], failure[1])
-                    death = died[1]
-        steps = {step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN)) for step_id in pipeline.order}
+        if failure is not None and workers and slots is not None:
+            died = _died_in(pipeline, workers, slots)
+            if died is not None:
+                failure = (died[0], failure[1])
+                death = died[1]
+        steps = {
+            step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN, replaced=replaced.get(step_id)))
+            for step_id in pipeline.order
+        }
         if failure is not None:
             step_id, error = failure
             if not isinstance(error, Exception):
@@ -251,8 +338,12 @@ class Executor:
             failed = self._failed(store, execution_id, steps, started, step_id, error)
             if death:
                 failed.add_note(f"the worker process running step {step_id!r} {death}")
+            if step_id in replaced:
+                failed.add_note(
+                    f"step {step_id!r} ran again because its artifact from the earlier run could not be used: "
+                    f"{replaced[step_id]}"
+                )
             raise failed from error
-        outputs = store.get_many(pipeline.sinks)
         cleared = self._on_success == "clear"
         if cleared:
             store.clear()
@@ -264,6 +355,33 @@ class Executor:
             duration=time.perf_counter() - started,
             cleared=cleared,
         )
+
+    @staticmethod
+    def _existing(store: ArtifactStore, pipeline: Pipeline) -> tuple[dict[str, int], dict[str, str]]:
+        """The steps of ``pipeline`` that have an artifact in the store (with its size), and those whose
+        artifact is damaged (with the reason), for a resume.
+
+        One listing; only when it fails on a damaged artifact (a listing verifies each header, and stops
+        at the first that does not verify) is each step asked for separately, to find all of them.
+
+        Raises:
+            BackendError, UnsupportedFormatError, ...: as :meth:`ArtifactStore.list` and
+                :meth:`ArtifactStore.info` raise them; a backend failure is never taken for "absent".
+        """
+        try:
+            return {info.step_id: info.size for info in store.list() if info.step_id in pipeline}, {}
+        except ArtifactCorruptedError:
+            pass
+        sizes: dict[str, int] = {}
+        damaged: dict[str, str] = {}
+        for step in pipeline.steps:
+            try:
+                sizes[step.id] = store.info(step.id).size
+            except ArtifactNotFoundError:
+                continue
+            except ArtifactCorruptedError as exc:
+                damaged[step.id] = _reason(exc)
+        return sizes, damaged
 
     def _failed(
         self,
@@ -314,17 +432,70 @@ class Executor:
         return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifactstore-step"), None
 
     def _submit(
-        self, pool: cf.Executor, store: ArtifactStore, step: Step, execution_id: str, index: int
+        self,
+        pool: cf.Executor,
+        store: ArtifactStore,
+        step: Step,
+        execution_id: str,
+        index: int,
+        verify: tuple[str, ...],
+        overwrite: bool,
     ) -> cf.Future[StepOutcome]:
         if self._config is not None:
-            return pool.submit(run_in_worker, WorkerTask(step, self._config, execution_id, index))
-        return pool.submit(execute_step, store, step)
+            return pool.submit(run_in_worker, WorkerTask(step, self._config, execution_id, index, verify, overwrite))
+        return pool.submit(execute_step, store, step, verify, overwrite)
 
     def __repr__(self) -> str:
         return (
             f"<Executor mode={self._mode!r} max_workers={self._max_workers} on_success={self._on_success!r} "
             f"on_failure={self._on_failure!r}>"
         )
+
+
+def _reason(exc: ArtifactStoreError) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _warn_replaced(store: ArtifactStore, step_id: str, reason: str) -> None:
+    logger.warning(
+        "execution %r on backend %r: the artifact of step %r from the earlier run cannot be used (%s); "
+        "the step runs again and replaces it",
+        store.namespace,
+        store.backend_name,
+        step_id,
+        reason,
+    )
+
+
+def _read_outputs(
+    store: ArtifactStore, pipeline: Pipeline, reused: set[str], outputs: dict[str, Message]
+) -> list[tuple[str, str]]:
+    """Read the sinks' messages not in ``outputs`` yet into it; return the reused sinks that turned out
+    damaged or gone, with the reason, for the executor to run again.
+
+    One ``get_many`` as before; only when it fails on a damaged or missing artifact and some sink was
+    reused are the sinks read one by one, to tell which.
+
+    Raises:
+        ArtifactCorruptedError, ArtifactNotFoundError: for a sink this run saved (not a reused one).
+        BackendError and the other errors of ``get_many``/``get``.
+    """
+    missing = [step_id for step_id in pipeline.sinks if step_id not in outputs]
+    try:
+        outputs.update(store.get_many(missing))
+        return []
+    except (ArtifactCorruptedError, ArtifactNotFoundError):
+        if reused.isdisjoint(missing):
+            raise
+    gone = []
+    for step_id in missing:
+        try:
+            outputs[step_id] = store.get(step_id)
+        except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
+            if step_id not in reused:
+                raise
+            gone.append((step_id, _reason(exc)))
+    return gone
 
 
 def _died_in(

@@ -33,12 +33,17 @@ class StepResult:
         status: how it ended.
         duration: seconds spent running the step and saving its output (0 unless it succeeded).
         size: the size of its artifact's content in bytes (uncompressed), when known.
+        replaced: on a resume, why the step's artifact from the earlier run could not be reused (it failed
+            verification, ``ArtifactCorruptedError``, or was gone when read, ``ArtifactNotFoundError``), so
+            this run ran the step again to replace it (or, with status ``not run``, would have, had another
+            step not failed first); ``None`` otherwise.
     """
 
     step_id: str
     status: StepStatus
     duration: float = 0.0
     size: int | None = None
+    replaced: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,11 @@ class RunResult:
             # Only a step that ran to the end has a measured duration; reused steps have a size, not a time.
             timed = step.status == StepStatus.SUCCEEDED
             size = format_size(step.size) if step.size is not None else "-"
-            rows.append((step.step_id, str(step.status), format_duration(step.duration) if timed else "-", size))
+            status = str(step.status)
+            if step.replaced is not None:
+                # Its earlier artifact was damaged or gone: replaced, or still to replace after a failure.
+                status += " (replaced)" if step.status == StepStatus.SUCCEEDED else " (to replace)"
+            rows.append((step.step_id, status, format_duration(step.duration) if timed else "-", size))
         work = sum(step.duration for step in self.steps.values())
         total_size = sum(step.size or 0 for step in self.steps.values())
         rows.append(

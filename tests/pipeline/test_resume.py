@@ -1,0 +1,310 @@
+"""Resume: what the executor does with artifacts of an earlier run that it cannot trust or read.
+
+Artifacts are damaged the way a disk or a stray writer damages them: a byte of the filesystem backend's
+file, or of the Redis hash field, is changed behind the store's back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import Case
+from pipeline_steps import EXPECTED_D, Inputs, StepError, calls, diamond, record
+
+from artifactstore_core import (
+    ArtifactCorruptedError,
+    ArtifactInfo,
+    ArtifactStore,
+    BackendUnavailableError,
+    ConfigurationError,
+    create_store,
+)
+from artifactstore_core.pipeline import Executor, Pipeline, RunResult, Step, StepFailedError, StepStatus, StoreConfig
+from artifactstore_memory import MemorySpace, MemoryStore
+
+pytestmark = pytest.mark.timeout(120)
+
+PAYLOAD = "payload"
+HEAD = "head"
+
+
+def statuses(result: RunResult) -> dict[str, StepStatus]:
+    return {step_id: step.status for step_id, step in result.steps.items()}
+
+
+def damage(config: StoreConfig, execution_id: str, step_id: str, where: str) -> None:
+    """Flip one byte of ``step_id``'s stored artifact: the last of its payload, or one inside its head."""
+    with config.create(execution_id) as store:
+        if config.backend == "filesystem":
+            path = Path(store._path(step_id)[1])  # type: ignore[attr-defined]
+            data = bytearray(path.read_bytes())
+            data[-1 if where == PAYLOAD else 12] ^= 0x01
+            path.write_bytes(bytes(data))
+            return
+        assert config.backend == "redis"
+        key = store._key(store._member(step_id))  # type: ignore[attr-defined]
+        client = redis.Redis.from_url(config.options["url"])
+        try:
+            field = client.hget(key, where)
+            assert field is not None, f"{step_id!r} has no {where} field"
+            data = bytearray(field)
+            data[-1 if where == PAYLOAD else 12] ^= 0x01
+            client.hset(key, where, bytes(data))
+        finally:
+            client.close()
+
+
+DAMAGE_CASES = [
+    ("filesystem", "threads"),
+    ("filesystem", "processes"),
+    ("redis", "threads"),
+    ("redis", "processes"),
+]
+
+
+@pytest.fixture(params=DAMAGE_CASES, ids=[f"{b}-{m}" for b, m in DAMAGE_CASES])
+def damage_case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+    backend, mode = request.param
+    if backend == "filesystem":
+        return Case(StoreConfig("filesystem", root=str(tmp_path / "artifacts")), mode)
+    return Case(StoreConfig("redis", url=request.getfixturevalue("redis_url")), mode)
+
+
+def failed_once(executor: Executor, pipeline: Pipeline) -> str:
+    with pytest.raises(StepFailedError) as caught:
+        executor.run(pipeline)
+    assert caught.value.execution_id is not None
+    return caught.value.execution_id
+
+
+@pytest.mark.parametrize("where", [PAYLOAD, HEAD])
+def test_a_damaged_reused_input_is_replaced_not_blamed_on_its_reader(
+    damage_case: Case, workdir: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One worker: a, then b, then c fails; a and b are kept.
+    executor = Executor(damage_case.config, mode=damage_case.mode, max_workers=1)
+    execution_id = failed_once(executor, diamond(workdir, fail="c"))
+    assert damage_case.left(execution_id) == ["a", "b"]
+    damage(damage_case.config, execution_id, "a", where)
+
+    with caplog.at_level(logging.WARNING, logger="artifactstore_core.pipeline"):
+        result = executor.run(diamond(workdir), execution_id=execution_id)
+
+    assert result.output.content == EXPECTED_D
+    assert statuses(result) == {
+        "a": StepStatus.SUCCEEDED,
+        "b": StepStatus.REUSED,
+        "c": StepStatus.SUCCEEDED,
+        "d": StepStatus.SUCCEEDED,
+    }
+    replaced = result.steps["a"].replaced
+    assert replaced is not None
+    assert "ArtifactCorruptedError" in replaced
+    assert "'a'" in replaced
+    assert [s for s in "bcd" if result.steps[s].replaced is not None] == []
+    assert calls(workdir) == {"a": 2, "b": 1, "c": 2, "d": 1}
+    assert "succeeded (replaced)" in result.table()
+    assert any("'a'" in r.getMessage() and "runs again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_reused_final_output_is_replaced(damage_case: Case, workdir: Path) -> None:
+    executor = Executor(damage_case.config, mode=damage_case.mode, on_success="keep")
+    first = executor.run(diamond(workdir))
+    damage(damage_case.config, first.execution_id, "d", PAYLOAD)
+
+    again = Executor(damage_case.config, mode=damage_case.mode).run(diamond(workdir), execution_id=first.execution_id)
+
+    assert again.output.content == EXPECTED_D
+    assert statuses(again) == {**dict.fromkeys("abc", StepStatus.REUSED), "d": StepStatus.SUCCEEDED}
+    assert again.steps["d"].replaced is not None
+    assert calls(workdir) == {"a": 1, "b": 1, "c": 1, "d": 2}
+    assert damage_case.left(first.execution_id) == []
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_damage_upstream_of_damage_is_replaced_once_in_order(tmp_path: Path, workdir: Path, workers: int) -> None:
+    # d's inputs b and c are damaged, and so is a, which they read: a runs again (once, though both b and c
+    # find it damaged), then b and c, then d, which never sees a damaged input.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    execution_id = failed_once(Executor(config), diamond(workdir, fail="d"))
+    for step_id in ("a", "b", "c"):
+        damage(config, execution_id, step_id, PAYLOAD)
+
+    again = Executor(config, max_workers=workers).run(diamond(workdir), execution_id=execution_id)
+
+    assert again.output.content == EXPECTED_D
+    assert statuses(again) == dict.fromkeys("abcd", StepStatus.SUCCEEDED)
+    assert [s for s in "abcd" if again.steps[s].replaced is not None] == ["a", "b", "c"]
+    assert calls(workdir) == dict.fromkeys("abcd", 2)
+
+
+def test_a_reused_artifact_that_nothing_reads_is_not_read(tmp_path: Path, workdir: Path) -> None:
+    # The documented cost: only reused artifacts a running step reads, and final outputs, are read.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    first = Executor(config, on_success="keep").run(diamond(workdir))
+    damage(config, first.execution_id, "a", PAYLOAD)
+
+    again = Executor(config).run(diamond(workdir), execution_id=first.execution_id)
+
+    assert statuses(again) == dict.fromkeys("abcd", StepStatus.REUSED)
+    assert calls(workdir) == dict.fromkeys("abcd", 1)
+
+
+# -- gone between the listing and the read (expired) ----------------------------------------------------
+
+
+def expire_now(inputs: Inputs, *, workdir: str, url: str, key: bytes) -> str:
+    """Makes a reused artifact expire, as its TTL would between the resume's listing and its reader."""
+    record(workdir, "x")
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.pexpireat(key, 1)  # a time in the past: the key expires at once
+    finally:
+        client.close()
+    return "x"
+
+
+def reads_a(inputs: Inputs, *, workdir: str) -> int:
+    record(workdir, "c")
+    return int(inputs["a"].content["n"]) + 1
+
+
+def test_a_reused_input_that_expired_before_it_is_read_is_recomputed(redis_url: str, workdir: Path) -> None:
+    config = StoreConfig("redis", url=redis_url, default_ttl=3600)
+    executor = Executor(config, max_workers=1)
+
+    def pipeline(*, fail: bool, key: bytes = b"") -> Pipeline:
+        where = str(workdir)
+        x: Callable[..., Any] = functools.partial(expire_now, workdir=where, url=redis_url, key=key)
+        if fail:
+            x = functools.partial(_fails, workdir=where)
+        return Pipeline(
+            [
+                Step("a", functools.partial(_a, workdir=where)),
+                Step("x", x),
+                Step("c", functools.partial(reads_a, workdir=where), ("a", "x")),
+            ]
+        )
+
+    execution_id = failed_once(executor, pipeline(fail=True))
+    with config.create(execution_id) as store:
+        key = store._key(store._member("a"))  # type: ignore[attr-defined]
+
+    result = executor.run(pipeline(fail=False, key=key), execution_id=execution_id)
+
+    assert result.output.content == 4
+    assert statuses(result) == dict.fromkeys("axc", StepStatus.SUCCEEDED)
+    replaced = result.steps["a"].replaced
+    assert replaced is not None
+    assert "ArtifactNotFoundError" in replaced
+    assert calls(workdir) == {"a": 2, "x": 2, "c": 1}
+
+
+def _a(inputs: Inputs, *, workdir: str) -> dict[str, int]:
+    record(workdir, "a")
+    return {"n": 3}
+
+
+def _fails(inputs: Inputs, *, workdir: str) -> None:
+    record(workdir, "x")
+    raise StepError("x was told to fail")
+
+
+# -- backend failures are neither "absent" nor "present" ------------------------------------------------
+
+
+class FailingMemoryStore(MemoryStore):
+    """A memory store whose backend fails reading or listing the given ids (as an unreachable server)."""
+
+    def __init__(self, *, namespace: str, space: MemorySpace, get: Iterable[str] = (), info: bool = False) -> None:
+        super().__init__(namespace=namespace, space=space)
+        self.failing_get = set(get)
+        self.failing_info = info
+
+    def _get(self, step_id: str) -> Any:
+        if step_id in self.failing_get:
+            raise BackendUnavailableError(f"cannot reach the server reading {step_id!r}", step_id=step_id)
+        return super()._get(step_id)
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        if self.failing_info:
+            raise ArtifactCorruptedError("a header does not verify", step_id="a")
+        return super()._list()
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        if self.failing_info:
+            raise BackendUnavailableError(f"cannot reach the server for {step_id!r}", step_id=step_id)
+        return super()._info(step_id)
+
+
+def test_a_backend_failure_reading_a_reused_input_fails_its_reader_and_replaces_nothing(workdir: Path) -> None:
+    space = MemorySpace()
+    execution_id = failed_once(
+        Executor(lambda ns: MemoryStore(namespace=ns, space=space), max_workers=1), diamond(workdir, fail="c")
+    )
+    executor = Executor(lambda ns: FailingMemoryStore(namespace=ns, space=space, get="a"), max_workers=1)
+
+    with pytest.raises(StepFailedError) as caught:
+        executor.run(diamond(workdir), execution_id=execution_id)
+
+    assert caught.value.step_id == "c"
+    assert isinstance(caught.value.__cause__, BackendUnavailableError)
+    assert calls(workdir)["a"] == 1  # not taken for damage or absence: a did not run again
+    with MemoryStore(namespace=execution_id, space=space) as store:
+        assert sorted(info.step_id for info in store.list()) == ["a", "b"]
+
+
+def test_a_backend_failure_checking_artifacts_to_resume_propagates_before_any_step_runs(workdir: Path) -> None:
+    space = MemorySpace()
+    execution_id = failed_once(
+        Executor(lambda ns: MemoryStore(namespace=ns, space=space), max_workers=1), diamond(workdir, fail="c")
+    )
+    executor = Executor(lambda ns: FailingMemoryStore(namespace=ns, space=space, info=True))
+
+    with pytest.raises(BackendUnavailableError):
+        executor.run(diamond(workdir), execution_id=execution_id)
+    assert calls(workdir) == {"a": 1, "b": 1, "c": 1}
+
+
+# -- a store in another namespace ------------------------------------------------------------------------
+
+
+def test_a_store_factory_that_ignores_the_namespace_is_refused(tmp_path: Path, workdir: Path) -> None:
+    root = str(tmp_path / "shared")
+    Executor(lambda ns: create_store("filesystem", root=root, namespace=ns), on_success="keep").run(
+        diamond(workdir), execution_id="default"
+    )
+
+    def ignores_namespace(namespace: str) -> ArtifactStore:
+        return create_store("filesystem", root=root)
+
+    with pytest.raises(ConfigurationError, match=r"ignores_namespace.*'other'.*'default'"):
+        Executor(ignores_namespace).run(diamond(workdir), execution_id="other")
+    assert calls(workdir) == dict.fromkeys("abcd", 1)
+    with create_store("filesystem", root=root) as store:  # nothing reused into, or cleared from, "default"
+        assert sorted(info.step_id for info in store.list()) == ["a", "b", "c", "d"]
+
+
+def test_a_replaced_step_that_fails_again_says_why_it_ran(tmp_path: Path, workdir: Path) -> None:
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    execution_id = failed_once(Executor(config, max_workers=1), diamond(workdir, fail="c"))
+    damage(config, execution_id, "a", PAYLOAD)
+
+    with pytest.raises(StepFailedError) as caught:
+        Executor(config, max_workers=1).run(diamond(workdir, fail="a"), execution_id=execution_id)
+
+    error = caught.value
+    assert error.step_id == "a"
+    assert any(
+        "ran again because its artifact" in note and "ArtifactCorruptedError" in note for note in error.__notes__
+    )
+    assert error.result is not None
+    assert error.result.steps["a"].status == StepStatus.FAILED
+    assert error.result.steps["a"].replaced is not None
+    assert "failed (to replace)" in error.result.table()
