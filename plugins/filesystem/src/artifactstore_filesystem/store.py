@@ -36,7 +36,7 @@ from artifactstore_core import (
     Message,
     SerializationError,
 )
-from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
+from artifactstore_core.envelope import PREFIX_SIZE, Header, content_stream, new_hasher
 from artifactstore_core.ids import is_legal, validate_namespace
 from artifactstore_core.store import checked_read
 
@@ -586,7 +586,7 @@ class FilesystemStore(ArtifactStore):
                     file.seek(0)
                     message = self._read_message(file, step_id)
                     file.close()
-                    return io.BytesIO(content_bytes(message)[1])
+                    return content_stream(message)
                 raw = VerifiedPayload(file, header, self._stream_failure(step_id))
                 return io.BufferedReader(raw, buffer_size=min(self._settings.chunk_size, 1 << 20))
             except BaseException:
