@@ -817,8 +817,11 @@ def _remaining_size(stream: IO[bytes]) -> int | None:
     """Bytes left in ``stream`` when that is cheap and certain to know (a regular file, a BytesIO)."""
     try:
         if isinstance(stream, io.BytesIO):
-            with stream.getbuffer() as view:
-                return max(view.nbytes - stream.tell(), 0)
+            # Not getbuffer(): on a BytesIO made from bytes it copies the whole payload first.
+            position = stream.tell()
+            end = stream.seek(0, io.SEEK_END)
+            stream.seek(position)
+            return max(end - position, 0)
         info = os.fstat(stream.fileno())
         if stat.S_ISREG(info.st_mode):
             return max(info.st_size - stream.tell(), 0)
