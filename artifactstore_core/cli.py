@@ -3,7 +3,9 @@
 Conventions: data goes to stdout, messages and progress to stderr; ``--json`` prints machine-readable
 output; no colour when ``NO_COLOR`` is set or output is not a terminal; every core error prints one line
 (no traceback unless ``--debug``) and exits with the code of its family (see ``EXIT_CODES``); a local file
-that cannot be read or written prints one line too and exits with ``LOCAL_FILE_EXIT_CODE``.
+that cannot be read or written, stdin and stdout included, prints one line too and exits with
+``LOCAL_FILE_EXIT_CODE``. A reader of stdout that goes away (``artifactstore get x | head -c 10``) stops the
+command quietly with ``CLOSED_PIPE_EXIT_CODE``; Ctrl-C prints ``aborted`` and exits with ``INTERRUPTED_EXIT_CODE``.
 Plugins add commands through the ``artifactstore_register_commands`` hook.
 """
 
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 from pydantic import SecretStr
@@ -39,7 +41,15 @@ from .settings import CONFIG_ENV, CoreSettings, _read_config_file, env_name_of, 
 from .store import ArtifactStore
 from .wiring import create_store
 
-__all__ = ["EXIT_CODES", "LOCAL_FILE_EXIT_CODE", "LocalFileError", "cli", "main"]
+__all__ = [
+    "CLOSED_PIPE_EXIT_CODE",
+    "EXIT_CODES",
+    "INTERRUPTED_EXIT_CODE",
+    "LOCAL_FILE_EXIT_CODE",
+    "LocalFileError",
+    "cli",
+    "main",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,6 +70,13 @@ EXIT_CODES: list[tuple[type[errors.ArtifactStoreError], int]] = [
 #: Exit code when a local file named on the command line (put's FILE, get's --output) cannot be read or
 #: written: a problem on this machine, not in the store, so none of the store's codes.
 LOCAL_FILE_EXIT_CODE = 10
+#: Exit code when the reader of stdout closed it before the output was all written (``get x | head -c 10``):
+#: 128 + SIGPIPE, the status the shell reports for ``cat`` or ``grep`` in that place, so a script (with
+#: ``set -o pipefail``) sees what it sees for them. Not 0: the output was cut short, which a caller writing
+#: to a pipe of its own must be able to tell. A literal, as Windows has no ``signal.SIGPIPE``.
+CLOSED_PIPE_EXIT_CODE = 141
+#: Exit code after Ctrl-C (SIGINT): 128 + SIGINT, what the shell reports for a command it interrupted.
+INTERRUPTED_EXIT_CODE = 130
 #: Transfers at least this large show a progress bar on a terminal.
 PROGRESS_FROM = 8 * 1024 * 1024
 _CHUNK = 1024 * 1024
@@ -76,11 +93,24 @@ def exit_code(error: errors.ArtifactStoreError) -> int:
 
 
 class _Group(click.Group):
-    """Turns core errors into one line and an exit code."""
+    """Turns core errors into one line and an exit code, and a closed stdout into a quiet stop."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        # The group's own --help and --version print while its arguments are parsed, here.
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            _reader_gone()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # Before click sees it: click's own handling exits 1, as if the command had failed. Any
+            # command, a plugin's included: the core API raises no OSError, so this is a standard stream.
+            _reader_gone()
         except errors.ArtifactStoreError as exc:
             if ctx.meta.get("artifactstore.debug"):
                 raise
@@ -106,11 +136,94 @@ class LocalFileError(click.ClickException):
     def __init__(self, action: str, path: str, cause: OSError) -> None:
         # strerror, not str(cause): the path is named once, the way the user wrote it.
         reason = cause.strerror or type(cause).__name__
-        super().__init__(f"cannot {action} {path!r}: {reason}")
+        # The standard streams by their names, which quotes would make look like files of those names.
+        where = f"{'to' if action == 'write' else 'from'} {path}" if path in _STANDARD_STREAMS else repr(path)
+        super().__init__(f"cannot {action} {where}: {reason}")
 
     def show(self, file: IO[Any] | None = None) -> None:
         # The same shape as a core error's line.
         stderr.print(f"error: {self.format_message()}", markup=False, soft_wrap=True)
+
+
+_STANDARD_STREAMS = frozenset({"stdin", "stdout"})
+
+
+def _closed_stream() -> OSError:
+    # Python sets sys.stdin / sys.stdout to None when the descriptor was closed at start (`<&-`, `>&-`).
+    return OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+
+def _drop_stdout() -> None:
+    """Point stdout at devnull after a write to it failed. Raises nothing."""
+    # What Python's documentation advises for a BrokenPipeError, and right for any failed write: otherwise
+    # the flush of what is still buffered at interpreter exit fails a second time ("Exception ignored in:
+    # <_io.TextIOWrapper name='<stdout>'>", status 120 instead of the command's).
+    with suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+
+
+def _reader_gone() -> NoReturn:
+    """Stop the command after a write to stdout found its reader gone: quietly, with CLOSED_PIPE_EXIT_CODE."""
+    _drop_stdout()
+    raise click.exceptions.Exit(CLOSED_PIPE_EXIT_CODE)
+
+
+@contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """Around the writes of a command's output to stdout: a write that fails for any reason but a reader
+    that went away (a full disk, a closed descriptor) is a :class:`LocalFileError` naming stdout.
+
+    A closed pipe (``BrokenPipeError``) goes on to the group, which stops quietly whatever command wrote.
+    """
+    try:
+        if sys.stdout is None:
+            raise _closed_stream()
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _drop_stdout()
+        raise LocalFileError("write", "stdout", exc) from exc
+
+
+def _write_all(stream: IO[bytes], data: bytes) -> None:
+    """Write all of ``data`` to ``stream``, which may be a raw file that takes only part of it.
+
+    An unbuffered stdout (``PYTHONUNBUFFERED``, ``python -u``) is a raw file whose ``write()`` returns how
+    much the system took: less than asked when the pipe's reader went away or the disk filled up mid-way,
+    and a caller (a text layer, ``click.echo``) that ignores the count drops the rest and exits 0. Writing
+    the rest surfaces the error behind the short write. A buffered stream takes everything in one call.
+
+    Raises:
+        OSError: the write failed (``BrokenPipeError`` for a reader that went away), or the stream is
+            non-blocking and full (``BlockingIOError``).
+    """
+    while data:
+        written: int | None = stream.write(data)
+        if written is None:  # a raw non-blocking stream that would block: nothing taken
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        if written >= len(data):
+            return
+        data = data[written:]  # a copy, on this rare path only
+
+
+def _echo(text: str) -> None:
+    """One line of a command's output on stdout. Raises :class:`LocalFileError` (not a closed pipe)."""
+    with _writing_stdout():
+        out = sys.stdout
+        binary: IO[bytes] | None = getattr(out, "buffer", None)
+        if binary is None:
+            # A text-only stream put in place of stdout (a test's StringIO) takes a whole str at once.
+            click.echo(text)
+            return
+        # Through the binary layer with _write_all: the text layer drops the tail of a short write.
+        out.flush()
+        _write_all(binary, f"{text}\n".encode(out.encoding or "utf-8", out.errors or "strict"))
+        binary.flush()
 
 
 def _store_options(func: F) -> F:
@@ -143,11 +256,11 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
     """Aligned plain-text columns on stdout, never truncated (scripts and narrow terminals alike)."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     for line in [headers, *rows]:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
+        _echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+    _echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def _progress(total: int | None) -> Progress | None:
@@ -355,7 +468,7 @@ def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
     if as_json:
         _echo_json(report)
     else:
-        click.echo(
+        _echo(
             f"ok: backend {report['backend']!r}: save {report['save_ms']} ms, get {report['get_ms']} ms, "
             f"delete {report['delete_ms']} ms"
         )
@@ -376,24 +489,33 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @cli.command()
 @click.argument("step_id")
-@click.argument("source", default="-", type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
+@click.argument("source", required=False, type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
 @click.option("--media-type", default="application/octet-stream", show_default=True, help="Media type to record.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, different artifact.")
 @_store_options
 def put(
     step_id: str,
-    source: str,
+    source: str | None,
     media_type: str,
     meta: tuple[str, ...],
     overwrite: bool,
     backend: str | None,
     namespace: str | None,
 ) -> None:
-    """Store FILE (or stdin) as the bytes artifact STEP_ID."""
+    """Store FILE (or stdin, also when FILE is -) as the bytes artifact STEP_ID.
+
+    Without FILE, a stdin that is a terminal is refused (exit 2) rather than read; pass - to type the bytes.
+    """
     metadata = _parse_metadata(meta)
+    if source is None or source == "-":
+        if sys.stdin is None:
+            raise LocalFileError("read", "stdin", _closed_stream())
+        if source is None and sys.stdin.isatty():
+            # Not a silent wait for typed bytes, which looks like a hang: an explicit - still reads the terminal.
+            raise click.UsageError("no FILE given and stdin is a terminal: name a FILE, pipe the data in, or pass -")
     with _open_store(backend, namespace) as store, _overwrite_hint():
-        if source == "-":
+        if source is None or source == "-":
             store.save_stream(step_id, sys.stdin.buffer, media_type=media_type, metadata=metadata, overwrite=overwrite)
         else:
             path = Path(source)
@@ -431,6 +553,8 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
         with store.open(step_id) as reader:
             to_file = output != "-"
             target = _OutputFile(output) if to_file else None
+            if target is None and sys.stdout is None:
+                raise LocalFileError("write", "stdout", _closed_stream())
             stream: IO[bytes] = target.handle if target is not None else sys.stdout.buffer
             try:
                 progress = _progress(size) if to_file else None
@@ -448,7 +572,9 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
                 if target is not None:
                     target.commit()
                 else:
-                    stream.flush()
+                    # Buffered bytes may fail only here (a full disk).
+                    with _writing_stdout():
+                        stream.flush()
             except BaseException:
                 if target is not None:
                     # The error being raised is the one to report.
@@ -538,12 +664,15 @@ def _umask() -> int:
 
 
 def _write(target: IO[bytes], chunk: bytes, output: str) -> None:
-    """Write to ``get``'s output; a file that cannot be written is a :class:`LocalFileError`."""
+    """Write to ``get``'s output; a file that cannot be written is a :class:`LocalFileError`, and so is
+    stdout, unless its reader went away (``BrokenPipeError``, which stops the command quietly)."""
+    if output == "-":
+        with _writing_stdout():
+            _write_all(target, chunk)
+        return
     try:
         target.write(chunk)
     except OSError as exc:
-        if output == "-":
-            raise  # stdout: the shell's business (a closed pipe), as for any command
         raise LocalFileError("write", output, exc) from exc
 
 
@@ -558,7 +687,7 @@ def list_command(as_json: bool, backend: str | None, namespace: str | None) -> N
         _echo_json([vars(info) for info in infos])
         return
     for info in infos:
-        click.echo(f"{info.size:>12}  {info.created_at:%Y-%m-%d %H:%M:%S}  {info.media_type:<28}  {info.step_id}")
+        _echo(f"{info.size:>12}  {info.created_at:%Y-%m-%d %H:%M:%S}  {info.media_type:<28}  {info.step_id}")
 
 
 @cli.command()
@@ -573,7 +702,7 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
         _echo_json(vars(info))
         return
     for key, value in vars(info).items():
-        click.echo(f"{key}: {value}")
+        _echo(f"{key}: {value}")
 
 
 @cli.command()
@@ -599,14 +728,14 @@ def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) 
     with _open_store(backend, namespace) as store:
         if dry_run:
             count = sum(1 for _ in store.list())
-            click.echo(f"would remove {count} artifacts from namespace {store.namespace!r}")
+            _echo(f"would remove {count} artifacts from namespace {store.namespace!r}")
             return
         if not yes:
-            if not sys.stdin.isatty():
+            if sys.stdin is None or not sys.stdin.isatty():
                 raise click.UsageError("refusing to clear without --yes when not on a terminal")
             click.confirm(f"Remove every artifact of namespace {store.namespace!r}?", abort=True, err=True)
         count = store.clear()
-    click.echo(f"removed {count} artifacts")
+    _echo(f"removed {count} artifacts")
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -674,7 +803,7 @@ def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> No
         return
     verb = "would remove" if dry_run else "removed"
     for row in removed:
-        click.echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
+        _echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
     stderr.print(f"{verb} {len(removed)} namespaces", markup=False)
 
 
@@ -684,7 +813,8 @@ def demo(backend: str | None, namespace: str | None) -> None:
     """Run the example pipeline on the configured backend and print its steps and result."""
     from .pipeline.example import run_demo
 
-    run_demo(backend=cli_backend(backend), execution_id=namespace)
+    with _writing_stdout():
+        run_demo(backend=cli_backend(backend), execution_id=namespace)
 
 
 def _load_plugin_commands() -> None:
@@ -708,7 +838,23 @@ def _needs_plugin_commands(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``artifactstore`` console script."""
+    """Entry point of the ``artifactstore`` console script: runs the command and returns its exit code.
+
+    Raises nothing for a command's failure (an error line on stderr and a code instead); Ctrl-C at any
+    point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`.
+    """
+    try:
+        return _run(argv)
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+        # click turns Ctrl-C in a command or prompt into Abort (from the KeyboardInterrupt); a declined
+        # confirmation is an Abort of its own, which keeps code 1.
+        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
+        with suppress(OSError, ValueError):
+            stderr.print("aborted", markup=False)
+        return INTERRUPTED_EXIT_CODE if interrupted else 1
+
+
+def _run(argv: list[str] | None) -> int:
     if _needs_plugin_commands(sys.argv[1:] if argv is None else argv):
         try:
             _load_plugin_commands()
@@ -717,9 +863,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Without standalone mode click returns the code given to ctx.exit() instead of exiting.
         result = cli.main(args=argv, prog_name="artifactstore", standalone_mode=False)
-    except click.exceptions.Abort:
-        stderr.print("aborted", markup=False)
-        return 1
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:

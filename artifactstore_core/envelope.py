@@ -24,6 +24,7 @@ Decoding never runs code: the header is JSON and a class is never looked up by a
 from __future__ import annotations
 
 import functools
+import io
 import json
 import json.scanner
 import os
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import blake3
 import zstandard
@@ -67,12 +68,14 @@ __all__ = [
     "MAX_COMPRESSION_RATIO",
     "PREFIX_SIZE",
     "TAG_SIZE",
+    "BytesReader",
     "Codec",
     "Encoded",
     "Header",
     "PayloadVerifier",
     "content_bytes",
     "content_info",
+    "content_stream",
     "limiting_json_content",
     "new_hasher",
     "place_bytes",
@@ -343,6 +346,69 @@ def content_bytes(message: Message) -> tuple[str, bytes]:
         return "json", canonical_json(content)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"content is not JSON-serializable: {exc}") from exc
+
+
+class BytesReader(io.BufferedIOBase):
+    """A read-only, seekable binary stream over ``bytes``, without a copy of them: what
+    :meth:`ArtifactStore.open() <artifactstore_core.ArtifactStore.open>` returns for a payload held in memory.
+
+    Unlike an ``io.BytesIO``, which a caller could write into, it refuses every change: ``writable()`` is
+    False and ``write``, ``writelines`` and ``truncate`` raise ``io.UnsupportedOperation``, like the
+    streaming backends' readers. ``read()`` of the whole payload from the start returns the very ``bytes``
+    object given (no copy); other reads copy only what they return. After ``close()`` every method but
+    ``close`` raises ``ValueError``.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        # BytesIO shares an exact bytes object until it is written to, which this class never does: the
+        # payload is not copied, however large.
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return self._data.readable()
+
+    def seekable(self) -> bool:
+        return self._data.seekable()
+
+    def writable(self) -> bool:
+        self._data.readable()  # raises ValueError once closed, as every io stream's writable() does
+        return False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        return self._data.read(size)
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return self._data.read1(size)
+
+    def readinto(self, buffer: Any, /) -> int:
+        return self._data.readinto(buffer)
+
+    def readinto1(self, buffer: Any, /) -> int:
+        return self._data.readinto1(buffer)
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        return self._data.readline(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        return self._data.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._data.tell()
+
+    def close(self) -> None:
+        self._data.close()
+        super().close()
+
+
+def content_stream(message: Message) -> IO[bytes]:
+    """A :class:`BytesReader` over the payload of ``message`` (the UTF-8 of text and JSON content).
+
+    Raises:
+        SerializationError: if the content cannot be encoded.
+    """
+    # Typed as IO[bytes], what ArtifactStore.open() returns: BufferedIOBase is not one for type checkers.
+    return cast("IO[bytes]", BytesReader(content_bytes(message)[1]))
 
 
 def content_info(step_id: str, message: Message) -> ArtifactInfo:

@@ -17,7 +17,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import IO, Any, ClassVar, NoReturn, TypeVar
 
-from .envelope import Codec, content_bytes
+from .envelope import Codec, content_stream
 from .errors import (
     ArtifactExistsError,
     ArtifactNotFoundError,
@@ -415,6 +415,14 @@ class ArtifactStore(ABC):
     def open(self, step_id: str) -> IO[bytes]:
         """Open the artifact's payload for reading as a binary stream (close it when done).
 
+        The stream is read-only on every backend: ``readable()`` is True, ``writable()`` False, and
+        ``write``, ``writelines`` and ``truncate`` raise ``io.UnsupportedOperation``; closed, it raises
+        ``ValueError`` like any closed file. Whether it can seek is what its ``seekable()`` says: a payload
+        the backend holds in memory (backends without ``capabilities.streaming``, and text or JSON stored
+        compressed on those with it) comes as a seekable
+        :class:`~artifactstore_core.envelope.BytesReader` over that payload, not a copy of it; a streamed
+        payload is read forward only, so code meant for any backend reads forward.
+
         For text and JSON content the stream yields their UTF-8 encoding. With
         ``capabilities.streaming`` the payload is read in chunks and verified as it is read: a damaged
         artifact raises :class:`~artifactstore_core.errors.ArtifactCorruptedError` at the latest from the
@@ -435,7 +443,7 @@ class ArtifactStore(ABC):
             message = self._get(step_id)
         except Exception as exc:
             self._raise(exc, "open", step_id)
-        return io.BytesIO(content_bytes(message)[1])
+        return content_stream(message)
 
     def close(self) -> None:
         """Release the backend's clients and pools.

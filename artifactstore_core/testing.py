@@ -675,6 +675,49 @@ class StoreConformance:
         with store.open("j") as handle:
             assert json.loads(handle.read()) == content
 
+    def test_open_returns_a_read_only_stream(self, store: ArtifactStore) -> None:
+        # Payloads of every kind and size, so both of a backend's paths are held to it: the payload kept in
+        # memory (small, text, compressed JSON) and the streamed one (large bytes).
+        large = bytes(itertools.islice(itertools.cycle(range(251)), 3 * 1024 * 1024 + 5))
+        rows = {"rows": [f"row {i}" for i in range(30_000)]}  # large enough to be stored compressed
+        payloads: dict[str, tuple[Message, bytes]] = {
+            "empty": (Message(content=b""), b""),
+            "small": (Message(content=b"\x00small\xff"), b"\x00small\xff"),
+            "large": (Message(content=large), large),
+            "text": (Message(content="héllo"), "héllo".encode()),
+            "json": (Message(content=rows), b""),
+        }
+        for step_id, (message, expected) in payloads.items():
+            store.save(step_id, message)
+            with store.open(step_id) as handle:
+                assert handle.readable(), step_id
+                assert not handle.writable(), step_id
+                changes: list[Callable[[], object]] = [
+                    lambda: handle.write(b"x"),
+                    lambda: handle.writelines([b"x"]),
+                    lambda: handle.truncate(0),
+                ]
+                for change in changes:
+                    with pytest.raises(io.UnsupportedOperation):
+                        change()
+                first = handle.read(1)
+                if handle.seekable():
+                    # Seekable or not is the stream's to say; one that says so must seek.
+                    assert handle.seek(0) == 0
+                    first = b""
+                got = first + handle.read()
+            assert handle.closed
+            with pytest.raises(ValueError, match="closed"):
+                handle.read()
+            if step_id == "json":
+                assert json.loads(got) == rows
+            else:
+                assert got == expected, step_id
+            # The refused writes changed nothing, in the store or in what a second reader gets.
+            assert store.get(step_id).content == message.content
+            with store.open(step_id) as again:
+                assert again.read() == got
+
     def test_save_stream_refuses_invalid_fields_before_reading(self, store: ArtifactStore) -> None:
         # Whether the backend streams or not, bad fields are the same SerializationError, and nothing is read.
         stream = io.BytesIO(b"never read")

@@ -484,6 +484,24 @@ def test_streaming_keeps_memory_bounded(make_fs_store: MakeFsStore, tmp_path: Pa
     assert peak < 4 * MIB, peak  # 24 MiB went through; a few chunks were held at most
 
 
+def test_save_stream_of_a_bytes_io_copies_nothing(make_fs_store: MakeFsStore) -> None:
+    # A BytesIO made from bytes the caller still holds shares them; asking its size with getbuffer() copied
+    # all 24 MiB first.
+    store = make_fs_store(chunk_size=256 * 1024)
+    payload = _pattern(24 * MIB)
+    source = io.BytesIO(payload)
+    source.seek(MIB)  # the size is what is left from the position
+    tracemalloc.start()
+    try:
+        store.save_stream("big", source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MIB, peak
+    assert store.info("big").size == 23 * MIB
+    assert store.get("big").content == payload[MIB:]
+
+
 def test_open_streams_text_and_compressed_json(make_fs_store: MakeFsStore) -> None:
     store = make_fs_store()
     content = {"rows": [{"i": i, "text": "row " * 8} for i in range(5000)]}  # > 64 KiB: stored compressed

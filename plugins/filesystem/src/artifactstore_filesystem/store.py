@@ -36,7 +36,7 @@ from artifactstore_core import (
     Message,
     SerializationError,
 )
-from artifactstore_core.envelope import PREFIX_SIZE, Header, content_bytes, new_hasher
+from artifactstore_core.envelope import PREFIX_SIZE, Header, content_stream, new_hasher
 from artifactstore_core.ids import is_legal, validate_namespace
 from artifactstore_core.store import checked_read
 
@@ -586,7 +586,7 @@ class FilesystemStore(ArtifactStore):
                     file.seek(0)
                     message = self._read_message(file, step_id)
                     file.close()
-                    return io.BytesIO(content_bytes(message)[1])
+                    return content_stream(message)
                 raw = VerifiedPayload(file, header, self._stream_failure(step_id))
                 return io.BufferedReader(raw, buffer_size=min(self._settings.chunk_size, 1 << 20))
             except BaseException:
@@ -817,8 +817,11 @@ def _remaining_size(stream: IO[bytes]) -> int | None:
     """Bytes left in ``stream`` when that is cheap and certain to know (a regular file, a BytesIO)."""
     try:
         if isinstance(stream, io.BytesIO):
-            with stream.getbuffer() as view:
-                return max(view.nbytes - stream.tell(), 0)
+            # Not getbuffer(): on a BytesIO made from bytes it copies the whole payload first.
+            position = stream.tell()
+            end = stream.seek(0, io.SEEK_END)
+            stream.seek(position)
+            return max(end - position, 0)
         info = os.fstat(stream.fileno())
         if stat.S_ISREG(info.st_mode):
             return max(info.st_size - stream.tell(), 0)

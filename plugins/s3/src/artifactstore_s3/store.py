@@ -34,7 +34,7 @@ from artifactstore_core import (
     SerializationError,
     StoreClosedError,
 )
-from artifactstore_core.envelope import Header, PayloadVerifier, content_bytes, new_hasher
+from artifactstore_core.envelope import Header, PayloadVerifier, content_stream, new_hasher
 from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import checked_read
@@ -913,7 +913,7 @@ class S3Store(ArtifactStore):
                 # Only JSON and text are compressed, and those are read whole by get() anyway.
                 message = self.codec.decode_payload(header, b"".join(chunks))
                 body.close()
-                return io.BytesIO(content_bytes(message)[1])
+                return content_stream(message)
             verifier = PayloadVerifier(header)
         except BaseException:
             body.close()

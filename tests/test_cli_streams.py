@@ -1,0 +1,271 @@
+"""The artifactstore command's standard streams: a reader that goes away, a stdout that cannot be written, a
+closed or terminal stdin, Ctrl-C. Each runs the installed console script with real pipes and terminals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from artifactstore_core import Message
+from artifactstore_core.wiring import create_store
+
+SCRIPT = Path(sys.executable).parent / "artifactstore"
+#: Larger than any pipe's buffer (64 KiB by default on Linux, at most 1 MiB unless raised): a writer of this
+#: much must still be writing when a reader that took a few bytes closes its end.
+LARGE = 8 * 1024 * 1024
+
+#: The documented exit codes (docs/cli.md), spelt out: artifactstore_core.cli's constants must equal them.
+CLOSED_PIPE_EXIT_CODE = 141
+INTERRUPTED_EXIT_CODE = 130
+LOCAL_FILE_EXIT_CODE = 10
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a command using the filesystem backend under this test's directory."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_STORE_")}
+    base["ARTIFACT_STORE_FILESYSTEM_ROOT"] = str(tmp_path / "root")
+    base["ARTIFACT_STORE_FILESYSTEM_FSYNC"] = "false"
+    return base
+
+
+@pytest.fixture
+def payload(env: dict[str, str]) -> bytes:
+    """A LARGE artifact ``big`` and a small one ``small``, saved by the library into the commands' store."""
+    data = bytes(range(256)) * (LARGE // 256)
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        store.save("big", Message(content=data))
+        store.save("small", Message(content=b"small"))
+    return data
+
+
+@pytest.fixture
+def many(env: dict[str, str]) -> None:
+    """Enough artifacts with long ids that ``ls`` (and more so ``ls --json``) prints well over a pipe buffer."""
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"], fsync=False) as store:
+        store.save_many({f"{i:05d}-{'x' * 200}": Message(content=b"") for i in range(6000)})
+
+
+def _default_sigint() -> None:
+    # A command started from a background job inherits SIGINT ignored, and Python then installs no handler:
+    # give the child the default a terminal's foreground command has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_was_started() -> Iterator[None]:
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        with process:  # closes its pipes and waits
+            pass
+
+
+def _start(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([str(SCRIPT), *args], env=env, stderr=subprocess.PIPE, **kwargs)
+    _STARTED.append(process)
+    return process
+
+
+def _read_some_then_close(args: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    """Run a command into a pipe whose reader takes a few bytes and then closes it, like ``| head -c 10``."""
+    process = _start(args, env, stdout=subprocess.PIPE)
+    stdout = cast_io(process.stdout)
+    first = stdout.read(10)
+    stdout.close()
+    error = cast_io(process.stderr).read()
+    return process.wait(timeout=60), first, error
+
+
+def cast_io(stream: IO[bytes] | None) -> IO[bytes]:
+    assert stream is not None
+    return stream
+
+
+@pytest.mark.parametrize(
+    ("args", "fixture"),
+    [
+        (["get", "big"], "payload"),
+        (["ls"], "many"),
+        (["ls", "--json"], "many"),
+    ],
+)
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+def test_a_reader_that_goes_away_stops_the_command_quietly(
+    args: list[str], fixture: str, unbuffered: bool, env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue(fixture)
+    # Unbuffered, stdout is a raw file whose write() takes part of a large write when the reader goes away:
+    # the rest was dropped, and the command said 0 as if the reader had had it all.
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    code, first, error = _read_some_then_close(args, env)
+    assert len(first) == 10
+    # No traceback, no "Exception ignored" at shutdown, no error line: the shell's status of a cat or grep.
+    assert error == b""
+    assert code == CLOSED_PIPE_EXIT_CODE
+
+
+def test_help_into_a_pipe_already_closed_is_quiet(env: dict[str, str]) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes a byte
+    try:
+        process = _start(["--help"], env, stdout=write)
+    finally:
+        os.close(write)
+    assert cast_io(process.stderr).read() == b""
+    assert process.wait(timeout=60) == CLOSED_PIPE_EXIT_CODE
+
+
+def test_a_closed_stdout_pipe_leaves_output_files_and_error_lines_alone(
+    payload: bytes, env: dict[str, str], tmp_path: Path
+) -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = tmp_path / "out.bin"
+        saved = _start(["get", "big", "-o", str(out)], env, stdout=write)
+        missing = _start(["get", "missing"], env, stdout=write)
+    finally:
+        os.close(write)
+    assert cast_io(saved.stderr).read() == b""
+    assert saved.wait(timeout=60) == 0
+    assert out.read_bytes() == payload
+    assert b"error: ArtifactNotFoundError: no artifact 'missing'" in cast_io(missing.stderr).read()
+    assert missing.wait(timeout=60) == 3
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "PYTHONUNBUFFERED"])
+@pytest.mark.parametrize("args", [["get", "small"], ["get", "big"], ["ls"], ["ls", "--json"], ["stat", "small"]])
+def test_a_stdout_that_cannot_be_written_is_an_error(
+    args: list[str], unbuffered: bool, payload: bytes, env: dict[str, str]
+) -> None:
+    # A full disk is not a reader that went away: one line and the local-file code, never a silent 141.
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "wb") as full:
+        process = _start(args, env, stdout=full)
+        error = cast_io(process.stderr).read().decode()
+    assert process.wait(timeout=60) == LOCAL_FILE_EXIT_CODE, error
+    assert error == f"error: cannot write to stdout: {os.strerror(errno.ENOSPC)}\n"
+
+
+@pytest.mark.parametrize("args", [["get", "small"], ["ls"], ["stat", "small", "--json"]])
+def test_a_closed_stdout_descriptor_is_an_error_not_lost_output(
+    args: list[str], payload: bytes, env: dict[str, str]
+) -> None:
+    # `artifactstore ls >&-`: Python starts with sys.stdout None, and the listing used to vanish with status 0.
+    process = _start(args, env, preexec_fn=lambda: os.close(1))
+    error = cast_io(process.stderr).read().decode()
+    assert process.wait(timeout=60) == LOCAL_FILE_EXIT_CODE, error
+    assert error == f"error: cannot write to stdout: {os.strerror(errno.EBADF)}\n"
+
+
+def test_put_from_a_closed_stdin_is_one_line(env: dict[str, str]) -> None:
+    process = _start(["put", "step"], env, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(0))
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == LOCAL_FILE_EXIT_CODE
+    assert error.decode() == f"error: cannot read from stdin: {os.strerror(errno.EBADF)}\n"
+    process = _start(["clear"], env, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(0))
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert b"refusing to clear without --yes" in error
+    assert b"Traceback" not in error
+
+
+def _on_terminal(
+    args: list[str], env: dict[str, str], then: Callable[[int, subprocess.Popen[bytes]], None]
+) -> tuple[int, bytes]:
+    """Run a command whose stdin is a terminal; ``then(terminal, process)`` plays the user."""
+    terminal, child = pty.openpty()
+    try:
+        process = _start(args, env, stdin=child, stdout=subprocess.PIPE, preexec_fn=_default_sigint)
+    finally:
+        os.close(child)
+    try:
+        then(terminal, process)
+        _, error = process.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+    return process.returncode, error
+
+
+def _type(text: bytes) -> Callable[[int, subprocess.Popen[bytes]], None]:
+    def user(terminal: int, _process: subprocess.Popen[bytes]) -> None:
+        os.write(terminal, text)
+
+    return user
+
+
+def _blocked_reading_the_terminal(pid: int) -> bool:
+    # The kernel's wait of a read on a terminal (n_tty_read).
+    with open(f"/proc/{pid}/wchan") as wchan:
+        return wchan.read() == "wait_woken"
+
+
+def _interrupt_at_prompt(terminal: int, process: subprocess.Popen[bytes]) -> None:
+    prompt = cast_io(process.stderr).read1(200)  # type: ignore[attr-defined]
+    assert b"[y/N]" in prompt
+    # The prompt is printed before the read starts, and a SIGINT in between is only noticed when the read
+    # returns (Python's handler sets a flag): the user presses Ctrl-C once the command waits in the read.
+    deadline = time.monotonic() + 30
+    while not _blocked_reading_the_terminal(process.pid):
+        assert time.monotonic() < deadline, "the command never waited for the answer"
+    process.send_signal(signal.SIGINT)
+
+
+def test_put_without_file_refuses_a_terminal_stdin(env: dict[str, str]) -> None:
+    code, error = _on_terminal(["put", "typed"], env, lambda *_: None)
+    assert code == 2, error
+    assert b"no FILE given and stdin is a terminal" in error
+    code, _ = _on_terminal(["stat", "typed"], env, lambda *_: None)
+    assert code == 3
+    # An explicit - reads the terminal (up to Ctrl-D, given twice for a reader that reads past the first).
+    code, error = _on_terminal(["put", "typed", "-"], env, _type(b"hello\n\x04\x04"))
+    assert code == 0, error
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        assert store.get("typed").content == b"hello\n"
+
+
+def test_ctrl_c_at_a_prompt_is_aborted_with_130(payload: bytes, env: dict[str, str]) -> None:
+    code, error = _on_terminal(["clear"], env, _interrupt_at_prompt)
+    assert code == INTERRUPTED_EXIT_CODE
+    assert error.rstrip().endswith(b"aborted")
+    assert b"Traceback" not in error
+    # Answering no is not an interruption: 1, as before.
+    code, error = _on_terminal(["clear"], env, _type(b"n\n"))
+    assert code == 1
+    assert error.rstrip().endswith(b"aborted")
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        assert store.exists("big")
+
+
+def test_ctrl_c_during_a_transfer_is_aborted_with_130(payload: bytes, env: dict[str, str]) -> None:
+    process = _start(["get", "big"], env, stdout=subprocess.PIPE, preexec_fn=_default_sigint)
+    stdout = cast_io(process.stdout)
+    # Bytes arriving say the command is in its copy loop (blocked on the full pipe): interrupt it there.
+    assert len(stdout.read(10)) == 10
+    process.send_signal(signal.SIGINT)
+    stdout.read()  # drain, so a write the signal did not interrupt can finish
+    error = cast_io(process.stderr).read()
+    assert process.wait(timeout=60) == INTERRUPTED_EXIT_CODE
+    assert error.strip() == b"aborted"
