@@ -365,10 +365,37 @@ def _check_spec(spec: BackendSpec, where: str) -> None:
         problem = f"its factory is a {type(factory).__name__}, not a callable"
     elif model is not None and not (isinstance(model, type) and issubclass(model, BaseSettings)):
         problem = f"its settings_model is a {type(model).__name__}, not a BackendSettings subclass"
+    elif model is not None and (why := _settings_problem(spec.name, model)):
+        problem = why
     elif not isinstance(capabilities, Capabilities):
         problem = f"its capabilities are a {type(capabilities).__name__}, not an artifactstore_core.Capabilities"
     if problem is not None:
         raise PluginLoadError(f"backend {spec.name!r} is broken ({where}): {problem}", backend=spec.name)
+
+
+def _settings_problem(name: str, model: type[Any]) -> str | None:
+    """What is wrong with a backend's settings model, or ``None``.
+
+    Without its own ``env_prefix`` a model reads unprefixed variables: a field ``path`` would silently
+    take the shell's ``PATH``. Without a ``config_table`` a ``BackendSettings`` model reads the config
+    file's top level, the core's, and refuses the core's own keys (``backend``) as unknown settings: an
+    error that blames the user's file for the plugin's omission.
+    """
+    from .settings import BackendSettings  # pydantic-settings is imported only when a plugin is loaded
+
+    suggested = "ARTIFACT_STORE_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_"
+    prefix = str(model.model_config.get("env_prefix") or "")
+    if not prefix.upper().startswith("ARTIFACT_STORE_") or prefix.upper() == "ARTIFACT_STORE_":
+        return (
+            f"its settings_model {model.__name__} has env_prefix {prefix!r}, so it would read other programs' "
+            f"variables; set model_config = SettingsConfigDict(env_prefix={suggested!r})"
+        )
+    if issubclass(model, BackendSettings) and not model.config_table:
+        return (
+            f"its settings_model {model.__name__} sets no config_table, so it would read the config file's "
+            f"top level (the core's settings); set config_table = {name!r}"
+        )
+    return None
 
 
 def _why_nothing(plugin: object, returned: object) -> str:

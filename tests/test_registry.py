@@ -154,8 +154,36 @@ def test_plugin_registering_another_name(site: Path, monkeypatch: pytest.MonkeyP
             "    register(BackendSpec(name='NAME', factory=lambda ctx: None, settings_model=BaseSettings()))\n",
             "its settings_model is a BaseSettings, not a BackendSettings subclass",
         ),
+        # A settings model without its own env_prefix reads other programs' variables (a field `path` takes
+        # the shell's PATH); one without a config_table reads the core's top level of the config file.
+        (
+            "from artifactstore_core import BackendSettings\n\nclass S(BackendSettings):\n"
+            "    config_table = 'NAME'\n    path: str = 'x'\n\n@hookimpl\n"
+            "def artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME', factory=lambda ctx: None, settings_model=S))\n",
+            "its settings_model S has env_prefix '', so it would read other programs' variables; set "
+            "model_config = SettingsConfigDict(env_prefix='ARTIFACT_STORE_NAME_')",
+        ),
+        (
+            "from artifactstore_core import BackendSettings\nfrom pydantic_settings import SettingsConfigDict\n\n"
+            "class S(BackendSettings):\n    model_config = SettingsConfigDict(env_prefix='ARTIFACT_STORE_X_')\n"
+            "    path: str = 'x'\n\n@hookimpl\ndef artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME', factory=lambda ctx: None, settings_model=S))\n",
+            "its settings_model S sets no config_table, so it would read the config file's top level (the core's "
+            "settings); set config_table = 'NAME'",
+        ),
     ],
-    ids=["not-a-spec", "returned", "unmarked", "misspelt", "misnamed", "no-factory", "settings-instance"],
+    ids=[
+        "not-a-spec",
+        "returned",
+        "unmarked",
+        "misspelt",
+        "misnamed",
+        "no-factory",
+        "settings-instance",
+        "no-env-prefix",
+        "no-config-table",
+    ],
 )
 def test_a_plugin_that_registers_wrongly_is_named_and_fails_alone(
     site: Path, monkeypatch: pytest.MonkeyPatch, body: str, expected: str
@@ -163,7 +191,7 @@ def test_a_plugin_that_registers_wrongly_is_named_and_fails_alone(
     name = f"wrong{uuid.uuid4().hex[:8]}"
     source = "from artifactstore_core import BackendSpec, hookimpl\n\n" + body.replace("NAME", name)
     install_fake_distribution(site, "artifactstore-wrong", "0.3", {name: f"{name}_mod"}, {f"{name}_mod": source})
-    expected = expected.replace("NAME", name)
+    expected = expected.replace("ARTIFACT_STORE_NAME_", f"ARTIFACT_STORE_{name.upper()}_").replace("NAME", name)
     # The listing reports it and still lists the others ...
     infos = {info.name: info for info in plugin_host().backends()}
     assert infos["memory"].status == "loaded"
