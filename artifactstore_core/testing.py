@@ -16,6 +16,7 @@ in bounded memory, native TTL) by the store's declared ``capabilities``, saying 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -40,6 +41,7 @@ from .errors import (
     ArtifactExistsError,
     ArtifactNotFoundError,
     ArtifactStoreError,
+    BackendError,
     BackendNotFoundError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -178,6 +180,17 @@ class StoreConformance:
     def make_store(self) -> MakeStore:
         """Override: return a callable building a store of the backend under test for a namespace."""
         raise NotImplementedError("subclasses of StoreConformance must provide a make_store fixture")
+
+    @pytest.fixture
+    def make_unreachable_store(self) -> MakeStore | None:
+        """Optional override: a callable building a store of the backend under test for a namespace, whose
+        backend fails every operation (a server on a closed port, a database file replaced by garbage).
+
+        The kit then checks that every operation raises a :class:`~artifactstore_core.errors.BackendError`
+        and none reports the failure as an answer (``exists`` returning ``False``, ``get`` raising
+        not-found, an empty listing). ``None`` (the default): not checked, and the test says so.
+        """
+        return None
 
     @pytest.fixture
     def new_store(self, make_store: MakeStore) -> Iterator[Callable[..., ArtifactStore]]:
@@ -887,6 +900,39 @@ class StoreConformance:
         assert spec.capabilities == store.capabilities, (
             f"backend {store.backend_name!r} registered {spec.capabilities} but its store declares {store.capabilities}"
         )
+
+    def test_failures_are_raised_never_reported_as_absent(self, make_unreachable_store: MakeStore | None) -> None:
+        # "Absent" and "could not ask" must never be confused: a pipeline that takes a failed exists() for
+        # False re-runs a step or skips one, and a listing that hides an error makes clear() report 0.
+        if make_unreachable_store is None:
+            pytest.skip(
+                f"{CAPABILITY_SKIP} no make_unreachable_store fixture, so failures of an unreachable backend "
+                "are not checked"
+            )
+        store = make_unreachable_store(f"kit-{uuid.uuid4().hex[:12]}")
+        calls: dict[str, Callable[[], object]] = {
+            "exists": lambda: store.exists("x"),
+            "get": lambda: store.get("x"),
+            "get_many": lambda: store.get_many(["x", "y"]),
+            "info": lambda: store.info("x"),
+            "list": lambda: list(store.list()),
+            "delete": lambda: store.delete("x"),
+            "save": lambda: store.save("x", Message(content=1)),
+            "clear": store.clear,
+        }
+        try:
+            for name, call in calls.items():
+                outcome: object
+                try:
+                    outcome = call()
+                except ArtifactStoreError as exc:
+                    outcome = exc
+                assert isinstance(outcome, BackendError), (
+                    f"{name} on an unreachable backend gave {outcome!r} instead of raising a BackendError"
+                )
+        finally:
+            with contextlib.suppress(ArtifactStoreError):
+                store.close()
 
     def test_context_manager_closes(self, new_store: Callable[..., ArtifactStore]) -> None:
         store = new_store()

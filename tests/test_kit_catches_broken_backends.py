@@ -11,6 +11,7 @@ import fnmatch
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import pytest
 
@@ -87,6 +88,31 @@ class OverclaimingStore(ExampleStore):
     capabilities = Capabilities(cross_process=True, persistent=True)
 
 
+class UnreachableStore(ExampleStore):
+    """An example store whose storage fails every access, as an unreachable server does."""
+
+    def __init__(self, *, namespace: str = "default", codec: Codec | None = None) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._blobs = _Unreachable()
+
+
+class _Unreachable(dict[str, bytes]):
+    def _fail(self, *args: object) -> NoReturn:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    get = __contains__ = __getitem__ = __setitem__ = pop = items = clear = __len__ = _fail  # type: ignore[assignment]
+
+
+class AbsentOnFailureStore(UnreachableStore):
+    """Reports a failure to ask as "not there": the bug the contract forbids most loudly."""
+
+    def _exists(self, step_id: str) -> bool:
+        try:
+            return super()._exists(step_id)
+        except OSError:
+            return False
+
+
 @contextmanager
 def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
     """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
@@ -131,6 +157,17 @@ def test_kit_catches_reads_that_do_not_verify(monkeypatch: pytest.MonkeyPatch) -
 def test_kit_catches_a_store_unlike_its_registration(cls: type[ExampleStore]) -> None:
     with stores(cls) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_registered_as_it_names_itself(new_store())
+
+
+def test_kit_catches_a_failure_reported_as_absent() -> None:
+    with pytest.raises(KIT_FAILURES, match="exists on an unreachable backend gave False"):
+        StoreConformance().test_failures_are_raised_never_reported_as_absent(
+            lambda namespace: AbsentOnFailureStore(namespace=namespace)
+        )
+    # The control: the same unreachable store, raising as it should, passes.
+    StoreConformance().test_failures_are_raised_never_reported_as_absent(
+        lambda namespace: UnreachableStore(namespace=namespace)
+    )
 
 
 @pytest.mark.parametrize(
