@@ -521,6 +521,9 @@ class StoreConformance:
             with pytest.raises(UnsupportedOperationError):
                 store.namespaces()
             _not_declared(store, "list_namespaces")
+        assert type(store)._namespaces is not ArtifactStore._namespaces, (
+            f"backend {store.backend_name!r} declares list_namespaces but does not implement _namespaces()"
+        )
         other = new_store()
         store.save("a", Message(content=1))
         other.save("b", Message(content=2))

@@ -15,7 +15,14 @@ from typing import NoReturn
 
 import pytest
 
-from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
+from artifactstore_core import (
+    ArtifactInfo,
+    ArtifactStore,
+    Capabilities,
+    Codec,
+    Message,
+    UnsupportedOperationError,
+)
 from artifactstore_core.testing import StoreConformance
 from artifactstore_example import _LOCK, _SHELF, ExampleStore
 
@@ -113,6 +120,13 @@ class AbsentOnFailureStore(UnreachableStore):
             return False
 
 
+class OverdeclaringStore(ExampleStore):
+    """Declares list_namespaces (and registers as its own backend) without implementing _namespaces."""
+
+    backend_name = "overdeclaring"
+    capabilities = Capabilities(list_namespaces=True)
+
+
 @contextmanager
 def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
     """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
@@ -157,6 +171,15 @@ def test_kit_catches_reads_that_do_not_verify(monkeypatch: pytest.MonkeyPatch) -
 def test_kit_catches_a_store_unlike_its_registration(cls: type[ExampleStore]) -> None:
     with stores(cls) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_registered_as_it_names_itself(new_store())
+
+
+def test_kit_catches_a_capability_declared_but_not_implemented() -> None:
+    with stores(OverdeclaringStore) as new_store:
+        with pytest.raises(KIT_FAILURES, match=r"declares list_namespaces but does not implement _namespaces\(\)"):
+            StoreConformance().test_namespaces(new_store)
+        # What a user calling it gets says the same, not that the backend cannot list namespaces.
+        with pytest.raises(UnsupportedOperationError, match=r"declares capabilities\.list_namespaces"):
+            new_store().namespaces()
 
 
 def test_kit_catches_a_failure_reported_as_absent() -> None:
