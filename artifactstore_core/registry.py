@@ -194,22 +194,37 @@ class PluginHost:
             raise PluginLoadError(
                 f"backend {name!r} failed to load ({where}): {type(exc).__name__}: {exc}", backend=name
             ) from exc
-        registered: list[BackendSpec] = []
+        # Typed ``object``: a plugin may pass register() anything, and what it passed is checked below.
+        registered: list[object] = []
         try:
             if ep.value not in self._modules:
                 self._pm.register(plugin, name=ep.value)
                 self._modules[ep.value] = plugin
             # Ask only this plugin, so loading one backend never runs another plugin's code.
-            self._hook_of("artifactstore_register_backends", ep.value)(register=registered.append)
+            returned = self._hook_of("artifactstore_register_backends", ep.value)(register=registered.append)
         except _PLUGIN_FAILURES as exc:
             raise PluginLoadError(
                 f"backend {name!r} failed to register ({where}): {type(exc).__name__}: {exc}", backend=name
             ) from exc
+        specs: list[BackendSpec] = []
         for spec in registered:
+            # Checked here, not on first use: a dict or a store class passed to register() would otherwise
+            # raise an AttributeError from the core, which no listing or command catches.
+            if not isinstance(spec, BackendSpec):
+                raise PluginLoadError(
+                    f"backend {name!r} is broken ({where}): its artifactstore_register_backends passed "
+                    f"register() a {type(spec).__name__}, not an artifactstore_core.BackendSpec",
+                    backend=name,
+                )
+            specs.append(spec)
+        for spec in specs:
             if spec.name == name:
+                _check_spec(spec, where)
                 return spec
-        offered = ", ".join(repr(spec.name) for spec in registered) or "nothing"
-        raise PluginLoadError(f"{where} registered {offered}, not backend {name!r}", backend=name)
+        offered = ", ".join(repr(spec.name) for spec in specs) or "nothing"
+        # A spec's name must be the entry point's: the name users select is what the installer recorded.
+        why = "; a BackendSpec's name must equal its entry point's name" if specs else _why_nothing(plugin, returned)
+        raise PluginLoadError(f"{where} registered {offered}, not backend {name!r}{why}", backend=name)
 
     def _hook_of(self, hook: str, key: str) -> Any:
         """A caller of ``hook`` that asks only the plugin registered under ``key`` (its entry-point value)."""
@@ -329,6 +344,77 @@ class PluginHost:
             return None
         names = ", ".join(repr(name) for name in replaced)
         return f"tried to replace the existing command(s) {names}; kept the existing one(s)"
+
+
+def _check_spec(spec: BackendSpec, where: str) -> None:
+    """Refuse a spec whose fields the core cannot use, naming the field: a ``factory=None`` or a settings
+    instance where its class belongs would otherwise fail later, far from the plugin, as a bare error.
+
+    Raises:
+        PluginLoadError: ``factory`` is not callable, ``settings_model`` is not a pydantic-settings class,
+            or ``capabilities`` is not a :class:`~artifactstore_core.Capabilities`.
+    """
+    from pydantic_settings import BaseSettings  # the registry imports nothing heavy at module level
+
+    # Typed object: the annotations are what a plugin should pass, not what it did.
+    factory: object = spec.factory
+    model: object = spec.settings_model
+    capabilities: object = spec.capabilities
+    problem = None
+    if not callable(factory):
+        problem = f"its factory is a {type(factory).__name__}, not a callable"
+    elif model is not None and not (isinstance(model, type) and issubclass(model, BaseSettings)):
+        problem = f"its settings_model is a {type(model).__name__}, not a BackendSettings subclass"
+    elif model is not None and (why := _settings_problem(spec.name, model)):
+        problem = why
+    elif not isinstance(capabilities, Capabilities):
+        problem = f"its capabilities are a {type(capabilities).__name__}, not an artifactstore_core.Capabilities"
+    if problem is not None:
+        raise PluginLoadError(f"backend {spec.name!r} is broken ({where}): {problem}", backend=spec.name)
+
+
+def _settings_problem(name: str, model: type[Any]) -> str | None:
+    """What is wrong with a backend's settings model, or ``None``.
+
+    Without its own ``env_prefix`` a model reads unprefixed variables: a field ``path`` would silently
+    take the shell's ``PATH``. Without a ``config_table`` a ``BackendSettings`` model reads the config
+    file's top level, the core's, and refuses the core's own keys (``backend``) as unknown settings: an
+    error that blames the user's file for the plugin's omission.
+    """
+    from .settings import BackendSettings  # pydantic-settings is imported only when a plugin is loaded
+
+    suggested = "ARTIFACT_STORE_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_"
+    prefix = str(model.model_config.get("env_prefix") or "")
+    if not prefix.upper().startswith("ARTIFACT_STORE_") or prefix.upper() == "ARTIFACT_STORE_":
+        return (
+            f"its settings_model {model.__name__} has env_prefix {prefix!r}, so it would read other programs' "
+            f"variables; set model_config = SettingsConfigDict(env_prefix={suggested!r})"
+        )
+    if issubclass(model, BackendSettings) and not model.config_table:
+        return (
+            f"its settings_model {model.__name__} sets no config_table, so it would read the config file's "
+            f"top level (the core's settings); set config_table = {name!r}"
+        )
+    return None
+
+
+def _why_nothing(plugin: object, returned: object) -> str:
+    """Why a plugin registered nothing, for the message: the mistakes a plugin author actually makes."""
+    if isinstance(returned, list) and returned:
+        kind = type(returned[0]).__name__
+        return (
+            f": its artifactstore_register_backends returned a {kind}; call register(spec) with each "
+            "BackendSpec instead of returning it"
+        )
+    hook = getattr(plugin, "artifactstore_register_backends", None)
+    if hook is not None and not hasattr(hook, f"{hookspecs.PROJECT_NAME}_impl"):
+        return ": its artifactstore_register_backends is not decorated with @artifactstore_core.hookimpl"
+    if hook is None:
+        names = sorted(n for n in dir(plugin) if n.startswith("artifactstore_") and callable(getattr(plugin, n)))
+        close = difflib.get_close_matches("artifactstore_register_backends", names, n=1, cutoff=0.8)
+        guess = f" (found {close[0]!r}: a misspelling?)" if close else ""
+        return f": the module defines no artifactstore_register_backends hook{guess}"
+    return ": its artifactstore_register_backends never called register()"
 
 
 _host: PluginHost | None = None

@@ -531,7 +531,10 @@ class ArtifactStore(ABC):
 
     def _namespaces(self) -> Iterable[str]:
         """Namespaces holding artifacts, for backends that declare ``capabilities.list_namespaces``."""
-        raise UnsupportedOperationError(f"backend {self.backend_name!r} cannot list namespaces")
+        # Reached only when the capability is declared (namespaces() checks it first): the backend's bug.
+        raise UnsupportedOperationError(
+            f"backend {self.backend_name!r} declares capabilities.list_namespaces but does not implement _namespaces()"
+        )
 
     def _close(self) -> None:  # noqa: B027 - optional hook: most backends have nothing to release
         """Release clients and pools (called once)."""

@@ -16,6 +16,8 @@ in bounded memory, native TTL) by the store's declared ``capabilities``, saying 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -33,10 +35,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from pydantic import BaseModel, ValidationError
 
+from .envelope import Encoded
 from .errors import (
+    ArtifactCorruptedError,
     ArtifactExistsError,
     ArtifactNotFoundError,
     ArtifactStoreError,
+    BackendError,
+    BackendNotFoundError,
     BackendTimeoutError,
     BackendUnavailableError,
     InvalidStepIdError,
@@ -47,6 +53,7 @@ from .errors import (
 )
 from .ids import MAX_ID_BYTES
 from .message import FrozenDict, Message, SchemaInfo
+from .registry import plugin_host
 from .store import ArtifactStore
 from .testing_skips import CAPABILITY_SKIP
 
@@ -162,8 +169,10 @@ class StoreConformance:
     ``namespace``; stores it returns for the same namespace must see the same artifacts.
     """
 
-    #: Size of the "large" artifact round trip; backends with a smaller limit may lower it.
+    #: Size of the "large" artifact round trips; backends with a smaller limit may lower it.
     large_size: int = 4 * 1024 * 1024
+    #: How many artifacts the listing and batch test saves: more than one page of common listing APIs.
+    many_count: int = 1_100
 
     # -- fixtures -------------------------------------------------------------------------------------
 
@@ -171,6 +180,17 @@ class StoreConformance:
     def make_store(self) -> MakeStore:
         """Override: return a callable building a store of the backend under test for a namespace."""
         raise NotImplementedError("subclasses of StoreConformance must provide a make_store fixture")
+
+    @pytest.fixture
+    def make_unreachable_store(self) -> MakeStore | None:
+        """Optional override: a callable building a store of the backend under test for a namespace, whose
+        backend fails every operation (a server on a closed port, a database file replaced by garbage).
+
+        The kit then checks that every operation raises a :class:`~artifactstore_core.errors.BackendError`
+        and none reports the failure as an answer (``exists`` returning ``False``, ``get`` raising
+        not-found, an empty listing). ``None`` (the default): not checked, and the test says so.
+        """
+        return None
 
     @pytest.fixture
     def new_store(self, make_store: MakeStore) -> Iterator[Callable[..., ArtifactStore]]:
@@ -382,6 +402,20 @@ class StoreConformance:
             assert info.digest.startswith("blake3:")
         assert infos["b"].digest != infos["s"].digest
 
+    def test_list_and_batches_beyond_a_page(self, store: ArtifactStore) -> None:
+        # Listings come in pages (S3 returns 1,000 keys a request, SCAN a batch, SQL a LIMIT) and batch reads
+        # in chunks (a SQL statement takes a limited number of variables): every artifact must come back,
+        # not only the first page.
+        count = self.many_count
+        items = {f"p{index:05d}": Message(content=index) for index in range(count)}
+        store.save_many(items)
+        assert sorted(info.step_id for info in store.list()) == sorted(items)
+        got = store.get_many(list(items))
+        assert len(got) == count
+        assert all(got[step_id].content == message.content for step_id, message in items.items())
+        assert store.clear() == count
+        assert list(store.list()) == []
+
     def test_clear_leaves_other_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
         mine, theirs = new_store(), new_store()
         similar = new_store(mine.namespace + "0")
@@ -403,6 +437,65 @@ class StoreConformance:
         two.save("same", Message(content="two"))
         assert one.get("same").content == "one"
         assert two.get("same").content == "two"
+
+    def test_stores_of_one_namespace_see_each_others_changes(self, new_store: Callable[..., ArtifactStore]) -> None:
+        # Many workers share a namespace through their own store objects: a store that answers from what it
+        # read or wrote earlier (a read cache, a remembered absence) hands out stale artifacts after another
+        # store overwrote, deleted or cleared them.
+        reader = new_store()
+        writer = new_store(reader.namespace)
+        assert reader.exists("s") is False
+        writer.save("s", Message(content="one"))
+        assert reader.exists("s") is True
+        assert reader.get("s").content == "one"
+        assert reader.get_many(["s"])["s"].content == "one"
+        writer.save("s", Message(content="two"), overwrite=True)
+        assert reader.get("s").content == "two"
+        assert reader.get_many(["s"])["s"].content == "two"
+        with reader.open("s") as handle:
+            assert handle.read() == b"two"
+        assert reader.info("s").digest == writer.info("s").digest
+        with pytest.raises(ArtifactExistsError):
+            reader.save("s", Message(content="one"))
+        assert writer.delete("s") is True
+        assert reader.exists("s") is False
+        with pytest.raises(ArtifactNotFoundError):
+            reader.get("s")
+        writer.save("s", Message(content="three"))
+        assert reader.get("s").content == "three"
+        assert writer.clear() == 1
+        assert list(reader.list()) == []
+        with pytest.raises(ArtifactNotFoundError):
+            reader.get_many(["s"])
+
+    @pytest.mark.parametrize(
+        ("name", "sibling"),
+        [
+            ("run1", "run10"),  # a prefix
+            ("Ns", "ns"),  # case (SQL LIKE, case-insensitive file systems, lower-cased keys)
+            ("n_s", "nXs"),  # SQL LIKE's one-character wildcard
+            ("n%s", "nXYs"),  # SQL LIKE's any-characters wildcard
+            ("ns[1]", "ns1"),  # a glob character class (Redis SCAN MATCH, fnmatch)
+            ("n?s", "nXs"),  # a glob's one-character wildcard
+            ("n*s", "nXYs"),  # a glob's any-characters wildcard
+            ("n.s", "nXs"),  # a regular expression's any character
+        ],
+    )
+    def test_clear_and_list_keep_to_their_namespace_whatever_its_name(
+        self, new_store: Callable[..., ArtifactStore], name: str, sibling: str
+    ) -> None:
+        # clear() must work from an exact namespace, never a pattern built from it: each pair of names here
+        # matches under one common pattern syntax, and neither store may list or clear the other's artifacts.
+        unique = uuid.uuid4().hex[:8]
+        one, two = new_store(f"{unique}-{name}"), new_store(f"{unique}-{sibling}")
+        for first, second in ((one, two), (two, one)):
+            first.save("x", Message(content=first.namespace))
+            second.save_many({"x": Message(content=second.namespace), "y": Message(content=2)})
+            assert [info.step_id for info in first.list()] == ["x"], (first.namespace, second.namespace)
+            assert first.clear() == 1, (first.namespace, second.namespace)
+            assert sorted(info.step_id for info in second.list()) == ["x", "y"], (first.namespace, second.namespace)
+            assert second.get("x").content == second.namespace
+            assert second.clear() == 2
 
     def test_awkward_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
         stores = [new_store(f"{prefix}-{uuid.uuid4().hex[:6]}") for prefix in ("ns[1]", "ns 1", "ns/1", "NS:1")]
@@ -428,6 +521,9 @@ class StoreConformance:
             with pytest.raises(UnsupportedOperationError):
                 store.namespaces()
             _not_declared(store, "list_namespaces")
+        assert type(store)._namespaces is not ArtifactStore._namespaces, (
+            f"backend {store.backend_name!r} declares list_namespaces but does not implement _namespaces()"
+        )
         other = new_store()
         store.save("a", Message(content=1))
         other.save("b", Message(content=2))
@@ -801,6 +897,89 @@ class StoreConformance:
         assert isinstance(error, ArtifactStoreError)
         assert error.retryable is False
 
+    def test_reads_verify_the_stored_digest(self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        # A byte-storing backend must verify what it reads (codec.decode, decode_bytes, decode_payload or a
+        # PayloadVerifier), never rebuild a message from stored bytes it did not check. The store's own codec
+        # is made to damage one payload byte after computing its digest, as a bad disk or a tampering writer
+        # would; every read of that artifact must then raise ArtifactCorruptedError.
+        codec = store.codec
+        encode = codec.encode
+        damaged: list[str] = []
+
+        def damaging_encode(message: Message, *, place: tuple[str, str] | None = None) -> Encoded:
+            encoded = encode(message, place=place)
+            if place is None or place[1] != "damaged":
+                return encoded
+            damaged.append(place[1])
+            flipped = encoded.payload[:-1] + bytes([encoded.payload[-1] ^ 0x01])
+            return dataclasses.replace(encoded, payload=flipped)
+
+        monkeypatch.setattr(codec, "encode", damaging_encode)
+        try:
+            store.save("damaged", Message(content=b"a payload whose last byte is flipped once encoded"))
+        except ArtifactCorruptedError:
+            # Verified on the way in (a server that checks what it is sent): refused, and nothing stored.
+            assert not store.exists("damaged")
+            return
+        if not damaged:
+            # The backend keeps Message objects, not envelopes (as memory does): no stored bytes to damage.
+            assert store.get("damaged").content.endswith(b"encoded")
+            return
+        with pytest.raises(ArtifactCorruptedError) as info:
+            store.get("damaged")
+        assert info.value.step_id == "damaged"
+        with pytest.raises(ArtifactCorruptedError):
+            store.get_many(["damaged"])
+        with pytest.raises(ArtifactCorruptedError):
+            _read_all(store, "damaged")
+
+    def test_registered_as_it_names_itself(self, store: ArtifactStore) -> None:
+        # Errors name store.backend_name; the pipeline runtime and `artifactstore backends` read the
+        # capabilities registered in the BackendSpec, the kit and the store read the class's: they must agree.
+        assert store.backend_name != ArtifactStore.backend_name, (
+            f"{type(store).__name__} does not set backend_name: its errors would name backend 'unknown'"
+        )
+        try:
+            spec = plugin_host().load(store.backend_name)
+        except BackendNotFoundError:
+            return  # a store class tested on its own, not installed as a plugin: no registration to compare
+        assert spec.capabilities == store.capabilities, (
+            f"backend {store.backend_name!r} registered {spec.capabilities} but its store declares {store.capabilities}"
+        )
+
+    def test_failures_are_raised_never_reported_as_absent(self, make_unreachable_store: MakeStore | None) -> None:
+        # "Absent" and "could not ask" must never be confused: a pipeline that takes a failed exists() for
+        # False re-runs a step or skips one, and a listing that hides an error makes clear() report 0.
+        if make_unreachable_store is None:
+            pytest.skip(
+                f"{CAPABILITY_SKIP} no make_unreachable_store fixture, so failures of an unreachable backend "
+                "are not checked"
+            )
+        store = make_unreachable_store(f"kit-{uuid.uuid4().hex[:12]}")
+        calls: dict[str, Callable[[], object]] = {
+            "exists": lambda: store.exists("x"),
+            "get": lambda: store.get("x"),
+            "get_many": lambda: store.get_many(["x", "y"]),
+            "info": lambda: store.info("x"),
+            "list": lambda: list(store.list()),
+            "delete": lambda: store.delete("x"),
+            "save": lambda: store.save("x", Message(content=1)),
+            "clear": store.clear,
+        }
+        try:
+            for name, call in calls.items():
+                outcome: object
+                try:
+                    outcome = call()
+                except ArtifactStoreError as exc:
+                    outcome = exc
+                assert isinstance(outcome, BackendError), (
+                    f"{name} on an unreachable backend gave {outcome!r} instead of raising a BackendError"
+                )
+        finally:
+            with contextlib.suppress(ArtifactStoreError):
+                store.close()
+
     def test_context_manager_closes(self, new_store: Callable[..., ArtifactStore]) -> None:
         store = new_store()
         with store as entered:
@@ -831,6 +1010,15 @@ class StoreConformance:
                 max_examples=20, stateful_step_count=20, deadline=None, suppress_health_check=list(HealthCheck)
             ),
         )
+
+
+def _read_all(store: ArtifactStore, step_id: str) -> bytes:
+    """Everything ``store.open(step_id)`` yields, read to its end in chunks, as a streaming reader does."""
+    chunks = []
+    with store.open(step_id) as handle:
+        while chunk := handle.read(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _model_machine(store: ArtifactStore) -> type[RuleBasedStateMachine]:

@@ -6,7 +6,9 @@ plugin loaded and the ``CI`` environment variable set to anything but ``""``, ``
 that skips fails instead, unless its reason starts with :data:`CAPABILITY_SKIP`: the conformance kit
 skips with that reason where a backend does not declare a capability (after checking, where the contract
 says what happens then, that the backend refuses the operation), and the first-party backends' declared
-capabilities are pinned by a test, so such a skip cannot hide a capability that went missing.
+capabilities are pinned by a test, so such a skip cannot hide a capability that went missing. The kit
+uses the same reason for its one check of an optional fixture, ``make_unreachable_store``, which a backend
+that cannot fail (an in-process one) has no way to provide.
 
 Load it with ``-p artifactstore_core.testing_skips`` (this project does so in the pytest ``addopts`` of
 its ``pyproject.toml``); third-party backends can do the same in their CI.

@@ -61,6 +61,17 @@ def test_backends_lists_everything_even_with_a_broken_plugin(tmp_path: Path) -> 
         {"broken": "broken_cli_mod"},
         {"broken_cli_mod": "raise ImportError('missing native library')\n"},
     )
+    # A plugin whose hook hands register() something else than a BackendSpec: it used to crash the command.
+    install_fake_distribution(
+        tmp_path,
+        "artifactstore-notaspec",
+        "0.1",
+        {"notaspec": "notaspec_cli_mod"},
+        {
+            "notaspec_cli_mod": "from artifactstore_core import hookimpl\n\n@hookimpl\n"
+            "def artifactstore_register_backends(register):\n    register({'name': 'notaspec'})\n"
+        },
+    )
     env = {"PYTHONPATH": str(tmp_path)}
     table = run("backends", env=env)
     assert table.returncode == 0, table.stderr
@@ -74,6 +85,7 @@ def test_backends_lists_everything_even_with_a_broken_plugin(tmp_path: Path) -> 
     assert rows["broken"]["distribution"] == "artifactstore-broken"
     assert rows["broken"]["version"] == "6.6.6"
     assert "missing native library" in rows["broken"]["status"]
+    assert "passed register() a dict, not an artifactstore_core.BackendSpec" in rows["notaspec"]["status"]
     # Other commands keep working beside the broken plugin.
     assert run("doctor", env=env).returncode == 0
 

@@ -115,6 +115,95 @@ def test_plugin_registering_another_name(site: Path, monkeypatch: pytest.MonkeyP
         assert store.backend_name == "memory"
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # register() given something that is not a BackendSpec: it used to escape as an AttributeError from
+        # the core, which crashed `artifactstore backends` and every other command.
+        (
+            "@hookimpl\ndef artifactstore_register_backends(register):\n    register({'name': 'NAME'})\n",
+            "passed register() a dict, not an artifactstore_core.BackendSpec",
+        ),
+        (
+            "@hookimpl\ndef artifactstore_register_backends(register):\n"
+            "    return BackendSpec(name='NAME', factory=lambda ctx: None)\n",
+            "returned a BackendSpec; call register(spec) with each BackendSpec instead of returning it",
+        ),
+        (
+            "def artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME', factory=lambda ctx: None))\n",
+            "is not decorated with @artifactstore_core.hookimpl",
+        ),
+        (
+            "@hookimpl\ndef artifactstore_register_backend(register):\n"
+            "    register(BackendSpec(name='NAME', factory=lambda ctx: None))\n",
+            "no artifactstore_register_backends hook (found 'artifactstore_register_backend': a misspelling?)",
+        ),
+        (
+            "@hookimpl\ndef artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME_x', factory=lambda ctx: None))\n",
+            "registered 'NAME_x', not backend 'NAME'; a BackendSpec's name must equal its entry point's name",
+        ),
+        (
+            "@hookimpl\ndef artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME', factory=None))\n",
+            "its factory is a NoneType, not a callable",
+        ),
+        (
+            "from pydantic_settings import BaseSettings\n\n@hookimpl\ndef artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME', factory=lambda ctx: None, settings_model=BaseSettings()))\n",
+            "its settings_model is a BaseSettings, not a BackendSettings subclass",
+        ),
+        # A settings model without its own env_prefix reads other programs' variables (a field `path` takes
+        # the shell's PATH); one without a config_table reads the core's top level of the config file.
+        (
+            "from artifactstore_core import BackendSettings\n\nclass S(BackendSettings):\n"
+            "    config_table = 'NAME'\n    path: str = 'x'\n\n@hookimpl\n"
+            "def artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME', factory=lambda ctx: None, settings_model=S))\n",
+            "its settings_model S has env_prefix '', so it would read other programs' variables; set "
+            "model_config = SettingsConfigDict(env_prefix='ARTIFACT_STORE_NAME_')",
+        ),
+        (
+            "from artifactstore_core import BackendSettings\nfrom pydantic_settings import SettingsConfigDict\n\n"
+            "class S(BackendSettings):\n    model_config = SettingsConfigDict(env_prefix='ARTIFACT_STORE_X_')\n"
+            "    path: str = 'x'\n\n@hookimpl\ndef artifactstore_register_backends(register):\n"
+            "    register(BackendSpec(name='NAME', factory=lambda ctx: None, settings_model=S))\n",
+            "its settings_model S sets no config_table, so it would read the config file's top level (the core's "
+            "settings); set config_table = 'NAME'",
+        ),
+    ],
+    ids=[
+        "not-a-spec",
+        "returned",
+        "unmarked",
+        "misspelt",
+        "misnamed",
+        "no-factory",
+        "settings-instance",
+        "no-env-prefix",
+        "no-config-table",
+    ],
+)
+def test_a_plugin_that_registers_wrongly_is_named_and_fails_alone(
+    site: Path, monkeypatch: pytest.MonkeyPatch, body: str, expected: str
+) -> None:
+    name = f"wrong{uuid.uuid4().hex[:8]}"
+    source = "from artifactstore_core import BackendSpec, hookimpl\n\n" + body.replace("NAME", name)
+    install_fake_distribution(site, "artifactstore-wrong", "0.3", {name: f"{name}_mod"}, {f"{name}_mod": source})
+    expected = expected.replace("ARTIFACT_STORE_NAME_", f"ARTIFACT_STORE_{name.upper()}_").replace("NAME", name)
+    # The listing reports it and still lists the others ...
+    infos = {info.name: info for info in plugin_host().backends()}
+    assert infos["memory"].status == "loaded"
+    assert expected in infos[name].status
+    assert "artifactstore-wrong 0.3" in infos[name].status
+    # ... and selecting it is a PluginLoadError that says what to fix.
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", name)
+    with pytest.raises(PluginLoadError) as info:
+        create_store()
+    assert expected in str(info.value)
+
+
 def test_two_distributions_claiming_one_name(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for dist in ("artifactstore-twin-a", "artifactstore-twin-b"):
         install_fake_distribution(site, dist, "1.0", {"twin": f"{dist.replace('-', '_')}_mod"}, {})

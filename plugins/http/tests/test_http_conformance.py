@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from artifactstore_core.testing import MakeStore, StoreConformance
+from artifactstore_core.testing_servers import free_port
 from artifactstore_http.testing import ServerThread, client_for
 
 
@@ -14,6 +15,12 @@ class TestHttpOverMemory(StoreConformance):
     @pytest.fixture
     def make_store(self, memory_server: ServerThread) -> MakeStore:
         return lambda namespace: client_for(memory_server.url, namespace)
+
+    @pytest.fixture
+    def make_unreachable_store(self) -> MakeStore:
+        # A free loopback port nothing listens on: every request is refused.
+        url = f"http://127.0.0.1:{free_port()}"
+        return lambda namespace: client_for(url, namespace, retries=0, connect_timeout=2.0)
 
 
 class TestHttpOverRedis(StoreConformance):

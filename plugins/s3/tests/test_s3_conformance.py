@@ -10,6 +10,7 @@ import pytest
 from s3_fixtures import make_settings
 
 from artifactstore_core.testing import StoreConformance
+from artifactstore_core.testing_servers import free_port
 from artifactstore_s3 import S3Store
 
 
@@ -24,4 +25,10 @@ class TestS3Conformance(StoreConformance):
     @pytest.fixture
     def make_store(self, moto_endpoint: str, kit_bucket: str) -> Callable[[str], S3Store]:
         settings = make_settings(moto_endpoint, kit_bucket)
+        return lambda namespace: S3Store(settings, namespace=namespace)
+
+    @pytest.fixture
+    def make_unreachable_store(self, kit_bucket: str) -> Callable[[str], S3Store]:
+        # An endpoint on a free loopback port nothing listens on: every request is refused.
+        settings = make_settings(f"http://127.0.0.1:{free_port()}", kit_bucket, max_attempts=1, connect_timeout=2)
         return lambda namespace: S3Store(settings, namespace=namespace)

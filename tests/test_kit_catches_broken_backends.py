@@ -1,0 +1,212 @@
+"""The conformance kit fails backends that are broken in the ways third-party backends get broken.
+
+Each store here is the example backend (tests/example_backend) with one realistic bug; the kit's test for
+that part of the contract must fail on it (the real example backend passes the whole kit, in
+test_example_backend.py). A kit that passes a broken backend certifies it to its users.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import pytest
+
+from artifactstore_core import (
+    ArtifactInfo,
+    ArtifactStore,
+    Capabilities,
+    Codec,
+    Message,
+    UnsupportedOperationError,
+)
+from artifactstore_core.testing import StoreConformance
+from artifactstore_example import _LOCK, _SHELF, ExampleStore
+
+# What a failing kit test raises: an assert, or pytest.raises/pytest.fail (an OutcomeException).
+KIT_FAILURES = (AssertionError, pytest.fail.Exception)
+
+
+class CachingStore(ExampleStore):
+    """Remembers what it read: stale after another store of the namespace overwrites or deletes."""
+
+    def __init__(self, *, namespace: str = "default", codec: Codec | None = None) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._cache: dict[str, Message] = {}
+
+    def _get(self, step_id: str) -> Message:
+        if step_id not in self._cache:
+            self._cache[step_id] = super()._get(step_id)
+        return self._cache[step_id]
+
+    def _delete(self, step_id: str) -> bool:
+        self._cache.pop(step_id, None)
+        return super()._delete(step_id)
+
+
+class PatternClearStore(ExampleStore):
+    """Clears every namespace its own name matches as a case-insensitive glob (a SCAN MATCH or LIKE clear)."""
+
+    def _clear(self) -> int:
+        count = 0
+        with _LOCK:
+            for namespace, blobs in _SHELF.items():
+                if fnmatch.fnmatchcase(namespace.lower(), self.namespace.lower()):
+                    count += len(blobs)
+                    blobs.clear()
+        return count
+
+
+class OnePageStore(ExampleStore):
+    """Lists only the first page of 1,000, as a listing that forgets the continuation token does."""
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        return sorted(super()._list(), key=lambda info: info.step_id)[:1000]
+
+
+class UnverifiedStore(ExampleStore):
+    """Rebuilds messages from the stored payload without checking it against the header's digest."""
+
+    def _get(self, step_id: str) -> Message:
+        blob = self._blobs.get(step_id)
+        if blob is None:
+            raise self._not_found(step_id)
+        place = (self.namespace, step_id)
+        header = self.codec.header_of(blob, place=place)
+        payload = blob[len(blob) - header.stored_size :]
+        content = (
+            payload if header.codec == "bytes" else json.loads(payload) if header.codec == "json" else payload.decode()
+        )
+        return Codec.message_from(header, content)
+
+
+class NamelessStore(ExampleStore):
+    """Forgot backend_name: its errors name backend 'unknown'."""
+
+    backend_name = ArtifactStore.backend_name
+
+
+class OverclaimingStore(ExampleStore):
+    """Registered (as 'example') with other capabilities than the store declares."""
+
+    capabilities = Capabilities(cross_process=True, persistent=True)
+
+
+class UnreachableStore(ExampleStore):
+    """An example store whose storage fails every access, as an unreachable server does."""
+
+    def __init__(self, *, namespace: str = "default", codec: Codec | None = None) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._blobs = _Unreachable()
+
+
+class _Unreachable(dict[str, bytes]):
+    def _fail(self, *args: object) -> NoReturn:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    get = __contains__ = __getitem__ = __setitem__ = pop = items = clear = __len__ = _fail  # type: ignore[assignment]
+
+
+class AbsentOnFailureStore(UnreachableStore):
+    """Reports a failure to ask as "not there": the bug the contract forbids most loudly."""
+
+    def _exists(self, step_id: str) -> bool:
+        try:
+            return super()._exists(step_id)
+        except OSError:
+            return False
+
+
+class OverdeclaringStore(ExampleStore):
+    """Declares list_namespaces (and registers as its own backend) without implementing _namespaces."""
+
+    backend_name = "overdeclaring"
+    capabilities = Capabilities(list_namespaces=True)
+
+
+@contextmanager
+def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
+    """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
+    made: list[ArtifactStore] = []
+
+    def build(namespace: str | None = None) -> ArtifactStore:
+        store = cls(namespace=namespace or f"broken-{len(made)}-{id(made)}")
+        made.append(store)
+        return store
+
+    try:
+        yield build
+    finally:
+        for store in made:
+            if not store.closed:
+                ExampleStore._clear(store)
+                store.close()
+
+
+def test_kit_catches_a_store_that_serves_stale_artifacts() -> None:
+    with stores(CachingStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_stores_of_one_namespace_see_each_others_changes(new_store)
+
+
+@pytest.mark.parametrize(("name", "sibling"), [("Ns", "ns"), ("ns[1]", "ns1"), ("n*s", "nXYs")])
+def test_kit_catches_a_clear_by_pattern(name: str, sibling: str) -> None:
+    with stores(PatternClearStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_clear_and_list_keep_to_their_namespace_whatever_its_name(new_store, name, sibling)
+
+
+def test_kit_catches_a_listing_of_one_page() -> None:
+    with stores(OnePageStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_list_and_batches_beyond_a_page(new_store())
+
+
+def test_kit_catches_reads_that_do_not_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    with stores(UnverifiedStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_reads_verify_the_stored_digest(new_store(), monkeypatch)
+
+
+@pytest.mark.parametrize("cls", [NamelessStore, OverclaimingStore], ids=["nameless", "overclaiming"])
+def test_kit_catches_a_store_unlike_its_registration(cls: type[ExampleStore]) -> None:
+    with stores(cls) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_registered_as_it_names_itself(new_store())
+
+
+def test_kit_catches_a_capability_declared_but_not_implemented() -> None:
+    with stores(OverdeclaringStore) as new_store:
+        with pytest.raises(KIT_FAILURES, match=r"declares list_namespaces but does not implement _namespaces\(\)"):
+            StoreConformance().test_namespaces(new_store)
+        # What a user calling it gets says the same, not that the backend cannot list namespaces.
+        with pytest.raises(UnsupportedOperationError, match=r"declares capabilities\.list_namespaces"):
+            new_store().namespaces()
+
+
+def test_kit_catches_a_failure_reported_as_absent() -> None:
+    with pytest.raises(KIT_FAILURES, match="exists on an unreachable backend gave False"):
+        StoreConformance().test_failures_are_raised_never_reported_as_absent(
+            lambda namespace: AbsentOnFailureStore(namespace=namespace)
+        )
+    # The control: the same unreachable store, raising as it should, passes.
+    StoreConformance().test_failures_are_raised_never_reported_as_absent(
+        lambda namespace: UnreachableStore(namespace=namespace)
+    )
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda kit, new_store, monkeypatch: kit.test_stores_of_one_namespace_see_each_others_changes(new_store),
+        lambda kit, new_store, monkeypatch: kit.test_clear_and_list_keep_to_their_namespace_whatever_its_name(
+            new_store, "ns[1]", "ns1"
+        ),
+        lambda kit, new_store, monkeypatch: kit.test_list_and_batches_beyond_a_page(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_reads_verify_the_stored_digest(new_store(), monkeypatch),
+        lambda kit, new_store, monkeypatch: kit.test_registered_as_it_names_itself(new_store()),
+    ],
+    ids=["stale", "clear", "page", "verify", "registration"],
+)
+def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The control: each check above fails because of the bug, not because it fails everything.
+    with stores(ExampleStore) as new_store:
+        check(StoreConformance(), new_store, monkeypatch)
