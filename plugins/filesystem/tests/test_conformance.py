@@ -18,6 +18,15 @@ class TestFilesystemConformance(StoreConformance):
         settings = FilesystemSettings(root=tmp_path / "store")
         return lambda namespace: FilesystemStore(settings, namespace=namespace)
 
+    @pytest.fixture
+    def make_unreachable_store(self, tmp_path: Path) -> Callable[[str], ArtifactStore]:
+        # A root that is a regular file (a mistyped path, a mount point replaced by a file): every operation
+        # must fail, never read as an empty store.
+        root = tmp_path / "not-a-directory"
+        root.write_bytes(b"garbage")
+        settings = FilesystemSettings(root=root)
+        return lambda namespace: FilesystemStore(settings, namespace=namespace)
+
 
 class TestFilesystemConformanceWithoutFsync(StoreConformance):
     """The same contract with fsync off (atomicity must not depend on it)."""

@@ -426,8 +426,10 @@ class FilesystemStore(ArtifactStore):
         """
         try:
             mode = os.lstat(final).st_mode
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return None
+        except NotADirectoryError as exc:
+            raise self._in_the_way(final, exc) from exc
         if not stat.S_ISREG(mode):
             raise BackendError(
                 f"save of {step_id!r} in namespace {self.namespace!r}: {_file_kind(mode)} sits at its final name "
@@ -482,8 +484,10 @@ class FilesystemStore(ArtifactStore):
         """
         try:
             fd = os.open(path, _READ_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return None
+        except NotADirectoryError as exc:
+            raise self._in_the_way(path, exc) from exc
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
@@ -493,6 +497,17 @@ class FilesystemStore(ArtifactStore):
         except BaseException:
             os.close(fd)
             raise
+
+    def _in_the_way(self, path: str, exc: NotADirectoryError) -> BackendError:
+        """The error for a file standing where ``path`` needs a directory (the root itself, a namespace's or
+        a continuation directory): the store's state is broken, which is an I/O failure to report, never
+        "absent" (a root that is a file would otherwise read as an empty store, and clear() would report 0)."""
+        where = exc.filename if isinstance(exc.filename, str) else path
+        return BackendError(
+            f"filesystem store at {self._root!r}: a file that is not a directory stands in the way of "
+            f"{self._relative(where)!r} (under the root, or the root itself); remove it or set "
+            f"{_ROOT_ENV} to a directory"
+        )
 
     def _not_a_file(self, path: str, mode: int, step_id: str) -> BackendError:
         """The error for ``mode``, not a regular file, at ``step_id``'s name: the store's state is broken
@@ -568,8 +583,10 @@ class FilesystemStore(ArtifactStore):
             path = self._path(step_id)[1]
             try:
                 mode = os.stat(path).st_mode
-            except (FileNotFoundError, NotADirectoryError):
+            except FileNotFoundError:
                 return False
+            except NotADirectoryError as exc:
+                raise self._in_the_way(path, exc) from exc
             if not stat.S_ISREG(mode):
                 raise self._not_a_file(path, mode, step_id)
             return True
@@ -613,8 +630,10 @@ class FilesystemStore(ArtifactStore):
         """
         try:
             entries = os.scandir(directory)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return
+        except NotADirectoryError as exc:
+            raise self._in_the_way(directory, exc) from exc
         # Streamed, not collected: a namespace may hold millions of files. Removing entries while the
         # directory is read (clear) is safe; whether a concurrently added one shows up is unspecified.
         with entries:
@@ -651,8 +670,10 @@ class FilesystemStore(ArtifactStore):
             self._guard(directory)
             try:
                 os.unlink(final)
-            except (FileNotFoundError, NotADirectoryError):
+            except FileNotFoundError:
                 return False
+            except NotADirectoryError as exc:
+                raise self._in_the_way(final, exc) from exc
             if self._settings.fsync:
                 durable.fsync_dir(directory)
             self._prune(directory, stop=self._ns_dir)
@@ -736,8 +757,10 @@ class FilesystemStore(ArtifactStore):
     def _namespace_dirs(self, directory: str, parts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
         try:
             entries = os.scandir(directory)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return
+        except NotADirectoryError as exc:
+            raise self._in_the_way(directory, exc) from exc
         with entries:
             for entry in entries:
                 if not entry.is_dir(follow_symlinks=False):
