@@ -427,7 +427,9 @@ class ArtifactStore(ABC):
                     # the bound proves it too large, and no read asks for more than that byte.
                     left = limit + 1
                     while left > 0 and (
-                        chunk := checked_read(_read_source(stream, step_id, min(left, _FALLBACK_CHUNK)))
+                        chunk := checked_read(
+                            _read_source(stream, step_id, left if left < _FALLBACK_CHUNK else _FALLBACK_CHUNK)
+                        )
                     ):
                         chunks.append(bytes(chunk))
                         left -= len(chunk)
