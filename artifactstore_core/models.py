@@ -40,7 +40,9 @@ class Capabilities:
         atomic_create: write-once is enforced atomically by the backend, even across processes.
         streaming: ``save_stream``/``open`` keep memory bounded whatever the artifact size.
         list_namespaces: the backend can enumerate namespaces (used by garbage collection).
-        max_artifact_bytes: the largest payload accepted, or ``None`` for no fixed limit.
+        max_artifact_bytes: the largest payload accepted, or ``None`` for no fixed limit. A store's settings may
+            lower it: ``ArtifactStore._max_artifact_bytes()`` gives the store's own bound, which
+            ``save_stream`` stops reading at.
     """
 
     cross_process: bool = False

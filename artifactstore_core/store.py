@@ -23,7 +23,9 @@ from .errors import (
     ArtifactNotFoundError,
     ArtifactStoreError,
     BackendError,
+    CapacityError,
     InvalidStepIdError,
+    PayloadTooLargeError,
     SerializationError,
     StoreClosedError,
     UnsupportedOperationError,
@@ -91,8 +93,9 @@ def _name_the_artifact(exc: SerializationError, operation: str) -> None:
     exc.args = (f"{operation}: {target} {exc.namespace!r} of backend {exc.backend!r}: {message}",)
 
 
-def _read_source(stream: IO[bytes], step_id: str) -> bytes | None:
-    """One read of the caller's stream for :meth:`ArtifactStore.save_stream` on a backend that does not stream.
+def _read_source(stream: IO[bytes], step_id: str, size: int = _FALLBACK_CHUNK) -> bytes | None:
+    """One read of at most ``size`` bytes of the caller's stream for :meth:`ArtifactStore.save_stream` on a
+    backend that does not stream.
 
     Raises:
         SerializationError: the stream's ``read()`` raised (chained): the source failed, not the backend,
@@ -100,7 +103,7 @@ def _read_source(stream: IO[bytes], step_id: str) -> bytes | None:
             backend's translation, which would report the backend unavailable and the call retryable.
     """
     try:
-        return stream.read(_FALLBACK_CHUNK)
+        return stream.read(size)
     except Exception as exc:
         raise SerializationError(
             f"reading the stream to save as {step_id!r} failed: {type(exc).__name__}: {exc}", step_id=step_id
@@ -367,9 +370,18 @@ class ArtifactStore(ABC):
         With ``capabilities.streaming`` memory stays bounded whatever the size; other backends read the
         stream whole and save it as :meth:`save` would. The write-once rule is the same as :meth:`save`.
 
+        On a backend that does not stream and knows the largest content any save of this store can accept
+        (``_max_artifact_bytes()``: memory's ``max_bytes``, redis's ``max_artifact_bytes``, the http
+        server's body limit), reading stops as soon as the stream holds one byte more than that: at most
+        that bound plus one byte is read (and held), and the backend's own error for too large an artifact
+        is raised, the one its :meth:`save` gives. Nothing is stored.
+
         Raises:
-            InvalidStepIdError, ArtifactExistsError, CapacityError, BackendError, StoreClosedError,
-                UnsupportedOperationError, ValueError: as :meth:`save`.
+            InvalidStepIdError, ArtifactExistsError, BackendError, StoreClosedError, UnsupportedOperationError,
+                ValueError: as :meth:`save`.
+            CapacityError: as :meth:`save`; or (usually the subclass
+                :class:`~artifactstore_core.errors.PayloadTooLargeError`, per backend) the stream is longer than
+                the largest artifact the store can accept, raised before the rest of the stream is read.
             TypeError: ``stream`` is a text stream (an :class:`io.TextIOBase`, such as a file opened without
                 ``'b'``; before anything is read).
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
@@ -403,10 +415,26 @@ class ArtifactStore(ABC):
                 # was ready and hides the None that said "more to come", which would store a truncated
                 # payload. join() of one chunk returns it without a copy.
                 chunks: list[bytes] = []
-                while chunk := checked_read(_read_source(stream, step_id)):
-                    # bytes() freezes a bytearray or memoryview a custom stream returned (and returns bytes
-                    # themselves without a copy) chunk by chunk, before they are joined.
-                    chunks.append(bytes(chunk))
+                limit = self._max_artifact_bytes()
+                if limit is None:
+                    while chunk := checked_read(_read_source(stream, step_id)):
+                        # bytes() freezes a bytearray or memoryview a custom stream returned (and returns
+                        # bytes themselves without a copy) chunk by chunk, before they are joined.
+                        chunks.append(bytes(chunk))
+                else:
+                    # The whole stream is held before the backend sees it, so a stream the backend can never
+                    # accept (an endless one, a 10 GB file for a 1 MB store) is cut off here: one byte past
+                    # the bound proves it too large, and no read asks for more than that byte.
+                    left = limit + 1
+                    while left > 0 and (
+                        chunk := checked_read(
+                            _read_source(stream, step_id, left if left < _FALLBACK_CHUNK else _FALLBACK_CHUNK)
+                        )
+                    ):
+                        chunks.append(bytes(chunk))
+                        left -= len(chunk)
+                    if left <= 0:
+                        raise self._too_large_error(step_id, None, limit)
                 message = template.model_copy(update={"content": b"".join(chunks)})
                 self._save(step_id, message, overwrite, seconds)
         except Exception as exc:
@@ -488,6 +516,23 @@ class ArtifactStore(ABC):
             backend=self.backend_name,
         )
 
+    def _too_large_error(self, step_id: str, size: int | None, limit: int) -> CapacityError:
+        """The error for content of ``step_id`` larger than ``limit`` bytes, the store's size bound.
+
+        :meth:`save_stream` raises it, with ``size`` ``None``, for a stream it stopped reading once the
+        stream held more than :meth:`_max_artifact_bytes` (its full size is unknown then). Backends with a
+        size bound override it to give the same error (class, wording, setting to change) as their
+        :meth:`_save` gives for too large a message, and call it from there with the known ``size``, so
+        both paths read alike. The default is a
+        :class:`~artifactstore_core.errors.PayloadTooLargeError` naming the bound.
+        """
+        shown = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        return PayloadTooLargeError(
+            f"artifact {step_id!r} is {shown}; backend {self.backend_name!r} accepts at most {limit} bytes per "
+            "artifact. Nothing was stored.",
+            step_id=step_id,
+        )
+
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
         """Map a client library's exception to a core error (``None``: a generic :class:`BackendError`).
 
@@ -538,6 +583,25 @@ class ArtifactStore(ABC):
 
     def _close(self) -> None:  # noqa: B027 - optional hook: most backends have nothing to release
         """Release clients and pools (called once)."""
+
+    def _max_artifact_bytes(self) -> int | None:
+        """The largest content, in bytes, that a save to this store could ever accept; ``None``: no known bound.
+
+        :meth:`save_stream` on a backend without ``capabilities.streaming`` holds the whole stream in memory
+        before :meth:`_save` sees it. With a bound it stops reading once the stream holds ``bound + 1``
+        bytes and raises :meth:`_too_large_error` (``size=None``) instead, storing nothing. So the bound
+        must be one that every save refuses beyond, whatever else is stored and whoever saves beside it: a
+        limit on a total (memory's ``max_bytes`` per namespace) is such a bound, the room left under it is
+        not (concurrent saves and deletes change it; the backend's own check in :meth:`_save` still
+        decides). A bound lower than what :meth:`_save` accepts would refuse streams a save keeps; a
+        higher one, or ``None``, only reads further before the backend refuses. The conformance kit checks
+        that a save over the bound is refused and that a stream over it is cut off.
+
+        Called once per :meth:`save_stream` on an open store, before the stream is read; it may do I/O
+        (the http client asks its server) and its errors are those of the save. The default is
+        ``capabilities.max_artifact_bytes``; backends whose bound depends on settings override it.
+        """
+        return self.capabilities.max_artifact_bytes
 
     def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
         """Save validated pairs; override to batch."""

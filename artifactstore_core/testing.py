@@ -45,6 +45,7 @@ from .errors import (
     BackendNotFoundError,
     BackendTimeoutError,
     BackendUnavailableError,
+    CapacityError,
     InvalidStepIdError,
     SchemaMismatchError,
     SerializationError,
@@ -162,6 +163,27 @@ def _sample_messages() -> dict[str, Message]:
     }
 
 
+class _Endless(io.RawIOBase):
+    """A binary stream of zero bytes without end, counting what is read; it fails past ``cutoff`` bytes, so a
+    backend that does not stop reading fails the test with an error instead of exhausting memory."""
+
+    def __init__(self, cutoff: int) -> None:
+        self.read_bytes = 0
+        self._cutoff = cutoff
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.read_bytes >= self._cutoff:
+            raise OSError(f"the endless stream was read past {self._cutoff} bytes: the size bound was not applied")
+        with memoryview(buffer) as view:
+            count = view.nbytes
+            view.cast("B")[:] = bytes(count)
+        self.read_bytes += count
+        return count
+
+
 class StoreConformance:
     """The contract, as tests. Subclass it and provide the ``make_store`` fixture.
 
@@ -173,6 +195,10 @@ class StoreConformance:
     large_size: int = 4 * 1024 * 1024
     #: How many artifacts the listing and batch test saves: more than one page of common listing APIs.
     many_count: int = 1_100
+    #: Largest size bound (``ArtifactStore._max_artifact_bytes``) the kit saves and streams past in full. A
+    #: larger bound (redis's default 512 MiB) has its type and ceiling checked, and the cut-off of a stream
+    #: checked under a bound lowered to 1 MiB; give the kit a store configured with a smaller bound for the rest.
+    size_bound_limit: int = 64 * 1024 * 1024
 
     # -- fixtures -------------------------------------------------------------------------------------
 
@@ -822,6 +848,61 @@ class StoreConformance:
                 store.save_stream("s", stream, **fields)
         assert stream.tell() == 0
         assert not store.exists("s")
+
+    # -- size bound -----------------------------------------------------------------------------------
+
+    def _size_bound(self, store: ArtifactStore) -> int:
+        """The store's size bound, checked for its type and against the backend's declared ceiling; skips
+        (a declared-capability skip) when the store knows none."""
+        bound = store._max_artifact_bytes()
+        assert bound is None or (type(bound) is int and bound >= 1), f"not a size bound: {bound!r}"
+        ceiling = store.capabilities.max_artifact_bytes
+        if ceiling is not None:
+            assert bound is not None, "capabilities.max_artifact_bytes is declared, but the store reports no bound"
+            assert bound <= ceiling, f"bound {bound} above the declared max_artifact_bytes {ceiling}"
+        if bound is None:
+            _not_declared(store, "a size bound (capabilities.max_artifact_bytes or _max_artifact_bytes())")
+        return bound
+
+    def _check_too_large(self, store: ArtifactStore, error: ArtifactStoreError, step_id: str) -> None:
+        assert isinstance(error, CapacityError), f"{type(error).__name__}: {error}"
+        assert (error.step_id, error.namespace, error.backend) == (step_id, store.namespace, store.backend_name)
+        assert repr(step_id) in str(error), str(error)
+        assert not store.exists(step_id)
+
+    def test_save_refuses_content_over_the_size_bound(self, store: ArtifactStore) -> None:
+        # The bound is a promise that save_stream relies on to stop reading: a save beyond it must never be
+        # accepted, or save_stream would refuse a stream that save keeps.
+        bound = self._size_bound(store)
+        if bound > self.size_bound_limit:
+            return  # too large to send here; its type and ceiling were checked
+        with pytest.raises(ArtifactStoreError) as info:
+            store.save("over-bound", Message(content=bytes(bound + 1)))
+        self._check_too_large(store, info.value, "over-bound")
+
+    def test_save_stream_stops_reading_past_the_size_bound(
+        self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A stream the backend can never accept (endless, or 10 GB for a 1 MB store) is refused as soon as it
+        # is longer than the bound, with the backend's own error, read no further, and nothing is stored.
+        bound = self._size_bound(store)
+        streaming = store.capabilities.streaming
+        if bound > self.size_bound_limit:
+            if streaming:
+                return  # a streaming backend bounds its own reads; too large to read here
+            # The same path of the core and the backend's own error, without reading hundreds of megabytes.
+            bound = 1024 * 1024
+            monkeypatch.setattr(store, "_max_artifact_bytes", lambda: bound)
+        stream = _Endless(cutoff=bound + 64 * 1024 * 1024)
+        with pytest.raises(ArtifactStoreError) as info:
+            store.save_stream("endless", cast(IO[bytes], stream))
+        self._check_too_large(store, info.value, "endless")
+        assert stream.read_bytes > bound
+        if not streaming:
+            # One byte past the bound proves the stream too large; the core reads no more than that.
+            assert stream.read_bytes == bound + 1
+        store.save_stream("after", io.BytesIO(b"still usable"))
+        assert store.get("after").content == b"still usable"
 
     def test_streaming_capability_is_implemented(self, store: ArtifactStore) -> None:
         if not store.capabilities.streaming:

@@ -104,7 +104,8 @@ def test_the_right_token_succeeds(raw: httpx.Client) -> None:
 
 
 def test_health_and_openapi_need_no_token(raw: httpx.Client) -> None:
-    assert raw.get("/v1/health").json() == {"status": "ok"}
+    # The body limit is advertised (it is in the open API document too), so clients can stop a stream early.
+    assert raw.get("/v1/health").json() == {"status": "ok", "max_body_bytes": 32 * 1024 * 1024}
     assert raw.get("/v1/openapi.json").json()["openapi"].startswith("3.")
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any, cast
 
 import pytest
 from pydantic import SecretStr
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from artifactstore_core import Codec, Message, PayloadTooLargeError
 from artifactstore_core.envelope import Header
+from artifactstore_http import client as client_module
+from artifactstore_http.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -116,6 +122,112 @@ def test_client_gets_payload_too_large(small_server: ServerThread) -> None:
         assert store.exists("fits")
         assert not store.exists("big")
         assert not store.exists("bomb")
+
+
+class _Endless(io.RawIOBase):
+    """Zero bytes without end (or ``size`` of them), counting what is read; fails past 64 MiB."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self.read_bytes = 0
+        self._size = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.read_bytes >= 64 * 1024 * 1024:
+            raise OSError("read 64 MiB of an endless stream")
+        count = len(buffer) if self._size is None else min(len(buffer), self._size - self.read_bytes)
+        buffer[:count] = bytes(count)
+        self.read_bytes += count
+        return count
+
+
+class _HealthCounter:
+    """Wraps the server app: counts ``GET /v1/health`` and, with ``advertise=False``, answers it as a server
+    of an earlier version did (``{"status": "ok"}``, marked, without the body limit)."""
+
+    def __init__(self, app: ASGIApp, *, advertise: bool) -> None:
+        self.app = app
+        self.advertise = advertise
+        self.hits = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/health":
+            self.hits += 1
+            if not self.advertise:
+                answer = JSONResponse({"status": "ok"}, headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.timeout(60)
+def test_save_stream_stops_reading_past_the_servers_body_limit(small_server: ServerThread) -> None:
+    # The client used to read the whole stream (an endless one until MemoryError) before the server refused.
+    with client_for(small_server.url, "stream-limit", retries=0) as store:
+        stream = _Endless()
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save_stream("endless", cast(IO[bytes], stream))
+        assert stream.read_bytes == LIMIT + 1
+        error = info.value
+        assert (error.step_id, error.namespace, error.backend) == ("endless", "stream-limit", "http")
+        assert str(error) == (
+            f"artifact 'endless' holds more than {LIMIT} bytes of content; the artifact server {small_server.url} "
+            f"accepts at most {LIMIT} (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES). Nothing was sent."
+        )
+        assert not store.exists("endless")
+        store.save_stream("fits", io.BytesIO(bytes(LIMIT // 2)))
+        assert store.info("fits").size == LIMIT // 2
+        store.clear()
+
+
+@pytest.mark.timeout(60)
+def test_save_stream_asks_the_limit_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    space = MemorySpace()
+    app = _HealthCounter(
+        create_app(lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_body_bytes=LIMIT),
+        advertise=True,
+    )
+    server = ServerThread(app).start()
+    try:
+        with client_for(server.url, "asks", retries=0) as store:
+            store.save("plain", Message(content=b"save never asks"))
+            assert app.hits == 0
+            for index in range(3):
+                store.save_stream(f"s{index}", io.BytesIO(b"small"))
+            assert app.hits == 1
+            # Once the answer is older than the TTL (here: at once), the next save_stream asks again.
+            monkeypatch.setattr(client_module, "_LIMIT_TTL", 0.0)
+            store.save_stream("later", io.BytesIO(b"small"))
+            assert app.hits == 2
+            assert sorted(space.namespace("asks")) == ["later", "plain", "s0", "s1", "s2"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_save_stream_to_a_server_that_does_not_advertise_its_limit() -> None:
+    # A server of an earlier version: the client cannot know the limit, reads the stream and lets the server
+    # refuse it, as before.
+    space = MemorySpace()
+    app = _HealthCounter(
+        create_app(lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_body_bytes=LIMIT),
+        advertise=False,
+    )
+    server = ServerThread(app).start()
+    try:
+        with client_for(server.url, "old", retries=0) as store:
+            stream = _Endless(size=2 * LIMIT)
+            with pytest.raises(PayloadTooLargeError) as info:
+                store.save_stream("big", cast(IO[bytes], stream))
+            assert stream.read_bytes == 2 * LIMIT
+            assert "ARTIFACT_STORE_SERVER_MAX_BODY_BYTES" in str(info.value)
+            assert app.hits == 1
+            store.save_stream("fits", io.BytesIO(b"small"))
+        assert list(space.namespace("old")) == ["fits"]
+    finally:
+        server.stop()
 
 
 class _ParseRecordingCodec(Codec):

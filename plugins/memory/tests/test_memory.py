@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from typing import IO, Any, cast
+
 import pytest
 
 from artifactstore_core import CapacityError, Message, create_store
@@ -14,6 +17,16 @@ class TestMemoryConformance(StoreConformance):
     def make_store(self) -> object:
         space = MemorySpace()
         return lambda namespace: MemoryStore(namespace=namespace, space=space)
+
+
+class TestMemoryWithByteLimitConformance(StoreConformance):
+    """The kit under a byte limit: every save measured, and save_stream cut off past the limit."""
+
+    @pytest.fixture
+    def make_store(self) -> object:
+        space = MemorySpace()
+        settings = MemorySettings(max_bytes=16 * 1024 * 1024)
+        return lambda namespace: MemoryStore(settings, namespace=namespace, space=space)
 
 
 class TestMemoryThroughCreateStore(StoreConformance):
@@ -110,3 +123,59 @@ def test_byte_limit_counts_every_artifact_of_the_namespace_whoever_saved_it() ->
     with pytest.raises(CapacityError):
         limited.save("e", Message(content=b"1"))
     assert sorted(info.step_id for info in limited.list()) == ["a", "b", "d"]
+
+
+class _Endless(io.RawIOBase):
+    """Zero bytes without end, counting what is read (failing past 64 MiB, so a regression cannot eat memory)."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.read_bytes >= 64 * 1024 * 1024:
+            raise OSError("read 64 MiB of an endless stream")
+        count = len(buffer)
+        buffer[:count] = bytes(count)
+        self.read_bytes += count
+        return count
+
+
+@pytest.mark.timeout(60)
+def test_save_stream_stops_reading_at_max_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An endless stream used to be read whole (until MemoryError) before the save refused it.
+    monkeypatch.setenv("ARTIFACT_STORE_MEMORY_MAX_BYTES", str(1024 * 1024))
+    with create_store(namespace="stream-bound") as store:
+        stream = _Endless()
+        with pytest.raises(CapacityError) as info:
+            store.save_stream("endless", cast(IO[bytes], stream))
+        assert stream.read_bytes == 1024 * 1024 + 1
+        error = info.value
+        assert (error.step_id, error.namespace, error.backend) == ("endless", "stream-bound", "memory")
+        assert str(error) == (
+            "saving 'endless' (more than 1048576 bytes) would exceed the memory store's limit of 1048576 bytes "
+            "(ARTIFACT_STORE_MEMORY_MAX_BYTES)"
+        )
+        # The same wording as a save of a message too large.
+        with pytest.raises(CapacityError) as saved:
+            store.save("endless", Message(content=bytes(1024 * 1024 + 1)))
+        assert str(saved.value) == str(error).replace("more than 1048576 bytes", "1048577 bytes")
+        assert list(store.list()) == []
+        # A stream of exactly max_bytes fits (one read of one byte more finds its end).
+        store.save_stream("exact", io.BytesIO(bytes(1024 * 1024)))
+        assert store.info("exact").size == 1024 * 1024
+        store.clear()
+
+
+def test_save_stream_under_max_bytes_still_meets_the_namespace_total() -> None:
+    # The early cut-off is max_bytes itself (what is stored changes under concurrent saves); the total is
+    # still checked by the save, as before.
+    store = MemoryStore(MemorySettings(max_bytes=100), space=MemorySpace())
+    store.save("first", Message(content=bytes(60)))
+    stream = io.BytesIO(bytes(60))
+    with pytest.raises(CapacityError, match=r"saving 'second' \(60 bytes\) would exceed"):
+        store.save_stream("second", stream)
+    assert stream.tell() == 60
+    assert not store.exists("second")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 import redis
@@ -247,6 +248,50 @@ def test_too_large_is_refused_before_any_byte_is_sent(
     monkeypatch.undo()
     assert not store.exists("big")
     assert not store.exists("small")
+
+
+class _Endless(io.RawIOBase):
+    """Zero bytes without end, counting what is read (failing past 64 MiB, so a regression cannot eat memory)."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.read_bytes >= 64 * 1024 * 1024:
+            raise OSError("read 64 MiB of an endless stream")
+        count = len(buffer)
+        buffer[:count] = bytes(count)
+        self.read_bytes += count
+        return count
+
+
+@pytest.mark.timeout(60)
+def test_save_stream_stops_reading_past_max_artifact_bytes(
+    redis_server: RedisServer, store_factory: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # save_stream used to read the whole stream (an endless one until MemoryError) before the size check.
+    limit = 1024 * 1024
+    store = store_factory(redis_server.url, f"stream-{uuid.uuid4().hex[:6]}", max_artifact_bytes=limit)
+    stream = _Endless()
+    with monkeypatch.context() as patch:  # nothing may be sent, and the fixture's clear() must still work
+        patch.setattr(store.client, "execute_command", _no_io)
+        patch.setattr(store.client, "pipeline", _no_io)
+        patch.setattr(store.client.connection_pool, "get_connection", _no_io)
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save_stream("endless", cast(IO[bytes], stream))
+        # The wording of save's own refusal, with what is known of the size.
+        with pytest.raises(PayloadTooLargeError) as saved:
+            store.save("endless", Message(content=bytes(limit + 1)))
+    assert stream.read_bytes == limit + 1
+    error = info.value
+    assert (error.step_id, error.namespace, error.backend) == ("endless", store.namespace, "redis")
+    assert str(error) == str(saved.value).replace(f"{limit + 1} bytes", f"more than {limit} bytes")
+    assert not store.exists("endless")
+    store.save_stream("exact", io.BytesIO(bytes(limit)))
+    assert store.info("exact").size == limit
 
 
 @pytest.mark.timeout(60)

@@ -22,6 +22,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
     "save": "transient",
     "delete": "unsent",
     "clear": "unsent",
+    # save_stream asks the server's body limit (GET /v1/health) before it reads the stream: a read.
+    "health": "transient",
 }
 
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -112,6 +115,11 @@ class _Answer:
     def json(self) -> Any:
         """The body parsed as JSON. Raises ValueError when it is not JSON."""
         return json.loads(self.content)
+
+
+# How long a store trusts the body limit its server advertised: save_stream asks again after this, so a
+# server restarted with another limit is believed within a minute, at one request a minute at most.
+_LIMIT_TTL = 60.0
 
 
 class _Clients:
@@ -298,6 +306,8 @@ class HttpStore(ArtifactStore):
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._clients = self._new_clients()
+        # (when it was asked, by time.monotonic(); the server's body limit or None), see _max_artifact_bytes.
+        self._body_limit: tuple[float, int | None] | None = None
 
     def __repr__(self) -> str:
         return f"<HttpStore endpoint={self._display!r} namespace={self.namespace!r}>"
@@ -450,13 +460,13 @@ class HttpStore(ArtifactStore):
         Nothing of an answer is ever taken whole on the server's word: a wrong endpoint, a proxy or a hostile
         server could otherwise make this client allocate without limit. A get's envelope is read within
         ``max_body_bytes`` and the sizes its verified header states (:meth:`_read_envelope`); the JSON answer of
-        a list, delete or clear within ``max_json_bytes``; a problem, or a body nothing reads, within 64 KiB
+        a list, delete, clear or health request within ``max_json_bytes``; a problem, or a body nothing reads, within 64 KiB
         (beyond that it is not read, and the error is told from the status and headers).
         """
         answer = _Answer(response.status_code, response.headers, response.request.method)
         if response.is_success and not _marked(response):
             return answer  # refused by _send from its headers alone
-        if response.is_success and operation in ("list", "delete", "clear"):
+        if response.is_success and operation in ("list", "delete", "clear", "health"):
             content = _read_within(response, self._settings.max_json_bytes)
             if content is None:
                 raise BackendError(
@@ -591,6 +601,47 @@ class HttpStore(ArtifactStore):
         )
         if response.status_code not in (200, 201, 204):
             raise self._fail(response, step_id)
+
+    def _max_artifact_bytes(self) -> int | None:
+        """The server's body limit (``ARTIFACT_STORE_SERVER_MAX_BODY_BYTES``), as its ``/v1/health`` advertises.
+
+        Content longer than the body limit never fits in a request, so ``save_stream`` stops reading there.
+        Asked at most once a minute per store (:data:`_LIMIT_TTL`), on the first ``save_stream`` after that,
+        never by ``save``. ``None`` (read the whole stream, and let the server decide, as before) when the
+        answer is not a 200 carrying the limit: a server of an earlier version, or a proxy in front of it
+        that does not pass ``/v1/health`` on.
+
+        Raises:
+            BackendError: the endpoint answered 200 without the protocol marker (not an artifact server).
+            httpx.HTTPError: the server could not be reached (translated by ``save_stream``).
+        """
+        cached = self._body_limit
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < _LIMIT_TTL:
+            return cached[1]
+        health = self._base.copy_with(raw_path=self._prefix + b"/health")
+        response = self._send("health", "GET", health)
+        limit: int | None = None
+        if response.status_code == 200:
+            try:
+                doc = response.json()
+            except ValueError:
+                doc = None
+            value = doc.get("max_body_bytes") if isinstance(doc, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                limit = value
+        self._body_limit = (now, limit)
+        return limit
+
+    def _too_large_error(self, step_id: str, size: int | None, limit: int) -> PayloadTooLargeError:
+        """The error of content over the server's body limit, worded as the server words its own 413
+        (``size=None``: a stream cut off past the limit, nothing sent)."""
+        shown = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        return PayloadTooLargeError(
+            f"artifact {step_id!r} holds {shown} of content; the artifact server {self._display} accepts at "
+            f"most {limit} (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES). Nothing was sent.",
+            step_id=step_id,
+        )
 
     def _get(self, step_id: str) -> Message:
         response = self._send("get", "GET", self._url("artifacts", step_id), step_id=step_id)

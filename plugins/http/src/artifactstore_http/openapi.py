@@ -282,7 +282,15 @@ def _document(max_body_bytes: int | None) -> dict[str, Any]:
                 "Health": {
                     "type": "object",
                     "required": ["status"],
-                    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok"]},
+                        "max_body_bytes": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "The largest request body (and artifact content) a save may carry; "
+                            "clients stop reading a stream to save once it is longer.",
+                        },
+                    },
                 },
             },
         },

@@ -338,7 +338,9 @@ class _App:
             segments = self._segments(request)
             if segments == [b"v1", b"health"]:
                 self._allow(request, "GET", "HEAD")
-                return JSONResponse({"status": "ok"})
+                # The body limit is advertised so that a client's save_stream can stop reading a stream this
+                # server would refuse (it is in the open API document already, so nothing new is disclosed).
+                return JSONResponse({"status": "ok", "max_body_bytes": self._max_body})
             if segments == [b"v1", b"openapi.json"]:
                 self._allow(request, "GET", "HEAD")
                 return JSONResponse(
@@ -430,7 +432,7 @@ class _App:
 
     async def _save(self, request: Request, namespace: str, step_id: str) -> Response:
         overwrite = _bool_param(_query(request), "overwrite")
-        body = await self._read_body(request)
+        body = await self._read_body(request, step_id)
 
         def work() -> None:
             # The payload verified here is not hashed again when the backend encodes the same content.
@@ -460,7 +462,7 @@ class _App:
         await anyio.to_thread.run_sync(work)
         return Response(status_code=204)
 
-    async def _read_body(self, request: Request) -> bytearray:
+    async def _read_body(self, request: Request, step_id: str) -> bytearray:
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
@@ -468,11 +470,11 @@ class _App:
             except ValueError:
                 raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed Content-Length") from None
             if size > self._max_body:
-                raise self._too_large(size)
+                raise self._too_large(size, step_id)
         body = bytearray()
         async for chunk in request.stream():
             if len(body) + len(chunk) > self._max_body:
-                raise self._too_large(None)
+                raise self._too_large(None, step_id)
             body += chunk
         request.state.body_read = True
         return body
@@ -491,11 +493,13 @@ class _App:
                 step_id=step_id,
             )
 
-    def _too_large(self, size: int | None) -> PayloadTooLargeError:
+    def _too_large(self, size: int | None, step_id: str) -> PayloadTooLargeError:
         what = f"{size} bytes" if size is not None else "more bytes"
+        # Named like every other error of a save, so a log line of a batch says which artifact it was.
         return PayloadTooLargeError(
-            f"request body of {what} exceeds this server's limit of {self._max_body} bytes "
-            "(ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)"
+            f"the request body of artifact {step_id!r} ({what}) exceeds this server's limit of {self._max_body} "
+            "bytes (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)",
+            step_id=step_id,
         )
 
     async def _get(self, namespace: str, step_id: str) -> Response:

@@ -135,16 +135,30 @@ class MemoryStore(ArtifactStore):
                             sizes[key] = _size(stored)
                 total = sum(sizes.values()) - sizes.get(step_id, 0) + size
                 if total > max_bytes:
-                    raise CapacityError(
-                        f"saving {step_id!r} ({size} bytes) would exceed the memory store's limit of "
-                        f"{max_bytes} bytes (ARTIFACT_STORE_MEMORY_MAX_BYTES)",
-                        step_id=step_id,
-                    )
+                    raise self._too_large_error(step_id, size, max_bytes)
                 sizes[step_id] = size
             else:
                 # The replaced artifact's size no longer holds; a store with a byte limit measures the new one.
                 sizes.pop(step_id, None)
             self._items[step_id] = message
+
+    def _max_artifact_bytes(self) -> int | None:
+        """``max_bytes``: it limits the namespace's total, so no single artifact can be larger.
+
+        Not ``max_bytes`` minus what is stored: other stores of the namespace save and delete meanwhile,
+        so that room is no bound; :meth:`_save` checks the total under the lock as for any save.
+        """
+        return self._max_bytes
+
+    def _too_large_error(self, step_id: str, size: int | None, limit: int) -> CapacityError:
+        """The :class:`~artifactstore_core.CapacityError` of a save past ``max_bytes`` (``size=None``: a
+        stream that ``save_stream`` stopped reading at ``max_bytes + 1`` bytes)."""
+        shown = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        return CapacityError(
+            f"saving {step_id!r} ({shown}) would exceed the memory store's limit of {limit} bytes "
+            "(ARTIFACT_STORE_MEMORY_MAX_BYTES)",
+            step_id=step_id,
+        )
 
     def _get(self, step_id: str) -> Message:
         # A dict read is atomic; writers replace whole values under the lock, so no lock is needed here.

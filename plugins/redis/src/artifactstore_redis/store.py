@@ -486,11 +486,11 @@ class RedisStore(ArtifactStore):
         limit = self._settings.max_artifact_bytes
         if isinstance(message.content, bytes) and len(message.content) > limit:
             # bytes are stored as they are, so the check needs no encoding (and no hashing).
-            raise self._too_large(step_id, len(message.content))
+            raise self._too_large_error(step_id, len(message.content), limit)
         encoded = self.codec.encode(message, place=(self.namespace, step_id))
         payload = encoded.payload
         if len(payload) > limit:
-            raise self._too_large(step_id, len(payload))
+            raise self._too_large_error(step_id, len(payload), limit)
         member = self._member(step_id)
         keys = [self._key(member), self._index, self._payload_key(member)]
         flag = b"1" if overwrite else b"0"
@@ -1010,10 +1010,16 @@ class RedisStore(ArtifactStore):
             text = text[:300] + "..."
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-    def _too_large(self, step_id: str, size: int) -> PayloadTooLargeError:
-        limit = self._settings.max_artifact_bytes
+    def _max_artifact_bytes(self) -> int | None:
+        """``max_artifact_bytes``: ``bytes`` content (all that ``save_stream`` stores) is stored as it is, so a
+        stream longer than it can never be saved."""
+        return self._settings.max_artifact_bytes
+
+    def _too_large_error(self, step_id: str, size: int | None, limit: int) -> PayloadTooLargeError:
+        """The error of a payload over ``max_artifact_bytes`` (``size=None``: a stream cut off past it)."""
+        shown = f"{size} bytes" if size is not None else f"more than {limit} bytes"
         return PayloadTooLargeError(
-            f"artifact {step_id!r} is {size} bytes; the redis backend stores at most {limit} bytes per artifact "
+            f"artifact {step_id!r} is {shown}; the redis backend stores at most {limit} bytes per artifact "
             f"({_env('max_artifact_bytes')}; Redis's own limit is {REDIS_MAX_BULK_BYTES}). Nothing was sent.",
             step_id=step_id,
         )
