@@ -460,8 +460,8 @@ class HttpStore(ArtifactStore):
         Nothing of an answer is ever taken whole on the server's word: a wrong endpoint, a proxy or a hostile
         server could otherwise make this client allocate without limit. A get's envelope is read within
         ``max_body_bytes`` and the sizes its verified header states (:meth:`_read_envelope`); the JSON answer of
-        a list, delete, clear or health request within ``max_json_bytes``; a problem, or a body nothing reads, within 64 KiB
-        (beyond that it is not read, and the error is told from the status and headers).
+        a list, delete, clear or health request within ``max_json_bytes``; a problem, or a body nothing reads,
+        within 64 KiB (beyond that it is not read, and the error is told from the status and headers).
         """
         answer = _Answer(response.status_code, response.headers, response.request.method)
         if response.is_success and not _marked(response):
