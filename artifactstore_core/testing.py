@@ -58,7 +58,7 @@ from .registry import plugin_host
 from .store import ArtifactStore
 from .testing_skips import CAPABILITY_SKIP
 
-__all__ = ["AWKWARD_IDS", "INVALID_IDS", "StoreConformance", "json_values", "messages"]
+__all__ = ["AWKWARD_IDS", "INVALID_IDS", "StoreConformance", "ZeroStream", "json_values", "messages"]
 
 MakeStore = Callable[[str], ArtifactStore]
 
@@ -163,12 +163,17 @@ def _sample_messages() -> dict[str, Message]:
     }
 
 
-class _Endless(io.RawIOBase):
-    """A binary stream of zero bytes without end, counting what is read; it fails past ``cutoff`` bytes, so a
-    backend that does not stop reading fails the test with an error instead of exhausting memory."""
+class ZeroStream(io.RawIOBase):
+    """A binary stream of zero bytes, without end (or ``size`` of them), counting what is read.
 
-    def __init__(self, cutoff: int) -> None:
+    For tests of size bounds (``save_stream`` must stop reading past a store's bound): ``read_bytes`` says
+    how far a store read. Reading past ``cutoff`` bytes (default 64 MiB) raises ``OSError``, so a store that
+    does not stop fails its test with an error instead of exhausting memory.
+    """
+
+    def __init__(self, size: int | None = None, *, cutoff: int = 64 * 1024 * 1024) -> None:
         self.read_bytes = 0
+        self._size = size
         self._cutoff = cutoff
 
     def readable(self) -> bool:
@@ -178,8 +183,8 @@ class _Endless(io.RawIOBase):
         if self.read_bytes >= self._cutoff:
             raise OSError(f"the endless stream was read past {self._cutoff} bytes: the size bound was not applied")
         with memoryview(buffer) as view:
-            count = view.nbytes
-            view.cast("B")[:] = bytes(count)
+            count = view.nbytes if self._size is None else min(view.nbytes, self._size - self.read_bytes)
+            view.cast("B")[:count] = bytes(count)
         self.read_bytes += count
         return count
 
@@ -893,7 +898,7 @@ class StoreConformance:
             # The same path of the core and the backend's own error, without reading hundreds of megabytes.
             bound = 1024 * 1024
             monkeypatch.setattr(store, "_max_artifact_bytes", lambda: bound)
-        stream = _Endless(cutoff=bound + 64 * 1024 * 1024)
+        stream = ZeroStream(cutoff=bound + 64 * 1024 * 1024)
         with pytest.raises(ArtifactStoreError) as info:
             store.save_stream("endless", cast(IO[bytes], stream))
         self._check_too_large(store, info.value, "endless")

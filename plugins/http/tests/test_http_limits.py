@@ -8,7 +8,7 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import pytest
 from pydantic import SecretStr
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from artifactstore_core import Codec, Message, PayloadTooLargeError
 from artifactstore_core.envelope import Header
+from artifactstore_core.testing import ZeroStream
 from artifactstore_http import client as client_module
 from artifactstore_http.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from artifactstore_http.server import create_app
@@ -124,25 +125,6 @@ def test_client_gets_payload_too_large(small_server: ServerThread) -> None:
         assert not store.exists("bomb")
 
 
-class _Endless(io.RawIOBase):
-    """Zero bytes without end (or ``size`` of them), counting what is read; fails past 64 MiB."""
-
-    def __init__(self, size: int | None = None) -> None:
-        self.read_bytes = 0
-        self._size = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.read_bytes >= 64 * 1024 * 1024:
-            raise OSError("read 64 MiB of an endless stream")
-        count = len(buffer) if self._size is None else min(len(buffer), self._size - self.read_bytes)
-        buffer[:count] = bytes(count)
-        self.read_bytes += count
-        return count
-
-
 class _HealthCounter:
     """Wraps the server app: counts ``GET /v1/health`` and, with ``advertise=False``, answers it as a server
     of an earlier version did (``{"status": "ok"}``, marked, without the body limit)."""
@@ -166,7 +148,7 @@ class _HealthCounter:
 def test_save_stream_stops_reading_past_the_servers_body_limit(small_server: ServerThread) -> None:
     # The client used to read the whole stream (an endless one until MemoryError) before the server refused.
     with client_for(small_server.url, "stream-limit", retries=0) as store:
-        stream = _Endless()
+        stream = ZeroStream()
         with pytest.raises(PayloadTooLargeError) as info:
             store.save_stream("endless", cast(IO[bytes], stream))
         assert stream.read_bytes == LIMIT + 1
@@ -218,7 +200,7 @@ def test_save_stream_to_a_server_that_does_not_advertise_its_limit() -> None:
     server = ServerThread(app).start()
     try:
         with client_for(server.url, "old", retries=0) as store:
-            stream = _Endless(size=2 * LIMIT)
+            stream = ZeroStream(size=2 * LIMIT)
             with pytest.raises(PayloadTooLargeError) as info:
                 store.save_stream("big", cast(IO[bytes], stream))
             assert stream.read_bytes == 2 * LIMIT

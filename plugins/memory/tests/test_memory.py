@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-from typing import IO, Any, cast
+from typing import IO, cast
 
 import pytest
 
 from artifactstore_core import CapacityError, Message, create_store
-from artifactstore_core.testing import StoreConformance
+from artifactstore_core.testing import StoreConformance, ZeroStream
 from artifactstore_memory import MemorySettings, MemorySpace, MemoryStore
 
 
@@ -125,30 +125,12 @@ def test_byte_limit_counts_every_artifact_of_the_namespace_whoever_saved_it() ->
     assert sorted(info.step_id for info in limited.list()) == ["a", "b", "d"]
 
 
-class _Endless(io.RawIOBase):
-    """Zero bytes without end, counting what is read (failing past 64 MiB, so a regression cannot eat memory)."""
-
-    def __init__(self) -> None:
-        self.read_bytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.read_bytes >= 64 * 1024 * 1024:
-            raise OSError("read 64 MiB of an endless stream")
-        count = len(buffer)
-        buffer[:count] = bytes(count)
-        self.read_bytes += count
-        return count
-
-
 @pytest.mark.timeout(60)
 def test_save_stream_stops_reading_at_max_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     # An endless stream used to be read whole (until MemoryError) before the save refused it.
     monkeypatch.setenv("ARTIFACT_STORE_MEMORY_MAX_BYTES", str(1024 * 1024))
     with create_store(namespace="stream-bound") as store:
-        stream = _Endless()
+        stream = ZeroStream()
         with pytest.raises(CapacityError) as info:
             store.save_stream("endless", cast(IO[bytes], stream))
         assert stream.read_bytes == 1024 * 1024 + 1

@@ -23,6 +23,7 @@ from artifactstore_core import (
 )
 from artifactstore_core.ids import encode_name
 from artifactstore_core.store import MAX_TTL
+from artifactstore_core.testing import ZeroStream
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.scripts import CLEAR, DELETE, SAVE
 from artifactstore_redis.settings import REDIS_MAX_BULK_BYTES
@@ -250,24 +251,6 @@ def test_too_large_is_refused_before_any_byte_is_sent(
     assert not store.exists("small")
 
 
-class _Endless(io.RawIOBase):
-    """Zero bytes without end, counting what is read (failing past 64 MiB, so a regression cannot eat memory)."""
-
-    def __init__(self) -> None:
-        self.read_bytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.read_bytes >= 64 * 1024 * 1024:
-            raise OSError("read 64 MiB of an endless stream")
-        count = len(buffer)
-        buffer[:count] = bytes(count)
-        self.read_bytes += count
-        return count
-
-
 @pytest.mark.timeout(60)
 def test_save_stream_stops_reading_past_max_artifact_bytes(
     redis_server: RedisServer, store_factory: MakeStore, monkeypatch: pytest.MonkeyPatch
@@ -275,7 +258,7 @@ def test_save_stream_stops_reading_past_max_artifact_bytes(
     # save_stream used to read the whole stream (an endless one until MemoryError) before the size check.
     limit = 1024 * 1024
     store = store_factory(redis_server.url, f"stream-{uuid.uuid4().hex[:6]}", max_artifact_bytes=limit)
-    stream = _Endless()
+    stream = ZeroStream()
     with monkeypatch.context() as patch:  # nothing may be sent, and the fixture's clear() must still work
         patch.setattr(store.client, "execute_command", _no_io)
         patch.setattr(store.client, "pipeline", _no_io)
