@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from urllib.parse import unquote
 
 import httpx
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from artifactstore_core import Codec, Message
 from artifactstore_http.protocol import decode_cursor, encode_cursor, quote_segment
 from artifactstore_http.testing import TOKEN, MakeClient, ServerThread
-from artifactstore_memory import MemorySpace
+from artifactstore_memory import MemorySpace, MemoryStore
 
 TRAVERSAL_IDS = [
     "../x",
@@ -144,3 +145,27 @@ def test_list_pages_through_every_artifact(make_client: MakeClient, memory_serve
     assert seen == ids
     assert sorted(info.step_id for info in store.list()) == ids
     store.clear()
+
+
+@pytest.mark.timeout(120)
+def test_a_list_page_holds_one_page_of_infos_not_the_namespace(
+    memory_space: MemorySpace, memory_server: ServerThread
+) -> None:
+    # Each page request used to sort the whole namespace's listing into a list (memory proportional to the
+    # namespace, for every page); a page is now picked with a heap of limit + 1 infos. The server runs in
+    # this process (a thread), so tracemalloc sees what answering one page allocates.
+    count = 20_000
+    with MemoryStore(namespace="wide", space=memory_space) as seed:
+        seed.save_many({f"w{i:05d}": Message(content=b"") for i in range(count)})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=memory_server.url, headers=auth, timeout=60) as client:
+        client.get("/v1/namespaces/wide/artifacts", params={"limit": "5"}).raise_for_status()  # warm the store cache
+        tracemalloc.start()
+        try:
+            page = client.get("/v1/namespaces/wide/artifacts", params={"limit": "5"}).json()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert [item["step_id"] for item in page["items"]] == [f"w{i:05d}" for i in range(5)]
+    # 20,000 infos held at once take several MB; one page of them and the listing's own working set far less.
+    assert peak < 2 * 1024 * 1024, f"answering one page of 5 peaked at {peak} bytes"

@@ -15,6 +15,7 @@ server from any other web server at the endpoint (see :mod:`artifactstore_http.p
 from __future__ import annotations
 
 import contextlib
+import heapq
 import hmac
 import logging
 import threading
@@ -573,12 +574,13 @@ class _App:
         def work() -> list[ArtifactInfo]:
             with self._cache.acquire(namespace) as store:
                 # Pages are slices of the id order, so a page boundary is a step id: no artifact present
-                # throughout a listing is skipped or repeated, without any state kept on the server.
-                infos = sorted(
+                # throughout a listing is skipped or repeated, without any state kept on the server. The page
+                # is picked with a bounded heap, so a request holds limit + 1 infos, not the whole namespace.
+                return heapq.nsmallest(
+                    limit + 1,
                     (info for info in store.list() if after is None or info.step_id > after),
                     key=lambda info: info.step_id,
                 )
-                return infos[: limit + 1]
 
         infos = await anyio.to_thread.run_sync(work)
         page, more = infos[:limit], len(infos) > limit

@@ -7,7 +7,7 @@ at a configured limit the save raises :class:`~artifactstore_core.CapacityError`
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pydantic import Field
@@ -175,10 +175,15 @@ class MemoryStore(ArtifactStore):
             self._sizes.pop(step_id, None)
             return self._items.pop(step_id, None) is not None
 
-    def _list(self) -> Iterable[ArtifactInfo]:
+    def _list(self) -> Iterator[ArtifactInfo]:
         with self._lock:
-            snapshot = list(self._items.items())
-        return [content_info(step_id, message) for step_id, message in snapshot]
+            ids = list(self._items)
+        # Each info is built as the listing is read, not all up front: a caller that keeps only some (the
+        # http server picking one page) holds those, not an info for every artifact of the namespace.
+        for step_id in ids:
+            message = self._items.get(step_id)  # atomic, as in _get
+            if message is not None:  # None: deleted since the ids were taken
+                yield content_info(step_id, message)
 
     def _info(self, step_id: str) -> ArtifactInfo:
         return content_info(step_id, self._get(step_id))
