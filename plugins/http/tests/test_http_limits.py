@@ -12,7 +12,7 @@ from typing import IO, cast
 
 import pytest
 from pydantic import SecretStr
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from artifactstore_core import Codec, Message, PayloadTooLargeError
@@ -127,16 +127,21 @@ def test_client_gets_payload_too_large(small_server: ServerThread) -> None:
 
 class _HealthCounter:
     """Wraps the server app: counts ``GET /v1/health`` and, with ``advertise=False``, answers it as a server
-    of an earlier version did (``{"status": "ok"}``, marked, without the body limit)."""
+    of an earlier version did (``{"status": "ok"}``, marked, without the body limit); with ``own``, answers it
+    with that response instead, as a proxy in front of the server that serves a health page of its own."""
 
-    def __init__(self, app: ASGIApp, *, advertise: bool) -> None:
+    def __init__(self, app: ASGIApp, *, advertise: bool, own: Response | None = None) -> None:
         self.app = app
         self.advertise = advertise
+        self.own = own
         self.hits = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/health":
             self.hits += 1
+            if self.own is not None:
+                await self.own(scope, receive, send)
+                return
             if not self.advertise:
                 answer = JSONResponse({"status": "ok"}, headers={PROTOCOL_HEADER: PROTOCOL_VERSION})
                 await answer(scope, receive, send)
@@ -208,6 +213,43 @@ def test_save_stream_to_a_server_that_does_not_advertise_its_limit() -> None:
             assert app.hits == 1
             store.save_stream("fits", io.BytesIO(b"small"))
         assert list(space.namespace("old")) == ["fits"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "own",
+    [
+        Response(b"OK", media_type="text/plain"),  # a load balancer's liveness page
+        JSONResponse({"status": "UP", "max_body_bytes": 10}),  # JSON, even naming a limit, but not the server's
+        Response(b"<p>proxy status</p>" * 5000, media_type="text/html"),  # a page larger than any health answer
+    ],
+    ids=["text", "json", "large-html"],
+)
+def test_save_stream_through_a_proxy_that_answers_health_itself(own: Response) -> None:
+    # The proxy passes the artifact API on but answers /v1/health with a page of its own, without the
+    # protocol marker. save_stream used to fail there with BackendError ("did not answer as an artifact
+    # server") while save worked: the probe is advisory, so an answer that is not the server's leaves the limit
+    # unknown, and the stream is read and sent for the server to decide, as with a server of an earlier version.
+    space = MemorySpace()
+    app = _HealthCounter(
+        create_app(lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_body_bytes=LIMIT),
+        advertise=True,
+        own=own,
+    )
+    server = ServerThread(app).start()
+    try:
+        with client_for(server.url, "proxied", retries=0) as store:
+            store.save_stream("fits", io.BytesIO(b"small"))
+            assert store.get("fits").content == b"small"
+            stream = ZeroStream(size=2 * LIMIT)
+            with pytest.raises(PayloadTooLargeError) as info:
+                store.save_stream("big", cast(IO[bytes], stream))
+            assert stream.read_bytes == 2 * LIMIT  # no limit believed: read whole, refused by the server
+            assert "ARTIFACT_STORE_SERVER_MAX_BODY_BYTES" in str(info.value)
+            assert app.hits == 1
+        assert list(space.namespace("proxied")) == ["fits"]
     finally:
         server.stop()
 

@@ -401,8 +401,8 @@ class HttpStore(ArtifactStore):
         Raises:
             StoreClosedError: the store was closed before an attempt, during a backoff, or while the
                 request was in flight.
-            BackendError: a success answer without the protocol marker, or a JSON answer over
-                ``ARTIFACT_STORE_HTTP_MAX_JSON_BYTES`` (not retried).
+            BackendError: a success answer without the protocol marker (but to ``health``, which the caller
+                judges), or a JSON answer over ``ARTIFACT_STORE_HTTP_MAX_JSON_BYTES`` (not retried).
             PayloadTooLargeError, ArtifactCorruptedError, UnsupportedFormatError, ConfigurationError: a get's
                 envelope is over the client's limits, disagrees with its own header or its Content-Length,
                 or fails verification of its head (see :meth:`_read_envelope`; not retried).
@@ -439,7 +439,9 @@ class HttpStore(ArtifactStore):
                 if not isinstance(exc, retryable) or attempt >= self._settings.retries:
                     raise
             else:
-                if response.is_success and not _marked(response):
+                # The health probe is advisory: _max_artifact_bytes believes only a marked answer and otherwise
+                # leaves the limit unknown, so a proxy's own health page never fails the save_stream that asked.
+                if response.is_success and not _marked(response) and operation != "health":
                     # Not retried: whatever answered will answer the same way again.
                     raise self._unmarked(operation, response)
                 if not (
@@ -461,12 +463,19 @@ class HttpStore(ArtifactStore):
         server could otherwise make this client allocate without limit. A get's envelope is read within
         ``max_body_bytes`` and the sizes its verified header states (:meth:`_read_envelope`); the JSON answer of
         a list, delete, clear or health request within ``max_json_bytes``; a problem, or a body nothing reads,
-        within 64 KiB (beyond that it is not read, and the error is told from the status and headers).
+        within 64 KiB (beyond that it is not read, and the error is told from the status and headers). A
+        health answer is read within 64 KiB too, and one larger is taken as empty: the server's is a few
+        dozen bytes, and anything else only leaves the limit it is asked for unknown.
         """
         answer = _Answer(response.status_code, response.headers, response.request.method)
         if response.is_success and not _marked(response):
-            return answer  # refused by _send from its headers alone
-        if response.is_success and operation in ("list", "delete", "clear", "health"):
+            return answer  # refused by _send from its headers alone (a health answer: not believed)
+        if operation == "health":
+            content = _read_within(response, _MAX_SMALL_BODY)
+            if content is None:
+                return answer
+            return _Answer(answer.status_code, answer.headers, answer.method, content=content)
+        if response.is_success and operation in ("list", "delete", "clear"):
             content = _read_within(response, self._settings.max_json_bytes)
             if content is None:
                 raise BackendError(
@@ -608,11 +617,11 @@ class HttpStore(ArtifactStore):
         Content longer than the body limit never fits in a request, so ``save_stream`` stops reading there.
         Asked at most once a minute per store (:data:`_LIMIT_TTL`), on the first ``save_stream`` after that,
         never by ``save``. ``None`` (read the whole stream, and let the server decide, as before) when the
-        answer is not a 200 carrying the limit: a server of an earlier version, or a proxy in front of it
-        that does not pass ``/v1/health`` on.
+        answer is not a 200 of an artifact server (its protocol marker) carrying the limit: a server of an
+        earlier version, or a proxy in front of it that does not pass ``/v1/health`` on (a 404, or a health
+        page of its own). Only the save itself decides whether the endpoint is an artifact server.
 
         Raises:
-            BackendError: the endpoint answered 200 without the protocol marker (not an artifact server).
             httpx.HTTPError: the server could not be reached (translated by ``save_stream``).
         """
         cached = self._body_limit
@@ -622,7 +631,7 @@ class HttpStore(ArtifactStore):
         health = self._base.copy_with(raw_path=self._prefix + b"/health")
         response = self._send("health", "GET", health)
         limit: int | None = None
-        if response.status_code == 200:
+        if response.status_code == 200 and _marked(response):
             try:
                 doc = response.json()
             except ValueError:
