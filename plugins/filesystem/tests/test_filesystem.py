@@ -935,3 +935,48 @@ def test_a_head_larger_than_the_first_read(make_fs_store: MakeFsStore, how: str 
     _damage(_file_of(store, "h"), how)
     with pytest.raises(ArtifactCorruptedError):
         store.get("h")
+
+
+def _failures(store: FilesystemStore) -> dict[str, BackendError]:
+    """The BackendError of each operation of ``store`` on its namespace (each must raise one)."""
+    calls: dict[str, Callable[[], object]] = {
+        "exists": lambda: store.exists("x"),
+        "get": lambda: store.get("x"),
+        "save": lambda: store.save("x", Message(content=b"1")),
+        "delete": lambda: store.delete("x"),
+        "list": lambda: list(store.list()),
+        "clear": store.clear,
+    }
+    errors: dict[str, BackendError] = {}
+    for name, call in calls.items():
+        with pytest.raises(BackendError) as info:
+            call()
+        errors[name] = info.value
+    return errors
+
+
+@pytest.mark.timeout(60)
+def test_a_root_that_is_a_file_is_named_as_the_root(tmp_path: Path) -> None:
+    # The message named the path the store wanted ('@ns/@x', which does not exist) as what stood "in the way",
+    # so "remove it" pointed at nothing; it names the file that is there: the root.
+    root = tmp_path / "mistyped"
+    root.write_bytes(b"not a directory")
+    store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
+    with pytest.raises(BackendError) as listing:
+        list(store.namespaces())
+    for name, error in [*_failures(store).items(), ("namespaces", listing.value)]:
+        assert f"the root {str(root)!r} is a file, not a directory" in str(error), (name, str(error))
+        assert "'@ns" not in str(error), (name, str(error))
+        assert root.read_bytes() == b"not a directory"
+
+
+@pytest.mark.timeout(60)
+def test_a_file_in_place_of_a_namespace_directory_is_named(tmp_path: Path) -> None:
+    store = FilesystemStore(FilesystemSettings(root=tmp_path), namespace="ns")
+    store.save("x", Message(content=b"1"))
+    shutil.rmtree(tmp_path / "@ns")
+    (tmp_path / "@ns").write_bytes(b"in the way")
+    for name, error in _failures(store).items():
+        assert "'@ns' under the root is a file, not a directory" in str(error), (name, str(error))
+        assert "'@ns/@x'" not in str(error), (name, str(error))
+        assert (error.namespace, error.backend) == ("ns", "filesystem")

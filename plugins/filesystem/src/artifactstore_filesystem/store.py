@@ -501,13 +501,34 @@ class FilesystemStore(ArtifactStore):
     def _in_the_way(self, path: str, exc: NotADirectoryError) -> BackendError:
         """The error for a file standing where ``path`` needs a directory (the root itself, a namespace's or
         a continuation directory): the store's state is broken, which is an I/O failure to report, never
-        "absent" (a root that is a file would otherwise read as an empty store, and clear() would report 0)."""
+        "absent" (a root that is a file would otherwise read as an empty store, and clear() would report 0).
+
+        The message names the file that is in the way, not ``path`` (which does not exist), so that "remove
+        it" points at something; finding it costs a stat per level, on this error path only.
+        """
         where = exc.filename if isinstance(exc.filename, str) else path
-        return BackendError(
-            f"filesystem store at {self._root!r}: a file that is not a directory stands in the way of "
-            f"{self._relative(where)!r} (under the root, or the root itself); remove it or set "
-            f"{_ROOT_ENV} to a directory"
-        )
+        blocker = self._first_non_directory(where)
+        if blocker == self._root:
+            what = f"the root {self._root!r} is a file, not a directory; set {_ROOT_ENV} to a directory"
+        else:
+            what = (
+                f"{self._relative(blocker)!r} under the root is a file, not a directory, where the store needs "
+                "one; remove it"
+            )
+        return BackendError(f"filesystem store at {self._root!r}: {what}")
+
+    def _first_non_directory(self, path: str) -> str:
+        """The first of the root and the paths from it down to ``path`` that exists and is not a directory
+        (symbolic links followed, as the failed call followed them); ``path`` if none is (the tree changed
+        since). Raises nothing."""
+        current = self._root
+        below = os.path.relpath(path, self._root).split(os.sep) if path.startswith(self._root + os.sep) else []
+        for part in ["", *below]:
+            current = os.path.join(current, part) if part else current
+            # isdir() and exists() answer False, never raise, for a path they cannot stat.
+            if not os.path.isdir(current):
+                return current if os.path.exists(current) else path
+        return path
 
     def _not_a_file(self, path: str, mode: int, step_id: str) -> BackendError:
         """The error for ``mode``, not a regular file, at ``step_id``'s name: the store's state is broken
