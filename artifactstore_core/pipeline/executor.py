@@ -257,6 +257,15 @@ class Executor:
             waiting[step_id] = {name for name in pipeline[step_id].inputs if not available(name)}
             if not waiting[step_id] and failure is None:
                 ready.append(step_id)
+            # Its readers that have not started wait for it too: one that started now would read the damaged
+            # (or no) artifact, not the replacement, and fail. Readers already running verify it (it was
+            # reused when they were submitted) and come back as ReusedInputsUnusable if it is unusable.
+            started = set(running.values())
+            for dependent in pipeline.dependents(step_id):
+                if dependent in waiting and dependent not in results and dependent not in started:
+                    waiting[dependent].add(step_id)
+                    if dependent in ready:
+                        ready.remove(dependent)
 
         try:
             while True:
@@ -280,12 +289,15 @@ class Executor:
                         if isinstance(error, ReusedInputsUnusable):
                             # The step did not run: inputs it was to reuse are damaged or gone. Their steps
                             # run again, then this one (or, after a failure, neither: it is "not run").
-                            inputs = waiting[step_id] = set()
+                            waiting[step_id] = set()
                             for name, reason in error.unusable:
                                 if name in reused:
                                     replace(name, reason)
-                                if not available(name):
-                                    inputs.add(name)
+                            # All its inputs, not only those it found unusable: another may have been sent to
+                            # run again (found damaged by another reader) since this step was submitted.
+                            inputs = waiting[step_id] = {
+                                name for name in pipeline[step_id].inputs if not available(name)
+                            }
                             if not inputs and failure is None:
                                 ready.append(step_id)
                             continue

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import Case
-from pipeline_steps import EXPECTED_D, Inputs, StepError, calls, diamond, record
+from pipeline_steps import DEADLINE, EXPECTED_D, Gate, Inputs, StepError, calls, diamond, record, wait_until
 
 from artifactstore_core import (
     ArtifactCorruptedError,
@@ -25,7 +25,7 @@ from artifactstore_core import (
     ConfigurationError,
     create_store,
 )
-from artifactstore_core.pipeline import Executor, Pipeline, RunResult, Step, StepFailedError, StepStatus, StoreConfig
+from artifactstore_core.pipeline import Executor, Mode, Pipeline, RunResult, Step, StepFailedError, StepStatus, StoreConfig
 from artifactstore_memory import MemorySpace, MemoryStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -308,3 +308,75 @@ def test_a_replaced_step_that_fails_again_says_why_it_ran(tmp_path: Path, workdi
     assert error.result.steps["a"].status == StepStatus.FAILED
     assert error.result.steps["a"].replaced is not None
     assert "failed (to replace)" in error.result.table()
+
+
+# -- a replaced step's other readers wait for it ---------------------------------------------------------
+
+
+def _a_replaced(inputs: Inputs, *, workdir: str) -> dict[str, int]:
+    """a, run again: lets e finish, then saves only once d read a (the old code) or f started (the fix)."""
+    record(workdir, "a")
+    Gate(str(Path(workdir, "e-go"))).open()
+    wait_until(
+        lambda: Path(workdir, "d-read").exists() or Path(workdir, "f-started").exists(),
+        DEADLINE,
+        "neither d nor f started while a ran again",
+    )
+    return {"n": 3}
+
+
+def _e(inputs: Inputs, *, workdir: str) -> str:
+    record(workdir, "e")
+    Gate(str(Path(workdir, "e-go"))).wait()
+    return "e"
+
+
+def _d_reads_a(inputs: Inputs, *, workdir: str) -> int:
+    record(workdir, "d")
+    try:
+        return int(inputs["a"].content["n"]) + 1
+    finally:
+        Path(workdir, "d-read").touch()
+
+
+def _f(inputs: Inputs, *, workdir: str) -> str:
+    record(workdir, "f")
+    Path(workdir, "f-started").touch()
+    return "f"
+
+
+def _b_reads_a(inputs: Inputs, *, workdir: str) -> int:
+    record(workdir, "b")
+    return int(inputs["a"].content["n"]) * 10
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_a_step_that_reads_a_replaced_artifact_waits_for_its_replacement(
+    tmp_path: Path, workdir: Path, mode: Mode
+) -> None:
+    # b finds a damaged and a runs again; d also reads a, but was not ready then (it waits for e, which
+    # a's run lets finish). d must wait for a's replacement too, not start once e is done and read the
+    # damaged artifact (or nothing, mid-replacement) and fail.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    where = str(workdir)
+    first = Executor(config, on_success="keep").run(
+        Pipeline([Step("a", functools.partial(_a, workdir=where))]), execution_id="resumed"
+    )
+    damage(config, first.execution_id, "a", PAYLOAD)
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(_a_replaced, workdir=where)),
+            Step("b", functools.partial(_b_reads_a, workdir=where), ("a",)),
+            Step("e", functools.partial(_e, workdir=where)),
+            Step("d", functools.partial(_d_reads_a, workdir=where), ("a", "e")),
+            Step("f", functools.partial(_f, workdir=where), ("e",)),
+        ]
+    )
+
+    result = Executor(config, mode=mode, max_workers=2).run(pipeline, execution_id="resumed")
+
+    assert statuses(result) == dict.fromkeys("abedf", StepStatus.SUCCEEDED)
+    assert result.outputs["d"].content == 4
+    assert result.steps["a"].replaced is not None
+    assert calls(workdir) == {"a": 2, "b": 1, "e": 1, "d": 1, "f": 1}
+
