@@ -173,8 +173,9 @@ class Executor:
                 execution id, chains the step's exception, and carries the partial result. No new step
                 starts after a failure; steps already running finish.
             ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker,
-                or the store factory returned a store bound to another namespace than ``execution_id``
-                (raised before any step runs).
+                or the store factory returned a store bound to another namespace than ``execution_id``, or
+                the store has a signing key under which none of the execution's artifacts verifies (a
+                wrong key, not damage: nothing is overwritten). Raised before any step runs.
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
@@ -377,6 +378,8 @@ class Executor:
         at the first that does not verify) is each step asked for separately, to find all of them.
 
         Raises:
+            ConfigurationError: the store has a signing key and none of the execution's artifacts verifies
+                under it (a wrong key looks like damage to every one of them).
             BackendError, UnsupportedFormatError, ...: as :meth:`ArtifactStore.list` and
                 :meth:`ArtifactStore.info` raise them; a backend failure is never taken for "absent".
         """
@@ -393,6 +396,20 @@ class Executor:
                 continue
             except ArtifactCorruptedError as exc:
                 damaged[step.id] = _reason(exc)
+        if damaged and not sizes and store.codec.signed:
+            # Under a signing key, a wrong key (mistyped, rotated) fails every artifact exactly as damage does;
+            # running every step again would overwrite each one with an artifact that only the wrong key
+            # reads. One artifact that verifies proves the key, so only this case is refused.
+            first = next(iter(damaged.values()))
+            raise ConfigurationError(
+                f"none of the {len(damaged)} artifact(s) of execution {store.namespace!r} on backend "
+                f"{store.backend_name!r} verifies under this store's signing key (first: {first}): the "
+                "signing key (ARTIFACT_STORE_SIGNING_KEY) is probably not the one they were saved with, so "
+                "nothing was run or overwritten. Set that key to resume; if the artifacts are damaged, "
+                "clear the execution or start a new one",
+                namespace=store.namespace,
+                backend=store.backend_name,
+            )
         return sizes, damaged
 
     def _failed(

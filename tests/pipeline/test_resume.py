@@ -380,3 +380,46 @@ def test_a_step_that_reads_a_replaced_artifact_waits_for_its_replacement(
     assert result.steps["a"].replaced is not None
     assert calls(workdir) == {"a": 2, "b": 1, "e": 1, "d": 1, "f": 1}
 
+
+# -- a wrong signing key is not damage ---------------------------------------------------------------------
+
+
+def test_a_resume_with_another_signing_key_is_refused_and_overwrites_nothing(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under another key every artifact fails verification as if damaged; running every step again would
+    # overwrite each one with an artifact that only the wrong key can read.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "the key they were saved with")
+    execution_id = failed_once(Executor(config, max_workers=1), diamond(workdir, fail="c"))
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "a mistyped key")
+
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SIGNING_KEY") as caught:
+        Executor(config).run(diamond(workdir), execution_id=execution_id)
+
+    assert "mistyped" not in str(caught.value)
+    assert caught.value.namespace == execution_id
+    assert calls(workdir) == {"a": 1, "b": 1, "c": 1}
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "the key they were saved with")
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"n": 3}
+        assert store.get("b").content == {"n": 30}
+    result = Executor(config).run(diamond(workdir), execution_id=execution_id)
+    assert statuses(result) == {**dict.fromkeys("ab", StepStatus.REUSED), **dict.fromkeys("cd", StepStatus.SUCCEEDED)}
+
+
+def test_a_damaged_signed_artifact_beside_one_that_verifies_is_replaced(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # b verifies under the key, which proves it right: a's failure is damage, and a is recomputed.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "the key")
+    execution_id = failed_once(Executor(config, max_workers=1), diamond(workdir, fail="c"))
+    damage(config, execution_id, "a", HEAD)
+
+    result = Executor(config, max_workers=1).run(diamond(workdir), execution_id=execution_id)
+
+    assert result.output.content == EXPECTED_D
+    assert result.steps["a"].status == StepStatus.SUCCEEDED
+    assert result.steps["a"].replaced is not None
+    assert result.steps["b"].status == StepStatus.REUSED
