@@ -370,43 +370,56 @@ class Executor:
         )
 
     @staticmethod
-    def _existing(store: ArtifactStore, pipeline: Pipeline) -> tuple[dict[str, int], dict[str, str]]:
-        """The steps of ``pipeline`` that have an artifact in the store (with its size), and those whose
-        artifact is damaged (with the reason), for a resume.
+    def _existing(store: ArtifactStore, pipeline: Pipeline) -> tuple[dict[str, int | None], dict[str, str]]:
+        """The steps of ``pipeline`` that have an artifact in the store (with its size, ``None`` when it is
+        not known), and those whose artifact is damaged (with the reason), for a resume.
 
         One listing; only when it fails on a damaged artifact (a listing verifies each header, and stops
-        at the first that does not verify) is each step asked for separately, to find all of them.
+        at the first that does not verify) is each step asked for separately, to find all of them. A step
+        counts as damaged only on an error that names it: a backend without its own ``info`` reads it from
+        the same listing, which fails on the damaged artifact whichever step is asked for. The artifacts
+        that cannot be told apart that way are reused, size unknown, and verified when they are read, like
+        every reused artifact.
 
         Raises:
-            ConfigurationError: the store has a signing key and none of the execution's artifacts verifies
-                under it (a wrong key looks like damage to every one of them).
-            BackendError, UnsupportedFormatError, ...: as :meth:`ArtifactStore.list` and
-                :meth:`ArtifactStore.info` raise them; a backend failure is never taken for "absent".
+            ConfigurationError: the store has a signing key, an artifact fails verification and none
+                verifies (a wrong key looks like damage to every artifact).
+            BackendError, UnsupportedFormatError, ...: as :meth:`ArtifactStore.list`,
+                :meth:`ArtifactStore.info` and :meth:`ArtifactStore.exists` raise them; a backend failure is
+                never taken for "absent".
         """
         try:
             return {info.step_id: info.size for info in store.list() if info.step_id in pipeline}, {}
-        except ArtifactCorruptedError:
-            pass
-        sizes: dict[str, int] = {}
+        except ArtifactCorruptedError as exc:
+            listing_error = exc
+        # The base class's info() is a search of the listing: asking it would repeat the listing's error.
+        own_info = type(store)._info is not ArtifactStore._info
+        sizes: dict[str, int | None] = {}
         damaged: dict[str, str] = {}
         for step in pipeline.steps:
-            try:
-                sizes[step.id] = store.info(step.id).size
-            except ArtifactNotFoundError:
-                continue
-            except ArtifactCorruptedError as exc:
-                damaged[step.id] = _reason(exc)
-        if damaged and not sizes and store.codec.signed:
+            error: ArtifactCorruptedError = listing_error
+            if own_info:
+                try:
+                    sizes[step.id] = store.info(step.id).size
+                    continue
+                except ArtifactNotFoundError:
+                    continue
+                except ArtifactCorruptedError as exc:
+                    error = exc
+            if error.step_id == step.id:
+                damaged[step.id] = _reason(error)
+            elif store.exists(step.id):
+                sizes[step.id] = None
+        if damaged and store.codec.signed and all(size is None for size in sizes.values()):
             # Under a signing key, a wrong key (mistyped, rotated) fails every artifact exactly as damage does;
             # running every step again would overwrite each one with an artifact that only the wrong key
             # reads. One artifact that verifies proves the key, so only this case is refused.
             first = next(iter(damaged.values()))
             raise ConfigurationError(
-                f"none of the {len(damaged)} artifact(s) of execution {store.namespace!r} on backend "
-                f"{store.backend_name!r} verifies under this store's signing key (first: {first}): the "
-                "signing key (ARTIFACT_STORE_SIGNING_KEY) is probably not the one they were saved with, so "
-                "nothing was run or overwritten. Set that key to resume; if the artifacts are damaged, "
-                "clear the execution or start a new one",
+                f"no artifact of execution {store.namespace!r} on backend {store.backend_name!r} verifies under "
+                f"this store's signing key (first: {first}): the signing key (ARTIFACT_STORE_SIGNING_KEY) is "
+                "probably not the one they were saved with, so nothing was run or overwritten. Set that key to "
+                "resume; if the artifacts are damaged, delete them, or start a new execution",
                 namespace=store.namespace,
                 backend=store.backend_name,
             )

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import Case
+from pydantic import SecretStr
 from pipeline_steps import DEADLINE, EXPECTED_D, Gate, Inputs, StepError, calls, diamond, record, wait_until
 
 from artifactstore_core import (
@@ -26,6 +27,8 @@ from artifactstore_core import (
     create_store,
 )
 from artifactstore_core.pipeline import Executor, Mode, Pipeline, RunResult, Step, StepFailedError, StepStatus, StoreConfig
+from artifactstore_http.server import create_app
+from artifactstore_http.testing import TOKEN, ServerThread
 from artifactstore_memory import MemorySpace, MemoryStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -423,3 +426,29 @@ def test_a_damaged_signed_artifact_beside_one_that_verifies_is_replaced(
     assert result.steps["a"].status == StepStatus.SUCCEEDED
     assert result.steps["a"].replaced is not None
     assert result.steps["b"].status == StepStatus.REUSED
+
+
+# -- a backend whose info() is read from its listing -------------------------------------------------------
+
+
+def test_a_damaged_header_on_a_backend_without_its_own_info_replaces_only_that_step(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # The http client reads info() from the listing, which fails on the damaged artifact whatever step is
+    # asked for: that error names a, and must not make b, which is sound, count as damaged and be overwritten.
+    root = str(tmp_path / "artifacts")
+    app = create_app(lambda namespace: create_store("filesystem", root=root, namespace=namespace), token=SecretStr(TOKEN))
+    server = ServerThread(app).start()
+    try:
+        config = StoreConfig("http", endpoint=server.url, token=TOKEN)
+        execution_id = failed_once(Executor(config, max_workers=1), diamond(workdir, fail="c"))
+        damage(StoreConfig("filesystem", root=root), execution_id, "a", HEAD)
+
+        result = Executor(config, max_workers=1).run(diamond(workdir), execution_id=execution_id)
+    finally:
+        server.stop()
+
+    assert result.output.content == EXPECTED_D
+    assert statuses(result) == {**dict.fromkeys("acd", StepStatus.SUCCEEDED), "b": StepStatus.REUSED}
+    assert [s for s in "abcd" if result.steps[s].replaced is not None] == ["a"]
+    assert calls(workdir) == {"a": 2, "b": 1, "c": 2, "d": 1}
