@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 from conftest import Case
-from pydantic import SecretStr
 from pipeline_steps import DEADLINE, EXPECTED_D, Gate, Inputs, StepError, calls, diamond, record, wait_until
+from pydantic import SecretStr
 
 from artifactstore_core import (
     ArtifactCorruptedError,
@@ -26,7 +26,16 @@ from artifactstore_core import (
     ConfigurationError,
     create_store,
 )
-from artifactstore_core.pipeline import Executor, Mode, Pipeline, RunResult, Step, StepFailedError, StepStatus, StoreConfig
+from artifactstore_core.pipeline import (
+    Executor,
+    Mode,
+    Pipeline,
+    RunResult,
+    Step,
+    StepFailedError,
+    StepStatus,
+    StoreConfig,
+)
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -437,7 +446,9 @@ def test_a_damaged_header_on_a_backend_without_its_own_info_replaces_only_that_s
     # The http client reads info() from the listing, which fails on the damaged artifact whatever step is
     # asked for: that error names a, and must not make b, which is sound, count as damaged and be overwritten.
     root = str(tmp_path / "artifacts")
-    app = create_app(lambda namespace: create_store("filesystem", root=root, namespace=namespace), token=SecretStr(TOKEN))
+    app = create_app(
+        lambda namespace: create_store("filesystem", root=root, namespace=namespace), token=SecretStr(TOKEN)
+    )
     server = ServerThread(app).start()
     try:
         config = StoreConfig("http", endpoint=server.url, token=TOKEN)
