@@ -15,7 +15,19 @@ from typing import Any
 import pytest
 import redis
 from conftest import Case
-from pipeline_steps import DEADLINE, EXPECTED_D, Gate, Inputs, StepError, calls, diamond, record, wait_until
+from pipeline_steps import (
+    EXPECTED_D,
+    Inputs,
+    StepError,
+    calls,
+    diamond,
+    record,
+    step_a_replaced,
+    step_b_reads_a,
+    step_d_reads_a,
+    step_e_gated,
+    step_f,
+)
 from pydantic import SecretStr
 
 from artifactstore_core import (
@@ -325,43 +337,6 @@ def test_a_replaced_step_that_fails_again_says_why_it_ran(tmp_path: Path, workdi
 # -- a replaced step's other readers wait for it ---------------------------------------------------------
 
 
-def _a_replaced(inputs: Inputs, *, workdir: str) -> dict[str, int]:
-    """a, run again: lets e finish, then saves only once d read a (the old code) or f started (the fix)."""
-    record(workdir, "a")
-    Gate(str(Path(workdir, "e-go"))).open()
-    wait_until(
-        lambda: Path(workdir, "d-read").exists() or Path(workdir, "f-started").exists(),
-        DEADLINE,
-        "neither d nor f started while a ran again",
-    )
-    return {"n": 3}
-
-
-def _e(inputs: Inputs, *, workdir: str) -> str:
-    record(workdir, "e")
-    Gate(str(Path(workdir, "e-go"))).wait()
-    return "e"
-
-
-def _d_reads_a(inputs: Inputs, *, workdir: str) -> int:
-    record(workdir, "d")
-    try:
-        return int(inputs["a"].content["n"]) + 1
-    finally:
-        Path(workdir, "d-read").touch()
-
-
-def _f(inputs: Inputs, *, workdir: str) -> str:
-    record(workdir, "f")
-    Path(workdir, "f-started").touch()
-    return "f"
-
-
-def _b_reads_a(inputs: Inputs, *, workdir: str) -> int:
-    record(workdir, "b")
-    return int(inputs["a"].content["n"]) * 10
-
-
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_a_step_that_reads_a_replaced_artifact_waits_for_its_replacement(
     tmp_path: Path, workdir: Path, mode: Mode
@@ -377,11 +352,11 @@ def test_a_step_that_reads_a_replaced_artifact_waits_for_its_replacement(
     damage(config, first.execution_id, "a", PAYLOAD)
     pipeline = Pipeline(
         [
-            Step("a", functools.partial(_a_replaced, workdir=where)),
-            Step("b", functools.partial(_b_reads_a, workdir=where), ("a",)),
-            Step("e", functools.partial(_e, workdir=where)),
-            Step("d", functools.partial(_d_reads_a, workdir=where), ("a", "e")),
-            Step("f", functools.partial(_f, workdir=where), ("e",)),
+            Step("a", functools.partial(step_a_replaced, workdir=where)),
+            Step("b", functools.partial(step_b_reads_a, workdir=where), ("a",)),
+            Step("e", functools.partial(step_e_gated, workdir=where)),
+            Step("d", functools.partial(step_d_reads_a, workdir=where), ("a", "e")),
+            Step("f", functools.partial(step_f, workdir=where), ("e",)),
         ]
     )
 
