@@ -173,8 +173,9 @@ class Executor:
                 execution id, chains the step's exception, and carries the partial result. No new step
                 starts after a failure; steps already running finish.
             ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker,
-                or the store factory returned a store bound to another namespace than ``execution_id``
-                (raised before any step runs).
+                or the store factory returned a store bound to another namespace than ``execution_id``, or
+                the store has a signing key under which none of the execution's artifacts verifies (a
+                wrong key, not damage: nothing is overwritten). Raised before any step runs.
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
@@ -257,6 +258,15 @@ class Executor:
             waiting[step_id] = {name for name in pipeline[step_id].inputs if not available(name)}
             if not waiting[step_id] and failure is None:
                 ready.append(step_id)
+            # Its readers that have not started wait for it too: one that started now would read the damaged
+            # (or no) artifact, not the replacement, and fail. Readers already running verify it (it was
+            # reused when they were submitted) and come back as ReusedInputsUnusable if it is unusable.
+            started = set(running.values())
+            for dependent in pipeline.dependents(step_id):
+                if dependent in waiting and dependent not in results and dependent not in started:
+                    waiting[dependent].add(step_id)
+                    if dependent in ready:
+                        ready.remove(dependent)
 
         try:
             while True:
@@ -280,12 +290,15 @@ class Executor:
                         if isinstance(error, ReusedInputsUnusable):
                             # The step did not run: inputs it was to reuse are damaged or gone. Their steps
                             # run again, then this one (or, after a failure, neither: it is "not run").
-                            inputs = waiting[step_id] = set()
+                            waiting[step_id] = set()
                             for name, reason in error.unusable:
                                 if name in reused:
                                     replace(name, reason)
-                                if not available(name):
-                                    inputs.add(name)
+                            # All its inputs, not only those it found unusable: another may have been sent to
+                            # run again (found damaged by another reader) since this step was submitted.
+                            inputs = waiting[step_id] = {
+                                name for name in pipeline[step_id].inputs if not available(name)
+                            }
                             if not inputs and failure is None:
                                 ready.append(step_id)
                             continue
@@ -357,30 +370,59 @@ class Executor:
         )
 
     @staticmethod
-    def _existing(store: ArtifactStore, pipeline: Pipeline) -> tuple[dict[str, int], dict[str, str]]:
-        """The steps of ``pipeline`` that have an artifact in the store (with its size), and those whose
-        artifact is damaged (with the reason), for a resume.
+    def _existing(store: ArtifactStore, pipeline: Pipeline) -> tuple[dict[str, int | None], dict[str, str]]:
+        """The steps of ``pipeline`` that have an artifact in the store (with its size, ``None`` when it is
+        not known), and those whose artifact is damaged (with the reason), for a resume.
 
         One listing; only when it fails on a damaged artifact (a listing verifies each header, and stops
-        at the first that does not verify) is each step asked for separately, to find all of them.
+        at the first that does not verify) is each step asked for separately, to find all of them. A step
+        counts as damaged only on an error that names it: a backend without its own ``info`` reads it from
+        the same listing, which fails on the damaged artifact whichever step is asked for. The artifacts
+        that cannot be told apart that way are reused, size unknown, and verified when they are read, like
+        every reused artifact.
 
         Raises:
-            BackendError, UnsupportedFormatError, ...: as :meth:`ArtifactStore.list` and
-                :meth:`ArtifactStore.info` raise them; a backend failure is never taken for "absent".
+            ConfigurationError: the store has a signing key, an artifact fails verification and none
+                verifies (a wrong key looks like damage to every artifact).
+            BackendError, UnsupportedFormatError, ...: as :meth:`ArtifactStore.list`,
+                :meth:`ArtifactStore.info` and :meth:`ArtifactStore.exists` raise them; a backend failure is
+                never taken for "absent".
         """
         try:
             return {info.step_id: info.size for info in store.list() if info.step_id in pipeline}, {}
-        except ArtifactCorruptedError:
-            pass
-        sizes: dict[str, int] = {}
+        except ArtifactCorruptedError as exc:
+            listing_error = exc
+        # The base class's info() is a search of the listing: asking it would repeat the listing's error.
+        own_info = type(store)._info is not ArtifactStore._info
+        sizes: dict[str, int | None] = {}
         damaged: dict[str, str] = {}
         for step in pipeline.steps:
-            try:
-                sizes[step.id] = store.info(step.id).size
-            except ArtifactNotFoundError:
-                continue
-            except ArtifactCorruptedError as exc:
-                damaged[step.id] = _reason(exc)
+            error: ArtifactCorruptedError = listing_error
+            if own_info:
+                try:
+                    sizes[step.id] = store.info(step.id).size
+                    continue
+                except ArtifactNotFoundError:
+                    continue
+                except ArtifactCorruptedError as exc:
+                    error = exc
+            if error.step_id == step.id:
+                damaged[step.id] = _reason(error)
+            elif store.exists(step.id):
+                sizes[step.id] = None
+        if damaged and store.codec.signed and all(size is None for size in sizes.values()):
+            # Under a signing key, a wrong key (mistyped, rotated) fails every artifact exactly as damage does;
+            # running every step again would overwrite each one with an artifact that only the wrong key
+            # reads. One artifact that verifies proves the key, so only this case is refused.
+            first = next(iter(damaged.values()))
+            raise ConfigurationError(
+                f"no artifact of execution {store.namespace!r} on backend {store.backend_name!r} verifies under "
+                f"this store's signing key (first: {first}): the signing key (ARTIFACT_STORE_SIGNING_KEY) is "
+                "probably not the one they were saved with, so nothing was run or overwritten. Set that key to "
+                "resume; if the artifacts are damaged, delete them, or start a new execution",
+                namespace=store.namespace,
+                backend=store.backend_name,
+            )
         return sizes, damaged
 
     def _failed(

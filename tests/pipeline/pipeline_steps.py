@@ -228,3 +228,43 @@ def _dead(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+# Resume: a step run again to replace its damaged artifact, and the steps around it (test_resume.py).
+
+
+def step_a_replaced(inputs: Inputs, *, workdir: str) -> dict[str, int]:
+    """a, run again: lets e finish, then saves only once d read a (the old code) or f started (the fix)."""
+    record(workdir, "a")
+    Gate(str(Path(workdir, "e-go"))).open()
+    wait_until(
+        lambda: Path(workdir, "d-read").exists() or Path(workdir, "f-started").exists(),
+        DEADLINE,
+        "neither d nor f started while a ran again",
+    )
+    return {"n": 3}
+
+
+def step_e_gated(inputs: Inputs, *, workdir: str) -> str:
+    record(workdir, "e")
+    Gate(str(Path(workdir, "e-go"))).wait()
+    return "e"
+
+
+def step_d_reads_a(inputs: Inputs, *, workdir: str) -> int:
+    record(workdir, "d")
+    try:
+        return int(inputs["a"].content["n"]) + 1
+    finally:
+        Path(workdir, "d-read").touch()
+
+
+def step_f(inputs: Inputs, *, workdir: str) -> str:
+    record(workdir, "f")
+    Path(workdir, "f-started").touch()
+    return "f"
+
+
+def step_b_reads_a(inputs: Inputs, *, workdir: str) -> int:
+    record(workdir, "b")
+    return int(inputs["a"].content["n"]) * 10

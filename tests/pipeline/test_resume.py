@@ -15,7 +15,20 @@ from typing import Any
 import pytest
 import redis
 from conftest import Case
-from pipeline_steps import EXPECTED_D, Inputs, StepError, calls, diamond, record
+from pipeline_steps import (
+    EXPECTED_D,
+    Inputs,
+    StepError,
+    calls,
+    diamond,
+    record,
+    step_a_replaced,
+    step_b_reads_a,
+    step_d_reads_a,
+    step_e_gated,
+    step_f,
+)
+from pydantic import SecretStr
 
 from artifactstore_core import (
     ArtifactCorruptedError,
@@ -25,7 +38,18 @@ from artifactstore_core import (
     ConfigurationError,
     create_store,
 )
-from artifactstore_core.pipeline import Executor, Pipeline, RunResult, Step, StepFailedError, StepStatus, StoreConfig
+from artifactstore_core.pipeline import (
+    Executor,
+    Mode,
+    Pipeline,
+    RunResult,
+    Step,
+    StepFailedError,
+    StepStatus,
+    StoreConfig,
+)
+from artifactstore_http.server import create_app
+from artifactstore_http.testing import TOKEN, ServerThread
 from artifactstore_memory import MemorySpace, MemoryStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -308,3 +332,109 @@ def test_a_replaced_step_that_fails_again_says_why_it_ran(tmp_path: Path, workdi
     assert error.result.steps["a"].status == StepStatus.FAILED
     assert error.result.steps["a"].replaced is not None
     assert "failed (to replace)" in error.result.table()
+
+
+# -- a replaced step's other readers wait for it ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_a_step_that_reads_a_replaced_artifact_waits_for_its_replacement(
+    tmp_path: Path, workdir: Path, mode: Mode
+) -> None:
+    # b finds a damaged and a runs again; d also reads a, but was not ready then (it waits for e, which
+    # a's run lets finish). d must wait for a's replacement too, not start once e is done and read the
+    # damaged artifact (or nothing, mid-replacement) and fail.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    where = str(workdir)
+    first = Executor(config, on_success="keep").run(
+        Pipeline([Step("a", functools.partial(_a, workdir=where))]), execution_id="resumed"
+    )
+    damage(config, first.execution_id, "a", PAYLOAD)
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a_replaced, workdir=where)),
+            Step("b", functools.partial(step_b_reads_a, workdir=where), ("a",)),
+            Step("e", functools.partial(step_e_gated, workdir=where)),
+            Step("d", functools.partial(step_d_reads_a, workdir=where), ("a", "e")),
+            Step("f", functools.partial(step_f, workdir=where), ("e",)),
+        ]
+    )
+
+    result = Executor(config, mode=mode, max_workers=2).run(pipeline, execution_id="resumed")
+
+    assert statuses(result) == dict.fromkeys("abedf", StepStatus.SUCCEEDED)
+    assert result.outputs["d"].content == 4
+    assert result.steps["a"].replaced is not None
+    assert calls(workdir) == {"a": 2, "b": 1, "e": 1, "d": 1, "f": 1}
+
+
+# -- a wrong signing key is not damage ---------------------------------------------------------------------
+
+
+def test_a_resume_with_another_signing_key_is_refused_and_overwrites_nothing(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under another key every artifact fails verification as if damaged; running every step again would
+    # overwrite each one with an artifact that only the wrong key can read.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "the key they were saved with")
+    execution_id = failed_once(Executor(config, max_workers=1), diamond(workdir, fail="c"))
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "a mistyped key")
+
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SIGNING_KEY") as caught:
+        Executor(config).run(diamond(workdir), execution_id=execution_id)
+
+    assert "mistyped" not in str(caught.value)
+    assert caught.value.namespace == execution_id
+    assert calls(workdir) == {"a": 1, "b": 1, "c": 1}
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "the key they were saved with")
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"n": 3}
+        assert store.get("b").content == {"n": 30}
+    result = Executor(config).run(diamond(workdir), execution_id=execution_id)
+    assert statuses(result) == {**dict.fromkeys("ab", StepStatus.REUSED), **dict.fromkeys("cd", StepStatus.SUCCEEDED)}
+
+
+def test_a_damaged_signed_artifact_beside_one_that_verifies_is_replaced(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # b verifies under the key, which proves it right: a's failure is damage, and a is recomputed.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "the key")
+    execution_id = failed_once(Executor(config, max_workers=1), diamond(workdir, fail="c"))
+    damage(config, execution_id, "a", HEAD)
+
+    result = Executor(config, max_workers=1).run(diamond(workdir), execution_id=execution_id)
+
+    assert result.output.content == EXPECTED_D
+    assert result.steps["a"].status == StepStatus.SUCCEEDED
+    assert result.steps["a"].replaced is not None
+    assert result.steps["b"].status == StepStatus.REUSED
+
+
+# -- a backend whose info() is read from its listing -------------------------------------------------------
+
+
+def test_a_damaged_header_on_a_backend_without_its_own_info_replaces_only_that_step(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # The http client reads info() from the listing, which fails on the damaged artifact whatever step is
+    # asked for: that error names a, and must not make b, which is sound, count as damaged and be overwritten.
+    root = str(tmp_path / "artifacts")
+    app = create_app(
+        lambda namespace: create_store("filesystem", root=root, namespace=namespace), token=SecretStr(TOKEN)
+    )
+    server = ServerThread(app).start()
+    try:
+        config = StoreConfig("http", endpoint=server.url, token=TOKEN)
+        execution_id = failed_once(Executor(config, max_workers=1), diamond(workdir, fail="c"))
+        damage(StoreConfig("filesystem", root=root), execution_id, "a", HEAD)
+
+        result = Executor(config, max_workers=1).run(diamond(workdir), execution_id=execution_id)
+    finally:
+        server.stop()
+
+    assert result.output.content == EXPECTED_D
+    assert statuses(result) == {**dict.fromkeys("acd", StepStatus.SUCCEEDED), "b": StepStatus.REUSED}
+    assert [s for s in "abcd" if result.steps[s].replaced is not None] == ["a"]
+    assert calls(workdir) == {"a": 2, "b": 1, "c": 2, "d": 1}
