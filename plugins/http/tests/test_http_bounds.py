@@ -323,19 +323,26 @@ def test_content_over_the_limit_after_decompression_is_refused(make_client: Make
     assert make_client("bounds-zstd", max_body_bytes=len(text)).get("t").content == text
 
 
-def test_json_content_over_the_json_limit_is_refused_before_it_is_parsed(
-    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    big_json = Message(content=[{"k": i} for i in range(300)])
-    make_client("bounds-json").save_many({"j": big_json, "b": Message(content=b"x" * 5000)})
-    parsed: list[int] = []
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the JSON contents the codec parses (in this process: the client and in-process servers)."""
+    sizes: list[int] = []
     real = artifactstore_core.envelope.loads_frozen
 
     def counting(data: Any) -> Any:
-        parsed.append(len(data))
+        sizes.append(len(data))
         return real(data)
 
     monkeypatch.setattr(artifactstore_core.envelope, "loads_frozen", counting)
+    return sizes
+
+
+def test_json_content_over_the_json_limit_is_refused_before_it_is_parsed(
+    make_client: MakeClient, parsed: list[int]
+) -> None:
+    big_json = Message(content=[{"k": i} for i in range(300)])
+    make_client("bounds-json").save_many({"j": big_json, "b": Message(content=b"x" * 5000)})
+    parsed.clear()  # the in-process server parsed the upload to verify it; only the read counts here
     bounded = make_client("bounds-json", max_json_bytes=1024)
     with pytest.raises(PayloadTooLargeError, match="ARTIFACT_STORE_HTTP_MAX_JSON_BYTES") as info:
         bounded.get("j")
@@ -367,7 +374,7 @@ def redis_bounds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Red
 
 
 def test_the_server_does_not_parse_json_content_over_its_limit_to_answer_a_read(
-    redis_bounds: tuple[RedisServer, ServerThread], monkeypatch: pytest.MonkeyPatch
+    redis_bounds: tuple[RedisServer, ServerThread], parsed: list[int]
 ) -> None:
     # Written to the backend without the server (which refuses it on save): the server's GET decoded it, and
     # a byte backend's decode parses JSON, so a few KB of stored zstd could cost it gigabytes of objects.
@@ -376,14 +383,6 @@ def test_the_server_does_not_parse_json_content_over_its_limit_to_answer_a_read(
     small = Message(content=[{}] * 10)
     with create_store("redis", namespace="direct", url=redis.url) as direct:
         direct.save_many({"big": big, "small": small, "bytes": Message(content=b"y" * 9000)})
-    parsed: list[int] = []
-    real = artifactstore_core.envelope.loads_frozen
-
-    def counting(data: Any) -> Any:
-        parsed.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(artifactstore_core.envelope, "loads_frozen", counting)
     with client_for(server.url, "direct", retries=0) as store:
         with pytest.raises(PayloadTooLargeError) as info:
             store.get("big")

@@ -169,14 +169,19 @@ def test_save_stream_stops_reading_past_the_servers_body_limit(small_server: Ser
         store.clear()
 
 
+def _health_counting_server(space: MemorySpace, *, advertise: bool) -> tuple[_HealthCounter, ServerThread]:
+    """A started memory-backed server with the body limit LIMIT, its health answers counted (see _HealthCounter)."""
+    app = _HealthCounter(
+        create_app(lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_body_bytes=LIMIT),
+        advertise=advertise,
+    )
+    return app, ServerThread(app).start()
+
+
 @pytest.mark.timeout(60)
 def test_save_stream_asks_the_limit_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     space = MemorySpace()
-    app = _HealthCounter(
-        create_app(lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_body_bytes=LIMIT),
-        advertise=True,
-    )
-    server = ServerThread(app).start()
+    app, server = _health_counting_server(space, advertise=True)
     try:
         with client_for(server.url, "asks", retries=0) as store:
             store.save("plain", Message(content=b"save never asks"))
@@ -198,11 +203,7 @@ def test_save_stream_to_a_server_that_does_not_advertise_its_limit() -> None:
     # A server of an earlier version: the client cannot know the limit, reads the stream and lets the server
     # refuse it, as before.
     space = MemorySpace()
-    app = _HealthCounter(
-        create_app(lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_body_bytes=LIMIT),
-        advertise=False,
-    )
-    server = ServerThread(app).start()
+    app, server = _health_counting_server(space, advertise=False)
     try:
         with client_for(server.url, "old", retries=0) as store:
             stream = ZeroStream(size=2 * LIMIT)
