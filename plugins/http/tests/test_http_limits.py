@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from artifactstore_core import Codec, Message, PayloadTooLargeError
 from artifactstore_core.envelope import Header
 from artifactstore_core.testing import ZeroStream
+from artifactstore_http import HttpSettings, HttpStore
 from artifactstore_http import client as client_module
 from artifactstore_http.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from artifactstore_http.server import create_app
+from artifactstore_http.settings import head_allowance
 from artifactstore_http.testing import TOKEN, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
 
@@ -123,6 +126,105 @@ def test_client_gets_payload_too_large(small_server: ServerThread) -> None:
         assert store.exists("fits")
         assert not store.exists("big")
         assert not store.exists("bomb")
+
+
+# -- one limit for both sides: content, with the envelope's head on top ------------------------------------
+
+#: A small body limit, so that the boundary is tested byte for byte without moving megabytes.
+EDGE = 4096
+
+
+@pytest.fixture(scope="module")
+def edge_server() -> Iterator[ServerThread]:
+    """A memory-backed server whose limit is EDGE bytes of content, and whose codec never compresses (so it
+    serves content as large as it is, whatever its writer sent)."""
+    space = MemorySpace()
+    app = create_app(
+        lambda ns: MemoryStore(namespace=ns, space=space, codec=Codec(compress_threshold=None)),
+        token=SecretStr(TOKEN),
+        max_body_bytes=EDGE,
+    )
+    server = ServerThread(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * (EDGE // 256), "é" * (EDGE // 2)], ids=["bytes", "text"])
+def test_content_of_exactly_the_limit_is_saved_and_read_back_and_one_byte_more_is_refused(
+    edge_server: ServerThread, content: bytes | str
+) -> None:
+    # The server counted the request body, head included, although its setting, its /v1/health answer and
+    # the client's save_stream call the limit the largest content: content a few hundred bytes short of it
+    # got 413. Now the limit is the content's on both sides, and a client with the server's limit reads it.
+    with client_for(edge_server.url, "edge", retries=0, max_body_bytes=EDGE) as store:
+        store.save("at", Message(content=content))
+        assert store.get("at").content == content
+        over = content + (b"!" if isinstance(content, bytes) else "!")
+        with pytest.raises(PayloadTooLargeError, match="ARTIFACT_STORE_SERVER_MAX_BODY_BYTES") as info:
+            store.save("over", Message(content=over))
+        assert f"{EDGE + 1} bytes of content" in str(info.value)
+        assert info.value.step_id == "over"
+        assert not store.exists("over")
+        store.clear()
+
+
+def test_content_a_writer_compressed_is_readable_from_a_server_that_serves_it_uncompressed(
+    edge_server: ServerThread,
+) -> None:
+    # The server accepted it (content within its limit, a compressed body far smaller), then served it
+    # uncompressed (its own codec decides), and a client with the very same limit refused the answer: head
+    # and payload together were over the limit the client counted them against.
+    text = secrets.token_hex(EDGE // 2)
+    writer = HttpStore(
+        HttpSettings(endpoint=edge_server.url, token=SecretStr(TOKEN), retries=0, max_body_bytes=EDGE),
+        namespace="edge-zstd",
+        codec=Codec(compress_threshold=0),
+    )
+    with writer, client_for(edge_server.url, "edge-zstd", retries=0, max_body_bytes=EDGE) as reader:
+        assert b'"zstd"' in writer.codec.encode(Message(content=text)).head
+        writer.save("t", Message(content=text))
+        assert reader.get("t").content == text
+        assert writer.get("t").content == text
+        reader.clear()
+
+
+def test_the_head_comes_on_top_of_the_limit_within_its_allowance(edge_server: ServerThread) -> None:
+    # Metadata and schema make the head; it does not eat into the content's limit, and is bounded apart.
+    content = bytes(EDGE)
+    with client_for(edge_server.url, "edge-head", retries=0, max_body_bytes=EDGE) as store:
+        roomy = Message(content=content, metadata={"note": "m" * (EDGE // 2)})
+        assert len(store.codec.encode(roomy).head) > EDGE // 2
+        store.save("roomy", roomy)
+        assert store.get("roomy") == roomy
+        with pytest.raises(PayloadTooLargeError, match="envelope head of") as info:
+            store.save("huge-head", Message(content=b"x", metadata={"note": "m" * EDGE}))
+        assert "ARTIFACT_STORE_SERVER_MAX_BODY_BYTES" in str(info.value)
+        assert not store.exists("huge-head")
+        store.clear()
+
+
+def test_a_body_over_the_limit_and_the_head_allowance_is_refused_unread(edge_server: ServerThread) -> None:
+    allowed = EDGE + head_allowance(EDGE)
+    status, headers, problem = _declared_too_large(edge_server.port, allowed + 1, 0)
+    assert (status, problem["type"], headers["connection"]) == (413, "PayloadTooLargeError", "close")
+    assert f"limit of {allowed} bytes: {EDGE} bytes of content" in str(problem["detail"])
+
+
+@pytest.mark.timeout(60)
+def test_save_stream_of_exactly_the_advertised_limit_is_saved(edge_server: ServerThread) -> None:
+    # The advertised limit is the content's, as save_stream takes it: a stream of exactly the limit was read
+    # whole, sent, and refused by the server (its body, with the head, was over the limit it counted).
+    with client_for(edge_server.url, "edge-stream", retries=0, max_body_bytes=EDGE) as store:
+        store.save_stream("at", io.BytesIO(bytes(EDGE)))
+        assert store.get("at").content == bytes(EDGE)
+        stream = ZeroStream(size=EDGE + 1)
+        with pytest.raises(PayloadTooLargeError, match="Nothing was sent"):
+            store.save_stream("over", cast(IO[bytes], stream))
+        assert stream.read_bytes == EDGE + 1
+        assert not store.exists("over")
+        store.clear()
 
 
 class _HealthCounter:

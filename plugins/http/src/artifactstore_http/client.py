@@ -58,7 +58,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     quote_segment,
 )
-from .settings import HttpSettings, _token_problem, is_loopback
+from .settings import HttpSettings, _token_problem, head_allowance, is_loopback
 
 __all__ = ["RETRY_POLICY", "HttpStore"]
 
@@ -500,34 +500,47 @@ class HttpStore(ArtifactStore):
         to exactly that many bytes, never further. The payload is joined from the chunks received in one
         copy, which is what the codec then verifies and keeps (``bytes`` content is not copied again).
 
+        ``max_body_bytes`` counts the content and the stored payload, as the server's limit does; the head
+        comes on top, within :func:`~artifactstore_http.settings.head_allowance`. So an artifact whose content
+        a server with the same limit accepted is always read, however either side compressed it.
+
         Raises:
-            PayloadTooLargeError: the body (by its Content-Length, or the head and payload sizes its verified
-                header states) is over ``max_body_bytes``, or the content after decompression is, or JSON
+            PayloadTooLargeError: the body (by its Content-Length) is over ``max_body_bytes`` and the head
+                allowance together, the head is over its allowance, the content after decompression or the
+                stored payload (as the verified header states them) is over ``max_body_bytes``, or JSON
                 content is over ``max_json_bytes``: refused before the payload is read.
             ArtifactCorruptedError: the body disagrees with its header (a Content-Length other than head
                 plus payload, a payload cut short or running on), or the head fails verification.
             UnsupportedFormatError, ConfigurationError: as :meth:`Codec.decode_head`.
         """
         limit = self._settings.max_body_bytes
+        max_head = head_allowance(limit)
         where = f"artifact server {self._display} answered {step_id!r} with"
         declared = _declared_length(response)
-        if declared is not None and declared > limit:
-            raise self._too_large(step_id, f"{where} a body of {declared} bytes (its Content-Length)")
+        if declared is not None and declared > limit + max_head:
+            raise self._too_large(
+                step_id,
+                f"{where} a body of {declared} bytes (its Content-Length), more than {limit} bytes of payload and a "
+                f"head of at most {max_head}",
+            )
         chunks = response.iter_bytes()
         place = (self.namespace, step_id)
         buffer = _fill(chunks, b"", PREFIX_SIZE)
         head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
-        if head_size > limit:
-            raise self._too_large(step_id, f"{where} an envelope whose head alone is {head_size} bytes")
+        if head_size > max_head:
+            raise self._too_large(
+                step_id, f"{where} an envelope whose head alone is {head_size} bytes (at most {max_head} are read)"
+            )
         buffer = _fill(chunks, buffer, head_size)
         if len(buffer) < head_size:
             raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
         header = self.codec.decode_head(buffer[:head_size], place=place)
         total = head_size + header.stored_size
-        if total > limit:
-            raise self._too_large(step_id, f"{where} an envelope of {total} bytes (its header says)")
         if header.size > limit:
-            raise self._too_large(step_id, f"{where} {header.size} bytes of content (after decompression)")
+            shown = "after decompression, " if header.compression is not None else ""
+            raise self._too_large(step_id, f"{where} {header.size} bytes of content ({shown}its header says)")
+        if header.stored_size > limit:
+            raise self._too_large(step_id, f"{where} a stored payload of {header.stored_size} bytes (its header says)")
         if header.codec == "json" and header.size > self._settings.max_json_bytes:
             raise PayloadTooLargeError(
                 f"{where} {header.size} bytes of JSON content; this client parses at most "
@@ -561,7 +574,7 @@ class HttpStore(ArtifactStore):
 
     def _too_large(self, step_id: str, what: str) -> PayloadTooLargeError:
         return PayloadTooLargeError(
-            f"{what}, over this client's limit of {self._settings.max_body_bytes} bytes "
+            f"{what}, over this client's limit of {self._settings.max_body_bytes} bytes of content "
             "(ARTIFACT_STORE_HTTP_MAX_BODY_BYTES); raise it to read larger artifacts",
             step_id=step_id,
         )
@@ -614,7 +627,9 @@ class HttpStore(ArtifactStore):
     def _max_artifact_bytes(self) -> int | None:
         """The server's body limit (``ARTIFACT_STORE_SERVER_MAX_BODY_BYTES``), as its ``/v1/health`` advertises.
 
-        Content longer than the body limit never fits in a request, so ``save_stream`` stops reading there.
+        The limit counts content, as ``save_stream`` does (the envelope's head travels on top of it, see
+        :func:`~artifactstore_http.settings.head_allowance`): content of exactly the limit is saved, one byte
+        more never is, so ``save_stream`` stops reading there.
         Asked at most once a minute per store (:data:`_LIMIT_TTL`), on the first ``save_stream`` after that,
         never by ``save``. ``None`` (read the whole stream, and let the server decide, as before) when the
         answer is not a 200 of an artifact server (its protocol marker) carrying the limit: a server of an

@@ -67,7 +67,11 @@ def openapi_document(*, max_body_bytes: int | None = None, path_prefix: str = ""
 
 
 def _document(max_body_bytes: int | None) -> dict[str, Any]:
-    limit = f" At most {max_body_bytes} bytes." if max_body_bytes is not None else ""
+    limit = (
+        f" At most {max_body_bytes} bytes of content (after decompression), the envelope's head on top."
+        if max_body_bytes is not None
+        else ""
+    )
     namespace = {"$ref": "#/components/parameters/Namespace"}
     step_id = {"$ref": "#/components/parameters/StepId"}
     envelope = {MEDIA_TYPE_ENVELOPE: {"schema": {"type": "string", "format": "binary"}}}
@@ -287,8 +291,9 @@ def _document(max_body_bytes: int | None) -> dict[str, Any]:
                         "max_body_bytes": {
                             "type": "integer",
                             "minimum": 1,
-                            "description": "The largest request body (and artifact content) a save may carry; "
-                            "clients stop reading a stream to save once it is longer.",
+                            "description": "The largest artifact content (after decompression) a save may "
+                            "carry; the request body may hold the envelope's head on top. Clients stop reading a "
+                            "stream to save once it is longer.",
                         },
                     },
                 },

@@ -62,7 +62,7 @@ from .protocol import (
     problem_document,
     status_for,
 )
-from .settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_BYTES, MIN_TOKEN_LENGTH
+from .settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_BYTES, MIN_TOKEN_LENGTH, head_allowance
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_JSON_BYTES", "StoreFactory", "create_app", "default_store_factory"]
 
@@ -317,6 +317,9 @@ class _App:
         self._prefix = path_prefix.encode("ascii")
         self._token = token.get_secret_value().encode("ascii") if token is not None else None
         self._max_body = max_body_bytes
+        # The limit counts content; a body may carry the envelope's head on top (see head_allowance).
+        self._max_head = head_allowance(max_body_bytes)
+        self._max_request = max_body_bytes + self._max_head
         self._max_json = max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -445,16 +448,12 @@ class _App:
                 view = memoryview(body)
                 try:
                     header = codec.header_of(view, place=place)
-                    if header.size > self._max_body:
-                        raise PayloadTooLargeError(
-                            f"artifact {step_id!r} holds {header.size} bytes of content; this server accepts at "
-                            f"most {self._max_body} (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)",
-                            step_id=step_id,
-                        )
+                    head_size = codec.head_size(view)
+                    self._check_sizes(header, head_size, step_id)
                     self._check_json_size(header, step_id)
                     # The server's own codec verifies the digest (and the signature, with a signing key).
                     # The head is verified once: the payload is what follows it.
-                    message = codec.decode_payload(header, view[codec.head_size(view) :])
+                    message = codec.decode_payload(header, view[head_size:])
                 except ConfigurationError as exc:
                     # A signed artifact sent to a server without the key: the request is what is wrong.
                     raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
@@ -470,15 +469,39 @@ class _App:
                 size = int(declared)
             except ValueError:
                 raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed Content-Length") from None
-            if size > self._max_body:
+            if size > self._max_request:
                 raise self._too_large(size, step_id)
         body = bytearray()
         async for chunk in request.stream():
-            if len(body) + len(chunk) > self._max_body:
+            if len(body) + len(chunk) > self._max_request:
                 raise self._too_large(None, step_id)
             body += chunk
         request.state.body_read = True
         return body
+
+    def _check_sizes(self, header: Header, head_size: int, step_id: str) -> None:
+        """Refuse content or a stored payload over the body limit, or a head over its allowance, from the
+        verified header, before the payload is hashed or decompressed.
+
+        The limit counts the content (and the stored payload, which an honest writer never makes larger),
+        not the head: the server re-encodes what it serves with its own codec, so what a client with the
+        same limit can read is decided by the content alone (see :func:`~.settings.head_allowance`).
+        """
+        largest = max(header.size, header.stored_size)
+        if largest > self._max_body:
+            what = "content" if header.size >= header.stored_size else "stored payload"
+            raise PayloadTooLargeError(
+                f"artifact {step_id!r} holds {largest} bytes of {what}; this server accepts at most "
+                f"{self._max_body} (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)",
+                step_id=step_id,
+            )
+        if head_size > self._max_head:
+            raise PayloadTooLargeError(
+                f"artifact {step_id!r} has an envelope head of {head_size} bytes (its metadata and schema); this "
+                f"server accepts a head of at most {self._max_head} bytes (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES, "
+                "up to the format's largest head)",
+                step_id=step_id,
+            )
 
     def _check_json_size(self, header: Header, step_id: str) -> None:
         """Refuse JSON content over the JSON limit from its verified header, before it is decompressed or parsed.
@@ -498,8 +521,9 @@ class _App:
         what = f"{size} bytes" if size is not None else "more bytes"
         # Named like every other error of a save, so a log line of a batch says which artifact it was.
         return PayloadTooLargeError(
-            f"the request body of artifact {step_id!r} ({what}) exceeds this server's limit of {self._max_body} "
-            "bytes (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)",
+            f"the request body of artifact {step_id!r} ({what}) exceeds this server's limit of "
+            f"{self._max_request} bytes: {self._max_body} bytes of content (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES) "
+            f"and an envelope head of at most {self._max_head}",
             step_id=step_id,
         )
 
@@ -662,7 +686,10 @@ def create_app(
             Default: :func:`default_store_factory` (the configured backend).
         token: the bearer token every API request must carry (compared in constant time).
         insecure: serve without authentication; only allowed, and only effective, when ``token`` is ``None``.
-        max_body_bytes: largest request body and largest artifact content; larger gets 413 unread.
+        max_body_bytes: largest artifact content (after decompression) and stored payload a save may carry;
+            the request body may carry the envelope's head on top (see
+            :func:`~artifactstore_http.settings.head_allowance`). A body over both together gets 413 unread,
+            larger content 413 once its verified header is read.
         max_json_bytes: largest JSON content (its decoded text) of a save; larger gets 413 before the
             payload is decompressed or parsed (a parsed JSON value takes many times its text in memory).
         max_header_count, max_header_bytes: request header limits; beyond them gets 431.

@@ -9,20 +9,26 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from artifactstore_core import BackendSettings
+from artifactstore_core.envelope import MAX_HEADER_SIZE, PREFIX_SIZE, TAG_SIZE
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_JSON_BYTES",
+    "MAX_HEAD_BYTES",
     "MIN_TOKEN_LENGTH",
     "HttpSettings",
     "ServerSettings",
+    "head_allowance",
     "is_loopback",
 ]
 
 #: Shortest bearer token the server accepts: a token is a password that never needs typing.
 MIN_TOKEN_LENGTH = 16
-#: Default largest body (and artifact content) the server accepts and the client reads.
+#: Default largest artifact content (and stored payload) the server accepts and the client reads; the body
+#: that carries it may hold the envelope's head on top (see :func:`head_allowance`).
 DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+#: The largest envelope head the stored format allows: prefix, a header of at most 16 MiB, and the tag.
+MAX_HEAD_BYTES = PREFIX_SIZE + MAX_HEADER_SIZE + TAG_SIZE
 #: Default largest JSON content (decoded text) the server parses in a save or a read, and the client reads.
 #: Lower than the body limit because a parsed JSON value costs many times its text in memory: eight million
 #: ``{}`` are 24 MB of text and about 1 GB of dicts.
@@ -39,6 +45,19 @@ def _token_problem(token: str) -> str | None:
     if not token.isascii() or not token.isprintable() or " " in token:
         return "must be printable ASCII without spaces or line breaks (check for a trailing newline)"
     return None
+
+
+def head_allowance(max_body_bytes: int) -> int:
+    """The most bytes of envelope head an artifact's body may carry on top of ``max_body_bytes`` of payload.
+
+    The one rule the server and the client share: ``MAX_BODY_BYTES`` counts an artifact's content (the
+    header's ``size``, after decompression) and its stored payload, never the head, whose size depends on
+    the metadata and schema and on how the writer compressed (a server re-encodes what it serves with its
+    own codec). So whatever content a server accepts, a client with the same limit reads. The head is
+    bounded apart: by the format's largest head (:data:`MAX_HEAD_BYTES`) and by the limit itself, so that a
+    body is never more than twice the limit. Raises nothing.
+    """
+    return min(max_body_bytes, MAX_HEAD_BYTES)
 
 
 def is_loopback(host: str) -> bool:
@@ -88,9 +107,10 @@ class HttpSettings(BackendSettings):
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
         ge=1024,
-        description="Largest response body read, and largest artifact content (after decompression) accepted; "
-        "a larger artifact raises PayloadTooLargeError before its payload is read. The server's default "
-        "ARTIFACT_STORE_SERVER_MAX_BODY_BYTES.",
+        description="Largest artifact read: its content (after decompression) and its stored payload; the "
+        "envelope's head comes on top (at most this many bytes, and at most the format's 16 MiB header), so "
+        "whatever content a server with the same ARTIFACT_STORE_SERVER_MAX_BODY_BYTES accepts is read. A larger "
+        "artifact raises PayloadTooLargeError before its payload is read. The server's default.",
     )
     max_json_bytes: int = Field(
         default=DEFAULT_MAX_JSON_BYTES,
@@ -152,7 +172,9 @@ class ServerSettings(BackendSettings):
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
         ge=1024,
-        description="Largest request body, and largest artifact content, accepted; larger gets 413.",
+        description="Largest artifact content (after decompression) a save may carry, and the limit advertised "
+        "by /v1/health; larger gets 413. The request body may carry the envelope's head on top (at most this "
+        "many bytes, and at most the format's 16 MiB header); a body over both together gets 413 unread.",
     )
     max_json_bytes: int = Field(
         default=DEFAULT_MAX_JSON_BYTES,
