@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from pydantic import BaseModel, ValidationError
 
-from .envelope import Encoded
+from .envelope import Encoded, limiting_json_content
 from .errors import (
     ArtifactCorruptedError,
     ArtifactExistsError,
@@ -47,6 +47,7 @@ from .errors import (
     BackendUnavailableError,
     CapacityError,
     InvalidStepIdError,
+    PayloadTooLargeError,
     SchemaMismatchError,
     SerializationError,
     StoreClosedError,
@@ -626,6 +627,27 @@ class StoreConformance:
             store.get_many(["a", *many])
         assert info.value.missing_ids == tuple(many)
         assert info.value.step_id == many[0]
+
+    def test_get_many_decodes_within_the_callers_context(self, store: ArtifactStore) -> None:
+        # A limit the caller sets on decoding (the artifact server sets limiting_json_content around a read)
+        # holds in get_many as it does in get, also where the backend decodes in worker threads of its own:
+        # a pool's threads run in a context of their own, so each task must be submitted in a copy of the
+        # caller's (contextvars.copy_context().run; see docs/writing-a-backend.md).
+        items = {f"ctx-{index}": Message(content=[{"i": i} for i in range(100)]) for index in range(4)}
+        store.save_many(items)
+        with limiting_json_content(64, setting="CONFORMANCE_JSON_LIMIT"):
+            refused: PayloadTooLargeError | None = None
+            try:
+                store.get("ctx-0")
+            except PayloadTooLargeError as exc:
+                refused = exc
+            if refused is None:
+                # A backend that keeps messages (memory) parses nothing, in get as in get_many.
+                assert store.get_many(list(items)) == items
+            else:
+                assert "CONFORMANCE_JSON_LIMIT" in str(refused), str(refused)
+                with pytest.raises(PayloadTooLargeError, match="CONFORMANCE_JSON_LIMIT"):
+                    store.get_many(list(items))
 
     def test_save_many_rejects_duplicates_and_conflicts(self, store: ArtifactStore) -> None:
         with pytest.raises(InvalidStepIdError):

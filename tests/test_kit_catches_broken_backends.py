@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -127,6 +128,14 @@ class OverdeclaringStore(ExampleStore):
     capabilities = Capabilities(list_namespaces=True)
 
 
+class PooledGetManyStore(ExampleStore):
+    """Reads a batch on a thread pool whose workers run in their own context, not the caller's."""
+
+    def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return dict(zip(step_ids, pool.map(self._get, step_ids), strict=True))
+
+
 @contextmanager
 def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
     """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
@@ -182,6 +191,12 @@ def test_kit_catches_a_capability_declared_but_not_implemented() -> None:
             new_store().namespaces()
 
 
+def test_kit_catches_batch_workers_outside_the_callers_context() -> None:
+    # Its get_many parsed JSON content that get, within limiting_json_content, refused.
+    with stores(PooledGetManyStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_get_many_decodes_within_the_callers_context(new_store())
+
+
 def test_kit_catches_a_failure_reported_as_absent() -> None:
     with pytest.raises(KIT_FAILURES, match="exists on an unreachable backend gave False"):
         StoreConformance().test_failures_are_raised_never_reported_as_absent(
@@ -203,8 +218,9 @@ def test_kit_catches_a_failure_reported_as_absent() -> None:
         lambda kit, new_store, monkeypatch: kit.test_list_and_batches_beyond_a_page(new_store()),
         lambda kit, new_store, monkeypatch: kit.test_reads_verify_the_stored_digest(new_store(), monkeypatch),
         lambda kit, new_store, monkeypatch: kit.test_registered_as_it_names_itself(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_get_many_decodes_within_the_callers_context(new_store()),
     ],
-    ids=["stale", "clear", "page", "verify", "registration"],
+    ids=["stale", "clear", "page", "verify", "registration", "context"],
 )
 def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
     # The control: each check above fails because of the bug, not because it fails everything.

@@ -10,6 +10,7 @@ See ``docs/filesystem.md`` for the layout and the guarantees.
 from __future__ import annotations
 
 import builtins
+import contextvars
 import errno
 import io
 import logging
@@ -258,7 +259,12 @@ class FilesystemStore(ArtifactStore):
         directories: set[str] = set()
         try:
             with ThreadPoolExecutor(max_workers=min(_BATCH_THREADS, len(items))) as pool:
-                futures = [pool.submit(self._prepare, step_id, message, overwrite, temps) for step_id, message in items]
+                # Each in a copy of the caller's context: what the caller set for its codec (such as
+                # reusing_verified_digests) holds in the workers too (docs/writing-a-backend.md).
+                futures = [
+                    pool.submit(contextvars.copy_context().run, self._prepare, step_id, message, overwrite, temps)
+                    for step_id, message in items
+                ]
             prepared = [future.result() for future in futures]
             for entry in prepared:
                 if entry is not None:

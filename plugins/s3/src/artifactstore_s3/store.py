@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextvars
 import io
 import logging
 import os
@@ -699,7 +700,11 @@ class S3Store(ArtifactStore):
                 self._raise(exc, "save", step_id)
 
         pool = self._pool("batch")
-        futures = [pool.submit(save_one, step_id, message) for step_id, message in items]
+        # Each save runs in a copy of the caller's context: what the caller set for its codec
+        # (reusing_verified_digests, limiting_json_content) holds in the workers too (docs/writing-a-backend.md).
+        futures = [
+            pool.submit(contextvars.copy_context().run, save_one, step_id, message) for step_id, message in items
+        ]
         wait(futures)
         for future in futures:
             future.result()  # the first failure, in input order
@@ -892,7 +897,13 @@ class S3Store(ArtifactStore):
             except Exception as exc:
                 self._raise(exc, "get", step_id)
 
-        results = builtins.list(self._pool("batch").map(get_one, step_ids))
+        # Each read decodes in a copy of the caller's context, taken here in the caller's thread: a pool's
+        # threads run in a context of their own, where a limit the caller set (limiting_json_content, as the
+        # artifact server sets it around a read) would not hold (docs/writing-a-backend.md).
+        contexts = [contextvars.copy_context() for _ in step_ids]
+        results = builtins.list(
+            self._pool("batch").map(lambda context, step_id: context.run(get_one, step_id), contexts, step_ids)
+        )
         missing = [step_id for step_id, message in zip(step_ids, results, strict=True) if message is None]
         if missing:
             raise self._missing_many(missing)
