@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import blake3
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -399,3 +401,41 @@ def test_the_server_does_not_parse_json_content_over_its_limit_to_answer_a_read(
         # The save's limit and the read's agree: what the server refuses to serve, it refuses to take.
         with pytest.raises(PayloadTooLargeError, match="ARTIFACT_STORE_SERVER_MAX_JSON_BYTES"):
             store.save("again", big)
+
+
+def _sent_as_is(url: str, namespace: str, step_id: str, text: bytes) -> httpx.Response:
+    """PUT JSON content as the bytes ``text``, in whatever valid form it is written (as a writer other than this
+    project's client may send it), in a valid envelope."""
+    head, _ = Codec().encode_head(
+        codec="json", media_type="application/json", schema=None, metadata={},
+        created_at=datetime.now(UTC), size=len(text), digest=blake3.blake3(text).hexdigest(),
+    )  # fmt: skip
+    return httpx.put(
+        f"{url}/v1/namespaces/{namespace}/artifacts/{step_id}",
+        content=head + text,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": ENVELOPE},
+        timeout=30,
+    )
+
+
+def test_json_content_stored_over_the_limit_is_refused_at_save_though_sent_under_it(
+    redis_bounds: tuple[RedisServer, ServerThread],
+) -> None:
+    # The store keeps JSON content in its canonical encoding, which can be longer than what was sent: 1e15 is
+    # stored, and served, as 1000000000000000.0. The server measured the text sent (2001 bytes, under its limit
+    # of 4096), saved it, and then refused its own GET of it (7601 bytes of JSON content: 413).
+    _, server = redis_bounds
+    over = ("[" + ",".join(["1e15"] * 400) + "]").encode()
+    answer = _sent_as_is(server.url, "sent", "over", over)
+    assert answer.status_code == 413, answer.text
+    detail = answer.json()["detail"]
+    assert "2001 bytes as sent, but 7601 bytes as stored" in detail
+    assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in detail
+    # Sent longer than it is stored (spaces), near the limit: measured, and saved.
+    spaced = ("[" + ", ".join(["1"] * 1000) + "]").encode()
+    assert len(spaced) * 5 > 4096
+    assert _sent_as_is(server.url, "sent", "spaced", spaced).status_code == 204
+    with client_for(server.url, "sent", retries=0) as store:
+        assert not store.exists("over")
+        assert store.get("spaced").content == Message(content=[1] * 1000).content
+        store.clear()

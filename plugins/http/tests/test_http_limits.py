@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from starlette.responses import JSONResponse, Response
@@ -429,6 +430,38 @@ def test_the_json_limit_answers_a_problem_naming_the_setting() -> None:
         assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in problem["detail"]
         assert problem["retryable"] is False
         assert list(space.namespace("json")) == []
+    finally:
+        server.stop()
+
+
+def test_a_list_page_fits_in_the_json_limit_a_client_reads_it_within() -> None:
+    # Every artifact was accepted, but a page of them (1,000 by default) with long media types or schema names
+    # was one JSON answer over the client's MAX_JSON_BYTES (by default the server's): list() raised
+    # BackendError and the namespace could not be listed at all. A page now ends within the server's limit.
+    json_limit = 4096
+    space = MemorySpace()
+    app = create_app(
+        lambda ns: MemoryStore(namespace=ns, space=space), token=SecretStr(TOKEN), max_json_bytes=json_limit
+    )
+    server = ServerThread(app).start()
+    try:
+        with client_for(server.url, "wide", retries=0, max_json_bytes=json_limit) as store:
+            media_type = "application/x." + "m" * 1000
+            ids = [f"a{index:02d}" for index in range(20)]
+            store.save_many({step_id: Message(content=b"x", media_type=media_type) for step_id in ids})
+            assert [info.step_id for info in store.list()] == ids
+            assert {info.media_type for info in store.list()} == {media_type}
+            # Each answer is within the limit, and holds what fits (not one artifact a page).
+            answer = httpx.get(
+                f"{server.url}/v1/namespaces/wide/artifacts",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=30,
+            )
+            page = answer.json()
+            assert len(answer.content) <= json_limit
+            assert 2 <= len(page["items"]) < 20
+            assert page["next_cursor"] is not None
+            assert answer.headers["content-type"] == "application/json"
     finally:
         server.stop()
 

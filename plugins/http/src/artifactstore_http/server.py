@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import hmac
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -43,6 +44,8 @@ from artifactstore_core.errors import (
     StoreClosedError,
 )
 from artifactstore_core.ids import validate_namespace, validate_step_id
+from artifactstore_core.message import Message as ArtifactMessage
+from artifactstore_core.message import canonical_json
 from artifactstore_core.registry import plugin_host
 from artifactstore_core.settings import CoreSettings, load_settings
 
@@ -72,6 +75,11 @@ logger = logging.getLogger("artifactstore_http.server")
 StoreFactory = Callable[[str], ArtifactStore]
 
 DEFAULT_LIST_LIMIT = 1000
+# The most the canonical encoding of a JSON value (what a store keeps) can be longer than any valid JSON text
+# of it: a lone float written 1e15 (4 bytes) is 1000000000000000.0 (18). Whitespace, escapes, duplicate keys
+# and long numbers only shrink; a float's repr is at most 24 characters, and floats of 1e16 and up keep an
+# exponent. JSON content sent this many times under the limit cannot be stored over it.
+_MAX_JSON_GROWTH = 5
 MAX_LIST_LIMIT = 10_000
 
 _UNAUTHORIZED = problem_document(
@@ -261,6 +269,41 @@ def _info_json(info: ArtifactInfo) -> dict[str, Any]:
         "schema_name": info.schema_name,
         "created_at": info.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
+
+
+# What JSONResponse writes (compact, UTF-8 as is), one encoder for every item of a page.
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# Room a list page keeps under the JSON limit for what is not an item: the braces, the keys and the cursor
+# (an encoded step id of at most 256 bytes).
+_PAGE_FRAME = 1024
+
+
+def _page_body(infos: list[ArtifactInfo], limit: int, max_json: int) -> bytes:
+    """The JSON answer of a list page: the first ``limit`` of ``infos`` (sorted by step id) that fit, together,
+    in at most ``max_json`` bytes (at least one), and the cursor after the last of them if more follow.
+
+    A client reads a list answer within its ``ARTIFACT_STORE_HTTP_MAX_JSON_BYTES``, whose default is this
+    server's JSON limit: a page of 1,000 artifacts with 40 KB media types or schema names (each of which the
+    server accepted) made a 40 MB answer that a default client refused, so the listing could not be read
+    at all. A page ends early instead; the cursor resumes after its last item, as after any page.
+    """
+    page = infos[:limit]
+    budget = max_json - _PAGE_FRAME
+    # Most pages fit by a bound on their text (no character takes more than 6 bytes in JSON; keys, digest, size
+    # and time take under 256 bytes an item), and are encoded in one call, as before; only a page that may
+    # not fit is encoded item by item.
+    if sum(6 * (len(i.step_id) + len(i.media_type) + len(i.schema_name or "")) + 256 for i in page) <= budget:
+        items = page
+    else:
+        items, used = [], 0
+        for info in page:
+            used += len(_JSON.encode(_info_json(info)).encode("utf-8")) + 1
+            if items and used > budget:
+                break
+            items.append(info)
+    more = len(items) < len(page) or len(infos) > limit
+    next_cursor = encode_cursor(items[-1].step_id) if more else None
+    return _JSON.encode({"items": [_info_json(info) for info in items], "next_cursor": next_cursor}).encode("utf-8")
 
 
 def _decode_segment(raw: bytes, what: str) -> str:
@@ -454,6 +497,8 @@ class _App:
                     # The server's own codec verifies the digest (and the signature, with a signing key).
                     # The head is verified once: the payload is what follows it.
                     message = codec.decode_payload(header, view[head_size:])
+                    if header.codec == "json":
+                        self._check_stored_json_size(message, header, step_id)
                 except ConfigurationError as exc:
                     # A signed artifact sent to a server without the key: the request is what is wrong.
                     raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
@@ -516,6 +561,35 @@ class _App:
                 "many times its text in memory; send large data as bytes or text",
                 step_id=step_id,
             )
+
+    def _check_stored_json_size(self, message: ArtifactMessage, header: Header, step_id: str) -> None:
+        """Refuse JSON content whose stored form is over a limit, though the text sent was within it.
+
+        A store keeps JSON content in its canonical encoding (compact, keys sorted, as ``Codec.encode`` writes
+        it), which a writer other than this project's client need not have sent: a float sent as ``1e15`` is
+        stored, and served, as ``1000000000000000.0``. Measured from the text sent, such content was saved and
+        then refused by this server's own GET (over ``MAX_JSON_BYTES``, from a byte backend) or by a client with
+        the server's limits. The stored form is measured only where it can matter (:data:`_MAX_JSON_GROWTH`), so
+        a save of JSON content well under the limits encodes nothing more.
+        """
+        limit = min(self._max_json, self._max_body)
+        if header.size * _MAX_JSON_GROWTH <= limit:
+            return
+        stored = len(canonical_json(message.content))
+        if stored <= limit:
+            return
+        setting = (
+            "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES"
+            if self._max_json <= self._max_body
+            else "ARTIFACT_STORE_SERVER_MAX_BODY_BYTES"
+        )
+        raise PayloadTooLargeError(
+            f"artifact {step_id!r} holds JSON content of {header.size} bytes as sent, but {stored} bytes as stored "
+            f"(canonical JSON: compact, keys sorted, numbers as Python writes them); this server accepts at most "
+            f"{limit} ({setting}), because it parses JSON content to serve it; send it as this project's client "
+            "does, or send large data as bytes or text",
+            step_id=step_id,
+        )
 
     def _too_large(self, size: int | None, step_id: str) -> PayloadTooLargeError:
         what = f"{size} bytes" if size is not None else "more bytes"
@@ -607,9 +681,7 @@ class _App:
                 )
 
         infos = await anyio.to_thread.run_sync(work)
-        page, more = infos[:limit], len(infos) > limit
-        next_cursor = encode_cursor(page[-1].step_id) if more else None
-        return JSONResponse({"items": [_info_json(info) for info in page], "next_cursor": next_cursor})
+        return Response(_page_body(infos, limit, self._max_json), media_type="application/json")
 
 
 def _loggable_path(scope: Scope) -> str:

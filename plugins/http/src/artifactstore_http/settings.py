@@ -179,9 +179,10 @@ class ServerSettings(BackendSettings):
     max_json_bytes: int = Field(
         default=DEFAULT_MAX_JSON_BYTES,
         ge=1024,
-        description="Largest JSON content (its decoded text) accepted in a save, or parsed from the store to "
-        "answer a read; larger gets 413 before it is decompressed or parsed. A parsed JSON value takes many times "
-        "its text in memory.",
+        description="Largest JSON content (its decoded text, and its text as stored) accepted in a save, or "
+        "parsed from the store to answer a read; larger gets 413 before it is decompressed or parsed. A parsed "
+        "JSON value takes many times its text in memory. Also the most bytes of a list page, so that a client "
+        "with the same ARTIFACT_STORE_HTTP_MAX_JSON_BYTES reads every page.",
     )
     max_header_count: int = Field(default=100, ge=8, description="Most request headers accepted; more gets 431.")
     max_header_bytes: int = Field(
