@@ -54,8 +54,8 @@ def head_allowance(max_body_bytes: int) -> int:
     header's ``size``, after decompression) and its stored payload, never the head, whose size depends on
     the metadata and schema and on how the writer compressed (a server re-encodes what it serves with its
     own codec). So whatever content a server accepts, a client with the same limit reads. The head is
-    bounded apart: by the format's largest head (:data:`MAX_HEAD_BYTES`) and by the limit itself, so that a
-    body is never more than twice the limit. Raises nothing.
+    bounded apart: by the format's largest head (:data:`~artifactstore_http.settings.MAX_HEAD_BYTES`) and
+    by the limit itself, so that a body is never more than twice the limit. Raises nothing.
     """
     return min(max_body_bytes, MAX_HEAD_BYTES)
 
