@@ -70,8 +70,9 @@ def smallest_after(pairs: Iterable[tuple[str, _H]], after: str | None, count: in
     in step id order, from ``(step_id, handle)`` pairs in any order, in one pass holding at most ``count``.
 
     A step id that comes twice (a Redis ``SCAN`` may return a member twice) is chosen once, with the handle
-    it came with first. For backends' :meth:`ArtifactStore._list_page`: pick the ids of a page from a cheap
-    listing of names, then read the infos of those ids only.
+    it came with first. For backends' ``_list_page`` (see
+    :meth:`~artifactstore_core.ArtifactStore.list_page`): pick the ids of a page from a cheap listing of
+    names, then read the infos of those ids only.
     """
     heap: builtins.list[_Largest[_H]] = []
     held: set[str] = set()  # the ids in the heap, so that a repeated id is not chosen twice
