@@ -56,3 +56,21 @@ def test_pages_follow_step_id_order_not_the_backends_key_order(redis_server: Ser
                     break
         assert seen == sorted(ORDER_TRAP_IDS)
         client.clear()
+
+
+@pytest.mark.timeout(120)
+def test_client_list_page_asks_the_server_for_that_page(redis_server: ServerThread, redis_process: RedisServer) -> None:
+    # The client's list_page was the core's default: a pass over list(), every page of the namespace.
+    count = 1_500
+    ids = [f"id-{index:04d}" for index in range(count)]
+    with client_for(redis_server.url, "client-page") as client:
+        client.save_many({step_id: Message(content=b"x") for step_id in ids})
+        before = _calls(redis_process, "hget")
+        page = client.list_page(after="id-0700", limit=5)
+        heads_read = _calls(redis_process, "hget") - before
+        assert [info.step_id for info in page] == ids[701:706]
+        assert page == [client.info(step_id) for step_id in ids[701:706]]
+        assert heads_read <= 6
+        assert [info.step_id for info in client.list_page(after="id-1497", limit=5)] == ids[1498:]
+        assert len(client.list_page(limit=1_200)) == 1_200  # more than one request's worth
+        client.clear()
