@@ -627,7 +627,10 @@ class RedisStore(ArtifactStore):
         return bool(self._script(DELETE, keys, [member, self._result_ttl_ms]))
 
     def _list(self) -> Iterator[ArtifactInfo]:
-        # ZSCAN may return a member twice while the index changes; the seen-set keeps the listing exact.
+        # ZSCAN may return a member twice while the index changes; the seen-set keeps the listing exact. It
+        # grows with the namespace (members only, no heads); list_page cannot replace it: paging in id order
+        # costs a pass over the index per page, as neither the index (by expiry) nor its members (encode_name)
+        # are in id order.
         seen: set[bytes] = set()
         cursor = 0
         while True:
