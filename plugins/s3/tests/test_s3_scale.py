@@ -61,17 +61,6 @@ def test_clear_of_10000_artifacts_uses_at_most_10_delete_requests(
     assert store.clear() == 0
 
 
-def test_list_pages_past_1000(remote_store: NewStore) -> None:
-    store = remote_store("paged", max_concurrency=8)
-    items = {f"s{i}": Message(content=i) for i in range(1_050)}
-    store.save_many(items)
-    lists = count(store, "ListObjectsV2")
-    infos = list(store.list())
-    assert len(lists) == 2
-    assert sorted(info.step_id for info in infos) == sorted(items)
-    assert all(info.size == len(str(int(info.step_id[1:]))) for info in infos)
-
-
 def test_list_page_reads_the_objects_of_its_page_only(remote_store: NewStore) -> None:
     # A page was picked from list(): a HeadObject for every artifact of the namespace to return 10 of them.
     # Keys sort unlike ids ("%41" for "A" before "-"), so the keys are listed whole, but only the page's
@@ -85,3 +74,14 @@ def test_list_page_reads_the_objects_of_its_page_only(remote_store: NewStore) ->
     assert all(info.size == len(info.step_id) for info in page)
     assert len(lists) == 2
     assert len(heads) + len(gets) <= 10
+
+
+def test_list_pages_past_1000(remote_store: NewStore) -> None:
+    store = remote_store("paged", max_concurrency=8)
+    items = {f"s{i}": Message(content=i) for i in range(1_050)}
+    store.save_many(items)
+    lists = count(store, "ListObjectsV2")
+    infos = list(store.list())
+    assert len(lists) == 2
+    assert sorted(info.step_id for info in infos) == sorted(items)
+    assert all(info.size == len(str(int(info.step_id[1:]))) for info in infos)
