@@ -35,6 +35,8 @@ MAX_NAMESPACE_BYTES = 128
 # that encoded names are distinct on case-insensitive file systems and can never be "." or "..".
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _HEX = "0123456789ABCDEF"
+# A non-empty encoded name without escapes: exactly the characters of _SAFE.
+_PLAIN = re.compile("[a-z0-9_-]+")
 # Unicode category Cc is exactly these 65 code points: C0 controls, DEL and C1 controls.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -132,6 +134,10 @@ def decode_name(name: str) -> str:
         ValueError: if ``name`` is not exactly what :func:`encode_name` produces for some string (only the
             canonical form decodes, which keeps the encoding a bijection).
     """
+    if _PLAIN.fullmatch(name):
+        # Only characters that stand for themselves: the name is its own decoding, and canonical. Most ids
+        # are such names, and a listing that sorts them (ArtifactStore.list_page) decodes every one per page.
+        return name
     raw = bytearray()
     i = 0
     while i < len(name):

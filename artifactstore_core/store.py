@@ -9,13 +9,14 @@ Public methods validate their arguments (before any I/O), check the store is ope
 from __future__ import annotations
 
 import builtins
+import heapq
 import io
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import IO, Any, ClassVar, NoReturn, TypeVar
+from typing import IO, Any, ClassVar, Generic, NoReturn, TypeVar
 
 from .envelope import Codec, content_stream
 from .errors import (
@@ -34,7 +35,7 @@ from .ids import validate_namespace, validate_step_id
 from .message import MEDIA_TYPE_BYTES, Message, SchemaInfo
 from .models import ArtifactInfo, Capabilities
 
-__all__ = ["MAX_TTL", "ArtifactStore", "Ttl", "checked_read"]
+__all__ = ["MAX_TTL", "ArtifactStore", "Ttl", "checked_read", "smallest_after"]
 
 #: A time to live: seconds (int or float) or a :class:`~datetime.timedelta`.
 Ttl = float | int | timedelta
@@ -47,6 +48,45 @@ _FALLBACK_CHUNK = 8 * 1024 * 1024
 
 
 _T = TypeVar("_T")
+_H = TypeVar("_H")
+
+
+class _Largest(Generic[_H]):
+    """A heap entry that sorts in reverse step id order, so that :mod:`heapq`'s min-heap keeps the largest of
+    the chosen ids on top, the one a smaller id replaces."""
+
+    __slots__ = ("handle", "step_id")
+
+    def __init__(self, step_id: str, handle: _H) -> None:
+        self.step_id = step_id
+        self.handle = handle
+
+    def __lt__(self, other: _Largest[_H]) -> bool:
+        return self.step_id > other.step_id
+
+
+def smallest_after(pairs: Iterable[tuple[str, _H]], after: str | None, count: int) -> builtins.list[tuple[str, _H]]:
+    """The ``count`` pairs with the smallest distinct step ids greater than ``after`` (all ids when ``None``),
+    in step id order, from ``(step_id, handle)`` pairs in any order, in one pass holding at most ``count``.
+
+    A step id that comes twice (a Redis ``SCAN`` may return a member twice) is chosen once, with the handle
+    it came with first. For backends' ``_list_page`` (see
+    :meth:`~artifactstore_core.ArtifactStore.list_page`): pick the ids of a page from a cheap listing of
+    names, then read the infos of those ids only.
+    """
+    heap: builtins.list[_Largest[_H]] = []
+    held: set[str] = set()  # the ids in the heap, so that a repeated id is not chosen twice
+    for step_id, handle in pairs:
+        if (after is not None and step_id <= after) or step_id in held:
+            continue
+        if len(heap) < count:
+            heapq.heappush(heap, _Largest(step_id, handle))
+            held.add(step_id)
+        elif step_id < heap[0].step_id:
+            # An id pushed out is larger than every id kept from now on, so a repeat of it is refused above.
+            held.discard(heapq.heapreplace(heap, _Largest(step_id, handle)).step_id)
+            held.add(step_id)
+    return [(entry.step_id, entry.handle) for entry in sorted(heap, reverse=True)]
 
 
 def checked_read(result: _T | None) -> _T:
@@ -251,6 +291,37 @@ class ArtifactStore(ABC):
         self._check_open()
         try:
             yield from self._list()
+        except Exception as exc:
+            self._raise(exc, "list", None)
+
+    def list_page(self, *, after: str | None = None, limit: int = 1000) -> builtins.list[ArtifactInfo]:
+        """One page of a listing in step id order: the (at most) ``limit`` artifacts with the smallest step
+        ids greater than ``after``, sorted by step id.
+
+        The order is Python's ``str`` order (code points, which is also the order of the ids' UTF-8 bytes),
+        whatever order the backend keeps its names in. Pass the last step id of a page as ``after`` to get
+        the next one; a page shorter than ``limit`` is the last. ``after`` need not be a stored id. An
+        artifact present for the whole of a paged listing is listed exactly once; one saved or deleted
+        meanwhile may or may not be.
+
+        Backends that can find the ids of a page without reading every artifact's info (Redis, S3, the
+        file system: from their list of names) read the infos of that page only; others pick the page out
+        of :meth:`list` holding ``limit`` infos at a time (see "Listing in pages" in the guide to writing
+        a backend).
+
+        Raises:
+            InvalidStepIdError: ``after`` is not a legal step id (before any I/O).
+            ValueError: ``limit`` is not a positive int (before any I/O).
+            BackendError: the backend failed.
+            StoreClosedError: the store was closed.
+        """
+        if after is not None:
+            validate_step_id(after)
+        if type(limit) is not int or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        self._check_open()
+        try:
+            return builtins.list(self._list_page(after, limit))
         except Exception as exc:
             self._raise(exc, "list", None)
 
@@ -573,6 +644,50 @@ class ArtifactStore(ABC):
             if info.step_id == step_id:
                 return info
         raise self._not_found(step_id)
+
+    def _list_page(self, after: str | None, limit: int) -> Iterable[ArtifactInfo]:
+        """The at most ``limit`` artifacts with the smallest step ids greater than ``after`` (``None``: from
+        the first), in step id order (Python ``str`` order), each id once. Called by :meth:`list_page`
+        with a valid ``after`` and a positive ``limit`` on an open store.
+
+        This default makes one pass over :meth:`_list`, holding at most ``limit`` infos: correct for every
+        backend, but it reads every artifact's info for each page. Override it when the backend can list
+        its ids more cheaply than their infos (see :meth:`_page_of_ids`), or can read its ids in step id
+        order from a given one (a sorted index whose order is the ids' own: most encodings of ids, such as
+        :func:`~artifactstore_core.ids.encode_name`, do not keep that order).
+        """
+        return [info for _, info in smallest_after(((info.step_id, info) for info in self._list()), after, limit)]
+
+    def _page_of_ids(
+        self,
+        names: Callable[[], Iterable[tuple[str, _H]]],
+        after: str | None,
+        limit: int,
+        infos: Callable[[builtins.list[tuple[str, _H]]], Iterable[ArtifactInfo | None]],
+    ) -> builtins.list[ArtifactInfo]:
+        """A :meth:`_list_page` for backends that can list their ids more cheaply than their infos.
+
+        Args:
+            names: returns a new pass over the namespace's ``(step_id, handle)`` pairs, in any order, a
+                step id possibly more than once; ``handle`` is what ``infos`` needs to read that artifact
+                (its key, its path).
+            after, limit: as :meth:`_list_page`.
+            infos: reads the infos of the pairs it is given (sorted by step id), one for each pair and in
+                their order; ``None`` for an artifact gone since ``names`` listed it.
+
+        Picks the page's ids with :func:`smallest_after` and reads only their infos. If some were gone by
+        then, the page is filled up from another pass over ``names`` after the last id read, so that a
+        short page still means the listing's end.
+        """
+        page: builtins.list[ArtifactInfo] = []
+        while True:
+            wanted = limit - len(page)
+            chosen = smallest_after(names(), after, wanted)
+            if chosen:
+                page.extend(info for info in infos(chosen) if info is not None)
+            if len(chosen) < wanted or len(page) == limit:
+                return page
+            after = chosen[-1][0]
 
     def _namespaces(self) -> Iterable[str]:
         """Namespaces holding artifacts, for backends that declare ``capabilities.list_namespaces``."""

@@ -59,7 +59,7 @@ from .registry import plugin_host
 from .store import ArtifactStore
 from .testing_skips import CAPABILITY_SKIP
 
-__all__ = ["AWKWARD_IDS", "INVALID_IDS", "StoreConformance", "ZeroStream", "json_values", "messages"]
+__all__ = ["AWKWARD_IDS", "INVALID_IDS", "ORDER_TRAP_IDS", "StoreConformance", "ZeroStream", "json_values", "messages"]
 
 MakeStore = Callable[[str], ArtifactStore]
 
@@ -92,6 +92,47 @@ AWKWARD_IDS: tuple[str, ...] = (
     "x" * MAX_ID_BYTES,
     "é" * (MAX_ID_BYTES // 2),
 )
+
+#: Ids whose storage names (``encode_name``, S3's compact form for long ids) sort unlike the ids themselves, and
+#: ids that prefix one another: ``list_page`` must return them in ``sorted()`` order all the same.
+ORDER_TRAP_IDS: tuple[str, ...] = (
+    " ",
+    "!",
+    "%",
+    "%41",
+    "-",
+    ".",
+    "/",
+    "0",
+    "9",
+    "A",
+    "Z",
+    "_",
+    "`",
+    "a",
+    "a-",
+    "a/",
+    "a0",
+    "aA",
+    "a_",
+    "b",
+    "step-10",
+    "step-2",
+    "z",
+    "{",
+    "~",
+    "é",
+    "e\u0301",
+    "日本語",
+    "\uffff",
+    "\U0001f680",
+    "x" * 100 + "-",
+    "x" * 100 + "A",
+    "x" * MAX_ID_BYTES,
+    "é" * (MAX_ID_BYTES // 2),
+)
+# Afters that are stored nowhere in ORDER_TRAP_IDS: before, between and after them.
+_ABSENT_AFTER = ("\u00a0", "+", "0a", "@", "Y", "^", "a.", "aB", "a\u00e0", "step-1", "x", "x" * 101, "\U0010fffd")
 
 #: Ids every backend must refuse with InvalidStepIdError before any I/O.
 INVALID_IDS: tuple[Any, ...] = (
@@ -445,8 +486,56 @@ class StoreConformance:
         got = store.get_many(list(items))
         assert len(got) == count
         assert all(got[step_id].content == message.content for step_id, message in items.items())
+        walked: list[str] = []
+        after = None
+        while page := store.list_page(after=after, limit=400):
+            walked += [info.step_id for info in page]
+            after = page[-1].step_id
+        assert walked == sorted(items)
         assert store.clear() == count
         assert list(store.list()) == []
+
+    def test_list_page_is_in_step_id_order_after_any_id(self, store: ArtifactStore) -> None:
+        # Pages are slices of sorted(step_id) (code point order, the order of the ids' UTF-8 bytes), whatever
+        # order the backend's names keep: encode_name's "%41" for "A" sorts before "-", a long id's compact
+        # S3 key after every readable one, UTF-16 puts "\U0001f680" before "\uffff".
+        store.save_many({step_id: Message(content=index) for index, step_id in enumerate(ORDER_TRAP_IDS)})
+        infos = {info.step_id: info for info in store.list()}
+        ordered = sorted(ORDER_TRAP_IDS)
+        assert store.list_page(limit=len(ordered) + 1) == [infos[step_id] for step_id in ordered]
+        for start in (*ORDER_TRAP_IDS, *_ABSENT_AFTER):
+            following = [infos[step_id] for step_id in ordered if step_id > start]
+            assert store.list_page(after=start, limit=3) == following[:3], f"after={start!r}"
+        walked: list[str] = []
+        after: str | None = None
+        while True:
+            page = store.list_page(after=after, limit=2)
+            assert len(page) <= 2
+            walked += [info.step_id for info in page]
+            if len(page) < 2:
+                break
+            after = page[-1].step_id
+        assert walked == ordered
+
+    def test_list_page_refuses_bad_limits(self, new_store: Callable[..., ArtifactStore], monkeypatch: Any) -> None:
+        store = new_store()
+        store.save("a", Message(content=1))
+        assert [info.step_id for info in store.list_page(limit=1)] == ["a"]
+        assert store.list_page(after="a") == []
+
+        def no_io(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("backend was called with an invalid limit")
+
+        monkeypatch.setattr(store, "_list_page", no_io)
+        bad_limits: tuple[Any, ...] = (0, -1, True, 1.5, "3", None)
+        for bad in bad_limits:
+            with pytest.raises(ValueError, match="limit"):
+                store.list_page(limit=bad)
+        monkeypatch.undo()
+        closed = new_store(store.namespace)
+        closed.close()
+        with pytest.raises(StoreClosedError):
+            closed.list_page()
 
     def test_clear_leaves_other_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
         mine, theirs = new_store(), new_store()
@@ -581,7 +670,18 @@ class StoreConformance:
         def no_io(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError("backend was called with an invalid id")
 
-        for name in ("_save", "_get", "_exists", "_delete", "_save_many", "_get_many", "_save_stream", "_open"):
+        names = (
+            "_save",
+            "_get",
+            "_exists",
+            "_delete",
+            "_save_many",
+            "_get_many",
+            "_save_stream",
+            "_open",
+            "_list_page",
+        )
+        for name in names:
             monkeypatch.setattr(store, name, no_io)
         message = Message(content=1)
         calls: list[Callable[[], Any]] = [
@@ -594,6 +694,8 @@ class StoreConformance:
             lambda: store.save_stream(bad, io.BytesIO(b"x")),
             lambda: store.open(bad),
         ]
+        if bad is not None:  # after=None is the start of a listing
+            calls.append(lambda: store.list_page(after=bad))
         for call in calls:
             with pytest.raises(InvalidStepIdError):
                 call()

@@ -63,6 +63,21 @@ def test_clear_of_10000_artifacts_uses_at_most_10_delete_requests(
     assert store.clear() == 0
 
 
+def test_list_page_reads_the_objects_of_its_page_only(remote_store: NewStore) -> None:
+    # A page was picked from list(): a HeadObject for every artifact of the namespace to return 10 of them.
+    # Keys sort unlike ids ("%41" for "A" before "-"), so the keys are listed whole, but only the page's
+    # objects are read.
+    store = remote_store("page", max_concurrency=8)
+    ids = [f"s{i:04d}" if i % 2 else f"S{i:04d}" for i in range(1_050)]
+    store.save_many({step_id: Message(content=step_id) for step_id in ids})
+    heads, gets, lists = count(store, "HeadObject"), count(store, "GetObject"), count(store, "ListObjectsV2")
+    page = store.list_page(after="S0500", limit=10)
+    assert [info.step_id for info in page] == [step_id for step_id in sorted(ids) if step_id > "S0500"][:10]
+    assert all(info.size == len(info.step_id) for info in page)
+    assert len(lists) == 2
+    assert len(heads) + len(gets) <= 10
+
+
 def test_list_pages_past_1000(remote_store: NewStore) -> None:
     store = remote_store("paged", max_concurrency=8)
     items = {f"s{i}": Message(content=i) for i in range(1_050)}

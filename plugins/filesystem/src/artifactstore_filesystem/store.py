@@ -691,6 +691,27 @@ class FilesystemStore(ArtifactStore):
                 if header is not None:  # None: deleted while we listed
                     yield header.info(step_id)
 
+    def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
+        # Directory entries come in no useful order, and encoded names sort unlike the ids anyway ("%41" for
+        # "A" before "-"). The page's ids are picked from the file names alone (no file opened), and only
+        # the page's headers are read.
+        def names() -> Iterator[tuple[str, str]]:
+            for kind, path, step_id in self._scan(self._ns_dir):
+                if kind == "artifact" and step_id is not None:
+                    yield step_id, path
+
+        def infos(chosen: list[tuple[str, str]]) -> Iterator[ArtifactInfo | None]:
+            for step_id, path in chosen:
+                try:
+                    header = self._header_or_none(path, step_id)
+                except ArtifactStoreError as exc:
+                    exc.step_id = step_id
+                    raise
+                yield None if header is None else header.info(step_id)  # None: deleted since it was listed
+
+        with self._doing("list", None):
+            return self._page_of_ids(names, after, limit, infos)
+
     def _delete(self, step_id: str) -> bool:
         with self._doing("delete", step_id):
             directory, final = self._path(step_id)

@@ -57,6 +57,7 @@ from .protocol import (
     MEDIA_TYPE_PROBLEM,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
+    encode_cursor,
     quote_segment,
 )
 from .settings import HttpSettings, _token_problem, head_allowance, is_loopback
@@ -95,6 +96,8 @@ _BACKOFF_MAX = 2.0
 # problem is a few hundred bytes. Beyond it the body is left unread (the connection is closed, not drained)
 # and the error is told from the status and the Artifactstore-Error header alone.
 _MAX_SMALL_BODY = 64 * 1024
+# Most items list_page asks the server for in one request: the server's default page (it accepts up to 10,000).
+_LIST_REQUEST_ITEMS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,6 +746,26 @@ class HttpStore(ArtifactStore):
                     "would never end"
                 )
             given.add(cursor)
+
+    def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
+        # The server pages in step id order from a cursor (the last id of a page), as list_page does: a page
+        # takes a request per _LIST_REQUEST_ITEMS of it, where the core's default would list the namespace.
+        page: list[ArtifactInfo] = []
+        while len(page) < limit:
+            params = {"limit": str(min(limit - len(page), _LIST_REQUEST_ITEMS))}
+            if after is not None:
+                params["cursor"] = encode_cursor(after)
+            response = self._send("list", "GET", self._url("artifacts"), params=params)
+            if response.status_code != 200:
+                raise self._fail(response)
+            items = [_info_from(item, self._display) for item in _json_field(response, "items", list, self._display)]
+            # Only ids after the last one taken: a broken server repeating itself cannot keep this going.
+            fresh = [info for info in items if after is None or info.step_id > after]
+            page += fresh[: limit - len(page)]
+            if not fresh or _json_field(response, "next_cursor", (str, type(None)), self._display) is None:
+                break
+            after = page[-1].step_id
+        return page
 
     def _clear(self) -> int:
         response = self._send("clear", "DELETE", self._base.copy_with(raw_path=self._ns_path))

@@ -15,7 +15,6 @@ server from any other web server at the endpoint (see :mod:`artifactstore_http.p
 from __future__ import annotations
 
 import contextlib
-import heapq
 import hmac
 import json
 import logging
@@ -672,13 +671,11 @@ class _App:
         def work() -> list[ArtifactInfo]:
             with self._cache.acquire(namespace) as store:
                 # Pages are slices of the id order, so a page boundary is a step id: no artifact present
-                # throughout a listing is skipped or repeated, without any state kept on the server. The page
-                # is picked with a bounded heap, so a request holds limit + 1 infos, not the whole namespace.
-                return heapq.nsmallest(
-                    limit + 1,
-                    (info for info in store.list() if after is None or info.step_id > after),
-                    key=lambda info: info.step_id,
-                )
+                # throughout a listing is skipped or repeated, without any state kept on the server. The store
+                # picks the page (a backend that can list its ids cheaply reads the infos of this page only;
+                # any other holds limit + 1 infos at a time, never the whole namespace); one more than the
+                # page says whether another follows.
+                return store.list_page(after=after, limit=limit + 1)
 
         infos = await anyio.to_thread.run_sync(work)
         return Response(_page_body(infos, limit, self._max_json), media_type="application/json")

@@ -185,6 +185,20 @@ class MemoryStore(ArtifactStore):
             if message is not None:  # None: deleted since the ids were taken
                 yield content_info(step_id, message)
 
+    def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
+        # An info hashes its content: pick the page's ids from the keys first and build the infos of the page only.
+        def names() -> Iterator[tuple[str, None]]:
+            with self._lock:
+                ids = list(self._items)
+            return ((step_id, None) for step_id in ids)
+
+        def infos(chosen: list[tuple[str, None]]) -> Iterator[ArtifactInfo | None]:
+            for step_id, _ in chosen:
+                message = self._items.get(step_id)  # atomic, as in _get; None: deleted since the ids were taken
+                yield None if message is None else content_info(step_id, message)
+
+        return self._page_of_ids(names, after, limit, infos)
+
     def _info(self, step_id: str) -> ArtifactInfo:
         return content_info(step_id, self._get(step_id))
 

@@ -627,7 +627,10 @@ class RedisStore(ArtifactStore):
         return bool(self._script(DELETE, keys, [member, self._result_ttl_ms]))
 
     def _list(self) -> Iterator[ArtifactInfo]:
-        # ZSCAN may return a member twice while the index changes; the seen-set keeps the listing exact.
+        # ZSCAN may return a member twice while the index changes; the seen-set keeps the listing exact. It
+        # grows with the namespace (members only, no heads); list_page cannot replace it: paging in id order
+        # costs a pass over the index per page, as neither the index (by expiry) nor its members (encode_name)
+        # are in id order.
         seen: set[bytes] = set()
         cursor = 0
         while True:
@@ -648,6 +651,37 @@ class RedisStore(ArtifactStore):
                     yield self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
             if cursor == 0:
                 return
+
+    def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
+        # The index is ordered by expiry, and its members (encode_name of the ids) sort unlike the ids
+        # anyway ("%41" for "A" before "-"), so no range of it is a page. The page's ids are picked from the
+        # members alone (one ZSCAN pass, no hash read), and only the page's heads are read.
+        return self._page_of_ids(self._index_ids, after, limit, self._heads_of)
+
+    def _index_ids(self) -> Iterator[tuple[str, bytes]]:
+        """``(step id, member)`` of every legal id in the index, possibly one twice (ZSCAN's guarantee)."""
+        cursor = 0
+        while True:
+            cursor, pairs = self._retrying(functools.partial(self._scan_index, cursor))
+            for member, _ in pairs:
+                step_id = _decoded(member, validate_step_id)
+                if step_id is not None:  # not a legal id's encoding: written by something else
+                    yield step_id, member
+            if cursor == 0:
+                return
+
+    def _heads_of(self, chosen: list[tuple[str, bytes]]) -> Iterator[ArtifactInfo | None]:
+        batch = self._settings.batch_size
+        for start in range(0, len(chosen), batch):
+            part = chosen[start : start + batch]
+            heads = self._pipelined([("HGET", self._key(member), b"head") for _, member in part])
+            for (step_id, _), head in zip(part, heads, strict=True):
+                if isinstance(head, Exception):
+                    raise head
+                if head is None:  # expired or deleted since the index was read
+                    yield None
+                else:
+                    yield self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
 
     def _scan_index(self, cursor: int) -> tuple[int, list[tuple[bytes, float]]]:
         reply = self._client.zscan(self._index, cursor, count=self._settings.batch_size)

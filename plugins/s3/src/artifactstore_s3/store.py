@@ -1001,6 +1001,20 @@ class S3Store(ArtifactStore):
                 if info is not None:
                     yield info
 
+    def _list_page(self, after: str | None, limit: int) -> builtins.list[ArtifactInfo]:
+        # Keys sort unlike the ids they encode ("%41" for "A" sorts before "-", a long id's "~" form after
+        # everything), so StartAfter cannot start a page. The page's ids are picked from the keys alone (one
+        # ListObjectsV2 per 1,000 artifacts, no HeadObject), and only the page's objects are read.
+        def names() -> Iterator[tuple[str, str]]:
+            for pairs in self._pages():
+                for key, step_id in pairs:
+                    yield step_id, key
+
+        def infos(chosen: builtins.list[tuple[str, str]]) -> Iterator[ArtifactInfo | None]:
+            return self._pool("batch").map(self._info_of, [(key, step_id) for step_id, key in chosen])
+
+        return self._page_of_ids(names, after, limit, infos)
+
     def _clear(self) -> int:
         removed = 0
         for pairs in self._pages():
