@@ -8,7 +8,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from artifactstore_s3 import S3Settings
+from artifactstore_core import Message
+from artifactstore_s3 import S3Settings, S3Store
 
 ACCESS_KEY = "AKIAMOTOTESTING00001"
 SECRET_KEY = "moto-secret-canary-3f9c2e"  # a canary: tests assert it never appears in reprs, logs or errors
@@ -87,3 +88,10 @@ class NonSeekable(io.RawIOBase):
         if self._fail_after is not None and self._source.tell() >= self._fail_after:
             raise OSError("the producer died")
         return self._source.readinto(buffer)
+
+
+def warm(store: S3Store) -> None:
+    """Run both conditional-write probes (``PutObject``, then ``CompleteMultipartUpload``), then save the
+    small artifact ``"warm"``: faults injected afterwards reach the operation under test, not a probe."""
+    store._ensure_conditional(multipart=True)
+    store.save("warm", Message(content=0))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from s3_fixtures import SECRET_KEY, NonSeekable, all_keys, error_response, make_settings, open_uploads
+from s3_fixtures import SECRET_KEY, NonSeekable, all_keys, error_response, make_settings, open_uploads, warm
 
 from artifactstore_core import (
     AccessDeniedError,
@@ -58,7 +58,7 @@ def save_big(store: S3Store, payload: bytes, how: str) -> None:
 
 def test_two_500s_then_success_is_three_attempts(new_s3_store: NewStore) -> None:
     store = new_s3_store(max_attempts=3)
-    store.save("warm", Message(content=0))  # the conditional-write probe runs before the first save
+    warm(store)  # the conditional-write probes run before the first writes
     attempts = inject(
         store, "PutObject", lambda request, n: error_response(request.url, 500, "InternalError") if n <= 2 else None
     )
@@ -69,7 +69,7 @@ def test_two_500s_then_success_is_three_attempts(new_s3_store: NewStore) -> None
 
 def test_persistent_slowdown_raises_a_retryable_error_after_max_attempts(new_s3_store: NewStore) -> None:
     store = new_s3_store(max_attempts=4)
-    store.save("warm", Message(content=0))
+    warm(store)
     attempts = inject(store, "PutObject", lambda request, n: error_response(request.url, 503, "SlowDown"))
     with pytest.raises(BackendUnavailableError) as info:
         store.save("throttled", Message(content=1))
@@ -85,7 +85,7 @@ def test_persistent_slowdown_raises_a_retryable_error_after_max_attempts(new_s3_
 @pytest.mark.parametrize("how", ["save", "seekable stream", "non-seekable stream"])
 def test_connection_reset_during_a_part_leaves_nothing(new_s3_store: NewStore, raw: Any, bucket: str, how: str) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
 
     def reset_part_two(request: Any, attempt: int) -> Any:
@@ -158,7 +158,7 @@ def test_timeouts_are_typed(new_s3_store: NewStore) -> None:
 
 def test_entity_too_large_is_payload_too_large(new_s3_store: NewStore) -> None:
     store = new_s3_store()
-    store.save("warm", Message(content=0))
+    warm(store)
     inject(store, "PutObject", lambda request, n: error_response(request.url, 400, "EntityTooLarge"))
     with pytest.raises(PayloadTooLargeError):
         store.save("huge", Message(content=b"x"))
@@ -169,7 +169,7 @@ def test_errors_pickle_and_never_carry_a_secret(new_s3_store: NewStore, caplog: 
     store = new_s3_store()
     assert SECRET_KEY not in repr(store._settings)
     assert SECRET_KEY not in repr(store)
-    store.save("warm", Message(content=0))
+    warm(store)
     # A server that echoes the secret back in its error text: the message quotes the text, scrubbed.
     inject(store, "PutObject", lambda request, n: error_response(request.url, 400, "InvalidArgument", SECRET_KEY))
     with pytest.raises(ArtifactStoreError) as info:
@@ -196,7 +196,7 @@ def test_a_staging_object_that_vanishes_before_its_copy_is_retryable_not_missing
     from artifactstore_core import SchemaInfo
 
     store = new_s3_store(**SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 11 * MIB))
     # The staging object expires (a lifecycle rule on .staging/) between its upload and its copy into the
     # final key: the envelope layout reads its first part back first, the split layout copies at once.
@@ -240,7 +240,7 @@ def test_an_upload_aborted_under_a_save_is_retryable_not_missing(
     new_s3_store: NewStore, raw: Any, bucket: str, how: str, operation: str
 ) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
     # What S3 answers for an upload that an AbortIncompleteMultipartUpload rule (or another client) aborted
     # meanwhile (moto answers a 500 instead, so the answer is injected).
@@ -263,7 +263,7 @@ def test_an_upload_aborted_under_a_save_is_retryable_not_missing(
 
 def test_a_missing_bucket_during_an_upload_is_still_a_configuration_error(new_s3_store: NewStore) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     inject(store, "UploadPart", lambda request, n: error_response(request.url, 404, "NoSuchBucket"))
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_S3_BUCKET"):
         store.save("big", Message(content=b"x" * (6 * MIB)))
@@ -390,7 +390,7 @@ def test_close_during_a_multipart_save_aborts_it_and_leaves_nothing(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="artifactstore_s3")
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     error = save_while_closing(store, how, operation, monkeypatch)
     assert isinstance(error, StoreClosedError), repr(error)
     assert "was closed while this operation was in flight" in str(error)
@@ -409,7 +409,7 @@ def test_close_does_not_undo_a_completion_already_sent(
     new_s3_store: NewStore, raw: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     assert save_while_closing(store, "save", "CompleteMultipartUpload", monkeypatch) is None
     assert open_uploads(raw, bucket) == []
     reader = new_s3_store()
@@ -438,7 +438,7 @@ def test_close_aborts_the_upload_of_a_save_waiting_for_its_stream(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="artifactstore_s3")
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     stream = StallingProducer(BIG_SAVE, stall_at=10 * MIB)  # two parts sent, the third never comes
     saver, outcome = in_thread(lambda: store.save_stream("big", stream))
     try:

@@ -67,6 +67,8 @@ _COPY_PART_SIZE = 256 * MIB
 _CONFLICT_BACKOFF = 0.05
 _CONFLICT_BACKOFF_CAP = 1.0
 _STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
+# The kinds of conditional write the probes check, in the order a multipart write needs them.
+_PROBE_KINDS = ("put", "multipart")
 
 
 # Every open store, so that a forked child resets their per-process state in one place (S3Store._after_fork).
@@ -95,6 +97,13 @@ def _conflict(exc: BaseException) -> bool:
 
 # Refusals of a GET that still say the object exists: no byte in range (an empty body), an archived object.
 _EXISTING_CODES = frozenset({"InvalidRange", "InvalidObjectState"})
+
+
+def _may_have_written(exc: ClientError) -> bool:
+    """Whether a write refused with ``exc`` may still have gone in: not after a 4xx (or a 501), which refuses
+    the request; possibly after a 5xx, which can follow an attempt that went in and lost its answer."""
+    _, status = client_error_code(exc)
+    return status >= 500 and status != 501
 
 
 def _missing(exc: BaseException) -> bool:
@@ -217,8 +226,15 @@ class S3Store(ArtifactStore):
             if secret is not None
         )
         self._lock = threading.Lock()
-        self._conditional: bool | None = True if self._settings.conditional_writes == "trust" else None
-        self._probe_refusal: str | None = None
+        # Held while a conditional-write probe runs, apart from _lock: the probe sends requests, and building
+        # the client (in a forked child), starting a pool or registering an upload take _lock meanwhile.
+        self._probe_lock = threading.Lock()
+        # What the probes found, per kind of conditional write ("put": PutObject, "multipart":
+        # CompleteMultipartUpload): True honoured, False ignored and accepted (warn); a kind missing from both
+        # dicts is not probed yet, one in _probe_refusals is refused (require) with that text.
+        trusted = self._settings.conditional_writes == "trust"
+        self._conditional: dict[str, bool] = dict.fromkeys(_PROBE_KINDS, True) if trusted else {}
+        self._probe_refusals: dict[str, str] = {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
         # What close() settles for a write in flight in another thread: its multipart uploads (aborted) and
         # its staging objects (deleted), with the client still open. Each is registered before its first
@@ -232,7 +248,7 @@ class S3Store(ArtifactStore):
         self._client: S3Client | None = client
         if self._settings.probe_at_start:
             try:
-                self._ensure_conditional()
+                self._ensure_conditional(multipart=True)
             except Exception as exc:
                 client.close()
                 self._raise(exc, "connect", None)
@@ -326,6 +342,7 @@ class S3Store(ArtifactStore):
         a child that never touches the store pays nothing.
         """
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self._pools = {}
         self._client = None
         # The parent's uploads and staging objects are the parent's to settle, not this child's.
@@ -408,59 +425,130 @@ class S3Store(ArtifactStore):
 
     # -- conditional-write probe ----------------------------------------------------------------------
 
-    def _ensure_conditional(self) -> bool:
-        """Whether writes may rely on ``If-None-Match: *`` (probing the endpoint once).
+    def _ensure_conditional(self, *, multipart: bool = False) -> bool:
+        """Whether write-once writes may rely on ``If-None-Match: *`` (probing the endpoint once per kind).
+
+        ``multipart``: the write completes a multipart upload, so ``CompleteMultipartUpload`` must honour the
+        condition too. Some S3-compatible services honour it on ``PutObject`` and ignore it on the completion,
+        where it would let a second writer of a large artifact silently replace the first one's.
 
         Raises:
-            ConfigurationError: the endpoint ignores the condition and ``conditional_writes`` is ``require``.
+            ConfigurationError: the endpoint ignores the condition on such a write and ``conditional_writes``
+                is ``require``.
         """
-        if self._conditional is None:
-            with self._lock:
-                if self._conditional is None and self._probe_refusal is None:
-                    self._conditional = self._probe()
-        if self._probe_refusal is not None:
-            raise ConfigurationError(self._probe_refusal, backend=self.backend_name)
-        return bool(self._conditional)
+        for kind in _PROBE_KINDS if multipart else _PROBE_KINDS[:1]:
+            if kind not in self._conditional and kind not in self._probe_refusals:
+                with self._probe_lock:
+                    if kind not in self._conditional and kind not in self._probe_refusals:
+                        self._settle_probe(kind)
+            refusal = self._probe_refusals.get(kind)
+            if refusal is not None:
+                raise ConfigurationError(refusal, backend=self.backend_name)
+            if not self._conditional[kind]:
+                return False  # accepted (warn): check-then-write, and no need to probe the completion
+        return True
 
-    def _probe(self) -> bool | None:
-        key = self._keys.reserved("probe", uuid.uuid4().hex)
-        client = self._live_client
-        honoured = False
-        try:
-            client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
-        except ClientError as exc:
-            code, status = client_error_code(exc)
-            if code != "NotImplemented" and status != 501:
-                raise
-        else:
-            try:
-                client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
-            except ClientError as exc:
-                if not _precondition_failed(exc):
-                    raise
-                honoured = True
-            finally:
-                try:
-                    client.delete_object(Bucket=self._bucket, Key=key)
-                except ClientError as exc:
-                    logger.warning("could not delete the probe object %r: %s", key, client_error_code(exc)[0])
+    def _settle_probe(self, kind: str) -> None:
+        """Probe one kind of conditional write and record what to do about it (see :meth:`_ensure_conditional`)."""
+        honoured = self._probe_put() if kind == "put" else self._probe_multipart()
         if honoured:
-            return True
+            self._conditional[kind] = True
+            return
         endpoint = self._settings.endpoint_url or "AWS S3"
-        problem = (
-            f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on bucket {self._bucket!r}, "
-            "so write-once cannot be enforced atomically"
-        )
+        if kind == "put":
+            problem = (
+                f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on bucket "
+                f"{self._bucket!r}, so write-once cannot be enforced atomically"
+            )
+        else:
+            problem = (
+                f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on "
+                f"CompleteMultipartUpload on bucket {self._bucket!r} (it honours them on PutObject), so write-once "
+                "cannot be enforced atomically for artifacts uploaded in parts (ARTIFACT_STORE_S3_MULTIPART_THRESHOLD "
+                "bytes or more, and streams that long)"
+            )
         if self._settings.conditional_writes == "require":
-            self._probe_refusal = (
+            self._probe_refusals[kind] = (
                 f"{problem}; set ARTIFACT_STORE_S3_CONDITIONAL_WRITES=warn to accept a check-then-write that "
                 "concurrent writers can race"
             )
-            return None
+            return
         logger.warning(
             "%s; falling back to a non-atomic check-then-write (ARTIFACT_STORE_S3_CONDITIONAL_WRITES=warn)", problem
         )
-        return False
+        self._conditional[kind] = False
+
+    def _probe_put(self) -> bool:
+        """Whether ``PutObject`` honours ``If-None-Match: *``: a new reserved key written twice with the
+        condition, then deleted; the second write must be refused (412)."""
+        key = self._keys.reserved("probe", uuid.uuid4().hex)
+        client = self._live_client
+        created = True
+        try:
+            try:
+                client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
+            except ClientError as exc:
+                if _precondition_failed(exc):
+                    # The key is new: only this very write can have created it, its answer lost and the
+                    # retry (botocore's) refused. The service did honour the condition.
+                    return True
+                created = _may_have_written(exc)
+                code, status = client_error_code(exc)
+                if code == "NotImplemented" or status == 501:
+                    return False
+                raise
+            try:
+                client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
+            except ClientError as exc:
+                if _precondition_failed(exc):
+                    return True
+                raise
+            return False
+        finally:
+            if created:
+                self._delete_probe(key)
+
+    def _probe_multipart(self) -> bool:
+        """Whether ``CompleteMultipartUpload`` honours ``If-None-Match: *``: two uploads of a new reserved key
+        completed with the condition, then the key deleted; the second completion must be refused (412).
+
+        The first object is uploaded in parts too: a service has been seen to honour the condition on a
+        completion over an object written by ``PutObject`` but not over one uploaded in parts. A 409
+        ``ConditionalRequestConflict`` on the second completion also shows that the condition is evaluated.
+        """
+        key = self._keys.reserved("probe", uuid.uuid4().hex)
+
+        def empty(upload: MultipartUpload) -> None:
+            pass  # complete() uploads the one empty part an upload needs
+
+        created = True
+        try:
+            try:
+                self._upload(key, _STAGING_LAYOUT, empty, True)
+            except ClientError as exc:
+                if not _precondition_failed(exc):
+                    created = _may_have_written(exc)
+                    raise
+                # The key is new: this completion was retried after its answer was lost (the upload aborted).
+            try:
+                self._upload(key, _STAGING_LAYOUT, empty, True)
+            except ClientError as exc:
+                if _precondition_failed(exc) or _conflict(exc):
+                    return True
+                raise
+            return False
+        finally:
+            if created:
+                self._delete_probe(key)
+
+    def _delete_probe(self, key: str) -> None:
+        """Delete a probe object (there or not); never raises (a failure is logged)."""
+        try:
+            self._live_client.delete_object(Bucket=self._bucket, Key=key)
+        except Exception as exc:
+            logger.warning(
+                "could not delete the probe object %r: %s", key, client_error_code(exc)[0] or type(exc).__name__
+            )
 
     # -- reading heads --------------------------------------------------------------------------------
 
@@ -603,13 +691,15 @@ class S3Store(ArtifactStore):
         write: Callable[[bool], None],
         overwrite: bool,
         *,
-        check_first: bool,
+        multipart: bool,
     ) -> None:
         """Run ``write(conditional)`` under the write-once rule: the one place that decides what a refused
         conditional write (single PUT or multipart completion alike) means.
 
-        ``check_first`` looks for an existing artifact before writing (worth one HEAD before a large upload);
-        without working conditional writes the check always runs and the write is unconditional.
+        ``multipart``: ``write`` completes a multipart upload, so the completion's handling of the condition
+        is what counts (probed on its own), and an existing artifact is looked for before writing (worth one
+        HEAD before a large upload). Without working conditional writes the check always runs and the write
+        is unconditional.
 
         A conditional write can end without settling the id: a 409 ``ConditionalRequestConflict`` (another
         conditional write or a delete of the key was in flight; S3 asks to retry, and for a multipart upload
@@ -619,6 +709,7 @@ class S3Store(ArtifactStore):
 
         Raises:
             ArtifactExistsError: a different artifact is stored under ``step_id``.
+            ConfigurationError: the endpoint ignores the condition on this kind of write (``require``).
             BackendUnavailableError: every attempt was left unsettled by a deleted object.
             ClientError: the last 409 when every attempt was left unsettled by conflicts, and any other
                 failure of the write or the look (the caller translates them: a 409 becomes a retryable
@@ -627,8 +718,8 @@ class S3Store(ArtifactStore):
         if overwrite:
             write(False)
             return
-        atomic = self._ensure_conditional()
-        look = check_first or not atomic
+        atomic = self._ensure_conditional(multipart=multipart)
+        look = multipart or not atomic
         attempts = self._settings.max_attempts
         unsettled: ClientError | None = None
         for attempt in range(attempts + 1):
@@ -687,7 +778,7 @@ class S3Store(ArtifactStore):
             else:
                 self._put(key, layout, payload, conditional)
 
-        self._write_once(step_id, key, encoded.header, write, overwrite, check_first=large)
+        self._write_once(step_id, key, encoded.header, write, overwrite, multipart=large)
 
     def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
         self._ensure_conditional()  # once, before the workers start
@@ -722,6 +813,8 @@ class S3Store(ArtifactStore):
             if remaining < threshold:
                 self._save(step_id, as_message(_read_up_to(stream, remaining)), overwrite, ttl)
                 return
+            if not overwrite:
+                self._ensure_conditional(multipart=True)  # a refusal before the stream is read
             self._stream_seekable(step_id, key, stream, start, template, overwrite)
             return
         pending: list[bytes] = []
@@ -736,6 +829,8 @@ class S3Store(ArtifactStore):
         if total < threshold:
             self._save(step_id, as_message(b"".join(pending)), overwrite, ttl)
             return
+        if not overwrite:
+            self._ensure_conditional(multipart=True)  # a refusal before the stream is uploaded to staging
         self._stream_staged(step_id, key, stream, pending, template, overwrite)
 
     def _head_for(self, step_id: str, template: Message, size: int, digest: str) -> tuple[Header, ObjectLayout]:
@@ -787,7 +882,7 @@ class S3Store(ArtifactStore):
         def write(conditional: bool) -> None:
             self._upload(key, layout, feed, conditional)
 
-        self._write_once(step_id, key, header, write, overwrite, check_first=True)
+        self._write_once(step_id, key, header, write, overwrite, multipart=True)
 
     def _stream_staged(
         self,
@@ -841,7 +936,7 @@ class S3Store(ArtifactStore):
             def write(conditional: bool) -> None:
                 self._upload(key, layout, assemble, conditional, copy_source=staging)
 
-            self._write_once(step_id, key, header, write, overwrite, check_first=True)
+            self._write_once(step_id, key, header, write, overwrite, multipart=True)
         finally:
             self._delete_staging(staging)
 
