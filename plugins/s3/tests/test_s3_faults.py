@@ -457,3 +457,63 @@ def test_close_aborts_the_upload_of_a_save_waiting_for_its_stream(
     assert open_uploads(raw, bucket) == []
     assert all_keys(raw, bucket) == [store.key_of("warm")]
     assert [record.getMessage() for record in caplog.records] == []
+
+
+class HugeFile(io.RawIOBase):
+    """A seekable stream that says it holds ``size`` bytes (a file far larger than this test can write), and
+    refuses to be read: every byte it would hash or upload is time a doomed save wastes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+        self._position = 0
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._position = offset if whence == io.SEEK_SET else self._size + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        raise AssertionError("the stream was read although its size alone rules the save out")
+
+
+@pytest.mark.parametrize("how", ["save", "seekable stream"])
+def test_an_artifact_needing_more_than_10000_parts_is_refused_before_anything_is_sent(
+    new_s3_store: NewStore, raw: Any, bucket: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    store = new_s3_store(part_size=5 * MIB, multipart_threshold=5 * MIB)
+    warm(store)
+    sent = {
+        operation: inject(store, operation, lambda request, n: None)
+        for operation in ("CreateMultipartUpload", "UploadPart", "HeadObject")
+    }
+    if how == "save":
+        # A payload in memory that needs 10,001 parts would be 50 GB: the part limit is lowered for the test.
+        monkeypatch.setattr("artifactstore_s3.multipart.MAX_PARTS", 3)
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save("big", Message(content=bytes(15 * MIB + 1)))
+        assert "at least 6 MiB" in str(info.value)  # 15 MiB + 1 byte in 3 parts
+        needed = "4 parts"
+    else:
+        huge = HugeFile(10_000 * 5 * MIB + 1)  # one byte more than 10,000 parts of 5 MiB hold
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save_stream("big", huge)
+        assert huge.reads == 0
+        assert "at least 6 MiB" in str(info.value)  # 50,000 MiB + 1 byte in 10,000 parts
+        needed = "10001 parts"
+    assert needed in str(info.value)
+    assert "ARTIFACT_STORE_S3_PART_SIZE" in str(info.value)
+    assert info.value.step_id == "big"
+    assert {operation: len(requests) for operation, requests in sent.items()} == dict.fromkeys(sent, 0)
+    assert all_keys(raw, bucket) == [store.key_of("warm")]
+    assert open_uploads(raw, bucket) == []

@@ -17,10 +17,30 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["MAX_PARTS", "MultipartUpload", "UploadCancelledError"]
+__all__ = ["MAX_PARTS", "MultipartUpload", "UploadCancelledError", "check_part_count"]
 
 #: S3's most parts per upload.
 MAX_PARTS = 10_000
+_MIB = 1024 * 1024
+
+
+def check_part_count(size: int, part_size: int) -> None:
+    """Refuse an upload of ``size`` bytes that needs more than :data:`MAX_PARTS` parts of ``part_size``.
+
+    For a size known before the upload starts (a payload in memory, a file), so that an artifact S3 cannot
+    take in one upload is refused before its bytes are read, hashed or sent, not after 10,000 parts.
+
+    Raises:
+        PayloadTooLargeError: naming the smallest ``ARTIFACT_STORE_S3_PART_SIZE`` (whole MiB) that would do.
+    """
+    parts = -(-size // part_size)
+    if parts > MAX_PARTS:
+        needed = -(-size // MAX_PARTS)
+        raise PayloadTooLargeError(
+            f"{size} bytes need {parts} parts of {part_size} bytes, more than the {MAX_PARTS} S3 allows in one "
+            f"upload; set ARTIFACT_STORE_S3_PART_SIZE to at least {-(-needed // _MIB)} MiB"
+        )
+
 
 logger = logging.getLogger("artifactstore_s3")
 

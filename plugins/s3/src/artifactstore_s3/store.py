@@ -42,7 +42,7 @@ from artifactstore_core.store import checked_read
 from .errors import client_error_code, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
-from .multipart import MultipartUpload
+from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
 from .settings import MIB, S3Settings
 
@@ -761,6 +761,8 @@ class S3Store(ArtifactStore):
         payload = encoded.payload
         part_size = self._settings.part_size
         large = len(layout.prelude) + len(payload) >= self._settings.multipart_threshold
+        if large:
+            check_part_count(len(payload), part_size)  # the prelude travels in the first part
 
         def feed(upload: MultipartUpload) -> None:
             view = memoryview(payload)
@@ -813,6 +815,7 @@ class S3Store(ArtifactStore):
             if remaining < threshold:
                 self._save(step_id, as_message(_read_up_to(stream, remaining)), overwrite, ttl)
                 return
+            check_part_count(remaining, part_size)  # before the stream is read: too large is known already
             if not overwrite:
                 self._ensure_conditional(multipart=True)  # a refusal before the stream is read
             self._stream_seekable(step_id, key, stream, start, template, overwrite)
