@@ -70,6 +70,17 @@ def error_response(url: str, status: int, code: str, message: str = "injected") 
     return AWSResponse(url, status, headers, _Raw(body))
 
 
+def delete_result(url: str, refused: list[tuple[str, str]]) -> Any:
+    """A DeleteObjects answer (HTTP 200) that refuses the ``(key, code)`` pairs and reports the rest deleted,
+    as a ``before-send`` handler returns it."""
+    from botocore.awsrequest import AWSResponse
+
+    errors = "".join(f"<Error><Key>{key}</Key><Code>{code}</Code><Message>m</Message></Error>" for key, code in refused)
+    body = f'<?xml version="1.0" encoding="UTF-8"?><DeleteResult>{errors}</DeleteResult>'.encode()
+    headers = {"Content-Type": "application/xml", "Content-Length": str(len(body))}
+    return AWSResponse(url, 200, headers, _Raw(body))
+
+
 class NonSeekable(io.RawIOBase):
     """A stream that cannot seek (a pipe, a socket): forces the staged streaming upload."""
 

@@ -12,12 +12,22 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from s3_fixtures import SECRET_KEY, NonSeekable, all_keys, error_response, make_settings, open_uploads, warm
+from s3_fixtures import (
+    SECRET_KEY,
+    NonSeekable,
+    all_keys,
+    delete_result,
+    error_response,
+    make_settings,
+    open_uploads,
+    warm,
+)
 
 from artifactstore_core import (
     AccessDeniedError,
     ArtifactNotFoundError,
     ArtifactStoreError,
+    BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
@@ -517,3 +527,60 @@ def test_an_artifact_needing_more_than_10000_parts_is_refused_before_anything_is
     assert {operation: len(requests) for operation, requests in sent.items()} == dict.fromkeys(sent, 0)
     assert all_keys(raw, bucket) == [store.key_of("warm")]
     assert open_uploads(raw, bucket) == []
+
+
+# S3 answers DeleteObjects with 200 and refuses some keys in the body, e.g. with SlowDown or InternalError
+# under load: a transient refusal that botocore does not retry (the request as a whole succeeded).
+def test_clear_sends_keys_refused_as_busy_again_and_counts_them_once(
+    new_s3_store: NewStore, raw: Any, bucket: str
+) -> None:
+    store = new_s3_store("busy")
+    warm(store)
+    store.save_many({f"s{i}": Message(content=i) for i in range(5)})
+    slow = [store.key_of("s1"), store.key_of("s3")]
+
+    def refuse_two_once(request: Any, n: int) -> Any:
+        if n > 1:
+            return None
+        # The first request deletes every key but two, which S3 refuses as busy.
+        for i in (0, 2, 4):
+            raw.delete_object(Bucket=bucket, Key=store.key_of(f"s{i}"))
+        raw.delete_object(Bucket=bucket, Key=store.key_of("warm"))
+        return delete_result(request.url, [(slow[0], "SlowDown"), (slow[1], "InternalError")])
+
+    attempts = inject(store, "DeleteObjects", refuse_two_once)
+    assert store.clear() == 6  # warm and s0..s4, each counted once
+    assert len(attempts) == 2
+    assert b"s1" in attempts[1].body  # the refused keys went again, and only they
+    assert b"s0" not in attempts[1].body
+    assert all_keys(raw, bucket) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "expected", "retryable"),
+    [
+        ("SlowDown", BackendUnavailableError, True),
+        ("AccessDenied", AccessDeniedError, False),
+        ("Weird", BackendError, False),
+    ],
+)
+def test_clear_refused_for_good_says_what_and_how_many_were_removed(
+    new_s3_store: NewStore, raw: Any, bucket: str, code: str, expected: type[BackendError], retryable: bool
+) -> None:
+    store = new_s3_store("refused", max_attempts=3)
+    warm(store)
+    store.save("s1", Message(content=1))
+
+    def refuse_s1(request: Any, n: int) -> Any:
+        raw.delete_object(Bucket=bucket, Key=store.key_of("warm"))
+        return delete_result(request.url, [(store.key_of("s1"), code)])
+
+    attempts = inject(store, "DeleteObjects", refuse_s1)
+    with pytest.raises(expected) as info:
+        store.clear()
+    assert type(info.value) is expected
+    assert info.value.retryable is retryable
+    assert code in str(info.value)
+    assert "1 removed" in str(info.value)
+    assert len(attempts) == (3 if retryable else 1)  # busy keys are sent again, max_attempts requests in all
+    assert all_keys(raw, bucket) == [store.key_of("s1")]

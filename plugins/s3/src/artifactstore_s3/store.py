@@ -39,7 +39,7 @@ from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import checked_read
 
-from .errors import client_error_code, translate_error
+from .errors import busy_code, client_error_code, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
 from .multipart import MultipartUpload, check_part_count
@@ -62,8 +62,9 @@ DELETE_BATCH = 1000
 _READ_CHUNK = 1 * MIB
 # Server-side copies move this much per request when a staged stream is assembled into its final object.
 _COPY_PART_SIZE = 256 * MIB
-# Backoff before looking again after a 409 ConditionalRequestConflict: doubles per attempt from the base, up to
-# the cap, with jitter so that writers racing for one key do not retry in step.
+# Backoff before looking again after a 409 ConditionalRequestConflict, and before deleting keys again that
+# DeleteObjects refused as busy: doubles per attempt from the base, up to the cap, with jitter so that
+# writers racing for one key do not retry in step.
 _CONFLICT_BACKOFF = 0.05
 _CONFLICT_BACKOFF_CAP = 1.0
 _STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
@@ -1092,20 +1093,48 @@ class S3Store(ArtifactStore):
         removed = 0
         for pairs in self._pages():
             for offset in range(0, len(pairs), DELETE_BATCH):
-                batch: builtins.list[ObjectIdentifierTypeDef] = [
-                    {"Key": key} for key, _ in pairs[offset : offset + DELETE_BATCH]
-                ]
-                response = self._live_client.delete_objects(
-                    Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-                errors = response.get("Errors", [])
-                removed += len(batch) - len(errors)
-                if errors:
-                    first = errors[0]
-                    code = str(first.get("Code", "?"))
-                    text = f"clear: S3 refused to delete {len(errors)} object(s) in bucket {self._bucket!r} ({code})"
-                    raise (AccessDeniedError(text) if code == "AccessDenied" else BackendError(text))
+                removed += self._delete_batch([key for key, _ in pairs[offset : offset + DELETE_BATCH]], removed)
         return removed
+
+    def _delete_batch(self, keys: builtins.list[str], removed_before: int) -> int:
+        """Delete ``keys`` (at most :data:`DELETE_BATCH`) with ``DeleteObjects``; return how many went.
+
+        S3 answers 200 and refuses some keys in the body, e.g. with ``SlowDown`` or ``InternalError`` under
+        load, which botocore does not retry (the request succeeded): those keys are sent again after a
+        backoff, ``max_attempts`` requests in all. A key refused any other way ends the batch.
+
+        Raises:
+            AccessDeniedError: a key was refused with ``AccessDenied``.
+            BackendUnavailableError: keys were still refused as busy after ``max_attempts`` requests.
+            BackendError: a key was refused for another reason.
+        """
+        removed = 0
+        pending = keys
+        for attempt in range(self._settings.max_attempts):
+            if attempt:
+                delay = min(_CONFLICT_BACKOFF_CAP, _CONFLICT_BACKOFF * 2**attempt)
+                time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter, not a secret)
+            batch: builtins.list[ObjectIdentifierTypeDef] = [{"Key": key} for key in pending]
+            response = self._live_client.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = response.get("Errors", [])
+            removed += len(pending) - len(errors)
+            if not errors:
+                return removed
+            busy = [str(error.get("Key", "")) for error in errors if busy_code(str(error.get("Code", "")))]
+            if len(busy) < len(errors):
+                break  # a refusal that waiting does not help
+            pending = busy
+        codes = [str(error.get("Code", "?")) for error in errors]
+        code = next((code for code in codes if not busy_code(code)), codes[0])
+        text = (
+            f"clear: S3 refused to delete {len(errors)} object(s) in bucket {self._bucket!r} ({code}); "
+            f"{removed_before + removed} removed before it stopped"
+        )
+        if code == "AccessDenied":
+            raise AccessDeniedError(text)
+        if busy_code(code):
+            raise BackendUnavailableError(f"{text} (retryable)")
+        raise BackendError(text)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
