@@ -584,3 +584,53 @@ def test_clear_refused_for_good_says_what_and_how_many_were_removed(
     assert "1 removed" in str(info.value)
     assert len(attempts) == (3 if retryable else 1)  # busy keys are sent again, max_attempts requests in all
     assert all_keys(raw, bucket) == [store.key_of("s1")]
+
+
+def send_for_real(request: Any) -> None:
+    """Send a request botocore prepared (signed) to the server ourselves, as its first attempt would reach it."""
+    import urllib3
+
+    body = request.body.read() if hasattr(request.body, "read") else request.body
+    with urllib3.PoolManager() as http:
+        answer = http.request(request.method, request.url, body=body, headers=dict(request.headers), retries=False)
+    assert answer.status == 200, answer.data
+
+
+# Several S3-compatible services answer a completion sent again (botocore's retry after the answer to the
+# first was lost) with 404 NoSuchUpload: the first one completed the upload and removed it. The artifact is
+# stored whole, so the save must not fail saying that nothing was stored.
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("how", ["save", "seekable stream", "non-seekable stream"])
+def test_a_completion_that_went_in_then_answered_no_such_upload_is_a_success(
+    new_s3_store: NewStore, raw: Any, bucket: str, how: str, overwrite: bool
+) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    warm(store)
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
+    if overwrite:
+        store.save("big", Message(content=b"the old artifact"))
+
+    finals: list[Any] = []  # the completions of the artifact's own upload (a staging upload goes through)
+
+    def lose_the_answer_then_no_such_upload(request: Any, n: int) -> Any:
+        if "/.staging/" in request.url:
+            return None
+        finals.append(request)
+        if len(finals) > 2:
+            return None
+        if len(finals) == 1:
+            send_for_real(request)  # the upload is completed...
+            raise ConnectionClosedError(endpoint_url=request.url)  # ...and the answer lost
+        return error_response(request.url, 404, "NoSuchUpload", "The specified upload does not exist.")
+
+    inject(store, "CompleteMultipartUpload", lose_the_answer_then_no_such_upload)
+    if how == "save":
+        store.save("big", Message(content=payload), overwrite=overwrite)
+    else:
+        source = io.BytesIO(payload) if how == "seekable stream" else NonSeekable(payload)
+        store.save_stream("big", source, overwrite=overwrite)
+    assert len(finals) == 2
+    assert store.get("big").content == payload
+    assert open_uploads(raw, bucket) == []
+    assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("warm"), store.key_of("big")])

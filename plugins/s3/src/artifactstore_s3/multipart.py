@@ -107,6 +107,8 @@ class MultipartUpload:
         self._lock = threading.Lock()
         self._settled = False
         self.upload_id: str | None = None
+        #: Whether the completion was sent (what S3 did with it may be unknown: its answer can be lost).
+        self.completion_sent = False
         # botocore sends a CRC32 of every part unless told to send checksums only where S3 requires them
         # (request_checksum_calculation, e.g. for an S3-compatible service that refuses them). Where it does,
         # an upload of parts sent from here declares CRC32, as boto3's upload_fileobj does: S3 then checks
@@ -259,6 +261,7 @@ class MultipartUpload:
             self._check()
             if self._settled or self.upload_id is None:
                 raise UploadCancelledError(f"the multipart upload to {self.key!r} was aborted before its completion")
+            self.completion_sent = True
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=self.key,

@@ -85,6 +85,17 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
     os.register_at_fork(after_in_child=_reset_stores_in_child)
 
 
+class _CompletionUncertainError(Exception):
+    """A completion of an artifact's upload answered ``NoSuchUpload``: an abort under us, or a completion
+    sent again (botocore's retry after the first one's answer was lost) to a service that answers so once
+    the first one has completed the upload. :meth:`S3Store._write_once` looks before it reports ``error``.
+    """
+
+    def __init__(self, error: BackendUnavailableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _precondition_failed(exc: BaseException) -> bool:
     code, status = client_error_code(exc)
     return status == 412 or code == "PreconditionFailed"
@@ -655,9 +666,12 @@ class S3Store(ArtifactStore):
             if self.closed and isinstance(exc, Exception) and not isinstance(exc, StoreClosedError):
                 raise self._closed_error() from exc
             vanished = self._vanished(exc, key, copy_source)
-            if vanished is not None:
-                raise vanished from exc
-            raise
+            if vanished is None:
+                raise
+            vanished.__cause__ = exc
+            if upload.completion_sent and client_error_code(exc)[0] == "NoSuchUpload" and key != copy_source:
+                raise _CompletionUncertainError(vanished) from exc
+            raise vanished from exc
         finally:
             with self._lock:
                 self._uploads.discard(upload)
@@ -717,7 +731,10 @@ class S3Store(ArtifactStore):
                 :class:`BackendUnavailableError` naming its code).
         """
         if overwrite:
-            write(False)
+            try:
+                write(False)
+            except _CompletionUncertainError as uncertain:
+                self._settle_uncertain(step_id, key, header, uncertain)
             return
         atomic = self._ensure_conditional(multipart=multipart)
         look = multipart or not atomic
@@ -735,6 +752,9 @@ class S3Store(ArtifactStore):
                 break  # the last write was not settled and nothing is stored: give up
             try:
                 write(atomic)
+                return
+            except _CompletionUncertainError as uncertain:
+                self._settle_uncertain(step_id, key, header, uncertain)
                 return
             except ClientError as exc:
                 if not atomic:
@@ -754,6 +774,21 @@ class S3Store(ArtifactStore):
             f"saving {step_id!r}: the object kept being created and deleted by other writers; retry",
             step_id=step_id,
         )
+
+    def _settle_uncertain(self, step_id: str, key: str, header: Header, uncertain: _CompletionUncertainError) -> None:
+        """Return if the artifact stored under ``key`` is the one just written (its completion went in), else
+        raise the retryable error the completion's ``NoSuchUpload`` stands for.
+
+        An identical artifact stored is the state the save asked for, whichever upload stored it.
+
+        Raises:
+            BackendUnavailableError: no artifact, or a different one, is stored (``uncertain.error``).
+        """
+        existing = self._existing_header(key, step_id, bucket_known=True)
+        if existing is not None and existing.identity() == header.identity():
+            logger.debug("the completion of %r answered NoSuchUpload, and the artifact is stored: a success", key)
+            return
+        raise uncertain.error from uncertain.error.__cause__
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
         encoded = self.codec.encode(message, place=(self.namespace, step_id))
