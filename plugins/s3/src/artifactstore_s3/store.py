@@ -578,26 +578,36 @@ class S3Store(ArtifactStore):
 
         ``bucket_known``: see :meth:`_absent` (``False`` costs a ``HeadBucket`` when nothing is found).
 
+        In the envelope layout the head is read from the body, on the ETag the HEAD answered: an object
+        replaced between the two requests (412) is looked at again, ``max_attempts`` times in all.
+
         Raises:
             ConfigurationError: the bucket does not exist (looked at only without ``bucket_known``).
+            BackendUnavailableError: the object was replaced between the two requests every time.
         """
-        try:
-            response = self._live_client.head_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if self._absent(exc, bucket_known=bucket_known):
-                return None
-            raise
         where = self._where(key)
-        found = stored_head(response.get("Metadata", {}), where)
-        head = found.head
-        if head is None:
+        for _ in range(self._settings.max_attempts):
             try:
-                head = self._read_range(key, 0, found.size, etag=response.get("ETag"))
+                response = self._live_client.head_object(Bucket=self._bucket, Key=key)
             except ClientError as exc:
-                if _missing(exc) or _precondition_failed(exc):
-                    return None  # replaced or removed between the two requests: as if not there
+                if self._absent(exc, bucket_known=bucket_known):
+                    return None
                 raise
-        return self.codec.decode_head(head, place=(self.namespace, step_id))
+            found = stored_head(response.get("Metadata", {}), where)
+            head = found.head
+            if head is None:
+                try:
+                    head = self._read_range(key, 0, found.size, etag=response.get("ETag"))
+                except ClientError as exc:
+                    if _missing(exc):
+                        return None  # removed between the two requests: not there
+                    if _precondition_failed(exc):
+                        continue  # replaced between the two requests: there, and the new one is what counts
+                    raise
+            return self.codec.decode_head(head, place=(self.namespace, step_id))
+        raise BackendUnavailableError(
+            f"{where} was replaced again and again while its head was read; retry", step_id=step_id
+        )
 
     # -- writing --------------------------------------------------------------------------------------
 
