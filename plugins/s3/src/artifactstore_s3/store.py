@@ -636,6 +636,7 @@ class S3Store(ArtifactStore):
         conditional: bool,
         *,
         copy_source: str | None = None,
+        artifact: bool = False,
     ) -> None:
         """A multipart upload fed by ``feed`` and completed (``If-None-Match: *`` when ``conditional``).
 
@@ -644,13 +645,16 @@ class S3Store(ArtifactStore):
         runs the upload is registered with the store, so that :meth:`close` in another thread stops it and
         aborts it before closing the client.
         ``copy_source``: the key ``feed`` copies parts from server-side (the upload then declares no
-        checksum, see :class:`MultipartUpload`).
+        checksum, see :class:`MultipartUpload`). ``artifact``: the upload writes an artifact, inside
+        :meth:`_write_once`, which settles a completion answered ``NoSuchUpload``.
 
         Raises:
             BackendUnavailableError: S3 answered 404 for something the upload needed: the upload itself
                 (``NoSuchUpload``: aborted under us) or ``copy_source`` (deleted before it was copied).
                 Nothing was stored; the save may be repeated. Never ``ArtifactNotFoundError``: that would
                 say an artifact is missing, and this is a write.
+            _CompletionUncertainError: with ``artifact``, the completion was sent and answered
+                ``NoSuchUpload`` (:meth:`_write_once` looks at what is stored).
             StoreClosedError: :meth:`close` was called before the upload completed (it was aborted).
             ClientError: any other refusal, 412 and 409 included.
         """
@@ -679,7 +683,7 @@ class S3Store(ArtifactStore):
             if vanished is None:
                 raise
             vanished.__cause__ = exc
-            if upload.completion_sent and client_error_code(exc)[0] == "NoSuchUpload" and key != copy_source:
+            if artifact and upload.completion_sent and client_error_code(exc)[0] == "NoSuchUpload":
                 raise _CompletionUncertainError(vanished) from exc
             raise vanished from exc
         finally:
@@ -822,7 +826,7 @@ class S3Store(ArtifactStore):
 
         def write(conditional: bool) -> None:
             if large:
-                self._upload(key, layout, feed, conditional)
+                self._upload(key, layout, feed, conditional, artifact=True)
             else:
                 self._put(key, layout, payload, conditional)
 
@@ -929,7 +933,7 @@ class S3Store(ArtifactStore):
                 raise SerializationError(f"the stream saved as {step_id!r} changed while it was being uploaded")
 
         def write(conditional: bool) -> None:
-            self._upload(key, layout, feed, conditional)
+            self._upload(key, layout, feed, conditional, artifact=True)
 
         self._write_once(step_id, key, header, write, overwrite, multipart=True)
 
@@ -983,7 +987,7 @@ class S3Store(ArtifactStore):
                     offset = end
 
             def write(conditional: bool) -> None:
-                self._upload(key, layout, assemble, conditional, copy_source=staging)
+                self._upload(key, layout, assemble, conditional, copy_source=staging, artifact=True)
 
             self._write_once(step_id, key, header, write, overwrite, multipart=True)
         finally:
