@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -213,8 +214,11 @@ def test_probe_at_start_probes_the_completion_too(moto_endpoint: str, bucket: st
             )
             return client
 
+    before = set(threading.enumerate())
     with pytest.raises(ConfigurationError, match="CompleteMultipartUpload"):
         IgnoringOnCompletion(make_settings(moto_endpoint, bucket, probe_at_start=True))
+    # The probe's part upload started the store's part pool: a store that fails to be built stops it.
+    assert [thread.name for thread in set(threading.enumerate()) - before if "artifactstore-s3" in thread.name] == []
 
 
 def test_a_lost_answer_to_the_first_probe_write_is_not_a_failure(new_s3_store: NewStore, raw: Any, bucket: str) -> None:

@@ -262,6 +262,8 @@ class S3Store(ArtifactStore):
             try:
                 self._ensure_conditional(multipart=True)
             except Exception as exc:
+                for pool in self._pools.values():  # the completion probe's part upload started one
+                    pool.shutdown(wait=True)
                 client.close()
                 self._raise(exc, "connect", None)
         _STORES.add(self)
