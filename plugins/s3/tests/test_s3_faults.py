@@ -634,3 +634,39 @@ def test_a_completion_that_went_in_then_answered_no_such_upload_is_a_success(
     assert store.get("big").content == payload
     assert open_uploads(raw, bucket) == []
     assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("warm"), store.key_of("big")])
+
+
+# A creation whose answer is lost is sent again by botocore: the lost attempt created an upload whose id
+# never came back. At a staging key (one save's own) the store finds and aborts it; at an artifact's key it
+# cannot tell it from another writer's upload in progress, and says so.
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["staging", "artifact"])
+def test_an_upload_created_by_a_creation_whose_answer_was_lost(
+    new_s3_store: NewStore, raw: Any, bucket: str, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    warm(store)
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
+    lost: list[str] = []
+
+    def lose_one_answer(request: Any, n: int) -> Any:
+        if not lost and ("/.staging/" in request.url) == (where == "staging"):
+            send_for_real(request)
+            lost.append(request.url)
+            raise ConnectionClosedError(endpoint_url=request.url)
+        return None
+
+    inject(store, "CreateMultipartUpload", lose_one_answer)
+    with caplog.at_level(logging.WARNING, logger="artifactstore_s3"):
+        if where == "staging":
+            store.save_stream("big", NonSeekable(payload))
+        else:
+            store.save("big", Message(content=payload))
+    assert len(lost) == 1
+    assert store.get("big").content == payload
+    if where == "staging":
+        assert open_uploads(raw, bucket) == []
+        assert caplog.text == ""
+    else:
+        assert [upload["Key"] for upload in open_uploads(raw, bucket)] == [store.key_of("big")]
+        assert "AbortIncompleteMultipartUpload" in caplog.text

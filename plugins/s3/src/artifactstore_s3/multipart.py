@@ -109,6 +109,8 @@ class MultipartUpload:
         self.upload_id: str | None = None
         #: Whether the completion was sent (what S3 did with it may be unknown: its answer can be lost).
         self.completion_sent = False
+        #: Whether the creation needed more than one attempt (an upload of a lost attempt may exist).
+        self.creation_repeated = False
         # botocore sends a CRC32 of every part unless told to send checksums only where S3 requires them
         # (request_checksum_calculation, e.g. for an S3-compatible service that refuses them). Where it does,
         # an upload of parts sent from here declares CRC32, as boto3's upload_fileobj does: S3 then checks
@@ -139,6 +141,9 @@ class MultipartUpload:
                 **self._checksum,
             )
             self.upload_id = created["UploadId"]
+            # botocore sent the creation again after a failed attempt: that attempt may have created an
+            # upload too, whose id never came back (see the store's _abort_strays).
+            self.creation_repeated = bool(created.get("ResponseMetadata", {}).get("RetryAttempts"))
 
     def _started_id(self) -> str:
         if self.upload_id is None:

@@ -691,6 +691,34 @@ class S3Store(ArtifactStore):
         finally:
             with self._lock:
                 self._uploads.discard(upload)
+            if upload.creation_repeated:
+                self._abort_strays(upload, exclusive=not artifact)
+
+    def _abort_strays(self, upload: MultipartUpload, *, exclusive: bool) -> None:
+        """After a creation that botocore sent again, abort the upload its lost attempt may have created.
+
+        Only a key no other writer uses (``exclusive``: a staging or probe key) can be cleaned so: at an
+        artifact's key, another writer's upload in progress cannot be told from a stray, and is left for a
+        bucket lifecycle rule (a warning says so). Never raises (a failure is logged).
+        """
+        key = upload.key
+        if not exclusive:
+            logger.warning(
+                "the creation of the multipart upload of %r was sent again after a failed attempt, which may have "
+                "created an upload that is left incomplete; a bucket lifecycle rule AbortIncompleteMultipartUpload "
+                "removes it",
+                key,
+            )
+            return
+        try:
+            listing = self._live_client.list_multipart_uploads(Bucket=self._bucket, Prefix=key)
+            for stray in listing.get("Uploads", []):
+                if stray.get("Key") == key and stray.get("UploadId") not in (None, upload.upload_id):
+                    self._live_client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=stray["UploadId"])
+        except Exception as exc:
+            logger.warning(
+                "could not abort the stray uploads of %r: %s", key, client_error_code(exc)[0] or type(exc).__name__
+            )
 
     def _vanished(self, exc: BaseException, key: str, copy_source: str | None) -> BackendUnavailableError | None:
         """What a 404 during an upload means: something the write needed is gone (``None``: not a 404).
