@@ -8,7 +8,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from artifactstore_s3 import S3Settings
+from artifactstore_core import Message
+from artifactstore_s3 import S3Settings, S3Store
 
 ACCESS_KEY = "AKIAMOTOTESTING00001"
 SECRET_KEY = "moto-secret-canary-3f9c2e"  # a canary: tests assert it never appears in reprs, logs or errors
@@ -69,6 +70,17 @@ def error_response(url: str, status: int, code: str, message: str = "injected") 
     return AWSResponse(url, status, headers, _Raw(body))
 
 
+def delete_result(url: str, refused: list[tuple[str, str]]) -> Any:
+    """A DeleteObjects answer (HTTP 200) that refuses the ``(key, code)`` pairs and reports the rest deleted,
+    as a ``before-send`` handler returns it."""
+    from botocore.awsrequest import AWSResponse
+
+    errors = "".join(f"<Error><Key>{key}</Key><Code>{code}</Code><Message>m</Message></Error>" for key, code in refused)
+    body = f'<?xml version="1.0" encoding="UTF-8"?><DeleteResult>{errors}</DeleteResult>'.encode()
+    headers = {"Content-Type": "application/xml", "Content-Length": str(len(body))}
+    return AWSResponse(url, 200, headers, _Raw(body))
+
+
 class NonSeekable(io.RawIOBase):
     """A stream that cannot seek (a pipe, a socket): forces the staged streaming upload."""
 
@@ -87,3 +99,10 @@ class NonSeekable(io.RawIOBase):
         if self._fail_after is not None and self._source.tell() >= self._fail_after:
             raise OSError("the producer died")
         return self._source.readinto(buffer)
+
+
+def warm(store: S3Store) -> None:
+    """Run both conditional-write probes (``PutObject``, then ``CompleteMultipartUpload``), then save the
+    small artifact ``"warm"``: faults injected afterwards reach the operation under test, not a probe."""
+    store._ensure_conditional(multipart=True)
+    store.save("warm", Message(content=0))

@@ -12,12 +12,22 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from s3_fixtures import SECRET_KEY, NonSeekable, all_keys, error_response, make_settings, open_uploads
+from s3_fixtures import (
+    SECRET_KEY,
+    NonSeekable,
+    all_keys,
+    delete_result,
+    error_response,
+    make_settings,
+    open_uploads,
+    warm,
+)
 
 from artifactstore_core import (
     AccessDeniedError,
     ArtifactNotFoundError,
     ArtifactStoreError,
+    BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
@@ -58,7 +68,7 @@ def save_big(store: S3Store, payload: bytes, how: str) -> None:
 
 def test_two_500s_then_success_is_three_attempts(new_s3_store: NewStore) -> None:
     store = new_s3_store(max_attempts=3)
-    store.save("warm", Message(content=0))  # the conditional-write probe runs before the first save
+    warm(store)  # the conditional-write probes run before the first writes
     attempts = inject(
         store, "PutObject", lambda request, n: error_response(request.url, 500, "InternalError") if n <= 2 else None
     )
@@ -69,7 +79,7 @@ def test_two_500s_then_success_is_three_attempts(new_s3_store: NewStore) -> None
 
 def test_persistent_slowdown_raises_a_retryable_error_after_max_attempts(new_s3_store: NewStore) -> None:
     store = new_s3_store(max_attempts=4)
-    store.save("warm", Message(content=0))
+    warm(store)
     attempts = inject(store, "PutObject", lambda request, n: error_response(request.url, 503, "SlowDown"))
     with pytest.raises(BackendUnavailableError) as info:
         store.save("throttled", Message(content=1))
@@ -85,7 +95,7 @@ def test_persistent_slowdown_raises_a_retryable_error_after_max_attempts(new_s3_
 @pytest.mark.parametrize("how", ["save", "seekable stream", "non-seekable stream"])
 def test_connection_reset_during_a_part_leaves_nothing(new_s3_store: NewStore, raw: Any, bucket: str, how: str) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
 
     def reset_part_two(request: Any, attempt: int) -> Any:
@@ -158,7 +168,7 @@ def test_timeouts_are_typed(new_s3_store: NewStore) -> None:
 
 def test_entity_too_large_is_payload_too_large(new_s3_store: NewStore) -> None:
     store = new_s3_store()
-    store.save("warm", Message(content=0))
+    warm(store)
     inject(store, "PutObject", lambda request, n: error_response(request.url, 400, "EntityTooLarge"))
     with pytest.raises(PayloadTooLargeError):
         store.save("huge", Message(content=b"x"))
@@ -169,7 +179,7 @@ def test_errors_pickle_and_never_carry_a_secret(new_s3_store: NewStore, caplog: 
     store = new_s3_store()
     assert SECRET_KEY not in repr(store._settings)
     assert SECRET_KEY not in repr(store)
-    store.save("warm", Message(content=0))
+    warm(store)
     # A server that echoes the secret back in its error text: the message quotes the text, scrubbed.
     inject(store, "PutObject", lambda request, n: error_response(request.url, 400, "InvalidArgument", SECRET_KEY))
     with pytest.raises(ArtifactStoreError) as info:
@@ -196,7 +206,7 @@ def test_a_staging_object_that_vanishes_before_its_copy_is_retryable_not_missing
     from artifactstore_core import SchemaInfo
 
     store = new_s3_store(**SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 11 * MIB))
     # The staging object expires (a lifecycle rule on .staging/) between its upload and its copy into the
     # final key: the envelope layout reads its first part back first, the split layout copies at once.
@@ -240,7 +250,7 @@ def test_an_upload_aborted_under_a_save_is_retryable_not_missing(
     new_s3_store: NewStore, raw: Any, bucket: str, how: str, operation: str
 ) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
     # What S3 answers for an upload that an AbortIncompleteMultipartUpload rule (or another client) aborted
     # meanwhile (moto answers a 500 instead, so the answer is injected).
@@ -263,7 +273,7 @@ def test_an_upload_aborted_under_a_save_is_retryable_not_missing(
 
 def test_a_missing_bucket_during_an_upload_is_still_a_configuration_error(new_s3_store: NewStore) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     inject(store, "UploadPart", lambda request, n: error_response(request.url, 404, "NoSuchBucket"))
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_S3_BUCKET"):
         store.save("big", Message(content=b"x" * (6 * MIB)))
@@ -390,7 +400,7 @@ def test_close_during_a_multipart_save_aborts_it_and_leaves_nothing(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="artifactstore_s3")
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     error = save_while_closing(store, how, operation, monkeypatch)
     assert isinstance(error, StoreClosedError), repr(error)
     assert "was closed while this operation was in flight" in str(error)
@@ -409,7 +419,7 @@ def test_close_does_not_undo_a_completion_already_sent(
     new_s3_store: NewStore, raw: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     assert save_while_closing(store, "save", "CompleteMultipartUpload", monkeypatch) is None
     assert open_uploads(raw, bucket) == []
     reader = new_s3_store()
@@ -438,7 +448,7 @@ def test_close_aborts_the_upload_of_a_save_waiting_for_its_stream(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="artifactstore_s3")
     store = new_s3_store(max_attempts=2, **SMALL_PARTS)
-    store.save("warm", Message(content=0))
+    warm(store)
     stream = StallingProducer(BIG_SAVE, stall_at=10 * MIB)  # two parts sent, the third never comes
     saver, outcome = in_thread(lambda: store.save_stream("big", stream))
     try:
@@ -457,3 +467,206 @@ def test_close_aborts_the_upload_of_a_save_waiting_for_its_stream(
     assert open_uploads(raw, bucket) == []
     assert all_keys(raw, bucket) == [store.key_of("warm")]
     assert [record.getMessage() for record in caplog.records] == []
+
+
+class HugeFile(io.RawIOBase):
+    """A seekable stream that says it holds ``size`` bytes (a file far larger than this test can write), and
+    refuses to be read: every byte it would hash or upload is time a doomed save wastes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+        self._position = 0
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._position = offset if whence == io.SEEK_SET else self._size + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        raise AssertionError("the stream was read although its size alone rules the save out")
+
+
+@pytest.mark.parametrize("how", ["save", "seekable stream"])
+def test_an_artifact_needing_more_than_10000_parts_is_refused_before_anything_is_sent(
+    new_s3_store: NewStore, raw: Any, bucket: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    store = new_s3_store(part_size=5 * MIB, multipart_threshold=5 * MIB)
+    warm(store)
+    sent = {
+        operation: inject(store, operation, lambda request, n: None)
+        for operation in ("CreateMultipartUpload", "UploadPart", "HeadObject")
+    }
+    if how == "save":
+        # A payload in memory that needs 10,001 parts would be 50 GB: the part limit is lowered for the test.
+        monkeypatch.setattr("artifactstore_s3.multipart.MAX_PARTS", 3)
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save("big", Message(content=bytes(15 * MIB + 1)))
+        assert "at least 6 MiB" in str(info.value)  # 15 MiB + 1 byte in 3 parts
+        needed = "4 parts"
+    else:
+        huge = HugeFile(10_000 * 5 * MIB + 1)  # one byte more than 10,000 parts of 5 MiB hold
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save_stream("big", huge)
+        assert huge.reads == 0
+        assert "at least 6 MiB" in str(info.value)  # 50,000 MiB + 1 byte in 10,000 parts
+        needed = "10001 parts"
+    assert needed in str(info.value)
+    assert "ARTIFACT_STORE_S3_PART_SIZE" in str(info.value)
+    assert info.value.step_id == "big"
+    assert {operation: len(requests) for operation, requests in sent.items()} == dict.fromkeys(sent, 0)
+    assert all_keys(raw, bucket) == [store.key_of("warm")]
+    assert open_uploads(raw, bucket) == []
+
+
+# S3 answers DeleteObjects with 200 and refuses some keys in the body, e.g. with SlowDown or InternalError
+# under load: a transient refusal that botocore does not retry (the request as a whole succeeded).
+def test_clear_sends_keys_refused_as_busy_again_and_counts_them_once(
+    new_s3_store: NewStore, raw: Any, bucket: str
+) -> None:
+    store = new_s3_store("busy")
+    warm(store)
+    store.save_many({f"s{i}": Message(content=i) for i in range(5)})
+    slow = [store.key_of("s1"), store.key_of("s3")]
+
+    def refuse_two_once(request: Any, n: int) -> Any:
+        if n > 1:
+            return None
+        # The first request deletes every key but two, which S3 refuses as busy.
+        for i in (0, 2, 4):
+            raw.delete_object(Bucket=bucket, Key=store.key_of(f"s{i}"))
+        raw.delete_object(Bucket=bucket, Key=store.key_of("warm"))
+        return delete_result(request.url, [(slow[0], "SlowDown"), (slow[1], "InternalError")])
+
+    attempts = inject(store, "DeleteObjects", refuse_two_once)
+    assert store.clear() == 6  # warm and s0..s4, each counted once
+    assert len(attempts) == 2
+    assert b"s1" in attempts[1].body  # the refused keys went again, and only they
+    assert b"s0" not in attempts[1].body
+    assert all_keys(raw, bucket) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "expected", "retryable"),
+    [
+        ("SlowDown", BackendUnavailableError, True),
+        ("AccessDenied", AccessDeniedError, False),
+        ("Weird", BackendError, False),
+    ],
+)
+def test_clear_refused_for_good_says_what_and_how_many_were_removed(
+    new_s3_store: NewStore, raw: Any, bucket: str, code: str, expected: type[BackendError], retryable: bool
+) -> None:
+    store = new_s3_store("refused", max_attempts=3)
+    warm(store)
+    store.save("s1", Message(content=1))
+
+    def refuse_s1(request: Any, n: int) -> Any:
+        raw.delete_object(Bucket=bucket, Key=store.key_of("warm"))
+        return delete_result(request.url, [(store.key_of("s1"), code)])
+
+    attempts = inject(store, "DeleteObjects", refuse_s1)
+    with pytest.raises(expected) as info:
+        store.clear()
+    assert type(info.value) is expected
+    assert info.value.retryable is retryable
+    assert code in str(info.value)
+    assert "1 removed" in str(info.value)
+    assert len(attempts) == (3 if retryable else 1)  # busy keys are sent again, max_attempts requests in all
+    assert all_keys(raw, bucket) == [store.key_of("s1")]
+
+
+def send_for_real(request: Any) -> None:
+    """Send a request botocore prepared (signed) to the server ourselves, as its first attempt would reach it."""
+    import urllib3
+
+    body = request.body.read() if hasattr(request.body, "read") else request.body
+    with urllib3.PoolManager() as http:
+        answer = http.request(request.method, request.url, body=body, headers=dict(request.headers), retries=False)
+    assert answer.status == 200, answer.data
+
+
+# Several S3-compatible services answer a completion sent again (botocore's retry after the answer to the
+# first was lost) with 404 NoSuchUpload: the first one completed the upload and removed it. The artifact is
+# stored whole, so the save must not fail saying that nothing was stored.
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("how", ["save", "seekable stream", "non-seekable stream"])
+def test_a_completion_that_went_in_then_answered_no_such_upload_is_a_success(
+    new_s3_store: NewStore, raw: Any, bucket: str, how: str, overwrite: bool
+) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    warm(store)
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
+    if overwrite:
+        store.save("big", Message(content=b"the old artifact"))
+
+    finals: list[Any] = []  # the completions of the artifact's own upload (a staging upload goes through)
+
+    def lose_the_answer_then_no_such_upload(request: Any, n: int) -> Any:
+        if "/.staging/" in request.url:
+            return None
+        finals.append(request)
+        if len(finals) > 2:
+            return None
+        if len(finals) == 1:
+            send_for_real(request)  # the upload is completed...
+            raise ConnectionClosedError(endpoint_url=request.url)  # ...and the answer lost
+        return error_response(request.url, 404, "NoSuchUpload", "The specified upload does not exist.")
+
+    inject(store, "CompleteMultipartUpload", lose_the_answer_then_no_such_upload)
+    if how == "save":
+        store.save("big", Message(content=payload), overwrite=overwrite)
+    else:
+        source = io.BytesIO(payload) if how == "seekable stream" else NonSeekable(payload)
+        store.save_stream("big", source, overwrite=overwrite)
+    assert len(finals) == 2
+    assert store.get("big").content == payload
+    assert open_uploads(raw, bucket) == []
+    assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("warm"), store.key_of("big")])
+
+
+# A creation whose answer is lost is sent again by botocore: the lost attempt created an upload whose id
+# never came back. At a staging key (one save's own) the store finds and aborts it; at an artifact's key it
+# cannot tell it from another writer's upload in progress, and says so.
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["staging", "artifact"])
+def test_an_upload_created_by_a_creation_whose_answer_was_lost(
+    new_s3_store: NewStore, raw: Any, bucket: str, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    warm(store)
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
+    lost: list[str] = []
+
+    def lose_one_answer(request: Any, n: int) -> Any:
+        if not lost and ("/.staging/" in request.url) == (where == "staging"):
+            send_for_real(request)
+            lost.append(request.url)
+            raise ConnectionClosedError(endpoint_url=request.url)
+        return None
+
+    inject(store, "CreateMultipartUpload", lose_one_answer)
+    with caplog.at_level(logging.WARNING, logger="artifactstore_s3"):
+        if where == "staging":
+            store.save_stream("big", NonSeekable(payload))
+        else:
+            store.save("big", Message(content=payload))
+    assert len(lost) == 1
+    assert store.get("big").content == payload
+    if where == "staging":
+        assert open_uploads(raw, bucket) == []
+        assert caplog.text == ""
+    else:
+        assert [upload["Key"] for upload in open_uploads(raw, bucket)] == [store.key_of("big")]
+        assert "AbortIncompleteMultipartUpload" in caplog.text

@@ -89,3 +89,21 @@ def test_a_forked_child_runs_batches_on_pools_of_its_own(new_s3_store: Callable[
     # The parent's own pools and client still work.
     store.save_many({"after1": Message(content=b"a"), "after2": Message(content=b"b")})
     assert store.get_many(["after1", "big"])["big"].content == BIG
+
+
+def _first_write_in_child(store: S3Store) -> None:
+    store.save("child", Message(content=b"first write of this store"))
+    store.save("child-big", Message(content=BIG))
+
+
+# The conditional-write probe runs before a store's first write. A store forked before that (a parent that
+# builds the store, maybe reads, then starts workers) probes in the child, where the client is built anew:
+# building it must not wait for a lock the probe itself holds.
+@pytest.mark.timeout(120)
+def test_a_child_forked_before_the_first_write_probes_and_writes(new_s3_store: Callable[..., S3Store]) -> None:
+    store = new_s3_store("fork-probe", **SMALL_PARTS)
+    assert not store.exists("child")  # the parent uses its client, but writes nothing: no probe yet
+    _finish(_fork(_first_write_in_child, store), "its first write")
+    assert store.get("child").content == b"first write of this store"
+    assert store.get("child-big").content == BIG
+    store.save("parent", Message(content=b"the parent probes and writes too"))

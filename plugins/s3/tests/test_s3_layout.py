@@ -220,3 +220,26 @@ def test_segments_are_injective_across_both_forms() -> None:
     assert layout.step_id("p/ns/~YWI") is None
     assert layout.step_id("p/ns/ab") == "ab"
     assert layout.step_id("p/other/ab") is None
+
+
+def test_an_envelope_artifact_replaced_between_its_two_reads_is_still_there(new_s3_store: NewStore) -> None:
+    # In the envelope layout the head is read in two requests: a HEAD, then the head's bytes from the body
+    # (on the HEAD's ETag). An overwrite between the two makes the second fail with 412: the artifact is
+    # there (replaced), and info(), list() and the write-once check must see the new one, not nothing.
+    store = new_s3_store()
+    other = new_s3_store()
+    store.save("big", big_header_message(b"first"))
+    replaced: list[str] = []
+
+    def overwrite_once(**_: Any) -> None:
+        if not replaced:
+            replaced.append("yes")
+            other.save("big", big_header_message(b"second, longer"), overwrite=True)
+
+    store.client.meta.events.register("after-call.s3.HeadObject", overwrite_once)
+    assert store.info("big").size == len(b"second, longer")
+    replaced.clear()
+    assert [info.size for info in store.list()] == [len(b"second, longer")]
+    replaced.clear()
+    store.save("big", big_header_message(b"second, longer"))  # identical to what is stored now: a success
+    assert store.get("big").content == b"second, longer"

@@ -21,8 +21,14 @@ PAYLOAD = bytes(itertools.islice(itertools.cycle(range(251)), 12 * MIB + 17))
 
 
 def count_calls(store: S3Store, operation: str) -> list[Any]:
+    """The requests of ``operation`` made for artifacts (not those of the conditional-write probes)."""
     calls: list[Any] = []
-    store.client.meta.events.register(f"before-send.s3.{operation}", lambda request, **_: calls.append(request))
+
+    def record(request: Any, **_: Any) -> None:
+        if "/.probe/" not in request.url:
+            calls.append(request)
+
+    store.client.meta.events.register(f"before-send.s3.{operation}", record)
     return calls
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from s3_fixtures import NonSeekable, all_keys, error_response, open_uploads
+from s3_fixtures import NonSeekable, all_keys, error_response, open_uploads, warm
 
 from artifactstore_core import ArtifactExistsError, BackendUnavailableError, Message
 from artifactstore_s3 import S3Store
@@ -68,7 +68,7 @@ def conflict(request: Any) -> Any:
 
 def prepared(new_s3_store: NewStore, **overrides: Any) -> S3Store:
     store = new_s3_store(**SMALL_PARTS, **overrides)
-    store.save("warm", Message(content=0))  # the conditional-write probe runs before the first save
+    warm(store)  # the conditional-write probes run before the first writes
     return store
 
 

@@ -23,7 +23,7 @@ from artifactstore_core.errors import (
     redact,
 )
 
-__all__ = ["client_error_code", "translate_error"]
+__all__ = ["busy_code", "client_error_code", "translate_error"]
 
 _ACCESS_CODES = frozenset(
     {
@@ -58,6 +58,11 @@ _CREDENTIAL_HINT = (
     "set ARTIFACT_STORE_S3_ACCESS_KEY_ID and ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, or configure boto3's "
     "credential chain (AWS_PROFILE, AWS_ACCESS_KEY_ID, an instance role)"
 )
+
+
+def busy_code(code: str) -> bool:
+    """Whether an S3 error code says the service is busy or failed for the moment (repeat later)."""
+    return code in _BUSY_CODES
 
 
 def client_error_code(exc: BaseException) -> tuple[str, int]:

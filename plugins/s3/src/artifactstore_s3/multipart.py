@@ -17,10 +17,30 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["MAX_PARTS", "MultipartUpload", "UploadCancelledError"]
+__all__ = ["MAX_PARTS", "MultipartUpload", "UploadCancelledError", "check_part_count"]
 
 #: S3's most parts per upload.
 MAX_PARTS = 10_000
+_MIB = 1024 * 1024
+
+
+def check_part_count(size: int, part_size: int) -> None:
+    """Refuse an upload of ``size`` bytes that needs more than :data:`MAX_PARTS` parts of ``part_size``.
+
+    For a size known before the upload starts (a payload in memory, a file), so that an artifact S3 cannot
+    take in one upload is refused before its bytes are read, hashed or sent, not after 10,000 parts.
+
+    Raises:
+        PayloadTooLargeError: naming the smallest ``ARTIFACT_STORE_S3_PART_SIZE`` (whole MiB) that would do.
+    """
+    parts = -(-size // part_size)
+    if parts > MAX_PARTS:
+        needed = -(-size // MAX_PARTS)
+        raise PayloadTooLargeError(
+            f"{size} bytes need {parts} parts of {part_size} bytes, more than the {MAX_PARTS} S3 allows in one "
+            f"upload; set ARTIFACT_STORE_S3_PART_SIZE to at least {-(-needed // _MIB)} MiB"
+        )
+
 
 logger = logging.getLogger("artifactstore_s3")
 
@@ -87,6 +107,10 @@ class MultipartUpload:
         self._lock = threading.Lock()
         self._settled = False
         self.upload_id: str | None = None
+        #: Whether the completion was sent (what S3 did with it may be unknown: its answer can be lost).
+        self.completion_sent = False
+        #: Whether the creation needed more than one attempt (an upload of a lost attempt may exist).
+        self.creation_repeated = False
         # botocore sends a CRC32 of every part unless told to send checksums only where S3 requires them
         # (request_checksum_calculation, e.g. for an S3-compatible service that refuses them). Where it does,
         # an upload of parts sent from here declares CRC32, as boto3's upload_fileobj does: S3 then checks
@@ -117,6 +141,9 @@ class MultipartUpload:
                 **self._checksum,
             )
             self.upload_id = created["UploadId"]
+            # botocore sent the creation again after a failed attempt: that attempt may have created an
+            # upload too, whose id never came back (see the store's _abort_strays).
+            self.creation_repeated = bool(created.get("ResponseMetadata", {}).get("RetryAttempts"))
 
     def _started_id(self) -> str:
         if self.upload_id is None:
@@ -239,6 +266,7 @@ class MultipartUpload:
             self._check()
             if self._settled or self.upload_id is None:
                 raise UploadCancelledError(f"the multipart upload to {self.key!r} was aborted before its completion")
+            self.completion_sent = True
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=self.key,

@@ -120,17 +120,18 @@ class S3Settings(BackendSettings):
     )
     conditional_writes: Literal["require", "warn", "trust"] = Field(
         default="require",
-        description="Write-once relies on the endpoint honouring 'If-None-Match: *'. A probe (write a "
-        "reserved key twice, then delete it) runs once per store before its first write: 'require' refuses "
-        "to write (ConfigurationError) on an endpoint that ignores the condition; 'warn' logs a warning and "
-        "falls back to a check-then-write that is not atomic between concurrent writers; 'trust' skips the "
-        "probe.",
+        description="Write-once relies on the endpoint honouring 'If-None-Match: *' on PutObject and on "
+        "CompleteMultipartUpload. Probes run once per store: before its first write (write a reserved key "
+        "twice, then delete it) and before its first write-once save in parts (complete two multipart uploads "
+        "of a reserved key, then delete it). 'require' refuses such writes (ConfigurationError) on an endpoint "
+        "that ignores the condition there; 'warn' logs a warning and falls back to a check-then-write that is "
+        "not atomic between concurrent writers; 'trust' skips the probes.",
     )
     probe_at_start: bool = Field(
         default=False,
-        description="Run the conditional-write probe when the store is created (so a missing bucket, bad "
+        description="Run both conditional-write probes when the store is created (so a missing bucket, bad "
         "credentials or an endpoint without conditional writes fail at once) instead of before the first "
-        "write.",
+        "write (and the first save in parts).",
     )
 
     @field_validator("endpoint_url")

@@ -40,10 +40,10 @@ from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import checked_read
 
-from .errors import client_error_code, translate_error
+from .errors import busy_code, client_error_code, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
-from .multipart import MultipartUpload
+from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
 from .settings import MIB, S3Settings
 
@@ -63,11 +63,14 @@ DELETE_BATCH = 1000
 _READ_CHUNK = 1 * MIB
 # Server-side copies move this much per request when a staged stream is assembled into its final object.
 _COPY_PART_SIZE = 256 * MIB
-# Backoff before looking again after a 409 ConditionalRequestConflict: doubles per attempt from the base, up to
-# the cap, with jitter so that writers racing for one key do not retry in step.
+# Backoff before looking again after a 409 ConditionalRequestConflict, and before deleting keys again that
+# DeleteObjects refused as busy: doubles per attempt from the base, up to the cap, with jitter so that
+# writers racing for one key do not retry in step.
 _CONFLICT_BACKOFF = 0.05
 _CONFLICT_BACKOFF_CAP = 1.0
 _STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
+# The kinds of conditional write the probes check, in the order a multipart write needs them.
+_PROBE_KINDS = ("put", "multipart")
 
 
 # Every open store, so that a forked child resets their per-process state in one place (S3Store._after_fork).
@@ -83,6 +86,17 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
     os.register_at_fork(after_in_child=_reset_stores_in_child)
 
 
+class _CompletionUncertainError(Exception):
+    """A completion of an artifact's upload answered ``NoSuchUpload``: an abort under us, or a completion
+    sent again (botocore's retry after the first one's answer was lost) to a service that answers so once
+    the first one has completed the upload. :meth:`S3Store._write_once` looks before it reports ``error``.
+    """
+
+    def __init__(self, error: BackendUnavailableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _precondition_failed(exc: BaseException) -> bool:
     code, status = client_error_code(exc)
     return status == 412 or code == "PreconditionFailed"
@@ -96,6 +110,13 @@ def _conflict(exc: BaseException) -> bool:
 
 # Refusals of a GET that still say the object exists: no byte in range (an empty body), an archived object.
 _EXISTING_CODES = frozenset({"InvalidRange", "InvalidObjectState"})
+
+
+def _may_have_written(exc: ClientError) -> bool:
+    """Whether a write refused with ``exc`` may still have gone in: not after a 4xx (or a 501), which refuses
+    the request; possibly after a 5xx, which can follow an attempt that went in and lost its answer."""
+    _, status = client_error_code(exc)
+    return status >= 500 and status != 501
 
 
 def _missing(exc: BaseException) -> bool:
@@ -218,8 +239,15 @@ class S3Store(ArtifactStore):
             if secret is not None
         )
         self._lock = threading.Lock()
-        self._conditional: bool | None = True if self._settings.conditional_writes == "trust" else None
-        self._probe_refusal: str | None = None
+        # Held while a conditional-write probe runs, apart from _lock: the probe sends requests, and building
+        # the client (in a forked child), starting a pool or registering an upload take _lock meanwhile.
+        self._probe_lock = threading.Lock()
+        # What the probes found, per kind of conditional write ("put": PutObject, "multipart":
+        # CompleteMultipartUpload): True honoured, False ignored and accepted (warn); a kind missing from both
+        # dicts is not probed yet, one in _probe_refusals is refused (require) with that text.
+        trusted = self._settings.conditional_writes == "trust"
+        self._conditional: dict[str, bool] = dict.fromkeys(_PROBE_KINDS, True) if trusted else {}
+        self._probe_refusals: dict[str, str] = {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
         # What close() settles for a write in flight in another thread: its multipart uploads (aborted) and
         # its staging objects (deleted), with the client still open. Each is registered before its first
@@ -233,8 +261,10 @@ class S3Store(ArtifactStore):
         self._client: S3Client | None = client
         if self._settings.probe_at_start:
             try:
-                self._ensure_conditional()
+                self._ensure_conditional(multipart=True)
             except Exception as exc:
+                for pool in self._pools.values():  # the completion probe's part upload started one
+                    pool.shutdown(wait=True)
                 client.close()
                 self._raise(exc, "connect", None)
         _STORES.add(self)
@@ -327,6 +357,7 @@ class S3Store(ArtifactStore):
         a child that never touches the store pays nothing.
         """
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self._pools = {}
         self._client = None
         # The parent's uploads and staging objects are the parent's to settle, not this child's.
@@ -409,59 +440,130 @@ class S3Store(ArtifactStore):
 
     # -- conditional-write probe ----------------------------------------------------------------------
 
-    def _ensure_conditional(self) -> bool:
-        """Whether writes may rely on ``If-None-Match: *`` (probing the endpoint once).
+    def _ensure_conditional(self, *, multipart: bool = False) -> bool:
+        """Whether write-once writes may rely on ``If-None-Match: *`` (probing the endpoint once per kind).
+
+        ``multipart``: the write completes a multipart upload, so ``CompleteMultipartUpload`` must honour the
+        condition too. Some S3-compatible services honour it on ``PutObject`` and ignore it on the completion,
+        where it would let a second writer of a large artifact silently replace the first one's.
 
         Raises:
-            ConfigurationError: the endpoint ignores the condition and ``conditional_writes`` is ``require``.
+            ConfigurationError: the endpoint ignores the condition on such a write and ``conditional_writes``
+                is ``require``.
         """
-        if self._conditional is None:
-            with self._lock:
-                if self._conditional is None and self._probe_refusal is None:
-                    self._conditional = self._probe()
-        if self._probe_refusal is not None:
-            raise ConfigurationError(self._probe_refusal, backend=self.backend_name)
-        return bool(self._conditional)
+        for kind in _PROBE_KINDS if multipart else _PROBE_KINDS[:1]:
+            if kind not in self._conditional and kind not in self._probe_refusals:
+                with self._probe_lock:
+                    if kind not in self._conditional and kind not in self._probe_refusals:
+                        self._settle_probe(kind)
+            refusal = self._probe_refusals.get(kind)
+            if refusal is not None:
+                raise ConfigurationError(refusal, backend=self.backend_name)
+            if not self._conditional[kind]:
+                return False  # accepted (warn): check-then-write, and no need to probe the completion
+        return True
 
-    def _probe(self) -> bool | None:
-        key = self._keys.reserved("probe", uuid.uuid4().hex)
-        client = self._live_client
-        honoured = False
-        try:
-            client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
-        except ClientError as exc:
-            code, status = client_error_code(exc)
-            if code != "NotImplemented" and status != 501:
-                raise
-        else:
-            try:
-                client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
-            except ClientError as exc:
-                if not _precondition_failed(exc):
-                    raise
-                honoured = True
-            finally:
-                try:
-                    client.delete_object(Bucket=self._bucket, Key=key)
-                except ClientError as exc:
-                    logger.warning("could not delete the probe object %r: %s", key, client_error_code(exc)[0])
+    def _settle_probe(self, kind: str) -> None:
+        """Probe one kind of conditional write and record what to do about it (see :meth:`_ensure_conditional`)."""
+        honoured = self._probe_put() if kind == "put" else self._probe_multipart()
         if honoured:
-            return True
+            self._conditional[kind] = True
+            return
         endpoint = self._settings.endpoint_url or "AWS S3"
-        problem = (
-            f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on bucket {self._bucket!r}, "
-            "so write-once cannot be enforced atomically"
-        )
+        if kind == "put":
+            problem = (
+                f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on bucket "
+                f"{self._bucket!r}, so write-once cannot be enforced atomically"
+            )
+        else:
+            problem = (
+                f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on "
+                f"CompleteMultipartUpload on bucket {self._bucket!r} (it honours them on PutObject), so write-once "
+                "cannot be enforced atomically for artifacts uploaded in parts (ARTIFACT_STORE_S3_MULTIPART_THRESHOLD "
+                "bytes or more, and streams that long)"
+            )
         if self._settings.conditional_writes == "require":
-            self._probe_refusal = (
+            self._probe_refusals[kind] = (
                 f"{problem}; set ARTIFACT_STORE_S3_CONDITIONAL_WRITES=warn to accept a check-then-write that "
                 "concurrent writers can race"
             )
-            return None
+            return
         logger.warning(
             "%s; falling back to a non-atomic check-then-write (ARTIFACT_STORE_S3_CONDITIONAL_WRITES=warn)", problem
         )
-        return False
+        self._conditional[kind] = False
+
+    def _probe_put(self) -> bool:
+        """Whether ``PutObject`` honours ``If-None-Match: *``: a new reserved key written twice with the
+        condition, then deleted; the second write must be refused (412)."""
+        key = self._keys.reserved("probe", uuid.uuid4().hex)
+        client = self._live_client
+        created = True
+        try:
+            try:
+                client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
+            except ClientError as exc:
+                if _precondition_failed(exc):
+                    # The key is new: only this very write can have created it, its answer lost and the
+                    # retry (botocore's) refused. The service did honour the condition.
+                    return True
+                created = _may_have_written(exc)
+                code, status = client_error_code(exc)
+                if code == "NotImplemented" or status == 501:
+                    return False
+                raise
+            try:
+                client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
+            except ClientError as exc:
+                if _precondition_failed(exc):
+                    return True
+                raise
+            return False
+        finally:
+            if created:
+                self._delete_probe(key)
+
+    def _probe_multipart(self) -> bool:
+        """Whether ``CompleteMultipartUpload`` honours ``If-None-Match: *``: two uploads of a new reserved key
+        completed with the condition, then the key deleted; the second completion must be refused (412).
+
+        The first object is uploaded in parts too: a service has been seen to honour the condition on a
+        completion over an object written by ``PutObject`` but not over one uploaded in parts. A 409
+        ``ConditionalRequestConflict`` on the second completion also shows that the condition is evaluated.
+        """
+        key = self._keys.reserved("probe", uuid.uuid4().hex)
+
+        def empty(upload: MultipartUpload) -> None:
+            pass  # complete() uploads the one empty part an upload needs
+
+        created = True
+        try:
+            try:
+                self._upload(key, _STAGING_LAYOUT, empty, True)
+            except ClientError as exc:
+                if not _precondition_failed(exc):
+                    created = _may_have_written(exc)
+                    raise
+                # The key is new: this completion was retried after its answer was lost (the upload aborted).
+            try:
+                self._upload(key, _STAGING_LAYOUT, empty, True)
+            except ClientError as exc:
+                if _precondition_failed(exc) or _conflict(exc):
+                    return True
+                raise
+            return False
+        finally:
+            if created:
+                self._delete_probe(key)
+
+    def _delete_probe(self, key: str) -> None:
+        """Delete a probe object (there or not); never raises (a failure is logged)."""
+        try:
+            self._live_client.delete_object(Bucket=self._bucket, Key=key)
+        except Exception as exc:
+            logger.warning(
+                "could not delete the probe object %r: %s", key, client_error_code(exc)[0] or type(exc).__name__
+            )
 
     # -- reading heads --------------------------------------------------------------------------------
 
@@ -479,26 +581,36 @@ class S3Store(ArtifactStore):
 
         ``bucket_known``: see :meth:`_absent` (``False`` costs a ``HeadBucket`` when nothing is found).
 
+        In the envelope layout the head is read from the body, on the ETag the HEAD answered: an object
+        replaced between the two requests (412) is looked at again, ``max_attempts`` times in all.
+
         Raises:
             ConfigurationError: the bucket does not exist (looked at only without ``bucket_known``).
+            BackendUnavailableError: the object was replaced between the two requests every time.
         """
-        try:
-            response = self._live_client.head_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if self._absent(exc, bucket_known=bucket_known):
-                return None
-            raise
         where = self._where(key)
-        found = stored_head(response.get("Metadata", {}), where)
-        head = found.head
-        if head is None:
+        for _ in range(self._settings.max_attempts):
             try:
-                head = self._read_range(key, 0, found.size, etag=response.get("ETag"))
+                response = self._live_client.head_object(Bucket=self._bucket, Key=key)
             except ClientError as exc:
-                if _missing(exc) or _precondition_failed(exc):
-                    return None  # replaced or removed between the two requests: as if not there
+                if self._absent(exc, bucket_known=bucket_known):
+                    return None
                 raise
-        return self.codec.decode_head(head, place=(self.namespace, step_id))
+            found = stored_head(response.get("Metadata", {}), where)
+            head = found.head
+            if head is None:
+                try:
+                    head = self._read_range(key, 0, found.size, etag=response.get("ETag"))
+                except ClientError as exc:
+                    if _missing(exc):
+                        return None  # removed between the two requests: not there
+                    if _precondition_failed(exc):
+                        continue  # replaced between the two requests: there, and the new one is what counts
+                    raise
+            return self.codec.decode_head(head, place=(self.namespace, step_id))
+        raise BackendUnavailableError(
+            f"{where} was replaced again and again while its head was read; retry", step_id=step_id
+        )
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -527,6 +639,7 @@ class S3Store(ArtifactStore):
         conditional: bool,
         *,
         copy_source: str | None = None,
+        artifact: bool = False,
     ) -> None:
         """A multipart upload fed by ``feed`` and completed (``If-None-Match: *`` when ``conditional``).
 
@@ -535,13 +648,16 @@ class S3Store(ArtifactStore):
         runs the upload is registered with the store, so that :meth:`close` in another thread stops it and
         aborts it before closing the client.
         ``copy_source``: the key ``feed`` copies parts from server-side (the upload then declares no
-        checksum, see :class:`MultipartUpload`).
+        checksum, see :class:`MultipartUpload`). ``artifact``: the upload writes an artifact, inside
+        :meth:`_write_once`, which settles a completion answered ``NoSuchUpload``.
 
         Raises:
             BackendUnavailableError: S3 answered 404 for something the upload needed: the upload itself
                 (``NoSuchUpload``: aborted under us) or ``copy_source`` (deleted before it was copied).
                 Nothing was stored; the save may be repeated. Never ``ArtifactNotFoundError``: that would
                 say an artifact is missing, and this is a write.
+            _CompletionUncertainError: with ``artifact``, the completion was sent and answered
+                ``NoSuchUpload`` (:meth:`_write_once` looks at what is stored).
             StoreClosedError: :meth:`close` was called before the upload completed (it was aborted).
             ClientError: any other refusal, 412 and 409 included.
         """
@@ -567,12 +683,43 @@ class S3Store(ArtifactStore):
             if self.closed and isinstance(exc, Exception) and not isinstance(exc, StoreClosedError):
                 raise self._closed_error() from exc
             vanished = self._vanished(exc, key, copy_source)
-            if vanished is not None:
-                raise vanished from exc
-            raise
+            if vanished is None:
+                raise
+            vanished.__cause__ = exc
+            if artifact and upload.completion_sent and client_error_code(exc)[0] == "NoSuchUpload":
+                raise _CompletionUncertainError(vanished) from exc
+            raise vanished from exc
         finally:
             with self._lock:
                 self._uploads.discard(upload)
+            if upload.creation_repeated:
+                self._abort_strays(upload, exclusive=not artifact)
+
+    def _abort_strays(self, upload: MultipartUpload, *, exclusive: bool) -> None:
+        """After a creation that botocore sent again, abort the upload its lost attempt may have created.
+
+        Only a key no other writer uses (``exclusive``: a staging or probe key) can be cleaned so: at an
+        artifact's key, another writer's upload in progress cannot be told from a stray, and is left for a
+        bucket lifecycle rule (a warning says so). Never raises (a failure is logged).
+        """
+        key = upload.key
+        if not exclusive:
+            logger.warning(
+                "the creation of the multipart upload of %r was sent again after a failed attempt, which may have "
+                "created an upload that is left incomplete; a bucket lifecycle rule AbortIncompleteMultipartUpload "
+                "removes it",
+                key,
+            )
+            return
+        try:
+            listing = self._live_client.list_multipart_uploads(Bucket=self._bucket, Prefix=key)
+            for stray in listing.get("Uploads", []):
+                if stray.get("Key") == key and stray.get("UploadId") not in (None, upload.upload_id):
+                    self._live_client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=stray["UploadId"])
+        except Exception as exc:
+            logger.warning(
+                "could not abort the stray uploads of %r: %s", key, client_error_code(exc)[0] or type(exc).__name__
+            )
 
     def _vanished(self, exc: BaseException, key: str, copy_source: str | None) -> BackendUnavailableError | None:
         """What a 404 during an upload means: something the write needed is gone (``None``: not a 404).
@@ -604,13 +751,15 @@ class S3Store(ArtifactStore):
         write: Callable[[bool], None],
         overwrite: bool,
         *,
-        check_first: bool,
+        multipart: bool,
     ) -> None:
         """Run ``write(conditional)`` under the write-once rule: the one place that decides what a refused
         conditional write (single PUT or multipart completion alike) means.
 
-        ``check_first`` looks for an existing artifact before writing (worth one HEAD before a large upload);
-        without working conditional writes the check always runs and the write is unconditional.
+        ``multipart``: ``write`` completes a multipart upload, so the completion's handling of the condition
+        is what counts (probed on its own), and an existing artifact is looked for before writing (worth one
+        HEAD before a large upload). Without working conditional writes the check always runs and the write
+        is unconditional.
 
         A conditional write can end without settling the id: a 409 ``ConditionalRequestConflict`` (another
         conditional write or a delete of the key was in flight; S3 asks to retry, and for a multipart upload
@@ -620,16 +769,20 @@ class S3Store(ArtifactStore):
 
         Raises:
             ArtifactExistsError: a different artifact is stored under ``step_id``.
+            ConfigurationError: the endpoint ignores the condition on this kind of write (``require``).
             BackendUnavailableError: every attempt was left unsettled by a deleted object.
             ClientError: the last 409 when every attempt was left unsettled by conflicts, and any other
                 failure of the write or the look (the caller translates them: a 409 becomes a retryable
                 :class:`BackendUnavailableError` naming its code).
         """
         if overwrite:
-            write(False)
+            try:
+                write(False)
+            except _CompletionUncertainError as uncertain:
+                self._settle_uncertain(step_id, key, header, uncertain)
             return
-        atomic = self._ensure_conditional()
-        look = check_first or not atomic
+        atomic = self._ensure_conditional(multipart=multipart)
+        look = multipart or not atomic
         attempts = self._settings.max_attempts
         unsettled: ClientError | None = None
         for attempt in range(attempts + 1):
@@ -644,6 +797,9 @@ class S3Store(ArtifactStore):
                 break  # the last write was not settled and nothing is stored: give up
             try:
                 write(atomic)
+                return
+            except _CompletionUncertainError as uncertain:
+                self._settle_uncertain(step_id, key, header, uncertain)
                 return
             except ClientError as exc:
                 if not atomic:
@@ -664,6 +820,21 @@ class S3Store(ArtifactStore):
             step_id=step_id,
         )
 
+    def _settle_uncertain(self, step_id: str, key: str, header: Header, uncertain: _CompletionUncertainError) -> None:
+        """Return if the artifact stored under ``key`` is the one just written (its completion went in), else
+        raise the retryable error the completion's ``NoSuchUpload`` stands for.
+
+        An identical artifact stored is the state the save asked for, whichever upload stored it.
+
+        Raises:
+            BackendUnavailableError: no artifact, or a different one, is stored (``uncertain.error``).
+        """
+        existing = self._existing_header(key, step_id, bucket_known=True)
+        if existing is not None and existing.identity() == header.identity():
+            logger.debug("the completion of %r answered NoSuchUpload, and the artifact is stored: a success", key)
+            return
+        raise uncertain.error from uncertain.error.__cause__
+
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
         encoded = self.codec.encode(message, place=(self.namespace, step_id))
         key = self._keys.key(step_id)
@@ -671,6 +842,8 @@ class S3Store(ArtifactStore):
         payload = encoded.payload
         part_size = self._settings.part_size
         large = len(layout.prelude) + len(payload) >= self._settings.multipart_threshold
+        if large:
+            check_part_count(len(payload), part_size)  # the prelude travels in the first part
 
         def feed(upload: MultipartUpload) -> None:
             view = memoryview(payload)
@@ -684,11 +857,11 @@ class S3Store(ArtifactStore):
 
         def write(conditional: bool) -> None:
             if large:
-                self._upload(key, layout, feed, conditional)
+                self._upload(key, layout, feed, conditional, artifact=True)
             else:
                 self._put(key, layout, payload, conditional)
 
-        self._write_once(step_id, key, encoded.header, write, overwrite, check_first=large)
+        self._write_once(step_id, key, encoded.header, write, overwrite, multipart=large)
 
     def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
         self._ensure_conditional()  # once, before the workers start
@@ -727,6 +900,9 @@ class S3Store(ArtifactStore):
             if remaining < threshold:
                 self._save(step_id, as_message(_read_up_to(stream, remaining)), overwrite, ttl)
                 return
+            check_part_count(remaining, part_size)  # before the stream is read: too large is known already
+            if not overwrite:
+                self._ensure_conditional(multipart=True)  # a refusal before the stream is read
             self._stream_seekable(step_id, key, stream, start, template, overwrite)
             return
         pending: list[bytes] = []
@@ -741,6 +917,8 @@ class S3Store(ArtifactStore):
         if total < threshold:
             self._save(step_id, as_message(b"".join(pending)), overwrite, ttl)
             return
+        if not overwrite:
+            self._ensure_conditional(multipart=True)  # a refusal before the stream is uploaded to staging
         self._stream_staged(step_id, key, stream, pending, template, overwrite)
 
     def _head_for(self, step_id: str, template: Message, size: int, digest: str) -> tuple[Header, ObjectLayout]:
@@ -790,9 +968,9 @@ class S3Store(ArtifactStore):
                 raise SerializationError(f"the stream saved as {step_id!r} changed while it was being uploaded")
 
         def write(conditional: bool) -> None:
-            self._upload(key, layout, feed, conditional)
+            self._upload(key, layout, feed, conditional, artifact=True)
 
-        self._write_once(step_id, key, header, write, overwrite, check_first=True)
+        self._write_once(step_id, key, header, write, overwrite, multipart=True)
 
     def _stream_staged(
         self,
@@ -844,9 +1022,9 @@ class S3Store(ArtifactStore):
                     offset = end
 
             def write(conditional: bool) -> None:
-                self._upload(key, layout, assemble, conditional, copy_source=staging)
+                self._upload(key, layout, assemble, conditional, copy_source=staging, artifact=True)
 
-            self._write_once(step_id, key, header, write, overwrite, check_first=True)
+            self._write_once(step_id, key, header, write, overwrite, multipart=True)
         finally:
             self._delete_staging(staging)
 
@@ -1019,20 +1197,48 @@ class S3Store(ArtifactStore):
         removed = 0
         for pairs in self._pages():
             for offset in range(0, len(pairs), DELETE_BATCH):
-                batch: builtins.list[ObjectIdentifierTypeDef] = [
-                    {"Key": key} for key, _ in pairs[offset : offset + DELETE_BATCH]
-                ]
-                response = self._live_client.delete_objects(
-                    Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-                errors = response.get("Errors", [])
-                removed += len(batch) - len(errors)
-                if errors:
-                    first = errors[0]
-                    code = str(first.get("Code", "?"))
-                    text = f"clear: S3 refused to delete {len(errors)} object(s) in bucket {self._bucket!r} ({code})"
-                    raise (AccessDeniedError(text) if code == "AccessDenied" else BackendError(text))
+                removed += self._delete_batch([key for key, _ in pairs[offset : offset + DELETE_BATCH]], removed)
         return removed
+
+    def _delete_batch(self, keys: builtins.list[str], removed_before: int) -> int:
+        """Delete ``keys`` (at most :data:`DELETE_BATCH`) with ``DeleteObjects``; return how many went.
+
+        S3 answers 200 and refuses some keys in the body, e.g. with ``SlowDown`` or ``InternalError`` under
+        load, which botocore does not retry (the request succeeded): those keys are sent again after a
+        backoff, ``max_attempts`` requests in all. A key refused any other way ends the batch.
+
+        Raises:
+            AccessDeniedError: a key was refused with ``AccessDenied``.
+            BackendUnavailableError: keys were still refused as busy after ``max_attempts`` requests.
+            BackendError: a key was refused for another reason.
+        """
+        removed = 0
+        pending = keys
+        for attempt in range(self._settings.max_attempts):
+            if attempt:
+                delay = min(_CONFLICT_BACKOFF_CAP, _CONFLICT_BACKOFF * 2**attempt)
+                time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter, not a secret)
+            batch: builtins.list[ObjectIdentifierTypeDef] = [{"Key": key} for key in pending]
+            response = self._live_client.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = response.get("Errors", [])
+            removed += len(pending) - len(errors)
+            if not errors:
+                return removed
+            busy = [str(error.get("Key", "")) for error in errors if busy_code(str(error.get("Code", "")))]
+            if len(busy) < len(errors):
+                break  # a refusal that waiting does not help
+            pending = busy
+        codes = [str(error.get("Code", "?")) for error in errors]
+        code = next((code for code in codes if not busy_code(code)), codes[0])
+        text = (
+            f"clear: S3 refused to delete {len(errors)} object(s) in bucket {self._bucket!r} ({code}); "
+            f"{removed_before + removed} removed before it stopped"
+        )
+        if code == "AccessDenied":
+            raise AccessDeniedError(text)
+        if busy_code(code):
+            raise BackendUnavailableError(f"{text} (retryable)")
+        raise BackendError(text)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
