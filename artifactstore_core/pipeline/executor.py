@@ -314,8 +314,10 @@ class Executor:
                                     other.cancel()
                             continue
                         outcome = future.result()
+                        # A replacement another resume saved first, restored without running the step.
+                        status = StepStatus.SUCCEEDED if outcome.ran else StepStatus.REUSED
                         results[step_id] = StepResult(
-                            step_id, StepStatus.SUCCEEDED, outcome.duration, outcome.size, replaced.get(step_id)
+                            step_id, status, outcome.duration, outcome.size, replaced.get(step_id)
                         )
                         for dependent in pipeline.dependents(step_id):
                             pending = waiting.get(dependent)

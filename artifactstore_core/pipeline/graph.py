@@ -12,7 +12,11 @@ from .errors import InvalidPipelineError
 if TYPE_CHECKING:
     from .connector import ArtifactConnector
 
-__all__ = ["Pipeline", "Step", "StepFunction"]
+__all__ = ["RESERVED_PREFIX", "Pipeline", "Step", "StepFunction"]
+
+#: Step ids that start with this are the executor's own, in every execution's namespace: the records of the
+#: replacements a resume saved (see ``docs/pipeline.md``). A :class:`Step` cannot have one.
+RESERVED_PREFIX = ".artifactstore/"
 
 #: A step: called with a read-only mapping from each input step id to an
 #: :class:`~artifactstore_core.pipeline.ArtifactConnector`; returns a ``Message``, a pydantic model, or a
@@ -34,7 +38,8 @@ class Step:
 
     Raises:
         InvalidStepIdError: ``id`` or an input is not a legal step id.
-        InvalidPipelineError: ``fn`` is not callable, or an input is listed twice or is the step itself.
+        InvalidPipelineError: ``id`` starts with :data:`RESERVED_PREFIX`, ``fn`` is not callable, or an input
+            is listed twice or is the step itself.
     """
 
     id: str
@@ -43,6 +48,10 @@ class Step:
 
     def __init__(self, id: str, fn: StepFunction, inputs: Iterable[str] | str = ()) -> None:
         validate_step_id(id)
+        if id.startswith(RESERVED_PREFIX):
+            raise InvalidPipelineError(
+                f"step {id!r}: ids starting with {RESERVED_PREFIX!r} are reserved for the executor's own records"
+            )
         if not callable(fn):
             raise InvalidPipelineError(f"step {id!r}: fn must be callable, got {type(fn).__name__}")
         names = (inputs,) if isinstance(inputs, str) else tuple(inputs)
