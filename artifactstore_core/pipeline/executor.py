@@ -34,13 +34,14 @@ from ._runner import (
     WorkerTask,
     execute_step,
     init_worker,
+    replacement_id,
     run_in_worker,
     running_step,
 )
 from .config import StoreConfig
 from .container import ServiceContainer
 from .errors import StepFailedError
-from .graph import Pipeline, Step
+from .graph import RESERVED_PREFIX, Pipeline, Step
 from .results import RunResult, StepResult, StepStatus
 
 __all__ = ["Executor", "FailurePolicy", "Mode", "StoreFactory", "SuccessPolicy"]
@@ -350,7 +351,7 @@ class Executor:
             if not isinstance(error, Exception):
                 # KeyboardInterrupt or SystemExit raised inside a step: not a step failure, the way out.
                 raise error
-            failed = self._failed(store, execution_id, steps, started, step_id, error)
+            failed = self._failed(store, pipeline, fresh, execution_id, steps, started, step_id, error)
             if death:
                 failed.add_note(f"the worker process running step {step_id!r} {death}")
             if step_id in replaced:
@@ -361,7 +362,7 @@ class Executor:
             raise failed from error
         cleared = self._on_success == "clear"
         if cleared:
-            store.clear()
+            _clear_execution(store, pipeline, fresh)
         return RunResult(
             execution_id=execution_id,
             backend=backend,
@@ -430,6 +431,8 @@ class Executor:
     def _failed(
         self,
         store: ArtifactStore,
+        pipeline: Pipeline,
+        fresh: bool,
         execution_id: str,
         steps: dict[str, StepResult],
         started: float,
@@ -438,7 +441,7 @@ class Executor:
     ) -> StepFailedError:
         cleared = self._on_failure == "clear"
         if cleared:
-            store.clear()
+            _clear_execution(store, pipeline, fresh)
             after = "its artifacts were cleared (on_failure='clear'), so it cannot be resumed"
         else:
             after = (
@@ -508,6 +511,49 @@ def _warn_replaced(store: ArtifactStore, step_id: str, reason: str) -> None:
         store.backend_name,
         step_id,
         reason,
+    )
+
+
+def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> None:
+    """Remove the execution's artifacts: its steps' and its replacement records.
+
+    A fresh execution (a new uuid) owns its namespace: it is cleared. A run given an execution id may
+    find artifacts there that are not its steps' (a user's ``artifactstore put -n <id>``, a step removed
+    from the pipeline since): those are not the executor's to remove, so they are kept (with a warning),
+    and only the execution's own artifacts are deleted, one by one.
+
+    Raises:
+        BackendError and the other errors of listing, clearing and deleting.
+    """
+    if fresh:
+        store.clear()
+        return
+    own: list[str] = []
+    foreign: list[str] = []
+    try:
+        for info in store.list():
+            mine = info.step_id in pipeline or info.step_id.startswith(RESERVED_PREFIX)
+            (own if mine else foreign).append(info.step_id)
+    except ArtifactCorruptedError:
+        # A damaged artifact that is none of the steps' (theirs were read or replaced in this run) stops the
+        # listing: delete the steps' artifacts and their records by name, and keep whatever else is there.
+        for step_id in pipeline.order:
+            store.delete(step_id)
+            generation = 1
+            while store.delete(replacement_id(step_id, generation)):
+                generation += 1
+        return
+    if not foreign:
+        store.clear()
+        return
+    for step_id in own:
+        store.delete(step_id)
+    logger.warning(
+        "execution %r on backend %r: kept %d artifacts of its namespace that are not steps of the pipeline (%s)",
+        store.namespace,
+        store.backend_name,
+        len(foreign),
+        ", ".join(map(repr, sorted(foreign)[:10])) + (", ..." if len(foreign) > 10 else ""),
     )
 
 

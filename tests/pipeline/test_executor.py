@@ -54,6 +54,7 @@ from artifactstore_core.pipeline import (
     StoreConfig,
     register_artifact_store,
 )
+from artifactstore_core.pipeline._runner import replacement_id
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -186,6 +187,41 @@ def test_failure_with_clear_policy_removes_everything(workdir: Path) -> None:
     assert caught.value.result.cleared
     with config.create(caught.value.execution_id) as store:
         assert list(store.list()) == []
+
+
+@pytest.mark.parametrize("policy", ["success", "failure"])
+def test_clearing_a_given_execution_id_keeps_what_is_not_the_pipelines(
+    tmp_path: Path, workdir: Path, policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `artifactstore put -n work report ./report.pdf`, then `artifactstore demo -n work`: clearing the
+    # namespace at the end of the run removed the user's report with the demo's artifacts.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    with config.create("work") as store:
+        store.save("report", Message(content=b"%PDF the user's own"))
+    executor = Executor(config, on_failure="clear")
+
+    with caplog.at_level("WARNING", logger="artifactstore_core.pipeline"):
+        if policy == "success":
+            result = executor.run(diamond(workdir), execution_id="work")
+            assert result.cleared
+        else:
+            with pytest.raises(StepFailedError):
+                executor.run(diamond(workdir, fail="d"), execution_id="work")
+
+    assert Case(config, "threads").left("work") == ["report"]
+    assert any("'report'" in record.getMessage() for record in caplog.records)
+
+
+def test_clearing_a_given_execution_id_removes_its_replacement_records(tmp_path: Path, workdir: Path) -> None:
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    with config.create("work") as store:
+        store.save("report", Message(content="the user's own"))
+        store.save("a", Message(content={"n": 3}))
+        store.save(replacement_id("a", 1), Message(content={"n": 3}))
+
+    Executor(config).run(diamond(workdir), execution_id="work")
+
+    assert Case(config, "threads").left("work") == ["report"]
 
 
 def test_resume_of_a_finished_execution_runs_nothing(workdir: Path) -> None:
