@@ -178,6 +178,9 @@ class Executor:
                 the store has a signing key under which none of the execution's artifacts verifies (a
                 wrong key, not damage: nothing is overwritten). Raised before any step runs.
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
+            KeyboardInterrupt, SystemExit: raised by a step, or in this process (Ctrl-C): re-raised at once,
+                with a note naming the execution id to resume; worker processes are terminated, and the
+                artifacts of the steps that finished are kept.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
@@ -303,6 +306,10 @@ class Executor:
                             if not inputs and failure is None:
                                 ready.append(step_id)
                             continue
+                        if error is not None and not isinstance(error, Exception):
+                            # KeyboardInterrupt or SystemExit raised inside a step: not a step failure, the
+                            # way out, now rather than after the steps still running (see the except below).
+                            raise error
                         if error is not None:
                             results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=replaced.get(step_id))
                             if failure is None:
@@ -334,6 +341,18 @@ class Executor:
                     break
                 for step_id, reason in gone:
                     replace(step_id, reason)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Ctrl-C (in this process, or in a step), SystemExit: no step starts any more. Worker processes
+                # are stopped: they got the terminal's SIGINT too, and each would otherwise go on to the steps
+                # queued for it. Threads cannot be stopped: the steps running on them finish first.
+                if pool is not None and self._mode == "processes":
+                    _stop_workers(pool)
+                exc.add_note(
+                    f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
+                    f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"
+                )
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -348,9 +367,7 @@ class Executor:
         }
         if failure is not None:
             step_id, error = failure
-            if not isinstance(error, Exception):
-                # KeyboardInterrupt or SystemExit raised inside a step: not a step failure, the way out.
-                raise error
+            assert isinstance(error, Exception)
             failed = self._failed(store, pipeline, fresh, execution_id, steps, started, step_id, error)
             if death:
                 failed.add_note(f"the worker process running step {step_id!r} {death}")
@@ -512,6 +529,17 @@ def _warn_replaced(store: ArtifactStore, step_id: str, reason: str) -> None:
         step_id,
         reason,
     )
+
+
+def _stop_workers(pool: cf.Executor) -> None:
+    """Terminate the worker processes of ``pool``: their running steps stop, and no queued step starts.
+
+    ``shutdown(cancel_futures=True)`` cancels only the steps the pool has not yet handed to a worker's
+    queue; a worker takes the next queued one as soon as its step ends, interrupted or not.
+    """
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> None:

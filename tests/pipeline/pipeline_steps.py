@@ -312,3 +312,41 @@ def resume_in_process(config: Any, execution_id: str, workdir: str, by: str, fir
     except StepFailedError as error:
         outcome = {"failed": error.step_id, "cause": f"{type(error.__cause__).__name__}: {error.__cause__}"}
     Path(workdir, f"{by}.result").write_text(json.dumps(outcome))
+
+
+# Ctrl-C while steps run in worker processes (test_executor.py).
+
+
+def step_waits_for_ever(inputs: Inputs, *, workdir: str, name: str) -> str:
+    """Records its start, then waits at a gate the test never opens (until Ctrl-C, or the deadline)."""
+    record(workdir, name)
+    Path(workdir, f"{name}-started").touch()
+    Gate(str(Path(workdir, "never"))).wait()
+    return name
+
+
+def run_until_interrupted(root: str, workdir: str) -> None:
+    """Run a pipeline of three waiting steps on two worker processes, for the test to interrupt."""
+    import signal as signals
+    import sys
+
+    from artifactstore_core.pipeline import Executor, StoreConfig
+
+    # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
+    signals.signal(signals.SIGINT, signals.default_int_handler)
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=workdir)),
+            *(
+                Step(name, functools.partial(step_waits_for_ever, workdir=workdir, name=name), ("a",))
+                for name in ("s0", "s1", "s2")
+            ),
+        ]
+    )
+    try:
+        Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
+            pipeline, execution_id="interrupted"
+        )
+    except KeyboardInterrupt as interrupt:
+        Path(workdir, "interrupted").write_text("\n".join(getattr(interrupt, "__notes__", [])))
+        sys.exit(130)

@@ -6,6 +6,9 @@ import functools
 import itertools
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Mapping
@@ -249,8 +252,39 @@ def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     def interrupted(inputs: Inputs) -> None:
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        Executor().run(Pipeline([Step("x", interrupted)]))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        Executor().run(Pipeline([Step("x", interrupted)]), execution_id="stopped")
+    # The execution id of a fresh run is shown nowhere else: without it there is no resuming.
+    assert any("execution 'stopped'" in note and "execution_id='stopped'" in note for note in caught.value.__notes__)
+
+
+def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, workdir: Path) -> None:
+    # The terminal's SIGINT reaches the executor's process and its workers. Each worker's step was
+    # interrupted, but the worker then took the step queued for it (s2) and the run went on until that
+    # step ended; the KeyboardInterrupt did not say which execution to resume.
+    root = str(tmp_path / "artifacts")
+    code = f"from pipeline_steps import run_until_interrupted; run_until_interrupted({root!r}, {str(workdir)!r})"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: Path(workdir, "s0-started").exists() and Path(workdir, "s1-started").exists(),
+            60,
+            "s0 and s1 never started",
+        )
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
 # -- namespaces ---------------------------------------------------------------------------------------
