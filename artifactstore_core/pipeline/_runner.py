@@ -125,8 +125,9 @@ def execute_step(
         ReusedInputsUnusable: an input in ``verify`` is damaged (``ArtifactCorruptedError``) or gone
             (``ArtifactNotFoundError``); the step's function was not called.
         Whatever the step raises; SerializationError for an output that cannot be a message; the
-        errors of :meth:`ArtifactStore.save`, and of reading an input in ``verify`` (a ``BackendError``
-        is the step's failure, never taken for damage).
+        errors of :meth:`ArtifactStore.save` (not ``ArtifactExistsError``: the artifact another run saved
+        first is read and used), and of reading an input in ``verify`` (a ``BackendError`` is the step's
+        failure, never taken for damage).
     """
     started = time.perf_counter()
     inputs = MappingProxyType({name: ArtifactConnector(store, name) for name in step.inputs})
@@ -142,7 +143,13 @@ def execute_step(
         message, ran = _replace(store, step, inputs)
     else:
         message, ran = to_message(step.id, step.fn(inputs)), True
-        store.save(step.id, message)
+        try:
+            store.save(step.id, message)
+        except ArtifactExistsError:
+            # The step had no artifact when the run started (or it would have been reused): another run of
+            # this execution (a second resume at once) saved its output while it ran here. Write-once makes
+            # that first output the step's artifact, the one every reader reads: this run uses it too.
+            message = store.get(step.id)
     duration = time.perf_counter() - started
     return StepOutcome(step.id, duration if ran else 0.0, len(content_bytes(message)[1]), ran)
 

@@ -291,15 +291,20 @@ def step_b_from_a(inputs: Inputs, *, workdir: str, by: str) -> dict[str, str]:
         Path(workdir, f"b-{by}-done").touch()
 
 
-def resume_in_process(config: Any, execution_id: str, workdir: str, by: str, first: str, second: str) -> None:
-    """Run one resume of the a -> b pipeline and write how it ended to ``<workdir>/<by>.result``."""
+def resume_in_process(
+    config: Any, execution_id: str, workdir: str, by: str, first: str, second: str, *, upstream: bool = False
+) -> None:
+    """Run one resume of the a -> b pipeline (x -> a -> b with ``upstream``) and write how it ended to
+    ``<workdir>/<by>.result``."""
     import json
 
     from artifactstore_core.pipeline import Executor, StepFailedError
 
+    a = functools.partial(step_a_by, workdir=workdir, by=by, first=first, second=second)
     pipeline = Pipeline(
         [
-            Step("a", functools.partial(step_a_by, workdir=workdir, by=by, first=first, second=second)),
+            *([Step("x", functools.partial(step_a, workdir=workdir))] if upstream else []),
+            Step("a", a, ("x",) if upstream else ()),
             Step("b", functools.partial(step_b_from_a, workdir=workdir, by=by), ("a",)),
         ]
     )

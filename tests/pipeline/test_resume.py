@@ -493,6 +493,46 @@ def test_two_resumes_at_once_replace_a_damaged_artifact_once(
         assert store.get("b").content == {"from": "one"}
 
 
+def test_two_resumes_at_once_running_a_missing_step_both_use_the_first_output_saved(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # x was saved, a failed. Both resumes run a at once (they meet inside it) with different outputs; the
+    # second's returns once the first's b has read the first's a. Write-once kept the first; the second
+    # resume failed with ArtifactExistsError ("pass overwrite=True", which a pipeline cannot). It now uses
+    # the output saved first, as its readers and the other resume's do.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    where = str(workdir)
+    first_run = Pipeline(
+        [
+            Step("x", functools.partial(step_a, workdir=where)),
+            Step("a", functools.partial(step_b, workdir=where, fail=True), ("x",)),
+        ]
+    )
+    execution_id = failed_once(Executor(config), first_run)
+
+    context = multiprocessing.get_context("spawn")
+    resumes = [
+        context.Process(
+            target=resume_in_process,
+            args=(config, execution_id, where, by, "one", "two"),
+            kwargs={"upstream": True},
+        )
+        for by in ("one", "two")
+    ]
+    for process in resumes:
+        process.start()
+    for process in resumes:
+        process.join(timeout=90)
+        assert process.exitcode == 0
+
+    outcomes = {by: json.loads(Path(workdir, f"{by}.result").read_text()) for by in ("one", "two")}
+    both = {"x": "reused", "a": "succeeded", "b": "succeeded"}
+    assert outcomes == {"one": {"output": "one", "steps": both}, "two": {"output": "one", "steps": both}}
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"by": "one"}
+        assert store.get("b").content == {"from": "one"}
+
+
 def test_a_replaced_artifact_damaged_again_is_restored_from_its_replacement_not_recomputed(
     tmp_path: Path, workdir: Path
 ) -> None:
