@@ -103,7 +103,7 @@ def to_message(step_id: str, value: Any) -> Message:
 def replacement_id(step_id: str, generation: int) -> str:
     """The id of the record of the ``generation``-th replacement of ``step_id``'s artifact (from 1).
 
-    Under :data:`~artifactstore_core.pipeline.graph.RESERVED_PREFIX`, which no step id has; the step id
+    Under ``RESERVED_PREFIX`` (``.artifactstore/``), which no step id has; the step id
     goes in as a digest, so the record id stays within the id length limit however long the step id is.
     """
     digest = hashlib.sha256(step_id.encode("utf-8")).hexdigest()

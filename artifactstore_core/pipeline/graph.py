@@ -38,7 +38,7 @@ class Step:
 
     Raises:
         InvalidStepIdError: ``id`` or an input is not a legal step id.
-        InvalidPipelineError: ``id`` starts with :data:`RESERVED_PREFIX`, ``fn`` is not callable, or an input
+        InvalidPipelineError: ``id`` starts with ``.artifactstore/`` (reserved), ``fn`` is not callable, or an input
             is listed twice or is the step itself.
     """
 
