@@ -242,6 +242,7 @@ class Executor:
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
         death = ""
+        unstarted = False
         outputs: dict[str, Message] = {}
         pool: cf.Executor | None = None
         slots: Any = None
@@ -361,6 +362,8 @@ class Executor:
             if died is not None:
                 failure = (died[0], failure[1])
                 death = died[1]
+            elif _none_started(workers, slots):
+                unstarted = True
         steps = {
             step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN, replaced=replaced.get(step_id)))
             for step_id in pipeline.order
@@ -371,6 +374,12 @@ class Executor:
             failed = self._failed(store, pipeline, fresh, execution_id, steps, started, step_id, error)
             if death:
                 failed.add_note(f"the worker process running step {step_id!r} {death}")
+            if unstarted:
+                failed.add_note(
+                    "no worker process started: each ended before it could run a step. Spawned workers import the "
+                    "main module, so a script must keep its call to run() under if __name__ == '__main__': (the "
+                    "workers' own error is above, on stderr)"
+                )
             if step_id in replaced:
                 failed.add_note(
                     f"step {step_id!r} ran again because its artifact from the earlier run could not be used: "
@@ -646,6 +655,18 @@ def _died_in(
             name = str(-code)
         return step_id, f"was killed by signal {name}"
     return step_id, f"exited with code {code}"
+
+
+def _none_started(workers: dict[int, multiprocessing.process.BaseProcess], slots: Any) -> bool:
+    """Whether every worker process of a broken pool ended before its initializer ran.
+
+    A worker claims a slot first thing; one that never did failed while starting: typically importing the
+    main module, whose unguarded call to ``run`` tried to start workers of its own.
+    """
+    claimed = {slots[slot] for slot in range(0, len(slots), 2)}
+    return bool(workers) and all(
+        process.exitcode not in (None, 0) and pid not in claimed for pid, process in workers.items()
+    )
 
 
 def _check_importable(step: Step) -> None:

@@ -418,6 +418,32 @@ def test_a_worker_that_dies_fails_its_step(process_case: Case, workdir: Path) ->
     assert calls(workdir) == {"a": 2, "crash": 1}  # a: once as itself, once as the fixed "last"
 
 
+UNGUARDED_SCRIPT = """
+from artifactstore_core.pipeline import Executor, Pipeline, Step, StoreConfig
+
+
+def numbers(inputs):
+    return [1, 2, 3]
+
+
+Executor(StoreConfig("filesystem", root={root!r}), mode="processes").run(Pipeline([Step("numbers", numbers)]))
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_why_no_worker_started(tmp_path: Path) -> None:
+    # Each spawned worker imports the main module, whose unguarded run() then fails in the worker: the pool
+    # broke, and the error blamed the step for a BrokenProcessPool, "terminated abruptly".
+    script = tmp_path / "script.py"
+    script.write_text(UNGUARDED_SCRIPT.format(root=str(tmp_path / "artifacts")))
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "no worker process started" in last
+    assert "if __name__ == '__main__':" in last
+
+
 def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: Path, workdir: Path) -> None:
     # When a worker dies, every running step gets the same BrokenProcessPool and the pool kills the
     # other workers: the failure used to name whichever future came first, often the innocent sibling.
