@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,8 +39,9 @@ class Step:
 
     Raises:
         InvalidStepIdError: ``id`` or an input is not a legal step id.
-        InvalidPipelineError: ``id`` starts with ``.artifactstore/`` (reserved), ``fn`` is not callable, or an input
-            is listed twice or is the step itself.
+        InvalidPipelineError: ``id`` starts with ``.artifactstore/`` (reserved), ``fn`` is not callable or is
+            an async or generator function (directly or through ``functools.partial``), or an input is listed
+            twice or is the step itself.
     """
 
     id: str
@@ -54,6 +56,14 @@ class Step:
             )
         if not callable(fn):
             raise InvalidPipelineError(f"step {id!r}: fn must be callable, got {type(fn).__name__}")
+        kind = _unsupported_kind(fn)
+        if kind is not None:
+            # Refused here, not when the step runs: by then the steps upstream of it (model calls) have run.
+            raise InvalidPipelineError(
+                f"step {id!r}: fn is {kind}, and the executor calls a step's function and stores what it returns: "
+                "a coroutine or generator is not an output. Make it a plain function that returns the output "
+                "(for async code, one that calls asyncio.run on it)"
+            )
         names = (inputs,) if isinstance(inputs, str) else tuple(inputs)
         for name in names:
             validate_step_id(name)
@@ -65,6 +75,17 @@ class Step:
         object.__setattr__(self, "id", id)
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "inputs", names)
+
+
+def _unsupported_kind(fn: object) -> str | None:
+    """What kind of function ``fn`` is if calling it does not compute an output (through ``partial``)."""
+    if inspect.iscoroutinefunction(fn):
+        return "an async function"
+    if inspect.isasyncgenfunction(fn):
+        return "an async generator function"
+    if inspect.isgeneratorfunction(fn):
+        return "a generator function"
+    return None
 
 
 class Pipeline:

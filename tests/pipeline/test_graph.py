@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator, Iterator
+
 import pytest
 
 from artifactstore_core import InvalidStepIdError
@@ -121,3 +124,31 @@ def test_building_a_large_fan_out_and_fan_in_is_linear_in_its_edges() -> None:
     assert pipeline.dependents("src") == tuple(leaves)
     assert pipeline.dependents("leaf-7") == ("total",)
     assert pipeline.sinks == ("total",)
+
+
+async def summarise(inputs: object) -> str:
+    return "summary"
+
+
+def chunks(inputs: object) -> Iterator[str]:
+    yield "chunk"
+
+
+async def stream(inputs: object) -> AsyncIterator[str]:
+    yield "chunk"
+
+
+@pytest.mark.parametrize(
+    ("fn", "kind"),
+    [
+        (summarise, "an async function"),
+        (functools.partial(summarise), "an async function"),
+        (chunks, "a generator function"),
+        (stream, "an async generator function"),
+    ],
+)
+def test_async_and_generator_step_functions_are_refused_when_the_step_is_built(fn: object, kind: str) -> None:
+    # They failed only when the step ran (its upstream steps done, and paid for), with "returned a
+    # coroutine" and a "never awaited" warning.
+    with pytest.raises(InvalidPipelineError, match=f"'s': fn is {kind}"):
+        Step("s", fn)  # type: ignore[arg-type]
