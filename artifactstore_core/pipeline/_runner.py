@@ -93,9 +93,12 @@ def to_message(step_id: str, value: Any) -> Message:
     try:
         return Message(content=value)
     except ValidationError as exc:
+        # The validator's own words say what is wrong, often deep inside (a NaN in a dict of scores): "a dict
+        # is not a JSON value" alone sends the user looking for the wrong thing.
+        why = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
         raise SerializationError(
-            f"step {step_id!r} returned a {type(value).__name__}, which is not a Message, a pydantic model, "
-            "a JSON value, str or bytes",
+            f"step {step_id!r} returned a {type(value).__name__} that cannot be stored ({why}): a step returns a "
+            "Message, a pydantic model, a JSON value, str or bytes",
             step_id=step_id,
         ) from exc
 

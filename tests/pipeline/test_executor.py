@@ -248,6 +248,17 @@ def test_a_step_returning_something_unstorable_fails_with_its_name() -> None:
     assert "'odd' returned a set" in str(caught.value.__cause__)
 
 
+def test_an_unstorable_value_deep_in_an_output_is_named() -> None:
+    # "returned a dict, which is not ... a JSON value" sent the user looking at the dict, not at the NaN.
+    pipeline = Pipeline([Step("scores", lambda inputs: {"relevance": 0.9, "novelty": float("nan")})])
+    with pytest.raises(StepFailedError) as caught:
+        Executor().run(pipeline)
+    assert isinstance(caught.value.__cause__, SerializationError)
+    assert "'scores' returned a dict that cannot be stored (content: nan is not a JSON number)" in str(
+        caught.value.__cause__
+    )
+
+
 def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     def interrupted(inputs: Inputs) -> None:
         raise KeyboardInterrupt
