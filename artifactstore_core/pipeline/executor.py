@@ -482,8 +482,8 @@ class Executor:
             cleared=cleared,
         )
         return StepFailedError(
-            f"step {step_id!r} failed: {type(error).__name__}: {error}. Execution {execution_id!r} on backend "
-            f"{store.backend_name!r} stopped; {after}",
+            f"step {step_id!r} failed: {type(error).__name__}: {_text_of(error)}. Execution {execution_id!r} on "
+            f"backend {store.backend_name!r} stopped; {after}",
             step_id=step_id,
             namespace=execution_id,
             backend=store.backend_name,
@@ -523,6 +523,18 @@ class Executor:
             f"<Executor mode={self._mode!r} max_workers={self._max_workers} on_success={self._on_success!r} "
             f"on_failure={self._on_failure!r}>"
         )
+
+
+def _text_of(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the step's exception cannot say what it is.
+
+    A user's exception whose ``__str__`` raises (an attribute its ``__init__`` did not set) must not replace
+    the :class:`StepFailedError`, which carries the execution id to resume and the partial result.
+    """
+    try:
+        return str(error)
+    except Exception as problem:
+        return f"<str() of the exception failed: {type(problem).__name__}>"
 
 
 def _reason(exc: ArtifactStoreError) -> str:

@@ -259,6 +259,25 @@ def test_an_unstorable_value_deep_in_an_output_is_named() -> None:
     )
 
 
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise AttributeError("'UnprintableError' object has no attribute 'detail'")
+
+
+def test_a_step_exception_whose_str_fails_is_still_a_step_failure() -> None:
+    # The executor's own formatting of the message raised, replacing the StepFailedError (and with it the
+    # execution id to resume and the partial result) by an AttributeError.
+    def fails(inputs: Inputs) -> None:
+        raise UnprintableError
+
+    with pytest.raises(StepFailedError) as caught:
+        Executor().run(Pipeline([Step("x", fails)]), execution_id="unprintable")
+
+    assert isinstance(caught.value.__cause__, UnprintableError)
+    assert "step 'x' failed: UnprintableError: <str() of the exception failed: AttributeError>" in str(caught.value)
+    assert caught.value.execution_id == "unprintable"
+
+
 def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     def interrupted(inputs: Inputs) -> None:
         raise KeyboardInterrupt
