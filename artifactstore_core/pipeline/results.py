@@ -58,7 +58,8 @@ class RunResult:
         outputs: the messages of the pipeline's sink steps (the steps no other step reads), read before
             the namespace was cleared. Empty when the execution failed.
         duration: wall-clock seconds of the whole execution.
-        cleared: whether the execution's namespace was cleared at the end.
+        cleared: whether the execution's artifacts were removed at the end (its namespace cleared; on a run
+            given an execution id, artifacts there that are not the pipeline's are kept).
     """
 
     execution_id: str
