@@ -808,7 +808,14 @@ def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> No
 
 
 @cli.command()
-@_store_options
+@click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")
+# Not ARTIFACT_STORE_NAMESPACE: every execution has a namespace of its own, a new one unless one is given.
+@click.option(
+    "--namespace",
+    "-n",
+    default=None,
+    help="Execution id, the namespace of its artifacts (default: a new one; a failed execution's id resumes it).",
+)
 def demo(backend: str | None, namespace: str | None) -> None:
     """Run the example pipeline on the configured backend and print its steps and result."""
     from .pipeline.example import run_demo

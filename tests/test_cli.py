@@ -574,6 +574,24 @@ def test_demo_is_the_main_job() -> None:
     assert list(_DEFAULT_ROOT[-1].rglob("@*")) == []  # nothing of the execution is left on disk
 
 
+def test_demo_in_a_namespace_of_ones_own_keeps_its_other_artifacts(tmp_path: Path) -> None:
+    # The demo cleared the whole namespace at the end, deleting the report saved there before it.
+    report = tmp_path / "report.txt"
+    report.write_bytes(b"the user's own")
+    assert run("put", "-n", "work", "report", str(report)).returncode == 0
+
+    result = run("demo", "-n", "work")
+
+    assert result.returncode == 0, result.stderr
+    assert "execution work on backend 'filesystem'" in result.stdout
+    assert "namespace cleared: True (0 artifacts of this execution left in the store)" in result.stdout
+    listing = run("ls", "-n", "work")
+    assert listing.stdout.split()[-1] == "report"
+    assert len(listing.stdout.splitlines()) == 1
+    # -n is the execution id: the help does not claim ARTIFACT_STORE_NAMESPACE, which the demo does not read.
+    assert "ARTIFACT_STORE_NAMESPACE" not in run("demo", "--help").stdout
+
+
 def test_serve_is_contributed_by_the_http_plugin() -> None:
     listing = run("--help")
     assert "serve" in listing.stdout

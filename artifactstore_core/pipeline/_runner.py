@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import hashlib
 import os
 import threading
 import time
@@ -19,12 +20,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..envelope import content_bytes
-from ..errors import ArtifactCorruptedError, ArtifactNotFoundError, SerializationError
+from ..errors import ArtifactCorruptedError, ArtifactExistsError, ArtifactNotFoundError, SerializationError
 from ..message import Message
 from ..store import ArtifactStore
 from .config import StoreConfig
 from .connector import ArtifactConnector
-from .graph import Step
+from .graph import RESERVED_PREFIX, Step
 
 __all__ = [
     "ReusedInputsUnusable",
@@ -32,6 +33,7 @@ __all__ = [
     "WorkerTask",
     "execute_step",
     "init_worker",
+    "replacement_id",
     "run_in_worker",
     "running_step",
     "to_message",
@@ -45,6 +47,8 @@ class StepOutcome:
     step_id: str
     duration: float
     size: int
+    #: False when a replacement another resume of the execution saved was restored instead of running the step.
+    ran: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,11 +93,24 @@ def to_message(step_id: str, value: Any) -> Message:
     try:
         return Message(content=value)
     except ValidationError as exc:
+        # The validator's own words say what is wrong, often deep inside (a NaN in a dict of scores): "a dict
+        # is not a JSON value" alone sends the user looking for the wrong thing.
+        why = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
         raise SerializationError(
-            f"step {step_id!r} returned a {type(value).__name__}, which is not a Message, a pydantic model, "
-            "a JSON value, str or bytes",
+            f"step {step_id!r} returned a {type(value).__name__} that cannot be stored ({why}): a step returns a "
+            "Message, a pydantic model, a JSON value, str or bytes",
             step_id=step_id,
         ) from exc
+
+
+def replacement_id(step_id: str, generation: int) -> str:
+    """The id of the record of the ``generation``-th replacement of ``step_id``'s artifact (from 1).
+
+    Under ``RESERVED_PREFIX`` (``.artifactstore/``), which no step id has; the step id
+    goes in as a digest, so the record id stays within the id length limit however long the step id is.
+    """
+    digest = hashlib.sha256(step_id.encode("utf-8")).hexdigest()
+    return f"{RESERVED_PREFIX}replacement/{generation}/{digest}"
 
 
 def execute_step(
@@ -104,14 +121,16 @@ def execute_step(
     Args:
         verify: inputs reused from an earlier run: read through their connectors before the step runs,
             which verifies them (size and digest) and keeps the message for the step, so it is read once.
-        overwrite: save with ``overwrite=True`` (the step replaces its damaged or vanished artifact).
+        overwrite: the step replaces its damaged or vanished artifact: the replacement is written once
+            (see :func:`_replace`), then over the artifact with ``overwrite=True``.
 
     Raises:
         ReusedInputsUnusable: an input in ``verify`` is damaged (``ArtifactCorruptedError``) or gone
             (``ArtifactNotFoundError``); the step's function was not called.
         Whatever the step raises; SerializationError for an output that cannot be a message; the
-        errors of :meth:`ArtifactStore.save`, and of reading an input in ``verify`` (a ``BackendError``
-        is the step's failure, never taken for damage).
+        errors of :meth:`ArtifactStore.save` (not ``ArtifactExistsError``: the artifact another run saved
+        first is read and used), and of reading an input in ``verify`` (a ``BackendError`` is the step's
+        failure, never taken for damage).
     """
     started = time.perf_counter()
     inputs = MappingProxyType({name: ArtifactConnector(store, name) for name in step.inputs})
@@ -123,10 +142,57 @@ def execute_step(
             unusable.append((name, f"{type(exc).__name__}: {exc}"))
     if unusable:
         raise ReusedInputsUnusable(step.id, tuple(unusable))
-    message = to_message(step.id, step.fn(inputs))
-    store.save(step.id, message, overwrite=overwrite)
+    if overwrite:
+        message, ran = _replace(store, step, inputs)
+    else:
+        message, ran = to_message(step.id, step.fn(inputs)), True
+        try:
+            store.save(step.id, message)
+        except ArtifactExistsError:
+            # The step had no artifact when the run started (or it would have been reused): another run of
+            # this execution (a second resume at once) saved its output while it ran here. Write-once makes
+            # that first output the step's artifact, the one every reader reads: this run uses it too.
+            message = store.get(step.id)
     duration = time.perf_counter() - started
-    return StepOutcome(step.id, duration, len(content_bytes(message)[1]))
+    return StepOutcome(step.id, duration if ran else 0.0, len(content_bytes(message)[1]), ran)
+
+
+def _replace(store: ArtifactStore, step: Step, inputs: Any) -> tuple[Message, bool]:
+    """Replace ``step``'s damaged or vanished artifact; return the replacement and whether the step ran.
+
+    Two resumes of one execution (two processes) can find the same artifact damaged and replace it at
+    once. Were each to overwrite it with its own run's output, the second would replace the artifact
+    under the steps of the first that had already read it. So the replacement is decided write-once:
+    it is saved first as a record (:func:`replacement_id`, one generation after the last record of
+    the step), and whichever resume creates that record decides the replacement; the others take the
+    record's message, and every resume writes that same message over the artifact. A sound last record
+    found before running means another resume has replaced the artifact already (or an earlier resume
+    did, and the artifact was damaged again): it is restored from the record, and the step does not run.
+    """
+    generation = 1
+    last: Message | None = None
+    while True:
+        record = replacement_id(step.id, generation)
+        try:
+            last = store.get(record)
+        except ArtifactNotFoundError:
+            break
+        except ArtifactCorruptedError:
+            # A damaged record decides nothing: the next generation replaces it.
+            last = None
+        generation += 1
+    ran = last is None
+    if last is None:
+        message = to_message(step.id, step.fn(inputs))
+        try:
+            store.save(record, message)
+            last = message
+        except ArtifactExistsError:
+            # Another resume created this generation's record while the step ran here: its output is the
+            # replacement, the artifact its readers may have read already.
+            last = store.get(record)
+    store.save(step.id, last, overwrite=True)
+    return last, ran
 
 
 # One store per worker process, reused by every step the worker runs for the same execution.

@@ -30,7 +30,7 @@ from ..message import Message
 from .config import StoreConfig
 from .connector import ArtifactConnector
 from .executor import Executor, Mode
-from .graph import Pipeline, Step
+from .graph import RESERVED_PREFIX, Pipeline, Step
 from .results import RunResult
 
 __all__ = ["EXAMPLE_TEXT", "EXAMPLE_TITLE", "Summary", "example_pipeline", "paragraphs", "run_demo"]
@@ -173,12 +173,14 @@ def run_demo(
     stream = out if out is not None else sys.stdout
     config = StoreConfig(backend, **options)
     executor = Executor(config, mode=mode, max_workers=max_workers)
-    result = executor.run(example_pipeline(latency=latency), execution_id=execution_id)
+    pipeline = example_pipeline(latency=latency)
+    result = executor.run(pipeline, execution_id=execution_id)
     print(f"execution {result.execution_id} on backend {result.backend!r}, mode {mode!r}\n", file=stream)
     print(result.table(), file=stream)
     print("\nfinal result (artifact 'merge'):\n", file=stream)
     print(result.output.content, file=stream)
     with config.create(result.execution_id) as store:
-        left = sum(1 for _ in store.list())
+        # Only the execution's own: artifacts of a given execution id's namespace that are not its steps' stay.
+        left = sum(1 for info in store.list() if info.step_id in pipeline or info.step_id.startswith(RESERVED_PREFIX))
     print(f"\nnamespace cleared: {result.cleared} ({left} artifacts of this execution left in the store)", file=stream)
     return result

@@ -34,13 +34,14 @@ from ._runner import (
     WorkerTask,
     execute_step,
     init_worker,
+    replacement_id,
     run_in_worker,
     running_step,
 )
 from .config import StoreConfig
 from .container import ServiceContainer
 from .errors import StepFailedError
-from .graph import Pipeline, Step
+from .graph import RESERVED_PREFIX, Pipeline, Step
 from .results import RunResult, StepResult, StepStatus
 
 __all__ = ["Executor", "FailurePolicy", "Mode", "StoreFactory", "SuccessPolicy"]
@@ -177,6 +178,9 @@ class Executor:
                 the store has a signing key under which none of the execution's artifacts verifies (a
                 wrong key, not damage: nothing is overwritten). Raised before any step runs.
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
+            KeyboardInterrupt, SystemExit: raised by a step, or in this process (Ctrl-C): re-raised at once,
+                with a note naming the execution id to resume; worker processes are terminated, and the
+                artifacts of the steps that finished are kept.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
@@ -238,6 +242,7 @@ class Executor:
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
         death = ""
+        unstarted = False
         outputs: dict[str, Message] = {}
         pool: cf.Executor | None = None
         slots: Any = None
@@ -302,6 +307,10 @@ class Executor:
                             if not inputs and failure is None:
                                 ready.append(step_id)
                             continue
+                        if error is not None and not isinstance(error, Exception):
+                            # KeyboardInterrupt or SystemExit raised inside a step: not a step failure, the
+                            # way out, now rather than after the steps still running (see the except below).
+                            raise error
                         if error is not None:
                             results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=replaced.get(step_id))
                             if failure is None:
@@ -314,8 +323,10 @@ class Executor:
                                     other.cancel()
                             continue
                         outcome = future.result()
+                        # A replacement another resume saved first, restored without running the step.
+                        status = StepStatus.SUCCEEDED if outcome.ran else StepStatus.REUSED
                         results[step_id] = StepResult(
-                            step_id, StepStatus.SUCCEEDED, outcome.duration, outcome.size, replaced.get(step_id)
+                            step_id, status, outcome.duration, outcome.size, replaced.get(step_id)
                         )
                         for dependent in pipeline.dependents(step_id):
                             pending = waiting.get(dependent)
@@ -331,6 +342,18 @@ class Executor:
                     break
                 for step_id, reason in gone:
                     replace(step_id, reason)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Ctrl-C (in this process, or in a step), SystemExit: no step starts any more. Worker processes
+                # are stopped: they got the terminal's SIGINT too, and each would otherwise go on to the steps
+                # queued for it. Threads cannot be stopped: the steps running on them finish first.
+                if pool is not None and self._mode == "processes":
+                    _stop_workers(pool)
+                exc.add_note(
+                    f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
+                    f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"
+                )
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -339,18 +362,24 @@ class Executor:
             if died is not None:
                 failure = (died[0], failure[1])
                 death = died[1]
+            elif _none_started(workers, slots):
+                unstarted = True
         steps = {
             step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN, replaced=replaced.get(step_id)))
             for step_id in pipeline.order
         }
         if failure is not None:
             step_id, error = failure
-            if not isinstance(error, Exception):
-                # KeyboardInterrupt or SystemExit raised inside a step: not a step failure, the way out.
-                raise error
-            failed = self._failed(store, execution_id, steps, started, step_id, error)
+            assert isinstance(error, Exception)
+            failed = self._failed(store, pipeline, fresh, execution_id, steps, started, step_id, error)
             if death:
                 failed.add_note(f"the worker process running step {step_id!r} {death}")
+            if unstarted:
+                failed.add_note(
+                    "no worker process started: each ended before it could run a step. Spawned workers import the "
+                    "main module, so a script must keep its call to run() under if __name__ == '__main__': (the "
+                    "workers' own error is above, on stderr)"
+                )
             if step_id in replaced:
                 failed.add_note(
                     f"step {step_id!r} ran again because its artifact from the earlier run could not be used: "
@@ -359,7 +388,7 @@ class Executor:
             raise failed from error
         cleared = self._on_success == "clear"
         if cleared:
-            store.clear()
+            _clear_execution(store, pipeline, fresh)
         return RunResult(
             execution_id=execution_id,
             backend=backend,
@@ -428,6 +457,8 @@ class Executor:
     def _failed(
         self,
         store: ArtifactStore,
+        pipeline: Pipeline,
+        fresh: bool,
         execution_id: str,
         steps: dict[str, StepResult],
         started: float,
@@ -436,7 +467,7 @@ class Executor:
     ) -> StepFailedError:
         cleared = self._on_failure == "clear"
         if cleared:
-            store.clear()
+            _clear_execution(store, pipeline, fresh)
             after = "its artifacts were cleared (on_failure='clear'), so it cannot be resumed"
         else:
             after = (
@@ -451,8 +482,8 @@ class Executor:
             cleared=cleared,
         )
         return StepFailedError(
-            f"step {step_id!r} failed: {type(error).__name__}: {error}. Execution {execution_id!r} on backend "
-            f"{store.backend_name!r} stopped; {after}",
+            f"step {step_id!r} failed: {type(error).__name__}: {_text_of(error)}. Execution {execution_id!r} on "
+            f"backend {store.backend_name!r} stopped; {after}",
             step_id=step_id,
             namespace=execution_id,
             backend=store.backend_name,
@@ -494,6 +525,18 @@ class Executor:
         )
 
 
+def _text_of(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the step's exception cannot say what it is.
+
+    A user's exception whose ``__str__`` raises (an attribute its ``__init__`` did not set) must not replace
+    the :class:`StepFailedError`, which carries the execution id to resume and the partial result.
+    """
+    try:
+        return str(error)
+    except Exception as problem:
+        return f"<str() of the exception failed: {type(problem).__name__}>"
+
+
 def _reason(exc: ArtifactStoreError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -506,6 +549,60 @@ def _warn_replaced(store: ArtifactStore, step_id: str, reason: str) -> None:
         store.backend_name,
         step_id,
         reason,
+    )
+
+
+def _stop_workers(pool: cf.Executor) -> None:
+    """Terminate the worker processes of ``pool``: their running steps stop, and no queued step starts.
+
+    ``shutdown(cancel_futures=True)`` cancels only the steps the pool has not yet handed to a worker's
+    queue; a worker takes the next queued one as soon as its step ends, interrupted or not.
+    """
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
+def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> None:
+    """Remove the execution's artifacts: its steps' and its replacement records.
+
+    A fresh execution (a new uuid) owns its namespace: it is cleared. A run given an execution id may
+    find artifacts there that are not its steps' (a user's ``artifactstore put -n <id>``, a step removed
+    from the pipeline since): those are not the executor's to remove, so they are kept (with a warning),
+    and only the execution's own artifacts are deleted, one by one.
+
+    Raises:
+        BackendError and the other errors of listing, clearing and deleting.
+    """
+    if fresh:
+        store.clear()
+        return
+    own: list[str] = []
+    foreign: list[str] = []
+    try:
+        for info in store.list():
+            mine = info.step_id in pipeline or info.step_id.startswith(RESERVED_PREFIX)
+            (own if mine else foreign).append(info.step_id)
+    except ArtifactCorruptedError:
+        # A damaged artifact that is none of the steps' (theirs were read or replaced in this run) stops the
+        # listing: delete the steps' artifacts and their records by name, and keep whatever else is there.
+        for step_id in pipeline.order:
+            store.delete(step_id)
+            generation = 1
+            while store.delete(replacement_id(step_id, generation)):
+                generation += 1
+        return
+    if not foreign:
+        store.clear()
+        return
+    for step_id in own:
+        store.delete(step_id)
+    logger.warning(
+        "execution %r on backend %r: kept %d artifacts of its namespace that are not steps of the pipeline (%s)",
+        store.namespace,
+        store.backend_name,
+        len(foreign),
+        ", ".join(map(repr, sorted(foreign)[:10])) + (", ..." if len(foreign) > 10 else ""),
     )
 
 
@@ -570,6 +667,18 @@ def _died_in(
             name = str(-code)
         return step_id, f"was killed by signal {name}"
     return step_id, f"exited with code {code}"
+
+
+def _none_started(workers: dict[int, multiprocessing.process.BaseProcess], slots: Any) -> bool:
+    """Whether every worker process of a broken pool ended before its initializer ran.
+
+    A worker claims a slot first thing; one that never did failed while starting: typically importing the
+    main module, whose unguarded call to ``run`` tried to start workers of its own.
+    """
+    claimed = {slots[slot] for slot in range(0, len(slots), 2)}
+    return bool(workers) and all(
+        process.exitcode not in (None, 0) and pid not in claimed for pid, process in workers.items()
+    )
 
 
 def _check_importable(step: Step) -> None:

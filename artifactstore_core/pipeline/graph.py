@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,11 @@ from .errors import InvalidPipelineError
 if TYPE_CHECKING:
     from .connector import ArtifactConnector
 
-__all__ = ["Pipeline", "Step", "StepFunction"]
+__all__ = ["RESERVED_PREFIX", "Pipeline", "Step", "StepFunction"]
+
+#: Step ids that start with this are the executor's own, in every execution's namespace: the records of the
+#: replacements a resume saved (see ``docs/pipeline.md``). A :class:`Step` cannot have one.
+RESERVED_PREFIX = ".artifactstore/"
 
 #: A step: called with a read-only mapping from each input step id to an
 #: :class:`~artifactstore_core.pipeline.ArtifactConnector`; returns a ``Message``, a pydantic model, or a
@@ -34,7 +39,9 @@ class Step:
 
     Raises:
         InvalidStepIdError: ``id`` or an input is not a legal step id.
-        InvalidPipelineError: ``fn`` is not callable, or an input is listed twice or is the step itself.
+        InvalidPipelineError: ``id`` starts with ``.artifactstore/`` (reserved), ``fn`` is not callable or is
+            an async or generator function (directly or through ``functools.partial``), or an input is listed
+            twice or is the step itself.
     """
 
     id: str
@@ -43,8 +50,20 @@ class Step:
 
     def __init__(self, id: str, fn: StepFunction, inputs: Iterable[str] | str = ()) -> None:
         validate_step_id(id)
+        if id.startswith(RESERVED_PREFIX):
+            raise InvalidPipelineError(
+                f"step {id!r}: ids starting with {RESERVED_PREFIX!r} are reserved for the executor's own records"
+            )
         if not callable(fn):
             raise InvalidPipelineError(f"step {id!r}: fn must be callable, got {type(fn).__name__}")
+        kind = _unsupported_kind(fn)
+        if kind is not None:
+            # Refused here, not when the step runs: by then the steps upstream of it (model calls) have run.
+            raise InvalidPipelineError(
+                f"step {id!r}: fn is {kind}, and the executor calls a step's function and stores what it returns: "
+                "a coroutine or generator is not an output. Make it a plain function that returns the output "
+                "(for async code, one that calls asyncio.run on it)"
+            )
         names = (inputs,) if isinstance(inputs, str) else tuple(inputs)
         for name in names:
             validate_step_id(name)
@@ -56,6 +75,17 @@ class Step:
         object.__setattr__(self, "id", id)
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "inputs", names)
+
+
+def _unsupported_kind(fn: object) -> str | None:
+    """What kind of function ``fn`` is if calling it does not compute an output (through ``partial``)."""
+    if inspect.iscoroutinefunction(fn):
+        return "an async function"
+    if inspect.isasyncgenfunction(fn):
+        return "an async generator function"
+    if inspect.isgeneratorfunction(fn):
+        return "a generator function"
+    return None
 
 
 class Pipeline:
@@ -86,9 +116,13 @@ class Pipeline:
                     f"step {step.id!r} reads {', '.join(map(repr, unknown))}, which is not a step of this pipeline"
                 )
         self._steps = by_id
-        self._dependents: dict[str, tuple[str, ...]] = {
-            step_id: tuple(other.id for other in by_id.values() if step_id in other.inputs) for step_id in by_id
-        }
+        # One pass over the edges: asking every step whether it reads every other was quadratic, minutes for
+        # a fan-out of tens of thousands of steps. Dependents stay in definition order.
+        dependents: dict[str, list[str]] = {step_id: [] for step_id in by_id}
+        for step in by_id.values():
+            for name in step.inputs:
+                dependents[name].append(step.id)
+        self._dependents: dict[str, tuple[str, ...]] = {step_id: tuple(ids) for step_id, ids in dependents.items()}
         self._levels = self._topological_levels()
 
     def _topological_levels(self) -> tuple[tuple[str, ...], ...]:

@@ -36,7 +36,8 @@ class StepResult:
         replaced: on a resume, why the step's artifact from the earlier run could not be reused (it failed
             verification, ``ArtifactCorruptedError``, or was gone when read, ``ArtifactNotFoundError``), so
             this run ran the step again to replace it (or, with status ``not run``, would have, had another
-            step not failed first); ``None`` otherwise.
+            step not failed first; with status ``reused``, it restored the replacement that another resume
+            of the execution had saved, without running the step); ``None`` otherwise.
     """
 
     step_id: str
@@ -57,7 +58,8 @@ class RunResult:
         outputs: the messages of the pipeline's sink steps (the steps no other step reads), read before
             the namespace was cleared. Empty when the execution failed.
         duration: wall-clock seconds of the whole execution.
-        cleared: whether the execution's namespace was cleared at the end.
+        cleared: whether the execution's artifacts were removed at the end (its namespace cleared; on a run
+            given an execution id, artifacts there that are not the pipeline's are kept).
     """
 
     execution_id: str
@@ -92,8 +94,11 @@ class RunResult:
             size = format_size(step.size) if step.size is not None else "-"
             status = str(step.status)
             if step.replaced is not None:
-                # Its earlier artifact was damaged or gone: replaced, or still to replace after a failure.
-                status += " (replaced)" if step.status == StepStatus.SUCCEEDED else " (to replace)"
+                # Its earlier artifact was damaged or gone: replaced, restored from the replacement another
+                # resume saved, or still to replace after a failure.
+                status += {StepStatus.SUCCEEDED: " (replaced)", StepStatus.REUSED: " (restored)"}.get(
+                    step.status, " (to replace)"
+                )
             rows.append((step.step_id, status, format_duration(step.duration) if timed else "-", size))
         work = sum(step.duration for step in self.steps.values())
         total_size = sum(step.size or 0 for step in self.steps.values())

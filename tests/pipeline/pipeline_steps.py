@@ -268,3 +268,90 @@ def step_f(inputs: Inputs, *, workdir: str) -> str:
 def step_b_reads_a(inputs: Inputs, *, workdir: str) -> int:
     record(workdir, "b")
     return int(inputs["a"].content["n"]) * 10
+
+
+# Two resumes of one execution at once, in two processes (test_resume.py).
+
+
+def step_a_by(inputs: Inputs, *, workdir: str, by: str, first: str, second: str) -> dict[str, str]:
+    """a, run again by resume ``by``: both resumes run it at once; the second returns only once the
+    first resume's b has read a's replacement and saved its own output."""
+    record(workdir, f"a-{by}")
+    Rendezvous(workdir, (f"a-{first}", f"a-{second}")).meet(f"a-{by}")
+    if by == second:
+        Gate(str(Path(workdir, f"b-{first}-done"))).wait()
+    return {"by": by}
+
+
+def step_b_from_a(inputs: Inputs, *, workdir: str, by: str) -> dict[str, str]:
+    record(workdir, f"b-{by}")
+    try:
+        return {"from": inputs["a"].content["by"]}
+    finally:
+        Path(workdir, f"b-{by}-done").touch()
+
+
+def resume_in_process(
+    config: Any, execution_id: str, workdir: str, by: str, first: str, second: str, *, upstream: bool = False
+) -> None:
+    """Run one resume of the a -> b pipeline (x -> a -> b with ``upstream``) and write how it ended to
+    ``<workdir>/<by>.result``."""
+    import json
+
+    from artifactstore_core.pipeline import Executor, StepFailedError
+
+    a = functools.partial(step_a_by, workdir=workdir, by=by, first=first, second=second)
+    pipeline = Pipeline(
+        [
+            *([Step("x", functools.partial(step_a, workdir=workdir))] if upstream else []),
+            Step("a", a, ("x",) if upstream else ()),
+            Step("b", functools.partial(step_b_from_a, workdir=workdir, by=by), ("a",)),
+        ]
+    )
+    try:
+        result = Executor(config, on_success="keep").run(pipeline, execution_id=execution_id)
+        outcome: dict[str, Any] = {
+            "output": result.output.content["from"],
+            "steps": {step_id: str(step.status) for step_id, step in result.steps.items()},
+        }
+    except StepFailedError as error:
+        outcome = {"failed": error.step_id, "cause": f"{type(error.__cause__).__name__}: {error.__cause__}"}
+    Path(workdir, f"{by}.result").write_text(json.dumps(outcome))
+
+
+# Ctrl-C while steps run in worker processes (test_executor.py).
+
+
+def step_waits_for_ever(inputs: Inputs, *, workdir: str, name: str) -> str:
+    """Records its start, then waits at a gate the test never opens (until Ctrl-C, or the deadline)."""
+    record(workdir, name)
+    Path(workdir, f"{name}-started").touch()
+    Gate(str(Path(workdir, "never"))).wait()
+    return name
+
+
+def run_until_interrupted(root: str, workdir: str) -> None:
+    """Run a pipeline of three waiting steps on two worker processes, for the test to interrupt."""
+    import signal as signals
+    import sys
+
+    from artifactstore_core.pipeline import Executor, StoreConfig
+
+    # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
+    signals.signal(signals.SIGINT, signals.default_int_handler)
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=workdir)),
+            *(
+                Step(name, functools.partial(step_waits_for_ever, workdir=workdir, name=name), ("a",))
+                for name in ("s0", "s1", "s2")
+            ),
+        ]
+    )
+    try:
+        Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
+            pipeline, execution_id="interrupted"
+        )
+    except KeyboardInterrupt as interrupt:
+        Path(workdir, "interrupted").write_text("\n".join(getattr(interrupt, "__notes__", [])))
+        sys.exit(130)

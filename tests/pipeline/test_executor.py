@@ -6,6 +6,9 @@ import functools
 import itertools
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Mapping
@@ -54,6 +57,7 @@ from artifactstore_core.pipeline import (
     StoreConfig,
     register_artifact_store,
 )
+from artifactstore_core.pipeline._runner import replacement_id
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -188,6 +192,41 @@ def test_failure_with_clear_policy_removes_everything(workdir: Path) -> None:
         assert list(store.list()) == []
 
 
+@pytest.mark.parametrize("policy", ["success", "failure"])
+def test_clearing_a_given_execution_id_keeps_what_is_not_the_pipelines(
+    tmp_path: Path, workdir: Path, policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `artifactstore put -n work report ./report.pdf`, then `artifactstore demo -n work`: clearing the
+    # namespace at the end of the run removed the user's report with the demo's artifacts.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    with config.create("work") as store:
+        store.save("report", Message(content=b"%PDF the user's own"))
+    executor = Executor(config, on_failure="clear")
+
+    with caplog.at_level("WARNING", logger="artifactstore_core.pipeline"):
+        if policy == "success":
+            result = executor.run(diamond(workdir), execution_id="work")
+            assert result.cleared
+        else:
+            with pytest.raises(StepFailedError):
+                executor.run(diamond(workdir, fail="d"), execution_id="work")
+
+    assert Case(config, "threads").left("work") == ["report"]
+    assert any("'report'" in record.getMessage() for record in caplog.records)
+
+
+def test_clearing_a_given_execution_id_removes_its_replacement_records(tmp_path: Path, workdir: Path) -> None:
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    with config.create("work") as store:
+        store.save("report", Message(content="the user's own"))
+        store.save("a", Message(content={"n": 3}))
+        store.save(replacement_id("a", 1), Message(content={"n": 3}))
+
+    Executor(config).run(diamond(workdir), execution_id="work")
+
+    assert Case(config, "threads").left("work") == ["report"]
+
+
 def test_resume_of_a_finished_execution_runs_nothing(workdir: Path) -> None:
     executor = Executor(StoreConfig("memory"), on_success="keep")
     first = executor.run(diamond(workdir))
@@ -209,12 +248,73 @@ def test_a_step_returning_something_unstorable_fails_with_its_name() -> None:
     assert "'odd' returned a set" in str(caught.value.__cause__)
 
 
+def test_an_unstorable_value_deep_in_an_output_is_named() -> None:
+    # "returned a dict, which is not ... a JSON value" sent the user looking at the dict, not at the NaN.
+    pipeline = Pipeline([Step("scores", lambda inputs: {"relevance": 0.9, "novelty": float("nan")})])
+    with pytest.raises(StepFailedError) as caught:
+        Executor().run(pipeline)
+    assert isinstance(caught.value.__cause__, SerializationError)
+    assert "'scores' returned a dict that cannot be stored (content: nan is not a JSON number)" in str(
+        caught.value.__cause__
+    )
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise AttributeError("'UnprintableError' object has no attribute 'detail'")
+
+
+def test_a_step_exception_whose_str_fails_is_still_a_step_failure() -> None:
+    # The executor's own formatting of the message raised, replacing the StepFailedError (and with it the
+    # execution id to resume and the partial result) by an AttributeError.
+    def fails(inputs: Inputs) -> None:
+        raise UnprintableError
+
+    with pytest.raises(StepFailedError) as caught:
+        Executor().run(Pipeline([Step("x", fails)]), execution_id="unprintable")
+
+    assert isinstance(caught.value.__cause__, UnprintableError)
+    assert "step 'x' failed: UnprintableError: <str() of the exception failed: AttributeError>" in str(caught.value)
+    assert caught.value.execution_id == "unprintable"
+
+
 def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     def interrupted(inputs: Inputs) -> None:
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        Executor().run(Pipeline([Step("x", interrupted)]))
+    with pytest.raises(KeyboardInterrupt) as caught:
+        Executor().run(Pipeline([Step("x", interrupted)]), execution_id="stopped")
+    # The execution id of a fresh run is shown nowhere else: without it there is no resuming.
+    assert any("execution 'stopped'" in note and "execution_id='stopped'" in note for note in caught.value.__notes__)
+
+
+def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, workdir: Path) -> None:
+    # The terminal's SIGINT reaches the executor's process and its workers. Each worker's step was
+    # interrupted, but the worker then took the step queued for it (s2) and the run went on until that
+    # step ended; the KeyboardInterrupt did not say which execution to resume.
+    root = str(tmp_path / "artifacts")
+    code = f"from pipeline_steps import run_until_interrupted; run_until_interrupted({root!r}, {str(workdir)!r})"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: Path(workdir, "s0-started").exists() and Path(workdir, "s1-started").exists(),
+            60,
+            "s0 and s1 never started",
+        )
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
 # -- namespaces ---------------------------------------------------------------------------------------
@@ -346,6 +446,32 @@ def test_a_worker_that_dies_fails_its_step(process_case: Case, workdir: Path) ->
     result = executor.run(fixed, execution_id=execution_id)
     assert result.ran() == ["last"]
     assert calls(workdir) == {"a": 2, "crash": 1}  # a: once as itself, once as the fixed "last"
+
+
+UNGUARDED_SCRIPT = """
+from artifactstore_core.pipeline import Executor, Pipeline, Step, StoreConfig
+
+
+def numbers(inputs):
+    return [1, 2, 3]
+
+
+Executor(StoreConfig("filesystem", root={root!r}), mode="processes").run(Pipeline([Step("numbers", numbers)]))
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_why_no_worker_started(tmp_path: Path) -> None:
+    # Each spawned worker imports the main module, whose unguarded run() then fails in the worker: the pool
+    # broke, and the error blamed the step for a BrokenProcessPool, "terminated abruptly".
+    script = tmp_path / "script.py"
+    script.write_text(UNGUARDED_SCRIPT.format(root=str(tmp_path / "artifacts")))
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "no worker process started" in last
+    assert "if __name__ == '__main__':" in last
 
 
 def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: Path, workdir: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator, Iterator
+
 import pytest
 
 from artifactstore_core import InvalidStepIdError
@@ -91,3 +94,61 @@ def test_invalid_ids_are_refused(bad: str) -> None:
 
 def test_invalid_pipeline_error_is_a_value_error() -> None:
     assert issubclass(InvalidPipelineError, ValueError)
+
+
+class CountingId(str):
+    """A step id that counts the comparisons made with it (a str subclass is a legal id)."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountingId.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_building_a_large_fan_out_and_fan_in_is_linear_in_its_edges() -> None:
+    # Finding each step's dependents asked every step whether it reads every other: n * n comparisons of
+    # ids, minutes to build a pipeline with tens of thousands of steps. Counted, not timed.
+    n = 500
+    leaves = [CountingId(f"leaf-{i}") for i in range(n)]
+    steps = [Step(CountingId("src"), noop)]
+    steps += [Step(leaf, noop, (CountingId("src"),)) for leaf in leaves]
+    steps.append(Step(CountingId("total"), noop, tuple(CountingId(leaf) for leaf in leaves)))
+    CountingId.comparisons = 0
+
+    pipeline = Pipeline(steps)
+
+    assert CountingId.comparisons < 20 * n
+    assert pipeline.dependents("src") == tuple(leaves)
+    assert pipeline.dependents("leaf-7") == ("total",)
+    assert pipeline.sinks == ("total",)
+
+
+async def summarise(inputs: object) -> str:
+    return "summary"
+
+
+def chunks(inputs: object) -> Iterator[str]:
+    yield "chunk"
+
+
+async def stream(inputs: object) -> AsyncIterator[str]:
+    yield "chunk"
+
+
+@pytest.mark.parametrize(
+    ("fn", "kind"),
+    [
+        (summarise, "an async function"),
+        (functools.partial(summarise), "an async function"),
+        (chunks, "a generator function"),
+        (stream, "an async generator function"),
+    ],
+)
+def test_async_and_generator_step_functions_are_refused_when_the_step_is_built(fn: object, kind: str) -> None:
+    # They failed only when the step ran (its upstream steps done, and paid for), with "returned a
+    # coroutine" and a "never awaited" warning.
+    with pytest.raises(InvalidPipelineError, match=f"'s': fn is {kind}"):
+        Step("s", fn)  # type: ignore[arg-type]

@@ -7,7 +7,9 @@ file, or of the Redis hash field, is changed behind the store's back.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,10 @@ from pipeline_steps import (
     calls,
     diamond,
     record,
+    resume_in_process,
+    step_a,
     step_a_replaced,
+    step_b,
     step_b_reads_a,
     step_d_reads_a,
     step_e_gated,
@@ -40,6 +45,7 @@ from artifactstore_core import (
 )
 from artifactstore_core.pipeline import (
     Executor,
+    InvalidPipelineError,
     Mode,
     Pipeline,
     RunResult,
@@ -48,6 +54,7 @@ from artifactstore_core.pipeline import (
     StepStatus,
     StoreConfig,
 )
+from artifactstore_core.pipeline._runner import replacement_id
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -438,3 +445,140 @@ def test_a_damaged_header_on_a_backend_without_its_own_info_replaces_only_that_s
     assert statuses(result) == {**dict.fromkeys("acd", StepStatus.SUCCEEDED), "b": StepStatus.REUSED}
     assert [s for s in "abcd" if result.steps[s].replaced is not None] == ["a"]
     assert calls(workdir) == {"a": 2, "b": 1, "c": 2, "d": 1}
+
+
+# -- two resumes of one execution at once ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "redis"])
+def test_two_resumes_at_once_replace_a_damaged_artifact_once(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, workdir: Path
+) -> None:
+    # Two processes resume one execution whose a is damaged; both find it so and run a again at once (they
+    # meet inside a). The first saves its replacement, and its b reads it; then the second's a returns
+    # another output. Replacing with a plain overwrite, the second overwrote a under the first's b (the
+    # execution then held a b computed from an a it no longer had) and its own b failed with
+    # ArtifactExistsError. The replacement is written once: the second adopts the first's.
+    if backend == "filesystem":
+        config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    else:
+        config = StoreConfig("redis", url=request.getfixturevalue("redis_url"))
+    where = str(workdir)
+    first_run = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=where)),
+            Step("b", functools.partial(step_b, workdir=where, fail=True), ("a",)),
+        ]
+    )
+    execution_id = failed_once(Executor(config), first_run)
+    damage(config, execution_id, "a", PAYLOAD)
+
+    context = multiprocessing.get_context("spawn")
+    resumes = [
+        context.Process(target=resume_in_process, args=(config, execution_id, where, by, "one", "two"))
+        for by in ("one", "two")
+    ]
+    for process in resumes:
+        process.start()
+    for process in resumes:
+        process.join(timeout=90)
+        assert process.exitcode == 0
+
+    outcomes = {by: json.loads(Path(workdir, f"{by}.result").read_text()) for by in ("one", "two")}
+    assert outcomes["one"] == {"output": "one", "steps": {"a": "succeeded", "b": "succeeded"}}
+    assert outcomes["two"] == {"output": "one", "steps": {"a": "succeeded", "b": "succeeded"}}
+    assert calls(workdir) == {"a": 1, "b": 1, "a-one": 1, "a-two": 1, "b-one": 1, "b-two": 1}
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"by": "one"}
+        assert store.get("b").content == {"from": "one"}
+
+
+def test_two_resumes_at_once_running_a_missing_step_both_use_the_first_output_saved(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # x was saved, a failed. Both resumes run a at once (they meet inside it) with different outputs; the
+    # second's returns once the first's b has read the first's a. Write-once kept the first; the second
+    # resume failed with ArtifactExistsError ("pass overwrite=True", which a pipeline cannot). It now uses
+    # the output saved first, as its readers and the other resume's do.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    where = str(workdir)
+    first_run = Pipeline(
+        [
+            Step("x", functools.partial(step_a, workdir=where)),
+            Step("a", functools.partial(step_b, workdir=where, fail=True), ("x",)),
+        ]
+    )
+    execution_id = failed_once(Executor(config), first_run)
+
+    context = multiprocessing.get_context("spawn")
+    resumes = [
+        context.Process(
+            target=resume_in_process,
+            args=(config, execution_id, where, by, "one", "two"),
+            kwargs={"upstream": True},
+        )
+        for by in ("one", "two")
+    ]
+    for process in resumes:
+        process.start()
+    for process in resumes:
+        process.join(timeout=90)
+        assert process.exitcode == 0
+
+    outcomes = {by: json.loads(Path(workdir, f"{by}.result").read_text()) for by in ("one", "two")}
+    both = {"x": "reused", "a": "succeeded", "b": "succeeded"}
+    assert outcomes == {"one": {"output": "one", "steps": both}, "two": {"output": "one", "steps": both}}
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"by": "one"}
+        assert store.get("b").content == {"from": "one"}
+
+
+def test_a_replaced_artifact_damaged_again_is_restored_from_its_replacement_not_recomputed(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # The record a replacement is decided by is also a sound copy of it: the artifact b was computed from.
+    # The same path lets a resume that found the damage before another resume replaced it take that
+    # replacement instead of running the step again.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    executor = Executor(config, max_workers=1, on_success="keep")
+    execution_id = failed_once(executor, diamond(workdir, fail="b"))
+    damage(config, execution_id, "a", PAYLOAD)
+    with pytest.raises(StepFailedError):  # b finds a damaged, a is replaced, then b fails again
+        executor.run(diamond(workdir, fail="b"), execution_id=execution_id)
+    assert (calls(workdir)["a"], calls(workdir)["b"]) == (2, 2)
+    damage(config, execution_id, "a", PAYLOAD)
+
+    result = executor.run(diamond(workdir), execution_id=execution_id)
+
+    assert result.output.content == EXPECTED_D
+    assert result.steps["a"].status == StepStatus.REUSED
+    assert result.steps["b"].status == StepStatus.SUCCEEDED
+    assert result.steps["a"].replaced is not None
+    assert "reused (restored)" in result.table()
+    assert (calls(workdir)["a"], calls(workdir)["b"]) == (2, 3)
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"n": 3}
+
+
+def test_a_damaged_replacement_record_is_replaced_by_the_next_generation(tmp_path: Path, workdir: Path) -> None:
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    executor = Executor(config, max_workers=1, on_success="keep")
+    execution_id = failed_once(executor, diamond(workdir, fail="b"))
+    damage(config, execution_id, "a", PAYLOAD)
+    with pytest.raises(StepFailedError):  # b finds a damaged, a is replaced, then b fails again
+        executor.run(diamond(workdir, fail="b"), execution_id=execution_id)
+    damage(config, execution_id, "a", PAYLOAD)
+    damage(config, execution_id, replacement_id("a", 1), PAYLOAD)
+
+    result = executor.run(diamond(workdir), execution_id=execution_id)
+
+    assert result.output.content == EXPECTED_D
+    assert result.steps["a"].status == StepStatus.SUCCEEDED
+    assert calls(workdir)["a"] == 3
+    with config.create(execution_id) as store:
+        assert store.get(replacement_id("a", 2)).content == {"n": 3}
+
+
+def test_step_ids_under_the_reserved_prefix_are_refused() -> None:
+    with pytest.raises(InvalidPipelineError, match="reserved"):
+        Step(".artifactstore/replacement/1/x", _a)
