@@ -291,6 +291,30 @@ class _CountingReader:
         return int(count or 0)
 
 
+class _TerminalInput:
+    """A binary reader of a terminal that ends at the first end of input (Ctrl-D), as ``cat`` does.
+
+    A terminal reports the end of input once per Ctrl-D, not for good as a file or a pipe does. A buffered
+    ``read(n)`` returns the bytes it had at that end as a short chunk and keeps the end to itself; the store
+    reads on until a read returns nothing, and that read waited for a second Ctrl-D. So each read here asks
+    the terminal at most once, and the first empty answer is the end for every later read.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw, self._ended = raw, False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(_CHUNK), b""))
+        if self._ended or size == 0:
+            return b""
+        # read1: one read of the terminal at most (bytes already buffered first), never a second one.
+        data = self._raw.read1(size)  # type: ignore[attr-defined]
+        if not data:
+            self._ended = True
+        return bytes(data)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="artifactstore-core", prog_name="artifactstore")
@@ -516,7 +540,10 @@ def put(
             raise click.UsageError("no FILE given and stdin is a terminal: name a FILE, pipe the data in, or pass -")
     with _open_store(backend, namespace) as store, _overwrite_hint():
         if source is None or source == "-":
-            store.save_stream(step_id, sys.stdin.buffer, media_type=media_type, metadata=metadata, overwrite=overwrite)
+            stdin: IO[bytes] = sys.stdin.buffer
+            if sys.stdin.isatty():
+                stdin = _TerminalInput(stdin)  # type: ignore[assignment]
+            store.save_stream(step_id, stdin, media_type=media_type, metadata=metadata, overwrite=overwrite)
         else:
             path = Path(source)
             try:
@@ -526,8 +553,13 @@ def put(
                 raise LocalFileError("read", source, exc) from exc
             with handle:
                 progress = _progress(size)
+                source_stream: IO[bytes] = handle
+                if handle.isatty():  # a FILE that is a terminal (/dev/tty): typed bytes end as on stdin
+                    source_stream = _TerminalInput(handle)  # type: ignore[assignment]
                 if progress is None:
-                    store.save_stream(step_id, handle, media_type=media_type, metadata=metadata, overwrite=overwrite)
+                    store.save_stream(
+                        step_id, source_stream, media_type=media_type, metadata=metadata, overwrite=overwrite
+                    )
                 else:
                     with progress:
                         task = progress.add_task(f"put {step_id}", total=size)

@@ -18,6 +18,7 @@ import pytest
 
 from artifactstore_core import Message
 from artifactstore_core.wiring import create_store
+from artifactstore_redis.testing import running
 
 SCRIPT = Path(sys.executable).parent / "artifactstore"
 #: Larger than any pipe's buffer (64 KiB by default on Linux, at most 1 MiB unless raised): a writer of this
@@ -239,11 +240,48 @@ def test_put_without_file_refuses_a_terminal_stdin(env: dict[str, str]) -> None:
     assert b"no FILE given and stdin is a terminal" in error
     code, _ = _on_terminal(["stat", "typed"], env, lambda *_: None)
     assert code == 3
-    # An explicit - reads the terminal (up to Ctrl-D, given twice for a reader that reads past the first).
-    code, error = _on_terminal(["put", "typed", "-"], env, _type(b"hello\n\x04\x04"))
+    # An explicit - reads the terminal, up to Ctrl-D.
+    code, error = _on_terminal(["put", "typed", "-"], env, _type(b"hello\n\x04"))
     assert code == 0, error
     with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
         assert store.get("typed").content == b"hello\n"
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running(tmp_path_factory.mktemp("cli-streams-redis")) as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "memory", "redis"])
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        (b"hello\nworld\n\x04", b"hello\nworld\n"),
+        (b"\x04", b""),
+        # Ctrl-D after bytes on a line hands them over and ends nothing; the second one ends, as for cat.
+        (b"no newline\x04\x04", b"no newline"),
+    ],
+    ids=["lines", "nothing", "unfinished-line"],
+)
+def test_put_dash_on_a_terminal_ends_at_the_first_ctrl_d(
+    backend: str, typed: bytes, stored: bytes, env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    # The store reads until a read returns nothing; a buffered read of the terminal kept the end of input
+    # to itself, so the command waited for a second Ctrl-D (and, with the first one given, never ended).
+    env["ARTIFACT_STORE_BACKEND"] = backend
+    if backend == "redis":
+        env["ARTIFACT_STORE_REDIS_URL"] = request.getfixturevalue("redis_url")
+    namespace = f"typed-{request.node.callspec.id}"
+    code, error = _on_terminal(["put", "typed", "-", "-n", namespace], env, _type(typed))
+    assert code == 0, error
+    assert error == b"saved 'typed'\n"
+    if backend != "memory":  # memory forgets with the command
+        options = {"root": env["ARTIFACT_STORE_FILESYSTEM_ROOT"]} if backend == "filesystem" else {}
+        if backend == "redis":
+            options = {"url": env["ARTIFACT_STORE_REDIS_URL"]}
+        with create_store(backend, namespace=namespace, **options) as store:
+            assert store.get("typed").content == stored
 
 
 def test_ctrl_c_at_a_prompt_is_aborted_with_130(payload: bytes, env: dict[str, str]) -> None:
