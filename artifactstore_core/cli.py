@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from . import errors
+from .cli_main import INTERRUPTED_EXIT_CODE
 from .ids import validate_namespace
 from .message import Message
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
@@ -75,8 +76,6 @@ LOCAL_FILE_EXIT_CODE = 10
 #: ``set -o pipefail``) sees what it sees for them. Not 0: the output was cut short, which a caller writing
 #: to a pipe of its own must be able to tell. A literal, as Windows has no ``signal.SIGPIPE``.
 CLOSED_PIPE_EXIT_CODE = 141
-#: Exit code after Ctrl-C (SIGINT): 128 + SIGINT, what the shell reports for a command it interrupted.
-INTERRUPTED_EXIT_CODE = 130
 #: Transfers at least this large show a progress bar on a terminal.
 PROGRESS_FROM = 8 * 1024 * 1024
 _CHUNK = 1024 * 1024
@@ -870,7 +869,10 @@ def _needs_plugin_commands(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``artifactstore`` console script: runs the command and returns its exit code.
+    """Run the ``artifactstore`` command with ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
+
+    The console script calls it through :func:`artifactstore_core.cli_main.main`, which also turns a Ctrl-C
+    during the import of this module into ``aborted``.
 
     Raises nothing for a command's failure (an error line on stderr and a code instead); Ctrl-C at any
     point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`.

@@ -19,6 +19,7 @@ import pytest
 from artifactstore_core import Message
 from artifactstore_core.wiring import create_store
 from artifactstore_redis.testing import running
+from fakedist import install_fake_distribution
 
 SCRIPT = Path(sys.executable).parent / "artifactstore"
 #: Larger than any pipe's buffer (64 KiB by default on Linux, at most 1 MiB unless raised): a writer of this
@@ -307,3 +308,54 @@ def test_ctrl_c_during_a_transfer_is_aborted_with_130(payload: bytes, env: dict[
     error = cast_io(process.stderr).read()
     assert process.wait(timeout=60) == INTERRUPTED_EXIT_CODE
     assert error.strip() == b"aborted"
+
+
+_BLOCK_AN_IMPORT = """
+import sys
+
+
+class _BlockOnce:
+    # Stops the import of one module until the test is done with the process: says so through `ready`,
+    # then waits to open `gate`, which the test never opens for writing (Ctrl-C ends the wait).
+    def find_spec(self, name, path=None, target=None):
+        if name == {name!r}:
+            sys.meta_path.remove(self)
+            with open({ready!r}, "wb") as ready:
+                ready.write(b"importing")
+            open({gate!r}, "rb").close()
+        return None
+
+
+sys.meta_path.insert(0, _BlockOnce())
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("pydantic", ["ls"]),  # imported by the core's modules
+        ("click", ["ls"]),  # imported by the command line
+        ("slow_plugin_mod", ["backends"]),  # a plugin, loaded by its entry point
+        ("slow_plugin_mod", ["ls", "-b", "slow"]),
+    ],
+)
+def test_ctrl_c_while_the_command_is_still_importing_is_aborted_with_130(
+    module: str, args: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    # The console script imported the command line (about a second) before anything could catch Ctrl-C:
+    # a Ctrl-C then printed a traceback and killed the process by the signal.
+    site = tmp_path / "site"
+    ready, gate = tmp_path / "ready", tmp_path / "gate"
+    os.mkfifo(ready)
+    os.mkfifo(gate)
+    install_fake_distribution(site, "artifactstore-slow", "1.0", {"slow": "slow_plugin_mod"}, {"slow_plugin_mod": ""})
+    (site / "sitecustomize.py").write_text(_BLOCK_AN_IMPORT.format(name=module, ready=str(ready), gate=str(gate)))
+    env["PYTHONPATH"] = str(site)
+    process = _start(args, env, stdout=subprocess.PIPE, preexec_fn=_default_sigint)
+    with open(ready, "rb") as reading:  # returns once the process is in that import
+        assert reading.read() == b"importing"
+    process.send_signal(signal.SIGINT)
+    out, error = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED_EXIT_CODE, error
+    assert error.strip() == b"aborted"
+    assert out == b""
