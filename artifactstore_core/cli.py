@@ -11,6 +11,7 @@ Plugins add commands through the ``artifactstore_register_commands`` hook.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import errno
 import json
@@ -575,10 +576,23 @@ def put(
 
 @cli.command()
 @click.argument("step_id")
-@click.option("-o", "--output", default="-", type=click.Path(allow_dash=True, dir_okay=False), help="File or -.")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(allow_dash=True, dir_okay=False),
+    help="File, or - for stdout even when it is a terminal and the payload is binary.",
+)
 @_store_options
-def get(step_id: str, output: str, backend: str | None, namespace: str | None) -> None:
-    """Write the payload of STEP_ID to stdout (or --output FILE)."""
+def get(step_id: str, output: str | None, backend: str | None, namespace: str | None) -> None:
+    """Write the payload of STEP_ID to stdout (or --output FILE).
+
+    A payload that does not look like text (a NUL byte or invalid UTF-8 in its first MiB) is not written to
+    a terminal (exit 2) unless -o - asks for it.
+    """
+    # Only a default stdout is guarded: an explicit "-o -" is the user saying they want the bytes there.
+    guard_terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
+    output = output or "-"
     with _open_store(backend, namespace) as store:
         size = store.info(step_id).size
         with store.open(step_id) as reader:
@@ -594,6 +608,9 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
                     progress.start()
                 try:
                     while chunk := reader.read(_CHUNK):
+                        if guard_terminal:
+                            _refuse_binary_on_terminal(step_id, chunk)
+                            guard_terminal = False
                         _write(stream, chunk, output)
                         if progress is not None and task is not None:
                             progress.advance(task, len(chunk))
@@ -611,6 +628,29 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
                     # The error being raised is the one to report.
                     target.discard()
                 raise
+
+
+def _refuse_binary_on_terminal(step_id: str, head: bytes) -> None:
+    """Refuse to write a payload to a terminal when its first chunk ``head`` does not look like text.
+
+    Raw bytes on a terminal are garbage at best, and at worst control sequences that reconfigure it (its
+    character set, the title, the keyboard); ``curl`` refuses the same way. Text is UTF-8 without NUL bytes
+    (escape sequences in text, such as colours in a log, are written as ``cat`` would write them).
+
+    Raises:
+        click.UsageError: ``head`` holds a NUL byte or is not valid UTF-8 (a character cut at its end is).
+    """
+    try:
+        # Incremental and not final: a multi-byte character split at the chunk's end is still text.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        text = b"\0" not in head
+    except UnicodeDecodeError:
+        text = False
+    if not text:
+        raise click.UsageError(
+            f"not writing the binary payload of {step_id!r} to a terminal: "
+            "name a file with -o FILE, pipe the output, or pass -o - to write it to the terminal all the same"
+        )
 
 
 class _OutputFile:

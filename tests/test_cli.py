@@ -676,3 +676,28 @@ def test_core_commands_run_without_importing_the_plugins_commands(monkeypatch: p
         loads.clear()
         cli_module.main(args)
         assert loads == ([args] if loaded else []), args
+
+
+@pytest.mark.parametrize(
+    ("head", "text"),
+    [
+        (b"plain ascii\n", True),
+        ("déjà vu".encode(), True),
+        ("déjà".encode()[:-1], True),  # a character cut at the chunk's end: the next chunk holds the rest
+        (b"\x1b[31mred\x1b[0m", True),  # escape sequences in text are written, as cat writes them
+        (b"", True),
+        (b"nul\0byte", False),
+        (b"\xff\xfe latin", False),
+        ("é".encode("latin-1") + b" and more", False),
+    ],
+)
+def test_what_get_takes_for_text_on_a_terminal(head: bytes, text: bool) -> None:
+    import click
+
+    from artifactstore_core.cli import _refuse_binary_on_terminal
+
+    if text:
+        _refuse_binary_on_terminal("x", head)
+    else:
+        with pytest.raises(click.UsageError, match="not writing the binary payload of 'x' to a terminal"):
+            _refuse_binary_on_terminal("x", head)

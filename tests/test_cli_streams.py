@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -246,6 +247,49 @@ def test_put_without_file_refuses_a_terminal_stdin(env: dict[str, str]) -> None:
     assert code == 0, error
     with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
         assert store.get("typed").content == b"hello\n"
+
+
+def _on_terminal_stdout(args: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    """Run a command whose stdout is a terminal; return its code, what the terminal showed, and stderr.
+
+    Only for output smaller than the terminal's buffer, read once the command has ended."""
+    terminal, child = pty.openpty()
+    tty.setraw(child)  # the bytes as written, without "\n" turned into "\r\n"
+    try:
+        process = _start(args, env, stdout=child)
+    finally:
+        os.close(child)
+    try:
+        error = cast_io(process.stderr).read()
+        code = process.wait(timeout=60)
+        shown = b""
+        while True:
+            try:
+                data = os.read(terminal, 65536)
+            except OSError:  # EIO: all read, and no process has the terminal open any more
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(terminal)
+    return code, shown, error
+
+
+def test_get_does_not_write_binary_to_a_terminal_unless_asked(env: dict[str, str]) -> None:
+    binary = bytes(range(256))  # control sequences among them, which reconfigure a terminal
+    text = "héllo, \x1b[1mworld\x1b[0m\n".encode()
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        store.save("binary", Message(content=binary))
+        store.save("text", Message(content=text))
+    code, shown, error = _on_terminal_stdout(["get", "binary"], env)
+    assert (code, shown) == (2, b""), error
+    assert b"not writing the binary payload of 'binary' to a terminal" in error
+    assert b"-o -" in error
+    code, shown, error = _on_terminal_stdout(["get", "binary", "-o", "-"], env)
+    assert (code, shown) == (0, binary), error
+    code, shown, error = _on_terminal_stdout(["get", "text"], env)
+    assert (code, shown) == (0, text), error
 
 
 @pytest.fixture(scope="module")
