@@ -222,7 +222,15 @@ def _echo(text: str) -> None:
             return
         # Through the binary layer with _write_all: the text layer drops the tail of a short write.
         out.flush()
-        _write_all(binary, f"{text}\n".encode(out.encoding or "utf-8", out.errors or "strict"))
+        line, encoding = f"{text}\n", out.encoding or "utf-8"
+        try:
+            data = line.encode(encoding, out.errors or "strict")
+        except UnicodeEncodeError:
+            # A character stdout's encoding lacks (an id "é" under PYTHONIOENCODING=ascii or a Latin-1
+            # locale) failed the command with a traceback: escaped instead, as Python escapes it on stderr.
+            # --json output is ASCII whatever the ids, for scripts that need them exact.
+            data = line.encode(encoding, "backslashreplace")
+        _write_all(binary, data)
         binary.flush()
 
 

@@ -701,3 +701,17 @@ def test_what_get_takes_for_text_on_a_terminal(head: bytes, text: bool) -> None:
     else:
         with pytest.raises(click.UsageError, match="not writing the binary payload of 'x' to a terminal"):
             _refuse_binary_on_terminal("x", head)
+
+
+def test_ids_that_stdout_cannot_encode_are_escaped_not_a_traceback() -> None:
+    # Under PYTHONIOENCODING=ascii (or a Latin-1 locale and a CJK id) ls and stat failed with a traceback.
+    env = {"PYTHONIOENCODING": "ascii"}
+    assert run("put", "é-日", "-", env=env, stdin=b"x").returncode == 0
+    for args, shown in [(("ls",), "\\xe9-\\u65e5"), (("stat", "é-日"), "step_id: \\xe9-\\u65e5")]:
+        result = run(*args, env=env, stdin=b"")
+        assert result.returncode == 0, result.stderr
+        assert shown in result.stdout.decode("ascii")
+        assert result.stderr == b""
+    # JSON is ASCII whatever the ids: exact for scripts.
+    listing = run("ls", "--json", env=env, stdin=b"")
+    assert [row["step_id"] for row in json.loads(listing.stdout)] == ["é-日"]
