@@ -521,7 +521,9 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @cli.command()
 @click.argument("step_id")
-@click.argument("source", required=False, type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
+@click.argument(
+    "source", required=False, metavar="[FILE|-]", type=click.Path(allow_dash=True, dir_okay=False, path_type=str)
+)
 @click.option("--media-type", default="application/octet-stream", show_default=True, help="Media type to record.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, different artifact.")
@@ -852,13 +854,20 @@ def _delete_listed(store: ArtifactStore, step_ids: list[str]) -> int:
 
 
 @cli.command()
-@click.option("--older-than", "older_than", required=True, help="Age like 12h or 7d.")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    # Parsed by click, so that a bad age is reported as this option's ("Invalid value for '--older-than'").
+    callback=lambda _ctx, _param, value: parse_duration(value),
+    help="Age like 30s, 15m, 12h, 7d or 2w.",
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")
-def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> None:
+def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None) -> None:
     """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
-    age = parse_duration(older_than)
+    age = older_than
     try:
         cutoff = datetime.now(UTC) - age
     except OverflowError:

@@ -715,3 +715,14 @@ def test_ids_that_stdout_cannot_encode_are_escaped_not_a_traceback() -> None:
     # JSON is ASCII whatever the ids: exact for scripts.
     listing = run("ls", "--json", env=env, stdin=b"")
     assert [row["step_id"] for row in json.loads(listing.stdout)] == ["é-日"]
+
+
+def test_usage_errors_name_the_option_or_argument_as_the_help_does() -> None:
+    result = run("gc", "--older-than", "7x")
+    assert result.returncode == 2
+    # It said "Invalid value: expected a duration ...", naming no option.
+    assert "Invalid value for '--older-than': expected a duration like 30s" in result.stderr
+    assert "Missing option '--older-than'" in run("gc").stderr
+    # put's help and errors called its FILE (the docs' and the docstring's name) SOURCE.
+    assert "Usage: artifactstore put [OPTIONS] STEP_ID [FILE|-]" in run("put", "--help").stdout
+    assert "Invalid value for '[FILE|-]'" in run("put", "x", str(Path(__file__).parent)).stderr
