@@ -323,6 +323,41 @@ class _TerminalInput:
         return bytes(data)
 
 
+class _ReadErrors:
+    """``put``'s FILE or stdin as the store reads it, remembering the ``OSError`` a read raised.
+
+    The store reports a source that failed to read as its own error (a ``SerializationError``, exit 8, "the
+    data is bad"); a FILE or stdin that cannot be read (an I/O error, a descriptor not open for reading) is
+    a local file problem, exit 10, as a FILE that cannot be opened. Every other attribute (``fileno``,
+    ``seekable``, ... which backends use to size an upload) is the wrapped stream's.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.error: OSError | None = None
+
+    def read(self, size: int = -1) -> Any:
+        try:
+            return self._raw.read(size)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._raw, name)
+        if name != "readinto":
+            return value
+
+        def readinto(buffer: Any) -> Any:
+            try:
+                return value(buffer)
+            except OSError as exc:
+                self.error = exc
+                raise
+
+        return readinto
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="artifactstore-core", prog_name="artifactstore")
@@ -549,11 +584,25 @@ def put(
             # Not a silent wait for typed bytes, which looks like a hang: an explicit - still reads the terminal.
             raise click.UsageError("no FILE given and stdin is a terminal: name a FILE, pipe the data in, or pass -")
     with _open_store(backend, namespace) as store, _overwrite_hint():
+
+        def save(stream: IO[bytes] | _CountingReader | _TerminalInput, name: str) -> None:
+            reads = _ReadErrors(stream)
+            try:
+                store.save_stream(
+                    step_id,
+                    reads,  # type: ignore[arg-type]
+                    media_type=media_type,
+                    metadata=metadata,
+                    overwrite=overwrite,
+                )
+            except errors.ArtifactStoreError as exc:
+                if reads.error is not None:
+                    raise LocalFileError("read", name, reads.error) from exc
+                raise
+
         if source is None or source == "-":
-            stdin: IO[bytes] = sys.stdin.buffer
-            if sys.stdin.isatty():
-                stdin = _TerminalInput(stdin)  # type: ignore[assignment]
-            store.save_stream(step_id, stdin, media_type=media_type, metadata=metadata, overwrite=overwrite)
+            stdin = sys.stdin.buffer
+            save(_TerminalInput(stdin) if stdin.isatty() else stdin, "stdin")
         else:
             path = Path(source)
             try:
@@ -563,24 +612,14 @@ def put(
                 raise LocalFileError("read", source, exc) from exc
             with handle:
                 progress = _progress(size)
-                source_stream: IO[bytes] = handle
                 if handle.isatty():  # a FILE that is a terminal (/dev/tty): typed bytes end as on stdin
-                    source_stream = _TerminalInput(handle)  # type: ignore[assignment]
-                if progress is None:
-                    store.save_stream(
-                        step_id, source_stream, media_type=media_type, metadata=metadata, overwrite=overwrite
-                    )
+                    save(_TerminalInput(handle), source)
+                elif progress is None:
+                    save(handle, source)
                 else:
                     with progress:
                         task = progress.add_task(f"put {step_id}", total=size)
-                        reader = _CountingReader(handle, lambda n: progress.advance(task, n))
-                        store.save_stream(
-                            step_id,
-                            reader,  # type: ignore[arg-type]
-                            media_type=media_type,
-                            metadata=metadata,
-                            overwrite=overwrite,
-                        )
+                        save(_CountingReader(handle, lambda n: progress.advance(task, n)), source)
     stderr.print(f"saved {step_id!r}", markup=False)
 
 

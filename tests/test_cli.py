@@ -726,3 +726,21 @@ def test_usage_errors_name_the_option_or_argument_as_the_help_does() -> None:
     # put's help and errors called its FILE (the docs' and the docstring's name) SOURCE.
     assert "Usage: artifactstore put [OPTIONS] STEP_ID [FILE|-]" in run("put", "--help").stdout
     assert "Invalid value for '[FILE|-]'" in run("put", "x", str(Path(__file__).parent)).stderr
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "memory", "redis"])
+def test_a_file_or_stdin_that_fails_to_read_is_a_local_file_error(kind: str, tmp_path: Path, redis_url: str) -> None:
+    # The store reported the failed read as its own SerializationError (exit 8, "the data is bad").
+    env = {"ARTIFACT_STORE_BACKEND": "memory"} if kind == "memory" else _backend_env(kind, tmp_path, redis_url)
+    # Reading a process's own memory at offset 0 (never mapped) fails with EIO, whoever runs the test.
+    result = run("put", "x", "/proc/self/mem", env=env)
+    assert (result.returncode, result.stderr) == (10, f"error: cannot read '/proc/self/mem': {os.strerror(5)}\n")
+    write_only = os.open(tmp_path / "write-only", os.O_WRONLY | os.O_CREAT)
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_STORE_")}
+        piped = subprocess.run(
+            [str(SCRIPT), "put", "x", "-"], stdin=write_only, capture_output=True, env={**base, **env}, timeout=120
+        )
+    finally:
+        os.close(write_only)
+    assert (piped.returncode, piped.stderr) == (10, f"error: cannot read from stdin: {os.strerror(9)}\n".encode())
