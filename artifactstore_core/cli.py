@@ -81,7 +81,31 @@ CLOSED_PIPE_EXIT_CODE = 141
 PROGRESS_FROM = 8 * 1024 * 1024
 _CHUNK = 1024 * 1024
 
-stderr = Console(stderr=True, highlight=False)
+
+class _MessageConsole(Console):
+    """The console of the messages on stderr. A message that cannot be written (the reader of stderr went
+    away, a full disk) is dropped, with the ones after it, and the command ends with its own exit code.
+
+    rich's own answer to a broken pipe exits 1 (after pointing stdout, not stderr, at devnull), and other
+    errors raised out of the command: a ``put`` that saved, or a missing artifact's 3, ended with 1 when
+    stderr went to a closed pipe or ``/dev/full``. The exit code is the only report left to give.
+    """
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        try:
+            super().print(*objects, **kwargs)
+        except OSError:
+            self._lose_messages()
+
+    def on_broken_pipe(self) -> None:
+        self._lose_messages()
+
+    def _lose_messages(self) -> None:
+        self.quiet = True
+        _drop_stream(sys.stderr)
+
+
+stderr = _MessageConsole(stderr=True, highlight=False)
 
 
 def exit_code(error: errors.ArtifactStoreError) -> int:
@@ -155,13 +179,18 @@ def _closed_stream() -> OSError:
 
 def _drop_stdout() -> None:
     """Point stdout at devnull after a write to it failed. Raises nothing."""
+    _drop_stream(sys.stdout)
+
+
+def _drop_stream(stream: IO[str] | None) -> None:
+    """Point a standard stream's descriptor at devnull after a write to it failed. Raises nothing."""
     # What Python's documentation advises for a BrokenPipeError, and right for any failed write: otherwise
     # the flush of what is still buffered at interpreter exit fails a second time ("Exception ignored in:
     # <_io.TextIOWrapper name='<stdout>'>", status 120 instead of the command's).
     with suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, stream.fileno())  # type: ignore[union-attr]
         finally:
             os.close(devnull)
 
@@ -996,7 +1025,10 @@ def _run(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        try:
+            exc.show()
+        except OSError:  # stderr cannot be written: the code is all the report left (see _MessageConsole)
+            _drop_stream(sys.stderr)
         return exc.exit_code
     return result if isinstance(result, int) else 0
 

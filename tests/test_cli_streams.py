@@ -195,6 +195,39 @@ def test_put_from_a_closed_stdin_is_one_line(env: dict[str, str]) -> None:
     assert b"Traceback" not in error
 
 
+@pytest.mark.parametrize("where", ["closed pipe", "full disk"])
+def test_a_stderr_that_cannot_be_written_loses_the_messages_not_the_exit_code(
+    where: str, payload: bytes, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Every command exited 1 when its messages could not be written: a put that saved, a gc that removed,
+    # a missing artifact's 3.
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"data")
+    cases = [
+        (["put", "new", str(source)], 0),
+        (["gc", "--older-than", "1d"], 0),
+        (["get", "missing"], 3),
+        (["ls", "-b", "nosuch"], 5),
+        (["put", "other", str(tmp_path / "missing.bin")], LOCAL_FILE_EXIT_CODE),
+        (["nosuchcommand"], 2),
+    ]
+    for args, code in cases:
+        if where == "closed pipe":
+            read, write = os.pipe()
+            os.close(read)
+        else:
+            write = os.open("/dev/full", os.O_WRONLY)
+        try:
+            process = subprocess.Popen([str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=write)
+            _STARTED.append(process)
+        finally:
+            os.close(write)
+        process.communicate(timeout=60)
+        assert process.returncode == code, args
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        assert store.get("new").content == b"data"
+
+
 def _on_terminal(
     args: list[str], env: dict[str, str], then: Callable[[int, subprocess.Popen[bytes]], None]
 ) -> tuple[int, bytes]:
