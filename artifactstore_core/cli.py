@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import re
+import signal
 import stat as stat_mode
 import sys
 import tempfile
@@ -917,8 +918,46 @@ def _delete_listed(store: ArtifactStore, step_ids: list[str]) -> int:
     """
     # Each delete is a round trip on a remote backend: a few threads keep a large namespace from taking
     # one round trip per artifact end to end (stores are thread-safe).
-    with ThreadPoolExecutor(max_workers=_GC_THREADS) as pool:
-        return sum(pool.map(store.delete, step_ids))
+    with _ctrl_c_deferred() as interrupted:
+
+        def delete(step_id: str) -> bool:
+            return not interrupted() and store.delete(step_id)
+
+        with ThreadPoolExecutor(max_workers=_GC_THREADS) as pool:
+            return sum(pool.map(delete, step_ids))
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
+    """Within the block, Ctrl-C (SIGINT) only sets a flag, which the callable yielded reads; the
+    ``KeyboardInterrupt`` is raised when the block ends.
+
+    A ``KeyboardInterrupt`` raised in the main thread while it works the locks of a thread pool (submitting,
+    waiting for a result) can leave one of them held: gc interrupted while deleting hung for good, its
+    workers waiting for that lock and the main thread waiting for them. With the flag, the deletes not yet
+    started return at once and the pool ends cleanly. Outside the main thread (no signal handler can be
+    set there) the block runs as it is.
+
+    Raises:
+        KeyboardInterrupt: when the block ends, if Ctrl-C came during it.
+    """
+    pressed = [False]  # a plain flag: an Event's lock could itself be held by the interrupted thread
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        pressed[0] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        yield lambda: False
+        return
+    try:
+        yield lambda: pressed[0]
+    finally:
+        # None: a handler set outside Python, which cannot be put back; Python's own is the usual one.
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if pressed[0]:
+        raise KeyboardInterrupt
 
 
 @cli.command()
