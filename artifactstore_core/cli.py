@@ -266,7 +266,11 @@ def _echo(text: str) -> None:
 
 def _store_options(func: F) -> F:
     func = click.option("--namespace", "-n", default=None, help="Namespace (default: ARTIFACT_STORE_NAMESPACE).")(func)
-    return click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")(func)
+    return click.option("--backend", "-b", default=None, help=_BACKEND_HELP)(func)
+
+
+#: The commands' default is not the library's (memory, which forgets everything when the command exits).
+_BACKEND_HELP = "Backend name (default: ARTIFACT_STORE_BACKEND, else filesystem when installed)."
 
 
 #: The backend the command uses when none is configured: artifacts must outlive one command.
@@ -971,7 +975,7 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")
+@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
 def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None) -> None:
     """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
     age = older_than

@@ -727,6 +727,8 @@ def test_usage_errors_name_the_option_or_argument_as_the_help_does() -> None:
     # put's help and errors called its FILE (the docs' and the docstring's name) SOURCE.
     assert "Usage: artifactstore put [OPTIONS] STEP_ID [FILE|-]" in run("put", "--help").stdout
     assert "Invalid value for '[FILE|-]'" in run("put", "x", str(Path(__file__).parent)).stderr
+    # --backend's help named only ARTIFACT_STORE_BACKEND, as if the library's memory were the default.
+    assert "else filesystem" in " ".join(run("ls", "--help").stdout.split())
 
 
 @pytest.mark.parametrize("kind", ["filesystem", "memory", "redis"])
