@@ -584,6 +584,9 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--meta")
+        if key in result:
+            # Not the last one silently: a repeated key is a typo for another key more often than not.
+            raise click.BadParameter(f"{key!r} is given twice", param_hint="--meta")
         result[key] = value
     return result
 
@@ -869,8 +872,15 @@ def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) ->
         for step_id in step_ids:
             if not store.delete(step_id):
                 missing.append(step_id)
+        where = f"in namespace {store.namespace!r} of backend {store.backend_name!r}"
     if missing:
-        raise errors.ArtifactNotFoundError(f"not found: {', '.join(repr(s) for s in missing)}")
+        # Worded as the store's own not-found errors (`get`, `stat`), which say where they looked.
+        what = "no artifact" if len(missing) == 1 else "no artifacts"
+        removed = len(step_ids) - len(missing)
+        raise errors.ArtifactNotFoundError(
+            f"{what} {', '.join(repr(s) for s in missing)} {where}"
+            + (f"; removed the other {removed}" if removed else "")
+        )
 
 
 @cli.command()

@@ -288,7 +288,7 @@ def test_doctor_refuses_the_namespace_every_other_command_refuses(args: tuple[st
         (("ls",), {"ARTIFACT_STORE_BACKEND": "memroy"}, 5, "did you mean 'memory'?"),
         (("ls", "-b", "memory"), {"ARTIFACT_STORE_MEMORY_LIMIT": "many"}, 5, "ARTIFACT_STORE_MEMORY_LIMIT"),
         (("stat", "bad\nid"), {}, 5, "control character"),
-        (("rm", "a", "b"), {}, 3, "not found"),
+        (("rm", "a", "b"), {}, 3, "no artifacts 'a', 'b' in namespace 'default'"),
         (("clear",), {}, 2, "--yes"),
         (("gc", "--older-than", "soon"), {}, 2, "duration"),
         (("gc", "--older-than", "99999999999w"), {}, 2, "too long"),
@@ -817,3 +817,22 @@ def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.
     assert left >= len(ids) - _GC_THREADS - 1, left
     # Ctrl-C is Python's own again.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_rm_says_where_it_looked_and_put_refuses_a_repeated_meta_key(tmp_path: Path) -> None:
+    source = tmp_path / "a.txt"
+    source.write_bytes(b"a")
+    assert run("put", "kept", str(source)).returncode == 0
+    assert run("put", "gone", str(source)).returncode == 0
+    result = run("rm", "gone", "missing")
+    assert result.returncode == 3
+    # It said "not found: 'missing'", without the namespace and backend every other not-found names.
+    assert result.stderr == (
+        "error: ArtifactNotFoundError: no artifact 'missing' in namespace 'default' of backend 'filesystem'; "
+        "removed the other 1\n"
+    )
+    # The second value of a key silently replaced the first.
+    result = run("put", "meta", str(source), "--meta", "k=1", "--meta", "k=2")
+    assert result.returncode == 2
+    assert "Invalid value for --meta: 'k' is given twice" in result.stderr
+    assert run("stat", "meta").returncode == 3
