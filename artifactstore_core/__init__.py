@@ -11,35 +11,92 @@ Quick start::
 
 from __future__ import annotations
 
-from .envelope import Codec
-from .errors import (
-    AccessDeniedError,
-    ArtifactCorruptedError,
-    ArtifactExistsError,
-    ArtifactNotFoundError,
-    ArtifactStoreError,
-    BackendError,
-    BackendNotFoundError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    CapacityError,
-    ConfigurationError,
-    InvalidStepIdError,
-    PayloadTooLargeError,
-    PluginLoadError,
-    SchemaMismatchError,
-    SerializationError,
-    StoreClosedError,
-    UnsupportedFormatError,
-    UnsupportedOperationError,
-)
-from .hookspecs import hookimpl
-from .message import FrozenDict, Message, SchemaInfo
-from .models import ArtifactInfo, Capabilities
-from .registry import BackendSpec
-from .settings import BackendSettings, CoreSettings
-from .store import ArtifactStore
-from .wiring import StoreContext, create_store
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .envelope import Codec
+    from .errors import (
+        AccessDeniedError,
+        ArtifactCorruptedError,
+        ArtifactExistsError,
+        ArtifactNotFoundError,
+        ArtifactStoreError,
+        BackendError,
+        BackendNotFoundError,
+        BackendTimeoutError,
+        BackendUnavailableError,
+        CapacityError,
+        ConfigurationError,
+        InvalidStepIdError,
+        PayloadTooLargeError,
+        PluginLoadError,
+        SchemaMismatchError,
+        SerializationError,
+        StoreClosedError,
+        UnsupportedFormatError,
+        UnsupportedOperationError,
+    )
+    from .hookspecs import hookimpl
+    from .message import FrozenDict, Message, SchemaInfo
+    from .models import ArtifactInfo, Capabilities
+    from .registry import BackendSpec
+    from .settings import BackendSettings, CoreSettings
+    from .store import ArtifactStore
+    from .wiring import StoreContext, create_store
+
+#: The module of each public name, imported on first use of the name (PEP 562), not with the package:
+#: importing all of them (pydantic, zstandard, blake3, ...) takes the better part of a second, and the
+#: ``artifactstore`` command's entry point (:mod:`artifactstore_core.cli_main`) lives in this package. It
+#: must be running, ready to turn Ctrl-C into its quiet ``aborted``, before any of that is imported.
+_MODULE_OF = {
+    "Codec": "envelope",
+    "AccessDeniedError": "errors",
+    "ArtifactCorruptedError": "errors",
+    "ArtifactExistsError": "errors",
+    "ArtifactNotFoundError": "errors",
+    "ArtifactStoreError": "errors",
+    "BackendError": "errors",
+    "BackendNotFoundError": "errors",
+    "BackendTimeoutError": "errors",
+    "BackendUnavailableError": "errors",
+    "CapacityError": "errors",
+    "ConfigurationError": "errors",
+    "InvalidStepIdError": "errors",
+    "PayloadTooLargeError": "errors",
+    "PluginLoadError": "errors",
+    "SchemaMismatchError": "errors",
+    "SerializationError": "errors",
+    "StoreClosedError": "errors",
+    "UnsupportedFormatError": "errors",
+    "UnsupportedOperationError": "errors",
+    "hookimpl": "hookspecs",
+    "FrozenDict": "message",
+    "Message": "message",
+    "SchemaInfo": "message",
+    "ArtifactInfo": "models",
+    "Capabilities": "models",
+    "BackendSpec": "registry",
+    "BackendSettings": "settings",
+    "CoreSettings": "settings",
+    "ArtifactStore": "store",
+    "StoreContext": "wiring",
+    "create_store": "wiring",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later uses are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "AccessDeniedError",

@@ -11,11 +11,13 @@ Plugins add commands through the ``artifactstore_register_commands`` hook.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import errno
 import json
 import os
 import re
+import signal
 import stat as stat_mode
 import sys
 import tempfile
@@ -34,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from . import errors
+from .cli_main import INTERRUPTED_EXIT_CODE
 from .ids import validate_namespace
 from .message import Message
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
@@ -75,13 +78,35 @@ LOCAL_FILE_EXIT_CODE = 10
 #: ``set -o pipefail``) sees what it sees for them. Not 0: the output was cut short, which a caller writing
 #: to a pipe of its own must be able to tell. A literal, as Windows has no ``signal.SIGPIPE``.
 CLOSED_PIPE_EXIT_CODE = 141
-#: Exit code after Ctrl-C (SIGINT): 128 + SIGINT, what the shell reports for a command it interrupted.
-INTERRUPTED_EXIT_CODE = 130
 #: Transfers at least this large show a progress bar on a terminal.
 PROGRESS_FROM = 8 * 1024 * 1024
 _CHUNK = 1024 * 1024
 
-stderr = Console(stderr=True, highlight=False)
+
+class _MessageConsole(Console):
+    """The console of the messages on stderr. A message that cannot be written (the reader of stderr went
+    away, a full disk) is dropped, with the ones after it, and the command ends with its own exit code.
+
+    rich's own answer to a broken pipe exits 1 (after pointing stdout, not stderr, at devnull), and other
+    errors raised out of the command: a ``put`` that saved, or a missing artifact's 3, ended with 1 when
+    stderr went to a closed pipe or ``/dev/full``. The exit code is the only report left to give.
+    """
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        try:
+            super().print(*objects, **kwargs)
+        except OSError:
+            self._lose_messages()
+
+    def on_broken_pipe(self) -> None:
+        self._lose_messages()
+
+    def _lose_messages(self) -> None:
+        self.quiet = True
+        _drop_stream(sys.stderr)
+
+
+stderr = _MessageConsole(stderr=True, highlight=False)
 
 
 def exit_code(error: errors.ArtifactStoreError) -> int:
@@ -155,13 +180,18 @@ def _closed_stream() -> OSError:
 
 def _drop_stdout() -> None:
     """Point stdout at devnull after a write to it failed. Raises nothing."""
+    _drop_stream(sys.stdout)
+
+
+def _drop_stream(stream: IO[str] | None) -> None:
+    """Point a standard stream's descriptor at devnull after a write to it failed. Raises nothing."""
     # What Python's documentation advises for a BrokenPipeError, and right for any failed write: otherwise
     # the flush of what is still buffered at interpreter exit fails a second time ("Exception ignored in:
     # <_io.TextIOWrapper name='<stdout>'>", status 120 instead of the command's).
     with suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, stream.fileno())  # type: ignore[union-attr]
         finally:
             os.close(devnull)
 
@@ -222,13 +252,25 @@ def _echo(text: str) -> None:
             return
         # Through the binary layer with _write_all: the text layer drops the tail of a short write.
         out.flush()
-        _write_all(binary, f"{text}\n".encode(out.encoding or "utf-8", out.errors or "strict"))
+        line, encoding = f"{text}\n", out.encoding or "utf-8"
+        try:
+            data = line.encode(encoding, out.errors or "strict")
+        except UnicodeEncodeError:
+            # A character stdout's encoding lacks (an id "é" under PYTHONIOENCODING=ascii or a Latin-1
+            # locale) failed the command with a traceback: escaped instead, as Python escapes it on stderr.
+            # --json output is ASCII whatever the ids, for scripts that need them exact.
+            data = line.encode(encoding, "backslashreplace")
+        _write_all(binary, data)
         binary.flush()
 
 
 def _store_options(func: F) -> F:
     func = click.option("--namespace", "-n", default=None, help="Namespace (default: ARTIFACT_STORE_NAMESPACE).")(func)
-    return click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")(func)
+    return click.option("--backend", "-b", default=None, help=_BACKEND_HELP)(func)
+
+
+#: The commands' default is not the library's (memory, which forgets everything when the command exits).
+_BACKEND_HELP = "Backend name (default: ARTIFACT_STORE_BACKEND, else filesystem when installed)."
 
 
 #: The backend the command uses when none is configured: artifacts must outlive one command.
@@ -289,6 +331,65 @@ class _CountingReader:
         count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
         self._advance(count or 0)
         return int(count or 0)
+
+
+class _TerminalInput:
+    """A binary reader of a terminal that ends at the first end of input (Ctrl-D), as ``cat`` does.
+
+    A terminal reports the end of input once per Ctrl-D, not for good as a file or a pipe does. A buffered
+    ``read(n)`` returns the bytes it had at that end as a short chunk and keeps the end to itself; the store
+    reads on until a read returns nothing, and that read waited for a second Ctrl-D. So each read here asks
+    the terminal at most once, and the first empty answer is the end for every later read.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw, self._ended = raw, False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(_CHUNK), b""))
+        if self._ended or size == 0:
+            return b""
+        # read1: one read of the terminal at most (bytes already buffered first), never a second one.
+        data = self._raw.read1(size)  # type: ignore[attr-defined]
+        if not data:
+            self._ended = True
+        return bytes(data)
+
+
+class _ReadErrors:
+    """``put``'s FILE or stdin as the store reads it, remembering the ``OSError`` a read raised.
+
+    The store reports a source that failed to read as its own error (a ``SerializationError``, exit 8, "the
+    data is bad"); a FILE or stdin that cannot be read (an I/O error, a descriptor not open for reading) is
+    a local file problem, exit 10, as a FILE that cannot be opened. Every other attribute (``fileno``,
+    ``seekable``, ... which backends use to size an upload) is the wrapped stream's.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.error: OSError | None = None
+
+    def read(self, size: int = -1) -> Any:
+        try:
+            return self._raw.read(size)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._raw, name)
+        if name != "readinto":
+            return value
+
+        def readinto(buffer: Any) -> Any:
+            try:
+                return value(buffer)
+            except OSError as exc:
+                self.error = exc
+                raise
+
+        return readinto
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -483,13 +584,18 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--meta")
+        if key in result:
+            # Not the last one silently: a repeated key is a typo for another key more often than not.
+            raise click.BadParameter(f"{key!r} is given twice", param_hint="--meta")
         result[key] = value
     return result
 
 
 @cli.command()
 @click.argument("step_id")
-@click.argument("source", required=False, type=click.Path(allow_dash=True, dir_okay=False, path_type=str))
+@click.argument(
+    "source", required=False, metavar="[FILE|-]", type=click.Path(allow_dash=True, dir_okay=False, path_type=str)
+)
 @click.option("--media-type", default="application/octet-stream", show_default=True, help="Media type to record.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, different artifact.")
@@ -515,8 +621,25 @@ def put(
             # Not a silent wait for typed bytes, which looks like a hang: an explicit - still reads the terminal.
             raise click.UsageError("no FILE given and stdin is a terminal: name a FILE, pipe the data in, or pass -")
     with _open_store(backend, namespace) as store, _overwrite_hint():
+
+        def save(stream: IO[bytes] | _CountingReader | _TerminalInput, name: str) -> None:
+            reads = _ReadErrors(stream)
+            try:
+                store.save_stream(
+                    step_id,
+                    reads,  # type: ignore[arg-type]
+                    media_type=media_type,
+                    metadata=metadata,
+                    overwrite=overwrite,
+                )
+            except errors.ArtifactStoreError as exc:
+                if reads.error is not None:
+                    raise LocalFileError("read", name, reads.error) from exc
+                raise
+
         if source is None or source == "-":
-            store.save_stream(step_id, sys.stdin.buffer, media_type=media_type, metadata=metadata, overwrite=overwrite)
+            stdin = sys.stdin.buffer
+            save(_TerminalInput(stdin) if stdin.isatty() else stdin, "stdin")
         else:
             path = Path(source)
             try:
@@ -526,28 +649,36 @@ def put(
                 raise LocalFileError("read", source, exc) from exc
             with handle:
                 progress = _progress(size)
-                if progress is None:
-                    store.save_stream(step_id, handle, media_type=media_type, metadata=metadata, overwrite=overwrite)
+                if handle.isatty():  # a FILE that is a terminal (/dev/tty): typed bytes end as on stdin
+                    save(_TerminalInput(handle), source)
+                elif progress is None:
+                    save(handle, source)
                 else:
                     with progress:
                         task = progress.add_task(f"put {step_id}", total=size)
-                        reader = _CountingReader(handle, lambda n: progress.advance(task, n))
-                        store.save_stream(
-                            step_id,
-                            reader,  # type: ignore[arg-type]
-                            media_type=media_type,
-                            metadata=metadata,
-                            overwrite=overwrite,
-                        )
+                        save(_CountingReader(handle, lambda n: progress.advance(task, n)), source)
     stderr.print(f"saved {step_id!r}", markup=False)
 
 
 @cli.command()
 @click.argument("step_id")
-@click.option("-o", "--output", default="-", type=click.Path(allow_dash=True, dir_okay=False), help="File or -.")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(allow_dash=True, dir_okay=False),
+    help="File, or - for stdout even when it is a terminal and the payload is binary.",
+)
 @_store_options
-def get(step_id: str, output: str, backend: str | None, namespace: str | None) -> None:
-    """Write the payload of STEP_ID to stdout (or --output FILE)."""
+def get(step_id: str, output: str | None, backend: str | None, namespace: str | None) -> None:
+    """Write the payload of STEP_ID to stdout (or --output FILE).
+
+    A payload that does not look like text (a NUL byte or invalid UTF-8 in its first MiB) is not written to
+    a terminal (exit 2) unless -o - asks for it.
+    """
+    # Only a default stdout is guarded: an explicit "-o -" is the user saying they want the bytes there.
+    guard_terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
+    output = output or "-"
     with _open_store(backend, namespace) as store:
         size = store.info(step_id).size
         with store.open(step_id) as reader:
@@ -563,6 +694,9 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
                     progress.start()
                 try:
                     while chunk := reader.read(_CHUNK):
+                        if guard_terminal:
+                            _refuse_binary_on_terminal(step_id, chunk)
+                            guard_terminal = False
                         _write(stream, chunk, output)
                         if progress is not None and task is not None:
                             progress.advance(task, len(chunk))
@@ -580,6 +714,29 @@ def get(step_id: str, output: str, backend: str | None, namespace: str | None) -
                     # The error being raised is the one to report.
                     target.discard()
                 raise
+
+
+def _refuse_binary_on_terminal(step_id: str, head: bytes) -> None:
+    """Refuse to write a payload to a terminal when its first chunk ``head`` does not look like text.
+
+    Raw bytes on a terminal are garbage at best, and at worst control sequences that reconfigure it (its
+    character set, the title, the keyboard); ``curl`` refuses the same way. Text is UTF-8 without NUL bytes
+    (escape sequences in text, such as colours in a log, are written as ``cat`` would write them).
+
+    Raises:
+        click.UsageError: ``head`` holds a NUL byte or is not valid UTF-8 (a character cut at its end is).
+    """
+    try:
+        # Incremental and not final: a multi-byte character split at the chunk's end is still text.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        text = b"\0" not in head
+    except UnicodeDecodeError:
+        text = False
+    if not text:
+        raise click.UsageError(
+            f"not writing the binary payload of {step_id!r} to a terminal: "
+            "name a file with -o FILE, pipe the output, or pass -o - to write it to the terminal all the same"
+        )
 
 
 class _OutputFile:
@@ -715,8 +872,15 @@ def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) ->
         for step_id in step_ids:
             if not store.delete(step_id):
                 missing.append(step_id)
+        where = f"in namespace {store.namespace!r} of backend {store.backend_name!r}"
     if missing:
-        raise errors.ArtifactNotFoundError(f"not found: {', '.join(repr(s) for s in missing)}")
+        # Worded as the store's own not-found errors (`get`, `stat`), which say where they looked.
+        what = "no artifact" if len(missing) == 1 else "no artifacts"
+        removed = len(step_ids) - len(missing)
+        raise errors.ArtifactNotFoundError(
+            f"{what} {', '.join(repr(s) for s in missing)} {where}"
+            + (f"; removed the other {removed}" if removed else "")
+        )
 
 
 @cli.command()
@@ -768,18 +932,63 @@ def _delete_listed(store: ArtifactStore, step_ids: list[str]) -> int:
     """
     # Each delete is a round trip on a remote backend: a few threads keep a large namespace from taking
     # one round trip per artifact end to end (stores are thread-safe).
-    with ThreadPoolExecutor(max_workers=_GC_THREADS) as pool:
-        return sum(pool.map(store.delete, step_ids))
+    with _ctrl_c_deferred() as interrupted:
+
+        def delete(step_id: str) -> bool:
+            return not interrupted() and store.delete(step_id)
+
+        with ThreadPoolExecutor(max_workers=_GC_THREADS) as pool:
+            return sum(pool.map(delete, step_ids))
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
+    """Within the block, Ctrl-C (SIGINT) only sets a flag, which the callable yielded reads; the
+    ``KeyboardInterrupt`` is raised when the block ends.
+
+    A ``KeyboardInterrupt`` raised in the main thread while it works the locks of a thread pool (submitting,
+    waiting for a result) can leave one of them held: gc interrupted while deleting hung for good, its
+    workers waiting for that lock and the main thread waiting for them. With the flag, the deletes not yet
+    started return at once and the pool ends cleanly. Outside the main thread (no signal handler can be
+    set there) the block runs as it is.
+
+    Raises:
+        KeyboardInterrupt: when the block ends, if Ctrl-C came during it.
+    """
+    pressed = [False]  # a plain flag: an Event's lock could itself be held by the interrupted thread
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        pressed[0] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        yield lambda: False
+        return
+    try:
+        yield lambda: pressed[0]
+    finally:
+        # None: a handler set outside Python, which cannot be put back; Python's own is the usual one.
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if pressed[0]:
+        raise KeyboardInterrupt
 
 
 @cli.command()
-@click.option("--older-than", "older_than", required=True, help="Age like 12h or 7d.")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    # Parsed by click, so that a bad age is reported as this option's ("Invalid value for '--older-than'").
+    callback=lambda _ctx, _param, value: parse_duration(value),
+    help="Age like 30s, 15m, 12h, 7d or 2w.",
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")
-def gc(older_than: str, dry_run: bool, as_json: bool, backend: str | None) -> None:
+@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
+def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None) -> None:
     """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
-    age = parse_duration(older_than)
+    age = older_than
     try:
         cutoff = datetime.now(UTC) - age
     except OverflowError:
@@ -845,7 +1054,10 @@ def _needs_plugin_commands(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``artifactstore`` console script: runs the command and returns its exit code.
+    """Run the ``artifactstore`` command with ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
+
+    The console script calls it through :func:`artifactstore_core.cli_main.main`, which also turns a Ctrl-C
+    during the import of this module into ``aborted``.
 
     Raises nothing for a command's failure (an error line on stderr and a code instead); Ctrl-C at any
     point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`.
@@ -873,7 +1085,10 @@ def _run(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        try:
+            exc.show()
+        except OSError:  # stderr cannot be written: the code is all the report left (see _MessageConsole)
+            _drop_stream(sys.stderr)
         return exc.exit_code
     return result if isinstance(result, int) else 0
 

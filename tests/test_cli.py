@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -287,7 +288,7 @@ def test_doctor_refuses_the_namespace_every_other_command_refuses(args: tuple[st
         (("ls",), {"ARTIFACT_STORE_BACKEND": "memroy"}, 5, "did you mean 'memory'?"),
         (("ls", "-b", "memory"), {"ARTIFACT_STORE_MEMORY_LIMIT": "many"}, 5, "ARTIFACT_STORE_MEMORY_LIMIT"),
         (("stat", "bad\nid"), {}, 5, "control character"),
-        (("rm", "a", "b"), {}, 3, "not found"),
+        (("rm", "a", "b"), {}, 3, "no artifacts 'a', 'b' in namespace 'default'"),
         (("clear",), {}, 2, "--yes"),
         (("gc", "--older-than", "soon"), {}, 2, "duration"),
         (("gc", "--older-than", "99999999999w"), {}, 2, "too long"),
@@ -694,3 +695,162 @@ def test_core_commands_run_without_importing_the_plugins_commands(monkeypatch: p
         loads.clear()
         cli_module.main(args)
         assert loads == ([args] if loaded else []), args
+
+
+@pytest.mark.parametrize(
+    ("head", "text"),
+    [
+        (b"plain ascii\n", True),
+        ("déjà vu".encode(), True),
+        ("déjà".encode()[:-1], True),  # a character cut at the chunk's end: the next chunk holds the rest
+        (b"\x1b[31mred\x1b[0m", True),  # escape sequences in text are written, as cat writes them
+        (b"", True),
+        (b"nul\0byte", False),
+        (b"\xff\xfe latin", False),
+        ("é".encode("latin-1") + b" and more", False),
+    ],
+)
+def test_what_get_takes_for_text_on_a_terminal(head: bytes, text: bool) -> None:
+    import click
+
+    from artifactstore_core.cli import _refuse_binary_on_terminal
+
+    if text:
+        _refuse_binary_on_terminal("x", head)
+    else:
+        with pytest.raises(click.UsageError, match="not writing the binary payload of 'x' to a terminal"):
+            _refuse_binary_on_terminal("x", head)
+
+
+def test_ids_that_stdout_cannot_encode_are_escaped_not_a_traceback() -> None:
+    # Under PYTHONIOENCODING=ascii (or a Latin-1 locale and a CJK id) ls and stat failed with a traceback.
+    env = {"PYTHONIOENCODING": "ascii"}
+    assert run("put", "é-日", "-", env=env, stdin=b"x").returncode == 0
+    for args, shown in [(("ls",), "\\xe9-\\u65e5"), (("stat", "é-日"), "step_id: \\xe9-\\u65e5")]:
+        result = run(*args, env=env, stdin=b"")
+        assert result.returncode == 0, result.stderr
+        assert shown in result.stdout.decode("ascii")
+        assert result.stderr == b""
+    # JSON is ASCII whatever the ids: exact for scripts.
+    listing = run("ls", "--json", env=env, stdin=b"")
+    assert [row["step_id"] for row in json.loads(listing.stdout)] == ["é-日"]
+
+
+def test_usage_errors_name_the_option_or_argument_as_the_help_does() -> None:
+    result = run("gc", "--older-than", "7x")
+    assert result.returncode == 2
+    # It said "Invalid value: expected a duration ...", naming no option.
+    assert "Invalid value for '--older-than': expected a duration like 30s" in result.stderr
+    assert "Missing option '--older-than'" in run("gc").stderr
+    # put's help and errors called its FILE (the docs' and the docstring's name) SOURCE.
+    assert "Usage: artifactstore put [OPTIONS] STEP_ID [FILE|-]" in run("put", "--help").stdout
+    assert "Invalid value for '[FILE|-]'" in run("put", "x", str(Path(__file__).parent)).stderr
+    # --backend's help named only ARTIFACT_STORE_BACKEND, as if the library's memory were the default.
+    assert "else filesystem" in " ".join(run("ls", "--help").stdout.split())
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "memory", "redis"])
+def test_a_file_or_stdin_that_fails_to_read_is_a_local_file_error(kind: str, tmp_path: Path, redis_url: str) -> None:
+    # The store reported the failed read as its own SerializationError (exit 8, "the data is bad").
+    env = {"ARTIFACT_STORE_BACKEND": "memory"} if kind == "memory" else _backend_env(kind, tmp_path, redis_url)
+    # Reading a process's own memory at offset 0 (never mapped) fails with EIO, whoever runs the test.
+    result = run("put", "x", "/proc/self/mem", env=env)
+    assert (result.returncode, result.stderr) == (10, f"error: cannot read '/proc/self/mem': {os.strerror(5)}\n")
+    write_only = os.open(tmp_path / "write-only", os.O_WRONLY | os.O_CREAT)
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_STORE_")}
+        piped = subprocess.run(
+            [str(SCRIPT), "put", "x", "-"], stdin=write_only, capture_output=True, env={**base, **env}, timeout=120
+        )
+    finally:
+        os.close(write_only)
+    assert (piped.returncode, piped.stderr) == (10, f"error: cannot read from stdin: {os.strerror(9)}\n".encode())
+
+
+class _IdsThenSay(list[str]):
+    """The ids to delete, which say when the pool has taken the last of them (pool.map submits them all)."""
+
+    def __init__(self, ids: list[str], taken: threading.Event) -> None:
+        super().__init__(ids)
+        self.taken = taken
+
+    def __iter__(self) -> Iterator[str]:
+        yield from super().__iter__()
+        self.taken.set()
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Ctrl-C while gc deleted raised KeyboardInterrupt in the main thread wherever it was, inside the thread
+    # pool's locks included, and the command could hang for good (workers waiting for a lock left held, the
+    # main thread waiting for them). Whether a given Ctrl-C hits that window is chance; where the
+    # KeyboardInterrupt is raised is not.
+    import signal
+
+    from artifactstore_core import create_store
+    from artifactstore_core.cli import _GC_THREADS, _delete_listed
+
+    ids = [f"a{i}" for i in range(2000)]
+    taken, handled = threading.Event(), threading.Event()
+    set_handler = signal.signal
+
+    def set_handler_that_says_it_ran(signum: int, handler: Any) -> Any:
+        if not callable(handler) or handler is signal.default_int_handler:
+            return set_handler(signum, handler)
+
+        def handler_then_say(number: int, frame: Any) -> None:
+            handler(number, frame)
+            handled.set()
+
+        return set_handler(signum, handler_then_say)
+
+    monkeypatch.setattr(signal, "signal", set_handler_that_says_it_ran)
+    with create_store("memory", namespace="gc-interrupted") as store:
+        store.save_many({step_id: Message(content=b"x") for step_id in ids})
+        delete = store.delete
+
+        def delete_then_interrupt(step_id: str) -> bool:
+            assert taken.wait(30)  # every delete submitted: the main thread waits for the first's result
+            if step_id == ids[0]:
+                # Ctrl-C, then the result the main thread waits for: it wakes and runs the handler (a signal
+                # that comes while it waits is only handled once something wakes it).
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                return delete(step_id)
+            # No other delete goes on until the handler has run: the ones already past gc's check of the
+            # flag (one per thread at most) are the only ones that run.
+            if not handled.wait(30):
+                handled.set()  # the others need not wait as well
+                raise AssertionError("Ctrl-C was never handled")
+            return delete(step_id)
+
+        monkeypatch.setattr(store, "delete", delete_then_interrupt)
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            _delete_listed(store, _IdsThenSay(ids, taken))
+        left = sum(1 for _ in store.list())
+    # Raised once the pool has ended, not from inside its locks (waiting for a result here), where it can
+    # leave one of them held (a KeyboardInterrupt between a `with lock:`'s acquire and its block).
+    assert interrupted.traceback[-1].name == "_ctrl_c_deferred"
+    # The deletes past gc's check of the flag before it was set ran (one per thread, and the next one of the
+    # thread that ran the first delete); none of the hundreds queued behind them.
+    assert left >= len(ids) - _GC_THREADS - 1, left
+    # Ctrl-C is Python's own again.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_rm_says_where_it_looked_and_put_refuses_a_repeated_meta_key(tmp_path: Path) -> None:
+    source = tmp_path / "a.txt"
+    source.write_bytes(b"a")
+    assert run("put", "kept", str(source)).returncode == 0
+    assert run("put", "gone", str(source)).returncode == 0
+    result = run("rm", "gone", "missing")
+    assert result.returncode == 3
+    # It said "not found: 'missing'", without the namespace and backend every other not-found names.
+    assert result.stderr == (
+        "error: ArtifactNotFoundError: no artifact 'missing' in namespace 'default' of backend 'filesystem'; "
+        "removed the other 1\n"
+    )
+    # The second value of a key silently replaced the first.
+    result = run("put", "meta", str(source), "--meta", "k=1", "--meta", "k=2")
+    assert result.returncode == 2
+    assert "Invalid value for --meta: 'k' is given twice" in result.stderr
+    assert run("stat", "meta").returncode == 3

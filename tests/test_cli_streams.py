@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +19,8 @@ import pytest
 
 from artifactstore_core import Message
 from artifactstore_core.wiring import create_store
+from artifactstore_redis.testing import running
+from fakedist import install_fake_distribution
 
 SCRIPT = Path(sys.executable).parent / "artifactstore"
 #: Larger than any pipe's buffer (64 KiB by default on Linux, at most 1 MiB unless raised): a writer of this
@@ -192,6 +195,39 @@ def test_put_from_a_closed_stdin_is_one_line(env: dict[str, str]) -> None:
     assert b"Traceback" not in error
 
 
+@pytest.mark.parametrize("where", ["closed pipe", "full disk"])
+def test_a_stderr_that_cannot_be_written_loses_the_messages_not_the_exit_code(
+    where: str, payload: bytes, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Every command exited 1 when its messages could not be written: a put that saved, a gc that removed,
+    # a missing artifact's 3.
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"data")
+    cases = [
+        (["put", "new", str(source)], 0),
+        (["gc", "--older-than", "1d"], 0),
+        (["get", "missing"], 3),
+        (["ls", "-b", "nosuch"], 5),
+        (["put", "other", str(tmp_path / "missing.bin")], LOCAL_FILE_EXIT_CODE),
+        (["nosuchcommand"], 2),
+    ]
+    for args, code in cases:
+        if where == "closed pipe":
+            read, write = os.pipe()
+            os.close(read)
+        else:
+            write = os.open("/dev/full", os.O_WRONLY)
+        try:
+            process = subprocess.Popen([str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=write)
+            _STARTED.append(process)
+        finally:
+            os.close(write)
+        process.communicate(timeout=60)
+        assert process.returncode == code, args
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        assert store.get("new").content == b"data"
+
+
 def _on_terminal(
     args: list[str], env: dict[str, str], then: Callable[[int, subprocess.Popen[bytes]], None]
 ) -> tuple[int, bytes]:
@@ -239,11 +275,91 @@ def test_put_without_file_refuses_a_terminal_stdin(env: dict[str, str]) -> None:
     assert b"no FILE given and stdin is a terminal" in error
     code, _ = _on_terminal(["stat", "typed"], env, lambda *_: None)
     assert code == 3
-    # An explicit - reads the terminal (up to Ctrl-D, given twice for a reader that reads past the first).
-    code, error = _on_terminal(["put", "typed", "-"], env, _type(b"hello\n\x04\x04"))
+    # An explicit - reads the terminal, up to Ctrl-D.
+    code, error = _on_terminal(["put", "typed", "-"], env, _type(b"hello\n\x04"))
     assert code == 0, error
     with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
         assert store.get("typed").content == b"hello\n"
+
+
+def _on_terminal_stdout(args: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    """Run a command whose stdout is a terminal; return its code, what the terminal showed, and stderr.
+
+    Only for output smaller than the terminal's buffer, read once the command has ended."""
+    terminal, child = pty.openpty()
+    tty.setraw(child)  # the bytes as written, without "\n" turned into "\r\n"
+    try:
+        process = _start(args, env, stdout=child)
+    finally:
+        os.close(child)
+    try:
+        error = cast_io(process.stderr).read()
+        code = process.wait(timeout=60)
+        shown = b""
+        while True:
+            try:
+                data = os.read(terminal, 65536)
+            except OSError:  # EIO: all read, and no process has the terminal open any more
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(terminal)
+    return code, shown, error
+
+
+def test_get_does_not_write_binary_to_a_terminal_unless_asked(env: dict[str, str]) -> None:
+    binary = bytes(range(256))  # control sequences among them, which reconfigure a terminal
+    text = "héllo, \x1b[1mworld\x1b[0m\n".encode()
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        store.save("binary", Message(content=binary))
+        store.save("text", Message(content=text))
+    code, shown, error = _on_terminal_stdout(["get", "binary"], env)
+    assert (code, shown) == (2, b""), error
+    assert b"not writing the binary payload of 'binary' to a terminal" in error
+    assert b"-o -" in error
+    code, shown, error = _on_terminal_stdout(["get", "binary", "-o", "-"], env)
+    assert (code, shown) == (0, binary), error
+    code, shown, error = _on_terminal_stdout(["get", "text"], env)
+    assert (code, shown) == (0, text), error
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running(tmp_path_factory.mktemp("cli-streams-redis")) as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "memory", "redis"])
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        (b"hello\nworld\n\x04", b"hello\nworld\n"),
+        (b"\x04", b""),
+        # Ctrl-D after bytes on a line hands them over and ends nothing; the second one ends, as for cat.
+        (b"no newline\x04\x04", b"no newline"),
+    ],
+    ids=["lines", "nothing", "unfinished-line"],
+)
+def test_put_dash_on_a_terminal_ends_at_the_first_ctrl_d(
+    backend: str, typed: bytes, stored: bytes, env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    # The store reads until a read returns nothing; a buffered read of the terminal kept the end of input
+    # to itself, so the command waited for a second Ctrl-D (and, with the first one given, never ended).
+    env["ARTIFACT_STORE_BACKEND"] = backend
+    if backend == "redis":
+        env["ARTIFACT_STORE_REDIS_URL"] = request.getfixturevalue("redis_url")
+    namespace = f"typed-{request.node.callspec.id}"
+    code, error = _on_terminal(["put", "typed", "-", "-n", namespace], env, _type(typed))
+    assert code == 0, error
+    assert error == b"saved 'typed'\n"
+    if backend != "memory":  # memory forgets with the command
+        options = {"root": env["ARTIFACT_STORE_FILESYSTEM_ROOT"]} if backend == "filesystem" else {}
+        if backend == "redis":
+            options = {"url": env["ARTIFACT_STORE_REDIS_URL"]}
+        with create_store(backend, namespace=namespace, **options) as store:
+            assert store.get("typed").content == stored
 
 
 def test_ctrl_c_at_a_prompt_is_aborted_with_130(payload: bytes, env: dict[str, str]) -> None:
@@ -269,3 +385,54 @@ def test_ctrl_c_during_a_transfer_is_aborted_with_130(payload: bytes, env: dict[
     error = cast_io(process.stderr).read()
     assert process.wait(timeout=60) == INTERRUPTED_EXIT_CODE
     assert error.strip() == b"aborted"
+
+
+_BLOCK_AN_IMPORT = """
+import sys
+
+
+class _BlockOnce:
+    # Stops the import of one module until the test is done with the process: says so through `ready`,
+    # then waits to open `gate`, which the test never opens for writing (Ctrl-C ends the wait).
+    def find_spec(self, name, path=None, target=None):
+        if name == {name!r}:
+            sys.meta_path.remove(self)
+            with open({ready!r}, "wb") as ready:
+                ready.write(b"importing")
+            open({gate!r}, "rb").close()
+        return None
+
+
+sys.meta_path.insert(0, _BlockOnce())
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("pydantic", ["ls"]),  # imported by the core's modules
+        ("click", ["ls"]),  # imported by the command line
+        ("slow_plugin_mod", ["backends"]),  # a plugin, loaded by its entry point
+        ("slow_plugin_mod", ["ls", "-b", "slow"]),
+    ],
+)
+def test_ctrl_c_while_the_command_is_still_importing_is_aborted_with_130(
+    module: str, args: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    # The console script imported the command line (about a second) before anything could catch Ctrl-C:
+    # a Ctrl-C then printed a traceback and killed the process by the signal.
+    site = tmp_path / "site"
+    ready, gate = tmp_path / "ready", tmp_path / "gate"
+    os.mkfifo(ready)
+    os.mkfifo(gate)
+    install_fake_distribution(site, "artifactstore-slow", "1.0", {"slow": "slow_plugin_mod"}, {"slow_plugin_mod": ""})
+    (site / "sitecustomize.py").write_text(_BLOCK_AN_IMPORT.format(name=module, ready=str(ready), gate=str(gate)))
+    env["PYTHONPATH"] = str(site)
+    process = _start(args, env, stdout=subprocess.PIPE, preexec_fn=_default_sigint)
+    with open(ready, "rb") as reading:  # returns once the process is in that import
+        assert reading.read() == b"importing"
+    process.send_signal(signal.SIGINT)
+    out, error = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED_EXIT_CODE, error
+    assert error.strip() == b"aborted"
+    assert out == b""
