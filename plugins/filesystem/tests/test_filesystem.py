@@ -161,6 +161,58 @@ def test_namespaces_skips_directories_that_decode_to_no_legal_namespace(
     assert store.namespaces() == ["one"]
 
 
+@pytest.mark.timeout(60)
+def test_gc_collects_what_crashed_writers_left_in_namespaces_without_artifacts(
+    make_fs_store: MakeFsStore, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer killed inside a run's first save leaves only its temporary file (as large as the artifact).
+    # namespaces() skipped that namespace (no artifact), so `artifactstore gc` never opened a store there and
+    # the file stayed for good; and every namespace gc emptied (by deletes) left its directory behind.
+    from artifactstore_core.cli import main
+
+    make_fs_store("kept").save("a", Message(content=1))
+    crashed = make_fs_store("ñ" * 64)  # two components, and a step id needing a continuation directory
+    crashed.save("x" * 256, Message(content=b"payload"))
+    artifact = _file_of(crashed, "x" * 256)
+    dead = artifact.with_name(f"{TEMP_PREFIX}0123456789abcdef")
+    artifact.rename(dead)  # what a writer killed before its link leaves
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    collected = make_fs_store("collected")
+    collected.save("b", Message(content=2))
+    collected.delete("b")  # what gc's deletes leave: the empty namespace directory
+    live = root / "@live" / f"{TEMP_PREFIX}fedcba9876543210"  # a write in progress: kept
+    live.parent.mkdir()
+    live.write_bytes(b"partial")
+
+    for key in [key for key in os.environ if key.upper().startswith("ARTIFACT_STORE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "filesystem")
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(root))
+    assert main(["gc", "--older-than", "1h"]) == 0
+    assert _tree(root) == {"@kept", "@kept/@a", "@live", f"@live/{live.name}"}
+    assert make_fs_store("kept").namespaces() == ["kept"]
+
+
+def test_namespaces_keeps_leftovers_it_cannot_remove(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read-only root (someone else's shared store): listing still works; nothing is removed or raised.
+    store = make_fs_store("one", temp_max_age=0)
+    store.save("a", Message(content=1))
+    (root / "@empty").mkdir()
+    (root / "@crashed").mkdir()
+    (root / "@crashed" / f"{TEMP_PREFIX}0123456789abcdef").write_bytes(b"x")
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(os, "rmdir", read_only)
+    monkeypatch.setattr(os, "unlink", read_only)
+    assert store.namespaces() == ["one"]
+    assert _tree(root) == {"@one", "@one/@a", "@empty", "@crashed", f"@crashed/{TEMP_PREFIX}0123456789abcdef"}
+
+
 # -- durability and write-once -----------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ See ``docs/filesystem.md`` for the layout and the guarantees.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import io
 import logging
@@ -737,11 +738,12 @@ class FilesystemStore(ArtifactStore):
                 for directory in sorted(changed, key=len, reverse=True):
                     durable.fsync_dir(directory)
             # The namespace directory goes too when empty, so namespaces() forgets it.
-            self._prune_namespace()
+            self._prune_namespace(self._ns_dir)
             return removed
 
-    def _prune_namespace(self) -> None:
-        directory = self._ns_dir
+    def _prune_namespace(self, directory: str) -> None:
+        """Remove the namespace directory ``directory`` and the continuation directories above it, as far
+        as they are empty."""
         while directory != self._root:
             try:
                 os.rmdir(directory)
@@ -771,9 +773,41 @@ class FilesystemStore(ArtifactStore):
     # -- namespaces -----------------------------------------------------------------------------------
 
     def _namespaces(self) -> Iterable[str]:
-        """The namespaces under this store's root that hold at least one artifact."""
+        """The namespaces under this store's root that hold at least one artifact.
+
+        A namespace directory without an artifact is what a crashed or collected run left behind: its
+        temporary files older than ``temp_max_age`` and then-empty directories are removed on the way (best
+        effort), since no other call would ever reach them (``artifactstore gc`` sees only the listed ones).
+        """
         with self._doing("namespaces", None):
-            return [namespace for namespace, path in self._namespace_dirs(self._root, ()) if self._has_artifact(path)]
+            found = []
+            for namespace, path in self._namespace_dirs(self._root, ()):
+                if self._has_artifact(path):
+                    found.append(namespace)
+                else:
+                    self._collect_leftovers(path)
+            return found
+
+    def _collect_leftovers(self, directory: str) -> None:
+        """Sweep the stale temporary files of the artifact-less namespace ``directory``, then remove it and
+        its continuation directories as far as they are empty.
+
+        Safe beside a live writer, as :meth:`_clear` is: its younger temporary file is kept (so its
+        directories are not empty), and a writer whose fresh directory goes creates it again. A failure
+        (a read-only root someone else owns) is logged, not raised: listing must still work there.
+        """
+        cutoff = time.time() - self._settings.temp_max_age
+        try:
+            self._guard(directory)
+            for kind, path, _ in self._scan(directory):
+                if kind == "temp":
+                    self._sweep_one(path, cutoff)
+                elif kind == "dir":
+                    with contextlib.suppress(OSError):  # not empty: a live writer's file, or a stray one
+                        os.rmdir(path)
+            self._prune_namespace(directory)
+        except (OSError, ArtifactStoreError) as exc:
+            logger.debug("could not remove leftovers in %s: %s", self._relative(directory), exc)
 
     def _namespace_dirs(self, directory: str, parts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
         try:
