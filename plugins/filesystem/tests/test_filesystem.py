@@ -297,6 +297,33 @@ def test_without_hard_links_write_once_still_holds(make_fs_store: MakeFsStore, m
     assert store.get("x").content == b"one"
 
 
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="Windows: no hard-link fallback lock file")
+def test_without_hard_links_a_symlink_at_the_lock_file_is_not_followed_out_of_the_root(
+    make_fs_store: MakeFsStore, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fallback lock file was opened with O_CREAT following a link at <root>/.lock: a link planted there
+    # made every save create a file wherever it pointed, outside the root.
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root.mkdir(parents=True)
+    (root / ".lock").symlink_to(outside / "planted")
+    store = make_fs_store()
+    with pytest.raises(BackendError, match=r"'\.lock' under the filesystem root .* is a symbolic link") as refused:
+        store.save("x", Message(content=b"one"))
+    assert str(tmp_path) not in str(refused.value)
+    assert list(outside.iterdir()) == []
+    assert not store.exists("x")
+    assert _temp_files(root) == []
+    (root / ".lock").unlink()
+    store.save("x", Message(content=b"one"))
+    assert not (root / ".lock").is_symlink()
+    assert (root / ".lock").is_file()
+
+
 def test_stale_temporary_files_are_swept_and_never_listed(make_fs_store: MakeFsStore, root: Path) -> None:
     store = make_fs_store()
     store.save("a", Message(content=1))

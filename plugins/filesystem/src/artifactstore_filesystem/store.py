@@ -54,6 +54,8 @@ _ROOT_ENV = "ARTIFACT_STORE_FILESYSTEM_ROOT"
 # O_NONBLOCK: opening a FIFO that sits at an artifact's name must not wait for a writer (the open is then
 # refused by the regular-file check); on a regular file it changes nothing.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+# The root's lock file is opened without following a symbolic link at its name (ELOOP instead).
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 # A writer retries this often when a concurrent clear/delete removes the (empty) directory it just created.
 _DIR_RETRIES = 100
 # link(2) errors that mean "this file system has no hard links" (FAT, some network and FUSE file systems).
@@ -463,8 +465,18 @@ class FilesystemStore(ArtifactStore):
     def _root_lock(self) -> Iterator[None]:
         import fcntl
 
+        path = os.path.join(self._root, ".lock")
         with _FALLBACK_LOCK:
-            fd = os.open(os.path.join(self._root, ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0))
+            try:
+                fd = os.open(path, _LOCK_FLAGS, 0o666)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                # Followed, a link planted there would make the store create (or lock) a file anywhere.
+                raise BackendError(
+                    f"'.lock' under the filesystem root ({_ROOT_ENV}) is a symbolic link, which the store does not "
+                    "follow (it could lead out of the root); remove it, the store creates a plain file there"
+                ) from exc
             try:
                 # A POSIX record lock (lockf), not flock: a flock belongs to the open file, so a child forked
                 # while this descriptor was open would keep the lock through its copy after we close ours,
