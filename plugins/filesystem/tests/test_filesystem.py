@@ -827,6 +827,36 @@ def test_a_directory_at_the_final_name_is_refused_by_the_publish(
     assert _temp_files(root) == []
 
 
+_OVERWRITES: dict[str, Callable[[FilesystemStore, bytes], None]] = {
+    "save": lambda store, data: store.save("a", Message(content=data), overwrite=True),
+    "save_many": lambda store, data: store.save_many(
+        {"a": Message(content=data), "b": Message(content=data)}, overwrite=True
+    ),
+    "save_stream": lambda store, data: store.save_stream("a", io.BytesIO(data), overwrite=True),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", sorted(_OVERWRITES))
+def test_an_overwrite_onto_a_directory_names_the_directory(make_fs_store: MakeFsStore, root: Path, how: str) -> None:
+    # rename(2) cannot replace a directory: the error named the temporary file (EISDIR at '@default/.tmp-...'),
+    # removed right after, so it pointed at nothing; it now names what is in the way.
+    store = make_fs_store()
+    final = _file_of(store, "a")
+    (final / "@inside").mkdir(parents=True)
+    with pytest.raises(BackendError) as info:
+        _OVERWRITES[how](store, b"payload")
+    assert type(info.value) is BackendError
+    message = str(info.value)
+    assert "a directory sits at its name '@default/@a'" in message, message
+    assert TEMP_PREFIX not in message
+    assert "overwrite" not in message
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.step_id == "a"
+    assert final.is_dir()
+    assert _temp_files(root) == []
+
+
 # The timeout turns the old hang (opening a FIFO for reading waits for a writer) into a failure.
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("kind", ["directory", "FIFO"])

@@ -392,7 +392,14 @@ class FilesystemStore(ArtifactStore):
         """
         directory = os.path.dirname(final)
         if overwrite:
-            os.replace(temp, final)
+            try:
+                os.replace(temp, final)
+            except OSError as exc:
+                # The OSError names the temporary file (removed right after), not what is in the way.
+                blocked = self._directory_at(final, step_id)
+                if blocked is None:
+                    raise
+                raise blocked from exc
         else:
             for _ in range(_PUBLISH_ATTEMPTS):
                 try:
@@ -417,6 +424,14 @@ class FilesystemStore(ArtifactStore):
         if sync and self._settings.fsync:
             durable.fsync_dir(directory)
 
+    def _directory_at(self, final: str, step_id: str) -> BackendError | None:
+        """The error naming a directory that sits at ``final`` (which no ``rename`` can replace), else ``None``."""
+        try:
+            mode = os.lstat(final).st_mode
+        except OSError:
+            return None
+        return self._not_a_file(final, mode, step_id) if stat.S_ISDIR(mode) else None
+
     def _existing_at(self, final: str, step_id: str) -> Header | None:
         """The header of the artifact file that made our link fail, ``None`` if it is gone by now.
 
@@ -437,7 +452,8 @@ class FilesystemStore(ArtifactStore):
             raise BackendError(
                 f"save of {step_id!r} in namespace {self.namespace!r}: {_file_kind(mode)} sits at its final name "
                 f"{self._relative(final)!r} under the filesystem root, where only an artifact file belongs; "
-                "it was neither followed nor replaced: remove it, or save with overwrite=True to replace it",
+                "it was neither followed nor replaced: remove it"
+                + ("" if stat.S_ISDIR(mode) else ", or save with overwrite=True to replace it"),
                 step_id=step_id,
             )
         return self._header_or_none(final, step_id)
