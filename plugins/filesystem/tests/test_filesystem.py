@@ -1011,6 +1011,25 @@ def test_create_store_selects_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_p
         create_store()
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_root_is_a_configuration_error_not_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    # `ARTIFACT_STORE_FILESYSTEM_ROOT=$UNSET` became Path("."): each process stored into its own working
+    # directory, and worker processes started elsewhere silently did not see each other's artifacts.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", value)
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_FILESYSTEM_ROOT: .*is set but empty"):
+        create_store("filesystem")
+    monkeypatch.delenv("ARTIFACT_STORE_FILESYSTEM_ROOT")
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_FILESYSTEM_ROOT \(given as the argument root\)"):
+        create_store("filesystem", root=value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", ".")  # the working directory, asked for plainly
+    with create_store("filesystem") as store:
+        assert store.root == str(tmp_path)
+
+
 def test_a_relative_root_is_fixed_at_creation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     store = FilesystemStore(FilesystemSettings(root=Path("rel")))

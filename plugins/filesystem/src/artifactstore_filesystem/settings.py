@@ -40,7 +40,8 @@ class FilesystemSettings(BackendSettings):
     root: Path = Field(
         default_factory=default_root,
         description="Directory that holds every namespace's artifacts (created on first write; '~' is "
-        "expanded). Default: the per-user data directory, e.g. ~/.local/share/artifactstore on Linux.",
+        "expanded; empty is refused). Default: the per-user data directory, e.g. ~/.local/share/artifactstore "
+        "on Linux.",
     )
     fsync: bool = Field(
         default=True,
@@ -59,6 +60,19 @@ class FilesystemSettings(BackendSettings):
         ge=4096,
         description="Bytes read or written per call when streaming (save_stream, open, copies).",
     )
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _refuse_empty(cls, value: object) -> object:
+        # An empty value is what `ROOT=$UNSET_VARIABLE` or a deployment template with a missing value leaves;
+        # as a Path it is ".", so every process would keep its artifacts in its own working directory, and
+        # processes started in different directories would silently not share them.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "is set but empty (or only whitespace); set a directory ('.' for the working directory), "
+                "or unset the variable for the default per-user data directory"
+            )
+        return value
 
     @field_validator("root")
     @classmethod
