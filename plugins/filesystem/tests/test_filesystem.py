@@ -981,6 +981,34 @@ def test_default_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert default_root() == tmp_path / "home" / ".local" / "share" / "artifactstore"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG default applies on Linux")
+def test_no_home_directory_is_a_configuration_error_naming_the_root_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A service or container under an arbitrary uid: HOME unset and no password entry. Path.home() raised a
+    # bare RuntimeError ("Could not determine home directory.") out of create_store() and the CLI.
+    import pwd
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("ARTIFACT_STORE_FILESYSTEM_ROOT", "XDG_DATA_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(ConfigurationError, match="set ARTIFACT_STORE_FILESYSTEM_ROOT to a directory") as info:
+        create_store("filesystem")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(ConfigurationError, match="home directory, which cannot be found"):
+        default_root()
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "set"))  # what the message asks for
+    with create_store("filesystem") as store:
+        assert store.root == str(tmp_path / "set")
+    monkeypatch.delenv("ARTIFACT_STORE_FILESYSTEM_ROOT")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # needs no home either
+    assert default_root() == tmp_path / "xdg" / "artifactstore"
+
+
 def test_settings_from_env_config_file_and_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ARTIFACT_STORE_FILESYSTEM_ROOT", raising=False)

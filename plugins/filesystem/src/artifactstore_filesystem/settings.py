@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from artifactstore_core import BackendSettings
+from artifactstore_core import BackendSettings, ConfigurationError
 
 __all__ = ["FilesystemSettings", "default_root"]
 
@@ -19,16 +19,32 @@ def default_root() -> Path:
 
     ``$XDG_DATA_HOME/artifactstore`` (default ``~/.local/share/artifactstore``) on Linux and other Unixes,
     ``~/Library/Application Support/artifactstore`` on macOS, ``%LOCALAPPDATA%\\artifactstore`` on Windows.
+
+    Raises:
+        ConfigurationError: the home directory it depends on cannot be found (``HOME`` unset and the user
+            not in the password database, as for a service or container running under an arbitrary uid).
     """
     if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        base = os.environ.get("LOCALAPPDATA") or str(_home() / "AppData" / "Local")
         return Path(base) / "artifactstore"
     if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "artifactstore"
+        return _home() / "Library" / "Application Support" / "artifactstore"
     xdg = os.environ.get("XDG_DATA_HOME", "")
     # The XDG spec says a relative XDG_DATA_HOME is invalid and must be ignored.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else _home() / ".local" / "share"
     return base / "artifactstore"
+
+
+def _home() -> Path:
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError, OSError) as exc:
+        # Path.home() raises a bare RuntimeError here, which would escape create_store() and the CLI raw.
+        raise ConfigurationError(
+            "the default ARTIFACT_STORE_FILESYSTEM_ROOT is under the home directory, which cannot be found "
+            "(HOME is unset and the user has no password entry); set ARTIFACT_STORE_FILESYSTEM_ROOT to a "
+            "directory, or set HOME"
+        ) from exc
 
 
 class FilesystemSettings(BackendSettings):
