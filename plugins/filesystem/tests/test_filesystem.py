@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -721,6 +722,38 @@ def test_write_errors_are_typed(
             store.save("target", Message(content=b"x" * 1000))
     assert errno.errorcode[code] in str(info.value)
     assert not store.exists("target")
+    assert _temp_files(root) == []
+
+
+_FSIZE_CHILD = """
+import resource, sys
+from artifactstore_core import CapacityError, Message
+from artifactstore_filesystem import FilesystemSettings, FilesystemStore
+
+store = FilesystemStore(FilesystemSettings(root=sys.argv[1]), namespace="ns")
+store.save("a", Message(content=b"old"))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    store.save("a", Message(content=b"x" * (2 << 20)), overwrite=True)
+except CapacityError as exc:
+    print(exc)
+print(store.get("a").content.decode())
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows: no RLIMIT_FSIZE")
+def test_a_file_size_limit_is_reported_as_such_not_as_a_full_disk(root: Path) -> None:
+    # A real RLIMIT_FSIZE (`ulimit -f`) in a child process: EFBIG said "free space or quota", which sent the
+    # user to a disk with plenty of space. Python ignores SIGXFSZ, so the write fails instead of killing.
+    done = subprocess.run(
+        [sys.executable, "-c", _FSIZE_CHILD, str(root)], capture_output=True, text=True, timeout=60, check=True
+    )
+    message, content = done.stdout.splitlines()
+    assert "File too large (EFBIG)" in message
+    assert "ulimit -f" in message
+    assert "free space" not in message
+    assert content == "old"
     assert _temp_files(root) == []
 
 

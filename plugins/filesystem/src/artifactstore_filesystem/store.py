@@ -887,8 +887,14 @@ class FilesystemStore(ArtifactStore):
             f"({name}) at {self._relative(exc.filename)!r} under the filesystem root"
         )
         error: ArtifactStoreError
-        if code in _CAPACITY or code == errno.EFBIG:
-            # EFBIG is not PayloadTooLargeError: that one promises nothing was written, and here writing began.
+        if code == errno.EFBIG:
+            # Not PayloadTooLargeError: that one promises nothing was written, and here writing began. Not
+            # "free space" either: the limit is the file system's largest file or the process's `ulimit -f`.
+            error = CapacityError(
+                f"{detail}; the file exceeds the largest file this file system or the process's file size limit "
+                f"(ulimit -f, RLIMIT_FSIZE) allows: raise the limit, or set {_ROOT_ENV} to another file system"
+            )
+        elif code in _CAPACITY:
             error = CapacityError(f"{detail}; free space or quota, or set {_ROOT_ENV} to another file system")
         elif code in _DENIED or isinstance(exc, PermissionError):
             error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
