@@ -345,6 +345,32 @@ def test_stale_temporary_files_are_swept_and_never_listed(make_fs_store: MakeFsS
     assert not directory.exists()
 
 
+def test_opening_sweeps_without_decoding_the_artifact_names(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep on opening looks for temporary files only, but decoded every artifact's name on the way:
+    # opening a store of 100,000 artifacts took 0.44 s instead of 0.04 s (every CLI command, every worker).
+    store = make_fs_store()
+    long_id = "é" * 120  # in a continuation directory, which the sweep still walks
+    for step_id in ["a", "b", long_id]:
+        store.save(step_id, Message(content=1))
+    stale = _file_of(store, long_id).with_name(f"{TEMP_PREFIX}stale")
+    stale.write_bytes(b"half an artifact")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    decoded: list[object] = []
+    real_decode = store_module.decode_components
+
+    def counting(components: Any) -> str | None:
+        decoded.append(components)
+        return real_decode(components)
+
+    monkeypatch.setattr(store_module, "decode_components", counting)
+    make_fs_store()
+    assert decoded == []
+    assert not stale.exists()
+    assert sorted(info.step_id for info in store.list()) == sorted(["a", "b", long_id])
+
+
 def test_clear_and_delete_race_with_writers(make_fs_store: MakeFsStore) -> None:
     store = make_fs_store()
     errors: list[BaseException] = []
