@@ -10,7 +10,6 @@ See ``docs/filesystem.md`` for the layout and the guarantees.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
 import io
 import logging
@@ -837,8 +836,10 @@ class FilesystemStore(ArtifactStore):
                 if kind == "temp":
                     self._sweep_one(path, cutoff)
                 elif kind == "dir":
-                    with contextlib.suppress(OSError):  # not empty: a live writer's file, or a stray one
+                    try:
                         os.rmdir(path)
+                    except OSError:
+                        continue  # not empty: a live writer's file, or a stray one
             self._prune_namespace(directory)
         except (OSError, ArtifactStoreError) as exc:
             logger.debug("could not remove leftovers in %s: %s", self._relative(directory), exc)
