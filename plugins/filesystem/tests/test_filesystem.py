@@ -371,6 +371,85 @@ def test_opening_sweeps_without_decoding_the_artifact_names(
     assert sorted(info.step_id for info in store.list()) == sorted(["a", "b", long_id])
 
 
+class _PositionalScandir:
+    """``os.scandir`` as on file systems whose directory cookies are positions in the current listing (SMB,
+    some NFS servers; reproduced for real on a FUSE mount built that way): each chunk of entries is read
+    afresh from the position reached, so removing entries already read makes the next chunk skip as many."""
+
+    def __init__(self, real: Callable[..., Any], path: Any, chunk: int = 16) -> None:
+        self._real, self._path, self._chunk = real, path, chunk
+        self._position = 0
+        self._pending: list[os.DirEntry[str]] = []
+
+    def __enter__(self) -> _PositionalScandir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def __iter__(self) -> _PositionalScandir:
+        return self
+
+    def __next__(self) -> os.DirEntry[str]:
+        if not self._pending:
+            with self._real(self._path) as entries:
+                listing = sorted(entries, key=lambda entry: entry.name)
+            self._pending = listing[self._position : self._position + self._chunk]
+            self._position += len(self._pending)
+            if not self._pending:
+                raise StopIteration
+        return self._pending.pop(0)
+
+
+def _positional_scandir(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: _PositionalScandir(real, path))
+
+
+@pytest.mark.parametrize("batch", [4096, 7])
+def test_clear_removes_everything_where_removing_while_reading_skips_entries(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    # clear() removed each artifact as the directory was read: on SMB or an NFS server with positional
+    # cookies a later read then skips entries. On such a FUSE mount, clear() of 300 artifacts returned 194
+    # and left 106 behind (and the namespace). It now reads a batch, then removes it, then reads again.
+    store = make_fs_store(temp_max_age=3600)
+    long_id = "é" * 120  # a continuation directory: its contents are cleared the same way
+    ids = [f"step-{i}" for i in range(150)] + [f"{long_id}{i}" for i in range(50)]
+    store.save_many({step_id: Message(content=1) for step_id in ids})
+    namespace = root / "@default"
+    young = namespace / f"{TEMP_PREFIX}young"  # a live writer's: kept, and never read again and again
+    young.write_bytes(b"a write in progress")
+    strays = [namespace / f"@stray{i}.txt" for i in range(20)]
+    for stray in strays:
+        stray.write_bytes(b"not ours")
+    monkeypatch.setattr(store_module, "_CLEAR_BATCH", batch)
+    _positional_scandir(monkeypatch)
+    assert store.clear() == len(ids)
+    monkeypatch.undo()
+    assert list(store.list()) == []
+    assert _tree(root) == {"@default", f"@default/{young.name}", *(f"@default/{stray.name}" for stray in strays)}
+
+
+def test_namespaces_answer_whole_while_leftovers_are_removed(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # namespaces() removes empty namespace directories; removing them while the root is read must not make
+    # a positional-cookie file system skip a namespace that holds artifacts.
+    holding = [f"run-{i:02}" for i in range(0, 60, 2)]
+    for namespace in holding:
+        make_fs_store(namespace).save("a", Message(content=1))
+    for i in range(1, 60, 2):
+        (root / f"@run-{i:02}").mkdir()  # emptied by gc's deletes
+    _positional_scandir(monkeypatch)
+    assert make_fs_store("x").namespaces() == holding
+    monkeypatch.undo()
+    assert sorted(path.name for path in root.iterdir()) == [f"@{namespace}" for namespace in holding]
+
+
 def test_clear_and_delete_race_with_writers(make_fs_store: MakeFsStore) -> None:
     store = make_fs_store()
     errors: list[BaseException] = []

@@ -62,6 +62,9 @@ _NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "E
 # A write-once publish tries to create the final name at most this often when the file that made it fail
 # is deleted before it can be read (concurrent deletes or clears), so no race can keep a save spinning.
 _PUBLISH_ATTEMPTS = 100
+# Entries clear() reads from a directory before it removes them and reads the directory again (see
+# FilesystemStore._clear_walk): bounds its memory in a namespace of millions of files.
+_CLEAR_BATCH = 4096
 # Threads that write and fsync the files of one save_many at once.
 _BATCH_THREADS = 8
 _CAPACITY = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -689,22 +692,17 @@ class FilesystemStore(ArtifactStore):
             return
         except NotADirectoryError as exc:
             raise self._in_the_way(directory, exc) from exc
-        # Streamed, not collected: a namespace may hold millions of files. Removing entries while the
-        # directory is read (clear) is safe; whether a concurrently added one shows up is unspecified.
+        # Streamed, not collected: a namespace may hold millions of files. Whether an entry added or removed
+        # while the directory is read shows up is unspecified (removing entries during the read can even
+        # skip others: clear() does not, see _clear_walk).
         with entries:
             for entry in entries:
-                name = entry.name
-                if name.startswith(TEMP_PREFIX):
-                    if entry.is_file(follow_symlinks=False):
-                        yield "temp", entry.path, None
-                elif name.startswith(PART):
-                    if entry.is_dir(follow_symlinks=False):
-                        yield from self._scan(entry.path, (*parts, name), artifacts=artifacts)
-                        yield "dir", entry.path, None
-                elif artifacts and name.startswith(FINAL) and entry.is_file(follow_symlinks=False):
-                    step_id = decode_components((*parts, name))
-                    if step_id is not None and is_legal(step_id):
-                        yield "artifact", entry.path, step_id
+                kind, step_id = _kind_of(entry, parts, artifacts)
+                if kind == "dir":
+                    yield from self._scan(entry.path, (*parts, entry.name), artifacts=artifacts)
+                    yield "dir", entry.path, None
+                elif kind is not None:
+                    yield kind, entry.path, step_id
 
     def _list(self) -> Iterable[ArtifactInfo]:
         with self._doing("list", None):
@@ -748,31 +746,73 @@ class FilesystemStore(ArtifactStore):
     def _clear(self) -> int:
         with self._doing("clear", None):
             self._guard(self._ns_dir)
-            removed = 0
             changed: set[str] = set()
             cutoff = time.time() - self._settings.temp_max_age
-            for kind, path, _ in self._scan(self._ns_dir):
-                if kind == "artifact":
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        continue  # deleted concurrently: not ours to count
-                    removed += 1
-                    changed.add(os.path.dirname(path))
-                elif kind == "temp":
-                    self._sweep_one(path, cutoff)
-                else:
-                    try:
-                        os.rmdir(path)
-                    except OSError:
-                        continue  # not empty: a live writer's temporary file or a stray file
-                    changed.add(os.path.dirname(path))
+            removed = self._clear_walk(self._ns_dir, (), cutoff, changed, artifacts=True)
             if self._settings.fsync:
                 for directory in sorted(changed, key=len, reverse=True):
                     durable.fsync_dir(directory)
             # The namespace directory goes too when empty, so namespaces() forgets it.
             self._prune_namespace(self._ns_dir)
             return removed
+
+    def _clear_walk(
+        self, directory: str, parts: tuple[str, ...], cutoff: float, changed: set[str], *, artifacts: bool
+    ) -> int:
+        """Remove from ``directory`` (a namespace's or continuation directory) and below: the artifacts (if
+        ``artifacts``), the temporary files older than ``cutoff``, the continuation directories so emptied.
+        Add each directory whose entries changed to ``changed``; return how many artifacts were removed.
+
+        Reads up to :data:`_CLEAR_BATCH` entries, stops reading, removes them, then reads the directory again
+        from its start, until a read reaches the end. Removing entries while a directory is being read makes
+        file systems whose directory cookies are positions in the listing (SMB, some NFS servers) skip as
+        many others: a clear that removed as it read left a third of a namespace behind there. Entries left
+        in place (a live writer's temporary file, a directory still holding one) are remembered, so that
+        they are not read into every batch again; stray files are never part of one.
+        """
+        removed = 0
+        kept: set[str] = set()
+        while True:
+            batch: builtins.list[tuple[str, str, str]] = []
+            complete = True
+            try:
+                entries = os.scandir(directory)
+            except FileNotFoundError:
+                return removed
+            except NotADirectoryError as exc:
+                raise self._in_the_way(directory, exc) from exc
+            with entries:
+                for entry in entries:
+                    if entry.name in kept:
+                        continue
+                    kind, _ = _kind_of(entry, parts, artifacts)
+                    if kind is None:
+                        continue
+                    if len(batch) == _CLEAR_BATCH:
+                        complete = False
+                        break
+                    batch.append((kind, entry.path, entry.name))
+            for kind, path, name in batch:
+                if kind == "artifact":
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        continue  # deleted concurrently: not ours to count
+                    removed += 1
+                    changed.add(directory)
+                elif kind == "temp":
+                    if not self._sweep_one(path, cutoff):
+                        kept.add(name)
+                else:
+                    removed += self._clear_walk(path, (*parts, name), cutoff, changed, artifacts=artifacts)
+                    try:
+                        os.rmdir(path)
+                    except OSError:
+                        kept.add(name)  # not empty: a live writer's temporary file or a stray file
+                        continue
+                    changed.add(directory)
+            if complete:
+                return removed
 
     def _prune_namespace(self, directory: str) -> None:
         """Remove the namespace directory ``directory`` and the continuation directories above it, as far
@@ -793,12 +833,15 @@ class FilesystemStore(ArtifactStore):
                 self._sweep_one(path, cutoff)
 
     @staticmethod
-    def _sweep_one(path: str, cutoff: float) -> None:
+    def _sweep_one(path: str, cutoff: float) -> bool:
+        """Remove the temporary file ``path`` if it is older than ``cutoff``; whether it is gone now."""
         try:
-            if os.lstat(path).st_mtime <= cutoff:
-                os.unlink(path)
+            if os.lstat(path).st_mtime > cutoff:
+                return False  # may belong to a write in progress
+            os.unlink(path)
         except FileNotFoundError:
             pass  # its writer published or removed it meanwhile
+        return True
 
     def _close(self) -> None:
         """Nothing to release: no file stays open between calls."""
@@ -813,12 +856,18 @@ class FilesystemStore(ArtifactStore):
         effort), since no other call would ever reach them (``artifactstore gc`` sees only the listed ones).
         """
         with self._doing("namespaces", None):
-            found = []
+            found: builtins.list[str] = []
+            leftovers: builtins.list[str] = []
             for namespace, path in self._namespace_dirs(self._root, ()):
                 if self._has_artifact(path):
                     found.append(namespace)
                 else:
-                    self._collect_leftovers(path)
+                    leftovers.append(path)
+            # Removed after the walk, not during it: on file systems whose directory cookies are positions
+            # (SMB, some NFS servers), removing entries while the root is read skips others, which would
+            # drop a namespace that holds artifacts from the answer.
+            for path in leftovers:
+                self._collect_leftovers(path)
             return found
 
     def _collect_leftovers(self, directory: str) -> None:
@@ -832,14 +881,7 @@ class FilesystemStore(ArtifactStore):
         cutoff = time.time() - self._settings.temp_max_age
         try:
             self._guard(directory)
-            for kind, path, _ in self._scan(directory, artifacts=False):
-                if kind == "temp":
-                    self._sweep_one(path, cutoff)
-                elif kind == "dir":
-                    try:
-                        os.rmdir(path)
-                    except OSError:
-                        continue  # not empty: a live writer's file, or a stray one
+            self._clear_walk(directory, (), cutoff, set(), artifacts=False)
             self._prune_namespace(directory)
         except (OSError, ArtifactStoreError) as exc:
             logger.debug("could not remove leftovers in %s: %s", self._relative(directory), exc)
@@ -915,6 +957,23 @@ class FilesystemStore(ArtifactStore):
         if isinstance(exc, OSError):
             return self._os_error(exc, "operation", None)
         return None
+
+
+def _kind_of(entry: os.DirEntry[str], parts: tuple[str, ...], artifacts: bool) -> tuple[str | None, str | None]:
+    """What a directory entry under a namespace directory (reached through continuation directories
+    ``parts``) is to the store: ``("artifact", step_id)`` (only if ``artifacts``), ``("temp", None)``,
+    ``("dir", None)`` for a continuation directory, or ``(None, None)`` for anything else (a stray file, a
+    non-canonical name, a symbolic link: none is followed)."""
+    name = entry.name
+    if name.startswith(TEMP_PREFIX):
+        return ("temp", None) if entry.is_file(follow_symlinks=False) else (None, None)
+    if name.startswith(PART):
+        return ("dir", None) if entry.is_dir(follow_symlinks=False) else (None, None)
+    if artifacts and name.startswith(FINAL) and entry.is_file(follow_symlinks=False):
+        step_id = decode_components((*parts, name))
+        if step_id is not None and is_legal(step_id):
+            return "artifact", step_id
+    return None, None
 
 
 def _file_kind(mode: int) -> str:
