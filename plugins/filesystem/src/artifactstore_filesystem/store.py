@@ -827,6 +827,7 @@ class FilesystemStore(ArtifactStore):
                 durable.fsync_dir(directory)
 
     def _sweep_temp(self, directory: str) -> None:
+        # Removes while it reads: a file system that then skips entries leaves some for the next opening.
         cutoff = time.time() - self._settings.temp_max_age
         for kind, path, _ in self._scan(directory, artifacts=False):
             if kind == "temp":
@@ -852,8 +853,9 @@ class FilesystemStore(ArtifactStore):
         """The namespaces under this store's root that hold at least one artifact.
 
         A namespace directory without an artifact is what a crashed or collected run left behind: its
-        temporary files older than ``temp_max_age`` and then-empty directories are removed on the way (best
-        effort), since no other call would ever reach them (``artifactstore gc`` sees only the listed ones).
+        temporary files older than ``temp_max_age`` and then-empty directories are removed after the walk
+        (best effort), since no other call would ever reach them (``artifactstore gc`` sees only the listed
+        ones).
         """
         with self._doing("namespaces", None):
             found: builtins.list[str] = []
