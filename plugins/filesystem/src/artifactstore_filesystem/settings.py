@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from artifactstore_core import BackendSettings
+from artifactstore_core import BackendSettings, ConfigurationError
 
 __all__ = ["FilesystemSettings", "default_root"]
 
@@ -19,16 +19,32 @@ def default_root() -> Path:
 
     ``$XDG_DATA_HOME/artifactstore`` (default ``~/.local/share/artifactstore``) on Linux and other Unixes,
     ``~/Library/Application Support/artifactstore`` on macOS, ``%LOCALAPPDATA%\\artifactstore`` on Windows.
+
+    Raises:
+        ConfigurationError: the home directory it depends on cannot be found (``HOME`` unset and the user
+            not in the password database, as for a service or container running under an arbitrary uid).
     """
     if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        base = os.environ.get("LOCALAPPDATA") or str(_home() / "AppData" / "Local")
         return Path(base) / "artifactstore"
     if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "artifactstore"
+        return _home() / "Library" / "Application Support" / "artifactstore"
     xdg = os.environ.get("XDG_DATA_HOME", "")
     # The XDG spec says a relative XDG_DATA_HOME is invalid and must be ignored.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else _home() / ".local" / "share"
     return base / "artifactstore"
+
+
+def _home() -> Path:
+    try:
+        return Path.home()
+    except (RuntimeError, KeyError, OSError) as exc:
+        # Path.home() raises a bare RuntimeError here, which would escape create_store() and the CLI raw.
+        raise ConfigurationError(
+            "the default ARTIFACT_STORE_FILESYSTEM_ROOT is under the home directory, which cannot be found "
+            "(HOME is unset and the user has no password entry); set ARTIFACT_STORE_FILESYSTEM_ROOT to a "
+            "directory, or set HOME"
+        ) from exc
 
 
 class FilesystemSettings(BackendSettings):
@@ -40,7 +56,8 @@ class FilesystemSettings(BackendSettings):
     root: Path = Field(
         default_factory=default_root,
         description="Directory that holds every namespace's artifacts (created on first write; '~' is "
-        "expanded). Default: the per-user data directory, e.g. ~/.local/share/artifactstore on Linux.",
+        "expanded; empty is refused). Default: the per-user data directory, e.g. ~/.local/share/artifactstore "
+        "on Linux.",
     )
     fsync: bool = Field(
         default=True,
@@ -59,6 +76,19 @@ class FilesystemSettings(BackendSettings):
         ge=4096,
         description="Bytes read or written per call when streaming (save_stream, open, copies).",
     )
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _refuse_empty(cls, value: object) -> object:
+        # An empty value is what `ROOT=$UNSET_VARIABLE` or a deployment template with a missing value leaves;
+        # as a Path it is ".", so every process would keep its artifacts in its own working directory, and
+        # processes started in different directories would silently not share them.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "is set but empty (or only whitespace); set a directory ('.' for the working directory), "
+                "or unset the variable for the default per-user data directory"
+            )
+        return value
 
     @field_validator("root")
     @classmethod

@@ -54,6 +54,8 @@ _ROOT_ENV = "ARTIFACT_STORE_FILESYSTEM_ROOT"
 # O_NONBLOCK: opening a FIFO that sits at an artifact's name must not wait for a writer (the open is then
 # refused by the regular-file check); on a regular file it changes nothing.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+# The root's lock file is opened without following a symbolic link at its name (ELOOP instead).
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 # A writer retries this often when a concurrent clear/delete removes the (empty) directory it just created.
 _DIR_RETRIES = 100
 # link(2) errors that mean "this file system has no hard links" (FAT, some network and FUSE file systems).
@@ -61,6 +63,9 @@ _NO_HARD_LINKS = {errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "E
 # A write-once publish tries to create the final name at most this often when the file that made it fail
 # is deleted before it can be read (concurrent deletes or clears), so no race can keep a save spinning.
 _PUBLISH_ATTEMPTS = 100
+# Entries clear() reads from a directory before it removes them and reads the directory again (see
+# FilesystemStore._clear_walk): bounds its memory in a namespace of millions of files.
+_CLEAR_BATCH = 4096
 # Threads that write and fsync the files of one save_many at once.
 _BATCH_THREADS = 8
 _CAPACITY = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -395,7 +400,14 @@ class FilesystemStore(ArtifactStore):
         """
         directory = os.path.dirname(final)
         if overwrite:
-            os.replace(temp, final)
+            try:
+                os.replace(temp, final)
+            except OSError as exc:
+                # The OSError names the temporary file (removed right after), not what is in the way.
+                blocked = self._directory_at(final, step_id)
+                if blocked is None:
+                    raise
+                raise blocked from exc
         else:
             for _ in range(_PUBLISH_ATTEMPTS):
                 try:
@@ -420,6 +432,14 @@ class FilesystemStore(ArtifactStore):
         if sync and self._settings.fsync:
             durable.fsync_dir(directory)
 
+    def _directory_at(self, final: str, step_id: str) -> BackendError | None:
+        """The error naming a directory that sits at ``final`` (which no ``rename`` can replace), else ``None``."""
+        try:
+            mode = os.lstat(final).st_mode
+        except OSError:
+            return None
+        return self._not_a_file(final, mode, step_id) if stat.S_ISDIR(mode) else None
+
     def _existing_at(self, final: str, step_id: str) -> Header | None:
         """The header of the artifact file that made our link fail, ``None`` if it is gone by now.
 
@@ -440,7 +460,8 @@ class FilesystemStore(ArtifactStore):
             raise BackendError(
                 f"save of {step_id!r} in namespace {self.namespace!r}: {_file_kind(mode)} sits at its final name "
                 f"{self._relative(final)!r} under the filesystem root, where only an artifact file belongs; "
-                "it was neither followed nor replaced: remove it, or save with overwrite=True to replace it",
+                "it was neither followed nor replaced: remove it"
+                + ("" if stat.S_ISDIR(mode) else ", or save with overwrite=True to replace it"),
                 step_id=step_id,
             )
         return self._header_or_none(final, step_id)
@@ -468,8 +489,18 @@ class FilesystemStore(ArtifactStore):
     def _root_lock(self) -> Iterator[None]:
         import fcntl
 
+        path = os.path.join(self._root, ".lock")
         with _FALLBACK_LOCK:
-            fd = os.open(os.path.join(self._root, ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0))
+            try:
+                fd = os.open(path, _LOCK_FLAGS, 0o666)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                # Followed, a link planted there would make the store create (or lock) a file anywhere.
+                raise BackendError(
+                    f"'.lock' under the filesystem root ({_ROOT_ENV}) is a symbolic link, which the store does not "
+                    "follow (it could lead out of the root); remove it, the store creates a plain file there"
+                ) from exc
             try:
                 # A POSIX record lock (lockf), not flock: a flock belongs to the open file, so a child forked
                 # while this descriptor was open would keep the lock through its copy after we close ours,
@@ -651,9 +682,15 @@ class FilesystemStore(ArtifactStore):
 
     # -- listing, deleting ----------------------------------------------------------------------------
 
-    def _scan(self, directory: str, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, str, str | None]]:
+    def _scan(
+        self, directory: str, parts: tuple[str, ...] = (), *, artifacts: bool = True
+    ) -> Iterator[tuple[str, str, str | None]]:
         """Walk a namespace directory: ``("artifact", path, step_id)``, ``("temp", path, None)``, and
         ``("dir", path, None)`` for each continuation directory after its contents. Symlinks are not followed.
+
+        With ``artifacts=False`` artifact files are passed over unexamined: a sweep looks for temporary files
+        only, and decoding every artifact's name made opening a store of 100,000 artifacts 15 times slower
+        than reading the directory.
         """
         try:
             entries = os.scandir(directory)
@@ -661,22 +698,17 @@ class FilesystemStore(ArtifactStore):
             return
         except NotADirectoryError as exc:
             raise self._in_the_way(directory, exc) from exc
-        # Streamed, not collected: a namespace may hold millions of files. Removing entries while the
-        # directory is read (clear) is safe; whether a concurrently added one shows up is unspecified.
+        # Streamed, not collected: a namespace may hold millions of files. Whether an entry added or removed
+        # while the directory is read shows up is unspecified (removing entries during the read can even
+        # skip others: clear() does not, see _clear_walk).
         with entries:
             for entry in entries:
-                name = entry.name
-                if name.startswith(TEMP_PREFIX):
-                    if entry.is_file(follow_symlinks=False):
-                        yield "temp", entry.path, None
-                elif name.startswith(PART):
-                    if entry.is_dir(follow_symlinks=False):
-                        yield from self._scan(entry.path, (*parts, name))
-                        yield "dir", entry.path, None
-                elif name.startswith(FINAL) and entry.is_file(follow_symlinks=False):
-                    step_id = decode_components((*parts, name))
-                    if step_id is not None and is_legal(step_id):
-                        yield "artifact", entry.path, step_id
+                kind, step_id = _kind_of(entry, parts, artifacts)
+                if kind == "dir":
+                    yield from self._scan(entry.path, (*parts, entry.name), artifacts=artifacts)
+                    yield "dir", entry.path, None
+                elif kind is not None:
+                    yield kind, entry.path, step_id
 
     def _list(self) -> Iterable[ArtifactInfo]:
         with self._doing("list", None):
@@ -741,34 +773,77 @@ class FilesystemStore(ArtifactStore):
     def _clear(self) -> int:
         with self._doing("clear", None):
             self._guard(self._ns_dir)
-            removed = 0
             changed: set[str] = set()
             cutoff = time.time() - self._settings.temp_max_age
-            for kind, path, _ in self._scan(self._ns_dir):
+            removed = self._clear_walk(self._ns_dir, (), cutoff, changed, artifacts=True)
+            if self._settings.fsync:
+                for directory in sorted(changed, key=len, reverse=True):
+                    durable.fsync_dir(directory)
+            # The namespace directory goes too when empty, so namespaces() forgets it.
+            self._prune_namespace(self._ns_dir)
+            return removed
+
+    def _clear_walk(
+        self, directory: str, parts: tuple[str, ...], cutoff: float, changed: set[str], *, artifacts: bool
+    ) -> int:
+        """Remove from ``directory`` (a namespace's or continuation directory) and below: the artifacts (if
+        ``artifacts``), the temporary files older than ``cutoff``, the continuation directories so emptied.
+        Add each directory whose entries changed to ``changed``; return how many artifacts were removed.
+
+        Reads up to :data:`_CLEAR_BATCH` entries, stops reading, removes them, then reads the directory again
+        from its start, until a read reaches the end. Removing entries while a directory is being read makes
+        file systems whose directory cookies are positions in the listing (SMB, some NFS servers) skip as
+        many others: a clear that removed as it read left a third of a namespace behind there. Entries left
+        in place (a live writer's temporary file, a directory still holding one) are remembered, so that
+        they are not read into every batch again; stray files are never part of one.
+        """
+        removed = 0
+        kept: set[str] = set()
+        while True:
+            batch: builtins.list[tuple[str, str, str]] = []
+            complete = True
+            try:
+                entries = os.scandir(directory)
+            except FileNotFoundError:
+                return removed
+            except NotADirectoryError as exc:
+                raise self._in_the_way(directory, exc) from exc
+            with entries:
+                for entry in entries:
+                    if entry.name in kept:
+                        continue
+                    kind, _ = _kind_of(entry, parts, artifacts)
+                    if kind is None:
+                        continue
+                    if len(batch) == _CLEAR_BATCH:
+                        complete = False
+                        break
+                    batch.append((kind, entry.path, entry.name))
+            for kind, path, name in batch:
                 if kind == "artifact":
                     try:
                         os.unlink(path)
                     except FileNotFoundError:
                         continue  # deleted concurrently: not ours to count
                     removed += 1
-                    changed.add(os.path.dirname(path))
+                    changed.add(directory)
                 elif kind == "temp":
-                    self._sweep_one(path, cutoff)
+                    if not self._sweep_one(path, cutoff):
+                        kept.add(name)
                 else:
+                    removed += self._clear_walk(path, (*parts, name), cutoff, changed, artifacts=artifacts)
                     try:
                         os.rmdir(path)
                     except OSError:
-                        continue  # not empty: a live writer's temporary file or a stray file
-                    changed.add(os.path.dirname(path))
-            if self._settings.fsync:
-                for directory in sorted(changed, key=len, reverse=True):
-                    durable.fsync_dir(directory)
-            # The namespace directory goes too when empty, so namespaces() forgets it.
-            self._prune_namespace()
-            return removed
+                        kept.add(name)  # not empty: a live writer's temporary file or a stray file
+                        continue
+                    changed.add(directory)
+            if complete:
+                return removed
 
-    def _prune_namespace(self) -> None:
-        directory = self._ns_dir
+    def _prune_namespace(self, directory: str) -> None:
+        """Remove the namespace directory ``directory`` and the continuation directories above it, as far
+        as they are empty."""
         while directory != self._root:
             try:
                 os.rmdir(directory)
@@ -779,18 +854,22 @@ class FilesystemStore(ArtifactStore):
                 durable.fsync_dir(directory)
 
     def _sweep_temp(self, directory: str) -> None:
+        # Removes while it reads: a file system that then skips entries leaves some for the next opening.
         cutoff = time.time() - self._settings.temp_max_age
-        for kind, path, _ in self._scan(directory):
+        for kind, path, _ in self._scan(directory, artifacts=False):
             if kind == "temp":
                 self._sweep_one(path, cutoff)
 
     @staticmethod
-    def _sweep_one(path: str, cutoff: float) -> None:
+    def _sweep_one(path: str, cutoff: float) -> bool:
+        """Remove the temporary file ``path`` if it is older than ``cutoff``; whether it is gone now."""
         try:
-            if os.lstat(path).st_mtime <= cutoff:
-                os.unlink(path)
+            if os.lstat(path).st_mtime > cutoff:
+                return False  # may belong to a write in progress
+            os.unlink(path)
         except FileNotFoundError:
             pass  # its writer published or removed it meanwhile
+        return True
 
     def _close(self) -> None:
         """Nothing to release: no file stays open between calls."""
@@ -798,9 +877,43 @@ class FilesystemStore(ArtifactStore):
     # -- namespaces -----------------------------------------------------------------------------------
 
     def _namespaces(self) -> Iterable[str]:
-        """The namespaces under this store's root that hold at least one artifact."""
+        """The namespaces under this store's root that hold at least one artifact.
+
+        A namespace directory without an artifact is what a crashed or collected run left behind: its
+        temporary files older than ``temp_max_age`` and then-empty directories are removed after the walk
+        (best effort), since no other call would ever reach them (``artifactstore gc`` sees only the listed
+        ones).
+        """
         with self._doing("namespaces", None):
-            return [namespace for namespace, path in self._namespace_dirs(self._root, ()) if self._has_artifact(path)]
+            found: builtins.list[str] = []
+            leftovers: builtins.list[str] = []
+            for namespace, path in self._namespace_dirs(self._root, ()):
+                if self._has_artifact(path):
+                    found.append(namespace)
+                else:
+                    leftovers.append(path)
+            # Removed after the walk, not during it: on file systems whose directory cookies are positions
+            # (SMB, some NFS servers), removing entries while the root is read skips others, which would
+            # drop a namespace that holds artifacts from the answer.
+            for path in leftovers:
+                self._collect_leftovers(path)
+            return found
+
+    def _collect_leftovers(self, directory: str) -> None:
+        """Sweep the stale temporary files of the artifact-less namespace ``directory``, then remove it and
+        its continuation directories as far as they are empty.
+
+        Safe beside a live writer, as :meth:`_clear` is: its younger temporary file is kept (so its
+        directories are not empty), and a writer whose fresh directory goes creates it again. A failure
+        (a read-only root someone else owns) is logged, not raised: listing must still work there.
+        """
+        cutoff = time.time() - self._settings.temp_max_age
+        try:
+            self._guard(directory)
+            self._clear_walk(directory, (), cutoff, set(), artifacts=False)
+            self._prune_namespace(directory)
+        except (OSError, ArtifactStoreError) as exc:
+            logger.debug("could not remove leftovers in %s: %s", self._relative(directory), exc)
 
     def _namespace_dirs(self, directory: str, parts: tuple[str, ...]) -> Iterator[tuple[str, str]]:
         try:
@@ -852,8 +965,14 @@ class FilesystemStore(ArtifactStore):
             f"({name}) at {self._relative(exc.filename)!r} under the filesystem root"
         )
         error: ArtifactStoreError
-        if code in _CAPACITY or code == errno.EFBIG:
-            # EFBIG is not PayloadTooLargeError: that one promises nothing was written, and here writing began.
+        if code == errno.EFBIG:
+            # Not PayloadTooLargeError: that one promises nothing was written, and here writing began. Not
+            # "free space" either: the limit is the file system's largest file or the process's `ulimit -f`.
+            error = CapacityError(
+                f"{detail}; the file exceeds the largest file this file system or the process's file size limit "
+                f"(ulimit -f, RLIMIT_FSIZE) allows: raise the limit, or set {_ROOT_ENV} to another file system"
+            )
+        elif code in _CAPACITY:
             error = CapacityError(f"{detail}; free space or quota, or set {_ROOT_ENV} to another file system")
         elif code in _DENIED or isinstance(exc, PermissionError):
             error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
@@ -867,6 +986,23 @@ class FilesystemStore(ArtifactStore):
         if isinstance(exc, OSError):
             return self._os_error(exc, "operation", None)
         return None
+
+
+def _kind_of(entry: os.DirEntry[str], parts: tuple[str, ...], artifacts: bool) -> tuple[str | None, str | None]:
+    """What a directory entry under a namespace directory (reached through continuation directories
+    ``parts``) is to the store: ``("artifact", step_id)`` (only if ``artifacts``), ``("temp", None)``,
+    ``("dir", None)`` for a continuation directory, or ``(None, None)`` for anything else (a stray file, a
+    non-canonical name, a symbolic link: none is followed)."""
+    name = entry.name
+    if name.startswith(TEMP_PREFIX):
+        return ("temp", None) if entry.is_file(follow_symlinks=False) else (None, None)
+    if name.startswith(PART):
+        return ("dir", None) if entry.is_dir(follow_symlinks=False) else (None, None)
+    if artifacts and name.startswith(FINAL) and entry.is_file(follow_symlinks=False):
+        step_id = decode_components((*parts, name))
+        if step_id is not None and is_legal(step_id):
+            return "artifact", step_id
+    return None, None
 
 
 def _file_kind(mode: int) -> str:
