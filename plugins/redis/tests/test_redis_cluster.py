@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from redis.cluster import RedisCluster
 
@@ -62,3 +64,31 @@ def test_payloads_in_their_own_keys_share_the_namespace_slot(
         assert store.delete("piped") is True
         assert store.clear() == 3
         assert cluster_client.exists(*keys) == 0
+
+
+@pytest.mark.timeout(60)
+def test_the_eviction_policy_is_read_from_the_namespace_primary(
+    redis_cluster: RedisClusterNodes,
+    cluster_client: RedisCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(store_module, "_POLICY_READ", set())
+    caplog.set_level(logging.DEBUG)
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)  # type: ignore[arg-type]
+    with RedisStore(settings, namespace="evicting primary") as store:
+        node = cluster_client.get_node_from_key(f"{{artifactstore:{encode_name(store.namespace)}}}:idx")
+        primary = cluster_client.get_redis_connection(node)
+        primary.config_set("maxmemory-policy", "allkeys-lfu")
+        primary.config_set("maxmemory", "1gb")
+        try:
+            store.save("a", Message(content=b"x"))
+        finally:
+            primary.config_set("maxmemory", "0")
+            primary.config_set("maxmemory-policy", "noeviction")
+            store.clear()
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "maxmemory" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert "maxmemory-policy allkeys-lfu" in warnings[0]

@@ -142,6 +142,10 @@ _UPLOAD_TTL_MS = 60_000
 # this long, and longer when the retry policy allows more time (see _result_ttl_ms).
 _RESULT_TTL_MS = 60_000
 _ENV = "ARTIFACT_STORE_REDIS_"
+# The servers (by their display URL) whose eviction policy this process has read: it is read once per
+# process and server, at the first write, so a store per pipeline run costs no extra round trip each.
+_POLICY_READ: set[str] = set()
+_POLICY_LOCK = threading.Lock()
 # redis-py ships these two untyped.
 _parse_url = cast(Callable[[str], dict[str, Any]], _redis_parse_url)
 _BlockingPool = cast(Callable[..., BlockingConnectionPool], BlockingConnectionPool)
@@ -510,8 +514,8 @@ class RedisStore(ArtifactStore):
 
     def _decode_error_missing(self, step_id: str, part: str) -> ArtifactCorruptedError:
         return ArtifactCorruptedError(
-            f"artifact {step_id!r} in namespace {self.namespace!r} is missing its {part} (written by something "
-            "other than this backend?)",
+            f"artifact {step_id!r} in namespace {self.namespace!r} is missing its {part} (evicted by a server "
+            "whose maxmemory-policy is not noeviction, or written by something other than this backend?)",
             step_id=step_id,
         )
 
@@ -526,6 +530,48 @@ class RedisStore(ArtifactStore):
         # Two threads announcing at once only write the same entry twice.
         self._script(REGISTER_NAMESPACE, [self._registry], [encode_name(self.namespace)], cached=cached)
         self._registered_at = now
+        # After a write that reached the server, so that an unreachable server fails the save as fast as before.
+        self._check_eviction_policy()
+
+    def _check_eviction_policy(self) -> None:
+        """Warn (once per process and server) when the server may evict keys of this store.
+
+        With a ``maxmemory-policy`` other than ``noeviction`` (and a ``maxmemory``), Redis drops keys when it
+        is full: an artifact's hash, its payload key or a whole namespace index, each on its own. Nothing in
+        a reply says so: ``get`` then finds half an artifact, ``list`` and ``clear`` miss artifacts whose
+        index went. Managed Redis services often default to an evicting policy, so the store says so in the
+        log before its first artifact is written rather than leaving the user to find out from a damaged
+        artifact. A server that does not let us read ``INFO`` (an ACL without it) is not checked.
+        """
+        with _POLICY_LOCK:
+            if self._where in _POLICY_READ:
+                return
+            _POLICY_READ.add(self._where)
+        client = self._client
+        try:
+            if isinstance(client, RedisCluster):
+                # The primary of this namespace's slot: the one that would evict its keys.
+                node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+                info = client.info("memory", target_nodes=node)
+            else:
+                info = client.info("memory")
+        except (RedisError, RedisClusterException) as exc:
+            _log.debug("could not read the maxmemory-policy of %s: %s", self._where, self._describe(exc))
+            return
+        policy, limit = info.get("maxmemory_policy"), info.get("maxmemory")
+        if isinstance(policy, bytes):
+            policy = policy.decode("ascii", "replace")
+        if policy in (None, "noeviction") or limit in (None, 0, "0"):
+            return
+        _log.warning(
+            "redis at %s has maxmemory-policy %s: when it is full it evicts keys%s, and artifacts stored there "
+            "can be lost in part (get() raises ArtifactCorruptedError or ArtifactNotFoundError; list() and "
+            "clear() miss artifacts whose index entry was evicted). Set maxmemory-policy noeviction on a "
+            "server that keeps artifacts (a full server then raises CapacityError on save).",
+            self._where,
+            policy,
+            " that have an expiry (artifacts saved with a TTL)" if str(policy).startswith("volatile") else "",
+        )
 
     def _announce_again(self) -> None:
         """Announce once more after a write during which the server may have restarted (see _server_lost)."""
