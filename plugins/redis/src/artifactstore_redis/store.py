@@ -360,6 +360,40 @@ def _is_wrong_type(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
 
 
+# How Redis words an ACL denial of a command (or key) that a script calls: 7.0 and 7.2+ (after redis-py took
+# off the "ERR " prefix). A denial of the script call itself, or of a plain command, is a NOPERM reply.
+_SCRIPT_ACL_DENIALS = (
+    "ACL failure in script",
+    "The user executing the script can't",
+)
+
+
+_SCRIPTS = (SAVE, COMMIT, READ, DELETE, CLEAR, REGISTER_NAMESPACE, FORGET_NAMESPACE)
+
+
+def _is_acl_denial(exc: BaseException) -> bool:
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(_SCRIPT_ACL_DENIALS)
+    )
+
+
+def _access_failure(exc: BaseException) -> BaseException | None:
+    """The refused login or ACL denial behind ``exc``, or ``None``.
+
+    redis-py's cluster client reports a node that refused it while it discovers the cluster (a wrong
+    password, a user without ``CLUSTER SLOTS``) as "Redis Cluster cannot be connected ... Cluster mode is not
+    enabled on this node", a RedisClusterException whose chain holds the real reply; so the chain is read.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (AuthenticationError, AuthorizationError)) or _is_acl_denial(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _is_oom(exc: BaseException) -> bool:
     # Inside a script the server reports OOM as a script error whose text names it.
     return isinstance(exc, OutOfMemoryError) or (
@@ -866,7 +900,7 @@ class RedisStore(ArtifactStore):
             raise self._closed_error() from exc
 
     def _retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, (AuthenticationError, AuthorizationError)) or _pool_exhausted(exc):
+        if _pool_exhausted(exc) or _access_failure(exc) is not None:
             return False
         if isinstance(exc, RedisTimeoutError):
             return self._settings.retry_on_timeout
@@ -1087,9 +1121,19 @@ class RedisStore(ArtifactStore):
         where = f"redis at {self._where}"
         what = self._describe(exc)
         settings = self._settings
-        if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
+        refused = _access_failure(exc)
+        if refused is not None and _is_acl_denial(refused):
+            # Redis names a script by its SHA1 only: say which of ours it was.
+            script = next((f" in the store's {s.name} script" for s in _SCRIPTS if s.sha in str(refused)), "")
             return AccessDeniedError(
-                f"{where} refused the credentials or the command ({what}); check {_env('url')}, "
+                f"{where} refused a command or key to this user{script} ({self._describe(refused)}); the user's "
+                "ACL must allow the commands and keys listed under 'ACL' in the redis backend's documentation, or "
+                f"point {_env('url')} / {_env('username')} at a user that has them"
+            )
+        if refused is not None:
+            what = self._describe(refused)
+            return AccessDeniedError(
+                f"{where} refused the credentials ({what}); check {_env('url')}, "
                 f"{_env('username')} and {_env('password')}"
             )
         if _is_wrong_type(exc):
