@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -431,6 +432,22 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, (AuthenticationError, AuthorizationError)) or _is_acl_denial(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``.
+
+    redis-py reports it as a ConnectionError ("Error 1 connecting to ..."), the same class as a refused
+    connection; retrying cannot help, so the store neither retries it nor calls the server unavailable.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
             return current
         current = current.__cause__ or current.__context__
     return None
@@ -942,7 +959,7 @@ class RedisStore(ArtifactStore):
             raise self._closed_error() from exc
 
     def _retryable(self, exc: BaseException) -> bool:
-        if _pool_exhausted(exc) or _access_failure(exc) is not None:
+        if _pool_exhausted(exc) or _access_failure(exc) is not None or _tls_failure(exc) is not None:
             return False
         if isinstance(exc, RedisTimeoutError):
             return self._settings.retry_on_timeout
@@ -1187,6 +1204,26 @@ class RedisStore(ArtifactStore):
             return CapacityError(
                 f"{where} is out of memory (maxmemory reached and nothing may be evicted); nothing was saved. "
                 f"Free space (clear finished namespaces) or raise the server's maxmemory ({what})"
+            )
+        tls = _tls_failure(exc)
+        if tls is not None:
+            return BackendError(
+                f"the TLS handshake with {where} failed ({self._describe(tls)}); not retried. Check the server's "
+                f"certificate and the ssl_* options in the query of {_env('url')} (ssl_ca_certs=/path/to/ca.pem "
+                "names the CA that signed it), and that the server speaks TLS on that port"
+            )
+        if isinstance(exc, RedisTimeoutError) and str(exc).startswith("Timeout connecting"):
+            # Nothing of this attempt reached the server. A rediss:// URL to a server without TLS looks like
+            # this too: the server waits for a command while the client waits for the handshake.
+            plain = (
+                "; or the server does not speak TLS on that port (the URL is rediss://)"
+                if urlsplit(settings.url.get_secret_value()).scheme == "rediss"
+                else ""
+            )
+            return BackendTimeoutError(
+                f"{where} did not accept a connection within {_env('socket_connect_timeout')}="
+                f"{settings.socket_connect_timeout} s: the host is unreachable or a firewall drops the packets"
+                f"{plain} ({what})"
             )
         if isinstance(exc, RedisTimeoutError):
             return BackendTimeoutError(
