@@ -642,6 +642,7 @@ class RedisStore(ArtifactStore):
             _POLICY_READ.add(self._where)
         client = self._client
         try:
+            self._stop_if_closed()
             if isinstance(client, RedisCluster):
                 # The primary of this namespace's slot: the one that would evict its keys.
                 node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
@@ -651,6 +652,8 @@ class RedisStore(ArtifactStore):
         except (RedisError, RedisClusterException) as exc:
             _log.debug("could not read the maxmemory-policy of %s: %s", self._where, self._describe(exc))
             return
+        finally:
+            self._after_attempt()  # a close() that raced the read leaves no connection open
         policy, limit = info.get("maxmemory_policy"), info.get("maxmemory")
         if isinstance(policy, bytes):
             policy = policy.decode("ascii", "replace")
