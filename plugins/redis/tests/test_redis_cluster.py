@@ -92,3 +92,11 @@ def test_the_eviction_policy_is_read_from_the_namespace_primary(
     ]
     assert len(warnings) == 1
     assert "maxmemory-policy allkeys-lfu" in warnings[0]
+
+
+def test_a_given_cluster_client_is_named_by_its_node(cluster_client: RedisCluster) -> None:
+    with RedisStore(namespace="given cluster", client=cluster_client) as store:
+        node = cluster_client.get_default_node()
+        assert f"url='redis://{node.host}:{node.port}/0'" in repr(store)
+        store.save("a", Message(content=b"x"))
+        assert store.clear() == 1

@@ -35,7 +35,13 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.connection import BlockingConnectionPool, Connection, ConnectionPool, UnixDomainSocketConnection
+from redis.connection import (
+    BlockingConnectionPool,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.connection import parse_url as _redis_parse_url
 from redis.exceptions import (
     AuthenticationError,
@@ -295,6 +301,23 @@ def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
     return redis.Redis(connection_pool=pool)
 
 
+def _client_address(client: RedisClient) -> tuple[str, str | None]:
+    """The server a client given to the store talks to, as a URL without credentials, and its password."""
+    if isinstance(client, RedisCluster):
+        node = cast(Any, client).get_default_node()  # untyped in redis-py
+        kwargs: dict[str, Any] = dict(cast(Any, client).nodes_manager.connection_kwargs)
+        where = f"redis://{node.host}:{node.port}/0" if node is not None else "a redis cluster"
+    else:
+        kwargs = dict(client.connection_pool.connection_kwargs)
+        if kwargs.get("path"):
+            where = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        else:
+            scheme = "rediss" if issubclass(client.connection_pool.connection_class, SSLConnection) else "redis"
+            where = f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    password = kwargs.get("password")
+    return where, password if isinstance(password, str) else None
+
+
 def _pooled_connection(pool: ConnectionPool) -> Any:
     """A connection from ``pool`` (redis-py's Connection is untyped); give it back with ``pool.release``."""
     try:
@@ -522,6 +545,11 @@ class RedisStore(ArtifactStore):
             if getattr(cast(Any, client).get_encoder(), "decode_responses", False):
                 raise ConfigurationError("the redis client given to RedisStore must not use decode_responses=True")
             self._client: RedisClient = client
+            # Errors and logs name the server the client talks to, not the URL setting it ignores, and its
+            # password is scrubbed from error texts like one from the settings.
+            self._where, password = _client_address(client)
+            if password:
+                self._secrets = (*self._secrets, password)
         else:
             options = _connection_options(self._settings)
             try:
