@@ -47,7 +47,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
-    ClusterDownError,
+    ClusterError,
     MaxConnectionsError,
     NoPermissionError,
     NoScriptError,
@@ -994,7 +994,9 @@ class RedisStore(ArtifactStore):
             return False
         if isinstance(exc, RedisTimeoutError):
             return self._settings.retry_on_timeout
-        return isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException))
+        # ClusterError: CLUSTERDOWN, or redis-py's "TTL exhausted" after a run of MOVED, ASK and TRYAGAIN
+        # replies (a slot migrating under a batch), which a later attempt gets past.
+        return isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException))
 
     def _script(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Any], *, cached: bool = True) -> Any:
         """Run one script call (see :meth:`_send`) and return its result; an error reply is raised."""
@@ -1125,11 +1127,20 @@ class RedisStore(ArtifactStore):
         """
         pool = self._pool
         if pool is None:
-            pipe = self._client.pipeline(transaction=False)
+            client = self._client
+            pipe = client.pipeline(transaction=False)
             for command in commands:
                 # Through execute_command: redis-py's cluster pipeline refuses its evalsha() helper (it cannot
                 # recover from NOSCRIPT itself); the NOSCRIPT fallbacks make pipelined EVALSHA safe.
-                pipe.execute_command(*command)
+                if isinstance(client, RedisCluster) and command[0] in ("EVALSHA", "EVAL") and command[2]:
+                    # The primary of the script's slot (all its keys share one). Without a target, redis-py's
+                    # cluster pipeline (8.x) asks the server for a script's keys with a COMMAND GETKEYS round
+                    # trip of its own per call: a save_many of 500 artifacts cost 500 extra round trips. A
+                    # MOVED or ASK reply is still followed (the retry is routed by the keys).
+                    node = cast(Any, client).get_node_from_key(command[3])  # untyped in redis-py
+                    pipe.execute_command(*command, target_nodes=node)
+                else:
+                    pipe.execute_command(*command)
             return list(pipe.execute(raise_on_error=False))
         connection = _pooled_connection(pool)
         try:
@@ -1275,7 +1286,7 @@ class RedisStore(ArtifactStore):
             )
         if isinstance(exc, ReadOnlyError):
             return BackendUnavailableError(f"{where} is a read-only replica; point {_env('url')} at a primary")
-        if isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException)) or (
+        if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)) or (
             isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
         ):
             return BackendUnavailableError(f"{where} is unavailable ({what})")
