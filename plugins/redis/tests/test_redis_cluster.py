@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import logging
+import warnings
+from collections.abc import Callable
+
 import pytest
 from redis.cluster import RedisCluster
 
@@ -62,3 +67,123 @@ def test_payloads_in_their_own_keys_share_the_namespace_slot(
         assert store.delete("piped") is True
         assert store.clear() == 3
         assert cluster_client.exists(*keys) == 0
+
+
+@pytest.mark.timeout(60)
+def test_the_eviction_policy_is_read_from_the_namespace_primary(
+    redis_cluster: RedisClusterNodes,
+    cluster_client: RedisCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(store_module, "_POLICY_READ", set())
+    caplog.set_level(logging.DEBUG)
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)  # type: ignore[arg-type]
+    with RedisStore(settings, namespace="evicting primary") as store:
+        node = cluster_client.get_node_from_key(f"{{artifactstore:{encode_name(store.namespace)}}}:idx")
+        primary = cluster_client.get_redis_connection(node)
+        primary.config_set("maxmemory-policy", "allkeys-lfu")
+        primary.config_set("maxmemory", "1gb")
+        try:
+            store.save("a", Message(content=b"x"))
+        finally:
+            primary.config_set("maxmemory", "0")
+            primary.config_set("maxmemory-policy", "noeviction")
+            store.clear()
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "maxmemory" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert "maxmemory-policy allkeys-lfu" in warnings[0]
+
+
+def test_a_given_cluster_client_is_named_by_its_node(cluster_client: RedisCluster) -> None:
+    with RedisStore(namespace="given cluster", client=cluster_client) as store:
+        node = cluster_client.get_default_node()
+        assert f"url='redis://{node.host}:{node.port}/0'" in repr(store)
+        store.save("a", Message(content=b"x"))
+        assert store.clear() == 1
+
+
+def _getkeys_calls(nodes: RedisClusterNodes) -> int:
+    total = 0
+    for node in nodes.nodes:
+        client = node.client()
+        try:
+            total += int(client.info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0))
+        finally:
+            client.close()
+    return total
+
+
+def test_pipelined_scripts_cost_no_key_lookup_round_trips(redis_cluster: RedisClusterNodes) -> None:
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)  # type: ignore[arg-type]
+    payload = bytes(range(256)) * (store_module._INLINE_MAX // 256 + 1)
+    with RedisStore(settings, namespace="no getkeys") as store:
+        store.save("warm", Message(content=b"w"))
+        before = _getkeys_calls(redis_cluster)
+        store.save_many({f"k{i}": Message(content=payload if i % 5 == 0 else b"s%d" % i) for i in range(50)})
+        store.save("one", Message(content=payload))
+        assert store.delete("k1") is True
+        # redis-py's cluster pipeline asked the server for the keys of each script call (COMMAND GETKEYS), one
+        # round trip per call, unless the call names its node.
+        assert _getkeys_calls(redis_cluster) == before
+        assert store.clear() == 51
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_meeting_a_slot_migration_is_retried_and_lands(redis_cluster: RedisClusterNodes) -> None:
+    settings = RedisSettings(url=redis_cluster.url, cluster=True, retry_backoff=0.01)  # type: ignore[arg-type]
+    admins = [node.client() for node in redis_cluster.nodes]
+    store = RedisStore(settings, namespace="migrating")
+    finished: list[bool] = []
+    finish: Callable[[], None] | None = None
+    try:
+        store.save_many({f"old{i}": Message(content=b"o%d" % i) for i in range(20)})
+        index = f"{{artifactstore:{encode_name(store.namespace)}}}:idx"
+        slot = admins[0].cluster("KEYSLOT", index)
+        ids = [admin.cluster("MYID") for admin in admins]
+        ids = [node_id.decode() if isinstance(node_id, bytes) else node_id for node_id in ids]
+        source = next(i for i, admin in enumerate(admins) if admin.cluster("COUNTKEYSINSLOT", slot))
+        target = (source + 1) % len(admins)
+        admins[target].cluster("SETSLOT", slot, "IMPORTING", ids[source])
+        admins[source].cluster("SETSLOT", slot, "MIGRATING", ids[target])
+        # Only the index moves: every script of the namespace now finds its keys split over two nodes
+        # (TRYAGAIN, ASK), until the migration is finished, which the store's first retry backoff does here.
+        port = redis_cluster.nodes[target].port
+        admins[source].migrate("127.0.0.1", port, index, 0, 5000)
+        real_back_off = store._back_off
+        retries: list[str] = []
+
+        def finish() -> None:
+            while keys := admins[source].cluster("GETKEYSINSLOT", slot, 100):
+                admins[source].migrate("127.0.0.1", port, keys, 0, 5000)
+            for admin in admins:
+                admin.cluster("SETSLOT", slot, "NODE", ids[target])
+            finished.append(True)
+
+        def finish_then_back_off(exc: BaseException, retry: int) -> None:
+            if not finished:
+                finish()
+            retries.append(type(exc).__name__)
+            real_back_off(exc, retry)
+
+        store._back_off = finish_then_back_off  # type: ignore[method-assign]
+        store.save_many({f"new{i}": Message(content=b"n%d" % i) for i in range(20)})
+        assert retries, "the batch never met the migration"
+        found = store.get_many([*(f"old{i}" for i in range(20)), *(f"new{i}" for i in range(20))])
+        assert found["new7"].content == b"n7"
+        assert found["old7"].content == b"o7"
+        assert store.clear() == 40
+    finally:
+        if finish is not None and not finished:
+            finish()  # leave the session's cluster with every slot served
+        store.close()
+        for admin in admins:
+            admin.close()
+        # redis-py's cluster client drops a connection it opened while following the redirections without
+        # closing it (its socket is closed when collected); collect it here, not in whichever test runs next.
+        del store
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()

@@ -204,3 +204,31 @@ def test_docs_list_every_setting() -> None:
     text = docs.read_text()
     for name in RedisSettings.model_fields:
         assert f"`{RedisSettings.env_name(name)}`" in text, name
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_with_every_connection_busy_fails_after_pool_timeout_not_retried(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="artifactstore_redis")
+    settings = RedisSettings(url=redis_server.url, max_connections=1, pool_timeout=0.2, retry_attempts=3)  # type: ignore[arg-type]
+    with RedisStore(settings, namespace="busy pool") as store:
+        store.save("x", Message(content=b"x"))
+        pool = store.client.connection_pool
+        held = pool.get_connection()  # what a thread in the middle of a long call would hold
+        try:
+            for operation in (
+                lambda: store.get("x"),
+                lambda: store.exists("x"),
+                lambda: store.save("y", Message(content=1)),
+            ):
+                with pytest.raises(BackendUnavailableError) as info:
+                    operation()
+                assert "no free connection" in str(info.value)
+                assert "ARTIFACT_STORE_REDIS_MAX_CONNECTIONS" in str(info.value)
+                assert "ARTIFACT_STORE_REDIS_POOL_TIMEOUT" in str(info.value)
+        finally:
+            pool.release(held)
+        assert [record for record in caplog.records if "retry" in record.getMessage()] == []  # waiting is the wait
+        assert store.get("x").content == b"x"
+        store.clear()

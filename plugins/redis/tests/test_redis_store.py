@@ -10,12 +10,16 @@ from typing import IO, Any, cast
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import artifactstore_redis.store as store_module
 from artifactstore_core import (
+    AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactExistsError,
     ArtifactNotFoundError,
+    BackendUnavailableError,
     ConfigurationError,
     Message,
     PayloadTooLargeError,
@@ -27,7 +31,7 @@ from artifactstore_core.testing import ZeroStream
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.scripts import CLEAR, DELETE, SAVE
 from artifactstore_redis.settings import REDIS_MAX_BULK_BYTES
-from artifactstore_redis.testing import RedisServer
+from artifactstore_redis.testing import RedisServer, free_port
 
 MakeStore = Callable[..., RedisStore]
 #: The ``lose`` fixture (conftest.py).
@@ -588,6 +592,35 @@ def test_client_can_be_shared(redis_server: RedisServer) -> None:
     client.close()
     with pytest.raises(ConfigurationError):
         RedisStore(client=redis.Redis(port=redis_server.port, decode_responses=True))
+
+
+@pytest.mark.timeout(60)
+def test_errors_of_a_given_client_name_its_server_never_its_password(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The URL setting (from the environment here) is not what a given client talks to: naming it would send
+    # the user to the wrong server.
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_URL", "redis://elsewhere.invalid:6390/0")
+    port = free_port()
+    no_retries = Retry(NoBackoff(), 0)
+    unreachable = redis.Redis(host="127.0.0.1", port=port, db=3, password="given-canary-6c1e", retry=no_retries)
+    with RedisStore(namespace="given", client=unreachable, settings=None) as store:
+        assert f"redis://127.0.0.1:{port}/3" in repr(store)
+        with pytest.raises(BackendUnavailableError) as info:
+            store.exists("x")
+    assert f"redis at redis://127.0.0.1:{port}/3 " in str(info.value)
+    assert "elsewhere" not in str(info.value)
+    assert "given-canary-6c1e" not in str(info.value)
+    unreachable.close()
+    # A wrong password given in the client: refused, and the password is not quoted.
+    wrong = redis.Redis(
+        host="127.0.0.1", port=redis_server.port, username="nobody", password="given-canary-6c1e", retry=no_retries
+    )
+    with RedisStore(namespace="given", client=wrong) as store, pytest.raises(AccessDeniedError) as denied:
+        store.exists("x")
+    assert f"127.0.0.1:{redis_server.port}" in str(denied.value)
+    assert "given-canary-6c1e" not in str(denied.value)
+    wrong.close()
 
 
 def _use_inherited_store(store: RedisStore) -> None:

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,13 +35,19 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.connection import BlockingConnectionPool, ConnectionPool, UnixDomainSocketConnection
+from redis.connection import (
+    BlockingConnectionPool,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.connection import parse_url as _redis_parse_url
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
-    ClusterDownError,
+    ClusterError,
     MaxConnectionsError,
     NoPermissionError,
     NoScriptError,
@@ -142,6 +149,10 @@ _UPLOAD_TTL_MS = 60_000
 # this long, and longer when the retry policy allows more time (see _result_ttl_ms).
 _RESULT_TTL_MS = 60_000
 _ENV = "ARTIFACT_STORE_REDIS_"
+# The servers (by their display URL) whose eviction policy this process has read: it is read once per
+# process and server, at the first write, so a store per pipeline run costs no extra round trip each.
+_POLICY_READ: set[str] = set()
+_POLICY_LOCK = threading.Lock()
 # redis-py ships these two untyped.
 _parse_url = cast(Callable[[str], dict[str, Any]], _redis_parse_url)
 _BlockingPool = cast(Callable[..., BlockingConnectionPool], BlockingConnectionPool)
@@ -212,6 +223,41 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
     return options
 
 
+# A large argument is sent in pieces of this size, each with its own SOCKET_TIMEOUT (see _PacedSend).
+_SEND_PIECE = 1024 * 1024
+
+
+def _in_pieces(command: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+    pieces: list[bytes | memoryview] = []
+    for item in command:
+        if len(item) <= _SEND_PIECE:
+            pieces.append(item)
+            continue
+        view = memoryview(item)  # slices of it are not copies
+        pieces += [view[start : start + _SEND_PIECE] for start in range(0, len(view), _SEND_PIECE)]
+    return pieces
+
+
+class _PacedSend:
+    """Sends a large argument in pieces of _SEND_PIECE bytes, so SOCKET_TIMEOUT bounds a stall, not a send.
+
+    Python's ``sendall`` applies the socket timeout to the whole buffer, and redis-py sends each large
+    argument with one ``sendall``: a 48 MB save over a link that moves 6 MB/s without ever pausing failed
+    with "Timeout writing to socket" after SOCKET_TIMEOUT, every time (a read of the same artifact, which
+    redis-py receives in pieces, succeeded). Mixed into the store's own connection classes.
+    """
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not isinstance(command, str | bytes) and any(len(item) > _SEND_PIECE for item in command):
+            command = _in_pieces(command)
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+@functools.cache
+def _paced(connection_class: type[Connection]) -> type[Connection]:
+    return type(f"Paced{connection_class.__name__}", (_PacedSend, connection_class), {})
+
+
 def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
     # redis-py's own retries are switched off (their defaults differ between versions and between the
     # standalone and cluster clients); RedisStore retries every operation under one explicit policy.
@@ -223,17 +269,24 @@ def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
     # RESP2 unless the URL asks for another: every server speaks it, it needs no HELLO round trip on connect,
     # and its reply shapes do not depend on the redis-py version (whose default moved to RESP3).
     options.setdefault("protocol", 2)
+    options["connection_class"] = _paced(options.get("connection_class", Connection))
     if settings.cluster:
         # The URL path is the one on which RedisCluster gives every node a blocking pool; the URL was
-        # checked above, and a password or user name from the settings is passed beside it.
+        # checked above, and a password or user name from the settings is passed beside it. RedisCluster lets
+        # the URL's scheme choose the connection class (rediss: SSLConnection) over the one passed to it, so
+        # it is given the URL as redis:// and the store's class, which is the TLS one for a rediss:// URL.
+        url = settings.url.get_secret_value()
+        if urlsplit(url).scheme == "rediss":
+            url = "redis" + url[len("rediss") :]
         credentials = {name: options[name] for name in ("username", "password") if name in options}
         return RedisCluster(
-            url=settings.url.get_secret_value(),
+            url=url,
             retry=no_retry,
             connection_pool_class=BlockingConnectionPool,
             max_connections=settings.max_connections,
             timeout=settings.pool_timeout,
             protocol=options["protocol"],
+            connection_class=options["connection_class"],
             **timeouts,
             **credentials,
         )
@@ -246,6 +299,23 @@ def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
         **options,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _client_address(client: RedisClient) -> tuple[str, str | None]:
+    """The server a client given to the store talks to, as a URL without credentials, and its password."""
+    if isinstance(client, RedisCluster):
+        node = cast(Any, client).get_default_node()  # untyped in redis-py
+        kwargs: dict[str, Any] = dict(cast(Any, client).nodes_manager.connection_kwargs)
+        where = f"redis://{node.host}:{node.port}/0" if node is not None else "a redis cluster"
+    else:
+        kwargs = dict(client.connection_pool.connection_kwargs)
+        if kwargs.get("path"):
+            where = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        else:
+            scheme = "rediss" if issubclass(client.connection_pool.connection_class, SSLConnection) else "redis"
+            where = f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    password = kwargs.get("password")
+    return where, password if isinstance(password, str) else None
 
 
 def _pooled_connection(pool: ConnectionPool) -> Any:
@@ -356,6 +426,56 @@ def _is_wrong_type(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
 
 
+# How Redis words an ACL denial of a command (or key) that a script calls: 7.0 and 7.2+ (after redis-py took
+# off the "ERR " prefix). A denial of the script call itself, or of a plain command, is a NOPERM reply.
+_SCRIPT_ACL_DENIALS = (
+    "ACL failure in script",
+    "The user executing the script can't",
+)
+
+
+_SCRIPTS = (SAVE, COMMIT, READ, DELETE, CLEAR, REGISTER_NAMESPACE, FORGET_NAMESPACE)
+
+
+def _is_acl_denial(exc: BaseException) -> bool:
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(_SCRIPT_ACL_DENIALS)
+    )
+
+
+def _access_failure(exc: BaseException) -> BaseException | None:
+    """The refused login or ACL denial behind ``exc``, or ``None``.
+
+    redis-py's cluster client reports a node that refused it while it discovers the cluster (a wrong
+    password, a user without ``CLUSTER SLOTS``) as "Redis Cluster cannot be connected ... Cluster mode is not
+    enabled on this node", a RedisClusterException whose chain holds the real reply; so the chain is read.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (AuthenticationError, AuthorizationError)) or _is_acl_denial(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``.
+
+    redis-py reports it as a ConnectionError ("Error 1 connecting to ..."), the same class as a refused
+    connection; retrying cannot help, so the store neither retries it nor calls the server unavailable.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _is_oom(exc: BaseException) -> bool:
     # Inside a script the server reports OOM as a script error whose text names it.
     return isinstance(exc, OutOfMemoryError) or (
@@ -425,6 +545,11 @@ class RedisStore(ArtifactStore):
             if getattr(cast(Any, client).get_encoder(), "decode_responses", False):
                 raise ConfigurationError("the redis client given to RedisStore must not use decode_responses=True")
             self._client: RedisClient = client
+            # Errors and logs name the server the client talks to, not the URL setting it ignores, and its
+            # password is scrubbed from error texts like one from the settings.
+            self._where, password = _client_address(client)
+            if password:
+                self._secrets = (*self._secrets, password)
         else:
             options = _connection_options(self._settings)
             try:
@@ -510,8 +635,8 @@ class RedisStore(ArtifactStore):
 
     def _decode_error_missing(self, step_id: str, part: str) -> ArtifactCorruptedError:
         return ArtifactCorruptedError(
-            f"artifact {step_id!r} in namespace {self.namespace!r} is missing its {part} (written by something "
-            "other than this backend?)",
+            f"artifact {step_id!r} in namespace {self.namespace!r} is missing its {part} (evicted by a server "
+            "whose maxmemory-policy is not noeviction, or written by something other than this backend?)",
             step_id=step_id,
         )
 
@@ -526,6 +651,51 @@ class RedisStore(ArtifactStore):
         # Two threads announcing at once only write the same entry twice.
         self._script(REGISTER_NAMESPACE, [self._registry], [encode_name(self.namespace)], cached=cached)
         self._registered_at = now
+        # After a write that reached the server, so that an unreachable server fails the save as fast as before.
+        self._check_eviction_policy()
+
+    def _check_eviction_policy(self) -> None:
+        """Warn (once per process and server) when the server may evict keys of this store.
+
+        With a ``maxmemory-policy`` other than ``noeviction`` (and a ``maxmemory``), Redis drops keys when it
+        is full: an artifact's hash, its payload key or a whole namespace index, each on its own. Nothing in
+        a reply says so: ``get`` then finds half an artifact, ``list`` and ``clear`` miss artifacts whose
+        index went. Managed Redis services often default to an evicting policy, so the store says so in the
+        log before its first artifact is written rather than leaving the user to find out from a damaged
+        artifact. A server that does not let us read ``INFO`` (an ACL without it) is not checked.
+        """
+        with _POLICY_LOCK:
+            if self._where in _POLICY_READ:
+                return
+            _POLICY_READ.add(self._where)
+        client = self._client
+        try:
+            self._stop_if_closed()
+            if isinstance(client, RedisCluster):
+                # The primary of this namespace's slot: the one that would evict its keys.
+                node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+                info = client.info("memory", target_nodes=node)
+            else:
+                info = client.info("memory")
+        except (RedisError, RedisClusterException) as exc:
+            _log.debug("could not read the maxmemory-policy of %s: %s", self._where, self._describe(exc))
+            return
+        finally:
+            self._after_attempt()  # a close() that raced the read leaves no connection open
+        policy, limit = info.get("maxmemory_policy"), info.get("maxmemory")
+        if isinstance(policy, bytes):
+            policy = policy.decode("ascii", "replace")
+        if policy in (None, "noeviction") or limit in (None, 0, "0"):
+            return
+        _log.warning(
+            "redis at %s has maxmemory-policy %s: when it is full it evicts keys%s, and artifacts stored there "
+            "can be lost in part (get() raises ArtifactCorruptedError or ArtifactNotFoundError; list() and "
+            "clear() miss artifacts whose index entry was evicted). Set maxmemory-policy noeviction on a "
+            "server that keeps artifacts (a full server then raises CapacityError on save).",
+            self._where,
+            policy,
+            " that have an expiry (artifacts saved with a TTL)" if str(policy).startswith("volatile") else "",
+        )
 
     def _announce_again(self) -> None:
         """Announce once more after a write during which the server may have restarted (see _server_lost)."""
@@ -854,11 +1024,13 @@ class RedisStore(ArtifactStore):
             raise self._closed_error() from exc
 
     def _retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, (AuthenticationError, AuthorizationError)) or _pool_exhausted(exc):
+        if _pool_exhausted(exc) or _access_failure(exc) is not None or _tls_failure(exc) is not None:
             return False
         if isinstance(exc, RedisTimeoutError):
             return self._settings.retry_on_timeout
-        return isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException))
+        # ClusterError: CLUSTERDOWN, or redis-py's "TTL exhausted" after a run of MOVED, ASK and TRYAGAIN
+        # replies (a slot migrating under a batch), which a later attempt gets past.
+        return isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException))
 
     def _script(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Any], *, cached: bool = True) -> Any:
         """Run one script call (see :meth:`_send`) and return its result; an error reply is raised."""
@@ -989,11 +1161,20 @@ class RedisStore(ArtifactStore):
         """
         pool = self._pool
         if pool is None:
-            pipe = self._client.pipeline(transaction=False)
+            client = self._client
+            pipe = client.pipeline(transaction=False)
             for command in commands:
                 # Through execute_command: redis-py's cluster pipeline refuses its evalsha() helper (it cannot
                 # recover from NOSCRIPT itself); the NOSCRIPT fallbacks make pipelined EVALSHA safe.
-                pipe.execute_command(*command)
+                if isinstance(client, RedisCluster) and command[0] in ("EVALSHA", "EVAL") and command[2]:
+                    # The primary of the script's slot (all its keys share one). Without a target, redis-py's
+                    # cluster pipeline (8.x) asks the server for a script's keys with a COMMAND GETKEYS round
+                    # trip of its own per call: a save_many of 500 artifacts cost 500 extra round trips. A
+                    # MOVED or ASK reply is still followed (the retry is routed by the keys).
+                    node = cast(Any, client).get_node_from_key(command[3])  # untyped in redis-py
+                    pipe.execute_command(*command, target_nodes=node)
+                else:
+                    pipe.execute_command(*command)
             return list(pipe.execute(raise_on_error=False))
         connection = _pooled_connection(pool)
         try:
@@ -1075,9 +1256,19 @@ class RedisStore(ArtifactStore):
         where = f"redis at {self._where}"
         what = self._describe(exc)
         settings = self._settings
-        if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
+        refused = _access_failure(exc)
+        if refused is not None and _is_acl_denial(refused):
+            # Redis names a script by its SHA1 only: say which of ours it was.
+            script = next((f" in the store's {s.name} script" for s in _SCRIPTS if s.sha in str(refused)), "")
             return AccessDeniedError(
-                f"{where} refused the credentials or the command ({what}); check {_env('url')}, "
+                f"{where} refused a command or key to this user{script} ({self._describe(refused)}); the user's "
+                "ACL must allow the commands and keys listed under 'ACL' in the redis backend's documentation, or "
+                f"point {_env('url')} / {_env('username')} at a user that has them"
+            )
+        if refused is not None:
+            what = self._describe(refused)
+            return AccessDeniedError(
+                f"{where} refused the credentials ({what}); check {_env('url')}, "
                 f"{_env('username')} and {_env('password')}"
             )
         if _is_wrong_type(exc):
@@ -1089,6 +1280,26 @@ class RedisStore(ArtifactStore):
             return CapacityError(
                 f"{where} is out of memory (maxmemory reached and nothing may be evicted); nothing was saved. "
                 f"Free space (clear finished namespaces) or raise the server's maxmemory ({what})"
+            )
+        tls = _tls_failure(exc)
+        if tls is not None:
+            return BackendError(
+                f"the TLS handshake with {where} failed ({self._describe(tls)}); not retried. Check the server's "
+                f"certificate and the ssl_* options in the query of {_env('url')} (ssl_ca_certs=/path/to/ca.pem "
+                "names the CA that signed it), and that the server speaks TLS on that port"
+            )
+        if isinstance(exc, RedisTimeoutError) and str(exc).startswith("Timeout connecting"):
+            # Nothing of this attempt reached the server. A rediss:// URL to a server without TLS looks like
+            # this too: the server waits for a command while the client waits for the handshake.
+            plain = (
+                "; or the server does not speak TLS on that port (the URL is rediss://)"
+                if urlsplit(settings.url.get_secret_value()).scheme == "rediss"
+                else ""
+            )
+            return BackendTimeoutError(
+                f"{where} did not accept a connection within {_env('socket_connect_timeout')}="
+                f"{settings.socket_connect_timeout} s: the host is unreachable or a firewall drops the packets"
+                f"{plain} ({what})"
             )
         if isinstance(exc, RedisTimeoutError):
             return BackendTimeoutError(
@@ -1109,7 +1320,7 @@ class RedisStore(ArtifactStore):
             )
         if isinstance(exc, ReadOnlyError):
             return BackendUnavailableError(f"{where} is a read-only replica; point {_env('url')} at a primary")
-        if isinstance(exc, (RedisConnectionError, ClusterDownError, TryAgainError, RedisClusterException)) or (
+        if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)) or (
             isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
         ):
             return BackendUnavailableError(f"{where} is unavailable ({what})")

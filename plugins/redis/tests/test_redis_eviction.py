@@ -1,0 +1,135 @@
+"""A server whose maxmemory-policy evicts keys: the store says so before its first write, and reads of
+artifacts that lost a part to eviction name the cause. Each test runs its own server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from redis_helpers import payload_of
+
+import artifactstore_redis.store as store_module
+from artifactstore_core import ArtifactCorruptedError, ArtifactNotFoundError, Message
+from artifactstore_redis import RedisSettings, RedisStore
+from artifactstore_redis.testing import RedisServer, running
+
+#: A payload size stored in its own key (uploaded, then committed), not inline in the artifact's hash.
+LARGE = store_module._INLINE_MAX + 1000
+
+
+@pytest.fixture(autouse=True)
+def _policies_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no server's policy read (a port may be reused by a later test's server)."""
+    monkeypatch.setattr(store_module, "_POLICY_READ", set())
+
+
+def make_store(server: RedisServer, namespace: str) -> RedisStore:
+    return RedisStore(RedisSettings(url=server.url), namespace=namespace)  # type: ignore[arg-type]
+
+
+def _policy_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "artifactstore_redis" and record.levelno == logging.WARNING
+    ]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_an_evicting_server_is_named_in_a_warning_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with running(tmp_path / "evicting", maxmemory="64mb", **{"maxmemory-policy": policy}) as server:
+        first, second = make_store(server, "one"), make_store(server, "two")
+        try:
+            assert _policy_warnings(caplog) == []  # nothing is read before a store writes
+            first.save("a", Message(content=b"x"))
+            (warning,) = _policy_warnings(caplog)
+            assert f"maxmemory-policy {policy}" in warning
+            assert server.url.removesuffix("/0") in warning
+            assert "noeviction" in warning
+            assert ("artifacts saved with a TTL" in warning) == policy.startswith("volatile")
+            # Once per process and server: another store, and more writes, add nothing.
+            second.save("b", Message(content=b"y"))
+            first.save_many({"c": Message(content=b"z"), "d": Message(content=b"w")})
+            assert len(_policy_warnings(caplog)) == 1
+        finally:
+            for store in (first, second):
+                store.clear()
+                store.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "options",
+    [{"maxmemory": "64mb", "maxmemory-policy": "noeviction"}, {"maxmemory-policy": "allkeys-lru"}],
+    ids=["noeviction", "no-maxmemory"],
+)
+def test_a_server_that_never_evicts_gives_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, options: dict[str, str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with running(tmp_path / "keeping", **options) as server:
+        store = make_store(server, "kept")
+        try:
+            store.save("a", Message(content=b"x"))
+            assert _policy_warnings(caplog) == []
+        finally:
+            store.clear()
+            store.close()
+
+
+@pytest.mark.timeout(120)
+def test_artifacts_that_lost_a_part_to_eviction_read_as_damaged_naming_the_cause(tmp_path: Path) -> None:
+    # allkeys-lru evicts hashes, payload keys and the namespace index independently of each other.
+    options = {"maxmemory": "8mb", "maxmemory-policy": "allkeys-lru", "maxmemory-samples": "10"}
+    with running(tmp_path / "lru", **options) as server:
+        store = make_store(server, "lru")
+        admin = server.client()
+        try:
+            saved = [f"a{i}" for i in range(1200)]
+            for i, step_id in enumerate(saved):
+                store.save(step_id, Message(content=payload_of(step_id, LARGE if i % 2 else 2000)))
+            assert admin.info("stats")["evicted_keys"] > 0
+            outcomes = {"read": 0, "not found": 0, "damaged": 0}
+            damaged: list[str] = []
+            for i, step_id in enumerate(saved):
+                try:
+                    content = store.get(step_id).content
+                except ArtifactNotFoundError:
+                    outcomes["not found"] += 1
+                    assert not store.exists(step_id)
+                except ArtifactCorruptedError as exc:
+                    outcomes["damaged"] += 1
+                    damaged.append(str(exc))
+                    assert store.exists(step_id)  # its hash is there, its payload key was evicted
+                else:
+                    outcomes["read"] += 1
+                    assert content == payload_of(step_id, LARGE if i % 2 else 2000)
+            assert outcomes["damaged"] > 0, outcomes
+            assert [text for text in damaged if "evicted" not in text or "maxmemory-policy" not in text] == []
+        finally:
+            admin.close()
+            store.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_user_not_allowed_info_saves_without_the_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with running(tmp_path / "acl", maxmemory="64mb", **{"maxmemory-policy": "allkeys-lru"}) as server:
+        admin = server.client()
+        admin.acl_setuser("noinfo", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"])
+        url = server.url.replace("redis://", "redis://noinfo:pw@")
+        store = RedisStore(RedisSettings(url=url), namespace="acl")  # type: ignore[arg-type]
+        try:
+            store.save("a", Message(content=b"x"))
+            assert store.get("a").content == b"x"
+            assert _policy_warnings(caplog) == []
+            assert any("could not read the maxmemory-policy" in record.getMessage() for record in caplog.records)
+        finally:
+            store.clear()
+            store.close()
+            admin.close()
