@@ -35,7 +35,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from pydantic import BaseModel, ValidationError
 
-from .envelope import Encoded, limiting_json_content
+from . import envelope as envelope_module
+from .envelope import Codec, Encoded, limiting_json_content, reusing_verified_digests
 from .errors import (
     ArtifactCorruptedError,
     ArtifactExistsError,
@@ -750,6 +751,34 @@ class StoreConformance:
                 assert "CONFORMANCE_JSON_LIMIT" in str(refused), str(refused)
                 with pytest.raises(PayloadTooLargeError, match="CONFORMANCE_JSON_LIMIT"):
                     store.get_many(list(items))
+
+    def test_save_many_encodes_within_the_callers_context(
+        self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # What the caller set for its codec holds in save_many as in save, also where the backend encodes in
+        # worker threads of its own (see test_get_many_decodes_within_the_callers_context). Here it is
+        # reusing_verified_digests, which the artifact server sets around a save: payloads the caller has just
+        # verified are not hashed again. A backend that encodes nothing (memory) hashes nothing either.
+        codec = Codec()
+        encoded = {f"ctx-{index}": codec.encode(Message(content=bytes([index]) * (4096 + index))) for index in range(4)}
+        hashed: list[int] = []
+        verified: set[int] = set()
+        real = envelope_module._digest
+
+        def counting(data: bytes | memoryview) -> str:
+            # Only the caller's own payloads count: a server behind the store (http) verifies what it
+            # receives, in bytes of its own.
+            if id(data.obj if isinstance(data, memoryview) else data) in verified:
+                hashed.append(len(data))
+            return real(data)
+
+        monkeypatch.setattr(envelope_module, "_digest", counting)
+        with reusing_verified_digests():
+            messages = {step_id: codec.decode(blob.head, blob.payload) for step_id, blob in encoded.items()}
+            verified = {id(message.content) for message in messages.values()}
+            store.save_many(messages)
+            assert hashed == [], "save_many hashed payloads the caller had verified: it encoded outside its context"
+        assert store.get_many(list(messages)) == messages
 
     def test_save_many_rejects_duplicates_and_conflicts(self, store: ArtifactStore) -> None:
         with pytest.raises(InvalidStepIdError):

@@ -39,8 +39,7 @@ from artifactstore_core import (
     UnsupportedFormatError,
     create_store,
 )
-from artifactstore_core import envelope as envelope_module
-from artifactstore_core.envelope import FORMAT_VERSION, MAGIC, PREFIX_SIZE, TAG_SIZE, reusing_verified_digests
+from artifactstore_core.envelope import FORMAT_VERSION, MAGIC, PREFIX_SIZE, TAG_SIZE
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore, default_root, durable
 from artifactstore_filesystem import store as store_module
 from artifactstore_filesystem.layout import TEMP_PREFIX
@@ -1275,31 +1274,3 @@ def test_a_file_in_place_of_a_namespace_directory_is_named(tmp_path: Path) -> No
         assert "'@ns' under the root is a file, not a directory" in str(error), (name, str(error))
         assert "'@ns/@x'" not in str(error), (name, str(error))
         assert (error.namespace, error.backend) == ("ns", "filesystem")
-
-
-# -- the caller's context in batch workers -----------------------------------------------------------------
-
-
-def test_save_many_workers_run_in_the_callers_context(
-    make_fs_store: MakeFsStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # save_many encodes on worker threads; a pool's threads run in a context of their own, so what the caller
-    # set for its codec (here reusing_verified_digests, as the artifact server sets it) did not hold there:
-    # each payload the caller had just verified was hashed again.
-    codec = Codec()
-    encoded = {f"b{index}": codec.encode(Message(content=_pattern(4096 + index))) for index in range(4)}
-    hashed: list[int] = []
-    real = envelope_module._digest
-
-    def counting(data: bytes | memoryview) -> str:
-        hashed.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(envelope_module, "_digest", counting)
-    store = make_fs_store()
-    with reusing_verified_digests():
-        messages = {step_id: codec.decode(blob.head, blob.payload) for step_id, blob in encoded.items()}
-        hashed.clear()  # the decodes' own verification
-        store.save_many(messages)
-        assert hashed == []
-    assert store.get_many(list(messages)) == messages

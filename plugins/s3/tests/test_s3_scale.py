@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 from s3_fixtures import all_keys, make_settings, raw_client
 
-from artifactstore_core import Codec, Message
-from artifactstore_core import envelope as envelope_module
-from artifactstore_core.envelope import reusing_verified_digests
+from artifactstore_core import Message
 from artifactstore_s3 import S3Store
 
 NewStore = Callable[..., S3Store]
@@ -87,26 +85,3 @@ def test_list_pages_past_1000(remote_store: NewStore) -> None:
     assert len(lists) == 2
     assert sorted(info.step_id for info in infos) == sorted(items)
     assert all(info.size == len(str(int(info.step_id[1:]))) for info in infos)
-
-
-def test_save_many_workers_run_in_the_callers_context(new_s3_store: NewStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    # save_many encodes on the batch pool, whose threads run in a context of their own: what the caller set
-    # for its codec (here reusing_verified_digests, as the artifact server sets it) did not hold there, and
-    # each payload the caller had just verified was hashed again.
-    codec = Codec()
-    encoded = {f"b{index}": codec.encode(Message(content=bytes([index]) * (4096 + index))) for index in range(4)}
-    hashed: list[int] = []
-    real = envelope_module._digest
-
-    def counting(data: bytes | memoryview) -> str:
-        hashed.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(envelope_module, "_digest", counting)
-    store = new_s3_store()
-    with reusing_verified_digests():
-        messages = {step_id: codec.decode(blob.head, blob.payload) for step_id, blob in encoded.items()}
-        hashed.clear()  # the decodes' own verification
-        store.save_many(messages)
-        assert hashed == []
-    assert store.get_many(list(messages)) == messages
