@@ -79,3 +79,19 @@ def test_type_checkers_do_not_see_the_module_getattr() -> None:
         and any(isinstance(inner, ast.FunctionDef) and inner.name == "__getattr__" for inner in node.body)
     ]
     assert len(guarded) == 1
+
+
+def test_the_three_lists_of_public_names_agree() -> None:
+    # Each public name is written three times: imported under TYPE_CHECKING (what type checkers and IDEs
+    # see), mapped to its module in _MODULE_OF (what runs) and listed in __all__. A name added to one only
+    # type-checks but fails when run, or runs but is Any to type checkers and missing from `import *`.
+    tree = ast.parse(Path(artifactstore_core.__file__).read_text(encoding="utf-8"))
+    typed: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for inner in node.body:
+                if isinstance(inner, ast.ImportFrom) and inner.level == 1 and inner.module is not None:
+                    typed.update((alias.name, inner.module) for alias in inner.names)
+    mapped = artifactstore_core._MODULE_OF
+    assert typed == mapped
+    assert sorted(mapped) == sorted(artifactstore_core.__all__)
