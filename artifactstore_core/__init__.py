@@ -85,13 +85,32 @@ _MODULE_OF = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
+# Defined for the interpreter only: a module-level __getattr__ that type checkers see makes every name
+# resolve (mypy types ``from artifactstore_core import Typo`` as Any instead of reporting it); the
+# TYPE_CHECKING imports above give them the real names.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """A public name's value, imported on first use; a submodule (``artifactstore_core.errors``), imported.
+
+        Submodules too because importing the package used to import them, so code that reads
+        ``artifactstore_core.errors.X`` after a bare ``import artifactstore_core`` kept working.
+
+        Raises:
+            AttributeError: no such name or submodule.
+        """
+        module = _MODULE_OF.get(name)
+        if module is not None:
+            value = getattr(importlib.import_module(f".{module}", __name__), name)
+            globals()[name] = value  # later uses are plain attribute reads
+            return value
+        if not name.startswith("_"):  # dunders that inspect/copy/pickle probe for are no submodules
+            try:
+                return importlib.import_module(f".{name}", __name__)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":  # the submodule exists; something it imports does not
+                    raise
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later uses are plain attribute reads
-    return value
 
 
 def __dir__() -> list[str]:

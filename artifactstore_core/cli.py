@@ -962,7 +962,12 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
 
     try:
         previous = signal.signal(signal.SIGINT, on_sigint)
+        main_thread = True
     except ValueError:  # not the main thread
+        main_thread = False
+    if not main_thread:
+        # Yielded outside the except clause: an error of the block would otherwise carry this ValueError as
+        # its context ("During handling of the above exception, another exception occurred").
         yield lambda: False
         return
     try:

@@ -73,7 +73,12 @@ def smallest_after(pairs: Iterable[tuple[str, _H]], after: str | None, count: in
     it came with first. For backends' ``_list_page`` (see
     :meth:`~artifactstore_core.ArtifactStore.list_page`): pick the ids of a page from a cheap listing of
     names, then read the infos of those ids only.
+
+    A ``count`` of 0 or less chooses nothing (``pairs`` is not read). Raises nothing of its own: what
+    iterating ``pairs`` raises propagates.
     """
+    if count < 1:
+        return []  # an empty heap has no top to compare with
     heap: builtins.list[_Largest[_H]] = []
     held: set[str] = set()  # the ids in the heap, so that a repeated id is not chosen twice
     for step_id, handle in pairs:
@@ -678,6 +683,10 @@ class ArtifactStore(ABC):
         Picks the page's ids with :func:`smallest_after` and reads only their infos. If some were gone by
         then, the page is filled up from another pass over ``names`` after the last id read, so that a
         short page still means the listing's end.
+
+        Raises:
+            Whatever ``names`` and ``infos`` raise, unchanged (:meth:`list_page` maps it to the store's
+            errors, as for every hook).
         """
         page: builtins.list[ArtifactInfo] = []
         while True:

@@ -837,6 +837,32 @@ def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_gc_deletes_off_the_main_thread_raise_their_own_error_unchained() -> None:
+    # Where no SIGINT handler can be set (not the main thread), the block ran inside the except clause that
+    # caught signal.signal's ValueError: a delete's error then carried that ValueError as its context, and a
+    # --debug traceback showed it under "During handling of the above exception, another exception occurred".
+    from artifactstore_core.cli import _delete_listed
+
+    class FailingStore:
+        def delete(self, step_id: str) -> bool:
+            raise errors.BackendUnavailableError(f"cannot delete {step_id!r}")
+
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _delete_listed(FailingStore(), ["a"])  # type: ignore[arg-type]
+        except errors.BackendUnavailableError as exc:
+            caught.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert len(caught) == 1
+    assert caught[0].__context__ is None, repr(caught[0].__context__)
+
+
 def test_rm_says_where_it_looked_and_put_refuses_a_repeated_meta_key(tmp_path: Path) -> None:
     source = tmp_path / "a.txt"
     source.write_bytes(b"a")

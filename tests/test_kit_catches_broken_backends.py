@@ -24,6 +24,7 @@ from artifactstore_core import (
     Message,
     UnsupportedOperationError,
 )
+from artifactstore_core.ids import encode_name
 from artifactstore_core.testing import StoreConformance
 from artifactstore_example import _LOCK, _SHELF, ExampleStore
 
@@ -136,6 +137,17 @@ class PooledGetManyStore(ExampleStore):
             return dict(zip(step_ids, pool.map(self._get, step_ids), strict=True))
 
 
+class StorageOrderPageStore(ExampleStore):
+    """Pages in the order of its storage names (``encode_name``), as a backend that pages with a sorted
+    key range (S3's ``StartAfter``) would: "%41" (for "A") sorts before "-", unlike the ids."""
+
+    def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
+        infos = sorted(self._list(), key=lambda info: encode_name(info.step_id))
+        if after is not None:
+            infos = [info for info in infos if encode_name(info.step_id) > encode_name(after)]
+        return infos[:limit]
+
+
 @contextmanager
 def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
     """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
@@ -197,6 +209,11 @@ def test_kit_catches_batch_workers_outside_the_callers_context() -> None:
         StoreConformance().test_get_many_decodes_within_the_callers_context(new_store())
 
 
+def test_kit_catches_pages_in_storage_name_order() -> None:
+    with stores(StorageOrderPageStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_list_page_is_in_step_id_order_after_any_id(new_store())
+
+
 def test_kit_catches_a_failure_reported_as_absent() -> None:
     with pytest.raises(KIT_FAILURES, match="exists on an unreachable backend gave False"):
         StoreConformance().test_failures_are_raised_never_reported_as_absent(
@@ -219,8 +236,9 @@ def test_kit_catches_a_failure_reported_as_absent() -> None:
         lambda kit, new_store, monkeypatch: kit.test_reads_verify_the_stored_digest(new_store(), monkeypatch),
         lambda kit, new_store, monkeypatch: kit.test_registered_as_it_names_itself(new_store()),
         lambda kit, new_store, monkeypatch: kit.test_get_many_decodes_within_the_callers_context(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_list_page_is_in_step_id_order_after_any_id(new_store()),
     ],
-    ids=["stale", "clear", "page", "verify", "registration", "context"],
+    ids=["stale", "clear", "page", "verify", "registration", "context", "list_page"],
 )
 def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
     # The control: each check above fails because of the bug, not because it fails everything.

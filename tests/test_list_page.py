@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,6 +27,13 @@ def test_smallest_after_is_a_slice_of_the_sorted_distinct_ids(
     expected = [step_id for step_id in sorted(set(ids)) if after is None or step_id > after][:count]
     assert [step_id for step_id, _ in chosen] == expected
     assert all(handle == ids.index(step_id) for step_id, handle in chosen)
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_smallest_after_of_no_count_chooses_nothing(count: int) -> None:
+    # The first pair filled the heap (len 0 < 0 is false) and the next compared with the top of an empty heap:
+    # IndexError from a public helper a backend's _list_page may call with whatever room its page has left.
+    assert smallest_after([("b", 1), ("a", 2)], None, count) == []
 
 
 def test_smallest_after_keeps_the_smallest_when_ids_come_in_descending_order() -> None:

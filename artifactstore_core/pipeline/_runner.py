@@ -108,6 +108,7 @@ def replacement_id(step_id: str, generation: int) -> str:
 
     Under ``RESERVED_PREFIX`` (``.artifactstore/``), which no step id has; the step id
     goes in as a digest, so the record id stays within the id length limit however long the step id is.
+    Raises nothing.
     """
     digest = hashlib.sha256(step_id.encode("utf-8")).hexdigest()
     return f"{RESERVED_PREFIX}replacement/{generation}/{digest}"

@@ -107,6 +107,34 @@ def damage_case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     return Case(StoreConfig("redis", url=request.getfixturevalue("redis_url")), mode)
 
 
+def two_resumes_at_once(
+    config: StoreConfig, execution_id: str, workdir: Path, *, upstream: bool = False
+) -> dict[str, Any]:
+    """Run :func:`resume_in_process` as "one" and "two" in two spawned processes at once; return how each
+    ended (its ``.result`` file). A process still running after the timeout is terminated, not left behind."""
+    context = multiprocessing.get_context("spawn")
+    resumes = [
+        context.Process(
+            target=resume_in_process,
+            args=(config, execution_id, str(workdir), by, "one", "two"),
+            kwargs={"upstream": upstream},
+        )
+        for by in ("one", "two")
+    ]
+    for process in resumes:
+        process.start()
+    try:
+        for process in resumes:
+            process.join(timeout=90)
+            assert process.exitcode == 0, f"a resume ended with {process.exitcode} (None: still running)"
+    finally:
+        for process in resumes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+    return {by: json.loads(Path(workdir, f"{by}.result").read_text()) for by in ("one", "two")}
+
+
 def failed_once(executor: Executor, pipeline: Pipeline) -> str:
     with pytest.raises(StepFailedError) as caught:
         executor.run(pipeline)
@@ -473,18 +501,7 @@ def test_two_resumes_at_once_replace_a_damaged_artifact_once(
     execution_id = failed_once(Executor(config), first_run)
     damage(config, execution_id, "a", PAYLOAD)
 
-    context = multiprocessing.get_context("spawn")
-    resumes = [
-        context.Process(target=resume_in_process, args=(config, execution_id, where, by, "one", "two"))
-        for by in ("one", "two")
-    ]
-    for process in resumes:
-        process.start()
-    for process in resumes:
-        process.join(timeout=90)
-        assert process.exitcode == 0
-
-    outcomes = {by: json.loads(Path(workdir, f"{by}.result").read_text()) for by in ("one", "two")}
+    outcomes = two_resumes_at_once(config, execution_id, workdir)
     assert outcomes["one"] == {"output": "one", "steps": {"a": "succeeded", "b": "succeeded"}}
     assert outcomes["two"] == {"output": "one", "steps": {"a": "succeeded", "b": "succeeded"}}
     assert calls(workdir) == {"a": 1, "b": 1, "a-one": 1, "a-two": 1, "b-one": 1, "b-two": 1}
@@ -510,22 +527,7 @@ def test_two_resumes_at_once_running_a_missing_step_both_use_the_first_output_sa
     )
     execution_id = failed_once(Executor(config), first_run)
 
-    context = multiprocessing.get_context("spawn")
-    resumes = [
-        context.Process(
-            target=resume_in_process,
-            args=(config, execution_id, where, by, "one", "two"),
-            kwargs={"upstream": True},
-        )
-        for by in ("one", "two")
-    ]
-    for process in resumes:
-        process.start()
-    for process in resumes:
-        process.join(timeout=90)
-        assert process.exitcode == 0
-
-    outcomes = {by: json.loads(Path(workdir, f"{by}.result").read_text()) for by in ("one", "two")}
+    outcomes = two_resumes_at_once(config, execution_id, workdir, upstream=True)
     both = {"x": "reused", "a": "succeeded", "b": "succeeded"}
     assert outcomes == {"one": {"output": "one", "steps": both}, "two": {"output": "one", "steps": both}}
     with config.create(execution_id) as store:

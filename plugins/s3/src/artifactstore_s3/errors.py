@@ -61,7 +61,7 @@ _CREDENTIAL_HINT = (
 
 
 def busy_code(code: str) -> bool:
-    """Whether an S3 error code says the service is busy or failed for the moment (repeat later)."""
+    """Whether an S3 error code says the service is busy or failed for the moment (repeat later). Raises nothing."""
     return code in _BUSY_CODES
 
 
