@@ -592,11 +592,12 @@ def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> N
             while store.delete(replacement_id(step_id, generation)):
                 generation += 1
         return
-    if not foreign:
-        store.clear()
-        return
+    # One by one even when nothing else was listed: a clear() here would also remove what another program
+    # saved into the namespace after the listing.
     for step_id in own:
         store.delete(step_id)
+    if not foreign:
+        return
     logger.warning(
         "execution %r on backend %r: kept %d artifacts of its namespace that are not steps of the pipeline (%s)",
         store.namespace,

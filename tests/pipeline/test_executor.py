@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from pipeline_steps import (
 )
 
 from artifactstore_core import (
+    ArtifactInfo,
     ArtifactStore,
     ConfigurationError,
     InvalidStepIdError,
@@ -225,6 +226,30 @@ def test_clearing_a_given_execution_id_removes_its_replacement_records(tmp_path:
     Executor(config).run(diamond(workdir), execution_id="work")
 
     assert Case(config, "threads").left("work") == ["report"]
+
+
+def test_clearing_a_given_execution_id_keeps_what_is_saved_after_its_listing(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end of the run lists the namespace, then removes the execution's artifacts. When the listing held
+    # nothing else it cleared the namespace, which also removed what another program saved in between.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    with config.create("work") as probe:
+        store_class = type(probe)
+    listing = store_class.list
+
+    def list_then_another_program_saves(self: ArtifactStore) -> Iterator[ArtifactInfo]:
+        listed = list(listing(self))
+        yield from listed
+        if listed:  # the listing at the end of the run (the one at its start finds the namespace empty)
+            with config.create("work") as other:
+                other.save("late", Message(content="saved by another program after the listing"))
+
+    monkeypatch.setattr(store_class, "list", list_then_another_program_saves)
+    Executor(config).run(diamond(workdir), execution_id="work")
+
+    monkeypatch.undo()
+    assert Case(config, "threads").left("work") == ["late"]
 
 
 def test_resume_of_a_finished_execution_runs_nothing(workdir: Path) -> None:
