@@ -324,7 +324,14 @@ class Executor:
                                 failure = (step_id, error)
                                 if isinstance(error, cfp.BrokenProcessPool):
                                     # Kept to read their exit codes once the pool has joined them.
-                                    workers = dict(getattr(pool, "_processes", None) or {})
+                                    found = _worker_processes(pool)
+                                    if found is None:
+                                        logger.warning(
+                                            "a worker process died, and this Python's ProcessPoolExecutor does "
+                                            "not expose its processes (no _processes mapping): the error cannot "
+                                            "name the step whose worker died"
+                                        )
+                                    workers = found or {}
                                 # Fail fast: steps not started yet never start; running ones finish.
                                 for other in running:
                                     other.cancel()
@@ -569,9 +576,37 @@ def _stop_workers(pool: cf.Executor) -> None:
     ``shutdown(cancel_futures=True)`` cancels only the steps the pool has not yet handed to a worker's
     queue; a worker takes the next queued one as soon as its step ends, interrupted or not.
     """
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    processes = _worker_processes(pool)
+    if processes is None:
+        # Said, not skipped in silence: the user pressed Ctrl-C and would otherwise wait for steps that
+        # seem stopped, or see queued steps start, with no clue why.
+        logger.warning(
+            "cannot terminate the worker processes: this Python's ProcessPoolExecutor does not expose them "
+            "(no _processes mapping); the steps running in them finish first, and a worker may start the step "
+            "queued for it"
+        )
+        return
+    for process in processes.values():
         with contextlib.suppress(Exception):
             process.terminate()
+
+
+_MISSING = object()
+
+
+def _worker_processes(pool: cf.Executor) -> dict[int, multiprocessing.process.BaseProcess] | None:
+    """The worker processes of ``pool`` by process id, or ``None`` when the pool does not expose them.
+
+    ``concurrent.futures`` has no public way to reach a pool's processes: this reads CPython's private
+    ``ProcessPoolExecutor._processes`` (a dict by pid, ``None`` once the pool is shut down, when there
+    are no workers left). Anything else means another implementation, and the caller says so.
+    """
+    processes = getattr(pool, "_processes", _MISSING)
+    if processes is None:
+        return {}
+    if not isinstance(processes, dict):
+        return None
+    return dict(processes)
 
 
 def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> None:
