@@ -162,8 +162,9 @@ class Executor:
                 others run. Write-once saving makes this safe: a step never replaces an artifact, except
                 one found damaged (``ArtifactCorruptedError``) or gone (``ArtifactNotFoundError``) when it
                 is read: reused inputs are read before the step that needs them starts, final outputs at
-                the end, and the step that produced such an artifact runs again with ``overwrite=True``
-                (see ``StepResult.replaced``).
+                the end, and the step that produced such an artifact runs again (saving with
+                ``overwrite=True`` over a damaged one; see ``StepResult.replaced``). A step that saves a
+                fresh output deletes the step's replacement records first, so none outlives it.
 
         Returns:
             A :class:`RunResult`: the execution id, each step's status, duration and artifact size, and
@@ -222,8 +223,9 @@ class Executor:
         backend = store.backend_name
         results: dict[str, StepResult] = {}
         # Steps whose artifact from an earlier run is used without running them (a resume). A step leaves
-        # this set when a read finds its artifact damaged or gone, and joins ``replaced``: it runs again and
-        # saves with overwrite (write-once would keep a damaged artifact whose header still matches).
+        # this set when a read finds its artifact damaged or gone, and joins ``replaced``: it runs again, and
+        # a damaged one saves with overwrite (write-once would keep a damaged artifact whose header still
+        # matches).
         reused: set[str] = set()
         replaced: dict[str, str] = {}
         # The steps of ``replaced`` whose artifact was damaged (not gone): they save with overwrite, through a
