@@ -32,6 +32,7 @@ __all__ = [
     "StepOutcome",
     "WorkerTask",
     "execute_step",
+    "forget_replacements",
     "init_worker",
     "replacement_id",
     "run_in_worker",
@@ -62,8 +63,10 @@ class WorkerTask:
     index: int = -1
     #: Inputs reused from an earlier run of this execution, read (and so verified) before the step runs.
     verify: tuple[str, ...] = ()
-    #: Save with ``overwrite=True``: the step replaces its own artifact, found damaged or gone.
+    #: Save with ``overwrite=True``: the step replaces its own artifact, found damaged.
     overwrite: bool = False
+    #: Remove the step's replacement records before saving a fresh output (a run given an execution id).
+    forget: bool = False
 
 
 class ReusedInputsUnusable(Exception):  # noqa: N818 - a signal to the executor, never raised to users
@@ -71,10 +74,11 @@ class ReusedInputsUnusable(Exception):  # noqa: N818 - a signal to the executor,
 
     Raised by :func:`execute_step` before the step's function is called, so the executor can run the steps
     that produce those inputs again and then this step. Plain ``args`` (the step id, then ``(input id,
-    reason)`` pairs) so that it travels from a worker process intact.
+    reason, gone)`` triples, ``gone`` true for an ``ArtifactNotFoundError``) so that it travels from a worker
+    process intact.
     """
 
-    def __init__(self, step_id: str, unusable: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, step_id: str, unusable: tuple[tuple[str, str, bool], ...]) -> None:
         super().__init__(step_id, unusable)
         self.step_id = step_id
         self.unusable = unusable
@@ -114,16 +118,30 @@ def replacement_id(step_id: str, generation: int) -> str:
     return f"{RESERVED_PREFIX}replacement/{generation}/{digest}"
 
 
+def forget_replacements(store: ArtifactStore, step_id: str) -> None:
+    """Delete the replacement records of ``step_id`` (generations 1, 2, ... up to the first missing one).
+
+    Raises:
+        BackendError and the other errors of :meth:`ArtifactStore.delete`.
+    """
+    generation = 1
+    while store.delete(replacement_id(step_id, generation)):
+        generation += 1
+
+
 def execute_step(
-    store: ArtifactStore, step: Step, verify: tuple[str, ...] = (), overwrite: bool = False
+    store: ArtifactStore, step: Step, verify: tuple[str, ...] = (), overwrite: bool = False, forget: bool = False
 ) -> StepOutcome:
     """Run ``step`` with connectors on ``store`` and save its output under its id.
 
     Args:
         verify: inputs reused from an earlier run: read through their connectors before the step runs,
             which verifies them (size and digest) and keeps the message for the step, so it is read once.
-        overwrite: the step replaces its damaged or vanished artifact: the replacement is written once
-            (see :func:`_replace`), then over the artifact with ``overwrite=True``.
+        overwrite: the step replaces its damaged artifact: the replacement is written once (see
+            :func:`_replace`), then over the artifact with ``overwrite=True``. A vanished artifact is not
+            replaced this way: its step runs with ``overwrite=False`` (a plain write-once save).
+        forget: the step's replacement records may exist (a run given an execution id): they are deleted
+            before its fresh output is saved (see below).
 
     Raises:
         ReusedInputsUnusable: an input in ``verify`` is damaged (``ArtifactCorruptedError``) or gone
@@ -140,13 +158,22 @@ def execute_step(
         try:
             inputs[name].get()
         except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
-            unusable.append((name, f"{type(exc).__name__}: {exc}"))
+            unusable.append((name, f"{type(exc).__name__}: {exc}", isinstance(exc, ArtifactNotFoundError)))
     if unusable:
         raise ReusedInputsUnusable(step.id, tuple(unusable))
     if overwrite:
         message, ran = _replace(store, step, inputs)
     else:
         message, ran = to_message(step.id, step.fn(inputs)), True
+        if forget:
+            # A record stands for the artifact it replaced and its copies: once the step's artifact is saved
+            # afresh (it was deleted by hand to be computed again, or it vanished), an old record would
+            # restore an output older than this one when the new artifact is found damaged. So a fresh save
+            # ends the step's records. Deleted before the save: a stop between the two leaves neither an
+            # artifact nor records, which the next resume handles; the other order could leave both. This is
+            # chosen over tying each record to the damaged artifact's identity (its digest and created time
+            # from info()), which an artifact with a damaged header does not have.
+            forget_replacements(store, step.id)
         try:
             store.save(step.id, message)
         except ArtifactExistsError:
@@ -159,7 +186,7 @@ def execute_step(
 
 
 def _replace(store: ArtifactStore, step: Step, inputs: Any) -> tuple[Message, bool]:
-    """Replace ``step``'s damaged or vanished artifact; return the replacement and whether the step ran.
+    """Replace ``step``'s damaged artifact; return the replacement and whether the step ran.
 
     Two resumes of one execution (two processes) can find the same artifact damaged and replace it at
     once. Were each to overwrite it with its own run's output, the second would replace the artifact
@@ -169,6 +196,11 @@ def _replace(store: ArtifactStore, step: Step, inputs: Any) -> tuple[Message, bo
     record's message, and every resume writes that same message over the artifact. A sound last record
     found before running means another resume has replaced the artifact already (or an earlier resume
     did, and the artifact was damaged again): it is restored from the record, and the step does not run.
+    It cannot be older than the artifact: a fresh save of the step deletes its records first
+    (:func:`execute_step` with ``forget``).
+
+    A vanished artifact never comes here: no record is needed to agree on its replacement, since a
+    write-once save of the output run again already lets the first resume win and the other read it.
     """
     generation = 1
     last: Message | None = None
@@ -269,7 +301,8 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
     if _worker_slot is not None:
         _worker_slot[0][_worker_slot[1] + 1] = task.index + 1
     try:
-        return execute_step(_store_for(task.config, task.execution_id), task.step, task.verify, task.overwrite)
+        store = _store_for(task.config, task.execution_id)
+        return execute_step(store, task.step, task.verify, task.overwrite, task.forget)
     except Exception as exc:
         problem = _unrebuildable(exc)
         if problem is None:

@@ -33,8 +33,8 @@ from ._runner import (
     StepOutcome,
     WorkerTask,
     execute_step,
+    forget_replacements,
     init_worker,
-    replacement_id,
     run_in_worker,
     running_step,
 )
@@ -162,8 +162,9 @@ class Executor:
                 others run. Write-once saving makes this safe: a step never replaces an artifact, except
                 one found damaged (``ArtifactCorruptedError``) or gone (``ArtifactNotFoundError``) when it
                 is read: reused inputs are read before the step that needs them starts, final outputs at
-                the end, and the step that produced such an artifact runs again with ``overwrite=True``
-                (see ``StepResult.replaced``).
+                the end, and the step that produced such an artifact runs again (saving with
+                ``overwrite=True`` over a damaged one; see ``StepResult.replaced``). A step that saves a
+                fresh output deletes the step's replacement records first, so none outlives it.
 
         Returns:
             A :class:`RunResult`: the execution id, each step's status, duration and artifact size, and
@@ -222,10 +223,14 @@ class Executor:
         backend = store.backend_name
         results: dict[str, StepResult] = {}
         # Steps whose artifact from an earlier run is used without running them (a resume). A step leaves
-        # this set when a read finds its artifact damaged or gone, and joins ``replaced``: it runs again and
-        # saves with overwrite (write-once would keep a damaged artifact whose header still matches).
+        # this set when a read finds its artifact damaged or gone, and joins ``replaced``: it runs again, and
+        # a damaged one saves with overwrite (write-once would keep a damaged artifact whose header still
+        # matches).
         reused: set[str] = set()
         replaced: dict[str, str] = {}
+        # The steps of ``replaced`` whose artifact was damaged (not gone): they save with overwrite, through a
+        # replacement record. A gone one saves write-once, like any step that runs.
+        damaged_ids: set[str] = set()
         if not fresh:
             sizes, damaged = self._existing(store, pipeline)
             for step_id, size in sizes.items():
@@ -233,6 +238,7 @@ class Executor:
                 reused.add(step_id)
             for step_id, reason in damaged.items():
                 replaced[step_id] = reason
+                damaged_ids.add(step_id)
                 _warn_replaced(store, step_id, reason)
         waiting = {
             step.id: {name for name in step.inputs if name not in results}
@@ -254,11 +260,13 @@ class Executor:
             done = results.get(step_id)
             return done is not None and done.status in (StepStatus.REUSED, StepStatus.SUCCEEDED)
 
-        def replace(step_id: str, reason: str) -> None:
-            """Run ``step_id`` again: its reused artifact turned out damaged or gone."""
+        def replace(step_id: str, reason: str, gone: bool) -> None:
+            """Run ``step_id`` again: its reused artifact turned out damaged or (``gone``) gone."""
             reused.discard(step_id)
             del results[step_id]
             replaced[step_id] = reason
+            if not gone:
+                damaged_ids.add(step_id)
             _warn_replaced(store, step_id, reason)
             waiting[step_id] = {name for name in pipeline[step_id].inputs if not available(name)}
             if not waiting[step_id] and failure is None:
@@ -281,8 +289,9 @@ class Executor:
                     for step_id in ready:
                         step = pipeline[step_id]
                         verify = tuple(name for name in step.inputs if name in reused)
+                        overwrite = step_id in damaged_ids
                         future = self._submit(
-                            pool, store, step, execution_id, positions[step_id], verify, step_id in replaced
+                            pool, store, step, execution_id, positions[step_id], verify, overwrite, fresh
                         )
                         running[future] = step_id
                     ready = []
@@ -296,9 +305,9 @@ class Executor:
                             # The step did not run: inputs it was to reuse are damaged or gone. Their steps
                             # run again, then this one (or, after a failure, neither: it is "not run").
                             waiting[step_id] = set()
-                            for name, reason in error.unusable:
+                            for name, reason, vanished in error.unusable:
                                 if name in reused:
-                                    replace(name, reason)
+                                    replace(name, reason, vanished)
                             # All its inputs, not only those it found unusable: another may have been sent to
                             # run again (found damaged by another reader) since this step was submitted.
                             inputs = waiting[step_id] = {
@@ -317,7 +326,14 @@ class Executor:
                                 failure = (step_id, error)
                                 if isinstance(error, cfp.BrokenProcessPool):
                                     # Kept to read their exit codes once the pool has joined them.
-                                    workers = dict(getattr(pool, "_processes", None) or {})
+                                    found = _worker_processes(pool)
+                                    if found is None:
+                                        logger.warning(
+                                            "a worker process died, and this Python's ProcessPoolExecutor does "
+                                            "not expose its processes (no _processes mapping): the error cannot "
+                                            "name the step whose worker died"
+                                        )
+                                    workers = found or {}
                                 # Fail fast: steps not started yet never start; running ones finish.
                                 for other in running:
                                     other.cancel()
@@ -340,8 +356,8 @@ class Executor:
                 gone = _read_outputs(store, pipeline, reused, outputs)
                 if not gone:
                     break
-                for step_id, reason in gone:
-                    replace(step_id, reason)
+                for step_id, reason, vanished in gone:
+                    replace(step_id, reason, vanished)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 # Ctrl-C (in this process, or in a step), SystemExit: no step starts any more. Worker processes
@@ -513,10 +529,14 @@ class Executor:
         index: int,
         verify: tuple[str, ...],
         overwrite: bool,
+        fresh: bool,
     ) -> cf.Future[StepOutcome]:
+        # A fresh execution's namespace (a new uuid) holds no replacement records to forget.
+        forget = not fresh
         if self._config is not None:
-            return pool.submit(run_in_worker, WorkerTask(step, self._config, execution_id, index, verify, overwrite))
-        return pool.submit(execute_step, store, step, verify, overwrite)
+            task = WorkerTask(step, self._config, execution_id, index, verify, overwrite, forget)
+            return pool.submit(run_in_worker, task)
+        return pool.submit(execute_step, store, step, verify, overwrite, forget)
 
     def __repr__(self) -> str:
         return (
@@ -558,9 +578,37 @@ def _stop_workers(pool: cf.Executor) -> None:
     ``shutdown(cancel_futures=True)`` cancels only the steps the pool has not yet handed to a worker's
     queue; a worker takes the next queued one as soon as its step ends, interrupted or not.
     """
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    processes = _worker_processes(pool)
+    if processes is None:
+        # Said, not skipped in silence: the user pressed Ctrl-C and would otherwise wait for steps that
+        # seem stopped, or see queued steps start, with no clue why.
+        logger.warning(
+            "cannot terminate the worker processes: this Python's ProcessPoolExecutor does not expose them "
+            "(no _processes mapping); the steps running in them finish first, and a worker may start the step "
+            "queued for it"
+        )
+        return
+    for process in processes.values():
         with contextlib.suppress(Exception):
             process.terminate()
+
+
+_MISSING = object()
+
+
+def _worker_processes(pool: cf.Executor) -> dict[int, multiprocessing.process.BaseProcess] | None:
+    """The worker processes of ``pool`` by process id, or ``None`` when the pool does not expose them.
+
+    ``concurrent.futures`` has no public way to reach a pool's processes: this reads CPython's private
+    ``ProcessPoolExecutor._processes`` (a dict by pid, ``None`` once the pool is shut down, when there
+    are no workers left). Anything else means another implementation, and the caller says so.
+    """
+    processes = getattr(pool, "_processes", _MISSING)
+    if processes is None:
+        return {}
+    if not isinstance(processes, dict):
+        return None
+    return dict(processes)
 
 
 def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> None:
@@ -588,9 +636,7 @@ def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> N
         # listing: delete the steps' artifacts and their records by name, and keep whatever else is there.
         for step_id in pipeline.order:
             store.delete(step_id)
-            generation = 1
-            while store.delete(replacement_id(step_id, generation)):
-                generation += 1
+            forget_replacements(store, step_id)
         return
     # One by one even when nothing else was listed: a clear() here would also remove what another program
     # saved into the namespace after the listing.
@@ -609,9 +655,9 @@ def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> N
 
 def _read_outputs(
     store: ArtifactStore, pipeline: Pipeline, reused: set[str], outputs: dict[str, Message]
-) -> list[tuple[str, str]]:
+) -> list[tuple[str, str, bool]]:
     """Read the sinks' messages not in ``outputs`` yet into it; return the reused sinks that turned out
-    damaged or gone, with the reason, for the executor to run again.
+    damaged or gone, with the reason and whether it was gone, for the executor to run again.
 
     One ``get_many`` as before; only when it fails on a damaged or missing artifact and some sink was
     reused are the sinks read one by one, to tell which.
@@ -634,7 +680,7 @@ def _read_outputs(
         except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
             if step_id not in reused:
                 raise
-            gone.append((step_id, _reason(exc)))
+            gone.append((step_id, _reason(exc), isinstance(exc, ArtifactNotFoundError)))
     return gone
 
 

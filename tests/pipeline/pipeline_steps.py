@@ -355,3 +355,19 @@ def run_until_interrupted(root: str, workdir: str) -> None:
     except KeyboardInterrupt as interrupt:
         Path(workdir, "interrupted").write_text("\n".join(getattr(interrupt, "__notes__", [])))
         sys.exit(130)
+
+
+# A step whose output changes with every call, so a stale replacement is told from a fresh output (test_resume.py).
+
+
+def step_a_counted(inputs: Inputs, *, workdir: str) -> dict[str, int]:
+    """a, returning how many times it has been called (this call included)."""
+    record(workdir, "a")
+    return {"call": calls(workdir)["a"]}
+
+
+def step_b_copies_a(inputs: Inputs, *, workdir: str, fail: bool = False) -> int:
+    """b, returning the call of a that it read (or failing, when told to)."""
+    record(workdir, "b")
+    _fail_if(fail, "b")
+    return int(inputs["a"].content["call"])

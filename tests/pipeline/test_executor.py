@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import itertools
+import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -59,6 +62,7 @@ from artifactstore_core.pipeline import (
     register_artifact_store,
 )
 from artifactstore_core.pipeline._runner import replacement_id
+from artifactstore_core.pipeline.executor import _stop_workers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -630,3 +634,37 @@ def test_table_lists_every_step() -> None:
     assert "2 of 2 ran" in table
     with pytest.raises(LookupError, match="0 outputs"):
         _ = RunResult(execution_id="x", backend="memory", steps={}).output
+
+
+# -- worker processes reached through CPython's private ProcessPoolExecutor._processes ----------------------
+
+
+def test_stopping_workers_of_a_pool_that_does_not_expose_them_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    # Another Python's pool without _processes: nothing can be terminated, and that used to pass in silence.
+    class OpaquePool(cf.Executor):
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="artifactstore_core.pipeline.executor"):
+        _stop_workers(OpaquePool())
+
+    assert any("cannot terminate the worker processes" in r.getMessage() for r in caplog.records)
+
+
+def test_stopping_workers_terminates_them_and_is_quiet_once_the_pool_is_shut_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        assert pool.submit(os.getpid).result(timeout=60) > 0
+        processes = list(pool._processes.values())
+        assert processes
+        with caplog.at_level(logging.WARNING, logger="artifactstore_core.pipeline.executor"):
+            _stop_workers(pool)
+        for process in processes:
+            process.join(timeout=30)
+            assert process.exitcode == -signal.SIGTERM
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    with caplog.at_level(logging.WARNING, logger="artifactstore_core.pipeline.executor"):
+        _stop_workers(pool)  # shut down: no workers, nothing to say
+    assert caplog.records == []

@@ -26,8 +26,10 @@ from pipeline_steps import (
     record,
     resume_in_process,
     step_a,
+    step_a_counted,
     step_a_replaced,
     step_b,
+    step_b_copies_a,
     step_b_reads_a,
     step_d_reads_a,
     step_e_gated,
@@ -584,3 +586,97 @@ def test_a_damaged_replacement_record_is_replaced_by_the_next_generation(tmp_pat
 def test_step_ids_under_the_reserved_prefix_are_refused() -> None:
     with pytest.raises(InvalidPipelineError, match="reserved"):
         Step(".artifactstore/replacement/1/x", _a)
+
+
+# -- replacement records never outlive the artifact they replaced --------------------------------------------
+
+
+def _counted(workdir: Path, *, fail: bool) -> Pipeline:
+    where = str(workdir)
+    return Pipeline(
+        [
+            Step("a", functools.partial(step_a_counted, workdir=where)),
+            Step("b", functools.partial(step_b_copies_a, workdir=where, fail=fail), ("a",)),
+        ]
+    )
+
+
+def _replaced_then_recomputed(config: StoreConfig, workdir: Path, mode: Mode = "threads") -> tuple[Executor, str]:
+    """An execution whose a was replaced once (its record holds call 2), then deleted by hand and computed
+    afresh (call 3) by a resume in which b failed again: a holds call 3, b has no artifact."""
+    executor = Executor(config, mode=mode, max_workers=1, on_success="keep")
+    execution_id = failed_once(executor, _counted(workdir, fail=True))
+    damage(config, execution_id, "a", PAYLOAD)
+    with pytest.raises(StepFailedError):  # b finds a damaged: a is replaced by call 2, then b fails again
+        executor.run(_counted(workdir, fail=True), execution_id=execution_id)
+    with config.create(execution_id) as store:
+        assert store.get(replacement_id("a", 1)).content == {"call": 2}
+        assert store.delete("a")  # by hand, to have a computed again
+    with pytest.raises(StepFailedError):  # a runs again (call 3), b fails again
+        executor.run(_counted(workdir, fail=True), execution_id=execution_id)
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"call": 3}
+    return executor, execution_id
+
+
+def test_a_step_computed_afresh_after_a_replacement_is_never_restored_from_the_old_record(
+    damage_case: Case, workdir: Path
+) -> None:
+    # The record of a's replacement (call 2) outlived it: once a was computed afresh (call 3) and then found
+    # damaged, a resume restored call 2 from the record without running a, though a had since held call 3
+    # (that the record never replaced), and b read a stale output.
+    config = damage_case.config
+    executor, execution_id = _replaced_then_recomputed(config, workdir, damage_case.mode)
+    damage(config, execution_id, "a", PAYLOAD)
+
+    result = executor.run(_counted(workdir, fail=False), execution_id=execution_id)
+
+    assert result.steps["a"].status == StepStatus.SUCCEEDED
+    assert result.steps["a"].replaced is not None
+    assert result.output.content == 4
+    assert calls(workdir)["a"] == 4
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"call": 4}
+        # The old record was deleted when a was saved afresh (call 3): this replacement's record is the first.
+        assert store.get(replacement_id("a", 1)).content == {"call": 4}
+        assert not store.exists(replacement_id("a", 2))
+
+
+def _deletes_a(inputs: Inputs, *, workdir: str, config: StoreConfig, execution_id: str) -> str:
+    """x: deletes a after the resume listed it and before b, which reads a, starts."""
+    record(workdir, "x")
+    with config.create(execution_id) as store:
+        assert store.delete("a")
+    return "x"
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "redis"])
+def test_a_step_computed_afresh_after_a_replacement_and_then_gone_is_run_again(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, workdir: Path
+) -> None:
+    # As above, but a is gone (deleted after the listing, as an expiry would) when b reads it: the resume
+    # restored call 2 from the old record instead of running a.
+    if backend == "filesystem":
+        config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    else:
+        config = StoreConfig("redis", url=request.getfixturevalue("redis_url"))
+    executor, execution_id = _replaced_then_recomputed(config, workdir)
+    where = str(workdir)
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a_counted, workdir=where)),
+            Step("x", functools.partial(_deletes_a, workdir=where, config=config, execution_id=execution_id)),
+            Step("b", functools.partial(step_b_copies_a, workdir=where), ("a", "x")),
+        ]
+    )
+
+    result = executor.run(pipeline, execution_id=execution_id)
+
+    assert statuses(result) == dict.fromkeys("axb", StepStatus.SUCCEEDED)
+    replaced = result.steps["a"].replaced
+    assert replaced is not None
+    assert "ArtifactNotFoundError" in replaced
+    assert result.outputs["b"].content == 4
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"call": 4}
+        assert not store.exists(replacement_id("a", 1))  # deleted when a was saved afresh (call 3)
