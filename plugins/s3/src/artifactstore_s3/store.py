@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from artifactstore_core import (
     AccessDeniedError,
+    ArtifactExistsError,
     ArtifactInfo,
     ArtifactNotFoundError,
     ArtifactStore,
@@ -779,7 +780,7 @@ class S3Store(ArtifactStore):
             try:
                 write(False)
             except _CompletionUncertainError as uncertain:
-                self._settle_uncertain(step_id, key, header, uncertain)
+                self._settle_uncertain(step_id, key, header, uncertain, overwrite=True)
             return
         atomic = self._ensure_conditional(multipart=multipart)
         look = multipart or not atomic
@@ -799,7 +800,7 @@ class S3Store(ArtifactStore):
                 write(atomic)
                 return
             except _CompletionUncertainError as uncertain:
-                self._settle_uncertain(step_id, key, header, uncertain)
+                self._settle_uncertain(step_id, key, header, uncertain, overwrite=False)
                 return
             except ClientError as exc:
                 if not atomic:
@@ -820,19 +821,39 @@ class S3Store(ArtifactStore):
             step_id=step_id,
         )
 
-    def _settle_uncertain(self, step_id: str, key: str, header: Header, uncertain: _CompletionUncertainError) -> None:
+    def _settle_uncertain(
+        self, step_id: str, key: str, header: Header, uncertain: _CompletionUncertainError, *, overwrite: bool
+    ) -> None:
         """Return if the artifact stored under ``key`` is the one just written (its completion went in), else
-        raise the retryable error the completion's ``NoSuchUpload`` stands for.
+        raise what the completion's ``NoSuchUpload`` and the stored object say together.
 
         An identical artifact stored is the state the save asked for, whichever upload stored it.
 
         Raises:
-            BackendUnavailableError: no artifact, or a different one, is stored (``uncertain.error``).
+            ArtifactExistsError: a write-once save (not ``overwrite``) finds a different artifact stored.
+            BackendUnavailableError: no artifact is stored, or an overwriting save finds a different one
+                (``uncertain.error``: nothing of ours is stored, retry the save).
         """
         existing = self._existing_header(key, step_id, bucket_known=True)
         if existing is not None and existing.identity() == header.identity():
             logger.debug("the completion of %r answered NoSuchUpload, and the artifact is stored: a success", key)
             return
+        if existing is not None and not overwrite:
+            # The id holds a different message. Either another writer stored it (our upload was aborted, or
+            # our conditional completion would have been refused with a 412 anyway), or our completion went
+            # in, lost its answer, and an overwriting save replaced it before this HEAD. One HEAD cannot tell
+            # the two apart, and both leave the id taken by a different message: that is what a write-once
+            # save reports, and what repeating it would report. A retryable error would only send the caller
+            # round again to the same answer. (In the second case our artifact was stored for a moment and
+            # replaced, the same end state as an overwrite that came just after a successful save.)
+            error = self._exists_error(step_id)
+            raise ArtifactExistsError(
+                f"{error} (the completion of its upload answered NoSuchUpload: another writer stored it, or "
+                "replaced ours with overwrite=True)",
+                step_id=error.step_id,
+                namespace=error.namespace,
+                backend=error.backend,
+            ) from uncertain.error.__cause__
         raise uncertain.error from uncertain.error.__cause__
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
