@@ -1137,25 +1137,69 @@ class S3Store(ArtifactStore):
         )
 
     def _exists(self, step_id: str) -> bool:
-        # A GET of the first byte, not a HEAD: as many requests, but its 404 says NoSuchKey or NoSuchBucket,
-        # so a deleted bucket raises instead of reading as "no artifact", with no second request.
+        return self._look(self._keys.key(step_id)) is not False
+
+    def _look(self, key: str) -> str | bool:
+        """The ETag of the object at ``key`` (``True``: there, ETag not told; ``False``: not there).
+
+        A GET of the first byte, not a HEAD: as many requests, but its 404 says NoSuchKey or NoSuchBucket,
+        so a deleted bucket raises instead of reading as "no artifact", with no second request.
+
+        Raises:
+            ConfigurationError: the bucket does not exist.
+            ClientError: any other failure (translated by the caller).
+        """
         try:
-            response = self._live_client.get_object(Bucket=self._bucket, Key=self._keys.key(step_id), Range="bytes=0-0")
+            response = self._live_client.get_object(Bucket=self._bucket, Key=key, Range="bytes=0-0")
         except ClientError as exc:
             code, status = client_error_code(exc)
             if code in _EXISTING_CODES or status == 416:
-                return True  # an empty object has no first byte; an archived one cannot be read but is there
+                # An empty object has no first byte; an archived one cannot be read but is there.
+                etag = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("etag")
+                return etag if isinstance(etag, str) and etag else True
             if self._absent(exc):
                 return False
             raise
         response["Body"].close()
-        return True
+        etag = response.get("ETag")
+        return etag if etag else True
 
     def _delete(self, step_id: str) -> bool:
-        if not self._exists(step_id):
-            return False
-        self._live_client.delete_object(Bucket=self._bucket, Key=self._keys.key(step_id))
-        return True
+        """Delete the object the look found, on its ETag (``If-Match``), so that of two concurrent deleters
+        only the one whose ``DeleteObject`` removed it reports ``True``.
+
+        Without the condition both would look, both find the object, both delete (S3's delete does not say
+        whether the key existed) and both report it deleted. With it, the later delete is answered 404
+        ``NoSuchKey``: the object is gone, not by us. A 412 (replaced since the look: an overwrite, or a
+        delete and a save) or a 409 ``ConditionalRequestConflict`` (a write or delete of the key in flight)
+        means looking again and deleting what is there then, ``max_attempts`` times in all. An endpoint that
+        ignores ``If-Match`` on ``DeleteObject`` deletes unconditionally: the behaviour without it.
+
+        Raises:
+            BackendUnavailableError: the object was replaced between the look and the delete every time.
+        """
+        key = self._keys.key(step_id)
+        for _ in range(self._settings.max_attempts):
+            found = self._look(key)
+            if found is False:
+                return False
+            extra: dict[str, Any] = {"IfMatch": found} if isinstance(found, str) else {}
+            try:
+                self._live_client.delete_object(Bucket=self._bucket, Key=key, **extra)
+            except ClientError as exc:
+                if _precondition_failed(exc) or _conflict(exc):
+                    continue
+                if client_error_code(exc)[0] != "NoSuchKey":
+                    raise
+                # Gone before our delete reached it. Unless botocore sent the delete again after an attempt
+                # whose answer was lost: that attempt may be the one that removed it, and the artifact
+                # was there when we looked, so it counts as ours (the unconditional delete's answer).
+                retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                return bool(retried)
+            return True
+        raise BackendUnavailableError(
+            f"deleting {step_id!r}: the object was replaced between each look and delete; retry", step_id=step_id
+        )
 
     # -- listing and clearing -------------------------------------------------------------------------
 
