@@ -7,6 +7,7 @@ one that removed the object reports ``True``. The other requests go to moto over
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -122,4 +123,24 @@ def test_an_endpoint_that_ignores_if_match_deletes_as_before(new_s3_store: NewSt
     before_delete(store, drop_the_condition)
     assert store.delete("a") is True
     assert store.delete("a") is False
+    assert all_keys(raw, bucket) == []
+
+
+def test_an_endpoint_that_refuses_if_match_gets_unconditional_deletes(
+    new_s3_store: NewStore, raw: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = new_s3_store()
+    store.save_many({"a": Message(content="x"), "b": Message(content="y")})
+
+    def refuse_the_condition(request: Any, n: int) -> Any:
+        if request.headers.get("If-Match") is None:
+            return None
+        return error_response(request.url, 501, "NotImplemented", "A header you provided implies functionality...")
+
+    attempts = before_delete(store, refuse_the_condition)
+    with caplog.at_level(logging.WARNING, logger="artifactstore_s3"):
+        assert store.delete("a") is True
+        assert store.delete("b") is True  # no conditional attempt any more
+    assert [request.headers.get("If-Match") is not None for request in attempts] == [True, False, False]
+    assert caplog.text.count("refuses If-Match on DeleteObject") == 1
     assert all_keys(raw, bucket) == []

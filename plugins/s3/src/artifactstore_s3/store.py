@@ -249,6 +249,8 @@ class S3Store(ArtifactStore):
         trusted = self._settings.conditional_writes == "trust"
         self._conditional: dict[str, bool] = dict.fromkeys(_PROBE_KINDS, True) if trusted else {}
         self._probe_refusals: dict[str, str] = {}
+        # Cleared when the endpoint answers a conditional DeleteObject 501 NotImplemented (see _delete).
+        self._conditional_delete = True
         self._pools: dict[str, ThreadPoolExecutor] = {}
         # What close() settles for a write in flight in another thread: its multipart uploads (aborted) and
         # its staging objects (deleted), with the client still open. Each is registered before its first
@@ -1173,7 +1175,8 @@ class S3Store(ArtifactStore):
         ``NoSuchKey``: the object is gone, not by us. A 412 (replaced since the look: an overwrite, or a
         delete and a save) or a 409 ``ConditionalRequestConflict`` (a write or delete of the key in flight)
         means looking again and deleting what is there then, ``max_attempts`` times in all. An endpoint that
-        ignores ``If-Match`` on ``DeleteObject`` deletes unconditionally: the behaviour without it.
+        ignores ``If-Match`` on ``DeleteObject`` deletes unconditionally: the behaviour without it; one that
+        refuses it (501 ``NotImplemented``) is sent unconditional deletes from then on, with a warning.
 
         Raises:
             BackendUnavailableError: the object was replaced between the look and the delete every time.
@@ -1183,13 +1186,25 @@ class S3Store(ArtifactStore):
             found = self._look(key)
             if found is False:
                 return False
-            extra: dict[str, Any] = {"IfMatch": found} if isinstance(found, str) else {}
+            conditional = isinstance(found, str) and self._conditional_delete
+            extra: dict[str, Any] = {"IfMatch": found} if conditional else {}
             try:
                 self._live_client.delete_object(Bucket=self._bucket, Key=key, **extra)
             except ClientError as exc:
                 if _precondition_failed(exc) or _conflict(exc):
                     continue
-                if client_error_code(exc)[0] != "NoSuchKey":
+                code, status = client_error_code(exc)
+                if conditional and (status == 501 or code == "NotImplemented"):
+                    logger.warning(
+                        "the S3 endpoint %s refuses If-Match on DeleteObject (%s); deleting unconditionally, so two "
+                        "concurrent deletes of one artifact may both report it deleted",
+                        self._settings.endpoint_url or "AWS S3",
+                        code or status,
+                    )
+                    self._conditional_delete = False
+                    self._live_client.delete_object(Bucket=self._bucket, Key=key)
+                    return True
+                if code != "NoSuchKey":
                     raise
                 # Gone before our delete reached it. Unless botocore sent the delete again after an attempt
                 # whose answer was lost: that attempt may be the one that removed it, and the artifact
