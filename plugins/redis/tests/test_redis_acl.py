@@ -81,6 +81,28 @@ def test_the_documented_acl_runs_every_operation(acl_users: Any, prefix: str) ->
 
 
 @pytest.mark.timeout(60)
+def test_the_documented_acl_restores_an_evicted_index_entry(
+    acl_users: Any, redis_server: RedisServer, prefix: str
+) -> None:
+    # The save that finds its identical artifact kept and its index entry gone (evicted) reads the hash's
+    # expiry and puts the entry back: commands that the documented user must be allowed too.
+    url = acl_users("documented", documented_acl(prefix, PASSWORD))
+    admin = redis_server.client()
+    messages = {"small": Message(content=b"x"), "large": Message(content=payload_of("large", LARGE))}
+    try:
+        with RedisStore(RedisSettings(url=url, key_prefix=prefix), namespace="acl evicted") as store:  # type: ignore[arg-type]
+            for ttl in (None, 600.0):
+                store.save_many(messages, ttl=ttl, overwrite=True)
+                admin.delete(store._index)  # evicted
+                for step_id, message in messages.items():
+                    store.save(step_id, message, ttl=ttl)
+                assert sorted(info.step_id for info in store.list()) == ["large", "small"]
+            assert store.clear() == 2
+    finally:
+        admin.close()
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("missing", "operation", "script"),
     [

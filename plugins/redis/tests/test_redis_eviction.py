@@ -133,3 +133,41 @@ def test_a_user_not_allowed_info_saves_without_the_check(tmp_path: Path, caplog:
             store.clear()
             store.close()
             admin.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ttl", [None, 3600.0])
+@pytest.mark.parametrize("size", [2000, LARGE], ids=["inline", "uploaded"])
+def test_saving_the_identical_message_again_restores_an_evicted_index_entry(
+    tmp_path: Path, size: int, ttl: float | None
+) -> None:
+    # An evicting server drops the namespace's index key as it drops any other; the artifacts' hashes stay,
+    # but list() and clear() work from the index and miss them. Saving the identical message again (the
+    # write-once "kept" path) used to leave the index as it was. The eviction is played by deleting the
+    # index key, so that the test does not depend on which keys the LRU sampling picks.
+    options = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
+    with running(tmp_path / "lru", **options) as server:
+        store = make_store(server, "reindexed")
+        admin = server.client()
+        try:
+            messages = {step_id: Message(content=payload_of(step_id, size)) for step_id in ("a", "b")}
+            for step_id, message in messages.items():
+                store.save(step_id, message, ttl=ttl)
+            before = dict(admin.zrange(store._index, 0, -1, withscores=True))
+            admin.delete(store._index)  # evicted
+            assert list(store.list()) == []
+            store.save("a", messages["a"], ttl=ttl)  # identical: kept, and its index entry put back
+            assert [info.step_id for info in store.list()] == ["a"]
+            after = dict(admin.zrange(store._index, 0, -1, withscores=True))
+            if ttl is None:
+                assert after == {b"a": float("inf")}
+            else:  # the hash's own expiry, as the first save scored it (give or take the clock's milliseconds)
+                assert abs(after[b"a"] - before[b"a"]) < 1000
+            store.save_many(messages, ttl=ttl)
+            assert sorted(info.step_id for info in store.list()) == ["a", "b"]
+            assert store.clear() == 2
+            assert not store.exists("a")
+            assert not store.exists("b")
+        finally:
+            admin.close()
+            store.close()

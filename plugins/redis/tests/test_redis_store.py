@@ -487,6 +487,27 @@ def test_damaged_artifacts_raise_corrupted(
         store.info("never saved")
 
 
+@pytest.mark.parametrize("where", ["hash", "payload"])
+def test_get_many_names_the_step_id_of_a_key_of_the_wrong_type(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, where: str
+) -> None:
+    # A key of the namespace holding another type than the backend writes there: its WRONGTYPE reply came out
+    # of get_many's pipeline unnamed, so of a batch of ids the error named none (get named its one id).
+    store = store_factory(redis_server.url, "wrong type", key_prefix=prefix)
+    store.save("fine", Message(content=b"x"))
+    store.save("damaged", Message(content=b"y" * (64 * 1024)))  # large: its payload has a key of its own
+    member = store._member("damaged")
+    key = store._key(member) if where == "hash" else store._payload_key(member)
+    raw.delete(key)
+    raw.rpush(key, b"a list")
+    for call in (lambda: store.get("damaged"), lambda: store.get_many(["fine", "damaged"])):
+        with pytest.raises(ArtifactCorruptedError, match="another kind of value") as info:
+            call()
+        assert info.value.step_id == "damaged"
+        assert info.value.namespace == "wrong type"
+    assert store.get_many(["fine"])["fine"].content == b"x"
+
+
 @pytest.mark.parametrize("member", [b"%FF", b"ABC", b"\xff\xfe", b"%00", b"a" * 800, b"a:b"])
 def test_forged_index_and_registry_entries_are_skipped(
     redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, member: bytes

@@ -25,6 +25,7 @@ from s3_fixtures import (
 
 from artifactstore_core import (
     AccessDeniedError,
+    ArtifactExistsError,
     ArtifactNotFoundError,
     ArtifactStoreError,
     BackendError,
@@ -634,6 +635,46 @@ def test_a_completion_that_went_in_then_answered_no_such_upload_is_a_success(
     assert store.get("big").content == payload
     assert open_uploads(raw, bucket) == []
     assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("warm"), store.key_of("big")])
+
+
+# A completion answered NoSuchUpload, and a DIFFERENT artifact is stored when the store looks: another
+# writer's (our upload was aborted under us) or an overwrite that replaced ours (our completion went in and
+# lost its answer). A write-once save reports the id taken (what repeating it would report); an overwriting
+# save, which repeating would complete, reports the retryable error.
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("ours_went_in", [False, True])
+def test_a_completion_answered_no_such_upload_with_a_different_artifact_stored(
+    new_s3_store: NewStore, raw: Any, bucket: str, ours_went_in: bool, overwrite: bool
+) -> None:
+    store = new_s3_store(**SMALL_PARTS)
+    other = new_s3_store()
+    warm(store)
+    payload = bytes(itertools.islice(itertools.cycle(range(256)), 12 * MIB))
+    finals: list[Any] = []
+
+    def another_writer_then_no_such_upload(request: Any, n: int) -> Any:
+        finals.append(request)
+        if len(finals) == 1 and ours_went_in:
+            send_for_real(request)  # our upload is completed...
+            raise ConnectionClosedError(endpoint_url=request.url)  # ...and the answer lost
+        # Before the answer NoSuchUpload: another writer's artifact (an overwrite of ours when ours went in).
+        other.save("big", Message(content=b"the other writer's"), overwrite=ours_went_in)
+        return error_response(request.url, 404, "NoSuchUpload", "The specified upload does not exist.")
+
+    inject(store, "CompleteMultipartUpload", another_writer_then_no_such_upload)
+    expected = BackendUnavailableError if overwrite else ArtifactExistsError
+    with pytest.raises(expected) as info:
+        store.save("big", Message(content=payload), overwrite=overwrite)
+    assert type(info.value) is expected
+    assert info.value.step_id == "big"
+    assert info.value.retryable is overwrite
+    if not overwrite:
+        assert "NoSuchUpload" in str(info.value)
+        assert "overwrite=True" in str(info.value)
+    assert len(finals) == (2 if ours_went_in else 1)
+    assert store.get("big").content == b"the other writer's"
+    assert open_uploads(raw, bucket) == []
 
 
 # A creation whose answer is lost is sent again by botocore: the lost attempt created an upload whose id

@@ -65,9 +65,10 @@ SAVE_UPLOAD_MISSING = 3
 
 # The end of SAVE and COMMIT, composed into both (so each is one self-contained script): once the artifact
 # is written, stored(hash, index, member, ttl, current, payload) sets its expiry and index entry, prunes the
-# index, and returns the result "written". ``ttl`` is in milliseconds (0: none); ``current`` is the identity
-# the hash held before (false for a new artifact); ``payload`` is the payload key when the payload lives
-# there (COMMIT), false when it is in the hash (SAVE).
+# index, and returns the result "written"; kept(hash, index, member) restores a missing index entry of an
+# identical artifact found stored, and returns the result "kept". ``ttl`` is in milliseconds (0: none);
+# ``current`` is the identity the hash held before (false for a new artifact); ``payload`` is the payload
+# key when the payload lives there (COMMIT), false when it is in the hash (SAVE).
 #
 # Expiry and index scores use the server's clock, never a client's, so that every client agrees on what
 # has expired. Index entries of expired artifacts are pruned a few at a time, so no call does unbounded
@@ -104,6 +105,23 @@ local function stored(hash, index, member, ttl, current, payload)
   end
   return 2
 end
+
+-- A write-once save that finds its identical artifact kept (result 0) puts the artifact's index entry back
+-- if it is missing: a server with an evicting maxmemory-policy evicts the index (or the whole index key)
+-- independently of the hash, and list() and clear() work from the index. Saving the message again is the
+-- way a caller can repair that, with no extra round trip: one ZSCORE on the common path, where the entry
+-- is there. The score is the hash's own expiry (PTTL), as stored() gave it.
+local function kept(hash, index, member)
+  if not redis.call('ZSCORE', index, member) then
+    local left = redis.call('PTTL', hash)
+    if left >= 0 then
+      redis.call('ZADD', index, server_ms() + left, member)
+    else
+      redis.call('ZADD', index, 'inf', member)
+    end
+  end
+  return 0
+end
 """
 
 #: KEYS: artifact hash, namespace index, payload key. ARGV: index member (encoded step id), identity key,
@@ -115,7 +133,7 @@ SAVE = LuaScript(
     + """
 local current = redis.call('HGET', KEYS[1], 'id')
 if current and ARGV[5] ~= '1' then
-  if current == ARGV[2] then return 0 end
+  if current == ARGV[2] then return kept(KEYS[1], KEYS[2], ARGV[1]) end
   return 1
 end
 redis.call('HSET', KEYS[1], 'head', ARGV[3], 'payload', ARGV[4], 'id', ARGV[2])
@@ -137,7 +155,7 @@ local current = redis.call('HGET', KEYS[1], 'id')
 if current then
   if ARGV[4] ~= '1' then
     redis.call('UNLINK', KEYS[4])
-    if current == ARGV[2] then return 0 end
+    if current == ARGV[2] then return kept(KEYS[1], KEYS[2], ARGV[1]) end
     return 1
   end
   -- An overwrite finding its own head (created_at included) is a retry of a commit that already ran, or

@@ -902,7 +902,7 @@ class RedisStore(ArtifactStore):
             apart: list[tuple[str, bytes, bytes]] = []
             for (step_id, member), reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, Exception):
-                    raise reply
+                    raise self._failed_for(reply, step_id) from reply
                 head, payload = reply
                 if head is None and payload is None:
                     missing.append(step_id)
@@ -915,14 +915,26 @@ class RedisStore(ArtifactStore):
             payloads = self._pipelined([("GET", self._payload_key(member)) for _, member, _ in apart])
             for (step_id, member, head), payload in zip(apart, payloads, strict=True):
                 if isinstance(payload, Exception):
-                    raise payload
+                    raise self._failed_for(payload, step_id) from payload
                 try:
                     found[step_id] = self._decode_apart(step_id, member, head, payload)
                 except ArtifactNotFoundError:
                     missing.append(step_id)  # deleted between the two reads
+                except Exception as exc:
+                    raise self._failed_for(exc, step_id) from exc
         if missing:
             raise self._missing_many(missing)
         return found
+
+    def _failed_for(self, exc: Exception, step_id: str) -> ArtifactStoreError:
+        """``exc``, one item's failure in a batch read, as the error naming that item's step id.
+
+        A pipelined reply's error (e.g. ``WRONGTYPE`` from a key of this namespace that something else
+        wrote) would otherwise reach the caller naming no step id, and the batch has many.
+        """
+        error = exc if isinstance(exc, ArtifactStoreError) else self._translated(exc, "get_many")
+        error.step_id = step_id
+        return error
 
     def _close(self) -> None:
         self._closing.set()

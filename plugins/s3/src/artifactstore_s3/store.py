@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from artifactstore_core import (
     AccessDeniedError,
+    ArtifactExistsError,
     ArtifactInfo,
     ArtifactNotFoundError,
     ArtifactStore,
@@ -248,6 +249,8 @@ class S3Store(ArtifactStore):
         trusted = self._settings.conditional_writes == "trust"
         self._conditional: dict[str, bool] = dict.fromkeys(_PROBE_KINDS, True) if trusted else {}
         self._probe_refusals: dict[str, str] = {}
+        # Cleared when the endpoint answers a conditional DeleteObject 501 NotImplemented (see _delete).
+        self._conditional_delete = True
         self._pools: dict[str, ThreadPoolExecutor] = {}
         # What close() settles for a write in flight in another thread: its multipart uploads (aborted) and
         # its staging objects (deleted), with the client still open. Each is registered before its first
@@ -779,7 +782,7 @@ class S3Store(ArtifactStore):
             try:
                 write(False)
             except _CompletionUncertainError as uncertain:
-                self._settle_uncertain(step_id, key, header, uncertain)
+                self._settle_uncertain(step_id, key, header, uncertain, overwrite=True)
             return
         atomic = self._ensure_conditional(multipart=multipart)
         look = multipart or not atomic
@@ -799,7 +802,7 @@ class S3Store(ArtifactStore):
                 write(atomic)
                 return
             except _CompletionUncertainError as uncertain:
-                self._settle_uncertain(step_id, key, header, uncertain)
+                self._settle_uncertain(step_id, key, header, uncertain, overwrite=False)
                 return
             except ClientError as exc:
                 if not atomic:
@@ -820,19 +823,39 @@ class S3Store(ArtifactStore):
             step_id=step_id,
         )
 
-    def _settle_uncertain(self, step_id: str, key: str, header: Header, uncertain: _CompletionUncertainError) -> None:
+    def _settle_uncertain(
+        self, step_id: str, key: str, header: Header, uncertain: _CompletionUncertainError, *, overwrite: bool
+    ) -> None:
         """Return if the artifact stored under ``key`` is the one just written (its completion went in), else
-        raise the retryable error the completion's ``NoSuchUpload`` stands for.
+        raise what the completion's ``NoSuchUpload`` and the stored object say together.
 
         An identical artifact stored is the state the save asked for, whichever upload stored it.
 
         Raises:
-            BackendUnavailableError: no artifact, or a different one, is stored (``uncertain.error``).
+            ArtifactExistsError: a write-once save (not ``overwrite``) finds a different artifact stored.
+            BackendUnavailableError: no artifact is stored, or an overwriting save finds a different one
+                (``uncertain.error``: nothing of ours is stored, retry the save).
         """
         existing = self._existing_header(key, step_id, bucket_known=True)
         if existing is not None and existing.identity() == header.identity():
             logger.debug("the completion of %r answered NoSuchUpload, and the artifact is stored: a success", key)
             return
+        if existing is not None and not overwrite:
+            # The id holds a different message. Either another writer stored it (our upload was aborted, or
+            # our conditional completion would have been refused with a 412 anyway), or our completion went
+            # in, lost its answer, and an overwriting save replaced it before this HEAD. One HEAD cannot tell
+            # the two apart, and both leave the id taken by a different message: that is what a write-once
+            # save reports, and what repeating it would report. A retryable error would only send the caller
+            # round again to the same answer. (In the second case our artifact was stored for a moment and
+            # replaced, the same end state as an overwrite that came just after a successful save.)
+            error = self._exists_error(step_id)
+            raise ArtifactExistsError(
+                f"{error} (the completion of its upload answered NoSuchUpload: another writer stored it, or "
+                "replaced ours with overwrite=True)",
+                step_id=error.step_id,
+                namespace=error.namespace,
+                backend=error.backend,
+            ) from uncertain.error.__cause__
         raise uncertain.error from uncertain.error.__cause__
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
@@ -1116,25 +1139,82 @@ class S3Store(ArtifactStore):
         )
 
     def _exists(self, step_id: str) -> bool:
-        # A GET of the first byte, not a HEAD: as many requests, but its 404 says NoSuchKey or NoSuchBucket,
-        # so a deleted bucket raises instead of reading as "no artifact", with no second request.
+        return self._look(self._keys.key(step_id)) is not False
+
+    def _look(self, key: str) -> str | bool:
+        """The ETag of the object at ``key`` (``True``: there, ETag not told; ``False``: not there).
+
+        A GET of the first byte, not a HEAD: as many requests, but its 404 says NoSuchKey or NoSuchBucket,
+        so a deleted bucket raises instead of reading as "no artifact", with no second request.
+
+        Raises:
+            ConfigurationError: the bucket does not exist.
+            ClientError: any other failure (translated by the caller).
+        """
         try:
-            response = self._live_client.get_object(Bucket=self._bucket, Key=self._keys.key(step_id), Range="bytes=0-0")
+            response = self._live_client.get_object(Bucket=self._bucket, Key=key, Range="bytes=0-0")
         except ClientError as exc:
             code, status = client_error_code(exc)
             if code in _EXISTING_CODES or status == 416:
-                return True  # an empty object has no first byte; an archived one cannot be read but is there
+                # An empty object has no first byte; an archived one cannot be read but is there.
+                etag = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("etag")
+                return etag if isinstance(etag, str) and etag else True
             if self._absent(exc):
                 return False
             raise
         response["Body"].close()
-        return True
+        etag = response.get("ETag")
+        return etag if etag else True
 
     def _delete(self, step_id: str) -> bool:
-        if not self._exists(step_id):
-            return False
-        self._live_client.delete_object(Bucket=self._bucket, Key=self._keys.key(step_id))
-        return True
+        """Delete the object the look found, on its ETag (``If-Match``), so that of two concurrent deleters
+        only the one whose ``DeleteObject`` removed it reports ``True``.
+
+        Without the condition both would look, both find the object, both delete (S3's delete does not say
+        whether the key existed) and both report it deleted. With it, the later delete is answered 404
+        ``NoSuchKey``: the object is gone, not by us. A 412 (replaced since the look: an overwrite, or a
+        delete and a save) or a 409 ``ConditionalRequestConflict`` (a write or delete of the key in flight)
+        means looking again and deleting what is there then, ``max_attempts`` times in all. An endpoint that
+        ignores ``If-Match`` on ``DeleteObject`` deletes unconditionally: the behaviour without it; one that
+        refuses it (501 ``NotImplemented``) is sent unconditional deletes from then on, with a warning.
+
+        Raises:
+            BackendUnavailableError: the object was replaced between the look and the delete every time.
+        """
+        key = self._keys.key(step_id)
+        for _ in range(self._settings.max_attempts):
+            found = self._look(key)
+            if found is False:
+                return False
+            conditional = isinstance(found, str) and self._conditional_delete
+            extra: dict[str, Any] = {"IfMatch": found} if conditional else {}
+            try:
+                self._live_client.delete_object(Bucket=self._bucket, Key=key, **extra)
+            except ClientError as exc:
+                if _precondition_failed(exc) or _conflict(exc):
+                    continue
+                code, status = client_error_code(exc)
+                if conditional and (status == 501 or code == "NotImplemented"):
+                    logger.warning(
+                        "the S3 endpoint %s refuses If-Match on DeleteObject (%s); deleting unconditionally, so two "
+                        "concurrent deletes of one artifact may both report it deleted",
+                        self._settings.endpoint_url or "AWS S3",
+                        code or status,
+                    )
+                    self._conditional_delete = False
+                    self._live_client.delete_object(Bucket=self._bucket, Key=key)
+                    return True
+                if code != "NoSuchKey":
+                    raise
+                # Gone before our delete reached it. Unless botocore sent the delete again after an attempt
+                # whose answer was lost: that attempt may be the one that removed it, and the artifact
+                # was there when we looked, so it counts as ours (the unconditional delete's answer).
+                retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                return bool(retried)
+            return True
+        raise BackendUnavailableError(
+            f"deleting {step_id!r}: the object was replaced between each look and delete; retry", step_id=step_id
+        )
 
     # -- listing and clearing -------------------------------------------------------------------------
 
