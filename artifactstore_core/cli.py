@@ -1000,25 +1000,52 @@ def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None)
         # Before the first representable date: no artifact is that old, so nothing is removed.
         cutoff = datetime.min.replace(tzinfo=UTC)
     removed: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    first_failure: errors.ArtifactStoreError | None = None
     chosen = cli_backend(backend)
     with create_store(chosen) as root:
         for name in root.namespaces():
-            with create_store(chosen, namespace=name) as store:
-                infos = list(store.list())
-                if not infos:
-                    continue
-                newest = max(info.created_at for info in infos)
-                if newest >= cutoff:
-                    continue
-                count = len(infos) if dry_run else _delete_listed(store, [info.step_id for info in infos])
-                removed.append({"namespace": name, "artifacts": count, "newest": newest.isoformat()})
+            # One namespace that cannot be collected (a corrupted artifact, one the backend cannot read) must
+            # not keep gc from the others: it is reported, and the exit code says that something was left.
+            try:
+                row = _collect_namespace(chosen, name, cutoff, dry_run)
+            except errors.ArtifactStoreError as exc:
+                first_failure = first_failure or exc
+                reason = f"{type(exc).__name__}: {exc}"
+                failed.append({"namespace": name, "error": reason})
+                stderr.print(f"error: cannot collect namespace {name!r}: {reason}", markup=False, soft_wrap=True)
+                continue
+            if row is not None:
+                removed.append(row)
     if as_json:
-        _echo_json({"dry_run": dry_run, "namespaces": removed})
-        return
-    verb = "would remove" if dry_run else "removed"
-    for row in removed:
-        _echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
-    stderr.print(f"{verb} {len(removed)} namespaces", markup=False)
+        _echo_json({"dry_run": dry_run, "namespaces": removed, "failed": failed})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for row in removed:
+            _echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
+        left = f"; {len(failed)} could not be collected" if failed else ""
+        stderr.print(f"{verb} {len(removed)} namespaces{left}", markup=False)
+    if first_failure is not None:
+        raise click.exceptions.Exit(exit_code(first_failure))
+
+
+def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run: bool) -> dict[str, Any] | None:
+    """Remove (or with ``dry_run`` only count) the artifacts of namespace ``name`` if its newest artifact is
+    older than ``cutoff``; return gc's row for it, or ``None`` when it is kept.
+
+    Raises:
+        ArtifactStoreError: the namespace cannot be opened, listed (an artifact that fails verification) or
+            deleted; artifacts deleted before the failure stay deleted.
+    """
+    with create_store(backend, namespace=name) as store:
+        infos = list(store.list())
+        if not infos:
+            return None
+        newest = max(info.created_at for info in infos)
+        if newest >= cutoff:
+            return None
+        count = len(infos) if dry_run else _delete_listed(store, [info.step_id for info in infos])
+    return {"namespace": name, "artifacts": count, "newest": newest.isoformat()}
 
 
 @cli.command()

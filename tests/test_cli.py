@@ -880,3 +880,35 @@ def test_rm_says_where_it_looked_and_put_refuses_a_repeated_meta_key(tmp_path: P
     assert result.returncode == 2
     assert "Invalid value for --meta: 'k' is given twice" in result.stderr
     assert run("stat", "meta").returncode == 3
+
+
+def _corrupt_the_artifact_of(namespace: str) -> None:
+    """Damage the envelope of the one artifact stored in ``namespace`` under the default filesystem root."""
+    (path,) = [p for p in (_DEFAULT_ROOT[-1] / f"@{namespace}").rglob("*") if p.is_file()]
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF  # the magic marker
+    path.write_bytes(bytes(data))
+
+
+def test_gc_goes_on_past_a_namespace_it_cannot_collect_and_reports_it() -> None:
+    # One corrupted artifact made the whole of gc fail: the namespaces after it were not collected.
+    key = "canary-gc-5e5e"
+    env = {"ARTIFACT_STORE_SIGNING_KEY": key}
+    for namespace in ("old-a", "old-b", "old-c"):
+        assert run("put", "-n", namespace, "x", "-", env=env, stdin=b"payload").returncode == 0
+    _corrupt_the_artifact_of("old-b")
+    result = run("gc", "--older-than", "0s", "--json", env=env)
+    assert result.returncode == 8, result.stderr  # the exit code of the failure (ArtifactCorruptedError's family)
+    report = json.loads(result.stdout)
+    assert [row["namespace"] for row in report["namespaces"]] == ["old-a", "old-c"]
+    assert [row["namespace"] for row in report["failed"]] == ["old-b"]
+    errors_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    (error_line,) = errors_lines
+    assert "namespace 'old-b'" in error_line
+    assert key not in result.stderr + result.stdout
+    for namespace in ("old-a", "old-c"):
+        assert run("ls", "-n", namespace, env=env).stdout == ""
+    # Text output says the same: the other namespaces are collected, the failure is counted.
+    result = run("gc", "--older-than", "0s", env=env)
+    assert result.returncode == 8
+    assert "removed 0 namespaces; 1 could not be collected" in result.stderr
