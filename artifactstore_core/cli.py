@@ -39,6 +39,7 @@ from . import errors
 from .cli_main import INTERRUPTED_EXIT_CODE
 from .ids import validate_namespace
 from .message import Message
+from .models import ArtifactInfo
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
 from .settings import CONFIG_ENV, CoreSettings, _read_config_file, env_name_of, load_settings
 from .store import ArtifactStore
@@ -839,12 +840,65 @@ def _write(target: IO[bytes], chunk: bytes, output: str) -> None:
 def list_command(as_json: bool, backend: str | None, namespace: str | None) -> None:
     """List the artifacts of the namespace."""
     with _open_store(backend, namespace) as store:
-        infos = sorted(store.list(), key=lambda info: info.step_id)
+        infos, failures = _verified_listing(store)
+    for failure in failures:
+        stderr.print(
+            f"error: cannot list {failure.step_id!r}: {type(failure).__name__}: {failure}", markup=False, soft_wrap=True
+        )
     if as_json:
         _echo_json([vars(info) for info in infos])
-        return
-    for info in infos:
-        _echo(f"{info.size:>12}  {info.created_at:%Y-%m-%d %H:%M:%S}  {info.media_type:<28}  {info.step_id}")
+    else:
+        for info in infos:
+            _echo(f"{info.size:>12}  {info.created_at:%Y-%m-%d %H:%M:%S}  {info.media_type:<28}  {info.step_id}")
+    if failures:
+        raise click.exceptions.Exit(exit_code(failures[0]))
+
+
+#: Errors of one artifact that a listing reports instead of stopping at (with the artifact's step id): one that
+#: fails verification (damaged, unsigned or signed with another key) or is signed while no key is set.
+_ARTIFACT_LISTING_ERRORS = (errors.SerializationError, errors.ConfigurationError)
+_LS_PAGE = 1000
+
+
+def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[errors.ArtifactStoreError]]:
+    """The infos of the artifacts of ``store`` that verify, sorted by step id, and the errors of those that do
+    not (each naming its artifact's ``step_id``), in step id order.
+
+    ``list()`` stops at the first artifact that fails verification, and rightly: its header (size, digest,
+    media type) is unverified data. A listing command must still show the others, so past such a failure the
+    namespace is read again in pages, narrowed down to the artifact that fails, which is then passed over.
+
+    Raises:
+        ArtifactStoreError: any other failure (the backend is unavailable, ...), or a failing artifact whose
+            step id the error does not name.
+    """
+    try:
+        return sorted(store.list(), key=lambda info: info.step_id), []
+    except _ARTIFACT_LISTING_ERRORS as exc:
+        if exc.step_id is None:
+            raise
+    infos: list[ArtifactInfo] = []
+    failures: list[errors.ArtifactStoreError] = []
+    after: str | None = None
+    limit = _LS_PAGE
+    while True:
+        try:
+            page = store.list_page(after=after, limit=limit)
+        except _ARTIFACT_LISTING_ERRORS as exc:
+            if limit > 1:
+                limit //= 2  # the failing artifact is in this page: narrow it down
+                continue
+            # A page of one: the artifact after `after` is the failing one. An error naming no artifact, or
+            # one not past `after`, would make no progress: it is not an artifact's own.
+            if exc.step_id is None or (after is not None and exc.step_id <= after):
+                raise
+            failures.append(exc)
+            after, limit = exc.step_id, _LS_PAGE
+            continue
+        infos.extend(page)
+        if len(page) < limit:
+            return infos, failures
+        after = page[-1].step_id
 
 
 @cli.command()

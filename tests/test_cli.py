@@ -912,3 +912,37 @@ def test_gc_goes_on_past_a_namespace_it_cannot_collect_and_reports_it() -> None:
     result = run("gc", "--older-than", "0s", env=env)
     assert result.returncode == 8
     assert "removed 0 namespaces; 1 could not be collected" in result.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["filesystem", "redis"])
+def test_ls_under_a_signing_key_lists_what_verifies_and_reports_the_rest(
+    kind: str, tmp_path: Path, redis_url: str
+) -> None:
+    # One unsigned artifact (or one signed with another key) made the whole of ls fail.
+    base = {**_backend_env(kind, tmp_path, redis_url), "ARTIFACT_STORE_NAMESPACE": f"ls-signed-{kind}"}
+    key, other = "canary-ls-key-1a2b", "canary-ls-other-3c4d"
+    for step_id, signing_key in [("a-signed", key), ("b-unsigned", None), ("c-signed", key), ("d-other", other)]:
+        env = {**base, **({"ARTIFACT_STORE_SIGNING_KEY": signing_key} if signing_key else {})}
+        assert run("put", step_id, "-", env=env, stdin=b"payload").returncode == 0
+    env = {**base, "ARTIFACT_STORE_SIGNING_KEY": key}
+    result = run("ls", env=env)
+    assert result.returncode == 8, result.stderr  # ArtifactCorruptedError's family
+    assert [line.split()[-1] for line in result.stdout.splitlines()] == ["a-signed", "c-signed"]
+    failed = [line for line in result.stderr.splitlines() if line.startswith("error: cannot list")]
+    assert len(failed) == 2
+    assert "'b-unsigned'" in failed[0]
+    assert "not signed" in failed[0]
+    assert "'d-other'" in failed[1]
+    assert key not in result.stderr
+    assert other not in result.stderr
+    result = run("ls", "--json", env=env)
+    assert result.returncode == 8
+    assert [row["step_id"] for row in json.loads(result.stdout)] == ["a-signed", "c-signed"]
+    # Without a key, the signed ones are the ones that cannot be read: exit 5, as for get.
+    result = run("ls", env=base)
+    assert result.returncode == 5
+    assert [line.split()[-1] for line in result.stdout.splitlines()] == ["b-unsigned"]
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error: cannot list")]) == 3
+    # get still refuses what does not verify.
+    assert run("get", "b-unsigned", "-o", str(tmp_path / "out"), env=env).returncode == 8
