@@ -38,7 +38,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from . import errors
 from .cli_main import INTERRUPTED_EXIT_CODE
 from .ids import validate_namespace
-from .message import Message
+from .message import _MEDIA_TYPE_CONTROL, Message
 from .models import ArtifactInfo
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
 from .settings import CONFIG_ENV, CoreSettings, _read_config_file, env_name_of, load_settings
@@ -579,6 +579,21 @@ def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
 # -- data ---------------------------------------------------------------------------------------------
 
 
+def _check_media_type(value: str) -> str:
+    """``put``'s ``--media-type``, checked as :class:`Message` checks it, and not empty.
+
+    Raises:
+        click.BadParameter: it is empty (which a message takes as "the default", while the option has a
+            default of its own: a script's empty variable, not a choice), or holds a control character.
+    """
+    if not value:
+        raise click.BadParameter("must not be empty (leave the option out for application/octet-stream)")
+    control = _MEDIA_TYPE_CONTROL.search(value)
+    if control is not None:
+        raise click.BadParameter(f"contains the control character {control.group()!r}")
+    return value
+
+
 def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
     result = {}
     for pair in pairs:
@@ -597,7 +612,13 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument(
     "source", required=False, metavar="[FILE|-]", type=click.Path(allow_dash=True, dir_okay=False, path_type=str)
 )
-@click.option("--media-type", default="application/octet-stream", show_default=True, help="Media type to record.")
+@click.option(
+    "--media-type",
+    default="application/octet-stream",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _check_media_type(value),
+    help="Media type to record.",
+)
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, different artifact.")
 @_store_options

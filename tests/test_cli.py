@@ -946,3 +946,14 @@ def test_ls_under_a_signing_key_lists_what_verifies_and_reports_the_rest(
     assert len([line for line in result.stderr.splitlines() if line.startswith("error: cannot list")]) == 3
     # get still refuses what does not verify.
     assert run("get", "b-unsigned", "-o", str(tmp_path / "out"), env=env).returncode == 8
+
+
+@pytest.mark.parametrize(("media_type", "reason"), [("", "must not be empty"), ("text/x\nevil", "control character")])
+def test_put_refuses_an_empty_media_type_or_one_with_a_control_character(media_type: str, reason: str) -> None:
+    # `put --media-type ""` stored application/octet-stream (a message's "default"), and a newline was stored
+    # as it was, breaking ls's lines.
+    result = run("put", "x", "-", "--media-type", media_type, stdin=b"payload")
+    assert result.returncode == 2
+    assert b"Invalid value for '--media-type'" in result.stderr
+    assert reason.encode() in result.stderr
+    assert run("ls").stdout == ""
