@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -303,7 +303,22 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def _echo_json(value: Any) -> None:
-    _echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+    _echo(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
+
+
+def _json_value(value: Any) -> Any:
+    """What ``--json`` prints for a value JSON has no form of: a time in ISO 8601 (as ``gc`` prints it, so
+    every command's times parse alike), a frozen mapping as an object, anything else as its ``str``."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC, the zone the text output shows times in (and says so)."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _progress(total: int | None) -> Progress | None:
@@ -870,7 +885,8 @@ def list_command(as_json: bool, backend: str | None, namespace: str | None) -> N
         _echo_json([vars(info) for info in infos])
     else:
         for info in infos:
-            _echo(f"{info.size:>12}  {info.created_at:%Y-%m-%d %H:%M:%S}  {info.media_type:<28}  {info.step_id}")
+            created = f"{_utc(info.created_at):%Y-%m-%d %H:%M:%S} UTC"
+            _echo(f"{info.size:>12}  {created}  {info.media_type:<28}  {info.step_id}")
     if failures:
         raise click.exceptions.Exit(exit_code(failures[0]))
 
@@ -934,7 +950,7 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
         _echo_json(vars(info))
         return
     for key, value in vars(info).items():
-        _echo(f"{key}: {value}")
+        _echo(f"{key}: {_utc(value).isoformat() if isinstance(value, datetime) else value}")
 
 
 @cli.command()

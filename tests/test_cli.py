@@ -957,3 +957,18 @@ def test_put_refuses_an_empty_media_type_or_one_with_a_control_character(media_t
     assert b"Invalid value for '--media-type'" in result.stderr
     assert reason.encode() in result.stderr
     assert run("ls").stdout == ""
+
+
+def test_times_are_iso_8601_in_json_and_labelled_utc_in_text() -> None:
+    # ls --json and stat --json printed str(datetime) ("2026-01-02 03:04:05.123+00:00") where gc printed
+    # isoformat(); ls showed UTC times without saying so.
+    assert run("put", "t", "-", stdin=b"payload").returncode == 0
+    (listed,) = json.loads(run("ls", "--json").stdout)
+    stated = json.loads(run("stat", "t", "--json").stdout)
+    for created in (listed["created_at"], stated["created_at"]):
+        assert "T" in created
+        assert created.endswith("+00:00")
+        assert datetime.fromisoformat(created).isoformat() == created
+    line = run("ls").stdout.strip()
+    assert f"{datetime.fromisoformat(listed['created_at']):%Y-%m-%d %H:%M:%S} UTC" in line
+    assert f"created_at: {listed['created_at']}" in run("stat", "t").stdout.splitlines()
