@@ -76,6 +76,16 @@ def test_media_type_is_otherwise_free_form(odd: str) -> None:
     assert Message(content=b"x", media_type=odd).media_type == odd
 
 
+def test_an_artifact_stored_with_a_control_character_in_its_media_type_still_reads() -> None:
+    # Stored before the check: decoding builds the message without validation, so it is not lost.
+    from artifactstore_core.envelope import Codec
+
+    plain = Message(content=b"x")
+    odd = trusted_message(plain.content, None, plain.metadata, "text/plain\n", plain.created_at)
+    codec = Codec()
+    assert codec.decode_bytes(codec.encode(odd).to_bytes()).media_type == "text/plain\n"
+
+
 def test_empty_media_type_means_the_default_of_the_content_kind() -> None:
     assert Message(content=b"x", media_type="").media_type == "application/octet-stream"
 
