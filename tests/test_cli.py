@@ -321,7 +321,7 @@ def test_gc_older_than_any_date_removes_nothing() -> None:
     assert run("put", "keep", "-n", "recent", stdin=b"x").returncode == 0
     result = run("gc", "--older-than", "1000000w", "--json")
     assert result.returncode == 0, (result.stdout, result.stderr)
-    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": []}
+    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": [], "failed": []}
     assert run("stat", "keep", "-n", "recent").returncode == 0
 
 
