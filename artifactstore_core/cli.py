@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -38,7 +38,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from . import errors
 from .cli_main import INTERRUPTED_EXIT_CODE
 from .ids import validate_namespace
-from .message import Message
+from .message import _MEDIA_TYPE_CONTROL, Message
+from .models import ArtifactInfo
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
 from .settings import CONFIG_ENV, CoreSettings, _read_config_file, env_name_of, load_settings
 from .store import ArtifactStore
@@ -302,7 +303,22 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def _echo_json(value: Any) -> None:
-    _echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+    _echo(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
+
+
+def _json_value(value: Any) -> Any:
+    """What ``--json`` prints for a value JSON has no form of: a time in ISO 8601 (as ``gc`` prints it, so
+    every command's times parse alike), a frozen mapping as an object, anything else as its ``str``."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC, the zone the text output shows times in (and says so)."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _progress(total: int | None) -> Progress | None:
@@ -578,6 +594,21 @@ def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
 # -- data ---------------------------------------------------------------------------------------------
 
 
+def _check_media_type(value: str) -> str:
+    """``put``'s ``--media-type``, checked as :class:`Message` checks it, and not empty.
+
+    Raises:
+        click.BadParameter: it is empty (which a message takes as "the default", while the option has a
+            default of its own: a script's empty variable, not a choice), or holds a control character.
+    """
+    if not value:
+        raise click.BadParameter("must not be empty (leave the option out for application/octet-stream)")
+    control = _MEDIA_TYPE_CONTROL.search(value)
+    if control is not None:
+        raise click.BadParameter(f"contains the control character {control.group()!r}")
+    return value
+
+
 def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
     result = {}
     for pair in pairs:
@@ -596,7 +627,13 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument(
     "source", required=False, metavar="[FILE|-]", type=click.Path(allow_dash=True, dir_okay=False, path_type=str)
 )
-@click.option("--media-type", default="application/octet-stream", show_default=True, help="Media type to record.")
+@click.option(
+    "--media-type",
+    default="application/octet-stream",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _check_media_type(value),
+    help="Media type to record.",
+)
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, different artifact.")
 @_store_options
@@ -839,12 +876,66 @@ def _write(target: IO[bytes], chunk: bytes, output: str) -> None:
 def list_command(as_json: bool, backend: str | None, namespace: str | None) -> None:
     """List the artifacts of the namespace."""
     with _open_store(backend, namespace) as store:
-        infos = sorted(store.list(), key=lambda info: info.step_id)
+        infos, failures = _verified_listing(store)
+    for failure in failures:
+        stderr.print(
+            f"error: cannot list {failure.step_id!r}: {type(failure).__name__}: {failure}", markup=False, soft_wrap=True
+        )
     if as_json:
         _echo_json([vars(info) for info in infos])
-        return
-    for info in infos:
-        _echo(f"{info.size:>12}  {info.created_at:%Y-%m-%d %H:%M:%S}  {info.media_type:<28}  {info.step_id}")
+    else:
+        for info in infos:
+            created = f"{_utc(info.created_at):%Y-%m-%d %H:%M:%S} UTC"
+            _echo(f"{info.size:>12}  {created}  {info.media_type:<28}  {info.step_id}")
+    if failures:
+        raise click.exceptions.Exit(exit_code(failures[0]))
+
+
+#: Errors of one artifact that a listing reports instead of stopping at (with the artifact's step id): one that
+#: fails verification (damaged, unsigned or signed with another key) or is signed while no key is set.
+_ARTIFACT_LISTING_ERRORS = (errors.SerializationError, errors.ConfigurationError)
+_LS_PAGE = 1000
+
+
+def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[errors.ArtifactStoreError]]:
+    """The infos of the artifacts of ``store`` that verify, sorted by step id, and the errors of those that do
+    not (each naming its artifact's ``step_id``), in step id order.
+
+    ``list()`` stops at the first artifact that fails verification, and rightly: its header (size, digest,
+    media type) is unverified data. A listing command must still show the others, so past such a failure the
+    namespace is read again in pages, narrowed down to the artifact that fails, which is then passed over.
+
+    Raises:
+        ArtifactStoreError: any other failure (the backend is unavailable, ...), or a failing artifact whose
+            step id the error does not name.
+    """
+    try:
+        return sorted(store.list(), key=lambda info: info.step_id), []
+    except _ARTIFACT_LISTING_ERRORS as exc:
+        if exc.step_id is None:
+            raise
+    infos: list[ArtifactInfo] = []
+    failures: list[errors.ArtifactStoreError] = []
+    after: str | None = None
+    limit = _LS_PAGE
+    while True:
+        try:
+            page = store.list_page(after=after, limit=limit)
+        except _ARTIFACT_LISTING_ERRORS as exc:
+            if limit > 1:
+                limit //= 2  # the failing artifact is in this page: narrow it down
+                continue
+            # A page of one: the artifact after `after` is the failing one. An error naming no artifact, or
+            # one not past `after`, would make no progress: it is not an artifact's own.
+            if exc.step_id is None or (after is not None and exc.step_id <= after):
+                raise
+            failures.append(exc)
+            after, limit = exc.step_id, _LS_PAGE
+            continue
+        infos.extend(page)
+        if len(page) < limit:
+            return infos, failures
+        after = page[-1].step_id
 
 
 @cli.command()
@@ -859,7 +950,7 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
         _echo_json(vars(info))
         return
     for key, value in vars(info).items():
-        _echo(f"{key}: {value}")
+        _echo(f"{key}: {_utc(value).isoformat() if isinstance(value, datetime) else value}")
 
 
 @cli.command()
@@ -1000,25 +1091,52 @@ def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None)
         # Before the first representable date: no artifact is that old, so nothing is removed.
         cutoff = datetime.min.replace(tzinfo=UTC)
     removed: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    first_failure: errors.ArtifactStoreError | None = None
     chosen = cli_backend(backend)
     with create_store(chosen) as root:
         for name in root.namespaces():
-            with create_store(chosen, namespace=name) as store:
-                infos = list(store.list())
-                if not infos:
-                    continue
-                newest = max(info.created_at for info in infos)
-                if newest >= cutoff:
-                    continue
-                count = len(infos) if dry_run else _delete_listed(store, [info.step_id for info in infos])
-                removed.append({"namespace": name, "artifacts": count, "newest": newest.isoformat()})
+            # One namespace that cannot be collected (a corrupted artifact, one the backend cannot read) must
+            # not keep gc from the others: it is reported, and the exit code says that something was left.
+            try:
+                row = _collect_namespace(chosen, name, cutoff, dry_run)
+            except errors.ArtifactStoreError as exc:
+                first_failure = first_failure or exc
+                reason = f"{type(exc).__name__}: {exc}"
+                failed.append({"namespace": name, "error": reason})
+                stderr.print(f"error: cannot collect namespace {name!r}: {reason}", markup=False, soft_wrap=True)
+                continue
+            if row is not None:
+                removed.append(row)
     if as_json:
-        _echo_json({"dry_run": dry_run, "namespaces": removed})
-        return
-    verb = "would remove" if dry_run else "removed"
-    for row in removed:
-        _echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
-    stderr.print(f"{verb} {len(removed)} namespaces", markup=False)
+        _echo_json({"dry_run": dry_run, "namespaces": removed, "failed": failed})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for row in removed:
+            _echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
+        left = f"; {len(failed)} could not be collected" if failed else ""
+        stderr.print(f"{verb} {len(removed)} namespaces{left}", markup=False)
+    if first_failure is not None:
+        raise click.exceptions.Exit(exit_code(first_failure))
+
+
+def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run: bool) -> dict[str, Any] | None:
+    """Remove (or with ``dry_run`` only count) the artifacts of namespace ``name`` if its newest artifact is
+    older than ``cutoff``; return gc's row for it, or ``None`` when it is kept.
+
+    Raises:
+        ArtifactStoreError: the namespace cannot be opened, listed (an artifact that fails verification) or
+            deleted; artifacts deleted before the failure stay deleted.
+    """
+    with create_store(backend, namespace=name) as store:
+        infos = list(store.list())
+        if not infos:
+            return None
+        newest = max(info.created_at for info in infos)
+        if newest >= cutoff:
+            return None
+        count = len(infos) if dry_run else _delete_listed(store, [info.step_id for info in infos])
+    return {"namespace": name, "artifacts": count, "newest": newest.isoformat()}
 
 
 @cli.command()

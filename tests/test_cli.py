@@ -321,7 +321,7 @@ def test_gc_older_than_any_date_removes_nothing() -> None:
     assert run("put", "keep", "-n", "recent", stdin=b"x").returncode == 0
     result = run("gc", "--older-than", "1000000w", "--json")
     assert result.returncode == 0, (result.stdout, result.stderr)
-    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": []}
+    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": [], "failed": []}
     assert run("stat", "keep", "-n", "recent").returncode == 0
 
 
@@ -880,3 +880,95 @@ def test_rm_says_where_it_looked_and_put_refuses_a_repeated_meta_key(tmp_path: P
     assert result.returncode == 2
     assert "Invalid value for --meta: 'k' is given twice" in result.stderr
     assert run("stat", "meta").returncode == 3
+
+
+def _corrupt_the_artifact_of(namespace: str) -> None:
+    """Damage the envelope of the one artifact stored in ``namespace`` under the default filesystem root."""
+    (path,) = [p for p in (_DEFAULT_ROOT[-1] / f"@{namespace}").rglob("*") if p.is_file()]
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF  # the magic marker
+    path.write_bytes(bytes(data))
+
+
+def test_gc_goes_on_past_a_namespace_it_cannot_collect_and_reports_it() -> None:
+    # One corrupted artifact made the whole of gc fail: the namespaces after it were not collected.
+    key = "canary-gc-5e5e"
+    env = {"ARTIFACT_STORE_SIGNING_KEY": key}
+    for namespace in ("old-a", "old-b", "old-c"):
+        assert run("put", "-n", namespace, "x", "-", env=env, stdin=b"payload").returncode == 0
+    _corrupt_the_artifact_of("old-b")
+    result = run("gc", "--older-than", "0s", "--json", env=env)
+    assert result.returncode == 8, result.stderr  # the exit code of the failure (ArtifactCorruptedError's family)
+    report = json.loads(result.stdout)
+    assert [row["namespace"] for row in report["namespaces"]] == ["old-a", "old-c"]
+    assert [row["namespace"] for row in report["failed"]] == ["old-b"]
+    errors_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    (error_line,) = errors_lines
+    assert "namespace 'old-b'" in error_line
+    assert key not in result.stderr + result.stdout
+    for namespace in ("old-a", "old-c"):
+        assert run("ls", "-n", namespace, env=env).stdout == ""
+    # Text output says the same: the other namespaces are collected, the failure is counted.
+    result = run("gc", "--older-than", "0s", env=env)
+    assert result.returncode == 8
+    assert "removed 0 namespaces; 1 could not be collected" in result.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["filesystem", "redis"])
+def test_ls_under_a_signing_key_lists_what_verifies_and_reports_the_rest(
+    kind: str, tmp_path: Path, redis_url: str
+) -> None:
+    # One unsigned artifact (or one signed with another key) made the whole of ls fail.
+    base = {**_backend_env(kind, tmp_path, redis_url), "ARTIFACT_STORE_NAMESPACE": f"ls-signed-{kind}"}
+    key, other = "canary-ls-key-1a2b", "canary-ls-other-3c4d"
+    for step_id, signing_key in [("a-signed", key), ("b-unsigned", None), ("c-signed", key), ("d-other", other)]:
+        env = {**base, **({"ARTIFACT_STORE_SIGNING_KEY": signing_key} if signing_key else {})}
+        assert run("put", step_id, "-", env=env, stdin=b"payload").returncode == 0
+    env = {**base, "ARTIFACT_STORE_SIGNING_KEY": key}
+    result = run("ls", env=env)
+    assert result.returncode == 8, result.stderr  # ArtifactCorruptedError's family
+    assert [line.split()[-1] for line in result.stdout.splitlines()] == ["a-signed", "c-signed"]
+    failed = [line for line in result.stderr.splitlines() if line.startswith("error: cannot list")]
+    assert len(failed) == 2
+    assert "'b-unsigned'" in failed[0]
+    assert "not signed" in failed[0]
+    assert "'d-other'" in failed[1]
+    assert key not in result.stderr
+    assert other not in result.stderr
+    result = run("ls", "--json", env=env)
+    assert result.returncode == 8
+    assert [row["step_id"] for row in json.loads(result.stdout)] == ["a-signed", "c-signed"]
+    # Without a key, the signed ones are the ones that cannot be read: exit 5, as for get.
+    result = run("ls", env=base)
+    assert result.returncode == 5
+    assert [line.split()[-1] for line in result.stdout.splitlines()] == ["b-unsigned"]
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error: cannot list")]) == 3
+    # get still refuses what does not verify.
+    assert run("get", "b-unsigned", "-o", str(tmp_path / "out"), env=env).returncode == 8
+
+
+@pytest.mark.parametrize(("media_type", "reason"), [("", "must not be empty"), ("text/x\nevil", "control character")])
+def test_put_refuses_an_empty_media_type_or_one_with_a_control_character(media_type: str, reason: str) -> None:
+    # `put --media-type ""` stored application/octet-stream (a message's "default"), and a newline was stored
+    # as it was, breaking ls's lines.
+    result = run("put", "x", "-", "--media-type", media_type, stdin=b"payload")
+    assert result.returncode == 2
+    assert b"Invalid value for '--media-type'" in result.stderr
+    assert reason.encode() in result.stderr
+    assert run("ls").stdout == ""
+
+
+def test_times_are_iso_8601_in_json_and_labelled_utc_in_text() -> None:
+    # ls --json and stat --json printed str(datetime) ("2026-01-02 03:04:05.123+00:00") where gc printed
+    # isoformat(); ls showed UTC times without saying so.
+    assert run("put", "t", "-", stdin=b"payload").returncode == 0
+    (listed,) = json.loads(run("ls", "--json").stdout)
+    stated = json.loads(run("stat", "t", "--json").stdout)
+    for created in (listed["created_at"], stated["created_at"]):
+        assert "T" in created
+        assert created.endswith("+00:00")
+        assert datetime.fromisoformat(created).isoformat() == created
+    line = run("ls").stdout.strip()
+    assert f"{datetime.fromisoformat(listed['created_at']):%Y-%m-%d %H:%M:%S} UTC" in line
+    assert f"created_at: {listed['created_at']}" in run("stat", "t").stdout.splitlines()

@@ -61,6 +61,35 @@ def test_default_media_types(content: object, media_type: str) -> None:
     assert Message(content=content, media_type="a/b").media_type == "a/b"
 
 
+@pytest.mark.parametrize(
+    "bad", ["text/plain\n", "text/plain\r\nX-Evil: 1", "a/\x1b[31mb", "a/b\x00", "a/\x7f", "a/\x85"]
+)
+def test_media_type_with_a_control_character_is_refused(bad: str) -> None:
+    # A newline or an escape sequence in a media type was accepted, and broke line-by-line listings (ls).
+    with pytest.raises(ValidationError, match="control character"):
+        Message(content=b"x", media_type=bad)
+
+
+@pytest.mark.parametrize("odd", ["x", "text/é", "application/x; charset=utf-8", " a/b "])
+def test_media_type_is_otherwise_free_form(odd: str) -> None:
+    # Stored artifacts and callers use free-form values; only control characters are refused.
+    assert Message(content=b"x", media_type=odd).media_type == odd
+
+
+def test_an_artifact_stored_with_a_control_character_in_its_media_type_still_reads() -> None:
+    # Stored before the check: decoding builds the message without validation, so it is not lost.
+    from artifactstore_core.envelope import Codec
+
+    plain = Message(content=b"x")
+    odd = trusted_message(plain.content, None, plain.metadata, "text/plain\n", plain.created_at)
+    codec = Codec()
+    assert codec.decode_bytes(codec.encode(odd).to_bytes()).media_type == "text/plain\n"
+
+
+def test_empty_media_type_means_the_default_of_the_content_kind() -> None:
+    assert Message(content=b"x", media_type="").media_type == "application/octet-stream"
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, {1: "int key"}, {"set": {1}}, object()])
 def test_non_json_content_is_refused(bad: object) -> None:
     with pytest.raises(ValidationError):
