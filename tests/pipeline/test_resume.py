@@ -101,12 +101,17 @@ DAMAGE_CASES = [
 ]
 
 
+def damage_config(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
+    """A store config of ``backend`` ("filesystem" or "redis") in the exact layout damage() reaches into."""
+    if backend == "filesystem":
+        return StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    return StoreConfig("redis", url=request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture(params=DAMAGE_CASES, ids=[f"{b}-{m}" for b, m in DAMAGE_CASES])
 def damage_case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     backend, mode = request.param
-    if backend == "filesystem":
-        return Case(StoreConfig("filesystem", root=str(tmp_path / "artifacts")), mode)
-    return Case(StoreConfig("redis", url=request.getfixturevalue("redis_url")), mode)
+    return Case(damage_config(backend, request, tmp_path), mode)
 
 
 def two_resumes_at_once(
@@ -489,10 +494,7 @@ def test_two_resumes_at_once_replace_a_damaged_artifact_once(
     # another output. Replacing with a plain overwrite, the second overwrote a under the first's b (the
     # execution then held a b computed from an a it no longer had) and its own b failed with
     # ArtifactExistsError. The replacement is written once: the second adopts the first's.
-    if backend == "filesystem":
-        config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
-    else:
-        config = StoreConfig("redis", url=request.getfixturevalue("redis_url"))
+    config = damage_config(backend, request, tmp_path)
     where = str(workdir)
     first_run = Pipeline(
         [
@@ -656,10 +658,7 @@ def test_a_step_computed_afresh_after_a_replacement_and_then_gone_is_run_again(
 ) -> None:
     # As above, but a is gone (deleted after the listing, as an expiry would) when b reads it: the resume
     # restored call 2 from the old record instead of running a.
-    if backend == "filesystem":
-        config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
-    else:
-        config = StoreConfig("redis", url=request.getfixturevalue("redis_url"))
+    config = damage_config(backend, request, tmp_path)
     executor, execution_id = _replaced_then_recomputed(config, workdir)
     where = str(workdir)
     pipeline = Pipeline(
