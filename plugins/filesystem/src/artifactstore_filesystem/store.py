@@ -249,6 +249,10 @@ class FilesystemStore(ArtifactStore):
                 prepared = self._prepare(step_id, message, overwrite, temps)
                 if prepared is not None:
                     self._publish(*prepared, overwrite)
+                elif self._settings.fsync:
+                    # The identical artifact is already there, but its writer may have been killed between
+                    # publishing it and fsyncing its directory: returning success promises durability.
+                    durable.fsync_dir(self._path(step_id)[0])
             finally:
                 for temp in temps:
                     durable.unlink_quiet(temp)
@@ -271,11 +275,13 @@ class FilesystemStore(ArtifactStore):
                     for step_id, message in items
                 ]
             prepared = [future.result() for future in futures]
-            for entry in prepared:
+            for (step_id, _), entry in zip(items, prepared, strict=True):
                 if entry is not None:
                     with self._doing("save", entry[0]):
                         self._publish(*entry, overwrite, sync=False)
-                    directories.add(os.path.dirname(entry[2]))
+                # An identical artifact already stored (entry None) gets its directory fsynced too, as in
+                # _save: its writer may have died before doing it.
+                directories.add(self._path(step_id)[0])
         finally:
             try:
                 with self._doing("save_many", None):
@@ -418,7 +424,9 @@ class FilesystemStore(ArtifactStore):
                     if existing is None:
                         continue  # deleted between our attempt and our look: try to create it again
                     if existing.identity() == header.identity():
-                        return  # an identical artifact: a safe retry, keep the stored one
+                        # An identical artifact: a safe retry, keep the stored one. Its writer may have
+                        # been killed before the directory fsync below, so that fsync is still ours to do.
+                        break
                     raise self._exists_error(step_id) from None
             else:
                 raise BackendUnavailableError(
