@@ -13,6 +13,11 @@ Roles:
     Prints ``ready``; then for each stdin line ``race <id>`` saves its own content under ``<id>`` and
     prints ``won`` or ``lost``; for ``read <id>`` prints the index whose content it reads back. With
     ``fallback``, ``os.link`` fails as on a file system without hard links.
+
+``overwriter <root> <namespace>``
+    On a file system without hard links (``os.link`` fails): prints ``ready``; then for each stdin line
+    ``overwrite <id>`` saves ``b"overwrite"`` under ``<id>`` with ``overwrite=True``, printing ``locking``
+    before it waits for the root's lock file, and ``done`` when the save has returned.
 """
 
 from __future__ import annotations
@@ -132,14 +137,17 @@ def zygote() -> None:
         _say(f"exit {code}")
 
 
+def _no_hard_links() -> None:
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "hard links not supported here")
+
+    os.link = no_link
+
+
 def racer(root: str, namespace: str, index: int, mode: str) -> None:
     """Race other processes to create ids; read back what won."""
     if mode == "fallback":
-
-        def no_link(*args: Any, **kwargs: Any) -> None:
-            raise OSError(errno.EPERM, "hard links not supported here")
-
-        os.link = no_link
+        _no_hard_links()
     store = FilesystemStore(FilesystemSettings(root=root), namespace=namespace)
     mine = f"racer {index} ".encode() * (MIB // 16)
     _say("ready")
@@ -159,10 +167,32 @@ def racer(root: str, namespace: str, index: int, mode: str) -> None:
             _say(f"read {winner}")
 
 
+def overwriter(root: str, namespace: str) -> None:
+    """Overwrite ids on command without hard links, saying when the save waits for the root's lock."""
+    import fcntl
+
+    _no_hard_links()
+    real_lockf = fcntl.lockf
+
+    def announced_lockf(*args: Any) -> Any:
+        _say("locking")
+        return real_lockf(*args)
+
+    fcntl.lockf = announced_lockf
+    store = FilesystemStore(FilesystemSettings(root=root), namespace=namespace)
+    _say("ready")
+    for line in sys.stdin:
+        _, step_id = line.split()
+        store.save(step_id, Message(content=b"overwrite"), overwrite=True)
+        _say("done")
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     role = sys.argv[1]
     if role == "zygote":
         zygote()
+    elif role == "overwriter":
+        overwriter(sys.argv[2], sys.argv[3])
     else:
         racer(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])

@@ -20,6 +20,7 @@ import pytest
 from artifactstore_core import ArtifactNotFoundError, Message
 from artifactstore_core.testing_servers import fork_child, wait_child
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore
+from artifactstore_filesystem import store as store_module
 from artifactstore_filesystem.layout import TEMP_PREFIX
 
 from .fs_worker import payload
@@ -177,6 +178,124 @@ def test_eight_processes_race_to_create_one_id(tmp_path: Path, mode: str) -> Non
                 racer.wait(timeout=30)
             assert racer.stdout is not None
             racer.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_without_hard_links_an_overwrite_in_another_process_is_not_lost_to_a_write_once_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without hard links a write-once save checks that the name is free, then renames, under the root's lock.
+    # An overwrite in another process replaced without that lock: landing between the check and the rename,
+    # it returned, and was then replaced by the write-once artifact, saved over an existing one.
+    root = tmp_path / "root"
+    overwriter = subprocess.Popen(
+        [sys.executable, WORKER, "overwriter", str(root), "ns"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert overwriter.stdin is not None
+    try:
+        lines = LineReader(overwriter)
+        assert lines.next() == "ready"
+
+        def no_link(*args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        real_lexists = os.path.lexists
+        seen: list[str] = []
+
+        def overwrite_after_the_check(path: Any) -> bool:
+            taken = real_lexists(path)
+            if not seen:
+                assert overwriter.stdin is not None
+                overwriter.stdin.write(b"overwrite x\n")
+                # The overwriter either finishes now (the defect) or waits for the lock this save holds.
+                seen.append(lines.next())
+            return taken
+
+        monkeypatch.setattr(os, "link", no_link)
+        monkeypatch.setattr(os.path, "lexists", overwrite_after_the_check)
+        store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
+        store.save("x", Message(content=b"write-once"))  # the name was free at its check: it wins
+        monkeypatch.undo()
+        if seen == ["locking"]:
+            seen.append(lines.next())
+        assert seen == ["locking", "done"]
+        assert store.get("x").content == b"overwrite"
+    finally:
+        overwriter.stdin.close()
+        try:
+            overwriter.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            overwriter.kill()
+            overwriter.wait(timeout=30)
+        assert overwriter.stdout is not None
+        overwriter.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_without_hard_links_an_overwrite_waits_for_a_write_once_save_between_its_check_and_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same race between two threads of one process: the overwrite must wait for the thread lock.
+    class WatchedLock:
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            if not self._lock.acquire(blocking=False):
+                overwriter_waits_or_ended.set()
+                self._lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self._lock.release()
+
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    real_lexists = os.path.lexists
+    checked, proceed, overwriter_waits_or_ended = threading.Event(), threading.Event(), threading.Event()
+
+    def paused_after_the_check(path: Any) -> bool:
+        taken = real_lexists(path)
+        if threading.current_thread().name == "write-once":
+            checked.set()
+            assert proceed.wait(30)
+        return taken
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os.path, "lexists", paused_after_the_check)
+    monkeypatch.setattr(store_module, "_FALLBACK_LOCK", WatchedLock())
+    store = FilesystemStore(FilesystemSettings(root=tmp_path / "root"), namespace="ns")
+    outcomes: dict[str, BaseException | None] = {}
+
+    def run(name: str, call: Any) -> threading.Thread:
+        def body() -> None:
+            try:
+                call()
+                outcomes[name] = None
+            except BaseException as exc:
+                outcomes[name] = exc
+            finally:
+                if name == "overwrite":
+                    overwriter_waits_or_ended.set()
+
+        thread = threading.Thread(target=body, name=name)
+        thread.start()
+        return thread
+
+    once = run("write-once", lambda: store.save("x", Message(content=b"write-once")))
+    try:
+        assert checked.wait(30)
+        over = run("overwrite", lambda: store.save("x", Message(content=b"overwrite"), overwrite=True))
+        assert overwriter_waits_or_ended.wait(30)
+    finally:
+        proceed.set()
+    once.join(30)
+    over.join(30)
+    assert outcomes == {"write-once": None, "overwrite": None}
+    assert store.get("x").content == b"overwrite"
 
 
 @pytest.mark.timeout(60)

@@ -147,6 +147,8 @@ class FilesystemStore(ArtifactStore):
         self._root = os.path.abspath(self._settings.root)
         self._ns_parts = encode_components(self.namespace)
         self._ns_dir = os.path.join(self._root, *self._ns_parts)
+        # Whether this root's file system has hard links: None until a publish finds out (see _links_work).
+        self._hard_links: bool | None = None
         try:
             self._guard(self._ns_dir)
             self._sweep_temp(self._ns_dir)
@@ -407,7 +409,14 @@ class FilesystemStore(ArtifactStore):
         directory = os.path.dirname(final)
         if overwrite:
             try:
-                os.replace(temp, final)
+                if self._links_work(temp):
+                    os.replace(temp, final)
+                else:
+                    # Without hard links a write-once save checks then renames under the root lock; a replace
+                    # landing between its check and its rename would be replaced in turn, by an artifact
+                    # saved write-once over an existing one: the overwrite lost although it returned.
+                    with self._root_lock():
+                        os.replace(temp, final)
             except OSError as exc:
                 # The OSError names the temporary file (removed right after), not what is in the way.
                 blocked = self._directory_at(final, step_id)
@@ -478,12 +487,14 @@ class FilesystemStore(ArtifactStore):
         """Create ``final`` as ``temp``, failing with ``FileExistsError`` if it exists (atomically)."""
         try:
             os.link(temp, final)
+            self._hard_links = True
             return
         except FileExistsError:
             raise
         except OSError as exc:
             if exc.errno not in _NO_HARD_LINKS:
                 raise
+            self._hard_links = False
         if os.name == "nt":  # pragma: no cover - Windows: rename refuses an existing target
             os.rename(temp, final)
             return
@@ -492,6 +503,26 @@ class FilesystemStore(ArtifactStore):
             if os.path.lexists(final):
                 raise FileExistsError(errno.EEXIST, "artifact exists", final)
             os.rename(temp, final)
+
+    def _links_work(self, temp: str) -> bool:
+        """Whether this root's file system has hard links, learned once per store: from the first write-once
+        publish, or else by linking the temporary file ``temp`` to a second temporary name and removing it.
+
+        Where they are missing, an overwrite must take the root lock that write-once saves check and rename
+        under. On Windows the fallback is a rename that refuses an existing target, atomic without the lock.
+        """
+        if self._hard_links is None and os.name != "nt":
+            probe = temp + "-link"  # a temporary name too, so a killed prober's file is swept like any other
+            try:
+                os.link(temp, probe)
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                self._hard_links = False
+            else:
+                durable.unlink_quiet(probe)
+                self._hard_links = True
+        return self._hard_links is not False
 
     @contextmanager
     def _root_lock(self) -> Iterator[None]:
