@@ -306,6 +306,51 @@ def test_a_retry_that_finds_its_artifact_in_place_fsyncs_the_directory(
     assert _temp_files(root) == left_by_the_killed_writer
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
+@pytest.mark.parametrize("how", ["save", "identical save"])
+def test_a_save_into_a_directory_a_killed_writer_created_fsyncs_the_directories_above(
+    root: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # A writer SIGKILLed between creating the namespace directory and fsyncing the root left a directory whose
+    # entry may not survive a power loss. Later saves found the directory and fsynced only the file and the
+    # namespace directory: acknowledged artifacts in it could vanish with it.
+    monkeypatch.setattr(store_module, "_DURABLE_DIRS", set())  # no directory known from earlier tests
+    root.mkdir(parents=True)
+    settings = FilesystemSettings(root=root)
+
+    def killed_writer() -> None:
+        store = FilesystemStore(settings, namespace="ns")
+        os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # its first: the new directory's parent
+        store.save("first", Message(content=b"1"))
+
+    if how == "identical save":
+        # The directory and "x" as a writer killed after publishing, before any directory fsync, leaves them.
+        FilesystemStore(settings.model_copy(update={"fsync": False}), namespace="ns").save(
+            "x", Message(content=b"data")
+        )
+    else:
+        _, status = os.waitpid(fork_child(killed_writer, deadline=20), 0)
+        assert os.WIFSIGNALED(status)
+    namespace_dir = root / "@ns"
+    assert namespace_dir.is_dir()
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.extend(path for path in (root, root.parent) if os.path.samestat(info, path.stat()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = FilesystemStore(settings, namespace="ns")
+    store.save("x" if how == "identical save" else "second", Message(content=b"data"))
+    assert synced == [root, root.parent]  # the namespace directory's entry, and the root's
+    synced.clear()
+    store.save("third", Message(content=b"3"))
+    assert synced == []  # once per directory and process
+
+
 def test_save_many_failures_name_the_artifact_and_leave_no_temporary_files(
     make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

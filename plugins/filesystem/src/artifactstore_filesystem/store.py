@@ -70,6 +70,12 @@ _CLEAR_BATCH = 4096
 _BATCH_THREADS = 8
 _CAPACITY = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# (st_dev, st_ino) of the directories whose entry, and the entries of the directories above them up to the
+# root's parent, this process has fsynced: a directory another writer created may have lost that writer (it
+# dies between mkdir and fsync), and a save into it promises that its artifact is reachable after a power
+# loss. Checked once per directory and process; forgotten whole past _DURABLE_DIRS_MAX entries.
+_DURABLE_DIRS: set[tuple[int, int]] = set()
+_DURABLE_DIRS_MAX = 65536
 # Serialises the check-then-rename fallback within one process (the lock on <root>/.lock is per process,
 # not per thread).
 _FALLBACK_LOCK = threading.Lock()
@@ -236,11 +242,37 @@ class FilesystemStore(ArtifactStore):
             try:
                 for parent in dict.fromkeys(reversed(created)):
                     durable.fsync_dir(parent)
+                self._sync_above(directory)
             except BaseException:
                 os.close(fd)
                 durable.unlink_quiet(path)
                 raise
         return fd, path
+
+    def _sync_above(self, directory: str) -> None:
+        """Fsync the directories above ``directory`` up to the root's parent, once per directory and process.
+
+        Whoever created one of them fsynced its parent only if it lived long enough; a save into
+        ``directory`` must not depend on that. The creator's own fsyncs (in :meth:`_new_temp`) do not
+        replace this: the directories above the ones it created may have been left by a killed writer.
+        """
+        try:
+            info = os.stat(directory)
+        except FileNotFoundError:
+            return  # removed by a concurrent clear or delete since: nothing of it to make durable
+        key = (info.st_dev, info.st_ino)
+        if key in _DURABLE_DIRS:
+            return
+        stop = os.path.dirname(self._root)
+        parent = os.path.dirname(directory)
+        while True:
+            durable.fsync_dir(parent)
+            if parent == stop or os.path.dirname(parent) == parent:
+                break
+            parent = os.path.dirname(parent)
+        if len(_DURABLE_DIRS) >= _DURABLE_DIRS_MAX:
+            _DURABLE_DIRS.clear()
+        _DURABLE_DIRS.add(key)
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -254,7 +286,9 @@ class FilesystemStore(ArtifactStore):
                 elif self._settings.fsync:
                     # The identical artifact is already there, but its writer may have been killed between
                     # publishing it and fsyncing its directory: returning success promises durability.
-                    durable.fsync_dir(self._path(step_id)[0])
+                    directory = self._path(step_id)[0]
+                    durable.fsync_dir(directory)
+                    self._sync_above(directory)
             finally:
                 for temp in temps:
                     durable.unlink_quiet(temp)
@@ -289,6 +323,7 @@ class FilesystemStore(ArtifactStore):
                 with self._doing("save_many", None):
                     for directory in directories:
                         durable.fsync_dir(directory)
+                        self._sync_above(directory)  # known already, unless only identical artifacts went there
             finally:
                 for temp in temps:
                     durable.unlink_quiet(temp)
