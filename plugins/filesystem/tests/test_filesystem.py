@@ -351,6 +351,24 @@ def test_a_save_into_a_directory_a_killed_writer_created_fsyncs_the_directories_
     assert synced == []  # once per directory and process
 
 
+def test_a_root_whose_parent_cannot_be_opened_still_takes_saves(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A root the user owns under a parent they may only pass through (mode 0711, as root's tests cannot make
+    # real): the fsync of the directories above a save's directory stops short of that parent.
+    monkeypatch.setattr(store_module, "_DURABLE_DIRS", set())
+    root.mkdir(parents=True)
+    real_open = os.open
+
+    def guarded_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == str(root.parent):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
+    store.save("x", Message(content=b"data"))
+    assert store.get("x").content == b"data"
+
+
 def test_save_many_failures_name_the_artifact_and_leave_no_temporary_files(
     make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

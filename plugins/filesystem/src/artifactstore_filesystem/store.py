@@ -265,11 +265,15 @@ class FilesystemStore(ArtifactStore):
             return
         stop = os.path.dirname(self._root)
         parent = os.path.dirname(directory)
-        while True:
+        while parent != stop and os.path.dirname(parent) != parent:
             durable.fsync_dir(parent)
-            if parent == stop or os.path.dirname(parent) == parent:
-                break
             parent = os.path.dirname(parent)
+        try:
+            durable.fsync_dir(parent)
+        except PermissionError as exc:
+            # The root's parent is not ours: a user may write a root whose parent they can only pass through
+            # (mode 0711), which cannot be opened to fsync. Saves worked there before this step existed.
+            logger.debug("could not fsync the filesystem root's parent directory: %s", exc)
         if len(_DURABLE_DIRS) >= _DURABLE_DIRS_MAX:
             _DURABLE_DIRS.clear()
         _DURABLE_DIRS.add(key)
