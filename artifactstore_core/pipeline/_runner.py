@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import copy
 import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -33,10 +32,8 @@ __all__ = [
     "WorkerTask",
     "execute_step",
     "forget_replacements",
-    "init_worker",
     "replacement_id",
     "run_in_worker",
-    "running_step",
     "to_message",
 ]
 
@@ -59,7 +56,7 @@ class WorkerTask:
     step: Step
     config: StoreConfig
     execution_id: str
-    #: The step's position in the pipeline's order, written in the worker's slot while it runs.
+    #: The step's position in the pipeline's order (the worker pool reports it for a worker that died).
     index: int = -1
     #: Inputs reused from an earlier run of this execution, read (and so verified) before the step runs.
     verify: tuple[str, ...] = ()
@@ -259,37 +256,6 @@ def _store_for(config: StoreConfig, execution_id: str) -> ArtifactStore:
         return store
 
 
-# Which step each worker process is running, in an array shared with the executor: a (pid, index + 1)
-# pair per worker, index + 1 = 0 while idle. When a worker dies, concurrent.futures fails every running
-# step with the same BrokenProcessPool and kills the other workers, so the executor reads it to learn
-# which step was running in the process that died on its own. Set by init_worker.
-_worker_slot: tuple[Any, int] | None = None
-
-
-def init_worker(running: Any, claim: Any) -> None:
-    """Initializer of a worker process: claim a free slot of ``running`` (a shared integer array).
-
-    The array has no lock of its own: a worker killed while holding one would leave the executor waiting
-    for it forever. Each slot is written by its worker alone (a single aligned 64-bit store), and
-    ``claim`` (a lock) only orders the workers claiming their slots as they start.
-    """
-    global _worker_slot
-    with claim:
-        for slot in range(0, len(running), 2):
-            if running[slot] == 0:
-                running[slot] = os.getpid()
-                _worker_slot = (running, slot)
-                return
-
-
-def running_step(running: Any, pid: int) -> int | None:
-    """The index of the step the worker ``pid`` was running when it stopped, or ``None``."""
-    for slot in range(0, len(running), 2):
-        if running[slot] == pid and running[slot + 1] > 0:
-            return int(running[slot + 1]) - 1
-    return None
-
-
 def run_in_worker(task: WorkerTask) -> StepOutcome:
     """Entry point of a worker process: rebuild the store from settings, run the step, save its output.
 
@@ -298,8 +264,6 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
         be rebuilt in the executor's process is replaced by a ``RuntimeError`` naming its type and text,
         with the original chained (so the worker's traceback still shows where it was raised).
     """
-    if _worker_slot is not None:
-        _worker_slot[0][_worker_slot[1] + 1] = task.index + 1
     try:
         store = _store_for(task.config, task.execution_id)
         return execute_step(store, task.step, task.verify, task.overwrite, task.forget)
@@ -311,10 +275,6 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
             f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} (step {task.step.id!r} raised it in a "
             f"worker process, and it cannot be sent to the executor's process: {problem})"
         ) from exc
-    finally:
-        # Not reached when the process dies: then the slot still names the step it was running.
-        if _worker_slot is not None:
-            _worker_slot[0][_worker_slot[1] + 1] = 0
 
 
 def _unrebuildable(exc: Exception) -> str | None:

@@ -217,11 +217,11 @@ def step_beside_killed(inputs: Inputs, *, workdir: str) -> dict[str, Any]:
     Path(workdir, "sibling-started").touch()
     wait_until(lambda: Path(workdir, "killed.pid").exists(), DEADLINE, "the killed step never started")
     pid = int(Path(workdir, "killed.pid").read_text())
-    wait_until(lambda: _dead(pid), DEADLINE, f"process {pid} never died")
+    wait_until(lambda: is_dead(pid), DEADLINE, f"process {pid} never died")
     return {"sibling": True}
 
 
-def _dead(pid: int) -> bool:
+def is_dead(pid: int) -> bool:
     # A killed child stays a zombie until the executor's process reaps it: dead all the same.
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -330,8 +330,16 @@ def step_waits_for_ever(inputs: Inputs, *, workdir: str, name: str) -> str:
     return name
 
 
-def run_until_interrupted(root: str, workdir: str) -> None:
-    """Run a pipeline of three waiting steps on two worker processes, for the test to interrupt."""
+def step_deaf_to_ctrl_c(inputs: Inputs, *, workdir: str, name: str) -> str:
+    """As :func:`step_waits_for_ever`, but deaf to Ctrl-C, as a step blocked in native code or one that
+    catches ``KeyboardInterrupt`` to clean up and carries on is."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return step_waits_for_ever(inputs, workdir=workdir, name=name)
+
+
+def run_until_interrupted(root: str, workdir: str, deaf: bool = False) -> None:
+    """Run a pipeline of three waiting steps (``deaf`` to Ctrl-C, or not) on two worker processes, for the
+    test to interrupt or kill."""
     import signal as signals
     import sys
 
@@ -339,13 +347,11 @@ def run_until_interrupted(root: str, workdir: str) -> None:
 
     # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
     signals.signal(signals.SIGINT, signals.default_int_handler)
+    waits = step_deaf_to_ctrl_c if deaf else step_waits_for_ever
     pipeline = Pipeline(
         [
             Step("a", functools.partial(step_a, workdir=workdir)),
-            *(
-                Step(name, functools.partial(step_waits_for_ever, workdir=workdir, name=name), ("a",))
-                for name in ("s0", "s1", "s2")
-            ),
+            *(Step(name, functools.partial(waits, workdir=workdir, name=name), ("a",)) for name in ("s0", "s1", "s2")),
         ]
     )
     try:
