@@ -221,8 +221,43 @@ def _replace(store: ArtifactStore, step: Step, inputs: Any) -> tuple[Message, bo
             # Another resume created this generation's record while the step ran here: its output is the
             # replacement, the artifact its readers may have read already.
             last = store.get(record)
-    store.save(step.id, last, overwrite=True)
-    return last, ran
+    return _install(store, step.id, last, record), ran
+
+
+def _install(store: ArtifactStore, step_id: str, replacement: Message, record: str) -> Message:
+    """Put ``replacement`` (decided by ``record``) in place of ``step_id``'s damaged artifact; return the
+    message that is the step's artifact afterwards.
+
+    Only a damaged artifact is overwritten. Between this resume's read that found it damaged and now, it may
+    have been deleted (by hand, or it expired) and another resume, finding it gone, may have run the step and
+    saved it write-once, as any step that runs does (deleting the step's records first); that resume's
+    readers have read it. Overwriting it then would leave them computed from an artifact the execution no
+    longer holds, so that sound artifact is used instead, and the records that do not stand for it are
+    deleted, this resume's own included (as the other resume would have, had it saved after this one). A gone
+    artifact is saved write-once, so a resume that finds it gone and saves at the same time agrees on one.
+
+    Raises:
+        BackendError and the other errors of :meth:`ArtifactStore.get`, ``save`` and ``delete``.
+    """
+    while True:
+        try:
+            current = store.get(step_id)
+        except ArtifactCorruptedError:
+            # Still the damaged artifact (a sound one is never damaged by saving): ours replaces it. A deletion
+            # and a fresh save landing between this read and this write would be overwritten; closing that
+            # needs an overwrite conditional on the stored digest, which the store contract does not have.
+            store.save(step_id, replacement, overwrite=True)
+            return replacement
+        except ArtifactNotFoundError:
+            try:
+                store.save(step_id, replacement)
+                return replacement
+            except ArtifactExistsError:
+                continue  # another resume saved it since: read what it saved
+        if current != replacement:
+            forget_replacements(store, step_id)
+            store.delete(record)
+        return current
 
 
 # One store per worker process, reused by every step the worker runs for the same execution.

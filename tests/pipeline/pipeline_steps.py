@@ -377,3 +377,38 @@ def step_b_copies_a(inputs: Inputs, *, workdir: str, fail: bool = False) -> int:
     record(workdir, "b")
     _fail_if(fail, "b")
     return int(inputs["a"].content["call"])
+
+
+# One resume finds an artifact damaged, another finds it gone (test_resume.py).
+
+
+def step_a_held(inputs: Inputs, *, workdir: str, by: str, hold: bool) -> dict[str, str]:
+    """a, run again by resume ``by``: says it started, and with ``hold`` returns only once the test lets it."""
+    record(workdir, f"a-{by}")
+    Path(workdir, f"a-{by}-started").touch()
+    if hold:
+        Gate(str(Path(workdir, f"a-{by}-go"))).wait()
+    return {"by": by}
+
+
+def resume_held(config: Any, execution_id: str, workdir: str, by: str, hold: bool) -> None:
+    """Run one resume of the a -> b pipeline, a held with ``hold``; write how it ended to ``<by>.result``."""
+    import json
+
+    from artifactstore_core.pipeline import Executor, StepFailedError
+
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a_held, workdir=workdir, by=by, hold=hold)),
+            Step("b", functools.partial(step_b_from_a, workdir=workdir, by=by), ("a",)),
+        ]
+    )
+    try:
+        result = Executor(config, on_success="keep").run(pipeline, execution_id=execution_id)
+        outcome: dict[str, Any] = {
+            "output": result.output.content["from"],
+            "steps": {step_id: str(step.status) for step_id, step in result.steps.items()},
+        }
+    except StepFailedError as error:
+        outcome = {"failed": error.step_id, "cause": f"{type(error.__cause__).__name__}: {error.__cause__}"}
+    Path(workdir, f"{by}.result").write_text(json.dumps(outcome))
