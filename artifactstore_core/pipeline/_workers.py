@@ -317,7 +317,10 @@ def _serve_steps(conn: connection.Connection) -> None:
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent.sentinel,), name="artifactstore-parent", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send(("ready",))
+    try:
+        conn.send(("ready",))
+    except OSError:
+        return  # the pool shut down while this worker started (its only step could not be sent)
     while True:
         try:
             task = conn.recv()

@@ -337,6 +337,17 @@ def step_deaf_to_ctrl_c(inputs: Inputs, *, workdir: str, name: str) -> str:
     return step_waits_for_ever(inputs, workdir=workdir, name=name)
 
 
+def waiting_pipeline(workdir: str, deaf: bool = False) -> Pipeline:
+    """a, then s0, s1 and s2, which read it and wait at the gate ``<workdir>/never``."""
+    waits = step_deaf_to_ctrl_c if deaf else step_waits_for_ever
+    return Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=workdir)),
+            *(Step(name, functools.partial(waits, workdir=workdir, name=name), ("a",)) for name in ("s0", "s1", "s2")),
+        ]
+    )
+
+
 def run_until_interrupted(root: str, workdir: str, deaf: bool = False) -> None:
     """Run a pipeline of three waiting steps (``deaf`` to Ctrl-C, or not) on two worker processes, for the
     test to interrupt or kill."""
@@ -347,13 +358,7 @@ def run_until_interrupted(root: str, workdir: str, deaf: bool = False) -> None:
 
     # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
     signals.signal(signals.SIGINT, signals.default_int_handler)
-    waits = step_deaf_to_ctrl_c if deaf else step_waits_for_ever
-    pipeline = Pipeline(
-        [
-            Step("a", functools.partial(step_a, workdir=workdir)),
-            *(Step(name, functools.partial(waits, workdir=workdir, name=name), ("a",)) for name in ("s0", "s1", "s2")),
-        ]
-    )
+    pipeline = waiting_pipeline(workdir, deaf)
     try:
         Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
             pipeline, execution_id="interrupted"

@@ -36,6 +36,7 @@ from pipeline_steps import (
     step_sibling,
     step_two_arg_error,
     wait_until,
+    waiting_pipeline,
 )
 
 from artifactstore_core import (
@@ -407,6 +408,15 @@ def test_workers_do_not_outlive_a_runner_killed_with_sigkill(tmp_path: Path, wor
     finally:
         _kill_group(process)
     assert "s2" not in calls(workdir)
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+
+    # The execution resumes from what the killed run finished.
+    Gate(str(Path(workdir, "never"))).open()
+    resumed = Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
+        waiting_pipeline(str(workdir)), execution_id="interrupted"
+    )
+    assert statuses(resumed) == {"a": StepStatus.REUSED, **dict.fromkeys(("s0", "s1", "s2"), StepStatus.SUCCEEDED)}
+    assert calls(workdir) == {"a": 1, "s0": 2, "s1": 2, "s2": 1}
 
 
 # -- namespaces ---------------------------------------------------------------------------------------
