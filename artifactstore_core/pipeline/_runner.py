@@ -318,8 +318,8 @@ def _unrebuildable(exc: Exception) -> str | None:
     The pool sends exceptions by their reduce protocol, which rebuilds them as ``type(exc)(*exc.args)``.
     An exception whose ``__init__`` takes other arguments than ``args`` (``httpx.HTTPStatusError``, any
     ``__init__(self, a, b)`` that passes one message up) is sent fine but fails to rebuild in the
-    receiving process, and ``concurrent.futures`` then declares the whole pool broken: the real error
-    is lost and every other running step is killed. ``copy.deepcopy`` goes through the same protocol,
+    receiving process, where only the rebuilding error would be left to report: the real error, its text
+    and its traceback would be lost. ``copy.deepcopy`` goes through the same protocol,
     so it finds those (and attributes that cannot be sent at all) here, while the original is at hand.
     """
     try:
