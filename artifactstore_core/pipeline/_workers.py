@@ -91,6 +91,7 @@ class WorkerPool(cf.Executor):
         self._context = context
         self._lock = threading.Lock()
         self._state = _State()
+        self._any_started = False
         self._wake_reader, self._wake_writer = context.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._serve, name="artifactstore-workers", daemon=True)
         self._thread.start()
@@ -113,6 +114,11 @@ class WorkerPool(cf.Executor):
             self._state.pending.append((future, args[0]))
         self._wake()
         return future
+
+    def any_started(self) -> bool:
+        """Whether any worker, living or dead, ever started (took its first step). Raises nothing."""
+        with self._lock:
+            return self._any_started
 
     def died(self) -> list[WorkerDied]:
         """The workers that died on their own (not stopped by this pool), in the order it saw them."""
@@ -253,6 +259,8 @@ class WorkerPool(cf.Executor):
             kind = message[0]
             if kind == "ready":
                 worker.started = True
+                with self._lock:
+                    self._any_started = True
             elif kind == "done":
                 self._complete(worker, None, message[1])
             else:

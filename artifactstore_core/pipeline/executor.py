@@ -367,7 +367,7 @@ class Executor:
                 death = _how_it_ended(mine)
             # A worker that never took a step failed while starting: typically importing the main module,
             # whose unguarded call to run() tried to start workers of its own.
-            unstarted = mine is not None and not any(worker.started for worker in died)
+            unstarted = mine is not None and not pool.any_started()
         steps = {
             step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN, replaced=replaced.get(step_id)))
             for step_id in pipeline.order
