@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import copy
 import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -33,10 +32,8 @@ __all__ = [
     "WorkerTask",
     "execute_step",
     "forget_replacements",
-    "init_worker",
     "replacement_id",
     "run_in_worker",
-    "running_step",
     "to_message",
 ]
 
@@ -59,7 +56,7 @@ class WorkerTask:
     step: Step
     config: StoreConfig
     execution_id: str
-    #: The step's position in the pipeline's order, written in the worker's slot while it runs.
+    #: The step's position in the pipeline's order (the worker pool reports it for a worker that died).
     index: int = -1
     #: Inputs reused from an earlier run of this execution, read (and so verified) before the step runs.
     verify: tuple[str, ...] = ()
@@ -224,8 +221,43 @@ def _replace(store: ArtifactStore, step: Step, inputs: Any) -> tuple[Message, bo
             # Another resume created this generation's record while the step ran here: its output is the
             # replacement, the artifact its readers may have read already.
             last = store.get(record)
-    store.save(step.id, last, overwrite=True)
-    return last, ran
+    return _install(store, step.id, last, record), ran
+
+
+def _install(store: ArtifactStore, step_id: str, replacement: Message, record: str) -> Message:
+    """Put ``replacement`` (decided by ``record``) in place of ``step_id``'s damaged artifact; return the
+    message that is the step's artifact afterwards.
+
+    Only a damaged artifact is overwritten. Between this resume's read that found it damaged and now, it may
+    have been deleted (by hand, or it expired) and another resume, finding it gone, may have run the step and
+    saved it write-once, as any step that runs does (deleting the step's records first); that resume's
+    readers have read it. Overwriting it then would leave them computed from an artifact the execution no
+    longer holds, so that sound artifact is used instead, and the records that do not stand for it are
+    deleted, this resume's own included (as the other resume would have, had it saved after this one). A gone
+    artifact is saved write-once, so a resume that finds it gone and saves at the same time agrees on one.
+
+    Raises:
+        BackendError and the other errors of :meth:`ArtifactStore.get`, ``save`` and ``delete``.
+    """
+    while True:
+        try:
+            current = store.get(step_id)
+        except ArtifactCorruptedError:
+            # Still the damaged artifact (a sound one is never damaged by saving): ours replaces it. A deletion
+            # and a fresh save landing between this read and this write would be overwritten; closing that
+            # needs an overwrite conditional on the stored digest, which the store contract does not have.
+            store.save(step_id, replacement, overwrite=True)
+            return replacement
+        except ArtifactNotFoundError:
+            try:
+                store.save(step_id, replacement)
+                return replacement
+            except ArtifactExistsError:
+                continue  # another resume saved it since: read what it saved
+        if current != replacement:
+            forget_replacements(store, step_id)
+            store.delete(record)
+        return current
 
 
 # One store per worker process, reused by every step the worker runs for the same execution.
@@ -259,37 +291,6 @@ def _store_for(config: StoreConfig, execution_id: str) -> ArtifactStore:
         return store
 
 
-# Which step each worker process is running, in an array shared with the executor: a (pid, index + 1)
-# pair per worker, index + 1 = 0 while idle. When a worker dies, concurrent.futures fails every running
-# step with the same BrokenProcessPool and kills the other workers, so the executor reads it to learn
-# which step was running in the process that died on its own. Set by init_worker.
-_worker_slot: tuple[Any, int] | None = None
-
-
-def init_worker(running: Any, claim: Any) -> None:
-    """Initializer of a worker process: claim a free slot of ``running`` (a shared integer array).
-
-    The array has no lock of its own: a worker killed while holding one would leave the executor waiting
-    for it forever. Each slot is written by its worker alone (a single aligned 64-bit store), and
-    ``claim`` (a lock) only orders the workers claiming their slots as they start.
-    """
-    global _worker_slot
-    with claim:
-        for slot in range(0, len(running), 2):
-            if running[slot] == 0:
-                running[slot] = os.getpid()
-                _worker_slot = (running, slot)
-                return
-
-
-def running_step(running: Any, pid: int) -> int | None:
-    """The index of the step the worker ``pid`` was running when it stopped, or ``None``."""
-    for slot in range(0, len(running), 2):
-        if running[slot] == pid and running[slot + 1] > 0:
-            return int(running[slot + 1]) - 1
-    return None
-
-
 def run_in_worker(task: WorkerTask) -> StepOutcome:
     """Entry point of a worker process: rebuild the store from settings, run the step, save its output.
 
@@ -298,8 +299,6 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
         be rebuilt in the executor's process is replaced by a ``RuntimeError`` naming its type and text,
         with the original chained (so the worker's traceback still shows where it was raised).
     """
-    if _worker_slot is not None:
-        _worker_slot[0][_worker_slot[1] + 1] = task.index + 1
     try:
         store = _store_for(task.config, task.execution_id)
         return execute_step(store, task.step, task.verify, task.overwrite, task.forget)
@@ -311,10 +310,6 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
             f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} (step {task.step.id!r} raised it in a "
             f"worker process, and it cannot be sent to the executor's process: {problem})"
         ) from exc
-    finally:
-        # Not reached when the process dies: then the slot still names the step it was running.
-        if _worker_slot is not None:
-            _worker_slot[0][_worker_slot[1] + 1] = 0
 
 
 def _unrebuildable(exc: Exception) -> str | None:
@@ -323,8 +318,8 @@ def _unrebuildable(exc: Exception) -> str | None:
     The pool sends exceptions by their reduce protocol, which rebuilds them as ``type(exc)(*exc.args)``.
     An exception whose ``__init__`` takes other arguments than ``args`` (``httpx.HTTPStatusError``, any
     ``__init__(self, a, b)`` that passes one message up) is sent fine but fails to rebuild in the
-    receiving process, and ``concurrent.futures`` then declares the whole pool broken: the real error
-    is lost and every other running step is killed. ``copy.deepcopy`` goes through the same protocol,
+    receiving process, where only the rebuilding error would be left to report: the real error, its text
+    and its traceback would be lost. ``copy.deepcopy`` goes through the same protocol,
     so it finds those (and attributes that cannot be sent at all) here, while the original is at hand.
     """
     try:

@@ -22,7 +22,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from ..errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStoreError, ConfigurationError
 from ..ids import validate_namespace
@@ -34,10 +34,9 @@ from ._runner import (
     WorkerTask,
     execute_step,
     forget_replacements,
-    init_worker,
     run_in_worker,
-    running_step,
 )
+from ._workers import WorkerDied, WorkerPool
 from .config import StoreConfig
 from .container import ServiceContainer
 from .errors import StepFailedError
@@ -247,13 +246,9 @@ class Executor:
         }
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
-        death = ""
-        unstarted = False
         outputs: dict[str, Message] = {}
         pool: cf.Executor | None = None
-        slots: Any = None
         positions = {step_id: index for index, step_id in enumerate(pipeline.order)}
-        workers: dict[int, multiprocessing.process.BaseProcess] = {}
         running: dict[cf.Future[StepOutcome], str] = {}
 
         def available(step_id: str) -> bool:
@@ -285,7 +280,7 @@ class Executor:
             while True:
                 while ready or running:
                     if pool is None:
-                        pool, slots = self._pool(len(waiting))
+                        pool = self._pool(len(waiting))
                     for step_id in ready:
                         step = pipeline[step_id]
                         verify = tuple(name for name in step.inputs if name in reused)
@@ -324,16 +319,6 @@ class Executor:
                             results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=replaced.get(step_id))
                             if failure is None:
                                 failure = (step_id, error)
-                                if isinstance(error, cfp.BrokenProcessPool):
-                                    # Kept to read their exit codes once the pool has joined them.
-                                    found = _worker_processes(pool)
-                                    if found is None:
-                                        logger.warning(
-                                            "a worker process died, and this Python's ProcessPoolExecutor does "
-                                            "not expose its processes (no _processes mapping): the error cannot "
-                                            "name the step whose worker died"
-                                        )
-                                    workers = found or {}
                                 # Fail fast: steps not started yet never start; running ones finish.
                                 for other in running:
                                     other.cancel()
@@ -361,10 +346,10 @@ class Executor:
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 # Ctrl-C (in this process, or in a step), SystemExit: no step starts any more. Worker processes
-                # are stopped: they got the terminal's SIGINT too, and each would otherwise go on to the steps
-                # queued for it. Threads cannot be stopped: the steps running on them finish first.
-                if pool is not None and self._mode == "processes":
-                    _stop_workers(pool)
+                # are terminated, so their steps stop now: a step may ignore or catch the terminal's SIGINT, and
+                # waiting for it is not what Ctrl-C asked. Threads cannot be stopped: their steps finish first.
+                if isinstance(pool, WorkerPool):
+                    pool.terminate()
                 exc.add_note(
                     f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
                     f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"
@@ -373,13 +358,16 @@ class Executor:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        if failure is not None and workers and slots is not None:
-            died = _died_in(pipeline, workers, slots)
-            if died is not None:
-                failure = (died[0], failure[1])
-                death = died[1]
-            elif _none_started(workers, slots):
-                unstarted = True
+        death = ""
+        unstarted = False
+        if failure is not None and isinstance(pool, WorkerPool) and isinstance(failure[1], cfp.BrokenProcessPool):
+            died = pool.died()
+            mine = next((worker for worker in died if worker.step_index == positions[failure[0]]), None)
+            if mine is not None and mine.started:
+                death = _how_it_ended(mine)
+            # A worker that never took a step failed while starting: typically importing the main module,
+            # whose unguarded call to run() tried to start workers of its own.
+            unstarted = mine is not None and not pool.any_started()
         steps = {
             step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN, replaced=replaced.get(step_id)))
             for step_id in pipeline.order
@@ -506,19 +494,14 @@ class Executor:
             result=result,
         )
 
-    def _pool(self, steps: int) -> tuple[cf.Executor, Any]:
-        """The pool, and for processes the array in which each worker writes the step it runs."""
+    def _pool(self, steps: int) -> cf.Executor:
+        """The pool: this executor's own worker processes, or a thread pool."""
         if self._mode == "processes":
             workers = min(self._max_workers or os.cpu_count() or 1, steps)
             # spawn, not fork: a forked child would inherit this process's threads, locks and clients.
-            context = multiprocessing.get_context("spawn")
-            slots = context.Array("q", 2 * workers, lock=False)
-            pool = cf.ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=init_worker, initargs=(slots, context.Lock())
-            )
-            return pool, slots
+            return WorkerPool(workers, multiprocessing.get_context("spawn"))
         workers = min(self._max_workers or min(32, (os.cpu_count() or 1) + 4), steps)
-        return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifactstore-step"), None
+        return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifactstore-step")
 
     def _submit(
         self,
@@ -570,45 +553,6 @@ def _warn_replaced(store: ArtifactStore, step_id: str, reason: str) -> None:
         step_id,
         reason,
     )
-
-
-def _stop_workers(pool: cf.Executor) -> None:
-    """Terminate the worker processes of ``pool``: their running steps stop, and no queued step starts.
-
-    ``shutdown(cancel_futures=True)`` cancels only the steps the pool has not yet handed to a worker's
-    queue; a worker takes the next queued one as soon as its step ends, interrupted or not.
-    """
-    processes = _worker_processes(pool)
-    if processes is None:
-        # Said, not skipped in silence: the user pressed Ctrl-C and would otherwise wait for steps that
-        # seem stopped, or see queued steps start, with no clue why.
-        logger.warning(
-            "cannot terminate the worker processes: this Python's ProcessPoolExecutor does not expose them "
-            "(no _processes mapping); the steps running in them finish first, and a worker may start the step "
-            "queued for it"
-        )
-        return
-    for process in processes.values():
-        with contextlib.suppress(Exception):
-            process.terminate()
-
-
-_MISSING = object()
-
-
-def _worker_processes(pool: cf.Executor) -> dict[int, multiprocessing.process.BaseProcess] | None:
-    """The worker processes of ``pool`` by process id, or ``None`` when the pool does not expose them.
-
-    ``concurrent.futures`` has no public way to reach a pool's processes: this reads CPython's private
-    ``ProcessPoolExecutor._processes`` (a dict by pid, ``None`` once the pool is shut down, when there
-    are no workers left). Anything else means another implementation, and the caller says so.
-    """
-    processes = getattr(pool, "_processes", _MISSING)
-    if processes is None:
-        return {}
-    if not isinstance(processes, dict):
-        return None
-    return dict(processes)
 
 
 def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> None:
@@ -684,48 +628,16 @@ def _read_outputs(
     return gone
 
 
-def _died_in(
-    pipeline: Pipeline, workers: dict[int, multiprocessing.process.BaseProcess], slots: Any
-) -> tuple[str, str] | None:
-    """The step that was running in the worker process that died on its own, if exactly one did, and how
-    the process ended ("exited with code 3", "was killed by signal SIGKILL").
-
-    When a worker dies, ``concurrent.futures`` fails every running step with one ``BrokenProcessPool``
-    and terminates the other workers, so the first failed future is any of them. The worker that died
-    first exited with its own code (a crash, ``os._exit``, a signal such as SIGKILL or SIGSEGV); the
-    pool ended the others with SIGTERM.
-    """
-    order = pipeline.order
-    died = [
-        (order[index], process.exitcode)
-        for pid, process in workers.items()
-        if process.exitcode not in (None, 0, -signal.SIGTERM)
-        and (index := running_step(slots, pid)) is not None
-        and 0 <= index < len(order)
-    ]
-    if len(died) != 1:
-        return None
-    step_id, code = died[0]
-    assert code is not None
+def _how_it_ended(worker: WorkerDied) -> str:
+    """How a worker process that died on its own ended: "exited with code 3", "was killed by signal SIGKILL"."""
+    code = worker.exitcode
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = str(-code)
-        return step_id, f"was killed by signal {name}"
-    return step_id, f"exited with code {code}"
-
-
-def _none_started(workers: dict[int, multiprocessing.process.BaseProcess], slots: Any) -> bool:
-    """Whether every worker process of a broken pool ended before its initializer ran.
-
-    A worker claims a slot first thing; one that never did failed while starting: typically importing the
-    main module, whose unguarded call to ``run`` tried to start workers of its own.
-    """
-    claimed = {slots[slot] for slot in range(0, len(slots), 2)}
-    return bool(workers) and all(
-        process.exitcode not in (None, 0) and pid not in claimed for pid, process in workers.items()
-    )
+        return f"was killed by signal {name}"
+    return f"exited with code {code}"
 
 
 def _check_importable(step: Step) -> None:

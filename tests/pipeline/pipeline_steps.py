@@ -217,11 +217,11 @@ def step_beside_killed(inputs: Inputs, *, workdir: str) -> dict[str, Any]:
     Path(workdir, "sibling-started").touch()
     wait_until(lambda: Path(workdir, "killed.pid").exists(), DEADLINE, "the killed step never started")
     pid = int(Path(workdir, "killed.pid").read_text())
-    wait_until(lambda: _dead(pid), DEADLINE, f"process {pid} never died")
+    wait_until(lambda: is_dead(pid), DEADLINE, f"process {pid} never died")
     return {"sibling": True}
 
 
-def _dead(pid: int) -> bool:
+def is_dead(pid: int) -> bool:
     # A killed child stays a zombie until the executor's process reaps it: dead all the same.
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -330,8 +330,27 @@ def step_waits_for_ever(inputs: Inputs, *, workdir: str, name: str) -> str:
     return name
 
 
-def run_until_interrupted(root: str, workdir: str) -> None:
-    """Run a pipeline of three waiting steps on two worker processes, for the test to interrupt."""
+def step_deaf_to_ctrl_c(inputs: Inputs, *, workdir: str, name: str) -> str:
+    """As :func:`step_waits_for_ever`, but deaf to Ctrl-C, as a step blocked in native code or one that
+    catches ``KeyboardInterrupt`` to clean up and carries on is."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return step_waits_for_ever(inputs, workdir=workdir, name=name)
+
+
+def waiting_pipeline(workdir: str, deaf: bool = False) -> Pipeline:
+    """a, then s0, s1 and s2, which read it and wait at the gate ``<workdir>/never``."""
+    waits = step_deaf_to_ctrl_c if deaf else step_waits_for_ever
+    return Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=workdir)),
+            *(Step(name, functools.partial(waits, workdir=workdir, name=name), ("a",)) for name in ("s0", "s1", "s2")),
+        ]
+    )
+
+
+def run_until_interrupted(root: str, workdir: str, deaf: bool = False) -> None:
+    """Run a pipeline of three waiting steps (``deaf`` to Ctrl-C, or not) on two worker processes, for the
+    test to interrupt or kill."""
     import signal as signals
     import sys
 
@@ -339,15 +358,7 @@ def run_until_interrupted(root: str, workdir: str) -> None:
 
     # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
     signals.signal(signals.SIGINT, signals.default_int_handler)
-    pipeline = Pipeline(
-        [
-            Step("a", functools.partial(step_a, workdir=workdir)),
-            *(
-                Step(name, functools.partial(step_waits_for_ever, workdir=workdir, name=name), ("a",))
-                for name in ("s0", "s1", "s2")
-            ),
-        ]
-    )
+    pipeline = waiting_pipeline(workdir, deaf)
     try:
         Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
             pipeline, execution_id="interrupted"
@@ -371,3 +382,38 @@ def step_b_copies_a(inputs: Inputs, *, workdir: str, fail: bool = False) -> int:
     record(workdir, "b")
     _fail_if(fail, "b")
     return int(inputs["a"].content["call"])
+
+
+# One resume finds an artifact damaged, another finds it gone (test_resume.py).
+
+
+def step_a_held(inputs: Inputs, *, workdir: str, by: str, hold: bool) -> dict[str, str]:
+    """a, run again by resume ``by``: says it started, and with ``hold`` returns only once the test lets it."""
+    record(workdir, f"a-{by}")
+    Path(workdir, f"a-{by}-started").touch()
+    if hold:
+        Gate(str(Path(workdir, f"a-{by}-go"))).wait()
+    return {"by": by}
+
+
+def resume_held(config: Any, execution_id: str, workdir: str, by: str, hold: bool) -> None:
+    """Run one resume of the a -> b pipeline, a held with ``hold``; write how it ended to ``<by>.result``."""
+    import json
+
+    from artifactstore_core.pipeline import Executor, StepFailedError
+
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a_held, workdir=workdir, by=by, hold=hold)),
+            Step("b", functools.partial(step_b_from_a, workdir=workdir, by=by), ("a",)),
+        ]
+    )
+    try:
+        result = Executor(config, on_success="keep").run(pipeline, execution_id=execution_id)
+        outcome: dict[str, Any] = {
+            "output": result.output.content["from"],
+            "steps": {step_id: str(step.status) for step_id, step in result.steps.items()},
+        }
+    except StepFailedError as error:
+        outcome = {"failed": error.step_id, "cause": f"{type(error.__cause__).__name__}: {error.__cause__}"}
+    Path(workdir, f"{by}.result").write_text(json.dumps(outcome))

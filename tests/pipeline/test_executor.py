@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import functools
 import itertools
-import logging
-import multiprocessing
 import os
 import pickle
 import signal
@@ -29,6 +27,7 @@ from pipeline_steps import (
     StepError,
     calls,
     diamond,
+    is_dead,
     pids,
     step_a,
     step_beside_killed,
@@ -37,6 +36,7 @@ from pipeline_steps import (
     step_sibling,
     step_two_arg_error,
     wait_until,
+    waiting_pipeline,
 )
 
 from artifactstore_core import (
@@ -62,7 +62,6 @@ from artifactstore_core.pipeline import (
     register_artifact_store,
 )
 from artifactstore_core.pipeline._runner import replacement_id
-from artifactstore_core.pipeline.executor import _stop_workers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -346,6 +345,80 @@ def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, wo
     assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
+def _start_run(root: str, workdir: Path, *, deaf: bool) -> subprocess.Popen[bytes]:
+    """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
+    code = (
+        f"from pipeline_steps import run_until_interrupted; "
+        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r})"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(
+        lambda: Path(workdir, "s0-started").exists() and Path(workdir, "s1-started").exists(),
+        60,
+        "s0 and s1 never started",
+    )
+    return process
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Leave nothing of a test's run behind, whatever the test found."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_ctrl_c_terminates_workers_whose_steps_ignore_it_and_starts_no_queued_step(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # s0 and s1 ignore the terminal's SIGINT (blocked in native code, or catching KeyboardInterrupt); only the
+    # executor can stop their workers. Without that the run waited for them (here, until their gate's
+    # deadline), and then the workers went on to s2.
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=True)
+    try:
+        workers = [pids(workdir)[name] for name in ("s0", "s1")]
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        # The run's process has ended: its workers, had any survived it, would be orphans by now.
+        assert [pid for pid in workers if not is_dead(pid)] == []
+    finally:
+        _kill_group(process)
+    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
+    assert "s2" not in calls(workdir)
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+
+
+def test_workers_do_not_outlive_a_runner_killed_with_sigkill(tmp_path: Path, workdir: Path) -> None:
+    # kill -9 of the executor's process (the OOM killer, a CI timeout) runs no cleanup in it. Its workers used
+    # to live on for ever: running their steps (saving into an execution a resume may be running by then),
+    # then waiting for steps that never came.
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=True)
+    try:
+        workers = [pids(workdir)[name] for name in ("s0", "s1")]
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        wait_until(lambda: all(is_dead(pid) for pid in workers), 50, "a worker outlived its executor")
+    finally:
+        _kill_group(process)
+    assert "s2" not in calls(workdir)
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+
+    # The execution resumes from what the killed run finished.
+    Gate(str(Path(workdir, "never"))).open()
+    resumed = Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
+        waiting_pipeline(str(workdir)), execution_id="interrupted"
+    )
+    assert statuses(resumed) == {"a": StepStatus.REUSED, **dict.fromkeys(("s0", "s1", "s2"), StepStatus.SUCCEEDED)}
+    assert calls(workdir) == {"a": 1, "s0": 2, "s1": 2, "s2": 1}
+
+
 # -- namespaces ---------------------------------------------------------------------------------------
 
 
@@ -525,7 +598,8 @@ def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: P
     assert error.__notes__ == ["the worker process running step 'killed' was killed by signal SIGKILL"]
     assert error.result is not None
     assert error.result.steps["killed"].status is StepStatus.FAILED
-    assert error.result.steps["sibling"].status in (StepStatus.FAILED, StepStatus.SUCCEEDED)
+    # The executor owns its workers: the sibling's worker is not stopped with the one that died.
+    assert error.result.steps["sibling"].status is StepStatus.SUCCEEDED
 
 
 def test_an_exception_that_cannot_be_rebuilt_fails_its_step_not_the_pool(tmp_path: Path, workdir: Path) -> None:
@@ -634,37 +708,3 @@ def test_table_lists_every_step() -> None:
     assert "2 of 2 ran" in table
     with pytest.raises(LookupError, match="0 outputs"):
         _ = RunResult(execution_id="x", backend="memory", steps={}).output
-
-
-# -- worker processes reached through CPython's private ProcessPoolExecutor._processes ----------------------
-
-
-def test_stopping_workers_of_a_pool_that_does_not_expose_them_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    # Another Python's pool without _processes: nothing can be terminated, and that used to pass in silence.
-    class OpaquePool(cf.Executor):
-        pass
-
-    with caplog.at_level(logging.WARNING, logger="artifactstore_core.pipeline.executor"):
-        _stop_workers(OpaquePool())
-
-    assert any("cannot terminate the worker processes" in r.getMessage() for r in caplog.records)
-
-
-def test_stopping_workers_terminates_them_and_is_quiet_once_the_pool_is_shut_down(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        assert pool.submit(os.getpid).result(timeout=60) > 0
-        processes = list(pool._processes.values())
-        assert processes
-        with caplog.at_level(logging.WARNING, logger="artifactstore_core.pipeline.executor"):
-            _stop_workers(pool)
-        for process in processes:
-            process.join(timeout=30)
-            assert process.exitcode == -signal.SIGTERM
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    with caplog.at_level(logging.WARNING, logger="artifactstore_core.pipeline.executor"):
-        _stop_workers(pool)  # shut down: no workers, nothing to say
-    assert caplog.records == []

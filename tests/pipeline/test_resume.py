@@ -19,11 +19,13 @@ import redis
 from conftest import Case
 from pipeline_steps import (
     EXPECTED_D,
+    Gate,
     Inputs,
     StepError,
     calls,
     diamond,
     record,
+    resume_held,
     resume_in_process,
     step_a,
     step_a_counted,
@@ -34,6 +36,7 @@ from pipeline_steps import (
     step_d_reads_a,
     step_e_gated,
     step_f,
+    wait_until,
 )
 from pydantic import SecretStr
 
@@ -679,3 +682,48 @@ def test_a_step_computed_afresh_after_a_replacement_and_then_gone_is_run_again(
     with config.create(execution_id) as store:
         assert store.get("a").content == {"call": 4}
         assert not store.exists(replacement_id("a", 1))  # deleted when a was saved afresh (call 3)
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "redis"])
+def test_a_resume_that_finds_an_artifact_damaged_and_one_that_finds_it_gone_agree(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, workdir: Path
+) -> None:
+    # One resume lists a damaged and runs it again to replace it; a is then deleted (by hand, or it expired),
+    # and a second resume lists it gone, runs it, saves it write-once, and its b reads it. The first resume's
+    # a then returned: it overwrote the second's a under the second's b, and adopted that b (write-once), so
+    # the execution held a b computed from an a it no longer had, and the first resume reported it.
+    config = damage_config(backend, request, tmp_path)
+    where = str(workdir)
+    first_run = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=where)),
+            Step("b", functools.partial(step_b, workdir=where, fail=True), ("a",)),
+        ]
+    )
+    execution_id = failed_once(Executor(config), first_run)
+    damage(config, execution_id, "a", PAYLOAD)
+    one = multiprocessing.get_context("spawn").Process(
+        target=resume_held, args=(config, execution_id, where, "one", True)
+    )
+    one.start()
+    try:
+        wait_until(lambda: Path(workdir, "a-one-started").exists(), 60, "the first resume never ran a")
+        with config.create(execution_id) as store:
+            assert store.delete("a")
+        resume_held(config, execution_id, where, "two", False)
+        Gate(str(Path(workdir, "a-one-go"))).open()
+        one.join(timeout=90)
+        assert one.exitcode == 0
+    finally:
+        if one.is_alive():
+            one.terminate()
+            one.join(timeout=10)
+
+    outcomes = {by: json.loads(Path(workdir, f"{by}.result").read_text()) for by in ("one", "two")}
+    assert outcomes["two"] == {"output": "two", "steps": {"a": "succeeded", "b": "succeeded"}}
+    assert outcomes["one"] == {"output": "two", "steps": {"a": "succeeded", "b": "succeeded"}}
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"by": "two"}
+        assert store.get("b").content == {"from": "two"}
+        # No record stands for a replacement that did not happen: a later damage of a runs a again.
+        assert not store.exists(replacement_id("a", 1))

@@ -1,0 +1,360 @@
+"""The executor's own worker processes (``mode="processes"``).
+
+``concurrent.futures.ProcessPoolExecutor`` has no public way to reach its processes, so stopping them on
+Ctrl-C and telling which one died meant reading its private attributes. This pool owns its processes:
+each worker is a ``multiprocessing`` process with a pipe of its own, given one step at a time (nothing is
+queued in a worker, so a stopped worker never goes on to a step queued for it), and the pool knows which
+step each one runs, how it ended, and whether it ever started.
+
+What crosses the pipe is a :class:`~artifactstore_core.pipeline._runner.WorkerTask` one way and a small
+:class:`~artifactstore_core.pipeline._runner.StepOutcome` (or the step's exception) the other way, sent by
+``multiprocessing`` itself between this process and children it spawned.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import concurrent.futures.process as cfp
+import contextlib
+import os
+import signal
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import connection
+from multiprocessing.context import SpawnContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ._runner import StepOutcome, WorkerTask, run_in_worker
+
+__all__ = ["WorkerDied", "WorkerPool"]
+
+# How long a worker asked to stop (SIGTERM) may take before it is killed: a step may catch SIGTERM.
+_TERMINATE_GRACE = 5.0
+
+
+class RemoteTraceback(Exception):  # noqa: N818 - it is the traceback text, shown under the worker's exception
+    """The traceback of an exception raised in a worker process, chained under it as its ``__cause__``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class WorkerDied:
+    """How a worker process that died on its own ended, and the step it was running (if any)."""
+
+    pid: int
+    exitcode: int
+    step_index: int | None
+    #: False when it ended before it could take any step (it failed while starting).
+    started: bool
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: connection.Connection
+    started: bool = False
+    task: tuple[cf.Future[StepOutcome], WorkerTask] | None = None
+    stopping: bool = False
+    #: Its pipe is closed at the other end: only its sentinel is waited on until it has ended.
+    hung_up: bool = False
+
+
+@dataclass
+class _State:
+    workers: list[_Worker] = field(default_factory=list)
+    pending: deque[tuple[cf.Future[StepOutcome], WorkerTask]] = field(default_factory=deque)
+    died: list[WorkerDied] = field(default_factory=list)
+    closing: bool = False
+
+
+class WorkerPool(cf.Executor):
+    """At most ``size`` worker processes, started on demand with ``context`` (spawn), one step each at a time.
+
+    ``submit`` takes only :func:`~artifactstore_core.pipeline._runner.run_in_worker` and a task. A thread
+    of this process waits on every worker's pipe and process sentinel: it hands pending tasks to idle
+    workers and completes each future with the outcome, the step's exception (with the worker's traceback
+    chained under it), or ``BrokenProcessPool`` when the worker running it died; the other workers go on.
+    """
+
+    def __init__(self, size: int, context: SpawnContext) -> None:
+        self._size = size
+        self._context = context
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._any_started = False
+        self._wake_reader, self._wake_writer = context.Pipe(duplex=False)
+        self._thread = threading.Thread(target=self._serve, name="artifactstore-workers", daemon=True)
+        self._thread.start()
+
+    # -- the executor's side ---------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Queue ``run_in_worker(task)``; the future completes as described in the class docstring.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown` or :meth:`terminate`.
+            TypeError: anything but ``run_in_worker`` with one ``WorkerTask``.
+        """
+        if fn is not run_in_worker or kwargs or len(args) != 1 or not isinstance(args[0], WorkerTask):
+            raise TypeError("WorkerPool runs only run_in_worker(task)")
+        future: cf.Future[StepOutcome] = cf.Future()
+        with self._lock:
+            if self._state.closing:
+                raise RuntimeError("cannot submit a step to a worker pool that was shut down")
+            self._state.pending.append((future, args[0]))
+        self._wake()
+        return future
+
+    def any_started(self) -> bool:
+        """Whether any worker, living or dead, ever started (took its first step). Raises nothing."""
+        with self._lock:
+            return self._any_started
+
+    def died(self) -> list[WorkerDied]:
+        """The workers that died on their own (not stopped by this pool), in the order it saw them."""
+        with self._lock:
+            return list(self._state.died)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Let the running steps finish, stop every worker and wait for them (``wait`` is always true).
+
+        With ``cancel_futures``, steps not handed to a worker yet are cancelled; otherwise they run first.
+        Raises nothing.
+        """
+        with self._lock:
+            self._state.closing = True
+            if cancel_futures:
+                self._cancel_pending()
+        self._wake()
+        self._thread.join()
+
+    def terminate(self) -> None:
+        """Stop now: cancel the steps not started, terminate every worker (its step stops where it is:
+        nothing it did not save is saved) and wait until each has ended. Raises nothing.
+        """
+        with self._lock:
+            self._state.closing = True
+            self._cancel_pending()
+            workers = list(self._state.workers)
+            for worker in workers:
+                worker.stopping = True
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.process.terminate()
+        for worker in workers:
+            worker.process.join(_TERMINATE_GRACE)
+            if worker.process.exitcode is None:
+                with contextlib.suppress(Exception):
+                    worker.process.kill()
+                worker.process.join()
+        self._wake()
+        self._thread.join()
+
+    def _cancel_pending(self) -> None:
+        while self._state.pending:
+            future, _ = self._state.pending.popleft()
+            future.cancel()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_writer.send_bytes(b"")
+
+    # -- the pool's thread -----------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    self._dispatch()
+                    state = self._state
+                    if state.closing and not state.pending and all(w.task is None for w in state.workers):
+                        break
+                    waits: list[Any] = [self._wake_reader]
+                    for worker in state.workers:
+                        waits += [worker.process.sentinel] if worker.hung_up else [worker.conn, worker.process.sentinel]
+                for ready in connection.wait(waits):
+                    if ready is self._wake_reader:
+                        with contextlib.suppress(EOFError, OSError):
+                            while self._wake_reader.poll():
+                                self._wake_reader.recv_bytes()
+                for worker in list(self._state.workers):
+                    self._collect(worker)
+        except BaseException as exc:
+            # A fault of the pool itself must not leave the executor waiting for ever on its steps.
+            with self._lock:
+                self._state.closing = True
+                for worker in self._state.workers:
+                    if worker.task is not None:
+                        worker.task[0].set_exception(exc)
+                        worker.task = None
+                    with contextlib.suppress(Exception):
+                        worker.process.terminate()
+                while self._state.pending:
+                    future, _ = self._state.pending.popleft()
+                    if future.set_running_or_notify_cancel():
+                        future.set_exception(exc)
+            raise
+        finally:
+            self._close()
+
+    def _dispatch(self) -> None:
+        """Hand pending tasks to idle workers, starting workers up to the pool's size (under the lock)."""
+        state = self._state
+        while state.pending:
+            idle = next((w for w in state.workers if w.task is None and not w.stopping), None)
+            if idle is None and len(state.workers) >= self._size:
+                return
+            future, task = state.pending.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            if idle is None:
+                try:
+                    idle = self._start()
+                except Exception as exc:
+                    # No process could be started (in a worker that is itself starting, for one: a script's
+                    # unguarded run() imported by a spawned worker): the step fails, and the caller sees why.
+                    future.set_exception(exc)
+                    continue
+            idle.task = (future, task)
+            try:
+                idle.conn.send(task)
+            except Exception as exc:
+                # A step whose partial arguments cannot be sent: its failure, not the pool's.
+                idle.task = None
+                future.set_exception(exc)
+
+    def _start(self) -> _Worker:
+        mine, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=_serve_steps, args=(theirs,), name="artifactstore-step")
+        process.start()
+        theirs.close()
+        worker = _Worker(process, mine)
+        self._state.workers.append(worker)
+        return worker
+
+    def _collect(self, worker: _Worker) -> None:
+        """Read what ``worker`` sent; notice its death (once its pipe is drained)."""
+        while True:
+            try:
+                if not worker.conn.poll():
+                    break
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                worker.hung_up = True
+                break
+            except Exception as exc:
+                # The bytes arrived but could not be rebuilt here: that step's failure, not the pool's.
+                self._complete(worker, exc)
+                continue
+            kind = message[0]
+            if kind == "ready":
+                worker.started = True
+                with self._lock:
+                    self._any_started = True
+            elif kind == "done":
+                self._complete(worker, None, message[1])
+            else:
+                error: BaseException = message[1]
+                error.__cause__ = RemoteTraceback(message[2])
+                self._complete(worker, error)
+        if worker.process.exitcode is None:
+            return
+        with self._lock:
+            self._state.workers.remove(worker)
+            if not worker.stopping:
+                index = worker.task[1].index if worker.task is not None else None
+                exitcode = worker.process.exitcode
+                self._state.died.append(WorkerDied(worker.process.pid or 0, exitcode, index, worker.started))
+        if worker.task is not None:
+            self._complete(
+                worker,
+                cfp.BrokenProcessPool(
+                    f"the worker process running this step (pid {worker.process.pid}) terminated abruptly "
+                    f"(exit code {worker.process.exitcode})"
+                ),
+            )
+        worker.conn.close()
+
+    def _complete(self, worker: _Worker, error: BaseException | None, outcome: Any = None) -> None:
+        if worker.task is None:
+            return
+        future, _ = worker.task
+        worker.task = None
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(outcome)
+
+    def _close(self) -> None:
+        """Stop the idle workers (EOF ends their loop) and wait for every worker to end."""
+        with self._lock:
+            workers = list(self._state.workers)
+            self._state.workers.clear()
+            self._cancel_pending()
+        for worker in workers:
+            worker.conn.close()
+        for worker in workers:
+            worker.process.join()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+
+# -- the worker's side ------------------------------------------------------------------------------------
+
+
+def _serve_steps(conn: connection.Connection) -> None:
+    """A worker process: run the tasks received on ``conn`` one at a time until the pipe closes.
+
+    A thread watches the executor's process: when it dies (``kill -9``), the worker exits at once rather than
+    run on as an orphan (its step's output, not saved yet, is not saved). Ctrl-C reaches a worker only while
+    it runs a step (the terminal sends it to the whole process group; the executor stops the workers).
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="artifactstore-parent", daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send(("ready",))
+    except OSError:
+        return  # the pool shut down while this worker started (its only step could not be sent)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                reply: tuple[Any, ...] = ("done", run_in_worker(task))
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except BaseException as exc:
+            reply = ("error", exc, "".join(traceback.format_exception(exc)))
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:
+            # The step's exception passed run_in_worker's check but still cannot be sent.
+            problem = RuntimeError(
+                f"step {task.step.id!r} raised {type(reply[1]).__qualname__}, which cannot be sent to the "
+                f"executor's process: {type(exc).__name__}: {exc}"
+            )
+            conn.send(("error", problem, reply[2] if len(reply) > 2 else ""))
+
+
+def _exit_with(sentinel: int) -> None:
+    connection.wait([sentinel])
+    os._exit(1)
