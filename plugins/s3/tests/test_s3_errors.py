@@ -58,6 +58,13 @@ def client_error(code: str, status: int, message: str = "text") -> bx.ClientErro
         (bx.NoRegionError(), ConfigurationError, False),
         (bx.ParamValidationError(report="bad"), BackendError, False),
         (ConnectionResetError(104, "reset"), BackendUnavailableError, True),
+        # boto3's configuration and credential sources: fixed by a setting, never by repeating the call.
+        (bx.ProfileNotFound(profile="absent"), ConfigurationError, False),
+        (bx.ConfigParseError(path="/home/u/.aws/config"), ConfigurationError, False),
+        (bx.SSOTokenLoadError(error_msg="Token for my does not exist"), ConfigurationError, False),
+        (bx.UnauthorizedSSOTokenError(), ConfigurationError, False),
+        (bx.TokenRetrievalError(provider="sso", error_msg="expired"), ConfigurationError, False),
+        (bx.EndpointResolutionError(msg="Custom endpoint `ftp://h` was not a valid URI"), ConfigurationError, False),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
 )

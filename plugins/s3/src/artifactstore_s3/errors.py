@@ -54,6 +54,16 @@ _TIMEOUT_CODES = frozenset({"RequestTimeout"})
 _WRONG_PLACE_CODES = frozenset(
     {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 )
+# Errors of boto3's credential chain beyond "none found": a source that is configured but cannot give
+# credentials now (an SSO login missing or expired, a token or credential provider that failed).
+_CREDENTIAL_SOURCE_ERRORS: tuple[type[bx.BotoCoreError], ...] = (
+    bx.SSOError,
+    bx.TokenRetrievalError,
+    bx.UnknownCredentialError,
+    bx.RefreshWithMFAUnsupportedError,
+)
+# The AWS config or credentials file cannot be read as botocore needs it.
+_AWS_CONFIG_ERRORS: tuple[type[bx.BotoCoreError], ...] = (bx.ConfigParseError, bx.ConfigNotFound, bx.InvalidConfigError)
 _CREDENTIAL_HINT = (
     "set ARTIFACT_STORE_S3_ACCESS_KEY_ID and ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, or configure boto3's "
     "credential chain (AWS_PROFILE, AWS_ACCESS_KEY_ID, an instance role)"
@@ -123,6 +133,37 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         return ArtifactCorruptedError(f"S3 response from {where} failed its checksum: the body was damaged")
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
         return ConfigurationError(f"no usable S3 credentials for {where}: {type(exc).__name__}; {_CREDENTIAL_HINT}")
+    if isinstance(exc, _CREDENTIAL_SOURCE_ERRORS):
+        # Credentials that boto3's chain cannot produce (an SSO profile without a valid login, a credential
+        # process that failed): repeating the call does not help, setting them up does.
+        return ConfigurationError(
+            f"no usable S3 credentials for {where}: {type(exc).__name__}; {_CREDENTIAL_HINT} (for an SSO "
+            "profile, log in again: aws sso login)"
+        )
+    if isinstance(exc, bx.ProfileNotFound):
+        # The profile's name is the user's own setting, not a secret; saying it is what makes this fixable.
+        profile = redact(str(exc.kwargs.get("profile", "?")), secrets)
+        return ConfigurationError(
+            f"the AWS profile {profile!r} is not in the AWS config files (AWS_PROFILE or another profile's "
+            f"source_profile names it), so no S3 client can be made for {where}; set AWS_PROFILE to an existing "
+            "profile, or unset it and set ARTIFACT_STORE_S3_ACCESS_KEY_ID and ARTIFACT_STORE_S3_SECRET_ACCESS_KEY"
+        )
+    if isinstance(exc, _AWS_CONFIG_ERRORS):
+        # Names the file (its path is no secret), never its contents.
+        path = exc.kwargs.get("path")
+        which = f" {redact(str(path), secrets)!r}" if path else ""
+        return ConfigurationError(
+            f"the AWS configuration{which} cannot be used for {where} ({type(exc).__name__}); fix the file that "
+            "AWS_CONFIG_FILE or AWS_SHARED_CREDENTIALS_FILE names (by default ~/.aws/config and ~/.aws/credentials)"
+        )
+    if isinstance(exc, bx.EndpointResolutionError):
+        # botocore's endpoint rules refuse the configuration itself (an endpoint that is not an http(s) URL,
+        # a region that is not a valid name): nothing was sent, and repeating it fails the same way.
+        text = redact(str(exc), secrets)[:200]
+        return ConfigurationError(
+            f"no S3 endpoint can be resolved for {where}: {text}; check ARTIFACT_STORE_S3_ENDPOINT_URL, "
+            "ARTIFACT_STORE_S3_REGION and ARTIFACT_STORE_S3_ADDRESSING_STYLE"
+        )
     if isinstance(exc, bx.NoRegionError):
         return ConfigurationError(f"no region for {where}; set ARTIFACT_STORE_S3_REGION")
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):

@@ -136,10 +136,21 @@ class S3Settings(BackendSettings):
 
     @field_validator("endpoint_url")
     @classmethod
-    def _no_user_info(cls, value: str | None) -> str | None:
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
         # A URL is shown in reprs and logs; credentials in it would be too.
-        if value is not None and "@" in urlsplit(value).netloc:
+        if "@" in parts.netloc:
             raise ValueError("must not contain user info; set the access key settings instead")
+        # botocore accepts any of these when the client is built and refuses them only at the first request
+        # (EndpointResolutionError, "not a valid URI"), far from the setting that causes it.
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000")
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when it is asked for)
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port ({exc})") from None
         return value
 
     @field_validator("prefix")
