@@ -44,6 +44,7 @@ from artifactstore_core.store import checked_read
 from .errors import busy_code, client_error_code, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
+from .logs import SECRETS_FILTER
 from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
 from .settings import MIB, S3Settings
@@ -239,6 +240,8 @@ class S3Store(ArtifactStore):
             for secret in (self._settings.access_key_id, self._settings.secret_access_key, self._settings.session_token)
             if secret is not None
         )
+        # botocore's DEBUG wire trace shows the token and key id: masked there while the store is open.
+        self._forget_log_secrets = weakref.finalize(self, SECRETS_FILTER.remove, SECRETS_FILTER.add(self._secrets))
         self._lock = threading.Lock()
         # Held while a conditional-write probe runs, apart from _lock: the probe sends requests, and building
         # the client (in a forked child), starting a pool or registering an upload take _lock meanwhile.
@@ -260,6 +263,7 @@ class S3Store(ArtifactStore):
         try:
             client = self._make_client()
         except Exception as exc:
+            self._forget_log_secrets()
             self._raise(exc, "connect", None)
         self._client: S3Client | None = client
         if self._settings.probe_at_start:
@@ -269,6 +273,7 @@ class S3Store(ArtifactStore):
                 for pool in self._pools.values():  # the completion probe's part upload started one
                     pool.shutdown(wait=True)
                 client.close()
+                self._forget_log_secrets()
                 self._raise(exc, "connect", None)
         _STORES.add(self)
 
@@ -1342,6 +1347,7 @@ class S3Store(ArtifactStore):
             pool.shutdown(wait=True, cancel_futures=True)
         client = self._client
         if client is None:  # a forked child that never used the store: nothing of its own is in flight
+            self._forget_log_secrets()
             return
         for upload in uploads:
             upload.stop()
@@ -1351,3 +1357,4 @@ class S3Store(ArtifactStore):
             except Exception as exc:
                 logger.warning("could not delete the staging object %r: %s", key, type(exc).__name__)
         client.close()
+        self._forget_log_secrets()  # after the last request of this store's client
