@@ -84,6 +84,16 @@ class S3Settings(BackendSettings):
         description="Most parts uploaded at once by one upload, and most requests in flight for one "
         "save_many, get_many or list.",
     )
+    max_pool_connections: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Most connections to the service the client keeps open for reuse (botocore's "
+        "max_pool_connections), at least 2 x max_concurrency + 2 whatever this says (the store's own batch and "
+        "part workers). Set it to at least the number of threads that share one store plus that: past it, "
+        "requests still run, but each on a new connection that is closed after it (a new TLS handshake; urllib3 "
+        "warns 'Connection pool is full, discarding connection'). Connections are opened only when needed.",
+    )
     retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
         default="standard",
         description="botocore's retry mode: 'standard' retries throttling, 5xx and connection errors with "

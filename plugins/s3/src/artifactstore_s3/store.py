@@ -292,8 +292,10 @@ class S3Store(ArtifactStore):
             read_timeout=settings.read_timeout,
             retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
             s3={"addressing_style": settings.addressing_style},
-            # Batch workers, part uploads and the calling thread each need a connection of their own.
-            max_pool_connections=max(10, 2 * settings.max_concurrency + 2),
+            # Batch workers and part uploads (max_concurrency each) need a connection of their own, and so does
+            # every caller's thread at once: a connection given back to a full pool is closed, so a pool sized for
+            # the workers alone made each request of many threads sharing the store open a new one.
+            max_pool_connections=max(settings.max_pool_connections, 2 * settings.max_concurrency + 2),
         )
         if settings.checksum_calculation is not None:
             # Merged over botocore's own setting (environment, config file) for this client only.
