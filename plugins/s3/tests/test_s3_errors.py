@@ -40,6 +40,9 @@ def client_error(code: str, status: int, message: str = "text") -> bx.ClientErro
         (client_error("SignatureDoesNotMatch", 403), AccessDeniedError, False),
         (client_error("ExpiredToken", 400), AccessDeniedError, False),
         (client_error("403", 403), AccessDeniedError, False),
+        # 403s that no credential or policy fixes: an archived object, a clock that is off.
+        (client_error("InvalidObjectState", 403), BackendError, False),
+        (client_error("RequestTimeTooSkewed", 403), AccessDeniedError, False),
         (client_error("EntityTooLarge", 400), PayloadTooLargeError, False),
         (client_error("SlowDown", 503), BackendUnavailableError, True),
         (client_error("ServiceUnavailable", 503), BackendUnavailableError, True),
@@ -73,6 +76,16 @@ def test_mapping(exc: BaseException, expected: type[BackendError], retryable: bo
     assert type(error) is expected
     assert error.retryable is retryable
     assert "my-bucket" in str(error)
+
+
+def test_a_403_that_credentials_do_not_fix_says_what_does() -> None:
+    archived = translate_error(client_error("InvalidObjectState", 403), bucket="b")
+    assert archived is not None
+    assert "RestoreObject" in str(archived)
+    assert "credentials" not in str(archived)
+    skewed = translate_error(client_error("RequestTimeTooSkewed", 403), bucket="b")
+    assert skewed is not None
+    assert "clock" in str(skewed)
 
 
 def test_unknown_exceptions_are_left_to_the_base() -> None:

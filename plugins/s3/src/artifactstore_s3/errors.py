@@ -115,6 +115,19 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         if code in ("NoSuchKey", "NotFound") or status == 404:
             # Reads reach this; the store's writes turn their 404s into BackendUnavailableError first.
             return ArtifactNotFoundError(what)
+        if code == "InvalidObjectState":
+            # A 403 that is no refusal of access: the object is archived. Changing credentials never helps;
+            # a restore (hours) does, so it is not retryable either.
+            return BackendError(
+                f"{what}; the object is archived (a lifecycle rule moved it to S3 Glacier Flexible Retrieval, Deep "
+                "Archive or an Intelligent-Tiering archive tier) and cannot be read until it is restored "
+                "(RestoreObject); keep the artifact prefix out of such rules"
+            )
+        if code == "RequestTimeTooSkewed":
+            return AccessDeniedError(
+                f"{what}; this machine's clock differs from the service's by more than 15 minutes, so S3 refuses "
+                "its signatures: synchronise the clock (NTP)"
+            )
         if code in _ACCESS_CODES or status == 403:
             return AccessDeniedError(f"{what}; check the credentials and the bucket policy ({_CREDENTIAL_HINT})")
         if code == "EntityTooLarge":
