@@ -70,6 +70,16 @@ _CREDENTIAL_HINT = (
 )
 
 
+# What OpenSSL says when the peer's certificate does not verify, or when the peer does not speak TLS at all
+# (an https:// URL to a plain HTTP port); other TLS failures (a connection cut during the handshake) may pass.
+_TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "record layer failure")
+
+
+def _tls_refused(exc: bx.SSLError) -> bool:
+    text = str(exc)
+    return any(refusal in text for refusal in _TLS_REFUSALS)
+
+
 def busy_code(code: str) -> bool:
     """Whether an S3 error code says the service is busy or failed for the moment (repeat later). Raises nothing."""
     return code in _BUSY_CODES
@@ -179,6 +189,14 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         )
     if isinstance(exc, bx.NoRegionError):
         return ConfigurationError(f"no region for {where}; set ARTIFACT_STORE_S3_REGION")
+    if isinstance(exc, bx.SSLError) and _tls_refused(exc):
+        # Not the network failing for a moment: the endpoint's certificate is not trusted here, or it does
+        # not speak TLS. Every repetition fails the same way, so this is not retryable.
+        return BackendError(
+            f"the TLS handshake with the S3 endpoint for {where} failed: {redact(str(exc), secrets)[:300]}; if the "
+            "endpoint uses a private CA, point AWS_CA_BUNDLE (or ca_bundle in the AWS config file) at its "
+            "certificate; check that ARTIFACT_STORE_S3_ENDPOINT_URL says https:// only for a TLS port"
+        )
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
         return BackendUnavailableError(
             f"cannot reach S3 for {where} ({type(exc).__name__}); check ARTIFACT_STORE_S3_ENDPOINT_URL and the network"
