@@ -153,7 +153,7 @@ def test_an_unreadable_aws_config_file_is_a_configuration_error(aws_files: Any, 
 
 @pytest.mark.timeout(60)
 def test_an_sso_profile_without_a_login_is_a_configuration_error(
-    monkeypatch: pytest.MonkeyPatch, aws_files: Any, moto_endpoint: str, raw: Any
+    monkeypatch: pytest.MonkeyPatch, aws_files: Any, moto_endpoint: str, raw: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The SSO token is looked for when the first request is signed: the store is made, its save fails.
     bucket = f"sso-{uuid.uuid4().hex[:16]}"
@@ -173,3 +173,5 @@ def test_an_sso_profile_without_a_login_is_a_configuration_error(
     finally:
         store.close()
     assert raw.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    # Nothing was sent: no probe object to delete, and no warning about one.
+    assert not [record for record in caplog.records if "probe object" in record.getMessage()]

@@ -81,7 +81,9 @@ def untrusted_endpoint(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.timeout(60)
-def test_a_certificate_that_does_not_verify_is_not_called_unavailable(untrusted_endpoint: str) -> None:
+def test_a_certificate_that_does_not_verify_is_not_called_unavailable(
+    untrusted_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # botocore retries it as a connection error, and it used to come out as a retryable
     # BackendUnavailableError ("cannot reach S3 ... check the network"): repeating never helps.
     store = S3Store(make_settings(untrusted_endpoint, "any-bucket", max_attempts=2), namespace="n")
@@ -94,3 +96,6 @@ def test_a_certificate_that_does_not_verify_is_not_called_unavailable(untrusted_
     assert not info.value.retryable
     assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
     assert "AWS_CA_BUNDLE" in str(info.value)
+    # Nothing reached the service: the probe wrote nothing, so it is not deleted (which would fail the same
+    # way, after as many retries) nor reported as left behind.
+    assert not [record for record in caplog.records if "probe object" in record.getMessage()]

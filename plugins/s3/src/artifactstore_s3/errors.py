@@ -23,7 +23,7 @@ from artifactstore_core.errors import (
     redact,
 )
 
-__all__ = ["busy_code", "client_error_code", "translate_error"]
+__all__ = ["busy_code", "client_error_code", "refused_before_sending", "translate_error"]
 
 _ACCESS_CODES = frozenset(
     {
@@ -78,6 +78,17 @@ _TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "record la
 def _tls_refused(exc: bx.SSLError) -> bool:
     text = str(exc)
     return any(refusal in text for refusal in _TLS_REFUSALS)
+
+
+def refused_before_sending(exc: BaseException) -> bool:
+    """Whether a request failed before the service could act on it: no usable credentials or configuration
+    (nothing was signed or sent) or a TLS handshake the client refused (nothing reached the service). Raises
+    nothing."""
+    if isinstance(exc, bx.ClientError):
+        return False
+    if isinstance(exc, bx.SSLError):
+        return _tls_refused(exc)
+    return isinstance(translate_error(exc, bucket=""), ConfigurationError)
 
 
 def busy_code(code: str) -> bool:

@@ -41,7 +41,7 @@ from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import checked_read
 
-from .errors import busy_code, client_error_code, translate_error
+from .errors import busy_code, client_error_code, refused_before_sending, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
 from .logs import SECRETS_FILTER
@@ -522,6 +522,12 @@ class S3Store(ArtifactStore):
                 if code == "NotImplemented" or status == 501:
                     return False
                 raise
+            except Exception as exc:
+                # No credentials, a refused TLS handshake: there is nothing to delete, and deleting would
+                # fail the same way (after as many retries), only to log a warning about an object that
+                # was never written.
+                created = not refused_before_sending(exc)
+                raise
             try:
                 client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
             except ClientError as exc:
@@ -555,6 +561,9 @@ class S3Store(ArtifactStore):
                     created = _may_have_written(exc)
                     raise
                 # The key is new: this completion was retried after its answer was lost (the upload aborted).
+            except Exception as exc:
+                created = not refused_before_sending(exc)  # as in _probe_put
+                raise
             try:
                 self._upload(key, _STAGING_LAYOUT, empty, True)
             except ClientError as exc:
