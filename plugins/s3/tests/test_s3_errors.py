@@ -68,6 +68,7 @@ def client_error(code: str, status: int, message: str = "text") -> bx.ClientErro
         (bx.UnauthorizedSSOTokenError(), ConfigurationError, False),
         (bx.TokenRetrievalError(provider="sso", error_msg="expired"), ConfigurationError, False),
         (bx.EndpointResolutionError(msg="Custom endpoint `ftp://h` was not a valid URI"), ConfigurationError, False),
+        (bx.ParamValidationError(report='Invalid bucket name "a b": must match'), ConfigurationError, False),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
 )

@@ -175,3 +175,17 @@ def test_an_sso_profile_without_a_login_is_a_configuration_error(
     assert raw.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     # Nothing was sent: no probe object to delete, and no warning about one.
     assert not [record for record in caplog.records if "probe object" in record.getMessage()]
+
+
+@pytest.mark.timeout(60)
+def test_an_invalid_bucket_name_names_the_variable(moto_endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    # botocore refuses the name before sending anything; it used to come out as a BackendError naming only
+    # ParamValidationError, after a warning about a probe object that was never written.
+    store = S3Store(make_settings(moto_endpoint, "not a bucket!"))
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            store.save("a", Message(content=b"x"))
+    finally:
+        store.close()
+    assert "ARTIFACT_STORE_S3_BUCKET" in str(info.value)
+    assert not [record for record in caplog.records if "probe object" in record.getMessage()]

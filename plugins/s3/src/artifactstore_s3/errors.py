@@ -190,6 +190,12 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
             f"the AWS configuration{which} cannot be used for {where} ({type(exc).__name__}); fix the file that "
             "AWS_CONFIG_FILE or AWS_SHARED_CREDENTIALS_FILE names (by default ~/.aws/config and ~/.aws/credentials)"
         )
+    if isinstance(exc, bx.ParamValidationError) and "Invalid bucket name" in str(exc.kwargs.get("report", "")):
+        # botocore checks the name before sending anything; the name is the user's setting, no secret.
+        return ConfigurationError(
+            f"{where} is not a name S3 accepts (letters, digits, '.', '-' and '_', at most 255 characters, or an "
+            "access point ARN); set ARTIFACT_STORE_S3_BUCKET to a valid bucket name"
+        )
     if isinstance(exc, bx.EndpointResolutionError):
         # botocore's endpoint rules refuse the configuration itself (an endpoint that is not an http(s) URL,
         # a region that is not a valid name): nothing was sent, and repeating it fails the same way.
@@ -206,7 +212,9 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         return BackendError(
             f"the TLS handshake with the S3 endpoint for {where} failed: {redact(str(exc), secrets)[:300]}; if the "
             "endpoint uses a private CA, point AWS_CA_BUNDLE (or ca_bundle in the AWS config file) at its "
-            "certificate; check that ARTIFACT_STORE_S3_ENDPOINT_URL says https:// only for a TLS port"
+            "certificate; a certificate for another host name is what virtual-hosted addressing of a bucket "
+            "whose name has dots meets (set ARTIFACT_STORE_S3_ADDRESSING_STYLE=path); check that "
+            "ARTIFACT_STORE_S3_ENDPOINT_URL says https:// only for a TLS port"
         )
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
         return BackendUnavailableError(
