@@ -40,6 +40,9 @@ def client_error(code: str, status: int, message: str = "text") -> bx.ClientErro
         (client_error("SignatureDoesNotMatch", 403), AccessDeniedError, False),
         (client_error("ExpiredToken", 400), AccessDeniedError, False),
         (client_error("403", 403), AccessDeniedError, False),
+        # 403s that no credential or policy fixes: an archived object, a clock that is off.
+        (client_error("InvalidObjectState", 403), BackendError, False),
+        (client_error("RequestTimeTooSkewed", 403), AccessDeniedError, False),
         (client_error("EntityTooLarge", 400), PayloadTooLargeError, False),
         (client_error("SlowDown", 503), BackendUnavailableError, True),
         (client_error("ServiceUnavailable", 503), BackendUnavailableError, True),
@@ -58,6 +61,14 @@ def client_error(code: str, status: int, message: str = "text") -> bx.ClientErro
         (bx.NoRegionError(), ConfigurationError, False),
         (bx.ParamValidationError(report="bad"), BackendError, False),
         (ConnectionResetError(104, "reset"), BackendUnavailableError, True),
+        # boto3's configuration and credential sources: fixed by a setting, never by repeating the call.
+        (bx.ProfileNotFound(profile="absent"), ConfigurationError, False),
+        (bx.ConfigParseError(path="/home/u/.aws/config"), ConfigurationError, False),
+        (bx.SSOTokenLoadError(error_msg="Token for my does not exist"), ConfigurationError, False),
+        (bx.UnauthorizedSSOTokenError(), ConfigurationError, False),
+        (bx.TokenRetrievalError(provider="sso", error_msg="expired"), ConfigurationError, False),
+        (bx.EndpointResolutionError(msg="Custom endpoint `ftp://h` was not a valid URI"), ConfigurationError, False),
+        (bx.ParamValidationError(report='Invalid bucket name "a b": must match'), ConfigurationError, False),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
 )
@@ -66,6 +77,16 @@ def test_mapping(exc: BaseException, expected: type[BackendError], retryable: bo
     assert type(error) is expected
     assert error.retryable is retryable
     assert "my-bucket" in str(error)
+
+
+def test_a_403_that_credentials_do_not_fix_says_what_does() -> None:
+    archived = translate_error(client_error("InvalidObjectState", 403), bucket="b")
+    assert archived is not None
+    assert "RestoreObject" in str(archived)
+    assert "credentials" not in str(archived)
+    skewed = translate_error(client_error("RequestTimeTooSkewed", 403), bucket="b")
+    assert skewed is not None
+    assert "clock" in str(skewed)
 
 
 def test_unknown_exceptions_are_left_to_the_base() -> None:

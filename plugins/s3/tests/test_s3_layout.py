@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from s3_fixtures import all_keys
 
 from artifactstore_core import (
+    AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactExistsError,
+    BackendError,
     Codec,
     ConfigurationError,
     Message,
@@ -243,3 +245,26 @@ def test_an_envelope_artifact_replaced_between_its_two_reads_is_still_there(new_
     replaced.clear()
     store.save("big", big_header_message(b"second, longer"))  # identical to what is stored now: a success
     assert store.get("big").content == b"second, longer"
+
+
+@pytest.mark.timeout(60)
+def test_an_archived_artifact_is_not_reported_as_access_denied(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    # A lifecycle rule that moves old objects to Glacier makes S3 answer their reads 403 InvalidObjectState:
+    # no credential or policy change helps, a restore does.
+    store = new_s3_store()
+    store.save("old", Message(content=b"archived payload"))
+    key = store.key_of("old")
+    raw.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": bucket, "Key": key},
+        StorageClass="GLACIER",
+        MetadataDirective="COPY",
+    )
+    assert store.exists("old")
+    for read in (lambda: store.get("old"), lambda: store.open("old"), lambda: store.get_many(["old"])):
+        with pytest.raises(BackendError) as info:
+            read()
+        assert not isinstance(info.value, AccessDeniedError)
+        assert "RestoreObject" in str(info.value)
+        assert not info.value.retryable

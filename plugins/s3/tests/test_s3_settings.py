@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
-from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY
+from s3_fixtures import ACCESS_KEY, REGION, SECRET_KEY, make_settings
 
 from artifactstore_core import ConfigurationError, Message, create_store
 from artifactstore_core.registry import plugin_host, reset_plugin_host
@@ -100,3 +101,91 @@ def test_create_store_finds_the_plugin_by_its_entry_point(monkeypatch: pytest.Mo
             assert store.key_of("a") == "elsewhere/run-42/a"
     finally:
         reset_plugin_host()
+
+
+@pytest.mark.parametrize("value", ["ftp://127.0.0.1:9000", "127.0.0.1:9000", "http://127.0.0.1:99999", "http://"])
+def test_an_endpoint_that_is_no_http_url_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # botocore builds a client on such an endpoint and refuses it only at the first request.
+    monkeypatch.setenv(ENV_PREFIX + "ENDPOINT_URL", value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(S3Settings)
+    assert ENV_PREFIX + "ENDPOINT_URL" in str(info.value)
+
+
+@pytest.fixture
+def aws_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    """An AWS config file of the test's own (written by the test), no AWS credentials in the environment and
+    no instance metadata: boto3's chain sees only that file."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    config = tmp_path / "aws-config"
+    config.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the SSO token cache is under ~/.aws/sso
+    return config
+
+
+@pytest.mark.timeout(60)
+def test_a_missing_aws_profile_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, aws_files: Any, moto_endpoint: str
+) -> None:
+    # boto3 refuses to make a session for a profile that does not exist, explicit keys or not.
+    monkeypatch.setenv("AWS_PROFILE", "absent-profile")
+    with pytest.raises(ConfigurationError) as info:
+        S3Store(make_settings(moto_endpoint, "any-bucket"))
+    assert "AWS_PROFILE" in str(info.value)
+    assert "absent-profile" in str(info.value)
+    assert SECRET_KEY not in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_an_unreadable_aws_config_file_is_a_configuration_error(aws_files: Any, moto_endpoint: str) -> None:
+    aws_files.write_text("[default\nregion = us-east-1\n")
+    with pytest.raises(ConfigurationError) as info:
+        S3Store(make_settings(moto_endpoint, "any-bucket"))
+    assert str(aws_files) in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_an_sso_profile_without_a_login_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, aws_files: Any, moto_endpoint: str, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The SSO token is looked for when the first request is signed: the store is made, its save fails.
+    bucket = f"sso-{uuid.uuid4().hex[:16]}"
+    raw.create_bucket(Bucket=bucket)
+    aws_files.write_text(
+        "[profile dev]\nsso_session = corp\nsso_account_id = 111122223333\nsso_role_name = Dev\n"
+        "region = us-east-1\n[sso-session corp]\nsso_start_url = https://example.awsapps.com/start\n"
+        "sso_region = us-east-1\n"
+    )
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    store = S3Store(S3Settings(bucket=bucket, endpoint_url=moto_endpoint, max_attempts=1), namespace="n")
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            store.save("a", Message(content=b"x"))
+        assert "aws sso login" in str(info.value)
+        assert not info.value.retryable
+    finally:
+        store.close()
+    assert raw.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    # Nothing was sent: no probe object to delete, and no warning about one.
+    assert not [record for record in caplog.records if "probe object" in record.getMessage()]
+
+
+@pytest.mark.timeout(60)
+def test_an_invalid_bucket_name_names_the_variable(moto_endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    # botocore refuses the name before sending anything; it used to come out as a BackendError naming only
+    # ParamValidationError, after a warning about a probe object that was never written.
+    store = S3Store(make_settings(moto_endpoint, "not a bucket!"))
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            store.save("a", Message(content=b"x"))
+    finally:
+        store.close()
+    assert "ARTIFACT_STORE_S3_BUCKET" in str(info.value)
+    assert not [record for record in caplog.records if "probe object" in record.getMessage()]

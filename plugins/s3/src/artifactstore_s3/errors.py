@@ -23,7 +23,7 @@ from artifactstore_core.errors import (
     redact,
 )
 
-__all__ = ["busy_code", "client_error_code", "translate_error"]
+__all__ = ["busy_code", "client_error_code", "refused_before_sending", "translate_error"]
 
 _ACCESS_CODES = frozenset(
     {
@@ -54,10 +54,41 @@ _TIMEOUT_CODES = frozenset({"RequestTimeout"})
 _WRONG_PLACE_CODES = frozenset(
     {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 )
+# Errors of boto3's credential chain beyond "none found": a source that is configured but cannot give
+# credentials now (an SSO login missing or expired, a token or credential provider that failed).
+_CREDENTIAL_SOURCE_ERRORS: tuple[type[bx.BotoCoreError], ...] = (
+    bx.SSOError,
+    bx.TokenRetrievalError,
+    bx.UnknownCredentialError,
+    bx.RefreshWithMFAUnsupportedError,
+)
+# The AWS config or credentials file cannot be read as botocore needs it.
+_AWS_CONFIG_ERRORS: tuple[type[bx.BotoCoreError], ...] = (bx.ConfigParseError, bx.ConfigNotFound, bx.InvalidConfigError)
 _CREDENTIAL_HINT = (
     "set ARTIFACT_STORE_S3_ACCESS_KEY_ID and ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, or configure boto3's "
     "credential chain (AWS_PROFILE, AWS_ACCESS_KEY_ID, an instance role)"
 )
+
+
+# What OpenSSL says when the peer's certificate does not verify, or when the peer does not speak TLS at all
+# (an https:// URL to a plain HTTP port); other TLS failures (a connection cut during the handshake) may pass.
+_TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "record layer failure")
+
+
+def _tls_refused(exc: bx.SSLError) -> bool:
+    text = str(exc)
+    return any(refusal in text for refusal in _TLS_REFUSALS)
+
+
+def refused_before_sending(exc: BaseException) -> bool:
+    """Whether a request failed before the service could act on it: no usable credentials or configuration
+    (nothing was signed or sent) or a TLS handshake the client refused (nothing reached the service). Raises
+    nothing."""
+    if isinstance(exc, bx.ClientError):
+        return False
+    if isinstance(exc, bx.SSLError):
+        return _tls_refused(exc)
+    return isinstance(translate_error(exc, bucket=""), ConfigurationError)
 
 
 def busy_code(code: str) -> bool:
@@ -105,6 +136,19 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         if code in ("NoSuchKey", "NotFound") or status == 404:
             # Reads reach this; the store's writes turn their 404s into BackendUnavailableError first.
             return ArtifactNotFoundError(what)
+        if code == "InvalidObjectState":
+            # A 403 that is no refusal of access: the object is archived. Changing credentials never helps;
+            # a restore (hours) does, so it is not retryable either.
+            return BackendError(
+                f"{what}; the object is archived (a lifecycle rule moved it to S3 Glacier Flexible Retrieval, Deep "
+                "Archive or an Intelligent-Tiering archive tier) and cannot be read until it is restored "
+                "(RestoreObject); keep the artifact prefix out of such rules"
+            )
+        if code == "RequestTimeTooSkewed":
+            return AccessDeniedError(
+                f"{what}; this machine's clock differs from the service's by more than 15 minutes, so S3 refuses "
+                "its signatures: synchronise the clock (NTP)"
+            )
         if code in _ACCESS_CODES or status == 403:
             return AccessDeniedError(f"{what}; check the credentials and the bucket policy ({_CREDENTIAL_HINT})")
         if code == "EntityTooLarge":
@@ -123,8 +167,55 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         return ArtifactCorruptedError(f"S3 response from {where} failed its checksum: the body was damaged")
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
         return ConfigurationError(f"no usable S3 credentials for {where}: {type(exc).__name__}; {_CREDENTIAL_HINT}")
+    if isinstance(exc, _CREDENTIAL_SOURCE_ERRORS):
+        # Credentials that boto3's chain cannot produce (an SSO profile without a valid login, a credential
+        # process that failed): repeating the call does not help, setting them up does.
+        return ConfigurationError(
+            f"no usable S3 credentials for {where}: {type(exc).__name__}; {_CREDENTIAL_HINT} (for an SSO "
+            "profile, log in again: aws sso login)"
+        )
+    if isinstance(exc, bx.ProfileNotFound):
+        # The profile's name is the user's own setting, not a secret; saying it is what makes this fixable.
+        profile = redact(str(exc.kwargs.get("profile", "?")), secrets)
+        return ConfigurationError(
+            f"the AWS profile {profile!r} is not in the AWS config files (AWS_PROFILE or another profile's "
+            f"source_profile names it), so no S3 client can be made for {where}; set AWS_PROFILE to an existing "
+            "profile, or unset it and set ARTIFACT_STORE_S3_ACCESS_KEY_ID and ARTIFACT_STORE_S3_SECRET_ACCESS_KEY"
+        )
+    if isinstance(exc, _AWS_CONFIG_ERRORS):
+        # Names the file (its path is no secret), never its contents.
+        path = exc.kwargs.get("path")
+        which = f" {redact(str(path), secrets)!r}" if path else ""
+        return ConfigurationError(
+            f"the AWS configuration{which} cannot be used for {where} ({type(exc).__name__}); fix the file that "
+            "AWS_CONFIG_FILE or AWS_SHARED_CREDENTIALS_FILE names (by default ~/.aws/config and ~/.aws/credentials)"
+        )
+    if isinstance(exc, bx.ParamValidationError) and "Invalid bucket name" in str(exc.kwargs.get("report", "")):
+        # botocore checks the name before sending anything; the name is the user's setting, no secret.
+        return ConfigurationError(
+            f"{where} is not a name S3 accepts (letters, digits, '.', '-' and '_', at most 255 characters, or an "
+            "access point ARN); set ARTIFACT_STORE_S3_BUCKET to a valid bucket name"
+        )
+    if isinstance(exc, bx.EndpointResolutionError):
+        # botocore's endpoint rules refuse the configuration itself (an endpoint that is not an http(s) URL,
+        # a region that is not a valid name): nothing was sent, and repeating it fails the same way.
+        text = redact(str(exc), secrets)[:200]
+        return ConfigurationError(
+            f"no S3 endpoint can be resolved for {where}: {text}; check ARTIFACT_STORE_S3_ENDPOINT_URL, "
+            "ARTIFACT_STORE_S3_REGION and ARTIFACT_STORE_S3_ADDRESSING_STYLE"
+        )
     if isinstance(exc, bx.NoRegionError):
         return ConfigurationError(f"no region for {where}; set ARTIFACT_STORE_S3_REGION")
+    if isinstance(exc, bx.SSLError) and _tls_refused(exc):
+        # Not the network failing for a moment: the endpoint's certificate is not trusted here, or it does
+        # not speak TLS. Every repetition fails the same way, so this is not retryable.
+        return BackendError(
+            f"the TLS handshake with the S3 endpoint for {where} failed: {redact(str(exc), secrets)[:300]}; if the "
+            "endpoint uses a private CA, point AWS_CA_BUNDLE (or ca_bundle in the AWS config file) at its "
+            "certificate; a certificate for another host name is what virtual-hosted addressing of a bucket "
+            "whose name has dots meets (set ARTIFACT_STORE_S3_ADDRESSING_STYLE=path); check that "
+            "ARTIFACT_STORE_S3_ENDPOINT_URL says https:// only for a TLS port"
+        )
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
         return BackendUnavailableError(
             f"cannot reach S3 for {where} ({type(exc).__name__}); check ARTIFACT_STORE_S3_ENDPOINT_URL and the network"

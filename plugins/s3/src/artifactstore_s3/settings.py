@@ -84,6 +84,16 @@ class S3Settings(BackendSettings):
         description="Most parts uploaded at once by one upload, and most requests in flight for one "
         "save_many, get_many or list.",
     )
+    max_pool_connections: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Most connections to the service the client keeps open for reuse (botocore's "
+        "max_pool_connections), at least 2 x max_concurrency + 2 whatever this says (the store's own batch and "
+        "part workers). Set it to at least the number of threads that share one store plus that: past it, "
+        "requests still run, but each on a new connection that is closed after it (a new TLS handshake; urllib3 "
+        "warns 'Connection pool is full, discarding connection'). Connections are opened only when needed.",
+    )
     retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
         default="standard",
         description="botocore's retry mode: 'standard' retries throttling, 5xx and connection errors with "
@@ -136,10 +146,21 @@ class S3Settings(BackendSettings):
 
     @field_validator("endpoint_url")
     @classmethod
-    def _no_user_info(cls, value: str | None) -> str | None:
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
         # A URL is shown in reprs and logs; credentials in it would be too.
-        if value is not None and "@" in urlsplit(value).netloc:
+        if "@" in parts.netloc:
             raise ValueError("must not contain user info; set the access key settings instead")
+        # botocore accepts any of these when the client is built and refuses them only at the first request
+        # (EndpointResolutionError, "not a valid URI"), far from the setting that causes it.
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000")
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when it is asked for)
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port ({exc})") from None
         return value
 
     @field_validator("prefix")

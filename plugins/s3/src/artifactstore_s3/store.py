@@ -41,9 +41,10 @@ from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import checked_read
 
-from .errors import busy_code, client_error_code, translate_error
+from .errors import busy_code, client_error_code, refused_before_sending, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
+from .logs import SECRETS_FILTER
 from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
 from .settings import MIB, S3Settings
@@ -239,6 +240,8 @@ class S3Store(ArtifactStore):
             for secret in (self._settings.access_key_id, self._settings.secret_access_key, self._settings.session_token)
             if secret is not None
         )
+        # botocore's DEBUG wire trace shows the token and key id: masked there while the store is open.
+        self._forget_log_secrets = weakref.finalize(self, SECRETS_FILTER.remove, SECRETS_FILTER.add(self._secrets))
         self._lock = threading.Lock()
         # Held while a conditional-write probe runs, apart from _lock: the probe sends requests, and building
         # the client (in a forked child), starting a pool or registering an upload take _lock meanwhile.
@@ -260,6 +263,7 @@ class S3Store(ArtifactStore):
         try:
             client = self._make_client()
         except Exception as exc:
+            self._forget_log_secrets()
             self._raise(exc, "connect", None)
         self._client: S3Client | None = client
         if self._settings.probe_at_start:
@@ -269,6 +273,7 @@ class S3Store(ArtifactStore):
                 for pool in self._pools.values():  # the completion probe's part upload started one
                     pool.shutdown(wait=True)
                 client.close()
+                self._forget_log_secrets()
                 self._raise(exc, "connect", None)
         _STORES.add(self)
 
@@ -287,8 +292,10 @@ class S3Store(ArtifactStore):
             read_timeout=settings.read_timeout,
             retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
             s3={"addressing_style": settings.addressing_style},
-            # Batch workers, part uploads and the calling thread each need a connection of their own.
-            max_pool_connections=max(10, 2 * settings.max_concurrency + 2),
+            # Batch workers and part uploads (max_concurrency each) need a connection of their own, and so does
+            # every caller's thread at once: a connection given back to a full pool is closed, so a pool sized for
+            # the workers alone made each request of many threads sharing the store open a new one.
+            max_pool_connections=max(settings.max_pool_connections, 2 * settings.max_concurrency + 2),
         )
         if settings.checksum_calculation is not None:
             # Merged over botocore's own setting (environment, config file) for this client only.
@@ -515,6 +522,12 @@ class S3Store(ArtifactStore):
                 if code == "NotImplemented" or status == 501:
                     return False
                 raise
+            except Exception as exc:
+                # No credentials, a refused TLS handshake: there is nothing to delete, and deleting would
+                # fail the same way (after as many retries), only to log a warning about an object that
+                # was never written.
+                created = not refused_before_sending(exc)
+                raise
             try:
                 client.put_object(Bucket=self._bucket, Key=key, Body=b"", IfNoneMatch="*")
             except ClientError as exc:
@@ -548,6 +561,9 @@ class S3Store(ArtifactStore):
                     created = _may_have_written(exc)
                     raise
                 # The key is new: this completion was retried after its answer was lost (the upload aborted).
+            except Exception as exc:
+                created = not refused_before_sending(exc)  # as in _probe_put
+                raise
             try:
                 self._upload(key, _STAGING_LAYOUT, empty, True)
             except ClientError as exc:
@@ -1342,6 +1358,7 @@ class S3Store(ArtifactStore):
             pool.shutdown(wait=True, cancel_futures=True)
         client = self._client
         if client is None:  # a forked child that never used the store: nothing of its own is in flight
+            self._forget_log_secrets()
             return
         for upload in uploads:
             upload.stop()
@@ -1351,3 +1368,4 @@ class S3Store(ArtifactStore):
             except Exception as exc:
                 logger.warning("could not delete the staging object %r: %s", key, type(exc).__name__)
         client.close()
+        self._forget_log_secrets()  # after the last request of this store's client
