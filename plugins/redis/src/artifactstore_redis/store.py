@@ -27,6 +27,7 @@ import random
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -185,6 +186,16 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
         ConfigurationError: the URL is invalid, or sets something twice (never repeating the URL itself).
     """
     url = settings.url.get_secret_value()
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if "sentinel" in scheme:
+        # redis-py's parse_url knows no Sentinel scheme and the store has no settings for one; say so rather
+        # than calling the URL invalid. A Sentinel-managed client can be given to the store (documented).
+        raise ConfigurationError(
+            f"{_env('url')} is a Redis Sentinel URL ({scheme}://...), which the redis backend does not take: "
+            "point it at the current primary (redis://host:port/db), or build the store in code with "
+            "RedisStore(client=redis.sentinel.Sentinel([(host, port)]).master_for(service), ...), whose "
+            "connections ask the sentinels for the current primary"
+        )
     try:
         options = _parse_url(url)
     except ValueError:
@@ -312,7 +323,16 @@ def _client_address(client: RedisClient) -> tuple[str, str | None]:
         kwargs: dict[str, Any] = dict(cast(Any, client).nodes_manager.connection_kwargs)
         where = f"redis://{node.host}:{node.port}/0" if node is not None else "a redis cluster"
     else:
-        kwargs = dict(client.connection_pool.connection_kwargs)
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        service = getattr(pool, "service_name", None)
+        if isinstance(service, str) and getattr(pool, "sentinel_manager", None) is not None:
+            # A Sentinel-managed pool's kwargs name no server (redis-py's defaults would read as
+            # localhost:6379): the primary is whichever the sentinels name at the moment.
+            role = "primary" if getattr(pool, "is_master", True) else "a replica"
+            where = f"the {role} of sentinel service {service!r} (db {kwargs.get('db', 0)})"
+            password = kwargs.get("password")
+            return where, password if isinstance(password, str) else None
         if kwargs.get("path"):
             where = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
         else:
@@ -320,6 +340,13 @@ def _client_address(client: RedisClient) -> tuple[str, str | None]:
             where = f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
     password = kwargs.get("password")
     return where, password if isinstance(password, str) else None
+
+
+def _client_db(client: RedisClient) -> object:
+    """The database number a standalone client selects (for error messages)."""
+    if isinstance(client, RedisCluster):
+        return 0
+    return client.connection_pool.connection_kwargs.get("db", 0)
 
 
 def _pooled_connection(pool: ConnectionPool) -> Any:
@@ -464,8 +491,9 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``.
+def _tls_failure(exc: BaseException) -> OSError | None:
+    """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``;
+    also an ``OSError`` of reading the certificate, key or CA files a TLS connection was given.
 
     redis-py reports it as a ConnectionError ("Error 1 connecting to ..."), the same class as a refused
     connection; retrying cannot help, so the store neither retries it nor calls the server unavailable.
@@ -476,8 +504,21 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
         seen.add(id(current))
         if isinstance(current, ssl.SSLError):
             return current
+        if isinstance(current, (FileNotFoundError, PermissionError, IsADirectoryError)) and _loading_tls_files(current):
+            return current
         current = current.__cause__ or current.__context__
     return None
+
+
+def _loading_tls_files(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by ``ssl`` while it loaded a certificate, key or CA file (a missing unix
+    socket raises FileNotFoundError too, and is a server not listening yet: that one is retried)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(frame.name in _TLS_LOADERS for frame in frames)
+
+
+# ssl's functions that read the files of redis-py's ssl_* options; an OSError from them is the configuration's.
+_TLS_LOADERS = frozenset({"load_cert_chain", "load_verify_locations", "_wrap_socket_with_ssl"})
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -1487,11 +1528,18 @@ class RedisStore(ArtifactStore):
                 f"Free space (clear finished namespaces) or raise the server's maxmemory ({what})"
             )
         tls = _tls_failure(exc)
+        if isinstance(tls, OSError) and not isinstance(tls, ssl.SSLError):
+            return BackendError(
+                f"a file named by the ssl_* options in the query of {_env('url')} (ssl_ca_certs, ssl_certfile, "
+                f"ssl_keyfile) could not be read for the connection to {where} ({self._describe(tls)}); not retried"
+            )
         if tls is not None:
             return BackendError(
                 f"the TLS handshake with {where} failed ({self._describe(tls)}); not retried. Check the server's "
                 f"certificate and the ssl_* options in the query of {_env('url')} (ssl_ca_certs=/path/to/ca.pem "
-                "names the CA that signed it), and that the server speaks TLS on that port"
+                "names the CA that signed it; a server that requires client certificates, tls-auth-clients, "
+                "needs ssl_certfile and ssl_keyfile, and ssl_password for an encrypted key), and that the "
+                "server speaks TLS on that port"
             )
         if isinstance(exc, RedisTimeoutError) and str(exc).startswith("Timeout connecting"):
             # Nothing of this attempt reached the server. A rediss:// URL to a server without TLS looks like
@@ -1529,6 +1577,19 @@ class RedisStore(ArtifactStore):
             isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
         ):
             return BackendUnavailableError(f"{where} is unavailable ({what})")
+        if isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range"):
+            return BackendError(
+                f"{where} has no database {_client_db(self._client)}: the database number in {_env('url')} "
+                f"must be below the server's 'databases' setting (16 by default) ({what})"
+            )
+        if isinstance(exc, ResponseError) and str(exc).lower().startswith("unknown command"):
+            # EVALSHA, HMGET...: every Redis since 5 has them. A Sentinel port, or a proxy or service that
+            # speaks only part of the protocol, does not.
+            return BackendError(
+                f"{where} does not know a command the redis backend needs ({what}); is {_env('url')} pointing "
+                "at a Redis Sentinel port or a proxy instead of a Redis server? (For Sentinel, see the redis "
+                "backend's documentation.)"
+            )
         if isinstance(exc, RedisError):
             return BackendError(f"{where} failed ({what})")
         if isinstance(exc, TimeoutError):  # a socket error redis-py did not wrap (the builtin, an OSError)
