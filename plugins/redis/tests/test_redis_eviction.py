@@ -295,7 +295,9 @@ def test_the_policy_is_read_in_every_client_shape(tmp_path: Path, protocol: int,
         evict_once(admin, "other")
         client = server.client(protocol=protocol) if given else None
         url = f"{server.url}?protocol={protocol}"
-        store = RedisStore(RedisSettings(url=url), namespace="shapes", client=client)  # type: ignore[arg-type]
+        # A prefix and namespace whose keys hold '-', '.', '%' and '_': the SCAN pattern escapes them.
+        settings = RedisSettings(url=url, key_prefix="a-b.c_d")  # type: ignore[arg-type]
+        store = RedisStore(settings, namespace="run-1 [x]*?", client=client)
         try:
             store.save_many({"a": Message(content=b"x"), "b": Message(content=payload_of("b", LARGE))})
             admin.delete(store._index)
