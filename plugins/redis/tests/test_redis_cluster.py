@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from redis.cluster import RedisCluster
+from redis_helpers import evict_once
 
 import artifactstore_redis.store as store_module
 from artifactstore_core import Message
@@ -187,3 +188,34 @@ def test_a_batch_meeting_a_slot_migration_is_retried_and_lands(redis_cluster: Re
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
+
+
+@pytest.mark.timeout(60)
+def test_clear_and_list_find_unindexed_artifacts_on_an_evicting_primary(
+    redis_cluster: RedisClusterNodes, cluster_client: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep of an evicting server SCANs the namespace slot's primary, not some node of the cluster.
+    # The eviction of the index is played by deleting it (test_redis_eviction evicts for real); the policy
+    # is set without a maxmemory that could be reached, so nothing else is evicted from the shared cluster;
+    # the node has evicted keys of the test's own before (the sweep runs only on a server that evicted).
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)  # type: ignore[arg-type]
+    with RedisStore(settings, namespace="evicting primary") as store:
+        node = cluster_client.get_node_from_key(store._index)
+        admin = cluster_client.get_redis_connection(node)
+        evict_once(admin, store._tag.decode())  # keys of the namespace's slot, with an expiry: none else
+        old = admin.config_get("maxmemory*")
+        # The policy is read once per process and node: forget what earlier tests' stores read.
+        monkeypatch.setattr(store_module, "_ALLKEYS", {})
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        admin.config_set("maxmemory", "1gb")
+        try:
+            payload = bytes(range(256)) * (store_module._INLINE_MAX // 256 + 1)
+            store.save_many({"small": Message(content=b"s"), "large": Message(content=payload)})
+            cluster_client.delete(store._index)
+            assert sorted(info.step_id for info in store.list()) == ["large", "small"]
+            assert store.clear() == 2
+            tag = store._tag.decode()
+            assert cluster_client.exists(f"{tag}:a:small", f"{tag}:a:large", f"{tag}:p:large") == 0
+        finally:
+            admin.config_set("maxmemory", old["maxmemory"])
+            admin.config_set("maxmemory-policy", old["maxmemory-policy"])

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from artifactstore_core import (
+    BackendError,
     BackendUnavailableError,
     ConfigurationError,
     Message,
@@ -232,3 +233,14 @@ def test_a_pool_with_every_connection_busy_fails_after_pool_timeout_not_retried(
         assert [record for record in caplog.records if "retry" in record.getMessage()] == []  # waiting is the wait
         assert store.get("x").content == b"x"
         store.clear()
+
+
+@pytest.mark.timeout(30)
+def test_a_database_the_server_does_not_have_is_named(redis_server: RedisServer) -> None:
+    # Redis's "DB index is out of range" named neither the number nor where it was set.
+    settings = RedisSettings(url=redis_server.url.removesuffix("/0") + "/16")  # type: ignore[arg-type]
+    with RedisStore(settings, namespace="db") as store, pytest.raises(BackendError) as raised:
+        store.exists("x")
+    assert not isinstance(raised.value, BackendUnavailableError)
+    assert "no database 16" in str(raised.value)
+    assert "ARTIFACT_STORE_REDIS_URL" in str(raised.value)

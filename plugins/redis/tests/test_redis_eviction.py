@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
-from redis_helpers import payload_of
+from redis_helpers import evict_once, payload_of
 
 import artifactstore_redis.store as store_module
 from artifactstore_core import ArtifactCorruptedError, ArtifactNotFoundError, Message
@@ -22,6 +23,7 @@ LARGE = store_module._INLINE_MAX + 1000
 def _policies_unread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no server's policy read (a port may be reused by a later test's server)."""
     monkeypatch.setattr(store_module, "_POLICY_READ", set())
+    monkeypatch.setattr(store_module, "_ALLKEYS", {})
 
 
 def make_store(server: RedisServer, namespace: str) -> RedisStore:
@@ -144,8 +146,10 @@ def test_saving_the_identical_message_again_restores_an_evicted_index_entry(
     # An evicting server drops the namespace's index key as it drops any other; the artifacts' hashes stay,
     # but list() and clear() work from the index and miss them. Saving the identical message again (the
     # write-once "kept" path) used to leave the index as it was. The eviction is played by deleting the
-    # index key, so that the test does not depend on which keys the LRU sampling picks.
-    options = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru"}
+    # index key, so that the test does not depend on which keys the LRU sampling picks; on a server whose
+    # policy does not evict the index, so that list() and clear() do not look for unindexed artifacts
+    # (test_clear_and_list_find_artifacts_whose_index_was_evicted) and the index is all they see.
+    options = {"maxmemory": "64mb", "maxmemory-policy": "volatile-lru"}
     with running(tmp_path / "lru", **options) as server:
         store = make_store(server, "reindexed")
         admin = server.client()
@@ -171,3 +175,137 @@ def test_saving_the_identical_message_again_restores_an_evicted_index_entry(
         finally:
             admin.close()
             store.close()
+
+
+def _namespace_keys(admin: Any, store: RedisStore) -> set[bytes]:
+    """The namespace's keys (result markers of clears excluded), read with SCAN by the test."""
+    tag = store._tag.decode()
+    return {
+        key
+        for key in admin.scan_iter(match=f"{tag}:*", count=1000)
+        if not key.startswith(f"{tag}:d:".encode()) and not key.startswith(f"{tag}:u:".encode())
+    }
+
+
+def _evict_index(admin: Any, store: RedisStore) -> None:
+    """Fill the server with other keys until it evicts ``store``'s index (the LRU's oldest key, as the
+    caller read every artifact after saving it). Deterministic: filled until the eviction is read back."""
+    filler = 0
+    while admin.exists(store._index):
+        with admin.pipeline(transaction=False) as pipe:
+            for _ in range(50):
+                pipe.set(f"filler:{filler}", b"f" * 4000)
+                filler += 1
+            pipe.execute()
+        assert filler < 200_000, "the server never evicted the index"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-random"])
+def test_clear_and_list_find_artifacts_whose_index_was_evicted(tmp_path: Path, policy: str) -> None:
+    # A real evicting server: list() and clear() used to work from the index alone, so once the index
+    # was evicted they missed the artifacts still stored (list() empty, clear() == 0, the keys left).
+    options = {"maxmemory": "4mb", "maxmemory-policy": policy, "maxmemory-samples": "10"}
+    with running(tmp_path / "lru", **options) as server:
+        store = make_store(server, "orphans")
+        other = make_store(server, "kept")
+        admin = server.client()
+        try:
+            saved = [f"step {i}/*?[" for i in range(150)]
+            for i, step_id in enumerate(saved):
+                store.save(step_id, Message(content=payload_of(step_id, LARGE if i % 3 == 0 else 1000)))
+            for step_id in saved:  # touch every artifact, not the index: the index is the oldest key
+                store.get(step_id)
+            _evict_index(admin, store)
+            # Room again, the policy unchanged: nothing more is evicted while the test reads (Redis evicts
+            # before any command, reads included, while it is over maxmemory).
+            admin.config_set("maxmemory", "64mb")
+            other.save("x", Message(content=b"other namespace"))
+            left = _namespace_keys(admin, store)
+            hashes = {key for key in left if key.startswith(store._artifact_prefix)}
+            assert hashes, "every artifact was evicted along with the index"
+            listed = sorted(info.step_id for info in store.list())
+            page = sorted(info.step_id for info in store.list_page(limit=1000))
+            cleared = store.clear()
+            assert (len(listed), len(page), cleared) == (len(hashes),) * 3
+            assert set(listed) <= set(saved)
+            assert page == listed
+            assert _namespace_keys(admin, store) == set()  # hashes and payload keys alike
+            assert list(store.list()) == []
+            assert other.get("x").content == b"other namespace"  # another namespace is left alone
+        finally:
+            admin.close()
+            other.close()
+            store.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("evicted", [False, True], ids=["never-full", "has-evicted"])
+@pytest.mark.parametrize("policy", ["noeviction", "volatile-lru", "allkeys-lru"])
+def test_a_server_that_cannot_have_evicted_the_index_is_not_scanned(tmp_path: Path, policy: str, evicted: bool) -> None:
+    # The sweep walks the whole database, so it runs only where the index can have been evicted: under an
+    # allkeys-* policy (the index has no expiry, which volatile-* need), on a server that has evicted.
+    with running(tmp_path / policy, maxmemory="64mb", **{"maxmemory-policy": policy}) as server:
+        store = make_store(server, "plain")
+        admin = server.client()
+        try:
+            if evicted:
+                evict_once(admin, "other")
+            store.save_many({f"a{i}": Message(content=b"x") for i in range(10)})
+            assert len(list(store.list())) == 10
+            assert len(store.list_page(limit=5)) == 5
+            assert store.clear() == 10
+            scanned = "cmdstat_scan" in admin.info("commandstats")
+            assert scanned == (policy == "allkeys-lru" and evicted)
+        finally:
+            admin.close()
+            store.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_user_not_allowed_scan_clears_the_index_and_is_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with running(tmp_path / "acl", maxmemory="64mb", **{"maxmemory-policy": "allkeys-lru"}) as server:
+        admin = server.client()
+        admin.acl_setuser("noscan", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-scan"])
+        url = server.url.replace("redis://", "redis://noscan:pw@")
+        store = RedisStore(RedisSettings(url=url), namespace="acl")  # type: ignore[arg-type]
+        try:
+            evict_once(admin, "other")
+            store.save_many({"a": Message(content=b"x"), "b": Message(content=b"y")})
+            assert sorted(info.step_id for info in store.list()) == ["a", "b"]
+            assert store.clear() == 2
+            assert any("may not SCAN" in message for message in _policy_warnings(caplog))
+        finally:
+            store.close()
+            admin.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize("given", [False, True], ids=["own-client", "given-client"])
+def test_the_policy_is_read_in_every_client_shape(tmp_path: Path, protocol: int, given: bool) -> None:
+    # clear() reads INFO in the pipeline of its first index read: raw text through the store's own pool
+    # (RESP2 or RESP3), a dict through a client given by the caller. The server evicts once (keys of
+    # the test's own), and then the eviction of the index is played by deleting it.
+    with running(tmp_path / "shapes", maxmemory="512mb", **{"maxmemory-policy": "allkeys-lfu"}) as server:
+        admin = server.client()
+        evict_once(admin, "other")
+        client = server.client(protocol=protocol) if given else None
+        url = f"{server.url}?protocol={protocol}"
+        # A prefix and namespace whose keys hold '-', '.', '%' and '_': the SCAN pattern escapes them.
+        settings = RedisSettings(url=url, key_prefix="a-b.c_d")  # type: ignore[arg-type]
+        store = RedisStore(settings, namespace="run-1 [x]*?", client=client)
+        try:
+            store.save_many({"a": Message(content=b"x"), "b": Message(content=payload_of("b", LARGE))})
+            admin.delete(store._index)
+            assert sorted(info.step_id for info in store.list()) == ["a", "b"]
+            assert store.clear() == 2
+            assert _namespace_keys(admin, store) == set()
+        finally:
+            store.close()
+            if client is not None:
+                client.close()
+            admin.close()

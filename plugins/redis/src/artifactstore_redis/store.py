@@ -27,6 +27,7 @@ import random
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -152,6 +153,10 @@ _ENV = "ARTIFACT_STORE_REDIS_"
 # The servers (by their display URL) whose eviction policy this process has read: it is read once per
 # process and server, at the first write, so a store per pipeline run costs no extra round trip each.
 _POLICY_READ: set[str] = set()
+# Whether a server's (by its display URL; in a cluster, with the slot's primary) maxmemory-policy is allkeys-*,
+# as this process read it (once per process and server): list() and clear() ask no more of a server that
+# is not (see RedisStore._evicts_index).
+_ALLKEYS: dict[str, bool] = {}
 _POLICY_LOCK = threading.Lock()
 # redis-py ships these two untyped.
 _parse_url = cast(Callable[[str], dict[str, Any]], _redis_parse_url)
@@ -181,6 +186,16 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
         ConfigurationError: the URL is invalid, or sets something twice (never repeating the URL itself).
     """
     url = settings.url.get_secret_value()
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if "sentinel" in scheme:
+        # redis-py's parse_url knows no Sentinel scheme and the store has no settings for one; say so rather
+        # than calling the URL invalid. A Sentinel-managed client can be given to the store (documented).
+        raise ConfigurationError(
+            f"{_env('url')} is a Redis Sentinel URL ({scheme}://...), which the redis backend does not take: "
+            "point it at the current primary (redis://host:port/db), or build the store in code with "
+            "RedisStore(client=redis.sentinel.Sentinel([(host, port)]).master_for(service), ...), whose "
+            "connections ask the sentinels for the current primary"
+        )
     try:
         options = _parse_url(url)
     except ValueError:
@@ -308,7 +323,16 @@ def _client_address(client: RedisClient) -> tuple[str, str | None]:
         kwargs: dict[str, Any] = dict(cast(Any, client).nodes_manager.connection_kwargs)
         where = f"redis://{node.host}:{node.port}/0" if node is not None else "a redis cluster"
     else:
-        kwargs = dict(client.connection_pool.connection_kwargs)
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        service = getattr(pool, "service_name", None)
+        if isinstance(service, str) and getattr(pool, "sentinel_manager", None) is not None:
+            # A Sentinel-managed pool's kwargs name no server (redis-py's defaults would read as
+            # localhost:6379): the primary is whichever the sentinels name at the moment.
+            role = "primary" if getattr(pool, "is_master", True) else "a replica"
+            where = f"the {role} of sentinel service {service!r} (db {kwargs.get('db', 0)})"
+            password = kwargs.get("password")
+            return where, password if isinstance(password, str) else None
         if kwargs.get("path"):
             where = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
         else:
@@ -316,6 +340,13 @@ def _client_address(client: RedisClient) -> tuple[str, str | None]:
             where = f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
     password = kwargs.get("password")
     return where, password if isinstance(password, str) else None
+
+
+def _client_db(client: RedisClient) -> object:
+    """The database number a standalone client selects (for error messages)."""
+    if isinstance(client, RedisCluster):
+        return 0
+    return client.connection_pool.connection_kwargs.get("db", 0)
 
 
 def _pooled_connection(pool: ConnectionPool) -> Any:
@@ -460,8 +491,9 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``.
+def _tls_failure(exc: BaseException) -> OSError | None:
+    """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``;
+    also an ``OSError`` of reading the certificate, key or CA files a TLS connection was given.
 
     redis-py reports it as a ConnectionError ("Error 1 connecting to ..."), the same class as a refused
     connection; retrying cannot help, so the store neither retries it nor calls the server unavailable.
@@ -472,8 +504,21 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
         seen.add(id(current))
         if isinstance(current, ssl.SSLError):
             return current
+        if isinstance(current, (FileNotFoundError, PermissionError, IsADirectoryError)) and _loading_tls_files(current):
+            return current
         current = current.__cause__ or current.__context__
     return None
+
+
+def _loading_tls_files(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by ``ssl`` while it loaded a certificate, key or CA file (a missing unix
+    socket raises FileNotFoundError too, and is a server not listening yet: that one is retried)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(frame.name in _TLS_LOADERS for frame in frames)
+
+
+# ssl's functions that read the files of redis-py's ssl_* options; an OSError from them is the configuration's.
+_TLS_LOADERS = frozenset({"load_cert_chain", "load_verify_locations", "_wrap_socket_with_ssl"})
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -481,6 +526,42 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, OutOfMemoryError) or (
         isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
     )
+
+
+# SCAN's COUNT when looking for a namespace's unindexed keys (see RedisStore._unindexed): the work per call
+# on the server is about this many keys of the whole database, so it stays a short call.
+_SCAN_COUNT = 1000
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` as a Redis glob pattern that matches exactly it (each special character escaped)."""
+    return bytes(b for c in text for b in ((0x5C, c) if c in b"*?[]\\^-" else (c,)))
+
+
+def _info_field(info: Any, name: str) -> str | None:
+    """Field ``name`` of an ``INFO`` reply: parsed by redis-py (a dict), or its raw text (bytes or str)."""
+    if isinstance(info, dict):
+        value = info.get(name)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        return None if value is None else str(value)
+    text = info if isinstance(info, bytes) else str(info).encode("utf-8", "replace")
+    # Every field is on a line of its own, after a "# Section" line: never at the start of the text.
+    start = text.find(b"\n" + name.encode("ascii") + b":")
+    if start < 0:
+        return None
+    start += len(name) + 2
+    end = text.find(b"\n", start)
+    return text[start : end if end >= 0 else len(text)].strip().decode("ascii", "replace")
+
+
+def _eviction_policy(memory: Any) -> str | None:
+    """The ``maxmemory-policy`` in an ``INFO memory`` reply, or ``None`` when the server never evicts
+    (``noeviction``, or no ``maxmemory``)."""
+    policy, limit = _info_field(memory, "maxmemory_policy"), _info_field(memory, "maxmemory")
+    if policy is None or policy == "noeviction" or limit in (None, "0"):
+        return None
+    return policy
 
 
 class RedisStore(ArtifactStore):
@@ -660,42 +741,167 @@ class RedisStore(ArtifactStore):
         With a ``maxmemory-policy`` other than ``noeviction`` (and a ``maxmemory``), Redis drops keys when it
         is full: an artifact's hash, its payload key or a whole namespace index, each on its own. Nothing in
         a reply says so: ``get`` then finds half an artifact, ``list`` and ``clear`` miss artifacts whose
-        index went. Managed Redis services often default to an evicting policy, so the store says so in the
-        log before its first artifact is written rather than leaving the user to find out from a damaged
-        artifact. A server that does not let us read ``INFO`` (an ACL without it) is not checked.
+        index went unless they look for them (see :meth:`_unindexed`). Managed Redis services often default
+        to an evicting policy, so the store says so in the log before its first artifact is written rather
+        than leaving the user to find out from a damaged artifact. A server that does not let us read
+        ``INFO`` (an ACL without it) is not checked.
         """
         with _POLICY_LOCK:
             if self._where in _POLICY_READ:
                 return
             _POLICY_READ.add(self._where)
-        client = self._client
         try:
             self._stop_if_closed()
-            if isinstance(client, RedisCluster):
-                # The primary of this namespace's slot: the one that would evict its keys.
-                node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
-                info = client.info("memory", target_nodes=node)
-            else:
-                info = client.info("memory")
+            info = self._memory_info()
         except (RedisError, RedisClusterException) as exc:
             _log.debug("could not read the maxmemory-policy of %s: %s", self._where, self._describe(exc))
             return
         finally:
             self._after_attempt()  # a close() that raced the read leaves no connection open
-        policy, limit = info.get("maxmemory_policy"), info.get("maxmemory")
-        if isinstance(policy, bytes):
-            policy = policy.decode("ascii", "replace")
-        if policy in (None, "noeviction") or limit in (None, 0, "0"):
+        self._remember_policy(info)
+        policy = _eviction_policy(info)
+        if policy is None:
             return
         _log.warning(
             "redis at %s has maxmemory-policy %s: when it is full it evicts keys%s, and artifacts stored there "
             "can be lost in part (get() raises ArtifactCorruptedError or ArtifactNotFoundError; list() and "
-            "clear() miss artifacts whose index entry was evicted). Set maxmemory-policy noeviction on a "
-            "server that keeps artifacts (a full server then raises CapacityError on save).",
+            "clear() scan the server for artifacts whose index entry was evicted). Set maxmemory-policy "
+            "noeviction on a server that keeps artifacts (a full server then raises CapacityError on save).",
             self._where,
             policy,
-            " that have an expiry (artifacts saved with a TTL)" if str(policy).startswith("volatile") else "",
+            " that have an expiry (artifacts saved with a TTL)" if policy.startswith("volatile") else "",
         )
+
+    def _memory_info(self) -> Any:
+        """``INFO memory`` of the server that holds this namespace (in a cluster, its slot's primary); once."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+            return client.info("memory", target_nodes=node)
+        return client.info("memory")
+
+    def _eviction_reads(self) -> list[tuple[str, str]]:
+        """The ``INFO`` sections :meth:`_evicts_index` needs: none for a server whose policy this process
+        knows cannot evict the index, so that ``list`` and ``clear`` cost nothing more there."""
+        allkeys = _ALLKEYS.get(self._policy_key())
+        if allkeys is False:
+            return []
+        return [("INFO", "stats")] if allkeys else [("INFO", "memory"), ("INFO", "stats")]
+
+    def _evicts_index(self, replies: Sequence[Any]) -> bool:
+        """Whether the server may have evicted a namespace's index (which ``list`` and ``clear`` then find
+        artifacts without: see :meth:`_unindexed`), from the replies to :meth:`_eviction_reads`'s commands
+        (or the errors that refused them).
+
+        Only an ``allkeys-*`` policy evicts keys without an expiry, the index among them (``volatile-*``
+        evict only keys with one, and an artifact with a TTL leaves the index when its score passes); and
+        only a server that has evicted a key since it started (``evicted_keys``) has done so. So a server
+        with an ``allkeys-*`` policy that has never been full, as many caches are, is never swept. The
+        policy is read once per process and server (as for the warning at the first save), ``evicted_keys``
+        on every call, as it grows. A server that refuses ``INFO`` (an ACL without it) is taken not to evict.
+        """
+        if not replies:
+            return False
+        stats = replies[-1]
+        if len(replies) == 2:
+            self._remember_policy(replies[0])
+        if not _ALLKEYS.get(self._policy_key()) or self._refused_info(stats):
+            return False
+        return _info_field(stats, "evicted_keys") not in (None, "0")
+
+    def _remember_policy(self, memory: Any) -> None:
+        """Record from an ``INFO memory`` reply (or the error that refused it) whether the server evicts
+        keys without an expiry (``allkeys-*``); a server that refuses ``INFO`` is taken not to."""
+        policy = None if self._refused_info(memory) else _eviction_policy(memory)
+        _ALLKEYS[self._policy_key()] = policy is not None and policy.startswith("allkeys")
+
+    def _policy_key(self) -> str:
+        """The server whose policy applies to this namespace, for _ALLKEYS: in a cluster, its slot's primary."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+            return f"{self._where} {node.name}"
+        return self._where
+
+    def _refused_info(self, reply: Any) -> bool:
+        """Whether ``reply`` is an ACL's refusal of ``INFO``; another error is raised."""
+        if not isinstance(reply, BaseException):
+            return False
+        if _access_failure(reply) is None:
+            raise reply
+        _log.debug("could not read the eviction state of %s: %s", self._where, self._describe(reply))
+        return True
+
+    def _server_info(self, section: str) -> Any:
+        """``INFO section`` of this namespace's server (in a cluster, its slot's primary), retried; an ACL's
+        refusal is returned, not raised."""
+        client = self._client
+        if not isinstance(client, RedisCluster):
+            (reply,) = self._pipelined([("INFO", section)])
+            return reply
+        # INFO has no key to route it by in a cluster pipeline: the slot's primary is asked directly.
+        node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+
+        def read() -> Any:
+            try:
+                return client.info(section, target_nodes=node)
+            except (RedisError, RedisClusterException) as exc:
+                if _access_failure(exc) is None:
+                    raise
+                return exc
+
+        return self._retrying(read)
+
+    def _unindexed(self, kinds: bytes) -> Iterator[list[bytes]]:
+        """The members of this namespace's keys of ``kinds`` (``b"a"``: hashes; ``b"ap"``: hashes and payload
+        keys), found by a ``SCAN`` of the server: batches of legal ids' encodings, each once per batch.
+
+        For a server that evicts the index (see :meth:`_evicts_index`): artifacts whose index entry was
+        evicted are found only this way. ``SCAN`` walks the whole database (in a cluster, the slot's primary),
+        not just this namespace, so it is never run on a server that does not evict. The pattern is the
+        namespace's own key prefix, escaped, with one trailing wildcard: no step id or namespace becomes
+        part of a pattern (encode_name's output holds no glob character anyway), and every key found is
+        checked against the prefix again. A user whose ACL refuses ``SCAN`` gets a warning and no sweep.
+        """
+        prefix = self._tag + b":"
+        pattern = _glob_escape(prefix) + b"[" + kinds + b"]:*"
+        count = max(self._settings.batch_size, _SCAN_COUNT)
+        cursor = 0
+        while True:
+            try:
+                cursor, keys = self._retrying(functools.partial(self._scan_keys, cursor, pattern, count))
+            except (RedisError, RedisClusterException) as exc:
+                if _access_failure(exc) is None:
+                    raise
+                _log.warning(
+                    "redis at %s evicts keys, but this user may not SCAN: artifacts of namespace %r whose index "
+                    "entry was evicted are not found (%s)",
+                    self._where,
+                    self.namespace,
+                    self._describe(exc),
+                )
+                return
+            members: dict[bytes, None] = {}  # ordered, and each member once (a hash and its payload key)
+            for key in keys:
+                if key.startswith(prefix) and key[len(prefix) + 1 : len(prefix) + 2] == b":":
+                    member = key[len(prefix) + 2 :]
+                    if _decoded(member, validate_step_id) is not None:  # else written by something else
+                        members[member] = None
+            found = list(members)
+            for start in range(0, len(found), self._settings.batch_size):
+                yield found[start : start + self._settings.batch_size]
+            if cursor == 0:
+                return
+
+    def _scan_keys(self, cursor: int, pattern: bytes, count: int) -> tuple[int, list[bytes]]:
+        client = self._client
+        if isinstance(client, RedisCluster):
+            node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+            cursors, keys = cast(Any, client).scan(cursor, match=pattern, count=count, target_nodes=node)
+            # One node: redis-py's cluster client keys its cursors by node name.
+            return int(next(iter(cursors.values()))), list(keys)
+        next_cursor, keys = client.scan(cursor, match=pattern, count=count)
+        return int(next_cursor), cast(list[bytes], keys)  # bytes: decode_responses is refused
 
     def _announce_again(self) -> None:
         """Announce once more after a write during which the server may have restarted (see _server_lost)."""
@@ -802,10 +1008,8 @@ class RedisStore(ArtifactStore):
         # costs a pass over the index per page, as neither the index (by expiry) nor its members (encode_name)
         # are in id order.
         seen: set[bytes] = set()
-        cursor = 0
-        while True:
-            cursor, pairs = self._retrying(functools.partial(self._scan_index, cursor))
-            members = [member for member, _ in pairs if member not in seen]
+        for batch in self._member_batches():
+            members = [member for member in batch if member not in seen]
             seen.update(members)
             # Members that are no legal id's encoding were written by something else: not listed.
             named = [(member, _decoded(member, validate_step_id)) for member in members]
@@ -819,8 +1023,19 @@ class RedisStore(ArtifactStore):
                     if head is None:  # expired or deleted since the index was read
                         continue
                     yield self.codec.decode_head(head, place=(self.namespace, step_id)).info(step_id)
+
+    def _member_batches(self) -> Iterator[list[bytes]]:
+        """Batches of the namespace's members: the index's (``ZSCAN``, possibly one twice), then, on a server
+        that evicts the index, those of the artifact hashes found by ``SCAN`` (see :meth:`_unindexed`)."""
+        cursor = 0
+        while True:
+            cursor, pairs = self._retrying(functools.partial(self._scan_index, cursor))
+            yield [member for member, _ in pairs]
             if cursor == 0:
-                return
+                break
+        # Read after the index pass: see _evicts_index.
+        if self._evicts_index([self._server_info(section) for _, section in self._eviction_reads()]):
+            yield from self._unindexed(b"a")
 
     def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
         # The index is ordered by expiry, and its members (encode_name of the ids) sort unlike the ids
@@ -829,16 +1044,13 @@ class RedisStore(ArtifactStore):
         return self._page_of_ids(self._index_ids, after, limit, self._heads_of)
 
     def _index_ids(self) -> Iterator[tuple[str, bytes]]:
-        """``(step id, member)`` of every legal id in the index, possibly one twice (ZSCAN's guarantee)."""
-        cursor = 0
-        while True:
-            cursor, pairs = self._retrying(functools.partial(self._scan_index, cursor))
-            for member, _ in pairs:
+        """``(step id, member)`` of every legal id of the namespace (see :meth:`_member_batches`), possibly one
+        twice."""
+        for batch in self._member_batches():
+            for member in batch:
                 step_id = _decoded(member, validate_step_id)
                 if step_id is not None:  # not a legal id's encoding: written by something else
                     yield step_id, member
-            if cursor == 0:
-                return
 
     def _heads_of(self, chosen: list[tuple[str, bytes]]) -> Iterator[ArtifactInfo | None]:
         batch = self._settings.batch_size
@@ -858,18 +1070,40 @@ class RedisStore(ArtifactStore):
         return cast(tuple[int, list[tuple[bytes, float]]], reply)
 
     def _clear(self) -> int:
-        removed = 0
         batch = self._settings.batch_size
         # One marker for the whole call: each batch records its number and count there, and its retries
         # (the same number) read them back; the next batch is sent only after this one's reply arrived.
         marker = self._result_key()
-        for number in itertools.count():
+        number = itertools.count()
+        removed = 0
+        members, evicts = self._first_batch_and_policy(batch)
+        while members:
+            removed += self._clear_batch(marker, next(number), members)
             members = cast(list[bytes], self._retrying(lambda: self._client.zrange(self._index, 0, batch - 1)))
-            if not members:
-                break
-            keys = [self._index, marker, *map(self._key, members), *map(self._payload_key, members)]
-            removed += int(self._script(CLEAR, keys, [number, self._result_ttl_ms, *members]))
+        if evicts:
+            # The index is empty now: what is left of the namespace (artifacts whose index entry was evicted,
+            # payload keys whose hash was) is found by SCAN and removed by the same script, which counts only
+            # the hashes it found.
+            for members in self._unindexed(b"ap"):
+                removed += self._clear_batch(marker, next(number), members)
         return removed
+
+    def _first_batch_and_policy(self, batch: int) -> tuple[list[bytes], bool]:
+        """The index's first ``batch`` members, and whether the server may have evicted the index (see
+        :meth:`_evicts_index`), read in the same round trip on a standalone server."""
+        first = ("ZRANGE", self._index, 0, batch - 1)
+        reads = self._eviction_reads()
+        if isinstance(self._client, RedisCluster):
+            (members,) = self._pipelined([first], raise_errors=True)
+            return cast(list[bytes], members), self._evicts_index([self._server_info(s) for _, s in reads])
+        members, *replies = self._pipelined([first, *reads])
+        if isinstance(members, Exception):
+            raise members
+        return cast(list[bytes], members), self._evicts_index(replies)
+
+    def _clear_batch(self, marker: bytes, number: int, members: list[bytes]) -> int:
+        keys = [self._index, marker, *map(self._key, members), *map(self._payload_key, members)]
+        return int(self._script(CLEAR, keys, [number, self._result_ttl_ms, *members]))
 
     def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
         if len(items) == 1:
@@ -1294,11 +1528,18 @@ class RedisStore(ArtifactStore):
                 f"Free space (clear finished namespaces) or raise the server's maxmemory ({what})"
             )
         tls = _tls_failure(exc)
+        if isinstance(tls, OSError) and not isinstance(tls, ssl.SSLError):
+            return BackendError(
+                f"a file named by the ssl_* options in the query of {_env('url')} (ssl_ca_certs, ssl_certfile, "
+                f"ssl_keyfile) could not be read for the connection to {where} ({self._describe(tls)}); not retried"
+            )
         if tls is not None:
             return BackendError(
                 f"the TLS handshake with {where} failed ({self._describe(tls)}); not retried. Check the server's "
                 f"certificate and the ssl_* options in the query of {_env('url')} (ssl_ca_certs=/path/to/ca.pem "
-                "names the CA that signed it), and that the server speaks TLS on that port"
+                "names the CA that signed it; a server that requires client certificates, tls-auth-clients, "
+                "needs ssl_certfile and ssl_keyfile, and ssl_password for an encrypted key), and that the "
+                "server speaks TLS on that port"
             )
         if isinstance(exc, RedisTimeoutError) and str(exc).startswith("Timeout connecting"):
             # Nothing of this attempt reached the server. A rediss:// URL to a server without TLS looks like
@@ -1336,6 +1577,19 @@ class RedisStore(ArtifactStore):
             isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
         ):
             return BackendUnavailableError(f"{where} is unavailable ({what})")
+        if isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range"):
+            return BackendError(
+                f"{where} has no database {_client_db(self._client)}: the database number in {_env('url')} "
+                f"must be below the server's 'databases' setting (16 by default) ({what})"
+            )
+        if isinstance(exc, ResponseError) and str(exc).lower().startswith("unknown command"):
+            # EVALSHA, HMGET...: every Redis since 5 has them. A Sentinel port, or a proxy or service that
+            # speaks only part of the protocol, does not.
+            return BackendError(
+                f"{where} does not know a command the redis backend needs ({what}); is {_env('url')} pointing "
+                "at a Redis Sentinel port or a proxy instead of a Redis server? (For Sentinel, see the redis "
+                "backend's documentation.)"
+            )
         if isinstance(exc, RedisError):
             return BackendError(f"{where} failed ({what})")
         if isinstance(exc, TimeoutError):  # a socket error redis-py did not wrap (the builtin, an OSError)
