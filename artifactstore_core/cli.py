@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar, cast
 
 import click
 from pydantic import SecretStr
@@ -94,6 +94,9 @@ class _MessageConsole(Console):
     """
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        # Messages quote text from storage and from plugins (ids, media types, a backend's error text): shown
+        # escaped, so that it cannot drive the terminal. Renderables (a progress bar) are rich's own.
+        objects = tuple(_visible(item) if isinstance(item, str) else item for item in objects)
         try:
             super().print(*objects, **kwargs)
         except OSError:
@@ -242,8 +245,63 @@ def _write_all(stream: IO[bytes], data: bytes) -> None:
         data = data[written:]  # a copy, on this rare path only
 
 
+#: Characters text output shows escaped (``\\x1b``, ``\\u202e``), never as they are: the C0 and C1 controls
+#: and DEL (an escape sequence can retitle, clear or reprogram a terminal, a newline or carriage return forge
+#: a line), the line and paragraph separators, the bidirectional controls that reorder what a line shows
+#: (the "Trojan Source" characters, CVE-2021-42574), and lone surrogates. Other format characters (the
+#: zero-width joiner of an emoji sequence, the tags of a flag) display as intended and are kept.
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+#: The short escapes Python writes for these (``repr``), which people know best.
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _visible(text: str) -> str:
+    """``text`` as text output shows it: the characters of :data:`_UNSAFE_TEXT` escaped as Python writes
+    them (``\\x1b``, ``\\u202e``), everything else as it is. Raises nothing.
+
+    Every line the commands print for people, on stdout and stderr, goes through this one function: any
+    of it may quote text read from storage (media types, schema names, ids, namespaces, error messages),
+    which an artifact written by another tool, or before saves refused control characters, can fill with
+    terminal escape sequences. ``--json`` output is not escaped this way: ``json.dumps`` already writes
+    every such character as a ``\\u`` escape, exactly.
+    """
+    if text.isascii() and text.isprintable():  # the usual line: one C scan, no regular expression
+        return text
+    return _UNSAFE_TEXT.sub(_escape_char, text)
+
+
+class _VisibleLines:
+    """A text stream (stderr) for what click shows itself (a usage error, which quotes the arguments): each
+    line shown by :func:`_visible`, the line breaks kept."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write("\n".join(_visible(line) for line in text.split("\n")))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def _echo(text: str) -> None:
-    """One line of a command's output on stdout. Raises :class:`LocalFileError` (not a closed pipe)."""
+    """One line of a command's text output on stdout, shown by :func:`_visible`.
+
+    Raises :class:`LocalFileError` (not a closed pipe).
+    """
+    _write_line(_visible(text))
+
+
+def _write_line(text: str) -> None:
+    """``text`` and a newline on stdout, exactly. Raises :class:`LocalFileError` (not a closed pipe)."""
     with _writing_stdout():
         out = sys.stdout
         binary: IO[bytes] | None = getattr(out, "buffer", None)
@@ -297,13 +355,16 @@ def _open_store(backend: str | None, namespace: str | None) -> Iterator[Artifact
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
     """Aligned plain-text columns on stdout, never truncated (scripts and narrow terminals alike)."""
+    # Escaped before the widths are measured: an escape is wider than the character it stands for.
+    rows = [[_visible(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     for line in [headers, *rows]:
         _echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
 def _echo_json(value: Any) -> None:
-    _echo(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
+    # Exact, not through _visible: ASCII, with every control character a JSON escape already.
+    _write_line(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
 
 
 def _json_value(value: Any) -> Any:
@@ -877,18 +938,26 @@ def list_command(as_json: bool, backend: str | None, namespace: str | None) -> N
     """List the artifacts of the namespace."""
     with _open_store(backend, namespace) as store:
         infos, failures = _verified_listing(store)
-    for failure in failures:
-        stderr.print(
-            f"error: cannot list {failure.step_id!r}: {type(failure).__name__}: {failure}", markup=False, soft_wrap=True
-        )
+    _report_unverified(failures, "list")
     if as_json:
         _echo_json([vars(info) for info in infos])
     else:
         for info in infos:
             created = f"{_utc(info.created_at):%Y-%m-%d %H:%M:%S} UTC"
-            _echo(f"{info.size:>12}  {created}  {info.media_type:<28}  {info.step_id}")
+            # Escaped before the padding, which must count the escapes' width.
+            _echo(f"{info.size:>12}  {created}  {_visible(info.media_type):<28}  {info.step_id}")
     if failures:
         raise click.exceptions.Exit(exit_code(failures[0]))
+
+
+def _report_unverified(failures: list[errors.ArtifactStoreError], action: str) -> None:
+    """One line on stderr per artifact of a listing that failed verification: ``error: cannot <action> 'x': ...``."""
+    for failure in failures:
+        stderr.print(
+            f"error: cannot {action} {failure.step_id!r}: {type(failure).__name__}: {failure}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 #: Errors of one artifact that a listing reports instead of stopping at (with the artifact's step id): one that
@@ -979,11 +1048,22 @@ def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) ->
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @_store_options
 def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) -> None:
-    """Remove every artifact of the namespace (and nothing else)."""
+    """Remove every artifact of the namespace (and nothing else).
+
+    With --dry-run, an artifact that cannot be verified is counted too (clear removes it) and named on
+    stderr; the exit code is then the first such failure's, as for ls.
+    """
     with _open_store(backend, namespace) as store:
         if dry_run:
-            count = sum(1 for _ in store.list())
-            _echo(f"would remove {count} artifacts from namespace {store.namespace!r}")
+            # As ls lists: one artifact that fails verification stopped the whole count, though clear
+            # removes it with the others.
+            infos, failures = _verified_listing(store)
+            _report_unverified(failures, "verify")
+            count = len(infos) + len(failures)
+            unverified = f" ({len(failures)} of them could not be verified)" if failures else ""
+            _echo(f"would remove {count} artifacts from namespace {store.namespace!r}{unverified}")
+            if failures:
+                raise click.exceptions.Exit(exit_code(failures[0]))
             return
         if not yes:
             if sys.stdin is None or not sys.stdin.isatty():
@@ -1209,7 +1289,7 @@ def _run(argv: list[str] | None) -> int:
         return int(exc.exit_code)
     except click.ClickException as exc:
         try:
-            exc.show()
+            exc.show(file=cast(IO[Any], _VisibleLines(sys.stderr)) if sys.stderr is not None else None)
         except OSError:  # stderr cannot be written: the code is all the report left (see _MessageConsole)
             _drop_stream(sys.stderr)
         return exc.exit_code

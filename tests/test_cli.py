@@ -972,3 +972,135 @@ def test_times_are_iso_8601_in_json_and_labelled_utc_in_text() -> None:
     line = run("ls").stdout.strip()
     assert f"{datetime.fromisoformat(listed['created_at']):%Y-%m-%d %H:%M:%S} UTC" in line
     assert f"created_at: {listed['created_at']}" in run("stat", "t").stdout.splitlines()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["filesystem", "redis"])
+def test_clear_dry_run_counts_what_does_not_verify_and_names_it(kind: str, tmp_path: Path, redis_url: str) -> None:
+    # One unsigned artifact (or one signed with another key) made the whole dry run fail, counting nothing,
+    # though clear removes it with the others.
+    base = {**_backend_env(kind, tmp_path, redis_url), "ARTIFACT_STORE_NAMESPACE": f"clear-dry-{kind}"}
+    key, other = "canary-clear-key-5f6a", "canary-clear-other-7b8c"
+    for step_id, signing_key in [("a-signed", key), ("b-unsigned", None), ("c-signed", key), ("d-other", other)]:
+        env = {**base, **({"ARTIFACT_STORE_SIGNING_KEY": signing_key} if signing_key else {})}
+        assert run("put", step_id, "-", env=env, stdin=b"payload").returncode == 0
+    env = {**base, "ARTIFACT_STORE_SIGNING_KEY": key}
+    result = run("clear", "--dry-run", env=env)
+    assert result.returncode == 8, result.stderr  # as ls: the first failure's code (ArtifactCorruptedError)
+    assert result.stdout == (
+        f"would remove 4 artifacts from namespace 'clear-dry-{kind}' (2 of them could not be verified)\n"
+    )
+    failed = [line for line in result.stderr.splitlines() if line.startswith("error: cannot verify")]
+    assert len(failed) == 2
+    assert "'b-unsigned'" in failed[0]
+    assert "'d-other'" in failed[1]
+    assert key not in result.stderr + result.stdout
+    assert other not in result.stderr + result.stdout
+    # Without a key, the signed ones cannot be verified: exit 5, as for ls and get.
+    result = run("clear", "--dry-run", env=base)
+    assert result.returncode == 5
+    assert "would remove 4 artifacts" in result.stdout
+    # The count is what clear then removes.
+    assert json.loads(run("ls", "--json", env={**base, "ARTIFACT_STORE_SIGNING_KEY": key}).stdout)
+    assert run("clear", "--yes", env=env).stdout == "removed 4 artifacts\n"
+    result = run("clear", "--dry-run", env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"would remove 0 artifacts from namespace 'clear-dry-{kind}'\n",
+        "",
+    )
+
+
+#: A media type, schema name and metadata as an artifact stored before saves refused control characters
+#: (or written by another tool) can hold them: escape sequences that clear the screen and retitle the window.
+_HOSTILE = "\x1b[2J\x1b]0;PWNED\x07"
+
+
+def test_text_from_storage_is_shown_escaped_and_json_stays_exact(tmp_path: Path) -> None:
+    from artifactstore_core import create_store
+    from artifactstore_core.message import FrozenDict, SchemaInfo, trusted_message
+
+    # Built as a decoder builds a stored message, past Message's validation, which refuses such a media type.
+    message = trusted_message(
+        b"payload",
+        SchemaInfo(name=f"schema{_HOSTILE}"),
+        FrozenDict({f"key{_HOSTILE}": f"value{_HOSTILE}"}),
+        f"text/plain{_HOSTILE}",
+        datetime.now().astimezone(),
+    )
+    step_id = "evil\u202eid"  # a legal id: a right-to-left override, which reorders what the line shows
+    with create_store("filesystem", root=_DEFAULT_ROOT[-1]) as store:
+        store.save(step_id, message)
+    escaped = "\\x1b[2J\\x1b]0;PWNED\\x07"
+    listing = run("ls")
+    assert listing.returncode == 0, listing.stderr
+    assert "\x1b" not in listing.stdout
+    assert "\u202e" not in listing.stdout
+    assert listing.stdout.rstrip().endswith(f"text/plain{escaped}  evil\\u202eid")
+    stated = run("stat", step_id)
+    assert stated.returncode == 0, stated.stderr
+    assert f"media_type: text/plain{escaped}" in stated.stdout.splitlines()
+    assert f"schema_name: schema{escaped}" in stated.stdout.splitlines()
+    assert "step_id: evil\\u202eid" in stated.stdout.splitlines()
+    # JSON is exact: the characters themselves, as JSON escapes.
+    (row,) = json.loads(run("ls", "--json").stdout)
+    assert (row["step_id"], row["media_type"]) == (step_id, f"text/plain{_HOSTILE}")
+    assert json.loads(run("stat", step_id, "--json").stdout)["schema_name"] == f"schema{_HOSTILE}"
+
+
+def test_messages_on_stderr_and_plugin_statuses_are_shown_escaped(tmp_path: Path) -> None:
+    # An error's text comes from a backend (a server's reply, a file name), a plugin's status from its import.
+    install_fake_distribution(
+        tmp_path,
+        "hostile-backend",
+        "0.1",
+        {"hostile": "hostile_backend", "hostileimport": "hostile_import"},
+        {
+            "hostile_backend": f"""
+            from artifactstore_core import BackendSpec, errors, hookimpl
+
+            def factory(ctx):
+                raise errors.BackendError("server said {_HOSTILE.encode("unicode_escape").decode()}")
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="hostile", factory=factory))
+            """,
+            "hostile_import": f"raise ImportError('no lib{_HOSTILE.encode('unicode_escape').decode()}')\n",
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    result = run("ls", "-b", "hostile", env=env)
+    assert result.returncode == 1
+    assert result.stderr == "error: BackendError: server said \\x1b[2J\\x1b]0;PWNED\\x07\n"
+    table = run("backends", env=env)
+    assert table.returncode == 0
+    assert "\x1b" not in table.stdout
+    assert "no lib\\x1b[2J\\x1b]0;PWNED\\x07" in table.stdout
+    rows = {row["name"]: row for row in json.loads(run("backends", "--json", env=env).stdout)}
+    assert f"no lib{_HOSTILE}" in rows["hostileimport"]["status"]
+    # click's own messages quote the arguments: escaped too (off a terminal click drops the CSI sequence).
+    result = run("get", "x", f"extra{_HOSTILE}")
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr
+    assert "\\x1b]0;PWNED\\x07)" in result.stderr
+
+
+_DISPLAYED = "café 👩\u200d👩\u200d👧 🏴\U000e0067\U000e0062\U000e007f"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain ascii/text; q=1", "plain ascii/text; q=1"),
+        ("tab\tnew\nline\rcr\x7fdel\x9bcsi", "tab\\tnew\\nline\\rcr\\x7fdel\\x9bcsi"),
+        ("a\u202eb\u2066c\u200fd\u2028e", "a\\u202eb\\u2066c\\u200fd\\u2028e"),
+        # Characters that display as meant stay: accents, emoji joined by a zero-width joiner, a flag's tags.
+        (_DISPLAYED, _DISPLAYED),
+    ],
+)
+def test_what_text_output_escapes(text: str, shown: str) -> None:
+    from artifactstore_core.cli import _visible
+
+    assert _visible(text) == shown
+    assert _visible(shown) == shown  # escaping twice changes nothing: the table measures escaped cells
