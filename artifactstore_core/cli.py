@@ -972,7 +972,9 @@ def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[er
 
     ``list()`` stops at the first artifact that fails verification, and rightly: its header (size, digest,
     media type) is unverified data. A listing command must still show the others, so past such a failure the
-    namespace is read again in pages, narrowed down to the artifact that fails, which is then passed over.
+    namespace is read again in pages, narrowed down to the artifact that fails, which is then passed over;
+    the pages after it grow back to full size one doubling at a time, so that a run of failing artifacts costs
+    one read each.
 
     Raises:
         ArtifactStoreError: any other failure (the backend is unavailable, ...), or a failing artifact whose
@@ -999,12 +1001,17 @@ def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[er
             if exc.step_id is None or (after is not None and exc.step_id <= after):
                 raise
             failures.append(exc)
-            after, limit = exc.step_id, _LS_PAGE
+            # The limit stays at one and grows again only page by page: failures come in runs (every artifact
+            # saved before a signing key was set), and each page read scans the namespace's names. Back at
+            # the full page size after each failure, a run of them cost ten reads each, and a namespace of
+            # 500 unsigned artifacts took minutes to list.
+            after = exc.step_id
             continue
         infos.extend(page)
         if len(page) < limit:
             return infos, failures
         after = page[-1].step_id
+        limit = min(limit * 2, _LS_PAGE)
 
 
 @cli.command()

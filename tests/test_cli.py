@@ -1104,3 +1104,36 @@ def test_what_text_output_escapes(text: str, shown: str) -> None:
 
     assert _visible(text) == shown
     assert _visible(shown) == shown  # escaping twice changes nothing: the table measures escaped cells
+
+
+@pytest.mark.timeout(120)
+def test_a_listing_reads_a_run_of_artifacts_that_fail_verification_one_page_each(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each failure reset the page size to 1,000 and took ten halvings to find the next failing artifact, each
+    # a scan of the namespace: `ls` of 500 artifacts saved before a signing key was set took minutes.
+    from artifactstore_core import create_store
+    from artifactstore_core.cli import _verified_listing
+
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "root"))
+    # Runs of unsigned artifacts between signed ones, long and short, at the start and at the end.
+    unsigned = [f"u{i:03d}" for i in [*range(0, 40), *range(41, 43), *range(60, 150)]]
+    signed = [f"u{i:03d}" for i in [40, *range(43, 60), 150, 151]]
+    with create_store("filesystem", namespace="runs") as store:
+        store.save_many([(step_id, Message(content=b"old")) for step_id in unsigned])
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "canary-runs-key")
+    reads = [0]
+    list_page = ArtifactStore.list_page
+
+    def counted(self: ArtifactStore, **kwargs: Any) -> list[ArtifactInfo]:
+        reads[0] += 1
+        return list_page(self, **kwargs)
+
+    with create_store("filesystem", namespace="runs") as store:
+        store.save_many([(step_id, Message(content=b"new")) for step_id in signed])
+        monkeypatch.setattr(ArtifactStore, "list_page", counted)
+        infos, failures = _verified_listing(store)
+    assert [info.step_id for info in infos] == signed
+    assert [failure.step_id for failure in failures] == unsigned
+    # One read per failing artifact, plus the halvings to the first and the doublings after each run.
+    assert reads[0] <= len(unsigned) + 40, reads[0]
