@@ -5,7 +5,8 @@ output; no colour when ``NO_COLOR`` is set or output is not a terminal; every co
 (no traceback unless ``--debug``) and exits with the code of its family (see ``EXIT_CODES``); a local file
 that cannot be read or written, stdin and stdout included, prints one line too and exits with
 ``LOCAL_FILE_EXIT_CODE``. A reader of stdout that goes away (``artifactstore get x | head -c 10``) stops the
-command quietly with ``CLOSED_PIPE_EXIT_CODE``; Ctrl-C prints ``aborted`` and exits with ``INTERRUPTED_EXIT_CODE``.
+command quietly with ``CLOSED_PIPE_EXIT_CODE``; Ctrl-C prints ``aborted`` and exits with ``INTERRUPTED_EXIT_CODE``,
+SIGTERM and SIGHUP likewise with 128 + their number.
 Plugins add commands through the ``artifactstore_register_commands`` hook.
 """
 
@@ -119,6 +120,50 @@ def exit_code(error: errors.ArtifactStoreError) -> int:
         if isinstance(error, cls):
             return code
     return 1
+
+
+class _StopSignal(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM or SIGHUP (``kill``, ``timeout``, a closed terminal), which then
+    stop a command as Ctrl-C does: every clean-up of an interrupted command runs (``get -o FILE`` removes its
+    partial file), ``aborted`` is printed, and the exit code is 128 + the signal's number.
+
+    Killed by the default action instead, ``get -o FILE`` left its ``.FILE.*.partial`` file behind. A
+    :class:`KeyboardInterrupt`, so that every path that handles Ctrl-C handles these too.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: The signals that stop a command as Ctrl-C does (those a platform has).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _StopSignal(signum)
+
+
+def _catch_stop_signals() -> None:
+    """Let :data:`_STOP_SIGNALS` raise :class:`_StopSignal`. Raises nothing.
+
+    Only where the default action is in force: an ignored signal (``nohup`` ignores SIGHUP) stays ignored,
+    and a handler someone else set (a program calling :func:`main`) stays theirs. Outside the main thread no
+    handler can be set, and none is.
+    """
+    for signum in _STOP_SIGNALS:
+        with suppress(ValueError, OSError):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _raise_stop)
+
+
+def _interrupted_exit_code(exc: BaseException) -> int | None:
+    """The exit code of a command stopped by ``exc`` (a Ctrl-C, a stop signal, or click's :class:`Abort` of
+    either), or ``None`` when ``exc`` is none of those (a declined confirmation)."""
+    cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__context__
+    if isinstance(cause, _StopSignal):
+        return 128 + cause.signum
+    return INTERRUPTED_EXIT_CODE if isinstance(cause, KeyboardInterrupt) else None
 
 
 class _Group(click.Group):
@@ -1121,8 +1166,9 @@ def _delete_listed(store: ArtifactStore, step_ids: list[str]) -> int:
 
 @contextmanager
 def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
-    """Within the block, Ctrl-C (SIGINT) only sets a flag, which the callable yielded reads; the
-    ``KeyboardInterrupt`` is raised when the block ends.
+    """Within the block, Ctrl-C (SIGINT), and a stop signal that :func:`_catch_stop_signals` set to raise
+    (SIGTERM, SIGHUP), only sets a flag, which the callable yielded reads; the ``KeyboardInterrupt`` (or
+    :class:`_StopSignal`) of the first one is raised when the block ends.
 
     A ``KeyboardInterrupt`` raised in the main thread while it works the locks of a thread pool (submitting,
     waiting for a result) can leave one of them held: gc interrupted while deleting hung for good, its
@@ -1131,17 +1177,20 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
     set there) the block runs as it is.
 
     Raises:
-        KeyboardInterrupt: when the block ends, if Ctrl-C came during it.
+        KeyboardInterrupt: when the block ends, if Ctrl-C or a stop signal came during it.
     """
-    pressed = [False]  # a plain flag: an Event's lock could itself be held by the interrupted thread
+    # A plain list: an Event's lock could itself be held by the interrupted thread.
+    pressed: list[KeyboardInterrupt] = []
 
-    def on_sigint(_signum: int, _frame: object) -> None:
-        pressed[0] = True
+    def on_signal(signum: int, _frame: object) -> None:
+        if not pressed:
+            pressed.append(KeyboardInterrupt() if signum == signal.SIGINT else _StopSignal(signum))
 
+    deferred = [signal.SIGINT, *(signum for signum in _STOP_SIGNALS if signal.getsignal(signum) is _raise_stop)]
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {signum: signal.signal(signum, on_signal) for signum in deferred}
         main_thread = True
-    except ValueError:  # not the main thread
+    except ValueError:  # not the main thread (SIGINT, the first, failed: nothing was set)
         main_thread = False
     if not main_thread:
         # Yielded outside the except clause: an error of the block would otherwise carry this ValueError as
@@ -1149,12 +1198,13 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
         yield lambda: False
         return
     try:
-        yield lambda: pressed[0]
+        yield lambda: bool(pressed)
     finally:
-        # None: a handler set outside Python, which cannot be put back; Python's own is the usual one.
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if pressed[0]:
-        raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            # None: a handler set outside Python, which cannot be put back; Python's own is the usual one.
+            signal.signal(signum, handler if handler is not None else signal.default_int_handler)
+    if pressed:
+        raise pressed[0]
 
 
 @cli.command()
@@ -1270,17 +1320,19 @@ def main(argv: list[str] | None = None) -> int:
     during the import of this module into ``aborted``.
 
     Raises nothing for a command's failure (an error line on stderr and a code instead); Ctrl-C at any
-    point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`.
+    point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`, and SIGTERM or
+    SIGHUP (unless ignored, or handled by the caller) likewise, returning 128 + the signal's number.
     """
+    _catch_stop_signals()
     try:
         return _run(argv)
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:
         # click turns Ctrl-C in a command or prompt into Abort (from the KeyboardInterrupt); a declined
         # confirmation is an Abort of its own, which keeps code 1.
-        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
+        code = _interrupted_exit_code(exc)
         with suppress(OSError, ValueError):
             stderr.print("aborted", markup=False)
-        return INTERRUPTED_EXIT_CODE if interrupted else 1
+        return 1 if code is None else code
 
 
 def _run(argv: list[str] | None) -> int:

@@ -780,29 +780,58 @@ class _IdsThenSay(list[str]):
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(signal_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A Ctrl-C while gc deleted raised KeyboardInterrupt in the main thread wherever it was, inside the thread
     # pool's locks included, and the command could hang for good (workers waiting for a lock left held, the
     # main thread waiting for them). Whether a given Ctrl-C hits that window is chance; where the
-    # KeyboardInterrupt is raised is not.
+    # KeyboardInterrupt is raised is not. SIGTERM, which stops a command as Ctrl-C does, is deferred alike.
+    import signal
+
+    from artifactstore_core.cli import _GC_THREADS, _raise_stop, _StopSignal
+
+    signum = getattr(signal, signal_name)
+    # For SIGTERM, the handler the command's main() sets where the signal has its default action.
+    previous = signal.signal(signum, _raise_stop) if signum != signal.SIGINT else None
+    try:
+        raised, left, handler = _interrupt_gc_deletes(signum, monkeypatch)
+    finally:
+        monkeypatch.undo()
+        if previous is not None:
+            signal.signal(signum, previous)
+    assert type(raised) is (KeyboardInterrupt if signum == signal.SIGINT else _StopSignal)
+    if isinstance(raised, _StopSignal):
+        assert raised.signum == signum
+    # Ctrl-C is Python's own again, and SIGTERM the command's.
+    assert handler is (signal.default_int_handler if signum == signal.SIGINT else _raise_stop)
+    # The deletes past gc's check of the flag before it was set ran (one per thread, and the next one of the
+    # thread that ran the first delete); none of the hundreds queued behind them.
+    assert left >= 2000 - _GC_THREADS - 1, left
+
+
+def _interrupt_gc_deletes(signum: int, monkeypatch: pytest.MonkeyPatch) -> tuple[BaseException, int, Any]:
+    """Send ``signum`` while gc's deletes run; return what was raised, the artifacts left, and the handler of
+    ``signum`` afterwards."""
     import signal
 
     from artifactstore_core import create_store
-    from artifactstore_core.cli import _GC_THREADS, _delete_listed
+    from artifactstore_core.cli import _delete_listed
 
     ids = [f"a{i}" for i in range(2000)]
     taken, handled = threading.Event(), threading.Event()
     set_handler = signal.signal
 
-    def set_handler_that_says_it_ran(signum: int, handler: Any) -> Any:
-        if not callable(handler) or handler is signal.default_int_handler:
-            return set_handler(signum, handler)
+    def set_handler_that_says_it_ran(number: int, handler: Any) -> Any:
+        if not callable(handler) or handler is signal.default_int_handler or number != signum:
+            return set_handler(number, handler)
+        if getattr(handler, "__name__", "") != "on_signal":  # the command's own handler, put back
+            return set_handler(number, handler)
 
         def handler_then_say(number: int, frame: Any) -> None:
             handler(number, frame)
             handled.set()
 
-        return set_handler(signum, handler_then_say)
+        return set_handler(number, handler_then_say)
 
     monkeypatch.setattr(signal, "signal", set_handler_that_says_it_ran)
     with create_store("memory", namespace="gc-interrupted") as store:
@@ -812,15 +841,15 @@ def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.
         def delete_then_interrupt(step_id: str) -> bool:
             assert taken.wait(30)  # every delete submitted: the main thread waits for the first's result
             if step_id == ids[0]:
-                # Ctrl-C, then the result the main thread waits for: it wakes and runs the handler (a signal
-                # that comes while it waits is only handled once something wakes it).
-                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                # The signal, then the result the main thread waits for: it wakes and runs the handler (a
+                # signal that comes while it waits is only handled once something wakes it).
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
                 return delete(step_id)
             # No other delete goes on until the handler has run: the ones already past gc's check of the
             # flag (one per thread at most) are the only ones that run.
             if not handled.wait(30):
                 handled.set()  # the others need not wait as well
-                raise AssertionError("Ctrl-C was never handled")
+                raise AssertionError("the signal was never handled")
             return delete(step_id)
 
         monkeypatch.setattr(store, "delete", delete_then_interrupt)
@@ -830,11 +859,7 @@ def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.
     # Raised once the pool has ended, not from inside its locks (waiting for a result here), where it can
     # leave one of them held (a KeyboardInterrupt between a `with lock:`'s acquire and its block).
     assert interrupted.traceback[-1].name == "_ctrl_c_deferred"
-    # The deletes past gc's check of the flag before it was set ran (one per thread, and the next one of the
-    # thread that ran the first delete); none of the hundreds queued behind them.
-    assert left >= len(ids) - _GC_THREADS - 1, left
-    # Ctrl-C is Python's own again.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    return interrupted.value, left, signal.getsignal(signum)
 
 
 def test_gc_deletes_off_the_main_thread_raise_their_own_error_unchained() -> None:
