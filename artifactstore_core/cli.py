@@ -1071,7 +1071,10 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
         _echo_json(vars(info))
         return
     for key, value in vars(info).items():
-        _echo(f"{key}: {_utc(value).isoformat() if isinstance(value, datetime) else value}")
+        if isinstance(value, datetime):
+            value = _utc(value).isoformat()
+        # "-" for no value (no schema), as config shows one: "None" is Python's word, not the command's.
+        _echo(f"{key}: {'-' if value is None else value}")
 
 
 @cli.command()
@@ -1080,6 +1083,8 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
 def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) -> None:
     """Remove artifacts. Exits 3 if any was not there."""
     missing = []
+    # Each id once: `rm a a` removed a, then reported it missing ("no artifact 'a'; removed the other 1").
+    step_ids = tuple(dict.fromkeys(step_ids))
     with _open_store(backend, namespace) as store:
         for step_id in step_ids:
             if not store.delete(step_id):
@@ -1277,7 +1282,8 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
 
 
 @cli.command()
-@click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")
+# The commands' default backend (run_demo gets cli_backend's choice), which the help said was the library's.
+@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
 # Not ARTIFACT_STORE_NAMESPACE: every execution has a namespace of its own, a new one unless one is given.
 @click.option(
     "--namespace",

@@ -1162,3 +1162,21 @@ def test_a_listing_reads_a_run_of_artifacts_that_fail_verification_one_page_each
     assert [failure.step_id for failure in failures] == unsigned
     # One read per failing artifact, plus the halvings to the first and the doublings after each run.
     assert reads[0] <= len(unsigned) + 40, reads[0]
+
+
+def test_rm_of_an_id_given_twice_removes_it_once_and_stat_shows_no_schema_as_a_dash() -> None:
+    # `rm a a` removed a, then failed with exit 3: "no artifact 'a' ...; removed the other 1".
+    assert run("put", "a", "-", stdin=b"payload").returncode == 0
+    result = run("rm", "a", "a")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert run("stat", "a").returncode == 3
+    # stat printed Python's "schema_name: None" for an artifact without a schema.
+    assert run("put", "b", "-", stdin=b"payload").returncode == 0
+    assert "schema_name: -" in run("stat", "b").stdout.splitlines()
+    assert json.loads(run("stat", "b", "--json").stdout)["schema_name"] is None
+
+
+def test_demo_help_names_the_commands_default_backend() -> None:
+    # It said "default: ARTIFACT_STORE_BACKEND", while demo, as every data command, runs on filesystem when
+    # none is configured.
+    assert "else filesystem when installed" in " ".join(run("demo", "--help").stdout.split())
