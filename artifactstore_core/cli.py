@@ -34,6 +34,7 @@ from typing import IO, Any, NoReturn, TypeVar, cast
 import click
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape as markup_escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from . import errors
@@ -438,6 +439,12 @@ def _progress(total: int | None) -> Progress | None:
     )  # fmt: skip
 
 
+def _progress_label(text: str) -> str:
+    """A progress bar's label for ``text``, shown as it is (through :func:`_visible`), never as rich markup:
+    an id with a closing tag (``a[/x]``) failed the transfer with rich's ``MarkupError``."""
+    return markup_escape(_visible(text))
+
+
 class _CountingReader:
     """A binary reader that advances a progress bar (and nothing else)."""
 
@@ -798,7 +805,7 @@ def put(
                     save(handle, source)
                 else:
                     with progress:
-                        task = progress.add_task(f"put {step_id}", total=size)
+                        task = progress.add_task(_progress_label(f"put {step_id}"), total=size)
                         save(_CountingReader(handle, lambda n: progress.advance(task, n)), source)
     stderr.print(f"saved {step_id!r}", markup=False)
 
@@ -832,7 +839,7 @@ def get(step_id: str, output: str | None, backend: str | None, namespace: str | 
             stream: IO[bytes] = target.handle if target is not None else sys.stdout.buffer
             try:
                 progress = _progress(size) if to_file else None
-                task = progress.add_task(f"get {step_id}", total=size) if progress else None
+                task = progress.add_task(_progress_label(f"get {step_id}"), total=size) if progress else None
                 if progress is not None:
                     progress.start()
                 try:

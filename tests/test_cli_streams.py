@@ -529,3 +529,45 @@ def test_an_ignored_sighup_stays_ignored(payload: bytes, env: dict[str, str], tm
     assert process.wait(timeout=60) == 0, error
     with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
         assert store.get("slow").content == b"x" * LARGE
+
+
+@pytest.mark.parametrize("command", ["put", "get"])
+def test_a_progress_bar_shows_the_id_as_text_not_as_markup(
+    command: str, payload: bytes, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The bar's label is rich markup: an id with a closing tag crashed put and get of 8 MiB or more on a
+    # terminal with a MarkupError traceback (exit 1), "[red]" coloured the label, and a right-to-left override
+    # went to the terminal as it was, past the escaping of every other line.
+    step_id = "a[/x]b[red]c\u202e"
+    if command == "put":
+        source = tmp_path / "big.bin"
+        source.write_bytes(payload)
+        args = ["put", step_id, str(source)]
+    else:
+        with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+            store.save(step_id, Message(content=payload))
+        args = ["get", step_id, "-o", str(tmp_path / "out.bin")]
+    terminal, child = pty.openpty()  # stderr a terminal: the bar is shown
+    try:
+        process = subprocess.Popen(
+            [str(SCRIPT), *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child
+        )
+        _STARTED.append(process)
+    finally:
+        os.close(child)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal's other end
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(terminal)
+    assert process.wait(timeout=60) == 0, shown
+    assert b"Traceback" not in shown
+    assert f"{command} a[/x]b[red]c\\u202e".encode() in shown
+    assert "\u202e".encode() not in shown
