@@ -6,7 +6,7 @@ output; no colour when ``NO_COLOR`` is set or output is not a terminal; every co
 that cannot be read or written, stdin and stdout included, prints one line too and exits with
 ``LOCAL_FILE_EXIT_CODE``. A reader of stdout that goes away (``artifactstore get x | head -c 10``) stops the
 command quietly with ``CLOSED_PIPE_EXIT_CODE``; Ctrl-C prints ``aborted`` and exits with ``INTERRUPTED_EXIT_CODE``,
-SIGTERM and SIGHUP likewise with 128 + their number.
+SIGTERM and SIGHUP clean up likewise and then end the process by the same signal.
 Plugins add commands through the ``artifactstore_register_commands`` hook.
 """
 
@@ -126,7 +126,8 @@ def exit_code(error: errors.ArtifactStoreError) -> int:
 class _StopSignal(KeyboardInterrupt):
     """Raised in the main thread by SIGTERM or SIGHUP (``kill``, ``timeout``, a closed terminal), which then
     stop a command as Ctrl-C does: every clean-up of an interrupted command runs (``get -o FILE`` removes its
-    partial file), ``aborted`` is printed, and the exit code is 128 + the signal's number.
+    partial file) and ``aborted`` is printed; then :func:`main` ends the process by the same signal (see
+    :func:`_end_by`).
 
     Killed by the default action instead, ``get -o FILE`` left its ``.FILE.*.partial`` file behind. A
     :class:`KeyboardInterrupt`, so that every path that handles Ctrl-C handles these too.
@@ -158,13 +159,30 @@ def _catch_stop_signals() -> None:
                 signal.signal(signum, _raise_stop)
 
 
-def _interrupted_exit_code(exc: BaseException) -> int | None:
-    """The exit code of a command stopped by ``exc`` (a Ctrl-C, a stop signal, or click's :class:`Abort` of
-    either), or ``None`` when ``exc`` is none of those (a declined confirmation)."""
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """What stopped a command that ended with ``exc``: the Ctrl-C or stop signal (itself, or the cause of
+    click's :class:`Abort`), or ``None`` when it was none of those (a declined confirmation)."""
     cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__context__
-    if isinstance(cause, _StopSignal):
-        return 128 + cause.signum
-    return INTERRUPTED_EXIT_CODE if isinstance(cause, KeyboardInterrupt) else None
+    return cause if isinstance(cause, KeyboardInterrupt) else None
+
+
+def _end_by(signum: int) -> int:
+    """End the process by ``signum``'s default action, once its clean-ups have run; return 128 + ``signum``
+    if the process outlives it (the signal is blocked).
+
+    Not an exit with 128 + ``signum``, which a shell reports alike but a supervisor does not: systemd counts a
+    service that ends by SIGTERM as stopped cleanly, and one that exits 143 as failed (``artifactstore serve``
+    under a unit). :func:`_catch_stop_signals` took over only a signal whose default action was in force, so
+    the process ends as it would have without the command's handler, less the files it left behind.
+    """
+    with suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+    with suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+    with suppress(OSError, ValueError):
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return 128 + signum
 
 
 class _Group(click.Group):
@@ -1333,8 +1351,9 @@ def main(argv: list[str] | None = None) -> int:
     during the import of this module into ``aborted``.
 
     Raises nothing for a command's failure (an error line on stderr and a code instead); Ctrl-C at any
-    point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`, and SIGTERM or
-    SIGHUP (unless ignored, or handled by the caller) likewise, returning 128 + the signal's number.
+    point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`. SIGTERM or SIGHUP
+    (where their default action is in force) stop the command as Ctrl-C does, print ``aborted``, and then
+    end the process by that signal.
     """
     _catch_stop_signals()
     try:
@@ -1342,10 +1361,12 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:
         # click turns Ctrl-C in a command or prompt into Abort (from the KeyboardInterrupt); a declined
         # confirmation is an Abort of its own, which keeps code 1.
-        code = _interrupted_exit_code(exc)
+        interruption = _interruption(exc)
         with suppress(OSError, ValueError):
             stderr.print("aborted", markup=False)
-        return 1 if code is None else code
+        if isinstance(interruption, _StopSignal):
+            return _end_by(interruption.signum)
+        return 1 if interruption is None else INTERRUPTED_EXIT_CODE
 
 
 def _run(argv: list[str] | None) -> int:
