@@ -5,7 +5,8 @@ output; no colour when ``NO_COLOR`` is set or output is not a terminal; every co
 (no traceback unless ``--debug``) and exits with the code of its family (see ``EXIT_CODES``); a local file
 that cannot be read or written, stdin and stdout included, prints one line too and exits with
 ``LOCAL_FILE_EXIT_CODE``. A reader of stdout that goes away (``artifactstore get x | head -c 10``) stops the
-command quietly with ``CLOSED_PIPE_EXIT_CODE``; Ctrl-C prints ``aborted`` and exits with ``INTERRUPTED_EXIT_CODE``.
+command quietly with ``CLOSED_PIPE_EXIT_CODE``; Ctrl-C prints ``aborted`` and exits with ``INTERRUPTED_EXIT_CODE``,
+SIGTERM and SIGHUP clean up likewise and then end the process by the same signal.
 Plugins add commands through the ``artifactstore_register_commands`` hook.
 """
 
@@ -28,11 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar, cast
 
 import click
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape as markup_escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from . import errors
@@ -94,6 +96,9 @@ class _MessageConsole(Console):
     """
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        # Messages quote text from storage and from plugins (ids, media types, a backend's error text): shown
+        # escaped, so that it cannot drive the terminal. Renderables (a progress bar) are rich's own.
+        objects = tuple(_visible(item) if isinstance(item, str) else item for item in objects)
         try:
             super().print(*objects, **kwargs)
         except OSError:
@@ -116,6 +121,68 @@ def exit_code(error: errors.ArtifactStoreError) -> int:
         if isinstance(error, cls):
             return code
     return 1
+
+
+class _StopSignal(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM or SIGHUP (``kill``, ``timeout``, a closed terminal), which then
+    stop a command as Ctrl-C does: every clean-up of an interrupted command runs (``get -o FILE`` removes its
+    partial file) and ``aborted`` is printed; then :func:`main` ends the process by the same signal (see
+    :func:`_end_by`).
+
+    Killed by the default action instead, ``get -o FILE`` left its ``.FILE.*.partial`` file behind. A
+    :class:`KeyboardInterrupt`, so that every path that handles Ctrl-C handles these too.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: The signals that stop a command as Ctrl-C does (those a platform has).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _StopSignal(signum)
+
+
+def _catch_stop_signals() -> None:
+    """Let :data:`_STOP_SIGNALS` raise :class:`_StopSignal`. Raises nothing.
+
+    Only where the default action is in force: an ignored signal (``nohup`` ignores SIGHUP) stays ignored,
+    and a handler someone else set (a program calling :func:`main`) stays theirs. Outside the main thread no
+    handler can be set, and none is.
+    """
+    for signum in _STOP_SIGNALS:
+        with suppress(ValueError, OSError):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _raise_stop)
+
+
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """What stopped a command that ended with ``exc``: the Ctrl-C or stop signal (itself, or the cause of
+    click's :class:`Abort`), or ``None`` when it was none of those (a declined confirmation)."""
+    cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__context__
+    return cause if isinstance(cause, KeyboardInterrupt) else None
+
+
+def _end_by(signum: int) -> int:
+    """End the process by ``signum``'s default action, once its clean-ups have run; return 128 + ``signum``
+    if the process outlives it (the signal is blocked).
+
+    Not an exit with 128 + ``signum``, which a shell reports alike but a supervisor does not: systemd counts a
+    service that ends by SIGTERM as stopped cleanly, and one that exits 143 as failed (``artifactstore serve``
+    under a unit). :func:`_catch_stop_signals` took over only a signal whose default action was in force, so
+    the process ends as it would have without the command's handler, less the files it left behind.
+    """
+    with suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+    with suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+    with suppress(OSError, ValueError):
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return 128 + signum
 
 
 class _Group(click.Group):
@@ -242,8 +309,63 @@ def _write_all(stream: IO[bytes], data: bytes) -> None:
         data = data[written:]  # a copy, on this rare path only
 
 
+#: Characters text output shows escaped (``\\x1b``, ``\\u202e``), never as they are: the C0 and C1 controls
+#: and DEL (an escape sequence can retitle, clear or reprogram a terminal, a newline or carriage return forge
+#: a line), the line and paragraph separators, the bidirectional controls that reorder what a line shows
+#: (the "Trojan Source" characters, CVE-2021-42574), and lone surrogates. Other format characters (the
+#: zero-width joiner of an emoji sequence, the tags of a flag) display as intended and are kept.
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+#: The short escapes Python writes for these (``repr``), which people know best.
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _visible(text: str) -> str:
+    """``text`` as text output shows it: the characters of :data:`_UNSAFE_TEXT` escaped as Python writes
+    them (``\\x1b``, ``\\u202e``), everything else as it is. Raises nothing.
+
+    Every line the commands print for people, on stdout and stderr, goes through this one function: any
+    of it may quote text read from storage (media types, schema names, ids, namespaces, error messages),
+    which an artifact written by another tool, or before saves refused control characters, can fill with
+    terminal escape sequences. ``--json`` output is not escaped this way: ``json.dumps`` already writes
+    every such character as a ``\\u`` escape, exactly.
+    """
+    if text.isascii() and text.isprintable():  # the usual line: one C scan, no regular expression
+        return text
+    return _UNSAFE_TEXT.sub(_escape_char, text)
+
+
+class _VisibleLines:
+    """A text stream (stderr) for what click shows itself (a usage error, which quotes the arguments): each
+    line shown by :func:`_visible`, the line breaks kept."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write("\n".join(_visible(line) for line in text.split("\n")))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def _echo(text: str) -> None:
-    """One line of a command's output on stdout. Raises :class:`LocalFileError` (not a closed pipe)."""
+    """One line of a command's text output on stdout, shown by :func:`_visible`.
+
+    Raises :class:`LocalFileError` (not a closed pipe).
+    """
+    _write_line(_visible(text))
+
+
+def _write_line(text: str) -> None:
+    """``text`` and a newline on stdout, exactly. Raises :class:`LocalFileError` (not a closed pipe)."""
     with _writing_stdout():
         out = sys.stdout
         binary: IO[bytes] | None = getattr(out, "buffer", None)
@@ -297,13 +419,16 @@ def _open_store(backend: str | None, namespace: str | None) -> Iterator[Artifact
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
     """Aligned plain-text columns on stdout, never truncated (scripts and narrow terminals alike)."""
+    # Escaped before the widths are measured: an escape is wider than the character it stands for.
+    rows = [[_visible(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     for line in [headers, *rows]:
         _echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
 def _echo_json(value: Any) -> None:
-    _echo(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
+    # Exact, not through _visible: ASCII, with every control character a JSON escape already.
+    _write_line(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
 
 
 def _json_value(value: Any) -> Any:
@@ -330,6 +455,12 @@ def _progress(total: int | None) -> Progress | None:
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=stderr, transient=True,
     )  # fmt: skip
+
+
+def _progress_label(text: str) -> str:
+    """A progress bar's label for ``text``, shown as it is (through :func:`_visible`), never as rich markup:
+    an id with a closing tag (``a[/x]``) failed the transfer with rich's ``MarkupError``."""
+    return markup_escape(_visible(text))
 
 
 class _CountingReader:
@@ -692,7 +823,7 @@ def put(
                     save(handle, source)
                 else:
                     with progress:
-                        task = progress.add_task(f"put {step_id}", total=size)
+                        task = progress.add_task(_progress_label(f"put {step_id}"), total=size)
                         save(_CountingReader(handle, lambda n: progress.advance(task, n)), source)
     stderr.print(f"saved {step_id!r}", markup=False)
 
@@ -726,7 +857,7 @@ def get(step_id: str, output: str | None, backend: str | None, namespace: str | 
             stream: IO[bytes] = target.handle if target is not None else sys.stdout.buffer
             try:
                 progress = _progress(size) if to_file else None
-                task = progress.add_task(f"get {step_id}", total=size) if progress else None
+                task = progress.add_task(_progress_label(f"get {step_id}"), total=size) if progress else None
                 if progress is not None:
                     progress.start()
                 try:
@@ -877,18 +1008,26 @@ def list_command(as_json: bool, backend: str | None, namespace: str | None) -> N
     """List the artifacts of the namespace."""
     with _open_store(backend, namespace) as store:
         infos, failures = _verified_listing(store)
-    for failure in failures:
-        stderr.print(
-            f"error: cannot list {failure.step_id!r}: {type(failure).__name__}: {failure}", markup=False, soft_wrap=True
-        )
+    _report_unverified(failures, "list")
     if as_json:
         _echo_json([vars(info) for info in infos])
     else:
         for info in infos:
             created = f"{_utc(info.created_at):%Y-%m-%d %H:%M:%S} UTC"
-            _echo(f"{info.size:>12}  {created}  {info.media_type:<28}  {info.step_id}")
+            # Escaped before the padding, which must count the escapes' width.
+            _echo(f"{info.size:>12}  {created}  {_visible(info.media_type):<28}  {info.step_id}")
     if failures:
         raise click.exceptions.Exit(exit_code(failures[0]))
+
+
+def _report_unverified(failures: list[errors.ArtifactStoreError], action: str) -> None:
+    """One line on stderr per artifact of a listing that failed verification: ``error: cannot <action> 'x': ...``."""
+    for failure in failures:
+        stderr.print(
+            f"error: cannot {action} {failure.step_id!r}: {type(failure).__name__}: {failure}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 #: Errors of one artifact that a listing reports instead of stopping at (with the artifact's step id): one that
@@ -903,7 +1042,9 @@ def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[er
 
     ``list()`` stops at the first artifact that fails verification, and rightly: its header (size, digest,
     media type) is unverified data. A listing command must still show the others, so past such a failure the
-    namespace is read again in pages, narrowed down to the artifact that fails, which is then passed over.
+    namespace is read again in pages, narrowed down to the artifact that fails, which is then passed over;
+    the pages after it grow back to full size one doubling at a time, so that a run of failing artifacts costs
+    one read each.
 
     Raises:
         ArtifactStoreError: any other failure (the backend is unavailable, ...), or a failing artifact whose
@@ -930,12 +1071,17 @@ def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[er
             if exc.step_id is None or (after is not None and exc.step_id <= after):
                 raise
             failures.append(exc)
-            after, limit = exc.step_id, _LS_PAGE
+            # The limit stays at one and grows again only page by page: failures come in runs (every artifact
+            # saved before a signing key was set), and each page read scans the namespace's names. Back at
+            # the full page size after each failure, a run of them cost ten reads each, and a namespace of
+            # 500 unsigned artifacts took minutes to list.
+            after = exc.step_id
             continue
         infos.extend(page)
         if len(page) < limit:
             return infos, failures
         after = page[-1].step_id
+        limit = min(limit * 2, _LS_PAGE)
 
 
 @cli.command()
@@ -950,7 +1096,10 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
         _echo_json(vars(info))
         return
     for key, value in vars(info).items():
-        _echo(f"{key}: {_utc(value).isoformat() if isinstance(value, datetime) else value}")
+        if isinstance(value, datetime):
+            value = _utc(value).isoformat()
+        # "-" for no value (no schema), as config shows one: "None" is Python's word, not the command's.
+        _echo(f"{key}: {'-' if value is None else value}")
 
 
 @cli.command()
@@ -959,6 +1108,8 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
 def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) -> None:
     """Remove artifacts. Exits 3 if any was not there."""
     missing = []
+    # Each id once: `rm a a` removed a, then reported it missing ("no artifact 'a'; removed the other 1").
+    step_ids = tuple(dict.fromkeys(step_ids))
     with _open_store(backend, namespace) as store:
         for step_id in step_ids:
             if not store.delete(step_id):
@@ -979,11 +1130,22 @@ def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) ->
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @_store_options
 def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) -> None:
-    """Remove every artifact of the namespace (and nothing else)."""
+    """Remove every artifact of the namespace (and nothing else).
+
+    With --dry-run, an artifact that cannot be verified is counted too (clear removes it) and named on
+    stderr; the exit code is then the first such failure's, as for ls.
+    """
     with _open_store(backend, namespace) as store:
         if dry_run:
-            count = sum(1 for _ in store.list())
-            _echo(f"would remove {count} artifacts from namespace {store.namespace!r}")
+            # As ls lists: one artifact that fails verification stopped the whole count, though clear
+            # removes it with the others.
+            infos, failures = _verified_listing(store)
+            _report_unverified(failures, "verify")
+            count = len(infos) + len(failures)
+            unverified = f" ({len(failures)} of them could not be verified)" if failures else ""
+            _echo(f"would remove {count} artifacts from namespace {store.namespace!r}{unverified}")
+            if failures:
+                raise click.exceptions.Exit(exit_code(failures[0]))
             return
         if not yes:
             if sys.stdin is None or not sys.stdin.isatty():
@@ -1034,8 +1196,9 @@ def _delete_listed(store: ArtifactStore, step_ids: list[str]) -> int:
 
 @contextmanager
 def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
-    """Within the block, Ctrl-C (SIGINT) only sets a flag, which the callable yielded reads; the
-    ``KeyboardInterrupt`` is raised when the block ends.
+    """Within the block, Ctrl-C (SIGINT), and a stop signal that :func:`_catch_stop_signals` set to raise
+    (SIGTERM, SIGHUP), only sets a flag, which the callable yielded reads; the ``KeyboardInterrupt`` (or
+    :class:`_StopSignal`) of the first one is raised when the block ends.
 
     A ``KeyboardInterrupt`` raised in the main thread while it works the locks of a thread pool (submitting,
     waiting for a result) can leave one of them held: gc interrupted while deleting hung for good, its
@@ -1044,17 +1207,20 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
     set there) the block runs as it is.
 
     Raises:
-        KeyboardInterrupt: when the block ends, if Ctrl-C came during it.
+        KeyboardInterrupt: when the block ends, if Ctrl-C or a stop signal came during it.
     """
-    pressed = [False]  # a plain flag: an Event's lock could itself be held by the interrupted thread
+    # A plain list: an Event's lock could itself be held by the interrupted thread.
+    pressed: list[KeyboardInterrupt] = []
 
-    def on_sigint(_signum: int, _frame: object) -> None:
-        pressed[0] = True
+    def on_signal(signum: int, _frame: object) -> None:
+        if not pressed:
+            pressed.append(KeyboardInterrupt() if signum == signal.SIGINT else _StopSignal(signum))
 
+    deferred = [signal.SIGINT, *(signum for signum in _STOP_SIGNALS if signal.getsignal(signum) is _raise_stop)]
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {signum: signal.signal(signum, on_signal) for signum in deferred}
         main_thread = True
-    except ValueError:  # not the main thread
+    except ValueError:  # not the main thread (SIGINT, the first, failed: nothing was set)
         main_thread = False
     if not main_thread:
         # Yielded outside the except clause: an error of the block would otherwise carry this ValueError as
@@ -1062,12 +1228,13 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
         yield lambda: False
         return
     try:
-        yield lambda: pressed[0]
+        yield lambda: bool(pressed)
     finally:
-        # None: a handler set outside Python, which cannot be put back; Python's own is the usual one.
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if pressed[0]:
-        raise KeyboardInterrupt
+        for signum, handler in previous.items():
+            # None: a handler set outside Python, which cannot be put back; Python's own is the usual one.
+            signal.signal(signum, handler if handler is not None else signal.default_int_handler)
+    if pressed:
+        raise pressed[0]
 
 
 @cli.command()
@@ -1140,7 +1307,8 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
 
 
 @cli.command()
-@click.option("--backend", "-b", default=None, help="Backend name (default: ARTIFACT_STORE_BACKEND).")
+# The commands' default backend (run_demo gets cli_backend's choice), which the help said was the library's.
+@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
 # Not ARTIFACT_STORE_NAMESPACE: every execution has a namespace of its own, a new one unless one is given.
 @click.option(
     "--namespace",
@@ -1183,17 +1351,22 @@ def main(argv: list[str] | None = None) -> int:
     during the import of this module into ``aborted``.
 
     Raises nothing for a command's failure (an error line on stderr and a code instead); Ctrl-C at any
-    point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`.
+    point after the imports prints ``aborted`` and returns :data:`INTERRUPTED_EXIT_CODE`. SIGTERM or SIGHUP
+    (where their default action is in force) stop the command as Ctrl-C does, print ``aborted``, and then
+    end the process by that signal.
     """
+    _catch_stop_signals()
     try:
         return _run(argv)
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:
         # click turns Ctrl-C in a command or prompt into Abort (from the KeyboardInterrupt); a declined
         # confirmation is an Abort of its own, which keeps code 1.
-        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
+        interruption = _interruption(exc)
         with suppress(OSError, ValueError):
             stderr.print("aborted", markup=False)
-        return INTERRUPTED_EXIT_CODE if interrupted else 1
+        if isinstance(interruption, _StopSignal):
+            return _end_by(interruption.signum)
+        return 1 if interruption is None else INTERRUPTED_EXIT_CODE
 
 
 def _run(argv: list[str] | None) -> int:
@@ -1209,7 +1382,7 @@ def _run(argv: list[str] | None) -> int:
         return int(exc.exit_code)
     except click.ClickException as exc:
         try:
-            exc.show()
+            exc.show(file=cast(IO[Any], _VisibleLines(sys.stderr)) if sys.stderr is not None else None)
         except OSError:  # stderr cannot be written: the code is all the report left (see _MessageConsole)
             _drop_stream(sys.stderr)
         return exc.exit_code

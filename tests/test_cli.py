@@ -780,29 +780,58 @@ class _IdsThenSay(list[str]):
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(signal_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A Ctrl-C while gc deleted raised KeyboardInterrupt in the main thread wherever it was, inside the thread
     # pool's locks included, and the command could hang for good (workers waiting for a lock left held, the
     # main thread waiting for them). Whether a given Ctrl-C hits that window is chance; where the
-    # KeyboardInterrupt is raised is not.
+    # KeyboardInterrupt is raised is not. SIGTERM, which stops a command as Ctrl-C does, is deferred alike.
+    import signal
+
+    from artifactstore_core.cli import _GC_THREADS, _raise_stop, _StopSignal
+
+    signum = getattr(signal, signal_name)
+    # For SIGTERM, the handler the command's main() sets where the signal has its default action.
+    previous = signal.signal(signum, _raise_stop) if signum != signal.SIGINT else None
+    try:
+        raised, left, handler = _interrupt_gc_deletes(signum, monkeypatch)
+    finally:
+        monkeypatch.undo()
+        if previous is not None:
+            signal.signal(signum, previous)
+    assert type(raised) is (KeyboardInterrupt if signum == signal.SIGINT else _StopSignal)
+    if isinstance(raised, _StopSignal):
+        assert raised.signum == signum
+    # Ctrl-C is Python's own again, and SIGTERM the command's.
+    assert handler is (signal.default_int_handler if signum == signal.SIGINT else _raise_stop)
+    # The deletes past gc's check of the flag before it was set ran (one per thread, and the next one of the
+    # thread that ran the first delete); none of the hundreds queued behind them.
+    assert left >= 2000 - _GC_THREADS - 1, left
+
+
+def _interrupt_gc_deletes(signum: int, monkeypatch: pytest.MonkeyPatch) -> tuple[BaseException, int, Any]:
+    """Send ``signum`` while gc's deletes run; return what was raised, the artifacts left, and the handler of
+    ``signum`` afterwards."""
     import signal
 
     from artifactstore_core import create_store
-    from artifactstore_core.cli import _GC_THREADS, _delete_listed
+    from artifactstore_core.cli import _delete_listed
 
     ids = [f"a{i}" for i in range(2000)]
     taken, handled = threading.Event(), threading.Event()
     set_handler = signal.signal
 
-    def set_handler_that_says_it_ran(signum: int, handler: Any) -> Any:
-        if not callable(handler) or handler is signal.default_int_handler:
-            return set_handler(signum, handler)
+    def set_handler_that_says_it_ran(number: int, handler: Any) -> Any:
+        if not callable(handler) or handler is signal.default_int_handler or number != signum:
+            return set_handler(number, handler)
+        if getattr(handler, "__name__", "") != "on_signal":  # the command's own handler, put back
+            return set_handler(number, handler)
 
         def handler_then_say(number: int, frame: Any) -> None:
             handler(number, frame)
             handled.set()
 
-        return set_handler(signum, handler_then_say)
+        return set_handler(number, handler_then_say)
 
     monkeypatch.setattr(signal, "signal", set_handler_that_says_it_ran)
     with create_store("memory", namespace="gc-interrupted") as store:
@@ -812,15 +841,15 @@ def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.
         def delete_then_interrupt(step_id: str) -> bool:
             assert taken.wait(30)  # every delete submitted: the main thread waits for the first's result
             if step_id == ids[0]:
-                # Ctrl-C, then the result the main thread waits for: it wakes and runs the handler (a signal
-                # that comes while it waits is only handled once something wakes it).
-                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                # The signal, then the result the main thread waits for: it wakes and runs the handler (a
+                # signal that comes while it waits is only handled once something wakes it).
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
                 return delete(step_id)
             # No other delete goes on until the handler has run: the ones already past gc's check of the
             # flag (one per thread at most) are the only ones that run.
             if not handled.wait(30):
                 handled.set()  # the others need not wait as well
-                raise AssertionError("Ctrl-C was never handled")
+                raise AssertionError("the signal was never handled")
             return delete(step_id)
 
         monkeypatch.setattr(store, "delete", delete_then_interrupt)
@@ -830,11 +859,7 @@ def test_ctrl_c_while_gc_deletes_stops_the_deletes_and_ends(monkeypatch: pytest.
     # Raised once the pool has ended, not from inside its locks (waiting for a result here), where it can
     # leave one of them held (a KeyboardInterrupt between a `with lock:`'s acquire and its block).
     assert interrupted.traceback[-1].name == "_ctrl_c_deferred"
-    # The deletes past gc's check of the flag before it was set ran (one per thread, and the next one of the
-    # thread that ran the first delete); none of the hundreds queued behind them.
-    assert left >= len(ids) - _GC_THREADS - 1, left
-    # Ctrl-C is Python's own again.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    return interrupted.value, left, signal.getsignal(signum)
 
 
 def test_gc_deletes_off_the_main_thread_raise_their_own_error_unchained() -> None:
@@ -972,3 +997,186 @@ def test_times_are_iso_8601_in_json_and_labelled_utc_in_text() -> None:
     line = run("ls").stdout.strip()
     assert f"{datetime.fromisoformat(listed['created_at']):%Y-%m-%d %H:%M:%S} UTC" in line
     assert f"created_at: {listed['created_at']}" in run("stat", "t").stdout.splitlines()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["filesystem", "redis"])
+def test_clear_dry_run_counts_what_does_not_verify_and_names_it(kind: str, tmp_path: Path, redis_url: str) -> None:
+    # One unsigned artifact (or one signed with another key) made the whole dry run fail, counting nothing,
+    # though clear removes it with the others.
+    base = {**_backend_env(kind, tmp_path, redis_url), "ARTIFACT_STORE_NAMESPACE": f"clear-dry-{kind}"}
+    key, other = "canary-clear-key-5f6a", "canary-clear-other-7b8c"
+    for step_id, signing_key in [("a-signed", key), ("b-unsigned", None), ("c-signed", key), ("d-other", other)]:
+        env = {**base, **({"ARTIFACT_STORE_SIGNING_KEY": signing_key} if signing_key else {})}
+        assert run("put", step_id, "-", env=env, stdin=b"payload").returncode == 0
+    env = {**base, "ARTIFACT_STORE_SIGNING_KEY": key}
+    result = run("clear", "--dry-run", env=env)
+    assert result.returncode == 8, result.stderr  # as ls: the first failure's code (ArtifactCorruptedError)
+    assert result.stdout == (
+        f"would remove 4 artifacts from namespace 'clear-dry-{kind}' (2 of them could not be verified)\n"
+    )
+    failed = [line for line in result.stderr.splitlines() if line.startswith("error: cannot verify")]
+    assert len(failed) == 2
+    assert "'b-unsigned'" in failed[0]
+    assert "'d-other'" in failed[1]
+    assert key not in result.stderr + result.stdout
+    assert other not in result.stderr + result.stdout
+    # Without a key, the signed ones cannot be verified: exit 5, as for ls and get.
+    result = run("clear", "--dry-run", env=base)
+    assert result.returncode == 5
+    assert "would remove 4 artifacts" in result.stdout
+    # The count is what clear then removes.
+    assert json.loads(run("ls", "--json", env={**base, "ARTIFACT_STORE_SIGNING_KEY": key}).stdout)
+    assert run("clear", "--yes", env=env).stdout == "removed 4 artifacts\n"
+    result = run("clear", "--dry-run", env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"would remove 0 artifacts from namespace 'clear-dry-{kind}'\n",
+        "",
+    )
+
+
+#: A media type, schema name and metadata as an artifact stored before saves refused control characters
+#: (or written by another tool) can hold them: escape sequences that clear the screen and retitle the window.
+_HOSTILE = "\x1b[2J\x1b]0;PWNED\x07"
+
+
+def test_text_from_storage_is_shown_escaped_and_json_stays_exact(tmp_path: Path) -> None:
+    from artifactstore_core import create_store
+    from artifactstore_core.message import FrozenDict, SchemaInfo, trusted_message
+
+    # Built as a decoder builds a stored message, past Message's validation, which refuses such a media type.
+    message = trusted_message(
+        b"payload",
+        SchemaInfo(name=f"schema{_HOSTILE}"),
+        FrozenDict({f"key{_HOSTILE}": f"value{_HOSTILE}"}),
+        f"text/plain{_HOSTILE}",
+        datetime.now().astimezone(),
+    )
+    step_id = "evil\u202eid"  # a legal id: a right-to-left override, which reorders what the line shows
+    with create_store("filesystem", root=_DEFAULT_ROOT[-1]) as store:
+        store.save(step_id, message)
+    escaped = "\\x1b[2J\\x1b]0;PWNED\\x07"
+    listing = run("ls")
+    assert listing.returncode == 0, listing.stderr
+    assert "\x1b" not in listing.stdout
+    assert "\u202e" not in listing.stdout
+    assert listing.stdout.rstrip().endswith(f"text/plain{escaped}  evil\\u202eid")
+    stated = run("stat", step_id)
+    assert stated.returncode == 0, stated.stderr
+    assert f"media_type: text/plain{escaped}" in stated.stdout.splitlines()
+    assert f"schema_name: schema{escaped}" in stated.stdout.splitlines()
+    assert "step_id: evil\\u202eid" in stated.stdout.splitlines()
+    # JSON is exact: the characters themselves, as JSON escapes.
+    (row,) = json.loads(run("ls", "--json").stdout)
+    assert (row["step_id"], row["media_type"]) == (step_id, f"text/plain{_HOSTILE}")
+    assert json.loads(run("stat", step_id, "--json").stdout)["schema_name"] == f"schema{_HOSTILE}"
+
+
+def test_messages_on_stderr_and_plugin_statuses_are_shown_escaped(tmp_path: Path) -> None:
+    # An error's text comes from a backend (a server's reply, a file name), a plugin's status from its import.
+    install_fake_distribution(
+        tmp_path,
+        "hostile-backend",
+        "0.1",
+        {"hostile": "hostile_backend", "hostileimport": "hostile_import"},
+        {
+            "hostile_backend": f"""
+            from artifactstore_core import BackendSpec, errors, hookimpl
+
+            def factory(ctx):
+                raise errors.BackendError("server said {_HOSTILE.encode("unicode_escape").decode()}")
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="hostile", factory=factory))
+            """,
+            "hostile_import": f"raise ImportError('no lib{_HOSTILE.encode('unicode_escape').decode()}')\n",
+        },
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    result = run("ls", "-b", "hostile", env=env)
+    assert result.returncode == 1
+    assert result.stderr == "error: BackendError: server said \\x1b[2J\\x1b]0;PWNED\\x07\n"
+    table = run("backends", env=env)
+    assert table.returncode == 0
+    assert "\x1b" not in table.stdout
+    assert "no lib\\x1b[2J\\x1b]0;PWNED\\x07" in table.stdout
+    rows = {row["name"]: row for row in json.loads(run("backends", "--json", env=env).stdout)}
+    assert f"no lib{_HOSTILE}" in rows["hostileimport"]["status"]
+    # click's own messages quote the arguments: escaped too (off a terminal click drops the CSI sequence).
+    result = run("get", "x", f"extra{_HOSTILE}")
+    assert result.returncode == 2
+    assert "\x1b" not in result.stderr
+    assert "\\x1b]0;PWNED\\x07)" in result.stderr
+
+
+_DISPLAYED = "café 👩\u200d👩\u200d👧 🏴\U000e0067\U000e0062\U000e007f"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain ascii/text; q=1", "plain ascii/text; q=1"),
+        ("tab\tnew\nline\rcr\x7fdel\x9bcsi", "tab\\tnew\\nline\\rcr\\x7fdel\\x9bcsi"),
+        ("a\u202eb\u2066c\u200fd\u2028e", "a\\u202eb\\u2066c\\u200fd\\u2028e"),
+        # Characters that display as meant stay: accents, emoji joined by a zero-width joiner, a flag's tags.
+        (_DISPLAYED, _DISPLAYED),
+    ],
+)
+def test_what_text_output_escapes(text: str, shown: str) -> None:
+    from artifactstore_core.cli import _visible
+
+    assert _visible(text) == shown
+    assert _visible(shown) == shown  # escaping twice changes nothing: the table measures escaped cells
+
+
+@pytest.mark.timeout(120)
+def test_a_listing_reads_a_run_of_artifacts_that_fail_verification_one_page_each(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each failure reset the page size to 1,000 and took ten halvings to find the next failing artifact, each
+    # a scan of the namespace: `ls` of 500 artifacts saved before a signing key was set took minutes.
+    from artifactstore_core import create_store
+    from artifactstore_core.cli import _verified_listing
+
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "root"))
+    # Runs of unsigned artifacts between signed ones, long and short, at the start and at the end.
+    unsigned = [f"u{i:03d}" for i in [*range(0, 40), *range(41, 43), *range(60, 150)]]
+    signed = [f"u{i:03d}" for i in [40, *range(43, 60), 150, 151]]
+    with create_store("filesystem", namespace="runs") as store:
+        store.save_many([(step_id, Message(content=b"old")) for step_id in unsigned])
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "canary-runs-key")
+    reads = [0]
+    list_page = ArtifactStore.list_page
+
+    def counted(self: ArtifactStore, **kwargs: Any) -> list[ArtifactInfo]:
+        reads[0] += 1
+        return list_page(self, **kwargs)
+
+    with create_store("filesystem", namespace="runs") as store:
+        store.save_many([(step_id, Message(content=b"new")) for step_id in signed])
+        monkeypatch.setattr(ArtifactStore, "list_page", counted)
+        infos, failures = _verified_listing(store)
+    assert [info.step_id for info in infos] == signed
+    assert [failure.step_id for failure in failures] == unsigned
+    # One read per failing artifact, plus the halvings to the first and the doublings after each run.
+    assert reads[0] <= len(unsigned) + 40, reads[0]
+
+
+def test_rm_of_an_id_given_twice_removes_it_once_and_stat_shows_no_schema_as_a_dash() -> None:
+    # `rm a a` removed a, then failed with exit 3: "no artifact 'a' ...; removed the other 1".
+    assert run("put", "a", "-", stdin=b"payload").returncode == 0
+    result = run("rm", "a", "a")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert run("stat", "a").returncode == 3
+    # stat printed Python's "schema_name: None" for an artifact without a schema.
+    assert run("put", "b", "-", stdin=b"payload").returncode == 0
+    assert "schema_name: -" in run("stat", "b").stdout.splitlines()
+    assert json.loads(run("stat", "b", "--json").stdout)["schema_name"] is None
+
+
+def test_demo_help_names_the_commands_default_backend() -> None:
+    # It said "default: ARTIFACT_STORE_BACKEND", while demo, as every data command, runs on filesystem when
+    # none is configured.
+    assert "else filesystem when installed" in " ".join(run("demo", "--help").stdout.split())

@@ -436,3 +436,141 @@ def test_ctrl_c_while_the_command_is_still_importing_is_aborted_with_130(
     assert process.returncode == INTERRUPTED_EXIT_CODE, error
     assert error.strip() == b"aborted"
     assert out == b""
+
+
+def _default_stop_signals() -> None:
+    # As a foreground command gets them, whatever the test runner set (SIGHUP may be ignored under nohup).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGTERM", -signal.SIGTERM), ("SIGHUP", -signal.SIGHUP)])
+def test_sigterm_during_put_removes_what_the_store_was_writing(
+    signal_name: str, code: int, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Killed by SIGTERM (`timeout`, a CI job cancelled) or SIGHUP (its terminal closed), put left the
+    # backend's temporary file behind (`.tmp-...` in the namespace's directory), a payload's worth each time.
+    source = tmp_path / "source"
+    os.mkfifo(source)
+    process = _start(["put", "slow", str(source)], env, preexec_fn=_default_stop_signals)
+    namespace = Path(env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) / "@default"
+    with open(source, "wb") as writer:  # opens once the command opens its end
+        # More than a pipe holds: written once the command has read most of it into the store's file.
+        writer.write(b"x" * LARGE)
+        writer.flush()
+        deadline = time.monotonic() + 30
+        while not (namespace.is_dir() and any(namespace.iterdir())):
+            assert time.monotonic() < deadline, "the store never started writing"
+        process.send_signal(getattr(signal, signal_name))  # the command waits to read more
+        error = cast_io(process.stderr).read()
+    assert process.wait(timeout=60) == code, error
+    assert error.strip() == b"aborted"
+    assert list(namespace.iterdir()) == []
+
+
+_BLOCK_THE_RENAME = """
+import os
+
+
+def _replace(source, target, _real=os.replace):
+    # get -o FILE has its payload in the temporary file beside FILE: say so, then wait on `gate`, which the
+    # test never opens for writing (the signal ends the wait).
+    with open({ready!r}, "wb") as ready:
+        ready.write(b"written")
+    open({gate!r}, "rb").close()
+    _real(source, target)
+
+
+os.replace = _replace
+"""
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", -signal.SIGTERM), ("SIGHUP", -signal.SIGHUP)]
+)
+def test_a_stop_signal_during_get_leaves_no_partial_file(
+    signal_name: str, code: int, payload: bytes, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Killed by SIGTERM or SIGHUP, get -o FILE left its `.FILE.*.partial` beside FILE: the documented
+    # "no partial output file is left" held for Ctrl-C only. Those two still end the process by the signal
+    # (a negative returncode), once cleaned up: a supervisor tells a stopped service from a failed one by it.
+    site, out = tmp_path / "site", tmp_path / "out"
+    site.mkdir()
+    out.mkdir()
+    ready, gate = tmp_path / "ready", tmp_path / "gate"
+    os.mkfifo(ready)
+    os.mkfifo(gate)
+    (site / "sitecustomize.py").write_text(_BLOCK_THE_RENAME.format(ready=str(ready), gate=str(gate)))
+    env["PYTHONPATH"] = str(site)
+    (out / "big.bin").write_bytes(b"the previous one")
+    process = _start(["get", "big", "-o", str(out / "big.bin")], env, preexec_fn=_default_stop_signals)
+    with open(ready, "rb") as reading:  # returns once the payload is written, before it is put in place
+        assert reading.read() == b"written"
+    assert len(list(out.iterdir())) == 2  # FILE and the partial file beside it
+    process.send_signal(getattr(signal, signal_name))
+    error = cast_io(process.stderr).read()
+    assert process.wait(timeout=60) == code, error
+    assert error.strip() == b"aborted"
+    assert [path.name for path in out.iterdir()] == ["big.bin"]
+    assert (out / "big.bin").read_bytes() == b"the previous one"
+
+
+def test_an_ignored_sighup_stays_ignored(payload: bytes, env: dict[str, str], tmp_path: Path) -> None:
+    # Under nohup a command must survive its terminal closing: only a signal at its default action is caught.
+    def ignore_sighup() -> None:
+        _default_stop_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    source = tmp_path / "source"
+    os.mkfifo(source)
+    process = _start(["put", "slow", str(source)], env, preexec_fn=ignore_sighup)
+    with open(source, "wb") as writer:
+        writer.write(b"x" * LARGE)
+        writer.flush()
+        process.send_signal(signal.SIGHUP)
+    error = cast_io(process.stderr).read()
+    assert process.wait(timeout=60) == 0, error
+    with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+        assert store.get("slow").content == b"x" * LARGE
+
+
+@pytest.mark.parametrize("command", ["put", "get"])
+def test_a_progress_bar_shows_the_id_as_text_not_as_markup(
+    command: str, payload: bytes, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The bar's label is rich markup: an id with a closing tag crashed put and get of 8 MiB or more on a
+    # terminal with a MarkupError traceback (exit 1), "[red]" coloured the label, and a right-to-left override
+    # went to the terminal as it was, past the escaping of every other line.
+    step_id = "a[/x]b[red]c\u202e"
+    if command == "put":
+        source = tmp_path / "big.bin"
+        source.write_bytes(payload)
+        args = ["put", step_id, str(source)]
+    else:
+        with create_store("filesystem", root=env["ARTIFACT_STORE_FILESYSTEM_ROOT"]) as store:
+            store.save(step_id, Message(content=payload))
+        args = ["get", step_id, "-o", str(tmp_path / "out.bin")]
+    terminal, child = pty.openpty()  # stderr a terminal: the bar is shown
+    try:
+        process = subprocess.Popen(
+            [str(SCRIPT), *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child
+        )
+        _STARTED.append(process)
+    finally:
+        os.close(child)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal's other end
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(terminal)
+    assert process.wait(timeout=60) == 0, shown
+    assert b"Traceback" not in shown
+    assert f"{command} a[/x]b[red]c\\u202e".encode() in shown
+    assert "\u202e".encode() not in shown
