@@ -207,6 +207,14 @@ class Executor:
                     namespace=execution_id,
                     backend=store.backend_name,
                 )
+            # Logged before any step runs: if this process is killed (kill -9, the OOM killer), no exception
+            # note can name the execution, and a fresh execution's id is a uuid nobody else knows.
+            logger.info(
+                "%s execution %r on backend %r (%d steps); to resume it after a crash, run the pipeline "
+                "again with execution_id=%r",
+                "starting" if fresh else "resuming", execution_id, store.backend_name, len(pipeline.steps),
+                execution_id,
+            )  # fmt: skip
             result = self._execute(store, pipeline, execution_id, fresh, started)
         except BaseException:
             # The error being raised is the one to report; failing to close after it is secondary.

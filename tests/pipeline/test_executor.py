@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -708,3 +709,28 @@ def test_table_lists_every_step() -> None:
     assert "2 of 2 ran" in table
     with pytest.raises(LookupError, match="0 outputs"):
         _ = RunResult(execution_id="x", backend="memory", steps={}).output
+
+
+def test_the_execution_id_is_logged_before_any_step_runs(
+    tmp_path: Path, workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A runner killed with SIGKILL raises nothing: the log line is the only place a fresh execution's id
+    # (a uuid) is shown, so it must be written before the first step can run, not at the end.
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    seen_before_step: list[str] = []
+
+    def first_step(inputs: Inputs) -> Message:
+        seen_before_step.extend(record.getMessage() for record in caplog.records)
+        return Message(content={"ok": True})
+
+    pipeline = Pipeline([Step("only", first_step)])
+    with caplog.at_level(logging.INFO, logger="artifactstore_core.pipeline"):
+        result = Executor(config, mode="threads", on_success="keep").run(pipeline)
+        Executor(config, mode="threads", on_success="keep").run(pipeline, execution_id=result.execution_id)
+
+    execution = result.execution_id
+    assert any(f"starting execution {execution!r} on backend 'filesystem'" in line for line in seen_before_step)
+    assert any(f"execution_id={execution!r}" in line for line in seen_before_step)
+    assert any(f"resuming execution {execution!r}" in record.getMessage() for record in caplog.records), (
+        "a resume says it resumes"
+    )
