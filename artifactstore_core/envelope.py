@@ -827,17 +827,21 @@ class Codec:
                 "artifact is signed but not bound to its namespace and step id, and this store requires that"
             )
         if place is not None and mac == _MAC_PLACE:
-            # Which place it was signed for cannot be known: the place is not stored, only covered.
+            # Which place (or key) it was signed for cannot be known: neither is stored, only covered. A
+            # reader with the wrong key is the common case in practice, so it is named too.
             return ArtifactCorruptedError(
                 "envelope signature does not match: the artifact was signed for a different namespace or step id,"
-                " or altered"
+                " or with another signing key (check ARTIFACT_STORE_SIGNING_KEY), or altered"
             )
         if place is None and mac == _MAC_PLACE:
             return ArtifactCorruptedError(
                 "artifact is signed for a namespace and step id; decode it with place=(namespace, step_id)"
                 " (or the artifact was altered)"
             )
-        return ArtifactCorruptedError("envelope signature does not match: the artifact was altered or damaged")
+        return ArtifactCorruptedError(
+            "envelope signature does not match: the artifact was signed with another signing key (check"
+            " ARTIFACT_STORE_SIGNING_KEY), or altered or damaged"
+        )
 
     @staticmethod
     def _parse_header(doc: dict[str, Any], mac: str) -> Header:
