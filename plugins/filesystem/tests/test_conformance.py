@@ -10,6 +10,7 @@ import pytest
 from artifactstore_core import ArtifactStore
 from artifactstore_core.testing import StoreConformance
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore
+from artifactstore_filesystem.layout import encode_components
 
 
 class TestFilesystemConformance(StoreConformance):
@@ -20,12 +21,18 @@ class TestFilesystemConformance(StoreConformance):
 
     @pytest.fixture
     def make_unreachable_store(self, tmp_path: Path) -> Callable[[str], ArtifactStore]:
-        # A root that is a regular file (a mistyped path, a mount point replaced by a file): every operation
-        # must fail, never read as an empty store.
-        root = tmp_path / "not-a-directory"
-        root.write_bytes(b"garbage")
+        # A file where the namespace's directory belongs (broken state under the root): every operation must
+        # fail, never read as an empty store. (A root that is a file fails too, as a ConfigurationError: a
+        # setting to fix, see test_filesystem.py.)
+        root = tmp_path / "store"
+        root.mkdir()
         settings = FilesystemSettings(root=root)
-        return lambda namespace: FilesystemStore(settings, namespace=namespace)
+
+        def make(namespace: str) -> ArtifactStore:
+            (root / encode_components(namespace)[0]).write_bytes(b"garbage")
+            return FilesystemStore(settings, namespace=namespace)
+
+        return make
 
 
 class TestFilesystemConformanceWithoutFsync(StoreConformance):

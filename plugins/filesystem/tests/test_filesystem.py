@@ -30,6 +30,7 @@ from artifactstore_core import (
     ArtifactCorruptedError,
     ArtifactExistsError,
     ArtifactNotFoundError,
+    ArtifactStoreError,
     BackendError,
     BackendUnavailableError,
     CapacityError,
@@ -1350,8 +1351,8 @@ def test_a_head_larger_than_the_first_read(make_fs_store: MakeFsStore, how: str 
         store.get("h")
 
 
-def _failures(store: FilesystemStore) -> dict[str, BackendError]:
-    """The BackendError of each operation of ``store`` on its namespace (each must raise one)."""
+def _failures(store: FilesystemStore, error: type[ArtifactStoreError] = BackendError) -> dict[str, ArtifactStoreError]:
+    """The ``error`` each operation of ``store`` on its namespace raises (each must raise one)."""
     calls: dict[str, Callable[[], object]] = {
         "exists": lambda: store.exists("x"),
         "get": lambda: store.get("x"),
@@ -1360,9 +1361,9 @@ def _failures(store: FilesystemStore) -> dict[str, BackendError]:
         "list": lambda: list(store.list()),
         "clear": store.clear,
     }
-    errors: dict[str, BackendError] = {}
+    errors: dict[str, ArtifactStoreError] = {}
     for name, call in calls.items():
-        with pytest.raises(BackendError) as info:
+        with pytest.raises(error) as info:
             call()
         errors[name] = info.value
     return errors
@@ -1372,15 +1373,31 @@ def _failures(store: FilesystemStore) -> dict[str, BackendError]:
 def test_a_root_that_is_a_file_is_named_as_the_root(tmp_path: Path) -> None:
     # The message named the path the store wanted ('@ns/@x', which does not exist) as what stood "in the way",
     # so "remove it" pointed at nothing; it names the file that is there: the root.
+    # It is the setting's fault, so a ConfigurationError (the CLI's exit code 5, "fix a setting").
     root = tmp_path / "mistyped"
     root.write_bytes(b"not a directory")
     store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
-    with pytest.raises(BackendError) as listing:
+    with pytest.raises(ConfigurationError) as listing:
         list(store.namespaces())
-    for name, error in [*_failures(store).items(), ("namespaces", listing.value)]:
+    for name, error in [*_failures(store, ConfigurationError).items(), ("namespaces", listing.value)]:
         assert f"the root {str(root)!r} is a file, not a directory" in str(error), (name, str(error))
+        assert "ARTIFACT_STORE_FILESYSTEM_ROOT" in str(error), (name, str(error))
         assert "'@ns" not in str(error), (name, str(error))
         assert root.read_bytes() == b"not a directory"
+
+
+@pytest.mark.timeout(60)
+def test_a_file_above_the_root_is_named_as_on_the_way_to_the_root(tmp_path: Path) -> None:
+    # A root under a file ('/tmp/afile/sub'): the message blamed "'@ns' under the root", which does not exist.
+    blocker = tmp_path / "afile"
+    blocker.write_bytes(b"not a directory")
+    store = FilesystemStore(FilesystemSettings(root=blocker / "sub" / "root"), namespace="ns")
+    with pytest.raises(ConfigurationError) as listing:
+        list(store.namespaces())
+    for name, error in [*_failures(store, ConfigurationError).items(), ("namespaces", listing.value)]:
+        assert f"{str(blocker)!r}, on the way to the root, is a file" in str(error), (name, str(error))
+        assert "ARTIFACT_STORE_FILESYSTEM_ROOT" in str(error), (name, str(error))
+        assert "'@ns" not in str(error), (name, str(error))
 
 
 @pytest.mark.timeout(60)

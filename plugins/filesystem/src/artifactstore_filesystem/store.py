@@ -34,6 +34,7 @@ from artifactstore_core import (
     Capabilities,
     CapacityError,
     Codec,
+    ConfigurationError,
     Message,
     SerializationError,
 )
@@ -158,7 +159,7 @@ class FilesystemStore(ArtifactStore):
         try:
             self._guard(self._ns_dir)
             self._sweep_temp(self._ns_dir)
-        except (OSError, BackendError) as exc:
+        except (OSError, BackendError, ConfigurationError) as exc:
             logger.debug("could not sweep temporary files in %s: %s", self._relative(self._ns_dir), exc)
 
     @property
@@ -613,10 +614,11 @@ class FilesystemStore(ArtifactStore):
             os.close(fd)
             raise
 
-    def _in_the_way(self, path: str, exc: NotADirectoryError) -> BackendError:
+    def _in_the_way(self, path: str, exc: NotADirectoryError) -> BackendError | ConfigurationError:
         """The error for a file standing where ``path`` needs a directory (the root itself, a namespace's or
-        a continuation directory): the store's state is broken, which is an I/O failure to report, never
-        "absent" (a root that is a file would otherwise read as an empty store, and clear() would report 0).
+        a continuation directory), never "absent" (a root that is a file would otherwise read as an empty
+        store, and clear() would report 0). A file at the root or on the way to it is the setting's fault,
+        a :class:`ConfigurationError` naming it; a file inside the root is broken state, a ``BackendError``.
 
         The message names the file that is in the way, not ``path`` (which does not exist), so that "remove
         it" points at something; finding it costs a stat per level, on this error path only.
@@ -625,17 +627,28 @@ class FilesystemStore(ArtifactStore):
         blocker = self._first_non_directory(where)
         if blocker == self._root:
             what = f"the root {self._root!r} is a file, not a directory; set {_ROOT_ENV} to a directory"
-        else:
-            what = (
-                f"{self._relative(blocker)!r} under the root is a file, not a directory, where the store needs "
-                "one; remove it"
-            )
+            return ConfigurationError(f"filesystem store at {self._root!r}: {what}")
+        if not blocker.startswith(self._root + os.sep):
+            what = f"{blocker!r}, on the way to the root, is a file, not a directory; set {_ROOT_ENV} to a directory"
+            return ConfigurationError(f"filesystem store at {self._root!r}: {what}")
+        what = (
+            f"{self._relative(blocker)!r} under the root is a file, not a directory, where the store needs one; "
+            "remove it"
+        )
         return BackendError(f"filesystem store at {self._root!r}: {what}")
 
     def _first_non_directory(self, path: str) -> str:
-        """The first of the root and the paths from it down to ``path`` that exists and is not a directory
-        (symbolic links followed, as the failed call followed them); ``path`` if none is (the tree changed
-        since). Raises nothing."""
+        """The first of the directories above the root, the root and the paths from it down to ``path`` that
+        exists and is not a directory (symbolic links followed, as the failed call followed them); ``path``
+        if none is (the tree changed since). Raises nothing."""
+        above = []
+        parent = os.path.dirname(self._root)
+        while parent and parent != os.path.dirname(parent):
+            above.append(parent)
+            parent = os.path.dirname(parent)
+        for ancestor in reversed(above):
+            if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+                return ancestor
         current = self._root
         below = os.path.relpath(path, self._root).split(os.sep) if path.startswith(self._root + os.sep) else []
         for part in ["", *below]:
