@@ -264,35 +264,51 @@ def new_hasher(chunk_size: int | None = None) -> blake3.blake3:
     return blake3.blake3(max_threads=_threads_for(chunk_size) if chunk_size is not None else 1)
 
 
-# What the codec verified while decoding, by the id of the content object, within reusing_verified_digests().
-_VERIFIED: ContextVar[dict[int, tuple[bytes | str, str]] | None] = ContextVar("artifactstore_verified", default=None)
+class _Reuse:
+    """What :func:`reusing_verified_digests` records, by the id of the content object."""
+
+    __slots__ = ("digests", "encodings")
+
+    def __init__(self) -> None:
+        # Digests of bytes and text payloads the codec verified while decoding: (content, digest).
+        self.digests: dict[int, tuple[bytes | str, str]] = {}
+        # Canonical encodings of JSON content computed by content_bytes: (content, encoding).
+        self.encodings: dict[int, tuple[Any, bytes]] = {}
+
+
+_REUSE: ContextVar[_Reuse | None] = ContextVar("artifactstore_verified", default=None)
 
 
 @contextmanager
 def reusing_verified_digests() -> Iterator[None]:
     """Within this context, a payload the codec verified while decoding is not hashed again when the very
     same content object is encoded again (by any codec) in the same context: this thread, or this asyncio
-    task (and what it runs in a copy of its context).
+    task (and what it runs in a copy of its context). Likewise, JSON content is encoded canonically once:
+    :func:`content_bytes` and :meth:`Codec.encode` reuse the encoding that an earlier one of them computed
+    in the context for the very same content object.
 
     For code that decodes an artifact and encodes it again, as the http artifact server does twice per
     request (it verifies what a client sends, then its backend encodes it; its backend verifies what it
     reads, then the server encodes it for the client): each payload is then hashed once on the way through,
-    not twice. Only ``bytes`` and text content qualify, whose payload is a function of the content alone;
-    JSON content is hashed again, because the payload that was verified need not be the canonical
-    encoding the codec writes. A content object is recognised by identity, never by equality, so a message
-    built around other (even equal) content is hashed as usual. The record holds the content objects until
-    the context exits: keep the context to one request or one copy.
+    not twice. Only ``bytes`` and text content qualify for the digest, whose payload is a function of the
+    content alone; JSON content is hashed again, because the payload that was verified need not be the
+    canonical encoding the codec writes. The server measures JSON content as stored (in its canonical
+    encoding) before it saves it, and the store's encode then reuses that encoding rather than building it
+    again. A content object is recognised by identity, never by equality, so a
+    message built around other (even equal) content is hashed and encoded as usual. The record holds the
+    content objects and their encodings until the context exits: keep the context to one request or one copy.
 
     Raises nothing of its own.
     """
-    record: dict[int, tuple[bytes | str, str]] = {}
-    token = _VERIFIED.set(record)
+    record = _Reuse()
+    token = _REUSE.set(record)
     try:
         yield
     finally:
         # Emptied, not only unset: a context copied inside (a task, a worker thread) still refers to it.
-        record.clear()
-        _VERIFIED.reset(token)
+        record.digests.clear()
+        record.encodings.clear()
+        _REUSE.reset(token)
 
 
 # The JSON content limit of limiting_json_content(): (most bytes of text, the setting that sets it), or None.
@@ -335,10 +351,17 @@ def _digest(data: bytes | memoryview) -> str:
 def content_bytes(message: Message) -> tuple[str, bytes]:
     """The codec name and the uncompressed payload bytes of ``message``'s content.
 
+    JSON content is encoded canonically (:func:`~artifactstore_core.message.canonical_json`); within
+    :func:`reusing_verified_digests`, the encoding of a content object is computed once and then reused by
+    every later call for the very same object (and by :meth:`Codec.encode`).
+
     Raises:
         SerializationError: if the content cannot be encoded.
     """
-    content = message.content
+    return _content_bytes(message.content, _REUSE.get())
+
+
+def _content_bytes(content: Any, reuse: _Reuse | None) -> tuple[str, bytes]:
     if isinstance(content, bytes):
         return "bytes", content
     if isinstance(content, str):
@@ -346,10 +369,19 @@ def content_bytes(message: Message) -> tuple[str, bytes]:
             return "utf-8", content.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise SerializationError("str content contains a lone surrogate") from exc
+    if reuse is not None:
+        known = reuse.encodings.get(id(content))
+        # The identity check: see Codec.encode.
+        if known is not None and known[0] is content:
+            return "json", known[1]
     try:
-        return "json", canonical_json(content)
+        raw = canonical_json(content)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"content is not JSON-serializable: {exc}") from exc
+    if reuse is not None:
+        # Content is deeply immutable, so its encoding cannot change while the record holds it.
+        reuse.encodings[id(content)] = (content, raw)
+    return "json", raw
 
 
 class BytesReader(io.BufferedIOBase):
@@ -585,9 +617,9 @@ class Codec:
             SerializationError: if the content cannot be encoded.
             ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
-        codec, raw = content_bytes(message)
-        verified = _VERIFIED.get()
-        known = verified.get(id(message.content)) if verified is not None and codec != "json" else None
+        reuse = _REUSE.get()
+        codec, raw = _content_bytes(message.content, reuse)
+        known = reuse.digests.get(id(message.content)) if reuse is not None and codec != "json" else None
         # The identity check: an id can be reused by another object once the one recorded is gone (it cannot
         # be while the record holds it, but the check costs nothing and needs no such argument).
         digest = known[1] if known is not None and known[0] is message.content else _digest(raw)
@@ -1014,11 +1046,11 @@ class Codec:
                 content = loads_frozen(raw)
             else:
                 content = str(raw, "utf-8") if header.codec == "utf-8" else raw
-                verified = _VERIFIED.get()
-                if verified is not None and type(raw) is bytes:
+                reuse = _REUSE.get()
+                if reuse is not None and type(raw) is bytes:
                     # Recorded only when what was hashed is immutable (text decoded from a caller's
                     # memoryview is not), so the digest is provably that of the content's encoding.
-                    verified[id(content)] = (content, header.digest)
+                    reuse.digests[id(content)] = (content, header.digest)
             return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
         except ValueError as exc:  # UnicodeDecodeError included; _loads and freezing turn RecursionError into it
             # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the

@@ -15,6 +15,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import artifactstore_core.message as message_module
 from artifactstore_core import (
     ArtifactCorruptedError,
     Codec,
@@ -787,6 +788,48 @@ def test_a_payload_that_failed_verification_is_not_recorded(digests: list[int]) 
         digests.clear()
         CODEC.encode(Message(content=damaged))
     assert digests == [300]
+
+
+@pytest.fixture
+def encodings(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The JSON values canonically encoded from now on (content, schema and metadata alike)."""
+    encoded: list[Any] = []
+    real = message_module._canonical_text
+
+    def counting(value: Any) -> str:
+        encoded.append(value)
+        return real(value)
+
+    monkeypatch.setattr(message_module, "_canonical_text", counting)
+    return encoded
+
+
+@pytest.mark.parametrize("signing_key", [None, b"k" * 32])
+def test_json_content_is_encoded_once_within_the_context(encodings: list[Any], signing_key: bytes | None) -> None:
+    # The artifact server measures JSON content as stored (content_bytes) before its store encodes it: the
+    # encoding was built twice, the largest single cost of such a save.
+    codec = Codec(signing_key=signing_key)
+    message = Message(content=[{"k": index, "v": "ü" * (index % 7)} for index in range(2000)], metadata={"a": 1})
+    plain = codec.encode(message, place=("ns", "id"))
+    encodings.clear()
+    with envelope.reusing_verified_digests():
+        measured = envelope.content_bytes(message)
+        again = codec.encode(message, place=("ns", "id"))
+        assert envelope.content_bytes(message) == measured
+        assert [value for value in encodings if value is message.content] == [message.content]
+        # Equal content in another object is encoded anew: recognised by identity, never by equality.
+        other = Message(content=thaw_json(message.content))
+        encodings.clear()
+        codec.encode(other)
+        assert [value for value in encodings if value is other.content] == [other.content]
+    # Exactly what encoding without the record gives.
+    assert measured == ("json", canonical_json(message.content))
+    assert (again.head, again.payload) == (plain.head, plain.payload)
+    # The record ends with the context.
+    encodings.clear()
+    envelope.content_bytes(message)
+    codec.encode(message)
+    assert [value for value in encodings if value is message.content] == [message.content] * 2
 
 
 def test_limiting_json_content_refuses_only_json_over_its_limit_and_only_within() -> None:

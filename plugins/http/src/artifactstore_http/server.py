@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, create_store
-from artifactstore_core.envelope import Header, limiting_json_content, reusing_verified_digests
+from artifactstore_core.envelope import Header, content_bytes, limiting_json_content, reusing_verified_digests
 from artifactstore_core.errors import (
     ArtifactStoreError,
     BackendUnavailableError,
@@ -44,7 +44,6 @@ from artifactstore_core.errors import (
 )
 from artifactstore_core.ids import validate_namespace, validate_step_id
 from artifactstore_core.message import Message as ArtifactMessage
-from artifactstore_core.message import canonical_json
 from artifactstore_core.registry import plugin_host
 from artifactstore_core.settings import CoreSettings, load_settings
 
@@ -481,7 +480,8 @@ class _App:
         body = await self._read_body(request, step_id)
 
         def work() -> None:
-            # The payload verified here is not hashed again when the backend encodes the same content.
+            # The payload verified here is not hashed again when the backend encodes the same content, nor is
+            # JSON content measured as stored (below) encoded again.
             with self._cache.acquire(namespace) as store, reusing_verified_digests():
                 codec = store.codec
                 # The client signed the body for the namespace and id of the URL, whatever the store's
@@ -569,12 +569,14 @@ class _App:
         stored, and served, as ``1000000000000000.0``. Measured from the text sent, such content was saved and
         then refused by this server's own GET (over ``MAX_JSON_BYTES``, from a byte backend) or by a client with
         the server's limits. The stored form is measured only where it can matter (:data:`_MAX_JSON_GROWTH`), so
-        a save of JSON content well under the limits encodes nothing more.
+        a save of JSON content well under the limits encodes nothing more. Called within
+        :func:`~artifactstore_core.envelope.reusing_verified_digests`, where the store's encode of this
+        message reuses the encoding measured here instead of building it again.
         """
         limit = min(self._max_json, self._max_body)
         if header.size * _MAX_JSON_GROWTH <= limit:
             return
-        stored = len(canonical_json(message.content))
+        stored = len(content_bytes(message)[1])
         if stored <= limit:
             return
         setting = (
