@@ -30,7 +30,7 @@ import json.scanner
 import os
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -194,12 +194,16 @@ def _identity_json(
     return f"[{codec_json},{media_json},{schema_json},{metadata_json},{size},{digest_json}]".encode()
 
 
-def _canonical_metadata(metadata: Any) -> str:
+def _canonical_metadata(metadata: Any, reuse: _Reuse | None = None) -> str:
     if not metadata:
         return "{}"
     if not isinstance(metadata, Mapping):
         raise TypeError("metadata must be a JSON object")
-    return canonical_json(metadata).decode("utf-8")
+    if reuse is None or type(metadata) is not FrozenDict:
+        # Reused only for a frozen mapping (a message's metadata): encode_head also takes a caller's dict,
+        # which may change between two calls.
+        return canonical_json(metadata).decode("utf-8")
+    return reuse.text(metadata, lambda: canonical_json(metadata).decode("utf-8"))
 
 
 def _check_ratio(size: int, stored_size: int) -> None:
@@ -264,35 +268,65 @@ def new_hasher(chunk_size: int | None = None) -> blake3.blake3:
     return blake3.blake3(max_threads=_threads_for(chunk_size) if chunk_size is not None else 1)
 
 
-# What the codec verified while decoding, by the id of the content object, within reusing_verified_digests().
-_VERIFIED: ContextVar[dict[int, tuple[bytes | str, str]] | None] = ContextVar("artifactstore_verified", default=None)
+class _Reuse:
+    """What :func:`reusing_verified_digests` records, by the id of the content object."""
+
+    __slots__ = ("digests", "encodings", "texts")
+
+    def __init__(self) -> None:
+        # Digests of bytes and text payloads the codec verified while decoding: (content, digest).
+        self.digests: dict[int, tuple[bytes | str, str]] = {}
+        # Canonical encodings of JSON content computed by content_bytes: (content, encoding).
+        self.encodings: dict[int, tuple[Any, bytes]] = {}
+        # Canonical JSON of metadata mappings and schemas written into headers: (value, text).
+        self.texts: dict[int, tuple[Any, str]] = {}
+
+    def text(self, value: Any, encode: Callable[[], str]) -> str:
+        """The canonical JSON of the immutable ``value``, computed by ``encode`` once per object."""
+        known = self.texts.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        text = encode()
+        self.texts[id(value)] = (value, text)
+        return text
+
+
+_REUSE: ContextVar[_Reuse | None] = ContextVar("artifactstore_verified", default=None)
 
 
 @contextmanager
 def reusing_verified_digests() -> Iterator[None]:
     """Within this context, a payload the codec verified while decoding is not hashed again when the very
     same content object is encoded again (by any codec) in the same context: this thread, or this asyncio
-    task (and what it runs in a copy of its context).
+    task (and what it runs in a copy of its context). Likewise, JSON is encoded canonically once per object:
+    :func:`~artifactstore_core.envelope.content_bytes` and :meth:`~artifactstore_core.Codec.encode` reuse
+    the encoding of JSON content that an earlier one of them computed in the context for the very same
+    content object, and every head encoded in the context reuses the encoding of the very same metadata
+    mapping or schema (with a JSON Schema document).
 
     For code that decodes an artifact and encodes it again, as the http artifact server does twice per
     request (it verifies what a client sends, then its backend encodes it; its backend verifies what it
     reads, then the server encodes it for the client): each payload is then hashed once on the way through,
-    not twice. Only ``bytes`` and text content qualify, whose payload is a function of the content alone;
-    JSON content is hashed again, because the payload that was verified need not be the canonical
-    encoding the codec writes. A content object is recognised by identity, never by equality, so a message
-    built around other (even equal) content is hashed as usual. The record holds the content objects until
-    the context exits: keep the context to one request or one copy.
+    not twice. Only ``bytes`` and text content qualify for the digest, whose payload is a function of the
+    content alone; JSON content is hashed again, because the payload that was verified need not be the
+    canonical encoding the codec writes. The server measures JSON content and large heads as stored (in
+    their canonical encoding) before it saves them, and the store's encode then reuses those encodings
+    rather than building them again. A content object is recognised by identity, never by equality, so a
+    message built around other (even equal) content is hashed and encoded as usual. The record holds the
+    content objects and their encodings until the context exits: keep the context to one request or one copy.
 
     Raises nothing of its own.
     """
-    record: dict[int, tuple[bytes | str, str]] = {}
-    token = _VERIFIED.set(record)
+    record = _Reuse()
+    token = _REUSE.set(record)
     try:
         yield
     finally:
         # Emptied, not only unset: a context copied inside (a task, a worker thread) still refers to it.
-        record.clear()
-        _VERIFIED.reset(token)
+        record.digests.clear()
+        record.encodings.clear()
+        record.texts.clear()
+        _REUSE.reset(token)
 
 
 # The JSON content limit of limiting_json_content(): (most bytes of text, the setting that sets it), or None.
@@ -307,7 +341,8 @@ def limiting_json_content(max_bytes: int, *, setting: str) -> Iterator[None]:
     For code that decodes artifacts it did not write on behalf of others, as the http artifact server does
     to answer a read: a parsed JSON value takes many times its text in memory (each ``{},`` of a list is 3
     bytes of text and about 120 bytes of frozen mapping), and a compressed payload of a few KB can hold
-    megabytes of such text. ``bytes`` and text content are not limited by it. The refusal is
+    megabytes of such text. An envelope header (JSON: the metadata and schema) over ``max_bytes`` is refused
+    the same way, before it is parsed. ``bytes`` and text content are not limited by it. The refusal is
     :class:`~artifactstore_core.errors.PayloadTooLargeError`, whose message names ``setting`` (the setting
     that raises the limit), raised by whatever decodes the artifact (a store's ``get``,
     :meth:`~artifactstore_core.Codec.decode`).
@@ -335,10 +370,18 @@ def _digest(data: bytes | memoryview) -> str:
 def content_bytes(message: Message) -> tuple[str, bytes]:
     """The codec name and the uncompressed payload bytes of ``message``'s content.
 
+    JSON content is encoded canonically (``canonical_json``: compact, keys sorted); within
+    :func:`~artifactstore_core.envelope.reusing_verified_digests`, the encoding of a content object is
+    computed once and then reused by every later call for the very same object (and by
+    :meth:`~artifactstore_core.Codec.encode`).
+
     Raises:
         SerializationError: if the content cannot be encoded.
     """
-    content = message.content
+    return _content_bytes(message.content, _REUSE.get())
+
+
+def _content_bytes(content: Any, reuse: _Reuse | None) -> tuple[str, bytes]:
     if isinstance(content, bytes):
         return "bytes", content
     if isinstance(content, str):
@@ -346,10 +389,19 @@ def content_bytes(message: Message) -> tuple[str, bytes]:
             return "utf-8", content.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise SerializationError("str content contains a lone surrogate") from exc
+    if reuse is not None:
+        known = reuse.encodings.get(id(content))
+        # The identity check: see Codec.encode.
+        if known is not None and known[0] is content:
+            return "json", known[1]
     try:
-        return "json", canonical_json(content)
+        raw = canonical_json(content)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"content is not JSON-serializable: {exc}") from exc
+    if reuse is not None:
+        # Content is deeply immutable, so its encoding cannot change while the record holds it.
+        reuse.encodings[id(content)] = (content, raw)
+    return "json", raw
 
 
 class BytesReader(io.BufferedIOBase):
@@ -585,9 +637,9 @@ class Codec:
             SerializationError: if the content cannot be encoded.
             ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
-        codec, raw = content_bytes(message)
-        verified = _VERIFIED.get()
-        known = verified.get(id(message.content)) if verified is not None and codec != "json" else None
+        reuse = _REUSE.get()
+        codec, raw = _content_bytes(message.content, reuse)
+        known = reuse.digests.get(id(message.content)) if reuse is not None and codec != "json" else None
         # The identity check: an id can be reused by another object once the one recorded is gone (it cannot
         # be while the record holds it, but the check costs nothing and needs no such argument).
         digest = known[1] if known is not None and known[0] is message.content else _digest(raw)
@@ -688,10 +740,17 @@ class Codec:
         key = self._key
         mac = _MAC_PLAIN if key is None else _MAC_KEYED if place is None else _MAC_PLACE
         prefix_of_place = place_bytes(place) if key is not None and place is not None else b""
+        reuse = _REUSE.get()
         try:
             media_json = _json_str(media_type)
-            schema_json = _schema_json(schema) if schema is not None else "null"
-            metadata_json = _canonical_metadata(metadata)
+            if schema is None:
+                schema_json = "null"
+            elif reuse is None or schema.json_schema is None:
+                schema_json = _schema_json(schema)
+            else:
+                # A frozen model around a frozen document: its encoding cannot change while the record holds it.
+                schema_json = reuse.text(schema, lambda: _schema_json(schema))
+            metadata_json = _canonical_metadata(metadata, reuse)
             created = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
             compression_json = "null" if compression is None else '"zstd"'
         except (TypeError, ValueError) as exc:
@@ -768,6 +827,9 @@ class Codec:
                 signature for another place (namespace or step id), or a signed artifact not bound to
                 ``place``.
             ConfigurationError: the artifact is signed and this codec has no signing key.
+            PayloadTooLargeError: the header is over the limit of
+                :func:`~artifactstore_core.envelope.limiting_json_content`, when called within it (before it
+                is parsed).
             ValueError: if ``place`` holds a string that is not UTF-8 or longer than 65,535 bytes.
         """
         try:
@@ -780,6 +842,13 @@ class Codec:
         size = self.head_size(head)
         if len(head) != size:
             raise ArtifactCorruptedError(f"envelope head is {len(head)} bytes; expected {size}")
+        if (limit := _JSON_LIMIT.get()) is not None and size - PREFIX_SIZE - TAG_SIZE > limit[0]:
+            # The header is JSON too (its metadata and schema), parsed below before anything else is checked.
+            raise PayloadTooLargeError(
+                f"artifact has an envelope header of {size - PREFIX_SIZE - TAG_SIZE} bytes of JSON (its metadata "
+                f"and schema); at most {limit[0]} are parsed here ({limit[1]}), because a parsed JSON value takes "
+                "many times its text in memory"
+            )
         # Sliced as given: a bytes head (what backends read) is sliced into small copies, cheaper than
         # making memoryviews of it; a memoryview head is sliced into views.
         body, tag = head[: size - TAG_SIZE], bytes(head[size - TAG_SIZE :])
@@ -1018,11 +1087,11 @@ class Codec:
                 content = loads_frozen(raw)
             else:
                 content = str(raw, "utf-8") if header.codec == "utf-8" else raw
-                verified = _VERIFIED.get()
-                if verified is not None and type(raw) is bytes:
+                reuse = _REUSE.get()
+                if reuse is not None and type(raw) is bytes:
                     # Recorded only when what was hashed is immutable (text decoded from a caller's
                     # memoryview is not), so the digest is provably that of the content's encoding.
-                    verified[id(content)] = (content, header.digest)
+                    reuse.digests[id(content)] = (content, header.digest)
             return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
         except ValueError as exc:  # UnicodeDecodeError included; _loads and freezing turn RecursionError into it
             # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the

@@ -15,6 +15,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import artifactstore_core.message as message_module
 from artifactstore_core import (
     ArtifactCorruptedError,
     Codec,
@@ -791,15 +792,103 @@ def test_a_payload_that_failed_verification_is_not_recorded(digests: list[int]) 
     assert digests == [300]
 
 
+@pytest.fixture
+def encodings(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The JSON values canonically encoded from now on (content, schema and metadata alike)."""
+    encoded: list[Any] = []
+    real = message_module._canonical_text
+
+    def counting(value: Any) -> str:
+        encoded.append(value)
+        return real(value)
+
+    monkeypatch.setattr(message_module, "_canonical_text", counting)
+    return encoded
+
+
+@pytest.mark.parametrize("signing_key", [None, b"k" * 32])
+def test_json_content_is_encoded_once_within_the_context(encodings: list[Any], signing_key: bytes | None) -> None:
+    # The artifact server measures JSON content as stored (content_bytes) before its store encodes it: the
+    # encoding was built twice, the largest single cost of such a save.
+    codec = Codec(signing_key=signing_key)
+    message = Message(content=[{"k": index, "v": "ü" * (index % 7)} for index in range(2000)], metadata={"a": 1})
+    plain = codec.encode(message, place=("ns", "id"))
+    encodings.clear()
+    with envelope.reusing_verified_digests():
+        measured = envelope.content_bytes(message)
+        again = codec.encode(message, place=("ns", "id"))
+        assert envelope.content_bytes(message) == measured
+        assert [value for value in encodings if value is message.content] == [message.content]
+        # Equal content in another object is encoded anew: recognised by identity, never by equality.
+        other = Message(content=thaw_json(message.content))
+        encodings.clear()
+        codec.encode(other)
+        assert [value for value in encodings if value is other.content] == [other.content]
+    # Exactly what encoding without the record gives.
+    assert measured == ("json", canonical_json(message.content))
+    assert (again.head, again.payload) == (plain.head, plain.payload)
+    # The record ends with the context.
+    encodings.clear()
+    envelope.content_bytes(message)
+    codec.encode(message)
+    assert [value for value in encodings if value is message.content] == [message.content] * 2
+
+
+def test_metadata_and_schema_are_encoded_once_within_the_context(encodings: list[Any]) -> None:
+    # The artifact server measures a large head as stored before its store encodes it again.
+    schema = SchemaInfo(name="s", json_schema={"type": "array", "items": {"type": "integer"}})
+    message = Message(content=1, schema=schema, metadata={"note": "m" * 1000, "n": [1, 2]})
+    plain = CODEC.encode(message)
+    encodings.clear()
+    with envelope.reusing_verified_digests():
+        head, _ = CODEC.encode_head(
+            codec="json", media_type=message.media_type, schema=schema, metadata=message.metadata,
+            created_at=message.created_at, size=1, digest=plain.header.digest,
+        )  # fmt: skip
+        again = CODEC.encode(message)
+    assert [value for value in encodings if value is message.metadata] == [message.metadata]
+    assert len([value for value in encodings if isinstance(value, dict) and "json_schema" in value]) == 1
+    assert head == plain.head
+    assert (again.head, again.payload) == (plain.head, plain.payload)
+
+
 def test_limiting_json_content_refuses_only_json_over_its_limit_and_only_within() -> None:
-    json_blob = CODEC.encode(Message(content={"k": "v" * 100})).to_bytes()
-    text_blob = CODEC.encode(Message(content="v" * 200)).to_bytes()
-    with envelope.limiting_json_content(50, setting="SOME_SETTING"):
-        with pytest.raises(PayloadTooLargeError, match=r"108 bytes of JSON content; at most 50 .*\(SOME_SETTING\)"):
+    json_blob = CODEC.encode(Message(content={"k": "v" * 1000})).to_bytes()
+    text_blob = CODEC.encode(Message(content="v" * 2000)).to_bytes()
+    with envelope.limiting_json_content(500, setting="SOME_SETTING"):
+        with pytest.raises(PayloadTooLargeError, match=r"1008 bytes of JSON content; at most 500 .*\(SOME_SETTING\)"):
             CODEC.decode_bytes(json_blob)
-        assert CODEC.decode_bytes(text_blob).content == "v" * 200  # text is not limited by it
+        assert CODEC.decode_bytes(text_blob).content == "v" * 2000  # text is not limited by it
         with envelope.limiting_json_content(10_000, setting="INNER"):
-            assert CODEC.decode_bytes(json_blob).content == {"k": "v" * 100}
+            assert CODEC.decode_bytes(json_blob).content == {"k": "v" * 1000}
         with pytest.raises(PayloadTooLargeError):
             CODEC.decode_bytes(json_blob)  # the outer limit is back
-    assert CODEC.decode_bytes(json_blob).content == {"k": "v" * 100}
+    assert CODEC.decode_bytes(json_blob).content == {"k": "v" * 1000}
+
+
+def test_limiting_json_content_refuses_a_header_over_its_limit_before_parsing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The header is JSON too (metadata, schema: up to 16 MiB), and was parsed whatever the limit said.
+    encoded = CODEC.encode(Message(content=b"x", metadata={"note": "m" * 1000}))
+    header_size = len(encoded.head) - PREFIX_SIZE - TAG_SIZE
+    parsed: list[int] = []
+    real = envelope._loads
+
+    def counting(data: bytes | memoryview) -> Any:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(envelope, "_loads", counting)
+    with envelope.limiting_json_content(header_size, setting="SOME_SETTING"):
+        assert CODEC.decode(encoded.head, encoded.payload, place=("ns", "x")).content == b"x"  # at the limit
+    parsed.clear()
+    with (
+        envelope.limiting_json_content(header_size - 1, setting="SOME_SETTING"),
+        pytest.raises(PayloadTooLargeError) as info,
+    ):
+        CODEC.decode(encoded.head, encoded.payload, place=("ns", "x"))
+    assert parsed == []
+    assert f"envelope header of {header_size} bytes of JSON" in str(info.value)
+    assert f"at most {header_size - 1} are parsed here (SOME_SETTING)" in str(info.value)
+    assert info.value.step_id == "x"

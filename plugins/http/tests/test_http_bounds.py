@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 import artifactstore_core.envelope
+import artifactstore_core.message
 from artifactstore_core import (
     ArtifactCorruptedError,
     ArtifactStore,
@@ -27,6 +29,7 @@ from artifactstore_core import (
     PayloadTooLargeError,
     create_store,
 )
+from artifactstore_core.envelope import PREFIX_SIZE, TAG_SIZE
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, MakeClient, ServerThread, bound_socket, client_for
 from artifactstore_redis.testing import RedisServer
@@ -438,4 +441,161 @@ def test_json_content_stored_over_the_limit_is_refused_at_save_though_sent_under
     with client_for(server.url, "sent", retries=0) as store:
         assert not store.exists("over")
         assert store.get("spaced").content == Message(content=[1] * 1000).content
+        store.clear()
+
+
+def test_json_content_measured_as_stored_is_encoded_once(
+    redis_bounds: tuple[RedisServer, ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over a fifth of the limit the server measures JSON content as stored (its canonical encoding), and its
+    # store's encode then built that same encoding again: about a third more CPU for such a save.
+    _, server = redis_bounds
+    content = [{"k": index} for index in range(120)]
+    text = artifactstore_core.message.canonical_json(content)
+    assert 4096 / 5 < len(text) <= 4096
+    encoded: list[Any] = []
+    real = artifactstore_core.message._canonical_text
+
+    def counting(value: Any) -> str:
+        if type(value) is tuple and len(value) == len(content):  # the content (no header field is such a tuple)
+            encoded.append(value)
+        return real(value)
+
+    monkeypatch.setattr(artifactstore_core.message, "_canonical_text", counting)
+    # Sent by raw HTTP: nothing in this process but the server encodes the content.
+    assert _sent_as_is(server.url, "once", "json", text).status_code == 204
+    assert len(encoded) == 1
+    monkeypatch.setattr(artifactstore_core.message, "_canonical_text", real)
+    with client_for(server.url, "once", retries=0) as store:
+        assert store.get("json").content == Message(content=content).content
+        store.clear()
+
+
+# -- the envelope's header is JSON too: bounded by MAX_JSON_BYTES on both sides ------------------------------
+
+
+def _with_header_of(size: int, *, content: Any = 1) -> Message:
+    """A message whose envelope header (as this project's codec writes it, unsigned) is exactly ``size`` bytes."""
+    base = Message(content=content, metadata={"note": ""})
+    short = len(Codec(compress_threshold=None).encode(base).head) - PREFIX_SIZE - TAG_SIZE
+    message = base.model_copy(update={"metadata": {"note": "m" * (size - short)}})
+    assert len(Codec(compress_threshold=None).encode(message).head) - PREFIX_SIZE - TAG_SIZE == size
+    return message
+
+
+@pytest.fixture
+def parsed_heads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the envelope headers the codec parses (in this process: the client and in-process servers)."""
+    sizes: list[int] = []
+    real = artifactstore_core.envelope._loads
+
+    def counting(data: Any) -> Any:
+        sizes.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(artifactstore_core.envelope, "_loads", counting)
+    return sizes
+
+
+def test_the_server_refuses_a_header_over_its_json_limit_before_parsing_it(
+    redis_bounds: tuple[RedisServer, ServerThread], parsed_heads: list[int]
+) -> None:
+    # The header (metadata, schema) was bounded only by the format's 16 MiB, while JSON content had its own
+    # limit: a save with 3 MB of [{},{},...] metadata was parsed (and kept) by a server with a 64 KiB JSON limit.
+    _, server = redis_bounds  # MAX_JSON_BYTES: 4096
+    with client_for(server.url, "heads", retries=0) as store:
+        at = _with_header_of(4096)
+        store.save("at", at)  # exactly the limit: saved, and served to a client with the same limits
+        with client_for(server.url, "heads", retries=0, max_json_bytes=4096) as same:
+            assert same.get("at") == at
+        parsed_heads.clear()
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save("over", _with_header_of(4097))
+        assert max(parsed_heads, default=0) < 4097  # refused from the head's prefix, never parsed
+        message = str(info.value)
+        assert "head of 4138 bytes (its header, the JSON of its metadata and schema, is 4097)" in message
+        assert "at most 4137 bytes (ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in message
+        assert info.value.step_id == "over"
+        assert not store.exists("over")
+        store.clear()
+
+
+def test_the_server_does_not_parse_a_stored_header_over_its_json_limit_to_answer_a_read(
+    redis_bounds: tuple[RedisServer, ServerThread], parsed_heads: list[int]
+) -> None:
+    # Written to the backend without the server: its GET parsed a header of any size (up to 16 MiB).
+    redis, server = redis_bounds
+    with create_store("redis", namespace="direct-heads", url=redis.url) as direct:
+        direct.save("big", _with_header_of(9000))
+    with client_for(server.url, "direct-heads", retries=0) as store:
+        parsed_heads.clear()
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.get("big")
+        assert max(parsed_heads, default=0) < 9000
+        assert "envelope header of 9000 bytes of JSON" in str(info.value)
+        assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in str(info.value)
+        assert info.value.step_id == "big"
+        store.clear()
+
+
+def test_the_client_refuses_a_header_over_its_json_limit_before_parsing_it(
+    make_client: MakeClient, parsed_heads: list[int]
+) -> None:
+    # The client read and parsed a head of up to 16 MiB of header whatever its MAX_JSON_BYTES said.
+    writer = make_client("client-heads")
+    at, over = _with_header_of(4096, content=b"x"), _with_header_of(4097, content=b"x")
+    writer.save_many({"at": at, "over": over})
+    reader = make_client("client-heads", max_json_bytes=4096, retries=0)
+    assert reader.get("at") == at
+    parsed_heads.clear()
+    with pytest.raises(PayloadTooLargeError) as info:
+        reader.get("over")
+    assert max(parsed_heads, default=0) < 4097
+    message = str(info.value)
+    assert "head alone is 4138 bytes (its header, the JSON of its metadata and schema, is 4097)" in message
+    assert "at most 4137 bytes (ARTIFACT_STORE_HTTP_MAX_JSON_BYTES" in message
+    assert info.value.step_id == "over"
+    assert writer.get("over") == over  # a client with the server's limits reads it
+    writer.clear()
+
+
+def _head_of(header: bytes) -> bytes:
+    """An unsigned envelope head around the header text ``header``, written however its writer likes."""
+    prefix = struct.pack(">4sBI", b"ARTF", 1, len(header)) + header
+    return prefix + blake3.blake3(prefix).digest()
+
+
+def test_a_header_stored_over_the_limit_is_refused_at_save_though_sent_under_it(
+    redis_bounds: tuple[RedisServer, ServerThread],
+) -> None:
+    # The store writes the header canonically: metadata sent as 1e15 is stored, and served, as
+    # 1000000000000000.0. Sent under the limit, such a header would be saved and then refused by every reader
+    # with the server's limits (its own GET included).
+    _, server = redis_bounds
+
+    def put(step_id: str, metadata: str) -> httpx.Response:
+        digest = blake3.blake3(b"1").hexdigest()
+        header = (
+            '{"codec":"json","compression":null,"created_at":"2026-01-01T00:00:00Z","digest":{"alg":"blake3",'
+            f'"hex":"{digest}"}},"mac":"blake3","media_type":"application/json","metadata":{metadata},'
+            '"schema":null,"size":1,"stored_size":1}'
+        ).encode()
+        return httpx.put(
+            f"{server.url}/v1/namespaces/sent-heads/artifacts/{step_id}",
+            content=_head_of(header) + b"1",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": ENVELOPE},
+            timeout=30,
+        )
+
+    over = put("over", '{"n":[' + ",".join(["1e15"] * 600) + "]}")
+    assert over.status_code == 413, over.text
+    detail = over.json()["detail"]
+    assert "bytes as sent, but" in detail
+    assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in detail
+    # Sent longer than it is stored (spaces), near the limit: measured, and saved.
+    spaced = put("spaced", '{"n": [' + ", ".join(["1"] * 1200) + "]}")
+    assert spaced.status_code == 204, spaced.text
+    with client_for(server.url, "sent-heads", retries=0, max_json_bytes=4096) as store:
+        assert not store.exists("over")
+        assert store.get("spaced").metadata == {"n": (1,) * 1200}
         store.clear()

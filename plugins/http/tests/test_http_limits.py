@@ -24,7 +24,7 @@ from artifactstore_http import HttpSettings, HttpStore
 from artifactstore_http import client as client_module
 from artifactstore_http.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from artifactstore_http.server import create_app
-from artifactstore_http.settings import head_allowance
+from artifactstore_http.settings import DEFAULT_MAX_JSON_BYTES, head_allowance
 from artifactstore_http.testing import TOKEN, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
 
@@ -207,7 +207,7 @@ def test_the_head_comes_on_top_of_the_limit_within_its_allowance(edge_server: Se
 
 
 def test_a_body_over_the_limit_and_the_head_allowance_is_refused_unread(edge_server: ServerThread) -> None:
-    allowed = EDGE + head_allowance(EDGE)
+    allowed = EDGE + head_allowance(EDGE, DEFAULT_MAX_JSON_BYTES)
     status, headers, problem = _declared_too_large(edge_server.port, allowed + 1, 0)
     assert (status, problem["type"], headers["connection"]) == (413, "PayloadTooLargeError", "close")
     assert f"limit of {allowed} bytes: {EDGE} bytes of content" in str(problem["detail"])

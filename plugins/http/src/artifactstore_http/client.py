@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
-from artifactstore_core.envelope import PREFIX_SIZE, Header
+from artifactstore_core.envelope import PREFIX_SIZE, TAG_SIZE, Header
 from artifactstore_core.errors import (
     AccessDeniedError,
     ArtifactCorruptedError,
@@ -60,7 +60,7 @@ from .protocol import (
     encode_cursor,
     quote_segment,
 )
-from .settings import HttpSettings, _token_problem, head_allowance, is_loopback
+from .settings import HttpSettings, _head_setting, _token_problem, head_allowance, is_loopback
 
 __all__ = ["RETRY_POLICY", "HttpStore"]
 
@@ -521,7 +521,7 @@ class HttpStore(ArtifactStore):
             UnsupportedFormatError, ConfigurationError: as :meth:`Codec.decode_head`.
         """
         limit = self._settings.max_body_bytes
-        max_head = head_allowance(limit)
+        max_head = head_allowance(limit, self._settings.max_json_bytes)
         where = f"artifact server {self._display} answered {step_id!r} with"
         declared = _declared_length(response)
         if declared is not None and declared > limit + max_head:
@@ -535,8 +535,14 @@ class HttpStore(ArtifactStore):
         buffer = _fill(chunks, b"", PREFIX_SIZE)
         head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
         if head_size > max_head:
-            raise self._too_large(
-                step_id, f"{where} an envelope whose head alone is {head_size} bytes (at most {max_head} are read)"
+            # Refused before the head is read: its header is JSON (the metadata and schema), which costs many
+            # times its text once parsed, so the JSON limit bounds it too (see head_allowance).
+            setting = _head_setting(limit, self._settings.max_json_bytes, "ARTIFACT_STORE_HTTP_")
+            raise PayloadTooLargeError(
+                f"{where} an envelope whose head alone is {head_size} bytes (its header, the JSON of its metadata "
+                f"and schema, is {head_size - PREFIX_SIZE - TAG_SIZE}); this client reads a head of at most "
+                f"{max_head} bytes ({setting}, up to the format's largest head); raise it to read this artifact",
+                step_id=step_id,
             )
         buffer = _fill(chunks, buffer, head_size)
         if len(buffer) < head_size:

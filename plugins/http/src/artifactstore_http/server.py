@@ -33,7 +33,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, create_store
-from artifactstore_core.envelope import Header, limiting_json_content, reusing_verified_digests
+from artifactstore_core.envelope import (
+    PREFIX_SIZE,
+    TAG_SIZE,
+    Codec,
+    Header,
+    content_bytes,
+    limiting_json_content,
+    reusing_verified_digests,
+)
 from artifactstore_core.errors import (
     ArtifactStoreError,
     BackendUnavailableError,
@@ -44,7 +52,6 @@ from artifactstore_core.errors import (
 )
 from artifactstore_core.ids import validate_namespace, validate_step_id
 from artifactstore_core.message import Message as ArtifactMessage
-from artifactstore_core.message import canonical_json
 from artifactstore_core.registry import plugin_host
 from artifactstore_core.settings import CoreSettings, load_settings
 
@@ -64,7 +71,7 @@ from .protocol import (
     problem_document,
     status_for,
 )
-from .settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_BYTES, MIN_TOKEN_LENGTH, head_allowance
+from .settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_BYTES, MIN_TOKEN_LENGTH, _head_setting, head_allowance
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_JSON_BYTES", "StoreFactory", "create_app", "default_store_factory"]
 
@@ -79,6 +86,10 @@ DEFAULT_LIST_LIMIT = 1000
 # and long numbers only shrink; a float's repr is at most 24 characters, and floats of 1e16 and up keep an
 # exponent. JSON content sent this many times under the limit cannot be stored over it.
 _MAX_JSON_GROWTH = 5
+# What a head can gain once stored besides that growth of its metadata and schema: the store's own "mac" and
+# "compression", created_at written with microseconds, a schema's absent fields written as null, a digit
+# more of "size". Far more than those take.
+_HEAD_GROWTH_SLACK = 256
 MAX_LIST_LIMIT = 10_000
 
 _UNAUTHORIZED = problem_document(
@@ -360,7 +371,8 @@ class _App:
         self._token = token.get_secret_value().encode("ascii") if token is not None else None
         self._max_body = max_body_bytes
         # The limit counts content; a body may carry the envelope's head on top (see head_allowance).
-        self._max_head = head_allowance(max_body_bytes)
+        self._max_head = head_allowance(max_body_bytes, max_json_bytes)
+        self._head_setting = _head_setting(max_body_bytes, max_json_bytes, "ARTIFACT_STORE_SERVER_")
         self._max_request = max_body_bytes + self._max_head
         self._max_json = max_json_bytes
 
@@ -481,7 +493,8 @@ class _App:
         body = await self._read_body(request, step_id)
 
         def work() -> None:
-            # The payload verified here is not hashed again when the backend encodes the same content.
+            # The payload verified here is not hashed again when the backend encodes the same content, nor is
+            # JSON content measured as stored (below) encoded again.
             with self._cache.acquire(namespace) as store, reusing_verified_digests():
                 codec = store.codec
                 # The client signed the body for the namespace and id of the URL, whatever the store's
@@ -489,15 +502,19 @@ class _App:
                 place = (namespace, step_id)
                 view = memoryview(body)
                 try:
-                    header = codec.header_of(view, place=place)
+                    # The head's size is known from its prefix, and its header (JSON) is refused over the
+                    # allowance before it is parsed.
                     head_size = codec.head_size(view)
-                    self._check_sizes(header, head_size, step_id)
+                    self._check_head_size(head_size, step_id)
+                    header = codec.header_of(view, place=place)
+                    self._check_sizes(header, step_id)
                     self._check_json_size(header, step_id)
                     # The server's own codec verifies the digest (and the signature, with a signing key).
                     # The head is verified once: the payload is what follows it.
                     message = codec.decode_payload(header, view[head_size:])
                     if header.codec == "json":
                         self._check_stored_json_size(message, header, step_id)
+                    self._check_stored_head_size(codec, message, header, head_size, place)
                 except ConfigurationError as exc:
                     # A signed artifact sent to a server without the key: the request is what is wrong.
                     raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
@@ -523,9 +540,24 @@ class _App:
         request.state.body_read = True
         return body
 
-    def _check_sizes(self, header: Header, head_size: int, step_id: str) -> None:
-        """Refuse content or a stored payload over the body limit, or a head over its allowance, from the
-        verified header, before the payload is hashed or decompressed.
+    def _check_head_size(self, head_size: int, step_id: str) -> None:
+        """Refuse a head over its allowance from its prefix, before its header is parsed.
+
+        The header is JSON (the metadata and schema), which costs many times its text once parsed, like JSON
+        content: it is bounded by ``MAX_JSON_BYTES`` too (see :func:`~.settings.head_allowance`).
+        """
+        if head_size > self._max_head:
+            raise PayloadTooLargeError(
+                f"artifact {step_id!r} has an envelope head of {head_size} bytes (its header, the JSON of its "
+                f"metadata and schema, is {head_size - PREFIX_SIZE - TAG_SIZE}); this server accepts a head of at "
+                f"most {self._max_head} bytes ({self._head_setting}, up to the format's largest head), because "
+                "it parses the header; send large data as content",
+                step_id=step_id,
+            )
+
+    def _check_sizes(self, header: Header, step_id: str) -> None:
+        """Refuse content or a stored payload over the body limit from the verified header, before the
+        payload is hashed or decompressed.
 
         The limit counts the content (and the stored payload, which an honest writer never makes larger),
         not the head: the server re-encodes what it serves with its own codec, so what a client with the
@@ -537,13 +569,6 @@ class _App:
             raise PayloadTooLargeError(
                 f"artifact {step_id!r} holds {largest} bytes of {what}; this server accepts at most "
                 f"{self._max_body} (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES)",
-                step_id=step_id,
-            )
-        if head_size > self._max_head:
-            raise PayloadTooLargeError(
-                f"artifact {step_id!r} has an envelope head of {head_size} bytes (its metadata and schema); this "
-                f"server accepts a head of at most {self._max_head} bytes (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES, "
-                "up to the format's largest head)",
                 step_id=step_id,
             )
 
@@ -569,12 +594,14 @@ class _App:
         stored, and served, as ``1000000000000000.0``. Measured from the text sent, such content was saved and
         then refused by this server's own GET (over ``MAX_JSON_BYTES``, from a byte backend) or by a client with
         the server's limits. The stored form is measured only where it can matter (:data:`_MAX_JSON_GROWTH`), so
-        a save of JSON content well under the limits encodes nothing more.
+        a save of JSON content well under the limits encodes nothing more. Called within
+        :func:`~artifactstore_core.envelope.reusing_verified_digests`, where the store's encode of this
+        message reuses the encoding measured here instead of building it again.
         """
         limit = min(self._max_json, self._max_body)
         if header.size * _MAX_JSON_GROWTH <= limit:
             return
-        stored = len(canonical_json(message.content))
+        stored = len(content_bytes(message)[1])
         if stored <= limit:
             return
         setting = (
@@ -588,6 +615,44 @@ class _App:
             f"{limit} ({setting}), because it parses JSON content to serve it; send it as this project's client "
             "does, or send large data as bytes or text",
             step_id=step_id,
+        )
+
+    def _check_stored_head_size(
+        self, codec: Codec, message: ArtifactMessage, header: Header, head_size: int, place: tuple[str, str]
+    ) -> None:
+        """Refuse a head whose stored form is over the allowance, though the head sent was within it.
+
+        The store writes the head anew (canonical metadata and schema, its own ``mac`` and compression), and
+        this server serves that head: a head sent with metadata written ``1e15`` grows 4.5 times once stored,
+        and would be saved and then refused by every client with the server's limits. Measured only where it
+        can matter, like JSON content (:data:`_MAX_JSON_GROWTH`); the canonical metadata and schema measured
+        here are reused by the store's encode (within ``reusing_verified_digests``), not built again.
+        """
+        if head_size * _MAX_JSON_GROWTH + _HEAD_GROWTH_SLACK <= self._max_head:
+            return
+        size = len(content_bytes(message)[1]) if header.codec == "json" else header.size
+        threshold = codec.compress_threshold
+        fields: dict[str, Any] = {
+            "codec": header.codec, "media_type": message.media_type, "schema": message.schema,
+            "metadata": message.metadata, "created_at": message.created_at, "size": size, "digest": header.digest,
+            "place": place,
+        }  # fmt: skip
+        # Whether the store compresses the payload changes the head by a few bytes ("zstd" for null, fewer
+        # digits of "stored_size"); the head without compression is the smallest it can be, and with it the
+        # largest. Only a head within those bytes of the allowance needs the store's very encoding.
+        stored = len(codec.encode_head(**fields)[0])
+        if header.codec != "bytes" and threshold is not None and size >= threshold:
+            largest = len(codec.encode_head(**fields, stored_size=size, compression="zstd")[0])
+            if stored <= self._max_head < largest:
+                stored = len(codec.encode(message, place=place).head)
+        if stored <= self._max_head:
+            return
+        raise PayloadTooLargeError(
+            f"artifact {place[1]!r} has an envelope head of {head_size} bytes as sent, but {stored} bytes as "
+            f"stored (canonical JSON of its metadata and schema: compact, keys sorted, numbers as Python writes "
+            f"them); this server accepts a head of at most {self._max_head} bytes ({self._head_setting}, up to "
+            "the format's largest head), because it parses the header to serve it",
+            step_id=place[1],
         )
 
     def _too_large(self, size: int | None, step_id: str) -> PayloadTooLargeError:

@@ -47,17 +47,28 @@ def _token_problem(token: str) -> str | None:
     return None
 
 
-def head_allowance(max_body_bytes: int) -> int:
+def head_allowance(max_body_bytes: int, max_json_bytes: int) -> int:
     """The most bytes of envelope head an artifact's body may carry on top of ``max_body_bytes`` of payload.
 
     The one rule the server and the client share: ``MAX_BODY_BYTES`` counts an artifact's content (the
     header's ``size``, after decompression) and its stored payload, never the head, whose size depends on
     the metadata and schema and on how the writer compressed (a server re-encodes what it serves with its
-    own codec). So whatever content a server accepts, a client with the same limit reads. The head is
-    bounded apart: by the format's largest head (:data:`~artifactstore_http.settings.MAX_HEAD_BYTES`) and
-    by the limit itself, so that a body is never more than twice the limit. Raises nothing.
+    own codec). So whatever content a server accepts, a client with the same limits reads. The head is
+    bounded apart: by the format's largest head (:data:`~artifactstore_http.settings.MAX_HEAD_BYTES`), by
+    the body limit itself, so that a body is never more than twice the limit, and by ``max_json_bytes``:
+    the head's header is JSON text (the metadata and schema) that the reader parses, which costs many times
+    its text in memory like JSON content, so it is bounded by the same ``MAX_JSON_BYTES`` (the head is at
+    most ``max_json_bytes`` of header and the fixed 41 bytes of prefix and tag). Raises nothing.
     """
-    return min(max_body_bytes, MAX_HEAD_BYTES)
+    return min(max_body_bytes, PREFIX_SIZE + min(MAX_HEADER_SIZE, max_json_bytes) + TAG_SIZE)
+
+
+def _head_setting(max_body_bytes: int, max_json_bytes: int, prefix: str) -> str:
+    # The setting (MAX_JSON_BYTES or MAX_BODY_BYTES, after prefix) that decides head_allowance, for error
+    # messages: the body limit unless the JSON limit is the lower bound.
+    if PREFIX_SIZE + min(MAX_HEADER_SIZE, max_json_bytes) + TAG_SIZE < min(max_body_bytes, MAX_HEAD_BYTES):
+        return f"{prefix}MAX_JSON_BYTES"
+    return f"{prefix}MAX_BODY_BYTES"
 
 
 def is_loopback(host: str) -> bool:
