@@ -734,8 +734,8 @@ class StoreConformance:
     def test_get_many_decodes_within_the_callers_context(self, store: ArtifactStore) -> None:
         # A limit the caller sets on decoding (the artifact server sets limiting_json_content around a read)
         # holds in get_many as it does in get, also where the backend decodes in worker threads of its own:
-        # a pool's threads run in a context of their own, so each task must be submitted in a copy of the
-        # caller's (contextvars.copy_context().run; see docs/writing-a-backend.md).
+        # a pool's threads run in a context of their own, so each task must run in a copy of the caller's
+        # (artifactstore_core.store.ContextThreadPoolExecutor; see docs/writing-a-backend.md).
         items = {f"ctx-{index}": Message(content=[{"i": i} for i in range(100)]) for index in range(4)}
         store.save_many(items)
         with limiting_json_content(64, setting="CONFORMANCE_JSON_LIMIT"):

@@ -25,6 +25,7 @@ from artifactstore_core import (
     UnsupportedOperationError,
 )
 from artifactstore_core.ids import encode_name
+from artifactstore_core.store import ContextThreadPoolExecutor
 from artifactstore_core.testing import StoreConformance
 from artifactstore_example import _LOCK, _SHELF, ExampleStore
 
@@ -137,6 +138,28 @@ class PooledGetManyStore(ExampleStore):
             return dict(zip(step_ids, pool.map(self._get, step_ids), strict=True))
 
 
+class PooledSaveManyStore(ExampleStore):
+    """Encodes a batch on a thread pool whose workers run in their own context, not the caller's."""
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(self._save, step_id, message, overwrite, ttl) for step_id, message in items]:
+                future.result()
+
+
+class ContextPooledStore(ExampleStore):
+    """PooledGetManyStore and PooledSaveManyStore made right: their pools are ContextThreadPoolExecutors."""
+
+    def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
+        with ContextThreadPoolExecutor(max_workers=4) as pool:
+            return dict(zip(step_ids, pool.map(self._get, step_ids), strict=True))
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        with ContextThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(self._save, step_id, message, overwrite, ttl) for step_id, message in items]:
+                future.result()
+
+
 class StorageOrderPageStore(ExampleStore):
     """Pages in the order of its storage names (``encode_name``), as a backend that pages with a sorted
     key range (S3's ``StartAfter``) would: "%41" (for "A") sorts before "-", unlike the ids."""
@@ -209,6 +232,12 @@ def test_kit_catches_batch_workers_outside_the_callers_context() -> None:
         StoreConformance().test_get_many_decodes_within_the_callers_context(new_store())
 
 
+def test_kit_catches_batch_saves_outside_the_callers_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its save_many hashed again payloads the caller had verified within reusing_verified_digests.
+    with stores(PooledSaveManyStore) as new_store, pytest.raises(KIT_FAILURES, match="outside its context"):
+        StoreConformance().test_save_many_encodes_within_the_callers_context(new_store(), monkeypatch)
+
+
 def test_kit_catches_pages_in_storage_name_order() -> None:
     with stores(StorageOrderPageStore) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_list_page_is_in_step_id_order_after_any_id(new_store())
@@ -236,11 +265,26 @@ def test_kit_catches_a_failure_reported_as_absent() -> None:
         lambda kit, new_store, monkeypatch: kit.test_reads_verify_the_stored_digest(new_store(), monkeypatch),
         lambda kit, new_store, monkeypatch: kit.test_registered_as_it_names_itself(new_store()),
         lambda kit, new_store, monkeypatch: kit.test_get_many_decodes_within_the_callers_context(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_save_many_encodes_within_the_callers_context(
+            new_store(), monkeypatch
+        ),
         lambda kit, new_store, monkeypatch: kit.test_list_page_is_in_step_id_order_after_any_id(new_store()),
     ],
-    ids=["stale", "clear", "page", "verify", "registration", "context", "list_page"],
+    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page"],
 )
 def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
     # The control: each check above fails because of the bug, not because it fails everything.
     with stores(ExampleStore) as new_store:
         check(StoreConformance(), new_store, monkeypatch)
+
+
+@pytest.mark.parametrize("check", ["get_many", "save_many"])
+def test_batches_on_a_context_thread_pool_pass(check: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fix the docs give for PooledGetManyStore and PooledSaveManyStore: the same pools, started as
+    # ContextThreadPoolExecutor, pass the checks those fail.
+    kit = StoreConformance()
+    with stores(ContextPooledStore) as new_store:
+        if check == "get_many":
+            kit.test_get_many_decodes_within_the_callers_context(new_store())
+        else:
+            kit.test_save_many_encodes_within_the_callers_context(new_store(), monkeypatch)
