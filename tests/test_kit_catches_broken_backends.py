@@ -86,6 +86,38 @@ class UnverifiedStore(ExampleStore):
         return Codec.message_from(header, content)
 
 
+class UnplacedStore(ExampleStore):
+    """Encodes and decodes without ``place=``: with a signing key, a copy under another id is accepted."""
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        encoded = self.codec.encode(message)
+        with _LOCK:
+            existing = self._blobs.get(step_id)
+            if existing is not None and not overwrite:
+                if self.codec.header_of(existing).identity() == encoded.header.identity():
+                    return
+                raise self._exists_error(step_id)
+            self._blobs[step_id] = encoded.to_bytes()
+
+    def _get(self, step_id: str) -> Message:
+        blob = self._blobs.get(step_id)
+        if blob is None:
+            raise self._not_found(step_id)
+        return self.codec.decode_bytes(blob)
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        with _LOCK:
+            snapshot = list(self._blobs.items())
+        return [self.codec.header_of(blob).info(step_id) for step_id, blob in snapshot]
+
+
+class UnplacedUnverifiedStore(UnplacedStore, UnverifiedStore):
+    """UnverifiedStore's reads, and UnplacedStore's writes: no place, so the kit once took it for a store
+    of messages (like memory) and did not check its reads at all."""
+
+    _get = UnverifiedStore._get
+
+
 class NamelessStore(ExampleStore):
     """Forgot backend_name: its errors name backend 'unknown'."""
 
@@ -211,6 +243,33 @@ def test_kit_catches_reads_that_do_not_verify(monkeypatch: pytest.MonkeyPatch) -
         StoreConformance().test_reads_verify_the_stored_digest(new_store(), monkeypatch)
 
 
+def test_kit_catches_reads_that_do_not_verify_of_a_store_that_passes_no_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with stores(UnplacedUnverifiedStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_reads_verify_the_stored_digest(new_store(), monkeypatch)
+
+
+def test_kit_catches_codec_calls_without_the_artifacts_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a signing key such a store works; with one, an artifact copied to another id or namespace is
+    # accepted, because its signature was never bound to its place.
+    with stores(UnplacedStore) as new_store, pytest.raises(KIT_FAILURES, match=r"encode\(place=None\)"):
+        StoreConformance().test_every_codec_call_names_the_artifacts_place(new_store(), monkeypatch)
+    codec = Codec(signing_key=b"a signing key of the test")
+    writer, reader = (
+        UnplacedStore(namespace="unplaced-a", codec=codec),
+        UnplacedStore(namespace="unplaced-b", codec=codec),
+    )
+    try:
+        writer.save("approved", Message(content=b"approved"))
+        reader._blobs["other"] = writer._blobs["approved"]  # a copy by someone without the key
+        assert reader.get("other").content == b"approved"  # accepted: what the check guards against
+    finally:
+        for store in (writer, reader):
+            ExampleStore._clear(store)
+            store.close()
+
+
 @pytest.mark.parametrize("cls", [NamelessStore, OverclaimingStore], ids=["nameless", "overclaiming"])
 def test_kit_catches_a_store_unlike_its_registration(cls: type[ExampleStore]) -> None:
     with stores(cls) as new_store, pytest.raises(KIT_FAILURES):
@@ -269,8 +328,11 @@ def test_kit_catches_a_failure_reported_as_absent() -> None:
             new_store(), monkeypatch
         ),
         lambda kit, new_store, monkeypatch: kit.test_list_page_is_in_step_id_order_after_any_id(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_every_codec_call_names_the_artifacts_place(
+            new_store(), monkeypatch
+        ),
     ],
-    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page"],
+    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page", "place"],
 )
 def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
     # The control: each check above fails because of the bug, not because it fails everything.
