@@ -348,8 +348,9 @@ def limiting_json_content(max_bytes: int, *, setting: str) -> Iterator[None]:
     :meth:`~artifactstore_core.Codec.decode`).
 
     A thread that a store starts for its own work (a worker of a ``ThreadPoolExecutor``) runs in a context
-    of its own, where this limit does not hold: backends that decode on worker threads submit each task in
-    a copy of the caller's context (``contextvars.copy_context().run``), as the first-party ones do.
+    of its own, where this limit does not hold: backends that decode on worker threads run them on a
+    :class:`~artifactstore_core.store.ContextThreadPoolExecutor`, which runs each task in a copy of the
+    caller's context, as the first-party ones do.
 
     Raises nothing of its own.
     """

@@ -223,7 +223,11 @@ class PluginHost:
                 return spec
         offered = ", ".join(repr(spec.name) for spec in specs) or "nothing"
         # A spec's name must be the entry point's: the name users select is what the installer recorded.
-        why = "; a BackendSpec's name must equal its entry point's name" if specs else _why_nothing(plugin, returned)
+        why = (
+            "; a BackendSpec's name must equal its entry point's name"
+            if specs
+            else _why_nothing(plugin, returned, ep.value)
+        )
         raise PluginLoadError(f"{where} registered {offered}, not backend {name!r}{why}", backend=name)
 
     def _hook_of(self, hook: str, key: str) -> Any:
@@ -398,8 +402,11 @@ def _settings_problem(name: str, model: type[Any]) -> str | None:
     return None
 
 
-def _why_nothing(plugin: object, returned: object) -> str:
-    """Why a plugin registered nothing, for the message: the mistakes a plugin author actually makes."""
+def _why_nothing(plugin: object, returned: object, value: str) -> str:
+    """Why a plugin registered nothing, for the message: the mistakes a plugin author actually makes.
+
+    ``value`` is the entry point's value (``module`` or ``module:attribute``).
+    """
     if isinstance(returned, list) and returned:
         kind = type(returned[0]).__name__
         return (
@@ -409,12 +416,33 @@ def _why_nothing(plugin: object, returned: object) -> str:
     hook = getattr(plugin, "artifactstore_register_backends", None)
     if hook is not None and not hasattr(hook, f"{hookspecs.PROJECT_NAME}_impl"):
         return ": its artifactstore_register_backends is not decorated with @artifactstore_core.hookimpl"
+    if hook is None and not isinstance(plugin, ModuleType):
+        # "module:attribute", pointing at the store class or at the hook function itself: what was loaded
+        # is that object, which has no hook of its own (a module, or an object holding the hook, does).
+        module = value.partition(":")[0].strip()
+        if _is_hook(plugin):
+            what = "the hook function itself"
+        elif isinstance(plugin, type):
+            what = f"the class {plugin.__name__}"
+        else:
+            what = f"a {type(plugin).__name__} object"
+        return (
+            f": the entry point names {what}, not the module that defines the hook; "
+            f"make its value the module: {module!r}"
+        )
     if hook is None:
         names = sorted(n for n in dir(plugin) if n.startswith("artifactstore_") and callable(getattr(plugin, n)))
         close = difflib.get_close_matches("artifactstore_register_backends", names, n=1, cutoff=0.8)
         guess = f" (found {close[0]!r}: a misspelling?)" if close else ""
         return f": the module defines no artifactstore_register_backends hook{guess}"
     return ": its artifactstore_register_backends never called register()"
+
+
+def _is_hook(plugin: object) -> bool:
+    """Whether ``plugin`` is an ``artifactstore_register_backends`` function decorated as a hook."""
+    return getattr(plugin, "__name__", None) == "artifactstore_register_backends" and hasattr(
+        plugin, f"{hookspecs.PROJECT_NAME}_impl"
+    )
 
 
 _host: PluginHost | None = None

@@ -9,14 +9,16 @@ Public methods validate their arguments (before any I/O), check the store is ope
 from __future__ import annotations
 
 import builtins
+import contextvars
 import heapq
 import io
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from types import TracebackType
-from typing import IO, Any, ClassVar, Generic, NoReturn, TypeVar
+from typing import IO, Any, ClassVar, Generic, NoReturn, ParamSpec, TypeVar
 
 from .envelope import Codec, content_stream
 from .errors import (
@@ -35,7 +37,7 @@ from .ids import validate_namespace, validate_step_id
 from .message import MEDIA_TYPE_BYTES, Message, SchemaInfo
 from .models import ArtifactInfo, Capabilities
 
-__all__ = ["MAX_TTL", "ArtifactStore", "Ttl", "checked_read", "smallest_after"]
+__all__ = ["MAX_TTL", "ArtifactStore", "ContextThreadPoolExecutor", "Ttl", "checked_read", "smallest_after"]
 
 #: A time to live: seconds (int or float) or a :class:`~datetime.timedelta`.
 Ttl = float | int | timedelta
@@ -49,6 +51,38 @@ _FALLBACK_CHUNK = 8 * 1024 * 1024
 
 _T = TypeVar("_T")
 _H = TypeVar("_H")
+_P = ParamSpec("_P")
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """A :class:`~concurrent.futures.ThreadPoolExecutor` whose every task runs in a copy of the context of
+    the thread (or asyncio task) that submitted it, as a call made there would.
+
+    A pool's worker threads otherwise run in a context of their own, where the context variables the caller
+    set do not hold: :func:`~artifactstore_core.envelope.limiting_json_content` (the artifact server sets it
+    around every read it answers) and :func:`~artifactstore_core.envelope.reusing_verified_digests` (around
+    every save). A backend that decodes or encodes on threads of its own (``_get_many``, ``_save_many``, a
+    multipart upload) would then parse JSON its caller had bounded, or hash payloads again. Use this class
+    wherever a backend would use ``ThreadPoolExecutor``: it takes the same arguments, and ``submit``,
+    ``map`` and ``loop.run_in_executor`` (which call ``submit`` in the caller's thread) all carry the
+    context. The first-party filesystem, s3 and http backends use it for every pool they start.
+
+    The copy is taken when the task is submitted, one per task (a context cannot be entered by two threads
+    at once), so a variable the task sets stays in its copy and a variable the caller sets after submitting
+    does not reach it. Costs one :func:`contextvars.copy_context` per task, which copies no data.
+
+    Raises what :meth:`ThreadPoolExecutor.submit <concurrent.futures.Executor.submit>` raises
+    (``RuntimeError`` after ``shutdown``); a task's own exception is raised by its future's ``result()``.
+    """
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Schedule ``fn(*args, **kwargs)`` to run in a copy of the calling thread's current context.
+
+        Raises:
+            RuntimeError: the executor was shut down (or the interpreter is exiting).
+        """
+        run: Callable[..., _T] = contextvars.copy_context().run  # taken here, in the submitting thread
+        return super().submit(run, fn, *args, **kwargs)
 
 
 class _Largest(Generic[_H]):

@@ -734,8 +734,8 @@ class StoreConformance:
     def test_get_many_decodes_within_the_callers_context(self, store: ArtifactStore) -> None:
         # A limit the caller sets on decoding (the artifact server sets limiting_json_content around a read)
         # holds in get_many as it does in get, also where the backend decodes in worker threads of its own:
-        # a pool's threads run in a context of their own, so each task must be submitted in a copy of the
-        # caller's (contextvars.copy_context().run; see docs/writing-a-backend.md).
+        # a pool's threads run in a context of their own, so each task must run in a copy of the caller's
+        # (artifactstore_core.store.ContextThreadPoolExecutor; see docs/writing-a-backend.md).
         items = {f"ctx-{index}": Message(content=[{"i": i} for i in range(100)]) for index in range(4)}
         store.save_many(items)
         with limiting_json_content(64, setting="CONFORMANCE_JSON_LIMIT"):
@@ -1145,17 +1145,20 @@ class StoreConformance:
         encode = codec.encode
         damaged: list[str] = []
 
+        payload = b"a payload whose last byte is flipped once encoded"
+
         def damaging_encode(message: Message, *, place: tuple[str, str] | None = None) -> Encoded:
             encoded = encode(message, place=place)
-            if place is None or place[1] != "damaged":
+            # Recognised by its content, not by place: a backend that passes no place must be checked too.
+            if message.content != payload:
                 return encoded
-            damaged.append(place[1])
+            damaged.append("damaged")
             flipped = encoded.payload[:-1] + bytes([encoded.payload[-1] ^ 0x01])
             return dataclasses.replace(encoded, payload=flipped)
 
         monkeypatch.setattr(codec, "encode", damaging_encode)
         try:
-            store.save("damaged", Message(content=b"a payload whose last byte is flipped once encoded"))
+            store.save("damaged", Message(content=payload))
         except ArtifactCorruptedError:
             # Verified on the way in (a server that checks what it is sent): refused, and nothing stored.
             assert not store.exists("damaged")
@@ -1171,6 +1174,43 @@ class StoreConformance:
             store.get_many(["damaged"])
         with pytest.raises(ArtifactCorruptedError):
             _read_all(store, "damaged")
+
+    def test_every_codec_call_names_the_artifacts_place(
+        self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # With a signing key (ARTIFACT_STORE_SIGNING_KEY) the codec binds each signature to the artifact's
+        # place, (namespace, step id), so that an artifact copied to another id or namespace is refused. It
+        # can only do so when the backend passes place= to every call that writes or verifies a head; one that
+        # passes none works without a key (as every other test here runs) and with one, and never refuses a
+        # copy. Each such call on the store's codec is recorded here with the place it was given.
+        codec = store.codec
+        calls: list[tuple[str, object]] = []
+        for name in ("encode", "encode_stream_head", "decode", "decode_bytes", "decode_head", "header_of"):
+            real = getattr(codec, name)
+
+            def recording(*args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+                calls.append((_name, kwargs.get("place")))
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(codec, name, recording)
+        ids = ("placed", "placed/many", "placed-stream")
+        store.save(ids[0], Message(content={"k": [1, 2]}))
+        store.save(ids[0], Message(content={"k": [1, 2]}))  # an identical retry compares with the stored one
+        store.save_many({ids[1]: Message(content=b"\x00many")})
+        store.save_stream(ids[2], io.BytesIO(b"streamed " * 1000))
+        store.get(ids[0])
+        store.get_many(list(ids))
+        store.info(ids[1])
+        list(store.list())
+        _read_all(store, ids[2])
+        wrong = sorted(
+            {f"{name}(place={place!r})" for name, place in calls if place not in {(store.namespace, i) for i in ids}}
+        )
+        assert not wrong, (
+            f"codec calls without the artifact's place=(store.namespace, step_id): {', '.join(wrong)}; with a "
+            "signing key, signatures would not be bound to the artifact, and a copy under another id or "
+            "namespace would be accepted (see docs/writing-a-backend.md)"
+        )
 
     def test_registered_as_it_names_itself(self, store: ArtifactStore) -> None:
         # Errors name store.backend_name; the pipeline runtime and `artifactstore backends` read the

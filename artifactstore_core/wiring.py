@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,9 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
         BackendNotFoundError: no backend of that name is installed (with the ``pip install`` line, or a
             "did you mean").
         PluginLoadError: the backend's plugin failed to load, or its factory returned something that is not
-            an ``ArtifactStore`` (the message names its distribution and version).
+            an ``ArtifactStore``, or a store not built from the ``StoreContext`` it was given (with a codec of
+            its own instead of ``context.codec``, bound to another namespace, or whose ``__init__`` skipped
+            ``ArtifactStore.__init__``); the message names its distribution and version.
         InvalidStepIdError: the namespace is not legal.
         BackendError: the backend could not be set up: any error of its factory that is not an
             artifactstore error becomes one, naming the backend and its distribution, with the original
@@ -92,7 +95,40 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             f"{type(store).__name__}, not an ArtifactStore",
             backend=spec.name,
         )
+    problem = _misbuilt(store, context)
+    if problem is not None:
+        # Each of these fails silently or far from here: a codec of the store's own drops the signing key
+        # (it writes unsigned artifacts and accepts forged ones), another namespace mixes executions, and a
+        # store whose __init__ skipped the base's raises a bare AttributeError on first use.
+        with contextlib.suppress(Exception):  # the store is unusable; the error below is what matters
+            store.close()
+        raise PluginLoadError(
+            f"backend {spec.name!r} ({plugin_host().origin(spec.name)}) is broken: its factory {problem}",
+            backend=spec.name,
+        )
     return store
+
+
+def _misbuilt(store: ArtifactStore, context: StoreContext) -> str | None:
+    """What is wrong with a store a factory built from ``context`` (for the message), or ``None``. Raises nothing."""
+    try:
+        namespace, codec = store.namespace, store.codec
+    except AttributeError:
+        return (
+            f"returned a {type(store).__name__} whose __init__ did not call ArtifactStore.__init__; call "
+            "super().__init__(namespace=context.namespace, codec=context.codec)"
+        )
+    if namespace != context.namespace:
+        return (
+            f"bound the store to namespace {namespace!r}, not {context.namespace!r}; pass namespace=context.namespace"
+        )
+    if codec is not context.codec:
+        return (
+            "built the store with a codec of its own, so the signing key and compression settings "
+            "(ARTIFACT_STORE_SIGNING_KEY, ARTIFACT_STORE_COMPRESSION, ARTIFACT_STORE_COMPRESS_THRESHOLD) do not "
+            "apply to it; pass codec=context.codec"
+        )
+    return None
 
 
 def _factory_error(name: str, origin: str, exc: Exception) -> ArtifactStoreError:

@@ -51,7 +51,7 @@ nitpick_ignore_regex = [
     # needs the network, and the docs build offline. Bases, annotations and docstrings name them.
     (
         r"py:.*",
-        r"(abc|collections|contextlib|datetime|enum|functools|importlib|io|os|pathlib|subprocess|types|typing)\..*",
+        r"(abc|collections|concurrent|contextlib|contextvars|datetime|enum|functools|importlib|io|os|pathlib|subprocess|types|typing)\..*",
     ),
     (
         r"py:.*",

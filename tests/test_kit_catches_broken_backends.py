@@ -25,6 +25,7 @@ from artifactstore_core import (
     UnsupportedOperationError,
 )
 from artifactstore_core.ids import encode_name
+from artifactstore_core.store import ContextThreadPoolExecutor
 from artifactstore_core.testing import StoreConformance
 from artifactstore_example import _LOCK, _SHELF, ExampleStore
 
@@ -85,6 +86,38 @@ class UnverifiedStore(ExampleStore):
         return Codec.message_from(header, content)
 
 
+class UnplacedStore(ExampleStore):
+    """Encodes and decodes without ``place=``: with a signing key, a copy under another id is accepted."""
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        encoded = self.codec.encode(message)
+        with _LOCK:
+            existing = self._blobs.get(step_id)
+            if existing is not None and not overwrite:
+                if self.codec.header_of(existing).identity() == encoded.header.identity():
+                    return
+                raise self._exists_error(step_id)
+            self._blobs[step_id] = encoded.to_bytes()
+
+    def _get(self, step_id: str) -> Message:
+        blob = self._blobs.get(step_id)
+        if blob is None:
+            raise self._not_found(step_id)
+        return self.codec.decode_bytes(blob)
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        with _LOCK:
+            snapshot = list(self._blobs.items())
+        return [self.codec.header_of(blob).info(step_id) for step_id, blob in snapshot]
+
+
+class UnplacedUnverifiedStore(UnplacedStore, UnverifiedStore):
+    """UnverifiedStore's reads, and UnplacedStore's writes: no place, so the kit once took it for a store
+    of messages (like memory) and did not check its reads at all."""
+
+    _get = UnverifiedStore._get
+
+
 class NamelessStore(ExampleStore):
     """Forgot backend_name: its errors name backend 'unknown'."""
 
@@ -135,6 +168,28 @@ class PooledGetManyStore(ExampleStore):
     def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
         with ThreadPoolExecutor(max_workers=4) as pool:
             return dict(zip(step_ids, pool.map(self._get, step_ids), strict=True))
+
+
+class PooledSaveManyStore(ExampleStore):
+    """Encodes a batch on a thread pool whose workers run in their own context, not the caller's."""
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(self._save, step_id, message, overwrite, ttl) for step_id, message in items]:
+                future.result()
+
+
+class ContextPooledStore(ExampleStore):
+    """PooledGetManyStore and PooledSaveManyStore made right: their pools are ContextThreadPoolExecutors."""
+
+    def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
+        with ContextThreadPoolExecutor(max_workers=4) as pool:
+            return dict(zip(step_ids, pool.map(self._get, step_ids), strict=True))
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        with ContextThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(self._save, step_id, message, overwrite, ttl) for step_id, message in items]:
+                future.result()
 
 
 class StorageOrderPageStore(ExampleStore):
@@ -188,6 +243,33 @@ def test_kit_catches_reads_that_do_not_verify(monkeypatch: pytest.MonkeyPatch) -
         StoreConformance().test_reads_verify_the_stored_digest(new_store(), monkeypatch)
 
 
+def test_kit_catches_reads_that_do_not_verify_of_a_store_that_passes_no_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with stores(UnplacedUnverifiedStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_reads_verify_the_stored_digest(new_store(), monkeypatch)
+
+
+def test_kit_catches_codec_calls_without_the_artifacts_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a signing key such a store works; with one, an artifact copied to another id or namespace is
+    # accepted, because its signature was never bound to its place.
+    with stores(UnplacedStore) as new_store, pytest.raises(KIT_FAILURES, match=r"encode\(place=None\)"):
+        StoreConformance().test_every_codec_call_names_the_artifacts_place(new_store(), monkeypatch)
+    codec = Codec(signing_key=b"a signing key of the test")
+    writer, reader = (
+        UnplacedStore(namespace="unplaced-a", codec=codec),
+        UnplacedStore(namespace="unplaced-b", codec=codec),
+    )
+    try:
+        writer.save("approved", Message(content=b"approved"))
+        reader._blobs["other"] = writer._blobs["approved"]  # a copy by someone without the key
+        assert reader.get("other").content == b"approved"  # accepted: what the check guards against
+    finally:
+        for store in (writer, reader):
+            ExampleStore._clear(store)
+            store.close()
+
+
 @pytest.mark.parametrize("cls", [NamelessStore, OverclaimingStore], ids=["nameless", "overclaiming"])
 def test_kit_catches_a_store_unlike_its_registration(cls: type[ExampleStore]) -> None:
     with stores(cls) as new_store, pytest.raises(KIT_FAILURES):
@@ -207,6 +289,12 @@ def test_kit_catches_batch_workers_outside_the_callers_context() -> None:
     # Its get_many parsed JSON content that get, within limiting_json_content, refused.
     with stores(PooledGetManyStore) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_get_many_decodes_within_the_callers_context(new_store())
+
+
+def test_kit_catches_batch_saves_outside_the_callers_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its save_many hashed again payloads the caller had verified within reusing_verified_digests.
+    with stores(PooledSaveManyStore) as new_store, pytest.raises(KIT_FAILURES, match="outside its context"):
+        StoreConformance().test_save_many_encodes_within_the_callers_context(new_store(), monkeypatch)
 
 
 def test_kit_catches_pages_in_storage_name_order() -> None:
@@ -236,11 +324,29 @@ def test_kit_catches_a_failure_reported_as_absent() -> None:
         lambda kit, new_store, monkeypatch: kit.test_reads_verify_the_stored_digest(new_store(), monkeypatch),
         lambda kit, new_store, monkeypatch: kit.test_registered_as_it_names_itself(new_store()),
         lambda kit, new_store, monkeypatch: kit.test_get_many_decodes_within_the_callers_context(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_save_many_encodes_within_the_callers_context(
+            new_store(), monkeypatch
+        ),
         lambda kit, new_store, monkeypatch: kit.test_list_page_is_in_step_id_order_after_any_id(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_every_codec_call_names_the_artifacts_place(
+            new_store(), monkeypatch
+        ),
     ],
-    ids=["stale", "clear", "page", "verify", "registration", "context", "list_page"],
+    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page", "place"],
 )
 def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
     # The control: each check above fails because of the bug, not because it fails everything.
     with stores(ExampleStore) as new_store:
         check(StoreConformance(), new_store, monkeypatch)
+
+
+@pytest.mark.parametrize("check", ["get_many", "save_many"])
+def test_batches_on_a_context_thread_pool_pass(check: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fix the docs give for PooledGetManyStore and PooledSaveManyStore: the same pools, started as
+    # ContextThreadPoolExecutor, pass the checks those fail.
+    kit = StoreConformance()
+    with stores(ContextPooledStore) as new_store:
+        if check == "get_many":
+            kit.test_get_many_decodes_within_the_callers_context(new_store())
+        else:
+            kit.test_save_many_encodes_within_the_callers_context(new_store(), monkeypatch)

@@ -204,6 +204,92 @@ def test_a_plugin_that_registers_wrongly_is_named_and_fails_alone(
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("attribute", "named"),
+    [("Store", "the class Store"), ("artifactstore_register_backends", "the hook function itself")],
+)
+def test_an_entry_point_naming_an_object_in_the_module_says_to_name_the_module(
+    site: Path, monkeypatch: pytest.MonkeyPatch, attribute: str, named: str
+) -> None:
+    # "module:attribute" is how many plugin systems name a class or a function; here the value is the module.
+    # It used to say "the module defines no artifactstore_register_backends hook" about a module that does.
+    name = f"attr{uuid.uuid4().hex[:8]}"
+    source = f"""
+        from artifactstore_core import ArtifactStore, BackendSpec, hookimpl
+
+        class Store(ArtifactStore):
+            backend_name = {name!r}
+
+        @hookimpl
+        def artifactstore_register_backends(register):
+            register(BackendSpec(name={name!r}, factory=lambda ctx: Store(namespace=ctx.namespace)))
+    """
+    install_fake_distribution(
+        site, "artifactstore-attr", "0.2", {name: f"{name}_mod:{attribute}"}, {f"{name}_mod": source}
+    )
+    expected = f"the entry point names {named}, not the module that defines the hook; make its value the module: "
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", name)
+    with pytest.raises(PluginLoadError) as info:
+        create_store()
+    assert f"{expected}'{name}_mod'" in str(info.value)
+    assert "artifactstore-attr 0.2" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        # Forgetting codec=context.codec silently dropped ARTIFACT_STORE_SIGNING_KEY: the store wrote unsigned
+        # artifacts and accepted ones forged without the key, and the conformance kit (run without a key)
+        # passed it.
+        (
+            "Store(namespace=ctx.namespace)",
+            "built the store with a codec of its own, so the signing key and compression settings "
+            "(ARTIFACT_STORE_SIGNING_KEY, ARTIFACT_STORE_COMPRESSION, ARTIFACT_STORE_COMPRESS_THRESHOLD) do not "
+            "apply to it; pass codec=context.codec",
+        ),
+        (
+            "Store(codec=ctx.codec)",
+            "bound the store to namespace 'default', not 'ns-1'; pass namespace=context.namespace",
+        ),
+        # A bare AttributeError ('_closed') on first use, far from the cause.
+        (
+            "Uninitialised()",
+            "returned a Uninitialised whose __init__ did not call ArtifactStore.__init__; call "
+            "super().__init__(namespace=context.namespace, codec=context.codec)",
+        ),
+    ],
+    ids=["own-codec", "other-namespace", "no-base-init"],
+)
+def test_a_factory_that_ignores_its_context_is_a_plugin_error(
+    site: Path, monkeypatch: pytest.MonkeyPatch, factory: str, expected: str
+) -> None:
+    name = f"ctx{uuid.uuid4().hex[:8]}"
+    source = f"""
+        from artifactstore_memory import MemoryStore
+        from artifactstore_core import BackendSpec, hookimpl
+
+        class Store(MemoryStore):
+            backend_name = {name!r}
+
+        class Uninitialised(MemoryStore):
+            backend_name = {name!r}
+
+            def __init__(self):
+                pass
+
+        @hookimpl
+        def artifactstore_register_backends(register):
+            register(BackendSpec(name={name!r}, factory=lambda ctx: {factory}))
+    """
+    install_fake_distribution(site, "artifactstore-ctx", "0.5", {name: f"{name}_mod"}, {f"{name}_mod": source})
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", name)
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", "a signing key the factory must not drop")
+    with pytest.raises(PluginLoadError) as info:
+        create_store(namespace="ns-1")
+    assert str(info.value) == f"backend {name!r} (artifactstore-ctx 0.5) is broken: its factory {expected}"
+    assert "a signing key" not in str(info.value)
+
+
 def test_two_distributions_claiming_one_name(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for dist in ("artifactstore-twin-a", "artifactstore-twin-b"):
         install_fake_distribution(site, dist, "1.0", {"twin": f"{dist.replace('-', '_')}_mod"}, {})

@@ -10,7 +10,6 @@ See ``docs/filesystem.md`` for the layout and the guarantees.
 from __future__ import annotations
 
 import builtins
-import contextvars
 import errno
 import io
 import logging
@@ -19,7 +18,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import IO
 
@@ -40,7 +38,7 @@ from artifactstore_core import (
 )
 from artifactstore_core.envelope import PREFIX_SIZE, Header, content_stream, new_hasher
 from artifactstore_core.ids import is_legal, validate_namespace
-from artifactstore_core.store import checked_read
+from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
 
 from . import durable
 from .layout import FINAL, PART, TEMP_PREFIX, decode_components, encode_components
@@ -308,13 +306,10 @@ class FilesystemStore(ArtifactStore):
         temps: list[str] = []
         directories: set[str] = set()
         try:
-            with ThreadPoolExecutor(max_workers=min(_BATCH_THREADS, len(items))) as pool:
-                # Each in a copy of the caller's context: what the caller set for its codec (such as
-                # reusing_verified_digests) holds in the workers too (docs/writing-a-backend.md).
-                futures = [
-                    pool.submit(contextvars.copy_context().run, self._prepare, step_id, message, overwrite, temps)
-                    for step_id, message in items
-                ]
+            # Each in a copy of the caller's context: what the caller set for its codec (such as
+            # reusing_verified_digests) holds in the workers too.
+            with ContextThreadPoolExecutor(max_workers=min(_BATCH_THREADS, len(items))) as pool:
+                futures = [pool.submit(self._prepare, step_id, message, overwrite, temps) for step_id, message in items]
             prepared = [future.result() for future in futures]
             for (step_id, _), entry in zip(items, prepared, strict=True):
                 if entry is not None:

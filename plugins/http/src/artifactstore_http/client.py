@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import json
 import logging
 import os
@@ -25,10 +24,9 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import httpx
 
@@ -48,6 +46,7 @@ from artifactstore_core.errors import (
     redact,
 )
 from artifactstore_core.settings import load_settings
+from artifactstore_core.store import ContextThreadPoolExecutor
 
 from .protocol import (
     API_PREFIX,
@@ -66,8 +65,6 @@ __all__ = ["RETRY_POLICY", "HttpStore"]
 
 logger = logging.getLogger("artifactstore_http.client")
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 #: Which failures each kind of request retries. ``"transient"``: connection failures, timeouts, resets and
 #: 502/503/504 answers that are retryable (an artifact server's problem whose ``retryable`` is true, or an
@@ -794,7 +791,7 @@ class HttpStore(ArtifactStore):
 
         with self._pool(len(items)) as pool:
             # list() re-raises the first failure in input order, after every request has finished.
-            list(pool.map(_in_context(one), _contexts(items), items))
+            list(pool.map(one, items))
 
     def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
         if len(step_ids) == 1:
@@ -807,16 +804,17 @@ class HttpStore(ArtifactStore):
                 return None
 
         with self._pool(len(step_ids)) as pool:
-            # Decoded in copies of the caller's context: a limit it set on decoding (limiting_json_content)
-            # holds in the workers as it does for get() (docs/writing-a-backend.md).
-            results = list(pool.map(_in_context(one), _contexts(step_ids), step_ids))
+            results = list(pool.map(one, step_ids))
         missing = [step_id for step_id, message in zip(step_ids, results, strict=True) if message is None]
         if missing:
             raise self._missing_many(missing)
         return {step_id: message for step_id, message in zip(step_ids, results, strict=True) if message is not None}
 
-    def _pool(self, count: int) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=min(count, self._settings.pool_size, 16))
+    def _pool(self, count: int) -> ContextThreadPoolExecutor:
+        # Each request runs in a copy of the caller's context: a limit the caller set on decoding
+        # (limiting_json_content) holds in the workers as it does for get(), and reusing_verified_digests
+        # spares hashing again what the caller verified.
+        return ContextThreadPoolExecutor(max_workers=min(count, self._settings.pool_size, 16))
 
     def _close(self) -> None:
         if os.getpid() != self._pid:
@@ -838,26 +836,6 @@ class HttpStore(ArtifactStore):
         if isinstance(exc, (httpx.HTTPError, httpx.StreamError)):
             return BackendError(f"request to {where} failed ({kind})")
         return None
-
-
-def _contexts(items: list[Any]) -> list[contextvars.Context]:
-    """A copy of the calling thread's context per item, taken in the calling thread.
-
-    A pool's worker threads run in a context of their own, so a context variable the caller set around a
-    batch (:func:`~artifactstore_core.envelope.limiting_json_content`,
-    :func:`~artifactstore_core.envelope.reusing_verified_digests`) would not hold there. One copy per item,
-    because a context cannot be entered by two threads at once.
-    """
-    return [contextvars.copy_context() for _ in items]
-
-
-def _in_context(function: Callable[[_T], _R]) -> Callable[[contextvars.Context, _T], _R]:
-    """``function`` made to run in the context it is given (see :func:`_contexts`)."""
-
-    def run(context: contextvars.Context, item: _T) -> _R:
-        return context.run(function, item)
-
-    return run
 
 
 def _marked(response: httpx.Response | _Answer) -> bool:

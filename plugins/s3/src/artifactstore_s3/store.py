@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import contextvars
 import io
 import logging
 import os
@@ -13,7 +12,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -39,7 +38,7 @@ from artifactstore_core import (
 from artifactstore_core.envelope import Header, PayloadVerifier, content_stream, new_hasher
 from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
-from artifactstore_core.store import checked_read
+from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
 
 from .errors import busy_code, client_error_code, refused_before_sending, translate_error
 from .keys import KeyLayout
@@ -254,7 +253,7 @@ class S3Store(ArtifactStore):
         self._probe_refusals: dict[str, str] = {}
         # Cleared when the endpoint answers a conditional DeleteObject 501 NotImplemented (see _delete).
         self._conditional_delete = True
-        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._pools: dict[str, ContextThreadPoolExecutor] = {}
         # What close() settles for a write in flight in another thread: its multipart uploads (aborted) and
         # its staging objects (deleted), with the client still open. Each is registered before its first
         # request, so close() never misses one whose creation is on the way.
@@ -387,7 +386,7 @@ class S3Store(ArtifactStore):
         """
         return self._keys.key(validate_step_id(step_id))
 
-    def _pool(self, kind: str) -> ThreadPoolExecutor:
+    def _pool(self, kind: str) -> ContextThreadPoolExecutor:
         """The pool of ``kind`` (``batch``, ``parts``), started when first needed.
 
         Raises:
@@ -400,7 +399,8 @@ class S3Store(ArtifactStore):
                     raise self._closed_error()
                 pool = self._pools.get(kind)
                 if pool is None:
-                    pool = ThreadPoolExecutor(
+                    # Every task runs in a copy of its submitter's context, as a call made there would.
+                    pool = ContextThreadPoolExecutor(
                         max_workers=self._settings.max_concurrency, thread_name_prefix=f"artifactstore-s3-{kind}"
                     )
                     self._pools[kind] = pool
@@ -912,11 +912,9 @@ class S3Store(ArtifactStore):
                 self._raise(exc, "save", step_id)
 
         pool = self._pool("batch")
-        # Each save runs in a copy of the caller's context: what the caller set for its codec
-        # (reusing_verified_digests, limiting_json_content) holds in the workers too (docs/writing-a-backend.md).
-        futures = [
-            pool.submit(contextvars.copy_context().run, save_one, step_id, message) for step_id, message in items
-        ]
+        # The pool runs each save in a copy of the caller's context (ContextThreadPoolExecutor): what the
+        # caller set for its codec (reusing_verified_digests) holds in the workers too.
+        futures = [pool.submit(save_one, step_id, message) for step_id, message in items]
         wait(futures)
         for future in futures:
             future.result()  # the first failure, in input order
@@ -1114,13 +1112,9 @@ class S3Store(ArtifactStore):
             except Exception as exc:
                 self._raise(exc, "get", step_id)
 
-        # Each read decodes in a copy of the caller's context, taken here in the caller's thread: a pool's
-        # threads run in a context of their own, where a limit the caller set (limiting_json_content, as the
-        # artifact server sets it around a read) would not hold (docs/writing-a-backend.md).
-        contexts = [contextvars.copy_context() for _ in step_ids]
-        results = builtins.list(
-            self._pool("batch").map(lambda context, step_id: context.run(get_one, step_id), contexts, step_ids)
-        )
+        # The pool decodes each read in a copy of the caller's context (ContextThreadPoolExecutor): a limit
+        # the caller set (limiting_json_content, as the artifact server sets it around a read) holds there too.
+        results = builtins.list(self._pool("batch").map(get_one, step_ids))
         missing = [step_id for step_id, message in zip(step_ids, results, strict=True) if message is None]
         if missing:
             raise self._missing_many(missing)
