@@ -22,7 +22,8 @@ fails at once with its exit status and the tail of its log, not after the deadli
 the calling test; nothing here skips.
 
 Standard library only, so importing it adds no dependency to the core (unlike the conformance kit in
-``artifactstore_core.testing``, which needs pytest and Hypothesis).
+``artifactstore_core.testing``, which needs pytest and Hypothesis); :func:`self_signed_certificate` alone
+needs the ``cryptography`` package, imported when it is called.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "fork_child",
     "free_port",
     "in_thread",
+    "self_signed_certificate",
     "stop_process",
     "wait_child",
     "wait_for",
@@ -337,3 +339,44 @@ class ServerSubprocess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that signs itself (a CA too, so it can also verify itself as a client's
+    certificate), and its unencrypted key: ``(directory / "cert.pem", directory / "key.pem")``, PEM files.
+
+    For TLS tests of a backend against a server on loopback (a server that must not verify, or one whose CA
+    and client certificate this is). Valid from five minutes ago for one day.
+
+    Raises:
+        ImportError: the ``cryptography`` package is not installed.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file

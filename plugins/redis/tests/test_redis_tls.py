@@ -3,57 +3,27 @@ and the usual misconfigurations are reported as what they are, without retries t
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from redis_helpers import payload_of
 
 import artifactstore_redis.store as store_module
 from artifactstore_core import BackendError, BackendTimeoutError, BackendUnavailableError, Message
-from artifactstore_core.testing_servers import LOOPBACK
+from artifactstore_core.testing_servers import LOOPBACK, self_signed_certificate
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisServer, free_port
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that signs itself, and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
 
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int, Path]]:
     """A redis-server with a plain port and a TLS port; yields it, the TLS port and the CA (its certificate)."""
     directory = tmp_path_factory.mktemp("redis-tls")
-    cert_file, key_file = self_signed(directory)
+    cert_file, key_file = self_signed_certificate(directory)
     tls_port = free_port()
     options = {
         "tls-port": str(tls_port),
@@ -120,7 +90,7 @@ def client_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     """A redis-server that requires client certificates (``tls-auth-clients yes``); yields its TLS port, the CA
     (also the client certificate: it signs itself), its key, and that key encrypted with KEY_PASSWORD."""
     directory = tmp_path_factory.mktemp("redis-tls-clients")
-    cert_file, key_file = self_signed(directory)
+    cert_file, key_file = self_signed_certificate(directory)
     key = serialization.load_pem_private_key(key_file.read_bytes(), None)
     encrypted = directory / "encrypted-key.pem"
     encrypted.write_bytes(
