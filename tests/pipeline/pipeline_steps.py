@@ -291,23 +291,13 @@ def step_b_from_a(inputs: Inputs, *, workdir: str, by: str) -> dict[str, str]:
         Path(workdir, f"b-{by}-done").touch()
 
 
-def resume_in_process(
-    config: Any, execution_id: str, workdir: str, by: str, first: str, second: str, *, upstream: bool = False
-) -> None:
-    """Run one resume of the a -> b pipeline (x -> a -> b with ``upstream``) and write how it ended to
-    ``<workdir>/<by>.result``."""
+def _resume_and_record(config: Any, pipeline: Pipeline, execution_id: str, workdir: str, by: str) -> None:
+    """Resume ``execution_id`` with ``pipeline`` and write its outcome (b's output and each step's status, or
+    the failed step and its cause) as JSON to ``<workdir>/<by>.result``, for the test to read."""
     import json
 
     from artifactstore_core.pipeline import Executor, StepFailedError
 
-    a = functools.partial(step_a_by, workdir=workdir, by=by, first=first, second=second)
-    pipeline = Pipeline(
-        [
-            *([Step("x", functools.partial(step_a, workdir=workdir))] if upstream else []),
-            Step("a", a, ("x",) if upstream else ()),
-            Step("b", functools.partial(step_b_from_a, workdir=workdir, by=by), ("a",)),
-        ]
-    )
     try:
         result = Executor(config, on_success="keep").run(pipeline, execution_id=execution_id)
         outcome: dict[str, Any] = {
@@ -317,6 +307,22 @@ def resume_in_process(
     except StepFailedError as error:
         outcome = {"failed": error.step_id, "cause": f"{type(error.__cause__).__name__}: {error.__cause__}"}
     Path(workdir, f"{by}.result").write_text(json.dumps(outcome))
+
+
+def resume_in_process(
+    config: Any, execution_id: str, workdir: str, by: str, first: str, second: str, *, upstream: bool = False
+) -> None:
+    """Run one resume of the a -> b pipeline (x -> a -> b with ``upstream``) and write how it ended to
+    ``<workdir>/<by>.result``."""
+    a = functools.partial(step_a_by, workdir=workdir, by=by, first=first, second=second)
+    pipeline = Pipeline(
+        [
+            *([Step("x", functools.partial(step_a, workdir=workdir))] if upstream else []),
+            Step("a", a, ("x",) if upstream else ()),
+            Step("b", functools.partial(step_b_from_a, workdir=workdir, by=by), ("a",)),
+        ]
+    )
+    _resume_and_record(config, pipeline, execution_id, workdir, by)
 
 
 # Ctrl-C while steps run in worker processes (test_executor.py).
@@ -398,22 +404,10 @@ def step_a_held(inputs: Inputs, *, workdir: str, by: str, hold: bool) -> dict[st
 
 def resume_held(config: Any, execution_id: str, workdir: str, by: str, hold: bool) -> None:
     """Run one resume of the a -> b pipeline, a held with ``hold``; write how it ended to ``<by>.result``."""
-    import json
-
-    from artifactstore_core.pipeline import Executor, StepFailedError
-
     pipeline = Pipeline(
         [
             Step("a", functools.partial(step_a_held, workdir=workdir, by=by, hold=hold)),
             Step("b", functools.partial(step_b_from_a, workdir=workdir, by=by), ("a",)),
         ]
     )
-    try:
-        result = Executor(config, on_success="keep").run(pipeline, execution_id=execution_id)
-        outcome: dict[str, Any] = {
-            "output": result.output.content["from"],
-            "steps": {step_id: str(step.status) for step_id, step in result.steps.items()},
-        }
-    except StepFailedError as error:
-        outcome = {"failed": error.step_id, "cause": f"{type(error.__cause__).__name__}: {error.__cause__}"}
-    Path(workdir, f"{by}.result").write_text(json.dumps(outcome))
+    _resume_and_record(config, pipeline, execution_id, workdir, by)

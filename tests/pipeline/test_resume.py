@@ -152,6 +152,19 @@ def failed_once(executor: Executor, pipeline: Pipeline) -> str:
     return caught.value.execution_id
 
 
+def damaged_a_after_b_failed(config: StoreConfig, workdir: str) -> str:
+    """The id of an execution of a -> b in which b failed and a's stored payload was then damaged."""
+    first_run = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=workdir)),
+            Step("b", functools.partial(step_b, workdir=workdir, fail=True), ("a",)),
+        ]
+    )
+    execution_id = failed_once(Executor(config), first_run)
+    damage(config, execution_id, "a", PAYLOAD)
+    return execution_id
+
+
 @pytest.mark.parametrize("where", [PAYLOAD, HEAD])
 def test_a_damaged_reused_input_is_replaced_not_blamed_on_its_reader(
     damage_case: Case, workdir: Path, where: str, caplog: pytest.LogCaptureFixture
@@ -499,14 +512,7 @@ def test_two_resumes_at_once_replace_a_damaged_artifact_once(
     # ArtifactExistsError. The replacement is written once: the second adopts the first's.
     config = damage_config(backend, request, tmp_path)
     where = str(workdir)
-    first_run = Pipeline(
-        [
-            Step("a", functools.partial(step_a, workdir=where)),
-            Step("b", functools.partial(step_b, workdir=where, fail=True), ("a",)),
-        ]
-    )
-    execution_id = failed_once(Executor(config), first_run)
-    damage(config, execution_id, "a", PAYLOAD)
+    execution_id = damaged_a_after_b_failed(config, where)
 
     outcomes = two_resumes_at_once(config, execution_id, workdir)
     assert outcomes["one"] == {"output": "one", "steps": {"a": "succeeded", "b": "succeeded"}}
@@ -694,14 +700,7 @@ def test_a_resume_that_finds_an_artifact_damaged_and_one_that_finds_it_gone_agre
     # the execution held a b computed from an a it no longer had, and the first resume reported it.
     config = damage_config(backend, request, tmp_path)
     where = str(workdir)
-    first_run = Pipeline(
-        [
-            Step("a", functools.partial(step_a, workdir=where)),
-            Step("b", functools.partial(step_b, workdir=where, fail=True), ("a",)),
-        ]
-    )
-    execution_id = failed_once(Executor(config), first_run)
-    damage(config, execution_id, "a", PAYLOAD)
+    execution_id = damaged_a_after_b_failed(config, where)
     one = multiprocessing.get_context("spawn").Process(
         target=resume_held, args=(config, execution_id, where, "one", True)
     )
