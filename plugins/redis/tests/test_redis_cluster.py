@@ -219,3 +219,38 @@ def test_clear_and_list_find_unindexed_artifacts_on_an_evicting_primary(
         finally:
             admin.config_set("maxmemory", old["maxmemory"])
             admin.config_set("maxmemory-policy", old["maxmemory-policy"])
+
+
+@pytest.mark.timeout(60)
+def test_namespaces_finds_a_namespace_whose_index_and_registry_were_evicted_on_its_primary(
+    redis_cluster: RedisClusterNodes, cluster_client: RedisCluster, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    # The registry lives in a slot of its own and the namespaces spread over every primary: namespaces()
+    # asks each primary whether it evicts, and SCANs the one that does. As in the test above, the evictions
+    # are played by deletes (a prefix of the test's own, so the shared cluster's registry is left alone).
+    settings = RedisSettings(url=redis_cluster.url, cluster=True, key_prefix=prefix)  # type: ignore[arg-type]
+    with RedisStore(settings, namespace="evicting primary") as store:
+        node = cluster_client.get_node_from_key(store._index)
+        others = [f"elsewhere {i}" for i in range(12)]
+        stores = [RedisStore(settings, namespace=name) for name in others]
+        admin = cluster_client.get_redis_connection(node)
+        evict_once(admin, store._tag.decode())
+        old = admin.config_get("maxmemory*")
+        monkeypatch.setattr(store_module, "_ALLKEYS", {})
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        admin.config_set("maxmemory", "1gb")
+        try:
+            for each in (store, *stores):
+                each.save("a", Message(content=b"x"))
+            # Some namespace lives on another primary than the evicting one (and keeps its index there).
+            assert {cluster_client.get_node_from_key(each._index).name for each in stores} - {node.name}
+            cluster_client.delete(store._index)
+            assert store.namespaces() == sorted(["evicting primary", *others])
+            cluster_client.delete(store._registry)
+            assert "evicting primary" in store.namespaces()
+        finally:
+            admin.config_set("maxmemory", old["maxmemory"])
+            admin.config_set("maxmemory-policy", old["maxmemory-policy"])
+            for each in (store, *stores):
+                each.clear()
+                each.close()

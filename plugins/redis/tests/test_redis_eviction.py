@@ -254,6 +254,7 @@ def test_a_server_that_cannot_have_evicted_the_index_is_not_scanned(tmp_path: Pa
             store.save_many({f"a{i}": Message(content=b"x") for i in range(10)})
             assert len(list(store.list())) == 10
             assert len(store.list_page(limit=5)) == 5
+            assert store.namespaces() == ["plain"]
             assert store.clear() == 10
             scanned = "cmdstat_scan" in admin.info("commandstats")
             assert scanned == (policy == "allkeys-lru" and evicted)
@@ -309,3 +310,36 @@ def test_the_policy_is_read_in_every_client_shape(tmp_path: Path, protocol: int,
             if client is not None:
                 client.close()
             admin.close()
+
+
+@pytest.mark.timeout(120)
+def test_namespaces_lists_a_namespace_whose_index_and_registry_entry_were_evicted(tmp_path: Path) -> None:
+    # namespaces() (what gc collects) used to count each registered namespace's index alone: once the index
+    # was evicted, a namespace that still held artifacts was not listed (and one whose registry entry, or
+    # the whole registry, was evicted never was), so gc never removed it although list() found its artifacts.
+    options = {"maxmemory": "4mb", "maxmemory-policy": "allkeys-lru", "maxmemory-samples": "10"}
+    with running(tmp_path / "lru", **options) as server:
+        store = make_store(server, "orphans")
+        other = make_store(server, "kept")
+        admin = server.client()
+        try:
+            saved = [f"step {i}" for i in range(150)]
+            for i, step_id in enumerate(saved):
+                store.save(step_id, Message(content=payload_of(step_id, LARGE if i % 3 == 0 else 1000)))
+            for step_id in saved:  # touch every artifact, not the index: the index is the oldest key
+                store.get(step_id)
+            _evict_index(admin, store)
+            admin.config_set("maxmemory", "64mb")  # nothing more is evicted while the test reads
+            other.save("x", Message(content=b"other namespace"))
+            assert list(store.list()), "every artifact was evicted along with the index"
+            assert store.namespaces() == ["kept", "orphans"]
+            assert other.namespaces() == ["kept", "orphans"]
+            admin.delete(store._registry)  # evicted as well (the LRU may have taken it already)
+            assert store.namespaces() == ["kept", "orphans"]
+            store.clear()
+            other.clear()
+            assert store.namespaces() == []
+        finally:
+            admin.close()
+            other.close()
+            store.close()

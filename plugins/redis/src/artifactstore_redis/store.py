@@ -740,11 +740,11 @@ class RedisStore(ArtifactStore):
 
         With a ``maxmemory-policy`` other than ``noeviction`` (and a ``maxmemory``), Redis drops keys when it
         is full: an artifact's hash, its payload key or a whole namespace index, each on its own. Nothing in
-        a reply says so: ``get`` then finds half an artifact, ``list`` and ``clear`` miss artifacts whose
-        index went unless they look for them (see :meth:`_unindexed`). Managed Redis services often default
-        to an evicting policy, so the store says so in the log before its first artifact is written rather
-        than leaving the user to find out from a damaged artifact. A server that does not let us read
-        ``INFO`` (an ACL without it) is not checked.
+        a reply says so: ``get`` then finds half an artifact, ``list``, ``clear`` and ``namespaces`` miss
+        artifacts whose index went unless they look for them (see :meth:`_unindexed`). Managed Redis services
+        often default to an evicting policy, so the store says so in the log before its first artifact is
+        written rather than leaving the user to find out from a damaged artifact. A server that does not let
+        us read ``INFO`` (an ACL without it) is not checked.
         """
         with _POLICY_LOCK:
             if self._where in _POLICY_READ:
@@ -764,8 +764,8 @@ class RedisStore(ArtifactStore):
             return
         _log.warning(
             "redis at %s has maxmemory-policy %s: when it is full it evicts keys%s, and artifacts stored there "
-            "can be lost in part (get() raises ArtifactCorruptedError or ArtifactNotFoundError; list() and "
-            "clear() scan the server for artifacts whose index entry was evicted). Set maxmemory-policy "
+            "can be lost in part (get() raises ArtifactCorruptedError or ArtifactNotFoundError; list(), clear() "
+            "and namespaces() scan the server for artifacts whose index entry was evicted). Set maxmemory-policy "
             "noeviction on a server that keeps artifacts (a full server then raises CapacityError on save).",
             self._where,
             policy,
@@ -780,15 +780,18 @@ class RedisStore(ArtifactStore):
             return client.info("memory", target_nodes=node)
         return client.info("memory")
 
-    def _eviction_reads(self) -> list[tuple[str, str]]:
+    def _eviction_reads(self, node: Any = None) -> list[tuple[str, str]]:
         """The ``INFO`` sections :meth:`_evicts_index` needs: none for a server whose policy this process
-        knows cannot evict the index, so that ``list`` and ``clear`` cost nothing more there."""
-        allkeys = _ALLKEYS.get(self._policy_key())
+        knows cannot evict the index, so that ``list``, ``clear`` and ``namespaces`` cost nothing more there.
+
+        ``node``: in a cluster, the primary to ask (default: this namespace's slot's primary).
+        """
+        allkeys = _ALLKEYS.get(self._policy_key(node))
         if allkeys is False:
             return []
         return [("INFO", "stats")] if allkeys else [("INFO", "memory"), ("INFO", "stats")]
 
-    def _evicts_index(self, replies: Sequence[Any]) -> bool:
+    def _evicts_index(self, replies: Sequence[Any], node: Any = None) -> bool:
         """Whether the server may have evicted a namespace's index (which ``list`` and ``clear`` then find
         artifacts without: see :meth:`_unindexed`), from the replies to :meth:`_eviction_reads`'s commands
         (or the errors that refused them).
@@ -799,29 +802,36 @@ class RedisStore(ArtifactStore):
         with an ``allkeys-*`` policy that has never been full, as many caches are, is never swept. The
         policy is read once per process and server (as for the warning at the first save), ``evicted_keys``
         on every call, as it grows. A server that refuses ``INFO`` (an ACL without it) is taken not to evict.
+        ``node``: as for :meth:`_eviction_reads`.
         """
         if not replies:
             return False
         stats = replies[-1]
         if len(replies) == 2:
-            self._remember_policy(replies[0])
-        if not _ALLKEYS.get(self._policy_key()) or self._refused_info(stats):
+            self._remember_policy(replies[0], node)
+        if not _ALLKEYS.get(self._policy_key(node)) or self._refused_info(stats):
             return False
         return _info_field(stats, "evicted_keys") not in (None, "0")
 
-    def _remember_policy(self, memory: Any) -> None:
-        """Record from an ``INFO memory`` reply (or the error that refused it) whether the server evicts
-        keys without an expiry (``allkeys-*``); a server that refuses ``INFO`` is taken not to."""
+    def _remember_policy(self, memory: Any, node: Any = None) -> None:
+        """Record from an ``INFO memory`` reply (or the error that refused it) whether the server (in a
+        cluster, ``node``, by default this namespace's primary) evicts keys without an expiry
+        (``allkeys-*``); a server that refuses ``INFO`` is taken not to."""
         policy = None if self._refused_info(memory) else _eviction_policy(memory)
-        _ALLKEYS[self._policy_key()] = policy is not None and policy.startswith("allkeys")
+        _ALLKEYS[self._policy_key(node)] = policy is not None and policy.startswith("allkeys")
 
-    def _policy_key(self) -> str:
-        """The server whose policy applies to this namespace, for _ALLKEYS: in a cluster, its slot's primary."""
+    def _policy_key(self, node: Any = None) -> str:
+        """The server whose policy applies, for _ALLKEYS: in a cluster, ``node`` or this namespace's slot's
+        primary."""
         client = self._client
         if isinstance(client, RedisCluster):
-            node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+            node = node if node is not None else self._slot_primary()
             return f"{self._where} {node.name}"
         return self._where
+
+    def _slot_primary(self) -> Any:
+        """In a cluster, the primary of this namespace's slot (a redis-py ClusterNode, untyped)."""
+        return cast(Any, self._client).get_node_from_key(self._index)
 
     def _refused_info(self, reply: Any) -> bool:
         """Whether ``reply`` is an ACL's refusal of ``INFO``; another error is raised."""
@@ -832,15 +842,15 @@ class RedisStore(ArtifactStore):
         _log.debug("could not read the eviction state of %s: %s", self._where, self._describe(reply))
         return True
 
-    def _server_info(self, section: str) -> Any:
-        """``INFO section`` of this namespace's server (in a cluster, its slot's primary), retried; an ACL's
-        refusal is returned, not raised."""
+    def _server_info(self, section: str, node: Any = None) -> Any:
+        """``INFO section`` of this namespace's server (in a cluster, ``node``, by default its slot's
+        primary), retried; an ACL's refusal is returned, not raised."""
         client = self._client
         if not isinstance(client, RedisCluster):
             (reply,) = self._pipelined([("INFO", section)])
             return reply
-        # INFO has no key to route it by in a cluster pipeline: the slot's primary is asked directly.
-        node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+        # INFO has no key to route it by in a cluster pipeline: the node is asked directly.
+        node = node if node is not None else self._slot_primary()
 
         def read() -> Any:
             try:
@@ -865,22 +875,8 @@ class RedisStore(ArtifactStore):
         """
         prefix = self._tag + b":"
         pattern = _glob_escape(prefix) + b"[" + kinds + b"]:*"
-        count = max(self._settings.batch_size, _SCAN_COUNT)
-        cursor = 0
-        while True:
-            try:
-                cursor, keys = self._retrying(functools.partial(self._scan_keys, cursor, pattern, count))
-            except (RedisError, RedisClusterException) as exc:
-                if _access_failure(exc) is None:
-                    raise
-                _log.warning(
-                    "redis at %s evicts keys, but this user may not SCAN: artifacts of namespace %r whose index "
-                    "entry was evicted are not found (%s)",
-                    self._where,
-                    self.namespace,
-                    self._describe(exc),
-                )
-                return
+        missed = f"artifacts of namespace {self.namespace!r} whose index entry was evicted are not found"
+        for keys in self._scan(pattern, None, missed):
             members: dict[bytes, None] = {}  # ordered, and each member once (a hash and its payload key)
             for key in keys:
                 if key.startswith(prefix) and key[len(prefix) + 1 : len(prefix) + 2] == b":":
@@ -890,13 +886,36 @@ class RedisStore(ArtifactStore):
             found = list(members)
             for start in range(0, len(found), self._settings.batch_size):
                 yield found[start : start + self._settings.batch_size]
+
+    def _scan(self, pattern: bytes, node: Any, missed: str) -> Iterator[list[bytes]]:
+        """The keys that match ``pattern``, one ``SCAN`` call's worth at a time, each call retried; on a
+        cluster, of ``node`` (by default this namespace's slot's primary).
+
+        A user whose ACL refuses ``SCAN`` ends the scan with a warning that says what is ``missed``.
+        """
+        count = max(self._settings.batch_size, _SCAN_COUNT)
+        cursor = 0
+        while True:
+            try:
+                cursor, keys = self._retrying(functools.partial(self._scan_keys, cursor, pattern, count, node))
+            except (RedisError, RedisClusterException) as exc:
+                if _access_failure(exc) is None:
+                    raise
+                _log.warning(
+                    "redis at %s evicts keys, but this user may not SCAN: %s (%s)",
+                    self._where,
+                    missed,
+                    self._describe(exc),
+                )
+                return
+            yield keys
             if cursor == 0:
                 return
 
-    def _scan_keys(self, cursor: int, pattern: bytes, count: int) -> tuple[int, list[bytes]]:
+    def _scan_keys(self, cursor: int, pattern: bytes, count: int, node: Any = None) -> tuple[int, list[bytes]]:
         client = self._client
         if isinstance(client, RedisCluster):
-            node = cast(Any, client).get_node_from_key(self._index)  # untyped in redis-py
+            node = node if node is not None else self._slot_primary()
             cursors, keys = cast(Any, client).scan(cursor, match=pattern, count=count, target_nodes=node)
             # One node: redis-py's cluster client keys its cursors by node name.
             return int(next(iter(cursors.values()))), list(keys)
@@ -974,23 +993,72 @@ class RedisStore(ArtifactStore):
     def _namespaces(self) -> Iterator[str]:
         prefix = self._settings.key_prefix
         names = cast(list[bytes], self._retrying(lambda: self._client.zrange(self._registry, 0, -1)))
+        # A registry entry that is not ASCII was written by something else (one that is, but is no namespace's
+        # encoding, is skipped below, after its count, so that the registry forgets it once empty).
+        registered = [name.decode("ascii") for name in names if name.isascii()]
         batch = self._settings.batch_size
-        for start in range(0, len(names), batch):
-            # A registry entry that is not ASCII was written by something else (one that is, but is no
-            # namespace's encoding, is skipped below, after its count, so that the registry forgets it once empty).
-            chunk = [name.decode("ascii") for name in names[start : start + batch] if name.isascii()]
+        chunks = [registered[start : start + batch] for start in range(0, len(registered), batch)] or [[]]
+        standalone = not isinstance(self._client, RedisCluster)
+        held: list[str] = []
+        empty: list[str] = []
+        info: list[Any] = []
+        for number, chunk in enumerate(chunks):
             now_ms = int(time.time() * 1000)
             # A namespace holds artifacts while its index has an entry that has not expired.
-            counts = self._pipelined([("ZCOUNT", f"{{{prefix}:{name}}}:idx", f"({now_ms}", "+inf") for name in chunk])
-            for name, count in zip(chunk, counts, strict=True):
+            commands = [("ZCOUNT", f"{{{prefix}:{name}}}:idx", f"({now_ms}", "+inf") for name in chunk]
+            # After the indexes are read (see _evicts_index), on a standalone server in the same round trip.
+            reads = self._eviction_reads() if standalone and number == len(chunks) - 1 else []
+            if not commands and not reads:
+                continue
+            replies = self._pipelined([*commands, *reads])
+            info = replies[len(commands) :]
+            for name, count in zip(chunk, replies[: len(commands)], strict=True):
                 if isinstance(count, Exception):
                     raise count
-                if count:
-                    namespace = _decoded(name.encode("ascii"), validate_namespace)
-                    if namespace is not None:
-                        yield namespace
-                else:
-                    self._script(FORGET_NAMESPACE, [self._registry], [name, _REGISTRY_GRACE])
+                (held if count else empty).append(name)
+        # On a server that may have evicted an index or registry entries: the namespaces that still hold an
+        # artifact hash, listed (and kept registered) whatever their index and the registry say.
+        swept = self._swept_namespaces(info if standalone else None)
+        listed = {name: _decoded(name.encode("ascii"), validate_namespace) for name in held} | swept
+        for name in empty:
+            if name not in swept:
+                self._script(FORGET_NAMESPACE, [self._registry], [name, _REGISTRY_GRACE])
+        yield from (namespace for namespace in listed.values() if namespace is not None)
+
+    def _swept_namespaces(self, replies: Sequence[Any] | None) -> dict[str, str]:
+        """The namespaces of this key prefix (encoded: decoded) that hold an artifact hash, found by a ``SCAN``
+        of each server that may have evicted an index or the registry (see :meth:`_evicts_index`); empty on
+        the others, which are not scanned.
+
+        ``replies``: on a standalone server, the replies to :meth:`_eviction_reads`'s commands; ``None`` in a
+        cluster, where each primary is asked in turn (namespaces spread over all of them). The pattern is
+        the key prefix's own, escaped, with wildcards for the namespace and the step id; every key found is
+        parsed again, and only a legal namespace's and id's canonical encodings count.
+        """
+        client = self._client
+        if replies is not None:
+            nodes: list[Any] = [None] if self._evicts_index(replies) else []
+        else:
+            nodes = [
+                node
+                for node in cast(Any, client).get_primaries()  # untyped in redis-py
+                if self._evicts_index([self._server_info(s, node) for _, s in self._eviction_reads(node)], node)
+            ]
+        start = f"{{{self._settings.key_prefix}:".encode("ascii")
+        pattern = _glob_escape(start) + b"*" + _glob_escape(b"}:a:") + b"*"
+        missed = "namespaces whose index or registry entry was evicted are not listed"
+        found: dict[bytes, str] = {}
+        for node in nodes:
+            for keys in self._scan(pattern, node, missed):
+                for key in keys:
+                    name, brace, rest = key[len(start) :].partition(b"}")
+                    if not key.startswith(start) or not brace or not rest.startswith(b":a:") or name in found:
+                        continue
+                    # Else written by something else (encode_name's output holds no ':' or '}').
+                    namespace = _decoded(name, validate_namespace)
+                    if namespace is not None and _decoded(rest[3:], validate_step_id) is not None:
+                        found[name] = namespace
+        return {name.decode("ascii"): namespace for name, namespace in found.items()}
 
     def _exists(self, step_id: str) -> bool:
         key = self._key(self._member(step_id))
