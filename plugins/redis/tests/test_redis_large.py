@@ -357,11 +357,44 @@ def test_a_read_that_raced_a_change_is_read_again_at_one_instant(
     assert store._decode_apart("s", member, old_head, None).content == second
     # A head and payload that match were both current at some instant between the reads: that is the read.
     assert store._decode_apart("s", member, old_head, first).content == first
+    # So is one whose head get_many verified before it read the payloads (to size their pipelines).
+    old_header = store.codec.decode_head(old_head, place=(store.namespace, "s"))
+    assert store._decode_apart("s", member, old_head, second, old_header).content == second
     store.save("s", Message(content=b"inline now"), overwrite=True)
     assert store._decode_apart("s", member, old_head, second).content == b"inline now"
     store.delete("s")
     with pytest.raises(ArtifactNotFoundError):
         store._decode_apart("s", member, old_head, second)
+
+
+@pytest.mark.timeout(120)
+def test_get_many_reads_large_payloads_in_pipelines_of_at_most_the_byte_cap(
+    redis_server: RedisServer, store_factory: MakeStore, prefix: str
+) -> None:
+    # save_many sends a pipeline once it holds _PIPELINE_BYTES (16 MiB) of payload; get_many read every
+    # payload key of a batch (up to BATCH_SIZE) in one pipeline: 500 artifacts of 1 MB arrived as one
+    # reply of 500 MB. The heads, read first, tell the sizes: the payload reads are cut at the same cap.
+    store = store_factory(redis_server.url, "many large", key_prefix=prefix)
+    size = 1_000_000
+    per_pipeline = -(-store_module._PIPELINE_BYTES // size)  # the pipeline that reaches the cap is sent
+    count = 2 * per_pipeline + 3
+    messages = {f"big {i}": Message(content=payload_of(f"big {i}", size)) for i in range(count)}
+    messages |= {f"small {i}": Message(content=f"small {i}") for i in range(5)}
+    store.save_many(messages)
+    real = store._roundtrip
+    gets: list[tuple[int, int]] = []  # per round trip of GETs: how many, and the bytes of their replies
+
+    def roundtrip(commands: Any) -> list[Any]:
+        replies = real(commands)
+        if commands[0][0] == "GET":
+            gets.append((len(commands), sum(len(reply) for reply in replies if isinstance(reply, bytes))))
+        return replies
+
+    store._roundtrip = roundtrip  # type: ignore[method-assign]
+    found = store.get_many(list(messages))
+    assert found == messages
+    assert gets == [(per_pipeline, per_pipeline * size)] * 2 + [(3, 3 * size)]
+    assert max(received for _, received in gets) < store_module._PIPELINE_BYTES + size
 
 
 @pytest.mark.timeout(120)

@@ -81,6 +81,7 @@ from artifactstore_core import (
     PayloadTooLargeError,
     StoreClosedError,
 )
+from artifactstore_core.envelope import Header
 from artifactstore_core.errors import redact
 from artifactstore_core.ids import decode_name, encode_name, validate_namespace, validate_step_id
 from artifactstore_core.settings import load_settings
@@ -347,6 +348,21 @@ def _client_db(client: RedisClient) -> object:
     if isinstance(client, RedisCluster):
         return 0
     return client.connection_pool.connection_kwargs.get("db", 0)
+
+
+def _batches(items: Iterable[T], size: Callable[[T], int], most: int) -> Iterator[list[T]]:
+    """``items`` in order, in lists for one pipeline each: a list ends at ``most`` items, or as soon as the
+    payloads it carries (``size`` of each item, in bytes) reach _PIPELINE_BYTES; never empty."""
+    chunk: list[T] = []
+    total = 0
+    for item in items:
+        chunk.append(item)
+        total += size(item)
+        if len(chunk) >= most or total >= _PIPELINE_BYTES:
+            yield chunk
+            chunk, total = [], 0
+    if chunk:
+        yield chunk
 
 
 def _pooled_connection(pool: ConnectionPool) -> Any:
@@ -961,15 +977,19 @@ class RedisStore(ArtifactStore):
             return self._decode(step_id, head, payload)
         return self._decode_apart(step_id, member, head, apart)
 
-    def _decode_apart(self, step_id: str, member: bytes, head: bytes, payload: bytes | None) -> Message:
+    def _decode_apart(
+        self, step_id: str, member: bytes, head: bytes, payload: bytes | None, header: Header | None = None
+    ) -> Message:
         """Decode a head and a payload that were read from two keys, one after the other.
 
         A save, overwrite or delete that ran in between shows up as a missing payload or as a payload that
         does not match the head's digest (the codec verifies every payload): then both are read again at
-        one instant, so a reader never sees a torn artifact.
+        one instant, so a reader never sees a torn artifact. ``header``: ``head`` already verified.
         """
         if payload is not None:
             try:
+                if header is not None:
+                    return self.codec.decode_payload(header, payload)
                 return self.codec.decode(head, payload, place=(self.namespace, step_id))
             except ArtifactCorruptedError:
                 pass
@@ -978,6 +998,14 @@ class RedisStore(ArtifactStore):
         if now_head is None and now_payload is None:
             raise self._not_found(step_id)
         return self._decode(step_id, now_head, now_payload)
+
+    def _header_or_none(self, step_id: str, head: bytes) -> Header | None:
+        """``head`` verified and parsed, or ``None`` if it does not verify (decoding it with its payload then
+        raises the error, after the payload was read again at one instant: see :meth:`_decode_apart`)."""
+        try:
+            return self.codec.decode_head(head, place=(self.namespace, step_id))
+        except ArtifactStoreError:
+            return None
 
     def _info(self, step_id: str) -> ArtifactInfo:
         key = self._key(self._member(step_id))
@@ -1180,7 +1208,7 @@ class RedisStore(ArtifactStore):
         # Every artifact is encoded and checked against the size limit before anything is sent.
         plans = [self._plan(step_id, message, overwrite, ttl) for step_id, message in items]
         self._announce()
-        for chunk in self._chunks(plans):
+        for chunk in _batches(plans, lambda plan: len(plan.payload), self._settings.batch_size):
             results = self._send(chunk)
             self._announce_again()
             for plan, result in zip(chunk, results, strict=True):
@@ -1212,18 +1240,20 @@ class RedisStore(ArtifactStore):
                     apart.append((step_id, member, head))
                 else:
                     found[step_id] = self._decode(step_id, head, payload)
-            if not apart:
-                continue
-            payloads = self._pipelined([("GET", self._payload_key(member)) for _, member, _ in apart])
-            for (step_id, member, head), payload in zip(apart, payloads, strict=True):
-                if isinstance(payload, Exception):
-                    raise self._failed_for(payload, step_id) from payload
-                try:
-                    found[step_id] = self._decode_apart(step_id, member, head, payload)
-                except ArtifactNotFoundError:
-                    missing.append(step_id)  # deleted between the two reads
-                except Exception as exc:
-                    raise self._failed_for(exc, step_id) from exc
+            # The payloads are read in pipelines of at most _PIPELINE_BYTES (as save_many sends them): the
+            # heads tell their sizes, and a batch of large artifacts would otherwise arrive in one reply.
+            sized = [(step_id, member, head, self._header_or_none(step_id, head)) for step_id, member, head in apart]
+            for part in _batches(sized, lambda item: item[3].stored_size if item[3] else 0, batch):
+                payloads = self._pipelined([("GET", self._payload_key(member)) for _, member, _, _ in part])
+                for (step_id, member, head, header), payload in zip(part, payloads, strict=True):
+                    if isinstance(payload, Exception):
+                        raise self._failed_for(payload, step_id) from payload
+                    try:
+                        found[step_id] = self._decode_apart(step_id, member, head, payload, header)
+                    except ArtifactNotFoundError:
+                        missing.append(step_id)  # deleted between the two reads
+                    except Exception as exc:
+                        raise self._failed_for(exc, step_id) from exc
         if missing:
             raise self._missing_many(missing)
         return found
@@ -1500,18 +1530,6 @@ class RedisStore(ArtifactStore):
             raise
         finally:
             pool.release(connection)
-
-    def _chunks(self, plans: list[_SavePlan]) -> Iterator[list[_SavePlan]]:
-        chunk: list[_SavePlan] = []
-        size = 0
-        for plan in plans:
-            chunk.append(plan)
-            size += len(plan.payload)
-            if len(chunk) >= self._settings.batch_size or size >= _PIPELINE_BYTES:
-                yield chunk
-                chunk, size = [], 0
-        if chunk:
-            yield chunk
 
     # -- errors ---------------------------------------------------------------------------------------
 
