@@ -2,7 +2,8 @@
 pipelines many calls (a batch of saves, each upload's SET just before its commit), sends the calls whose
 script the server lacked (NOSCRIPT) again with EVAL in one more round trip, and retries the calls that got
 a transient error reply (TRYAGAIN, CLUSTERDOWN) under the store's retry policy, without sending again the
-calls that already got their result.
+calls that already got their result. Pipelined reads (get_many, list, list_page) recover from a transient
+error reply the same way.
 
 A standalone server never answers TRYAGAIN or CLUSTERDOWN by itself, so the tests have the real server
 answer them: the command of the chosen call is replaced, on its way out, by a one-line script that returns
@@ -256,3 +257,87 @@ def test_a_transient_error_reply_that_outlasts_the_retries_fails_the_batch_namin
     left = uploads_of(raw, prefix, "outlasts")
     assert len(left) == (1 if where == "script" else 0)
     assert all(0 < raw.pttl(key) <= 60_000 for key in left)
+
+
+# -- reads: the same recovery for pipelined reads -----------------------------------------------------------
+
+
+def fail_read_of(name: str, key: bytes, reply: str, times: int) -> Callable[[list[Command]], list[Command]]:
+    """Replace, ``times`` times, the read command ``name`` of ``key`` by a command answered with ``reply``."""
+    left = times
+
+    def replace(commands: list[Command]) -> list[Command]:
+        nonlocal left
+        out = list(commands)
+        for position, command in enumerate(commands):
+            if left and command[0] == name and command[1] == key:
+                out[position] = error_reply(reply)
+                left -= 1
+        return out
+
+    return replace
+
+
+#: The batch reads that pipeline one command per artifact: the operation, the command, and the key's kind.
+BATCH_READS = pytest.mark.parametrize(
+    ("operation", "command", "kind"),
+    [("get_many", "HMGET", "a"), ("get_many", "GET", "p"), ("list", "HGET", "a"), ("list_page", "HGET", "a")],
+    ids=["get_many-hashes", "get_many-payloads", "list", "list_page"],
+)
+
+
+def read_all(store: RedisStore, operation: str, step_ids: list[str]) -> object:
+    if operation == "get_many":
+        return store.get_many(step_ids)
+    if operation == "list":
+        return sorted(info.step_id for info in store.list())
+    return [info.step_id for info in store.list_page(limit=len(step_ids))]
+
+
+@pytest.mark.timeout(60)
+@TRANSIENT
+@BATCH_READS
+def test_a_transient_error_reply_in_a_batch_read_is_retried_for_that_command_only(
+    redis_server: RedisServer,
+    store_factory: MakeStore,
+    prefix: str,
+    reply: str,
+    error: type[Exception],
+    operation: str,
+    command: str,
+    kind: str,
+) -> None:
+    # A single get() retried a TRYAGAIN or CLUSTERDOWN reply, as every script call does, but get_many, list
+    # and list_page raised it at once (BackendUnavailableError), although the read had not happened.
+    store = store_factory(redis_server.url, "reads", key_prefix=prefix, retry_attempts=3, retry_backoff=0)
+    items = mixed_items(9)
+    store.save_many(items)
+    expected = read_all(store, operation, list(items))
+    key = hash_key(prefix, "reads", "s4").replace(b":a:", f":{kind}:".encode())
+    trips = RoundTrips(store, fail_read_of(command, key, reply, times=2))
+
+    assert read_all(store, operation, list(items)) == expected
+
+    reads = [trip for trip in trips.sent if trip[0][0] == command]
+    # The batch, then the command that got the reply, alone, twice.
+    assert [len(trip) for trip in reads[1:]] == [1, 1]
+    assert reads[1] == reads[2] == [next(c for c in reads[0] if c[1] == key)]
+
+
+@pytest.mark.timeout(60)
+@TRANSIENT
+def test_a_transient_error_reply_that_outlasts_the_retries_fails_a_batch_read_naming_its_step(
+    redis_server: RedisServer, store_factory: MakeStore, prefix: str, reply: str, error: type[Exception]
+) -> None:
+    store = store_factory(redis_server.url, "reads", key_prefix=prefix, retry_attempts=2, retry_backoff=0)
+    items = mixed_items(6)
+    store.save_many(items)
+    trips = RoundTrips(store, fail_read_of("HMGET", hash_key(prefix, "reads", "s4"), reply, times=1000))
+
+    with pytest.raises(BackendUnavailableError) as info:
+        store.get_many(list(items))
+
+    assert info.value.step_id == "s4"
+    assert isinstance(info.value.__cause__, error)
+    # The first attempt and retry_attempts retries, of that command alone.
+    assert [len(trip) for trip in trips.sent] == [6, 1, 1]

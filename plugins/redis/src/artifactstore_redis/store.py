@@ -1481,22 +1481,43 @@ class RedisStore(ArtifactStore):
         return results
 
     def _pipelined(self, commands: Iterable[tuple[Any, ...]], *, raise_errors: bool = False) -> list[Any]:
-        """Send read commands in one round trip, retried.
+        """Send read commands in one round trip, retried under the policy of :meth:`_retrying`.
 
-        The results may be exceptions (error replies); with ``raise_errors`` the first one is raised instead,
-        and retried when it is transient (``TRYAGAIN``, ``CLUSTERDOWN``).
+        As :meth:`_send` does for script calls, the commands that got a transient error reply (``TRYAGAIN``,
+        ``CLUSTERDOWN``, ``MASTERDOWN``: what :meth:`_retryable` accepts) are sent again, alone, after the
+        backoff, and the others keep their replies; a round trip that failed as a whole is sent again. The
+        results may be exceptions (error replies, a transient one once the retries ran out); with
+        ``raise_errors`` the first one is raised instead.
         """
         commands = list(commands)
+        results: list[Any] = [None] * len(commands)
+        waiting = list(range(len(commands)))
+        attempts = 0
 
         def run() -> list[Any]:
-            replies = self._roundtrip(commands)
-            if raise_errors:
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-            return replies
+            # A transient reply is raised for _retrying to back off and call again (with the commands still
+            # waiting) while it may retry; so this attempt's number is the number of retries so far.
+            nonlocal waiting, attempts
+            retries, attempts = attempts, attempts + 1
+            replies = self._roundtrip([commands[index] for index in waiting])
+            again = [
+                index
+                for index, reply in zip(waiting, replies, strict=True)
+                if isinstance(reply, Exception) and self._may_retry(reply, retries)
+            ]
+            for index, reply in zip(waiting, replies, strict=True):
+                results[index] = reply
+            waiting = again
+            if again:
+                raise results[again[0]]
+            return results
 
-        return self._retrying(run)
+        self._retrying(run)
+        if raise_errors:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
 
     def _roundtrip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one round trip and read every reply; error replies are returned, not raised.
