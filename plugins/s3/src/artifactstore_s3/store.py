@@ -43,7 +43,7 @@ from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
 from .errors import busy_code, client_error_code, refused_before_sending, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
-from .logs import SECRETS_FILTER
+from .logs import StoreSecrets
 from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
 from .settings import MIB, S3Settings
@@ -234,13 +234,14 @@ class S3Store(ArtifactStore):
             )
         self._bucket: str = self._settings.bucket
         self._keys = KeyLayout(self._settings.prefix, self.namespace)
-        self._secrets = tuple(
+        # botocore's DEBUG wire trace shows the token and key id: masked there while the store is open, those
+        # of the settings and those the client resolves (see _make_client).
+        self._log_secrets = StoreSecrets(
             secret.get_secret_value()
             for secret in (self._settings.access_key_id, self._settings.secret_access_key, self._settings.session_token)
             if secret is not None
         )
-        # botocore's DEBUG wire trace shows the token and key id: masked there while the store is open.
-        self._forget_log_secrets = weakref.finalize(self, SECRETS_FILTER.remove, SECRETS_FILTER.add(self._secrets))
+        self._forget_log_secrets = weakref.finalize(self, self._log_secrets.forget)
         self._lock = threading.Lock()
         # Held while a conditional-write probe runs, apart from _lock: the probe sends requests, and building
         # the client (in a forked child), starting a pool or registering an upload take _lock meanwhile.
@@ -300,12 +301,16 @@ class S3Store(ArtifactStore):
             # Merged over botocore's own setting (environment, config file) for this client only.
             config = config.merge(Config(request_checksum_calculation=settings.checksum_calculation))
         try:
-            return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+            client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
         except ValueError as exc:
             raise ConfigurationError(
                 f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
                 "ARTIFACT_STORE_S3_REGION"
             ) from exc
+        # The very object the client signs with (building the client resolved it; this asks no provider
+        # again): credentials from the environment, a profile or a role are masked in logs as the settings' are.
+        self._log_secrets.watch(client, session.get_credentials())
+        return client
 
     @property
     def client(self) -> S3Client:
@@ -367,6 +372,7 @@ class S3Store(ArtifactStore):
         """
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
+        self._log_secrets.after_fork()
         self._pools = {}
         self._client = None
         # The parent's uploads and staging objects are the parent's to settle, not this child's.
@@ -446,7 +452,7 @@ class S3Store(ArtifactStore):
             # Whatever failed an operation in flight during close() (a part cancelled, a pool shut down, a
             # request on the closing client), the cause to act on is the close; the original is chained.
             return self._closed_error()
-        return translate_error(exc, bucket=self._bucket, secrets=self._secrets)
+        return translate_error(exc, bucket=self._bucket, secrets=self._log_secrets.secrets)
 
     # -- conditional-write probe ----------------------------------------------------------------------
 
