@@ -1,4 +1,5 @@
-"""An https endpoint whose certificate does not verify: a configuration to fix, not a service to wait for."""
+"""An https endpoint whose certificate does not verify: a configuration to fix (ARTIFACT_STORE_S3_CA_BUNDLE),
+not a service to wait for."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from s3_fixtures import make_settings
+from s3_fixtures import ACCESS_KEY, SECRET_KEY, make_settings
 
-from artifactstore_core import BackendError, BackendUnavailableError, Message
+from artifactstore_core import BackendError, BackendUnavailableError, ConfigurationError, Message, create_store
 from artifactstore_core.testing_servers import LOOPBACK, self_signed_certificate
 from artifactstore_s3 import S3Store
+from artifactstore_s3.testing import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer
 
 
 @pytest.fixture
@@ -69,3 +71,66 @@ def test_a_certificate_that_does_not_verify_is_not_called_unavailable(
     # Nothing reached the service: the probe wrote nothing, so it is not deleted (which would fail the same
     # way, after as many retries) nor reported as left behind.
     assert not [record for record in caplog.records if "probe object" in record.getMessage()]
+
+
+@pytest.fixture(scope="module")
+def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoServer, Path]]:
+    """moto's S3 server speaking TLS only, with a self-signed certificate; and that certificate's file."""
+    directory = tmp_path_factory.mktemp("tls-moto")
+    certificate = self_signed_certificate(directory)
+    with MotoServer(directory, certificate=certificate) as server:
+        yield server, certificate[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_ca_bundle_setting_trusts_a_private_ca(tls_moto: tuple[MotoServer, Path]) -> None:
+    server, ca_file = tls_moto
+    bucket = server.create_bucket()
+    with S3Store(server.settings(bucket, ca_bundle=ca_file), namespace="n") as store:
+        store.save("a", Message(content=b"over TLS"))
+        assert store.get("a").content == b"over TLS"
+    # The same server without the setting: refused as before (nothing in this process trusts it otherwise).
+    store = S3Store(server.settings(bucket, max_attempts=1), namespace="n")
+    try:
+        with pytest.raises(BackendError) as info:
+            store.get("a")
+    finally:
+        store.close()
+    assert not isinstance(info.value, BackendUnavailableError)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+    assert "ARTIFACT_STORE_S3_CA_BUNDLE" in str(info.value)
+
+
+@pytest.mark.timeout(120)
+def test_the_ca_bundle_is_read_from_the_environment(
+    tls_moto: tuple[MotoServer, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, ca_file = tls_moto
+    bucket = server.create_bucket()
+    monkeypatch.setenv("ARTIFACT_STORE_S3_CA_BUNDLE", str(ca_file))
+    with create_store(
+        "s3",
+        namespace="n",
+        bucket=bucket,
+        endpoint_url=server.endpoint_url,
+        region=REGION,
+        access_key_id=ACCESS_KEY_ID,
+        secret_access_key=SECRET_ACCESS_KEY,
+    ) as store:
+        store.save("a", Message(content=1))
+        assert store.get("a").content == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not-pem"])
+def test_a_ca_bundle_that_cannot_be_used_is_a_configuration_error(tmp_path: Path, kind: str) -> None:
+    path = {"missing": tmp_path / "absent.pem", "directory": tmp_path, "not-pem": tmp_path / "empty.pem"}[kind]
+    if kind == "not-pem":
+        path.write_text("not a certificate\n")
+    settings = make_settings("https://127.0.0.1:9", "any-bucket", ca_bundle=path)
+    with pytest.raises(ConfigurationError) as info:
+        S3Store(settings, namespace="n")
+    message = str(info.value)
+    assert "ARTIFACT_STORE_S3_CA_BUNDLE" in message
+    assert str(path) in message
+    assert SECRET_KEY not in message
+    assert ACCESS_KEY not in message

@@ -211,9 +211,10 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         # not speak TLS. Every repetition fails the same way, so this is not retryable.
         return BackendError(
             f"the TLS handshake with the S3 endpoint for {where} failed: {redact(str(exc), secrets)[:300]}; if the "
-            "endpoint uses a private CA, point AWS_CA_BUNDLE (or ca_bundle in the AWS config file) at its "
-            "certificate; a certificate for another host name is what virtual-hosted addressing of a bucket "
-            "whose name has dots meets (set ARTIFACT_STORE_S3_ADDRESSING_STYLE=path); check that "
+            "endpoint uses a private CA, point ARTIFACT_STORE_S3_CA_BUNDLE (or AWS_CA_BUNDLE, for every boto3 "
+            "client of the process) at its certificate; a certificate for another host name is what "
+            "virtual-hosted addressing of a bucket whose name has dots meets (set "
+            "ARTIFACT_STORE_S3_ADDRESSING_STYLE=path); check that "
             "ARTIFACT_STORE_S3_ENDPOINT_URL says https:// only for a TLS port"
         )
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):

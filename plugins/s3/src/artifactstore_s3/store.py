@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -300,8 +301,9 @@ class S3Store(ArtifactStore):
         if settings.checksum_calculation is not None:
             # Merged over botocore's own setting (environment, config file) for this client only.
             config = config.merge(Config(request_checksum_calculation=settings.checksum_calculation))
+        verify = self._ca_bundle()
         try:
-            client = session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+            client = session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
         except ValueError as exc:
             raise ConfigurationError(
                 f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
@@ -311,6 +313,36 @@ class S3Store(ArtifactStore):
         # again): credentials from the environment, a profile or a role are masked in logs as the settings' are.
         self._log_secrets.watch(client, session.get_credentials())
         return client
+
+    def _ca_bundle(self) -> str | None:
+        """The path of ``ca_bundle``, once it is known to hold certificates; ``None``: unset.
+
+        Raises:
+            ConfigurationError: the file is missing, cannot be read or holds no PEM certificate (urllib3
+                would say so only at the first https:// connection, as a TLS failure far from the setting).
+        """
+        path = self._settings.ca_bundle
+        if path is None:
+            return None
+        cause: OSError
+        try:
+            ssl.create_default_context(cafile=os.fspath(path))
+        except FileNotFoundError as exc:
+            problem, cause = "does not exist", exc
+        except IsADirectoryError as exc:
+            problem, cause = "is a directory, not a PEM file", exc
+        except ssl.SSLError as exc:  # before OSError: it is one
+            problem, cause = "holds no PEM certificate", exc
+        except OSError as exc:
+            problem, cause = f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})", exc
+        else:
+            return os.fspath(path)
+        # A path is no secret: naming it is what makes this fixable.
+        raise ConfigurationError(
+            f"ARTIFACT_STORE_S3_CA_BUNDLE {os.fspath(path)!r} {problem}; set it to a readable PEM file of the CA "
+            "certificates of the S3 endpoint, or unset it to use the default bundle",
+            backend=self.backend_name,
+        ) from cause
 
     @property
     def client(self) -> S3Client:
