@@ -19,14 +19,22 @@ from artifactstore_s3 import S3Store
 from artifactstore_s3.testing import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer
 
 
+class UntrustedEndpoint:
+    """An https:// URL on 127.0.0.1 whose server presents a certificate no default CA bundle trusts, and the
+    number of connections it accepted (each one handshake the client refuses)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.accepted = 0
+
+
 @pytest.fixture
-def untrusted_endpoint(tmp_path: Path) -> Iterator[str]:
-    """An https:// URL on 127.0.0.1 whose server presents a certificate no default CA bundle trusts."""
+def untrusted_endpoint(tmp_path: Path) -> Iterator[UntrustedEndpoint]:
     cert_file, key_file = self_signed_certificate(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     listener = socket.create_server((LOOPBACK, 0))
-    port = listener.getsockname()[1]
+    endpoint = UntrustedEndpoint(f"https://{LOOPBACK}:{listener.getsockname()[1]}")
     stop = threading.Event()
 
     def serve() -> None:
@@ -36,6 +44,8 @@ def untrusted_endpoint(tmp_path: Path) -> Iterator[str]:
                 if not selector.select(timeout=0.1):
                     continue  # look at stop again
                 connection, _ = listener.accept()
+                # Counted before the handshake: the client cannot see its failure before this.
+                endpoint.accepted += 1
                 try:
                     with context.wrap_socket(connection, server_side=True):
                         pass  # the client refuses the certificate during the handshake
@@ -45,7 +55,7 @@ def untrusted_endpoint(tmp_path: Path) -> Iterator[str]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"https://{LOOPBACK}:{port}"
+        yield endpoint
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -54,11 +64,11 @@ def untrusted_endpoint(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.timeout(60)
 def test_a_certificate_that_does_not_verify_is_not_called_unavailable(
-    untrusted_endpoint: str, caplog: pytest.LogCaptureFixture
+    untrusted_endpoint: UntrustedEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # botocore retries it as a connection error, and it used to come out as a retryable
-    # BackendUnavailableError ("cannot reach S3 ... check the network"): repeating never helps.
-    store = S3Store(make_settings(untrusted_endpoint, "any-bucket", max_attempts=2), namespace="n")
+    # It used to come out as a retryable BackendUnavailableError ("cannot reach S3 ... check the network"):
+    # repeating never helps.
+    store = S3Store(make_settings(untrusted_endpoint.url, "any-bucket", max_attempts=2), namespace="n")
     try:
         with pytest.raises(BackendError) as info:
             store.save("a", Message(content=b"x"))
@@ -71,6 +81,22 @@ def test_a_certificate_that_does_not_verify_is_not_called_unavailable(
     # Nothing reached the service: the probe wrote nothing, so it is not deleted (which would fail the same
     # way, after as many retries) nor reported as left behind.
     assert not [record for record in caplog.records if "probe object" in record.getMessage()]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("retry_mode", ["standard", "adaptive", "legacy"])
+def test_a_refused_handshake_is_not_retried(untrusted_endpoint: UntrustedEndpoint, retry_mode: str) -> None:
+    # botocore retried it as a connection error, max_attempts handshakes and their backoff (0.6 s for the
+    # default 5 attempts, 8 s for 10) before the same error.
+    settings = make_settings(untrusted_endpoint.url, "any-bucket", max_attempts=5, retry_mode=retry_mode)
+    with S3Store(settings, namespace="n") as store:
+        with pytest.raises(BackendError) as info:
+            store.save("a", Message(content=b"x"))
+        assert untrusted_endpoint.accepted == 1
+        with pytest.raises(BackendError):
+            store.get("a")
+        assert untrusted_endpoint.accepted == 2
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
 
 
 @pytest.fixture(scope="module")

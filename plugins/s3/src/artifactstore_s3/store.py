@@ -41,7 +41,7 @@ from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
 
-from .errors import busy_code, client_error_code, refused_before_sending, translate_error
+from .errors import busy_code, client_error_code, refused_before_sending, tls_refused, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
 from .logs import StoreSecrets
@@ -73,6 +73,17 @@ _CONFLICT_BACKOFF_CAP = 1.0
 _STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
 # The kinds of conditional write the probes check, in the order a multipart write needs them.
 _PROBE_KINDS = ("put", "multipart")
+
+
+def _no_retry_of_a_refused_handshake(caught_exception: BaseException | None = None, **_: Any) -> None:
+    """``needs-retry`` handler: a TLS handshake the client refused (an untrusted certificate, an endpoint that
+    does not speak TLS) fails the same way however often it is repeated, and botocore's retries only delay
+    the error (up to ``max_attempts`` handshakes and their backoff). Raising the refusal here, before the
+    retry handler runs, ends the request with it at once, as after its last attempt (and spends none of the
+    client's retry quota). Returning a value would not do: the first value that is not ``None`` wins, and
+    older botocore releases retry on any such value, ``False`` included."""
+    if caught_exception is not None and tls_refused(caught_exception):
+        raise caught_exception
 
 
 # Every open store, so that a forked child resets their per-process state in one place (S3Store._after_fork).
@@ -309,6 +320,8 @@ class S3Store(ArtifactStore):
                 f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
                 "ARTIFACT_STORE_S3_REGION"
             ) from exc
+        # Ahead of botocore's retry handler (any mode), which retries a refused handshake as a connection error.
+        client.meta.events.register_first("needs-retry.s3", _no_retry_of_a_refused_handshake)
         # The very object the client signs with (building the client resolved it; this asks no provider
         # again): credentials from the environment, a profile or a role are masked in logs as the settings' are.
         self._log_secrets.watch(client, session.get_credentials())
