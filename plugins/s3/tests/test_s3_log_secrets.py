@@ -198,10 +198,19 @@ def test_refreshed_credentials_of_a_profile_are_masked_too(
             "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             ("ASIAURLCANARY", "url-token", "0123456789abcdef"),
         ),
+        # A request signed with the legacy SigV2 (signature_version="s3"), and such a presigned URL.
+        (
+            "headers={'Authorization': b'AWS AKIAV2CANARY:c2lnbmF0dXJlLWNhbmFyeQ==', 'Date': b'x'}",
+            ("AKIAV2CANARY", "c2lnbmF0dXJlLWNhbmFyeQ"),
+        ),
+        (
+            "https://b.s3.amazonaws.com/k?AWSAccessKeyId=AKIAV2URL&Signature=c2lnbmF0dXJl%2Bcanary%3D&Expires=1",
+            ("AKIAV2URL", "c2lnbmF0dXJl"),
+        ),
         # botocore.auth's signature line.
         ("Signature:\n" + "ab" * 32, ("abababab",)),
     ],
-    ids=["sts", "sso", "presigned-url", "signature-line"],
+    ids=["sts", "sso", "presigned-url", "sigv2-header", "sigv2-url", "signature-line"],
 )
 def test_what_botocore_writes_of_anyones_credentials_is_masked(text: str, secret: tuple[str, ...]) -> None:
     record = logging.LogRecord("botocore.parsers", logging.DEBUG, __file__, 1, "%s", (text,), None)

@@ -52,8 +52,13 @@ _WIRE_SECRETS = re.compile(
         (
             # Authorization: ... Credential=<key id>/<date>/...; a presigned URL's X-Amz-Credential=<id>%2F...
             r"Credential=(?P<keyid>[^/%\s,'\"&]+)",
-            # Authorization: ... Signature=<hex>; a presigned URL's X-Amz-Signature=<hex>.
-            r"Signature=(?P<sig>[0-9a-fA-F]{16,})",
+            # Authorization: ... Signature=<hex>; a presigned URL's X-Amz-Signature=<hex> (or, signed with the
+            # legacy SigV2, Signature=<base64, URL-quoted>).
+            r"Signature=(?P<sig>[^&\s,;'\"]+)",
+            # A SigV2 presigned URL's AWSAccessKeyId=<key id>.
+            r"AWSAccessKeyId=(?P<v2key>[^&\s,;'\"]+)",
+            # A SigV2 Authorization header: "AWS <key id>:<signature>".
+            r"Authorization['\"]?:\s*b?['\"]?AWS (?P<v2>[^'\"\s]+)",
             # botocore.auth's "Signature:\n<hex>".
             r"Signature:\s*(?P<logged>[0-9a-fA-F]{16,})",
             # The header in a request's repr ('X-Amz-Security-Token': b'...'), in the canonical request
