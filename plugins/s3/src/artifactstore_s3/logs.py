@@ -189,7 +189,8 @@ class StoreSecrets:
 
     def watch(self, client: S3Client, credentials: Credentials | None) -> None:
         """Register, before each request ``client`` signs, the credentials it signs with (``credentials``, the
-        object the client was built with; ``None``: it has none, and requests fail unsigned). Raises nothing.
+        object the client was built with; ``None``: it has none, and its requests fail for want of them). Raises
+        nothing.
 
         Refreshable credentials are never refreshed here (that would be a second call to STS or SSO per
         refresh): when they are due, the signer refreshes them and the next request registers the new set.

@@ -322,9 +322,15 @@ class S3Store(ArtifactStore):
             ) from exc
         # Ahead of botocore's retry handler (any mode), which retries a refused handshake as a connection error.
         client.meta.events.register_first("needs-retry.s3", _no_retry_of_a_refused_handshake)
-        # The very object the client signs with (building the client resolved it; this asks no provider
-        # again): credentials from the environment, a profile or a role are masked in logs as the settings' are.
-        self._log_secrets.watch(client, session.get_credentials())
+        # Credentials from the environment, a profile or a role are masked in logs as the settings' are. The
+        # session keeps what building the client resolved, so this is the very object the client signs with and
+        # asks no provider again; only when the chain found nothing does it look once more (requests then fail
+        # for want of credentials, as before).
+        try:
+            credentials = session.get_credentials()
+        except Exception:  # the client's first request meets the same failure and reports it
+            credentials = None
+        self._log_secrets.watch(client, credentials)
         return client
 
     def _ca_bundle(self) -> str | None:
