@@ -23,7 +23,7 @@ from artifactstore_core.errors import (
     redact,
 )
 
-__all__ = ["busy_code", "client_error_code", "refused_before_sending", "translate_error"]
+__all__ = ["busy_code", "client_error_code", "refused_before_sending", "tls_refused", "translate_error"]
 
 _ACCESS_CODES = frozenset(
     {
@@ -75,7 +75,11 @@ _CREDENTIAL_HINT = (
 _TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "record layer failure")
 
 
-def _tls_refused(exc: bx.SSLError) -> bool:
+def tls_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a TLS handshake the client refused: the endpoint's certificate does not verify, or
+    the endpoint does not speak TLS. Repeating it fails the same way. Raises nothing."""
+    if not isinstance(exc, bx.SSLError):
+        return False
     text = str(exc)
     return any(refusal in text for refusal in _TLS_REFUSALS)
 
@@ -87,7 +91,7 @@ def refused_before_sending(exc: BaseException) -> bool:
     if isinstance(exc, bx.ClientError):
         return False
     if isinstance(exc, bx.SSLError):
-        return _tls_refused(exc)
+        return tls_refused(exc)
     return isinstance(translate_error(exc, bucket=""), ConfigurationError)
 
 
@@ -206,14 +210,15 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         )
     if isinstance(exc, bx.NoRegionError):
         return ConfigurationError(f"no region for {where}; set ARTIFACT_STORE_S3_REGION")
-    if isinstance(exc, bx.SSLError) and _tls_refused(exc):
+    if tls_refused(exc):
         # Not the network failing for a moment: the endpoint's certificate is not trusted here, or it does
         # not speak TLS. Every repetition fails the same way, so this is not retryable.
         return BackendError(
             f"the TLS handshake with the S3 endpoint for {where} failed: {redact(str(exc), secrets)[:300]}; if the "
-            "endpoint uses a private CA, point AWS_CA_BUNDLE (or ca_bundle in the AWS config file) at its "
-            "certificate; a certificate for another host name is what virtual-hosted addressing of a bucket "
-            "whose name has dots meets (set ARTIFACT_STORE_S3_ADDRESSING_STYLE=path); check that "
+            "endpoint uses a private CA, point ARTIFACT_STORE_S3_CA_BUNDLE (or AWS_CA_BUNDLE, for every boto3 "
+            "client of the process) at its certificate; a certificate for another host name is what "
+            "virtual-hosted addressing of a bucket whose name has dots meets (set "
+            "ARTIFACT_STORE_S3_ADDRESSING_STYLE=path); check that "
             "ARTIFACT_STORE_S3_ENDPOINT_URL says https:// only for a TLS port"
         )
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):

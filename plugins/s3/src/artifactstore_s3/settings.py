@@ -8,6 +8,7 @@ repr, a log line or an error message.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -53,6 +54,13 @@ class S3Settings(BackendSettings):
         description="Endpoint of an S3-compatible service (MinIO, Ceph, R2, a local test server), e.g. "
         "http://127.0.0.1:9000. Unset: AWS S3 for the region. No user info: credentials go in "
         "ARTIFACT_STORE_S3_ACCESS_KEY_ID / ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, which are kept secret.",
+    )
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates this store trusts for an https:// endpoint (a private CA "
+        "of an S3-compatible service), instead of the default bundle; for this store's client only, unlike "
+        "AWS_CA_BUNDLE, which every boto3 client of the process reads. Checked when a store is created: a file "
+        "that is missing, unreadable or holds no certificate is a ConfigurationError.",
     )
     region: str | None = Field(
         default=None, description="AWS region of the bucket. Unset: from boto3's configuration chain."

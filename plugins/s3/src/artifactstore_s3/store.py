@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -40,10 +41,10 @@ from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
 
-from .errors import busy_code, client_error_code, refused_before_sending, translate_error
+from .errors import busy_code, client_error_code, refused_before_sending, tls_refused, translate_error
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
-from .logs import SECRETS_FILTER
+from .logs import StoreSecrets
 from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
 from .settings import MIB, S3Settings
@@ -72,6 +73,17 @@ _CONFLICT_BACKOFF_CAP = 1.0
 _STAGING_LAYOUT = ObjectLayout({}, b"", "application/octet-stream")
 # The kinds of conditional write the probes check, in the order a multipart write needs them.
 _PROBE_KINDS = ("put", "multipart")
+
+
+def _no_retry_of_a_refused_handshake(caught_exception: BaseException | None = None, **_: Any) -> None:
+    """``needs-retry`` handler: a TLS handshake the client refused (an untrusted certificate, an endpoint that
+    does not speak TLS) fails the same way however often it is repeated, and botocore's retries only delay
+    the error (up to ``max_attempts`` handshakes and their backoff). Raising the refusal here, before the
+    retry handler runs, ends the request with it at once, as after its last attempt (and spends none of the
+    client's retry quota). Returning a value would not do: the first value that is not ``None`` wins, and
+    older botocore releases retry on any such value, ``False`` included."""
+    if caught_exception is not None and tls_refused(caught_exception):
+        raise caught_exception
 
 
 # Every open store, so that a forked child resets their per-process state in one place (S3Store._after_fork).
@@ -234,13 +246,14 @@ class S3Store(ArtifactStore):
             )
         self._bucket: str = self._settings.bucket
         self._keys = KeyLayout(self._settings.prefix, self.namespace)
-        self._secrets = tuple(
+        # botocore's DEBUG wire trace shows the token and key id: masked there while the store is open, those
+        # of the settings and those the client resolves (see _make_client).
+        self._log_secrets = StoreSecrets(
             secret.get_secret_value()
             for secret in (self._settings.access_key_id, self._settings.secret_access_key, self._settings.session_token)
             if secret is not None
         )
-        # botocore's DEBUG wire trace shows the token and key id: masked there while the store is open.
-        self._forget_log_secrets = weakref.finalize(self, SECRETS_FILTER.remove, SECRETS_FILTER.add(self._secrets))
+        self._forget_log_secrets = weakref.finalize(self, self._log_secrets.forget)
         self._lock = threading.Lock()
         # Held while a conditional-write probe runs, apart from _lock: the probe sends requests, and building
         # the client (in a forked child), starting a pool or registering an upload take _lock meanwhile.
@@ -299,13 +312,56 @@ class S3Store(ArtifactStore):
         if settings.checksum_calculation is not None:
             # Merged over botocore's own setting (environment, config file) for this client only.
             config = config.merge(Config(request_checksum_calculation=settings.checksum_calculation))
+        verify = self._ca_bundle()
         try:
-            return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+            client = session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
         except ValueError as exc:
             raise ConfigurationError(
                 f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
                 "ARTIFACT_STORE_S3_REGION"
             ) from exc
+        # Ahead of botocore's retry handler (any mode), which retries a refused handshake as a connection error.
+        client.meta.events.register_first("needs-retry.s3", _no_retry_of_a_refused_handshake)
+        # Credentials from the environment, a profile or a role are masked in logs as the settings' are. The
+        # session keeps what building the client resolved, so this is the very object the client signs with and
+        # asks no provider again; only when the chain found nothing does it look once more (requests then fail
+        # for want of credentials, as before).
+        try:
+            credentials = session.get_credentials()
+        except Exception:  # the client's first request meets the same failure and reports it
+            credentials = None
+        self._log_secrets.watch(client, credentials)
+        return client
+
+    def _ca_bundle(self) -> str | None:
+        """The path of ``ca_bundle``, once it is known to hold certificates; ``None``: unset.
+
+        Raises:
+            ConfigurationError: the file is missing, cannot be read or holds no PEM certificate (urllib3
+                would say so only at the first https:// connection, as a TLS failure far from the setting).
+        """
+        path = self._settings.ca_bundle
+        if path is None:
+            return None
+        cause: OSError
+        try:
+            ssl.create_default_context(cafile=os.fspath(path))
+        except FileNotFoundError as exc:
+            problem, cause = "does not exist", exc
+        except IsADirectoryError as exc:
+            problem, cause = "is a directory, not a PEM file", exc
+        except ssl.SSLError as exc:  # before OSError: it is one
+            problem, cause = "holds no PEM certificate", exc
+        except OSError as exc:
+            problem, cause = f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})", exc
+        else:
+            return os.fspath(path)
+        # A path is no secret: naming it is what makes this fixable.
+        raise ConfigurationError(
+            f"ARTIFACT_STORE_S3_CA_BUNDLE {os.fspath(path)!r} {problem}; set it to a readable PEM file of the CA "
+            "certificates of the S3 endpoint, or unset it to use the default bundle",
+            backend=self.backend_name,
+        ) from cause
 
     @property
     def client(self) -> S3Client:
@@ -367,6 +423,7 @@ class S3Store(ArtifactStore):
         """
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
+        self._log_secrets.after_fork()
         self._pools = {}
         self._client = None
         # The parent's uploads and staging objects are the parent's to settle, not this child's.
@@ -446,7 +503,7 @@ class S3Store(ArtifactStore):
             # Whatever failed an operation in flight during close() (a part cancelled, a pool shut down, a
             # request on the closing client), the cause to act on is the close; the original is chained.
             return self._closed_error()
-        return translate_error(exc, bucket=self._bucket, secrets=self._secrets)
+        return translate_error(exc, bucket=self._bucket, secrets=self._log_secrets.secrets)
 
     # -- conditional-write probe ----------------------------------------------------------------------
 

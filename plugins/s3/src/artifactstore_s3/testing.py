@@ -60,19 +60,26 @@ class MotoServer(ServerSubprocess):
     """``python -m moto.server`` on 127.0.0.1, started by :meth:`start` and stopped by ``stop()`` (or a
     ``with`` block). Restartable on the same port (with empty storage: moto keeps objects in memory).
 
-    ``workdir``, if given, receives the server's log (``moto.log``), quoted in errors.
+    ``workdir``, if given, receives the server's log (``moto.log``), quoted in errors. ``certificate``, if
+    given, is a ``(certificate file, key file)`` pair of PEM files (e.g. from
+    :func:`artifactstore_core.testing_servers.self_signed_certificate`): the server then speaks TLS only
+    (an ``https://`` :attr:`endpoint_url`), and :meth:`client` trusts that certificate.
     """
 
     name = "moto server"
     error = MotoServerError
 
-    def __init__(self, workdir: Path | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, port: int | None = None, certificate: tuple[Path, Path] | None = None
+    ) -> None:
         super().__init__(port=port, log_path=None if workdir is None else workdir / "moto.log")
+        self.certificate = certificate
 
     @property
     def endpoint_url(self) -> str:
         """The server's URL, for ``S3Settings.endpoint_url`` or a boto3 client."""
-        return f"http://{LOOPBACK}:{self.port}"
+        scheme = "http" if self.certificate is None else "https"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
 
     def start(self) -> MotoServer:
         """Start the server and return once it accepts connections.
@@ -86,8 +93,9 @@ class MotoServer(ServerSubprocess):
                 f"moto's server mode is not installed (no module {', '.join(missing)}); the s3 tests and "
                 f"benchmarks need it: {INSTALL}"
             )
+        tls = [] if self.certificate is None else ["-c", str(self.certificate[0]), "-k", str(self.certificate[1])]
         self.spawn(
-            [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port), *tls],
             timeout=READY_TIMEOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},  # so that the log is complete when it is quoted
         )
@@ -105,7 +113,8 @@ class MotoServer(ServerSubprocess):
         session = boto3.session.Session(
             aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
         )
-        return session.client("s3", endpoint_url=self.endpoint_url, config=Config(**config))
+        verify = None if self.certificate is None else str(self.certificate[0])
+        return session.client("s3", endpoint_url=self.endpoint_url, config=Config(**config), verify=verify)
 
     def create_bucket(self, name: str | None = None, *, prefix: str = "test") -> str:
         """Create a bucket (by default a new name starting with ``prefix``) and return its name.
