@@ -317,35 +317,6 @@ def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     assert any("execution 'stopped'" in note and "execution_id='stopped'" in note for note in caught.value.__notes__)
 
 
-def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, workdir: Path) -> None:
-    # The terminal's SIGINT reaches the executor's process and its workers. Each worker's step was
-    # interrupted, but the worker then took the step queued for it (s2) and the run went on until that
-    # step ended; the KeyboardInterrupt did not say which execution to resume.
-    root = str(tmp_path / "artifacts")
-    code = f"from pipeline_steps import run_until_interrupted; run_until_interrupted({root!r}, {str(workdir)!r})"
-    process = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=Path(__file__).parent,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(
-            lambda: Path(workdir, "s0-started").exists() and Path(workdir, "s1-started").exists(),
-            60,
-            "s0 and s1 never started",
-        )
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=30) == 130
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
-    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
-
-
 def _start_run(root: str, workdir: Path, *, deaf: bool) -> subprocess.Popen[bytes]:
     """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
     code = (
@@ -359,11 +330,15 @@ def _start_run(root: str, workdir: Path, *, deaf: bool) -> subprocess.Popen[byte
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until(
-        lambda: Path(workdir, "s0-started").exists() and Path(workdir, "s1-started").exists(),
-        60,
-        "s0 and s1 never started",
-    )
+    try:
+        wait_until(
+            lambda: Path(workdir, "s0-started").exists() and Path(workdir, "s1-started").exists(),
+            60,
+            "s0 and s1 never started",
+        )
+    except BaseException:
+        _kill_group(process)
+        raise
     return process
 
 
@@ -372,6 +347,21 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, workdir: Path) -> None:
+    # The terminal's SIGINT reaches the executor's process and its workers. Each worker's step was
+    # interrupted, but the worker then took the step queued for it (s2) and the run went on until that
+    # step ended; the KeyboardInterrupt did not say which execution to resume.
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=False)
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        _kill_group(process)
+    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
 def test_ctrl_c_terminates_workers_whose_steps_ignore_it_and_starts_no_queued_step(
