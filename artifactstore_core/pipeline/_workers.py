@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,9 @@ __all__ = ["WorkerDied", "WorkerPool"]
 
 # How long a worker asked to stop (SIGTERM) may take before it is killed: a step may catch SIGTERM.
 _TERMINATE_GRACE = 5.0
+# Each worker leads a process group of its own (POSIX), which the processes its steps start join, so that
+# stopping the worker stops them too.
+_OWN_GROUPS = hasattr(os, "setpgid") and hasattr(os, "killpg")
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - it is the traceback text, shown under the worker's exception
@@ -138,9 +142,14 @@ class WorkerPool(cf.Executor):
         self._wake()
         self._thread.join()
 
-    def terminate(self) -> None:
-        """Stop now: cancel the steps not started, terminate every worker (its step stops where it is:
-        nothing it did not save is saved) and wait until each has ended. Raises nothing.
+    def terminate(self, *, interrupt: bool = False) -> None:
+        """Stop now: cancel the steps not started, terminate every worker and the processes its step started
+        (its step stops where it is: nothing it did not save is saved) and wait until each worker has ended.
+
+        Each worker's process group (the worker and the processes its steps started) gets SIGINT first with
+        ``interrupt`` (Ctrl-C: the terminal sends it to the executor's group only), then SIGTERM, and SIGKILL
+        once the worker has ended or :data:`_TERMINATE_GRACE` seconds have passed: a process a step started
+        and that outlived its worker, or ignores SIGTERM, is killed too. Raises nothing.
         """
         with self._lock:
             self._state.closing = True
@@ -148,15 +157,24 @@ class WorkerPool(cf.Executor):
             workers = list(self._state.workers)
             for worker in workers:
                 worker.stopping = True
+        if interrupt:
+            for worker in workers:
+                _signal_group(worker.process, signal.SIGINT)
         for worker in workers:
+            _signal_group(worker.process, signal.SIGTERM)
             with contextlib.suppress(Exception):
                 worker.process.terminate()
+        deadline = time.monotonic() + _TERMINATE_GRACE
         for worker in workers:
-            worker.process.join(_TERMINATE_GRACE)
-            if worker.process.exitcode is None:
-                with contextlib.suppress(Exception):
-                    worker.process.kill()
-                worker.process.join()
+            # The sentinel, not join(): a join would reap the worker, and its pid, which is its group's id, could
+            # then be reused by another process before the group is killed.
+            connection.wait([worker.process.sentinel], max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            _signal_group(worker.process, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+        for worker in workers:
+            worker.process.join()
         self._wake()
         self._thread.join()
 
@@ -309,18 +327,36 @@ class WorkerPool(cf.Executor):
         self._wake_writer.close()
 
 
+def _signal_group(process: BaseProcess, signum: int) -> None:
+    """Send ``signum`` to the process group ``process`` leads, if it made one (raises nothing).
+
+    A worker makes its group as its first step; one still starting is in the executor's group, and has
+    started nothing yet. The group outlives its leader while a process a step started runs, and the kernel
+    does not give its id to another process meanwhile.
+    """
+    if not _OWN_GROUPS or process.pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signum)
+
+
 # -- the worker's side ------------------------------------------------------------------------------------
 
 
 def _serve_steps(conn: connection.Connection) -> None:
     """A worker process: run the tasks received on ``conn`` one at a time until the pipe closes.
 
-    A thread watches the executor's process: when it dies (``kill -9``), the worker exits at once rather than
-    run on as an orphan (its step's output, not saved yet, is not saved). Ctrl-C reaches a worker only while
-    it runs a step (the terminal sends it to the whole process group; the executor stops the workers).
+    The worker leads a process group of its own, which the processes its steps start join: the executor
+    stops them with it (see :meth:`WorkerPool.terminate`). A thread watches the executor's process: when it
+    dies (``kill -9``), the worker kills its group (itself and what its step started) at once rather than
+    run on as an orphan (its step's output, not saved yet, is not saved). The terminal's Ctrl-C reaches the
+    executor's group, not the workers': the executor passes it on to the workers that run a step (an idle
+    worker ignores it; the executor stops the workers).
     """
     import multiprocessing
 
+    if _OWN_GROUPS:
+        os.setpgid(0, 0)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent.sentinel,), name="artifactstore-parent", daemon=True).start()
@@ -357,4 +393,7 @@ def _serve_steps(conn: connection.Connection) -> None:
 
 def _exit_with(sentinel: int) -> None:
     connection.wait([sentinel])
+    if _OWN_GROUPS and os.getpgrp() == os.getpid():
+        # The processes this worker's step started go with it: nothing is left to save into the execution.
+        os.killpg(0, signal.SIGKILL)
     os._exit(1)

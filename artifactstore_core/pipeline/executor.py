@@ -180,8 +180,9 @@ class Executor:
                 wrong key, not damage: nothing is overwritten). Raised before any step runs.
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
             KeyboardInterrupt, SystemExit: raised by a step, or in this process (Ctrl-C): re-raised at once,
-                with a note naming the execution id to resume; worker processes are terminated, and the
-                artifacts of the steps that finished are kept.
+                with a note naming the execution id to resume; worker processes are terminated with the
+                processes their steps started (their process groups), and the artifacts of the steps that
+                finished are kept.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
@@ -368,7 +369,8 @@ class Executor:
                 # are terminated, so their steps stop now: a step may ignore or catch the terminal's SIGINT, and
                 # waiting for it is not what Ctrl-C asked. Threads cannot be stopped: their steps finish first.
                 if isinstance(pool, WorkerPool):
-                    pool.terminate()
+                    # Workers lead process groups of their own, which the terminal's Ctrl-C does not reach.
+                    pool.terminate(interrupt=isinstance(exc, KeyboardInterrupt))
                 exc.add_note(
                     f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
                     f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"

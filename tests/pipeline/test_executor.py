@@ -27,6 +27,7 @@ from pipeline_steps import (
     Inputs,
     StepError,
     calls,
+    children,
     diamond,
     is_dead,
     pids,
@@ -317,11 +318,11 @@ def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     assert any("execution 'stopped'" in note and "execution_id='stopped'" in note for note in caught.value.__notes__)
 
 
-def _start_run(root: str, workdir: Path, *, deaf: bool) -> subprocess.Popen[bytes]:
+def _start_run(root: str, workdir: Path, *, deaf: bool, child: bool = False) -> subprocess.Popen[bytes]:
     """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
     code = (
         f"from pipeline_steps import run_until_interrupted; "
-        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r})"
+        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r})"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -342,11 +343,15 @@ def _start_run(root: str, workdir: Path, *, deaf: bool) -> subprocess.Popen[byte
     return process
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Leave nothing of a test's run behind, whatever the test found."""
+def _kill_group(process: subprocess.Popen[bytes], workdir: Path | None = None) -> None:
+    """Leave nothing of a test's run behind, whatever the test found (with ``workdir``, nor the processes its
+    steps started, which are not in its group)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    for pid in children(workdir).values() if workdir is not None else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, workdir: Path) -> None:
@@ -382,6 +387,26 @@ def test_ctrl_c_terminates_workers_whose_steps_ignore_it_and_starts_no_queued_st
         _kill_group(process)
     assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
     assert "s2" not in calls(workdir)
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigint-to-the-runner", "sigkill-to-the-runner"])
+def test_processes_a_step_started_do_not_outlive_the_run(how: str, tmp_path: Path, workdir: Path) -> None:
+    # s0 and s1 each start a process that ignores SIGINT and SIGTERM. Terminating a worker (SIGTERM to it alone)
+    # left that process running, and so did a worker that exited because its runner was killed; Ctrl-C at a
+    # terminal reached it only when it did not ignore SIGINT.
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=True, child=True)
+    try:
+        started = [children(workdir)[name] for name in ("s0", "s1")]
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C: to the foreground process group
+        else:
+            os.kill(process.pid, signal.SIGINT if how == "sigint-to-the-runner" else signal.SIGKILL)
+        assert process.wait(timeout=30) == (-signal.SIGKILL if how == "sigkill-to-the-runner" else 130)
+        wait_until(lambda: all(is_dead(pid) for pid in started), 50, "a process a step started outlived the run")
+    finally:
+        _kill_group(process, workdir)
     assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
