@@ -18,6 +18,8 @@ import concurrent.futures.process as cfp
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -38,6 +40,21 @@ _TERMINATE_GRACE = 5.0
 # Each worker leads a process group of its own (POSIX), which the processes its steps start join, so that
 # stopping the worker stops them too.
 _OWN_GROUPS = hasattr(os, "setpgid") and hasattr(os, "killpg")
+
+# A spawned worker imports the main module before any code of this module runs in it, and so before it
+# can watch this process: a slow or hung import (a model loaded at module level, a network call) would
+# outlive a runner killed meanwhile. Until the worker says it is ready (its own watch runs by then), a
+# watchdog does it: a small process of the interpreter alone (no site, no import of the user's code) that
+# waits on a pipe from this process and on the worker's sentinel; a byte on the pipe stands it down, an
+# end of file (this process is gone) makes it kill the worker, unless the worker has ended already.
+_WATCHDOG = """\
+import os, select, signal, sys
+watch, sentinel, pid = map(int, sys.argv[1:])
+ready = select.select([watch, sentinel], [], [])[0]
+if sentinel not in ready and not os.read(watch, 1) and not select.select([sentinel], [], [], 0)[0]:
+    os.kill(pid, signal.SIGKILL)
+"""
+_WATCHDOGS = os.name == "posix"
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - it is the traceback text, shown under the worker's exception
@@ -71,6 +88,21 @@ class _Worker:
     stopping: bool = False
     #: Its pipe is closed at the other end: only its sentinel is waited on until it has ended.
     hung_up: bool = False
+    #: The watchdog that kills it if this process dies before it is ready, and the pipe that stands it down.
+    watchdog: subprocess.Popen[bytes] | None = None
+    watch: int | None = None
+
+    def stand_down(self, *, reap: bool) -> None:
+        """Tell the watchdog the worker is ready or ended (once), and with ``reap`` wait for it. Raises nothing."""
+        if self.watch is not None:
+            with contextlib.suppress(OSError):  # the watchdog has ended already
+                os.write(self.watch, b"x")
+            os.close(self.watch)
+            self.watch = None
+        if reap and self.watchdog is not None:
+            with contextlib.suppress(Exception):
+                self.watchdog.wait()
+            self.watchdog = None
 
 
 @dataclass
@@ -257,6 +289,16 @@ class WorkerPool(cf.Executor):
         process.start()
         theirs.close()
         worker = _Worker(process, mine)
+        if _WATCHDOGS:
+            try:
+                worker.watchdog, worker.watch = _watch(process)
+            except BaseException:
+                # No worker this process cannot stop if it dies: the step fails with the reason instead.
+                with contextlib.suppress(Exception):
+                    process.kill()
+                process.join()
+                mine.close()
+                raise
         self._state.workers.append(worker)
         return worker
 
@@ -277,6 +319,7 @@ class WorkerPool(cf.Executor):
             kind = message[0]
             if kind == "ready":
                 worker.started = True
+                worker.stand_down(reap=False)
                 with self._lock:
                     self._any_started = True
             elif kind == "done":
@@ -287,6 +330,7 @@ class WorkerPool(cf.Executor):
                 self._complete(worker, error)
         if worker.process.exitcode is None:
             return
+        worker.stand_down(reap=True)
         with self._lock:
             self._state.workers.remove(worker)
             if not worker.stopping:
@@ -323,8 +367,33 @@ class WorkerPool(cf.Executor):
             worker.conn.close()
         for worker in workers:
             worker.process.join()
+            worker.stand_down(reap=True)
         self._wake_reader.close()
         self._wake_writer.close()
+
+
+def _watch(process: BaseProcess) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the watchdog of ``process`` (see :data:`_WATCHDOG`); return it and the pipe that stands it down.
+
+    Raises:
+        OSError: the watchdog could not be started.
+    """
+    read, write = os.pipe()
+    try:
+        watchdog = subprocess.Popen(  # noqa: S603 - this interpreter, our own code and numbers
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(read), str(process.sentinel), str(process.pid)],
+            pass_fds=(read, process.sentinel),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            # Out of the terminal's reach: Ctrl-C must not end it before the worker is stopped.
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    return watchdog, write
 
 
 def _signal_group(process: BaseProcess, signum: int) -> None:

@@ -592,6 +592,52 @@ def test_a_script_without_a_main_guard_is_told_why_no_worker_started(tmp_path: P
     assert "if __name__ == '__main__':" in last
 
 
+HANGING_IMPORT_SCRIPT = """
+import os
+import threading
+from pathlib import Path
+
+from artifactstore_core.pipeline import Executor, Pipeline, Step, StoreConfig
+
+if __name__ == "__mp_main__":
+    # A worker importing this module hangs here, as on a slow model load or a network call that never returns.
+    Path({workdir!r}, f"importing-{{os.getpid()}}").touch()
+    threading.Event().wait(120)
+
+
+def numbers(inputs):
+    return [1, 2, 3]
+
+
+if __name__ == "__main__":
+    Executor(StoreConfig("filesystem", root={root!r}), mode="processes").run(Pipeline([Step("numbers", numbers)]))
+"""
+
+
+def test_a_worker_hung_importing_the_main_module_does_not_outlive_a_runner_killed_with_sigkill(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # A spawned worker imports the main module before any code of the pool runs in it, so before it watches
+    # its runner: one hung in that import lived on after its runner was killed with SIGKILL.
+    script = tmp_path / "script.py"
+    script.write_text(HANGING_IMPORT_SCRIPT.format(workdir=str(workdir), root=str(tmp_path / "artifacts")))
+    process = subprocess.Popen(
+        [sys.executable, str(script)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    workers: list[int] = []
+    try:
+        wait_until(lambda: any(workdir.glob("importing-*")), 60, "no worker imported the script")
+        workers = [int(path.name.removeprefix("importing-")) for path in workdir.glob("importing-*")]
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        wait_until(lambda: all(is_dead(pid) for pid in workers), 30, "a worker outlived its executor")
+    finally:
+        _kill_group(process)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: Path, workdir: Path) -> None:
     # When a worker dies, every running step gets the same BrokenProcessPool and the pool kills the
     # other workers: the failure used to name whichever future came first, often the innocent sibling.
