@@ -247,6 +247,7 @@ class WorkerPool(cf.Executor):
                     if worker.task is not None:
                         worker.task[0].set_exception(exc)
                         worker.task = None
+                    _signal_group(worker.process, signal.SIGTERM)
                     with contextlib.suppress(Exception):
                         worker.process.terminate()
                 while self._state.pending:
