@@ -426,7 +426,9 @@ def _serve_steps(conn: connection.Connection) -> None:
     import multiprocessing
 
     if _OWN_GROUPS:
-        os.setpgid(0, 0)
+        # Without a group of its own (refused: a session leader), it is stopped alone, as before groups.
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent.sentinel,), name="artifactstore-parent", daemon=True).start()
