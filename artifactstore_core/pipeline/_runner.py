@@ -12,6 +12,7 @@ import copy
 import hashlib
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "WorkerTask",
     "execute_step",
     "forget_replacements",
+    "replacement_generations",
     "replacement_id",
     "run_in_worker",
     "to_message",
@@ -64,6 +66,8 @@ class WorkerTask:
     overwrite: bool = False
     #: Remove the step's replacement records before saving a fresh output (a run given an execution id).
     forget: bool = False
+    #: The highest generation of the step's replacement records that the resume's listing found (0: none).
+    records: int = 0
 
 
 class ReusedInputsUnusable(Exception):  # noqa: N818 - a signal to the executor, never raised to users
@@ -115,19 +119,49 @@ def replacement_id(step_id: str, generation: int) -> str:
     return f"{RESERVED_PREFIX}replacement/{generation}/{digest}"
 
 
-def forget_replacements(store: ArtifactStore, step_id: str) -> None:
-    """Delete the replacement records of ``step_id`` (generations 1, 2, ... up to the first missing one).
+def replacement_generations(step_ids: Iterable[str], stored_ids: Iterable[str]) -> dict[str, int]:
+    """The highest generation of replacement record found among ``stored_ids`` for each of ``step_ids``
+    (only the steps that have one). Raises nothing.
+    """
+    steps = {hashlib.sha256(step_id.encode("utf-8")).hexdigest(): step_id for step_id in step_ids}
+    prefix = f"{RESERVED_PREFIX}replacement/"
+    highest: dict[str, int] = {}
+    for stored in stored_ids:
+        generation, _, digest = stored.removeprefix(prefix).partition("/")
+        step_id = steps.get(digest)
+        if step_id is not None and stored.startswith(prefix) and generation.isdecimal():
+            highest[step_id] = max(highest.get(step_id, 0), int(generation))
+    return highest
+
+
+def forget_replacements(store: ArtifactStore, step_id: str, known: int = 0) -> None:
+    """Delete the replacement records of ``step_id``: generations 1 to ``known`` (the highest a listing of
+    the namespace found, 0 when none or not known) whatever is missing among them, and those above it up
+    to the first missing one.
+
+    Records can have gaps: one deleted by hand, one expired before the next, a forget stopped part-way.
+    Stopping at the first missing one would leave the records above a gap, and a later replacement of the
+    step would restore an old output from one of them. Only a listing can see past a gap, so the caller
+    passes what its listing found. The records are deleted from the highest down, so a forget stopped
+    part-way leaves generations 1 to n, which the next finds without a listing.
 
     Raises:
-        BackendError and the other errors of :meth:`ArtifactStore.delete`.
+        BackendError and the other errors of :meth:`ArtifactStore.exists` and :meth:`ArtifactStore.delete`.
     """
-    generation = 1
-    while store.delete(replacement_id(step_id, generation)):
-        generation += 1
+    top = known
+    while store.exists(replacement_id(step_id, top + 1)):
+        top += 1
+    for generation in range(top, 0, -1):
+        store.delete(replacement_id(step_id, generation))
 
 
 def execute_step(
-    store: ArtifactStore, step: Step, verify: tuple[str, ...] = (), overwrite: bool = False, forget: bool = False
+    store: ArtifactStore,
+    step: Step,
+    verify: tuple[str, ...] = (),
+    overwrite: bool = False,
+    forget: bool = False,
+    records: int = 0,
 ) -> StepOutcome:
     """Run ``step`` with connectors on ``store`` and save its output under its id.
 
@@ -139,6 +173,8 @@ def execute_step(
             replaced this way: its step runs with ``overwrite=False`` (a plain write-once save).
         forget: the step's replacement records may exist (a run given an execution id): they are deleted
             before its fresh output is saved (see below).
+        records: the highest generation of the step's records that a listing of the namespace found, so
+            that records above a missing one are deleted too (see :func:`forget_replacements`).
 
     Raises:
         ReusedInputsUnusable: an input in ``verify`` is damaged (``ArtifactCorruptedError``) or gone
@@ -159,7 +195,7 @@ def execute_step(
     if unusable:
         raise ReusedInputsUnusable(step.id, tuple(unusable))
     if overwrite:
-        message, ran = _replace(store, step, inputs)
+        message, ran = _replace(store, step, inputs, records)
     else:
         message, ran = to_message(step.id, step.fn(inputs)), True
         if forget:
@@ -170,7 +206,7 @@ def execute_step(
             # artifact nor records, which the next resume handles; the other order could leave both. This is
             # chosen over tying each record to the damaged artifact's identity (its digest and created time
             # from info()), which an artifact with a damaged header does not have.
-            forget_replacements(store, step.id)
+            forget_replacements(store, step.id, records)
         try:
             store.save(step.id, message)
         except ArtifactExistsError:
@@ -182,7 +218,7 @@ def execute_step(
     return StepOutcome(step.id, duration if ran else 0.0, len(content_bytes(message)[1]), ran)
 
 
-def _replace(store: ArtifactStore, step: Step, inputs: Any) -> tuple[Message, bool]:
+def _replace(store: ArtifactStore, step: Step, inputs: Any, records: int = 0) -> tuple[Message, bool]:
     """Replace ``step``'s damaged artifact; return the replacement and whether the step ran.
 
     Two resumes of one execution (two processes) can find the same artifact damaged and replace it at
@@ -221,10 +257,10 @@ def _replace(store: ArtifactStore, step: Step, inputs: Any) -> tuple[Message, bo
             # Another resume created this generation's record while the step ran here: its output is the
             # replacement, the artifact its readers may have read already.
             last = store.get(record)
-    return _install(store, step.id, last, record), ran
+    return _install(store, step.id, last, record, max(records, generation)), ran
 
 
-def _install(store: ArtifactStore, step_id: str, replacement: Message, record: str) -> Message:
+def _install(store: ArtifactStore, step_id: str, replacement: Message, record: str, records: int) -> Message:
     """Put ``replacement`` (decided by ``record``) in place of ``step_id``'s damaged artifact; return the
     message that is the step's artifact afterwards.
 
@@ -236,8 +272,11 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
     deleted, this resume's own included (as the other resume would have, had it saved after this one). A gone
     artifact is saved write-once, so a resume that finds it gone and saves at the same time agrees on one.
 
+    ``records`` is the highest generation of the step's records known (``record``'s own, or higher from the
+    resume's listing).
+
     Raises:
-        BackendError and the other errors of :meth:`ArtifactStore.get`, ``save`` and ``delete``.
+        BackendError and the other errors of :meth:`ArtifactStore.get`, ``save``, ``exists`` and ``delete``.
     """
     while True:
         try:
@@ -255,8 +294,8 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
             except ArtifactExistsError:
                 continue  # another resume saved it since: read what it saved
         if current != replacement:
-            forget_replacements(store, step_id)
-            store.delete(record)
+            # ``records`` is at least ``record``'s own generation, so this deletes it too.
+            forget_replacements(store, step_id, records)
         return current
 
 
@@ -301,7 +340,7 @@ def run_in_worker(task: WorkerTask) -> StepOutcome:
     """
     try:
         store = _store_for(task.config, task.execution_id)
-        return execute_step(store, task.step, task.verify, task.overwrite, task.forget)
+        return execute_step(store, task.step, task.verify, task.overwrite, task.forget, task.records)
     except Exception as exc:
         problem = _unrebuildable(exc)
         if problem is None:

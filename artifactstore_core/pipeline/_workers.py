@@ -18,7 +18,10 @@ import concurrent.futures.process as cfp
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +37,24 @@ __all__ = ["WorkerDied", "WorkerPool"]
 
 # How long a worker asked to stop (SIGTERM) may take before it is killed: a step may catch SIGTERM.
 _TERMINATE_GRACE = 5.0
+# Each worker leads a process group of its own (POSIX), which the processes its steps start join, so that
+# stopping the worker stops them too.
+_OWN_GROUPS = hasattr(os, "setpgid") and hasattr(os, "killpg")
+
+# A spawned worker imports the main module before any code of this module runs in it, and so before it
+# can watch this process: a slow or hung import (a model loaded at module level, a network call) would
+# outlive a runner killed meanwhile. Until the worker says it is ready (its own watch runs by then), a
+# watchdog does it: a small process of the interpreter alone (no site, no import of the user's code) that
+# waits on a pipe from this process and on the worker's sentinel; a byte on the pipe stands it down, an
+# end of file (this process is gone) makes it kill the worker, unless the worker has ended already.
+_WATCHDOG = """\
+import os, select, signal, sys
+watch, sentinel, pid = map(int, sys.argv[1:])
+ready = select.select([watch, sentinel], [], [])[0]
+if sentinel not in ready and not os.read(watch, 1) and not select.select([sentinel], [], [], 0)[0]:
+    os.kill(pid, signal.SIGKILL)
+"""
+_WATCHDOGS = os.name == "posix"
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - it is the traceback text, shown under the worker's exception
@@ -67,6 +88,21 @@ class _Worker:
     stopping: bool = False
     #: Its pipe is closed at the other end: only its sentinel is waited on until it has ended.
     hung_up: bool = False
+    #: The watchdog that kills it if this process dies before it is ready, and the pipe that stands it down.
+    watchdog: subprocess.Popen[bytes] | None = None
+    watch: int | None = None
+
+    def stand_down(self, *, reap: bool) -> None:
+        """Tell the watchdog the worker is ready or ended (once), and with ``reap`` wait for it. Raises nothing."""
+        if self.watch is not None:
+            with contextlib.suppress(OSError):  # the watchdog has ended already
+                os.write(self.watch, b"x")
+            os.close(self.watch)
+            self.watch = None
+        if reap and self.watchdog is not None:
+            with contextlib.suppress(Exception):
+                self.watchdog.wait()
+            self.watchdog = None
 
 
 @dataclass
@@ -138,9 +174,14 @@ class WorkerPool(cf.Executor):
         self._wake()
         self._thread.join()
 
-    def terminate(self) -> None:
-        """Stop now: cancel the steps not started, terminate every worker (its step stops where it is:
-        nothing it did not save is saved) and wait until each has ended. Raises nothing.
+    def terminate(self, *, interrupt: bool = False) -> None:
+        """Stop now: cancel the steps not started, terminate every worker and the processes its step started
+        (its step stops where it is: nothing it did not save is saved) and wait until each worker has ended.
+
+        Each worker's process group (the worker and the processes its steps started) gets SIGINT first with
+        ``interrupt`` (Ctrl-C: the terminal sends it to the executor's group only), then SIGTERM, and SIGKILL
+        once the worker has ended or :data:`_TERMINATE_GRACE` seconds have passed: a process a step started
+        and that outlived its worker, or ignores SIGTERM, is killed too. Raises nothing.
         """
         with self._lock:
             self._state.closing = True
@@ -148,15 +189,24 @@ class WorkerPool(cf.Executor):
             workers = list(self._state.workers)
             for worker in workers:
                 worker.stopping = True
+        if interrupt:
+            for worker in workers:
+                _signal_group(worker.process, signal.SIGINT)
         for worker in workers:
+            _signal_group(worker.process, signal.SIGTERM)
             with contextlib.suppress(Exception):
                 worker.process.terminate()
+        deadline = time.monotonic() + _TERMINATE_GRACE
         for worker in workers:
-            worker.process.join(_TERMINATE_GRACE)
-            if worker.process.exitcode is None:
-                with contextlib.suppress(Exception):
-                    worker.process.kill()
-                worker.process.join()
+            # The sentinel, not join(): a join would reap the worker, and its pid, which is its group's id, could
+            # then be reused by another process before the group is killed.
+            connection.wait([worker.process.sentinel], max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            _signal_group(worker.process, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+        for worker in workers:
+            worker.process.join()
         self._wake()
         self._thread.join()
 
@@ -197,6 +247,7 @@ class WorkerPool(cf.Executor):
                     if worker.task is not None:
                         worker.task[0].set_exception(exc)
                         worker.task = None
+                    _signal_group(worker.process, signal.SIGTERM)
                     with contextlib.suppress(Exception):
                         worker.process.terminate()
                 while self._state.pending:
@@ -239,6 +290,16 @@ class WorkerPool(cf.Executor):
         process.start()
         theirs.close()
         worker = _Worker(process, mine)
+        if _WATCHDOGS:
+            try:
+                worker.watchdog, worker.watch = _watch(process)
+            except BaseException:
+                # No worker this process cannot stop if it dies: the step fails with the reason instead.
+                with contextlib.suppress(Exception):
+                    process.kill()
+                process.join()
+                mine.close()
+                raise
         self._state.workers.append(worker)
         return worker
 
@@ -259,6 +320,7 @@ class WorkerPool(cf.Executor):
             kind = message[0]
             if kind == "ready":
                 worker.started = True
+                worker.stand_down(reap=False)
                 with self._lock:
                     self._any_started = True
             elif kind == "done":
@@ -269,6 +331,7 @@ class WorkerPool(cf.Executor):
                 self._complete(worker, error)
         if worker.process.exitcode is None:
             return
+        worker.stand_down(reap=True)
         with self._lock:
             self._state.workers.remove(worker)
             if not worker.stopping:
@@ -305,8 +368,46 @@ class WorkerPool(cf.Executor):
             worker.conn.close()
         for worker in workers:
             worker.process.join()
+            worker.stand_down(reap=True)
         self._wake_reader.close()
         self._wake_writer.close()
+
+
+def _watch(process: BaseProcess) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the watchdog of ``process`` (see :data:`_WATCHDOG`); return it and the pipe that stands it down.
+
+    Raises:
+        OSError: the watchdog could not be started.
+    """
+    read, write = os.pipe()
+    try:
+        watchdog = subprocess.Popen(  # noqa: S603 - this interpreter, our own code and numbers
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(read), str(process.sentinel), str(process.pid)],
+            pass_fds=(read, process.sentinel),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            # Out of the terminal's reach: Ctrl-C must not end it before the worker is stopped.
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    return watchdog, write
+
+
+def _signal_group(process: BaseProcess, signum: int) -> None:
+    """Send ``signum`` to the process group ``process`` leads, if it made one (raises nothing).
+
+    A worker makes its group as its first step; one still starting is in the executor's group, and has
+    started nothing yet. The group outlives its leader while a process a step started runs, and the kernel
+    does not give its id to another process meanwhile.
+    """
+    if not _OWN_GROUPS or process.pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signum)
 
 
 # -- the worker's side ------------------------------------------------------------------------------------
@@ -315,12 +416,19 @@ class WorkerPool(cf.Executor):
 def _serve_steps(conn: connection.Connection) -> None:
     """A worker process: run the tasks received on ``conn`` one at a time until the pipe closes.
 
-    A thread watches the executor's process: when it dies (``kill -9``), the worker exits at once rather than
-    run on as an orphan (its step's output, not saved yet, is not saved). Ctrl-C reaches a worker only while
-    it runs a step (the terminal sends it to the whole process group; the executor stops the workers).
+    The worker leads a process group of its own, which the processes its steps start join: the executor
+    stops them with it (see :meth:`WorkerPool.terminate`). A thread watches the executor's process: when it
+    dies (``kill -9``), the worker kills its group (itself and what its step started) at once rather than
+    run on as an orphan (its step's output, not saved yet, is not saved). The terminal's Ctrl-C reaches the
+    executor's group, not the workers': the executor passes it on to the workers that run a step (an idle
+    worker ignores it; the executor stops the workers).
     """
     import multiprocessing
 
+    if _OWN_GROUPS:
+        # Without a group of its own (refused: a session leader), it is stopped alone, as before groups.
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent.sentinel,), name="artifactstore-parent", daemon=True).start()
@@ -357,4 +465,7 @@ def _serve_steps(conn: connection.Connection) -> None:
 
 def _exit_with(sentinel: int) -> None:
     connection.wait([sentinel])
+    if _OWN_GROUPS and os.getpgrp() == os.getpid():
+        # The processes this worker's step started go with it: nothing is left to save into the execution.
+        os.killpg(0, signal.SIGKILL)
     os._exit(1)

@@ -34,6 +34,7 @@ from ._runner import (
     WorkerTask,
     execute_step,
     forget_replacements,
+    replacement_generations,
     run_in_worker,
 )
 from ._workers import WorkerDied, WorkerPool
@@ -179,8 +180,9 @@ class Executor:
                 wrong key, not damage: nothing is overwritten). Raised before any step runs.
             InvalidStepIdError: ``execution_id`` is not a legal namespace.
             KeyboardInterrupt, SystemExit: raised by a step, or in this process (Ctrl-C): re-raised at once,
-                with a note naming the execution id to resume; worker processes are terminated, and the
-                artifacts of the steps that finished are kept.
+                with a note naming the execution id to resume; worker processes are terminated with the
+                processes their steps started (their process groups), and the artifacts of the steps that
+                finished are kept.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
@@ -238,8 +240,10 @@ class Executor:
         # The steps of ``replaced`` whose artifact was damaged (not gone): they save with overwrite, through a
         # replacement record. A gone one saves write-once, like any step that runs.
         damaged_ids: set[str] = set()
+        # The highest generation of each step's replacement records that the resume's listing found.
+        records: dict[str, int] = {}
         if not fresh:
-            sizes, damaged = self._existing(store, pipeline)
+            sizes, damaged, records = self._existing(store, pipeline)
             for step_id, size in sizes.items():
                 results[step_id] = StepResult(step_id, StepStatus.REUSED, size=size)
                 reused.add(step_id)
@@ -294,7 +298,15 @@ class Executor:
                         verify = tuple(name for name in step.inputs if name in reused)
                         overwrite = step_id in damaged_ids
                         future = self._submit(
-                            pool, store, step, execution_id, positions[step_id], verify, overwrite, fresh
+                            pool,
+                            store,
+                            step,
+                            execution_id,
+                            positions[step_id],
+                            verify,
+                            overwrite,
+                            fresh,
+                            records.get(step_id, 0),
                         )
                         running[future] = step_id
                     ready = []
@@ -357,7 +369,8 @@ class Executor:
                 # are terminated, so their steps stop now: a step may ignore or catch the terminal's SIGINT, and
                 # waiting for it is not what Ctrl-C asked. Threads cannot be stopped: their steps finish first.
                 if isinstance(pool, WorkerPool):
-                    pool.terminate()
+                    # Workers lead process groups of their own, which the terminal's Ctrl-C does not reach.
+                    pool.terminate(interrupt=isinstance(exc, KeyboardInterrupt))
                 exc.add_note(
                     f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
                     f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"
@@ -411,9 +424,12 @@ class Executor:
         )
 
     @staticmethod
-    def _existing(store: ArtifactStore, pipeline: Pipeline) -> tuple[dict[str, int | None], dict[str, str]]:
+    def _existing(
+        store: ArtifactStore, pipeline: Pipeline
+    ) -> tuple[dict[str, int | None], dict[str, str], dict[str, int]]:
         """The steps of ``pipeline`` that have an artifact in the store (with its size, ``None`` when it is
-        not known), and those whose artifact is damaged (with the reason), for a resume.
+        not known), those whose artifact is damaged (with the reason), and the highest generation of each
+        step's replacement records (empty when the listing failed), for a resume.
 
         One listing; only when it fails on a damaged artifact (a listing verifies each header, and stops
         at the first that does not verify) is each step asked for separately, to find all of them. A step
@@ -429,13 +445,20 @@ class Executor:
                 :meth:`ArtifactStore.info` and :meth:`ArtifactStore.exists` raise them; a backend failure is
                 never taken for "absent".
         """
+        sizes: dict[str, int | None] = {}
+        reserved: list[str] = []
         try:
-            return {info.step_id: info.size for info in store.list() if info.step_id in pipeline}, {}
+            for info in store.list():
+                if info.step_id in pipeline:
+                    sizes[info.step_id] = info.size
+                elif info.step_id.startswith(RESERVED_PREFIX):
+                    reserved.append(info.step_id)
+            return sizes, {}, replacement_generations(pipeline.order, reserved)
         except ArtifactCorruptedError as exc:
             listing_error = exc
         # The base class's info() is a search of the listing: asking it would repeat the listing's error.
         own_info = type(store)._info is not ArtifactStore._info
-        sizes: dict[str, int | None] = {}
+        sizes = {}
         damaged: dict[str, str] = {}
         for step in pipeline.steps:
             error: ArtifactCorruptedError = listing_error
@@ -464,7 +487,7 @@ class Executor:
                 namespace=store.namespace,
                 backend=store.backend_name,
             )
-        return sizes, damaged
+        return sizes, damaged, {}
 
     def _failed(
         self,
@@ -521,13 +544,14 @@ class Executor:
         verify: tuple[str, ...],
         overwrite: bool,
         fresh: bool,
+        records: int,
     ) -> cf.Future[StepOutcome]:
         # A fresh execution's namespace (a new uuid) holds no replacement records to forget.
         forget = not fresh
         if self._config is not None:
-            task = WorkerTask(step, self._config, execution_id, index, verify, overwrite, forget)
+            task = WorkerTask(step, self._config, execution_id, index, verify, overwrite, forget, records)
             return pool.submit(run_in_worker, task)
-        return pool.submit(execute_step, store, step, verify, overwrite, forget)
+        return pool.submit(execute_step, store, step, verify, overwrite, forget, records)
 
     def __repr__(self) -> str:
         return (

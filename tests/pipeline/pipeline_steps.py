@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -343,9 +345,33 @@ def step_deaf_to_ctrl_c(inputs: Inputs, *, workdir: str, name: str) -> str:
     return step_waits_for_ever(inputs, workdir=workdir, name=name)
 
 
-def waiting_pipeline(workdir: str, deaf: bool = False) -> Pipeline:
-    """a, then s0, s1 and s2, which read it and wait at the gate ``<workdir>/never``."""
-    waits = step_deaf_to_ctrl_c if deaf else step_waits_for_ever
+#: A process that ignores SIGTERM (SIGINT too, when the process that starts it does) and says when it runs.
+_STUBBORN_CHILD = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(sys.argv[1]).touch(); time.sleep(600)"
+)
+
+
+def step_with_a_child(inputs: Inputs, *, workdir: str, name: str) -> str:
+    """As :func:`step_deaf_to_ctrl_c`, after starting a process that ignores SIGINT and SIGTERM (a server
+    or a tool the step runs): its pid goes to ``<workdir>/<name>.child``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ready = Path(workdir, f"{name}-child-ready")
+    child = subprocess.Popen([sys.executable, "-c", _STUBBORN_CHILD, str(ready)])
+    Path(workdir, f"{name}.child").write_text(str(child.pid))
+    wait_until(ready.exists, DEADLINE, f"the process {name} started never ran")
+    return step_waits_for_ever(inputs, workdir=workdir, name=name)
+
+
+def children(workdir: str | Path) -> dict[str, int]:
+    """The process id of the process each step of :func:`step_with_a_child` started."""
+    return {path.stem: int(path.read_text()) for path in Path(workdir).glob("*.child")}
+
+
+def waiting_pipeline(workdir: str, deaf: bool = False, child: bool = False) -> Pipeline:
+    """a, then s0, s1 and s2, which read it and wait at the gate ``<workdir>/never`` (``deaf`` to Ctrl-C;
+    with ``child``, also after starting a process that ignores SIGINT and SIGTERM)."""
+    waits = step_with_a_child if child else step_deaf_to_ctrl_c if deaf else step_waits_for_ever
     return Pipeline(
         [
             Step("a", functools.partial(step_a, workdir=workdir)),
@@ -354,9 +380,9 @@ def waiting_pipeline(workdir: str, deaf: bool = False) -> Pipeline:
     )
 
 
-def run_until_interrupted(root: str, workdir: str, deaf: bool = False) -> None:
-    """Run a pipeline of three waiting steps (``deaf`` to Ctrl-C, or not) on two worker processes, for the
-    test to interrupt or kill."""
+def run_until_interrupted(root: str, workdir: str, deaf: bool = False, child: bool = False) -> None:
+    """Run a pipeline of three waiting steps (``deaf`` to Ctrl-C, or not; with a ``child`` process each, or
+    not) on two worker processes, for the test to interrupt or kill."""
     import signal as signals
     import sys
 
@@ -364,7 +390,7 @@ def run_until_interrupted(root: str, workdir: str, deaf: bool = False) -> None:
 
     # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
     signals.signal(signals.SIGINT, signals.default_int_handler)
-    pipeline = waiting_pipeline(workdir, deaf)
+    pipeline = waiting_pipeline(workdir, deaf, child)
     try:
         Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
             pipeline, execution_id="interrupted"

@@ -27,6 +27,7 @@ from pipeline_steps import (
     Inputs,
     StepError,
     calls,
+    children,
     diamond,
     is_dead,
     pids,
@@ -317,12 +318,12 @@ def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     assert any("execution 'stopped'" in note and "execution_id='stopped'" in note for note in caught.value.__notes__)
 
 
-def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, workdir: Path) -> None:
-    # The terminal's SIGINT reaches the executor's process and its workers. Each worker's step was
-    # interrupted, but the worker then took the step queued for it (s2) and the run went on until that
-    # step ended; the KeyboardInterrupt did not say which execution to resume.
-    root = str(tmp_path / "artifacts")
-    code = f"from pipeline_steps import run_until_interrupted; run_until_interrupted({root!r}, {str(workdir)!r})"
+def _start_run(root: str, workdir: Path, *, deaf: bool, child: bool = False) -> subprocess.Popen[bytes]:
+    """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
+    code = (
+        f"from pipeline_steps import run_until_interrupted; "
+        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r})"
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=Path(__file__).parent,
@@ -336,42 +337,36 @@ def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, wo
             60,
             "s0 and s1 never started",
         )
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=30) == 130
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
-    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
-
-
-def _start_run(root: str, workdir: Path, *, deaf: bool) -> subprocess.Popen[bytes]:
-    """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
-    code = (
-        f"from pipeline_steps import run_until_interrupted; "
-        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r})"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=Path(__file__).parent,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(
-        lambda: Path(workdir, "s0-started").exists() and Path(workdir, "s1-started").exists(),
-        60,
-        "s0 and s1 never started",
-    )
+    except BaseException:
+        _kill_group(process)
+        raise
     return process
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Leave nothing of a test's run behind, whatever the test found."""
+def _kill_group(process: subprocess.Popen[bytes], workdir: Path | None = None) -> None:
+    """Leave nothing of a test's run behind, whatever the test found (with ``workdir``, nor the processes its
+    steps started, which are not in its group)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    for pid in children(workdir).values() if workdir is not None else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_stops_worker_processes_and_says_how_to_resume(tmp_path: Path, workdir: Path) -> None:
+    # The terminal's SIGINT reaches the executor's process and its workers. Each worker's step was
+    # interrupted, but the worker then took the step queued for it (s2) and the run went on until that
+    # step ended; the KeyboardInterrupt did not say which execution to resume.
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=False)
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        _kill_group(process)
+    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
 def test_ctrl_c_terminates_workers_whose_steps_ignore_it_and_starts_no_queued_step(
@@ -392,6 +387,26 @@ def test_ctrl_c_terminates_workers_whose_steps_ignore_it_and_starts_no_queued_st
         _kill_group(process)
     assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
     assert "s2" not in calls(workdir)
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigint-to-the-runner", "sigkill-to-the-runner"])
+def test_processes_a_step_started_do_not_outlive_the_run(how: str, tmp_path: Path, workdir: Path) -> None:
+    # s0 and s1 each start a process that ignores SIGINT and SIGTERM. Terminating a worker (SIGTERM to it alone)
+    # left that process running, and so did a worker that exited because its runner was killed; Ctrl-C at a
+    # terminal reached it only when it did not ignore SIGINT.
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=True, child=True)
+    try:
+        started = [children(workdir)[name] for name in ("s0", "s1")]
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C: to the foreground process group
+        else:
+            os.kill(process.pid, signal.SIGINT if how == "sigint-to-the-runner" else signal.SIGKILL)
+        assert process.wait(timeout=30) == (-signal.SIGKILL if how == "sigkill-to-the-runner" else 130)
+        wait_until(lambda: all(is_dead(pid) for pid in started), 50, "a process a step started outlived the run")
+    finally:
+        _kill_group(process, workdir)
     assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
@@ -575,6 +590,52 @@ def test_a_script_without_a_main_guard_is_told_why_no_worker_started(tmp_path: P
     last = done.stderr.strip().splitlines()[-1]
     assert "no worker process started" in last
     assert "if __name__ == '__main__':" in last
+
+
+HANGING_IMPORT_SCRIPT = """
+import os
+import threading
+from pathlib import Path
+
+from artifactstore_core.pipeline import Executor, Pipeline, Step, StoreConfig
+
+if __name__ == "__mp_main__":
+    # A worker importing this module hangs here, as on a slow model load or a network call that never returns.
+    Path({workdir!r}, f"importing-{{os.getpid()}}").touch()
+    threading.Event().wait(120)
+
+
+def numbers(inputs):
+    return [1, 2, 3]
+
+
+if __name__ == "__main__":
+    Executor(StoreConfig("filesystem", root={root!r}), mode="processes").run(Pipeline([Step("numbers", numbers)]))
+"""
+
+
+def test_a_worker_hung_importing_the_main_module_does_not_outlive_a_runner_killed_with_sigkill(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # A spawned worker imports the main module before any code of the pool runs in it, so before it watches
+    # its runner: one hung in that import lived on after its runner was killed with SIGKILL.
+    script = tmp_path / "script.py"
+    script.write_text(HANGING_IMPORT_SCRIPT.format(workdir=str(workdir), root=str(tmp_path / "artifacts")))
+    process = subprocess.Popen(
+        [sys.executable, str(script)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    workers: list[int] = []
+    try:
+        wait_until(lambda: any(workdir.glob("importing-*")), 60, "no worker imported the script")
+        workers = [int(path.name.removeprefix("importing-")) for path in workdir.glob("importing-*")]
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        wait_until(lambda: all(is_dead(pid) for pid in workers), 30, "a worker outlived its executor")
+    finally:
+        _kill_group(process)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: Path, workdir: Path) -> None:

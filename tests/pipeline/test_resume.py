@@ -653,6 +653,45 @@ def test_a_step_computed_afresh_after_a_replacement_is_never_restored_from_the_o
         assert not store.exists(replacement_id("a", 2))
 
 
+def test_records_above_a_missing_one_are_deleted_when_the_step_is_saved_afresh(
+    damage_case: Case, workdir: Path
+) -> None:
+    # a's records were generations 1 and 2, and 1 went missing (deleted by hand, expired before 2, or a
+    # forget stopped after its first delete). When a was computed afresh, its records were deleted only up to
+    # the first missing one: record 2 (call 3) outlived it, and once a was replaced again (record 1, call 5)
+    # and then damaged again, a resume restored call 3 from record 2, and b read that stale output.
+    config = damage_case.config
+    executor = Executor(config, mode=damage_case.mode, max_workers=1, on_success="keep")
+    execution_id = failed_once(executor, _counted(workdir, fail=True))
+    damage(config, execution_id, "a", PAYLOAD)
+    with pytest.raises(StepFailedError):  # a is replaced by call 2 (record 1), b fails again
+        executor.run(_counted(workdir, fail=True), execution_id=execution_id)
+    damage(config, execution_id, "a", PAYLOAD)
+    damage(config, execution_id, replacement_id("a", 1), PAYLOAD)
+    with pytest.raises(StepFailedError):  # a is replaced by call 3 (record 2), b fails again
+        executor.run(_counted(workdir, fail=True), execution_id=execution_id)
+    with config.create(execution_id) as store:
+        assert store.get(replacement_id("a", 2)).content == {"call": 3}
+        assert store.delete(replacement_id("a", 1))
+        assert store.delete("a")  # by hand, to have a computed again
+
+    with pytest.raises(StepFailedError):  # a is computed afresh (call 4), b fails again
+        executor.run(_counted(workdir, fail=True), execution_id=execution_id)
+
+    with config.create(execution_id) as store:
+        assert store.get("a").content == {"call": 4}
+        assert not store.exists(replacement_id("a", 2))
+    damage(config, execution_id, "a", PAYLOAD)
+    assert executor.run(_counted(workdir, fail=False), execution_id=execution_id).output.content == 5
+    damage(config, execution_id, "a", PAYLOAD)
+    with config.create(execution_id) as store:
+        assert store.delete("b")  # so that b reads a again
+    result = executor.run(_counted(workdir, fail=False), execution_id=execution_id)
+    assert result.output.content == 5
+    assert result.steps["a"].status == StepStatus.REUSED  # restored from record 1
+    assert calls(workdir)["a"] == 5
+
+
 def _deletes_a(inputs: Inputs, *, workdir: str, config: StoreConfig, execution_id: str) -> str:
     """x: deletes a after the resume listed it and before b, which reads a, starts."""
     record(workdir, "x")
