@@ -73,6 +73,10 @@ _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 # root's parent, this process has fsynced: a directory another writer created may have lost that writer (it
 # dies between mkdir and fsync), and a save into it promises that its artifact is reachable after a power
 # loss. Checked once per directory and process; forgotten whole past _DURABLE_DIRS_MAX entries.
+# A directory this process removes is forgotten (see _remove_dir): file systems hand its inode number to the
+# next directory made (ext4 does so at once, often for the next namespace), which would pass as known. No
+# field of os.stat tells two lives of one inode number apart (a directory's ctime changes with every entry,
+# a birth time is not offered on Linux and is coarse), so a removal by another process stays unseen here.
 _DURABLE_DIRS: set[tuple[int, int]] = set()
 _DURABLE_DIRS_MAX = 65536
 # Serialises the check-then-rename fallback within one process (the lock on <root>/.lock is per process,
@@ -92,6 +96,21 @@ def _reset_fallback_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
     os.register_at_fork(after_in_child=_reset_fallback_in_child)
+
+
+def _remove_dir(path: str) -> None:
+    """Remove the empty directory ``path`` and forget it in ``_DURABLE_DIRS``.
+
+    Raises:
+        OSError: as :func:`os.rmdir` (not empty, gone, not a directory).
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        info = None
+    os.rmdir(path)
+    if info is not None:
+        _DURABLE_DIRS.discard((info.st_dev, info.st_ino))
 
 
 #: Files smaller than this are read whole with one call.
@@ -849,7 +868,7 @@ class FilesystemStore(ArtifactStore):
         """Remove empty continuation directories from ``directory`` up to (not including) ``stop``."""
         while directory != stop and os.path.basename(directory).startswith(PART):
             try:
-                os.rmdir(directory)
+                _remove_dir(directory)
             except OSError:
                 return  # not empty (another artifact, or a writer's temporary file) or already gone
             directory = os.path.dirname(directory)
@@ -919,7 +938,7 @@ class FilesystemStore(ArtifactStore):
                 else:
                     removed += self._clear_walk(path, (*parts, name), cutoff, changed, artifacts=artifacts)
                     try:
-                        os.rmdir(path)
+                        _remove_dir(path)
                     except OSError:
                         kept.add(name)  # not empty: a live writer's temporary file or a stray file
                         continue
@@ -932,7 +951,7 @@ class FilesystemStore(ArtifactStore):
         as they are empty."""
         while directory != self._root:
             try:
-                os.rmdir(directory)
+                _remove_dir(directory)
             except OSError:
                 return
             directory = os.path.dirname(directory)
