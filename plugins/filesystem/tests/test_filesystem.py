@@ -392,6 +392,43 @@ def test_a_directory_the_store_removed_is_not_taken_as_durable_when_its_inode_co
             break
 
 
+@pytest.mark.parametrize("failure", ["EIO", "interrupt"])
+@pytest.mark.parametrize("step_id", ["x", "x" * 240])  # the long one's file sits in a continuation directory
+def test_a_retried_delete_fsyncs_the_removal_its_failed_attempt_left_unsynced(
+    make_fs_store: MakeFsStore, monkeypatch: pytest.MonkeyPatch, failure: str, step_id: str
+) -> None:
+    # The first attempt removed the file, then its directory fsync failed (or a KeyboardInterrupt landed before
+    # it): the removal may not survive a power loss. The retry found the file gone and returned without any
+    # fsync, as a delete of an id that was never there does (which must stay free of fsyncs).
+    monkeypatch.setattr(store_module, "_UNSYNCED_REMOVALS", set())
+    store = make_fs_store()
+    store.save(step_id, Message(content=b"1"))
+    directory = Path(store._path(step_id)[0])
+    real_fsync = os.fsync
+    synced: list[bool] = []
+    monkeypatch.setattr(os, "fsync", _fsync_spy(real_fsync, directory.stat(), synced))
+    assert store.delete(f"{step_id}-never-saved") is False
+    assert synced == []  # a delete of a missing id costs no fsync
+
+    def failing(fd: int) -> None:
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(KeyboardInterrupt if failure == "interrupt" else BackendError):
+        store.delete(step_id)
+    assert not store.exists(step_id)
+    monkeypatch.setattr(os, "fsync", _fsync_spy(real_fsync, directory.stat(), synced))
+    assert store.delete(step_id) is False
+    assert synced[:1] == [True]  # the directory the failed attempt removed the file from
+    assert directory.exists() is (step_id == "x")  # a continuation directory it left empty is removed
+    synced.clear()
+    assert store.delete(step_id) is False
+    assert store.delete(f"{step_id}-never-saved") is False
+    assert synced == []  # once
+
+
 def _fsync_spy(real_fsync: Callable[[int], None], watched: os.stat_result, synced: list[bool]) -> Callable[[int], None]:
     """An ``os.fsync`` that records, for each call, whether it flushed the directory ``watched``."""
 

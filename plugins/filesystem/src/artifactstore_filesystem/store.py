@@ -79,6 +79,13 @@ _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 # a birth time is not offered on Linux and is coarse), so a removal by another process stays unseen here.
 _DURABLE_DIRS: set[tuple[int, int]] = set()
 _DURABLE_DIRS_MAX = 65536
+# Directories in which a delete of this process removed an artifact's file and then failed (or was interrupted)
+# before fsyncing the directory: the removal may not survive a power loss. The retry finds the file gone, and
+# only this record tells it from the delete of an id that was never there, which the pipeline does often and
+# which must not pay an fsync. A delete killed in that window leaves no record: its retry in another process
+# cannot be told apart. Forgotten whole past _UNSYNCED_REMOVALS_MAX entries.
+_UNSYNCED_REMOVALS: set[str] = set()
+_UNSYNCED_REMOVALS_MAX = 4096
 # Serialises the check-then-rename fallback within one process (the lock on <root>/.lock is per process,
 # not per thread).
 _FALLBACK_LOCK = threading.Lock()
@@ -853,16 +860,40 @@ class FilesystemStore(ArtifactStore):
         with self._doing("delete", step_id):
             directory, final = self._path(step_id)
             self._guard(directory)
+            removed = False
             try:
                 os.unlink(final)
+                removed = True
+                if self._settings.fsync:
+                    durable.fsync_dir(directory)
             except FileNotFoundError:
+                if directory in _UNSYNCED_REMOVALS:
+                    self._finish_removal(directory)
                 return False
             except NotADirectoryError as exc:
                 raise self._in_the_way(final, exc) from exc
-            if self._settings.fsync:
-                durable.fsync_dir(directory)
+            except BaseException:
+                if removed and self._settings.fsync:
+                    if len(_UNSYNCED_REMOVALS) >= _UNSYNCED_REMOVALS_MAX:
+                        _UNSYNCED_REMOVALS.clear()
+                    _UNSYNCED_REMOVALS.add(directory)
+                raise
             self._prune(directory, stop=self._ns_dir)
             return True
+
+    def _finish_removal(self, directory: str) -> None:
+        """Fsync ``directory``, where an earlier delete removed a file and failed before its own fsync, and
+        remove the continuation directories that delete left empty (what a delete does after its unlink).
+        """
+        # Forgotten before the fsync, which then covers every removal recorded until now; one recorded
+        # after this point stays recorded for the next retry.
+        _UNSYNCED_REMOVALS.discard(directory)
+        try:
+            durable.fsync_dir(directory)
+        except BaseException:
+            _UNSYNCED_REMOVALS.add(directory)
+            raise
+        self._prune(directory, stop=self._ns_dir)
 
     def _prune(self, directory: str, *, stop: str) -> None:
         """Remove empty continuation directories from ``directory`` up to (not including) ``stop``."""
