@@ -860,24 +860,22 @@ class FilesystemStore(ArtifactStore):
         with self._doing("delete", step_id):
             directory, final = self._path(step_id)
             self._guard(directory)
-            removed = False
             try:
                 os.unlink(final)
-                removed = True
-                if self._settings.fsync:
-                    durable.fsync_dir(directory)
             except FileNotFoundError:
                 if directory in _UNSYNCED_REMOVALS:
                     self._finish_removal(directory)
                 return False
             except NotADirectoryError as exc:
                 raise self._in_the_way(final, exc) from exc
-            except BaseException:
-                if removed and self._settings.fsync:
+            if self._settings.fsync:
+                try:
+                    durable.fsync_dir(directory)
+                except BaseException:
                     if len(_UNSYNCED_REMOVALS) >= _UNSYNCED_REMOVALS_MAX:
                         _UNSYNCED_REMOVALS.clear()
                     _UNSYNCED_REMOVALS.add(directory)
-                raise
+                    raise
             self._prune(directory, stop=self._ns_dir)
             return True
 
