@@ -263,6 +263,11 @@ class StoreConformance:
         The kit then checks that every operation raises a :class:`~artifactstore_core.errors.BackendError`
         and none reports the failure as an answer (``exists`` returning ``False``, ``get`` raising
         not-found, an empty listing). ``None`` (the default): not checked, and the test says so.
+
+        A backend that connects when a store is built may refuse there instead: the callable then raises
+        :class:`~artifactstore_core.errors.BackendUnavailableError` (or
+        :class:`~artifactstore_core.errors.BackendTimeoutError`, when reaching the backend timed out), which
+        the kit accepts; any other error from building the store fails the check.
         """
         return None
 
@@ -1234,7 +1239,18 @@ class StoreConformance:
                 f"{CAPABILITY_SKIP} no make_unreachable_store fixture, so failures of an unreachable backend "
                 "are not checked"
             )
-        store = make_unreachable_store(f"kit-{uuid.uuid4().hex[:12]}")
+        try:
+            store = make_unreachable_store(f"kit-{uuid.uuid4().hex[:12]}")
+        except (BackendUnavailableError, BackendTimeoutError):
+            # Refused when built, as a backend that connects in its constructor does: no store exists, so no
+            # operation can answer for the backend, and the caller was told it is unreachable (retryable).
+            return
+        except Exception as exc:
+            pytest.fail(
+                f"building a store on an unreachable backend raised {exc!r}; a backend that connects when a "
+                "store is built must raise BackendUnavailableError (or BackendTimeoutError) there, and one that "
+                "connects later must build the store and raise a BackendError from its operations"
+            )
         calls: dict[str, Callable[[], object]] = {
             "exists": lambda: store.exists("x"),
             "get": lambda: store.get("x"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,14 +20,18 @@ import pytest
 from artifactstore_core import (
     ArtifactInfo,
     ArtifactStore,
+    BackendError,
+    BackendUnavailableError,
     Capabilities,
     Codec,
+    ConfigurationError,
     Message,
     UnsupportedOperationError,
 )
 from artifactstore_core.ids import encode_name
 from artifactstore_core.store import ContextThreadPoolExecutor
 from artifactstore_core.testing import StoreConformance
+from artifactstore_core.testing_servers import LOOPBACK, free_port
 from artifactstore_example import _LOCK, _SHELF, ExampleStore
 
 # What a failing kit test raises: an assert, or pytest.raises/pytest.fail (an OutcomeException).
@@ -143,6 +148,29 @@ class _Unreachable(dict[str, bytes]):
         raise ConnectionRefusedError(111, "Connection refused")
 
     get = __contains__ = __getitem__ = __setitem__ = pop = items = clear = __len__ = _fail  # type: ignore[assignment]
+
+
+class ConnectingStore(ExampleStore):
+    """Connects to its server when built, as a client that checks its connection at construction does, and
+    refuses to be built when it cannot: with ``BackendUnavailableError``, or with ``refusal`` (a bug)."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        namespace: str = "default",
+        codec: Codec | None = None,
+        refusal: Callable[[OSError], Exception] | None = None,
+    ) -> None:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=5).close()
+        except OSError as exc:
+            if refusal is not None:
+                raise refusal(exc) from exc
+            raise BackendUnavailableError(
+                f"example backend at {LOOPBACK}:{port} refused the connection: {exc.strerror}"
+            ) from exc
+        super().__init__(namespace=namespace, codec=codec)
 
 
 class AbsentOnFailureStore(UnreachableStore):
@@ -311,6 +339,34 @@ def test_kit_catches_a_failure_reported_as_absent() -> None:
     StoreConformance().test_failures_are_raised_never_reported_as_absent(
         lambda namespace: UnreachableStore(namespace=namespace)
     )
+
+
+@pytest.mark.timeout(30)
+def test_kit_accepts_a_backend_that_refuses_to_build_a_store_when_unreachable() -> None:
+    # A backend whose constructor connects cannot build a store on an unreachable server: the kit took its
+    # BackendUnavailableError there for a failure, so no such backend could pass it.
+    closed = free_port()  # nothing listens there
+    StoreConformance().test_failures_are_raised_never_reported_as_absent(
+        lambda namespace: ConnectingStore(closed, namespace=namespace)
+    )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        lambda exc: exc,  # the client's own error escapes
+        lambda exc: BackendError(f"could not connect: {exc}"),  # not said to be unreachable, nor retryable
+        lambda exc: ConfigurationError("check ARTIFACT_STORE_EXAMPLE_URL"),  # blames a setting
+    ],
+    ids=["raw-oserror", "backend-error", "configuration-error"],
+)
+def test_kit_catches_a_refusal_to_build_with_another_error(refusal: Callable[[OSError], Exception]) -> None:
+    closed = free_port()
+    with pytest.raises(KIT_FAILURES, match="building a store on an unreachable backend raised"):
+        StoreConformance().test_failures_are_raised_never_reported_as_absent(
+            lambda namespace: ConnectingStore(closed, namespace=namespace, refusal=refusal)
+        )
 
 
 @pytest.mark.parametrize(

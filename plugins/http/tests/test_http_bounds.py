@@ -538,6 +538,34 @@ def test_the_server_does_not_parse_a_stored_header_over_its_json_limit_to_answer
         store.clear()
 
 
+def test_the_openapi_document_states_the_header_bound_and_its_413(
+    redis_bounds: tuple[RedisServer, ServerThread],
+) -> None:
+    # The document said nothing of the header's bound: a client generated from it could not know that its
+    # metadata counts against MAX_JSON_BYTES, nor that a read may answer 413.
+    redis, server = redis_bounds  # MAX_JSON_BYTES: 4096, so a head of at most 4137 bytes
+    document = httpx.get(f"{server.url}/v1/openapi.json", timeout=10).json()
+    artifact = document["paths"]["/v1/namespaces/{namespace}/artifacts/{step_id}"]
+    body = artifact["put"]["requestBody"]["description"]
+    assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES (4096 bytes)" in body
+    assert "envelope's header (the JSON of its metadata and schema): a head of at most 4137 bytes" in body
+    assert f"read from its {PREFIX_SIZE}-byte prefix, and a longer head gets 413" in body
+    assert "envelope's header" in artifact["put"]["responses"]["413"]["description"]
+    assert "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES" in artifact["get"]["responses"]["413"]["description"]
+    # What the document says is what the server does, on a save and on a read.
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    over = Codec(compress_threshold=None).encode(_with_header_of(4097)).to_bytes()
+    with create_store("redis", namespace="documented-heads", url=redis.url) as direct:
+        direct.save("big", _with_header_of(4097))
+    try:
+        with httpx.Client(base_url=server.url, headers=auth, timeout=10) as raw:
+            assert raw.put("/v1/namespaces/documented-heads/artifacts/sent", content=over).status_code == 413
+            assert raw.get("/v1/namespaces/documented-heads/artifacts/big").status_code == 413
+    finally:
+        with create_store("redis", namespace="documented-heads", url=redis.url) as direct:
+            direct.clear()
+
+
 def test_the_client_refuses_a_header_over_its_json_limit_before_parsing_it(
     make_client: MakeClient, parsed_heads: list[int]
 ) -> None:

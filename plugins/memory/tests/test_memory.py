@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
-from typing import IO, cast
+from collections.abc import Callable
+from typing import IO, Any, cast
 
 import pytest
 
 from artifactstore_core import CapacityError, Message, create_store
+from artifactstore_core import envelope as envelope_module
+from artifactstore_core import message as message_module
 from artifactstore_core.testing import StoreConformance, ZeroStream
 from artifactstore_memory import MemorySettings, MemorySpace, MemoryStore
 
@@ -161,3 +164,30 @@ def test_save_stream_under_max_bytes_still_meets_the_namespace_total() -> None:
         store.save_stream("second", stream)
     assert stream.tell() == 60
     assert not store.exists("second")
+
+
+@pytest.mark.parametrize("max_bytes", [None, 1 << 20])
+def test_an_identical_resave_encodes_the_new_content_at_most_once(
+    monkeypatch: pytest.MonkeyPatch, max_bytes: int | None
+) -> None:
+    # Under a byte limit, a save measured the message (an encoding of JSON content) before checking the
+    # write-once rule, which encodes it again to compare: an identical re-save, which stores nothing, encoded
+    # a new message twice and even the very message stored once.
+    encoded: list[object] = []
+    for module in (message_module, envelope_module):
+
+        def counting(value: object, real: Callable[[Any], bytes] = module.canonical_json) -> bytes:
+            encoded.append(value)
+            return real(value)
+
+        monkeypatch.setattr(module, "canonical_json", counting)
+    store = MemoryStore(MemorySettings(max_bytes=max_bytes), space=MemorySpace())
+    stored = Message(content={"k": [1, 2]})
+    store.save("s", stored)
+    encoded.clear()
+    store.save("s", stored)
+    assert encoded == []
+    again = Message(content={"k": [1, 2]})
+    store.save("s", again)
+    assert [value for value in encoded if value is again.content] == [again.content]
+    assert store.get("s") is stored

@@ -73,8 +73,19 @@ _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
 # root's parent, this process has fsynced: a directory another writer created may have lost that writer (it
 # dies between mkdir and fsync), and a save into it promises that its artifact is reachable after a power
 # loss. Checked once per directory and process; forgotten whole past _DURABLE_DIRS_MAX entries.
+# A directory this process removes is forgotten (see _remove_dir): file systems hand its inode number to the
+# next directory made (ext4 does so at once, often for the next namespace), which would pass as known. No
+# field of os.stat tells two lives of one inode number apart (a directory's ctime changes with every entry,
+# a birth time is not offered on Linux and is coarse), so a removal by another process stays unseen here.
 _DURABLE_DIRS: set[tuple[int, int]] = set()
 _DURABLE_DIRS_MAX = 65536
+# Directories in which a delete of this process removed an artifact's file and then failed (or was interrupted)
+# before fsyncing the directory: the removal may not survive a power loss. The retry finds the file gone, and
+# only this record tells it from the delete of an id that was never there, which the pipeline does often and
+# which must not pay an fsync. A delete killed in that window leaves no record: its retry in another process
+# cannot be told apart. Forgotten whole past _UNSYNCED_REMOVALS_MAX entries.
+_UNSYNCED_REMOVALS: set[str] = set()
+_UNSYNCED_REMOVALS_MAX = 4096
 # Serialises the check-then-rename fallback within one process (the lock on <root>/.lock is per process,
 # not per thread).
 _FALLBACK_LOCK = threading.Lock()
@@ -92,6 +103,21 @@ def _reset_fallback_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
     os.register_at_fork(after_in_child=_reset_fallback_in_child)
+
+
+def _remove_dir(path: str) -> None:
+    """Remove the empty directory ``path`` and forget it in ``_DURABLE_DIRS``.
+
+    Raises:
+        OSError: as :func:`os.rmdir` (not empty, gone, not a directory).
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        info = None
+    os.rmdir(path)
+    if info is not None:
+        _DURABLE_DIRS.discard((info.st_dev, info.st_ino))
 
 
 #: Files smaller than this are read whole with one call.
@@ -837,19 +863,41 @@ class FilesystemStore(ArtifactStore):
             try:
                 os.unlink(final)
             except FileNotFoundError:
+                if directory in _UNSYNCED_REMOVALS:
+                    self._finish_removal(directory)
                 return False
             except NotADirectoryError as exc:
                 raise self._in_the_way(final, exc) from exc
             if self._settings.fsync:
-                durable.fsync_dir(directory)
+                try:
+                    durable.fsync_dir(directory)
+                except BaseException:
+                    if len(_UNSYNCED_REMOVALS) >= _UNSYNCED_REMOVALS_MAX:
+                        _UNSYNCED_REMOVALS.clear()
+                    _UNSYNCED_REMOVALS.add(directory)
+                    raise
             self._prune(directory, stop=self._ns_dir)
             return True
+
+    def _finish_removal(self, directory: str) -> None:
+        """Fsync ``directory``, where an earlier delete removed a file and failed before its own fsync, and
+        remove the continuation directories that delete left empty (what a delete does after its unlink).
+        """
+        # Forgotten before the fsync, which then covers every removal recorded until now; one recorded
+        # after this point stays recorded for the next retry.
+        _UNSYNCED_REMOVALS.discard(directory)
+        try:
+            durable.fsync_dir(directory)
+        except BaseException:
+            _UNSYNCED_REMOVALS.add(directory)
+            raise
+        self._prune(directory, stop=self._ns_dir)
 
     def _prune(self, directory: str, *, stop: str) -> None:
         """Remove empty continuation directories from ``directory`` up to (not including) ``stop``."""
         while directory != stop and os.path.basename(directory).startswith(PART):
             try:
-                os.rmdir(directory)
+                _remove_dir(directory)
             except OSError:
                 return  # not empty (another artifact, or a writer's temporary file) or already gone
             directory = os.path.dirname(directory)
@@ -919,7 +967,7 @@ class FilesystemStore(ArtifactStore):
                 else:
                     removed += self._clear_walk(path, (*parts, name), cutoff, changed, artifacts=artifacts)
                     try:
-                        os.rmdir(path)
+                        _remove_dir(path)
                     except OSError:
                         kept.add(name)  # not empty: a live writer's temporary file or a stray file
                         continue
@@ -932,7 +980,7 @@ class FilesystemStore(ArtifactStore):
         as they are empty."""
         while directory != self._root:
             try:
-                os.rmdir(directory)
+                _remove_dir(directory)
             except OSError:
                 return
             directory = os.path.dirname(directory)

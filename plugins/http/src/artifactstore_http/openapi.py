@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from artifactstore_core.envelope import PREFIX_SIZE
+
 from .protocol import MEDIA_TYPE_ENVELOPE, MEDIA_TYPE_PROBLEM, PROTOCOL_HEADER, PROTOCOL_VERSION
+from .settings import head_allowance
 
 __all__ = ["openapi_document"]
 
@@ -19,7 +22,9 @@ _PROBLEM_TEXT = {
     404: "No such artifact (type ArtifactNotFoundError) or no such path (type NotFound).",
     405: "Method not allowed on this path.",
     409: "A different artifact exists under this step id (type ArtifactExistsError); overwrite=true replaces it.",
-    413: "Request body or artifact content larger than the server's limit.",
+    413: "Request body, artifact content, JSON content, or the envelope's header (the JSON of its metadata and "
+    "schema) larger than the server's limits (ARTIFACT_STORE_SERVER_MAX_BODY_BYTES, "
+    "ARTIFACT_STORE_SERVER_MAX_JSON_BYTES).",
     422: "The body is not a valid envelope, or fails its digest or signature check.",
     431: "Too many request headers, or too large.",
     500: "Server misconfiguration or failure.",
@@ -29,13 +34,20 @@ _PROBLEM_TEXT = {
     504: "The server's backend timed out; retry.",
     507: "The server's backend is full.",
 }
+# A save over the limits is refused, so only an artifact that something other than this server wrote to its
+# backend can be over them when read.
+_READ_TOO_LARGE = (
+    "The stored artifact (written to the server's backend by something other than this server) holds JSON "
+    "content or an envelope header (the JSON of its metadata and schema) over the server's JSON limit "
+    "(ARTIFACT_STORE_SERVER_MAX_JSON_BYTES), which it does not parse: refused from the sizes its head states."
+)
 _COMMON = (400, 401, 403, 404, 405, 431, 500, 501, 502, 503, 504)
 
 
-def _problems(*statuses: int, body: bool = True) -> dict[str, Any]:
+def _problems(*statuses: int, body: bool = True, texts: dict[int, str] | None = None) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in sorted({*_COMMON, *statuses}):
-        response: dict[str, Any] = {"description": _PROBLEM_TEXT[status]}
+        response: dict[str, Any] = {"description": (texts or {}).get(status, _PROBLEM_TEXT[status])}
         if body:
             response["content"] = {MEDIA_TYPE_PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
         responses[str(status)] = response
@@ -53,24 +65,42 @@ def _marked(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def openapi_document(*, max_body_bytes: int | None = None, path_prefix: str = "") -> dict[str, Any]:
+def openapi_document(
+    *, max_body_bytes: int | None = None, max_json_bytes: int | None = None, path_prefix: str = ""
+) -> dict[str, Any]:
     """The API description as a JSON-ready dict (OpenAPI 3.0.3).
 
-    ``path_prefix`` (the server's, e.g. ``/artifactstore``) becomes the document's ``servers`` entry, so
-    that a client generated from it calls the prefixed paths. Raises nothing.
+    ``max_body_bytes`` and ``max_json_bytes`` (the server's limits) are stated in the descriptions when
+    given. ``path_prefix`` (the server's, e.g. ``/artifactstore``) becomes the document's ``servers`` entry,
+    so that a client generated from it calls the prefixed paths. Raises nothing.
     """
-    document = _marked(_document(max_body_bytes))
+    document = _marked(_document(max_body_bytes, max_json_bytes))
     if path_prefix:
         # A relative server URL: resolved against wherever the document was fetched from.
         document["servers"] = [{"url": path_prefix}]
     return document
 
 
-def _document(max_body_bytes: int | None) -> dict[str, Any]:
+def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[str, Any]:
     limit = (
         f" At most {max_body_bytes} bytes of content (after decompression), the envelope's head on top."
         if max_body_bytes is not None
         else ""
+    )
+    json_limit = f" ({max_json_bytes} bytes)" if max_json_bytes is not None else ""
+    allowance = (
+        f": a head of at most {head_allowance(max_body_bytes, max_json_bytes)} bytes, its prefix and tag included"
+        if max_body_bytes is not None and max_json_bytes is not None
+        else ""
+    )
+    # The header is JSON the server parses, bounded like JSON content; the head's length is known from its
+    # fixed prefix, so a head over the bound is refused before the server reads or parses the header.
+    head = (
+        f" JSON content is bounded by the server's JSON limit, ARTIFACT_STORE_SERVER_MAX_JSON_BYTES{json_limit}, "
+        f"and so is the envelope's header (the JSON of its metadata and schema){allowance}. The head's length "
+        f"is read from its {PREFIX_SIZE}-byte prefix, and a longer head gets 413 before its header is read or "
+        "parsed. The server stores the header anew (canonical JSON), and also answers 413 to a header that "
+        "would be over the bound once stored though it was sent under it."
     )
     namespace = {"$ref": "#/components/parameters/Namespace"}
     step_id = {"$ref": "#/components/parameters/StepId"}
@@ -153,7 +183,7 @@ def _document(max_body_bytes: int | None) -> dict[str, Any]:
                     "parameters": [{"$ref": "#/components/parameters/Overwrite"}],
                     "requestBody": {
                         "required": True,
-                        "description": "The artifact envelope (docs/format.md), verified by the server." + limit,
+                        "description": "The artifact envelope (docs/format.md), verified by the server." + limit + head,
                         "content": envelope,
                     },
                     "responses": {
@@ -166,7 +196,7 @@ def _document(max_body_bytes: int | None) -> dict[str, Any]:
                     "summary": "Read an artifact as its envelope.",
                     "responses": {
                         "200": {"description": "The artifact envelope.", "content": envelope},
-                        **_problems(422),
+                        **_problems(413, 422, texts={413: _READ_TOO_LARGE}),
                     },
                 },
                 "head": {

@@ -402,7 +402,11 @@ class _App:
             if segments == [b"v1", b"openapi.json"]:
                 self._allow(request, "GET", "HEAD")
                 return JSONResponse(
-                    openapi_document(max_body_bytes=self._max_body, path_prefix=self._prefix.decode("ascii"))
+                    openapi_document(
+                        max_body_bytes=self._max_body,
+                        max_json_bytes=self._max_json,
+                        path_prefix=self._prefix.decode("ascii"),
+                    )
                 )
             if not self._authorized(request):
                 return _problem_response(

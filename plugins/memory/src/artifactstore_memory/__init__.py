@@ -108,14 +108,25 @@ class MemoryStore(ArtifactStore):
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
         limit, max_bytes = self._limit, self._max_bytes
-        size = _size(message) if max_bytes is not None else 0
+        checked: Message | None = None
+        size = 0
+        if max_bytes is not None:
+            # Write-once first: an identical re-save stores nothing, so measuring the message (an encoding of
+            # JSON content) would be wasted, and the comparison would encode it a second time. Checked before
+            # the lock, which every namespace of the space shares: a dict read is atomic, and an identical
+            # artifact seen here makes the save a success whatever happens after (as if it ran just before).
+            checked = None if overwrite else self._items.get(step_id)
+            if checked is not None and checked.same_artifact(message):
+                return
+            size = _size(message)
         with self._lock:
             existing = self._items.get(step_id)
             if existing is None and limit is None and max_bytes is None:
                 self._items[step_id] = message
                 return
             if existing is not None and not overwrite:
-                if existing.same_artifact(message):
+                # The one compared above (differing) unless another store replaced it since.
+                if existing is not checked and existing.same_artifact(message):
                     return
                 raise self._exists_error(step_id)
             if existing is None and limit is not None and len(self._items) >= limit:
