@@ -74,6 +74,7 @@ logger = logging.getLogger("artifactstore_http.client")
 #: repeat that removed the artifact is trusted (see ``HttpStore._delete``).
 RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
     "get": "transient",
+    "info": "transient",
     "exists": "transient",
     "list": "transient",
     # Write-once makes a repeated save a no-op, and a repeated overwrite stores the same bytes again.
@@ -492,6 +493,10 @@ class HttpStore(ArtifactStore):
         if operation == "get" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
             header, payload = self._read_envelope(response, step_id or "")
             return _Answer(answer.status_code, answer.headers, answer.method, header=header, payload=payload)
+        if operation == "info" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
+            # The head alone: the rest of the body is left unread, and the connection closed rather than drained.
+            header = self._read_head(response.iter_bytes(), step_id or "")[0]
+            return _Answer(answer.status_code, answer.headers, answer.method, header=header)
         content = _read_within(response, _MAX_SMALL_BODY)
         if response.is_success or content is None:
             return answer
@@ -528,23 +533,7 @@ class HttpStore(ArtifactStore):
                 f"head of at most {max_head}",
             )
         chunks = response.iter_bytes()
-        place = (self.namespace, step_id)
-        buffer = _fill(chunks, b"", PREFIX_SIZE)
-        head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
-        if head_size > max_head:
-            # Refused before the head is read: its header is JSON (the metadata and schema), which costs many
-            # times its text once parsed, so the JSON limit bounds it too (see head_allowance).
-            setting = _head_setting(limit, self._settings.max_json_bytes, "ARTIFACT_STORE_HTTP_")
-            raise PayloadTooLargeError(
-                f"{where} an envelope whose head alone is {head_size} bytes (its header, the JSON of its metadata "
-                f"and schema, is {head_size - PREFIX_SIZE - TAG_SIZE}); this client reads a head of at most "
-                f"{max_head} bytes ({setting}, up to the format's largest head); raise it to read this artifact",
-                step_id=step_id,
-            )
-        buffer = _fill(chunks, buffer, head_size)
-        if len(buffer) < head_size:
-            raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
-        header = self.codec.decode_head(buffer[:head_size], place=place)
+        header, buffer, head_size = self._read_head(chunks, step_id)
         total = head_size + header.stored_size
         if header.size > limit:
             shown = "after decompression, " if header.compression is not None else ""
@@ -581,6 +570,38 @@ class HttpStore(ArtifactStore):
             )
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
         return header, payload
+
+    def _read_head(self, chunks: Iterator[bytes], step_id: str) -> tuple[Header, bytes, int]:
+        """The verified header of the envelope whose body ``chunks`` yields, the bytes read of that body (its
+        head, and whatever of the payload came with it), and the head's size.
+
+        The head is refused over its allowance (:func:`~artifactstore_http.settings.head_allowance`) from its
+        prefix, before the rest of it is read or its header parsed.
+
+        Raises:
+            PayloadTooLargeError: the head is over its allowance.
+            ArtifactCorruptedError: the body ends inside the head, or the head fails verification.
+            UnsupportedFormatError, ConfigurationError: as :meth:`Codec.decode_head`.
+        """
+        limit = self._settings.max_body_bytes
+        max_head = head_allowance(limit, self._settings.max_json_bytes)
+        where = f"artifact server {self._display} answered {step_id!r} with"
+        buffer = _fill(chunks, b"", PREFIX_SIZE)
+        head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
+        if head_size > max_head:
+            # Refused before the head is read: its header is JSON (the metadata and schema), which costs many
+            # times its text once parsed, so the JSON limit bounds it too (see head_allowance).
+            setting = _head_setting(limit, self._settings.max_json_bytes, "ARTIFACT_STORE_HTTP_")
+            raise PayloadTooLargeError(
+                f"{where} an envelope whose head alone is {head_size} bytes (its header, the JSON of its metadata "
+                f"and schema, is {head_size - PREFIX_SIZE - TAG_SIZE}); this client reads a head of at most "
+                f"{max_head} bytes ({setting}, up to the format's largest head); raise it to read this artifact",
+                step_id=step_id,
+            )
+        buffer = _fill(chunks, buffer, head_size)
+        if len(buffer) < head_size:
+            raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
+        return self.codec.decode_head(buffer[:head_size], place=(self.namespace, step_id)), buffer, head_size
 
     def _too_large(self, step_id: str, what: str) -> PayloadTooLargeError:
         return PayloadTooLargeError(
@@ -689,6 +710,24 @@ class HttpStore(ArtifactStore):
         # The client's own codec verified the head (and, with a signing key, the signature) while the body
         # was read; here it verifies the payload's size and digest.
         return self.codec.decode_payload(response.header, response.payload)
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        # The artifact's verified head, the start of its GET: the base class searched the listing, page after
+        # page, so info() (and `artifactstore get` and `stat`, which ask it first) cost a request per 1,000
+        # artifacts of the namespace and failed on any artifact of it that the server could not list.
+        response = self._send("info", "GET", self._url("artifacts", step_id), step_id=step_id)
+        if response.status_code == 413:
+            # The server refuses to serve this artifact (JSON content or a head over its own limits, written
+            # to its store by something else); its listing still shows it.
+            return super()._info(step_id)
+        if response.status_code != 200:
+            raise self._fail(response, step_id)
+        if response.header is None:
+            raise BackendError(
+                f"artifact server {self._display} answered {step_id!r} with a body that is not an envelope",
+                step_id=step_id,
+            )
+        return response.header.info(step_id)
 
     def _exists(self, step_id: str) -> bool:
         response = self._send("exists", "HEAD", self._url("artifacts", step_id))
