@@ -235,3 +235,37 @@ def test_the_store_cache_closes_the_least_recently_used_idle_store() -> None:
     assert sorted(_CountingStore.closed_namespaces) == ["a", "b", "b", "c"]
     with pytest.raises(StoreClosedError), cache.acquire("a"):
         pass
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "extra_env", "message"),
+    [
+        (["--log-level", "verbose"], {}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
+        ([], {"ARTIFACT_STORE_SERVER_LOG_LEVEL": "loud"}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
+        (["--fd", "987"], {}, "--fd 987"),
+    ],
+)
+def test_serve_reports_a_bad_log_level_or_descriptor_as_a_configuration_error(
+    args: list[str], extra_env: dict[str, str], message: str
+) -> None:
+    # A log level logging does not know raised ValueError from logging.basicConfig, and an --fd that is no
+    # socket an OSError from socket.socket: a traceback, exit 1 from either CLI, and no setting named.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memory", **extra_env})
+    for command in (["-m", "artifactstore_http"], ["-m", "artifactstore_core.cli_main", "serve"]):
+        result = subprocess.run(
+            [sys.executable, *command, "--port", "0", *args], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "ConfigurationError" in result.stderr
+        assert message in result.stderr
+        assert "Uvicorn running" not in result.stderr
+        # artifactstore-serve prints one line and exits 1; the artifactstore CLI exits 5 for a ConfigurationError.
+        assert result.returncode == (1 if command[1] == "artifactstore_http" else 5)
+
+
+def test_the_log_level_setting_is_one_of_the_levels() -> None:
+    assert load_settings(ServerSettings, log_level="WARNING").log_level == "warning"
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_LOG_LEVEL"):
+        load_settings(ServerSettings, log_level="verbose")
