@@ -21,6 +21,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import httpcore
 import httpx
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
@@ -127,6 +129,133 @@ class _Answer:
 _LIMIT_TTL = 60.0
 
 
+class _Sockets:
+    """The open sockets of a store's connections, so that :meth:`_Clients.close` can end requests in flight
+    in other threads without closing a descriptor that another thread is still using.
+
+    Closing a socket under a thread that waits on it does not wake that thread: its ``poll()`` goes on
+    waiting, on a descriptor number the process may already have handed to another socket or file, until
+    the read timeout, even after the server has answered. ``shutdown()`` ends every wait on the socket at
+    once (reads see the end of the stream, writes fail) and frees no descriptor; the thread using the
+    connection closes it. Once shut, no connection is opened any more.
+    """
+
+    def __init__(self) -> None:
+        # Held while a socket is shut down or forgotten, so that its owner never closes it in between.
+        self._lock = threading.Lock()
+        self._open: set[_TrackedStream] = set()
+        self.shut = False
+        #: The clients whose every connection is tracked (see :func:`_track`).
+        self.clients: set[httpx.Client] = set()
+
+    def add(self, stream: _TrackedStream) -> bool:
+        """Track ``stream``; ``False`` (not tracked) if :meth:`shut_all` was called."""
+        with self._lock:
+            if self.shut:
+                return False
+            self._open.add(stream)
+            return True
+
+    def discard(self, stream: _TrackedStream) -> None:
+        with self._lock:
+            self._open.discard(stream)
+
+    def shut_all(self) -> None:
+        """Shut down every tracked socket, and refuse to track (and so to open) any more."""
+        with self._lock:
+            self.shut = True
+            for stream in self._open:
+                sock = stream.get_extra_info("socket")
+                if isinstance(sock, socket.socket):
+                    with contextlib.suppress(OSError):
+                        # Its owner's close() then resets the connection, as closing it here did: the server
+                        # learns at once that nobody reads what it still sends.
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        # The plain socket's shutdown, also for a TLS socket: SSLSocket.shutdown would drop
+                        # the TLS state under the thread that is using it.
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    """A connection's stream that :class:`_Sockets` knows of from its opening until its owner closes it."""
+
+    def __init__(self, inner: httpcore.NetworkStream, sockets: _Sockets) -> None:
+        self._inner = inner
+        self._sockets = sockets
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._sockets.discard(self)
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        try:
+            tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        finally:
+            # The TLS stream owns the descriptor from here (or, on failure, it is closed).
+            self._sockets.discard(self)
+        return _tracked(tls, self._sockets)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _tracked(stream: httpcore.NetworkStream, sockets: _Sockets) -> _TrackedStream:
+    """``stream``, tracked by ``sockets``; closed, and ``httpcore.ConnectError`` raised, once they are shut."""
+    tracked = _TrackedStream(stream, sockets)
+    if not sockets.add(tracked):
+        stream.close()
+        raise httpcore.ConnectError("the store was closed")
+    return tracked
+
+
+class _TrackingBackend(httpcore.SyncBackend):
+    """httpcore's network backend, with every connection it opens tracked by a :class:`_Sockets`."""
+
+    def __init__(self, sockets: _Sockets) -> None:
+        self._sockets = sockets
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        if self._sockets.shut:
+            raise httpcore.ConnectError("the store was closed")
+        return _tracked(super().connect_tcp(host, port, timeout, local_address, socket_options), self._sockets)
+
+
+def _track(transports: Iterable[object], backend: _TrackingBackend) -> bool:
+    """Make every one of ``transports`` open its connections through ``backend``; whether that was done.
+
+    httpx takes no network backend, so it is set on the httpcore pool of each transport (the one the store
+    made, and those httpx made for proxies from the environment). ``False``, and nothing changed, when a
+    transport is not of the known shape: :meth:`_Clients.close` then closes that client as a whole.
+    """
+    pools = [getattr(transport, "_pool", None) for transport in transports]
+    known = [
+        pool
+        for pool in pools
+        if isinstance(pool, httpcore.ConnectionPool)
+        and isinstance(getattr(pool, "_network_backend", None), httpcore.SyncBackend)
+    ]
+    if len(known) != len(pools):
+        return False
+    for pool in known:
+        pool._network_backend = backend
+    return True
+
+
 class _Clients:
     """At most ``size`` httpx clients of one connection each, every one used by one thread at a time.
 
@@ -149,9 +278,18 @@ class _Clients:
     """
 
     def __init__(
-        self, make: Callable[[], httpx.Client], size: int, timeout: float, *, namespace: str, backend: str
+        self,
+        make: Callable[[], httpx.Client],
+        size: int,
+        timeout: float,
+        *,
+        namespace: str,
+        backend: str,
+        sockets: _Sockets | None = None,
     ) -> None:
         self._make = make
+        # The sockets of the clients ``make`` makes, if it tracks them (see close()).
+        self._sockets = sockets
         self._timeout = timeout
         self._namespace = namespace
         self._backend = backend
@@ -248,12 +386,21 @@ class _Clients:
             self._give_slot()
 
     def close(self) -> None:
-        """Close every client and lend no more (a request still in flight on one fails)."""
+        """Close every client and lend no more (a request still in flight on one fails at once).
+
+        A client lent to another thread is not closed here but has its sockets shut down (see
+        :class:`_Sockets`), which ends the request it carries; that thread closes it when it hands it back.
+        """
         with self._lock:
             self._closed.set()
-            clients, self._all, self._idle = self._all, [], []
+            clients, idle, self._all, self._idle = self._all, self._idle, [], []
+        tracked: set[httpx.Client] = set()
+        if self._sockets is not None:
+            self._sockets.shut_all()
+            tracked = self._sockets.clients
         for client in clients:
-            client.close()
+            if client in idle or client not in tracked:
+                client.close()
 
 
 class HttpStore(ArtifactStore):
@@ -349,7 +496,7 @@ class HttpStore(ArtifactStore):
             # A save writes head and payload separately; do not let Nagle hold the second for an ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
-        return httpx.Client(
+        client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout,
@@ -363,8 +510,17 @@ class HttpStore(ArtifactStore):
             limits=limits,
             trust_env=settings.trust_env,
         )
+        # So that close() can end this client's requests in other threads (see _Sockets). The proxies httpx
+        # mounted from the environment have transports of their own; None stands for a NO_PROXY exception.
+        mounted = [mount for mount in getattr(client, "_mounts", {}).values() if mount is not None]
+        sockets = self._sockets
+        if _track([transport, *mounted], _TrackingBackend(sockets)):
+            sockets.clients.add(client)
+        return client
 
     def _new_clients(self) -> _Clients:
+        # The sockets of the clients _new_client makes from now on (a new set after a fork).
+        self._sockets = _Sockets()
         # Waiting for a free client is bounded like httpx's own pool wait was (its pool timeout).
         return _Clients(
             self._new_client,
@@ -372,6 +528,7 @@ class HttpStore(ArtifactStore):
             self._settings.read_timeout,
             namespace=self.namespace,
             backend=self.backend_name,
+            sockets=self._sockets,
         )
 
     def _http(self) -> _Clients:
