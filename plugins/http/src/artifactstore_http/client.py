@@ -489,13 +489,9 @@ class HttpStore(ArtifactStore):
         # httpx's own expiry too): reusing one the server is closing at that instant fails a request that
         # cannot be retried safely (delete, clear).
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=2.0)
-        transport = httpx.HTTPTransport(
-            verify=self._verify,
-            limits=limits,
-            trust_env=settings.trust_env,
-            # A save writes head and payload separately; do not let Nagle hold the second for an ACK.
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
+        # httpx builds the transports itself: given one, it ignores the proxy variables (HTTP_PROXY, NO_PROXY,
+        # ...) that trust_env promises to honour. (A save writes head and payload separately; httpcore sets
+        # TCP_NODELAY on every socket, so Nagle never holds the second write for an ACK.)
         client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(
@@ -504,17 +500,17 @@ class HttpStore(ArtifactStore):
                 write=settings.read_timeout,
                 pool=settings.read_timeout,
             ),
-            transport=transport,
             follow_redirects=False,
             verify=self._verify,
             limits=limits,
             trust_env=settings.trust_env,
         )
-        # So that close() can end this client's requests in other threads (see _Sockets). The proxies httpx
-        # mounted from the environment have transports of their own; None stands for a NO_PROXY exception.
+        # So that close() can end this client's requests in other threads (see _Sockets): the direct
+        # transport, and those of the proxies from the environment (None stands for a NO_PROXY exception).
+        direct = getattr(client, "_transport", None)
         mounted = [mount for mount in getattr(client, "_mounts", {}).values() if mount is not None]
         sockets = self._sockets
-        if _track([transport, *mounted], _TrackingBackend(sockets)):
+        if direct is not None and _track([direct, *mounted], _TrackingBackend(sockets)):
             sockets.clients.add(client)
         return client
 
