@@ -787,6 +787,7 @@ class HttpStore(ArtifactStore):
             step_id=step_id,
             namespace=self.namespace,
             secrets=() if token is None else (token.get_secret_value(),),
+            token_sent=token is not None,
         )
 
     # -- the contract ---------------------------------------------------------------------------------
@@ -1145,6 +1146,7 @@ def error_from_response(
     step_id: str | None = None,
     namespace: str | None = None,
     secrets: Iterable[str] = (),
+    token_sent: bool = True,
 ) -> ArtifactStoreError:
     """The core error a non-success response of an artifact server stands for.
 
@@ -1154,13 +1156,15 @@ def error_from_response(
     :class:`~artifactstore_core.BackendError`. Every text of the answer the error carries (the ``detail``, a
     type name outside the allow-list, the ``step_id`` and ``namespace``) has every one of ``secrets``
     redacted (:func:`~artifactstore_core.errors.redact`): a proxy or a hostile server may echo the request's
-    bearer token back in any of them.
+    bearer token back in any of them. A 401 says whether the request carried a token (``token_sent``): a
+    missing token and a wrong one are fixed differently.
     """
     status = response.status_code
     where = f"artifact server {display}"
     if status == 401:
+        what = "refused the bearer token" if token_sent else "requires a bearer token, and no bearer token was sent"
         return AccessDeniedError(
-            f"{where} refused the bearer token (401): set ARTIFACT_STORE_HTTP_TOKEN to the server's token",
+            f"{where} {what} (401): set ARTIFACT_STORE_HTTP_TOKEN to the server's token",
             step_id=step_id,
             namespace=namespace,
         )
