@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -91,6 +92,9 @@ _MAX_JSON_GROWTH = 5
 # more of "size". Far more than those take.
 _HEAD_GROWTH_SLACK = 256
 MAX_LIST_LIMIT = 10_000
+# A path as it appears in a request: RFC 3986 path characters (unreserved, sub-delims, ":", "@", "/") and
+# well-formed percent escapes.
+_PREFIX = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 _UNAUTHORIZED = problem_document(
     "AccessDeniedError",
@@ -832,13 +836,21 @@ def create_app(
 
     Raises:
         ConfigurationError: no token and not ``insecure``, a token shorter than 16 characters, or a
-            path prefix that is not ``/``-separated ASCII without a trailing ``/``.
+            path prefix that does not start with ``/`` or holds a character a request path holds only
+            percent-encoded (a space, ``#``, ``\\``, non-ASCII, ...; trailing ``/`` are dropped).
         BackendNotFoundError, PluginLoadError: without ``store_factory``, the configured backend is not
             installed or fails to load (see :func:`default_store_factory`).
     """
     path_prefix = path_prefix.rstrip("/")
     if path_prefix and (not path_prefix.startswith("/") or not path_prefix.isascii() or "?" in path_prefix):
         raise ConfigurationError("ARTIFACT_STORE_SERVER_PATH_PREFIX must be an ASCII path starting with /")
+    if path_prefix and not _PREFIX.fullmatch(path_prefix):
+        # Matched against the raw request path, which holds such a character percent-encoded: a prefix holding
+        # it as is would match no request at all.
+        raise ConfigurationError(
+            "ARTIFACT_STORE_SERVER_PATH_PREFIX must be written as it appears in a request path: letters, digits, "
+            "/ and -._~!$&'()*+,;=:@, anything else percent-encoded (e.g. %20 for a space)"
+        )
     if token is None and not insecure:
         raise ConfigurationError(
             "the artifact server needs a token: set ARTIFACT_STORE_SERVER_TOKEN, or pass insecure=True "
