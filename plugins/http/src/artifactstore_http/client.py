@@ -648,7 +648,7 @@ class HttpStore(ArtifactStore):
             return _Answer(answer.status_code, answer.headers, answer.method, header=header, payload=payload)
         if operation == "info" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
             # The head alone: the rest of the body is left unread, and the connection closed rather than drained.
-            header = self._read_head(response.iter_bytes(), step_id or "")[0]
+            header = self._read_head(response.iter_bytes(), step_id or "", _close_delimited(response))[0]
             return _Answer(answer.status_code, answer.headers, answer.method, header=header)
         content = _read_within(response, _MAX_SMALL_BODY)
         if response.is_success or content is None:
@@ -686,7 +686,7 @@ class HttpStore(ArtifactStore):
                 f"head of at most {max_head}",
             )
         chunks = response.iter_bytes()
-        header, buffer, head_size = self._read_head(chunks, step_id)
+        header, buffer, head_size = self._read_head(chunks, step_id, _close_delimited(response))
         total = head_size + header.stored_size
         if header.size > limit:
             shown = "after decompression, " if header.compression is not None else ""
@@ -718,13 +718,17 @@ class HttpStore(ArtifactStore):
                 )
             parts.append(chunk)
         if received < stored:
+            if _close_delimited(response):
+                raise _dropped(f"{where} a payload of {received} bytes; its envelope's header says {stored}")
             raise ArtifactCorruptedError(
                 f"{where} a payload of {received} bytes; its envelope's header says {stored}", step_id=step_id
             )
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
         return header, payload
 
-    def _read_head(self, chunks: Iterator[bytes], step_id: str) -> tuple[Header, bytes, int]:
+    def _read_head(
+        self, chunks: Iterator[bytes], step_id: str, close_delimited: bool = False
+    ) -> tuple[Header, bytes, int]:
         """The verified header of the envelope whose body ``chunks`` yields, the bytes read of that body (its
         head, and whatever of the payload came with it), and the head's size.
 
@@ -734,12 +738,16 @@ class HttpStore(ArtifactStore):
         Raises:
             PayloadTooLargeError: the head is over its allowance.
             ArtifactCorruptedError: the body ends inside the head, or the head fails verification.
+            httpx.RemoteProtocolError: the body ends inside the head, and the body is one that only the
+                connection's closing ends (``close_delimited``): the connection was dropped.
             UnsupportedFormatError, ConfigurationError: as :meth:`Codec.decode_head`.
         """
         limit = self._settings.max_body_bytes
         max_head = head_allowance(limit, self._settings.max_json_bytes)
         where = f"artifact server {self._display} answered {step_id!r} with"
         buffer = _fill(chunks, b"", PREFIX_SIZE)
+        if close_delimited and len(buffer) < PREFIX_SIZE:
+            raise _dropped(f"{where} an envelope cut short inside its head")
         head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
         if head_size > max_head:
             # Refused before the head is read: its header is JSON (the metadata and schema), which costs many
@@ -753,6 +761,8 @@ class HttpStore(ArtifactStore):
             )
         buffer = _fill(chunks, buffer, head_size)
         if len(buffer) < head_size:
+            if close_delimited:
+                raise _dropped(f"{where} an envelope cut short inside its head")
             raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
         return self.codec.decode_head(buffer[:head_size], place=(self.namespace, step_id)), buffer, head_size
 
@@ -1052,6 +1062,23 @@ def _declared_length(response: httpx.Response) -> int | None:
     value = response.headers.get("content-length")
     # h11 refuses a malformed or repeated Content-Length before the response is handed over.
     return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _close_delimited(response: httpx.Response) -> bool:
+    """Whether only the closing of the connection ends the body of ``response`` (no Content-Length, not chunked).
+
+    Such a body that ends short of what its envelope's header says was cut by a dropped connection, as one
+    short of its Content-Length is (which h11 reports itself); a complete chunked body that is short was sent
+    so, and is damaged.
+    """
+    if "content-length" in response.headers:
+        return False
+    return "chunked" not in response.headers.get("transfer-encoding", "").lower()
+
+
+def _dropped(what: str) -> httpx.RemoteProtocolError:
+    """The error of a close-delimited body cut short: a dropped connection, retried like one."""
+    return httpx.RemoteProtocolError(f"{what}, and closed the connection: it was dropped on the way")
 
 
 def _fill(chunks: Iterator[bytes], buffer: bytes, size: int) -> bytes:
