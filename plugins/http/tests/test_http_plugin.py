@@ -277,3 +277,23 @@ def test_the_log_level_setting_is_one_of_the_levels() -> None:
     assert load_settings(ServerSettings, log_level="WARNING").log_level == "warning"
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_LOG_LEVEL"):
         load_settings(ServerSettings, log_level="verbose")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("backend", "variable", "value"),
+    [("redis", "ARTIFACT_STORE_REDIS_URL", "notaurl"), ("memory", "ARTIFACT_STORE_MEMORY_LIMIT", "-5")],
+)
+def test_a_server_whose_backend_settings_are_invalid_does_not_start(backend: str, variable: str, value: str) -> None:
+    # It started, answered /v1/health, and then answered every request with that ConfigurationError, telling
+    # each client to fix a variable that only the server's environment can.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": backend, variable: value})
+    result = subprocess.run(
+        [sys.executable, "-m", "artifactstore_http", "--port", "0"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    assert "ConfigurationError" in result.stderr
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Uvicorn running" not in result.stderr

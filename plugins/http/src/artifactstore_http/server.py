@@ -107,11 +107,15 @@ _UNAUTHORIZED = problem_document(
 def default_store_factory(backend: str | None = None) -> StoreFactory:
     """A factory that builds stores of ``backend`` (default: the configured ``ARTIFACT_STORE_BACKEND``).
 
-    The backend's plugin is loaded here, so that a server for a backend that is not there fails to start.
+    The backend's plugin is loaded, and a store of the ``default`` namespace built and closed, here, so that
+    a server for a backend that is not there, or whose settings are invalid, fails to start. (A setting that
+    only the backend's factory checks, such as a malformed Redis URL, otherwise started a server that
+    answered every request with that error, telling each client to fix a variable of the server's.) Any other
+    failure to build that store (the backend unreachable for now) is logged, and the server starts.
 
     Raises:
-        ConfigurationError: the backend is ``http`` itself (a server serving itself), or the settings are
-            invalid.
+        ConfigurationError: the backend is ``http`` itself (a server serving itself), or the settings (the
+            core's or the backend's) are invalid.
         BackendNotFoundError: no backend of that name is installed (with "did you mean" or the
             ``pip install`` line).
         PluginLoadError: the backend's plugin failed to load.
@@ -124,6 +128,14 @@ def default_store_factory(backend: str | None = None) -> StoreFactory:
         )
     # Otherwise a mistyped name would start a server that answers every request 500.
     plugin_host().load(name)
+    try:
+        probe = create_store(name, namespace="default")
+    except ConfigurationError:
+        raise
+    except ArtifactStoreError as exc:
+        logger.warning("cannot open a %s store yet (%s); serving, each request tries again", name, exc.message)
+    else:
+        _close_quietly(probe)
 
     def factory(namespace: str) -> ArtifactStore:
         return create_store(name, namespace=namespace)
