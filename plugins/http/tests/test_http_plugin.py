@@ -250,6 +250,7 @@ def test_the_store_cache_closes_the_least_recently_used_idle_store() -> None:
     ("args", "extra_env", "message"),
     [
         (["--log-level", "verbose"], {}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
+        (["--log-level", "trace"], {}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
         ([], {"ARTIFACT_STORE_SERVER_LOG_LEVEL": "loud"}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
         (["--fd", "987"], {}, "--fd 987"),
     ],

@@ -67,8 +67,8 @@ def serve(
         fd: serve on this already-bound listening socket instead of ``host``/``port`` (socket activation).
 
     Raises:
-        ConfigurationError: invalid settings (a log level other than debug, info, warning, error, critical or
-            trace), no token without ``insecure``, ``fd`` not an open socket, or the server extra missing.
+        ConfigurationError: invalid settings (a log level other than debug, info, warning, error or
+            critical), no token without ``insecure``, ``fd`` not an open socket, or the server extra missing.
         BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
             server does not start).
     """

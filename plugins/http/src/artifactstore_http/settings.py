@@ -33,8 +33,8 @@ MAX_HEAD_BYTES = PREFIX_SIZE + MAX_HEADER_SIZE + TAG_SIZE
 #: Lower than the body limit because a parsed JSON value costs many times its text in memory: eight million
 #: ``{}`` are 24 MB of text and about 1 GB of dicts.
 DEFAULT_MAX_JSON_BYTES = 32 * 1024 * 1024
-# The log levels of both logging and uvicorn (which adds "trace", below debug, to logging when imported).
-_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+# The log levels that logging and uvicorn both know.
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _token_problem(token: str) -> str | None:
@@ -221,7 +221,7 @@ class ServerSettings(BackendSettings):
         # Checked here, not left to logging.basicConfig, which raises ValueError once the app is built.
         level = value.strip().lower()
         if level not in _LOG_LEVELS:
-            raise ValueError("must be one of debug, info, warning, error (or critical, trace)")
+            raise ValueError("must be one of debug, info, warning, error, critical")
         return level
 
     @field_validator("token")
