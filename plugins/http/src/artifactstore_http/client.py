@@ -56,6 +56,7 @@ from .protocol import (
     ERROR_HEADER,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
+    PROBLEM_NOT_FOUND,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     encode_cursor,
@@ -1231,6 +1232,12 @@ def error_from_response(
     # Not in the allow-list: the type name is the answer's text, quoted redacted (and cut: it can be anything).
     shown = redact(name, secrets)[:100] if name else "not an artifactstore problem"
     detail = f"{where} answered {status} ({shown})" + (f": {detail}" if detail else "")
+    if status == 404 and name == PROBLEM_NOT_FOUND and ERROR_HEADER in response.headers:
+        # An artifact server that knows no such path: the endpoint's path is not where its API is.
+        detail += (
+            "; set ARTIFACT_STORE_HTTP_ENDPOINT to the server's URL, with the path prefix it is served under "
+            "(if any) and without /v1"
+        )
     if status == 413:
         return PayloadTooLargeError(detail, step_id=step_id, namespace=namespace)
     if retryable is False and status >= 500 and ERROR_HEADER in response.headers:
