@@ -126,6 +126,12 @@ def test_client_without_the_right_token_gets_access_denied(make_client: MakeClie
         assert "ARTIFACT_STORE_HTTP_TOKEN" in str(info.value)
         assert info.value.retryable is False
         assert info.value.backend == "http"
+        # Without a token the message said the server "refused the bearer token", which sent the user looking
+        # for a wrong token rather than a missing one.
+        if token is None:
+            assert "no bearer token was sent" in str(info.value)
+        else:
+            assert "refused the bearer token" in str(info.value)
 
 
 def test_a_server_needs_a_token_or_the_insecure_flag() -> None:

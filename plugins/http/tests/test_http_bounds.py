@@ -255,6 +255,26 @@ def test_a_body_cut_short_of_its_content_length_is_a_dropped_connection() -> Non
     assert len(server.requests) == 2  # transient, so retried
 
 
+@pytest.mark.parametrize("cut", ["in the payload", "in the head"])
+def test_a_body_ended_by_closing_the_connection_short_of_its_header_is_a_dropped_connection(cut: str) -> None:
+    # An answer without Content-Length or chunked framing (HTTP/1.0 style, as some proxies send) ends where the
+    # connection closes, so a body short of what its header says is a connection dropped on the way, like one
+    # cut short of its Content-Length: it was reported as ArtifactCorruptedError, "damaged", and not retried.
+    envelope = _envelope()
+    end = len(envelope) - 100 if cut == "in the payload" else 20
+
+    def answer(line: str) -> Answer:
+        return f"HTTP/1.1 200 OK\r\nContent-Type: {ENVELOPE}\r\n{MARKER}Connection: close\r\n", [envelope[:end]]
+
+    with (
+        hostile(answer) as server,
+        client_for(server.url, retries=1) as store,
+        pytest.raises(BackendUnavailableError, match="dropped the connection"),
+    ):
+        store.get("a")
+    assert len(server.requests) == 2  # transient, so retried
+
+
 # -- the client: JSON answers, problems and bodies nobody reads -------------------------------------------
 
 

@@ -418,10 +418,16 @@ def test_redirects_are_not_followed(memory_server: ServerThread) -> None:
         server.stop()
 
 
-def test_a_wrong_endpoint_path_is_an_error_not_absent(memory_server: ServerThread) -> None:
-    with client_for(memory_server.url + "/not-the-api", retries=0) as store, pytest.raises(BackendError) as info:
-        store.exists("a")
-    assert type(info.value) is BackendError
+@pytest.mark.parametrize("path", ["/not-the-api", "/v1"])
+def test_a_wrong_endpoint_path_is_an_error_not_absent(memory_server: ServerThread, path: str) -> None:
+    with client_for(memory_server.url + path, retries=0) as store:
+        for call in (lambda: store.exists("a"), lambda: store.get("a")):
+            with pytest.raises(BackendError) as info:
+                call()
+            assert type(info.value) is BackendError
+            # The server's "no such API path" said nothing of what to fix: the endpoint's path.
+            assert "set ARTIFACT_STORE_HTTP_ENDPOINT" in str(info.value)
+            assert "without /v1" in str(info.value)
 
 
 ANY_METHOD = ("GET", "HEAD", "PUT", "DELETE", "POST")

@@ -113,9 +113,17 @@ def test_a_path_prefix_behind_a_proxy_round_trips() -> None:
         server.stop()
 
 
-def test_a_bad_path_prefix_is_refused() -> None:
+@pytest.mark.parametrize("prefix", ["no-slash", "/my store", "/a#b", "/a\\b", "/a{b}", "/a%2", "/a%zz", "/tab\there"])
+def test_a_bad_path_prefix_is_refused(prefix: str) -> None:
+    # A prefix with a character that a request path never holds as is (a space, "#", "\\") was accepted, and
+    # then no request matched it: the proxy passes the path percent-encoded, so every request got 404.
     with pytest.raises(ConfigurationError, match="PATH_PREFIX"):
-        create_app(lambda ns: MemoryStore(namespace=ns), token=SecretStr(TOKEN), path_prefix="no-slash")
+        create_app(lambda ns: MemoryStore(namespace=ns), token=SecretStr(TOKEN), path_prefix=prefix)
+
+
+@pytest.mark.parametrize("prefix", ["/my%20store", "/a~b/c-d_e.f", "/v=1;x,y!$&'()*+:@"])
+def test_a_path_prefix_as_it_appears_in_a_request_is_accepted(prefix: str) -> None:
+    create_app(lambda ns: MemoryStore(namespace=ns), token=SecretStr(TOKEN), path_prefix=prefix)
 
 
 def test_the_serve_command_is_added_to_a_click_group() -> None:
@@ -235,3 +243,58 @@ def test_the_store_cache_closes_the_least_recently_used_idle_store() -> None:
     assert sorted(_CountingStore.closed_namespaces) == ["a", "b", "b", "c"]
     with pytest.raises(StoreClosedError), cache.acquire("a"):
         pass
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "extra_env", "message"),
+    [
+        (["--log-level", "verbose"], {}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
+        (["--log-level", "trace"], {}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
+        ([], {"ARTIFACT_STORE_SERVER_LOG_LEVEL": "loud"}, "ARTIFACT_STORE_SERVER_LOG_LEVEL"),
+        (["--fd", "987"], {}, "--fd 987"),
+    ],
+)
+def test_serve_reports_a_bad_log_level_or_descriptor_as_a_configuration_error(
+    args: list[str], extra_env: dict[str, str], message: str
+) -> None:
+    # A log level logging does not know raised ValueError from logging.basicConfig, and an --fd that is no
+    # socket an OSError from socket.socket: a traceback, exit 1 from either CLI, and no setting named.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memory", **extra_env})
+    for command in (["-m", "artifactstore_http"], ["-m", "artifactstore_core.cli_main", "serve"]):
+        result = subprocess.run(
+            [sys.executable, *command, "--port", "0", *args], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "ConfigurationError" in result.stderr
+        assert message in result.stderr
+        assert "Uvicorn running" not in result.stderr
+        # artifactstore-serve prints one line and exits 1; the artifactstore CLI exits 5 for a ConfigurationError.
+        assert result.returncode == (1 if command[1] == "artifactstore_http" else 5)
+
+
+def test_the_log_level_setting_is_one_of_the_levels() -> None:
+    assert load_settings(ServerSettings, log_level="WARNING").log_level == "warning"
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_LOG_LEVEL"):
+        load_settings(ServerSettings, log_level="verbose")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("backend", "variable", "value"),
+    [("redis", "ARTIFACT_STORE_REDIS_URL", "notaurl"), ("memory", "ARTIFACT_STORE_MEMORY_LIMIT", "-5")],
+)
+def test_a_server_whose_backend_settings_are_invalid_does_not_start(backend: str, variable: str, value: str) -> None:
+    # It started, answered /v1/health, and then answered every request with that ConfigurationError, telling
+    # each client to fix a variable that only the server's environment can.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": backend, variable: value})
+    result = subprocess.run(
+        [sys.executable, "-m", "artifactstore_http", "--port", "0"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    assert "ConfigurationError" in result.stderr
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Uvicorn running" not in result.stderr

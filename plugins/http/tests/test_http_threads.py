@@ -7,11 +7,13 @@ request (``_Clients``). These tests pin that arrangement against a real server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from artifactstore_core import BackendUnavailableError, Message, StoreClosedError
-from artifactstore_core.testing_servers import fork_child, in_thread, wait_child, wait_for
+from artifactstore_core.testing_servers import fork_child, in_thread, self_signed_certificate, wait_child, wait_for
 from artifactstore_http import HttpStore, client
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread, client_for
@@ -139,19 +141,26 @@ class _GatedStore(MemoryStore):
         return super()._get(step_id)
 
 
-@pytest.fixture
-def gated() -> Iterator[tuple[ServerThread, type[_GatedStore], MemorySpace]]:
+@contextlib.contextmanager
+def _gated_server(**config: Any) -> Iterator[tuple[ServerThread, type[_GatedStore], MemorySpace]]:
     space = MemorySpace()
     store_class = type(
         "Gated", (_GatedStore,), {"saves": [], "entered": threading.Event(), "release": threading.Event()}
     )
-    server = ServerThread(create_app(lambda ns: store_class(namespace=ns, space=space), token=SecretStr(TOKEN)))
+    app = create_app(lambda ns: store_class(namespace=ns, space=space), token=SecretStr(TOKEN))
+    server = ServerThread(app, **config)
     server.start()
     try:
         yield server, store_class, space
     finally:
         store_class.release.set()
         server.stop()
+
+
+@pytest.fixture
+def gated() -> Iterator[tuple[ServerThread, type[_GatedStore], MemorySpace]]:
+    with _gated_server() as served:
+        yield served
 
 
 def _recording_clients(
@@ -317,3 +326,37 @@ def test_a_forked_child_closes_the_store_while_parent_threads_use_it(make_client
             thread.join(timeout=30)
     assert failures == []
     assert store.get("a").content == b"x"  # the parent's store and its clients are untouched
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_close_ends_a_request_waiting_for_its_answer_at_once(tmp_path: Path, tls: bool) -> None:
+    # close() closed the socket under a thread waiting in poll() for the server's answer: that poll went on
+    # waiting, on a descriptor number the process could hand to another socket meanwhile, until the read
+    # timeout (60 s by default) even after the server had answered. Now the socket is shut down, which ends
+    # the wait at once, and only the thread using it closes it.
+    config: dict[str, Any] = {}
+    if tls:
+        certificate, key = self_signed_certificate(tmp_path)
+        config = {"ssl_certfile": str(certificate), "ssl_keyfile": str(key)}
+    with _gated_server(**config) as (server, store_class, space):
+        space.namespace("close-waiting")["a"] = Message(content=b"stored")
+        url = server.url.replace("http://", "https://") if tls else server.url
+        tls_settings = {"ca_file": str(tmp_path / "cert.pem")} if tls else {}
+        store = client_for(url, "close-waiting", retries=2, read_timeout=600.0, **tls_settings)
+        _close_while_waiting(store, store_class)
+
+
+def _close_while_waiting(store: HttpStore, store_class: type[_GatedStore]) -> None:
+    made = _recording_clients(store)
+    thread, outcome = in_thread(lambda: store.get("a"))
+    assert store_class.entered.wait(timeout=30)  # the server holds the answer until the test ends
+    store.close()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "close() did not end a request waiting for its answer"
+    assert isinstance(outcome[0], StoreClosedError), outcome
+    assert "in flight" in str(outcome[0])
+    assert len(made) == 1  # not retried on a new client
+    assert all(made_client.is_closed for made_client in made)
+    assert store._clients._all == []
+    assert store._clients._idle == []

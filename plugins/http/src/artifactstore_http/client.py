@@ -21,6 +21,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import httpcore
 import httpx
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
@@ -54,6 +56,7 @@ from .protocol import (
     ERROR_HEADER,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
+    PROBLEM_NOT_FOUND,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     encode_cursor,
@@ -74,6 +77,7 @@ logger = logging.getLogger("artifactstore_http.client")
 #: repeat that removed the artifact is trusted (see ``HttpStore._delete``).
 RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
     "get": "transient",
+    "info": "transient",
     "exists": "transient",
     "list": "transient",
     # Write-once makes a repeated save a no-op, and a repeated overwrite stores the same bytes again.
@@ -126,6 +130,133 @@ class _Answer:
 _LIMIT_TTL = 60.0
 
 
+class _Sockets:
+    """The open sockets of a store's connections, so that :meth:`_Clients.close` can end requests in flight
+    in other threads without closing a descriptor that another thread is still using.
+
+    Closing a socket under a thread that waits on it does not wake that thread: its ``poll()`` goes on
+    waiting, on a descriptor number the process may already have handed to another socket or file, until
+    the read timeout, even after the server has answered. ``shutdown()`` ends every wait on the socket at
+    once (reads see the end of the stream, writes fail) and frees no descriptor; the thread using the
+    connection closes it. Once shut, no connection is opened any more.
+    """
+
+    def __init__(self) -> None:
+        # Held while a socket is shut down or forgotten, so that its owner never closes it in between.
+        self._lock = threading.Lock()
+        self._open: set[_TrackedStream] = set()
+        self.shut = False
+        #: The clients whose every connection is tracked (see :func:`_track`).
+        self.clients: set[httpx.Client] = set()
+
+    def add(self, stream: _TrackedStream) -> bool:
+        """Track ``stream``; ``False`` (not tracked) if :meth:`shut_all` was called."""
+        with self._lock:
+            if self.shut:
+                return False
+            self._open.add(stream)
+            return True
+
+    def discard(self, stream: _TrackedStream) -> None:
+        with self._lock:
+            self._open.discard(stream)
+
+    def shut_all(self) -> None:
+        """Shut down every tracked socket, and refuse to track (and so to open) any more."""
+        with self._lock:
+            self.shut = True
+            for stream in self._open:
+                sock = stream.get_extra_info("socket")
+                if isinstance(sock, socket.socket):
+                    with contextlib.suppress(OSError):
+                        # Its owner's close() then resets the connection, as closing it here did: the server
+                        # learns at once that nobody reads what it still sends.
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        # The plain socket's shutdown, also for a TLS socket: SSLSocket.shutdown would drop
+                        # the TLS state under the thread that is using it.
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _TrackedStream(httpcore.NetworkStream):
+    """A connection's stream that :class:`_Sockets` knows of from its opening until its owner closes it."""
+
+    def __init__(self, inner: httpcore.NetworkStream, sockets: _Sockets) -> None:
+        self._inner = inner
+        self._sockets = sockets
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._sockets.discard(self)
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        try:
+            tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        finally:
+            # The TLS stream owns the descriptor from here (or, on failure, it is closed).
+            self._sockets.discard(self)
+        return _tracked(tls, self._sockets)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _tracked(stream: httpcore.NetworkStream, sockets: _Sockets) -> _TrackedStream:
+    """``stream``, tracked by ``sockets``; closed, and ``httpcore.ConnectError`` raised, once they are shut."""
+    tracked = _TrackedStream(stream, sockets)
+    if not sockets.add(tracked):
+        stream.close()
+        raise httpcore.ConnectError("the store was closed")
+    return tracked
+
+
+class _TrackingBackend(httpcore.SyncBackend):
+    """httpcore's network backend, with every connection it opens tracked by a :class:`_Sockets`."""
+
+    def __init__(self, sockets: _Sockets) -> None:
+        self._sockets = sockets
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        if self._sockets.shut:
+            raise httpcore.ConnectError("the store was closed")
+        return _tracked(super().connect_tcp(host, port, timeout, local_address, socket_options), self._sockets)
+
+
+def _track(transports: Iterable[object], backend: _TrackingBackend) -> bool:
+    """Make every one of ``transports`` open its connections through ``backend``; whether that was done.
+
+    httpx takes no network backend, so it is set on the httpcore pool of each transport (the one the store
+    made, and those httpx made for proxies from the environment). ``False``, and nothing changed, when a
+    transport is not of the known shape: :meth:`_Clients.close` then closes that client as a whole.
+    """
+    pools = [getattr(transport, "_pool", None) for transport in transports]
+    known = [
+        pool
+        for pool in pools
+        if isinstance(pool, httpcore.ConnectionPool)
+        and isinstance(getattr(pool, "_network_backend", None), httpcore.SyncBackend)
+    ]
+    if len(known) != len(pools):
+        return False
+    for pool in known:
+        pool._network_backend = backend
+    return True
+
+
 class _Clients:
     """At most ``size`` httpx clients of one connection each, every one used by one thread at a time.
 
@@ -148,9 +279,18 @@ class _Clients:
     """
 
     def __init__(
-        self, make: Callable[[], httpx.Client], size: int, timeout: float, *, namespace: str, backend: str
+        self,
+        make: Callable[[], httpx.Client],
+        size: int,
+        timeout: float,
+        *,
+        namespace: str,
+        backend: str,
+        sockets: _Sockets | None = None,
     ) -> None:
         self._make = make
+        # The sockets of the clients ``make`` makes, if it tracks them (see close()).
+        self._sockets = sockets
         self._timeout = timeout
         self._namespace = namespace
         self._backend = backend
@@ -247,12 +387,21 @@ class _Clients:
             self._give_slot()
 
     def close(self) -> None:
-        """Close every client and lend no more (a request still in flight on one fails)."""
+        """Close every client and lend no more (a request still in flight on one fails at once).
+
+        A client lent to another thread is not closed here but has its sockets shut down (see
+        :class:`_Sockets`), which ends the request it carries; that thread closes it when it hands it back.
+        """
         with self._lock:
             self._closed.set()
-            clients, self._all, self._idle = self._all, [], []
+            clients, idle, self._all, self._idle = self._all, self._idle, [], []
+        tracked: set[httpx.Client] = set()
+        if self._sockets is not None:
+            self._sockets.shut_all()
+            tracked = self._sockets.clients
         for client in clients:
-            client.close()
+            if client in idle or client not in tracked:
+                client.close()
 
 
 class HttpStore(ArtifactStore):
@@ -341,14 +490,10 @@ class HttpStore(ArtifactStore):
         # httpx's own expiry too): reusing one the server is closing at that instant fails a request that
         # cannot be retried safely (delete, clear).
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=2.0)
-        transport = httpx.HTTPTransport(
-            verify=self._verify,
-            limits=limits,
-            trust_env=settings.trust_env,
-            # A save writes head and payload separately; do not let Nagle hold the second for an ACK.
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
-        return httpx.Client(
+        # httpx builds the transports itself: given one, it ignores the proxy variables (HTTP_PROXY, NO_PROXY,
+        # ...) that trust_env promises to honour. (A save writes head and payload separately; httpcore sets
+        # TCP_NODELAY on every socket, so Nagle never holds the second write for an ACK.)
+        client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout,
@@ -356,14 +501,23 @@ class HttpStore(ArtifactStore):
                 write=settings.read_timeout,
                 pool=settings.read_timeout,
             ),
-            transport=transport,
             follow_redirects=False,
             verify=self._verify,
             limits=limits,
             trust_env=settings.trust_env,
         )
+        # So that close() can end this client's requests in other threads (see _Sockets): the direct
+        # transport, and those of the proxies from the environment (None stands for a NO_PROXY exception).
+        direct = getattr(client, "_transport", None)
+        mounted = [mount for mount in getattr(client, "_mounts", {}).values() if mount is not None]
+        sockets = self._sockets
+        if direct is not None and _track([direct, *mounted], _TrackingBackend(sockets)):
+            sockets.clients.add(client)
+        return client
 
     def _new_clients(self) -> _Clients:
+        # The sockets of the clients _new_client makes from now on (a new set after a fork).
+        self._sockets = _Sockets()
         # Waiting for a free client is bounded like httpx's own pool wait was (its pool timeout).
         return _Clients(
             self._new_client,
@@ -371,6 +525,7 @@ class HttpStore(ArtifactStore):
             self._settings.read_timeout,
             namespace=self.namespace,
             backend=self.backend_name,
+            sockets=self._sockets,
         )
 
     def _http(self) -> _Clients:
@@ -492,6 +647,10 @@ class HttpStore(ArtifactStore):
         if operation == "get" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
             header, payload = self._read_envelope(response, step_id or "")
             return _Answer(answer.status_code, answer.headers, answer.method, header=header, payload=payload)
+        if operation == "info" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
+            # The head alone: the rest of the body is left unread, and the connection closed rather than drained.
+            header = self._read_head(response.iter_bytes(), step_id or "", _close_delimited(response))[0]
+            return _Answer(answer.status_code, answer.headers, answer.method, header=header)
         content = _read_within(response, _MAX_SMALL_BODY)
         if response.is_success or content is None:
             return answer
@@ -528,23 +687,7 @@ class HttpStore(ArtifactStore):
                 f"head of at most {max_head}",
             )
         chunks = response.iter_bytes()
-        place = (self.namespace, step_id)
-        buffer = _fill(chunks, b"", PREFIX_SIZE)
-        head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
-        if head_size > max_head:
-            # Refused before the head is read: its header is JSON (the metadata and schema), which costs many
-            # times its text once parsed, so the JSON limit bounds it too (see head_allowance).
-            setting = _head_setting(limit, self._settings.max_json_bytes, "ARTIFACT_STORE_HTTP_")
-            raise PayloadTooLargeError(
-                f"{where} an envelope whose head alone is {head_size} bytes (its header, the JSON of its metadata "
-                f"and schema, is {head_size - PREFIX_SIZE - TAG_SIZE}); this client reads a head of at most "
-                f"{max_head} bytes ({setting}, up to the format's largest head); raise it to read this artifact",
-                step_id=step_id,
-            )
-        buffer = _fill(chunks, buffer, head_size)
-        if len(buffer) < head_size:
-            raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
-        header = self.codec.decode_head(buffer[:head_size], place=place)
+        header, buffer, head_size = self._read_head(chunks, step_id, _close_delimited(response))
         total = head_size + header.stored_size
         if header.size > limit:
             shown = "after decompression, " if header.compression is not None else ""
@@ -576,11 +719,53 @@ class HttpStore(ArtifactStore):
                 )
             parts.append(chunk)
         if received < stored:
+            if _close_delimited(response):
+                raise _dropped(f"{where} a payload of {received} bytes; its envelope's header says {stored}")
             raise ArtifactCorruptedError(
                 f"{where} a payload of {received} bytes; its envelope's header says {stored}", step_id=step_id
             )
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
         return header, payload
+
+    def _read_head(
+        self, chunks: Iterator[bytes], step_id: str, close_delimited: bool = False
+    ) -> tuple[Header, bytes, int]:
+        """The verified header of the envelope whose body ``chunks`` yields, the bytes read of that body (its
+        head, and whatever of the payload came with it), and the head's size.
+
+        The head is refused over its allowance (:func:`~artifactstore_http.settings.head_allowance`) from its
+        prefix, before the rest of it is read or its header parsed.
+
+        Raises:
+            PayloadTooLargeError: the head is over its allowance.
+            ArtifactCorruptedError: the body ends inside the head, or the head fails verification.
+            httpx.RemoteProtocolError: the body ends inside the head, and the body is one that only the
+                connection's closing ends (``close_delimited``): the connection was dropped.
+            UnsupportedFormatError, ConfigurationError: as :meth:`Codec.decode_head`.
+        """
+        limit = self._settings.max_body_bytes
+        max_head = head_allowance(limit, self._settings.max_json_bytes)
+        where = f"artifact server {self._display} answered {step_id!r} with"
+        buffer = _fill(chunks, b"", PREFIX_SIZE)
+        if close_delimited and len(buffer) < PREFIX_SIZE:
+            raise _dropped(f"{where} an envelope cut short inside its head")
+        head_size = self.codec.head_size(buffer[:PREFIX_SIZE])
+        if head_size > max_head:
+            # Refused before the head is read: its header is JSON (the metadata and schema), which costs many
+            # times its text once parsed, so the JSON limit bounds it too (see head_allowance).
+            setting = _head_setting(limit, self._settings.max_json_bytes, "ARTIFACT_STORE_HTTP_")
+            raise PayloadTooLargeError(
+                f"{where} an envelope whose head alone is {head_size} bytes (its header, the JSON of its metadata "
+                f"and schema, is {head_size - PREFIX_SIZE - TAG_SIZE}); this client reads a head of at most "
+                f"{max_head} bytes ({setting}, up to the format's largest head); raise it to read this artifact",
+                step_id=step_id,
+            )
+        buffer = _fill(chunks, buffer, head_size)
+        if len(buffer) < head_size:
+            if close_delimited:
+                raise _dropped(f"{where} an envelope cut short inside its head")
+            raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
+        return self.codec.decode_head(buffer[:head_size], place=(self.namespace, step_id)), buffer, head_size
 
     def _too_large(self, step_id: str, what: str) -> PayloadTooLargeError:
         return PayloadTooLargeError(
@@ -613,6 +798,7 @@ class HttpStore(ArtifactStore):
             step_id=step_id,
             namespace=self.namespace,
             secrets=() if token is None else (token.get_secret_value(),),
+            token_sent=token is not None,
         )
 
     # -- the contract ---------------------------------------------------------------------------------
@@ -689,6 +875,24 @@ class HttpStore(ArtifactStore):
         # The client's own codec verified the head (and, with a signing key, the signature) while the body
         # was read; here it verifies the payload's size and digest.
         return self.codec.decode_payload(response.header, response.payload)
+
+    def _info(self, step_id: str) -> ArtifactInfo:
+        # The artifact's verified head, the start of its GET: the base class searched the listing, page after
+        # page, so info() (and `artifactstore get` and `stat`, which ask it first) cost a request per 1,000
+        # artifacts of the namespace and failed on any artifact of it that the server could not list.
+        response = self._send("info", "GET", self._url("artifacts", step_id), step_id=step_id)
+        if response.status_code == 413:
+            # The server refuses to serve this artifact (JSON content or a head over its own limits, written
+            # to its store by something else); its listing still shows it.
+            return super()._info(step_id)
+        if response.status_code != 200:
+            raise self._fail(response, step_id)
+        if response.header is None:
+            raise BackendError(
+                f"artifact server {self._display} answered {step_id!r} with a body that is not an envelope",
+                step_id=step_id,
+            )
+        return response.header.info(step_id)
 
     def _exists(self, step_id: str) -> bool:
         response = self._send("exists", "HEAD", self._url("artifacts", step_id))
@@ -861,6 +1065,23 @@ def _declared_length(response: httpx.Response) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
+def _close_delimited(response: httpx.Response) -> bool:
+    """Whether only the closing of the connection ends the body of ``response`` (no Content-Length, not chunked).
+
+    Such a body that ends short of what its envelope's header says was cut by a dropped connection, as one
+    short of its Content-Length is (which h11 reports itself); a complete chunked body that is short was sent
+    so, and is damaged.
+    """
+    if "content-length" in response.headers:
+        return False
+    return "chunked" not in response.headers.get("transfer-encoding", "").lower()
+
+
+def _dropped(what: str) -> httpx.RemoteProtocolError:
+    """The error of a close-delimited body cut short: a dropped connection, retried like one."""
+    return httpx.RemoteProtocolError(f"{what}, and closed the connection: it was dropped on the way")
+
+
 def _fill(chunks: Iterator[bytes], buffer: bytes, size: int) -> bytes:
     """``buffer`` followed by chunks of the body until it holds at least ``size`` bytes, or the body ended."""
     if len(buffer) >= size:
@@ -953,6 +1174,7 @@ def error_from_response(
     step_id: str | None = None,
     namespace: str | None = None,
     secrets: Iterable[str] = (),
+    token_sent: bool = True,
 ) -> ArtifactStoreError:
     """The core error a non-success response of an artifact server stands for.
 
@@ -962,13 +1184,15 @@ def error_from_response(
     :class:`~artifactstore_core.BackendError`. Every text of the answer the error carries (the ``detail``, a
     type name outside the allow-list, the ``step_id`` and ``namespace``) has every one of ``secrets``
     redacted (:func:`~artifactstore_core.errors.redact`): a proxy or a hostile server may echo the request's
-    bearer token back in any of them.
+    bearer token back in any of them. A 401 says whether the request carried a token (``token_sent``): a
+    missing token and a wrong one are fixed differently.
     """
     status = response.status_code
     where = f"artifact server {display}"
     if status == 401:
+        what = "refused the bearer token" if token_sent else "requires a bearer token, and no bearer token was sent"
         return AccessDeniedError(
-            f"{where} refused the bearer token (401): set ARTIFACT_STORE_HTTP_TOKEN to the server's token",
+            f"{where} {what} (401): set ARTIFACT_STORE_HTTP_TOKEN to the server's token",
             step_id=step_id,
             namespace=namespace,
         )
@@ -1008,6 +1232,12 @@ def error_from_response(
     # Not in the allow-list: the type name is the answer's text, quoted redacted (and cut: it can be anything).
     shown = redact(name, secrets)[:100] if name else "not an artifactstore problem"
     detail = f"{where} answered {status} ({shown})" + (f": {detail}" if detail else "")
+    if status == 404 and name == PROBLEM_NOT_FOUND and ERROR_HEADER in response.headers:
+        # An artifact server that knows no such path: the endpoint's path is not where its API is.
+        detail += (
+            "; set ARTIFACT_STORE_HTTP_ENDPOINT to the server's URL, with the path prefix it is served under "
+            "(if any) and without /v1"
+        )
     if status == 413:
         return PayloadTooLargeError(detail, step_id=step_id, namespace=namespace)
     if retryable is False and status >= 500 and ERROR_HEADER in response.headers:

@@ -67,7 +67,8 @@ def serve(
         fd: serve on this already-bound listening socket instead of ``host``/``port`` (socket activation).
 
     Raises:
-        ConfigurationError: invalid settings, no token without ``insecure``, or the server extra missing.
+        ConfigurationError: invalid settings (a log level other than debug, info, warning, error or
+            critical), no token without ``insecure``, ``fd`` not an open socket, or the server extra missing.
         BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
             server does not start).
     """
@@ -98,7 +99,10 @@ def serve(
         logger.warning("listening on %s beyond loopback: put a TLS-terminating reverse proxy in front", settings.host)
     sockets = None
     if fd is not None:
-        sock = socket.socket(fileno=fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ConfigurationError(f"--fd {fd} is not an open socket ({exc.strerror or exc})") from exc
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Connections inherit it. asyncio sets it only on sockets it created itself; without it each
             # response on a kept-alive connection can wait ~40 ms for a delayed ACK (Nagle's algorithm).

@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -91,6 +92,9 @@ _MAX_JSON_GROWTH = 5
 # more of "size". Far more than those take.
 _HEAD_GROWTH_SLACK = 256
 MAX_LIST_LIMIT = 10_000
+# A path as it appears in a request: RFC 3986 path characters (unreserved, sub-delims, ":", "@", "/") and
+# well-formed percent escapes.
+_PREFIX = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 _UNAUTHORIZED = problem_document(
     "AccessDeniedError",
@@ -103,11 +107,15 @@ _UNAUTHORIZED = problem_document(
 def default_store_factory(backend: str | None = None) -> StoreFactory:
     """A factory that builds stores of ``backend`` (default: the configured ``ARTIFACT_STORE_BACKEND``).
 
-    The backend's plugin is loaded here, so that a server for a backend that is not there fails to start.
+    The backend's plugin is loaded, and a store of the ``default`` namespace built and closed, here, so that
+    a server for a backend that is not there, or whose settings are invalid, fails to start. (A setting that
+    only the backend's factory checks, such as a malformed Redis URL, otherwise started a server that
+    answered every request with that error, telling each client to fix a variable of the server's.) Any other
+    failure to build that store (the backend unreachable for now) is logged, and the server starts.
 
     Raises:
-        ConfigurationError: the backend is ``http`` itself (a server serving itself), or the settings are
-            invalid.
+        ConfigurationError: the backend is ``http`` itself (a server serving itself), or the settings (the
+            core's or the backend's) are invalid.
         BackendNotFoundError: no backend of that name is installed (with "did you mean" or the
             ``pip install`` line).
         PluginLoadError: the backend's plugin failed to load.
@@ -120,6 +128,14 @@ def default_store_factory(backend: str | None = None) -> StoreFactory:
         )
     # Otherwise a mistyped name would start a server that answers every request 500.
     plugin_host().load(name)
+    try:
+        probe = create_store(name, namespace="default")
+    except ConfigurationError:
+        raise
+    except ArtifactStoreError as exc:
+        logger.warning("cannot open a %s store yet (%s); serving, each request tries again", name, exc.message)
+    else:
+        _close_quietly(probe)
 
     def factory(namespace: str) -> ArtifactStore:
         return create_store(name, namespace=namespace)
@@ -836,13 +852,21 @@ def create_app(
 
     Raises:
         ConfigurationError: no token and not ``insecure``, a token shorter than 16 characters, or a
-            path prefix that is not ``/``-separated ASCII without a trailing ``/``.
+            path prefix that does not start with ``/`` or holds a character a request path holds only
+            percent-encoded (a space, ``#``, ``\\``, non-ASCII, ...; trailing ``/`` are dropped).
         BackendNotFoundError, PluginLoadError: without ``store_factory``, the configured backend is not
             installed or fails to load (see :func:`default_store_factory`).
     """
     path_prefix = path_prefix.rstrip("/")
     if path_prefix and (not path_prefix.startswith("/") or not path_prefix.isascii() or "?" in path_prefix):
         raise ConfigurationError("ARTIFACT_STORE_SERVER_PATH_PREFIX must be an ASCII path starting with /")
+    if path_prefix and not _PREFIX.fullmatch(path_prefix):
+        # Matched against the raw request path, which holds such a character percent-encoded: a prefix holding
+        # it as is would match no request at all.
+        raise ConfigurationError(
+            "ARTIFACT_STORE_SERVER_PATH_PREFIX must be written as it appears in a request path: letters, digits, "
+            "/ and -._~!$&'()*+,;=:@, anything else percent-encoded (e.g. %20 for a space)"
+        )
     if token is None and not insecure:
         raise ConfigurationError(
             "the artifact server needs a token: set ARTIFACT_STORE_SERVER_TOKEN, or pass insecure=True "

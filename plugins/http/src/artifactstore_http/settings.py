@@ -33,6 +33,8 @@ MAX_HEAD_BYTES = PREFIX_SIZE + MAX_HEADER_SIZE + TAG_SIZE
 #: Lower than the body limit because a parsed JSON value costs many times its text in memory: eight million
 #: ``{}`` are 24 MB of text and about 1 GB of dicts.
 DEFAULT_MAX_JSON_BYTES = 32 * 1024 * 1024
+# The log levels that logging and uvicorn both know.
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _token_problem(token: str) -> str | None:
@@ -212,6 +214,15 @@ class ServerSettings(BackendSettings):
         description="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted.",
     )
     log_level: str = Field(default="info", description="Server log level (debug, info, warning, error).")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        # Checked here, not left to logging.basicConfig, which raises ValueError once the app is built.
+        level = value.strip().lower()
+        if level not in _LOG_LEVELS:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return level
 
     @field_validator("token")
     @classmethod
