@@ -201,10 +201,13 @@ class WorkerPool(cf.Executor):
             # The sentinel, not join(): a join would reap the worker, and its pid, which is its group's id, could
             # then be reused by another process before the group is killed.
             connection.wait([worker.process.sentinel], max(0.0, deadline - time.monotonic()))
-        for worker in workers:
-            _signal_group(worker.process, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                worker.process.kill()
+        with self._lock:
+            for worker in workers:
+                # One the pool's thread has reaped meanwhile (and killed its group) is gone from the list.
+                if worker in self._state.workers:
+                    _signal_group(worker.process, signal.SIGKILL)
+                    with contextlib.suppress(Exception):
+                        worker.process.kill()
         for worker in workers:
             worker.process.join()
         self._wake()
@@ -329,11 +332,19 @@ class WorkerPool(cf.Executor):
                 error: BaseException = message[1]
                 error.__cause__ = RemoteTraceback(message[2])
                 self._complete(worker, error)
-        if worker.process.exitcode is None:
-            return
+        with self._lock:
+            if not connection.wait([worker.process.sentinel], 0):
+                return
+            # Ended, but not reaped yet, so its pid (its group's id) is still its own: the processes its step
+            # started go with it (a worker that died on its own, OOM-killed or crashed, signalled nothing;
+            # one being terminated has had its SIGTERM). Reaping it and leaving the pool's list happen under
+            # the same lock, so that terminate() never signals a group whose id may have been reused.
+            _signal_group(worker.process, signal.SIGKILL)
+            if worker.process.exitcode is None:
+                return  # its pipe closed just before it became a zombie: the sentinel wakes the pool again
+            self._state.workers.remove(worker)
         worker.stand_down(reap=True)
         with self._lock:
-            self._state.workers.remove(worker)
             if not worker.stopping:
                 index = worker.task[1].index if worker.task is not None else None
                 exitcode = worker.process.exitcode

@@ -37,6 +37,7 @@ from pipeline_steps import (
     step_killed_beside_sibling,
     step_sibling,
     step_two_arg_error,
+    step_with_a_child,
     wait_until,
     waiting_pipeline,
 )
@@ -662,6 +663,29 @@ def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: P
     assert error.result.steps["killed"].status is StepStatus.FAILED
     # The executor owns its workers: the sibling's worker is not stopped with the one that died.
     assert error.result.steps["sibling"].status is StepStatus.SUCCEEDED
+
+
+def test_processes_a_step_started_do_not_outlive_its_worker_killed_under_it(tmp_path: Path, workdir: Path) -> None:
+    # A worker killed while its step runs (the OOM killer, a crash): the process its step started (it ignores
+    # SIGTERM) lived on, since only terminating the workers and a runner's death signalled a worker's group.
+    def kill_the_worker() -> None:
+        wait_until(lambda: Path(workdir, "s-started").exists(), 60, "the step never started")
+        os.kill(pids(workdir)["s"], signal.SIGKILL)
+
+    pipeline = Pipeline([Step("s", functools.partial(step_with_a_child, workdir=str(workdir), name="s"))])
+    killer = threading.Thread(target=kill_the_worker)
+    killer.start()
+    try:
+        with pytest.raises(StepFailedError) as caught:
+            Executor(StoreConfig("filesystem", root=str(tmp_path / "artifacts")), mode="processes").run(pipeline)
+        assert caught.value.__notes__ == ["the worker process running step 's' was killed by signal SIGKILL"]
+        child = children(workdir)["s"]
+        wait_until(lambda: is_dead(child), 30, "the process the step started outlived its killed worker")
+    finally:
+        killer.join()
+        for pid in children(workdir).values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_an_exception_that_cannot_be_rebuilt_fails_its_step_not_the_pool(tmp_path: Path, workdir: Path) -> None:
