@@ -29,13 +29,24 @@ from artifactstore_core import (
     ConfigurationError,
     Message,
     UnsupportedFormatError,
+    create_store,
 )
 from artifactstore_core.errors import ArtifactStoreError
 from artifactstore_http import HttpStore
-from artifactstore_http.protocol import ERROR_CLASSES, ERROR_STATUS, PROTOCOL_HEADER, PROTOCOL_VERSION, status_for
+from artifactstore_http.protocol import (
+    ERROR_CLASSES,
+    ERROR_STATUS,
+    MAX_DETAIL_BYTES,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    decode_detail,
+    encode_detail,
+    status_for,
+)
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, ServerThread, bound_socket, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
+from artifactstore_redis.testing import RedisServer
 
 
 class RaisingStore(ArtifactStore):
@@ -107,9 +118,9 @@ def test_every_core_error_round_trips_as_its_own_class(raising_server: ServerThr
             assert error.namespace == f"{name}-ns"
             if operation in ("save", "get", "exists", "delete"):
                 assert error.step_id == "a/b"
-            if name != "StoreClosedError" and operation != "exists":
-                # The server's message travels (a HEAD response has no body to carry it).
-                assert f"{name} raised for" in str(error)
+            if name != "StoreClosedError":
+                # The server's message travels, to HEAD too (in a header: the answer has no body).
+                assert f"{name} raised for" in str(error), (operation, error)
 
 
 def test_every_core_error_has_a_status() -> None:
@@ -141,6 +152,65 @@ def test_a_server_bug_is_a_backend_error_without_its_details(
     assert "InternalServerError" in str(info.value)
     assert "hunter2" not in str(info.value)
     assert "hunter2" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_exists_says_why_its_backend_failed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # An answer to HEAD has no body: exists() on a server whose backend failed said only "answered 503
+    # (BackendUnavailableError)", not what the backend said.
+    redis = RedisServer(tmp_path_factory.mktemp("redis-stopped")).start()
+    try:
+
+        def factory(namespace: str) -> ArtifactStore:
+            return create_store("redis", namespace=namespace, url=redis.url, retry_attempts=0)
+
+        server = ServerThread(create_app(factory, token=SecretStr(TOKEN))).start()
+        try:
+            with client_for(server.url, retries=0) as store:
+                store.save("a", Message(content=1))  # the server's store is built while its redis runs
+                redis.stop()
+                with pytest.raises(BackendUnavailableError) as info:
+                    store.exists("a")
+                with pytest.raises(BackendUnavailableError) as read:
+                    store.get("a")
+        finally:
+            server.stop()
+    finally:
+        redis.stop()
+    # The same reason as the GET's problem body gives, which names the redis server's address.
+    assert info.value.message == read.value.message
+    assert f"{redis.port}" in info.value.message
+    assert "answered 503" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [
+        ("plain text: 'quotes' and (brackets)", "plain text: 'quotes' and (brackets)"),
+        ("a\r\nSet-Cookie: x=1\x00 100% é → 😀", "a\r\nSet-Cookie: x=1\x00 100% é → 😀"),
+        ("  around  ", "around"),
+        ("é" * 600, "é" * 510 + "..."),
+    ],
+)
+def test_a_problem_detail_travels_in_a_header_value_it_cannot_break(detail: str, expected: str) -> None:
+    encoded = encode_detail(detail)
+    # Visible ASCII and the space only: no line break to end the header, no byte a parser would refuse.
+    assert all(" " <= char <= "~" for char in encoded)
+    assert len(encoded) <= 3 * MAX_DETAIL_BYTES
+    assert decode_detail(encoded) == expected
+
+
+def test_a_server_echoing_the_token_in_a_head_detail_never_gets_it_into_an_error() -> None:
+    def app(request: Request) -> Response:
+        echoed = encode_detail(f"bad request with {request.headers['authorization']} and token={TOKEN}")
+        headers = {"Artifactstore-Error": "BackendUnavailableError", "Artifactstore-Error-Detail": echoed}
+        return Response(status_code=503, headers=headers)
+
+    with store_of_a_server_answering(app, methods=("HEAD",)) as store, pytest.raises(ArtifactStoreError) as info:
+        store.exists("a")
+    text = f"{info.value} {info.value!r} {info.value.args}"
+    assert TOKEN not in text
+    assert "bad request with Bearer" in text  # the rest of the server's text is kept
 
 
 #: The protocol marker of an artifact server, for stand-ins that play one (a hostile or broken one).

@@ -53,12 +53,14 @@ from artifactstore_core.store import ContextThreadPoolExecutor
 from .protocol import (
     API_PREFIX,
     ERROR_CLASSES,
+    ERROR_DETAIL_HEADER,
     ERROR_HEADER,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
     PROBLEM_NOT_FOUND,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
+    decode_detail,
     encode_cursor,
     quote_segment,
 )
@@ -1225,6 +1227,9 @@ def error_from_response(
                 namespace = redact(doc["namespace"], secrets)
             if isinstance(doc.get("retryable"), bool):
                 retryable = doc["retryable"]
+    if not detail and (encoded := response.headers.get(ERROR_DETAIL_HEADER)):
+        # An answer to HEAD has no body: its server's detail is in this header (redacted like the body's).
+        detail = redact(decode_detail(encoded), secrets)
     cls = ERROR_CLASSES.get(name or "")
     if cls is not None:
         # The server's message already names the step id, namespace and backend.

@@ -10,7 +10,15 @@ from typing import Any
 
 from artifactstore_core.envelope import PREFIX_SIZE
 
-from .protocol import MEDIA_TYPE_ENVELOPE, MEDIA_TYPE_PROBLEM, PROTOCOL_HEADER, PROTOCOL_VERSION
+from .protocol import (
+    ERROR_DETAIL_HEADER,
+    ERROR_HEADER,
+    MAX_DETAIL_BYTES,
+    MEDIA_TYPE_ENVELOPE,
+    MEDIA_TYPE_PROBLEM,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+)
 from .settings import head_allowance
 
 __all__ = ["openapi_document"]
@@ -50,6 +58,12 @@ def _problems(*statuses: int, body: bool = True, texts: dict[int, str] | None = 
         response: dict[str, Any] = {"description": (texts or {}).get(status, _PROBLEM_TEXT[status])}
         if body:
             response["content"] = {MEDIA_TYPE_PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        else:
+            # No body (HEAD): the problem's type and detail are in headers.
+            response["headers"] = {
+                ERROR_HEADER: {"$ref": "#/components/headers/Error"},
+                ERROR_DETAIL_HEADER: {"$ref": "#/components/headers/ErrorDetail"},
+            }
         responses[str(status)] = response
     return responses
 
@@ -201,8 +215,9 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                 },
                 "head": {
                     "operationId": "artifactExists",
-                    "summary": "Whether the artifact exists (200) or not (404); errors name their type in the "
-                    "Artifactstore-Error header.",
+                    "summary": f"Whether the artifact exists (200) or not (404, {ERROR_HEADER}: "
+                    f"ArtifactNotFoundError); other errors carry their type in the {ERROR_HEADER} header and "
+                    f"their detail in the {ERROR_DETAIL_HEADER} header.",
                     "responses": {"200": {"description": "It exists."}, **_problems(body=False)},
                 },
                 "delete": {
@@ -226,7 +241,17 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                     "answer without it.",
                     "required": True,
                     "schema": {"type": "string", "enum": [PROTOCOL_VERSION]},
-                }
+                },
+                "Error": {
+                    "description": "The problem's type (as the body's type), on every problem answer.",
+                    "schema": {"type": "string"},
+                },
+                "ErrorDetail": {
+                    "description": "On a problem answer to HEAD, which has no body: the problem's detail, "
+                    "percent-encoded UTF-8 (every byte but visible ASCII and the space, and every %), cut to "
+                    f"{MAX_DETAIL_BYTES} bytes of UTF-8 before encoding.",
+                    "schema": {"type": "string"},
+                },
             },
             "parameters": {
                 "Namespace": {

@@ -7,9 +7,10 @@ or proxy would normalise away). The server percent-decodes each segment exactly 
 
 Errors: every failure is a JSON problem body (``application/problem+json``, after RFC 9457) whose ``type``
 is the name of a core error class, plus an ``Artifactstore-Error`` header with the same name (so a ``HEAD``
-response, which has no body, is typed too). The client maps a name back to a class only through
-:data:`ERROR_CLASSES`, an explicit allow-list: a class is never looked up or imported by a name read from
-the network.
+response, which has no body, is typed too). A ``HEAD`` problem also carries the problem's ``detail`` in an
+``Artifactstore-Error-Detail`` header (:func:`encode_detail`), so a failed ``exists`` says why. The client
+maps a name back to a class only through :data:`ERROR_CLASSES`, an explicit allow-list: a class is never
+looked up or imported by a name read from the network.
 
 Marker: every response the server makes, success or problem (``HEAD`` and ``204`` included), carries
 ``Artifactstore-Protocol: 1`` (:data:`PROTOCOL_HEADER`, :data:`PROTOCOL_VERSION`). A success status alone
@@ -24,7 +25,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from artifactstore_core.errors import (
     AccessDeniedError,
@@ -51,8 +52,10 @@ from artifactstore_core.errors import (
 __all__ = [
     "API_PREFIX",
     "ERROR_CLASSES",
+    "ERROR_DETAIL_HEADER",
     "ERROR_HEADER",
     "ERROR_STATUS",
+    "MAX_DETAIL_BYTES",
     "MEDIA_TYPE_ENVELOPE",
     "MEDIA_TYPE_PROBLEM",
     "PROBLEM_BAD_REQUEST",
@@ -62,7 +65,9 @@ __all__ = [
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
     "decode_cursor",
+    "decode_detail",
     "encode_cursor",
+    "encode_detail",
     "problem_document",
     "quote_segment",
     "status_for",
@@ -76,6 +81,11 @@ MEDIA_TYPE_ENVELOPE = "application/vnd.artifactstore.envelope"
 MEDIA_TYPE_PROBLEM = "application/problem+json"
 #: The response header naming the problem type (also on ``HEAD`` responses, which carry no body).
 ERROR_HEADER = "Artifactstore-Error"
+#: The response header that carries a ``HEAD`` problem's ``detail`` (:func:`encode_detail`): no body carries it.
+ERROR_DETAIL_HEADER = "Artifactstore-Error-Detail"
+#: The most bytes of a detail's UTF-8 encoding that :data:`ERROR_DETAIL_HEADER` carries (at most three
+#: times that once percent-encoded: far below the 8 to 16 KiB of headers that servers and proxies accept).
+MAX_DETAIL_BYTES = 1024
 #: The response header that marks every answer of an artifact server, whose value is :data:`PROTOCOL_VERSION`.
 PROTOCOL_HEADER = "Artifactstore-Protocol"
 #: The protocol version this server speaks and this client understands (the API of :data:`API_PREFIX`).
@@ -129,6 +139,8 @@ ERROR_STATUS: Mapping[type[BaseException], int] = {
     ArtifactStoreError: 500,
 }
 
+# What a detail keeps as it is in a header value: visible ASCII and the space, except "%" (the escape).
+_DETAIL_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 # Unreserved characters minus "." (RFC 3986 lets "." and ".." segments be removed as dot segments).
 _SAFE = "-_~"
 
@@ -179,3 +191,21 @@ def problem_document(
     doc: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail, "retryable": retryable}
     doc.update({key: value for key, value in fields.items() if value is not None})
     return doc
+
+
+def encode_detail(detail: str) -> str:
+    """``detail`` as the value of :data:`ERROR_DETAIL_HEADER`: percent-encoded UTF-8 (every byte but visible
+    ASCII and the space, and every ``%``), so that any text is a valid header value that cannot end the header
+    or start another. Cut to :data:`MAX_DETAIL_BYTES` bytes of UTF-8 (at a character's boundary, marked
+    ``...``), and stripped of surrounding white space, which a header value loses.
+    """
+    raw = detail.strip().encode("utf-8")
+    if len(raw) > MAX_DETAIL_BYTES:
+        raw = raw[: MAX_DETAIL_BYTES - 3].decode("utf-8", errors="ignore").rstrip().encode("utf-8") + b"..."
+    return quote(raw, safe=_DETAIL_SAFE)
+
+
+def decode_detail(value: str) -> str:
+    """The detail :func:`encode_detail` encoded as ``value``; undecodable bytes are replaced, never raised on,
+    and the result is cut to :data:`MAX_DETAIL_BYTES` characters (the value is text from the network)."""
+    return unquote(value, encoding="utf-8", errors="replace")[:MAX_DETAIL_BYTES]

@@ -58,6 +58,7 @@ from artifactstore_core.settings import CoreSettings, load_settings
 
 from .openapi import openapi_document
 from .protocol import (
+    ERROR_DETAIL_HEADER,
     ERROR_HEADER,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
@@ -69,6 +70,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     decode_cursor,
     encode_cursor,
+    encode_detail,
     problem_document,
     status_for,
 )
@@ -152,8 +154,14 @@ class _ProblemError(Exception):
         self.headers = headers or {}
 
 
-def _problem_response(doc: dict[str, Any], *, headers: dict[str, str] | None = None, close: bool = False) -> Response:
+def _problem_response(
+    doc: dict[str, Any], *, headers: dict[str, str] | None = None, close: bool = False, head: bool = False
+) -> Response:
     extra = {ERROR_HEADER: str(doc["type"]), **(headers or {})}
+    if head and doc.get("detail"):
+        # An answer to HEAD has no body: the detail travels in a header, or the client could say only the
+        # status and the type. It is the body's own detail (a core error's message, which names no secret).
+        extra[ERROR_DETAIL_HEADER] = encode_detail(str(doc["detail"]))
     if close:
         # The request body was not read: ask the server to drop the connection instead of draining it.
         extra["Connection"] = "close"
@@ -408,6 +416,8 @@ class _App:
         def body_pending() -> bool:
             return request.method in ("PUT", "POST", "PATCH") and not request.state.body_read
 
+        head = request.method == "HEAD"
+
         try:
             segments = self._segments(request)
             if segments == [b"v1", b"health"]:
@@ -426,7 +436,10 @@ class _App:
                 )
             if not self._authorized(request):
                 return _problem_response(
-                    _UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="artifactstore"'}, close=body_pending()
+                    _UNAUTHORIZED,
+                    headers={"WWW-Authenticate": 'Bearer realm="artifactstore"'},
+                    close=body_pending(),
+                    head=head,
                 )
             if len(segments) >= 3 and segments[:2] == [b"v1", b"namespaces"]:
                 namespace = validate_namespace(_decode_segment(segments[2], "namespace"))
@@ -450,11 +463,11 @@ class _App:
             raise _ProblemError(404, PROBLEM_NOT_FOUND, "Not found", "no such API path")
         except _ProblemError as exc:
             doc = problem_document(exc.type, status=exc.status, title=exc.title, detail=exc.detail)
-            return _problem_response(doc, headers=exc.headers, close=body_pending())
+            return _problem_response(doc, headers=exc.headers, close=body_pending(), head=head)
         except PayloadTooLargeError as exc:
-            return _problem_response(_error_document(exc), close=True)
+            return _problem_response(_error_document(exc), close=True, head=head)
         except ArtifactStoreError as exc:
-            return _problem_response(_error_document(exc), close=body_pending())
+            return _problem_response(_error_document(exc), close=body_pending(), head=head)
         except ClientDisconnect:
             # Nothing was saved; the client is gone, so nobody reads this response.
             return Response(status_code=400)
@@ -463,7 +476,7 @@ class _App:
             doc = problem_document(
                 PROBLEM_INTERNAL, status=500, title="Internal server error", detail="the server failed unexpectedly"
             )
-            return _problem_response(doc, close=body_pending())
+            return _problem_response(doc, close=body_pending(), head=head)
 
     def _segments(self, request: Request) -> list[bytes]:
         scope = request.scope
@@ -811,7 +824,7 @@ class _Guard:
                 title="Request header fields too large",
                 detail=f"at most {self._max_count} headers and {self._max_bytes} bytes of request line and headers",
             )
-            await _problem_response(doc, close=True)(scope, receive, send_marked)
+            await _problem_response(doc, close=True, head=scope.get("method") == "HEAD")(scope, receive, send_marked)
             logger.info("%s %s 431", scope.get("method"), _loggable_path(scope))
             return
         try:
