@@ -204,7 +204,7 @@ class WorkerPool(cf.Executor):
         with self._lock:
             for worker in workers:
                 # One the pool's thread has reaped meanwhile (and killed its group) is gone from the list.
-                if worker in self._state.workers:
+                if any(known is worker for known in self._state.workers):
                     _signal_group(worker.process, signal.SIGKILL)
                     with contextlib.suppress(Exception):
                         worker.process.kill()
