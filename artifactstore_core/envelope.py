@@ -31,7 +31,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -926,21 +926,19 @@ class Codec:
         # Sliced as given: a bytes head (what backends read) is sliced into small copies, cheaper than
         # making memoryviews of it; a memoryview head is sliced into views.
         body, tag = head[: size - TAG_SIZE], bytes(head[size - TAG_SIZE :])
-        doc: Any = None
         try:
-            text = str(head[PREFIX_SIZE : size - TAG_SIZE], "utf-8")
+            text: str | None = str(head[PREFIX_SIZE : size - TAG_SIZE], "utf-8")
         except UnicodeDecodeError:
-            canonical = None
-        else:
-            canonical = _CANONICAL_HEADER.fullmatch(text)
-            if canonical is None:
-                try:
-                    doc = _loads_text(text)
-                except ValueError:
-                    pass
+            text = None
+        # A header as writers write it is read through the pattern (see _CANONICAL_HEADER), any other as JSON.
+        canonical = _CANONICAL_HEADER.fullmatch(text) if text is not None else None
+        doc: Any = None
         if canonical is not None:
             mac = canonical[5]
         else:
+            if text is not None:
+                with suppress(ValueError):
+                    doc = _loads_text(text)
             mac = doc.get("mac") if isinstance(doc, dict) else None
         if self._key is None:
             # Unsigned: the plain tag, computed inline (the common case; the place plays no part).
@@ -1034,7 +1032,9 @@ class Codec:
         else:
             raise ValueError("metadata must be a JSON object")
         created, size, stored_size = doc["created_at"], doc["size"], doc["stored_size"]
-        return _header(codec, compression, doc["media_type"], schema, metadata, created, size, stored_size, digest_hex, mac)
+        return _header(
+            codec, compression, doc["media_type"], schema, metadata, created, size, stored_size, digest_hex, mac
+        )
 
     def header_of(self, blob: bytes | memoryview, *, place: tuple[str, str] | None = None) -> Header:
         """Verify and parse the head at the start of ``blob`` (head followed by anything) for ``place``.

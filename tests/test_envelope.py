@@ -924,7 +924,7 @@ def _tagged(body: bytes) -> bytes:
 def _outcome(head: bytes) -> object:
     try:
         return CODEC.decode_head(head)
-    except Exception as exc:  # noqa: BLE001 - the error itself is the outcome compared
+    except Exception as exc:  # the error itself is the outcome compared
         return (type(exc), str(exc))
 
 
