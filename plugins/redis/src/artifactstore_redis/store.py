@@ -1147,6 +1147,8 @@ class RedisStore(ArtifactStore):
         found: dict[str, Message] = {}
         missing: list[str] = []
         batch = self._settings.batch_size
+        # Looked up once per batch, not per artifact.
+        decode, namespace = self.codec.decode, self.namespace
         for start in range(0, len(step_ids), batch):
             chunk = [(step_id, self._member(step_id)) for step_id in step_ids[start : start + batch]]
             replies = self._pipelined([("HMGET", self._key(member), b"head", b"payload") for _, member in chunk])
@@ -1155,12 +1157,14 @@ class RedisStore(ArtifactStore):
                 if isinstance(reply, Exception):
                     raise self._failed_for(reply, step_id) from reply
                 head, payload = reply
-                if head is None and payload is None:
+                if head is not None and payload is not None:
+                    found[step_id] = decode(head, payload, place=(namespace, step_id))
+                elif head is None and payload is None:
                     missing.append(step_id)
-                elif head is not None and payload is None:
+                elif payload is None:
                     apart.append((step_id, member, head))
                 else:
-                    found[step_id] = self._decode(step_id, head, payload)
+                    raise self._decode_error_missing(step_id, "head")
             if not apart:
                 continue
             payloads = self._pipelined([("GET", self._payload_key(member)) for _, member, _ in apart])
