@@ -566,6 +566,8 @@ with warnings.catch_warnings():
 
 
 _FIELDS_SET = frozenset(Message.model_fields)
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 def trusted_message(
@@ -577,12 +579,12 @@ def trusted_message(
     aware UTC, ``media_type`` non-empty. Equivalent to ``Message.model_construct`` with every field given
     (the tests pin that), at a third of its cost, which is most of what a small read spends in Python.
     """
-    message = Message.__new__(Message)
-    set_attribute = object.__setattr__
+    # Module globals rather than attribute lookups (Message's metaclass is pydantic's): this runs per read.
+    message = _new_object(Message)
     fields = {"content": content, "schema": schema, "metadata": metadata, "media_type": media_type}
     fields["created_at"] = created_at
-    set_attribute(message, "__dict__", fields)
-    set_attribute(message, "__pydantic_fields_set__", set(_FIELDS_SET))
-    set_attribute(message, "__pydantic_extra__", None)
-    set_attribute(message, "__pydantic_private__", None)
+    _set_attribute(message, "__dict__", fields)
+    _set_attribute(message, "__pydantic_fields_set__", set(_FIELDS_SET))
+    _set_attribute(message, "__pydantic_extra__", None)
+    _set_attribute(message, "__pydantic_private__", None)
     return message

@@ -873,15 +873,16 @@ def test_limiting_json_content_refuses_a_header_over_its_limit_before_parsing_it
     encoded = CODEC.encode(Message(content=b"x", metadata={"note": "m" * 1000}))
     header_size = len(encoded.head) - PREFIX_SIZE - TAG_SIZE
     parsed: list[int] = []
-    real = envelope._loads
+    real = envelope._loads_text
 
-    def counting(data: bytes | memoryview) -> Any:
-        parsed.append(len(data))
-        return real(data)
+    def counting(text: str) -> Any:
+        parsed.append(len(text))
+        return real(text)
 
-    monkeypatch.setattr(envelope, "_loads", counting)
+    monkeypatch.setattr(envelope, "_loads_text", counting)
     with envelope.limiting_json_content(header_size, setting="SOME_SETTING"):
         assert CODEC.decode(encoded.head, encoded.payload, place=("ns", "x")).content == b"x"  # at the limit
+    assert parsed == [header_size]  # parsed as JSON (it has metadata), so the check below means something
     parsed.clear()
     with (
         envelope.limiting_json_content(header_size - 1, setting="SOME_SETTING"),
@@ -892,3 +893,92 @@ def test_limiting_json_content_refuses_a_header_over_its_limit_before_parsing_it
     assert f"envelope header of {header_size} bytes of JSON" in str(info.value)
     assert f"at most {header_size - 1} are parsed here (SOME_SETTING)" in str(info.value)
     assert info.value.step_id == "x"
+
+
+def test_a_canonical_header_without_metadata_or_schema_is_read_without_the_json_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[str] = []
+    real = envelope._loads_text
+
+    def counting(text: str) -> Any:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(envelope, "_loads_text", counting)
+    plain = Message(content={"text": "x" * 900, "n": 1, "tags": ["a", "b"]})
+    encoded = CODEC.encode(plain)
+    assert CODEC.decode(encoded.head, encoded.payload) == plain
+    assert parsed == []
+    # Metadata or a schema: the header is parsed as JSON.
+    encoded = CODEC.encode(SAMPLE)
+    assert CODEC.decode(encoded.head, encoded.payload) == SAMPLE
+    assert len(parsed) == 1
+
+
+def _tagged(body: bytes) -> bytes:
+    prefix = struct.pack(">4sBI", MAGIC, 1, len(body)) + body
+    return prefix + blake3.blake3(prefix).digest()
+
+
+def _outcome(head: bytes) -> object:
+    try:
+        return CODEC.decode_head(head)
+    except Exception as exc:  # the error itself is the outcome compared
+        return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"codec": "bytes"},
+        {"codec": "utf-8", "media_type": "text/plain; charset=utf-8"},
+        {"codec": "yaml"},
+        {"compression": "zstd", "size": 10, "stored_size": 5},
+        {"compression": "zstd", "size": 10**12, "stored_size": 5},  # past the ratio
+        {"compression": "gzip"},
+        {"created_at": "2026-11-25T12:00:00.123456+02:00"},
+        {"created_at": "2026-11-25T12:00:00"},  # no time zone
+        {"created_at": "yesterday"},
+        {"created_at": "9999-12-31T23:59:59-01:00"},  # no UTC datetime
+        {"created_at": "2026-11-25T12:00:00\u00e9Z"},
+        {"media_type": ""},
+        {"media_type": "t\u00ebxt/\u20ac; x=\U0001f600"},
+        {"media_type": "a\x7fb\u0085"},  # DEL and a C1 control are JSON text; only C0 must be escaped
+        {"digest": {"alg": "blake3", "hex": "not hex"}},
+        {"digest": {"alg": "sha256", "hex": "0" * 64}},
+        {"mac": "blake3-keyed"},
+        {"size": 0, "stored_size": 0},
+        {"size": 10**17 + 1},
+        {"size": 10**18 + 1},  # more digits than the pattern reads: parsed as JSON
+        {"size": 10**40},
+        {"size": -1},
+        {"size": 1.0},
+        {"stored_size": True},
+        {"media_type": 5},
+        {"created_at": None},
+        {"metadata": {"k": "v"}},
+        {"schema": {"name": "m.M", "version": None, "json_schema": None}},
+    ],
+)
+def test_a_canonical_header_reads_as_the_json_parser_reads_it(changes: dict[str, Any]) -> None:
+    # The canonical pattern and the JSON parser must accept and refuse the same headers, with the same
+    # errors: the same document written compactly (canonical) and with white space (always parsed as JSON).
+    head, _ = _forge(b'{"k":1}')
+    doc = json.loads(head[PREFIX_SIZE:-TAG_SIZE])
+    doc.update(changes)
+    compact = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    spaced = json.dumps(doc, separators=(", ", ": "), sort_keys=True, ensure_ascii=False).encode()
+    assert _outcome(_tagged(compact)) == _outcome(_tagged(spaced))
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=messages, media_type=st.text(max_size=12))
+def test_canonical_headers_of_any_message_read_as_the_json_parser_reads_them(message: Message, media_type: str) -> None:
+    with contextlib.suppress(ValueError):
+        message = message.model_copy(update={"media_type": media_type})
+    head = CODEC.encode(message).head
+    doc = json.loads(head[PREFIX_SIZE:-TAG_SIZE])
+    spaced = json.dumps(doc, separators=(", ", ": "), sort_keys=True, ensure_ascii=False).encode()
+    assert CODEC.decode_head(head) == _outcome(_tagged(spaced))
