@@ -23,6 +23,7 @@ import stat as stat_mode
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -206,9 +207,23 @@ class _Group(click.Group):
             _reader_gone()
         except errors.ArtifactStoreError as exc:
             if ctx.meta.get("artifactstore.debug"):
-                raise
-            stderr.print(f"error: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
+                # The traceback in place of the one line, and the same exit code: raised on, the error
+                # ended the command with Python's 1, so a script run with --debug to find out why it
+                # fails saw a missing artifact (3) or a backend down (6) as some other failure.
+                _print_traceback(exc)
+            else:
+                stderr.print(f"error: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
             ctx.exit(exit_code(exc))
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """``--debug``'s report of ``exc`` on stderr: its traceback, as Python prints an uncaught error's. A stderr
+    that cannot be written loses it (see :class:`_MessageConsole`). Raises nothing."""
+    try:
+        traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        _drop_stream(sys.stderr)
 
 
 @contextmanager

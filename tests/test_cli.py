@@ -418,9 +418,21 @@ def test_a_factory_that_returns_no_store_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: PluginLoadError: backend 'nostore' (nostore-backend 0.1) is broken")
 
 
-def test_debug_shows_the_traceback() -> None:
+def test_debug_shows_the_traceback_and_keeps_the_exit_code() -> None:
+    # The documented code of the error, not Python's 1 for an uncaught exception.
     result = run("--debug", "get", "missing")
-    assert result.returncode != 0
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "ArtifactNotFoundError: no artifact 'missing' in namespace 'default' of backend 'filesystem'"
+    )
+    stopped = {
+        "ARTIFACT_STORE_BACKEND": "redis",
+        "ARTIFACT_STORE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS": "1",
+    }
+    result = run("--debug", "ls", env=stopped)
+    assert result.returncode == 6, (result.stdout, result.stderr)
     assert "Traceback" in result.stderr
 
 
@@ -440,8 +452,10 @@ def test_in_process_data_commands_round_trip(
     assert out.read_bytes() == source.read_bytes()
     assert main(["put", "blob", str(source), "-n", "cli"]) == 4  # different metadata: write-once refuses
     assert "already exists" in capsys.readouterr().err.replace("\n", " ")
-    with pytest.raises(errors.ArtifactExistsError, match="pass --overwrite to replace it"):
-        main(["--debug", "put", "blob", str(source), "-n", "cli"])
+    assert main(["--debug", "put", "blob", str(source), "-n", "cli"]) == 4
+    debug = capsys.readouterr().err
+    assert "Traceback" in debug
+    assert "pass --overwrite to replace it" in debug
     assert main(["clear", "--dry-run", "-n", "cli"]) == 0
     assert main(["rm", "blob", "-n", "cli"]) == 0
     assert main(["rm", "blob", "-n", "cli"]) == 3
