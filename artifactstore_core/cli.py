@@ -404,7 +404,33 @@ def _write_line(text: str) -> None:
 
 def _store_options(func: F) -> F:
     func = click.option("--namespace", "-n", default=None, help="Namespace (default: ARTIFACT_STORE_NAMESPACE).")(func)
-    return click.option("--backend", "-b", default=None, help=_BACKEND_HELP)(func)
+    return _backend_option(func)
+
+
+def _not_empty(hint: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback refusing an empty value, which is a script's unset variable (``-o "$OUT"``), not a
+    choice: taken as "not given", it chose silently for the user (``get -o ""`` wrote the payload to stdout,
+    ``-b ""`` used the default backend, ``put ID ""`` read the current directory).
+
+    The callback raises :class:`click.BadParameter` (exit 2) for ``""``, saying ``hint``.
+    """
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value == "":
+            raise click.BadParameter(f"must not be empty ({hint})")
+        return value
+
+    return check
+
+
+def _backend_option(func: F) -> F:
+    return click.option(
+        "--backend",
+        "-b",
+        default=None,
+        callback=_not_empty("leave the option out for the default backend"),
+        help=_BACKEND_HELP,
+    )(func)
 
 
 #: The commands' default is not the library's (memory, which forgets everything when the command exits).
@@ -771,7 +797,11 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 @cli.command()
 @click.argument("step_id")
 @click.argument(
-    "source", required=False, metavar="[FILE|-]", type=click.Path(allow_dash=True, dir_okay=False, path_type=str)
+    "source",
+    required=False,
+    metavar="[FILE|-]",
+    type=click.Path(allow_dash=True, dir_okay=False, path_type=str),
+    callback=_not_empty("leave it out or pass - for stdin"),
 )
 @click.option(
     "--media-type",
@@ -850,6 +880,7 @@ def put(
     "--output",
     default=None,
     type=click.Path(allow_dash=True, dir_okay=False),
+    callback=_not_empty("leave the option out for stdout"),
     help="File, or - for stdout even when it is a terminal and the payload is binary.",
 )
 @_store_options
@@ -1263,7 +1294,7 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
+@_backend_option
 def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None) -> None:
     """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
     age = older_than
@@ -1323,7 +1354,7 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
 
 @cli.command()
 # The commands' default backend (run_demo gets cli_backend's choice), which the help said was the library's.
-@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
+@_backend_option
 # Not ARTIFACT_STORE_NAMESPACE: every execution has a namespace of its own, a new one unless one is given.
 @click.option(
     "--namespace",

@@ -1194,3 +1194,24 @@ def test_demo_help_names_the_commands_default_backend() -> None:
     # It said "default: ARTIFACT_STORE_BACKEND", while demo, as every data command, runs on filesystem when
     # none is configured.
     assert "else filesystem when installed" in " ".join(run("demo", "--help").stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("get", "blob", "-o", ""), "'-o' / '--output'"),
+        (("put", "other", ""), "'[FILE|-]'"),
+        (("ls", "-b", ""), "'--backend' / '-b'"),
+        (("gc", "--older-than", "1s", "-b", ""), "'--backend' / '-b'"),
+        (("demo", "-b", ""), "'--backend' / '-b'"),
+    ],
+)
+def test_an_empty_file_or_backend_is_a_usage_error_not_the_default(args: tuple[str, ...], option: str) -> None:
+    # A script's unset variable (`get blob -o "$OUT"`): `-o ""` wrote the binary payload to stdout, `put ID ""`
+    # failed reading the current directory ("cannot read '': Is a directory"), `-b ""` used the default backend.
+    assert run("put", "blob", "-", stdin=b"\0binary\xff").returncode == 0
+    result = run(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert f"Invalid value for {option}: must not be empty" in result.stderr
+    assert [line.split()[-1] for line in run("ls").stdout.splitlines()] == ["blob"]
