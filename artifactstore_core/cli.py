@@ -447,9 +447,16 @@ def cli_backend(backend: str | None) -> str | None:
     when the command exits), else ``memory``."""
     if backend:
         return backend
-    if "ARTIFACT_STORE_BACKEND" in os.environ or "backend" in _read_config_file():
+    if _in_environment("ARTIFACT_STORE_BACKEND") or "backend" in _read_config_file():
         return None
     return CLI_DEFAULT_BACKEND if CLI_DEFAULT_BACKEND in plugin_host().names() else None
+
+
+def _in_environment(name: str) -> bool:
+    """Whether the environment sets the variable ``name`` (upper case), in any case: the settings read
+    ``artifact_store_backend`` as ``ARTIFACT_STORE_BACKEND`` (pydantic-settings matches names
+    case-insensitively), so the command must see it too. Raises nothing."""
+    return any(key.upper() == name for key in os.environ)
 
 
 @contextmanager
@@ -628,7 +635,7 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
     for name, field in model.model_fields.items():
         env = env_name_of(model, name)
         value = getattr(instance, name)
-        if env in os.environ:
+        if _in_environment(env):
             source = "env"
         elif name in file_table:
             source = "config file"

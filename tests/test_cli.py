@@ -1215,3 +1215,18 @@ def test_an_empty_file_or_backend_is_a_usage_error_not_the_default(args: tuple[s
     assert result.stdout == ""
     assert f"Invalid value for {option}: must not be empty" in result.stderr
     assert [line.split()[-1] for line in run("ls").stdout.splitlines()] == ["blob"]
+
+
+def test_variables_set_in_lower_case_are_used_and_shown_as_the_settings_read_them() -> None:
+    # pydantic-settings reads `artifact_store_backend` as ARTIFACT_STORE_BACKEND; the command did not see it:
+    # it used filesystem (its own default) where the library used memory, and `config` showed the value read
+    # from the variable with the source "default".
+    assert run("put", "on-filesystem", "-", stdin=b"x").returncode == 0
+    env = {"artifact_store_backend": "memory", "Artifact_Store_Namespace": "lower"}
+    result = run("config", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["ARTIFACT_STORE_BACKEND"] == {**rows["ARTIFACT_STORE_BACKEND"], "value": "memory", "source": "env"}
+    assert rows["ARTIFACT_STORE_NAMESPACE"] == {**rows["ARTIFACT_STORE_NAMESPACE"], "value": "lower", "source": "env"}
+    result = run("ls", env={"artifact_store_backend": "memory"})
+    assert (result.returncode, result.stdout) == (0, "")
