@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import stat as stat_mode
 import sys
@@ -213,7 +214,11 @@ class _Group(click.Group):
                 _print_traceback(exc)
             else:
                 stderr.print(f"error: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
-            ctx.exit(exit_code(exc))
+            ctx.exit(ctx.meta.get(_EXIT_CODE_META) or exit_code(exc))
+
+
+#: ``ctx.meta`` key by which a command gives the error it raises an exit code other than its family's.
+_EXIT_CODE_META = "artifactstore.exit_code"
 
 
 def _print_traceback(exc: BaseException) -> None:
@@ -296,7 +301,9 @@ def _writing_stdout() -> Iterator[None]:
         if sys.stdout is None:
             raise _closed_stream()
         yield
-    except BrokenPipeError:
+    except (BrokenPipeError, errors.ArtifactStoreError):
+        # A store error of the block (demo runs a pipeline in it) is the store's, though some are OSErrors
+        # too (BackendUnavailableError is a ConnectionError): a backend down was "cannot write to stdout".
         raise
     except OSError as exc:
         _drop_stdout()
@@ -1369,12 +1376,29 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
     default=None,
     help="Execution id, the namespace of its artifacts (default: a new one; a failed execution's id resumes it).",
 )
-def demo(backend: str | None, namespace: str | None) -> None:
-    """Run the example pipeline on the configured backend and print its steps and result."""
+@click.pass_context
+def demo(ctx: click.Context, backend: str | None, namespace: str | None) -> None:
+    """Run the example pipeline on the configured backend and print its steps and result.
+
+    A failed step exits with its store error's code (6 for a backend that is down), else 1.
+    """
+    from .pipeline import StepFailedError
     from .pipeline.example import run_demo
 
-    with _writing_stdout():
-        run_demo(backend=cli_backend(backend), execution_id=namespace)
+    try:
+        with _writing_stdout():
+            run_demo(backend=cli_backend(backend), execution_id=namespace)
+    except StepFailedError as exc:
+        # The library's words say how to resume from Python (execution_id='...'); the command's way is -n.
+        if exc.execution_id is not None:
+            again = shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", exc.execution_id])
+            python_way = f"run the pipeline again with execution_id={exc.execution_id!r}"
+            exc.args = (exc.message.replace(python_way, f"run `{again}`"),)
+        # A step that failed on the store (a backend down, retry later) keeps that error's code, which the
+        # wrapping StepFailedError (1, "another error") hid from a script.
+        if isinstance(exc.__cause__, errors.ArtifactStoreError):
+            ctx.meta[_EXIT_CODE_META] = exit_code(exc.__cause__)
+        raise
 
 
 def _load_plugin_commands() -> None:

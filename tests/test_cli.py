@@ -1230,3 +1230,25 @@ def test_variables_set_in_lower_case_are_used_and_shown_as_the_settings_read_the
     assert rows["ARTIFACT_STORE_NAMESPACE"] == {**rows["ARTIFACT_STORE_NAMESPACE"], "value": "lower", "source": "env"}
     result = run("ls", env={"artifact_store_backend": "memory"})
     assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_demo_against_a_backend_that_is_down_exits_6_and_says_how_to_resume_with_the_command() -> None:
+    stopped = {
+        "ARTIFACT_STORE_BACKEND": "redis",
+        "ARTIFACT_STORE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS": "1",
+    }
+    # A given execution id is looked up first: the BackendUnavailableError (a ConnectionError too) was
+    # reported as "cannot write to stdout", exit 10.
+    result = run("demo", "-n", "my run", env=stopped)
+    assert result.returncode == 6, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: BackendUnavailableError: redis at redis://127.0.0.1:")
+    assert "stdout" not in result.stderr
+    # A new execution fails in its first step: the StepFailedError exited 1, hiding the "retry later" of
+    # its cause, and said how to resume from Python (execution_id='...').
+    result = run("demo", "-b", "redis", env=stopped)
+    assert result.returncode == 6, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: StepFailedError: step 'fetch' failed: BackendUnavailableError: ")
+    execution = result.stderr.split("Execution '")[1].split("'")[0]
+    assert f"run `artifactstore demo -b redis -n {execution}` to resume from the failed step" in result.stderr
+    assert "execution_id=" not in result.stderr
