@@ -989,10 +989,15 @@ class _OutputFile:
         real = Path(os.path.realpath(path))
         try:
             try:
-                status: os.stat_result | None = real.stat()
+                # The file the path opens, through every link: /dev/stdout and /dev/fd/N lead to a descriptor's
+                # /proc link, whose text names no path for a pipe ("pipe:[1234]"), so realpath's target was
+                # "missing" and `-o /dev/stdout | ...` failed with "No such file or directory".
+                status: os.stat_result | None = os.stat(output)
             except FileNotFoundError:
                 status = None
-            if status is not None and not stat_mode.S_ISREG(status.st_mode):
+            if status is not None and not (stat_mode.S_ISREG(status.st_mode) and _same_file(real, status)):
+                # Not a regular file, or one realpath cannot name (an open descriptor's file that was deleted):
+                # written in place, as asked, with nothing to put beside it.
                 self.handle: IO[bytes] = open(output, "wb")  # noqa: SIM115 (closed by commit or discard)
                 return
             if status is not None and not os.access(real, os.W_OK):
@@ -1039,6 +1044,14 @@ class _OutputFile:
             with suppress(OSError):
                 self.temp.unlink()
             self.temp = None
+
+
+def _same_file(path: Path, status: os.stat_result) -> bool:
+    """Whether ``path`` is the file ``status`` describes. Raises nothing."""
+    try:
+        return os.path.samestat(path.stat(), status)
+    except OSError:
+        return False
 
 
 def _umask() -> int:
