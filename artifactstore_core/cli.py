@@ -789,10 +789,32 @@ def _check_media_type(value: str) -> str:
     """
     if not value:
         raise click.BadParameter("must not be empty (leave the option out for application/octet-stream)")
+    _check_decoded(value)
     control = _MEDIA_TYPE_CONTROL.search(value)
     if control is not None:
         raise click.BadParameter(f"contains the control character {control.group()!r}")
     return value
+
+
+#: What Python makes of an argument's bytes that the locale's encoding cannot decode (``surrogateescape``).
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _check_decoded(value: str, param_hint: str | None = None) -> None:
+    """Refuse an argument holding bytes the locale's encoding could not decode (``$'\\xff'`` under UTF-8).
+
+    Stored as they came, they are lone surrogates, which no stored text can hold: the save failed with the
+    store's ``SerializationError`` (exit 8, "the data is bad") and a page of pydantic's validation report.
+
+    Raises:
+        click.BadParameter: ``value`` holds such a byte (exit 2, naming the option).
+    """
+    undecoded = _UNDECODED.search(value)
+    if undecoded is not None:
+        byte = ord(undecoded.group()) - 0xDC00
+        raise click.BadParameter(
+            f"holds the byte \\x{byte:02x}, which is not {sys.getfilesystemencoding()} text", param_hint=param_hint
+        )
 
 
 def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -801,6 +823,7 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--meta")
+        _check_decoded(pair, param_hint="--meta")
         if key in result:
             # Not the last one silently: a repeated key is a typo for another key more often than not.
             raise click.BadParameter(f"{key!r} is given twice", param_hint="--meta")

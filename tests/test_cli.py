@@ -1252,3 +1252,29 @@ def test_demo_against_a_backend_that_is_down_exits_6_and_says_how_to_resume_with
     execution = result.stderr.split("Execution '")[1].split("'")[0]
     assert f"run `artifactstore demo -b redis -n {execution}` to resume from the failed step" in result.stderr
     assert "execution_id=" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "shown"), [(("--meta", "k=caf\xe9"), "--meta"), (("--media-type", "text/\xff"), "'--media-type'")]
+)
+def test_put_refuses_an_option_value_that_is_not_text_in_the_locale(option: tuple[str, str], shown: str) -> None:
+    # Bytes the locale cannot decode reach Python as lone surrogates, which no stored text holds: the save
+    # failed with exit 8 (SerializationError, "the data is bad") and pydantic's whole validation report.
+    name, value = option
+    result = subprocess.run(
+        [str(SCRIPT), "put", "x", "-", name, value.encode("latin-1")],
+        capture_output=True,
+        input=b"payload",
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_STORE_")},
+            "ARTIFACT_STORE_FILESYSTEM_ROOT": str(_DEFAULT_ROOT[-1]),
+            "LC_ALL": "C.UTF-8",
+        },
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    byte = value.encode("latin-1")[-1]
+    assert f"Invalid value for {shown}: holds the byte \\x{byte:02x}, which is not utf-8 text".encode() in result.stderr
+    assert b"pydantic" not in result.stderr
+    assert run("ls").stdout == ""
