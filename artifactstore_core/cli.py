@@ -713,7 +713,8 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
     for row in rows:
         if row["name"] == "ARTIFACT_STORE_BACKEND" and chosen:
             row["source"] = "argument" if backend else "command default"
-        if row["name"] == "ARTIFACT_STORE_NAMESPACE" and namespace:
+        # `is not None`: an empty -n "" is the argument too (shown as it is, which every other command refuses).
+        if row["name"] == "ARTIFACT_STORE_NAMESPACE" and namespace is not None:
             row["source"] = "argument"
     if as_json:
         _echo_json(rows)

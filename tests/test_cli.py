@@ -1278,3 +1278,11 @@ def test_put_refuses_an_option_value_that_is_not_text_in_the_locale(option: tupl
     assert f"Invalid value for {shown}: holds the byte \\x{byte:02x}, which is not utf-8 text".encode() in result.stderr
     assert b"pydantic" not in result.stderr
     assert run("ls").stdout == ""
+
+
+def test_config_shows_an_empty_namespace_argument_as_the_argument() -> None:
+    # `config -n ""` showed the empty value with the source "default", as if nothing had been given.
+    result = run("config", "--json", "-n", "", env={"ARTIFACT_STORE_NAMESPACE": "from-env"})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["ARTIFACT_STORE_NAMESPACE"] == {**rows["ARTIFACT_STORE_NAMESPACE"], "value": "", "source": "argument"}
