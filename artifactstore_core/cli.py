@@ -41,7 +41,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from . import errors
 from .cli_main import INTERRUPTED_EXIT_CODE
-from .ids import validate_namespace
+from .ids import validate_namespace, validate_step_id
 from .message import _MEDIA_TYPE_CONTROL, Message
 from .models import ArtifactInfo
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
@@ -1207,6 +1207,10 @@ def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) ->
     missing = []
     # Each id once: `rm a a` removed a, then reported it missing ("no artifact 'a'; removed the other 1").
     step_ids = tuple(dict.fromkeys(step_ids))
+    # Every id before any is removed: an invalid one in the middle (`rm a $'b\x01' c`) removed a, failed
+    # with exit 5 naming only b, and kept c, without a word of what had been removed.
+    for step_id in step_ids:
+        validate_step_id(step_id)
     with _open_store(backend, namespace) as store:
         for step_id in step_ids:
             if not store.delete(step_id):

@@ -1286,3 +1286,13 @@ def test_config_shows_an_empty_namespace_argument_as_the_argument() -> None:
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["ARTIFACT_STORE_NAMESPACE"] == {**rows["ARTIFACT_STORE_NAMESPACE"], "value": "", "source": "argument"}
+
+
+def test_rm_checks_every_id_before_removing_any() -> None:
+    for step_id in ("a", "c"):
+        assert run("put", step_id, "-", stdin=b"x").returncode == 0
+    result = run("rm", "a", "b\x01", "c")
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stderr == "error: InvalidStepIdError: step id 'b\\x01' contains the control character '\\x01'\n"
+    # Nothing removed: `a`, before the invalid id, was removed and `c`, after it, kept.
+    assert [line.split()[-1] for line in run("ls").stdout.splitlines()] == ["a", "c"]
