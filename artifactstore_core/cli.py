@@ -18,11 +18,13 @@ import errno
 import json
 import os
 import re
+import shlex
 import signal
 import stat as stat_mode
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +41,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from . import errors
 from .cli_main import INTERRUPTED_EXIT_CODE
-from .ids import validate_namespace
+from .ids import validate_namespace, validate_step_id
 from .message import _MEDIA_TYPE_CONTROL, Message
 from .models import ArtifactInfo
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
@@ -206,9 +208,27 @@ class _Group(click.Group):
             _reader_gone()
         except errors.ArtifactStoreError as exc:
             if ctx.meta.get("artifactstore.debug"):
-                raise
-            stderr.print(f"error: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
-            ctx.exit(exit_code(exc))
+                # The traceback in place of the one line, and the same exit code: raised on, the error
+                # ended the command with Python's 1, so a script run with --debug to find out why it
+                # fails saw a missing artifact (3) or a backend down (6) as some other failure.
+                _print_traceback(exc)
+            else:
+                stderr.print(f"error: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
+            ctx.exit(ctx.meta.get(_EXIT_CODE_META) or exit_code(exc))
+
+
+#: ``ctx.meta`` key by which a command gives the error it raises an exit code other than its family's.
+_EXIT_CODE_META = "artifactstore.exit_code"
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """``--debug``'s report of ``exc`` on stderr: its traceback, as Python prints an uncaught error's. A stderr
+    that cannot be written loses it (see :class:`_MessageConsole`). Raises nothing."""
+    try:
+        traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        _drop_stream(sys.stderr)
 
 
 @contextmanager
@@ -281,7 +301,9 @@ def _writing_stdout() -> Iterator[None]:
         if sys.stdout is None:
             raise _closed_stream()
         yield
-    except BrokenPipeError:
+    except (BrokenPipeError, errors.ArtifactStoreError):
+        # A store error of the block (demo runs a pipeline in it) is the store's, though some are OSErrors
+        # too (BackendUnavailableError is a ConnectionError): a backend down was "cannot write to stdout".
         raise
     except OSError as exc:
         _drop_stdout()
@@ -389,7 +411,33 @@ def _write_line(text: str) -> None:
 
 def _store_options(func: F) -> F:
     func = click.option("--namespace", "-n", default=None, help="Namespace (default: ARTIFACT_STORE_NAMESPACE).")(func)
-    return click.option("--backend", "-b", default=None, help=_BACKEND_HELP)(func)
+    return _backend_option(func)
+
+
+def _not_empty(hint: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback refusing an empty value, which is a script's unset variable (``-o "$OUT"``), not a
+    choice: taken as "not given", it chose silently for the user (``get -o ""`` wrote the payload to stdout,
+    ``-b ""`` used the default backend, ``put ID ""`` read the current directory).
+
+    The callback raises :class:`click.BadParameter` (exit 2) for ``""``, saying ``hint``.
+    """
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value == "":
+            raise click.BadParameter(f"must not be empty ({hint})")
+        return value
+
+    return check
+
+
+def _backend_option(func: F) -> F:
+    return click.option(
+        "--backend",
+        "-b",
+        default=None,
+        callback=_not_empty("leave the option out for the default backend"),
+        help=_BACKEND_HELP,
+    )(func)
 
 
 #: The commands' default is not the library's (memory, which forgets everything when the command exits).
@@ -406,9 +454,16 @@ def cli_backend(backend: str | None) -> str | None:
     when the command exits), else ``memory``."""
     if backend:
         return backend
-    if "ARTIFACT_STORE_BACKEND" in os.environ or "backend" in _read_config_file():
+    if _in_environment("ARTIFACT_STORE_BACKEND") or "backend" in _read_config_file():
         return None
     return CLI_DEFAULT_BACKEND if CLI_DEFAULT_BACKEND in plugin_host().names() else None
+
+
+def _in_environment(name: str) -> bool:
+    """Whether the environment sets the variable ``name`` (upper case), in any case: the settings read
+    ``artifact_store_backend`` as ``ARTIFACT_STORE_BACKEND`` (pydantic-settings matches names
+    case-insensitively), so the command must see it too. Raises nothing."""
+    return any(key.upper() == name for key in os.environ)
 
 
 @contextmanager
@@ -587,7 +642,7 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
     for name, field in model.model_fields.items():
         env = env_name_of(model, name)
         value = getattr(instance, name)
-        if env in os.environ:
+        if _in_environment(env):
             source = "env"
         elif name in file_table:
             source = "config file"
@@ -658,7 +713,8 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
     for row in rows:
         if row["name"] == "ARTIFACT_STORE_BACKEND" and chosen:
             row["source"] = "argument" if backend else "command default"
-        if row["name"] == "ARTIFACT_STORE_NAMESPACE" and namespace:
+        # `is not None`: an empty -n "" is the argument too (shown as it is, which every other command refuses).
+        if row["name"] == "ARTIFACT_STORE_NAMESPACE" and namespace is not None:
             row["source"] = "argument"
     if as_json:
         _echo_json(rows)
@@ -734,10 +790,32 @@ def _check_media_type(value: str) -> str:
     """
     if not value:
         raise click.BadParameter("must not be empty (leave the option out for application/octet-stream)")
+    _check_decoded(value)
     control = _MEDIA_TYPE_CONTROL.search(value)
     if control is not None:
         raise click.BadParameter(f"contains the control character {control.group()!r}")
     return value
+
+
+#: What Python makes of an argument's bytes that the locale's encoding cannot decode (``surrogateescape``).
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _check_decoded(value: str, param_hint: str | None = None) -> None:
+    """Refuse an argument holding bytes the locale's encoding could not decode (``$'\\xff'`` under UTF-8).
+
+    Stored as they came, they are lone surrogates, which no stored text can hold: the save failed with the
+    store's ``SerializationError`` (exit 8, "the data is bad") and a page of pydantic's validation report.
+
+    Raises:
+        click.BadParameter: ``value`` holds such a byte (exit 2, naming the option).
+    """
+    undecoded = _UNDECODED.search(value)
+    if undecoded is not None:
+        byte = ord(undecoded.group()) - 0xDC00
+        raise click.BadParameter(
+            f"holds the byte \\x{byte:02x}, which is not {sys.getfilesystemencoding()} text", param_hint=param_hint
+        )
 
 
 def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -746,6 +824,7 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--meta")
+        _check_decoded(pair, param_hint="--meta")
         if key in result:
             # Not the last one silently: a repeated key is a typo for another key more often than not.
             raise click.BadParameter(f"{key!r} is given twice", param_hint="--meta")
@@ -756,7 +835,11 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 @cli.command()
 @click.argument("step_id")
 @click.argument(
-    "source", required=False, metavar="[FILE|-]", type=click.Path(allow_dash=True, dir_okay=False, path_type=str)
+    "source",
+    required=False,
+    metavar="[FILE|-]",
+    type=click.Path(allow_dash=True, dir_okay=False, path_type=str),
+    callback=_not_empty("leave it out or pass - for stdin"),
 )
 @click.option(
     "--media-type",
@@ -835,6 +918,7 @@ def put(
     "--output",
     default=None,
     type=click.Path(allow_dash=True, dir_okay=False),
+    callback=_not_empty("leave the option out for stdout"),
     help="File, or - for stdout even when it is a terminal and the payload is binary.",
 )
 @_store_options
@@ -929,10 +1013,15 @@ class _OutputFile:
         real = Path(os.path.realpath(path))
         try:
             try:
-                status: os.stat_result | None = real.stat()
+                # The file the path opens, through every link: /dev/stdout and /dev/fd/N lead to a descriptor's
+                # /proc link, whose text names no path for a pipe ("pipe:[1234]"), so realpath's target was
+                # "missing" and `-o /dev/stdout | ...` failed with "No such file or directory".
+                status: os.stat_result | None = os.stat(output)
             except FileNotFoundError:
                 status = None
-            if status is not None and not stat_mode.S_ISREG(status.st_mode):
+            if status is not None and not (stat_mode.S_ISREG(status.st_mode) and _same_file(real, status)):
+                # Not a regular file, or one realpath cannot name (an open descriptor's file that was deleted):
+                # written in place, as asked, with nothing to put beside it.
                 self.handle: IO[bytes] = open(output, "wb")  # noqa: SIM115 (closed by commit or discard)
                 return
             if status is not None and not os.access(real, os.W_OK):
@@ -979,6 +1068,14 @@ class _OutputFile:
             with suppress(OSError):
                 self.temp.unlink()
             self.temp = None
+
+
+def _same_file(path: Path, status: os.stat_result) -> bool:
+    """Whether ``path`` is the file ``status`` describes. Raises nothing."""
+    try:
+        return os.path.samestat(path.stat(), status)
+    except OSError:
+        return False
 
 
 def _umask() -> int:
@@ -1110,6 +1207,10 @@ def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) ->
     missing = []
     # Each id once: `rm a a` removed a, then reported it missing ("no artifact 'a'; removed the other 1").
     step_ids = tuple(dict.fromkeys(step_ids))
+    # Every id before any is removed: an invalid one in the middle (`rm a $'b\x01' c`) removed a, failed
+    # with exit 5 naming only b, and kept c, without a word of what had been removed.
+    for step_id in step_ids:
+        validate_step_id(step_id)
     with _open_store(backend, namespace) as store:
         for step_id in step_ids:
             if not store.delete(step_id):
@@ -1248,7 +1349,7 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
+@_backend_option
 def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None) -> None:
     """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
     age = older_than
@@ -1308,7 +1409,7 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
 
 @cli.command()
 # The commands' default backend (run_demo gets cli_backend's choice), which the help said was the library's.
-@click.option("--backend", "-b", default=None, help=_BACKEND_HELP)
+@_backend_option
 # Not ARTIFACT_STORE_NAMESPACE: every execution has a namespace of its own, a new one unless one is given.
 @click.option(
     "--namespace",
@@ -1316,12 +1417,29 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
     default=None,
     help="Execution id, the namespace of its artifacts (default: a new one; a failed execution's id resumes it).",
 )
-def demo(backend: str | None, namespace: str | None) -> None:
-    """Run the example pipeline on the configured backend and print its steps and result."""
+@click.pass_context
+def demo(ctx: click.Context, backend: str | None, namespace: str | None) -> None:
+    """Run the example pipeline on the configured backend and print its steps and result.
+
+    A failed step exits with its store error's code (6 for a backend that is down), else 1.
+    """
+    from .pipeline import StepFailedError
     from .pipeline.example import run_demo
 
-    with _writing_stdout():
-        run_demo(backend=cli_backend(backend), execution_id=namespace)
+    try:
+        with _writing_stdout():
+            run_demo(backend=cli_backend(backend), execution_id=namespace)
+    except StepFailedError as exc:
+        # The library's words say how to resume from Python (execution_id='...'); the command's way is -n.
+        if exc.execution_id is not None:
+            again = shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", exc.execution_id])
+            python_way = f"run the pipeline again with execution_id={exc.execution_id!r}"
+            exc.args = (exc.message.replace(python_way, f"run `{again}`"),)
+        # A step that failed on the store (a backend down, retry later) keeps that error's code, which the
+        # wrapping StepFailedError (1, "another error") hid from a script.
+        if isinstance(exc.__cause__, errors.ArtifactStoreError):
+            ctx.meta[_EXIT_CODE_META] = exit_code(exc.__cause__)
+        raise
 
 
 def _load_plugin_commands() -> None:

@@ -418,9 +418,21 @@ def test_a_factory_that_returns_no_store_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: PluginLoadError: backend 'nostore' (nostore-backend 0.1) is broken")
 
 
-def test_debug_shows_the_traceback() -> None:
+def test_debug_shows_the_traceback_and_keeps_the_exit_code() -> None:
+    # The documented code of the error, not Python's 1 for an uncaught exception.
     result = run("--debug", "get", "missing")
-    assert result.returncode != 0
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "ArtifactNotFoundError: no artifact 'missing' in namespace 'default' of backend 'filesystem'"
+    )
+    stopped = {
+        "ARTIFACT_STORE_BACKEND": "redis",
+        "ARTIFACT_STORE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS": "1",
+    }
+    result = run("--debug", "ls", env=stopped)
+    assert result.returncode == 6, (result.stdout, result.stderr)
     assert "Traceback" in result.stderr
 
 
@@ -440,8 +452,10 @@ def test_in_process_data_commands_round_trip(
     assert out.read_bytes() == source.read_bytes()
     assert main(["put", "blob", str(source), "-n", "cli"]) == 4  # different metadata: write-once refuses
     assert "already exists" in capsys.readouterr().err.replace("\n", " ")
-    with pytest.raises(errors.ArtifactExistsError, match="pass --overwrite to replace it"):
-        main(["--debug", "put", "blob", str(source), "-n", "cli"])
+    assert main(["--debug", "put", "blob", str(source), "-n", "cli"]) == 4
+    debug = capsys.readouterr().err
+    assert "Traceback" in debug
+    assert "pass --overwrite to replace it" in debug
     assert main(["clear", "--dry-run", "-n", "cli"]) == 0
     assert main(["rm", "blob", "-n", "cli"]) == 0
     assert main(["rm", "blob", "-n", "cli"]) == 3
@@ -1180,3 +1194,105 @@ def test_demo_help_names_the_commands_default_backend() -> None:
     # It said "default: ARTIFACT_STORE_BACKEND", while demo, as every data command, runs on filesystem when
     # none is configured.
     assert "else filesystem when installed" in " ".join(run("demo", "--help").stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("get", "blob", "-o", ""), "'-o' / '--output'"),
+        (("put", "other", ""), "'[FILE|-]'"),
+        (("ls", "-b", ""), "'--backend' / '-b'"),
+        (("gc", "--older-than", "1s", "-b", ""), "'--backend' / '-b'"),
+        (("demo", "-b", ""), "'--backend' / '-b'"),
+    ],
+)
+def test_an_empty_file_or_backend_is_a_usage_error_not_the_default(args: tuple[str, ...], option: str) -> None:
+    # A script's unset variable (`get blob -o "$OUT"`): `-o ""` wrote the binary payload to stdout, `put ID ""`
+    # failed reading the current directory ("cannot read '': Is a directory"), `-b ""` used the default backend.
+    assert run("put", "blob", "-", stdin=b"\0binary\xff").returncode == 0
+    result = run(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert f"Invalid value for {option}: must not be empty" in result.stderr
+    assert [line.split()[-1] for line in run("ls").stdout.splitlines()] == ["blob"]
+
+
+def test_variables_set_in_lower_case_are_used_and_shown_as_the_settings_read_them() -> None:
+    # pydantic-settings reads `artifact_store_backend` as ARTIFACT_STORE_BACKEND; the command did not see it:
+    # it used filesystem (its own default) where the library used memory, and `config` showed the value read
+    # from the variable with the source "default".
+    assert run("put", "on-filesystem", "-", stdin=b"x").returncode == 0
+    env = {"artifact_store_backend": "memory", "Artifact_Store_Namespace": "lower"}
+    result = run("config", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["ARTIFACT_STORE_BACKEND"] == {**rows["ARTIFACT_STORE_BACKEND"], "value": "memory", "source": "env"}
+    assert rows["ARTIFACT_STORE_NAMESPACE"] == {**rows["ARTIFACT_STORE_NAMESPACE"], "value": "lower", "source": "env"}
+    result = run("ls", env={"artifact_store_backend": "memory"})
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_demo_against_a_backend_that_is_down_exits_6_and_says_how_to_resume_with_the_command() -> None:
+    stopped = {
+        "ARTIFACT_STORE_BACKEND": "redis",
+        "ARTIFACT_STORE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS": "1",
+    }
+    # A given execution id is looked up first: the BackendUnavailableError (a ConnectionError too) was
+    # reported as "cannot write to stdout", exit 10.
+    result = run("demo", "-n", "my run", env=stopped)
+    assert result.returncode == 6, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: BackendUnavailableError: redis at redis://127.0.0.1:")
+    assert "stdout" not in result.stderr
+    # A new execution fails in its first step: the StepFailedError exited 1, hiding the "retry later" of
+    # its cause, and said how to resume from Python (execution_id='...').
+    result = run("demo", "-b", "redis", env=stopped)
+    assert result.returncode == 6, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: StepFailedError: step 'fetch' failed: BackendUnavailableError: ")
+    execution = result.stderr.split("Execution '")[1].split("'")[0]
+    assert f"run `artifactstore demo -b redis -n {execution}` to resume from the failed step" in result.stderr
+    assert "execution_id=" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "shown"), [(("--meta", "k=caf\xe9"), "--meta"), (("--media-type", "text/\xff"), "'--media-type'")]
+)
+def test_put_refuses_an_option_value_that_is_not_text_in_the_locale(option: tuple[str, str], shown: str) -> None:
+    # Bytes the locale cannot decode reach Python as lone surrogates, which no stored text holds: the save
+    # failed with exit 8 (SerializationError, "the data is bad") and pydantic's whole validation report.
+    name, value = option
+    result = subprocess.run(
+        [str(SCRIPT), "put", "x", "-", name, value.encode("latin-1")],
+        capture_output=True,
+        input=b"payload",
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_STORE_")},
+            "ARTIFACT_STORE_FILESYSTEM_ROOT": str(_DEFAULT_ROOT[-1]),
+            "LC_ALL": "C.UTF-8",
+        },
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    byte = value.encode("latin-1")[-1]
+    assert f"Invalid value for {shown}: holds the byte \\x{byte:02x}, which is not utf-8 text".encode() in result.stderr
+    assert b"pydantic" not in result.stderr
+    assert run("ls").stdout == ""
+
+
+def test_config_shows_an_empty_namespace_argument_as_the_argument() -> None:
+    # `config -n ""` showed the empty value with the source "default", as if nothing had been given.
+    result = run("config", "--json", "-n", "", env={"ARTIFACT_STORE_NAMESPACE": "from-env"})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["ARTIFACT_STORE_NAMESPACE"] == {**rows["ARTIFACT_STORE_NAMESPACE"], "value": "", "source": "argument"}
+
+
+def test_rm_checks_every_id_before_removing_any() -> None:
+    for step_id in ("a", "c"):
+        assert run("put", step_id, "-", stdin=b"x").returncode == 0
+    result = run("rm", "a", "b\x01", "c")
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert result.stderr == "error: InvalidStepIdError: step id 'b\\x01' contains the control character '\\x01'\n"
+    # Nothing removed: `a`, before the invalid id, was removed and `c`, after it, kept.
+    assert [line.split()[-1] for line in run("ls").stdout.splitlines()] == ["a", "c"]

@@ -574,3 +574,17 @@ def test_a_progress_bar_shows_the_id_as_text_not_as_markup(
     assert b"Traceback" not in shown
     assert f"{command} a[/x]b[red]c\\u202e".encode() in shown
     assert "\u202e".encode() not in shown
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1"])
+def test_get_output_onto_stdout_by_its_device_name_writes_into_the_pipe(
+    name: str, env: dict[str, str], payload: bytes
+) -> None:
+    # `-o /dev/stdout | ...` failed with "cannot write '/dev/stdout': No such file or directory", exit 10:
+    # the descriptor's /proc link names no path for a pipe ("pipe:[1234]"), so the file looked missing and
+    # its "directory" one where no temporary file can be created.
+    process = _start(["get", "big", "-o", name], env, stdout=subprocess.PIPE)
+    out = cast_io(process.stdout).read()
+    assert cast_io(process.stderr).read() == b""
+    assert process.wait(timeout=60) == 0
+    assert out == payload
