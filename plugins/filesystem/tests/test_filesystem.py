@@ -1444,8 +1444,13 @@ def _failures(store: FilesystemStore, error: type[ArtifactStoreError] = BackendE
         "exists": lambda: store.exists("x"),
         "get": lambda: store.get("x"),
         "save": lambda: store.save("x", Message(content=b"1")),
+        # save_stream went another way, through the generic OSError mapping: a BackendError naming
+        # "'@ns' under the filesystem root" for a root that is a file (the CLI's put exited 1, ls 5).
+        "save_stream": lambda: store.save_stream("x", io.BytesIO(b"1")),
+        "save_many": lambda: store.save_many({"x": Message(content=b"1")}),
         "delete": lambda: store.delete("x"),
         "list": lambda: list(store.list()),
+        "list_page": lambda: store.list_page(),
         "clear": store.clear,
     }
     errors: dict[str, ArtifactStoreError] = {}

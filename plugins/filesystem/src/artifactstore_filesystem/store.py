@@ -1088,8 +1088,9 @@ class FilesystemStore(ArtifactStore):
 
     def _os_error(self, exc: OSError, operation: str, step_id: str | None) -> ArtifactStoreError:
         """Disk full, quota and file too large -> :class:`CapacityError`; permissions and read-only file
-        systems -> :class:`AccessDeniedError`; any other ``OSError`` -> :class:`BackendError`. Paths are shown
-        relative to the root.
+        systems -> :class:`AccessDeniedError`; a file where a directory is needed -> as :meth:`_in_the_way`
+        says (:class:`ConfigurationError` at or above the root); any other ``OSError`` ->
+        :class:`BackendError`. Paths are shown relative to the root.
         """
         code = exc.errno
         name = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
@@ -1099,7 +1100,12 @@ class FilesystemStore(ArtifactStore):
             f"({name}) at {self._relative(exc.filename)!r} under the filesystem root"
         )
         error: ArtifactStoreError
-        if code == errno.EFBIG:
+        if isinstance(exc, NotADirectoryError):
+            # A file where the store needs a directory, met on a path the operation's own handling did not
+            # expect it on (save_stream's temporary file): named as every operation names it (see _in_the_way),
+            # a ConfigurationError when it is the root or above it.
+            error = self._in_the_way(exc.filename if isinstance(exc.filename, str) else self._root, exc)
+        elif code == errno.EFBIG:
             # Not PayloadTooLargeError: that one promises nothing was written, and here writing began. Not
             # "free space" either: the limit is the file system's largest file or the process's `ulimit -f`.
             error = CapacityError(
