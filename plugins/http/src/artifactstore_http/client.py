@@ -55,6 +55,7 @@ from .protocol import (
     ERROR_CLASSES,
     ERROR_DETAIL_HEADER,
     ERROR_HEADER,
+    INFO_SEGMENT,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
     PROBLEM_NOT_FOUND,
@@ -623,7 +624,7 @@ class HttpStore(ArtifactStore):
         Nothing of an answer is ever taken whole on the server's word: a wrong endpoint, a proxy or a hostile
         server could otherwise make this client allocate without limit. A get's envelope is read within
         ``max_body_bytes`` and the sizes its verified header states (:meth:`_read_envelope`); the JSON answer of
-        a list, delete, clear or health request within ``max_json_bytes``; a problem, or a body nothing reads,
+        a list, info, delete or clear request within ``max_json_bytes``; a problem, or a body nothing reads,
         within 64 KiB (beyond that it is not read, and the error is told from the status and headers). A
         health answer is read within 64 KiB too, and one larger is taken as empty: the server's is a few
         dozen bytes, and anything else only leaves the limit it is asked for unknown.
@@ -636,23 +637,19 @@ class HttpStore(ArtifactStore):
             if content is None:
                 return answer
             return _Answer(answer.status_code, answer.headers, answer.method, content=content)
-        if response.is_success and operation in ("list", "delete", "clear"):
+        if response.is_success and operation in ("list", "info", "delete", "clear"):
             content = _read_within(response, self._settings.max_json_bytes)
             if content is None:
                 raise BackendError(
-                    f"artifact server {self._display} answered a {operation} with a JSON body over this client's "
-                    f"limit of {self._settings.max_json_bytes} bytes (ARTIFACT_STORE_HTTP_MAX_JSON_BYTES); raise it "
-                    "if the server's answers are really that large",
+                    f"artifact server {self._display} answered a {operation} request with a JSON body over this "
+                    f"client's limit of {self._settings.max_json_bytes} bytes (ARTIFACT_STORE_HTTP_MAX_JSON_BYTES); "
+                    "raise it if the server's answers are really that large",
                     step_id=step_id,
                 )
             return _Answer(answer.status_code, answer.headers, answer.method, content=content)
         if operation == "get" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
             header, payload = self._read_envelope(response, step_id or "")
             return _Answer(answer.status_code, answer.headers, answer.method, header=header, payload=payload)
-        if operation == "info" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
-            # The head alone: the rest of the body is left unread, and the connection closed rather than drained.
-            header = self._read_head(response.iter_bytes(), step_id or "", _close_delimited(response))[0]
-            return _Answer(answer.status_code, answer.headers, answer.method, header=header)
         content = _read_within(response, _MAX_SMALL_BODY)
         if response.is_success or content is None:
             return answer
@@ -879,22 +876,29 @@ class HttpStore(ArtifactStore):
         return self.codec.decode_payload(response.header, response.payload)
 
     def _info(self, step_id: str) -> ArtifactInfo:
-        # The artifact's verified head, the start of its GET: the base class searched the listing, page after
-        # page, so info() (and `artifactstore get` and `stat`, which ask it first) cost a request per 1,000
-        # artifacts of the namespace and failed on any artifact of it that the server could not list.
-        response = self._send("info", "GET", self._url("artifacts", step_id), step_id=step_id)
+        """The artifact's info from its server's info answer (``GET .../artifacts/{step_id}/info``).
+
+        The server answers from its store's ``info()``, which reads the artifact's head alone, and verifies that
+        head with its own codec (its signature too, with a signing key): one request, whatever the size of the
+        artifact or of the namespace. The answer is JSON (a list page's item), not the head itself, so this
+        client cannot verify it again: the info is trusted as far as the server is, exactly as what ``list()``
+        reports. (Reading the head at the start of the artifact's ``GET`` instead cost the server a read of the
+        whole artifact; searching the listing cost a request per 1,000 artifacts of the namespace.)
+        """
+        response = self._send("info", "GET", self._url("artifacts", step_id, INFO_SEGMENT), step_id=step_id)
         if response.status_code == 413:
-            # The server refuses to serve this artifact (JSON content or a head over its own limits, written
-            # to its store by something else); its listing still shows it.
+            # A header over the server's JSON limit (written to its store by something else), which it does not
+            # parse to answer an info or a GET; its listing still shows it.
             return super()._info(step_id)
         if response.status_code != 200:
             raise self._fail(response, step_id)
-        if response.header is None:
+        info = _info_from(_json(response, self._display), self._display, what=f"the info of {step_id!r}")
+        if info.step_id != step_id:
             raise BackendError(
-                f"artifact server {self._display} answered {step_id!r} with a body that is not an envelope",
+                f"artifact server {self._display} answered the info of {step_id!r} with that of another artifact",
                 step_id=step_id,
             )
-        return response.header.info(step_id)
+        return info
 
     def _exists(self, step_id: str) -> bool:
         response = self._send("exists", "HEAD", self._url("artifacts", step_id))
@@ -1154,7 +1158,12 @@ def _json_field(response: _Answer, name: str, kind: type | tuple[type, ...], dis
     return value
 
 
-def _info_from(item: Any, display: str) -> ArtifactInfo:
+def _info_from(item: Any, display: str, what: str = "an artifact in a listing") -> ArtifactInfo:
+    """An :class:`ArtifactInfo` from its JSON (a list page's item, or an info answer).
+
+    Raises:
+        BackendError: ``item`` is not such a JSON object (``what`` says where it was).
+    """
     try:
         schema_name = item["schema_name"]
         return ArtifactInfo(
@@ -1166,7 +1175,7 @@ def _info_from(item: Any, display: str) -> ArtifactInfo:
             created_at=datetime.fromisoformat(str(item["created_at"]).replace("Z", "+00:00")),
         )
     except (KeyError, TypeError, ValueError):
-        raise BackendError(f"artifact server {display} listed a malformed artifact") from None
+        raise BackendError(f"artifact server {display} answered a malformed info for {what}") from None
 
 
 def error_from_response(

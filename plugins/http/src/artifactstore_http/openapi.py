@@ -13,6 +13,7 @@ from artifactstore_core.envelope import PREFIX_SIZE
 from .protocol import (
     ERROR_DETAIL_HEADER,
     ERROR_HEADER,
+    INFO_SEGMENT,
     MAX_DETAIL_BYTES,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
@@ -48,6 +49,12 @@ _READ_TOO_LARGE = (
     "The stored artifact (written to the server's backend by something other than this server) holds JSON "
     "content or an envelope header (the JSON of its metadata and schema) over the server's JSON limit "
     "(ARTIFACT_STORE_SERVER_MAX_JSON_BYTES), which it does not parse: refused from the sizes its head states."
+)
+_INFO_TOO_LARGE = (
+    "The stored artifact (written to the server's backend by something other than this server) has an envelope "
+    "header (the JSON of its metadata and schema) over the server's JSON limit (ARTIFACT_STORE_SERVER_MAX_JSON_BYTES), "
+    "which it does not parse: refused from the head's prefix. Or the answer itself (a media type or schema name "
+    "of nearly that size) would be over that limit. The listing still shows the artifact."
 )
 _COMMON = (400, 401, 403, 404, 405, 431, 500, 501, 502, 503, 504)
 
@@ -229,6 +236,23 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deleted"}}},
                         },
                         **_problems(),
+                    },
+                },
+            },
+            f"/v1/namespaces/{{namespace}}/artifacts/{{step_id}}/{INFO_SEGMENT}": {
+                "parameters": [namespace, step_id],
+                "get": {
+                    "operationId": "artifactInfo",
+                    "summary": "An artifact's info (the item a list page holds for it), read from its head alone, "
+                    "never from its payload. The server verifies the head with its store's codec (and its signature, "
+                    "with a signing key); a client cannot verify this answer again, and trusts it as it trusts a "
+                    "listing.",
+                    "responses": {
+                        "200": {
+                            "description": "The artifact's info.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ArtifactInfo"}}},
+                        },
+                        **_problems(413, 422, texts={413: _INFO_TOO_LARGE}),
                     },
                 },
             },

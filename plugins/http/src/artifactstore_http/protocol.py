@@ -1,9 +1,13 @@
 """The wire protocol shared by the server and the client: paths, media types and error problems.
 
-Paths: ``/v1/namespaces/{namespace}/artifacts/{step_id}``. A namespace or step id travels as one path
-segment in which every byte of its UTF-8 encoding that is not an ASCII letter, digit, ``-``, ``_`` or ``~``
-is percent-encoded, including ``/``, ``%`` and ``.`` (so no id can become a ``..`` dot segment that a client
-or proxy would normalise away). The server percent-decodes each segment exactly once and never sanitizes.
+Paths: ``/v1/namespaces/{namespace}/artifacts/{step_id}``, and ``.../artifacts/{step_id}/info``
+(:data:`INFO_SEGMENT`) for an artifact's info alone. A namespace or step id travels as one path segment in
+which every byte of its UTF-8 encoding that is not an ASCII letter, digit, ``-``, ``_`` or ``~`` is
+percent-encoded, including ``/``, ``%`` and ``.`` (so no id can become a ``..`` dot segment that a client or
+proxy would normalise away). The server percent-decodes each segment exactly once and never sanitizes. So no
+step id can reach the info sub-resource: an id ``info``, ``x/info`` or ``x?view=info`` is one segment
+(``.../artifacts/info``, ``.../artifacts/x%2Finfo``, ``.../artifacts/x%3Fview%3Dinfo``), and the info path
+has one segment more.
 
 Errors: every failure is a JSON problem body (``application/problem+json``, after RFC 9457) whose ``type``
 is the name of a core error class, plus an ``Artifactstore-Error`` header with the same name (so a ``HEAD``
@@ -55,6 +59,7 @@ __all__ = [
     "ERROR_DETAIL_HEADER",
     "ERROR_HEADER",
     "ERROR_STATUS",
+    "INFO_SEGMENT",
     "MAX_DETAIL_BYTES",
     "MEDIA_TYPE_ENVELOPE",
     "MEDIA_TYPE_PROBLEM",
@@ -77,6 +82,9 @@ __all__ = [
 API_PREFIX = "/v1"
 #: The media type of a request or response body holding one artifact envelope (docs/format.md).
 MEDIA_TYPE_ENVELOPE = "application/vnd.artifactstore.envelope"
+#: The last segment of ``/v1/namespaces/{namespace}/artifacts/{step_id}/info``, whose ``GET`` answers the
+#: artifact's info as JSON (the item of a list page) from its head alone, never reading its payload.
+INFO_SEGMENT = "info"
 #: The media type of error bodies.
 MEDIA_TYPE_PROBLEM = "application/problem+json"
 #: The response header naming the problem type (also on ``HEAD`` responses, which carry no body).

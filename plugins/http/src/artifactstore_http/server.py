@@ -60,6 +60,7 @@ from .openapi import openapi_document
 from .protocol import (
     ERROR_DETAIL_HEADER,
     ERROR_HEADER,
+    INFO_SEGMENT,
     MEDIA_TYPE_ENVELOPE,
     MEDIA_TYPE_PROBLEM,
     PROBLEM_BAD_REQUEST,
@@ -97,6 +98,8 @@ MAX_LIST_LIMIT = 10_000
 # A path as it appears in a request: RFC 3986 path characters (unreserved, sub-delims, ":", "@", "/") and
 # well-formed percent escapes.
 _PREFIX = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+
+_INFO = INFO_SEGMENT.encode("ascii")
 
 _UNAUTHORIZED = problem_document(
     "AccessDeniedError",
@@ -450,6 +453,11 @@ class _App:
                 if rest == [b"artifacts"]:
                     self._allow(request, "GET")
                     return await self._list(request, namespace)
+                if len(rest) == 3 and rest[0] == b"artifacts" and rest[2] == _INFO:
+                    # One segment more than any artifact's path: a step id is one segment, its "/" encoded.
+                    step_id = validate_step_id(_decode_segment(rest[1], "step id"))
+                    self._allow(request, "GET")
+                    return await self._info(namespace, step_id)
                 if len(rest) == 2 and rest[0] == b"artifacts":
                     step_id = validate_step_id(_decode_segment(rest[1], "step id"))
                     self._allow(request, "PUT", "GET", "HEAD", "DELETE")
@@ -725,6 +733,35 @@ class _App:
             media_type=MEDIA_TYPE_ENVELOPE,
             headers={"Content-Length": str(len(head) + len(payload))},
         )
+
+    async def _info(self, namespace: str, step_id: str) -> Response:
+        """The artifact's info as JSON, the very item a list page holds for it, from its store's ``info()``.
+
+        Every first-party backend reads the head alone for it (a backend without its own ``_info`` searches
+        its listing), so an info costs the server no read of the payload, where the envelope's ``GET`` reads,
+        verifies and encodes the whole artifact before it sends a byte. The head is verified by the store's
+        codec (its signature too, with a signing key), and a header over the JSON limit (written to the
+        backend by anything but this server, which refuses it on save) is refused before it is parsed, as
+        for a ``GET``.
+        """
+
+        def work() -> ArtifactInfo:
+            with (
+                self._cache.acquire(namespace) as store,
+                limiting_json_content(self._max_json, setting="ARTIFACT_STORE_SERVER_MAX_JSON_BYTES"),
+            ):
+                return store.info(step_id)
+
+        body = _JSON.encode(_info_json(await anyio.to_thread.run_sync(work))).encode("utf-8")
+        if len(body) > self._max_json:
+            # Only for a header close to the limit that is mostly a media type or schema name (the answer holds
+            # those, the id and a few short fields): a client with the same limit could not read it.
+            raise PayloadTooLargeError(
+                f"the info of artifact {step_id!r} is {len(body)} bytes of JSON; this server answers at most "
+                f"{self._max_json} (ARTIFACT_STORE_SERVER_MAX_JSON_BYTES)",
+                step_id=step_id,
+            )
+        return Response(body, media_type="application/json")
 
     async def _exists(self, namespace: str, step_id: str) -> Response:
         def work() -> bool:
