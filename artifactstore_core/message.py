@@ -551,14 +551,24 @@ with warnings.catch_warnings():
             No class is ever imported from a name in stored data: the caller names the class, and the
             stored schema name is only compared with it.
 
+            JSON content is validated as JSON, the form :meth:`from_model` stored it in, so every model
+            that pydantic round-trips through JSON comes back: fields by name or by alias, and a strict
+            model's datetime, enum, UUID or Decimal fields (JSON strings). ``bytes`` content is validated
+            as it is.
+
             Raises:
                 SchemaMismatchError: if the message records a different schema name (and ``check_name``),
                     or the content does not validate as ``model``.
             """
             if check_name and self.schema is not None and self.schema.name != _schema_name(model):
                 raise SchemaMismatchError(f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}")
+            content = self.content
             try:
-                return model.model_validate(thaw_json(self.content))
+                if isinstance(content, bytes):
+                    return model.model_validate(content)
+                # from_model dumps by field name: by_name=True reads that back for an aliased model, and a
+                # hand-written content may use the aliases (by_alias=True).
+                return model.model_validate_json(canonical_json(content), by_alias=True, by_name=True)
             except ValidationError as exc:
                 raise SchemaMismatchError(
                     f"content does not validate as {_schema_name(model)}: {exc.error_count()} error(s)"
