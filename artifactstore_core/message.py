@@ -131,9 +131,10 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
 
     Raises:
         ValueError: if ``value`` is not a JSON value: a non-str key, a NaN or infinite float, a string (or
-            key) with a lone surrogate, or a type JSON cannot hold. (Inside a :class:`Message` this surfaces
-            as a pydantic ``ValidationError``.) Also for a value nested deeper than the interpreter's
-            recursion limit, or one that contains itself.
+            key) with a lone surrogate, an int of more digits than ``sys.get_int_max_str_digits()`` allows
+            in decimal (Python could not write it as JSON), or a type JSON cannot hold. (Inside a
+            :class:`Message` this surfaces as a pydantic ``ValidationError``.) Also for a value nested
+            deeper than the interpreter's recursion limit, or one that contains itself.
     """
     try:
         return _freeze(value, where)
@@ -141,12 +142,31 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
         raise ValueError(f"{where}: nested too deeply (or contains itself)") from None
 
 
+# Python refuses to write an int of more than sys.get_int_max_str_digits() digits in decimal, so JSON
+# encoding (every backend but memory) would fail at save, or a retried save on memory, when comparing.
+# That limit is 640 digits at the lowest; a smaller int needs no look.
+_ALWAYS_DECIMAL = 10**639
+
+
+def _check_int(value: int, where: str) -> int:
+    try:
+        str(value)
+    except ValueError:
+        raise ValueError(
+            f"{where}: an integer of more than {sys.get_int_max_str_digits()} digits cannot be written as JSON "
+            "(sys.set_int_max_str_digits)"
+        ) from None
+    return value
+
+
 def _freeze(value: Any, where: str) -> Any:
     kind = type(value)
     # Exact-type fast paths first: this runs for every value of every JSON message saved or read.
     if kind is str:
         return value if value.isascii() else check_text(value, where=where)
-    if kind is int or kind is bool or value is None:
+    if kind is int:
+        return value if -_ALWAYS_DECIMAL < value < _ALWAYS_DECIMAL else _check_int(value, where)
+    if kind is bool or value is None:
         return value
     if kind is dict:
         for key in value:
@@ -159,8 +179,10 @@ def _freeze(value: Any, where: str) -> Any:
         return tuple([_freeze(item, where) for item in value])
     if isinstance(value, str):
         return check_text(value, where=where)
-    if isinstance(value, (bool, int)):
+    if isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if -_ALWAYS_DECIMAL < value < _ALWAYS_DECIMAL else _check_int(value, where)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where}: {value!r} is not a JSON number")
@@ -405,9 +427,11 @@ with warnings.catch_warnings():
             created_at: timezone-aware, normalised to UTC; defaults to now.
 
         Constructing a message with invalid content raises pydantic's ``ValidationError`` (a
-        ``ValueError``): a value JSON cannot hold (a set, NaN, a non-str key), or text UTF-8 cannot encode
-        (a lone surrogate in content, metadata, media type or schema), which no backend could store, or a
-        media type holding a control character (Unicode category Cc: a newline, a tab, an escape).
+        ``ValueError``): a value JSON cannot hold (a set, NaN, a non-str key, an int of more digits than
+        ``sys.get_int_max_str_digits()``, 4300 by default, which Python cannot write as JSON), or text
+        UTF-8 cannot encode (a lone surrogate in content, metadata, media type or schema), which no backend
+        could store, or a media type holding a control character (Unicode category Cc: a newline, a tab,
+        an escape).
         An empty media type (the default) means the default of the content kind.
         """
 

@@ -223,6 +223,25 @@ def test_typed_round_trip_of_aliased_and_strict_models() -> None:
         Message(content=b"bytes").to_model(_Aliased)
 
 
+def test_int_too_long_for_json_is_refused_on_construction() -> None:
+    # Python writes no int of more than sys.get_int_max_str_digits() digits as JSON: the memory backend
+    # stored such a message (and failed its retried save with a BackendError), every other backend refused
+    # it at save. Now no backend gets it.
+    limit = sys.get_int_max_str_digits()
+    huge = 10 ** (limit + 1)
+    for bad in ({"content": huge}, {"content": [-huge]}, {"content": 1, "metadata": {"n": huge}}):
+        with pytest.raises(ValidationError, match="digits cannot be written as JSON"):
+            Message(**bad)
+    fits = 10 ** (limit - 1)
+    assert Message(content=[fits, -fits]).content == (fits, -fits)
+    assert canonical_json(Message(content=fits).content) == str(fits).encode()
+    sys.set_int_max_str_digits(0)
+    try:
+        assert Message(content=huge).content == huge
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
 def test_schema_name_is_never_imported() -> None:
     # A stored schema naming a module is only compared, never imported.
     message = Message(content={"title": "t", "words": 1}, schema=SchemaInfo(name="os.system"))
