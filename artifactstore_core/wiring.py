@@ -49,13 +49,19 @@ def codec_from(core: CoreSettings) -> Codec:
     return Codec(signing_key=key, compress_threshold=core.compress_threshold if core.compression else None)
 
 
+#: The core settings create_store takes as keyword arguments (backend and namespace have parameters of their own).
+_CORE_OPTIONS = ("signing_key", "compression", "compress_threshold")
+
+
 def create_store(backend: str | None = None, *, namespace: str | None = None, **options: Any) -> ArtifactStore:
     """Create the configured store. Close it when done (it is a context manager).
 
     Args:
         backend: the backend name; default ``ARTIFACT_STORE_BACKEND`` (then the config file, then ``memory``).
         namespace: the namespace; default ``ARTIFACT_STORE_NAMESPACE`` (then ``"default"``).
-        **options: the backend's settings by field name (``url=...`` for redis), overriding the environment.
+        **options: the backend's settings by field name (``url=...`` for redis), and the core's
+            ``signing_key``, ``compression`` and ``compress_threshold``, overriding the environment and the
+            config file. Those three names are the core's: a backend has no setting of that name.
 
     Raises:
         ConfigurationError: a setting is invalid or unknown (the message names the env var).
@@ -72,7 +78,8 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             ``TimeoutError``, ``BackendUnavailableError`` for a ``ConnectionError``,
             ``ConfigurationError`` for a ``ValueError``, ``BackendError`` otherwise).
     """
-    core = load_settings(CoreSettings, backend=backend, namespace=namespace)
+    core_options = {name: options.pop(name) for name in _CORE_OPTIONS if name in options}
+    core = load_settings(CoreSettings, backend=backend, namespace=namespace, **core_options)
     spec: BackendSpec = plugin_host().load(core.backend)
     settings = load_settings(spec.settings_model, **options) if spec.settings_model is not None else None
     if spec.settings_model is None and options:

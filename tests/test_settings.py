@@ -47,6 +47,25 @@ def test_precedence_arguments_env_file_defaults(monkeypatch: pytest.MonkeyPatch,
         store.clear()
 
 
+def test_core_settings_as_arguments_of_create_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The configuration reference promises every setting as a keyword argument of create_store; the core's
+    # own were refused as unknown settings of the backend, so a key from a secret manager had to go
+    # through os.environ.
+    (tmp_path / "artifactstore.toml").write_text("compress_threshold = 5\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_COMPRESSION", "true")
+    with create_store("memory", signing_key="from-arg", compression=False, limit=3) as store:
+        assert store.codec.signed
+        assert store.codec.compress_threshold is None
+    with create_store("memory", compress_threshold=7) as store:
+        assert not store.codec.signed
+        assert store.codec.compress_threshold == 7
+    with create_store("memory") as store:
+        assert store.codec.compress_threshold == 5
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_SIGNING_KEY \(given as the argument signing_key\)"):
+        create_store("memory", signing_key=" ")
+
+
 def test_pyproject_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n[tool.artifactstore]\nbackend = "example"\n[tool.artifactstore.memory]\nlimit = 3\n'
