@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import SchemaMismatchError
+from .errors import SchemaMismatchError, SerializationError
 
 __all__ = [
     "FrozenDict",
@@ -560,14 +560,28 @@ with warnings.catch_warnings():
             """Wrap a pydantic model instance as a JSON message that records its schema.
 
             The schema name is the model class's ``module.QualName``; pass ``version`` to record one.
+
+            Raises:
+                SerializationError: pydantic cannot dump the model as JSON (a ``bytes`` field that is not
+                    UTF-8, whose model needs ``ser_json_bytes="base64"`` and ``val_json_bytes="base64"``;
+                    a field of a type pydantic cannot serialize); the message names the model and the
+                    pydantic error is chained.
+                pydantic.ValidationError: the dump holds what a :class:`Message` refuses (a NaN float).
             """
             model_cls = type(model)
+            try:
+                content = model.model_dump(mode="json")
+            except ValueError as exc:  # UnicodeDecodeError, PydanticSerializationError
+                raise SerializationError(
+                    f"cannot dump {_schema_name(model_cls)} as JSON: {type(exc).__name__}: {exc} (a bytes field "
+                    'that is not UTF-8 needs ser_json_bytes="base64" and val_json_bytes="base64" in its model_config)'
+                ) from exc
             schema = SchemaInfo(
                 name=_schema_name(model_cls),
                 version=version,
                 json_schema=model_cls.model_json_schema() if include_json_schema else None,
             )
-            return cls(content=model.model_dump(mode="json"), schema=schema, metadata=metadata or {})
+            return cls(content=content, schema=schema, metadata=metadata or {})
 
         def to_model(self, model: type[Model], *, check_name: bool = True) -> Model:
             """Validate the content back into ``model``.

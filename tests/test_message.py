@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
-from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError
+from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError, SerializationError
 from artifactstore_core import message as message_module
 from artifactstore_core.message import canonical_json, freeze_json, loads_frozen, trusted_message
 from artifactstore_core.testing import json_values
@@ -240,6 +240,26 @@ def test_int_too_long_for_json_is_refused_on_construction() -> None:
         assert Message(content=huge).content == huge
     finally:
         sys.set_int_max_str_digits(limit)
+
+
+class _Blob(BaseModel):
+    data: bytes
+
+
+class _Blob64(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    data: bytes
+
+
+def test_from_model_that_pydantic_cannot_dump_is_a_serialization_error() -> None:
+    # A bare UnicodeDecodeError naming neither the model nor the field was all a caller got.
+    with pytest.raises(SerializationError, match=r"_Blob as JSON: UnicodeDecodeError.*ser_json_bytes") as info:
+        Message.from_model(_Blob(data=b"\xff\x00"))
+    assert isinstance(info.value.__cause__, UnicodeDecodeError)
+    # The way the message recommends round-trips.
+    blob = _Blob64(data=b"\xff\x00")
+    assert Message.from_model(blob).to_model(_Blob64) == blob
 
 
 def test_schema_name_is_never_imported() -> None:
