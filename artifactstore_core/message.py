@@ -583,7 +583,7 @@ with warnings.catch_warnings():
             )
             return cls(content=content, schema=schema, metadata=metadata or {})
 
-        def to_model(self, model: type[Model], *, check_name: bool = True) -> Model:
+        def to_model(self, model: type[Model], *, check_name: bool = True, version: str | None = None) -> Model:
             """Validate the content back into ``model``.
 
             No class is ever imported from a name in stored data: the caller names the class, and the
@@ -594,12 +594,26 @@ with warnings.catch_warnings():
             model's datetime, enum, UUID or Decimal fields (JSON strings). ``bytes`` content is validated
             as it is.
 
+            Args:
+                model: the pydantic model class to validate the content as.
+                check_name: refuse a message that records another schema name (one that records none passes).
+                version: when given, the schema version the message must record (``from_model(...,
+                    version=...)``): a message recording another version, or none, is refused, so a reader
+                    never validates an older layout that happens to fit the new model.
+
             Raises:
-                SchemaMismatchError: if the message records a different schema name (and ``check_name``),
-                    or the content does not validate as ``model``.
+                SchemaMismatchError: if the message records a different schema name (and ``check_name``), or
+                    not the schema ``version`` asked for, or the content does not validate as ``model``.
             """
             if check_name and self.schema is not None and self.schema.name != _schema_name(model):
                 raise SchemaMismatchError(f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}")
+            if version is not None:
+                stored = self.schema.version if self.schema is not None else None
+                if stored != version:
+                    held = f"version {stored!r}" if stored is not None else "no version"
+                    raise SchemaMismatchError(
+                        f"message holds schema {held} of {_schema_name(model)}, not version {version!r}"
+                    )
             content = self.content
             try:
                 if isinstance(content, bytes):

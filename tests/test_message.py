@@ -262,6 +262,17 @@ def test_from_model_that_pydantic_cannot_dump_is_a_serialization_error() -> None
     assert Message.from_model(blob).to_model(_Blob64) == blob
 
 
+def test_to_model_checks_the_schema_version_asked_for() -> None:
+    v2 = Message.from_model(Summary(title="t", words=3), version="2")
+    assert v2.to_model(Summary, version="2") == Summary(title="t", words=3)
+    assert v2.to_model(Summary) == Summary(title="t", words=3)
+    with pytest.raises(SchemaMismatchError, match=r"version '2' of .*Summary, not version '3'"):
+        v2.to_model(Summary, version="3")
+    for unversioned in (Message.from_model(Summary(title="t", words=3)), Message(content={"title": "t", "words": 3})):
+        with pytest.raises(SchemaMismatchError, match="no version"):
+            unversioned.to_model(Summary, version="2")
+
+
 def test_schema_name_is_never_imported() -> None:
     # A stored schema naming a module is only compared, never imported.
     message = Message(content={"title": "t", "words": 1}, schema=SchemaInfo(name="os.system"))
