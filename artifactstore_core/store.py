@@ -454,7 +454,14 @@ class ArtifactStore(ABC):
             ArtifactNotFoundError: if any is missing (the message names the first ten missing ids, its
                 ``missing_ids`` all of them, in the order requested).
             InvalidStepIdError, ArtifactCorruptedError, BackendError, StoreClosedError: as :meth:`get`.
+            TypeError: ``step_ids`` is a ``str`` (or ``bytes``): one id, whose characters would otherwise
+                be taken for ids.
         """
+        if isinstance(step_ids, (str, bytes)):
+            raise TypeError(
+                f"get_many takes an iterable of step ids, not one id as a {type(step_ids).__name__}; "
+                "use get(step_id) or get_many([step_id])"
+            )
         ids = builtins.list(dict.fromkeys(validate_step_id(step_id) for step_id in step_ids))
         self._check_open()
         if not ids:
