@@ -61,7 +61,7 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
         namespace: the namespace; default ``ARTIFACT_STORE_NAMESPACE`` (then ``"default"``).
         **options: the backend's settings by field name (``url=...`` for redis), and the core's
             ``signing_key``, ``compression`` and ``compress_threshold``, overriding the environment and the
-            config file. Those three names are the core's: a backend has no setting of that name.
+            config file. A backend whose own settings include one of those three names gets it instead.
 
     Raises:
         ConfigurationError: a setting is invalid or unknown (the message names the env var).
@@ -78,9 +78,14 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             ``TimeoutError``, ``BackendUnavailableError`` for a ``ConnectionError``,
             ``ConfigurationError`` for a ``ValueError``, ``BackendError`` otherwise).
     """
-    core_options = {name: options.pop(name) for name in _CORE_OPTIONS if name in options}
-    core = load_settings(CoreSettings, backend=backend, namespace=namespace, **core_options)
+    core = load_settings(CoreSettings, backend=backend, namespace=namespace)
     spec: BackendSpec = plugin_host().load(core.backend)
+    # A third-party backend may have a setting of one of these names: it keeps it (as it did before the
+    # core took them), so the backend must be known before the options are split.
+    own = spec.settings_model.model_fields if spec.settings_model is not None else {}
+    core_options = {name: options.pop(name) for name in _CORE_OPTIONS if name in options and name not in own}
+    if core_options:
+        core = load_settings(CoreSettings, backend=backend, namespace=namespace, **core_options)
     settings = load_settings(spec.settings_model, **options) if spec.settings_model is not None else None
     if spec.settings_model is None and options:
         raise ConfigurationError(f"backend {spec.name!r} takes no options, got {', '.join(sorted(options))}")
