@@ -255,3 +255,21 @@ def _given_where(model: type[BaseSettings], name: str, given: dict[str, Any]) ->
     if isinstance(table, dict) and name in table:
         return f" (set by {name} in {config.where(section)})"
     return ""
+
+
+def _source_of(model: type[BaseSettings], name: str) -> str | None:
+    """Where the value of setting ``name`` came from when no argument gave it, for a message: its environment
+    variable, or the key and table of the config file (``the key namespace in artifactstore.toml``); ``None`` for
+    the default. Raises nothing: it only words an error that is being raised."""
+    env = env_name_of(model, name)
+    if any(key.upper() == env for key in os.environ):
+        return env
+    try:
+        config = _config_file()
+    except ConfigurationError:
+        return None
+    section = getattr(model, "config_table", None)
+    table = config.table.get(section, {}) if section else config.table
+    if isinstance(table, dict) and name in table:
+        return f"the key {name} in {config.where(section)}"
+    return None

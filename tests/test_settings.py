@@ -286,3 +286,30 @@ def test_a_plain_pydantic_settings_model_is_named_by_its_variables(monkeypatch: 
     monkeypatch.setenv("ARTIFACT_STORE_PLAIN_DEPTH", "deep")
     with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_PLAIN_DEPTH: "):
         load_settings(PlainSettings)
+
+
+def test_a_bad_backend_or_namespace_from_the_environment_or_file_says_where_it_was_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # "no backend named ''" or "namespace must not be empty" alone sent users looking through their code,
+    # when a deployment template had left a variable (or a config key) empty.
+    from artifactstore_core import BackendNotFoundError, InvalidStepIdError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "")
+    with pytest.raises(BackendNotFoundError, match=r"\(the backend was set by ARTIFACT_STORE_BACKEND\)$"):
+        create_store()
+    monkeypatch.delenv("ARTIFACT_STORE_BACKEND")
+    (tmp_path / "artifactstore.toml").write_text('namespace = ""\n')
+    with pytest.raises(
+        InvalidStepIdError, match=r"\(the namespace was set by the key namespace in artifactstore.toml\)$"
+    ):
+        create_store("memory")
+    monkeypatch.setenv("ARTIFACT_STORE_NAMESPACE", "tab\there")
+    with pytest.raises(InvalidStepIdError, match=r"\(the namespace was set by ARTIFACT_STORE_NAMESPACE\)$"):
+        create_store("memory")
+    # An argument is the caller's own: nothing to trace.
+    with pytest.raises(InvalidStepIdError, match=r"^namespace must not be empty$"):
+        create_store("memory", namespace="")
+    with pytest.raises(BackendNotFoundError, match=r"installed backends: [^(]*$"):
+        create_store("")
