@@ -313,3 +313,24 @@ def test_a_bad_backend_or_namespace_from_the_environment_or_file_says_where_it_w
         create_store("memory", namespace="")
     with pytest.raises(BackendNotFoundError, match=r"installed backends: [^(]*$"):
         create_store("")
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "setting"),
+    [
+        ("", "NAMESPACE", "namespace"),
+        ("", "ARTIFACT_STORE_NAMESPACE", "namespace"),
+        ("memory", "LIMIT", "limit"),
+        ("memory", "ARTIFACT_STORE_MEMORY_MAX_BYTES", "max_bytes"),
+        ("memory", "Max_Byte", "max_bytes"),
+    ],
+)
+def test_a_config_key_spelt_as_its_variable_is_named_with_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, table: str, key: str, setting: str
+) -> None:
+    # Keys copied from the environment (upper case, with the prefix) got no "did you mean".
+    header = f"[{table}]\n" if table else ""
+    (tmp_path / "artifactstore.toml").write_text(f"{header}{key} = 5\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=f"unknown setting '{key}' .*did you mean '{setting}'"):
+        create_store("memory")
