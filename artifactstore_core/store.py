@@ -27,6 +27,7 @@ from .errors import (
     ArtifactStoreError,
     BackendError,
     CapacityError,
+    ConfigurationError,
     InvalidStepIdError,
     PayloadTooLargeError,
     SerializationError,
@@ -162,7 +163,7 @@ def _ttl_seconds(ttl: Ttl | None) -> float | None:
     return seconds
 
 
-def _name_the_artifact(exc: SerializationError, operation: str) -> None:
+def _name_the_artifact(exc: ArtifactStoreError, operation: str) -> None:
     """Put the operation, step id, namespace and backend in the message of ``exc``, unless it names the id
     already (see :meth:`ArtifactStore._in_context`)."""
     message = exc.message
@@ -867,7 +868,9 @@ class ArtifactStore(ABC):
             exc.namespace = self._namespace
         if exc.step_id is None:
             exc.step_id = step_id
-        if isinstance(exc, SerializationError):
+        # The codec's "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY" is a ConfigurationError that, like
+        # its SerializationErrors, knows no id: in a batch read's log line it would not say which artifact.
+        if isinstance(exc, SerializationError) or (isinstance(exc, ConfigurationError) and exc.step_id is not None):
             _name_the_artifact(exc, operation)
         return exc
 

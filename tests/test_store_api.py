@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from artifactstore_core import Message, create_store
+from artifactstore_core import ConfigurationError, Message, create_store
 
 
 @pytest.mark.parametrize("ids", ["ab", b"ab"])
@@ -18,3 +18,25 @@ def test_get_many_refuses_one_id_given_as_a_string(ids: object) -> None:
             store.get_many(ids)  # type: ignore[arg-type]
         assert set(store.get_many(["a", "b"])) == {"a", "b"}
         store.clear()
+
+
+def test_a_signed_artifact_read_without_the_key_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY ..." alone did not say which artifact, namespace
+    # or backend, where a damaged artifact's error does: a batch read's log line could not be traced.
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "example")
+    with create_store(namespace="signed-unnamed", signing_key="k") as signed:
+        signed.save("s", Message(content={"a": 1}))
+        with create_store(namespace="signed-unnamed") as reader:
+            for operation, call in (("get", reader.get), ("get_many", lambda step_id: reader.get_many([step_id]))):
+                with pytest.raises(ConfigurationError) as info:
+                    call("s")
+                assert str(info.value) == (
+                    f"{operation}: artifact 's' in namespace 'signed-unnamed' of backend 'example': artifact is "
+                    "signed; set ARTIFACT_STORE_SIGNING_KEY to the signing key to read it"
+                )
+                assert (info.value.step_id, info.value.namespace, info.value.backend) == (
+                    "s",
+                    "signed-unnamed",
+                    "example",
+                )
+        signed.clear()
