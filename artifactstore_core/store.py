@@ -501,7 +501,7 @@ class ArtifactStore(ABC):
                 :class:`~artifactstore_core.errors.PayloadTooLargeError`, per backend) the stream is longer than
                 the largest artifact the store can accept, raised before the rest of the stream is read.
             TypeError: ``stream`` is a text stream (an :class:`io.TextIOBase`, such as a file opened without
-                ``'b'``; before anything is read).
+                ``'b'``), or has no ``read`` method (an iterable of chunks, ``bytes``); before anything is read.
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
                 or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
                 never stored cut short) or a ``str`` (a text stream of another kind); or ``stream.read()``
@@ -516,6 +516,13 @@ class ArtifactStore(ABC):
             raise TypeError(
                 f"save_stream needs a binary stream, got the text stream {type(stream).__name__}; "
                 "open the file with 'rb' or pass its .buffer"
+            )
+        if not callable(getattr(source, "read", None)):
+            # An iterable of chunks would otherwise fail on the first read as a SerializationError about a
+            # broken source, and bytes as an AttributeError of theirs.
+            raise TypeError(
+                f"save_stream needs a binary file object with read(), got {type(stream).__name__}; "
+                "wrap bytes in io.BytesIO, or save them with save(step_id, Message(content=...))"
             )
         seconds = self._ttl(ttl)
         self._check_open()

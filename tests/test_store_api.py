@@ -40,3 +40,13 @@ def test_a_signed_artifact_read_without_the_key_is_named(monkeypatch: pytest.Mon
                     "example",
                 )
         signed.clear()
+
+
+@pytest.mark.parametrize("stream", [iter([b"a", b"b"]), [b"ab"], b"ab"])
+def test_save_stream_refuses_what_has_no_read_before_anything_is_read(stream: object) -> None:
+    # An iterable of chunks (a generator) is a natural guess for "stream": it failed as a SerializationError
+    # "reading the stream ... failed: AttributeError", which reads as a broken source.
+    with create_store("memory", namespace="save-stream-no-read") as store:
+        with pytest.raises(TypeError, match=r"save_stream needs a binary file object with read\(\)"):
+            store.save_stream("s", stream)  # type: ignore[arg-type]
+        assert not store.exists("s")
