@@ -613,6 +613,12 @@ class ArtifactStore(ABC):
             self._raise(exc, "close", None)
 
     def __enter__(self) -> ArtifactStore:
+        """The store itself.
+
+        Raises:
+            StoreClosedError: the store was closed (a ``with`` block reusing it would fail at its first call).
+        """
+        self._check_open()
         return self
 
     def __exit__(

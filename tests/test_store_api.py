@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from artifactstore_core import ConfigurationError, Message, create_store
+from artifactstore_core import ConfigurationError, Message, StoreClosedError, create_store
 
 
 @pytest.mark.parametrize("ids", ["ab", b"ab"])
@@ -50,3 +50,15 @@ def test_save_stream_refuses_what_has_no_read_before_anything_is_read(stream: ob
         with pytest.raises(TypeError, match=r"save_stream needs a binary file object with read\(\)"):
             store.save_stream("s", stream)  # type: ignore[arg-type]
         assert not store.exists("s")
+
+
+def test_entering_a_closed_store_raises_store_closed() -> None:
+    # "later calls raise StoreClosedError": a `with` on a closed store returned it, and the mistake surfaced
+    # (if at all) at the first operation inside, away from where the store was reused.
+    store = create_store("memory", namespace="enter-closed")
+    with store:
+        store.save("a", Message(content=1))
+        store.clear()
+    with pytest.raises(StoreClosedError, match="'enter-closed' of backend 'memory' is closed"):
+        store.__enter__()
+    store.close()  # still idempotent
