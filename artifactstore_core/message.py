@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import SchemaMismatchError
+from .errors import SchemaMismatchError, SerializationError
 
 __all__ = [
     "FrozenDict",
@@ -131,9 +131,10 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
 
     Raises:
         ValueError: if ``value`` is not a JSON value: a non-str key, a NaN or infinite float, a string (or
-            key) with a lone surrogate, or a type JSON cannot hold. (Inside a :class:`Message` this surfaces
-            as a pydantic ``ValidationError``.) Also for a value nested deeper than the interpreter's
-            recursion limit, or one that contains itself.
+            key) with a lone surrogate, an int of more digits than ``sys.get_int_max_str_digits()`` allows
+            in decimal (Python could not write it as JSON), or a type JSON cannot hold. (Inside a
+            :class:`Message` this surfaces as a pydantic ``ValidationError``.) Also for a value nested
+            deeper than the interpreter's recursion limit, or one that contains itself.
     """
     try:
         return _freeze(value, where)
@@ -141,12 +142,31 @@ def freeze_json(value: Any, *, where: str = "content") -> Any:
         raise ValueError(f"{where}: nested too deeply (or contains itself)") from None
 
 
+# Python refuses to write an int of more than sys.get_int_max_str_digits() digits in decimal, so JSON
+# encoding (every backend but memory) would fail at save, or a retried save on memory, when comparing.
+# That limit is 640 digits at the lowest; a smaller int needs no look.
+_ALWAYS_DECIMAL = 10**639
+
+
+def _check_int(value: int, where: str) -> int:
+    try:
+        str(value)
+    except ValueError:
+        raise ValueError(
+            f"{where}: an integer of more than {sys.get_int_max_str_digits()} digits cannot be written as JSON "
+            "(sys.set_int_max_str_digits)"
+        ) from None
+    return value
+
+
 def _freeze(value: Any, where: str) -> Any:
     kind = type(value)
     # Exact-type fast paths first: this runs for every value of every JSON message saved or read.
     if kind is str:
         return value if value.isascii() else check_text(value, where=where)
-    if kind is int or kind is bool or value is None:
+    if kind is int:
+        return value if -_ALWAYS_DECIMAL < value < _ALWAYS_DECIMAL else _check_int(value, where)
+    if kind is bool or value is None:
         return value
     if kind is dict:
         for key in value:
@@ -159,8 +179,10 @@ def _freeze(value: Any, where: str) -> Any:
         return tuple([_freeze(item, where) for item in value])
     if isinstance(value, str):
         return check_text(value, where=where)
-    if isinstance(value, (bool, int)):
+    if isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if -_ALWAYS_DECIMAL < value < _ALWAYS_DECIMAL else _check_int(value, where)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where}: {value!r} is not a JSON number")
@@ -405,9 +427,11 @@ with warnings.catch_warnings():
             created_at: timezone-aware, normalised to UTC; defaults to now.
 
         Constructing a message with invalid content raises pydantic's ``ValidationError`` (a
-        ``ValueError``): a value JSON cannot hold (a set, NaN, a non-str key), or text UTF-8 cannot encode
-        (a lone surrogate in content, metadata, media type or schema), which no backend could store, or a
-        media type holding a control character (Unicode category Cc: a newline, a tab, an escape).
+        ``ValueError``): a value JSON cannot hold (a set, NaN, a non-str key, an int of more digits than
+        ``sys.get_int_max_str_digits()``, 4300 by default, which Python cannot write as JSON), or text
+        UTF-8 cannot encode (a lone surrogate in content, metadata, media type or schema), which no backend
+        could store, or a media type holding a control character (Unicode category Cc: a newline, a tab,
+        an escape).
         An empty media type (the default) means the default of the content kind.
         """
 
@@ -536,29 +560,67 @@ with warnings.catch_warnings():
             """Wrap a pydantic model instance as a JSON message that records its schema.
 
             The schema name is the model class's ``module.QualName``; pass ``version`` to record one.
+
+            Raises:
+                SerializationError: pydantic cannot dump the model as JSON (a ``bytes`` field that is not
+                    UTF-8, whose model needs ``ser_json_bytes="base64"`` and ``val_json_bytes="base64"``;
+                    a field of a type pydantic cannot serialize); the message names the model and the
+                    pydantic error is chained.
+                pydantic.ValidationError: the dump holds what a :class:`Message` refuses (a NaN float).
             """
             model_cls = type(model)
+            try:
+                content = model.model_dump(mode="json")
+            except ValueError as exc:  # UnicodeDecodeError, PydanticSerializationError
+                raise SerializationError(
+                    f"cannot dump {_schema_name(model_cls)} as JSON: {type(exc).__name__}: {exc} (a bytes field "
+                    'that is not UTF-8 needs ser_json_bytes="base64" and val_json_bytes="base64" in its model_config)'
+                ) from exc
             schema = SchemaInfo(
                 name=_schema_name(model_cls),
                 version=version,
                 json_schema=model_cls.model_json_schema() if include_json_schema else None,
             )
-            return cls(content=model.model_dump(mode="json"), schema=schema, metadata=metadata or {})
+            return cls(content=content, schema=schema, metadata=metadata or {})
 
-        def to_model(self, model: type[Model], *, check_name: bool = True) -> Model:
+        def to_model(self, model: type[Model], *, check_name: bool = True, version: str | None = None) -> Model:
             """Validate the content back into ``model``.
 
             No class is ever imported from a name in stored data: the caller names the class, and the
             stored schema name is only compared with it.
 
+            JSON content is validated as JSON, the form :meth:`from_model` stored it in, so every model
+            that pydantic round-trips through JSON comes back: fields by name or by alias, and a strict
+            model's datetime, enum, UUID or Decimal fields (JSON strings). ``bytes`` content is validated
+            as it is.
+
+            Args:
+                model: the pydantic model class to validate the content as.
+                check_name: refuse a message that records another schema name (one that records none passes).
+                version: when given, the schema version the message must record (``from_model(...,
+                    version=...)``): a message recording another version, or none, is refused, so a reader
+                    never validates an older layout that happens to fit the new model.
+
             Raises:
-                SchemaMismatchError: if the message records a different schema name (and ``check_name``),
-                    or the content does not validate as ``model``.
+                SchemaMismatchError: if the message records a different schema name (and ``check_name``), or
+                    not the schema ``version`` asked for, or the content does not validate as ``model``.
             """
             if check_name and self.schema is not None and self.schema.name != _schema_name(model):
                 raise SchemaMismatchError(f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}")
+            if version is not None:
+                stored = self.schema.version if self.schema is not None else None
+                if stored != version:
+                    held = f"version {stored!r}" if stored is not None else "no version"
+                    raise SchemaMismatchError(
+                        f"message holds schema {held} of {_schema_name(model)}, not version {version!r}"
+                    )
+            content = self.content
             try:
-                return model.model_validate(thaw_json(self.content))
+                if isinstance(content, bytes):
+                    return model.model_validate(content)
+                # from_model dumps by field name: by_name=True reads that back for an aliased model, and a
+                # hand-written content may use the aliases (by_alias=True).
+                return model.model_validate_json(canonical_json(content), by_alias=True, by_name=True)
             except ValidationError as exc:
                 raise SchemaMismatchError(
                     f"content does not validate as {_schema_name(model)}: {exc.error_count()} error(s)"

@@ -92,13 +92,18 @@ def _read_config_file() -> dict[str, Any]:
     return _config_file().table
 
 
-def _check_keys(table: dict[str, Any], fields: Iterable[str], where: str, hint: str = "") -> None:
+def _check_keys(table: dict[str, Any], fields: Iterable[str], where: str, hint: str = "", env_prefix: str = "") -> None:
     """Refuse a key that is no setting: a typo would otherwise leave the default silently in force."""
     known = sorted(fields)
     for key in table:
         if key in known:
             continue
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        # A key copied from the environment (URL, ARTIFACT_STORE_REDIS_URL) is the setting in another
+        # spelling, which difflib, comparing characters case-sensitively, would not suggest.
+        plain = key.lower()
+        if env_prefix and plain.startswith(env_prefix.lower()):
+            plain = plain[len(env_prefix) :]
+        close = [plain] if plain in known else difflib.get_close_matches(plain, known, n=1, cutoff=0.6)
         guess = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigurationError(f"unknown setting {key!r} in {where}{guess} (known: {', '.join(known)}{hint})")
 
@@ -126,12 +131,14 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
                 raise ConfigurationError(
                     f"{section!r} in {config.where()} must be a table ([{section}]), not a single value"
                 )
-            _check_keys(sub, fields, config.where(section))
+            prefix = str(self.settings_cls.model_config.get("env_prefix") or "")
+            _check_keys(sub, fields, config.where(section), env_prefix=prefix)
             return dict(sub)
         # The top level holds the core's settings; a table there is a backend's (or the server's) own.
         scalars = {key: value for key, value in config.table.items() if not isinstance(value, dict)}
         hint = "; a backend's settings go in its own table, e.g. [redis]"
-        _check_keys(scalars, fields, config.where(), hint)
+        prefix = str(self.settings_cls.model_config.get("env_prefix") or "")
+        _check_keys(scalars, fields, config.where(), hint, env_prefix=prefix)
         return scalars
 
 
@@ -255,3 +262,21 @@ def _given_where(model: type[BaseSettings], name: str, given: dict[str, Any]) ->
     if isinstance(table, dict) and name in table:
         return f" (set by {name} in {config.where(section)})"
     return ""
+
+
+def _source_of(model: type[BaseSettings], name: str) -> str | None:
+    """Where the value of setting ``name`` came from when no argument gave it, for a message: its environment
+    variable, or the key and table of the config file (``the key namespace in artifactstore.toml``); ``None`` for
+    the default. Raises nothing: it only words an error that is being raised."""
+    env = env_name_of(model, name)
+    if any(key.upper() == env for key in os.environ):
+        return env
+    try:
+        config = _config_file()
+    except ConfigurationError:
+        return None
+    section = getattr(model, "config_table", None)
+    table = config.table.get(section, {}) if section else config.table
+    if isinstance(table, dict) and name in table:
+        return f"the key {name} in {config.where(section)}"
+    return None

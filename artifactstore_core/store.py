@@ -27,6 +27,7 @@ from .errors import (
     ArtifactStoreError,
     BackendError,
     CapacityError,
+    ConfigurationError,
     InvalidStepIdError,
     PayloadTooLargeError,
     SerializationError,
@@ -162,7 +163,7 @@ def _ttl_seconds(ttl: Ttl | None) -> float | None:
     return seconds
 
 
-def _name_the_artifact(exc: SerializationError, operation: str) -> None:
+def _name_the_artifact(exc: ArtifactStoreError, operation: str) -> None:
     """Put the operation, step id, namespace and backend in the message of ``exc``, unless it names the id
     already (see :meth:`ArtifactStore._in_context`)."""
     message = exc.message
@@ -454,7 +455,14 @@ class ArtifactStore(ABC):
             ArtifactNotFoundError: if any is missing (the message names the first ten missing ids, its
                 ``missing_ids`` all of them, in the order requested).
             InvalidStepIdError, ArtifactCorruptedError, BackendError, StoreClosedError: as :meth:`get`.
+            TypeError: ``step_ids`` is a ``str`` (or ``bytes``): one id, whose characters would otherwise
+                be taken for ids.
         """
+        if isinstance(step_ids, (str, bytes)):
+            raise TypeError(
+                f"get_many takes an iterable of step ids, not one id as a {type(step_ids).__name__}; "
+                "use get(step_id) or get_many([step_id])"
+            )
         ids = builtins.list(dict.fromkeys(validate_step_id(step_id) for step_id in step_ids))
         self._check_open()
         if not ids:
@@ -493,7 +501,7 @@ class ArtifactStore(ABC):
                 :class:`~artifactstore_core.errors.PayloadTooLargeError`, per backend) the stream is longer than
                 the largest artifact the store can accept, raised before the rest of the stream is read.
             TypeError: ``stream`` is a text stream (an :class:`io.TextIOBase`, such as a file opened without
-                ``'b'``; before anything is read).
+                ``'b'``), or has no ``read`` method (an iterable of chunks, ``bytes``); before anything is read.
             SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
                 or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
                 never stored cut short) or a ``str`` (a text stream of another kind); or ``stream.read()``
@@ -508,6 +516,13 @@ class ArtifactStore(ABC):
             raise TypeError(
                 f"save_stream needs a binary stream, got the text stream {type(stream).__name__}; "
                 "open the file with 'rb' or pass its .buffer"
+            )
+        if not callable(getattr(source, "read", None)):
+            # An iterable of chunks would otherwise fail on the first read as a SerializationError about a
+            # broken source, and bytes as an AttributeError of theirs.
+            raise TypeError(
+                f"save_stream needs a binary file object with read(), got {type(stream).__name__}; "
+                "wrap bytes in io.BytesIO, or save them with save(step_id, Message(content=...))"
             )
         seconds = self._ttl(ttl)
         self._check_open()
@@ -598,6 +613,12 @@ class ArtifactStore(ABC):
             self._raise(exc, "close", None)
 
     def __enter__(self) -> ArtifactStore:
+        """The store itself.
+
+        Raises:
+            StoreClosedError: the store was closed (a ``with`` block reusing it would fail at its first call).
+        """
+        self._check_open()
         return self
 
     def __exit__(
@@ -860,7 +881,9 @@ class ArtifactStore(ABC):
             exc.namespace = self._namespace
         if exc.step_id is None:
             exc.step_id = step_id
-        if isinstance(exc, SerializationError):
+        # The codec's "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY" is a ConfigurationError that, like
+        # its SerializationErrors, knows no id: in a batch read's log line it would not say which artifact.
+        if isinstance(exc, SerializationError) or (isinstance(exc, ConfigurationError) and exc.step_id is not None):
             _name_the_artifact(exc, operation)
         return exc
 

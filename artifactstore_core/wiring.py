@@ -13,14 +13,16 @@ from .errors import (
     AccessDeniedError,
     ArtifactStoreError,
     BackendError,
+    BackendNotFoundError,
     BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
+    InvalidStepIdError,
     PluginLoadError,
 )
 from .ids import validate_namespace
 from .registry import BackendSpec, plugin_host
-from .settings import CoreSettings, load_settings
+from .settings import CoreSettings, _source_of, load_settings
 from .store import ArtifactStore
 
 __all__ = ["StoreContext", "codec_from", "create_store"]
@@ -49,23 +51,30 @@ def codec_from(core: CoreSettings) -> Codec:
     return Codec(signing_key=key, compress_threshold=core.compress_threshold if core.compression else None)
 
 
+#: The core settings create_store takes as keyword arguments (backend and namespace have parameters of their own).
+_CORE_OPTIONS = ("signing_key", "compression", "compress_threshold")
+
+
 def create_store(backend: str | None = None, *, namespace: str | None = None, **options: Any) -> ArtifactStore:
     """Create the configured store. Close it when done (it is a context manager).
 
     Args:
         backend: the backend name; default ``ARTIFACT_STORE_BACKEND`` (then the config file, then ``memory``).
         namespace: the namespace; default ``ARTIFACT_STORE_NAMESPACE`` (then ``"default"``).
-        **options: the backend's settings by field name (``url=...`` for redis), overriding the environment.
+        **options: the backend's settings by field name (``url=...`` for redis), and the core's
+            ``signing_key``, ``compression`` and ``compress_threshold``, overriding the environment and the
+            config file. A backend whose own settings include one of those three names gets it instead.
 
     Raises:
         ConfigurationError: a setting is invalid or unknown (the message names the env var).
         BackendNotFoundError: no backend of that name is installed (with the ``pip install`` line, or a
-            "did you mean").
+            "did you mean"; and the variable or config-file key that named it, when no argument did).
         PluginLoadError: the backend's plugin failed to load, or its factory returned something that is not
             an ``ArtifactStore``, or a store not built from the ``StoreContext`` it was given (with a codec of
             its own instead of ``context.codec``, bound to another namespace, or whose ``__init__`` skipped
             ``ArtifactStore.__init__``); the message names its distribution and version.
-        InvalidStepIdError: the namespace is not legal.
+        InvalidStepIdError: the namespace is not legal (the message names the variable or config-file key
+            that set it, when no argument did).
         BackendError: the backend could not be set up: any error of its factory that is not an
             artifactstore error becomes one, naming the backend and its distribution, with the original
             chained (``AccessDeniedError`` for a ``PermissionError``, ``BackendTimeoutError`` for a
@@ -73,13 +82,24 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             ``ConfigurationError`` for a ``ValueError``, ``BackendError`` otherwise).
     """
     core = load_settings(CoreSettings, backend=backend, namespace=namespace)
-    spec: BackendSpec = plugin_host().load(core.backend)
+    try:
+        spec: BackendSpec = plugin_host().load(core.backend)
+    except BackendNotFoundError as exc:
+        raise _named_source(exc, "backend", backend) from None
+    # A third-party backend may have a setting of one of these names: it keeps it (as it did before the
+    # core took them), so the backend must be known before the options are split.
+    own = spec.settings_model.model_fields if spec.settings_model is not None else {}
+    core_options = {name: options.pop(name) for name in _CORE_OPTIONS if name in options and name not in own}
+    if core_options:
+        core = load_settings(CoreSettings, backend=backend, namespace=namespace, **core_options)
     settings = load_settings(spec.settings_model, **options) if spec.settings_model is not None else None
     if spec.settings_model is None and options:
         raise ConfigurationError(f"backend {spec.name!r} takes no options, got {', '.join(sorted(options))}")
-    context = StoreContext(
-        namespace=validate_namespace(core.namespace), settings=settings, codec=codec_from(core), core=core
-    )
+    try:
+        checked_namespace = validate_namespace(core.namespace)
+    except InvalidStepIdError as exc:
+        raise _named_source(exc, "namespace", namespace) from None
+    context = StoreContext(namespace=checked_namespace, settings=settings, codec=codec_from(core), core=core)
     try:
         store = spec.factory(context)
     except ArtifactStoreError as exc:
@@ -107,6 +127,16 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             backend=spec.name,
         )
     return store
+
+
+def _named_source(exc: ArtifactStoreError, name: str, argument: str | None) -> ArtifactStoreError:
+    """``exc`` with its message saying where the core setting ``name`` it is about was set, unless the caller
+    passed it as an argument: a value from a variable or a config file ("no backend named ''", "namespace
+    must not be empty") is otherwise hard to trace to the deployment that set it."""
+    source = _source_of(CoreSettings, name) if argument is None else None
+    if source is not None:
+        exc.args = (f"{exc.message} (the {name} was set by {source})",)
+    return exc
 
 
 def _misbuilt(store: ArtifactStore, context: StoreContext) -> str | None:

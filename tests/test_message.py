@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import pickle
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
-from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError
+from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError, SerializationError
 from artifactstore_core import message as message_module
 from artifactstore_core.message import canonical_json, freeze_json, loads_frozen, trusted_message
 from artifactstore_core.testing import json_values
@@ -171,6 +174,103 @@ def test_typed_round_trip_and_mismatch() -> None:
     assert message.to_model(Other, check_name=False) == Other(title="t", words=3)
     with pytest.raises(SchemaMismatchError):
         Message(content={"title": "t"}).to_model(Summary)
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+class _Aliased(BaseModel):
+    total: int = Field(alias="Total")
+    when: datetime | None = None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    when: datetime
+    colour: _Colour
+    ident: uuid.UUID
+    amount: Decimal
+    big: int
+
+
+class _Root(RootModel[str]):
+    pass
+
+
+def test_typed_round_trip_of_aliased_and_strict_models() -> None:
+    # from_model stores the JSON dump by field name; to_model must read that back: an aliased model was
+    # refused (validation expects the alias) and a strict one too (its datetime, enum, UUID and Decimal
+    # fields are JSON strings, which only JSON-mode validation accepts for a strict model).
+    aliased = _Aliased(Total=3, when=datetime(2026, 1, 2, tzinfo=UTC))
+    assert Message.from_model(aliased).to_model(_Aliased) == aliased
+    # Content written by hand with the alias is accepted too.
+    assert Message(content={"Total": 4}).to_model(_Aliased, check_name=False).total == 4
+    strict = _Strict(
+        when=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        colour=_Colour.RED,
+        ident=uuid.UUID(int=7),
+        amount=Decimal("1.10"),
+        big=10**40,
+    )
+    assert Message.from_model(strict).to_model(_Strict) == strict
+    # Strictness still applies to what the JSON holds: a string is no int.
+    with pytest.raises(SchemaMismatchError, match="1 error"):
+        Message(content={**strict.model_dump(mode="json"), "big": "1"}).to_model(_Strict, check_name=False)
+    assert Message.from_model(_Root("text")).to_model(_Root) == _Root("text")
+    with pytest.raises(SchemaMismatchError):
+        Message(content=b"bytes").to_model(_Aliased)
+
+
+def test_int_too_long_for_json_is_refused_on_construction() -> None:
+    # Python writes no int of more than sys.get_int_max_str_digits() digits as JSON: the memory backend
+    # stored such a message (and failed its retried save with a BackendError), every other backend refused
+    # it at save. Now no backend gets it.
+    limit = sys.get_int_max_str_digits()
+    huge = 10 ** (limit + 1)
+    for bad in ({"content": huge}, {"content": [-huge]}, {"content": 1, "metadata": {"n": huge}}):
+        with pytest.raises(ValidationError, match="digits cannot be written as JSON"):
+            Message(**bad)
+    fits = 10 ** (limit - 1)
+    assert Message(content=[fits, -fits]).content == (fits, -fits)
+    assert canonical_json(Message(content=fits).content) == str(fits).encode()
+    sys.set_int_max_str_digits(0)
+    try:
+        assert Message(content=huge).content == huge
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
+class _Blob(BaseModel):
+    data: bytes
+
+
+class _Blob64(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    data: bytes
+
+
+def test_from_model_that_pydantic_cannot_dump_is_a_serialization_error() -> None:
+    # A bare UnicodeDecodeError naming neither the model nor the field was all a caller got.
+    with pytest.raises(SerializationError, match=r"_Blob as JSON: UnicodeDecodeError.*ser_json_bytes") as info:
+        Message.from_model(_Blob(data=b"\xff\x00"))
+    assert isinstance(info.value.__cause__, UnicodeDecodeError)
+    # The way the message recommends round-trips.
+    blob = _Blob64(data=b"\xff\x00")
+    assert Message.from_model(blob).to_model(_Blob64) == blob
+
+
+def test_to_model_checks_the_schema_version_asked_for() -> None:
+    v2 = Message.from_model(Summary(title="t", words=3), version="2")
+    assert v2.to_model(Summary, version="2") == Summary(title="t", words=3)
+    assert v2.to_model(Summary) == Summary(title="t", words=3)
+    with pytest.raises(SchemaMismatchError, match=r"version '2' of .*Summary, not version '3'"):
+        v2.to_model(Summary, version="3")
+    for unversioned in (Message.from_model(Summary(title="t", words=3)), Message(content={"title": "t", "words": 3})):
+        with pytest.raises(SchemaMismatchError, match="no version"):
+            unversioned.to_model(Summary, version="2")
 
 
 def test_schema_name_is_never_imported() -> None:

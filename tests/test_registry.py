@@ -518,3 +518,35 @@ def artifactstore_register_backends(register):
         "backend 'nostore' (artifactstore-nostore 0.4) is broken: its factory returned NoneType, not an ArtifactStore"
     )
     assert info.value.backend == "nostore"
+
+
+def test_a_backend_setting_named_like_a_core_option_stays_the_backends(site: Path) -> None:
+    # create_store passes signing_key, compression and compress_threshold to the core, unless the backend
+    # has a setting of that name: a third-party backend's own `compression` must keep working.
+    name = f"own{uuid.uuid4().hex[:8]}"
+    source = f"""
+        from pydantic_settings import SettingsConfigDict
+        from artifactstore_memory import MemoryStore
+        from artifactstore_core import BackendSettings, BackendSpec, hookimpl
+
+        class Settings(BackendSettings):
+            model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_{name.upper()}_")
+            config_table = {name!r}
+            compression: str = "none"
+
+        class Store(MemoryStore):
+            backend_name = {name!r}
+
+        def factory(ctx):
+            store = Store(namespace=ctx.namespace, codec=ctx.codec)
+            store.own_compression = ctx.settings.compression
+            return store
+
+        @hookimpl
+        def artifactstore_register_backends(register):
+            register(BackendSpec(name={name!r}, factory=factory, settings_model=Settings))
+    """
+    install_fake_distribution(site, "artifactstore-own", "0.1", {name: f"{name}_mod"}, {f"{name}_mod": source})
+    with create_store(name, namespace="own", compression="lz4", compress_threshold=3) as store:
+        assert store.own_compression == "lz4"  # type: ignore[attr-defined]
+        assert store.codec.compress_threshold == 3

@@ -47,6 +47,25 @@ def test_precedence_arguments_env_file_defaults(monkeypatch: pytest.MonkeyPatch,
         store.clear()
 
 
+def test_core_settings_as_arguments_of_create_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The configuration reference promises every setting as a keyword argument of create_store; the core's
+    # own were refused as unknown settings of the backend, so a key from a secret manager had to go
+    # through os.environ.
+    (tmp_path / "artifactstore.toml").write_text("compress_threshold = 5\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_COMPRESSION", "true")
+    with create_store("memory", signing_key="from-arg", compression=False, limit=3) as store:
+        assert store.codec.signed
+        assert store.codec.compress_threshold is None
+    with create_store("memory", compress_threshold=7) as store:
+        assert not store.codec.signed
+        assert store.codec.compress_threshold == 7
+    with create_store("memory") as store:
+        assert store.codec.compress_threshold == 5
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_SIGNING_KEY \(given as the argument signing_key\)"):
+        create_store("memory", signing_key=" ")
+
+
 def test_pyproject_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n[tool.artifactstore]\nbackend = "example"\n[tool.artifactstore.memory]\nlimit = 3\n'
@@ -267,3 +286,51 @@ def test_a_plain_pydantic_settings_model_is_named_by_its_variables(monkeypatch: 
     monkeypatch.setenv("ARTIFACT_STORE_PLAIN_DEPTH", "deep")
     with pytest.raises(ConfigurationError, match=r"^invalid setting ARTIFACT_STORE_PLAIN_DEPTH: "):
         load_settings(PlainSettings)
+
+
+def test_a_bad_backend_or_namespace_from_the_environment_or_file_says_where_it_was_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # "no backend named ''" or "namespace must not be empty" alone sent users looking through their code,
+    # when a deployment template had left a variable (or a config key) empty.
+    from artifactstore_core import BackendNotFoundError, InvalidStepIdError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "")
+    with pytest.raises(BackendNotFoundError, match=r"\(the backend was set by ARTIFACT_STORE_BACKEND\)$"):
+        create_store()
+    monkeypatch.delenv("ARTIFACT_STORE_BACKEND")
+    (tmp_path / "artifactstore.toml").write_text('namespace = ""\n')
+    with pytest.raises(
+        InvalidStepIdError, match=r"\(the namespace was set by the key namespace in artifactstore.toml\)$"
+    ):
+        create_store("memory")
+    monkeypatch.setenv("ARTIFACT_STORE_NAMESPACE", "tab\there")
+    with pytest.raises(InvalidStepIdError, match=r"\(the namespace was set by ARTIFACT_STORE_NAMESPACE\)$"):
+        create_store("memory")
+    # An argument is the caller's own: nothing to trace.
+    with pytest.raises(InvalidStepIdError, match=r"^namespace must not be empty$"):
+        create_store("memory", namespace="")
+    with pytest.raises(BackendNotFoundError, match=r"installed backends: [^(]*$"):
+        create_store("")
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "setting"),
+    [
+        ("", "NAMESPACE", "namespace"),
+        ("", "ARTIFACT_STORE_NAMESPACE", "namespace"),
+        ("memory", "LIMIT", "limit"),
+        ("memory", "ARTIFACT_STORE_MEMORY_MAX_BYTES", "max_bytes"),
+        ("memory", "Max_Byte", "max_bytes"),
+    ],
+)
+def test_a_config_key_spelt_as_its_variable_is_named_with_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, table: str, key: str, setting: str
+) -> None:
+    # Keys copied from the environment (upper case, with the prefix) got no "did you mean".
+    header = f"[{table}]\n" if table else ""
+    (tmp_path / "artifactstore.toml").write_text(f"{header}{key} = 5\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=f"unknown setting '{key}' .*did you mean '{setting}'"):
+        create_store("memory")

@@ -1,0 +1,64 @@
+"""The public store API's argument checks, which the base class makes for every backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from artifactstore_core import ConfigurationError, Message, StoreClosedError, create_store
+
+
+@pytest.mark.parametrize("ids", ["ab", b"ab"])
+def test_get_many_refuses_one_id_given_as_a_string(ids: object) -> None:
+    # A str is an iterable of str: get_many("extract") looked up "e", "x", "t", ... and reported them missing
+    # (or, worse, returned one-letter artifacts that happen to exist).
+    with create_store("memory", namespace="get-many-str") as store:
+        store.save("a", Message(content=1))
+        store.save("b", Message(content=2))
+        with pytest.raises(TypeError, match="not one id"):
+            store.get_many(ids)  # type: ignore[arg-type]
+        assert set(store.get_many(["a", "b"])) == {"a", "b"}
+        store.clear()
+
+
+def test_a_signed_artifact_read_without_the_key_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY ..." alone did not say which artifact, namespace
+    # or backend, where a damaged artifact's error does: a batch read's log line could not be traced.
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "example")
+    with create_store(namespace="signed-unnamed", signing_key="k") as signed:
+        signed.save("s", Message(content={"a": 1}))
+        with create_store(namespace="signed-unnamed") as reader:
+            for operation, call in (("get", reader.get), ("get_many", lambda step_id: reader.get_many([step_id]))):
+                with pytest.raises(ConfigurationError) as info:
+                    call("s")
+                assert str(info.value) == (
+                    f"{operation}: artifact 's' in namespace 'signed-unnamed' of backend 'example': artifact is "
+                    "signed; set ARTIFACT_STORE_SIGNING_KEY to the signing key to read it"
+                )
+                assert (info.value.step_id, info.value.namespace, info.value.backend) == (
+                    "s",
+                    "signed-unnamed",
+                    "example",
+                )
+        signed.clear()
+
+
+@pytest.mark.parametrize("stream", [iter([b"a", b"b"]), [b"ab"], b"ab"])
+def test_save_stream_refuses_what_has_no_read_before_anything_is_read(stream: object) -> None:
+    # An iterable of chunks (a generator) is a natural guess for "stream": it failed as a SerializationError
+    # "reading the stream ... failed: AttributeError", which reads as a broken source.
+    with create_store("memory", namespace="save-stream-no-read") as store:
+        with pytest.raises(TypeError, match=r"save_stream needs a binary file object with read\(\)"):
+            store.save_stream("s", stream)  # type: ignore[arg-type]
+        assert not store.exists("s")
+
+
+def test_entering_a_closed_store_raises_store_closed() -> None:
+    # "later calls raise StoreClosedError": a `with` on a closed store returned it, and the mistake surfaced
+    # (if at all) at the first operation inside, away from where the store was reused.
+    store = create_store("memory", namespace="enter-closed")
+    with store:
+        store.save("a", Message(content=1))
+        store.clear()
+    with pytest.raises(StoreClosedError, match="'enter-closed' of backend 'memory' is closed"):
+        store.__enter__()
+    store.close()  # still idempotent
