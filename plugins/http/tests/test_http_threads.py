@@ -215,19 +215,7 @@ def test_a_request_in_flight_during_close_raises_store_closed_and_leaves_no_clie
     server, store_class, space = gated
     space.namespace("close-inflight")["a"] = Message(content=b"stored")
     store = client_for(server.url, "close-inflight", retries=2)
-    made = _recording_clients(store)
-    thread, outcome = in_thread(lambda: store.get("a"))
-    assert store_class.entered.wait(timeout=30)  # the request reached the server's store
-    store.close()
-    store_class.release.set()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
-    assert isinstance(outcome[0], StoreClosedError), outcome
-    assert "in flight" in str(outcome[0])
-    assert len(made) == 1  # not retried on a new client
-    assert all(made_client.is_closed for made_client in made)
-    assert store._clients._all == []
-    assert store._clients._idle == []
+    _close_while_waiting(store, store_class, release=True)
 
 
 @pytest.mark.timeout(60)
@@ -347,11 +335,15 @@ def test_close_ends_a_request_waiting_for_its_answer_at_once(tmp_path: Path, tls
         _close_while_waiting(store, store_class)
 
 
-def _close_while_waiting(store: HttpStore, store_class: type[_GatedStore]) -> None:
+def _close_while_waiting(store: HttpStore, store_class: type[_GatedStore], *, release: bool = False) -> None:
+    """close() ``store`` while a get() of ``a`` waits for the gated server's answer (with ``release``, the
+    server answers right after the close): that get() raises StoreClosedError and no client is left."""
     made = _recording_clients(store)
     thread, outcome = in_thread(lambda: store.get("a"))
-    assert store_class.entered.wait(timeout=30)  # the server holds the answer until the test ends
+    assert store_class.entered.wait(timeout=30)  # the request reached the server's store
     store.close()
+    if release:
+        store_class.release.set()
     thread.join(timeout=20)
     assert not thread.is_alive(), "close() did not end a request waiting for its answer"
     assert isinstance(outcome[0], StoreClosedError), outcome

@@ -187,6 +187,16 @@ def _namespace_keys(admin: Any, store: RedisStore) -> set[bytes]:
     }
 
 
+def _save_then_evict_index(admin: Any, store: RedisStore, saved: list[str]) -> None:
+    """Save ``saved`` (every third one large), read each back (so the index is the LRU's oldest key) and
+    evict the index (see :func:`_evict_index`)."""
+    for i, step_id in enumerate(saved):
+        store.save(step_id, Message(content=payload_of(step_id, LARGE if i % 3 == 0 else 1000)))
+    for step_id in saved:  # touch every artifact, not the index: the index is the oldest key
+        store.get(step_id)
+    _evict_index(admin, store)
+
+
 def _evict_index(admin: Any, store: RedisStore) -> None:
     """Fill the server with other keys until it evicts ``store``'s index (the LRU's oldest key, as the
     caller read every artifact after saving it). Deterministic: filled until the eviction is read back."""
@@ -212,11 +222,7 @@ def test_clear_and_list_find_artifacts_whose_index_was_evicted(tmp_path: Path, p
         admin = server.client()
         try:
             saved = [f"step {i}/*?[" for i in range(150)]
-            for i, step_id in enumerate(saved):
-                store.save(step_id, Message(content=payload_of(step_id, LARGE if i % 3 == 0 else 1000)))
-            for step_id in saved:  # touch every artifact, not the index: the index is the oldest key
-                store.get(step_id)
-            _evict_index(admin, store)
+            _save_then_evict_index(admin, store, saved)
             # Room again, the policy unchanged: nothing more is evicted while the test reads (Redis evicts
             # before any command, reads included, while it is over maxmemory).
             admin.config_set("maxmemory", "64mb")
@@ -324,11 +330,7 @@ def test_namespaces_lists_a_namespace_whose_index_and_registry_entry_were_evicte
         admin = server.client()
         try:
             saved = [f"step {i}" for i in range(150)]
-            for i, step_id in enumerate(saved):
-                store.save(step_id, Message(content=payload_of(step_id, LARGE if i % 3 == 0 else 1000)))
-            for step_id in saved:  # touch every artifact, not the index: the index is the oldest key
-                store.get(step_id)
-            _evict_index(admin, store)
+            _save_then_evict_index(admin, store, saved)
             admin.config_set("maxmemory", "64mb")  # nothing more is evicted while the test reads
             other.save("x", Message(content=b"other namespace"))
             assert list(store.list()), "every artifact was evicted along with the index"
