@@ -507,13 +507,13 @@ def _with_header_of(size: int, *, content: Any = 1) -> Message:
 def parsed_heads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of the envelope headers the codec parses (in this process: the client and in-process servers)."""
     sizes: list[int] = []
-    real = artifactstore_core.envelope._loads
+    real = artifactstore_core.envelope._loads_text
 
-    def counting(data: Any) -> Any:
-        sizes.append(len(data))
-        return real(data)
+    def counting(text: str) -> Any:
+        sizes.append(len(text.encode("utf-8")))
+        return real(text)
 
-    monkeypatch.setattr(artifactstore_core.envelope, "_loads", counting)
+    monkeypatch.setattr(artifactstore_core.envelope, "_loads_text", counting)
     return sizes
 
 
