@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -32,6 +33,7 @@ from artifactstore_core import (
     create_store,
 )
 from artifactstore_core.errors import ArtifactStoreError
+from artifactstore_core.testing_servers import self_signed_certificate
 from artifactstore_http import HttpStore
 from artifactstore_http.protocol import (
     ERROR_CLASSES,
@@ -321,6 +323,57 @@ def test_unreachable_server_is_backend_unavailable() -> None:
                     assert info.value.retryable is True
                     assert isinstance(info.value.__cause__, httpx.ConnectError)
                     assert url in str(info.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("refusal", ["CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER"])
+def test_a_refused_tls_handshake_is_not_retried_and_names_the_ca_setting(
+    memory_server: ServerThread, tmp_path: Path, refusal: str
+) -> None:
+    # A certificate that does not verify (a private CA, a self-signed one), or an https:// endpoint on the
+    # server's plain-HTTP port, failed as a retryable BackendUnavailableError ("cannot reach ..., or it dropped
+    # the connection"), after every retry: callers kept retrying what never succeeds, told nothing of TLS.
+    server: ServerThread | None = None
+    if refusal == "CERTIFICATE_VERIFY_FAILED":
+        certificate, key = self_signed_certificate(tmp_path)
+        app = create_app(lambda ns: MemoryStore(namespace=ns), token=SecretStr(TOKEN))
+        server = ServerThread(app, ssl_certfile=str(certificate), ssl_keyfile=str(key)).start()
+        url = server.url.replace("http://", "https://")
+    else:
+        url = memory_server.url.replace("http://", "https://")
+    try:
+        with client_for(url, retries=2) as store:
+            attempts: list[str] = []
+            make = store._new_client
+
+            def counted_client() -> httpx.Client:
+                client = make()
+                client.event_hooks = {"request": [lambda request: attempts.append(request.method)], "response": []}
+                return client
+
+            store._new_client = counted_client  # type: ignore[method-assign]
+            store._clients = store._new_clients()
+            calls: list[Callable[[], object]] = [
+                lambda: store.get("a"),
+                lambda: store.save("a", Message(content=b"x")),
+                lambda: store.exists("a"),
+                lambda: store.delete("a"),
+                store.clear,
+            ]
+            for call in calls:
+                attempts.clear()
+                with pytest.raises(BackendError) as info:
+                    call()
+                assert type(info.value) is BackendError
+                assert info.value.retryable is False
+                assert len(attempts) == 1, attempts  # not repeated
+                assert refusal in str(info.value)
+                assert "ARTIFACT_STORE_HTTP_CA_FILE" in str(info.value)
+                assert TOKEN not in str(info.value)
+                assert isinstance(info.value.__cause__, httpx.ConnectError)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def test_a_server_that_never_answers_is_a_timeout() -> None:

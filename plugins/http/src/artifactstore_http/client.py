@@ -93,6 +93,10 @@ RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
 
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# What OpenSSL says when the server's certificate does not verify here, or when what answers does not speak TLS
+# (an https:// endpoint on the artifact server's own plain-HTTP port). A handshake cut by the network says
+# something else, and stays retryable.
+_TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "record layer failure")
 _RETRY_STATUSES = (502, 503, 504)
 _BACKOFF_BASE = 0.1
 _BACKOFF_MAX = 2.0
@@ -600,6 +604,10 @@ class HttpStore(ArtifactStore):
                     raise clients.closed_error(in_flight=True) from exc
                 if not isinstance(exc, retryable) or attempt >= self._settings.retries:
                     raise
+                if _tls_refusal(exc) is not None:
+                    # A connect error, but not the network failing for a moment: every repetition of the
+                    # handshake is refused the same way (see _translate_error).
+                    raise
             else:
                 # The health probe is advisory: _max_artifact_bytes believes only a marked answer and otherwise
                 # leaves the limit unknown, so a proxy's own health page never fails the save_stream that asked.
@@ -921,7 +929,7 @@ class HttpStore(ArtifactStore):
             # in time). Sending it once more settles the question only when the repeat removes the
             # artifact: then the first attempt had not. A repeat that removes nothing may follow a first
             # attempt that removed it, so the honest answer stays "unknown": the first failure is raised.
-            if self._settings.retries < 1 or not self._removed_on_repeat(url):
+            if self._settings.retries < 1 or _tls_refusal(lost) is not None or not self._removed_on_repeat(url):
                 raise
             logger.debug("delete of %r: the first request got no answer (%s); its repeat removed it", step_id, lost)
             return True
@@ -1037,6 +1045,16 @@ class HttpStore(ArtifactStore):
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
         where = f"artifact server {self._display}"
         kind = type(exc).__name__
+        refusal = _tls_refusal(exc)
+        if refusal is not None:
+            # Not retryable, unlike the connect error it arrives as: the certificate is not trusted here (a
+            # private CA, a name it was not issued for), or the endpoint does not speak TLS, on every attempt.
+            return BackendError(
+                f"the TLS handshake with {where} failed ({str(refusal)[:300]}): if its certificate is signed by a "
+                "private CA, set ARTIFACT_STORE_HTTP_CA_FILE to that CA's certificate (a PEM file); a certificate "
+                "issued for another host name needs an endpoint with that name; and artifactstore-serve itself "
+                "speaks plain HTTP, so https:// only for the port of a reverse proxy that terminates TLS"
+            )
         if isinstance(exc, httpx.TimeoutException):
             return BackendTimeoutError(f"{where} did not answer in time ({kind}); the operation may have happened")
         if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)):
@@ -1046,6 +1064,22 @@ class HttpStore(ArtifactStore):
         if isinstance(exc, (httpx.HTTPError, httpx.StreamError)):
             return BackendError(f"request to {where} failed ({kind})")
         return None
+
+
+def _tls_refusal(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under ``exc`` (an httpx connect error) if the client refused the handshake: the server's
+    certificate does not verify, or the endpoint does not speak TLS. ``None`` otherwise. Raises nothing."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            refused = isinstance(current, ssl.SSLCertVerificationError) or any(
+                refusal in str(current) for refusal in _TLS_REFUSALS
+            )
+            return current if refused else None
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _marked(response: httpx.Response | _Answer) -> bool:

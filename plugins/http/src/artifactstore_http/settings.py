@@ -112,7 +112,9 @@ class HttpSettings(BackendSettings):
     pool_size: int = Field(default=10, ge=1, le=1000, description="Most connections kept open to the server.")
     verify_tls: bool = Field(default=True, description="Verify the server's TLS certificate (https endpoints).")
     ca_file: str | None = Field(
-        default=None, description="A PEM file of CA certificates to verify the server with, instead of the system's."
+        default=None,
+        description="A PEM file of CA certificates to verify the server with (a private CA's), instead of the "
+        "default bundle (httpx's, certifi's: not the system's trust store).",
     )
     trust_env: bool = Field(
         default=True, description="Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."
