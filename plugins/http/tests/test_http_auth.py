@@ -246,3 +246,19 @@ def test_a_token_that_cannot_travel_in_a_header_is_a_configuration_error_that_ne
         text = "".join(traceback.format_exception(error)) + repr(error)
         assert CANARY not in text
         assert token.strip() not in text
+
+
+@pytest.mark.parametrize("token", ["", " "], ids=["empty", "blank"])
+def test_an_empty_token_is_a_configuration_error_naming_the_setting(
+    memory_server: ServerThread, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    # A deployment template that leaves the variable empty: the client sent "Authorization: Bearer ", which
+    # httpx refused at the first request, a BackendError "request to artifact server ... failed
+    # (LocalProtocolError)" that named no setting.
+    unchecked = HttpSettings(endpoint=memory_server.url).model_copy(update={"token": SecretStr(token)})
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_HTTP_TOKEN.*set but empty"):
+        HttpStore(unchecked)
+    monkeypatch.setenv("ARTIFACT_STORE_HTTP_ENDPOINT", memory_server.url)
+    monkeypatch.setenv("ARTIFACT_STORE_HTTP_TOKEN", token)
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_HTTP_TOKEN.*set but empty"):
+        create_store("http")

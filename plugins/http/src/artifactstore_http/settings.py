@@ -44,6 +44,10 @@ def _token_problem(token: str) -> str | None:
     httpx's refusal quotes the whole header, token included, in an exception (a trailing newline from a
     file or a shell is the usual case).
     """
+    if not token.strip():
+        # What a deployment template leaves when the secret is missing: sent, it is an "Authorization: Bearer "
+        # header that httpx refuses at the first request, a failure that names no setting.
+        return "is set but empty (or only white space); set it to the token, or unset the variable"
     if not token.isascii() or not token.isprintable() or " " in token:
         return "must be printable ASCII without spaces or line breaks (check for a trailing newline)"
     return None
