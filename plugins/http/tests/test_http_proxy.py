@@ -4,14 +4,17 @@ server."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from artifactstore_core import BackendUnavailableError, Message
+from artifactstore_core import BackendUnavailableError, ConfigurationError, Message
 from artifactstore_core.testing_servers import LOOPBACK
+from artifactstore_http import HttpSettings, HttpStore
 from artifactstore_http.testing import ServerThread, bound_socket, client_for
 
 # A host name that never resolves (RFC 6761): only a proxy can reach the server under it.
@@ -131,3 +134,60 @@ def test_the_client_goes_through_the_proxy_the_environment_names(
     with client_for(memory_server.url, "direct") as store:
         assert not store.exists("a")
     assert len(proxy.requests) == seen
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("variable", ["ALL_PROXY", "HTTPS_PROXY", "http_proxy"])
+@pytest.mark.parametrize("proxy_url", ["socks5://user:hunter2@127.0.0.1:1080", "ftp://user:hunter2@proxy:21"])
+def test_an_unusable_proxy_of_the_environment_is_a_configuration_error(
+    memory_server: ServerThread, monkeypatch: pytest.MonkeyPatch, variable: str, proxy_url: str
+) -> None:
+    # httpx refuses a socks5:// proxy without the socksio package (not a dependency: ImportError) and a scheme
+    # it does not know (ValueError) when it builds a client: every operation failed with a BackendError
+    # "... failed in backend 'http': ImportError", naming neither the variable nor the fix.
+    assert importlib.util.find_spec("socksio") is None, "socksio is installed: socks5:// proxies work then"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv(variable, proxy_url)
+    with client_for(memory_server.url, "unusable-proxy", retries=2) as store:
+        for call in (lambda: store.exists("a"), lambda: store.save("a", Message(content=b"x"))):
+            with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TRUST_ENV=false") as info:
+                call()
+            assert "proxy" in str(info.value)
+            assert "hunter2" not in str(info.value)
+    # Ignoring the environment's proxies, as the message says, works.
+    with client_for(memory_server.url, "unusable-proxy", trust_env=False) as store:
+        assert not store.exists("a")
+
+
+@pytest.mark.timeout(60)
+def test_unusable_ca_certificates_of_the_environment_are_a_configuration_error_at_creation(
+    memory_server: ServerThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each of the store's clients loaded SSL_CERT_FILE itself, at its first request: a missing file failed
+    # every operation with a BackendError "... failed in backend 'http': FileNotFoundError".
+    for content in (None, "not a certificate"):
+        path = tmp_path / "ca.pem"
+        if content is not None:
+            path.write_text(content)
+        monkeypatch.setenv("SSL_CERT_FILE", str(path))
+        with pytest.raises(ConfigurationError, match="SSL_CERT_FILE") as info:
+            HttpStore(HttpSettings(endpoint=memory_server.url))
+        assert "ARTIFACT_STORE_HTTP_TRUST_ENV=false" in str(info.value)
+        # Without trust_env the variable is not read.
+        with client_for(memory_server.url, "ca-env", trust_env=False) as store:
+            assert not store.exists("a")
+
+
+def test_the_clients_of_a_store_share_one_tls_context(memory_server: ServerThread) -> None:
+    # Given verify=True, httpx loaded its CA bundle anew for each client the store made (tens of milliseconds
+    # of CPU each, for an http:// endpoint too): a fresh store's get_many of 10 artifacts took ten times as long.
+    with client_for(memory_server.url, "tls-context") as store:
+        first, second = store._new_client(), store._new_client()
+        try:
+            contexts = [client._transport._pool._ssl_context for client in (first, second)]  # type: ignore[attr-defined]
+            assert contexts[0] is contexts[1] is store._verify
+        finally:
+            first.close()
+            second.close()

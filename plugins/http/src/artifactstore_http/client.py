@@ -426,7 +426,10 @@ class HttpStore(ArtifactStore):
 
     Raises:
         ConfigurationError: no endpoint is configured, the token cannot travel in a header (not printable
-            ASCII, or holding spaces or line breaks), or the TLS settings are unusable.
+            ASCII, or holding spaces or line breaks, or empty), or the TLS settings are unusable
+            (``ARTIFACT_STORE_HTTP_CA_FILE``, or with ``trust_env`` the ``SSL_CERT_FILE`` of the environment,
+            cannot be loaded). An operation raises it too when a proxy variable of the environment is unusable
+            (see ``ARTIFACT_STORE_HTTP_TRUST_ENV`` in docs/http.md).
         InvalidStepIdError: ``namespace`` is not legal.
     """
 
@@ -474,12 +477,32 @@ class HttpStore(ArtifactStore):
 
     # -- transport ------------------------------------------------------------------------------------
 
-    def _tls_verify(self) -> ssl.SSLContext | bool:
+    def _tls_verify(self) -> ssl.SSLContext:
+        """The TLS context of every client of this store, built once.
+
+        Given ``verify=True`` instead, httpx loads its CA bundle anew for each client (tens of milliseconds of
+        CPU each, for an ``http://`` endpoint too), and a store makes up to ``POOL_SIZE`` of them; and an
+        unusable ``SSL_CERT_FILE`` would fail each operation with an ``OSError`` naming no setting.
+
+        Raises:
+            ConfigurationError: ``ARTIFACT_STORE_HTTP_CA_FILE``, or (with ``trust_env``) the ``SSL_CERT_FILE``
+                or ``SSL_CERT_DIR`` of the environment, cannot be loaded.
+        """
         settings = self._settings
         if not settings.verify_tls:
-            return False
+            return httpx.create_ssl_context(verify=False)
         if settings.ca_file is None:
-            return True
+            try:
+                # httpx's own default: certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR with trust_env.
+                return httpx.create_ssl_context(verify=True, trust_env=settings.trust_env)
+            except OSError as exc:  # ssl.SSLError is one
+                named = {name: os.environ[name] for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)}
+                raise ConfigurationError(
+                    f"cannot load the CA certificates of the environment ({type(exc).__name__}: {exc}; "
+                    f"{', '.join(f'{name}={value!r}' for name, value in named.items()) or 'certifi'}): fix or unset "
+                    "that variable, or set ARTIFACT_STORE_HTTP_CA_FILE, or ARTIFACT_STORE_HTTP_TRUST_ENV=false",
+                    backend=self.backend_name,
+                ) from exc
         try:
             return ssl.create_default_context(cafile=settings.ca_file)
         except (OSError, ssl.SSLError) as exc:
@@ -500,19 +523,33 @@ class HttpStore(ArtifactStore):
         # httpx builds the transports itself: given one, it ignores the proxy variables (HTTP_PROXY, NO_PROXY,
         # ...) that trust_env promises to honour. (A save writes head and payload separately; httpcore sets
         # TCP_NODELAY on every socket, so Nagle never holds the second write for an ACK.)
-        client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout,
-                read=settings.read_timeout,
-                write=settings.read_timeout,
-                pool=settings.read_timeout,
-            ),
-            follow_redirects=False,
-            verify=self._verify,
-            limits=limits,
-            trust_env=settings.trust_env,
-        )
+        try:
+            client = httpx.Client(
+                headers=headers,
+                timeout=httpx.Timeout(
+                    connect=settings.connect_timeout,
+                    read=settings.read_timeout,
+                    write=settings.read_timeout,
+                    pool=settings.read_timeout,
+                ),
+                follow_redirects=False,
+                verify=self._verify,
+                limits=limits,
+                trust_env=settings.trust_env,
+            )
+        except (ImportError, ValueError) as exc:
+            # httpx builds a transport for each proxy variable of the environment, and refuses a socks5:// proxy
+            # without the socksio package (ImportError) or a scheme it does not know (ValueError, quoting the
+            # proxy's URL, which is not repeated here). Every operation would fail the same way, as an ImportError
+            # that names no setting.
+            raise ConfigurationError(
+                "a proxy variable of the environment (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY, in either case) is "
+                f"unusable ({type(exc).__name__}): a socks5:// proxy needs pip install 'httpx[socks]', and httpx "
+                "knows only http://, https://, socks5:// and socks5h:// proxies; or set "
+                "ARTIFACT_STORE_HTTP_TRUST_ENV=false to ignore the proxy variables (NO_PROXY does not help: httpx "
+                "builds every proxy's transport)",
+                backend=self.backend_name,
+            ) from exc
         # So that close() can end this client's requests in other threads (see _Sockets): the direct
         # transport, and those of the proxies from the environment (None stands for a NO_PROXY exception).
         direct = getattr(client, "_transport", None)

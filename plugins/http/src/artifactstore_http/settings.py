@@ -121,7 +121,8 @@ class HttpSettings(BackendSettings):
         "default bundle (httpx's, certifi's: not the system's trust store).",
     )
     trust_env: bool = Field(
-        default=True, description="Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."
+        default=True,
+        description="Honour HTTP(S)_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE and SSL_CERT_DIR from the environment.",
     )
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
