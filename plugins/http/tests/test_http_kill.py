@@ -8,7 +8,7 @@ import pytest
 
 from artifactstore_core import ArtifactStoreError, BackendError, Message
 from artifactstore_core.testing_servers import in_thread
-from artifactstore_http.testing import TOKEN, HoldingProxy, ServerProcess, client_for
+from artifactstore_http.testing import TOKEN, HoldingProxy, ServerProcess, bound_socket, client_for
 from artifactstore_redis.testing import RedisServer
 
 SIZE = 8 * 1024 * 1024
@@ -62,3 +62,25 @@ def test_server_killed_mid_upload(redis_process: RedisServer, tmp_path: Path, re
             assert store.clear() == 2
     finally:
         restarted.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_proxy_of_the_environment_does_not_take_the_test_helpers_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With HTTP_PROXY set (a CI runner behind a proxy, without NO_PROXY for loopback), ServerProcess's readiness
+    # probe and client_for's stores went to the proxy, which cannot reach the loopback server: start() timed out
+    # after 30 s with ServerStartError although the server was up.
+    with bound_socket() as refused:  # bound, never listening: a proxy that refuses every connection
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{refused.getsockname()[1]}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        env = {"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memory"}
+        server = ServerProcess(env, tmp_path).start()
+        try:
+            with client_for(server.url, "no-proxy") as store:
+                store.save("a", Message(content=b"direct"))
+                assert store.get("a").content == b"direct"
+        finally:
+            server.stop()

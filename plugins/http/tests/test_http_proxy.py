@@ -113,7 +113,7 @@ def test_the_client_goes_through_the_proxy_the_environment_names(
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    with client_for(f"http://{UNRESOLVABLE}:{memory_server.port}", "proxied") as store:
+    with client_for(f"http://{UNRESOLVABLE}:{memory_server.port}", "proxied", trust_env=True) as store:
         store.save("a/b", Message(content=b"through the proxy"))
         assert store.get("a/b").content == b"through the proxy"
         assert store.exists("a/b")
@@ -131,7 +131,7 @@ def test_the_client_goes_through_the_proxy_the_environment_names(
         store.exists("a")
     monkeypatch.setenv("NO_PROXY", LOOPBACK)
     seen = len(proxy.requests)
-    with client_for(memory_server.url, "direct") as store:
+    with client_for(memory_server.url, "direct", trust_env=True) as store:
         assert not store.exists("a")
     assert len(proxy.requests) == seen
 
@@ -150,7 +150,7 @@ def test_an_unusable_proxy_of_the_environment_is_a_configuration_error(
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.setenv(variable, proxy_url)
-    with client_for(memory_server.url, "unusable-proxy", retries=2) as store:
+    with client_for(memory_server.url, "unusable-proxy", retries=2, trust_env=True) as store:
         for call in (lambda: store.exists("a"), lambda: store.save("a", Message(content=b"x"))):
             with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_TRUST_ENV=false") as info:
                 call()

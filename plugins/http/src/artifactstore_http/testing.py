@@ -48,8 +48,12 @@ MakeClient = Callable[..., HttpStore]
 
 
 def client_for(url: str, namespace: str = "default", **overrides: Any) -> HttpStore:
-    """An http store on ``url`` with the test token, overridable field by field."""
-    fields: dict[str, Any] = {"endpoint": url, "token": SecretStr(TOKEN), "read_timeout": 30.0}
+    """An http store on ``url`` with the test token, overridable field by field.
+
+    It ignores the proxy variables of the environment (``trust_env=False``; pass ``trust_env=True`` to test
+    them): a CI runner's ``HTTP_PROXY`` would otherwise take the requests to a loopback test server.
+    """
+    fields: dict[str, Any] = {"endpoint": url, "token": SecretStr(TOKEN), "read_timeout": 30.0, "trust_env": False}
     fields.update(overrides)
     return HttpStore(HttpSettings(**fields), namespace=namespace)
 
@@ -147,7 +151,9 @@ class ServerProcess(ServerSubprocess):
 
     def _healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
+            # Not through a proxy of the environment (a CI runner's HTTP_PROXY), which cannot reach this loopback
+            # port: the server would never be seen ready.
+            return httpx.get(f"{self.url}/v1/health", timeout=1, trust_env=False).status_code == 200
         except httpx.HTTPError:
             return False
 
