@@ -298,3 +298,23 @@ def test_a_server_whose_backend_settings_are_invalid_does_not_start(backend: str
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
     assert "Uvicorn running" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_open_api_document_declares_exactly_the_methods_the_server_answers(memory_server: ServerThread) -> None:
+    # The server answered HEAD on /v1/health and /v1/openapi.json (200) while the document declared GET only, so
+    # a client generated from it, or a probe checked against it, did not know of them.
+    methods = ("GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS")
+    with httpx.Client(base_url=memory_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+        document = raw.get("/v1/openapi.json").json()
+        for template, item in document["paths"].items():
+            path = template.replace("{namespace}", "ns").replace("{step_id}", "x")
+            declared = {method for method in methods if method.lower() in item}
+            for method in methods:
+                response = raw.request(method, path)
+                if method in declared:
+                    assert response.status_code != 405, (method, template)
+                    assert str(response.status_code) in item[method.lower()]["responses"], (method, template)
+                else:
+                    assert response.status_code == 405, (method, template)
+                    assert set(response.headers["Allow"].split(", ")) == declared, (method, template)

@@ -149,7 +149,14 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
                         }
                     },
-                }
+                },
+                # Answered, as load balancers' and orchestrators' probes may ask it: the document said GET only.
+                "head": {
+                    "operationId": "healthHead",
+                    "summary": "Liveness probe without a body (no authentication).",
+                    "security": [],
+                    "responses": {"200": {"description": "The server is up."}},
+                },
             },
             "/v1/openapi.json": {
                 "get": {
@@ -162,7 +169,13 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         }
                     },
-                }
+                },
+                "head": {
+                    "operationId": "openapiHead",
+                    "summary": "This document's headers, without its body (no authentication).",
+                    "security": [],
+                    "responses": {"200": {"description": "The OpenAPI document's headers."}},
+                },
             },
             "/v1/namespaces/{namespace}": {
                 "parameters": [namespace],
