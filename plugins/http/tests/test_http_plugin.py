@@ -137,6 +137,11 @@ def test_the_serve_command_is_added_to_a_click_group() -> None:
     assert result.exit_code == 0
     assert "--insecure" in result.output
     assert "--port" in result.output
+    # The limit counts content, as ARTIFACT_STORE_SERVER_MAX_BODY_BYTES does: the help called it the largest
+    # request body, which is up to the head allowance larger.
+    options = " ".join(result.output.split())
+    assert "Largest request body" not in options
+    assert "--max-body-bytes INTEGER Largest artifact content (after decompression) accepted" in options
     # No token and no --insecure: the core error propagates, for the artifactstore CLI to report.
     result = CliRunner().invoke(cli, ["serve"])
     assert isinstance(result.exception, ConfigurationError)

@@ -145,10 +145,23 @@ def serve_command(*, standalone: bool = False) -> Any:
     @click.option("--port", type=int, default=None, help="Port [default: 8765].")
     @click.option("--insecure", is_flag=True, default=False, help="Serve without authentication when no token is set.")
     @click.option("--backend", default=None, help="Backend to expose [default: ARTIFACT_STORE_BACKEND].")
-    @click.option("--max-body-bytes", type=int, default=None, help="Largest request body accepted.")
-    @click.option("--max-json-bytes", type=int, default=None, help="Largest JSON content (decoded) accepted.")
+    @click.option(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        # Content, not the request body: the envelope's head travels on top (docs/http.md, one limit for both
+        # sides), and clients are given the same number as ARTIFACT_STORE_HTTP_MAX_BODY_BYTES.
+        help="Largest artifact content (after decompression) accepted; the envelope's head comes on top "
+        "[default: 268435456].",
+    )
+    @click.option(
+        "--max-json-bytes",
+        type=int,
+        default=None,
+        help="Largest JSON content (decoded), and envelope header, accepted [default: 33554432].",
+    )
     @click.option("--path-prefix", default=None, help="Path prefix the API is served under, e.g. /artifactstore.")
-    @click.option("--log-level", default=None, help="debug, info, warning or error [default: info].")
+    @click.option("--log-level", default=None, help="debug, info, warning, error or critical [default: info].")
     @click.option("--fd", type=int, default=None, help="Serve on this inherited, bound socket descriptor.")
     def command(**options: Any) -> None:
         """Serve the configured store over HTTP (token from ARTIFACT_STORE_SERVER_TOKEN)."""
