@@ -496,11 +496,13 @@ class HttpStore(ArtifactStore):
                 # httpx's own default: certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR with trust_env.
                 return httpx.create_ssl_context(verify=True, trust_env=settings.trust_env)
             except OSError as exc:  # ssl.SSLError is one
-                named = {name: os.environ[name] for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)}
+                # httpx reads SSL_CERT_FILE first, SSL_CERT_DIR only without it: name the one it read.
+                used = next((name for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)), None)
+                source = f"{used}={os.environ[used]!r}" if settings.trust_env and used else "certifi's bundle"
                 raise ConfigurationError(
-                    f"cannot load the CA certificates of the environment ({type(exc).__name__}: {exc}; "
-                    f"{', '.join(f'{name}={value!r}' for name, value in named.items()) or 'certifi'}): fix or unset "
-                    "that variable, or set ARTIFACT_STORE_HTTP_CA_FILE, or ARTIFACT_STORE_HTTP_TRUST_ENV=false",
+                    f"cannot load the CA certificates of the environment ({type(exc).__name__}: {exc}; {source}): "
+                    "fix or unset that variable, or set ARTIFACT_STORE_HTTP_CA_FILE, or "
+                    "ARTIFACT_STORE_HTTP_TRUST_ENV=false",
                     backend=self.backend_name,
                 ) from exc
         try:
