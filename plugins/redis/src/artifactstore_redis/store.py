@@ -269,9 +269,42 @@ class _PacedSend:
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
 
+class _ReplacedWhenDead:
+    """Replaces a pooled connection that fails its health check, instead of failing the call that reused it.
+
+    redis-py checks a connection that idled for HEALTH_CHECK_INTERVAL with a PING before it sends a command,
+    and retries a failed check only under its own retry policy, which the store switches off (it retries
+    operations itself, and not after a timeout). So a connection that a NAT or firewall dropped without a
+    word while it idled (its PING is never answered) failed the call with BackendTimeoutError ("may or may not
+    have been applied") although nothing of the call had been sent. The PING goes out before the command, so
+    a fresh connection is safe: the call goes on over it. Mixed into the store's own connection classes.
+    """
+
+    health_check_interval: float
+    next_health_check: float
+    # Set while a replacement connects: a failed check during its handshake fails the call (nothing loops).
+    _replacing = False
+
+    def check_health(self) -> None:
+        try:
+            super().check_health()  # type: ignore[misc]
+        except (RedisConnectionError, RedisTimeoutError):
+            if self._replacing:
+                raise
+            self._replacing = True
+            try:
+                # redis-py closed it. The new one is not checked in turn (it was just opened): a server that does
+                # not answer fails the call at the handshake or the command, as without a check.
+                cast(Any, self).disconnect()
+                self.next_health_check = time.monotonic() + self.health_check_interval
+                cast(Any, self).connect()
+            finally:
+                self._replacing = False
+
+
 @functools.cache
 def _paced(connection_class: type[Connection]) -> type[Connection]:
-    return type(f"Paced{connection_class.__name__}", (_PacedSend, connection_class), {})
+    return type(f"Paced{connection_class.__name__}", (_PacedSend, _ReplacedWhenDead, connection_class), {})
 
 
 def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
