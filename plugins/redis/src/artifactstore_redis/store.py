@@ -211,11 +211,25 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
         # a mistyped URL ("redis:/host", "redis:///:password@host") would silently reach another server.
         if not parts.hostname:
             raise ConfigurationError(f"{_env('url')} names no host; it reads {settings.display_url}")
-        database = parts.path.replace("/", "")
+        # redis-py drops every '/' of the path, so "/1/5" would select database 15.
+        database = parts.path.removeprefix("/").removesuffix("/")
         if database and not (database.isascii() and database.isdigit()):
             raise ConfigurationError(
                 f"{_env('url')} has a path that is not a database number; it reads {settings.display_url}"
             )
+        # redis-py lets ?db= win over the path without a word.
+        if database and options.get("db", int(database)) != int(database):
+            raise ConfigurationError(
+                f"{_env('url')} selects database {int(database)} in its path and {options['db']} in its query "
+                f"(?db=); give it once. It reads {settings.display_url}"
+            )
+    tls_options = sorted(name for name in options if name.startswith("ssl_"))
+    if tls_options and parts.scheme != "rediss":
+        # redis-py would pass them to a plain connection, which refuses them at the first command of every call.
+        raise ConfigurationError(
+            f"{_env('url')} has the TLS option(s) {', '.join(tls_options)}, which apply to rediss:// URLs only: "
+            f"use rediss://host:port/db for TLS, or drop them. It reads {settings.display_url}"
+        )
     unknown = sorted(set(options) - _URL_QUERY_OPTIONS - _URL_PARSED_OPTIONS)
     if unknown:
         hint = "; ".join(
@@ -699,6 +713,7 @@ class RedisStore(ArtifactStore):
                 self._secrets = (*self._secrets, password)
         else:
             options = _connection_options(self._settings)
+            self._check_connection_options(options)
             try:
                 self._client = _connect(self._settings, options)
             except (RedisError, RedisClusterException) as exc:
@@ -712,6 +727,23 @@ class RedisStore(ArtifactStore):
         _log.debug(
             "redis store for namespace %r on %s (cluster=%s)", self.namespace, self._where, self._settings.cluster
         )
+
+    def _check_connection_options(self, options: dict[str, Any]) -> None:
+        """Build one connection from ``options`` without connecting it (no I/O), so that an option of the URL
+        that redis-py refuses (``protocol=4``, ``ssl_cert_reqs=bogus``) is a ``ConfigurationError`` now.
+
+        redis-py checks them only when it makes a connection: at the first command of every call, as a
+        ``BackendError`` (``protocol``: a retried ``BackendUnavailableError``), or in cluster mode, while it
+        connects, as "Redis Cluster cannot be connected".
+        """
+        kwargs = {name: value for name, value in options.items() if name != "connection_class"}
+        try:
+            options.get("connection_class", Connection)(**kwargs)
+        except (RedisError, TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"{_env('url')} has a connection option that redis-py refuses ({self._describe(exc)}); it reads "
+                f"{self._where}"
+            ) from exc
 
     @property
     def settings(self) -> RedisSettings:
