@@ -1307,6 +1307,7 @@ class RedisStore(ArtifactStore):
     def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
         found: dict[str, Message] = {}
         missing: list[str] = []
+        read_apart = False  # whether a large artifact was read after the small ones of its batch
         batch = self._settings.batch_size
         # Looked up once per batch, not per artifact.
         decode, namespace = self.codec.decode, self.namespace
@@ -1328,6 +1329,7 @@ class RedisStore(ArtifactStore):
                     raise self._decode_error_missing(step_id, "head")
             # The payloads are read in pipelines of at most _PIPELINE_BYTES (as save_many sends them): the
             # heads tell their sizes, and a batch of large artifacts would otherwise arrive in one reply.
+            read_apart = read_apart or bool(apart)
             sized = [(step_id, member, head, self._header_or_none(step_id, head)) for step_id, member, head in apart]
             for part in _batches(sized, lambda item: item[3].stored_size if item[3] else 0, batch):
                 payloads = self._pipelined([("GET", self._payload_key(member)) for _, member, _, _ in part])
@@ -1340,6 +1342,11 @@ class RedisStore(ArtifactStore):
                         missing.append(step_id)  # deleted between the two reads
                     except Exception as exc:
                         raise self._failed_for(exc, step_id) from exc
+        if read_apart:
+            # Large artifacts are read after the small ones of their batch: the dict, like the missing ids, is
+            # put back in the order requested, as the other backends return it. (Each id is found or missing.)
+            missing = [step_id for step_id in step_ids if step_id not in found] if missing else []
+            found = {step_id: found[step_id] for step_id in step_ids if step_id in found}
         if missing:
             raise self._missing_many(missing)
         return found
