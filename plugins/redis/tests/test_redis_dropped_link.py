@@ -4,12 +4,10 @@ a small relay on loopback that can swallow the traffic of the connections it hol
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from redis_helpers import Relay
 
 from artifactstore_core import BackendTimeoutError, Message
 from artifactstore_core.testing_servers import LOOPBACK
@@ -17,65 +15,16 @@ from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisServer
 
 
-class DroppingLink:
-    """A TCP relay to ``upstream``. After :meth:`drop`, the connections it holds swallow whatever either side
-    sends (nothing is forwarded, nothing is closed: no RST, no FIN); connections made later are relayed,
-    unless :attr:`dead` is set (a server that accepts connections and never answers)."""
-
-    def __init__(self, upstream: int) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server((LOOPBACK, 0))
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
-        self.sockets: list[socket.socket] = [self.listener]
-        self.dropped: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.dead = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self.listener.accept()
-                server = socket.create_connection((LOOPBACK, self.upstream))
-                with self.lock:
-                    self.accepted += 1
-                    self.sockets += [client, server]
-                    if self.dead:
-                        self.dropped.update((client, server))
-                for source, sink in ((client, server), (server, client)):
-                    threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                with self.lock:
-                    if source in self.dropped:
-                        continue
-                sink.sendall(data)
-
-    def drop(self) -> None:
-        """Swallow, from now on, the traffic of every connection made so far."""
-        with self.lock:
-            self.dropped.update(self.sockets)
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
 @pytest.fixture
-def link(redis_server: RedisServer) -> Iterator[DroppingLink]:
-    relay = DroppingLink(redis_server.port)
+def link(redis_server: RedisServer) -> Iterator[Relay]:
+    relay = Relay(redis_server.port)
     try:
         yield relay
     finally:
         relay.close()
 
 
-def _store(link: DroppingLink, interval: float) -> RedisStore:
+def _store(link: Relay, interval: float) -> RedisStore:
     # A health check interval of a microsecond: every reuse of a pooled connection is checked (no waiting).
     settings = RedisSettings(
         url=f"redis://{LOOPBACK}:{link.port}/0",  # type: ignore[arg-type]
@@ -97,7 +46,7 @@ OPERATIONS: dict[str, Callable[[RedisStore], object]] = {
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("operation", list(OPERATIONS))
-def test_a_connection_dropped_while_idle_is_replaced_by_the_health_check(link: DroppingLink, operation: str) -> None:
+def test_a_connection_dropped_while_idle_is_replaced_by_the_health_check(link: Relay, operation: str) -> None:
     with _store(link, 1e-6) as store:
         store.save("kept", Message(content=b"kept"), overwrite=True)
         opened = link.accepted
@@ -110,7 +59,7 @@ def test_a_connection_dropped_while_idle_is_replaced_by_the_health_check(link: D
 
 
 @pytest.mark.timeout(30)
-def test_without_a_health_check_a_dropped_connection_times_out(link: DroppingLink) -> None:
+def test_without_a_health_check_a_dropped_connection_times_out(link: Relay) -> None:
     # The command itself went out over the dead connection: whether it ran cannot be known, so it is a timeout.
     with _store(link, 0) as store:
         store.save("kept", Message(content=b"kept"), overwrite=True)
@@ -122,7 +71,7 @@ def test_without_a_health_check_a_dropped_connection_times_out(link: DroppingLin
 
 
 @pytest.mark.timeout(30)
-def test_a_server_that_never_answers_still_times_out_after_one_replacement(link: DroppingLink) -> None:
+def test_a_server_that_never_answers_still_times_out_after_one_replacement(link: Relay) -> None:
     with _store(link, 1e-6) as store:
         store.save("kept", Message(content=b"kept"), overwrite=True)
         opened = link.accepted

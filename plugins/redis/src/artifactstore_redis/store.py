@@ -1465,6 +1465,11 @@ class RedisStore(ArtifactStore):
             return False
         if isinstance(exc, RedisTimeoutError):
             return self._settings.retry_on_timeout
+        if isinstance(exc, ReadOnlyError):
+            # A primary that a failover demoted refuses writes (before any is made) on the connections opened to
+            # it; our own pool's connection that got it was closed (see _roundtrip), so the retry opens a new
+            # one, to wherever the URL leads now. Without our own pool there is nothing to renew.
+            return self._pool is not None
         # ClusterError: CLUSTERDOWN, or redis-py's "TTL exhausted" after a run of MOVED, ASK and TRYAGAIN
         # replies (a slot migrating under a batch), which a later attempt gets past.
         return isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException))
@@ -1638,7 +1643,12 @@ class RedisStore(ArtifactStore):
         try:
             packed = _pack_commands(commands)
             connection.send_packed_command(packed if packed is not None else connection.pack_commands(commands))
-            return [_reply(connection) for _ in commands]
+            replies = [_reply(connection) for _ in commands]
+            if any(isinstance(reply, ReadOnlyError) for reply in replies):
+                # A primary demoted to a replica by a failover (a managed Redis moves its DNS name to the new
+                # primary) keeps answering READONLY on this connection for as long as it lives: it is closed.
+                connection.disconnect()
+            return replies
         except BaseException:
             connection.disconnect()
             raise
@@ -1772,7 +1782,13 @@ class RedisStore(ArtifactStore):
                 f"raise {_env('retry_attempts')} ({what})"
             )
         if isinstance(exc, ReadOnlyError):
-            return BackendUnavailableError(f"{where} is a read-only replica; point {_env('url')} at a primary")
+            # With our own pool, the write was retried on new connections (past a failover, they reach the
+            # new primary): the URL itself leads to a replica.
+            again = ", also over new connections" if self._pool is not None and settings.retry_attempts else ""
+            return BackendUnavailableError(
+                f"{where} is a read-only replica and refused the write{again}; point {_env('url')} at the "
+                f"primary ({what})"
+            )
         if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)) or (
             isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
         ):
