@@ -456,3 +456,34 @@ def test_a_url_naming_a_replica_fails_writes_after_the_retries(tmp_path: Path) -
             assert "ARTIFACT_STORE_REDIS_URL at the primary" in str(raised.value)
         finally:
             admin.close()
+
+
+@pytest.mark.timeout(60)
+def test_after_a_failover_reads_through_idle_connections_see_the_new_primary(tmp_path: Path) -> None:
+    # The idle pooled connections lead to the demoted node too, which serves its old data set until the new
+    # primary's snapshot arrives (held back here for 30 s): a read through one of them missed what had just
+    # been saved on the new primary.
+    with running(tmp_path / "old") as old, running(tmp_path / "new", **{"repl-diskless-sync-delay": "30"}) as new:
+        relay = Relay(old.port)
+        old_admin = old.client()
+        try:
+            settings = RedisSettings(url=f"redis://{LOOPBACK}:{relay.port}/0", max_connections=4)  # type: ignore[arg-type]
+            with RedisStore(settings, namespace="failover reads") as store:
+                pool = store._pool
+                assert pool is not None
+                store.save("before", Message(content=b"before"))
+                # Two connections to the old primary, both idle.
+                first, second = store_module._pooled_connection(pool), store_module._pooled_connection(pool)
+                pool.release(first)
+                pool.release(second)
+                relay.upstream = new.port
+                old_admin.replicaof(LOOPBACK, new.port)
+                store.save("after", Message(content=b"after"))  # READONLY, then saved over a new connection
+                # The pool hands out its last released connection first: make it the one not used since.
+                used, idle = store_module._pooled_connection(pool), store_module._pooled_connection(pool)
+                pool.release(used if idle is first else idle)
+                pool.release(first)
+                assert store.get("after").content == b"after"
+        finally:
+            relay.close()
+            old_admin.close()

@@ -18,6 +18,7 @@ an artifact and its index entry together are legal in cluster mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -410,6 +411,14 @@ def _batches(items: Iterable[T], size: Callable[[T], int], most: int) -> Iterato
             chunk, total = [], 0
     if chunk:
         yield chunk
+
+
+def _disconnect_idle(pool: ConnectionPool) -> None:
+    """Close the idle connections of ``pool`` (they reconnect when next used); those in use are left alone."""
+    # redis-py 5.0's BlockingConnectionPool takes no argument (it closes every connection, in use or not): there,
+    # idle connections are not closed, and each is closed when it gets READONLY in turn.
+    with contextlib.suppress(TypeError):
+        pool.disconnect(inuse_connections=False)
 
 
 def _pooled_connection(pool: ConnectionPool) -> Any:
@@ -1646,8 +1655,11 @@ class RedisStore(ArtifactStore):
             replies = [_reply(connection) for _ in commands]
             if any(isinstance(reply, ReadOnlyError) for reply in replies):
                 # A primary demoted to a replica by a failover (a managed Redis moves its DNS name to the new
-                # primary) keeps answering READONLY on this connection for as long as it lives: it is closed.
+                # primary) keeps answering READONLY on this connection for as long as it lives: it is closed,
+                # and so are the idle ones, which lead there too (reads through them would miss what is written
+                # to the new primary from now on, while the demoted node syncs).
                 connection.disconnect()
+                _disconnect_idle(pool)
             return replies
         except BaseException:
             connection.disconnect()
