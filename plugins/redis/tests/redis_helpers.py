@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from artifactstore_core.testing_servers import LOOPBACK
 from artifactstore_core.testing_servers import wait_for as _wait_for
 
 
@@ -39,3 +43,56 @@ def evict_once(admin: Any, tag: str) -> None:
         admin.config_set("maxmemory-policy", before["maxmemory-policy"])
         for start in range(0, written, 500):
             admin.delete(*(f"{tag}:filler:{n}" for n in range(start, min(written, start + 500))))
+
+
+class Relay:
+    """A TCP relay on loopback to the port ``upstream``, which a test may change (new connections go to the new
+    one, as to a DNS name moved to another server, while the connections made so far stay).
+
+    After :meth:`drop`, the connections it holds swallow whatever either side sends (nothing is forwarded,
+    nothing is closed: no RST, no FIN, as a NAT that forgot them); connections made later are relayed, unless
+    :attr:`dead` is set (a server that accepts connections and never answers). Stop it with :meth:`close`.
+    """
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.sockets: list[socket.socket] = [self.listener]
+        self.dropped: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.dead = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection((LOOPBACK, self.upstream))
+                with self.lock:
+                    self.accepted += 1
+                    self.sockets += [client, server]
+                    if self.dead:
+                        self.dropped.update((client, server))
+                for source, sink in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                with self.lock:
+                    if source in self.dropped:
+                        continue
+                sink.sendall(data)
+
+    def drop(self) -> None:
+        """Swallow, from now on, the traffic of every connection made so far."""
+        with self.lock:
+            self.dropped.update(self.sockets)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

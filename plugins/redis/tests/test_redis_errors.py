@@ -83,6 +83,17 @@ def test_every_setting_is_described_and_named_by_its_env_var() -> None:
         ({"url": "redis:///:pw@db.internal:6380/0"}, "ARTIFACT_STORE_REDIS_URL names no host"),
         ({"url": "redis:/:pw@db.internal:6380/0"}, "ARTIFACT_STORE_REDIS_URL is not a valid Redis URL"),
         ({"url": "redis://db.internal:6380/zero"}, "a path that is not a database number"),
+        # redis-py drops the inner '/' (database 15) and lets ?db= win over the path, without a word.
+        ({"url": "redis://db.internal:6380/1/5"}, "a path that is not a database number"),
+        ({"url": "redis://db.internal:6380/2?db=3"}, "selects database 2 in its path and 3 in its query"),
+        # Options redis-py checks only when it makes a connection: at every call (a BackendError naming a
+        # TypeError, a retried BackendUnavailableError), or, in a cluster, as "cannot be connected".
+        ({"url": "redis://db.internal:6380/0?ssl_cert_reqs=none"}, "apply to rediss:// URLs only"),
+        ({"url": "unix:///tmp/redis.sock?ssl_ca_certs=/ca.pem"}, "apply to rediss:// URLs only"),
+        ({"url": "redis://db.internal:6380/0?ssl_cert_reqs=none", "cluster": True}, "apply to rediss:// URLs only"),
+        ({"url": "redis://db.internal:6380/0?protocol=4"}, "protocol must be either 2 or 3"),
+        ({"url": "redis://db.internal:6380/0?protocol=4", "cluster": True}, "protocol must be either 2 or 3"),
+        ({"url": "rediss://db.internal:6380/0?ssl_cert_reqs=bogus"}, "Invalid SSL Certificate Requirements Flag"),
     ],
 )
 def test_invalid_configuration_is_a_configuration_error(overrides: dict[str, Any], fragment: str) -> None:
@@ -244,3 +255,17 @@ def test_a_database_the_server_does_not_have_is_named(redis_server: RedisServer)
     assert not isinstance(raised.value, BackendUnavailableError)
     assert "no database 16" in str(raised.value)
     assert "ARTIFACT_STORE_REDIS_URL" in str(raised.value)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path", ["/2?db=2", "/2/", "?db=2"])
+def test_a_database_given_once_or_alike_twice_is_the_one_used(redis_server: RedisServer, path: str) -> None:
+    url = redis_server.url.removesuffix("/0") + path
+    with RedisStore(RedisSettings(url=url), namespace="db two") as store:  # type: ignore[arg-type]
+        store.save("x", Message(content=b"x"), overwrite=True)
+        admin = redis_server.client(db=2)
+        try:
+            assert admin.exists(store._key(store._member("x")))
+        finally:
+            store.clear()
+            admin.close()

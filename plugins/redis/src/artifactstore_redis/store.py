@@ -18,6 +18,7 @@ an artifact and its index entry together are legal in cluster mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -211,11 +212,25 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
         # a mistyped URL ("redis:/host", "redis:///:password@host") would silently reach another server.
         if not parts.hostname:
             raise ConfigurationError(f"{_env('url')} names no host; it reads {settings.display_url}")
-        database = parts.path.replace("/", "")
+        # redis-py drops every '/' of the path, so "/1/5" would select database 15.
+        database = parts.path.removeprefix("/").removesuffix("/")
         if database and not (database.isascii() and database.isdigit()):
             raise ConfigurationError(
                 f"{_env('url')} has a path that is not a database number; it reads {settings.display_url}"
             )
+        # redis-py lets ?db= win over the path without a word.
+        if database and options.get("db", int(database)) != int(database):
+            raise ConfigurationError(
+                f"{_env('url')} selects database {int(database)} in its path and {options['db']} in its query "
+                f"(?db=); give it once. It reads {settings.display_url}"
+            )
+    tls_options = sorted(name for name in options if name.startswith("ssl_"))
+    if tls_options and parts.scheme != "rediss":
+        # redis-py would pass them to a plain connection, which refuses them at the first command of every call.
+        raise ConfigurationError(
+            f"{_env('url')} has the TLS option(s) {', '.join(tls_options)}, which apply to rediss:// URLs only: "
+            f"use rediss://host:port/db for TLS, or drop them. It reads {settings.display_url}"
+        )
     unknown = sorted(set(options) - _URL_QUERY_OPTIONS - _URL_PARSED_OPTIONS)
     if unknown:
         hint = "; ".join(
@@ -269,9 +284,42 @@ class _PacedSend:
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
 
+class _ReplacedWhenDead:
+    """Replaces a pooled connection that fails its health check, instead of failing the call that reused it.
+
+    redis-py checks a connection that idled for HEALTH_CHECK_INTERVAL with a PING before it sends a command,
+    and retries a failed check only under its own retry policy, which the store switches off (it retries
+    operations itself, and not after a timeout). So a connection that a NAT or firewall dropped without a
+    word while it idled (its PING is never answered) failed the call with BackendTimeoutError ("may or may not
+    have been applied") although nothing of the call had been sent. The PING goes out before the command, so
+    a fresh connection is safe: the call goes on over it. Mixed into the store's own connection classes.
+    """
+
+    health_check_interval: float
+    next_health_check: float
+    # Set while a replacement connects: a failed check during its handshake fails the call (nothing loops).
+    _replacing = False
+
+    def check_health(self) -> None:
+        try:
+            super().check_health()  # type: ignore[misc]
+        except (RedisConnectionError, RedisTimeoutError):
+            if self._replacing:
+                raise
+            self._replacing = True
+            try:
+                # redis-py closed it. The new one is not checked in turn (it was just opened): a server that does
+                # not answer fails the call at the handshake or the command, as without a check.
+                cast(Any, self).disconnect()
+                self.next_health_check = time.monotonic() + self.health_check_interval
+                cast(Any, self).connect()
+            finally:
+                self._replacing = False
+
+
 @functools.cache
 def _paced(connection_class: type[Connection]) -> type[Connection]:
-    return type(f"Paced{connection_class.__name__}", (_PacedSend, connection_class), {})
+    return type(f"Paced{connection_class.__name__}", (_PacedSend, _ReplacedWhenDead, connection_class), {})
 
 
 def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
@@ -363,6 +411,14 @@ def _batches(items: Iterable[T], size: Callable[[T], int], most: int) -> Iterato
             chunk, total = [], 0
     if chunk:
         yield chunk
+
+
+def _disconnect_idle(pool: ConnectionPool) -> None:
+    """Close the idle connections of ``pool`` (they reconnect when next used); those in use are left alone."""
+    # redis-py 5.0's BlockingConnectionPool takes no argument (it closes every connection, in use or not): there,
+    # idle connections are not closed, and each is closed when it gets READONLY in turn.
+    with contextlib.suppress(TypeError):
+        pool.disconnect(inuse_connections=False)
 
 
 def _pooled_connection(pool: ConnectionPool) -> Any:
@@ -666,6 +722,7 @@ class RedisStore(ArtifactStore):
                 self._secrets = (*self._secrets, password)
         else:
             options = _connection_options(self._settings)
+            self._check_connection_options(options)
             try:
                 self._client = _connect(self._settings, options)
             except (RedisError, RedisClusterException) as exc:
@@ -679,6 +736,23 @@ class RedisStore(ArtifactStore):
         _log.debug(
             "redis store for namespace %r on %s (cluster=%s)", self.namespace, self._where, self._settings.cluster
         )
+
+    def _check_connection_options(self, options: dict[str, Any]) -> None:
+        """Build one connection from ``options`` without connecting it (no I/O), so that an option of the URL
+        that redis-py refuses (``protocol=4``, ``ssl_cert_reqs=bogus``) is a ``ConfigurationError`` now.
+
+        redis-py checks them only when it makes a connection: at the first command of every call, as a
+        ``BackendError`` (``protocol``: a retried ``BackendUnavailableError``), or in cluster mode, while it
+        connects, as "Redis Cluster cannot be connected".
+        """
+        kwargs = {name: value for name, value in options.items() if name != "connection_class"}
+        try:
+            options.get("connection_class", Connection)(**kwargs)
+        except (RedisError, TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"{_env('url')} has a connection option that redis-py refuses ({self._describe(exc)}); it reads "
+                f"{self._where}"
+            ) from exc
 
     @property
     def settings(self) -> RedisSettings:
@@ -1242,6 +1316,7 @@ class RedisStore(ArtifactStore):
     def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
         found: dict[str, Message] = {}
         missing: list[str] = []
+        read_apart = False  # whether a large artifact was read after the small ones of its batch
         batch = self._settings.batch_size
         # Looked up once per batch, not per artifact.
         decode, namespace = self.codec.decode, self.namespace
@@ -1263,6 +1338,7 @@ class RedisStore(ArtifactStore):
                     raise self._decode_error_missing(step_id, "head")
             # The payloads are read in pipelines of at most _PIPELINE_BYTES (as save_many sends them): the
             # heads tell their sizes, and a batch of large artifacts would otherwise arrive in one reply.
+            read_apart = read_apart or bool(apart)
             sized = [(step_id, member, head, self._header_or_none(step_id, head)) for step_id, member, head in apart]
             for part in _batches(sized, lambda item: item[3].stored_size if item[3] else 0, batch):
                 payloads = self._pipelined([("GET", self._payload_key(member)) for _, member, _, _ in part])
@@ -1275,6 +1351,11 @@ class RedisStore(ArtifactStore):
                         missing.append(step_id)  # deleted between the two reads
                     except Exception as exc:
                         raise self._failed_for(exc, step_id) from exc
+        if read_apart:
+            # Large artifacts are read after the small ones of their batch: the dict, like the missing ids, is
+            # put back in the order requested, as the other backends return it. (Each id is found or missing.)
+            missing = [step_id for step_id in step_ids if step_id not in found] if missing else []
+            found = {step_id: found[step_id] for step_id in step_ids if step_id in found}
         if missing:
             raise self._missing_many(missing)
         return found
@@ -1393,6 +1474,11 @@ class RedisStore(ArtifactStore):
             return False
         if isinstance(exc, RedisTimeoutError):
             return self._settings.retry_on_timeout
+        if isinstance(exc, ReadOnlyError):
+            # A primary that a failover demoted refuses writes (before any is made) on the connections opened to
+            # it; our own pool's connection that got it was closed (see _roundtrip), so the retry opens a new
+            # one, to wherever the URL leads now. Without our own pool there is nothing to renew.
+            return self._pool is not None
         # ClusterError: CLUSTERDOWN, or redis-py's "TTL exhausted" after a run of MOVED, ASK and TRYAGAIN
         # replies (a slot migrating under a batch), which a later attempt gets past.
         return isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException))
@@ -1566,7 +1652,15 @@ class RedisStore(ArtifactStore):
         try:
             packed = _pack_commands(commands)
             connection.send_packed_command(packed if packed is not None else connection.pack_commands(commands))
-            return [_reply(connection) for _ in commands]
+            replies = [_reply(connection) for _ in commands]
+            if any(isinstance(reply, ReadOnlyError) for reply in replies):
+                # A primary demoted to a replica by a failover (a managed Redis moves its DNS name to the new
+                # primary) keeps answering READONLY on this connection for as long as it lives: it is closed,
+                # and so are the idle ones, which lead there too (reads through them would miss what is written
+                # to the new primary from now on, while the demoted node syncs).
+                connection.disconnect()
+                _disconnect_idle(pool)
+            return replies
         except BaseException:
             connection.disconnect()
             raise
@@ -1700,7 +1794,13 @@ class RedisStore(ArtifactStore):
                 f"raise {_env('retry_attempts')} ({what})"
             )
         if isinstance(exc, ReadOnlyError):
-            return BackendUnavailableError(f"{where} is a read-only replica; point {_env('url')} at a primary")
+            # With our own pool, the write was retried on new connections (past a failover, they reach the
+            # new primary): the URL itself leads to a replica.
+            again = ", also over new connections" if self._pool is not None and settings.retry_attempts else ""
+            return BackendUnavailableError(
+                f"{where} is a read-only replica and refused the write{again}; point {_env('url')} at the "
+                f"primary ({what})"
+            )
         if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)) or (
             isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
         ):
