@@ -248,7 +248,10 @@ class ArtifactStore(ABC):
 
         Args:
             overwrite: replace an existing, different artifact atomically instead of raising.
-            ttl: expire the artifact after this long (backends with ``capabilities.native_ttl`` only).
+            ttl: expire the artifact after this long (backends with ``capabilities.native_ttl`` only); an
+                expired artifact is gone from every read (``get``, ``get_many``, ``exists``, ``info``,
+                ``open``, ``list``, ``list_page``). ``None``: it never expires, also when it overwrites one
+                that would have (the replaced artifact's expiry goes with it).
 
         Raises:
             InvalidStepIdError: ``step_id`` is not a legal id (before any I/O).

@@ -1080,16 +1080,46 @@ class StoreConformance:
             with pytest.raises(UnsupportedOperationError):
                 store.save("t", Message(content=1), ttl=60)
             _not_declared(store, "native_ttl")
-        store.save("short", Message(content=1), ttl=timedelta(milliseconds=300))
+        short = timedelta(milliseconds=300)
+        # Saved first, so that its first expiry has passed once the others' have: an overwrite without a
+        # ttl stores an artifact that never expires, and must not keep the replaced one's expiry (which
+        # would silently delete what the caller saved for good).
+        store.save("renewed", Message(content="expiring"), ttl=short)
+        store.save("renewed", Message(content="kept"), overwrite=True)
+        store.save("short", Message(content=1), ttl=short)
+        # Every way of saving takes the ttl: a batch or stream path that drops it keeps artifacts for ever.
+        store.save_many({"short-many-a": Message(content=4), "short-many-b": Message(content=5)}, ttl=short)
+        store.save_stream("short-stream", io.BytesIO(b"streamed"), ttl=short)
         store.save("long", Message(content=2), ttl=3600)
         store.save("forever", Message(content=3))
+        expiring = ("short", "short-many-a", "short-many-b", "short-stream")
         deadline = time.monotonic() + 10
-        while store.exists("short"):
-            assert time.monotonic() < deadline, "artifact with a 300 ms TTL still exists after 10 s"
+        while any(store.exists(step_id) for step_id in expiring):
+            left = [step_id for step_id in expiring if store.exists(step_id)]
+            assert time.monotonic() < deadline, f"artifacts saved with a 300 ms TTL still exist after 10 s: {left}"
             time.sleep(0.05)  # polling for expiry, not synchronisation
-        with pytest.raises(ArtifactNotFoundError):
-            store.get("short")
-        assert sorted(info.step_id for info in store.list()) == ["forever", "long"]
+        # An expired artifact is gone from every read, not only from the ones checked above (a batch read or
+        # a page that skips the expiry check serves it on).
+        for step_id in expiring:
+            with pytest.raises(ArtifactNotFoundError):
+                store.get(step_id)
+            with pytest.raises(ArtifactNotFoundError):
+                store.info(step_id)
+            with pytest.raises(ArtifactNotFoundError):
+                store.open(step_id).close()
+        try:
+            found = store.get_many(["forever", *expiring])
+        except ArtifactNotFoundError as exc:
+            missing = exc.missing_ids
+        else:
+            pytest.fail(f"get_many returned expired artifacts: {sorted(set(found) - {'forever'})}")
+        assert missing == expiring, f"get_many returned expired artifacts: {sorted(set(expiring) - set(missing))}"
+        assert store.exists("renewed"), "an overwrite without a ttl kept the replaced artifact's expiry"
+        assert store.get("renewed").content == "kept"
+        kept = ["forever", "long", "renewed"]
+        assert sorted(info.step_id for info in store.list()) == kept
+        listed = [info.step_id for info in store.list_page()]
+        assert listed == kept, f"list_page listed {listed}, not {kept}: expired artifacts"
 
     # -- concurrency ----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -231,6 +232,95 @@ class StorageOrderPageStore(ExampleStore):
         return infos[:limit]
 
 
+# namespace -> step id -> time.monotonic() deadline, for TtlStore: beside the example's shelf, like a column.
+_DEADLINES: dict[str, dict[str, float]] = {}
+
+
+class TtlStore(ExampleStore):
+    """The example backend with native TTL done right: a save sets the artifact's expiry (or, without a ttl,
+    removes the one it replaces), and every read leaves out what has expired. Expired artifacts stay on the
+    shelf until they are saved over, deleted or cleared, as rows with an expiry column stay in a table."""
+
+    capabilities = Capabilities(native_ttl=True)
+
+    def _expired(self, step_id: str) -> bool:
+        deadline = _DEADLINES.get(self.namespace, {}).get(step_id)
+        return deadline is not None and deadline <= time.monotonic()
+
+    def _drop_if_expired(self, step_id: str) -> None:
+        with _LOCK:
+            if self._expired(step_id):
+                self._blobs.pop(step_id, None)
+                _DEADLINES[self.namespace].pop(step_id, None)
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        self._drop_if_expired(step_id)
+        super()._save(step_id, message, overwrite, ttl)
+        self._set_expiry(step_id, ttl)
+
+    def _set_expiry(self, step_id: str, ttl: float | None) -> None:
+        with _LOCK:
+            deadlines = _DEADLINES.setdefault(self.namespace, {})
+            if ttl is None:
+                deadlines.pop(step_id, None)
+            else:
+                deadlines[step_id] = time.monotonic() + ttl
+
+    def _get(self, step_id: str) -> Message:
+        if self._expired(step_id):
+            raise self._not_found(step_id)
+        return super()._get(step_id)
+
+    def _exists(self, step_id: str) -> bool:
+        return not self._expired(step_id) and super()._exists(step_id)
+
+    def _delete(self, step_id: str) -> bool:
+        self._drop_if_expired(step_id)
+        return super()._delete(step_id)
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        return [info for info in super()._list() if not self._expired(info.step_id)]
+
+    def _clear(self) -> int:
+        with _LOCK:
+            for step_id in [step_id for step_id in self._blobs if self._expired(step_id)]:
+                del self._blobs[step_id]
+            _DEADLINES.pop(self.namespace, None)
+        return super()._clear()
+
+
+class BatchWithoutTtlStore(TtlStore):
+    """Its batch path forgets the ttl: artifacts saved with save_many never expire."""
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        for step_id, message in items:
+            self._save(step_id, message, overwrite, None)
+
+
+class OverwriteKeepsExpiryStore(TtlStore):
+    """An overwrite without a ttl keeps the replaced artifact's expiry: what was saved for good disappears."""
+
+    def _set_expiry(self, step_id: str, ttl: float | None) -> None:
+        if ttl is not None:
+            super()._set_expiry(step_id, ttl)
+
+
+class BatchReadsExpiredStore(TtlStore):
+    """Its batch read skips the expiry check (a query without the expiry filter): get_many serves expired
+    artifacts that get reports missing."""
+
+    def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
+        return {step_id: ExampleStore._get(self, step_id) for step_id in step_ids}
+
+
+class PageListsExpiredStore(TtlStore):
+    """Its paged listing skips the expiry check: list_page lists artifacts that list() leaves out."""
+
+    def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
+        infos = sorted(ExampleStore._list(self), key=lambda info: info.step_id)
+        return [info for info in infos if after is None or info.step_id > after][:limit]
+
+
 @contextmanager
 def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
     """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
@@ -328,6 +418,29 @@ def test_kit_catches_batch_saves_outside_the_callers_context(monkeypatch: pytest
 def test_kit_catches_pages_in_storage_name_order() -> None:
     with stores(StorageOrderPageStore) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_list_page_is_in_step_id_order_after_any_id(new_store())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        (BatchWithoutTtlStore, r"still exist after 10 s: \['short-many-a', 'short-many-b'\]"),
+        (OverwriteKeepsExpiryStore, "kept the replaced artifact's expiry"),
+        (BatchReadsExpiredStore, "get_many returned expired artifacts"),
+        (PageListsExpiredStore, "list_page listed"),
+    ],
+    ids=["save_many", "overwrite", "get_many", "list_page"],
+)
+def test_kit_catches_a_ttl_that_does_not_hold_everywhere(cls: type[TtlStore], match: str) -> None:
+    with stores(cls) as new_store, pytest.raises(KIT_FAILURES, match=match):
+        StoreConformance().test_ttl(new_store())
+
+
+@pytest.mark.timeout(60)
+def test_the_ttl_check_passes_a_store_whose_ttl_holds_everywhere() -> None:
+    # The control: the broken stores above fail the check because of their bug.
+    with stores(TtlStore) as new_store:
+        StoreConformance().test_ttl(new_store())
 
 
 def test_kit_catches_a_failure_reported_as_absent() -> None:
