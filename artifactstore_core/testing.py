@@ -36,7 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from pydantic import BaseModel, ValidationError
 
 from . import envelope as envelope_module
-from .envelope import Codec, Encoded, limiting_json_content, reusing_verified_digests
+from .envelope import Codec, Encoded, content_info, limiting_json_content, reusing_verified_digests
 from .errors import (
     ArtifactCorruptedError,
     ArtifactExistsError,
@@ -480,6 +480,25 @@ class StoreConformance:
             assert info.created_at == saved[step_id].created_at
             assert info.digest.startswith("blake3:")
         assert infos["b"].digest != infos["s"].digest
+
+    def test_infos_describe_the_content_not_what_is_stored(self, store: ArtifactStore) -> None:
+        # An info's size and digest are the content's (uncompressed; JSON and text as UTF-8), whatever the
+        # backend stores: JSON and text past the codec's compress_threshold (64 KiB by default) are stored
+        # zstd-compressed, so a backend that reports its stored payload's size (an object's length, a file's)
+        # is right for every small artifact and wrong for these.
+        rows = [{"row": index, "text": "compressible " * 4} for index in range(2_000)]
+        lines = " ".join(f"line {index} of compressible text" for index in range(4_000))
+        saved = {
+            **{f"small-{kind}": message for kind, message in _sample_messages().items()},
+            "large-json": Message(content={"rows": rows}, schema=SchemaInfo(name="tests.Rows")),
+            "large-text": Message(content=lines, media_type="text/plain"),
+        }
+        store.save_many(saved)
+        expected = {step_id: content_info(step_id, message) for step_id, message in saved.items()}
+        assert {info.step_id: info for info in store.list()} == expected
+        assert store.list_page(limit=len(saved)) == [expected[step_id] for step_id in sorted(expected)]
+        for step_id, info in expected.items():
+            assert store.info(step_id) == info, f"info({step_id!r})"
 
     def test_list_and_batches_beyond_a_page(self, store: ArtifactStore) -> None:
         # Listings come in pages (S3 returns 1,000 keys a request, SCAN a batch, SQL a LIMIT) and batch reads

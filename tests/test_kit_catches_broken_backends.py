@@ -7,6 +7,7 @@ test_example_backend.py). A kit that passes a broken backend certifies it to its
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import socket
@@ -90,6 +91,18 @@ class UnverifiedStore(ExampleStore):
             payload if header.codec == "bytes" else json.loads(payload) if header.codec == "json" else payload.decode()
         )
         return Codec.message_from(header, content)
+
+
+class StoredSizeStore(ExampleStore):
+    """Reports the size of its stored payload, as a backend that lists its objects' lengths does: right for
+    every small artifact, wrong for JSON and text the codec compressed."""
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        with _LOCK:
+            snapshot = list(self._blobs.items())
+        for step_id, blob in snapshot:
+            header = self.codec.header_of(blob, place=(self.namespace, step_id))
+            yield dataclasses.replace(header.info(step_id), size=header.stored_size)
 
 
 class UnplacedStore(ExampleStore):
@@ -356,6 +369,11 @@ def test_kit_catches_a_listing_of_one_page() -> None:
         StoreConformance().test_list_and_batches_beyond_a_page(new_store())
 
 
+def test_kit_catches_infos_of_the_stored_size() -> None:
+    with stores(StoredSizeStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_infos_describe_the_content_not_what_is_stored(new_store())
+
+
 def test_kit_catches_reads_that_do_not_verify(monkeypatch: pytest.MonkeyPatch) -> None:
     with stores(UnverifiedStore) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_reads_verify_the_stored_digest(new_store(), monkeypatch)
@@ -497,11 +515,12 @@ def test_kit_catches_a_refusal_to_build_with_another_error(refusal: Callable[[OS
             new_store(), monkeypatch
         ),
         lambda kit, new_store, monkeypatch: kit.test_list_page_is_in_step_id_order_after_any_id(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_infos_describe_the_content_not_what_is_stored(new_store()),
         lambda kit, new_store, monkeypatch: kit.test_every_codec_call_names_the_artifacts_place(
             new_store(), monkeypatch
         ),
     ],
-    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page", "place"],
+    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page", "infos", "place"],
 )
 def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
     # The control: each check above fails because of the bug, not because it fails everything.
