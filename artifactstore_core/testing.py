@@ -670,13 +670,20 @@ class StoreConformance:
         assert type(store)._namespaces is not ArtifactStore._namespaces, (
             f"backend {store.backend_name!r} declares list_namespaces but does not implement _namespaces()"
         )
-        other = new_store()
+        other, emptied = new_store(), new_store()
         store.save("a", Message(content=1))
         other.save("b", Message(content=2))
+        emptied.save_many({"c": Message(content=3), "d": Message(content=4)})
         names = store.namespaces()
-        assert {store.namespace, other.namespace} <= set(names)
+        assert {store.namespace, other.namespace, emptied.namespace} <= set(names)
         other.clear()
         assert other.namespace not in store.namespaces()
+        # A namespace whose last artifact was deleted holds none either, as after clear(): a registry of
+        # namespaces pruned only by clear() lists every namespace ever used, and gc visits them all for ever.
+        emptied.delete("c")
+        assert emptied.namespace in store.namespaces()
+        emptied.delete("d")
+        assert emptied.namespace not in store.namespaces(), "a namespace whose artifacts were all deleted is listed"
 
     # -- ids ------------------------------------------------------------------------------------------
 

@@ -204,6 +204,39 @@ class OverdeclaringStore(ExampleStore):
     capabilities = Capabilities(list_namespaces=True)
 
 
+class NamespacesStore(ExampleStore):
+    """The example backend with list_namespaces done right: the namespaces whose shelves hold an artifact."""
+
+    capabilities = Capabilities(list_namespaces=True)
+
+    def _namespaces(self) -> Iterable[str]:
+        with _LOCK:
+            return [namespace for namespace, blobs in _SHELF.items() if blobs]
+
+
+# The namespaces RegistryNamespacesStore has saved into: a set beside the shelf, like a Redis set or a table.
+_REGISTRY: set[str] = set()
+
+
+class RegistryNamespacesStore(NamespacesStore):
+    """Lists namespaces from a registry that saves add to and only clear() prunes: a namespace whose
+    artifacts were all deleted one by one stays listed for ever."""
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        super()._save(step_id, message, overwrite, ttl)
+        with _LOCK:
+            _REGISTRY.add(self.namespace)
+
+    def _clear(self) -> int:
+        with _LOCK:
+            _REGISTRY.discard(self.namespace)
+        return super()._clear()
+
+    def _namespaces(self) -> Iterable[str]:
+        with _LOCK:
+            return sorted(_REGISTRY)
+
+
 class PooledGetManyStore(ExampleStore):
     """Reads a batch on a thread pool whose workers run in their own context, not the caller's."""
 
@@ -419,6 +452,14 @@ def test_kit_catches_a_capability_declared_but_not_implemented() -> None:
         # What a user calling it gets says the same, not that the backend cannot list namespaces.
         with pytest.raises(UnsupportedOperationError, match=r"declares capabilities\.list_namespaces"):
             new_store().namespaces()
+
+
+def test_kit_catches_namespaces_that_stay_listed_once_emptied() -> None:
+    with stores(RegistryNamespacesStore) as new_store, pytest.raises(KIT_FAILURES, match="were all deleted"):
+        StoreConformance().test_namespaces(new_store)
+    # The control: listing the namespaces that hold artifacts passes.
+    with stores(NamespacesStore) as new_store:
+        StoreConformance().test_namespaces(new_store)
 
 
 def test_kit_catches_batch_workers_outside_the_callers_context() -> None:
