@@ -408,6 +408,48 @@ def artifactstore_register_backends(register):
         assert type(info.value.__cause__).__name__ == raised.split("(")[0]
 
 
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ("settings_model=Settings", "refused its settings (ARTIFACT_STORE_MYDB_*)"),
+        ("", "refused its configuration (it has no settings of its own)"),
+    ],
+    ids=["own-prefix", "no-settings"],
+)
+def test_a_factory_value_error_names_the_variables_its_settings_read(site: Path, settings: str, named: str) -> None:
+    # The backend's name upper-cased is not its variables' prefix: "my-db" cannot be part of a variable's name,
+    # and this plugin reads ARTIFACT_STORE_MYDB_*; a backend without settings reads none at all.
+    module = f"mydb_{uuid.uuid4().hex}"
+    install_fake_distribution(
+        site,
+        "artifactstore-mydb",
+        "1.0",
+        {"my-db": module},
+        {
+            module: f"""
+from pydantic_settings import SettingsConfigDict
+from artifactstore_core import BackendSettings, BackendSpec, hookimpl
+
+class Settings(BackendSettings):
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_MYDB_")
+    config_table = "my-db"
+    dsn: str = "db://here"
+
+def factory(ctx):
+    raise ValueError("the dsn is not a database")
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="my-db", factory=factory, {settings}))
+"""
+        },
+    )
+    with pytest.raises(errors.ConfigurationError) as info:
+        create_store("my-db")
+    assert named in str(info.value)
+    assert "MY-DB" not in str(info.value)
+
+
 def test_a_plugin_cannot_replace_an_existing_command(site: Path) -> None:
     import click
 
