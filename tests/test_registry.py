@@ -290,6 +290,42 @@ def test_a_factory_that_ignores_its_context_is_a_plugin_error(
     assert "a signing key" not in str(info.value)
 
 
+def test_a_module_providing_two_backends_is_asked_to_register_once(site: Path) -> None:
+    # The hook's contract: called once per plugin. A plugin that sets something up in it (a client pool,
+    # a metrics registration) must not find it done twice because a second of its backends was loaded.
+    module = f"twin_{uuid.uuid4().hex}"
+    install_fake_distribution(
+        site,
+        "artifactstore-twin",
+        "1.0",
+        {"twin-a": module, "twin-b": module},
+        {
+            module: """
+from artifactstore_core import BackendSpec, hookimpl
+from artifactstore_memory import MemoryStore
+
+CALLS = []
+
+class A(MemoryStore):
+    backend_name = "twin-a"
+
+class B(MemoryStore):
+    backend_name = "twin-b"
+
+@hookimpl
+def artifactstore_register_backends(register):
+    CALLS.append("called")
+    register(BackendSpec(name="twin-a", factory=lambda c: A(namespace=c.namespace, codec=c.codec)))
+    register(BackendSpec(name="twin-b", factory=lambda c: B(namespace=c.namespace, codec=c.codec)))
+"""
+        },
+    )
+    with create_store("twin-a") as first, create_store("twin-b") as second:
+        assert (first.backend_name, second.backend_name) == ("twin-a", "twin-b")
+    assert {info.name: info.status for info in plugin_host().backends()}["twin-b"] == "loaded"
+    assert __import__(module).CALLS == ["called"]
+
+
 def test_two_distributions_claiming_one_name(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for dist in ("artifactstore-twin-a", "artifactstore-twin-b"):
         install_fake_distribution(site, dist, "1.0", {"twin": f"{dist.replace('-', '_')}_mod"}, {})
