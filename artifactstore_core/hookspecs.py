@@ -38,8 +38,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def artifactstore_register_backends(register: Callable[[BackendSpec], None]) -> None:
     """Register the backends this plugin provides.
 
-    Called once, right after the plugin's entry point is loaded, when its backend is first needed (a
-    store is created, or backends are listed).
+    Called once per plugin, right after its entry point is loaded, when its backend (the first of them, for
+    a module that several entry points name) is first needed (a store is created, or backends are listed);
+    called again only if it raised.
 
     Args:
         register: call it with one :class:`~artifactstore_core.BackendSpec` per backend. The spec's name

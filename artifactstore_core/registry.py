@@ -122,6 +122,10 @@ class PluginHost:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._modules: dict[str, ModuleType] = {}
+        # By entry-point value: what its artifactstore_register_backends registered and returned, once it ran
+        # without raising. A module providing several backends (one entry point each) is asked once, as the
+        # hook's contract says, not once per backend loaded.
+        self._registrations: dict[str, tuple[list[object], object]] = {}
         # By entry-point value (the name each plugin module is registered under in pluggy): where it came
         # from, for messages, and why its commands hook failed.
         self._origins: dict[str, str] = {}
@@ -195,17 +199,23 @@ class PluginHost:
                 f"backend {name!r} failed to load ({where}): {type(exc).__name__}: {exc}", backend=name
             ) from exc
         # Typed ``object``: a plugin may pass register() anything, and what it passed is checked below.
-        registered: list[object] = []
-        try:
-            if ep.value not in self._modules:
-                self._pm.register(plugin, name=ep.value)
-                self._modules[ep.value] = plugin
-            # Ask only this plugin, so loading one backend never runs another plugin's code.
-            returned = self._hook_of("artifactstore_register_backends", ep.value)(register=registered.append)
-        except _PLUGIN_FAILURES as exc:
-            raise PluginLoadError(
-                f"backend {name!r} failed to register ({where}): {type(exc).__name__}: {exc}", backend=name
-            ) from exc
+        registered: list[object]
+        cached = self._registrations.get(ep.value)
+        if cached is not None:
+            registered, returned = cached
+        else:
+            registered = []
+            try:
+                if ep.value not in self._modules:
+                    self._pm.register(plugin, name=ep.value)
+                    self._modules[ep.value] = plugin
+                # Ask only this plugin, so loading one backend never runs another plugin's code.
+                returned = self._hook_of("artifactstore_register_backends", ep.value)(register=registered.append)
+            except _PLUGIN_FAILURES as exc:
+                raise PluginLoadError(
+                    f"backend {name!r} failed to register ({where}): {type(exc).__name__}: {exc}", backend=name
+                ) from exc
+            self._registrations[ep.value] = (registered, returned)
         specs: list[BackendSpec] = []
         for spec in registered:
             # Checked here, not on first use: a dict or a store class passed to register() would otherwise

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import builtins
 import contextvars
+import decimal
 import heapq
 import io
+import math
+import numbers
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -152,14 +155,35 @@ def checked_read(result: _T | None) -> _T:
     return result
 
 
-def _ttl_seconds(ttl: Ttl | None) -> float | None:
+def _ttl_seconds(ttl: object) -> float | None:
+    """``ttl`` in seconds, checked (see :meth:`ArtifactStore.save`). Typed ``object``: a caller's ``ttl`` is
+    whatever was passed, and what is not a :data:`Ttl` is refused here.
+
+    Raises:
+        TypeError: ``ttl`` is neither a number of seconds nor a :class:`~datetime.timedelta`: a ``bool``
+            (``True`` would be one second) or a ``str`` (``"60"`` would be parsed) is a mistake.
+        ValueError: ``ttl`` is not positive or is longer than :data:`MAX_TTL`.
+    """
     if ttl is None:
         return None
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float, numbers.Real, decimal.Decimal, timedelta)):
+        raise TypeError(f"ttl must be a number of seconds or a timedelta, not {type(ttl).__name__}")
+    shown: str | None = None  # repr(ttl) unless set here
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, int) and not -MAX_TTL <= ttl <= MAX_TTL:
+        # Out of range whatever else: float() of an int past 1e308 raises OverflowError, and repr() of one
+        # past 4,300 digits ValueError, so it is neither converted nor quoted whole.
+        seconds = math.inf if ttl > 0 else -math.inf
+        shown = f"{'a negative' if ttl < 0 else 'an'} int of {ttl.bit_length()} bits"
+    else:
+        seconds = float(ttl)
     if not seconds > 0:
-        raise ValueError(f"ttl must be positive, got {ttl!r}")
+        raise ValueError(f"ttl must be positive, got {shown or repr(ttl)}")
     if not seconds <= MAX_TTL:  # also refuses inf
-        raise ValueError(f"ttl must be at most {MAX_TTL} seconds (100 years), got {ttl!r}; save without ttl to keep it")
+        raise ValueError(
+            f"ttl must be at most {MAX_TTL} seconds (100 years), got {shown or repr(ttl)}; save without ttl to keep it"
+        )
     return seconds
 
 
@@ -248,7 +272,10 @@ class ArtifactStore(ABC):
 
         Args:
             overwrite: replace an existing, different artifact atomically instead of raising.
-            ttl: expire the artifact after this long (backends with ``capabilities.native_ttl`` only).
+            ttl: expire the artifact after this long (backends with ``capabilities.native_ttl`` only); an
+                expired artifact is gone from every read (``get``, ``get_many``, ``exists``, ``info``,
+                ``open``, ``list``, ``list_page``). ``None``: it never expires, also when it overwrites one
+                that would have (the replaced artifact's expiry goes with it).
 
         Raises:
             InvalidStepIdError: ``step_id`` is not a legal id (before any I/O).
@@ -256,6 +283,8 @@ class ArtifactStore(ABC):
             ArtifactExistsError: a different artifact is stored under ``step_id`` and not ``overwrite``.
             UnsupportedOperationError: ``ttl`` was given and the backend has no native TTL.
             ValueError: ``ttl`` is not positive or is longer than ``artifactstore_core.store.MAX_TTL`` (100 years;
+                before any I/O).
+            TypeError: ``ttl`` is neither a number of seconds nor a ``timedelta`` (a ``bool`` or ``str`` included;
                 before any I/O).
             CapacityError, PayloadTooLargeError: the store is full or the artifact too large.
             SerializationError: the message cannot be encoded.

@@ -36,7 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from pydantic import BaseModel, ValidationError
 
 from . import envelope as envelope_module
-from .envelope import Codec, Encoded, limiting_json_content, reusing_verified_digests
+from .envelope import Codec, Encoded, content_info, limiting_json_content, reusing_verified_digests
 from .errors import (
     ArtifactCorruptedError,
     ArtifactExistsError,
@@ -481,6 +481,25 @@ class StoreConformance:
             assert info.digest.startswith("blake3:")
         assert infos["b"].digest != infos["s"].digest
 
+    def test_infos_describe_the_content_not_what_is_stored(self, store: ArtifactStore) -> None:
+        # An info's size and digest are the content's (uncompressed; JSON and text as UTF-8), whatever the
+        # backend stores: JSON and text past the codec's compress_threshold (64 KiB by default) are stored
+        # zstd-compressed, so a backend that reports its stored payload's size (an object's length, a file's)
+        # is right for every small artifact and wrong for these.
+        rows = [{"row": index, "text": "compressible " * 4} for index in range(2_000)]
+        lines = " ".join(f"line {index} of compressible text" for index in range(4_000))
+        saved = {
+            **{f"small-{kind}": message for kind, message in _sample_messages().items()},
+            "large-json": Message(content={"rows": rows}, schema=SchemaInfo(name="tests.Rows")),
+            "large-text": Message(content=lines, media_type="text/plain"),
+        }
+        store.save_many(saved)
+        expected = {step_id: content_info(step_id, message) for step_id, message in saved.items()}
+        assert {info.step_id: info for info in store.list()} == expected
+        assert store.list_page(limit=len(saved)) == [expected[step_id] for step_id in sorted(expected)]
+        for step_id, info in expected.items():
+            assert store.info(step_id) == info, f"info({step_id!r})"
+
     def test_list_and_batches_beyond_a_page(self, store: ArtifactStore) -> None:
         # Listings come in pages (S3 returns 1,000 keys a request, SCAN a batch, SQL a LIMIT) and batch reads
         # in chunks (a SQL statement takes a limited number of variables): every artifact must come back,
@@ -651,13 +670,20 @@ class StoreConformance:
         assert type(store)._namespaces is not ArtifactStore._namespaces, (
             f"backend {store.backend_name!r} declares list_namespaces but does not implement _namespaces()"
         )
-        other = new_store()
+        other, emptied = new_store(), new_store()
         store.save("a", Message(content=1))
         other.save("b", Message(content=2))
+        emptied.save_many({"c": Message(content=3), "d": Message(content=4)})
         names = store.namespaces()
-        assert {store.namespace, other.namespace} <= set(names)
+        assert {store.namespace, other.namespace, emptied.namespace} <= set(names)
         other.clear()
         assert other.namespace not in store.namespaces()
+        # A namespace whose last artifact was deleted holds none either, as after clear(): a registry of
+        # namespaces pruned only by clear() lists every namespace ever used, and gc visits them all for ever.
+        emptied.delete("c")
+        assert emptied.namespace in store.namespaces()
+        emptied.delete("d")
+        assert emptied.namespace not in store.namespaces(), "a namespace whose artifacts were all deleted is listed"
 
     # -- ids ------------------------------------------------------------------------------------------
 
@@ -1080,16 +1106,46 @@ class StoreConformance:
             with pytest.raises(UnsupportedOperationError):
                 store.save("t", Message(content=1), ttl=60)
             _not_declared(store, "native_ttl")
-        store.save("short", Message(content=1), ttl=timedelta(milliseconds=300))
+        short = timedelta(milliseconds=300)
+        # Saved first, so that its first expiry has passed once the others' have: an overwrite without a
+        # ttl stores an artifact that never expires, and must not keep the replaced one's expiry (which
+        # would silently delete what the caller saved for good).
+        store.save("renewed", Message(content="expiring"), ttl=short)
+        store.save("renewed", Message(content="kept"), overwrite=True)
+        store.save("short", Message(content=1), ttl=short)
+        # Every way of saving takes the ttl: a batch or stream path that drops it keeps artifacts for ever.
+        store.save_many({"short-many-a": Message(content=4), "short-many-b": Message(content=5)}, ttl=short)
+        store.save_stream("short-stream", io.BytesIO(b"streamed"), ttl=short)
         store.save("long", Message(content=2), ttl=3600)
         store.save("forever", Message(content=3))
+        expiring = ("short", "short-many-a", "short-many-b", "short-stream")
         deadline = time.monotonic() + 10
-        while store.exists("short"):
-            assert time.monotonic() < deadline, "artifact with a 300 ms TTL still exists after 10 s"
+        while any(store.exists(step_id) for step_id in expiring):
+            left = [step_id for step_id in expiring if store.exists(step_id)]
+            assert time.monotonic() < deadline, f"artifacts saved with a 300 ms TTL still exist after 10 s: {left}"
             time.sleep(0.05)  # polling for expiry, not synchronisation
-        with pytest.raises(ArtifactNotFoundError):
-            store.get("short")
-        assert sorted(info.step_id for info in store.list()) == ["forever", "long"]
+        # An expired artifact is gone from every read, not only from the ones checked above (a batch read or
+        # a page that skips the expiry check serves it on).
+        for step_id in expiring:
+            with pytest.raises(ArtifactNotFoundError):
+                store.get(step_id)
+            with pytest.raises(ArtifactNotFoundError):
+                store.info(step_id)
+            with pytest.raises(ArtifactNotFoundError):
+                store.open(step_id).close()
+        try:
+            found = store.get_many(["forever", *expiring])
+        except ArtifactNotFoundError as exc:
+            missing = exc.missing_ids
+        else:
+            pytest.fail(f"get_many returned expired artifacts: {sorted(set(found) - {'forever'})}")
+        assert missing == expiring, f"get_many returned expired artifacts: {sorted(set(expiring) - set(missing))}"
+        assert store.exists("renewed"), "an overwrite without a ttl kept the replaced artifact's expiry"
+        assert store.get("renewed").content == "kept"
+        kept = ["forever", "long", "renewed"]
+        assert sorted(info.step_id for info in store.list()) == kept
+        listed = [info.step_id for info in store.list_page()]
+        assert listed == kept, f"list_page listed {listed}, not {kept}: expired artifacts"
 
     # -- concurrency ----------------------------------------------------------------------------------
 

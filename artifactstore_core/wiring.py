@@ -22,7 +22,7 @@ from .errors import (
 )
 from .ids import validate_namespace
 from .registry import BackendSpec, plugin_host
-from .settings import CoreSettings, _source_of, load_settings
+from .settings import CoreSettings, _source_of, env_name_of, load_settings
 from .store import ArtifactStore
 
 __all__ = ["StoreContext", "codec_from", "create_store"]
@@ -107,7 +107,7 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             exc.backend = spec.name
         raise
     except Exception as exc:
-        raise _factory_error(spec.name, plugin_host().origin(spec.name), exc) from exc
+        raise _factory_error(spec, plugin_host().origin(spec.name), exc) from exc
     if not isinstance(store, ArtifactStore):
         # A plugin bug that would otherwise surface far from here, as an AttributeError on first use.
         raise PluginLoadError(
@@ -161,12 +161,13 @@ def _misbuilt(store: ArtifactStore, context: StoreContext) -> str | None:
     return None
 
 
-def _factory_error(name: str, origin: str, exc: Exception) -> ArtifactStoreError:
+def _factory_error(spec: BackendSpec, origin: str, exc: Exception) -> ArtifactStoreError:
     """The core error for a backend factory's own exception (a client that cannot connect or parse a setting).
 
     Only the exception's type is quoted, as the stores do for client errors they do not know: its text may
     hold a URL with a password or a token, which no message may carry. The original is chained.
     """
+    name = spec.name
     cls: type[ArtifactStoreError]
     if isinstance(exc, PermissionError):
         cls, what = AccessDeniedError, "was denied access"
@@ -175,8 +176,13 @@ def _factory_error(name: str, origin: str, exc: Exception) -> ArtifactStoreError
     elif isinstance(exc, ConnectionError):
         cls, what = BackendUnavailableError, "could not connect"
     elif isinstance(exc, ValueError):
-        # A factory that refuses a value its settings model accepted: the configuration is what to fix.
-        cls, what = ConfigurationError, f"refused its settings (ARTIFACT_STORE_{name.upper()}_*)"
+        # A factory that refuses a value its settings model accepted: the configuration is what to fix. The
+        # variables are named by the model's own prefix, which need not be the backend's name upper-cased
+        # (a name such as "my-db" cannot even be part of a variable's name).
+        if spec.settings_model is not None:
+            cls, what = ConfigurationError, f"refused its settings ({env_name_of(spec.settings_model, '*')})"
+        else:
+            cls, what = ConfigurationError, "refused its configuration (it has no settings of its own)"
     else:
         cls, what = BackendError, "failed"
     return cls(

@@ -7,9 +7,11 @@ test_example_backend.py). A kit that passes a broken backend certifies it to its
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -89,6 +91,18 @@ class UnverifiedStore(ExampleStore):
             payload if header.codec == "bytes" else json.loads(payload) if header.codec == "json" else payload.decode()
         )
         return Codec.message_from(header, content)
+
+
+class StoredSizeStore(ExampleStore):
+    """Reports the size of its stored payload, as a backend that lists its objects' lengths does: right for
+    every small artifact, wrong for JSON and text the codec compressed."""
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        with _LOCK:
+            snapshot = list(self._blobs.items())
+        for step_id, blob in snapshot:
+            header = self.codec.header_of(blob, place=(self.namespace, step_id))
+            yield dataclasses.replace(header.info(step_id), size=header.stored_size)
 
 
 class UnplacedStore(ExampleStore):
@@ -190,6 +204,39 @@ class OverdeclaringStore(ExampleStore):
     capabilities = Capabilities(list_namespaces=True)
 
 
+class NamespacesStore(ExampleStore):
+    """The example backend with list_namespaces done right: the namespaces whose shelves hold an artifact."""
+
+    capabilities = Capabilities(list_namespaces=True)
+
+    def _namespaces(self) -> Iterable[str]:
+        with _LOCK:
+            return [namespace for namespace, blobs in _SHELF.items() if blobs]
+
+
+# The namespaces RegistryNamespacesStore has saved into: a set beside the shelf, like a Redis set or a table.
+_REGISTRY: set[str] = set()
+
+
+class RegistryNamespacesStore(NamespacesStore):
+    """Lists namespaces from a registry that saves add to and only clear() prunes: a namespace whose
+    artifacts were all deleted one by one stays listed for ever."""
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        super()._save(step_id, message, overwrite, ttl)
+        with _LOCK:
+            _REGISTRY.add(self.namespace)
+
+    def _clear(self) -> int:
+        with _LOCK:
+            _REGISTRY.discard(self.namespace)
+        return super()._clear()
+
+    def _namespaces(self) -> Iterable[str]:
+        with _LOCK:
+            return sorted(_REGISTRY)
+
+
 class PooledGetManyStore(ExampleStore):
     """Reads a batch on a thread pool whose workers run in their own context, not the caller's."""
 
@@ -231,6 +278,95 @@ class StorageOrderPageStore(ExampleStore):
         return infos[:limit]
 
 
+# namespace -> step id -> time.monotonic() deadline, for TtlStore: beside the example's shelf, like a column.
+_DEADLINES: dict[str, dict[str, float]] = {}
+
+
+class TtlStore(ExampleStore):
+    """The example backend with native TTL done right: a save sets the artifact's expiry (or, without a ttl,
+    removes the one it replaces), and every read leaves out what has expired. Expired artifacts stay on the
+    shelf until they are saved over, deleted or cleared, as rows with an expiry column stay in a table."""
+
+    capabilities = Capabilities(native_ttl=True)
+
+    def _expired(self, step_id: str) -> bool:
+        deadline = _DEADLINES.get(self.namespace, {}).get(step_id)
+        return deadline is not None and deadline <= time.monotonic()
+
+    def _drop_if_expired(self, step_id: str) -> None:
+        with _LOCK:
+            if self._expired(step_id):
+                self._blobs.pop(step_id, None)
+                _DEADLINES[self.namespace].pop(step_id, None)
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        self._drop_if_expired(step_id)
+        super()._save(step_id, message, overwrite, ttl)
+        self._set_expiry(step_id, ttl)
+
+    def _set_expiry(self, step_id: str, ttl: float | None) -> None:
+        with _LOCK:
+            deadlines = _DEADLINES.setdefault(self.namespace, {})
+            if ttl is None:
+                deadlines.pop(step_id, None)
+            else:
+                deadlines[step_id] = time.monotonic() + ttl
+
+    def _get(self, step_id: str) -> Message:
+        if self._expired(step_id):
+            raise self._not_found(step_id)
+        return super()._get(step_id)
+
+    def _exists(self, step_id: str) -> bool:
+        return not self._expired(step_id) and super()._exists(step_id)
+
+    def _delete(self, step_id: str) -> bool:
+        self._drop_if_expired(step_id)
+        return super()._delete(step_id)
+
+    def _list(self) -> Iterable[ArtifactInfo]:
+        return [info for info in super()._list() if not self._expired(info.step_id)]
+
+    def _clear(self) -> int:
+        with _LOCK:
+            for step_id in [step_id for step_id in self._blobs if self._expired(step_id)]:
+                del self._blobs[step_id]
+            _DEADLINES.pop(self.namespace, None)
+        return super()._clear()
+
+
+class BatchWithoutTtlStore(TtlStore):
+    """Its batch path forgets the ttl: artifacts saved with save_many never expire."""
+
+    def _save_many(self, items: list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
+        for step_id, message in items:
+            self._save(step_id, message, overwrite, None)
+
+
+class OverwriteKeepsExpiryStore(TtlStore):
+    """An overwrite without a ttl keeps the replaced artifact's expiry: what was saved for good disappears."""
+
+    def _set_expiry(self, step_id: str, ttl: float | None) -> None:
+        if ttl is not None:
+            super()._set_expiry(step_id, ttl)
+
+
+class BatchReadsExpiredStore(TtlStore):
+    """Its batch read skips the expiry check (a query without the expiry filter): get_many serves expired
+    artifacts that get reports missing."""
+
+    def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
+        return {step_id: ExampleStore._get(self, step_id) for step_id in step_ids}
+
+
+class PageListsExpiredStore(TtlStore):
+    """Its paged listing skips the expiry check: list_page lists artifacts that list() leaves out."""
+
+    def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
+        infos = sorted(ExampleStore._list(self), key=lambda info: info.step_id)
+        return [info for info in infos if after is None or info.step_id > after][:limit]
+
+
 @contextmanager
 def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
     """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
@@ -264,6 +400,11 @@ def test_kit_catches_a_clear_by_pattern(name: str, sibling: str) -> None:
 def test_kit_catches_a_listing_of_one_page() -> None:
     with stores(OnePageStore) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_list_and_batches_beyond_a_page(new_store())
+
+
+def test_kit_catches_infos_of_the_stored_size() -> None:
+    with stores(StoredSizeStore) as new_store, pytest.raises(KIT_FAILURES):
+        StoreConformance().test_infos_describe_the_content_not_what_is_stored(new_store())
 
 
 def test_kit_catches_reads_that_do_not_verify(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,6 +454,14 @@ def test_kit_catches_a_capability_declared_but_not_implemented() -> None:
             new_store().namespaces()
 
 
+def test_kit_catches_namespaces_that_stay_listed_once_emptied() -> None:
+    with stores(RegistryNamespacesStore) as new_store, pytest.raises(KIT_FAILURES, match="were all deleted"):
+        StoreConformance().test_namespaces(new_store)
+    # The control: listing the namespaces that hold artifacts passes.
+    with stores(NamespacesStore) as new_store:
+        StoreConformance().test_namespaces(new_store)
+
+
 def test_kit_catches_batch_workers_outside_the_callers_context() -> None:
     # Its get_many parsed JSON content that get, within limiting_json_content, refused.
     with stores(PooledGetManyStore) as new_store, pytest.raises(KIT_FAILURES):
@@ -328,6 +477,29 @@ def test_kit_catches_batch_saves_outside_the_callers_context(monkeypatch: pytest
 def test_kit_catches_pages_in_storage_name_order() -> None:
     with stores(StorageOrderPageStore) as new_store, pytest.raises(KIT_FAILURES):
         StoreConformance().test_list_page_is_in_step_id_order_after_any_id(new_store())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        (BatchWithoutTtlStore, r"still exist after 10 s: \['short-many-a', 'short-many-b'\]"),
+        (OverwriteKeepsExpiryStore, "kept the replaced artifact's expiry"),
+        (BatchReadsExpiredStore, "get_many returned expired artifacts"),
+        (PageListsExpiredStore, "list_page listed"),
+    ],
+    ids=["save_many", "overwrite", "get_many", "list_page"],
+)
+def test_kit_catches_a_ttl_that_does_not_hold_everywhere(cls: type[TtlStore], match: str) -> None:
+    with stores(cls) as new_store, pytest.raises(KIT_FAILURES, match=match):
+        StoreConformance().test_ttl(new_store())
+
+
+@pytest.mark.timeout(60)
+def test_the_ttl_check_passes_a_store_whose_ttl_holds_everywhere() -> None:
+    # The control: the broken stores above fail the check because of their bug.
+    with stores(TtlStore) as new_store:
+        StoreConformance().test_ttl(new_store())
 
 
 def test_kit_catches_a_failure_reported_as_absent() -> None:
@@ -384,11 +556,12 @@ def test_kit_catches_a_refusal_to_build_with_another_error(refusal: Callable[[OS
             new_store(), monkeypatch
         ),
         lambda kit, new_store, monkeypatch: kit.test_list_page_is_in_step_id_order_after_any_id(new_store()),
+        lambda kit, new_store, monkeypatch: kit.test_infos_describe_the_content_not_what_is_stored(new_store()),
         lambda kit, new_store, monkeypatch: kit.test_every_codec_call_names_the_artifacts_place(
             new_store(), monkeypatch
         ),
     ],
-    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page", "place"],
+    ids=["stale", "clear", "page", "verify", "registration", "context", "save_context", "list_page", "infos", "place"],
 )
 def test_the_same_checks_pass_the_example_backend(check: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
     # The control: each check above fails because of the bug, not because it fails everything.

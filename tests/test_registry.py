@@ -290,6 +290,42 @@ def test_a_factory_that_ignores_its_context_is_a_plugin_error(
     assert "a signing key" not in str(info.value)
 
 
+def test_a_module_providing_two_backends_is_asked_to_register_once(site: Path) -> None:
+    # The hook's contract: called once per plugin. A plugin that sets something up in it (a client pool,
+    # a metrics registration) must not find it done twice because a second of its backends was loaded.
+    module = f"twin_{uuid.uuid4().hex}"
+    install_fake_distribution(
+        site,
+        "artifactstore-twin",
+        "1.0",
+        {"twin-a": module, "twin-b": module},
+        {
+            module: """
+from artifactstore_core import BackendSpec, hookimpl
+from artifactstore_memory import MemoryStore
+
+CALLS = []
+
+class A(MemoryStore):
+    backend_name = "twin-a"
+
+class B(MemoryStore):
+    backend_name = "twin-b"
+
+@hookimpl
+def artifactstore_register_backends(register):
+    CALLS.append("called")
+    register(BackendSpec(name="twin-a", factory=lambda c: A(namespace=c.namespace, codec=c.codec)))
+    register(BackendSpec(name="twin-b", factory=lambda c: B(namespace=c.namespace, codec=c.codec)))
+"""
+        },
+    )
+    with create_store("twin-a") as first, create_store("twin-b") as second:
+        assert (first.backend_name, second.backend_name) == ("twin-a", "twin-b")
+    assert {info.name: info.status for info in plugin_host().backends()}["twin-b"] == "loaded"
+    assert __import__(module).CALLS == ["called"]
+
+
 def test_two_distributions_claiming_one_name(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for dist in ("artifactstore-twin-a", "artifactstore-twin-b"):
         install_fake_distribution(site, dist, "1.0", {"twin": f"{dist.replace('-', '_')}_mod"}, {})
@@ -406,6 +442,48 @@ def artifactstore_register_backends(register):
         assert "backend 'failing' (factory-fails 2.0)" in str(info.value)
         assert "hunter2" not in str(info.value)
         assert type(info.value.__cause__).__name__ == raised.split("(")[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ("settings_model=Settings", "refused its settings (ARTIFACT_STORE_MYDB_*)"),
+        ("", "refused its configuration (it has no settings of its own)"),
+    ],
+    ids=["own-prefix", "no-settings"],
+)
+def test_a_factory_value_error_names_the_variables_its_settings_read(site: Path, settings: str, named: str) -> None:
+    # The backend's name upper-cased is not its variables' prefix: "my-db" cannot be part of a variable's name,
+    # and this plugin reads ARTIFACT_STORE_MYDB_*; a backend without settings reads none at all.
+    module = f"mydb_{uuid.uuid4().hex}"
+    install_fake_distribution(
+        site,
+        "artifactstore-mydb",
+        "1.0",
+        {"my-db": module},
+        {
+            module: f"""
+from pydantic_settings import SettingsConfigDict
+from artifactstore_core import BackendSettings, BackendSpec, hookimpl
+
+class Settings(BackendSettings):
+    model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_MYDB_")
+    config_table = "my-db"
+    dsn: str = "db://here"
+
+def factory(ctx):
+    raise ValueError("the dsn is not a database")
+
+@hookimpl
+def artifactstore_register_backends(register):
+    register(BackendSpec(name="my-db", factory=factory, {settings}))
+"""
+        },
+    )
+    with pytest.raises(errors.ConfigurationError) as info:
+        create_store("my-db")
+    assert named in str(info.value)
+    assert "MY-DB" not in str(info.value)
 
 
 def test_a_plugin_cannot_replace_an_existing_command(site: Path) -> None:

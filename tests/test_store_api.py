@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
+from datetime import timedelta
+from decimal import Decimal
+from fractions import Fraction
+
 import pytest
 
-from artifactstore_core import ConfigurationError, Message, StoreClosedError, create_store
+from artifactstore_core import Capabilities, ConfigurationError, Message, StoreClosedError, create_store
+from artifactstore_memory import MemorySpace, MemoryStore
 
 
 @pytest.mark.parametrize("ids", ["ab", b"ab"])
@@ -62,3 +68,54 @@ def test_entering_a_closed_store_raises_store_closed() -> None:
     with pytest.raises(StoreClosedError, match="'enter-closed' of backend 'memory' is closed"):
         store.__enter__()
     store.close()  # still idempotent
+
+
+class _TtlRecorder(MemoryStore):
+    """A memory store that declares native TTL and records the seconds each save was given."""
+
+    capabilities = Capabilities(native_ttl=True)
+
+    def __init__(self) -> None:
+        super().__init__(namespace="ttl-values", space=MemorySpace())
+        self.seconds: list[float | None] = []
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        self.seconds.append(ttl)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "error"),
+    [
+        (10**400, ValueError),  # float() raised OverflowError, which the docs do not name
+        (-(10**400), ValueError),  # positive is what it must be, not shorter
+        (10**5000, ValueError),  # more digits than repr() writes: the message must not quote it
+        (True, TypeError),  # was one second
+        ("60", TypeError),  # was parsed as 60 seconds
+        (b"60", TypeError),
+        ([60], TypeError),
+    ],
+    ids=["huge", "huge-negative", "beyond-repr", "bool", "str", "bytes", "list"],
+)
+def test_a_ttl_that_is_no_duration_is_refused_as_documented(ttl: object, error: type[Exception]) -> None:
+    store = _TtlRecorder()
+    calls = [
+        lambda: store.save("t", Message(content=1), ttl=ttl),  # type: ignore[arg-type]
+        lambda: store.save_many({"t": Message(content=1)}, ttl=ttl),  # type: ignore[arg-type]
+        lambda: store.save_stream("t", io.BytesIO(b"x"), ttl=ttl),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(error, match="ttl") as info:
+            call()
+        if isinstance(ttl, int) and ttl < 0:
+            assert "must be positive" in str(info.value)
+    assert store.seconds == []
+
+
+@pytest.mark.parametrize(
+    ("ttl", "seconds"),
+    [(60, 60.0), (1.5, 1.5), (timedelta(minutes=2), 120.0), (Decimal("2.5"), 2.5), (Fraction(3, 2), 1.5)],
+)
+def test_a_ttl_in_seconds_of_any_real_number_type_is_taken(ttl: object, seconds: float) -> None:
+    store = _TtlRecorder()
+    store.save("t", Message(content=1), ttl=ttl)  # type: ignore[arg-type]
+    assert store.seconds == [seconds]
