@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from artifactstore_core import registry
+
+# No wall-clock deadline per example: on a loaded 2-core machine a slow example is the machine, not a defect
+# (test_list_page's sorting test failed that way once under load). Tests that set their own settings keep them.
+settings.register_profile("artifactstore", deadline=None)
+settings.load_profile("artifactstore")
 
 
 @pytest.fixture(autouse=True)
