@@ -129,12 +129,16 @@ def check_text(value: str, *, where: str = "content") -> str:
 def freeze_json(value: Any, *, where: str = "content") -> Any:
     """Return a deeply immutable copy of a JSON value (dicts to :class:`FrozenDict`, lists to tuples).
 
+    Subclasses of ``str``, ``int`` and ``float``, as values or keys (a ``StrEnum`` or ``IntEnum`` member, a
+    NumPy float), become the plain ``str``, ``int`` or ``float`` JSON writes for them.
+
     Raises:
-        ValueError: if ``value`` is not a JSON value: a non-str key, a NaN or infinite float, a string (or
-            key) with a lone surrogate, an int of more digits than ``sys.get_int_max_str_digits()`` allows
-            in decimal (Python could not write it as JSON), or a type JSON cannot hold. (Inside a
-            :class:`Message` this surfaces as a pydantic ``ValidationError``.) Also for a value nested
-            deeper than the interpreter's recursion limit, or one that contains itself.
+        ValueError: if ``value`` is not a JSON value: a non-str key (or two keys that are one string), a
+            NaN or infinite float, a string (or key) with a lone surrogate, an int of more digits than
+            ``sys.get_int_max_str_digits()`` allows in decimal (Python could not write it as JSON), or a
+            type JSON cannot hold. (Inside a :class:`Message` this surfaces as a pydantic
+            ``ValidationError``.) Also for a value nested deeper than the interpreter's recursion limit,
+            or one that contains itself.
     """
     try:
         return _freeze(value, where)
@@ -171,34 +175,48 @@ def _freeze(value: Any, where: str) -> Any:
     if kind is dict:
         for key in value:
             if type(key) is not str:
-                raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
+                # A str subclass key (a StrEnum member) is made a plain str there, anything else refused.
+                return _freeze_mapping(value, where)
             if not key.isascii():
                 check_text(key, where=where)
         return FrozenDict._adopt({key: _freeze(item, where) for key, item in value.items()})
     if kind is list or kind is tuple:
         return tuple([_freeze(item, where) for item in value])
+    # Subclasses of str, int and float (a StrEnum or IntEnum member, a NumPy float) become the plain value
+    # JSON writes for them: that is what every byte-storing backend gives back, so a message holds the
+    # same values on every backend (memory keeps messages, it would have returned the subclass), and
+    # compares as stored (same_artifact).
     if isinstance(value, str):
-        return check_text(value, where=where)
+        return check_text(str.__str__(value), where=where)
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
+        value = int.__int__(value)
         return value if -_ALWAYS_DECIMAL < value < _ALWAYS_DECIMAL else _check_int(value, where)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where}: {value!r} is not a JSON number")
-        return value
+        return float.__float__(value)
     if isinstance(value, Mapping):
         if isinstance(value, FrozenDict):
             return value
-        frozen = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
-            frozen[check_text(key, where=where)] = _freeze(item, where)
-        return FrozenDict._adopt(frozen)
+        return _freeze_mapping(value, where)
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item, where) for item in value)
     raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def _freeze_mapping(value: Mapping[Any, Any], where: str) -> FrozenDict:
+    frozen = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
+        frozen[check_text(str.__str__(key), where=where)] = _freeze(item, where)
+    if len(frozen) != len(value):
+        # Two keys that differ as objects but are one string (a str subclass with its own __eq__): JSON
+        # would write the key twice and a reader keep only the last value.
+        raise ValueError(f"{where}: two object keys are the same string")
+    return FrozenDict._adopt(frozen)
 
 
 # Parsing JSON straight into frozen values (see loads_frozen). The standard library's C scanner calls
@@ -446,10 +464,11 @@ with warnings.catch_warnings():
         @field_validator("content", mode="before")
         @classmethod
         def _freeze_content(cls, value: Any) -> Any:
+            # A bytes or str subclass becomes the plain value, as freeze_json makes JSON values plain.
             if isinstance(value, bytes):
-                return value
+                return value if type(value) is bytes else bytes(memoryview(value))
             if isinstance(value, str):
-                return check_text(value)
+                return check_text(value if type(value) is str else str.__str__(value))
             if isinstance(value, (bytearray, memoryview)):
                 return bytes(value)
             return freeze_json(value)

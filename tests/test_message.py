@@ -9,6 +9,7 @@ import pickle
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError, SerializationError
 from artifactstore_core import message as message_module
+from artifactstore_core.envelope import Codec
 from artifactstore_core.message import canonical_json, freeze_json, loads_frozen, trusted_message
 from artifactstore_core.testing import json_values
 
@@ -562,3 +564,56 @@ def test_loads_frozen_from_many_threads_at_once() -> None:
         sys.setswitchinterval(interval)
     assert not any(thread.is_alive() for thread in threads)
     assert mismatches == []
+
+
+class _Stage(enum.StrEnum):
+    TRAIN = "train"
+
+
+class _Rank(enum.IntEnum):
+    FIRST = 1
+
+
+class _Score(float):
+    pass
+
+
+class _Name(str):
+    __slots__ = ()
+
+
+class _Bytes(bytes):
+    pass
+
+
+def test_subclasses_of_json_types_become_the_plain_values_every_backend_returns() -> None:
+    # A dict keyed by StrEnum members was refused ("object keys must be str, not _Stage", though a StrEnum
+    # member is a str), while the same keys in an OrderedDict were kept as members; and values kept their
+    # subclass, so the memory backend (which keeps messages) returned _Stage.TRAIN where every byte-storing
+    # backend returned "train".
+    message = Message(content={_Stage.TRAIN: [_Stage.TRAIN, _Rank.FIRST, _Score(0.5)]}, metadata={_Stage.TRAIN: 1})
+    assert message.content == {"train": ("train", 1, 0.5)}
+    [(key, values)] = message.content.items()
+    assert [type(key), *map(type, values)] == [str, str, int, float]
+    assert [type(key) for key in message.metadata] == [str]
+    decoded = Codec().decode_bytes(Codec().encode(message).to_bytes())
+    assert decoded.content == message.content
+    assert decoded.same_artifact(message)
+    ordered = Message(content=OrderedDict([(_Stage.TRAIN, 1)])).content
+    assert [type(key) for key in ordered] == [str]
+    assert type(Message(content=_Name("text")).content) is str
+    assert type(Message(content=_Bytes(b"raw")).content) is bytes
+    assert Message(content=_Name("text")).same_artifact(Message(content="text"))
+
+    # Keys that are one string only as plain str cannot both be written.
+    class _Odd(str):
+        __slots__ = ()
+
+        def __hash__(self) -> int:
+            return 1
+
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+    with pytest.raises(ValidationError, match="two object keys are the same string"):
+        Message(content=OrderedDict([(_Odd("k"), 1), (_Odd("k"), 2)]))
