@@ -422,8 +422,22 @@ def _same_schema(first: SchemaInfo | None, second: SchemaInfo | None) -> bool:
     )
 
 
+# The name multiprocessing's spawn and forkserver workers import the main script under: a model defined in
+# the script that runs is __mp_main__.Name in a worker and __main__.Name in the parent, one class all the same.
+_WORKER_MAIN, _MAIN = "__mp_main__.", "__main__."
+
+
 def _schema_name(model: type[BaseModel]) -> str:
-    return f"{model.__module__}.{model.__qualname__}"
+    module = model.__module__
+    return f"{'__main__' if module == '__mp_main__' else module}.{model.__qualname__}"
+
+
+def _same_schema_name(stored: str, expected: str) -> bool:
+    """Whether a stored schema name names the model of ``expected`` (:func:`_schema_name`); a name stored by a
+    worker before worker names were written as ``__main__`` counts as the main script's."""
+    if stored.startswith(_WORKER_MAIN):
+        stored = _MAIN + stored[len(_WORKER_MAIN) :]
+    return stored == expected
 
 
 with warnings.catch_warnings():
@@ -578,7 +592,9 @@ with warnings.catch_warnings():
         ) -> Message:
             """Wrap a pydantic model instance as a JSON message that records its schema.
 
-            The schema name is the model class's ``module.QualName``; pass ``version`` to record one.
+            The schema name is the model class's ``module.QualName``; pass ``version`` to record one. A model
+            of the script being run is ``__main__.QualName`` also in the worker processes of
+            ``multiprocessing`` (spawn, forkserver), which import that script as ``__mp_main__``.
 
             Raises:
                 SerializationError: pydantic cannot dump the model as JSON (a ``bytes`` field that is not
@@ -624,7 +640,7 @@ with warnings.catch_warnings():
                 SchemaMismatchError: if the message records a different schema name (and ``check_name``), or
                     not the schema ``version`` asked for, or the content does not validate as ``model``.
             """
-            if check_name and self.schema is not None and self.schema.name != _schema_name(model):
+            if check_name and self.schema is not None and not _same_schema_name(self.schema.name, _schema_name(model)):
                 raise SchemaMismatchError(f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}")
             if version is not None:
                 stored = self.schema.version if self.schema is not None else None

@@ -6,6 +6,7 @@ import enum
 import json
 import math
 import pickle
+import subprocess
 import sys
 import threading
 import uuid
@@ -13,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -617,3 +619,55 @@ def test_subclasses_of_json_types_become_the_plain_values_every_backend_returns(
 
     with pytest.raises(ValidationError, match="two object keys are the same string"):
         Message(content=OrderedDict([(_Odd("k"), 1), (_Odd("k"), 2)]))
+
+
+_SPAWNED_PRODUCER = """
+import multiprocessing
+
+from pydantic import BaseModel
+
+from artifactstore_core import Message
+
+
+class Report(BaseModel):
+    rows: int
+
+
+def produce(rows):
+    return Message.from_model(Report(rows=rows))
+
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        [message] = pool.map(produce, [3])
+    print(message.schema.name)
+    print(message.to_model(Report).rows)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_model_of_the_running_script_has_one_schema_name_in_worker_processes(tmp_path: Path) -> None:
+    # A spawned worker (the pipeline's mode="processes") imports the script as __mp_main__, so a model
+    # defined there was recorded as __mp_main__.Report, and the parent's to_model(Report) (reading the
+    # run's outputs, a resume on threads) raised SchemaMismatchError against __main__.Report.
+    script = tmp_path / "producer.py"
+    script.write_text(_SPAWNED_PRODUCER, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=80, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["__main__.Report", "3"]
+
+
+def test_a_schema_name_a_worker_stored_as_mp_main_still_names_the_main_scripts_model() -> None:
+    # Artifacts saved by workers before the fix hold __mp_main__.<name>; they still read as the script's model.
+    stored = Message(content={"title": "t", "words": 1}, schema=SchemaInfo(name="__mp_main__.Summary"))
+    main_summary = type("Summary", (Summary,), {"__module__": "__main__", "__qualname__": "Summary"})
+    assert stored.to_model(main_summary).words == 1
+    with pytest.raises(SchemaMismatchError, match=r"__mp_main__\.Summary"):
+        stored.to_model(Summary)
+    worker_summary = type("Summary", (Summary,), {"__module__": "__mp_main__", "__qualname__": "Summary"})
+    written = Message.from_model(worker_summary(title="t", words=2))
+    assert written.schema is not None
+    assert written.schema.name == "__main__.Summary"
+    assert written.to_model(main_summary).words == 2
