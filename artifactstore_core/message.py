@@ -440,6 +440,56 @@ def _same_schema_name(stored: str, expected: str) -> bool:
     return stored == expected
 
 
+def _holds_non_finite(value: Any) -> bool:
+    """Whether a plain JSON-like value (a model's dump) holds a NaN or infinite float anywhere."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_non_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_non_finite(item) for item in value)
+    return False
+
+
+def _written_as_strings(dumped: Any, written: Any) -> bool:
+    """Whether ``written`` (pydantic's JSON of a model, parsed) holds a string wherever ``dumped`` (its
+    ``model_dump(mode="json")``) holds a NaN or infinite float: the model's JSON keeps them, not ``null``."""
+    if isinstance(dumped, float) and not math.isfinite(dumped):
+        return type(written) is str
+    if isinstance(dumped, dict):
+        return isinstance(written, Mapping) and all(
+            key in written and _written_as_strings(item, written[key]) for key, item in dumped.items()
+        )
+    if isinstance(dumped, (list, tuple)):
+        return (
+            isinstance(written, tuple)
+            and len(written) == len(dumped)
+            and all(_written_as_strings(item, other) for item, other in zip(dumped, written, strict=True))
+        )
+    return True
+
+
+def _non_finite_as_strings(model: BaseModel, dumped: Any, name: str) -> Any:
+    """The content of ``model``, whose dump ``dumped`` holds a NaN or infinity, as pydantic's JSON writes it.
+
+    Raises:
+        SerializationError: that JSON does not keep them as strings (``null``, pydantic's default, would
+            store another value; ``NaN`` literals are not JSON).
+    """
+    try:
+        written = loads_frozen(model.model_dump_json().encode("utf-8"))
+        kept = _written_as_strings(dumped, written)
+    except (ValueError, RecursionError):  # NaN literals (ser_json_inf_nan="constants") are not JSON
+        kept = False
+    if not kept:
+        raise SerializationError(
+            f"cannot store {name} as JSON: it holds a NaN or infinite float, which JSON cannot hold; set "
+            'ser_json_inf_nan="strings" in the model_config of the models holding them (pydantic then writes '
+            '"NaN" and "Infinity", and reads them back), or store another value'
+        )
+    return written
+
+
 with warnings.catch_warnings():
     # Message.schema is the documented field name; it deliberately replaces pydantic v1's deprecated
     # BaseModel.schema() classmethod on this class.
@@ -601,22 +651,36 @@ with warnings.catch_warnings():
                     UTF-8, whose model needs ``ser_json_bytes="base64"`` and ``val_json_bytes="base64"``;
                     a field of a type pydantic cannot serialize); the message names the model and the
                     pydantic error is chained.
-                pydantic.ValidationError: the dump holds what a :class:`Message` refuses (a NaN float).
+                    A NaN or infinite float is stored as pydantic's JSON writes it where that is a string
+                    (``ser_json_inf_nan="strings"`` in the model's ``model_config``: ``"NaN"``,
+                    ``"Infinity"``, which ``to_model`` reads back); otherwise (pydantic's default writes
+                    ``null``, which would lose it) it is this error, saying so.
+                pydantic.ValidationError: the dump holds another value a :class:`Message` refuses (text with
+                    a lone surrogate, an int too long for JSON), or ``metadata`` is not a JSON object.
             """
             model_cls = type(model)
+            name = _schema_name(model_cls)
             try:
                 content = model.model_dump(mode="json")
             except ValueError as exc:  # UnicodeDecodeError, PydanticSerializationError
                 raise SerializationError(
-                    f"cannot dump {_schema_name(model_cls)} as JSON: {type(exc).__name__}: {exc} (a bytes field "
+                    f"cannot dump {name} as JSON: {type(exc).__name__}: {exc} (a bytes field "
                     'that is not UTF-8 needs ser_json_bytes="base64" and val_json_bytes="base64" in its model_config)'
                 ) from exc
             schema = SchemaInfo(
-                name=_schema_name(model_cls),
+                name=name,
                 version=version,
                 json_schema=model_cls.model_json_schema() if include_json_schema else None,
             )
-            return cls(content=content, schema=schema, metadata=metadata or {})
+            try:
+                return cls(content=content, schema=schema, metadata=metadata or {})
+            except ValidationError:
+                # model_dump(mode="json") leaves NaN and infinities as floats, whatever the model's
+                # ser_json_inf_nan says; only pydantic's JSON writer applies it. Looked at only when the
+                # plain dump was refused, so the common case pays nothing.
+                if not _holds_non_finite(content):
+                    raise
+            return cls(content=_non_finite_as_strings(model, content, name), schema=schema, metadata=metadata or {})
 
         def to_model(self, model: type[Model], *, check_name: bool = True, version: str | None = None) -> Model:
             """Validate the content back into ``model``.

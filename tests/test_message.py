@@ -671,3 +671,49 @@ def test_a_schema_name_a_worker_stored_as_mp_main_still_names_the_main_scripts_m
     assert written.schema is not None
     assert written.schema.name == "__main__.Summary"
     assert written.to_model(main_summary).words == 2
+
+
+class _Scores(BaseModel):
+    mean: float
+    spread: list[float]
+
+
+class _ScoresAsStrings(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    mean: float
+    spread: list[float]
+
+
+class _Wrapped(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    scores: _Scores
+
+
+class _WrappedAsStrings(BaseModel):
+    scores: _ScoresAsStrings
+
+
+def test_from_model_stores_nan_and_infinity_as_the_models_json_writes_them() -> None:
+    # model_dump(mode="json") leaves NaN and infinities as floats whatever ser_json_inf_nan says, so a model
+    # that pydantic round-trips through JSON ("NaN", "Infinity" strings) could not be stored at all.
+    for model in (
+        _ScoresAsStrings(mean=math.nan, spread=[1.0, math.inf, -math.inf]),
+        _WrappedAsStrings(scores=_ScoresAsStrings(mean=math.nan, spread=[])),
+    ):
+        message = Message.from_model(model)
+        codec = Codec()
+        back = codec.decode_bytes(codec.encode(message).to_bytes()).to_model(type(model))
+        assert back.model_dump_json() == model.model_dump_json()
+    assert Message.from_model(_ScoresAsStrings(mean=math.nan, spread=[])).content == {"mean": "NaN", "spread": ()}
+    # Where pydantic would write null (its default, here also for a model nested in one that asks for
+    # strings), the value would be lost: refused, naming the model and the setting, as a SerializationError
+    # like every other dump from_model cannot store (a pipeline step returning it fails with that cause).
+    for lossy in (_Scores(mean=math.nan, spread=[]), _Wrapped(scores=_Scores(mean=1.0, spread=[math.inf]))):
+        with pytest.raises(SerializationError, match=r"_(Scores|Wrapped) as JSON: .*NaN or infinite.*ser_json_inf_nan"):
+            Message.from_model(lossy)
+    # A finite model is untouched, and other refusals are still pydantic's.
+    assert Message.from_model(_Scores(mean=0.5, spread=[-0.0])).content == {"mean": 0.5, "spread": (-0.0,)}
+    with pytest.raises(ValidationError, match="metadata"):
+        Message.from_model(_ScoresAsStrings(mean=math.nan, spread=[]), metadata=[1])  # type: ignore[arg-type]
