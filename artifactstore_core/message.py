@@ -440,6 +440,21 @@ def _same_schema_name(stored: str, expected: str) -> bool:
     return stored == expected
 
 
+#: How many of a validation's errors a SchemaMismatchError names (the pydantic error chained has them all).
+_ERRORS_SHOWN = 3
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Where and why content failed validation (``rows: Field required``), for the first errors: the count
+    alone left a pipeline's log without a clue. No input values: only the field path and pydantic's words."""
+    parts = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False)[:_ERRORS_SHOWN]:
+        where = ".".join(str(part) for part in error["loc"]) or "(the content)"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 def _holds_non_finite(value: Any) -> bool:
     """Whether a plain JSON-like value (a model's dump) holds a NaN or infinite float anywhere."""
     if isinstance(value, float):
@@ -722,7 +737,8 @@ with warnings.catch_warnings():
                 return model.model_validate_json(canonical_json(content), by_alias=True, by_name=True)
             except ValidationError as exc:
                 raise SchemaMismatchError(
-                    f"content does not validate as {_schema_name(model)}: {exc.error_count()} error(s)"
+                    f"content does not validate as {_schema_name(model)}: {exc.error_count()} error(s): "
+                    f"{_validation_summary(exc)}"
                 ) from exc
 
 

@@ -717,3 +717,29 @@ def test_from_model_stores_nan_and_infinity_as_the_models_json_writes_them() -> 
     assert Message.from_model(_Scores(mean=0.5, spread=[-0.0])).content == {"mean": 0.5, "spread": (-0.0,)}
     with pytest.raises(ValidationError, match="metadata"):
         Message.from_model(_ScoresAsStrings(mean=math.nan, spread=[]), metadata=[1])  # type: ignore[arg-type]
+
+
+class _Four(BaseModel):
+    a: int
+    b: int
+    c: int
+    d: list[int]
+
+
+def test_schema_mismatch_says_which_fields_fail_and_why() -> None:
+    # The message said only "2 error(s)": a pipeline's log of a failed step gave no clue what was wrong.
+    with pytest.raises(SchemaMismatchError) as info:
+        Message(content={"title": "t", "words": "many"}).to_model(Summary)
+    assert str(info.value).endswith(
+        ": 1 error(s): words: Input should be a valid integer, unable to parse string as an integer"
+    )
+    with pytest.raises(
+        SchemaMismatchError, match=r"4 error\(s\): a: Field required; b: Field required; c: Field required; and 1 more$"
+    ):
+        Message(content={"d": ["x"]}).to_model(_Four)
+    with pytest.raises(SchemaMismatchError, match=r": 1 error\(s\): \(the content\): Input should be an object$"):
+        Message(content=[1]).to_model(_Four, check_name=False)
+    # Field paths and pydantic's words only: never the content's values.
+    with pytest.raises(SchemaMismatchError) as secret:
+        Message(content={"title": "t", "words": "s3cr3t-value"}).to_model(Summary)
+    assert "s3cr3t-value" not in str(secret.value)
