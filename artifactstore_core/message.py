@@ -693,7 +693,11 @@ with warnings.catch_warnings():
                 # model_dump(mode="json") leaves NaN and infinities as floats, whatever the model's
                 # ser_json_inf_nan says; only pydantic's JSON writer applies it. Looked at only when the
                 # plain dump was refused, so the common case pays nothing.
-                if not _holds_non_finite(content):
+                try:
+                    non_finite = _holds_non_finite(content)
+                except RecursionError:  # refused as nested too deeply: that is the error to raise
+                    non_finite = False
+                if not non_finite:
                     raise
             return cls(content=_non_finite_as_strings(model, content, name), schema=schema, metadata=metadata or {})
 
