@@ -521,7 +521,7 @@ with warnings.catch_warnings():
             media_type: free-form text without control characters (e.g. ``type/subtype``); empty (the
                 default) means the default of the content kind: ``application/octet-stream`` for bytes,
                 ``text/plain; charset=utf-8`` for str, ``application/json`` otherwise.
-            created_at: timezone-aware, normalised to UTC; defaults to now.
+            created_at: timezone-aware, normalised to a plain ``datetime`` in UTC; defaults to now.
 
         Constructing a message with invalid content raises pydantic's ``ValidationError`` (a
         ``ValueError``): a value JSON cannot hold (a set, NaN, a non-str key, an int of more digits than
@@ -578,10 +578,16 @@ with warnings.catch_warnings():
             if value.tzinfo is None or value.utcoffset() is None:
                 raise ValueError("created_at must be timezone-aware")
             try:
-                return value.astimezone(UTC)
+                value = value.astimezone(UTC)
             except OverflowError:
                 # 9999-12-31 23:59 at UTC-1 is a year 10000 in UTC: a ValueError, so pydantic reports it.
                 raise ValueError("created_at is out of range in UTC") from None
+            if type(value) is not datetime:
+                # A subclass (pandas' Timestamp) is made a plain datetime, as freeze_json makes JSON values
+                # plain: byte-storing backends give back a datetime, and its own isoformat() (nanoseconds)
+                # would otherwise write a created_at the format does not specify.
+                value = datetime(*value.timetuple()[:6], value.microsecond, tzinfo=UTC)
+            return value
 
         @model_validator(mode="after")
         def _default_media_type(self) -> Message:

@@ -743,3 +743,26 @@ def test_schema_mismatch_says_which_fields_fail_and_why() -> None:
     with pytest.raises(SchemaMismatchError) as secret:
         Message(content={"title": "t", "words": "s3cr3t-value"}).to_model(Summary)
     assert "s3cr3t-value" not in str(secret.value)
+
+
+class _Timestamp(datetime):
+    """Like pandas' Timestamp: a datetime subclass whose isoformat() writes nanoseconds."""
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+        return super().isoformat(sep, timespec).replace("+00:00", "789+00:00")
+
+
+def test_created_at_of_a_datetime_subclass_is_a_plain_datetime() -> None:
+    # The subclass was kept (memory returned it where every other backend returned a datetime), and its own
+    # isoformat() went into the envelope's header: a created_at with nine fraction digits, which the
+    # format does not specify.
+    stamp = _Timestamp(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    message = Message(content=1, created_at=stamp)
+    assert type(message.created_at) is datetime
+    assert message.created_at == stamp
+    encoded = Codec().encode(message)
+    assert b'"created_at":"2026-01-02T03:04:05.123456Z"' in encoded.head
+    head, _ = Codec().encode_head(
+        codec="bytes", media_type="x", schema=None, metadata={}, created_at=stamp, size=0, digest="0" * 64
+    )
+    assert b'"created_at":"2026-01-02T03:04:05.123456Z"' in head
