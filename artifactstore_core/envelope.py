@@ -827,7 +827,8 @@ class Codec:
                 # A frozen model around a frozen document: its encoding cannot change while the record holds it.
                 schema_json = reuse.text(schema, lambda: _schema_json(schema))
             metadata_json = _canonical_metadata(metadata, reuse)
-            created = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            # datetime's own isoformat: a subclass's (pandas' Timestamp adds nanoseconds) is not the format's.
+            created = datetime.isoformat(created_at.astimezone(UTC)).replace("+00:00", "Z")
             compression_json = "null" if compression is None else '"zstd"'
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"metadata is not JSON-serializable: {exc}") from exc

@@ -129,12 +129,16 @@ def check_text(value: str, *, where: str = "content") -> str:
 def freeze_json(value: Any, *, where: str = "content") -> Any:
     """Return a deeply immutable copy of a JSON value (dicts to :class:`FrozenDict`, lists to tuples).
 
+    Subclasses of ``str``, ``int`` and ``float``, as values or keys (a ``StrEnum`` or ``IntEnum`` member, a
+    NumPy float), become the plain ``str``, ``int`` or ``float`` JSON writes for them.
+
     Raises:
-        ValueError: if ``value`` is not a JSON value: a non-str key, a NaN or infinite float, a string (or
-            key) with a lone surrogate, an int of more digits than ``sys.get_int_max_str_digits()`` allows
-            in decimal (Python could not write it as JSON), or a type JSON cannot hold. (Inside a
-            :class:`Message` this surfaces as a pydantic ``ValidationError``.) Also for a value nested
-            deeper than the interpreter's recursion limit, or one that contains itself.
+        ValueError: if ``value`` is not a JSON value: a non-str key (or two keys that are one string), a
+            NaN or infinite float, a string (or key) with a lone surrogate, an int of more digits than
+            ``sys.get_int_max_str_digits()`` allows in decimal (Python could not write it as JSON), or a
+            type JSON cannot hold. (Inside a :class:`Message` this surfaces as a pydantic
+            ``ValidationError``.) Also for a value nested deeper than the interpreter's recursion limit,
+            or one that contains itself.
     """
     try:
         return _freeze(value, where)
@@ -171,34 +175,48 @@ def _freeze(value: Any, where: str) -> Any:
     if kind is dict:
         for key in value:
             if type(key) is not str:
-                raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
+                # A str subclass key (a StrEnum member) is made a plain str there, anything else refused.
+                return _freeze_mapping(value, where)
             if not key.isascii():
                 check_text(key, where=where)
         return FrozenDict._adopt({key: _freeze(item, where) for key, item in value.items()})
     if kind is list or kind is tuple:
         return tuple([_freeze(item, where) for item in value])
+    # Subclasses of str, int and float (a StrEnum or IntEnum member, a NumPy float) become the plain value
+    # JSON writes for them: that is what every byte-storing backend gives back, so a message holds the
+    # same values on every backend (memory keeps messages, it would have returned the subclass), and
+    # compares as stored (same_artifact).
     if isinstance(value, str):
-        return check_text(value, where=where)
+        return check_text(str.__str__(value), where=where)
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
+        value = int.__int__(value)
         return value if -_ALWAYS_DECIMAL < value < _ALWAYS_DECIMAL else _check_int(value, where)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where}: {value!r} is not a JSON number")
-        return value
+        return float.__float__(value)
     if isinstance(value, Mapping):
         if isinstance(value, FrozenDict):
             return value
-        frozen = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
-            frozen[check_text(key, where=where)] = _freeze(item, where)
-        return FrozenDict._adopt(frozen)
+        return _freeze_mapping(value, where)
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item, where) for item in value)
     raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def _freeze_mapping(value: Mapping[Any, Any], where: str) -> FrozenDict:
+    frozen = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: object keys must be str, not {type(key).__name__}")
+        frozen[check_text(str.__str__(key), where=where)] = _freeze(item, where)
+    if len(frozen) != len(value):
+        # Two keys that differ as objects but are one string (a str subclass with its own __eq__): JSON
+        # would write the key twice and a reader keep only the last value.
+        raise ValueError(f"{where}: two object keys are the same string")
+    return FrozenDict._adopt(frozen)
 
 
 # Parsing JSON straight into frozen values (see loads_frozen). The standard library's C scanner calls
@@ -404,8 +422,87 @@ def _same_schema(first: SchemaInfo | None, second: SchemaInfo | None) -> bool:
     )
 
 
+# The name multiprocessing's spawn and forkserver workers import the main script under: a model defined in
+# the script that runs is __mp_main__.Name in a worker and __main__.Name in the parent, one class all the same.
+_WORKER_MAIN, _MAIN = "__mp_main__.", "__main__."
+
+
 def _schema_name(model: type[BaseModel]) -> str:
-    return f"{model.__module__}.{model.__qualname__}"
+    module = model.__module__
+    return f"{'__main__' if module == '__mp_main__' else module}.{model.__qualname__}"
+
+
+def _same_schema_name(stored: str, expected: str) -> bool:
+    """Whether a stored schema name names the model of ``expected`` (:func:`_schema_name`); a name stored by a
+    worker before worker names were written as ``__main__`` counts as the main script's."""
+    if stored.startswith(_WORKER_MAIN):
+        stored = _MAIN + stored[len(_WORKER_MAIN) :]
+    return stored == expected
+
+
+#: How many of a validation's errors a SchemaMismatchError names (the pydantic error chained has them all).
+_ERRORS_SHOWN = 3
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Where and why content failed validation (``rows: Field required``), for the first errors: the count
+    alone left a pipeline's log without a clue. No input values: only the field path and pydantic's words."""
+    parts = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False)[:_ERRORS_SHOWN]:
+        where = ".".join(str(part) for part in error["loc"]) or "(the content)"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _holds_non_finite(value: Any) -> bool:
+    """Whether a plain JSON-like value (a model's dump) holds a NaN or infinite float anywhere."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_non_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_non_finite(item) for item in value)
+    return False
+
+
+def _written_as_strings(dumped: Any, written: Any) -> bool:
+    """Whether ``written`` (pydantic's JSON of a model, parsed) holds a string wherever ``dumped`` (its
+    ``model_dump(mode="json")``) holds a NaN or infinite float: the model's JSON keeps them, not ``null``."""
+    if isinstance(dumped, float) and not math.isfinite(dumped):
+        return type(written) is str
+    if isinstance(dumped, dict):
+        return isinstance(written, Mapping) and all(
+            key in written and _written_as_strings(item, written[key]) for key, item in dumped.items()
+        )
+    if isinstance(dumped, (list, tuple)):
+        return (
+            isinstance(written, tuple)
+            and len(written) == len(dumped)
+            and all(_written_as_strings(item, other) for item, other in zip(dumped, written, strict=True))
+        )
+    return True
+
+
+def _non_finite_as_strings(model: BaseModel, dumped: Any, name: str) -> Any:
+    """The content of ``model``, whose dump ``dumped`` holds a NaN or infinity, as pydantic's JSON writes it.
+
+    Raises:
+        SerializationError: that JSON does not keep them as strings (``null``, pydantic's default, would
+            store another value; ``NaN`` literals are not JSON).
+    """
+    try:
+        written = loads_frozen(model.model_dump_json().encode("utf-8"))
+        kept = _written_as_strings(dumped, written)
+    except (ValueError, RecursionError):  # NaN literals (ser_json_inf_nan="constants") are not JSON
+        kept = False
+    if not kept:
+        raise SerializationError(
+            f"cannot store {name} as JSON: it holds a NaN or infinite float, which JSON cannot hold; set "
+            'ser_json_inf_nan="strings" in the model_config of the models holding them (pydantic then writes '
+            '"NaN" and "Infinity", and reads them back), or store another value'
+        )
+    return written
 
 
 with warnings.catch_warnings():
@@ -424,7 +521,7 @@ with warnings.catch_warnings():
             media_type: free-form text without control characters (e.g. ``type/subtype``); empty (the
                 default) means the default of the content kind: ``application/octet-stream`` for bytes,
                 ``text/plain; charset=utf-8`` for str, ``application/json`` otherwise.
-            created_at: timezone-aware, normalised to UTC; defaults to now.
+            created_at: timezone-aware, normalised to a plain ``datetime`` in UTC; defaults to now.
 
         Constructing a message with invalid content raises pydantic's ``ValidationError`` (a
         ``ValueError``): a value JSON cannot hold (a set, NaN, a non-str key, an int of more digits than
@@ -446,10 +543,11 @@ with warnings.catch_warnings():
         @field_validator("content", mode="before")
         @classmethod
         def _freeze_content(cls, value: Any) -> Any:
+            # A bytes or str subclass becomes the plain value, as freeze_json makes JSON values plain.
             if isinstance(value, bytes):
-                return value
+                return value if type(value) is bytes else bytes(memoryview(value))
             if isinstance(value, str):
-                return check_text(value)
+                return check_text(value if type(value) is str else str.__str__(value))
             if isinstance(value, (bytearray, memoryview)):
                 return bytes(value)
             return freeze_json(value)
@@ -480,10 +578,16 @@ with warnings.catch_warnings():
             if value.tzinfo is None or value.utcoffset() is None:
                 raise ValueError("created_at must be timezone-aware")
             try:
-                return value.astimezone(UTC)
+                value = value.astimezone(UTC)
             except OverflowError:
                 # 9999-12-31 23:59 at UTC-1 is a year 10000 in UTC: a ValueError, so pydantic reports it.
                 raise ValueError("created_at is out of range in UTC") from None
+            if type(value) is not datetime:
+                # A subclass (pandas' Timestamp) is made a plain datetime, as freeze_json makes JSON values
+                # plain: byte-storing backends give back a datetime, and its own isoformat() (nanoseconds)
+                # would otherwise write a created_at the format does not specify.
+                value = datetime(*value.timetuple()[:6], value.microsecond, tzinfo=UTC)
+            return value
 
         @model_validator(mode="after")
         def _default_media_type(self) -> Message:
@@ -559,29 +663,49 @@ with warnings.catch_warnings():
         ) -> Message:
             """Wrap a pydantic model instance as a JSON message that records its schema.
 
-            The schema name is the model class's ``module.QualName``; pass ``version`` to record one.
+            The schema name is the model class's ``module.QualName``; pass ``version`` to record one. A model
+            of the script being run is ``__main__.QualName`` also in the worker processes of
+            ``multiprocessing`` (spawn, forkserver), which import that script as ``__mp_main__``.
 
             Raises:
                 SerializationError: pydantic cannot dump the model as JSON (a ``bytes`` field that is not
                     UTF-8, whose model needs ``ser_json_bytes="base64"`` and ``val_json_bytes="base64"``;
                     a field of a type pydantic cannot serialize); the message names the model and the
                     pydantic error is chained.
-                pydantic.ValidationError: the dump holds what a :class:`Message` refuses (a NaN float).
+                    A NaN or infinite float is stored as pydantic's JSON writes it where that is a string
+                    (``ser_json_inf_nan="strings"`` in the model's ``model_config``: ``"NaN"``,
+                    ``"Infinity"``, which ``to_model`` reads back); otherwise (pydantic's default writes
+                    ``null``, which would lose it) it is this error, saying so.
+                pydantic.ValidationError: the dump holds another value a :class:`Message` refuses (text with
+                    a lone surrogate, an int too long for JSON), or ``metadata`` is not a JSON object.
             """
             model_cls = type(model)
+            name = _schema_name(model_cls)
             try:
                 content = model.model_dump(mode="json")
             except ValueError as exc:  # UnicodeDecodeError, PydanticSerializationError
                 raise SerializationError(
-                    f"cannot dump {_schema_name(model_cls)} as JSON: {type(exc).__name__}: {exc} (a bytes field "
+                    f"cannot dump {name} as JSON: {type(exc).__name__}: {exc} (a bytes field "
                     'that is not UTF-8 needs ser_json_bytes="base64" and val_json_bytes="base64" in its model_config)'
                 ) from exc
             schema = SchemaInfo(
-                name=_schema_name(model_cls),
+                name=name,
                 version=version,
                 json_schema=model_cls.model_json_schema() if include_json_schema else None,
             )
-            return cls(content=content, schema=schema, metadata=metadata or {})
+            try:
+                return cls(content=content, schema=schema, metadata=metadata or {})
+            except ValidationError:
+                # model_dump(mode="json") leaves NaN and infinities as floats, whatever the model's
+                # ser_json_inf_nan says; only pydantic's JSON writer applies it. Looked at only when the
+                # plain dump was refused, so the common case pays nothing.
+                try:
+                    non_finite = _holds_non_finite(content)
+                except RecursionError:  # refused as nested too deeply: that is the error to raise
+                    non_finite = False
+                if not non_finite:
+                    raise
+            return cls(content=_non_finite_as_strings(model, content, name), schema=schema, metadata=metadata or {})
 
         def to_model(self, model: type[Model], *, check_name: bool = True, version: str | None = None) -> Model:
             """Validate the content back into ``model``.
@@ -605,7 +729,7 @@ with warnings.catch_warnings():
                 SchemaMismatchError: if the message records a different schema name (and ``check_name``), or
                     not the schema ``version`` asked for, or the content does not validate as ``model``.
             """
-            if check_name and self.schema is not None and self.schema.name != _schema_name(model):
+            if check_name and self.schema is not None and not _same_schema_name(self.schema.name, _schema_name(model)):
                 raise SchemaMismatchError(f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}")
             if version is not None:
                 stored = self.schema.version if self.schema is not None else None
@@ -623,7 +747,8 @@ with warnings.catch_warnings():
                 return model.model_validate_json(canonical_json(content), by_alias=True, by_name=True)
             except ValidationError as exc:
                 raise SchemaMismatchError(
-                    f"content does not validate as {_schema_name(model)}: {exc.error_count()} error(s)"
+                    f"content does not validate as {_schema_name(model)}: {exc.error_count()} error(s): "
+                    f"{_validation_summary(exc)}"
                 ) from exc
 
 

@@ -197,6 +197,14 @@ class CoreSettings(_Settings):
         # variable unset is the way to ask for no signing.
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is set but empty (or only whitespace); set the key, or unset the variable to not sign")
+        if value is not None:
+            try:
+                # What codec_from turns it into. Bytes of the environment that are not UTF-8 decode to
+                # \udc80-\udcff and come back as they were; any other lone surrogate (a str argument) has no
+                # bytes at all, and failed later as a UnicodeEncodeError whose repr holds the whole key.
+                value.get_secret_value().encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ValueError("holds a lone surrogate, which has no UTF-8 bytes; set the key as text") from None
         return value
 
 

@@ -47,7 +47,9 @@ class StoreContext:
 
 def codec_from(core: CoreSettings) -> Codec:
     """The envelope codec the core settings describe."""
-    key = core.signing_key.get_secret_value().encode("utf-8") if core.signing_key else None
+    # surrogateescape: a variable whose bytes are not UTF-8 (a binary secret) is keyed by exactly those
+    # bytes, as any other program reading the environment sees them; strict UTF-8 crashed create_store.
+    key = core.signing_key.get_secret_value().encode("utf-8", "surrogateescape") if core.signing_key else None
     return Codec(signing_key=key, compress_threshold=core.compress_threshold if core.compression else None)
 
 

@@ -6,12 +6,15 @@ import enum
 import json
 import math
 import pickle
+import subprocess
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -20,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError, SerializationError
 from artifactstore_core import message as message_module
+from artifactstore_core.envelope import Codec
 from artifactstore_core.message import canonical_json, freeze_json, loads_frozen, trusted_message
 from artifactstore_core.testing import json_values
 
@@ -562,3 +566,203 @@ def test_loads_frozen_from_many_threads_at_once() -> None:
         sys.setswitchinterval(interval)
     assert not any(thread.is_alive() for thread in threads)
     assert mismatches == []
+
+
+class _Stage(enum.StrEnum):
+    TRAIN = "train"
+
+
+class _Rank(enum.IntEnum):
+    FIRST = 1
+
+
+class _Score(float):
+    pass
+
+
+class _Name(str):
+    __slots__ = ()
+
+
+class _Bytes(bytes):
+    pass
+
+
+def test_subclasses_of_json_types_become_the_plain_values_every_backend_returns() -> None:
+    # A dict keyed by StrEnum members was refused ("object keys must be str, not _Stage", though a StrEnum
+    # member is a str), while the same keys in an OrderedDict were kept as members; and values kept their
+    # subclass, so the memory backend (which keeps messages) returned _Stage.TRAIN where every byte-storing
+    # backend returned "train".
+    message = Message(content={_Stage.TRAIN: [_Stage.TRAIN, _Rank.FIRST, _Score(0.5)]}, metadata={_Stage.TRAIN: 1})
+    assert message.content == {"train": ("train", 1, 0.5)}
+    [(key, values)] = message.content.items()
+    assert [type(key), *map(type, values)] == [str, str, int, float]
+    assert [type(key) for key in message.metadata] == [str]
+    decoded = Codec().decode_bytes(Codec().encode(message).to_bytes())
+    assert decoded.content == message.content
+    assert decoded.same_artifact(message)
+    ordered = Message(content=OrderedDict([(_Stage.TRAIN, 1)])).content
+    assert [type(key) for key in ordered] == [str]
+    assert type(Message(content=_Name("text")).content) is str
+    assert type(Message(content=_Bytes(b"raw")).content) is bytes
+    assert Message(content=_Name("text")).same_artifact(Message(content="text"))
+
+    # Keys that are one string only as plain str cannot both be written.
+    class _Odd(str):
+        __slots__ = ()
+
+        def __hash__(self) -> int:
+            return 1
+
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+    with pytest.raises(ValidationError, match="two object keys are the same string"):
+        Message(content=OrderedDict([(_Odd("k"), 1), (_Odd("k"), 2)]))
+
+
+_SPAWNED_PRODUCER = """
+import multiprocessing
+
+from pydantic import BaseModel
+
+from artifactstore_core import Message
+
+
+class Report(BaseModel):
+    rows: int
+
+
+def produce(rows):
+    return Message.from_model(Report(rows=rows))
+
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        [message] = pool.map(produce, [3])
+    print(message.schema.name)
+    print(message.to_model(Report).rows)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_model_of_the_running_script_has_one_schema_name_in_worker_processes(tmp_path: Path) -> None:
+    # A spawned worker (the pipeline's mode="processes") imports the script as __mp_main__, so a model
+    # defined there was recorded as __mp_main__.Report, and the parent's to_model(Report) (reading the
+    # run's outputs, a resume on threads) raised SchemaMismatchError against __main__.Report.
+    script = tmp_path / "producer.py"
+    script.write_text(_SPAWNED_PRODUCER, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=80, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["__main__.Report", "3"]
+
+
+def test_a_schema_name_a_worker_stored_as_mp_main_still_names_the_main_scripts_model() -> None:
+    # Artifacts saved by workers before the fix hold __mp_main__.<name>; they still read as the script's model.
+    stored = Message(content={"title": "t", "words": 1}, schema=SchemaInfo(name="__mp_main__.Summary"))
+    main_summary = type("Summary", (Summary,), {"__module__": "__main__", "__qualname__": "Summary"})
+    assert stored.to_model(main_summary).words == 1
+    with pytest.raises(SchemaMismatchError, match=r"__mp_main__\.Summary"):
+        stored.to_model(Summary)
+    worker_summary = type("Summary", (Summary,), {"__module__": "__mp_main__", "__qualname__": "Summary"})
+    written = Message.from_model(worker_summary(title="t", words=2))
+    assert written.schema is not None
+    assert written.schema.name == "__main__.Summary"
+    assert written.to_model(main_summary).words == 2
+
+
+class _Scores(BaseModel):
+    mean: float
+    spread: list[float]
+
+
+class _ScoresAsStrings(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    mean: float
+    spread: list[float]
+
+
+class _Wrapped(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    scores: _Scores
+
+
+class _WrappedAsStrings(BaseModel):
+    scores: _ScoresAsStrings
+
+
+def test_from_model_stores_nan_and_infinity_as_the_models_json_writes_them() -> None:
+    # model_dump(mode="json") leaves NaN and infinities as floats whatever ser_json_inf_nan says, so a model
+    # that pydantic round-trips through JSON ("NaN", "Infinity" strings) could not be stored at all.
+    for model in (
+        _ScoresAsStrings(mean=math.nan, spread=[1.0, math.inf, -math.inf]),
+        _WrappedAsStrings(scores=_ScoresAsStrings(mean=math.nan, spread=[])),
+    ):
+        message = Message.from_model(model)
+        codec = Codec()
+        back = codec.decode_bytes(codec.encode(message).to_bytes()).to_model(type(model))
+        assert back.model_dump_json() == model.model_dump_json()
+    assert Message.from_model(_ScoresAsStrings(mean=math.nan, spread=[])).content == {"mean": "NaN", "spread": ()}
+    # Where pydantic would write null (its default, here also for a model nested in one that asks for
+    # strings), the value would be lost: refused, naming the model and the setting, as a SerializationError
+    # like every other dump from_model cannot store (a pipeline step returning it fails with that cause).
+    for lossy in (_Scores(mean=math.nan, spread=[]), _Wrapped(scores=_Scores(mean=1.0, spread=[math.inf]))):
+        with pytest.raises(SerializationError, match=r"_(Scores|Wrapped) as JSON: .*NaN or infinite.*ser_json_inf_nan"):
+            Message.from_model(lossy)
+    # A finite model is untouched, and other refusals are still pydantic's.
+    assert Message.from_model(_Scores(mean=0.5, spread=[-0.0])).content == {"mean": 0.5, "spread": (-0.0,)}
+    with pytest.raises(ValidationError, match="metadata"):
+        Message.from_model(_ScoresAsStrings(mean=math.nan, spread=[]), metadata=[1])  # type: ignore[arg-type]
+
+
+class _Four(BaseModel):
+    a: int
+    b: int
+    c: int
+    d: list[int]
+
+
+def test_schema_mismatch_says_which_fields_fail_and_why() -> None:
+    # The message said only "2 error(s)": a pipeline's log of a failed step gave no clue what was wrong.
+    with pytest.raises(SchemaMismatchError) as info:
+        Message(content={"title": "t", "words": "many"}).to_model(Summary)
+    assert str(info.value).endswith(
+        ": 1 error(s): words: Input should be a valid integer, unable to parse string as an integer"
+    )
+    with pytest.raises(
+        SchemaMismatchError, match=r"4 error\(s\): a: Field required; b: Field required; c: Field required; and 1 more$"
+    ):
+        Message(content={"d": ["x"]}).to_model(_Four)
+    with pytest.raises(SchemaMismatchError, match=r": 1 error\(s\): \(the content\): Input should be an object$"):
+        Message(content=[1]).to_model(_Four, check_name=False)
+    # Field paths and pydantic's words only: never the content's values.
+    with pytest.raises(SchemaMismatchError) as secret:
+        Message(content={"title": "t", "words": "s3cr3t-value"}).to_model(Summary)
+    assert "s3cr3t-value" not in str(secret.value)
+
+
+class _Timestamp(datetime):
+    """Like pandas' Timestamp: a datetime subclass whose isoformat() writes nanoseconds."""
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+        return super().isoformat(sep, timespec).replace("+00:00", "789+00:00")
+
+
+def test_created_at_of_a_datetime_subclass_is_a_plain_datetime() -> None:
+    # The subclass was kept (memory returned it where every other backend returned a datetime), and its own
+    # isoformat() went into the envelope's header: a created_at with nine fraction digits, which the
+    # format does not specify.
+    stamp = _Timestamp(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    message = Message(content=1, created_at=stamp)
+    assert type(message.created_at) is datetime
+    assert message.created_at == stamp
+    encoded = Codec().encode(message)
+    assert b'"created_at":"2026-01-02T03:04:05.123456Z"' in encoded.head
+    head, _ = Codec().encode_head(
+        codec="bytes", media_type="x", schema=None, metadata={}, created_at=stamp, size=0, digest="0" * 64
+    )
+    assert b'"created_at":"2026-01-02T03:04:05.123456Z"' in head

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from artifactstore_core import ConfigurationError, CoreSettings, Message, create_store
+from artifactstore_core.envelope import Codec
 from artifactstore_core.settings import load_settings
 from artifactstore_memory import MemorySettings
 
@@ -334,3 +335,23 @@ def test_a_config_key_spelt_as_its_variable_is_named_with_the_setting(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigurationError, match=f"unknown setting '{key}' .*did you mean '{setting}'"):
         create_store("memory")
+
+
+def test_a_signing_key_whose_bytes_are_not_utf8_is_those_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A binary secret in the environment (bytes that are not UTF-8) crashed create_store, and every CLI
+    # command, with a UnicodeEncodeError whose repr holds the whole key. The key is the variable's bytes.
+    monkeypatch.setenv("ARTIFACT_STORE_SIGNING_KEY", b"canary\xff\xfekey-5b2e".decode("utf-8", "surrogateescape"))
+    message = Message(content={"rows": 3})
+    with create_store("memory", namespace="binary-key") as store:
+        assert store.codec.signed
+        encoded = store.codec.encode(message, place=("binary-key", "a"))
+    same_bytes = Codec(signing_key=b"canary\xff\xfekey-5b2e")
+    assert same_bytes.decode(encoded.head, encoded.payload, place=("binary-key", "a")).content == message.content
+    # A lone surrogate that stands for no byte (only a str argument can hold one) is refused as a setting,
+    # without the key in the message.
+    monkeypatch.delenv("ARTIFACT_STORE_SIGNING_KEY")
+    with pytest.raises(ConfigurationError, match=r"ARTIFACT_STORE_SIGNING_KEY .*lone surrogate") as info:
+        create_store("memory", signing_key="canary\ud800key-5b2e")
+    assert "canary" not in str(info.value)
+    assert "canary" not in repr(info.value)
+    assert info.value.__cause__ is None
