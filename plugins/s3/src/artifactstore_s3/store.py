@@ -960,7 +960,10 @@ class S3Store(ArtifactStore):
         self._write_once(step_id, key, encoded.header, write, overwrite, multipart=large)
 
     def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
-        self._ensure_conditional()  # once, before the workers start
+        if not overwrite:
+            # Once, before the workers start. Overwriting never needs the condition (save does not probe for
+            # it either): probing would cost requests and refuse the batch where the endpoint ignores it.
+            self._ensure_conditional()
 
         def save_one(step_id: str, message: Message) -> None:
             try:
