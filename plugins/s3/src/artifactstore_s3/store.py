@@ -517,6 +517,7 @@ class S3Store(ArtifactStore):
         Raises:
             ConfigurationError: the endpoint ignores the condition on such a write and ``conditional_writes``
                 is ``require``.
+            AccessDeniedError: S3 refused the probe's key (``<prefix>/.probe/``), naming it.
         """
         for kind in _PROBE_KINDS if multipart else _PROBE_KINDS[:1]:
             if kind not in self._conditional and kind not in self._probe_refusals:
@@ -532,7 +533,13 @@ class S3Store(ArtifactStore):
 
     def _settle_probe(self, kind: str) -> None:
         """Probe one kind of conditional write and record what to do about it (see :meth:`_ensure_conditional`)."""
-        honoured = self._probe_put() if kind == "put" else self._probe_multipart()
+        try:
+            honoured = self._probe_put() if kind == "put" else self._probe_multipart()
+        except ClientError as exc:
+            refused = self._reserved_refusal(exc, "probe")
+            if refused is None:
+                raise
+            raise refused from exc
         if honoured:
             self._conditional[kind] = True
             return
@@ -631,6 +638,39 @@ class S3Store(ArtifactStore):
         finally:
             if created:
                 self._delete_probe(key)
+
+    def _reserved_refusal(self, exc: ClientError, kind: str) -> AccessDeniedError | None:
+        """What an ``AccessDenied`` on a reserved key (``kind``: ``probe`` or ``staging``) means, ``None`` for
+        any other error.
+
+        A bucket policy or IAM role often grants the artifacts' keys only (``<prefix>/<namespace>/*``): the
+        plain translation, "check the credentials and the bucket policy", would send the user to a policy that
+        looks right, for a save of an artifact it covers. This names the key outside the namespace that was
+        refused, why the store writes there, and what to grant.
+        """
+        code, _ = client_error_code(exc)
+        if code != "AccessDenied":  # a wrong key or signature fails every request alike: the usual message fits
+            return None
+        pattern = self._keys.reserved(kind, "*")
+        if kind == "probe":
+            why = (
+                "the store checks there, before its first write, that the endpoint honours conditional writes "
+                "(If-None-Match)"
+            )
+            actions = "s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload"
+            instead = (
+                "; or set ARTIFACT_STORE_S3_CONDITIONAL_WRITES=trust to skip that check (on AWS S3, which honours "
+                "the condition)"
+            )
+        else:
+            why = "a stream that cannot seek is uploaded there first, then copied into the artifact's key"
+            actions = "s3:PutObject, s3:GetObject, s3:DeleteObject and s3:AbortMultipartUpload"
+            instead = ""
+        return AccessDeniedError(
+            f"S3 refused access (AccessDenied) to {pattern!r} in bucket {self._bucket!r}, outside the namespace: "
+            f"{why}; grant {actions} on the keys {pattern!r} (resource arn:aws:s3:::{self._bucket}/{pattern} on "
+            f"AWS) as well as on the namespace's{instead}"
+        )
 
     def _delete_probe(self, key: str) -> None:
         """Delete a probe object (there or not); never raises (a failure is logged)."""
@@ -1105,7 +1145,13 @@ class S3Store(ArtifactStore):
                 upload.add_buffer(buffer, count)
 
         try:
-            self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
+            try:
+                self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
+            except ClientError as exc:
+                refused = self._reserved_refusal(exc, "staging")
+                if refused is None:
+                    raise
+                raise refused from exc
             header, layout = self._head_for(step_id, template, size, hasher.hexdigest())
 
             def assemble(upload: MultipartUpload) -> None:
