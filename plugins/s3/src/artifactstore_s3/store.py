@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import ClientError
 
 from artifactstore_core import (
@@ -47,7 +48,7 @@ from .layout import ObjectLayout, layout_for, stored_head
 from .logs import StoreSecrets
 from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
-from .settings import MIB, S3Settings
+from .settings import MIB, S3Settings, credential_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -84,6 +85,35 @@ def _no_retry_of_a_refused_handshake(caught_exception: BaseException | None = No
     older botocore releases retry on any such value, ``False`` included."""
     if caught_exception is not None and tls_refused(caught_exception):
         raise caught_exception
+
+
+# Where boto3's chain found static credentials (Credentials.method), for an error about them.
+_CREDENTIAL_SOURCES = {
+    "env": "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)",
+    "shared-credentials-file": "the credentials file (AWS_SHARED_CREDENTIALS_FILE, by default ~/.aws/credentials)",
+    "config-file": "the AWS config file (AWS_CONFIG_FILE, by default ~/.aws/config)",
+}
+
+
+def _chain_credential_problem(credentials: Credentials | None) -> str | None:
+    """What makes static credentials from boto3's chain unusable (see :func:`credential_problem`), ``None``:
+    nothing, or credentials that refresh (reading them could call STS or SSO; they do not come from a file or
+    a variable a person filled in). Never quotes them. Raises nothing."""
+    if credentials is None or isinstance(credentials, RefreshableCredentials):
+        return None
+    method = str(getattr(credentials, "method", "") or "")
+    if method == "explicit":
+        return None  # the settings' own, checked when they were loaded
+    for what, value in (
+        ("access key id", credentials.access_key),
+        ("secret access key", credentials.secret_key),
+        ("session token", credentials.token),
+    ):
+        problem = credential_problem(value or "") if isinstance(value, str) else None
+        if problem is not None:
+            source = _CREDENTIAL_SOURCES.get(method, f"boto3's credential chain ({method or 'unknown source'})")
+            return f"the S3 {what} found in {source} {problem}"
+    return None
 
 
 # Every open store, so that a forked child resets their per-process state in one place (S3Store._after_fork).
@@ -330,6 +360,10 @@ class S3Store(ArtifactStore):
             credentials = session.get_credentials()
         except Exception:  # the client's first request meets the same failure and reports it
             credentials = None
+        problem = _chain_credential_problem(credentials)
+        if problem is not None:
+            client.close()
+            raise ConfigurationError(problem, backend=self.backend_name)
         self._log_secrets.watch(client, credentials)
         return client
 
