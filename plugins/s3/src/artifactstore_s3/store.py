@@ -1316,6 +1316,22 @@ class S3Store(ArtifactStore):
         etag = response.get("ETag")
         return etag if etag else True
 
+    def _etag_of(self, key: str) -> str | bool:
+        """The ETag of the object at ``key`` from a ``HeadObject`` (``True``: there, ETag not told; ``False``:
+        not there). For an object :meth:`_look` found without learning its ETag: the bucket is known to exist.
+
+        Raises:
+            ClientError: any failure but a missing object (translated by the caller).
+        """
+        try:
+            response = self._live_client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if self._absent(exc, bucket_known=True):
+                return False
+            raise
+        etag = response.get("ETag")
+        return etag if etag else True
+
     def _delete(self, step_id: str) -> bool:
         """Delete the object the look found, on its ETag (``If-Match``), so that of two concurrent deleters
         only the one whose ``DeleteObject`` removed it reports ``True``.
@@ -1334,6 +1350,11 @@ class S3Store(ArtifactStore):
         key = self._keys.key(step_id)
         for _ in range(self._settings.max_attempts):
             found = self._look(key)
+            if found is True and self._conditional_delete:
+                # The look's refusal carried no ETag: S3 answers the first byte of an empty object (an artifact
+                # of b"" or "") 416 with none. Without one the delete would be unconditional, and every
+                # concurrent deleter of it would report it deleted.
+                found = self._etag_of(key)
             if found is False:
                 return False
             conditional = isinstance(found, str) and self._conditional_delete
