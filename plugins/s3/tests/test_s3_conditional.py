@@ -62,6 +62,22 @@ def test_require_refuses_an_endpoint_that_ignores_the_condition(new_s3_store: Ne
     assert all_keys(raw, bucket) == [store.key_of("x")]
 
 
+@pytest.mark.timeout(60)
+def test_overwriting_batches_need_no_probe_and_work_where_the_condition_is_ignored(
+    new_s3_store: NewStore, raw: Any, bucket: str
+) -> None:
+    store = new_s3_store()  # require
+    ignore_if_none_match(store)
+    puts = count(store, "PutObject")
+    store.save_many({"x": Message(content=1), "y": Message(content=2)}, overwrite=True)
+    store.save_many({"x": Message(content=3)}, overwrite=True)
+    assert [url for url in puts if "/.probe/" in url] == []  # overwriting never needs the condition
+    assert (store.get("x").content, store.get("y").content) == (3, 2)
+    with pytest.raises(ConfigurationError):  # a write-once batch still is refused
+        store.save_many({"z": Message(content=1)})
+    assert sorted(all_keys(raw, bucket)) == sorted([store.key_of("x"), store.key_of("y")])
+
+
 def test_probe_at_start_refuses_at_construction(moto_endpoint: str, bucket: str) -> None:
     class Ignoring(S3Store):
         def _make_client(self) -> Any:

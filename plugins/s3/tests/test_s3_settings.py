@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 import uuid
 from typing import Any
 
@@ -61,6 +62,23 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: 
     with pytest.raises(ConfigurationError) as info:
         load_settings(S3Settings)
     assert ENV_PREFIX + env in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN"])
+@pytest.mark.parametrize("value", ["credential-canary-7e1\n", "credential-canary-7e1\r\n", "credential\tcanary-7e1"])
+def test_a_credential_with_a_control_character_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    # A line break left by the file or secret the value came from: sent, it failed every request with a
+    # retryable "cannot reach S3" whose chained error quoted the key id or the token.
+    monkeypatch.setenv(ENV_PREFIX + "ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv(ENV_PREFIX + "SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv(ENV_PREFIX + field, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(S3Settings, bucket="b")
+    assert ENV_PREFIX + field in str(info.value)
+    assert ("line break" if value.endswith("\n") else "control character") in str(info.value)
+    assert "canary-7e1" not in "".join(traceback.format_exception(info.value))
 
 
 def test_half_explicit_credentials_are_refused_without_echoing_them() -> None:
@@ -189,3 +207,23 @@ def test_an_invalid_bucket_name_names_the_variable(moto_endpoint: str, caplog: p
         store.close()
     assert "ARTIFACT_STORE_S3_BUCKET" in str(info.value)
     assert not [record for record in caplog.records if "probe object" in record.getMessage()]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("variable", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+def test_chain_credentials_with_a_line_break_are_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, aws_files: Any, moto_endpoint: str, variable: str
+) -> None:
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "AKIACHAINCANARY00000",
+        "AWS_SECRET_ACCESS_KEY": "chain-secret-canary",
+        "AWS_SESSION_TOKEN": "chain-token-canary",
+    }
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value + "\n" if name == variable else value)
+    with pytest.raises(ConfigurationError) as info:
+        S3Store(make_settings(moto_endpoint, "any-bucket", access_key_id=None, secret_access_key=None))
+    assert variable in str(info.value)
+    assert "line break" in str(info.value)
+    shown = "".join(traceback.format_exception(info.value))
+    assert all(value not in shown for value in credentials.values())

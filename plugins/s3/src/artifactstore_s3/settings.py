@@ -8,6 +8,7 @@ repr, a log line or an error message.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -17,13 +18,34 @@ from pydantic_settings import SettingsConfigDict
 
 from artifactstore_core import BackendSettings
 
-__all__ = ["MIB", "MIN_PART_SIZE", "S3Settings"]
+__all__ = ["MIB", "MIN_PART_SIZE", "S3Settings", "credential_problem"]
 
 MIB = 1024 * 1024
 #: S3's smallest part (every part of a multipart upload but the last).
 MIN_PART_SIZE = 5 * MIB
 #: S3's largest part.
 MAX_PART_SIZE = 5 * 1024 * MIB
+
+# C0 controls and DEL: no S3 credential holds one, and a line break in one that goes into a header (the key id,
+# the session token) makes http.client refuse the request with a ValueError that quotes the whole header value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def credential_problem(value: str) -> str | None:
+    """What makes ``value`` unusable as an S3 credential (``None``: nothing), without quoting any of it.
+
+    A control character, most often the line break that ends the file or the secret a credential was read
+    from: in the access key id or the session token it makes every request fail before it is sent, as an
+    error that quotes the credential (which botocore reports as a connection failure), and in the secret
+    key every signature. Raises nothing.
+    """
+    if not _CONTROL.search(value):
+        return None
+    if value.rstrip("\r\n") != value and not _CONTROL.search(value.rstrip("\r\n")):
+        return (
+            "ends with a line break (left by the file or secret it was read from?); no S3 service accepts it, remove it"
+        )
+    return "contains a control character (a line break, a tab); no S3 service accepts it, remove it"
 
 
 class S3Settings(BackendSettings):
@@ -169,6 +191,16 @@ class S3Settings(BackendSettings):
             parts.port  # noqa: B018 (urlsplit checks the port only when it is asked for)
         except ValueError as exc:
             raise ValueError(f"has an invalid port ({exc})") from None
+        return value
+
+    @field_validator("access_key_id", "secret_access_key", "session_token")
+    @classmethod
+    def _check_credential(cls, value: SecretStr | None) -> SecretStr | None:
+        # Refused here, naming the variable: sent, such a value fails every request with an error that quotes it.
+        if value is not None:
+            problem = credential_problem(value.get_secret_value())
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("prefix")

@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import ClientError
 
 from artifactstore_core import (
@@ -47,7 +48,7 @@ from .layout import ObjectLayout, layout_for, stored_head
 from .logs import StoreSecrets
 from .multipart import MultipartUpload, check_part_count
 from .reader import VerifiedReader, split_prelude
-from .settings import MIB, S3Settings
+from .settings import MIB, S3Settings, credential_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -84,6 +85,35 @@ def _no_retry_of_a_refused_handshake(caught_exception: BaseException | None = No
     older botocore releases retry on any such value, ``False`` included."""
     if caught_exception is not None and tls_refused(caught_exception):
         raise caught_exception
+
+
+# Where boto3's chain found static credentials (Credentials.method), for an error about them.
+_CREDENTIAL_SOURCES = {
+    "env": "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)",
+    "shared-credentials-file": "the credentials file (AWS_SHARED_CREDENTIALS_FILE, by default ~/.aws/credentials)",
+    "config-file": "the AWS config file (AWS_CONFIG_FILE, by default ~/.aws/config)",
+}
+
+
+def _chain_credential_problem(credentials: Credentials | None) -> str | None:
+    """What makes static credentials from boto3's chain unusable (see :func:`credential_problem`), ``None``:
+    nothing, or credentials that refresh (reading them could call STS or SSO; they do not come from a file or
+    a variable a person filled in). Never quotes them. Raises nothing."""
+    if credentials is None or isinstance(credentials, RefreshableCredentials):
+        return None
+    method = str(getattr(credentials, "method", "") or "")
+    if method == "explicit":
+        return None  # the settings' own, checked when they were loaded
+    for what, value in (
+        ("access key id", credentials.access_key),
+        ("secret access key", credentials.secret_key),
+        ("session token", credentials.token),
+    ):
+        problem = credential_problem(value or "") if isinstance(value, str) else None
+        if problem is not None:
+            source = _CREDENTIAL_SOURCES.get(method, f"boto3's credential chain ({method or 'unknown source'})")
+            return f"the S3 {what} found in {source} {problem}"
+    return None
 
 
 # Every open store, so that a forked child resets their per-process state in one place (S3Store._after_fork).
@@ -330,6 +360,10 @@ class S3Store(ArtifactStore):
             credentials = session.get_credentials()
         except Exception:  # the client's first request meets the same failure and reports it
             credentials = None
+        problem = _chain_credential_problem(credentials)
+        if problem is not None:
+            client.close()
+            raise ConfigurationError(problem, backend=self.backend_name)
         self._log_secrets.watch(client, credentials)
         return client
 
@@ -517,6 +551,7 @@ class S3Store(ArtifactStore):
         Raises:
             ConfigurationError: the endpoint ignores the condition on such a write and ``conditional_writes``
                 is ``require``.
+            AccessDeniedError: S3 refused the probe's key (``<prefix>/.probe/``), naming it.
         """
         for kind in _PROBE_KINDS if multipart else _PROBE_KINDS[:1]:
             if kind not in self._conditional and kind not in self._probe_refusals:
@@ -532,7 +567,13 @@ class S3Store(ArtifactStore):
 
     def _settle_probe(self, kind: str) -> None:
         """Probe one kind of conditional write and record what to do about it (see :meth:`_ensure_conditional`)."""
-        honoured = self._probe_put() if kind == "put" else self._probe_multipart()
+        try:
+            honoured = self._probe_put() if kind == "put" else self._probe_multipart()
+        except ClientError as exc:
+            refused = self._reserved_refusal(exc, "probe")
+            if refused is None:
+                raise
+            raise refused from exc
         if honoured:
             self._conditional[kind] = True
             return
@@ -631,6 +672,39 @@ class S3Store(ArtifactStore):
         finally:
             if created:
                 self._delete_probe(key)
+
+    def _reserved_refusal(self, exc: ClientError, kind: str) -> AccessDeniedError | None:
+        """What an ``AccessDenied`` on a reserved key (``kind``: ``probe`` or ``staging``) means, ``None`` for
+        any other error.
+
+        A bucket policy or IAM role often grants the artifacts' keys only (``<prefix>/<namespace>/*``): the
+        plain translation, "check the credentials and the bucket policy", would send the user to a policy that
+        looks right, for a save of an artifact it covers. This names the key outside the namespace that was
+        refused, why the store writes there, and what to grant.
+        """
+        code, _ = client_error_code(exc)
+        if code != "AccessDenied":  # a wrong key or signature fails every request alike: the usual message fits
+            return None
+        pattern = self._keys.reserved(kind, "*")
+        if kind == "probe":
+            why = (
+                "the store checks there, before its first write, that the endpoint honours conditional writes "
+                "(If-None-Match)"
+            )
+            actions = "s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload"
+            instead = (
+                "; or set ARTIFACT_STORE_S3_CONDITIONAL_WRITES=trust to skip that check (on AWS S3, which honours "
+                "the condition)"
+            )
+        else:
+            why = "a stream that cannot seek is uploaded there first, then copied into the artifact's key"
+            actions = "s3:PutObject, s3:GetObject, s3:DeleteObject and s3:AbortMultipartUpload"
+            instead = ""
+        return AccessDeniedError(
+            f"S3 refused access (AccessDenied) to {pattern!r} in bucket {self._bucket!r}, outside the namespace: "
+            f"{why}; grant {actions} on the keys {pattern!r} (resource arn:aws:s3:::{self._bucket}/{pattern} on "
+            f"AWS) as well as on the namespace's{instead}"
+        )
 
     def _delete_probe(self, key: str) -> None:
         """Delete a probe object (there or not); never raises (a failure is logged)."""
@@ -960,7 +1034,10 @@ class S3Store(ArtifactStore):
         self._write_once(step_id, key, encoded.header, write, overwrite, multipart=large)
 
     def _save_many(self, items: builtins.list[tuple[str, Message]], overwrite: bool, ttl: float | None) -> None:
-        self._ensure_conditional()  # once, before the workers start
+        if not overwrite:
+            # Once, before the workers start. Overwriting never needs the condition (save does not probe for
+            # it either): probing would cost requests and refuse the batch where the endpoint ignores it.
+            self._ensure_conditional()
 
         def save_one(step_id: str, message: Message) -> None:
             try:
@@ -1102,7 +1179,13 @@ class S3Store(ArtifactStore):
                 upload.add_buffer(buffer, count)
 
         try:
-            self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
+            try:
+                self._upload(staging, _STAGING_LAYOUT, feed_staging, False)
+            except ClientError as exc:
+                refused = self._reserved_refusal(exc, "staging")
+                if refused is None:
+                    raise
+                raise refused from exc
             header, layout = self._head_for(step_id, template, size, hasher.hexdigest())
 
             def assemble(upload: MultipartUpload) -> None:
@@ -1233,6 +1316,22 @@ class S3Store(ArtifactStore):
         etag = response.get("ETag")
         return etag if etag else True
 
+    def _etag_of(self, key: str) -> str | bool:
+        """The ETag of the object at ``key`` from a ``HeadObject`` (``True``: there, ETag not told; ``False``:
+        not there). For an object :meth:`_look` found without learning its ETag: the bucket is known to exist.
+
+        Raises:
+            ClientError: any failure but a missing object (translated by the caller).
+        """
+        try:
+            response = self._live_client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if self._absent(exc, bucket_known=True):
+                return False
+            raise
+        etag = response.get("ETag")
+        return etag if etag else True
+
     def _delete(self, step_id: str) -> bool:
         """Delete the object the look found, on its ETag (``If-Match``), so that of two concurrent deleters
         only the one whose ``DeleteObject`` removed it reports ``True``.
@@ -1251,6 +1350,11 @@ class S3Store(ArtifactStore):
         key = self._keys.key(step_id)
         for _ in range(self._settings.max_attempts):
             found = self._look(key)
+            if found is True and self._conditional_delete:
+                # The look's refusal carried no ETag: S3 answers the first byte of an empty object (an artifact
+                # of b"" or "") 416 with none. Without one the delete would be unconditional, and every
+                # concurrent deleter of it would report it deleted.
+                found = self._etag_of(key)
             if found is False:
                 return False
             conditional = isinstance(found, str) and self._conditional_delete
