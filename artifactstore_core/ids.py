@@ -66,7 +66,10 @@ def _check(value: object, *, what: str, limit: int) -> str:
     control = _CONTROL.search(value)
     if control is not None:
         raise InvalidStepIdError(f"{what} {_shown(value)} contains the control character {control.group()!r}")
-    return value
+    # A str subclass (a StrEnum member, an ``class Step(str, Enum)``) becomes the plain str: backends build
+    # keys and paths with f-strings, where such a member may format as "Step.TRAIN" (Python 3.12 and newer),
+    # and the memory backend would hand the member back from list() where the others give a str.
+    return value if type(value) is str else str.__str__(value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -75,7 +78,8 @@ def _valid_step_id(value: str) -> str:
 
 
 def validate_step_id(step_id: object) -> str:
-    """Return ``step_id`` unchanged if it is a legal step id.
+    """Return ``step_id`` if it is a legal step id (a ``str`` subclass, such as a ``StrEnum`` member, as the
+    plain ``str`` of its value).
 
     Raises:
         InvalidStepIdError: if it is not a non-empty str within :data:`MAX_ID_BYTES` bytes of UTF-8, or
@@ -88,7 +92,7 @@ def validate_step_id(step_id: object) -> str:
 
 
 def validate_namespace(namespace: object) -> str:
-    """Return ``namespace`` unchanged if it is a legal namespace.
+    """Return ``namespace`` if it is a legal namespace (a ``str`` subclass as its plain ``str``).
 
     Raises:
         InvalidStepIdError: under the same rules as :func:`validate_step_id`, with

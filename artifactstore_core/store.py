@@ -385,7 +385,7 @@ class ArtifactStore(ABC):
             StoreClosedError: the store was closed.
         """
         if after is not None:
-            validate_step_id(after)
+            after = validate_step_id(after)
         if type(limit) is not int or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
         self._check_open()
@@ -460,10 +460,11 @@ class ArtifactStore(ABC):
             ArtifactExistsError, CapacityError, SerializationError, BackendError, StoreClosedError,
                 UnsupportedOperationError, ValueError: as :meth:`save`.
         """
-        pairs = builtins.list(items.items() if isinstance(items, Mapping) else items)
+        given = builtins.list(items.items() if isinstance(items, Mapping) else items)
+        # validate_step_id makes a str subclass id (a StrEnum member) the plain str the backend stores.
+        pairs = [(validate_step_id(step_id), message) for step_id, message in given]
         seen: set[str] = set()
         for step_id, message in pairs:
-            validate_step_id(step_id)
             _check_message(message)
             if step_id in seen:
                 raise InvalidStepIdError(f"step id {step_id!r} appears twice in one save_many", step_id=step_id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import io
 from datetime import timedelta
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,25 @@ def test_a_ttl_in_seconds_of_any_real_number_type_is_taken(ttl: object, seconds:
     store = _TtlRecorder()
     store.save("t", Message(content=1), ttl=ttl)  # type: ignore[arg-type]
     assert store.seconds == [seconds]
+
+
+class _Step(str, enum.Enum):  # noqa: UP042  (the mixin, not StrEnum: it formats as "_Step.TRAIN" on 3.12+)
+    TRAIN = "train"
+    SCORE = "score"
+
+
+@pytest.mark.parametrize("backend", ["memory", "filesystem"])
+def test_a_str_enum_member_as_id_is_its_plain_value(backend: str, tmp_path: Path) -> None:
+    # A (str, Enum) member formats as "_Step.TRAIN" in f-strings on Python 3.12 and newer, and the memory
+    # backend handed the member itself back from list(): ids are their plain str everywhere.
+    options = {"root": str(tmp_path)} if backend == "filesystem" else {}
+    with create_store(backend, namespace="enum-ids", **options) as store:
+        store.save(_Step.TRAIN, Message(content=b"t"))
+        store.save_many({_Step.SCORE: Message(content=b"s")})
+        ids = [info.step_id for info in store.list()]
+        assert sorted(ids) == ["score", "train"]
+        assert all(type(step_id) is str for step_id in ids)
+        assert store.get("train").content == b"t"
+        assert set(store.get_many([_Step.TRAIN, "score"])) == {"train", "score"}
+        assert [type(key) for key in store.get_many([_Step.TRAIN])] == [str]
+        assert [info.step_id for info in store.list_page(after=_Step.SCORE, limit=5)] == ["train"]
