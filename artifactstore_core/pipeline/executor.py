@@ -342,6 +342,9 @@ class Executor:
                                 # Fail fast: steps not started yet never start; running ones finish.
                                 for other in running:
                                     other.cancel()
+                                # Nor do the readers of a step that finished in this same wait and came
+                                # first: they were queued before the failure was seen.
+                                ready.clear()
                             continue
                         outcome = future.result()
                         # A replacement another resume saved first, restored without running the step.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import itertools
@@ -185,6 +186,42 @@ def test_step_failed_error_survives_pickling(workdir: Path) -> None:
     assert (copy.step_id, copy.execution_id, copy.backend) == ("a", caught.value.execution_id, "memory")
     assert copy.result == caught.value.result
     assert str(copy) == str(caught.value)
+
+
+def test_no_step_starts_after_a_failure_seen_with_a_sibling_that_finished_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two steps that end together come back from one wait, in an order no test controls. When the one that
+    # succeeded came first, its reader was queued, and was started after the failure had been seen. This wait
+    # returns both, the sibling first, every time.
+    original = concurrent.futures.wait
+
+    def both_sibling_first(fs: Any, timeout: float | None = None, return_when: str = "") -> Any:
+        original(fs, timeout, concurrent.futures.ALL_COMPLETED)
+        return [future for future in fs if future.done()], set()
+
+    monkeypatch.setattr(concurrent.futures, "wait", both_sibling_first)
+    started: list[str] = []
+
+    def fails(inputs: Inputs) -> None:
+        raise StepError("told to fail")
+
+    def reader(inputs: Inputs) -> int:
+        started.append("reader")  # an expensive model call, in a real pipeline
+        return 2
+
+    pipeline = Pipeline([Step("sibling", lambda inputs: 1), Step("fails", fails), Step("reader", reader, "sibling")])
+    with pytest.raises(StepFailedError) as caught:
+        Executor(max_workers=2).run(pipeline)
+
+    assert caught.value.step_id == "fails"
+    assert started == []
+    assert caught.value.result is not None
+    assert statuses(caught.value.result) == {
+        "sibling": StepStatus.SUCCEEDED,
+        "fails": StepStatus.FAILED,
+        "reader": StepStatus.NOT_RUN,
+    }
 
 
 def test_failure_with_clear_policy_removes_everything(workdir: Path) -> None:
