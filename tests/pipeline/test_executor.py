@@ -33,6 +33,7 @@ from pipeline_steps import (
     is_dead,
     pids,
     step_a,
+    step_b,
     step_beside_killed,
     step_crash,
     step_killed_beside_sibling,
@@ -583,6 +584,28 @@ def test_processes_refuse_unimportable_steps_before_any_step_runs(process_case: 
     assert caught.value.step_id == "b"
     assert "<lambda>" in str(caught.value)
     assert "module level" in str(caught.value)
+    assert calls(workdir) == {}
+
+
+@pytest.mark.parametrize(
+    ("bound", "expected"),
+    [
+        # A lock (as in every client object) cannot be sent: found when the step was sent, after A had run.
+        ({"meeting": BarrierMeeting(threading.Barrier(2))}, "cannot pickle '_thread"),
+        ({"gate": lambda: None}, "<lambda> cannot be imported there"),
+    ],
+    ids=["lock", "lambda"],
+)
+def test_processes_refuse_partial_arguments_that_cannot_be_sent_before_any_step_runs(
+    bound: dict[str, Any], expected: str, tmp_path: Path, workdir: Path
+) -> None:
+    b = functools.partial(step_b, workdir=str(workdir), **bound)
+    pipeline = Pipeline([Step("a", functools.partial(step_a, workdir=str(workdir))), Step("b", b, ("a",))])
+    with pytest.raises(ConfigurationError) as caught:
+        Executor(StoreConfig("filesystem", root=str(tmp_path / "fs")), mode="processes").run(pipeline)
+    assert caught.value.step_id == "b"
+    assert expected in str(caught.value)
+    assert "mode='threads'" in str(caught.value)
     assert calls(workdir) == {}
 
 
