@@ -44,6 +44,7 @@ from pipeline_steps import (
     waiting_pipeline,
 )
 
+import artifactstore_core.message as message_module
 from artifactstore_core import (
     ArtifactInfo,
     ArtifactStore,
@@ -840,6 +841,36 @@ def test_step_outputs_are_wrapped_by_kind() -> None:
     assert seen["json"].to_python() == {"k": [1, 2]}
     assert seen["message"].metadata == {"x": 1}
     assert result.output.content is None
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["saved", "replaced"])
+def test_a_json_output_is_encoded_once(overwrite: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The save encoded it, then the executor encoded it again to report its size: seconds more for an output of
+    # a few hundred MB, outside the step's duration. A replacement is saved twice (its record, then over the
+    # artifact), and was encoded three times.
+    output = [{"part": n, "text": "words " * 20} for n in range(50)]
+    encoded: list[int] = []
+    real = message_module._canonical_text
+
+    def counting(value: Any) -> str:
+        if isinstance(value, tuple) and len(value) == len(output):
+            encoded.append(1)
+        return real(value)
+
+    if overwrite:
+        # A damaged artifact from an earlier run: the resume runs the step again and replaces it.
+        with create_store("filesystem", namespace="encoded-once", root=str(tmp_path / "fs")) as store:
+            store.save("out", Message(content=[]))
+        (artifact,) = [path for path in (tmp_path / "fs").rglob("*") if path.is_file()]
+        artifact.write_bytes(artifact.read_bytes()[:-1] + b"X")
+    monkeypatch.setattr(message_module, "_canonical_text", counting)
+    executor = Executor(StoreConfig("filesystem", root=str(tmp_path / "fs")), on_success="keep")
+    result = executor.run(Pipeline([Step("out", lambda inputs: output)]), execution_id="encoded-once")
+
+    assert result.steps["out"].status == StepStatus.SUCCEEDED
+    assert (result.steps["out"].replaced is not None) == overwrite
+    assert result.steps["out"].size == len(real(result.output.content).encode())
+    assert encoded == [1]
 
 
 def test_table_lists_every_step() -> None:
