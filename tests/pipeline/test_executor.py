@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
@@ -657,6 +658,7 @@ def test_a_script_without_a_main_guard_is_told_why_no_worker_started(tmp_path: P
 HANGING_IMPORT_SCRIPT = """
 import os
 import threading
+import unicodedata
 from pathlib import Path
 
 from artifactstore_core.pipeline import Executor, Pipeline, Step, StoreConfig
@@ -885,6 +887,35 @@ def test_table_lists_every_step() -> None:
     assert "2 of 2 ran" in table
     with pytest.raises(LookupError, match="0 outputs"):
         _ = RunResult(execution_id="x", backend="memory", steps={}).output
+
+
+def columns(text: str) -> int:
+    """The columns a terminal gives ``text`` (wide characters two, combining marks none)."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text
+    )
+
+
+def test_table_columns_line_up_for_wide_and_combining_step_ids() -> None:
+    # Padded by characters, not columns: a CJK or emoji id pushed its row's columns right, a decomposed
+    # accent pulled them left.
+    ids = ["取得", "要約-1", "summary-2", "e\u0301te\u0301", "🚀 launch"]
+    pipeline = Pipeline([Step(step_id, lambda inputs: "x" * 3000) for step_id in ids])
+    lines = Executor().run(pipeline).table().splitlines()[:-1]  # not the wall time
+
+    status = columns(lines[0][: lines[0].index("status")])
+    for line, step_id in zip(lines[2:], ids, strict=False):
+        assert line.startswith(step_id)
+        assert columns(line[: line.index("succeeded")]) == status, line
+    assert len({columns(line) for line in lines}) == 1, lines
+
+
+def test_table_escapes_step_id_characters_that_reorder_or_break_a_line() -> None:
+    # A right-to-left override showed the rest of its row reversed; a line separator split the row in two.
+    table = Executor().run(Pipeline([Step("a\u202eb\u2028c", lambda inputs: 1)])).table()
+    assert "\u202e" not in table
+    assert "\u2028" not in table
+    assert "a\\u202eb\\u2028c  succeeded" in table
 
 
 def test_the_execution_id_is_logged_before_any_step_runs(
