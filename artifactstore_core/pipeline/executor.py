@@ -106,7 +106,9 @@ class Executor:
         _choice("mode", mode, Mode)
         _choice("on_success", on_success, SuccessPolicy)
         _choice("on_failure", on_failure, FailurePolicy)
-        if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+        if max_workers is not None and (
+            not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
+        ):
             raise ConfigurationError(f"max_workers must be a positive int, not {max_workers!r}")
         if isinstance(store, ServiceContainer):
             store = store.resolve(StoreConfig)

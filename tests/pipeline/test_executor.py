@@ -796,6 +796,9 @@ def test_an_exception_that_cannot_be_rebuilt_fails_its_step_not_the_pool(tmp_pat
         ({"on_success": "drop"}, "on_success must be one of"),
         ({"on_failure": "retry"}, "on_failure must be one of"),
         ({"max_workers": 0}, "max_workers must be a positive int"),
+        # A str failed with "'<' not supported between instances of 'str' and 'int'"; a float was taken.
+        ({"max_workers": "4"}, "max_workers must be a positive int, not '4'"),
+        ({"max_workers": 2.5}, "max_workers must be a positive int, not 2.5"),
     ],
 )
 def test_invalid_arguments(kwargs: Mapping[str, Any], match: str) -> None:
