@@ -12,6 +12,7 @@ next steps read it from there. At the end the namespace is cleared.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from artifactstore_core import ArtifactStoreError
@@ -19,11 +20,19 @@ from artifactstore_core.pipeline import StepFailedError
 from artifactstore_core.pipeline.example import run_demo
 
 
+def seconds(text: str) -> float:
+    """A latency in seconds: a finite number, zero or more (argparse shows the error, not a traceback)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the example pipeline on the configured backend.")
     parser.add_argument("--mode", choices=["threads", "processes"], default="threads", help="where steps run")
     parser.add_argument("--workers", type=int, default=None, help="most steps running at once")
-    parser.add_argument("--latency", type=float, default=0.2, help="seconds per stand-in model call (default 0.2)")
+    parser.add_argument("--latency", type=seconds, default=0.2, help="seconds per stand-in model call (default 0.2)")
     parser.add_argument("--execution-id", default=None, help="resume this execution instead of starting a new one")
     args = parser.parse_args(argv)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..envelope import content_bytes
+from ..envelope import content_bytes, reusing_verified_digests
 from ..errors import ArtifactCorruptedError, ArtifactExistsError, ArtifactNotFoundError, SerializationError
 from ..message import Message
 from ..store import ArtifactStore
@@ -195,9 +195,12 @@ def execute_step(
     if unusable:
         raise ReusedInputsUnusable(step.id, tuple(unusable))
     if overwrite:
-        message, ran = _replace(store, step, inputs, records)
-    else:
-        message, ran = to_message(step.id, step.fn(inputs)), True
+        _, ran, size = _replace(store, step, inputs, records)
+        return StepOutcome(step.id, time.perf_counter() - started if ran else 0.0, size, ran)
+    message = to_message(step.id, step.fn(inputs))
+    # The save's encoding of JSON content is reused to measure it, not computed again (seconds for an output
+    # of a few hundred MB). Not around the step's function: the context keeps every content it sees.
+    with reusing_verified_digests():
         if forget:
             # A record stands for the artifact it replaced and its copies: once the step's artifact is saved
             # afresh (it was deleted by hand to be computed again, or it vanished), an old record would
@@ -214,12 +217,12 @@ def execute_step(
             # this execution (a second resume at once) saved its output while it ran here. Write-once makes
             # that first output the step's artifact, the one every reader reads: this run uses it too.
             message = store.get(step.id)
-    duration = time.perf_counter() - started
-    return StepOutcome(step.id, duration if ran else 0.0, len(content_bytes(message)[1]), ran)
+        duration = time.perf_counter() - started
+        return StepOutcome(step.id, duration, len(content_bytes(message)[1]))
 
 
-def _replace(store: ArtifactStore, step: Step, inputs: Any, records: int = 0) -> tuple[Message, bool]:
-    """Replace ``step``'s damaged artifact; return the replacement and whether the step ran.
+def _replace(store: ArtifactStore, step: Step, inputs: Any, records: int = 0) -> tuple[Message, bool, int]:
+    """Replace ``step``'s damaged artifact; return the replacement, whether the step ran, and its content size.
 
     Two resumes of one execution (two processes) can find the same artifact damaged and replace it at
     once. Were each to overwrite it with its own run's output, the second would replace the artifact
@@ -248,16 +251,18 @@ def _replace(store: ArtifactStore, step: Step, inputs: Any, records: int = 0) ->
             last = None
         generation += 1
     ran = last is None
-    if last is None:
-        message = to_message(step.id, step.fn(inputs))
-        try:
-            store.save(record, message)
-            last = message
-        except ArtifactExistsError:
-            # Another resume created this generation's record while the step ran here: its output is the
-            # replacement, the artifact its readers may have read already.
-            last = store.get(record)
-    return _install(store, step.id, last, record, max(records, generation)), ran
+    message = to_message(step.id, step.fn(inputs)) if last is None else last
+    # One encoding of JSON content for the record, the artifact and the size (see execute_step).
+    with reusing_verified_digests():
+        if ran:
+            try:
+                store.save(record, message)
+            except ArtifactExistsError:
+                # Another resume created this generation's record while the step ran here: its output is the
+                # replacement, the artifact its readers may have read already.
+                message = store.get(record)
+        installed = _install(store, step.id, message, record, max(records, generation))
+        return installed, ran, len(content_bytes(installed)[1])
 
 
 def _install(store: ArtifactStore, step_id: str, replacement: Message, record: str, records: int) -> Message:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigurationError
 from ..ids import validate_namespace
 from ..models import Capabilities
 from ..registry import plugin_host
@@ -27,10 +28,22 @@ class StoreConfig:
     Args:
         backend: the backend name; default ``ARTIFACT_STORE_BACKEND`` (then the config file, then ``memory``).
         **options: the backend's settings by field name (``url=...`` for redis, ``root=...`` for
-            filesystem), as :func:`~artifactstore_core.create_store` takes them.
+            filesystem), as :func:`~artifactstore_core.create_store` takes them; not ``namespace``, which
+            each store built from the config is given.
+
+    Raises:
+        ConfigurationError: a ``namespace`` option.
     """
 
     def __init__(self, backend: str | None = None, **options: Any) -> None:
+        if "namespace" in options:
+            # Every store built from a config is bound to the namespace it is built for (an executor's: the
+            # execution id), so this one could never be used: each create() would fail with a TypeError.
+            raise ConfigurationError(
+                "StoreConfig takes no namespace option: an Executor stores each execution in a namespace of its "
+                "own, the execution id (Executor.run(pipeline, execution_id=...)); for a store bound to a "
+                "namespace of your choice, call config.create(namespace)"
+            )
         self.backend = backend
         self.options: dict[str, Any] = dict(options)
 

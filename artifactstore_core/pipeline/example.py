@@ -17,6 +17,7 @@ call it.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import sys
 import time
@@ -124,9 +125,12 @@ def example_pipeline(*, latency: float = 0.0) -> Pipeline:
 
     Args:
         latency: seconds each summarise step waits, standing in for a model's response time.
+
+    Raises:
+        ValueError: ``latency`` is negative or not finite (NaN was taken and waited for nothing).
     """
-    if latency < 0:
-        raise ValueError(f"latency must be >= 0, got {latency!r}")
+    if not math.isfinite(latency) or latency < 0:
+        raise ValueError(f"latency must be a finite number of seconds >= 0, got {latency!r}")
     parts = len(paragraphs(EXAMPLE_TEXT))
     summarise = [
         Step(f"summarise-{n + 1}", functools.partial(summarise_part, index=n, latency=latency), inputs=("split",))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures.process as cfp
 import contextlib
+import copy
 import functools
 import logging
 import multiprocessing
@@ -22,7 +23,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from ..errors import ArtifactCorruptedError, ArtifactNotFoundError, ArtifactStoreError, ConfigurationError
 from ..ids import validate_namespace
@@ -105,7 +106,9 @@ class Executor:
         _choice("mode", mode, Mode)
         _choice("on_success", on_success, SuccessPolicy)
         _choice("on_failure", on_failure, FailurePolicy)
-        if max_workers is not None and (isinstance(max_workers, bool) or max_workers < 1):
+        if max_workers is not None and (
+            not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
+        ):
             raise ConfigurationError(f"max_workers must be a positive int, not {max_workers!r}")
         if isinstance(store, ServiceContainer):
             store = store.resolve(StoreConfig)
@@ -174,7 +177,8 @@ class Executor:
             StepFailedError: a step raised or its output could not be saved; it names the step and the
                 execution id, chains the step's exception, and carries the partial result. No new step
                 starts after a failure; steps already running finish.
-            ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker,
+            ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker (or
+                its ``functools.partial`` arguments cannot be sent to one),
                 or the store factory returned a store bound to another namespace than ``execution_id``, or
                 the store has a signing key under which none of the execution's artifacts verifies (a
                 wrong key, not damage: nothing is overwritten). Raised before any step runs.
@@ -192,8 +196,9 @@ class Executor:
         fresh = execution_id is None
         execution_id = uuid.uuid4().hex if execution_id is None else validate_namespace(execution_id)
         if self._mode == "processes":
+            memo: dict[int, Any] = {}
             for step in pipeline.steps:
-                _check_importable(step)
+                _check_importable(step, memo)
         started = time.perf_counter()
         store = self._factory(execution_id)
         try:
@@ -342,6 +347,9 @@ class Executor:
                                 # Fail fast: steps not started yet never start; running ones finish.
                                 for other in running:
                                     other.cancel()
+                                # Nor do the readers of a step that finished in this same wait and came
+                                # first: they were queued before the failure was seen.
+                                ready.clear()
                             continue
                         outcome = future.result()
                         # A replacement another resume saved first, restored without running the step.
@@ -672,11 +680,44 @@ def _how_it_ended(worker: WorkerDied) -> str:
     return f"exited with code {code}"
 
 
-def _check_importable(step: Step) -> None:
-    """Refuse, before anything runs, a step function a spawned worker could not import."""
-    fn: object = step.fn
-    while isinstance(fn, functools.partial):
-        fn = fn.func
+def _check_importable(step: Step, memo: dict[int, Any]) -> None:
+    """Refuse, before anything runs, a step function a spawned worker could not import, or whose
+    ``functools.partial`` arguments (or, for a callable instance, its state) cannot be sent to it.
+
+    ``memo`` is shared by the steps of one run, so a value many steps bind is copied once.
+    """
+    for fn in _functions_of(step.fn):
+        _check_function(step, fn)
+    try:
+        # The pool sends the step by the reduce protocol, which copy.deepcopy goes through too (nothing here
+        # may pickle): a lock, an open client or file bound with partial is found now, not once the steps
+        # upstream of it (model calls) have run.
+        copy.deepcopy(step.fn, memo)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"step {step.id!r}: mode='processes' sends each step's function, with its functools.partial "
+            f"arguments, to a worker process, and this one cannot be sent: {type(exc).__name__}: {_text_of(exc)}. "
+            "Bind only plain values (build clients, locks and open files inside the step function), or use "
+            "mode='threads'",
+            step_id=step.id,
+        ) from exc
+
+
+def _functions_of(fn: object) -> list[object]:
+    """``fn`` through its ``functools.partial`` wrappers, and the functions bound as their arguments."""
+    found: list[object] = []
+    pending = [fn]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, functools.partial):
+            pending += [item.func, *item.args, *item.keywords.values()]
+        elif isinstance(item, types.FunctionType):
+            found.append(item)
+    return found
+
+
+def _check_function(step: Step, fn: object) -> None:
+    """Refuse ``fn``, the step's function or one bound as an argument, if a spawned worker could not import it."""
     if not isinstance(fn, types.FunctionType):
         # Callable instances, bound methods, builtins: pickled by reference to their class or module.
         return
@@ -695,8 +736,9 @@ def _check_importable(step: Step) -> None:
             problem = "it is defined in an interactive session (__main__ has no file a worker can import)"
     if problem is not None:
         raise ConfigurationError(
-            f"step {step.id!r}: mode='processes' sends each step's function to worker processes by its import "
-            f"path, and {where} cannot be imported there: {problem}. Define it at module level (a "
-            f"functools.partial of a module-level function also works), or use mode='threads'",
+            f"step {step.id!r}: mode='processes' sends each step's function (and any function bound to it with "
+            f"functools.partial) to worker processes by its import path, and {where} cannot be imported there: "
+            f"{problem}. Define it at module level (a functools.partial of a module-level function also works), "
+            "or use mode='threads'",
             step_id=step.id,
         )

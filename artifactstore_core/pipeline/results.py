@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -99,22 +101,56 @@ class RunResult:
                 status += {StepStatus.SUCCEEDED: " (replaced)", StepStatus.REUSED: " (restored)"}.get(
                     step.status, " (to replace)"
                 )
-            rows.append((step.step_id, status, format_duration(step.duration) if timed else "-", size))
+            rows.append((_shown(step.step_id), status, format_duration(step.duration) if timed else "-", size))
         work = sum(step.duration for step in self.steps.values())
         total_size = sum(step.size or 0 for step in self.steps.values())
         rows.append(
             ("total", f"{len(self.ran())} of {len(self.steps)} ran", format_duration(work), format_size(total_size))
         )
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        # Columns, not characters: a step id may hold wide characters (CJK, emoji) or combining marks.
+        widths = [max(_width(row[i]) for row in rows) for i in range(4)]
         lines = []
         for index, row in enumerate(rows):
             if index == len(rows) - 1:
                 lines.append("  ".join("-" * width for width in widths))
-            lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
+            cells = [_pad(row[0], widths[0]), _pad(row[1], widths[1]), _pad(row[2], widths[2], right=True)]
+            lines.append("  ".join([*cells, _pad(row[3], widths[3], right=True)]))
             if index == 0:
                 lines.append("  ".join("-" * width for width in widths))
         lines.append(f"wall time {format_duration(self.duration)} (steps in parallel overlap)")
         return "\n".join(lines)
+
+
+#: Characters a step id may hold that the table shows escaped (``\\u202e``), as the command line shows them:
+#: the bidirectional controls reorder the rest of the line (the "Trojan Source" characters), and the line and
+#: paragraph separators break it, so a row could pass for another step's.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _shown(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def _width(text: str) -> int:
+    """The columns a terminal gives ``text``: two for a wide character (East Asian, most emoji), none for a
+    combining mark or a zero-width format character, one for the others."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0
+        if unicodedata.category(char) in ("Mn", "Me", "Cf")
+        else 2
+        if unicodedata.east_asian_width(char) in ("W", "F")
+        else 1
+        for char in text
+    )
+
+
+def _pad(text: str, width: int, *, right: bool = False) -> str:
+    padding = " " * (width - _width(text))
+    return padding + text if right else text + padding
 
 
 def format_duration(seconds: float) -> str:

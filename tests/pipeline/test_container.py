@@ -197,3 +197,11 @@ def test_store_config_repr_hides_option_values() -> None:
     other: Any = StoreConfig("redis", url="redis://:hunter2@localhost/0")
     assert config == other
     assert config != StoreConfig("redis")
+
+
+def test_store_config_refuses_a_namespace_option() -> None:
+    # It was taken, then every store built from it failed with "create_store() got multiple values for keyword
+    # argument 'namespace'" (a TypeError), at the first run, or in each worker process.
+    with pytest.raises(ConfigurationError, match="execution_id") as caught:
+        StoreConfig("memory", namespace="run-42")
+    assert "create(namespace)" in str(caught.value)

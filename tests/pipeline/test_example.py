@@ -55,6 +55,24 @@ def test_quickstart_main(capsys: pytest.CaptureFixture[str]) -> None:
     assert "(0 artifacts of this execution left in the store)" in out
 
 
+@pytest.mark.parametrize("latency", ["-1", "nan"])
+def test_quickstart_refuses_a_latency_that_is_no_duration(latency: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # -1 ended in a ValueError traceback from example_pipeline; nan was taken and summarised nothing.
+    main = runpy.run_path(str(QUICKSTART), run_name="quickstart")["main"]
+    with pytest.raises(SystemExit) as caught:
+        main(["--latency", latency])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "--latency" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("latency", [-1.0, float("nan"), float("inf")])
+def test_example_pipeline_refuses_a_latency_that_is_no_duration(latency: float) -> None:
+    with pytest.raises(ValueError, match="latency must be a finite number of seconds"):
+        example_pipeline(latency=latency)
+
+
 def test_quickstart_refuses_processes_on_memory(capsys: pytest.CaptureFixture[str]) -> None:
     main = runpy.run_path(str(QUICKSTART), run_name="quickstart")["main"]
     assert main(["--mode", "processes"]) == 2

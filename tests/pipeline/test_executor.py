@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import itertools
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
@@ -32,6 +34,7 @@ from pipeline_steps import (
     is_dead,
     pids,
     step_a,
+    step_b,
     step_beside_killed,
     step_crash,
     step_killed_beside_sibling,
@@ -42,6 +45,7 @@ from pipeline_steps import (
     waiting_pipeline,
 )
 
+import artifactstore_core.message as message_module
 from artifactstore_core import (
     ArtifactInfo,
     ArtifactStore,
@@ -185,6 +189,42 @@ def test_step_failed_error_survives_pickling(workdir: Path) -> None:
     assert (copy.step_id, copy.execution_id, copy.backend) == ("a", caught.value.execution_id, "memory")
     assert copy.result == caught.value.result
     assert str(copy) == str(caught.value)
+
+
+def test_no_step_starts_after_a_failure_seen_with_a_sibling_that_finished_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two steps that end together come back from one wait, in an order no test controls. When the one that
+    # succeeded came first, its reader was queued, and was started after the failure had been seen. This wait
+    # returns both, the sibling first, every time.
+    original = concurrent.futures.wait
+
+    def both_sibling_first(fs: Any, timeout: float | None = None, return_when: str = "") -> Any:
+        original(fs, timeout, concurrent.futures.ALL_COMPLETED)
+        return [future for future in fs if future.done()], set()
+
+    monkeypatch.setattr(concurrent.futures, "wait", both_sibling_first)
+    started: list[str] = []
+
+    def fails(inputs: Inputs) -> None:
+        raise StepError("told to fail")
+
+    def reader(inputs: Inputs) -> int:
+        started.append("reader")  # an expensive model call, in a real pipeline
+        return 2
+
+    pipeline = Pipeline([Step("sibling", lambda inputs: 1), Step("fails", fails), Step("reader", reader, "sibling")])
+    with pytest.raises(StepFailedError) as caught:
+        Executor(max_workers=2).run(pipeline)
+
+    assert caught.value.step_id == "fails"
+    assert started == []
+    assert caught.value.result is not None
+    assert statuses(caught.value.result) == {
+        "sibling": StepStatus.SUCCEEDED,
+        "fails": StepStatus.FAILED,
+        "reader": StepStatus.NOT_RUN,
+    }
 
 
 def test_failure_with_clear_policy_removes_everything(workdir: Path) -> None:
@@ -549,6 +589,28 @@ def test_processes_refuse_unimportable_steps_before_any_step_runs(process_case: 
     assert calls(workdir) == {}
 
 
+@pytest.mark.parametrize(
+    ("bound", "expected"),
+    [
+        # A lock (as in every client object) cannot be sent: found when the step was sent, after A had run.
+        ({"meeting": BarrierMeeting(threading.Barrier(2))}, "cannot pickle '_thread"),
+        ({"gate": lambda: None}, "<lambda> cannot be imported there"),
+    ],
+    ids=["lock", "lambda"],
+)
+def test_processes_refuse_partial_arguments_that_cannot_be_sent_before_any_step_runs(
+    bound: dict[str, Any], expected: str, tmp_path: Path, workdir: Path
+) -> None:
+    b = functools.partial(step_b, workdir=str(workdir), **bound)
+    pipeline = Pipeline([Step("a", functools.partial(step_a, workdir=str(workdir))), Step("b", b, ("a",))])
+    with pytest.raises(ConfigurationError) as caught:
+        Executor(StoreConfig("filesystem", root=str(tmp_path / "fs")), mode="processes").run(pipeline)
+    assert caught.value.step_id == "b"
+    assert expected in str(caught.value)
+    assert "mode='threads'" in str(caught.value)
+    assert calls(workdir) == {}
+
+
 def test_a_worker_that_dies_fails_its_step(process_case: Case, workdir: Path) -> None:
     a = Step("a", functools.partial(step_a, workdir=str(workdir)))
     crashing = Pipeline([a, Step("last", functools.partial(step_crash, workdir=str(workdir)), ("a",))])
@@ -596,6 +658,7 @@ def test_a_script_without_a_main_guard_is_told_why_no_worker_started(tmp_path: P
 HANGING_IMPORT_SCRIPT = """
 import os
 import threading
+import unicodedata
 from pathlib import Path
 
 from artifactstore_core.pipeline import Executor, Pipeline, Step, StoreConfig
@@ -733,6 +796,9 @@ def test_an_exception_that_cannot_be_rebuilt_fails_its_step_not_the_pool(tmp_pat
         ({"on_success": "drop"}, "on_success must be one of"),
         ({"on_failure": "retry"}, "on_failure must be one of"),
         ({"max_workers": 0}, "max_workers must be a positive int"),
+        # A str failed with "'<' not supported between instances of 'str' and 'int'"; a float was taken.
+        ({"max_workers": "4"}, "max_workers must be a positive int, not '4'"),
+        ({"max_workers": 2.5}, "max_workers must be a positive int, not 2.5"),
     ],
 )
 def test_invalid_arguments(kwargs: Mapping[str, Any], match: str) -> None:
@@ -782,6 +848,36 @@ def test_step_outputs_are_wrapped_by_kind() -> None:
     assert result.output.content is None
 
 
+@pytest.mark.parametrize("overwrite", [False, True], ids=["saved", "replaced"])
+def test_a_json_output_is_encoded_once(overwrite: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The save encoded it, then the executor encoded it again to report its size: seconds more for an output of
+    # a few hundred MB, outside the step's duration. A replacement is saved twice (its record, then over the
+    # artifact), and was encoded three times.
+    output = [{"part": n, "text": "words " * 20} for n in range(50)]
+    encoded: list[int] = []
+    real = message_module._canonical_text
+
+    def counting(value: Any) -> str:
+        if isinstance(value, tuple) and len(value) == len(output):
+            encoded.append(1)
+        return real(value)
+
+    if overwrite:
+        # A damaged artifact from an earlier run: the resume runs the step again and replaces it.
+        with create_store("filesystem", namespace="encoded-once", root=str(tmp_path / "fs")) as store:
+            store.save("out", Message(content=[]))
+        (artifact,) = [path for path in (tmp_path / "fs").rglob("*") if path.is_file()]
+        artifact.write_bytes(artifact.read_bytes()[:-1] + b"X")
+    monkeypatch.setattr(message_module, "_canonical_text", counting)
+    executor = Executor(StoreConfig("filesystem", root=str(tmp_path / "fs")), on_success="keep")
+    result = executor.run(Pipeline([Step("out", lambda inputs: output)]), execution_id="encoded-once")
+
+    assert result.steps["out"].status == StepStatus.SUCCEEDED
+    assert (result.steps["out"].replaced is not None) == overwrite
+    assert result.steps["out"].size == len(real(result.output.content).encode())
+    assert encoded == [1]
+
+
 def test_table_lists_every_step() -> None:
     result = Executor().run(
         Pipeline([Step("first", lambda inputs: "x" * 2000), Step("second", lambda inputs: 1, ("first",))])
@@ -794,6 +890,35 @@ def test_table_lists_every_step() -> None:
     assert "2 of 2 ran" in table
     with pytest.raises(LookupError, match="0 outputs"):
         _ = RunResult(execution_id="x", backend="memory", steps={}).output
+
+
+def columns(text: str) -> int:
+    """The columns a terminal gives ``text`` (wide characters two, combining marks none)."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text
+    )
+
+
+def test_table_columns_line_up_for_wide_and_combining_step_ids() -> None:
+    # Padded by characters, not columns: a CJK or emoji id pushed its row's columns right, a decomposed
+    # accent pulled them left.
+    ids = ["取得", "要約-1", "summary-2", "e\u0301te\u0301", "🚀 launch"]
+    pipeline = Pipeline([Step(step_id, lambda inputs: "x" * 3000) for step_id in ids])
+    lines = Executor().run(pipeline).table().splitlines()[:-1]  # not the wall time
+
+    status = columns(lines[0][: lines[0].index("status")])
+    for line, step_id in zip(lines[2:], ids, strict=False):
+        assert line.startswith(step_id)
+        assert columns(line[: line.index("succeeded")]) == status, line
+    assert len({columns(line) for line in lines}) == 1, lines
+
+
+def test_table_escapes_step_id_characters_that_reorder_or_break_a_line() -> None:
+    # A right-to-left override showed the rest of its row reversed; a line separator split the row in two.
+    table = Executor().run(Pipeline([Step("a\u202eb\u2028c", lambda inputs: 1)])).table()
+    assert "\u202e" not in table
+    assert "\u2028" not in table
+    assert "a\\u202eb\\u2028c  succeeded" in table
 
 
 def test_the_execution_id_is_logged_before_any_step_runs(
