@@ -36,8 +36,7 @@ from typing import IO, Any, NoReturn, TypeVar, cast
 import click
 from pydantic import SecretStr
 from rich.console import Console
-from rich.markup import escape as markup_escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from . import errors
 from .cli_main import INTERRUPTED_EXIT_CODE
@@ -100,6 +99,11 @@ class _MessageConsole(Console):
     def print(self, *objects: Any, **kwargs: Any) -> None:
         # Messages quote text from storage and from plugins (ids, media types, a backend's error text): shown
         # escaped, so that it cannot drive the terminal. Renderables (a progress bar) are rich's own.
+        if all(isinstance(item, str) for item in objects):
+            # One message, one line, as it was written: rich otherwise breaks a long one at the console's width
+            # (80 columns when stderr is a file or a pipe), so that a CI log showed `saved 'a-long-id'` split
+            # over three lines, past any grep for it. A terminal still folds it for display.
+            kwargs.setdefault("soft_wrap", True)
         objects = tuple(_visible(item) if isinstance(item, str) else item for item in objects)
         try:
             super().print(*objects, **kwargs)
@@ -114,7 +118,10 @@ class _MessageConsole(Console):
         _drop_stream(sys.stderr)
 
 
-stderr = _MessageConsole(stderr=True, highlight=False)
+#: Without emoji codes: rich replaces ``:smile:`` in any text it prints, even without markup, so the id
+#: ``run:smile:1`` was reported saved with a smiling face in place of ``:smile:``, as an id that does not exist,
+#: and ``get x:warning:y`` said no artifact held a warning sign. Text is shown as it is.
+stderr = _MessageConsole(stderr=True, highlight=False, emoji=False)
 
 
 def exit_code(error: errors.ArtifactStoreError) -> int:
@@ -507,15 +514,18 @@ def _progress(total: int | None) -> Progress | None:
     if not stderr.is_terminal:
         return None
     return Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        # Plain text, not markup (the default): markup also turns emoji codes (`:smile:`) into emoji.
+        TextColumn("{task.description}", style="progress.description", markup=False),
+        BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=stderr, transient=True,
     )  # fmt: skip
 
 
 def _progress_label(text: str) -> str:
-    """A progress bar's label for ``text``, shown as it is (through :func:`_visible`), never as rich markup:
-    an id with a closing tag (``a[/x]``) failed the transfer with rich's ``MarkupError``."""
-    return markup_escape(_visible(text))
+    """A progress bar's label for ``text``, shown as it is (through :func:`_visible`), never as rich markup
+    (its column is plain text): an id with a closing tag (``a[/x]``) failed the transfer with rich's
+    ``MarkupError``, and one with an emoji code (``:smile:``) showed an emoji."""
+    return _visible(text)
 
 
 class _CountingReader:

@@ -1296,3 +1296,19 @@ def test_rm_checks_every_id_before_removing_any() -> None:
     assert result.stderr == "error: InvalidStepIdError: step id 'b\\x01' contains the control character '\\x01'\n"
     # Nothing removed: `a`, before the invalid id, was removed and `c`, after it, kept.
     assert [line.split()[-1] for line in run("ls").stdout.splitlines()] == ["a", "c"]
+
+
+@pytest.mark.timeout(120)
+def test_messages_on_stderr_show_ids_as_given_on_one_line() -> None:
+    # rich replaced emoji codes in every message (`saved 'run<smiling face>1'`, an id that does not exist),
+    # and broke a message longer than 80 columns into lines when stderr is a file or a pipe (a CI log).
+    step_id = "run:smile:1-" + "step-" * 30
+    saved = run("put", step_id, "-b", "filesystem", stdin=b"data")
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stderr == f"saved {step_id!r}\n".encode()
+    missing = run("get", "x:warning:y", "-b", "filesystem")
+    assert missing.returncode == 3
+    assert missing.stderr.startswith("error: ArtifactNotFoundError: no artifact 'x:warning:y' in namespace")
+    assert missing.stderr.count("\n") == 1
+    listed = run("ls", "--json")
+    assert [row["step_id"] for row in json.loads(listed.stdout)] == [step_id]
