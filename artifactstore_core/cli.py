@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar, cast
+from typing import IO, Any, NoReturn, TypeVar, cast, get_args
 
 import click
 from pydantic import SecretStr
@@ -658,10 +658,17 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
             source = "config file"
         else:
             source = "default"
-        secret = isinstance(value, SecretStr)
+        # By the field's type, not its value: an unset secret (None) is still a secret setting, and --json's
+        # "secret" must not flip with whether it is set (it said false for an unset signing key).
+        secret = isinstance(value, SecretStr) or _holds_secret(field.annotation)
         shown = "**********" if secret and value is not None else value
         rows.append({"name": env, "value": shown, "source": source, "secret": secret, "help": field.description})
     return rows
+
+
+def _holds_secret(annotation: Any) -> bool:
+    """Whether a setting's type annotation is :class:`SecretStr` or holds it (``SecretStr | None``). Raises nothing."""
+    return annotation is SecretStr or any(_holds_secret(arg) for arg in get_args(annotation))
 
 
 def _env_names(model: type[Any]) -> set[str]:

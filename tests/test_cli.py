@@ -1312,3 +1312,26 @@ def test_messages_on_stderr_show_ids_as_given_on_one_line() -> None:
     assert missing.stderr.count("\n") == 1
     listed = run("ls", "--json")
     assert [row["step_id"] for row in json.loads(listed.stdout)] == [step_id]
+
+
+@pytest.mark.timeout(120)
+def test_config_json_marks_secret_settings_whether_or_not_they_are_set() -> None:
+    # "secret" followed the value: an unset signing key or redis password was "secret": false.
+    unset = {row["name"]: row for row in json.loads(run("config", "--json", "-b", "redis").stdout)}
+    given = {
+        row["name"]: row
+        for row in json.loads(
+            run(
+                "config", "--json", "-b", "redis",
+                env={"ARTIFACT_STORE_SIGNING_KEY": "k" * 32, "ARTIFACT_STORE_REDIS_PASSWORD": "p" * 16},
+            ).stdout
+        )
+    }  # fmt: skip
+    for name in ("ARTIFACT_STORE_SIGNING_KEY", "ARTIFACT_STORE_REDIS_PASSWORD", "ARTIFACT_STORE_REDIS_URL"):
+        assert unset[name]["secret"] is True, name
+        assert given[name]["secret"] is True, name
+        assert given[name]["value"] == "**********"
+    assert unset["ARTIFACT_STORE_SIGNING_KEY"]["value"] is None
+    secrets = {name for name, row in unset.items() if row["secret"]}
+    assert secrets == {name for name, row in given.items() if row["secret"]}
+    assert unset["ARTIFACT_STORE_REDIS_KEY_PREFIX"]["secret"] is False
