@@ -417,7 +417,13 @@ def _write_line(text: str) -> None:
 
 
 def _store_options(func: F) -> F:
-    func = click.option("--namespace", "-n", default=None, help="Namespace (default: ARTIFACT_STORE_NAMESPACE).")(func)
+    func = click.option(
+        "--namespace",
+        "-n",
+        default=None,
+        callback=lambda _ctx, _param, value: _decoded(value),
+        help="Namespace (default: ARTIFACT_STORE_NAMESPACE).",
+    )(func)
     return _backend_option(func)
 
 
@@ -835,6 +841,25 @@ def _check_decoded(value: str, param_hint: str | None = None) -> None:
         )
 
 
+V = TypeVar("V", str, tuple[str, ...], None)
+
+
+def _decoded(value: V) -> V:
+    """A step id or namespace argument (or several), refused as :func:`_check_decoded` refuses one.
+
+    A byte the locale cannot decode (a Latin-1 file name used as an id under UTF-8: ``caf\\xe9``) reached the
+    store as a lone surrogate, refused with "contains a lone surrogate" (exit 5), which names no byte and
+    nothing the user typed.
+
+    Raises:
+        click.BadParameter: a value holds such a byte (exit 2, naming the argument or option).
+    """
+    texts: tuple[str, ...] = (value,) if isinstance(value, str) else value or ()
+    for text in texts:
+        _check_decoded(text)
+    return value
+
+
 def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
     result = {}
     for pair in pairs:
@@ -850,7 +875,7 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @cli.command()
-@click.argument("step_id")
+@click.argument("step_id", callback=lambda _ctx, _param, value: _decoded(value))
 @click.argument(
     "source",
     required=False,
@@ -929,7 +954,7 @@ def put(
 
 
 @cli.command()
-@click.argument("step_id")
+@click.argument("step_id", callback=lambda _ctx, _param, value: _decoded(value))
 @click.option(
     "-o",
     "--output",
@@ -1199,7 +1224,7 @@ def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[er
 
 
 @cli.command()
-@click.argument("step_id")
+@click.argument("step_id", callback=lambda _ctx, _param, value: _decoded(value))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_store_options
 def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None) -> None:
@@ -1217,7 +1242,7 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
 
 
 @cli.command()
-@click.argument("step_ids", nargs=-1, required=True)
+@click.argument("step_ids", nargs=-1, required=True, callback=lambda _ctx, _param, value: _decoded(value))
 @_store_options
 def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) -> None:
     """Remove artifacts. Exits 3 if any was not there."""
@@ -1432,6 +1457,7 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
     "--namespace",
     "-n",
     default=None,
+    callback=lambda _ctx, _param, value: _decoded(value),
     help="Execution id, the namespace of its artifacts (default: a new one; a failed execution's id resumes it).",
 )
 @click.pass_context

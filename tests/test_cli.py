@@ -1335,3 +1335,27 @@ def test_config_json_marks_secret_settings_whether_or_not_they_are_set() -> None
     secrets = {name for name, row in unset.items() if row["secret"]}
     assert secrets == {name for name, row in given.items() if row["secret"]}
     assert unset["ARTIFACT_STORE_REDIS_KEY_PREFIX"]["secret"] is False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["put", "caf\udce9"], "'STEP_ID'"),
+        (["get", "caf\udce9"], "'STEP_ID'"),
+        (["stat", "caf\udce9"], "'STEP_ID'"),
+        (["rm", "ok", "caf\udce9"], "'STEP_IDS...'"),
+        (["ls", "-n", "run-\udcff"], "'--namespace' / '-n'"),
+        (["demo", "-n", "run-\udcff"], "'--namespace' / '-n'"),
+    ],
+)
+def test_an_id_or_namespace_with_a_byte_the_locale_cannot_decode_is_a_usage_error(args: list[str], named: str) -> None:
+    # A Latin-1 file name used as an id under a UTF-8 locale (`for f in *; do artifactstore put "$f" "$f"`)
+    # was refused as "step id 'caf\udce9' contains a lone surrogate" (exit 5), naming no byte the user typed.
+    # subprocess encodes the surrogate back into the byte (0xe9, 0xff) the shell would have passed.
+    result = run(*args, env={"LC_ALL": "C.UTF-8"}, stdin=b"data")
+    assert result.returncode == 2, result.stderr
+    byte = "e9" if "caf\udce9" in args else "ff"
+    assert f"Invalid value for {named}: holds the byte \\x{byte}, which is not utf-8 text".encode() in result.stderr
+    assert b"surrogate" not in result.stderr
+    assert json.loads(run("ls", "--json").stdout) == []
