@@ -31,13 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar, cast
+from typing import IO, Any, NoReturn, TypeVar, cast, get_args
 
 import click
 from pydantic import SecretStr
 from rich.console import Console
-from rich.markup import escape as markup_escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from . import errors
 from .cli_main import INTERRUPTED_EXIT_CODE
@@ -100,6 +99,11 @@ class _MessageConsole(Console):
     def print(self, *objects: Any, **kwargs: Any) -> None:
         # Messages quote text from storage and from plugins (ids, media types, a backend's error text): shown
         # escaped, so that it cannot drive the terminal. Renderables (a progress bar) are rich's own.
+        if all(isinstance(item, str) for item in objects):
+            # One message, one line, as it was written: rich otherwise breaks a long one at the console's width
+            # (80 columns when stderr is a file or a pipe), so that a CI log showed `saved 'a-long-id'` split
+            # over three lines, past any grep for it. A terminal still folds it for display.
+            kwargs.setdefault("soft_wrap", True)
         objects = tuple(_visible(item) if isinstance(item, str) else item for item in objects)
         try:
             super().print(*objects, **kwargs)
@@ -114,7 +118,10 @@ class _MessageConsole(Console):
         _drop_stream(sys.stderr)
 
 
-stderr = _MessageConsole(stderr=True, highlight=False)
+#: Without emoji codes: rich replaces ``:smile:`` in any text it prints, even without markup, so the id
+#: ``run:smile:1`` was reported saved with a smiling face in place of ``:smile:``, as an id that does not exist,
+#: and ``get x:warning:y`` said no artifact held a warning sign. Text is shown as it is.
+stderr = _MessageConsole(stderr=True, highlight=False, emoji=False)
 
 
 def exit_code(error: errors.ArtifactStoreError) -> int:
@@ -410,7 +417,13 @@ def _write_line(text: str) -> None:
 
 
 def _store_options(func: F) -> F:
-    func = click.option("--namespace", "-n", default=None, help="Namespace (default: ARTIFACT_STORE_NAMESPACE).")(func)
+    func = click.option(
+        "--namespace",
+        "-n",
+        default=None,
+        callback=lambda _ctx, _param, value: _decoded(value),
+        help="Namespace (default: ARTIFACT_STORE_NAMESPACE).",
+    )(func)
     return _backend_option(func)
 
 
@@ -507,15 +520,18 @@ def _progress(total: int | None) -> Progress | None:
     if not stderr.is_terminal:
         return None
     return Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        # Plain text, not markup (the default): markup also turns emoji codes (`:smile:`) into emoji.
+        TextColumn("{task.description}", style="progress.description", markup=False),
+        BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=stderr, transient=True,
     )  # fmt: skip
 
 
 def _progress_label(text: str) -> str:
-    """A progress bar's label for ``text``, shown as it is (through :func:`_visible`), never as rich markup:
-    an id with a closing tag (``a[/x]``) failed the transfer with rich's ``MarkupError``."""
-    return markup_escape(_visible(text))
+    """A progress bar's label for ``text``, shown as it is (through :func:`_visible`), never as rich markup
+    (its column is plain text): an id with a closing tag (``a[/x]``) failed the transfer with rich's
+    ``MarkupError``, and one with an emoji code (``:smile:``) showed an emoji."""
+    return _visible(text)
 
 
 class _CountingReader:
@@ -648,10 +664,17 @@ def _setting_rows(model: type[Any], instance: Any) -> list[dict[str, Any]]:
             source = "config file"
         else:
             source = "default"
-        secret = isinstance(value, SecretStr)
+        # By the field's type, not its value: an unset secret (None) is still a secret setting, and --json's
+        # "secret" must not flip with whether it is set (it said false for an unset signing key).
+        secret = isinstance(value, SecretStr) or _holds_secret(field.annotation)
         shown = "**********" if secret and value is not None else value
         rows.append({"name": env, "value": shown, "source": source, "secret": secret, "help": field.description})
     return rows
+
+
+def _holds_secret(annotation: Any) -> bool:
+    """Whether a setting's type annotation is :class:`SecretStr` or holds it (``SecretStr | None``). Raises nothing."""
+    return annotation is SecretStr or any(_holds_secret(arg) for arg in get_args(annotation))
 
 
 def _env_names(model: type[Any]) -> set[str]:
@@ -818,6 +841,25 @@ def _check_decoded(value: str, param_hint: str | None = None) -> None:
         )
 
 
+V = TypeVar("V", str, tuple[str, ...], None)
+
+
+def _decoded(value: V) -> V:
+    """A step id or namespace argument (or several), refused as :func:`_check_decoded` refuses one.
+
+    A byte the locale cannot decode (a Latin-1 file name used as an id under UTF-8: ``caf\\xe9``) reached the
+    store as a lone surrogate, refused with "contains a lone surrogate" (exit 5), which names no byte and
+    nothing the user typed.
+
+    Raises:
+        click.BadParameter: a value holds such a byte (exit 2, naming the argument or option).
+    """
+    texts: tuple[str, ...] = (value,) if isinstance(value, str) else value or ()
+    for text in texts:
+        _check_decoded(text)
+    return value
+
+
 def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
     result = {}
     for pair in pairs:
@@ -833,7 +875,7 @@ def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @cli.command()
-@click.argument("step_id")
+@click.argument("step_id", callback=lambda _ctx, _param, value: _decoded(value))
 @click.argument(
     "source",
     required=False,
@@ -912,7 +954,7 @@ def put(
 
 
 @cli.command()
-@click.argument("step_id")
+@click.argument("step_id", callback=lambda _ctx, _param, value: _decoded(value))
 @click.option(
     "-o",
     "--output",
@@ -1182,7 +1224,7 @@ def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[er
 
 
 @cli.command()
-@click.argument("step_id")
+@click.argument("step_id", callback=lambda _ctx, _param, value: _decoded(value))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_store_options
 def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None) -> None:
@@ -1200,7 +1242,7 @@ def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None
 
 
 @cli.command()
-@click.argument("step_ids", nargs=-1, required=True)
+@click.argument("step_ids", nargs=-1, required=True, callback=lambda _ctx, _param, value: _decoded(value))
 @_store_options
 def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) -> None:
     """Remove artifacts. Exits 3 if any was not there."""
@@ -1415,6 +1457,7 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
     "--namespace",
     "-n",
     default=None,
+    callback=lambda _ctx, _param, value: _decoded(value),
     help="Execution id, the namespace of its artifacts (default: a new one; a failed execution's id resumes it).",
 )
 @click.pass_context

@@ -1296,3 +1296,66 @@ def test_rm_checks_every_id_before_removing_any() -> None:
     assert result.stderr == "error: InvalidStepIdError: step id 'b\\x01' contains the control character '\\x01'\n"
     # Nothing removed: `a`, before the invalid id, was removed and `c`, after it, kept.
     assert [line.split()[-1] for line in run("ls").stdout.splitlines()] == ["a", "c"]
+
+
+@pytest.mark.timeout(120)
+def test_messages_on_stderr_show_ids_as_given_on_one_line() -> None:
+    # rich replaced emoji codes in every message (`saved 'run<smiling face>1'`, an id that does not exist),
+    # and broke a message longer than 80 columns into lines when stderr is a file or a pipe (a CI log).
+    step_id = "run:smile:1-" + "step-" * 30
+    saved = run("put", step_id, "-b", "filesystem", stdin=b"data")
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stderr == f"saved {step_id!r}\n".encode()
+    missing = run("get", "x:warning:y", "-b", "filesystem")
+    assert missing.returncode == 3
+    assert missing.stderr.startswith("error: ArtifactNotFoundError: no artifact 'x:warning:y' in namespace")
+    assert missing.stderr.count("\n") == 1
+    listed = run("ls", "--json")
+    assert [row["step_id"] for row in json.loads(listed.stdout)] == [step_id]
+
+
+@pytest.mark.timeout(120)
+def test_config_json_marks_secret_settings_whether_or_not_they_are_set() -> None:
+    # "secret" followed the value: an unset signing key or redis password was "secret": false.
+    unset = {row["name"]: row for row in json.loads(run("config", "--json", "-b", "redis").stdout)}
+    given = {
+        row["name"]: row
+        for row in json.loads(
+            run(
+                "config", "--json", "-b", "redis",
+                env={"ARTIFACT_STORE_SIGNING_KEY": "k" * 32, "ARTIFACT_STORE_REDIS_PASSWORD": "p" * 16},
+            ).stdout
+        )
+    }  # fmt: skip
+    for name in ("ARTIFACT_STORE_SIGNING_KEY", "ARTIFACT_STORE_REDIS_PASSWORD", "ARTIFACT_STORE_REDIS_URL"):
+        assert unset[name]["secret"] is True, name
+        assert given[name]["secret"] is True, name
+        assert given[name]["value"] == "**********"
+    assert unset["ARTIFACT_STORE_SIGNING_KEY"]["value"] is None
+    secrets = {name for name, row in unset.items() if row["secret"]}
+    assert secrets == {name for name, row in given.items() if row["secret"]}
+    assert unset["ARTIFACT_STORE_REDIS_KEY_PREFIX"]["secret"] is False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["put", "caf\udce9"], "'STEP_ID'"),
+        (["get", "caf\udce9"], "'STEP_ID'"),
+        (["stat", "caf\udce9"], "'STEP_ID'"),
+        (["rm", "ok", "caf\udce9"], "'STEP_IDS...'"),
+        (["ls", "-n", "run-\udcff"], "'--namespace' / '-n'"),
+        (["demo", "-n", "run-\udcff"], "'--namespace' / '-n'"),
+    ],
+)
+def test_an_id_or_namespace_with_a_byte_the_locale_cannot_decode_is_a_usage_error(args: list[str], named: str) -> None:
+    # A Latin-1 file name used as an id under a UTF-8 locale (`for f in *; do artifactstore put "$f" "$f"`)
+    # was refused as "step id 'caf\udce9' contains a lone surrogate" (exit 5), naming no byte the user typed.
+    # subprocess encodes the surrogate back into the byte (0xe9, 0xff) the shell would have passed.
+    result = run(*args, env={"LC_ALL": "C.UTF-8"}, stdin=b"data")
+    assert result.returncode == 2, result.stderr
+    byte = "e9" if "caf\udce9" in args else "ff"
+    assert f"Invalid value for {named}: holds the byte \\x{byte}, which is not utf-8 text".encode() in result.stderr
+    assert b"surrogate" not in result.stderr
+    assert json.loads(run("ls", "--json").stdout) == []
