@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -323,3 +324,28 @@ def test_the_open_api_document_declares_exactly_the_methods_the_server_answers(m
                 else:
                     assert response.status_code == 405, (method, template)
                     assert set(response.headers["Allow"].split(", ")) == declared, (method, template)
+
+
+@pytest.mark.timeout(120)
+def test_serve_on_a_port_in_use_is_a_configuration_error_naming_the_address() -> None:
+    # uvicorn bound the port itself, logged the failure and exited with its own status 3: "artifact not
+    # found" in the artifactstore CLI's table, and no setting named.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memory"})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in (["-m", "artifactstore_http"], ["-m", "artifactstore_core.cli_main", "serve"]):
+            result = subprocess.run(
+                [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+            assert "Traceback" not in result.stderr, result.stderr
+            assert f"ConfigurationError: cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+            assert "ARTIFACT_STORE_SERVER_PORT" in result.stderr
+            assert "Uvicorn running" not in result.stderr
+            assert result.returncode == (1 if command[1] == "artifactstore_http" else 5)

@@ -5,11 +5,12 @@ Needs the server extra: ``pip install "artifactstore-http[server]"``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from typing import Any
 
-from artifactstore_core.errors import ArtifactStoreError, ConfigurationError
+from artifactstore_core.errors import AccessDeniedError, ArtifactStoreError, ConfigurationError
 from artifactstore_core.settings import load_settings
 
 from .settings import ServerSettings, is_loopback
@@ -68,7 +69,9 @@ def serve(
 
     Raises:
         ConfigurationError: invalid settings (a log level other than debug, info, warning, error or
-            critical), no token without ``insecure``, ``fd`` not an open socket, or the server extra missing.
+            critical), no token without ``insecure``, ``fd`` not an open socket, the server extra missing, or
+            ``host``:``port`` cannot be listened on (in use, not an address of this machine).
+        AccessDeniedError: listening on ``port`` is not permitted (below 1024 without the privilege).
         BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
             server does not start).
     """
@@ -97,17 +100,19 @@ def serve(
                 "serving WITHOUT AUTHENTICATION on %s: anyone who can reach it can read and write", settings.host
             )
         logger.warning("listening on %s beyond loopback: put a TLS-terminating reverse proxy in front", settings.host)
-    sockets = None
     if fd is not None:
         try:
             sock = socket.socket(fileno=fd)
         except OSError as exc:
             raise ConfigurationError(f"--fd {fd} is not an open socket ({exc.strerror or exc})") from exc
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Connections inherit it. asyncio sets it only on sockets it created itself; without it each
-            # response on a kept-alive connection can wait ~40 ms for a delayed ACK (Nagle's algorithm).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sockets = [sock]
+    else:
+        # Bound here, not by uvicorn: uvicorn logs a failed bind and exits with its own status 3, which the
+        # artifactstore CLI documents as "artifact not found", and names no setting.
+        sock = _listen(settings.host, settings.port)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # Connections inherit it. asyncio sets it only on sockets it created itself; without it each
+        # response on a kept-alive connection can wait ~40 ms for a delayed ACK (Nagle's algorithm).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -125,7 +130,48 @@ def serve(
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``, bound as uvicorn binds one (``SO_REUSEADDR``; IPv6 for a host
+    with a colon).
+
+    Raises:
+        ConfigurationError: the address is in use, not an address of this machine, or not a host name that
+            resolves; the message names the address and the settings that chose it.
+        AccessDeniedError: binding it is not permitted (a port below 1024 without the privilege).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # (No IPV6_V6ONLY, as uvicorn: "::" takes IPv4 connections too where the system allows it.)
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog; asyncio calls listen() again with it
+    except OSError as exc:
+        sock.close()
+        raise _listen_error(exc, shown) from exc
+    return sock
+
+
+def _listen_error(exc: OSError, shown: str) -> ArtifactStoreError:
+    if isinstance(exc, PermissionError):
+        return AccessDeniedError(
+            f"not permitted to listen on {shown} ({exc.strerror}): a port below 1024 needs privileges; choose "
+            "another with --port or ARTIFACT_STORE_SERVER_PORT"
+        )
+    why = exc.strerror or type(exc).__name__
+    if exc.errno == errno.EADDRINUSE:
+        why += ": another process listens there (another artifact server?)"
+    return ConfigurationError(
+        f"cannot listen on {shown} ({why}); choose another address with --host/--port or "
+        "ARTIFACT_STORE_SERVER_HOST/ARTIFACT_STORE_SERVER_PORT"
+    )
 
 
 def serve_command(*, standalone: bool = False) -> Any:
