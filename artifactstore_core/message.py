@@ -505,6 +505,35 @@ def _non_finite_as_strings(model: BaseModel, dumped: Any, name: str) -> Any:
     return written
 
 
+# How much of a message's content its repr shows (characters of the content's own repr).
+_REPR_CONTENT = 300
+
+
+class _ShortRepr:
+    """Stands for a large content in a message's repr: the start of the content's repr and its size."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __repr__(self) -> str:
+        return self._text
+
+    @staticmethod
+    def of(value: Any) -> Any:
+        if isinstance(value, (bytes, str)):
+            if len(value) <= _REPR_CONTENT:
+                return value
+            unit = "bytes" if isinstance(value, bytes) else "characters"
+            # The slice bounds the work, the cut the text (a NUL byte takes four characters of repr).
+            return _ShortRepr(f"{repr(value[:_REPR_CONTENT])[:_REPR_CONTENT]}... ({len(value):,} {unit})")
+        text = repr(value)
+        if len(text) <= _REPR_CONTENT:
+            return value
+        return _ShortRepr(f"{text[:_REPR_CONTENT]}... ({len(text):,} characters of repr)")
+
+
 with warnings.catch_warnings():
     # Message.schema is the documented field name; it deliberately replaces pydantic v1's deprecated
     # BaseModel.schema() classmethod on this class.
@@ -601,6 +630,13 @@ with warnings.catch_warnings():
                 # The model is frozen; this is its own validator completing construction.
                 object.__setattr__(self, "media_type", kind)
             return self
+
+        def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+            # pydantic's repr (and str, and rich's) shows every field in full: a 1 GB artifact in a log line,
+            # a traceback, a notebook or a pipeline's RunResult would print 1 GB. Content is cut to its first
+            # characters past _REPR_CONTENT, with its size; smaller content shows exactly as before.
+            for name, value in super().__repr_args__():
+                yield name, (_ShortRepr.of(value) if name == "content" else value)
 
         def same_artifact(self, other: Message) -> bool:
             """Whether ``other`` stores the same artifact: equal content, schema, metadata and media type.

@@ -766,3 +766,19 @@ def test_created_at_of_a_datetime_subclass_is_a_plain_datetime() -> None:
         codec="bytes", media_type="x", schema=None, metadata={}, created_at=stamp, size=0, digest="0" * 64
     )
     assert b'"created_at":"2026-01-02T03:04:05.123456Z"' in head
+
+
+@pytest.mark.parametrize(
+    ("content", "size"),
+    [(b"\x00" * 5_000_000, "5,000,000 bytes"), ("t" * 5_000_000, "5,000,000 characters"), (list(range(500_000)), "")],
+)
+def test_the_repr_of_a_large_message_shows_the_start_of_its_content_and_its_size(content: object, size: str) -> None:
+    # pydantic's repr showed the whole content: a large artifact in a log line, a traceback or a pipeline's
+    # RunResult printed all of it.
+    message = Message(content=content, metadata={"run": 1})
+    for text in (repr(message), str(message)):
+        assert len(text) < 1_000
+        assert size in text
+        assert "FrozenDict({'run': 1})" in text
+    small = Message(content=b"abc")
+    assert repr(small).startswith("Message(content=b'abc', ")
