@@ -1158,6 +1158,36 @@ def test_a_dangling_symlink_at_the_final_name_is_refused_not_followed(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("target", ["an identical artifact", "a different artifact", "a file outside the root"])
+@pytest.mark.parametrize("how", sorted(_SAVES_OF_ONE))
+def test_a_symlink_to_a_file_at_the_final_name_is_refused_not_followed(
+    make_fs_store: MakeFsStore, root: Path, tmp_path: Path, how: str, target: str
+) -> None:
+    # save (and save_many) looked for an existing artifact through the link before writing: a link to an
+    # identical artifact made the save return without storing anything (list() and clear() skip links, so
+    # the "saved" artifact was never listed nor cleared), a link to another one raised ArtifactExistsError,
+    # and a link out of the root was opened and read. save_stream, which does not look first, refused it.
+    store = make_fs_store()
+    store.save("other", Message(content=b"payload" if target == "an identical artifact" else b"else"))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not an envelope")
+    final = _file_of(store, "a")
+    pointed = outside if target == "a file outside the root" else _file_of(store, "other")
+    final.symlink_to(pointed)
+    with pytest.raises(BackendError) as info:
+        _SAVES_OF_ONE[how](store, b"payload")
+    assert type(info.value) is BackendError
+    assert "a symbolic link sits at its final name '@default/@a'" in str(info.value)
+    assert info.value.step_id == "a"
+    assert os.readlink(final) == str(pointed)  # not replaced
+    assert outside.read_bytes() == b"not an envelope"
+    assert _temp_files(root) == []
+    store.save("a", Message(content=b"payload"), overwrite=True)  # overwrite replaces the link itself
+    assert not final.is_symlink()
+    assert sorted(info.step_id for info in store.list()) == ["a", "other"]
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["save_stream", "save_stream_unsized"])
 def test_a_directory_at_the_final_name_is_refused_by_the_publish(
     make_fs_store: MakeFsStore, root: Path, how: str
@@ -1231,7 +1261,9 @@ def test_a_directory_or_fifo_at_the_final_name_is_an_error_never_absent_nor_a_ha
     with pytest.raises(BackendError) as info:
         calls[operation]()
     assert type(info.value) is BackendError
-    assert f"a {kind} sits at its name '@default/@a'" in str(info.value)
+    # A save names it as its publish does ("its final name", and whether overwrite=True replaces it).
+    where = "final name" if operation.startswith("save") else "name"
+    assert f"a {kind} sits at its {where} '@default/@a'" in str(info.value)
     assert info.value.step_id == "a"
     assert str(root) not in str(info.value)
     assert _open_fds() == before

@@ -364,13 +364,18 @@ class FilesystemStore(ArtifactStore):
         Raises:
             ArtifactExistsError: a different artifact is stored and not ``overwrite`` (checked before
                 writing, to spare the write; :meth:`_publish` checks again, atomically).
+            BackendError: something other than a regular file (a symbolic link, a directory) sits at the
+                final name and not ``overwrite``.
             ArtifactStoreError: any failure, naming ``step_id``.
         """
         with self._doing("save", step_id):
             encoded = self.codec.encode(message, place=(self.namespace, step_id))
             directory, final = self._path(step_id)
             if not overwrite:
-                existing = self._header_or_none(final, step_id)
+                # Looked at without following a symbolic link, as the publish does: through a link, a save
+                # "found" an identical artifact and stored nothing (links are never listed nor cleared), or
+                # read a file outside the root.
+                existing = self._existing_at(final, step_id)
                 if existing is not None:
                     if existing.identity() == encoded.header.identity():
                         return None
