@@ -876,6 +876,24 @@ def test_streaming_keeps_memory_bounded(make_fs_store: MakeFsStore, tmp_path: Pa
     assert peak < 4 * MIB, peak  # 24 MiB went through; a few chunks were held at most
 
 
+def test_reading_an_open_artifact_whole_holds_it_once(make_fs_store: MakeFsStore) -> None:
+    # open().read() filled a buffer of the payload's size and then copied it into the bytes returned: twice
+    # the artifact's size at the peak, where get() holds it once.
+    store = make_fs_store(fsync=False)
+    payload = _pattern(24 * MIB)
+    store.save("big", Message(content=payload))
+    tracemalloc.start()
+    try:
+        with store.open("big") as handle:
+            data = handle.read()
+            _, peak = tracemalloc.get_traced_memory()
+            assert handle.read() == b""
+    finally:
+        tracemalloc.stop()
+    assert data == payload
+    assert peak < 24 * MIB + 4 * MIB, peak
+
+
 def test_save_stream_of_a_bytes_io_copies_nothing(make_fs_store: MakeFsStore) -> None:
     # A BytesIO made from bytes the caller still holds shares them; asking its size with getbuffer() copied
     # all 24 MiB first.
