@@ -1055,6 +1055,29 @@ def test_write_errors_are_typed(
     assert _temp_files(root) == []
 
 
+@pytest.mark.timeout(60)
+def test_a_path_too_long_for_the_system_names_the_root_to_shorten(tmp_path: Path) -> None:
+    # An id within the documented limit, under a deep root, makes a path over PATH_MAX (4,096 bytes on Linux):
+    # the error said "File name too long" at an 800-character path of escapes, which reads as "the id is too
+    # long"; it now says how long the root is and to shorten it.
+    root = tmp_path
+    while len(str(root)) < 3300:
+        root = root / ("d" * 200)
+    root.mkdir(parents=True)
+    store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
+    store.save("short", Message(content=b"x"))
+    step_id = "\u20ac" * 85  # 255 bytes of UTF-8, 765 characters once encoded
+    for call in (lambda: store.save(step_id, Message(content=b"x")), lambda: store.exists(step_id)):
+        with pytest.raises(BackendError) as info:
+            call()
+        message = str(info.value)
+        assert "ENAMETOOLONG" in message
+        assert f"the root's path is {len(os.fsencode(root))} bytes" in message
+        assert "set ARTIFACT_STORE_FILESYSTEM_ROOT to a shorter path" in message
+        assert isinstance(info.value.__cause__, OSError)
+    assert [info.step_id for info in store.list()] == ["short"]
+
+
 _FSIZE_CHILD = """
 import resource, sys
 from artifactstore_core import CapacityError, Message

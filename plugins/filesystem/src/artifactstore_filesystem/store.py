@@ -1119,6 +1119,15 @@ class FilesystemStore(ArtifactStore):
             )
         elif code in _CAPACITY:
             error = CapacityError(f"{detail}; free space or quota, or set {_ROOT_ENV} to another file system")
+        elif code == errno.ENAMETOOLONG:
+            # Ids within the documented limit make paths of up to about 1,200 characters below the root (names
+            # of at most 201 bytes), so it is the root that is too deep; without this the error, at a path of
+            # escapes, read as "the id is too long".
+            error = BackendError(
+                f"{detail}; the path is longer than this system allows: the root's path is "
+                f"{len(os.fsencode(self._root))} bytes and an artifact's path below it takes up to about 1,200 "
+                f"(names of up to 201 bytes): set {_ROOT_ENV} to a shorter path (or, for names, another file system)"
+            )
         elif code in _DENIED or isinstance(exc, PermissionError):
             error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
         else:
