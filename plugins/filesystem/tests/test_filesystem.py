@@ -876,6 +876,24 @@ def test_streaming_keeps_memory_bounded(make_fs_store: MakeFsStore, tmp_path: Pa
     assert peak < 4 * MIB, peak  # 24 MiB went through; a few chunks were held at most
 
 
+def test_reading_an_open_artifact_whole_holds_it_once(make_fs_store: MakeFsStore) -> None:
+    # open().read() filled a buffer of the payload's size and then copied it into the bytes returned: twice
+    # the artifact's size at the peak, where get() holds it once.
+    store = make_fs_store(fsync=False)
+    payload = _pattern(24 * MIB)
+    store.save("big", Message(content=payload))
+    tracemalloc.start()
+    try:
+        with store.open("big") as handle:
+            data = handle.read()
+            _, peak = tracemalloc.get_traced_memory()
+            assert handle.read() == b""
+    finally:
+        tracemalloc.stop()
+    assert data == payload
+    assert peak < 24 * MIB + 4 * MIB, peak
+
+
 def test_save_stream_of_a_bytes_io_copies_nothing(make_fs_store: MakeFsStore) -> None:
     # A BytesIO made from bytes the caller still holds shares them; asking its size with getbuffer() copied
     # all 24 MiB first.
@@ -1037,6 +1055,29 @@ def test_write_errors_are_typed(
     assert _temp_files(root) == []
 
 
+@pytest.mark.timeout(60)
+def test_a_path_too_long_for_the_system_names_the_root_to_shorten(tmp_path: Path) -> None:
+    # An id within the documented limit, under a deep root, makes a path over PATH_MAX (4,096 bytes on Linux):
+    # the error said "File name too long" at an 800-character path of escapes, which reads as "the id is too
+    # long"; it now says how long the root is and to shorten it.
+    root = tmp_path
+    while len(str(root)) < 3300:
+        root = root / ("d" * 200)
+    root.mkdir(parents=True)
+    store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
+    store.save("short", Message(content=b"x"))
+    step_id = "\u20ac" * 85  # 255 bytes of UTF-8, 765 characters once encoded
+    for call in (lambda: store.save(step_id, Message(content=b"x")), lambda: store.exists(step_id)):
+        with pytest.raises(BackendError) as info:
+            call()
+        message = str(info.value)
+        assert "ENAMETOOLONG" in message
+        assert f"the root's path is {len(os.fsencode(root))} bytes" in message
+        assert "set ARTIFACT_STORE_FILESYSTEM_ROOT to a shorter path" in message
+        assert isinstance(info.value.__cause__, OSError)
+    assert [info.step_id for info in store.list()] == ["short"]
+
+
 _FSIZE_CHILD = """
 import resource, sys
 from artifactstore_core import CapacityError, Message
@@ -1158,6 +1199,36 @@ def test_a_dangling_symlink_at_the_final_name_is_refused_not_followed(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("target", ["an identical artifact", "a different artifact", "a file outside the root"])
+@pytest.mark.parametrize("how", sorted(_SAVES_OF_ONE))
+def test_a_symlink_to_a_file_at_the_final_name_is_refused_not_followed(
+    make_fs_store: MakeFsStore, root: Path, tmp_path: Path, how: str, target: str
+) -> None:
+    # save (and save_many) looked for an existing artifact through the link before writing: a link to an
+    # identical artifact made the save return without storing anything (list() and clear() skip links, so
+    # the "saved" artifact was never listed nor cleared), a link to another one raised ArtifactExistsError,
+    # and a link out of the root was opened and read. save_stream, which does not look first, refused it.
+    store = make_fs_store()
+    store.save("other", Message(content=b"payload" if target == "an identical artifact" else b"else"))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not an envelope")
+    final = _file_of(store, "a")
+    pointed = outside if target == "a file outside the root" else _file_of(store, "other")
+    final.symlink_to(pointed)
+    with pytest.raises(BackendError) as info:
+        _SAVES_OF_ONE[how](store, b"payload")
+    assert type(info.value) is BackendError
+    assert "a symbolic link sits at its final name '@default/@a'" in str(info.value)
+    assert info.value.step_id == "a"
+    assert os.readlink(final) == str(pointed)  # not replaced
+    assert outside.read_bytes() == b"not an envelope"
+    assert _temp_files(root) == []
+    store.save("a", Message(content=b"payload"), overwrite=True)  # overwrite replaces the link itself
+    assert not final.is_symlink()
+    assert sorted(info.step_id for info in store.list()) == ["a", "other"]
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["save_stream", "save_stream_unsized"])
 def test_a_directory_at_the_final_name_is_refused_by_the_publish(
     make_fs_store: MakeFsStore, root: Path, how: str
@@ -1231,7 +1302,9 @@ def test_a_directory_or_fifo_at_the_final_name_is_an_error_never_absent_nor_a_ha
     with pytest.raises(BackendError) as info:
         calls[operation]()
     assert type(info.value) is BackendError
-    assert f"a {kind} sits at its name '@default/@a'" in str(info.value)
+    # A save names it as its publish does ("its final name", and whether overwrite=True replaces it).
+    where = "final name" if operation.startswith("save") else "name"
+    assert f"a {kind} sits at its {where} '@default/@a'" in str(info.value)
     assert info.value.step_id == "a"
     assert str(root) not in str(info.value)
     assert _open_fds() == before

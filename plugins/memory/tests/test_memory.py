@@ -233,3 +233,53 @@ def test_an_identical_resave_encodes_the_new_content_at_most_once(
     store.save("s", again)
     assert [value for value in encoded if value is again.content] == [again.content]
     assert store.get("s") is stored
+
+
+@pytest.mark.parametrize("max_bytes", [None, 1 << 20])
+def test_a_namespace_emptied_or_only_read_takes_no_memory(max_bytes: int | None) -> None:
+    # Every namespace a store was ever made for stayed in the space for the life of the process (an empty
+    # dict and its sizes, about 300 bytes): a worker running pipeline after pipeline, each in a namespace
+    # of its own and cleared at the end, or a server asked about namespaces that hold nothing, grew without end.
+    space = MemorySpace()
+    settings = MemorySettings(max_bytes=max_bytes, limit=1)
+    for run in range(50):
+        with MemoryStore(settings, namespace=f"run-{run}", space=space) as store:
+            assert not store.exists("x")
+            assert list(store.list()) == []
+            assert store.list_page() == []
+            assert store.clear() == 0
+            assert not store.delete("x")
+            store.save("x", Message(content=b"1"))
+            with pytest.raises(CapacityError):
+                store.save("y", Message(content=b"2"))
+            if run % 2:
+                assert store.delete("x")
+            else:
+                assert store.clear() == 1
+    assert space._namespaces == {}
+    assert space._sizes == {}
+    assert MemoryStore(namespace="n", space=space).namespaces() == []
+
+
+def test_stores_of_one_namespace_still_share_it_after_it_was_emptied() -> None:
+    # An emptied namespace is dropped from the space; stores made before must see the one a later save starts.
+    space = MemorySpace()
+    limited = MemoryStore(MemorySettings(max_bytes=10), namespace="n", space=space)
+    unlimited = MemoryStore(namespace="n", space=space)
+    lister = MemoryStore(namespace="n", space=space)
+    limited.save("a", Message(content=b"12345678"))
+    limited.save("a2", Message(content=b"1"))
+    listing = lister.list()
+    assert next(listing).step_id in {"a", "a2"}
+    assert unlimited.clear() == 2
+    assert list(listing) == []  # a listing under way does not show what was cleared before it read it
+    unlimited.save("a", Message(content=b"123456789"))
+    assert limited.get("a").content == b"123456789"
+    with pytest.raises(CapacityError):
+        limited.save("b", Message(content=b"12"))  # 9 + 2 bytes: the limit counts what the new one holds
+    assert unlimited.delete("a")
+    limited.save("b", Message(content=b"12"))
+    assert [info.step_id for info in lister.list_page()] == ["b"]
+    assert lister.namespaces() == ["n"]
+    assert unlimited.exists("b")
+    assert not limited.exists("a")

@@ -100,22 +100,42 @@ class VerifiedPayload(io.RawIOBase):
         return count
 
     def readall(self) -> bytes:
-        """Read the rest of the payload at once (one buffer of the remaining size, not 8 KiB steps).
+        """Read the rest of the payload at once (one ``read`` of the remaining size, not 8 KiB steps).
 
-        The size was checked against the file's when this stream was made, so the buffer is never larger
-        than what the file held then.
+        The bytes the file's ``read`` returns are the result: filling a buffer and converting it to ``bytes``
+        held the payload twice at the peak. The size was checked against the file's when this stream was
+        made, so nothing larger than what the file held then is allocated.
+
+        Raises:
+            As :meth:`readinto`.
         """
-        buffer = bytearray(self._left)
-        view = memoryview(buffer)
-        filled = 0
-        while filled < len(buffer):
-            count = self.readinto(view[filled:])
-            if count == 0:  # pragma: no cover - readinto raises on a short payload
-                break
-            filled += count
-        if not buffer:
-            self.readinto(view)  # runs the final verification when nothing was left to read
-        return bytes(buffer)
+        if self._left == 0:
+            self._finish()  # runs the final verification when nothing was left to read
+            return b""
+        try:
+            data = self._file.read(self._left) or b""
+        except OSError as exc:
+            raise self._fail(exc) from exc
+        if len(data) < self._left:
+            # read() may return less than asked (over 2 GiB on Linux, a network file system): the rest is read
+            # until the file ends; a payload that ends early (the file shrank since it was opened) is then
+            # reported by the verification.
+            parts, got = [data], len(data)
+            while data and got < self._left:
+                try:
+                    data = self._file.read(self._left - got) or b""
+                except OSError as exc:
+                    raise self._fail(exc) from exc
+                parts.append(data)
+                got += len(data)
+            data = b"".join(parts)
+        try:
+            self._verifier.update(data)
+        except ArtifactCorruptedError as exc:
+            raise self._fail(exc) from None
+        self._left -= len(data)
+        self._finish()
+        return data
 
     def _finish(self) -> None:
         if self._verified:

@@ -364,13 +364,18 @@ class FilesystemStore(ArtifactStore):
         Raises:
             ArtifactExistsError: a different artifact is stored and not ``overwrite`` (checked before
                 writing, to spare the write; :meth:`_publish` checks again, atomically).
+            BackendError: something other than a regular file (a symbolic link, a directory) sits at the
+                final name and not ``overwrite``.
             ArtifactStoreError: any failure, naming ``step_id``.
         """
         with self._doing("save", step_id):
             encoded = self.codec.encode(message, place=(self.namespace, step_id))
             directory, final = self._path(step_id)
             if not overwrite:
-                existing = self._header_or_none(final, step_id)
+                # Looked at without following a symbolic link, as the publish does: through a link, a save
+                # "found" an identical artifact and stored nothing (links are never listed nor cleared), or
+                # read a file outside the root.
+                existing = self._existing_at(final, step_id)
                 if existing is not None:
                     if existing.identity() == encoded.header.identity():
                         return None
@@ -1114,6 +1119,15 @@ class FilesystemStore(ArtifactStore):
             )
         elif code in _CAPACITY:
             error = CapacityError(f"{detail}; free space or quota, or set {_ROOT_ENV} to another file system")
+        elif code == errno.ENAMETOOLONG:
+            # Ids within the documented limit make paths of up to about 1,200 characters below the root (names
+            # of at most 201 bytes), so it is the root that is too deep; without this the error, at a path of
+            # escapes, read as "the id is too long".
+            error = BackendError(
+                f"{detail}; the path is longer than this system allows: the root's path is "
+                f"{len(os.fsencode(self._root))} bytes and an artifact's path below it takes up to about 1,200 "
+                f"(names of up to 201 bytes): set {_ROOT_ENV} to a shorter path (or, for names, another file system)"
+            )
         elif code in _DENIED or isinstance(exc, PermissionError):
             error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
         else:

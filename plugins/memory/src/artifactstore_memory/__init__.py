@@ -71,17 +71,34 @@ class _Sizes:
 
 
 class MemorySpace:
-    """The artifacts of every namespace in one process; stores of the same namespace share them."""
+    """The artifacts of every namespace in one process; stores of the same namespace share them.
+
+    Holds the namespaces that hold artifacts, and no others: a namespace emptied by ``delete`` or ``clear``
+    is dropped, and its next save starts it again. A process that runs pipeline after pipeline, each in a
+    namespace of its own, or a server asked about namespaces that hold nothing, would otherwise keep an
+    entry for every namespace it ever saw. Stores therefore look their namespace up at each call rather than
+    keep its dict.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        # Only non-empty namespaces (see the class docstring); changed under the lock only.
         self._namespaces: dict[str, dict[str, Message]] = {}
         self._sizes: dict[str, _Sizes] = {}
 
     def namespace(self, name: str) -> dict[str, Message]:
-        """The (live) dict of one namespace's artifacts."""
+        """The (live) dict of one namespace's artifacts, while it holds any.
+
+        A namespace emptied by ``delete`` or ``clear`` is dropped from the space, and a later save starts a
+        new dict: the one returned here then no longer changes.
+        """
         with self.lock:
             return self._namespaces.setdefault(name, {})
+
+    def _drop(self, name: str) -> None:
+        """Forget the (emptied) namespace ``name``. Called under the lock."""
+        self._namespaces.pop(name, None)
+        self._sizes.pop(name, None)
 
     def namespace_names(self) -> list[str]:
         """Namespaces that hold at least one artifact."""
@@ -128,9 +145,9 @@ class MemoryStore(ArtifactStore):
         self._limit, self._max_bytes = self._settings.limit, self._settings.max_bytes
         self._space = space if space is not None else _PROCESS_SPACE
         self._lock = self._space.lock
-        self._items = self._space.namespace(self.namespace)
-        with self._lock:
-            self._sizes = self._space._sizes.setdefault(self.namespace, _Sizes())
+        # The space's live map of namespaces: this store's namespace is looked up in it at each call, since
+        # the space drops a namespace once it is empty (see MemorySpace).
+        self._all = self._space._namespaces
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
         limit, max_bytes = self._limit, self._max_bytes
@@ -141,42 +158,56 @@ class MemoryStore(ArtifactStore):
             # JSON content) would be wasted, and the comparison would encode it a second time. Checked before
             # the lock, which every namespace of the space shares: a dict read is atomic, and an identical
             # artifact seen here makes the save a success whatever happens after (as if it ran just before).
-            checked = None if overwrite else self._items.get(step_id)
+            current = None if overwrite else self._all.get(self._namespace)
+            checked = None if current is None else current.get(step_id)
             if checked is not None and checked.same_artifact(message):
                 return
             size = _size(message)
         with self._lock:
-            existing = self._items.get(step_id)
+            items = self._all.get(self._namespace)
+            if items is None:
+                # Registered only once something is stored: a refused save leaves no empty namespace behind.
+                items = {}
+                existing = None
+            else:
+                existing = items.get(step_id)
             if existing is None and limit is None and max_bytes is None:
-                self._items[step_id] = message
+                if not items:
+                    self._all[self._namespace] = items
+                items[step_id] = message
                 return
             if existing is not None and not overwrite:
                 # The one compared above (differing) unless another store replaced it since.
                 if existing is not checked and existing.same_artifact(message):
                     return
                 raise self._exists_error(step_id)
-            if existing is None and limit is not None and len(self._items) >= limit:
+            if existing is None and limit is not None and len(items) >= limit:
                 raise CapacityError(
                     f"memory store for namespace {self.namespace!r} holds its limit of {limit} artifacts "
                     f"(ARTIFACT_STORE_MEMORY_LIMIT); cannot save {step_id!r}",
                     step_id=step_id,
                 )
-            sizes = self._sizes
+            sizes = self._space._sizes.get(self._namespace)
             if max_bytes is not None:
-                if len(sizes.by_id) < len(self._items):
+                if sizes is None:
+                    sizes = _Sizes()
+                if len(sizes.by_id) < len(items):
                     # Stores of this namespace without a byte limit do not measure what they save (a save
                     # costs no serialisation): measure those artifacts once, so the limit counts every byte
                     # of the namespace, whoever saved it.
-                    for key, stored in self._items.items():
+                    for key, stored in items.items():
                         if key not in sizes.by_id:
                             sizes.set(key, _size(stored))
                 if sizes.total - sizes.by_id.get(step_id, 0) + size > max_bytes:
                     raise self._too_large_error(step_id, size, max_bytes)
                 sizes.set(step_id, size)
-            else:
+                self._space._sizes[self._namespace] = sizes
+            elif sizes is not None:
                 # The replaced artifact's size no longer holds; a store with a byte limit measures the new one.
                 sizes.forget(step_id)
-            self._items[step_id] = message
+            if not items:
+                self._all[self._namespace] = items
+            items[step_id] = message
 
     def _max_artifact_bytes(self) -> int | None:
         """``max_bytes``: it limits the namespace's total, so no single artifact can be larger.
@@ -197,40 +228,57 @@ class MemoryStore(ArtifactStore):
         )
 
     def _get(self, step_id: str) -> Message:
-        # A dict read is atomic; writers replace whole values under the lock, so no lock is needed here.
-        message = self._items.get(step_id)
+        # Dict reads are atomic; writers replace whole values under the lock, so no lock is needed here. A
+        # namespace dict dropped meanwhile (emptied) answers as the namespace did just before.
+        items = self._all.get(self._namespace)
+        message = None if items is None else items.get(step_id)
         if message is None:
             raise self._not_found(step_id)
         return message
 
     def _exists(self, step_id: str) -> bool:
-        return step_id in self._items
+        items = self._all.get(self._namespace)
+        return items is not None and step_id in items
 
     def _delete(self, step_id: str) -> bool:
         with self._lock:
-            self._sizes.forget(step_id)
-            return self._items.pop(step_id, None) is not None
+            items = self._all.get(self._namespace)
+            if items is None:
+                return False
+            sizes = self._space._sizes.get(self._namespace)
+            if sizes is not None:
+                sizes.forget(step_id)
+            found = items.pop(step_id, None) is not None
+            if not items:
+                self._space._drop(self._namespace)
+            return found
+
+    def _snapshot(self) -> tuple[dict[str, Message], list[str]]:
+        """The namespace's dict and its ids now (an empty dict when the namespace holds nothing)."""
+        with self._lock:
+            items = self._all.get(self._namespace)
+            return ({}, []) if items is None else (items, list(items))
 
     def _list(self) -> Iterator[ArtifactInfo]:
-        with self._lock:
-            ids = list(self._items)
+        items, ids = self._snapshot()
         # Each info is built as the listing is read, not all up front: a caller that keeps only some (the
         # http server picking one page) holds those, not an info for every artifact of the namespace.
         for step_id in ids:
-            message = self._items.get(step_id)  # atomic, as in _get
-            if message is not None:  # None: deleted since the ids were taken
+            # Atomic, as in _get. None: deleted since the ids were taken (a dict dropped by a clear was
+            # emptied first, and a dropped one is never written again).
+            message = items.get(step_id)
+            if message is not None:
                 yield content_info(step_id, message)
 
     def _list_page(self, after: str | None, limit: int) -> list[ArtifactInfo]:
         # An info hashes its content: pick the page's ids from the keys first and build the infos of the page only.
-        def names() -> Iterator[tuple[str, None]]:
-            with self._lock:
-                ids = list(self._items)
-            return ((step_id, None) for step_id in ids)
+        def names() -> Iterator[tuple[str, dict[str, Message]]]:
+            items, ids = self._snapshot()
+            return ((step_id, items) for step_id in ids)
 
-        def infos(chosen: list[tuple[str, None]]) -> Iterator[ArtifactInfo | None]:
-            for step_id, _ in chosen:
-                message = self._items.get(step_id)  # atomic, as in _get; None: deleted since the ids were taken
+        def infos(chosen: list[tuple[str, dict[str, Message]]]) -> Iterator[ArtifactInfo | None]:
+            for step_id, items in chosen:
+                message = items.get(step_id)  # atomic, as in _get; None: deleted since the ids were taken
                 yield None if message is None else content_info(step_id, message)
 
         return self._page_of_ids(names, after, limit, infos)
@@ -243,10 +291,14 @@ class MemoryStore(ArtifactStore):
 
     def _clear(self) -> int:
         with self._lock:
-            count = len(self._items)
-            # Cleared in place: other stores of this namespace hold the same dict.
-            self._items.clear()
-            self._sizes.clear()
+            items = self._all.get(self._namespace)
+            if items is None:
+                return 0
+            count = len(items)
+            self._space._drop(self._namespace)
+            # Emptied too, not only dropped: a listing under way holds this dict, and must not go on to
+            # show artifacts cleared before it read them.
+            items.clear()
             return count
 
 
