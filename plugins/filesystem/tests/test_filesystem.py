@@ -1575,3 +1575,20 @@ def test_a_file_in_place_of_a_namespace_directory_is_named(tmp_path: Path) -> No
         assert "'@ns' under the root is a file, not a directory" in str(error), (name, str(error))
         assert "'@ns/@x'" not in str(error), (name, str(error))
         assert (error.namespace, error.backend) == ("ns", "filesystem")
+
+
+@pytest.mark.timeout(60)
+def test_readinto_an_empty_buffer_reads_nothing_and_is_not_the_end(make_fs_store: MakeFsStore) -> None:
+    # The verifying raw stream took a zero-length readinto for the end of the payload: it read the byte past
+    # the part already read and raised "bytes after its payload" for an intact artifact.
+    store = make_fs_store()
+    store.save("a", Message(content=b"0123456789" * 100))
+    with store.open("a") as stream:
+        raw = stream.raw  # type: ignore[attr-defined]
+        assert raw.readinto(bytearray(0)) == 0
+        first = raw.read(10)
+        assert raw.readinto(memoryview(bytearray(0))) == 0
+        rest = raw.readall()
+    assert first + rest == b"0123456789" * 100
+    with pytest.raises(ValueError, match="closed"):
+        raw.readinto(bytearray(0))

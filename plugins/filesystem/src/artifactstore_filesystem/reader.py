@@ -80,6 +80,12 @@ class VerifiedPayload(io.RawIOBase):
             ValueError: the stream is closed.
         """
         view = memoryview(buffer).cast("B")
+        if not view:
+            # Nothing asked for. Not the end of the payload: finishing here read the byte past a payload not yet
+            # read and reported it as "bytes after its payload".
+            if self.closed:
+                raise ValueError("I/O operation on closed file")
+            return 0
         if self._left == 0:
             self._finish()
             return 0
