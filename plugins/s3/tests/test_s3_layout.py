@@ -247,13 +247,8 @@ def test_an_envelope_artifact_replaced_between_its_two_reads_is_still_there(new_
     assert store.get("big").content == b"second, longer"
 
 
-@pytest.mark.timeout(60)
-def test_an_archived_artifact_is_not_reported_as_access_denied(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
-    # A lifecycle rule that moves old objects to Glacier makes S3 answer their reads 403 InvalidObjectState:
-    # no credential or policy change helps, a restore does.
-    store = new_s3_store()
-    store.save("old", Message(content=b"archived payload"))
-    key = store.key_of("old")
+def _archive(raw: Any, bucket: str, key: str) -> None:
+    """Move an object to Glacier in place, as a lifecycle rule would."""
     raw.copy_object(
         Bucket=bucket,
         Key=key,
@@ -261,6 +256,15 @@ def test_an_archived_artifact_is_not_reported_as_access_denied(new_s3_store: New
         StorageClass="GLACIER",
         MetadataDirective="COPY",
     )
+
+
+@pytest.mark.timeout(60)
+def test_an_archived_artifact_is_not_reported_as_access_denied(new_s3_store: NewStore, raw: Any, bucket: str) -> None:
+    # A lifecycle rule that moves old objects to Glacier makes S3 answer their reads 403 InvalidObjectState:
+    # no credential or policy change helps, a restore does.
+    store = new_s3_store()
+    store.save("old", Message(content=b"archived payload"))
+    _archive(raw, bucket, store.key_of("old"))
     assert store.exists("old")
     for read in (lambda: store.get("old"), lambda: store.open("old"), lambda: store.get_many(["old"])):
         with pytest.raises(BackendError) as info:
@@ -276,14 +280,7 @@ def test_an_archived_artifact_in_the_envelope_layout_is_listed_only_once_restore
     # Its head is in its body, which S3 refuses to read while archived: what docs/s3.md says it raises.
     store = new_s3_store()
     store.save("old", big_header_message())
-    key = store.key_of("old")
-    raw.copy_object(
-        Bucket=bucket,
-        Key=key,
-        CopySource={"Bucket": bucket, "Key": key},
-        StorageClass="GLACIER",
-        MetadataDirective="COPY",
-    )
+    _archive(raw, bucket, store.key_of("old"))
     assert store.exists("old")
     for read in (
         lambda: store.info("old"),
