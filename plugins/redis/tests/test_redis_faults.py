@@ -459,6 +459,36 @@ def test_a_url_naming_a_replica_fails_writes_after_the_retries(tmp_path: Path) -
 
 
 @pytest.mark.timeout(60)
+def test_namespaces_through_a_url_naming_a_replica_lists_and_skips_the_registry_cleanup(tmp_path: Path) -> None:
+    # namespaces() drops an empty namespace from the registry once nobody announced it for the grace period:
+    # a write, which a replica refused with READONLY, failing the whole (read-only) listing after the retries.
+    registry = "{artifactstore}:namespaces"
+    with running(tmp_path / "primary") as primary, running(tmp_path / "replica") as replica:
+        admin, replica_admin = primary.client(), replica.client()
+        writer = make_store(primary, "held")
+        try:
+            writer.save("a", Message(content=b"a"))
+            admin.zadd(registry, {"emptied": 1, "gone": 2})  # announced long ago, holding nothing now
+            replica_admin.replicaof(LOOPBACK, primary.port)
+            wait_for(lambda: replica_admin.zscore(registry, "gone") is not None, 30, "the replica to sync")
+            store = make_store(replica, "held", retry_attempts=3, retry_backoff=0.001)
+            with store:
+                before = _attempts(replica_admin, ("evalsha",))
+                assert store.namespaces() == ["held"]
+                # The first refused cleanup ends the cleanup: neither it nor the next one is tried again.
+                assert _attempts(replica_admin, ("evalsha",)) - before == 1
+                assert store.namespaces() == ["held"]
+            assert admin.zrange(registry, 0, -1) == [b"emptied", b"gone", b"held"]
+            # On the primary the cleanup happens.
+            assert writer.namespaces() == ["held"]
+            assert admin.zrange(registry, 0, -1) == [b"held"]
+        finally:
+            writer.close()
+            admin.close()
+            replica_admin.close()
+
+
+@pytest.mark.timeout(60)
 def test_after_a_failover_reads_through_idle_connections_see_the_new_primary(tmp_path: Path) -> None:
     # The idle pooled connections lead to the demoted node too, which serves its old data set until the new
     # primary's snapshot arrives (held back here for 30 s): a read through one of them missed what had just

@@ -1140,9 +1140,23 @@ class RedisStore(ArtifactStore):
         swept = self._swept_namespaces(info if standalone else None)
         listed = {name: _decoded(name.encode("ascii"), validate_namespace) for name in held} | swept
         for name in empty:
-            if name not in swept:
-                self._script(FORGET_NAMESPACE, [self._registry], [name, _REGISTRY_GRACE])
+            if name not in swept and not self._forget(name):
+                break
         yield from (namespace for namespace in listed.values() if namespace is not None)
+
+    def _forget(self, name: str) -> bool:
+        """Drop the empty namespace ``name`` (encoded) from the registry unless it was announced within the
+        grace period; ``False`` when the server is a read-only replica, which refuses the write.
+
+        The cleanup is bookkeeping of a read: a listing through a URL that names a replica works, and leaves
+        the cleanup to the next ``namespaces()`` on the primary. The refused write is not retried (after a
+        failover, the connections that got ``READONLY`` are closed all the same, see :meth:`_roundtrip`).
+        """
+        try:
+            self._script(FORGET_NAMESPACE, [self._registry], [name, _REGISTRY_GRACE], retry_readonly=False)
+        except ReadOnlyError:
+            return False
+        return True
 
     def _swept_namespaces(self, replies: Sequence[Any] | None) -> dict[str, str]:
         """The namespaces of this key prefix (encoded: decoded) that hold an artifact hash, found by a ``SCAN``
@@ -1483,17 +1497,26 @@ class RedisStore(ArtifactStore):
         # replies (a slot migrating under a batch), which a later attempt gets past.
         return isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException))
 
-    def _script(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Any], *, cached: bool = True) -> Any:
+    def _script(
+        self,
+        script: LuaScript,
+        keys: Sequence[bytes],
+        args: Sequence[Any],
+        *,
+        cached: bool = True,
+        retry_readonly: bool = True,
+    ) -> Any:
         """Run one script call (see :meth:`_send`) and return its result; an error reply is raised."""
-        (result,) = self._send([_ScriptCall(script, keys, args)], cached=cached)
+        (result,) = self._send([_ScriptCall(script, keys, args)], cached=cached, retry_readonly=retry_readonly)
         if isinstance(result, Exception):
             raise result
         return result
 
-    def _send(self, calls: Sequence[_ScriptCall], *, cached: bool = True) -> list[Any]:
+    def _send(self, calls: Sequence[_ScriptCall], *, cached: bool = True, retry_readonly: bool = True) -> list[Any]:
         """Run script calls, pipelined; return their results in order (an error reply is returned, not raised).
 
         ``cached=False`` sends the calls with ``EVAL`` from the start (see ``NOSCRIPT`` below).
+        ``retry_readonly=False``: a ``READONLY`` reply is final, not retried (for a write that may be skipped).
 
         The one way this store runs its scripts. Each round trip sends every call still waiting for its
         result: its upload's ``SET`` (if it has one) just before the script. A call leaves the loop with its
@@ -1574,7 +1597,11 @@ class RedisStore(ArtifactStore):
                             f"redis at {self._where} lost the uploaded payload {what}twice before it could be "
                             "committed; nothing was saved"
                         )
-                if isinstance(result, Exception) and self._may_retry(result, retries):
+                if (
+                    isinstance(result, Exception)
+                    and (retry_readonly or not isinstance(result, ReadOnlyError))
+                    and self._may_retry(result, retries)
+                ):
                     transient.append((index, result))
                     continue
                 results[index] = result
