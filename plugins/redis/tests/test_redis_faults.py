@@ -25,7 +25,7 @@ from artifactstore_core import (
 )
 from artifactstore_core.testing_servers import LOOPBACK, in_thread
 from artifactstore_redis import RedisSettings, RedisStore
-from artifactstore_redis.scripts import CLEAR, COMMIT, DELETE, SAVE, SAVE_KEPT
+from artifactstore_redis.scripts import CLEAR, COMMIT, DELETE, REGISTER_NAMESPACE, SAVE, SAVE_KEPT
 from artifactstore_redis.testing import RedisServer, running
 
 #: A payload size stored in its own key (uploaded, then committed), not inline in the artifact's hash.
@@ -312,6 +312,85 @@ def test_maxmemory_noeviction_raises_capacity_error_and_saves_nothing(
             admin.config_set("maxmemory", "2mb")
             store.save(failed, Message(content=b"fits now"))
             assert store.get(failed).content == b"fits now"
+        finally:
+            admin.close()
+            store.close()
+
+
+@pytest.mark.timeout(60)
+@SAVE_PATHS
+def test_an_identical_resave_succeeds_on_a_full_server(tmp_path: Path, kind: str, size: int) -> None:
+    # A store announces its namespace in the registry (a ZADD, which a full server refuses) before its first
+    # save and again once a minute: an identical re-save, which stores nothing, failed with CapacityError.
+    with running(tmp_path / "oom", **{"maxmemory-policy": "noeviction"}) as server:
+        writer = make_store(server, "full")
+        admin = server.client()
+        try:
+            writer.save("a", message_of(kind, "a", size))
+            writer.save("b", message_of(kind, "b", size))
+            admin.config_set("maxmemory", "1")  # every memory-growing command is refused from now on
+            for store in (make_store(server, "full"), make_store(server, "full")):
+                with store:
+                    store.save("a", message_of(kind, "a", size))
+                    store.save_many([("a", message_of(kind, "a", size)), ("b", message_of(kind, "b", size))])
+                    with pytest.raises(CapacityError, match="nothing was saved"):
+                        store.save("new", message_of(kind, "new", size))
+                    with pytest.raises(CapacityError, match="nothing was saved"):
+                        store.save("a", message_of(kind, "a", size), overwrite=True)
+            assert writer.namespaces() == ["full"]
+            assert not writer.exists("new")
+            # Stored, but not in the registry (which the server lost, say): a save that cannot record the
+            # namespace fails, or namespaces() and gc would miss it; once there is room, saving again records it.
+            admin.delete("{artifactstore}:namespaces")
+            with make_store(server, "full") as store:
+                with pytest.raises(CapacityError, match="the artifact is stored, but namespaces"):
+                    store.save("a", message_of(kind, "a", size))
+                admin.config_set("maxmemory", "0")
+                store.save("a", message_of(kind, "a", size))
+                assert store.namespaces() == ["full"]
+        finally:
+            admin.config_set("maxmemory", "0")
+            admin.close()
+            writer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_save_stored_after_its_announce_was_refused_records_its_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Room freed between the refused announce and the save (played by lowering maxmemory for the announce
+    # alone): the save stores its artifact, so it records the namespace after the write; if that is refused
+    # too, the save says the artifact is stored but not listed.
+    with running(tmp_path / "oom", **{"maxmemory-policy": "noeviction"}) as server:
+        admin = server.client()
+        store = make_store(server, "late")
+        script = store._script
+        full_for: list[str] = []
+
+        def announce_on_a_full_server(called: Any, *args: Any, **kwargs: Any) -> Any:
+            if called is REGISTER_NAMESPACE and full_for:
+                full_for.pop()
+                admin.config_set("maxmemory", "1")
+                try:
+                    return script(called, *args, **kwargs)
+                finally:
+                    admin.config_set("maxmemory", "0")
+            return script(called, *args, **kwargs)
+
+        monkeypatch.setattr(store, "_script", announce_on_a_full_server)
+        try:
+            full_for[:] = ["before"]
+            store.save("a", Message(content=b"a"))
+            assert admin.zscore("{artifactstore}:namespaces", "late") is not None
+            store._registered_at = None  # as a minute later
+            admin.delete("{artifactstore}:namespaces")
+            full_for[:] = ["after", "before"]
+            with pytest.raises(CapacityError, match="the artifact is stored, but namespaces"):
+                store.save("b", Message(content=b"b"))
+            assert store.get("b").content == b"b"
+            assert store.namespaces() == []  # what the error warned of
+            store.save("b", Message(content=b"b"))
+            assert store.namespaces() == ["late"]
         finally:
             admin.close()
             store.close()

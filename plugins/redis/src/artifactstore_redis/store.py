@@ -96,7 +96,9 @@ from .scripts import (
     REGISTER_NAMESPACE,
     SAVE,
     SAVE_EXISTS,
+    SAVE_KEPT,
     SAVE_UPLOAD_MISSING,
+    SAVE_WRITTEN,
     LuaScript,
 )
 from .settings import REDIS_MAX_BULK_BYTES, RedisSettings, secret_query_values
@@ -830,17 +832,70 @@ class RedisStore(ArtifactStore):
 
     # -- the operations -------------------------------------------------------------------------------
 
-    def _announce(self, *, cached: bool = True) -> None:
-        """Record this namespace in the registry before writing to it (at most every _REGISTER_EVERY s)."""
+    def _announce(self, *, cached: bool = True) -> Exception | None:
+        """Record this namespace in the registry before writing to it (at most every _REGISTER_EVERY s).
+
+        Returns the error of a server at ``maxmemory`` that refused the record, instead of raising it: the
+        saves are sent all the same, and :meth:`_announced_after` decides once their results tell whether
+        they stored anything (an identical re-save stores nothing and must not fail for the bookkeeping).
+        Any other error is raised.
+        """
         now = time.monotonic()
         registered = self._registered_at
         if registered is not None and now - registered < _REGISTER_EVERY:
-            return
+            return None
         # Two threads announcing at once only write the same entry twice.
-        self._script(REGISTER_NAMESPACE, [self._registry], [encode_name(self.namespace)], cached=cached)
+        try:
+            self._script(REGISTER_NAMESPACE, [self._registry], [encode_name(self.namespace)], cached=cached)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            return exc
         self._registered_at = now
         # After a write that reached the server, so that an unreachable server fails the save as fast as before.
         self._check_eviction_policy()
+        return None
+
+    def _announced_after(self, refused: Exception | None, results: Sequence[Any]) -> Exception | None:
+        """Bookkeeping after saves were sent (``results``: theirs); ``refused``: what :meth:`_announce` returned.
+
+        Returns ``refused`` while the namespace may still need recording before a later write, else ``None``.
+        With ``refused`` (a full server refused to record the namespace before the saves):
+
+        - nothing stored (each save refused, or a different artifact there): nothing to record;
+        - a save stored its artifact, so the server had room again: the namespace is recorded now, after the
+          write. That is as safe as before it: ``namespaces()`` forgets a namespace only if nobody recorded
+          it within the grace period, so this record outlives any check that found the namespace empty;
+        - only identical artifacts kept (stored earlier, by a save that recorded the namespace): enough if
+          the registry still holds the namespace (read, which a full server allows).
+
+        Raises:
+            CapacityError: an artifact is stored (or kept) but its namespace is not in the registry and the
+                server is too full to record it: ``namespaces()`` and ``artifactstore gc`` would miss it.
+        """
+        if refused is None:
+            self._announce_again()
+            return None
+        written = any(result == SAVE_WRITTEN for result in results if not isinstance(result, BaseException))
+        kept = any(result == SAVE_KEPT for result in results if not isinstance(result, BaseException))
+        if written:
+            again = self._announce()
+            if again is None:
+                return None
+            refused = again
+        elif not kept:
+            return refused
+        else:
+            name = encode_name(self.namespace)
+            if self._retrying(lambda: self._client.zscore(self._registry, name)) is not None:
+                return refused
+        error = CapacityError(
+            f"redis at {self._where} is out of memory (maxmemory reached and nothing may be evicted) and refused "
+            f"to record namespace {self.namespace!r} in the registry, which does not hold it: the artifact is "
+            "stored, but namespaces() and artifactstore gc would not list its namespace. Free space (clear "
+            f"finished namespaces) or raise the server's maxmemory, then save it again ({self._describe(refused)})"
+        )
+        raise error from refused
 
     def _check_eviction_policy(self) -> None:
         """Warn (once per process and server) when the server may evict keys of this store.
@@ -1046,10 +1101,10 @@ class RedisStore(ArtifactStore):
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
         plan = self._plan(step_id, message, overwrite, ttl)
-        self._announce()
+        refused = self._announce()
         # One script call for an inline payload; otherwise upload and commit, pipelined in one round trip.
         (result,) = self._send([plan])
-        self._announce_again()
+        self._announced_after(refused, [result])
         if isinstance(result, BaseException):
             raise result
         if result == SAVE_EXISTS:
@@ -1312,10 +1367,10 @@ class RedisStore(ArtifactStore):
             return
         # Every artifact is encoded and checked against the size limit before anything is sent.
         plans = [self._plan(step_id, message, overwrite, ttl) for step_id, message in items]
-        self._announce()
+        refused = self._announce()
         for chunk in _batches(plans, lambda plan: len(plan.payload), self._settings.batch_size):
             results = self._send(chunk)
-            self._announce_again()
+            refused = self._announced_after(refused, results)
             for plan, result in zip(chunk, results, strict=True):
                 if isinstance(result, ArtifactStoreError):
                     result.step_id = plan.step_id
