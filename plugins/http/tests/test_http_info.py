@@ -155,7 +155,7 @@ def test_the_info_answer_is_the_list_item(make_client: MakeClient) -> None:
         assert (missing.status_code, missing.headers["artifactstore-error"]) == (404, "ArtifactNotFoundError")
         assert missing.json()["step_id"] == "missing"
         wrong = raw.put(f"{base}/a%2Fb/info", content=b"")
-        assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET")
+        assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET, HEAD")
         assert raw.get(f"{base}/a%2Fb/info/more").json()["type"] == "NotFound"
         assert raw.get(f"{base}/%00/info").json()["type"] == "InvalidStepIdError"
         # The document describes this answer as the list item's schema, and the read's 413.

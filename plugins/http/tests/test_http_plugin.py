@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import click
 import httpx
@@ -28,6 +28,13 @@ from artifactstore_core import (
 from artifactstore_core.registry import PluginHost
 from artifactstore_core.settings import load_settings
 from artifactstore_http import HttpSettings, HttpStore, ServerSettings, artifactstore_register_commands
+from artifactstore_http.protocol import (
+    ERROR_DETAIL_HEADER,
+    ERROR_HEADER,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    decode_detail,
+)
 from artifactstore_http.serve import serve
 from artifactstore_http.server import _StoreCache, create_app, default_store_factory
 from artifactstore_http.testing import TOKEN, ServerThread
@@ -324,6 +331,60 @@ def test_the_open_api_document_declares_exactly_the_methods_the_server_answers(m
                 else:
                     assert response.status_code == 405, (method, template)
                     assert set(response.headers["Allow"].split(", ")) == declared, (method, template)
+
+
+@pytest.mark.timeout(60)
+def test_head_is_answered_wherever_get_is_with_its_status_and_headers_and_no_body() -> None:
+    # HEAD on a list page and on an artifact's info answered 405, though RFC 9110 asks a server to answer HEAD
+    # wherever it answers GET: a monitoring probe of the listing, or a proxy, got "method not allowed".
+    space = MemorySpace()
+    store = MemoryStore(namespace="ns", space=space)
+    for step_id in ("a", "b/c", "d"):
+        store.save(step_id, Message(content=step_id.encode() * 100, metadata={"n": step_id}))
+    app = create_app(lambda namespace: MemoryStore(namespace=namespace, space=space), token=SecretStr(TOKEN))
+    sent: list[bytes] = []  # what the application handed the ASGI server as the bodies of HEAD answers
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        async def record(message: Any) -> None:
+            if scope.get("method") == "HEAD" and message["type"] == "http.response.body":
+                sent.append(message.get("body", b""))
+            await send(message)
+
+        await app(scope, receive, record)
+
+    paths = {
+        "/v1/namespaces/ns/artifacts": 200,
+        "/v1/namespaces/ns/artifacts?limit=2": 200,
+        "/v1/namespaces/empty/artifacts": 200,
+        "/v1/namespaces/ns/artifacts?limit=0": 400,
+        "/v1/namespaces/ns/artifacts?cursor=%25%25": 400,
+        "/v1/namespaces/ns/artifacts/b%2Fc/info": 200,
+        "/v1/namespaces/ns/artifacts/missing/info": 404,
+        "/v1/namespaces/ns/artifacts/%00/info": 400,
+    }
+    server = ServerThread(recording).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+            for path, status in paths.items():
+                got = raw.get(path)
+                head = raw.head(path)
+                assert (got.status_code, head.status_code) == (status, status), (path, head.headers)
+                assert head.content == b"", path
+                for name in ("content-type", "content-length", ERROR_HEADER):
+                    assert head.headers.get(name) == got.headers.get(name), (path, name)
+                assert int(head.headers["content-length"]) == len(got.content) > 0, path
+                assert head.headers[PROTOCOL_HEADER] == PROTOCOL_VERSION, path
+                if status == 200:
+                    assert ERROR_HEADER not in head.headers, path
+                else:
+                    # A problem's detail travels in a header, as on a HEAD of an artifact (no body to hold it).
+                    assert decode_detail(head.headers[ERROR_DETAIL_HEADER]) == got.json()["detail"], path
+                assert raw.head(path, headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    finally:
+        server.stop()
+    # Not even handed to the ASGI server: a HEAD on a list page costs no page sent.
+    assert sent, "no HEAD answer was recorded"
+    assert set(sent) == {b""}, [len(body) for body in sent]
 
 
 @pytest.mark.timeout(120)

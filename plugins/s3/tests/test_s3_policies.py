@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,36 +26,44 @@ from artifactstore_s3.testing import MotoServer
 pytestmark = pytest.mark.timeout(120)
 
 BUCKET = "policies"
+# The users of the server: what each is granted beyond the listings (see policy).
+GRANTS: dict[str, tuple[str, ...]] = {
+    "namespace": ("artifactstore/ns/",),
+    "documented": ("artifactstore/ns/", "artifactstore/.probe/", "artifactstore/.staging/"),
+    # As documented, but explicitly denied deleting the staging objects: they are left behind.
+    "undeleting": ("artifactstore/ns/", "artifactstore/.probe/", "artifactstore/.staging/"),
+}
+DENIED = {"undeleting": ("s3:DeleteObject", "artifactstore/.staging/")}
 # Unauthenticated requests that set the server up: three per user (create it, its key, its policy) and the bucket.
-SETUP_REQUESTS = 3 * 2 + 1
+SETUP_REQUESTS = 3 * len(GRANTS) + 1
 ARTIFACTS = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 
 
-def policy(*prefixes: str) -> str:
-    """A user policy granting the artifacts' actions on ``prefixes`` of the bucket and the listings on it."""
-    return json.dumps(
+def policy(*prefixes: str, denied: tuple[str, str] | None = None) -> str:
+    """A user policy granting the artifacts' actions on ``prefixes`` of the bucket and the listings on it, and
+    denying ``denied`` (an action and a prefix) explicitly."""
+    statements: list[dict[str, Any]] = [
         {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Action": ARTIFACTS,
-                    "Resource": [f"arn:aws:s3:::{BUCKET}/{prefix}*" for prefix in prefixes],
-                },
-                {
-                    "Effect": "Allow",
-                    "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
-                    "Resource": f"arn:aws:s3:::{BUCKET}",
-                },
-            ],
-        }
-    )
+            "Effect": "Allow",
+            "Action": ARTIFACTS,
+            "Resource": [f"arn:aws:s3:::{BUCKET}/{prefix}*" for prefix in prefixes],
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+            "Resource": f"arn:aws:s3:::{BUCKET}",
+        },
+    ]
+    if denied is not None:
+        statements.append({"Effect": "Deny", "Action": denied[0], "Resource": f"arn:aws:s3:::{BUCKET}/{denied[1]}*"})
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
 @pytest.fixture(scope="module")
 def iam_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoServer, dict[str, Any]]]:
-    """A moto server that enforces IAM, with the bucket and two users: ``namespace`` (granted the namespace
-    ``ns``'s keys only) and ``documented`` (granted them and the reserved keys, as docs/s3.md says)."""
+    """A moto server that enforces IAM, with the bucket and the users of :data:`GRANTS`: ``namespace`` (granted
+    the namespace ``ns``'s keys only), ``documented`` (granted them and the reserved keys, as docs/s3.md says)
+    and ``undeleting`` (as documented, but denied deleting the staging objects)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", str(SETUP_REQUESTS))
         server = MotoServer(Path(tmp_path_factory.mktemp("iam-moto"))).start()
@@ -66,15 +75,12 @@ def iam_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoSer
             aws_access_key_id="AKIASETUP0000000000",
             aws_secret_access_key="setup",
         )
-        grants = {
-            "namespace": ("artifactstore/ns/",),
-            "documented": ("artifactstore/ns/", "artifactstore/.probe/", "artifactstore/.staging/"),
-        }
         users: dict[str, Any] = {}
-        for name, prefixes in grants.items():
+        for name, prefixes in GRANTS.items():
             iam.create_user(UserName=name)
             users[name] = iam.create_access_key(UserName=name)["AccessKey"]
-            iam.put_user_policy(UserName=name, PolicyName="artifacts", PolicyDocument=policy(*prefixes))
+            document = policy(*prefixes, denied=DENIED.get(name))
+            iam.put_user_policy(UserName=name, PolicyName="artifacts", PolicyDocument=document)
         iam.close()
         setup = server.client(access_key_id="AKIASETUP0000000000", secret_access_key="setup")
         setup.create_bucket(Bucket=BUCKET)
@@ -112,10 +118,11 @@ def test_a_refused_probe_names_its_key_and_what_to_grant(iam_moto: tuple[MotoSer
 
 
 def test_a_refused_staging_upload_names_its_key_and_what_to_grant(
-    iam_moto: tuple[MotoServer, dict[str, Any]],
+    iam_moto: tuple[MotoServer, dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
     server, users = iam_moto
     small = {"multipart_threshold": 5 * MIB, "part_size": 5 * MIB}
+    caplog.set_level(logging.WARNING, logger="artifactstore_s3")
     with store_of(server, users["namespace"], conditional_writes="trust", **small) as store:
         store.save_stream("seekable", io.BytesIO(os.urandom(6 * MIB)))  # no staging key needed
         with pytest.raises(AccessDeniedError) as info:
@@ -125,6 +132,33 @@ def test_a_refused_staging_upload_names_its_key_and_what_to_grant(
     assert "artifactstore/.staging/*" in text
     assert "s3:PutObject" in text
     assert "s3:GetObject" in text
+    # The staging object was never created: the delete sent after the refusal was refused too, and logged a
+    # warning that it "could not be deleted", pointing at an object that does not exist.
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_staging_object_left_behind_is_still_warned_about(
+    iam_moto: tuple[MotoServer, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, users = iam_moto
+    payload = os.urandom(6 * MIB)
+    small = {"multipart_threshold": 5 * MIB, "part_size": 5 * MIB}
+    caplog.set_level(logging.WARNING, logger="artifactstore_s3")
+    with store_of(server, users["undeleting"], conditional_writes="trust", **small) as store:
+        store.save_stream("left", NonSeekable(payload))
+        assert store.get("left").content == payload
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "could not delete the staging object 'artifactstore/.staging/" in warnings[0]
+    assert "AccessDenied" in warnings[0]
+    setup = server.client(
+        access_key_id=users["documented"]["AccessKeyId"], secret_access_key=users["documented"]["SecretAccessKey"]
+    )
+    try:
+        left = setup.list_objects_v2(Bucket=BUCKET, Prefix="artifactstore/.staging/").get("Contents", [])
+    finally:
+        setup.close()
+    assert [entry["Key"] for entry in left] == [warnings[0].split("'")[1]]
 
 
 def test_the_documented_grants_are_enough(iam_moto: tuple[MotoServer, dict[str, Any]]) -> None:

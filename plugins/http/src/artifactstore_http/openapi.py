@@ -208,6 +208,17 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                         **_problems(),
                     },
                 },
+                "head": {
+                    "operationId": "listArtifactsHead",
+                    "summary": "A list page's status and headers (its Content-Length that of the page), without the "
+                    f"page; problems carry their type in the {ERROR_HEADER} header and their detail in the "
+                    f"{ERROR_DETAIL_HEADER} header.",
+                    "parameters": [
+                        {"$ref": "#/components/parameters/Limit"},
+                        {"$ref": "#/components/parameters/Cursor"},
+                    ],
+                    "responses": {"200": {"description": "One page's headers."}, **_problems(body=False)},
+                },
             },
             "/v1/namespaces/{namespace}/artifacts/{step_id}": {
                 "parameters": [namespace, step_id],
@@ -266,6 +277,17 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ArtifactInfo"}}},
                         },
                         **_problems(413, 422, texts={413: _INFO_TOO_LARGE}),
+                    },
+                },
+                "head": {
+                    "operationId": "artifactInfoHead",
+                    "summary": "An artifact info's status and headers, without the info: 200 if the artifact "
+                    f"exists and its head is valid, 404 ({ERROR_HEADER}: ArtifactNotFoundError) if not; problems "
+                    f"carry their type in the {ERROR_HEADER} header and their detail in the {ERROR_DETAIL_HEADER} "
+                    "header.",
+                    "responses": {
+                        "200": {"description": "The info's headers."},
+                        **_problems(413, 422, body=False, texts={413: _INFO_TOO_LARGE}),
                     },
                 },
             },

@@ -171,6 +171,18 @@ def _problem_response(
     return JSONResponse(doc, status_code=int(doc["status"]), headers=extra, media_type=MEDIA_TYPE_PROBLEM)
 
 
+def _bodiless(response: Response) -> Response:
+    """``response`` as the answer to ``HEAD``: its status and headers (``Content-Length`` the size of the body a
+    ``GET`` gets), without the body.
+
+    The body is dropped here rather than left to the ASGI server (uvicorn drops it, the ASGI spec does not say
+    every server must): a ``HEAD`` on a list page is never sent the page.
+    """
+    answer = Response(status_code=response.status_code)
+    answer.raw_headers = list(response.raw_headers)
+    return answer
+
+
 def _error_document(error: ArtifactStoreError, status: int | None = None) -> dict[str, Any]:
     if isinstance(error, StoreClosedError):
         # The store closes only when the server shuts down; to the client that is an unavailable server.
@@ -408,6 +420,8 @@ class _App:
         # problem body (Starlette's own 404 and 405 are plain text).
         request = Request(scope, receive)
         response = await self.endpoint(request)
+        if request.method == "HEAD":
+            response = _bodiless(response)
         await response(scope, receive, send)
 
     # -- entry ----------------------------------------------------------------------------------------
@@ -450,13 +464,15 @@ class _App:
                 if not rest:
                     self._allow(request, "DELETE")
                     return await self._clear(namespace)
+                # HEAD is answered wherever GET is (RFC 9110; probes and proxies send it): the GET's answer,
+                # status and headers, without its body (see __call__).
                 if rest == [b"artifacts"]:
-                    self._allow(request, "GET")
+                    self._allow(request, "GET", "HEAD")
                     return await self._list(request, namespace)
                 if len(rest) == 3 and rest[0] == b"artifacts" and rest[2] == _INFO:
                     # One segment more than any artifact's path: a step id is one segment, its "/" encoded.
                     step_id = validate_step_id(_decode_segment(rest[1], "step id"))
-                    self._allow(request, "GET")
+                    self._allow(request, "GET", "HEAD")
                     return await self._info(namespace, step_id)
                 if len(rest) == 2 and rest[0] == b"artifacts":
                     step_id = validate_step_id(_decode_segment(rest[1], "step id"))

@@ -1158,11 +1158,13 @@ class S3Store(ArtifactStore):
         staging = self._keys.reserved("staging", uuid.uuid4().hex)
         hasher = new_hasher(part_size)
         size = 0
+        staged: MultipartUpload | None = None  # the staging upload, once created
         # Registered before the staging upload starts: close() deletes it if this thread cannot.
         self._register(self._staging, staging)
 
         def feed_staging(upload: MultipartUpload) -> None:
-            nonlocal size
+            nonlocal size, staged
+            staged = upload
             while pending:
                 chunk = pending.pop(0)
                 hasher.update(chunk)
@@ -1203,17 +1205,28 @@ class S3Store(ArtifactStore):
 
             self._write_once(step_id, key, header, write, overwrite, multipart=True)
         finally:
-            self._delete_staging(staging)
+            # The staging object exists only once its upload's completion was sent: an upload refused or
+            # failed before that (its parts aborted) left nothing, and a delete would only fail the same way
+            # (a policy that refuses the .staging/ keys, an unreachable endpoint) and warn of an object that
+            # never existed.
+            self._delete_staging(staging, created=staged is not None and staged.completion_sent)
 
-    def _delete_staging(self, staging: str) -> None:
-        """Delete a staging object (there or not: S3 answers a delete of a missing key with success), then
-        forget it; never raises (a failure is logged)."""
+    def _delete_staging(self, staging: str, *, created: bool) -> None:
+        """Delete a staging object if it may have been ``created`` (there or not: S3 answers a delete of a
+        missing key with success), then forget it; never raises (a failure is logged, but a 404: nothing is
+        left)."""
         try:
-            self._live_client.delete_object(Bucket=self._bucket, Key=staging)
+            if created:
+                self._live_client.delete_object(Bucket=self._bucket, Key=staging)
         except StoreClosedError:
             pass  # close() has begun: it deletes the object (still registered) before closing the client
         except Exception as exc:
-            logger.warning("could not delete the staging object %r: %s", staging, type(exc).__name__)
+            if not _missing(exc):
+                logger.warning(
+                    "could not delete the staging object %r: %s",
+                    staging,
+                    client_error_code(exc)[0] or type(exc).__name__,
+                )
         finally:
             with self._lock:
                 self._staging.discard(staging)
@@ -1521,6 +1534,11 @@ class S3Store(ArtifactStore):
             try:
                 client.delete_object(Bucket=self._bucket, Key=key)
             except Exception as exc:
-                logger.warning("could not delete the staging object %r: %s", key, type(exc).__name__)
+                if not _missing(exc):  # a service that answers 404 to a delete of a missing key: nothing left
+                    logger.warning(
+                        "could not delete the staging object %r: %s",
+                        key,
+                        client_error_code(exc)[0] or type(exc).__name__,
+                    )
         client.close()
         self._forget_log_secrets()  # after the last request of this store's client
