@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import hookspecs
+from ._wording import with_article
 from .errors import BackendNotFoundError, ConfigurationError, PluginLoadError
 from .models import Capabilities
 
@@ -240,7 +241,7 @@ class PluginHost:
             if not isinstance(spec, BackendSpec):
                 raise PluginLoadError(
                     f"backend {name!r} is broken ({where}): its artifactstore_register_backends passed "
-                    f"register() a {type(spec).__name__}, not an artifactstore_core.BackendSpec",
+                    f"register() {with_article(type(spec).__name__)}, not an artifactstore_core.BackendSpec",
                     backend=name,
                 )
             specs.append(spec)
@@ -397,13 +398,14 @@ def _check_spec(spec: BackendSpec, where: str) -> None:
     capabilities: object = spec.capabilities
     problem = None
     if not callable(factory):
-        problem = f"its factory is a {type(factory).__name__}, not a callable"
+        problem = f"its factory is {with_article(type(factory).__name__)}, not a callable"
     elif model is not None and not (isinstance(model, type) and issubclass(model, BaseSettings)):
-        problem = f"its settings_model is a {type(model).__name__}, not a BackendSettings subclass"
+        problem = f"its settings_model is {with_article(type(model).__name__)}, not a BackendSettings subclass"
     elif model is not None and (why := _settings_problem(spec.name, model)):
         problem = why
     elif not isinstance(capabilities, Capabilities):
-        problem = f"its capabilities are a {type(capabilities).__name__}, not an artifactstore_core.Capabilities"
+        kind = with_article(type(capabilities).__name__)
+        problem = f"its capabilities are {kind}, not an artifactstore_core.Capabilities"
     if problem is not None:
         raise PluginLoadError(f"backend {spec.name!r} is broken ({where}): {problem}", backend=spec.name)
 
@@ -439,9 +441,9 @@ def _why_nothing(plugin: object, returned: object, value: str) -> str:
     ``value`` is the entry point's value (``module`` or ``module:attribute``).
     """
     if isinstance(returned, list) and returned:
-        kind = type(returned[0]).__name__
+        kind = with_article(type(returned[0]).__name__)
         return (
-            f": its artifactstore_register_backends returned a {kind}; call register(spec) with each "
+            f": its artifactstore_register_backends returned {kind}; call register(spec) with each "
             "BackendSpec instead of returning it"
         )
     hook = getattr(plugin, "artifactstore_register_backends", None)

@@ -274,7 +274,7 @@ def test_an_entry_point_naming_an_object_in_the_module_says_to_name_the_module(
         # A bare AttributeError ('_closed') on first use, far from the cause.
         (
             "Uninitialised()",
-            "returned a Uninitialised whose __init__ did not call ArtifactStore.__init__; call "
+            "returned an Uninitialised whose __init__ did not call ArtifactStore.__init__; call "
             "super().__init__(namespace=context.namespace, codec=context.codec)",
         ),
     ],
