@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from . import errors
+from ._wording import counted
 from .cli_main import INTERRUPTED_EXIT_CODE
 from .ids import validate_namespace, validate_step_id
 from .message import _MEDIA_TYPE_CONTROL, Message
@@ -1286,7 +1287,7 @@ def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) 
             _report_unverified(failures, "verify")
             count = len(infos) + len(failures)
             unverified = f" ({len(failures)} of them could not be verified)" if failures else ""
-            _echo(f"would remove {count} artifacts from namespace {store.namespace!r}{unverified}")
+            _echo(f"would remove {counted(count, 'artifact')} from namespace {store.namespace!r}{unverified}")
             if failures:
                 raise click.exceptions.Exit(exit_code(failures[0]))
             return
@@ -1295,7 +1296,7 @@ def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) 
                 raise click.UsageError("refusing to clear without --yes when not on a terminal")
             click.confirm(f"Remove every artifact of namespace {store.namespace!r}?", abort=True, err=True)
         count = store.clear()
-    _echo(f"removed {count} artifacts")
+    _echo(f"removed {counted(count, 'artifact')}")
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -1423,9 +1424,10 @@ def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None)
     else:
         verb = "would remove" if dry_run else "removed"
         for row in removed:
-            _echo(f"{verb} namespace {row['namespace']!r}: {row['artifacts']} artifacts, newest {row['newest']}")
+            artifacts = counted(row["artifacts"], "artifact")
+            _echo(f"{verb} namespace {row['namespace']!r}: {artifacts}, newest {row['newest']}")
         left = f"; {len(failed)} could not be collected" if failed else ""
-        stderr.print(f"{verb} {len(removed)} namespaces{left}", markup=False)
+        stderr.print(f"{verb} {counted(len(removed), 'namespace')}{left}", markup=False)
     if first_failure is not None:
         raise click.exceptions.Exit(exit_code(first_failure))
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import hookspecs
-from .errors import BackendNotFoundError, PluginLoadError
+from ._wording import with_article
+from .errors import BackendNotFoundError, ConfigurationError, PluginLoadError
 from .models import Capabilities
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ __all__ = [
 
 #: The entry-point group backends register in; the entry point's name is the backend name.
 ENTRY_POINT_GROUP = "artifactstore_core.backends"
-#: Comma-separated allow-list of backend names to load; unset loads any installed backend.
+#: Comma-separated allow-list of backend names to load; unset or empty loads any installed backend.
 PLUGINS_ENV = "ARTIFACT_STORE_PLUGINS"
 #: First-party backends and the distribution that provides each.
 KNOWN_BACKENDS: dict[str, str] = {
@@ -146,10 +147,24 @@ class PluginHost:
         return found
 
     def _allowed(self) -> set[str] | None:
+        """The allow-list of :data:`PLUGINS_ENV`, or ``None`` when it is unset or empty (every backend may load).
+
+        Raises:
+            ConfigurationError: the variable holds commas but no name (``,``): what a template leaves when
+                the names it was to fill in are missing. Read as an empty list it excluded every backend,
+                with an error quoting ``ARTIFACT_STORE_PLUGINS=``; read as unset it would silently lift a
+                restriction the user meant to set.
+        """
         raw = os.environ.get(PLUGINS_ENV, "").strip()
         if not raw:
             return None
-        return {name.strip() for name in raw.split(",") if name.strip()}
+        names = {name.strip() for name in raw.split(",") if name.strip()}
+        if not names:
+            raise ConfigurationError(
+                f"{PLUGINS_ENV} is set but names no backend (only commas and spaces); list the backends "
+                "that may load, e.g. memory,redis, or unset it to allow every installed backend"
+            )
+        return names
 
     def names(self) -> list[str]:
         """Names of the installed backends the allow-list permits (nothing is imported)."""
@@ -170,7 +185,10 @@ class PluginHost:
                 return self._specs[name]
             candidates = self._candidates()
             allowed = self._allowed()
-            if allowed is not None and name not in allowed:
+            # A name no plugin claims is reported as not installed, with its "did you mean", even when the
+            # allow-list leaves it out: "add 'MEMORY' to ARTIFACT_STORE_PLUGINS" would send the user to list
+            # a name that still would not load.
+            if allowed is not None and name not in allowed and name in candidates:
                 raise BackendNotFoundError(
                     f"backend {name!r} is not in {PLUGINS_ENV}={','.join(sorted(allowed))}; add it to load it",
                     backend=name,
@@ -223,7 +241,7 @@ class PluginHost:
             if not isinstance(spec, BackendSpec):
                 raise PluginLoadError(
                     f"backend {name!r} is broken ({where}): its artifactstore_register_backends passed "
-                    f"register() a {type(spec).__name__}, not an artifactstore_core.BackendSpec",
+                    f"register() {with_article(type(spec).__name__)}, not an artifactstore_core.BackendSpec",
                     backend=name,
                 )
             specs.append(spec)
@@ -265,9 +283,13 @@ class PluginHost:
         if name in KNOWN_BACKENDS:
             parts.append(f"install it with: pip install {KNOWN_BACKENDS[name]}")
         else:
-            close = difflib.get_close_matches(name, sorted(set(installed) | set(KNOWN_BACKENDS)), n=1, cutoff=0.6)
+            # Compared case-folded: backend names are case-sensitive (entry point names, lower-case for every
+            # first-party one), and "MEMORY" is too unlike "memory" for difflib to suggest it.
+            by_folded = {known.casefold(): known for known in sorted(KNOWN_BACKENDS)}
+            by_folded.update((known.casefold(), known) for known in sorted(installed, reverse=True))
+            close = difflib.get_close_matches(name.casefold(), sorted(by_folded), n=1, cutoff=0.6)
             if close:
-                parts.append(f"did you mean {close[0]!r}?")
+                parts.append(f"did you mean {by_folded[close[0]]!r}?")
         parts.append(f"installed backends: {', '.join(installed) or 'none'}")
         return BackendNotFoundError("; ".join(parts), backend=name)
 
@@ -376,13 +398,14 @@ def _check_spec(spec: BackendSpec, where: str) -> None:
     capabilities: object = spec.capabilities
     problem = None
     if not callable(factory):
-        problem = f"its factory is a {type(factory).__name__}, not a callable"
+        problem = f"its factory is {with_article(type(factory).__name__)}, not a callable"
     elif model is not None and not (isinstance(model, type) and issubclass(model, BaseSettings)):
-        problem = f"its settings_model is a {type(model).__name__}, not a BackendSettings subclass"
+        problem = f"its settings_model is {with_article(type(model).__name__)}, not a BackendSettings subclass"
     elif model is not None and (why := _settings_problem(spec.name, model)):
         problem = why
     elif not isinstance(capabilities, Capabilities):
-        problem = f"its capabilities are a {type(capabilities).__name__}, not an artifactstore_core.Capabilities"
+        kind = with_article(type(capabilities).__name__)
+        problem = f"its capabilities are {kind}, not an artifactstore_core.Capabilities"
     if problem is not None:
         raise PluginLoadError(f"backend {spec.name!r} is broken ({where}): {problem}", backend=spec.name)
 
@@ -418,9 +441,9 @@ def _why_nothing(plugin: object, returned: object, value: str) -> str:
     ``value`` is the entry point's value (``module`` or ``module:attribute``).
     """
     if isinstance(returned, list) and returned:
-        kind = type(returned[0]).__name__
+        kind = with_article(type(returned[0]).__name__)
         return (
-            f": its artifactstore_register_backends returned a {kind}; call register(spec) with each "
+            f": its artifactstore_register_backends returned {kind}; call register(spec) with each "
             "BackendSpec instead of returning it"
         )
     hook = getattr(plugin, "artifactstore_register_backends", None)

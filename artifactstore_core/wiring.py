@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings
 
+from ._wording import with_article
 from .envelope import Codec
 from .errors import (
     AccessDeniedError,
@@ -147,7 +148,7 @@ def _misbuilt(store: ArtifactStore, context: StoreContext) -> str | None:
         namespace, codec = store.namespace, store.codec
     except AttributeError:
         return (
-            f"returned a {type(store).__name__} whose __init__ did not call ArtifactStore.__init__; call "
+            f"returned {with_article(type(store).__name__)} whose __init__ did not call ArtifactStore.__init__; call "
             "super().__init__(namespace=context.namespace, codec=context.codec)"
         )
     if namespace != context.namespace:

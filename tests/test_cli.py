@@ -519,7 +519,7 @@ def test_50_mb_round_trip_through_the_console_script(kind: str, tmp_path: Path, 
     assert run("rm", "data/big file.bin", *ns, env=env).returncode == 0
     assert run("get", "data/big file.bin", *ns, env=env).returncode == 3
     cleared = run("clear", "--yes", *ns, env=env)
-    assert cleared.stdout.strip() == "removed 1 artifacts"
+    assert cleared.stdout.strip() == "removed 1 artifact"
     assert json.loads(run("ls", "--json", *ns, env=env).stdout) == []
 
 
@@ -951,6 +951,21 @@ def test_gc_goes_on_past_a_namespace_it_cannot_collect_and_reports_it() -> None:
     result = run("gc", "--older-than", "0s", env=env)
     assert result.returncode == 8
     assert "removed 0 namespaces; 1 could not be collected" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_counts_of_one_are_singular() -> None:
+    # "removed 1 artifacts", "would remove 1 namespaces".
+    assert run("put", "-n", "one-a", "x", "-", stdin=b"payload").returncode == 0
+    dry = run("clear", "--dry-run", "-n", "one-a")
+    assert dry.stdout == "would remove 1 artifact from namespace 'one-a'\n"
+    gc = run("gc", "--older-than", "0s", "--dry-run")
+    assert gc.stdout.startswith("would remove namespace 'one-a': 1 artifact, newest ")
+    assert gc.stderr == "would remove 1 namespace\n"
+    assert run("put", "-n", "one-a", "y", "-", stdin=b"payload").returncode == 0
+    gc = run("gc", "--older-than", "0s")
+    assert gc.stdout.startswith("removed namespace 'one-a': 2 artifacts, newest ")
+    assert gc.stderr == "removed 1 namespace\n"
 
 
 @pytest.mark.timeout(120)

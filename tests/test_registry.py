@@ -30,6 +30,26 @@ def test_unknown_name_suggests_and_lists(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "memory" in text.split("installed backends:")[1]
 
 
+@pytest.mark.parametrize(("given", "meant"), [("MEMORY", "memory"), ("Redis", "redis"), ("S3", "s3")])
+def test_a_name_in_the_wrong_case_suggests_the_right_one(
+    monkeypatch: pytest.MonkeyPatch, given: str, meant: str
+) -> None:
+    # Names are case-sensitive (entry point names); "MEMORY" got no "did you mean" at all.
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", given)
+    with pytest.raises(BackendNotFoundError) as info:
+        create_store()
+    assert f"no backend named {given!r} is installed; did you mean {meant!r}?" in str(info.value)
+
+
+def test_a_name_in_the_wrong_case_outside_the_allow_list_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "add it to load it" sent the user to put "MEMORY" in the allow-list, where it still would not load.
+    monkeypatch.setenv("ARTIFACT_STORE_PLUGINS", "memory")
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "MEMORY")
+    with pytest.raises(BackendNotFoundError) as info:
+        create_store()
+    assert "did you mean 'memory'?; installed backends: memory" in str(info.value)
+
+
 def test_known_backend_not_installed_names_the_install_command() -> None:
     # Simulate an environment with only the memory plugin (test_project_rules proves it in a real one).
     only_memory = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == "memory"]
@@ -254,7 +274,7 @@ def test_an_entry_point_naming_an_object_in_the_module_says_to_name_the_module(
         # A bare AttributeError ('_closed') on first use, far from the cause.
         (
             "Uninitialised()",
-            "returned a Uninitialised whose __init__ did not call ArtifactStore.__init__; call "
+            "returned an Uninitialised whose __init__ did not call ArtifactStore.__init__; call "
             "super().__init__(namespace=context.namespace, codec=context.codec)",
         ),
     ],
@@ -347,6 +367,23 @@ def test_allow_list(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         create_store()
     listing = {info.name: info.status for info in plugin_host().backends()}
     assert listing["never"] == "not in ARTIFACT_STORE_PLUGINS"
+
+
+@pytest.mark.parametrize("value", [",", " , ,", ",,"])
+def test_an_allow_list_of_no_names_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # It excluded every backend, with "backend 'memory' is not in ARTIFACT_STORE_PLUGINS=; add it to load it".
+    monkeypatch.setenv("ARTIFACT_STORE_PLUGINS", value)
+    for attempt in (create_store, plugin_host().names, plugin_host().backends):
+        with pytest.raises(errors.ConfigurationError, match=r"^ARTIFACT_STORE_PLUGINS is set but names no backend"):
+            attempt()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_allow_list_is_unset(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ARTIFACT_STORE_PLUGINS", value)
+    assert "memory" in plugin_host().names()
+    with create_store() as store:
+        assert store.backend_name == "memory"
 
 
 def test_plugins_load_only_when_needed(site: Path) -> None:

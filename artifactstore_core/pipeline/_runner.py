@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .._wording import with_article
 from ..envelope import content_bytes, reusing_verified_digests
 from ..errors import ArtifactCorruptedError, ArtifactExistsError, ArtifactNotFoundError, SerializationError
 from ..message import Message
@@ -102,8 +103,8 @@ def to_message(step_id: str, value: Any) -> Message:
         # is not a JSON value" alone sends the user looking for the wrong thing.
         why = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
         raise SerializationError(
-            f"step {step_id!r} returned a {type(value).__name__} that cannot be stored ({why}): a step returns a "
-            "Message, a pydantic model, a JSON value, str or bytes",
+            f"step {step_id!r} returned {with_article(type(value).__name__)} that cannot be stored ({why}): "
+            "a step returns a Message, a pydantic model, a JSON value, str or bytes",
             step_id=step_id,
         ) from exc
 

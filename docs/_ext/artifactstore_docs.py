@@ -87,8 +87,9 @@ def _extra_settings() -> tuple[tuple[str, str], ...]:
     return (
         (
             PLUGINS_ENV,
-            "Comma-separated allow-list of backend names whose plugins may load, e.g. memory,redis. Unset: "
-            "every installed backend may load. A backend outside the list raises BackendNotFoundError.",
+            "Comma-separated allow-list of backend names whose plugins may load, e.g. memory,redis. Unset or "
+            "empty: every installed backend may load. A backend outside the list raises BackendNotFoundError; "
+            "a value of only commas (no name) raises ConfigurationError.",
         ),
         (
             CONFIG_ENV,

@@ -319,6 +319,15 @@ def test_a_step_returning_something_unstorable_fails_with_its_name() -> None:
     assert "'odd' returned a set" in str(caught.value.__cause__)
 
 
+@pytest.mark.parametrize(("value", "named"), [(object(), "an object"), (1 + 2j, "a complex")])
+def test_an_unstorable_output_is_named_with_the_right_article(value: object, named: str) -> None:
+    # "returned a object".
+    pipeline = Pipeline([Step("odd", lambda inputs: value)])
+    with pytest.raises(StepFailedError) as caught:
+        Executor().run(pipeline)
+    assert f"step 'odd' returned {named} that cannot be stored" in str(caught.value.__cause__)
+
+
 def test_an_unstorable_value_deep_in_an_output_is_named() -> None:
     # "returned a dict, which is not ... a JSON value" sent the user looking at the dict, not at the NaN.
     pipeline = Pipeline([Step("scores", lambda inputs: {"relevance": 0.9, "novelty": float("nan")})])
