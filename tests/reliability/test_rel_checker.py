@@ -62,25 +62,39 @@ class TornReads(_Counting):
         return message
 
 
+class _OneTable:
+    """Stands for a memory space's map of namespaces, filing every namespace's artifacts under one name."""
+
+    def __init__(self, namespaces: dict[str, dict[str, Message]]) -> None:
+        self._namespaces = namespaces
+
+    def get(self, name: str, default: object = None) -> object:
+        return self._namespaces.get("everyone", default)
+
+    def __setitem__(self, name: str, items: dict[str, Message]) -> None:
+        self._namespaces["everyone"] = items
+
+
 class LeaksNamespaces(MemoryStore):
     """Keys every namespace's artifacts in one table (a prefix that forgot the namespace)."""
 
     def __init__(self, *, namespace: str, space: MemorySpace) -> None:
         super().__init__(namespace=namespace, space=space)
-        self._items = space.namespace("everyone")
-        self._sizes = {}
+        # The store looks its namespace's dict up in this map at each call.
+        self._all = _OneTable(self._all)  # type: ignore[assignment]
 
 
 class RacyWriteOnce(MemoryStore):
     """Write-once checked without a lock around check and write, so concurrent writers all win."""
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
-        existing = self._items.get(step_id)
+        items = self._all.get(self._namespace)
+        existing = None if items is None else items.get(step_id)
         if existing is not None and not overwrite and step_id.startswith("o/"):
             super()._save(step_id, message, overwrite, ttl)
             return
         # The bug: shared keys are written blindly, the last writer replacing the first.
-        self._items[step_id] = message
+        self._all.setdefault(self._namespace, {})[step_id] = message
 
 
 class StaleReads(_Counting):
@@ -100,7 +114,8 @@ class DeleteThatKeeps(_Counting):
 
     def _delete(self, step_id: str) -> bool:
         if self._unlucky():
-            return step_id in self._items
+            items = self._all.get(self._namespace)
+            return items is not None and step_id in items
         return super()._delete(step_id)
 
 
