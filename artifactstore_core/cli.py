@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from . import errors
-from ._wording import counted
+from ._wording import counted, visible
 from .cli_main import INTERRUPTED_EXIT_CODE
 from .ids import validate_namespace, validate_step_id
 from .message import _MEDIA_TYPE_CONTROL, Message
@@ -339,37 +339,8 @@ def _write_all(stream: IO[bytes], data: bytes) -> None:
         data = data[written:]  # a copy, on this rare path only
 
 
-#: Characters text output shows escaped (``\\x1b``, ``\\u202e``), never as they are: the C0 and C1 controls
-#: and DEL (an escape sequence can retitle, clear or reprogram a terminal, a newline or carriage return forge
-#: a line), the line and paragraph separators, the bidirectional controls that reorder what a line shows
-#: (the "Trojan Source" characters, CVE-2021-42574), and lone surrogates. Other format characters (the
-#: zero-width joiner of an emoji sequence, the tags of a flag) display as intended and are kept.
-_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-#: The short escapes Python writes for these (``repr``), which people know best.
-_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    char = match.group()
-    code = ord(char)
-    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-def _visible(text: str) -> str:
-    """``text`` as text output shows it: the characters of :data:`_UNSAFE_TEXT` escaped as Python writes
-    them (``\\x1b``, ``\\u202e``), everything else as it is. Raises nothing.
-
-    Every line the commands print for people, on stdout and stderr, goes through this one function: any
-    of it may quote text read from storage (media types, schema names, ids, namespaces, error messages),
-    which an artifact written by another tool, or before saves refused control characters, can fill with
-    terminal escape sequences. ``--json`` output is not escaped this way: ``json.dumps`` already writes
-    every such character as a ``\\u`` escape, exactly.
-    """
-    if text.isascii() and text.isprintable():  # the usual line: one C scan, no regular expression
-        return text
-    return _UNSAFE_TEXT.sub(_escape_char, text)
+# The one escaping of text output, shared with the pipeline's RunResult.table().
+_visible = visible
 
 
 class _VisibleLines:

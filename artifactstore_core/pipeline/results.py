@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .._wording import visible
 from ..message import Message
 
 __all__ = ["RunResult", "StepResult", "StepStatus", "format_duration", "format_size"]
@@ -121,16 +121,10 @@ class RunResult:
         return "\n".join(lines)
 
 
-#: Characters a step id may hold that the table shows escaped (``\\u202e``), as the command line shows them:
-#: the bidirectional controls reorder the rest of the line (the "Trojan Source" characters), and the line and
-#: paragraph separators break it, so a row could pass for another step's.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
 def _shown(text: str) -> str:
-    if text.isascii() and text.isprintable():
-        return text
-    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    # As the command line shows text: bidirectional controls and line separators escaped, so a row cannot
+    # reorder itself or pass for another step's.
+    return visible(text)
 
 
 def _width(text: str) -> int:
