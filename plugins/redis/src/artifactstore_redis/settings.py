@@ -146,8 +146,9 @@ class RedisSettings(BackendSettings):
     retry_attempts: int = Field(
         default=3,
         ge=0,
-        description="Retries after a refused or reset connection or a server still loading its data "
-        "(LOADING); 0 disables retries. Every operation of this backend is safe to repeat.",
+        description="Retries after a refused or reset connection, a server still loading its data "
+        "(LOADING) or busy running another client's long script (BUSY); 0 disables retries. Every operation "
+        "of this backend is safe to repeat.",
     )
     retry_backoff: float = Field(
         default=0.05,

@@ -612,6 +612,14 @@ def _loading_tls_files(exc: BaseException) -> bool:
 _TLS_LOADERS = frozenset({"load_cert_chain", "load_verify_locations", "_wrap_socket_with_ssl"})
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``BUSY`` reply: a script or function (another client's) has run past the server's
+    ``busy-reply-threshold`` and the server refuses every other command, without running it, until it ends
+    or is killed. So the command may be sent again, a write too, as after a refused connection."""
+    # Not BUSYKEY or BUSYGROUP (commands this store never sends), nor LOADING (BusyLoadingError).
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY ")
+
+
 def _is_oom(exc: BaseException) -> bool:
     # Inside a script the server reports OOM as a script error whose text names it.
     return isinstance(exc, OutOfMemoryError) or (
@@ -1549,8 +1557,11 @@ class RedisStore(ArtifactStore):
             # one, to wherever the URL leads now. Without our own pool there is nothing to renew.
             return self._pool is not None
         # ClusterError: CLUSTERDOWN, or redis-py's "TTL exhausted" after a run of MOVED, ASK and TRYAGAIN
-        # replies (a slot migrating under a batch), which a later attempt gets past.
-        return isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException))
+        # replies (a slot migrating under a batch), which a later attempt gets past. BUSY: the command did not
+        # run (see _is_busy), and the script that blocks the server may end or be killed.
+        return _is_busy(exc) or isinstance(
+            exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)
+        )
 
     def _script(
         self,
@@ -1581,7 +1592,7 @@ class RedisStore(ArtifactStore):
           call that got it goes in the next round trip with ``EVAL``, which caches the script again, so a
           flushed cache costs one round trip per batch, not one per call; an upload the server accepted is
           not sent again.
-        - a transient error reply (``TRYAGAIN``, ``CLUSTERDOWN``, what :meth:`_retryable` accepts): the call
+        - a transient error reply (``TRYAGAIN``, ``CLUSTERDOWN``, ``BUSY``, what :meth:`_retryable` accepts): the call
           is retried alone, after the backoff, under the policy of :meth:`_retrying`. A round trip that
           failed as a whole (a dropped connection) is retried with every call it carried, each of which may
           or may not have run; every script is safe to repeat (see :meth:`_retrying`). The retries count
@@ -1673,7 +1684,7 @@ class RedisStore(ArtifactStore):
         """Send read commands in one round trip, retried under the policy of :meth:`_retrying`.
 
         As :meth:`_send` does for script calls, the commands that got a transient error reply (``TRYAGAIN``,
-        ``CLUSTERDOWN``, ``MASTERDOWN``: what :meth:`_retryable` accepts) are sent again, alone, after the
+        ``CLUSTERDOWN``, ``MASTERDOWN``, ``BUSY``: what :meth:`_retryable` accepts) are sent again, alone, after the
         backoff, and the others keep their replies; a round trip that failed as a whole is sent again. The
         results may be exceptions (error replies, a transient one once the retries ran out); with
         ``raise_errors`` the first one is raised instead.
@@ -1883,9 +1894,13 @@ class RedisStore(ArtifactStore):
                 f"{where} is a read-only replica and refused the write{again}; point {_env('url')} at the "
                 f"primary ({what})"
             )
-        if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)) or (
-            isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
-        ):
+        if _is_busy(exc):
+            return BackendUnavailableError(
+                f"{where} is busy running a script or function (past its busy-reply-threshold) and refused the "
+                f"command without running it, also after {settings.retry_attempts} retries; retry later or raise "
+                f"{_env('retry_attempts')} ({what})"
+            )
+        if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)):
             return BackendUnavailableError(f"{where} is unavailable ({what})")
         if isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range"):
             return BackendError(
