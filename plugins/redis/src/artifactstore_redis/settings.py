@@ -165,7 +165,7 @@ class RedisSettings(BackendSettings):
         default=15.0,
         ge=0,
         description="Seconds a pooled connection may sit idle before it is checked with PING on reuse; 0 "
-        "disables the check (standalone servers only).",
+        "disables the check.",
     )
     batch_size: int = Field(
         default=500,

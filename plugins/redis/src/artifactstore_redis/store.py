@@ -324,6 +324,22 @@ def _paced(connection_class: type[Connection]) -> type[Connection]:
     return type(f"Paced{connection_class.__name__}", (_PacedSend, _ReplacedWhenDead, connection_class), {})
 
 
+@functools.cache
+def _checked(connection_class: type[Connection], interval: float) -> type[Connection]:
+    """``connection_class``, whose connections are health-checked after idling ``interval`` seconds.
+
+    For the cluster client, which passes its nodes' pools only the connection options it knows, and
+    health_check_interval is not one of them: without this, a pooled connection that a NAT dropped while
+    it idled failed the next call that reused it with BackendTimeoutError (see _ReplacedWhenDead).
+    """
+
+    def init(self: Connection, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("health_check_interval", interval)
+        cast(Any, connection_class).__init__(self, *args, **kwargs)
+
+    return type(connection_class.__name__, (connection_class,), {"__init__": init})
+
+
 def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
     # redis-py's own retries are switched off (their defaults differ between versions and between the
     # standalone and cluster clients); RedisStore retries every operation under one explicit policy.
@@ -352,7 +368,7 @@ def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
             max_connections=settings.max_connections,
             timeout=settings.pool_timeout,
             protocol=options["protocol"],
-            connection_class=options["connection_class"],
+            connection_class=_checked(options["connection_class"], settings.health_check_interval),
             **timeouts,
             **credentials,
         )
