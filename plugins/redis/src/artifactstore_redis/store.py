@@ -226,6 +226,15 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
                 f"{_env('url')} selects database {int(database)} in its path and {options['db']} in its query "
                 f"(?db=); give it once. It reads {settings.display_url}"
             )
+    if parts.scheme == "unix" and (parts.hostname or not parts.path):
+        # redis-py takes the socket path from the URL's path alone: "unix://tmp/redis.sock" (two slashes)
+        # connected to /redis.sock, and "unix://" to no path at all, failing every call as a server that is
+        # unavailable (and retried) instead of a URL to fix.
+        raise ConfigurationError(
+            f"{_env('url')} is a unix socket URL with a host name or without a path; write it with three "
+            f"slashes and the socket's absolute path (unix:///run/redis/redis.sock?db=0). It reads "
+            f"{settings.display_url}"
+        )
     tls_options = sorted(name for name in options if name.startswith("ssl_"))
     if tls_options and parts.scheme != "rediss":
         # redis-py would pass them to a plain connection, which refuses them at the first command of every call.
