@@ -111,13 +111,13 @@ def cluster_link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
         relay.close()
 
 
-def _cluster_store(link: Relay, interval: float) -> RedisStore:
+def _cluster_store(link: Relay, interval: float, retry_attempts: int = 0) -> RedisStore:
     settings = RedisSettings(
         url=f"redis://{LOOPBACK}:{link.port}/0",  # type: ignore[arg-type]
         cluster=True,
         socket_timeout=0.5,
         health_check_interval=interval,
-        retry_attempts=0,
+        retry_attempts=retry_attempts,
     )
     return RedisStore(settings, namespace="dropped cluster link")
 
@@ -143,4 +143,26 @@ def test_in_a_cluster_a_connection_dropped_while_idle_is_replaced_by_the_health_
         expected = {"get": b"kept", "save": None, "exists": True, "info": 4, "list": ["kept"], "namespaces": True}
         assert result == expected[operation]
         assert cluster_link.accepted == opened + 1  # one new connection, over which the call went on
+        store.clear()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("operation", ["get", "info"])
+def test_in_a_cluster_a_node_that_stops_answering_is_a_timeout_not_retried(cluster_link: Relay, operation: str) -> None:
+    # redis-py's cluster client rediscovers the cluster after the command's timeout, which times out as well,
+    # and raises "Redis Cluster cannot be connected": that was retried (RETRY_ON_TIMEOUT is off), as a
+    # BackendUnavailableError, and took several times SOCKET_TIMEOUT per attempt.
+    with _cluster_store(cluster_link, 0, retry_attempts=3) as store:
+        store.save("kept", Message(content=b"kept"), overwrite=True)
+        backoffs: list[BaseException] = []
+        store._back_off = lambda exc, retry: backoffs.append(exc)  # type: ignore[method-assign]
+        cluster_link.dead = True
+        cluster_link.drop()
+        try:
+            with pytest.raises(BackendTimeoutError, match="may or may not have been applied"):
+                CLUSTER_OPERATIONS[operation](store)
+            assert backoffs == []
+        finally:
+            cluster_link.dead = False
+    with _cluster_store(cluster_link, 0) as store:
         store.clear()

@@ -607,6 +607,32 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
+    """The timeout behind ``exc`` when it is redis-py's cluster client giving up after one, or ``None``.
+
+    When a command to a node times out, redis-py's cluster client rediscovers the cluster before it raises;
+    a node that stopped answering times that out too, and the call fails with "Redis Cluster cannot be
+    connected" (a RedisClusterException), the timeouts chained. It is a timeout all the same: the command
+    was sent and may have run. A read timeout wins over a connect timeout (which sent nothing).
+    """
+    if not isinstance(exc, RedisClusterException):
+        return None
+    seen: set[int] = set()
+    found: RedisTimeoutError | None = None
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RedisTimeoutError) and (found is None or _connect_timeout(found)):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _connect_timeout(exc: RedisTimeoutError) -> bool:
+    # Nothing of the attempt reached the server.
+    return str(exc).startswith("Timeout connecting")
+
+
 def _tls_failure(exc: BaseException) -> OSError | None:
     """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``;
     also an ``OSError`` of reading the certificate, key or CA files a TLS connection was given.
@@ -746,6 +772,8 @@ class RedisStore(ArtifactStore):
         # Set by close(): a retry backoff waits on it, so that a thread waiting to retry stops at once.
         self._closing = threading.Event()
         self._owns_client = client is None
+        # Whether the client exists (in a cluster: it discovered the nodes; see _cluster_timeout).
+        self._discovered = False
         if client is not None:
             if getattr(cast(Any, client).get_encoder(), "decode_responses", False):
                 raise ConfigurationError("the redis client given to RedisStore must not use decode_responses=True")
@@ -762,6 +790,7 @@ class RedisStore(ArtifactStore):
                 self._client = _connect(self._settings, options)
             except (RedisError, RedisClusterException) as exc:
                 raise self._translated(exc, "connect") from exc
+        self._discovered = True
         # The pool of our own standalone client: commands go straight through its connections, which skips
         # redis-py's per-command client machinery (about 10 us a call). A client given by the caller is used
         # through its own API (it may be a single-connection client), and so is a cluster client.
@@ -1574,7 +1603,7 @@ class RedisStore(ArtifactStore):
     def _retryable(self, exc: BaseException) -> bool:
         if _pool_exhausted(exc) or _access_failure(exc) is not None or _tls_failure(exc) is not None:
             return False
-        if isinstance(exc, RedisTimeoutError):
+        if isinstance(exc, RedisTimeoutError) or _cluster_timeout(exc) is not None:
             return self._settings.retry_on_timeout
         if isinstance(exc, ReadOnlyError):
             # A primary that a failover demoted refuses writes (before any is made) on the connections opened to
@@ -1881,7 +1910,10 @@ class RedisStore(ArtifactStore):
                 "needs ssl_certfile and ssl_keyfile, and ssl_password for an encrypted key), and that the "
                 "server speaks TLS on that port"
             )
-        if isinstance(exc, RedisTimeoutError) and str(exc).startswith("Timeout connecting"):
+        if self._discovered:
+            # After the store was built (its discovery failing is "cannot be reached", as documented).
+            exc = _cluster_timeout(exc) or exc
+        if isinstance(exc, RedisTimeoutError) and _connect_timeout(exc):
             # Nothing of this attempt reached the server. A rediss:// URL to a server without TLS looks like
             # this too: the server waits for a command while the client waits for the handshake.
             plain = (
