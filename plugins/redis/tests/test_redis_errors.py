@@ -83,6 +83,10 @@ def test_every_setting_is_described_and_named_by_its_env_var() -> None:
         ({"url": "redis:///:pw@db.internal:6380/0"}, "ARTIFACT_STORE_REDIS_URL names no host"),
         ({"url": "redis:/:pw@db.internal:6380/0"}, "ARTIFACT_STORE_REDIS_URL is not a valid Redis URL"),
         ({"url": "redis://db.internal:6380/zero"}, "a path that is not a database number"),
+        # redis-py takes the socket path from the URL's path alone: these reach /redis.sock and no path.
+        ({"url": "unix://tmp/redis.sock"}, "a unix socket URL with a host name or without a path"),
+        ({"url": "unix://:pw@run/redis.sock?db=1"}, "a unix socket URL with a host name or without a path"),
+        ({"url": "unix://"}, "a unix socket URL with a host name or without a path"),
         # redis-py drops the inner '/' (database 15) and lets ?db= win over the path, without a word.
         ({"url": "redis://db.internal:6380/1/5"}, "a path that is not a database number"),
         ({"url": "redis://db.internal:6380/2?db=3"}, "selects database 2 in its path and 3 in its query"),

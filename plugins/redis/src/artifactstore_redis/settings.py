@@ -146,8 +146,9 @@ class RedisSettings(BackendSettings):
     retry_attempts: int = Field(
         default=3,
         ge=0,
-        description="Retries after a refused or reset connection or a server still loading its data "
-        "(LOADING); 0 disables retries. Every operation of this backend is safe to repeat.",
+        description="Retries after a refused or reset connection, a server still loading its data "
+        "(LOADING) or busy running another client's long script (BUSY); 0 disables retries. Every operation "
+        "of this backend is safe to repeat.",
     )
     retry_backoff: float = Field(
         default=0.05,
@@ -164,7 +165,7 @@ class RedisSettings(BackendSettings):
         default=15.0,
         ge=0,
         description="Seconds a pooled connection may sit idle before it is checked with PING on reuse; 0 "
-        "disables the check (standalone servers only).",
+        "disables the check.",
     )
     batch_size: int = Field(
         default=500,

@@ -226,6 +226,15 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
                 f"{_env('url')} selects database {int(database)} in its path and {options['db']} in its query "
                 f"(?db=); give it once. It reads {settings.display_url}"
             )
+    if parts.scheme == "unix" and (parts.hostname or not parts.path):
+        # redis-py takes the socket path from the URL's path alone: "unix://tmp/redis.sock" (two slashes)
+        # connected to /redis.sock, and "unix://" to no path at all, failing every call as a server that is
+        # unavailable (and retried) instead of a URL to fix.
+        raise ConfigurationError(
+            f"{_env('url')} is a unix socket URL with a host name or without a path; write it with three "
+            f"slashes and the socket's absolute path (unix:///run/redis/redis.sock?db=0). It reads "
+            f"{settings.display_url}"
+        )
     tls_options = sorted(name for name in options if name.startswith("ssl_"))
     if tls_options and parts.scheme != "rediss":
         # redis-py would pass them to a plain connection, which refuses them at the first command of every call.
@@ -324,6 +333,22 @@ def _paced(connection_class: type[Connection]) -> type[Connection]:
     return type(f"Paced{connection_class.__name__}", (_PacedSend, _ReplacedWhenDead, connection_class), {})
 
 
+@functools.cache
+def _checked(connection_class: type[Connection], interval: float) -> type[Connection]:
+    """``connection_class``, whose connections are health-checked after idling ``interval`` seconds.
+
+    For the cluster client, which passes its nodes' pools only the connection options it knows, and
+    health_check_interval is not one of them: without this, a pooled connection that a NAT dropped while
+    it idled failed the next call that reused it with BackendTimeoutError (see _ReplacedWhenDead).
+    """
+
+    def init(self: Connection, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("health_check_interval", interval)
+        cast(Any, connection_class).__init__(self, *args, **kwargs)
+
+    return type(connection_class.__name__, (connection_class,), {"__init__": init})
+
+
 def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
     # redis-py's own retries are switched off (their defaults differ between versions and between the
     # standalone and cluster clients); RedisStore retries every operation under one explicit policy.
@@ -352,7 +377,7 @@ def _connect(settings: RedisSettings, options: dict[str, Any]) -> RedisClient:
             max_connections=settings.max_connections,
             timeout=settings.pool_timeout,
             protocol=options["protocol"],
-            connection_class=options["connection_class"],
+            connection_class=_checked(options["connection_class"], settings.health_check_interval),
             **timeouts,
             **credentials,
         )
@@ -582,6 +607,32 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
+    """The timeout behind ``exc`` when it is redis-py's cluster client giving up after one, or ``None``.
+
+    When a command to a node times out, redis-py's cluster client rediscovers the cluster before it raises;
+    a node that stopped answering times that out too, and the call fails with "Redis Cluster cannot be
+    connected" (a RedisClusterException), the timeouts chained. It is a timeout all the same: the command
+    was sent and may have run. A read timeout wins over a connect timeout (which sent nothing).
+    """
+    if not isinstance(exc, RedisClusterException):
+        return None
+    seen: set[int] = set()
+    found: RedisTimeoutError | None = None
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RedisTimeoutError) and (found is None or _connect_timeout(found)):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _connect_timeout(exc: RedisTimeoutError) -> bool:
+    # Nothing of the attempt reached the server.
+    return str(exc).startswith("Timeout connecting")
+
+
 def _tls_failure(exc: BaseException) -> OSError | None:
     """The TLS error behind ``exc`` (a certificate that does not verify, no common protocol...), or ``None``;
     also an ``OSError`` of reading the certificate, key or CA files a TLS connection was given.
@@ -610,6 +661,14 @@ def _loading_tls_files(exc: BaseException) -> bool:
 
 # ssl's functions that read the files of redis-py's ssl_* options; an OSError from them is the configuration's.
 _TLS_LOADERS = frozenset({"load_cert_chain", "load_verify_locations", "_wrap_socket_with_ssl"})
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``BUSY`` reply: a script or function (another client's) has run past the server's
+    ``busy-reply-threshold`` and the server refuses every other command, without running it, until it ends
+    or is killed. So the command may be sent again, a write too, as after a refused connection."""
+    # Not BUSYKEY or BUSYGROUP (commands this store never sends), nor LOADING (BusyLoadingError).
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY ")
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -713,6 +772,8 @@ class RedisStore(ArtifactStore):
         # Set by close(): a retry backoff waits on it, so that a thread waiting to retry stops at once.
         self._closing = threading.Event()
         self._owns_client = client is None
+        # Whether the client exists (in a cluster: it discovered the nodes; see _cluster_timeout).
+        self._discovered = False
         if client is not None:
             if getattr(cast(Any, client).get_encoder(), "decode_responses", False):
                 raise ConfigurationError("the redis client given to RedisStore must not use decode_responses=True")
@@ -729,6 +790,7 @@ class RedisStore(ArtifactStore):
                 self._client = _connect(self._settings, options)
             except (RedisError, RedisClusterException) as exc:
                 raise self._translated(exc, "connect") from exc
+        self._discovered = True
         # The pool of our own standalone client: commands go straight through its connections, which skips
         # redis-py's per-command client machinery (about 10 us a call). A client given by the caller is used
         # through its own API (it may be a single-connection client), and so is a cluster client.
@@ -1541,7 +1603,7 @@ class RedisStore(ArtifactStore):
     def _retryable(self, exc: BaseException) -> bool:
         if _pool_exhausted(exc) or _access_failure(exc) is not None or _tls_failure(exc) is not None:
             return False
-        if isinstance(exc, RedisTimeoutError):
+        if isinstance(exc, RedisTimeoutError) or _cluster_timeout(exc) is not None:
             return self._settings.retry_on_timeout
         if isinstance(exc, ReadOnlyError):
             # A primary that a failover demoted refuses writes (before any is made) on the connections opened to
@@ -1549,8 +1611,11 @@ class RedisStore(ArtifactStore):
             # one, to wherever the URL leads now. Without our own pool there is nothing to renew.
             return self._pool is not None
         # ClusterError: CLUSTERDOWN, or redis-py's "TTL exhausted" after a run of MOVED, ASK and TRYAGAIN
-        # replies (a slot migrating under a batch), which a later attempt gets past.
-        return isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException))
+        # replies (a slot migrating under a batch), which a later attempt gets past. BUSY: the command did not
+        # run (see _is_busy), and the script that blocks the server may end or be killed.
+        return _is_busy(exc) or isinstance(
+            exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)
+        )
 
     def _script(
         self,
@@ -1581,7 +1646,7 @@ class RedisStore(ArtifactStore):
           call that got it goes in the next round trip with ``EVAL``, which caches the script again, so a
           flushed cache costs one round trip per batch, not one per call; an upload the server accepted is
           not sent again.
-        - a transient error reply (``TRYAGAIN``, ``CLUSTERDOWN``, what :meth:`_retryable` accepts): the call
+        - a transient error reply (``TRYAGAIN``, ``CLUSTERDOWN``, ``BUSY``, what :meth:`_retryable` accepts): the call
           is retried alone, after the backoff, under the policy of :meth:`_retrying`. A round trip that
           failed as a whole (a dropped connection) is retried with every call it carried, each of which may
           or may not have run; every script is safe to repeat (see :meth:`_retrying`). The retries count
@@ -1673,7 +1738,7 @@ class RedisStore(ArtifactStore):
         """Send read commands in one round trip, retried under the policy of :meth:`_retrying`.
 
         As :meth:`_send` does for script calls, the commands that got a transient error reply (``TRYAGAIN``,
-        ``CLUSTERDOWN``, ``MASTERDOWN``: what :meth:`_retryable` accepts) are sent again, alone, after the
+        ``CLUSTERDOWN``, ``MASTERDOWN``, ``BUSY``: what :meth:`_retryable` accepts) are sent again, alone, after the
         backoff, and the others keep their replies; a round trip that failed as a whole is sent again. The
         results may be exceptions (error replies, a transient one once the retries ran out); with
         ``raise_errors`` the first one is raised instead.
@@ -1845,7 +1910,10 @@ class RedisStore(ArtifactStore):
                 "needs ssl_certfile and ssl_keyfile, and ssl_password for an encrypted key), and that the "
                 "server speaks TLS on that port"
             )
-        if isinstance(exc, RedisTimeoutError) and str(exc).startswith("Timeout connecting"):
+        if self._discovered:
+            # After the store was built (its discovery failing is "cannot be reached", as documented).
+            exc = _cluster_timeout(exc) or exc
+        if isinstance(exc, RedisTimeoutError) and _connect_timeout(exc):
             # Nothing of this attempt reached the server. A rediss:// URL to a server without TLS looks like
             # this too: the server waits for a command while the client waits for the handshake.
             plain = (
@@ -1883,9 +1951,13 @@ class RedisStore(ArtifactStore):
                 f"{where} is a read-only replica and refused the write{again}; point {_env('url')} at the "
                 f"primary ({what})"
             )
-        if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)) or (
-            isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
-        ):
+        if _is_busy(exc):
+            return BackendUnavailableError(
+                f"{where} is busy running a script or function (past its busy-reply-threshold) and refused the "
+                f"command without running it, also after {settings.retry_attempts} retries; retry later or raise "
+                f"{_env('retry_attempts')} ({what})"
+            )
+        if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)):
             return BackendUnavailableError(f"{where} is unavailable ({what})")
         if isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range"):
             return BackendError(
