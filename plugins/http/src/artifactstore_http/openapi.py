@@ -40,7 +40,8 @@ _PROBLEM_TEXT = {
     501: "The server's backend does not support the operation.",
     502: "The server's backend failed.",
     503: "The server's backend is unavailable, or the server is shutting down; retry.",
-    504: "The server's backend timed out; retry.",
+    504: "The server's backend timed out, or the server shut down before the request finished (it may or may "
+    "not have happened); retry.",
     507: "The server's backend is full.",
 }
 # A save over the limits is refused, so only an artifact that something other than this server wrote to its

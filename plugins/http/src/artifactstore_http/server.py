@@ -45,6 +45,7 @@ from artifactstore_core.envelope import (
 )
 from artifactstore_core.errors import (
     ArtifactStoreError,
+    BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
     InvalidStepIdError,
@@ -200,6 +201,24 @@ def _error_document(error: ArtifactStoreError, status: int | None = None) -> dic
     )
 
 
+def _cut_short(body_pending: bool, namespace: str | None, step_id: str | None) -> ArtifactStoreError:
+    """The error of a request the server's shutdown cut short (``body_pending``: a save whose body was not
+    read yet, so nothing was done)."""
+    if body_pending:
+        return BackendUnavailableError(
+            "the artifact server shut down while it was receiving this request; nothing was saved; retry "
+            "against a running server",
+            step_id=step_id,
+            namespace=namespace,
+        )
+    return BackendTimeoutError(
+        "the artifact server shut down before its store finished this request (its graceful shutdown timed "
+        "out): the operation may or may not have happened; retry against a running server",
+        step_id=step_id,
+        namespace=namespace,
+    )
+
+
 class _StoreCache:
     """Stores by namespace, built on first use, kept for the most recently used, closed on eviction.
 
@@ -276,6 +295,12 @@ class _StoreCache:
 
     @contextlib.contextmanager
     def acquire(self, namespace: str) -> Iterator[ArtifactStore]:
+        """The store of ``namespace``, counted as in use until the block ends (it is never closed meanwhile).
+
+        Raises:
+            StoreClosedError: the cache was closed (the server is shutting down).
+            Whatever the factory raises building the store.
+        """
         entry = self._entry(namespace)
         try:
             yield entry[0]
@@ -283,7 +308,12 @@ class _StoreCache:
             evicted = []
             with self._lock:
                 entry[1] -= 1
-                if len(self._entries) > self._capacity:
+                if self._closed:
+                    # The server shut down while this call used the store (see close()): its last user closes it.
+                    if entry[1] == 0 and self._entries.get(namespace) is entry:
+                        del self._entries[namespace]
+                        evicted.append(entry[0])
+                elif len(self._entries) > self._capacity:
                     for name, (store, users) in list(self._entries.items()):
                         if len(self._entries) <= self._capacity:
                             break
@@ -294,10 +324,18 @@ class _StoreCache:
                 _close_quietly(store)
 
     def close(self) -> None:
+        """Build and lend no more stores; close those not in use now, and each one in use when its last user ends.
+
+        A store call still running when the server shuts down (uvicorn's graceful shutdown gives up on its
+        request after its timeout, but cannot stop the worker thread) goes on with an open store: closing it
+        under the call (a pool or file released under a running read or write) made the call fail, or worse,
+        half-done inside the backend. The process exits once those worker threads have returned.
+        """
         with self._lock:
             self._closed = True
-            stores = [store for store, _ in self._entries.values()]
-            self._entries.clear()
+            stores = [store for store, users in self._entries.values() if users == 0]
+            for name in [name for name, (_, users) in self._entries.items() if users == 0]:
+                del self._entries[name]
         for store in stores:
             _close_quietly(store)
 
@@ -434,6 +472,8 @@ class _App:
             return request.method in ("PUT", "POST", "PATCH") and not request.state.body_read
 
         head = request.method == "HEAD"
+        namespace: str | None = None
+        step_id: str | None = None
 
         try:
             segments = self._segments(request)
@@ -495,6 +535,17 @@ class _App:
         except ClientDisconnect:
             # Nothing was saved; the client is gone, so nobody reads this response.
             return Response(status_code=400)
+        except anyio.get_cancelled_exc_class():
+            # The ASGI server gave up on this request: uvicorn's graceful shutdown cancels the requests still
+            # running when its timeout ends. Its own answer was an unmarked plain-text 500, which the client
+            # took for a permanent server failure. The store call itself goes on in its worker thread (a
+            # thread cannot be stopped; the store is closed after it, see _StoreCache.close), so its outcome
+            # is unknown, as after a timeout. The cancellation ends here, with the answer sent: it was only
+            # asked so that this request would end.
+            logger.warning("%s %s cut short by the server's shutdown", request.method, _loggable_path(request.scope))
+            return _problem_response(
+                _error_document(_cut_short(body_pending(), namespace, step_id)), close=True, head=head
+            )
         except Exception:
             logger.exception("unexpected error serving %s %s", request.method, _loggable_path(request.scope))
             doc = problem_document(
