@@ -249,7 +249,8 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                     "operationId": "artifactExists",
                     "summary": f"Whether the artifact exists (200) or not (404, {ERROR_HEADER}: "
                     f"ArtifactNotFoundError); other errors carry their type in the {ERROR_HEADER} header and "
-                    f"their detail in the {ERROR_DETAIL_HEADER} header.",
+                    f"their detail in the {ERROR_DETAIL_HEADER} header. Answered without reading the artifact, so "
+                    "without a Content-Length: the GET's length is known only once the artifact is encoded.",
                     "responses": {"200": {"description": "It exists."}, **_problems(body=False)},
                 },
                 "delete": {

@@ -184,6 +184,12 @@ def _bodiless(response: Response) -> Response:
     return answer
 
 
+def _without_length(response: Response) -> Response:
+    """``response`` without the ``Content-Length`` Starlette gives it (see ``_App._exists``)."""
+    response.raw_headers = [(name, value) for name, value in response.raw_headers if name != b"content-length"]
+    return response
+
+
 def _error_document(error: ArtifactStoreError, status: int | None = None) -> dict[str, Any]:
     if isinstance(error, StoreClosedError):
         # The store closes only when the server shuts down; to the client that is an unavailable server.
@@ -835,9 +841,17 @@ class _App:
             with self._cache.acquire(namespace) as store:
                 return store.exists(step_id)
 
+        # The answer to HEAD is the GET's status and header fields, but for the length of the body (RFC 9110: a
+        # Content-Length, if sent, must be that of the GET's body). That length is not known without reading
+        # the artifact and encoding it, which a GET does and exists() must not: the GET serves the artifact
+        # re-encoded by the server's codec, whose head holds the metadata (not in the info) and whose payload
+        # may be compressed anew. Starlette's "Content-Length: 0" claimed an empty artifact to any proxy or
+        # cache; without one the length is unknown (h11 marks the answer "Transfer-Encoding: chunked").
         if await anyio.to_thread.run_sync(work):
-            return Response(status_code=200)
-        return Response(status_code=404, headers={ERROR_HEADER: "ArtifactNotFoundError"})
+            return _without_length(Response(status_code=200, media_type=MEDIA_TYPE_ENVELOPE))
+        return _without_length(
+            Response(status_code=404, media_type=MEDIA_TYPE_PROBLEM, headers={ERROR_HEADER: "ArtifactNotFoundError"})
+        )
 
     async def _delete(self, namespace: str, step_id: str) -> Response:
         def work() -> bool:
