@@ -5,19 +5,30 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import blake3
 import httpx
 import pytest
 from pydantic import SecretStr
+from starlette.responses import JSONResponse
 
 from artifactstore_core import ArtifactStore, Codec, Message, SchemaInfo
 from artifactstore_core.envelope import PREFIX_SIZE, TAG_SIZE
 from artifactstore_core.errors import ArtifactCorruptedError, ArtifactNotFoundError
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore
-from artifactstore_http.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION, quote_segment
+from artifactstore_http.protocol import (
+    ERROR_HEADER,
+    MEDIA_TYPE_PROBLEM,
+    PROBLEM_NOT_FOUND,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+    problem_document,
+    quote_segment,
+)
 from artifactstore_http.server import create_app
 from artifactstore_http.testing import TOKEN, MakeClient, ServerThread, client_for
+from artifactstore_memory import MemorySpace, MemoryStore
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -204,3 +215,43 @@ def test_a_head_over_the_servers_json_limit_gets_413_and_the_client_finds_it_lis
             assert client.info("small") == listed["small"]
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_server_without_the_info_path_is_answered_from_its_listing(make_client: MakeClient) -> None:
+    # A server of an earlier version has no .../artifacts/{id}/info: it answers "404 NotFound, no such API path",
+    # which the client reported as a BackendError telling to fix ARTIFACT_STORE_HTTP_ENDPOINT (which was right:
+    # every other operation worked), so info(), and `artifactstore get` and `stat`, failed on every artifact.
+    space = MemorySpace()
+    app = create_app(lambda namespace: MemoryStore(namespace=namespace, space=space), token=SecretStr(TOKEN))
+    asked: list[bytes] = []
+
+    async def earlier_server(scope: Any, receive: Any, send: Any) -> None:
+        # The earlier server's answer to any path it did not route, marked like every answer of it.
+        raw = scope.get("raw_path") or b""
+        if scope["type"] == "http" and raw.endswith(b"/info"):
+            asked.append(raw)
+            doc = problem_document(PROBLEM_NOT_FOUND, status=404, title="Not found", detail="no such API path")
+            headers = {ERROR_HEADER: PROBLEM_NOT_FOUND, PROTOCOL_HEADER: PROTOCOL_VERSION}
+            await JSONResponse(doc, status_code=404, headers=headers, media_type=MEDIA_TYPE_PROBLEM)(
+                scope, receive, send
+            )
+            return
+        await app(scope, receive, send)
+
+    server = ServerThread(earlier_server).start()
+    try:
+        with client_for(server.url, "earlier", retries=0) as store:
+            store.save("a/b", Message(content=b"x", media_type="text/x-a"))
+            store.save("c", Message(content=b"yy"))
+            listed = {info.step_id: info for info in store.list()}
+            assert store.info("a/b") == listed["a/b"]
+            assert store.info("c") == listed["c"]
+            with pytest.raises(ArtifactNotFoundError):
+                store.info("missing")
+        assert len(asked) == 3  # the info path was asked first each time
+    finally:
+        server.stop()
+    # The server of this version answers the info path itself, and a missing artifact is not the path missing.
+    with make_client("earlier-now") as store, pytest.raises(ArtifactNotFoundError):
+        store.info("missing")

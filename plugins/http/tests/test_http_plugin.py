@@ -37,7 +37,7 @@ from artifactstore_http.protocol import (
 )
 from artifactstore_http.serve import serve
 from artifactstore_http.server import _StoreCache, create_app, default_store_factory
-from artifactstore_http.testing import TOKEN, ServerThread
+from artifactstore_http.testing import TOKEN, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
 
 
@@ -385,6 +385,35 @@ def test_head_is_answered_wherever_get_is_with_its_status_and_headers_and_no_bod
     # Not even handed to the ASGI server: a HEAD on a list page costs no page sent.
     assert sent, "no HEAD answer was recorded"
     assert set(sent) == {b""}, [len(body) for body in sent]
+
+
+@pytest.mark.timeout(60)
+def test_head_on_an_artifact_claims_no_length_its_get_would_not_send() -> None:
+    # HEAD on an artifact is exists(), answered without reading the artifact; it said "Content-Length: 0" where the
+    # GET sends the envelope, which RFC 9110 forbids (a Content-Length to HEAD must be the GET's): a proxy or cache
+    # took the artifact for empty. The length is not known without encoding the artifact, so none is sent.
+    space = MemorySpace()
+    MemoryStore(namespace="ns", space=space).save("a", Message(content=b"x" * 1000, metadata={"k": "v"}))
+    app = create_app(lambda namespace: MemoryStore(namespace=namespace, space=space), token=SecretStr(TOKEN))
+    server = ServerThread(app).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+            for path, status in (("/v1/namespaces/ns/artifacts/a", 200), ("/v1/namespaces/ns/artifacts/b", 404)):
+                got = raw.get(path)
+                head = raw.head(path)
+                assert (got.status_code, head.status_code) == (status, status), path
+                assert len(got.content) > 0, path
+                assert head.headers.get("content-length") in (None, str(len(got.content))), (path, head.headers)
+                assert head.headers["content-type"] == got.headers["content-type"], path
+                assert head.headers.get(ERROR_HEADER) == got.headers.get(ERROR_HEADER), path
+            # The connection is still usable after those answers: each was framed as having no body.
+            assert raw.head("/v1/namespaces/ns/artifacts/a").status_code == 200
+            assert raw.get("/v1/namespaces/ns/artifacts").json()["items"][0]["step_id"] == "a"
+        with client_for(server.url, "ns") as store:
+            assert store.exists("a")
+            assert not store.exists("b")
+    finally:
+        server.stop()
 
 
 @pytest.mark.timeout(120)

@@ -352,3 +352,43 @@ def _close_while_waiting(store: HttpStore, store_class: type[_GatedStore], *, re
     assert all(made_client.is_closed for made_client in made)
     assert store._clients._all == []
     assert store._clients._idle == []
+
+
+@pytest.mark.timeout(120)
+def test_requests_waiting_for_a_namespaces_store_leave_the_worker_threads_to_other_namespaces() -> None:
+    # Requests of a namespace whose store was being built each waited for the build on a worker thread: 40 of
+    # them (anyio's worker threads) held them all, and no request of any other namespace was served until
+    # the build ended, though the server promises to serve them meanwhile.
+    space = MemorySpace()
+    release, builds = threading.Event(), Counter[str]()
+
+    def factory(namespace: str) -> MemoryStore:
+        builds[namespace] += 1
+        if namespace == "slow":
+            assert release.wait(timeout=60)
+        return MemoryStore(namespace=namespace, space=space)
+
+    app = create_app(factory, token=SecretStr(TOKEN))
+    arrived: list[bytes] = []
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            arrived.append(scope["raw_path"])
+        await app(scope, receive, send)
+
+    waiting = 50  # more than anyio's 40 worker threads
+    server = ServerThread(counting).start()
+    try:
+        with client_for(server.url, "slow", retries=0, pool_size=waiting) as slow, ThreadPoolExecutor(waiting) as pool:
+            futures = [pool.submit(slow.exists, "a") for _ in range(waiting)]
+            wait_for(lambda: len(arrived) >= waiting, "every request to reach the server", timeout=30)
+            try:
+                with client_for(server.url, "fast", retries=0, read_timeout=10) as fast:
+                    assert not fast.exists("a")  # served while the other namespace's store is built
+            finally:
+                release.set()
+            assert [future.result(timeout=30) for future in futures] == [False] * waiting
+    finally:
+        release.set()
+        server.stop()
+    assert builds == {"slow": 1, "fast": 1}  # one build each: the waiting requests did not build their own

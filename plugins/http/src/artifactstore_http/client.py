@@ -937,6 +937,16 @@ class HttpStore(ArtifactStore):
             # A header over the server's JSON limit (written to its store by something else), which it does not
             # parse to answer an info or a GET; its listing still shows it.
             return super()._info(step_id)
+        if (
+            response.status_code == 404
+            and response.headers.get(ERROR_HEADER) == PROBLEM_NOT_FOUND
+            and _marked(response)
+        ):
+            # An artifact server that knows no such path: one of an earlier version, without the info path (a
+            # missing artifact is "ArtifactNotFoundError"). Its listing has the info. (Its "no such API path"
+            # was raised as it was, telling to fix an endpoint that every other operation reached.) Were the
+            # endpoint's path wrong, the listing answers that same 404 and its error says so.
+            return super()._info(step_id)
         if response.status_code != 200:
             raise self._fail(response, step_id)
         info = _info_from(_json(response, self._display), self._display, what=f"the info of {step_id!r}")

@@ -40,7 +40,8 @@ _PROBLEM_TEXT = {
     501: "The server's backend does not support the operation.",
     502: "The server's backend failed.",
     503: "The server's backend is unavailable, or the server is shutting down; retry.",
-    504: "The server's backend timed out; retry.",
+    504: "The server's backend timed out, or the server shut down before the request finished (it may or may "
+    "not have happened); retry.",
     507: "The server's backend is full.",
 }
 # A save over the limits is refused, so only an artifact that something other than this server wrote to its
@@ -248,7 +249,8 @@ def _document(max_body_bytes: int | None, max_json_bytes: int | None) -> dict[st
                     "operationId": "artifactExists",
                     "summary": f"Whether the artifact exists (200) or not (404, {ERROR_HEADER}: "
                     f"ArtifactNotFoundError); other errors carry their type in the {ERROR_HEADER} header and "
-                    f"their detail in the {ERROR_DETAIL_HEADER} header.",
+                    f"their detail in the {ERROR_DETAIL_HEADER} header. Answered without reading the artifact, so "
+                    "without a Content-Length: the GET's length is known only once the artifact is encoded.",
                     "responses": {"200": {"description": "It exists."}, **_problems(body=False)},
                 },
                 "delete": {

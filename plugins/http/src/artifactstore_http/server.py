@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import anyio.to_thread
@@ -45,6 +45,7 @@ from artifactstore_core.envelope import (
 )
 from artifactstore_core.errors import (
     ArtifactStoreError,
+    BackendTimeoutError,
     BackendUnavailableError,
     ConfigurationError,
     InvalidStepIdError,
@@ -80,6 +81,8 @@ from .settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_BYTES, MIN_TOKEN_
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_JSON_BYTES", "StoreFactory", "create_app", "default_store_factory"]
 
 logger = logging.getLogger("artifactstore_http.server")
+
+_T = TypeVar("_T")
 
 #: A function that returns a store bound to the given (validated) namespace.
 StoreFactory = Callable[[str], ArtifactStore]
@@ -183,6 +186,12 @@ def _bodiless(response: Response) -> Response:
     return answer
 
 
+def _without_length(response: Response) -> Response:
+    """``response`` without the ``Content-Length`` Starlette gives it (see ``_App._exists``)."""
+    response.raw_headers = [(name, value) for name, value in response.raw_headers if name != b"content-length"]
+    return response
+
+
 def _error_document(error: ArtifactStoreError, status: int | None = None) -> dict[str, Any]:
     if isinstance(error, StoreClosedError):
         # The store closes only when the server shuts down; to the client that is an unavailable server.
@@ -200,13 +209,31 @@ def _error_document(error: ArtifactStoreError, status: int | None = None) -> dic
     )
 
 
+def _cut_short(body_pending: bool, namespace: str | None, step_id: str | None) -> ArtifactStoreError:
+    """The error of a request the server's shutdown cut short (``body_pending``: a save whose body was not
+    read yet, so nothing was done)."""
+    if body_pending:
+        return BackendUnavailableError(
+            "the artifact server shut down while it was receiving this request; nothing was saved; retry "
+            "against a running server",
+            step_id=step_id,
+            namespace=namespace,
+        )
+    return BackendTimeoutError(
+        "the artifact server shut down before its store finished this request (its graceful shutdown timed "
+        "out): the operation may or may not have happened; retry against a running server",
+        step_id=step_id,
+        namespace=namespace,
+    )
+
+
 class _StoreCache:
     """Stores by namespace, built on first use, kept for the most recently used, closed on eviction.
 
     A store is built outside the cache's lock: building one may take long (a filesystem store sweeps its
     namespace's directory, a cluster client connects, a custom factory may do anything), and requests for
     every other namespace are served meanwhile. Requests for the namespace being built wait for that one
-    build instead of starting their own.
+    build instead of starting their own: on the event loop (:meth:`prepare`), before they take a worker thread.
     """
 
     def __init__(self, factory: StoreFactory, capacity: int) -> None:
@@ -215,6 +242,8 @@ class _StoreCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, list[Any]] = OrderedDict()  # namespace -> [store, users]
         self._building: dict[str, threading.Lock] = {}  # namespace -> held while its store is built
+        # namespace -> set once the build that prepare() started has ended (touched on the event loop only)
+        self._preparing: dict[str, anyio.Event] = {}
         self._closed = False
 
     def _use(self, namespace: str) -> list[Any] | None:
@@ -274,30 +303,90 @@ class _StoreCache:
         if self._building.get(namespace) is building:
             del self._building[namespace]
 
+    async def prepare(self, namespace: str) -> None:
+        """Wait until the store of ``namespace`` is built, building it (on a worker thread) if nobody is.
+
+        Requests wait here for another request's build on the event loop, not each on a worker thread of
+        its own: the worker threads are few (anyio's 40), and 40 requests of a namespace whose store took
+        long to build (a cluster being connected) held them all, so that no request of any other namespace
+        was served until the build ended.
+
+        Raises:
+            StoreClosedError: the cache was closed (the server is shutting down).
+            Whatever the factory raises building the store.
+        """
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StoreClosedError("the artifact server is shutting down")
+                if namespace in self._entries:
+                    return
+                done = self._preparing.get(namespace)
+                builder = done is None
+                if done is None:
+                    done = self._preparing[namespace] = anyio.Event()
+            if not builder:
+                # Then look again: built, or the build failed and this request tries its own.
+                await done.wait()
+                continue
+            try:
+                entry = await anyio.to_thread.run_sync(self._entry, namespace)
+                # Not evicted here, though idle for a moment: the request that built it is about to use it.
+                self._release(namespace, entry, evict=False)
+            finally:
+                with self._lock:
+                    del self._preparing[namespace]
+                done.set()
+            return
+
     @contextlib.contextmanager
     def acquire(self, namespace: str) -> Iterator[ArtifactStore]:
+        """The store of ``namespace``, counted as in use until the block ends (it is never closed meanwhile).
+
+        Raises:
+            StoreClosedError: the cache was closed (the server is shutting down).
+            Whatever the factory raises building the store.
+        """
         entry = self._entry(namespace)
         try:
             yield entry[0]
         finally:
-            evicted = []
-            with self._lock:
-                entry[1] -= 1
-                if len(self._entries) > self._capacity:
-                    for name, (store, users) in list(self._entries.items()):
-                        if len(self._entries) <= self._capacity:
-                            break
-                        if users == 0:
-                            del self._entries[name]
-                            evicted.append(store)
-            for store in evicted:
-                _close_quietly(store)
+            self._release(namespace, entry)
+
+    def _release(self, namespace: str, entry: list[Any], *, evict: bool = True) -> None:
+        """Count one use of ``entry`` (of ``namespace``) as ended; close the stores that leaves to be closed
+        (``evict``: the least recently used idle ones beyond the capacity, too)."""
+        evicted = []
+        with self._lock:
+            entry[1] -= 1
+            if self._closed:
+                # The server shut down while this call used the store (see close()): its last user closes it.
+                if entry[1] == 0 and self._entries.get(namespace) is entry:
+                    del self._entries[namespace]
+                    evicted.append(entry[0])
+            elif evict and len(self._entries) > self._capacity:
+                for name, (store, users) in list(self._entries.items()):
+                    if len(self._entries) <= self._capacity:
+                        break
+                    if users == 0:
+                        del self._entries[name]
+                        evicted.append(store)
+        for store in evicted:
+            _close_quietly(store)
 
     def close(self) -> None:
+        """Build and lend no more stores; close those not in use now, and each one in use when its last user ends.
+
+        A store call still running when the server shuts down (uvicorn's graceful shutdown gives up on its
+        request after its timeout, but cannot stop the worker thread) goes on with an open store: closing it
+        under the call (a pool or file released under a running read or write) made the call fail, or worse,
+        half-done inside the backend. The process exits once those worker threads have returned.
+        """
         with self._lock:
             self._closed = True
-            stores = [store for store, _ in self._entries.values()]
-            self._entries.clear()
+            stores = [store for store, users in self._entries.values() if users == 0]
+            for name in [name for name, (_, users) in self._entries.items() if users == 0]:
+                del self._entries[name]
         for store in stores:
             _close_quietly(store)
 
@@ -434,6 +523,8 @@ class _App:
             return request.method in ("PUT", "POST", "PATCH") and not request.state.body_read
 
         head = request.method == "HEAD"
+        namespace: str | None = None
+        step_id: str | None = None
 
         try:
             segments = self._segments(request)
@@ -495,6 +586,17 @@ class _App:
         except ClientDisconnect:
             # Nothing was saved; the client is gone, so nobody reads this response.
             return Response(status_code=400)
+        except anyio.get_cancelled_exc_class():
+            # The ASGI server gave up on this request: uvicorn's graceful shutdown cancels the requests still
+            # running when its timeout ends. Its own answer was an unmarked plain-text 500, which the client
+            # took for a permanent server failure. The store call itself goes on in its worker thread (a
+            # thread cannot be stopped; the store is closed after it, see _StoreCache.close), so its outcome
+            # is unknown, as after a timeout. The cancellation ends here, with the answer sent: it was only
+            # asked so that this request would end.
+            logger.warning("%s %s cut short by the server's shutdown", request.method, _loggable_path(request.scope))
+            return _problem_response(
+                _error_document(_cut_short(body_pending(), namespace, step_id)), close=True, head=head
+            )
         except Exception:
             logger.exception("unexpected error serving %s %s", request.method, _loggable_path(request.scope))
             doc = problem_document(
@@ -545,6 +647,11 @@ class _App:
 
     # -- handlers -------------------------------------------------------------------------------------
 
+    async def _run(self, namespace: str, work: Callable[[], _T]) -> _T:
+        """``work`` (a store call of ``namespace``) on a worker thread, once the namespace's store is built."""
+        await self._cache.prepare(namespace)
+        return await anyio.to_thread.run_sync(work)
+
     async def _save(self, request: Request, namespace: str, step_id: str) -> Response:
         overwrite = _bool_param(_query(request), "overwrite")
         body = await self._read_body(request, step_id)
@@ -577,7 +684,7 @@ class _App:
                     raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
                 store.save(step_id, message, overwrite=overwrite)
 
-        await anyio.to_thread.run_sync(work)
+        await self._run(namespace, work)
         return Response(status_code=204)
 
     async def _read_body(self, request: Request, step_id: str) -> bytearray:
@@ -737,7 +844,7 @@ class _App:
                 encoded = store.codec.encode(store.get(step_id), place=(namespace, step_id))
                 return encoded.head, encoded.payload
 
-        head, payload = await anyio.to_thread.run_sync(work)
+        head, payload = await self._run(namespace, work)
 
         async def chunks() -> AsyncIterator[bytes]:
             # Head and payload go out as two writes: the payload is never concatenated into a copy.
@@ -768,7 +875,7 @@ class _App:
             ):
                 return store.info(step_id)
 
-        body = _JSON.encode(_info_json(await anyio.to_thread.run_sync(work))).encode("utf-8")
+        body = _JSON.encode(_info_json(await self._run(namespace, work))).encode("utf-8")
         if len(body) > self._max_json:
             # Only for a header close to the limit that is mostly a media type or schema name (the answer holds
             # those, the id and a few short fields): a client with the same limit could not read it.
@@ -784,23 +891,31 @@ class _App:
             with self._cache.acquire(namespace) as store:
                 return store.exists(step_id)
 
-        if await anyio.to_thread.run_sync(work):
-            return Response(status_code=200)
-        return Response(status_code=404, headers={ERROR_HEADER: "ArtifactNotFoundError"})
+        # The answer to HEAD is the GET's status and header fields, but for the length of the body (RFC 9110: a
+        # Content-Length, if sent, must be that of the GET's body). That length is not known without reading
+        # the artifact and encoding it, which a GET does and exists() must not: the GET serves the artifact
+        # re-encoded by the server's codec, whose head holds the metadata (not in the info) and whose payload
+        # may be compressed anew. Starlette's "Content-Length: 0" claimed an empty artifact to any proxy or
+        # cache; without one the length is unknown (h11 marks the answer "Transfer-Encoding: chunked").
+        if await self._run(namespace, work):
+            return _without_length(Response(status_code=200, media_type=MEDIA_TYPE_ENVELOPE))
+        return _without_length(
+            Response(status_code=404, media_type=MEDIA_TYPE_PROBLEM, headers={ERROR_HEADER: "ArtifactNotFoundError"})
+        )
 
     async def _delete(self, namespace: str, step_id: str) -> Response:
         def work() -> bool:
             with self._cache.acquire(namespace) as store:
                 return store.delete(step_id)
 
-        return JSONResponse({"deleted": await anyio.to_thread.run_sync(work)})
+        return JSONResponse({"deleted": await self._run(namespace, work)})
 
     async def _clear(self, namespace: str) -> Response:
         def work() -> int:
             with self._cache.acquire(namespace) as store:
                 return store.clear()
 
-        return JSONResponse({"removed": await anyio.to_thread.run_sync(work)})
+        return JSONResponse({"removed": await self._run(namespace, work)})
 
     async def _list(self, request: Request, namespace: str) -> Response:
         query = _query(request)
@@ -828,7 +943,7 @@ class _App:
                 # page says whether another follows.
                 return store.list_page(after=after, limit=limit + 1)
 
-        infos = await anyio.to_thread.run_sync(work)
+        infos = await self._run(namespace, work)
         return Response(_page_body(infos, limit, self._max_json), media_type="application/json")
 
 

@@ -1,0 +1,148 @@
+"""A request still running when the server's graceful shutdown runs out: a typed, marked answer, and the
+store closed only after the call that uses it has returned."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from artifactstore_core import BackendTimeoutError, BackendUnavailableError, Codec, Message
+from artifactstore_core.testing_servers import in_thread
+from artifactstore_http.protocol import (
+    ERROR_HEADER,
+    MEDIA_TYPE_ENVELOPE,
+    MEDIA_TYPE_PROBLEM,
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+)
+from artifactstore_http.server import create_app
+from artifactstore_http.testing import TOKEN, HoldingProxy, ServerThread, client_for
+from artifactstore_memory import MemorySpace, MemoryStore
+
+
+class _SlowStore(MemoryStore):
+    """A memory store whose saves wait for ``release``, recording the order of saves and close."""
+
+    events: list[str]
+    entered: threading.Event
+    release: threading.Event
+    closed_event: threading.Event
+
+    def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
+        self.events.append("save started")
+        self.entered.set()
+        assert self.release.wait(timeout=60)
+        # A backend whose clients were released under it fails here (a closed pool, a closed file).
+        self.events.append("save on a closed store" if self.closed else "save on an open store")
+        super()._save(step_id, message, overwrite, ttl)
+
+    def _close(self) -> None:
+        self.events.append("close")
+        super()._close()
+        self.closed_event.set()
+
+
+def _slow_class() -> type[_SlowStore]:
+    attrs = {
+        "events": [],
+        "entered": threading.Event(),
+        "release": threading.Event(),
+        "closed_event": threading.Event(),
+    }
+    return type("Slow", (_SlowStore,), attrs)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("via", ["client", "raw"])
+def test_a_request_cut_by_the_graceful_shutdown_gets_a_marked_timeout_and_its_store_outlives_it(via: str) -> None:
+    space = MemorySpace()
+    slow = _slow_class()
+    app = create_app(lambda ns: slow(namespace=ns, space=space), token=SecretStr(TOKEN))
+    # uvicorn waits this long for requests to finish after it was told to stop, then cancels them.
+    server = ServerThread(app, timeout_graceful_shutdown=0.2).start()
+    answers: list[httpx.Response] = []
+    try:
+        if via == "client":
+            store = client_for(server.url, "shutdown", retries=0)
+            thread, outcome = in_thread(lambda: store.save("slow", Message(content=b"x")))
+        else:
+            url = f"{server.url}/v1/namespaces/shutdown/artifacts/slow"
+            body = Codec().encode(Message(content=b"x")).to_bytes()
+
+            def put() -> None:
+                answers.append(
+                    httpx.put(
+                        url,
+                        content=body,
+                        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": MEDIA_TYPE_ENVELOPE},
+                        timeout=30,
+                        trust_env=False,
+                    )
+                )
+
+            thread, outcome = in_thread(put)
+        assert slow.entered.wait(timeout=30)
+        server.server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        # uvicorn has run the application's shutdown and stopped; the save is still running on its worker.
+        server.thread.join(timeout=30)
+        assert not server.thread.is_alive()
+        assert slow.events == ["save started"], "the store was closed under a call still using it"
+    finally:
+        slow.release.set()
+        if server.thread.is_alive():
+            server.stop()
+        server.sock.close()
+    # The store is closed once the call that used it has returned, and the call ran on an open store.
+    assert slow.closed_event.wait(timeout=30)
+    assert slow.events == ["save started", "save on an open store", "close"]
+    if via == "client":
+        store.close()
+        error = outcome[0]
+        assert isinstance(error, BackendTimeoutError), repr(error)
+        assert error.retryable
+        assert "may or may not" in error.message
+    else:
+        assert outcome == [None]
+        (answer,) = answers
+        assert answer.status_code == 504
+        assert answer.headers[PROTOCOL_HEADER] == PROTOCOL_VERSION
+        assert answer.headers[ERROR_HEADER] == "BackendTimeoutError"
+        assert answer.headers["content-type"].startswith(MEDIA_TYPE_PROBLEM)
+        problem = answer.json()
+        assert problem["type"] == "BackendTimeoutError"
+        assert problem["retryable"] is True
+        assert problem["step_id"] == "slow"
+
+
+@pytest.mark.timeout(60)
+def test_a_save_whose_body_the_graceful_shutdown_cut_off_is_unavailable_and_saved_nothing() -> None:
+    space = MemorySpace()
+    slow = _slow_class()
+    app = create_app(lambda ns: slow(namespace=ns, space=space), token=SecretStr(TOKEN))
+    server = ServerThread(app, timeout_graceful_shutdown=0.2).start()
+    # Small enough for the rest of the upload to fit in the sockets' buffers: the client has sent it all and
+    # waits for the answer, which it reads once the server gives up on the body.
+    content = b"y" * (64 * 1024)
+    # The proxy passes half the upload, then holds the rest: the server is still reading the body.
+    proxy = HoldingProxy(server.port, hold_after=len(content) // 2).start()
+    try:
+        with client_for(proxy.url, "cut-body", retries=0) as store:
+            thread, outcome = in_thread(lambda: store.save("big", Message(content=content)))
+            assert proxy.held.wait(timeout=30)
+            server.stop()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+    finally:
+        proxy.stop()
+        if server.thread.is_alive():
+            server.stop()
+    error = outcome[0]
+    assert isinstance(error, BackendUnavailableError), repr(error)
+    assert "nothing was saved" in error.message
+    assert slow.events == []
+    assert list(space.namespace("cut-body")) == []
