@@ -1355,6 +1355,43 @@ def test_a_symlink_at_the_final_name_is_an_error_for_reads_as_for_saves(
     assert not store.exists("a")
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "operation", ["exists", "get", "open", "info", "delete", "save", "save_overwrite", "save_many", "save_stream"]
+)
+def test_a_symlinked_directory_on_a_long_ids_path_is_refused_not_followed_to_another_id(
+    make_fs_store: MakeFsStore, root: Path, operation: str
+) -> None:
+    # A long id's path has continuation directories; a link made by hand in place of one led to another id's
+    # directory: the id read as that other artifact, its delete removed it, and its save failed as "exists"
+    # or, with overwrite=True, replaced it, while list() (which follows no link) showed only the other id.
+    store = make_fs_store()
+    linked, other = "a" * 200 + "tail", "b" * 200 + "tail"
+    store.save(other, Message(content=b"B"))
+    namespace_dir = root / "@default"
+    (namespace_dir / ("+" + "a" * 200)).symlink_to(namespace_dir / ("+" + "b" * 200), target_is_directory=True)
+    calls: dict[str, Callable[[], object]] = {
+        "exists": lambda: store.exists(linked),
+        "get": lambda: store.get(linked),
+        "open": lambda: store.open(linked),
+        "info": lambda: store.info(linked),
+        "delete": lambda: store.delete(linked),
+        "save": lambda: store.save(linked, Message(content=b"A")),
+        "save_overwrite": lambda: store.save(linked, Message(content=b"A"), overwrite=True),
+        "save_many": lambda: store.save_many({linked: Message(content=b"A"), "c": Message(content=b"C")}),
+        "save_stream": lambda: store.save_stream(linked, io.BytesIO(b"A")),
+    }
+    with pytest.raises(BackendError) as info:
+        calls[operation]()
+    assert type(info.value) is BackendError
+    assert f"a symbolic link sits at '@default/+{'a' * 200}'" in str(info.value)
+    assert info.value.step_id == linked
+    assert str(root) not in str(info.value)
+    assert store.get(other).content == b"B"  # the other id's artifact neither read as this one nor changed
+    assert [info.step_id for info in store.list() if info.step_id != "c"] == [other]
+    assert _temp_files(root) == []
+
+
 def test_an_int_filename_is_mapped_without_a_path(make_fs_store: MakeFsStore) -> None:
     store = make_fs_store()
     error = store._os_error(OSError(errno.EIO, "Input/output error", 7), "get", "a")

@@ -209,12 +209,45 @@ class FilesystemStore(ArtifactStore):
     # -- paths ----------------------------------------------------------------------------------------
 
     def _path(self, step_id: str) -> tuple[str, str]:
-        """The directory and final path of ``step_id``'s file, checked to stay inside the namespace."""
-        path = os.path.join(self._ns_dir, *encode_components(step_id))
+        """The directory and final path of ``step_id``'s file, checked to stay inside the namespace.
+
+        Raises:
+            BackendError: a continuation directory on the way is a symbolic link (see :meth:`_refuse_linked_parts`).
+        """
+        parts = encode_components(step_id)
+        path = os.path.join(self._ns_dir, *parts)
         # Second guard: the encoding already makes an escape impossible by construction.
         if not os.path.normpath(path).startswith(self._ns_dir + os.sep):
             raise BackendError(f"step id {step_id!r} maps outside its namespace directory", step_id=step_id)
+        if len(parts) > 1:
+            self._refuse_linked_parts(parts[:-1], step_id)
         return os.path.dirname(path), path
+
+    def _refuse_linked_parts(self, parts: builtins.list[str], step_id: str) -> None:
+        """Raise if one of the continuation directories ``parts`` of a long id's path is a symbolic link.
+
+        Followed, such a link (made by hand: the store never makes one) leads to another id's directory: the
+        id read, and was deleted, as that other artifact, and a save of it landed under that other id, while
+        list() and clear() (which follow no link) never saw it. Costs an lstat per continuation directory,
+        for ids whose encoding exceeds one path component only.
+
+        Raises:
+            BackendError: naming the link.
+        """
+        directory = self._ns_dir
+        for part in parts:
+            directory = os.path.join(directory, part)
+            try:
+                mode = os.lstat(directory).st_mode
+            except OSError:
+                return  # missing (nor are those below it), or in the way: the operation itself reports it
+            if stat.S_ISLNK(mode):
+                raise BackendError(
+                    f"artifact {step_id!r} in namespace {self.namespace!r}: a symbolic link sits at "
+                    f"{self._relative(directory)!r} under the filesystem root, where the store needs a directory "
+                    "of the artifact's path; it was not followed: remove it",
+                    step_id=step_id,
+                )
 
     def _guard(self, path: str) -> None:
         """Refuse to write or delete through a symbolic link that leads out of the root."""
