@@ -142,6 +142,28 @@ def test_symlink_out_of_the_root_is_refused(make_fs_store: MakeFsStore, root: Pa
     assert list(elsewhere.iterdir()) == [old_temp]
 
 
+@pytest.mark.parametrize("stored", ["identical", "different"])
+@pytest.mark.parametrize("how", ["save", "save_many"])
+def test_a_save_through_a_link_out_of_the_root_is_refused_whatever_is_stored_there(
+    root: Path, tmp_path: Path, how: str, stored: str
+) -> None:
+    # The look for an existing artifact ran before the check for a link out of the root: a save found the
+    # artifact out there, and returned as an identical retry (fsyncing a directory outside the root) or raised
+    # ArtifactExistsError, where every other save refuses the link.
+    elsewhere = tmp_path / "elsewhere"
+    with FilesystemStore(FilesystemSettings(root=elsewhere)) as outside:
+        outside.save("x", Message(content=b"1"))
+    root.mkdir(parents=True)
+    (root / "@default").symlink_to(elsewhere / "@default", target_is_directory=True)
+    message = Message(content=b"1" if stored == "identical" else b"2")
+    with FilesystemStore(FilesystemSettings(root=root)) as store:
+        call = (lambda: store.save("x", message)) if how == "save" else (lambda: store.save_many({"x": message}))
+        with pytest.raises(BackendError, match="outside the filesystem root") as info:
+            call()
+    assert type(info.value) is BackendError
+    assert sorted(path.name for path in (elsewhere / "@default").iterdir()) == ["@x"]
+
+
 def test_namespaces_lists_only_namespaces_with_artifacts(make_fs_store: MakeFsStore) -> None:
     one, two, empty = make_fs_store("one"), make_fs_store("Two/2"), make_fs_store("empty")
     one.save("a", Message(content=1))

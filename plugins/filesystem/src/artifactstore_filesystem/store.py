@@ -411,6 +411,10 @@ class FilesystemStore(ArtifactStore):
         with self._doing("save", step_id):
             encoded = self.codec.encode(message, place=(self.namespace, step_id))
             directory, final = self._path(step_id)
+            # Before the look for an existing artifact: through a link out of the root, that look found the
+            # artifact out there, and a save returned as an identical retry (fsyncing a directory outside the
+            # root) or raised ArtifactExistsError, instead of refusing the link as every other save does.
+            self._guard(directory)
             if not overwrite:
                 # Looked at without following a symbolic link, as the publish does: through a link, a save
                 # "found" an identical artifact and stored nothing (links are never listed nor cleared), or
@@ -420,7 +424,6 @@ class FilesystemStore(ArtifactStore):
                     if existing.identity() == encoded.header.identity():
                         return None
                     raise self._exists_error(step_id)
-            self._guard(directory)
             fd, temp = self._new_temp(directory)
             temps.append(temp)
             try:
