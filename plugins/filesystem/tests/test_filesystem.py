@@ -1077,6 +1077,28 @@ def test_write_errors_are_typed(
     assert _temp_files(root) == []
 
 
+@pytest.mark.parametrize("operation", ["save", "clear"])
+def test_a_read_only_file_system_is_named_as_such_not_as_permissions(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    # On a read-only mount (seen for real: a bind mount remounted ro) every write said "check the permissions
+    # of ARTIFACT_STORE_FILESYSTEM_ROOT", which are fine there: the advice now names the read-only mount.
+    store = make_fs_store()
+    store.save("old", Message(content=b"x"))
+    with monkeypatch.context() as patch:
+        FailAt(patch, ("open", "unlink"), 1, errno.EROFS)
+        with pytest.raises(AccessDeniedError) as info:
+            store.save("a", Message(content=b"x")) if operation == "save" else store.clear()
+    message = str(info.value)
+    assert "Read-only file system (EROFS)" in message
+    assert (
+        "the file system is mounted read-only: remount it read-write, or set ARTIFACT_STORE_FILESYSTEM_ROOT" in message
+    )
+    assert "permissions" not in message
+    assert str(root) not in message
+    assert [info.step_id for info in store.list()] == ["old"]
+
+
 @pytest.mark.timeout(60)
 def test_a_path_too_long_for_the_system_names_the_root_to_shorten(tmp_path: Path) -> None:
     # An id within the documented limit, under a deep root, makes a path over PATH_MAX (4,096 bytes on Linux):

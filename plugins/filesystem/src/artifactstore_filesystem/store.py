@@ -1161,9 +1161,9 @@ class FilesystemStore(ArtifactStore):
 
     def _os_error(self, exc: OSError, operation: str, step_id: str | None) -> ArtifactStoreError:
         """Disk full, quota and file too large -> :class:`CapacityError`; permissions and read-only file
-        systems -> :class:`AccessDeniedError`; a file where a directory is needed -> as :meth:`_in_the_way`
-        says (:class:`ConfigurationError` at or above the root); any other ``OSError`` ->
-        :class:`BackendError`. Paths are shown relative to the root.
+        systems -> :class:`AccessDeniedError` (each with its own advice); a file where a directory is needed ->
+        as :meth:`_in_the_way` says (:class:`ConfigurationError` at or above the root); any other ``OSError``
+        -> :class:`BackendError`. Paths are shown relative to the root.
         """
         code = exc.errno
         name = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
@@ -1195,6 +1195,13 @@ class FilesystemStore(ArtifactStore):
                 f"{detail}; the path is longer than this system allows: the root's path is "
                 f"{len(os.fsencode(self._root))} bytes and an artifact's path below it takes up to about 1,200 "
                 f"(names of up to 201 bytes): set {_ROOT_ENV} to a shorter path (or, for names, another file system)"
+            )
+        elif code == errno.EROFS:
+            # Not "check the permissions": they are fine on a read-only mount, and a user checking them finds
+            # nothing wrong.
+            error = AccessDeniedError(
+                f"{detail}; the file system is mounted read-only: remount it read-write, or set {_ROOT_ENV} to a "
+                "directory on a writable file system"
             )
         elif code in _DENIED or isinstance(exc, PermissionError):
             error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
