@@ -164,6 +164,22 @@ def test_a_save_through_a_link_out_of_the_root_is_refused_whatever_is_stored_the
     assert sorted(path.name for path in (elsewhere / "@default").iterdir()) == ["@x"]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes and umask")
+def test_created_files_and_directories_follow_the_umask(make_fs_store: MakeFsStore, root: Path) -> None:
+    # The documented modes: 0666 and 0777 less the umask, so a group-shared root works with umask 002.
+    previous = os.umask(0o027)
+    try:
+        store = make_fs_store("N" * 100)  # "%4E" each: a namespace with a continuation directory
+        store.save("b" * 250, Message(content=b"x"))
+        store.save_stream("s", io.BufferedReader(Unsized(b"y")))
+    finally:
+        os.umask(previous)
+    made = [root, *root.rglob("*")]
+    assert {stat.S_IMODE(path.stat().st_mode) for path in made if path.is_dir()} == {0o750}
+    assert {stat.S_IMODE(path.stat().st_mode) for path in made if path.is_file()} == {0o640}
+    assert len([path for path in made if path.is_file()]) == 2
+
+
 def test_namespaces_lists_only_namespaces_with_artifacts(make_fs_store: MakeFsStore) -> None:
     one, two, empty = make_fs_store("one"), make_fs_store("Two/2"), make_fs_store("empty")
     one.save("a", Message(content=1))
