@@ -1704,6 +1704,52 @@ def test_a_file_above_the_root_is_named_as_on_the_way_to_the_root(tmp_path: Path
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["above the root", "the root"])
+@pytest.mark.parametrize("how", ["save", "save_many", "save_stream"])
+def test_a_root_behind_a_symlink_to_nothing_is_named_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, how: str
+) -> None:
+    # A root behind a symbolic link whose target is missing (a mount point that is not mounted): mkdir of the
+    # link failed as "exists" and of what is below it as "not found", so a save retried for about a second,
+    # then raised a BackendError "No such file or directory (ENOENT) at '.'", naming neither link nor setting.
+    link = tmp_path / "mnt"
+    link.symlink_to(tmp_path / "not-mounted", target_is_directory=True)
+    root = link / "root" if where == "above the root" else link
+    store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
+
+    def no_retry(seconds: float) -> None:
+        raise AssertionError("the save retried a missing directory")
+
+    monkeypatch.setattr(store_module.time, "sleep", no_retry)
+    calls: dict[str, Callable[[], object]] = {
+        "save": lambda: store.save("x", Message(content=b"1")),
+        "save_many": lambda: store.save_many({"x": Message(content=b"1"), "y": Message(content=b"2")}),
+        "save_stream": lambda: store.save_stream("x", io.BytesIO(b"1")),
+    }
+    with pytest.raises(ConfigurationError) as info:
+        calls[how]()
+    message = str(info.value)
+    assert f"{str(link)!r}, on the way to the root, is a symbolic link to {str(tmp_path / 'not-mounted')!r}" in message
+    assert "ARTIFACT_STORE_FILESYSTEM_ROOT" in message
+    assert not (tmp_path / "not-mounted").exists()  # nothing created through the link
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mnt"]
+
+
+@pytest.mark.timeout(60)
+def test_a_symlink_to_nothing_in_place_of_a_namespace_directory_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "@ns").symlink_to(tmp_path / "@gone", target_is_directory=True)
+    store = FilesystemStore(FilesystemSettings(root=tmp_path), namespace="ns")
+    monkeypatch.setattr(store_module.time, "sleep", lambda seconds: pytest.fail("the save retried"))
+    with pytest.raises(BackendError) as info:
+        store.save("x", Message(content=b"1"))
+    assert type(info.value) is BackendError
+    assert "'@ns' under the root is a symbolic link to a directory that does not exist" in str(info.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["@ns"]
+
+
+@pytest.mark.timeout(60)
 def test_a_file_in_place_of_a_namespace_directory_is_named(tmp_path: Path) -> None:
     store = FilesystemStore(FilesystemSettings(root=tmp_path), namespace="ns")
     store.save("x", Message(content=b"1"))

@@ -272,6 +272,11 @@ class FilesystemStore(ArtifactStore):
     def _ensure_dir(self, directory: str, created: builtins.list[str]) -> None:
         """Create ``directory`` and the missing directories above it; append each new one's parent to
         ``created`` (they need an fsync to make the new entries durable).
+
+        Raises:
+            ConfigurationError, BackendError: a symbolic link to nothing stands where a directory is needed
+                (see :meth:`_dangling_link`).
+            OSError: as :func:`os.mkdir`.
         """
         if os.path.isdir(directory):
             return
@@ -281,8 +286,33 @@ class FilesystemStore(ArtifactStore):
         try:
             os.mkdir(directory)
         except FileExistsError:
+            # A symbolic link whose target is missing (a mount point not mounted) makes mkdir fail as "exists"
+            # and the directories below it "not found": the save retried for a second, then blamed '.'.
+            if os.path.islink(directory) and not os.path.isdir(directory):
+                raise self._dangling_link(directory) from None
             return
         created.append(parent)
+
+    def _dangling_link(self, path: str) -> BackendError | ConfigurationError:
+        """The error for the symbolic link ``path`` to a missing directory, standing where one is needed.
+
+        At or above the root it is the setting's (or the mount's) fault: a :class:`ConfigurationError` naming
+        ``ARTIFACT_STORE_FILESYSTEM_ROOT``; inside the root, broken state: a ``BackendError``.
+        """
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if path == self._root or self._root.startswith(path.rstrip(os.sep) + os.sep):
+            return ConfigurationError(
+                f"filesystem store at {self._root!r}: {path!r}, on the way to the root, is a symbolic link to "
+                f"{target!r}, which does not exist (a file system not mounted?): mount or create it, or set "
+                f"{_ROOT_ENV} to another directory"
+            )
+        return BackendError(
+            f"filesystem store at {self._root!r}: {self._relative(path)!r} under the root is a symbolic link to a "
+            "directory that does not exist, where the store needs a directory; remove it"
+        )
 
     def _new_temp(self, directory: str) -> tuple[int, str]:
         """A temporary file in ``directory``, creating the directory first.
