@@ -1115,6 +1115,29 @@ def test_a_read_only_file_system_is_named_as_such_not_as_permissions(
     assert [info.step_id for info in store.list()] == ["old"]
 
 
+def test_a_root_that_cannot_be_created_is_named_as_on_the_way_to_it(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A root not created yet under a directory the user may not write to (seen for real, as an unprivileged
+    # user): the message said the directory above the root was "under the filesystem root".
+    store = make_fs_store()
+    real_mkdir = os.mkdir
+
+    def denied_above_the_root(path: Any, *args: Any, **kwargs: Any) -> None:
+        if not os.fspath(path).startswith(str(root)):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", denied_above_the_root)
+    with pytest.raises(AccessDeniedError) as info:
+        store.save("a", Message(content=b"x"))
+    assert f"at {str(root.parent)!r} on the way to the filesystem root;" in str(info.value)
+    assert "the root does not exist and cannot be made there: create it, or set ARTIFACT_STORE_FILESYSTEM_ROOT" in str(
+        info.value
+    )
+    assert "under the filesystem root" not in str(info.value)
+
+
 @pytest.mark.timeout(60)
 def test_a_path_too_long_for_the_system_names_the_root_to_shorten(tmp_path: Path) -> None:
     # An id within the documented limit, under a deep root, makes a path over PATH_MAX (4,096 bytes on Linux):

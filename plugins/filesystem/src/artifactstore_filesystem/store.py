@@ -269,6 +269,18 @@ class FilesystemStore(ArtifactStore):
             return os.path.relpath(text, self._root)
         return text
 
+    def _placed(self, path: object) -> str:
+        """Where ``path`` (an ``OSError``'s filename) lies, for a message: under the root, or on the way to
+        it (a root not created yet, whose parent the user may not write to), or elsewhere."""
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return "under the filesystem root"
+        text = os.fsdecode(path)
+        if text == self._root or text.startswith(self._root.rstrip(os.sep) + os.sep):
+            return "under the filesystem root"
+        if self._root.startswith(text.rstrip(os.sep) + os.sep):
+            return "on the way to the filesystem root"
+        return "outside the filesystem root"
+
     def _ensure_dir(self, directory: str, created: builtins.list[str]) -> None:
         """Create ``directory`` and the missing directories above it; append each new one's parent to
         ``created`` (they need an fsync to make the new entries durable).
@@ -1200,7 +1212,7 @@ class FilesystemStore(ArtifactStore):
         target = f" of {step_id!r}" if step_id is not None else ""
         detail = (
             f"{operation}{target} in namespace {self.namespace!r} failed: {exc.strerror or type(exc).__name__} "
-            f"({name}) at {self._relative(exc.filename)!r} under the filesystem root"
+            f"({name}) at {self._relative(exc.filename)!r} {self._placed(exc.filename)}"
         )
         error: ArtifactStoreError
         if isinstance(exc, NotADirectoryError):
@@ -1234,7 +1246,14 @@ class FilesystemStore(ArtifactStore):
                 "directory on a writable file system"
             )
         elif code in _DENIED or isinstance(exc, PermissionError):
-            error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
+            if self._placed(exc.filename).startswith("on the way"):
+                advice = (
+                    f"the root does not exist and cannot be made there: create it, or set {_ROOT_ENV} to a "
+                    "directory you may write to"
+                )
+            else:
+                advice = f"check the permissions of {_ROOT_ENV} and what is under it"
+            error = AccessDeniedError(f"{detail}; {advice}")
         else:
             error = BackendError(detail)
         error.step_id = step_id
