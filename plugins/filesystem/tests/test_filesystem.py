@@ -142,6 +142,44 @@ def test_symlink_out_of_the_root_is_refused(make_fs_store: MakeFsStore, root: Pa
     assert list(elsewhere.iterdir()) == [old_temp]
 
 
+@pytest.mark.parametrize("stored", ["identical", "different"])
+@pytest.mark.parametrize("how", ["save", "save_many"])
+def test_a_save_through_a_link_out_of_the_root_is_refused_whatever_is_stored_there(
+    root: Path, tmp_path: Path, how: str, stored: str
+) -> None:
+    # The look for an existing artifact ran before the check for a link out of the root: a save found the
+    # artifact out there, and returned as an identical retry (fsyncing a directory outside the root) or raised
+    # ArtifactExistsError, where every other save refuses the link.
+    elsewhere = tmp_path / "elsewhere"
+    with FilesystemStore(FilesystemSettings(root=elsewhere)) as outside:
+        outside.save("x", Message(content=b"1"))
+    root.mkdir(parents=True)
+    (root / "@default").symlink_to(elsewhere / "@default", target_is_directory=True)
+    message = Message(content=b"1" if stored == "identical" else b"2")
+    with FilesystemStore(FilesystemSettings(root=root)) as store:
+        call = (lambda: store.save("x", message)) if how == "save" else (lambda: store.save_many({"x": message}))
+        with pytest.raises(BackendError, match="outside the filesystem root") as info:
+            call()
+    assert type(info.value) is BackendError
+    assert sorted(path.name for path in (elsewhere / "@default").iterdir()) == ["@x"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX modes and umask")
+def test_created_files_and_directories_follow_the_umask(make_fs_store: MakeFsStore, root: Path) -> None:
+    # The documented modes: 0666 and 0777 less the umask, so a group-shared root works with umask 002.
+    previous = os.umask(0o027)
+    try:
+        store = make_fs_store("N" * 100)  # "%4E" each: a namespace with a continuation directory
+        store.save("b" * 250, Message(content=b"x"))
+        store.save_stream("s", io.BufferedReader(Unsized(b"y")))
+    finally:
+        os.umask(previous)
+    made = [root, *root.rglob("*")]
+    assert {stat.S_IMODE(path.stat().st_mode) for path in made if path.is_dir()} == {0o750}
+    assert {stat.S_IMODE(path.stat().st_mode) for path in made if path.is_file()} == {0o640}
+    assert len([path for path in made if path.is_file()]) == 2
+
+
 def test_namespaces_lists_only_namespaces_with_artifacts(make_fs_store: MakeFsStore) -> None:
     one, two, empty = make_fs_store("one"), make_fs_store("Two/2"), make_fs_store("empty")
     one.save("a", Message(content=1))
@@ -1055,6 +1093,51 @@ def test_write_errors_are_typed(
     assert _temp_files(root) == []
 
 
+@pytest.mark.parametrize("operation", ["save", "clear"])
+def test_a_read_only_file_system_is_named_as_such_not_as_permissions(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    # On a read-only mount (seen for real: a bind mount remounted ro) every write said "check the permissions
+    # of ARTIFACT_STORE_FILESYSTEM_ROOT", which are fine there: the advice now names the read-only mount.
+    store = make_fs_store()
+    store.save("old", Message(content=b"x"))
+    with monkeypatch.context() as patch:
+        FailAt(patch, ("open", "unlink"), 1, errno.EROFS)
+        with pytest.raises(AccessDeniedError) as info:
+            store.save("a", Message(content=b"x")) if operation == "save" else store.clear()
+    message = str(info.value)
+    assert "Read-only file system (EROFS)" in message
+    assert (
+        "the file system is mounted read-only: remount it read-write, or set ARTIFACT_STORE_FILESYSTEM_ROOT" in message
+    )
+    assert "permissions" not in message
+    assert str(root) not in message
+    assert [info.step_id for info in store.list()] == ["old"]
+
+
+def test_a_root_that_cannot_be_created_is_named_as_on_the_way_to_it(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A root not created yet under a directory the user may not write to (seen for real, as an unprivileged
+    # user): the message said the directory above the root was "under the filesystem root".
+    store = make_fs_store()
+    real_mkdir = os.mkdir
+
+    def denied_above_the_root(path: Any, *args: Any, **kwargs: Any) -> None:
+        if not os.fspath(path).startswith(str(root)):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", denied_above_the_root)
+    with pytest.raises(AccessDeniedError) as info:
+        store.save("a", Message(content=b"x"))
+    assert f"at {str(root.parent)!r} on the way to the filesystem root;" in str(info.value)
+    assert "the root does not exist and cannot be made there: create it, or set ARTIFACT_STORE_FILESYSTEM_ROOT" in str(
+        info.value
+    )
+    assert "under the filesystem root" not in str(info.value)
+
+
 @pytest.mark.timeout(60)
 def test_a_path_too_long_for_the_system_names_the_root_to_shorten(tmp_path: Path) -> None:
     # An id within the documented limit, under a deep root, makes a path over PATH_MAX (4,096 bytes on Linux):
@@ -1133,7 +1216,7 @@ def test_permission_errors_on_read_paths_are_typed(
 
     for name, call in (
         ("open", lambda: store.get("x")),
-        ("stat", lambda: store.exists("x")),
+        ("lstat", lambda: store.exists("x")),
         ("scandir", lambda: list(store.list())),
         ("open", lambda: store.open("x")),
     ):
@@ -1182,7 +1265,6 @@ def test_a_dangling_symlink_at_the_final_name_is_refused_not_followed(
     store.save("other", Message(content=b"x"))
     final = _file_of(store, "a")
     final.symlink_to(final.parent / "@gone")  # e.g. a link to an artifact removed since
-    assert not store.exists("a")
     with pytest.raises(BackendError) as info:
         _SAVES_OF_ONE[how](store, b"payload")
     assert type(info.value) is BackendError
@@ -1312,6 +1394,85 @@ def test_a_directory_or_fifo_at_the_final_name_is_an_error_never_absent_nor_a_ha
     if operation == "exists":  # a listing shows artifacts only, and passes over what is not one
         store.save("other", Message(content=b"x"))
         assert [info.step_id for info in store.list()] == ["other"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("target", ["an artifact", "a file outside the root", "nothing (dangling)"])
+@pytest.mark.parametrize("operation", ["exists", "get", "open", "info", "get_many"])
+def test_a_symlink_at_the_final_name_is_an_error_for_reads_as_for_saves(
+    make_fs_store: MakeFsStore, root: Path, tmp_path: Path, operation: str, target: str
+) -> None:
+    # Reads followed a link at an artifact's name, which saves refuse and list() and clear() pass over: the
+    # id existed and read as the linked artifact (or any file outside the root), yet was never listed, and
+    # clear() left it in place, after which it still existed. Now every read names it, as saves do.
+    store = make_fs_store()
+    store.save("other", Message(content=b"x"))
+    outside = tmp_path / "outside"
+    outside.write_bytes(store.codec.encode(Message(content=b"y"), place=("default", "a")).head + b"y")
+    final = _file_of(store, "a")
+    pointed = {"an artifact": _file_of(store, "other"), "a file outside the root": outside}.get(target)
+    final.symlink_to(pointed if pointed is not None else final.parent / "@gone")
+    calls: dict[str, Callable[[], object]] = {
+        "exists": lambda: store.exists("a"),
+        "get": lambda: store.get("a"),
+        "open": lambda: store.open("a"),
+        "info": lambda: store.info("a"),
+        "get_many": lambda: store.get_many(["other", "a"]),
+    }
+    before = _open_fds()
+    with pytest.raises(BackendError) as info:
+        calls[operation]()
+    assert type(info.value) is BackendError
+    assert "a symbolic link sits at its name '@default/@a'" in str(info.value)
+    assert info.value.step_id == "a"
+    assert str(root) not in str(info.value)
+    assert _open_fds() == before
+    assert final.is_symlink()  # neither removed nor replaced by a read
+    # The listing and clear() pass over it, as over a FIFO: what they report agrees with the reads, which do
+    # not make it an artifact either.
+    assert [info.step_id for info in store.list()] == ["other"]
+    assert store.clear() == 1
+    with pytest.raises(BackendError, match="a symbolic link sits at its name"):
+        store.exists("a")
+    final.unlink()
+    assert not store.exists("a")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "operation", ["exists", "get", "open", "info", "delete", "save", "save_overwrite", "save_many", "save_stream"]
+)
+def test_a_symlinked_directory_on_a_long_ids_path_is_refused_not_followed_to_another_id(
+    make_fs_store: MakeFsStore, root: Path, operation: str
+) -> None:
+    # A long id's path has continuation directories; a link made by hand in place of one led to another id's
+    # directory: the id read as that other artifact, its delete removed it, and its save failed as "exists"
+    # or, with overwrite=True, replaced it, while list() (which follows no link) showed only the other id.
+    store = make_fs_store()
+    linked, other = "a" * 200 + "tail", "b" * 200 + "tail"
+    store.save(other, Message(content=b"B"))
+    namespace_dir = root / "@default"
+    (namespace_dir / ("+" + "a" * 200)).symlink_to(namespace_dir / ("+" + "b" * 200), target_is_directory=True)
+    calls: dict[str, Callable[[], object]] = {
+        "exists": lambda: store.exists(linked),
+        "get": lambda: store.get(linked),
+        "open": lambda: store.open(linked),
+        "info": lambda: store.info(linked),
+        "delete": lambda: store.delete(linked),
+        "save": lambda: store.save(linked, Message(content=b"A")),
+        "save_overwrite": lambda: store.save(linked, Message(content=b"A"), overwrite=True),
+        "save_many": lambda: store.save_many({linked: Message(content=b"A"), "c": Message(content=b"C")}),
+        "save_stream": lambda: store.save_stream(linked, io.BytesIO(b"A")),
+    }
+    with pytest.raises(BackendError) as info:
+        calls[operation]()
+    assert type(info.value) is BackendError
+    assert f"a symbolic link sits at '@default/+{'a' * 200}'" in str(info.value)
+    assert info.value.step_id == linked
+    assert str(root) not in str(info.value)
+    assert store.get(other).content == b"B"  # the other id's artifact neither read as this one nor changed
+    assert [info.step_id for info in store.list() if info.step_id != "c"] == [other]
+    assert _temp_files(root) == []
 
 
 def test_an_int_filename_is_mapped_without_a_path(make_fs_store: MakeFsStore) -> None:
@@ -1563,6 +1724,52 @@ def test_a_file_above_the_root_is_named_as_on_the_way_to_the_root(tmp_path: Path
         assert f"{str(blocker)!r}, on the way to the root, is a file" in str(error), (name, str(error))
         assert "ARTIFACT_STORE_FILESYSTEM_ROOT" in str(error), (name, str(error))
         assert "'@ns" not in str(error), (name, str(error))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["above the root", "the root"])
+@pytest.mark.parametrize("how", ["save", "save_many", "save_stream"])
+def test_a_root_behind_a_symlink_to_nothing_is_named_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, how: str
+) -> None:
+    # A root behind a symbolic link whose target is missing (a mount point that is not mounted): mkdir of the
+    # link failed as "exists" and of what is below it as "not found", so a save retried for about a second,
+    # then raised a BackendError "No such file or directory (ENOENT) at '.'", naming neither link nor setting.
+    link = tmp_path / "mnt"
+    link.symlink_to(tmp_path / "not-mounted", target_is_directory=True)
+    root = link / "root" if where == "above the root" else link
+    store = FilesystemStore(FilesystemSettings(root=root), namespace="ns")
+
+    def no_retry(seconds: float) -> None:
+        raise AssertionError("the save retried a missing directory")
+
+    monkeypatch.setattr(store_module.time, "sleep", no_retry)
+    calls: dict[str, Callable[[], object]] = {
+        "save": lambda: store.save("x", Message(content=b"1")),
+        "save_many": lambda: store.save_many({"x": Message(content=b"1"), "y": Message(content=b"2")}),
+        "save_stream": lambda: store.save_stream("x", io.BytesIO(b"1")),
+    }
+    with pytest.raises(ConfigurationError) as info:
+        calls[how]()
+    message = str(info.value)
+    assert f"{str(link)!r}, on the way to the root, is a symbolic link to {str(tmp_path / 'not-mounted')!r}" in message
+    assert "ARTIFACT_STORE_FILESYSTEM_ROOT" in message
+    assert not (tmp_path / "not-mounted").exists()  # nothing created through the link
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mnt"]
+
+
+@pytest.mark.timeout(60)
+def test_a_symlink_to_nothing_in_place_of_a_namespace_directory_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "@ns").symlink_to(tmp_path / "@gone", target_is_directory=True)
+    store = FilesystemStore(FilesystemSettings(root=tmp_path), namespace="ns")
+    monkeypatch.setattr(store_module.time, "sleep", lambda seconds: pytest.fail("the save retried"))
+    with pytest.raises(BackendError) as info:
+        store.save("x", Message(content=b"1"))
+    assert type(info.value) is BackendError
+    assert "'@ns' under the root is a symbolic link to a directory that does not exist" in str(info.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["@ns"]
 
 
 @pytest.mark.timeout(60)

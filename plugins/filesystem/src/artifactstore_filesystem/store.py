@@ -52,7 +52,14 @@ logger = logging.getLogger(__name__)
 _ROOT_ENV = "ARTIFACT_STORE_FILESYSTEM_ROOT"
 # O_NONBLOCK: opening a FIFO that sits at an artifact's name must not wait for a writer (the open is then
 # refused by the regular-file check); on a regular file it changes nothing.
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+# O_NOFOLLOW: a symbolic link at an artifact's name is refused, as saves refuse it, never read through: read
+# through, it made an id exist that list() did not list and clear() did not remove (see FilesystemStore._open_file).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0) | _NOFOLLOW
+)
+# What open(2) with O_NOFOLLOW fails with at a symbolic link: ELOOP (Linux, macOS), EMLINK (FreeBSD), EFTYPE (NetBSD).
+_LINK_REFUSED = {errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", errno.ELOOP)}
 # The root's lock file is opened without following a symbolic link at its name (ELOOP instead).
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 # A writer retries this often when a concurrent clear/delete removes the (empty) directory it just created.
@@ -202,12 +209,45 @@ class FilesystemStore(ArtifactStore):
     # -- paths ----------------------------------------------------------------------------------------
 
     def _path(self, step_id: str) -> tuple[str, str]:
-        """The directory and final path of ``step_id``'s file, checked to stay inside the namespace."""
-        path = os.path.join(self._ns_dir, *encode_components(step_id))
+        """The directory and final path of ``step_id``'s file, checked to stay inside the namespace.
+
+        Raises:
+            BackendError: a continuation directory on the way is a symbolic link (see :meth:`_refuse_linked_parts`).
+        """
+        parts = encode_components(step_id)
+        path = os.path.join(self._ns_dir, *parts)
         # Second guard: the encoding already makes an escape impossible by construction.
         if not os.path.normpath(path).startswith(self._ns_dir + os.sep):
             raise BackendError(f"step id {step_id!r} maps outside its namespace directory", step_id=step_id)
+        if len(parts) > 1:
+            self._refuse_linked_parts(parts[:-1], step_id)
         return os.path.dirname(path), path
+
+    def _refuse_linked_parts(self, parts: builtins.list[str], step_id: str) -> None:
+        """Raise if one of the continuation directories ``parts`` of a long id's path is a symbolic link.
+
+        Followed, such a link (made by hand: the store never makes one) leads to another id's directory: the
+        id read, and was deleted, as that other artifact, and a save of it landed under that other id, while
+        list() and clear() (which follow no link) never saw it. Costs an lstat per continuation directory,
+        for ids whose encoding exceeds one path component only.
+
+        Raises:
+            BackendError: naming the link.
+        """
+        directory = self._ns_dir
+        for part in parts:
+            directory = os.path.join(directory, part)
+            try:
+                mode = os.lstat(directory).st_mode
+            except OSError:
+                return  # missing (nor are those below it), or in the way: the operation itself reports it
+            if stat.S_ISLNK(mode):
+                raise BackendError(
+                    f"artifact {step_id!r} in namespace {self.namespace!r}: a symbolic link sits at "
+                    f"{self._relative(directory)!r} under the filesystem root, where the store needs a directory "
+                    "of the artifact's path; it was not followed: remove it",
+                    step_id=step_id,
+                )
 
     def _guard(self, path: str) -> None:
         """Refuse to write or delete through a symbolic link that leads out of the root."""
@@ -229,9 +269,26 @@ class FilesystemStore(ArtifactStore):
             return os.path.relpath(text, self._root)
         return text
 
+    def _placed(self, path: object) -> str:
+        """Where ``path`` (an ``OSError``'s filename) lies, for a message: under the root, or on the way to
+        it (a root not created yet, whose parent the user may not write to), or elsewhere."""
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return "under the filesystem root"
+        text = os.fsdecode(path)
+        if text == self._root or text.startswith(self._root.rstrip(os.sep) + os.sep):
+            return "under the filesystem root"
+        if self._root.startswith(text.rstrip(os.sep) + os.sep):
+            return "on the way to the filesystem root"
+        return "outside the filesystem root"
+
     def _ensure_dir(self, directory: str, created: builtins.list[str]) -> None:
         """Create ``directory`` and the missing directories above it; append each new one's parent to
         ``created`` (they need an fsync to make the new entries durable).
+
+        Raises:
+            ConfigurationError, BackendError: a symbolic link to nothing stands where a directory is needed
+                (see :meth:`_dangling_link`).
+            OSError: as :func:`os.mkdir`.
         """
         if os.path.isdir(directory):
             return
@@ -241,8 +298,33 @@ class FilesystemStore(ArtifactStore):
         try:
             os.mkdir(directory)
         except FileExistsError:
+            # A symbolic link whose target is missing (a mount point not mounted) makes mkdir fail as "exists"
+            # and the directories below it "not found": the save retried for a second, then blamed '.'.
+            if os.path.islink(directory) and not os.path.isdir(directory):
+                raise self._dangling_link(directory) from None
             return
         created.append(parent)
+
+    def _dangling_link(self, path: str) -> BackendError | ConfigurationError:
+        """The error for the symbolic link ``path`` to a missing directory, standing where one is needed.
+
+        At or above the root it is the setting's (or the mount's) fault: a :class:`ConfigurationError` naming
+        ``ARTIFACT_STORE_FILESYSTEM_ROOT``; inside the root, broken state: a ``BackendError``.
+        """
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if path == self._root or self._root.startswith(path.rstrip(os.sep) + os.sep):
+            return ConfigurationError(
+                f"filesystem store at {self._root!r}: {path!r}, on the way to the root, is a symbolic link to "
+                f"{target!r}, which does not exist (a file system not mounted?): mount or create it, or set "
+                f"{_ROOT_ENV} to another directory"
+            )
+        return BackendError(
+            f"filesystem store at {self._root!r}: {self._relative(path)!r} under the root is a symbolic link to a "
+            "directory that does not exist, where the store needs a directory; remove it"
+        )
 
     def _new_temp(self, directory: str) -> tuple[int, str]:
         """A temporary file in ``directory``, creating the directory first.
@@ -371,6 +453,10 @@ class FilesystemStore(ArtifactStore):
         with self._doing("save", step_id):
             encoded = self.codec.encode(message, place=(self.namespace, step_id))
             directory, final = self._path(step_id)
+            # Before the look for an existing artifact: through a link out of the root, that look found the
+            # artifact out there, and a save returned as an identical retry (fsyncing a directory outside the
+            # root) or raised ArtifactExistsError, instead of refusing the link as every other save does.
+            self._guard(directory)
             if not overwrite:
                 # Looked at without following a symbolic link, as the publish does: through a link, a save
                 # "found" an identical artifact and stored nothing (links are never listed nor cleared), or
@@ -380,7 +466,6 @@ class FilesystemStore(ArtifactStore):
                     if existing.identity() == encoded.header.identity():
                         return None
                     raise self._exists_error(step_id)
-            self._guard(directory)
             fd, temp = self._new_temp(directory)
             temps.append(temp)
             try:
@@ -622,14 +707,21 @@ class FilesystemStore(ArtifactStore):
         """The artifact file opened unbuffered for reading, or ``None`` if there is none.
 
         Raises:
-            BackendError: something other than a regular file (a directory, a FIFO, a device) is there.
+            BackendError: something other than a regular file (a symbolic link, a directory, a FIFO, a device)
+                is there.
         """
+        if not _NOFOLLOW:  # pragma: no cover - Windows: no O_NOFOLLOW, so look first (racy, but not silent)
+            self._refuse_link(path, step_id)
         try:
             fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             return None
         except NotADirectoryError as exc:
             raise self._in_the_way(path, exc) from exc
+        except OSError as exc:
+            if exc.errno in _LINK_REFUSED:
+                self._refuse_link(path, step_id)
+            raise
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
@@ -639,6 +731,22 @@ class FilesystemStore(ArtifactStore):
         except BaseException:
             os.close(fd)
             raise
+
+    def _refuse_link(self, path: str, step_id: str) -> None:
+        """Raise the error naming a symbolic link if one sits at ``path`` (``step_id``'s name); else nothing.
+
+        Saves refuse such a link (neither followed nor replaced), and list() and clear() pass over it; read
+        through, an id existed that was never listed and that clear() left behind.
+
+        Raises:
+            BackendError: a symbolic link (dangling or not) is at ``path``.
+        """
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return
+        if stat.S_ISLNK(mode):
+            raise self._not_a_file(path, mode, step_id)
 
     def _in_the_way(self, path: str, exc: NotADirectoryError) -> BackendError | ConfigurationError:
         """The error for a file standing where ``path`` needs a directory (the root itself, a namespace's or
@@ -757,7 +865,9 @@ class FilesystemStore(ArtifactStore):
         with self._doing("exists", step_id):
             path = self._path(step_id)[1]
             try:
-                mode = os.stat(path).st_mode
+                # lstat: a symbolic link at the name is reported (below), as get() and save() report it, not
+                # followed to a file that list() and clear() would never reach.
+                mode = os.lstat(path).st_mode
             except FileNotFoundError:
                 return False
             except NotADirectoryError as exc:
@@ -1093,16 +1203,16 @@ class FilesystemStore(ArtifactStore):
 
     def _os_error(self, exc: OSError, operation: str, step_id: str | None) -> ArtifactStoreError:
         """Disk full, quota and file too large -> :class:`CapacityError`; permissions and read-only file
-        systems -> :class:`AccessDeniedError`; a file where a directory is needed -> as :meth:`_in_the_way`
-        says (:class:`ConfigurationError` at or above the root); any other ``OSError`` ->
-        :class:`BackendError`. Paths are shown relative to the root.
+        systems -> :class:`AccessDeniedError` (each with its own advice); a file where a directory is needed ->
+        as :meth:`_in_the_way` says (:class:`ConfigurationError` at or above the root); any other ``OSError``
+        -> :class:`BackendError`. Paths are shown relative to the root.
         """
         code = exc.errno
         name = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
         target = f" of {step_id!r}" if step_id is not None else ""
         detail = (
             f"{operation}{target} in namespace {self.namespace!r} failed: {exc.strerror or type(exc).__name__} "
-            f"({name}) at {self._relative(exc.filename)!r} under the filesystem root"
+            f"({name}) at {self._relative(exc.filename)!r} {self._placed(exc.filename)}"
         )
         error: ArtifactStoreError
         if isinstance(exc, NotADirectoryError):
@@ -1128,8 +1238,22 @@ class FilesystemStore(ArtifactStore):
                 f"{len(os.fsencode(self._root))} bytes and an artifact's path below it takes up to about 1,200 "
                 f"(names of up to 201 bytes): set {_ROOT_ENV} to a shorter path (or, for names, another file system)"
             )
+        elif code == errno.EROFS:
+            # Not "check the permissions": they are fine on a read-only mount, and a user checking them finds
+            # nothing wrong.
+            error = AccessDeniedError(
+                f"{detail}; the file system is mounted read-only: remount it read-write, or set {_ROOT_ENV} to a "
+                "directory on a writable file system"
+            )
         elif code in _DENIED or isinstance(exc, PermissionError):
-            error = AccessDeniedError(f"{detail}; check the permissions of {_ROOT_ENV} and what is under it")
+            if self._placed(exc.filename).startswith("on the way"):
+                advice = (
+                    f"the root does not exist and cannot be made there: create it, or set {_ROOT_ENV} to a "
+                    "directory you may write to"
+                )
+            else:
+                advice = f"check the permissions of {_ROOT_ENV} and what is under it"
+            error = AccessDeniedError(f"{detail}; {advice}")
         else:
             error = BackendError(detail)
         error.step_id = step_id
