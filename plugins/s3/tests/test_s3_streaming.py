@@ -126,6 +126,27 @@ def test_a_seekable_stream_is_saved_to_its_real_end_not_the_end_a_seek_reports(
     assert all_keys(raw, bucket) == [store.key_of("proc")]
 
 
+class ReadOnly:
+    """A stream with nothing but ``read`` (no ``seekable``, ``readinto``, ``tell``): what the core accepts."""
+
+    def __init__(self, data: bytes) -> None:
+        self._source = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._source.read(size)
+
+
+@pytest.mark.parametrize("size", [1293, 12 * MIB + 17], ids=["small", "parts"])
+def test_a_stream_with_only_a_read_method_is_saved(new_s3_store: NewStore, raw: Any, bucket: str, size: int) -> None:
+    # Was: BackendError "save_stream ... failed in backend 's3': AttributeError" (the store asked it whether it
+    # can seek), where the memory and filesystem backends saved it.
+    store = new_s3_store(**SMALL_PARTS)
+    store.save_stream("duck", ReadOnly(PAYLOAD[:size]))  # type: ignore[arg-type]
+    assert store.get("duck").content == PAYLOAD[:size]
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("duck")]
+
+
 @pytest.mark.parametrize("source", ["seekable", "non-seekable"])
 def test_streamed_envelope_layout(new_s3_store: NewStore, raw: Any, bucket: str, source: str) -> None:
     store = new_s3_store(**SMALL_PARTS)

@@ -220,14 +220,15 @@ def _fill(stream: IO[bytes], buffer: bytearray, limit: int | None = None) -> int
 
 
 def _start_of(stream: IO[bytes]) -> tuple[int, int] | None:
-    """``(position, remaining bytes)`` of a seekable stream, ``None`` if it cannot seek."""
+    """``(position, remaining bytes)`` of a seekable stream, ``None`` if it cannot seek (or cannot say: a
+    stream needs only ``read``, as the core's ``save_stream`` promises)."""
     try:
         if not stream.seekable():
             return None
         start = stream.tell()
         end = stream.seek(0, io.SEEK_END)
         stream.seek(start)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
     return start, max(0, end - start)
 
