@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from s3_fixtures import all_keys
+from s3_fixtures import all_keys, make_settings
 
 from artifactstore_core import (
     AccessDeniedError,
@@ -142,6 +144,78 @@ def test_an_object_without_artifactstore_metadata_is_refused(new_s3_store: NewSt
         store.get("foreign")
     assert info.value.step_id == "foreign"
     assert store.exists("foreign")
+
+
+class _CanonicalHeaders(BaseHTTPRequestHandler):
+    """Forwards each request to moto and its answer back with every header name in Go's canonical form
+    (``X-Amz-Meta-Artifactstore-Head``), as MinIO answers and as a Go reverse proxy (Traefik, Caddy) passes
+    on any service's headers: HTTP header names are case-insensitive, so both are correct."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: tuple[str, int] = ("127.0.0.1", 0)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status, answer.reason)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header("-".join(word.capitalize() for word in name.split("-")), value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    # The names http.server looks up.
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815
+
+
+@pytest.fixture
+def canonical_headers_endpoint(moto_endpoint: str) -> Iterator[str]:
+    """moto behind :class:`_CanonicalHeaders`, on a free loopback port; stopped after the test."""
+    target = urllib.parse.urlsplit(moto_endpoint)
+    handler = type("Handler", (_CanonicalHeaders,), {"upstream": (target.hostname or "127.0.0.1", target.port)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("metadata", [{}, {"schema": "x" * 3000}], ids=["split", "envelope"])
+def test_metadata_names_are_read_whatever_their_case(
+    canonical_headers_endpoint: str, bucket: str, metadata: dict[str, Any]
+) -> None:
+    # Was: botocore keeps the case of the x-amz-meta- names it receives ({"Artifactstore-Head": ...}), and the
+    # store looked for "artifactstore-head" only, so behind such a service every artifact it had just saved was
+    # "not an artifactstore artifact" (UnsupportedFormatError) to get, info, list and a second save.
+    with S3Store(make_settings(canonical_headers_endpoint, bucket), namespace="ns") as store:
+        message = Message(content=b"behind a proxy", metadata=metadata)
+        store.save("a", message)
+        head = store.client.head_object(Bucket=bucket, Key=store.key_of("a"))
+        assert all(name[:1].isupper() for name in head["Metadata"])  # the proxy is at work
+        assert store.get("a") == message
+        with store.open("a") as handle:
+            assert handle.read() == b"behind a proxy"
+        assert store.info("a").size == len(b"behind a proxy")
+        assert [info.step_id for info in store.list()] == ["a"]
+        store.save("a", message)  # the identical artifact: a safe retry
+        with pytest.raises(ArtifactExistsError):
+            store.save("a", Message(content=b"another"))
 
 
 def test_foreign_keys_under_a_namespace_are_neither_listed_nor_cleared(

@@ -77,6 +77,76 @@ def test_stream_at_an_offset_saves_the_rest(new_s3_store: NewStore) -> None:
     assert store.get("rest").content == PAYLOAD
 
 
+class UnderstatedEnd(io.RawIOBase):
+    """A seekable stream whose end, as a seek reports it, comes before its last byte: a file of ``/proc``
+    (``/proc/<pid>/environ``, ``cmdline``: seekable, ``seek(0, SEEK_END)`` says 0, the content is made as it
+    is read), or a file that grows while it is saved."""
+
+    def __init__(self, data: bytes, reported_end: int) -> None:
+        super().__init__()
+        self._source = io.BytesIO(data)
+        self._reported_end = reported_end
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            return self._source.seek(self._reported_end + offset)
+        return self._source.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._source.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        return self._source.readinto(buffer)
+
+
+@pytest.mark.parametrize(
+    ("size", "reported_end"),
+    [(1293, 0), (1293, 700), (7 * MIB + 3, 0), (7 * MIB + 3, 5 * MIB - 1)],
+    ids=["small-end-0", "small-end-short", "parts-end-0", "parts-end-short"],
+)
+def test_a_seekable_stream_is_saved_to_its_real_end_not_the_end_a_seek_reports(
+    new_s3_store: NewStore, raw: Any, bucket: str, size: int, reported_end: int
+) -> None:
+    # Was: the size the seek reported was read and saved, silently cutting the artifact (an empty one for
+    # /proc/self/environ), where the memory and filesystem backends saved every byte.
+    store = new_s3_store(**SMALL_PARTS)
+    data = PAYLOAD[:size]
+    store.save_stream("proc", UnderstatedEnd(data, reported_end))
+    assert store.get("proc").content == data
+    with store.open("proc") as handle:
+        assert read_all(handle) == data
+    store.save_stream("proc", UnderstatedEnd(data, reported_end))  # the identical artifact: a safe retry
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("proc")]
+
+
+class ReadOnly:
+    """A stream with nothing but ``read`` (no ``seekable``, ``readinto``, ``tell``): what the core accepts."""
+
+    def __init__(self, data: bytes) -> None:
+        self._source = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._source.read(size)
+
+
+@pytest.mark.parametrize("size", [1293, 12 * MIB + 17], ids=["small", "parts"])
+def test_a_stream_with_only_a_read_method_is_saved(new_s3_store: NewStore, raw: Any, bucket: str, size: int) -> None:
+    # Was: BackendError "save_stream ... failed in backend 's3': AttributeError" (the store asked it whether it
+    # can seek), where the memory and filesystem backends saved it.
+    store = new_s3_store(**SMALL_PARTS)
+    store.save_stream("duck", ReadOnly(PAYLOAD[:size]))  # type: ignore[arg-type]
+    assert store.get("duck").content == PAYLOAD[:size]
+    assert open_uploads(raw, bucket) == []
+    assert all_keys(raw, bucket) == [store.key_of("duck")]
+
+
 @pytest.mark.parametrize("source", ["seekable", "non-seekable"])
 def test_streamed_envelope_layout(new_s3_store: NewStore, raw: Any, bucket: str, source: str) -> None:
     store = new_s3_store(**SMALL_PARTS)

@@ -96,6 +96,10 @@ def stored_head(metadata: Mapping[str, str], where: str) -> StoredHead:
         UnsupportedFormatError: the object carries no artifactstore metadata (not written by this backend).
         ArtifactCorruptedError: the metadata is present but malformed.
     """
+    # Header names are case-insensitive, and botocore keeps the case it receives: MinIO, and any Go reverse
+    # proxy (Traefik, Caddy) in front of a service, send "X-Amz-Meta-Artifactstore-Head", which botocore
+    # gives as "Artifactstore-Head". The names written are lower-case, so lower-case is what is read.
+    metadata = {name.lower(): value for name, value in metadata.items()}
     encoded = metadata.get(HEAD_META)
     if encoded is not None:
         try:

@@ -220,14 +220,15 @@ def _fill(stream: IO[bytes], buffer: bytearray, limit: int | None = None) -> int
 
 
 def _start_of(stream: IO[bytes]) -> tuple[int, int] | None:
-    """``(position, remaining bytes)`` of a seekable stream, ``None`` if it cannot seek."""
+    """``(position, remaining bytes)`` of a seekable stream, ``None`` if it cannot seek (or cannot say: a
+    stream needs only ``read``, as the core's ``save_stream`` promises)."""
     try:
         if not stream.seekable():
             return None
         start = stream.tell()
         end = stream.seek(0, io.SEEK_END)
         stream.seek(start)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
     return start, max(0, end - start)
 
@@ -1069,9 +1070,21 @@ class S3Store(ArtifactStore):
         if seekable is not None:
             start, remaining = seekable
             if remaining < threshold:
-                self._save(step_id, as_message(_read_up_to(stream, remaining)), overwrite, ttl)
-                return
-            check_part_count(remaining, part_size)  # before the stream is read: too large is known already
+                # The end a seek reports is a hint, not the stream's length: a file of /proc says 0 (its
+                # content is made as it is read), a file may grow meanwhile. One byte more than it says tells
+                # whether the stream goes on; if so it is read on, to its real end or the threshold.
+                data = _read_up_to(stream, remaining + 1)
+                if remaining < len(data) < threshold:
+                    data += _read_up_to(stream, threshold - len(data))
+                if len(data) < threshold:
+                    self._save(step_id, as_message(data), overwrite, ttl)
+                    return
+                # As long as a large artifact after all: two passes from the start, of a size not known yet
+                # (a stream past 10,000 parts fails at its 10,001st, as a pipe does).
+                del data
+                stream.seek(start)
+            else:
+                check_part_count(remaining, part_size)  # before the stream is read: too large is known already
             if not overwrite:
                 self._ensure_conditional(multipart=True)  # a refusal before the stream is read
             self._stream_seekable(step_id, key, stream, start, template, overwrite)
