@@ -55,7 +55,14 @@ def test_a_store_needs_a_bucket() -> None:
 
 @pytest.mark.parametrize(
     ("env", "value"),
-    [("PART_SIZE", "1024"), ("MULTIPART_THRESHOLD", "10"), ("MAX_ATTEMPTS", "0"), ("CONDITIONAL_WRITES", "maybe")],
+    [
+        ("PART_SIZE", "1024"),
+        ("MULTIPART_THRESHOLD", "10"),
+        # Above S3's largest single PUT: payloads below it would be sent whole and refused after the upload.
+        ("MULTIPART_THRESHOLD", str(5 * 1024**3 + 1)),
+        ("MAX_ATTEMPTS", "0"),
+        ("CONDITIONAL_WRITES", "maybe"),
+    ],
 )
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
     monkeypatch.setenv(ENV_PREFIX + env, value)

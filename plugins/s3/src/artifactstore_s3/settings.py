@@ -95,8 +95,10 @@ class S3Settings(BackendSettings):
     multipart_threshold: int = Field(
         default=32 * MIB,
         ge=MIN_PART_SIZE,
+        # S3 refuses a single PutObject over 5 GiB, and only after the whole body was sent.
+        le=MAX_PART_SIZE,
         description="Payloads of at least this many bytes are uploaded in parts (multipart upload), in "
-        "parallel; smaller ones in one PUT.",
+        "parallel; smaller ones in one PUT (5 MiB to 5 GiB: S3 refuses a single PUT over 5 GiB).",
     )
     part_size: int = Field(
         default=8 * MIB,
