@@ -267,7 +267,27 @@ class StoreConformance:
         made: list[ArtifactStore] = []
 
         def build(namespace: str | None = None) -> ArtifactStore:
-            store = make_store(namespace or f"kit-{uuid.uuid4().hex[:12]}")
+            wanted = namespace or f"kit-{uuid.uuid4().hex[:12]}"
+            # The fixture's mistakes, said as such: otherwise a store returned in place of a callable fails
+            # every test with "object is not callable", and one that ignores the namespace fails the tests of
+            # isolation and emptiness as if the backend leaked artifacts between namespaces.
+            if not callable(make_store):
+                pytest.fail(
+                    f"make_store returned {type(make_store).__name__}, not a callable: return one that builds a "
+                    "new store for the namespace it is given, such as `lambda namespace: "
+                    "create_store(namespace=namespace)`"
+                )
+            store = make_store(wanted)
+            if not isinstance(store, ArtifactStore):
+                pytest.fail(f"make_store({wanted!r}) returned {type(store).__name__}, not an ArtifactStore")
+            if store.namespace != wanted:
+                # Closed, not cleared: the namespace is not the kit's, and may hold someone's artifacts.
+                store.close()
+                pytest.fail(
+                    f"make_store({wanted!r}) built a store of namespace {store.namespace!r}: bind the store to "
+                    "the namespace it is given (`create_store(namespace=namespace)`, "
+                    "`MyStore(..., namespace=namespace)`)"
+                )
             made.append(store)
             return store
 
