@@ -646,6 +646,9 @@ class PayloadVerifier:
 
     Call :meth:`update` with each chunk of the *stored* payload, then :meth:`finish`.
     Only uncompressed payloads can be verified in a stream.
+
+    Raises:
+        SerializationError: when built for a header of a compressed payload.
     """
 
     def __init__(self, header: Header) -> None:
@@ -657,14 +660,22 @@ class PayloadVerifier:
         self._seen = 0
 
     def update(self, chunk: bytes | memoryview) -> None:
-        """Feed the next chunk of payload."""
+        """Feed the next chunk of payload.
+
+        Raises:
+            ArtifactCorruptedError: once the payload is longer than its header says.
+        """
         self._seen += len(chunk)
         if self._seen > self._header.size:
             raise ArtifactCorruptedError("payload is longer than its header says")
         self._hasher.update(chunk)
 
     def finish(self) -> None:
-        """Raise :class:`ArtifactCorruptedError` unless the payload seen so far is complete and intact."""
+        """Check that the payload seen so far is complete and intact.
+
+        Raises:
+            ArtifactCorruptedError: the payload is shorter than its header says, or its digest differs.
+        """
         if self._seen != self._header.size:
             raise ArtifactCorruptedError(f"payload is {self._seen} bytes; its header says {self._header.size}")
         if self._hasher.hexdigest() != self._header.digest:

@@ -1,0 +1,1433 @@
+"""The conformance kit's tests, imported through :mod:`artifactstore_core.testing` (see there).
+
+Imported from there so that pytest rewrites the asserts here: a failing kit test then shows the values
+that differed, not a bare ``AssertionError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import itertools
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, NoReturn, cast
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from pydantic import BaseModel, ValidationError
+
+from . import envelope as envelope_module
+from .envelope import Codec, Encoded, content_info, limiting_json_content, reusing_verified_digests
+from .errors import (
+    ArtifactCorruptedError,
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    ArtifactStoreError,
+    BackendError,
+    BackendNotFoundError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    CapacityError,
+    InvalidStepIdError,
+    PayloadTooLargeError,
+    SchemaMismatchError,
+    SerializationError,
+    StoreClosedError,
+    UnsupportedOperationError,
+)
+from .ids import MAX_ID_BYTES
+from .message import FrozenDict, Message, SchemaInfo
+from .registry import plugin_host
+from .store import ArtifactStore
+from .testing_skips import CAPABILITY_SKIP
+
+__all__ = ["AWKWARD_IDS", "INVALID_IDS", "ORDER_TRAP_IDS", "StoreConformance", "ZeroStream", "json_values", "messages"]
+
+MakeStore = Callable[[str], ArtifactStore]
+
+#: Ids every backend must store as distinct artifacts and round-trip exactly.
+AWKWARD_IDS: tuple[str, ...] = (
+    "plain",
+    "Plain",
+    "with space",
+    "a/b",
+    "a%2Fb",
+    "/leading",
+    "..",
+    ".",
+    "../../etc/passwd",
+    "*",
+    "?",
+    "[abc]",
+    "%2e",
+    "%2E",
+    "x.",
+    "CON",
+    "nul",
+    "tab\u00a0nbsp",
+    "emoji 🚀🧪",
+    "日本語",
+    "a:b",
+    "a\\b",
+    "é",
+    "e\u0301",
+    "x" * MAX_ID_BYTES,
+    "é" * (MAX_ID_BYTES // 2),
+)
+
+#: Ids whose storage names (``encode_name``, S3's compact form for long ids) sort unlike the ids themselves, and
+#: ids that prefix one another: ``list_page`` must return them in ``sorted()`` order all the same.
+ORDER_TRAP_IDS: tuple[str, ...] = (
+    " ",
+    "!",
+    "%",
+    "%41",
+    "-",
+    ".",
+    "/",
+    "0",
+    "9",
+    "A",
+    "Z",
+    "_",
+    "`",
+    "a",
+    "a-",
+    "a/",
+    "a0",
+    "aA",
+    "a_",
+    "b",
+    "step-10",
+    "step-2",
+    "z",
+    "{",
+    "~",
+    "é",
+    "e\u0301",
+    "日本語",
+    "\uffff",
+    "\U0001f680",
+    "x" * 100 + "-",
+    "x" * 100 + "A",
+    "x" * MAX_ID_BYTES,
+    "é" * (MAX_ID_BYTES // 2),
+)
+# Afters that are stored nowhere in ORDER_TRAP_IDS: before, between and after them.
+_ABSENT_AFTER = ("\u00a0", "+", "0a", "@", "Y", "^", "a.", "aB", "a\u00e0", "step-1", "x", "x" * 101, "\U0010fffd")
+
+#: Ids every backend must refuse with InvalidStepIdError before any I/O.
+INVALID_IDS: tuple[Any, ...] = (
+    "",
+    "a\x00b",
+    "line\nbreak",
+    "tab\there",
+    "del\x7f",
+    "c1\x85",
+    "lone \ud800 surrogate",
+    "x" * (MAX_ID_BYTES + 1),
+    "é" * (MAX_ID_BYTES // 2 + 1),
+    None,
+    42,
+    b"bytes",
+)
+
+_json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+#: Hypothesis strategy for JSON values.
+json_values = st.recursive(
+    _json_leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_contents = st.one_of(json_values, st.text(max_size=64), st.binary(max_size=256))
+_schemas = st.none() | st.builds(
+    SchemaInfo, name=st.text(min_size=1, max_size=16), version=st.none() | st.text(max_size=5)
+)
+#: Hypothesis strategy for messages of every content kind.
+messages = st.builds(
+    Message,
+    content=_contents,
+    schema=_schemas,
+    metadata=st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+)
+
+
+class _Report(BaseModel):
+    title: str
+    score: float
+    tags: list[str]
+
+
+class _Other(BaseModel):
+    title: str
+
+
+def _not_declared(store: ArtifactStore, capability: str) -> NoReturn:
+    """Skip a test of ``capability``, which ``store``'s backend does not declare (a skip CI allows)."""
+    pytest.skip(f"{CAPABILITY_SKIP} backend {store.backend_name!r} does not declare {capability}")
+
+
+def _sample_messages() -> dict[str, Message]:
+    schema = SchemaInfo(name="tests.Report", version="2", json_schema={"type": "object"})
+    return {
+        "json": Message(content={"a": [1, 2.5, None, True], "b": {"c": "d"}}, schema=schema, metadata={"k": [1]}),
+        "scalar": Message(content=3),
+        "null": Message(content=None),
+        "str": Message(content="héllo wörld 🚀", media_type="text/markdown"),
+        "empty-str": Message(content=""),
+        "bytes": Message(content=bytes(range(256)) * 4, metadata={"binary": True}),
+        "empty-bytes": Message(content=b""),
+        "non-utf8": Message(content=b"\xff\xfe\x00\x80invalid utf-8"),
+    }
+
+
+class ZeroStream(io.RawIOBase):
+    """A binary stream of zero bytes, without end (or ``size`` of them), counting what is read.
+
+    For tests of size bounds (``save_stream`` must stop reading past a store's bound): ``read_bytes`` says
+    how far a store read. Reading past ``cutoff`` bytes (default 64 MiB) raises ``OSError``, so a store that
+    does not stop fails its test with an error instead of exhausting memory.
+    """
+
+    def __init__(self, size: int | None = None, *, cutoff: int = 64 * 1024 * 1024) -> None:
+        self.read_bytes = 0
+        self._size = size
+        self._cutoff = cutoff
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.read_bytes >= self._cutoff:
+            raise OSError(f"the endless stream was read past {self._cutoff} bytes: the size bound was not applied")
+        with memoryview(buffer) as view:
+            count = view.nbytes if self._size is None else min(view.nbytes, self._size - self.read_bytes)
+            view.cast("B")[:count] = bytes(count)
+        self.read_bytes += count
+        return count
+
+
+class StoreConformance:
+    """The contract, as tests. Subclass it and provide the ``make_store`` fixture.
+
+    ``make_store(namespace)`` must return a new, open store of the backend under test bound to
+    ``namespace``; stores it returns for the same namespace must see the same artifacts.
+    """
+
+    #: Size of the "large" artifact round trips; backends with a smaller limit may lower it.
+    large_size: int = 4 * 1024 * 1024
+    #: How many artifacts the listing and batch test saves: more than one page of common listing APIs.
+    many_count: int = 1_100
+    #: Largest size bound (``ArtifactStore._max_artifact_bytes``) the kit saves and streams past in full. A
+    #: larger bound (redis's default 512 MiB) has its type and ceiling checked, and the cut-off of a stream
+    #: checked under a bound lowered to 1 MiB; give the kit a store configured with a smaller bound for the rest.
+    size_bound_limit: int = 64 * 1024 * 1024
+
+    # -- fixtures -------------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def make_store(self) -> MakeStore:
+        """Override: return a callable building a store of the backend under test for a namespace."""
+        raise NotImplementedError("subclasses of StoreConformance must provide a make_store fixture")
+
+    @pytest.fixture
+    def make_unreachable_store(self) -> MakeStore | None:
+        """Optional override: a callable building a store of the backend under test for a namespace, whose
+        backend fails every operation (a server on a closed port, a database file replaced by garbage).
+
+        The kit then checks that every operation raises a :class:`~artifactstore_core.errors.BackendError`
+        and none reports the failure as an answer (``exists`` returning ``False``, ``get`` raising
+        not-found, an empty listing). ``None`` (the default): not checked, and the test says so.
+
+        A backend that connects when a store is built may refuse there instead: the callable then raises
+        :class:`~artifactstore_core.errors.BackendUnavailableError` (or
+        :class:`~artifactstore_core.errors.BackendTimeoutError`, when reaching the backend timed out), which
+        the kit accepts; any other error from building the store fails the check.
+        """
+        return None
+
+    @pytest.fixture
+    def new_store(self, make_store: MakeStore) -> Iterator[Callable[..., ArtifactStore]]:
+        """Build stores on fresh (or given) namespaces; clear and close them all after the test."""
+        made: list[ArtifactStore] = []
+
+        def build(namespace: str | None = None) -> ArtifactStore:
+            wanted = namespace or f"kit-{uuid.uuid4().hex[:12]}"
+            # The fixture's mistakes, said as such: otherwise a store returned in place of a callable fails
+            # every test with "object is not callable", and one that ignores the namespace fails the tests of
+            # isolation and emptiness as if the backend leaked artifacts between namespaces.
+            if not callable(make_store):
+                pytest.fail(
+                    f"make_store returned {type(make_store).__name__}, not a callable: return one that builds a "
+                    "new store for the namespace it is given, such as `lambda namespace: "
+                    "create_store(namespace=namespace)`"
+                )
+            store = make_store(wanted)
+            if not isinstance(store, ArtifactStore):
+                pytest.fail(f"make_store({wanted!r}) returned {type(store).__name__}, not an ArtifactStore")
+            if store.namespace != wanted:
+                # Closed, not cleared: the namespace is not the kit's, and may hold someone's artifacts.
+                store.close()
+                pytest.fail(
+                    f"make_store({wanted!r}) built a store of namespace {store.namespace!r}: bind the store to "
+                    "the namespace it is given (`create_store(namespace=namespace)`, "
+                    "`MyStore(..., namespace=namespace)`)"
+                )
+            made.append(store)
+            return store
+
+        yield build
+        for store in reversed(made):
+            if not store.closed:
+                store.clear()
+                store.close()
+
+    @pytest.fixture
+    def store(self, new_store: Callable[..., ArtifactStore]) -> ArtifactStore:
+        """An empty store on a fresh namespace."""
+        return new_store()
+
+    # -- round trips ----------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("kind", sorted(_sample_messages()))
+    def test_round_trip(self, store: ArtifactStore, kind: str) -> None:
+        message = _sample_messages()[kind]
+        store.save(kind, message)
+        got = store.get(kind)
+        assert got == message
+        assert type(got.content) is type(message.content)
+        assert got.schema == message.schema
+        assert got.metadata == message.metadata
+        assert got.media_type == message.media_type
+        assert got.created_at == message.created_at
+
+    def test_large_bytes_round_trip(self, store: ArtifactStore) -> None:
+        payload = bytes(itertools.islice(itertools.cycle(range(251)), self.large_size))
+        store.save("large", Message(content=payload))
+        assert store.get("large").content == payload
+
+    def test_large_json_round_trip(self, store: ArtifactStore) -> None:
+        content = {"rows": [{"i": i, "text": f"row {i} " * 5} for i in range(20_000)]}
+        store.save("large-json", Message(content=content))
+        assert store.get("large-json").content == Message(content=content).content
+
+    def test_highly_repetitive_json_round_trip(self, store: ArtifactStore) -> None:
+        # One character repeated compresses past the ratio readers accept (MAX_COMPRESSION_RATIO), so the
+        # codec stores it uncompressed: it must still come back whole, within the backend's size limit.
+        content = {"text": "a" * self.large_size}
+        store.save("repetitive", Message(content=content))
+        assert store.get("repetitive").content == content
+
+    def test_result_is_deeply_immutable(self, store: ArtifactStore) -> None:
+        store.save("m", Message(content={"list": [1, {"x": 2}]}, metadata={"m": {"n": [1]}}))
+        got = store.get("m")
+        assert isinstance(got.content, FrozenDict)
+        with pytest.raises(TypeError):
+            got.content["new"] = 1  # type: ignore[index]
+        with pytest.raises(AttributeError):
+            got.content["list"].append(3)
+        with pytest.raises(TypeError):
+            got.content["list"][1]["x"] = 3
+        with pytest.raises(TypeError):
+            got.metadata["m"]["n"] = 2
+        with pytest.raises(ValidationError):
+            got.content = "replaced"
+
+    def test_typed_model_round_trip(self, store: ArtifactStore) -> None:
+        report = _Report(title="t", score=0.5, tags=["a", "b"])
+        store.save("report", Message.from_model(report, version="1"))
+        got = store.get("report")
+        assert got.to_model(_Report) == report
+        with pytest.raises(SchemaMismatchError):
+            got.to_model(_Other)
+
+    # -- presence -------------------------------------------------------------------------------------
+
+    def test_missing_is_not_found_and_not_exists(self, store: ArtifactStore) -> None:
+        assert store.exists("nope") is False
+        with pytest.raises(ArtifactNotFoundError) as info:
+            store.get("nope")
+        assert info.value.step_id == "nope"
+        assert "nope" in str(info.value)
+        assert isinstance(info.value, LookupError)
+
+    def test_exists_after_save(self, store: ArtifactStore) -> None:
+        store.save("here", Message(content="x"))
+        assert store.exists("here") is True
+
+    # -- write-once -----------------------------------------------------------------------------------
+
+    def test_identical_resave_succeeds(self, store: ArtifactStore) -> None:
+        message = Message(content={"v": 1}, metadata={"m": 1})
+        store.save("s", message)
+        store.save("s", message)
+        # A re-created identical message (new created_at) is also a safe retry; the first one stays.
+        store.save("s", Message(content={"v": 1}, metadata={"m": 1}))
+        assert store.get("s").created_at == message.created_at
+
+    @pytest.mark.parametrize(
+        "other",
+        [
+            Message(content={"v": 2}, metadata={"m": 1}),
+            Message(content={"v": 1}, metadata={"m": 2}),
+            Message(content={"v": 1}, metadata={"m": 1}, media_type="application/x-other"),
+            Message(content={"v": 1}, metadata={"m": 1}, schema=SchemaInfo(name="s")),
+            Message(content={"v": 1.0}, metadata={"m": 1}),
+        ],
+    )
+    def test_different_resave_raises_exists(self, store: ArtifactStore, other: Message) -> None:
+        original = Message(content={"v": 1}, metadata={"m": 1})
+        store.save("s", original)
+        with pytest.raises(ArtifactExistsError) as info:
+            store.save("s", other)
+        assert info.value.step_id == "s"
+        assert store.get("s") == original
+
+    @pytest.mark.parametrize("field", ["metadata", "schema"])
+    def test_resave_differing_only_by_json_number_type_raises_exists(self, store: ArtifactStore, field: str) -> None:
+        # 1 == 1.0 == True in Python, but they are three different JSON values as stored: a write-once
+        # check that compares with Python's == would keep one artifact for a save of another.
+        def message(value: object) -> Message:
+            if field == "metadata":
+                return Message(content=b"x", metadata={"n": value})
+            return Message(content=b"x", schema=SchemaInfo(name="S", json_schema={"const": value}))
+
+        def stored(got: Message) -> object:
+            if field == "metadata":
+                return got.metadata["n"]
+            assert got.schema is not None
+            return got.schema.json_schema["const"]
+
+        for index, (first, second) in enumerate(itertools.permutations((1, True, 1.0), 2)):
+            step_id = f"s{index}"
+            store.save(step_id, message(first))
+            store.save(step_id, message(first))  # identical: a safe retry
+            with pytest.raises(ArtifactExistsError):
+                store.save(step_id, message(second))
+            with pytest.raises(ArtifactExistsError):
+                store.save_many({step_id: message(second)})
+            kept = stored(store.get(step_id))
+            assert type(kept) is type(first), (first, second, kept)
+
+    def test_overwrite_replaces(self, store: ArtifactStore) -> None:
+        store.save("s", Message(content=b"one"))
+        store.save("s", Message(content="two"), overwrite=True)
+        assert store.get("s").content == "two"
+        store.save("fresh", Message(content=1), overwrite=True)
+        assert store.get("fresh").content == 1
+
+    def test_concurrent_creates_have_one_winner(self, new_store: Callable[..., ArtifactStore]) -> None:
+        first = new_store()
+        stores = [first] + [new_store(first.namespace) for _ in range(3)]
+        barrier = threading.Barrier(8)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def contend(index: int) -> None:
+            barrier.wait()
+            try:
+                stores[index % 4].save("race", Message(content=f"writer {index}"))
+            except ArtifactExistsError:
+                result = "lost"
+            else:
+                result = f"writer {index}"
+            with lock:
+                outcomes.append(result)
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [o for o in outcomes if o != "lost"]
+        assert len(winners) == 1, outcomes
+        assert first.get("race").content == winners[0]
+
+    # -- delete, list, clear --------------------------------------------------------------------------
+
+    def test_delete(self, store: ArtifactStore) -> None:
+        store.save("d", Message(content=1))
+        store.save("keep", Message(content=2))
+        assert store.delete("d") is True
+        assert store.exists("d") is False
+        assert store.delete("d") is False
+        assert store.get("keep").content == 2
+        store.save("d", Message(content=3))
+        assert store.get("d").content == 3
+
+    def test_list(self, store: ArtifactStore) -> None:
+        assert list(store.list()) == []
+        schema = SchemaInfo(name="pkg.Model")
+        saved = {
+            "j": Message(content={"a": 1}, schema=schema),
+            "s": Message(content="text"),
+            "b": Message(content=b"\x00" * 100),
+        }
+        store.save_many(saved)
+        infos = {info.step_id: info for info in store.list()}
+        assert set(infos) == set(saved)
+        assert infos["b"].size == 100
+        assert infos["s"].size == 4
+        assert infos["j"].schema_name == "pkg.Model"
+        assert infos["s"].schema_name is None
+        assert infos["b"].media_type == "application/octet-stream"
+        for step_id, info in infos.items():
+            assert info.created_at == saved[step_id].created_at
+            assert info.digest.startswith("blake3:")
+        assert infos["b"].digest != infos["s"].digest
+
+    def test_infos_describe_the_content_not_what_is_stored(self, store: ArtifactStore) -> None:
+        # An info's size and digest are the content's (uncompressed; JSON and text as UTF-8), whatever the
+        # backend stores: JSON and text past the codec's compress_threshold (64 KiB by default) are stored
+        # zstd-compressed, so a backend that reports its stored payload's size (an object's length, a file's)
+        # is right for every small artifact and wrong for these.
+        rows = [{"row": index, "text": "compressible " * 4} for index in range(2_000)]
+        lines = " ".join(f"line {index} of compressible text" for index in range(4_000))
+        saved = {
+            **{f"small-{kind}": message for kind, message in _sample_messages().items()},
+            "large-json": Message(content={"rows": rows}, schema=SchemaInfo(name="tests.Rows")),
+            "large-text": Message(content=lines, media_type="text/plain"),
+        }
+        store.save_many(saved)
+        expected = {step_id: content_info(step_id, message) for step_id, message in saved.items()}
+        assert {info.step_id: info for info in store.list()} == expected
+        assert store.list_page(limit=len(saved)) == [expected[step_id] for step_id in sorted(expected)]
+        for step_id, info in expected.items():
+            assert store.info(step_id) == info, f"info({step_id!r})"
+
+    def test_list_and_batches_beyond_a_page(self, store: ArtifactStore) -> None:
+        # Listings come in pages (S3 returns 1,000 keys a request, SCAN a batch, SQL a LIMIT) and batch reads
+        # in chunks (a SQL statement takes a limited number of variables): every artifact must come back,
+        # not only the first page.
+        count = self.many_count
+        items = {f"p{index:05d}": Message(content=index) for index in range(count)}
+        store.save_many(items)
+        assert sorted(info.step_id for info in store.list()) == sorted(items)
+        got = store.get_many(list(items))
+        assert len(got) == count
+        assert all(got[step_id].content == message.content for step_id, message in items.items())
+        walked: list[str] = []
+        after = None
+        while page := store.list_page(after=after, limit=400):
+            walked += [info.step_id for info in page]
+            after = page[-1].step_id
+        assert walked == sorted(items)
+        assert store.clear() == count
+        assert list(store.list()) == []
+
+    def test_list_page_is_in_step_id_order_after_any_id(self, store: ArtifactStore) -> None:
+        # Pages are slices of sorted(step_id) (code point order, the order of the ids' UTF-8 bytes), whatever
+        # order the backend's names keep: encode_name's "%41" for "A" sorts before "-", a long id's compact
+        # S3 key after every readable one, UTF-16 puts "\U0001f680" before "\uffff".
+        store.save_many({step_id: Message(content=index) for index, step_id in enumerate(ORDER_TRAP_IDS)})
+        infos = {info.step_id: info for info in store.list()}
+        ordered = sorted(ORDER_TRAP_IDS)
+        assert store.list_page(limit=len(ordered) + 1) == [infos[step_id] for step_id in ordered]
+        for start in (*ORDER_TRAP_IDS, *_ABSENT_AFTER):
+            following = [infos[step_id] for step_id in ordered if step_id > start]
+            assert store.list_page(after=start, limit=3) == following[:3], f"after={start!r}"
+        walked: list[str] = []
+        after: str | None = None
+        while True:
+            page = store.list_page(after=after, limit=2)
+            assert len(page) <= 2
+            walked += [info.step_id for info in page]
+            if len(page) < 2:
+                break
+            after = page[-1].step_id
+        assert walked == ordered
+
+    def test_list_page_refuses_bad_limits(self, new_store: Callable[..., ArtifactStore], monkeypatch: Any) -> None:
+        store = new_store()
+        store.save("a", Message(content=1))
+        assert [info.step_id for info in store.list_page(limit=1)] == ["a"]
+        assert store.list_page(after="a") == []
+
+        def no_io(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("backend was called with an invalid limit")
+
+        monkeypatch.setattr(store, "_list_page", no_io)
+        bad_limits: tuple[Any, ...] = (0, -1, True, 1.5, "3", None)
+        for bad in bad_limits:
+            with pytest.raises(ValueError, match="limit"):
+                store.list_page(limit=bad)
+        monkeypatch.undo()
+        closed = new_store(store.namespace)
+        closed.close()
+        with pytest.raises(StoreClosedError):
+            closed.list_page()
+
+    def test_clear_leaves_other_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
+        mine, theirs = new_store(), new_store()
+        similar = new_store(mine.namespace + "0")
+        for store in (mine, theirs, similar):
+            store.save_many({f"id{i}": Message(content=i) for i in range(5)})
+        mine.save("only-mine", Message(content="m"))
+        assert mine.clear() == 6
+        assert list(mine.list()) == []
+        assert not mine.exists("id0")
+        for store in (theirs, similar):
+            assert sorted(info.step_id for info in store.list()) == [f"id{i}" for i in range(5)]
+            assert store.get("id3").content == 3
+        assert mine.clear() == 0
+
+    def test_namespaces_are_isolated(self, new_store: Callable[..., ArtifactStore]) -> None:
+        one, two = new_store(), new_store()
+        one.save("same", Message(content="one"))
+        assert not two.exists("same")
+        two.save("same", Message(content="two"))
+        assert one.get("same").content == "one"
+        assert two.get("same").content == "two"
+
+    def test_stores_of_one_namespace_see_each_others_changes(self, new_store: Callable[..., ArtifactStore]) -> None:
+        # Many workers share a namespace through their own store objects: a store that answers from what it
+        # read or wrote earlier (a read cache, a remembered absence) hands out stale artifacts after another
+        # store overwrote, deleted or cleared them.
+        reader = new_store()
+        writer = new_store(reader.namespace)
+        assert reader.exists("s") is False
+        writer.save("s", Message(content="one"))
+        assert reader.exists("s") is True
+        assert reader.get("s").content == "one"
+        assert reader.get_many(["s"])["s"].content == "one"
+        writer.save("s", Message(content="two"), overwrite=True)
+        assert reader.get("s").content == "two"
+        assert reader.get_many(["s"])["s"].content == "two"
+        with reader.open("s") as handle:
+            assert handle.read() == b"two"
+        assert reader.info("s").digest == writer.info("s").digest
+        with pytest.raises(ArtifactExistsError):
+            reader.save("s", Message(content="one"))
+        assert writer.delete("s") is True
+        assert reader.exists("s") is False
+        with pytest.raises(ArtifactNotFoundError):
+            reader.get("s")
+        writer.save("s", Message(content="three"))
+        assert reader.get("s").content == "three"
+        assert writer.clear() == 1
+        assert list(reader.list()) == []
+        with pytest.raises(ArtifactNotFoundError):
+            reader.get_many(["s"])
+
+    @pytest.mark.parametrize(
+        ("name", "sibling"),
+        [
+            ("run1", "run10"),  # a prefix
+            ("Ns", "ns"),  # case (SQL LIKE, case-insensitive file systems, lower-cased keys)
+            ("n_s", "nXs"),  # SQL LIKE's one-character wildcard
+            ("n%s", "nXYs"),  # SQL LIKE's any-characters wildcard
+            ("ns[1]", "ns1"),  # a glob character class (Redis SCAN MATCH, fnmatch)
+            ("n?s", "nXs"),  # a glob's one-character wildcard
+            ("n*s", "nXYs"),  # a glob's any-characters wildcard
+            ("n.s", "nXs"),  # a regular expression's any character
+        ],
+    )
+    def test_clear_and_list_keep_to_their_namespace_whatever_its_name(
+        self, new_store: Callable[..., ArtifactStore], name: str, sibling: str
+    ) -> None:
+        # clear() must work from an exact namespace, never a pattern built from it: each pair of names here
+        # matches under one common pattern syntax, and neither store may list or clear the other's artifacts.
+        unique = uuid.uuid4().hex[:8]
+        one, two = new_store(f"{unique}-{name}"), new_store(f"{unique}-{sibling}")
+        for first, second in ((one, two), (two, one)):
+            first.save("x", Message(content=first.namespace))
+            second.save_many({"x": Message(content=second.namespace), "y": Message(content=2)})
+            assert [info.step_id for info in first.list()] == ["x"], (first.namespace, second.namespace)
+            assert first.clear() == 1, (first.namespace, second.namespace)
+            assert sorted(info.step_id for info in second.list()) == ["x", "y"], (first.namespace, second.namespace)
+            assert second.get("x").content == second.namespace
+            assert second.clear() == 2
+
+    def test_awkward_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
+        stores = [new_store(f"{prefix}-{uuid.uuid4().hex[:6]}") for prefix in ("ns[1]", "ns 1", "ns/1", "NS:1")]
+        for index, store in enumerate(stores):
+            store.save("x", Message(content=index))
+        for index, store in enumerate(stores):
+            assert store.get("x").content == index
+            assert [info.step_id for info in store.list()] == ["x"]
+
+    def test_info(self, store: ArtifactStore) -> None:
+        message = Message(content=b"12345", metadata={"a": 1})
+        store.save("i", message)
+        store.save("other", Message(content="x"))
+        info = store.info("i")
+        assert (info.step_id, info.size, info.created_at) == ("i", 5, message.created_at)
+        assert info == next(i for i in store.list() if i.step_id == "i")
+        with pytest.raises(ArtifactNotFoundError):
+            store.info("missing")
+
+    def test_namespaces(self, new_store: Callable[..., ArtifactStore]) -> None:
+        store = new_store()
+        if not store.capabilities.list_namespaces:
+            with pytest.raises(UnsupportedOperationError):
+                store.namespaces()
+            _not_declared(store, "list_namespaces")
+        assert type(store)._namespaces is not ArtifactStore._namespaces, (
+            f"backend {store.backend_name!r} declares list_namespaces but does not implement _namespaces()"
+        )
+        other, emptied = new_store(), new_store()
+        store.save("a", Message(content=1))
+        other.save("b", Message(content=2))
+        emptied.save_many({"c": Message(content=3), "d": Message(content=4)})
+        names = store.namespaces()
+        assert {store.namespace, other.namespace, emptied.namespace} <= set(names)
+        other.clear()
+        assert other.namespace not in store.namespaces()
+        # A namespace whose last artifact was deleted holds none either, as after clear(): a registry of
+        # namespaces pruned only by clear() lists every namespace ever used, and gc visits them all for ever.
+        emptied.delete("c")
+        assert emptied.namespace in store.namespaces()
+        emptied.delete("d")
+        assert emptied.namespace not in store.namespaces(), "a namespace whose artifacts were all deleted is listed"
+
+    # -- ids ------------------------------------------------------------------------------------------
+
+    def test_awkward_ids_round_trip_and_stay_distinct(self, store: ArtifactStore) -> None:
+        for index, step_id in enumerate(AWKWARD_IDS):
+            store.save(step_id, Message(content=index))
+        for index, step_id in enumerate(AWKWARD_IDS):
+            assert store.get(step_id).content == index, step_id
+            assert store.exists(step_id)
+        assert sorted(info.step_id for info in store.list()) == sorted(AWKWARD_IDS)
+        assert store.delete("..") is True
+        assert store.get(".").content == AWKWARD_IDS.index(".")
+
+    @pytest.mark.parametrize("bad", INVALID_IDS, ids=repr)
+    def test_invalid_ids_rejected_before_io(self, store: ArtifactStore, bad: Any, monkeypatch: Any) -> None:
+        def no_io(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("backend was called with an invalid id")
+
+        names = (
+            "_save",
+            "_get",
+            "_exists",
+            "_delete",
+            "_save_many",
+            "_get_many",
+            "_save_stream",
+            "_open",
+            "_list_page",
+        )
+        for name in names:
+            monkeypatch.setattr(store, name, no_io)
+        message = Message(content=1)
+        calls: list[Callable[[], Any]] = [
+            lambda: store.save(bad, message),
+            lambda: store.get(bad),
+            lambda: store.exists(bad),
+            lambda: store.delete(bad),
+            lambda: store.save_many([("fine", message), (bad, message)]),
+            lambda: store.get_many(["fine", bad]),
+            lambda: store.save_stream(bad, io.BytesIO(b"x")),
+            lambda: store.open(bad),
+        ]
+        if bad is not None:  # after=None is the start of a listing
+            calls.append(lambda: store.list_page(after=bad))
+        for call in calls:
+            with pytest.raises(InvalidStepIdError):
+                call()
+
+    def test_invalid_namespace_rejected(self, make_store: MakeStore) -> None:
+        for bad in ("", "a\nb", "x" * 1000):
+            with pytest.raises(InvalidStepIdError):
+                make_store(bad)
+
+    # -- batches --------------------------------------------------------------------------------------
+
+    def test_save_many_get_many(self, store: ArtifactStore) -> None:
+        items = {f"step-{i}": Message(content={"i": i}) for i in range(200)}
+        items["bytes"] = Message(content=b"\x00\xff")
+        store.save_many(items)
+        got = store.get_many(list(items))
+        assert got == items
+        store.save_many(list(items.items()))  # identical re-save of a batch is a no-op
+        assert store.get_many([]) == {}
+
+    def test_get_many_names_missing(self, store: ArtifactStore) -> None:
+        store.save("a", Message(content=1))
+        with pytest.raises(ArtifactNotFoundError) as info:
+            store.get_many(["a", "missing-1", "missing-2"])
+        assert "missing-1" in str(info.value)
+        assert "missing-2" in str(info.value)
+        assert info.value.missing_ids == ("missing-1", "missing-2")
+        # Beyond the ten the message shows, the error still lists every missing id, in the order requested.
+        many = [f"m-{index:02d}" for index in range(25, 0, -1)]
+        with pytest.raises(ArtifactNotFoundError) as info:
+            store.get_many(["a", *many])
+        assert info.value.missing_ids == tuple(many)
+        assert info.value.step_id == many[0]
+
+    def test_get_many_decodes_within_the_callers_context(self, store: ArtifactStore) -> None:
+        # A limit the caller sets on decoding (the artifact server sets limiting_json_content around a read)
+        # holds in get_many as it does in get, also where the backend decodes in worker threads of its own:
+        # a pool's threads run in a context of their own, so each task must run in a copy of the caller's
+        # (artifactstore_core.store.ContextThreadPoolExecutor; see docs/writing-a-backend.md).
+        items = {f"ctx-{index}": Message(content=[{"i": i} for i in range(100)]) for index in range(4)}
+        store.save_many(items)
+        with limiting_json_content(64, setting="CONFORMANCE_JSON_LIMIT"):
+            refused: PayloadTooLargeError | None = None
+            try:
+                store.get("ctx-0")
+            except PayloadTooLargeError as exc:
+                refused = exc
+            if refused is None:
+                # A backend that keeps messages (memory) parses nothing, in get as in get_many.
+                assert store.get_many(list(items)) == items
+            else:
+                assert "CONFORMANCE_JSON_LIMIT" in str(refused), str(refused)
+                with pytest.raises(PayloadTooLargeError, match="CONFORMANCE_JSON_LIMIT"):
+                    store.get_many(list(items))
+
+    def test_save_many_encodes_within_the_callers_context(
+        self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # What the caller set for its codec holds in save_many as in save, also where the backend encodes in
+        # worker threads of its own (see test_get_many_decodes_within_the_callers_context). Here it is
+        # reusing_verified_digests, which the artifact server sets around a save: payloads the caller has just
+        # verified are not hashed again. A backend that encodes nothing (memory) hashes nothing either.
+        codec = Codec()
+        encoded = {f"ctx-{index}": codec.encode(Message(content=bytes([index]) * (4096 + index))) for index in range(4)}
+        hashed: list[int] = []
+        verified: set[int] = set()
+        real = envelope_module._digest
+
+        def counting(data: bytes | memoryview) -> str:
+            # Only the caller's own payloads count: a server behind the store (http) verifies what it
+            # receives, in bytes of its own.
+            if id(data.obj if isinstance(data, memoryview) else data) in verified:
+                hashed.append(len(data))
+            return real(data)
+
+        monkeypatch.setattr(envelope_module, "_digest", counting)
+        with reusing_verified_digests():
+            messages = {step_id: codec.decode(blob.head, blob.payload) for step_id, blob in encoded.items()}
+            verified = {id(message.content) for message in messages.values()}
+            store.save_many(messages)
+            assert hashed == [], "save_many hashed payloads the caller had verified: it encoded outside its context"
+        assert store.get_many(list(messages)) == messages
+
+    def test_save_many_rejects_duplicates_and_conflicts(self, store: ArtifactStore) -> None:
+        with pytest.raises(InvalidStepIdError):
+            store.save_many([("a", Message(content=1)), ("a", Message(content=2))])
+        assert not store.exists("a")
+        store.save("a", Message(content=1))
+        with pytest.raises(ArtifactExistsError):
+            store.save_many([("a", Message(content=2))])
+        store.save_many([("a", Message(content=2))], overwrite=True)
+        assert store.get("a").content == 2
+
+    # -- streaming ------------------------------------------------------------------------------------
+
+    def test_stream_round_trip(self, store: ArtifactStore) -> None:
+        payload = bytes(itertools.islice(itertools.cycle(range(253)), 3 * 1024 * 1024 + 17))
+        schema = SchemaInfo(name="tests.Blob", version="1")
+        before = datetime.now(UTC)
+        store.save_stream(
+            "stream", io.BytesIO(payload), media_type="application/x-test", schema=schema, metadata={"k": 1}
+        )
+        after = datetime.now(UTC)
+        got = store.get("stream")
+        assert got.content == payload
+        assert got.media_type == "application/x-test"
+        assert got.schema == schema
+        assert got.metadata == {"k": 1}
+        assert before <= got.created_at <= after
+        with store.open("stream") as handle:
+            chunks = []
+            while chunk := handle.read(256 * 1024):
+                chunks.append(chunk)
+        assert b"".join(chunks) == payload
+        store.save_stream(
+            "stream", io.BytesIO(payload), media_type="application/x-test", schema=schema, metadata={"k": 1}
+        )
+        with pytest.raises(ArtifactExistsError):
+            store.save_stream("stream", io.BytesIO(b"different"))
+        with pytest.raises(ArtifactNotFoundError):
+            store.open("missing")
+
+    def test_small_stream_keeps_its_fields(self, store: ArtifactStore) -> None:
+        # Small streams may take a backend's non-streaming path; they keep every field all the same.
+        schema = SchemaInfo(name="tests.Small", version="3")
+        for step_id, payload in (("empty", b""), ("small", b"\x00small\xff")):
+            before = datetime.now(UTC)
+            store.save_stream(step_id, io.BytesIO(payload), schema=schema, metadata={"n": [1, None]})
+            after = datetime.now(UTC)
+            got = store.get(step_id)
+            assert got.content == payload
+            assert got.media_type == "application/octet-stream"
+            assert got.schema == schema
+            assert got.metadata == {"n": (1, None)}
+            assert before <= got.created_at <= after
+            with store.open(step_id) as handle:
+                assert handle.read() == payload
+
+    def test_stream_of_bytearrays_is_stored_as_bytes(self, store: ArtifactStore) -> None:
+        class Chunks(io.RawIOBase):
+            """Returns mutable bytearrays from read(), which IO[bytes] allows a custom stream to do."""
+
+            def __init__(self, data: bytes) -> None:
+                self._data = io.BytesIO(data)
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int | None = -1) -> bytearray:
+                return bytearray(self._data.read(size))
+
+        payload = b"mutable chunks " * 100
+        store.save_stream("chunks", cast(IO[bytes], Chunks(payload)))
+        got = store.get("chunks")
+        assert type(got.content) is bytes
+        assert got.content == payload
+
+    def test_save_stream_refuses_a_non_blocking_stream(self, store: ArtifactStore) -> None:
+        # read() returning None means "nothing ready yet" on a non-blocking stream. Taking it for the end
+        # would store the artifact cut short; every backend refuses such a stream instead, streaming or not.
+        class NonBlocking(io.RawIOBase):
+            def __init__(self, *steps: bytes | None) -> None:
+                self._steps = list(steps)
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int | None:
+                if not self._steps:
+                    return 0
+                step = self._steps[0]
+                if step is None:
+                    self._steps.pop(0)
+                    return None
+                count = min(len(buffer), len(step))
+                buffer[:count] = step[:count]
+                self._steps[0] = step[count:]
+                if not self._steps[0]:
+                    self._steps.pop(0)
+                return count
+
+        for steps in ((None, b"late bytes"), (b"early bytes", None, b"late bytes")):
+            with pytest.raises(SerializationError, match="blocking stream"):
+                store.save_stream("non-blocking", cast(IO[bytes], NonBlocking(*steps)))
+            assert not store.exists("non-blocking")
+
+    def test_save_stream_refuses_a_text_stream(self, store: ArtifactStore) -> None:
+        # A file opened without 'b' is the common mistake. It used to fail inside the backend with a bare
+        # TypeError, reported as the backend failing ("save_stream failed in backend ...: TypeError").
+        text = io.StringIO("some text")
+        with pytest.raises(TypeError, match="binary stream"):
+            store.save_stream("text", cast(IO[bytes], text))
+        assert text.tell() == 0  # refused before anything was read
+        assert not store.exists("text")
+
+        class StrChunks(io.RawIOBase):
+            """A custom stream whose read() returns str (not an io.TextIOBase, so seen only when read)."""
+
+            def __init__(self) -> None:
+                self._chunks = ["some text"]
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int | None = -1) -> Any:
+                return self._chunks.pop() if self._chunks else ""
+
+        with pytest.raises(SerializationError, match="binary stream") as info:
+            store.save_stream("text", cast(IO[bytes], StrChunks()))
+        assert info.value.step_id == "text"
+        assert not store.exists("text")
+
+    def test_save_stream_does_not_blame_the_backend_for_a_failing_stream(self, store: ArtifactStore) -> None:
+        # The caller's source failing (a disk error, a dropped download) is not the backend failing: the error
+        # must not claim the backend is unavailable or invite a retry (the stream is spent), it must chain the
+        # stream's own exception, and nothing may be stored.
+        class Failing(io.RawIOBase):
+            def __init__(self, error: Exception) -> None:
+                self._error = error
+                self._sent = False
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int:
+                if self._sent:
+                    raise self._error
+                self._sent = True
+                buffer[:5] = b"first"
+                return 5
+
+        errors = (OSError(5, "Input/output error"), ConnectionResetError(104, "reset"), ValueError("bad chunk"))
+        for error in errors:
+            with pytest.raises(ArtifactStoreError) as info:
+                store.save_stream("failing-source", cast(IO[bytes], Failing(error)))
+            raised = info.value
+            # Every backend reports it alike: the caller's data could not be read (SerializationError).
+            assert isinstance(raised, SerializationError), f"{type(raised).__name__}: {raised}"
+            assert not raised.retryable, f"{type(raised).__name__}: {raised}"
+            assert not isinstance(raised, (BackendUnavailableError, BackendTimeoutError)), raised
+            causes = []
+            cause: BaseException | None = raised
+            while cause is not None:
+                causes.append(cause)
+                cause = cause.__cause__
+            assert error in causes, f"the stream's error is not chained: {raised!r}"
+            assert not store.exists("failing-source")
+
+    def test_open_text_and_json(self, store: ArtifactStore) -> None:
+        store.save("t", Message(content="héllo"))
+        with store.open("t") as handle:
+            assert handle.read() == "héllo".encode()
+        # Large enough to be stored compressed: open() still yields the plain UTF-8 JSON.
+        content = {"rows": [f"row {i}" for i in range(30_000)]}
+        store.save("j", Message(content=content))
+        with store.open("j") as handle:
+            assert json.loads(handle.read()) == content
+
+    def test_open_returns_a_read_only_stream(self, store: ArtifactStore) -> None:
+        # Payloads of every kind and size, so both of a backend's paths are held to it: the payload kept in
+        # memory (small, text, compressed JSON) and the streamed one (large bytes).
+        large = bytes(itertools.islice(itertools.cycle(range(251)), 3 * 1024 * 1024 + 5))
+        rows = {"rows": [f"row {i}" for i in range(30_000)]}  # large enough to be stored compressed
+        payloads: dict[str, tuple[Message, bytes]] = {
+            "empty": (Message(content=b""), b""),
+            "small": (Message(content=b"\x00small\xff"), b"\x00small\xff"),
+            "large": (Message(content=large), large),
+            "text": (Message(content="héllo"), "héllo".encode()),
+            "json": (Message(content=rows), b""),
+        }
+        for step_id, (message, expected) in payloads.items():
+            store.save(step_id, message)
+            with store.open(step_id) as handle:
+                assert handle.readable(), step_id
+                assert not handle.writable(), step_id
+                changes: list[Callable[[], object]] = [
+                    lambda: handle.write(b"x"),
+                    lambda: handle.writelines([b"x"]),
+                    lambda: handle.truncate(0),
+                ]
+                for change in changes:
+                    with pytest.raises(io.UnsupportedOperation):
+                        change()
+                first = handle.read(1)
+                if handle.seekable():
+                    # Seekable or not is the stream's to say; one that says so must seek.
+                    assert handle.seek(0) == 0
+                    first = b""
+                got = first + handle.read()
+            assert handle.closed
+            with pytest.raises(ValueError, match="closed"):
+                handle.read()
+            if step_id == "json":
+                assert json.loads(got) == rows
+            else:
+                assert got == expected, step_id
+            # The refused writes changed nothing, in the store or in what a second reader gets.
+            assert store.get(step_id).content == message.content
+            with store.open(step_id) as again:
+                assert again.read() == got
+
+    def test_save_stream_refuses_invalid_fields_before_reading(self, store: ArtifactStore) -> None:
+        # Whether the backend streams or not, bad fields are the same SerializationError, and nothing is read.
+        stream = io.BytesIO(b"never read")
+        for fields in ({"metadata": {"k": {1, 2}}}, {"media_type": "text/\ud800"}, {"metadata": {"k": math.nan}}):
+            with pytest.raises(SerializationError):
+                store.save_stream("s", stream, **fields)
+        assert stream.tell() == 0
+        assert not store.exists("s")
+
+    # -- size bound -----------------------------------------------------------------------------------
+
+    def _size_bound(self, store: ArtifactStore) -> int:
+        """The store's size bound, checked for its type and against the backend's declared ceiling; skips
+        (a declared-capability skip) when the store knows none."""
+        bound = store._max_artifact_bytes()
+        assert bound is None or (type(bound) is int and bound >= 1), f"not a size bound: {bound!r}"
+        ceiling = store.capabilities.max_artifact_bytes
+        if ceiling is not None:
+            assert bound is not None, "capabilities.max_artifact_bytes is declared, but the store reports no bound"
+            assert bound <= ceiling, f"bound {bound} above the declared max_artifact_bytes {ceiling}"
+        if bound is None:
+            _not_declared(store, "a size bound (capabilities.max_artifact_bytes or _max_artifact_bytes())")
+        return bound
+
+    def _check_too_large(self, store: ArtifactStore, error: ArtifactStoreError, step_id: str) -> None:
+        assert isinstance(error, CapacityError), f"{type(error).__name__}: {error}"
+        assert (error.step_id, error.namespace, error.backend) == (step_id, store.namespace, store.backend_name)
+        assert repr(step_id) in str(error), str(error)
+        assert not store.exists(step_id)
+
+    def test_save_refuses_content_over_the_size_bound(self, store: ArtifactStore) -> None:
+        # The bound is a promise that save_stream relies on to stop reading: a save beyond it must never be
+        # accepted, or save_stream would refuse a stream that save keeps.
+        bound = self._size_bound(store)
+        if bound > self.size_bound_limit:
+            return  # too large to send here; its type and ceiling were checked
+        with pytest.raises(ArtifactStoreError) as info:
+            store.save("over-bound", Message(content=bytes(bound + 1)))
+        self._check_too_large(store, info.value, "over-bound")
+
+    def test_save_stream_stops_reading_past_the_size_bound(
+        self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A stream the backend can never accept (endless, or 10 GB for a 1 MB store) is refused as soon as it
+        # is longer than the bound, with the backend's own error, read no further, and nothing is stored.
+        bound = self._size_bound(store)
+        streaming = store.capabilities.streaming
+        if bound > self.size_bound_limit:
+            if streaming:
+                return  # a streaming backend bounds its own reads; too large to read here
+            # The same path of the core and the backend's own error, without reading hundreds of megabytes.
+            bound = 1024 * 1024
+            monkeypatch.setattr(store, "_max_artifact_bytes", lambda: bound)
+        stream = ZeroStream(cutoff=bound + 64 * 1024 * 1024)
+        with pytest.raises(ArtifactStoreError) as info:
+            store.save_stream("endless", cast(IO[bytes], stream))
+        self._check_too_large(store, info.value, "endless")
+        assert stream.read_bytes > bound
+        if not streaming:
+            # One byte past the bound proves the stream too large; the core reads no more than that.
+            assert stream.read_bytes == bound + 1
+        store.save_stream("after", io.BytesIO(b"still usable"))
+        assert store.get("after").content == b"still usable"
+
+    def test_streaming_capability_is_implemented(self, store: ArtifactStore) -> None:
+        if not store.capabilities.streaming:
+            _not_declared(store, "streaming")
+        assert type(store)._save_stream is not ArtifactStore._save_stream
+        assert type(store)._open is not ArtifactStore._open
+
+    # -- ttl ------------------------------------------------------------------------------------------
+
+    def test_ttl(self, store: ArtifactStore) -> None:
+        if not store.capabilities.native_ttl:
+            with pytest.raises(UnsupportedOperationError):
+                store.save("t", Message(content=1), ttl=60)
+            _not_declared(store, "native_ttl")
+        short = timedelta(milliseconds=300)
+        # Saved first, so that its first expiry has passed once the others' have: an overwrite without a
+        # ttl stores an artifact that never expires, and must not keep the replaced one's expiry (which
+        # would silently delete what the caller saved for good).
+        store.save("renewed", Message(content="expiring"), ttl=short)
+        store.save("renewed", Message(content="kept"), overwrite=True)
+        store.save("short", Message(content=1), ttl=short)
+        # Every way of saving takes the ttl: a batch or stream path that drops it keeps artifacts for ever.
+        store.save_many({"short-many-a": Message(content=4), "short-many-b": Message(content=5)}, ttl=short)
+        store.save_stream("short-stream", io.BytesIO(b"streamed"), ttl=short)
+        store.save("long", Message(content=2), ttl=3600)
+        store.save("forever", Message(content=3))
+        expiring = ("short", "short-many-a", "short-many-b", "short-stream")
+        deadline = time.monotonic() + 10
+        while any(store.exists(step_id) for step_id in expiring):
+            left = [step_id for step_id in expiring if store.exists(step_id)]
+            assert time.monotonic() < deadline, f"artifacts saved with a 300 ms TTL still exist after 10 s: {left}"
+            time.sleep(0.05)  # polling for expiry, not synchronisation
+        # An expired artifact is gone from every read, not only from the ones checked above (a batch read or
+        # a page that skips the expiry check serves it on).
+        for step_id in expiring:
+            with pytest.raises(ArtifactNotFoundError):
+                store.get(step_id)
+            with pytest.raises(ArtifactNotFoundError):
+                store.info(step_id)
+            with pytest.raises(ArtifactNotFoundError):
+                store.open(step_id).close()
+        try:
+            found = store.get_many(["forever", *expiring])
+        except ArtifactNotFoundError as exc:
+            missing = exc.missing_ids
+        else:
+            pytest.fail(f"get_many returned expired artifacts: {sorted(set(found) - {'forever'})}")
+        assert missing == expiring, f"get_many returned expired artifacts: {sorted(set(expiring) - set(missing))}"
+        assert store.exists("renewed"), "an overwrite without a ttl kept the replaced artifact's expiry"
+        assert store.get("renewed").content == "kept"
+        kept = ["forever", "long", "renewed"]
+        assert sorted(info.step_id for info in store.list()) == kept
+        listed = [info.step_id for info in store.list_page()]
+        assert listed == kept, f"list_page listed {listed}, not {kept}: expired artifacts"
+
+    # -- concurrency ----------------------------------------------------------------------------------
+
+    def test_threads_save_and_read_concurrently(self, store: ArtifactStore) -> None:
+        errors: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                for i in range(50):
+                    step_id = f"w{worker}-{i}"
+                    store.save(step_id, Message(content={"w": worker, "i": i}))
+                    assert store.get(step_id).content == {"w": worker, "i": i}
+                    if i % 10 == 0:
+                        assert store.exists(f"w{worker}-0")
+            except BaseException as exc:  # collected and re-raised by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(list(store.list())) == 8 * 50
+        for worker in range(8):
+            assert store.get(f"w{worker}-49").content == {"w": worker, "i": 49}
+
+    # -- failures are typed ---------------------------------------------------------------------------
+
+    def test_failures_are_typed(self, store: ArtifactStore) -> None:
+        with pytest.raises(TypeError):
+            store.save("x", {"not": "a message"})  # type: ignore[arg-type]
+        with pytest.raises(ArtifactNotFoundError):
+            store.get("x")
+        store.close()
+        store.close()  # idempotent
+        with pytest.raises(StoreClosedError):
+            store.get("x")
+        with pytest.raises(StoreClosedError):
+            store.save("x", Message(content=1))
+
+    def test_errors_name_what_they_concern(self, store: ArtifactStore) -> None:
+        store.save("named", Message(content=1))
+        with pytest.raises(ArtifactExistsError) as info:
+            store.save("named", Message(content=2))
+        error = info.value
+        assert error.backend == store.backend_name
+        assert error.namespace == store.namespace
+        assert isinstance(error, ArtifactStoreError)
+        assert error.retryable is False
+
+    def test_reads_verify_the_stored_digest(self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        # A byte-storing backend must verify what it reads (codec.decode, decode_bytes, decode_payload or a
+        # PayloadVerifier), never rebuild a message from stored bytes it did not check. The store's own codec
+        # is made to damage one payload byte after computing its digest, as a bad disk or a tampering writer
+        # would; every read of that artifact must then raise ArtifactCorruptedError.
+        codec = store.codec
+        encode = codec.encode
+        damaged: list[str] = []
+
+        payload = b"a payload whose last byte is flipped once encoded"
+
+        def damaging_encode(message: Message, *, place: tuple[str, str] | None = None) -> Encoded:
+            encoded = encode(message, place=place)
+            # Recognised by its content, not by place: a backend that passes no place must be checked too.
+            if message.content != payload:
+                return encoded
+            damaged.append("damaged")
+            flipped = encoded.payload[:-1] + bytes([encoded.payload[-1] ^ 0x01])
+            return dataclasses.replace(encoded, payload=flipped)
+
+        monkeypatch.setattr(codec, "encode", damaging_encode)
+        try:
+            store.save("damaged", Message(content=payload))
+        except ArtifactCorruptedError:
+            # Verified on the way in (a server that checks what it is sent): refused, and nothing stored.
+            assert not store.exists("damaged")
+            return
+        if not damaged:
+            # The backend keeps Message objects, not envelopes (as memory does): no stored bytes to damage.
+            assert store.get("damaged").content.endswith(b"encoded")
+            return
+        with pytest.raises(ArtifactCorruptedError) as info:
+            store.get("damaged")
+        assert info.value.step_id == "damaged"
+        with pytest.raises(ArtifactCorruptedError):
+            store.get_many(["damaged"])
+        with pytest.raises(ArtifactCorruptedError):
+            _read_all(store, "damaged")
+
+    def test_every_codec_call_names_the_artifacts_place(
+        self, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # With a signing key (ARTIFACT_STORE_SIGNING_KEY) the codec binds each signature to the artifact's
+        # place, (namespace, step id), so that an artifact copied to another id or namespace is refused. It
+        # can only do so when the backend passes place= to every call that writes or verifies a head; one that
+        # passes none works without a key (as every other test here runs) and with one, and never refuses a
+        # copy. Each such call on the store's codec is recorded here with the place it was given.
+        codec = store.codec
+        calls: list[tuple[str, object]] = []
+        for name in ("encode", "encode_stream_head", "decode", "decode_bytes", "decode_head", "header_of"):
+            real = getattr(codec, name)
+
+            def recording(*args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+                calls.append((_name, kwargs.get("place")))
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(codec, name, recording)
+        ids = ("placed", "placed/many", "placed-stream")
+        store.save(ids[0], Message(content={"k": [1, 2]}))
+        store.save(ids[0], Message(content={"k": [1, 2]}))  # an identical retry compares with the stored one
+        store.save_many({ids[1]: Message(content=b"\x00many")})
+        store.save_stream(ids[2], io.BytesIO(b"streamed " * 1000))
+        store.get(ids[0])
+        store.get_many(list(ids))
+        store.info(ids[1])
+        list(store.list())
+        _read_all(store, ids[2])
+        wrong = sorted(
+            {f"{name}(place={place!r})" for name, place in calls if place not in {(store.namespace, i) for i in ids}}
+        )
+        assert not wrong, (
+            f"codec calls without the artifact's place=(store.namespace, step_id): {', '.join(wrong)}; with a "
+            "signing key, signatures would not be bound to the artifact, and a copy under another id or "
+            "namespace would be accepted (see docs/writing-a-backend.md)"
+        )
+
+    def test_registered_as_it_names_itself(self, store: ArtifactStore) -> None:
+        # Errors name store.backend_name; the pipeline runtime and `artifactstore backends` read the
+        # capabilities registered in the BackendSpec, the kit and the store read the class's: they must agree.
+        assert store.backend_name != ArtifactStore.backend_name, (
+            f"{type(store).__name__} does not set backend_name: its errors would name backend 'unknown'"
+        )
+        try:
+            spec = plugin_host().load(store.backend_name)
+        except BackendNotFoundError:
+            return  # a store class tested on its own, not installed as a plugin: no registration to compare
+        assert spec.capabilities == store.capabilities, (
+            f"backend {store.backend_name!r} registered {spec.capabilities} but its store declares {store.capabilities}"
+        )
+
+    def test_failures_are_raised_never_reported_as_absent(self, make_unreachable_store: MakeStore | None) -> None:
+        # "Absent" and "could not ask" must never be confused: a pipeline that takes a failed exists() for
+        # False re-runs a step or skips one, and a listing that hides an error makes clear() report 0.
+        if make_unreachable_store is None:
+            pytest.skip(
+                f"{CAPABILITY_SKIP} no make_unreachable_store fixture, so failures of an unreachable backend "
+                "are not checked"
+            )
+        try:
+            store = make_unreachable_store(f"kit-{uuid.uuid4().hex[:12]}")
+        except (BackendUnavailableError, BackendTimeoutError):
+            # Refused when built, as a backend that connects in its constructor does: no store exists, so no
+            # operation can answer for the backend, and the caller was told it is unreachable (retryable).
+            return
+        except Exception as exc:
+            pytest.fail(
+                f"building a store on an unreachable backend raised {exc!r}; a backend that connects when a "
+                "store is built must raise BackendUnavailableError (or BackendTimeoutError) there, and one that "
+                "connects later must build the store and raise a BackendError from its operations"
+            )
+        calls: dict[str, Callable[[], object]] = {
+            "exists": lambda: store.exists("x"),
+            "get": lambda: store.get("x"),
+            "get_many": lambda: store.get_many(["x", "y"]),
+            "info": lambda: store.info("x"),
+            "list": lambda: list(store.list()),
+            "delete": lambda: store.delete("x"),
+            "save": lambda: store.save("x", Message(content=1)),
+            "clear": store.clear,
+        }
+        try:
+            for name, call in calls.items():
+                outcome: object
+                try:
+                    outcome = call()
+                except ArtifactStoreError as exc:
+                    outcome = exc
+                assert isinstance(outcome, BackendError), (
+                    f"{name} on an unreachable backend gave {outcome!r} instead of raising a BackendError"
+                )
+        finally:
+            with contextlib.suppress(ArtifactStoreError):
+                store.close()
+
+    def test_context_manager_closes(self, new_store: Callable[..., ArtifactStore]) -> None:
+        store = new_store()
+        with store as entered:
+            assert entered is store
+            store.save("x", Message(content=1))
+            store.clear()
+        assert store.closed
+
+    # -- property-based -------------------------------------------------------------------------------
+
+    def test_arbitrary_messages_round_trip(self, store: ArtifactStore) -> None:
+        counter = itertools.count()
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(message=messages)
+        def check(message: Message) -> None:
+            step_id = f"h{next(counter)}"
+            store.save(step_id, message)
+            assert store.get(step_id) == message
+
+        check()
+
+    def test_matches_a_dict_model(self, store: ArtifactStore) -> None:
+        machine = _model_machine(store)
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=20, stateful_step_count=20, deadline=None, suppress_health_check=list(HealthCheck)
+            ),
+        )
+
+
+def _read_all(store: ArtifactStore, step_id: str) -> bytes:
+    """Everything ``store.open(step_id)`` yields, read to its end in chunks, as a streaming reader does."""
+    chunks = []
+    with store.open(step_id) as handle:
+        while chunk := handle.read(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _model_machine(store: ArtifactStore) -> type[RuleBasedStateMachine]:
+    ids = st.sampled_from(["a", "b", "A", "a/b", "..", "é", "x" * 40])
+    small = st.builds(
+        Message,
+        content=st.one_of(st.integers(0, 3), st.sampled_from(["s", "t"]), st.sampled_from([b"\x00", b"\x01"])),
+        created_at=st.just(datetime(2026, 1, 1, tzinfo=UTC)),
+    )
+
+    class StoreMatchesDict(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            store.clear()
+            self.model: dict[str, Message] = {}
+
+        @rule(step_id=ids, message=small, overwrite=st.booleans())
+        def save(self, step_id: str, message: Message, overwrite: bool) -> None:
+            current = self.model.get(step_id)
+            if current is not None and not overwrite and not current.same_artifact(message):
+                with pytest.raises(ArtifactExistsError):
+                    store.save(step_id, message, overwrite=overwrite)
+                return
+            store.save(step_id, message, overwrite=overwrite)
+            if current is None or overwrite:
+                self.model[step_id] = message
+
+        @rule(step_id=ids)
+        def get(self, step_id: str) -> None:
+            if step_id in self.model:
+                assert store.get(step_id).same_artifact(self.model[step_id])
+            else:
+                with pytest.raises(ArtifactNotFoundError):
+                    store.get(step_id)
+
+        @rule(step_id=ids)
+        def delete(self, step_id: str) -> None:
+            assert store.delete(step_id) is (self.model.pop(step_id, None) is not None)
+
+        @rule()
+        def clear(self) -> None:
+            assert store.clear() == len(self.model)
+            self.model.clear()
+
+        @invariant()
+        def same_ids(self) -> None:
+            assert sorted(info.step_id for info in store.list()) == sorted(self.model)
+            for step_id in ("a", "b"):
+                assert store.exists(step_id) is (step_id in self.model)
+
+    return StoreMatchesDict
