@@ -195,8 +195,46 @@ def _end_by(signum: int) -> int:
     return 128 + signum
 
 
+def _printing_to_stdout(option: click.Parameter | None) -> None:
+    """Make ``option`` (``--help``, ``--version``: click prints them while the arguments are parsed, before any
+    command runs) write stdout as a command's output does (:func:`_writing_stdout`). Raises nothing.
+
+    Without it, click's own write into a full disk ended in an ``OSError`` traceback (exit 1), and a closed
+    stdout (``>&-``, for which Python sets ``sys.stdout`` to ``None``) made click print nothing, exit 0.
+    """
+    callback = option.callback if option is not None else None
+    if option is None or callback is None or getattr(callback, "_artifactstore_stdout", False):
+        return
+
+    def printing(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if not value or ctx.resilient_parsing:  # not asked for: it prints nothing
+            return callback(ctx, param, value)
+        with _writing_stdout():
+            return callback(ctx, param, value)
+
+    printing._artifactstore_stdout = True  # type: ignore[attr-defined]
+    option.callback = printing
+
+
 class _Group(click.Group):
     """Turns core errors into one line and an exit code, and a closed stdout into a quiet stop."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)
+        _printing_to_stdout(option)
+        return option
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not isinstance(command, _Group):
+            # Every command's --help, a plugin's included (added with add_command, of any class): asked with the
+            # context the command's own will be (its help option names may be its own). click keeps a command's
+            # help option once built, so the one its parsing uses is the one changed here.
+            own = command.context_class(command, info_name=name, parent=ctx, **command.context_settings)
+            _printing_to_stdout(command.get_help_option(own))
+        return name, command, rest
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
@@ -589,6 +627,13 @@ class _ReadErrors:
 def cli(ctx: click.Context, debug: bool) -> None:
     """Store and inspect the artifacts of pipeline steps."""
     ctx.meta["artifactstore.debug"] = debug
+
+
+# --version is built by click's decorator, out of reach of _Group: it prints as --help does all the same.
+for _param in cli.params:
+    if _param.name == "version":
+        _printing_to_stdout(_param)
+del _param
 
 
 # -- inspection ---------------------------------------------------------------------------------------

@@ -183,6 +183,38 @@ def test_a_closed_stdout_descriptor_is_an_error_not_lost_output(
     assert error == f"error: cannot write to stdout: {os.strerror(errno.EBADF)}\n"
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["ls", "--help"], ["serve", "--help"]])
+@pytest.mark.parametrize("stdout", ["full disk", "closed descriptor"])
+def test_help_and_version_that_cannot_be_written_are_an_error(
+    args: list[str], stdout: str, env: dict[str, str]
+) -> None:
+    # Printed by click while the arguments are parsed, outside every command's handling of stdout: into
+    # /dev/full they ended in click's OSError traceback (exit 1), and with stdout closed (`>&-`) they
+    # printed nothing and exited 0. `serve` is a plugin's command, added with add_command.
+    if stdout == "full disk":
+        with open("/dev/full", "wb") as full:
+            process = _start(args, env, stdout=full)
+        reason = os.strerror(errno.ENOSPC)
+    else:
+        process = _start(args, env, preexec_fn=lambda: os.close(1))
+        reason = os.strerror(errno.EBADF)
+    error = cast_io(process.stderr).read().decode()
+    assert process.wait(timeout=60) == LOCAL_FILE_EXIT_CODE, error
+    assert error == f"error: cannot write to stdout: {reason}\n"
+
+
+@pytest.mark.parametrize("args", [["ls", "--help"], ["serve", "--help"], ["--version"]])
+def test_help_of_a_command_into_a_pipe_already_closed_is_quiet(args: list[str], env: dict[str, str]) -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        process = _start(args, env, stdout=write)
+    finally:
+        os.close(write)
+    assert cast_io(process.stderr).read() == b""
+    assert process.wait(timeout=60) == CLOSED_PIPE_EXIT_CODE
+
+
 def test_put_from_a_closed_stdin_is_one_line(env: dict[str, str]) -> None:
     process = _start(["put", "step"], env, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(0))
     _, error = process.communicate(timeout=60)

@@ -379,14 +379,20 @@ class Executor:
                 if isinstance(pool, WorkerPool):
                     # Workers lead process groups of their own, which the terminal's Ctrl-C does not reach.
                     pool.terminate(interrupt=isinstance(exc, KeyboardInterrupt))
-                exc.add_note(
-                    f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
-                    f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"
-                )
+                _note_interrupted(exc, execution_id, backend)
             raise
         finally:
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                try:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                except BaseException as again:
+                    # A Ctrl-C while this waits for the steps still running on threads: a second one, pressed
+                    # because the first seemed to do nothing, or the first after a step failed. It replaces the
+                    # exception being raised, and with it that one's note: the only place the id of a fresh
+                    # execution is given to resume it.
+                    if not isinstance(again, Exception):
+                        _note_interrupted(again, execution_id, backend)
+                    raise
         death = ""
         unstarted = False
         if failure is not None and isinstance(pool, WorkerPool) and isinstance(failure[1], cfp.BrokenProcessPool):
@@ -742,3 +748,14 @@ def _check_function(step: Step, fn: object) -> None:
             "or use mode='threads'",
             step_id=step.id,
         )
+
+
+def _note_interrupted(exc: BaseException, execution_id: str, backend: str) -> None:
+    """Add to ``exc`` (Ctrl-C, ``SystemExit``) the note that names the interrupted execution and says how to
+    resume it, unless it has it already. Raises nothing."""
+    note = (
+        f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
+        f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"
+    )
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)

@@ -40,7 +40,8 @@ class Step:
     Raises:
         InvalidStepIdError: ``id`` or an input is not a legal step id.
         InvalidPipelineError: ``id`` starts with ``.artifactstore/`` (reserved), ``fn`` is not callable or is
-            an async or generator function (directly or through ``functools.partial``), or an input is listed
+            an async or generator function (directly or through ``functools.partial``), ``inputs`` is neither a
+            str nor an iterable of them (``None``, ``bytes``, :class:`Step` objects), or an input is listed
             twice or is the step itself.
     """
 
@@ -64,8 +65,18 @@ class Step:
                 "a coroutine or generator is not an output. Make it a plain function that returns the output "
                 "(for async code, one that calls asyncio.run on it)"
             )
+        # Checked here with the step named: None (meant as "no inputs") failed as a bare TypeError, and bytes
+        # or Step objects as an InvalidStepIdError about an int or a Step, none of which said which step it was.
+        given: object = inputs  # typed object: the annotation is what a caller should pass, not what it did
+        if not isinstance(given, str | Iterable) or isinstance(given, bytes | bytearray):
+            raise InvalidPipelineError(
+                f"step {id!r}: inputs must be a step id or an iterable of step ids, not {type(given).__name__}"
+            )
         names = (inputs,) if isinstance(inputs, str) else tuple(inputs)
         for name in names:
+            named: object = name
+            if isinstance(named, Step):
+                raise InvalidPipelineError(f"step {id!r}: inputs are step ids, not Step objects: give {named.id!r}")
             validate_step_id(name)
         if len(set(names)) != len(names):
             raise InvalidPipelineError(f"step {id!r} lists an input more than once: {list(names)}")

@@ -358,6 +358,41 @@ def test_a_step_exception_whose_str_fails_is_still_a_step_failure() -> None:
     assert caught.value.execution_id == "unprintable"
 
 
+class _CtrlCAgainWhileWaiting(concurrent.futures.ThreadPoolExecutor):
+    """A thread pool whose shutdown, where run waits for the steps still running, gets a Ctrl-C."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.timeout(60)
+def test_a_second_ctrl_c_while_steps_finish_on_threads_still_names_the_execution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After Ctrl-C, run waits for the steps running on threads; a second Ctrl-C (the first seemed to do
+    # nothing) raised a KeyboardInterrupt without the note, so the id of a fresh execution was lost.
+    started, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(Executor, "_pool", lambda self, steps: _CtrlCAgainWhileWaiting(max_workers=2))
+
+    def slow(inputs: Inputs) -> int:
+        started.set()
+        release.wait(timeout=30)
+        return 1
+
+    def interrupted(inputs: Inputs) -> None:
+        started.wait(timeout=30)
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            Executor().run(Pipeline([Step("slow", slow), Step("x", interrupted)]), execution_id="stopped twice")
+    finally:
+        release.set()
+    assert any("execution_id='stopped twice'" in note for note in getattr(caught.value, "__notes__", ()))
+    assert isinstance(caught.value.__context__, KeyboardInterrupt)  # the first Ctrl-C, raised from the step
+
+
 def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     def interrupted(inputs: Inputs) -> None:
         raise KeyboardInterrupt

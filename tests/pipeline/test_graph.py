@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -82,6 +83,22 @@ def test_cycle_names_only_the_steps_in_it_not_those_downstream() -> None:
 def test_invalid_definitions(make: object, match: str) -> None:
     with pytest.raises(InvalidPipelineError, match=match):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "match"),
+    [
+        (None, "'b': inputs must be a step id or an iterable of step ids, not NoneType"),
+        (3, "'b': inputs must be a step id or an iterable of step ids, not int"),
+        (b"a", "'b': inputs must be a step id or an iterable of step ids, not bytes"),
+        ([Step("a", noop)], "'b': inputs are step ids, not Step objects: give 'a'"),
+    ],
+)
+def test_inputs_that_are_no_step_ids_are_refused_naming_the_step(inputs: object, match: str) -> None:
+    # None ("no inputs") raised a bare TypeError ("'NoneType' object is not iterable"), bytes and Step objects
+    # an InvalidStepIdError about an int or a Step, none of which said which step of the pipeline was wrong.
+    with pytest.raises(InvalidPipelineError, match=re.escape(match)):
+        Step("b", noop, inputs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", ["", "a\nb", "x" * 300])
