@@ -7,6 +7,7 @@ very object that was saved, and lets many threads share one message without copi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import json.encoder
 import json.scanner
@@ -14,7 +15,8 @@ import math
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar, Union
 
@@ -455,6 +457,118 @@ def _validation_summary(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+# Core schema types of the containers pydantic dumps as a list in their iteration order, which for text
+# (hash-randomised per process) differs from one process to the next.
+_SET_SCHEMAS = frozenset({"set", "frozenset"})
+_HOLDS_SET: weakref.WeakKeyDictionary[type[BaseModel], bool] = weakref.WeakKeyDictionary()
+_MISSING = object()
+
+
+def _schema_holds_set(node: Any) -> bool:
+    if isinstance(node, dict):
+        return node.get("type") in _SET_SCHEMAS or any(_schema_holds_set(item) for item in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_schema_holds_set(item) for item in node)
+    return False
+
+
+def _model_holds_set(model_cls: type[BaseModel]) -> bool:
+    """Whether a model of ``model_cls`` can hold a set or frozenset anywhere (looked up once per class)."""
+    holds = _HOLDS_SET.get(model_cls)
+    if holds is None:
+        holds = _HOLDS_SET[model_cls] = _schema_holds_set(getattr(model_cls, "__pydantic_core_schema__", None))
+    return holds
+
+
+def _set_order(items: list[Any]) -> list[Any]:
+    """``items`` (the JSON dump of a set's members) in an order that does not depend on the process: numbers
+    or text in their natural order, anything else by its JSON text."""
+    kinds = {type(item) for item in items}
+    if kinds <= {str} or (kinds <= {int, float} and all(math.isfinite(item) for item in items)):
+        return sorted(items)
+    return sorted(items, key=lambda item: json.dumps(item, sort_keys=True, ensure_ascii=False, default=repr))
+
+
+def _own_serializers(cls: type) -> set[str] | None:
+    """The fields of ``cls`` that its own code serializes (``None``: the whole object is)."""
+    decorators = getattr(cls, "__pydantic_decorators__", None)
+    if decorators is None:
+        return set()
+    if decorators.model_serializers:
+        return None
+    fields = {name for serializer in decorators.field_serializers.values() for name in serializer.info.fields}
+    return None if "*" in fields else fields
+
+
+def _fields_in_order(value: Any, dumped: Mapping[str, Any], names: Iterable[tuple[str, str]]) -> Any:
+    custom = _own_serializers(type(value))
+    if custom is None:
+        return dumped
+    out = dict(dumped)
+    for name, key in names:
+        if name not in custom and key in out:
+            out[key] = _sets_in_order(getattr(value, name, _MISSING), out[key])
+    return _like(dumped, out)
+
+
+def _sets_in_order(value: Any, dumped: Any) -> Any:
+    """``dumped`` (pydantic's JSON dump of ``value``) with every list it made of a set or frozenset in the
+    order of :func:`_set_order`.
+
+    A set has no order, but pydantic dumps it in its iteration order, which for text changes with each
+    process's hash seed: the same model saved from two processes was two different artifacts (an identical
+    retry from another worker was refused as a conflict). Walks ``value`` beside its dump; wherever the two
+    do not have the same shape (a field the model serializes with its own code, an alias it does not use) the
+    dump is left as it was written.
+    """
+    if isinstance(value, (set, frozenset)):
+        if not isinstance(dumped, (list, tuple)) or len(dumped) != len(value):
+            return dumped
+        items = _set_order([_sets_in_order(item, out) for item, out in zip(value, dumped, strict=True)])
+        return items if type(dumped) is list else tuple(items)
+    if not isinstance(dumped, (Mapping, list, tuple)):
+        return dumped
+    if isinstance(value, BaseModel):
+        model_cls = type(value)
+        if model_cls.__pydantic_root_model__:
+            return _sets_in_order(getattr(value, "root", _MISSING), dumped)
+        if not isinstance(dumped, Mapping):
+            return dumped
+        # model_dump(mode="json") writes field names unless the model's config asks for its aliases.
+        by_alias = model_cls.model_config.get("serialize_by_alias", False)
+        names = [
+            (name, (info.serialization_alias or info.alias or name) if by_alias else name)
+            for name, info in model_cls.__pydantic_fields__.items()
+        ]
+        names += [(name, name) for name in value.__pydantic_extra__ or ()]
+        return _fields_in_order(value, dumped, iter(names))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if not isinstance(dumped, Mapping):
+            return dumped
+        return _fields_in_order(value, dumped, ((field.name, field.name) for field in dataclasses.fields(value)))
+    if isinstance(value, Mapping):
+        if not isinstance(dumped, Mapping) or len(value) != len(dumped):
+            return dumped
+        # A dict's dump keeps its order; its keys may be written otherwise (an int key as text).
+        out = {key: _sets_in_order(item, out) for item, (key, out) in zip(value.values(), dumped.items(), strict=True)}
+        return _like(dumped, out)
+    if isinstance(value, (list, tuple)) and not isinstance(dumped, Mapping) and len(value) == len(dumped):
+        items = [
+            out if isinstance(item, _SCALARS) else _sets_in_order(item, out)
+            for item, out in zip(value, dumped, strict=True)
+        ]
+        return items if type(dumped) is list else tuple(items)
+    return dumped
+
+
+_SCALARS = (str, int, float, bool, type(None), bytes)
+
+
+def _like(dumped: Any, out: dict[Any, Any]) -> Any:
+    """``out`` as the mapping type of ``dumped`` (a FrozenDict where the dump was parsed frozen)."""
+    return out if type(dumped) is dict else type(dumped)(out)
+
+
 def _holds_non_finite(value: Any) -> bool:
     """Whether a plain JSON-like value (a model's dump) holds a NaN or infinite float anywhere."""
     if isinstance(value, float):
@@ -702,6 +816,10 @@ with warnings.catch_warnings():
             The schema name is the model class's ``module.QualName``; pass ``version`` to record one. A model
             of the script being run is ``__main__.QualName`` also in the worker processes of
             ``multiprocessing`` (spawn, forkserver), which import that script as ``__mp_main__``.
+            Sets and frozensets are stored in one order (numbers and text sorted, other members by their
+            JSON text), not in their iteration order, which for text differs from process to process: the
+            same model saved from two processes is one artifact. A field the model serializes with its own
+            code is stored as that code writes it.
 
             Raises:
                 SerializationError: pydantic cannot dump the model as JSON (a ``bytes`` field that is not
@@ -719,6 +837,8 @@ with warnings.catch_warnings():
             name = _schema_name(model_cls)
             try:
                 content = model.model_dump(mode="json")
+                if _model_holds_set(model_cls):
+                    content = _sets_in_order(model, content)
             except ValueError as exc:  # UnicodeDecodeError, PydanticSerializationError
                 raise SerializationError(
                     f"cannot dump {name} as JSON: {type(exc).__name__}: {exc} (a bytes field "
@@ -741,7 +861,10 @@ with warnings.catch_warnings():
                     non_finite = False
                 if not non_finite:
                     raise
-            return cls(content=_non_finite_as_strings(model, content, name), schema=schema, metadata=metadata or {})
+            written = _non_finite_as_strings(model, content, name)
+            if _model_holds_set(model_cls):
+                written = _sets_in_order(model, written)
+            return cls(content=written, schema=schema, metadata=metadata or {})
 
         def to_model(self, model: type[Model], *, check_name: bool = True, version: str | None = None) -> Model:
             """Validate the content back into ``model``.

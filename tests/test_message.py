@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_serializer
 
 from artifactstore_core import FrozenDict, Message, SchemaInfo, SchemaMismatchError, SerializationError
 from artifactstore_core import message as message_module
@@ -782,3 +784,107 @@ def test_the_repr_of_a_large_message_shows_the_start_of_its_content_and_its_size
         assert "FrozenDict({'run': 1})" in text
     small = Message(content=b"abc")
     assert repr(small).startswith("Message(content=b'abc', ")
+
+
+# -- sets and frozensets: one dump whatever the process (from_model) -----------------------------------
+
+_SET_PRODUCER = """
+from pydantic import BaseModel
+from artifactstore_core import Message
+from artifactstore_core.envelope import Codec
+
+class Tagged(BaseModel):
+    tags: set[str]
+    groups: dict[str, frozenset[str]]
+
+model = Tagged(tags={f"tag-{n}" for n in range(20)}, groups={"g": frozenset({"x", "y", "z", "w"})})
+print(Codec().encode(Message.from_model(model)).identity_key)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_model_with_sets_is_one_artifact_whatever_the_processs_hash_seed() -> None:
+    # pydantic dumps a set in its iteration order, which for text follows the process's hash seed: the same
+    # model saved by two workers (an identical retry) had two identities, and write-once refused the second.
+    keys = set()
+    for seed in ("1", "2", "3"):
+        done = subprocess.run(
+            [sys.executable, "-c", _SET_PRODUCER],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=80,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        keys.add(done.stdout.strip())
+    assert len(keys) == 1
+
+
+class _Member(BaseModel):
+    marks: frozenset[int]
+
+
+@dataclasses.dataclass
+class _Plain:
+    names: set[str]
+
+
+class _Sets(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    numbers: set[int]
+    members: list[_Member]
+    by_key: dict[int, set[int]]
+    plain: _Plain
+    maybe: set[float] | None = None
+    mixed: set[str | int] = Field(default_factory=set)
+
+
+class _RootSet(RootModel[set[int]]):
+    pass
+
+
+class _OwnOrder(BaseModel):
+    kept: set[int]
+    sorted_too: set[int]
+
+    @field_serializer("kept")
+    def _as_written(self, value: set[int]) -> list[int]:
+        return [8, 1] if value == {1, 8} else sorted(value)
+
+
+def test_from_model_writes_every_set_in_order_and_reads_it_back() -> None:
+    # {1, 8} iterates as 8, 1 (both hash to slot 0 and 1 of an 8-slot table): the dump before the fix.
+    model = _Sets(
+        numbers={1, 8},
+        members=[_Member(marks=frozenset({1, 8}))],
+        by_key={3: {1, 8}},
+        plain=_Plain(names={"b", "a"}),
+        maybe={8.5, 1.5, 16.0},
+        mixed={"a", 8, 1},
+        extra_field={9, 1},
+    )
+    message = Message.from_model(model)
+    content = message.content
+    assert content["numbers"] == (1, 8)
+    assert content["members"] == ({"marks": (1, 8)},)
+    assert content["by_key"] == {"3": (1, 8)}
+    assert content["plain"] == {"names": ("a", "b")}
+    assert content["maybe"] == (1.5, 8.5, 16.0)
+    assert content["mixed"] == ("a", 1, 8)  # by JSON text: "a" (a quote first), 1, 8
+    assert content["extra_field"] == (1, 9)
+    back = message.to_model(_Sets)
+    # (An extra field has no type to read its list back as a set.)
+    assert back.model_dump(exclude={"extra_field"}) == model.model_dump(exclude={"extra_field"})
+    assert back.numbers == {1, 8}
+    assert Message.from_model(_RootSet({8, 1})).content == (1, 8)
+    # A field the model serializes itself is stored as its serializer wrote it.
+    own = Message.from_model(_OwnOrder(kept={1, 8}, sorted_too={8, 1})).content
+    assert own == {"kept": (8, 1), "sorted_too": (1, 8)}
+
+
+def test_a_model_without_sets_is_dumped_as_before() -> None:
+    assert not message_module._model_holds_set(Summary)
+    assert message_module._model_holds_set(_Sets)
+    assert Message.from_model(Summary(title="t", words=3)).content == {"title": "t", "words": 3}
