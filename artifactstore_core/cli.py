@@ -1501,6 +1501,19 @@ def demo(ctx: click.Context, backend: str | None, namespace: str | None) -> None
         if isinstance(exc.__cause__, errors.ArtifactStoreError):
             ctx.meta[_EXIT_CODE_META] = exit_code(exc.__cause__)
         raise
+    except KeyboardInterrupt as exc:
+        # The pipeline names the interrupted execution in a note of the exception, which the command's quiet
+        # `aborted` does not show: a fresh execution's id (and its kept artifacts) was lost to the user.
+        interrupted = getattr(exc, "_artifactstore_interrupted", None)
+        if interrupted is not None:
+            again = shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", interrupted[0]])
+            with suppress(OSError, ValueError):
+                stderr.print(
+                    f"execution {interrupted[0]!r} was interrupted; the artifacts of the steps that finished are "
+                    f"kept: run `{again}` to resume",
+                    markup=False,
+                )
+        raise
 
 
 def _load_plugin_commands() -> None:

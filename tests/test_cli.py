@@ -1269,6 +1269,35 @@ def test_demo_against_a_backend_that_is_down_exits_6_and_says_how_to_resume_with
     assert "execution_id=" not in result.stderr
 
 
+@pytest.mark.timeout(120)
+def test_demo_interrupted_by_ctrl_c_says_how_to_resume_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The pipeline names an interrupted execution in a note of the KeyboardInterrupt, which the command's
+    # `aborted` did not show: a fresh execution's id, and with it the way to its kept artifacts, was lost.
+    from artifactstore_core.cli import main
+    from artifactstore_core.pipeline import example
+
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path))
+    split_text = example.split_text
+
+    def pressed(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C while the second step runs: the first step's output is kept
+
+    monkeypatch.setattr(example, "split_text", pressed)
+    assert main(["demo", "-b", "filesystem"]) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("aborted\n"), err
+    execution = err.split("execution '")[1].split("'")[0]
+    again = f"artifactstore demo -b filesystem -n {execution}"
+    assert f"was interrupted; the artifacts of the steps that finished are kept: run `{again}` to resume" in err
+    monkeypatch.setattr(example, "split_text", split_text)
+    assert main(again.split()[1:]) == 0
+    resumed = capsys.readouterr().out
+    assert resumed.startswith(f"execution {execution} on backend 'filesystem'")
+    assert "fetch        reused" in resumed
+
+
 @pytest.mark.parametrize(
     ("option", "shown"), [(("--meta", "k=caf\xe9"), "--meta"), (("--media-type", "text/\xff"), "'--media-type'")]
 )

@@ -759,3 +759,5 @@ def _note_interrupted(exc: BaseException, execution_id: str, backend: str) -> No
     )
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
+    # For a caller that words the way to resume its own way (`artifactstore demo -n ID`); a note is text.
+    exc._artifactstore_interrupted = (execution_id, backend)  # type: ignore[attr-defined]
