@@ -282,3 +282,19 @@ def test_a_virtual_hosted_name_that_does_not_exist_says_to_address_by_path(
     assert not info.value.retryable
     assert len(attempts) == 1  # not looked up again: the DNS said the name does not exist
     assert "probe object" not in caplog.text  # nothing was sent, so there is nothing to delete
+
+
+@pytest.mark.timeout(60)
+def test_an_endpoint_from_aws_endpoint_url_that_botocore_refuses_names_that_variable(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: str
+) -> None:
+    # botocore reads AWS_ENDPOINT_URL_S3 when the store's setting is unset, and refuses a query in it at the
+    # first request: the message named only ARTIFACT_STORE_S3_ENDPOINT_URL, which was not set.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"{moto_endpoint}?x=1")
+    store = S3Store(make_settings(moto_endpoint, "any-bucket", endpoint_url=None, conditional_writes="trust"))
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            store.save("a", Message(content=b"x"))
+    finally:
+        store.close()
+    assert "AWS_ENDPOINT_URL_S3" in str(info.value)

@@ -254,7 +254,8 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         # a region that is not a valid name): nothing was sent, and repeating it fails the same way.
         text = redact(str(exc), secrets)[:200]
         return ConfigurationError(
-            f"no S3 endpoint can be resolved for {where}: {text}; check ARTIFACT_STORE_S3_ENDPOINT_URL, "
+            f"no S3 endpoint can be resolved for {where}: {text}; check ARTIFACT_STORE_S3_ENDPOINT_URL (unset: "
+            "botocore's AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the AWS config file's endpoint_url), "
             "ARTIFACT_STORE_S3_REGION and ARTIFACT_STORE_S3_ADDRESSING_STYLE"
         )
     if isinstance(exc, bx.NoRegionError):
