@@ -255,3 +255,22 @@ def test_a_lost_answer_to_the_first_probe_write_is_not_a_failure(new_s3_store: N
     assert len(lost) == 1
     assert store.get("x").content == 1
     assert all_keys(raw, bucket) == [store.key_of("x")]  # and the probe object is gone
+
+
+@pytest.mark.timeout(60)
+def test_the_refusal_names_an_endpoint_taken_from_aws_endpoint_url(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, bucket: str
+) -> None:
+    # botocore takes the endpoint from AWS_ENDPOINT_URL_S3 when the store's setting is unset: the message
+    # said "the S3 endpoint AWS S3 ignores conditional writes", sending the reader to the wrong service.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    store = S3Store(make_settings(moto_endpoint, bucket, endpoint_url=None))
+    try:
+        ignore_if_none_match(store)
+        with pytest.raises(ConfigurationError) as info:
+            store.save("x", Message(content=1))
+    finally:
+        store.close()
+    message = str(info.value)
+    assert f"the S3 endpoint {moto_endpoint} (from boto3's configuration: AWS_ENDPOINT_URL_S3" in message
+    assert "AWS S3" not in message

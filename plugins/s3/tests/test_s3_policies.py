@@ -172,3 +172,15 @@ def test_the_documented_grants_are_enough(iam_moto: tuple[MotoServer, dict[str, 
         assert store.get("piped").content == payload
         assert {"large", "piped", "small"} <= {info.step_id for info in store.list()}
         assert store.delete("small")
+
+
+def test_the_documented_lifecycle_rules_are_accepted(raw: Any, bucket: str) -> None:
+    # docs/s3.md gives them to paste into put-bucket-lifecycle-configuration: they must be a valid configuration
+    # whose rules cover the store's own prefixes.
+    page = (Path(__file__).parents[3] / "docs" / "s3.md").read_text(encoding="utf-8")
+    block = page.split("put-bucket-lifecycle-configuration", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    rules = json.loads(block)
+    raw.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=rules)
+    stored = raw.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert {rule["Filter"]["Prefix"] for rule in stored} == {"artifactstore/", "artifactstore/.staging/"}
+    assert any(rule.get("AbortIncompleteMultipartUpload") == {"DaysAfterInitiation": 1} for rule in stored)

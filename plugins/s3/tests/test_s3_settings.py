@@ -234,3 +234,67 @@ def test_chain_credentials_with_a_line_break_are_a_configuration_error(
     assert "line break" in str(info.value)
     shown = "".join(traceback.format_exception(info.value))
     assert all(value not in shown for value in credentials.values())
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://127.0.0.1:9000?region=x", "http://127.0.0.1:9000/s3/?", "http://127.0.0.1:9000#/s3", "http://h:9000/#"],
+)
+def test_an_endpoint_with_a_query_or_a_fragment_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # A query was accepted here and refused at the first request ("not a valid URI"); a fragment was dropped
+    # by botocore without a word, with whatever path followed the '#'.
+    monkeypatch.setenv(ENV_PREFIX + "ENDPOINT_URL", value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(S3Settings)
+    assert ENV_PREFIX + "ENDPOINT_URL" in str(info.value)
+    assert ("query" if "?" in value else "fragment") in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value", ["http://key:canary-7e1@127.0.0.1:9000?x=1", "https://h/?X-Amz-Security-Token=canary-7e1#frag"]
+)
+def test_an_endpoint_refused_for_its_query_never_shows_it(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(ENV_PREFIX + "ENDPOINT_URL", value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(S3Settings)
+    assert "canary-7e1" not in "".join(traceback.format_exception(info.value))
+
+
+@pytest.mark.timeout(60)
+def test_a_virtual_hosted_name_that_does_not_exist_says_to_address_by_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # botocore puts the bucket in the host name (bucket.s3.invalid), which no DNS has (RFC 6761): this was a
+    # retryable "cannot reach S3" that never succeeds, after max_attempts lookups, with a warning about a
+    # probe object that was never written, and no word of the addressing style.
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    store = S3Store(make_settings("http://s3.invalid:9000", bucket, addressing_style="virtual", max_attempts=3))
+    attempts: list[str] = []
+    store.client.meta.events.register("before-send.s3", lambda request, **_: attempts.append(request.url))
+    try:
+        with caplog.at_level("WARNING"), pytest.raises(ConfigurationError) as info:
+            store.save("a", Message(content=b"x"))
+    finally:
+        store.close()
+    message = str(info.value)
+    assert f"'{bucket}.s3.invalid'" in message
+    assert "ARTIFACT_STORE_S3_ADDRESSING_STYLE=path" in message
+    assert not info.value.retryable
+    assert len(attempts) == 1  # not looked up again: the DNS said the name does not exist
+    assert "probe object" not in caplog.text  # nothing was sent, so there is nothing to delete
+
+
+@pytest.mark.timeout(60)
+def test_an_endpoint_from_aws_endpoint_url_that_botocore_refuses_names_that_variable(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: str
+) -> None:
+    # botocore reads AWS_ENDPOINT_URL_S3 when the store's setting is unset, and refuses a query in it at the
+    # first request: the message named only ARTIFACT_STORE_S3_ENDPOINT_URL, which was not set.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"{moto_endpoint}?x=1")
+    store = S3Store(make_settings(moto_endpoint, "any-bucket", endpoint_url=None, conditional_writes="trust"))
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            store.save("a", Message(content=b"x"))
+    finally:
+        store.close()
+    assert "AWS_ENDPOINT_URL_S3" in str(info.value)

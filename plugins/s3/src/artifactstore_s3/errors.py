@@ -6,7 +6,9 @@ the S3 error code, the HTTP status and the setting to fix, and never a credentia
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from botocore import exceptions as bx
 
@@ -23,7 +25,15 @@ from artifactstore_core.errors import (
     redact,
 )
 
-__all__ = ["busy_code", "client_error_code", "refused_before_sending", "tls_refused", "translate_error"]
+__all__ = [
+    "busy_code",
+    "client_error_code",
+    "refused_before_sending",
+    "tls_refused",
+    "translate_error",
+    "unresolved_name",
+    "virtual_host_missing",
+]
 
 _ACCESS_CODES = frozenset(
     {
@@ -84,6 +94,42 @@ def tls_refused(exc: BaseException) -> bool:
     return any(refusal in text for refusal in _TLS_REFUSALS)
 
 
+def unresolved_name(exc: BaseException) -> tuple[str, bool] | None:
+    """The host name a connection failed to resolve, and whether the DNS answered that it does not exist
+    (rather than failing for the moment); ``None``: ``exc`` is no name-resolution failure. Raises nothing."""
+    if not isinstance(exc, bx.EndpointConnectionError):
+        return None
+    error: BaseException | None = exc.kwargs.get("error")
+    seen = 0
+    # botocore wraps urllib3's NameResolutionError, which chains the resolver's gaierror.
+    while error is not None and not isinstance(error, socket.gaierror) and seen < 5:
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    if not isinstance(error, socket.gaierror):
+        return None
+    host = urlsplit(str(exc.kwargs.get("endpoint_url", ""))).hostname or "?"
+    return host, error.errno == socket.EAI_NONAME
+
+
+def _virtual_host(exc: BaseException, bucket: str) -> bool:
+    """Whether the request of ``exc`` addressed ``bucket`` by virtual host (``bucket.host/key``), not by path
+    (``host/bucket/key``, whose host may start with the bucket's name too)."""
+    parts = urlsplit(str(exc.kwargs.get("endpoint_url", "")) if isinstance(exc, bx.BotoCoreError) else "")
+    path = parts.path
+    return (
+        bool(bucket)
+        and (parts.hostname or "").startswith(f"{bucket.lower()}.")
+        and path != f"/{bucket}"
+        and not path.startswith(f"/{bucket}/")
+    )
+
+
+def virtual_host_missing(exc: BaseException, bucket: str) -> bool:
+    """Whether ``exc`` is a request that addressed ``bucket`` by virtual host (``bucket.host``) and whose host
+    name the DNS says does not exist: asking again cannot help. Raises nothing."""
+    unresolved = unresolved_name(exc)
+    return unresolved is not None and unresolved[1] and _virtual_host(exc, bucket)
+
+
 def refused_before_sending(exc: BaseException) -> bool:
     """Whether a request failed before the service could act on it: no usable credentials or configuration
     (nothing was signed or sent) or a TLS handshake the client refused (nothing reached the service). Raises
@@ -92,6 +138,9 @@ def refused_before_sending(exc: BaseException) -> bool:
         return False
     if isinstance(exc, bx.SSLError):
         return tls_refused(exc)
+    resolved = unresolved_name(exc)
+    if resolved is not None and resolved[1]:
+        return True  # a name that does not exist: no attempt reached any service
     return isinstance(translate_error(exc, bucket=""), ConfigurationError)
 
 
@@ -205,7 +254,8 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
         # a region that is not a valid name): nothing was sent, and repeating it fails the same way.
         text = redact(str(exc), secrets)[:200]
         return ConfigurationError(
-            f"no S3 endpoint can be resolved for {where}: {text}; check ARTIFACT_STORE_S3_ENDPOINT_URL, "
+            f"no S3 endpoint can be resolved for {where}: {text}; check ARTIFACT_STORE_S3_ENDPOINT_URL (unset: "
+            "botocore's AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the AWS config file's endpoint_url), "
             "ARTIFACT_STORE_S3_REGION and ARTIFACT_STORE_S3_ADDRESSING_STYLE"
         )
     if isinstance(exc, bx.NoRegionError):
@@ -221,9 +271,30 @@ def translate_error(exc: BaseException, *, bucket: str, secrets: Iterable[str] =
             "ARTIFACT_STORE_S3_ADDRESSING_STYLE=path); check that "
             "ARTIFACT_STORE_S3_ENDPOINT_URL says https:// only for a TLS port"
         )
+    unresolved = unresolved_name(exc)
+    if unresolved is not None and _virtual_host(exc, bucket):
+        host, missing = unresolved
+        # botocore put the bucket in the host name (ARTIFACT_STORE_S3_ADDRESSING_STYLE=virtual; auto does so on
+        # AWS only, whose DNS has every bucket's name): an S3-compatible service without a wildcard DNS record
+        # for its buckets never has that name, so repeating the request cannot help; addressing by path does.
+        advice = (
+            "an S3-compatible service (MinIO, Ceph, a local server) is usually addressed by path: set "
+            "ARTIFACT_STORE_S3_ADDRESSING_STYLE=path; otherwise check the endpoint's host name "
+            "(ARTIFACT_STORE_S3_ENDPOINT_URL, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)"
+        )
+        if missing:
+            return ConfigurationError(
+                f"the virtual-hosted name of {where}, {host!r}, does not exist in the DNS (virtual-hosted "
+                f"addressing puts the bucket in the host name), so no request was sent; {advice}"
+            )
+        return BackendUnavailableError(
+            f"the virtual-hosted name of {where}, {host!r}, could not be resolved for now (the DNS did not "
+            f"answer; retryable); if it never resolves, {advice}"
+        )
     if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
         return BackendUnavailableError(
-            f"cannot reach S3 for {where} ({type(exc).__name__}); check ARTIFACT_STORE_S3_ENDPOINT_URL and the network"
+            f"cannot reach S3 for {where} ({type(exc).__name__}); check ARTIFACT_STORE_S3_ENDPOINT_URL (unset: "
+            "AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the AWS config file's endpoint_url) and the network"
         )
     if isinstance(exc, TimeoutError):
         return BackendTimeoutError(f"S3 request to {where} timed out ({type(exc).__name__})")

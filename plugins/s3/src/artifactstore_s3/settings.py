@@ -74,7 +74,8 @@ class S3Settings(BackendSettings):
     endpoint_url: str | None = Field(
         default=None,
         description="Endpoint of an S3-compatible service (MinIO, Ceph, R2, a local test server), e.g. "
-        "http://127.0.0.1:9000. Unset: AWS S3 for the region. No user info: credentials go in "
+        "http://127.0.0.1:9000. Unset: botocore's own (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the AWS config "
+        "file), else AWS S3 for the region. No query or fragment, and no user info: credentials go in "
         "ARTIFACT_STORE_S3_ACCESS_KEY_ID / ARTIFACT_STORE_S3_SECRET_ACCESS_KEY, which are kept secret.",
     )
     ca_bundle: Path | None = Field(
@@ -90,7 +91,8 @@ class S3Settings(BackendSettings):
     addressing_style: Literal["auto", "virtual", "path"] = Field(
         default="auto",
         description="How the bucket appears in request URLs: 'virtual' (bucket.host), 'path' (host/bucket; "
-        "most S3-compatible services) or 'auto' (botocore decides).",
+        "most S3-compatible services) or 'auto' (botocore decides: virtual on AWS S3, path on an endpoint that "
+        "is set).",
     )
     multipart_threshold: int = Field(
         default=32 * MIB,
@@ -189,6 +191,12 @@ class S3Settings(BackendSettings):
         # (EndpointResolutionError, "not a valid URI"), far from the setting that causes it.
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000")
+        # botocore refuses a query at the first request ("not a valid URI"); a fragment it drops without a word,
+        # and with it whatever path followed the '#'. Neither is part of an endpoint, so say so now.
+        if "?" in value.split("#", 1)[0]:
+            raise ValueError("must not contain a query ('?...'): an endpoint is scheme, host, port and path")
+        if "#" in value:
+            raise ValueError("must not contain a fragment ('#...'): an endpoint is scheme, host, port and path")
         try:
             parts.port  # noqa: B018 (urlsplit checks the port only when it is asked for)
         except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import logging
 import os
@@ -15,6 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import wait
 from typing import IO, TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -42,7 +44,14 @@ from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
 
-from .errors import busy_code, client_error_code, refused_before_sending, tls_refused, translate_error
+from .errors import (
+    busy_code,
+    client_error_code,
+    refused_before_sending,
+    tls_refused,
+    translate_error,
+    virtual_host_missing,
+)
 from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
 from .logs import StoreSecrets
@@ -84,6 +93,14 @@ def _no_retry_of_a_refused_handshake(caught_exception: BaseException | None = No
     client's retry quota). Returning a value would not do: the first value that is not ``None`` wins, and
     older botocore releases retry on any such value, ``False`` included."""
     if caught_exception is not None and tls_refused(caught_exception):
+        raise caught_exception
+
+
+def _no_retry_of_a_missing_name(bucket: str, caught_exception: BaseException | None = None, **_: Any) -> None:
+    """``needs-retry`` handler: a virtual-hosted name of the bucket that the DNS says does not exist (an
+    S3-compatible service addressed as ``bucket.host``) is refused alike however often it is asked for, so
+    it ends the request at once (see :func:`_no_retry_of_a_refused_handshake`)."""
+    if caught_exception is not None and virtual_host_missing(caught_exception, bucket):
         raise caught_exception
 
 
@@ -353,6 +370,9 @@ class S3Store(ArtifactStore):
             ) from exc
         # Ahead of botocore's retry handler (any mode), which retries a refused handshake as a connection error.
         client.meta.events.register_first("needs-retry.s3", _no_retry_of_a_refused_handshake)
+        client.meta.events.register_first(
+            "needs-retry.s3", functools.partial(_no_retry_of_a_missing_name, self._bucket)
+        )
         # Credentials from the environment, a profile or a role are masked in logs as the settings' are. The
         # session keeps what building the client resolved, so this is the very object the client signs with and
         # asks no provider again; only when the chain found nothing does it look once more (requests then fail
@@ -428,6 +448,24 @@ class S3Store(ArtifactStore):
         if self.closed:
             raise self._closed_error()
         return self.client
+
+    def _endpoint_label(self) -> str:
+        """The endpoint this store's client sends to, for a message: botocore's (ARTIFACT_STORE_S3_ENDPOINT_URL,
+        else AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the AWS config file, else AWS S3 for the region), with
+        where it came from when not from this store's settings. Only scheme, host, port and path are shown:
+        an endpoint from boto3's configuration is not checked as the setting is, and may hold user info.
+        Raises nothing."""
+        try:
+            url = urlsplit(str(self.client.meta.endpoint_url))
+            # The host and port as written ([::1] keeps its brackets), without any user info.
+            shown = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}"
+        except Exception:
+            return self._settings.endpoint_url or "(endpoint unknown)"
+        if self._settings.endpoint_url is not None:
+            return shown
+        if (url.hostname or "").endswith(".amazonaws.com"):
+            return f"{shown} (AWS S3)"
+        return f"{shown} (from boto3's configuration: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the AWS config file)"
 
     def _closed_error(self) -> StoreClosedError:
         return StoreClosedError.of_store(
@@ -578,7 +616,7 @@ class S3Store(ArtifactStore):
         if honoured:
             self._conditional[kind] = True
             return
-        endpoint = self._settings.endpoint_url or "AWS S3"
+        endpoint = self._endpoint_label()
         if kind == "put":
             problem = (
                 f"the S3 endpoint {endpoint} ignores conditional writes (If-None-Match: *) on bucket "
@@ -1395,7 +1433,7 @@ class S3Store(ArtifactStore):
                     logger.warning(
                         "the S3 endpoint %s refuses If-Match on DeleteObject (%s); deleting unconditionally, so two "
                         "concurrent deletes of one artifact may both report it deleted",
-                        self._settings.endpoint_url or "AWS S3",
+                        self._endpoint_label(),
                         code or status,
                     )
                     self._conditional_delete = False
