@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 from artifactstore_core.errors import AccessDeniedError, ArtifactStoreError, ConfigurationError
-from artifactstore_core.settings import load_settings
+from artifactstore_core.settings import CoreSettings, load_settings
 
 from .settings import ServerSettings, is_loopback
 
@@ -117,6 +117,14 @@ def serve(
         # Connections inherit it. asyncio sets it only on sockets it created itself; without it each
         # response on a kept-alive connection can wait ~40 ms for a delayed ACK (Nagle's algorithm).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # uvicorn names the address only for sockets it binds itself: without this line an operator saw
+    # "Application startup complete" and not where (the port chosen for --port 0, the prefix) or what it serves.
+    logger.info(
+        "serving the %s backend at %s (%s)",
+        settings.backend or load_settings(CoreSettings).backend,
+        _address(sock, settings.path_prefix.rstrip("/")),
+        "bearer token required" if settings.token is not None else "WITHOUT AUTHENTICATION",
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -139,6 +147,16 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _address(sock: socket.socket, path_prefix: str) -> str:
+    """Where ``sock`` is served, for the log: the base URL clients use on this machine (before any proxy)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"http://[{name[0]}]:{name[1]}{path_prefix}"
+    if sock.family == socket.AF_INET:
+        return f"http://{name[0]}:{name[1]}{path_prefix}"
+    return f"{name!r} (a {sock.family.name} socket), path prefix {path_prefix or '/'}"
 
 
 def _listen(host: str, port: int) -> socket.socket:

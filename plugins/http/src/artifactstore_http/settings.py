@@ -95,9 +95,9 @@ class HttpSettings(BackendSettings):
 
     endpoint: str | None = Field(
         default=None,
-        description="Base URL of the artifact server, e.g. https://artifacts.internal:8765 or "
-        "https://proxy.example/artifactstore (a path prefix is kept). http or https, no user info. Required to "
-        "create a store.",
+        description="Base URL of the artifact server, e.g. http://127.0.0.1:8765 on its own machine (the server "
+        "speaks plain HTTP) or https://proxy.example/artifactstore through a TLS proxy (a path prefix is kept). "
+        "http or https, no user info. Required to create a store.",
     )
     token: SecretStr | None = Field(
         default=None,
