@@ -37,6 +37,7 @@ from artifactstore_core.testing_servers import self_signed_certificate
 from artifactstore_http import HttpStore
 from artifactstore_http.protocol import (
     ERROR_CLASSES,
+    ERROR_HEADER,
     ERROR_STATUS,
     MAX_DETAIL_BYTES,
     PROTOCOL_HEADER,
@@ -797,3 +798,46 @@ def test_signing_keys_are_checked_on_both_sides() -> None:
         pytest.raises(ConfigurationError, match="signed"),
     ):
         store.save("d", Message(content="signed for nobody"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("query", ["?overwrite", "?overwrite=", "?overwrite=yes"])
+def test_an_overwrite_parameter_without_true_or_false_is_refused_naming_it(
+    memory_server: ServerThread, query: str
+) -> None:
+    # "?overwrite" (as a curl user writes it) and "?overwrite=" were dropped by the query parser and read as
+    # false: a save meant to replace got 409, or was write-once without a word.
+    with client_for(memory_server.url, "query-overwrite") as client:
+        client.save("x", Message(content={"v": 1}), overwrite=True)
+        client.save("y", Message(content={"v": 2}), overwrite=True)
+    with httpx.Client(base_url=memory_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+        body = raw.get("/v1/namespaces/query-overwrite/artifacts/y").content
+        answer = raw.put(f"/v1/namespaces/query-overwrite/artifacts/x{query}", content=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.headers[ERROR_HEADER] == "InvalidRequest"
+    assert answer.json()["detail"] == "query parameter 'overwrite' must be overwrite=true or overwrite=false"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["+2", "1_0", "%202", "2%20", "%D9%A2", "", "abc", "0", "10001", "9" * 5000])
+def test_a_limit_that_is_not_plain_decimal_digits_in_range_is_refused_naming_it(
+    memory_server: ServerThread, value: str
+) -> None:
+    # int() took "+2", " 2", "1_0" and other scripts' digits, and a blank limit was dropped (the default
+    # page): the OpenAPI document promises an integer, which another implementation would hold to.
+    with httpx.Client(base_url=memory_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+        answer = raw.get(f"/v1/namespaces/query-limit/artifacts?limit={value}")
+        plain = raw.get("/v1/namespaces/query-limit/artifacts?limit=02")
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"] == "query parameter 'limit' must be an integer from 1 to 10000"
+    assert plain.status_code == 200
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("query", ["?cursor=", "?cursor", "?cursor=%25%25"])
+def test_a_blank_or_malformed_cursor_is_refused_naming_it(memory_server: ServerThread, query: str) -> None:
+    # A blank cursor was dropped and the first page served again: a client looping on a lost cursor restarted.
+    with httpx.Client(base_url=memory_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+        answer = raw.get(f"/v1/namespaces/query-cursor/artifacts{query}")
+    assert answer.status_code == 400, answer.text
+    assert "query parameter 'cursor' is malformed" in answer.json()["detail"]

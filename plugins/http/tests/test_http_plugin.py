@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -37,7 +38,7 @@ from artifactstore_http.protocol import (
 )
 from artifactstore_http.serve import serve
 from artifactstore_http.server import _StoreCache, create_app, default_store_factory
-from artifactstore_http.testing import TOKEN, ServerThread, client_for
+from artifactstore_http.testing import TOKEN, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
 
 
@@ -439,3 +440,25 @@ def test_serve_on_a_port_in_use_is_a_configuration_error_naming_the_address() ->
             assert "ARTIFACT_STORE_SERVER_PORT" in result.stderr
             assert "Uvicorn running" not in result.stderr
             assert result.returncode == (1 if command[1] == "artifactstore_http" else 5)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("env", "args", "auth"),
+    [
+        ({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN}, (), "bearer token required"),
+        ({}, ("--insecure",), "WITHOUT AUTHENTICATION"),
+    ],
+)
+def test_the_server_logs_where_it_serves_what_and_whether_it_asks_for_a_token(
+    tmp_path: Path, env: dict[str, str], args: tuple[str, ...], auth: str
+) -> None:
+    # uvicorn names the address only for a socket it binds itself, and serve binds its own: the log said
+    # "Application startup complete", and not the port (--port 0), the prefix or the backend.
+    server = ServerProcess({"ARTIFACT_STORE_BACKEND": "memory", **env}, tmp_path, *args).start()
+    try:
+        log = server.log
+    finally:
+        server.stop()
+    assert f"serving the memory backend at http://127.0.0.1:{server.port} ({auth})" in log, log
+    assert TOKEN not in log

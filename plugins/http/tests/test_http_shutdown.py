@@ -3,13 +3,16 @@ store closed only after the call that uses it has returned."""
 
 from __future__ import annotations
 
+import signal
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from artifactstore_core import BackendTimeoutError, BackendUnavailableError, Codec, Message
+from artifactstore_core import BackendTimeoutError, BackendUnavailableError, Codec, ConfigurationError, Message
+from artifactstore_core.settings import load_settings
 from artifactstore_core.testing_servers import in_thread
 from artifactstore_http.protocol import (
     ERROR_HEADER,
@@ -19,7 +22,8 @@ from artifactstore_http.protocol import (
     PROTOCOL_VERSION,
 )
 from artifactstore_http.server import create_app
-from artifactstore_http.testing import TOKEN, HoldingProxy, ServerThread, client_for
+from artifactstore_http.settings import ServerSettings
+from artifactstore_http.testing import TOKEN, HoldingProxy, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
 
 
@@ -146,3 +150,43 @@ def test_a_save_whose_body_the_graceful_shutdown_cut_off_is_unavailable_and_save
     assert "nothing was saved" in error.message
     assert slow.events == []
     assert list(space.namespace("cut-body")) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_graceful_shutdown_lasts_the_configured_seconds(tmp_path: Path) -> None:
+    # It was a hard-coded 30 s, the very time after which Kubernetes kills a pod it sent SIGTERM (by default):
+    # the answers the server gives a cut request were never sent. Set to 0.5 s, a held save is answered
+    # (and the server exits) long before 30 s.
+    env = {
+        "ARTIFACT_STORE_SERVER_TOKEN": TOKEN,
+        "ARTIFACT_STORE_SERVER_BACKEND": "memory",
+        "ARTIFACT_STORE_SERVER_SHUTDOWN_TIMEOUT": "0.5",
+    }
+    server = ServerProcess(env, tmp_path).start()
+    content = b"y" * (64 * 1024)
+    proxy = HoldingProxy(server.port, hold_after=len(content) // 2).start()
+    try:
+        with client_for(proxy.url, "short-grace", retries=0, read_timeout=50) as store:
+            thread, outcome = in_thread(lambda: store.save("big", Message(content=content)))
+            assert proxy.held.wait(timeout=30)
+            server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            thread.join(timeout=15)
+            assert not thread.is_alive(), "the save was not answered within 15 s of SIGTERM"
+            # Exited (uvicorn ends by re-raising the signal it caught: -15, as systemd and Kubernetes expect).
+            server.process.wait(timeout=15)  # type: ignore[union-attr]
+    finally:
+        proxy.stop()
+        server.stop()
+    error = outcome[0]
+    assert isinstance(error, BackendUnavailableError), repr(error)
+    assert "nothing was saved" in error.message
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("2.5", 2.5), (None, 30.0)])
+def test_the_shutdown_timeout_setting_takes_seconds(value: str | None, expected: float) -> None:
+    assert load_settings(ServerSettings, shutdown_timeout=value).shutdown_timeout == expected
+
+
+def test_a_negative_shutdown_timeout_is_a_configuration_error_naming_it() -> None:
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_SHUTDOWN_TIMEOUT"):
+        load_settings(ServerSettings, shutdown_timeout=-1)

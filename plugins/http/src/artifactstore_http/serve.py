@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 from artifactstore_core.errors import AccessDeniedError, ArtifactStoreError, ConfigurationError
-from artifactstore_core.settings import load_settings
+from artifactstore_core.settings import CoreSettings, load_settings
 
 from .settings import ServerSettings, is_loopback
 
@@ -56,6 +56,7 @@ def serve(
     max_json_bytes: int | None = None,
     path_prefix: str | None = None,
     log_level: str | None = None,
+    shutdown_timeout: float | None = None,
     fd: int | None = None,
 ) -> None:
     """Run the artifact server until interrupted (SIGINT or SIGTERM stop it gracefully).
@@ -65,12 +66,14 @@ def serve(
     from an argument that would show in a process listing. Binds 127.0.0.1:8765 unless told otherwise.
 
     Args:
+        shutdown_timeout: seconds the requests in flight get to finish after SIGINT or SIGTERM.
         fd: serve on this already-bound listening socket instead of ``host``/``port`` (socket activation).
 
     Raises:
         ConfigurationError: invalid settings (a log level other than debug, info, warning, error or
-            critical), no token without ``insecure``, ``fd`` not an open socket, the server extra missing, or
-            ``host``:``port`` cannot be listened on (in use, not an address of this machine).
+            critical, a negative shutdown timeout), no token without ``insecure``, ``fd`` not an open socket,
+            the server extra missing, or ``host``:``port`` cannot be listened on (in use, not an address of this
+            machine).
         AccessDeniedError: listening on ``port`` is not permitted (below 1024 without the privilege).
         BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
             server does not start).
@@ -85,6 +88,7 @@ def serve(
         max_json_bytes=max_json_bytes,
         path_prefix=path_prefix,
         log_level=log_level,
+        shutdown_timeout=shutdown_timeout,
     )
     try:
         import uvicorn
@@ -113,6 +117,14 @@ def serve(
         # Connections inherit it. asyncio sets it only on sockets it created itself; without it each
         # response on a kept-alive connection can wait ~40 ms for a delayed ACK (Nagle's algorithm).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # uvicorn names the address only for sockets it binds itself: without this line an operator saw
+    # "Application startup complete" and not where (the port chosen for --port 0, the prefix) or what it serves.
+    logger.info(
+        "serving the %s backend at %s (%s)",
+        settings.backend or load_settings(CoreSettings).backend,
+        _address(sock, settings.path_prefix.rstrip("/")),
+        "bearer token required" if settings.token is not None else "WITHOUT AUTHENTICATION",
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -128,12 +140,23 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
+        # Annotated int by uvicorn, which hands it to asyncio.wait_for: any number of seconds works.
+        timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _address(sock: socket.socket, path_prefix: str) -> str:
+    """Where ``sock`` is served, for the log: the base URL clients use on this machine (before any proxy)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"http://[{name[0]}]:{name[1]}{path_prefix}"
+    if sock.family == socket.AF_INET:
+        return f"http://{name[0]}:{name[1]}{path_prefix}"
+    return f"{name!r} (a {sock.family.name} socket), path prefix {path_prefix or '/'}"
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -208,6 +231,12 @@ def serve_command(*, standalone: bool = False) -> Any:
     )
     @click.option("--path-prefix", default=None, help="Path prefix the API is served under, e.g. /artifactstore.")
     @click.option("--log-level", default=None, help="debug, info, warning, error or critical [default: info].")
+    @click.option(
+        "--shutdown-timeout",
+        type=float,
+        default=None,
+        help="Seconds requests in flight get to finish after SIGINT or SIGTERM [default: 30].",
+    )
     @click.option("--fd", type=int, default=None, help="Serve on this inherited, bound socket descriptor.")
     def command(**options: Any) -> None:
         """Serve the configured store over HTTP (token from ARTIFACT_STORE_SERVER_TOKEN)."""

@@ -462,7 +462,11 @@ def _decode_segment(raw: bytes, what: str) -> str:
 
 def _query(request: Request) -> dict[str, str]:
     try:
-        parsed = parse_qs(request.scope.get("query_string", b"").decode("latin-1"), strict_parsing=False)
+        # Blank values kept: parse_qs drops "?overwrite" and "?overwrite=" otherwise, and the parameter was
+        # silently taken as absent (false), though whoever wrote it meant something.
+        parsed = parse_qs(
+            request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True, strict_parsing=False
+        )
     except ValueError:
         raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed query string") from None
     query = {}
@@ -479,7 +483,23 @@ def _bool_param(query: dict[str, str], name: str) -> bool:
         return True
     if value in ("false", "0"):
         return False
-    raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", f"query parameter {name!r} must be true or false")
+    raise _ProblemError(
+        400, PROBLEM_BAD_REQUEST, "Bad request", f"query parameter {name!r} must be {name}=true or {name}=false"
+    )
+
+
+def _int_param(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    # Plain ASCII decimal digits only: int() also takes "+5", " 5", "1_000" and other scripts' digits, which
+    # the OpenAPI document's integer does not allow and another server implementation would refuse. The length
+    # is checked first: int() raises on more than 4300 digits.
+    if value.isascii() and value.isdigit() and len(value.lstrip("0")) <= len(str(high)) and low <= int(value) <= high:
+        return int(value)
+    raise _ProblemError(
+        400, PROBLEM_BAD_REQUEST, "Bad request", f"query parameter {name!r} must be an integer from {low} to {high}"
+    )
 
 
 class _App:
@@ -919,20 +939,18 @@ class _App:
 
     async def _list(self, request: Request, namespace: str) -> Response:
         query = _query(request)
-        try:
-            limit = int(query.get("limit", DEFAULT_LIST_LIMIT))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise _ProblemError(
-                400, PROBLEM_BAD_REQUEST, "Bad request", f"limit must be an integer from 1 to {MAX_LIST_LIMIT}"
-            )
+        limit = _int_param(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
         after: str | None = None
         if "cursor" in query:
             try:
                 after = decode_cursor(query["cursor"])
             except ValueError:
-                raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed cursor") from None
+                raise _ProblemError(
+                    400,
+                    PROBLEM_BAD_REQUEST,
+                    "Bad request",
+                    "query parameter 'cursor' is malformed: pass the next_cursor of the previous page unchanged",
+                ) from None
 
         def work() -> list[ArtifactInfo]:
             with self._cache.acquire(namespace) as store:

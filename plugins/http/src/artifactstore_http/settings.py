@@ -95,9 +95,9 @@ class HttpSettings(BackendSettings):
 
     endpoint: str | None = Field(
         default=None,
-        description="Base URL of the artifact server, e.g. https://artifacts.internal:8765 or "
-        "https://proxy.example/artifactstore (a path prefix is kept). http or https, no user info. Required to "
-        "create a store.",
+        description="Base URL of the artifact server, e.g. http://127.0.0.1:8765 on its own machine (the server "
+        "speaks plain HTTP) or https://proxy.example/artifactstore through a TLS proxy (a path prefix is kept). "
+        "http or https, no user info. Required to create a store.",
     )
     token: SecretStr | None = Field(
         default=None,
@@ -221,6 +221,13 @@ class ServerSettings(BackendSettings):
         description="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted.",
     )
     log_level: str = Field(default="info", description="Server log level (debug, info, warning, error).")
+    shutdown_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds the requests in flight are given to finish after SIGINT or SIGTERM; a request still "
+        "running then is answered 504 (503 for a save whose body was still arriving). Keep it below the time "
+        "the process manager waits before killing the server (Kubernetes' terminationGracePeriodSeconds).",
+    )
 
     @field_validator("log_level")
     @classmethod
