@@ -220,7 +220,9 @@ class ServerSettings(BackendSettings):
         default="127.0.0.1",
         description="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted.",
     )
-    log_level: str = Field(default="info", description="Server log level (debug, info, warning, error).")
+    log_level: str = Field(
+        default="info", description="Server log level (debug, info, warning, error or critical; any case)."
+    )
     shutdown_timeout: float = Field(
         default=30.0,
         ge=0,
