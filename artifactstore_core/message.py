@@ -789,7 +789,7 @@ with warnings.catch_warnings():
                 if stored != version:
                     held = f"version {stored!r}" if stored is not None else "no version"
                     raise SchemaMismatchError(
-                        f"message holds schema {held} of {_schema_name(model)}, not version {version!r}"
+                        f"message holds {held} of schema {_schema_name(model)}, not version {version!r}"
                     )
             content = self.content
             try:
