@@ -442,6 +442,23 @@ def _same_schema_name(stored: str, expected: str) -> bool:
     return stored == expected
 
 
+def _name_mismatch(stored: str, expected: str) -> str:
+    """The message of a ``to_model`` refused for its schema name, saying what to do about it."""
+    text = f"message holds schema {stored!r}, not {expected!r}"
+    if stored.rpartition(".")[2] == expected.rpartition(".")[2] and _MAIN in (
+        stored[: len(_MAIN)],
+        expected[: len(_MAIN)],
+    ):
+        # The usual cause: the producer ran the script that defines the model (recorded as __main__), and the
+        # reader imports the model from that file as a module (or the other way round). The name alone
+        # cannot tell it is the same class, so say how to make the names agree.
+        return (
+            f"{text}: one side defined the model in the script it ran ('__main__'); define the model in a "
+            "module both the producer and the reader import, or pass check_name=False if it is the same model"
+        )
+    return f"{text}; validate as the model the producer used, or pass check_name=False to skip the name check"
+
+
 #: How many of a validation's errors a SchemaMismatchError names (the pydantic error chained has them all).
 _ERRORS_SHOWN = 3
 
@@ -889,13 +906,13 @@ with warnings.catch_warnings():
                     not the schema ``version`` asked for, or the content does not validate as ``model``.
             """
             if check_name and self.schema is not None and not _same_schema_name(self.schema.name, _schema_name(model)):
-                raise SchemaMismatchError(f"message holds schema {self.schema.name!r}, not {_schema_name(model)!r}")
+                raise SchemaMismatchError(_name_mismatch(self.schema.name, _schema_name(model)))
             if version is not None:
                 stored = self.schema.version if self.schema is not None else None
                 if stored != version:
                     held = f"version {stored!r}" if stored is not None else "no version"
                     raise SchemaMismatchError(
-                        f"message holds schema {held} of {_schema_name(model)}, not version {version!r}"
+                        f"message holds {held} of schema {_schema_name(model)}, not version {version!r}"
                     )
             content = self.content
             try:

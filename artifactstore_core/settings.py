@@ -196,7 +196,11 @@ class CoreSettings(_Settings):
         # "no key" would write unsigned artifacts (and accept them) without anyone noticing. Leaving the
         # variable unset is the way to ask for no signing.
         if value is not None and not value.get_secret_value().strip():
-            raise ValueError("is set but empty (or only whitespace); set the key, or unset the variable to not sign")
+            # Not "unset the variable": the empty key may come from an argument or the config file.
+            raise ValueError(
+                "is set but empty (or only whitespace); set the key, or leave it unset to not sign "
+                "(no variable, config file key or argument)"
+            )
         if value is not None:
             try:
                 # What codec_from turns it into. Bytes of the environment that are not UTF-8 decode to

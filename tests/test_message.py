@@ -268,6 +268,22 @@ def test_from_model_that_pydantic_cannot_dump_is_a_serialization_error() -> None
     assert Message.from_model(blob).to_model(_Blob64) == blob
 
 
+def test_a_schema_name_mismatch_says_what_to_do() -> None:
+    # A model saved by a script (recorded as __main__.Summary) and read by code that imports that script as
+    # a module was refused with only the two names: the reader was not told why they differ or what to do.
+    stored = Message(content={"title": "t", "words": 1}, schema=SchemaInfo(name="__main__.Summary"))
+    with pytest.raises(
+        SchemaMismatchError, match=r"'__main__\.Summary', not '.*test_message\.Summary': .*script"
+    ) as info:
+        stored.to_model(Summary)
+    assert "define the model in a module both the producer and the reader import" in str(info.value)
+    assert "check_name=False" in str(info.value)
+    assert stored.to_model(Summary, check_name=False).words == 1
+    # Another model altogether: the hint names the way out too, without the __main__ explanation.
+    with pytest.raises(SchemaMismatchError, match=r"Summary', not '.*Other'; validate as the model the producer"):
+        Message.from_model(Summary(title="t", words=1)).to_model(Other)
+
+
 def test_to_model_checks_the_schema_version_asked_for() -> None:
     v2 = Message.from_model(Summary(title="t", words=3), version="2")
     assert v2.to_model(Summary, version="2") == Summary(title="t", words=3)
@@ -275,7 +291,8 @@ def test_to_model_checks_the_schema_version_asked_for() -> None:
     with pytest.raises(SchemaMismatchError, match=r"version '2' of .*Summary, not version '3'"):
         v2.to_model(Summary, version="3")
     for unversioned in (Message.from_model(Summary(title="t", words=3)), Message(content={"title": "t", "words": 3})):
-        with pytest.raises(SchemaMismatchError, match="no version"):
+        # It read "message holds schema no version of ...Summary".
+        with pytest.raises(SchemaMismatchError, match=r"message holds no version of schema .*Summary, not version '2'"):
             unversioned.to_model(Summary, version="2")
 
 

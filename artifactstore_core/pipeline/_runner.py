@@ -12,9 +12,8 @@ import copy
 import hashlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -39,6 +38,39 @@ __all__ = [
     "run_in_worker",
     "to_message",
 ]
+
+
+class StepInputs(Mapping[str, ArtifactConnector]):
+    """The read-only mapping a step's function receives: each input step id to its connector.
+
+    A plain mapping's ``KeyError`` for an id the step did not declare names only the id; the step then fails
+    with ``KeyError: 'x'``, which does not say that the step must list ``x`` in its ``inputs``.
+    """
+
+    __slots__ = ("_connectors", "_step_id")
+
+    def __init__(self, step_id: str, connectors: dict[str, ArtifactConnector]) -> None:
+        self._step_id = step_id
+        self._connectors = connectors
+
+    def __getitem__(self, name: str) -> ArtifactConnector:
+        try:
+            return self._connectors[name]
+        except KeyError:
+            declared = ", ".join(map(repr, self._connectors)) or "none"
+            raise KeyError(
+                f"step {self._step_id!r} has no input {name!r} (its inputs: {declared}); "
+                f"list it in Step({self._step_id!r}, fn, inputs=[...]) to read its output"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._connectors)
+
+    def __len__(self) -> int:
+        return len(self._connectors)
+
+    def __repr__(self) -> str:
+        return f"StepInputs({self._step_id!r}, {list(self._connectors)!r})"
 
 
 @dataclass(frozen=True)
@@ -186,7 +218,7 @@ def execute_step(
         failure, never taken for damage).
     """
     started = time.perf_counter()
-    inputs = MappingProxyType({name: ArtifactConnector(store, name) for name in step.inputs})
+    inputs = StepInputs(step.id, {name: ArtifactConnector(store, name) for name in step.inputs})
     unusable = []
     for name in verify:
         try:

@@ -80,7 +80,11 @@ class RunResult:
         """
         if len(self.outputs) != 1:
             names = ", ".join(map(repr, self.outputs)) or "none"
-            raise LookupError(f"execution {self.execution_id!r} has {len(self.outputs)} outputs ({names}), not one")
+            # Say where the outputs are: a caller who wrote `result.output` may not know of `outputs`.
+            hint = "; read each from result.outputs[step_id]" if self.outputs else ""
+            raise LookupError(
+                f"execution {self.execution_id!r} has {len(self.outputs)} outputs ({names}), not one{hint}"
+            )
         return next(iter(self.outputs.values()))
 
     def ran(self) -> list[str]:

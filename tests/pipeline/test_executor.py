@@ -936,6 +936,37 @@ def test_table_lists_every_step() -> None:
         _ = RunResult(execution_id="x", backend="memory", steps={}).output
 
 
+def test_output_of_several_sinks_says_where_the_outputs_are() -> None:
+    # `result.output` of a pipeline with two sinks said only "has 2 outputs ('a', 'b'), not one".
+    result = Executor().run(Pipeline([Step("a", lambda inputs: 1), Step("b", lambda inputs: 2)]))
+    with pytest.raises(
+        LookupError, match=r"2 outputs \('a', 'b'\), not one; read each from result\.outputs\[step_id\]"
+    ):
+        _ = result.output
+    assert result.outputs["b"].content == 2
+
+
+def test_reading_an_undeclared_input_says_to_declare_it() -> None:
+    # A step that reads an id it does not list in `inputs` failed with a bare `KeyError: 'b'`.
+    seen: dict[str, object] = {}
+
+    def reader(inputs: Mapping[str, ArtifactConnector]) -> int:
+        seen.update(keys=list(inputs), length=len(inputs), has_a="a" in inputs, missing=inputs.get("b"))
+        return int(inputs["b"].content)
+
+    pipeline = Pipeline([Step("a", lambda inputs: 1), Step("b", lambda inputs: 2), Step("sum", reader, inputs="a")])
+    with pytest.raises(StepFailedError) as info:
+        Executor().run(pipeline)
+    cause = info.value.__cause__
+    assert isinstance(cause, KeyError)
+    assert cause.args == (
+        "step 'sum' has no input 'b' (its inputs: 'a'); list it in Step('sum', fn, inputs=[...]) to read its output",
+    )
+    assert "list it in Step('sum', fn, inputs=[...])" in str(info.value)
+    # Otherwise a read-only mapping as before.
+    assert seen == {"keys": ["a"], "length": 1, "has_a": True, "missing": None}
+
+
 def columns(text: str) -> int:
     """The columns a terminal gives ``text`` (wide characters two, combining marks none)."""
     return sum(
