@@ -121,7 +121,11 @@ class RunResult:
             lines.append("  ".join([*cells, _pad(row[3], widths[3], right=True)]))
             if index == 0:
                 lines.append("  ".join("-" * width for width in widths))
-        lines.append(f"wall time {format_duration(self.duration)} (steps in parallel overlap)")
+        # The note explains a wall time below the steps' total; it is not said where no steps overlapped.
+        overlapped = self.duration < work and len(self.ran()) > 1
+        lines.append(
+            f"wall time {format_duration(self.duration)}" + (" (steps in parallel overlap)" if overlapped else "")
+        )
         return "\n".join(lines)
 
 

@@ -64,6 +64,7 @@ from artifactstore_core.pipeline import (
     ServiceNotFoundError,
     Step,
     StepFailedError,
+    StepResult,
     StepStatus,
     StoreConfig,
     register_artifact_store,
@@ -934,6 +935,16 @@ def test_table_lists_every_step() -> None:
     assert "2 of 2 ran" in table
     with pytest.raises(LookupError, match="0 outputs"):
         _ = RunResult(execution_id="x", backend="memory", steps={}).output
+
+
+def test_table_says_steps_overlapped_only_where_they_did() -> None:
+    # The last line always said "(steps in parallel overlap)", also under a sequential run or one step.
+    def result(duration: float) -> RunResult:
+        steps = {name: StepResult(step_id=name, status=StepStatus.SUCCEEDED, duration=0.5) for name in ("a", "b")}
+        return RunResult(execution_id="x", backend="memory", steps=steps, duration=duration)
+
+    assert result(0.6).table().splitlines()[-1] == "wall time 600.0 ms (steps in parallel overlap)"
+    assert result(1.2).table().splitlines()[-1] == "wall time 1.20 s"
 
 
 def test_output_of_several_sinks_says_where_the_outputs_are() -> None:
