@@ -379,7 +379,7 @@ class Executor:
                 if isinstance(pool, WorkerPool):
                     # Workers lead process groups of their own, which the terminal's Ctrl-C does not reach.
                     pool.terminate(interrupt=isinstance(exc, KeyboardInterrupt))
-                _note_interrupted(exc, execution_id, backend)
+                _note_interrupted(exc, execution_id, store)
             raise
         finally:
             if pool is not None:
@@ -391,7 +391,7 @@ class Executor:
                     # exception being raised, and with it that one's note: the only place the id of a fresh
                     # execution is given to resume it.
                     if not isinstance(again, Exception):
-                        _note_interrupted(again, execution_id, backend)
+                        _note_interrupted(again, execution_id, store)
                     raise
         death = ""
         unstarted = False
@@ -520,8 +520,8 @@ class Executor:
             after = "its artifacts were cleared (on_failure='clear'), so it cannot be resumed"
         else:
             after = (
-                f"the artifacts of the steps that finished are kept: run the pipeline again with "
-                f"execution_id={execution_id!r} to resume from the failed step"
+                f"{_kept(store)}: run the pipeline again{_where(store)} with execution_id={execution_id!r} to "
+                "resume from the failed step"
             )
         result = RunResult(
             execution_id=execution_id,
@@ -750,14 +750,30 @@ def _check_function(step: Step, fn: object) -> None:
         )
 
 
-def _note_interrupted(exc: BaseException, execution_id: str, backend: str) -> None:
+def _kept(store: ArtifactStore) -> str:
+    """What is left of an execution that stopped, on ``store`` (a memory store's artifacts end with the process)."""
+    if store.capabilities.persistent:
+        return "the artifacts of the steps that finished are kept"
+    return (
+        f"the artifacts of the steps that finished are kept in this process only (the {store.backend_name} "
+        "backend keeps nothing once the process exits)"
+    )
+
+
+def _where(store: ArtifactStore) -> str:
+    return "" if store.capabilities.persistent else " in this process"
+
+
+def _note_interrupted(exc: BaseException, execution_id: str, store: ArtifactStore) -> None:
     """Add to ``exc`` (Ctrl-C, ``SystemExit``) the note that names the interrupted execution and says how to
     resume it, unless it has it already. Raises nothing."""
     note = (
-        f"execution {execution_id!r} on backend {backend!r} was interrupted; the artifacts of the steps "
-        f"that finished are kept: run the pipeline again with execution_id={execution_id!r} to resume"
+        f"execution {execution_id!r} on backend {store.backend_name!r} was interrupted; {_kept(store)}: run the "
+        f"pipeline again{_where(store)} with execution_id={execution_id!r} to resume"
     )
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
-    # For a caller that words the way to resume its own way (`artifactstore demo -n ID`); a note is text.
-    exc._artifactstore_interrupted = (execution_id, backend)  # type: ignore[attr-defined]
+    if store.capabilities.persistent:
+        # For a caller that words the way to resume its own way (`artifactstore demo -n ID`, a new process);
+        # a note is text.
+        exc._artifactstore_interrupted = (execution_id, store.backend_name)  # type: ignore[attr-defined]

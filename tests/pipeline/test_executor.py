@@ -404,6 +404,28 @@ def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     assert any("execution 'stopped'" in note and "execution_id='stopped'" in note for note in caught.value.__notes__)
 
 
+def test_resume_advice_on_the_memory_backend_says_it_holds_only_in_this_process(tmp_path: Path) -> None:
+    # A memory store's artifacts end with the process: "run the pipeline again with execution_id=... to
+    # resume" read as if a new process could (it starts from nothing).
+    def broken(inputs: Inputs) -> None:
+        raise RuntimeError("boom")
+
+    def interrupted(inputs: Inputs) -> None:
+        raise KeyboardInterrupt
+
+    for config, in_process in ((StoreConfig("memory"), True), (StoreConfig("filesystem", root=str(tmp_path)), False)):
+        with pytest.raises(StepFailedError) as failed:
+            Executor(config).run(Pipeline([Step("x", broken)]), execution_id="failed")
+        with pytest.raises(KeyboardInterrupt) as caught:
+            Executor(config).run(Pipeline([Step("x", interrupted)]), execution_id="stopped")
+        [note] = caught.value.__notes__
+        for text in (str(failed.value), note):
+            assert ("kept in this process only (the memory backend keeps nothing" in text) is in_process, text
+            assert ("run the pipeline again in this process with execution_id=" in text) is in_process, text
+        # Only a store that outlives the process offers a new process (the CLI's `-n ID`) the way back.
+        assert hasattr(caught.value, "_artifactstore_interrupted") is not in_process
+
+
 def _start_run(root: str, workdir: Path, *, deaf: bool, child: bool = False) -> subprocess.Popen[bytes]:
     """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
     code = (
