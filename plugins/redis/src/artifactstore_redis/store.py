@@ -154,9 +154,13 @@ _UPLOAD_TTL_MS = 60_000
 # this long, and longer when the retry policy allows more time (see _result_ttl_ms).
 _RESULT_TTL_MS = 60_000
 _ENV = "ARTIFACT_STORE_REDIS_"
-# The servers (by their display URL) whose eviction policy this process has read: it is read once per
-# process and server, at the first write, so a store per pipeline run costs no extra round trip each.
+# The servers (by their display URL) whose eviction policy this process has read, or may never read (an ACL
+# without INFO): it is read once per process and server, at the first write, so a store per pipeline run
+# costs no extra round trip each. A read that failed on the way (a dropped connection, a timeout, BUSY) leaves
+# its server out, so that a later save reads it again.
 _POLICY_READ: set[str] = set()
+# The servers whose policy one thread is reading now: the saves of other threads do not read it as well.
+_POLICY_READING: set[str] = set()
 # Whether a server's (by its display URL; in a cluster, with the slot's primary) maxmemory-policy is allkeys-*,
 # as this process read it (once per process and server): list() and clear() ask no more of a server that
 # is not (see RedisStore._evicts_index).
@@ -705,6 +709,15 @@ def _info_field(info: Any, name: str) -> str | None:
     return text[start : end if end >= 0 else len(text)].strip().decode("ascii", "replace")
 
 
+def _info_refused_for_good(exc: BaseException) -> bool:
+    """Whether ``exc``, the failure of an ``INFO``, would recur at every try: an ACL without ``INFO``, or a
+    server that does not offer it (``rename-command``, a proxy). Not a dropped connection, a timeout, or a
+    server busy (``BUSY``), loading (``LOADING``) or failing over, which a later try may get past."""
+    if _access_failure(exc) is not None:
+        return True
+    return isinstance(exc, ResponseError) and not (_is_busy(exc) or isinstance(exc, (ClusterError, TryAgainError)))
+
+
 def _eviction_policy(memory: Any) -> str | None:
     """The ``maxmemory-policy`` in an ``INFO memory`` reply, or ``None`` when the server never evicts
     (``noeviction``, or no ``maxmemory``)."""
@@ -768,6 +781,8 @@ class RedisStore(ArtifactStore):
         # Its own slot in a cluster; "{prefix}" can never equal a namespace's "{prefix:...}" tag.
         self._registry = f"{{{self._settings.key_prefix}}}:namespaces".encode("ascii")
         self._registered_at: float | None = None
+        # Whether _POLICY_READ holds this store's server (so a save needs no lock to know it).
+        self._policy_known = False
         self._result_ttl_ms = _result_ttl_ms(self._settings)
         # Set by close(): a retry backoff waits on it, so that a thread waiting to retry stops at once.
         self._closing = threading.Event()
@@ -905,6 +920,8 @@ class RedisStore(ArtifactStore):
         now = time.monotonic()
         registered = self._registered_at
         if registered is not None and now - registered < _REGISTER_EVERY:
+            # A policy read that failed at the announce is made again here (nothing is sent once it succeeded).
+            self._check_eviction_policy()
             return None
         # Two threads announcing at once only write the same entry twice.
         try:
@@ -968,19 +985,35 @@ class RedisStore(ArtifactStore):
         artifacts whose index went unless they look for them (see :meth:`_unindexed`). Managed Redis services
         often default to an evicting policy, so the store says so in the log before its first artifact is
         written rather than leaving the user to find out from a damaged artifact. A server that does not let
-        us read ``INFO`` (an ACL without it) is not checked.
+        us read ``INFO`` (an ACL without it) is not checked. A read that fails on the way (a dropped connection,
+        a timeout, ``BUSY``) is not retried within the save, which it would delay, but made again by the next
+        save (of any store of this process on that server) until it succeeds.
         """
+        if self._policy_known:
+            return
         with _POLICY_LOCK:
             if self._where in _POLICY_READ:
+                self._policy_known = True
                 return
-            _POLICY_READ.add(self._where)
+            if self._where in _POLICY_READING:
+                return
+            _POLICY_READING.add(self._where)
+        final = False
         try:
             self._stop_if_closed()
             info = self._memory_info()
+            final = True
         except (RedisError, RedisClusterException) as exc:
-            _log.debug("could not read the maxmemory-policy of %s: %s", self._where, self._describe(exc))
+            final = _info_refused_for_good(exc)
+            later = "" if final else "; read again at the next save"
+            _log.debug("could not read the maxmemory-policy of %s%s: %s", self._where, later, self._describe(exc))
             return
         finally:
+            with _POLICY_LOCK:
+                _POLICY_READING.discard(self._where)
+                if final:
+                    _POLICY_READ.add(self._where)
+            self._policy_known = final
             self._after_attempt()  # a close() that raced the read leaves no connection open
         self._remember_policy(info)
         policy = _eviction_policy(info)
