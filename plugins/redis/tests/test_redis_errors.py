@@ -190,6 +190,18 @@ def test_unreachable_cluster_fails_at_creation() -> None:
     assert info.value.__cause__ is not None
 
 
+@pytest.mark.timeout(30)
+def test_cluster_mode_against_a_standalone_server_says_which_setting_to_change(redis_server: RedisServer) -> None:
+    # It was a retryable BackendUnavailableError ("is unavailable ... Cluster mode is not enabled on this node"),
+    # as if the server could not be reached, naming no setting.
+    with pytest.raises(ConfigurationError) as info:
+        RedisStore(settings(redis_server.url, cluster=True))
+    text = str(info.value)
+    assert "ARTIFACT_STORE_REDIS_CLUSTER" in text
+    assert "cluster support disabled" in text
+    assert redis_server.url in text
+
+
 # -- a server still loading its data ---------------------------------------------------------------------
 
 

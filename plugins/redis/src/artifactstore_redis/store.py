@@ -611,6 +611,22 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _cluster_disabled(exc: BaseException) -> ResponseError | None:
+    """The reply of a server without cluster support to the cluster client's ``CLUSTER SLOTS``, or ``None``.
+
+    redis-py's cluster client reports it as "Redis Cluster cannot be connected ... Cluster mode is not enabled
+    on this node" (a RedisClusterException, the reply in its chain), like an unreachable node.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ResponseError) and "cluster support disabled" in str(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
     """The timeout behind ``exc`` when it is redis-py's cluster client giving up after one, or ``None``.
 
@@ -744,8 +760,8 @@ class RedisStore(ArtifactStore):
             the retry policy still is, and the store does not close the client.
 
     Raises:
-        ConfigurationError: a setting (from ``settings`` or, without it, the environment) is invalid, or the
-            URL sets something twice.
+        ConfigurationError: a setting (from ``settings`` or, without it, the environment) is invalid, the
+            URL sets something twice, or cluster mode names a server without cluster support.
         BackendUnavailableError: cluster mode, and no node of the cluster could be reached.
         InvalidStepIdError: ``namespace`` is not legal.
     """
@@ -804,6 +820,13 @@ class RedisStore(ArtifactStore):
             try:
                 self._client = _connect(self._settings, options)
             except (RedisError, RedisClusterException) as exc:
+                refusal = _cluster_disabled(exc)
+                if refusal is not None:
+                    raise ConfigurationError(
+                        f"{_env('cluster')} is true, but redis at {self._where} is not a cluster node "
+                        f"({self._describe(refusal)}): set {_env('cluster')}=false for a standalone server, or "
+                        f"point {_env('url')} at a node of the cluster"
+                    ) from exc
                 raise self._translated(exc, "connect") from exc
         self._discovered = True
         # The pool of our own standalone client: commands go straight through its connections, which skips
