@@ -51,6 +51,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterError,
     MaxConnectionsError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
@@ -2019,6 +2020,16 @@ class RedisStore(ArtifactStore):
             return BackendError(
                 f"{where} has no database {_client_db(self._client)}: the database number in {_env('url')} "
                 f"must be below the server's 'databases' setting (16 by default) ({what})"
+            )
+        if isinstance(exc, MovedError) and not isinstance(self._client, RedisCluster):
+            # A standalone client does not follow redirections: every command for another node's slot fails.
+            fix = (
+                f"set {_env('cluster')}=true"
+                if self._owns_client
+                else "give the store a redis.cluster.RedisCluster client"
+            )
+            return BackendError(
+                f"{where} is a node of a Redis Cluster and redirected a command to another node ({what}): {fix}"
             )
         if isinstance(exc, ResponseError) and str(exc).lower().startswith("unknown command"):
             # EVALSHA, HMGET...: every Redis since 5 has them. A Sentinel port, or a proxy or service that
