@@ -649,6 +649,14 @@ def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
     return found
 
 
+def _reset(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection the server reset or closed (before or after a reply)."""
+    text = str(exc)
+    return isinstance(exc, RedisConnectionError) and (
+        "Connection reset by peer" in text or "Connection closed by server" in text
+    )
+
+
 def _connect_timeout(exc: RedisTimeoutError) -> bool:
     # Nothing of the attempt reached the server.
     return str(exc).startswith("Timeout connecting")
@@ -2015,7 +2023,14 @@ class RedisStore(ArtifactStore):
                 f"{_env('retry_attempts')} ({what})"
             )
         if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)):
-            return BackendUnavailableError(f"{where} is unavailable ({what})")
+            # A TLS-only port resets a connection that sends a command instead of a handshake; so does a server
+            # going away, so this is a hint, as for rediss:// to a plain port.
+            hint = (
+                "; if the server speaks TLS on that port, use rediss://"
+                if self._where.startswith("redis://") and _reset(exc)
+                else ""
+            )
+            return BackendUnavailableError(f"{where} is unavailable ({what}){hint}")
         if isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range"):
             return BackendError(
                 f"{where} has no database {_client_db(self._client)}: the database number in {_env('url')} "
