@@ -650,11 +650,8 @@ def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
 
 
 def _reset(exc: BaseException) -> bool:
-    """Whether ``exc`` is a connection the server reset or closed (before or after a reply)."""
-    text = str(exc)
-    return isinstance(exc, RedisConnectionError) and (
-        "Connection reset by peer" in text or "Connection closed by server" in text
-    )
+    """Whether ``exc`` is a connection the server reset (``ECONNRESET``)."""
+    return isinstance(exc, RedisConnectionError) and "Connection reset by peer" in str(exc)
 
 
 def _connect_timeout(exc: RedisTimeoutError) -> bool:
