@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from artifactstore_core.testing_servers import LOOPBACK
 from artifactstore_core.testing_servers import wait_for as _wait_for
 
@@ -96,3 +98,50 @@ class Relay:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+# A read-only busy loop: SCRIPT KILL may end it.
+_BUSY_LOOP = "while true do end"
+
+
+class Blocker:
+    """Another client whose script keeps ``server`` (a RedisServer; with a low ``busy-reply-threshold``) busy
+    until :meth:`kill` (SCRIPT KILL) ends it: the server answers ``BUSY`` to every other command meanwhile."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._admin = server.client()
+        self._thread: threading.Thread | None = None
+        self.killed = 0
+
+    def start(self) -> None:
+        client = self._server.client(socket_timeout=50)
+
+        def run() -> None:
+            # Ended by SCRIPT KILL, which fails the call.
+            with contextlib.suppress(redis.ResponseError):
+                client.eval(_BUSY_LOOP, 0)
+            client.close()
+
+        self._thread = threading.Thread(target=run)
+        self._thread.start()
+        wait_for(self._busy, 10, "the server to answer BUSY")
+
+    def _busy(self) -> bool:
+        try:
+            self._admin.ping()
+        except redis.ResponseError as exc:
+            return str(exc).startswith("BUSY")
+        return False
+
+    def kill(self) -> None:
+        if self._thread is None:
+            return
+        self._admin.script_kill()
+        self._thread.join()  # its EVAL has answered: the script has ended
+        self._thread = None
+        self.killed += 1
+
+    def close(self) -> None:
+        self.kill()
+        self._admin.close()

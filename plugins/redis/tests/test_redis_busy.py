@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
-from redis_helpers import payload_of, wait_for
+from redis_helpers import Blocker, payload_of
 
 from artifactstore_core import BackendUnavailableError, Message
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisServer, running
 
 pytestmark = pytest.mark.timeout(60)
-
-# A read-only busy loop: SCRIPT KILL may end it.
-_BUSY_LOOP = "while true do end"
 
 
 @pytest.fixture(scope="module")
@@ -28,58 +23,16 @@ def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
         yield server
 
 
-class _Blocker:
-    """Another client whose script keeps the server busy until :meth:`kill` (SCRIPT KILL) ends it."""
-
-    def __init__(self, server: RedisServer) -> None:
-        self._server = server
-        self._admin = server.client()
-        self._thread: threading.Thread | None = None
-        self.killed = 0
-
-    def start(self) -> None:
-        client = self._server.client(socket_timeout=50)
-
-        def run() -> None:
-            # Ended by SCRIPT KILL, which fails the call.
-            with contextlib.suppress(redis.ResponseError):
-                client.eval(_BUSY_LOOP, 0)
-            client.close()
-
-        self._thread = threading.Thread(target=run)
-        self._thread.start()
-        wait_for(self._busy, 10, "the server to answer BUSY")
-
-    def _busy(self) -> bool:
-        try:
-            self._admin.ping()
-        except redis.ResponseError as exc:
-            return str(exc).startswith("BUSY")
-        return False
-
-    def kill(self) -> None:
-        if self._thread is None:
-            return
-        self._admin.script_kill()
-        self._thread.join()  # its EVAL has answered: the script has ended
-        self._thread = None
-        self.killed += 1
-
-    def close(self) -> None:
-        self.kill()
-        self._admin.close()
-
-
 @pytest.fixture
-def blocker(busy_server: RedisServer) -> Iterator[_Blocker]:
-    made = _Blocker(busy_server)
+def blocker(busy_server: RedisServer) -> Iterator[Blocker]:
+    made = Blocker(busy_server)
     try:
         yield made
     finally:
         made.close()
 
 
-def _kill_at_first_backoff(store: RedisStore, blocker: _Blocker) -> list[str]:
+def _kill_at_first_backoff(store: RedisStore, blocker: Blocker) -> list[str]:
     """End the busy script when the store backs off to retry; returns the errors it backed off after."""
     seen: list[str] = []
     real = store._back_off
@@ -115,7 +68,7 @@ OPERATIONS: dict[str, Callable[[RedisStore], Any]] = {
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))
 def test_an_operation_refused_with_busy_is_retried_once_the_script_ends(
-    busy_server: RedisServer, blocker: _Blocker, operation: str
+    busy_server: RedisServer, blocker: Blocker, operation: str
 ) -> None:
     store = RedisStore(RedisSettings(url=busy_server.url, retry_attempts=3), namespace="busy")  # type: ignore[arg-type]
     try:
@@ -142,7 +95,7 @@ def test_an_operation_refused_with_busy_is_retried_once_the_script_ends(
         store.close()
 
 
-def test_busy_after_the_retries_is_backend_unavailable_saying_why(busy_server: RedisServer, blocker: _Blocker) -> None:
+def test_busy_after_the_retries_is_backend_unavailable_saying_why(busy_server: RedisServer, blocker: Blocker) -> None:
     store = RedisStore(RedisSettings(url=busy_server.url, retry_attempts=1, retry_backoff=0), namespace="busy")  # type: ignore[arg-type]
     try:
         blocker.start()

@@ -8,11 +8,12 @@ import warnings
 from collections.abc import Callable
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 from redis_helpers import evict_once
 
 import artifactstore_redis.store as store_module
-from artifactstore_core import Message
+from artifactstore_core import BackendError, Message
 from artifactstore_core.ids import encode_name
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisClusterNodes
@@ -254,3 +255,26 @@ def test_namespaces_finds_a_namespace_whose_index_and_registry_were_evicted_on_i
             for each in (store, *stores):
                 each.clear()
                 each.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given", [False, True], ids=["own-client", "given-client"])
+def test_a_cluster_node_reached_without_cluster_mode_says_which_setting_to_change(
+    redis_cluster: RedisClusterNodes, cluster_client: RedisCluster, given: bool
+) -> None:
+    # The node redirects a command for another node's slot: this was "failed (MovedError: 10908 host:port)",
+    # naming nothing to change. A node that does not hold the registry's slot redirects every first save.
+    registry = cluster_client.get_node_from_key("{artifactstore}:namespaces")
+    node = next(node for node in redis_cluster.nodes if node.port != registry.port)
+    client = node.client() if given else None
+    store = RedisStore(RedisSettings(url=node.url), namespace="not clustered", client=client)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BackendError) as info:
+            store.save("a", Message(content=b"x"))
+        assert isinstance(info.value.__cause__, redis.exceptions.MovedError)
+        assert "node of a Redis Cluster" in str(info.value)
+        assert ("RedisCluster" if given else "ARTIFACT_STORE_REDIS_CLUSTER=true") in str(info.value)
+    finally:
+        store.close()
+        if client is not None:
+            client.close()

@@ -119,6 +119,19 @@ def test_invalid_setting_names_the_env_var(monkeypatch: pytest.MonkeyPatch) -> N
     assert "ARTIFACT_STORE_REDIS_MAX_ARTIFACT_BYTES" in str(info.value)
 
 
+@pytest.mark.parametrize("value", ["inf", "1e12"])
+@pytest.mark.parametrize("name", ["SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT", "POOL_TIMEOUT", "RETRY_BACKOFF_MAX"])
+def test_a_wait_too_long_for_python_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # These were accepted, and then failed the store's creation or every call with a BackendError that named
+    # nothing but an OverflowError (Python's sockets and waits refuse such timeouts).
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_URL", "redis://db.internal:6380/0")
+    monkeypatch.setenv(f"ARTIFACT_STORE_REDIS_{name}", value)
+    with pytest.raises(ConfigurationError, match=f"ARTIFACT_STORE_REDIS_{name}: Input should be less than or equal"):
+        create_store("redis")
+
+
 def test_config_file_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "artifactstore.toml").write_text('[redis]\nkey_prefix = "from-file"\nsocket_timeout = 1.25\n')
     monkeypatch.chdir(tmp_path)
@@ -175,6 +188,18 @@ def test_unreachable_cluster_fails_at_creation() -> None:
     with pytest.raises(BackendUnavailableError) as info:
         RedisStore(settings(f"redis://127.0.0.1:{free_port()}", cluster=True, socket_connect_timeout=0.5))
     assert info.value.__cause__ is not None
+
+
+@pytest.mark.timeout(30)
+def test_cluster_mode_against_a_standalone_server_says_which_setting_to_change(redis_server: RedisServer) -> None:
+    # It was a retryable BackendUnavailableError ("is unavailable ... Cluster mode is not enabled on this node"),
+    # as if the server could not be reached, naming no setting.
+    with pytest.raises(ConfigurationError) as info:
+        RedisStore(settings(redis_server.url, cluster=True))
+    text = str(info.value)
+    assert "ARTIFACT_STORE_REDIS_CLUSTER" in text
+    assert "cluster support disabled" in text
+    assert redis_server.url in text
 
 
 # -- a server still loading its data ---------------------------------------------------------------------

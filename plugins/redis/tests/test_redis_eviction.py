@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_helpers import evict_once, payload_of
+from redis_helpers import Blocker, Relay, evict_once, payload_of
 
 import artifactstore_redis.store as store_module
 from artifactstore_core import ArtifactCorruptedError, ArtifactNotFoundError, Message
+from artifactstore_core.testing_servers import LOOPBACK
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisServer, running
 
@@ -62,6 +63,74 @@ def test_an_evicting_server_is_named_in_a_warning_once(
             for store in (first, second):
                 store.clear()
                 store.close()
+
+
+def _info_calls(admin: Any) -> int:
+    """How many INFO commands the server ran (this one not yet counted)."""
+    return int(admin.info("commandstats")["cmdstat_info"]["calls"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fault", ["busy", "dropped-link"])
+def test_a_policy_read_that_failed_is_made_again_at_a_later_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    # The server was marked as checked before its one INFO was sent: when that INFO failed (the server busy
+    # with another client's script, a link that dropped the connection), the process never warned that the
+    # server evicts artifacts. The failure is real: a script keeps the server busy, or the relay swallows the
+    # connection's traffic, just for the store's first INFO.
+    caplog.set_level(logging.DEBUG)
+    options = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru", "busy-reply-threshold": "10"}
+    with running(tmp_path / "evicting", **options) as server:
+        relay = Relay(server.port)
+        blocker = Blocker(server)
+        admin = server.client()
+        settings = RedisSettings(url=f"redis://{LOOPBACK}:{relay.port}/0", socket_timeout=0.5)  # type: ignore[arg-type]
+        store, other = RedisStore(settings, namespace="late"), RedisStore(settings, namespace="other")
+        real = store._memory_info
+        failures: list[str] = []
+
+        def fails_once() -> Any:
+            if failures:
+                return real()
+            if fault == "busy":
+                blocker.start()
+            else:
+                relay.drop()
+            try:
+                return real()
+            except Exception as exc:
+                failures.append(type(exc).__name__)
+                raise
+            finally:
+                blocker.kill()
+
+        store._memory_info = fails_once  # type: ignore[method-assign]
+        for script in store_module._SCRIPTS:
+            # Cached, so that no NOSCRIPT has the first save announce its namespace (and read the policy) again.
+            admin.script_load(script.source)
+        try:
+            store.save("a", Message(content=b"x"))
+            assert failures == [{"busy": "ResponseError", "dropped-link": "TimeoutError"}[fault]]
+            assert _policy_warnings(caplog) == []
+            # A later save of the same store (which announced its namespace a moment ago) reads it again.
+            store.save("b", Message(content=b"y"))
+            (warning,) = _policy_warnings(caplog)
+            assert "maxmemory-policy allkeys-lru" in warning
+            # Once read, no save asks again: the only INFO the server runs is the test's own.
+            before = _info_calls(admin)
+            store.save("c", Message(content=b"z"))
+            store.save_many({"d": Message(content=b"w"), "e": Message(content=payload_of("e", LARGE))})
+            other.save("f", Message(content=b"v"))
+            assert _info_calls(admin) == before + 1
+            assert len(_policy_warnings(caplog)) == 1
+        finally:
+            for each in (store, other):
+                each.clear()
+                each.close()
+            admin.close()
+            blocker.close()
+            relay.close()
 
 
 @pytest.mark.timeout(60)
@@ -120,15 +189,27 @@ def test_artifacts_that_lost_a_part_to_eviction_read_as_damaged_naming_the_cause
 
 @pytest.mark.timeout(60)
 def test_a_user_not_allowed_info_saves_without_the_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The refusal would recur: the policy is not asked for again at each save (a failure that may pass is).
     caplog.set_level(logging.DEBUG)
     with running(tmp_path / "acl", maxmemory="64mb", **{"maxmemory-policy": "allkeys-lru"}) as server:
         admin = server.client()
         admin.acl_setuser("noinfo", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"])
         url = server.url.replace("redis://", "redis://noinfo:pw@")
         store = RedisStore(RedisSettings(url=url), namespace="acl")  # type: ignore[arg-type]
+        real = store._memory_info
+        reads: list[None] = []
+
+        def counted() -> Any:
+            reads.append(None)
+            return real()
+
+        store._memory_info = counted  # type: ignore[method-assign]
         try:
             store.save("a", Message(content=b"x"))
             assert store.get("a").content == b"x"
+            store.save("b", Message(content=b"y"))
+            store.save_many({"c": Message(content=b"z"), "d": Message(content=b"w")})
+            assert len(reads) == 1
             assert _policy_warnings(caplog) == []
             assert any("could not read the maxmemory-policy" in record.getMessage() for record in caplog.records)
         finally:

@@ -81,6 +81,17 @@ def test_rediss_to_a_port_without_tls_says_so(tls_server: tuple[RedisServer, int
     assert "may or may not have been applied" not in str(info.value)
 
 
+@pytest.mark.timeout(60)
+def test_redis_to_a_tls_port_says_it_may_need_rediss(tls_server: tuple[RedisServer, int, Path]) -> None:
+    _, tls_port, _ = tls_server
+    # The server takes the first command for a broken handshake and resets the connection: this was "is
+    # unavailable (... Connection reset by peer)", as for a server that went away, naming nothing to change.
+    settings = RedisSettings(url=f"redis://{LOOPBACK}:{tls_port}/0", retry_attempts=0)  # type: ignore[arg-type]
+    with RedisStore(settings, namespace="tls") as store, pytest.raises(BackendUnavailableError) as info:
+        store.exists("x")
+    assert "speaks TLS on that port, use rediss://" in str(info.value)
+
+
 #: The password of the encrypted client key: a canary that no error text may quote.
 KEY_PASSWORD = "k3y&p@ss word"
 

@@ -16,12 +16,15 @@ from pydantic_settings import SettingsConfigDict
 from artifactstore_core import BackendSettings
 from artifactstore_core.store import MAX_TTL
 
-__all__ = ["DEFAULT_URL", "REDIS_MAX_BULK_BYTES", "RedisSettings", "mask_url"]
+__all__ = ["DEFAULT_URL", "MAX_WAIT", "REDIS_MAX_BULK_BYTES", "RedisSettings", "mask_url"]
 
 #: The server the backend connects to when ``ARTIFACT_STORE_REDIS_URL`` is not set.
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 #: Redis's largest string or hash-field value (``proto-max-bulk-len``'s default): 512 MiB.
 REDIS_MAX_BULK_BYTES = 512 * 1024 * 1024
+#: The longest timeout or wait between retries a setting may give, in seconds: one day. Python refuses a
+#: socket timeout or a wait much longer (``inf`` or ``1e12`` failed every call with an ``OverflowError``).
+MAX_WAIT = 86_400.0
 
 # Shown instead of host, path and query when credentials cannot be told apart from them (see mask_url).
 _UNPARSED_TAIL = "<host hidden: its credentials are not URL-escaped>"
@@ -132,14 +135,16 @@ class RedisSettings(BackendSettings):
     pool_timeout: float = Field(
         default=5.0,
         gt=0,
+        le=MAX_WAIT,
         description="Seconds a call waits for a free pooled connection before BackendUnavailableError.",
     )
     socket_connect_timeout: float = Field(
-        default=2.0, gt=0, description="Seconds to establish a connection before the attempt fails."
+        default=2.0, gt=0, le=MAX_WAIT, description="Seconds to establish a connection before the attempt fails."
     )
     socket_timeout: float = Field(
         default=5.0,
         gt=0,
+        le=MAX_WAIT,
         description="Seconds to wait for a reply; then the call raises BackendTimeoutError (the command may "
         "or may not have run on the server).",
     )
@@ -155,7 +160,9 @@ class RedisSettings(BackendSettings):
         ge=0,
         description="Base of the exponential backoff between retries, in seconds (doubled per retry, with jitter).",
     )
-    retry_backoff_max: float = Field(default=1.0, ge=0, description="Longest wait between two retries, in seconds.")
+    retry_backoff_max: float = Field(
+        default=1.0, ge=0, le=MAX_WAIT, description="Longest wait between two retries, in seconds."
+    )
     retry_on_timeout: bool = Field(
         default=False,
         description="Also retry after a timeout. Off by default: a timed-out server is usually overloaded, "

@@ -51,6 +51,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterError,
     MaxConnectionsError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
@@ -154,9 +155,13 @@ _UPLOAD_TTL_MS = 60_000
 # this long, and longer when the retry policy allows more time (see _result_ttl_ms).
 _RESULT_TTL_MS = 60_000
 _ENV = "ARTIFACT_STORE_REDIS_"
-# The servers (by their display URL) whose eviction policy this process has read: it is read once per
-# process and server, at the first write, so a store per pipeline run costs no extra round trip each.
+# The servers (by their display URL) whose eviction policy this process has read, or may never read (an ACL
+# without INFO): it is read once per process and server, at the first write, so a store per pipeline run
+# costs no extra round trip each. A read that failed on the way (a dropped connection, a timeout, BUSY) leaves
+# its server out, so that a later save reads it again.
 _POLICY_READ: set[str] = set()
+# The servers whose policy one thread is reading now: the saves of other threads do not read it as well.
+_POLICY_READING: set[str] = set()
 # Whether a server's (by its display URL; in a cluster, with the slot's primary) maxmemory-policy is allkeys-*,
 # as this process read it (once per process and server): list() and clear() ask no more of a server that
 # is not (see RedisStore._evicts_index).
@@ -607,6 +612,22 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _cluster_disabled(exc: BaseException) -> ResponseError | None:
+    """The reply of a server without cluster support to the cluster client's ``CLUSTER SLOTS``, or ``None``.
+
+    redis-py's cluster client reports it as "Redis Cluster cannot be connected ... Cluster mode is not enabled
+    on this node" (a RedisClusterException, the reply in its chain), like an unreachable node.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ResponseError) and "cluster support disabled" in str(current):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
     """The timeout behind ``exc`` when it is redis-py's cluster client giving up after one, or ``None``.
 
@@ -626,6 +647,11 @@ def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
             found = current
         current = current.__cause__ or current.__context__
     return found
+
+
+def _reset(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection the server reset (``ECONNRESET``)."""
+    return isinstance(exc, RedisConnectionError) and "Connection reset by peer" in str(exc)
 
 
 def _connect_timeout(exc: RedisTimeoutError) -> bool:
@@ -705,6 +731,15 @@ def _info_field(info: Any, name: str) -> str | None:
     return text[start : end if end >= 0 else len(text)].strip().decode("ascii", "replace")
 
 
+def _info_refused_for_good(exc: BaseException) -> bool:
+    """Whether ``exc``, the failure of an ``INFO``, would recur at every try: an ACL without ``INFO``, or a
+    server that does not offer it (``rename-command``, a proxy). Not a dropped connection, a timeout, or a
+    server busy (``BUSY``), loading (``LOADING``) or failing over, which a later try may get past."""
+    if _access_failure(exc) is not None:
+        return True
+    return isinstance(exc, ResponseError) and not (_is_busy(exc) or isinstance(exc, (ClusterError, TryAgainError)))
+
+
 def _eviction_policy(memory: Any) -> str | None:
     """The ``maxmemory-policy`` in an ``INFO memory`` reply, or ``None`` when the server never evicts
     (``noeviction``, or no ``maxmemory``)."""
@@ -731,8 +766,8 @@ class RedisStore(ArtifactStore):
             the retry policy still is, and the store does not close the client.
 
     Raises:
-        ConfigurationError: a setting (from ``settings`` or, without it, the environment) is invalid, or the
-            URL sets something twice.
+        ConfigurationError: a setting (from ``settings`` or, without it, the environment) is invalid, the
+            URL sets something twice, or cluster mode names a server without cluster support.
         BackendUnavailableError: cluster mode, and no node of the cluster could be reached.
         InvalidStepIdError: ``namespace`` is not legal.
     """
@@ -768,6 +803,8 @@ class RedisStore(ArtifactStore):
         # Its own slot in a cluster; "{prefix}" can never equal a namespace's "{prefix:...}" tag.
         self._registry = f"{{{self._settings.key_prefix}}}:namespaces".encode("ascii")
         self._registered_at: float | None = None
+        # Whether _POLICY_READ holds this store's server (so a save needs no lock to know it).
+        self._policy_known = False
         self._result_ttl_ms = _result_ttl_ms(self._settings)
         # Set by close(): a retry backoff waits on it, so that a thread waiting to retry stops at once.
         self._closing = threading.Event()
@@ -789,6 +826,13 @@ class RedisStore(ArtifactStore):
             try:
                 self._client = _connect(self._settings, options)
             except (RedisError, RedisClusterException) as exc:
+                refusal = _cluster_disabled(exc)
+                if refusal is not None:
+                    raise ConfigurationError(
+                        f"{_env('cluster')} is true, but redis at {self._where} is not a cluster node "
+                        f"({self._describe(refusal)}): set {_env('cluster')}=false for a standalone server, or "
+                        f"point {_env('url')} at a node of the cluster"
+                    ) from exc
                 raise self._translated(exc, "connect") from exc
         self._discovered = True
         # The pool of our own standalone client: commands go straight through its connections, which skips
@@ -905,6 +949,8 @@ class RedisStore(ArtifactStore):
         now = time.monotonic()
         registered = self._registered_at
         if registered is not None and now - registered < _REGISTER_EVERY:
+            # A policy read that failed at the announce is made again here (nothing is sent once it succeeded).
+            self._check_eviction_policy()
             return None
         # Two threads announcing at once only write the same entry twice.
         try:
@@ -968,19 +1014,35 @@ class RedisStore(ArtifactStore):
         artifacts whose index went unless they look for them (see :meth:`_unindexed`). Managed Redis services
         often default to an evicting policy, so the store says so in the log before its first artifact is
         written rather than leaving the user to find out from a damaged artifact. A server that does not let
-        us read ``INFO`` (an ACL without it) is not checked.
+        us read ``INFO`` (an ACL without it) is not checked. A read that fails on the way (a dropped connection,
+        a timeout, ``BUSY``) is not retried within the save, which it would delay, but made again by the next
+        save (of any store of this process on that server) until it succeeds.
         """
+        if self._policy_known:
+            return
         with _POLICY_LOCK:
             if self._where in _POLICY_READ:
+                self._policy_known = True
                 return
-            _POLICY_READ.add(self._where)
+            if self._where in _POLICY_READING:
+                return
+            _POLICY_READING.add(self._where)
+        final = False
         try:
             self._stop_if_closed()
             info = self._memory_info()
+            final = True
         except (RedisError, RedisClusterException) as exc:
-            _log.debug("could not read the maxmemory-policy of %s: %s", self._where, self._describe(exc))
+            final = _info_refused_for_good(exc)
+            later = "" if final else "; read again at the next save"
+            _log.debug("could not read the maxmemory-policy of %s%s: %s", self._where, later, self._describe(exc))
             return
         finally:
+            with _POLICY_LOCK:
+                _POLICY_READING.discard(self._where)
+                if final:
+                    _POLICY_READ.add(self._where)
+            self._policy_known = final
             self._after_attempt()  # a close() that raced the read leaves no connection open
         self._remember_policy(info)
         policy = _eviction_policy(info)
@@ -1958,11 +2020,28 @@ class RedisStore(ArtifactStore):
                 f"{_env('retry_attempts')} ({what})"
             )
         if isinstance(exc, (RedisConnectionError, ClusterError, TryAgainError, RedisClusterException)):
-            return BackendUnavailableError(f"{where} is unavailable ({what})")
+            # A TLS-only port resets a connection that sends a command instead of a handshake; so does a server
+            # going away, so this is a hint, as for rediss:// to a plain port.
+            hint = (
+                "; if the server speaks TLS on that port, use rediss://"
+                if self._where.startswith("redis://") and _reset(exc)
+                else ""
+            )
+            return BackendUnavailableError(f"{where} is unavailable ({what}){hint}")
         if isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range"):
             return BackendError(
                 f"{where} has no database {_client_db(self._client)}: the database number in {_env('url')} "
                 f"must be below the server's 'databases' setting (16 by default) ({what})"
+            )
+        if isinstance(exc, MovedError) and not isinstance(self._client, RedisCluster):
+            # A standalone client does not follow redirections: every command for another node's slot fails.
+            fix = (
+                f"set {_env('cluster')}=true"
+                if self._owns_client
+                else "give the store a redis.cluster.RedisCluster client"
+            )
+            return BackendError(
+                f"{where} is a node of a Redis Cluster and redirected a command to another node ({what}): {fix}"
             )
         if isinstance(exc, ResponseError) and str(exc).lower().startswith("unknown command"):
             # EVALSHA, HMGET...: every Redis since 5 has them. A Sentinel port, or a proxy or service that
