@@ -132,6 +132,19 @@ def test_a_wait_too_long_for_python_is_a_configuration_error(
         create_store("redis")
 
 
+def test_retry_attempts_past_what_a_result_marker_can_outlive_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 1e12 retries were accepted, and the delete/clear result marker's expiry (as long as a call's retries may
+    # last) then went past what Redis accepts.
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_URL", "redis://db.internal:6380/0")
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS", str(10**12))
+    with pytest.raises(
+        ConfigurationError, match="ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS: Input should be less than or equal"
+    ):
+        create_store("redis")
+
+
 def test_config_file_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "artifactstore.toml").write_text('[redis]\nkey_prefix = "from-file"\nsocket_timeout = 1.25\n')
     monkeypatch.chdir(tmp_path)

@@ -151,9 +151,12 @@ class RedisSettings(BackendSettings):
     retry_attempts: int = Field(
         default=3,
         ge=0,
+        # Bounded so that the delete/clear result markers, which live as long as a call's retries may last,
+        # keep an expiry Redis accepts; more retries than this would wait days anyway.
+        le=1000,
         description="Retries after a refused or reset connection, a server still loading its data "
-        "(LOADING) or busy running another client's long script (BUSY); 0 disables retries. Every operation "
-        "of this backend is safe to repeat.",
+        "(LOADING) or busy running another client's long script (BUSY); 0 disables retries, at most 1000. "
+        "Every operation of this backend is safe to repeat.",
     )
     retry_backoff: float = Field(
         default=0.05,
