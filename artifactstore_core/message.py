@@ -547,6 +547,8 @@ def _sets_in_order(value: Any, dumped: Any) -> Any:
         return dumped
     if isinstance(value, BaseModel):
         model_cls = type(value)
+        if not _model_holds_set(model_cls):
+            return dumped  # (each row of a long list of models is skipped by one cached lookup)
         if model_cls.__pydantic_root_model__:
             return _sets_in_order(getattr(value, "root", _MISSING), dumped)
         if not isinstance(dumped, Mapping):
@@ -854,8 +856,6 @@ with warnings.catch_warnings():
             name = _schema_name(model_cls)
             try:
                 content = model.model_dump(mode="json")
-                if _model_holds_set(model_cls):
-                    content = _sets_in_order(model, content)
             except ValueError as exc:  # UnicodeDecodeError, PydanticSerializationError
                 raise SerializationError(
                     f"cannot dump {name} as JSON: {type(exc).__name__}: {exc} (a bytes field "
@@ -866,8 +866,15 @@ with warnings.catch_warnings():
                 version=version,
                 json_schema=model_cls.model_json_schema() if include_json_schema else None,
             )
+            # Sets are put in order on the content stored, after the NaN check below compared the dump with
+            # pydantic's JSON position by position (both still in the sets' own order).
+            holds_set = _model_holds_set(model_cls)
             try:
-                return cls(content=content, schema=schema, metadata=metadata or {})
+                return cls(
+                    content=_sets_in_order(model, content) if holds_set else content,
+                    schema=schema,
+                    metadata=metadata or {},
+                )
             except ValidationError:
                 # model_dump(mode="json") leaves NaN and infinities as floats, whatever the model's
                 # ser_json_inf_nan says; only pydantic's JSON writer applies it. Looked at only when the
@@ -879,7 +886,7 @@ with warnings.catch_warnings():
                 if not non_finite:
                     raise
             written = _non_finite_as_strings(model, content, name)
-            if _model_holds_set(model_cls):
+            if holds_set:
                 written = _sets_in_order(model, written)
             return cls(content=written, schema=schema, metadata=metadata or {})
 
