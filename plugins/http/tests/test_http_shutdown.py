@@ -3,9 +3,11 @@ store closed only after the call that uses it has returned."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +23,7 @@ from artifactstore_http.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
 )
-from artifactstore_http.server import create_app
+from artifactstore_http.server import _StoreCache, create_app
 from artifactstore_http.settings import ServerSettings
 from artifactstore_http.testing import TOKEN, HoldingProxy, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -190,3 +192,44 @@ def test_the_shutdown_timeout_setting_takes_seconds(value: str | None, expected:
 def test_a_negative_shutdown_timeout_is_a_configuration_error_naming_it() -> None:
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_SHUTDOWN_TIMEOUT"):
         load_settings(ServerSettings, shutdown_timeout=-1)
+
+
+@pytest.mark.timeout(30)
+def test_a_request_cancelled_while_its_store_is_built_leaves_no_store_open() -> None:
+    # uvicorn's shutdown cancels a request with a plain Task.cancel(), which ends the await of the build's
+    # worker thread while the thread goes on: the store it built stayed counted as in use, so the cache's
+    # close() never closed it (its last "user" had gone).
+    building, finish, built = threading.Event(), threading.Event(), threading.Event()
+    closed: list[str] = []
+
+    class Store(MemoryStore):
+        def close(self) -> None:
+            closed.append(self.namespace)
+            super().close()
+
+    def factory(namespace: str) -> MemoryStore:
+        building.set()
+        finish.wait(10)
+        return Store(namespace=namespace, space=MemorySpace())
+
+    cache = _StoreCache(factory, capacity=4)
+    original = cache._release
+
+    def release(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        built.set()
+
+    cache._release = release  # type: ignore[method-assign]
+
+    async def main() -> None:
+        task = asyncio.ensure_future(cache.prepare("a"))
+        await asyncio.get_running_loop().run_in_executor(None, building.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    finish.set()
+    assert built.wait(10)
+    cache.close()
+    assert closed == ["a"]

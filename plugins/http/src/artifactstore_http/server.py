@@ -14,6 +14,7 @@ server from any other web server at the endpoint (see :mod:`artifactstore_http.p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -209,6 +210,16 @@ def _error_document(error: ArtifactStoreError, status: int | None = None) -> dic
     )
 
 
+def _uncancel() -> None:
+    """Withdraw one cancellation request from the current asyncio task (none under another event loop)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop running (trio)
+        return
+    if task is not None and task.cancelling():
+        task.uncancel()
+
+
 def _cut_short(body_pending: bool, namespace: str | None, step_id: str | None) -> ArtifactStoreError:
     """The error of a request the server's shutdown cut short (``body_pending``: a save whose body was not
     read yet, so nothing was done)."""
@@ -330,14 +341,21 @@ class _StoreCache:
                 await done.wait()
                 continue
             try:
-                entry = await anyio.to_thread.run_sync(self._entry, namespace)
-                # Not evicted here, though idle for a moment: the request that built it is about to use it.
-                self._release(namespace, entry, evict=False)
+                await anyio.to_thread.run_sync(self._build, namespace)
             finally:
                 with self._lock:
                     del self._preparing[namespace]
                 done.set()
             return
+
+    def _build(self, namespace: str) -> None:
+        """Build the store of ``namespace`` (on a worker thread) and count its use as ended at once.
+
+        Both in the thread: a request cancelled while it awaits the build (the server's shutdown) cannot leave
+        the store counted as in use, which would keep it from ever being closed.
+        """
+        # Not evicted here, though idle for a moment: the request that built it is about to use it.
+        self._release(namespace, self._entry(namespace), evict=False)
 
     @contextlib.contextmanager
     def acquire(self, namespace: str) -> Iterator[ArtifactStore]:
@@ -614,6 +632,9 @@ class _App:
             # is unknown, as after a timeout. The cancellation ends here, with the answer sent: it was only
             # asked so that this request would end.
             logger.warning("%s %s cut short by the server's shutdown", request.method, _loggable_path(request.scope))
+            # The task goes on to send the answer: no longer count it as being cancelled (asyncio's record of
+            # the request to cancel, which uvicorn made with a plain Task.cancel()).
+            _uncancel()
             return _problem_response(
                 _error_document(_cut_short(body_pending(), namespace, step_id)), close=True, head=head
             )
