@@ -277,9 +277,15 @@ class FilesystemStore(ArtifactStore):
         text = os.fsdecode(path)
         if text == self._root or text.startswith(self._root.rstrip(os.sep) + os.sep):
             return "under the filesystem root"
-        if self._root.startswith(text.rstrip(os.sep) + os.sep):
+        if self._on_the_way(text):
             return "on the way to the filesystem root"
         return "outside the filesystem root"
+
+    def _on_the_way(self, path: object) -> bool:
+        """Whether ``path`` is a directory above the root (where a root not created yet would be made)."""
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return False
+        return self._root.startswith(os.fsdecode(path).rstrip(os.sep) + os.sep)
 
     def _ensure_dir(self, directory: str, created: builtins.list[str]) -> None:
         """Create ``directory`` and the missing directories above it; append each new one's parent to
@@ -315,7 +321,7 @@ class FilesystemStore(ArtifactStore):
             target = os.readlink(path)
         except OSError:
             target = "?"
-        if path == self._root or self._root.startswith(path.rstrip(os.sep) + os.sep):
+        if path == self._root or self._on_the_way(path):
             return ConfigurationError(
                 f"filesystem store at {self._root!r}: {path!r}, on the way to the root, is a symbolic link to "
                 f"{target!r}, which does not exist (a file system not mounted?): mount or create it, or set "
@@ -1246,7 +1252,7 @@ class FilesystemStore(ArtifactStore):
                 "directory on a writable file system"
             )
         elif code in _DENIED or isinstance(exc, PermissionError):
-            if self._placed(exc.filename).startswith("on the way"):
+            if self._on_the_way(exc.filename):
                 advice = (
                     f"the root does not exist and cannot be made there: create it, or set {_ROOT_ENV} to a "
                     "directory you may write to"

@@ -193,9 +193,10 @@ class S3Settings(BackendSettings):
             raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000")
         # botocore refuses a query at the first request ("not a valid URI"); a fragment it drops without a word,
         # and with it whatever path followed the '#'. Neither is part of an endpoint, so say so now.
-        if "?" in value.split("#", 1)[0]:
+        # (A bare '?' or '#' leaves urlsplit's query or fragment empty: hence the raw checks too.)
+        if parts.query or value.split("#", 1)[0].endswith("?"):
             raise ValueError("must not contain a query ('?...'): an endpoint is scheme, host, port and path")
-        if "#" in value:
+        if parts.fragment or value.endswith("#"):
             raise ValueError("must not contain a fragment ('#...'): an endpoint is scheme, host, port and path")
         try:
             parts.port  # noqa: B018 (urlsplit checks the port only when it is asked for)
