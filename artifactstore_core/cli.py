@@ -105,7 +105,7 @@ class _MessageConsole(Console):
             # (80 columns when stderr is a file or a pipe), so that a CI log showed `saved 'a-long-id'` split
             # over three lines, past any grep for it. A terminal still folds it for display.
             kwargs.setdefault("soft_wrap", True)
-        objects = tuple(_visible(item) if isinstance(item, str) else item for item in objects)
+        objects = tuple(visible(item) if isinstance(item, str) else item for item in objects)
         try:
             super().print(*objects, **kwargs)
         except OSError:
@@ -378,29 +378,28 @@ def _write_all(stream: IO[bytes], data: bytes) -> None:
 
 
 # The one escaping of text output, shared with the pipeline's RunResult.table().
-_visible = visible
 
 
 class _VisibleLines:
     """A text stream (stderr) for what click shows itself (a usage error, which quotes the arguments): each
-    line shown by :func:`_visible`, the line breaks kept."""
+    line shown by :func:`visible`, the line breaks kept."""
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write("\n".join(_visible(line) for line in text.split("\n")))
+        return self._stream.write("\n".join(visible(line) for line in text.split("\n")))
 
     def flush(self) -> None:
         self._stream.flush()
 
 
 def _echo(text: str) -> None:
-    """One line of a command's text output on stdout, shown by :func:`_visible`.
+    """One line of a command's text output on stdout, shown by :func:`visible`.
 
     Raises :class:`LocalFileError` (not a closed pipe).
     """
-    _write_line(_visible(text))
+    _write_line(visible(text))
 
 
 def _write_line(text: str) -> None:
@@ -498,14 +497,14 @@ def _open_store(backend: str | None, namespace: str | None) -> Iterator[Artifact
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
     """Aligned plain-text columns on stdout, never truncated (scripts and narrow terminals alike)."""
     # Escaped before the widths are measured: an escape is wider than the character it stands for.
-    rows = [[_visible(str(cell)) for cell in row] for row in rows]
+    rows = [[visible(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     for line in [headers, *rows]:
         _echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
 def _echo_json(value: Any) -> None:
-    # Exact, not through _visible: ASCII, with every control character a JSON escape already.
+    # Exact, not through visible: ASCII, with every control character a JSON escape already.
     _write_line(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
 
 
@@ -538,10 +537,10 @@ def _progress(total: int | None) -> Progress | None:
 
 
 def _progress_label(text: str) -> str:
-    """A progress bar's label for ``text``, shown as it is (through :func:`_visible`), never as rich markup
+    """A progress bar's label for ``text``, shown as it is (through :func:`visible`), never as rich markup
     (its column is plain text): an id with a closing tag (``a[/x]``) failed the transfer with rich's
     ``MarkupError``, and one with an emoji code (``:smile:``) showed an emoji."""
-    return _visible(text)
+    return visible(text)
 
 
 class _CountingReader:
@@ -1171,7 +1170,7 @@ def list_command(as_json: bool, backend: str | None, namespace: str | None) -> N
         for info in infos:
             created = f"{_utc(info.created_at):%Y-%m-%d %H:%M:%S} UTC"
             # Escaped before the padding, which must count the escapes' width.
-            _echo(f"{info.size:>12}  {created}  {_visible(info.media_type):<28}  {info.step_id}")
+            _echo(f"{info.size:>12}  {created}  {visible(info.media_type):<28}  {info.step_id}")
     if failures:
         raise click.exceptions.Exit(exit_code(failures[0]))
 
@@ -1493,7 +1492,7 @@ def demo(ctx: click.Context, backend: str | None, namespace: str | None) -> None
     except StepFailedError as exc:
         # The library's words say how to resume from Python (execution_id='...'); the command's way is -n.
         if exc.execution_id is not None:
-            again = shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", exc.execution_id])
+            again = _demo_again(backend, exc.execution_id)
             python_way = f"run the pipeline again with execution_id={exc.execution_id!r}"
             exc.args = (exc.message.replace(python_way, f"run `{again}`"),)
         # A step that failed on the store (a backend down, retry later) keeps that error's code, which the
@@ -1506,7 +1505,7 @@ def demo(ctx: click.Context, backend: str | None, namespace: str | None) -> None
         # `aborted` does not show: a fresh execution's id (and its kept artifacts) was lost to the user.
         interrupted = getattr(exc, "_artifactstore_interrupted", None)
         if interrupted is not None:
-            again = shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", interrupted[0]])
+            again = _demo_again(backend, interrupted[0])
             with suppress(OSError, ValueError):
                 stderr.print(
                     f"execution {interrupted[0]!r} was interrupted; the artifacts of the steps that finished are "
@@ -1514,6 +1513,11 @@ def demo(ctx: click.Context, backend: str | None, namespace: str | None) -> None
                     markup=False,
                 )
         raise
+
+
+def _demo_again(backend: str | None, execution_id: str) -> str:
+    """The command line that resumes the demo's execution ``execution_id``."""
+    return shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", execution_id])
 
 
 def _load_plugin_commands() -> None:

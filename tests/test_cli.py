@@ -1154,7 +1154,7 @@ _DISPLAYED = "café 👩\u200d👩\u200d👧 🏴\U000e0067\U000e0062\U000e007f"
     ],
 )
 def test_what_text_output_escapes(text: str, shown: str) -> None:
-    from artifactstore_core.cli import _visible
+    from artifactstore_core._wording import visible as _visible
 
     assert _visible(text) == shown
     assert _visible(shown) == shown  # escaping twice changes nothing: the table measures escaped cells

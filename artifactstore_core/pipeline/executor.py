@@ -519,10 +519,7 @@ class Executor:
             _clear_execution(store, pipeline, fresh)
             after = "its artifacts were cleared (on_failure='clear'), so it cannot be resumed"
         else:
-            after = (
-                f"{_kept(store)}: run the pipeline again{_where(store)} with execution_id={execution_id!r} to "
-                "resume from the failed step"
-            )
+            after = f"{_resume_advice(store, execution_id)} from the failed step"
         result = RunResult(
             execution_id=execution_id,
             backend=store.backend_name,
@@ -750,26 +747,26 @@ def _check_function(step: Step, fn: object) -> None:
         )
 
 
-def _kept(store: ArtifactStore) -> str:
-    """What is left of an execution that stopped, on ``store`` (a memory store's artifacts end with the process)."""
+def _resume_advice(store: ArtifactStore, execution_id: str) -> str:
+    """What is left of an execution that stopped, on ``store``, and how to resume it (a memory store's
+    artifacts end with the process, so only a run in this process can)."""
     if store.capabilities.persistent:
-        return "the artifacts of the steps that finished are kept"
-    return (
-        f"the artifacts of the steps that finished are kept in this process only (the {store.backend_name} "
-        "backend keeps nothing once the process exits)"
-    )
-
-
-def _where(store: ArtifactStore) -> str:
-    return "" if store.capabilities.persistent else " in this process"
+        kept, where = "the artifacts of the steps that finished are kept", ""
+    else:
+        kept = (
+            f"the artifacts of the steps that finished are kept in this process only (the {store.backend_name} "
+            "backend keeps nothing once the process exits)"
+        )
+        where = " in this process"
+    return f"{kept}: run the pipeline again{where} with execution_id={execution_id!r} to resume"
 
 
 def _note_interrupted(exc: BaseException, execution_id: str, store: ArtifactStore) -> None:
     """Add to ``exc`` (Ctrl-C, ``SystemExit``) the note that names the interrupted execution and says how to
     resume it, unless it has it already. Raises nothing."""
     note = (
-        f"execution {execution_id!r} on backend {store.backend_name!r} was interrupted; {_kept(store)}: run the "
-        f"pipeline again{_where(store)} with execution_id={execution_id!r} to resume"
+        f"execution {execution_id!r} on backend {store.backend_name!r} was interrupted; "
+        f"{_resume_advice(store, execution_id)}"
     )
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)

@@ -105,7 +105,9 @@ class RunResult:
                 status += {StepStatus.SUCCEEDED: " (replaced)", StepStatus.REUSED: " (restored)"}.get(
                     step.status, " (to replace)"
                 )
-            rows.append((_shown(step.step_id), status, format_duration(step.duration) if timed else "-", size))
+            # As the command line shows text: bidirectional controls and line separators escaped, so a row cannot
+            # reorder itself or pass for another step's.
+            rows.append((visible(step.step_id), status, format_duration(step.duration) if timed else "-", size))
         work = sum(step.duration for step in self.steps.values())
         total_size = sum(step.size or 0 for step in self.steps.values())
         rows.append(
@@ -127,12 +129,6 @@ class RunResult:
             f"wall time {format_duration(self.duration)}" + (" (steps in parallel overlap)" if overlapped else "")
         )
         return "\n".join(lines)
-
-
-def _shown(text: str) -> str:
-    # As the command line shows text: bidirectional controls and line separators escaped, so a row cannot
-    # reorder itself or pass for another step's.
-    return visible(text)
 
 
 def _width(text: str) -> int:
