@@ -996,6 +996,50 @@ class StoreConformance:
         with store.open("j") as handle:
             assert json.loads(handle.read()) == content
 
+    def test_open_with_header_describes_what_the_stream_yields(self, store: ArtifactStore) -> None:
+        # Every backend, streaming or not: bytes large enough to be streamed, text, and JSON large enough to
+        # be stored compressed (the header still gives the size and digest of the bytes the stream yields).
+        large = bytes(itertools.islice(itertools.cycle(range(251)), 3 * 1024 * 1024 + 5))
+        schema = SchemaInfo(name="tests.Header", version="2")
+        rows = {"rows": [f"row {i}" for i in range(30_000)]}
+        cases = {
+            "bytes": Message(content=large, media_type="application/x-test", schema=schema, metadata={"k": [1]}),
+            "text": Message(content="héllo"),
+            "json": Message(content=rows),
+        }
+        for step_id, message in cases.items():
+            store.save(step_id, message)
+            saved = store.get(step_id)
+            info = store.info(step_id)
+            header, stream = store.open_with_header(step_id)
+            with stream:
+                data = stream.read()
+            if step_id == "json":
+                assert json.loads(data) == rows
+            else:
+                assert data == (large if step_id == "bytes" else "héllo".encode())
+            assert header.codec == {"bytes": "bytes", "text": "utf-8", "json": "json"}[step_id]
+            assert (header.size, f"{header.digest_alg}:{header.digest}") == (info.size, info.digest)
+            assert header.size == len(data)
+            assert header.media_type == saved.media_type
+            assert header.schema == saved.schema
+            assert header.metadata == saved.metadata
+            assert header.created_at == saved.created_at
+        with pytest.raises(ArtifactNotFoundError):
+            store.open_with_header("missing")
+
+    def test_save_stream_keeps_a_given_created_at(self, store: ArtifactStore) -> None:
+        then = datetime(2020, 2, 29, 12, 30, tzinfo=UTC)
+        for step_id, payload in (("small", b"x"), ("large", b"\x01" * (3 * 1024 * 1024))):
+            store.save_stream(step_id, io.BytesIO(payload), created_at=then)
+            assert store.get(step_id).created_at == then
+            assert store.info(step_id).created_at == then
+        stream = io.BytesIO(b"never read")
+        with pytest.raises(SerializationError, match="timezone"):
+            store.save_stream("naive", stream, created_at=datetime(2020, 1, 1))  # noqa: DTZ001 - the point
+        assert stream.tell() == 0
+        assert not store.exists("naive")
+
     def test_open_returns_a_read_only_stream(self, store: ArtifactStore) -> None:
         # Payloads of every kind and size, so both of a backend's paths are held to it: the payload kept in
         # memory (small, text, compressed JSON) and the streamed one (large bytes).

@@ -19,11 +19,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import IO, Any, ClassVar, Generic, NoReturn, ParamSpec, TypeVar
 
-from .envelope import Codec, content_stream
+from .envelope import Codec, Header, content_bytes, content_stream, digest_of
 from .errors import (
     ArtifactExistsError,
     ArtifactNotFoundError,
@@ -512,11 +512,14 @@ class ArtifactStore(ABC):
         metadata: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         ttl: Ttl | None = None,
+        created_at: datetime | None = None,
     ) -> None:
         """Save ``bytes`` content read from a binary stream (a file, a socket, ...).
 
         With ``capabilities.streaming`` memory stays bounded whatever the size; other backends read the
         stream whole and save it as :meth:`save` would. The write-once rule is the same as :meth:`save`.
+        ``created_at`` (timezone-aware) is the artifact's creation time, now when not given: a copy of an
+        artifact from another store (the artifact server saving what its client sent) keeps the original's.
 
         On a backend that does not stream and knows the largest content any save of this store can accept
         (``_max_artifact_bytes()``: memory's ``max_bytes``, redis's ``max_artifact_bytes``, the http
@@ -532,8 +535,8 @@ class ArtifactStore(ABC):
                 the largest artifact the store can accept, raised before the rest of the stream is read.
             TypeError: ``stream`` is a text stream (an :class:`io.TextIOBase`, such as a file opened without
                 ``'b'``), or has no ``read`` method (an iterable of chunks, ``bytes``); before anything is read.
-            SerializationError: ``media_type``, ``schema`` or ``metadata`` is not valid (before any I/O);
-                or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
+            SerializationError: ``media_type``, ``schema``, ``metadata`` or ``created_at`` (naive, or not a
+                datetime) is not valid (before any I/O); or ``stream.read()`` returned ``None`` (a non-blocking stream with nothing ready: refused,
                 never stored cut short) or a ``str`` (a text stream of another kind); or ``stream.read()``
                 raised (the stream's error chained; a streaming backend may raise another non-retryable
                 error for it, see its docs). Nothing is stored.
@@ -560,7 +563,13 @@ class ArtifactStore(ABC):
             # The fields are checked here, once, before anything is read or written, so every backend
             # refuses the same bad media type or metadata with the same SerializationError.
             try:
-                template = Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
+                template = (
+                    Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
+                    if created_at is None
+                    else Message(
+                        content=b"", media_type=media_type, schema=schema, metadata=metadata, created_at=created_at
+                    )
+                )
             except (TypeError, ValueError) as exc:
                 raise SerializationError(f"cannot save a stream as {step_id!r}: {exc}", step_id=step_id) from exc
             if self.capabilities.streaming:
@@ -627,6 +636,34 @@ class ArtifactStore(ABC):
         except Exception as exc:
             self._raise(exc, "open", step_id)
         return content_stream(message)
+
+    def open_with_header(self, step_id: str) -> tuple[Header, IO[bytes]]:
+        """Open the artifact's content as :meth:`open` does, together with the verified header describing it.
+
+        For code that passes an artifact on without holding it (the artifact server streams it to its
+        client under a head of its own): the header tells what the stream will yield before a byte of it is
+        read. ``header.size`` and ``header.digest`` are those of the bytes the stream yields (the content's
+        UTF-8 for text and JSON); ``header.codec``, ``media_type``, ``schema``, ``metadata`` and
+        ``created_at`` are the artifact's. ``compression`` and ``stored_size`` are how the backend keeps the
+        payload (the stream yields it decompressed all the same); ``mac`` is the stored head's and says
+        nothing about the stream. A backend without ``capabilities.streaming`` reads the artifact whole and
+        describes it as uncompressed; one with it reads only the head before this returns, and its stream
+        verifies the payload as it is read, as :meth:`open`'s does.
+
+        Raises:
+            InvalidStepIdError, ArtifactNotFoundError, ArtifactCorruptedError, BackendError, StoreClosedError:
+                as :meth:`open`.
+        """
+        step_id = validate_step_id(step_id)
+        self._check_open()
+        try:
+            if self.capabilities.streaming:
+                return self._open_with_header(step_id)
+            message = self._get(step_id)
+            header = self._header_of(step_id, message)
+        except Exception as exc:
+            self._raise(exc, "open", step_id)
+        return header, content_stream(message)
 
     def close(self) -> None:
         """Release the backend's clients and pools.
@@ -881,6 +918,30 @@ class ArtifactStore(ABC):
     def _open(self, step_id: str) -> IO[bytes]:
         """Streaming read, for backends that declare ``capabilities.streaming``."""
         raise UnsupportedOperationError(f"backend {self.backend_name!r} does not implement streaming")
+
+    def _open_with_header(self, step_id: str) -> tuple[Header, IO[bytes]]:
+        """Streaming read with the artifact's verified header, for :meth:`open_with_header`.
+
+        Called with a valid ``step_id`` on an open store of a backend that declares
+        ``capabilities.streaming``. A backend that decodes the head before it streams the payload returns that
+        header (as :meth:`~artifactstore_core.envelope.Codec.decode_head` gave it) and the stream its
+        :meth:`_open` would return. This default reads the artifact whole with :meth:`_get` and describes
+        it, which is correct but holds it in memory: override it together with :meth:`_open`.
+
+        Raises:
+            ArtifactNotFoundError: (``self._not_found(step_id)``) no such artifact.
+            Exception: anything else, as :meth:`_open`.
+        """
+        message = self._get(step_id)
+        return self._header_of(step_id, message), content_stream(message)
+
+    def _header_of(self, step_id: str, message: Message) -> Header:
+        """The header of ``message``'s content kept uncompressed (its digest computed: one hash pass)."""
+        codec, raw = content_bytes(message)
+        return self.codec.encode_head(
+            codec=codec, media_type=message.media_type, schema=message.schema, metadata=message.metadata,
+            created_at=message.created_at, size=len(raw), digest=digest_of(raw), place=(self.namespace, step_id),
+        )[1]  # fmt: skip
 
     # -- internals ------------------------------------------------------------------------------------
 

@@ -883,6 +883,9 @@ class FilesystemStore(ArtifactStore):
             return True
 
     def _open(self, step_id: str) -> IO[bytes]:
+        return self._open_with_header(step_id)[1]
+
+    def _open_with_header(self, step_id: str) -> tuple[Header, IO[bytes]]:
         with self._doing("open", step_id):
             file = self._open_file(self._path(step_id)[1], step_id)
             if file is None:
@@ -894,9 +897,9 @@ class FilesystemStore(ArtifactStore):
                     file.seek(0)
                     message = self._read_message(file, step_id)
                     file.close()
-                    return content_stream(message)
+                    return header, content_stream(message)
                 raw = VerifiedPayload(file, header, self._stream_failure(step_id))
-                return io.BufferedReader(raw, buffer_size=min(self._settings.chunk_size, 1 << 20))
+                return header, io.BufferedReader(raw, buffer_size=min(self._settings.chunk_size, 1 << 20))
             except BaseException:
                 file.close()
                 raise

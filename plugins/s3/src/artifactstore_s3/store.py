@@ -1325,6 +1325,9 @@ class S3Store(ArtifactStore):
         return {step_id: message for step_id, message in zip(step_ids, results, strict=True) if message is not None}
 
     def _open(self, step_id: str) -> IO[bytes]:
+        return self._open_with_header(step_id)[1]
+
+    def _open_with_header(self, step_id: str) -> tuple[Header, IO[bytes]]:
         key = self._keys.key(step_id)
         response = self._get_object(step_id, key)
         body = response["Body"]
@@ -1339,7 +1342,7 @@ class S3Store(ArtifactStore):
                 # Only JSON and text are compressed, and those are read whole by get() anyway.
                 message = self.codec.decode_payload(header, b"".join(chunks))
                 body.close()
-                return content_stream(message)
+                return header, content_stream(message)
             verifier = PayloadVerifier(header)
         except BaseException:
             body.close()
@@ -1348,7 +1351,7 @@ class S3Store(ArtifactStore):
         def fail(exc: Exception) -> Any:
             self._raise(exc, "open", step_id)
 
-        return io.BufferedReader(
+        return header, io.BufferedReader(
             VerifiedReader(chunks, verifier, header.size, body.close, fail), buffer_size=_READ_CHUNK
         )
 
