@@ -767,13 +767,40 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
 @_store_options
 def doctor(as_json: bool, backend: str | None, namespace: str | None) -> None:
     """Validate the settings and probe the backend with a save/get/delete round trip."""
+    found: dict[str, Any] = {"backend": None, "warnings": []}
+    try:
+        _doctor(as_json, backend, namespace, found)
+    except errors.ArtifactStoreError as exc:
+        if as_json:
+            # A monitoring script reads stdout for the verdict: a failure is a report too (status "error"),
+            # beside the usual error line on stderr and the family's exit code, which the group gives it.
+            _echo_json(
+                {
+                    **found,
+                    "status": "error",
+                    "error": {
+                        "type": type(exc).__name__,
+                        "message": str(exc),
+                        "retryable": exc.retryable,
+                        "exit_code": exit_code(exc),
+                    },
+                }
+            )
+        raise
+
+
+def _doctor(as_json: bool, backend: str | None, namespace: str | None, found: dict[str, Any]) -> None:
+    """:func:`doctor`'s work; ``found`` collects the backend's name and the warnings for a failure's report."""
     chosen = cli_backend(backend)
+    found["backend"] = chosen
     # The probe runs in a throw-away namespace, so the configured one (ARTIFACT_STORE_NAMESPACE, the config
     # file or --namespace) is checked here: every other command would refuse an invalid one.
     core = load_settings(CoreSettings, backend=chosen, namespace=namespace)
+    found["backend"] = core.backend
     validate_namespace(core.namespace)
     # A misspelt variable leaves a default in force, which the probe may well work with: say so.
     warnings = unread_variables(plugin_host().load(core.backend))
+    found["warnings"] = warnings
     _warn(warnings)
     probe_namespace = f"artifactstore-doctor-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()

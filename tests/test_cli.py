@@ -277,7 +277,15 @@ def test_doctor_refuses_the_namespace_every_other_command_refuses(args: tuple[st
     assert run("ls", *args[1:], env=env).returncode == 5
     result = run(*args, env=env)
     assert result.returncode == 5, (result.stdout, result.stderr)
-    assert result.stdout == ""
+    if "--json" in args:
+        report = json.loads(result.stdout)
+        assert (report["status"], report["error"]["type"], report["error"]["exit_code"]) == (
+            "error",
+            "InvalidStepIdError",
+            5,
+        )
+    else:
+        assert result.stdout == ""
     assert result.stderr.startswith("error: InvalidStepIdError: namespace ")
 
 
@@ -552,6 +560,34 @@ def test_doctor_against_a_stopped_redis_fails_fast_with_one_line(tmp_path: Path)
     assert lines[0].startswith("error: BackendUnavailableError")
     assert "Traceback" not in result.stderr
     assert "canary-pass-93e1" not in result.stdout + result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_doctor_json_reports_a_failure_as_json_too() -> None:
+    # A monitoring script parses stdout: a failing doctor printed nothing there, only the stderr line.
+    port = free_port()  # nothing listens here
+    env = {
+        "ARTIFACT_STORE_BACKEND": "redis",
+        "ARTIFACT_STORE_REDIS_URL": f"redis://:canary-pass-5c1d@127.0.0.1:{port}/0",
+        "ARTIFACT_STORE_REDIS_SOCKET_CONNECT_TIMEOUT": "1",
+        "ARTIFACT_STORE_REDIS_RETRY_ATTEMPTS": "1",
+        "ARTIFACT_STORE_REDIS_ULR": "x",
+    }
+    result = run("doctor", "--json", env=env)
+    assert result.returncode == 6, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "error"
+    assert report["backend"] == "redis"
+    assert report["error"]["type"] == "BackendUnavailableError"
+    assert report["error"]["retryable"] is True
+    assert report["error"]["exit_code"] == 6
+    assert f"127.0.0.1:{port}" in report["error"]["message"]
+    assert [warning.split()[0] for warning in report["warnings"]] == ["ARTIFACT_STORE_REDIS_ULR"]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: BackendUnavailableError")
+    assert "canary-pass-5c1d" not in result.stdout + result.stderr
+    unknown = run("doctor", "--json", env={"ARTIFACT_STORE_BACKEND": "nope"})
+    assert unknown.returncode == 5
+    assert json.loads(unknown.stdout)["error"]["type"] == "BackendNotFoundError"
 
 
 def test_no_secret_in_any_command_output(tmp_path: Path, redis_url: str) -> None:
