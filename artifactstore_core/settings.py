@@ -246,12 +246,16 @@ def load_settings(model: type[S], **overrides: Any) -> S:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
             loc = error["loc"]
+            # A validator's own ValueError reads as pydantic prefixes it, "Value error, must be ...": the
+            # error's text alone is the sentence written for the user.
+            cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
+            msg = str(cause) if isinstance(cause, ValueError) and str(cause) else error["msg"]
             if loc and str(loc[0]) in model.model_fields:
                 name = str(loc[0])
-                problems.append(f"{env_name_of(model, name)}{_given_where(model, name, given)}: {error['msg']}")
+                problems.append(f"{env_name_of(model, name)}{_given_where(model, name, given)}: {msg}")
             else:
                 # A check across several settings (a model validator): its message names them itself.
-                problems.append(f"{env_name_of(model, '*')}: {error['msg']}")
+                problems.append(f"{env_name_of(model, '*')}: {msg}")
         # Not chained: pydantic's error repeats the input, which may be a secret.
         raise ConfigurationError("invalid setting " + "; ".join(problems)) from None
 

@@ -276,9 +276,38 @@ def test_a_check_across_settings_names_the_prefix_not_a_made_up_variable() -> No
     with pytest.raises(ConfigurationError) as info:
         load_settings(PairSettings, left=1)
     assert str(info.value) == (
-        "invalid setting ARTIFACT_STORE_PAIR_*: Value error, set both ARTIFACT_STORE_PAIR_LEFT and "
+        "invalid setting ARTIFACT_STORE_PAIR_*: set both ARTIFACT_STORE_PAIR_LEFT and "
         "ARTIFACT_STORE_PAIR_RIGHT, or neither"
     )
+
+
+def test_a_validators_message_is_shown_without_pydantics_prefix() -> None:
+    # pydantic words a validator's ValueError "Value error, must be ...": the user reads the sentence alone.
+    from pydantic import field_validator
+    from pydantic_settings import SettingsConfigDict
+
+    from artifactstore_core import BackendSettings
+
+    class PortSettings(BackendSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_PORTS_", extra="ignore")
+        config_table = "ports"
+        port: int = 1
+
+        @field_validator("port")
+        @classmethod
+        def _positive(cls, value: int) -> int:
+            if value <= 0:
+                raise ValueError("must be a port number above 0")
+            return value
+
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(PortSettings, port=0)
+    assert str(info.value) == (
+        "invalid setting ARTIFACT_STORE_PORTS_PORT (given as the argument port): must be a port number above 0"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(PortSettings, port="x")
+    assert "Input should be a valid integer" in str(info.value)  # pydantic's own messages stay as they are
 
 
 def test_a_plain_pydantic_settings_model_is_named_by_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
