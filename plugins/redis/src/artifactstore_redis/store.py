@@ -595,6 +595,16 @@ def _is_acl_denial(exc: BaseException) -> bool:
     )
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it, each once (a cause, else the context; a cycle ends the walk)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def _access_failure(exc: BaseException) -> BaseException | None:
     """The refused login or ACL denial behind ``exc``, or ``None``.
 
@@ -602,13 +612,9 @@ def _access_failure(exc: BaseException) -> BaseException | None:
     password, a user without ``CLUSTER SLOTS``) as "Redis Cluster cannot be connected ... Cluster mode is not
     enabled on this node", a RedisClusterException whose chain holds the real reply; so the chain is read.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, (AuthenticationError, AuthorizationError)) or _is_acl_denial(current):
             return current
-        current = current.__cause__ or current.__context__
     return None
 
 
@@ -618,13 +624,9 @@ def _cluster_disabled(exc: BaseException) -> ResponseError | None:
     redis-py's cluster client reports it as "Redis Cluster cannot be connected ... Cluster mode is not enabled
     on this node" (a RedisClusterException, the reply in its chain), like an unreachable node.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, ResponseError) and "cluster support disabled" in str(current):
             return current
-        current = current.__cause__ or current.__context__
     return None
 
 
@@ -638,14 +640,10 @@ def _cluster_timeout(exc: BaseException) -> RedisTimeoutError | None:
     """
     if not isinstance(exc, RedisClusterException):
         return None
-    seen: set[int] = set()
     found: RedisTimeoutError | None = None
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, RedisTimeoutError) and (found is None or _connect_timeout(found)):
             found = current
-        current = current.__cause__ or current.__context__
     return found
 
 
@@ -666,15 +664,11 @@ def _tls_failure(exc: BaseException) -> OSError | None:
     redis-py reports it as a ConnectionError ("Error 1 connecting to ..."), the same class as a refused
     connection; retrying cannot help, so the store neither retries it nor calls the server unavailable.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, ssl.SSLError):
             return current
         if isinstance(current, (FileNotFoundError, PermissionError, IsADirectoryError)) and _loading_tls_files(current):
             return current
-        current = current.__cause__ or current.__context__
     return None
 
 
