@@ -29,7 +29,7 @@ DECLARED = {
         max_artifact_bytes=512 * 1024 * 1024,
     ),
     "s3": Capabilities(cross_process=True, persistent=True, atomic_create=True, streaming=True, list_namespaces=True),
-    "http": Capabilities(cross_process=True, atomic_create=True),
+    "http": Capabilities(cross_process=True, atomic_create=True, streaming=True),
 }
 
 

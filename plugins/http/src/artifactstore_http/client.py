@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import io
+import itertools
 import json
 import logging
 import os
@@ -22,18 +25,19 @@ import random
 import socket
 import ssl
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import IO, Any, Literal, NoReturn, TypeVar, cast
 
 import httpcore
 import httpx
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
-from artifactstore_core.envelope import PREFIX_SIZE, TAG_SIZE, Header
+from artifactstore_core.envelope import PREFIX_SIZE, TAG_SIZE, Header, content_stream, new_hasher
 from artifactstore_core.errors import (
     AccessDeniedError,
     ArtifactCorruptedError,
@@ -42,13 +46,15 @@ from artifactstore_core.errors import (
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
+    CapacityError,
     ConfigurationError,
     PayloadTooLargeError,
+    SerializationError,
     StoreClosedError,
     redact,
 )
 from artifactstore_core.settings import load_settings
-from artifactstore_core.store import ContextThreadPoolExecutor
+from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
 
 from .protocol import (
     API_PREFIX,
@@ -65,11 +71,14 @@ from .protocol import (
     encode_cursor,
     quote_segment,
 )
+from .reader import PayloadReader
 from .settings import HttpSettings, _head_setting, _token_problem, head_allowance, is_loopback
 
 __all__ = ["RETRY_POLICY", "HttpStore"]
 
 logger = logging.getLogger("artifactstore_http.client")
+
+_T = TypeVar("_T")
 
 
 #: Which failures each kind of request retries. ``"transient"``: connection failures, timeouts, resets and
@@ -80,6 +89,9 @@ logger = logging.getLogger("artifactstore_http.client")
 #: repeat that removed the artifact is trusted (see ``HttpStore._delete``).
 RETRY_POLICY: dict[str, Literal["transient", "unsent"]] = {
     "get": "transient",
+    # open: the request and the envelope's head only; a failure while the payload is read is not repeated
+    # (bytes were handed out already): the caller opens the artifact again.
+    "open": "transient",
     "info": "transient",
     "exists": "transient",
     "list": "transient",
@@ -106,6 +118,27 @@ _BACKOFF_MAX = 2.0
 _MAX_SMALL_BODY = 64 * 1024
 # Most items list_page asks the server for in one request: the server's default page (it accepts up to 10,000).
 _LIST_REQUEST_ITEMS = 1000
+# save_stream: the most bytes asked of the caller's stream in one read, and written to or read from the spool
+# at once; a stream that ends before _SMALL_STREAM bytes is sent with save's request, from memory, unspooled.
+_SPOOL_CHUNK = 1024 * 1024
+_SMALL_STREAM = 1024 * 1024
+# open: the buffer of the stream it returns (httpcore reads the socket 64 KiB at a time).
+_OPEN_BUFFER = 64 * 1024
+
+
+@dataclass(eq=False, slots=True)
+class _Body:
+    """The rest of an envelope's body after its head, left unread for a stream that ``open`` returns.
+
+    ``held`` holds the response open and the client lent for it; closing it closes the one and hands the
+    other back. ``close_delimited``: only the closing of the connection ends the body (see
+    :func:`_close_delimited`).
+    """
+
+    first: bytes
+    chunks: Iterator[bytes]
+    close_delimited: bool
+    held: contextlib.ExitStack
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +155,7 @@ class _Answer:
     content: bytes = b""
     header: Header | None = None
     payload: bytes = b""
+    body: _Body | None = None
 
     @property
     def is_success(self) -> bool:
@@ -436,7 +470,7 @@ class HttpStore(ArtifactStore):
     backend_name = "http"
     # Persistence is the server's store's: reported False because this client cannot promise it.
     capabilities = Capabilities(
-        cross_process=True, persistent=False, native_ttl=False, atomic_create=True, streaming=False
+        cross_process=True, persistent=False, native_ttl=False, atomic_create=True, streaming=True
     )
 
     def __init__(
@@ -625,15 +659,15 @@ class HttpStore(ArtifactStore):
                 headers = {"Content-Type": MEDIA_TYPE_ENVELOPE, "Content-Length": str(length)}
             clients = self._http()
             try:
-                with clients.checkout() as http:
+                with contextlib.ExitStack() as held:
+                    http = held.enter_context(clients.checkout())
                     request = http.build_request(method, url, params=params, content=content, headers=headers)
                     # Streamed, so that every body is read within a bound (see _read) and never taken whole
-                    # from whatever answers; read while the connection is this thread's alone.
+                    # from whatever answers; read while the connection is this thread's alone. An open's
+                    # answer may take the response and the client along (pop_all), for the stream it gives.
                     streamed = http.send(request, stream=True)
-                    try:
-                        response = self._read(operation, streamed, step_id)
-                    finally:
-                        streamed.close()
+                    held.callback(streamed.close)
+                    response = self._read(operation, streamed, step_id, held)
             except StoreClosedError:
                 raise
             except Exception as exc:
@@ -653,7 +687,7 @@ class HttpStore(ArtifactStore):
                 if response.is_success and not _marked(response) and operation != "health":
                     # Not retried: whatever answered will answer the same way again.
                     raise self._unmarked(operation, response)
-                if not (
+                if response.body is not None or not (
                     policy == "transient" and response.status_code in _RETRY_STATUSES and _retryable_answer(response)
                 ):
                     return response
@@ -665,7 +699,9 @@ class HttpStore(ArtifactStore):
             if clients.wait_closed(delay * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter, not cryptography
                 raise clients.closed_error()
 
-    def _read(self, operation: str, response: httpx.Response, step_id: str | None) -> _Answer:
+    def _read(
+        self, operation: str, response: httpx.Response, step_id: str | None, held: contextlib.ExitStack
+    ) -> _Answer:
         """Read what is needed of a streamed ``response``, never more than a bound, into an :class:`_Answer`.
 
         Nothing of an answer is ever taken whole on the server's word: a wrong endpoint, a proxy or a hostile
@@ -674,7 +710,9 @@ class HttpStore(ArtifactStore):
         a list, info, delete or clear request within ``max_json_bytes``; a problem, or a body nothing reads,
         within 64 KiB (beyond that it is not read, and the error is told from the status and headers). A
         health answer is read within 64 KiB too, and one larger is taken as empty: the server's is a few
-        dozen bytes, and anything else only leaves the limit it is asked for unknown.
+        dozen bytes, and anything else only leaves the limit it is asked for unknown. An open's envelope is
+        read as a get's up to its head; an uncompressed payload is then left unread in the answer's ``body``,
+        which takes the response and its client from ``held`` (see :class:`_Body`).
         """
         answer = _Answer(response.status_code, response.headers, response.request.method)
         if response.is_success and not _marked(response):
@@ -694,16 +732,27 @@ class HttpStore(ArtifactStore):
                     step_id=step_id,
                 )
             return _Answer(answer.status_code, answer.headers, answer.method, content=content)
-        if operation == "get" and response.status_code == 200 and _media_type(response) == MEDIA_TYPE_ENVELOPE:
-            header, payload = self._read_envelope(response, step_id or "")
-            return _Answer(answer.status_code, answer.headers, answer.method, header=header, payload=payload)
+        if (
+            operation in ("get", "open")
+            and response.status_code == 200
+            and _media_type(response) == MEDIA_TYPE_ENVELOPE
+        ):
+            header, payload, body = self._read_envelope(response, step_id or "", held if operation == "open" else None)
+            return _Answer(answer.status_code, answer.headers, answer.method, header=header, payload=payload, body=body)
         content = _read_within(response, _MAX_SMALL_BODY)
         if response.is_success or content is None:
             return answer
         return _Answer(answer.status_code, answer.headers, answer.method, content=content)
 
-    def _read_envelope(self, response: httpx.Response, step_id: str) -> tuple[Header, bytes]:
+    def _read_envelope(
+        self, response: httpx.Response, step_id: str, held: contextlib.ExitStack | None = None
+    ) -> tuple[Header, bytes, _Body | None]:
         """The verified header and the payload bytes of the envelope a get's ``response`` carries.
+
+        Given ``held`` (an open's), an uncompressed payload is not read: the rest of the body comes back as a
+        :class:`_Body` that takes the response and its client from ``held``, with empty payload bytes, and
+        ``max_json_bytes`` does not apply to it (nothing parses it). A compressed one (JSON or text, which the
+        stream yields decompressed) is read whole as a get's.
 
         The head is read and verified first; its header states the payload's size, and the body is read up
         to exactly that many bytes, never further. The payload is joined from the chunks received in one
@@ -724,7 +773,7 @@ class HttpStore(ArtifactStore):
         """
         limit = self._settings.max_body_bytes
         max_head = head_allowance(limit, self._settings.max_json_bytes)
-        where = f"artifact server {self._display} answered {step_id!r} with"
+        where = self._where(step_id)
         declared = _declared_length(response)
         if declared is not None and declared > limit + max_head:
             raise self._too_large(
@@ -734,13 +783,14 @@ class HttpStore(ArtifactStore):
             )
         chunks = response.iter_bytes()
         header, buffer, head_size = self._read_head(chunks, step_id, _close_delimited(response))
+        streamed = held is not None and header.compression is None
         total = head_size + header.stored_size
         if header.size > limit:
             shown = "after decompression, " if header.compression is not None else ""
             raise self._too_large(step_id, f"{where} {header.size} bytes of content ({shown}its header says)")
         if header.stored_size > limit:
             raise self._too_large(step_id, f"{where} a stored payload of {header.stored_size} bytes (its header says)")
-        if header.codec == "json" and header.size > self._settings.max_json_bytes:
+        if header.codec == "json" and header.size > self._settings.max_json_bytes and not streamed:
             raise PayloadTooLargeError(
                 f"{where} {header.size} bytes of JSON content; this client parses at most "
                 f"{self._settings.max_json_bytes} (ARTIFACT_STORE_HTTP_MAX_JSON_BYTES), because a parsed JSON "
@@ -753,6 +803,9 @@ class HttpStore(ArtifactStore):
                 f"{total}: the answer was cut or padded on the way",
                 step_id=step_id,
             )
+        if held is not None and streamed:
+            body = _Body(buffer[head_size:], chunks, _close_delimited(response), held.pop_all())
+            return header, b"", body
         stored = header.stored_size
         parts: list[bytes] = [buffer[head_size:]] if len(buffer) > head_size else []
         received = len(buffer) - head_size
@@ -771,7 +824,7 @@ class HttpStore(ArtifactStore):
                 f"{where} a payload of {received} bytes; its envelope's header says {stored}", step_id=step_id
             )
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
-        return header, payload
+        return header, payload, None
 
     def _read_head(
         self, chunks: Iterator[bytes], step_id: str, close_delimited: bool = False
@@ -791,7 +844,7 @@ class HttpStore(ArtifactStore):
         """
         limit = self._settings.max_body_bytes
         max_head = head_allowance(limit, self._settings.max_json_bytes)
-        where = f"artifact server {self._display} answered {step_id!r} with"
+        where = self._where(step_id)
         buffer = _fill(chunks, b"", PREFIX_SIZE)
         if close_delimited and len(buffer) < PREFIX_SIZE:
             raise _dropped(f"{where} an envelope cut short inside its head")
@@ -812,6 +865,10 @@ class HttpStore(ArtifactStore):
                 raise _dropped(f"{where} an envelope cut short inside its head")
             raise ArtifactCorruptedError(f"{where} an envelope cut short inside its head", step_id=step_id)
         return self.codec.decode_head(buffer[:head_size], place=(self.namespace, step_id)), buffer, head_size
+
+    def _where(self, step_id: str) -> str:
+        """The start of the message of an answer that disagrees with its envelope."""
+        return f"artifact server {self._display} answered {step_id!r} with"
 
     def _too_large(self, step_id: str, what: str) -> PayloadTooLargeError:
         return PayloadTooLargeError(
@@ -859,12 +916,135 @@ class HttpStore(ArtifactStore):
             yield head
             yield payload
 
+        self._put(step_id, body, len(head) + len(payload), overwrite)
+
+    def _put(self, step_id: str, body: Callable[[], Iterator[bytes]], length: int, overwrite: bool) -> None:
+        """Send an envelope of ``length`` bytes (``body()`` yields it anew for each attempt) as a save does.
+
+        Raises:
+            ArtifactStoreError: the server's answer is not a success (see :meth:`_fail`).
+            httpx.HTTPError: the last attempt failed (translated by the caller).
+        """
         params = {"overwrite": "true"} if overwrite else None
-        response = self._send(
-            "save", "PUT", self._url("artifacts", step_id), params=params, body=body, length=len(head) + len(payload)
-        )
+        response = self._send("save", "PUT", self._url("artifacts", step_id), params=params, body=body, length=length)
         if response.status_code not in (200, 201, 204):
             raise self._fail(response, step_id)
+
+    def _save_stream(
+        self, step_id: str, stream: IO[bytes], template: Message, overwrite: bool, ttl: float | None
+    ) -> None:
+        """Save a stream in bounded memory: spooled to a temporary file while it is hashed, then sent.
+
+        The envelope's head carries the payload's size and digest, so it cannot be sent before the stream is
+        read to its end; the stream goes to an anonymous temporary file (``ARTIFACT_STORE_HTTP_SPOOL_DIR``,
+        else the system's temporary directory) in 1 MiB chunks, and the request sends the head and then the
+        spool, 1 MiB at a time. A retry (see :data:`RETRY_POLICY`) sends the whole spool again. A stream
+        that ends within 1 MiB is sent from memory as :meth:`save` sends it. The server's content limit
+        (``/v1/health``, see :meth:`_max_artifact_bytes`) stops reading one byte past it, before anything
+        is sent. The spool has no name in the file system (it is gone when closed, or when the process
+        dies), and it is closed whatever happens.
+
+        Raises:
+            PayloadTooLargeError: the stream holds more than the server's content limit (nothing sent).
+            SerializationError: ``stream.read()`` raised (chained), or returned ``None`` or ``str``.
+            CapacityError: the spool's file system is full (``ENOSPC``, ``EDQUOT``).
+            BackendError: the spool cannot be created or written otherwise (both name the setting).
+            ArtifactStoreError, httpx.HTTPError: as :meth:`_save`.
+        """
+        limit = self._max_artifact_bytes()
+        chunks = self._read_stream(stream, step_id, limit)
+        pending: list[bytes] = []
+        total = 0
+        for chunk in chunks:
+            pending.append(chunk)
+            total += len(chunk)
+            if total >= _SMALL_STREAM:
+                break
+        else:
+            # A copy keeps the template's created_at; the chunks are bytes, which content keeps as they are.
+            self._save(step_id, template.model_copy(update={"content": b"".join(pending)}), overwrite, ttl)
+            return
+        with self._spool() as spool:
+            hasher = new_hasher(_SPOOL_CHUNK)
+            size = 0
+            for chunk in itertools.chain(pending, chunks):
+                hasher.update(chunk)
+                self._spooled(lambda: spool.write(chunk))  # noqa: B023 - called at once, in this iteration
+                size += len(chunk)
+                pending.clear()  # the first megabyte is not held once it is written
+            head, _ = self.codec.encode_stream_head(
+                template, size=size, digest=hasher.hexdigest(), place=(self.namespace, step_id)
+            )
+
+            def body() -> Iterator[bytes]:
+                # Each attempt reads the spool from its start.
+                yield head
+                self._spooled(lambda: spool.seek(0))
+                left = size
+                while left:
+                    data = self._spooled(lambda: spool.read(min(_SPOOL_CHUNK, left)))  # noqa: B023
+                    if not data:
+                        raise BackendError(f"the spool file of {step_id!r} ended before its {size} bytes")
+                    left -= len(data)
+                    yield data
+
+            self._put(step_id, body, len(head) + size, overwrite)
+
+    def _read_stream(self, stream: IO[bytes], step_id: str, limit: int | None) -> Iterator[bytes]:
+        """The chunks of the caller's ``stream``, as ``bytes``; past ``limit`` bytes, the store's too-large error.
+
+        At most ``limit + 1`` bytes are read: one byte past the limit proves the stream too large.
+
+        Raises:
+            PayloadTooLargeError: the stream holds more than ``limit`` bytes.
+            SerializationError: ``stream.read()`` raised (chained), or returned ``None`` or ``str``
+                (:func:`~artifactstore_core.store.checked_read`).
+        """
+        left = None if limit is None else limit + 1
+        while left is None or left > 0:
+            try:
+                data = stream.read(_SPOOL_CHUNK if left is None else min(_SPOOL_CHUNK, left))
+            except Exception as exc:
+                # The caller's source failed, not the server: never reported as the backend unavailable, nor
+                # retryable (the stream is spent).
+                raise SerializationError(
+                    f"reading the stream to save as {step_id!r} failed: {type(exc).__name__}: {exc}", step_id=step_id
+                ) from exc
+            chunk = checked_read(data)
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            # bytes() freezes a bytearray or memoryview a custom stream returned (bytes are returned as they are).
+            yield bytes(chunk)
+        assert limit is not None  # left reaches 0 only with a limit
+        raise self._too_large_error(step_id, None, limit)
+
+    def _spool(self) -> IO[bytes]:
+        """A new anonymous temporary file for :meth:`_save_stream`.
+
+        Raises:
+            CapacityError, BackendError: as :meth:`_spooled`.
+        """
+        directory = self._settings.spool_dir
+        return self._spooled(lambda: tempfile.TemporaryFile(dir=directory))
+
+    def _spooled(self, work: Callable[[], _T]) -> _T:
+        """``work()``, an operation on the spool of :meth:`_save_stream`, with its ``OSError`` translated.
+
+        Raises:
+            CapacityError: the spool's file system is full (``ENOSPC``, ``EDQUOT``).
+            BackendError: another ``OSError`` (not retryable: the local file system failed, not the server).
+        """
+        try:
+            return work()
+        except OSError as exc:
+            where = self._settings.spool_dir or tempfile.gettempdir()
+            what = f"the temporary file save_stream spools the stream to, in {where!r}, failed ({exc.strerror or exc})"
+            fix = "set ARTIFACT_STORE_HTTP_SPOOL_DIR to a directory with room for the largest stream"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CapacityError(f"{what}: {fix}") from exc
+            raise BackendError(f"{what}: {fix}, writable by this process") from exc
 
     def _max_artifact_bytes(self) -> int | None:
         """The server's body limit (``ARTIFACT_STORE_SERVER_MAX_BODY_BYTES``), as its ``/v1/health`` advertises.
@@ -921,6 +1101,60 @@ class HttpStore(ArtifactStore):
         # The client's own codec verified the head (and, with a signing key, the signature) while the body
         # was read; here it verifies the payload's size and digest.
         return self.codec.decode_payload(response.header, response.payload)
+
+    def _open(self, step_id: str) -> IO[bytes]:
+        return self._open_with_header(step_id)[1]
+
+    def _open_with_header(self, step_id: str) -> tuple[Header, IO[bytes]]:
+        """The verified header and a stream of the artifact's content, from one streamed ``GET``.
+
+        The request and the envelope's head are read (and retried) as a get's, within the same limits; an
+        uncompressed payload is then streamed and verified as it is read (:class:`~.reader.PayloadReader`),
+        one held on one of the store's ``POOL_SIZE`` connections until the stream ends or is closed. A
+        compressed one (JSON or text the server's store compressed) is read whole, as :meth:`get` reads it.
+
+        Raises:
+            ArtifactNotFoundError, AccessDeniedError, PayloadTooLargeError, ArtifactCorruptedError,
+                BackendError: as :meth:`get`; reads of the stream raise ArtifactCorruptedError,
+                BackendUnavailableError, BackendTimeoutError or StoreClosedError (see the reader).
+        """
+        response = self._send("open", "GET", self._url("artifacts", step_id), step_id=step_id)
+        body = response.body
+        if body is None:
+            if response.status_code != 200:
+                raise self._fail(response, step_id)
+            if response.header is None:
+                raise BackendError(
+                    f"artifact server {self._display} answered {step_id!r} with a body that is not an envelope",
+                    step_id=step_id,
+                )
+            return response.header, content_stream(self.codec.decode_payload(response.header, response.payload))
+        header = response.header
+        assert header is not None  # a body comes with its header (see _read_envelope)
+        where = self._where(step_id)
+        clients = self._clients
+
+        def short(received: int) -> Exception:
+            what = f"{where} a payload of {received} bytes; its envelope's header says {header.size}"
+            if body.close_delimited:
+                return _dropped(what)
+            return ArtifactCorruptedError(what, step_id=step_id)
+
+        def fail(exc: Exception) -> NoReturn:
+            if clients.closed and not isinstance(exc, ArtifactStoreError):
+                # close() shut the connection under this stream (see _Clients.close).
+                raise self._in_context(clients.closed_error(in_flight=True), "open", step_id) from exc
+            self._raise(exc, "open", step_id)
+
+        try:
+            reader = PayloadReader(
+                body.first, body.chunks, header, where=where, short=short, release=body.held.close, fail=fail
+            )
+        except BaseException:
+            body.held.close()
+            raise
+        # Typed as IO[bytes], what open() returns: BufferedReader is not one for type checkers.
+        return header, cast("IO[bytes]", io.BufferedReader(reader, buffer_size=_OPEN_BUFFER))
 
     def _info(self, step_id: str) -> ArtifactInfo:
         """The artifact's info from its server's info answer (``GET .../artifacts/{step_id}/info``).

@@ -132,6 +132,13 @@ class HttpSettings(BackendSettings):
         "whatever content a server with the same ARTIFACT_STORE_SERVER_MAX_BODY_BYTES accepts is read. A larger "
         "artifact raises PayloadTooLargeError before its payload is read. The server's default.",
     )
+    spool_dir: str | None = Field(
+        default=None,
+        description="Directory of the temporary file save_stream spools a stream of more than 1 MiB to before it "
+        "sends it (the envelope's head carries the payload's digest, so the stream is read whole first); the file "
+        "has no name there and is gone when the save ends. Default: the system's temporary directory (TMPDIR). "
+        "It needs room for the largest stream saved at once; a tmpfs holds it in memory.",
+    )
     max_json_bytes: int = Field(
         default=DEFAULT_MAX_JSON_BYTES,
         ge=1024,

@@ -1,0 +1,536 @@
+"""Streaming through the http client: save_stream spools to a temporary file, open streams and verifies.
+
+Against real artifact servers under uvicorn on loopback, and against hostile stand-ins (raw sockets on
+loopback) that send a damaged, short, long or interrupted body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import itertools
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, cast
+
+import pytest
+
+from artifactstore_core import (
+    ArtifactCorruptedError,
+    ArtifactExistsError,
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    Codec,
+    Message,
+    PayloadTooLargeError,
+    SerializationError,
+    StoreClosedError,
+)
+from artifactstore_core.testing_servers import LOOPBACK
+from artifactstore_http import HttpStore
+from artifactstore_http.protocol import MEDIA_TYPE_ENVELOPE, PROTOCOL_HEADER, PROTOCOL_VERSION
+from artifactstore_http.testing import MakeClient, ServerThread, bound_socket, client_for
+
+MIB = 1024 * 1024
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that differ from one MiB to the next (a misplaced chunk cannot go unnoticed)."""
+    return bytes(itertools.islice(itertools.cycle(range(251)), seed, seed + size))
+
+
+def read_in_chunks(handle: IO[bytes], size: int) -> tuple[bytes, BaseException | None]:
+    """Everything ``handle`` yields in reads of ``size`` bytes, and the error that ended them (if any)."""
+    parts: list[bytes] = []
+    try:
+        while chunk := handle.read(size):
+            parts.append(chunk)
+    except Exception as exc:
+        return b"".join(parts), exc
+    return b"".join(parts), None
+
+
+def read_exactly(handle: IO[bytes], size: int) -> tuple[bytes, BaseException | None]:
+    """Reads of ``handle`` until it gave ``size`` bytes (never the read of its end), and the error that ended them."""
+    got = b""
+    try:
+        while len(got) < size:
+            got += handle.read(min(65536, size - len(got)))
+    except Exception as exc:
+        return got, exc
+    return got, None
+
+
+def spool_files(spool: Path) -> list[str]:
+    """The names in ``spool`` and the open descriptors of this process that point into it."""
+    names = os.listdir(spool)
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(spool)):
+            fds.append(target)
+    return names + fds
+
+
+# -- round trips ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_large_round_trip_streams_both_ways(make_client: MakeClient, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = make_client("stream-large", spool_dir=str(spool))
+    payload = pattern(20 * MIB + 3)
+    store.save_stream("big", io.BytesIO(payload), metadata={"k": 1})
+    assert spool_files(spool) == []
+    info = store.info("big")
+    assert info.size == len(payload)
+    header, stream = store.open_with_header("big")
+    assert (header.size, header.codec, header.compression, header.metadata) == (len(payload), "bytes", None, {"k": 1})
+    with stream:
+        assert not stream.seekable()
+        data, error = read_in_chunks(stream, 100_003)
+    assert error is None
+    assert data == payload
+    assert store.get("big").content == payload
+    # Write-once holds for the streamed path: the same bytes again are a no-op, other bytes are refused.
+    store.save_stream("big", io.BytesIO(payload), metadata={"k": 1})
+    with pytest.raises(ArtifactExistsError):
+        store.save_stream("big", io.BytesIO(pattern(2 * MIB, seed=7)))
+    store.save_stream("big", io.BytesIO(pattern(2 * MIB, seed=7)), overwrite=True)
+    assert store.get("big").content == pattern(2 * MIB, seed=7)
+    assert spool_files(spool) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_spool_is_used_and_has_no_name(make_client: MakeClient, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    seen: list[list[str]] = []
+
+    class Watching(io.RawIOBase):
+        """3 MiB that look at the spool directory while they are read."""
+
+        def __init__(self) -> None:
+            self._data = io.BytesIO(pattern(3 * MIB))
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            seen.append(spool_files(spool))
+            return self._data.readinto(buffer)
+
+    store = make_client("spool-used", spool_dir=str(spool))
+    store.save_stream("watched", cast(IO[bytes], Watching()))
+    assert store.get("watched").content == pattern(3 * MIB)
+    # Past the first MiB a file is open in the spool directory, and it has no name there.
+    assert any(files for files in seen)
+    assert all(target.endswith("(deleted)") for files in seen for target in files)
+    assert spool_files(spool) == []
+
+
+@pytest.mark.timeout(60)
+def test_spool_files_are_gone_after_every_failure(make_client: MakeClient, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = make_client("spool-failures", spool_dir=str(spool), retries=0)
+
+    class FailingLate(io.RawIOBase):
+        """3 MiB, then the source fails."""
+
+        def __init__(self) -> None:
+            self._left = 3 * MIB
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            if not self._left:
+                raise OSError(5, "Input/output error")
+            count = min(len(buffer), self._left)
+            buffer[:count] = b"\x01" * count
+            self._left -= count
+            return count
+
+    with pytest.raises(SerializationError) as info:
+        store.save_stream("failing", cast(IO[bytes], FailingLate()))
+    assert isinstance(info.value.__cause__, OSError)
+    assert spool_files(spool) == []
+    # Over the server's limit (32 MiB): refused one byte past it, nothing sent.
+    with pytest.raises(PayloadTooLargeError, match="Nothing was sent"):
+        store.save_stream("too-large", io.BytesIO(bytes(32 * MIB + 1)))
+    assert spool_files(spool) == []
+    # Refused by the server after the whole spool was sent.
+    store.save_stream("exists", io.BytesIO(pattern(2 * MIB)))
+    with pytest.raises(ArtifactExistsError):
+        store.save_stream("exists", io.BytesIO(pattern(2 * MIB, seed=3)))
+    assert spool_files(spool) == []
+    assert not store.exists("failing")
+    assert not store.exists("too-large")
+
+
+@pytest.mark.timeout(60)
+def test_an_unusable_spool_directory_names_the_setting(make_client: MakeClient, tmp_path: Path) -> None:
+    store = make_client("spool-missing", spool_dir=str(tmp_path / "missing"))
+    store.save_stream("small", io.BytesIO(b"small streams need no spool"))
+    with pytest.raises(BackendError, match="ARTIFACT_STORE_HTTP_SPOOL_DIR") as info:
+        store.save_stream("large", io.BytesIO(pattern(2 * MIB)))
+    assert not info.value.retryable
+    assert not store.exists("large")
+
+
+# -- connections ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_an_open_stream_gives_its_connection_back(make_client: MakeClient) -> None:
+    # One connection: a stream that kept it would make the next request wait out the pool timeout.
+    store = make_client("open-release", pool_size=1, read_timeout=5.0)
+    payload = pattern(8 * MIB)
+    store.save("big", Message(content=payload))
+    sockets = store._sockets
+    # Closed early: the connection is closed (its body unread), and the client is lent again.
+    with store.open("big") as handle:
+        assert handle.read(10) == payload[:10]
+    assert not sockets._open
+    assert store.get("big").content == payload
+    # Read to its end and never closed: handed back at the end.
+    handle = store.open("big")
+    assert handle.read() == payload
+    assert store.exists("big")
+    handle.close()
+    # Abandoned: released when it is collected.
+    handle = store.open("big")
+    handle.read(1)
+    del handle
+    gc.collect()
+    assert store.get("big").content == payload
+    # Many streams in turn, each closed: none is left holding a connection.
+    for _ in range(20):
+        with store.open("big") as handle:
+            handle.read(MIB)
+    assert len(sockets._open) <= 1
+    assert store.get("big").content == payload
+
+
+@pytest.mark.timeout(60)
+def test_closing_the_store_ends_an_open_stream(make_client: MakeClient) -> None:
+    store = make_client("open-closed")
+    store.save("big", Message(content=pattern(24 * MIB)))
+    handle = store.open("big")
+    handle.read(MIB)
+    store.close()
+    data, error = read_in_chunks(handle, MIB)
+    assert isinstance(error, StoreClosedError), repr(error)
+    assert len(data) < 23 * MIB
+    handle.close()
+
+
+# -- hostile servers ------------------------------------------------------------------------------------
+
+
+class CannedServer:
+    """A raw HTTP server on loopback that answers each request with ``answer`` as it is, then ends the
+    connection: ``"close"`` (FIN), ``"reset"`` (RST) or ``"hold"`` (kept open, silent, until stopped)."""
+
+    def __init__(self, answer: bytes, end: str = "close") -> None:
+        self.answer = answer
+        self.end = end
+        self.listener = bound_socket()
+        self.listener.listen(8)
+        self.port = int(self.listener.getsockname()[1])
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.stopping.is_set():
+                conn.close()
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    request += data
+                try:
+                    conn.sendall(self.answer)
+                except OSError:
+                    continue
+                if self.end == "hold":
+                    self.stopping.wait(60)
+                elif self.end == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        # Wake the accept() call (closing a socket does not interrupt it in another thread).
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+            pass
+        self.thread.join(timeout=30)
+        self.listener.close()
+        assert not self.thread.is_alive()
+
+
+def envelope(payload: bytes, step_id: str = "a") -> tuple[bytes, bytes]:
+    encoded = Codec().encode(Message(content=payload), place=("default", step_id))
+    return encoded.head, encoded.payload
+
+
+def answer(body: bytes, framing: str, length: int | None = None) -> bytes:
+    """An artifact server's 200 envelope answer carrying ``body``: framed by ``Content-Length`` (``length``,
+    or the body's own), by chunks, or by the closing of the connection alone."""
+    lines = [
+        "HTTP/1.1 200 OK",
+        f"Content-Type: {MEDIA_TYPE_ENVELOPE}",
+        f"{PROTOCOL_HEADER}: {PROTOCOL_VERSION}",
+    ]
+    if framing == "length":
+        lines.append(f"Content-Length: {len(body) if length is None else length}")
+        framed = body
+    elif framing == "chunked":
+        lines.append("Transfer-Encoding: chunked")
+        step = 64 * 1024
+        framed = b"".join(
+            b"%x\r\n" % len(body[i : i + step]) + body[i : i + step] + b"\r\n" for i in range(0, len(body), step)
+        )
+        framed += b"0\r\n\r\n"
+    else:
+        lines.append("Connection: close")
+        framed = body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + framed
+
+
+@contextlib.contextmanager
+def hostile(body: bytes, framing: str, *, end: str = "close", **overrides: Any) -> Iterator[HttpStore]:
+    """A client (no retries) of a :class:`CannedServer` answering every request with ``answer(body, framing)``."""
+    server = CannedServer(answer(body, framing, overrides.pop("length", None)), end)
+    try:
+        with client_for(server.url, **{"retries": 0, **overrides}) as store:
+            yield store
+    finally:
+        server.stop()
+
+
+def open_and_read(store: HttpStore, size: int = 100_000) -> tuple[bytes, BaseException | None]:
+    """What ``store.open("a")`` yields in reads of ``size`` bytes, and the error of the open or a read."""
+    try:
+        handle = store.open("a")
+    except Exception as exc:
+        return b"", exc
+    with handle:
+        return read_in_chunks(handle, size)
+
+
+PAYLOAD = pattern(3 * MIB + 11)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_damaged_payload_is_never_read_as_a_success(framing: str) -> None:
+    head, payload = envelope(PAYLOAD)
+    damaged = bytearray(payload)
+    damaged[-1] ^= 0x01  # in the last chunk: the read that would return it raises instead
+    with hostile(head + bytes(damaged), framing) as store:
+        # A caller that reads exactly the payload's size and never reads the end gets the error too.
+        handle = store.open("a")
+        got, error = read_exactly(handle, len(PAYLOAD))
+        assert isinstance(error, ArtifactCorruptedError), repr(error)
+        assert "fails verification" in str(error)
+        assert len(got) < len(PAYLOAD)
+        assert (error.step_id, error.backend) == ("a", "http")
+        with pytest.raises(ArtifactCorruptedError):
+            handle.read(1)  # every later read raises it again
+        handle.close()
+    damaged = bytearray(payload)
+    damaged[MIB] ^= 0x01
+    with hostile(head + bytes(damaged), framing) as store:
+        data, error = open_and_read(store)
+    assert isinstance(error, ArtifactCorruptedError), repr(error)
+    assert len(data) < len(PAYLOAD)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_a_body_longer_than_its_header_says_is_corrupt(framing: str) -> None:
+    head, payload = envelope(PAYLOAD)
+    with hostile(head + payload + b"more", framing) as store:
+        data, error = open_and_read(store)
+    assert isinstance(error, ArtifactCorruptedError), repr(error)
+    assert len(data) < len(PAYLOAD)
+
+
+@pytest.mark.timeout(60)
+def test_a_chunked_body_that_ends_short_is_corrupt() -> None:
+    head, payload = envelope(PAYLOAD)
+    with hostile(head + payload[:-100], "chunked") as store:
+        data, error = open_and_read(store)
+    assert isinstance(error, ArtifactCorruptedError), repr(error)
+    assert len(data) < len(PAYLOAD)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("end", ["close", "reset"])
+@pytest.mark.parametrize("framing", ["length", "close"])
+def test_a_body_cut_short_is_a_dropped_connection(framing: str, end: str) -> None:
+    # Content-Length says the whole envelope (or nothing does); the connection ends halfway through the payload.
+    head, payload = envelope(PAYLOAD)
+    body = head + payload[: len(payload) // 2]
+    length = len(head) + len(payload) if framing == "length" else None
+    with hostile(body, framing, end=end, length=length) as store:
+        data, error = open_and_read(store)
+    assert isinstance(error, BackendUnavailableError), repr(error)
+    assert error.retryable
+    assert (error.step_id, error.namespace, error.backend) == ("a", "default", "http")
+    assert len(data) <= len(payload) // 2
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_stalls_midway_is_a_timeout() -> None:
+    head, payload = envelope(PAYLOAD)
+    body = head + payload[: len(payload) // 2]
+    with hostile(body, "length", end="hold", length=len(head) + len(payload), read_timeout=0.5) as store:
+        data, error = open_and_read(store)
+    assert isinstance(error, BackendTimeoutError), repr(error)
+    assert len(data) <= len(payload) // 2
+
+
+@pytest.mark.timeout(60)
+def test_a_head_over_the_limits_is_refused_before_the_payload_is_read() -> None:
+    head, payload = envelope(pattern(2 * MIB))
+    with hostile(head + payload, "chunked", max_body_bytes=MIB) as store:
+        data, error = open_and_read(store)
+    assert isinstance(error, PayloadTooLargeError), repr(error)
+    assert "ARTIFACT_STORE_HTTP_MAX_BODY_BYTES" in str(error)
+    assert data == b""
+
+
+# -- retries --------------------------------------------------------------------------------------------
+
+
+class ResetOnceProxy:
+    """Forwards connections to ``upstream``; the first connection to carry ``after`` bytes upstream is reset
+    (RST both ways) there, later ones pass. ``sent`` counts the bytes each connection carried upstream."""
+
+    def __init__(self, upstream: int, after: int) -> None:
+        self.upstream = upstream
+        self.after = after
+        self.resets = 0
+        self.sent: list[int] = []
+        self._lock = threading.Lock()
+        self.listener = bound_socket()
+        self.listener.listen(16)
+        self.port = int(self.listener.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
+            self._sockets += [client, upstream]
+            with self._lock:
+                index = len(self.sent)
+                self.sent.append(0)
+            threading.Thread(target=self._up, args=(client, upstream, index), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket, index: int) -> None:
+        try:
+            while data := client.recv(65536):
+                upstream.sendall(data)
+                with self._lock:
+                    self.sent[index] += len(data)
+                    reset = self.resets == 0 and self.sent[index] >= self.after
+                    if reset:
+                        self.resets += 1
+                if reset:
+                    for sock in (client, upstream):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        sock.close()
+                    return
+        except OSError:
+            return
+
+    def _down(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(65536):
+                client.sendall(data)
+        except OSError:
+            return
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_save_stream_retried_after_a_reset_sends_the_whole_spool_again(
+    memory_server: ServerThread, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    payload = pattern(12 * MIB + 5)
+    proxy = ResetOnceProxy(memory_server.port, after=6 * MIB)
+    try:
+        with client_for(proxy.url, "reset-retry", retries=2, spool_dir=str(spool)) as store:
+            store.save_stream("retried", io.BytesIO(payload))
+            assert proxy.resets == 1
+            # The attempt after the reset sent the head and the whole payload from the start of the spool: the
+            # server verified its digest, and the content is whole.
+            assert max(proxy.sent) >= len(payload)
+            assert store.get("retried").content == payload
+            store.clear()
+    finally:
+        proxy.stop()
+    assert spool_files(spool) == []
+
+
+@pytest.mark.timeout(120)
+def test_save_stream_without_retries_fails_typed_after_a_reset(memory_server: ServerThread, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    proxy = ResetOnceProxy(memory_server.port, after=6 * MIB)
+    try:
+        with client_for(proxy.url, "reset-fail", retries=0, spool_dir=str(spool)) as store:
+            with pytest.raises(BackendUnavailableError) as info:
+                store.save_stream("lost", io.BytesIO(pattern(12 * MIB)))
+            assert info.value.step_id == "lost"
+            assert not store.exists("lost")
+    finally:
+        proxy.stop()
+    assert spool_files(spool) == []
