@@ -24,9 +24,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote_to_bytes
 
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -39,12 +41,15 @@ from artifactstore_core.envelope import (
     PREFIX_SIZE,
     TAG_SIZE,
     Codec,
+    Encoded,
     Header,
+    PayloadVerifier,
     content_bytes,
     limiting_json_content,
     reusing_verified_digests,
 )
 from artifactstore_core.errors import (
+    ArtifactCorruptedError,
     ArtifactStoreError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -104,6 +109,13 @@ MAX_LIST_LIMIT = 10_000
 _PREFIX = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 _INFO = INFO_SEGMENT.encode("ascii")
+
+# A save whose body is larger than this (or of unknown length: chunked) streams into a store that declares
+# capabilities.streaming; smaller ones are received whole, which is faster (one hash pass, one store call).
+STREAM_FROM_BYTES = 1 << 20
+# The largest piece of a streamed payload read from a store (on a worker thread) and sent at once.
+SEND_CHUNK_BYTES = 1 << 20
+_FILLER = bytes(SEND_CHUNK_BYTES)
 
 _UNAUTHORIZED = problem_document(
     "AccessDeniedError",
@@ -357,6 +369,30 @@ class _StoreCache:
         # Not evicted here, though idle for a moment: the request that built it is about to use it.
         self._release(namespace, self._entry(namespace), evict=False)
 
+    def streams(self, namespace: str) -> bool:
+        """Whether the cached store of ``namespace`` declares ``capabilities.streaming`` (``False`` when none is
+        cached: a request then takes the path that suits every store)."""
+        with self._lock:
+            entry = self._entries.get(namespace)
+            return entry is not None and entry[0].capabilities.streaming
+
+    def lend(self, namespace: str) -> tuple[ArtifactStore, Callable[[], None]]:
+        """The store of ``namespace``, counted as in use until the returned function is called (once or more:
+        only its first call counts), for a use that outlives one worker call (a response streamed from it).
+
+        Raises:
+            StoreClosedError: the cache was closed (the server is shutting down).
+            Whatever the factory raises building the store.
+        """
+        entry = self._entry(namespace)
+        released = threading.Lock()
+
+        def release() -> None:
+            if released.acquire(blocking=False):
+                self._release(namespace, entry)
+
+        return entry[0], release
+
     @contextlib.contextmanager
     def acquire(self, namespace: str) -> Iterator[ArtifactStore]:
         """The store of ``namespace``, counted as in use until the block ends (it is never closed meanwhile).
@@ -414,6 +450,324 @@ def _close_quietly(store: ArtifactStore) -> None:
         store.close()
     except ArtifactStoreError as exc:
         logger.warning("closing the store of namespace %r failed: %s", store.namespace, exc.message)
+
+
+class _UploadFailedError(Exception):
+    """What a streamed save's body reader raises to the store when the body fails; the server answers with the
+    reader's own error (:attr:`_Upload.error`), not with the store's wrapping of this one."""
+
+
+class _Upload:
+    """The body of a streamed save: its head is read on the event loop, its payload by the store on a worker thread
+    (:meth:`read`, pulling the body's chunks from the event loop), verified on the way.
+
+    The payload is checked as the in-memory path checks a whole body, with the same errors: a body longer than the
+    request limit is refused with 413 once it passes it; a payload of another length than its header says, or
+    whose digest differs, with ``ArtifactCorruptedError``. Both are found before the store is handed the last
+    bytes (the read that completes the payload also reads the body's end and checks the digest), and the
+    streaming stores store nothing from a stream whose read raised. Memory stays bounded by one chunk of the
+    body (the ASGI server's, 64 KiB under uvicorn) at a time.
+    """
+
+    def __init__(self, request: Request, max_request: int, too_large: Callable[[], Exception]) -> None:
+        self._chunks = request.stream().__aiter__()
+        self._token = anyio.lowlevel.current_token()
+        self._too_large = too_large
+        self._max_request = max_request
+        self._lock = threading.Lock()
+        self._received = 0  # bytes of the body received so far (head included)
+        self._body_done = False  # the body's end was received
+        self._delivered_end = False  # the store was handed the end of a verified payload
+        self._abandoned = False  # the request was answered: the store gets nothing more
+        self.error: Exception | None = None
+        self._header: Header | None = None
+        self._verifier: PayloadVerifier | None = None
+        self._head_size = 0
+        self._buffer = memoryview(b"")
+        self._payload_seen = 0  # payload bytes received (verified as received)
+        self._payload_given = 0  # payload bytes handed to the store
+
+    # -- the event loop's side ----------------------------------------------------------------------------------
+
+    async def pull(self) -> bytes | None:
+        """The next non-empty chunk of the body, or ``None`` at its end.
+
+        Raises:
+            ClientDisconnect: the client went away.
+            PayloadTooLargeError: the body passed the request limit.
+        """
+        while True:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                with self._lock:
+                    self._body_done = True
+                return None
+            if chunk:
+                self._received += len(chunk)
+                if self._received > self._max_request:
+                    raise self._too_large()
+                return chunk
+
+    def settle(self) -> bool:
+        """Whether the request's body is still pending (not received to its end), for an answer other than
+        success; from then on the store is handed nothing more, so a save still running (the server's shutdown
+        answered the request meanwhile) fails and stores nothing unless it already had the whole payload."""
+        with self._lock:
+            self._abandoned = True
+            return not self._body_done
+
+    # -- the worker thread's side -------------------------------------------------------------------------------
+
+    def start(self, header: Header, head_size: int, rest: bytes | bytearray) -> None:
+        """Begin the payload, described by its verified ``header``, with ``rest`` (what followed the head).
+
+        Raises:
+            ArtifactCorruptedError, PayloadTooLargeError, ClientDisconnect: as :meth:`read`.
+        """
+        self._header = header
+        self._head_size = head_size
+        self._verifier = PayloadVerifier(header)
+        if rest:
+            self._accept(bytes(rest))
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        """At most ``size`` bytes of the payload (all that is buffered when ``size`` is negative); ``b""`` at its end.
+
+        Raises:
+            _UploadFailedError: the body failed (its error in :attr:`error`), now or at an earlier read.
+        """
+        if self.error is not None:
+            raise _UploadFailedError("the request body failed earlier")
+        try:
+            return self._read(size)
+        except Exception as exc:
+            self.error = exc
+            raise _UploadFailedError(f"the request body failed: {type(exc).__name__}") from None
+
+    def _read(self, size: int | None) -> bytes:
+        header = self._header
+        assert header is not None
+        if self._delivered_end:
+            return b""
+        if self._payload_given == header.size:  # an empty payload: nothing to hand over but its end
+            self._finish()
+            return b""
+        while not self._buffer:
+            chunk = self._next()
+            if chunk is None:
+                raise self._wrong_size(self._payload_seen)
+            self._accept(chunk)
+        count = len(self._buffer) if size is None or size < 0 else min(size, len(self._buffer))
+        piece = bytes(self._buffer[:count])
+        self._buffer = self._buffer[count:]
+        self._payload_given += count
+        if self._payload_given == header.size:
+            # The last bytes: the body must end here and the payload be intact before the store has them.
+            self._finish()
+        return piece
+
+    def _accept(self, chunk: bytes) -> None:
+        header, verifier = self._header, self._verifier
+        assert header is not None
+        assert verifier is not None
+        if self._payload_seen + len(chunk) > header.size:
+            self._overlong(self._payload_seen + len(chunk))
+        self._payload_seen += len(chunk)
+        verifier.update(chunk)
+        self._buffer = memoryview(chunk)
+
+    def _finish(self) -> None:
+        header, verifier = self._header, self._verifier
+        assert header is not None
+        assert verifier is not None
+        extra = self._next()
+        if extra is not None:
+            self._overlong(self._payload_seen + len(extra))
+        verifier.finish()  # "payload digest does not match its header", as the in-memory path says
+        with self._lock:
+            if self._abandoned:
+                raise ClientDisconnect()
+            self._delivered_end = True
+
+    def _next(self) -> bytes | None:
+        with self._lock:
+            if self._abandoned:
+                raise ClientDisconnect()
+        return anyio.from_thread.run(self.pull, token=self._token)
+
+    def _overlong(self, seen: int) -> None:
+        # Received to its end, as the in-memory path does, for the same answer: 413 past the request limit (pull
+        # raises it), otherwise the payload's true length. Nothing more is kept.
+        while (chunk := self._next()) is not None:
+            seen += len(chunk)
+        raise self._wrong_size(seen)
+
+    def _wrong_size(self, seen: int) -> ArtifactCorruptedError:
+        header = self._header
+        assert header is not None
+        return ArtifactCorruptedError(f"stored payload is {seen} bytes; its header says {header.stored_size}")
+
+
+class _Lease:
+    """A store lent to a streamed ``GET`` and the stream opened from it, held until the response ends.
+
+    :meth:`end` closes the stream (after a read in flight, never under it) and counts the store's use as ended,
+    once, from whichever thread calls it first: the response's cleanup, or the request's if the response is never
+    sent. A lease ended before the worker that opened the stream handed it over (the request was cancelled
+    meanwhile) closes what it is then handed at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reading = threading.Lock()
+        self._stream: IO[bytes] | None = None
+        self._release: Callable[[], None] | None = None
+        self._ended = False
+
+    def keep(self, stream: IO[bytes], release: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._ended:
+                self._stream, self._release = stream, release
+                return
+        _close_stream(stream)
+        release()
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the stream (on a worker thread).
+
+        Raises:
+            What the stream's ``read`` raises (``ArtifactCorruptedError`` for a damaged payload).
+        """
+        with self._reading:
+            stream = self._stream
+            if stream is None or self._ended:
+                raise StoreClosedError("the response was ended")
+            data: bytes = stream.read(size)
+            return data
+
+    def end(self) -> None:
+        """Close the stream and end the store's use (idempotent; blocking: call it on a worker thread)."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            stream, release = self._stream, self._release
+        try:
+            if stream is not None:
+                with self._reading:
+                    _close_stream(stream)
+        finally:
+            if release is not None:
+                release()
+
+
+def _whole_envelope(head: bytes, payload: bytes) -> Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        # Head and payload go out as two writes: the payload is never concatenated into a copy.
+        yield head
+        yield payload
+
+    return StreamingResponse(
+        chunks(), media_type=MEDIA_TYPE_ENVELOPE, headers={"Content-Length": str(len(head) + len(payload))}
+    )
+
+
+def _streamable(header: Header) -> bool:
+    """Whether an artifact of this verified header is passed on as a stream: uncompressed ``bytes`` content,
+    whose payload is the content itself (JSON and text are parsed or decoded by the server anyway)."""
+    return header.codec == "bytes" and header.compression is None and header.stored_size == header.size
+
+
+def _close_stream(stream: IO[bytes]) -> None:
+    try:
+        stream.close()
+    except Exception as exc:
+        # Closing frees a file or a connection; its failure changes nothing for the answer already given.
+        logger.warning("closing a store's stream failed: %s", getattr(exc, "message", type(exc).__name__))
+
+
+class _StreamedEnvelope(Response):
+    """The answer to ``GET`` of an uncompressed ``bytes`` artifact of a streaming store: the server's head, then
+    the payload read from the store's stream in pieces of :data:`SEND_CHUNK_BYTES` on worker threads.
+
+    ``Content-Length`` is known from the header (head plus size). A client that goes away ends the sending; the
+    lease (store stream and store use) ends in every case. The payload is verified by the store's stream as it is
+    read, the last piece at the latest. A damaged payload found midway cannot be answered with an error any more
+    (the status and head went out): the body is completed with zero bytes up to its announced length, so that
+    the client's own digest check (against the stored digest the head carries) fails with
+    ``ArtifactCorruptedError`` instead of the connection being cut (which a client retries), and the damage is
+    logged. Any other failure midway cuts the response short (the ASGI server closes the connection): the client
+    sees a truncated body and may retry.
+    """
+
+    def __init__(self, head: bytes, size: int, lease: _Lease, place: tuple[str, str]) -> None:
+        super().__init__(
+            status_code=200, media_type=MEDIA_TYPE_ENVELOPE, headers={"Content-Length": str(len(head) + size)}
+        )
+        self._head, self._size, self._lease, self._place = head, size, lease, place
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    # A disconnect is not an error of send() under every ASGI server (uvicorn drops the writes).
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                await self._send(send)
+                group.cancel_scope.cancel()
+        finally:
+            await _end_lease(self._lease)
+
+    async def _send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self._head, "more_body": True})
+        left = self._size
+        while left:
+            try:
+                chunk = await anyio.to_thread.run_sync(self._lease.read, min(SEND_CHUNK_BYTES, left))
+                if not chunk or len(chunk) > left:
+                    raise ArtifactCorruptedError(
+                        f"the payload stream gave {'no more' if not chunk else 'more'} bytes than its header says"
+                    )
+            except ArtifactCorruptedError as exc:
+                logger.error(
+                    "artifact %r in namespace %r is damaged (%s): its response is completed with %d zero bytes, so "
+                    "that the client's digest check fails",
+                    self._place[1], self._place[0], exc.message, left,
+                )  # fmt: skip
+                while left:
+                    filler = _FILLER if left >= len(_FILLER) else _FILLER[:left]
+                    await send({"type": "http.response.body", "body": filler, "more_body": True})
+                    left -= len(filler)
+                break
+            except Exception as exc:
+                logger.warning(
+                    "reading artifact %r in namespace %r failed midway (%s); its response is cut short",
+                    self._place[1], self._place[0], getattr(exc, "message", type(exc).__name__),
+                )  # fmt: skip
+                raise
+            left -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _end_lease(lease: _Lease) -> None:
+    """End ``lease`` on a worker thread, also when the caller is being cancelled (then, if its worker call could
+    not start, right here)."""
+    try:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lease.end)
+    except BaseException:
+        lease.end()  # returns at once if the worker call ended (or is ending) it
+        raise
 
 
 def _info_json(info: ArtifactInfo) -> dict[str, Any]:
@@ -558,7 +912,11 @@ class _App:
         request.state.body_read = False
 
         def body_pending() -> bool:
-            return request.method in ("PUT", "POST", "PATCH") and not request.state.body_read
+            if request.method not in ("PUT", "POST", "PATCH"):
+                return False
+            upload: _Upload | None = getattr(request.state, "upload", None)
+            # A streamed save: pending until its body's end was received; the store is handed nothing more.
+            return upload.settle() if upload is not None else not request.state.body_read
 
         head = request.method == "HEAD"
         namespace: str | None = None
@@ -695,54 +1053,132 @@ class _App:
 
     async def _save(self, request: Request, namespace: str, step_id: str) -> Response:
         overwrite = _bool_param(_query(request), "overwrite")
-        body = await self._read_body(request, step_id)
-
-        def work() -> None:
-            # The payload verified here is not hashed again when the backend encodes the same content, nor is
-            # JSON content measured as stored (below) encoded again.
-            with self._cache.acquire(namespace) as store, reusing_verified_digests():
-                codec = store.codec
-                # The client signed the body for the namespace and id of the URL, whatever the store's
-                # own namespace is (a custom store factory may map namespaces).
-                place = (namespace, step_id)
-                view = memoryview(body)
-                try:
-                    # The head's size is known from its prefix, and its header (JSON) is refused over the
-                    # allowance before it is parsed.
-                    head_size = codec.head_size(view)
-                    self._check_head_size(head_size, step_id)
-                    header = codec.header_of(view, place=place)
-                    self._check_sizes(header, step_id)
-                    self._check_json_size(header, step_id)
-                    # The server's own codec verifies the digest (and the signature, with a signing key).
-                    # The head is verified once: the payload is what follows it.
-                    message = codec.decode_payload(header, view[head_size:])
-                    if header.codec == "json":
-                        self._check_stored_json_size(message, header, step_id)
-                    self._check_stored_head_size(codec, message, header, head_size, place)
-                except ConfigurationError as exc:
-                    # A signed artifact sent to a server without the key: the request is what is wrong.
-                    raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
-                store.save(step_id, message, overwrite=overwrite)
-
-        await self._run(namespace, work)
+        declared = self._declared_length(request, step_id)
+        if declared is None or declared > STREAM_FROM_BYTES:
+            # A large body (or one of unknown length) is streamed into a store that streams; the store is built
+            # first to know whether it does.
+            await self._cache.prepare(namespace)
+            if self._cache.streams(namespace):
+                return await self._save_streamed(request, namespace, step_id, overwrite, declared)
+        upload = _Upload(request, self._max_request, lambda: self._too_large(None, step_id))
+        body = await self._read_rest(upload, bytearray())
+        request.state.body_read = True
+        await self._run(namespace, lambda: self._save_whole(namespace, step_id, body, overwrite))
         return Response(status_code=204)
 
-    async def _read_body(self, request: Request, step_id: str) -> bytearray:
-        declared = request.headers.get("content-length")
-        if declared is not None:
+    def _save_whole(self, namespace: str, step_id: str, body: bytearray, overwrite: bool) -> None:
+        """Verify a whole request body and save it (on a worker thread)."""
+        # The payload verified here is not hashed again when the backend encodes the same content, nor is
+        # JSON content measured as stored (below) encoded again.
+        with self._cache.acquire(namespace) as store, reusing_verified_digests():
+            codec = store.codec
+            # The client signed the body for the namespace and id of the URL, whatever the store's
+            # own namespace is (a custom store factory may map namespaces).
+            place = (namespace, step_id)
+            view = memoryview(body)
             try:
-                size = int(declared)
-            except ValueError:
-                raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed Content-Length") from None
-            if size > self._max_request:
-                raise self._too_large(size, step_id)
-        body = bytearray()
-        async for chunk in request.stream():
-            if len(body) + len(chunk) > self._max_request:
-                raise self._too_large(None, step_id)
-            body += chunk
+                # The head's size is known from its prefix, and its header (JSON) is refused over the
+                # allowance before it is parsed.
+                head_size = codec.head_size(view)
+                self._check_head_size(head_size, step_id)
+                header = codec.header_of(view, place=place)
+                self._check_sizes(header, step_id)
+                self._check_json_size(header, step_id)
+                # The server's own codec verifies the digest (and the signature, with a signing key).
+                # The head is verified once: the payload is what follows it.
+                message = codec.decode_payload(header, view[head_size:])
+                if header.codec == "json":
+                    self._check_stored_json_size(message, header, step_id)
+                self._check_stored_head_size(codec, header, head_size, place, message)
+            except ConfigurationError as exc:
+                # A signed artifact sent to a server without the key: the request is what is wrong.
+                raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
+            store.save(step_id, message, overwrite=overwrite)
+
+    async def _save_streamed(
+        self, request: Request, namespace: str, step_id: str, overwrite: bool, declared: int | None
+    ) -> Response:
+        """Save into a streaming store without holding the body: the head is read and checked as
+        :meth:`_save_whole` checks it, then the payload of an uncompressed ``bytes`` artifact goes to
+        ``save_stream`` as it arrives, verified on the way (see :class:`_Upload`); any other artifact (JSON and
+        text, bounded by their limits and parsed anyway) is received whole and saved as a small body is."""
+        upload = _Upload(request, self._max_request, lambda: self._too_large(None, step_id))
+        request.state.upload = upload
+        buffer = bytearray()
+        while len(buffer) < PREFIX_SIZE and (chunk := await upload.pull()) is not None:
+            buffer += chunk
+        # The same checks, in the same order and with the same errors, as for a whole body.
+        head_size = Codec.head_size(memoryview(buffer)[:PREFIX_SIZE])
+        self._check_head_size(head_size, step_id)
+        while len(buffer) < head_size and (chunk := await upload.pull()) is not None:
+            buffer += chunk
+        head = bytes(buffer[:head_size])
+        rest = buffer[head_size:]
+
+        def work() -> bool:
+            """Save the stream; ``False``: the artifact is not one to stream (its head is checked)."""
+            with self._cache.acquire(namespace) as store, reusing_verified_digests():
+                codec = store.codec
+                place = (namespace, step_id)
+                try:
+                    header = codec.header_of(head, place=place)  # a head cut short: "truncated inside its head"
+                    self._check_sizes(header, step_id)
+                    self._check_json_size(header, step_id)
+                    if not store.capabilities.streaming or not _streamable(header):
+                        return False
+                    self._check_stored_head_size(codec, header, head_size, place)
+                except ConfigurationError as exc:
+                    raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
+                if declared is not None and declared - head_size != header.stored_size:
+                    # Known before the payload is read: what the in-memory path finds once it has it all.
+                    raise ArtifactCorruptedError(
+                        f"stored payload is {declared - head_size} bytes; its header says {header.stored_size}"
+                    )
+                try:
+                    upload.start(header, head_size, rest)
+                    # A reader with read() alone (no readinto): each read hands over at most one received chunk.
+                    store.save_stream(
+                        step_id, cast("IO[bytes]", upload), media_type=header.media_type, schema=header.schema,
+                        metadata=header.metadata, created_at=header.created_at, overwrite=overwrite,
+                    )  # fmt: skip
+                except Exception as exc:
+                    # The store reports a failing stream as its own error (wrapped, or as a backend failure): the
+                    # answer is the body's own error, the one the in-memory path gives for the same fault.
+                    failure = upload.error or (exc if not isinstance(exc, _UploadFailedError) else None)
+                    if failure is None or failure is exc:
+                        raise
+                    raise failure from None
+                if upload.error is not None:  # pragma: no cover - a store that swallowed its stream's error
+                    raise upload.error
+                return True
+
+        if await self._run(namespace, work):
+            return Response(status_code=204)
+        # Not streamed: the rest of the body is received and the whole saved, as for a small one.
+        body = await self._read_rest(upload, buffer)
+        request.state.upload = None
         request.state.body_read = True
+        await self._run(namespace, lambda: self._save_whole(namespace, step_id, body, overwrite))
+        return Response(status_code=204)
+
+    def _declared_length(self, request: Request, step_id: str) -> int | None:
+        """The request's ``Content-Length``; 413 before anything is read when it is over the limit."""
+        declared = request.headers.get("content-length")
+        if declared is None:
+            return None
+        try:
+            size = int(declared)
+        except ValueError:
+            raise _ProblemError(400, PROBLEM_BAD_REQUEST, "Bad request", "malformed Content-Length") from None
+        if size > self._max_request:
+            raise self._too_large(size, step_id)
+        return size
+
+    @staticmethod
+    async def _read_rest(upload: _Upload, body: bytearray) -> bytearray:
+        """``body`` followed by the rest of the request body (413 once it passes the limit)."""
+        while (chunk := await upload.pull()) is not None:
+            body += chunk
         return body
 
     def _check_head_size(self, head_size: int, step_id: str) -> None:
@@ -823,7 +1259,12 @@ class _App:
         )
 
     def _check_stored_head_size(
-        self, codec: Codec, message: ArtifactMessage, header: Header, head_size: int, place: tuple[str, str]
+        self,
+        codec: Codec,
+        header: Header,
+        head_size: int,
+        place: tuple[str, str],
+        message: ArtifactMessage | None = None,
     ) -> None:
         """Refuse a head whose stored form is over the allowance, though the head sent was within it.
 
@@ -831,15 +1272,17 @@ class _App:
         this server serves that head: a head sent with metadata written ``1e15`` grows 4.5 times once stored,
         and would be saved and then refused by every client with the server's limits. Measured only where it
         can matter, like JSON content (:data:`_MAX_JSON_GROWTH`); the canonical metadata and schema measured
-        here are reused by the store's encode (within ``reusing_verified_digests``), not built again.
+        here are reused by the store's encode (within ``reusing_verified_digests``), not built again. The message
+        (built from ``header``) is needed for JSON and text content only; a streamed ``bytes`` save has none.
         """
         if head_size * _MAX_JSON_GROWTH + _HEAD_GROWTH_SLACK <= self._max_head:
             return
-        size = len(content_bytes(message)[1]) if header.codec == "json" else header.size
+        size = len(content_bytes(message)[1]) if header.codec == "json" and message is not None else header.size
         threshold = codec.compress_threshold
+        # The message's fields are the header's (it was built from them).
         fields: dict[str, Any] = {
-            "codec": header.codec, "media_type": message.media_type, "schema": message.schema,
-            "metadata": message.metadata, "created_at": message.created_at, "size": size, "digest": header.digest,
+            "codec": header.codec, "media_type": header.media_type, "schema": header.schema,
+            "metadata": header.metadata, "created_at": header.created_at, "size": size, "digest": header.digest,
             "place": place,
         }  # fmt: skip
         # Whether the store compresses the payload changes the head by a few bytes ("zstd" for null, fewer
@@ -848,7 +1291,7 @@ class _App:
         stored = len(codec.encode_head(**fields)[0])
         if header.codec != "bytes" and threshold is not None and size >= threshold:
             largest = len(codec.encode_head(**fields, stored_size=size, compression="zstd")[0])
-            if stored <= self._max_head < largest:
+            if stored <= self._max_head < largest and message is not None:
                 stored = len(codec.encode(message, place=place).head)
         if stored <= self._max_head:
             return
@@ -871,6 +1314,10 @@ class _App:
         )
 
     async def _get(self, namespace: str, step_id: str) -> Response:
+        await self._cache.prepare(namespace)
+        if self._cache.streams(namespace):
+            return await self._get_streamed(namespace, step_id)
+
         def work() -> tuple[bytes, bytes]:
             # The payload the backend verified is not hashed again to encode it for the client. A byte
             # backend parses JSON content to return a message: content over the JSON limit (written to the
@@ -885,18 +1332,74 @@ class _App:
                 encoded = store.codec.encode(store.get(step_id), place=(namespace, step_id))
                 return encoded.head, encoded.payload
 
-        head, payload = await self._run(namespace, work)
+        return _whole_envelope(*await self._run(namespace, work))
 
-        async def chunks() -> AsyncIterator[bytes]:
-            # Head and payload go out as two writes: the payload is never concatenated into a copy.
-            yield head
-            yield payload
+    async def _get_streamed(self, namespace: str, step_id: str) -> Response:
+        """``GET`` from a streaming store, which is opened once: an uncompressed ``bytes`` artifact is sent as it
+        is read (:class:`_StreamedEnvelope`), under a head the server's codec signs for the URL's place from the
+        verified header; any other (JSON and text, which the server decodes anyway) is read whole from the same
+        stream and encoded as from :meth:`~artifactstore_core.ArtifactStore.get`."""
+        lease = _Lease()
+        place = (namespace, step_id)
 
-        return StreamingResponse(
-            chunks(),
-            media_type=MEDIA_TYPE_ENVELOPE,
-            headers={"Content-Length": str(len(head) + len(payload))},
-        )
+        def work() -> tuple[bytes, int, bytes | None]:
+            """The head, the payload's size, and the payload itself unless it is to be streamed (then the lease
+            holds the stream and the store's use)."""
+            store, release = self._cache.lend(namespace)
+            kept = False
+            try:
+                with (
+                    reusing_verified_digests(),
+                    limiting_json_content(self._max_json, setting="ARTIFACT_STORE_SERVER_MAX_JSON_BYTES"),
+                ):
+                    header, stream = store.open_with_header(step_id)
+                    try:
+                        if _streamable(header):
+                            head, _ = store.codec.encode_head(
+                                codec="bytes", media_type=header.media_type, schema=header.schema,
+                                metadata=header.metadata, created_at=header.created_at, size=header.size,
+                                digest=header.digest, place=place,
+                            )  # fmt: skip
+                            kept = True
+                            lease.keep(stream, release)
+                            return head, header.size, None
+                        encoded = self._encode_read(store, header, stream, place)
+                    finally:
+                        if not kept:
+                            _close_stream(stream)
+                    return encoded.head, len(encoded.payload), encoded.payload
+            finally:
+                if not kept:
+                    release()
+
+        try:
+            head, size, payload = await self._run(namespace, work)
+        except BaseException:
+            # Cancelled (the server's shutdown) after the worker handed the stream over: nobody will send it.
+            lease.end()
+            raise
+        if payload is not None:
+            return _whole_envelope(head, payload)
+        return _StreamedEnvelope(head, size, lease, place)
+
+    def _encode_read(self, store: ArtifactStore, header: Header, stream: IO[bytes], place: tuple[str, str]) -> Encoded:
+        """The server's encoding of a JSON or text artifact (or compressed content) read whole from ``stream``.
+
+        The stream yields the content uncompressed and verified (``header`` describes it so but for its stored
+        form); the codec decodes it as from an uncompressed payload, within the caller's JSON limit. JSON over
+        that limit, and content that fails to decode, is read again with ``get``, whose error (the store's,
+        naming the artifact) is the answer, as before.
+        """
+        if header.codec != "json" or header.size <= self._max_json:
+            raw = stream.read()
+            plain = header._replace(compression=None, stored_size=header.size)
+            try:
+                message = store.codec.decode_payload(plain, raw)
+            except ArtifactStoreError:
+                pass
+            else:
+                return store.codec.encode(message, place=place)
+        return store.codec.encode(store.get(place[1]), place=place)
 
     async def _info(self, namespace: str, step_id: str) -> Response:
         """The artifact's info as JSON, the very item a list page holds for it, from its store's ``info()``.
