@@ -71,6 +71,22 @@ def redis_server(redis_process: RedisServer) -> Iterator[ServerThread]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def filesystem_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """An artifact server backed by the filesystem backend, which streams: large bytes artifacts take the
+    server's streamed save and read, end to end with the client's own streaming."""
+    root = tmp_path_factory.mktemp("filesystem-server")
+
+    def factory(namespace: str) -> ArtifactStore:
+        return create_store("filesystem", namespace=namespace, root=str(root))
+
+    server = ServerThread(create_app(factory, token=SecretStr(TOKEN), max_body_bytes=32 * 1024 * 1024)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def make_client(memory_server: ServerThread) -> Iterator[MakeClient]:
     """Build clients of the memory-backed server; each is closed after the test."""

@@ -1,4 +1,4 @@
-"""The conformance kit through the http client, against real servers backed by memory and by redis."""
+"""The conformance kit through the http client, against real servers backed by memory, redis and filesystem."""
 
 from __future__ import annotations
 
@@ -29,3 +29,12 @@ class TestHttpOverRedis(StoreConformance):
     @pytest.fixture
     def make_store(self, redis_server: ServerThread) -> MakeStore:
         return lambda namespace: client_for(redis_server.url, namespace)
+
+
+class TestHttpOverFilesystem(StoreConformance):
+    """The client against an artifact server whose store streams (filesystem): the kit's large streams and
+    artifacts go through the server's streamed save and read, and the client's streamed save_stream and open."""
+
+    @pytest.fixture
+    def make_store(self, filesystem_server: ServerThread) -> MakeStore:
+        return lambda namespace: client_for(filesystem_server.url, namespace)
