@@ -23,11 +23,38 @@ STREAM_TARGET_MB = 64
 
 
 def _streaming(streaming: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Peak RSS growth of a child process streaming a large artifact through filesystem and s3."""
+    """Peak RSS growth of a child process streaming a large artifact through filesystem, s3 and http (the http
+    client against a filesystem-backed artifact server in this process, whose own growth is measured too)."""
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-stream-root-") as root:
         print(f"running filesystem: stream {STREAM_MB} MB ...", file=sys.stderr, flush=True)
         results.append(("filesystem", streaming.measure("filesystem", STREAM_MB, {"root": root})))
+    with tempfile.TemporaryDirectory(prefix="bench-stream-server-") as root:
+        from pydantic import SecretStr
+
+        from artifactstore_core import create_store
+        from artifactstore_http.server import create_app
+        from artifactstore_http.testing import TOKEN, ServerThread
+
+        app = create_app(
+            lambda namespace: create_store("filesystem", namespace=namespace, root=root),
+            token=SecretStr(TOKEN),
+            max_body_bytes=2 * STREAM_MB * 1024 * 1024,
+        )
+        server = ServerThread(app).start()
+        try:
+            print(f"running http: stream {STREAM_MB} MB ...", file=sys.stderr, flush=True)
+            # The server runs in this process: its growth is this process's, from right before the child
+            # starts (the token goes to the child in its environment, not on its command line).
+            reset = streaming._reset_peak()
+            before = streaming._rss_mb() if reset else streaming._peak_mb()
+            options = {"endpoint": server.url, "trust_env": False}
+            figures = streaming.measure("http", STREAM_MB, options, env={"ARTIFACT_STORE_HTTP_TOKEN": TOKEN})
+            server_growth = round(streaming._peak_mb() - before, 1)
+        finally:
+            server.stop()
+        results.append(("http (client)", figures))
+        results.append(("http (server)", {**figures, "growth_mb": server_growth, "peak_reset": reset}))
     with ExitStack() as stack:
         from . import cases_servers
 

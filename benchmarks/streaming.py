@@ -1,5 +1,7 @@
 """Peak resident memory while streaming a large artifact through a backend, measured in a child process.
 
+Also imported by the suite's runner, which measures its own peak the same way (an artifact server in it).
+
 The child creates the store, records its peak RSS, streams a file of ``size`` bytes in with
 ``save_stream`` and back out with ``open``, and reports how much its peak RSS grew. Run as
 ``python -m benchmarks.streaming BACKEND SIZE_MB ROOT_OR_URL``.
@@ -81,14 +83,15 @@ def _child(backend: str, size_mb: int, options: dict[str, Any]) -> None:
     print(json.dumps({"growth_mb": round(after - before, 1), "baseline_mb": round(before, 1), "peak_reset": reset}))
 
 
-def measure(backend: str, size_mb: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Run the child for ``backend`` and return its figures."""
+def measure(backend: str, size_mb: int, options: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the child for ``backend`` (with ``env`` added to this process's environment) and return its figures."""
     result = subprocess.run(  # noqa: S603 - our own interpreter and module, arguments we built
         [sys.executable, "-m", "benchmarks.streaming", backend, str(size_mb), json.dumps(options)],
         capture_output=True,
         text=True,
         timeout=900,
         check=True,
+        env={**os.environ, **(env or {})},
     )
     figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return figures

@@ -108,7 +108,7 @@ def test_every_case_of_the_suite_runs(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     groups = {result["backend"] for result in doc["results"]}
     assert groups == {"memory", "codec", "filesystem", "redis", "http", "s3"}
-    assert {entry["backend"] for entry in doc["memory"]} == {"filesystem", "s3"}
+    assert {entry["backend"] for entry in doc["memory"]} == {"filesystem", "s3", "http (client)", "http (server)"}
     assert all(result["samples_ours"] and result["samples_raw"] for result in doc["results"])
     assert done.stdout.startswith("backend")  # the table
     assert "figures written" in done.stderr
