@@ -895,6 +895,28 @@ class StoreConformance:
         assert type(got.content) is bytes
         assert got.content == payload
 
+    def test_save_stream_of_short_reads_keeps_every_byte(self, store: ArtifactStore) -> None:
+        # A pipe, a socket or an unbuffered file returns fewer bytes than asked: every read must be kept, in
+        # order, across a backend's switch from a small save to a streamed one (the http client lost all but the
+        # first of the chunks it had read before it started spooling).
+        class ShortReads(io.RawIOBase):
+            def __init__(self, data: bytes, most: int) -> None:
+                self._data = io.BytesIO(data)
+                self._most = most
+
+            def readable(self) -> bool:
+                return True
+
+            def read(self, size: int | None = -1) -> bytes:
+                wanted = self._most if size is None or size < 0 else min(size, self._most)
+                return self._data.read(wanted)
+
+        payload = bytes(itertools.islice(itertools.cycle(range(241)), 3 * 1024 * 1024 + 11))
+        for step_id, most in (("short-64k", 64 * 1024), ("short-odd", 65_537)):
+            store.save_stream(step_id, cast(IO[bytes], ShortReads(payload, most)))
+            assert store.info(step_id).size == len(payload)
+            assert store.get(step_id).content == payload
+
     def test_save_stream_refuses_a_non_blocking_stream(self, store: ArtifactStore) -> None:
         # read() returning None means "nothing ready yet" on a non-blocking stream. Taking it for the end
         # would store the artifact cut short; every backend refuses such a stream instead, streaming or not.

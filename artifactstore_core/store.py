@@ -535,8 +535,9 @@ class ArtifactStore(ABC):
                 the largest artifact the store can accept, raised before the rest of the stream is read.
             TypeError: ``stream`` is a text stream (an :class:`io.TextIOBase`, such as a file opened without
                 ``'b'``), or has no ``read`` method (an iterable of chunks, ``bytes``); before anything is read.
-            SerializationError: ``media_type``, ``schema``, ``metadata`` or ``created_at`` (naive, or not a
-                datetime) is not valid (before any I/O); or ``stream.read()`` returned ``None`` (a non-blocking
+            SerializationError: ``media_type``, ``schema``, ``metadata`` or ``created_at`` (naive, or nothing
+                pydantic reads as a time: it takes ISO 8601 text and Unix timestamps too) is not valid (before
+                any I/O); or ``stream.read()`` returned ``None`` (a non-blocking
                 stream with nothing ready: refused, never stored cut short) or a ``str`` (a text stream of
                 another kind); or ``stream.read()``
                 raised (the stream's error chained; a streaming backend may raise another non-retryable

@@ -534,3 +534,35 @@ def test_save_stream_without_retries_fails_typed_after_a_reset(memory_server: Se
     finally:
         proxy.stop()
     assert spool_files(spool) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_request_while_every_connection_is_held_says_nothing_was_sent(filesystem_server: ServerThread) -> None:
+    # An open stream holds a connection: with POOL_SIZE=1 the next request of the same store waits for it and
+    # times out. It said "the operation may have happened", though nothing had been sent.
+    with client_for(filesystem_server.url, "pool-held", pool_size=1, read_timeout=1.0, retries=0) as store:
+        store.save("src", Message(content=bytes(3 * MIB)), overwrite=True)
+        with store.open("src") as held:
+            assert held.read(1) == b"\0"
+            with pytest.raises(BackendTimeoutError, match="nothing was sent") as info:
+                store.exists("src")
+        assert "ARTIFACT_STORE_HTTP_POOL_SIZE" in str(info.value)
+        assert "may have happened" not in str(info.value)
+        assert store.exists("src")  # closing the stream gave its connection back
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_collected_while_its_pool_is_locked_gives_its_connection_back(filesystem_server: ServerThread) -> None:
+    # A stream nobody closed, held only by a reference cycle, is closed by the garbage collector, which may run
+    # in a thread that holds the pool's lock (any allocation there can start a collection); handing the
+    # connection back takes that lock again, and a plain lock deadlocked the thread.
+    with client_for(filesystem_server.url, "gc-locked", pool_size=1) as store:
+        store.save("a", Message(content=bytes(3 * MIB)), overwrite=True)
+        stream = store.open("a")
+        assert stream.read(1) == b"\0"
+        cycle: list[Any] = [stream]
+        cycle.append(cycle)
+        del stream, cycle
+        with store._clients._lock:
+            gc.collect()
+        assert store.exists("a")  # the only connection is free again

@@ -17,7 +17,6 @@ import collections
 import contextlib
 import errno
 import io
-import itertools
 import json
 import logging
 import os
@@ -124,6 +123,19 @@ _SPOOL_CHUNK = 1024 * 1024
 _SMALL_STREAM = 1024 * 1024
 # open: the buffer of the stream it returns (httpcore reads the socket 64 KiB at a time).
 _OPEN_BUFFER = 64 * 1024
+
+
+def _handed_over(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks of ``first``, each dropped from the list as it is yielded (the first megabyte of a spooled
+    stream is not held while the rest is written), then those of ``rest``.
+
+    Not ``itertools.chain(first, rest)`` with ``first.clear()`` in the loop: a list emptied while chain walks
+    it ends there, and every chunk of it but the first was silently skipped (a stream of short reads was
+    saved without bytes 64 KiB to 1 MiB, its digest taken over what was left)."""
+    first.reverse()
+    while first:
+        yield first.pop()
+    yield from rest
 
 
 @dataclass(eq=False, slots=True)
@@ -335,7 +347,12 @@ class _Clients:
         self._timeout = timeout
         self._namespace = namespace
         self._backend = backend
-        self._lock = threading.Lock()
+        # Reentrant: a stream from open() that nobody closed, caught in a reference cycle, is closed by the
+        # garbage collector, which runs at any allocation of this thread, also inside a block holding this lock;
+        # closing it hands its client back (checkout's end, _give_slot), which takes the lock again. A plain
+        # lock would deadlock the thread there; the nested hand-back only appends and counts, which the blocks
+        # it can interrupt tolerate.
+        self._lock = threading.RLock()
         self._free = size  # clients that may be lent without waiting (under _lock)
         # One lock per waiting thread, held until a client is handed to it (under _lock), oldest first.
         self._waiters: collections.deque[threading.Lock] = collections.deque()
@@ -967,11 +984,10 @@ class HttpStore(ArtifactStore):
         with self._spool() as spool:
             hasher = new_hasher(_SPOOL_CHUNK)
             size = 0
-            for chunk in itertools.chain(pending, chunks):
+            for chunk in _handed_over(pending, chunks):
                 hasher.update(chunk)
                 self._spooled(lambda: spool.write(chunk))  # noqa: B023 - called at once, in this iteration
                 size += len(chunk)
-                pending.clear()  # the first megabyte is not held once it is written
             head, _ = self.codec.encode_stream_head(
                 template, size=size, digest=hasher.hexdigest(), place=(self.namespace, step_id)
             )
@@ -1337,6 +1353,13 @@ class HttpStore(ArtifactStore):
                 "private CA, set ARTIFACT_STORE_HTTP_CA_FILE to that CA's certificate (a PEM file); a certificate "
                 "issued for another host name needs an endpoint with that name; and artifactstore-serve itself "
                 "speaks plain HTTP, so https:// only for the port of a reverse proxy that terminates TLS"
+            )
+        if isinstance(exc, httpx.PoolTimeout):
+            # Nothing went out: every connection of this store was in use (open() streams hold one each).
+            return BackendTimeoutError(
+                f"no connection to {where} became free within ARTIFACT_STORE_HTTP_READ_TIMEOUT: all "
+                f"{self._settings.pool_size} (ARTIFACT_STORE_HTTP_POOL_SIZE) were in use, by other threads or by "
+                "streams from open() not yet read to their end or closed; nothing was sent"
             )
         if isinstance(exc, httpx.TimeoutException):
             return BackendTimeoutError(f"{where} did not answer in time ({kind}); the operation may have happened")
