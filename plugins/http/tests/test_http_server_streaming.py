@@ -29,7 +29,7 @@ from artifactstore_core.store import Ttl
 from artifactstore_core.testing_servers import wait_for
 from artifactstore_filesystem import FilesystemSettings, FilesystemStore
 from artifactstore_http.protocol import MEDIA_TYPE_ENVELOPE, quote_segment
-from artifactstore_http.server import STREAM_FROM_BYTES, create_app
+from artifactstore_http.server import STREAM_FROM_BYTES, STREAMED_SAVES, create_app
 from artifactstore_http.testing import TOKEN, ServerThread, client_for
 from artifactstore_s3 import S3Settings, S3Store
 from artifactstore_s3.testing import MotoServer
@@ -335,3 +335,52 @@ def test_a_missing_artifact_is_not_found_through_the_streamed_get(fs_server: tup
     server, _ = fs_server
     with client_for(server.url, "missing") as client, pytest.raises(ArtifactNotFoundError):
         client.get("nothing")
+
+
+@pytest.mark.timeout(180)
+def test_stalled_streamed_uploads_leave_every_other_request_served(tmp_path: Path) -> None:
+    # More stalled uploads than anyio's 40 default worker threads: each streamed save holds a thread while its
+    # client sends the body. On the default threads they stopped every other store call of the server (a GET
+    # of another namespace timed out); streamed saves now have threads of their own (STREAMED_SAVES).
+    root = tmp_path / "root"
+    app = create_app(
+        lambda namespace: FilesystemStore(FilesystemSettings(root=root), namespace=namespace),
+        token=SecretStr(TOKEN),
+        max_body_bytes=LIMIT,
+    )
+    server = ServerThread(app).start()
+    uploads: list[tuple[socket.socket, bytes]] = []
+    try:
+        with client_for(server.url, "other", read_timeout=5.0, retries=0) as client:
+            client.save("small", Message(content=b"hello"))
+            message = Message(content=bytes(2 * MIB))
+            for number in range(STREAMED_SAVES + 26):
+                encoded = Codec().encode(message, place=("up", f"x{number}"))
+                body = encoded.head + encoded.payload
+                connection = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+                uploads.append((connection, body))
+                request = (
+                    f"PUT /v1/namespaces/up/artifacts/x{number} HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {TOKEN}\r\nContent-Type: {MEDIA_TYPE_ENVELOPE}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode("ascii")
+                connection.sendall(request + body[:100_000])
+
+            def writing() -> int:
+                # The temporary files of the saves in progress (the other namespace's artifact aside).
+                return sum(1 for path in root.rglob("*") if path.is_file() and "other" not in path.parts)
+
+            # Every thread streamed saves may have is taken, each waiting for the rest of its body.
+            wait_for(lambda: writing() >= STREAMED_SAVES, f"{STREAMED_SAVES} streamed saves to begin")
+            assert client.get("small").content == b"hello"
+            assert client.exists("small")
+            for connection, body in uploads:
+                connection.sendall(body[100_000:])
+            statuses = [connection.recv(64).split(b"\r\n")[0] for connection, _ in uploads]
+        assert statuses == [b"HTTP/1.1 204 No Content"] * len(uploads)
+        with client_for(server.url, "up") as reader:
+            assert reader.get(f"x{len(uploads) - 1}").content == bytes(2 * MIB)
+    finally:
+        for connection, _ in uploads:
+            connection.close()
+        server.stop()

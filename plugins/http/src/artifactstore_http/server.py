@@ -113,6 +113,11 @@ _INFO = INFO_SEGMENT.encode("ascii")
 # A save whose body is larger than this (or of unknown length: chunked) streams into a store that declares
 # capabilities.streaming; smaller ones are received whole, which is faster (one hash pass, one store call).
 STREAM_FROM_BYTES = 1 << 20
+# Streamed saves that write to their stores at once. Each holds a worker thread while its client sends the
+# body, however slowly: on anyio's default 40 threads, 40 stalled uploads stopped every other store call of
+# the server (and uploads copying from the same server's streamed GETs deadlocked, each GET needing a thread
+# per piece). Their own threads, fewer: more uploads wait for one, with their bodies not yet read.
+STREAMED_SAVES = 16
 # The largest piece of a streamed payload read from a store (on a worker thread) and sent at once.
 SEND_CHUNK_BYTES = 1 << 20
 _FILLER = bytes(SEND_CHUNK_BYTES)
@@ -895,6 +900,8 @@ class _App:
         self._head_setting = _head_setting(max_body_bytes, max_json_bytes, "ARTIFACT_STORE_SERVER_")
         self._max_request = max_body_bytes + self._max_head
         self._max_json = max_json_bytes
+        # Created on the event loop, at the first streamed save (anyio binds a limiter to its loop).
+        self._upload_limiter: anyio.CapacityLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A plain ASGI app (the router's default), so every method and path reaches the handler and gets a
@@ -1046,10 +1053,18 @@ class _App:
 
     # -- handlers -------------------------------------------------------------------------------------
 
-    async def _run(self, namespace: str, work: Callable[[], _T]) -> _T:
-        """``work`` (a store call of ``namespace``) on a worker thread, once the namespace's store is built."""
+    async def _run(self, namespace: str, work: Callable[[], _T], limiter: anyio.CapacityLimiter | None = None) -> _T:
+        """``work`` (a store call of ``namespace``) on a worker thread, once the namespace's store is built
+        (a thread of ``limiter``'s, else of anyio's default 40)."""
         await self._cache.prepare(namespace)
-        return await anyio.to_thread.run_sync(work)
+        return await anyio.to_thread.run_sync(work, limiter=limiter)
+
+    def _uploads(self) -> anyio.CapacityLimiter:
+        """The worker threads of streamed saves, apart from every other store call's (see
+        :data:`STREAMED_SAVES`); created on the event loop."""
+        if self._upload_limiter is None:
+            self._upload_limiter = anyio.CapacityLimiter(STREAMED_SAVES)
+        return self._upload_limiter
 
     async def _save(self, request: Request, namespace: str, step_id: str) -> Response:
         overwrite = _bool_param(_query(request), "overwrite")
@@ -1152,7 +1167,7 @@ class _App:
                     raise upload.error
                 return True
 
-        if await self._run(namespace, work):
+        if await self._run(namespace, work, self._uploads()):
             return Response(status_code=204)
         # Not streamed: the rest of the body is received and the whole saved, as for a small one.
         body = await self._read_rest(upload, buffer)
