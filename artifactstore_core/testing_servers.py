@@ -51,6 +51,9 @@ __all__ = [
     "fork_child",
     "free_port",
     "in_thread",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "rss_bytes",
     "self_signed_certificate",
     "stop_process",
     "wait_child",
@@ -380,3 +383,43 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_file, key_file
+
+
+# -- memory of this process (the streaming tests and benchmarks measure what a transfer costs) ---------------
+
+
+def rss_bytes(field: str = "VmRSS") -> int:
+    """A size from this process's ``/proc/self/status`` in bytes: ``VmRSS`` (resident now) or ``VmHWM`` (the
+    resident high-water mark).
+
+    Raises:
+        OSError: no ``/proc`` (not Linux).
+        LookupError: the status has no such field.
+    """
+    with open("/proc/self/status", encoding="ascii") as lines:
+        for line in lines:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident high-water mark to what is resident now, so that :func:`peak_rss_bytes`
+    measures what comes next (Linux: ``5`` written to ``/proc/self/clear_refs``); ``False`` where that is not
+    possible, and the peak is then the process's lifetime one (an overestimate, never an underestimate)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes(exact: bool) -> int:
+    """The resident high-water mark in bytes: ``VmHWM`` when ``exact`` (:func:`reset_peak_rss` succeeded),
+    else the lifetime peak (``ru_maxrss``)."""
+    if exact:
+        return rss_bytes("VmHWM")
+    import resource  # not on Windows, where exact is never true either
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -46,15 +46,14 @@ def _streaming(streaming: Any) -> list[tuple[str, dict[str, Any]]]:
             print(f"running http: stream {STREAM_MB} MB ...", file=sys.stderr, flush=True)
             # The server runs in this process: its growth is this process's, from right before the child
             # starts (the token goes to the child in its environment, not on its command line).
-            reset = streaming._reset_peak()
-            before = streaming._rss_mb() if reset else streaming._peak_mb()
+            before = streaming.start_growth()
             options = {"endpoint": server.url, "trust_env": False}
             figures = streaming.measure("http", STREAM_MB, options, env={"ARTIFACT_STORE_HTTP_TOKEN": TOKEN})
-            server_growth = round(streaming._peak_mb() - before, 1)
+            server_growth = streaming.growth_mb(before)
         finally:
             server.stop()
         results.append(("http (client)", figures))
-        results.append(("http (server)", {**figures, "growth_mb": server_growth, "peak_reset": reset}))
+        results.append(("http (server)", {**figures, "growth_mb": server_growth, "peak_reset": before[0]}))
     with ExitStack() as stack:
         from . import cases_servers
 

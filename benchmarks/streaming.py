@@ -12,45 +12,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from artifactstore_core.testing_servers import peak_rss_bytes, reset_peak_rss, rss_bytes
+
 CHUNK = 1024 * 1024
 
 
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS (Linux: writing 5 to clear_refs resets VmHWM); False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
+def growth_mb(before: tuple[bool, int]) -> float:
+    """How far the peak RSS rose above ``before`` (what :func:`start_growth` returned), in MiB."""
+    exact, baseline = before
+    return round((peak_rss_bytes(exact) - baseline) / CHUNK, 1)
 
 
-def _peak_mb() -> float:
-    """Peak RSS in MiB: VmHWM (resettable) where available, else ru_maxrss (since process start)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return _peak_mb()
+def start_growth() -> tuple[bool, int]:
+    """Reset the peak RSS where possible and return what :func:`growth_mb` measures from: the resident size
+    right now (or, where the peak cannot be reset, the lifetime peak, so that the import-time peak of this
+    process cannot hide what streaming costs)."""
+    exact = reset_peak_rss()
+    return exact, rss_bytes() if exact else peak_rss_bytes(False)
 
 
 def _child(backend: str, size_mb: int, options: dict[str, Any]) -> None:
@@ -66,21 +50,19 @@ def _child(backend: str, size_mb: int, options: dict[str, Any]) -> None:
                 digest.update(block)
         with create_store(backend, namespace="bench-stream", **options) as store:
             store.clear()
-            # Growth is measured from the resident size right before the transfer to the peak during it, so
-            # the import-time peak of this process cannot hide what streaming costs.
-            reset = _reset_peak()
-            before = _rss_mb() if reset else _peak_mb()
+            # Growth is measured from the resident size right before the transfer to the peak during it.
+            before = start_growth()
             with source.open("rb") as handle:
                 store.save_stream("big", handle)
             check = hashlib.blake2b()
             with store.open("big") as reader:
                 while chunk := reader.read(CHUNK):
                     check.update(chunk)
-            after = _peak_mb()
+            growth = growth_mb(before)
             store.clear()
     if check.digest() != digest.digest():
         raise SystemExit("streamed artifact read back differently")
-    print(json.dumps({"growth_mb": round(after - before, 1), "baseline_mb": round(before, 1), "peak_reset": reset}))
+    print(json.dumps({"growth_mb": growth, "baseline_mb": round(before[1] / CHUNK, 1), "peak_reset": before[0]}))
 
 
 def measure(backend: str, size_mb: int, options: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:

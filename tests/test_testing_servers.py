@@ -20,6 +20,9 @@ from artifactstore_core.testing_servers import (
     can_bind,
     fork_child,
     free_port,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
     stop_process,
     wait_child,
     wait_for,
@@ -201,3 +204,20 @@ def test_fork_child_reports_a_child_that_hangs_or_fails() -> None:
     never = threading.Event()  # never set: the child waits until its deadline ends it
     with pytest.raises(AssertionError, match=r"hung \(killed by signal 14\)"):
         wait_child(fork_child(never.wait, deadline=1))
+
+
+def test_the_peak_rss_is_measured_from_a_reset() -> None:
+    # What the streaming tests and the benchmark rely on: after a reset the peak is the current size, and it
+    # rises with what is allocated next (and falls back to it once that is freed: not the lifetime peak).
+    exact = reset_peak_rss()
+    assert exact  # Linux, where the tests run
+    before = rss_bytes()
+    assert peak_rss_bytes(exact) < before + 16 * 1024 * 1024
+    block = bytearray(64 * 1024 * 1024)  # zero-filled by the allocator, so touched: resident
+    block[::4096] = b"\x01" * len(block[::4096])
+    assert peak_rss_bytes(exact) >= before + 60 * 1024 * 1024
+    del block
+    assert reset_peak_rss()
+    assert peak_rss_bytes(True) < before + 16 * 1024 * 1024
+    with pytest.raises(LookupError):
+        rss_bytes("VmNoSuchField")

@@ -26,28 +26,12 @@ LIMIT = 64 * MIB
 
 CLIENT = textwrap.dedent(
     """
-    import io, json, resource, shutil, sys
+    import io, json, shutil, sys
 
     from pydantic import SecretStr
 
-    from artifactstore_core import Message
+    from artifactstore_core.testing_servers import peak_rss_bytes, reset_peak_rss, rss_bytes
     from artifactstore_http import HttpSettings, HttpStore
-
-    def status(field):
-        with open("/proc/self/status") as lines:
-            for line in lines:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no " + field)
-
-    def reset_peak():
-        # Linux: "5" resets the high-water mark (VmHWM) to the current RSS, so the peak is this operation's.
-        try:
-            with open("/proc/self/clear_refs", "w") as refs:
-                refs.write("5")
-            return True
-        except OSError:
-            return False  # then the lifetime peak is used: an overestimate, never an underestimate
 
     mode, endpoint, token, path = sys.argv[1:]
     settings = HttpSettings(endpoint=endpoint, token=SecretStr(token), trust_env=False, read_timeout=300)
@@ -55,15 +39,15 @@ CLIENT = textwrap.dedent(
     # Imports, the client, a connection, and the health probe's answer: before the measurement.
     store.save_stream("warm-" + mode, io.BytesIO(b"x"), overwrite=True)
     store.get("warm-" + mode)
-    exact = reset_peak()
-    before = status("VmRSS")
+    exact = reset_peak_rss()
+    before = rss_bytes()
     if mode == "upload":
         with open(path, "rb") as source:
             store.save_stream("big", source)
     else:
         with store.open("big") as handle, open(path, "wb") as target:
             shutil.copyfileobj(handle, target, 1024 * 1024)
-    peak = status("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes(exact)
     info = store.info("big")
     store.close()
     print(json.dumps({"before": before, "peak": peak, "size": info.size, "digest": info.digest}))

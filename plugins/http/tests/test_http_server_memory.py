@@ -35,33 +35,17 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 SERVER = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
 
     import uvicorn
     from pydantic import SecretStr
 
+    from artifactstore_core.testing_servers import peak_rss_bytes, reset_peak_rss, rss_bytes
     from artifactstore_filesystem import FilesystemSettings, FilesystemStore
     from artifactstore_http.server import create_app
 
     fd, root, token = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-
-    def status(field):
-        with open("/proc/self/status") as lines:
-            for line in lines:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no " + field)
-
-    exact = True
-
-    def reset_peak():
-        global exact
-        # Linux: "5" resets the high-water mark (VmHWM) to the current RSS, so the peak is the transfer's own.
-        try:
-            with open("/proc/self/clear_refs", "w") as refs:
-                refs.write("5")
-        except OSError:
-            exact = False  # then the lifetime peak is used: an overestimate, never an underestimate
+    exact = True  # VmHWM, since the start until /_memory/reset resets it
 
     app = create_app(
         lambda namespace: FilesystemStore(FilesystemSettings(root=root), namespace=namespace),
@@ -70,12 +54,12 @@ SERVER = textwrap.dedent(
     )
 
     async def measured(scope, receive, send):
+        global exact
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if path in ("/_memory/reset", "/_memory/peak"):
             if path == "/_memory/reset":
-                reset_peak()
-            peak = status("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            body = json.dumps({"rss": status("VmRSS"), "peak": peak, "exact": exact}).encode()
+                exact = reset_peak_rss()
+            body = json.dumps({"rss": rss_bytes(), "peak": peak_rss_bytes(exact), "exact": exact}).encode()
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})

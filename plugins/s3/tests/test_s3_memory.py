@@ -26,26 +26,11 @@ LIMIT = 64 * MIB
 
 CLIENT = textwrap.dedent(
     """
-    import json, resource, shutil, sys
+    import json, shutil, sys
 
     from artifactstore_core import Message
+    from artifactstore_core.testing_servers import peak_rss_bytes, reset_peak_rss, rss_bytes
     from artifactstore_s3 import S3Settings, S3Store
-
-    def status(field):
-        with open("/proc/self/status") as lines:
-            for line in lines:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no " + field)
-
-    def reset_peak():
-        # Linux: "5" resets the high-water mark (VmHWM) to the current RSS, so the peak is this operation's.
-        try:
-            with open("/proc/self/clear_refs", "w") as refs:
-                refs.write("5")
-            return True
-        except OSError:
-            return False  # then the lifetime peak is used: an overestimate, never an underestimate
 
     mode, endpoint, bucket, path, access, secret, region = sys.argv[1:]
     settings = S3Settings(
@@ -56,15 +41,15 @@ CLIENT = textwrap.dedent(
     store = S3Store(settings, namespace="memory")
     store.save("warm-" + mode, Message(content=b"x" * 1024), overwrite=True)  # imports, client, connections
     store.get("warm-" + mode)
-    exact = reset_peak()
-    before = status("VmRSS")
+    exact = reset_peak_rss()
+    before = rss_bytes()
     if mode == "upload":
         with open(path, "rb") as source:
             store.save_stream("big", source)
     else:
         with store.open("big") as handle, open(path, "wb") as target:
             shutil.copyfileobj(handle, target, 1024 * 1024)
-    peak = status("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes(exact)
     info = store.info("big")
     store.close()
     print(json.dumps({"before": before, "peak": peak, "size": info.size, "digest": info.digest}))
