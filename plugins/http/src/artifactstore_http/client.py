@@ -884,8 +884,9 @@ class HttpStore(ArtifactStore):
         return self.codec.decode_head(buffer[:head_size], place=(self.namespace, step_id)), buffer, head_size
 
     def _where(self, step_id: str) -> str:
-        """The start of the message of an answer that disagrees with its envelope."""
-        return f"artifact server {self._display} answered {step_id!r} with"
+        """The start of the message of an answer that disagrees with its envelope (it names the artifact, so
+        the core adds nothing to it: the namespace is named here too)."""
+        return f"artifact server {self._display} answered {step_id!r} of namespace {self.namespace!r} with"
 
     def _too_large(self, step_id: str, what: str) -> PayloadTooLargeError:
         return PayloadTooLargeError(
@@ -1319,6 +1320,12 @@ class HttpStore(ArtifactStore):
                 return self._get(step_id)
             except ArtifactNotFoundError:
                 return None
+            except ArtifactStoreError as exc:
+                # Damage the client's own codec finds names no artifact (a streaming server cannot answer it with
+                # an error once the head went out): in a batch the error must say which one it is.
+                if exc.step_id is None:
+                    exc.step_id = step_id
+                raise
 
         with self._pool(len(step_ids)) as pool:
             results = list(pool.map(one, step_ids))
