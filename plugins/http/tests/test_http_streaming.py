@@ -13,6 +13,8 @@ import itertools
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +29,17 @@ from artifactstore_core import (
     BackendTimeoutError,
     BackendUnavailableError,
     Codec,
+    ConfigurationError,
     Message,
     PayloadTooLargeError,
     SerializationError,
     StoreClosedError,
 )
+from artifactstore_core.settings import load_settings
 from artifactstore_core.testing_servers import LOOPBACK
-from artifactstore_http import HttpStore
+from artifactstore_http import HttpSettings, HttpStore
 from artifactstore_http.protocol import MEDIA_TYPE_ENVELOPE, PROTOCOL_HEADER, PROTOCOL_VERSION
-from artifactstore_http.testing import MakeClient, ServerThread, bound_socket, client_for
+from artifactstore_http.testing import TOKEN, MakeClient, ServerThread, bound_socket, client_for
 
 MIB = 1024 * 1024
 
@@ -566,3 +570,35 @@ def test_a_stream_collected_while_its_pool_is_locked_gives_its_connection_back(f
         with store._clients._lock:
             gc.collect()
         assert store.exists("a")  # the only connection is free again
+
+
+@pytest.mark.timeout(120)
+def test_an_empty_spool_directory_setting_is_refused_not_the_working_directory(
+    memory_server: ServerThread, tmp_path: Path
+) -> None:
+    # `ARTIFACT_STORE_HTTP_SPOOL_DIR=$UNSET` in a script: tempfile takes "" for the working directory, so the
+    # CLI spooled a large put there (and a failure named the system's temporary directory instead).
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    source = tmp_path / "large.bin"
+    source.write_bytes(pattern(2 * MIB))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ARTIFACT_STORE_")}
+    env.update(
+        ARTIFACT_STORE_BACKEND="http",
+        ARTIFACT_STORE_HTTP_ENDPOINT=memory_server.url,
+        ARTIFACT_STORE_HTTP_TOKEN=TOKEN,
+        ARTIFACT_STORE_NAMESPACE="spool-empty",
+        ARTIFACT_STORE_HTTP_SPOOL_DIR="",
+    )
+    script = Path(sys.executable).parent / "artifactstore"
+    result = subprocess.run(
+        [str(script), "put", "large", str(source)], cwd=workdir, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 5, result.stderr
+    assert "ARTIFACT_STORE_HTTP_SPOOL_DIR" in result.stderr
+    assert "set but empty" in result.stderr
+    assert TOKEN not in result.stderr
+    with client_for(memory_server.url, "spool-empty") as store:
+        assert not store.exists("large")
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_SPOOL_DIR"):
+        load_settings(HttpSettings, endpoint=memory_server.url, spool_dir="  ")

@@ -137,7 +137,7 @@ class HttpSettings(BackendSettings):
         description="Directory of the temporary file save_stream spools a stream of more than 1 MiB to before it "
         "sends it (the envelope's head carries the payload's digest, so the stream is read whole first); the file "
         "has no name there and is gone when the save ends. Default: the system's temporary directory (TMPDIR). "
-        "It needs room for the largest stream saved at once; a tmpfs holds it in memory.",
+        "It needs room for the largest stream saved at once; a tmpfs holds it in memory. Set but empty is refused.",
     )
     max_json_bytes: int = Field(
         default=DEFAULT_MAX_JSON_BYTES,
@@ -165,6 +165,19 @@ class HttpSettings(BackendSettings):
             raise ValueError("must not contain user info; put the token in ARTIFACT_STORE_HTTP_TOKEN")
         if url.query or url.fragment:
             raise ValueError("must not have a query or fragment")
+        return value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _refuse_empty_spool_dir(cls, value: str | None) -> str | None:
+        # An empty value is what `SPOOL_DIR=$UNSET_VARIABLE` or a template with a missing value leaves; tempfile
+        # takes "" for the working directory (not the default, the system's temporary directory), so every
+        # large save would spool wherever the process was started, and an error would name the wrong place.
+        if value is not None and not value.strip():
+            raise ValueError(
+                "is set but empty (or only whitespace); set a directory ('.' for the working directory), "
+                "or unset the variable for the system's temporary directory"
+            )
         return value
 
     @field_validator("token")
