@@ -602,3 +602,12 @@ def test_an_empty_spool_directory_setting_is_refused_not_the_working_directory(
         assert not store.exists("large")
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_HTTP_SPOOL_DIR"):
         load_settings(HttpSettings, endpoint=memory_server.url, spool_dir="  ")
+
+
+def test_the_spool_directory_setting_expands_a_leading_tilde() -> None:
+    # "~/spool" in a config file was used as a directory named "~" (the shell expands it only in the environment).
+    from artifactstore_core.settings import load_settings
+    from artifactstore_http import HttpSettings
+
+    settings = load_settings(HttpSettings, spool_dir="~/artifact-spool")
+    assert settings.spool_dir == str(Path.home() / "artifact-spool")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -178,7 +179,9 @@ class HttpSettings(BackendSettings):
                 "is set but empty (or only whitespace); set a directory ('.' for the working directory), "
                 "or unset the variable for the system's temporary directory"
             )
-        return value
+        # "~/spool" in a config file is the user's directory, as ARTIFACT_STORE_FILESYSTEM_ROOT's "~" is (a shell
+        # expands it only in the environment); tempfile would take it as a directory named "~".
+        return os.path.expanduser(value) if value is not None else None
 
     @field_validator("token")
     @classmethod
