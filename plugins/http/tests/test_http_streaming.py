@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import pytest
+from pydantic import SecretStr
 
 from artifactstore_core import (
+    AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactExistsError,
     BackendError,
@@ -611,3 +613,27 @@ def test_the_spool_directory_setting_expands_a_leading_tilde() -> None:
 
     settings = load_settings(HttpSettings, spool_dir="~/artifact-spool")
     assert settings.spool_dir == str(Path.home() / "artifact-spool")
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_token_fails_save_stream_before_the_stream_is_spooled(memory_server: ServerThread) -> None:
+    # The health probe asks no token: a large stream was read to its end and written to the spool (gigabytes,
+    # on a disk that must hold them) before the save's own request met the 401.
+    class Counting(io.RawIOBase):
+        def __init__(self, size: int) -> None:
+            self._data = io.BytesIO(pattern(size))
+            self.read_bytes = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            count = self._data.readinto(buffer)
+            self.read_bytes += count
+            return count
+
+    stream = Counting(16 * MIB)  # within the server's limit (32 MiB), which the probe learns with no token
+    wrong = SecretStr("a-wrong-token-0123456789")
+    with client_for(memory_server.url, "wrong-token", token=wrong) as store, pytest.raises(AccessDeniedError):
+        store.save_stream("big", cast(IO[bytes], stream))
+    assert stream.read_bytes <= 2 * MIB  # the first MiB (a small stream is sent whole), not the 16

@@ -982,6 +982,10 @@ class HttpStore(ArtifactStore):
             # A copy keeps the template's created_at; the chunks are bytes, which content keeps as they are.
             self._save(step_id, template.model_copy(update={"content": b"".join(pending)}), overwrite, ttl)
             return
+        # Before the rest is spooled (a stream may be gigabytes, and the spool's disk must hold it): one request
+        # that needs the token, so that a wrong token, an endpoint of no artifact server or a server that does not
+        # answer fails now (the health probe asks no token), not after the whole stream was read and written.
+        self._exists(step_id)
         with self._spool() as spool:
             hasher = new_hasher(_SPOOL_CHUNK)
             size = 0
