@@ -1111,7 +1111,15 @@ class HttpStore(ArtifactStore):
         )
 
     def _get(self, step_id: str) -> Message:
-        response = self._send("get", "GET", self._url("artifacts", step_id), step_id=step_id)
+        return self._whole(self._send("get", "GET", self._url("artifacts", step_id), step_id=step_id), step_id)
+
+    def _whole(self, response: _Answer, step_id: str) -> Message:
+        """The message of a ``GET`` answer whose envelope was read whole.
+
+        Raises:
+            ArtifactStoreError: the answer is a failure (see :meth:`_fail`); BackendError: its body is no
+                envelope; ArtifactCorruptedError: the payload does not match its verified head.
+        """
         if response.status_code != 200:
             raise self._fail(response, step_id)
         if response.header is None:
@@ -1142,14 +1150,9 @@ class HttpStore(ArtifactStore):
         response = self._send("open", "GET", self._url("artifacts", step_id), step_id=step_id)
         body = response.body
         if body is None:
-            if response.status_code != 200:
-                raise self._fail(response, step_id)
-            if response.header is None:
-                raise BackendError(
-                    f"artifact server {self._display} answered {step_id!r} with a body that is not an envelope",
-                    step_id=step_id,
-                )
-            return response.header, content_stream(self.codec.decode_payload(response.header, response.payload))
+            message = self._whole(response, step_id)
+            assert response.header is not None  # _whole refuses an answer without one
+            return response.header, content_stream(message)
         header = response.header
         assert header is not None  # a body comes with its header (see _read_envelope)
         where = self._where(step_id)
