@@ -41,7 +41,7 @@ from artifactstore_core.settings import load_settings
 from artifactstore_core.testing_servers import LOOPBACK
 from artifactstore_http import HttpSettings, HttpStore
 from artifactstore_http.protocol import MEDIA_TYPE_ENVELOPE, PROTOCOL_HEADER, PROTOCOL_VERSION
-from artifactstore_http.testing import TOKEN, MakeClient, ServerThread, bound_socket, client_for
+from artifactstore_http.testing import TOKEN, HoldingProxy, MakeClient, ServerThread, bound_socket, client_for
 
 MIB = 1024 * 1024
 
@@ -434,76 +434,6 @@ def test_a_head_over_the_limits_is_refused_before_the_payload_is_read() -> None:
 # -- retries --------------------------------------------------------------------------------------------
 
 
-class ResetOnceProxy:
-    """Forwards connections to ``upstream``; the first connection to carry ``after`` bytes upstream is reset
-    (RST both ways) there, later ones pass. ``sent`` counts the bytes each connection carried upstream."""
-
-    def __init__(self, upstream: int, after: int) -> None:
-        self.upstream = upstream
-        self.after = after
-        self.resets = 0
-        self.sent: list[int] = []
-        self._lock = threading.Lock()
-        self.listener = bound_socket()
-        self.listener.listen(16)
-        self.port = int(self.listener.getsockname()[1])
-        self._sockets: list[socket.socket] = []
-        self._stopping = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stopping:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
-            self._sockets += [client, upstream]
-            with self._lock:
-                index = len(self.sent)
-                self.sent.append(0)
-            threading.Thread(target=self._up, args=(client, upstream, index), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
-
-    def _up(self, client: socket.socket, upstream: socket.socket, index: int) -> None:
-        try:
-            while data := client.recv(65536):
-                upstream.sendall(data)
-                with self._lock:
-                    self.sent[index] += len(data)
-                    reset = self.resets == 0 and self.sent[index] >= self.after
-                    if reset:
-                        self.resets += 1
-                if reset:
-                    for sock in (client, upstream):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                        sock.close()
-                    return
-        except OSError:
-            return
-
-    def _down(self, upstream: socket.socket, client: socket.socket) -> None:
-        try:
-            while data := upstream.recv(65536):
-                client.sendall(data)
-        except OSError:
-            return
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-
 @pytest.mark.timeout(120)
 def test_save_stream_retried_after_a_reset_sends_the_whole_spool_again(
     memory_server: ServerThread, tmp_path: Path
@@ -511,7 +441,7 @@ def test_save_stream_retried_after_a_reset_sends_the_whole_spool_again(
     spool = tmp_path / "spool"
     spool.mkdir()
     payload = pattern(12 * MIB + 5)
-    proxy = ResetOnceProxy(memory_server.port, after=6 * MIB)
+    proxy = HoldingProxy(memory_server.port, hold_after=6 * MIB, reset_once=True).start()
     try:
         with client_for(proxy.url, "reset-retry", retries=2, spool_dir=str(spool)) as store:
             store.save_stream("retried", io.BytesIO(payload))
@@ -530,7 +460,7 @@ def test_save_stream_retried_after_a_reset_sends_the_whole_spool_again(
 def test_save_stream_without_retries_fails_typed_after_a_reset(memory_server: ServerThread, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    proxy = ResetOnceProxy(memory_server.port, after=6 * MIB)
+    proxy = HoldingProxy(memory_server.port, hold_after=6 * MIB, reset_once=True).start()
     try:
         with client_for(proxy.url, "reset-fail", retries=0, spool_dir=str(spool)) as store:
             with pytest.raises(BackendUnavailableError) as info:

@@ -7,7 +7,8 @@ benchmarks and third parties start servers the same way. Failures raise
 - :class:`ServerThread`: our ASGI app under a real uvicorn in a thread of the test process.
 - :class:`ServerProcess`: ``python -m artifactstore_http`` in a subprocess, on a socket the test bound
   (so it can be killed with SIGKILL and its memory measured).
-- :class:`HoldingProxy`: a TCP proxy that forwards a set number of request bytes, then holds the rest.
+- :class:`HoldingProxy`: a TCP proxy that forwards a set number of request bytes, then holds the rest (or
+  resets that connection once, for a retry to pass).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -169,13 +171,19 @@ class HoldingProxy:
     """Forwards client connections to an upstream port; after ``hold_after`` request bytes it stops forwarding.
 
     ``held`` is set once a connection has reached the limit. Connections made after the upstream is gone
-    are closed at once.
+    are closed at once. With ``reset_once``, the first connection to reach the limit is reset there instead
+    (RST both ways, counted in ``resets``) and every later one passes whole: a request cut on the way, then
+    its retry. ``sent`` holds the request bytes each connection carried upstream, in the order they came.
     """
 
-    def __init__(self, upstream_port: int, hold_after: int) -> None:
+    def __init__(self, upstream_port: int, hold_after: int, *, reset_once: bool = False) -> None:
         self.upstream_port = upstream_port
         self.hold_after = hold_after
+        self.reset_once = reset_once
         self.held = threading.Event()
+        self.resets = 0
+        self.sent: list[int] = []
+        self._lock = threading.Lock()
         self.listener = bound_socket()
         self.listener.listen(16)
         self.port = int(self.listener.getsockname()[1])
@@ -203,22 +211,45 @@ class HoldingProxy:
                 client.close()
                 continue
             self._sockets += [client, upstream]
-            threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
+            with self._lock:
+                index = len(self.sent)
+                self.sent.append(0)
+            threading.Thread(target=self._pump_up, args=(client, upstream, index), daemon=True).start()
             threading.Thread(target=self._pump_down, args=(upstream, client), daemon=True).start()
 
-    def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
-        sent = 0
+    def _limited(self) -> bool:
+        # Held connections are all limited; a reset is done once, and later connections pass whole.
+        with self._lock:
+            return not self.reset_once or self.resets == 0
+
+    def _pump_up(self, client: socket.socket, upstream: socket.socket, index: int) -> None:
         try:
-            while sent < self.hold_after:
-                data = client.recv(min(65536, self.hold_after - sent))
-                if not data:
+            while True:
+                limited = self._limited()
+                want = min(65536, self.hold_after - self.sent[index]) if limited else 65536
+                if want <= 0:
                     break
+                data = client.recv(want)
+                if not data:
+                    return
                 upstream.sendall(data)
-                sent += len(data)
+                with self._lock:
+                    self.sent[index] += len(data)
         except OSError:
             return
-        if sent >= self.hold_after:
+        if not self.reset_once:
             self.held.set()  # keep both sockets open, forwarding nothing more
+            return
+        with self._lock:
+            first = self.resets == 0
+            self.resets += first
+        if not first:  # another connection was reset meanwhile: this one passes on
+            self._pump_up(client, upstream, index)
+            return
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
 
     def _pump_down(self, upstream: socket.socket, client: socket.socket) -> None:
         try:
