@@ -565,13 +565,9 @@ class ArtifactStore(ABC):
             # The fields are checked here, once, before anything is read or written, so every backend
             # refuses the same bad media type or metadata with the same SerializationError.
             try:
-                template = (
-                    Message(content=b"", media_type=media_type, schema=schema, metadata=metadata)
-                    if created_at is None
-                    else Message(
-                        content=b"", media_type=media_type, schema=schema, metadata=metadata, created_at=created_at
-                    )
-                )
+                # Left out when not given, so that Message's own default (now) applies.
+                when = {} if created_at is None else {"created_at": created_at}
+                template = Message(content=b"", media_type=media_type, schema=schema, metadata=metadata, **when)
             except (TypeError, ValueError) as exc:
                 raise SerializationError(f"cannot save a stream as {step_id!r}: {exc}", step_id=step_id) from exc
             if self.capabilities.streaming:
