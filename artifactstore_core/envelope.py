@@ -30,12 +30,12 @@ import json.scanner
 import os
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any, NamedTuple, cast
+from typing import IO, Any, NamedTuple, NoReturn, cast
 
 import blake3
 import zstandard
@@ -72,6 +72,7 @@ __all__ = [
     "Codec",
     "Encoded",
     "Header",
+    "PayloadReader",
     "PayloadVerifier",
     "content_bytes",
     "content_info",
@@ -686,6 +687,146 @@ class PayloadVerifier:
             raise ArtifactCorruptedError(f"payload is {self._seen} bytes; its header says {self._header.size}")
         if self._hasher.hexdigest() != self._header.digest:
             raise ArtifactCorruptedError("payload digest does not match its header")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _reraise(exc: Exception) -> NoReturn:
+    raise exc
+
+
+class PayloadReader(io.RawIOBase):
+    """A read-only raw stream of an uncompressed payload that arrives in chunks, verified as it is read.
+
+    What a backend's ``_open`` can return (wrapped in an ``io.BufferedReader``) when it reads the payload
+    as an iterator of chunks (the body of an HTTP answer, say), after it read and verified the head. No
+    byte of the chunk that completes the size ``header`` states is handed out before the chunks are known
+    to end there and the digest matches: the read that would return the payload's last bytes raises
+    :class:`~artifactstore_core.errors.ArtifactCorruptedError` instead, even for a caller that reads exactly
+    the payload's size and never asks for the end. Chunks that run on past that size raise as soon as the
+    excess arrives (the rest is not read); chunks that end short raise ``short(received)``'s error. Bytes
+    returned before the last chunk are not verified yet, and closing the stream early verifies nothing.
+    After an error every later read raises it again.
+
+    ``release`` is called once, as soon as nothing more is to be read from the chunks: at the verified end,
+    at the first error, or when the stream is closed, whichever comes first (an abandoned stream is closed,
+    and so released, when it is garbage-collected).
+
+    Args:
+        chunks: the payload's chunks (empty ones are skipped).
+        header: the verified header (from :meth:`~artifactstore_core.Codec.decode_head`).
+        release: frees what the chunks come from (closes the response, returns a pooled connection).
+        fail: turns any exception raised while reading (the chunks' own, or the reader's
+            ``ArtifactCorruptedError``) into the store's error and raises it; by default it is raised as it is.
+        short: the exception for chunks that ended after ``received`` bytes of payload; by default
+            ``ArtifactCorruptedError`` (a transport that can tell a dropped connection from a damaged body
+            says so here).
+
+    Raises:
+        SerializationError: ``header`` describes a compressed payload (only an uncompressed one can be
+            verified as it streams).
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        header: Header,
+        *,
+        release: Callable[[], None] = _nothing,
+        fail: Callable[[Exception], NoReturn] = _reraise,
+        short: Callable[[int], Exception] | None = None,
+    ) -> None:
+        super().__init__()
+        self._verifier = PayloadVerifier(header)
+        self._chunks = iter(chunks)
+        self._size = header.size
+        self._left = header.size
+        self._release_once: Callable[[], None] | None = release
+        self._fail = fail
+        self._short = short
+        self._pending = memoryview(b"")
+        self._done = False
+        self._error: BaseException | None = None
+
+    def readable(self) -> bool:
+        """Always ``True``."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` with the next payload bytes; 0 at the verified end.
+
+        Raises:
+            ArtifactCorruptedError: the payload does not match its header (every later read raises it too).
+            ValueError: the stream is closed.
+            Exception: what ``fail`` makes of a failure of the chunks (the store's ``BackendError``).
+        """
+        if self.closed:
+            raise ValueError("read of closed file")
+        if self._error is not None:
+            raise self._error
+        try:
+            while not self._pending and not self._done:
+                if self._left == 0:
+                    self._finish()  # an empty payload: nothing came before the end
+                    break
+                chunk = self._next()
+                if chunk is None:
+                    received = self._size - self._left
+                    if self._short is not None:
+                        raise self._short(received)
+                    raise ArtifactCorruptedError(f"payload is {received} bytes; its header says {self._size}")
+                self._verifier.update(chunk)  # raises at once for a chunk that runs past the size
+                self._left -= len(chunk)
+                if self._left == 0:
+                    # Complete: that the chunks end here and the digest matches is checked before any byte of
+                    # this chunk is handed out (a caller reading exactly the size never reads the end).
+                    self._finish()
+                self._pending = memoryview(chunk)
+        except Exception as exc:
+            self._pending = memoryview(b"")
+            self._done = True
+            with suppress(Exception):
+                self._release()  # nothing more is read from the chunks; their error is the one to report
+            try:
+                self._fail(exc)
+            except BaseException as error:
+                self._error = error
+                raise
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def _next(self) -> bytes | None:
+        """The next non-empty chunk, ``None`` at the end."""
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        return None
+
+    def _finish(self) -> None:
+        extra = self._next()
+        if extra is not None:
+            self._verifier.update(extra)  # raises: the payload is longer than its header says
+        self._verifier.finish()
+        self._done = True
+        # Read to the end: what the chunks come from is freed at once (a pooled connection goes back).
+        self._release()
+
+    def _release(self) -> None:
+        release, self._release_once = self._release_once, None
+        if release is not None:
+            release()
+
+    def close(self) -> None:
+        """Close the stream, releasing what the chunks come from if that was not done yet."""
+        if not self.closed:
+            try:
+                self._release()
+            finally:
+                super().close()
 
 
 class Codec:

@@ -17,6 +17,7 @@ import collections
 import contextlib
 import errno
 import io
+import itertools
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import httpcore
 import httpx
 
 from artifactstore_core import ArtifactInfo, ArtifactStore, Capabilities, Codec, Message
-from artifactstore_core.envelope import PREFIX_SIZE, TAG_SIZE, Header, content_stream, new_hasher
+from artifactstore_core.envelope import PREFIX_SIZE, TAG_SIZE, Header, PayloadReader, content_stream, new_hasher
 from artifactstore_core.errors import (
     AccessDeniedError,
     ArtifactCorruptedError,
@@ -70,7 +71,6 @@ from .protocol import (
     encode_cursor,
     quote_segment,
 )
-from .reader import PayloadReader
 from .settings import HttpSettings, _head_setting, _token_problem, head_allowance, is_loopback
 
 __all__ = ["RETRY_POLICY", "HttpStore"]
@@ -1138,8 +1138,9 @@ class HttpStore(ArtifactStore):
         """The verified header and a stream of the artifact's content, from one streamed ``GET``.
 
         The request and the envelope's head are read (and retried) as a get's, within the same limits; an
-        uncompressed payload is then streamed and verified as it is read (:class:`~.reader.PayloadReader`),
-        one held on one of the store's ``POOL_SIZE`` connections until the stream ends or is closed. A
+        uncompressed payload is then streamed and verified as it is read
+        (:class:`~artifactstore_core.envelope.PayloadReader`), one held on one of the store's ``POOL_SIZE``
+        connections until the stream ends or is closed. A
         compressed one (JSON or text the server's store compressed) is read whole, as :meth:`get` reads it.
 
         Raises:
@@ -1165,6 +1166,11 @@ class HttpStore(ArtifactStore):
             return ArtifactCorruptedError(what, step_id=step_id)
 
         def fail(exc: Exception) -> NoReturn:
+            if type(exc) is ArtifactCorruptedError and exc.step_id is None:
+                # The reader's own finding (a payload longer than its header says, or altered): named with the
+                # server it came from, as every answer that disagrees with its envelope is.
+                error = ArtifactCorruptedError(f"{where} a payload that fails verification: {exc}", step_id=step_id)
+                raise self._in_context(error, "open", step_id) from None
             if clients.closed and not isinstance(exc, ArtifactStoreError):
                 # close() shut the connection under this stream (see _Clients.close).
                 raise self._in_context(clients.closed_error(in_flight=True), "open", step_id) from exc
@@ -1172,7 +1178,7 @@ class HttpStore(ArtifactStore):
 
         try:
             reader = PayloadReader(
-                body.first, body.chunks, header, where=where, short=short, release=body.held.close, fail=fail
+                itertools.chain((body.first,), body.chunks), header, release=body.held.close, fail=fail, short=short
             )
         except BaseException:
             body.held.close()

@@ -15,7 +15,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import wait
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
@@ -39,7 +39,7 @@ from artifactstore_core import (
     SerializationError,
     StoreClosedError,
 )
-from artifactstore_core.envelope import Header, PayloadVerifier, content_stream, new_hasher
+from artifactstore_core.envelope import Header, PayloadReader, content_stream, new_hasher
 from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
@@ -56,7 +56,7 @@ from .keys import KeyLayout
 from .layout import ObjectLayout, layout_for, stored_head
 from .logs import StoreSecrets
 from .multipart import MultipartUpload, check_part_count
-from .reader import VerifiedReader, split_prelude
+from .reader import split_prelude
 from .settings import MIB, S3Settings, credential_problem
 
 if TYPE_CHECKING:
@@ -1343,17 +1343,15 @@ class S3Store(ArtifactStore):
                 message = self.codec.decode_payload(header, b"".join(chunks))
                 body.close()
                 return header, content_stream(message)
-            verifier = PayloadVerifier(header)
+
+            def fail(exc: Exception) -> NoReturn:
+                self._raise(exc, "open", step_id)
+
+            reader = PayloadReader(chunks, header, release=body.close, fail=fail)
         except BaseException:
             body.close()
             raise
-
-        def fail(exc: Exception) -> Any:
-            self._raise(exc, "open", step_id)
-
-        return header, io.BufferedReader(
-            VerifiedReader(chunks, verifier, header.size, body.close, fail), buffer_size=_READ_CHUNK
-        )
+        return header, io.BufferedReader(reader, buffer_size=_READ_CHUNK)
 
     def _exists(self, step_id: str) -> bool:
         return self._look(self._keys.key(step_id)) is not False
