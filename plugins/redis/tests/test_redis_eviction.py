@@ -11,7 +11,7 @@ import pytest
 from redis_helpers import Blocker, Relay, evict_once, payload_of
 
 import artifactstore_redis.store as store_module
-from artifactstore_core import ArtifactCorruptedError, ArtifactNotFoundError, Message
+from artifactstore_core import ArtifactCorruptedError, ArtifactNotFoundError, BackendTimeoutError, Message
 from artifactstore_core.testing_servers import LOOPBACK
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisServer, running
@@ -426,3 +426,59 @@ def test_namespaces_lists_a_namespace_whose_index_and_registry_entry_were_evicte
             admin.close()
             other.close()
             store.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_policy_read_that_failed_waits_for_a_later_saves_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A policy read that failed was made again before the next save's write: on a server that stopped
+    # answering, every save then waited one SOCKET_TIMEOUT for INFO before its own write timed out. Now the
+    # read comes after a write that succeeded, still once per save.
+    caplog.set_level(logging.DEBUG)
+    with running(tmp_path / "evicting", maxmemory="64mb", **{"maxmemory-policy": "allkeys-lru"}) as server:
+        relay = Relay(server.port)
+        admin = server.client()
+        settings = RedisSettings(
+            url=f"redis://{LOOPBACK}:{relay.port}/0",  # type: ignore[arg-type]
+            socket_timeout=0.5,
+            retry_attempts=0,
+        )
+        store = RedisStore(settings, namespace="hung")
+        real = store._memory_info
+        reads: list[str] = []
+
+        def recorded() -> Any:
+            if not reads:
+                relay.drop()  # the first read is lost on the way
+            reads.append("sent")
+            return real()
+
+        store._memory_info = recorded  # type: ignore[method-assign]
+        for script in store_module._SCRIPTS:
+            # Cached, so that no NOSCRIPT has the first save announce its namespace (and read the policy) again.
+            admin.script_load(script.source)
+        try:
+            store.save("a", Message(content=b"x"))
+            assert reads == ["sent"]
+            assert _policy_warnings(caplog) == []
+            # The server stops answering: the next save fails on its write, having sent no policy read first.
+            relay.dead = True
+            relay.drop()
+            with pytest.raises(BackendTimeoutError):
+                store.save("b", Message(content=b"y"))
+            assert reads == ["sent"]
+            # Back again: the save writes, then reads the policy (once) and warns.
+            relay.dead = False
+            store.save("c", Message(content=b"z"))
+            assert reads == ["sent", "sent"]
+            (warning,) = _policy_warnings(caplog)
+            assert "maxmemory-policy allkeys-lru" in warning
+            assert admin.exists(*[key for key in admin.keys("*:a:*")]) == 2  # a and c stored
+            store.save_many({"d": Message(content=b"w"), "e": Message(content=b"v")})
+            assert reads == ["sent", "sent"]
+        finally:
+            store.clear()
+            store.close()
+            admin.close()
+            relay.close()

@@ -799,6 +799,9 @@ class RedisStore(ArtifactStore):
         self._registered_at: float | None = None
         # Whether _POLICY_READ holds this store's server (so a save needs no lock to know it).
         self._policy_known = False
+        # How many policy reads this store has sent: a save compares it before and after to tell whether it
+        # made one already (see _check_policy_after).
+        self._policy_reads = 0
         self._result_ttl_ms = _result_ttl_ms(self._settings)
         # Set by close(): a retry backoff waits on it, so that a thread waiting to retry stops at once.
         self._closing = threading.Event()
@@ -943,8 +946,7 @@ class RedisStore(ArtifactStore):
         now = time.monotonic()
         registered = self._registered_at
         if registered is not None and now - registered < _REGISTER_EVERY:
-            # A policy read that failed at the announce is made again here (nothing is sent once it succeeded).
-            self._check_eviction_policy()
+            # A policy read that failed is made again after the save's write (see _check_policy_after).
             return None
         # Two threads announcing at once only write the same entry twice.
         try:
@@ -1009,8 +1011,8 @@ class RedisStore(ArtifactStore):
         often default to an evicting policy, so the store says so in the log before its first artifact is
         written rather than leaving the user to find out from a damaged artifact. A server that does not let
         us read ``INFO`` (an ACL without it) is not checked. A read that fails on the way (a dropped connection,
-        a timeout, ``BUSY``) is not retried within the save, which it would delay, but made again by the next
-        save (of any store of this process on that server) until it succeeds.
+        a timeout, ``BUSY``) is not retried within the save, which it would delay, but made again after the write
+        of the next save (of any store of this process on that server) until it succeeds.
         """
         if self._policy_known:
             return
@@ -1022,6 +1024,7 @@ class RedisStore(ArtifactStore):
                 return
             _POLICY_READING.add(self._where)
         final = False
+        self._policy_reads += 1
         try:
             self._stop_if_closed()
             info = self._memory_info()
@@ -1051,6 +1054,18 @@ class RedisStore(ArtifactStore):
             policy,
             " that have an expiry (artifacts saved with a TTL)" if policy.startswith("volatile") else "",
         )
+
+    def _check_policy_after(self, reads: int) -> None:
+        """After a save's writes: read the eviction policy if it is still unknown and the save made no read of
+        it yet (``reads``: :attr:`_policy_reads` when the save began).
+
+        A read that failed (a timeout, ``BUSY``) is made again by a later save, but after that save's write, not
+        before it: on a server that stopped answering, a read before the write cost every save one more
+        ``SOCKET_TIMEOUT`` before its own write failed, and the write's failure is the one to report. The first
+        read of all still comes before the first write (after the namespace is recorded: see :meth:`_announce`).
+        """
+        if not self._policy_known and self._policy_reads == reads:
+            self._check_eviction_policy()
 
     def _memory_info(self) -> Any:
         """``INFO memory`` of the server that holds this namespace (in a cluster, its slot's primary); once."""
@@ -1219,12 +1234,14 @@ class RedisStore(ArtifactStore):
 
     def _save(self, step_id: str, message: Message, overwrite: bool, ttl: float | None) -> None:
         plan = self._plan(step_id, message, overwrite, ttl)
+        reads = self._policy_reads
         refused = self._announce()
         # One script call for an inline payload; otherwise upload and commit, pipelined in one round trip.
         (result,) = self._send([plan])
         self._announced_after(refused, [result])
         if isinstance(result, BaseException):
             raise result
+        self._check_policy_after(reads)
         if result == SAVE_EXISTS:
             raise self._exists_error(step_id)
 
@@ -1485,6 +1502,7 @@ class RedisStore(ArtifactStore):
             return
         # Every artifact is encoded and checked against the size limit before anything is sent.
         plans = [self._plan(step_id, message, overwrite, ttl) for step_id, message in items]
+        reads = self._policy_reads
         refused = self._announce()
         for chunk in _batches(plans, lambda plan: len(plan.payload), self._settings.batch_size):
             results = self._send(chunk)
@@ -1498,7 +1516,9 @@ class RedisStore(ArtifactStore):
                     error.step_id = plan.step_id
                     raise error from result
                 if result == SAVE_EXISTS:
+                    self._check_policy_after(reads)
                     raise self._exists_error(plan.step_id)
+        self._check_policy_after(reads)
 
     def _get_many(self, step_ids: list[str]) -> dict[str, Message]:
         found: dict[str, Message] = {}
