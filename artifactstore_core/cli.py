@@ -271,7 +271,9 @@ def _print_traceback(exc: BaseException) -> None:
     """``--debug``'s report of ``exc`` on stderr: its traceback, as Python prints an uncaught error's. A stderr
     that cannot be written loses it (see :class:`_MessageConsole`). Raises nothing."""
     try:
-        traceback.print_exception(exc, file=sys.stderr)
+        # Stores chain causes without their secrets (scrub_exception); a password in a URL's user info is masked
+        # here too, for an error no store raised (a plugin's, the command's own).
+        sys.stderr.write(errors.mask_url_passwords("".join(traceback.format_exception(exc))))
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         _drop_stream(sys.stderr)

@@ -16,11 +16,13 @@ Each class has a ``retryable`` flag, every instance is picklable (so errors cros
 and messages name the step id, namespace, backend or setting concerned, never a secret. Errors raised
 while translating a client library's exception always chain the original as ``__cause__``.
 :func:`redact` removes secrets from text a backend quotes in a message (a server's error, a client's
-exception text).
+exception text), and :func:`scrub_exception` gives the exception to chain in place of a client library's
+whose text holds a secret (a :class:`RedactedError` standing in for it).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -41,17 +43,30 @@ __all__ = [
     "PayloadTooLargeError",
     "PluginLoadError",
     "REDACTED",
+    "RedactedError",
     "SchemaMismatchError",
     "SerializationError",
     "StoreClosedError",
     "UnsupportedFormatError",
+    "URL_PASSWORD_MASK",
     "UnsupportedOperationError",
+    "mask_url_passwords",
     "redact",
+    "scrub_exception",
 ]
 
 #: What :func:`redact` puts in place of a secret: pydantic's mask for a ``SecretStr``, which
 #: ``artifactstore config`` prints too, so a masked value looks the same everywhere.
 REDACTED = "**********"
+
+#: What :func:`mask_url_passwords` puts in place of the password of a URL's user info
+#: (``redis://:***@host``), as the redis backend has always shown its URL.
+URL_PASSWORD_MASK = "***"  # noqa: S105 (a mask, not a password)
+
+# scheme://user:password@ in any text: the password runs to the last '@' before the host (a password may hold
+# an unescaped ':' or '@'), and stops at what ends a URL's authority or a quoted URL (a space, '/', '?', '#',
+# a quote or a bracket), so that a URL quoted in a repr or a message is masked without eating what follows.
+_URL_PASSWORD = re.compile(r"""(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'"<>\\]*):([^\s/?#'"<>\\]*)@""")
 
 
 class ArtifactStoreError(Exception):
@@ -207,11 +222,35 @@ class StoreClosedError(ArtifactStoreError):
         )
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of each secret replaced by :data:`REDACTED`.
+def mask_url_passwords(text: str) -> str:
+    """``text`` with the password of every URL's user info replaced by :data:`URL_PASSWORD_MASK`:
+    ``http://AKIA...:pw@host:9000/b`` becomes ``http://AKIA...:***@host:9000/b``, ``redis://:pw@host``
+    becomes ``redis://:***@host``. The user name, host, port and path stay, to say which server and user
+    were meant; a user name alone (``scheme://user@host``) is left as it is. Raises nothing.
+    """
+    if "://" not in text:
+        return text
+    return _URL_PASSWORD.sub(_mask_password, text)
+
+
+def _mask_password(match: re.Match[str]) -> str:
+    password = match.group(2)
+    # A password already masked (by redact, as one of its secrets, or by us before) keeps its mask; an empty one
+    # (``user:@host``) gets one too, so that no reader wonders whether it was shown.
+    kept = password if password and not password.strip("*") else URL_PASSWORD_MASK
+    return f"{match.group(1)}:{kept}@"
+
+
+def redact(text: str, secrets: Iterable[str], *, url_passwords: bool = True) -> str:
+    """``text`` with every occurrence of each secret replaced by :data:`REDACTED`, and the password of
+    every URL's user info by :data:`URL_PASSWORD_MASK` (:func:`mask_url_passwords`).
 
     Each secret is also masked in its URL-quoted forms (``urllib.parse.quote`` with and without ``/``
-    escaped), as it appears inside a connection URL or a request path. Empty secrets are ignored. Where
+    escaped), as it appears inside a connection URL or a request path. The URL passwords are masked whether
+    or not they are among ``secrets``: a client library quotes the URL it was given, and a URL may come
+    from a setting that is not the store's (botocore's ``AWS_ENDPOINT_URL``, a proxy variable); pass
+    ``url_passwords=False`` for text that is a step id or a namespace, which may legally look like a URL with
+    a password and is never rewritten. Empty secrets are ignored. Where
     secrets overlap or one contains another (a password and a longer token that includes it), the whole
     stretch they cover becomes one mask, so no part of either is left readable. Backends call it on any
     text they did not write themselves before putting it in an error message::
@@ -223,11 +262,19 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     Args:
         text: the text to clean, e.g. ``str(exc)`` of a client library's exception.
         secrets: the secret values, e.g. each ``SecretStr.get_secret_value()`` of the settings.
+        url_passwords: also mask the password of every URL's user info.
 
     Returns:
         The text without any of the secrets. Raises nothing.
     """
     forms = {form for secret in secrets if secret for form in _spellings(secret)}
+    if url_passwords:
+        # After the secrets are masked: a password among them keeps the mask every other secret gets.
+        return mask_url_passwords(_mask_secrets(text, forms))
+    return _mask_secrets(text, forms)
+
+
+def _mask_secrets(text: str, forms: set[str]) -> str:
     if not text or not forms:
         return text
     # Mark every character any form covers, then mask each marked run once: replacing the forms one after
@@ -257,3 +304,104 @@ def _spellings(secret: str) -> tuple[str, ...]:
         # A lone surrogate (an environment value that was not valid UTF-8) has no URL-quoted form; the
         # secret as it is can still be masked, and masking must never fail while an error is being raised.
         return (secret,)
+
+
+class RedactedError(Exception):
+    """Stands in, in the chain of causes of an error, for a client library's exception whose text held a
+    secret (see :func:`scrub_exception`).
+
+    Its message is the original's qualified type name and its text, redacted
+    (``botocore.exceptions.EndpointConnectionError: Could not connect to the endpoint URL:
+    "http://AKIA...:***@127.0.0.1:9000/..."``), and it carries the original's traceback, so a traceback still
+    shows what failed and where. Not an :class:`ArtifactStoreError`: the API never raises it, it is only
+    ever found as a ``__cause__`` or ``__context__``.
+
+    Attributes:
+        original_type: the qualified name of the exception it stands for, e.g.
+            ``"botocore.exceptions.EndpointConnectionError"``.
+    """
+
+    def __init__(self, message: str, *, original_type: str = "") -> None:
+        super().__init__(message)
+        self.original_type = original_type
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (str(self.args[0]) if self.args else "",), self.__dict__.copy())
+
+
+def _shown_link(exc: BaseException) -> BaseException | None:
+    """The exception a traceback prints after ``exc``: its cause, else its context unless suppressed."""
+    if exc.__cause__ is not None:
+        return exc.__cause__
+    return None if exc.__suppress_context__ else exc.__context__
+
+
+def _text_of(exc: BaseException) -> str | None:
+    """Everything of ``exc`` that a traceback, a log formatter or a debugging repr shows; ``None``: some of it
+    cannot be made (a ``__str__`` or ``__repr__`` that raises)."""
+    try:
+        notes = getattr(exc, "__notes__", None) or ()
+        return f"{exc!s} {exc!r} {exc.args!r} {getattr(exc, '__dict__', {})!r} {list(notes)!r}"
+    except Exception:
+        return None
+
+
+def _quoted(exc: BaseException, secrets: tuple[str, ...]) -> str:
+    try:
+        return redact(str(exc), secrets)
+    except Exception:
+        return "<its text cannot be shown>"
+
+
+def scrub_exception(exc: BaseException, secrets: Iterable[str] = ()) -> BaseException:
+    """``exc`` itself when nothing that a traceback of it shows holds a secret; otherwise the same chain with
+    each exception down to the last one that does replaced by a :class:`RedactedError`.
+
+    What is checked, for ``exc`` and each exception its traceback prints after it (its ``__cause__``, else its
+    ``__context__`` unless suppressed): its ``str``, ``repr``, ``args``, attributes and notes, for each of
+    ``secrets`` (in the spellings :func:`redact` masks) and for a password in a URL's user info. A
+    replacement keeps the original's qualified type name and its text, redacted, and the original's traceback
+    (frames show code, not values); the exceptions below the last one that held a secret are kept as they are,
+    types and all. Nothing of the original exceptions is changed: they may be shared (a client library may
+    keep one). Chain what this returns (``raise error from scrub_exception(exc, secrets)``).
+
+    Not covered: values of local variables in the traceback's frames, which only a debugger or a tool that
+    collects locals shows.
+
+    Args:
+        exc: the exception about to be chained or logged.
+        secrets: the secret values the caller knows, e.g. each ``SecretStr.get_secret_value()`` of its
+            settings.
+
+    Returns:
+        ``exc``, or a :class:`RedactedError` standing in for it. Raises nothing.
+    """
+    known = tuple(secret for secret in secrets if secret)
+    links: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        links.append(current)
+        current = _shown_link(current)
+    deepest = -1
+    for index, link in enumerate(links):
+        text = _text_of(link)
+        if text is None or redact(text, known) != text:
+            deepest = index
+    if deepest < 0:
+        return exc
+    below: BaseException | None = links[deepest + 1] if deepest + 1 < len(links) else None
+    stand_in = exc
+    for link in reversed(links[: deepest + 1]):
+        kind = type(link)
+        name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
+        stand_in = RedactedError(f"{name}: {_quoted(link, known)}", original_type=name)
+        stand_in.__traceback__ = link.__traceback__
+        if below is not None:
+            if link.__cause__ is not None:
+                stand_in.__cause__ = below
+            else:
+                stand_in.__context__ = below
+        below = stand_in
+    return stand_in

@@ -36,6 +36,7 @@ from .errors import (
     SerializationError,
     StoreClosedError,
     UnsupportedOperationError,
+    scrub_exception,
 )
 from .ids import validate_namespace, validate_step_id
 from .message import MEDIA_TYPE_BYTES, Message, SchemaInfo
@@ -737,6 +738,37 @@ class ArtifactStore(ABC):
         """
         return None
 
+    def _secret_values(self) -> Iterable[str]:
+        """The secret values this store knows (its settings' credentials, a password in its URL), for
+        :meth:`_raise` to keep out of the causes it chains (:func:`~artifactstore_core.errors.scrub_exception`).
+
+        The base knows none; a password in a URL's user info is masked whether or not it is listed here.
+        Backends with credentials override this. Raises nothing.
+        """
+        return ()
+
+    def _scrubbed(self, exc: BaseException) -> BaseException:
+        """``exc``, or a stand-in whose text holds none of this store's secrets
+        (:func:`~artifactstore_core.errors.scrub_exception`). Raises nothing."""
+        try:
+            secrets = tuple(self._secret_values())
+        except Exception:  # an override that fails must not replace the error being raised
+            secrets = ()
+        return scrub_exception(exc, secrets)
+
+    def _scrub_causes(self, error: ArtifactStoreError) -> ArtifactStoreError:
+        """``error`` with the exception its traceback shows after it (cause, else context) scrubbed in place
+        (it is ours to change; the client library's exceptions are not). Raises nothing."""
+        if error.__cause__ is not None:
+            cause = self._scrubbed(error.__cause__)
+            if cause is not error.__cause__:
+                error.__cause__ = cause
+        elif error.__context__ is not None and not error.__suppress_context__:
+            context = self._scrubbed(error.__context__)
+            if context is not error.__context__:
+                error.__context__ = context
+        return error
+
     # -- what a backend implements --------------------------------------------------------------------
 
     @abstractmethod
@@ -978,7 +1010,8 @@ class ArtifactStore(ABC):
 
     def _raise(self, exc: Exception, operation: str, step_id: str | None) -> NoReturn:
         if isinstance(exc, ArtifactStoreError):
-            raise self._in_context(exc, operation, step_id)
+            # A backend's own error may chain a client library's exception directly (raise ... from exc).
+            raise self._in_context(self._scrub_causes(exc), operation, step_id)
         error = self._translate_error(exc)
         if error is None:
             target = f" of {step_id!r}" if step_id is not None else ""
@@ -989,4 +1022,9 @@ class ArtifactStore(ABC):
         error.backend = error.backend or self.backend_name
         error.namespace = error.namespace or self._namespace
         error.step_id = error.step_id or step_id
-        raise error from exc
+        # The original is chained as it is unless its text holds a secret (botocore quotes the endpoint URL it
+        # was given, user info included, and the URL may come from AWS_ENDPOINT_URL, which no setting of ours
+        # checks). Then a stand-in is chained instead, with the original's type name, redacted text and
+        # traceback: what failed and where stays readable, only the secret goes. (``raise error from None``
+        # would lose the whole chain; the text alone, without a cause, would lose where it failed.)
+        raise error from self._scrubbed(exc)

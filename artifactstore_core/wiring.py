@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from ._wording import with_article
@@ -20,6 +21,7 @@ from .errors import (
     ConfigurationError,
     InvalidStepIdError,
     PluginLoadError,
+    scrub_exception,
 )
 from .ids import validate_namespace
 from .registry import BackendSpec, plugin_host
@@ -110,7 +112,10 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             exc.backend = spec.name
         raise
     except Exception as exc:
-        raise _factory_error(spec, plugin_host().origin(spec.name), exc) from exc
+        # Only the type is quoted; the original is chained without the settings' secrets (its text may hold them).
+        raise _factory_error(spec, plugin_host().origin(spec.name), exc) from scrub_exception(
+            exc, _secret_values(settings, core)
+        )
     if not isinstance(store, ArtifactStore):
         # A plugin bug that would otherwise surface far from here, as an AttributeError on first use.
         raise PluginLoadError(
@@ -162,6 +167,17 @@ def _misbuilt(store: ArtifactStore, context: StoreContext) -> str | None:
             "apply to it; pass codec=context.codec"
         )
     return None
+
+
+def _secret_values(*models: BaseSettings | None) -> list[str]:
+    """Every ``SecretStr`` value of ``models`` (a backend's settings, the core's signing key)."""
+    return [
+        value.get_secret_value()
+        for model in models
+        if model is not None
+        for value in (getattr(model, name, None) for name in type(model).model_fields)
+        if isinstance(value, SecretStr)
+    ]
 
 
 def _factory_error(spec: BackendSpec, origin: str, exc: Exception) -> ArtifactStoreError:

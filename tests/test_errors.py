@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import traceback
 
 import pytest
 from hypothesis import given
@@ -61,6 +62,74 @@ def test_redact_masks_every_occurrence_with_the_documented_mask() -> None:
     assert errors.REDACTED == "**********"
     text = "auth hunter2 failed (hunter2)"
     assert errors.redact(text, ["hunter2"]) == "auth ********** failed (**********)"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            'Could not connect to "http://AKIA1:pw@127.0.0.1:9/b/k"',
+            'Could not connect to "http://AKIA1:***@127.0.0.1:9/b/k"',
+        ),
+        ("{'Endpoint': 'https://u:p:w@h:1', 'x': 'a@b'}", "{'Endpoint': 'https://u:***@h:1', 'x': 'a@b'}"),
+        ("redis://:pw@h/0 and rediss://user:pw@h:6380", "redis://:***@h/0 and rediss://user:***@h:6380"),
+        ("http://u:p@w@h/x", "http://u:***@h/x"),  # an unescaped '@' in the password: masked to the last one
+        ("http://u:%40pw@h", "http://u:***@h"),
+        ("http://user@h/ and a@b:c", "http://user@h/ and a@b:c"),  # a user name alone is no password
+    ],
+)
+def test_url_passwords_are_masked_and_the_rest_of_the_url_kept(text: str, shown: str) -> None:
+    assert errors.mask_url_passwords(text) == shown
+    assert errors.redact(text, []) == shown
+    # Ids may look like such URLs: text that is an id is never rewritten.
+    assert errors.redact(text, [], url_passwords=False) == text
+
+
+def _chained(message: str) -> ValueError:
+    try:
+        try:
+            raise OSError("connection refused")
+        except OSError as low:
+            raise ValueError(message) from low
+    except ValueError as exc:
+        return exc
+
+
+def test_scrub_exception_keeps_an_exception_without_secrets() -> None:
+    exc = _chained("could not connect to http://127.0.0.1:9")
+    assert errors.scrub_exception(exc, ["hunter2"]) is exc
+
+
+def test_scrub_exception_stands_in_for_what_holds_a_secret_and_keeps_the_rest() -> None:
+    exc = _chained("could not connect to http://AKIA1:hunter2@127.0.0.1:9 (token tok-123)")
+    shown = errors.scrub_exception(exc, ["tok-123"])
+    assert isinstance(shown, errors.RedactedError)
+    assert str(shown) == "ValueError: could not connect to http://AKIA1:***@127.0.0.1:9 (token **********)"
+    assert shown.original_type == "ValueError"
+    assert shown.__traceback__ is exc.__traceback__  # where it failed stays readable
+    assert shown.__cause__ is exc.__cause__  # the clean cause below is kept, type and all
+    text = "".join(traceback.format_exception(shown))
+    assert "hunter2" not in text
+    assert "tok-123" not in text
+    assert "OSError: connection refused" in text
+    assert exc.args == ("could not connect to http://AKIA1:hunter2@127.0.0.1:9 (token tok-123)",)  # untouched
+    copy = pickle.loads(pickle.dumps(shown))
+    assert (type(copy), str(copy), copy.original_type) == (errors.RedactedError, str(shown), "ValueError")
+
+
+def test_scrub_exception_reaches_a_secret_deep_in_the_chain() -> None:
+    url = "http://u:" + "hunter2" + "@h:1"  # not in a source line the traceback quotes
+    try:
+        try:
+            raise ConnectionError(f"Could not connect to {url}")
+        except ConnectionError:
+            raise RuntimeError("wrapped")  # noqa: B904 (the implicit context is what is being tested)
+    except RuntimeError as exc:
+        shown = errors.scrub_exception(exc)
+    text = "".join(traceback.format_exception(shown))
+    assert "hunter2" not in text
+    assert "RuntimeError: wrapped" in text
+    assert "ConnectionError: Could not connect to http://u:***@h:1" in text
 
 
 def test_redact_leaves_text_without_secrets_alone() -> None:

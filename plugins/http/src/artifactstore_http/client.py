@@ -555,13 +555,13 @@ class HttpStore(ArtifactStore):
                     "fix or unset that variable, or set ARTIFACT_STORE_HTTP_CA_FILE, or "
                     "ARTIFACT_STORE_HTTP_TRUST_ENV=false",
                     backend=self.backend_name,
-                ) from exc
+                ) from self._scrubbed(exc)
         try:
             return ssl.create_default_context(cafile=settings.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(
                 f"cannot load ARTIFACT_STORE_HTTP_CA_FILE ({type(exc).__name__}: {exc})", backend=self.backend_name
-            ) from exc
+            ) from self._scrubbed(exc)
 
     def _new_client(self) -> httpx.Client:
         settings = self._settings
@@ -602,7 +602,7 @@ class HttpStore(ArtifactStore):
                 "ARTIFACT_STORE_HTTP_TRUST_ENV=false to ignore the proxy variables (NO_PROXY does not help: httpx "
                 "builds every proxy's transport)",
                 backend=self.backend_name,
-            ) from exc
+            ) from self._scrubbed(exc)
         # So that close() can end this client's requests in other threads (see _Sockets): the direct
         # transport, and those of the proxies from the environment (None stands for a NO_PROXY exception).
         direct = getattr(client, "_transport", None)
@@ -1361,6 +1361,10 @@ class HttpStore(ArtifactStore):
             return
         self._clients.close()
 
+    def _secret_values(self) -> Iterable[str]:
+        token = self._settings.token
+        return () if token is None else (token.get_secret_value(),)
+
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
         where = f"artifact server {self._display}"
         kind = type(exc).__name__
@@ -1591,9 +1595,9 @@ def error_from_response(
             # Everything the answer says is redacted like the detail, not only the detail: an echo of the
             # request (a proxy, a hostile server) can put the token in any field or header.
             if isinstance(doc.get("step_id"), str):
-                step_id = redact(doc["step_id"], secrets)
+                step_id = redact(doc["step_id"], secrets, url_passwords=False)
             if isinstance(doc.get("namespace"), str):
-                namespace = redact(doc["namespace"], secrets)
+                namespace = redact(doc["namespace"], secrets, url_passwords=False)
             if isinstance(doc.get("retryable"), bool):
                 retryable = doc["retryable"]
     if not detail and (encoded := response.headers.get(ERROR_DETAIL_HEADER)):

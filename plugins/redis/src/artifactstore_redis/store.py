@@ -829,8 +829,8 @@ class RedisStore(ArtifactStore):
                         f"{_env('cluster')} is true, but redis at {self._where} is not a cluster node "
                         f"({self._describe(refusal)}): set {_env('cluster')}=false for a standalone server, or "
                         f"point {_env('url')} at a node of the cluster"
-                    ) from exc
-                raise self._translated(exc, "connect") from exc
+                    ) from self._scrubbed(exc)
+                raise self._translated(exc, "connect") from self._scrubbed(exc)
         self._discovered = True
         # The pool of our own standalone client: commands go straight through its connections, which skips
         # redis-py's per-command client machinery (about 10 us a call). A client given by the caller is used
@@ -857,7 +857,7 @@ class RedisStore(ArtifactStore):
             raise ConfigurationError(
                 f"{_env('url')} has a connection option that redis-py refuses ({self._describe(exc)}); it reads "
                 f"{self._where}"
-            ) from exc
+            ) from self._scrubbed(exc)
 
     @property
     def settings(self) -> RedisSettings:
@@ -1909,6 +1909,9 @@ class RedisStore(ArtifactStore):
         # The query values display_url masks (redis-py reads e.g. ?password=... on unix socket URLs).
         secrets += query
         return tuple(secret for secret in secrets if secret)
+
+    def _secret_values(self) -> Iterable[str]:
+        return self._secrets
 
     def _describe(self, exc: BaseException) -> str:
         text = redact(str(exc), self._secrets).strip()

@@ -12,11 +12,17 @@ replaces, in those records, with ``**********`` as errors do (:func:`artifactsto
 - every secret registered by an open store: those of its settings (``ARTIFACT_STORE_S3_ACCESS_KEY_ID``,
   ``_SECRET_ACCESS_KEY``, ``_SESSION_TOKEN``) and those its client resolved from boto3's chain
   (environment, profiles, roles), registered again whenever refreshable credentials change;
+- the password of any URL's user info (``http://AKIA...:***@host``), as errors show it: botocore logs the
+  endpoint URL it was given, and one from ``AWS_ENDPOINT_URL`` may hold credentials;
 - whatever botocore writes that is a credential or a signature, whoever's it is (credentials that are
   not registered yet: a role's answer is logged before the client uses it): the ``Signature=`` of an
   ``Authorization`` header or a presigned URL, the signature ``botocore.auth`` logs, the value of an
   ``X-Amz-Security-Token`` header or query parameter, and the ``SecretAccessKey`` and ``SessionToken`` of
   an STS or SSO answer.
+
+A record's exception (``exc_info``: botocore logs the exception of a request that failed, whose text quotes
+the endpoint URL) is replaced by :func:`~artifactstore_core.errors.scrub_exception`'s stand-in when its text
+holds any of these.
 
 The filter costs nothing while those loggers are not enabled for DEBUG: their records are then never made.
 """
@@ -30,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from artifactstore_core.errors import REDACTED, redact
+from artifactstore_core.errors import REDACTED, redact, scrub_exception
 
 if TYPE_CHECKING:
     from botocore.credentials import Credentials
@@ -154,11 +160,17 @@ class SecretsFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a record that cannot be formatted fails in the handler, as it would without us
             return True
+        secrets = self._secrets
         # The known secrets first: one of them may be what a pattern would cut in the middle of.
-        clean = _mask_wire_secrets(redact(message, self._secrets))
+        clean = _mask_wire_secrets(redact(message, secrets))
         if clean != message:
             record.msg = clean
             record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            shown = scrub_exception(record.exc_info[1], secrets)
+            if shown is not record.exc_info[1]:
+                record.exc_info = (type(shown), shown, shown.__traceback__)
+                record.exc_text = None  # a handler formats it from the stand-in
         return True
 
     def _after_fork(self) -> None:
@@ -186,6 +198,13 @@ class StoreSecrets:
         # The latest two sets of resolved credentials, oldest first.
         self._resolved: tuple[tuple[str, ...], ...] = ()
         self._token = SECRETS_FILTER.add(self._fixed)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask ``secrets`` too, for as long as this store's own (e.g. the password of the endpoint's user info,
+        known once the client is built). Raises nothing."""
+        with self._lock:
+            self._fixed = (*self._fixed, *(secret for secret in secrets if secret and secret not in self._fixed))
+            SECRETS_FILTER.update(self._token, self.secrets)
 
     def watch(self, client: S3Client, credentials: Credentials | None) -> None:
         """Register, before each request ``client`` signs, the credentials it signs with (``credentials``, the

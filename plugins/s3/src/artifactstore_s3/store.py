@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import wait
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -250,6 +250,15 @@ def _start_of(stream: IO[bytes]) -> tuple[int, int] | None:
     return start, max(0, end - start)
 
 
+def _url_password(url: object) -> tuple[str, ...]:
+    """The password of ``url``'s user info, as written and as decoded (empty: none). Raises nothing."""
+    try:
+        password = urlsplit(str(url)).password
+    except ValueError:
+        return ()
+    return (password, unquote(password)) if password else ()
+
+
 class S3Store(ArtifactStore):
     """A namespace of artifacts in an S3 bucket (or an S3-compatible service).
 
@@ -368,6 +377,10 @@ class S3Store(ArtifactStore):
                 f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
                 "ARTIFACT_STORE_S3_REGION"
             ) from exc
+        # The setting refuses user info, but an endpoint from boto3's configuration (AWS_ENDPOINT_URL_S3,
+        # AWS_ENDPOINT_URL, the AWS config file) is not checked: botocore sends and quotes it as it is, so its
+        # password is one of this store's secrets (masked in errors and botocore's log records).
+        self._log_secrets.add(_url_password(client.meta.endpoint_url))
         # Ahead of botocore's retry handler (any mode), which retries a refused handshake as a connection error.
         client.meta.events.register_first("needs-retry.s3", _no_retry_of_a_refused_handshake)
         client.meta.events.register_first(
@@ -570,6 +583,9 @@ class S3Store(ArtifactStore):
 
     def _where(self, key: str) -> str:
         return f"object {key!r} in bucket {self._bucket!r}"
+
+    def _secret_values(self) -> Iterable[str]:
+        return self._log_secrets.secrets
 
     def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
         if self.closed:
