@@ -176,7 +176,10 @@ class Executor:
         Raises:
             StepFailedError: a step raised or its output could not be saved; it names the step and the
                 execution id, chains the step's exception, and carries the partial result. No new step
-                starts after a failure; steps already running finish.
+                starts after a failure; steps already running finish. Also for a sink whose artifact, saved
+                by this run, is gone or damaged when the final outputs are read (deleted, expired, or
+                cleared by another run of the execution), with that ``ArtifactNotFoundError`` or
+                ``ArtifactCorruptedError`` chained.
             ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker (or
                 its ``functools.partial`` arguments cannot be sent to one),
                 or the store factory returned a store bound to another namespace than ``execution_id``, or
@@ -263,6 +266,8 @@ class Executor:
         }
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
+        # The sink whose artifact, saved by this run, could not be read back as a final output.
+        lost_output: str | None = None
         outputs: dict[str, Message] = {}
         pool: cf.Executor | None = None
         positions = {step_id: index for index, step_id in enumerate(pipeline.order)}
@@ -366,7 +371,18 @@ class Executor:
                 if failure is not None:
                     break
                 # The final outputs are read here anyway: that read is also the check of reused ones.
-                gone = _read_outputs(store, pipeline, reused, outputs)
+                gone, lost = _read_outputs(store, pipeline, reused, outputs)
+                if lost:
+                    # A final output this run saved is gone or damaged by now: another run of the execution
+                    # cleared it, it expired or was deleted. Not a reused artifact to run again (this run
+                    # trusted its own save, and its inputs may be gone too): the sink fails, so the error
+                    # names it and the execution to resume, which computes what is missing.
+                    step_id, error = lost[0]
+                    done = results[step_id]
+                    results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=done.replaced)
+                    failure = (step_id, error)
+                    lost_output = step_id
+                    break
                 if not gone:
                     break
                 for step_id, reason, vanished in gone:
@@ -418,6 +434,15 @@ class Executor:
                     "no worker process started: each ended before it could run a step. Spawned workers import the "
                     "main module, so a script must keep its call to run() under if __name__ == '__main__': (the "
                     "workers' own error is above, on stderr)"
+                )
+            if step_id == lost_output:
+                how = "was gone" if isinstance(error, ArtifactNotFoundError) else "failed verification"
+                failed.add_note(
+                    f"step {step_id!r} ran and saved its output in this run, but its artifact {how} when the final "
+                    "outputs were read: it was deleted or expired (a backend's default TTL), another run of "
+                    f"execution {execution_id!r} that finished first cleared it (on_success='clear'; run "
+                    "executions that may overlap with on_success='keep'), or it was damaged in the store. A "
+                    "resume runs again every step whose artifact is missing"
                 )
             if step_id in replaced:
                 failed.add_note(
@@ -642,33 +667,35 @@ def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> N
 
 def _read_outputs(
     store: ArtifactStore, pipeline: Pipeline, reused: set[str], outputs: dict[str, Message]
-) -> list[tuple[str, str, bool]]:
+) -> tuple[list[tuple[str, str, bool]], list[tuple[str, ArtifactStoreError]]]:
     """Read the sinks' messages not in ``outputs`` yet into it; return the reused sinks that turned out
-    damaged or gone, with the reason and whether it was gone, for the executor to run again.
+    damaged or gone, with the reason and whether it was gone, for the executor to run again, and the sinks
+    this run saved that turned out damaged or gone, with the error, for the executor to fail.
 
-    One ``get_many`` as before; only when it fails on a damaged or missing artifact and some sink was
-    reused are the sinks read one by one, to tell which.
+    One ``get_many`` as before; only when it fails on a damaged or missing artifact are the sinks read one
+    by one, to tell which.
 
     Raises:
-        ArtifactCorruptedError, ArtifactNotFoundError: for a sink this run saved (not a reused one).
-        BackendError and the other errors of ``get_many``/``get``.
+        BackendError and the other errors of ``get_many``/``get`` (not ``ArtifactCorruptedError`` or
+        ``ArtifactNotFoundError``, which are returned).
     """
     missing = [step_id for step_id in pipeline.sinks if step_id not in outputs]
     try:
         outputs.update(store.get_many(missing))
-        return []
+        return [], []
     except (ArtifactCorruptedError, ArtifactNotFoundError):
-        if reused.isdisjoint(missing):
-            raise
+        pass
     gone = []
+    lost: list[tuple[str, ArtifactStoreError]] = []
     for step_id in missing:
         try:
             outputs[step_id] = store.get(step_id)
         except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
-            if step_id not in reused:
-                raise
-            gone.append((step_id, _reason(exc), isinstance(exc, ArtifactNotFoundError)))
-    return gone
+            if step_id in reused:
+                gone.append((step_id, _reason(exc), isinstance(exc, ArtifactNotFoundError)))
+            else:
+                lost.append((step_id, exc))
+    return gone, lost
 
 
 def _how_it_ended(worker: WorkerDied) -> str:
