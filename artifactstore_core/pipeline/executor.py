@@ -194,10 +194,16 @@ class Executor:
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
         """
+        if execution_id is None:
+            return self._run(pipeline, uuid.uuid4().hex, fresh=True)
+        return self._run(pipeline, validate_namespace(execution_id), fresh=False)
+
+    def _run(self, pipeline: Pipeline, execution_id: str, *, fresh: bool) -> RunResult:
+        """:meth:`run` of the valid ``execution_id``; ``fresh``: a new id (a uuid) whose namespace this run owns,
+        which is neither listed to resume nor cleared step by step. :func:`run_demo` names a fresh execution
+        itself, to show its id before any step runs. Raises as :meth:`run`."""
         if not isinstance(pipeline, Pipeline):
             raise TypeError(f"expected a Pipeline, got {type(pipeline).__name__}")
-        fresh = execution_id is None
-        execution_id = uuid.uuid4().hex if execution_id is None else validate_namespace(execution_id)
         if self._mode == "processes":
             memo: dict[int, Any] = {}
             for step in pipeline.steps:
