@@ -1,11 +1,14 @@
 """Two processes running one execution: what the one that finishes second gets when an artifact it saved
-is gone (the other cleared the execution) or was deleted before it read its final outputs."""
+is gone (the other cleared the execution) or was deleted before it read its final outputs. The store is
+shared the way machines share it: a redis-server, a filesystem root, or the artifact server in a process
+of its own (over a filesystem root), reached through the http backend."""
 
 from __future__ import annotations
 
 import functools
 import json
 import multiprocessing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +16,33 @@ import pytest
 from pipeline_steps import DEADLINE, Gate, run_shared, step_a, step_sink, wait_until
 
 from artifactstore_core.pipeline import Executor, Pipeline, Step, StepStatus, StoreConfig
+from artifactstore_http.testing import TOKEN, ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """The artifact server (``python -m artifactstore_http``) in a process of its own, over a filesystem root."""
+    workdir = tmp_path / "server"
+    workdir.mkdir()
+    env = {
+        "ARTIFACT_STORE_SERVER_TOKEN": TOKEN,
+        "ARTIFACT_STORE_SERVER_BACKEND": "filesystem",
+        "ARTIFACT_STORE_FILESYSTEM_ROOT": str(tmp_path / "served"),
+    }
+    server = ServerProcess(env, workdir).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def _config(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
     if backend == "filesystem":
         return StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    if backend == "http":
+        return StoreConfig("http", endpoint=request.getfixturevalue("served"), token=TOKEN)
     return StoreConfig("redis", url=request.getfixturevalue("redis_url"))
 
 
@@ -42,7 +65,7 @@ def _finish(process: Any, workdir: Path, by: str) -> dict[str, Any]:
     return json.loads(Path(workdir, f"{by}.result").read_text())
 
 
-@pytest.mark.parametrize("backend", ["redis", "filesystem"])
+@pytest.mark.parametrize("backend", ["redis", "filesystem", "http"])
 @pytest.mark.parametrize("how", ["cleared by the other run", "deleted"])
 def test_a_final_output_gone_before_it_is_read_fails_its_step_with_the_way_to_resume(
     backend: str, how: str, request: pytest.FixtureRequest, tmp_path: Path, workdir: Path
