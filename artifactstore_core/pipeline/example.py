@@ -21,12 +21,14 @@ import math
 import re
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 from pydantic import BaseModel
 
+from ..ids import validate_namespace
 from ..message import Message
 from .config import StoreConfig
 from .connector import ArtifactConnector
@@ -178,8 +180,14 @@ def run_demo(
     config = StoreConfig(backend, **options)
     executor = Executor(config, mode=mode, max_workers=max_workers)
     pipeline = example_pipeline(latency=latency)
-    result = executor.run(pipeline, execution_id=execution_id)
-    print(f"execution {result.execution_id} on backend {result.backend!r}, mode {mode!r}\n", file=stream)
+    # Named here and shown (flushed) before any step runs, as the runtime's docs advise: a demo killed outright
+    # (kill -9, the OOM killer) prints nothing afterwards, and on a persistent backend the id of its execution
+    # is what resumes it (`artifactstore demo -n ID`); a fresh uuid would be known to nobody.
+    fresh = execution_id is None
+    execution_id = uuid.uuid4().hex if execution_id is None else validate_namespace(execution_id)
+    print(f"execution {execution_id} on backend {config.backend_name()!r}, mode {mode!r}\n", file=stream, flush=True)
+    # A new id stays a fresh execution, as run() would make it (its namespace cleared whole at the end).
+    result = executor._run(pipeline, execution_id, fresh=fresh)
     print(result.table(), file=stream)
     print("\nfinal result (artifact 'merge'):\n", file=stream)
     print(result.output.content, file=stream)

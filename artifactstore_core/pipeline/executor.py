@@ -176,7 +176,10 @@ class Executor:
         Raises:
             StepFailedError: a step raised or its output could not be saved; it names the step and the
                 execution id, chains the step's exception, and carries the partial result. No new step
-                starts after a failure; steps already running finish.
+                starts after a failure; steps already running finish. Also for a sink whose artifact, saved
+                by this run, is gone or damaged when the final outputs are read (deleted, expired, or
+                cleared by another run of the execution), with that ``ArtifactNotFoundError`` or
+                ``ArtifactCorruptedError`` chained.
             ConfigurationError: ``mode="processes"`` and a step function cannot be imported by a worker (or
                 its ``functools.partial`` arguments cannot be sent to one),
                 or the store factory returned a store bound to another namespace than ``execution_id``, or
@@ -191,10 +194,16 @@ class Executor:
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
         """
+        if execution_id is None:
+            return self._run(pipeline, uuid.uuid4().hex, fresh=True)
+        return self._run(pipeline, validate_namespace(execution_id), fresh=False)
+
+    def _run(self, pipeline: Pipeline, execution_id: str, *, fresh: bool) -> RunResult:
+        """:meth:`run` of the valid ``execution_id``; ``fresh``: a new id (a uuid) whose namespace this run owns,
+        which is neither listed to resume nor cleared step by step. :func:`run_demo` names a fresh execution
+        itself, to show its id before any step runs. Raises as :meth:`run`."""
         if not isinstance(pipeline, Pipeline):
             raise TypeError(f"expected a Pipeline, got {type(pipeline).__name__}")
-        fresh = execution_id is None
-        execution_id = uuid.uuid4().hex if execution_id is None else validate_namespace(execution_id)
         if self._mode == "processes":
             memo: dict[int, Any] = {}
             for step in pipeline.steps:
@@ -263,6 +272,8 @@ class Executor:
         }
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
+        # The sink whose artifact, saved by this run, could not be read back as a final output.
+        lost_output: str | None = None
         outputs: dict[str, Message] = {}
         pool: cf.Executor | None = None
         positions = {step_id: index for index, step_id in enumerate(pipeline.order)}
@@ -366,7 +377,18 @@ class Executor:
                 if failure is not None:
                     break
                 # The final outputs are read here anyway: that read is also the check of reused ones.
-                gone = _read_outputs(store, pipeline, reused, outputs)
+                gone, lost = _read_outputs(store, pipeline, reused, outputs)
+                if lost:
+                    # A final output this run saved is gone or damaged by now: another run of the execution
+                    # cleared it, it expired or was deleted. Not a reused artifact to run again (this run
+                    # trusted its own save, and its inputs may be gone too): the sink fails, so the error
+                    # names it and the execution to resume, which computes what is missing.
+                    step_id, error = lost[0]
+                    done = results[step_id]
+                    results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=done.replaced)
+                    failure = (step_id, error)
+                    lost_output = step_id
+                    break
                 if not gone:
                     break
                 for step_id, reason, vanished in gone:
@@ -418,6 +440,15 @@ class Executor:
                     "no worker process started: each ended before it could run a step. Spawned workers import the "
                     "main module, so a script must keep its call to run() under if __name__ == '__main__': (the "
                     "workers' own error is above, on stderr)"
+                )
+            if step_id == lost_output:
+                how = "was gone" if isinstance(error, ArtifactNotFoundError) else "failed verification"
+                failed.add_note(
+                    f"step {step_id!r} ran and saved its output in this run, but its artifact {how} when the final "
+                    "outputs were read: it was deleted or expired (a backend's default TTL), another run of "
+                    f"execution {execution_id!r} that finished first cleared it (on_success='clear'; run "
+                    "executions that may overlap with on_success='keep'), or it was damaged in the store. A "
+                    "resume runs again every step whose artifact is missing"
                 )
             if step_id in replaced:
                 failed.add_note(
@@ -642,33 +673,35 @@ def _clear_execution(store: ArtifactStore, pipeline: Pipeline, fresh: bool) -> N
 
 def _read_outputs(
     store: ArtifactStore, pipeline: Pipeline, reused: set[str], outputs: dict[str, Message]
-) -> list[tuple[str, str, bool]]:
+) -> tuple[list[tuple[str, str, bool]], list[tuple[str, ArtifactStoreError]]]:
     """Read the sinks' messages not in ``outputs`` yet into it; return the reused sinks that turned out
-    damaged or gone, with the reason and whether it was gone, for the executor to run again.
+    damaged or gone, with the reason and whether it was gone, for the executor to run again, and the sinks
+    this run saved that turned out damaged or gone, with the error, for the executor to fail.
 
-    One ``get_many`` as before; only when it fails on a damaged or missing artifact and some sink was
-    reused are the sinks read one by one, to tell which.
+    One ``get_many`` as before; only when it fails on a damaged or missing artifact are the sinks read one
+    by one, to tell which.
 
     Raises:
-        ArtifactCorruptedError, ArtifactNotFoundError: for a sink this run saved (not a reused one).
-        BackendError and the other errors of ``get_many``/``get``.
+        BackendError and the other errors of ``get_many``/``get`` (not ``ArtifactCorruptedError`` or
+        ``ArtifactNotFoundError``, which are returned).
     """
     missing = [step_id for step_id in pipeline.sinks if step_id not in outputs]
     try:
         outputs.update(store.get_many(missing))
-        return []
+        return [], []
     except (ArtifactCorruptedError, ArtifactNotFoundError):
-        if reused.isdisjoint(missing):
-            raise
+        pass
     gone = []
+    lost: list[tuple[str, ArtifactStoreError]] = []
     for step_id in missing:
         try:
             outputs[step_id] = store.get(step_id)
         except (ArtifactCorruptedError, ArtifactNotFoundError) as exc:
-            if step_id not in reused:
-                raise
-            gone.append((step_id, _reason(exc), isinstance(exc, ArtifactNotFoundError)))
-    return gone
+            if step_id in reused:
+                gone.append((step_id, _reason(exc), isinstance(exc, ArtifactNotFoundError)))
+            else:
+                lost.append((step_id, exc))
+    return gone, lost
 
 
 def _how_it_ended(worker: WorkerDied) -> str:
@@ -747,10 +780,21 @@ def _check_function(step: Step, fn: object) -> None:
         )
 
 
+def _outlives_this_process(store: ArtifactStore) -> bool:
+    """Whether ``store``'s artifacts are still there for another process once this one exits.
+
+    Not ``persistent`` alone: the http client cannot promise persistence (its server's store decides), yet
+    its artifacts are on the server, which another process resumes from; only an in-process store (memory,
+    ``cross_process=False`` and not persistent) loses them with the process. Raises nothing.
+    """
+    capabilities = store.capabilities
+    return capabilities.persistent or capabilities.cross_process
+
+
 def _resume_advice(store: ArtifactStore, execution_id: str) -> str:
     """What is left of an execution that stopped, on ``store``, and how to resume it (a memory store's
     artifacts end with the process, so only a run in this process can)."""
-    if store.capabilities.persistent:
+    if _outlives_this_process(store):
         kept, where = "the artifacts of the steps that finished are kept", ""
     else:
         kept = (
@@ -770,7 +814,7 @@ def _note_interrupted(exc: BaseException, execution_id: str, store: ArtifactStor
     )
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
-    if store.capabilities.persistent:
+    if _outlives_this_process(store):
         # For a caller that words the way to resume its own way (`artifactstore demo -n ID`, a new process);
         # a note is text.
         exc._artifactstore_interrupted = (execution_id, store.backend_name)  # type: ignore[attr-defined]

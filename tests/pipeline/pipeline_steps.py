@@ -437,3 +437,50 @@ def resume_held(config: Any, execution_id: str, workdir: str, by: str, hold: boo
         ]
     )
     _resume_and_record(config, pipeline, execution_id, workdir, by)
+
+
+# Two processes running one execution (test_shared_execution.py).
+
+
+def step_sink(inputs: Inputs, *, workdir: str, name: str, gate: Gate | None = None) -> dict[str, Any]:
+    """Reads a; with ``gate``, says it is waiting (``<name>-waiting``) and waits at the gate first."""
+    record(workdir, name)
+    n = inputs["a"].content["n"]
+    if gate is not None:
+        Path(workdir, f"{name}-waiting").touch()
+        gate.wait()
+    return {"from": name, "n": n}
+
+
+def run_shared(config: Any, execution_id: str, workdir: str, by: str, gate: Gate | None) -> None:
+    """Run a -> (c1, c2) as execution ``execution_id`` on one thread (so c1 is saved before c2 starts), c2
+    held at ``gate`` if given, clearing on success; write how it ended to ``<workdir>/<by>.result``: each
+    step's status, or the failed step, its cause, message and notes, or any other error's type and text."""
+    import json
+
+    from artifactstore_core.pipeline import Executor, StepFailedError
+
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=workdir)),
+            Step("c1", functools.partial(step_sink, workdir=workdir, name="c1"), ("a",)),
+            Step("c2", functools.partial(step_sink, workdir=workdir, name="c2", gate=gate), ("a",)),
+        ]
+    )
+    try:
+        result = Executor(config, max_workers=1).run(pipeline, execution_id=execution_id)
+        outcome: dict[str, Any] = {"steps": {step_id: str(step.status) for step_id, step in result.steps.items()}}
+    except StepFailedError as error:
+        outcome = {
+            "failed": error.step_id,
+            "execution_id": error.execution_id,
+            "cause": type(error.__cause__).__name__,
+            "message": str(error),
+            "notes": getattr(error, "__notes__", []),
+            "steps": {step_id: str(step.status) for step_id, step in error.result.steps.items()}
+            if error.result
+            else {},
+        }
+    except Exception as error:
+        outcome = {"raised": type(error).__name__, "message": str(error)}
+    Path(workdir, f"{by}.result").write_text(json.dumps(outcome))

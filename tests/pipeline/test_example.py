@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pipeline_steps import DEADLINE, wait_until
 
+from artifactstore_core import create_store
 from artifactstore_core.pipeline import Executor, StepStatus, StoreConfig
 from artifactstore_core.pipeline.example import EXAMPLE_TEXT, EXAMPLE_TITLE, example_pipeline, paragraphs
 
@@ -94,3 +97,46 @@ def test_quickstart_as_a_script(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "final result" in done.stdout
     assert "summarise-4" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_demo_killed_outright_has_already_shown_the_execution_to_resume(tmp_path: Path) -> None:
+    # The execution id was printed with the table, after the run: a demo killed with SIGKILL (the OOM killer)
+    # showed nothing, and its kept artifacts could not be resumed (`artifactstore demo -n ID`).
+    root = tmp_path / "artifacts"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env["ARTIFACT_STORE_FILESYSTEM_ROOT"] = str(root)
+    code = (
+        "from artifactstore_core.pipeline.example import run_demo\n"
+        f"run_demo(backend='filesystem', latency={DEADLINE})\n"  # the summaries wait until killed
+    )
+    demo = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        with create_store("filesystem", root=str(root)) as store:
+
+            def split_saved() -> bool:
+                for namespace in store.namespaces():
+                    with create_store("filesystem", root=str(root), namespace=namespace) as execution:
+                        return execution.exists("split")
+                return False
+
+            wait_until(split_saved, DEADLINE, "the demo never saved 'split'")
+            (namespace,) = store.namespaces()
+    finally:
+        demo.kill()
+        out, _ = demo.communicate(timeout=30)
+    assert demo.returncode == -signal.SIGKILL
+    assert out.startswith(f"execution {namespace} on backend 'filesystem', mode 'threads'"), out
+
+    again = subprocess.run(
+        [str(Path(sys.executable).parent / "artifactstore"), "demo", "-b", "filesystem", "-n", namespace],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "fetch        reused" in again.stdout
+    assert "split        reused" in again.stdout
+    assert "summarise-1  succeeded" in again.stdout

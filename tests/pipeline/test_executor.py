@@ -70,6 +70,7 @@ from artifactstore_core.pipeline import (
     register_artifact_store,
 )
 from artifactstore_core.pipeline._runner import replacement_id
+from artifactstore_http.testing import TOKEN
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -404,16 +405,23 @@ def test_keyboard_interrupt_in_a_step_is_not_wrapped() -> None:
     assert any("execution 'stopped'" in note and "execution_id='stopped'" in note for note in caught.value.__notes__)
 
 
-def test_resume_advice_on_the_memory_backend_says_it_holds_only_in_this_process(tmp_path: Path) -> None:
+def test_resume_advice_on_the_memory_backend_says_it_holds_only_in_this_process(tmp_path: Path, http_url: str) -> None:
     # A memory store's artifacts end with the process: "run the pipeline again with execution_id=... to
-    # resume" read as if a new process could (it starts from nothing).
+    # resume" read as if a new process could (it starts from nothing). The http client does not declare
+    # `persistent` (its server's store decides), but its artifacts are on the server: it was told "in this
+    # process only", which sent a worker that could resume from another process away.
     def broken(inputs: Inputs) -> None:
         raise RuntimeError("boom")
 
     def interrupted(inputs: Inputs) -> None:
         raise KeyboardInterrupt
 
-    for config, in_process in ((StoreConfig("memory"), True), (StoreConfig("filesystem", root=str(tmp_path)), False)):
+    configs = (
+        (StoreConfig("memory"), True),
+        (StoreConfig("filesystem", root=str(tmp_path)), False),
+        (StoreConfig("http", endpoint=http_url, token=TOKEN), False),
+    )
+    for config, in_process in configs:
         with pytest.raises(StepFailedError) as failed:
             Executor(config).run(Pipeline([Step("x", broken)]), execution_id="failed")
         with pytest.raises(KeyboardInterrupt) as caught:
