@@ -491,6 +491,21 @@ class StoreConformance:
             assert info.digest.startswith("blake3:")
         assert infos["b"].digest != infos["s"].digest
 
+    def test_a_listing_under_way_stops_once_the_store_is_closed(self, new_store: Callable[..., ArtifactStore]) -> None:
+        # list() is a generator, read after close() as easily as before it: a backend that must ask its server
+        # for the next batch fails there (its client is closed), while one that holds the batch already (a
+        # small namespace, memory, a directory being read) went on. Code tested on one then broke on another.
+        reader = new_store()
+        closing = new_store(reader.namespace)  # closed here: the fixture clears the namespace through reader
+        closing.save_many({f"c{index}": Message(content=index) for index in range(3)})
+        listing = closing.list()
+        first = next(listing)
+        assert first.step_id in {"c0", "c1", "c2"}
+        closing.close()
+        with pytest.raises(StoreClosedError):
+            next(listing)
+        assert sorted(info.step_id for info in reader.list()) == ["c0", "c1", "c2"]
+
     def test_infos_describe_the_content_not_what_is_stored(self, store: ArtifactStore) -> None:
         # An info's size and digest are the content's (uncompressed; JSON and text as UTF-8), whatever the
         # backend stores: JSON and text past the codec's compress_threshold (64 KiB by default) are stored

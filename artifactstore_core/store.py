@@ -356,11 +356,19 @@ class ArtifactStore(ABC):
 
         Raises:
             BackendError: the backend failed (possibly part-way through the iteration).
-            StoreClosedError: the store was closed.
+            StoreClosedError: the store was closed, before the iteration or during it: no artifact is yielded
+                after :meth:`close`.
         """
         self._check_open()
         try:
-            yield from self._list()
+            for info in self._list():
+                # Checked at every item, not only where the backend asks its server for more: what a backend
+                # holds already (a batch read before close(), memory, a directory being read) would otherwise
+                # go on being yielded, and a listing would stop after close() on some backends and namespace
+                # sizes and not on others.
+                if self._closed:
+                    self._check_open()
+                yield info
         except Exception as exc:
             self._raise(exc, "list", None)
 

@@ -260,8 +260,9 @@ def test_prefix_slashes_are_trimmed_and_an_empty_prefix_works(new_s3_store: NewS
     top.save("a", Message(content=2))
     assert sorted(all_keys(raw, bucket)) == ["n/a", "team/runs/n/a"]
     assert store.get("a").content == 1
-    # With an empty prefix the bucket's top level is shared: another prefix's first segment looks like a namespace.
-    assert top.namespaces() == ["n", "team"]
+    # With an empty prefix the bucket's top level is shared: another prefix's first segment looks like a namespace,
+    # but holds no artifact of one ("team/runs/n/a" is no canonical id key under "team/"), so it is not listed.
+    assert top.namespaces() == ["n"]
 
 
 def test_namespaces_lists_namespaces_with_artifacts_and_not_reserved_keys(new_s3_store: NewStore) -> None:
@@ -271,6 +272,29 @@ def test_namespaces_lists_namespaces_with_artifacts_and_not_reserved_keys(new_s3
     assert one.namespaces() == ["run one", "run/two"]  # the probe's reserved key is not a namespace
     two.clear()
     assert one.namespaces() == ["run one"]
+
+
+def test_namespaces_lists_no_namespace_that_holds_only_foreign_objects(
+    new_s3_store: NewStore, raw: Any, bucket: str
+) -> None:
+    # namespaces() promises namespaces that hold an artifact (gc visits each): a "folder" made in the S3 console
+    # (an empty object whose key ends with "/"), a file another tool dropped, or a key of no legal id are none,
+    # and clear() leaves them alone, so such a namespace was listed for ever.
+    store = new_s3_store("kept")
+    store.save("a", Message(content=1))
+    for key in ("artifactstore/folder/", "artifactstore/dropped/README.txt", "artifactstore/illegal/%00"):
+        raw.put_object(Bucket=bucket, Key=key, Body=b"")
+    # A namespace whose artifact's key sorts after foreign keys is still found.
+    mixed = new_s3_store("mixed")
+    for index in range(5):
+        raw.put_object(Bucket=bucket, Key=f"artifactstore/mixed/FOREIGN{index}", Body=b"")
+    mixed.save("z", Message(content=2))
+    assert store.namespaces() == ["kept", "mixed"]
+    for namespace in ("folder", "dropped", "illegal"):
+        assert new_s3_store(namespace).clear() == 0
+    assert store.namespaces() == ["kept", "mixed"]
+    assert mixed.clear() == 1
+    assert store.namespaces() == ["kept"]
 
 
 @given(name=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300))

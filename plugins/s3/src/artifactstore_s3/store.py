@@ -1499,10 +1499,29 @@ class S3Store(ArtifactStore):
     def _namespaces(self) -> Iterable[str]:
         paginator = self._live_client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self._bucket, Prefix=self._keys.root, Delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                namespace = self._keys.namespace_of(common.get("Prefix", ""))
-                if namespace is not None:
+            named = [
+                (namespace, KeyLayout(self._settings.prefix, namespace))
+                for common in page.get("CommonPrefixes", [])
+                if (namespace := self._keys.namespace_of(common.get("Prefix", ""))) is not None
+            ]
+            # A prefix is a namespace's only if it holds an artifact: a console "folder" (an empty object named
+            # "<ns>/"), a file another tool dropped, or another key prefix's first segment (with an empty
+            # prefix) holds none, and clear() leaves those objects alone, so such a prefix was listed for ever.
+            held = self._pool("batch").map(self._holds_artifact, [keys for _, keys in named])
+            for (namespace, _), holds in zip(named, held, strict=True):
+                if holds:
                     yield namespace
+
+    def _holds_artifact(self, keys: KeyLayout) -> bool:
+        """Whether the namespace of ``keys`` holds an object whose key is an id's.
+
+        Reads its keys only as far as the first such one: one ``ListObjectsV2`` for a namespace of artifacts.
+        """
+        paginator = self._live_client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=keys.namespace_prefix):
+            if any(keys.step_id(item["Key"]) is not None for item in page.get("Contents", [])):
+                return True
+        return False
 
     def _list(self) -> Iterable[ArtifactInfo]:
         pool = self._pool("batch")
