@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import hmac
 import json
 import logging
@@ -939,6 +940,34 @@ def _query(request: Request) -> dict[str, str]:
     return query
 
 
+def _accept_query(request: Request, *accepted: str) -> None:
+    """Refuse a request whose query string holds a parameter other than ``accepted`` (the route's own).
+
+    A parameter the server does not know was ignored: a misspelt ``?overwite=true`` saved write-once (and was
+    answered 409), a mistyped option was silently dropped. The answer names the parameter and those the route
+    takes.
+
+    Raises:
+        _ProblemError: 400, a parameter the route does not take (or a malformed query string).
+    """
+    unknown = sorted(set(_query(request)) - set(accepted))
+    if not unknown:
+        return
+    # Shown as the client sent it but bounded: the answer quotes it back, and a query may be long.
+    name = unknown[0] if len(unknown[0]) <= 64 else unknown[0][:64] + "..."
+    close = difflib.get_close_matches(unknown[0], accepted, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    takes = f"takes only {', '.join(repr(a) for a in accepted)}" if accepted else "takes no query parameters"
+    what = f"{request.method} on this path"
+    raise _ProblemError(
+        400,
+        PROBLEM_BAD_REQUEST,
+        "Bad request",
+        f"unknown query parameter {name!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}: "
+        f"{what} {takes}{hint}",
+    )
+
+
 def _bool_param(query: dict[str, str], name: str) -> bool:
     value = query.get(name, "false").lower()
     if value in ("true", "1"):
@@ -1029,11 +1058,13 @@ class _App:
             segments = self._segments(request)
             if segments == [b"v1", b"health"]:
                 self._allow(request, "GET", "HEAD")
+                _accept_query(request)
                 # The body limit is advertised so that a client's save_stream can stop reading a stream this
                 # server would refuse (it is in the open API document already, so nothing new is disclosed).
                 return JSONResponse({"status": "ok", "max_body_bytes": self._max_body})
             if segments == [b"v1", b"openapi.json"]:
                 self._allow(request, "GET", "HEAD")
+                _accept_query(request)
                 return JSONResponse(
                     openapi_document(
                         max_body_bytes=self._max_body,
@@ -1053,20 +1084,24 @@ class _App:
                 rest = segments[3:]
                 if not rest:
                     self._allow(request, "DELETE")
+                    _accept_query(request)
                     return await self._clear(namespace)
                 # HEAD is answered wherever GET is (RFC 9110; probes and proxies send it): the GET's answer,
                 # status and headers, without its body (see __call__).
                 if rest == [b"artifacts"]:
                     self._allow(request, "GET", "HEAD")
+                    _accept_query(request, "limit", "cursor")
                     return await self._list(request, namespace)
                 if len(rest) == 3 and rest[0] == b"artifacts" and rest[2] == _INFO:
                     # One segment more than any artifact's path: a step id is one segment, its "/" encoded.
                     step_id = validate_step_id(_decode_segment(rest[1], "step id"))
                     self._allow(request, "GET", "HEAD")
+                    _accept_query(request)
                     return await self._info(namespace, step_id)
                 if len(rest) == 2 and rest[0] == b"artifacts":
                     step_id = validate_step_id(_decode_segment(rest[1], "step id"))
                     self._allow(request, "PUT", "GET", "HEAD", "DELETE")
+                    _accept_query(request, *(("overwrite",) if request.method == "PUT" else ()))
                     if request.method == "PUT":
                         return await self._save(request, namespace, step_id)
                     if request.method == "GET":
