@@ -181,9 +181,10 @@ def _end_by(signum: int) -> int:
     if the process outlives it (the signal is blocked).
 
     Not an exit with 128 + ``signum``, which a shell reports alike but a supervisor does not: systemd counts a
-    service that ends by SIGTERM as stopped cleanly, and one that exits 143 as failed (``artifactstore serve``
-    under a unit). :func:`_catch_stop_signals` took over only a signal whose default action was in force, so
-    the process ends as it would have without the command's handler, less the files it left behind.
+    service that ends by SIGTERM as stopped cleanly, and one that exits 143 as failed. (``artifactstore serve``
+    takes SIGTERM over itself: a graceful stop, status 0.) :func:`_catch_stop_signals` took over only a signal
+    whose default action was in force, so the process ends as it would have without the command's handler,
+    less the files it left behind.
     """
     with suppress(OSError, ValueError, AttributeError):
         sys.stdout.flush()

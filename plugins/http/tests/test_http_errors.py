@@ -841,3 +841,65 @@ def test_a_blank_or_malformed_cursor_is_refused_naming_it(memory_server: ServerT
         answer = raw.get(f"/v1/namespaces/query-cursor/artifacts{query}")
     assert answer.status_code == 400, answer.text
     assert "query parameter 'cursor' is malformed" in answer.json()["detail"]
+
+
+@pytest.mark.timeout(60)
+def test_a_misspelt_overwrite_is_refused_naming_it_and_nothing_is_saved(memory_server: ServerThread) -> None:
+    # An unknown parameter was ignored: "?overwite=true" saved write-once, and the answer was a 409 that said
+    # to pass overwrite=True, which the user believed they had.
+    with client_for(memory_server.url, "query-typo") as client:
+        client.save("x", Message(content={"v": 1}))
+        client.save("y", Message(content={"v": 2}))
+    with httpx.Client(base_url=memory_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+        body = raw.get("/v1/namespaces/query-typo/artifacts/y").content
+        answer = raw.put("/v1/namespaces/query-typo/artifacts/x?overwite=true", content=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.headers[ERROR_HEADER] == "InvalidRequest"
+    assert answer.headers[PROTOCOL_HEADER] == PROTOCOL_VERSION
+    assert answer.json()["detail"] == (
+        "unknown query parameter 'overwite': PUT on this path takes only 'overwrite'; did you mean 'overwrite'?"
+    )
+    with client_for(memory_server.url, "query-typo") as client:
+        assert client.get("x").content == {"v": 1}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("method", "path", "accepted"),
+    [
+        ("GET", "/v1/namespaces/query-unknown/artifacts/x", "takes no query parameters"),
+        ("DELETE", "/v1/namespaces/query-unknown/artifacts/x", "takes no query parameters"),
+        ("GET", "/v1/namespaces/query-unknown/artifacts/x/info", "takes no query parameters"),
+        ("GET", "/v1/namespaces/query-unknown/artifacts", "takes only 'limit', 'cursor'"),
+        ("DELETE", "/v1/namespaces/query-unknown", "takes no query parameters"),
+        ("GET", "/v1/health", "takes no query parameters"),
+        ("GET", "/v1/openapi.json", "takes no query parameters"),
+    ],
+)
+def test_every_route_refuses_a_query_parameter_it_does_not_take_and_does_nothing(
+    memory_server: ServerThread, method: str, path: str, accepted: str
+) -> None:
+    with client_for(memory_server.url, "query-unknown") as client:
+        client.save("x", Message(content=b"kept"))
+    with httpx.Client(base_url=memory_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+        answer = raw.request(method, f"{path}?ttl=60&b=")
+        head = raw.head(f"{path}?ttl=60") if method == "GET" else None
+    assert answer.status_code == 400, answer.text
+    assert answer.headers[ERROR_HEADER] == "InvalidRequest"
+    assert answer.json()["detail"] == f"unknown query parameter 'b' (and 1 more): {method} on this path {accepted}"
+    if head is not None:  # the detail of a HEAD's answer travels in a header
+        assert head.status_code == 400
+        assert head.headers[ERROR_HEADER] == "InvalidRequest"
+    # Refused before the store was used: the artifact (and its namespace) are as they were.
+    with client_for(memory_server.url, "query-unknown") as client:
+        assert client.get("x").content == b"kept"
+
+
+@pytest.mark.timeout(60)
+def test_a_misspelt_list_parameter_is_refused_with_the_parameter_it_resembles(memory_server: ServerThread) -> None:
+    with httpx.Client(base_url=memory_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as raw:
+        answer = raw.get("/v1/namespaces/query-list/artifacts?limt=5")
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"] == (
+        "unknown query parameter 'limt': GET on this path takes only 'limit', 'cursor'; did you mean 'limit'?"
+    )

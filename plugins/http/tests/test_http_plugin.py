@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from artifactstore_core import (
 )
 from artifactstore_core.registry import PluginHost
 from artifactstore_core.settings import load_settings
+from artifactstore_core.testing_servers import free_port, wait_for
 from artifactstore_http import HttpSettings, HttpStore, ServerSettings, artifactstore_register_commands
 from artifactstore_http.protocol import (
     ERROR_DETAIL_HEADER,
@@ -462,3 +464,50 @@ def test_the_server_logs_where_it_serves_what_and_whether_it_asks_for_a_token(
         server.stop()
     assert f"serving the memory backend at http://127.0.0.1:{server.port} ({auth})" in log, log
     assert TOKEN not in log
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("command", "signal_name", "code", "last_line"),
+    [
+        (["-m", "artifactstore_core.cli_main", "serve"], "SIGTERM", 0, "stopped: graceful shutdown complete"),
+        (["-m", "artifactstore_http"], "SIGTERM", 0, "stopped: graceful shutdown complete"),
+        # Ctrl-C at a terminal keeps the CLI's usual end (docs/cli.md), after the same graceful shutdown.
+        (["-m", "artifactstore_core.cli_main", "serve"], "SIGINT", 130, "aborted"),
+    ],
+)
+def test_serve_stopped_by_sigterm_shuts_down_gracefully_says_stopped_and_exits_0(
+    tmp_path: Path, command: list[str], signal_name: str, code: int, last_line: str
+) -> None:
+    # After SIGTERM (how systemd and Kubernetes stop a server) `artifactstore serve` shut down gracefully, then
+    # printed the CLI's "aborted" and ended by the signal (143): a stop asked for looked like a failure.
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memory"})
+    with (tmp_path / "stderr").open("w+") as err:
+        process = subprocess.Popen(
+            [sys.executable, *command, "--port", str(port)], stdout=subprocess.PIPE, stderr=err, env=env, text=True
+        )
+        try:
+            wait_for(lambda: process.poll() is not None or _healthy(port), "the server to answer")
+            assert process.poll() is None, (tmp_path / "stderr").read_text()
+            process.send_signal(getattr(signal, signal_name))
+            stdout, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stderr = (tmp_path / "stderr").read_text()
+    assert process.returncode == code, stderr
+    assert "Application shutdown complete" in stderr  # the graceful shutdown ran
+    assert stderr.splitlines()[-1] == last_line
+    assert "aborted" not in stderr.splitlines()[:-1]
+    assert "Traceback" not in stderr
+    assert stdout == ""

@@ -32,7 +32,7 @@ from artifactstore_http.protocol import MEDIA_TYPE_ENVELOPE, quote_segment
 from artifactstore_http.server import STREAM_FROM_BYTES, STREAMED_SAVES, create_app
 from artifactstore_http.testing import TOKEN, ServerThread, client_for
 from artifactstore_s3 import S3Settings, S3Store
-from artifactstore_s3.testing import MotoServer
+from artifactstore_s3.testing import SECRET_ACCESS_KEY, MotoServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIB = 1024 * 1024
@@ -384,3 +384,52 @@ def test_stalled_streamed_uploads_leave_every_other_request_served(tmp_path: Pat
         for connection, _ in uploads:
             connection.close()
         server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_an_s3_store_failing_midway_through_a_streamed_get_cuts_the_body_with_one_warning_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # moto stopped while the server streams an artifact from it: the server's next read of the S3 object fails.
+    # uvicorn logged "Exception in ASGI application" with the whole traceback, a crash to an operator, for a
+    # failure of the store that the server handles: the answer is cut short (the client may retry).
+    caplog.set_level(logging.INFO)
+    size = 48 * MIB  # far more than the sockets between moto and the server hold
+    with MotoServer(tmp_path) as moto:
+        bucket = moto.create_bucket()
+        settings = moto.settings(bucket, read_timeout=30)
+        app = create_app(lambda ns: S3Store(settings, namespace=ns), token=SecretStr(TOKEN), max_body_bytes=LIMIT)
+        server = ServerThread(app).start()
+        try:
+            with client_for(server.url, "cut") as client:
+                client.save("big", Message(content=payload(size)))
+            with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+                path = "/v1/namespaces/cut/artifacts/big"
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+                data = b""
+                while len(data) < 2 * MIB:  # the server is mid-stream, held by this client that reads no more
+                    chunk = sock.recv(65536)
+                    assert chunk, "the server ended the answer early"
+                    data += chunk
+                moto.kill()
+                while chunk := sock.recv(1 << 20):  # then reads to the end of the connection
+                    data += chunk
+            top, _, body = data.partition(b"\r\n\r\n")
+            assert top.startswith(b"HTTP/1.1 200 ")
+            length = int(next(line for line in top.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+            assert len(body) < length, "a body cut short must never look complete"
+            wait_for(
+                lambda: any(r.getMessage().startswith(f"GET {path} ") for r in caplog.records), "the request to end"
+            )
+        finally:
+            server.stop()
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "Exception in ASGI application" in m]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    (line,) = [r for r in caplog.records if "failed midway" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert line.name == "artifactstore_http.server"
+    assert line.getMessage().startswith("reading artifact 'big' in namespace 'cut' failed midway, ")
+    assert "(BackendUnavailableError: cannot reach S3 " in line.getMessage()
+    assert SECRET_ACCESS_KEY not in line.getMessage()
+    assert TOKEN not in line.getMessage()

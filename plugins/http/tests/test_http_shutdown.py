@@ -4,7 +4,9 @@ store closed only after the call that uses it has returned."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -174,7 +176,7 @@ def test_the_graceful_shutdown_lasts_the_configured_seconds(tmp_path: Path) -> N
             server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             thread.join(timeout=15)
             assert not thread.is_alive(), "the save was not answered within 15 s of SIGTERM"
-            # Exited (uvicorn ends by re-raising the signal it caught: -15, as systemd and Kubernetes expect).
+            # Exited: a stop asked by SIGTERM ends with status 0 (see test_http_plugin's serve tests).
             server.process.wait(timeout=15)  # type: ignore[union-attr]
     finally:
         proxy.stop()
@@ -233,3 +235,40 @@ def test_a_request_cancelled_while_its_store_is_built_leaves_no_store_open() -> 
     assert built.wait(10)
     cache.close()
     assert closed == ["a"]
+
+
+@pytest.mark.timeout(120)
+def test_an_answer_the_graceful_shutdown_cuts_off_is_one_warning_line_and_a_truncated_body(tmp_path: Path) -> None:
+    # A large artifact of a store that does not stream, sent whole to a client that reads slowly, when the
+    # graceful shutdown (SIGTERM) runs out: uvicorn logged "Exception in ASGI application" with a traceback.
+    env = {
+        "ARTIFACT_STORE_SERVER_TOKEN": TOKEN,
+        "ARTIFACT_STORE_SERVER_BACKEND": "memory",
+        "ARTIFACT_STORE_SERVER_SHUTDOWN_TIMEOUT": "0.2",
+    }
+    server = ServerProcess(env, tmp_path).start()
+    path = "/v1/namespaces/slow-reader/artifacts/big"
+    try:
+        with client_for(server.url, "slow-reader") as store:
+            store.save("big", Message(content=os.urandom(48 * 1024 * 1024)))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+            data = sock.recv(65536)  # the answer has begun; the client reads no more until the server exits
+            assert data.startswith(b"HTTP/1.1 200 ")
+            server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            server.process.wait(timeout=30)  # type: ignore[union-attr]
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+    finally:
+        server.stop()
+    top, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line for line in top.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+    assert len(body) < length, "a body cut short must never look complete"
+    log = server.log
+    assert "Exception in ASGI application" not in log
+    assert "Traceback" not in log
+    (line,) = [line for line in log.splitlines() if "cut short" in line]
+    assert line.endswith(
+        f"WARNING artifactstore_http.server: GET {path} cut short by the server's shutdown while its answer was "
+        "sent; the client sees a truncated body"
+    )

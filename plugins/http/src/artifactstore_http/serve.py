@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
 from typing import Any
 
@@ -59,7 +60,10 @@ def serve(
     shutdown_timeout: float | None = None,
     fd: int | None = None,
 ) -> None:
-    """Run the artifact server until interrupted (SIGINT or SIGTERM stop it gracefully).
+    """Run the artifact server until stopped: SIGTERM and SIGINT (Ctrl-C) both stop it gracefully (the requests in
+    flight get ``shutdown_timeout`` seconds). After SIGTERM, the way a service manager (systemd, Kubernetes) stops
+    a server, it returns; after SIGINT it raises ``KeyboardInterrupt``, as an interrupted program does (unless
+    SIGINT was ignored when it started: then it returns too).
 
     Arguments override :class:`ServerSettings` (``ARTIFACT_STORE_SERVER_*``, then the ``[server]`` table of
     the config file); the token is read only from ``ARTIFACT_STORE_SERVER_TOKEN`` or the config file, never
@@ -77,6 +81,7 @@ def serve(
         AccessDeniedError: listening on ``port`` is not permitted (below 1024 without the privilege).
         BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
             server does not start).
+        KeyboardInterrupt: stopped by SIGINT (Ctrl-C), after the graceful shutdown.
     """
     settings = load_settings(
         ServerSettings,
@@ -143,9 +148,23 @@ def serve(
         # Annotated int by uvicorn, which hands it to asyncio.wait_for: any number of seconds works.
         timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
     )
+    server = uvicorn.Server(config)
+
+    def stop(signum: int, _frame: object) -> None:
+        # Before uvicorn takes SIGTERM over (during its startup), and once more after its graceful shutdown: it
+        # re-raises the signal it caught to the handler it found, this one, so that the process does not end by
+        # SIGTERM (the CLI's "aborted", status 143) but returns, stopped as asked.
+        server.should_exit = True
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: no handler can be set (nor does uvicorn set one)
+        previous = None
+    try:
+        server.run(sockets=[sock])
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         sock.close()
 
 
@@ -248,6 +267,10 @@ def serve_command(*, standalone: bool = False) -> Any:
             if not standalone:
                 raise
             raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
+        # serve() returns only once stopped as asked (SIGTERM, as a service manager stops a server; or SIGINT where
+        # it was ignored when the server started): a graceful stop, status 0. Ctrl-C raises KeyboardInterrupt,
+        # which the artifactstore CLI reports as "aborted", 130.
+        click.echo("stopped: graceful shutdown complete", err=True)
 
     return command
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import hmac
 import json
 import logging
@@ -620,18 +621,19 @@ class _Upload:
 class _Lease:
     """A store lent to a streamed ``GET`` and the stream opened from it, held until the response ends.
 
-    :meth:`end` closes the stream (after a read in flight, never under it) and counts the store's use as ended,
-    once, from whichever thread calls it first: the response's cleanup, or the request's if the response is never
-    sent. A lease ended before the worker that opened the stream handed it over (the request was cancelled
-    meanwhile) closes what it is then handed at once.
+    :meth:`end` closes the stream and counts the store's use as ended, once, from whichever thread calls it
+    first: the response's cleanup, or the request's if the response is never sent. It never waits for a read
+    in flight: the stream is then closed (and the store's use ended) by that read's own thread once the read
+    returns, never under it. A lease ended before the worker that opened the stream handed it over (the request
+    was cancelled meanwhile) closes what it is then handed at once.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._reading = threading.Lock()
         self._stream: IO[bytes] | None = None
         self._release: Callable[[], None] | None = None
         self._ended = False
+        self._reading = False
 
     def keep(self, stream: IO[bytes], release: Callable[[], None]) -> None:
         with self._lock:
@@ -642,29 +644,48 @@ class _Lease:
         release()
 
     def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes of the stream (on a worker thread).
+        """Up to ``size`` bytes of the stream (on a worker thread; one read at a time).
 
         Raises:
+            StoreClosedError: the lease was ended.
             What the stream's ``read`` raises (``ArtifactCorruptedError`` for a damaged payload).
         """
-        with self._reading:
+        with self._lock:
             stream = self._stream
             if stream is None or self._ended:
                 raise StoreClosedError("the response was ended")
+            self._reading = True
+        try:
             data: bytes = stream.read(size)
             return data
+        finally:
+            if self._read_done():  # ended during the read, which was left to finish: its thread closes the stream
+                self._close()
+
+    def _read_done(self) -> bool:
+        """Count the read in flight as ended; whether the lease was ended meanwhile."""
+        with self._lock:
+            self._reading = False
+            return self._ended
 
     def end(self) -> None:
-        """Close the stream and end the store's use (idempotent; blocking: call it on a worker thread)."""
+        """Close the stream and end the store's use (idempotent). Blocks for the stream's close only, never for
+        a read in flight (which closes it when it returns), so the event loop may call it when it must."""
         with self._lock:
             if self._ended:
                 return
             self._ended = True
+            if self._reading:
+                return
+        self._close()
+
+    def _close(self) -> None:
+        with self._lock:
             stream, release = self._stream, self._release
+            self._stream = self._release = None
         try:
             if stream is not None:
-                with self._reading:
-                    _close_stream(stream)
+                _close_stream(stream)
         finally:
             if release is not None:
                 release()
@@ -695,6 +716,32 @@ def _close_stream(stream: IO[bytes]) -> None:
         logger.warning("closing a store's stream failed: %s", getattr(exc, "message", type(exc).__name__))
 
 
+class _AnswerCutShortError(Exception):
+    """Raised out of the application to have the ASGI server drop the connection of an answer begun with a
+    ``Content-Length`` it can no longer complete (the ASGI way to abort a response); the cause was logged by this
+    module already, in one line, and :class:`_QuietCutShort` keeps the server from logging it as a crash."""
+
+
+class _QuietCutShort(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" record (and its traceback) for an answer this server cut
+    short on purpose (:class:`_AnswerCutShortError`), which is logged as one line instead; every other record
+    passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, _AnswerCutShortError)
+
+
+_QUIET_CUT_SHORT = _QuietCutShort()
+
+
+def _quiet_uvicorn() -> None:
+    """Attach :data:`_QUIET_CUT_SHORT` to the logger uvicorn reports application errors on (once)."""
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if _QUIET_CUT_SHORT not in uvicorn_errors.filters:
+        uvicorn_errors.addFilter(_QUIET_CUT_SHORT)
+
+
 class _StreamedEnvelope(Response):
     """The answer to ``GET`` of an uncompressed ``bytes`` artifact of a streaming store: the server's head, then
     the payload read from the store's stream in pieces of :data:`SEND_CHUNK_BYTES` on worker threads.
@@ -705,8 +752,10 @@ class _StreamedEnvelope(Response):
     (the status and head went out): the body is completed with zero bytes up to its announced length, so that
     the client's own digest check (against the stored digest the head carries) fails with
     ``ArtifactCorruptedError`` instead of the connection being cut (which a client retries), and the damage is
-    logged. Any other failure midway cuts the response short (the ASGI server closes the connection): the client
-    sees a truncated body and may retry.
+    logged. Any other failure of the store midway, and the server's graceful shutdown running out while the
+    answer is sent, cut the response short: one warning line is logged (namespace, step id, the store's error),
+    and the connection is dropped (:class:`_AnswerCutShortError`), so the client sees a truncated body, never
+    one that looks complete, and may retry.
     """
 
     def __init__(self, head: bytes, size: int, lease: _Lease, place: tuple[str, str]) -> None:
@@ -714,28 +763,55 @@ class _StreamedEnvelope(Response):
             status_code=200, media_type=MEDIA_TYPE_ENVELOPE, headers={"Content-Length": str(len(head) + size)}
         )
         self._head, self._size, self._lease, self._place = head, size, lease, place
+        self._left = size  # payload bytes not sent yet
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        failure: Exception | None = None  # the store's error that cut the answer short
+        shutdown = False  # the server's shutdown cut it short
         try:
-            async with anyio.create_task_group() as group:
+            try:
+                async with anyio.create_task_group() as group:
 
-                async def watch() -> None:
-                    # A disconnect is not an error of send() under every ASGI server (uvicorn drops the writes).
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
+                    async def watch() -> None:
+                        # A disconnect is not an error of send() under every ASGI server (uvicorn drops the writes).
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(watch)
+                    failure = await self._send(send)
                     group.cancel_scope.cancel()
-
-                group.start_soon(watch)
-                await self._send(send)
-                group.cancel_scope.cancel()
+            except anyio.get_cancelled_exc_class():
+                # uvicorn's graceful shutdown ran out and cancelled this request (see _App.endpoint): an expected
+                # end, not a crash of the application. The task goes on to end its answer as cut short.
+                _uncancel()
+                shutdown = True
+                logger.warning(
+                    "GET of artifact %r in namespace %r cut short by the server's shutdown, %d of its %d payload "
+                    "bytes sent; the client sees a truncated body",
+                    self._place[1], self._place[0], self._size - self._left, self._size,
+                )  # fmt: skip
         finally:
-            await _end_lease(self._lease)
+            try:
+                await _end_lease(self._lease)
+            except anyio.get_cancelled_exc_class():
+                if not shutdown and failure is None:
+                    raise
+                # The task cancelled again once its answer was cut short (the event loop closing after the
+                # shutdown): the lease is ended all the same (see _end_lease), and the answer was logged.
+                _uncancel()
+        # Raised outside the task group, which would wrap it in an exception group.
+        if shutdown:
+            raise _AnswerCutShortError("cut short by the server's shutdown")
+        if failure is not None:
+            raise _AnswerCutShortError("the store failed midway") from failure
 
-    async def _send(self, send: Send) -> None:
+    async def _send(self, send: Send) -> Exception | None:
+        """Send the answer; the store's error that cut it short (logged here), or ``None`` once it is complete."""
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self._head, "more_body": True})
-        left = self._size
-        while left:
+        while self._left:
+            left = self._left
             try:
                 chunk = await anyio.to_thread.run_sync(self._lease.read, min(SEND_CHUNK_BYTES, left))
                 if not chunk or len(chunk) > left:
@@ -748,25 +824,35 @@ class _StreamedEnvelope(Response):
                     "that the client's digest check fails",
                     self._place[1], self._place[0], exc.message, left,
                 )  # fmt: skip
-                while left:
-                    filler = _FILLER if left >= len(_FILLER) else _FILLER[:left]
+                while self._left:
+                    filler = _FILLER if self._left >= len(_FILLER) else _FILLER[: self._left]
                     await send({"type": "http.response.body", "body": filler, "more_body": True})
-                    left -= len(filler)
+                    self._left -= len(filler)
                 break
             except Exception as exc:
+                # Only a core error's message is shown: it names no secret (a raw error from a third-party
+                # stream might quote anything, so only its type is).
+                why = (
+                    f"{type(exc).__name__}: {exc.message}"
+                    if isinstance(exc, ArtifactStoreError)
+                    else type(exc).__name__
+                )
                 logger.warning(
-                    "reading artifact %r in namespace %r failed midway (%s); its response is cut short",
-                    self._place[1], self._place[0], getattr(exc, "message", type(exc).__name__),
+                    "reading artifact %r in namespace %r failed midway, %d of its %d payload bytes sent (%s); its "
+                    "response is cut short",
+                    self._place[1], self._place[0], self._size - left, self._size, why,
                 )  # fmt: skip
-                raise
-            left -= len(chunk)
+                return exc
+            self._left -= len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
 
 
 async def _end_lease(lease: _Lease) -> None:
-    """End ``lease`` on a worker thread, also when the caller is being cancelled (then, if its worker call could
-    not start, right here)."""
+    """End ``lease`` on a worker thread (its stream's close may block), also when the caller is being cancelled
+    (then, if the worker call could not start or was given up, right here: :meth:`_Lease.end` does not wait for a
+    read in flight, so the event loop is held for the stream's close at most)."""
     try:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lease.end)
@@ -854,6 +940,34 @@ def _query(request: Request) -> dict[str, str]:
     return query
 
 
+def _accept_query(request: Request, *accepted: str) -> None:
+    """Refuse a request whose query string holds a parameter other than ``accepted`` (the route's own).
+
+    A parameter the server does not know was ignored: a misspelt ``?overwite=true`` saved write-once (and was
+    answered 409), a mistyped option was silently dropped. The answer names the parameter and those the route
+    takes.
+
+    Raises:
+        _ProblemError: 400, a parameter the route does not take (or a malformed query string).
+    """
+    unknown = sorted(set(_query(request)) - set(accepted))
+    if not unknown:
+        return
+    # Shown as the client sent it but bounded: the answer quotes it back, and a query may be long.
+    name = unknown[0] if len(unknown[0]) <= 64 else unknown[0][:64] + "..."
+    close = difflib.get_close_matches(unknown[0], accepted, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    takes = f"takes only {', '.join(repr(a) for a in accepted)}" if accepted else "takes no query parameters"
+    what = f"{request.method} on this path"
+    raise _ProblemError(
+        400,
+        PROBLEM_BAD_REQUEST,
+        "Bad request",
+        f"unknown query parameter {name!r}{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}: "
+        f"{what} {takes}{hint}",
+    )
+
+
 def _bool_param(query: dict[str, str], name: str) -> bool:
     value = query.get(name, "false").lower()
     if value in ("true", "1"):
@@ -910,7 +1024,18 @@ class _App:
         response = await self.endpoint(request)
         if request.method == "HEAD":
             response = _bodiless(response)
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        except anyio.get_cancelled_exc_class():
+            # uvicorn's graceful shutdown ran out while the answer was sent (a large artifact to a slow client):
+            # one line, and the connection dropped with the body cut short (see _AnswerCutShortError).
+            _uncancel()
+            logger.warning(
+                "%s %s cut short by the server's shutdown while its answer was sent; the client sees a truncated "
+                "body",
+                request.method, _loggable_path(scope),
+            )  # fmt: skip
+            raise _AnswerCutShortError("cut short by the server's shutdown") from None
 
     # -- entry ----------------------------------------------------------------------------------------
 
@@ -933,11 +1058,13 @@ class _App:
             segments = self._segments(request)
             if segments == [b"v1", b"health"]:
                 self._allow(request, "GET", "HEAD")
+                _accept_query(request)
                 # The body limit is advertised so that a client's save_stream can stop reading a stream this
                 # server would refuse (it is in the open API document already, so nothing new is disclosed).
                 return JSONResponse({"status": "ok", "max_body_bytes": self._max_body})
             if segments == [b"v1", b"openapi.json"]:
                 self._allow(request, "GET", "HEAD")
+                _accept_query(request)
                 return JSONResponse(
                     openapi_document(
                         max_body_bytes=self._max_body,
@@ -957,20 +1084,24 @@ class _App:
                 rest = segments[3:]
                 if not rest:
                     self._allow(request, "DELETE")
+                    _accept_query(request)
                     return await self._clear(namespace)
                 # HEAD is answered wherever GET is (RFC 9110; probes and proxies send it): the GET's answer,
                 # status and headers, without its body (see __call__).
                 if rest == [b"artifacts"]:
                     self._allow(request, "GET", "HEAD")
+                    _accept_query(request, "limit", "cursor")
                     return await self._list(request, namespace)
                 if len(rest) == 3 and rest[0] == b"artifacts" and rest[2] == _INFO:
                     # One segment more than any artifact's path: a step id is one segment, its "/" encoded.
                     step_id = validate_step_id(_decode_segment(rest[1], "step id"))
                     self._allow(request, "GET", "HEAD")
+                    _accept_query(request)
                     return await self._info(namespace, step_id)
                 if len(rest) == 2 and rest[0] == b"artifacts":
                     step_id = validate_step_id(_decode_segment(rest[1], "step id"))
                     self._allow(request, "PUT", "GET", "HEAD", "DELETE")
+                    _accept_query(request, *(("overwrite",) if request.method == "PUT" else ()))
                     if request.method == "PUT":
                         return await self._save(request, namespace, step_id)
                     if request.method == "GET":
@@ -1618,6 +1749,7 @@ def create_app(
     except UnicodeEncodeError:
         raise ConfigurationError("ARTIFACT_STORE_SERVER_TOKEN must be ASCII") from None
     cache = _StoreCache(store_factory or default_store_factory(), store_cache_size)
+    _quiet_uvicorn()
     handlers = _App(
         cache, token=token, max_body_bytes=max_body_bytes, max_json_bytes=max_json_bytes, path_prefix=path_prefix
     )
