@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -427,6 +428,46 @@ def test_concurrent_streamed_saves_and_reads_under_eviction_are_byte_identical_a
     assert ledger.violations == []
     assert ledger.open_streams() == []
     assert files_open_under(root) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_store_evicted_right_after_its_build_still_takes_the_streamed_ways(tmp_path: Path) -> None:
+    # The server asked its cache whether a namespace's store streams a moment after building it; another
+    # request's end could evict the idle store in between, and the large upload or download then went the way
+    # that holds the whole artifact in memory. Here another request ends exactly then, every time.
+    ledger = Ledger()
+    app = create_app(tracked_factory(tmp_path / "root", ledger), token=SecretStr(TOKEN), store_cache_size=1)
+    cache: _StoreCache = app.state.store_cache
+    build = cache._build
+
+    def build_then_another_request_ends(namespace: str) -> Any:
+        built = build(namespace)
+        if namespace == "big":
+            with cache.acquire("other"):
+                pass  # its end evicts the idle store of "big" (one place in the cache)
+        return built
+
+    cache._build = build_then_another_request_ends  # type: ignore[method-assign]
+    server = ServerThread(app).start()
+    content = payload(3 * MIB + 5)
+    envelope = Codec().encode(Message(content=content)).to_bytes()
+    try:
+        # A bare PUT (the client's save_stream asks first with a HEAD, which would build the store before).
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        url = f"{server.url}/v1/namespaces/big/artifacts/a"
+        put = httpx.put(url, content=envelope, headers={**auth, "Content-Type": MEDIA_TYPE_ENVELOPE}, timeout=60)
+        assert put.status_code == 204, put.text
+        assert "save_stream big/a" in ledger.events, ledger.events
+        assert ledger.closed["big"] >= 1, "the store of 'big' was not evicted after its build"
+        with client_for(server.url, "other") as client:
+            client.exists("x")  # evicts the store of "big" again: the GET builds it anew
+        got = httpx.get(url, headers=auth, timeout=60)
+        assert got.status_code == 200
+        assert got.content == envelope
+        assert "open big/a" in ledger.events, ledger.events
+    finally:
+        server.stop()
+    assert ledger.violations == []
 
 
 # -- 4. signing keys on the streamed paths -----------------------------------------------------------------------

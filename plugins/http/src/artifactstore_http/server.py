@@ -332,8 +332,13 @@ class _StoreCache:
         if self._building.get(namespace) is building:
             del self._building[namespace]
 
-    async def prepare(self, namespace: str) -> None:
-        """Wait until the store of ``namespace`` is built, building it (on a worker thread) if nobody is.
+    async def prepare(self, namespace: str) -> bool:
+        """Wait until the store of ``namespace`` is built, building it (on a worker thread) if nobody is; return
+        whether it declares ``capabilities.streaming``.
+
+        The answer is taken while the store is known to be there (cached, or just built): asked of the cache a
+        moment later, a store that another request's end evicted meanwhile read as one that does not stream,
+        and a large upload was then received whole into memory.
 
         Requests wait here for another request's build on the event loop, not each on a worker thread of
         its own: the worker threads are few (anyio's 40), and 40 requests of a namespace whose store took
@@ -348,8 +353,9 @@ class _StoreCache:
             with self._lock:
                 if self._closed:
                     raise StoreClosedError("the artifact server is shutting down")
-                if namespace in self._entries:
-                    return
+                entry = self._entries.get(namespace)
+                if entry is not None:
+                    return bool(entry[0].capabilities.streaming)
                 done = self._preparing.get(namespace)
                 builder = done is None
                 if done is None:
@@ -359,28 +365,25 @@ class _StoreCache:
                 await done.wait()
                 continue
             try:
-                await anyio.to_thread.run_sync(self._build, namespace)
+                return await anyio.to_thread.run_sync(self._build, namespace)
             finally:
                 with self._lock:
                     del self._preparing[namespace]
                 done.set()
-            return
 
-    def _build(self, namespace: str) -> None:
-        """Build the store of ``namespace`` (on a worker thread) and count its use as ended at once.
+    def _build(self, namespace: str) -> bool:
+        """Build the store of ``namespace`` (on a worker thread) and count its use as ended at once; return
+        whether it streams.
 
         Both in the thread: a request cancelled while it awaits the build (the server's shutdown) cannot leave
         the store counted as in use, which would keep it from ever being closed.
         """
-        # Not evicted here, though idle for a moment: the request that built it is about to use it.
-        self._release(namespace, self._entry(namespace), evict=False)
-
-    def streams(self, namespace: str) -> bool:
-        """Whether the cached store of ``namespace`` declares ``capabilities.streaming`` (``False`` when none is
-        cached: a request then takes the path that suits every store)."""
-        with self._lock:
-            entry = self._entries.get(namespace)
-            return entry is not None and entry[0].capabilities.streaming
+        entry = self._entry(namespace)
+        try:
+            return bool(entry[0].capabilities.streaming)
+        finally:
+            # Not evicted here, though idle for a moment: the request that built it is about to use it.
+            self._release(namespace, entry, evict=False)
 
     def lend(self, namespace: str) -> tuple[ArtifactStore, Callable[[], None]]:
         """The store of ``namespace``, counted as in use until the returned function is called (once or more:
@@ -1200,12 +1203,10 @@ class _App:
     async def _save(self, request: Request, namespace: str, step_id: str) -> Response:
         overwrite = _bool_param(_query(request), "overwrite")
         declared = self._declared_length(request, step_id)
-        if declared is None or declared > STREAM_FROM_BYTES:
-            # A large body (or one of unknown length) is streamed into a store that streams; the store is built
-            # first to know whether it does.
-            await self._cache.prepare(namespace)
-            if self._cache.streams(namespace):
-                return await self._save_streamed(request, namespace, step_id, overwrite, declared)
+        # A large body (or one of unknown length) is streamed into a store that streams; the store is built
+        # first to know whether it does.
+        if (declared is None or declared > STREAM_FROM_BYTES) and await self._cache.prepare(namespace):
+            return await self._save_streamed(request, namespace, step_id, overwrite, declared)
         upload = _Upload(request, self._max_request, lambda: self._too_large(None, step_id))
         body = await self._read_rest(upload, bytearray())
         request.state.body_read = True
@@ -1460,8 +1461,7 @@ class _App:
         )
 
     async def _get(self, namespace: str, step_id: str) -> Response:
-        await self._cache.prepare(namespace)
-        if self._cache.streams(namespace):
+        if await self._cache.prepare(namespace):
             return await self._get_streamed(namespace, step_id)
 
         def work() -> tuple[bytes, bytes]:
