@@ -903,3 +903,36 @@ def test_a_misspelt_list_parameter_is_refused_with_the_parameter_it_resembles(me
     assert answer.json()["detail"] == (
         "unknown query parameter 'limt': GET on this path takes only 'limit', 'cursor'; did you mean 'limit'?"
     )
+
+
+@pytest.mark.timeout(60)
+def test_an_unexpected_error_is_a_500_and_its_logged_traceback_keeps_no_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A custom store factory that fails with its own exception is the server's "unexpected error": logged with
+    # its traceback, whose text quoted the password of a URL and the server's own token as they were.
+    password = "hunter2-url-password"
+
+    def factory(namespace: str) -> ArtifactStore:
+        try:
+            raise OSError(f"cannot reach http://user:{password}@127.0.0.1:1/ (token {TOKEN})")
+        except OSError as exc:
+            raise RuntimeError("the store could not be built") from exc
+
+    server = ServerThread(create_app(factory, token=SecretStr(TOKEN))).start()
+    try:
+        with caplog.at_level("ERROR", logger="artifactstore_http"):
+            answer = httpx.get(
+                f"{server.url}/v1/namespaces/ns/artifacts/a", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+            )
+    finally:
+        server.stop()
+    assert answer.status_code == 500
+    assert "the server failed unexpectedly" in answer.text
+    (record,) = [r for r in caplog.records if "unexpected error serving" in r.getMessage()]
+    assert record.exc_info is not None
+    logged = caplog.text
+    assert "RuntimeError: the store could not be built" in logged  # what failed, and where, stays readable
+    assert "127.0.0.1:1" in logged
+    assert password not in logged
+    assert TOKEN not in logged

@@ -58,6 +58,7 @@ from artifactstore_core.errors import (
     InvalidStepIdError,
     PayloadTooLargeError,
     StoreClosedError,
+    scrub_exception,
 )
 from artifactstore_core.ids import validate_namespace, validate_step_id
 from artifactstore_core.message import Message as ArtifactMessage
@@ -1137,8 +1138,16 @@ class _App:
             return _problem_response(
                 _error_document(_cut_short(body_pending(), namespace, step_id)), close=True, head=head
             )
-        except Exception:
-            logger.exception("unexpected error serving %s %s", request.method, _loggable_path(request.scope))
+        except Exception as exc:
+            # Logged with its traceback, but without a secret its text or its causes' may quote (a URL with a
+            # password from a library's own configuration, this server's token).
+            secrets = () if self._token is None else (self._token.decode("ascii"),)
+            logger.error(
+                "unexpected error serving %s %s",
+                request.method,
+                _loggable_path(request.scope),
+                exc_info=scrub_exception(exc, secrets),
+            )
             doc = problem_document(
                 PROBLEM_INTERNAL, status=500, title="Internal server error", detail="the server failed unexpectedly"
             )
