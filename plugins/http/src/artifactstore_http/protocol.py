@@ -52,6 +52,7 @@ from artifactstore_core.errors import (
     UnsupportedFormatError,
     UnsupportedOperationError,
 )
+from artifactstore_core.ids import is_legal
 
 __all__ = [
     "API_PREFIX",
@@ -180,14 +181,15 @@ def decode_cursor(cursor: str) -> str:
     """The step id a cursor made by :func:`encode_cursor` resumes after.
 
     Raises:
-        ValueError: if ``cursor`` was not made by :func:`encode_cursor`.
+        ValueError: if ``cursor`` was not made by :func:`encode_cursor` of a legal step id (a page ends at an
+            artifact, so a cursor of any other text was not made by a server).
     """
     try:
         raw = base64.urlsafe_b64decode(cursor.encode("ascii"))
         step_id = raw.decode("utf-8")
     except (binascii.Error, UnicodeError) as exc:
         raise ValueError("malformed cursor") from exc
-    if not step_id or encode_cursor(step_id) != cursor:
+    if not is_legal(step_id) or encode_cursor(step_id) != cursor:
         raise ValueError("malformed cursor")
     return step_id
 
