@@ -272,9 +272,9 @@ def _print_traceback(exc: BaseException) -> None:
     """``--debug``'s report of ``exc`` on stderr: its traceback, as Python prints an uncaught error's. A stderr
     that cannot be written loses it (see :class:`_MessageConsole`). Raises nothing."""
     try:
-        # Stores chain causes without their secrets (scrub_exception); a password in a URL's user info is masked
-        # here too, for an error no store raised (a plugin's, the command's own).
-        sys.stderr.write(errors.mask_url_passwords("".join(traceback.format_exception(exc))))
+        # Printed as it is: stores and create_store chain causes without their secrets (scrub_exception);
+        # masking URL passwords in the whole text rewrote a step id or namespace that looks like such a URL.
+        traceback.print_exception(exc, file=sys.stderr)
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         _drop_stream(sys.stderr)

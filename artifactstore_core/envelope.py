@@ -791,6 +791,7 @@ class PayloadReader(io.RawIOBase):
                 self._release()  # nothing more is read from the chunks; their error is the one to report
             try:
                 self._fail(exc)
+                raise exc  # a fail that returned (it must raise) never turns a failure into the stream's end
             except BaseException as error:
                 self._error = error
                 raise
@@ -812,8 +813,10 @@ class PayloadReader(io.RawIOBase):
             self._verifier.update(extra)  # raises: the payload is longer than its header says
         self._verifier.finish()
         self._done = True
-        # Read to the end: what the chunks come from is freed at once (a pooled connection goes back).
-        self._release()
+        # Read to the end: what the chunks come from is freed at once (a pooled connection goes back). The
+        # payload is verified: a failure to free it (a connection that fails to close) does not fail the read.
+        with suppress(Exception):
+            self._release()
 
     def _release(self) -> None:
         release, self._release_once = self._release_once, None

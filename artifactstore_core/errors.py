@@ -22,7 +22,9 @@ whose text holds a secret (a :class:`RedactedError` standing in for it).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import traceback
 from collections.abc import Iterable
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -63,10 +65,14 @@ REDACTED = "**********"
 #: (``redis://:***@host``), as the redis backend has always shown its URL.
 URL_PASSWORD_MASK = "***"  # noqa: S105 (a mask, not a password)
 
-# scheme://user:password@ in any text: the password runs to the last '@' before the host (a password may hold
-# an unescaped ':' or '@'), and stops at what ends a URL's authority or a quoted URL (a space, '/', '?', '#',
-# a quote or a bracket), so that a URL quoted in a repr or a message is masked without eating what follows.
-_URL_PASSWORD = re.compile(r"""(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:'"<>\\]*):([^\s/?#'"<>\\]*)@""")
+# scheme://user:password@ in any text. The password runs to the last '@' before what ends a quoted URL (white
+# space, a quote, a bracket): a password may hold an unescaped ':', '@', '/', '#' or '?' (botocore quotes such
+# an invalid endpoint URL as it was given), and masking a path that holds an '@' too only hides more. The
+# scheme starts only where a run of scheme characters starts, and its quantifiers never backtrack, so that a
+# long run of them ("a.a.a...") is read once, not once from each of its letters.
+_URL_PASSWORD = re.compile(
+    r"""(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]*+://[^\s/?#@:'"`<>\\]*+):([^\s'"`<>\\]*)@"""
+)
 
 
 class ArtifactStoreError(Exception):
@@ -336,19 +342,48 @@ def _shown_link(exc: BaseException) -> BaseException | None:
     return None if exc.__suppress_context__ else exc.__context__
 
 
+#: How much of an exception's text is checked for secrets: a text is read whole up to this size; a longer one
+#: (an exception carrying a whole payload) is not read, and the exception is replaced (see _text_of).
+_MAX_CHECKED_TEXT = 1 << 20
+
+
 def _text_of(exc: BaseException) -> str | None:
-    """Everything of ``exc`` that a traceback, a log formatter or a debugging repr shows; ``None``: some of it
-    cannot be made (a ``__str__`` or ``__repr__`` that raises)."""
+    """Everything of ``exc`` that a traceback, a log formatter or a debugging repr shows, the members of an
+    exception group with their own chains included; ``None``: some of it cannot be made (a ``__str__`` or
+    ``__repr__`` that raises) or is too long to check."""
     try:
         notes = getattr(exc, "__notes__", None) or ()
-        return f"{exc!s} {exc!r} {exc.args!r} {getattr(exc, '__dict__', {})!r} {list(notes)!r}"
+        text = f"{exc!s} {exc!r} {exc.args!r} {getattr(exc, '__dict__', {})!r} {list(notes)!r}"
+        if isinstance(exc, BaseExceptionGroup):
+            # A traceback prints every member, with its causes and notes (anyio's task groups raise these).
+            text += "".join(traceback.format_exception(exc))
     except Exception:
         return None
+    return text if len(text) <= _MAX_CHECKED_TEXT else None
+
+
+def _holds_secret(exc: BaseException, known: tuple[str, ...]) -> bool:
+    """Whether what a traceback shows of ``exc`` holds one of ``known`` or a URL's password.
+
+    An artifactstore error's text names step ids and namespaces, which may legally look like a URL with a
+    password and are never rewritten: only the secrets themselves are looked for there (its own causes are
+    checked as links of their own)."""
+    text = _text_of(exc)
+    if text is None:
+        return True
+    return redact(text, known, url_passwords=not isinstance(exc, ArtifactStoreError)) != text
 
 
 def _quoted(exc: BaseException, secrets: tuple[str, ...]) -> str:
+    """The text of ``exc`` for its stand-in: its ``str`` (and its members', for a group), redacted and cut to
+    :data:`_MAX_CHECKED_TEXT` characters. Raises nothing."""
     try:
-        return redact(str(exc), secrets)
+        text = str(exc)
+        if isinstance(exc, BaseExceptionGroup):
+            text += "".join(f"\n  [{n}] {type(m).__name__}: {m}" for n, m in enumerate(exc.exceptions, 1))
+        if len(text) > _MAX_CHECKED_TEXT:
+            text = text[:_MAX_CHECKED_TEXT] + f"... ({len(text)} characters)"
+        return redact(text, secrets, url_passwords=not isinstance(exc, ArtifactStoreError))
     except Exception:
         return "<its text cannot be shown>"
 
@@ -386,8 +421,7 @@ def scrub_exception(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExce
         current = _shown_link(current)
     deepest = -1
     for index, link in enumerate(links):
-        text = _text_of(link)
-        if text is None or redact(text, known) != text:
+        if _holds_secret(link, known):
             deepest = index
     if deepest < 0:
         return exc
@@ -398,6 +432,9 @@ def scrub_exception(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExce
         name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
         stand_in = RedactedError(f"{name}: {_quoted(link, known)}", original_type=name)
         stand_in.__traceback__ = link.__traceback__
+        for note in getattr(link, "__notes__", None) or ():
+            with contextlib.suppress(Exception):
+                stand_in.add_note(redact(str(note), known))
         if below is not None:
             if link.__cause__ is not None:
                 stand_in.__cause__ = below

@@ -197,3 +197,61 @@ def test_store_closed_error_of_store_has_one_wording_and_its_fields(
     error = errors.StoreClosedError.of_store("run-1", "s3", in_flight=in_flight, detail=detail)
     assert str(error) == expected
     assert (error.namespace, error.backend, error.step_id) == ("run-1", "s3", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # Passwords that are not escaped as a URL asks (botocore quotes such an invalid endpoint as given).
+        (
+            "Custom endpoint `http://AKIA:pa/ss@127.0.0.1:9` was not",
+            "Custom endpoint `http://AKIA:***@127.0.0.1:9` was not",
+        ),
+        ("endpoint http://AKIA:pa#ss@h:9/b", "endpoint http://AKIA:***@h:9/b"),
+        ("endpoint http://AKIA:pa?ss@h:9/b", "endpoint http://AKIA:***@h:9/b"),
+        ("at 12:30@home, http://h:9/x", "at 12:30@home, http://h:9/x"),  # no scheme, no URL
+    ],
+)
+def test_url_passwords_with_unescaped_delimiters_are_masked(text: str, shown: str) -> None:
+    assert errors.mask_url_passwords(text) == shown
+
+
+@pytest.mark.timeout(30)
+def test_masking_reads_a_long_run_of_scheme_characters_once() -> None:
+    # The scheme could start at every letter of a dotted run, each start reading the run again: 64 KiB of
+    # "a." took seconds, 256 KiB minutes (a problem detail of that size comes from any server).
+    text = "x://" + "a." * (128 * 1024)
+    assert errors.redact(text, []) == text
+
+
+def test_scrub_exception_reaches_the_members_of_an_exception_group() -> None:
+    inner = ValueError("the upload failed")
+    inner.__cause__ = OSError("endpoint http://AKIA:sekret@h:9 refused")
+    group = ExceptionGroup("several failed", [inner, KeyError("k")])
+    shown = errors.scrub_exception(group)
+    assert isinstance(shown, errors.RedactedError)
+    assert shown.original_type == "ExceptionGroup"
+    text = "".join(traceback.format_exception(shown))
+    assert "sekret" not in text
+    assert "several failed" in text
+    assert "ValueError: the upload failed" in text
+
+
+def test_scrub_exception_keeps_an_artifactstore_error_whose_ids_look_like_urls() -> None:
+    step_id, namespace = "job://daily:12:30@2024", "team://a:b@c"
+    try:
+        try:
+            raise errors.ArtifactNotFoundError(f"no artifact {step_id!r} in namespace {namespace!r}", step_id=step_id)
+        except errors.ArtifactNotFoundError as low:
+            raise errors.BackendError("read failed") from low
+    except errors.BackendError as exc:
+        top = exc
+    assert errors.scrub_exception(top, ["hunter2"]) is top
+
+
+def test_a_stand_in_carries_the_notes_of_what_it_stands_for_redacted() -> None:
+    exc = OSError("cannot reach http://u:pw@h")
+    exc.add_note("token hunter2 was sent")
+    shown = errors.scrub_exception(exc, ["hunter2"])
+    assert isinstance(shown, errors.RedactedError)
+    assert shown.__notes__ == ["token ********** was sent"]

@@ -150,3 +150,21 @@ def test_a_compressed_header_is_refused() -> None:
     assert header.compression is not None
     with pytest.raises(SerializationError, match="compressed"):
         PayloadReader([b""], header)
+
+
+def test_a_fail_that_returns_still_ends_the_stream_with_the_error() -> None:
+    # fail must raise; one that only logs and returns made a damaged payload read as a shorter, complete one.
+    logged: list[Exception] = []
+    reader = PayloadReader([PAYLOAD[:5000], bytes(len(PAYLOAD) - 5000)], header_of(PAYLOAD), fail=logged.append)  # type: ignore[arg-type]
+    with pytest.raises(ArtifactCorruptedError):
+        reader.read()
+    assert len(logged) == 1
+    with pytest.raises(ArtifactCorruptedError):
+        reader.read(1)
+
+
+def test_a_release_that_fails_at_the_verified_end_does_not_fail_the_read() -> None:
+    def release() -> None:
+        raise OSError("the connection failed to close")
+
+    assert io.BufferedReader(PayloadReader(chunks_of(PAYLOAD), header_of(PAYLOAD), release=release)).read() == PAYLOAD

@@ -478,7 +478,14 @@ def artifactstore_register_backends(register):
     if expected != "CapacityError":  # an artifactstore error passes through unchanged
         assert "backend 'failing' (factory-fails 2.0)" in str(info.value)
         assert "hunter2" not in str(info.value)
-        assert type(info.value.__cause__).__name__ == raised.split("(")[0]
+        cause = info.value.__cause__
+        if "://" in raised:
+            # The factory's own exception quoted a URL's password: a stand-in with its type name is chained.
+            assert isinstance(cause, errors.RedactedError)
+            assert cause.original_type == raised.split("(")[0]
+            assert "hunter2" not in str(cause)
+        else:
+            assert type(cause).__name__ == raised.split("(")[0]
 
 
 @pytest.mark.parametrize(

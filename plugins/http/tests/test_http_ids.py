@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from artifactstore_core import Codec, Message
+from artifactstore_core import ArtifactNotFoundError, Codec, Message
 from artifactstore_core.ids import MAX_ID_BYTES, is_legal
 from artifactstore_http.protocol import decode_cursor, encode_cursor, quote_segment
 from artifactstore_http.testing import TOKEN, MakeClient, ServerThread
@@ -172,3 +172,17 @@ def test_a_list_page_holds_one_page_of_infos_not_the_namespace(
     assert [item["step_id"] for item in page["items"]] == [f"w{i:05d}" for i in range(5)]
     # 20,000 infos held at once take several MB; one page of them and the listing's own working set far less.
     assert peak < 2 * 1024 * 1024, f"answering one page of 5 peaked at {peak} bytes"
+
+
+def test_ids_that_look_like_urls_with_a_password_reach_the_caller_unchanged(
+    make_client: MakeClient, memory_server: ServerThread
+) -> None:
+    # The error text the server sends was redacted with URL passwords masked, which rewrote such ids.
+    step_id, namespace = "job://daily:12:30@2024", "team://a:b@c"
+    store = make_client(namespace)
+    with pytest.raises(ArtifactNotFoundError) as info:
+        store.get(step_id)
+    assert info.value.step_id == step_id
+    assert info.value.namespace == namespace
+    assert repr(step_id) in str(info.value)
+    assert repr(namespace) in str(info.value)

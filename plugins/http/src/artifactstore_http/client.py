@@ -1591,7 +1591,9 @@ def error_from_response(
             if isinstance(doc.get("type"), str):
                 name = doc["type"]
             if isinstance(doc.get("detail"), str) and doc["detail"]:
-                detail = redact(doc["detail"], secrets)
+                # Only this client's secrets: the detail names step ids and namespaces, which may look like a
+                # URL with a password and are never rewritten (the server masked what its own text quoted).
+                detail = redact(doc["detail"], secrets, url_passwords=False)
             # Everything the answer says is redacted like the detail, not only the detail: an echo of the
             # request (a proxy, a hostile server) can put the token in any field or header.
             if isinstance(doc.get("step_id"), str):
@@ -1602,7 +1604,7 @@ def error_from_response(
                 retryable = doc["retryable"]
     if not detail and (encoded := response.headers.get(ERROR_DETAIL_HEADER)):
         # An answer to HEAD has no body: its server's detail is in this header (redacted like the body's).
-        detail = redact(decode_detail(encoded), secrets)
+        detail = redact(decode_detail(encoded), secrets, url_passwords=False)
     cls = ERROR_CLASSES.get(name or "")
     if cls is not None:
         # The server's message already names the step id, namespace and backend.
