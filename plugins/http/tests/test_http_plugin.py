@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import click
 import httpx
 import pytest
+import uvicorn
 from click.testing import CliRunner
 from pydantic import SecretStr
+from starlette.applications import Starlette
 
 from artifactstore_core import (
     ArtifactInfo,
     ArtifactStore,
+    ArtifactStoreError,
     BackendError,
     BackendNotFoundError,
     ConfigurationError,
@@ -31,6 +35,7 @@ from artifactstore_core.registry import PluginHost
 from artifactstore_core.settings import load_settings
 from artifactstore_core.testing_servers import free_port, wait_for
 from artifactstore_http import HttpSettings, HttpStore, ServerSettings, artifactstore_register_commands
+from artifactstore_http import serve as serve_module
 from artifactstore_http.protocol import (
     ERROR_DETAIL_HEADER,
     ERROR_HEADER,
@@ -38,7 +43,7 @@ from artifactstore_http.protocol import (
     PROTOCOL_VERSION,
     decode_detail,
 )
-from artifactstore_http.serve import serve
+from artifactstore_http.serve import serve, serve_command
 from artifactstore_http.server import _StoreCache, create_app, default_store_factory
 from artifactstore_http.testing import TOKEN, ServerProcess, ServerThread, client_for
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -290,6 +295,25 @@ def test_serve_reports_a_bad_log_level_or_descriptor_as_a_configuration_error(
         assert result.returncode == (1 if command[1] == "artifactstore_http" else 5)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_UNIX], ids=["udp", "unix-datagram"])
+def test_serve_on_a_datagram_socket_descriptor_is_a_configuration_error(family: socket.AddressFamily) -> None:
+    # A datagram socket (a socket unit's ListenDatagram=) failed uvicorn's startup with a ValueError traceback
+    # (a Unix one), or setting TCP_NODELAY on it with an OSError traceback (a UDP one): exit 1, no setting named.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ARTIFACT_STORE_")}
+    env.update({"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memory"})
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        fd = str(sock.fileno())
+        for command in (["-m", "artifactstore_http"], ["-m", "artifactstore_core.cli_main", "serve"]):
+            result = subprocess.run(
+                [sys.executable, *command, "--fd", fd],
+                capture_output=True, text=True, timeout=60, env=env, pass_fds=(sock.fileno(),),
+            )  # fmt: skip
+            assert "Traceback" not in result.stderr, result.stderr
+            assert f"ConfigurationError: --fd {fd} is not a stream socket" in result.stderr, result.stderr
+            assert result.returncode == (1 if command[1] == "artifactstore_http" else 5)
+
+
 def test_the_log_level_setting_is_one_of_the_levels() -> None:
     assert load_settings(ServerSettings, log_level="WARNING").log_level == "warning"
     with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_SERVER_LOG_LEVEL"):
@@ -479,6 +503,9 @@ def _healthy(port: int) -> bool:
     [
         (["-m", "artifactstore_core.cli_main", "serve"], "SIGTERM", 0, "stopped: graceful shutdown complete"),
         (["-m", "artifactstore_http"], "SIGTERM", 0, "stopped: graceful shutdown complete"),
+        # A hang-up (the terminal closed, the shell that started it exited) is a stop asked for, as SIGTERM is.
+        (["-m", "artifactstore_core.cli_main", "serve"], "SIGHUP", 0, "stopped: graceful shutdown complete"),
+        (["-m", "artifactstore_http"], "SIGHUP", 0, "stopped: graceful shutdown complete"),
         # Ctrl-C at a terminal keeps the CLI's usual end (docs/cli.md), after the same graceful shutdown.
         (["-m", "artifactstore_core.cli_main", "serve"], "SIGINT", 130, "aborted"),
     ],
@@ -511,3 +538,40 @@ def test_serve_stopped_by_sigterm_shuts_down_gracefully_says_stopped_and_exits_0
     assert "aborted" not in stderr.splitlines()[:-1]
     assert "Traceback" not in stderr
     assert stdout == ""
+
+
+def _app_whose_startup_fails(*_args: Any, **_kwargs: Any) -> Any:
+    """An application whose lifespan startup fails (ours has none that can: a stand-in for uvicorn's failure)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        raise RuntimeError("the application cannot start")
+        yield  # pragma: no cover - an async generator
+
+    return Starlette(lifespan=lifespan)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("uvicorn_ends", ["by sys.exit", "by returning"])
+def test_a_failed_startup_is_reported_as_an_error_not_as_a_graceful_stop(
+    monkeypatch: pytest.MonkeyPatch, uvicorn_ends: str
+) -> None:
+    # uvicorn ends a failed startup with sys.exit(3) (the CLI's "artifact not found"); before 0.3x its
+    # Server.run() returned, started False, and serve said "stopped: graceful shutdown complete", status 0.
+    monkeypatch.setenv("ARTIFACT_STORE_SERVER_TOKEN", TOKEN)
+    monkeypatch.setattr(serve_module, "build_app", _app_whose_startup_fails)
+    if uvicorn_ends == "by returning":
+        monkeypatch.setattr(uvicorn.Server, "run", lambda _self, sockets=None: None)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    result = CliRunner().invoke(serve_command(standalone=True), ["--port", "0", "--backend", "memory"])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: ArtifactStoreError: the artifact server failed to start: uvicorn's startup failed (the log above "
+        "says why); nothing was served"
+    )
+    assert "stopped" not in result.output
+    # The CLI reports it as any other failure (1), through its own error handling.
+    with pytest.raises(ArtifactStoreError, match="failed to start") as info:
+        serve(port=0, backend="memory")
+    assert type(info.value) is ArtifactStoreError
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers

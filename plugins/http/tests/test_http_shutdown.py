@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from artifactstore_core import BackendTimeoutError, BackendUnavailableError, Codec, ConfigurationError, Message
 from artifactstore_core.settings import load_settings
-from artifactstore_core.testing_servers import in_thread
+from artifactstore_core.testing_servers import in_thread, wait_for
 from artifactstore_http.protocol import (
     ERROR_HEADER,
     MEDIA_TYPE_ENVELOPE,
@@ -156,34 +156,102 @@ def test_a_save_whose_body_the_graceful_shutdown_cut_off_is_unavailable_and_save
     assert list(space.namespace("cut-body")) == []
 
 
+#: The signals that ask ``artifactstore-serve`` for a graceful stop: SIGTERM (a service manager's stop) and SIGHUP
+#: (the terminal closed, the shell that started it exited).
+STOP_SIGNALS = pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+
+
+def _memory_server_process(tmp_path: Path, shutdown_timeout: float | None = None) -> ServerProcess:
+    """``artifactstore-serve`` of the memory backend in a subprocess, started (see :class:`ServerProcess`)."""
+    env = {"ARTIFACT_STORE_SERVER_TOKEN": TOKEN, "ARTIFACT_STORE_SERVER_BACKEND": "memory"}
+    if shutdown_timeout is not None:
+        env["ARTIFACT_STORE_SERVER_SHUTDOWN_TIMEOUT"] = str(shutdown_timeout)
+    return ServerProcess(env, tmp_path).start()
+
+
+def _stopped(server: ServerProcess, stop: signal.Signals) -> int:
+    """Send ``stop`` to the server process and return its exit status once it has exited."""
+    assert server.process is not None
+    server.process.send_signal(stop)
+    return server.process.wait(timeout=30)
+
+
 @pytest.mark.timeout(60)
-def test_the_graceful_shutdown_lasts_the_configured_seconds(tmp_path: Path) -> None:
+@STOP_SIGNALS
+def test_the_graceful_shutdown_lasts_the_configured_seconds(tmp_path: Path, stop: signal.Signals) -> None:
     # It was a hard-coded 30 s, the very time after which Kubernetes kills a pod it sent SIGTERM (by default):
     # the answers the server gives a cut request were never sent. Set to 0.5 s, a held save is answered
     # (and the server exits) long before 30 s.
-    env = {
-        "ARTIFACT_STORE_SERVER_TOKEN": TOKEN,
-        "ARTIFACT_STORE_SERVER_BACKEND": "memory",
-        "ARTIFACT_STORE_SERVER_SHUTDOWN_TIMEOUT": "0.5",
-    }
-    server = ServerProcess(env, tmp_path).start()
+    server = _memory_server_process(tmp_path, shutdown_timeout=0.5)
     content = b"y" * (64 * 1024)
     proxy = HoldingProxy(server.port, hold_after=len(content) // 2).start()
     try:
         with client_for(proxy.url, "short-grace", retries=0, read_timeout=50) as store:
             thread, outcome = in_thread(lambda: store.save("big", Message(content=content)))
             assert proxy.held.wait(timeout=30)
-            server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            # Exited: a stop asked by SIGTERM or SIGHUP ends with status 0 (see test_http_plugin's serve tests).
+            assert _stopped(server, stop) == 0, server.log
             thread.join(timeout=15)
-            assert not thread.is_alive(), "the save was not answered within 15 s of SIGTERM"
-            # Exited: a stop asked by SIGTERM ends with status 0 (see test_http_plugin's serve tests).
-            server.process.wait(timeout=15)  # type: ignore[union-attr]
+            assert not thread.is_alive(), f"the save was not answered within 15 s of {stop.name}"
     finally:
         proxy.stop()
         server.stop()
     error = outcome[0]
     assert isinstance(error, BackendUnavailableError), repr(error)
     assert "nothing was saved" in error.message
+
+
+@pytest.mark.timeout(60)
+@STOP_SIGNALS
+def test_a_request_in_flight_when_the_server_is_asked_to_stop_is_answered_before_it_exits(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    # SIGHUP ended artifactstore-serve at once (its default action) and left `artifactstore serve` hanging: a save
+    # whose body was still coming in was never answered.
+    server = _memory_server_process(tmp_path)
+    path = "/v1/namespaces/in-flight/artifacts/x"
+    body = Codec().encode(Message(content=b"z" * 4096)).to_bytes()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(
+                f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: {MEDIA_TYPE_ENVELOPE}\r\nContent-Length: {len(body)}\r\n"
+                "Expect: 100-continue\r\n\r\n".encode()
+            )
+            # uvicorn sends "100 Continue" once the application reads the body: the request is in flight.
+            assert sock.recv(1024).startswith(b"HTTP/1.1 100 ")
+            assert server.process is not None
+            server.process.send_signal(stop)
+            wait_for(lambda: "Shutting down" in server.log or not server.running, "the server to begin its shutdown")
+            assert server.running, f"ended by {stop.name} at once: {server.process.returncode}"
+            sock.sendall(body)
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 204 "), answer
+        assert server.process.wait(timeout=30) == 0, server.log
+    finally:
+        server.stop()
+    assert server.log.splitlines()[-1] == "stopped: graceful shutdown complete"
+
+
+@pytest.mark.timeout(60)
+def test_a_hang_up_ignored_when_the_server_started_is_ignored_nohup(tmp_path: Path) -> None:
+    # nohup starts a program with SIGHUP ignored, to keep it running after the terminal goes: the server keeps
+    # that, and only a stop asked otherwise stops it.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the server process
+    try:
+        server = _memory_server_process(tmp_path)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    try:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        with client_for(server.url, "nohup", retries=0) as store:
+            store.save("still", Message(content=b"served"))
+        assert server.running
+        assert _stopped(server, signal.SIGTERM) == 0, server.log
+    finally:
+        server.stop()
+    assert "Shutting down" in server.log
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("2.5", 2.5), (None, 30.0)])

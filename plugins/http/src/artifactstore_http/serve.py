@@ -60,27 +60,30 @@ def serve(
     shutdown_timeout: float | None = None,
     fd: int | None = None,
 ) -> None:
-    """Run the artifact server until stopped: SIGTERM and SIGINT (Ctrl-C) both stop it gracefully (the requests in
-    flight get ``shutdown_timeout`` seconds). After SIGTERM, the way a service manager (systemd, Kubernetes) stops
-    a server, it returns; after SIGINT it raises ``KeyboardInterrupt``, as an interrupted program does (unless
-    SIGINT was ignored when it started: then it returns too).
+    """Run the artifact server until stopped: SIGTERM, SIGHUP and SIGINT (Ctrl-C) all stop it gracefully (the
+    requests in flight get ``shutdown_timeout`` seconds). After SIGTERM, the way a service manager (systemd,
+    Kubernetes) stops a server, and after SIGHUP (the terminal closed, the shell that started it exited), it
+    returns; after SIGINT it raises ``KeyboardInterrupt``, as an interrupted program does (unless SIGINT was
+    ignored when it started: then it returns too). A SIGHUP ignored when it started (``nohup``) stays ignored.
 
     Arguments override :class:`ServerSettings` (``ARTIFACT_STORE_SERVER_*``, then the ``[server]`` table of
     the config file); the token is read only from ``ARTIFACT_STORE_SERVER_TOKEN`` or the config file, never
     from an argument that would show in a process listing. Binds 127.0.0.1:8765 unless told otherwise.
 
     Args:
-        shutdown_timeout: seconds the requests in flight get to finish after SIGINT or SIGTERM.
+        shutdown_timeout: seconds the requests in flight get to finish after SIGINT, SIGTERM or SIGHUP.
         fd: serve on this already-bound listening socket instead of ``host``/``port`` (socket activation).
 
     Raises:
         ConfigurationError: invalid settings (a log level other than debug, info, warning, error or
-            critical, a negative shutdown timeout), no token without ``insecure``, ``fd`` not an open socket,
+            critical, a negative shutdown timeout), no token without ``insecure``, ``fd`` not an open stream socket,
             the server extra missing, or ``host``:``port`` cannot be listened on (in use, not an address of this
             machine).
         AccessDeniedError: listening on ``port`` is not permitted (below 1024 without the privilege).
         BackendNotFoundError, PluginLoadError: the backend to serve is not installed or fails to load (the
             server does not start).
+        ArtifactStoreError: uvicorn's own startup failed (the application's lifespan startup); uvicorn logged
+            why. Nothing was served.
         KeyboardInterrupt: stopped by SIGINT (Ctrl-C), after the graceful shutdown.
     """
     settings = load_settings(
@@ -114,6 +117,10 @@ def serve(
             sock = socket.socket(fileno=fd)
         except OSError as exc:
             raise ConfigurationError(f"--fd {fd} is not an open socket ({exc.strerror or exc})") from exc
+        if sock.type != socket.SOCK_STREAM:
+            # A datagram socket (a unit's ListenDatagram=) failed uvicorn's startup with a ValueError traceback.
+            sock.detach()  # the descriptor stays the caller's, as for any other refused --fd
+            raise ConfigurationError(f"--fd {fd} is not a stream socket (TCP or Unix stream): HTTP needs one")
     else:
         # Bound here, not by uvicorn: uvicorn logs a failed bind and exits with its own status 3, which the
         # artifactstore CLI documents as "artifact not found", and names no setting.
@@ -151,21 +158,48 @@ def serve(
     server = uvicorn.Server(config)
 
     def stop(signum: int, _frame: object) -> None:
-        # Before uvicorn takes SIGTERM over (during its startup), and once more after its graceful shutdown: it
-        # re-raises the signal it caught to the handler it found, this one, so that the process does not end by
-        # SIGTERM (the CLI's "aborted", status 143) but returns, stopped as asked.
+        # SIGTERM: before uvicorn takes it over (during its startup), and once more after its graceful shutdown:
+        # it re-raises the signal it caught to the handler it found, this one, so that the process does not end
+        # by SIGTERM (the CLI's "aborted", status 143) but returns, stopped as asked. SIGHUP, which uvicorn does
+        # not handle, all along: what uvicorn's own handler does for SIGTERM, a graceful shutdown.
         server.should_exit = True
 
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, stop)
+        for signum in _STOP_SIGNALS:
+            if signum != signal.SIGTERM and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # started by nohup, to outlive its terminal: a hang-up stays ignored
+            previous[signum] = signal.signal(signum, stop)
     except ValueError:  # not the main thread: no handler can be set (nor does uvicorn set one)
-        previous = None
+        pass
     try:
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except SystemExit as exc:
+            # uvicorn ends a failed startup (the application's lifespan startup failed) with sys.exit(3), the
+            # artifactstore CLI's "artifact not found", and the reason in its log only.
+            if server.started:
+                raise
+            raise _startup_failed() from exc
+        if not server.started:
+            # Older uvicorn returns from a failed startup instead (its uvicorn.run() exits 3 then): it was
+            # reported as "stopped: graceful shutdown complete", status 0.
+            raise _startup_failed()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sock.close()
+
+
+#: The signals that stop :func:`serve` gracefully besides SIGINT (those a platform has): a service manager's
+#: stop, and a hang-up (the terminal closed, the shell that started the server exited).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _startup_failed() -> ArtifactStoreError:
+    return ArtifactStoreError(
+        "the artifact server failed to start: uvicorn's startup failed (the log above says why); nothing was served"
+    )
 
 
 def _address(sock: socket.socket, path_prefix: str) -> str:
@@ -254,7 +288,7 @@ def serve_command(*, standalone: bool = False) -> Any:
         "--shutdown-timeout",
         type=float,
         default=None,
-        help="Seconds requests in flight get to finish after SIGINT or SIGTERM [default: 30].",
+        help="Seconds requests in flight get to finish after SIGINT, SIGTERM or SIGHUP [default: 30].",
     )
     @click.option("--fd", type=int, default=None, help="Serve on this inherited, bound socket descriptor.")
     def command(**options: Any) -> None:
@@ -267,9 +301,9 @@ def serve_command(*, standalone: bool = False) -> Any:
             if not standalone:
                 raise
             raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
-        # serve() returns only once stopped as asked (SIGTERM, as a service manager stops a server; or SIGINT where
-        # it was ignored when the server started): a graceful stop, status 0. Ctrl-C raises KeyboardInterrupt,
-        # which the artifactstore CLI reports as "aborted", 130.
+        # serve() returns only once stopped as asked (SIGTERM, as a service manager stops a server; SIGHUP, a closed
+        # terminal; or SIGINT where it was ignored when the server started): a graceful stop, status 0. Ctrl-C
+        # raises KeyboardInterrupt, which the artifactstore CLI reports as "aborted", 130. A failed startup raises.
         click.echo("stopped: graceful shutdown complete", err=True)
 
     return command
