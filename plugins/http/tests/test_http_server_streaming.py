@@ -8,6 +8,7 @@ memory-backed server receives every body whole).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -62,16 +63,21 @@ class Recording(FilesystemStore):
         return super().get(step_id)
 
 
-@pytest.fixture
-def fs_server(tmp_path: Path) -> Iterator[tuple[ServerThread, Path]]:
-    """An artifact server backed by filesystem stores under ``tmp_path / "root"``."""
-    root = tmp_path / "root"
+def fs_app(root: Path) -> Any:
+    """An artifact server application backed by :class:`Recording` filesystem stores under ``root``."""
     Recording.calls = []
 
     def factory(namespace: str) -> ArtifactStore:
         return Recording(FilesystemSettings(root=root), namespace=namespace)
 
-    server = ServerThread(create_app(factory, token=SecretStr(TOKEN), max_body_bytes=LIMIT)).start()
+    return create_app(factory, token=SecretStr(TOKEN), max_body_bytes=LIMIT)
+
+
+@pytest.fixture
+def fs_server(tmp_path: Path) -> Iterator[tuple[ServerThread, Path]]:
+    """An artifact server backed by filesystem stores under ``tmp_path / "root"``."""
+    root = tmp_path / "root"
+    server = ServerThread(fs_app(root)).start()
     try:
         yield server, root
     finally:
@@ -231,7 +237,98 @@ def test_write_once_and_overwrite_on_the_streamed_path(fs_server: tuple[ServerTh
         assert client.get("x") == first
         client.save("x", second, overwrite=True)
         assert client.get("x") == second
-    assert Recording.calls.count("save_stream x") == 4
+    # The different artifact was refused before its payload went to the store (see the early 409 tests below).
+    assert Recording.calls.count("save_stream x") == 3
+
+
+def counting_body(app: Any, received: list[int]) -> Any:
+    """``app`` recording in ``received`` how many request body bytes the ASGI server handed it, per request."""
+
+    async def counted_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        index = len(received)
+        received.append(0)
+
+        async def counted() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                received[index] += len(message.get("body", b""))
+            return message
+
+        await app(scope, counted, send)
+
+    return counted_app
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("framing", ["declared", "chunked"])
+def test_a_streamed_save_over_a_different_artifact_is_refused_before_its_body_is_received(
+    fs_server: tuple[ServerThread, Path], framing: str
+) -> None:
+    # The whole body was received (and handed to the store's save_stream, spooled to a temporary file) before the
+    # store's write-once commit refused it: a 409 that cost the upload of the whole artifact, up to the limit.
+    server, _ = fs_server
+    first = rich(payload(seed=1))
+    with client_for(server.url, "early") as client:
+        client.save("x", first)
+    head, data = envelope(rich(payload(seed=2)), ("early", "x"))
+    length = "Transfer-Encoding: chunked" if framing == "chunked" else f"Content-Length: {len(head) + len(data)}"
+    sent = head + data[:MIB]
+    if framing == "chunked":
+        sent = f"{len(sent):x}\r\n".encode() + sent + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(
+            f"PUT /v1/namespaces/early/artifacts/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: {MEDIA_TYPE_ENVELOPE}\r\n{length}\r\n\r\n".encode()
+            + sent
+        )
+        # The rest of the body is never sent: the answer comes all the same, and the connection ends after it (by
+        # a reset: the server closes it with the body unread, as for any answer given before the body).
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    top, _, body = answer.partition(b"\r\n\r\n")
+    assert top.startswith(b"HTTP/1.1 409 "), top
+    assert b"connection: close" in top.lower()
+    assert f"content-length: {len(body)}".encode() in top.lower()
+    problem = httpx.Response(409, content=body).json()
+    assert problem["type"] == "ArtifactExistsError"
+    assert problem["step_id"] == "x"
+    assert "overwrite" in problem["detail"]
+    assert Recording.calls.count("save_stream x") == 1  # the first save's only
+    with client_for(server.url, "early") as client:
+        assert client.get("x") == first
+
+
+@pytest.mark.timeout(300)
+def test_the_client_gets_the_early_409_as_artifact_exists_and_identical_resaves_still_succeed(tmp_path: Path) -> None:
+    received: list[int] = []
+    server = ServerThread(counting_body(fs_app(tmp_path / "root"), received)).start()
+    big = 48 * MIB  # far more than the sockets' buffers hold: the client is still sending when it is answered
+    first, second = rich(payload(big, seed=1)), rich(payload(big, seed=2))
+    try:
+        with client_for(server.url, "early", retries=0) as client:
+            client.save("x", first)
+            for _ in range(3):  # an early answer with the body unread is read, never a reset
+                with pytest.raises(ArtifactExistsError) as info:
+                    client.save("x", second)
+                assert info.value.step_id == "x"
+                assert received[-1] < big // 2, "the server received the body before refusing it"
+            # The same artifact again (a retry; a new created_at) is a safe re-save: received whole and accepted.
+            client.save("x", first.model_copy(update={"created_at": datetime.now(UTC)}))
+            assert received[-1] > big
+            # Same content, other metadata: a different artifact the server cannot tell before the body (the
+            # stored artifact's info matches), refused by the store's write-once commit.
+            with pytest.raises(ArtifactExistsError):
+                client.save("x", first.model_copy(update={"metadata": {"rows": 13}}))
+            assert client.get("x") == first
+            client.save("x", second, overwrite=True)
+            assert client.get("x") == second
+    finally:
+        server.stop()
 
 
 def faults(message: Message, place: tuple[str, str]) -> dict[str, tuple[bytes, bool]]:

@@ -51,6 +51,8 @@ from artifactstore_core.envelope import (
 )
 from artifactstore_core.errors import (
     ArtifactCorruptedError,
+    ArtifactExistsError,
+    ArtifactNotFoundError,
     ArtifactStoreError,
     BackendTimeoutError,
     BackendUnavailableError,
@@ -460,6 +462,38 @@ def _close_quietly(store: ArtifactStore) -> None:
         store.close()
     except ArtifactStoreError as exc:
         logger.warning("closing the store of namespace %r failed: %s", store.namespace, exc.message)
+
+
+def _refuse_another_artifact(store: ArtifactStore, step_id: str, header: Header) -> None:
+    """Before a large save's payload is received (on a worker thread): refuse it at once when ``step_id`` holds an
+    artifact that is certainly another one, whose size, digest, media type or schema name differ from ``header``'s
+    (a verified head, whose payload is checked against it as it arrives).
+
+    Otherwise the whole body was received (and the store's ``save_stream`` spooled it) before the store's
+    write-once commit refused it. That commit stays the guard: an artifact saved meanwhile, or one that differs
+    only by its metadata or schema document (which its info does not show), is refused by it once the body is in;
+    the same artifact again (a retry) is received and saved as before, a success.
+
+    Raises:
+        ArtifactExistsError: ``step_id`` holds another artifact.
+        ArtifactStoreError: the store's ``info`` failed (as the save would have).
+    """
+    try:
+        stored = store.info(step_id)
+    except ArtifactNotFoundError:
+        return
+    incoming = header.info(step_id)
+    if (stored.size, stored.digest, stored.media_type, stored.schema_name) != (
+        incoming.size, incoming.digest, incoming.media_type, incoming.schema_name,
+    ):  # fmt: skip
+        # The store's own words for a write-once refusal (ArtifactStore._exists_error).
+        raise ArtifactExistsError(
+            f"a different artifact {step_id!r} already exists in namespace {store.namespace!r} of backend "
+            f"{store.backend_name!r}; pass overwrite=True to replace it",
+            step_id=step_id,
+            namespace=store.namespace,
+            backend=store.backend_name,
+        )
 
 
 class _UploadFailedError(Exception):
@@ -1280,11 +1314,17 @@ class _App:
                     header = codec.header_of(head, place=place)  # a head cut short: "truncated inside its head"
                     self._check_sizes(header, step_id)
                     self._check_json_size(header, step_id)
-                    if not store.capabilities.streaming or not _streamable(header):
-                        return False
-                    self._check_stored_head_size(codec, header, head_size, place)
+                    streamed = store.capabilities.streaming and _streamable(header)
+                    if streamed:
+                        self._check_stored_head_size(codec, header, head_size, place)
                 except ConfigurationError as exc:
                     raise _ProblemError(422, "ConfigurationError", "ConfigurationError", exc.message) from exc
+                if not overwrite:
+                    # Before the rest of the body is received, whichever way it is saved (outside the try: a
+                    # store's ConfigurationError is no fault of the request).
+                    _refuse_another_artifact(store, step_id, header)
+                if not streamed:
+                    return False
                 if declared is not None and declared - head_size != header.stored_size:
                     # Known before the payload is read: what the in-memory path finds once it has it all.
                     raise ArtifactCorruptedError(
