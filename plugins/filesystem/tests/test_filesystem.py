@@ -1098,6 +1098,26 @@ def test_a_failing_source_stream_is_reported_as_such(make_fs_store: MakeFsStore,
     assert _temp_files(root) == []
 
 
+def test_running_out_of_memory_is_not_blamed_on_the_source_stream(make_fs_store: MakeFsStore, root: Path) -> None:
+    # A MemoryError from the read of a chunk (the buffer the store asked for: a chunk size of 1 TB did it) was
+    # reported as "reading the stream to save failed: MemoryError", a SerializationError, the caller's stream.
+    class Greedy(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise MemoryError
+
+    store = make_fs_store()
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the point is which class it is not
+        store.save_stream("s", Greedy())
+    assert not isinstance(info.value, SerializationError), info.value
+    assert "reading the stream" not in str(info.value)
+    assert isinstance(info.value, MemoryError) or isinstance(info.value.__cause__, MemoryError), info.value
+    assert not store.exists("s")
+    assert _temp_files(root) == []
+
+
 def test_save_stream_rejects_bad_metadata(make_fs_store: MakeFsStore) -> None:
     store = make_fs_store()
     with pytest.raises(SerializationError):
@@ -1703,6 +1723,24 @@ def test_no_home_directory_is_a_configuration_error_naming_the_root_variable(
     monkeypatch.delenv("ARTIFACT_STORE_FILESYSTEM_ROOT")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # needs no home either
     assert default_root() == tmp_path / "xdg" / "artifactstore"
+
+
+@pytest.mark.parametrize("value", [str(64 * MIB + 1), "1000000000000"])
+def test_a_chunk_size_above_64_mib_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    # No upper bound: CHUNK_SIZE=1000000000000 was taken, and the first streaming save failed on a MemoryError
+    # that read as the source stream's fault. Each chunk is held in memory (a few at once), so it is bounded.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_CHUNK_SIZE", value)
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_FILESYSTEM_CHUNK_SIZE") as info:
+        create_store("filesystem")
+    assert "67108864" in str(info.value)
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_CHUNK_SIZE", str(64 * MIB))
+    with create_store("filesystem") as store:
+        assert isinstance(store, FilesystemStore)
+        assert store.settings.chunk_size == 64 * MIB
 
 
 def test_settings_from_env_config_file_and_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -529,7 +529,9 @@ class FilesystemStore(ArtifactStore):
         while True:
             try:
                 data = checked_read(stream.read(chunk))
-            except SerializationError:
+            except (SerializationError, MemoryError):
+                # A MemoryError is this process running out of memory (the chunk's buffer is ours), not the
+                # caller's stream failing: it goes on as what it is.
                 raise
             except Exception as exc:
                 # The caller's source failed, not the file system: say so rather than blame the root, and as
