@@ -1850,6 +1850,44 @@ def _failures(store: FilesystemStore, error: type[ArtifactStoreError] = BackendE
     return errors
 
 
+def test_not_found_under_a_root_that_does_not_exist_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped root (ARTIFACT_STORE_FILESYSTEM_ROOT=/nonexistent-typo) said only "no artifact 'report' in
+    # namespace 'default'", the same as a real miss, which sent the user looking for a step that never ran.
+    root = tmp_path / "nonexistent-typo"
+    store = FilesystemStore(FilesystemSettings(root=root))
+    note = f"the filesystem root {str(root)!r} (ARTIFACT_STORE_FILESYSTEM_ROOT) does not exist"
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: store.get("report"),
+        "info": lambda: store.info("report"),
+        "open": lambda: store.open("report"),
+        "get_many": lambda: store.get_many(["report", "other"]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ArtifactNotFoundError) as info:
+            call()
+        assert note in str(info.value), (name, str(info.value))
+        assert "'report'" in str(info.value), (name, str(info.value))
+    assert list(store.list()) == []  # legitimately empty: nothing was saved there
+    assert not root.exists()  # reading created nothing
+    # A plain miss under a root that exists does not mention the root.
+    store.save("other", Message(content=1))
+    with pytest.raises(ArtifactNotFoundError) as info:
+        store.get("report")
+    assert "root" not in str(info.value)
+    # What the command line says.
+    from artifactstore_core.cli import main
+
+    for key in [key for key in os.environ if key.upper().startswith("ARTIFACT_STORE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "filesystem")
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "typo"))
+    assert main(["get", "report"]) == 3
+    assert "the filesystem root" in capsys.readouterr().err
+
+
 @pytest.mark.timeout(60)
 def test_a_root_that_is_a_file_is_named_as_the_root(tmp_path: Path) -> None:
     # The message named the path the store wanted ('@ns/@x', which does not exist) as what stood "in the way",

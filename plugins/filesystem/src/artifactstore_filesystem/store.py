@@ -25,6 +25,7 @@ from artifactstore_core import (
     AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactInfo,
+    ArtifactNotFoundError,
     ArtifactStore,
     ArtifactStoreError,
     BackendError,
@@ -799,6 +800,30 @@ class FilesystemStore(ArtifactStore):
             if not os.path.isdir(current):
                 return current if os.path.exists(current) else path
         return path
+
+    def _not_found(self, step_id: str) -> ArtifactNotFoundError:
+        """The store's not-found error, saying so when the root itself does not exist (see :meth:`_no_root`)."""
+        return self._no_root(super()._not_found(step_id))
+
+    def _missing_many(self, missing: builtins.list[str]) -> ArtifactNotFoundError:
+        """The store's error for a batch read with missing ids, saying so when the root does not exist."""
+        return self._no_root(super()._missing_many(missing))
+
+    def _no_root(self, error: ArtifactNotFoundError) -> ArtifactNotFoundError:
+        """``error`` with a note that the root does not exist, if it does not.
+
+        A mistyped ``ARTIFACT_STORE_FILESYSTEM_ROOT`` otherwise reads as a plain miss ("no artifact
+        'report'"), which sends the user looking for a step that never ran. The root is not made here: a
+        read creates nothing, and the first save creates it. Costs a stat, on this error path only.
+        """
+        if not os.path.isdir(self._root):
+            # A root that is a file never gets here (every operation reports it, see _in_the_way); a symbolic
+            # link to a missing directory (a mount point not mounted) does, and "does not exist" holds for it.
+            error.args = (
+                f"{error.message}; the filesystem root {self._root!r} ({_ROOT_ENV}) does not exist: nothing has "
+                f"been saved there, or {_ROOT_ENV} names the wrong directory",
+            )
+        return error
 
     def _not_a_file(self, path: str, mode: int, step_id: str) -> BackendError:
         """The error for ``mode``, not a regular file, at ``step_id``'s name: the store's state is broken
