@@ -115,8 +115,9 @@ _SPACES: weakref.WeakSet[MemorySpace] = weakref.WeakSet()
 # Guards _SPACES, which a space made in one thread would otherwise change while a fork in another reads it.
 # Never taken by a thread that holds a space's lock, so the order (this one, then the spaces') is the only one.
 _SPACES_LOCK = threading.Lock()
-# The spaces whose locks the forking thread holds between the fork's "before" and "after" handlers.
-_HELD: list[MemorySpace] = []
+# The locks the forking thread took in _before_fork, each recorded once taken: a before-handler interrupted
+# half-way (a signal's exception) leaves the after-handlers exactly those to release.
+_HELD: list[threading.Lock] = []
 
 
 def _before_fork() -> None:
@@ -129,17 +130,16 @@ def _before_fork() -> None:
     other lock and never forks.
     """
     _SPACES_LOCK.acquire()
-    _HELD.extend(_SPACES)
-    for space in _HELD:
+    _HELD.append(_SPACES_LOCK)
+    for space in list(_SPACES):
         space.lock.acquire()
+        _HELD.append(space.lock)
 
 
 def _after_fork() -> None:
     """Release what :func:`_before_fork` took, in the parent and in the child (whose only thread holds it)."""
-    for space in reversed(_HELD):
-        space.lock.release()
-    _HELD.clear()
-    _SPACES_LOCK.release()
+    while _HELD:
+        _HELD.pop().release()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
