@@ -19,6 +19,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,122 @@ def test_namespaces_keeps_leftovers_it_cannot_remove(
     monkeypatch.setattr(os, "unlink", read_only)
     assert store.namespaces() == ["one"]
     assert _tree(root) == {"@one", "@one/@a", "@empty", "@crashed", f"@crashed/{TEMP_PREFIX}0123456789abcdef"}
+
+
+def _refuse_scandir(monkeypatch: pytest.MonkeyPatch, *refused: Path) -> None:
+    """Make ``os.scandir`` of the directories ``refused`` fail as for a directory of another user's, mode 0700
+    (an in-process stand-in for a real one: the tests run as root, to whom every directory is readable)."""
+    real = os.scandir
+    paths = {os.fspath(path) for path in refused}
+
+    def scandir(path: Any = ".") -> Any:
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) in paths:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_namespaces_lists_a_namespace_directory_it_cannot_read(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One unreadable namespace directory (another user's, mode 0700) failed the whole listing, so `artifactstore
+    # gc` collected nothing anywhere. It exists and may hold artifacts: it is listed, and the namespace's own
+    # operations report it (gc then names it and goes on).
+    make_fs_store("one").save("a", Message(content=1))
+    make_fs_store("private").save("b", Message(content=2))
+    long_name = "ñ" * 64  # its directory sits in a continuation directory
+    make_fs_store(long_name).save("c", Message(content=3))
+    hidden = [root / "@private", _file_of(make_fs_store(long_name), "c").parent]
+    _refuse_scandir(monkeypatch, *hidden)
+    assert make_fs_store("x").namespaces() == ["one", "private", long_name]
+    assert all(path.is_dir() for path in hidden)  # not taken for leftovers to remove
+    with pytest.raises(AccessDeniedError) as info:
+        list(make_fs_store("private").list())
+    assert "namespace 'private'" in str(info.value)
+
+
+def test_namespaces_that_cannot_be_listed_are_not_blamed_on_a_namespace(
+    make_fs_store: MakeFsStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unreadable root fails the listing whole; its message said "namespaces in namespace 'default' failed",
+    # blaming the namespace of the store it was called on, which has nothing to do with it.
+    store = make_fs_store("default")
+    store.save("a", Message(content=1))
+    _refuse_scandir(monkeypatch, root)
+    with pytest.raises(AccessDeniedError) as info:
+        store.namespaces()
+    message = str(info.value)
+    assert message.startswith("listing the namespaces failed: Permission denied (EACCES) at '.'"), message
+    assert "in namespace" not in message
+    assert "ARTIFACT_STORE_FILESYSTEM_ROOT" in message
+
+
+def _setpriv_works() -> bool:
+    """Whether ``setpriv`` can run a command without the capabilities that let root read any directory."""
+    if shutil.which("setpriv") is None:
+        return False
+    try:
+        done = subprocess.run([*_WITHOUT_DAC, "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+# Drops what lets root read and search every directory, so a directory of another user's, mode 0700, is
+# unreadable to the command as to anyone else.
+_WITHOUT_DAC = [
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_gc_goes_on_past_a_namespace_directory_it_cannot_read(
+    make_fs_store: MakeFsStore, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reviewer's case, with real permissions: `artifactstore gc` exited 7 having collected nothing
+    # ("namespaces in namespace 'default' failed ... at '@private'"); it reports '@private' and collects the rest.
+    make_fs_store("private").save("a", Message(content=1))
+    make_fs_store("stale").save("b", Message(content=2, created_at=datetime.now(UTC) - timedelta(days=30)))
+    private = root / "@private"
+    env = {key: value for key, value in os.environ.items() if not key.upper().startswith("ARTIFACT_STORE_")}
+    env.update(ARTIFACT_STORE_BACKEND="filesystem", ARTIFACT_STORE_FILESYSTEM_ROOT=str(root))
+    command = [sys.executable, "-m", "artifactstore_core.cli", "gc", "--older-than", "7d"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        real = _setpriv_works()
+        if real:
+            command = [*_WITHOUT_DAC, *command]
+            os.chown(private, 65534, -1)  # nobody's
+            private.chmod(0o700)
+    else:
+        real = True
+        private.chmod(0)
+    try:
+        if real:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=100, cwd=tmp_path, env=env)
+            code, err = done.returncode, done.stderr
+        else:
+            # Root without a working setpriv: the directory is made unreadable to this process's scandir only.
+            from artifactstore_core.cli import main
+
+            _refuse_scandir(monkeypatch, private)
+            for key in [key for key in os.environ if key.upper().startswith("ARTIFACT_STORE_")]:
+                monkeypatch.delenv(key)
+            monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "filesystem")
+            monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(root))
+            monkeypatch.chdir(tmp_path)
+            code, err = main(["gc", "--older-than", "7d"]), ""
+    finally:
+        private.chmod(0o700)
+    assert code == 7, err  # AccessDeniedError's exit code, for the namespace that was left
+    assert not make_fs_store("stale").exists("b"), err
+    assert _file_of(make_fs_store("private"), "a").is_file()
+    if real:
+        assert "error: cannot collect namespace 'private': AccessDeniedError" in err, err
+        assert "in namespace 'default'" not in err, err
 
 
 # -- durability and write-once -----------------------------------------------------------------------
@@ -981,6 +1098,26 @@ def test_a_failing_source_stream_is_reported_as_such(make_fs_store: MakeFsStore,
     assert _temp_files(root) == []
 
 
+def test_running_out_of_memory_is_not_blamed_on_the_source_stream(make_fs_store: MakeFsStore, root: Path) -> None:
+    # A MemoryError from the read of a chunk (the buffer the store asked for: a chunk size of 1 TB did it) was
+    # reported as "reading the stream to save failed: MemoryError", a SerializationError, the caller's stream.
+    class Greedy(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise MemoryError
+
+    store = make_fs_store()
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the point is which class it is not
+        store.save_stream("s", Greedy())
+    assert not isinstance(info.value, SerializationError), info.value
+    assert "reading the stream" not in str(info.value)
+    assert isinstance(info.value, MemoryError) or isinstance(info.value.__cause__, MemoryError), info.value
+    assert not store.exists("s")
+    assert _temp_files(root) == []
+
+
 def test_save_stream_rejects_bad_metadata(make_fs_store: MakeFsStore) -> None:
     store = make_fs_store()
     with pytest.raises(SerializationError):
@@ -1588,6 +1725,24 @@ def test_no_home_directory_is_a_configuration_error_naming_the_root_variable(
     assert default_root() == tmp_path / "xdg" / "artifactstore"
 
 
+@pytest.mark.parametrize("value", [str(64 * MIB + 1), "1000000000000"])
+def test_a_chunk_size_above_64_mib_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    # No upper bound: CHUNK_SIZE=1000000000000 was taken, and the first streaming save failed on a MemoryError
+    # that read as the source stream's fault. Each chunk is held in memory (a few at once), so it is bounded.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_CHUNK_SIZE", value)
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_FILESYSTEM_CHUNK_SIZE") as info:
+        create_store("filesystem")
+    assert "67108864" in str(info.value)
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_CHUNK_SIZE", str(64 * MIB))
+    with create_store("filesystem") as store:
+        assert isinstance(store, FilesystemStore)
+        assert store.settings.chunk_size == 64 * MIB
+
+
 def test_settings_from_env_config_file_and_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ARTIFACT_STORE_FILESYSTEM_ROOT", raising=False)
@@ -1693,6 +1848,44 @@ def _failures(store: FilesystemStore, error: type[ArtifactStoreError] = BackendE
             call()
         errors[name] = info.value
     return errors
+
+
+def test_not_found_under_a_root_that_does_not_exist_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped root (ARTIFACT_STORE_FILESYSTEM_ROOT=/nonexistent-typo) said only "no artifact 'report' in
+    # namespace 'default'", the same as a real miss, which sent the user looking for a step that never ran.
+    root = tmp_path / "nonexistent-typo"
+    store = FilesystemStore(FilesystemSettings(root=root))
+    note = f"the filesystem root {str(root)!r} (ARTIFACT_STORE_FILESYSTEM_ROOT) does not exist"
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: store.get("report"),
+        "info": lambda: store.info("report"),
+        "open": lambda: store.open("report"),
+        "get_many": lambda: store.get_many(["report", "other"]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ArtifactNotFoundError) as info:
+            call()
+        assert note in str(info.value), (name, str(info.value))
+        assert "'report'" in str(info.value), (name, str(info.value))
+    assert list(store.list()) == []  # legitimately empty: nothing was saved there
+    assert not root.exists()  # reading created nothing
+    # A plain miss under a root that exists does not mention the root.
+    store.save("other", Message(content=1))
+    with pytest.raises(ArtifactNotFoundError) as info:
+        store.get("report")
+    assert "root" not in str(info.value)
+    # What the command line says.
+    from artifactstore_core.cli import main
+
+    for key in [key for key in os.environ if key.upper().startswith("ARTIFACT_STORE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "filesystem")
+    monkeypatch.setenv("ARTIFACT_STORE_FILESYSTEM_ROOT", str(tmp_path / "typo"))
+    assert main(["get", "report"]) == 3
+    assert "the filesystem root" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(60)

@@ -13,6 +13,9 @@ from artifactstore_core import BackendSettings, ConfigurationError
 
 __all__ = ["FilesystemSettings", "default_root"]
 
+# The largest chunk_size (64 MiB): a streaming save holds a few chunks in memory at once.
+_MAX_CHUNK_SIZE = 64 * 1024 * 1024
+
 
 def default_root() -> Path:
     """The per-user data directory artifacts live in when ``ARTIFACT_STORE_FILESYSTEM_ROOT`` is not set.
@@ -74,7 +77,11 @@ class FilesystemSettings(BackendSettings):
     chunk_size: int = Field(
         default=1024 * 1024,
         ge=4096,
-        description="Bytes read or written per call when streaming (save_stream, open, copies).",
+        # Each chunk is a buffer in memory (a streaming save holds a few at once): unbounded, a mistyped value
+        # made the first streaming save fail on a MemoryError instead of the setting being refused.
+        le=_MAX_CHUNK_SIZE,
+        description="Bytes read or written per call when streaming (save_stream, open, copies); 4096 to "
+        "67108864 (64 MiB).",
     )
 
     @field_validator("root", mode="before")

@@ -25,6 +25,7 @@ from artifactstore_core import (
     AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactInfo,
+    ArtifactNotFoundError,
     ArtifactStore,
     ArtifactStoreError,
     BackendError,
@@ -529,7 +530,9 @@ class FilesystemStore(ArtifactStore):
         while True:
             try:
                 data = checked_read(stream.read(chunk))
-            except SerializationError:
+            except (SerializationError, MemoryError):
+                # A MemoryError is this process running out of memory (the chunk's buffer is ours), not the
+                # caller's stream failing: it goes on as what it is.
                 raise
             except Exception as exc:
                 # The caller's source failed, not the file system: say so rather than blame the root, and as
@@ -797,6 +800,30 @@ class FilesystemStore(ArtifactStore):
             if not os.path.isdir(current):
                 return current if os.path.exists(current) else path
         return path
+
+    def _not_found(self, step_id: str) -> ArtifactNotFoundError:
+        """The store's not-found error, saying so when the root itself does not exist (see :meth:`_no_root`)."""
+        return self._no_root(super()._not_found(step_id))
+
+    def _missing_many(self, missing: builtins.list[str]) -> ArtifactNotFoundError:
+        """The store's error for a batch read with missing ids, saying so when the root does not exist."""
+        return self._no_root(super()._missing_many(missing))
+
+    def _no_root(self, error: ArtifactNotFoundError) -> ArtifactNotFoundError:
+        """``error`` with a note that the root does not exist, if it does not.
+
+        A mistyped ``ARTIFACT_STORE_FILESYSTEM_ROOT`` otherwise reads as a plain miss ("no artifact
+        'report'"), which sends the user looking for a step that never ran. The root is not made here: a
+        read creates nothing, and the first save creates it. Costs a stat, on this error path only.
+        """
+        if not os.path.isdir(self._root):
+            # A root that is a file never gets here (every operation reports it, see _in_the_way); a symbolic
+            # link to a missing directory (a mount point not mounted) does, and "does not exist" holds for it.
+            error.args = (
+                f"{error.message}; the filesystem root {self._root!r} ({_ROOT_ENV}) does not exist: nothing has "
+                f"been saved there, or {_ROOT_ENV} names the wrong directory",
+            )
+        return error
 
     def _not_a_file(self, path: str, mode: int, step_id: str) -> BackendError:
         """The error for ``mode``, not a regular file, at ``step_id``'s name: the store's state is broken
@@ -1141,12 +1168,24 @@ class FilesystemStore(ArtifactStore):
         temporary files older than ``temp_max_age`` and then-empty directories are removed after the walk
         (best effort), since no other call would ever reach them (``artifactstore gc`` sees only the listed
         ones).
+
+        A namespace directory that cannot be read (another user's, mode 0700) is listed: it exists and may
+        hold artifacts, and the namespace's own operations raise its ``AccessDeniedError``. Failing the whole
+        listing made ``artifactstore gc`` collect nothing because of one namespace it could not read.
         """
-        with self._doing("namespaces", None):
+        with self._doing("listing the namespaces", None, in_namespace=False):
             found: builtins.list[str] = []
             leftovers: builtins.list[str] = []
             for namespace, path in self._namespace_dirs(self._root, ()):
-                if self._has_artifact(path):
+                try:
+                    holds = self._has_artifact(path)
+                except ArtifactStoreError:
+                    raise  # a file in the way of a directory (see _in_the_way): the tree is broken there
+                except OSError as exc:
+                    logger.debug("cannot tell whether namespace %r holds artifacts: %s", namespace, exc)
+                    found.append(namespace)  # kept, not collected: it may hold artifacts
+                    continue
+                if holds:
                     found.append(namespace)
                 else:
                     leftovers.append(path)
@@ -1199,8 +1238,9 @@ class FilesystemStore(ArtifactStore):
     # -- errors ---------------------------------------------------------------------------------------
 
     @contextmanager
-    def _doing(self, operation: str, step_id: str | None) -> Iterator[None]:
-        """Raise an ``OSError`` inside as the store's error, naming the operation, step id and namespace."""
+    def _doing(self, operation: str, step_id: str | None, *, in_namespace: bool = True) -> Iterator[None]:
+        """Raise an ``OSError`` inside as the store's error, naming the operation, step id and namespace
+        (not the namespace with ``in_namespace=False``: an operation on the whole root, see :meth:`_os_error`)."""
         try:
             yield
         except ArtifactStoreError as exc:  # first: AccessDeniedError is itself an OSError
@@ -1208,19 +1248,25 @@ class FilesystemStore(ArtifactStore):
                 exc.step_id = step_id
             raise
         except OSError as exc:
-            raise self._os_error(exc, operation, step_id) from exc
+            raise self._os_error(exc, operation, step_id, in_namespace=in_namespace) from exc
 
-    def _os_error(self, exc: OSError, operation: str, step_id: str | None) -> ArtifactStoreError:
+    def _os_error(
+        self, exc: OSError, operation: str, step_id: str | None, *, in_namespace: bool = True
+    ) -> ArtifactStoreError:
         """Disk full, quota and file too large -> :class:`CapacityError`; permissions and read-only file
         systems -> :class:`AccessDeniedError` (each with its own advice); a file where a directory is needed ->
         as :meth:`_in_the_way` says (:class:`ConfigurationError` at or above the root); any other ``OSError``
         -> :class:`BackendError`. Paths are shown relative to the root.
+
+        The message names this store's namespace unless ``in_namespace`` is false: listing the namespaces
+        reads the whole root, and "in namespace 'default'" blamed a namespace that had nothing to do with it.
         """
         code = exc.errno
         name = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
         target = f" of {step_id!r}" if step_id is not None else ""
+        where = f" in namespace {self.namespace!r}" if in_namespace else ""
         detail = (
-            f"{operation}{target} in namespace {self.namespace!r} failed: {exc.strerror or type(exc).__name__} "
+            f"{operation}{target}{where} failed: {exc.strerror or type(exc).__name__} "
             f"({name}) at {self._relative(exc.filename)!r} {self._placed(exc.filename)}"
         )
         error: ArtifactStoreError

@@ -6,7 +6,9 @@ at a configured limit the save raises :class:`~artifactstore_core.CapacityError`
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -85,6 +87,8 @@ class MemorySpace:
         # Only non-empty namespaces (see the class docstring); changed under the lock only.
         self._namespaces: dict[str, dict[str, Message]] = {}
         self._sizes: dict[str, _Sizes] = {}
+        with _SPACES_LOCK:
+            _SPACES.add(self)
 
     def namespace(self, name: str) -> dict[str, Message]:
         """The (live) dict of one namespace's artifacts, while it holds any.
@@ -104,6 +108,42 @@ class MemorySpace:
         """Namespaces that hold at least one artifact."""
         with self.lock:
             return sorted(name for name, items in self._namespaces.items() if items)
+
+
+# Every live space, for the fork handlers below (weakly: a space a test or a caller dropped goes away).
+_SPACES: weakref.WeakSet[MemorySpace] = weakref.WeakSet()
+# Guards _SPACES, which a space made in one thread would otherwise change while a fork in another reads it.
+# Never taken by a thread that holds a space's lock, so the order (this one, then the spaces') is the only one.
+_SPACES_LOCK = threading.Lock()
+# The locks the forking thread took in _before_fork, each recorded once taken: a before-handler interrupted
+# half-way (a signal's exception) leaves the after-handlers exactly those to release.
+_HELD: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    """Take every space's lock before ``os.fork()``, so the child gets each space between two changes.
+
+    A thread inside a save or delete at the fork does not exist in the child, yet the lock it held stayed
+    held there for good: the child's first save hung (DESIGN: fork-safe where the client allows). A new lock
+    in the child alone would not do either: the space could be half-changed (a size counted for an artifact
+    not stored yet). Waiting here ends: the lock is held only for a few dict updates, by code that takes no
+    other lock and never forks.
+    """
+    _SPACES_LOCK.acquire()
+    _HELD.append(_SPACES_LOCK)
+    for space in list(_SPACES):
+        space.lock.acquire()
+        _HELD.append(space.lock)
+
+
+def _after_fork() -> None:
+    """Release what :func:`_before_fork` took, in the parent and in the child (whose only thread holds it)."""
+    while _HELD:
+        _HELD.pop().release()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 _PROCESS_SPACE = MemorySpace()
