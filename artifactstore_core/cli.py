@@ -45,7 +45,7 @@ from .ids import validate_namespace, validate_step_id
 from .message import _MEDIA_TYPE_CONTROL, Message
 from .models import ArtifactInfo
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
-from .settings import CONFIG_ENV, CoreSettings, _read_config_file, env_name_of, load_settings
+from .settings import CONFIG_ENV, CoreSettings, _config_file, _read_config_file, env_name_of, load_settings
 from .store import ArtifactStore
 from .wiring import create_store
 
@@ -494,6 +494,8 @@ def _in_environment(name: str) -> bool:
 @contextmanager
 def _open_store(backend: str | None, namespace: str | None) -> Iterator[ArtifactStore]:
     with create_store(cli_backend(backend), namespace=namespace) as store:
+        if _forgets_with_the_command(store):
+            _warn([_IN_PROCESS_ONLY.format(name=store.backend_name)])
         yield store
 
 
@@ -726,13 +728,86 @@ def unread_variables(spec: BackendSpec) -> list[str]:
         elif name.startswith(others):
             continue
         else:
-            close = difflib.get_close_matches(name, sorted(core), n=1, cutoff=0.85)
+            close = difflib.get_close_matches(name, sorted(core), n=1, cutoff=0.85) or _misspelt_backend(name)
             if not close:
                 continue
             what = "is no setting"
         guess = f"; did you mean {close[0]}?" if close else ""
         lines.append(f"{variable} {what} and is ignored{guess}")
     return lines
+
+
+def _misspelt_backend(name: str) -> list[str]:
+    """``[name]`` with its backend part spelt as an installed backend's (``..._FILESYTEM_ROOT`` ->
+    ``ARTIFACT_STORE_FILESYSTEM_ROOT``) when that part is close to one's name and is none; else ``[]``.
+
+    A misspelt backend part is the likeliest typo of all, and no other check sees it: the variable is under
+    no backend's prefix. Raises nothing.
+    """
+    rest = name.removeprefix("ARTIFACT_STORE_")
+    part, _, setting = rest.partition("_")
+    if not setting:
+        return []
+    backends = {backend.upper(): backend for backend in plugin_host().installed()}
+    if part in backends:
+        return []
+    close = difflib.get_close_matches(part, sorted(backends), n=1, cutoff=0.75)
+    return [f"ARTIFACT_STORE_{close[0]}_{setting}"] if close else []
+
+
+def configuration_warnings(spec: BackendSpec) -> list[str]:
+    """What ``config`` and ``doctor`` warn of for the configuration of backend ``spec``, one line each: the
+    :func:`unread_variables`, allow-list names that no installed plugin has, config-file tables that no
+    backend reads: each a typo that leaves defaults in force without a word. Values are never quoted. Raises nothing.
+    """
+    lines = unread_variables(spec)
+    host = plugin_host()
+    try:
+        unmatched = host.unmatched_allowed()
+    except errors.ConfigurationError:
+        unmatched = []  # the command's own settings check reports it
+    for name in unmatched:
+        close = difflib.get_close_matches(name, host.installed(), n=1, cutoff=0.6)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"{PLUGINS_ENV} names {name!r}, which no installed plugin provides{guess}")
+    return lines + _unread_tables()
+
+
+def _forgets_with_the_command(store: ArtifactStore) -> bool:
+    """Whether ``store`` keeps its artifacts in the command's own process only. Raises nothing."""
+    return not store.capabilities.persistent and not store.capabilities.cross_process
+
+
+#: Said when a command uses a backend that keeps artifacts in its own process: each command is a process of
+#: its own, so ``put`` said "saved" of an artifact gone when it returned, and the next ``get`` found nothing.
+_IN_PROCESS_ONLY = (
+    "backend {name!r} keeps artifacts in this command's process only: they are gone when it ends "
+    "(choose a persistent backend with --backend or ARTIFACT_STORE_BACKEND, e.g. filesystem)"
+)
+
+
+def _unread_tables() -> list[str]:
+    """One line per table at the config file's top level that no installed backend (nor the http server's
+    ``[server]``) reads: ``[filesytem]`` left every filesystem setting at its default. Raises nothing (an
+    unreadable config file is reported by the settings themselves)."""
+    try:
+        config = _config_file()
+    except errors.ConfigurationError:
+        return []
+    installed = plugin_host().installed()
+    known = {*installed, *_SERVER_TABLES}
+    lines = []
+    for key, value in config.table.items():
+        if not isinstance(value, dict) or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        guess = f"; did you mean [{close[0]}]?" if close else ""
+        lines.append(f"table [{key}] in {config.where()} is read by no installed backend and is ignored{guess}")
+    return lines
+
+
+#: Config-file tables that are no backend's: the http server's settings (``artifactstore serve``).
+_SERVER_TABLES = ("server",)
 
 
 def _warn(lines: list[str]) -> None:
@@ -751,7 +826,7 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
     spec = plugin_host().load(core.backend)
     if spec.settings_model is not None:
         rows += _setting_rows(spec.settings_model, load_settings(spec.settings_model))
-    _warn(unread_variables(spec))
+    _warn(configuration_warnings(spec))
     for row in rows:
         if row["name"] == "ARTIFACT_STORE_BACKEND" and chosen:
             row["source"] = "argument" if backend else "command default"
@@ -802,13 +877,17 @@ def _doctor(as_json: bool, backend: str | None, namespace: str | None, found: di
     found["backend"] = core.backend
     validate_namespace(core.namespace)
     # A misspelt variable leaves a default in force, which the probe may well work with: say so.
-    warnings = unread_variables(plugin_host().load(core.backend))
+    warnings = configuration_warnings(plugin_host().load(core.backend))
     found["warnings"] = warnings
     _warn(warnings)
     probe_namespace = f"artifactstore-doctor-{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
     with create_store(chosen, namespace=probe_namespace) as store:
         created = time.perf_counter()
+        if _forgets_with_the_command(store):
+            # Said once the store is built: a settings error of the backend is the one line to print then.
+            warnings.append(_IN_PROCESS_ONLY.format(name=store.backend_name))
+            _warn(warnings[-1:])
         message = Message(content={"probe": uuid.uuid4().hex}, metadata={"by": "artifactstore doctor"})
         timings = {}
         try:

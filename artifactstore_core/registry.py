@@ -8,7 +8,6 @@ import never breaks the others. Nobody outside this module touches the pluggy pl
 from __future__ import annotations
 
 import difflib
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from . import hookspecs
 from ._wording import with_article
 from .errors import BackendNotFoundError, ConfigurationError, PluginLoadError
 from .models import Capabilities
+from .settings import environment_value
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
@@ -155,7 +155,7 @@ class PluginHost:
                 with an error quoting ``ARTIFACT_STORE_PLUGINS=``; read as unset it would silently lift a
                 restriction the user meant to set.
         """
-        raw = os.environ.get(PLUGINS_ENV, "").strip()
+        raw = (environment_value(PLUGINS_ENV) or "").strip()
         if not raw:
             return None
         names = {name.strip() for name in raw.split(",") if name.strip()}
@@ -165,6 +165,23 @@ class PluginHost:
                 "that may load, e.g. memory,redis, or unset it to allow every installed backend"
             )
         return names
+
+    def unmatched_allowed(self) -> list[str]:
+        """Names in the allow-list of :data:`PLUGINS_ENV` that no installed plugin claims, sorted: a misspelt
+        name there (``filesytem``) excludes the backend meant, which then seems not installed. ``[]`` when the
+        list is unset.
+
+        Raises:
+            ConfigurationError: as :meth:`names` (the variable holds only commas).
+        """
+        allowed = self._allowed()
+        if allowed is None:
+            return []
+        return sorted(allowed - set(self._candidates()))
+
+    def installed(self) -> list[str]:
+        """Names of every installed backend, whether or not the allow-list permits it (nothing is imported)."""
+        return sorted(self._candidates())
 
     def names(self) -> list[str]:
         """Names of the installed backends the allow-list permits (nothing is imported)."""

@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigurationError
 
-__all__ = ["CONFIG_ENV", "BackendSettings", "CoreSettings", "env_name_of", "load_settings"]
+__all__ = ["CONFIG_ENV", "BackendSettings", "CoreSettings", "env_name_of", "environment_value", "load_settings"]
 
 #: Environment variable naming an explicit config file.
 CONFIG_ENV = "ARTIFACT_STORE_CONFIG"
@@ -53,6 +53,18 @@ class _ConfigFile:
         return f"[{name}] of {self.path}" if name else self.path
 
 
+def environment_value(name: str) -> str | None:
+    """The value of the environment variable ``name`` matched in any case, as pydantic-settings matches every
+    setting's variable: ``artifact_store_config`` is ``ARTIFACT_STORE_CONFIG`` too (read case-sensitively, the
+    lower-case spelling was ignored without a word, and an allow-list so spelt lifted the restriction it set).
+    The exact spelling wins when several are set; ``None`` when none is. Raises nothing."""
+    if name in os.environ:
+        return os.environ[name]
+    wanted = name.upper()
+    matches = sorted(key for key in os.environ if key.upper() == wanted)
+    return os.environ[matches[0]] if matches else None
+
+
 def _config_file() -> _ConfigFile:
     """Read the config file in use (see the module's docstring).
 
@@ -63,7 +75,7 @@ def _config_file() -> _ConfigFile:
         ConfigurationError: the file cannot be read, is not valid TOML, or its artifactstore table is not a
             table; the message names the file.
     """
-    explicit = os.environ.get(CONFIG_ENV)
+    explicit = environment_value(CONFIG_ENV)
     if explicit:
         path = Path(explicit)
     elif Path("artifactstore.toml").is_file():

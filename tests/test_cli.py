@@ -264,6 +264,64 @@ def test_doctor_and_config_name_misspelt_variables_they_ignore() -> None:
     assert json.loads(run("doctor", "--json").stdout)["warnings"] == []
 
 
+def test_config_and_doctor_name_typos_no_setting_check_saw(tmp_path: Path) -> None:
+    # Each left the filesystem's defaults in force without a word: `doctor` said "ok" and wrote to the
+    # default root, and an allow-list missing the backend meant made the command fall back to memory.
+    config_file = tmp_path / "artifactstore.toml"
+    config_file.write_text('[filesytem]\nroot = "elsewhere"\n[server]\nport = 8080\n[team]\nowner = "x"\n')
+    env = {
+        "ARTIFACT_STORE_CONFIG": str(config_file),
+        "ARTIFACT_STORE_FILESYTEM_ROOT": "/nowhere",  # the backend part misspelt
+        "ARTIFACT_STORE_PLUGINS": "filesystem,memroy",
+    }
+    expected = [
+        "warning: ARTIFACT_STORE_FILESYTEM_ROOT is no setting and is ignored; did you mean "
+        "ARTIFACT_STORE_FILESYSTEM_ROOT?",
+        "warning: ARTIFACT_STORE_PLUGINS names 'memroy', which no installed plugin provides; did you mean 'memory'?",
+        f"warning: table [filesytem] in {config_file} is read by no installed backend and is ignored; "
+        "did you mean [filesystem]?",
+        f"warning: table [team] in {config_file} is read by no installed backend and is ignored",
+    ]
+    for command in ("config", "doctor"):
+        result = run(command, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.splitlines() == expected
+    assert json.loads(run("doctor", "--json", env=env).stdout)["warnings"] == [line[9:] for line in expected]
+
+
+IN_PROCESS_WARNING = (
+    "warning: backend 'memory' keeps artifacts in this command's process only: they are gone when it ends "
+    "(choose a persistent backend with --backend or ARTIFACT_STORE_BACKEND, e.g. filesystem)"
+)
+
+
+@pytest.mark.parametrize("command", [("put", "lost"), ("ls",), ("doctor",)])
+def test_commands_warn_that_an_in_process_backend_forgets_when_they_end(command: tuple[str, ...]) -> None:
+    # `put` said "saved" and exited 0, and the next command's `get` found nothing: each command is a process.
+    result = run(*command, env={"ARTIFACT_STORE_BACKEND": "memory"}, stdin=b"data")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.decode().splitlines() if "warning" in line] == [IN_PROCESS_WARNING]
+    # The command's own default, filesystem, keeps them.
+    assert "warning" not in run(*command, stdin=b"data").stderr.decode()
+
+
+def test_config_and_plugin_variables_are_read_in_any_case(tmp_path: Path) -> None:
+    # pydantic-settings reads every setting's variable in any case; these two were read case-sensitively, so
+    # a lower-case allow-list lifted the restriction it set, and a lower-case config path was ignored.
+    config_file = tmp_path / "my.toml"
+    config_file.write_text('namespace = "fromfile"\n')
+    shown = run("config", "--json", env={"artifact_store_config": str(config_file)})
+    rows = {row["name"]: row for row in json.loads(shown.stdout)}
+    assert (rows["ARTIFACT_STORE_NAMESPACE"]["value"], rows["ARTIFACT_STORE_NAMESPACE"]["source"]) == (
+        "fromfile",
+        "config file",
+    )
+    backends = run("backends", "--json", env={"artifact_store_plugins": "memory"})
+    statuses = {row["name"]: row["status"] for row in json.loads(backends.stdout)}
+    assert statuses["memory"] == "loaded"
+    assert statuses["filesystem"] == "not in ARTIFACT_STORE_PLUGINS"
+
+
 @pytest.mark.parametrize(
     ("args", "env"),
     [
@@ -808,7 +866,11 @@ def test_a_file_or_stdin_that_fails_to_read_is_a_local_file_error(kind: str, tmp
     env = {"ARTIFACT_STORE_BACKEND": "memory"} if kind == "memory" else _backend_env(kind, tmp_path, redis_url)
     # Reading a process's own memory at offset 0 (never mapped) fails with EIO, whoever runs the test.
     result = run("put", "x", "/proc/self/mem", env=env)
-    assert (result.returncode, result.stderr) == (10, f"error: cannot read '/proc/self/mem': {os.strerror(5)}\n")
+    warned = IN_PROCESS_WARNING + "\n" if kind == "memory" else ""
+    assert (result.returncode, result.stderr) == (
+        10,
+        f"{warned}error: cannot read '/proc/self/mem': {os.strerror(5)}\n",
+    )
     write_only = os.open(tmp_path / "write-only", os.O_WRONLY | os.O_CREAT)
     try:
         base = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_STORE_")}
@@ -817,7 +879,10 @@ def test_a_file_or_stdin_that_fails_to_read_is_a_local_file_error(kind: str, tmp
         )
     finally:
         os.close(write_only)
-    assert (piped.returncode, piped.stderr) == (10, f"error: cannot read from stdin: {os.strerror(9)}\n".encode())
+    assert (piped.returncode, piped.stderr) == (
+        10,
+        f"{warned}error: cannot read from stdin: {os.strerror(9)}\n".encode(),
+    )
 
 
 class _IdsThenSay(list[str]):
