@@ -233,3 +233,46 @@ def test_a_replacement_that_keeps_finding_its_artifact_gone_then_taken_gives_up(
 
     assert caught.value.step_id == "a"
     assert events.count("save a") == 3, events
+
+
+# -- an input this run saved, gone before its reader reads it --------------------------------------------------
+
+
+def test_an_input_this_run_saved_and_lost_fails_its_reader_saying_why_and_a_resume_computes_it(
+    workdir: Path,
+) -> None:
+    # Not recomputed within the run (only inputs reused from an earlier run are read, and so checked, before
+    # their reader starts): the reader's own read finds it gone. The failure said only "no artifact 'a'".
+    space = MemorySpace()
+    execution_id = "input-lost"
+    where = str(workdir)
+
+    def reader(inputs: Any, *, lose: bool) -> Any:
+        if lose:  # another run of the execution cleared it, gc collected it, or it expired
+            with MemoryStore(namespace=execution_id, space=space) as other:
+                assert other.delete("a")
+        return step_sink(inputs, workdir=where, name="c1")
+
+    def pipeline(*, lose: bool) -> Pipeline:
+        return Pipeline(
+            [
+                Step("a", functools.partial(step_a, workdir=where)),
+                Step("c1", functools.partial(reader, lose=lose), ("a",)),
+            ]
+        )
+
+    executor = Executor(lambda namespace: MemoryStore(namespace=namespace, space=space))
+    with pytest.raises(StepFailedError) as caught:
+        executor.run(pipeline(lose=True), execution_id=execution_id)
+
+    error = caught.value
+    assert error.step_id == "c1"
+    assert isinstance(error.__cause__, ArtifactNotFoundError)
+    assert {k: v.status for k, v in error.result.steps.items()} == {"a": StepStatus.SUCCEEDED, "c1": StepStatus.FAILED}
+    notes = getattr(error, "__notes__", [])
+    assert any("input 'a' of step 'c1' was saved by this run and was gone when read" in note for note in notes), notes
+    assert any("a resume runs step 'a' again" in note for note in notes), notes
+
+    resumed = executor.run(pipeline(lose=False), execution_id=execution_id)
+    assert {k: v.status for k, v in resumed.steps.items()} == {"a": StepStatus.SUCCEEDED, "c1": StepStatus.SUCCEEDED}
+    assert resumed.output.content == {"from": "c1", "n": 3}
