@@ -28,6 +28,7 @@ from .connector import ArtifactConnector
 from .graph import RESERVED_PREFIX, Step
 
 __all__ = [
+    "SAVE_ATTEMPTS",
     "ReusedInputsUnusable",
     "StepOutcome",
     "WorkerTask",
@@ -35,7 +36,6 @@ __all__ = [
     "forget_replacements",
     "replacement_generations",
     "replacement_id",
-    "SAVE_ATTEMPTS",
     "run_in_worker",
     "save_or_adopt",
     "to_message",
