@@ -1427,6 +1427,14 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # Deletes gc keeps in flight at once.
 _GC_THREADS = 8
+#: The shortest ``gc --older-than`` that deletes without ``--force``. gc sees no running executions, only the
+#: times writers stamped their artifacts with: a step that saves nothing for longer than the age, or a writer
+#: whose clock is behind gc's by more than it, makes a running execution look dead. An hour leaves room for
+#: clock skew and for the steps of most pipelines; a shorter age is for those who know their longest step.
+GC_MIN_AGE = timedelta(hours=1)
+# How far in gc's future a namespace's newest artifact may be dated before gc warns that clocks disagree
+# (machines kept by NTP differ by milliseconds; a save made while gc runs is seconds after gc's start).
+_GC_SKEW_TOLERANCE = timedelta(minutes=1)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -1512,14 +1520,36 @@ def _ctrl_c_deferred() -> Iterator[Callable[[], bool]]:
     required=True,
     # Parsed by click, so that a bad age is reported as this option's ("Invalid value for '--older-than'").
     callback=lambda _ctx, _param, value: parse_duration(value),
-    help="Age like 30s, 15m, 12h, 7d or 2w.",
+    help="Age like 30s, 15m, 12h, 7d or 2w: longer than your longest step plus the clock skew between machines "
+    "(at least 1h without --force).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Accept an --older-than under 1h (an execution still running may then be collected).",
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_backend_option
-def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None) -> None:
-    """Remove namespaces whose newest artifact is older than --older-than (runs that crashed)."""
+def gc(older_than: timedelta, force: bool, dry_run: bool, as_json: bool, backend: str | None) -> None:
+    """Remove namespaces whose newest artifact is older than --older-than (runs that crashed).
+
+    An artifact's age is read from the creation time its writer stamped it with, by the writer's clock; gc
+    cannot see executions that are still running. One whose steps have saved nothing for longer than the age
+    (a long step), or whose writer's clock is behind this machine's by more than it, looks dead and is
+    collected; the run then fails on the inputs it lost, and a resume computes them again. So the age must
+    exceed the longest step plus the clock skew between machines: an age under 1h is refused unless --force
+    is given (--dry-run deletes nothing and takes any age). A namespace whose newest artifact is dated more
+    than a minute in this machine's future is kept, and a warning says that clocks disagree.
+    """
     age = older_than
+    if age < GC_MIN_AGE and not force and not dry_run:
+        raise click.UsageError(
+            f"--older-than {_duration_text(age)} is shorter than 1h: an execution still running (a step that "
+            "saves nothing for that long, or a writer whose clock is behind this machine's by as much) would "
+            "look dead and be collected. Use an age longer than your longest step plus the clock skew between "
+            "machines, or pass --force if you know no execution is running"
+        )
     try:
         cutoff = datetime.now(UTC) - age
     except OverflowError:
@@ -1527,6 +1557,7 @@ def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None)
         cutoff = datetime.min.replace(tzinfo=UTC)
     removed: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
+    warnings: list[str] = []
     first_failure: errors.ArtifactStoreError | None = None
     chosen = cli_backend(backend)
     with create_store(chosen) as root:
@@ -1534,17 +1565,27 @@ def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None)
             # One namespace that cannot be collected (a corrupted artifact, one the backend cannot read) must
             # not keep gc from the others: it is reported, and the exit code says that something was left.
             try:
-                row = _collect_namespace(chosen, name, cutoff, dry_run)
+                row, ahead = _collect_namespace(chosen, name, cutoff, dry_run)
             except errors.ArtifactStoreError as exc:
                 first_failure = first_failure or exc
                 reason = f"{type(exc).__name__}: {exc}"
                 failed.append({"namespace": name, "error": reason})
                 stderr.print(f"error: cannot collect namespace {name!r}: {reason}", markup=False, soft_wrap=True)
                 continue
+            if ahead is not None:
+                # To the nearest minute: beyond the tolerance, the seconds say nothing.
+                shown = timedelta(minutes=round(ahead.total_seconds() / 60))
+                warning = (
+                    f"namespace {name!r} is kept: its newest artifact is dated {_duration_text(shown)} in the "
+                    "future by this machine's clock, so a writer's clock is ahead of it; a writer whose clock is "
+                    "behind by as much would have a running execution collected unless --older-than exceeds that"
+                )
+                warnings.append(warning)
+                _warn([warning])
             if row is not None:
                 removed.append(row)
     if as_json:
-        _echo_json({"dry_run": dry_run, "namespaces": removed, "failed": failed})
+        _echo_json({"dry_run": dry_run, "namespaces": removed, "failed": failed, "warnings": warnings})
     else:
         verb = "would remove" if dry_run else "removed"
         for row in removed:
@@ -1556,9 +1597,13 @@ def gc(older_than: timedelta, dry_run: bool, as_json: bool, backend: str | None)
         raise click.exceptions.Exit(exit_code(first_failure))
 
 
-def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run: bool) -> dict[str, Any] | None:
+def _collect_namespace(
+    backend: str | None, name: str, cutoff: datetime, dry_run: bool
+) -> tuple[dict[str, Any] | None, timedelta | None]:
     """Remove (or with ``dry_run`` only count) the artifacts of namespace ``name`` if its newest artifact is
-    older than ``cutoff``; return gc's row for it, or ``None`` when it is kept.
+    older than ``cutoff``; return gc's row for it (``None`` when it is kept), and how far in the future by
+    this machine's clock its newest artifact is dated, when that is beyond :data:`_GC_SKEW_TOLERANCE`
+    (else ``None``).
 
     Raises:
         ArtifactStoreError: the namespace cannot be opened, listed (an artifact that fails verification) or
@@ -1566,13 +1611,25 @@ def _collect_namespace(backend: str | None, name: str, cutoff: datetime, dry_run
     """
     with create_store(backend, namespace=name) as store:
         infos = list(store.list())
+        # Read after the listing: an artifact saved while gc ran through other namespaces is not "ahead".
+        now = datetime.now(UTC)
         if not infos:
-            return None
+            return None, None
         newest = max(info.created_at for info in infos)
+        ahead = newest - now if newest - now > _GC_SKEW_TOLERANCE else None
         if newest >= cutoff:
-            return None
+            return None, ahead
         count = len(infos) if dry_run else _delete_listed(store, [info.step_id for info in infos])
-    return {"namespace": name, "artifacts": count, "newest": newest.isoformat()}
+    return {"namespace": name, "artifacts": count, "newest": newest.isoformat()}, ahead
+
+
+def _duration_text(age: timedelta) -> str:
+    """``age`` the way ``--older-than`` takes it, in its largest whole unit (``10m``, ``3h``, ``90s``)."""
+    seconds = age.total_seconds()
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:g}s"
 
 
 @cli.command()

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, cast
 
@@ -387,7 +387,7 @@ def test_gc_older_than_any_date_removes_nothing() -> None:
     assert run("put", "keep", "-n", "recent", stdin=b"x").returncode == 0
     result = run("gc", "--older-than", "1000000w", "--json")
     assert result.returncode == 0, (result.stdout, result.stderr)
-    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": [], "failed": []}
+    assert json.loads(result.stdout) == {"dry_run": False, "namespaces": [], "failed": [], "warnings": []}
     assert run("stat", "keep", "-n", "recent").returncode == 0
 
 
@@ -1040,7 +1040,7 @@ def test_gc_goes_on_past_a_namespace_it_cannot_collect_and_reports_it() -> None:
     for namespace in ("old-a", "old-b", "old-c"):
         assert run("put", "-n", namespace, "x", "-", env=env, stdin=b"payload").returncode == 0
     _corrupt_the_artifact_of("old-b")
-    result = run("gc", "--older-than", "0s", "--json", env=env)
+    result = run("gc", "--older-than", "0s", "--force", "--json", env=env)
     assert result.returncode == 8, result.stderr  # the exit code of the failure (ArtifactCorruptedError's family)
     report = json.loads(result.stdout)
     assert [row["namespace"] for row in report["namespaces"]] == ["old-a", "old-c"]
@@ -1052,9 +1052,58 @@ def test_gc_goes_on_past_a_namespace_it_cannot_collect_and_reports_it() -> None:
     for namespace in ("old-a", "old-c"):
         assert run("ls", "-n", namespace, env=env).stdout == ""
     # Text output says the same: the other namespaces are collected, the failure is counted.
-    result = run("gc", "--older-than", "0s", env=env)
+    result = run("gc", "--older-than", "0s", "--force", env=env)
     assert result.returncode == 8
     assert "removed 0 namespaces; 1 could not be collected" in result.stderr
+
+
+def _save_dated(namespace: str, created_at: datetime) -> None:
+    """Save one artifact into ``namespace`` of the default filesystem root, stamped ``created_at`` (as a writer
+    whose clock reads that time stamps it)."""
+    from artifactstore_core import create_store
+
+    with create_store("filesystem", namespace=namespace, root=str(_DEFAULT_ROOT[-1])) as store:
+        store.save("x", Message(content="payload", created_at=created_at))
+
+
+@pytest.mark.timeout(60)
+def test_gc_refuses_an_age_under_its_minimum_without_force() -> None:
+    # An age shorter than the longest step (which saves nothing while it runs), or than the clock skew between
+    # a writer and gc's machine, collects executions still running; gc took any age, 0s included.
+    _save_dated("running", datetime.now(UTC) - timedelta(minutes=20))
+    refused = run("gc", "--older-than", "10m")
+    assert refused.returncode == 2, refused.stderr
+    assert "--older-than 10m is shorter than 1h" in refused.stderr
+    assert "--force" in refused.stderr
+    assert run("ls", "-n", "running").stdout != ""
+    # A dry run deletes nothing: it says what the forced gc would remove.
+    dry = run("gc", "--older-than", "10m", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would remove namespace 'running'")
+    forced = run("gc", "--older-than", "10m", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert run("ls", "-n", "running").stdout == ""
+
+
+@pytest.mark.timeout(60)
+def test_gc_keeps_and_reports_a_namespace_dated_in_its_future() -> None:
+    # A writer whose clock is ahead of gc's stamps its artifacts in gc's future: such a namespace is kept, and
+    # the skew it shows (writers' clocks disagree with gc's, so one behind may be collected running) is said.
+    _save_dated("ahead", datetime.now(UTC) + timedelta(hours=3))
+    _save_dated("old", datetime.now(UTC) - timedelta(days=30))
+    result = run("gc", "--older-than", "7d", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["namespace"] for row in report["namespaces"]] == ["old"]
+    (warning,) = report["warnings"]
+    assert "namespace 'ahead'" in warning
+    assert "dated 3h in the future" in warning
+    assert f"warning: {warning}" in result.stderr
+    assert run("ls", "-n", "ahead").stdout != ""
+    # Not for a clock a moment ahead, as NTP keeps machines: only beyond the tolerance.
+    _save_dated("barely", datetime.now(UTC) + timedelta(seconds=5))
+    quiet = run("gc", "--older-than", "7d", "--json")
+    assert [w for w in json.loads(quiet.stdout)["warnings"] if "'barely'" in w] == []
 
 
 @pytest.mark.timeout(60)
@@ -1067,7 +1116,7 @@ def test_counts_of_one_are_singular() -> None:
     assert gc.stdout.startswith("would remove namespace 'one-a': 1 artifact, newest ")
     assert gc.stderr == "would remove 1 namespace\n"
     assert run("put", "-n", "one-a", "y", "-", stdin=b"payload").returncode == 0
-    gc = run("gc", "--older-than", "0s")
+    gc = run("gc", "--older-than", "0s", "--force")
     assert gc.stdout.startswith("removed namespace 'one-a': 2 artifacts, newest ")
     assert gc.stderr == "removed 1 namespace\n"
 

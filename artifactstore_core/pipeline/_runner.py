@@ -28,6 +28,7 @@ from .connector import ArtifactConnector
 from .graph import RESERVED_PREFIX, Step
 
 __all__ = [
+    "SAVE_ATTEMPTS",
     "ReusedInputsUnusable",
     "StepOutcome",
     "WorkerTask",
@@ -36,6 +37,7 @@ __all__ = [
     "replacement_generations",
     "replacement_id",
     "run_in_worker",
+    "save_or_adopt",
     "to_message",
 ]
 
@@ -212,6 +214,8 @@ def execute_step(
     Raises:
         ReusedInputsUnusable: an input in ``verify`` is damaged (``ArtifactCorruptedError``) or gone
             (``ArtifactNotFoundError``); the step's function was not called.
+        ArtifactNotFoundError: the step's saves kept losing to another run's artifact that was gone before
+            it could be read back (see :func:`save_or_adopt`), or an input this run saved is gone.
         Whatever the step raises; SerializationError for an output that cannot be a message; the
         errors of :meth:`ArtifactStore.save` (not ``ArtifactExistsError``: the artifact another run saved
         first is read and used), and of reading an input in ``verify`` (a ``BackendError`` is the step's
@@ -243,15 +247,65 @@ def execute_step(
             # chosen over tying each record to the damaged artifact's identity (its digest and created time
             # from info()), which an artifact with a damaged header does not have.
             forget_replacements(store, step.id, records)
-        try:
-            store.save(step.id, message)
-        except ArtifactExistsError:
-            # The step had no artifact when the run started (or it would have been reused): another run of
-            # this execution (a second resume at once) saved its output while it ran here. Write-once makes
-            # that first output the step's artifact, the one every reader reads: this run uses it too.
-            message = store.get(step.id)
+        # The step had no artifact when the run started (or it would have been reused): a conflict means another
+        # run of this execution (a second resume at once) saved its output while it ran here. Write-once makes
+        # that first output the step's artifact, the one every reader reads: this run uses it too.
+        message = save_or_adopt(store, step.id, message, step.id)
         duration = time.perf_counter() - started
         return StepOutcome(step.id, duration, len(content_bytes(message)[1]))
+
+
+#: How many times a step saves its output (or a replacement record) when each save loses to another run's
+#: artifact that is gone again before this run can read it back (see :func:`save_or_adopt`).
+SAVE_ATTEMPTS = 3
+
+
+def save_or_adopt(store: ArtifactStore, artifact_id: str, message: Message, step_id: str) -> Message:
+    """Save ``message`` write-once under ``artifact_id`` (``step_id``'s artifact, or one of its replacement
+    records); return the message stored there: ``message``, or the one another run of the execution saved
+    first (write-once: that first one is what every reader reads, so this run uses it too).
+
+    Another run of the execution may also remove what it saved between this run's conflicting save and its
+    read of it (it finished and cleared the execution with ``on_success='clear'``; or the artifact was
+    deleted, or expired). The artifact is then simply missing again, as if never saved: this run saves its
+    own message again rather than failing on an artifact it was about to hold. Bounded: after
+    :data:`SAVE_ATTEMPTS` saves lost that way, it gives up.
+
+    Raises:
+        ArtifactNotFoundError: each of :data:`SAVE_ATTEMPTS` saves conflicted with an artifact that was gone
+            when read back; it names the step and the execution, the last read's error chained.
+        The errors of :meth:`ArtifactStore.save` (not ``ArtifactExistsError``) and ``get`` (an
+        ``ArtifactCorruptedError`` of the other run's artifact is raised, not saved over).
+    """
+    gone: ArtifactNotFoundError | None = None
+    for _ in range(SAVE_ATTEMPTS):
+        try:
+            store.save(artifact_id, message)
+            return message
+        except ArtifactExistsError:
+            pass
+        try:
+            return store.get(artifact_id)
+        except ArtifactNotFoundError as exc:
+            gone = exc
+    raise _lost_saves(store, artifact_id, step_id) from gone
+
+
+def _lost_saves(store: ArtifactStore, artifact_id: str, step_id: str) -> ArtifactNotFoundError:
+    """The error of a step that lost :data:`SAVE_ATTEMPTS` saves of ``artifact_id`` to artifacts that were
+    gone again before it could read them. Raises nothing."""
+    what = f"artifact {artifact_id!r}" if artifact_id == step_id else f"the replacement record {artifact_id!r}"
+    error = ArtifactNotFoundError(
+        f"step {step_id!r} saved its output {SAVE_ATTEMPTS} times, and each time another run of execution "
+        f"{store.namespace!r} on backend {store.backend_name!r} had saved {what} first (write-once) and it was "
+        "gone before this run could read it back: the other run cleared the execution (on_success='clear'; "
+        "run executions that may overlap with on_success='keep'), or the artifact was deleted or expired",
+        step_id=step_id,
+        namespace=store.namespace,
+        backend=store.backend_name,
+    )
+    error.missing_ids = (artifact_id,)
+    return error
 
 
 def _replace(store: ArtifactStore, step: Step, inputs: Any, records: int = 0) -> tuple[Message, bool, int]:
@@ -288,12 +342,9 @@ def _replace(store: ArtifactStore, step: Step, inputs: Any, records: int = 0) ->
     # One encoding of JSON content for the record, the artifact and the size (see execute_step).
     with reusing_verified_digests():
         if ran:
-            try:
-                store.save(record, message)
-            except ArtifactExistsError:
-                # Another resume created this generation's record while the step ran here: its output is the
-                # replacement, the artifact its readers may have read already.
-                message = store.get(record)
+            # A conflict: another resume created this generation's record while the step ran here; its output
+            # is the replacement, the artifact its readers may have read already.
+            message = save_or_adopt(store, record, message, step.id)
         installed = _install(store, step.id, message, record, max(records, generation))
         return installed, ran, len(content_bytes(installed)[1])
 
@@ -314,9 +365,12 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
     resume's listing).
 
     Raises:
+        ArtifactNotFoundError: as :func:`save_or_adopt`, the artifact kept being gone and then saved by
+            another run, :data:`SAVE_ATTEMPTS` times.
         BackendError and the other errors of :meth:`ArtifactStore.get`, ``save``, ``exists`` and ``delete``.
     """
-    while True:
+    gone: ArtifactNotFoundError | None = None
+    for _ in range(SAVE_ATTEMPTS):
         try:
             current = store.get(step_id)
         except ArtifactCorruptedError:
@@ -325,7 +379,8 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
             # needs an overwrite conditional on the stored digest, which the store contract does not have.
             store.save(step_id, replacement, overwrite=True)
             return replacement
-        except ArtifactNotFoundError:
+        except ArtifactNotFoundError as exc:
+            gone = exc
             try:
                 store.save(step_id, replacement)
                 return replacement
@@ -335,6 +390,8 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
             # ``records`` is at least ``record``'s own generation, so this deletes it too.
             forget_replacements(store, step_id, records)
         return current
+    # Bounded: each round found the artifact gone, and then another run's save in place before this one's.
+    raise _lost_saves(store, step_id, step_id) from gone
 
 
 # One store per worker process, reused by every step the worker runs for the same execution.

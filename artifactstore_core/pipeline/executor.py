@@ -455,6 +455,17 @@ class Executor:
                     f"step {step_id!r} ran again because its artifact from the earlier run could not be used: "
                     f"{replaced[step_id]}"
                 )
+            lost_input = _lost_input(error, pipeline[step_id], steps, execution_id)
+            if lost_input is not None:
+                # Not run again within this run, as a reused input is (that one is read before its reader
+                # starts): this one was gone only when the reader's function read it, and running the reader
+                # again would repeat what it did before (model calls, ...). A resume is the way.
+                failed.add_note(
+                    f"input {lost_input!r} of step {step_id!r} was saved by this run and was gone when read: it "
+                    "expired (a backend's default TTL), was deleted or collected by `artifactstore gc`, or another "
+                    f"run of execution {execution_id!r} that finished first cleared it (on_success='clear'). A run "
+                    f"does not compute it twice; a resume runs step {lost_input!r} again, then {step_id!r}"
+                )
             raise failed from error
         cleared = self._on_success == "clear"
         if cleared:
@@ -612,6 +623,17 @@ def _text_of(error: BaseException) -> str:
         return str(error)
     except Exception as problem:
         return f"<str() of the exception failed: {type(problem).__name__}>"
+
+
+def _lost_input(error: Exception, step: Step, steps: dict[str, StepResult], execution_id: str) -> str | None:
+    """The input of ``step`` that ``step`` failed on because it was gone, if that input was saved by this run
+    (``succeeded``), else ``None``. Raises nothing."""
+    if not isinstance(error, ArtifactNotFoundError) or error.step_id not in step.inputs:
+        return None
+    if error.namespace not in (None, execution_id):
+        return None  # the step read another store of its own
+    done = steps.get(error.step_id)
+    return error.step_id if done is not None and done.status == StepStatus.SUCCEEDED else None
 
 
 def _reason(exc: ArtifactStoreError) -> str:
