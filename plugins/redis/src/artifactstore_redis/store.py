@@ -84,7 +84,7 @@ from artifactstore_core import (
     StoreClosedError,
 )
 from artifactstore_core.envelope import Header
-from artifactstore_core.errors import redact
+from artifactstore_core.errors import raise_chained, redact
 from artifactstore_core.ids import decode_name, encode_name, validate_namespace, validate_step_id
 from artifactstore_core.settings import load_settings
 
@@ -208,11 +208,15 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
     try:
         options = _parse_url(url)
     except ValueError:
-        # Not chained: the parser's message may repeat part of the URL, which may hold a password.
-        raise ConfigurationError(
-            f"{_env('url')} is not a valid Redis URL (redis://[user[:password]@]host[:port][/db], rediss://... "
-            f"or unix:///path); it reads {settings.display_url}"
-        ) from None
+        # Not chained, nor left as the suppressed context: the parser's message may repeat part of the URL,
+        # which may hold a password.
+        raise_chained(
+            ConfigurationError(
+                f"{_env('url')} is not a valid Redis URL (redis://[user[:password]@]host[:port][/db], "
+                f"rediss://... or unix:///path); it reads {settings.display_url}"
+            ),
+            None,
+        )
     parts = urlsplit(url)
     if parts.scheme in ("redis", "rediss"):
         # redis-py takes a URL without a host for localhost and ignores a path that is no database number, so
@@ -825,12 +829,15 @@ class RedisStore(ArtifactStore):
             except (RedisError, RedisClusterException) as exc:
                 refusal = _cluster_disabled(exc)
                 if refusal is not None:
-                    raise ConfigurationError(
-                        f"{_env('cluster')} is true, but redis at {self._where} is not a cluster node "
-                        f"({self._describe(refusal)}): set {_env('cluster')}=false for a standalone server, or "
-                        f"point {_env('url')} at a node of the cluster"
-                    ) from self._scrubbed(exc)
-                raise self._translated(exc, "connect") from self._scrubbed(exc)
+                    raise_chained(
+                        ConfigurationError(
+                            f"{_env('cluster')} is true, but redis at {self._where} is not a cluster node "
+                            f"({self._describe(refusal)}): set {_env('cluster')}=false for a standalone server, "
+                            f"or point {_env('url')} at a node of the cluster"
+                        ),
+                        self._scrubbed(exc),
+                    )
+                raise_chained(self._translated(exc, "connect"), self._scrubbed(exc))
         self._discovered = True
         # The pool of our own standalone client: commands go straight through its connections, which skips
         # redis-py's per-command client machinery (about 10 us a call). A client given by the caller is used
@@ -854,10 +861,13 @@ class RedisStore(ArtifactStore):
         try:
             options.get("connection_class", Connection)(**kwargs)
         except (RedisError, TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"{_env('url')} has a connection option that redis-py refuses ({self._describe(exc)}); it reads "
-                f"{self._where}"
-            ) from self._scrubbed(exc)
+            raise_chained(
+                ConfigurationError(
+                    f"{_env('url')} has a connection option that redis-py refuses ({self._describe(exc)}); it "
+                    f"reads {self._where}"
+                ),
+                self._scrubbed(exc),
+            )
 
     @property
     def settings(self) -> RedisSettings:
