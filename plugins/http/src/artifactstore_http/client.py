@@ -1170,16 +1170,16 @@ class HttpStore(ArtifactStore):
         where = self._where(step_id)
         clients = self._clients
 
-        def short(received: int) -> Exception:
-            what = f"{where} a payload of {received} bytes; its envelope's header says {header.size}"
-            if body.close_delimited:
-                return _dropped(what)
-            return ArtifactCorruptedError(what, step_id=step_id)
+        def dropped(received: int) -> Exception:
+            # Only the closing of the connection ends this body: ending short, it was dropped on the way (retried
+            # like a dropped connection); any other body that ends short is damage the reader reports.
+            return _dropped(f"{where} a payload of {received} bytes; its envelope's header says {header.size}")
 
         def fail(exc: Exception) -> NoReturn:
-            if type(exc) is ArtifactCorruptedError and exc.step_id is None:
-                # The reader's own finding (a payload longer than its header says, or altered): named with the
-                # server it came from, as every answer that disagrees with its envelope is.
+            if isinstance(exc, ArtifactCorruptedError):
+                # The reader's own finding (a payload shorter or longer than its header says, or altered): the
+                # chunks are httpx's, which raise only transport errors. Named with the server it came from, as
+                # every answer that disagrees with its envelope is.
                 error = ArtifactCorruptedError(f"{where} a payload that fails verification: {exc}", step_id=step_id)
                 raise self._in_context(error, "open", step_id) from None
             if clients.closed and not isinstance(exc, ArtifactStoreError):
@@ -1189,7 +1189,11 @@ class HttpStore(ArtifactStore):
 
         try:
             reader = PayloadReader(
-                itertools.chain((body.first,), body.chunks), header, release=body.held.close, fail=fail, short=short
+                itertools.chain((body.first,), body.chunks),
+                header,
+                release=body.held.close,
+                fail=fail,
+                short=dropped if body.close_delimited else None,
             )
         except BaseException:
             body.held.close()
