@@ -35,6 +35,7 @@ from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import IO, Any, NamedTuple, NoReturn, cast
 
 import blake3
@@ -708,7 +709,8 @@ class PayloadReader(io.RawIOBase):
     the payload's size and never asks for the end. Chunks that run on past that size raise as soon as the
     excess arrives (the rest is not read); chunks that end short raise ``short(received)``'s error. Bytes
     returned before the last chunk are not verified yet, and closing the stream early verifies nothing.
-    After an error every later read raises it again.
+    After an error every later read raises it again: the same exception, with the traceback and context it was
+    first raised with (reading on does not make its traceback longer).
 
     ``release`` is called once, as soon as nothing more is to be read from the chunks: at the verified end,
     at the first error, or when the stream is closed, whichever comes first (an abandoned stream is closed,
@@ -749,6 +751,8 @@ class PayloadReader(io.RawIOBase):
         self._pending = memoryview(b"")
         self._done = False
         self._error: BaseException | None = None
+        # The first error's traceback and context as it was first raised (see _raise_again).
+        self._error_origin: tuple[TracebackType | None, BaseException | None] = (None, None)
 
     def readable(self) -> bool:
         """Always ``True``."""
@@ -765,7 +769,7 @@ class PayloadReader(io.RawIOBase):
         if self.closed:
             raise ValueError("read of closed file")
         if self._error is not None:
-            raise self._error
+            self._raise_again(self._error)
         try:
             while not self._pending and not self._done:
                 if self._left == 0:
@@ -794,11 +798,26 @@ class PayloadReader(io.RawIOBase):
                 raise exc  # a fail that returned (it must raise) never turns a failure into the stream's end
             except BaseException as error:
                 self._error = error
+                self._error_origin = (error.__traceback__, error.__context__)
                 raise
         count = min(len(buffer), len(self._pending))
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]
         return count
+
+    def _raise_again(self, error: BaseException) -> NoReturn:
+        """Raise the stream's first error again, as it was first raised.
+
+        A raise adds the frames it passes through to the exception's traceback: raising the same object after
+        every read would make its traceback a little longer each time (and each raise in an ``except`` block
+        of the caller's would make that block's exception its context). Its traceback starts again from the
+        first raise's, and its context stays the first one.
+        """
+        origin, context = self._error_origin
+        try:
+            raise error.with_traceback(origin)
+        finally:
+            error.__context__ = context
 
     def _next(self) -> bytes | None:
         """The next non-empty chunk, ``None`` at the end."""

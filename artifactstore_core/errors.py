@@ -17,7 +17,8 @@ and messages name the step id, namespace, backend or setting concerned, never a 
 while translating a client library's exception always chain the original as ``__cause__``.
 :func:`redact` removes secrets from text a backend quotes in a message (a server's error, a client's
 exception text), and :func:`scrub_exception` gives the exception to chain in place of a client library's
-whose text holds a secret (a :class:`RedactedError` standing in for it).
+whose text holds a secret (a :class:`RedactedError` standing in for it); :func:`raise_chained` raises an error
+with it as cause without keeping the original as the error's hidden ``__context__``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import re
 import traceback
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "URL_PASSWORD_MASK",
     "UnsupportedOperationError",
     "mask_url_passwords",
+    "raise_chained",
     "redact",
     "scrub_exception",
 ]
@@ -342,6 +344,35 @@ def _shown_link(exc: BaseException) -> BaseException | None:
     return None if exc.__suppress_context__ else exc.__context__
 
 
+def _hidden_links(exc: BaseException) -> list[BaseException]:
+    """What can be reached from ``exc`` other than through the link a traceback prints after it: a context
+    that is suppressed or overridden by a cause, and the members of an exception group. A traceback does not
+    print the former, but code that walks ``__context__`` (an error reporter) reaches it all the same."""
+    hidden: list[BaseException] = []
+    if exc.__context__ is not None and exc.__context__ is not _shown_link(exc):
+        hidden.append(exc.__context__)
+    if isinstance(exc, BaseExceptionGroup):
+        hidden.extend(exc.exceptions)
+    return hidden
+
+
+def _reaches_secret(starts: Iterable[BaseException], known: tuple[str, ...], seen: set[int]) -> bool:
+    """Whether any exception reachable from ``starts`` (through causes, contexts, suppressed or not, and group
+    members) holds one of ``known`` or a URL's password (see :func:`_holds_secret`)."""
+    pending = list(starts)
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if _holds_secret(current, known):
+            return True
+        pending.extend(link for link in (current.__cause__, current.__context__) if link is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+    return False
+
+
 #: How much of an exception's text is checked for secrets: a text is read whole up to this size; a longer one
 #: (an exception carrying a whole payload) is not read, and the exception is replaced (see _text_of).
 _MAX_CHECKED_TEXT = 1 << 20
@@ -394,11 +425,16 @@ def scrub_exception(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExce
 
     What is checked, for ``exc`` and each exception its traceback prints after it (its ``__cause__``, else its
     ``__context__`` unless suppressed): its ``str``, ``repr``, ``args``, attributes and notes, for each of
-    ``secrets`` (in the spellings :func:`redact` masks) and for a password in a URL's user info. A
+    ``secrets`` (in the spellings :func:`redact` masks) and for a password in a URL's user info. An exception
+    is replaced too when such a secret is reachable from it by a link a traceback does not print (a
+    suppressed ``__context__``, a member of an exception group, and whatever those link to), since code that
+    walks ``__context__`` would find it; a replacement links only to the next exception a traceback prints. A
     replacement keeps the original's qualified type name and its text, redacted, and the original's traceback
-    (frames show code, not values); the exceptions below the last one that held a secret are kept as they are,
-    types and all. Nothing of the original exceptions is changed: they may be shared (a client library may
-    keep one). Chain what this returns (``raise error from scrub_exception(exc, secrets)``).
+    (frames show code, not values); the exceptions below the last one replaced are kept as they are, types
+    and all, and nothing that holds a secret is reachable from them. Nothing of the original exceptions is
+    changed: they may be shared (a client library may keep one). Chain what this returns with
+    :func:`raise_chained` (``raise_chained(error, scrub_exception(exc, secrets))``): inside the ``except``
+    block that caught ``exc``, ``raise error from ...`` would keep ``exc`` as ``error.__context__``.
 
     Not covered: values of local variables in the traceback's frames, which only a debugger or a tool that
     collects locals shows.
@@ -421,7 +457,7 @@ def scrub_exception(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExce
         current = _shown_link(current)
     deepest = -1
     for index, link in enumerate(links):
-        if _holds_secret(link, known):
+        if _holds_secret(link, known) or _reaches_secret(_hidden_links(link), known, set(seen)):
             deepest = index
     if deepest < 0:
         return exc
@@ -442,3 +478,35 @@ def scrub_exception(exc: BaseException, secrets: Iterable[str] = ()) -> BaseExce
                 stand_in.__context__ = below
         below = stand_in
     return stand_in
+
+
+def raise_chained(error: BaseException, cause: BaseException | None) -> NoReturn:
+    """Raise ``error`` with ``cause`` as its ``__cause__`` and its ``__context__`` (``raise error from cause``
+    that keeps no other exception reachable from ``error``); ``cause`` ``None`` chains nothing.
+
+    Inside an ``except`` block, ``raise error from cause`` still sets ``error.__context__`` to the exception
+    being handled: a traceback does not print it (the context is suppressed), but code that walks
+    ``__context__`` (an error reporter, a debugger) reaches it. When that exception is the one that
+    :func:`scrub_exception` replaced because it shows a secret, or one that ``raise ... from None`` meant to
+    drop, this keeps it out of reach.
+
+    Raises:
+        BaseException: ``error``, always.
+    """
+    try:
+        raise error from cause
+    finally:
+        # Python sets the context while raising, so it can only be replaced afterwards, on the way out.
+        error.__context__ = cause
+
+
+def _scrub_links(error: BaseException, scrub: Callable[[BaseException], BaseException]) -> None:
+    """Replace ``error``'s cause and its context, shown or suppressed, by what ``scrub`` makes of them (for an
+    error of ours about to be raised again, which may be changed; a client library's exceptions may not)."""
+    cause, context = error.__cause__, error.__context__
+    if cause is not None:
+        error.__cause__ = scrub(cause)
+    if context is not None:
+        # ``raise error from exc`` in the except block of exc: both are exc, and stay one stand-in. A
+        # suppressed context is scrubbed too: a traceback hides it, code that walks __context__ does not.
+        error.__context__ = error.__cause__ if context is cause else scrub(context)

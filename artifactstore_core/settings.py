@@ -28,7 +28,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, raise_chained
 
 __all__ = ["CONFIG_ENV", "BackendSettings", "CoreSettings", "env_name_of", "environment_value", "load_settings"]
 
@@ -268,8 +268,9 @@ def load_settings(model: type[S], **overrides: Any) -> S:
             else:
                 # A check across several settings (a model validator): its message names them itself.
                 problems.append(f"{env_name_of(model, '*')}: {msg}")
-        # Not chained: pydantic's error repeats the input, which may be a secret.
-        raise ConfigurationError("invalid setting " + "; ".join(problems)) from None
+        # Not chained, nor left as the suppressed context: pydantic's error repeats the input, which may be a
+        # secret.
+        raise_chained(ConfigurationError("invalid setting " + "; ".join(problems)), None)
 
 
 def _given_where(model: type[BaseSettings], name: str, given: dict[str, Any]) -> str:

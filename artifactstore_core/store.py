@@ -36,6 +36,8 @@ from .errors import (
     SerializationError,
     StoreClosedError,
     UnsupportedOperationError,
+    _scrub_links,
+    raise_chained,
     scrub_exception,
 )
 from .ids import validate_namespace, validate_step_id
@@ -765,16 +767,9 @@ class ArtifactStore(ABC):
         return scrub_exception(exc, secrets)
 
     def _scrub_causes(self, error: ArtifactStoreError) -> ArtifactStoreError:
-        """``error`` with the exception its traceback shows after it (cause, else context) scrubbed in place
-        (it is ours to change; the client library's exceptions are not). Raises nothing."""
-        if error.__cause__ is not None:
-            cause = self._scrubbed(error.__cause__)
-            if cause is not error.__cause__:
-                error.__cause__ = cause
-        elif error.__context__ is not None and not error.__suppress_context__:
-            context = self._scrubbed(error.__context__)
-            if context is not error.__context__:
-                error.__context__ = context
+        """``error`` with its cause and its context, shown or suppressed, scrubbed in place (it is ours to
+        change; the client library's exceptions are not). Raises nothing."""
+        _scrub_links(error, self._scrubbed)
         return error
 
     # -- what a backend implements --------------------------------------------------------------------
@@ -1034,5 +1029,6 @@ class ArtifactStore(ABC):
         # was given, user info included, and the URL may come from AWS_ENDPOINT_URL, which no setting of ours
         # checks). Then a stand-in is chained instead, with the original's type name, redacted text and
         # traceback: what failed and where stays readable, only the secret goes. (``raise error from None``
-        # would lose the whole chain; the text alone, without a cause, would lose where it failed.)
-        raise error from self._scrubbed(exc)
+        # would lose the whole chain; the text alone, without a cause, would lose where it failed.) The stand-in
+        # is the context too: the original, kept there by a plain raise, would still be reachable.
+        raise_chained(error, self._scrubbed(exc))

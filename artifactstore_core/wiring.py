@@ -21,6 +21,8 @@ from .errors import (
     ConfigurationError,
     InvalidStepIdError,
     PluginLoadError,
+    _scrub_links,
+    raise_chained,
     scrub_exception,
 )
 from .ids import validate_namespace
@@ -110,11 +112,16 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
     except ArtifactStoreError as exc:
         if exc.backend is None:
             exc.backend = spec.name
+        # A factory's own error may chain a client library's exception as it is (raise ... from exc).
+        secrets = _secret_values(settings, core)
+        _scrub_links(exc, lambda link: scrub_exception(link, secrets))
         raise
     except Exception as exc:
-        # Only the type is quoted; the original is chained without the settings' secrets (its text may hold them).
-        raise _factory_error(spec, plugin_host().origin(spec.name), exc) from scrub_exception(
-            exc, _secret_values(settings, core)
+        # Only the type is quoted; the original is chained without the settings' secrets (its text may hold
+        # them), and is not left behind as the error's suppressed context either.
+        raise_chained(
+            _factory_error(spec, plugin_host().origin(spec.name), exc),
+            scrub_exception(exc, _secret_values(settings, core)),
         )
     if not isinstance(store, ArtifactStore):
         # A plugin bug that would otherwise surface far from here, as an AttributeError on first use.

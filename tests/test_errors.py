@@ -7,6 +7,7 @@ import pickle
 import traceback
 
 import pytest
+from exception_links import reachable_text
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -255,3 +256,97 @@ def test_a_stand_in_carries_the_notes_of_what_it_stands_for_redacted() -> None:
     shown = errors.scrub_exception(exc, ["hunter2"])
     assert isinstance(shown, errors.RedactedError)
     assert shown.__notes__ == ["token ********** was sent"]
+
+
+def test_an_error_raised_from_a_stand_in_keeps_no_way_back_to_the_original() -> None:
+    # ``raise error from stand_in`` in the except block kept the original as the suppressed __context__:
+    # no traceback printed it, but an error reporter walking __context__ found the password.
+    def fail() -> None:
+        try:
+            raise OSError("cannot reach http://u:" + "hunter2" + "@h")
+        except OSError as exc:
+            errors.raise_chained(errors.BackendError("read failed"), errors.scrub_exception(exc))
+
+    with pytest.raises(errors.BackendError) as info:
+        fail()
+    assert isinstance(info.value.__cause__, errors.RedactedError)
+    assert info.value.__context__ is info.value.__cause__
+    assert info.value.__suppress_context__
+    assert "hunter2" not in reachable_text(info.value)
+    assert "http://u:***@h" in str(info.value.__cause__)
+
+
+def test_raise_chained_with_no_cause_keeps_no_context_either() -> None:
+    def fail() -> None:
+        try:
+            raise ValueError("redis://:" + "hunter2" + "@h:x/0")
+        except ValueError:
+            errors.raise_chained(errors.ConfigurationError("not a valid URL"), None)
+
+    with pytest.raises(errors.ConfigurationError) as info:
+        fail()
+    assert (info.value.__cause__, info.value.__context__) == (None, None)
+
+
+def test_scrub_exception_stands_in_for_a_secret_in_a_suppressed_context() -> None:
+    # A client library's "raise ... from None" hides its own exception from tracebacks, not from reporters.
+    try:
+        try:
+            raise OSError("cannot reach http://u:" + "hunter2" + "@h")
+        except OSError:
+            raise ConnectionError("connection failed") from None
+    except ConnectionError as exc:
+        hidden = exc
+    shown = errors.scrub_exception(hidden)
+    assert isinstance(shown, errors.RedactedError)
+    assert str(shown) == "ConnectionError: connection failed"
+    assert "hunter2" not in reachable_text(shown)
+
+
+def test_scrub_exception_reaches_a_suppressed_context_below_a_clean_cause() -> None:
+    low = KeyError("clean")
+    try:
+        raise OSError("cannot reach http://u:" + "hunter2" + "@h")
+    except OSError as exc:
+        low.__context__ = exc  # kept by "raise low from None" in the except block
+        low.__suppress_context__ = True
+    top = RuntimeError("wrapped")
+    top.__cause__ = low
+    shown = errors.scrub_exception(top)
+    assert "hunter2" not in reachable_text(shown)
+    assert "KeyError: 'clean'" in "".join(traceback.format_exception(shown))  # still shown, by a stand-in
+
+
+def test_scrub_exception_reaches_a_group_members_suppressed_context() -> None:
+    member = ValueError("the upload failed")
+    member.__context__ = OSError("endpoint http://AKIA:" + "sekret" + "@h:9 refused")
+    member.__suppress_context__ = True
+    group = ExceptionGroup("several failed", [member])
+    shown = errors.scrub_exception(group)
+    assert isinstance(shown, errors.RedactedError)
+    assert "sekret" not in reachable_text(shown)
+
+
+def test_a_store_keeps_no_way_back_to_a_client_exception_that_shows_a_secret() -> None:
+    from artifactstore_memory import MemoryStore
+
+    secret = "tok-" + "4d2f9a"
+
+    class Leaky(MemoryStore):
+        def _secret_values(self) -> list[str]:
+            return [secret]
+
+        def _get(self, step_id: str) -> artifactstore_core.Message:
+            if step_id == "raw":
+                raise OSError(f"server said: bad token {secret}")
+            try:
+                raise OSError(f"server said: bad token {secret}")
+            except OSError as exc:
+                raise errors.AccessDeniedError("refused") from exc
+
+    store = Leaky(namespace="leaky")
+    for step_id, error in (("raw", errors.BackendError), ("own", errors.AccessDeniedError)):
+        with pytest.raises(error) as info:
+            store.get(step_id)
+        assert isinstance(info.value.__cause__, errors.RedactedError)
+        assert secret not in reachable_text(info.value)

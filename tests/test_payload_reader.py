@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import traceback
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -168,3 +169,40 @@ def test_a_release_that_fails_at_the_verified_end_does_not_fail_the_read() -> No
         raise OSError("the connection failed to close")
 
     assert io.BufferedReader(PayloadReader(chunks_of(PAYLOAD), header_of(PAYLOAD), release=release)).read() == PAYLOAD
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["raw", "buffered"])
+def test_reading_again_after_an_error_does_not_grow_its_traceback(wrapped: bool) -> None:
+    # The error is raised again as the same object: each raise added this frame (and the caller's) to its
+    # traceback, so a caller that read on after an error held an ever longer traceback.
+    def fail(exc: Exception) -> NoReturn:
+        raise BackendUnavailableError("the store's error") from exc
+
+    raw = PayloadReader(chunks_of(PAYLOAD)[:3], header_of(PAYLOAD), fail=fail)
+    stream: io.RawIOBase | io.BufferedReader = io.BufferedReader(raw) if wrapped else raw
+    lengths = []
+    first: BaseException | None = None
+    for _ in range(20):
+        with pytest.raises(BackendUnavailableError) as info:
+            stream.read()
+        first = first or info.value
+        assert info.value is first  # the same error every time
+        lengths.append(len(traceback.extract_tb(info.value.__traceback__)))
+    # Raised again: the first raise's frames and the frames of this raise, the same each time.
+    assert len(set(lengths[1:])) == 1, lengths
+    assert first is not None
+    assert isinstance(first.__cause__, ArtifactCorruptedError)
+
+
+def test_reading_again_in_an_except_block_keeps_the_errors_context() -> None:
+    reader = PayloadReader(chunks_of(PAYLOAD)[:3], header_of(PAYLOAD))
+    with pytest.raises(ArtifactCorruptedError) as info:
+        reader.read()
+    context = info.value.__context__
+    try:
+        raise KeyError("the caller's own")
+    except KeyError:
+        with pytest.raises(ArtifactCorruptedError) as again:
+            reader.read()
+    assert again.value is info.value
+    assert again.value.__context__ is context

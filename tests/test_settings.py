@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from exception_links import reachable_exceptions, reachable_text
 
 from artifactstore_core import ConfigurationError, CoreSettings, Message, create_store
 from artifactstore_core.envelope import Codec
@@ -389,3 +390,30 @@ def test_a_signing_key_whose_bytes_are_not_utf8_is_those_bytes(monkeypatch: pyte
     assert "canary" not in str(info.value)
     assert "canary" not in repr(info.value)
     assert info.value.__cause__ is None
+
+
+def test_an_invalid_secret_setting_is_reachable_from_no_error() -> None:
+    # The error is "not chained" so that pydantic's error, whose errors() hold the input, is not shown; it
+    # stayed reachable as the suppressed __context__, where an error reporter walking the links found it.
+    from pydantic import SecretStr, field_validator
+    from pydantic_settings import SettingsConfigDict
+
+    from artifactstore_core import BackendSettings
+
+    class TokenSettings(BackendSettings):
+        model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_TOKENTEST_")
+        token: SecretStr | None = None
+
+        @field_validator("token")
+        @classmethod
+        def _no_spaces(cls, value: SecretStr | None) -> SecretStr | None:
+            if value is not None and " " in value.get_secret_value():
+                raise ValueError("must not contain spaces")
+            return value
+
+    secret = "hunter2 " + "e1c3"
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(TokenSettings, token=secret)
+    reached = reachable_exceptions(info.value)
+    assert reached == [info.value]
+    assert secret not in reachable_text(info.value)

@@ -393,6 +393,10 @@ def test_a_chunked_body_that_ends_short_is_corrupt() -> None:
         data, error = open_and_read(store)
     assert isinstance(error, ArtifactCorruptedError), repr(error)
     assert len(data) < len(PAYLOAD)
+    # The reader's finding, worded as its other findings are: the server, then what failed.
+    assert "a payload that fails verification: payload is" in str(error)
+    assert f"is {len(PAYLOAD) - 100} bytes; its header says {len(PAYLOAD)}" in str(error)
+    assert (error.step_id, error.backend) == ("a", "http")
 
 
 @pytest.mark.timeout(60)

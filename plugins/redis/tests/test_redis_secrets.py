@@ -72,10 +72,30 @@ def url_with_password(server: RedisServer, password: str = CANARY) -> str:
     return f"redis://:{quote(password, safe='')}@127.0.0.1:{server.port}/0"
 
 
+def reachable_text(exc: BaseException) -> str:
+    """What code that walks an exception's links (an error reporter) reaches: the str, repr, args, notes and
+    attributes of every exception linked as a cause, a context (suppressed or not) or a group member."""
+    texts: list[str] = []
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        notes = getattr(current, "__notes__", [])
+        texts.append(f"{current!s} {current!r} {current.args!r} {notes!r} {getattr(current, '__dict__', {})!r}")
+        pending += [link for link in (current.__cause__, current.__context__) if link is not None]
+        if isinstance(current, BaseExceptionGroup):
+            pending += current.exceptions
+    return "\n".join(texts)
+
+
 def full_text(exc: BaseException) -> str:
-    """Everything a user could see of an exception: str, repr, traceback with causes, and after pickling."""
+    """Everything a user could see of an exception: str, repr, traceback with causes, after pickling, and every
+    exception reachable from it (a suppressed context too)."""
     copy = pickle.loads(pickle.dumps(exc)) if isinstance(exc, ArtifactStoreError) else exc
-    return "\n".join([str(exc), repr(exc), "".join(traceback.format_exception(exc)), str(copy), repr(copy)])
+    shown = [str(exc), repr(exc), "".join(traceback.format_exception(exc)), str(copy), repr(copy)]
+    return "\n".join([*shown, reachable_text(exc)])
 
 
 def failing(call: Callable[[], Any], error: type[BaseException], seen: list[str]) -> BaseException:

@@ -571,6 +571,32 @@ def test_namespaces_lists_non_empty_ones_and_forgets_empty_ones(
     assert raw.zrange(registry, 0, -1) == [b"one"]
 
 
+def test_namespaces_ignores_an_index_that_holds_only_foreign_members(
+    redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/redis.md: an index member that is not the canonical encoding of a legal id is ignored. A namespace
+    # whose index held only such members (something else wrote them) was listed, holding nothing.
+    # Small batches: an index is read in several pages past the first members.
+    one = store_factory(redis_server.url, "one", key_prefix=prefix, batch_size=10)
+    one.save("a", Message(content=1))
+    registry = f"{{{prefix}}}:namespaces"
+    foreign = {"not canonical": "+inf", b"\xff\xfe": "+inf", "%zz": "+inf", "": "+inf"}
+    for name, members in (
+        ("foreign", foreign),
+        # Many foreign members ahead of one legal id: found however far it sorts.
+        ("late", {**{f"x y {n}": 10**15 for n in range(40)}, encode_name("real"): "+inf"}),
+        # A legal id whose entry expired does not count either.
+        ("expired", {**foreign, encode_name("gone"): 1}),
+    ):
+        raw.zadd(f"{{{prefix}:{name}}}:idx", members)
+        raw.zadd(registry, {name: 0})
+    assert one.namespaces() == ["late", "one"]
+    monkeypatch.setattr(store_module, "_REGISTRY_GRACE", -1)
+    assert one.namespaces() == ["late", "one"]
+    assert sorted(raw.zrange(registry, 0, -1)) == [b"late", b"one"]  # the empty ones are forgotten
+    one.clear()
+
+
 def test_info_reads_only_the_head(redis_server: RedisServer, store_factory: MakeStore, raw: Any, prefix: str) -> None:
     store = store_factory(redis_server.url, "info", key_prefix=prefix)
     store.save("i", Message(content=b"12345"))

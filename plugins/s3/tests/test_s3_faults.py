@@ -20,6 +20,7 @@ from s3_fixtures import (
     error_response,
     make_settings,
     open_uploads,
+    reachable_text,
     warm,
 )
 
@@ -36,6 +37,7 @@ from artifactstore_core import (
     PayloadTooLargeError,
     StoreClosedError,
 )
+from artifactstore_core.errors import RedactedError
 from artifactstore_core.testing_servers import free_port, in_thread
 from artifactstore_s3 import S3Store
 from artifactstore_s3.settings import MIB
@@ -189,8 +191,28 @@ def test_errors_pickle_and_never_carry_a_secret(new_s3_store: NewStore, caplog: 
     copy = pickle.loads(pickle.dumps(info.value))
     assert type(copy) is type(info.value)
     assert copy.step_id == "x"
-    for text in (str(info.value), repr(info.value), str(copy), caplog.text):
+    for text in (str(info.value), repr(info.value), str(copy), caplog.text, reachable_text(info.value)):
         assert SECRET_KEY not in text
+
+
+@pytest.mark.timeout(60)
+def test_an_endpoint_password_is_reachable_from_no_error(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, bucket: str
+) -> None:
+    # botocore quotes the endpoint URL, user info included, when it cannot connect; an endpoint from boto3's
+    # configuration is not checked by our settings. The error chains a stand-in, and the original must not
+    # stay reachable as its suppressed __context__ (an error reporter walks those).
+    password = "endpoint-canary-" + "51c0de"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://user:{password}@127.0.0.1:{free_port()}")
+    store = S3Store(make_settings(moto_endpoint, bucket, endpoint_url=None, max_attempts=1, connect_timeout=2))
+    try:
+        with pytest.raises(BackendUnavailableError) as info:
+            store.exists("x")
+    finally:
+        store.close()
+    assert isinstance(info.value.__cause__, RedactedError)
+    assert "EndpointConnectionError" in str(info.value.__cause__)
+    assert password not in reachable_text(info.value)
 
 
 # -- a 404 during a write: something the write needed vanished, not a missing artifact -------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_fixtures import ACCESS_KEY, SECRET_KEY
+from s3_fixtures import ACCESS_KEY, SECRET_KEY, reachable_text
 
 from artifactstore_core import ArtifactNotFoundError, Message
 from artifactstore_s3 import S3Store
@@ -219,3 +219,22 @@ def test_what_botocore_writes_of_anyones_credentials_is_masked(text: str, secret
     assert "**********" in message
     for value in secret:
         assert value not in message, value
+
+
+def test_a_logged_exception_keeps_no_suppressed_context_that_shows_a_credential() -> None:
+    # botocore logs an exception raised "from None" in the except block of one that quoted the endpoint URL:
+    # no traceback prints that context, but an error reporter that walks __context__ found the password.
+    password = "log-context-" + "canary-2b7e"
+    try:
+        try:
+            raise OSError(f"cannot connect to http://key:{password}@127.0.0.1:9")
+        except OSError:
+            raise ConnectionError("connection failed") from None
+    except ConnectionError as exc:
+        info = (type(exc), exc, exc.__traceback__)
+    record = logging.LogRecord("botocore.endpoint", logging.DEBUG, __file__, 1, "retrying", None, info)
+    assert SECRETS_FILTER.filter(record)
+    assert record.exc_info is not None
+    assert record.exc_info[1] is not None
+    assert "ConnectionError: connection failed" in str(record.exc_info[1])
+    assert password not in reachable_text(record.exc_info[1])

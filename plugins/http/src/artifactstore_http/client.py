@@ -51,6 +51,7 @@ from artifactstore_core.errors import (
     PayloadTooLargeError,
     SerializationError,
     StoreClosedError,
+    raise_chained,
     redact,
 )
 from artifactstore_core.settings import load_settings
@@ -550,18 +551,25 @@ class HttpStore(ArtifactStore):
                 # httpx reads SSL_CERT_FILE first, SSL_CERT_DIR only without it: name the one it read.
                 used = next((name for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)), None)
                 source = f"{used}={os.environ[used]!r}" if settings.trust_env and used else "certifi's bundle"
-                raise ConfigurationError(
-                    f"cannot load the CA certificates of the environment ({type(exc).__name__}: {exc}; {source}): "
-                    "fix or unset that variable, or set ARTIFACT_STORE_HTTP_CA_FILE, or "
-                    "ARTIFACT_STORE_HTTP_TRUST_ENV=false",
-                    backend=self.backend_name,
-                ) from self._scrubbed(exc)
+                raise_chained(
+                    ConfigurationError(
+                        f"cannot load the CA certificates of the environment ({type(exc).__name__}: {exc}; "
+                        f"{source}): fix or unset that variable, or set ARTIFACT_STORE_HTTP_CA_FILE, or "
+                        "ARTIFACT_STORE_HTTP_TRUST_ENV=false",
+                        backend=self.backend_name,
+                    ),
+                    self._scrubbed(exc),
+                )
         try:
             return ssl.create_default_context(cafile=settings.ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"cannot load ARTIFACT_STORE_HTTP_CA_FILE ({type(exc).__name__}: {exc})", backend=self.backend_name
-            ) from self._scrubbed(exc)
+            raise_chained(
+                ConfigurationError(
+                    f"cannot load ARTIFACT_STORE_HTTP_CA_FILE ({type(exc).__name__}: {exc})",
+                    backend=self.backend_name,
+                ),
+                self._scrubbed(exc),
+            )
 
     def _new_client(self) -> httpx.Client:
         settings = self._settings
@@ -595,14 +603,17 @@ class HttpStore(ArtifactStore):
             # without the socksio package (ImportError) or a scheme it does not know (ValueError, quoting the
             # proxy's URL, which is not repeated here). Every operation would fail the same way, as an ImportError
             # that names no setting.
-            raise ConfigurationError(
-                "a proxy variable of the environment (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY, in either case) is "
-                f"unusable ({type(exc).__name__}): a socks5:// proxy needs pip install 'httpx[socks]', and httpx "
-                "knows only http://, https://, socks5:// and socks5h:// proxies; or set "
-                "ARTIFACT_STORE_HTTP_TRUST_ENV=false to ignore the proxy variables (NO_PROXY does not help: httpx "
-                "builds every proxy's transport)",
-                backend=self.backend_name,
-            ) from self._scrubbed(exc)
+            raise_chained(
+                ConfigurationError(
+                    "a proxy variable of the environment (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY, in either case) is "
+                    f"unusable ({type(exc).__name__}): a socks5:// proxy needs pip install 'httpx[socks]', and "
+                    "httpx knows only http://, https://, socks5:// and socks5h:// proxies; or set "
+                    "ARTIFACT_STORE_HTTP_TRUST_ENV=false to ignore the proxy variables (NO_PROXY does not help: "
+                    "httpx builds every proxy's transport)",
+                    backend=self.backend_name,
+                ),
+                self._scrubbed(exc),
+            )
         # So that close() can end this client's requests in other threads (see _Sockets): the direct
         # transport, and those of the proxies from the environment (None stands for a NO_PROXY exception).
         direct = getattr(client, "_transport", None)
@@ -1159,16 +1170,16 @@ class HttpStore(ArtifactStore):
         where = self._where(step_id)
         clients = self._clients
 
-        def short(received: int) -> Exception:
-            what = f"{where} a payload of {received} bytes; its envelope's header says {header.size}"
-            if body.close_delimited:
-                return _dropped(what)
-            return ArtifactCorruptedError(what, step_id=step_id)
+        def dropped(received: int) -> Exception:
+            # Only the closing of the connection ends this body: ending short, it was dropped on the way (retried
+            # like a dropped connection); any other body that ends short is damage the reader reports.
+            return _dropped(f"{where} a payload of {received} bytes; its envelope's header says {header.size}")
 
         def fail(exc: Exception) -> NoReturn:
-            if type(exc) is ArtifactCorruptedError and exc.step_id is None:
-                # The reader's own finding (a payload longer than its header says, or altered): named with the
-                # server it came from, as every answer that disagrees with its envelope is.
+            if isinstance(exc, ArtifactCorruptedError):
+                # The reader's own finding (a payload shorter or longer than its header says, or altered): the
+                # chunks are httpx's, which raise only transport errors. Named with the server it came from, as
+                # every answer that disagrees with its envelope is.
                 error = ArtifactCorruptedError(f"{where} a payload that fails verification: {exc}", step_id=step_id)
                 raise self._in_context(error, "open", step_id) from None
             if clients.closed and not isinstance(exc, ArtifactStoreError):
@@ -1178,7 +1189,11 @@ class HttpStore(ArtifactStore):
 
         try:
             reader = PayloadReader(
-                itertools.chain((body.first,), body.chunks), header, release=body.held.close, fail=fail, short=short
+                itertools.chain((body.first,), body.chunks),
+                header,
+                release=body.held.close,
+                fail=fail,
+                short=dropped if body.close_delimited else None,
             )
         except BaseException:
             body.held.close()

@@ -84,7 +84,7 @@ from artifactstore_core import (
     StoreClosedError,
 )
 from artifactstore_core.envelope import Header
-from artifactstore_core.errors import redact
+from artifactstore_core.errors import raise_chained, redact
 from artifactstore_core.ids import decode_name, encode_name, validate_namespace, validate_step_id
 from artifactstore_core.settings import load_settings
 
@@ -139,6 +139,9 @@ _URL_PARSED_OPTIONS = frozenset({"host", "port", "path", "connection_class"})
 # save (with its retries) by far, so that a save in flight is never forgotten.
 _REGISTER_EVERY = 60.0
 _REGISTRY_GRACE = 900
+#: How many unexpired index members namespaces() reads per namespace to find one that is a legal id's
+#: encoding; an index whose first ones were all written by something else is read on (see _holds_legal_member).
+_NAMESPACE_PEEK = 8
 # A pipeline is sent when it holds this many payload bytes, so client buffers stay bounded.
 _PIPELINE_BYTES = 16 * 1024 * 1024
 # Stored payloads smaller than this travel through the SAVE script and live in the artifact's hash (one
@@ -208,11 +211,15 @@ def _connection_options(settings: RedisSettings) -> dict[str, Any]:
     try:
         options = _parse_url(url)
     except ValueError:
-        # Not chained: the parser's message may repeat part of the URL, which may hold a password.
-        raise ConfigurationError(
-            f"{_env('url')} is not a valid Redis URL (redis://[user[:password]@]host[:port][/db], rediss://... "
-            f"or unix:///path); it reads {settings.display_url}"
-        ) from None
+        # Not chained, nor left as the suppressed context: the parser's message may repeat part of the URL,
+        # which may hold a password.
+        raise_chained(
+            ConfigurationError(
+                f"{_env('url')} is not a valid Redis URL (redis://[user[:password]@]host[:port][/db], "
+                f"rediss://... or unix:///path); it reads {settings.display_url}"
+            ),
+            None,
+        )
     parts = urlsplit(url)
     if parts.scheme in ("redis", "rediss"):
         # redis-py takes a URL without a host for localhost and ignores a path that is no database number, so
@@ -825,12 +832,15 @@ class RedisStore(ArtifactStore):
             except (RedisError, RedisClusterException) as exc:
                 refusal = _cluster_disabled(exc)
                 if refusal is not None:
-                    raise ConfigurationError(
-                        f"{_env('cluster')} is true, but redis at {self._where} is not a cluster node "
-                        f"({self._describe(refusal)}): set {_env('cluster')}=false for a standalone server, or "
-                        f"point {_env('url')} at a node of the cluster"
-                    ) from self._scrubbed(exc)
-                raise self._translated(exc, "connect") from self._scrubbed(exc)
+                    raise_chained(
+                        ConfigurationError(
+                            f"{_env('cluster')} is true, but redis at {self._where} is not a cluster node "
+                            f"({self._describe(refusal)}): set {_env('cluster')}=false for a standalone server, "
+                            f"or point {_env('url')} at a node of the cluster"
+                        ),
+                        self._scrubbed(exc),
+                    )
+                raise_chained(self._translated(exc, "connect"), self._scrubbed(exc))
         self._discovered = True
         # The pool of our own standalone client: commands go straight through its connections, which skips
         # redis-py's per-command client machinery (about 10 us a call). A client given by the caller is used
@@ -854,10 +864,13 @@ class RedisStore(ArtifactStore):
         try:
             options.get("connection_class", Connection)(**kwargs)
         except (RedisError, TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"{_env('url')} has a connection option that redis-py refuses ({self._describe(exc)}); it reads "
-                f"{self._where}"
-            ) from self._scrubbed(exc)
+            raise_chained(
+                ConfigurationError(
+                    f"{_env('url')} has a connection option that redis-py refuses ({self._describe(exc)}); it "
+                    f"reads {self._where}"
+                ),
+                self._scrubbed(exc),
+            )
 
     @property
     def settings(self) -> RedisSettings:
@@ -1311,20 +1324,32 @@ class RedisStore(ArtifactStore):
         held: list[str] = []
         empty: list[str] = []
         info: list[Any] = []
+        unsure: list[tuple[str, int]] = []
         for number, chunk in enumerate(chunks):
             now_ms = int(time.time() * 1000)
-            # A namespace holds artifacts while its index has an entry that has not expired.
-            commands = [("ZCOUNT", f"{{{prefix}:{name}}}:idx", f"({now_ms}", "+inf") for name in chunk]
+            # A namespace holds artifacts while its index has an unexpired entry that is a legal id's encoding
+            # (a member something else wrote does not count, as list() skips it): the first few are looked at.
+            commands = [
+                ("ZRANGEBYSCORE", f"{{{prefix}:{name}}}:idx", f"({now_ms}", "+inf", "LIMIT", 0, _NAMESPACE_PEEK)
+                for name in chunk
+            ]
             # After the indexes are read (see _evicts_index), on a standalone server in the same round trip.
             reads = self._eviction_reads() if standalone and number == len(chunks) - 1 else []
             if not commands and not reads:
                 continue
             replies = self._pipelined([*commands, *reads])
             info = replies[len(commands) :]
-            for name, count in zip(chunk, replies[: len(commands)], strict=True):
-                if isinstance(count, Exception):
-                    raise count
-                (held if count else empty).append(name)
+            for name, members in zip(chunk, replies[: len(commands)], strict=True):
+                if isinstance(members, Exception):
+                    raise members
+                if any(_decoded(member, validate_step_id) is not None for member in members):
+                    held.append(name)
+                elif len(members) < _NAMESPACE_PEEK:
+                    empty.append(name)
+                else:  # as many foreign members as were asked for: read on (rare, see _holds_legal_member)
+                    unsure.append((name, now_ms))
+        for name, now_ms in unsure:
+            (held if self._holds_legal_member(f"{{{prefix}:{name}}}:idx", now_ms) else empty).append(name)
         # On a server that may have evicted an index or registry entries: the namespaces that still hold an
         # artifact hash, listed (and kept registered) whatever their index and the registry say.
         swept = self._swept_namespaces(info if standalone else None)
@@ -1333,6 +1358,23 @@ class RedisStore(ArtifactStore):
             if name not in swept and not self._forget(name):
                 break
         yield from (namespace for namespace in listed.values() if namespace is not None)
+
+    def _holds_legal_member(self, index: str, now_ms: int) -> bool:
+        """Whether ``index`` has a member unexpired at ``now_ms`` that is a legal id's encoding, read page by
+        page past the first :data:`_NAMESPACE_PEEK`, which were all written by something else."""
+        page = max(self._settings.batch_size, _NAMESPACE_PEEK)
+
+        def read(offset: int) -> list[bytes]:
+            return cast(list[bytes], self._client.zrangebyscore(index, f"({now_ms}", "+inf", start=offset, num=page))
+
+        start = _NAMESPACE_PEEK
+        while True:
+            members = self._retrying(functools.partial(read, start))
+            if any(_decoded(member, validate_step_id) is not None for member in members):
+                return True
+            if len(members) < page:
+                return False
+            start += page
 
     def _forget(self, name: str) -> bool:
         """Drop the empty namespace ``name`` (encoded) from the registry unless it was announced within the

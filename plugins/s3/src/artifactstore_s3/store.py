@@ -40,6 +40,7 @@ from artifactstore_core import (
     StoreClosedError,
 )
 from artifactstore_core.envelope import Header, PayloadReader, content_stream, new_hasher
+from artifactstore_core.errors import raise_chained
 from artifactstore_core.ids import validate_step_id
 from artifactstore_core.settings import load_settings
 from artifactstore_core.store import ContextThreadPoolExecutor, checked_read
@@ -373,10 +374,14 @@ class S3Store(ArtifactStore):
         try:
             client = session.client("s3", endpoint_url=settings.endpoint_url, config=config, verify=verify)
         except ValueError as exc:
-            raise ConfigurationError(
-                f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
-                "ARTIFACT_STORE_S3_REGION"
-            ) from exc
+            # botocore's text quotes the endpoint, which may come from its own configuration with user info.
+            raise_chained(
+                ConfigurationError(
+                    f"cannot build the S3 client: {type(exc).__name__}; check ARTIFACT_STORE_S3_ENDPOINT_URL and "
+                    "ARTIFACT_STORE_S3_REGION"
+                ),
+                self._scrubbed(exc),
+            )
         # The setting refuses user info, but an endpoint from boto3's configuration (AWS_ENDPOINT_URL_S3,
         # AWS_ENDPOINT_URL, the AWS config file) is not checked: botocore sends and quotes it as it is, so its
         # password is one of this store's secrets (masked in errors and botocore's log records).
