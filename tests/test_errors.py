@@ -7,12 +7,12 @@ import pickle
 import traceback
 
 import pytest
-from exception_links import reachable_text
 from hypothesis import given
 from hypothesis import strategies as st
 
 import artifactstore_core
 from artifactstore_core import errors
+from artifactstore_core.testing_errors import reachable_text
 
 ERROR_CLASSES = [
     obj

@@ -8,10 +8,10 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from exception_links import reachable_text
 
 from artifactstore_core import BackendNotFoundError, Message, PluginLoadError, create_store, errors
 from artifactstore_core.registry import ENTRY_POINT_GROUP, PluginHost, plugin_host
+from artifactstore_core.testing_errors import reachable_text
 from fakedist import install_fake_distribution
 
 

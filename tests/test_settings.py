@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from exception_links import reachable_exceptions, reachable_text
 
 from artifactstore_core import ConfigurationError, CoreSettings, Message, create_store
 from artifactstore_core.envelope import Codec
 from artifactstore_core.settings import load_settings
+from artifactstore_core.testing_errors import reachable_exceptions, reachable_text
 from artifactstore_memory import MemorySettings
 
 

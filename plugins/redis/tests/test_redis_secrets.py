@@ -28,6 +28,7 @@ from artifactstore_core import (
     create_store,
 )
 from artifactstore_core.settings import load_settings
+from artifactstore_core.testing_errors import reachable_text
 from artifactstore_redis import RedisSettings, RedisStore
 from artifactstore_redis.testing import RedisServer, free_port
 
@@ -70,24 +71,6 @@ def _no_canary_anywhere(
 
 def url_with_password(server: RedisServer, password: str = CANARY) -> str:
     return f"redis://:{quote(password, safe='')}@127.0.0.1:{server.port}/0"
-
-
-def reachable_text(exc: BaseException) -> str:
-    """What code that walks an exception's links (an error reporter) reaches: the str, repr, args, notes and
-    attributes of every exception linked as a cause, a context (suppressed or not) or a group member."""
-    texts: list[str] = []
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        notes = getattr(current, "__notes__", [])
-        texts.append(f"{current!s} {current!r} {current.args!r} {notes!r} {getattr(current, '__dict__', {})!r}")
-        pending += [link for link in (current.__cause__, current.__context__) if link is not None]
-        if isinstance(current, BaseExceptionGroup):
-            pending += current.exceptions
-    return "\n".join(texts)
 
 
 def full_text(exc: BaseException) -> str:

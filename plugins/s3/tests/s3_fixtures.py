@@ -106,21 +106,3 @@ def warm(store: S3Store) -> None:
     small artifact ``"warm"``: faults injected afterwards reach the operation under test, not a probe."""
     store._ensure_conditional(multipart=True)
     store.save("warm", Message(content=0))
-
-
-def reachable_text(exc: BaseException) -> str:
-    """What code that walks an exception's links (an error reporter) reaches: the str, repr, args, notes and
-    attributes of every exception linked as a cause, a context (suppressed or not) or a group member."""
-    texts: list[str] = []
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        notes = getattr(current, "__notes__", [])
-        texts.append(f"{current!s} {current!r} {current.args!r} {notes!r} {getattr(current, '__dict__', {})!r}")
-        pending += [link for link in (current.__cause__, current.__context__) if link is not None]
-        if isinstance(current, BaseExceptionGroup):
-            pending += current.exceptions
-    return "\n".join(texts)

@@ -20,7 +20,6 @@ from s3_fixtures import (
     error_response,
     make_settings,
     open_uploads,
-    reachable_text,
     warm,
 )
 
@@ -38,6 +37,7 @@ from artifactstore_core import (
     StoreClosedError,
 )
 from artifactstore_core.errors import RedactedError
+from artifactstore_core.testing_errors import reachable_text
 from artifactstore_core.testing_servers import free_port, in_thread
 from artifactstore_s3 import S3Store
 from artifactstore_s3.settings import MIB

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_fixtures import ACCESS_KEY, SECRET_KEY, reachable_text
+from s3_fixtures import ACCESS_KEY, SECRET_KEY
 
 from artifactstore_core import ArtifactNotFoundError, Message
+from artifactstore_core.testing_errors import reachable_text
 from artifactstore_s3 import S3Store
 from artifactstore_s3.logs import SECRETS_FILTER
 

@@ -1,10 +1,14 @@
-"""What code that walks an exception's links (an error reporter, a debugger) can reach from it."""
+"""What code that walks an exception's links (an error reporter, a debugger) can reach from an error: for a
+backend's tests that prove its errors show no secret however they are read (standard library only)."""
 
 from __future__ import annotations
 
+__all__ = ["reachable_exceptions", "reachable_text"]
+
 
 def reachable_exceptions(exc: BaseException) -> list[BaseException]:
-    """``exc`` and every exception linked from it as a cause, a context (suppressed or not) or a group member."""
+    """``exc`` and every exception linked from it as a cause, a context (suppressed or not, which a traceback
+    does not print but an error reporter reads) or an exception group's member, each once. Raises nothing."""
     found: list[BaseException] = []
     pending, seen = [exc], set()
     while pending:
@@ -20,7 +24,9 @@ def reachable_exceptions(exc: BaseException) -> list[BaseException]:
 
 
 def reachable_text(exc: BaseException) -> str:
-    """The str, repr, args, notes and attributes of every exception reachable from ``exc``."""
+    """The str, repr, args, notes and attributes of every exception :func:`reachable_exceptions` finds from
+    ``exc``, one line each: assert a secret is not in it. Raises nothing a well-behaved exception's ``str`` and
+    ``repr`` do not."""
     return "\n".join(
         f"{link!s} {link!r} {link.args!r} {getattr(link, '__notes__', [])!r} {getattr(link, '__dict__', {})!r}"
         for link in reachable_exceptions(exc)
