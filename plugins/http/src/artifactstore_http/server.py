@@ -51,7 +51,6 @@ from artifactstore_core.envelope import (
 )
 from artifactstore_core.errors import (
     ArtifactCorruptedError,
-    ArtifactExistsError,
     ArtifactNotFoundError,
     ArtifactStoreError,
     BackendTimeoutError,
@@ -486,14 +485,8 @@ def _refuse_another_artifact(store: ArtifactStore, step_id: str, header: Header)
     if (stored.size, stored.digest, stored.media_type, stored.schema_name) != (
         incoming.size, incoming.digest, incoming.media_type, incoming.schema_name,
     ):  # fmt: skip
-        # The store's own words for a write-once refusal (ArtifactStore._exists_error).
-        raise ArtifactExistsError(
-            f"a different artifact {step_id!r} already exists in namespace {store.namespace!r} of backend "
-            f"{store.backend_name!r}; pass overwrite=True to replace it",
-            step_id=step_id,
-            namespace=store.namespace,
-            backend=store.backend_name,
-        )
+        # The store's own words for a write-once refusal, as its save would have raised it.
+        raise store._exists_error(step_id)
 
 
 class _UploadFailedError(Exception):
