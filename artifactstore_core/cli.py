@@ -728,31 +728,43 @@ def unread_variables(spec: BackendSpec) -> list[str]:
         elif name.startswith(others):
             continue
         else:
-            close = difflib.get_close_matches(name, sorted(core), n=1, cutoff=0.85) or _misspelt_backend(name)
+            close = difflib.get_close_matches(name, sorted(core), n=1, cutoff=0.85)
             if not close:
-                continue
+                meant = _misspelt_backend(name)
+                if meant is None:
+                    continue
+                close = [meant] if meant else []
             what = "is no setting"
         guess = f"; did you mean {close[0]}?" if close else ""
         lines.append(f"{variable} {what} and is ignored{guess}")
     return lines
 
 
-def _misspelt_backend(name: str) -> list[str]:
-    """``[name]`` with its backend part spelt as an installed backend's (``..._FILESYTEM_ROOT`` ->
-    ``ARTIFACT_STORE_FILESYSTEM_ROOT``) when that part is close to one's name and is none; else ``[]``.
+def _misspelt_backend(name: str) -> str | None:
+    """For a variable whose backend part is close to an installed backend's name and is none (``..._FILESYTEM_ROOT``),
+    the variable it was meant to be (``ARTIFACT_STORE_FILESYSTEM_ROOT``), or ``""`` when that backend has no such
+    setting either (nothing to suggest, but still ignored); ``None`` when the part is close to no backend's name.
 
     A misspelt backend part is the likeliest typo of all, and no other check sees it: the variable is under
-    no backend's prefix. Raises nothing.
+    no backend's prefix. Raises nothing (a backend that fails to load has no setting to suggest).
     """
     rest = name.removeprefix("ARTIFACT_STORE_")
     part, _, setting = rest.partition("_")
     if not setting:
-        return []
+        return None
     backends = {backend.upper(): backend for backend in plugin_host().installed()}
     if part in backends:
-        return []
+        return None
     close = difflib.get_close_matches(part, sorted(backends), n=1, cutoff=0.75)
-    return [f"ARTIFACT_STORE_{close[0]}_{setting}"] if close else []
+    if not close:
+        return None
+    try:
+        model = plugin_host().load(backends[close[0]]).settings_model
+    except (errors.BackendNotFoundError, errors.PluginLoadError):
+        return ""
+    meant = f"ARTIFACT_STORE_{close[0]}_{setting}"
+    # A suggestion must name a setting (ARTIFACT_STORE_HTTPS_PROXY is no ..._HTTP_PROXY, which nothing reads).
+    return meant if model is not None and meant in _env_names(model) else ""
 
 
 def configuration_warnings(spec: BackendSpec) -> list[str]:
@@ -794,12 +806,19 @@ def _unread_tables() -> list[str]:
         config = _config_file()
     except errors.ConfigurationError:
         return []
-    installed = plugin_host().installed()
-    known = {*installed, *_SERVER_TABLES}
+    known = {*plugin_host().installed(), *_SERVER_TABLES}
+    loaded = False
     lines = []
     for key, value in config.table.items():
         if not isinstance(value, dict) or key in known:
             continue
+        if not loaded:
+            # A backend's settings may read a table not named after it (its config_table): read (which imports
+            # every backend) only once a table matches no backend's name.
+            known |= _config_tables()
+            loaded = True
+            if key in known:
+                continue
         close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         guess = f"; did you mean [{close[0]}]?" if close else ""
         lines.append(f"table [{key}] in {config.where()} is read by no installed backend and is ignored{guess}")
@@ -808,6 +827,13 @@ def _unread_tables() -> list[str]:
 
 #: Config-file tables that are no backend's: the http server's settings (``artifactstore serve``).
 _SERVER_TABLES = ("server",)
+
+
+def _config_tables() -> set[str]:
+    """The config-file table of every installed backend that loads (its settings model's ``config_table``).
+    Raises nothing: a backend that fails to load reads no table."""
+    models = [info.spec.settings_model for info in plugin_host().backends() if info.spec is not None]
+    return {table for model in models if isinstance(table := getattr(model, "config_table", None), str)}
 
 
 def _warn(lines: list[str]) -> None:

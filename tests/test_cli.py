@@ -289,6 +289,46 @@ def test_config_and_doctor_name_typos_no_setting_check_saw(tmp_path: Path) -> No
     assert json.loads(run("doctor", "--json", env=env).stdout)["warnings"] == [line[9:] for line in expected]
 
 
+def test_config_knows_a_backend_table_not_named_after_it_and_suggests_only_settings(tmp_path: Path) -> None:
+    # A backend's settings may read a table not named after the backend (its config_table), which was
+    # reported as read by no backend while its values were in force; and a misspelt backend part was
+    # "corrected" into a variable that is no setting either.
+    install_fake_distribution(
+        tmp_path,
+        "acme-backend",
+        "0.1",
+        {"acme": "acme_backend_mod"},
+        {
+            "acme_backend_mod": """
+            from artifactstore_core import BackendSettings, BackendSpec, hookimpl
+            from artifactstore_memory import MemoryStore
+            from pydantic_settings import SettingsConfigDict
+
+            class AcmeSettings(BackendSettings):
+                model_config = SettingsConfigDict(env_prefix="ARTIFACT_STORE_ACME_")
+                config_table = "acme_store"
+                bucket: str = "dev"
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(
+                    name="acme",
+                    factory=lambda ctx: MemoryStore(namespace=ctx.namespace),
+                    settings_model=AcmeSettings,
+                ))
+            """
+        },
+    )
+    config_file = tmp_path / "artifactstore.toml"
+    config_file.write_text('[acme_store]\nbucket = "prod"\n')
+    env = {"PYTHONPATH": str(tmp_path), "ARTIFACT_STORE_CONFIG": str(config_file), "ARTIFACT_STORE_HTTPS_PROXY": "x"}
+    result = run("config", "--json", "-b", "acme", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["ARTIFACT_STORE_ACME_BUCKET"]["value"] == "prod"
+    assert result.stderr.splitlines() == ["warning: ARTIFACT_STORE_HTTPS_PROXY is no setting and is ignored"]
+
+
 IN_PROCESS_WARNING = (
     "warning: backend 'memory' keeps artifacts in this command's process only: they are gone when it ends "
     "(choose a persistent backend with --backend or ARTIFACT_STORE_BACKEND, e.g. filesystem)"

@@ -370,7 +370,8 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
         BackendError and the other errors of :meth:`ArtifactStore.get`, ``save``, ``exists`` and ``delete``.
     """
     gone: ArtifactNotFoundError | None = None
-    for _ in range(SAVE_ATTEMPTS):
+    # One read more than saves: after the last lost save, what the winner saved is read (and used) too.
+    for attempt in range(SAVE_ATTEMPTS + 1):
         try:
             current = store.get(step_id)
         except ArtifactCorruptedError:
@@ -381,6 +382,8 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
             return replacement
         except ArtifactNotFoundError as exc:
             gone = exc
+            if attempt == SAVE_ATTEMPTS:
+                break
             try:
                 store.save(step_id, replacement)
                 return replacement
@@ -390,7 +393,7 @@ def _install(store: ArtifactStore, step_id: str, replacement: Message, record: s
             # ``records`` is at least ``record``'s own generation, so this deletes it too.
             forget_replacements(store, step_id, records)
         return current
-    # Bounded: each round found the artifact gone, and then another run's save in place before this one's.
+    # Bounded: each save lost to another run's, whose artifact was gone again when read.
     raise _lost_saves(store, step_id, step_id) from gone
 
 

@@ -128,15 +128,22 @@ def _racing_store(backend: str, execution_id: str, tmp_path: Path, space: Memory
 
 
 def _lose_every_save_of(
-    step_id: str, mine: ArtifactStore, other: ArtifactStore, monkeypatch: pytest.MonkeyPatch, times: int
+    step_id: str,
+    mine: ArtifactStore,
+    other: ArtifactStore,
+    monkeypatch: pytest.MonkeyPatch,
+    times: int,
+    clears: int | None = None,
 ) -> list[str]:
     """Make ``mine`` (the executor's store) lose its first ``times`` saves of ``step_id`` to ``other`` (the other
     run of the execution, on the same backend): just before each such save the other run saves its own output,
     so this one conflicts (write-once), and just before this run reads that output back the other run clears
-    it (its on_success='clear'). Return what happened, in order."""
+    it (its on_success='clear'), the first ``clears`` times (default: every time). Return what happened, in
+    order."""
     events: list[str] = []
     save, get = mine.save, mine.get
     lost = [0, False]  # saves lost so far; whether the last save lost
+    cleared = [times if clears is None else clears]  # clears left
 
     def racing_save(sid: str, message: Message, **kwargs: Any) -> None:
         if sid == step_id and lost[0] < times:
@@ -151,8 +158,9 @@ def _lose_every_save_of(
             raise
 
     def racing_get(sid: str) -> Message:
-        if sid == step_id and lost[1]:
+        if sid == step_id and lost[1] and cleared[0] > 0:
             lost[1] = False
+            cleared[0] -= 1
             assert other.delete(step_id)
             events.append("other cleared")
         events.append(f"get {sid}")
@@ -233,6 +241,23 @@ def test_a_replacement_that_keeps_finding_its_artifact_gone_then_taken_gives_up(
 
     assert caught.value.step_id == "a"
     assert events.count("save a") == 3, events
+
+
+def test_a_replacement_whose_last_save_lost_uses_what_the_winner_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After its last lost save, the replacement gave up saying the artifact was gone, without reading what the
+    # winning run had just saved; it reads it once more and uses it.
+    space = MemorySpace()
+    mine = _racing_store("memory", "won-install", tmp_path, space)
+    other = _racing_store("memory", "won-install", tmp_path, space)
+    events = _lose_every_save_of("a", mine, other, monkeypatch, times=3, clears=2)
+
+    used = _install(mine, "a", Message(content={"n": 3}), replacement_id("a", 1), 1)
+
+    assert used.content == {"by": "other", "n": 3}
+    assert events.count("save a") == 3, events
+    assert events[-1] == "get a", events
 
 
 # -- an input this run saved, gone before its reader reads it --------------------------------------------------

@@ -1857,7 +1857,7 @@ def test_not_found_under_a_root_that_does_not_exist_says_so(
     # namespace 'default'", the same as a real miss, which sent the user looking for a step that never ran.
     root = tmp_path / "nonexistent-typo"
     store = FilesystemStore(FilesystemSettings(root=root))
-    note = f"the filesystem root {str(root)!r} (ARTIFACT_STORE_FILESYSTEM_ROOT) does not exist"
+    note = "the filesystem root (ARTIFACT_STORE_FILESYSTEM_ROOT) does not exist"
     calls: dict[str, Callable[[], object]] = {
         "get": lambda: store.get("report"),
         "info": lambda: store.info("report"),
@@ -1869,6 +1869,8 @@ def test_not_found_under_a_root_that_does_not_exist_says_so(
             call()
         assert note in str(info.value), (name, str(info.value))
         assert "'report'" in str(info.value), (name, str(info.value))
+        # Not the root itself: an artifact server sends the message to its remote clients.
+        assert str(root) not in str(info.value), (name, str(info.value))
     assert list(store.list()) == []  # legitimately empty: nothing was saved there
     assert not root.exists()  # reading created nothing
     # A plain miss under a root that exists does not mention the root.

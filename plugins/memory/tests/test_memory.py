@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import IO, Any, cast
@@ -287,6 +289,31 @@ def test_stores_of_one_namespace_still_share_it_after_it_was_emptied() -> None:
     assert lister.namespaces() == ["n"]
     assert unlimited.exists("b")
     assert not limited.exists("a")
+
+
+_FORK_INSIDE_A_SAVE = """
+import os
+from artifactstore_memory import MemorySpace
+
+space = MemorySpace()
+with space.lock:  # where a signal handler that forks runs when its signal comes in the middle of a save
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+os.waitpid(pid, 0)
+print("forked")
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_fork_by_a_thread_inside_a_save_does_not_hang_it() -> None:
+    # The fork handler took every space's lock with a plain lock, so a fork made while the forking thread held
+    # one (a signal handler forking in the middle of a save) waited on itself for ever, in the parent.
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_INSIDE_A_SAVE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "forked\n"), result.stderr
 
 
 @pytest.mark.timeout(120)

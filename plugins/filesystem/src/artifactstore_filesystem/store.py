@@ -819,9 +819,11 @@ class FilesystemStore(ArtifactStore):
         if not os.path.isdir(self._root):
             # A root that is a file never gets here (every operation reports it, see _in_the_way); a symbolic
             # link to a missing directory (a mount point not mounted) does, and "does not exist" holds for it.
+            # The root is not named, as in every message of this store: an artifact server sends the message to
+            # its remote clients, to whom the server's paths are none of their business (`config` shows it).
             error.args = (
-                f"{error.message}; the filesystem root {self._root!r} ({_ROOT_ENV}) does not exist: nothing has "
-                f"been saved there, or {_ROOT_ENV} names the wrong directory",
+                f"{error.message}; the filesystem root ({_ROOT_ENV}) does not exist: nothing has been saved "
+                f"there, or {_ROOT_ENV} names the wrong directory (`artifactstore config` shows it)",
             )
         return error
 

@@ -83,7 +83,9 @@ class MemorySpace:
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Re-entrant for the fork handlers alone: a fork made while this thread holds it (a signal handler that
+        # forks, run inside a save) takes it once more instead of waiting on itself for ever.
+        self.lock = threading.RLock()
         # Only non-empty namespaces (see the class docstring); changed under the lock only.
         self._namespaces: dict[str, dict[str, Message]] = {}
         self._sizes: dict[str, _Sizes] = {}
@@ -113,11 +115,12 @@ class MemorySpace:
 # Every live space, for the fork handlers below (weakly: a space a test or a caller dropped goes away).
 _SPACES: weakref.WeakSet[MemorySpace] = weakref.WeakSet()
 # Guards _SPACES, which a space made in one thread would otherwise change while a fork in another reads it.
-# Never taken by a thread that holds a space's lock, so the order (this one, then the spaces') is the only one.
-_SPACES_LOCK = threading.Lock()
+# Taken by a thread that holds a space's lock only re-entered from a signal handler that forks, through
+# _before_fork, which takes it before the spaces' locks as everything else does.
+_SPACES_LOCK = threading.RLock()  # re-entrant: see MemorySpace.lock
 # The locks the forking thread took in _before_fork, each recorded once taken: a before-handler interrupted
 # half-way (a signal's exception) leaves the after-handlers exactly those to release.
-_HELD: list[threading.Lock] = []
+_HELD: list[threading.RLock] = []
 
 
 def _before_fork() -> None:
@@ -127,7 +130,9 @@ def _before_fork() -> None:
     held there for good: the child's first save hung (DESIGN: fork-safe where the client allows). A new lock
     in the child alone would not do either: the space could be half-changed (a size counted for an artifact
     not stored yet). Waiting here ends: the lock is held only for a few dict updates, by code that takes no
-    other lock and never forks.
+    other lock and never forks, or by this very thread when a signal handler forks in the middle of a save:
+    the locks are re-entrant, so it takes them once more (a plain lock hung the parent on itself), and that
+    child alone gets the interrupted change half-done.
     """
     _SPACES_LOCK.acquire()
     _HELD.append(_SPACES_LOCK)
