@@ -477,6 +477,9 @@ def _refuse_another_artifact(store: ArtifactStore, step_id: str, header: Header)
         ArtifactExistsError: ``step_id`` holds another artifact.
         ArtifactStoreError: the store's ``info`` failed (as the save would have).
     """
+    if type(store)._info is ArtifactStore._info:
+        # The base class's info lists the whole namespace: more than the early answer saves. The commit refuses.
+        return
     try:
         stored = store.info(step_id)
     except ArtifactNotFoundError:
