@@ -763,7 +763,7 @@ def _misspelt_backend(name: str) -> str | None:
     except (errors.BackendNotFoundError, errors.PluginLoadError):
         return ""
     meant = f"ARTIFACT_STORE_{close[0]}_{setting}"
-    # A suggestion must name a setting (ARTIFACT_STORE_HTTPS_PROXY is no ..._HTTP_PROXY, which nothing reads).
+    # A suggestion must name a setting (..._HTTPS_PROXY is no ..._HTTP_PROXY, which nothing reads).
     return meant if model is not None and meant in _env_names(model) else ""
 
 
