@@ -1377,17 +1377,33 @@ def _verified_listing(store: ArtifactStore) -> tuple[list[ArtifactInfo], list[er
 @cli.command()
 @click.argument("step_id", callback=lambda _ctx, _param, value: _decoded(value))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--meta",
+    "with_meta",
+    is_flag=True,
+    help="Also show the metadata (put --meta): reads the artifact's head, or the whole artifact on a backend "
+    "that does not stream.",
+)
 @_store_options
-def stat(step_id: str, as_json: bool, backend: str | None, namespace: str | None) -> None:
+def stat(step_id: str, as_json: bool, with_meta: bool, backend: str | None, namespace: str | None) -> None:
     """Show the size, digest, media type, schema and creation time of STEP_ID."""
     with _open_store(backend, namespace) as store:
-        info = store.info(step_id)
+        shown: dict[str, Any] = dict(vars(store.info(step_id)))
+        if with_meta:
+            # What `put --meta` recorded was shown by no command. Not read by default: on a backend that does
+            # not stream (redis, memory), the header comes with the whole artifact.
+            header, stream = store.open_with_header(step_id)
+            stream.close()
+            shown["metadata"] = header.metadata
     if as_json:
-        _echo_json(vars(info))
+        _echo_json(shown)
         return
-    for key, value in vars(info).items():
+    for key, value in shown.items():
         if isinstance(value, datetime):
             value = _utc(value).isoformat()
+        elif key == "metadata":
+            # As JSON, on one line: a value may hold a newline, which a line of its own would split.
+            value = json.dumps(value, sort_keys=True, ensure_ascii=False, default=_json_value)
         # "-" for no value (no schema), as config shows one: "None" is Python's word, not the command's.
         _echo(f"{key}: {'-' if value is None else value}")
 

@@ -1398,6 +1398,22 @@ def test_rm_of_an_id_given_twice_removes_it_once_and_stat_shows_no_schema_as_a_d
     assert json.loads(run("stat", "b", "--json").stdout)["schema_name"] is None
 
 
+@pytest.mark.parametrize("kind", ["filesystem", "redis"])
+def test_stat_meta_shows_what_put_meta_recorded(kind: str, tmp_path: Path, redis_url: str) -> None:
+    # Metadata recorded by `put --meta` was shown by no command (stat prints the info, which has none).
+    env = {**_backend_env(kind, tmp_path, redis_url), "ARTIFACT_STORE_NAMESPACE": f"stat-meta-{kind}"}
+    put = run("put", "m", "-", "--meta", "owner=ana", "--meta", "note=two\nlines", env=env, stdin=b"x")
+    assert put.returncode == 0, put.stderr
+    lines = run("stat", "m", "--meta", env=env).stdout.splitlines()
+    assert 'metadata: {"note": "two\\nlines", "owner": "ana"}' in lines
+    assert json.loads(run("stat", "m", "--meta", "--json", env=env).stdout)["metadata"] == {
+        "note": "two\nlines",
+        "owner": "ana",
+    }
+    # Not read unless asked: stat stays one info lookup.
+    assert "metadata" not in json.loads(run("stat", "m", "--json", env=env).stdout)
+
+
 def test_demo_help_names_the_commands_default_backend() -> None:
     # It said "default: ARTIFACT_STORE_BACKEND", while demo, as every data command, runs on filesystem when
     # none is configured.
