@@ -494,7 +494,7 @@ def _in_environment(name: str) -> bool:
 @contextmanager
 def _open_store(backend: str | None, namespace: str | None) -> Iterator[ArtifactStore]:
     with create_store(cli_backend(backend), namespace=namespace) as store:
-        if _forgets_with_the_command(store):
+        if not store.capabilities.outlives_the_process:
             _warn([_IN_PROCESS_ONLY.format(name=store.backend_name)])
         yield store
 
@@ -785,11 +785,6 @@ def configuration_warnings(spec: BackendSpec) -> list[str]:
     return lines + _unread_tables()
 
 
-def _forgets_with_the_command(store: ArtifactStore) -> bool:
-    """Whether ``store`` keeps its artifacts in the command's own process only. Raises nothing."""
-    return not store.capabilities.persistent and not store.capabilities.cross_process
-
-
 #: Said when a command uses a backend that keeps artifacts in its own process: each command is a process of
 #: its own, so ``put`` said "saved" of an artifact gone when it returned, and the next ``get`` found nothing.
 _IN_PROCESS_ONLY = (
@@ -910,7 +905,7 @@ def _doctor(as_json: bool, backend: str | None, namespace: str | None, found: di
     started = time.perf_counter()
     with create_store(chosen, namespace=probe_namespace) as store:
         created = time.perf_counter()
-        if _forgets_with_the_command(store):
+        if not store.capabilities.outlives_the_process:
             # Said once the store is built: a settings error of the backend is the one line to print then.
             warnings.append(_IN_PROCESS_ONLY.format(name=store.backend_name))
             _warn(warnings[-1:])

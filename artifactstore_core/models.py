@@ -52,3 +52,11 @@ class Capabilities:
     streaming: bool = False
     list_namespaces: bool = False
     max_artifact_bytes: int | None = None
+
+    @property
+    def outlives_the_process(self) -> bool:
+        """Whether the artifacts are still there for another process once this one exits: ``persistent`` or
+        ``cross_process``. Not ``persistent`` alone: the http client cannot promise persistence (its server's
+        store decides), yet its artifacts are on the server, which another process reads; only an in-process
+        store (memory) loses them with the process. Raises nothing."""
+        return self.persistent or self.cross_process

@@ -802,21 +802,10 @@ def _check_function(step: Step, fn: object) -> None:
         )
 
 
-def _outlives_this_process(store: ArtifactStore) -> bool:
-    """Whether ``store``'s artifacts are still there for another process once this one exits.
-
-    Not ``persistent`` alone: the http client cannot promise persistence (its server's store decides), yet
-    its artifacts are on the server, which another process resumes from; only an in-process store (memory,
-    ``cross_process=False`` and not persistent) loses them with the process. Raises nothing.
-    """
-    capabilities = store.capabilities
-    return capabilities.persistent or capabilities.cross_process
-
-
 def _resume_advice(store: ArtifactStore, execution_id: str) -> str:
     """What is left of an execution that stopped, on ``store``, and how to resume it (a memory store's
     artifacts end with the process, so only a run in this process can)."""
-    if _outlives_this_process(store):
+    if store.capabilities.outlives_the_process:
         kept, where = "the artifacts of the steps that finished are kept", ""
     else:
         kept = (
@@ -836,7 +825,7 @@ def _note_interrupted(exc: BaseException, execution_id: str, store: ArtifactStor
     )
     if note not in getattr(exc, "__notes__", ()):
         exc.add_note(note)
-    if _outlives_this_process(store):
+    if store.capabilities.outlives_the_process:
         # For a caller that words the way to resume its own way (`artifactstore demo -n ID`, a new process);
         # a note is text.
         exc._artifactstore_interrupted = (execution_id, store.backend_name)  # type: ignore[attr-defined]
