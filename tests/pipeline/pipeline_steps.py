@@ -99,7 +99,11 @@ def wait_until(condition: Any, deadline: float, message: str) -> None:
 def record(workdir: str, step: str) -> None:
     with open(os.path.join(workdir, f"{step}.calls"), "a") as handle:
         handle.write("x")
-    Path(workdir, f"{step}.pid").write_text(str(os.getpid()))
+    # Written whole, then renamed into place: a reader polling for the file (another step, the test) would
+    # otherwise find it created but still empty, between write_text's truncation and its write.
+    partial = Path(workdir, f"{step}.pid.{os.getpid()}.partial")
+    partial.write_text(str(os.getpid()))
+    os.replace(partial, Path(workdir, f"{step}.pid"))
 
 
 def pids(workdir: str | Path) -> dict[str, int]:
