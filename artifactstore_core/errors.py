@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote
 
@@ -356,21 +356,29 @@ def _hidden_links(exc: BaseException) -> list[BaseException]:
     return hidden
 
 
-def _reaches_secret(starts: Iterable[BaseException], known: tuple[str, ...], seen: set[int]) -> bool:
-    """Whether any exception reachable from ``starts`` (through causes, contexts, suppressed or not, and group
-    members) holds one of ``known`` or a URL's password (see :func:`_holds_secret`)."""
+def _linked(starts: Iterable[BaseException], seen: set[int]) -> Iterator[BaseException]:
+    """Each exception reachable from ``starts`` through causes, contexts (suppressed or not) and exception
+    group members, once, skipping those whose ``id`` is in ``seen`` (which it adds to). Raises nothing.
+
+    The one walk of an error's links: :func:`scrub_exception` looks for secrets along it, and
+    :func:`artifactstore_core.testing_errors.reachable_exceptions` gives backends' tests the same reach.
+    """
     pending = list(starts)
     while pending:
         current = pending.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if _holds_secret(current, known):
-            return True
+        yield current
         pending.extend(link for link in (current.__cause__, current.__context__) if link is not None)
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
-    return False
+
+
+def _reaches_secret(starts: Iterable[BaseException], known: tuple[str, ...], seen: set[int]) -> bool:
+    """Whether any exception reachable from ``starts`` (see :func:`_linked`) holds one of ``known`` or a URL's
+    password (see :func:`_holds_secret`)."""
+    return any(_holds_secret(current, known) for current in _linked(starts, seen))
 
 
 #: How much of an exception's text is checked for secrets: a text is read whole up to this size; a longer one

@@ -1,7 +1,10 @@
 """What code that walks an exception's links (an error reporter, a debugger) can reach from an error: for a
-backend's tests that prove its errors show no secret however they are read (standard library only)."""
+backend's tests that prove its errors show no secret however they are read. The walk is the one
+:func:`~artifactstore_core.errors.scrub_exception` checks for secrets, so a test reaches what scrubbing covers."""
 
 from __future__ import annotations
+
+from .errors import _linked
 
 __all__ = ["reachable_exceptions", "reachable_text"]
 
@@ -9,18 +12,7 @@ __all__ = ["reachable_exceptions", "reachable_text"]
 def reachable_exceptions(exc: BaseException) -> list[BaseException]:
     """``exc`` and every exception linked from it as a cause, a context (suppressed or not, which a traceback
     does not print but an error reporter reads) or an exception group's member, each once. Raises nothing."""
-    found: list[BaseException] = []
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        found.append(current)
-        pending += [link for link in (current.__cause__, current.__context__) if link is not None]
-        if isinstance(current, BaseExceptionGroup):
-            pending += current.exceptions
-    return found
+    return list(_linked([exc], set()))
 
 
 def reachable_text(exc: BaseException) -> str:
