@@ -228,7 +228,25 @@ class _Group(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        name, command, rest = super().resolve_command(ctx, args)
+        try:
+            name, command, rest = super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            if _plugin_command_problems and args and self.get_command(ctx, args[0]) is None:
+                # "No such command" alone sent the user looking for a typo when the command was a plugin's
+                # that failed to load (the reason was only in `artifactstore backends`).
+                count = len(set(_plugin_command_problems))  # a name two distributions claim is one line each
+                plugins = (
+                    f"{count} installed plugins did not register their"
+                    if count > 1
+                    else "1 installed plugin did not register its"
+                )
+                # A new error, as click's message is final; its text keeps click's own "Did you mean".
+                raise click.UsageError(
+                    f"{exc.format_message()} {plugins} commands (broken, or left out by {PLUGINS_ENV}): "
+                    "`artifactstore backends` shows which and why.",
+                    ctx=exc.ctx,
+                ) from None
+            raise
         if command is not None and not isinstance(command, _Group):
             # Every command's --help, a plugin's included (added with add_command, of any class): asked with the
             # context the command's own will be (its help option names may be its own). click keeps a command's
@@ -838,8 +856,11 @@ def _warn(lines: list[str]) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--describe", is_flag=True, help="Add each setting's description to the table (the JSON always has it, as help)."
+)
 @_store_options
-def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
+def config(as_json: bool, describe: bool, backend: str | None, namespace: str | None) -> None:
     """Show the effective settings and where each value came from (secrets masked)."""
     chosen = cli_backend(backend)
     core = load_settings(CoreSettings, backend=chosen, namespace=namespace)
@@ -858,7 +879,11 @@ def config(as_json: bool, backend: str | None, namespace: str | None) -> None:
         _echo_json(rows)
         return
     lines = [[row["name"], "-" if row["value"] is None else str(row["value"]), row["source"]] for row in rows]
-    _print_table(["setting", "value", "source"], lines)
+    if describe:
+        # One line each: a description written over several lines would break the table's rows.
+        for line, row in zip(lines, rows, strict=True):
+            line.append(" ".join(str(row.get("help") or "-").split()))
+    _print_table(["setting", "value", "source", *(["description"] if describe else [])], lines)
 
 
 @cli.command()
@@ -1723,9 +1748,14 @@ def _demo_again(backend: str | None, execution_id: str) -> str:
     return shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", execution_id])
 
 
+#: What the plugins' commands hooks reported (one line per plugin not loaded or whose hook failed), for the
+#: answer to an unknown command: the command a user typed may be one such a plugin would have added.
+_plugin_command_problems: list[str] = []
+
+
 def _load_plugin_commands() -> None:
     # A broken plugin costs only its own commands; `artifactstore backends` shows why it is broken.
-    plugin_host().call_commands_hook(cli)
+    _plugin_command_problems[:] = plugin_host().call_commands_hook(cli)
 
 
 #: The commands of the core. Running one of them needs no plugin's commands, so the command line does not

@@ -313,7 +313,10 @@ class PluginHost:
     # -- listing --------------------------------------------------------------------------------------
 
     def backends(self) -> list[BackendInfo]:
-        """Every discovered backend with its status, loading each one (never raises for a broken plugin)."""
+        """Every discovered backend with its status, loading each one (never raises for a broken plugin).
+
+        A name more than one distribution claims cannot be loaded: it has one row per claimant, each with
+        the same error."""
         infos = []
         allowed = self._allowed()
         for name, claims in sorted(self._candidates().items()):
@@ -325,7 +328,10 @@ class PluginHost:
                 spec = self.load(name)
             except (PluginLoadError, BackendNotFoundError) as exc:
                 error = " ".join(exc.message.split())
-                infos.append(BackendInfo(name, dist, version, claims[0].value, error=error))
+                # A name claimed twice: a row for each claimant, so that the listing shows (and a grep for
+                # either distribution finds) both, not the first one alone.
+                for claim in claims:
+                    infos.append(BackendInfo(name, *_dist_of(claim), claim.value, error=error))
             else:
                 commands_error = self._command_errors.get(claims[0].value)
                 infos.append(

@@ -140,6 +140,69 @@ def test_a_plugin_whose_commands_hook_raises_loses_only_its_own_commands(tmp_pat
     assert "serve" in run("--help", env=env).stdout
 
 
+def test_an_unknown_command_says_a_plugin_registered_no_commands(tmp_path: Path) -> None:
+    # The command typed may be the broken plugin's: "No such command" alone sent the user looking for a typo.
+    install_fake_distribution(
+        tmp_path,
+        "vacuum-plugin",
+        "0.1",
+        {"vacuum": "vacuum_plugin"},
+        {
+            "vacuum_plugin": """
+            from artifactstore_core import BackendSpec, hookimpl
+
+            @hookimpl
+            def artifactstore_register_backends(register):
+                register(BackendSpec(name="vacuum", factory=lambda ctx: None))
+
+            @hookimpl
+            def artifactstore_register_commands(cli):
+                raise ModuleNotFoundError("No module named 'vacuum_native'")
+            """
+        },
+    )
+    result = run("vacuum", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert "No such command 'vacuum'." in result.stderr
+    assert "1 installed plugin did not register its commands" in result.stderr
+    assert "`artifactstore backends` shows which and why" in result.stderr
+    # Without a broken plugin, the usual answer and nothing more.
+    plain = run("vacuum")
+    assert plain.returncode == 2
+    assert "No such command 'vacuum'." in plain.stderr
+    assert "plugin" not in plain.stderr
+
+
+def test_backends_lists_every_distribution_claiming_one_name(tmp_path: Path) -> None:
+    for dist, version in (("claim-one", "1.0"), ("claim-two", "2.0")):
+        module = dist.replace("-", "_")
+        install_fake_distribution(
+            tmp_path,
+            dist,
+            version,
+            {"twice": module},
+            {
+                module: """
+                from artifactstore_core import BackendSpec, hookimpl
+
+                @hookimpl
+                def artifactstore_register_backends(register):
+                    register(BackendSpec(name="twice", factory=lambda ctx: None))
+                """
+            },
+        )
+    env = {"PYTHONPATH": str(tmp_path)}
+    rows = [row for row in json.loads(run("backends", "--json", env=env).stdout) if row["name"] == "twice"]
+    assert sorted((row["distribution"], row["version"]) for row in rows) == [("claim-one", "1.0"), ("claim-two", "2.0")]
+    assert all("claimed by more than one distribution" in row["status"] for row in rows)
+    table = run("backends", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "claim-one" in table.stdout
+    assert "claim-two" in table.stdout
+    # Both rows are one plugin problem, not two, for an unknown command's note.
+    assert "1 installed plugin did not" in run("nosuch", env=env).stderr
+
+
 def test_a_plugin_cannot_hijack_a_core_command(tmp_path: Path) -> None:
     install_fake_distribution(
         tmp_path,
@@ -191,6 +254,20 @@ def test_config_shows_sources_and_masks_secrets(tmp_path: Path) -> None:
     for args in (("config",), ("doctor",), ("doctor", "--json"), ("ls",), ("backends",)):
         out = run(*args, env=env)
         assert canary not in out.stdout + out.stderr
+
+
+def test_config_describe_shows_each_settings_description() -> None:
+    env = {"ARTIFACT_STORE_BACKEND": "memory"}
+    plain = run("config", env=env)
+    described = run("config", "--describe", env=env)
+    assert described.returncode == 0, described.stderr
+    assert plain.stdout.splitlines()[0].split() == ["setting", "value", "source"]
+    assert described.stdout.splitlines()[0].split() == ["setting", "value", "source", "description"]
+    helps = {row["name"]: row["help"] for row in json.loads(run("config", "--json", env=env).stdout)}
+    lines = {line.split()[0]: line for line in described.stdout.splitlines()[1:]}
+    assert helps["ARTIFACT_STORE_MEMORY_LIMIT"]
+    assert lines["ARTIFACT_STORE_MEMORY_LIMIT"].endswith(" ".join(helps["ARTIFACT_STORE_MEMORY_LIMIT"].split()))
+    assert set(lines) == set(helps)
 
 
 def test_config_shows_a_plugin_whose_settings_are_a_plain_pydantic_settings_model(tmp_path: Path) -> None:
