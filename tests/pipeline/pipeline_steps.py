@@ -362,7 +362,10 @@ def step_with_a_child(inputs: Inputs, *, workdir: str, name: str) -> str:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ready = Path(workdir, f"{name}-child-ready")
     child = subprocess.Popen([sys.executable, "-c", _STUBBORN_CHILD, str(ready)])
-    Path(workdir, f"{name}.child").write_text(str(child.pid))
+    # Written whole, then renamed into place, as record() does: the test's cleanup reads every .child file.
+    partial = Path(workdir, f"{name}.child.{os.getpid()}.partial")
+    partial.write_text(str(child.pid))
+    os.replace(partial, Path(workdir, f"{name}.child"))
     wait_until(ready.exists, DEADLINE, f"the process {name} started never ran")
     return step_waits_for_ever(inputs, workdir=workdir, name=name)
 
