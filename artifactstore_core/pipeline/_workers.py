@@ -8,7 +8,9 @@ step each one runs, how it ended, and whether it ever started.
 
 What crosses the pipe is a :class:`~artifactstore_core.pipeline._runner.WorkerTask` one way and a small
 :class:`~artifactstore_core.pipeline._runner.StepOutcome` (or the step's exception) the other way, sent by
-``multiprocessing`` itself between this process and children it spawned.
+``multiprocessing`` itself between this process and children it spawned. A task is sent by a thread of its
+own: its ``functools.partial`` arguments may fill the pipe, and then the send waits for the worker to read
+it, which a worker still importing the main module does only once that import ends (if ever).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing import connection
 from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from ._runner import StepOutcome, WorkerTask, run_in_worker
@@ -91,6 +94,49 @@ class _Worker:
     #: The watchdog that kills it if this process dies before it is ready, and the pipe that stands it down.
     watchdog: subprocess.Popen[bytes] | None = None
     watch: int | None = None
+    #: The threads sending it a task that have not ended, and whether the pool is done with its pipe: the pipe
+    #: is closed by whichever comes last (see :meth:`release`). Both under ``guard``.
+    sends: int = 0
+    released: bool = False
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def release(self) -> None:
+        """Close the pool's end of its pipe, or leave that to the thread still sending on it. Raises nothing.
+
+        A descriptor closed while another thread writes to it is free for the next file this process opens,
+        and the rest of that write (a message is written in parts) would go there.
+        """
+        with self.guard:
+            self.released = True
+            if self.sends:
+                return
+        self.conn.close()
+
+    def send(self, data: memoryview) -> None:
+        """Send ``data`` (a pickled task) on a thread of its own; when its end of the pipe is gone (the worker
+        ended), it is left to the worker's sentinel to tell the pool. Raises what starting a thread raises."""
+        with self.guard:
+            self.sends += 1
+        try:
+            threading.Thread(target=self._send, args=(data,), name="artifactstore-send", daemon=True).start()
+        except BaseException:
+            with self.guard:
+                self.sends -= 1
+            raise
+
+    def _send(self, data: memoryview) -> None:
+        try:
+            self.conn.send_bytes(data)
+        except OSError:
+            # Its end of the pipe is closed: it ended (or is ending) before it read its step, or was stopped. Its
+            # sentinel wakes the pool, which fails the step as it does for any worker that dies.
+            pass
+        finally:
+            with self.guard:
+                self.sends -= 1
+                close = self.released and not self.sends
+            if close:
+                self.conn.close()
 
     def stand_down(self, *, reap: bool) -> None:
         """Tell the watchdog the worker is ready or ended (once), and with ``reap`` wait for it. Raises nothing."""
@@ -111,6 +157,8 @@ class _State:
     pending: deque[tuple[cf.Future[StepOutcome], WorkerTask]] = field(default_factory=deque)
     died: list[WorkerDied] = field(default_factory=list)
     closing: bool = False
+    #: :meth:`WorkerPool.terminate` was called: no step is waited for any more.
+    terminated: bool = False
 
 
 class WorkerPool(cf.Executor):
@@ -165,12 +213,21 @@ class WorkerPool(cf.Executor):
         """Let the running steps finish, stop every worker and wait for them (``wait`` is always true).
 
         With ``cancel_futures``, steps not handed to a worker yet are cancelled; otherwise they run first.
-        Raises nothing.
+        After :meth:`terminate` it waits for no step: whatever worker is left is killed.
+
+        Raises:
+            KeyboardInterrupt: a Ctrl-C while it waited (after a terminate, only once the workers have ended).
         """
         with self._lock:
             self._state.closing = True
             if cancel_futures:
                 self._cancel_pending()
+            terminated = self._state.terminated
+        if terminated:
+            interrupted = self._kill(self._living())
+            if interrupted is not None:
+                raise interrupted
+            return
         self._wake()
         self._thread.join()
 
@@ -181,37 +238,69 @@ class WorkerPool(cf.Executor):
         Each worker's process group (the worker and the processes its steps started) gets SIGINT first with
         ``interrupt`` (Ctrl-C: the terminal sends it to the executor's group only), then SIGTERM, and SIGKILL
         once the worker has ended or :data:`_TERMINATE_GRACE` seconds have passed: a process a step started
-        and that outlived its worker, or ignores SIGTERM, is killed too. Raises nothing.
+        and that outlived its worker, or ignores SIGTERM, is killed too.
+
+        A ``KeyboardInterrupt`` (a second Ctrl-C) or other exception a signal handler raises meanwhile ends
+        the grace at once: the workers are killed and waited for all the same, and only then is it raised.
+
+        Raises:
+            KeyboardInterrupt: a Ctrl-C arrived while it stopped the workers (once they have all ended).
         """
+        workers: list[_Worker] | None = None
+        interrupted: BaseException | None = None
+        try:
+            with self._lock:
+                self._state.closing = True
+                self._state.terminated = True
+                self._cancel_pending()
+                workers = list(self._state.workers)
+                for worker in workers:
+                    worker.stopping = True
+            if interrupt:
+                for worker in workers:
+                    _signal_group(worker.process, signal.SIGINT)
+            for worker in workers:
+                _signal_group(worker.process, signal.SIGTERM)
+                with contextlib.suppress(Exception):
+                    worker.process.terminate()
+            deadline = time.monotonic() + _TERMINATE_GRACE
+            for worker in workers:
+                # The sentinel, not join(): a join would reap the worker, and its pid, which is its group's id,
+                # could then be reused by another process before the group is killed.
+                connection.wait([worker.process.sentinel], max(0.0, deadline - time.monotonic()))
+        except BaseException as exc:
+            # Pressed again because the first seemed to do nothing: no more grace. Leaving here without the kill
+            # below would leave the workers whose steps ignore SIGTERM running, and the caller's shutdown, then
+            # multiprocessing's exit handler, waiting for them.
+            interrupted = exc
+        interrupted = self._kill(self._living() if workers is None else workers, interrupted)
+        if interrupted is not None:
+            raise interrupted
+
+    def _living(self) -> list[_Worker]:
         with self._lock:
-            self._state.closing = True
-            self._cancel_pending()
-            workers = list(self._state.workers)
-            for worker in workers:
-                worker.stopping = True
-        if interrupt:
-            for worker in workers:
-                _signal_group(worker.process, signal.SIGINT)
-        for worker in workers:
-            _signal_group(worker.process, signal.SIGTERM)
-            with contextlib.suppress(Exception):
-                worker.process.terminate()
-        deadline = time.monotonic() + _TERMINATE_GRACE
-        for worker in workers:
-            # The sentinel, not join(): a join would reap the worker, and its pid, which is its group's id, could
-            # then be reused by another process before the group is killed.
-            connection.wait([worker.process.sentinel], max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            for worker in workers:
-                # One the pool's thread has reaped meanwhile (and killed its group) is gone from the list.
-                if any(known is worker for known in self._state.workers):
-                    _signal_group(worker.process, signal.SIGKILL)
-                    with contextlib.suppress(Exception):
-                        worker.process.kill()
-        for worker in workers:
-            worker.process.join()
-        self._wake()
-        self._thread.join()
+            return list(self._state.workers)
+
+    def _kill(self, workers: list[_Worker], interrupted: BaseException | None = None) -> BaseException | None:
+        """Kill ``workers`` with their groups, wait for them and for the pool's thread; return ``interrupted``,
+        or else the first ``KeyboardInterrupt`` or ``SystemExit`` a signal handler raised meanwhile (each starts
+        the kill over: it is idempotent). Raises nothing else (nothing here raises but a signal handler)."""
+        while True:
+            try:
+                with self._lock:
+                    for worker in workers:
+                        # One the pool's thread has reaped meanwhile (and killed its group) is gone from the list.
+                        if any(known is worker for known in self._state.workers):
+                            _signal_group(worker.process, signal.SIGKILL)
+                            with contextlib.suppress(Exception):
+                                worker.process.kill()
+                for worker in workers:
+                    worker.process.join()
+                self._wake()
+                self._thread.join()
+                return interrupted
+            except (KeyboardInterrupt, SystemExit) as exc:
+                interrupted = interrupted or exc
 
     def _cancel_pending(self) -> None:
         while self._state.pending:
@@ -228,7 +317,12 @@ class WorkerPool(cf.Executor):
         try:
             while True:
                 with self._lock:
-                    self._dispatch()
+                    handed = self._dispatch()
+                # Outside the lock, which terminate() needs at any moment: pickling runs the code of the step's
+                # arguments. A list, not all(...): every task handed over is sent.
+                if not all([self._hand_over(*entry) for entry in handed]):
+                    continue  # a worker is idle again: it takes the next pending step
+                with self._lock:
                     state = self._state
                     if state.closing and not state.pending and all(w.task is None for w in state.workers):
                         break
@@ -261,13 +355,15 @@ class WorkerPool(cf.Executor):
         finally:
             self._close()
 
-    def _dispatch(self) -> None:
-        """Hand pending tasks to idle workers, starting workers up to the pool's size (under the lock)."""
+    def _dispatch(self) -> list[tuple[_Worker, cf.Future[StepOutcome], WorkerTask]]:
+        """Give pending tasks to idle workers, starting workers up to the pool's size (under the lock); return
+        them, for :meth:`_hand_over` to send."""
         state = self._state
+        handed: list[tuple[_Worker, cf.Future[StepOutcome], WorkerTask]] = []
         while state.pending:
             idle = next((w for w in state.workers if w.task is None and not w.stopping), None)
             if idle is None and len(state.workers) >= self._size:
-                return
+                break
             future, task = state.pending.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
@@ -280,12 +376,23 @@ class WorkerPool(cf.Executor):
                     future.set_exception(exc)
                     continue
             idle.task = (future, task)
-            try:
-                idle.conn.send(task)
-            except Exception as exc:
-                # A step whose partial arguments cannot be sent: its failure, not the pool's.
-                idle.task = None
-                future.set_exception(exc)
+            handed.append((idle, future, task))
+        return handed
+
+    def _hand_over(self, worker: _Worker, future: cf.Future[StepOutcome], task: WorkerTask) -> bool:
+        """Send ``task`` to ``worker`` without waiting for it to be read; False when it cannot be sent (pickled),
+        and its step has failed with the reason."""
+        try:
+            # The bytes Connection.send would write, made here so that a failure to pickle the step's partial
+            # arguments (the step's failure, not the pool's) is told from a pipe closed by a worker that died
+            # while starting, which its sentinel reports. Nothing is unpickled here.
+            data = ForkingPickler.dumps(task)
+            worker.send(data)
+        except Exception as exc:
+            worker.task = None
+            future.set_exception(exc)
+            return False
+        return True
 
     def _start(self) -> _Worker:
         mine, theirs = self._context.Pipe(duplex=True)
@@ -308,6 +415,41 @@ class WorkerPool(cf.Executor):
 
     def _collect(self, worker: _Worker) -> None:
         """Read what ``worker`` sent; notice its death (once its pipe is drained)."""
+        self._drain(worker)
+        with self._lock:
+            if not connection.wait([worker.process.sentinel], 0):
+                return
+            # Ended, but not reaped yet, so its pid (its group's id) is still its own: the processes its step
+            # started go with it (a worker that died on its own, OOM-killed or crashed, signalled nothing;
+            # one being terminated has had its SIGTERM). Reaping it and leaving the pool's list happen under
+            # the same lock, so that terminate() never signals a group whose id may have been reused.
+            _signal_group(worker.process, signal.SIGKILL)
+            if worker.process.exitcode is None:
+                return  # its pipe closed just before it became a zombie: the sentinel wakes the pool again
+            self._state.workers.remove(worker)
+        # What it sent between the drain above and its end: its step's outcome, saved, sent, and then the worker
+        # died (killed, or at exit). Nothing more can come now; read before its step is declared lost with it.
+        self._drain(worker)
+        worker.stand_down(reap=True)
+        with self._lock:
+            if not worker.stopping:
+                index = worker.task[1].index if worker.task is not None else None
+                exitcode = worker.process.exitcode
+                self._state.died.append(WorkerDied(worker.process.pid or 0, exitcode, index, worker.started))
+        if worker.task is not None:
+            self._complete(
+                worker,
+                cfp.BrokenProcessPool(
+                    f"the worker process running this step (pid {worker.process.pid}) terminated abruptly "
+                    f"(exit code {worker.process.exitcode})"
+                ),
+            )
+        worker.release()
+
+    def _drain(self, worker: _Worker) -> None:
+        """Read and act on every message waiting in ``worker``'s pipe."""
+        if worker.hung_up:
+            return
         while True:
             try:
                 if not worker.conn.poll():
@@ -332,32 +474,6 @@ class WorkerPool(cf.Executor):
                 error: BaseException = message[1]
                 error.__cause__ = RemoteTraceback(message[2])
                 self._complete(worker, error)
-        with self._lock:
-            if not connection.wait([worker.process.sentinel], 0):
-                return
-            # Ended, but not reaped yet, so its pid (its group's id) is still its own: the processes its step
-            # started go with it (a worker that died on its own, OOM-killed or crashed, signalled nothing;
-            # one being terminated has had its SIGTERM). Reaping it and leaving the pool's list happen under
-            # the same lock, so that terminate() never signals a group whose id may have been reused.
-            _signal_group(worker.process, signal.SIGKILL)
-            if worker.process.exitcode is None:
-                return  # its pipe closed just before it became a zombie: the sentinel wakes the pool again
-            self._state.workers.remove(worker)
-        worker.stand_down(reap=True)
-        with self._lock:
-            if not worker.stopping:
-                index = worker.task[1].index if worker.task is not None else None
-                exitcode = worker.process.exitcode
-                self._state.died.append(WorkerDied(worker.process.pid or 0, exitcode, index, worker.started))
-        if worker.task is not None:
-            self._complete(
-                worker,
-                cfp.BrokenProcessPool(
-                    f"the worker process running this step (pid {worker.process.pid}) terminated abruptly "
-                    f"(exit code {worker.process.exitcode})"
-                ),
-            )
-        worker.conn.close()
 
     def _complete(self, worker: _Worker, error: BaseException | None, outcome: Any = None) -> None:
         if worker.task is None:
@@ -376,7 +492,7 @@ class WorkerPool(cf.Executor):
             self._state.workers.clear()
             self._cancel_pending()
         for worker in workers:
-            worker.conn.close()
+            worker.release()
         for worker in workers:
             worker.process.join()
             worker.stand_down(reap=True)

@@ -398,10 +398,7 @@ class Executor:
                 # Ctrl-C (in this process, or in a step), SystemExit: no step starts any more. Worker processes
                 # are terminated, so their steps stop now: a step may ignore or catch the terminal's SIGINT, and
                 # waiting for it is not what Ctrl-C asked. Threads cannot be stopped: their steps finish first.
-                if isinstance(pool, WorkerPool):
-                    # Workers lead process groups of their own, which the terminal's Ctrl-C does not reach.
-                    pool.terminate(interrupt=isinstance(exc, KeyboardInterrupt))
-                _note_interrupted(exc, execution_id, store)
+                _interrupted(pool, exc, execution_id, store)
             raise
         finally:
             if pool is not None:
@@ -411,7 +408,8 @@ class Executor:
                     # A Ctrl-C while this waits for the steps still running on threads: a second one, pressed
                     # because the first seemed to do nothing, or the first after a step failed. It replaces the
                     # exception being raised, and with it that one's note: the only place the id of a fresh
-                    # execution is given to resume it.
+                    # execution is given to resume it. (After a Ctrl-C, no worker process is waited for here:
+                    # terminate() has killed them all.)
                     if not isinstance(again, Exception):
                         _note_interrupted(again, execution_id, store)
                     raise
@@ -814,6 +812,24 @@ def _resume_advice(store: ArtifactStore, execution_id: str) -> str:
         )
         where = " in this process"
     return f"{kept}: run the pipeline again{where} with execution_id={execution_id!r} to resume"
+
+
+def _interrupted(pool: cf.Executor | None, exc: BaseException, execution_id: str, store: ArtifactStore) -> None:
+    """After ``exc`` (Ctrl-C, ``SystemExit``): terminate the worker processes, if any, and note on ``exc`` the
+    execution to resume.
+
+    Raises:
+        KeyboardInterrupt: a Ctrl-C pressed again while the workers were stopped (it cut their grace short:
+            they have been killed and have ended), with the note, to be raised instead of ``exc``.
+    """
+    if isinstance(pool, WorkerPool):
+        try:
+            # Workers lead process groups of their own, which the terminal's Ctrl-C does not reach.
+            pool.terminate(interrupt=isinstance(exc, KeyboardInterrupt))
+        except BaseException as again:
+            _note_interrupted(again, execution_id, store)
+            raise
+    _note_interrupted(exc, execution_id, store)
 
 
 def _note_interrupted(exc: BaseException, execution_id: str, store: ArtifactStore) -> None:

@@ -362,9 +362,23 @@ def step_with_a_child(inputs: Inputs, *, workdir: str, name: str) -> str:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ready = Path(workdir, f"{name}-child-ready")
     child = subprocess.Popen([sys.executable, "-c", _STUBBORN_CHILD, str(ready)])
-    Path(workdir, f"{name}.child").write_text(str(child.pid))
+    # Written whole, then renamed into place, as record() does: the test's cleanup reads every .child file.
+    partial = Path(workdir, f"{name}.child.{os.getpid()}.partial")
+    partial.write_text(str(child.pid))
+    os.replace(partial, Path(workdir, f"{name}.child"))
     wait_until(ready.exists, DEADLINE, f"the process {name} started never ran")
     return step_waits_for_ever(inputs, workdir=workdir, name=name)
+
+
+def step_deaf_to_sigterm(inputs: Inputs, *, workdir: str, name: str) -> str:
+    """As :func:`step_deaf_to_ctrl_c`, and deaf to SIGTERM too (a step that catches it to clean up, and carries
+    on): each SIGTERM it gets is recorded as ``<workdir>/<name>-sigterm``. Only SIGKILL stops its worker."""
+
+    def noted(signum: int, frame: object) -> None:
+        Path(workdir, f"{name}-sigterm").touch()
+
+    signal.signal(signal.SIGTERM, noted)
+    return step_deaf_to_ctrl_c(inputs, workdir=workdir, name=name)
 
 
 def children(workdir: str | Path) -> dict[str, int]:
@@ -372,10 +386,17 @@ def children(workdir: str | Path) -> dict[str, int]:
     return {path.stem: int(path.read_text()) for path in Path(workdir).glob("*.child")}
 
 
-def waiting_pipeline(workdir: str, deaf: bool = False, child: bool = False) -> Pipeline:
+def waiting_pipeline(workdir: str, deaf: bool = False, child: bool = False, stubborn: bool = False) -> Pipeline:
     """a, then s0, s1 and s2, which read it and wait at the gate ``<workdir>/never`` (``deaf`` to Ctrl-C;
-    with ``child``, also after starting a process that ignores SIGINT and SIGTERM)."""
-    waits = step_with_a_child if child else step_deaf_to_ctrl_c if deaf else step_waits_for_ever
+    with ``child``, also after starting a process that ignores SIGINT and SIGTERM; ``stubborn``: deaf to
+    SIGTERM too)."""
+    waits = step_waits_for_ever
+    if child:
+        waits = step_with_a_child
+    elif stubborn:
+        waits = step_deaf_to_sigterm
+    elif deaf:
+        waits = step_deaf_to_ctrl_c
     return Pipeline(
         [
             Step("a", functools.partial(step_a, workdir=workdir)),
@@ -384,9 +405,11 @@ def waiting_pipeline(workdir: str, deaf: bool = False, child: bool = False) -> P
     )
 
 
-def run_until_interrupted(root: str, workdir: str, deaf: bool = False, child: bool = False) -> None:
+def run_until_interrupted(
+    root: str, workdir: str, deaf: bool = False, child: bool = False, stubborn: bool = False
+) -> None:
     """Run a pipeline of three waiting steps (``deaf`` to Ctrl-C, or not; with a ``child`` process each, or
-    not) on two worker processes, for the test to interrupt or kill."""
+    not; ``stubborn``: deaf to SIGTERM too) on two worker processes, for the test to interrupt or kill."""
     import signal as signals
     import sys
 
@@ -394,7 +417,7 @@ def run_until_interrupted(root: str, workdir: str, deaf: bool = False, child: bo
 
     # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
     signals.signal(signals.SIGINT, signals.default_int_handler)
-    pipeline = waiting_pipeline(workdir, deaf, child)
+    pipeline = waiting_pipeline(workdir, deaf, child, stubborn)
     try:
         Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
             pipeline, execution_id="interrupted"
@@ -402,6 +425,25 @@ def run_until_interrupted(root: str, workdir: str, deaf: bool = False, child: bo
     except KeyboardInterrupt as interrupt:
         Path(workdir, "interrupted").write_text("\n".join(getattr(interrupt, "__notes__", [])))
         sys.exit(130)
+
+
+# A step whose partial arguments pass the executor's check but cannot be sent to a worker (test_executor.py).
+
+
+class CopiedNotPickled:
+    """Copied by ``copy.deepcopy`` (the executor's check before any step runs) but refused by pickle: found
+    only when its step is sent to a worker."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CopiedNotPickled:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a CopiedNotPickled cannot be pickled")
+
+
+def step_with_payload(inputs: Inputs, *, workdir: str, name: str, payload: object) -> str:
+    record(workdir, name)
+    return name
 
 
 # A step whose output changes with every call, so a stale replacement is told from a fresh output (test_resume.py).

@@ -6,7 +6,9 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
+import json
 import logging
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -25,6 +27,7 @@ from conftest import Case
 from pipeline_steps import (
     EXPECTED_D,
     BarrierMeeting,
+    CopiedNotPickled,
     Gate,
     Inputs,
     StepError,
@@ -41,6 +44,7 @@ from pipeline_steps import (
     step_sibling,
     step_two_arg_error,
     step_with_a_child,
+    step_with_payload,
     wait_until,
     waiting_pipeline,
 )
@@ -70,6 +74,7 @@ from artifactstore_core.pipeline import (
     register_artifact_store,
 )
 from artifactstore_core.pipeline._runner import replacement_id
+from artifactstore_core.pipeline._workers import WorkerPool
 from artifactstore_http.testing import TOKEN
 
 pytestmark = pytest.mark.timeout(120)
@@ -434,11 +439,13 @@ def test_resume_advice_on_the_memory_backend_says_it_holds_only_in_this_process(
         assert hasattr(caught.value, "_artifactstore_interrupted") is not in_process
 
 
-def _start_run(root: str, workdir: Path, *, deaf: bool, child: bool = False) -> subprocess.Popen[bytes]:
+def _start_run(
+    root: str, workdir: Path, *, deaf: bool, child: bool = False, stubborn: bool = False
+) -> subprocess.Popen[bytes]:
     """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
     code = (
         f"from pipeline_steps import run_until_interrupted; "
-        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r})"
+        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r}, stubborn={stubborn!r})"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -523,6 +530,31 @@ def test_processes_a_step_started_do_not_outlive_the_run(how: str, tmp_path: Pat
         wait_until(lambda: all(is_dead(pid) for pid in started), 50, "a process a step started outlived the run")
     finally:
         _kill_group(process, workdir)
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+
+
+def test_ctrl_c_again_while_the_workers_are_given_their_grace_kills_them_at_once(tmp_path: Path, workdir: Path) -> None:
+    # s0 and s1 ignore SIGINT and SIGTERM. A second Ctrl-C during the grace terminate() gives the workers after
+    # SIGTERM ended that wait and skipped the SIGKILL after it: run()'s shutdown then waited for the workers
+    # (here until their gate's deadline), a third Ctrl-C left them to multiprocessing's exit handler, and the
+    # KeyboardInterrupt raised had no note naming the execution.
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=True, stubborn=True)
+    try:
+        workers = [pids(workdir)[name] for name in ("s0", "s1")]
+        os.killpg(process.pid, signal.SIGINT)
+        wait_until(
+            lambda: all(Path(workdir, f"{name}-sigterm").exists() for name in ("s0", "s1")),
+            30,
+            "the workers were never asked to stop",
+        )
+        os.killpg(process.pid, signal.SIGINT)  # pressed again, since the first seemed to do nothing
+        assert process.wait(timeout=30) == 130
+        assert [pid for pid in workers if not is_dead(pid)] == []
+    finally:
+        _kill_group(process)
+    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
+    assert "s2" not in calls(workdir)
     assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
 
 
@@ -775,6 +807,171 @@ def test_a_worker_hung_importing_the_main_module_does_not_outlive_a_runner_kille
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+BIG_ARGUMENT_SCRIPT = """
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from artifactstore_core.pipeline import Executor, Pipeline, Step, StepFailedError, StoreConfig
+
+if __name__ == "__mp_main__":
+    Path({workdir!r}, f"importing-{{os.getpid()}}").touch()
+    if {hang!r}:
+        # A worker importing this module hangs here, as on a slow model load or a network call that never returns.
+        threading.Event().wait(100)
+    else:
+        raise RuntimeError("the worker's import of the main module failed")
+
+
+def size(inputs, *, blob):
+    return len(blob)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Bound with partial: more than a pipe holds, so sending it waits until the worker reads it.
+    pipeline = Pipeline([Step("size", functools.partial(size, blob=b"x" * {size!r}))])
+    try:
+        Executor(StoreConfig("filesystem", root={root!r}), mode="processes").run(pipeline)
+    except KeyboardInterrupt as interrupt:
+        Path({workdir!r}, "interrupted").write_text("\\n".join(getattr(interrupt, "__notes__", [])))
+        sys.exit(130)
+    except StepFailedError as error:
+        failed = {{"cause": type(error.__cause__).__name__, "notes": getattr(error, "__notes__", [])}}
+        Path({workdir!r}, "failed").write_text(json.dumps(failed))
+        sys.exit(1)
+"""
+
+
+def test_ctrl_c_while_a_worker_imports_the_main_module_and_its_big_step_waits_to_be_sent(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # The pool's thread sent the step under the pool's lock, and the send of arguments bigger than the pipe
+    # waited for the worker, which reads its pipe only once its import of the main module ends: terminate()
+    # waited for that lock, so Ctrl-C did nothing until the import ended (for ever, if it hangs).
+    script = tmp_path / "script.py"
+    script.write_text(
+        BIG_ARGUMENT_SCRIPT.format(workdir=str(workdir), root=str(tmp_path / "artifacts"), hang=True, size=2_000_000)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    workers: list[int] = []
+    try:
+        # The worker imports the script: the pool has started it (under its lock) and is about to send its step.
+        wait_until(lambda: any(workdir.glob("importing-*")), 60, "no worker imported the script")
+        workers = [int(path.name.removeprefix("importing-")) for path in workdir.glob("importing-*")]
+        # To the runner alone: the terminal's Ctrl-C would reach the worker too (it has no group of its own
+        # yet), and an import that catches or ignores it (native code) goes on all the same.
+        os.kill(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        assert [pid for pid in workers if not is_dead(pid)] == []
+    finally:
+        _kill_group(process)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert "was interrupted" in Path(workdir, "interrupted").read_text()
+
+
+@pytest.mark.parametrize("size", [1000, 2_000_000], ids=["small", "bigger-than-a-pipe"])
+def test_a_worker_that_dies_while_starting_is_told_from_a_step_that_cannot_be_sent(
+    size: int, tmp_path: Path, workdir: Path
+) -> None:
+    # A send that failed because the worker died while starting (importing the main module) was taken for
+    # arguments that cannot be sent: with arguments bigger than the pipe (the send still waiting when the worker
+    # died) the step failed with a bare BrokenPipeError, without the note that says why no worker started.
+    script = tmp_path / "script.py"
+    script.write_text(
+        BIG_ARGUMENT_SCRIPT.format(workdir=str(workdir), root=str(tmp_path / "artifacts"), hang=False, size=size)
+    )
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 1, done.stderr
+    failed = json.loads(Path(workdir, "failed").read_text())
+    assert failed["cause"] == "BrokenProcessPool"
+    assert any("no worker process started" in note for note in failed["notes"]), failed["notes"]
+
+
+def test_arguments_that_cannot_be_pickled_fail_their_step_not_the_pool(tmp_path: Path, workdir: Path) -> None:
+    # Past the check up front (copy.deepcopy copies it), refused when the step is sent: the step's own error,
+    # told from a worker that died while starting (no BrokenProcessPool), and the pool goes on.
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=str(workdir))),
+            Step(
+                "bad",
+                functools.partial(step_with_payload, workdir=str(workdir), name="bad", payload=CopiedNotPickled()),
+                ("a",),
+            ),
+        ]
+    )
+    with pytest.raises(StepFailedError) as caught:
+        Executor(StoreConfig("filesystem", root=str(tmp_path / "artifacts")), mode="processes").run(pipeline)
+    assert caught.value.step_id == "bad"
+    assert type(caught.value.__cause__) is TypeError
+    assert "a CopiedNotPickled cannot be pickled" in str(caught.value)
+    assert not hasattr(caught.value, "__notes__")
+    assert caught.value.result is not None
+    assert statuses(caught.value.result) == {"a": StepStatus.SUCCEEDED, "bad": StepStatus.FAILED}
+    assert calls(workdir) == {"a": 1}
+
+
+class _OutcomeLateInItsPipe:
+    """A worker's pipe as the pool sees it, where the step's outcome arrives just after the pool looked: once
+    the worker's "ready" has been read, the next time the pool looks while the outcome is there, the worker is
+    killed and its end awaited first, and the pipe shows nothing yet. (As a step's outcome sent, then the
+    worker killed, between the pool's look at its pipe and its look at the worker's sentinel.)"""
+
+    def __init__(self, conn: Any, process: Any) -> None:
+        self._conn = conn
+        self._process = process
+        self._ready = False
+        self._late = False
+
+    def recv(self) -> Any:
+        message = self._conn.recv()
+        self._ready = self._ready or message[0] == "ready"
+        return message
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        if self._ready and not self._late and self._conn.poll():
+            self._late = True
+            os.kill(self._process.pid, signal.SIGKILL)
+            assert multiprocessing.connection.wait([self._process.sentinel], 30), "the worker never died"
+            return False
+        return bool(self._conn.poll(timeout))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_an_outcome_sent_just_before_the_worker_died_is_not_lost(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool read a worker's pipe, then looked at its sentinel: an outcome that arrived in between, from a
+    # worker that then died, was never read, and the step (saved) failed with BrokenProcessPool.
+    start = WorkerPool._start
+
+    def late(self: WorkerPool) -> Any:
+        worker = start(self)
+        worker.conn = _OutcomeLateInItsPipe(worker.conn, worker.process)
+        return worker
+
+    monkeypatch.setattr(WorkerPool, "_start", late)
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    result = Executor(config, mode="processes").run(
+        Pipeline([Step("a", functools.partial(step_a, workdir=str(workdir)))])
+    )
+    assert statuses(result) == {"a": StepStatus.SUCCEEDED}
+    assert result.output.content == {"n": 3}
 
 
 def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: Path, workdir: Path) -> None:
