@@ -1624,6 +1624,10 @@ def gc(older_than: timedelta, force: bool, dry_run: bool, as_json: bool, backend
     first_failure: errors.ArtifactStoreError | None = None
     chosen = cli_backend(backend)
     with create_store(chosen) as root:
+        if not root.capabilities.outlives_the_process:
+            # As every data command warns (see _open_store): gc of memory found nothing, ever, without a word.
+            warnings.append(_IN_PROCESS_ONLY.format(name=root.backend_name))
+            _warn(warnings[-1:])
         names = root.namespaces()
         if not names:
             warnings += _warn_found_nothing(root)

@@ -337,7 +337,7 @@ IN_PROCESS_WARNING = (
 )
 
 
-@pytest.mark.parametrize("command", [("put", "lost"), ("ls",), ("doctor",)])
+@pytest.mark.parametrize("command", [("put", "lost"), ("ls",), ("doctor",), ("gc", "--older-than", "7d")])
 def test_commands_warn_that_an_in_process_backend_forgets_when_they_end(command: tuple[str, ...]) -> None:
     # `put` said "saved" and exited 0, and the next command's `get` found nothing: each command is a process.
     result = run(*command, env={"ARTIFACT_STORE_BACKEND": "memory"}, stdin=b"data")
