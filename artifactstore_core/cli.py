@@ -854,6 +854,19 @@ def _warn(lines: list[str]) -> None:
         stderr.print(f"warning: {line}", markup=False, soft_wrap=True)
 
 
+def _warn_found_nothing(store: ArtifactStore) -> list[str]:
+    """Warn, beside an answer of ``store`` that found nothing, of its :meth:`~ArtifactStore.nothing_found_note`
+    (a filesystem root that does not exist); return the warning's line, or none. Raises nothing.
+
+    An empty answer is legitimate (the command still succeeds), but under a mistyped setting it looked like an
+    empty store: `ls` printed nothing and exited 0.
+    """
+    note = store.nothing_found_note()
+    lines = [note] if note else []
+    _warn(lines)
+    return lines
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option(
@@ -934,6 +947,9 @@ def _doctor(as_json: bool, backend: str | None, namespace: str | None, found: di
             # Said once the store is built: a settings error of the backend is the one line to print then.
             warnings.append(_IN_PROCESS_ONLY.format(name=store.backend_name))
             _warn(warnings[-1:])
+        # Before the probe's save, which creates what is missing (a filesystem root): a mistyped setting then
+        # passed for a working one, and the `ls` that came up empty no longer said why.
+        warnings += _warn_found_nothing(store)
         message = Message(content={"probe": uuid.uuid4().hex}, metadata={"by": "artifactstore doctor"})
         timings = {}
         try:
@@ -1318,6 +1334,8 @@ def list_command(as_json: bool, backend: str | None, namespace: str | None) -> N
     """List the artifacts of the namespace."""
     with _open_store(backend, namespace) as store:
         infos, failures = _verified_listing(store)
+        if not infos and not failures:
+            _warn_found_nothing(store)
     _report_unverified(failures, "list")
     if as_json:
         _echo_json([vars(info) for info in infos])
@@ -1445,6 +1463,10 @@ def rm(step_ids: tuple[str, ...], backend: str | None, namespace: str | None) ->
             if not store.delete(step_id):
                 missing.append(step_id)
         where = f"in namespace {store.namespace!r} of backend {store.backend_name!r}"
+        if missing:
+            # As the store's own not-found errors add it.
+            note = store.nothing_found_note()
+            where += f"; {note}" if note else ""
     if missing:
         # Worded as the store's own not-found errors (`get`, `stat`), which say where they looked.
         what = "no artifact" if len(missing) == 1 else "no artifacts"
@@ -1472,6 +1494,8 @@ def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) 
             infos, failures = _verified_listing(store)
             _report_unverified(failures, "verify")
             count = len(infos) + len(failures)
+            if not count:
+                _warn_found_nothing(store)
             unverified = f" ({len(failures)} of them could not be verified)" if failures else ""
             _echo(f"would remove {counted(count, 'artifact')} from namespace {store.namespace!r}{unverified}")
             if failures:
@@ -1482,6 +1506,8 @@ def clear(yes: bool, dry_run: bool, backend: str | None, namespace: str | None) 
                 raise click.UsageError("refusing to clear without --yes when not on a terminal")
             click.confirm(f"Remove every artifact of namespace {store.namespace!r}?", abort=True, err=True)
         count = store.clear()
+        if not count:
+            _warn_found_nothing(store)
     _echo(f"removed {counted(count, 'artifact')}")
 
 
@@ -1623,7 +1649,14 @@ def gc(older_than: timedelta, force: bool, dry_run: bool, as_json: bool, backend
     first_failure: errors.ArtifactStoreError | None = None
     chosen = cli_backend(backend)
     with create_store(chosen) as root:
-        for name in root.namespaces():
+        if not root.capabilities.outlives_the_process:
+            # As every data command warns (see _open_store): gc of memory found nothing, ever, without a word.
+            warnings.append(_IN_PROCESS_ONLY.format(name=root.backend_name))
+            _warn(warnings[-1:])
+        names = root.namespaces()
+        if not names:
+            warnings += _warn_found_nothing(root)
+        for name in names:
             # One namespace that cannot be collected (a corrupted artifact, one the backend cannot read) must
             # not keep gc from the others: it is reported, and the exit code says that something was left.
             try:

@@ -2,12 +2,13 @@
 
 The command's modules (click, rich, pydantic, the core, then the plugins) take the better part of a second
 to import, and a Ctrl-C in that time stopped the import with a traceback. This module imports nothing but
-:mod:`sys` (the package imports its names lazily), so :func:`main` is running, ready to turn Ctrl-C into the
-documented ``aborted`` and :data:`INTERRUPTED_EXIT_CODE`, before those imports begin.
+:mod:`sys`, and the package's ``__init__`` (which the console script runs first) imports nothing at all (it
+imports its names lazily), so :func:`main` is running, ready to turn Ctrl-C into the documented ``aborted`` and
+:data:`INTERRUPTED_EXIT_CODE`, before those imports begin. Only the interpreter's own start-up and the lookup
+of this package come before it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: it imports the module __future__, before main() can catch Ctrl-C.
 import sys
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "main"]

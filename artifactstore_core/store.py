@@ -453,6 +453,22 @@ class ArtifactStore(ABC):
         except Exception as exc:
             self._raise(exc, "clear", None)
 
+    def nothing_found_note(self) -> str | None:
+        """Why this store may find nothing for a reason other than an empty store, or ``None`` when there is
+        nothing to say (the default): a configuration pointing at storage that does not exist, which a typo
+        in a setting looks like (the filesystem store's root that does not exist).
+
+        The not-found errors (``_not_found``, ``_missing_many``) add it to their message, and the
+        command line shows it as a warning beside an answer that found nothing (an empty ``ls``, ``clear`` of
+        nothing, ``gc`` without namespaces), which would otherwise look like an empty store. Asked on those
+        paths only, so it may cost a call to the backend (the filesystem store's is a stat). The artifact
+        server sends the errors it is in to remote clients: it names a setting, never a secret or a local
+        path. Not for a backend that is down (its operations raise for that).
+
+        Raises nothing: an error here would take the place of the answer it is a note to.
+        """
+        return None
+
     def save_many(
         self,
         items: Mapping[str, Message] | Iterable[tuple[str, Message]],
@@ -705,13 +721,19 @@ class ArtifactStore(ABC):
     # -- helpers for backends -------------------------------------------------------------------------
 
     def _not_found(self, step_id: str) -> ArtifactNotFoundError:
-        """The error a backend raises when ``step_id`` is missing."""
+        """The error a backend raises when ``step_id`` is missing (with :meth:`nothing_found_note`'s note)."""
         return ArtifactNotFoundError(
-            f"no artifact {step_id!r} in namespace {self._namespace!r} of backend {self.backend_name!r}",
+            f"no artifact {step_id!r} in namespace {self._namespace!r} of backend {self.backend_name!r}"
+            f"{self._with_note()}",
             step_id=step_id,
             namespace=self._namespace,
             backend=self.backend_name,
         )
+
+    def _with_note(self) -> str:
+        """``"; "`` and :meth:`nothing_found_note`'s note, to end a not-found message with; ``""`` without one."""
+        note = self.nothing_found_note()
+        return f"; {note}" if note else ""
 
     def _exists_error(self, step_id: str) -> ArtifactExistsError:
         """The error a backend raises when write-once refuses a different artifact."""
@@ -906,11 +928,12 @@ class ArtifactStore(ABC):
         return found
 
     def _missing_many(self, missing: builtins.list[str]) -> ArtifactNotFoundError:
-        """The error for a batch read with missing ids."""
+        """The error for a batch read with missing ids (with :meth:`nothing_found_note`'s note)."""
         shown = ", ".join(repr(step_id) for step_id in missing[:10])
         more = f" and {len(missing) - 10} more (all in the error's missing_ids)" if len(missing) > 10 else ""
         error = ArtifactNotFoundError(
-            f"no artifacts {shown}{more} in namespace {self._namespace!r} of backend {self.backend_name!r}",
+            f"no artifacts {shown}{more} in namespace {self._namespace!r} of backend {self.backend_name!r}"
+            f"{self._with_note()}",
             step_id=missing[0],
             namespace=self._namespace,
             backend=self.backend_name,

@@ -328,6 +328,7 @@ def test_doctor_and_config_name_misspelt_variables_they_ignore() -> None:
         "warning: ARTIFACT_STORE_FILESYSTEM_ROT is no setting of backend 'filesystem' and is ignored; did you mean "
         "ARTIFACT_STORE_FILESYSTEM_ROOT?",
     ]
+    _DEFAULT_ROOT[-1].mkdir()  # else doctor also warns that the root does not exist
     result = run("doctor", env=env)
     assert result.returncode == 0, result.stderr  # the probe itself worked, with the defaults
     assert result.stderr.splitlines() == expected
@@ -359,6 +360,7 @@ def test_config_and_doctor_name_typos_no_setting_check_saw(tmp_path: Path) -> No
         "did you mean [filesystem]?",
         f"warning: table [team] in {config_file} is read by no installed backend and is ignored",
     ]
+    _DEFAULT_ROOT[-1].mkdir()  # else doctor also warns that the root does not exist
     for command in ("config", "doctor"):
         result = run(command, env=env)
         assert result.returncode == 0, result.stderr
@@ -412,13 +414,14 @@ IN_PROCESS_WARNING = (
 )
 
 
-@pytest.mark.parametrize("command", [("put", "lost"), ("ls",), ("doctor",)])
+@pytest.mark.parametrize("command", [("put", "lost"), ("ls",), ("doctor",), ("gc", "--older-than", "7d")])
 def test_commands_warn_that_an_in_process_backend_forgets_when_they_end(command: tuple[str, ...]) -> None:
     # `put` said "saved" and exited 0, and the next command's `get` found nothing: each command is a process.
     result = run(*command, env={"ARTIFACT_STORE_BACKEND": "memory"}, stdin=b"data")
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.decode().splitlines() if "warning" in line] == [IN_PROCESS_WARNING]
-    # The command's own default, filesystem, keeps them.
+    # The command's own default, filesystem, keeps them (in a root that exists: else ls and doctor say it does not).
+    _DEFAULT_ROOT[-1].mkdir()
     assert "warning" not in run(*command, stdin=b"data").stderr.decode()
 
 
@@ -1140,6 +1143,40 @@ def test_rm_says_where_it_looked_and_put_refuses_a_repeated_meta_key(tmp_path: P
     assert result.returncode == 2
     assert "Invalid value for --meta: 'k' is given twice" in result.stderr
     assert run("stat", "meta").returncode == 3
+
+
+def test_commands_that_find_nothing_under_a_root_that_does_not_exist_say_so(tmp_path: Path) -> None:
+    # A mistyped ARTIFACT_STORE_FILESYSTEM_ROOT: `ls` printed nothing and exited 0, as for an empty store (get
+    # and stat already said the root did not exist). Still exit 0: nothing has been saved there yet is legitimate.
+    typo = tmp_path / "typo-root"
+    env = {"ARTIFACT_STORE_BACKEND": "filesystem", "ARTIFACT_STORE_FILESYSTEM_ROOT": str(typo)}
+    note = (
+        "the filesystem root (ARTIFACT_STORE_FILESYSTEM_ROOT) does not exist: nothing has been saved there, or "
+        "ARTIFACT_STORE_FILESYSTEM_ROOT names the wrong directory (`artifactstore config` shows it)"
+    )
+    for args in [("ls",), ("ls", "--json"), ("clear", "--yes"), ("clear", "--dry-run"), ("gc", "--older-than", "7d")]:
+        result = run(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stderr.startswith(f"warning: {note}\n"), (args, result.stderr)
+        assert str(typo) not in result.stderr  # the setting is named, not its value (`config` shows it)
+        if args == ("ls", "--json"):
+            assert result.stdout == "[]\n"
+    result = run("gc", "--older-than", "7d", "--json", env=env)
+    assert json.loads(result.stdout)["warnings"] == [note]
+    for args in [("rm", "x"), ("stat", "x"), ("get", "x")]:
+        result = run(*args, env=env)
+        assert result.returncode == 3, (args, result.stderr)
+        assert result.stderr == (
+            f"error: ArtifactNotFoundError: no artifact 'x' in namespace 'default' of backend 'filesystem'; {note}\n"
+        ), args
+    assert not typo.exists()  # none of them made the root
+    # doctor's probe makes it: said before, as the root then exists and later commands have nothing to say.
+    result = run("doctor", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["warnings"] == [note]
+    assert typo.is_dir()
+    assert run("ls", env=env).stderr == ""
+    assert "root" not in run("rm", "x", env=env).stderr
 
 
 def _corrupt_the_artifact_of(namespace: str) -> None:

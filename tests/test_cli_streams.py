@@ -445,6 +445,10 @@ sys.meta_path.insert(0, _BlockOnce())
 @pytest.mark.parametrize(
     ("module", "args"),
     [
+        # The first modules imported, by the package itself before the entry point ran (`import
+        # artifactstore_core.cli_main` runs the package's __init__ first): a traceback there.
+        ("typing", ["ls"]),
+        ("__future__", ["--help"]),
         ("pydantic", ["ls"]),  # imported by the core's modules
         ("click", ["ls"]),  # imported by the command line
         ("slow_plugin_mod", ["backends"]),  # a plugin, loaded by its entry point

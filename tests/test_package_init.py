@@ -44,6 +44,20 @@ def test_every_public_name_resolves_and_star_import_gets_them_all() -> None:
         assert name in dir(artifactstore_core)
 
 
+def test_the_entry_point_imports_no_other_module() -> None:
+    # The console script imports artifactstore_core.cli_main, and with it the package, before cli_main.main
+    # can turn Ctrl-C into `aborted`: a module imported there (typing, 13 ms) was a window for a traceback.
+    out = run_fresh(
+        """
+        import sys
+        before = set(sys.modules)
+        import artifactstore_core.cli_main
+        print(sorted(set(sys.modules) - before))
+        """
+    )
+    assert out.strip() == "['artifactstore_core', 'artifactstore_core.cli_main']"
+
+
 def test_submodules_are_attributes_after_a_bare_import() -> None:
     # Importing the package used to import errors, store, ... so `artifactstore_core.errors.X` worked after
     # a bare `import artifactstore_core`; third-party backends and scripts read names that way.

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from artifactstore_core import Capabilities, ConfigurationError, Message, StoreClosedError, create_store
+from artifactstore_core import (
+    ArtifactNotFoundError,
+    Capabilities,
+    ConfigurationError,
+    Message,
+    StoreClosedError,
+    create_store,
+)
 from artifactstore_memory import MemorySpace, MemoryStore
 
 
@@ -143,3 +150,30 @@ def test_a_str_enum_member_as_id_is_its_plain_value(backend: str, tmp_path: Path
         assert set(store.get_many([_Step.TRAIN, "score"])) == {"train", "score"}
         assert [type(key) for key in store.get_many([_Step.TRAIN])] == [str]
         assert [info.step_id for info in store.list_page(after=_Step.SCORE, limit=5)] == ["train"]
+
+
+def test_not_found_errors_end_with_the_store_s_nothing_found_note() -> None:
+    # The hook by which a store says why finding nothing may be its configuration's doing (the filesystem
+    # store's missing root); the command line warns with it beside an empty listing.
+    class NotedStore(MemoryStore):
+        note: str | None = "the example setting names no storage"
+
+        def nothing_found_note(self) -> str | None:
+            return self.note
+
+    with MemoryStore(namespace="no-note") as plain:
+        assert plain.nothing_found_note() is None
+        with pytest.raises(ArtifactNotFoundError) as info:
+            plain.get("x")
+        assert str(info.value) == "no artifact 'x' in namespace 'no-note' of backend 'memory'"
+    with NotedStore(namespace="noted") as store:
+        for call, words in (
+            (lambda: store.get("x"), "no artifact 'x'"),
+            (lambda: store.get_many(["x", "y"]), "no artifacts 'x', 'y'"),
+        ):
+            with pytest.raises(ArtifactNotFoundError) as info:
+                call()
+            assert str(info.value) == f"{words} in namespace 'noted' of backend 'memory'; {NotedStore.note}"
+        store.note = None
+        with pytest.raises(ArtifactNotFoundError, match=r"'memory'$"):
+            store.info("x")

@@ -25,7 +25,6 @@ from artifactstore_core import (
     AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactInfo,
-    ArtifactNotFoundError,
     ArtifactStore,
     ArtifactStoreError,
     BackendError,
@@ -801,31 +800,23 @@ class FilesystemStore(ArtifactStore):
                 return current if os.path.exists(current) else path
         return path
 
-    def _not_found(self, step_id: str) -> ArtifactNotFoundError:
-        """The store's not-found error, saying so when the root itself does not exist (see :meth:`_no_root`)."""
-        return self._no_root(super()._not_found(step_id))
-
-    def _missing_many(self, missing: builtins.list[str]) -> ArtifactNotFoundError:
-        """The store's error for a batch read with missing ids, saying so when the root does not exist."""
-        return self._no_root(super()._missing_many(missing))
-
-    def _no_root(self, error: ArtifactNotFoundError) -> ArtifactNotFoundError:
-        """``error`` with a note that the root does not exist, if it does not.
+    def nothing_found_note(self) -> str | None:
+        """That the root does not exist, if it does not (a directory that is not there, or a symbolic link to
+        one: a mount point not mounted); else ``None``. Raises nothing.
 
         A mistyped ``ARTIFACT_STORE_FILESYSTEM_ROOT`` otherwise reads as a plain miss ("no artifact
-        'report'"), which sends the user looking for a step that never ran. The root is not made here: a
-        read creates nothing, and the first save creates it. Costs a stat, on this error path only.
+        'report'"), which sends the user looking for a step that never ran, and as an empty listing. The root
+        is not made here: a read creates nothing, and the first save creates it. A root that is a file never
+        needs this: every operation reports it (see :meth:`_in_the_way`).
         """
-        if not os.path.isdir(self._root):
-            # A root that is a file never gets here (every operation reports it, see _in_the_way); a symbolic
-            # link to a missing directory (a mount point not mounted) does, and "does not exist" holds for it.
-            # The root is not named, as in every message of this store: an artifact server sends the message to
-            # its remote clients, to whom the server's paths are none of their business (`config` shows it).
-            error.args = (
-                f"{error.message}; the filesystem root ({_ROOT_ENV}) does not exist: nothing has been saved "
-                f"there, or {_ROOT_ENV} names the wrong directory (`artifactstore config` shows it)",
-            )
-        return error
+        if os.path.isdir(self._root):  # isdir() answers False, never raises, for a path it cannot stat
+            return None
+        # The root is not named, as in every message of this store: an artifact server sends the message to its
+        # remote clients, to whom the server's paths are none of their business (`config` shows it).
+        return (
+            f"the filesystem root ({_ROOT_ENV}) does not exist: nothing has been saved there, or {_ROOT_ENV} "
+            "names the wrong directory (`artifactstore config` shows it)"
+        )
 
     def _not_a_file(self, path: str, mode: int, step_id: str) -> BackendError:
         """The error for ``mode``, not a regular file, at ``step_id``'s name: the store's state is broken
