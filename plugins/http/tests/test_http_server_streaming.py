@@ -284,8 +284,8 @@ def test_a_streamed_save_over_a_different_artifact_is_refused_before_its_body_is
             f"Content-Type: {MEDIA_TYPE_ENVELOPE}\r\n{length}\r\n\r\n".encode()
             + sent
         )
-        # The rest of the body is never sent: the answer comes all the same, and the connection ends after it (by
-        # a reset: the server closes it with the body unread, as for any answer given before the body).
+        # The rest of the body is never sent: the answer comes all the same, and the connection ends after it (once
+        # the server has waited a moment for the rest, see LINGER_IDLE_SECONDS; by a reset if bytes were unread).
         answer = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(65536):

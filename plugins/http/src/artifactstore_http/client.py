@@ -693,6 +693,9 @@ class HttpStore(ArtifactStore):
                     # Streamed, so that every body is read within a bound (see _read) and never taken whole
                     # from whatever answers; read while the connection is this thread's alone. An open's
                     # answer may take the response and the client along (pop_all), for the stream it gives.
+                    # An answer the server gives before it has the whole body (401, 413, an early 409) is read
+                    # even when the send then fails, reset by the server's close: httpcore reads the response
+                    # after a write error, and the caller gets that answer's error, not a connection error.
                     streamed = http.send(request, stream=True)
                     held.callback(streamed.close)
                     response = self._read(operation, streamed, step_id, held)

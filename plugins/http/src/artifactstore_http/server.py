@@ -6,7 +6,9 @@ already turned ``%2F`` into ``/``; each namespace and step id segment is percent
 handed to the store, which validates it. Nothing from a request is ever used as a file path or a URL.
 
 Store calls are synchronous and run on worker threads; request bodies are received in chunks and refused
-with 413 as soon as the declared or received size passes the limit, before the rest is read.
+with 413 as soon as the declared or received size passes the limit, before the rest is read. After such an
+early answer a bounded part of the rest is read and dropped before the connection closes, so that a client
+still sending reads the answer rather than a reset (see :data:`LINGER_BYTES`).
 
 Every response carries the protocol marker ``Artifactstore-Protocol: 1``, by which clients tell an artifact
 server from any other web server at the endpoint (see :mod:`artifactstore_http.protocol`).
@@ -124,6 +126,17 @@ STREAMED_SAVES = 16
 # The largest piece of a streamed payload read from a store (on a worker thread) and sent at once.
 SEND_CHUNK_BYTES = 1 << 20
 _FILLER = bytes(SEND_CHUNK_BYTES)
+# An answer given before the request body was received (401, 413, an early 409: sent with "Connection: close") is
+# followed by reading and dropping what the client still sends, before the ASGI server closes the connection:
+# until the body ends or the client goes away, but LINGER_BYTES at most, no longer than LINGER_IDLE_SECONDS
+# without a byte, and LINGER_SECONDS in all. Closed at once, the connection was reset (Linux answers a close()
+# with unread bytes with a TCP RST): a client still sending got ECONNRESET or EPIPE from its send, and one that
+# gives up there (the standard library's http.client, most others) never read the answer. Within these bounds
+# the rest of a body of a few MiB is received and the connection ends in order; a longer body is still cut by
+# a reset, and a hostile client holds the connection for seconds at most.
+LINGER_BYTES = 8 << 20
+LINGER_IDLE_SECONDS = 1.0
+LINGER_SECONDS = 5.0
 
 _UNAUTHORIZED = problem_document(
     "AccessDeniedError",
@@ -190,7 +203,8 @@ def _problem_response(
         # status and the type. It is the body's own detail (a core error's message, which names no secret).
         extra[ERROR_DETAIL_HEADER] = encode_detail(str(doc["detail"]))
     if close:
-        # The request body was not read: ask the server to drop the connection instead of draining it.
+        # The request body was not read: the connection ends after this answer, rather than the whole body being
+        # received for the next request's sake (_Guard reads a bounded part of it first, see LINGER_BYTES).
         extra["Connection"] = "close"
     return JSONResponse(doc, status_code=int(doc["status"]), headers=extra, media_type=MEDIA_TYPE_PROBLEM)
 
@@ -1687,14 +1701,65 @@ def _loggable_path(scope: Scope) -> str:
 
 
 _MARKER = (PROTOCOL_HEADER.lower().encode("ascii"), PROTOCOL_VERSION.encode("ascii"))
+# As Starlette writes _problem_response's header (names lowercased); uvicorn closes the connection after such an
+# answer.
+_CLOSE = (b"connection", b"close")
+
+
+class _RequestBody:
+    """A request's ``receive``, noting whether the request body has ended, and the lingering read of its rest
+    (:meth:`linger`) before the connection of an early answer closes (see :data:`LINGER_BYTES`)."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self._receive = receive
+        self._ended = False  # the body's end, or the client's disconnect, was received
+        self._asked = False  # receive() was called
+        # A client that sent "Expect: 100-continue" sends its body only once told to (uvicorn sends the "100
+        # Continue" at the application's first receive()): answered before that, it has nothing in flight.
+        self._expects = any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in scope.get("headers") or ()
+        )
+
+    async def receive(self) -> Message:
+        self._asked = True
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._ended = True
+        return message
+
+    @property
+    def pending(self) -> bool:
+        """Whether the client may still be sending the request body."""
+        return not self._ended and not (self._expects and not self._asked)
+
+    async def linger(self) -> None:
+        """Receive and drop the rest of the request body, within :data:`LINGER_BYTES`, :data:`LINGER_IDLE_SECONDS`
+        and :data:`LINGER_SECONDS`; called once an early answer is sent whole, before it is ended (the ASGI server
+        closes the connection then). Memory stays at one received chunk. Raises nothing; the server's shutdown
+        cancelling the request ends it."""
+        left = LINGER_BYTES
+        try:
+            with anyio.move_on_after(LINGER_SECONDS):
+                while left > 0 and not self._ended:
+                    with anyio.move_on_after(LINGER_IDLE_SECONDS) as idle:
+                        message = await self.receive()
+                    if idle.cancelled_caught:
+                        return
+                    left -= len(message.get("body", b""))
+        except anyio.get_cancelled_exc_class():
+            # uvicorn's graceful shutdown ran out: the answer is whole already, and is ended (the task goes on to
+            # end it, no longer counted as being cancelled, as _App.endpoint does).
+            _uncancel()
 
 
 class _Guard:
-    """Outermost middleware: header count and size limits, an access log without query strings, and the
-    protocol marker on every response (see :data:`~artifactstore_http.protocol.PROTOCOL_HEADER`).
+    """Outermost middleware: header count and size limits, an access log without query strings, the protocol
+    marker on every response (see :data:`~artifactstore_http.protocol.PROTOCOL_HEADER`), and the lingering read
+    of a request body that an answer closing the connection came before (see :data:`LINGER_BYTES`).
 
     The marker is added here rather than by each handler so that no answer can miss it: successes, problem
-    answers, ``HEAD`` and ``204`` answers, and this middleware's own 431.
+    answers, ``HEAD`` and ``204`` answers, and this middleware's own 431. The linger likewise follows every answer
+    that closes the connection before the body ended, whichever handler gave it.
     """
 
     def __init__(self, app: ASGIApp, *, max_header_count: int, max_header_bytes: int) -> None:
@@ -1707,12 +1772,28 @@ class _Guard:
             await self._app(scope, receive, send)
             return
         status = 0
+        closing = False  # the answer ends the connection
+        body = _RequestBody(scope, receive)
 
         async def send_marked(message: Message) -> None:
-            nonlocal status
+            nonlocal status, closing
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message = {**message, "headers": [*message.get("headers", ()), _MARKER]}
+                headers = [*message.get("headers", ()), _MARKER]
+                closing = _CLOSE in headers
+                message = {**message, "headers": headers}
+            elif (
+                closing
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and body.pending
+            ):
+                # An answer before the body was received: sent whole (the client reads it by its Content-Length)
+                # but not yet ended, which would close the connection; the rest of the body is read first, within
+                # bounds, so that the close is no reset (see LINGER_BYTES).
+                await send({**message, "more_body": True})
+                await body.linger()
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
         headers = scope.get("headers") or []
@@ -1725,11 +1806,13 @@ class _Guard:
                 title="Request header fields too large",
                 detail=f"at most {self._max_count} headers and {self._max_bytes} bytes of request line and headers",
             )
-            await _problem_response(doc, close=True, head=scope.get("method") == "HEAD")(scope, receive, send_marked)
+            await _problem_response(doc, close=True, head=scope.get("method") == "HEAD")(
+                scope, body.receive, send_marked
+            )
             logger.info("%s %s 431", scope.get("method"), _loggable_path(scope))
             return
         try:
-            await self._app(scope, receive, send_marked)
+            await self._app(scope, body.receive, send_marked)
         finally:
             logger.info("%s %s %s", scope.get("method"), _loggable_path(scope), status or "-")
 
