@@ -15,7 +15,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, NoReturn, cast
 
@@ -43,14 +43,25 @@ from .errors import (
     SerializationError,
     StoreClosedError,
     UnsupportedOperationError,
+    redact,
 )
 from .ids import MAX_ID_BYTES
 from .message import FrozenDict, Message, SchemaInfo
 from .registry import plugin_host
 from .store import ArtifactStore
+from .testing_errors import reachable_text
 from .testing_skips import CAPABILITY_SKIP
 
-__all__ = ["AWKWARD_IDS", "INVALID_IDS", "ORDER_TRAP_IDS", "StoreConformance", "ZeroStream", "json_values", "messages"]
+__all__ = [
+    "AWKWARD_IDS",
+    "INVALID_IDS",
+    "LONG_ID_PAIRS",
+    "ORDER_TRAP_IDS",
+    "StoreConformance",
+    "ZeroStream",
+    "json_values",
+    "messages",
+]
 
 MakeStore = Callable[[str], ArtifactStore]
 
@@ -122,6 +133,24 @@ ORDER_TRAP_IDS: tuple[str, ...] = (
     "x" * MAX_ID_BYTES,
     "é" * (MAX_ID_BYTES // 2),
 )
+
+
+def _twins(size: int, filler: str = "x", ends: tuple[str, str] = ("a", "b")) -> tuple[str, str]:
+    """Two ids of ``size`` bytes of UTF-8 (for a ``filler`` and ``ends`` that fit it exactly): ``filler``
+    repeated, then one of ``ends``."""
+    repeated = filler * ((size - len(ends[0].encode())) // len(filler.encode()))
+    return repeated + ends[0], repeated + ends[1]
+
+
+#: Pairs of long ids that differ only in their last character: a backend that keys artifacts by a cut id (a file
+#: name's 255 bytes, a column's or a key's width, a hash of the first bytes) keeps each pair as one artifact. At
+#: lengths where such cuts are common, up to MAX_ID_BYTES, and with a last character of several bytes, which a
+#: cut in bytes can drop whole. Each pair has a filler of its own, so that a cut makes no two pairs collide.
+LONG_ID_PAIRS: tuple[tuple[str, str], ...] = (
+    *(_twins(size, filler) for size, filler in zip((100, 128, 200, 250, 255, MAX_ID_BYTES), "klmnop", strict=True)),
+    _twins(MAX_ID_BYTES, "é", ("🚀", "🧪")),
+)
+
 # Afters that are stored nowhere in ORDER_TRAP_IDS: before, between and after them.
 _ABSENT_AFTER = ("\u00a0", "+", "0a", "@", "Y", "^", "a.", "aB", "a\u00e0", "step-1", "x", "x" * 101, "\U0010fffd")
 
@@ -180,6 +209,101 @@ class _Other(BaseModel):
 def _not_declared(store: ArtifactStore, capability: str) -> NoReturn:
     """Skip a test of ``capability``, which ``store``'s backend does not declare (a skip CI allows)."""
     pytest.skip(f"{CAPABILITY_SKIP} backend {store.backend_name!r} does not declare {capability}")
+
+
+def _shown_result(value: object) -> str:
+    """``repr(value)``, cut short (a message can be megabytes): for a failure that says what a read returned."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _assert_gone(store: ArtifactStore, step_id: str, *, after: str) -> None:
+    """Fail unless every read of ``store`` agrees that ``step_id`` is not stored (``after``: what removed it).
+
+    A backend that deletes softly (a tombstone, a deleted flag) or clears by a marker filters the removed
+    artifacts in each read path, and a path that forgets serves them on: each read is asked here.
+    """
+    what = f"{step_id[:40]!r}{'...' if len(step_id) > 40 else ''} after {after}"
+    assert store.exists(step_id) is False, f"exists({what}) is True"
+    reads: dict[str, Callable[[], object]] = {
+        "get": lambda: store.get(step_id),
+        "info": lambda: store.info(step_id),
+        "open": lambda: store.open(step_id).close(),
+        "get_many": lambda: store.get_many([step_id]),
+    }
+    for name, read in reads.items():
+        try:
+            outcome = read()
+        except ArtifactNotFoundError:
+            continue
+        pytest.fail(f"{name}({what}) gave {_shown_result(outcome)} instead of raising ArtifactNotFoundError")
+    assert step_id not in {info.step_id for info in store.list()}, f"list() lists {what}"
+    assert step_id not in {info.step_id for info in store.list_page()}, f"list_page() lists {what}"
+
+
+#: Secrets shorter than this are not looked for: so short a value could be in any text by chance.
+_SHORTEST_SECRET = 6
+
+
+class _Secrets(frozenset[str]):
+    """Secret values the kit looks for, shown masked: pytest prints a failing test's arguments."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} secret values, masked>"
+
+    __str__ = __repr__
+
+
+def _secrets_of(values: Iterable[str], store: ArtifactStore | None = None) -> _Secrets:
+    """``values`` (the ``secret_values`` fixture's) and the secrets ``store`` reports (``_secret_values()``),
+    without the ones too short to look for."""
+    __tracebackhide__ = True  # its arguments are secrets, which a report of a failure here would print
+    found = []
+    for value in (*values, *(store._secret_values() if store is not None else ())):
+        if not isinstance(value, str):
+            pytest.fail(f"a secret value must be a str, not {type(value).__name__} (secret_values, _secret_values())")
+        if len(value) >= _SHORTEST_SECRET:
+            found.append(value)
+    return _Secrets(found)
+
+
+def _assert_no_secret(what: str, text: str, secrets: Iterable[str]) -> None:
+    """Fail if ``text`` holds one of ``secrets`` as it is or URL-quoted (the spellings ``redact`` masks).
+
+    The failure shows the text masked, and must not be raised inside an ``except`` block whose exception
+    holds the secret: pytest would print that exception as the failure's context.
+    """
+    __tracebackhide__ = True  # its arguments hold the secret: pytest prints a shown frame's arguments
+    for secret in secrets:
+        if redact(text, [secret], url_passwords=False) != text:
+            masked = redact(text, secrets, url_passwords=False)
+            pytest.fail(
+                f"{what} shows a secret the store is configured with ({len(secret)} characters; masked here as "
+                f"**********): {masked[:2000]}"
+            )
+
+
+def _error_text(call: Callable[[], object]) -> str | None:
+    """The text of everything reachable from the error ``call`` raises (``reachable_text``), ``None`` if none."""
+    try:
+        call()
+    except Exception as exc:
+        return reachable_text(exc)
+    return None
+
+
+def _every_operation(store: ArtifactStore) -> dict[str, Callable[[], object]]:
+    """One call of each operation of ``store`` that asks its backend, by name."""
+    return {
+        "exists": lambda: store.exists("x"),
+        "get": lambda: store.get("x"),
+        "get_many": lambda: store.get_many(["x", "y"]),
+        "info": lambda: store.info("x"),
+        "list": lambda: list(store.list()),
+        "delete": lambda: store.delete("x"),
+        "save": lambda: store.save("x", Message(content=1)),
+        "clear": store.clear,
+    }
 
 
 def _sample_messages() -> dict[str, Message]:
@@ -260,6 +384,28 @@ class StoreConformance:
         the kit accepts; any other error from building the store fails the check.
         """
         return None
+
+    @pytest.fixture
+    def secret_values(self) -> Iterable[str]:
+        """Optional override: the secret values (passwords, tokens, keys) that the stores of ``make_store``
+        and ``make_unreachable_store`` are configured with.
+
+        The kit provokes errors (missing artifacts, write-once conflicts, an invalid id, a closed store, and
+        every operation of a ``make_unreachable_store`` store) and fails if one of these values, as it is or
+        URL-quoted, is in the text of an error or of anything linked from it
+        (:func:`~artifactstore_core.testing_errors.reachable_text`), or in ``repr()`` or ``str()`` of a
+        store. The values each store's ``_secret_values()`` returns are looked for too, so a backend that
+        reports its secrets there is checked without this fixture; give it all the same, so that the check
+        does not depend on what the backend reports. With no secret from either, the check is skipped as
+        ``capability not declared:``. Values shorter than 6 characters are not looked for. Default: none.
+        """
+        return ()
+
+    @pytest.fixture
+    def configured_secrets(self, secret_values: Iterable[str]) -> Iterable[str]:
+        """``secret_values``, as the kit's checks take them: shown masked where pytest prints a failing test's
+        arguments. Not to be overridden."""
+        return _secrets_of(secret_values)
 
     @pytest.fixture
     def new_store(self, make_store: MakeStore) -> Iterator[Callable[..., ArtifactStore]]:
@@ -464,9 +610,10 @@ class StoreConformance:
         store.save("d", Message(content=1))
         store.save("keep", Message(content=2))
         assert store.delete("d") is True
-        assert store.exists("d") is False
+        _assert_gone(store, "d", after="delete")
         assert store.delete("d") is False
         assert store.get("keep").content == 2
+        assert [info.step_id for info in store.list_page()] == ["keep"]
         store.save("d", Message(content=3))
         assert store.get("d").content == 3
 
@@ -594,8 +741,10 @@ class StoreConformance:
             store.save_many({f"id{i}": Message(content=i) for i in range(5)})
         mine.save("only-mine", Message(content="m"))
         assert mine.clear() == 6
+        for step_id in ("id0", "only-mine"):
+            _assert_gone(mine, step_id, after="clear")
         assert list(mine.list()) == []
-        assert not mine.exists("id0")
+        assert mine.list_page() == []
         for store in (theirs, similar):
             assert sorted(info.step_id for info in store.list()) == [f"id{i}" for i in range(5)]
             assert store.get("id3").content == 3
@@ -629,15 +778,12 @@ class StoreConformance:
         with pytest.raises(ArtifactExistsError):
             reader.save("s", Message(content="one"))
         assert writer.delete("s") is True
-        assert reader.exists("s") is False
-        with pytest.raises(ArtifactNotFoundError):
-            reader.get("s")
+        _assert_gone(reader, "s", after="another store's delete")
         writer.save("s", Message(content="three"))
         assert reader.get("s").content == "three"
         assert writer.clear() == 1
         assert list(reader.list()) == []
-        with pytest.raises(ArtifactNotFoundError):
-            reader.get_many(["s"])
+        _assert_gone(reader, "s", after="another store's clear")
 
     @pytest.mark.parametrize(
         ("name", "sibling"),
@@ -721,6 +867,37 @@ class StoreConformance:
         assert sorted(info.step_id for info in store.list()) == sorted(AWKWARD_IDS)
         assert store.delete("..") is True
         assert store.get(".").content == AWKWARD_IDS.index(".")
+
+    def test_long_ids_that_differ_only_at_the_end_stay_distinct(self, store: ArtifactStore) -> None:
+        # A backend that keys artifacts by a cut id (a file name's 255 bytes, a key column's width, a hash of
+        # the first bytes) passes every test of distinct ids that differ early: here each pair differs only in
+        # its last character. The second of each pair is first absent, then saved with content of its own.
+        def shown(step_id: str) -> str:
+            return f"the {len(step_id.encode())}-byte id ending {step_id[-3:]!r}"
+
+        firsts = {first: Message(content=f"first {index}".encode()) for index, (first, _) in enumerate(LONG_ID_PAIRS)}
+        seconds = {second: Message(content=f"second {index}") for index, (_, second) in enumerate(LONG_ID_PAIRS)}
+        for step_id, message in firsts.items():
+            store.save(step_id, message)
+        for second in seconds:
+            assert store.exists(second) is False, f"{shown(second)} exists, never saved; only its twin was"
+            for name, read in (("get", store.get), ("info", store.info)):
+                try:
+                    outcome = read(second)
+                except ArtifactNotFoundError:
+                    continue
+                pytest.fail(f"{name}({shown(second)}), never saved, gave {_shown_result(outcome)}; only its twin was")
+        store.save_many(seconds)
+        both = {**firsts, **seconds}
+        for step_id, message in both.items():
+            assert store.get(step_id).content == message.content, shown(step_id)
+            assert store.info(step_id).step_id == step_id, shown(step_id)
+        assert store.get_many(list(both)) == both
+        assert [info.step_id for info in store.list_page(limit=len(both) + 1)] == sorted(both)
+        for first, second in LONG_ID_PAIRS:
+            assert store.delete(first) is True, shown(first)
+            assert store.exists(first) is False, shown(first)
+            assert store.get(second).content == seconds[second].content, f"{shown(second)} after its twin's delete"
 
     @pytest.mark.parametrize("bad", INVALID_IDS, ids=repr)
     def test_invalid_ids_rejected_before_io(self, store: ArtifactStore, bad: Any, monkeypatch: Any) -> None:
@@ -1378,49 +1555,96 @@ class StoreConformance:
             f"backend {store.backend_name!r} registered {spec.capabilities} but its store declares {store.capabilities}"
         )
 
-    def test_failures_are_raised_never_reported_as_absent(self, make_unreachable_store: MakeStore | None) -> None:
+    def test_failures_are_raised_never_reported_as_absent(
+        self, make_unreachable_store: MakeStore | None, configured_secrets: Iterable[str]
+    ) -> None:
         # "Absent" and "could not ask" must never be confused: a pipeline that takes a failed exists() for
-        # False re-runs a step or skips one, and a listing that hides an error makes clear() report 0.
+        # False re-runs a step or skips one, and a listing that hides an error makes clear() report 0. These
+        # errors are also where a client quotes the URL, request or credentials it was given: none may show a
+        # secret (see test_errors_and_reprs_show_no_secret), checked before the kit prints an error.
         if make_unreachable_store is None:
             pytest.skip(
                 f"{CAPABILITY_SKIP} no make_unreachable_store fixture, so failures of an unreachable backend "
                 "are not checked"
             )
+        secrets = _secrets_of(configured_secrets)
+        refusal: Exception | None = None
         try:
             store = make_unreachable_store(f"kit-{uuid.uuid4().hex[:12]}")
-        except (BackendUnavailableError, BackendTimeoutError):
-            # Refused when built, as a backend that connects in its constructor does: no store exists, so no
-            # operation can answer for the backend, and the caller was told it is unreachable (retryable).
-            return
         except Exception as exc:
-            pytest.fail(
-                f"building a store on an unreachable backend raised {exc!r}; a backend that connects when a "
+            refusal = exc
+        if refusal is not None:
+            _assert_no_secret(
+                "the refusal to build a store on an unreachable backend", reachable_text(refusal), secrets
+            )
+            if isinstance(refusal, (BackendUnavailableError, BackendTimeoutError)):
+                # Refused when built, as a backend that connects in its constructor does: no store exists, so
+                # no operation can answer for the backend, and the caller was told it is unreachable (retryable).
+                return
+            raise pytest.fail.Exception(
+                f"building a store on an unreachable backend raised {refusal!r}; a backend that connects when a "
                 "store is built must raise BackendUnavailableError (or BackendTimeoutError) there, and one that "
                 "connects later must build the store and raise a BackendError from its operations"
-            )
-        calls: dict[str, Callable[[], object]] = {
-            "exists": lambda: store.exists("x"),
-            "get": lambda: store.get("x"),
-            "get_many": lambda: store.get_many(["x", "y"]),
-            "info": lambda: store.info("x"),
-            "list": lambda: list(store.list()),
-            "delete": lambda: store.delete("x"),
-            "save": lambda: store.save("x", Message(content=1)),
-            "clear": store.clear,
-        }
+            ) from refusal
         try:
-            for name, call in calls.items():
+            secrets = _secrets_of(secrets, store)
+            _assert_no_secret("repr() of a store on an unreachable backend", repr(store), secrets)
+            _assert_no_secret("str() of a store on an unreachable backend", str(store), secrets)
+            for name, call in _every_operation(store).items():
                 outcome: object
                 try:
                     outcome = call()
                 except ArtifactStoreError as exc:
                     outcome = exc
+                if isinstance(outcome, ArtifactStoreError):
+                    _assert_no_secret(
+                        f"the error of {name} on an unreachable backend", reachable_text(outcome), secrets
+                    )
                 assert isinstance(outcome, BackendError), (
                     f"{name} on an unreachable backend gave {outcome!r} instead of raising a BackendError"
                 )
         finally:
             with contextlib.suppress(ArtifactStoreError):
                 store.close()
+
+    def test_errors_and_reprs_show_no_secret(
+        self, new_store: Callable[..., ArtifactStore], configured_secrets: Iterable[str]
+    ) -> None:
+        # "Never put a secret in the message": errors go to logs, tracebacks and error reporters (which read
+        # every linked exception, suppressed contexts too), and a store's repr to debuggers and log lines.
+        # Provoked here are the errors a store raises most (not found, exists, invalid id, closed); the errors
+        # of an unreachable backend, where a client quotes what it was given, are checked by
+        # test_failures_are_raised_never_reported_as_absent.
+        store = new_store()
+        secrets = _secrets_of(configured_secrets, store)
+        if not secrets:
+            _not_declared(store, "secrets to keep out of errors (a secret_values fixture or _secret_values())")
+        store.save("kit-saved", Message(content=b"saved"))
+        closed = new_store(store.namespace)
+        closed.close()
+        texts = {
+            "repr(store)": repr(store),
+            "str(store)": str(store),
+            "repr() of a closed store": repr(closed),
+            "the error of get of a missing id": _error_text(lambda: store.get("kit-missing")),
+            "the error of info of a missing id": _error_text(lambda: store.info("kit-missing")),
+            "the error of open of a missing id": _error_text(lambda: store.open("kit-missing")),
+            "the error of get_many of a missing id": _error_text(lambda: store.get_many(["kit-saved", "kit-missing"])),
+            "the error of save of another artifact": _error_text(
+                lambda: store.save("kit-saved", Message(content=b"new"))
+            ),
+            "the error of save_many of another artifact": _error_text(
+                lambda: store.save_many({"kit-saved": Message(content=b"new")})
+            ),
+            "the error of save_stream of another artifact": _error_text(
+                lambda: store.save_stream("kit-saved", io.BytesIO(b"new"))
+            ),
+            "the error of get of an invalid id": _error_text(lambda: store.get("kit\ninvalid")),
+            "the error of get on a closed store": _error_text(lambda: closed.get("kit-saved")),
+        }
+        for what, text in texts.items():
+            assert text is not None, f"{what}: nothing was raised"
+            _assert_no_secret(what, text, secrets)
 
     def test_context_manager_closes(self, new_store: Callable[..., ArtifactStore]) -> None:
         store = new_store()
@@ -1499,11 +1723,18 @@ def _model_machine(store: ArtifactStore) -> type[RuleBasedStateMachine]:
         @rule(step_id=ids)
         def delete(self, step_id: str) -> None:
             assert store.delete(step_id) is (self.model.pop(step_id, None) is not None)
+            # info and list_page are read paths of their own (a query, a head request), which a soft delete or
+            # clear (a tombstone, a deleted flag) must filter as exists, get and list do. Checked here, where
+            # an artifact goes, rather than in the invariant, which runs after every step.
+            with pytest.raises(ArtifactNotFoundError):
+                store.info(step_id)
+            assert step_id not in [info.step_id for info in store.list_page()]
 
         @rule()
         def clear(self) -> None:
             assert store.clear() == len(self.model)
             self.model.clear()
+            assert store.list_page() == []
 
         @invariant()
         def same_ids(self) -> None:

@@ -3,7 +3,9 @@
 Install with ``pip install 'artifactstore-core[testing]'`` and provide one fixture, ``make_store``: a
 callable that builds a new store of your backend bound to the namespace it is given. The kit gives every
 test fresh namespaces, clears and closes the stores it made, and skips optional capabilities (streaming
-in bounded memory, native TTL) by the store's declared ``capabilities``, saying why::
+in bounded memory, native TTL) by the store's declared ``capabilities``, saying why. Two fixtures are
+optional: ``make_unreachable_store`` (a store whose backend fails every operation) and ``secret_values``
+(the secrets the stores are configured with, which no error or repr may show)::
 
     import pytest
     from artifactstore_core.testing import StoreConformance
@@ -26,6 +28,7 @@ pytest.register_assert_rewrite("artifactstore_core._conformance")
 from ._conformance import (  # noqa: E402
     AWKWARD_IDS,
     INVALID_IDS,
+    LONG_ID_PAIRS,
     ORDER_TRAP_IDS,
     MakeStore,
     StoreConformance,
@@ -37,6 +40,7 @@ from ._conformance import (  # noqa: E402
 __all__ = [
     "AWKWARD_IDS",
     "INVALID_IDS",
+    "LONG_ID_PAIRS",
     "ORDER_TRAP_IDS",
     "MakeStore",
     "StoreConformance",

@@ -82,3 +82,58 @@ def test_a_make_store_fixture_built_wrong_is_named_as_the_mistake(tmp_path: Path
     assert done.returncode == 1, done.stdout + done.stderr
     assert "make_store returned ExampleStore, not a callable" in done.stdout, done.stdout
     assert "built a store of namespace 'mistake-two'" in done.stdout, done.stdout
+
+
+LEAKY_BACKEND_TESTS = """
+import pytest
+
+from artifactstore_core.testing import StoreConformance
+from artifactstore_example import ExampleStore
+
+TOKEN = "canary-token-5b7e2d"
+
+
+class LeakyRepr(ExampleStore):
+    def __repr__(self):
+        return f"<LeakyRepr token={TOKEN}>"
+
+
+class LeakyNotFound(ExampleStore):
+    def _not_found(self, step_id):
+        error = super()._not_found(step_id)
+        error.add_note(f"asked with token {TOKEN}")
+        return error
+
+
+class TestLeakyRepr(StoreConformance):
+    @pytest.fixture
+    def make_store(self):
+        return lambda namespace: LeakyRepr(namespace=namespace)
+
+    @pytest.fixture
+    def secret_values(self):
+        return (TOKEN,)
+
+
+class TestLeakyNotFound(TestLeakyRepr):
+    @pytest.fixture
+    def make_store(self):
+        return lambda namespace: LeakyNotFound(namespace=namespace)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_secret_the_kit_finds_is_not_printed_in_its_report(tmp_path: Path) -> None:
+    # The report of a failing test goes to CI logs: it says where the secret showed, masked, and shows neither
+    # the secret_values fixture's value (pytest prints a failing test's arguments) nor the error that held it
+    # (pytest prints the exception a failure was raised while handling).
+    (tmp_path / "test_leaky_backend.py").write_text(LEAKY_BACKEND_TESTS)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--tb=long", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+         "-c", os.devnull, "-k", "test_errors_and_reprs_show_no_secret", str(tmp_path / "test_leaky_backend.py")],
+        capture_output=True, text=True, timeout=240, check=False, env={**os.environ, "CI": ""},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "repr(store) shows a secret the store is configured with" in done.stdout, done.stdout
+    assert "the error of get of a missing id shows a secret" in done.stdout, done.stdout
+    assert "canary-token-5b7e2d" not in done.stdout + done.stderr, done.stdout
