@@ -14,6 +14,7 @@ from typing import IO, cast
 import httpx
 import pytest
 from pydantic import SecretStr
+from raw_http import read_response
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,24 +31,6 @@ from artifactstore_memory import MemorySpace, MemoryStore
 
 LIMIT = 1024 * 1024
 AUTH = f"Authorization: Bearer {TOKEN}\r\n"
-
-
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read one HTTP/1.1 response with a Content-Length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers.get("content-length", "0")):
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
-    return status, headers, body
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -69,7 +52,7 @@ def _declared_too_large(port: int, declared: int, send: int) -> tuple[int, dict[
         # The server may close while the body is still coming: that is the point.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(b"\0" * send)
-        status, headers, body = _read_response(sock)
+        status, headers, body = read_response(sock)
         assert _closed_by_peer(sock)
     return status, headers, json.loads(body)
 
@@ -86,7 +69,7 @@ def _chunked_too_large(port: int, total: int) -> tuple[int, dict[str, str], dict
                 sock.sendall(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        status, headers, body = _read_response(sock)
+        status, headers, body = read_response(sock)
         assert _closed_by_peer(sock)
     return status, headers, json.loads(body)
 
@@ -423,7 +406,7 @@ def test_the_json_limit_answers_a_problem_naming_the_setting() -> None:
                 f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            status, headers, raw = _read_response(sock)
+            status, headers, raw = read_response(sock)
         assert status == 413, raw
         problem = json.loads(raw)
         assert headers["artifactstore-error"] == problem["type"] == "PayloadTooLargeError"
@@ -469,7 +452,7 @@ def test_a_list_page_fits_in_the_json_limit_a_client_reads_it_within() -> None:
 def _raw_request(port: int, headers: str) -> tuple[int, dict[str, str], bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(f"GET /v1/namespaces/limits/artifacts HTTP/1.1\r\nHost: x\r\n{AUTH}{headers}\r\n".encode())
-        return _read_response(sock)
+        return read_response(sock)
 
 
 def test_too_many_headers_get_431(small_server: ServerThread) -> None:
@@ -486,7 +469,7 @@ def test_too_large_headers_are_refused(small_server: ServerThread, memory_server
     # At the server's limit (16 KiB, as serve() configures h11) uvicorn refuses before the app is called.
     with socket.create_connection(("127.0.0.1", memory_server.port), timeout=30) as sock:
         sock.sendall(f"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 40_000}\r\n\r\n".encode())
-        status = _read_response(sock)[0]
+        status = read_response(sock)[0]
     assert status in (400, 431)
 
 

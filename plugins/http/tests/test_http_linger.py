@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from raw_http import read_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from artifactstore_core import ArtifactStore, create_store
@@ -99,20 +100,9 @@ def _head_bytes(path: str, headers: dict[str, str], length: int) -> bytes:
 
 
 def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, object]]:
-    """One response with a Content-Length body, read from ``sock`` (and nothing after it)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before an answer: {data!r}"
-        data += chunk
-    top, _, body = data.partition(b"\r\n\r\n")
-    lines = top.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed inside the answer"
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body)
+    """One response with a Content-Length body, its body a problem document."""
+    status, headers, body = read_response(sock)
+    return status, headers, json.loads(body)
 
 
 def _expected(early: str) -> tuple[int, str]:
