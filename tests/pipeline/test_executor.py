@@ -790,18 +790,29 @@ def test_a_worker_hung_importing_the_main_module_does_not_outlive_a_runner_kille
 ) -> None:
     # A spawned worker imports the main module before any code of the pool runs in it, so before it watches
     # its runner: one hung in that import lived on after its runner was killed with SIGKILL.
-    script = tmp_path / "script.py"
-    script.write_text(HANGING_IMPORT_SCRIPT.format(workdir=str(workdir), root=str(tmp_path / "artifacts")))
+    script = HANGING_IMPORT_SCRIPT.format(workdir=str(workdir), root=str(tmp_path / "artifacts"))
+    with _runner_with_importing_workers(script, tmp_path, workdir) as (process, workers):
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        wait_until(lambda: all(is_dead(pid) for pid in workers), 30, "a worker outlived its executor")
+
+
+@contextlib.contextmanager
+def _runner_with_importing_workers(
+    script: str, tmp_path: Path, workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
+    """Run ``script`` (one that makes ``importing-<pid>`` files as its workers import it) in a session of its
+    own until a worker imports it; give the runner and the workers importing it, and kill all of them after."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
     process = subprocess.Popen(
-        [sys.executable, str(script)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, str(path)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     workers: list[int] = []
     try:
         wait_until(lambda: any(workdir.glob("importing-*")), 60, "no worker imported the script")
-        workers = [int(path.name.removeprefix("importing-")) for path in workdir.glob("importing-*")]
-        os.kill(process.pid, signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL
-        wait_until(lambda: all(is_dead(pid) for pid in workers), 30, "a worker outlived its executor")
+        workers += [int(found.name.removeprefix("importing-")) for found in workdir.glob("importing-*")]
+        yield process, workers
     finally:
         _kill_group(process)
         for pid in workers:
@@ -855,28 +866,16 @@ def test_ctrl_c_while_a_worker_imports_the_main_module_and_its_big_step_waits_to
     # The pool's thread sent the step under the pool's lock, and the send of arguments bigger than the pipe
     # waited for the worker, which reads its pipe only once its import of the main module ends: terminate()
     # waited for that lock, so Ctrl-C did nothing until the import ended (for ever, if it hangs).
-    script = tmp_path / "script.py"
-    script.write_text(
-        BIG_ARGUMENT_SCRIPT.format(workdir=str(workdir), root=str(tmp_path / "artifacts"), hang=True, size=2_000_000)
+    script = BIG_ARGUMENT_SCRIPT.format(
+        workdir=str(workdir), root=str(tmp_path / "artifacts"), hang=True, size=2_000_000
     )
-    process = subprocess.Popen(
-        [sys.executable, str(script)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    workers: list[int] = []
-    try:
-        # The worker imports the script: the pool has started it (under its lock) and is about to send its step.
-        wait_until(lambda: any(workdir.glob("importing-*")), 60, "no worker imported the script")
-        workers = [int(path.name.removeprefix("importing-")) for path in workdir.glob("importing-*")]
+    # Once a worker imports the script, the pool has started it (under its lock) and is about to send its step.
+    with _runner_with_importing_workers(script, tmp_path, workdir) as (process, workers):
         # To the runner alone: the terminal's Ctrl-C would reach the worker too (it has no group of its own
         # yet), and an import that catches or ignores it (native code) goes on all the same.
         os.kill(process.pid, signal.SIGINT)
         assert process.wait(timeout=30) == 130
         assert [pid for pid in workers if not is_dead(pid)] == []
-    finally:
-        _kill_group(process)
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
     assert "was interrupted" in Path(workdir, "interrupted").read_text()
 
 
