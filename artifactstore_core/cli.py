@@ -234,16 +234,10 @@ class _Group(click.Group):
             if _plugin_command_problems and args and self.get_command(ctx, args[0]) is None:
                 # "No such command" alone sent the user looking for a typo when the command was a plugin's
                 # that failed to load (the reason was only in `artifactstore backends`).
-                count = len(set(_plugin_command_problems))  # a name two distributions claim is one line each
-                plugins = (
-                    f"{count} installed plugins did not register their"
-                    if count > 1
-                    else "1 installed plugin did not register its"
-                )
                 # A new error, as click's message is final; its text keeps click's own "Did you mean".
                 raise click.UsageError(
-                    f"{exc.format_message()} {plugins} commands (broken, or left out by {PLUGINS_ENV}): "
-                    "`artifactstore backends` shows which and why.",
+                    f"{exc.format_message()} Plugins not loaded or without their commands: "
+                    f"{', '.join(_plugins_without_commands())}; `artifactstore backends` shows why.",
                     ctx=exc.ctx,
                 ) from None
             raise
@@ -1784,6 +1778,23 @@ def _demo_again(backend: str | None, execution_id: str) -> str:
 #: What the plugins' commands hooks reported (one line per plugin not loaded or whose hook failed), for the
 #: answer to an unknown command: the command a user typed may be one such a plugin would have added.
 _plugin_command_problems: list[str] = []
+
+
+def _plugins_without_commands() -> list[str]:
+    """Each installed backend whose plugin may lack commands it has, with why in a few words: not loaded (left
+    out by the allow-list, or broken), or its commands hook failed. Raises nothing for a broken plugin."""
+    found: dict[str, str] = {}
+    for info in plugin_host().backends():
+        if info.error == f"not in {PLUGINS_ENV}":
+            why = info.error
+        elif info.error is not None:
+            why = "failed to load"
+        elif info.commands_error is not None:
+            why = "its commands failed"
+        else:
+            continue
+        found.setdefault(info.name, why)  # a name two distributions claim is listed twice by backends()
+    return [f"{name} ({why})" for name, why in sorted(found.items())]
 
 
 def _load_plugin_commands() -> None:

@@ -40,6 +40,10 @@ __all__ = ["WorkerDied", "WorkerPool"]
 
 # How long a worker asked to stop (SIGTERM) may take before it is killed: a step may catch SIGTERM.
 _TERMINATE_GRACE = 5.0
+# How many bytes of pickled steps may wait in memory for workers to read them (a worker reads its step only once
+# it has imported the main module): past it, no step is handed to a worker until one of those is read. Without
+# it, starting N workers for N steps holding one large argument each held N pickled copies at once.
+_SEND_BUDGET = 32 * 1024 * 1024
 # Each worker leads a process group of its own (POSIX), which the processes its steps start join, so that
 # stopping the worker stops them too.
 _OWN_GROUPS = hasattr(os, "setpgid") and hasattr(os, "killpg")
@@ -112,19 +116,20 @@ class _Worker:
                 return
         self.conn.close()
 
-    def send(self, data: memoryview) -> None:
-        """Send ``data`` (a pickled task) on a thread of its own; when its end of the pipe is gone (the worker
-        ended), it is left to the worker's sentinel to tell the pool. Raises what starting a thread raises."""
+    def send(self, data: memoryview, sent: Callable[[], None]) -> None:
+        """Send ``data`` (a pickled task) on a thread of its own, which calls ``sent`` once ``data`` is written or
+        cannot be; when its end of the pipe is gone (the worker ended), it is left to the worker's sentinel to
+        tell the pool. Raises what starting a thread raises (and then never calls ``sent``)."""
         with self.guard:
             self.sends += 1
         try:
-            threading.Thread(target=self._send, args=(data,), name="artifactstore-send", daemon=True).start()
+            threading.Thread(target=self._send, args=(data, sent), name="artifactstore-send", daemon=True).start()
         except BaseException:
             with self.guard:
                 self.sends -= 1
             raise
 
-    def _send(self, data: memoryview) -> None:
+    def _send(self, data: memoryview, sent: Callable[[], None]) -> None:
         try:
             self.conn.send_bytes(data)
         except OSError:
@@ -132,6 +137,7 @@ class _Worker:
             # sentinel wakes the pool, which fails the step as it does for any worker that dies.
             pass
         finally:
+            sent()
             with self.guard:
                 self.sends -= 1
                 close = self.released and not self.sends
@@ -176,6 +182,8 @@ class WorkerPool(cf.Executor):
         self._lock = threading.Lock()
         self._state = _State()
         self._any_started = False
+        #: Bytes of pickled steps handed to send threads and not yet read by their workers (see _SEND_BUDGET).
+        self._unsent = 0
         self._wake_reader, self._wake_writer = context.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._serve, name="artifactstore-workers", daemon=True)
         self._thread.start()
@@ -318,10 +326,12 @@ class WorkerPool(cf.Executor):
             while True:
                 with self._lock:
                     handed = self._dispatch()
-                # Outside the lock, which terminate() needs at any moment: pickling runs the code of the step's
-                # arguments. A list, not all(...): every task handed over is sent.
-                if not all([self._hand_over(*entry) for entry in handed]):
-                    continue  # a worker is idle again: it takes the next pending step
+                if handed is not None:
+                    # Outside the lock, which terminate() needs at any moment: pickling runs the code of the
+                    # step's arguments. Then the next step, if a worker can take it (one at a time: the budget
+                    # of unsent bytes is known only once a step is pickled).
+                    self._hand_over(*handed)
+                    continue
                 with self._lock:
                     state = self._state
                     if state.closing and not state.pending and all(w.task is None for w in state.workers):
@@ -355,15 +365,15 @@ class WorkerPool(cf.Executor):
         finally:
             self._close()
 
-    def _dispatch(self) -> list[tuple[_Worker, cf.Future[StepOutcome], WorkerTask]]:
-        """Give pending tasks to idle workers, starting workers up to the pool's size (under the lock); return
-        them, for :meth:`_hand_over` to send."""
+    def _dispatch(self) -> tuple[_Worker, cf.Future[StepOutcome], WorkerTask] | None:
+        """Give the next pending task to an idle worker, starting a worker up to the pool's size (under the
+        lock); return it, for :meth:`_hand_over` to send. ``None``: no task, no worker free for one, or
+        :data:`_SEND_BUDGET` spent (a send thread that ends wakes the pool)."""
         state = self._state
-        handed: list[tuple[_Worker, cf.Future[StepOutcome], WorkerTask]] = []
-        while state.pending:
+        while state.pending and self._unsent < _SEND_BUDGET:
             idle = next((w for w in state.workers if w.task is None and not w.stopping), None)
             if idle is None and len(state.workers) >= self._size:
-                break
+                return None
             future, task = state.pending.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
@@ -376,23 +386,35 @@ class WorkerPool(cf.Executor):
                     future.set_exception(exc)
                     continue
             idle.task = (future, task)
-            handed.append((idle, future, task))
-        return handed
+            return idle, future, task
+        return None
 
-    def _hand_over(self, worker: _Worker, future: cf.Future[StepOutcome], task: WorkerTask) -> bool:
-        """Send ``task`` to ``worker`` without waiting for it to be read; False when it cannot be sent (pickled),
-        and its step has failed with the reason."""
+    def _hand_over(self, worker: _Worker, future: cf.Future[StepOutcome], task: WorkerTask) -> None:
+        """Send ``task`` to ``worker`` without waiting for it to be read; when it cannot be sent (pickled), its
+        step fails with the reason and the worker is idle again. Raises nothing."""
         try:
             # The bytes Connection.send would write, made here so that a failure to pickle the step's partial
             # arguments (the step's failure, not the pool's) is told from a pipe closed by a worker that died
             # while starting, which its sentinel reports. Nothing is unpickled here.
             data = ForkingPickler.dumps(task)
-            worker.send(data)
+            size = len(data)
+            with self._lock:
+                self._unsent += size
+            try:
+                worker.send(data, lambda: self._sent(size))
+            except BaseException:
+                self._sent(size)
+                raise
         except Exception as exc:
             worker.task = None
             future.set_exception(exc)
-            return False
-        return True
+
+    def _sent(self, size: int) -> None:
+        """A send thread is done with ``size`` bytes: steps held back by :data:`_SEND_BUDGET` may go. Raises
+        nothing."""
+        with self._lock:
+            self._unsent -= size
+        self._wake()
 
     def _start(self) -> _Worker:
         mine, theirs = self._context.Pipe(duplex=True)

@@ -131,6 +131,12 @@ def step_a(inputs: Inputs, *, workdir: str, fail: bool = False) -> dict[str, Any
     return {"n": 3}
 
 
+def step_carrying(inputs: Inputs, *, workdir: str, name: str, padding: bytes) -> dict[str, int]:
+    """A step whose partial arguments are large (``padding``): its worker is sent them all before it runs."""
+    record(workdir, name)
+    return {"size": len(padding)}
+
+
 def step_b(
     inputs: Inputs, *, workdir: str, fail: bool = False, meeting: Meeting | None = None, gate: Gate | None = None
 ) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from pipeline_steps import (
     step_a,
     step_b,
     step_beside_killed,
+    step_carrying,
     step_crash,
     step_killed_beside_sibling,
     step_sibling,
@@ -71,6 +72,7 @@ from artifactstore_core.pipeline import (
     StepResult,
     StepStatus,
     StoreConfig,
+    _workers,
     register_artifact_store,
 )
 from artifactstore_core.pipeline._runner import replacement_id
@@ -950,6 +952,35 @@ class _OutcomeLateInItsPipe:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
+
+
+def test_pickled_steps_waiting_for_their_workers_stay_within_the_send_budget(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each step is sent by a thread of its own, which holds its pickled arguments until the worker (still
+    # importing the main module) reads them: three steps of 4 MiB started together held three copies at once.
+    # Past the budget, the next step waits until a worker has read its own.
+    monkeypatch.setattr(_workers, "_SEND_BUDGET", 1 << 20)
+    hand_over = WorkerPool._hand_over
+    unsent: list[int] = []
+
+    def counted(self: WorkerPool, *args: Any) -> None:
+        hand_over(self, *args)
+        with self._lock:
+            unsent.append(self._unsent)
+
+    monkeypatch.setattr(WorkerPool, "_hand_over", counted)
+    padding = bytes(4 << 20)
+    steps = [
+        Step(name, functools.partial(step_carrying, workdir=str(workdir), name=name, padding=padding))
+        for name in ("x", "y", "z")
+    ]
+    config = StoreConfig("filesystem", root=str(tmp_path / "artifacts"))
+    result = Executor(config, mode="processes", max_workers=3).run(Pipeline(steps))
+    assert statuses(result) == dict.fromkeys("xyz", StepStatus.SUCCEEDED)
+    assert len(unsent) == 3
+    # One step's pickled arguments at most (4 MiB and a few hundred bytes of the rest), never two.
+    assert max(unsent) < 2 * len(padding), unsent
 
 
 def test_an_outcome_sent_just_before_the_worker_died_is_not_lost(
