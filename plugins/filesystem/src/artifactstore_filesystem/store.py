@@ -327,9 +327,10 @@ class FilesystemStore(ArtifactStore):
                 f"{target!r}, which does not exist (a file system not mounted?): mount or create it, or set "
                 f"{_ROOT_ENV} to another directory"
             )
+        # Relative to the root, which it does not show: an artifact server sends this to its clients.
         return BackendError(
-            f"filesystem store at {self._root!r}: {self._relative(path)!r} under the root is a symbolic link to a "
-            "directory that does not exist, where the store needs a directory; remove it"
+            f"{self._relative(path)!r} under the filesystem root is a symbolic link to a directory that does not "
+            "exist, where the store needs a directory; remove it"
         )
 
     def _new_temp(self, directory: str) -> tuple[int, str]:
@@ -773,11 +774,11 @@ class FilesystemStore(ArtifactStore):
         if not blocker.startswith(self._root + os.sep):
             what = f"{blocker!r}, on the way to the root, is a file, not a directory; set {_ROOT_ENV} to a directory"
             return ConfigurationError(f"filesystem store at {self._root!r}: {what}")
-        what = (
-            f"{self._relative(blocker)!r} under the root is a file, not a directory, where the store needs one; "
-            "remove it"
+        # Relative to the root, which it does not show: an artifact server sends this to its clients.
+        return BackendError(
+            f"{self._relative(blocker)!r} under the filesystem root is a file, not a directory, where the store "
+            "needs one; remove it"
         )
-        return BackendError(f"filesystem store at {self._root!r}: {what}")
 
     def _first_non_directory(self, path: str) -> str:
         """The first of the directories above the root, the root and the paths from it down to ``path`` that
