@@ -468,6 +468,14 @@ def _start_run(
     return process
 
 
+def _assert_stopped_after_a(root: str, workdir: Path) -> None:
+    """What an interrupted :func:`run_until_interrupted` leaves: the note naming the execution to resume, s2
+    never started, and only a's artifact kept."""
+    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
+    assert "s2" not in calls(workdir)
+    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+
+
 def _kill_group(process: subprocess.Popen[bytes], workdir: Path | None = None) -> None:
     """Leave nothing of a test's run behind, whatever the test found (with ``workdir``, nor the processes its
     steps started, which are not in its group)."""
@@ -510,9 +518,7 @@ def test_ctrl_c_terminates_workers_whose_steps_ignore_it_and_starts_no_queued_st
         assert [pid for pid in workers if not is_dead(pid)] == []
     finally:
         _kill_group(process)
-    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
-    assert "s2" not in calls(workdir)
-    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+    _assert_stopped_after_a(root, workdir)
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigint-to-the-runner", "sigkill-to-the-runner"])
@@ -555,9 +561,7 @@ def test_ctrl_c_again_while_the_workers_are_given_their_grace_kills_them_at_once
         assert [pid for pid in workers if not is_dead(pid)] == []
     finally:
         _kill_group(process)
-    assert "execution_id='interrupted'" in Path(workdir, "interrupted").read_text()
-    assert "s2" not in calls(workdir)
-    assert Case(StoreConfig("filesystem", root=root), "processes").left("interrupted") == ["a"]
+    _assert_stopped_after_a(root, workdir)
 
 
 def test_workers_do_not_outlive_a_runner_killed_with_sigkill(tmp_path: Path, workdir: Path) -> None:
