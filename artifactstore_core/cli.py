@@ -231,13 +231,14 @@ class _Group(click.Group):
         try:
             name, command, rest = super().resolve_command(ctx, args)
         except click.UsageError as exc:
-            if _plugin_command_problems and args and self.get_command(ctx, args[0]) is None:
-                # "No such command" alone sent the user looking for a typo when the command was a plugin's
-                # that failed to load (the reason was only in `artifactstore backends`).
+            # "No such command" alone sent the user looking for a typo when the command was a plugin's that
+            # failed to load (the reason was only in `artifactstore backends`).
+            missing = _plugins_without_commands() if args and self.get_command(ctx, args[0]) is None else []
+            if missing:
                 # A new error, as click's message is final; its text keeps click's own "Did you mean".
                 raise click.UsageError(
-                    f"{exc.format_message()} Plugins not loaded or without their commands: "
-                    f"{', '.join(_plugins_without_commands())}; `artifactstore backends` shows why.",
+                    f"{exc.format_message()} Plugins not loaded or without their commands: {', '.join(missing)}; "
+                    "`artifactstore backends` shows why.",
                     ctx=exc.ctx,
                 ) from None
             raise
@@ -1775,11 +1776,6 @@ def _demo_again(backend: str | None, execution_id: str) -> str:
     return shlex.join(["artifactstore", "demo", *(["-b", backend] if backend else []), "-n", execution_id])
 
 
-#: What the plugins' commands hooks reported (one line per plugin not loaded or whose hook failed), for the
-#: answer to an unknown command: the command a user typed may be one such a plugin would have added.
-_plugin_command_problems: list[str] = []
-
-
 def _plugins_without_commands() -> list[str]:
     """Each installed backend whose plugin may lack commands it has, with why in a few words: not loaded (left
     out by the allow-list, or broken), or its commands hook failed. Raises nothing for a broken plugin."""
@@ -1799,7 +1795,7 @@ def _plugins_without_commands() -> list[str]:
 
 def _load_plugin_commands() -> None:
     # A broken plugin costs only its own commands; `artifactstore backends` shows why it is broken.
-    _plugin_command_problems[:] = plugin_host().call_commands_hook(cli)
+    plugin_host().call_commands_hook(cli)
 
 
 #: The commands of the core. Running one of them needs no plugin's commands, so the command line does not
