@@ -57,12 +57,46 @@ def environment_value(name: str) -> str | None:
     """The value of the environment variable ``name`` matched in any case, as pydantic-settings matches every
     setting's variable: ``artifact_store_config`` is ``ARTIFACT_STORE_CONFIG`` too (read case-sensitively, the
     lower-case spelling was ignored without a word, and an allow-list so spelt lifted the restriction it set).
-    The exact spelling wins when several are set; ``None`` when none is. Raises nothing."""
-    if name in os.environ:
-        return os.environ[name]
+    ``None`` when no spelling is set.
+
+    Raises:
+        ConfigurationError: two spellings are set to different values (which one pydantic-settings takes
+            depends on the environment's order, so either could have been meant); the message names the
+            spellings, never the values.
+    """
+    _refuse_spellings([name])
     wanted = name.upper()
-    matches = sorted(key for key in os.environ if key.upper() == wanted)
-    return os.environ[matches[0]] if matches else None
+    for key, value in os.environ.items():
+        if key.upper() == wanted:
+            return value
+    return None
+
+
+def _refuse_spellings(names: Iterable[str]) -> None:
+    """Refuse any of the variables ``names`` set under several spellings with different values.
+
+    pydantic-settings reads variables case-insensitively and, when two spellings are set, keeps whichever
+    comes last in the environment: a value silently chosen by ordering, for a setting the user set twice.
+    The same values are no conflict (a shell profile and a CI file exporting the same thing).
+
+    Raises:
+        ConfigurationError: naming each such variable and its spellings (not the values: one may be secret).
+    """
+    wanted = {name.upper() for name in names}
+    spellings: dict[str, dict[str, str]] = {}
+    for key, value in os.environ.items():
+        upper = key.upper()
+        if upper in wanted:
+            spellings.setdefault(upper, {})[key] = value
+    problems = [
+        f"{name} is set as {' and '.join(sorted(found))} with different values"
+        for name, found in sorted(spellings.items())
+        if len(set(found.values())) > 1
+    ]
+    if problems:
+        raise ConfigurationError(
+            "; ".join(problems) + ": variables are read in any case, so keep one spelling (unset the others)"
+        )
 
 
 def _config_file() -> _ConfigFile:
@@ -243,7 +277,8 @@ def load_settings(model: type[S], **overrides: Any) -> S:
 
     Raises:
         ConfigurationError: an override is not a setting of ``model``, a key of its config-file table is
-            none of its settings, or a value is invalid; the message names the environment variable to fix
+            none of its settings, a variable is set under two spellings to different values (see
+            :func:`environment_value`), or a value is invalid; the message names the environment variable to fix
             and, when the value came from an argument or the config file, where it was given instead; it
             never repeats the value (it may be a secret).
     """
@@ -252,6 +287,7 @@ def load_settings(model: type[S], **overrides: Any) -> S:
         known = ", ".join(sorted(model.model_fields))
         raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)} for {model.__name__}; known: {known}")
     given = {key: value for key, value in overrides.items() if value is not None}
+    _refuse_spellings(env_name_of(model, name) for name in model.model_fields if name not in given)
     try:
         return model(**given)
     except ValidationError as exc:

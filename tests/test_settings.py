@@ -8,7 +8,7 @@ import pytest
 
 from artifactstore_core import ConfigurationError, CoreSettings, Message, create_store
 from artifactstore_core.envelope import Codec
-from artifactstore_core.settings import load_settings
+from artifactstore_core.settings import environment_value, load_settings
 from artifactstore_core.testing_errors import reachable_exceptions, reachable_text
 from artifactstore_memory import MemorySettings
 
@@ -417,3 +417,24 @@ def test_an_invalid_secret_setting_is_reachable_from_no_error() -> None:
     reached = reachable_exceptions(info.value)
     assert reached == [info.value]
     assert secret not in reachable_text(info.value)
+
+
+def test_a_variable_set_under_two_spellings_to_different_values_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pydantic-settings reads variables in any case and kept whichever spelling came last in the environment,
+    # while environment_value preferred the exact one: the same two variables could select different backends.
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "memory")
+    monkeypatch.setenv("artifact_store_backend", "nosuchbackend")
+    with pytest.raises(ConfigurationError) as raised:
+        create_store()
+    assert "ARTIFACT_STORE_BACKEND is set as ARTIFACT_STORE_BACKEND and artifact_store_backend" in str(raised.value)
+    assert "nosuchbackend" not in str(raised.value)
+    monkeypatch.setenv("ARTIFACT_STORE_PLUGINS", "memory")
+    monkeypatch.setenv("Artifact_Store_Plugins", "memory,filesystem")
+    with pytest.raises(ConfigurationError, match="ARTIFACT_STORE_PLUGINS is set as"):
+        environment_value("ARTIFACT_STORE_PLUGINS")
+    # The same value under two spellings is no conflict (a profile and a CI file exporting the same thing),
+    # nor is a conflict in a setting an argument overrides.
+    monkeypatch.setenv("Artifact_Store_Plugins", "memory")
+    assert environment_value("ARTIFACT_STORE_PLUGINS") == "memory"
+    with create_store("memory") as store:
+        assert store.backend_name == "memory"
