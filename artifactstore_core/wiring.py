@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from .errors import (
 )
 from .ids import validate_namespace
 from .registry import BackendSpec, plugin_host
-from .settings import CoreSettings, _source_of, env_name_of, load_settings
+from .settings import CoreSettings, _given_where, _source_of, env_name_of, load_settings
 from .store import ArtifactStore
 
 __all__ = ["StoreContext", "codec_from", "create_store"]
@@ -73,7 +74,8 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
             config file. A backend whose own settings include one of those three names gets it instead.
 
     Raises:
-        ConfigurationError: a setting is invalid or unknown (the message names the env var).
+        ConfigurationError: a setting is invalid or unknown (the message names the env var and, when the
+            value was an argument or a config-file key, where it was given).
         BackendNotFoundError: no backend of that name is installed (with the ``pip install`` line, or a
             "did you mean"; and the variable or config-file key that named it, when no argument did).
         PluginLoadError: the backend's plugin failed to load, or its factory returned something that is not
@@ -112,6 +114,8 @@ def create_store(backend: str | None = None, *, namespace: str | None = None, **
     except ArtifactStoreError as exc:
         if exc.backend is None:
             exc.backend = spec.name
+        if isinstance(exc, ConfigurationError) and spec.settings_model is not None:
+            _name_where_given(exc, spec.settings_model, options)
         # A factory's own error may chain a client library's exception as it is (raise ... from exc).
         secrets = _secret_values(settings, core)
         _scrub_links(exc, lambda link: scrub_exception(link, secrets))
@@ -152,6 +156,29 @@ def _named_source(exc: ArtifactStoreError, name: str, argument: str | None) -> A
     if source is not None:
         exc.args = (f"{exc.message} (the {name} was set by {source})",)
     return exc
+
+
+def _name_where_given(exc: ConfigurationError, model: type[BaseSettings], options: dict[str, Any]) -> None:
+    """Say, in a factory's ``exc``, where each setting it names by its variable was given when that was not
+    the variable: a factory checks values load_settings accepted (a Redis URL's form) and names the variable,
+    as every message does, which misled a caller who passed ``url=...`` and set no variable at all. The
+    wording is load_settings' own ("ARTIFACT_STORE_REDIS_URL (given as the argument url)"). Raises nothing."""
+    text = exc.message
+    given = {key: value for key, value in options.items() if value is not None}
+    for name in model.model_fields:
+        env = env_name_of(model, name)
+        if env not in text:
+            continue
+        try:
+            where = _given_where(model, name, given)
+        except ConfigurationError:  # an unreadable config file: the error being raised matters more
+            continue
+        if where and where not in text:
+            # Whole names only: ARTIFACT_STORE_REDIS_URL must not be found inside a longer variable's name.
+            found = re.search(rf"(?<![A-Z0-9_]){re.escape(env)}(?![A-Z0-9_])", text)
+            if found is not None:
+                text = text[: found.end()] + where + text[found.end() :]
+    exc.args = (text, *exc.args[1:])
 
 
 def _misbuilt(store: ArtifactStore, context: StoreContext) -> str | None:

@@ -107,6 +107,27 @@ def test_invalid_configuration_is_a_configuration_error(overrides: dict[str, Any
     assert "pw" not in str(info.value).replace("password", "")
 
 
+def test_a_url_error_says_where_the_url_was_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The store checks the URL's form after the settings are loaded, and named only the variable: a caller who
+    # passed url=... (or a config file's key) and set no variable was told to fix ARTIFACT_STORE_REDIS_URL.
+    monkeypatch.delenv("ARTIFACT_STORE_REDIS_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"^ARTIFACT_STORE_REDIS_URL \(given as the argument url\) is not a"):
+        create_store("redis", url="http://db.internal")
+    (tmp_path / "artifactstore.toml").write_text('[redis]\nurl = "http://db.internal"\n')
+    expected = r"^ARTIFACT_STORE_REDIS_URL \(set by url in \[redis\] of artifactstore.toml\) is not a"
+    with pytest.raises(ConfigurationError, match=expected):
+        create_store("redis")
+    # Both the URL and the password given as arguments: each name says so (the URL's alone named the variable).
+    with pytest.raises(ConfigurationError) as info:
+        create_store("redis", url="redis://:pw1@db.internal/0", password="pw2")
+    assert "ARTIFACT_STORE_REDIS_URL (given as the argument url)" in str(info.value)
+    assert "ARTIFACT_STORE_REDIS_PASSWORD (given as the argument password)" in str(info.value)
+    monkeypatch.setenv("ARTIFACT_STORE_REDIS_URL", "http://db.internal")
+    with pytest.raises(ConfigurationError, match=r"^ARTIFACT_STORE_REDIS_URL is not a"):
+        create_store("redis")
+
+
 def test_invalid_setting_names_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARTIFACT_STORE_REDIS_KEY_PREFIX", "has space")
     with pytest.raises(ConfigurationError) as info:
