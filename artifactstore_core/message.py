@@ -434,6 +434,36 @@ def _schema_name(model: type[BaseModel]) -> str:
     return f"{'__main__' if module == '__mp_main__' else module}.{model.__qualname__}"
 
 
+def _check_model_instance(model: object) -> None:
+    """Refuse what ``from_model`` cannot take with a TypeError saying what to pass: the model class itself
+    failed inside pydantic ("model_dump() missing 1 required positional argument: 'self'"), and a dict with
+    an AttributeError, neither of which said what was wrong."""
+    if isinstance(model, BaseModel):
+        return
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        raise TypeError(
+            f"from_model takes an instance of a pydantic model, not the class {model.__qualname__}: "
+            f"pass {model.__qualname__}(...)"
+        )
+    raise TypeError(
+        f"from_model takes an instance of a pydantic model, got {type(model).__name__}; "
+        "wrap other content as Message(content=...)"
+    )
+
+
+def _check_model_class(model: object) -> None:
+    """Refuse what ``to_model`` cannot validate as with a TypeError saying what to pass (an instance, or
+    ``None``, failed with an AttributeError on ``__qualname__`` or ``__module__``; ``dict`` with a
+    SchemaMismatchError naming ``builtins.dict``, or an AttributeError with ``check_name=False``)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return
+    if isinstance(model, BaseModel):
+        name = type(model).__qualname__
+        raise TypeError(f"to_model takes a pydantic model class, not an instance of it: pass {name}, not {name}(...)")
+    what = f"the class {model.__qualname__}" if isinstance(model, type) else type(model).__name__
+    raise TypeError(f"to_model takes a pydantic model class, got {what}")
+
+
 def _same_schema_name(stored: str, expected: str) -> bool:
     """Whether a stored schema name names the model of ``expected`` (:func:`_schema_name`); a name stored by a
     worker before worker names were written as ``__main__`` counts as the main script's."""
@@ -851,7 +881,9 @@ with warnings.catch_warnings():
                     ``null``, which would lose it) it is this error, saying so.
                 pydantic.ValidationError: the dump holds another value a :class:`Message` refuses (text with
                     a lone surrogate, an int too long for JSON), or ``metadata`` is not a JSON object.
+                TypeError: ``model`` is not an instance of a pydantic model (a model class, a dict, ...).
             """
+            _check_model_instance(model)
             model_cls = type(model)
             name = _schema_name(model_cls)
             try:
@@ -911,7 +943,9 @@ with warnings.catch_warnings():
             Raises:
                 SchemaMismatchError: if the message records a different schema name (and ``check_name``), or
                     not the schema ``version`` asked for, or the content does not validate as ``model``.
+                TypeError: ``model`` is not a pydantic model class (an instance of one, ``dict``, ``None``, ...).
             """
+            _check_model_class(model)
             if check_name and self.schema is not None and not _same_schema_name(self.schema.name, _schema_name(model)):
                 raise SchemaMismatchError(_name_mismatch(self.schema.name, _schema_name(model)))
             if version is not None:

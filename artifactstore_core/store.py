@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import IO, Any, ClassVar, Generic, NoReturn, ParamSpec, TypeVar
+from typing import IO, Any, ClassVar, Generic, NoReturn, ParamSpec, Self, TypeVar, cast
 
 from .envelope import Codec, Header, content_bytes, content_stream, digest_of
 from .errors import (
@@ -217,6 +217,25 @@ def _read_source(stream: IO[bytes], step_id: str, size: int = _FALLBACK_CHUNK) -
         ) from exc
 
 
+def _pair(item: object) -> tuple[Any, Any]:
+    """One item of ``save_many`` as its ``(step_id, message)``. Unpacked as it came, a list of messages failed
+    with ValueError "too many values to unpack" (a Message iterates over its fields) and an id alone with
+    "not enough values", neither of which said what save_many takes."""
+    if isinstance(item, Message):
+        raise TypeError(
+            "save_many takes (step_id, Message) pairs or a mapping of step id to Message, got a Message "
+            "without its step id; pass [(step_id, message), ...] or {step_id: message}"
+        )
+    try:
+        step_id, message = cast("Iterable[Any]", item)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"save_many takes (step_id, Message) pairs or a mapping of step id to Message, got an item of "
+            f"type {type(item).__name__} that is not one; pass [(step_id, message), ...] or {{step_id: message}}"
+        ) from None
+    return step_id, message
+
+
 def _check_message(message: object) -> Message:
     if not isinstance(message, Message):
         raise TypeError(f"expected a Message, got {type(message).__name__}; wrap it as Message(content=...)")
@@ -265,6 +284,30 @@ class ArtifactStore(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend={self.backend_name!r} namespace={self._namespace!r}>"
 
+    def __reduce__(self) -> NoReturn:
+        """Refuse to be pickled (or deep-copied), saying how a worker process gets a store.
+
+        A store holds its clients, pools and locks, none of which can be sent to another process; without
+        this, passing a store to a spawned process or a process pool failed with pickle's "cannot pickle
+        '_thread.lock' object", which did not say what to do instead.
+
+        Raises:
+            TypeError: always.
+        """
+        raise TypeError(
+            f"{type(self).__name__} (backend {self.backend_name!r}, namespace {self._namespace!r}) cannot be "
+            "pickled (nor deep-copied): it holds open clients and locks. A worker process makes its own store "
+            "with create_store(...), the same backend, settings and namespace (a forked child may use the "
+            "parent's); the pipeline runtime does this from a StoreConfig"
+        )
+
+    def __copy__(self) -> Self:
+        # copy.copy went through the reduce protocol, which __reduce__ now refuses; it keeps giving what it
+        # gave before: a shallow copy, sharing this store's clients.
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
     # -- public API -----------------------------------------------------------------------------------
 
     def save(self, step_id: str, message: Message, *, overwrite: bool = False, ttl: Ttl | None = None) -> None:
@@ -296,7 +339,7 @@ class ArtifactStore(ABC):
         """
         step_id = validate_step_id(step_id)
         message = _check_message(message)
-        seconds = None if ttl is None else self._ttl(ttl)
+        seconds = None if ttl is None else self._ttl(ttl, "save", step_id)
         if self._closed:
             self._check_open()
         try:
@@ -483,20 +526,26 @@ class ArtifactStore(ABC):
 
         Raises:
             InvalidStepIdError: an id is not legal, or appears twice (before any I/O).
-            TypeError: an item is not a :class:`Message`.
+            TypeError: an item is not a :class:`Message`, or ``items`` is neither a mapping nor an iterable of
+                ``(step_id, message)`` pairs (a ``str``, a list of messages without their ids, ...).
             ArtifactExistsError, CapacityError, SerializationError, BackendError, StoreClosedError,
                 UnsupportedOperationError, ValueError: as :meth:`save`.
         """
+        if isinstance(items, (str, bytes, Message)):
+            raise TypeError(
+                f"save_many takes (step_id, Message) pairs or a mapping of step id to Message, not a "
+                f"{type(items).__name__}; use save(step_id, message) for one artifact"
+            )
         given = builtins.list(items.items() if isinstance(items, Mapping) else items)
         # validate_step_id makes a str subclass id (a StrEnum member) the plain str the backend stores.
-        pairs = [(validate_step_id(step_id), message) for step_id, message in given]
+        pairs = [(validate_step_id(step_id), message) for step_id, message in map(_pair, given)]
         seen: set[str] = set()
         for step_id, message in pairs:
             _check_message(message)
             if step_id in seen:
                 raise InvalidStepIdError(f"step id {step_id!r} appears twice in one save_many", step_id=step_id)
             seen.add(step_id)
-        seconds = self._ttl(ttl)
+        seconds = self._ttl(ttl, "save_many", None)
         self._check_open()
         if not pairs:
             return
@@ -586,7 +635,7 @@ class ArtifactStore(ABC):
                 f"save_stream needs a binary file object with read(), got {type(stream).__name__}; "
                 "wrap bytes in io.BytesIO, or save them with save(step_id, Message(content=...))"
             )
-        seconds = self._ttl(ttl)
+        seconds = self._ttl(ttl, "save_stream", step_id)
         self._check_open()
         try:
             # The fields are checked here, once, before anything is read or written, so every backend
@@ -1005,12 +1054,19 @@ class ArtifactStore(ABC):
         if self._closed:
             raise StoreClosedError.of_store(self._namespace, self.backend_name)
 
-    def _ttl(self, ttl: Ttl | None) -> float | None:
+    def _ttl(self, ttl: Ttl | None, operation: str, step_id: str | None) -> float | None:
         if ttl is None:
             return None
         if not self.capabilities.native_ttl:
+            # Named like every other store error: the step id (none for a batch), namespace and backend, in the
+            # fields and the text, so that a log line of a failed step says which save it was.
+            target = f" of {step_id!r}" if step_id is not None else ""
             raise UnsupportedOperationError(
-                f"backend {self.backend_name!r} has no native TTL; save without ttl", backend=self.backend_name
+                f"{operation}{target} in namespace {self._namespace!r} with a ttl: backend {self.backend_name!r} "
+                "has no native TTL; save without ttl",
+                step_id=step_id,
+                namespace=self._namespace,
+                backend=self.backend_name,
             )
         return _ttl_seconds(ttl)
 

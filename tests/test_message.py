@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -180,6 +181,42 @@ def test_typed_round_trip_and_mismatch() -> None:
     assert message.to_model(Other, check_name=False) == Other(title="t", words=3)
     with pytest.raises(SchemaMismatchError):
         Message(content={"title": "t"}).to_model(Summary)
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (Summary, "not the class Summary: pass Summary(...)"),  # was pydantic's "missing ... 'self'"
+        ({"title": "t", "words": 3}, "got dict; wrap other content as Message(content=...)"),  # AttributeError
+        (None, "got NoneType"),
+    ],
+    ids=["model-class", "dict", "none"],
+)
+def test_from_model_of_no_model_instance_is_a_type_error_saying_what_to_pass(given: object, says: str) -> None:
+    with pytest.raises(TypeError, match=re.escape(says)):
+        Message.from_model(given)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        # An instance, None and dict raised AttributeError (on __qualname__ or __module__) or, for dict, a
+        # SchemaMismatchError naming builtins.dict, which sent the caller looking for a wrong producer.
+        (Summary(title="t", words=3), "not an instance of it: pass Summary, not Summary(...)"),
+        (dict, "got the class dict"),
+        (None, "got NoneType"),
+    ],
+    ids=["model-instance", "dict-class", "none"],
+)
+@pytest.mark.parametrize("check_name", [True, False])
+def test_to_model_of_no_model_class_is_a_type_error_saying_what_to_pass(
+    given: object, says: str, check_name: bool
+) -> None:
+    message = Message.from_model(Summary(title="t", words=3))
+    with pytest.raises(TypeError, match=re.escape(says)):
+        message.to_model(given, check_name=check_name)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=re.escape(says)):
+        Message(content={"title": "t", "words": 3}).to_model(given, check_name=check_name)  # type: ignore[call-overload]
 
 
 class _Colour(enum.Enum):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import io
+import pickle
+import re
 from datetime import timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -17,6 +20,7 @@ from artifactstore_core import (
     ConfigurationError,
     Message,
     StoreClosedError,
+    UnsupportedOperationError,
     create_store,
 )
 from artifactstore_memory import MemorySpace, MemoryStore
@@ -32,6 +36,51 @@ def test_get_many_refuses_one_id_given_as_a_string(ids: object) -> None:
         with pytest.raises(TypeError, match="not one id"):
             store.get_many(ids)  # type: ignore[arg-type]
         assert set(store.get_many(["a", "b"])) == {"a", "b"}
+        store.clear()
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        # Each was unpacked as it came: ValueError "too many values to unpack" (a Message iterates over its
+        # fields) or "not enough values", where the docstring promises TypeError.
+        ([Message(content=1), Message(content=2)], "got a Message without its step id"),
+        ([("a",)], "got an item of type tuple that is not one"),
+        ([1], "got an item of type int that is not one"),
+        ("abc", "not a str; use save(step_id, message)"),
+        (Message(content=1), "not a Message; use save(step_id, message)"),
+    ],
+    ids=["messages-without-ids", "one-tuple", "int", "str", "one-message"],
+)
+def test_save_many_of_what_is_no_pairs_is_a_type_error_saying_what_it_takes(items: object, says: str) -> None:
+    with create_store("memory", namespace="save-many-shape") as store:
+        with pytest.raises(TypeError, match=re.escape(says)):
+            store.save_many(items)  # type: ignore[arg-type]
+        assert list(store.list()) == []
+        # What it takes: pairs (tuples or lists) and mappings.
+        store.save_many([("a", Message(content=1)), ["b", Message(content=2)]])
+        store.save_many({"c": Message(content=3)})
+        assert sorted(info.step_id for info in store.list()) == ["a", "b", "c"]
+        store.clear()
+
+
+@pytest.mark.parametrize("backend", ["memory", "filesystem"])
+def test_a_store_refuses_to_be_pickled_saying_how_a_worker_gets_one(backend: str, tmp_path: Path) -> None:
+    # Passing a store to a spawned process or a process pool failed with pickle's "cannot pickle
+    # '_thread.lock' object", which named neither the store nor what to do instead.
+    options = {"root": str(tmp_path)} if backend == "filesystem" else {}
+    with create_store(backend, namespace="run-8", **options) as store:
+        for send in (pickle.dumps, copy.deepcopy):
+            with pytest.raises(TypeError, match=r"cannot be pickled") as info:
+                send(store)
+            text = str(info.value)
+            assert f"backend {backend!r}, namespace 'run-8'" in text
+            assert "create_store(" in text
+            assert "_thread.lock" not in text
+        # copy.copy keeps giving the shallow copy it gave before, sharing the store's clients.
+        clone = copy.copy(store)
+        clone.save("a", Message(content=1))
+        assert store.get("a").content == 1
         store.clear()
 
 
@@ -128,6 +177,29 @@ def test_a_ttl_in_seconds_of_any_real_number_type_is_taken(ttl: object, seconds:
     store = _TtlRecorder()
     store.save("t", Message(content=1), ttl=ttl)  # type: ignore[arg-type]
     assert store.seconds == [seconds]
+
+
+@pytest.mark.parametrize("backend", ["memory", "filesystem"])
+def test_a_ttl_on_a_backend_without_native_ttl_names_the_step_and_namespace(backend: str, tmp_path: Path) -> None:
+    # docs/errors.md: every error has step_id, namespace and backend where they apply, and says them. This
+    # one had only the backend ("backend 'memory' has no native TTL; save without ttl"): a pipeline's log
+    # line did not say which step's save was refused, nor in which execution.
+    options = {"root": str(tmp_path)} if backend == "filesystem" else {}
+    with create_store(backend, namespace="run-7", **options) as store:
+        calls = {
+            "save": (lambda: store.save("train", Message(content=1), ttl=60), "train"),
+            "save_stream": (lambda: store.save_stream("train", io.BytesIO(b"x"), ttl=60), "train"),
+            "save_many": (lambda: store.save_many({"train": Message(content=1)}, ttl=60), None),
+        }
+        for operation, (call, step_id) in calls.items():
+            with pytest.raises(UnsupportedOperationError) as info:
+                call()
+            error = info.value
+            assert (error.step_id, error.namespace, error.backend) == (step_id, "run-7", backend)
+            target = f" of {step_id!r}" if step_id is not None else ""
+            assert str(error).startswith(f"{operation}{target} in namespace 'run-7' with a ttl: "), str(error)
+            assert f"backend {backend!r} has no native TTL" in str(error)
+        assert list(store.list()) == []
 
 
 class _Step(str, enum.Enum):  # noqa: UP042  (the mixin, not StrEnum: it formats as "_Step.TRAIN" on 3.12+)
