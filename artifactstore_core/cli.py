@@ -1156,8 +1156,11 @@ def get(step_id: str, output: str | None, backend: str | None, namespace: str | 
     guard_terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
     output = output or "-"
     with _open_store(backend, namespace) as store:
-        size = store.info(step_id).size
-        with store.open(step_id) as reader:
+        # One read of the head for the size and the stream (info, then open, read it twice, and a damaged
+        # artifact was reported as an error of "info", a call the user never made).
+        header, opened = store.open_with_header(step_id)
+        size = header.size
+        with opened as reader:
             to_file = output != "-"
             target = _OutputFile(output) if to_file else None
             if target is None and sys.stdout is None:

@@ -337,7 +337,7 @@ class ArtifactStore(ABC):
             BackendError: the backend failed (see its subclasses).
             StoreClosedError: the store was closed.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         message = _check_message(message)
         seconds = None if ttl is None else self._ttl(ttl, "save", step_id)
         if self._closed:
@@ -356,7 +356,7 @@ class ArtifactStore(ABC):
             ArtifactCorruptedError, UnsupportedFormatError: the stored bytes fail verification.
             BackendError: the backend failed. StoreClosedError: the store was closed.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         if self._closed:
             self._check_open()
         try:
@@ -374,7 +374,7 @@ class ArtifactStore(ABC):
             BackendError: the backend failed.
             StoreClosedError: the store was closed.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         self._check_open()
         try:
             return self._exists(step_id)
@@ -389,7 +389,7 @@ class ArtifactStore(ABC):
             BackendError: the backend failed.
             StoreClosedError: the store was closed.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         self._check_open()
         try:
             return self._delete(step_id)
@@ -439,7 +439,7 @@ class ArtifactStore(ABC):
             StoreClosedError: the store was closed.
         """
         if after is not None:
-            after = validate_step_id(after)
+            after = self._valid_id(after)
         if type(limit) is not int or limit < 1:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
         self._check_open()
@@ -457,7 +457,7 @@ class ArtifactStore(ABC):
             BackendError: the backend failed.
             StoreClosedError: the store was closed.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         self._check_open()
         try:
             return self._info(step_id)
@@ -538,12 +538,17 @@ class ArtifactStore(ABC):
             )
         given = builtins.list(items.items() if isinstance(items, Mapping) else items)
         # validate_step_id makes a str subclass id (a StrEnum member) the plain str the backend stores.
-        pairs = [(validate_step_id(step_id), message) for step_id, message in map(_pair, given)]
+        pairs = [(self._valid_id(step_id), message) for step_id, message in map(_pair, given)]
         seen: set[str] = set()
         for step_id, message in pairs:
             _check_message(message)
             if step_id in seen:
-                raise InvalidStepIdError(f"step id {step_id!r} appears twice in one save_many", step_id=step_id)
+                raise InvalidStepIdError(
+                    f"step id {step_id!r} appears twice in one save_many",
+                    step_id=step_id,
+                    namespace=self._namespace,
+                    backend=self.backend_name,
+                )
             seen.add(step_id)
         seconds = self._ttl(ttl, "save_many", None)
         self._check_open()
@@ -569,7 +574,7 @@ class ArtifactStore(ABC):
                 f"get_many takes an iterable of step ids, not one id as a {type(step_ids).__name__}; "
                 "use get(step_id) or get_many([step_id])"
             )
-        ids = builtins.list(dict.fromkeys(validate_step_id(step_id) for step_id in step_ids))
+        ids = builtins.list(dict.fromkeys(self._valid_id(step_id) for step_id in step_ids))
         self._check_open()
         if not ids:
             return {}
@@ -619,7 +624,7 @@ class ArtifactStore(ABC):
                 raised (the stream's error chained; a streaming backend may raise another non-retryable
                 error for it, see its docs). Nothing is stored.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         source: object = stream  # typed IO[bytes], but a caller's text file gets here all the same
         if isinstance(source, io.TextIOBase):
             # Refused before anything is read: its str chunks would otherwise fail inside the backend,
@@ -701,7 +706,7 @@ class ArtifactStore(ABC):
             InvalidStepIdError, ArtifactNotFoundError, ArtifactCorruptedError, BackendError, StoreClosedError:
                 as :meth:`get`.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         self._check_open()
         try:
             if self.capabilities.streaming:
@@ -728,7 +733,7 @@ class ArtifactStore(ABC):
             InvalidStepIdError, ArtifactNotFoundError, ArtifactCorruptedError, BackendError, StoreClosedError:
                 as :meth:`open`.
         """
-        step_id = validate_step_id(step_id)
+        step_id = self._valid_id(step_id)
         self._check_open()
         try:
             if self.capabilities.streaming:
@@ -1053,6 +1058,21 @@ class ArtifactStore(ABC):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError.of_store(self._namespace, self.backend_name)
+
+    def _valid_id(self, step_id: str) -> str:
+        """``step_id`` checked as :func:`~artifactstore_core.ids.validate_step_id` checks it (and made a plain
+        ``str``), its error naming this store's namespace and backend: the ids module knows neither, and an
+        error of a store's call names them in its fields as every other one does.
+
+        Raises:
+            InvalidStepIdError: ``step_id`` is not legal.
+        """
+        try:
+            return validate_step_id(step_id)
+        except InvalidStepIdError as exc:
+            exc.namespace = self._namespace
+            exc.backend = self.backend_name
+            raise
 
     def _ttl(self, ttl: Ttl | None, operation: str, step_id: str | None) -> float | None:
         if ttl is None:

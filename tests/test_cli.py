@@ -524,6 +524,15 @@ def test_get_of_a_corrupted_artifact_leaves_an_existing_output_file_as_it_was(tm
     assert result.returncode == 8, (result.stdout, result.stderr)
     assert "ArtifactCorruptedError" in result.stderr
     assert previous.read_bytes() == b"yesterday's good model"  # was truncated, then removed
+    # A damaged head is found by the one read get makes of it, and named by that read, not by an "info" call
+    # the user never made (get read the head twice: info for the size, then open).
+    [stored] = [path for path in _DEFAULT_ROOT[-1].rglob("*") if path.is_file()]
+    with stored.open("r+b") as handle:
+        handle.seek(40)
+        handle.write(b"X")
+    result = run("get", "model")
+    assert result.returncode == 8, (result.stdout, result.stderr)
+    assert "ArtifactCorruptedError: open: artifact 'model'" in result.stderr, result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["default-root", "model.bin"]  # no partial file
     # A good artifact replaces it, keeping its permissions, through a symbolic link too.
     assert run("put", "fresh", "-", stdin=b"today").returncode == 0

@@ -18,6 +18,7 @@ from artifactstore_core import (
     ArtifactNotFoundError,
     Capabilities,
     ConfigurationError,
+    InvalidStepIdError,
     Message,
     StoreClosedError,
     UnsupportedOperationError,
@@ -199,6 +200,27 @@ def test_a_ttl_on_a_backend_without_native_ttl_names_the_step_and_namespace(back
             target = f" of {step_id!r}" if step_id is not None else ""
             assert str(error).startswith(f"{operation}{target} in namespace 'run-7' with a ttl: "), str(error)
             assert f"backend {backend!r} has no native TTL" in str(error)
+        assert list(store.list()) == []
+
+
+@pytest.mark.parametrize("backend", ["memory", "filesystem"])
+def test_an_invalid_id_given_to_a_store_names_its_namespace_and_backend(backend: str, tmp_path: Path) -> None:
+    # The ids module checks the id and knows no store: the error of store.get("") had namespace and backend
+    # None, unlike every other error of a store's call (docs/errors.md).
+    options = {"root": str(tmp_path)} if backend == "filesystem" else {}
+    with create_store(backend, namespace="run-7", **options) as store:
+        calls = [
+            lambda: store.get(""),
+            lambda: store.save("bad\x00id", Message(content=1)),
+            lambda: store.get_many(["a", "bad\x00"]),
+            lambda: store.save_many([("d", Message(content=1)), ("d", Message(content=1))]),
+            lambda: list(store.list_page(after="")),
+            lambda: store.open("\x00"),
+        ]
+        for call in calls:
+            with pytest.raises(InvalidStepIdError) as info:
+                call()
+            assert (info.value.namespace, info.value.backend) == ("run-7", backend), info.value
         assert list(store.list()) == []
 
 

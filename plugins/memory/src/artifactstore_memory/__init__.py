@@ -228,7 +228,8 @@ class MemoryStore(ArtifactStore):
                 raise self._exists_error(step_id)
             if existing is None and limit is not None and len(items) >= limit:
                 raise CapacityError(
-                    f"memory store for namespace {self.namespace!r} holds its limit of {limit} artifacts "
+                    f"memory store for namespace {self.namespace!r} holds its limit of {limit} "
+                    f"artifact{'' if limit == 1 else 's'} "
                     f"(ARTIFACT_STORE_MEMORY_LIMIT); cannot save {step_id!r}",
                     step_id=step_id,
                 )
