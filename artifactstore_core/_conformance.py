@@ -367,6 +367,8 @@ def _every_log_record() -> Iterator[list[tuple[str, str]]]:
     loggers that do not propagate hand their records over too, and ``logging.disable`` is lifted. The handlers
     already there see only what they saw before (:class:`_AsBefore`), and all is put back after the block.
     Loggers a library creates inside the block with a level of its own or without propagation are not reached.
+    A library that logs only to a logger with handlers (uvicorn's access log, turned off by emptying a
+    non-propagating logger) logs to this one too: stricter than the library's own setting, never laxer.
     """
     recorder = _LogRecorder()
     root = logging.getLogger()
