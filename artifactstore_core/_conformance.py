@@ -372,7 +372,9 @@ def _every_log_record() -> Iterator[list[tuple[str, str]]]:
     """
     recorder = _LogRecorder()
     root = logging.getLogger()
-    loggers = [root, *(item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger))]
+    # Copied in one step: a thread of an in-process server may create a logger meanwhile.
+    existing = list(logging.Logger.manager.loggerDict.values())
+    loggers = [root, *(item for item in existing if isinstance(item, logging.Logger))]
     levels = {logger: logger.level for logger in loggers if logger is root or logger.level > logging.DEBUG}
     hooked = [logger for logger in loggers if logger is root or not logger.propagate]
     handlers = {handler for logger in loggers for handler in logger.handlers}
