@@ -330,7 +330,10 @@ class _LogRecorder(logging.Handler):
             parts = [repr(record.msg), repr(record.args)]
         error = record.exc_info[1] if record.exc_info else None
         if error is not None:
-            parts += ["".join(traceback.format_exception(error)), reachable_text(error)]
+            try:
+                parts += ["".join(traceback.format_exception(error)), reachable_text(error)]
+            except Exception as exc:  # raised out of emit, logging would print the record to stderr
+                parts.append(f"<its exception could not be shown: {type(exc).__name__}>")
         parts += [text for text in (record.exc_text, record.stack_info) if text]
         self.texts.append((f"a {record.levelname} record of logger {record.name!r}", "\n".join(parts)))
 
