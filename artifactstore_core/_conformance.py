@@ -11,9 +11,11 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 import math
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from . import envelope as envelope_module
 from .envelope import Codec, Encoded, content_info, limiting_json_content, reusing_verified_digests
 from .errors import (
+    AccessDeniedError,
     ArtifactCorruptedError,
     ArtifactExistsError,
     ArtifactNotFoundError,
@@ -283,6 +286,25 @@ def _assert_no_secret(what: str, text: str, secrets: Iterable[str]) -> None:
             )
 
 
+def _assert_secrets_reported(store: ArtifactStore, declared: Iterable[str]) -> None:
+    """Fail if one of ``declared`` (the ``secret_values`` fixture's) is not among ``store._secret_values()``.
+
+    The store masks only what ``_secret_values()`` reports (in the causes ``ArtifactStore._raise`` chains, and
+    wherever the backend redacts), so an error the kit did not provoke could show a secret it leaves out.
+    """
+    __tracebackhide__ = True  # its arguments hold the secrets
+    reported = set(store._secret_values())
+    missing = sorted(len(secret) for secret in _secrets_of(declared) if secret not in reported)
+    if missing:
+        pytest.fail(
+            f"{type(store).__name__}._secret_values() does not report {len(missing)} of the secret_values "
+            f"fixture's values ({', '.join(map(str, missing))} characters long; not shown here): the store masks "
+            "only the secrets _secret_values() returns, in the errors it chains and the text it redacts, so an "
+            "error the kit did not provoke may show these. Return every credential the store is configured "
+            "with, as the fixture gives it, from _secret_values()"
+        )
+
+
 def _error_text(call: Callable[[], object]) -> str | None:
     """The text of everything reachable from the error ``call`` raises (``reachable_text``), ``None`` if none."""
     try:
@@ -290,6 +312,156 @@ def _error_text(call: Callable[[], object]) -> str | None:
     except Exception as exc:
         return reachable_text(exc)
     return None
+
+
+class _LogRecorder(logging.Handler):
+    """Keeps every record it is handed as a reader of the log would see it: the message with its arguments,
+    the record's exception (its traceback with causes, and everything linked from it, as an error reporter
+    that reads ``exc_info`` walks it) and the stack it was logged with."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.texts: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            parts = [record.getMessage()]
+        except Exception:  # a handler would fail on it; a log reader would still see its pieces
+            parts = [repr(record.msg), repr(record.args)]
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            try:
+                parts += ["".join(traceback.format_exception(error)), reachable_text(error)]
+            except Exception as exc:  # raised out of emit, logging would print the record to stderr
+                parts.append(f"<its exception could not be shown: {type(exc).__name__}>")
+        parts += [text for text in (record.exc_text, record.stack_info) if text]
+        self.texts.append((f"a {record.levelname} record of logger {record.name!r}", "\n".join(parts)))
+
+
+class _AsBefore(logging.Filter):
+    """Lets a handler that was there before :func:`_every_log_record` see only the records it would have seen
+    without it: the levels raised to DEBUG for the kit's check must not flood pytest's captured log (printed
+    whole with a failure, secrets and all) or an application's handlers."""
+
+    def __init__(self, levels: dict[logging.Logger, int], disabled: int) -> None:
+        super().__init__()
+        self._levels = levels
+        self._disabled = disabled
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= self._disabled:
+            return False
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            level = self._levels.get(logger, logger.level)
+            if level:
+                return record.levelno >= level
+            logger = logger.parent
+        return True
+
+
+@contextlib.contextmanager
+def _every_log_record() -> Iterator[list[tuple[str, str]]]:
+    """Record what every logger logs, at every level (``DEBUG`` included), while in the block: for each record,
+    what it is and its text (:class:`_LogRecorder`), in the list this yields.
+
+    As a pipeline that calls ``logging.basicConfig(level=logging.DEBUG)`` logs, and more: the root and every
+    logger with a level of its own (``uvicorn``'s, a test's ``werkzeug`` at ``WARNING``) log at ``DEBUG``,
+    loggers that do not propagate hand their records over too, and ``logging.disable`` is lifted. The handlers
+    already there see only what they saw before (:class:`_AsBefore`), and all is put back after the block.
+    Loggers a library creates inside the block with a level of its own or without propagation are not reached.
+    A library that logs only to a logger with handlers (uvicorn's access log, turned off by emptying a
+    non-propagating logger) logs to this one too: stricter than the library's own setting, never laxer.
+    """
+    recorder = _LogRecorder()
+    root = logging.getLogger()
+    # Copied in one step: a thread of an in-process server may create a logger meanwhile.
+    existing = list(logging.Logger.manager.loggerDict.values())
+    loggers = [root, *(item for item in existing if isinstance(item, logging.Logger))]
+    levels = {logger: logger.level for logger in loggers if logger is root or logger.level > logging.DEBUG}
+    hooked = [logger for logger in loggers if logger is root or not logger.propagate]
+    handlers = {handler for logger in loggers for handler in logger.handlers}
+    disabled = logging.root.manager.disable
+    as_before = _AsBefore(levels, disabled)
+    for handler in handlers:
+        handler.addFilter(as_before)
+    logging.disable(logging.NOTSET)
+    for logger in levels:
+        logger.setLevel(logging.DEBUG)
+    for logger in hooked:
+        logger.addHandler(recorder)
+    try:
+        yield recorder.texts
+    finally:
+        for logger in hooked:
+            logger.removeHandler(recorder)
+        for logger, level in levels.items():
+            logger.setLevel(level)
+        logging.disable(disabled)
+        for handler in handlers:
+            handler.removeFilter(as_before)
+
+
+def _assert_no_secret_logged(records: list[tuple[str, str]], during: str, secrets: Iterable[str]) -> None:
+    """Fail if one of ``records`` (:func:`_every_log_record`'s) holds one of ``secrets``, as
+    :func:`_assert_no_secret` finds them."""
+    __tracebackhide__ = True  # its arguments hold the secret
+    for what, text in records:
+        _assert_no_secret(f"{what}, logged {during},", text, secrets)
+
+
+def _check_failing_store(
+    make: MakeStore,
+    declared: Iterable[str],
+    *,
+    where: str,
+    raises: type[ArtifactStoreError],
+    refusals: tuple[type[ArtifactStoreError], ...],
+    advice: str,
+) -> None:
+    """Build a store with ``make`` (on ``where``, a backend that fails every operation) and check that every
+    operation raises ``raises`` (building the store may raise one of ``refusals`` instead), and that no error,
+    repr or log record (:func:`_every_log_record`) shows one of ``declared`` or the store's ``_secret_values()``.
+
+    The secrets are checked before anything that could print an error fails the test.
+    """
+    secrets = _secrets_of(declared)
+    refusal: Exception | None = None
+    with _every_log_record() as logged:
+        try:
+            store = make(f"kit-{uuid.uuid4().hex[:12]}")
+        except Exception as exc:
+            refusal = exc
+    if refusal is not None:
+        _assert_no_secret(f"the refusal to build a store on {where}", reachable_text(refusal), secrets)
+        _assert_no_secret_logged(logged, f"while a store was built on {where}", secrets)
+        if isinstance(refusal, refusals):
+            return
+        raise pytest.fail.Exception(f"building a store on {where} raised {refusal!r}; {advice}") from refusal
+    outcomes: dict[str, object] = {}
+    with _every_log_record() as more:
+        try:
+            secrets = _secrets_of(secrets, store)
+            shown = {"repr()": repr(store), "str()": str(store)}
+            for name, call in _every_operation(store).items():
+                try:
+                    outcomes[name] = call()
+                except ArtifactStoreError as exc:
+                    outcomes[name] = exc
+        finally:
+            with contextlib.suppress(ArtifactStoreError):
+                store.close()
+    for what, text in shown.items():
+        _assert_no_secret(f"{what} of a store on {where}", text, secrets)
+    for name, outcome in outcomes.items():
+        if isinstance(outcome, ArtifactStoreError):
+            _assert_no_secret(f"the error of {name} on {where}", reachable_text(outcome), secrets)
+    _assert_no_secret_logged(logged + more, f"while every operation failed on {where}", secrets)
+    article = "an" if raises.__name__[0] in "AEIOU" else "a"
+    for name, outcome in outcomes.items():
+        assert isinstance(outcome, raises), (
+            f"{name} on {where} gave {outcome!r} instead of raising {article} {raises.__name__}"
+        )
 
 
 def _every_operation(store: ArtifactStore) -> dict[str, Callable[[], object]]:
@@ -386,18 +558,40 @@ class StoreConformance:
         return None
 
     @pytest.fixture
+    def make_unauthorized_store(self) -> MakeStore | None:
+        """Optional override: a callable building a store of the backend under test for a namespace, whose
+        backend is reachable but refuses the store's credentials (a wrong password, token or key).
+
+        The kit then checks that every operation raises
+        :class:`~artifactstore_core.errors.AccessDeniedError`, and that none of those errors, the store's
+        ``repr()`` and ``str()``, nor any log record (as ``test_errors_and_reprs_show_no_secret`` checks them)
+        shows a secret. Make the wrong credential one that contains a value of ``secret_values`` (the right
+        password with a suffix, say): the kit then finds it however it is spelled, whether or not the store
+        reports it. ``None`` (the default): not checked, and the test says so.
+
+        A backend that authenticates when a store is built may refuse there instead, with
+        :class:`~artifactstore_core.errors.AccessDeniedError`.
+        """
+        return None
+
+    @pytest.fixture
     def secret_values(self) -> Iterable[str]:
         """Optional override: the secret values (passwords, tokens, keys) that the stores of ``make_store``
         and ``make_unreachable_store`` are configured with.
 
-        The kit provokes errors (missing artifacts, write-once conflicts, an invalid id, a closed store, and
-        every operation of a ``make_unreachable_store`` store) and fails if one of these values, as it is or
-        URL-quoted, is in the text of an error or of anything linked from it
-        (:func:`~artifactstore_core.testing_errors.reachable_text`), or in ``repr()`` or ``str()`` of a
-        store. The values each store's ``_secret_values()`` returns are looked for too, so a backend that
+        The kit saves, reads, lists, deletes and clears artifacts, provokes errors (missing artifacts,
+        write-once conflicts, an invalid id, a closed store, every operation of a ``make_unreachable_store``
+        and of a ``make_unauthorized_store`` store) and fails if one of these values, as it is or URL-quoted, is
+        in the text of an error or of anything linked from it
+        (:func:`~artifactstore_core.testing_errors.reachable_text`), in ``repr()`` or ``str()`` of a store, or
+        in a log record of any logger at any level, ``DEBUG`` included, its message with its arguments, its
+        exception and its stack (client libraries' loggers too, and those of servers that run in the test's
+        process). The values each store's ``_secret_values()`` returns are looked for too, so a backend that
         reports its secrets there is checked without this fixture; give it all the same, so that the check
-        does not depend on what the backend reports. With no secret from either, the check is skipped as
-        ``capability not declared:``. Values shorter than 6 characters are not looked for. Default: none.
+        does not depend on what the backend reports: the kit also fails if a value given here is not among
+        ``_secret_values()`` of a ``make_store`` store, which is what the store masks in the errors the kit
+        did not provoke. With no secret from either, the check is skipped as ``capability not declared:``.
+        Values shorter than 6 characters are not looked for. Default: none.
         """
         return ()
 
@@ -1560,52 +1754,47 @@ class StoreConformance:
     ) -> None:
         # "Absent" and "could not ask" must never be confused: a pipeline that takes a failed exists() for
         # False re-runs a step or skips one, and a listing that hides an error makes clear() report 0. These
-        # errors are also where a client quotes the URL, request or credentials it was given: none may show a
-        # secret (see test_errors_and_reprs_show_no_secret), checked before the kit prints an error.
+        # errors are also where a client quotes the URL, request or credentials it was given, and where it
+        # logs its retries and the exceptions it met: none may show a secret (see
+        # test_errors_and_reprs_show_no_secret), checked before the kit prints an error.
         if make_unreachable_store is None:
             pytest.skip(
                 f"{CAPABILITY_SKIP} no make_unreachable_store fixture, so failures of an unreachable backend "
                 "are not checked"
             )
-        secrets = _secrets_of(configured_secrets)
-        refusal: Exception | None = None
-        try:
-            store = make_unreachable_store(f"kit-{uuid.uuid4().hex[:12]}")
-        except Exception as exc:
-            refusal = exc
-        if refusal is not None:
-            _assert_no_secret(
-                "the refusal to build a store on an unreachable backend", reachable_text(refusal), secrets
+        _check_failing_store(
+            make_unreachable_store,
+            configured_secrets,
+            where="an unreachable backend",
+            raises=BackendError,
+            # Refused when built, as a backend that connects in its constructor does: no store exists, so no
+            # operation can answer for the backend, and the caller was told it is unreachable (retryable).
+            refusals=(BackendUnavailableError, BackendTimeoutError),
+            advice="a backend that connects when a store is built must raise BackendUnavailableError (or "
+            "BackendTimeoutError) there, and one that connects later must build the store and raise a "
+            "BackendError from its operations",
+        )
+
+    def test_refused_credentials_are_denied_and_show_no_secret(
+        self, make_unauthorized_store: MakeStore | None, configured_secrets: Iterable[str]
+    ) -> None:
+        # A wrong password or token is where a client library quotes the credentials it sent (an AUTH error, a
+        # signature mismatch that echoes the signed request, a 401 logged with its request): the caller must be
+        # told to fix the credentials (AccessDeniedError, not retryable), and nothing may show them.
+        if make_unauthorized_store is None:
+            pytest.skip(
+                f"{CAPABILITY_SKIP} no make_unauthorized_store fixture, so a backend that refuses the store's "
+                "credentials is not checked"
             )
-            if isinstance(refusal, (BackendUnavailableError, BackendTimeoutError)):
-                # Refused when built, as a backend that connects in its constructor does: no store exists, so
-                # no operation can answer for the backend, and the caller was told it is unreachable (retryable).
-                return
-            raise pytest.fail.Exception(
-                f"building a store on an unreachable backend raised {refusal!r}; a backend that connects when a "
-                "store is built must raise BackendUnavailableError (or BackendTimeoutError) there, and one that "
-                "connects later must build the store and raise a BackendError from its operations"
-            ) from refusal
-        try:
-            secrets = _secrets_of(secrets, store)
-            _assert_no_secret("repr() of a store on an unreachable backend", repr(store), secrets)
-            _assert_no_secret("str() of a store on an unreachable backend", str(store), secrets)
-            for name, call in _every_operation(store).items():
-                outcome: object
-                try:
-                    outcome = call()
-                except ArtifactStoreError as exc:
-                    outcome = exc
-                if isinstance(outcome, ArtifactStoreError):
-                    _assert_no_secret(
-                        f"the error of {name} on an unreachable backend", reachable_text(outcome), secrets
-                    )
-                assert isinstance(outcome, BackendError), (
-                    f"{name} on an unreachable backend gave {outcome!r} instead of raising a BackendError"
-                )
-        finally:
-            with contextlib.suppress(ArtifactStoreError):
-                store.close()
+        _check_failing_store(
+            make_unauthorized_store,
+            configured_secrets,
+            where="a backend that refuses the store's credentials",
+            raises=AccessDeniedError,
+            refusals=(AccessDeniedError,),
+            advice="a backend that authenticates when a store is built must raise AccessDeniedError there, and "
+            "one that authenticates later must build the store and raise AccessDeniedError from its operations",
+        )
 
     def test_errors_and_reprs_show_no_secret(
         self, new_store: Callable[..., ArtifactStore], configured_secrets: Iterable[str]
@@ -1614,37 +1803,49 @@ class StoreConformance:
         # every linked exception, suppressed contexts too), and a store's repr to debuggers and log lines.
         # Provoked here are the errors a store raises most (not found, exists, invalid id, closed); the errors
         # of an unreachable backend, where a client quotes what it was given, are checked by
-        # test_failures_are_raised_never_reported_as_absent.
-        store = new_store()
-        secrets = _secrets_of(configured_secrets, store)
-        if not secrets:
-            _not_declared(store, "secrets to keep out of errors (a secret_values fixture or _secret_values())")
-        store.save("kit-saved", Message(content=b"saved"))
-        closed = new_store(store.namespace)
-        closed.close()
-        texts = {
-            "repr(store)": repr(store),
-            "str(store)": str(store),
-            "repr() of a closed store": repr(closed),
-            "the error of get of a missing id": _error_text(lambda: store.get("kit-missing")),
-            "the error of info of a missing id": _error_text(lambda: store.info("kit-missing")),
-            "the error of open of a missing id": _error_text(lambda: store.open("kit-missing")),
-            "the error of get_many of a missing id": _error_text(lambda: store.get_many(["kit-saved", "kit-missing"])),
-            "the error of save of another artifact": _error_text(
-                lambda: store.save("kit-saved", Message(content=b"new"))
-            ),
-            "the error of save_many of another artifact": _error_text(
-                lambda: store.save_many({"kit-saved": Message(content=b"new")})
-            ),
-            "the error of save_stream of another artifact": _error_text(
-                lambda: store.save_stream("kit-saved", io.BytesIO(b"new"))
-            ),
-            "the error of get of an invalid id": _error_text(lambda: store.get("kit\ninvalid")),
-            "the error of get on a closed store": _error_text(lambda: closed.get("kit-saved")),
-        }
+        # test_failures_are_raised_never_reported_as_absent. Every log record of every logger, DEBUG included,
+        # is checked too: a pipeline that turns on DEBUG logging gets its client library's wire trace.
+        with _every_log_record() as logged:
+            store = new_store()
+            secrets = _secrets_of(configured_secrets, store)
+            if not secrets:
+                _not_declared(store, "secrets to keep out of errors (a secret_values fixture or _secret_values())")
+            store.save("kit-saved", Message(content=b"saved"))
+            store.save("kit-deleted", Message(content={"k": 1}))
+            assert store.get("kit-saved").content == b"saved"
+            assert store.exists("kit-deleted")
+            assert sorted(info.step_id for info in store.list()) == ["kit-deleted", "kit-saved"]
+            store.delete("kit-deleted")
+            closed = new_store(store.namespace)
+            closed.close()
+            texts = {
+                "repr(store)": repr(store),
+                "str(store)": str(store),
+                "repr() of a closed store": repr(closed),
+                "the error of get of a missing id": _error_text(lambda: store.get("kit-missing")),
+                "the error of info of a missing id": _error_text(lambda: store.info("kit-missing")),
+                "the error of open of a missing id": _error_text(lambda: store.open("kit-missing")),
+                "the error of get_many of a missing id": _error_text(
+                    lambda: store.get_many(["kit-saved", "kit-missing"])
+                ),
+                "the error of save of another artifact": _error_text(
+                    lambda: store.save("kit-saved", Message(content=b"new"))
+                ),
+                "the error of save_many of another artifact": _error_text(
+                    lambda: store.save_many({"kit-saved": Message(content=b"new")})
+                ),
+                "the error of save_stream of another artifact": _error_text(
+                    lambda: store.save_stream("kit-saved", io.BytesIO(b"new"))
+                ),
+                "the error of get of an invalid id": _error_text(lambda: store.get("kit\ninvalid")),
+                "the error of get on a closed store": _error_text(lambda: closed.get("kit-saved")),
+            }
+            assert store.clear() == 1
         for what, text in texts.items():
             assert text is not None, f"{what}: nothing was raised"
             _assert_no_secret(what, text, secrets)
+        _assert_no_secret_logged(logged, "while the kit saved, read, listed, deleted and cleared artifacts", secrets)
+        _assert_secrets_reported(store, configured_secrets)
 
     def test_context_manager_closes(self, new_store: Callable[..., ArtifactStore]) -> None:
         store = new_store()

@@ -3,9 +3,10 @@
 Install with ``pip install 'artifactstore-core[testing]'`` and provide one fixture, ``make_store``: a
 callable that builds a new store of your backend bound to the namespace it is given. The kit gives every
 test fresh namespaces, clears and closes the stores it made, and skips optional capabilities (streaming
-in bounded memory, native TTL) by the store's declared ``capabilities``, saying why. Two fixtures are
-optional: ``make_unreachable_store`` (a store whose backend fails every operation) and ``secret_values``
-(the secrets the stores are configured with, which no error or repr may show)::
+in bounded memory, native TTL) by the store's declared ``capabilities``, saying why. Three fixtures are
+optional: ``make_unreachable_store`` (a store whose backend fails every operation),
+``make_unauthorized_store`` (a store whose backend refuses its credentials) and ``secret_values`` (the
+secrets the stores are configured with, which no error, repr or log record, at any level, may show)::
 
     import pytest
     from artifactstore_core.testing import StoreConformance

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,7 @@ from typing import NoReturn
 import pytest
 
 from artifactstore_core import (
+    AccessDeniedError,
     ArtifactInfo,
     ArtifactNotFoundError,
     ArtifactStore,
@@ -519,6 +521,85 @@ class UnreachableLeakStore(UnreachableTokenStore):
         return BackendUnavailableError(f"cannot reach http://example.invalid/?token={TOKEN}: {exc}")
 
 
+#: The logger of the example backend's imagined client library, as botocore's or httpx's is to ours.
+CLIENT_LOG = "exampleclient.wire"
+OTHER_TOKEN = "example-second-key-5e0b77d2"
+
+
+class TracingStore(TokenStore):
+    """Logs each read at DEBUG, as a client library's wire trace does, without its credential."""
+
+    def _get(self, step_id: str) -> Message:
+        logging.getLogger(CLIENT_LOG).debug("GET /artifacts/%s", step_id)
+        return super()._get(step_id)
+
+
+class TraceLeakStore(TokenStore):
+    """Logs each read at DEBUG with the request's headers, bearer token and all."""
+
+    def _get(self, step_id: str) -> Message:
+        logging.getLogger(CLIENT_LOG).debug("GET /artifacts/%s headers=%r", step_id, {"Authorization": TOKEN})
+        return super()._get(step_id)
+
+
+class ExceptionLeakStore(TokenStore):
+    """Logs a clean line at DEBUG with an exception whose text quotes the token (``exc_info``)."""
+
+    def _get(self, step_id: str) -> Message:
+        try:
+            return super()._get(step_id)
+        except ArtifactNotFoundError:
+            refused = PermissionError(f"GET /artifacts/{step_id}?token={TOKEN} answered 404")
+            logging.getLogger(CLIENT_LOG).debug("request failed, not retried", exc_info=refused)
+            raise
+
+
+class HalfReportedStore(TokenStore):
+    """Configured with two credentials (the fixture gives both), reports one in ``_secret_values()``: the
+    errors it chains are scrubbed of ``TOKEN`` only. It shows neither where the kit looks."""
+
+
+class UnreachableTraceLeakStore(UnreachableTokenStore):
+    """Logs each failed attempt at DEBUG with the URL it tried, token included."""
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        logging.getLogger(CLIENT_LOG).debug("GET http://example.invalid/?token=%s failed: %s", TOKEN, exc)
+        return super()._translate_error(exc)
+
+
+class RefusingStore(TokenStore):
+    """Reachable, but its server refuses its credentials: every access fails, as AccessDeniedError."""
+
+    def __init__(self, *, namespace: str = "default", codec: Codec | None = None) -> None:
+        super().__init__(namespace=namespace, codec=codec)
+        self._blobs = _Refusing()
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        return AccessDeniedError(f"example server refused the credentials: {exc}")
+
+
+class _Refusing(dict[str, bytes]):
+    def _fail(self, *args: object) -> NoReturn:
+        raise PermissionError(13, "authentication failed")
+
+    get = __contains__ = __getitem__ = __setitem__ = pop = items = clear = __len__ = _fail  # type: ignore[assignment]
+
+
+class RefusalLeakStore(RefusingStore):
+    """Logs the credential its server refused, at WARNING, as a client that says which token failed does."""
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        logging.getLogger(CLIENT_LOG).warning("token %s refused by the server", TOKEN)
+        return super()._translate_error(exc)
+
+
+class RefusalAsBackendErrorStore(RefusingStore):
+    """Reports refused credentials as a generic backend failure, which a caller may retry for ever."""
+
+    def _translate_error(self, exc: Exception) -> ArtifactStoreError | None:
+        return BackendError(f"example server failed: {exc}")
+
+
 @contextmanager
 def stores(cls: type[ExampleStore]) -> Iterator[Callable[..., ArtifactStore]]:
     """What the kit's ``new_store`` fixture gives its tests, for stores of ``cls``."""
@@ -781,6 +862,121 @@ def test_kit_catches_a_secret_in_a_refusal_to_build_a_store() -> None:
         StoreConformance().test_failures_are_raised_never_reported_as_absent(
             lambda namespace: ConnectingStore(closed, namespace=namespace, refusal=refusal), (TOKEN,)
         )
+
+
+@pytest.fixture
+def quiet_logging() -> Iterator[logging.Handler]:
+    """The logging of a process that logs WARNING and above (the default), with a handler on the root that
+    keeps what it is handed (as pytest's captured log and an application's handlers do); put back after."""
+    root = logging.getLogger()
+    level, disabled = root.level, logging.root.manager.disable
+    handler = _Kept()
+    root.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        logging.disable(disabled)
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        (TraceLeakStore, f"a DEBUG record of logger '{CLIENT_LOG}', logged while the kit saved, .* shows a secret"),
+        (ExceptionLeakStore, f"a DEBUG record of logger '{CLIENT_LOG}', .* shows a secret"),
+    ],
+    ids=["message", "exc_info"],
+)
+@pytest.mark.parametrize("hidden", [False, True], ids=["propagating", "hidden"])
+def test_kit_catches_a_secret_in_a_debug_log_record(
+    cls: type[ExampleStore], match: str, hidden: bool, quiet_logging: _Kept
+) -> None:
+    # Nobody logs DEBUG here, as in most test runs: the kit turns it on for its check. "hidden": the client's
+    # logger was set to WARNING and kept from propagating, as an application's logging config may do.
+    client = logging.getLogger(CLIENT_LOG)
+    if hidden:
+        client.setLevel(logging.WARNING)
+        client.propagate = False
+    try:
+        with stores(cls) as new_store, pytest.raises(KIT_FAILURES, match=match) as info:
+            StoreConformance().test_errors_and_reprs_show_no_secret(new_store, ())
+        assert (client.level, client.propagate) == ((logging.WARNING, False) if hidden else (logging.NOTSET, True))
+    finally:
+        client.setLevel(logging.NOTSET)
+        client.propagate = True
+    assert TOKEN not in str(info.value)  # the failure shows the record masked
+    # The levels the kit raised are put back, and the handlers that were there saw only what they would have:
+    # pytest prints its captured log with a failure, which would have shown the token.
+    assert logging.getLogger().level == logging.WARNING
+    assert quiet_logging.records == []
+
+
+def test_kit_catches_a_secret_logged_while_a_backend_is_unreachable(quiet_logging: _Kept) -> None:
+    with pytest.raises(
+        KIT_FAILURES, match=f"a DEBUG record of logger '{CLIENT_LOG}', logged while every operation failed on an"
+    ) as info:
+        StoreConformance().test_failures_are_raised_never_reported_as_absent(
+            lambda namespace: UnreachableTraceLeakStore(namespace=namespace), ()
+        )
+    assert TOKEN not in str(info.value)
+    assert quiet_logging.records == []
+
+
+def test_the_log_check_passes_a_store_whose_records_keep_the_secret_out(quiet_logging: _Kept) -> None:
+    # The control: the same DEBUG trace without the token passes, so the stores above fail for the token.
+    with stores(TracingStore) as new_store:
+        StoreConformance().test_errors_and_reprs_show_no_secret(new_store, (TOKEN,))
+    assert quiet_logging.records == []
+
+
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        (RefusalLeakStore, f"a WARNING record of logger '{CLIENT_LOG}', logged while every operation failed on a "
+         "backend that refuses the store's credentials, shows a secret"),
+        (RefusalAsBackendErrorStore, "exists on a backend that refuses the store's credentials gave "
+         r"BackendError\(.*\) instead of raising an AccessDeniedError"),
+    ],
+    ids=["logged", "untyped"],
+)  # fmt: skip
+def test_kit_catches_refused_credentials_logged_or_untyped(cls: type[RefusingStore], match: str) -> None:
+    with pytest.raises(KIT_FAILURES, match=match) as info:
+        StoreConformance().test_refused_credentials_are_denied_and_show_no_secret(
+            lambda namespace: cls(namespace=namespace), ()
+        )
+    assert TOKEN not in str(info.value)
+
+
+def test_the_refused_credentials_check_passes_a_store_that_denies_quietly() -> None:
+    # The control: refused credentials as AccessDeniedError, shown nowhere.
+    StoreConformance().test_refused_credentials_are_denied_and_show_no_secret(
+        lambda namespace: RefusingStore(namespace=namespace), (TOKEN,)
+    )
+
+
+def test_kit_skips_the_refused_credentials_check_without_its_fixture() -> None:
+    with pytest.raises(pytest.skip.Exception, match=f"^{CAPABILITY_SKIP} no make_unauthorized_store fixture"):
+        StoreConformance().test_refused_credentials_are_denied_and_show_no_secret(None, (TOKEN,))
+
+
+def test_kit_catches_a_declared_secret_the_store_does_not_report() -> None:
+    # HalfReportedStore leaks nothing the kit provokes; its errors elsewhere would keep OTHER_TOKEN in clear.
+    match = r"HalfReportedStore._secret_values\(\) does not report 1 of the secret_values fixture's values \(27 "
+    with stores(HalfReportedStore) as new_store, pytest.raises(KIT_FAILURES, match=match) as info:
+        StoreConformance().test_errors_and_reprs_show_no_secret(new_store, (TOKEN, OTHER_TOKEN))
+    assert TOKEN not in str(info.value)
+    assert OTHER_TOKEN not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from artifactstore_core.testing import MakeStore, StoreConformance
 from artifactstore_core.testing_servers import free_port
@@ -30,6 +31,11 @@ class TestHttpOverMemory(_WithToken):
         # A free loopback port nothing listens on: every request is refused.
         url = f"http://127.0.0.1:{free_port()}"
         return lambda namespace: client_for(url, namespace, retries=0, connect_timeout=2.0)
+
+    @pytest.fixture
+    def make_unauthorized_store(self, memory_server: ServerThread) -> MakeStore:
+        # A wrong token that contains the right one: the kit looks for the right one, and so finds either.
+        return lambda namespace: client_for(memory_server.url, namespace, token=SecretStr(TOKEN + "-wrong"))
 
 
 class TestHttpOverRedis(_WithToken):

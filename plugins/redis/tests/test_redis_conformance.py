@@ -16,8 +16,8 @@ from artifactstore_redis.testing import RedisClusterNodes, RedisServer, free_por
 PASSWORD = "kit-canary/7d2e@f41b"
 
 
-def _url_with_password(port: int) -> str:
-    return f"redis://:{quote(PASSWORD, safe='')}@127.0.0.1:{port}/0"
+def _url_with_password(port: int, password: str = PASSWORD) -> str:
+    return f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,12 @@ class TestRedisStandaloneConformance(StoreConformance):
     def make_unreachable_store(self) -> Callable[[str], RedisStore]:
         # A free loopback port nothing listens on: every command is refused.
         settings = RedisSettings(url=_url_with_password(free_port()), retry_attempts=0)  # type: ignore[arg-type]
+        return lambda namespace: RedisStore(settings, namespace=namespace)
+
+    @pytest.fixture
+    def make_unauthorized_store(self, password_server: RedisServer) -> Callable[[str], RedisStore]:
+        # A wrong password that contains the right one: the kit looks for the right one, and so finds either.
+        settings = RedisSettings(url=_url_with_password(password_server.port, PASSWORD + "-wrong"))  # type: ignore[arg-type]
         return lambda namespace: RedisStore(settings, namespace=namespace)
 
     @pytest.fixture
