@@ -189,7 +189,9 @@ class Executor:
             KeyboardInterrupt, SystemExit: raised by a step, or in this process (Ctrl-C): re-raised at once,
                 with a note naming the execution id to resume; worker processes are terminated with the
                 processes their steps started (their process groups), and the artifacts of the steps that
-                finished are kept.
+                finished are kept. A Ctrl-C while ``run`` waits for running steps after another exception ended
+                the run (one a signal handler raised, such as a ``SIGALRM`` deadline's) stops them the same way and
+                is raised instead of it, that exception its ``__context__`` and named in a note.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
@@ -272,6 +274,8 @@ class Executor:
         }
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
+        # The exception leaving the loop that is not a step's failure (see _shut_down).
+        leaving: BaseException | None = None
         # The sink whose artifact, saved by this run, could not be read back as a final output.
         lost_output: str | None = None
         outputs: dict[str, Message] = {}
@@ -394,6 +398,7 @@ class Executor:
                 for step_id, reason, vanished in gone:
                     replace(step_id, reason, vanished)
         except BaseException as exc:
+            leaving = exc
             if not isinstance(exc, Exception):
                 # Ctrl-C (in this process, or in a step), SystemExit: no step starts any more. Worker processes
                 # are terminated, so their steps stop now: a step may ignore or catch the terminal's SIGINT, and
@@ -402,17 +407,7 @@ class Executor:
             raise
         finally:
             if pool is not None:
-                try:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                except BaseException as again:
-                    # A Ctrl-C while this waits for the steps still running on threads: a second one, pressed
-                    # because the first seemed to do nothing, or the first after a step failed. It replaces the
-                    # exception being raised, and with it that one's note: the only place the id of a fresh
-                    # execution is given to resume it. (After a Ctrl-C, no worker process is waited for here:
-                    # terminate() has killed them all.)
-                    if not isinstance(again, Exception):
-                        _note_interrupted(again, execution_id, store)
-                    raise
+                _shut_down(pool, leaving, execution_id, store)
         death = ""
         unstarted = False
         if failure is not None and isinstance(pool, WorkerPool) and isinstance(failure[1], cfp.BrokenProcessPool):
@@ -830,6 +825,38 @@ def _interrupted(pool: cf.Executor | None, exc: BaseException, execution_id: str
             _note_interrupted(again, execution_id, store)
             raise
     _note_interrupted(exc, execution_id, store)
+
+
+def _shut_down(pool: cf.Executor, leaving: BaseException | None, execution_id: str, store: ArtifactStore) -> None:
+    """Shut ``pool`` down at the end of a run: wait for the steps still running, then for the workers to end.
+
+    Steps are still running here only on threads after a Ctrl-C (threads cannot be stopped), or when
+    ``leaving``, an exception that is no step's failure (a signal handler's, such as a deadline's on
+    ``SIGALRM``, or a fault of the executor's own), left the run's loop while they ran: they finish first, as
+    after a step failure. A Ctrl-C (or ``SystemExit``) meanwhile stops the worker processes as one in the
+    loop does (:func:`_interrupted`: it carries the note naming the execution, the only place a fresh
+    execution's id is given), and is raised instead of ``leaving``: Ctrl-C must stop the program, which an
+    ``except Exception`` in the caller would not let ``leaving`` do. ``leaving`` stays its ``__context__``,
+    and a note names it.
+
+    Raises:
+        KeyboardInterrupt, SystemExit: as described, with the note naming the execution to resume.
+        RuntimeError and other faults of the pool itself.
+    """
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException as again:
+        if isinstance(again, Exception):
+            raise
+        if isinstance(leaving, Exception):
+            again.add_note(
+                f"it came while the run waited for its running steps, after {type(leaving).__name__}: "
+                f"{_text_of(leaving)} (raised above) had ended it"
+            )
+        # After a Ctrl-C in the loop the workers are gone already (terminate() killed them); after anything else
+        # (a step failure, a signal handler's exception), this one stops them, threads' steps excepted.
+        _interrupted(pool, again, execution_id, store)
+        raise
 
 
 def _note_interrupted(exc: BaseException, execution_id: str, store: ArtifactStore) -> None:

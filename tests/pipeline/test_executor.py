@@ -442,12 +442,13 @@ def test_resume_advice_on_the_memory_backend_says_it_holds_only_in_this_process(
 
 
 def _start_run(
-    root: str, workdir: Path, *, deaf: bool, child: bool = False, stubborn: bool = False
+    root: str, workdir: Path, *, deaf: bool, child: bool = False, stubborn: bool = False, deadline: bool = False
 ) -> subprocess.Popen[bytes]:
     """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
     code = (
         f"from pipeline_steps import run_until_interrupted; "
-        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r}, stubborn={stubborn!r})"
+        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r}, stubborn={stubborn!r}, "
+        f"deadline={deadline!r})"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -561,6 +562,34 @@ def test_ctrl_c_again_while_the_workers_are_given_their_grace_kills_them_at_once
         assert [pid for pid in workers if not is_dead(pid)] == []
     finally:
         _kill_group(process)
+    _assert_stopped_after_a(root, workdir)
+
+
+def test_ctrl_c_while_steps_finish_after_another_exception_terminates_the_workers(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # A SIGALRM handler (a deadline set with signal.alarm) raises TimeoutError while s0 and s1, deaf to Ctrl-C,
+    # run in workers: the run waits for them to finish, as after a step failure, but in its final shutdown,
+    # where a Ctrl-C was raised without stopping them. run() returned with both workers running, and the
+    # interpreter's exit then waited for them (here until their gate's deadline).
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=True, deadline=True)
+    try:
+        os.kill(process.pid, signal.SIGALRM)
+        wait_until(lambda: Path(workdir, "deadline").exists(), 30, "the deadline never passed")
+        os.killpg(process.pid, signal.SIGINT)
+        wait_until(lambda: Path(workdir, "outcome").exists(), 30, "run() did not return after Ctrl-C")
+        outcome = json.loads(Path(workdir, "outcome").read_text())
+        assert outcome["alive"] == []
+        assert process.wait(timeout=30) == 130
+    finally:
+        _kill_group(process)
+    # The KeyboardInterrupt is raised (Ctrl-C stops the program), the TimeoutError chained under it and named.
+    assert outcome["context"] == "TimeoutError"
+    assert outcome["notes"][0] == (
+        "it came while the run waited for its running steps, after TimeoutError: the pipeline's deadline passed "
+        "(raised above) had ended it"
+    )
     _assert_stopped_after_a(root, workdir)
 
 
