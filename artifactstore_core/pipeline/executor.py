@@ -176,7 +176,9 @@ class Executor:
         Raises:
             StepFailedError: a step raised or its output could not be saved; it names the step and the
                 execution id, chains the step's exception, and carries the partial result. No new step
-                starts after a failure; steps already running finish. Also for a sink whose artifact, saved
+                starts after a failure; steps already running finish. A note names each worker process that
+                died running a step and how it ended, in step order (and the error names the first of those
+                steps when a death was the first failure). Also for a sink whose artifact, saved
                 by this run, is gone or damaged when the final outputs are read (deleted, expired, or
                 cleared by another run of the execution), with that ``ArtifactNotFoundError`` or
                 ``ArtifactCorruptedError`` chained.
@@ -274,6 +276,8 @@ class Executor:
         }
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
+        # Each failed step's exception: a worker death seen after the first failure may name the step instead.
+        errors: dict[str, Exception] = {}
         # The exception leaving the loop that is not a step's failure (see _shut_down).
         leaving: BaseException | None = None
         # The sink whose artifact, saved by this run, could not be read back as a final output.
@@ -331,7 +335,9 @@ class Executor:
                         running[future] = step_id
                     ready = []
                     finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                    for future in finished:
+                    # In step order: of two steps that failed in one wait, the first failure is then not a
+                    # matter of how a set is laid out.
+                    for future in sorted(finished, key=lambda done: positions[running[done]]):
                         step_id = running.pop(future)
                         if future.cancelled():
                             continue
@@ -357,6 +363,7 @@ class Executor:
                             raise error
                         if error is not None:
                             results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=replaced.get(step_id))
+                            errors[step_id] = error
                             if failure is None:
                                 failure = (step_id, error)
                                 # Fail fast: steps not started yet never start; running ones finish.
@@ -408,16 +415,21 @@ class Executor:
         finally:
             if pool is not None:
                 _shut_down(pool, leaving, execution_id, store)
-        death = ""
+        # The workers that died on their own while running a step, in step order: several die at once (the OOM
+        # killer, a machine's memory pressure), and which the pool saw first is chance.
+        died: list[tuple[str, WorkerDied]] = []
         unstarted = False
-        if failure is not None and isinstance(pool, WorkerPool) and isinstance(failure[1], cfp.BrokenProcessPool):
-            died = pool.died()
-            mine = next((worker for worker in died if worker.step_index == positions[failure[0]]), None)
-            if mine is not None and mine.started:
-                death = _how_it_ended(mine)
-            # A worker that never took a step failed while starting: typically importing the main module,
-            # whose unguarded call to run() tried to start workers of its own.
-            unstarted = mine is not None and not pool.any_started()
+        if failure is not None and isinstance(pool, WorkerPool):
+            indexed = ((worker.step_index, worker) for worker in pool.died() if worker.step_index is not None)
+            died = [(pipeline.order[index], worker) for index, worker in sorted(indexed, key=lambda pair: pair[0])]
+            dead = [step_id for step_id, _ in died]
+            if isinstance(failure[1], cfp.BrokenProcessPool) and failure[0] in dead:
+                # Named: the first of them in step order, whichever death the pool saw first.
+                named = next(step_id for step_id in dead if step_id in errors)
+                failure = (named, errors[named])
+                # A worker that never took a step failed while starting: typically importing the main module,
+                # whose unguarded call to run() tried to start workers of its own.
+                unstarted = not pool.any_started()
         steps = {
             step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN, replaced=replaced.get(step_id)))
             for step_id in pipeline.order
@@ -426,8 +438,9 @@ class Executor:
             step_id, error = failure
             assert isinstance(error, Exception)
             failed = self._failed(store, pipeline, fresh, execution_id, steps, started, step_id, error)
-            if death:
-                failed.add_note(f"the worker process running step {step_id!r} {death}")
+            for dead_step, worker in died:
+                if worker.started:
+                    failed.add_note(f"the worker process running step {dead_step!r} {_how_it_ended(worker)}")
             if unstarted:
                 failed.add_note(
                     "no worker process started: each ended before it could run a step. Spawned workers import the "

@@ -44,6 +44,7 @@ from pipeline_steps import (
     step_killed_beside_sibling,
     step_sibling,
     step_two_arg_error,
+    step_waits_for_ever,
     step_with_a_child,
     step_with_payload,
     wait_until,
@@ -1061,6 +1062,48 @@ def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: P
     assert error.result.steps["killed"].status is StepStatus.FAILED
     # The executor owns its workers: the sibling's worker is not stopped with the one that died.
     assert error.result.steps["sibling"].status is StepStatus.SUCCEEDED
+
+
+def test_workers_killed_together_are_each_named_in_step_order(tmp_path: Path, workdir: Path) -> None:
+    # Two workers killed together (the OOM killer): the error named whichever death the pool saw first, and
+    # said nothing of the other worker or how it ended. Now it names the first of their steps in step order,
+    # and each worker's step and how it ended in a note, in step order.
+    names = ("k0", "k1")
+
+    def kill_both() -> None:
+        wait_until(lambda: all(Path(workdir, f"{name}-started").exists() for name in names), 60, "k0, k1 never ran")
+        running = pids(workdir)
+        # k1 first, and k0 once the pool has reaped k1's worker: the pool sees k1's death first, as it may see
+        # either of two that die together.
+        os.kill(running["k1"], signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{running['k1']}").exists(), 30, "k1's worker was never reaped")
+        os.kill(running["k0"], signal.SIGKILL)
+
+    waits = functools.partial(step_waits_for_ever, workdir=str(workdir))
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=str(workdir))),
+            *(Step(name, functools.partial(waits, name=name), "a") for name in names),
+        ]
+    )
+    killer = threading.Thread(target=kill_both)
+    killer.start()
+    try:
+        with pytest.raises(StepFailedError) as caught:
+            Executor(StoreConfig("filesystem", root=str(tmp_path / "artifacts")), mode="processes", max_workers=2).run(
+                pipeline
+            )
+    finally:
+        killer.join()
+    error = caught.value
+    assert error.step_id == "k0"
+    assert str(error).startswith("step 'k0' failed: BrokenProcessPool")
+    assert error.__notes__ == [
+        "the worker process running step 'k0' was killed by signal SIGKILL",
+        "the worker process running step 'k1' was killed by signal SIGKILL",
+    ]
+    assert error.result is not None
+    assert statuses(error.result) == {"a": StepStatus.SUCCEEDED, "k0": StepStatus.FAILED, "k1": StepStatus.FAILED}
 
 
 def test_processes_a_step_started_do_not_outlive_its_worker_killed_under_it(tmp_path: Path, workdir: Path) -> None:
