@@ -176,7 +176,9 @@ class Executor:
         Raises:
             StepFailedError: a step raised or its output could not be saved; it names the step and the
                 execution id, chains the step's exception, and carries the partial result. No new step
-                starts after a failure; steps already running finish. Also for a sink whose artifact, saved
+                starts after a failure; steps already running finish. A note names each worker process that
+                died running a step and how it ended, in step order (and the error names the first of those
+                steps when a death was the first failure). Also for a sink whose artifact, saved
                 by this run, is gone or damaged when the final outputs are read (deleted, expired, or
                 cleared by another run of the execution), with that ``ArtifactNotFoundError`` or
                 ``ArtifactCorruptedError`` chained.
@@ -189,7 +191,9 @@ class Executor:
             KeyboardInterrupt, SystemExit: raised by a step, or in this process (Ctrl-C): re-raised at once,
                 with a note naming the execution id to resume; worker processes are terminated with the
                 processes their steps started (their process groups), and the artifacts of the steps that
-                finished are kept.
+                finished are kept. A Ctrl-C while ``run`` waits for running steps after another exception ended
+                the run (one a signal handler raised, such as a ``SIGALRM`` deadline's) stops them the same way and
+                is raised instead of it, that exception its ``__context__`` and named in a note.
             The errors of building the store (``ConfigurationError``, ``BackendError``, ...) and of
             listing, reading or clearing it (a ``BackendError`` while listing to resume is raised, never
             taken for "absent"; an ``UnsupportedFormatError`` is raised, never overwritten).
@@ -272,6 +276,10 @@ class Executor:
         }
         ready = [step_id for step_id, inputs in waiting.items() if not inputs]
         failure: tuple[str, BaseException] | None = None
+        # Each failed step's exception: a worker death seen after the first failure may name the step instead.
+        errors: dict[str, Exception] = {}
+        # The exception leaving the loop that is not a step's failure (see _shut_down).
+        leaving: BaseException | None = None
         # The sink whose artifact, saved by this run, could not be read back as a final output.
         lost_output: str | None = None
         outputs: dict[str, Message] = {}
@@ -327,7 +335,9 @@ class Executor:
                         running[future] = step_id
                     ready = []
                     finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                    for future in finished:
+                    # In step order: of two steps that failed in one wait, the first failure is then not a
+                    # matter of how a set is laid out.
+                    for future in sorted(finished, key=lambda done: positions[running[done]]):
                         step_id = running.pop(future)
                         if future.cancelled():
                             continue
@@ -353,6 +363,7 @@ class Executor:
                             raise error
                         if error is not None:
                             results[step_id] = StepResult(step_id, StepStatus.FAILED, replaced=replaced.get(step_id))
+                            errors[step_id] = error
                             if failure is None:
                                 failure = (step_id, error)
                                 # Fail fast: steps not started yet never start; running ones finish.
@@ -394,6 +405,7 @@ class Executor:
                 for step_id, reason, vanished in gone:
                     replace(step_id, reason, vanished)
         except BaseException as exc:
+            leaving = exc
             if not isinstance(exc, Exception):
                 # Ctrl-C (in this process, or in a step), SystemExit: no step starts any more. Worker processes
                 # are terminated, so their steps stop now: a step may ignore or catch the terminal's SIGINT, and
@@ -402,27 +414,22 @@ class Executor:
             raise
         finally:
             if pool is not None:
-                try:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                except BaseException as again:
-                    # A Ctrl-C while this waits for the steps still running on threads: a second one, pressed
-                    # because the first seemed to do nothing, or the first after a step failed. It replaces the
-                    # exception being raised, and with it that one's note: the only place the id of a fresh
-                    # execution is given to resume it. (After a Ctrl-C, no worker process is waited for here:
-                    # terminate() has killed them all.)
-                    if not isinstance(again, Exception):
-                        _note_interrupted(again, execution_id, store)
-                    raise
-        death = ""
+                _shut_down(pool, leaving, execution_id, store)
+        # The workers that died on their own while running a step, in step order: several die at once (the OOM
+        # killer, a machine's memory pressure), and which the pool saw first is chance.
+        died: list[tuple[str, WorkerDied]] = []
         unstarted = False
-        if failure is not None and isinstance(pool, WorkerPool) and isinstance(failure[1], cfp.BrokenProcessPool):
-            died = pool.died()
-            mine = next((worker for worker in died if worker.step_index == positions[failure[0]]), None)
-            if mine is not None and mine.started:
-                death = _how_it_ended(mine)
-            # A worker that never took a step failed while starting: typically importing the main module,
-            # whose unguarded call to run() tried to start workers of its own.
-            unstarted = mine is not None and not pool.any_started()
+        if failure is not None and isinstance(pool, WorkerPool):
+            indexed = ((worker.step_index, worker) for worker in pool.died() if worker.step_index is not None)
+            died = [(pipeline.order[index], worker) for index, worker in sorted(indexed, key=lambda pair: pair[0])]
+            dead = [step_id for step_id, _ in died]
+            if isinstance(failure[1], cfp.BrokenProcessPool) and failure[0] in dead:
+                # Named: the first of them in step order, whichever death the pool saw first.
+                named = next(step_id for step_id in dead if step_id in errors)
+                failure = (named, errors[named])
+                # A worker that never took a step failed while starting: typically importing the main module,
+                # whose unguarded call to run() tried to start workers of its own.
+                unstarted = not pool.any_started()
         steps = {
             step_id: results.get(step_id, StepResult(step_id, StepStatus.NOT_RUN, replaced=replaced.get(step_id)))
             for step_id in pipeline.order
@@ -431,8 +438,9 @@ class Executor:
             step_id, error = failure
             assert isinstance(error, Exception)
             failed = self._failed(store, pipeline, fresh, execution_id, steps, started, step_id, error)
-            if death:
-                failed.add_note(f"the worker process running step {step_id!r} {death}")
+            for dead_step, worker in died:
+                if worker.started:
+                    failed.add_note(f"the worker process running step {dead_step!r} {_how_it_ended(worker)}")
             if unstarted:
                 failed.add_note(
                     "no worker process started: each ended before it could run a step. Spawned workers import the "
@@ -830,6 +838,38 @@ def _interrupted(pool: cf.Executor | None, exc: BaseException, execution_id: str
             _note_interrupted(again, execution_id, store)
             raise
     _note_interrupted(exc, execution_id, store)
+
+
+def _shut_down(pool: cf.Executor, leaving: BaseException | None, execution_id: str, store: ArtifactStore) -> None:
+    """Shut ``pool`` down at the end of a run: wait for the steps still running, then for the workers to end.
+
+    Steps are still running here only on threads after a Ctrl-C (threads cannot be stopped), or when
+    ``leaving``, an exception that is no step's failure (a signal handler's, such as a deadline's on
+    ``SIGALRM``, or a fault of the executor's own), left the run's loop while they ran: they finish first, as
+    after a step failure. A Ctrl-C (or ``SystemExit``) meanwhile stops the worker processes as one in the
+    loop does (:func:`_interrupted`: it carries the note naming the execution, the only place a fresh
+    execution's id is given), and is raised instead of ``leaving``: Ctrl-C must stop the program, which an
+    ``except Exception`` in the caller would not let ``leaving`` do. ``leaving`` stays its ``__context__``,
+    and a note names it.
+
+    Raises:
+        KeyboardInterrupt, SystemExit: as described, with the note naming the execution to resume.
+        RuntimeError and other faults of the pool itself.
+    """
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException as again:
+        if isinstance(again, Exception):
+            raise
+        if isinstance(leaving, Exception):
+            again.add_note(
+                f"it came while the run waited for its running steps, after {type(leaving).__name__}: "
+                f"{_text_of(leaving)} (raised above) had ended it"
+            )
+        # After a Ctrl-C in the loop the workers are gone already (terminate() killed them); after anything else
+        # (a step failure, a signal handler's exception), this one stops them, threads' steps excepted.
+        _interrupted(pool, again, execution_id, store)
+        raise
 
 
 def _note_interrupted(exc: BaseException, execution_id: str, store: ArtifactStore) -> None:

@@ -412,10 +412,16 @@ def waiting_pipeline(workdir: str, deaf: bool = False, child: bool = False, stub
 
 
 def run_until_interrupted(
-    root: str, workdir: str, deaf: bool = False, child: bool = False, stubborn: bool = False
+    root: str, workdir: str, deaf: bool = False, child: bool = False, stubborn: bool = False, deadline: bool = False
 ) -> None:
     """Run a pipeline of three waiting steps (``deaf`` to Ctrl-C, or not; with a ``child`` process each, or
-    not; ``stubborn``: deaf to SIGTERM too) on two worker processes, for the test to interrupt or kill."""
+    not; ``stubborn``: deaf to SIGTERM too) on two worker processes, for the test to interrupt or kill.
+
+    With ``deadline``, under a deadline as a program sets one with ``signal.alarm``: a ``SIGALRM`` handler
+    raises ``TimeoutError`` (once ``<workdir>/deadline`` is written). On a ``KeyboardInterrupt``, its notes go
+    to ``<workdir>/interrupted``, and to ``<workdir>/outcome`` (JSON) its notes, the type of its ``__context__``
+    and which of the workers of s0 and s1 were still alive when run() raised it."""
+    import json
     import signal as signals
     import sys
 
@@ -423,14 +429,36 @@ def run_until_interrupted(
 
     # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
     signals.signal(signals.SIGINT, signals.default_int_handler)
+    if deadline:
+
+        def expired(signum: int, frame: object) -> None:
+            _write(Path(workdir, "deadline"), "passed")
+            raise TimeoutError("the pipeline's deadline passed")
+
+        signals.signal(signals.SIGALRM, expired)
     pipeline = waiting_pipeline(workdir, deaf, child, stubborn)
     try:
         Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(
             pipeline, execution_id="interrupted"
         )
     except KeyboardInterrupt as interrupt:
-        Path(workdir, "interrupted").write_text("\n".join(getattr(interrupt, "__notes__", [])))
+        notes = getattr(interrupt, "__notes__", [])
+        workers = [pids(workdir)[name] for name in ("s0", "s1")]
+        Path(workdir, "interrupted").write_text("\n".join(notes))
+        outcome = {
+            "context": type(interrupt.__context__).__name__,
+            "notes": notes,
+            "alive": [pid for pid in workers if not is_dead(pid)],
+        }
+        _write(Path(workdir, "outcome"), json.dumps(outcome))
         sys.exit(130)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole, then rename it into place, for a test that polls for ``path``."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 # A step whose partial arguments pass the executor's check but cannot be sent to a worker (test_executor.py).

@@ -44,6 +44,7 @@ from pipeline_steps import (
     step_killed_beside_sibling,
     step_sibling,
     step_two_arg_error,
+    step_waits_for_ever,
     step_with_a_child,
     step_with_payload,
     wait_until,
@@ -442,12 +443,13 @@ def test_resume_advice_on_the_memory_backend_says_it_holds_only_in_this_process(
 
 
 def _start_run(
-    root: str, workdir: Path, *, deaf: bool, child: bool = False, stubborn: bool = False
+    root: str, workdir: Path, *, deaf: bool, child: bool = False, stubborn: bool = False, deadline: bool = False
 ) -> subprocess.Popen[bytes]:
     """Start :func:`run_until_interrupted` in a session of its own; return once s0 and s1 run in workers."""
     code = (
         f"from pipeline_steps import run_until_interrupted; "
-        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r}, stubborn={stubborn!r})"
+        f"run_until_interrupted({root!r}, {str(workdir)!r}, deaf={deaf!r}, child={child!r}, stubborn={stubborn!r}, "
+        f"deadline={deadline!r})"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -561,6 +563,34 @@ def test_ctrl_c_again_while_the_workers_are_given_their_grace_kills_them_at_once
         assert [pid for pid in workers if not is_dead(pid)] == []
     finally:
         _kill_group(process)
+    _assert_stopped_after_a(root, workdir)
+
+
+def test_ctrl_c_while_steps_finish_after_another_exception_terminates_the_workers(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # A SIGALRM handler (a deadline set with signal.alarm) raises TimeoutError while s0 and s1, deaf to Ctrl-C,
+    # run in workers: the run waits for them to finish, as after a step failure, but in its final shutdown,
+    # where a Ctrl-C was raised without stopping them. run() returned with both workers running, and the
+    # interpreter's exit then waited for them (here until their gate's deadline).
+    root = str(tmp_path / "artifacts")
+    process = _start_run(root, workdir, deaf=True, deadline=True)
+    try:
+        os.kill(process.pid, signal.SIGALRM)
+        wait_until(lambda: Path(workdir, "deadline").exists(), 30, "the deadline never passed")
+        os.killpg(process.pid, signal.SIGINT)
+        wait_until(lambda: Path(workdir, "outcome").exists(), 30, "run() did not return after Ctrl-C")
+        outcome = json.loads(Path(workdir, "outcome").read_text())
+        assert outcome["alive"] == []
+        assert process.wait(timeout=30) == 130
+    finally:
+        _kill_group(process)
+    # The KeyboardInterrupt is raised (Ctrl-C stops the program), the TimeoutError chained under it and named.
+    assert outcome["context"] == "TimeoutError"
+    assert outcome["notes"][0] == (
+        "it came while the run waited for its running steps, after TimeoutError: the pipeline's deadline passed "
+        "(raised above) had ended it"
+    )
     _assert_stopped_after_a(root, workdir)
 
 
@@ -1032,6 +1062,48 @@ def test_a_worker_killed_beside_a_running_sibling_fails_its_own_step(tmp_path: P
     assert error.result.steps["killed"].status is StepStatus.FAILED
     # The executor owns its workers: the sibling's worker is not stopped with the one that died.
     assert error.result.steps["sibling"].status is StepStatus.SUCCEEDED
+
+
+def test_workers_killed_together_are_each_named_in_step_order(tmp_path: Path, workdir: Path) -> None:
+    # Two workers killed together (the OOM killer): the error named whichever death the pool saw first, and
+    # said nothing of the other worker or how it ended. Now it names the first of their steps in step order,
+    # and each worker's step and how it ended in a note, in step order.
+    names = ("k0", "k1")
+
+    def kill_both() -> None:
+        wait_until(lambda: all(Path(workdir, f"{name}-started").exists() for name in names), 60, "k0, k1 never ran")
+        running = pids(workdir)
+        # k1 first, and k0 once the pool has reaped k1's worker: the pool sees k1's death first, as it may see
+        # either of two that die together.
+        os.kill(running["k1"], signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{running['k1']}").exists(), 30, "k1's worker was never reaped")
+        os.kill(running["k0"], signal.SIGKILL)
+
+    waits = functools.partial(step_waits_for_ever, workdir=str(workdir))
+    pipeline = Pipeline(
+        [
+            Step("a", functools.partial(step_a, workdir=str(workdir))),
+            *(Step(name, functools.partial(waits, name=name), "a") for name in names),
+        ]
+    )
+    killer = threading.Thread(target=kill_both)
+    killer.start()
+    try:
+        with pytest.raises(StepFailedError) as caught:
+            Executor(StoreConfig("filesystem", root=str(tmp_path / "artifacts")), mode="processes", max_workers=2).run(
+                pipeline
+            )
+    finally:
+        killer.join()
+    error = caught.value
+    assert error.step_id == "k0"
+    assert str(error).startswith("step 'k0' failed: BrokenProcessPool")
+    assert error.__notes__ == [
+        "the worker process running step 'k0' was killed by signal SIGKILL",
+        "the worker process running step 'k1' was killed by signal SIGKILL",
+    ]
+    assert error.result is not None
+    assert statuses(error.result) == {"a": StepStatus.SUCCEEDED, "k0": StepStatus.FAILED, "k1": StepStatus.FAILED}
 
 
 def test_processes_a_step_started_do_not_outlive_its_worker_killed_under_it(tmp_path: Path, workdir: Path) -> None:
