@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 import pytest
+from hypothesis import settings
 
 from artifactstore_core import (
     AccessDeniedError,
@@ -43,6 +44,14 @@ from artifactstore_example import _LOCK, _SHELF, ExampleStore
 
 # What a failing kit test raises: an assert, or pytest.raises/pytest.fail (an OutcomeException).
 KIT_FAILURES = (AssertionError, pytest.fail.Exception)
+
+
+class DerandomizedKit(StoreConformance):
+    """The kit with its state machine run on the same calls every time: whether it finds a broken store's
+    bug must not depend on the draw (a soft delete was missed by 2 of 40 random runs, 1 of 200 once the
+    machine deleted saved ids on purpose), or these tests fail now and then."""
+
+    state_machine_settings = settings(StoreConformance.state_machine_settings, derandomize=True, database=None)
 
 
 class CachingStore(ExampleStore):
@@ -800,7 +809,7 @@ def test_kit_catches_reads_that_serve_deleted_artifacts(
 ) -> None:
     # exists, get and list said the artifact was gone; info and list_page served it on.
     with stores(cls) as new_store, pytest.raises(KIT_FAILURES, match=match):
-        check(StoreConformance(), new_store)
+        check(DerandomizedKit(), new_store)
 
 
 def test_kit_catches_long_ids_kept_as_one_artifact() -> None:
