@@ -142,6 +142,7 @@ if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
     os.register_at_fork(after_in_child=_hash_on_one_thread_if_pool_started)
 _HEX_DIGEST = re.compile("[0-9a-f]{64}")
 _EMPTY = FrozenDict()
+_new_tuple = tuple.__new__
 # The header a writer of this format writes for a message without metadata or schema, as text: canonical
 # JSON, keys in order, nothing escaped. Reading one through this pattern instead of the JSON scanner costs a
 # third as much (building a dict of eleven keys, then reading it back, is most of a small read's header). It
@@ -277,19 +278,23 @@ def _header(
         raise ValueError("header field 'media_type' must be a str")
     if not media_type.isascii():
         check_text(media_type, where="media_type")
-    # Positional: with keywords a named tuple costs more than twice as much to build.
-    return Header(
-        codec,
-        compression,
-        media_type,
-        SchemaInfo.model_validate(schema) if schema is not None else None,
-        metadata,
-        created_at,
-        size,
-        stored_size,
-        digest_hex,
-        "blake3",
-        mac,
+    # Built as its named tuple's own _make does, without the Python frame of Header(...) (keywords would
+    # cost twice as much again): one is built for every artifact read.
+    return _new_tuple(
+        Header,
+        (
+            codec,
+            compression,
+            media_type,
+            SchemaInfo.model_validate(schema) if schema is not None else None,
+            metadata,
+            created_at,
+            size,
+            stored_size,
+            digest_hex,
+            "blake3",
+            mac,
+        ),
     )
 
 
@@ -1284,21 +1289,21 @@ class Codec:
                 :func:`~artifactstore_core.envelope.limiting_json_content`, when called within it (before
                 anything is decompressed or parsed).
         """
-        if len(payload) != header.stored_size:
-            raise ArtifactCorruptedError(
-                f"stored payload is {len(payload)} bytes; its header says {header.stored_size}"
-            )
-        if header.codec == "json" and (limit := _JSON_LIMIT.get()) is not None and header.size > limit[0]:
+        # The fields are read once (this runs for every artifact read; each attribute of a named tuple is a lookup).
+        codec, compression, media_type, schema, metadata, created_at, size, stored_size, digest, _, _ = header
+        if len(payload) != stored_size:
+            raise ArtifactCorruptedError(f"stored payload is {len(payload)} bytes; its header says {stored_size}")
+        if codec == "json" and (limit := _JSON_LIMIT.get()) is not None and size > limit[0]:
             raise PayloadTooLargeError(
-                f"artifact holds {header.size} bytes of JSON content; at most {limit[0]} are parsed here "
+                f"artifact holds {size} bytes of JSON content; at most {limit[0]} are parsed here "
                 f"({limit[1]}), because a parsed JSON value takes many times its text in memory; store large "
                 "data as bytes or text"
             )
         raw: bytes | memoryview = payload
-        if header.compression == "zstd":
+        if compression == "zstd":
             # Checked again here (decode_head did) for a Header built by hand: this is what bounds the
             # allocation below to a multiple of the bytes already read.
-            _check_ratio(header.size, header.stored_size)
+            _check_ratio(size, stored_size)
             # The frame's declared content size decides what zstandard allocates (max_output_size only
             # bounds frames without one), so a frame claiming more than the header's size is refused
             # before anything is decompressed.
@@ -1306,41 +1311,39 @@ class Codec:
                 declared = zstandard.frame_content_size(bytes(payload[:18]))
             except zstandard.ZstdError as exc:
                 raise ArtifactCorruptedError("compressed payload has no valid zstd frame header") from exc
-            if declared != header.size:
-                raise ArtifactCorruptedError(
-                    f"compressed payload declares {declared} bytes; its header says {header.size}"
-                )
+            if declared != size:
+                raise ArtifactCorruptedError(f"compressed payload declares {declared} bytes; its header says {size}")
             try:
-                raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=header.size)
+                raw = zstandard.ZstdDecompressor().decompress(bytes(payload), max_output_size=size)
             except zstandard.ZstdError as exc:
                 raise ArtifactCorruptedError("compressed payload cannot be decompressed") from exc
-        if len(raw) != header.size:
-            raise ArtifactCorruptedError(f"payload is {len(raw)} bytes; its header says {header.size}")
-        if header.codec == "bytes" and not isinstance(raw, bytes):
+        if len(raw) != size:
+            raise ArtifactCorruptedError(f"payload is {len(raw)} bytes; its header says {size}")
+        if codec == "bytes" and not isinstance(raw, bytes):
             # Copied before it is hashed (the message keeps a copy either way): the digest verified is then
             # that of the very bytes the message holds, whatever becomes of the caller's buffer.
             raw = bytes(raw)
-        if _digest(raw) != header.digest:
+        if _digest(raw) != digest:
             raise ArtifactCorruptedError("payload digest does not match its header")
         content: Any
         try:
             # JSON is parsed straight into frozen values (what message_from(header, json.loads(raw)) gives, in one
             # pass); bytes need no check, and UTF-8 decoding already refuses encoded surrogates: no second
             # scan of the content (message_from's checks) on the read path.
-            if header.codec == "json":
+            if codec == "json":
                 content = loads_frozen(raw)
             else:
-                content = str(raw, "utf-8") if header.codec == "utf-8" else raw
+                content = str(raw, "utf-8") if codec == "utf-8" else raw
                 reuse = _REUSE.get()
                 if reuse is not None and type(raw) is bytes:
                     # Recorded only when what was hashed is immutable (text decoded from a caller's
                     # memoryview is not), so the digest is provably that of the content's encoding.
-                    reuse.digests[id(content)] = (content, header.digest)
-            return trusted_message(content, header.schema, header.metadata, header.media_type, header.created_at)
+                    reuse.digests[id(content)] = (content, digest)
+            return trusted_message(content, schema, metadata, media_type, created_at)
         except ValueError as exc:  # UnicodeDecodeError included; loads_frozen turns RecursionError into it
             # json.loads turns an escaped lone surrogate into a str that UTF-8 cannot encode; freezing the
             # content refuses it, so a forged artifact cannot yield a message no backend could store.
-            raise ArtifactCorruptedError(f"payload is not valid {header.codec}") from exc
+            raise ArtifactCorruptedError(f"payload is not valid {codec}") from exc
 
     @staticmethod
     def message_from(header: Header, content: Any) -> Message:

@@ -245,7 +245,11 @@ def _frozen_object(data: dict[str, Any]) -> FrozenDict:
         if type(value) is list:
             # Replacing a value does not resize the dict, so iterating on is safe.
             data[key] = _frozen_array(value)
-    return FrozenDict._adopt(data)
+    # FrozenDict._adopt written out: this runs for every object of every JSON message read.
+    frozen = _new_object(FrozenDict)
+    frozen._data = data
+    frozen._hash = None
+    return frozen
 
 
 class _NotFastError(Exception):

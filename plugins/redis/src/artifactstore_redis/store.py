@@ -526,12 +526,23 @@ def _pack_commands(commands: Sequence[tuple[Any, ...]]) -> list[bytes | memoryvi
     return out
 
 
-def _reply(connection: Any) -> Any:
-    """Read one reply; an error reply is returned (not raised), so the replies after it are still read."""
-    try:
-        return connection.read_response()
-    except ResponseError as exc:
-        return exc
+def _replies(connection: Any, count: int) -> list[Any]:
+    """Read ``count`` replies; an error reply is returned (not raised), so the replies after it are still read."""
+    # One loop rather than a function call per reply: a batch read takes a reply per artifact.
+    replies: list[Any] = []
+    append, read = replies.append, connection.read_response
+    for _ in range(count):
+        try:
+            append(read())
+        except ResponseError as exc:
+            append(exc)
+    return replies
+
+
+def _holds(replies: list[Any], kind: type[BaseException]) -> bool:
+    """Whether a reply is a ``kind``: the types are collected in C, then the few distinct ones are looked at
+    (a batch read's replies are all of one or two types), instead of an isinstance call per reply."""
+    return any(issubclass(reply_type, kind) for reply_type in set(map(type, replies)))
 
 
 def _pool_exhausted(exc: BaseException) -> bool:
@@ -1871,24 +1882,29 @@ class RedisStore(ArtifactStore):
             # waiting) while it may retry; so this attempt's number is the number of retries so far.
             nonlocal waiting, attempts
             retries, attempts = attempts, attempts + 1
-            replies = self._roundtrip([commands[index] for index in waiting])
+            if len(waiting) == len(commands):  # every command: the first attempt, or all were transient
+                replies = self._roundtrip(commands)
+                results[:] = replies
+            else:
+                replies = self._roundtrip([commands[index] for index in waiting])
+                for index, reply in zip(waiting, replies, strict=True):
+                    results[index] = reply
+            if not _holds(replies, Exception):
+                waiting = []
+                return results
             again = [
                 index
                 for index, reply in zip(waiting, replies, strict=True)
                 if isinstance(reply, Exception) and self._may_retry(reply, retries)
             ]
-            for index, reply in zip(waiting, replies, strict=True):
-                results[index] = reply
             waiting = again
             if again:
                 raise results[again[0]]
             return results
 
         self._retrying(run)
-        if raise_errors:
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
+        if raise_errors and _holds(results, Exception):
+            raise next(result for result in results if isinstance(result, Exception))
         return results
 
     def _roundtrip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -1917,8 +1933,8 @@ class RedisStore(ArtifactStore):
         try:
             packed = _pack_commands(commands)
             connection.send_packed_command(packed if packed is not None else connection.pack_commands(commands))
-            replies = [_reply(connection) for _ in commands]
-            if any(isinstance(reply, ReadOnlyError) for reply in replies):
+            replies = _replies(connection, len(commands))
+            if _holds(replies, ReadOnlyError):
                 # A primary demoted to a replica by a failover (a managed Redis moves its DNS name to the new
                 # primary) keeps answering READONLY on this connection for as long as it lives: it is closed,
                 # and so are the idle ones, which lead there too (reads through them would miss what is written
