@@ -278,7 +278,7 @@ def load_settings(model: type[S], **overrides: Any) -> S:
     Raises:
         ConfigurationError: an override is not a setting of ``model``, a key of its config-file table is
             none of its settings, a variable is set under two spellings to different values (see
-            :func:`environment_value`), or a value is invalid; the message names the environment variable to fix
+            ``environment_value``), or a value is invalid; the message names the environment variable to fix
             and, when the value came from an argument or the config file, where it was given instead; it
             never repeats the value (it may be a secret).
     """
