@@ -399,6 +399,10 @@ class ArtifactStore(ABC):
     def list(self) -> Iterator[ArtifactInfo]:
         """Iterate over the artifacts of this namespace (order unspecified), without reading payloads.
 
+        The iteration is not a snapshot: an artifact saved or deleted while it runs may or may not be
+        yielded (backends read a listing in batches, and a deleted artifact's batch may have been read
+        already); :meth:`exists` or :meth:`get` tell what holds now.
+
         Raises:
             BackendError: the backend failed (possibly part-way through the iteration).
             StoreClosedError: the store was closed, before the iteration or during it: no artifact is yielded
