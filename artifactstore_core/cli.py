@@ -45,7 +45,15 @@ from .ids import validate_namespace, validate_step_id
 from .message import _MEDIA_TYPE_CONTROL, Message
 from .models import ArtifactInfo
 from .registry import PLUGINS_ENV, BackendSpec, plugin_host
-from .settings import CONFIG_ENV, CoreSettings, _config_file, _read_config_file, env_name_of, load_settings
+from .settings import (
+    CONFIG_ENV,
+    CoreSettings,
+    _config_file,
+    _in_environment,
+    _read_config_file,
+    env_name_of,
+    load_settings,
+)
 from .store import ArtifactStore
 from .wiring import create_store
 
@@ -495,13 +503,6 @@ def cli_backend(backend: str | None) -> str | None:
     if _in_environment("ARTIFACT_STORE_BACKEND") or "backend" in _read_config_file():
         return None
     return CLI_DEFAULT_BACKEND if CLI_DEFAULT_BACKEND in plugin_host().names() else None
-
-
-def _in_environment(name: str) -> bool:
-    """Whether the environment sets the variable ``name`` (upper case), in any case: the settings read
-    ``artifact_store_backend`` as ``ARTIFACT_STORE_BACKEND`` (pydantic-settings matches names
-    case-insensitively), so the command must see it too. Raises nothing."""
-    return any(key.upper() == name for key in os.environ)
 
 
 @contextmanager

@@ -121,8 +121,9 @@ def encode_name(value: str) -> str:
     case-insensitive file systems), never contains ``/``, ``.``, ``:``, ``*``, ``?`` or ``[``, and is at most
     three times the id's UTF-8 length.
     """
-    if _SAFE.issuperset(value):
-        # Most ids (and namespaces) need no escape: one C scan instead of a Python loop per character.
+    if type(value) is str and _SAFE.issuperset(value):
+        # Most ids (and namespaces) need no escape: one C scan instead of a Python loop per character. (A str
+        # subclass goes the long way, which returns a plain str: a StrEnum member formats as its name.)
         return value
     out: list[str] = []
     for char in value:

@@ -72,6 +72,12 @@ def environment_value(name: str) -> str | None:
     return None
 
 
+def _in_environment(name: str) -> bool:
+    """Whether the environment sets the variable ``name`` (upper case) in any spelling, as pydantic-settings
+    matches it (``artifact_store_backend`` sets ``ARTIFACT_STORE_BACKEND``). Raises nothing."""
+    return any(key.upper() == name for key in os.environ)
+
+
 def _refuse_spellings(names: Iterable[str]) -> None:
     """Refuse any of the variables ``names`` set under several spellings with different values.
 
@@ -318,8 +324,7 @@ def _given_where(model: type[BaseSettings], name: str, given: dict[str, Any]) ->
     if name in given:
         return f" (given as the argument {name})"
     env = env_name_of(model, name)
-    # pydantic-settings matches variable names case-insensitively.
-    if any(key.upper() == env for key in os.environ):
+    if _in_environment(env):
         return ""
     config = _config_file()
     section = getattr(model, "config_table", None)
@@ -334,7 +339,7 @@ def _source_of(model: type[BaseSettings], name: str) -> str | None:
     variable, or the key and table of the config file (``the key namespace in artifactstore.toml``); ``None`` for
     the default. Raises nothing: it only words an error that is being raised."""
     env = env_name_of(model, name)
-    if any(key.upper() == env for key in os.environ):
+    if _in_environment(env):
         return env
     try:
         config = _config_file()

@@ -284,12 +284,14 @@ class ArtifactStore(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend={self.backend_name!r} namespace={self._namespace!r}>"
 
-    def __reduce__(self) -> NoReturn:
+    def __getstate__(self) -> NoReturn:
         """Refuse to be pickled (or deep-copied), saying how a worker process gets a store.
 
         A store holds its clients, pools and locks, none of which can be sent to another process; without
         this, passing a store to a spawned process or a process pool failed with pickle's "cannot pickle
-        '_thread.lock' object", which did not say what to do instead.
+        '_thread.lock' object", which did not say what to do instead. (Refused here rather than in
+        ``__reduce__``, so that a backend's store that can be pickled, reconnecting when it is loaded, may
+        say so with a ``__getstate__`` and ``__setstate__`` of its own.)
 
         Raises:
             TypeError: always.
@@ -302,10 +304,18 @@ class ArtifactStore(ABC):
         )
 
     def __copy__(self) -> Self:
-        # copy.copy went through the reduce protocol, which __reduce__ now refuses; it keeps giving what it
-        # gave before: a shallow copy, sharing this store's clients.
-        clone = object.__new__(type(self))
+        # copy.copy goes through __getstate__, which refuses; it keeps giving what it gave before: a shallow
+        # copy, sharing this store's clients (the attributes of a subclass's __slots__ included).
+        cls = type(self)
+        clone = object.__new__(cls)
         clone.__dict__.update(self.__dict__)
+        for klass in cls.__mro__:
+            slots = klass.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name.startswith("__") and not name.endswith("__"):
+                    name = f"_{klass.__name__.lstrip('_')}{name}"  # a private name, as Python mangles it
+                if name not in ("__dict__", "__weakref__") and hasattr(self, name):
+                    object.__setattr__(clone, name, getattr(self, name))
         return clone
 
     # -- public API -----------------------------------------------------------------------------------

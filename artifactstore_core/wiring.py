@@ -174,8 +174,9 @@ def _name_where_given(exc: ConfigurationError, model: type[BaseSettings], option
         except ConfigurationError:  # an unreadable config file: the error being raised matters more
             continue
         if where and where not in text:
-            # Whole names only: ARTIFACT_STORE_REDIS_URL must not be found inside a longer variable's name.
-            found = re.search(rf"(?<![A-Z0-9_]){re.escape(env)}(?![A-Z0-9_])", text)
+            # Whole names only (ARTIFACT_STORE_REDIS_URL is not found inside a longer variable's name), and not a
+            # suggestion to set the variable ("or set ARTIFACT_STORE_HTTP_TRUST_ENV=false"), which it would cut.
+            found = re.search(rf"(?<![A-Z0-9_]){re.escape(env)}(?![A-Z0-9_=])", text)
             if found is not None:
                 text = text[: found.end()] + where + text[found.end() :]
     exc.args = (text, *exc.args[1:])

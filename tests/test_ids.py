@@ -76,3 +76,16 @@ def test_is_legal_answers_what_validation_would_raise() -> None:
     assert not is_legal(3)
     assert is_legal("n" * 256)
     assert not is_legal("n" * 256, validate_namespace)
+
+
+def test_encode_name_gives_a_plain_str_for_a_str_subclass() -> None:
+    # Its fast path (a name that needs no escape is its own encoding) returned the caller's object: a
+    # (str, Enum) member formats as "Kind.raw", not as the name a backend must store it under.
+    import enum
+
+    class Kind(str, enum.Enum):  # noqa: UP042  (the mixin, not StrEnum: it formats as "Kind.RAW")
+        RAW = "raw"
+
+    encoded = encode_name(Kind.RAW)
+    assert type(encoded) is str
+    assert f"{encoded}" == "raw"

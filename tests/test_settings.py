@@ -438,3 +438,20 @@ def test_a_variable_set_under_two_spellings_to_different_values_is_refused(monke
     assert environment_value("ARTIFACT_STORE_PLUGINS") == "memory"
     with create_store("memory") as store:
         assert store.backend_name == "memory"
+
+
+def test_where_a_factory_named_setting_was_given_is_added_to_its_name_not_to_an_assignment() -> None:
+    # "or set ARTIFACT_STORE_HTTP_TRUST_ENV=false" became "...TRUST_ENV (given as the argument trust_env)=false".
+    from artifactstore_core.wiring import _name_where_given
+
+    error = ConfigurationError(
+        "ARTIFACT_STORE_MEMORY_LIMIT is too small for the pipeline; or set ARTIFACT_STORE_MEMORY_LIMIT=0"
+    )
+    _name_where_given(error, MemorySettings, {"limit": 3})
+    assert str(error) == (
+        "ARTIFACT_STORE_MEMORY_LIMIT (given as the argument limit) is too small for the pipeline; or set "
+        "ARTIFACT_STORE_MEMORY_LIMIT=0"
+    )
+    suggestion = ConfigurationError("the limit is too small: set ARTIFACT_STORE_MEMORY_LIMIT=0")
+    _name_where_given(suggestion, MemorySettings, {"limit": 3})
+    assert str(suggestion) == "the limit is too small: set ARTIFACT_STORE_MEMORY_LIMIT=0"

@@ -85,6 +85,40 @@ def test_a_store_refuses_to_be_pickled_saying_how_a_worker_gets_one(backend: str
         store.clear()
 
 
+class _PicklableStore(MemoryStore):
+    """A backend's store that can be pickled: it sends its namespace and rebuilds itself when loaded."""
+
+    def __getstate__(self) -> dict[str, str]:  # type: ignore[override]
+        return {"namespace": self.namespace}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(namespace=state["namespace"])  # type: ignore[misc]
+
+
+class _SlottedStore(MemoryStore):
+    __slots__ = ("__private", "tag")
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(namespace=namespace)
+        self.tag = "kept"
+        self.__private = "kept too"
+
+    def private(self) -> str:
+        return self.__private
+
+
+def test_a_store_that_can_be_pickled_says_so_and_a_copy_keeps_slots() -> None:
+    # The refusal is the base's __getstate__: a backend whose store reconnects when loaded overrides it (the
+    # refusal in __reduce__ overrode theirs), and copy.copy keeps what the reduce-based copy kept.
+    loaded = pickle.loads(pickle.dumps(_PicklableStore(namespace="sent")))
+    assert (type(loaded), loaded.namespace) == (_PicklableStore, "sent")
+    loaded.close()
+    slotted = _SlottedStore("slots")
+    clone = copy.copy(slotted)
+    assert (clone.tag, clone.private(), clone.namespace) == ("kept", "kept too", "slots")
+    slotted.close()
+
+
 def test_a_signed_artifact_read_without_the_key_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     # "artifact is signed; set ARTIFACT_STORE_SIGNING_KEY ..." alone did not say which artifact, namespace
     # or backend, where a damaged artifact's error does: a batch read's log line could not be traced.

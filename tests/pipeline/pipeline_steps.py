@@ -418,9 +418,11 @@ def run_until_interrupted(
     not; ``stubborn``: deaf to SIGTERM too) on two worker processes, for the test to interrupt or kill.
 
     With ``deadline``, under a deadline as a program sets one with ``signal.alarm``: a ``SIGALRM`` handler
-    raises ``TimeoutError`` (once ``<workdir>/deadline`` is written). On a ``KeyboardInterrupt``, its notes go
-    to ``<workdir>/interrupted``, and to ``<workdir>/outcome`` (JSON) its notes, the type of its ``__context__``
-    and which of the workers of s0 and s1 were still alive when run() raised it."""
+    raises ``TimeoutError``, and ``<workdir>/deadline`` is written once the run's final shutdown begins (written
+    by the handler itself, a Ctrl-C sent when it appeared could land in the handler before its raise). On a
+    ``KeyboardInterrupt``, its notes go to ``<workdir>/interrupted``, and to ``<workdir>/outcome`` (JSON) its
+    notes, the type of its ``__context__`` and which of the workers of s0 and s1 were still alive when run()
+    raised it."""
     import json
     import signal as signals
     import sys
@@ -430,12 +432,19 @@ def run_until_interrupted(
     # A process started in the background inherits an ignored SIGINT; a terminal's foreground job does not.
     signals.signal(signals.SIGINT, signals.default_int_handler)
     if deadline:
+        from artifactstore_core.pipeline._workers import WorkerPool
 
         def expired(signum: int, frame: object) -> None:
-            _write(Path(workdir, "deadline"), "passed")
             raise TimeoutError("the pipeline's deadline passed")
 
+        shutdown = WorkerPool.shutdown
+
+        def shutting_down(self: WorkerPool, wait: bool = True, *, cancel_futures: bool = False) -> None:
+            _write(Path(workdir, "deadline"), "passed")
+            shutdown(self, wait, cancel_futures=cancel_futures)
+
         signals.signal(signals.SIGALRM, expired)
+        WorkerPool.shutdown = shutting_down  # type: ignore[method-assign]
     pipeline = waiting_pipeline(workdir, deaf, child, stubborn)
     try:
         Executor(StoreConfig("filesystem", root=root), mode="processes", max_workers=2).run(

@@ -1884,6 +1884,8 @@ class RedisStore(ArtifactStore):
             retries, attempts = attempts, attempts + 1
             if len(waiting) == len(commands):  # every command: the first attempt, or all were transient
                 replies = self._roundtrip(commands)
+                if len(replies) != len(commands):  # as zip(strict=True) refuses below: never a short result
+                    raise RuntimeError(f"{len(commands)} commands were sent and {len(replies)} replies read")
                 results[:] = replies
             else:
                 replies = self._roundtrip([commands[index] for index in waiting])
