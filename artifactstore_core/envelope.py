@@ -76,6 +76,7 @@ __all__ = [
     "PayloadReader",
     "PayloadVerifier",
     "content_bytes",
+    "content_digest",
     "content_info",
     "content_stream",
     "digest_of",
@@ -454,6 +455,30 @@ def _digest(data: bytes | memoryview) -> str:
 def digest_of(data: bytes | memoryview) -> str:
     """The BLAKE3 hex digest of ``data``, as a header's ``digest`` holds it (hashed as the codec hashes)."""
     return _digest(data)
+
+
+def content_digest(message: Message) -> tuple[str, bytes, str]:
+    """The codec name, the uncompressed payload bytes and their BLAKE3 hex digest, for ``message``'s content.
+
+    Within :func:`~artifactstore_core.envelope.reusing_verified_digests`, the digest the codec verified while
+    decoding this very content object (``bytes`` or text) is reused rather than computed again, as
+    :meth:`~artifactstore_core.Codec.encode` reuses it.
+
+    Raises:
+        SerializationError: if the content cannot be encoded.
+    """
+    reuse = _REUSE.get()
+    codec, raw = _content_bytes(message.content, reuse)
+    return codec, raw, _reused_digest(message.content, codec, raw, reuse)
+
+
+def _reused_digest(content: Any, codec: str, raw: bytes, reuse: _Reuse | None) -> str:
+    """The digest of ``raw``, the payload of ``content``: the one recorded for that very object when decoding
+    verified it (bytes and text only: verified JSON need not be the canonical encoding), else computed."""
+    known = reuse.digests.get(id(content)) if reuse is not None and codec != "json" else None
+    # The identity check: an id can be reused by another object once the one recorded is gone (it cannot be
+    # while the record holds it, but the check costs nothing and needs no such argument).
+    return known[1] if known is not None and known[0] is content else _digest(raw)
 
 
 def content_bytes(message: Message) -> tuple[str, bytes]:
@@ -900,10 +925,7 @@ class Codec:
         """
         reuse = _REUSE.get()
         codec, raw = _content_bytes(message.content, reuse)
-        known = reuse.digests.get(id(message.content)) if reuse is not None and codec != "json" else None
-        # The identity check: an id can be reused by another object once the one recorded is gone (it cannot
-        # be while the record holds it, but the check costs nothing and needs no such argument).
-        digest = known[1] if known is not None and known[0] is message.content else _digest(raw)
+        digest = _reused_digest(message.content, codec, raw, reuse)
         stored, compression = raw, None
         threshold = self.compress_threshold
         if codec != "bytes" and threshold is not None and len(raw) >= threshold:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import IO, Any, ClassVar, Generic, NoReturn, ParamSpec, Self, TypeVar, cast
 
-from .envelope import Codec, Header, content_bytes, content_stream, digest_of
+from .envelope import Codec, Header, content_digest, content_stream, reusing_verified_digests
 from .errors import (
     ArtifactExistsError,
     ArtifactNotFoundError,
@@ -752,8 +752,7 @@ class ArtifactStore(ABC):
         try:
             if self.capabilities.streaming:
                 return self._open_with_header(step_id)
-            message = self._get(step_id)
-            header = self._header_of(step_id, message)
+            message, header = self._get_with_header(step_id)
         except Exception as exc:
             self._raise(exc, "open", step_id)
         return header, content_stream(message)
@@ -1056,15 +1055,24 @@ class ArtifactStore(ABC):
             ArtifactNotFoundError: (``self._not_found(step_id)``) no such artifact.
             Exception: anything else, as :meth:`_open`.
         """
-        message = self._get(step_id)
-        return self._header_of(step_id, message), content_stream(message)
+        message, header = self._get_with_header(step_id)
+        return header, content_stream(message)
 
-    def _header_of(self, step_id: str, message: Message) -> Header:
-        """The header of ``message``'s content kept uncompressed (its digest computed: one hash pass)."""
-        codec, raw = content_bytes(message)
-        return self.codec.encode_head(
+    def _get_with_header(self, step_id: str) -> tuple[Message, Header]:
+        """:meth:`_get`'s message and the header of its content kept uncompressed.
+
+        The digest the codec verified while decoding a ``bytes`` or text payload is the header's
+        (:func:`~artifactstore_core.envelope.content_digest` within ``reusing_verified_digests``): it was
+        hashed again, a second pass over the whole payload for every streamed read of a store that decodes
+        envelopes (redis behind the artifact server, the CLI's ``get``). A store that keeps messages (memory)
+        hashes once, here.
+        """
+        with reusing_verified_digests():
+            message = self._get(step_id)
+            codec, raw, digest = content_digest(message)
+        return message, self.codec.encode_head(
             codec=codec, media_type=message.media_type, schema=message.schema, metadata=message.metadata,
-            created_at=message.created_at, size=len(raw), digest=digest_of(raw), place=(self.namespace, step_id),
+            created_at=message.created_at, size=len(raw), digest=digest, place=(self.namespace, step_id),
         )[1]  # fmt: skip
 
     # -- internals ------------------------------------------------------------------------------------

@@ -305,3 +305,30 @@ def test_not_found_errors_end_with_the_store_s_nothing_found_note() -> None:
         store.note = None
         with pytest.raises(ArtifactNotFoundError, match=r"'memory'$"):
             store.info("x")
+
+
+def test_open_with_header_on_a_store_that_decodes_hashes_the_payload_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A store without streaming reads the artifact whole and describes it: the header's digest was computed
+    # again after the decode had verified the very same bytes (two passes over every payload the artifact
+    # server streams from redis, or the CLI's get writes out).
+    from artifactstore_core import envelope
+
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    hashed: list[int] = []
+    digest = envelope._digest
+
+    def counted(data: bytes | memoryview) -> str:
+        hashed.append(len(data))
+        return digest(data)
+
+    monkeypatch.setenv("ARTIFACT_STORE_BACKEND", "example")
+    with create_store(namespace="open-once") as store:
+        assert not store.capabilities.streaming
+        store.save("big", Message(content=payload))
+        monkeypatch.setattr(envelope, "_digest", counted)
+        header, stream = store.open_with_header("big")
+        with stream:
+            assert stream.read() == payload
+        assert [size for size in hashed if size == len(payload)] == [len(payload)]
+        assert header.digest == digest(payload)
+        store.clear()
